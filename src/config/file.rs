@@ -1,0 +1,149 @@
+//! The YAML file as operators write it. Every struct denies unknown keys so that a typo is
+//! an error, never a silently ignored setting. These types are converted into validated
+//! runtime types in [`super::validate`].
+
+use super::units::{Dur, Size};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Passed through to Pingora's `ServerConf`.
+    #[serde(default)]
+    pub pingora: PingoraFile,
+    #[serde(default)]
+    pub listeners: Vec<ListenerFile>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+/// Pingora server settings. Defaults are Pingora's own unless noted.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PingoraFile {
+    /// Worker threads per service. Default: the number of CPUs.
+    pub threads: Option<usize>,
+    /// Work stealing between a service's threads. Default: true.
+    pub work_stealing: Option<bool>,
+    /// Default: /tmp/stepstone.pid
+    pub pid_file: Option<String>,
+    /// Socket the old and new process use to hand over listeners. Default: /tmp/stepstone_upgrade.sock
+    pub upgrade_sock: Option<String>,
+    /// Seconds between the shutdown signal and the final drain step. Default: 5
+    pub grace_period_seconds: Option<u64>,
+    /// Seconds the final drain step may take. Default: 5
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
+    /// Run in the background (same as `-d`). Default: false
+    pub daemon: Option<bool>,
+    pub error_log: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Idle upstream connections kept per thread. Default: 2048 (Pingora's own is 128,
+    /// which churns connections as soon as more than 128 requests are concurrent).
+    pub upstream_keepalive_pool_size: Option<usize>,
+    /// Accept tasks per listening socket. Default: 1
+    pub listener_tasks_per_fd: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    Http,
+    Https,
+    Tcp,
+    TlsPassthrough,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub name: String,
+    pub address: String,
+    pub protocol: ListenerProtocol,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionFile {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastConnections,
+    PowerOfTwo,
+    ConsistentHash,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub name: String,
+    pub backends: Vec<BackendFile>,
+    #[serde(default)]
+    pub selection: SelectionFile,
+    /// consistent_hash only: client_ip | uri | header:NAME | cookie:NAME. Default: client_ip
+    pub hash_key: Option<String>,
+    pub health_check: Option<HealthCheckFile>,
+    /// Default: 1s
+    pub connect_timeout: Option<Dur>,
+    /// Default: 30s
+    pub read_timeout: Option<Dur>,
+    /// Default: 30s
+    pub write_timeout: Option<Dur>,
+    /// Idle time after which a pooled upstream connection is closed. Default: 60s
+    pub idle_timeout: Option<Dur>,
+    /// Connect failures retried on another backend. Default: 2
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    pub address: String,
+    /// Default: 1
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckType {
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    #[serde(rename = "type")]
+    pub kind: HealthCheckType,
+    /// http only. Default: /
+    pub path: Option<String>,
+    /// http only. Host header of the check. Default: localhost
+    pub host: Option<String>,
+    /// http only. Default: 200
+    pub expect_status: Option<u16>,
+    /// Check a side port instead of the traffic port.
+    pub port: Option<u16>,
+    /// Default: 5s
+    pub interval: Option<Dur>,
+    /// Default: 1s
+    pub timeout: Option<Dur>,
+    /// Default: 1
+    pub healthy_threshold: Option<u32>,
+    /// Default: 2
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub listener: String,
+    /// Exact name or `*.suffix`. Absent means any host.
+    pub host: Option<String>,
+    /// Default: /. The longest matching prefix wins.
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+    /// Largest request body accepted on this route. Default: 16MiB
+    pub max_body_size: Option<Size>,
+}

@@ -1,0 +1,554 @@
+//! Configuration: the file types ([`file`]), unit parsing ([`units`]) and the validated
+//! runtime form ([`Config`]) that the rest of the proxy is built from.
+//!
+//! Errors always name the file, the key path and the bad value, so an operator can fix a
+//! config without reading source code.
+
+pub mod file;
+pub mod units;
+
+use file::*;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_HC_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_HC_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HC_HEALTHY: u32 = 1;
+pub const DEFAULT_HC_UNHEALTHY: u32 = 2;
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 16 << 20;
+pub const DEFAULT_UPSTREAM_POOL_SIZE: usize = 2048;
+/// Upper bound on backend weight; it keeps the round-robin wheel small.
+pub const MAX_WEIGHT: u32 = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// Key path such as `upstreams[0].backends[1].weight`; empty for whole-file errors.
+    pub path: String,
+    pub value: String,
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.file, self.msg)
+        } else if self.value.is_empty() {
+            write!(f, "{}: {}: {}", self.file, self.path, self.msg)
+        } else {
+            write!(
+                f,
+                "{}: {}: {} (got {:?})",
+                self.file, self.path, self.msg, self.value
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    Exact(String),
+    /// `*.example.com` is stored as `.example.com`.
+    Suffix(String),
+}
+
+impl HostMatch {
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostMatch::Suffix(s) => {
+                host.len() > s.len()
+                    && host.as_bytes()[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+        }
+    }
+
+    /// Longer, more specific patterns are tried first.
+    pub fn specificity(&self) -> usize {
+        match self {
+            HostMatch::Any => 0,
+            HostMatch::Suffix(s) => 1 + s.len(),
+            HostMatch::Exact(h) => 10_000 + h.len(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<HostMatch, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if s.is_empty() || s == "*" {
+            return Ok(HostMatch::Any);
+        }
+        if let Some(rest) = s.strip_prefix("*.") {
+            if valid_hostname(rest) {
+                return Ok(HostMatch::Suffix(format!(".{rest}")));
+            }
+        } else if valid_hostname(&s) {
+            return Ok(HostMatch::Exact(s));
+        }
+        Err("expected a host name or *.suffix".into())
+    }
+}
+
+pub fn valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    RoundRobin,
+    Random,
+    LeastConnections,
+    PowerOfTwo,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Uri,
+    Header(String),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSpec {
+    pub kind: HealthCheckType,
+    pub path: String,
+    pub host: String,
+    pub expect_status: u16,
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub backends: Vec<BackendSpec>,
+    pub selection: Selection,
+    pub hash_key: HashKey,
+    pub health: Option<HealthSpec>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub protocol: ListenerProtocol,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub listener: usize,
+    pub host: HostMatch,
+    pub path_prefix: String,
+    pub upstream: usize,
+    pub max_body_size: u64,
+}
+
+/// The validated configuration. Cross references are resolved to indices.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: String,
+    pub pingora: PingoraFile,
+    pub listeners: Vec<ListenerSpec>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+impl Config {
+    pub fn load(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_string(),
+            path: String::new(),
+            value: String::new(),
+            msg: format!("cannot read the file: {e}"),
+        })?;
+        Config::from_yaml(path, &text)
+    }
+
+    pub fn from_yaml(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let raw: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let mut msg = e.into_inner().to_string();
+            // serde_yaml prefixes its own, shorter path; ours is the precise one.
+            if let Some((head, rest)) = msg.split_once(": ") {
+                if !head.contains(' ') && path.starts_with(head) {
+                    msg = rest.to_string();
+                }
+            }
+            ConfigError {
+                file: file.to_string(),
+                path: if path == "." { String::new() } else { path },
+                value: String::new(),
+                msg,
+            }
+        })?;
+        validate(file, raw)
+    }
+}
+
+struct Errs<'a> {
+    file: &'a str,
+}
+
+impl Errs<'_> {
+    fn err(
+        &self,
+        path: impl Into<String>,
+        value: impl fmt::Display,
+        msg: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            path: path.into(),
+            value: value.to_string(),
+            msg: msg.into(),
+        }
+    }
+}
+
+fn parse_addr(e: &Errs, path: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| e.err(path, s, "expected IP:PORT, for example 127.0.0.1:8080"))
+}
+
+fn dur(d: Option<units::Dur>, default: Duration) -> Duration {
+    d.map(|d| d.0).unwrap_or(default)
+}
+
+pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
+    let e = Errs { file };
+    if raw.listeners.is_empty() {
+        return Err(e.err("listeners", "", "at least one listener is required"));
+    }
+    if let Some(0) = raw.pingora.threads {
+        return Err(e.err("pingora.threads", 0, "must be at least 1"));
+    }
+
+    let mut listeners = Vec::with_capacity(raw.listeners.len());
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        if l.name.trim().is_empty() {
+            return Err(e.err(format!("{p}.name"), &l.name, "must not be empty"));
+        }
+        if listeners.iter().any(|x: &ListenerSpec| x.name == l.name) {
+            return Err(e.err(format!("{p}.name"), &l.name, "duplicate listener name"));
+        }
+        let addr = parse_addr(&e, &format!("{p}.address"), &l.address)?;
+        if listeners.iter().any(|x: &ListenerSpec| x.addr == addr) {
+            return Err(e.err(
+                format!("{p}.address"),
+                &l.address,
+                "address used by another listener",
+            ));
+        }
+        listeners.push(ListenerSpec {
+            name: l.name.clone(),
+            addr,
+            protocol: l.protocol,
+        });
+    }
+
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        let p = format!("upstreams[{i}]");
+        if u.name.trim().is_empty() {
+            return Err(e.err(format!("{p}.name"), &u.name, "must not be empty"));
+        }
+        if upstreams.iter().any(|x: &UpstreamSpec| x.name == u.name) {
+            return Err(e.err(format!("{p}.name"), &u.name, "duplicate upstream name"));
+        }
+        if u.backends.is_empty() {
+            return Err(e.err(
+                format!("{p}.backends"),
+                "[]",
+                "at least one backend is required",
+            ));
+        }
+        let mut backends = Vec::with_capacity(u.backends.len());
+        for (j, b) in u.backends.iter().enumerate() {
+            let bp = format!("{p}.backends[{j}]");
+            let addr = parse_addr(&e, &format!("{bp}.address"), &b.address)?;
+            let weight = b.weight.unwrap_or(1);
+            if weight == 0 || weight > MAX_WEIGHT {
+                return Err(e.err(
+                    format!("{bp}.weight"),
+                    weight,
+                    format!("must be between 1 and {MAX_WEIGHT}"),
+                ));
+            }
+            if backends.iter().any(|x: &BackendSpec| x.addr == addr) {
+                return Err(e.err(format!("{bp}.address"), &b.address, "duplicate backend"));
+            }
+            backends.push(BackendSpec { addr, weight });
+        }
+        let selection = match u.selection {
+            SelectionFile::RoundRobin => Selection::RoundRobin,
+            SelectionFile::Random => Selection::Random,
+            SelectionFile::LeastConnections => Selection::LeastConnections,
+            SelectionFile::PowerOfTwo => Selection::PowerOfTwo,
+            SelectionFile::ConsistentHash => Selection::ConsistentHash,
+        };
+        let hash_key = match u.hash_key.as_deref() {
+            None | Some("client_ip") => HashKey::ClientIp,
+            Some("uri") => HashKey::Uri,
+            Some(k) => {
+                if let Some(h) = k.strip_prefix("header:").filter(|h| !h.is_empty()) {
+                    HashKey::Header(h.to_ascii_lowercase())
+                } else if let Some(c) = k.strip_prefix("cookie:").filter(|c| !c.is_empty()) {
+                    HashKey::Cookie(c.to_string())
+                } else {
+                    return Err(e.err(
+                        format!("{p}.hash_key"),
+                        k,
+                        "expected client_ip, uri, header:NAME or cookie:NAME",
+                    ));
+                }
+            }
+        };
+        if u.hash_key.is_some() && selection != Selection::ConsistentHash {
+            return Err(e.err(
+                format!("{p}.hash_key"),
+                u.hash_key.as_deref().unwrap_or_default(),
+                "only valid with selection: consistent_hash",
+            ));
+        }
+        let health = match &u.health_check {
+            None => None,
+            Some(h) => {
+                let hp = format!("{p}.health_check");
+                let interval = dur(h.interval, DEFAULT_HC_INTERVAL);
+                if interval < Duration::from_millis(10) {
+                    return Err(e.err(
+                        format!("{hp}.interval"),
+                        format!("{interval:?}"),
+                        "must be at least 10ms",
+                    ));
+                }
+                let timeout = dur(h.timeout, DEFAULT_HC_TIMEOUT);
+                if timeout.is_zero() {
+                    return Err(e.err(format!("{hp}.timeout"), "0s", "must be greater than zero"));
+                }
+                let healthy_threshold = h.healthy_threshold.unwrap_or(DEFAULT_HC_HEALTHY);
+                if healthy_threshold == 0 {
+                    return Err(e.err(format!("{hp}.healthy_threshold"), 0, "must be at least 1"));
+                }
+                let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(DEFAULT_HC_UNHEALTHY);
+                if unhealthy_threshold == 0 {
+                    return Err(e.err(
+                        format!("{hp}.unhealthy_threshold"),
+                        0,
+                        "must be at least 1",
+                    ));
+                }
+                let expect_status = h.expect_status.unwrap_or(200);
+                if !(100..=599).contains(&expect_status) {
+                    return Err(e.err(
+                        format!("{hp}.expect_status"),
+                        expect_status,
+                        "must be an HTTP status (100-599)",
+                    ));
+                }
+                let path = h.path.clone().unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(e.err(
+                        format!("{hp}.path"),
+                        &path,
+                        "must start with / and contain no spaces",
+                    ));
+                }
+                if h.kind == HealthCheckType::Tcp && (h.path.is_some() || h.expect_status.is_some())
+                {
+                    return Err(e.err(
+                        format!("{hp}.type"),
+                        "tcp",
+                        "path and expect_status need type: http",
+                    ));
+                }
+                if let Some(0) = h.port {
+                    return Err(e.err(format!("{hp}.port"), 0, "must be a port number"));
+                }
+                Some(HealthSpec {
+                    kind: h.kind,
+                    path,
+                    host: h.host.clone().unwrap_or_else(|| "localhost".into()),
+                    expect_status,
+                    port: h.port,
+                    interval,
+                    timeout,
+                    healthy_threshold,
+                    unhealthy_threshold,
+                })
+            }
+        };
+        let connect_timeout = dur(u.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        if connect_timeout.is_zero() {
+            return Err(e.err(
+                format!("{p}.connect_timeout"),
+                "0s",
+                "must be greater than zero",
+            ));
+        }
+        let read_timeout = dur(u.read_timeout, DEFAULT_READ_TIMEOUT);
+        if read_timeout.is_zero() {
+            return Err(e.err(
+                format!("{p}.read_timeout"),
+                "0s",
+                "must be greater than zero",
+            ));
+        }
+        upstreams.push(UpstreamSpec {
+            name: u.name.clone(),
+            backends,
+            selection,
+            hash_key,
+            health,
+            connect_timeout,
+            read_timeout,
+            write_timeout: dur(u.write_timeout, DEFAULT_WRITE_TIMEOUT),
+            idle_timeout: dur(u.idle_timeout, DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+            retries: u.retries.unwrap_or(DEFAULT_RETRIES),
+        });
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        let listener = listeners
+            .iter()
+            .position(|l| l.name == r.listener)
+            .ok_or_else(|| {
+                e.err(
+                    format!("{p}.listener"),
+                    &r.listener,
+                    "no listener has this name",
+                )
+            })?;
+        let upstream = upstreams
+            .iter()
+            .position(|u| u.name == r.upstream)
+            .ok_or_else(|| {
+                e.err(
+                    format!("{p}.upstream"),
+                    &r.upstream,
+                    "no upstream has this name",
+                )
+            })?;
+        let host = match &r.host {
+            None => HostMatch::Any,
+            Some(h) => HostMatch::parse(h).map_err(|m| e.err(format!("{p}.host"), h, m))?,
+        };
+        let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+        if !path_prefix.starts_with('/') {
+            return Err(e.err(
+                format!("{p}.path_prefix"),
+                &path_prefix,
+                "must start with /",
+            ));
+        }
+        routes.push(RouteSpec {
+            listener,
+            host,
+            path_prefix,
+            upstream,
+            max_body_size: r
+                .max_body_size
+                .map(|s| s.0)
+                .unwrap_or(DEFAULT_MAX_BODY_SIZE),
+        });
+    }
+
+    Ok(Config {
+        file: file.to_string(),
+        pingora: raw.pingora,
+        listeners,
+        upstreams,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listeners: [{name: web, address: 127.0.0.1:8080, protocol: http}]\n";
+
+    #[test]
+    fn zero_weight_names_path_and_value() {
+        let y = format!("{BASE}upstreams: [{{name: a, backends: [{{address: 127.0.0.1:1}}, {{address: 127.0.0.1:2, weight: 0}}]}}]\n");
+        let err = Config::from_yaml("x.yaml", &y).unwrap_err();
+        assert_eq!(err.path, "upstreams[0].backends[1].weight");
+        assert_eq!(err.value, "0");
+        assert!(err
+            .to_string()
+            .starts_with("x.yaml: upstreams[0].backends[1].weight"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_path() {
+        let y = format!(
+            "{BASE}upstreams: [{{name: a, backends: [{{address: 127.0.0.1:1, wieght: 2}}]}}]\n"
+        );
+        let err = Config::from_yaml("x.yaml", &y).unwrap_err().to_string();
+        assert!(err.contains("wieght"), "{err}");
+        assert!(err.contains("upstreams[0].backends[0]"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_path() {
+        let y = format!("{BASE}upstreams: [{{name: a, connect_timeout: 5x, backends: [{{address: 127.0.0.1:1}}]}}]\n");
+        let err = Config::from_yaml("x.yaml", &y).unwrap_err().to_string();
+        assert!(err.contains("upstreams[0].connect_timeout"), "{err}");
+        assert!(err.contains("5x"), "{err}");
+    }
+
+    #[test]
+    fn missing_upstream_reference() {
+        let y = format!("{BASE}routes: [{{listener: web, upstream: nope}}]\n");
+        let err = Config::from_yaml("x.yaml", &y).unwrap_err();
+        assert_eq!(err.path, "routes[0].upstream");
+        assert_eq!(err.value, "nope");
+    }
+
+    #[test]
+    fn host_patterns() {
+        let s = HostMatch::parse("*.example.com").unwrap();
+        assert!(s.matches("a.example.com"));
+        assert!(s.matches("A.EXAMPLE.com"));
+        assert!(!s.matches("example.com"));
+        assert!(!s.matches("aexample.com"));
+        assert!(HostMatch::parse("exa mple").is_err());
+    }
+}

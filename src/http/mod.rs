@@ -1,0 +1,312 @@
+//! The HTTP proxy: one [`ProxyHttp`] implementation per listener.
+//!
+//! Phase map (Pingora calls them in this order):
+//! - `request_filter`: route by Host and longest path prefix (404 when none), body limit,
+//!   consistent-hash key.
+//! - `upstream_peer`: select a backend from the route's pool; on a retry, a different one.
+//! - `fail_to_connect`: mark connect failures retryable while the upstream's `retries` allow.
+//! - `upstream_request_filter`: X-Forwarded-* headers. Hop-by-hop headers (and those the
+//!   client nominated in `Connection`) are stripped by Pingora's standard request policy.
+//! - `fail_to_proxy`: the proxy's own error pages, which never name a backend.
+
+pub mod router;
+
+use crate::config::{HashKey, ListenerSpec};
+use crate::upstream::{bit, select::hash_bytes, Pick};
+use async_trait::async_trait;
+use bytes::Bytes;
+use log::warn;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use router::Router;
+
+pub struct Listener {
+    pub name: String,
+    pub tls: bool,
+    pub router: Router,
+}
+
+impl Listener {
+    pub fn new(spec: &ListenerSpec, router: Router, tls: bool) -> Listener {
+        Listener {
+            name: spec.name.clone(),
+            tls,
+            router,
+        }
+    }
+}
+
+pub struct HttpProxy {
+    pub listener: Listener,
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    /// Index into the listener's router, set by `request_filter`.
+    route: Option<usize>,
+    pick: Option<Pick>,
+    /// Backends that failed for this request (bit per slot index).
+    tried: u64,
+    attempts: u32,
+    hash: u64,
+}
+
+impl Ctx {
+    pub fn backend_label(&self) -> Option<&str> {
+        self.pick.as_ref().map(|p| p.slot.label.as_str())
+    }
+}
+
+fn hash_key(key: &HashKey, session: &Session) -> u64 {
+    let req = session.req_header();
+    match key {
+        HashKey::ClientIp => match session.client_addr().and_then(|a| a.as_inet()) {
+            Some(a) => match a.ip() {
+                std::net::IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+                std::net::IpAddr::V6(v6) => hash_bytes(&v6.octets()),
+            },
+            None => 0,
+        },
+        HashKey::Uri => hash_bytes(
+            req.uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .as_bytes(),
+        ),
+        HashKey::Header(name) => req
+            .headers
+            .get(name.as_str())
+            .map(|v| hash_bytes(v.as_bytes()))
+            .unwrap_or(0),
+        HashKey::Cookie(name) => cookie_value(req, name).map(hash_bytes).unwrap_or(0),
+    }
+}
+
+fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    for h in req.headers.get_all(http::header::COOKIE) {
+        for part in h.as_bytes().split(|&b| b == b';') {
+            let part = part.trim_ascii();
+            if let Some(rest) = part.strip_prefix(name.as_bytes()) {
+                if let Some(v) = rest.strip_prefix(b"=") {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A small page of our own. It names the status, never a backend.
+pub fn error_page(code: u16) -> Bytes {
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    Bytes::from(format!(
+        "<html><head><title>{code} {reason}</title></head><body><h1>{code} {reason}</h1><hr><p>stepstone</p></body></html>\n"
+    ))
+}
+
+/// Answer from the proxy itself, with a body and a content length.
+pub async fn respond(session: &mut Session, code: u16, close: bool) -> Result<()> {
+    let body = error_page(code);
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if close {
+        resp.insert_header(http::header::CONNECTION, "close")?;
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for HttpProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let host = router::request_host(req);
+        let path = req.uri.path();
+        let Some((pos, route)) = self
+            .listener
+            .router
+            .find(host, path)
+            .and_then(|p| Some((p, self.listener.router.get(p)?)))
+        else {
+            respond(session, 404, false).await?;
+            return Ok(true);
+        };
+        if let Some(len) = content_length(session.req_header()) {
+            if len > route.max_body_size {
+                warn!(
+                    "{}: request body of {len} bytes exceeds the route's max_body_size {}",
+                    self.listener.name, route.max_body_size
+                );
+                respond(session, 413, true).await?;
+                return Ok(true);
+            }
+        }
+        if route.pool.selection == crate::config::Selection::ConsistentHash {
+            ctx.hash = hash_key(&route.pool.hash_key, session);
+        }
+        ctx.route = Some(pos);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.and_then(|i| self.listener.router.get(i)) else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let pool = &route.pool;
+        if let Some(prev) = ctx.pick.take() {
+            ctx.tried |= bit(prev.slot.index);
+        }
+        ctx.attempts += 1;
+        let Some(pick) = pool.select(ctx.hash, ctx.tried) else {
+            warn!(
+                "{}: upstream {}: no usable backend for {}",
+                self.listener.name, pool.name, route.label
+            );
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no usable backend");
+        };
+        let mut peer = HttpPeer::new(pick.slot.addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(pool.connect_timeout);
+        o.total_connection_timeout = Some(pool.connect_timeout);
+        o.read_timeout = Some(pool.read_timeout);
+        o.write_timeout = Some(pool.spec.write_timeout);
+        o.idle_timeout = Some(pool.spec.idle_timeout);
+        ctx.pick = Some(pick);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let retries = ctx
+            .route
+            .and_then(|i| self.listener.router.get(i))
+            .map(|r| r.pool.retries)
+            .unwrap_or(0);
+        if let Some(p) = &ctx.pick {
+            p.slot
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        warn!(
+            "{}: connect to backend {} failed (attempt {}): {}",
+            self.listener.name, peer._address, ctx.attempts, e
+        );
+        if ctx.attempts <= retries {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = addr.ip().to_string();
+            let xff = match upstream_request.headers.get("x-forwarded-for") {
+                Some(prev) if !prev.is_empty() => {
+                    let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+                    v.extend_from_slice(prev.as_bytes());
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(ip.as_bytes());
+                    http::HeaderValue::from_bytes(&v)
+                        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+                }
+                _ => http::HeaderValue::from_str(&ip)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+            };
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream_request.insert_header(
+            "x-forwarded-proto",
+            if self.listener.tls { "https" } else { "http" },
+        )?;
+        let host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| {
+                session
+                    .req_header()
+                    .uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            });
+        if let Some(h) = host {
+            upstream_request.insert_header("x-forwarded-host", h)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(c) => *c,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    ErrorType::ReadTimedout => 408,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            warn!(
+                "{}: answering {code} for {} (backend {}): {e}",
+                self.listener.name,
+                session.req_header().uri,
+                ctx.backend_label().unwrap_or("-")
+            );
+            // After a partial response the status line is gone; then the only safe move is to close.
+            if session.response_written().is_none() {
+                let _ = respond(session, code, true).await;
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
+}

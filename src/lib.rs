@@ -1,0 +1,8 @@
+//! Stepstone: an edge reverse proxy, load balancer and forward proxy on Pingora.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod server;
+pub mod upstream;

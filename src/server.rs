@@ -1,0 +1,93 @@
+//! Wiring: turn a validated [`Config`] into Pingora services. Logic lives in the modules;
+//! this file only connects them.
+
+use crate::config::file::ListenerProtocol;
+use crate::config::Config;
+use crate::http::{router::Router, HttpProxy, Listener};
+use crate::upstream::{health::HealthService, Upstreams};
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+
+/// Command-line switches that Pingora itself acts on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunFlags {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+pub fn server_conf(cfg: &Config) -> ServerConf {
+    let p = &cfg.pingora;
+    let mut c = ServerConf::default();
+    if let Some(t) = p.threads {
+        c.threads = t;
+    } else {
+        c.threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+    }
+    if let Some(w) = p.work_stealing {
+        c.work_stealing = w;
+    }
+    c.pid_file = p
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| "/tmp/stepstone.pid".into());
+    c.upgrade_sock = p
+        .upgrade_sock
+        .clone()
+        .unwrap_or_else(|| "/tmp/stepstone_upgrade.sock".into());
+    c.grace_period_seconds = p.grace_period_seconds.or(Some(5));
+    c.graceful_shutdown_timeout_seconds = p.graceful_shutdown_timeout_seconds.or(Some(5));
+    c.daemon = p.daemon.unwrap_or(false);
+    c.error_log = p.error_log.clone();
+    c.user = p.user.clone();
+    c.group = p.group.clone();
+    c.upstream_keepalive_pool_size = p
+        .upstream_keepalive_pool_size
+        .unwrap_or(crate::config::DEFAULT_UPSTREAM_POOL_SIZE);
+    if let Some(n) = p.listener_tasks_per_fd {
+        c.listener_tasks_per_fd = n;
+    }
+    c
+}
+
+pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg));
+    server.bootstrap();
+
+    let upstreams = Upstreams::new(&cfg.upstreams);
+    if let Some(hc) = HealthService::new(&upstreams.pools) {
+        server.add_service(background_service("health checks", hc));
+    }
+
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        match l.protocol {
+            ListenerProtocol::Http => {
+                let router = Router::new(i, &cfg.routes, &upstreams.pools);
+                let proxy = HttpProxy {
+                    listener: Listener::new(l, router, false),
+                };
+                let mut svc = pingora_proxy::http_proxy_service_with_name(
+                    &server.configuration,
+                    proxy,
+                    &format!("http {}", l.name),
+                );
+                svc.add_tcp(&l.addr.to_string());
+                server.add_service(svc);
+            }
+            other => {
+                return Err(format!(
+                    "{}: listener {:?}: protocol {other:?} is not supported by this build",
+                    cfg.file, l.name
+                ))
+            }
+        }
+    }
+    Ok(server)
+}

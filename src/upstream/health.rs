@@ -1,0 +1,130 @@
+//! Active health checks, run as a Pingora background service.
+//!
+//! Pingora's `Backends` does the probing (TCP connect or an HTTP request) and keeps the
+//! consecutive success/failure counts. After each pass we copy its verdict into each
+//! [`Slot::healthy`](super::Slot) flag, which is all the request path reads.
+
+use super::Pool;
+use crate::config::file::HealthCheckType;
+use crate::config::HealthSpec;
+use async_trait::async_trait;
+use log::{info, warn};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use pingora_http::RequestHeader;
+use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::Backends;
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+pub struct HealthService {
+    pools: Vec<Arc<Pool>>,
+}
+
+impl HealthService {
+    /// Only pools with a `health_check` block are probed; the others stay healthy.
+    pub fn new(pools: &[Arc<Pool>]) -> Option<HealthService> {
+        let pools: Vec<Arc<Pool>> = pools
+            .iter()
+            .filter(|p| p.spec.health.is_some())
+            .cloned()
+            .collect();
+        (!pools.is_empty()).then_some(HealthService { pools })
+    }
+}
+
+fn build_check(h: &HealthSpec) -> pingora_core::Result<Box<dyn HealthCheck + Send + Sync>> {
+    Ok(match h.kind {
+        HealthCheckType::Tcp => {
+            let mut c = TcpHealthCheck::new();
+            c.consecutive_success = h.healthy_threshold as usize;
+            c.consecutive_failure = h.unhealthy_threshold as usize;
+            c.peer_template.options.connection_timeout = Some(h.timeout);
+            c.peer_template.options.total_connection_timeout = Some(h.timeout);
+            c
+        }
+        HealthCheckType::Http => {
+            let mut c = HttpHealthCheck::new(&h.host, false);
+            c.consecutive_success = h.healthy_threshold as usize;
+            c.consecutive_failure = h.unhealthy_threshold as usize;
+            c.peer_template.options.connection_timeout = Some(h.timeout);
+            c.peer_template.options.total_connection_timeout = Some(h.timeout);
+            c.peer_template.options.read_timeout = Some(h.timeout);
+            let mut req = RequestHeader::build("GET", h.path.as_bytes(), None)?;
+            req.append_header("Host", h.host.as_str())?;
+            req.append_header("User-Agent", "stepstone-health-check")?;
+            c.req = req;
+            let want = h.expect_status;
+            c.validator = Some(Box::new(move |resp| {
+                if resp.status.as_u16() == want {
+                    Ok(())
+                } else {
+                    pingora_core::Error::e_explain(
+                        pingora_core::ErrorType::Custom("health check status"),
+                        format!("got {}, expected {want}", resp.status.as_u16()),
+                    )
+                }
+            }));
+            c.port_override = h.port;
+            Box::new(c)
+        }
+    })
+}
+
+async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
+    let Some(spec) = pool.spec.health.clone() else {
+        return;
+    };
+    let members = pool.members.load_full();
+    let set: BTreeSet<_> = members.slots.iter().map(|s| s.backend.clone()).collect();
+    let mut backends = Backends::new(Static::new(set));
+    match build_check(&spec) {
+        Ok(c) => backends.set_health_check(c),
+        Err(e) => {
+            warn!("upstream {}: cannot build the health check: {e}", pool.name);
+            return;
+        }
+    }
+    if let Err(e) = backends.update(|_| {}).await {
+        warn!("upstream {}: backend discovery failed: {e}", pool.name);
+    }
+    let mut tick = tokio::time::interval(spec.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        backends.run_health_check(true).await;
+        for slot in pool.members.load().slots.iter() {
+            let now = backends.ready(&slot.backend);
+            let was = slot.healthy.swap(now, Relaxed);
+            if was != now {
+                if now {
+                    info!("upstream {}: backend {} is healthy", pool.name, slot.label);
+                } else {
+                    warn!(
+                        "upstream {}: backend {} is unhealthy",
+                        pool.name, slot.label
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let tasks: Vec<_> = self
+            .pools
+            .iter()
+            .map(|p| tokio::spawn(run_pool(p.clone(), shutdown.clone())))
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}

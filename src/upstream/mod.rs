@@ -1,0 +1,223 @@
+//! Upstream pools: backend membership, selection and health.
+//!
+//! A [`Pool`] is shared by every listener that routes to it (HTTP and L4 alike). It keeps a
+//! snapshot of [`Slot`]s, one per backend, with the state the hot path reads: health, drain and
+//! in-flight counts, all atomics. Pingora's `Backends` runs the active health checks and the
+//! discovery; [`health::HealthService`] copies its verdicts into the slots after each pass so a
+//! selection never takes a lock or a hash lookup.
+
+pub mod health;
+pub mod select;
+
+use crate::config::{BackendSpec, HashKey, Selection, UpstreamSpec};
+use arc_swap::ArcSwap;
+use pingora_load_balancing::Backend;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One backend and the counters selection and metrics read.
+#[derive(Debug)]
+pub struct Slot {
+    pub index: usize,
+    pub addr: SocketAddr,
+    /// `ip:port`, precomputed for logs, metrics and the status API.
+    pub label: String,
+    pub weight: u32,
+    pub backend: Backend,
+    pub healthy: AtomicBool,
+    pub drained: AtomicBool,
+    pub inflight: AtomicUsize,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl Slot {
+    fn new(index: usize, spec: &BackendSpec) -> Slot {
+        let mut backend = Backend {
+            addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(spec.addr),
+            weight: spec.weight as usize,
+            ext: Default::default(),
+        };
+        backend.weight = spec.weight as usize;
+        Slot {
+            index,
+            addr: spec.addr,
+            label: spec.addr.to_string(),
+            weight: spec.weight,
+            backend,
+            healthy: AtomicBool::new(true),
+            drained: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn usable(&self) -> bool {
+        self.healthy.load(Relaxed) && !self.drained.load(Relaxed)
+    }
+}
+
+/// A selected backend. Holding it counts one request (or TCP connection) in flight; dropping
+/// it gives the count back, so no code path can leak an in-flight count.
+#[derive(Debug)]
+pub struct Pick {
+    pub slot: Arc<Slot>,
+}
+
+impl Pick {
+    fn new(slot: &Arc<Slot>) -> Pick {
+        slot.inflight.fetch_add(1, Relaxed);
+        slot.requests.fetch_add(1, Relaxed);
+        Pick { slot: slot.clone() }
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.slot.inflight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Membership snapshot with the precomputed structures of each algorithm.
+pub struct Members {
+    pub slots: Vec<Arc<Slot>>,
+    /// Slot indices repeated by weight in a smooth interleaved order (nginx's smooth weighted
+    /// round robin), for round robin, random and the two choices of power-of-two.
+    pub wheel: Vec<u32>,
+    /// Ketama ring of (point, slot index), sorted by point.
+    pub ring: Vec<(u64, u32)>,
+}
+
+impl Members {
+    pub fn build(specs: &[BackendSpec]) -> Members {
+        let slots: Vec<Arc<Slot>> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Arc::new(Slot::new(i, s)))
+            .collect();
+        let weights: Vec<u32> = slots.iter().map(|s| s.weight).collect();
+        let labels: Vec<&str> = slots.iter().map(|s| s.label.as_str()).collect();
+        Members {
+            wheel: select::smooth_wheel(&weights),
+            ring: select::ketama_ring(&labels, &weights),
+            slots,
+        }
+    }
+}
+
+pub struct Pool {
+    pub name: String,
+    pub spec: UpstreamSpec,
+    pub selection: Selection,
+    pub hash_key: HashKey,
+    pub members: ArcSwap<Members>,
+    rr: AtomicUsize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retries: u32,
+}
+
+impl Pool {
+    pub fn new(spec: &UpstreamSpec) -> Pool {
+        Pool {
+            name: spec.name.clone(),
+            selection: spec.selection,
+            hash_key: spec.hash_key.clone(),
+            members: ArcSwap::from_pointee(Members::build(&spec.backends)),
+            rr: AtomicUsize::new(0),
+            connect_timeout: spec.connect_timeout,
+            read_timeout: spec.read_timeout,
+            retries: spec.retries,
+            spec: spec.clone(),
+        }
+    }
+
+    /// Choose a usable backend. `hash` is the request's key for consistent hashing (ignored by
+    /// the other algorithms). `tried` is a bitmask of slot indices (mod 64) that already failed
+    /// for this request, so a retry lands elsewhere.
+    pub fn select(&self, hash: u64, tried: u64) -> Option<Pick> {
+        let m = self.members.load();
+        let idx = match self.selection {
+            Selection::RoundRobin => {
+                let start = self.rr.fetch_add(1, Relaxed);
+                select::from_wheel(&m, start, tried)
+            }
+            Selection::Random => {
+                let start = fastrand_usize();
+                select::from_wheel(&m, start, tried)
+            }
+            Selection::LeastConnections => {
+                let start = self.rr.fetch_add(1, Relaxed);
+                select::least_loaded(&m, start, tried)
+            }
+            Selection::PowerOfTwo => {
+                select::power_of_two(&m, fastrand_usize(), fastrand_usize(), tried)
+            }
+            Selection::ConsistentHash => select::from_ring(&m, hash, tried),
+        }?;
+        Some(Pick::new(&m.slots[idx]))
+    }
+
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.members.load().slots.clone()
+    }
+
+    /// Find a backend by its `ip:port` label, for drain and undrain.
+    pub fn slot_by_label(&self, label: &str) -> Option<Arc<Slot>> {
+        self.members
+            .load()
+            .slots
+            .iter()
+            .find(|s| s.label == label)
+            .cloned()
+    }
+}
+
+#[inline]
+pub fn bit(index: usize) -> u64 {
+    1u64 << (index % 64)
+}
+
+/// A cheap thread-local xorshift; selection needs speed, not cryptographic quality.
+pub fn fastrand_usize() -> usize {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9E37_79B9_7F4A_7C15);
+            (t ^ (&t as *const u64 as u64)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x as usize
+    })
+}
+
+/// All pools of a config, by index and name.
+#[derive(Default, Clone)]
+pub struct Upstreams {
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl Upstreams {
+    pub fn new(specs: &[UpstreamSpec]) -> Upstreams {
+        Upstreams {
+            pools: specs.iter().map(|s| Arc::new(Pool::new(s))).collect(),
+        }
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}

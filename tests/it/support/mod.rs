@@ -1,0 +1,35 @@
+//! Test support: real origins, the real proxy binary, and a small real HTTP/1.1 client.
+//! Everything binds 127.0.0.1:0 (or a port probed that way) and speaks real sockets.
+
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod origin;
+pub mod proxy;
+
+pub use client::{Conn, Response};
+pub use origin::{Origin, OriginBuilder};
+pub use proxy::Proxy;
+
+/// A loopback port that was free a moment ago. The proxy binds its own listeners from the
+/// config, so a port must be named in it; the race with other tests is small and a clash
+/// shows as a start-up failure, not a wrong result.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "stepstone-it-{}-{}-{}",
+        std::process::id(),
+        tag,
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}

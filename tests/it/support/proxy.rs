@@ -1,0 +1,164 @@
+//! The real `stepstone` binary, started on a config written to a scratch directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stepstone");
+
+pub struct Proxy {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    /// Address of the first listener, `{{port}}` in the template.
+    pub addr: SocketAddr,
+    /// Every `{{portN}}` placeholder, in order of N (port0 is the same as port).
+    pub ports: Vec<u16>,
+}
+
+/// Fill `{{port}}`, `{{port1}}`..`{{port9}}` with free ports and `{{dir}}` with the scratch
+/// dir, then add a `pingora:` section with a private pid file and upgrade socket unless the
+/// template has one.
+pub fn render(template: &str, dir: &std::path::Path) -> (String, Vec<u16>) {
+    let mut text = template.replace("{{dir}}", &dir.display().to_string());
+    let mut ports = Vec::new();
+    for i in 0..10 {
+        let p = super::free_port();
+        ports.push(p);
+        let key = format!("{{{{port{i}}}}}");
+        text = text.replace(&key, &p.to_string());
+        if i == 0 {
+            text = text.replace("{{port}}", &p.to_string());
+        }
+    }
+    if !text.contains("pingora:") {
+        text = format!(
+            "pingora:\n  threads: 2\n  pid_file: {d}/stepstone.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{text}",
+            d = dir.display()
+        );
+    }
+    (text, ports)
+}
+
+impl Proxy {
+    /// Start the proxy and wait until the first listener accepts connections.
+    pub fn start(template: &str) -> Proxy {
+        Self::try_start(template).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start(template: &str) -> Result<Proxy, String> {
+        let dir = super::scratch_dir("proxy");
+        let (text, ports) = render(template, &dir);
+        Self::start_in(dir, &text, ports, &[])
+    }
+
+    pub fn start_in(
+        dir: PathBuf,
+        text: &str,
+        ports: Vec<u16>,
+        extra_args: &[&str],
+    ) -> Result<Proxy, String> {
+        let config = dir.join("stepstone.yaml");
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("stderr.log")).map_err(|e| e.to_string())?;
+        let out = std::fs::File::create(dir.join("stdout.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&config)
+            .args(extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("STEPSTONE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn {BIN}: {e}"))?;
+        let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+        let mut p = Proxy {
+            child,
+            dir,
+            config,
+            addr,
+            ports,
+        };
+        p.wait_ready(addr)?;
+        Ok(p)
+    }
+
+    /// Wait until `addr` accepts TCP connections, or the process exits.
+    pub fn wait_ready(&mut self, addr: SocketAddr) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Err(format!(
+                    "stepstone exited with {st} before listening:\n{}",
+                    self.log()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "stepstone did not listen on {addr}:\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn port(&self, i: usize) -> u16 {
+        self.ports[i]
+    }
+
+    pub fn addr_of(&self, i: usize) -> SocketAddr {
+        ([127, 0, 0, 1], self.ports[i]).into()
+    }
+
+    /// What the proxy wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!(
+                "--- stepstone stderr ({}) ---\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Run `stepstone` with arguments and return (exit code, stdout + stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run stepstone");
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), s)
+}
