@@ -3,11 +3,15 @@
 
 use crate::config::file::ListenerProtocol;
 use crate::config::Config;
-use crate::http::{router::Router, HttpProxy, Listener};
+use crate::http::{router::Router, service::LeanHttp, HttpProxy, Listener};
 use crate::upstream::{health::HealthService, Upstreams};
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::net::SocketAddr;
 
 /// Command-line switches that Pingora itself acts on.
 #[derive(Debug, Default, Clone, Copy)]
@@ -73,12 +77,9 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 let proxy = HttpProxy {
                     listener: Listener::new(l, router, false),
                 };
-                let mut svc = pingora_proxy::http_proxy_service_with_name(
-                    &server.configuration,
-                    proxy,
-                    &format!("http {}", l.name),
-                );
-                svc.add_tcp(&l.addr.to_string());
+                let app = LeanHttp::new(proxy, &server.configuration, None);
+                let mut svc = Service::new(format!("http {}", l.name), app);
+                svc.add_listener(plain_listener(l.addr));
                 server.add_service(svc);
             }
             other => {
@@ -90,4 +91,12 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         }
     }
     Ok(server)
+}
+
+/// A plaintext TCP endpoint. Reads skip the L4 buffer: the HTTP/1 parser reads into its own
+/// buffer, so a second one only costs a copy per request and 64 KiB of address space per
+/// connection. Writes keep a one-MSS buffer so a small response goes out in one syscall.
+pub fn plain_listener(addr: SocketAddr) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string())
+        .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE))
 }

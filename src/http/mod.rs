@@ -10,6 +10,7 @@
 //! - `fail_to_proxy`: the proxy's own error pages, which never name a backend.
 
 pub mod router;
+pub mod service;
 
 use crate::config::{HashKey, ListenerSpec};
 use crate::upstream::{bit, select::hash_bytes, Pick};

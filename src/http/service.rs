@@ -1,0 +1,146 @@
+//! The listening service around the proxy, tuned for many idle keep-alive connections.
+//!
+//! Pingora keeps a whole request's state alive while an HTTP/1 connection waits for its next
+//! request: the proxy future, the session and a 4 KiB header buffer, plus a 64 KiB L4 read
+//! buffer per connection. Measured, that is about 33 KB of RSS per idle connection, against
+//! nginx's 1.3 KB. [`LeanHttp`] wraps Pingora's `HttpProxy` and, between requests on a
+//! plaintext HTTP/1 connection, waits for the next byte holding nothing but the socket; the
+//! per-request machinery is only built once a request is arriving. Plain listeners also read
+//! without the L4 buffer (the HTTP/1 parser has its own), which saves a copy per request.
+//!
+//! HTTP/2 and TLS connections take Pingora's own path unchanged.
+
+use async_trait::async_trait;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::v2::server::H2Options;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::{HttpProxy, ProxyHttp};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Wait at most this long for the first request on a new connection when no keep-alive
+/// timeout is set on the session.
+const DEFAULT_IDLE_WAIT: Duration = Duration::from_secs(60);
+
+pub struct LeanHttp<SV: ProxyHttp> {
+    inner: Arc<HttpProxy<SV>>,
+    options: Option<HttpServerOptions>,
+}
+
+impl<SV> LeanHttp<SV>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+{
+    pub fn new(
+        proxy: SV,
+        conf: &Arc<pingora_core::server::configuration::ServerConf>,
+        options: Option<HttpServerOptions>,
+    ) -> Self {
+        let mut p = HttpProxy::new(proxy, conf.clone());
+        p.handle_init_modules();
+        LeanHttp {
+            inner: Arc::new(p),
+            options,
+        }
+    }
+}
+
+/// Outcome of waiting on an idle connection.
+enum Idle {
+    Ready,
+    Closed,
+}
+
+/// Non-blocking look at the socket: is a byte already waiting (the common case under load)?
+fn peek_now(fd: i32) -> Option<Idle> {
+    let mut b = [0u8; 1];
+    // SAFETY: `fd` is the connection's live socket (Pingora's stream id is its fd), `b` is a
+    // valid one-byte buffer, and MSG_PEEK leaves the data in the socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr() as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        1 => Some(Idle::Ready),
+        0 => Some(Idle::Closed),
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                None
+            } else {
+                Some(Idle::Closed)
+            }
+        }
+    }
+}
+
+async fn wait_for_request(stream: &mut Stream, wait: Duration, shutdown: &ShutdownWatch) -> Idle {
+    if let Some(now) = peek_now(stream.id()) {
+        return now;
+    }
+    let mut shutdown = shutdown.clone();
+    let mut one = [0u8; 1];
+    tokio::select! {
+        // reads one byte and pushes it back into the stream's rewind buffer
+        r = stream.try_peek(&mut one) => match r {
+            Ok(_) => Idle::Ready,
+            Err(_) => Idle::Closed,
+        },
+        _ = tokio::time::sleep(wait) => Idle::Closed,
+        _ = shutdown.changed() => Idle::Closed,
+    }
+}
+
+#[async_trait]
+impl<SV> HttpServerApp for LeanHttp<SV>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let session = match session {
+            ServerSession::H1(h1) if h1.stream().get_ssl_digest().is_none() => {
+                let keepalive = h1.get_keepalive_timeout();
+                let reuses = h1.get_keepalive_reuses_remaining();
+                let mut stream = h1.into_inner();
+                let wait = keepalive
+                    .filter(|&k| k > 0)
+                    .map(Duration::from_secs)
+                    .unwrap_or(DEFAULT_IDLE_WAIT);
+                match wait_for_request(&mut stream, wait, shutdown).await {
+                    Idle::Ready => {}
+                    Idle::Closed => return None,
+                }
+                let mut s = ServerSession::new_http1(stream);
+                s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
+                s.set_keepalive_reuses_remaining(reuses);
+                s
+            }
+            other => other,
+        };
+        self.inner.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.options.as_ref()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
