@@ -77,7 +77,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 let proxy = HttpProxy {
                     listener: Listener::new(l, router, false),
                 };
-                let app = LeanHttp::new(proxy, &server.configuration, None);
+                let app = LeanHttp::new(&l.name, proxy, &server.configuration, None, l.limits);
                 let mut svc = Service::new(format!("http {}", l.name), app);
                 svc.add_listener(plain_listener(l.addr));
                 server.add_service(svc);

@@ -62,6 +62,29 @@ pub struct ListenerFile {
     pub name: String,
     pub address: String,
     pub protocol: ListenerProtocol,
+    /// Limits on what a client may send; every field has a safe default.
+    pub limits: Option<LimitsFile>,
+}
+
+/// Per-listener limits against hostile or broken clients.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Longest request line. Default 8KiB; longer gets 414.
+    pub max_request_line: Option<Size>,
+    /// Largest request head (request line and headers). Default 32KiB; larger gets 431.
+    pub max_header_size: Option<Size>,
+    /// Most header fields. Default 100; more gets 431.
+    pub max_header_count: Option<usize>,
+    /// Time to receive a whole request head, from its first byte. Default 10s; then 408 and close.
+    pub header_timeout: Option<Dur>,
+    /// Idle time allowed between requests on a keep-alive connection. Default 60s.
+    pub keepalive_timeout: Option<Dur>,
+    /// Open client connections on this listener; new ones beyond get 503 and are closed.
+    /// Default: unlimited.
+    pub max_connections: Option<usize>,
+    /// Requests per second per client IP; more get 429 with Retry-After. Default: off.
+    pub rate_limit_per_ip: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

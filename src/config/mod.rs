@@ -23,6 +23,11 @@ pub const DEFAULT_HC_HEALTHY: u32 = 1;
 pub const DEFAULT_HC_UNHEALTHY: u32 = 2;
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 16 << 20;
 pub const DEFAULT_UPSTREAM_POOL_SIZE: usize = 2048;
+pub const DEFAULT_MAX_REQUEST_LINE: u64 = 8 << 10;
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
+pub const DEFAULT_MAX_HEADER_COUNT: usize = 100;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound on backend weight; it keeps the round-robin wheel small.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -159,11 +164,117 @@ pub struct UpstreamSpec {
     pub retries: u32,
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    pub max_request_line: usize,
+    pub max_header_size: usize,
+    pub max_header_count: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: Option<usize>,
+    pub rate_limit_per_ip: Option<u32>,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_request_line: DEFAULT_MAX_REQUEST_LINE as usize,
+            max_header_size: DEFAULT_MAX_HEADER_SIZE as usize,
+            max_header_count: DEFAULT_MAX_HEADER_COUNT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            max_connections: None,
+            rate_limit_per_ip: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ListenerSpec {
     pub name: String,
     pub addr: SocketAddr,
     pub protocol: ListenerProtocol,
+    pub limits: ListenerLimits,
+}
+
+fn limits(e: &Errs, p: &str, l: &Option<LimitsFile>) -> Result<ListenerLimits, ConfigError> {
+    let d = ListenerLimits::default();
+    let Some(l) = l else {
+        return Ok(d);
+    };
+    let size = |v: Option<units::Size>, def: usize, key: &str, min: u64, max: u64| {
+        let n = v.map(|s| s.0).unwrap_or(def as u64);
+        if n < min || n > max {
+            Err(e.err(
+                format!("{p}.limits.{key}"),
+                n,
+                format!("must be between {min} and {max} bytes"),
+            ))
+        } else {
+            Ok(n as usize)
+        }
+    };
+    let max_request_line = size(
+        l.max_request_line,
+        d.max_request_line,
+        "max_request_line",
+        64,
+        1 << 20,
+    )?;
+    let max_header_size = size(
+        l.max_header_size,
+        d.max_header_size,
+        "max_header_size",
+        256,
+        1 << 20,
+    )?;
+    let max_header_count = l.max_header_count.unwrap_or(d.max_header_count);
+    if !(1..=256).contains(&max_header_count) {
+        return Err(e.err(
+            format!("{p}.limits.max_header_count"),
+            max_header_count,
+            "must be between 1 and 256",
+        ));
+    }
+    let header_timeout = dur(l.header_timeout, d.header_timeout);
+    if header_timeout.is_zero() {
+        return Err(e.err(
+            format!("{p}.limits.header_timeout"),
+            "0s",
+            "must be greater than zero",
+        ));
+    }
+    let keepalive_timeout = dur(l.keepalive_timeout, d.keepalive_timeout);
+    if keepalive_timeout < Duration::from_secs(1) {
+        return Err(e.err(
+            format!("{p}.limits.keepalive_timeout"),
+            format!("{keepalive_timeout:?}"),
+            "must be at least 1s",
+        ));
+    }
+    if let Some(0) = l.max_connections {
+        return Err(e.err(
+            format!("{p}.limits.max_connections"),
+            0,
+            "must be at least 1",
+        ));
+    }
+    if let Some(0) = l.rate_limit_per_ip {
+        return Err(e.err(
+            format!("{p}.limits.rate_limit_per_ip"),
+            0,
+            "must be at least 1",
+        ));
+    }
+    Ok(ListenerLimits {
+        max_request_line,
+        max_header_size,
+        max_header_count,
+        header_timeout,
+        keepalive_timeout,
+        max_connections: l.max_connections,
+        rate_limit_per_ip: l.rate_limit_per_ip,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +389,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             name: l.name.clone(),
             addr,
             protocol: l.protocol,
+            limits: limits(&e, &p, &l.limits)?,
         });
     }
 

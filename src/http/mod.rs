@@ -9,6 +9,7 @@
 //!   client nominated in `Connection`) are stripped by Pingora's standard request policy.
 //! - `fail_to_proxy`: the proxy's own error pages, which never name a backend.
 
+pub mod guard;
 pub mod router;
 pub mod service;
 
@@ -27,6 +28,8 @@ pub struct Listener {
     pub name: String,
     pub tls: bool,
     pub router: Router,
+    /// Per-client-IP request rate over one-second windows, with its limit.
+    rate: Option<(pingora_limits::rate::Rate, isize)>,
 }
 
 impl Listener {
@@ -35,6 +38,12 @@ impl Listener {
             name: spec.name.clone(),
             tls,
             router,
+            rate: spec.limits.rate_limit_per_ip.map(|n| {
+                (
+                    pingora_limits::rate::Rate::new(std::time::Duration::from_secs(1)),
+                    n as isize,
+                )
+            }),
         }
     }
 }
@@ -52,6 +61,7 @@ pub struct Ctx {
     tried: u64,
     attempts: u32,
     hash: u64,
+    body_bytes: u64,
 }
 
 impl Ctx {
@@ -113,8 +123,20 @@ pub fn error_page(code: u16) -> Bytes {
 
 /// Answer from the proxy itself, with a body and a content length.
 pub async fn respond(session: &mut Session, code: u16, close: bool) -> Result<()> {
+    respond_with(session, code, &[], close).await
+}
+
+pub async fn respond_with(
+    session: &mut Session,
+    code: u16,
+    extra: &[(&'static str, &'static str)],
+    close: bool,
+) -> Result<()> {
     let body = error_page(code);
-    let mut resp = ResponseHeader::build(code, Some(4))?;
+    let mut resp = ResponseHeader::build(code, Some(4 + extra.len()))?;
+    for (k, v) in extra {
+        resp.insert_header(*k, *v)?;
+    }
     resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
@@ -141,6 +163,19 @@ impl ProxyHttp for HttpProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some((rate, limit)) = &self.listener.rate {
+            if let Some(ip) = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+            {
+                if rate.observe(&ip, 1) > *limit {
+                    warn!("{}: rate limit exceeded by {ip}", self.listener.name);
+                    respond_with(session, 429, &[("retry-after", "1")], false).await?;
+                    return Ok(true);
+                }
+            }
+        }
         let req = session.req_header();
         let host = router::request_host(req);
         let path = req.uri.path();
@@ -168,6 +203,33 @@ impl ProxyHttp for HttpProxy {
         }
         ctx.route = Some(pos);
         Ok(false)
+    }
+
+    /// Bodies without a Content-Length (chunked) are counted as they stream; past the route's
+    /// limit the request fails with 413 if nothing was answered yet, else it is cut.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            let limit = ctx
+                .route
+                .and_then(|i| self.listener.router.get(i))
+                .map(|r| r.max_body_size)
+                .unwrap_or(u64::MAX);
+            if ctx.body_bytes > limit {
+                warn!(
+                    "{}: request body exceeds max_body_size {limit}",
+                    self.listener.name
+                );
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -8,8 +8,12 @@
 //! per-request machinery is only built once a request is arriving. Plain listeners also read
 //! without the L4 buffer (the HTTP/1 parser has its own), which saves a copy per request.
 //!
-//! HTTP/2 and TLS connections take Pingora's own path unchanged.
+//! Every HTTP/1 connection (plain or TLS) is wrapped once in a [`Guarded`] stream that
+//! enforces the listener's head limits and holds its slot in the connection count.
+//! HTTP/2 connections take Pingora's own path unchanged.
 
+use super::guard::{Guarded, HeadLimits};
+use crate::config::ListenerLimits;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora_core::protocols::http::v2::server::H2Options;
@@ -17,16 +21,18 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, ProxyHttp};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Wait at most this long for the first request on a new connection when no keep-alive
-/// timeout is set on the session.
-const DEFAULT_IDLE_WAIT: Duration = Duration::from_secs(60);
 
 pub struct LeanHttp<SV: ProxyHttp> {
     inner: Arc<HttpProxy<SV>>,
     options: Option<HttpServerOptions>,
+    limits: ListenerLimits,
+    head: HeadLimits,
+    /// Open HTTP/1 connections on this listener, for `max_connections`.
+    open: Arc<AtomicUsize>,
+    name: String,
 }
 
 impl<SV> LeanHttp<SV>
@@ -35,16 +41,57 @@ where
     <SV as ProxyHttp>::CTX: Send + Sync,
 {
     pub fn new(
+        name: &str,
         proxy: SV,
         conf: &Arc<pingora_core::server::configuration::ServerConf>,
         options: Option<HttpServerOptions>,
+        limits: ListenerLimits,
     ) -> Self {
         let mut p = HttpProxy::new(proxy, conf.clone());
         p.handle_init_modules();
         LeanHttp {
             inner: Arc::new(p),
             options,
+            head: HeadLimits {
+                max_request_line: limits.max_request_line,
+                max_header_size: limits.max_header_size,
+                max_header_count: limits.max_header_count,
+                header_timeout: limits.header_timeout,
+            },
+            limits,
+            open: Arc::new(AtomicUsize::new(0)),
+            name: name.to_string(),
         }
+    }
+
+    /// Open HTTP/1 client connections right now.
+    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+        self.open.clone()
+    }
+
+    /// Wrap a new connection's stream, or refuse it when the listener is full.
+    async fn admit(&self, mut stream: Stream) -> Option<Stream> {
+        let n = self.open.fetch_add(1, Relaxed) + 1;
+        if let Some(max) = self.limits.max_connections {
+            if n > max {
+                self.open.fetch_sub(1, Relaxed);
+                log::warn!(
+                    "{}: refusing a connection: {max} open (max_connections)",
+                    self.name
+                );
+                use tokio::io::AsyncWriteExt;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n")
+                    .await;
+                let _ = stream.flush().await;
+                return None;
+            }
+        }
+        Some(Box::new(Guarded::new(
+            stream,
+            self.head,
+            Some(self.open.clone()),
+        )))
     }
 }
 
@@ -110,20 +157,30 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let session = match session {
-            ServerSession::H1(h1) if h1.stream().get_ssl_digest().is_none() => {
-                let keepalive = h1.get_keepalive_timeout();
+            ServerSession::H1(h1) => {
                 let reuses = h1.get_keepalive_reuses_remaining();
+                let plain = h1.stream().get_ssl_digest().is_none();
                 let mut stream = h1.into_inner();
-                let wait = keepalive
-                    .filter(|&k| k > 0)
-                    .map(Duration::from_secs)
-                    .unwrap_or(DEFAULT_IDLE_WAIT);
-                match wait_for_request(&mut stream, wait, shutdown).await {
-                    Idle::Ready => {}
-                    Idle::Closed => return None,
+                if stream.as_any().downcast_ref::<Guarded>().is_none() {
+                    stream = self.admit(stream).await?;
+                }
+                if plain {
+                    match wait_for_request(&mut stream, self.limits.keepalive_timeout, shutdown)
+                        .await
+                    {
+                        Idle::Ready => {}
+                        Idle::Closed => return None,
+                    }
+                }
+                if let Some(g) = stream.as_any().downcast_ref::<Guarded>() {
+                    g.arm();
                 }
                 let mut s = ServerSession::new_http1(stream);
-                s.set_keepalive(if *shutdown.borrow() { None } else { keepalive });
+                s.set_keepalive(if *shutdown.borrow() {
+                    None
+                } else {
+                    Some(self.limits.keepalive_timeout.as_secs())
+                });
                 s.set_keepalive_reuses_remaining(reuses);
                 s
             }

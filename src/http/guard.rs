@@ -1,0 +1,364 @@
+//! A guard on the bytes of each HTTP/1 request head, before Pingora parses them.
+//!
+//! Pingora's HTTP/1 reader has a per-read timeout but no deadline for the whole head, and
+//! its size limits (1 MiB, 256 headers) are far above what an edge proxy should accept. The
+//! guard wraps the downstream stream once per connection and watches what the parser reads:
+//! the request line, the head's size and line count, and the time since the head's first
+//! byte. On a violation it writes the proxy's own answer (414, 431 or 408) straight to the
+//! socket and fails the read, so Pingora closes the connection without parsing further.
+//! Body bytes pass through untouched; [`Guarded::arm`] starts the watch again for the next
+//! request on a keep-alive connection. It also holds the connection's slot in the listener's
+//! connection count for as long as the connection lives.
+
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::TlsRef;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
+};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, ALPN};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_request_line: usize,
+    pub max_header_size: usize,
+    pub max_header_count: usize,
+    pub header_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for / reading the request line (counted in `line_len`).
+    RequestLine,
+    Headers,
+    /// Head complete: body bytes and anything else pass through.
+    Body,
+}
+
+pub struct Guarded {
+    inner: Stream,
+    limits: HeadLimits,
+    phase: Phase,
+    head_len: usize,
+    line_len: usize,
+    lines: usize,
+    /// Last bytes seen, to find CRLF CRLF across reads.
+    tail: [u8; 3],
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    rearm: AtomicBool,
+    conn_slot: Option<Arc<AtomicUsize>>,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(c) = &self.conn_slot {
+            c.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// Answers written by the guard. They close the connection.
+fn answer(code: u16) -> &'static [u8] {
+    match code {
+        408 => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        414 => b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        _ => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    }
+}
+
+impl Guarded {
+    /// `conn_slot`: the listener's open-connection counter, already incremented for this
+    /// connection; the guard gives it back when the connection closes.
+    pub fn new(inner: Stream, limits: HeadLimits, conn_slot: Option<Arc<AtomicUsize>>) -> Guarded {
+        Guarded {
+            inner,
+            limits,
+            phase: Phase::RequestLine,
+            head_len: 0,
+            line_len: 0,
+            lines: 0,
+            tail: [0; 3],
+            deadline: None,
+            rearm: AtomicBool::new(false),
+            conn_slot,
+        }
+    }
+
+    /// Watch the next request head on this connection.
+    pub fn arm(&self) {
+        self.rearm.store(true, Relaxed);
+    }
+
+    fn reset(&mut self) {
+        self.phase = Phase::RequestLine;
+        self.head_len = 0;
+        self.line_len = 0;
+        self.lines = 0;
+        self.tail = [0; 3];
+        self.deadline = None;
+    }
+
+    /// Scan newly read head bytes; `Err(code)` on a violation.
+    fn scan(&mut self, data: &[u8]) -> Result<usize, u16> {
+        for (i, &b) in data.iter().enumerate() {
+            // leading CRLFs before a request line are allowed by RFC 9112 and ignored here
+            if self.phase == Phase::RequestLine && self.line_len == 0 && (b == b'\r' || b == b'\n')
+            {
+                continue;
+            }
+            self.head_len += 1;
+            if self.head_len > self.limits.max_header_size {
+                return Err(if self.phase == Phase::RequestLine {
+                    414
+                } else {
+                    431
+                });
+            }
+            if b == b'\n' {
+                if self.phase == Phase::RequestLine {
+                    self.phase = Phase::Headers;
+                } else {
+                    // an empty line (CRLF CRLF or LF LF) ends the head
+                    let prev = self.tail[2];
+                    let prev2 = self.tail[1];
+                    if prev == b'\n' || (prev == b'\r' && prev2 == b'\n') {
+                        self.phase = Phase::Body;
+                        self.deadline = None;
+                        return Ok(i + 1);
+                    }
+                    self.lines += 1;
+                    if self.lines > self.limits.max_header_count {
+                        return Err(431);
+                    }
+                }
+            } else if self.phase == Phase::RequestLine {
+                self.line_len += 1;
+                if self.line_len > self.limits.max_request_line {
+                    return Err(414);
+                }
+            }
+            self.tail = [self.tail[1], self.tail[2], b];
+        }
+        Ok(data.len())
+    }
+
+    fn reject(&mut self, cx: &mut Context<'_>, code: u16) -> Poll<std::io::Result<()>> {
+        log::warn!(
+            "rejecting request head from {}: {}",
+            self.inner
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+                .unwrap_or_else(|| "-".into()),
+            match code {
+                408 => "header read deadline exceeded (408)",
+                414 => "request line too long (414)",
+                _ => "request head too large or too many header fields (431)",
+            }
+        );
+        // Best effort: a tiny answer into an idle socket completes at once.
+        let mut inner = Pin::new(&mut self.inner);
+        if let Poll::Ready(Ok(_)) = inner.as_mut().poll_write(cx, answer(code)) {
+            let _ = inner.as_mut().poll_flush(cx);
+        }
+        self.phase = Phase::Body;
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("request head rejected with {code}"),
+        )))
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.rearm.swap(false, Relaxed) {
+            this.reset();
+        }
+        if this.phase == Phase::Body {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled();
+                if filled.len() > before {
+                    if this.deadline.is_none() {
+                        this.deadline =
+                            Some(Box::pin(tokio::time::sleep(this.limits.header_timeout)));
+                    }
+                    let new = filled[before..].to_vec();
+                    if let Err(code) = this.scan(&new) {
+                        return this.reject(cx, code);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if let Some(d) = this.deadline.as_mut() {
+                    if d.as_mut().poll(cx).is_ready() {
+                        return this.reject(cx, 408);
+                    }
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+use std::future::Future;
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait::async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, d: ProxyDigest) {
+        self.inner.set_proxy_digest(d)
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, d: SocketDigest) {
+        self.inner.set_socket_digest(d)
+    }
+}
+
+#[async_trait::async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g() -> Guarded {
+        // a stream is not needed to test the scanner
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let s = rt.block_on(async { tokio::net::UnixStream::from_std(a).expect("tokio") });
+        let l4: pingora_core::protocols::l4::stream::Stream = s.into();
+        Guarded::new(
+            Box::new(l4),
+            HeadLimits {
+                max_request_line: 16,
+                max_header_size: 64,
+                max_header_count: 2,
+                header_timeout: Duration::from_secs(1),
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn scanner_limits() {
+        let mut x = g();
+        assert_eq!(x.scan(b"GET / HTTP/1.1\r\nA: b\r\n\r\nBODY"), Ok(24));
+        let mut x = g();
+        assert_eq!(x.scan(b"GET /aaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n"), Err(414));
+        let mut x = g();
+        assert_eq!(
+            x.scan(b"GET / HTTP/1.1\r\nA: b\r\nC: d\r\nE: f\r\n"),
+            Err(431)
+        );
+        let mut x = g();
+        assert!(x
+            .scan(b"GET / HTTP/1.1\r\nA: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n")
+            .is_err());
+        // split across reads
+        let mut x = g();
+        assert_eq!(x.scan(b"GET / HTTP/1.1\r\nA: b\r"), Ok(21));
+        assert_eq!(x.scan(b"\n\r"), Ok(2));
+        assert_eq!(x.scan(b"\nrest"), Ok(1));
+        assert_eq!(x.phase, Phase::Body);
+    }
+}
