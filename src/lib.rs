@@ -5,4 +5,5 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod server;
+pub mod tls;
 pub mod upstream;

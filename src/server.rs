@@ -72,14 +72,24 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
 
     for (i, l) in cfg.listeners.iter().enumerate() {
         match l.protocol {
-            ListenerProtocol::Http => {
+            ListenerProtocol::Http | ListenerProtocol::Https => {
                 let router = Router::new(i, &cfg.routes, &upstreams.pools);
+                let tls = l.protocol == ListenerProtocol::Https;
                 let proxy = HttpProxy {
-                    listener: Listener::new(l, router, false),
+                    listener: Listener::new(l, router, tls),
                 };
-                let app = LeanHttp::new(&l.name, proxy, &server.configuration, None, l.limits);
+                let app = LeanHttp::new(
+                    &l.name,
+                    proxy,
+                    &server.configuration,
+                    crate::tls::http_server_options(l),
+                    l.limits,
+                );
                 let mut svc = Service::new(format!("http {}", l.name), app);
-                svc.add_listener(plain_listener(l.addr));
+                svc.add_listener(match &l.tls {
+                    Some(t) => crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?,
+                    None => plain_listener(l.addr),
+                });
                 server.add_service(svc);
             }
             other => {
@@ -89,6 +99,9 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 ))
             }
         }
+    }
+    if let Some(r) = crate::tls::reload::service() {
+        server.add_service(background_service("tls reload", r));
     }
     Ok(server)
 }

@@ -62,6 +62,15 @@ pub struct ListenerFile {
     pub name: String,
     pub address: String,
     pub protocol: ListenerProtocol,
+    /// Certificates and client verification. Required for `https`, not allowed for `http`.
+    pub tls: Option<TlsFile>,
+    /// http only: answer every request with a redirect to the same URL on https (301 for
+    /// GET/HEAD, 308 otherwise). Default: false
+    pub redirect_https: Option<bool>,
+    /// http only, with redirect_https: the port in the redirect's URL. Default: 443
+    pub https_port: Option<u16>,
+    /// http only: also accept cleartext HTTP/2 (prior knowledge). Default: false
+    pub h2c: Option<bool>,
     /// Limits on what a client may send; every field has a safe default.
     pub limits: Option<LimitsFile>,
 }
@@ -85,6 +94,35 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     /// Requests per second per client IP; more get 429 with Retry-After. Default: off.
     pub rate_limit_per_ip: Option<u32>,
+}
+
+/// A listener's TLS block. Relative paths are relative to the config file's directory.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// One or more; the first is served to clients that send no SNI or an unknown name.
+    pub certificates: Vec<CertFile>,
+    /// PEM file of CAs. When set, clients must present a certificate signed by one of them.
+    /// Default: none (no client certificates asked for)
+    pub client_ca: Option<String>,
+    /// Accept an expired certificate with a warning instead of refusing to start. Default: false
+    pub allow_expired: Option<bool>,
+    /// How often the certificate files are checked for changes (mtime and size); a change
+    /// reloads them. SIGHUP reloads at once. 0s turns the polling off. Default: 5s
+    pub reload_interval: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    /// PEM file: the certificate, then its intermediates.
+    pub cert: String,
+    /// PEM file: the private key of the certificate.
+    pub key: String,
+    /// Names (exact or `*.suffix`) this certificate is served for. Default: none, which
+    /// only makes sense for the first (default) certificate.
+    #[serde(default)]
+    pub server_names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,6 +156,21 @@ pub struct UpstreamFile {
     pub idle_timeout: Option<Dur>,
     /// Connect failures retried on another backend. Default: 2
     pub retries: Option<u32>,
+    /// Speak TLS to the backends. Never falls back to plaintext. Default: false
+    pub tls: Option<bool>,
+    /// tls only: name sent as SNI and checked against the backends' certificates. Required
+    /// when verify is on. Default: none
+    pub sni: Option<String>,
+    /// tls only: verify the backends' certificates (chain and name). Default: true
+    pub verify: Option<bool>,
+    /// tls only: PEM file of CAs trusted for the backends. Default: the system's roots
+    pub ca_file: Option<String>,
+    /// tls only: client certificate (PEM, with intermediates) for mTLS to the backends.
+    pub client_cert: Option<String>,
+    /// tls only: private key of client_cert.
+    pub client_key: Option<String>,
+    /// tls only: offer HTTP/2 to the backends by ALPN (HTTP/1.1 if they decline). Default: false
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -28,6 +28,10 @@ pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
 pub const DEFAULT_MAX_HEADER_COUNT: usize = 100;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HTTPS_PORT: u16 = 443;
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// Concurrent streams per HTTP/2 connection to a backend (Pingora's own default is 1).
+pub const DEFAULT_UPSTREAM_H2_STREAMS: usize = 100;
 /// Upper bound on backend weight; it keeps the round-robin wheel small.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -162,6 +166,9 @@ pub struct UpstreamSpec {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub retries: u32,
+    pub tls: Option<UpstreamTlsSpec>,
+    /// HTTP/2 to the backends: by ALPN with tls, by prior knowledge (h2c) without.
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -194,6 +201,11 @@ pub struct ListenerSpec {
     pub name: String,
     pub addr: SocketAddr,
     pub protocol: ListenerProtocol,
+    pub tls: Option<TlsSpec>,
+    /// http only: redirect every request to https on this port.
+    pub redirect_https: Option<u16>,
+    /// http only: accept cleartext HTTP/2.
+    pub h2c: bool,
     pub limits: ListenerLimits,
 }
 
@@ -277,6 +289,40 @@ fn limits(e: &Errs, p: &str, l: &Option<LimitsFile>) -> Result<ListenerLimits, C
     })
 }
 
+/// A validated listener TLS block. The files were readable and consistent when the config
+/// was loaded; they are read again when the listener is built and on every reload.
+#[derive(Debug, Clone)]
+pub struct TlsSpec {
+    /// Key path of the block, e.g. `listeners[0].tls`, for log lines.
+    pub key_path: String,
+    /// The first is the default certificate.
+    pub certificates: Vec<CertSpec>,
+    pub client_ca: Option<String>,
+    pub allow_expired: bool,
+    /// Zero: no polling (SIGHUP still reloads).
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    /// Resolved paths (relative ones against the config file's directory).
+    pub cert: String,
+    pub key: String,
+    pub server_names: Vec<HostMatch>,
+}
+
+/// TLS towards the backends of one upstream. Files are loaded at validation time, so `-t`
+/// catches them and the running proxy never re-reads them.
+#[derive(Debug, Clone)]
+pub struct UpstreamTlsSpec {
+    /// Empty only when `verify` is off.
+    pub sni: String,
+    pub verify: bool,
+    pub ca: Option<crate::tls::Trusted>,
+    pub client: Option<crate::tls::ClientCert>,
+    pub http2: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
     pub listener: usize,
@@ -329,12 +375,12 @@ impl Config {
     }
 }
 
-struct Errs<'a> {
-    file: &'a str,
+pub(crate) struct Errs<'a> {
+    pub(crate) file: &'a str,
 }
 
 impl Errs<'_> {
-    fn err(
+    pub(crate) fn err(
         &self,
         path: impl Into<String>,
         value: impl fmt::Display,
@@ -355,7 +401,7 @@ fn parse_addr(e: &Errs, path: &str, s: &str) -> Result<SocketAddr, ConfigError> 
         .map_err(|_| e.err(path, s, "expected IP:PORT, for example 127.0.0.1:8080"))
 }
 
-fn dur(d: Option<units::Dur>, default: Duration) -> Duration {
+pub(crate) fn dur(d: Option<units::Dur>, default: Duration) -> Duration {
     d.map(|d| d.0).unwrap_or(default)
 }
 
@@ -385,10 +431,14 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
                 "address used by another listener",
             ));
         }
+        let (tls, redirect_https, h2c) = crate::tls::config::validate_listener(&e, &p, l)?;
         listeners.push(ListenerSpec {
             name: l.name.clone(),
             addr,
             protocol: l.protocol,
+            tls,
+            redirect_https,
+            h2c,
             limits: limits(&e, &p, &l.limits)?,
         });
     }
@@ -541,6 +591,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
                 "must be greater than zero",
             ));
         }
+        let (tls, http2) = crate::tls::config::validate_upstream(&e, &p, u)?;
         upstreams.push(UpstreamSpec {
             name: u.name.clone(),
             backends,
@@ -552,6 +603,8 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             write_timeout: dur(u.write_timeout, DEFAULT_WRITE_TIMEOUT),
             idle_timeout: dur(u.idle_timeout, DEFAULT_UPSTREAM_IDLE_TIMEOUT),
             retries: u.retries.unwrap_or(DEFAULT_RETRIES),
+            tls,
+            http2,
         });
     }
 

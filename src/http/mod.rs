@@ -27,6 +27,8 @@ use router::Router;
 pub struct Listener {
     pub name: String,
     pub tls: bool,
+    /// Redirect every request to https on this port (see `crate::tls::redirect`).
+    pub redirect_https: Option<u16>,
     pub router: Router,
     /// Per-client-IP request rate over one-second windows, with its limit.
     rate: Option<(pingora_limits::rate::Rate, isize)>,
@@ -37,6 +39,7 @@ impl Listener {
         Listener {
             name: spec.name.clone(),
             tls,
+            redirect_https: spec.redirect_https,
             router,
             rate: spec.limits.rate_limit_per_ip.map(|n| {
                 (
@@ -176,6 +179,10 @@ impl ProxyHttp for HttpProxy {
                 }
             }
         }
+        if let Some(port) = self.listener.redirect_https {
+            crate::tls::redirect::redirect(session, port).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let host = router::request_host(req);
         let path = req.uri.path();
@@ -248,7 +255,7 @@ impl ProxyHttp for HttpProxy {
             );
             return Error::e_explain(ErrorType::HTTPStatus(503), "no usable backend");
         };
-        let mut peer = HttpPeer::new(pick.slot.addr, false, String::new());
+        let mut peer = crate::tls::upstream::http_peer(&pool.spec, pick.slot.addr);
         let o = &mut peer.options;
         o.connection_timeout = Some(pool.connect_timeout);
         o.total_connection_timeout = Some(pool.connect_timeout);
@@ -266,20 +273,28 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let retries = ctx
-            .route
-            .and_then(|i| self.listener.router.get(i))
-            .map(|r| r.pool.retries)
-            .unwrap_or(0);
+        let route = ctx.route.and_then(|i| self.listener.router.get(i));
+        let retries = route.map(|r| r.pool.retries).unwrap_or(0);
         if let Some(p) = &ctx.pick {
             p.slot
                 .failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        warn!(
-            "{}: connect to backend {} failed (attempt {}): {}",
-            self.listener.name, peer._address, ctx.attempts, e
-        );
+        let backend = peer._address.to_string();
+        let tls_logged = route.is_some_and(|r| {
+            crate::tls::upstream::log_connect_failure(
+                &self.listener.name,
+                &r.pool.spec,
+                &backend,
+                &e,
+            )
+        });
+        if !tls_logged {
+            warn!(
+                "{}: connect to backend {} failed (attempt {}): {}",
+                self.listener.name, peer._address, ctx.attempts, e
+            );
+        }
         if ctx.attempts <= retries {
             e.set_retry(true);
         }

@@ -6,7 +6,7 @@
 
 use super::Pool;
 use crate::config::file::HealthCheckType;
-use crate::config::HealthSpec;
+use crate::config::{HealthSpec, UpstreamSpec};
 use async_trait::async_trait;
 use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
@@ -35,10 +35,23 @@ impl HealthService {
     }
 }
 
-fn build_check(h: &HealthSpec) -> pingora_core::Result<Box<dyn HealthCheck + Send + Sync>> {
+fn build_check(
+    h: &HealthSpec,
+    u: &UpstreamSpec,
+) -> pingora_core::Result<Box<dyn HealthCheck + Send + Sync>> {
     Ok(match h.kind {
         HealthCheckType::Tcp => {
-            let mut c = TcpHealthCheck::new();
+            // Over TLS the check includes the handshake, so a backend with a bad
+            // certificate is marked down before a request meets it.
+            let mut c = match &u.tls {
+                Some(t) => TcpHealthCheck::new_tls(&t.sni),
+                None => TcpHealthCheck::new(),
+            };
+            crate::tls::upstream::apply_options(
+                &mut c.peer_template.options,
+                u.tls.as_ref(),
+                false,
+            );
             c.consecutive_success = h.healthy_threshold as usize;
             c.consecutive_failure = h.unhealthy_threshold as usize;
             c.peer_template.options.connection_timeout = Some(h.timeout);
@@ -46,7 +59,11 @@ fn build_check(h: &HealthSpec) -> pingora_core::Result<Box<dyn HealthCheck + Sen
             c
         }
         HealthCheckType::Http => {
-            let mut c = HttpHealthCheck::new(&h.host, false);
+            let mut c = HttpHealthCheck::new(&h.host, u.tls.is_some());
+            // The same TLS and HTTP/2 settings as requests; the address is a placeholder
+            // that Pingora replaces with each backend's.
+            c.peer_template =
+                crate::tls::upstream::http_peer(u, std::net::SocketAddr::from(([0, 0, 0, 0], 1)));
             c.consecutive_success = h.healthy_threshold as usize;
             c.consecutive_failure = h.unhealthy_threshold as usize;
             c.peer_template.options.connection_timeout = Some(h.timeout);
@@ -80,7 +97,7 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     let members = pool.members.load_full();
     let set: BTreeSet<_> = members.slots.iter().map(|s| s.backend.clone()).collect();
     let mut backends = Backends::new(Static::new(set));
-    match build_check(&spec) {
+    match build_check(&spec, &pool.spec) {
         Ok(c) => backends.set_health_check(c),
         Err(e) => {
             warn!("upstream {}: cannot build the health check: {e}", pool.name);

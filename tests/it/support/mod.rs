@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod origin;
+pub mod pki;
 pub mod proxy;
 
 pub use client::{Conn, Response};

@@ -1,0 +1,978 @@
+//! TLS offload and HTTP/2: SNI certificate choice, ALPN h2 with many streams, mTLS, TLS to
+//! backends (verification fails closed), the https redirect, h2c, certificate reload, bad
+//! bytes on a TLS port, and the `-t` checks of certificate files. Certificates are
+//! generated per test (support::pki); the clients are real TLS stacks (OpenSSL through
+//! tokio-openssl, the h2 crate, curl).
+
+use crate::support::pki::{cn_of, serial_of, write_atomic, Ca, Leaf, EXPIRED};
+use crate::support::proxy::{render, run_cli};
+use crate::support::{scratch_dir, OriginBuilder, Proxy};
+use bytes::Bytes;
+use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::X509;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_openssl::SslStream;
+
+type Tls = SslStream<TcpStream>;
+
+fn start(dir: PathBuf, template: &str) -> Proxy {
+    let (text, ports) = render(template, &dir);
+    Proxy::start_in(dir, &text, ports, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// What a TLS client can be told: trusted CA, SNI, ALPN offer, client certificate.
+#[derive(Clone, Default)]
+struct ClientOpts {
+    ca: Option<PathBuf>,
+    sni: Option<String>,
+    alpn: Vec<&'static str>,
+    client: Option<(PathBuf, PathBuf)>,
+    max_version: Option<SslVersion>,
+}
+
+impl ClientOpts {
+    fn new(ca: &Path, sni: &str) -> ClientOpts {
+        ClientOpts {
+            ca: Some(ca.to_path_buf()),
+            sni: Some(sni.to_string()),
+            ..Default::default()
+        }
+    }
+    fn alpn(mut self, a: &[&'static str]) -> Self {
+        self.alpn = a.to_vec();
+        self
+    }
+    fn client(mut self, cert: &Path, key: &Path) -> Self {
+        self.client = Some((cert.to_path_buf(), key.to_path_buf()));
+        self
+    }
+}
+
+async fn connect(addr: SocketAddr, o: &ClientOpts) -> Result<Tls, String> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    match &o.ca {
+        Some(ca) => b.set_ca_file(ca).map_err(|e| e.to_string())?,
+        None => b.set_verify(SslVerifyMode::NONE),
+    }
+    if !o.alpn.is_empty() {
+        let mut wire = Vec::new();
+        for a in &o.alpn {
+            wire.push(a.len() as u8);
+            wire.extend_from_slice(a.as_bytes());
+        }
+        b.set_alpn_protos(&wire).map_err(|e| e.to_string())?;
+    }
+    if let Some((c, k)) = &o.client {
+        b.set_certificate_chain_file(c).map_err(|e| e.to_string())?;
+        b.set_private_key_file(k, SslFiletype::PEM)
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(v) = o.max_version {
+        b.set_max_proto_version(Some(v))
+            .map_err(|e| e.to_string())?;
+        b.set_min_proto_version(None).map_err(|e| e.to_string())?;
+        // OpenSSL 3 refuses TLS 1.1 at its default security level before it even tries.
+        b.set_cipher_list("DEFAULT:@SECLEVEL=0")
+            .map_err(|e| e.to_string())?;
+    }
+    let mut cfg = b.build().configure().map_err(|e| e.to_string())?;
+    let ssl = match &o.sni {
+        Some(name) => cfg.into_ssl(name),
+        None => {
+            cfg.set_use_server_name_indication(false);
+            cfg.set_verify_hostname(false);
+            cfg.into_ssl("unused")
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut s = SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
+    Pin::new(&mut s)
+        .connect()
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    Ok(s)
+}
+
+/// CN and serial of the certificate the proxy served.
+fn served(s: &Tls) -> (String, String) {
+    let c = s.ssl().peer_certificate().expect("peer certificate");
+    (cn_of(&c), serial_of(&c))
+}
+
+struct H1 {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// One HTTP/1.1 request on an established stream (keep-alive; Content-Length bodies).
+async fn h1<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    host: &str,
+    path: &str,
+) -> std::io::Result<H1> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(H1 { status, head, body })
+}
+
+/// Poll `f` until it is true or the generous deadline passes.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+struct Pki {
+    dir: PathBuf,
+    ca: Ca,
+    ca_path: PathBuf,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir = scratch_dir(tag);
+        let ca = Ca::new("Stepstone Test CA");
+        let ca_path = ca.write(&dir, "ca");
+        Pki { dir, ca, ca_path }
+    }
+    fn server(&self, name: &str, cn: &str, sans: &[&str], serial: u32) -> (PathBuf, PathBuf) {
+        self.ca.server(cn, sans, serial).write(&self.dir, name)
+    }
+}
+
+fn https_listener(certs: &[(&Path, &Path, &[&str])], extra: &str) -> String {
+    let mut s = String::from(
+        "listeners:\n  - name: tls\n    address: 127.0.0.1:{{port}}\n    protocol: https\n    tls:\n      certificates:\n",
+    );
+    for (c, k, names) in certs {
+        s.push_str(&format!(
+            "        - {{cert: {}, key: {}, server_names: [{}]}}\n",
+            p(c),
+            p(k),
+            names.join(", ")
+        ));
+    }
+    for l in extra.lines() {
+        s.push_str(&format!("      {l}\n"));
+    }
+    s
+}
+
+fn app_upstream(origin: SocketAddr, listener: &str) -> String {
+    format!(
+        "upstreams:\n  - name: app\n    backends: [{{address: {origin}}}]\nroutes:\n  - {{listener: {listener}, upstream: app}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_selects_certificate_unknown_gets_default_and_backend_sees_plain_http() {
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-sni");
+    let (dc, dk) = pki.server("default", "default.test", &["default.test"], 10);
+    let (ac, ak) = pki.server("a", "a.test", &["a.test"], 11);
+    let (bc, bk) = pki.server("b", "wild.b.test", &["*.b.test"], 12);
+    let cfg = format!(
+        "{}{}",
+        https_listener(
+            &[
+                (&dc, &dk, &[]),
+                (&ac, &ak, &["a.test"]),
+                (&bc, &bk, &["'*.b.test'"]),
+            ],
+            ""
+        ),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+
+    let cases = [
+        (Some("a.test"), "a.test"),
+        (Some("A.Test"), "a.test"),
+        (Some("x.b.test"), "wild.b.test"),
+        (Some("unknown.test"), "default.test"),
+        (None, "default.test"),
+    ];
+    for (sni, want) in cases {
+        let o = ClientOpts {
+            ca: Some(pki.ca_path.clone()),
+            sni: sni.map(String::from),
+            ..Default::default()
+        };
+        // Hostname verification is on whenever SNI is sent, so the unknown name is checked
+        // against the default certificate only through its CN below.
+        let o = if sni == Some("unknown.test") {
+            ClientOpts { ca: None, ..o }
+        } else {
+            o
+        };
+        let mut s = connect(proxy.addr, &o)
+            .await
+            .unwrap_or_else(|e| panic!("sni {sni:?}: {e}"));
+        assert_eq!(served(&s).0, want, "sni {sni:?}");
+        let v = s.ssl().version_str();
+        assert!(v == "TLSv1.3" || v == "TLSv1.2", "{v}");
+        let r = h1(&mut s, sni.unwrap_or("default.test"), "/x")
+            .await
+            .expect("response");
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert_eq!(r.body, b"app");
+    }
+    // The origin parsed every request as plain HTTP/1.1 and was told the client used https.
+    let rec = origin.recorded();
+    assert_eq!(rec.len(), 5);
+    for r in &rec {
+        assert_eq!(r.header("x-forwarded-proto"), Some("https"));
+        assert_eq!(r.path, "/x");
+    }
+
+    // TLS 1.1 and older are refused.
+    let old = ClientOpts {
+        max_version: Some(SslVersion::TLS1_1),
+        ..ClientOpts::new(&pki.ca_path, "a.test")
+    };
+    assert!(connect(proxy.addr, &old).await.is_err(), "TLS 1.1 accepted");
+
+    // curl agrees, with ALPN and the CA file.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert", &p(&pki.ca_path), "--resolve"])
+        .arg(format!("a.test:{}:127.0.0.1", proxy.addr.port()))
+        .args(["-w", "%{http_code} %{http_version}", "-o", "/dev/null"])
+        .arg(format!("https://a.test:{}/", proxy.addr.port()))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn h2_get(
+    client: h2::client::SendRequest<Bytes>,
+    uri: &str,
+) -> Result<(u16, Vec<u8>), h2::Error> {
+    let mut c = client.ready().await?;
+    let req = http::Request::builder().uri(uri).body(()).expect("request");
+    let (resp, _) = c.send_request(req, true)?;
+    let resp = resp.await?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    Ok((status, data))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_is_negotiated_and_100_concurrent_streams_succeed() {
+    let origin = OriginBuilder::new("app")
+        .delay(Duration::from_millis(20))
+        .run()
+        .await;
+    let pki = Pki::new("tls-h2");
+    let (c, k) = pki.server("a", "a.test", &["a.test"], 20);
+    let cfg = format!(
+        "{}{}",
+        https_listener(&[(&c, &k, &["a.test"])], ""),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+
+    // A client that only speaks HTTP/1.1 gets HTTP/1.1.
+    let s = connect(
+        proxy.addr,
+        &ClientOpts::new(&pki.ca_path, "a.test").alpn(&["http/1.1"]),
+    )
+    .await
+    .expect("h1 handshake");
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    let s = connect(
+        proxy.addr,
+        &ClientOpts::new(&pki.ca_path, "a.test").alpn(&["h2", "http/1.1"]),
+    )
+    .await
+    .expect("h2 handshake");
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let (client, conn) = h2::client::handshake(s).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            h2_get(c, &format!("https://a.test/s{i}")).await
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.expect("task").expect("h2 stream");
+        assert_eq!(status, 200);
+        assert_eq!(body, b"app");
+    }
+    assert_eq!(origin.requests(), 100);
+    assert!(origin
+        .recorded()
+        .iter()
+        .all(|r| r.header("x-forwarded-proto") == Some("https")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_is_required_when_client_ca_is_set() {
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-mtls");
+    let (c, k) = pki.server("a", "a.test", &["a.test"], 30);
+    let (cc, ck) = pki.ca.client("client-1", 31).write(&pki.dir, "client");
+    let rogue = Ca::new("Rogue CA");
+    let (rc, rk) = rogue.client("client-x", 32).write(&pki.dir, "rogue");
+    let cfg = format!(
+        "{}{}",
+        https_listener(
+            &[(&c, &k, &["a.test"])],
+            &format!("client_ca: {}", p(&pki.ca_path))
+        ),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+
+    // Valid client certificate: served.
+    let mut s = connect(
+        proxy.addr,
+        &ClientOpts::new(&pki.ca_path, "a.test").client(&cc, &ck),
+    )
+    .await
+    .expect("handshake with client cert");
+    let r = h1(&mut s, "a.test", "/").await.expect("response");
+    assert_eq!(r.status, 200);
+
+    // No certificate, or one from another CA: the handshake fails and no request arrives.
+    // With TLS 1.3 the client may finish its side before the server's verdict, so the
+    // failure can surface on the first read instead.
+    for o in [
+        ClientOpts::new(&pki.ca_path, "a.test"),
+        ClientOpts::new(&pki.ca_path, "a.test").client(&rc, &rk),
+    ] {
+        match connect(proxy.addr, &o).await {
+            Err(_) => {}
+            Ok(mut s) => {
+                let r = h1(&mut s, "a.test", "/").await;
+                assert!(r.is_err(), "request served without a valid client cert");
+            }
+        }
+    }
+    assert_eq!(origin.requests(), 1);
+}
+
+/// A TLS origin: optional client verification, ALPN h2 or http/1.1, and counters that show
+/// what reached it. Connections whose first byte is not a TLS handshake count as plaintext.
+struct TlsOrigin {
+    addr: SocketAddr,
+    /// (protocol, path) of each request that arrived over TLS.
+    requests: Arc<Mutex<Vec<(String, String)>>>,
+    plaintext: Arc<AtomicUsize>,
+    failed_handshakes: Arc<AtomicUsize>,
+}
+
+impl TlsOrigin {
+    fn requests(&self) -> Vec<(String, String)> {
+        self.requests.lock().expect("lock").clone()
+    }
+    fn served(&self, path: &str) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|(_, p)| p == path)
+            .map(|(proto, _)| proto)
+            .collect()
+    }
+}
+
+async fn tls_origin(leaf: &Leaf, client_ca: Option<&X509>, allow_h2: bool) -> TlsOrigin {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
+    b.set_certificate(&leaf.cert).expect("cert");
+    b.set_private_key(&leaf.key).expect("key");
+    if let Some(ca) = client_ca {
+        let mut store = X509StoreBuilder::new().expect("store");
+        store.add_cert(ca.clone()).expect("add ca");
+        b.set_verify_cert_store(store.build())
+            .expect("verify store");
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    b.set_alpn_select_callback(move |_, offered| {
+        let prefs: &[u8] = if allow_h2 {
+            b"\x02h2\x08http/1.1"
+        } else {
+            b"\x08http/1.1"
+        };
+        openssl::ssl::select_next_proto(prefs, offered).ok_or(openssl::ssl::AlpnError::NOACK)
+    });
+    let acceptor = Arc::new(b.build());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let o = TlsOrigin {
+        addr: listener.local_addr().expect("addr"),
+        requests: Default::default(),
+        plaintext: Default::default(),
+        failed_handshakes: Default::default(),
+    };
+    let (requests, plaintext, failed) = (
+        o.requests.clone(),
+        o.plaintext.clone(),
+        o.failed_handshakes.clone(),
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, requests, plaintext, failed) = (
+                acceptor.clone(),
+                requests.clone(),
+                plaintext.clone(),
+                failed.clone(),
+            );
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if tcp.peek(&mut first).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if first[0] != 0x16 {
+                    plaintext.fetch_add(1, SeqCst);
+                    return;
+                }
+                let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else {
+                    return;
+                };
+                let Ok(mut s) = SslStream::new(ssl, tcp) else {
+                    return;
+                };
+                if Pin::new(&mut s).accept().await.is_err() {
+                    failed.fetch_add(1, SeqCst);
+                    return;
+                }
+                if s.ssl().selected_alpn_protocol() == Some(b"h2") {
+                    serve_h2(s, requests).await;
+                } else {
+                    serve_h1(s, requests).await;
+                }
+            });
+        }
+    });
+    o
+}
+
+async fn serve_h1(mut s: Tls, requests: Arc<Mutex<Vec<(String, String)>>>) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        requests
+            .lock()
+            .expect("lock")
+            .push(("http/1.1".into(), path));
+        let resp = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Proto: http/1.1\r\n\r\ntls-origin";
+        if s.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_h2(s: Tls, requests: Arc<Mutex<Vec<(String, String)>>>) {
+    let Ok(mut conn) = h2::server::handshake(s).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        requests
+            .lock()
+            .expect("lock")
+            .push(("h2".into(), req.uri().path().to_string()));
+        let resp = http::Response::builder()
+            .status(200)
+            .header("x-proto", "h2")
+            .body(())
+            .expect("response");
+        if let Ok(mut send) = respond.send_response(resp, false) {
+            let _ = send.send_data(Bytes::from_static(b"tls-origin"), true);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_verifies_fails_closed_and_speaks_h2_and_mtls() {
+    let pki = Pki::new("tls-up");
+    let backend = pki.ca.server("backend.test", &["backend.test"], 40);
+    // A backend that wants a client certificate from our CA, and offers h2.
+    let origin = tls_origin(&backend, Some(&pki.ca.cert), true).await;
+    let (cc, ck) = pki
+        .ca
+        .client("stepstone", 41)
+        .write(&pki.dir, "proxy-client");
+    let other = Ca::new("Other CA");
+    let other_path = other.write(&pki.dir, "other-ca");
+    let up = |name: &str, extra: &str| {
+        format!(
+            "  - name: {name}\n    backends: [{{address: {}}}]\n    tls: true\n    client_cert: {}\n    client_key: {}\n    retries: 0\n{extra}",
+            origin.addr,
+            p(&cc),
+            p(&ck)
+        )
+    };
+    let ca = p(&pki.ca_path);
+    let nocert = format!(
+        "  - name: nocert\n    backends: [{{address: {}}}]\n    tls: true\n    sni: backend.test\n    ca_file: {ca}\n    retries: 0\n",
+        origin.addr
+    );
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n{}{}{}{}{}{}routes:\n  - {{listener: web, path_prefix: /good, upstream: good}}\n  - {{listener: web, path_prefix: /h2, upstream: h2}}\n  - {{listener: web, path_prefix: /wrongca, upstream: wrongca}}\n  - {{listener: web, path_prefix: /wrongname, upstream: wrongname}}\n  - {{listener: web, path_prefix: /noverify, upstream: noverify}}\n  - {{listener: web, path_prefix: /nocert, upstream: nocert}}\n",
+        up("good", &format!("    sni: backend.test\n    ca_file: {ca}\n")),
+        up("h2", &format!("    sni: backend.test\n    ca_file: {ca}\n    http2: true\n")),
+        up("wrongca", &format!("    sni: backend.test\n    ca_file: {}\n", p(&other_path))),
+        up("wrongname", &format!("    sni: other.test\n    ca_file: {ca}\n")),
+        up("noverify", &format!("    verify: false\n    ca_file: {}\n", p(&other_path))),
+        nocert,
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    let get = |path: &'static str| crate::support::client::get(proxy.addr, path, &[]);
+
+    let r = get("/good").await.expect("good");
+    assert_eq!((r.status, r.text().as_str()), (200, "tls-origin"));
+    assert_eq!(r.header("x-proto"), Some("http/1.1"));
+    let r = get("/h2").await.expect("h2");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-proto"), Some("h2"));
+    assert_eq!(origin.served("/h2"), vec!["h2".to_string()]);
+
+    // Verification failures: 502, a log line that says so, nothing sent to the backend.
+    for path in ["/wrongca", "/wrongname"] {
+        let r = get(path).await.expect("response");
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+        assert!(origin.served(path).is_empty(), "{path} reached the backend");
+    }
+    let log = proxy.log();
+    assert!(
+        log.contains("upstream wrongca: backend")
+            && log.contains("certificate verification failed"),
+        "{log}"
+    );
+    assert!(log.contains("upstream wrongname: backend"), "{log}");
+
+    // verify: false accepts the certificate; without a client certificate the backend
+    // refuses the handshake: 502.
+    let r = get("/noverify").await.expect("noverify");
+    assert_eq!(r.status, 200);
+    let r = get("/nocert").await.expect("nocert");
+    assert_eq!(r.status, 502);
+    assert!(origin.served("/nocert").is_empty());
+    // Never a plaintext fallback.
+    assert_eq!(origin.plaintext.load(SeqCst), 0);
+    assert!(origin.failed_handshakes.load(SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_speak_tls_to_tls_upstreams() {
+    let pki = Pki::new("tls-hc");
+    let backend = pki.ca.server("backend.test", &["backend.test"], 50);
+    let origin = tls_origin(&backend, None, false).await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\n    tls: true\n    sni: backend.test\n    ca_file: {}\n    health_check: {{type: http, path: /healthz, interval: 100ms}}\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        origin.addr,
+        p(&pki.ca_path)
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    eventually("a health check over TLS", || async {
+        !origin.served("/healthz").is_empty()
+    })
+    .await;
+    let r = crate::support::client::get(proxy.addr, "/", &[])
+        .await
+        .expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.plaintext.load(SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_listener_redirects_to_https() {
+    let origin = OriginBuilder::new("app").run().await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, redirect_https: true, https_port: 8443}}\n  - {{name: std, address: 127.0.0.1:{{{{port1}}}}, protocol: http, redirect_https: true}}\n{}",
+        app_upstream(origin.addr, "web")
+    );
+    let proxy = Proxy::start(&cfg);
+    let mut c = crate::support::Conn::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let r = c
+        .get("/a/b?x=1", &[("Host", "example.com")])
+        .await
+        .expect("response");
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some("https://example.com:8443/a/b?x=1")
+    );
+    // Keep-alive survives a GET redirect.
+    let r = c
+        .get("/", &[("Host", "example.com:80")])
+        .await
+        .expect("response");
+    assert_eq!(r.header("location"), Some("https://example.com:8443/"));
+    let r = c
+        .request("POST", "/form", &[("Host", "example.com")], b"a=1")
+        .await
+        .expect("response");
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("https://example.com:8443/form"));
+    let r = crate::support::client::get(proxy.addr_of(1), "/p", &[("Host", "www.example.org")])
+        .await
+        .expect("response");
+    assert_eq!(r.header("location"), Some("https://www.example.org/p"));
+    // A Host that cannot go into a URL is refused, not reflected.
+    let r = crate::support::client::get(proxy.addr, "/", &[("Host", "evil.com/x")])
+        .await
+        .expect("response");
+    assert_eq!(r.status, 400);
+    assert_eq!(origin.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_listener_serves_http2_and_http1() {
+    let origin = OriginBuilder::new("app").run().await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true}}\n{}",
+        app_upstream(origin.addr, "web")
+    );
+    let proxy = Proxy::start(&cfg);
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            h2_get(c, &format!("http://localhost/c{i}")).await
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.expect("task").expect("h2c stream");
+        assert_eq!((status, body.as_slice()), (200, &b"app"[..]));
+    }
+    let r = crate::support::client::get(proxy.addr, "/h1", &[])
+        .await
+        .expect("h1");
+    assert_eq!(r.status, 200);
+    let rec = origin.recorded();
+    assert_eq!(rec.len(), 11);
+    assert!(rec
+        .iter()
+        .all(|r| r.header("x-forwarded-proto") == Some("http")));
+}
+
+async fn serial_served(addr: SocketAddr, ca: &Path) -> Option<String> {
+    let s = connect(addr, &ClientOpts::new(ca, "reload.test"))
+        .await
+        .ok()?;
+    Some(served(&s).1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_change_reloads_the_certificate_and_a_bad_one_keeps_the_old() {
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-reload");
+    let first = pki.ca.server("reload.test", &["reload.test"], 0x100);
+    let (c, k) = first.write(&pki.dir, "site");
+    let cfg = format!(
+        "{}{}",
+        https_listener(&[(&c, &k, &[])], "reload_interval: 100ms"),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    assert_eq!(
+        serial_served(proxy.addr, &pki.ca_path).await.as_deref(),
+        Some("0100")
+    );
+    // A connection opened before the swap keeps working after it.
+    let mut old = connect(proxy.addr, &ClientOpts::new(&pki.ca_path, "reload.test"))
+        .await
+        .expect("connect");
+    assert_eq!(
+        h1(&mut old, "reload.test", "/").await.expect("r").status,
+        200
+    );
+
+    let second = pki.ca.server("reload.test", &["reload.test"], 0x101);
+    second.write(&pki.dir, "site");
+    eventually("the new certificate is served", || async {
+        serial_served(proxy.addr, &pki.ca_path).await.as_deref() == Some("0101")
+    })
+    .await;
+    assert_eq!(
+        h1(&mut old, "reload.test", "/").await.expect("r").status,
+        200
+    );
+
+    // A certificate whose key is not in place is refused; the old pair stays.
+    let third = pki.ca.server("reload.test", &["reload.test"], 0x102);
+    write_atomic(&c, &third.cert.to_pem().expect("pem"));
+    eventually("the refusal is logged", || async {
+        proxy.log().contains("keeping the current certificates")
+    })
+    .await;
+    assert_eq!(
+        serial_served(proxy.addr, &pki.ca_path).await.as_deref(),
+        Some("0101")
+    );
+    let log = proxy.log();
+    assert!(
+        log.contains("is not the private key of the certificate"),
+        "{log}"
+    );
+    // Garbage is refused as well.
+    write_atomic(&c, b"not a certificate");
+    eventually("the garbage is refused", || async {
+        proxy.log().contains("is not a PEM certificate")
+            || proxy.log().contains("holds no PEM certificate")
+    })
+    .await;
+    assert_eq!(
+        serial_served(proxy.addr, &pki.ca_path).await.as_deref(),
+        Some("0101")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate() {
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-hup");
+    let (c, k) = pki
+        .ca
+        .server("reload.test", &["reload.test"], 0x200)
+        .write(&pki.dir, "site");
+    let cfg = format!(
+        "{}{}",
+        https_listener(&[(&c, &k, &[])], "reload_interval: 0s"),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    eventually("the reload service is up", || async {
+        proxy.log().contains("certificate reload ready")
+    })
+    .await;
+    pki.ca
+        .server("reload.test", &["reload.test"], 0x201)
+        .write(&pki.dir, "site");
+    // Polling is off: nothing changes until the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        serial_served(proxy.addr, &pki.ca_path).await.as_deref(),
+        Some("0200")
+    );
+    proxy.signal("HUP");
+    eventually("SIGHUP swaps the certificate", || async {
+        serial_served(proxy.addr, &pki.ca_path).await.as_deref() == Some("0201")
+    })
+    .await;
+    assert!(proxy.log().contains("certificates reloaded (SIGHUP)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_plain_http_on_a_tls_port_close_only_that_connection() {
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-garbage");
+    let (c, k) = pki.server("a", "a.test", &["a.test"], 60);
+    let cfg = format!(
+        "{}{}",
+        https_listener(&[(&c, &k, &[])], ""),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    let o = ClientOpts::new(&pki.ca_path, "a.test");
+    let mut good = connect(proxy.addr, &o).await.expect("connect");
+    assert_eq!(h1(&mut good, "a.test", "/").await.expect("r").status, 200);
+
+    for bad in [
+        // A complete record that claims to be a handshake but is not one.
+        &b"\x16\x03\x01\x00\x05hello"[..],
+        &b"\x00\xff\x13\x37 not tls at all"[..],
+        &b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"[..],
+    ] {
+        let mut raw = crate::support::Conn::connect(proxy.addr)
+            .await
+            .expect("connect");
+        raw.send_raw(bad).await.expect("send");
+        let mut got = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut b = [0u8; 1024];
+            loop {
+                match raw.stream.read(&mut b).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&b[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "connection left open after {bad:?}");
+        assert!(
+            !String::from_utf8_lossy(&got).contains("HTTP/1.1"),
+            "answered in plaintext"
+        );
+    }
+    // The established connection and new ones are unaffected.
+    assert_eq!(h1(&mut good, "a.test", "/").await.expect("r").status, 200);
+    let mut fresh = connect(proxy.addr, &o).await.expect("connect");
+    assert_eq!(h1(&mut fresh, "a.test", "/").await.expect("r").status, 200);
+    assert_eq!(origin.requests(), 3);
+}
+
+fn check(dir: &Path, yaml: &str) -> (i32, String) {
+    let f = dir.join("check.yaml");
+    std::fs::write(&f, yaml).expect("write");
+    run_cli(&["-t", "-c", &p(&f)])
+}
+
+#[test]
+fn check_names_bad_certificate_files() {
+    let pki = Pki::new("tls-check");
+    let (c, k) = pki.server("a", "a.test", &["a.test"], 70);
+    let (_, k2) = pki.server("b", "b.test", &["b.test"], 71);
+    let (ec, ek) = pki
+        .ca
+        .server_with("old.test", &["old.test"], 72, EXPIRED)
+        .write(&pki.dir, "expired");
+    let missing = pki.dir.join("missing.crt");
+    let listener = |cert: &Path, key: &Path, extra: &str| {
+        format!(
+            "listeners:\n  - name: tls\n    address: 127.0.0.1:18443\n    protocol: https\n    tls:\n      certificates: [{{cert: {}, key: {}}}]\n{extra}",
+            p(cert),
+            p(key)
+        )
+    };
+    let cases: Vec<(String, &str, String)> = vec![
+        (
+            listener(&missing, &k, ""),
+            "listeners[0].tls.certificates[0].cert",
+            p(&missing),
+        ),
+        (
+            listener(&c, &k2, ""),
+            "listeners[0].tls.certificates[0].key",
+            "is not the private key".into(),
+        ),
+        (
+            listener(&ec, &ek, ""),
+            "listeners[0].tls.certificates[0].cert",
+            "expired".into(),
+        ),
+        (
+            listener(&k, &k, ""),
+            "listeners[0].tls.certificates[0].cert",
+            "PEM certificate".into(),
+        ),
+        (
+            "listeners: [{name: s, address: 127.0.0.1:18443, protocol: https}]\n".into(),
+            "listeners[0].tls",
+            "needs a tls block".into(),
+        ),
+        (
+            "listeners: [{name: s, address: 127.0.0.1:18443, protocol: http}]\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}], tls: true}]\n".into(),
+            "upstreams[0].sni",
+            "required".into(),
+        ),
+        (
+            "listeners: [{name: s, address: 127.0.0.1:18443, protocol: http}]\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}], sni: x.test}]\n".into(),
+            "upstreams[0].sni",
+            "only valid with tls: true".into(),
+        ),
+        (
+            format!("listeners: [{{name: s, address: 127.0.0.1:18443, protocol: http}}]\nupstreams: [{{name: a, backends: [{{address: 127.0.0.1:1}}], tls: true, sni: x.test, ca_file: {}}}]\n", p(&missing)),
+            "upstreams[0].ca_file",
+            p(&missing),
+        ),
+        (
+            "listeners: [{name: s, address: 127.0.0.1:18443, protocol: https, redirect_https: true}]\n".into(),
+            "listeners[0].redirect_https",
+            "protocol: http".into(),
+        ),
+    ];
+    for (yaml, path, needle) in cases {
+        let (code, out) = check(&pki.dir, &yaml);
+        assert_eq!(code, 1, "{yaml}\n{out}");
+        assert!(out.contains(path), "want {path} in: {out}");
+        assert!(out.contains(&needle), "want {needle} in: {out}");
+    }
+    // allow_expired turns the error into a warning.
+    let (code, out) = check(&pki.dir, &listener(&ec, &ek, "      allow_expired: true\n"));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("expired") && out.contains("allow_expired"),
+        "{out}"
+    );
+    // A good pair passes.
+    let (code, out) = check(&pki.dir, &listener(&c, &k, ""));
+    assert_eq!(code, 0, "{out}");
+}
