@@ -93,14 +93,14 @@ async fn second_get_is_a_hit_and_the_origin_saw_one_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entry_expires_after_max_age() {
     let o = OriginBuilder::new("o")
-        .on("/e", &[("Cache-Control", "max-age=1")], "e")
+        .on("/e", &[("Cache-Control", "max-age=2")], "e")
         .run()
         .await;
     let p = Proxy::start(&config(&o, ON));
     assert_eq!(status(&get(p.addr, "/e", &[]).await), "MISS");
     assert_eq!(status(&get(p.addr, "/e", &[]).await), "HIT");
     assert_eq!(o.requests(), 1);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = get(p.addr, "/e", &[]).await;
     assert_eq!((status(&r), r.header("x-seq")), ("EXPIRED", Some("2")));
     assert_eq!(o.requests(), 2);
