@@ -65,6 +65,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg));
     server.bootstrap();
 
+    crate::http::cache::init_from_config(cfg);
     let upstreams = Upstreams::new(&cfg.upstreams);
     if let Some(hc) = HealthService::new(&upstreams.pools) {
         server.add_service(background_service("health checks", hc));

@@ -222,4 +222,29 @@ pub struct RouteFile {
     pub upstream: String,
     /// Largest request body accepted on this route. Default: 16MiB
     pub max_body_size: Option<Size>,
+    /// Response cache for this route. Default: none (no caching).
+    pub cache: Option<CacheFile>,
+}
+
+/// A response cache on a route (or the forward proxy). All caches share one in-memory store.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    /// Default: false
+    #[serde(default)]
+    pub enabled: bool,
+    /// Bytes held by the shared store, over all routes. Where several caches give it, they
+    /// must agree. Default: 256MiB
+    pub max_size: Option<Size>,
+    /// Larger responses are proxied but not stored. Default: 8MiB
+    pub max_object_size: Option<Size>,
+    /// Freshness for cacheable-by-status responses that carry no Cache-Control max-age,
+    /// s-maxage or Expires. Default: 0s (such responses are not stored)
+    pub default_ttl: Option<Dur>,
+    /// Response header that reports HIT, MISS, EXPIRED, STALE, REVALIDATED or BYPASS.
+    /// Default: X-Cache-Status
+    pub status_header: Option<String>,
+    /// Client networks allowed to send PURGE. Default: [] (nobody)
+    #[serde(default)]
+    pub purge_from: Vec<String>,
 }

@@ -4,6 +4,8 @@
 //! Errors always name the file, the key path and the bad value, so an operator can fix a
 //! config without reading source code.
 
+pub mod cache;
+pub mod cidr;
 pub mod file;
 pub mod units;
 
@@ -330,6 +332,7 @@ pub struct RouteSpec {
     pub path_prefix: String,
     pub upstream: usize,
     pub max_body_size: u64,
+    pub cache: Option<cache::CacheSpec>,
 }
 
 /// The validated configuration. Cross references are resolved to indices.
@@ -340,6 +343,8 @@ pub struct Config {
     pub listeners: Vec<ListenerSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    /// Bytes of the response store shared by every cache; `None` when no cache is enabled.
+    pub cache_store_size: Option<u64>,
 }
 
 impl Config {
@@ -608,6 +613,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         });
     }
 
+    let mut store = cache::StoreSize::default();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
@@ -652,7 +658,23 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
                 .max_body_size
                 .map(|s| s.0)
                 .unwrap_or(DEFAULT_MAX_BODY_SIZE),
+            cache: match &r.cache {
+                Some(c) => cache::validate_cache(file, &format!("{p}.cache"), c, &mut store)?,
+                None => None,
+            },
         });
+    }
+    let cache_store_size = store.resolve();
+    for (i, r) in routes.iter().enumerate() {
+        if let (Some(c), Some(size)) = (&r.cache, cache_store_size) {
+            if c.max_object_size > size {
+                return Err(e.err(
+                    format!("routes[{i}].cache.max_object_size"),
+                    c.max_object_size,
+                    format!("must not exceed the shared store's max_size ({size} bytes)"),
+                ));
+            }
+        }
     }
 
     Ok(Config {
@@ -661,6 +683,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         listeners,
         upstreams,
         routes,
+        cache_store_size,
     })
 }
 

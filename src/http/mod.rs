@@ -8,7 +8,11 @@
 //! - `upstream_request_filter`: X-Forwarded-* headers. Hop-by-hop headers (and those the
 //!   client nominated in `Connection`) are stripped by Pingora's standard request policy.
 //! - `fail_to_proxy`: the proxy's own error pages, which never name a backend.
+//! - cache hooks (`request_cache_filter`, `cache_key_callback`, `response_cache_filter`,
+//!   `cache_hit_filter`, `cache_vary_filter`, `should_serve_stale`, `response_filter`) and PURGE in
+//!   `request_filter`: delegated to the route's [`cache::RouteCache`], if it has one.
 
+pub mod cache;
 pub mod guard;
 pub mod router;
 pub mod service;
@@ -18,6 +22,10 @@ use crate::upstream::{bit, select::hash_bytes, Pick};
 use async_trait::async_trait;
 use bytes::Bytes;
 use log::warn;
+use pingora_cache::key::HashBinary;
+use pingora_cache::{
+    CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -65,6 +73,14 @@ pub struct Ctx {
     attempts: u32,
     hash: u64,
     body_bytes: u64,
+}
+
+impl HttpProxy {
+    fn route_cache(&self, ctx: &Ctx) -> Option<&cache::RouteCache> {
+        ctx.route
+            .and_then(|i| self.listener.router.get(i))
+            .and_then(|r| r.cache.as_ref())
+    }
 }
 
 impl Ctx {
@@ -205,6 +221,12 @@ impl ProxyHttp for HttpProxy {
                 return Ok(true);
             }
         }
+        if let Some(c) = &route.cache {
+            let (name, tls) = (&self.listener.name, self.listener.tls);
+            if cache::purge::handle(c, session, name, tls).await? {
+                return Ok(true);
+            }
+        }
         if route.pool.selection == crate::config::Selection::ConsistentHash {
             ctx.hash = hash_key(&route.pool.hash_key, session);
         }
@@ -341,6 +363,74 @@ impl ProxyHttp for HttpProxy {
             });
         if let Some(h) = host {
             upstream_request.insert_header("x-forwarded-host", h)?;
+        }
+        Ok(())
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let Some(c) = self.route_cache(ctx) {
+            c.enable(session);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        match self.route_cache(ctx) {
+            Some(c) => Ok(c.key(session, &self.listener.name, self.listener.tls)),
+            None => Error::e_explain(ErrorType::InternalError, "cache without a cached route"),
+        }
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(match self.route_cache(ctx) {
+            Some(c) => c.response_cacheable(session, resp),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        cache::on_hit(session);
+        Ok(None)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::policy::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache::should_serve_stale(error)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(c) = self.route_cache(ctx) {
+            c.response_filter(session, resp, &self.listener.name, self.listener.tls)?;
         }
         Ok(())
     }

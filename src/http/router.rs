@@ -12,6 +12,7 @@ pub struct Route {
     pub path_prefix: String,
     pub pool: Arc<Pool>,
     pub max_body_size: u64,
+    pub cache: Option<super::cache::RouteCache>,
 }
 
 pub struct Router {
@@ -32,6 +33,7 @@ impl Router {
                 path_prefix: r.path_prefix.clone(),
                 pool: pools[r.upstream].clone(),
                 max_body_size: r.max_body_size,
+                cache: r.cache.clone().map(super::cache::RouteCache::new),
             })
             .collect();
         routes.sort_by(|a, b| {

@@ -38,6 +38,18 @@ pub struct State {
     pub recorded: Mutex<Vec<Recorded>>,
 }
 
+/// A canned answer for the paths that match it (exact, or a prefix when it ends with `*`).
+#[derive(Clone, Debug, Default)]
+pub struct PathResp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Append the value of this request header to the body (to tell variants apart).
+    pub echo_header: Option<String>,
+    /// Send the body chunked instead of with Content-Length.
+    pub chunked: bool,
+}
+
 #[derive(Clone)]
 pub struct OriginBuilder {
     name: String,
@@ -45,6 +57,7 @@ pub struct OriginBuilder {
     status: u16,
     body: Option<Vec<u8>>,
     extra_headers: Vec<(String, String)>,
+    paths: Vec<(String, PathResp)>,
 }
 
 impl OriginBuilder {
@@ -55,7 +68,29 @@ impl OriginBuilder {
             status: 200,
             body: None,
             extra_headers: Vec::new(),
+            paths: Vec::new(),
         }
+    }
+    /// Answer `path` (or every path starting with it, if it ends with `*`) with 200, these
+    /// headers and this body. A response with an `ETag` answers a matching `If-None-Match`
+    /// with 304. Every response carries `X-Seq: n`, the origin's request count.
+    pub fn on(self, path: &str, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Self {
+        self.on_resp(
+            path,
+            PathResp {
+                status: 200,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: body.into(),
+                ..Default::default()
+            },
+        )
+    }
+    pub fn on_resp(mut self, path: &str, r: PathResp) -> Self {
+        self.paths.push((path.to_string(), r));
+        self
     }
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
@@ -248,7 +283,7 @@ async fn serve(mut s: TcpStream, b: Arc<OriginBuilder>, state: Arc<State>) {
             }
             continue;
         }
-        state.requests.fetch_add(1, SeqCst);
+        let seq = state.requests.fetch_add(1, SeqCst) + 1;
         if let Ok(mut r) = state.recorded.lock() {
             r.push(rec);
         }
@@ -282,6 +317,59 @@ async fn serve(mut s: TcpStream, b: Arc<OriginBuilder>, state: Arc<State>) {
             tokio::time::sleep(b.delay).await;
         }
         state.inflight.fetch_sub(1, SeqCst);
+        let matched = b.paths.iter().find(|(p, _)| match p.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => *p == path,
+        });
+        if let Some((_, pr)) = matched {
+            let etag = pr
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+                .map(|(_, v)| v.clone());
+            let not_modified = etag.is_some() && get("if-none-match") == etag;
+            let status = if not_modified { 304 } else { pr.status };
+            let mut body = pr.body.clone();
+            if let Some(h) = &pr.echo_header {
+                body.extend_from_slice(get(&h.to_ascii_lowercase()).unwrap_or_default().as_bytes());
+            }
+            let mut resp = format!(
+                "HTTP/1.1 {status} X\r\nX-Origin: {}\r\nX-Seq: {seq}\r\n",
+                b.name
+            );
+            for (k, v) in &pr.headers {
+                resp.push_str(&format!("{k}: {v}\r\n"));
+            }
+            let send_body = !not_modified && method != "HEAD";
+            if not_modified {
+                // no body, no framing
+            } else if pr.chunked {
+                resp.push_str("Transfer-Encoding: chunked\r\n");
+            } else {
+                resp.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            if close {
+                resp.push_str("Connection: close\r\n");
+            }
+            resp.push_str("\r\n");
+            let mut out = resp.into_bytes();
+            if send_body {
+                if pr.chunked {
+                    for c in body.chunks(16 << 10) {
+                        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                        out.extend_from_slice(c);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    out.extend_from_slice(&body);
+                }
+            }
+            if s.write_all(&out).await.is_err() || close {
+                return;
+            }
+            continue;
+        }
         let body = b
             .body
             .clone()

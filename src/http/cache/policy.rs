@@ -1,0 +1,431 @@
+//! What may be stored, for how long, and under which key: RFC 9111 for a shared cache.
+//!
+//! Pingora's `filters::resp_cacheable` takes its default TTL from a plain `fn` pointer, so a
+//! per-route `default_ttl` cannot be expressed with it; this module makes the whole decision
+//! itself, reusing pingora-cache's Cache-Control parser and its `CacheMeta`.
+//!
+//! Decisions, in order:
+//! - Only final, complete responses: no 1xx, 206 or 304.
+//! - `no-store`, `private` (unqualified) and `Vary: *` are never stored.
+//! - A request with `Authorization` is stored only when the response says `public`,
+//!   `s-maxage` or `must-revalidate` (RFC 9111 §3.5).
+//! - A response with `Set-Cookie` is stored only when it says `public`, and the stored copy
+//!   loses its `Set-Cookie` so that one client's cookie is never replayed to another.
+//! - Freshness: `no-cache` means stored but always revalidated; then `s-maxage`, `max-age`,
+//!   `Expires` (relative to the origin's `Date`), each minus any `Age` the origin reported.
+//!   Only when none is present, and the status is cacheable by default (RFC 9110 §15.1), does
+//!   the route's `default_ttl` apply; a zero `default_ttl` means such responses are not stored.
+//! - `stale-while-revalidate` / `stale-if-error` windows come from the response and are
+//!   closed by `must-revalidate`, `proxy-revalidate` and `s-maxage`.
+
+use crate::config::cache::CacheSpec;
+use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::time::{Duration, SystemTime};
+
+/// Headers that describe one connection or one client and must not be replayed from a store.
+const NOT_STORED: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "set-cookie",
+    "age",
+];
+
+/// Statuses a cache may store without explicit freshness (RFC 9110 §15.1), minus 206,
+/// which this cache never stores because it fetches whole objects.
+fn cacheable_by_default(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Whether a request may use the cache at all. Other requests are BYPASS.
+pub fn request_cacheable(req: &RequestHeader) -> bool {
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return false;
+    }
+    // The client asked that nothing about this exchange be stored.
+    !CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store())
+}
+
+/// The primary key: namespace (the listener, so two listeners never share entries), scheme,
+/// host (lower-cased, default port dropped), path and query.
+pub fn cache_key(namespace: &str, tls: bool, req: &RequestHeader) -> CacheKey {
+    CacheKey::new(key_text(namespace, tls, req, None), "")
+}
+
+/// The key text, optionally with the path and query replaced by `path` (used by purges).
+pub fn key_text(namespace: &str, tls: bool, req: &RequestHeader, path: Option<&str>) -> String {
+    let scheme = req
+        .uri
+        .scheme_str()
+        .unwrap_or(if tls { "https" } else { "http" })
+        .to_ascii_lowercase();
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    let host = host.strip_suffix(default_port).unwrap_or(&host);
+    let path = path.unwrap_or_else(|| req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    format!("{namespace} {scheme}://{host}{path}")
+}
+
+/// The variant a request selects among the responses stored for its URL: the values of the
+/// request headers the response named in `Vary`.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut names: Vec<String> = Vec::new();
+    for v in meta.headers().get_all(http::header::VARY) {
+        let Ok(v) = v.to_str() else { continue };
+        for name in v.split(',') {
+            let name = name.trim().to_ascii_lowercase();
+            if !name.is_empty() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    let mut b = VarianceBuilder::new();
+    for name in names {
+        let mut value = Vec::new();
+        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
+            if i > 0 {
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        b.add_owned_name_value(name, value);
+    }
+    b.finalize()
+}
+
+fn uncacheable() -> RespCacheable {
+    RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)
+}
+
+fn http_date(resp: &ResponseHeader, name: http::header::HeaderName) -> Option<SystemTime> {
+    let mut all = resp.headers.get_all(name).iter();
+    let v = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    v.to_str()
+        .ok()
+        .and_then(|s| httpdate::parse_http_date(s.trim()).ok())
+}
+
+/// Decide whether `resp` (the answer to `req`) is stored, and build its metadata.
+pub fn response_cacheable(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    spec: &CacheSpec,
+) -> RespCacheable {
+    let status = resp.status.as_u16();
+    if status < 200 || status == 206 || status == 304 {
+        return uncacheable();
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
+        return uncacheable();
+    }
+    let vary_star = resp.headers.get_all(http::header::VARY).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|n| n.trim_ascii() == b"*")
+    });
+    if vary_star {
+        return uncacheable();
+    }
+    let public = cc.as_ref().is_some_and(|c| c.public());
+    if req.headers.contains_key(http::header::AUTHORIZATION)
+        && !cc
+            .as_ref()
+            .is_some_and(|c| c.allow_caching_authorized_req())
+    {
+        return uncacheable();
+    }
+    if resp.headers.contains_key(http::header::SET_COOKIE) && !public {
+        return uncacheable();
+    }
+
+    let now = SystemTime::now();
+    let explicit = cc.as_ref().and_then(|c| c.fresh_duration()).or_else(|| {
+        // RFC 9111 §5.3: an invalid Expires means "already expired".
+        if !resp.headers.contains_key(http::header::EXPIRES) {
+            return None;
+        }
+        let expires = http_date(resp, http::header::EXPIRES)?;
+        let date = http_date(resp, http::header::DATE).unwrap_or(now);
+        Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+    });
+    let explicit = explicit.or_else(|| {
+        resp.headers
+            .contains_key(http::header::EXPIRES)
+            .then_some(Duration::ZERO)
+    });
+    let ttl = match explicit {
+        Some(t) => t,
+        None if cacheable_by_default(status) && !spec.default_ttl.is_zero() => spec.default_ttl,
+        None => return uncacheable(),
+    };
+    let age = resp
+        .headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::ZERO);
+    let ttl = ttl.saturating_sub(age);
+    let fresh_until = if ttl.is_zero() {
+        // stored, but stale from the start: every use revalidates
+        now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+    } else {
+        now + ttl
+    };
+    let secs = |d: Option<Duration>| {
+        d.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+            .unwrap_or(0)
+    };
+    let swr = secs(
+        cc.as_ref()
+            .and_then(|c| c.serve_stale_while_revalidate_duration()),
+    );
+    let sie = secs(cc.as_ref().and_then(|c| c.serve_stale_if_error_duration()));
+
+    let mut stored = resp.clone();
+    if let Some(c) = &cc {
+        c.strip_private_headers(&mut stored);
+    }
+    for name in NOT_STORED {
+        stored.remove_header(name);
+    }
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(default_ttl: u64) -> CacheSpec {
+        CacheSpec {
+            max_object_size: 1 << 20,
+            default_ttl: Duration::from_secs(default_ttl),
+            status_header: http::HeaderName::from_static("x-cache-status"),
+            purge_from: vec![],
+        }
+    }
+
+    fn get(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
+        r.insert_header("host", "Example.COM:80").unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn fresh_secs(c: RespCacheable) -> Option<i64> {
+        match c {
+            RespCacheable::Cacheable(m) => Some(
+                m.fresh_until()
+                    .duration_since(SystemTime::now())
+                    .map(|d| d.as_secs_f64().round() as i64)
+                    .unwrap_or(0),
+            ),
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    fn decide(req: &[(&str, &str)], status: u16, h: &[(&str, &str)], ttl: u64) -> Option<i64> {
+        fresh_secs(response_cacheable(&get(req), &resp(status, h), &spec(ttl)))
+    }
+
+    #[test]
+    fn key_covers_scheme_host_path_and_query() {
+        assert_eq!(
+            key_text("web", false, &get(&[]), None),
+            "web http://example.com/a?b=1"
+        );
+        assert_eq!(
+            key_text("web", true, &get(&[]), None),
+            "web https://example.com:80/a?b=1"
+        );
+    }
+
+    #[test]
+    fn freshness_sources() {
+        assert_eq!(
+            decide(&[], 200, &[("cache-control", "max-age=60")], 0),
+            Some(60)
+        );
+        assert_eq!(
+            decide(&[], 200, &[("cache-control", "max-age=60, s-maxage=30")], 0),
+            Some(30)
+        );
+        assert_eq!(
+            decide(
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("age", "20")],
+                0
+            ),
+            Some(40)
+        );
+        assert_eq!(
+            decide(
+                &[],
+                200,
+                &[
+                    ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                    ("expires", "Sun, 06 Nov 1994 08:50:37 GMT")
+                ],
+                0
+            ),
+            Some(60)
+        );
+        assert_eq!(decide(&[], 200, &[("expires", "garbage")], 0), Some(0));
+        assert_eq!(
+            decide(&[], 200, &[("cache-control", "no-cache")], 0),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn default_ttl_only_without_freshness_and_for_default_statuses() {
+        assert_eq!(decide(&[], 200, &[], 0), None);
+        assert_eq!(decide(&[], 200, &[], 30), Some(30));
+        assert_eq!(decide(&[], 404, &[], 30), Some(30));
+        assert_eq!(decide(&[], 302, &[], 30), None);
+        assert_eq!(decide(&[], 500, &[], 30), None);
+        assert_eq!(
+            decide(&[], 200, &[("cache-control", "max-age=5")], 30),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn never_stored() {
+        let h = [("cache-control", "max-age=60")];
+        assert_eq!(decide(&[], 206, &h, 0), None);
+        assert_eq!(
+            decide(&[], 200, &[("cache-control", "no-store, max-age=60")], 0),
+            None
+        );
+        assert_eq!(
+            decide(&[], 200, &[("cache-control", "private, max-age=60")], 0),
+            None
+        );
+        assert_eq!(
+            decide(
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "*")],
+                0
+            ),
+            None
+        );
+        assert_eq!(decide(&[("authorization", "x")], 200, &h, 0), None);
+        assert_eq!(
+            decide(
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+                0
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn public_allows_authorization_and_cookies_but_drops_the_cookie() {
+        let h = [
+            ("cache-control", "public, max-age=60"),
+            ("set-cookie", "a=b"),
+        ];
+        let c = response_cacheable(&get(&[("authorization", "x")]), &resp(200, &h), &spec(0));
+        let RespCacheable::Cacheable(m) = c else {
+            panic!("should be stored")
+        };
+        assert!(m.headers().get("set-cookie").is_none());
+    }
+
+    #[test]
+    fn stale_windows() {
+        let c = response_cacheable(
+            &get(&[]),
+            &resp(
+                200,
+                &[(
+                    "cache-control",
+                    "max-age=1, stale-while-revalidate=5, stale-if-error=60",
+                )],
+            ),
+            &spec(0),
+        );
+        let RespCacheable::Cacheable(m) = c else {
+            panic!()
+        };
+        assert_eq!(m.stale_while_revalidate_sec(), 5);
+        assert_eq!(m.stale_if_error_sec(), 60);
+        let c = response_cacheable(
+            &get(&[]),
+            &resp(
+                200,
+                &[(
+                    "cache-control",
+                    "max-age=1, must-revalidate, stale-if-error=60",
+                )],
+            ),
+            &spec(0),
+        );
+        let RespCacheable::Cacheable(m) = c else {
+            panic!()
+        };
+        assert_eq!(m.stale_if_error_sec(), 0);
+    }
+
+    #[test]
+    fn variance_follows_vary() {
+        let RespCacheable::Cacheable(m) = response_cacheable(
+            &get(&[]),
+            &resp(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+            ),
+            &spec(0),
+        ) else {
+            panic!()
+        };
+        let en = variance(&m, &get(&[("accept-language", "en")]));
+        let fr = variance(&m, &get(&[("accept-language", "fr")]));
+        assert!(en.is_some());
+        assert_ne!(en, fr);
+        assert_eq!(
+            en,
+            variance(&m, &get(&[("accept-language", "en"), ("x", "y")]))
+        );
+    }
+}

@@ -1,0 +1,505 @@
+//! Response cache: real origins that count their requests, the real binary, real sockets.
+//! Each test names the behaviour it proves and asserts it through the origin's counter and
+//! the `X-Cache-Status` header.
+
+use crate::support::origin::PathResp;
+use crate::support::{client, Conn, Origin, OriginBuilder, Proxy};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn config(origin: &Origin, cache: &str) -> String {
+    format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\n    retries: 0\nroutes:\n  - listener: web\n    upstream: app\n    cache: {cache}\n",
+        origin.addr
+    )
+}
+
+const ON: &str = "{enabled: true, purge_from: [127.0.0.1/32]}";
+
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> client::Response {
+    client::get(addr, path, headers).await.expect("response")
+}
+
+fn status(r: &client::Response) -> &str {
+    r.header("x-cache-status").unwrap_or("(none)")
+}
+
+/// Wait until `f` holds, or panic after a generous bound.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_get_is_a_hit_and_the_origin_saw_one_request() {
+    let o = OriginBuilder::new("o")
+        .on("/a*", &[("Cache-Control", "max-age=60")], "hello")
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, ON));
+    let r = get(p.addr, "/a", &[]).await;
+    assert_eq!(
+        (r.status, status(&r), r.text().as_str()),
+        (200, "MISS", "hello")
+    );
+    let r = get(p.addr, "/a", &[]).await;
+    assert_eq!(
+        (r.status, status(&r), r.text().as_str()),
+        (200, "HIT", "hello")
+    );
+    assert!(r.header("age").is_some(), "a hit carries Age");
+    assert_eq!(o.requests(), 1);
+
+    // HEAD is answered from the same entry, without a body
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    let r = c.request("HEAD", "/a", &[], b"").await.expect("head");
+    assert_eq!((r.status, status(&r), r.body.len()), (200, "HIT", 0));
+
+    // a hit drains the request body: the next request on the connection still works
+    let r = c
+        .request("GET", "/a", &[], b"some request body")
+        .await
+        .expect("get");
+    assert_eq!((status(&r), r.text().as_str()), ("HIT", "hello"));
+    let r = c
+        .get("/a", &[])
+        .await
+        .expect("keep-alive after a hit with a body");
+    assert_eq!(status(&r), "HIT");
+    assert_eq!(o.requests(), 1);
+
+    // the key covers query and host, not the path alone
+    let r = get(p.addr, "/a?x=1", &[]).await;
+    assert_eq!(status(&r), "MISS", "the query is part of the key");
+    let r = get(p.addr, "/a", &[("Host", "other.example")]).await;
+    assert_eq!(status(&r), "MISS");
+    assert_eq!(o.requests(), 3);
+
+    // unsafe methods are not cached, and invalidate the URL
+    let r = client::Conn::connect(p.addr)
+        .await
+        .expect("connect")
+        .request("POST", "/a", &[], b"x")
+        .await
+        .expect("post");
+    assert_eq!(status(&r), "BYPASS");
+    let r = get(p.addr, "/a", &[]).await;
+    assert_eq!(status(&r), "MISS", "POST invalidated the stored /a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_expires_after_max_age() {
+    let o = OriginBuilder::new("o")
+        .on("/e", &[("Cache-Control", "max-age=2")], "e")
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, ON));
+    assert_eq!(status(&get(p.addr, "/e", &[]).await), "MISS");
+    assert_eq!(status(&get(p.addr, "/e", &[]).await), "HIT");
+    assert_eq!(o.requests(), 1);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = get(p.addr, "/e", &[]).await;
+    assert_eq!((status(&r), r.header("x-seq")), ("EXPIRED", Some("2")));
+    assert_eq!(o.requests(), 2);
+    let r = get(p.addr, "/e", &[]).await;
+    assert_eq!((status(&r), r.header("x-seq")), ("HIT", Some("2")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_store_private_cookies_and_authorization_are_not_stored() {
+    let o = OriginBuilder::new("o")
+        .on("/ns", &[("Cache-Control", "no-store, max-age=60")], "ns")
+        .on("/priv", &[("Cache-Control", "private, max-age=60")], "p")
+        .on(
+            "/cookie",
+            &[("Cache-Control", "max-age=60"), ("Set-Cookie", "s=1")],
+            "c",
+        )
+        .on(
+            "/pubcookie",
+            &[
+                ("Cache-Control", "public, max-age=60"),
+                ("Set-Cookie", "s=1"),
+            ],
+            "pc",
+        )
+        .on("/auth", &[("Cache-Control", "max-age=60")], "a")
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, ON));
+    let count = |path: &str| o.recorded().iter().filter(|r| r.path == path).count();
+    for path in ["/ns", "/priv", "/cookie"] {
+        for _ in 0..3 {
+            let r = get(p.addr, path, &[]).await;
+            assert_eq!(r.status, 200);
+            assert_ne!(status(&r), "HIT", "{path} must not be stored");
+        }
+        assert_eq!(count(path), 3, "{path}: every request reached the origin");
+    }
+    for _ in 0..2 {
+        let r = get(p.addr, "/auth", &[("Authorization", "Basic eDp5")]).await;
+        assert_ne!(status(&r), "HIT");
+    }
+    assert_eq!(
+        count("/auth"),
+        2,
+        "a request with Authorization is not stored"
+    );
+
+    let r = get(p.addr, "/pubcookie", &[]).await;
+    assert_eq!((status(&r), r.header("set-cookie")), ("MISS", Some("s=1")));
+    let r = get(p.addr, "/pubcookie", &[]).await;
+    assert_eq!(status(&r), "HIT", "public overrides Set-Cookie");
+    assert_eq!(
+        r.header("set-cookie"),
+        None,
+        "a stored cookie is never replayed"
+    );
+    assert_eq!(count("/pubcookie"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_keeps_separate_variants() {
+    let o = OriginBuilder::new("o")
+        .on_resp(
+            "/v",
+            PathResp {
+                status: 200,
+                headers: vec![
+                    ("Cache-Control".into(), "max-age=60".into()),
+                    ("Vary".into(), "Accept-Language".into()),
+                ],
+                body: b"lang=".to_vec(),
+                echo_header: Some("accept-language".into()),
+                chunked: false,
+            },
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, ON));
+    let en = [("Accept-Language", "en")];
+    let fr = [("Accept-Language", "fr")];
+    let r = get(p.addr, "/v", &en).await;
+    assert_eq!((status(&r), r.text().as_str()), ("MISS", "lang=en"));
+    let r = get(p.addr, "/v", &fr).await;
+    assert_eq!((status(&r), r.text().as_str()), ("MISS", "lang=fr"));
+    for _ in 0..2 {
+        let r = get(p.addr, "/v", &en).await;
+        assert_eq!((status(&r), r.text().as_str()), ("HIT", "lang=en"));
+        let r = get(p.addr, "/v", &fr).await;
+        assert_eq!((status(&r), r.text().as_str()), ("HIT", "lang=fr"));
+    }
+    assert_eq!(o.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_get_is_answered_304_from_the_cache() {
+    let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let o = OriginBuilder::new("o")
+        .on(
+            "/c",
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("ETag", "\"v1\""),
+                ("Last-Modified", lm),
+            ],
+            "body",
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, ON));
+    assert_eq!(status(&get(p.addr, "/c", &[]).await), "MISS");
+    let r = get(p.addr, "/c", &[("If-None-Match", "\"v1\"")]).await;
+    assert_eq!((r.status, status(&r), r.body.len()), (304, "HIT", 0));
+    assert_eq!(r.header("etag"), Some("\"v1\""));
+    let r = get(p.addr, "/c", &[("If-Modified-Since", lm)]).await;
+    assert_eq!((r.status, status(&r)), (304, "HIT"));
+    let r = get(p.addr, "/c", &[("If-None-Match", "\"v0\"")]).await;
+    assert_eq!(
+        (r.status, status(&r), r.text().as_str()),
+        (200, "HIT", "body")
+    );
+    assert_eq!(o.requests(), 1, "conditionals were answered by the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entry_is_revalidated_and_a_304_refreshes_it() {
+    let o = OriginBuilder::new("o")
+        .on(
+            "/r",
+            &[("Cache-Control", "max-age=1"), ("ETag", "\"r1\"")],
+            "stored",
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, ON));
+    assert_eq!(status(&get(p.addr, "/r", &[]).await), "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(p.addr, "/r", &[]).await;
+    assert_eq!(
+        (r.status, status(&r), r.text().as_str()),
+        (200, "REVALIDATED", "stored")
+    );
+    assert_eq!(o.requests(), 2);
+    let last = o.last().expect("revalidation request");
+    assert_eq!(last.header("if-none-match"), Some("\"r1\""));
+    let r = get(p.addr, "/r", &[]).await;
+    assert_eq!(status(&r), "HIT", "the 304 made the entry fresh again");
+    assert_eq!(o.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_cold_requests_send_one_to_the_origin() {
+    let o = OriginBuilder::new("o")
+        .delay(Duration::from_millis(300))
+        .on("/hot", &[("Cache-Control", "max-age=60")], vec![b'h'; 4096])
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, ON));
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        conns.push(Conn::connect(p.addr).await.expect("connect"));
+    }
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { c.get("/hot", &[]).await.expect("response") }))
+        .collect();
+    let mut statuses = std::collections::HashMap::<String, usize>::new();
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!((r.status, r.body.len()), (200, 4096));
+        *statuses.entry(status(&r).to_string()).or_default() += 1;
+    }
+    assert_eq!(o.requests(), 1, "collapsed forwarding: {statuses:?}");
+    assert_eq!(statuses.get("MISS"), Some(&1), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_answers_while_the_origin_is_down() {
+    let o = OriginBuilder::new("o")
+        .on(
+            "/s",
+            &[("Cache-Control", "max-age=1, stale-if-error=60")],
+            "old",
+        )
+        .on("/plain", &[("Cache-Control", "max-age=1")], "plain")
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, ON));
+    assert_eq!(status(&get(p.addr, "/s", &[]).await), "MISS");
+    assert_eq!(status(&get(p.addr, "/plain", &[]).await), "MISS");
+    o.stop();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(p.addr, "/s", &[]).await;
+    assert_eq!(
+        (r.status, status(&r), r.text().as_str()),
+        (200, "STALE", "old")
+    );
+    let r = get(p.addr, "/plain", &[]).await;
+    assert_eq!(r.status, 502, "without stale-if-error the error shows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
+    let o = OriginBuilder::new("o")
+        .on(
+            "/w",
+            &[("Cache-Control", "max-age=1, stale-while-revalidate=60")],
+            "w",
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, ON));
+    assert_eq!(get(p.addr, "/w", &[]).await.header("x-seq"), Some("1"));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(p.addr, "/w", &[]).await;
+    assert_eq!((status(&r), r.header("x-seq")), ("STALE", Some("1")));
+    eventually("the background refresh", || o.requests() == 2).await;
+    let addr = p.addr;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(addr, "/w", &[]).await;
+        if status(&r) == "HIT" {
+            assert_eq!(r.header("x-seq"), Some("2"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refreshed entry never served: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(o.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_is_allowed_from_the_configured_cidr_and_refused_from_others() {
+    let o = OriginBuilder::new("o")
+        .on("/*", &[("Cache-Control", "max-age=60")], "x")
+        .run()
+        .await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\n  - {{name: other, address: 127.0.0.1:{{{{port1}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app, cache: {{enabled: true, purge_from: ['127.0.0.0/8', '::1']}}}}\n  - {{listener: other, upstream: app, cache: {{enabled: true, purge_from: [10.0.0.0/8]}}}}\n",
+        o.addr
+    );
+    let p = Proxy::start(&cfg);
+    let other = p.addr_of(1);
+    let purge = |addr: SocketAddr, path: &'static str| async move {
+        Conn::connect(addr)
+            .await
+            .expect("connect")
+            .request("PURGE", path, &[], b"")
+            .await
+            .expect("purge")
+    };
+
+    assert_eq!(status(&get(p.addr, "/p", &[]).await), "MISS");
+    assert_eq!(status(&get(p.addr, "/p", &[]).await), "HIT");
+    let r = purge(p.addr, "/p").await;
+    assert_eq!((r.status, r.header("x-purged")), (200, Some("1")));
+    assert_eq!(status(&get(p.addr, "/p", &[]).await), "MISS", "purged");
+    assert_eq!(purge(p.addr, "/never-stored").await.status, 404);
+
+    assert_eq!(status(&get(other, "/p", &[]).await), "MISS");
+    let r = purge(other, "/p").await;
+    assert_eq!(r.status, 403, "127.0.0.1 is outside 10.0.0.0/8");
+    assert_eq!(
+        status(&get(other, "/p", &[]).await),
+        "HIT",
+        "refused purge removed nothing"
+    );
+
+    // prefix purge
+    for path in ["/img/1", "/img/2", "/css/1"] {
+        assert_eq!(status(&get(p.addr, path, &[]).await), "MISS");
+    }
+    let r = purge(p.addr, "/img/*").await;
+    assert_eq!((r.status, r.header("x-purged")), (200, Some("2")));
+    assert_eq!(status(&get(p.addr, "/img/1", &[]).await), "MISS");
+    assert_eq!(status(&get(p.addr, "/css/1", &[]).await), "HIT");
+    assert!(
+        p.log().contains("PURGE /p refused"),
+        "a refused purge is logged"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filling_four_times_max_size_keeps_the_store_within_max_size() {
+    const MAX: u64 = 16 << 20;
+    const OBJ: usize = 64 << 10;
+    let o = OriginBuilder::new("o")
+        .on(
+            "/fill/*",
+            &[("Cache-Control", "max-age=600")],
+            vec![b'f'; OBJ],
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config(
+        &o,
+        &format!(
+            "{{enabled: true, max_size: {MAX}, max_object_size: 1MiB, purge_from: [127.0.0.1/32]}}"
+        ),
+    ));
+    let pid = p.child.id();
+    let before = rss_kib(pid);
+    let n = (4 * MAX as usize) / OBJ;
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    for i in 0..n {
+        let r = c.get(&format!("/fill/{i}"), &[]).await.expect("fill");
+        assert_eq!((r.status, r.body.len()), (200, OBJ));
+    }
+    assert_eq!(o.requests(), n);
+    // the most recent objects are still there
+    let r = c.get(&format!("/fill/{}", n - 1), &[]).await.expect("get");
+    assert_eq!(status(&r), "HIT");
+
+    let mut st = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let r = c
+            .request("PURGE", "/not-there", &[], b"")
+            .await
+            .expect("purge");
+        let num = |h: &str| -> u64 { r.header(h).and_then(|v| v.parse().ok()).expect(h) };
+        let (acc, stored, items) = (
+            num("x-cache-size"),
+            num("x-cache-stored-size"),
+            num("x-cache-items"),
+        );
+        assert!(acc <= MAX, "accounted {acc} > max_size {MAX}");
+        st = Some((acc, stored, items));
+        if stored <= MAX {
+            break;
+        }
+        // evictions are purged from the store asynchronously
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (acc, stored, items) = st.expect("stats");
+    assert!(stored <= MAX, "stored {stored} > max_size {MAX}");
+    assert!(
+        items as usize >= n / 8,
+        "the store is used, not emptied: {items} items"
+    );
+    let after = rss_kib(pid);
+    eprintln!(
+        "cache fill: {n} x {OBJ} B = {} MiB through a {} MiB store: accounted {acc} B, stored {stored} B in {items} items; RSS {before} KiB before, {after} KiB after",
+        (n * OBJ) >> 20,
+        MAX >> 20
+    );
+    assert!(
+        after - before.min(after) < 3 * MAX / 1024,
+        "RSS grew by {} KiB for a {} KiB store",
+        after - before,
+        MAX / 1024
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_over_max_object_size_are_proxied_but_not_stored() {
+    const BIG: usize = 100 << 10;
+    let mk = |chunked| PathResp {
+        status: 200,
+        headers: vec![("Cache-Control".into(), "max-age=60".into())],
+        body: vec![b'b'; BIG],
+        echo_header: None,
+        chunked,
+    };
+    let o = OriginBuilder::new("o")
+        .on_resp("/big", mk(false))
+        .on_resp("/bigchunked", mk(true))
+        .on(
+            "/small",
+            &[("Cache-Control", "max-age=60")],
+            vec![b's'; 10 << 10],
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config(&o, "{enabled: true, max_object_size: 64KiB}"));
+    let count = |path: &str| o.recorded().iter().filter(|r| r.path == path).count();
+    for path in ["/big", "/bigchunked"] {
+        for _ in 0..3 {
+            let r = get(p.addr, path, &[]).await;
+            assert_eq!(
+                (r.status, r.body.len()),
+                (200, BIG),
+                "{path} is proxied in full"
+            );
+            assert_ne!(status(&r), "HIT");
+        }
+        assert_eq!(count(path), 3, "{path} is never stored");
+    }
+    assert_eq!(status(&get(p.addr, "/small", &[]).await), "MISS");
+    assert_eq!(status(&get(p.addr, "/small", &[]).await), "HIT");
+}
