@@ -4,5 +4,6 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod l4;
 pub mod server;
 pub mod upstream;

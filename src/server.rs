@@ -78,9 +78,21 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     listener: Listener::new(l, router, false),
                 };
                 let app = LeanHttp::new(proxy, &server.configuration, None);
-                let mut svc = Service::new(format!("http {}", l.name), app);
+                let name = format!("http {}", l.name);
+                if let Some(trusted) = &l.proxy_protocol {
+                    let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
+                    let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
+                    let mut svc = Service::new(name, app);
+                    svc.add_listener(plain_listener(l.addr));
+                    server.add_service(svc);
+                    continue;
+                }
+                let mut svc = Service::new(name, app);
                 svc.add_listener(plain_listener(l.addr));
                 server.add_service(svc);
+            }
+            ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {
+                server.add_service(crate::l4::service(l, &upstreams.pools)?);
             }
             other => {
                 return Err(format!(

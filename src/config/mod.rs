@@ -4,7 +4,9 @@
 //! Errors always name the file, the key path and the bad value, so an operator can fix a
 //! config without reading source code.
 
+pub mod cidr;
 pub mod file;
+pub mod l4;
 pub mod units;
 
 use file::*;
@@ -23,6 +25,13 @@ pub const DEFAULT_HC_HEALTHY: u32 = 1;
 pub const DEFAULT_HC_UNHEALTHY: u32 = 2;
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 16 << 20;
 pub const DEFAULT_UPSTREAM_POOL_SIZE: usize = 2048;
+/// tcp and tls_passthrough listeners: no bytes either way for this long closes a connection.
+pub const DEFAULT_L4_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// tls_passthrough: the ClientHello must arrive within this time and size.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CLIENT_HELLO_MAX: usize = 16 << 10;
+/// accept_proxy_protocol: the PROXY header must arrive within this time.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound on backend weight; it keeps the round-robin wheel small.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -157,6 +166,7 @@ pub struct UpstreamSpec {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub retries: u32,
+    pub send_proxy_protocol: Option<ProxyProtocolFile>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +174,10 @@ pub struct ListenerSpec {
     pub name: String,
     pub addr: SocketAddr,
     pub protocol: ListenerProtocol,
+    /// tcp and tls_passthrough settings; None for HTTP listeners.
+    pub l4: Option<l4::L4Spec>,
+    /// accept_proxy_protocol: the networks trusted to send a PROXY header.
+    pub proxy_protocol: Option<Vec<cidr::Cidr>>,
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +292,8 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             name: l.name.clone(),
             addr,
             protocol: l.protocol,
+            l4: None,
+            proxy_protocol: l4::accept_proxy(&e, &p, l)?,
         });
     }
 
@@ -440,7 +456,11 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             write_timeout: dur(u.write_timeout, DEFAULT_WRITE_TIMEOUT),
             idle_timeout: dur(u.idle_timeout, DEFAULT_UPSTREAM_IDLE_TIMEOUT),
             retries: u.retries.unwrap_or(DEFAULT_RETRIES),
+            send_proxy_protocol: u.send_proxy_protocol,
         });
+    }
+    for (i, l) in raw.listeners.iter().enumerate() {
+        listeners[i].l4 = l4::listener(&e, i, l, &upstreams)?;
     }
 
     let mut routes = Vec::with_capacity(raw.routes.len());
@@ -478,6 +498,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
                 "must start with /",
             ));
         }
+        l4::check_route(&e, &p, &listeners[listener], &upstreams[upstream])?;
         routes.push(RouteSpec {
             listener,
             host,
