@@ -102,7 +102,10 @@ pub(super) fn listener(
         sni_routes: Vec::new(),
         default_upstream: None,
         max_connections: None,
-        idle_timeout: l.idle_timeout.map(|d| d.0).unwrap_or(DEFAULT_L4_IDLE_TIMEOUT),
+        idle_timeout: l
+            .idle_timeout
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_L4_IDLE_TIMEOUT),
     };
     if spec.idle_timeout.is_zero() {
         return Err(e.err(
@@ -126,18 +129,9 @@ pub(super) fn listener(
             ));
         }
         let Some(name) = &l.upstream else {
-            return Err(e.err(
-                format!("{p}.upstream"),
-                "",
-                "required for protocol: tcp",
-            ));
+            return Err(e.err(format!("{p}.upstream"), "", "required for protocol: tcp"));
         };
-        spec.upstream = Some(upstream_index(
-            e,
-            format!("{p}.upstream"),
-            name,
-            upstreams,
-        )?);
+        spec.upstream = Some(upstream_index(e, format!("{p}.upstream"), name, upstreams)?);
         return Ok(Some(spec));
     }
     // tls_passthrough
@@ -259,17 +253,25 @@ mod tests {
     fn proxy_protocol_keys() {
         let ok = format!("listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, accept_proxy_protocol: true, trusted_proxies: [10.0.0.0/8, 127.0.0.1]}}]\n{UP}");
         let c = Config::from_yaml("x.yaml", &ok).unwrap();
-        assert_eq!(c.listeners[0].proxy_protocol.as_ref().map(|v| v.len()), Some(2));
+        assert_eq!(
+            c.listeners[0].proxy_protocol.as_ref().map(|v| v.len()),
+            Some(2)
+        );
         let e = err(&format!("listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, accept_proxy_protocol: true}}]\n{UP}"));
         assert!(e.contains("listeners[0].trusted_proxies: required"), "{e}");
         let e = err(&format!("listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, accept_proxy_protocol: true, trusted_proxies: [10.0.0.0/40]}}]\n{UP}"));
         assert!(e.contains("listeners[0].trusted_proxies[0]"), "{e}");
-        let e = err(&format!("listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, upstream: a}}]\n{UP}"));
+        let e = err(&format!(
+            "listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, upstream: a}}]\n{UP}"
+        ));
         assert!(e.contains("listeners[0].upstream: only for tcp"), "{e}");
         let e = err(&format!(
             "listeners: [{{name: w, address: 127.0.0.1:1, protocol: http}}]\n{UP}routes: [{{listener: w, upstream: b}}]\n"
         ));
-        assert!(e.contains("routes[0].upstream") && e.contains("send_proxy_protocol"), "{e}");
+        assert!(
+            e.contains("routes[0].upstream") && e.contains("send_proxy_protocol"),
+            "{e}"
+        );
         let e = err("listeners: [{name: t, address: 127.0.0.1:1, protocol: tcp, upstream: a}]\nupstreams: [{name: a, send_proxy_protocol: v3, backends: [{address: 127.0.0.1:1}]}]\n");
         assert!(e.contains("upstreams[0].send_proxy_protocol"), "{e}");
     }

@@ -22,9 +22,9 @@ use async_trait::async_trait;
 use log::warn;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::PreTlsProcess;
-use pingora_core::protocols::SocketDigest;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::SocketDigest;
 use pingora_core::protocols::{Stream, IO};
 use pingora_core::server::ShutdownWatch;
 use std::net::SocketAddr;
@@ -74,7 +74,11 @@ impl ProxyAccept {
             ));
         }
         let header = match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_header(io)).await {
-            Err(_) => return Err(format!("{peer}: no PROXY header within {PROXY_HEADER_TIMEOUT:?}")),
+            Err(_) => {
+                return Err(format!(
+                    "{peer}: no PROXY header within {PROXY_HEADER_TIMEOUT:?}"
+                ))
+            }
             Ok(Err(e)) => return Err(format!("{peer}: bad PROXY header: {e}")),
             Ok(Ok(h)) => h,
         };

@@ -243,19 +243,17 @@ async fn connect(
             ));
         };
         attempts += 1;
-        let err = match tokio::time::timeout(
-            pool.connect_timeout,
-            TcpStream::connect(pick.slot.addr),
-        )
-        .await
-        {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Ok((pick, s));
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("timed out after {:?}", pool.connect_timeout),
-        };
+        let err =
+            match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(pick.slot.addr))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok((pick, s));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("timed out after {:?}", pool.connect_timeout),
+            };
         pick.slot.failures.fetch_add(1, Relaxed);
         warn!(
             "{listener}: connect to backend {} failed (attempt {attempts}): {err}",
@@ -285,9 +283,7 @@ async fn read_client_hello(io: &mut Stream) -> Result<(Vec<u8>, Option<String>),
             }
             let room = CLIENT_HELLO_MAX.saturating_sub(buf.len()).min(chunk.len());
             if room == 0 {
-                return Err(format!(
-                    "ClientHello larger than {CLIENT_HELLO_MAX} bytes"
-                ));
+                return Err(format!("ClientHello larger than {CLIENT_HELLO_MAX} bytes"));
             }
             match io.read(&mut chunk[..room]).await {
                 Ok(0) => return Err("closed before the ClientHello was complete".into()),
@@ -342,7 +338,11 @@ async fn splice(
             .elapsed()
             .saturating_sub(Duration::from_millis(last.load(Relaxed)));
         if idle >= limit {
-            return if draining { Splice::Drained } else { Splice::Idle };
+            return if draining {
+                Splice::Drained
+            } else {
+                Splice::Idle
+            };
         }
         tokio::select! {
             r = &mut copy => return match r {

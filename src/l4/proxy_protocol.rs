@@ -33,7 +33,10 @@ pub enum Header {
     /// The sender speaks for itself (v1 `UNKNOWN`, v2 `LOCAL`, or an address family we do not
     /// use such as AF_UNIX): keep the socket's own peer address.
     Local,
-    Proxy { src: SocketAddr, dst: SocketAddr },
+    Proxy {
+        src: SocketAddr,
+        dst: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,7 +280,10 @@ mod tests {
     fn v1_ipv6_unknown_and_mixed() {
         let h = encode_v1(sa("[2001:db8::1]:1"), sa("[::1]:2"));
         assert_eq!(h, b"PROXY TCP6 2001:db8::1 ::1 1 2\r\n");
-        assert!(matches!(parse(&h), Ok(Parsed::Done(Header::Proxy { .. }, _))));
+        assert!(matches!(
+            parse(&h),
+            Ok(Parsed::Done(Header::Proxy { .. }, _))
+        ));
         assert_eq!(
             parse(b"PROXY UNKNOWN\r\n"),
             Ok(Parsed::Done(Header::Local, 15))
@@ -342,7 +348,10 @@ mod tests {
         let mut tlv = encode_v2(sa("1.2.3.4:1"), sa("5.6.7.8:2"));
         tlv[15] = 12 + 5;
         tlv.extend_from_slice(&[0x04, 0x00, 0x02, 0xAA, 0xBB]);
-        assert!(matches!(parse(&tlv), Ok(Parsed::Done(Header::Proxy { .. }, 33))));
+        assert!(matches!(
+            parse(&tlv),
+            Ok(Parsed::Done(Header::Proxy { .. }, 33))
+        ));
 
         let mut v = encode_v2(sa("1.2.3.4:1"), sa("5.6.7.8:2"));
         v[12] = 0x11; // version 1 in the binary format

@@ -198,7 +198,7 @@ pub(crate) mod tests {
         if pad > 0 {
             exts.extend_from_slice(&0x0015u16.to_be_bytes());
             exts.extend_from_slice(&(pad as u16).to_be_bytes());
-            exts.extend(std::iter::repeat(0).take(pad));
+            exts.extend(std::iter::repeat_n(0, pad));
         }
         let mut body = vec![3, 3];
         body.extend_from_slice(&[7; 32]);
