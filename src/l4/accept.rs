@@ -24,7 +24,7 @@ use pingora_core::apps::ServerApp;
 use pingora_core::listeners::PreTlsProcess;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::SocketDigest;
+use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::protocols::{Stream, IO};
 use pingora_core::server::ShutdownWatch;
 use std::net::SocketAddr;
@@ -64,7 +64,7 @@ impl ProxyAccept {
 
     /// Check the peer, read the header and make its source the stream's peer address.
     /// `Ok(None)` is a LOCAL/UNKNOWN header: the connection keeps its own address.
-    pub async fn apply(&self, io: &mut dyn IO) -> Result<Option<Proxied>, String> {
+    pub async fn apply(&self, io: &mut L4Stream) -> Result<Option<Proxied>, String> {
         let Some(peer) = peer_of(io) else {
             return Err("connection without a peer address".into());
         };
@@ -73,7 +73,8 @@ impl ProxyAccept {
                 "{peer} is not in trusted_proxies; PROXY header refused"
             ));
         }
-        let header = match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_header(io)).await {
+        let (header, rest) = match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_header(io)).await
+        {
             Err(_) => {
                 return Err(format!(
                     "{peer}: no PROXY header within {PROXY_HEADER_TIMEOUT:?}"
@@ -82,20 +83,24 @@ impl ProxyAccept {
             Ok(Err(e)) => return Err(format!("{peer}: bad PROXY header: {e}")),
             Ok(Ok(h)) => h,
         };
+        io.rewind(&rest);
         let Header::Proxy { src, dst } = header else {
             return Ok(None);
         };
-        let Some(fd) = io
-            .as_any()
-            .downcast_ref::<L4Stream>()
-            .map(|s| s.as_raw_fd())
-        else {
-            return Err("PROXY protocol needs a TCP stream".into());
-        };
-        let digest = SocketDigest::from_raw_fd(fd);
+        let digest = SocketDigest::from_raw_fd(io.as_raw_fd());
         let _ = digest.peer_addr.set(Some(PSocketAddr::Inet(src)));
         io.set_socket_digest(digest);
         Ok(Some(Proxied { src, dst }))
+    }
+
+    /// [`Self::apply`] on a stream as Pingora hands it to a `ServerApp`.
+    pub async fn apply_stream(&self, io: Stream) -> Result<(Stream, Option<Proxied>), String> {
+        let mut l4 = io
+            .into_any()
+            .downcast::<L4Stream>()
+            .map_err(|_| "the PROXY protocol needs a plain TCP stream".to_string())?;
+        let p = self.apply(&mut l4).await?;
+        Ok((l4, p))
     }
 
     pub fn listener(&self) -> &str {
@@ -133,15 +138,14 @@ impl<A> AcceptProxyApp<A> {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for AcceptProxyApp<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut io: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        if let Err(e) = self.accept.apply(io.as_mut()).await {
-            warn!("{}: {e}", self.accept.listener);
-            return None;
-        }
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let io = match self.accept.apply_stream(io).await {
+            Ok((io, _)) => io,
+            Err(e) => {
+                warn!("{}: {e}", self.accept.listener);
+                return None;
+            }
+        };
         // Reused (keep-alive) connections stay here: handing them back to Pingora would call
         // us again and read a second header that is not there.
         let mut next = self.inner.process_new(io, shutdown).await;

@@ -122,7 +122,9 @@ impl L4App {
         let real_peer = peer_of(io.as_ref());
         let mut proxied_dst = None;
         if let (Some(acc), false) = (&self.accept, self.tls_terminated) {
-            proxied_dst = acc.apply(io.as_mut()).await?.map(|p| p.dst);
+            let (s, p) = acc.apply_stream(io).await?;
+            io = s;
+            proxied_dst = p.map(|p| p.dst);
         }
         let client = peer_of(io.as_ref())
             .or(real_peer)
@@ -214,7 +216,8 @@ pub fn service(l: &ListenerSpec, pools: &[Arc<Pool>]) -> Result<Service<L4App>, 
     let app = L4App::new(l, pools, false)
         .ok_or_else(|| format!("listener {:?}: incomplete L4 settings", l.name))?;
     let mut svc = Service::new(format!("l4 {}", l.name), app);
-    svc.add_tcp(&l.addr.to_string());
+    // The splice has its own 64 KiB buffers; an L4 read buffer would only add a copy.
+    svc.add_listener(crate::server::plain_listener(l.addr));
     Ok(svc)
 }
 

@@ -3,9 +3,9 @@
 //!
 //! The parser is a pure function over a byte slice that answers "incomplete", "done after N
 //! bytes" or an error, so it is unit-testable and cannot panic on hostile input (all indexing
-//! is through `get`). [`read_header`] drives it over a socket while reading *exactly* the
-//! header's bytes and nothing after them, so the stream can be handed on (to the HTTP engine,
-//! a TLS handshake or the L4 splice) without a rewind buffer.
+//! is through `get`). [`read_header`] drives it over a socket in a few large reads and returns
+//! any bytes that came after the header, which the caller pushes back into Pingora's stream
+//! (`rewind`) before handing it on to the HTTP engine, a TLS handshake or the L4 splice.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -19,8 +19,10 @@ pub const V1_MAX: usize = 107;
 /// Largest v2 address-and-TLV block we accept. The spec allows 64 KiB; real balancers send
 /// a few hundred bytes at most, and a bound keeps a hostile peer from making us buffer more.
 pub const V2_MAX_BODY: usize = 4096;
-/// The shortest possible header (`PROXY UNKNOWN\r\n`); reading this much never over-reads.
+/// The shortest possible header is `PROXY UNKNOWN\r\n`.
 const MIN_HEADER: usize = 15;
+/// Bytes asked for per read: a v1 line, or a v2 header with a few TLVs.
+const READ_CHUNK: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -229,20 +231,25 @@ pub fn encode(version: Version, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     }
 }
 
-/// Read one header from `r`, consuming exactly its bytes. The caller bounds the time.
-pub async fn read_header<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> std::io::Result<Header> {
+/// Read one header from `r`. Reads are a few hundred bytes at a time (one syscall in the
+/// usual case, where the header and the first bytes of the payload arrive together), so they
+/// may take in bytes after the header: those are returned for the caller to push back into
+/// the stream. The caller bounds the time.
+pub async fn read_header<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+) -> std::io::Result<(Header, Vec<u8>)> {
     let bad = |m: &'static str| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-    let mut buf = vec![0u8; MIN_HEADER];
-    r.read_exact(&mut buf).await?;
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let mut chunk = [0u8; READ_CHUNK];
     loop {
         match parse(&buf).map_err(bad)? {
-            Parsed::Done(h, _) => return Ok(h),
-            Parsed::Incomplete(want) => {
-                // v1 is read a byte at a time, since its end is only known by its CRLF; the
-                // socket layer buffers, so this is not a syscall per byte.
-                let have = buf.len();
-                buf.resize(want.max(have + 1), 0);
-                r.read_exact(&mut buf[have..]).await?;
+            Parsed::Done(h, len) => return Ok((h, buf.split_off(len))),
+            Parsed::Incomplete(_) => {
+                let n = r.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
             }
         }
     }
@@ -370,8 +377,27 @@ mod tests {
         assert!(parse(&fam).is_err());
     }
 
+    /// A reader that hands out one byte per read, like a header arriving in pieces.
+    fn tokio_test_reader(data: &[u8]) -> impl AsyncRead + Unpin + '_ {
+        struct Trickle<'a>(&'a [u8]);
+        impl AsyncRead for Trickle<'_> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                if let Some((&b, rest)) = self.0.split_first() {
+                    buf.put_slice(&[b]);
+                    self.0 = rest;
+                }
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        Trickle(data)
+    }
+
     #[tokio::test]
-    async fn read_header_consumes_exactly_the_header() {
+    async fn read_header_returns_what_follows_the_header() {
         for h in [
             encode_v1(sa("192.0.2.1:5555"), sa("10.0.0.1:443")),
             encode_v2(sa("192.0.2.1:5555"), sa("10.0.0.1:443")),
@@ -379,9 +405,15 @@ mod tests {
         ] {
             let mut data = h.clone();
             data.extend_from_slice(b"payload");
+            // one byte per read, and all at once
+            let mut trickle = tokio_test_reader(&data);
+            let (_, rest) = read_header(&mut trickle).await.unwrap();
+            let mut tail = rest;
+            trickle.read_to_end(&mut tail).await.unwrap();
+            assert_eq!(tail, b"payload");
             let mut r = &data[..];
-            read_header(&mut r).await.unwrap();
-            assert_eq!(r, b"payload");
+            let (_, rest) = read_header(&mut r).await.unwrap();
+            assert_eq!([rest.as_slice(), r].concat(), b"payload");
         }
         let mut r = &b"PROXY TCP4 1.2.3.4"[..];
         assert!(read_header(&mut r).await.is_err());

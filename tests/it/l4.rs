@@ -41,6 +41,18 @@ async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     )
 }
 
+/// Wait until the proxy's log has `needle` (it may be written just after a close).
+async fn log_has(p: &Proxy, needle: &str) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if p.log().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// Proxy::start's readiness probe is a real connection that reaches a backend; wait until
 /// the backends have seen it close, so that tests counting open connections start clean.
 async fn settle(list: &[&TcpBackend]) {
@@ -111,7 +123,7 @@ async fn tcp_connect_failure_is_retried_on_another_backend() {
     for _ in 0..10 {
         assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("a"));
     }
-    assert!(p.log().contains("connect to backend"), "{}", p.log());
+    assert!(log_has(&p, "connect to backend").await, "{}", p.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,21 +135,28 @@ async fn tcp_least_connections_counts_open_connections() {
         backends(&[(&a, 1), (&b, 1)])
     ));
     settle(&[&a, &b]).await;
-    // Hold three connections open; they spread 2:1 or 1:2. New short connections must then
-    // go to the backend with fewer open ones.
+    // Hold four connections (two per backend), then close those on b: b has 0 open, a has 2.
+    // New short connections must all go to b, even if the previous one is still closing.
     let mut held = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let mut s = TcpStream::connect(p.addr).await.expect("connect");
-        s.write_all(b"ECHO\n").await.expect("write");
-        assert!(echo_round(&mut s, b"ping").await);
-        held.push(s);
+        s.write_all(b"HOLD\n").await.expect("write");
+        let mut name = [0u8; 2];
+        s.read_exact(&mut name).await.expect("name");
+        held.push((name[0], s));
     }
-    let (oa, ob) = (a.open(), b.open());
-    assert_eq!(oa + ob, 3);
-    let lighter = if oa < ob { "a" } else { "b" };
-    for _ in 0..5 {
-        assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some(lighter));
+    held.retain(|(n, _)| *n == b'a');
+    assert_eq!(
+        held.len(),
+        2,
+        "least_connections spreads an idle pool evenly"
+    );
+    settle(&[&b]).await;
+    assert_eq!(a.open(), 2);
+    for _ in 0..10 {
+        assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("b"));
     }
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,7 +376,7 @@ async fn passthrough_malformed_client_hello_closes_only_that_connection() {
         .expect("tls");
     assert_eq!(cn, "x.b.example.com");
     assert_eq!(read_line_tls(&mut again).await, "x.b.example.com");
-    assert!(p.log().contains("malformed ClientHello"), "{}", p.log());
+    assert!(log_has(&p, "malformed ClientHello").await, "{}", p.log());
 }
 
 fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
@@ -381,6 +400,7 @@ async fn proxy_protocol_v1_and_v2_sent_to_backends_carry_the_client_address() {
         "listeners:\n  - {{name: t1, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u1}}\n  - {{name: t2, address: 127.0.0.1:{{{{port1}}}}, protocol: tcp, upstream: u2}}\nupstreams:\n  - {{name: u1, send_proxy_protocol: v1, backends: [{{address: {}}}]}}\n  - {{name: u2, send_proxy_protocol: v2, backends: [{{address: {}}}]}}\n",
         b1.addr, b2.addr
     ));
+    settle(&[&b1, &b2]).await;
     for (listener, backend, v2) in [(p.addr, &b1, false), (p.addr_of(1), &b2, true)] {
         let mut s = TcpStream::connect(listener).await.expect("connect");
         let client = s.local_addr().expect("local");
@@ -429,7 +449,7 @@ async fn accepted_proxy_header_becomes_the_client_address_and_untrusted_sources_
     assert_eq!(ask(p.addr, b"", "NAME").await, None);
     assert_eq!(ask(p.addr_of(1), &lb_v1, "NAME").await, None);
     assert_eq!(rec.connections(), 2);
-    assert!(p.log().contains("not in trusted_proxies"), "{}", p.log());
+    assert!(log_has(&p, "not in trusted_proxies").await, "{}", p.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

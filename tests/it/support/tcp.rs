@@ -2,6 +2,7 @@
 //!
 //! A [`TcpBackend`] reads one command line from each connection and acts on it:
 //! - `NAME`: answer its name and close;
+//! - `HOLD`: answer its name, then keep the connection open until the client's EOF;
 //! - `ECHO`: echo every byte; after the client's EOF write `bye\n` and close (so a reply
 //!   after a half-close shows the EOF was passed on and the way back stayed open);
 //! - `SINK`: hash everything up to EOF, answer the hex SHA-256 and close;
@@ -140,6 +141,12 @@ async fn serve(s: TcpStream, name: &str, expect_proxy: bool, st: &TcpState) -> s
         r.get_mut()
             .write_all(format!("{name}\n").as_bytes())
             .await?;
+    } else if cmd == "HOLD" {
+        r.get_mut()
+            .write_all(format!("{name}\n").as_bytes())
+            .await?;
+        let mut buf = [0u8; 64];
+        while r.read(&mut buf).await? > 0 {}
     } else if cmd == "ECHO" {
         let mut buf = vec![0u8; 65536];
         loop {
