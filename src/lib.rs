@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod l4;
 pub mod server;
 pub mod tls;
 pub mod upstream;

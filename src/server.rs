@@ -86,18 +86,31 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     crate::tls::http_server_options(l),
                     l.limits,
                 );
-                let mut svc = Service::new(format!("http {}", l.name), app);
-                svc.add_listener(match &l.tls {
+                let endpoint = match &l.tls {
                     Some(t) => crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?,
                     None => plain_listener(l.addr),
-                });
+                };
+                let name = format!("http {}", l.name);
+                if let Some(trusted) = &l.proxy_protocol {
+                    if l.tls.is_some() {
+                        return Err(format!(
+                            "{}: listener {:?}: accept_proxy_protocol is not supported on https listeners yet",
+                            cfg.file, l.name
+                        ));
+                    }
+                    let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
+                    let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
+                    let mut svc = Service::new(name, app);
+                    svc.add_listener(endpoint);
+                    server.add_service(svc);
+                    continue;
+                }
+                let mut svc = Service::new(name, app);
+                svc.add_listener(endpoint);
                 server.add_service(svc);
             }
-            other => {
-                return Err(format!(
-                    "{}: listener {:?}: protocol {other:?} is not supported by this build",
-                    cfg.file, l.name
-                ))
+            ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {
+                server.add_service(crate::l4::service(l, &upstreams.pools)?);
             }
         }
     }

@@ -17,6 +17,11 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// Same as `str::parse`, for call sites that read better with a constructor.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        s.parse()
+    }
+
     pub fn prefix(&self) -> u8 {
         self.prefix
     }
@@ -91,6 +96,11 @@ impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.net, self.prefix)
     }
+}
+
+/// True when any network of `list` contains `ip`.
+pub fn any_contains(list: &[Cidr], ip: IpAddr) -> bool {
+    Cidr::any_contains(list, ip)
 }
 
 #[cfg(test)]

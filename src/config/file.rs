@@ -62,6 +62,26 @@ pub struct ListenerFile {
     pub name: String,
     pub address: String,
     pub protocol: ListenerProtocol,
+    /// tcp only: the upstream every connection is forwarded to. Required for tcp.
+    pub upstream: Option<String>,
+    /// tls_passthrough only: SNI name (exact or `*.suffix`) to upstream. The most specific
+    /// name wins. Default: none
+    pub sni_routes: Option<std::collections::BTreeMap<String, String>>,
+    /// tls_passthrough only: upstream for a ClientHello without SNI or with a name no route
+    /// matches. Default: none (such connections are closed)
+    pub default_upstream: Option<String>,
+    /// tcp and tls_passthrough: open connections beyond this are closed at once. Default:
+    /// unlimited
+    pub max_connections: Option<u32>,
+    /// tcp and tls_passthrough: a connection with no bytes either way for this long is
+    /// closed. Default: 10m
+    pub idle_timeout: Option<Dur>,
+    /// Read a PROXY protocol header (v1 or v2) first and use its source as the client
+    /// address everywhere (logs, X-Forwarded-For, hashing, ACLs). Default: false
+    pub accept_proxy_protocol: Option<bool>,
+    /// With accept_proxy_protocol: CIDRs allowed to send the header. Connections from other
+    /// addresses are closed. Required with accept_proxy_protocol.
+    pub trusted_proxies: Option<Vec<String>>,
     /// Certificates and client verification. Required for `https`, not allowed for `http`.
     pub tls: Option<TlsFile>,
     /// http only: answer every request with a redirect to the same URL on https (301 for
@@ -125,6 +145,14 @@ pub struct CertFile {
     pub server_names: Vec<String>,
 }
 
+/// PROXY protocol version sent to backends.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocolFile {
+    V1,
+    V2,
+}
+
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SelectionFile {
@@ -171,6 +199,9 @@ pub struct UpstreamFile {
     pub client_key: Option<String>,
     /// tls only: offer HTTP/2 to the backends by ALPN (HTTP/1.1 if they decline). Default: false
     pub http2: Option<bool>,
+    /// tcp and tls_passthrough listeners only: send a PROXY protocol header (v1 | v2) with
+    /// the client's address on each backend connection. Default: none
+    pub send_proxy_protocol: Option<ProxyProtocolFile>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod cidr;
 pub mod file;
+pub mod l4;
 pub mod units;
 
 use file::*;
@@ -34,6 +35,13 @@ pub const DEFAULT_HTTPS_PORT: u16 = 443;
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Concurrent streams per HTTP/2 connection to a backend (Pingora's own default is 1).
 pub const DEFAULT_UPSTREAM_H2_STREAMS: usize = 100;
+/// tcp and tls_passthrough listeners: no bytes either way for this long closes a connection.
+pub const DEFAULT_L4_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// tls_passthrough: the ClientHello must arrive within this time and size.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CLIENT_HELLO_MAX: usize = 16 << 10;
+/// accept_proxy_protocol: the PROXY header must arrive within this time.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound on backend weight; it keeps the round-robin wheel small.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -168,6 +176,7 @@ pub struct UpstreamSpec {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub retries: u32,
+    pub send_proxy_protocol: Option<ProxyProtocolFile>,
     pub tls: Option<UpstreamTlsSpec>,
     /// HTTP/2 to the backends: by ALPN with tls, by prior knowledge (h2c) without.
     pub http2: bool,
@@ -203,6 +212,10 @@ pub struct ListenerSpec {
     pub name: String,
     pub addr: SocketAddr,
     pub protocol: ListenerProtocol,
+    /// tcp and tls_passthrough settings; None for HTTP listeners.
+    pub l4: Option<l4::L4Spec>,
+    /// accept_proxy_protocol: the networks trusted to send a PROXY header.
+    pub proxy_protocol: Option<Vec<cidr::Cidr>>,
     pub tls: Option<TlsSpec>,
     /// http only: redirect every request to https on this port.
     pub redirect_https: Option<u16>,
@@ -445,6 +458,8 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             redirect_https,
             h2c,
             limits: limits(&e, &p, &l.limits)?,
+            l4: None,
+            proxy_protocol: l4::accept_proxy(&e, &p, l)?,
         });
     }
 
@@ -610,7 +625,11 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             retries: u.retries.unwrap_or(DEFAULT_RETRIES),
             tls,
             http2,
+            send_proxy_protocol: u.send_proxy_protocol,
         });
+    }
+    for (i, l) in raw.listeners.iter().enumerate() {
+        listeners[i].l4 = l4::listener(&e, i, l, &upstreams)?;
     }
 
     let mut store = cache::StoreSize::default();
@@ -649,6 +668,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
                 "must start with /",
             ));
         }
+        l4::check_route(&e, &p, &listeners[listener], &upstreams[upstream])?;
         routes.push(RouteSpec {
             listener,
             host,

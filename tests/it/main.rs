@@ -5,5 +5,6 @@ mod support;
 
 mod cache;
 mod cli;
+mod l4;
 mod reverse;
 mod tls;

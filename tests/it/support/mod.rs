@@ -7,6 +7,7 @@ pub mod client;
 pub mod origin;
 pub mod pki;
 pub mod proxy;
+pub mod tcp;
 
 pub use client::{Conn, Response};
 pub use origin::{Origin, OriginBuilder};

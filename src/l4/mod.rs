@@ -1,0 +1,406 @@
+//! L4 load balancing: `tcp` listeners (optionally TLS-terminating) and `tls_passthrough`
+//! listeners that route on the ClientHello's SNI without decrypting.
+//!
+//! Each listener is a Pingora `ServerApp` ([`L4App`]); Pingora owns accepting, the TLS
+//! handshake when the listener terminates TLS, and graceful shutdown of the accept loop.
+//! Backends come from the same [`Pool`]s as HTTP: the [`Pick`](crate::upstream::Pick) guard
+//! is held for the whole connection, so `least_connections` counts open connections, health
+//! checks eject backends for new connections, and connect failures are retried on another
+//! backend through the `tried` mask.
+//!
+//! A connection goes: admit (max_connections) → PROXY header if the listener accepts one →
+//! pick the pool (tls_passthrough: read the ClientHello, bounded in size and time, and parse
+//! its SNI; the bytes read are replayed to the backend) → connect with retries → optional
+//! PROXY header to the backend → splice both ways with `copy_bidirectional`, which passes a
+//! half-close on (EOF on one side shuts down writing on the other) and ends when both
+//! directions are done. An idle watchdog closes the connection when no bytes moved for
+//! `idle_timeout`; once shutdown begins, connections that go quiet for a second are closed
+//! too, so a drain does not wait on idle clients, while active transfers continue.
+
+pub mod accept;
+pub mod proxy_protocol;
+pub mod sni;
+
+use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
+use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
+use crate::upstream::{bit, select::hash_bytes, Pick, Pool};
+use accept::{local_of, peer_of, ProxyAccept};
+use async_trait::async_trait;
+use log::{debug, warn};
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::listening::Service;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Copy buffer per direction. 64 KiB moves bulk data in few syscalls at a modest memory cost.
+const SPLICE_BUF: usize = 64 << 10;
+/// After shutdown begins, a connection quiet for this long is closed.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
+enum Target {
+    Tcp(Arc<Pool>),
+    Passthrough {
+        routes: Vec<(HostMatch, Arc<Pool>)>,
+        default: Option<Arc<Pool>>,
+    },
+}
+
+pub struct L4App {
+    name: String,
+    target: Target,
+    max_connections: Option<usize>,
+    open: AtomicUsize,
+    idle_timeout: Duration,
+    accept: Option<ProxyAccept>,
+    /// The PROXY header is read by the pre-TLS hook instead of here.
+    tls_terminated: bool,
+}
+
+/// One admitted connection; dropping it frees the slot.
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl L4App {
+    /// `pools` is indexed like `Config::upstreams`.
+    pub fn new(l: &ListenerSpec, pools: &[Arc<Pool>], tls_terminated: bool) -> Option<L4App> {
+        let spec = l.l4.as_ref()?;
+        let target = match l.protocol {
+            ListenerProtocol::TlsPassthrough => Target::Passthrough {
+                routes: spec
+                    .sni_routes
+                    .iter()
+                    .filter_map(|(h, i)| Some((h.clone(), pools.get(*i)?.clone())))
+                    .collect(),
+                default: spec.default_upstream.and_then(|i| pools.get(i).cloned()),
+            },
+            _ => Target::Tcp(pools.get(spec.upstream?)?.clone()),
+        };
+        Some(L4App {
+            name: l.name.clone(),
+            target,
+            max_connections: spec.max_connections,
+            open: AtomicUsize::new(0),
+            idle_timeout: spec.idle_timeout,
+            accept: l
+                .proxy_protocol
+                .as_ref()
+                .map(|t| ProxyAccept::new(&l.name, t)),
+            tls_terminated,
+        })
+    }
+
+    /// The PROXY-accepting part, for the pre-TLS hook of a TLS-terminating listener.
+    pub fn pre_tls(l: &ListenerSpec) -> Option<Arc<ProxyAccept>> {
+        l.proxy_protocol
+            .as_ref()
+            .map(|t| Arc::new(ProxyAccept::new(&l.name, t)))
+    }
+
+    fn admit(&self) -> Option<Admitted<'_>> {
+        let n = self.open.fetch_add(1, Relaxed);
+        let guard = Admitted(&self.open);
+        match self.max_connections {
+            Some(max) if n >= max => None,
+            _ => Some(guard),
+        }
+    }
+
+    async fn serve(&self, mut io: Stream, shutdown: &ShutdownWatch) -> Result<(), String> {
+        let real_peer = peer_of(io.as_ref());
+        let mut proxied_dst = None;
+        if let (Some(acc), false) = (&self.accept, self.tls_terminated) {
+            let (s, p) = acc.apply_stream(io).await?;
+            io = s;
+            proxied_dst = p.map(|p| p.dst);
+        }
+        let client = peer_of(io.as_ref())
+            .or(real_peer)
+            .ok_or("connection without a peer address")?;
+        let local = proxied_dst.or_else(|| local_of(io.as_ref()));
+
+        let (pool, hello) = match &self.target {
+            Target::Tcp(pool) => (pool.clone(), Vec::new()),
+            Target::Passthrough { routes, default } => {
+                let (hello, name) = read_client_hello(&mut io)
+                    .await
+                    .map_err(|e| format!("{client}: {e}"))?;
+                let pool = name
+                    .as_deref()
+                    .and_then(|n| routes.iter().find(|(h, _)| h.matches(n)))
+                    .map(|(_, p)| p.clone())
+                    .or_else(|| default.clone())
+                    .ok_or_else(|| {
+                        format!(
+                            "{client}: no sni_routes entry for {:?} and no default_upstream",
+                            name.as_deref().unwrap_or("(no SNI)")
+                        )
+                    })?;
+                (pool, hello)
+            }
+        };
+
+        let (pick, mut backend) = connect(&self.name, &pool, client).await?;
+        let mut first = Vec::new();
+        if let Some(v) = pool.spec.send_proxy_protocol {
+            let dst = local.unwrap_or(pick.slot.addr);
+            first = match v {
+                ProxyProtocolFile::V1 => proxy_protocol::encode_v1(client, dst),
+                ProxyProtocolFile::V2 => proxy_protocol::encode_v2(client, dst),
+            };
+        }
+        first.extend_from_slice(&hello);
+        if !first.is_empty() {
+            backend
+                .write_all(&first)
+                .await
+                .map_err(|e| format!("{client}: write to backend {}: {e}", pick.slot.label))?;
+        }
+
+        let started = Instant::now();
+        let outcome = splice(&mut io, &mut backend, self.idle_timeout, shutdown).await;
+        let label = &pick.slot.label;
+        match outcome {
+            Splice::Done(up, down) => debug!(
+                "{}: {client} -> {label} closed after {:?}, {up} bytes up, {down} down",
+                self.name,
+                started.elapsed()
+            ),
+            Splice::Idle => debug!(
+                "{}: {client} -> {label} closed after {:?} idle",
+                self.name, self.idle_timeout
+            ),
+            Splice::Drained => debug!("{}: {client} -> {label} closed for shutdown", self.name),
+            Splice::Failed(e) => debug!("{}: {client} -> {label} ended: {e}", self.name),
+        }
+        drop(pick);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ServerApp for L4App {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let Some(_slot) = self.admit() else {
+            warn!(
+                "{}: max_connections ({}) reached; closing a new connection from {}",
+                self.name,
+                self.max_connections.unwrap_or(0),
+                peer_of(io.as_ref())
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into())
+            );
+            return None;
+        };
+        if let Err(e) = self.serve(io, shutdown).await {
+            warn!("{}: {e}", self.name);
+        }
+        None
+    }
+}
+
+/// Build the listening service of a tcp or tls_passthrough listener.
+pub fn service(l: &ListenerSpec, pools: &[Arc<Pool>]) -> Result<Service<L4App>, String> {
+    let app = L4App::new(l, pools, l.tls.is_some())
+        .ok_or_else(|| format!("listener {:?}: incomplete L4 settings", l.name))?;
+    let mut svc = Service::new(format!("l4 {}", l.name), app);
+    match &l.tls {
+        // TLS-terminated TCP: the same certificate handling (SNI, reload) as https listeners.
+        Some(t) => svc.add_listener(crate::tls::listener_config(
+            l.addr,
+            t,
+            crate::tls::Alpn::None,
+        )?),
+        // The splice has its own 64 KiB buffers; an L4 read buffer would only add a copy.
+        None => svc.add_listener(crate::server::plain_listener(l.addr)),
+    }
+    Ok(svc)
+}
+
+fn ip_hash(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+        IpAddr::V6(v6) => hash_bytes(&v6.octets()),
+    }
+}
+
+/// Connect to a backend of `pool`, trying others on failure as `retries` allows.
+async fn connect(
+    listener: &str,
+    pool: &Pool,
+    client: SocketAddr,
+) -> Result<(Pick, TcpStream), String> {
+    // consistent_hash at L4 can only key on the client address.
+    let hash = ip_hash(client.ip());
+    let mut tried = 0u64;
+    let mut attempts = 0u32;
+    loop {
+        let Some(pick) = pool.select(hash, tried) else {
+            return Err(format!(
+                "{client}: upstream {}: no usable backend",
+                pool.name
+            ));
+        };
+        attempts += 1;
+        let err =
+            match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(pick.slot.addr))
+                .await
+            {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok((pick, s));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("timed out after {:?}", pool.connect_timeout),
+            };
+        pick.slot.failures.fetch_add(1, Relaxed);
+        warn!(
+            "{listener}: connect to backend {} failed (attempt {attempts}): {err}",
+            pick.slot.label
+        );
+        tried |= bit(pick.slot.index);
+        if attempts > pool.retries {
+            return Err(format!(
+                "{client}: upstream {}: giving up after {attempts} connect attempts",
+                pool.name
+            ));
+        }
+    }
+}
+
+/// Read until a whole ClientHello is in, within the size and time bounds. Returns the bytes
+/// read (to replay to the backend) and the SNI.
+async fn read_client_hello(io: &mut Stream) -> Result<(Vec<u8>, Option<String>), String> {
+    let mut buf = Vec::with_capacity(2048);
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match sni::parse_client_hello(&buf) {
+                Ok(sni::Hello::Done(name)) => return Ok(name),
+                Ok(sni::Hello::Incomplete) => {}
+                Err(e) => return Err(format!("malformed ClientHello: {e}")),
+            }
+            let room = CLIENT_HELLO_MAX.saturating_sub(buf.len()).min(chunk.len());
+            if room == 0 {
+                return Err(format!("ClientHello larger than {CLIENT_HELLO_MAX} bytes"));
+            }
+            match io.read(&mut chunk[..room]).await {
+                Ok(0) => return Err("closed before the ClientHello was complete".into()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("reading the ClientHello: {e}")),
+            }
+        }
+    };
+    let name = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, read)
+        .await
+        .map_err(|_| format!("no complete ClientHello within {CLIENT_HELLO_TIMEOUT:?}"))??;
+    Ok((buf, name))
+}
+
+enum Splice {
+    Done(u64, u64),
+    Idle,
+    Drained,
+    Failed(std::io::Error),
+}
+
+/// Both directions until both are done, with the idle watchdog.
+async fn splice(
+    client: &mut Stream,
+    backend: &mut TcpStream,
+    idle_timeout: Duration,
+    shutdown: &ShutdownWatch,
+) -> Splice {
+    let t0 = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut a = Tracked {
+        inner: client,
+        last: &last,
+        t0,
+    };
+    let mut b = Tracked {
+        inner: backend,
+        last: &last,
+        t0,
+    };
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, SPLICE_BUF, SPLICE_BUF);
+    tokio::pin!(copy);
+    let mut shutdown = shutdown.clone();
+    let mut draining = *shutdown.borrow();
+    loop {
+        let limit = if draining {
+            idle_timeout.min(DRAIN_IDLE)
+        } else {
+            idle_timeout
+        };
+        let idle = t0
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+        if idle >= limit {
+            return if draining {
+                Splice::Drained
+            } else {
+                Splice::Idle
+            };
+        }
+        tokio::select! {
+            r = &mut copy => return match r {
+                Ok((up, down)) => Splice::Done(up, down),
+                Err(e) => Splice::Failed(e),
+            },
+            _ = tokio::time::sleep(limit - idle) => {}
+            _ = shutdown.changed(), if !draining => draining = true,
+        }
+    }
+}
+
+/// Records the time of the last byte read, for the idle watchdog.
+struct Tracked<'a, S> {
+    inner: S,
+    last: &'a AtomicU64,
+    t0: Instant,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last
+                .store(self.t0.elapsed().as_millis() as u64, Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,495 @@
+//! L4: tcp load balancing, TLS passthrough with SNI routing, and the PROXY protocol in both
+//! directions, against real TCP and TLS backends on loopback.
+
+use crate::support::tcp::{hex, pattern, tls_connect, TcpBackend, TlsBackend};
+use crate::support::{Conn, OriginBuilder, Proxy};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn backends(list: &[(&TcpBackend, u32)]) -> String {
+    list.iter()
+        .map(|(b, w)| format!("{{address: {}, weight: {w}}}", b.addr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Send a command line and read the whole answer. None when the connection was closed
+/// without an answer.
+async fn ask(addr: SocketAddr, prefix: &[u8], cmd: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(prefix).await.ok()?;
+    s.write_all(format!("{cmd}\n").as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    let t = String::from_utf8_lossy(&out).trim().to_string();
+    (!t.is_empty()).then_some(t)
+}
+
+/// True when the peer closes the connection (EOF or reset) within `wait`.
+async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(wait, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Wait until the proxy's log has `needle` (it may be written just after a close).
+async fn log_has(p: &Proxy, needle: &str) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if p.log().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Proxy::start's readiness probe is a real connection that reaches a backend; wait until
+/// the backends have seen it close, so that tests counting open connections start clean.
+async fn settle(list: &[&TcpBackend]) {
+    let deadline = Instant::now() + WAIT;
+    while list.iter().any(|b| b.open() > 0) {
+        assert!(Instant::now() < deadline, "backends never idle");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the proxy frees its side right after the backend's close
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+async fn echo_round(s: &mut TcpStream, msg: &[u8]) -> bool {
+    if s.write_all(msg).await.is_err() {
+        return false;
+    }
+    let mut got = vec![0u8; msg.len()];
+    matches!(
+        tokio::time::timeout(WAIT, s.read_exact(&mut got)).await,
+        Ok(Ok(_))
+    ) && got == msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_distributes_by_weight_and_ejects_unhealthy_backends() {
+    let a = TcpBackend::start("a", false).await;
+    let b = TcpBackend::start("b", false).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{}]\n    retries: 0\n    health_check: {{type: tcp, interval: 100ms, timeout: 500ms, unhealthy_threshold: 1}}\n",
+        backends(&[(&a, 3), (&b, 1)])
+    ));
+    let (mut na, mut nb) = (0, 0);
+    for _ in 0..40 {
+        match ask(p.addr, b"", "NAME").await.as_deref() {
+            Some("a") => na += 1,
+            Some("b") => nb += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!((na, nb), (30, 10), "weights 3:1 over 40 connections");
+
+    // With retries off, only the health check keeps connections away from a dead backend.
+    b.stop();
+    let deadline = Instant::now() + WAIT;
+    let mut streak = 0;
+    while streak < 8 {
+        assert!(Instant::now() < deadline, "b was never ejected");
+        streak = match ask(p.addr, b"", "NAME").await.as_deref() {
+            Some("a") => streak + 1,
+            _ => 0,
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..20 {
+        assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("a"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connect_failure_is_retried_on_another_backend() {
+    let a = TcpBackend::start("a", false).await;
+    let dead = TcpBackend::start("dead", false).await;
+    dead.stop();
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{}]\n    retries: 1\n",
+        backends(&[(&dead, 1), (&a, 1)])
+    ));
+    for _ in 0..10 {
+        assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("a"));
+    }
+    assert!(log_has(&p, "connect to backend").await, "{}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_least_connections_counts_open_connections() {
+    let a = TcpBackend::start("a", false).await;
+    let b = TcpBackend::start("b", false).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{}]\n    selection: least_connections\n",
+        backends(&[(&a, 1), (&b, 1)])
+    ));
+    settle(&[&a, &b]).await;
+    // Hold four connections (two per backend), then close those on b: b has 0 open, a has 2.
+    // New short connections must all go to b, even if the previous one is still closing.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        s.write_all(b"HOLD\n").await.expect("write");
+        let mut name = [0u8; 2];
+        s.read_exact(&mut name).await.expect("name");
+        held.push((name[0], s));
+    }
+    held.retain(|(n, _)| *n == b'a');
+    assert_eq!(
+        held.len(),
+        2,
+        "least_connections spreads an idle pool evenly"
+    );
+    settle(&[&b]).await;
+    assert_eq!(a.open(), 2);
+    for _ in 0..10 {
+        assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("b"));
+    }
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_64mib_each_way_arrives_intact() {
+    let a = TcpBackend::start("a", false).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+        backends(&[(&a, 1)])
+    ));
+    const LEN: usize = 64 << 20;
+    let data = pattern(LEN);
+    let want = hex(&openssl::sha::sha256(&data));
+
+    // upload: the backend hashes what it got until our EOF, then answers the hash
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"SINK\n").await.expect("cmd");
+    let (mut r, mut w) = s.into_split();
+    let send = tokio::spawn(async move {
+        w.write_all(&data).await.expect("upload");
+        w.shutdown().await.expect("shutdown");
+    });
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(120), r.read_to_string(&mut answer))
+        .await
+        .expect("upload answer in time")
+        .expect("read");
+    send.await.expect("sender");
+    assert_eq!(answer.trim(), want, "upload hash");
+
+    // download
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(format!("SOURCE {LEN}\n").as_bytes())
+        .await
+        .expect("cmd");
+    let mut h = openssl::sha::Sha256::new();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "download too slow to finish");
+        let n = s.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n;
+    }
+    assert_eq!(total, LEN);
+    assert_eq!(hex(&h.finish()), want, "download hash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_half_close_is_propagated_and_idle_timeout_closes() {
+    let a = TcpBackend::start("a", false).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, idle_timeout: 500ms}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+        backends(&[(&a, 1)])
+    ));
+    // Half-close: the backend writes "bye" only after it sees our EOF, and we still read it.
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"ECHO\nhello").await.expect("write");
+    s.shutdown().await.expect("shutdown write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(out, "hellobye\n");
+
+    // Idle: an open, working connection that goes quiet is closed by the proxy.
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"ECHO\n").await.expect("write");
+    assert!(echo_round(&mut s, b"x").await);
+    assert!(
+        closed_within(&mut s, WAIT).await,
+        "idle connection not closed"
+    );
+    let deadline = Instant::now() + WAIT;
+    while a.open() > 0 {
+        assert!(Instant::now() < deadline, "backend side not closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_max_connections_refuses_new_ones_and_keeps_existing() {
+    let a = TcpBackend::start("a", false).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, max_connections: 2}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+        backends(&[(&a, 1)])
+    ));
+    settle(&[&a]).await;
+    let mut one = TcpStream::connect(p.addr).await.expect("connect");
+    one.write_all(b"ECHO\n").await.expect("w");
+    assert!(echo_round(&mut one, b"1").await);
+    let mut two = TcpStream::connect(p.addr).await.expect("connect");
+    two.write_all(b"ECHO\n").await.expect("w");
+    assert!(echo_round(&mut two, b"2").await);
+
+    let mut three = TcpStream::connect(p.addr).await.expect("connect");
+    let _ = three.write_all(b"ECHO\n").await;
+    assert!(
+        closed_within(&mut three, WAIT).await,
+        "third connection kept"
+    );
+    assert!(echo_round(&mut one, b"still").await);
+    assert!(echo_round(&mut two, b"here").await);
+
+    drop(one);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "slot never freed");
+        if ask(p.addr, b"", "NAME").await.as_deref() == Some("a") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        p.log().contains("max_connections (2) reached"),
+        "{}",
+        p.log()
+    );
+}
+
+fn passthrough_cfg(a: &TlsBackend, b: &TlsBackend, default: Option<&TlsBackend>) -> String {
+    let mut s = String::from("listeners:\n  - name: p\n    address: 127.0.0.1:{{port}}\n    protocol: tls_passthrough\n    sni_routes: {a.example.com: ua, '*.b.example.com': ub}\n");
+    if default.is_some() {
+        s.push_str("    default_upstream: ud\n");
+    }
+    s.push_str(&format!(
+        "upstreams:\n  - {{name: ua, backends: [{{address: {}}}]}}\n  - {{name: ub, backends: [{{address: {}}}]}}\n",
+        a.addr, b.addr
+    ));
+    if let Some(d) = default {
+        s.push_str(&format!(
+            "  - {{name: ud, backends: [{{address: {}}}]}}\n",
+            d.addr
+        ));
+    }
+    s
+}
+
+async fn read_line_tls(tls: &mut tokio_openssl::SslStream<TcpStream>) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(b"\n") {
+        match tokio::time::timeout(WAIT, tls.read(&mut b)).await {
+            Ok(Ok(1)) => out.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_routes_by_sni_and_client_sees_backends_certificate() {
+    let a = TlsBackend::start("a.example.com").await;
+    let b = TlsBackend::start("x.b.example.com").await;
+    let d = TlsBackend::start("default.test").await;
+    let p = Proxy::start(&passthrough_cfg(&a, &b, Some(&d)));
+
+    for (sni, want) in [
+        (Some("a.example.com"), "a.example.com"),
+        (Some("X.B.Example.com"), "x.b.example.com"),
+        (Some("other.test"), "default.test"),
+        (None, "default.test"),
+    ] {
+        let (mut tls, cn) = tls_connect(p.addr, sni)
+            .await
+            .expect("tls through the proxy");
+        assert_eq!(cn, want, "certificate for {sni:?}");
+        assert_eq!(read_line_tls(&mut tls).await, want);
+        tls.write_all(b"ping\n").await.expect("write");
+        assert_eq!(read_line_tls(&mut tls).await, "ping");
+    }
+    assert_eq!(a.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_malformed_client_hello_closes_only_that_connection() {
+    let a = TlsBackend::start("a.example.com").await;
+    let b = TlsBackend::start("x.b.example.com").await;
+    let p = Proxy::start(&passthrough_cfg(&a, &b, None));
+
+    let (mut good, _) = tls_connect(p.addr, Some("a.example.com"))
+        .await
+        .expect("tls");
+    assert_eq!(read_line_tls(&mut good).await, "a.example.com");
+
+    // A handshake record whose ClientHello claims a session id longer than the record.
+    let mut bad_sid = vec![22, 3, 1, 0, 45, 1, 0, 0, 41, 3, 3];
+    bad_sid.extend_from_slice(&[0; 32]);
+    bad_sid.extend_from_slice(&[200, 1, 2, 3, 4, 5, 6]);
+    assert_eq!(bad_sid.len(), 50);
+    let garbage: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n",
+        &bad_sid,
+        // truncated mid-record, then the client goes away (half-close)
+        &[22, 3, 1, 1, 0, 1, 0, 0],
+    ];
+    for g in garbage {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        s.write_all(g).await.expect("write");
+        let _ = s.shutdown().await;
+        assert!(
+            closed_within(&mut s, WAIT).await,
+            "malformed hello kept open"
+        );
+    }
+    // no SNI and no default_upstream: closed as well
+    assert!(tls_connect(p.addr, None).await.is_err());
+
+    good.write_all(b"still alive\n").await.expect("write");
+    assert_eq!(read_line_tls(&mut good).await, "still alive");
+    let (mut again, cn) = tls_connect(p.addr, Some("y.b.example.com"))
+        .await
+        .expect("tls");
+    assert_eq!(cn, "x.b.example.com");
+    assert_eq!(read_line_tls(&mut again).await, "x.b.example.com");
+    assert!(log_has(&p, "malformed ClientHello").await, "{}", p.log());
+}
+
+fn v2_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("ipv4 only");
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&s.octets());
+    h.extend_from_slice(&d.octets());
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_and_v2_sent_to_backends_carry_the_client_address() {
+    let b1 = TcpBackend::start("v1", true).await;
+    let b2 = TcpBackend::start("v2", true).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t1, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u1}}\n  - {{name: t2, address: 127.0.0.1:{{{{port1}}}}, protocol: tcp, upstream: u2}}\nupstreams:\n  - {{name: u1, send_proxy_protocol: v1, backends: [{{address: {}}}]}}\n  - {{name: u2, send_proxy_protocol: v2, backends: [{{address: {}}}]}}\n",
+        b1.addr, b2.addr
+    ));
+    settle(&[&b1, &b2]).await;
+    for (listener, backend, v2) in [(p.addr, &b1, false), (p.addr_of(1), &b2, true)] {
+        let mut s = TcpStream::connect(listener).await.expect("connect");
+        let client = s.local_addr().expect("local");
+        s.write_all(b"NAME\n").await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        assert_eq!(out.trim(), backend.name);
+        let got = backend.proxy_headers().pop();
+        let want = if v2 {
+            v2_header(client, listener)
+        } else {
+            format!(
+                "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+                client.port(),
+                listener.port()
+            )
+            .into_bytes()
+        };
+        assert_eq!(got, Some(want), "header at backend {}", backend.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_proxy_header_becomes_the_client_address_and_untrusted_sources_are_refused() {
+    let rec = TcpBackend::start("rec", true).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: trusted, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, accept_proxy_protocol: true, trusted_proxies: [127.0.0.0/8]}}\n  - {{name: strict, address: 127.0.0.1:{{{{port1}}}}, protocol: tcp, upstream: u, accept_proxy_protocol: true, trusted_proxies: ['10.0.0.0/8', '::1']}}\nupstreams:\n  - {{name: u, send_proxy_protocol: v1, backends: [{{address: {}}}]}}\n",
+        rec.addr
+    ));
+    let lb_v1 = b"PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n".to_vec();
+    let lb_v2 = v2_header(
+        "203.0.113.8:4343".parse().expect("addr"),
+        "198.51.100.1:443".parse().expect("addr"),
+    );
+    assert_eq!(ask(p.addr, &lb_v1, "NAME").await.as_deref(), Some("rec"));
+    assert_eq!(ask(p.addr, &lb_v2, "NAME").await.as_deref(), Some("rec"));
+    assert_eq!(
+        rec.proxy_headers(),
+        vec![
+            b"PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n".to_vec(),
+            b"PROXY TCP4 203.0.113.8 198.51.100.1 4343 443\r\n".to_vec(),
+        ]
+    );
+    // A trusted source without a header, and an untrusted source with one: both closed,
+    // and the backend never sees them.
+    assert_eq!(ask(p.addr, b"", "NAME").await, None);
+    assert_eq!(ask(p.addr_of(1), &lb_v1, "NAME").await, None);
+    assert_eq!(rec.connections(), 2);
+    assert!(log_has(&p, "not in trusted_proxies").await, "{}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_listener_with_accept_proxy_protocol_uses_it_for_x_forwarded_for() {
+    let o = OriginBuilder::new("o").run().await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, accept_proxy_protocol: true, trusted_proxies: [127.0.0.1/32]}}\nupstreams:\n  - {{name: app, backends: [{{address: {}}}]}}\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        o.addr
+    ));
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    c.send_raw(b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\n")
+        .await
+        .expect("header");
+    // two requests on one keep-alive connection: the header counts for both
+    for _ in 0..2 {
+        let r = c.get("/", &[("host", "x.test")]).await.expect("response");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            o.last()
+                .and_then(|r| r.header("x-forwarded-for").map(String::from)),
+            Some("203.0.113.9".into())
+        );
+    }
+    // v2 works too
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    c.send_raw(&v2_header(
+        "198.51.100.20:1000".parse().expect("addr"),
+        "127.0.0.1:80".parse().expect("addr"),
+    ))
+    .await
+    .expect("header");
+    let r = c.get("/", &[("host", "x.test")]).await.expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        o.last()
+            .and_then(|r| r.header("x-forwarded-for").map(String::from)),
+        Some("198.51.100.20".into())
+    );
+    // without a header the request is not served
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    assert!(c.get("/", &[("host", "x.test")]).await.is_err());
+    assert_eq!(o.requests(), 3);
+}
