@@ -77,7 +77,12 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 let proxy = HttpProxy {
                     listener: Listener::new(l, router, false),
                 };
-                let app = LeanHttp::new(proxy, &server.configuration, None);
+                // forward listeners need CONNECT to reach the proxy phases
+                let options = l
+                    .forward
+                    .as_ref()
+                    .map(|_| crate::forward::Forward::server_options());
+                let app = LeanHttp::new(proxy, &server.configuration, options);
                 let mut svc = Service::new(format!("http {}", l.name), app);
                 svc.add_listener(plain_listener(l.addr));
                 server.add_service(svc);

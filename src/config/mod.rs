@@ -4,7 +4,9 @@
 //! Errors always name the file, the key path and the bad value, so an operator can fix a
 //! config without reading source code.
 
+pub mod cidr;
 pub mod file;
+pub mod forward;
 pub mod units;
 
 use file::*;
@@ -164,6 +166,8 @@ pub struct ListenerSpec {
     pub name: String,
     pub addr: SocketAddr,
     pub protocol: ListenerProtocol,
+    /// Set for forward-proxy listeners, which have no routes.
+    pub forward: Option<forward::ForwardSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -274,10 +278,15 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
                 "address used by another listener",
             ));
         }
+        let forward = match &l.forward_proxy {
+            Some(f) => Some(forward::validate(&e, &p, l.protocol, f)?),
+            None => None,
+        };
         listeners.push(ListenerSpec {
             name: l.name.clone(),
             addr,
             protocol: l.protocol,
+            forward,
         });
     }
 
@@ -456,6 +465,13 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
                     "no listener has this name",
                 )
             })?;
+        if listeners[listener].forward.is_some() {
+            return Err(e.err(
+                format!("{p}.listener"),
+                &r.listener,
+                "a forward_proxy listener takes no routes",
+            ));
+        }
         let upstream = upstreams
             .iter()
             .position(|u| u.name == r.upstream)

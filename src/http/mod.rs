@@ -8,6 +8,9 @@
 //! - `upstream_request_filter`: X-Forwarded-* headers. Hop-by-hop headers (and those the
 //!   client nominated in `Connection`) are stripped by Pingora's standard request policy.
 //! - `fail_to_proxy`: the proxy's own error pages, which never name a backend.
+//!
+//! Forward-proxy listeners (`listener.forward`) delegate these phases, and the upstream
+//! response filters, to [`crate::forward`]; see its module doc.
 
 pub mod router;
 pub mod service;
@@ -21,12 +24,15 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use crate::forward::{Forward, FwdCtx};
 use router::Router;
+use std::sync::Arc;
 
 pub struct Listener {
     pub name: String,
     pub tls: bool,
     pub router: Router,
+    pub forward: Option<Arc<Forward>>,
 }
 
 impl Listener {
@@ -35,6 +41,7 @@ impl Listener {
             name: spec.name.clone(),
             tls,
             router,
+            forward: spec.forward.as_ref().map(|f| Forward::new(&spec.name, f)),
         }
     }
 }
@@ -52,6 +59,7 @@ pub struct Ctx {
     tried: u64,
     attempts: u32,
     hash: u64,
+    pub fwd: FwdCtx,
 }
 
 impl Ctx {
@@ -141,6 +149,9 @@ impl ProxyHttp for HttpProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(f) = &self.listener.forward {
+            return f.request_filter(session, ctx).await;
+        }
         let req = session.req_header();
         let host = router::request_host(req);
         let path = req.uri.path();
@@ -171,6 +182,9 @@ impl ProxyHttp for HttpProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(f) = &self.listener.forward {
+            return f.upstream_peer(ctx);
+        }
         let Some(route) = ctx.route.and_then(|i| self.listener.router.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
@@ -204,6 +218,10 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(f) = &self.listener.forward {
+            f.fail_to_connect(ctx, peer, &mut e);
+            return e;
+        }
         let retries = ctx
             .route
             .and_then(|i| self.listener.router.get(i))
@@ -228,8 +246,11 @@ impl ProxyHttp for HttpProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(f) = &self.listener.forward {
+            return f.upstream_request_filter(session, upstream_request, ctx);
+        }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
             let xff = match upstream_request.headers.get("x-forwarded-for") {
@@ -268,7 +289,37 @@ impl ProxyHttp for HttpProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        match &self.listener.forward {
+            Some(f) => f.upstream_response_filter(session, upstream_response, ctx),
+            None => Ok(()),
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(f) = &self.listener.forward {
+            f.upstream_response_body_filter(body, ctx)?;
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(f) = &self.listener.forward {
+            if let Some(r) = f.fail_to_proxy(session, ctx).await {
+                return r;
+            }
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(c) => *c,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout

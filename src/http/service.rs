@@ -40,6 +40,8 @@ where
         options: Option<HttpServerOptions>,
     ) -> Self {
         let mut p = HttpProxy::new(proxy, conf.clone());
+        // The inner proxy reads the per-request options (CONNECT, request limits) itself.
+        p.server_options = options.clone();
         p.handle_init_modules();
         LeanHttp {
             inner: Arc::new(p),
