@@ -89,7 +89,11 @@ pub(super) fn validate(
         .clone()
         .unwrap_or_else(|| DEFAULT_CONNECT_PORTS.to_vec());
     if let Some(i) = connect_ports.iter().position(|&x| x == 0) {
-        return Err(e.err(format!("{p}.connect_ports[{i}]"), 0, "must be a port number"));
+        return Err(e.err(
+            format!("{p}.connect_ports[{i}]"),
+            0,
+            "must be a port number",
+        ));
     }
 
     let mut access = Vec::with_capacity(f.access.len());
@@ -110,9 +114,10 @@ pub(super) fn validate(
                         "expected a host name, *.suffix or an IP network",
                     ))
                 }
-                Err(_) => Destination::Name(HostMatch::parse(d).map_err(|m| {
-                    e.err(format!("{rp}.destinations[{j}]"), d, m)
-                })?),
+                Err(_) => Destination::Name(
+                    HostMatch::parse(d)
+                        .map_err(|m| e.err(format!("{rp}.destinations[{j}]"), d, m))?,
+                ),
             };
             destinations.push(dest);
         }
@@ -157,9 +162,8 @@ pub(super) fn validate(
             }
             let path = resolve_path(e.file, &a.users_file);
             let up = format!("{p}.auth.users_file");
-            let text = std::fs::read_to_string(&path).map_err(|err| {
-                e.err(&up, &a.users_file, format!("cannot read the file: {err}"))
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|err| e.err(&up, &a.users_file, format!("cannot read the file: {err}")))?;
             let users = parse_users(&text)
                 .map_err(|(line, m)| e.err(&up, &a.users_file, format!("line {line}: {m}")))?;
             Some(AuthSpec { realm, users })

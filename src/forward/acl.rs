@@ -83,7 +83,9 @@ fn matches(r: &AccessRule, s: &Subject) -> bool {
             Destination::Name(h) => h.matches(s.host),
             // Every address must be inside the network; otherwise a name with one address
             // inside and one outside would open the outside one.
-            Destination::Net(n) => !s.addrs.is_empty() && s.addrs.iter().all(|a| n.contains(a.ip())),
+            Destination::Net(n) => {
+                !s.addrs.is_empty() && s.addrs.iter().all(|a| n.contains(a.ip()))
+            }
         });
     let port_ok = r.ports.is_empty() || r.ports.contains(&s.port);
     let method_ok = r.methods.is_empty() || r.methods.iter().any(|m| m == s.method);
@@ -126,7 +128,9 @@ mod tests {
                 label: "no-ads".into(),
                 allow: false,
                 clients: vec![],
-                destinations: vec![Destination::Name(HostMatch::parse("*.ads.example").unwrap())],
+                destinations: vec![Destination::Name(
+                    HostMatch::parse("*.ads.example").unwrap(),
+                )],
                 ports: vec![],
                 methods: vec![],
             },
@@ -147,8 +151,14 @@ mod tests {
             port: 80,
             method,
         };
-        assert_eq!(decide(&rules, &s("10.1.1.1", "x.ads.example", "GET")), Err("no-ads"));
-        assert_eq!(decide(&rules, &s("10.1.1.1", "example.org", "GET")), Ok("lan"));
+        assert_eq!(
+            decide(&rules, &s("10.1.1.1", "x.ads.example", "GET")),
+            Err("no-ads")
+        );
+        assert_eq!(
+            decide(&rules, &s("10.1.1.1", "example.org", "GET")),
+            Ok("lan")
+        );
         assert!(decide(&rules, &s("10.1.1.1", "example.org", "POST")).is_err());
         assert!(decide(&rules, &s("11.1.1.1", "example.org", "GET")).is_err());
     }

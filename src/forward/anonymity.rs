@@ -52,7 +52,11 @@ pub fn apply(req: &mut RequestHeader, mode: Anonymity, client: Option<IpAddr>) {
         Anonymity::Off => {
             let _ = req.append_header("via", "1.1 stepstone");
             if let Some(ip) = client {
-                let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                let xff = match req
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                {
                     Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
                     _ => ip.to_string(),
                 };
@@ -96,7 +100,11 @@ mod tests {
     #[test]
     fn standard_removes_client_headers_and_adds_none() {
         let mut r = req();
-        apply(&mut r, Anonymity::Standard, Some("10.0.0.7".parse().unwrap()));
+        apply(
+            &mut r,
+            Anonymity::Standard,
+            Some("10.0.0.7".parse().unwrap()),
+        );
         for h in ["x-forwarded-for", "forwarded", "via", "proxy-authorization"] {
             assert!(r.headers.get(h).is_none(), "{h}");
         }
@@ -118,7 +126,10 @@ mod tests {
     fn off_announces_the_proxy() {
         let mut r = req();
         apply(&mut r, Anonymity::Off, Some("10.0.0.9".parse().unwrap()));
-        assert_eq!(r.headers.get("x-forwarded-for").unwrap(), "10.0.0.7, 10.0.0.9");
+        assert_eq!(
+            r.headers.get("x-forwarded-for").unwrap(),
+            "10.0.0.7, 10.0.0.9"
+        );
         assert!(r.headers.get("proxy-authorization").is_none());
     }
 }

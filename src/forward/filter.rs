@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(s.feed(b"id").unwrap(), None);
         assert_eq!(s.feed(b"").unwrap(), None);
         assert_eq!(s.feed(b"DEN-wo").unwrap(), None);
-        assert_eq!(s.feed(b"rd and more").unwrap().as_deref(), Some("forbidden-word"));
+        assert_eq!(
+            s.feed(b"rd and more").unwrap().as_deref(),
+            Some("forbidden-word")
+        );
     }
 
     #[test]
@@ -260,7 +263,9 @@ mod tests {
         let f = filter(&[]);
         assert!(f.url_blocked("http://a.example/malware/x.exe").is_some());
         assert!(f.url_blocked("http://a.example/ok").is_none());
-        assert!(f.content_type_blocked("Application/X-MSDownload; q=1").is_some());
+        assert!(f
+            .content_type_blocked("Application/X-MSDownload; q=1")
+            .is_some());
         assert!(f.content_type_blocked("video/mp4").is_some());
         assert!(f.content_type_blocked("text/html").is_none());
         assert!(glob(b"a*b?d", b"aXXbcd"));

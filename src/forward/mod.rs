@@ -110,7 +110,7 @@ impl Forward {
                 .map(|i| i.to_string())
                 .unwrap_or_else(|| "-".into()),
             req.method,
-            req.uri
+            String::from_utf8_lossy(req.raw_path())
         );
     }
 
@@ -156,8 +156,14 @@ impl Forward {
             Ok(a) => a,
             Err((code, why)) => {
                 self.deny_log(session, &format!("{code}: {why}"));
-                page(session, code, "The destination could not be resolved", None, connect)
-                    .await?;
+                page(
+                    session,
+                    code,
+                    "The destination could not be resolved",
+                    None,
+                    connect,
+                )
+                .await?;
                 return Ok(true);
             }
         };
@@ -167,8 +173,14 @@ impl Forward {
                     session,
                     &format!("403: private destination {} ({})", t.host, a.ip()),
                 );
-                page(session, 403, "The destination is on a private network", None, true)
-                    .await?;
+                page(
+                    session,
+                    403,
+                    "The destination is on a private network",
+                    None,
+                    true,
+                )
+                .await?;
                 return Ok(true);
             }
         }
@@ -196,8 +208,18 @@ impl Forward {
             req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
         );
         if let Some(g) = self.filter.url_blocked(&url) {
-            self.deny_log(session, &format!("403: URL matches block_url_patterns {g:?}"));
-            page(session, 403, "The URL is blocked by the content filter", None, false).await?;
+            self.deny_log(
+                session,
+                &format!("403: URL matches block_url_patterns {g:?}"),
+            );
+            page(
+                session,
+                403,
+                "The URL is blocked by the content filter",
+                None,
+                false,
+            )
+            .await?;
             return Ok(true);
         }
         ctx.fwd.addrs = addrs;
@@ -210,8 +232,14 @@ impl Forward {
             Ok(s) => s,
             Err((code, why)) => {
                 self.deny_log(session, &format!("{code}: {why}"));
-                page(session, code, "The destination did not accept the connection", None, true)
-                    .await?;
+                page(
+                    session,
+                    code,
+                    "The destination did not accept the connection",
+                    None,
+                    true,
+                )
+                .await?;
                 return Ok(());
             }
         };
@@ -277,8 +305,7 @@ impl Forward {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        let uri = http::Uri::try_from(pq)
-            .or_err(ErrorType::InvalidHTTPHeader, "request path")?;
+        let uri = http::Uri::try_from(pq).or_err(ErrorType::InvalidHTTPHeader, "request path")?;
         up.set_uri(uri);
         up.insert_header(http::header::HOST, ctx.fwd.authority.as_str())?;
         anonymity::apply(up, self.spec.anonymity, client_ip(session));
@@ -304,7 +331,11 @@ impl Forward {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let h = |n| resp.headers.get(n).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let h = |n| {
+            resp.headers
+                .get(n)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+        };
         if let Some(ct) = h(http::header::CONTENT_TYPE) {
             if let Some(rule) = self.filter.content_type_blocked(ct) {
                 return self.block(ctx, format!("content type {ct:?} matches {rule:?}"));
@@ -323,11 +354,7 @@ impl Forward {
         Ok(())
     }
 
-    pub fn upstream_response_body_filter(
-        &self,
-        body: &Option<Bytes>,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    pub fn upstream_response_body_filter(&self, body: &Option<Bytes>, ctx: &mut Ctx) -> Result<()> {
         let (Some(scan), Some(b)) = (ctx.fwd.scan.as_mut(), body) else {
             return Ok(());
         };
@@ -349,8 +376,14 @@ impl Forward {
         let why = ctx.fwd.blocked.as_deref()?;
         if session.response_written().is_none() {
             self.deny_log(session, &format!("403: response blocked, {why}"));
-            let _ = page(session, 403, "The response is blocked by the content filter", None, true)
-                .await;
+            let _ = page(
+                session,
+                403,
+                "The response is blocked by the content filter",
+                None,
+                true,
+            )
+            .await;
         } else {
             self.deny_log(session, &format!("response cut, {why}"));
         }
@@ -368,36 +401,54 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// The destination, from the raw request target: Pingora keeps only the path in `uri`
+/// and the absolute-form target verbatim in `raw_path`.
 fn target(req: &RequestHeader) -> std::result::Result<Target, &'static str> {
-    let uri = &req.uri;
-    if req.method == http::Method::CONNECT {
-        let auth = uri.authority().ok_or("CONNECT needs host:port")?;
-        let port = auth.port_u16().ok_or("CONNECT needs host:port")?;
-        return Ok(Target {
-            host: host_of(auth.host())?,
-            port,
-            authority: auth.as_str().to_string(),
-        });
-    }
-    match uri.scheme_str() {
-        None => Err("this is a forward proxy: the request needs an absolute URL (http://host/path)"),
-        Some(s) if s.eq_ignore_ascii_case("http") => {
-            let auth = uri.authority().ok_or("the URL has no host")?;
-            if auth.as_str().contains('@') {
-                return Err("user information in the URL is not allowed");
+    use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
+    let raw = req.raw_path();
+    let (auth, default_port) =
+        if req.method == http::Method::CONNECT {
+            (raw, None)
+        } else {
+            match raw_target_authority(raw) {
+                RawTargetAuthority::None => return Err(
+                    "this is a forward proxy: the request needs an absolute URL (http://host/path)",
+                ),
+                RawTargetAuthority::AmbiguousAuthority => return Err("ambiguous request target"),
+                RawTargetAuthority::Absolute {
+                    scheme, authority, ..
+                } => {
+                    if !scheme.eq_ignore_ascii_case(b"http") {
+                        return Err("only http:// URLs are proxied; use CONNECT for https");
+                    }
+                    (authority, Some(80))
+                }
             }
-            Ok(Target {
-                host: host_of(auth.host())?,
-                port: auth.port_u16().unwrap_or(80),
-                authority: auth.as_str().to_string(),
-            })
-        }
-        Some(_) => Err("only http:// URLs are proxied; use CONNECT for https"),
+        };
+    let auth =
+        http::uri::Authority::try_from(auth).map_err(|_| "the destination is not host:port")?;
+    if auth.as_str().contains('@') {
+        return Err("user information in the destination is not allowed");
     }
+    let port = match (auth.port_u16(), default_port) {
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => return Err("CONNECT needs host:port"),
+    };
+    if port == 0 {
+        return Err("the destination port is not valid");
+    }
+    Ok(Target {
+        host: host_of(auth.host())?,
+        port,
+        authority: auth.as_str().to_string(),
+    })
 }
 
 fn host_of(h: &str) -> std::result::Result<String, &'static str> {
-    let h = h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let h = h
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     if h.parse::<IpAddr>().is_ok() || crate::config::valid_hostname(&h) {
         Ok(h)
     } else {
@@ -470,7 +521,9 @@ async fn page(
         session.set_keepalive(None);
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }

@@ -18,8 +18,8 @@ use bytes::BytesMut;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    Stream, TimingDigest, UniqueID, UniqueIDType,
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora_proxy::Session;
 use std::io::Cursor;
@@ -111,9 +111,9 @@ pub async fn splice(
     };
     let watchdog = async {
         loop {
-            let quiet = start.elapsed().saturating_sub(Duration::from_millis(
-                last.load(Ordering::Relaxed),
-            ));
+            let quiet = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
             if quiet >= idle {
                 return;
             }
@@ -170,7 +170,11 @@ impl AsyncRead for Detached {
 }
 
 impl AsyncWrite for Detached {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(Ok(b.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {

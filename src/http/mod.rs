@@ -16,6 +16,7 @@ pub mod router;
 pub mod service;
 
 use crate::config::{HashKey, ListenerSpec};
+use crate::forward::{Forward, FwdCtx};
 use crate::upstream::{bit, select::hash_bytes, Pick};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,7 +25,6 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use crate::forward::{Forward, FwdCtx};
 use router::Router;
 use std::sync::Arc;
 
