@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod forward;
 pub mod http;
 pub mod l4;
 pub mod server;

@@ -79,13 +79,12 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 let proxy = HttpProxy {
                     listener: Listener::new(l, router, tls),
                 };
-                let app = LeanHttp::new(
-                    &l.name,
-                    proxy,
-                    &server.configuration,
-                    crate::tls::http_server_options(l),
-                    l.limits,
-                );
+                // forward listeners need CONNECT to reach the proxy phases
+                let options = match &l.forward {
+                    Some(_) => Some(crate::forward::Forward::server_options()),
+                    None => crate::tls::http_server_options(l),
+                };
+                let app = LeanHttp::new(&l.name, proxy, &server.configuration, options, l.limits);
                 let endpoint = match &l.tls {
                     Some(t) => crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?,
                     None => plain_listener(l.addr),

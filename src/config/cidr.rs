@@ -103,6 +103,17 @@ pub fn any_contains(list: &[Cidr], ip: IpAddr) -> bool {
     Cidr::any_contains(list, ip)
 }
 
+/// IPv4-mapped IPv6 addresses as IPv4, everything else unchanged.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,9 @@ pub struct ListenerFile {
     pub name: String,
     pub address: String,
     pub protocol: ListenerProtocol,
+    /// Makes an `http` listener a forward proxy (absolute-form requests and CONNECT)
+    /// instead of a routed reverse proxy. See [`ForwardProxyFile`].
+    pub forward_proxy: Option<ForwardProxyFile>,
     /// tcp only: the upstream every connection is forwarded to. Required for tcp.
     pub upstream: Option<String>,
     /// tls_passthrough only: SNI name (exact or `*.suffix`) to upstream. The most specific
@@ -151,6 +154,100 @@ pub struct CertFile {
 pub enum ProxyProtocolFile {
     V1,
     V2,
+}
+
+/// `listeners[].forward_proxy`: a Squid-style forward proxy.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardProxyFile {
+    /// Ports a CONNECT tunnel may go to. Default: [443]
+    pub connect_ports: Option<Vec<u16>>,
+    /// Allow destinations on loopback, RFC 1918, link-local, CGNAT, ULA and similar
+    /// networks. Default: false
+    pub allow_private_destinations: Option<bool>,
+    /// Access rules; the first match wins and no match means deny. Default: [] (deny all)
+    #[serde(default)]
+    pub access: Vec<AccessRuleFile>,
+    /// Basic proxy authentication. Default: none
+    pub auth: Option<ProxyAuthFile>,
+    /// off | standard | strict. Default: standard
+    pub anonymity: Option<AnonymityFile>,
+    /// Content filtering of responses. Default: none
+    pub filter: Option<FilterFile>,
+    /// Caching of forward responses in the shared cache. Default: disabled
+    pub cache: Option<ForwardCacheFile>,
+    /// Time to resolve and connect to a destination. Default: 5s
+    pub connect_timeout: Option<Dur>,
+    /// Time to wait for each read from an origin (HTTP requests). Default: 30s
+    pub read_timeout: Option<Dur>,
+    /// A CONNECT tunnel with no traffic either way for this long is closed. Default: 5m
+    pub tunnel_idle_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessAction {
+    Allow,
+    Deny,
+}
+
+/// One access rule. Every list given must match (an absent list matches anything); within
+/// a list any entry may match.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRuleFile {
+    pub action: AccessAction,
+    /// Shown on the deny page and in the log. Default: access[N]
+    pub name: Option<String>,
+    /// Client networks (CIDR or address).
+    pub clients: Option<Vec<String>>,
+    /// Destination names (exact or `*.suffix`) or networks (CIDR or address); networks
+    /// match the resolved addresses.
+    pub destinations: Option<Vec<String>>,
+    pub ports: Option<Vec<u16>>,
+    /// GET, POST, CONNECT, ...
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyAuthFile {
+    /// Default: stepstone
+    pub realm: Option<String>,
+    /// `user:bcrypt-hash` lines, as written by `htpasswd -B`. A relative path is relative
+    /// to the config file's directory. Required.
+    pub users_file: String,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AnonymityFile {
+    Off,
+    #[default]
+    Standard,
+    Strict,
+}
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FilterFile {
+    /// Media types (`type/sub` or `type/*`) whose responses are refused. Default: []
+    #[serde(default)]
+    pub block_content_types: Vec<String>,
+    /// Byte strings (ASCII case-insensitive) that block a response body. Default: []
+    #[serde(default)]
+    pub block_body_patterns: Vec<String>,
+    /// Globs (`*`, `?`) over the full request URL. Default: []
+    #[serde(default)]
+    pub block_url_patterns: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardCacheFile {
+    /// Default: false
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

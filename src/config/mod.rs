@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod cidr;
 pub mod file;
+pub mod forward;
 pub mod l4;
 pub mod units;
 
@@ -212,6 +213,8 @@ pub struct ListenerSpec {
     pub name: String,
     pub addr: SocketAddr,
     pub protocol: ListenerProtocol,
+    /// Set for forward-proxy listeners, which have no routes.
+    pub forward: Option<forward::ForwardSpec>,
     /// tcp and tls_passthrough settings; None for HTTP listeners.
     pub l4: Option<l4::L4Spec>,
     /// accept_proxy_protocol: the networks trusted to send a PROXY header.
@@ -450,6 +453,10 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             ));
         }
         let (tls, redirect_https, h2c) = crate::tls::config::validate_listener(&e, &p, l)?;
+        let forward = match &l.forward_proxy {
+            Some(f) => Some(forward::validate(&e, &p, l.protocol, f)?),
+            None => None,
+        };
         listeners.push(ListenerSpec {
             name: l.name.clone(),
             addr,
@@ -460,6 +467,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             limits: limits(&e, &p, &l.limits)?,
             l4: None,
             proxy_protocol: l4::accept_proxy(&e, &p, l)?,
+            forward,
         });
     }
 
@@ -646,6 +654,13 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
                     "no listener has this name",
                 )
             })?;
+        if listeners[listener].forward.is_some() {
+            return Err(e.err(
+                format!("{p}.listener"),
+                &r.listener,
+                "a forward_proxy listener takes no routes",
+            ));
+        }
         let upstream = upstreams
             .iter()
             .position(|u| u.name == r.upstream)

@@ -11,6 +11,9 @@
 //! - cache hooks (`request_cache_filter`, `cache_key_callback`, `response_cache_filter`,
 //!   `cache_hit_filter`, `cache_vary_filter`, `should_serve_stale`, `response_filter`) and PURGE in
 //!   `request_filter`: delegated to the route's [`cache::RouteCache`], if it has one.
+//!
+//! Forward-proxy listeners (`listener.forward`) delegate these phases, and the upstream
+//! response filters, to [`crate::forward`]; see its module doc.
 
 pub mod cache;
 pub mod guard;
@@ -18,6 +21,7 @@ pub mod router;
 pub mod service;
 
 use crate::config::{HashKey, ListenerSpec};
+use crate::forward::{Forward, FwdCtx};
 use crate::upstream::{bit, select::hash_bytes, Pick};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,6 +35,7 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use router::Router;
+use std::sync::Arc;
 
 pub struct Listener {
     pub name: String,
@@ -40,6 +45,7 @@ pub struct Listener {
     pub router: Router,
     /// Per-client-IP request rate over one-second windows, with its limit.
     rate: Option<(pingora_limits::rate::Rate, isize)>,
+    pub forward: Option<Arc<Forward>>,
 }
 
 impl Listener {
@@ -55,6 +61,7 @@ impl Listener {
                     n as isize,
                 )
             }),
+            forward: spec.forward.as_ref().map(|f| Forward::new(&spec.name, f)),
         }
     }
 }
@@ -72,6 +79,7 @@ pub struct Ctx {
     tried: u64,
     attempts: u32,
     hash: u64,
+    pub fwd: FwdCtx,
     body_bytes: u64,
 }
 
@@ -199,6 +207,9 @@ impl ProxyHttp for HttpProxy {
             crate::tls::redirect::redirect(session, port).await?;
             return Ok(true);
         }
+        if let Some(f) = &self.listener.forward {
+            return f.request_filter(session, ctx).await;
+        }
         let req = session.req_header();
         let host = router::request_host(req);
         let path = req.uri.path();
@@ -262,6 +273,9 @@ impl ProxyHttp for HttpProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(f) = &self.listener.forward {
+            return f.upstream_peer(ctx);
+        }
         let Some(route) = ctx.route.and_then(|i| self.listener.router.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
@@ -295,6 +309,10 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(f) = &self.listener.forward {
+            f.fail_to_connect(ctx, peer, &mut e);
+            return e;
+        }
         let route = ctx.route.and_then(|i| self.listener.router.get(i));
         let retries = route.map(|r| r.pool.retries).unwrap_or(0);
         if let Some(p) = &ctx.pick {
@@ -327,8 +345,11 @@ impl ProxyHttp for HttpProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(f) = &self.listener.forward {
+            return f.upstream_request_filter(session, upstream_request, ctx);
+        }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
             let xff = match upstream_request.headers.get("x-forwarded-for") {
@@ -435,7 +456,37 @@ impl ProxyHttp for HttpProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        match &self.listener.forward {
+            Some(f) => f.upstream_response_filter(session, upstream_response, ctx),
+            None => Ok(()),
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(f) = &self.listener.forward {
+            f.upstream_response_body_filter(body, ctx)?;
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(f) = &self.listener.forward {
+            if let Some(r) = f.fail_to_proxy(session, ctx).await {
+                return r;
+            }
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(c) => *c,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout

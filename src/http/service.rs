@@ -48,6 +48,8 @@ where
         limits: ListenerLimits,
     ) -> Self {
         let mut p = HttpProxy::new(proxy, conf.clone());
+        // The inner proxy reads the per-request options (CONNECT, request limits) itself.
+        p.server_options = options.clone();
         p.handle_init_modules();
         LeanHttp {
             inner: Arc::new(p),

@@ -5,6 +5,7 @@ mod support;
 
 mod cache;
 mod cli;
+mod forward;
 mod l4;
 mod reverse;
 mod tls;

@@ -1,0 +1,531 @@
+//! The forward proxy: a `protocol: http` listener with a `forward_proxy:` block acts for
+//! its clients, as Squid does. It serves absolute-form requests (`GET http://host/ HTTP/1.1`)
+//! and CONNECT tunnels, with access rules, Basic proxy auth, anonymity and content filters.
+//!
+//! Design. Everything goes through the one `ProxyHttp` implementation in `crate::http`,
+//! which delegates to [`Forward`] from a handful of phases when the listener is a forward
+//! proxy:
+//! - `request_filter` ([`Forward::request_filter`]): target parsing, auth, resolution,
+//!   private-destination guard, access rules, URL filter; CONNECT is answered and tunnelled
+//!   right here.
+//! - `upstream_peer`: one `HttpPeer` per resolved address, so Pingora's connection pool
+//!   keeps origin connections alive across requests and clients; a failed connect retries
+//!   the next address.
+//! - `upstream_request_filter`: origin-form request line, Host, anonymity.
+//! - `upstream_response_filter` / `upstream_response_body_filter`: content filtering,
+//!   before the cache and before anything reaches the client.
+//! - `fail_to_proxy`: the proxy's own 403 page for a blocked response.
+//!
+//! CONNECT: Pingora answers CONNECT with 405 unless `allow_connect_method_proxying` is set,
+//! and then treats it as an ordinary request to proxy to an upstream (for chaining proxies);
+//! it has no tunnel. We set the option on forward listeners only, so CONNECT reaches
+//! `request_filter`, where the checks run with the ordinary session (error pages, keep-alive
+//! and logging all work as for any request), and only once the origin has accepted the TCP
+//! connection do we take the client socket over from Pingora ([`tunnel::take_over`]) and
+//! write the 200 ourselves. The alternative, a separate `ServerApp` that sniffs the method
+//! before Pingora parses anything, would need its own HTTP/1 parser and keep-alive loop, and
+//! a CONNECT arriving on a kept-alive connection after a GET would still land in Pingora.
+//!
+//! Content filtering and the response head: Pingora sends the response head to the client
+//! as soon as the filters of its batch have run, usually before the first body byte has
+//! arrived. Decisions on the head alone (content type, an encoding that cannot be
+//! scanned) therefore always get the proxy's 403 page; a body pattern found after the head
+//! was sent cuts the response: the chunk with the match is never forwarded and the
+//! connection is closed without a proper end of body, so the client sees a truncated,
+//! failed transfer. Only when the head and the matching piece arrive in the same batch is
+//! the response replaced by the page. This needs no buffering of bodies at all.
+
+pub mod acl;
+pub mod anonymity;
+pub mod auth;
+pub mod filter;
+pub mod tunnel;
+
+use crate::config::forward::ForwardSpec;
+use crate::http::Ctx;
+use bytes::Bytes;
+use log::{info, warn};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, OrErr, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, Session};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+pub struct Forward {
+    listener: String,
+    spec: ForwardSpec,
+    auth: Option<auth::Auth>,
+    filter: filter::Filter,
+}
+
+/// Per-request state of a forward request, part of [`Ctx`].
+#[derive(Default)]
+pub struct FwdCtx {
+    /// Resolved destination addresses, in connect order.
+    addrs: Vec<SocketAddr>,
+    /// Next address `upstream_peer` will use.
+    next: usize,
+    /// `host[:port]` as the client wrote it, for the Host header.
+    authority: String,
+    /// Why the response was blocked, once it was.
+    blocked: Option<String>,
+    scan: Option<filter::BodyScan>,
+}
+
+struct Target {
+    /// Lower case, IPv6 without brackets.
+    host: String,
+    port: u16,
+    authority: String,
+}
+
+impl Forward {
+    pub fn new(listener: &str, spec: &ForwardSpec) -> Arc<Forward> {
+        Arc::new(Forward {
+            listener: listener.to_string(),
+            spec: spec.clone(),
+            auth: spec
+                .auth
+                .as_ref()
+                .map(|a| auth::Auth::new(&a.realm, &a.users)),
+            filter: filter::Filter::new(&spec.filter),
+        })
+    }
+
+    /// Pingora server options a forward listener needs: CONNECT must reach `request_filter`.
+    pub fn server_options() -> pingora_core::apps::HttpServerOptions {
+        let mut o = pingora_core::apps::HttpServerOptions::default();
+        o.allow_connect_method_proxying = true;
+        o
+    }
+
+    fn deny_log(&self, session: &Session, what: &str) {
+        let req = session.req_header();
+        warn!(
+            "{}: {} {} {}: {what}",
+            self.listener,
+            client_ip(session)
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+            req.method,
+            String::from_utf8_lossy(req.raw_path())
+        );
+    }
+
+    pub async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let connect = req.method == http::Method::CONNECT;
+        let method = req.method.as_str().to_string();
+        let t = match target(req) {
+            Ok(t) => t,
+            Err(why) => {
+                self.deny_log(session, &format!("400: {why}"));
+                page(session, 400, why, None, true).await?;
+                return Ok(true);
+            }
+        };
+        if connect && !self.spec.connect_ports.contains(&t.port) {
+            let why = format!("CONNECT to port {} is not allowed", t.port);
+            self.deny_log(session, &format!("403: {why}"));
+            page(session, 403, &why, None, true).await?;
+            return Ok(true);
+        }
+        if let Some(a) = &self.auth {
+            let cred = session
+                .req_header()
+                .headers
+                .get(http::header::PROXY_AUTHORIZATION)
+                .map(|v| v.as_bytes().to_vec());
+            if let Err(why) = a.check(cred.as_deref()).await {
+                self.deny_log(session, &format!("407: {why}"));
+                let challenge = format!("Basic realm=\"{}\"", a.realm);
+                page(
+                    session,
+                    407,
+                    "Proxy authentication required",
+                    Some(("proxy-authenticate", challenge)),
+                    connect,
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        let addrs = match resolve(&t.host, t.port, self.spec.connect_timeout).await {
+            Ok(a) => a,
+            Err((code, why)) => {
+                self.deny_log(session, &format!("{code}: {why}"));
+                page(
+                    session,
+                    code,
+                    "The destination could not be resolved",
+                    None,
+                    connect,
+                )
+                .await?;
+                return Ok(true);
+            }
+        };
+        if !self.spec.allow_private_destinations {
+            if let Some(a) = addrs.iter().find(|a| acl::is_private(a.ip())) {
+                self.deny_log(
+                    session,
+                    &format!("403: private destination {} ({})", t.host, a.ip()),
+                );
+                page(
+                    session,
+                    403,
+                    "The destination is on a private network",
+                    None,
+                    true,
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        let subject = acl::Subject {
+            client: client_ip(session),
+            host: &t.host,
+            addrs: &addrs,
+            port: t.port,
+            method: &method,
+        };
+        if let Err(rule) = acl::decide(&self.spec.access, &subject) {
+            self.deny_log(session, &format!("403: denied by {rule}"));
+            let why = format!("Access denied by {rule}");
+            page(session, 403, &why, None, connect).await?;
+            return Ok(true);
+        }
+        if connect {
+            self.tunnel(session, &t, &addrs).await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
+        let url = format!(
+            "http://{}{}",
+            t.authority,
+            req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        );
+        if let Some(g) = self.filter.url_blocked(&url) {
+            self.deny_log(
+                session,
+                &format!("403: URL matches block_url_patterns {g:?}"),
+            );
+            page(
+                session,
+                403,
+                "The URL is blocked by the content filter",
+                None,
+                false,
+            )
+            .await?;
+            return Ok(true);
+        }
+        ctx.fwd.addrs = addrs;
+        ctx.fwd.authority = t.authority;
+        Ok(false)
+    }
+
+    async fn tunnel(&self, session: &mut Session, t: &Target, addrs: &[SocketAddr]) -> Result<()> {
+        let up = match tunnel::connect(addrs, self.spec.connect_timeout).await {
+            Ok(s) => s,
+            Err((code, why)) => {
+                self.deny_log(session, &format!("{code}: {why}"));
+                page(
+                    session,
+                    code,
+                    "The destination did not accept the connection",
+                    None,
+                    true,
+                )
+                .await?;
+                return Ok(());
+            }
+        };
+        let client = client_ip(session);
+        let Some((mut down, early)) = tunnel::take_over(session).await else {
+            self.deny_log(session, "CONNECT needs HTTP/1.1");
+            page(session, 405, "CONNECT needs HTTP/1.1", None, true).await?;
+            return Ok(());
+        };
+        if down
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_err()
+            || down.flush().await.is_err()
+        {
+            return Ok(());
+        }
+        let (sent, recv) = tunnel::splice(down, early, up, self.spec.tunnel_idle_timeout).await;
+        info!(
+            "{}: {} CONNECT {}:{} closed, {sent} bytes up, {recv} bytes down",
+            self.listener,
+            client.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            t.host,
+            t.port
+        );
+        Ok(())
+    }
+
+    pub fn upstream_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(addr) = ctx.fwd.addrs.get(ctx.fwd.next).copied() else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "no destination address left");
+        };
+        ctx.fwd.next += 1;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.spec.connect_timeout);
+        o.total_connection_timeout = Some(self.spec.connect_timeout);
+        o.read_timeout = Some(self.spec.read_timeout);
+        o.write_timeout = Some(self.spec.read_timeout);
+        o.idle_timeout = Some(crate::config::DEFAULT_UPSTREAM_IDLE_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    /// Try the next resolved address, if there is one.
+    pub fn fail_to_connect(&self, ctx: &Ctx, peer: &HttpPeer, e: &mut Error) {
+        warn!(
+            "{}: connect to {} for {} failed: {e}",
+            self.listener, peer._address, ctx.fwd.authority
+        );
+        if ctx.fwd.next < ctx.fwd.addrs.len() {
+            e.set_retry(true);
+        }
+    }
+
+    pub fn upstream_request_filter(
+        &self,
+        session: &Session,
+        up: &mut RequestHeader,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let pq = up
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let uri = http::Uri::try_from(pq).or_err(ErrorType::InvalidHTTPHeader, "request path")?;
+        up.set_uri(uri);
+        up.insert_header(http::header::HOST, ctx.fwd.authority.as_str())?;
+        anonymity::apply(up, self.spec.anonymity, client_ip(session));
+        if self.filter.scans_bodies() {
+            // Offer only what the body scan can decode.
+            let gzip = up
+                .headers
+                .get(http::header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("gzip"));
+            if gzip {
+                up.insert_header(http::header::ACCEPT_ENCODING, "gzip")?;
+            } else {
+                up.remove_header(&http::header::ACCEPT_ENCODING);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn upstream_response_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let h = |n| {
+            resp.headers
+                .get(n)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+        };
+        if let Some(ct) = h(http::header::CONTENT_TYPE) {
+            if let Some(rule) = self.filter.content_type_blocked(ct) {
+                return self.block(ctx, format!("content type {ct:?} matches {rule:?}"));
+            }
+        }
+        let no_body = session.req_header().method == http::Method::HEAD
+            || resp.status.is_informational()
+            || resp.status == 204
+            || resp.status == 304;
+        if self.filter.scans_bodies() && !no_body {
+            match self.filter.body_scan(h(http::header::CONTENT_ENCODING)) {
+                Ok(s) => ctx.fwd.scan = Some(s),
+                Err(why) => return self.block(ctx, why),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn upstream_response_body_filter(&self, body: &Option<Bytes>, ctx: &mut Ctx) -> Result<()> {
+        let (Some(scan), Some(b)) = (ctx.fwd.scan.as_mut(), body) else {
+            return Ok(());
+        };
+        match scan.feed(b) {
+            Ok(None) => Ok(()),
+            Ok(Some(p)) => self.block(ctx, format!("body contains {p:?}")),
+            Err(why) => self.block(ctx, why),
+        }
+    }
+
+    fn block(&self, ctx: &mut Ctx, why: String) -> Result<()> {
+        ctx.fwd.blocked = Some(why);
+        ctx.fwd.scan = None;
+        Error::e_explain(ErrorType::HTTPStatus(403), "blocked by the content filter")
+    }
+
+    /// The proxy's page for a blocked response, or `None` for other failures.
+    pub async fn fail_to_proxy(&self, session: &mut Session, ctx: &Ctx) -> Option<FailToProxy> {
+        let why = ctx.fwd.blocked.as_deref()?;
+        if session.response_written().is_none() {
+            self.deny_log(session, &format!("403: response blocked, {why}"));
+            let _ = page(
+                session,
+                403,
+                "The response is blocked by the content filter",
+                None,
+                true,
+            )
+            .await;
+        } else {
+            self.deny_log(session, &format!("response cut, {why}"));
+        }
+        Some(FailToProxy {
+            error_code: 403,
+            can_reuse_downstream: false,
+        })
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// The destination, from the raw request target: Pingora keeps only the path in `uri`
+/// and the absolute-form target verbatim in `raw_path`.
+fn target(req: &RequestHeader) -> std::result::Result<Target, &'static str> {
+    use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
+    let raw = req.raw_path();
+    let (auth, default_port) =
+        if req.method == http::Method::CONNECT {
+            (raw, None)
+        } else {
+            match raw_target_authority(raw) {
+                RawTargetAuthority::None => return Err(
+                    "this is a forward proxy: the request needs an absolute URL (http://host/path)",
+                ),
+                RawTargetAuthority::AmbiguousAuthority => return Err("ambiguous request target"),
+                RawTargetAuthority::Absolute {
+                    scheme, authority, ..
+                } => {
+                    if !scheme.eq_ignore_ascii_case(b"http") {
+                        return Err("only http:// URLs are proxied; use CONNECT for https");
+                    }
+                    (authority, Some(80))
+                }
+            }
+        };
+    let auth =
+        http::uri::Authority::try_from(auth).map_err(|_| "the destination is not host:port")?;
+    if auth.as_str().contains('@') {
+        return Err("user information in the destination is not allowed");
+    }
+    let port = match (auth.port_u16(), default_port) {
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => return Err("CONNECT needs host:port"),
+    };
+    if port == 0 {
+        return Err("the destination port is not valid");
+    }
+    Ok(Target {
+        host: host_of(auth.host())?,
+        port,
+        authority: auth.as_str().to_string(),
+    })
+}
+
+fn host_of(h: &str) -> std::result::Result<String, &'static str> {
+    let h = h
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if h.parse::<IpAddr>().is_ok() || crate::config::valid_hostname(&h) {
+        Ok(h)
+    } else {
+        Err("the destination host is not valid")
+    }
+}
+
+/// Addresses of `host`, IP literals as they are, names through the system resolver (on
+/// tokio's blocking pool, so it never stalls the event loop).
+async fn resolve(
+    host: &str,
+    port: u16,
+    timeout: std::time::Duration,
+) -> std::result::Result<Vec<SocketAddr>, (u16, String)> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+        Err(_) => Err((504, format!("resolving {host} timed out"))),
+        Ok(Err(e)) => Err((502, format!("cannot resolve {host}: {e}"))),
+        Ok(Ok(it)) => {
+            let mut v: Vec<SocketAddr> = Vec::new();
+            for a in it {
+                if !v.contains(&a) {
+                    v.push(a);
+                }
+            }
+            if v.is_empty() {
+                Err((502, format!("{host} has no addresses")))
+            } else {
+                Ok(v)
+            }
+        }
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The proxy's own page, naming the reason (for a deny: the rule), never an origin detail
+/// beyond what the client asked for.
+async fn page(
+    session: &mut Session,
+    code: u16,
+    detail: &str,
+    header: Option<(&'static str, String)>,
+    close: bool,
+) -> Result<()> {
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let body = Bytes::from(format!(
+        "<html><head><title>{code} {reason}</title></head><body><h1>{code} {reason}</h1><p>{}</p><hr><p>stepstone forward proxy</p></body></html>\n",
+        escape(detail)
+    ));
+    let mut resp = ResponseHeader::build(code, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if let Some((k, v)) = header {
+        resp.insert_header(k, v)?;
+    }
+    if close {
+        resp.insert_header(http::header::CONNECTION, "close")?;
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,751 @@
+//! Forward proxy: absolute-form requests, CONNECT tunnels (with a real TLS origin), access
+//! rules, the private-destination guard, proxy auth, anonymity and content filtering.
+//! Clients are curl (`-x`) and the raw HTTP/1.1 client; origins are real sockets on
+//! loopback, so every config that should reach them says `allow_private_destinations: true`.
+
+use crate::support::proxy::{render, run_cli};
+use crate::support::{client, scratch_dir, Conn, OriginBuilder, Proxy};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A config with one forward listener; `block` is the YAML body of `forward_proxy:`.
+fn fwd(block: &str) -> String {
+    let mut s = String::from(
+        "listeners:\n  - name: fwd\n    address: 127.0.0.1:{{port}}\n    protocol: http\n    forward_proxy:\n",
+    );
+    for l in block.lines() {
+        s.push_str("      ");
+        s.push_str(l);
+        s.push('\n');
+    }
+    s
+}
+
+const OPEN: &str = "allow_private_destinations: true\naccess: [{action: allow}]";
+
+async fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--noproxy", "", "--max-time", "20"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .await
+        .expect("run curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn proxy_url(p: &Proxy) -> String {
+    format!("http://{}", p.addr)
+}
+
+/// One absolute-form request on a new connection to the proxy.
+async fn absolute(
+    p: &Proxy,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> client::Response {
+    let authority = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let mut h: Vec<(&str, &str)> = vec![("Host", authority.as_str())];
+    h.extend_from_slice(headers);
+    let mut c = Conn::connect(p.addr).await.expect("connect proxy");
+    c.request(method, url, &h, b"").await.expect("response")
+}
+
+/// Read one response head (through the blank line) byte by byte, leaving the rest.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut b).await.expect("read head");
+        assert!(
+            n > 0,
+            "closed inside a head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An origin that answers every request with `parts`, each written after its delay, and
+/// then closes the connection.
+async fn scripted(parts: Vec<(Duration, Vec<u8>)>) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let n = Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    let parts = Arc::new(parts);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            let parts = parts.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let _ = read_head(&mut s).await;
+                count.fetch_add(1, SeqCst);
+                for (d, bytes) in parts.iter() {
+                    tokio::time::sleep(*d).await;
+                    if s.write_all(bytes).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, n)
+}
+
+fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut v = format!("{:x}\r\n", data.len()).into_bytes();
+    v.extend_from_slice(data);
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+/// Everything the proxy sends on one connection for one request, until it closes.
+async fn raw_exchange(p: &Proxy, url: &str) -> Vec<u8> {
+    let authority = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(
+        format!("GET {url} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_get_reaches_origin_over_pooled_connections() {
+    let o = OriginBuilder::new("origin-a").run().await;
+    let p = Proxy::start(&fwd(OPEN));
+    let url = format!("http://{}/hello?x=1", o.addr);
+    let (code, out, err) = curl(&["-x", &proxy_url(&p), &url]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "origin-a");
+    let r = o.last().expect("origin saw the request");
+    assert_eq!(r.path, "/hello?x=1", "origin gets the origin-form target");
+    assert_eq!(r.header("host"), Some(o.addr.to_string().as_str()));
+
+    // keep-alive on both sides: three requests from two client connections reuse one
+    // origin connection
+    let before = o.connections();
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    let host = o.addr.to_string();
+    for _ in 0..2 {
+        let r = c
+            .get(&format!("http://{host}/again"), &[("Host", host.as_str())])
+            .await
+            .expect("response");
+        assert_eq!(r.status, 200);
+    }
+    let r = absolute(&p, "GET", &format!("http://{host}/third"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        o.connections() - before <= 1,
+        "upstream connections were not reused"
+    );
+
+    // an origin-form request is not a proxy request
+    let r = client::get(p.addr, "/hello", &[("Host", host.as_str())])
+        .await
+        .expect("response");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("absolute URL"), "{}", r.text());
+}
+
+fn self_signed() -> (
+    openssl::pkey::PKey<openssl::pkey::Private>,
+    openssl::x509::X509,
+) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::{X509Builder, X509NameBuilder};
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("group");
+    let key = PKey::from_ec_key(EcKey::generate(&group).expect("ec key")).expect("pkey");
+    let mut name = X509NameBuilder::new().expect("name");
+    name.append_entry_by_text("CN", "localhost").expect("cn");
+    let name = name.build();
+    let mut b = X509Builder::new().expect("builder");
+    b.set_version(2).expect("version");
+    let serial = BigNum::from_u32(1)
+        .and_then(|n| n.to_asn1_integer())
+        .expect("serial");
+    b.set_serial_number(&serial).expect("serial");
+    b.set_subject_name(&name).expect("subject");
+    b.set_issuer_name(&name).expect("issuer");
+    b.set_pubkey(&key).expect("pubkey");
+    b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
+        .expect("nb");
+    b.set_not_after(&Asn1Time::days_from_now(2).expect("t"))
+        .expect("na");
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .ip("127.0.0.1")
+        .build(&b.x509v3_context(None, None))
+        .expect("san");
+    b.append_extension(san).expect("ext");
+    b.sign(&key, MessageDigest::sha256()).expect("sign");
+    (key, b.build())
+}
+
+/// A TLS origin: answers one request per connection with `tls-origin-ok`, then closes.
+async fn tls_origin(
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+    cert: &openssl::x509::X509,
+) -> SocketAddr {
+    use openssl::ssl::{Ssl, SslAcceptor, SslMethod};
+    let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).expect("acceptor");
+    acc.set_private_key(key).expect("key");
+    acc.set_certificate(cert).expect("cert");
+    let acc = Arc::new(acc.build());
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let acc = acc.clone();
+            tokio::spawn(async move {
+                let Ok(ssl) = Ssl::new(acc.context()) else {
+                    return;
+                };
+                let Ok(mut s) = tokio_openssl::SslStream::new(ssl, tcp) else {
+                    return;
+                };
+                if Pin::new(&mut s).accept().await.is_err() {
+                    return;
+                }
+                let _ = read_head(&mut s).await;
+                let body = "tls-origin-ok";
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_tls_end_to_end_and_refuses_other_ports() {
+    use openssl::ssl::{SslConnector, SslMethod};
+    let (key, cert) = self_signed();
+    let tls = tls_origin(&key, &cert).await;
+    let plain = OriginBuilder::new("plain").run().await;
+    let p = Proxy::start(&fwd(&format!("{OPEN}\nconnect_ports: [{}]", tls.port())));
+
+    // raw client: CONNECT, 200, then our own TLS handshake through the tunnel
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    tcp.write_all(
+        format!(
+            "CONNECT localhost:{0} HTTP/1.1\r\nHost: localhost:{0}\r\n\r\n",
+            tls.port()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut cb = SslConnector::builder(SslMethod::tls_client()).expect("connector");
+    cb.cert_store_mut().add_cert(cert.clone()).expect("trust");
+    let ssl = cb
+        .build()
+        .configure()
+        .and_then(|c| c.into_ssl("localhost"))
+        .expect("ssl");
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).expect("stream");
+    Pin::new(&mut s)
+        .connect()
+        .await
+        .expect("TLS handshake through the tunnel");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    // the origin closes after its answer; the tunnel must pass that close on
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("tunnel closed after the origin closed")
+        .ok();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.ends_with("tls-origin-ok"), "{out}");
+
+    // curl verifies the origin's certificate through the tunnel
+    let dir = scratch_dir("fwd-ca");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.to_pem().expect("pem")).expect("write ca");
+    let (code, out, err) = curl(&[
+        "-x",
+        &proxy_url(&p),
+        "--cacert",
+        ca.to_str().expect("path"),
+        &format!("https://localhost:{}/", tls.port()),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "tls-origin-ok");
+
+    // a port not in connect_ports
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    let target = plain.addr.to_string();
+    let r = c
+        .request("CONNECT", &target, &[("Host", target.as_str())], b"")
+        .await
+        .expect("response");
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("port"), "{}", r.text());
+    assert_eq!(plain.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_tunnel_data_is_kept_and_idle_tunnel_is_closed() {
+    // an echo origin that never closes on its own
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 1024];
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                // hold the connection open: only the proxy's idle timeout may end it
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let p = Proxy::start(&fwd(&format!(
+        "{OPEN}\nconnect_ports: [{port}]\ntunnel_idle_timeout: 300ms"
+    )));
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    // bytes sent right behind the CONNECT head, before the 200, belong to the tunnel
+    tcp.write_all(
+        format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\nearly-bytes")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut echo = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echo, b"early-bytes");
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut b))
+        .await
+        .expect("the idle tunnel was closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_rules_allow_and_deny_by_client_destination_and_method() {
+    let o = OriginBuilder::new("acl").run().await;
+    let cfg = "listeners:
+  - name: fwd
+    address: 127.0.0.1:{{port}}
+    protocol: http
+    forward_proxy:
+      allow_private_destinations: true
+      access:
+        - {action: deny, name: no-post, methods: [POST]}
+        - {action: deny, name: no-localhost-name, destinations: [localhost, '*.localhost']}
+        - {action: allow, name: loopback, clients: [127.0.0.0/8], destinations: [127.0.0.0/8]}
+  - name: lan-only
+    address: 127.0.0.1:{{port1}}
+    protocol: http
+    forward_proxy:
+      allow_private_destinations: true
+      access:
+        - {action: allow, name: lan, clients: [10.0.0.0/8]}
+";
+    let p = Proxy::start(cfg);
+    let host = o.addr.to_string();
+    let url = format!("http://{host}/x");
+
+    let r = absolute(&p, "GET", &url, &[]).await;
+    assert_eq!(r.status, 200, "allowed by client and destination network");
+
+    let r = absolute(&p, "POST", &url, &[]).await;
+    assert_eq!(r.status, 403, "denied by method");
+    assert!(r.text().contains("no-post"), "{}", r.text());
+
+    let r = absolute(
+        &p,
+        "GET",
+        &format!("http://localhost:{}/x", o.addr.port()),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 403, "denied by destination name");
+    assert!(r.text().contains("no-localhost-name"), "{}", r.text());
+
+    // the second listener only admits 10/8 clients; we are 127.0.0.1
+    let mut c = Conn::connect(p.addr_of(1)).await.expect("connect");
+    let r = c
+        .request("GET", &url, &[("Host", host.as_str())], b"")
+        .await
+        .expect("response");
+    assert_eq!(r.status, 403, "denied by client");
+    assert!(r.text().contains("default"), "{}", r.text());
+
+    assert_eq!(
+        o.requests(),
+        1,
+        "only the allowed request reached the origin"
+    );
+    let log = p.log();
+    assert!(log.contains("denied by no-post"), "{log}");
+    assert!(log.contains("denied by no-localhost-name"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_destinations_are_refused_by_default() {
+    let o = OriginBuilder::new("private").run().await;
+    let p = Proxy::start(&fwd("access: [{action: allow}]\nconnect_ports: [443]"));
+    for url in [
+        format!("http://{}/", o.addr),
+        // a name that resolves to loopback is caught after resolution
+        format!("http://localhost:{}/", o.addr.port()),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+    ] {
+        let r = absolute(&p, "GET", &url, &[]).await;
+        assert_eq!(r.status, 403, "{url}");
+        assert!(r.text().contains("private network"), "{}", r.text());
+    }
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    let r = c
+        .request(
+            "CONNECT",
+            "localhost:443",
+            &[("Host", "localhost:443")],
+            b"",
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 403);
+    assert_eq!(o.requests(), 0);
+    assert!(p.log().contains("private destination"), "{}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_auth_asks_then_admits_and_never_forwards_credentials() {
+    let o = OriginBuilder::new("authed").run().await;
+    let dir = scratch_dir("fwd-auth");
+    let hash = bcrypt::hash("s3cret", 4).expect("hash");
+    std::fs::write(dir.join("users"), format!("# test users\nalice:{hash}\n")).expect("users");
+    let (text, ports) = render(
+        &fwd(&format!(
+            "{OPEN}\nauth: {{realm: test-realm, users_file: users}}"
+        )),
+        &dir,
+    );
+    let p = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    let url = format!("http://{}/private", o.addr);
+
+    let r = absolute(&p, "GET", &url, &[]).await;
+    assert_eq!(r.status, 407);
+    assert_eq!(
+        r.header("proxy-authenticate"),
+        Some("Basic realm=\"test-realm\"")
+    );
+    // alice:wrong
+    let r = absolute(
+        &p,
+        "GET",
+        &url,
+        &[("Proxy-Authorization", "Basic YWxpY2U6d3Jvbmc=")],
+    )
+    .await;
+    assert_eq!(r.status, 407);
+    assert_eq!(o.requests(), 0);
+
+    let (code, out, err) =
+        curl(&["-x", &proxy_url(&p), "--proxy-user", "alice:s3cret", &url]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "authed");
+    // the cached credential works too, and the origin never sees it
+    let (code, out, _) = curl(&["-x", &proxy_url(&p), "--proxy-user", "alice:s3cret", &url]).await;
+    assert_eq!((code, out.as_str()), (0, "authed"));
+    for rec in o.recorded() {
+        assert!(rec.header("proxy-authorization").is_none(), "{rec:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymity_standard_and_strict() {
+    let o = OriginBuilder::new("anon").run().await;
+    let cfg = "listeners:
+  - name: standard
+    address: 127.0.0.1:{{port}}
+    protocol: http
+    forward_proxy: {allow_private_destinations: true, access: [{action: allow}], anonymity: standard}
+  - name: strict
+    address: 127.0.0.1:{{port1}}
+    protocol: http
+    forward_proxy: {allow_private_destinations: true, access: [{action: allow}], anonymity: strict}
+";
+    let p = Proxy::start(cfg);
+    let host = o.addr.to_string();
+    let url = format!("http://{host}/anon");
+    let sent = [
+        ("Host", host.as_str()),
+        ("X-Forwarded-For", "10.1.2.3"),
+        ("Forwarded", "for=10.1.2.3"),
+        ("Via", "1.1 client-side-proxy"),
+        ("X-Real-IP", "10.1.2.3"),
+        ("Proxy-Connection", "keep-alive"),
+        ("User-Agent", "test-agent/1.0"),
+        ("Referer", "http://secret.example/page"),
+        ("From", "user@example.com"),
+    ];
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    assert_eq!(
+        c.request("GET", &url, &sent, b"")
+            .await
+            .expect("resp")
+            .status,
+        200
+    );
+    let rec = o.last().expect("recorded");
+    for h in [
+        "x-forwarded-for",
+        "forwarded",
+        "via",
+        "x-real-ip",
+        "proxy-connection",
+    ] {
+        assert!(rec.header(h).is_none(), "standard forwarded {h}: {rec:?}");
+    }
+    for (k, v) in &rec.headers {
+        if k != "host" {
+            assert!(
+                !v.contains("127.0.0.1") && !v.contains("10.1.2.3"),
+                "{k}: {v}"
+            );
+        }
+    }
+    assert_eq!(rec.header("user-agent"), Some("test-agent/1.0"));
+    assert_eq!(rec.header("referer"), Some("http://secret.example/page"));
+
+    let mut c = Conn::connect(p.addr_of(1)).await.expect("connect");
+    assert_eq!(
+        c.request("GET", &url, &sent, b"")
+            .await
+            .expect("resp")
+            .status,
+        200
+    );
+    let rec = o.last().expect("recorded");
+    assert!(rec.header("referer").is_none(), "{rec:?}");
+    assert!(rec.header("from").is_none(), "{rec:?}");
+    assert!(rec.header("x-forwarded-for").is_none(), "{rec:?}");
+    assert_ne!(rec.header("user-agent"), Some("test-agent/1.0"));
+    assert!(rec.header("user-agent").is_some());
+}
+
+const FILTER: &str = "filter:
+  block_content_types: [application/x-msdownload]
+  block_body_patterns: [forbidden-word]
+  block_url_patterns: ['*/malware/*']";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_pattern_split_across_chunks_cuts_the_response() {
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .to_vec();
+    let gap = Duration::from_millis(300);
+    let (bad, _) = scripted(vec![
+        (Duration::ZERO, head.clone()),
+        (Duration::ZERO, chunk(b"hello forbid")),
+        (gap, chunk(b"den-word and the rest")),
+        (Duration::ZERO, b"0\r\n\r\n".to_vec()),
+    ])
+    .await;
+    let (good, _) = scripted(vec![
+        (Duration::ZERO, head),
+        (Duration::ZERO, chunk(b"hello forbid")),
+        (gap, chunk(b"dance and the rest")),
+        (Duration::ZERO, b"0\r\n\r\n".to_vec()),
+    ])
+    .await;
+    let p = Proxy::start(&fwd(&format!("{OPEN}\n{FILTER}")));
+
+    // control: the same shape without the pattern passes whole
+    let (code, out, err) = curl(&["-x", &proxy_url(&p), &format!("http://{good}/")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "hello forbiddance and the rest");
+
+    let raw = raw_exchange(&p, &format!("http://{bad}/")).await;
+    let text = String::from_utf8_lossy(&raw);
+    // the head went out long before the second chunk, so the response is cut
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("hello forbid"), "{text}");
+    assert!(
+        !text.contains("den-word"),
+        "the matching chunk was forwarded: {text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the cut response looks complete: {text}"
+    );
+    assert!(p.log().contains("response cut"), "{}", p.log());
+    let (code, _, _) = curl(&["-x", &proxy_url(&p), &format!("http://{bad}/")]).await;
+    assert_ne!(code, 0, "curl must see a failed transfer");
+    assert!(p.log().contains("forbidden-word"), "{}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_pattern_inside_gzip_is_found() {
+    use std::io::Write;
+    let gz = |text: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let filler: Vec<u8> = (0..20_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        e.write_all(&filler).expect("gz");
+        e.write_all(text).expect("gz");
+        e.finish().expect("gz")
+    };
+    let serve = |body: Vec<u8>| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let half = body.len() / 2;
+        vec![
+            (Duration::ZERO, head.into_bytes()),
+            (Duration::ZERO, body[..half].to_vec()),
+            (Duration::from_millis(300), body[half..].to_vec()),
+        ]
+    };
+    let (bad, _) = scripted(serve(gz(b"<p>a Forbidden-Word here</p>"))).await;
+    let clean = gz(b"<p>all fine</p>");
+    let (good, _) = scripted(serve(clean.clone())).await;
+    let p = Proxy::start(&fwd(&format!("{OPEN}\n{FILTER}")));
+
+    let r = absolute(
+        &p,
+        "GET",
+        &format!("http://{good}/"),
+        &[("Accept-Encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, clean, "a clean gzip body passes unchanged");
+
+    let raw = raw_exchange(&p, &format!("http://{bad}/")).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body_len = raw.len() - (crate::support::client::find(&raw, b"\r\n\r\n").expect("head") + 4);
+    let full = gz(b"<p>a Forbidden-Word here</p>").len();
+    assert!(
+        body_len < full,
+        "the whole gzip body went through ({body_len} of {full})"
+    );
+    assert!(p.log().contains("response cut"), "{}", p.log());
+    assert!(p.log().contains("forbidden-word"), "{}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_type_and_url_blocks_answer_the_proxy_page() {
+    let exe = OriginBuilder::new("exe")
+        .header("Content-Type", "application/x-msdownload")
+        .body("MZ...")
+        .run()
+        .await;
+    let o = OriginBuilder::new("fine").run().await;
+    let p = Proxy::start(&fwd(&format!("{OPEN}\n{FILTER}")));
+
+    let r = absolute(&p, "GET", &format!("http://{}/setup.exe", exe.addr), &[]).await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("content filter"), "{}", r.text());
+    assert!(!r.text().contains("MZ"), "{}", r.text());
+
+    let r = absolute(&p, "GET", &format!("http://{}/malware/x", o.addr), &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(o.requests(), 0, "a blocked URL never reaches the origin");
+    let r = absolute(&p, "GET", &format!("http://{}/fine", o.addr), &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "fine"));
+}
+
+#[test]
+fn forward_config_errors_name_the_key() {
+    let dir = scratch_dir("fwd-cfg");
+    let cases = [
+        (
+            "forward_proxy: {cache: {enabled: true}}",
+            "listeners[0].forward_proxy.cache.enabled",
+            "not yet supported",
+        ),
+        (
+            "forward_proxy: {access: [{action: allow, clients: [10.0.0.0/40]}]}",
+            "listeners[0].forward_proxy.access[0].clients[0]",
+            "10.0.0.0/40",
+        ),
+        (
+            "forward_proxy: {auth: {users_file: plain}}",
+            "listeners[0].forward_proxy.auth.users_file",
+            "bcrypt",
+        ),
+        (
+            "forward_proxy: {anonymity: paranoid}",
+            "listeners[0].forward_proxy.anonymity",
+            "paranoid",
+        ),
+    ];
+    std::fs::write(dir.join("plain"), "bob:secret\n").expect("users");
+    for (i, (block, path, word)) in cases.iter().enumerate() {
+        let f = dir.join(format!("c{i}.yaml"));
+        std::fs::write(
+            &f,
+            format!(
+                "listeners:\n  - {{name: f, address: 127.0.0.1:18181, protocol: http, {block}}}\n"
+            ),
+        )
+        .expect("write");
+        let (code, out) = run_cli(&["-t", "-c", f.to_str().expect("path")]);
+        assert_ne!(code, 0, "{block}");
+        assert!(out.contains(path) && out.contains(word), "{block}: {out}");
+    }
+}
