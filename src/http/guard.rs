@@ -47,9 +47,13 @@ pub struct Guarded {
     head_len: usize,
     line_len: usize,
     lines: usize,
-    /// Last bytes seen, to find CRLF CRLF across reads.
-    tail: [u8; 3],
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Last byte of the current line, to tell an empty line (`\r\n`) split across reads.
+    last: u8,
+    /// When the head must be complete; set by its first byte.
+    deadline: Option<std::time::Instant>,
+    /// The timer for `deadline`, created only if a read of the head has to wait: a head that
+    /// arrives in one read (the common case) never registers a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     rearm: AtomicBool,
     conn_slot: Option<Arc<AtomicUsize>>,
 }
@@ -90,8 +94,9 @@ impl Guarded {
             head_len: 0,
             line_len: 0,
             lines: 0,
-            tail: [0; 3],
+            last: 0,
             deadline: None,
+            timer: None,
             rearm: AtomicBool::new(false),
             conn_slot,
         }
@@ -107,50 +112,75 @@ impl Guarded {
         self.head_len = 0;
         self.line_len = 0;
         self.lines = 0;
-        self.tail = [0; 3];
+        self.last = 0;
         self.deadline = None;
+        self.timer = None;
     }
 
-    /// Scan newly read head bytes; `Err(code)` on a violation.
+    /// Scan newly read head bytes; `Err(code)` on a violation, else how many bytes belong to
+    /// the head. Works line by line (memchr), so the cost is per line, not per byte.
     fn scan(&mut self, data: &[u8]) -> Result<usize, u16> {
-        for (i, &b) in data.iter().enumerate() {
-            // leading CRLFs before a request line are allowed by RFC 9112 and ignored here
-            if self.phase == Phase::RequestLine && self.line_len == 0 && (b == b'\r' || b == b'\n')
-            {
-                continue;
+        let mut pos = 0;
+        // leading CRLFs before a request line are allowed by RFC 9112 and ignored here
+        if self.phase == Phase::RequestLine && self.line_len == 0 {
+            while pos < data.len() && (data[pos] == b'\r' || data[pos] == b'\n') {
+                pos += 1;
             }
-            self.head_len += 1;
-            if self.head_len > self.limits.max_header_size {
-                return Err(if self.phase == Phase::RequestLine {
-                    414
-                } else {
-                    431
-                });
+        }
+        let l = self.limits;
+        // a line's length excludes its LF but includes a CR, hence the +1 on the line limit
+        let too_long = |phase: Phase| {
+            if phase == Phase::RequestLine {
+                414
+            } else {
+                431
             }
-            if b == b'\n' {
-                if self.phase == Phase::RequestLine {
+        };
+        let base = pos;
+        for nl in memchr::memchr_iter(b'\n', &data[base..]).map(|i| i + base) {
+            let seg = nl - pos;
+            let line = self.line_len + seg;
+            let last = if seg > 0 { data[nl - 1] } else { self.last };
+            self.head_len += seg + 1;
+            if self.head_len > l.max_header_size {
+                return Err(too_long(self.phase));
+            }
+            match self.phase {
+                Phase::RequestLine => {
+                    if line > l.max_request_line + 1 {
+                        return Err(414);
+                    }
                     self.phase = Phase::Headers;
-                } else {
-                    // an empty line (CRLF CRLF or LF LF) ends the head
-                    let prev = self.tail[2];
-                    let prev2 = self.tail[1];
-                    if prev == b'\n' || (prev == b'\r' && prev2 == b'\n') {
+                }
+                Phase::Headers => {
+                    if line == 0 || (line == 1 && last == b'\r') {
                         self.phase = Phase::Body;
                         self.deadline = None;
-                        return Ok(i + 1);
+                        self.timer = None;
+                        return Ok(nl + 1);
                     }
                     self.lines += 1;
-                    if self.lines > self.limits.max_header_count {
+                    if self.lines > l.max_header_count {
                         return Err(431);
                     }
                 }
-            } else if self.phase == Phase::RequestLine {
-                self.line_len += 1;
-                if self.line_len > self.limits.max_request_line {
-                    return Err(414);
-                }
+                Phase::Body => return Ok(nl + 1),
             }
-            self.tail = [self.tail[1], self.tail[2], b];
+            self.line_len = 0;
+            self.last = 0;
+            pos = nl + 1;
+        }
+        let rest = data.len() - pos;
+        if rest > 0 {
+            self.line_len += rest;
+            self.head_len += rest;
+            self.last = data[data.len() - 1];
+            if self.head_len > l.max_header_size {
+                return Err(too_long(self.phase));
+            }
+            if self.phase == Phase::RequestLine && self.line_len > l.max_request_line + 1 {
+                return Err(414);
+            }
         }
         Ok(data.len())
     }
@@ -201,18 +231,20 @@ impl AsyncRead for Guarded {
                 if filled.len() > before {
                     if this.deadline.is_none() {
                         this.deadline =
-                            Some(Box::pin(tokio::time::sleep(this.limits.header_timeout)));
+                            Some(std::time::Instant::now() + this.limits.header_timeout);
                     }
-                    let new = filled[before..].to_vec();
-                    if let Err(code) = this.scan(&new) {
+                    if let Err(code) = this.scan(&filled[before..]) {
                         return this.reject(cx, code);
                     }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if let Some(d) = this.deadline.as_mut() {
-                    if d.as_mut().poll(cx).is_ready() {
+                if let Some(at) = this.deadline {
+                    let timer = this.timer.get_or_insert_with(|| {
+                        Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)))
+                    });
+                    if timer.as_mut().poll(cx).is_ready() {
                         return this.reject(cx, 408);
                     }
                 }

@@ -66,6 +66,8 @@ impl Listener {
     }
 }
 
+static XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 pub struct HttpProxy {
     pub listener: Listener,
 }
@@ -351,24 +353,27 @@ impl ProxyHttp for HttpProxy {
             return f.upstream_request_filter(session, upstream_request, ctx);
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
-            let xff = match upstream_request.headers.get("x-forwarded-for") {
-                Some(prev) if !prev.is_empty() => {
-                    let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(ip.as_bytes());
-                    http::HeaderValue::from_bytes(&v)
-                        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
-                }
-                _ => http::HeaderValue::from_str(&ip)
-                    .unwrap_or_else(|_| http::HeaderValue::from_static("")),
-            };
-            upstream_request.insert_header("x-forwarded-for", xff)?;
+            // Built on the stack: this runs for every request.
+            use std::io::Write;
+            let mut buf = [0u8; 512];
+            let mut w = &mut buf[..];
+            if let Some(prev) = upstream_request
+                .headers
+                .get(&XFF)
+                .filter(|p| !p.is_empty() && p.len() < 400)
+            {
+                let _ = w.write_all(prev.as_bytes());
+                let _ = w.write_all(b", ");
+            }
+            let _ = write!(w, "{}", addr.ip());
+            let len = 512 - w.len();
+            if let Ok(v) = http::HeaderValue::from_bytes(&buf[..len]) {
+                upstream_request.insert_header("x-forwarded-for", v)?;
+            }
         }
         upstream_request.insert_header(
             "x-forwarded-proto",
-            if self.listener.tls { "https" } else { "http" },
+            http::HeaderValue::from_static(if self.listener.tls { "https" } else { "http" }),
         )?;
         let host = session
             .req_header()
