@@ -9,10 +9,9 @@
 //! stale series.
 //!
 //! Counters other modules bump: [`CACHE_STATUS`] is counted here, from Pingora's cache phase
-//! at the end of each request, so the cache module needs no code for it. [`TLS_HANDSHAKES`],
-//! [`L4_CONNECTIONS`], [`L4_ACTIVE`] and [`L4_BYTES`] are for the TLS and L4 listeners to bump
-//! (`observability::L4_CONNECTIONS.with_label_values(&[name]).inc()`, ideally resolved once
-//! per listener).
+//! at the end of each request, so the cache module needs no code for it. The L4 listeners
+//! count [`L4_CONNECTIONS`] and [`L4_ACTIVE`]; [`TLS_HANDSHAKES`] and [`L4_BYTES`] are defined
+//! for the TLS and L4 code to bump (not wired yet).
 //!
 //! The access log is off unless configured; when off, nothing is formatted. When on, the
 //! line is formatted on the worker and handed to a dedicated writer thread through a bounded

@@ -929,3 +929,33 @@ async fn cache_outcomes_reach_metrics_and_the_access_log() {
         .collect();
     assert_eq!(caches, ["miss", "hit", "hit"]);
 }
+
+#[tokio::test]
+async fn l4_connections_are_counted() {
+    let a = OriginBuilder::new("a").run().await;
+    let yaml = format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{{address: {}}}]\n{}",
+        a.addr,
+        admin_block()
+    );
+    let p = Proxy::start(&yaml);
+    for _ in 0..2 {
+        // An HTTP exchange carried through the TCP listener.
+        let r = client::get(p.addr, "/", &[])
+            .await
+            .expect("through the tunnel");
+        assert_eq!(r.status, 200);
+    }
+    // The launcher's readiness probe is a connection too, so at least 2.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = admin_get(&p, "/metrics", None).await.text();
+        let n = metric(&text, "stepstone_l4_connections_total{listener=\"t\"}").unwrap_or(0.0);
+        if n >= 2.0 {
+            assert!(text.contains("stepstone_l4_connections_active{listener=\"t\"}"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
