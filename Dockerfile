@@ -22,6 +22,8 @@ COPY --from=build /src/target/release/stepstone /usr/local/bin/stepstone
 COPY conf/container.yaml /etc/stepstone/stepstone.yaml
 USER stepstone
 EXPOSE 8080
+# The admin listener of conf/container.yaml; /healthz needs no token and turns 503 on drain.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD curl -fsS http://127.0.0.1:9900/healthz || exit 1
 # SIGTERM: stop accepting, finish in-flight requests within the grace period, exit.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/stepstone"]

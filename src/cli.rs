@@ -77,9 +77,18 @@ pub fn main() -> i32 {
         );
         return 0;
     }
+    let mut upgrade = cli.upgrade;
+    if upgrade {
+        let mut addrs: Vec<_> = cfg.listeners.iter().map(|l| l.addr).collect();
+        addrs.extend(cfg.admin.as_ref().map(|a| a.addr));
+        if !crate::lifecycle::has_running_instance(&addrs) {
+            log::warn!("-u: no running instance holds the listening sockets; starting normally");
+            upgrade = false;
+        }
+    }
     let flags = RunFlags {
         daemon: cli.daemon,
-        upgrade: cli.upgrade,
+        upgrade,
     };
     match server::build(&cfg, flags) {
         Ok(s) => s.run_forever(),

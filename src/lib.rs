@@ -1,11 +1,14 @@
 //! Stepstone: an edge reverse proxy, load balancer and forward proxy on Pingora.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod forward;
 pub mod http;
 pub mod l4;
+pub mod lifecycle;
+pub mod observability;
 pub mod server;
 pub mod tls;
 pub mod upstream;

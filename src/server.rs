@@ -4,7 +4,7 @@
 use crate::config::file::ListenerProtocol;
 use crate::config::Config;
 use crate::http::{router::Router, service::LeanHttp, HttpProxy, Listener};
-use crate::upstream::{health::HealthService, Upstreams};
+use crate::upstream::{discovery::DiscoveryService, health::HealthService, Upstreams};
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -66,9 +66,20 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     server.bootstrap();
 
     crate::http::cache::init_from_config(cfg);
+    crate::observability::init(cfg)?;
     let upstreams = Upstreams::new(&cfg.upstreams);
     if let Some(hc) = HealthService::new(&upstreams.pools) {
         server.add_service(background_service("health checks", hc));
+    }
+    if let Some(d) = DiscoveryService::new(&upstreams.pools) {
+        server.add_service(background_service("dns discovery", d));
+    }
+    server.add_service(background_service(
+        "drain flag",
+        crate::lifecycle::DrainFlag,
+    ));
+    if let Some(a) = &cfg.admin {
+        server.add_service(crate::admin::service(a, &upstreams.pools));
     }
 
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -85,6 +96,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     None => crate::tls::http_server_options(l),
                 };
                 let app = LeanHttp::new(&l.name, proxy, &server.configuration, options, l.limits);
+                let app = crate::lifecycle::Draining::new(app, &server.configuration);
                 let endpoint = match &l.tls {
                     Some(t) => crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?,
                     None => plain_listener(l.addr),

@@ -17,6 +17,40 @@ pub struct FileConfig {
     pub upstreams: Vec<UpstreamFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+    /// The admin listener (metrics, health, status, drain). Default: off
+    pub admin: Option<AdminFile>,
+    /// One line per request. Default: off (nothing is formatted at all)
+    pub access_log: Option<AccessLogFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// IP:PORT of the admin listener, e.g. 127.0.0.1:9900.
+    pub address: String,
+    /// Bearer token for everything but /healthz and /metrics. Default: none, which locks those
+    /// calls (401) rather than opening them.
+    pub token: Option<String>,
+    /// File holding the token (surrounding whitespace is ignored). Exclusive with `token`.
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    #[default]
+    Combined,
+    Json,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFile {
+    /// combined | json. Default: combined
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// `stdout` or a file path (appended to). Default: stdout
+    pub path: Option<String>,
 }
 
 /// Pingora server settings. Defaults are Pingora's own unless noted.
@@ -299,11 +333,15 @@ pub struct UpstreamFile {
     /// tcp and tls_passthrough listeners only: send a PROXY protocol header (v1 | v2) with
     /// the client's address on each backend connection. Default: none
     pub send_proxy_protocol: Option<ProxyProtocolFile>,
+    /// How often backends given by DNS name are re-resolved. Default: 10s
+    pub resolve_every: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct BackendFile {
+    /// IP:PORT, or NAME:PORT to follow every address the name resolves to (see
+    /// `resolve_every`).
     pub address: String,
     /// Default: 1
     pub weight: Option<u32>,

@@ -43,6 +43,7 @@ pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CLIENT_HELLO_MAX: usize = 16 << 10;
 /// accept_proxy_protocol: the PROXY header must arrive within this time.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(10);
 /// Upper bound on backend weight; it keeps the round-robin wheel small.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -152,6 +153,28 @@ pub struct BackendSpec {
     pub weight: u32,
 }
 
+/// A backend given by DNS name: every address it resolves to is a backend of this weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsBackendSpec {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSpec {
+    pub addr: SocketAddr,
+    /// None locks every call that needs a token.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLogSpec {
+    pub format: AccessLogFormat,
+    /// None is stdout.
+    pub path: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct HealthSpec {
     pub kind: HealthCheckType,
@@ -181,6 +204,9 @@ pub struct UpstreamSpec {
     pub tls: Option<UpstreamTlsSpec>,
     /// HTTP/2 to the backends: by ALPN with tls, by prior knowledge (h2c) without.
     pub http2: bool,
+    /// Backends by DNS name, re-resolved every `resolve_every`.
+    pub dns_backends: Vec<DnsBackendSpec>,
+    pub resolve_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -361,6 +387,8 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Bytes of the response store shared by every cache; `None` when no cache is enabled.
     pub cache_store_size: Option<u64>,
+    pub admin: Option<AdminSpec>,
+    pub access_log: Option<AccessLogSpec>,
 }
 
 impl Config {
@@ -488,9 +516,9 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             ));
         }
         let mut backends = Vec::with_capacity(u.backends.len());
+        let mut dns_backends: Vec<DnsBackendSpec> = Vec::new();
         for (j, b) in u.backends.iter().enumerate() {
             let bp = format!("{p}.backends[{j}]");
-            let addr = parse_addr(&e, &format!("{bp}.address"), &b.address)?;
             let weight = b.weight.unwrap_or(1);
             if weight == 0 || weight > MAX_WEIGHT {
                 return Err(e.err(
@@ -499,10 +527,33 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
                     format!("must be between 1 and {MAX_WEIGHT}"),
                 ));
             }
+            if let Some((host, port)) = dns_name_port(&b.address) {
+                if dns_backends
+                    .iter()
+                    .any(|d| d.host == host && d.port == port)
+                {
+                    return Err(e.err(format!("{bp}.address"), &b.address, "duplicate backend"));
+                }
+                dns_backends.push(DnsBackendSpec { host, port, weight });
+                continue;
+            }
+            let addr =
+                parse_addr(&e, &format!("{bp}.address"), &b.address).map_err(|mut err| {
+                    err.msg = "expected IP:PORT or NAME:PORT, for example 127.0.0.1:8080".into();
+                    err
+                })?;
             if backends.iter().any(|x: &BackendSpec| x.addr == addr) {
                 return Err(e.err(format!("{bp}.address"), &b.address, "duplicate backend"));
             }
             backends.push(BackendSpec { addr, weight });
+        }
+        let resolve_every = dur(u.resolve_every, DEFAULT_RESOLVE_EVERY);
+        if resolve_every < Duration::from_millis(100) {
+            return Err(e.err(
+                format!("{p}.resolve_every"),
+                format!("{resolve_every:?}"),
+                "must be at least 100ms",
+            ));
         }
         let selection = match u.selection {
             SelectionFile::RoundRobin => Selection::RoundRobin,
@@ -634,6 +685,8 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             tls,
             http2,
             send_proxy_protocol: u.send_proxy_protocol,
+            dns_backends,
+            resolve_every,
         });
     }
     for (i, l) in raw.listeners.iter().enumerate() {
@@ -712,6 +765,48 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         }
     }
 
+    let admin = match &raw.admin {
+        None => None,
+        Some(a) => {
+            let addr = parse_addr(&e, "admin.address", &a.address)?;
+            if listeners.iter().any(|l| l.addr == addr) {
+                return Err(e.err("admin.address", &a.address, "address used by a listener"));
+            }
+            let token = match (&a.token, &a.token_file) {
+                (Some(_), Some(f)) => {
+                    return Err(e.err("admin.token_file", f, "give either token or token_file"))
+                }
+                (Some(t), None) => Some(t.trim().to_string()),
+                (None, Some(f)) => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|err| {
+                            e.err(
+                                "admin.token_file",
+                                f,
+                                format!("cannot read the file: {err}"),
+                            )
+                        })?
+                        .trim()
+                        .to_string(),
+                ),
+                (None, None) => None,
+            };
+            if token.as_deref() == Some("") {
+                return Err(e.err("admin.token", "", "must not be empty"));
+            }
+            Some(AdminSpec { addr, token })
+        }
+    };
+    let access_log = raw.access_log.as_ref().map(|a| AccessLogSpec {
+        format: a.format,
+        path: a.path.clone().filter(|p| p != "stdout"),
+    });
+    if let Some(Some(p)) = access_log.as_ref().map(|a| a.path.as_ref()) {
+        if p.trim().is_empty() {
+            return Err(e.err("access_log.path", p, "must be stdout or a file path"));
+        }
+    }
+
     Ok(Config {
         file: file.to_string(),
         pingora: raw.pingora,
@@ -719,7 +814,18 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         upstreams,
         routes,
         cache_store_size,
+        admin,
+        access_log,
     })
+}
+
+/// `NAME:PORT` where NAME is a DNS name (not an IP literal), for DNS-discovered backends.
+fn dns_name_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.trim().rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
+    let starts_alpha = host.bytes().any(|b| b.is_ascii_alphabetic());
+    (starts_alpha && valid_hostname(host) && host.parse::<std::net::IpAddr>().is_err())
+        .then(|| (host.to_ascii_lowercase(), port))
 }
 
 #[cfg(test)]
@@ -763,6 +869,40 @@ mod tests {
         let err = Config::from_yaml("x.yaml", &y).unwrap_err();
         assert_eq!(err.path, "routes[0].upstream");
         assert_eq!(err.value, "nope");
+    }
+
+    #[test]
+    fn dns_backend_names_are_accepted_and_ips_stay_ips() {
+        let y = format!("{BASE}upstreams: [{{name: a, resolve_every: 2s, backends: [{{address: 127.0.0.1:1}}, {{address: app.internal:8080, weight: 2}}]}}]\n");
+        let c = Config::from_yaml("x.yaml", &y).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.backends.len(), 1);
+        assert_eq!(
+            u.dns_backends,
+            vec![DnsBackendSpec {
+                host: "app.internal".into(),
+                port: 8080,
+                weight: 2
+            }]
+        );
+        assert_eq!(u.resolve_every, Duration::from_secs(2));
+        let bad =
+            format!("{BASE}upstreams: [{{name: a, backends: [{{address: 'app internal:80'}}]}}]\n");
+        let err = Config::from_yaml("x.yaml", &bad).unwrap_err();
+        assert_eq!(err.path, "upstreams[0].backends[0].address");
+    }
+
+    #[test]
+    fn admin_token_sources() {
+        let y = format!("{BASE}admin: {{address: 127.0.0.1:9900, token: ' s3cret '}}\n");
+        let c = Config::from_yaml("x.yaml", &y).unwrap();
+        assert_eq!(c.admin.unwrap().token.as_deref(), Some("s3cret"));
+        let y = format!("{BASE}admin: {{address: 127.0.0.1:9900, token_file: /nonexistent/tok}}\n");
+        let err = Config::from_yaml("x.yaml", &y).unwrap_err();
+        assert_eq!(err.path, "admin.token_file");
+        let y = format!("{BASE}admin: {{address: 127.0.0.1:8080}}\n");
+        let err = Config::from_yaml("x.yaml", &y).unwrap_err();
+        assert_eq!(err.path, "admin.address");
     }
 
     #[test]

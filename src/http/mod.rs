@@ -83,6 +83,8 @@ pub struct Ctx {
     hash: u64,
     pub fwd: FwdCtx,
     body_bytes: u64,
+    /// Metrics and access-log bookkeeping; counts the request in flight while it lives.
+    obs: crate::observability::RequestObs,
 }
 
 impl HttpProxy {
@@ -286,6 +288,7 @@ impl ProxyHttp for HttpProxy {
             ctx.tried |= bit(prev.slot.index);
         }
         ctx.attempts += 1;
+        ctx.obs.peer_selected();
         let Some(pick) = pool.select(ctx.hash, ctx.tried) else {
             warn!(
                 "{}: upstream {}: no usable backend for {}",
@@ -484,6 +487,27 @@ impl ProxyHttp for HttpProxy {
             f.upstream_response_body_filter(body, ctx)?;
         }
         Ok(None)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let route = ctx.route.and_then(|i| self.listener.router.get(i));
+        ctx.obs.connected(route.map(|r| r.id), reused);
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let route = ctx.route.and_then(|i| self.listener.router.get(i));
+        let slot = ctx.pick.as_ref().map(|p| &*p.slot);
+        crate::observability::request_done(session, e, route.map(|r| r.id), slot, &ctx.obs);
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -130,11 +130,10 @@ fn peek_now(fd: i32) -> Option<Idle> {
     }
 }
 
-async fn wait_for_request(stream: &mut Stream, wait: Duration, shutdown: &ShutdownWatch) -> Idle {
+async fn wait_for_request(stream: &mut Stream, wait: Duration) -> Idle {
     if let Some(now) = peek_now(stream.id()) {
         return now;
     }
-    let mut shutdown = shutdown.clone();
     let mut one = [0u8; 1];
     tokio::select! {
         // reads one byte and pushes it back into the stream's rewind buffer
@@ -143,7 +142,8 @@ async fn wait_for_request(stream: &mut Stream, wait: Duration, shutdown: &Shutdo
             Err(_) => Idle::Closed,
         },
         _ = tokio::time::sleep(wait) => Idle::Closed,
-        _ = shutdown.changed() => Idle::Closed,
+        // Not at shutdown itself: a request may be on its way (see lifecycle::Draining).
+        _ = crate::lifecycle::idle_connections_closing() => Idle::Closed,
     }
 }
 
@@ -167,9 +167,7 @@ where
                     stream = self.admit(stream).await?;
                 }
                 if plain {
-                    match wait_for_request(&mut stream, self.limits.keepalive_timeout, shutdown)
-                        .await
-                    {
+                    match wait_for_request(&mut stream, self.limits.keepalive_timeout).await {
                         Idle::Ready => {}
                         Idle::Closed => return None,
                     }

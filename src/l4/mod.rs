@@ -204,9 +204,15 @@ impl ServerApp for L4App {
             );
             return None;
         };
+        let active = crate::observability::L4_ACTIVE.with_label_values(&[&self.name]);
+        crate::observability::L4_CONNECTIONS
+            .with_label_values(&[&self.name])
+            .inc();
+        active.inc();
         if let Err(e) = self.serve(io, shutdown).await {
             warn!("{}: {e}", self.name);
         }
+        active.dec();
         None
     }
 }

@@ -3,6 +3,10 @@
 //! Pingora's `Backends` does the probing (TCP connect or an HTTP request) and keeps the
 //! consecutive success/failure counts. After each pass we copy its verdict into each
 //! [`Slot::healthy`](super::Slot) flag, which is all the request path reads.
+//!
+//! The probed set follows the pool's membership through [`Membership`], a service discovery
+//! that reads the current slots, so backends added by DNS discovery get probed and removed
+//! ones stop being probed; Pingora keeps the health of backends that stayed.
 
 use super::Pool;
 use crate::config::file::HealthCheckType;
@@ -12,10 +16,10 @@ use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_http::RequestHeader;
-use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
-use pingora_load_balancing::Backends;
-use std::collections::BTreeSet;
+use pingora_load_balancing::{Backend, Backends};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -90,13 +94,28 @@ fn build_check(
     })
 }
 
+struct Membership(Arc<Pool>);
+
+#[async_trait]
+impl ServiceDiscovery for Membership {
+    async fn discover(&self) -> pingora_core::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let set = self
+            .0
+            .members
+            .load()
+            .slots
+            .iter()
+            .map(|s| s.backend.clone())
+            .collect();
+        Ok((set, HashMap::new()))
+    }
+}
+
 async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     let Some(spec) = pool.spec.health.clone() else {
         return;
     };
-    let members = pool.members.load_full();
-    let set: BTreeSet<_> = members.slots.iter().map(|s| s.backend.clone()).collect();
-    let mut backends = Backends::new(Static::new(set));
+    let mut backends = Backends::new(Box::new(Membership(pool.clone())));
     match build_check(&spec, &pool.spec) {
         Ok(c) => backends.set_health_check(c),
         Err(e) => {
@@ -113,6 +132,9 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        if let Err(e) = backends.update(|_| {}).await {
+            warn!("upstream {}: backend discovery failed: {e}", pool.name);
         }
         backends.run_health_check(true).await;
         for slot in pool.members.load().slots.iter() {

@@ -6,6 +6,7 @@
 //! discovery; [`health::HealthService`] copies its verdicts into the slots after each pass so a
 //! selection never takes a lock or a hash lookup.
 
+pub mod discovery;
 pub mod health;
 pub mod select;
 
@@ -31,6 +32,10 @@ pub struct Slot {
     pub inflight: AtomicUsize,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// Sum of the response times of completed requests, in microseconds, and their number:
+    /// the status page and metrics derive the backend's latency from the two.
+    pub latency_us: AtomicU64,
+    pub completed: AtomicU64,
 }
 
 impl Slot {
@@ -52,6 +57,8 @@ impl Slot {
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
         }
     }
 
@@ -107,6 +114,31 @@ impl Members {
             slots,
         }
     }
+
+    /// A new membership after discovery. A backend that stays at the same position keeps its
+    /// very slot (counters, health, drain, in-flight). One that moves gets a new slot with
+    /// the old flags and counters copied; requests in flight on the old slot finish counting
+    /// there, because the index of a slot is part of the `tried` mask of running requests.
+    pub fn rebuild(old: &Members, specs: &[BackendSpec]) -> Members {
+        let mut m = Members::build(specs);
+        for slot in m.slots.iter_mut() {
+            let Some(prev) = old.slots.iter().find(|s| s.addr == slot.addr) else {
+                continue;
+            };
+            if prev.index == slot.index && prev.weight == slot.weight {
+                *slot = prev.clone();
+            } else {
+                slot.healthy.store(prev.healthy.load(Relaxed), Relaxed);
+                slot.drained.store(prev.drained.load(Relaxed), Relaxed);
+                slot.requests.store(prev.requests.load(Relaxed), Relaxed);
+                slot.failures.store(prev.failures.load(Relaxed), Relaxed);
+                slot.latency_us
+                    .store(prev.latency_us.load(Relaxed), Relaxed);
+                slot.completed.store(prev.completed.load(Relaxed), Relaxed);
+            }
+        }
+        m
+    }
 }
 
 pub struct Pool {
@@ -127,7 +159,7 @@ impl Pool {
             name: spec.name.clone(),
             selection: spec.selection,
             hash_key: spec.hash_key.clone(),
-            members: ArcSwap::from_pointee(Members::build(&spec.backends)),
+            members: ArcSwap::from_pointee(Members::build(&discovery::initial_backends(spec))),
             rr: AtomicUsize::new(0),
             connect_timeout: spec.connect_timeout,
             read_timeout: spec.read_timeout,
@@ -160,6 +192,12 @@ impl Pool {
             Selection::ConsistentHash => select::from_ring(&m, hash, tried),
         }?;
         Some(Pick::new(&m.slots[idx]))
+    }
+
+    /// Replace the membership (DNS discovery). Unchanged backends keep their state.
+    pub fn set_backends(&self, specs: &[BackendSpec]) {
+        let old = self.members.load();
+        self.members.store(Arc::new(Members::rebuild(&old, specs)));
     }
 
     pub fn slots(&self) -> Vec<Arc<Slot>> {

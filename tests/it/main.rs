@@ -7,5 +7,6 @@ mod cache;
 mod cli;
 mod forward;
 mod l4;
+mod ops;
 mod reverse;
 mod tls;

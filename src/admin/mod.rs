@@ -1,0 +1,231 @@
+//! The admin listener: a small Pingora HTTP service beside the proxy listeners.
+//!
+//! - `GET /healthz`: 200 while serving, 503 once draining (no token: load balancers and
+//!   container health checks call it).
+//! - `GET /metrics`: Prometheus text (no token: scrapers rarely carry one, and the admin
+//!   address is meant to be private).
+//! - `GET /status`: JSON of every upstream and backend (token).
+//! - `POST /upstreams/{name}/backends/{addr}/drain` and `.../undrain` (token): a drained
+//!   backend gets no new requests and finishes the ones it has.
+//! - `GET /`: the status page, static HTML whose script polls `/status` (token, which a
+//!   browser passes as `?token=`; the script then sends it as a bearer header).
+//!
+//! The token is compared in constant time. Without a configured token, every call that needs
+//! one is refused: a forgotten token locks the API rather than opening it.
+
+use crate::config::AdminSpec;
+use crate::upstream::Pool;
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::services::listening::Service;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+const STATUS_PAGE: &str = include_str!("status.html");
+
+pub struct AdminApp {
+    pools: Vec<Arc<Pool>>,
+    token: Option<String>,
+}
+
+pub fn service(spec: &AdminSpec, pools: &[Arc<Pool>]) -> Service<AdminApp> {
+    let mut svc = Service::new(
+        "admin".to_string(),
+        AdminApp {
+            pools: pools.to_vec(),
+            token: spec.token.clone(),
+        },
+    );
+    svc.add_tcp(&spec.addr.to_string());
+    svc
+}
+
+fn respond(code: StatusCode, ctype: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    let len = body.len();
+    let mut r = Response::new(body);
+    *r.status_mut() = code;
+    let h = r.headers_mut();
+    if let Ok(v) = http::HeaderValue::from_str(ctype) {
+        h.insert(http::header::CONTENT_TYPE, v);
+    }
+    h.insert(http::header::CONTENT_LENGTH, len.into());
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+fn json(code: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
+    respond(code, "application/json", format!("{v}\n"))
+}
+
+fn error(code: StatusCode, msg: &str) -> Response<Vec<u8>> {
+    json(code, serde_json::json!({ "error": msg }))
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminApp {
+    fn authorized(&self, req: &pingora_http::RequestHeader, allow_query: bool) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let bearer = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").map(str::trim));
+        if let Some(b) = bearer {
+            return ct_eq(b.as_bytes(), token.as_bytes());
+        }
+        allow_query
+            && req.uri.query().is_some_and(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.strip_prefix("token="))
+                    .any(|t| ct_eq(t.as_bytes(), token.as_bytes()))
+            })
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let upstreams: Vec<_> = self
+            .pools
+            .iter()
+            .map(|p| {
+                let backends: Vec<_> = p
+                    .members
+                    .load()
+                    .slots
+                    .iter()
+                    .map(|s| backend_json(s))
+                    .collect();
+                serde_json::json!({
+                    "name": p.name,
+                    "selection": selection_name(p.selection),
+                    "backends": backends,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "draining": crate::lifecycle::draining(),
+            "in_flight": crate::observability::INFLIGHT.get(),
+            "upstreams": upstreams,
+        })
+    }
+
+    fn set_drained(&self, upstream: &str, backend: &str, drained: bool) -> Response<Vec<u8>> {
+        let Some(pool) = self.pools.iter().find(|p| p.name == upstream) else {
+            return error(StatusCode::NOT_FOUND, "no such upstream");
+        };
+        let Some(slot) = pool.slot_by_label(backend) else {
+            return error(StatusCode::NOT_FOUND, "no such backend in this upstream");
+        };
+        let was = slot.drained.swap(drained, Relaxed);
+        if was != drained {
+            log::warn!(
+                "admin: upstream {upstream}: backend {backend} {}",
+                if drained { "drained" } else { "undrained" }
+            );
+        }
+        json(StatusCode::OK, backend_json(&slot))
+    }
+}
+
+fn selection_name(s: crate::config::Selection) -> &'static str {
+    use crate::config::Selection::*;
+    match s {
+        RoundRobin => "round_robin",
+        Random => "random",
+        LeastConnections => "least_connections",
+        PowerOfTwo => "power_of_two",
+        ConsistentHash => "consistent_hash",
+    }
+}
+
+fn backend_json(s: &crate::upstream::Slot) -> serde_json::Value {
+    serde_json::json!({
+        "address": s.label,
+        "weight": s.weight,
+        "healthy": s.healthy.load(Relaxed),
+        "drained": s.drained.load(Relaxed),
+        "in_flight": s.inflight.load(Relaxed),
+        "requests": s.requests.load(Relaxed),
+        "failures": s.failures.load(Relaxed),
+        "completed": s.completed.load(Relaxed),
+        "latency_us_total": s.latency_us.load(Relaxed),
+    })
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        match (method.clone(), path.as_str()) {
+            (Method::GET | Method::HEAD, "/healthz") => {
+                if crate::lifecycle::draining() {
+                    return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n");
+                }
+                return respond(StatusCode::OK, "text/plain", "ok\n");
+            }
+            (Method::GET, "/metrics") => {
+                return respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    crate::observability::render(&self.pools),
+                )
+            }
+            _ => {}
+        }
+        if !self.authorized(req, method == Method::GET && path == "/") {
+            log::warn!(
+                "admin: refused {method} {path} from {}: missing or wrong token",
+                session
+                    .client_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into())
+            );
+            let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+        match (method, path.as_str()) {
+            (Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),
+            (Method::GET, "/status") => json(StatusCode::OK, self.status()),
+            (m, p) if p.starts_with("/upstreams/") => {
+                let parts: Vec<&str> = p.trim_start_matches('/').split('/').collect();
+                match parts.as_slice() {
+                    ["upstreams", up, "backends", addr, action @ ("drain" | "undrain")] => {
+                        if m != Method::POST {
+                            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+                        }
+                        self.set_drained(up, addr, *action == "drain")
+                    }
+                    _ => error(StatusCode::NOT_FOUND, "not found"),
+                }
+            }
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Graceful upgrade and shutdown.
+//!
+//! Pingora does the socket handoff: the new process starts with `-u` and waits on the
+//! upgrade socket; SIGQUIT makes the old one send its listening sockets, keep accepting for a
+//! few seconds (both processes accept from the same sockets meanwhile), then stop accepting.
+//! SIGTERM stops accepting at once. Either way, after that the old process has
+//! `grace_period_seconds` to finish, then its runtimes are torn down.
+//!
+//! What Pingora leaves to us, and this module adds:
+//! - **Keep-alive drain.** When accepting stops, Pingora's HTTP proxy closes every idle
+//!   keep-alive connection at once (`http_cleanup`). A client that is about to send its next
+//!   request on such a connection sees it reset, which is a failed request. [`Draining`]
+//!   wraps the HTTP app and postpones that cleanup for half the grace period. Meanwhile each
+//!   request that arrives on an old connection is served with `Connection: close` (Pingora
+//!   turns keep-alive off for requests that start during shutdown), so busy clients move to
+//!   the new process one response at a time and nothing is cut mid-flight.
+//! - **Readiness.** [`draining`] turns true when shutdown starts; the admin `/healthz` then
+//!   answers 503 so a load balancer stops sending new connections.
+//! - **`-u` without an old process** ([`has_running_instance`]): Pingora would wait for
+//!   sockets that never come and exit; we start normally instead.
+
+use async_trait::async_trait;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::v2::server::H2Options;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// True once the process has been told to stop (SIGTERM, or SIGQUIT after the handoff).
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
+/// How long idle keep-alive connections stay open after accepting stops: half the grace
+/// period, so requests that arrive on them in that window still have the other half.
+pub fn keepalive_linger(conf: &ServerConf) -> Duration {
+    Duration::from_millis(conf.grace_period_seconds.unwrap_or(0) * 500)
+}
+
+/// An HTTP app whose shutdown cleanup (closing idle keep-alive connections) waits `linger`.
+pub struct Draining<A> {
+    inner: Arc<A>,
+    linger: Duration,
+}
+
+impl<A> Draining<A> {
+    pub fn new(inner: A, conf: &ServerConf) -> Draining<A> {
+        Draining {
+            inner: Arc::new(inner),
+            linger: keepalive_linger(conf),
+        }
+    }
+}
+
+/// Raised when idle keep-alive connections should close: after the linger.
+static CLOSE_IDLE: once_cell::sync::Lazy<tokio::sync::watch::Sender<bool>> =
+    once_cell::sync::Lazy::new(|| tokio::sync::watch::channel(false).0);
+
+/// Resolves when a connection waiting for its next request should give up because the
+/// process is going away: not when shutdown starts, but once the keep-alive linger is over,
+/// so a request already on its way still gets an answer (with `Connection: close`).
+pub async fn idle_connections_closing() {
+    let mut rx = CLOSE_IDLE.subscribe();
+    let _ = rx.wait_for(|closing| *closing).await;
+}
+
+#[async_trait]
+impl<A> HttpServerApp for Draining<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.inner.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        DRAINING.store(true, Ordering::Relaxed);
+        if !self.linger.is_zero() {
+            log::info!(
+                "draining: keep-alive connections get Connection: close for {:?}",
+                self.linger
+            );
+            tokio::time::sleep(self.linger).await;
+        }
+        CLOSE_IDLE.send_replace(true);
+        self.inner.http_cleanup().await
+    }
+
+    async fn process_custom_session(
+        self: Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.inner
+            .clone()
+            .process_custom_session(stream, shutdown)
+            .await
+    }
+}
+
+/// Sets [`draining`] as soon as shutdown is broadcast (before any linger).
+pub struct DrainFlag;
+
+#[async_trait]
+impl BackgroundService for DrainFlag {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        DRAINING.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether something already listens on one of `addrs`, i.e. an instance to take the sockets
+/// over from. Binding a probe socket is the one check that does not depend on a pid file
+/// (Pingora writes one only in daemon mode).
+pub fn has_running_instance(addrs: &[SocketAddr]) -> bool {
+    addrs.iter().any(|a| {
+        matches!(
+            std::net::TcpListener::bind(a),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+        )
+    })
+}
