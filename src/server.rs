@@ -102,13 +102,8 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     None => plain_listener(l.addr),
                 };
                 let name = format!("http {}", l.name);
-                if let Some(trusted) = &l.proxy_protocol {
-                    if l.tls.is_some() {
-                        return Err(format!(
-                            "{}: listener {:?}: accept_proxy_protocol is not supported on https listeners yet",
-                            cfg.file, l.name
-                        ));
-                    }
+                // Plain listeners read a PROXY header in the app; TLS ones before the handshake.
+                if let (Some(trusted), None) = (&l.proxy_protocol, &l.tls) {
                     let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
                     let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
                     let mut svc = Service::new(name, app);
@@ -118,6 +113,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 }
                 let mut svc = Service::new(name, app);
                 svc.add_listener(endpoint);
+                crate::l4::accept::set_pre_tls(&mut svc, l);
                 server.add_service(svc);
             }
             ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {

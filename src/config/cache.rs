@@ -245,4 +245,55 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.path, "routes[1].cache.max_object_size");
     }
+
+    #[test]
+    fn forward_proxy_cache_shares_the_store_rules() {
+        let fwd = |cache: &str, routes: &str| {
+            Config::from_yaml(
+                "x.yaml",
+                &format!(
+                    "listeners:\n  - {{name: f, address: 127.0.0.1:3128, protocol: http, forward_proxy: {{cache: {cache}}}}}\n  - {{name: web, address: 127.0.0.1:8080, protocol: http}}\nupstreams: [{{name: a, backends: [{{address: 127.0.0.1:1}}]}}]\nroutes:\n{routes}"
+                ),
+            )
+        };
+        let c = fwd(
+            "{enabled: true, max_size: 64MiB}",
+            "  - {listener: web, upstream: a}\n",
+        )
+        .unwrap();
+        let spec = c.listeners[0]
+            .forward
+            .as_ref()
+            .unwrap()
+            .cache
+            .as_ref()
+            .unwrap();
+        assert_eq!(spec.max_object_size, 8 << 20);
+        assert_eq!(
+            c.cache_store_size,
+            Some(64 << 20),
+            "a forward cache alone sizes the store"
+        );
+        let c = fwd("{enabled: false}", "  - {listener: web, upstream: a}\n").unwrap();
+        assert_eq!(c.cache_store_size, None);
+
+        let err = fwd(
+            "{enabled: true, max_size: 64MiB}",
+            "  - {listener: web, upstream: a, cache: {enabled: true, max_size: 128MiB}}\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "routes[0].cache.max_size");
+        assert!(
+            err.msg
+                .contains("listeners[0].forward_proxy.cache.max_size"),
+            "{err}"
+        );
+
+        let err = fwd(
+            "{enabled: true, max_object_size: 2MiB}",
+            "  - {listener: web, upstream: a, cache: {enabled: true, max_size: 1MiB, max_object_size: 512KiB}}\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "listeners[0].forward_proxy.cache.max_object_size");
+    }
 }

@@ -208,8 +208,9 @@ pub struct ForwardProxyFile {
     pub anonymity: Option<AnonymityFile>,
     /// Content filtering of responses. Default: none
     pub filter: Option<FilterFile>,
-    /// Caching of forward responses in the shared cache. Default: disabled
-    pub cache: Option<ForwardCacheFile>,
+    /// Caching of forward (absolute-form HTTP) responses in the shared cache; the same
+    /// block as a route's `cache:`. CONNECT tunnels are never cached. Default: disabled
+    pub cache: Option<CacheFile>,
     /// Time to resolve and connect to a destination. Default: 5s
     pub connect_timeout: Option<Dur>,
     /// Time to wait for each read from an origin (HTTP requests). Default: 30s
@@ -274,14 +275,6 @@ pub struct FilterFile {
     /// Globs (`*`, `?`) over the full request URL. Default: []
     #[serde(default)]
     pub block_url_patterns: Vec<String>,
-}
-
-#[derive(Debug, Deserialize, Clone, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ForwardCacheFile {
-    /// Default: false
-    #[serde(default)]
-    pub enabled: bool,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

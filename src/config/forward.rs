@@ -1,7 +1,9 @@
 //! Validation of `listeners[].forward_proxy` into [`ForwardSpec`]. The users file is read
 //! here so that `stepstone -t` catches a missing file or a password that is not a bcrypt
-//! hash.
+//! hash. The `cache:` block is the routes' block, validated by the same
+//! [`validate_cache`](super::cache::validate_cache) into the same shared store size.
 
+use super::cache::{CacheSpec, StoreSize};
 use super::cidr::Cidr;
 use super::file::{AccessAction, AnonymityFile, ForwardProxyFile, ListenerProtocol};
 use super::{dur, ConfigError, Errs, HostMatch};
@@ -65,6 +67,8 @@ pub struct ForwardSpec {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
+    /// The shared cache for absolute-form responses, if enabled.
+    pub cache: Option<CacheSpec>,
 }
 
 /// Longest body pattern; the scan window is one byte shorter.
@@ -75,6 +79,7 @@ pub(super) fn validate(
     p: &str,
     protocol: ListenerProtocol,
     f: &ForwardProxyFile,
+    store: &mut StoreSize,
 ) -> Result<ForwardSpec, ConfigError> {
     let p = format!("{p}.forward_proxy");
     if protocol != ListenerProtocol::Http {
@@ -217,15 +222,10 @@ pub(super) fn validate(
         }
     };
 
-    if let Some(c) = &f.cache {
-        if c.enabled {
-            return Err(e.err(
-                format!("{p}.cache.enabled"),
-                "true",
-                "caching of forward responses is not yet supported by this build",
-            ));
-        }
-    }
+    let cache = match &f.cache {
+        Some(c) => super::cache::validate_cache(e.file, &format!("{p}.cache"), c, store)?,
+        None => None,
+    };
 
     let connect_timeout = dur(f.connect_timeout, DEFAULT_FORWARD_CONNECT_TIMEOUT);
     let read_timeout = dur(f.read_timeout, DEFAULT_FORWARD_READ_TIMEOUT);
@@ -254,6 +254,7 @@ pub(super) fn validate(
         connect_timeout,
         read_timeout,
         tunnel_idle_timeout,
+        cache,
     })
 }
 

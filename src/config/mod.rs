@@ -463,6 +463,8 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         return Err(e.err("pingora.threads", 0, "must be at least 1"));
     }
 
+    // Forward proxies and routes feed one store size.
+    let mut store = cache::StoreSize::default();
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     for (i, l) in raw.listeners.iter().enumerate() {
         let p = format!("listeners[{i}]");
@@ -482,7 +484,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         }
         let (tls, redirect_https, h2c) = crate::tls::config::validate_listener(&e, &p, l)?;
         let forward = match &l.forward_proxy {
-            Some(f) => Some(forward::validate(&e, &p, l.protocol, f)?),
+            Some(f) => Some(forward::validate(&e, &p, l.protocol, f, &mut store)?),
             None => None,
         };
         listeners.push(ListenerSpec {
@@ -693,7 +695,6 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         listeners[i].l4 = l4::listener(&e, i, l, &upstreams)?;
     }
 
-    let mut store = cache::StoreSize::default();
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
@@ -753,11 +754,19 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         });
     }
     let cache_store_size = store.resolve();
-    for (i, r) in routes.iter().enumerate() {
-        if let (Some(c), Some(size)) = (&r.cache, cache_store_size) {
+    let forward_caches = listeners.iter().enumerate().filter_map(|(i, l)| {
+        let c = l.forward.as_ref()?.cache.as_ref()?;
+        Some((format!("listeners[{i}].forward_proxy"), c))
+    });
+    let route_caches = routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((format!("routes[{i}]"), r.cache.as_ref()?)));
+    for (p, c) in forward_caches.chain(route_caches) {
+        if let Some(size) = cache_store_size {
             if c.max_object_size > size {
                 return Err(e.err(
-                    format!("routes[{i}].cache.max_object_size"),
+                    format!("{p}.cache.max_object_size"),
                     c.max_object_size,
                     format!("must not exceed the shared store's max_size ({size} bytes)"),
                 ));

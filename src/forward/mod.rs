@@ -15,6 +15,19 @@
 //! - `upstream_response_filter` / `upstream_response_body_filter`: content filtering,
 //!   before the cache and before anything reaches the client.
 //! - `fail_to_proxy`: the proxy's own 403 page for a blocked response.
+//! - the cache hooks: `crate::http` hands them [`Forward::cache`], the shared cache with the
+//!   routes' semantics. Its key is built from the absolute-form target (scheme, host, port,
+//!   path, query; see `http::cache::policy::key_text`) under the listener's name, so two
+//!   origins never share an entry. `PURGE http://host/path` is answered in `request_filter`
+//!   (after proxy auth, before the destination rules), from `purge_from` clients only.
+//!
+//! Caching and content filtering: a hit is served without any upstream filter, so only
+//! responses that passed the filters may be stored. Pingora runs the upstream response
+//! filters on each piece before handing it to the cache: a blocked content type fails the
+//! request before any cache metadata is written, and a blocked body chunk fails it before
+//! that chunk is written, so the store's writer is dropped unfinished and the entry never
+//! becomes visible (the store publishes only at `finish`). The URL filter runs in
+//! `request_filter`, before the lookup, so it applies to hits as well.
 //!
 //! CONNECT: Pingora answers CONNECT with 405 unless `allow_connect_method_proxying` is set,
 //! and then treats it as an ordinary request to proxy to an upstream (for chaining proxies);
@@ -42,6 +55,7 @@ pub mod filter;
 pub mod tunnel;
 
 use crate::config::forward::ForwardSpec;
+use crate::http::cache::RouteCache;
 use crate::http::Ctx;
 use bytes::Bytes;
 use log::{info, warn};
@@ -58,6 +72,8 @@ pub struct Forward {
     spec: ForwardSpec,
     auth: Option<auth::Auth>,
     filter: filter::Filter,
+    /// The shared cache, when `cache.enabled`; `crate::http`'s cache hooks use it.
+    pub cache: Option<RouteCache>,
 }
 
 /// Per-request state of a forward request, part of [`Ctx`].
@@ -91,6 +107,7 @@ impl Forward {
                 .as_ref()
                 .map(|a| auth::Auth::new(&a.realm, &a.users)),
             filter: filter::Filter::new(&spec.filter),
+            cache: spec.cache.clone().map(RouteCache::new),
         })
     }
 
@@ -149,6 +166,13 @@ impl Forward {
                     connect,
                 )
                 .await?;
+                return Ok(true);
+            }
+        }
+        // PURGE names an absolute URL and never reaches the origin, so it is decided by
+        // the cache's purge_from alone, not by the destination rules below.
+        if let Some(c) = &self.cache {
+            if crate::http::cache::purge::handle(c, session, &self.listener, false).await? {
                 return Ok(true);
             }
         }

@@ -88,7 +88,12 @@ pub struct Ctx {
 }
 
 impl HttpProxy {
+    /// The cache for this request: the forward proxy's on a forward listener (CONNECT never
+    /// gets this far), else the chosen route's.
     fn route_cache(&self, ctx: &Ctx) -> Option<&cache::RouteCache> {
+        if let Some(f) = &self.listener.forward {
+            return f.cache.as_ref();
+        }
         ctx.route
             .and_then(|i| self.listener.router.get(i))
             .and_then(|r| r.cache.as_ref())

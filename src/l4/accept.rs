@@ -10,14 +10,16 @@
 //! - plain listeners (http, tcp, tls_passthrough): at the start of `process_new`. For HTTP
 //!   that is [`AcceptProxyApp`], a `ServerApp` wrapped around Pingora's HTTP app; it also
 //!   drives keep-alive reuse itself so the header is read once per connection, not per request.
-//! - TLS-terminating listeners: Pingora's pre-TLS hook ([`PreTlsProcess`]), since the header
-//!   comes before the ClientHello.
+//! - TLS-terminating listeners (https, and tcp with `tls:`): Pingora's pre-TLS hook
+//!   ([`PreTlsProcess`], registered on the service's endpoints by [`set_pre_tls`]), since
+//!   the header comes before the ClientHello. The TLS stream reports the digest of the TCP
+//!   stream beneath it, so the override is seen through TLS as well.
 //!
 //! A connection from outside `trusted_proxies`, or without a valid header in time, is closed.
 
 use super::proxy_protocol::{read_header, Header};
 use crate::config::cidr::{any_contains, Cidr};
-use crate::config::PROXY_HEADER_TIMEOUT;
+use crate::config::{ListenerSpec, PROXY_HEADER_TIMEOUT};
 use async_trait::async_trait;
 use log::warn;
 use pingora_core::apps::ServerApp;
@@ -27,6 +29,7 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::protocols::{Stream, IO};
 use pingora_core::server::ShutdownWatch;
+use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
@@ -89,6 +92,9 @@ impl ProxyAccept {
         };
         let digest = SocketDigest::from_raw_fd(io.as_raw_fd());
         let _ = digest.peer_addr.set(Some(PSocketAddr::Inet(src)));
+        // The header's destination too: after a pre-TLS read it is the only place left to
+        // carry it to a `send_proxy_protocol` backend.
+        let _ = digest.local_addr.set(Some(PSocketAddr::Inet(dst)));
         io.set_socket_digest(digest);
         Ok(Some(Proxied { src, dst }))
     }
@@ -118,6 +124,21 @@ impl PreTlsProcess for ProxyAccept {
                 pingora_core::Error::e_explain(pingora_core::ErrorType::AcceptError, e)
             }
         }
+    }
+}
+
+/// Register the PROXY reader as the pre-TLS hook of every endpoint of `svc`, when `l`
+/// terminates TLS and accepts the PROXY protocol. Returns whether it did.
+pub fn set_pre_tls<A>(svc: &mut Service<A>, l: &ListenerSpec) -> bool {
+    if l.tls.is_none() {
+        return false;
+    }
+    match super::L4App::pre_tls(l) {
+        Some(accept) => {
+            svc.endpoints().set_pre_tls_callback(accept);
+            true
+        }
+        None => false,
     }
 }
 

@@ -232,6 +232,7 @@ pub fn service(l: &ListenerSpec, pools: &[Arc<Pool>]) -> Result<Service<L4App>, 
         // The splice has its own 64 KiB buffers; an L4 read buffer would only add a copy.
         None => svc.add_listener(crate::server::plain_listener(l.addr)),
     }
+    accept::set_pre_tls(&mut svc, l);
     Ok(svc)
 }
 

@@ -493,3 +493,235 @@ async fn http_listener_with_accept_proxy_protocol_uses_it_for_x_forwarded_for() 
     assert!(c.get("/", &[("host", "x.test")]).await.is_err());
     assert_eq!(o.requests(), 3);
 }
+
+/// Certificates for `names` (the first is the default), signed by a fresh CA, in a scratch
+/// directory; returns the directory, the CA file and the YAML of a `tls:` block.
+fn tls_block(tag: &str, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let dir = crate::support::scratch_dir(tag);
+    let ca = crate::support::pki::Ca::new("L4 Test CA");
+    let ca_path = ca.write(&dir, "ca");
+    let mut yaml = String::from("{certificates: [");
+    for (i, n) in names.iter().enumerate() {
+        let (c, k) = ca.server(n, &[n], 20 + i as u32).write(&dir, n);
+        yaml.push_str(&format!(
+            "{{cert: {}, key: {}, server_names: [{n}]}}, ",
+            c.display(),
+            k.display()
+        ));
+    }
+    yaml.push_str("]}");
+    (dir, ca_path, yaml)
+}
+
+fn start_in(dir: std::path::PathBuf, template: &str) -> Proxy {
+    let (text, ports) = crate::support::proxy::render(template, &dir);
+    Proxy::start_in(dir, &text, ports, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// TLS to `addr` after writing `prefix` in the clear (a PROXY header), verifying the
+/// proxy's certificate against `ca` for `sni`. Returns the stream and the served CN.
+async fn tls_after(
+    addr: SocketAddr,
+    prefix: &[u8],
+    sni: &str,
+    ca: &std::path::Path,
+) -> Result<(tokio_openssl::SslStream<TcpStream>, String), String> {
+    use openssl::ssl::{SslConnector, SslMethod};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    b.set_ca_file(ca).map_err(|e| e.to_string())?;
+    let ssl = b
+        .build()
+        .configure()
+        .and_then(|c| c.into_ssl(sni))
+        .map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tcp.write_all(prefix).await.map_err(|e| e.to_string())?;
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
+    tokio::time::timeout(WAIT, std::pin::Pin::new(&mut s).connect())
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| format!("handshake: {e}"))?;
+    let cn = s
+        .ssl()
+        .peer_certificate()
+        .map(|c| crate::support::pki::cn_of(&c))
+        .unwrap_or_default();
+    Ok((s, cn))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_with_tls_terminates_selects_by_sni_and_forwards_plaintext() {
+    let a = TcpBackend::start("plain", false).await;
+    let (dir, ca, tls) = tls_block("l4-tls", &["a.test", "b.test"]);
+    let p = start_in(
+        dir,
+        &format!(
+            "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, tls: {tls}}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+            backends(&[(&a, 1)])
+        ),
+    );
+
+    // SNI picks the certificate; the backend parses our plaintext command and answers
+    for (sni, cn) in [("a.test", "a.test"), ("b.test", "b.test")] {
+        let (mut s, served) = tls_after(p.addr, b"", sni, &ca).await.expect("tls");
+        assert_eq!(served, cn, "certificate for SNI {sni}");
+        s.write_all(b"NAME\n").await.expect("write");
+        assert_eq!(read_line_tls(&mut s).await, "plain");
+    }
+
+    // 1 MiB each way, checked by hash: download from SOURCE, and a round trip through ECHO
+    const LEN: usize = 1 << 20;
+    let data = pattern(LEN);
+    let want = hex(&openssl::sha::sha256(&data));
+    let (mut s, _) = tls_after(p.addr, b"", "a.test", &ca).await.expect("tls");
+    s.write_all(format!("SOURCE {LEN}\n").as_bytes())
+        .await
+        .expect("cmd");
+    let mut got = vec![0u8; LEN];
+    tokio::time::timeout(Duration::from_secs(60), s.read_exact(&mut got))
+        .await
+        .expect("download in time")
+        .expect("download");
+    assert_eq!(hex(&openssl::sha::sha256(&got)), want, "download hash");
+
+    let (s, _) = tls_after(p.addr, b"", "b.test", &ca).await.expect("tls");
+    let (mut r, mut w) = tokio::io::split(s);
+    let up = data.clone();
+    let send = tokio::spawn(async move {
+        w.write_all(b"ECHO\n").await.expect("cmd");
+        w.write_all(&up).await.expect("upload");
+        w.flush().await.expect("flush");
+        w
+    });
+    let mut back = vec![0u8; LEN];
+    tokio::time::timeout(Duration::from_secs(60), r.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    let _w = send.await.expect("sender");
+    assert_eq!(hex(&openssl::sha::sha256(&back)), want, "echo hash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_with_tls_reads_the_proxy_header_before_the_handshake() {
+    let rec = TcpBackend::start("rec", true).await;
+    let (dir, ca, tls) = tls_block("l4-tls-pp", &["a.test"]);
+    let p = start_in(
+        dir,
+        &format!(
+            "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, tls: {tls}, accept_proxy_protocol: true, trusted_proxies: [127.0.0.0/8]}}\n  - {{name: strict, address: 127.0.0.1:{{{{port1}}}}, protocol: tcp, upstream: u, tls: {tls}, accept_proxy_protocol: true, trusted_proxies: [10.0.0.0/8]}}\nupstreams:\n  - {{name: u, send_proxy_protocol: v1, backends: [{{address: {}}}]}}\n",
+            rec.addr
+        ),
+    );
+    let v1 = b"PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n".to_vec();
+    let v2 = v2_header(
+        "203.0.113.8:4343".parse().expect("addr"),
+        "198.51.100.2:8443".parse().expect("addr"),
+    );
+    for header in [&v1, &v2] {
+        let (mut s, cn) = tls_after(p.addr, header, "a.test", &ca)
+            .await
+            .expect("TLS after a PROXY header");
+        assert_eq!(cn, "a.test");
+        s.write_all(b"NAME\n").await.expect("write");
+        assert_eq!(read_line_tls(&mut s).await, "rec");
+    }
+    // the backend learns the header's client (and destination), not the proxy's peer
+    assert_eq!(
+        rec.proxy_headers(),
+        vec![
+            b"PROXY TCP4 203.0.113.7 198.51.100.1 4242 443\r\n".to_vec(),
+            b"PROXY TCP4 203.0.113.8 198.51.100.2 4343 8443\r\n".to_vec(),
+        ]
+    );
+    // no header (the ClientHello comes first), or an untrusted sender: no handshake
+    assert!(tls_after(p.addr, b"", "a.test", &ca).await.is_err());
+    assert!(tls_after(p.addr_of(1), &v1, "a.test", &ca).await.is_err());
+    assert_eq!(
+        rec.connections(),
+        2,
+        "refused connections reached the backend"
+    );
+    assert!(log_has(&p, "not in trusted_proxies").await, "{}", p.log());
+}
+
+/// One keep-alive HTTP/1.1 GET on `s`; returns the status line and the body.
+async fn h1_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    host: &str,
+) -> (String, String) {
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut b))
+            .await
+            .expect("head in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed inside a head");
+        buf.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.expect("body");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listener_with_accept_proxy_protocol_uses_it_for_x_forwarded_for() {
+    let o = OriginBuilder::new("o").run().await;
+    let (dir, ca, tls) = tls_block("https-pp", &["web.test"]);
+    let p = start_in(
+        dir,
+        &format!(
+            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: https, tls: {tls}, accept_proxy_protocol: true, trusted_proxies: [127.0.0.1/32]}}\nupstreams:\n  - {{name: app, backends: [{{address: {}}}]}}\nroutes:\n  - {{listener: web, upstream: app}}\n",
+            o.addr
+        ),
+    );
+    let xff = |o: &crate::support::Origin| {
+        o.last()
+            .and_then(|r| r.header("x-forwarded-for").map(String::from))
+    };
+    let (mut s, _) = tls_after(
+        p.addr,
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 443\r\n",
+        "web.test",
+        &ca,
+    )
+    .await
+    .expect("tls after v1");
+    // two requests on one keep-alive TLS connection: the header counts for both
+    for _ in 0..2 {
+        let (status, body) = h1_get(&mut s, "web.test").await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert_eq!(body, "o");
+        assert_eq!(xff(&o), Some("203.0.113.9".into()));
+    }
+    let v2 = v2_header(
+        "198.51.100.20:1000".parse().expect("addr"),
+        "127.0.0.1:443".parse().expect("addr"),
+    );
+    let (mut s, _) = tls_after(p.addr, &v2, "web.test", &ca)
+        .await
+        .expect("tls after v2");
+    let (status, _) = h1_get(&mut s, "web.test").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(xff(&o), Some("198.51.100.20".into()));
+
+    // without a header there is no handshake and no request
+    assert!(tls_after(p.addr, b"", "web.test", &ca).await.is_err());
+    assert_eq!(o.requests(), 3);
+}

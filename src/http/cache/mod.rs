@@ -60,10 +60,14 @@ pub fn init_from_config(cfg: &Config) {
     let Some(size) = cfg.cache_store_size else {
         return;
     };
-    let max_object = cfg
-        .routes
+    let routes = cfg.routes.iter().filter_map(|r| r.cache.as_ref());
+    let forward = cfg
+        .listeners
         .iter()
-        .filter_map(|r| r.cache.as_ref().map(|c| c.max_object_size))
+        .filter_map(|l| l.forward.as_ref()?.cache.as_ref());
+    let max_object = routes
+        .chain(forward)
+        .map(|c| c.max_object_size)
         .max()
         .unwrap_or(size);
     init(size, max_object);
@@ -115,7 +119,7 @@ pub fn on_hit(session: &mut Session) {
         .set_close_on_response_before_downstream_finish(false);
 }
 
-/// One cache's settings plus where its keys live (listener name and scheme).
+/// One cache's settings: a cached route's, or a forward-proxy listener's.
 pub struct RouteCache {
     pub spec: CacheSpec,
 }

@@ -60,16 +60,32 @@ pub fn cache_key(namespace: &str, tls: bool, req: &RequestHeader) -> CacheKey {
 }
 
 /// The key text, optionally with the path and query replaced by `path` (used by purges).
+///
+/// Scheme and host come from an absolute-form target when there is one (a forward proxy's
+/// `GET http://host:port/path`): Pingora keeps such a target verbatim in `raw_path` and
+/// only the path and query in `uri`, so without this every origin's `/` would share a key
+/// whenever a Host header disagreed with, or was missing from, the target.
 pub fn key_text(namespace: &str, tls: bool, req: &RequestHeader, path: Option<&str>) -> String {
-    let scheme = req
-        .uri
-        .scheme_str()
+    use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
+    let absolute = match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::Absolute {
+            scheme, authority, ..
+        } => Some((
+            String::from_utf8_lossy(scheme).into_owned(),
+            String::from_utf8_lossy(authority).into_owned(),
+        )),
+        _ => None,
+    };
+    let scheme = absolute
+        .as_ref()
+        .map(|(s, _)| s.as_str())
+        .or_else(|| req.uri.scheme_str())
         .unwrap_or(if tls { "https" } else { "http" })
         .to_ascii_lowercase();
-    let host = req
-        .uri
-        .authority()
-        .map(|a| a.as_str())
+    let host = absolute
+        .as_ref()
+        .map(|(_, a)| a.as_str())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .or_else(|| {
             req.headers
                 .get(http::header::HOST)
@@ -426,6 +442,28 @@ mod tests {
         assert_eq!(
             en,
             variance(&m, &get(&[("accept-language", "en"), ("x", "y")]))
+        );
+    }
+
+    #[test]
+    fn absolute_form_targets_key_on_their_own_scheme_host_and_port() {
+        let abs = |target: &[u8], host: Option<&str>| {
+            let mut r = RequestHeader::build("GET", target, None).unwrap();
+            if let Some(h) = host {
+                r.insert_header("host", h).unwrap();
+            }
+            key_text("fwd", false, &r, None)
+        };
+        assert_eq!(
+            abs(b"http://Origin.Test:8080/p?q=1", Some("origin.test:8080")),
+            "fwd http://origin.test:8080/p?q=1"
+        );
+        // the default port is dropped, as for origin-form keys
+        assert_eq!(abs(b"http://o.test:80/p", None), "fwd http://o.test/p");
+        // two origins, same path: different keys, whatever Host says
+        assert_ne!(
+            abs(b"http://127.0.0.1:1001/same", Some("x.test")),
+            abs(b"http://127.0.0.1:1002/same", Some("x.test"))
         );
     }
 }
