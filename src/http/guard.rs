@@ -4,8 +4,11 @@
 //! its size limits (1 MiB, 256 headers) are far above what an edge proxy should accept. The
 //! guard wraps the downstream stream once per connection and watches what the parser reads:
 //! the request line, the head's size and line count, and the time since the head's first
-//! byte. On a violation it writes the proxy's own answer (414, 431 or 408) straight to the
-//! socket and fails the read, so Pingora closes the connection without parsing further.
+//! byte. When the head is complete, and before Pingora sees its last bytes, it runs the strict
+//! syntax and framing checks of [`super::strict`] on it (on the read buffer itself when the
+//! head came in one read, else on a copy kept across reads). On a violation it writes the
+//! proxy's own answer (400, 501, 414, 431 or 408) straight to the socket and fails the read,
+//! so Pingora closes the connection without parsing further.
 //! Body bytes pass through untouched; [`Guarded::arm`] starts the watch again for the next
 //! request on a keep-alive connection. It also holds the connection's slot in the listener's
 //! connection count for as long as the connection lives.
@@ -54,6 +57,9 @@ pub struct Guarded {
     /// The timer for `deadline`, created only if a read of the head has to wait: a head that
     /// arrives in one read (the common case) never registers a timer.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The head's bytes from earlier reads, when it spans several (leading empty lines
+    /// skipped), for [`super::strict::check_head`].
+    partial: Vec<u8>,
     rearm: AtomicBool,
     conn_slot: Option<Arc<AtomicUsize>>,
 }
@@ -77,7 +83,9 @@ impl Drop for Guarded {
 /// Answers written by the guard. They close the connection.
 fn answer(code: u16) -> &'static [u8] {
     match code {
+        400 => b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         408 => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        501 => b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         414 => b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         _ => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     }
@@ -97,6 +105,7 @@ impl Guarded {
             last: 0,
             deadline: None,
             timer: None,
+            partial: Vec::new(),
             rearm: AtomicBool::new(false),
             conn_slot,
         }
@@ -115,11 +124,35 @@ impl Guarded {
         self.last = 0;
         self.deadline = None;
         self.timer = None;
+        self.clear_partial();
     }
 
-    /// Scan newly read head bytes; `Err(code)` on a violation, else how many bytes belong to
-    /// the head. Works line by line (memchr), so the cost is per line, not per byte.
-    fn scan(&mut self, data: &[u8]) -> Result<usize, u16> {
+    /// Keep a small buffer for the next head; give a large one back.
+    fn clear_partial(&mut self) {
+        if self.partial.capacity() > 4096 {
+            self.partial = Vec::new();
+        } else {
+            self.partial.clear();
+        }
+    }
+
+    /// The strict checks on the complete head, `head_tail` being its bytes in this read.
+    fn check(&mut self, head_tail: &[u8]) -> Result<(), (u16, &'static str)> {
+        let r = if self.partial.is_empty() {
+            super::strict::check_head(head_tail)
+        } else {
+            self.partial.extend_from_slice(head_tail);
+            let r = super::strict::check_head(&self.partial);
+            self.clear_partial();
+            r
+        };
+        r.map_err(|r| (r.status, r.reason))
+    }
+
+    /// Scan newly read head bytes; `Err((code, reason))` on a violation, else how many bytes
+    /// belong to the head. Limits work line by line (memchr), so their cost is per line, not
+    /// per byte; the strict checks run once per head.
+    fn scan(&mut self, data: &[u8]) -> Result<usize, (u16, &'static str)> {
         let mut pos = 0;
         // leading CRLFs before a request line are allowed by RFC 9112 and ignored here
         if self.phase == Phase::RequestLine && self.line_len == 0 {
@@ -131,9 +164,9 @@ impl Guarded {
         // a line's length excludes its LF but includes a CR, hence the +1 on the line limit
         let too_long = |phase: Phase| {
             if phase == Phase::RequestLine {
-                414
+                (414, "request line too long")
             } else {
-                431
+                (431, "request head too large")
             }
         };
         let base = pos;
@@ -148,7 +181,7 @@ impl Guarded {
             match self.phase {
                 Phase::RequestLine => {
                     if line > l.max_request_line + 1 {
-                        return Err(414);
+                        return Err(too_long(Phase::RequestLine));
                     }
                     self.phase = Phase::Headers;
                 }
@@ -157,11 +190,12 @@ impl Guarded {
                         self.phase = Phase::Body;
                         self.deadline = None;
                         self.timer = None;
+                        self.check(&data[base..nl + 1])?;
                         return Ok(nl + 1);
                     }
                     self.lines += 1;
                     if self.lines > l.max_header_count {
-                        return Err(431);
+                        return Err((431, "too many header fields"));
                     }
                 }
                 Phase::Body => return Ok(nl + 1),
@@ -179,25 +213,29 @@ impl Guarded {
                 return Err(too_long(self.phase));
             }
             if self.phase == Phase::RequestLine && self.line_len > l.max_request_line + 1 {
-                return Err(414);
+                return Err(too_long(Phase::RequestLine));
             }
+        }
+        if base < data.len() {
+            self.partial.extend_from_slice(&data[base..]);
         }
         Ok(data.len())
     }
 
-    fn reject(&mut self, cx: &mut Context<'_>, code: u16) -> Poll<std::io::Result<()>> {
+    fn reject(
+        &mut self,
+        cx: &mut Context<'_>,
+        code: u16,
+        reason: &str,
+    ) -> Poll<std::io::Result<()>> {
         log::warn!(
-            "rejecting request head from {}: {}",
+            "rejecting request head from {}: {reason} ({code})",
             self.inner
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().map(|a| a.to_string()))
                 .unwrap_or_else(|| "-".into()),
-            match code {
-                408 => "header read deadline exceeded (408)",
-                414 => "request line too long (414)",
-                _ => "request head too large or too many header fields (431)",
-            }
         );
+        self.clear_partial();
         // Best effort: a tiny answer into an idle socket completes at once.
         let mut inner = Pin::new(&mut self.inner);
         if let Poll::Ready(Ok(_)) = inner.as_mut().poll_write(cx, answer(code)) {
@@ -233,8 +271,8 @@ impl AsyncRead for Guarded {
                         this.deadline =
                             Some(std::time::Instant::now() + this.limits.header_timeout);
                     }
-                    if let Err(code) = this.scan(&filled[before..]) {
-                        return this.reject(cx, code);
+                    if let Err((code, reason)) = this.scan(&filled[before..]) {
+                        return this.reject(cx, code, reason);
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -245,7 +283,7 @@ impl AsyncRead for Guarded {
                         Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)))
                     });
                     if timer.as_mut().poll(cx).is_ready() {
-                        return this.reject(cx, 408);
+                        return this.reject(cx, 408, "header read deadline exceeded");
                     }
                 }
                 Poll::Pending
@@ -376,10 +414,15 @@ mod tests {
         let mut x = g();
         assert_eq!(x.scan(b"GET / HTTP/1.1\r\nA: b\r\n\r\nBODY"), Ok(24));
         let mut x = g();
-        assert_eq!(x.scan(b"GET /aaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n"), Err(414));
+        assert_eq!(
+            x.scan(b"GET /aaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n")
+                .map_err(|e| e.0),
+            Err(414)
+        );
         let mut x = g();
         assert_eq!(
-            x.scan(b"GET / HTTP/1.1\r\nA: b\r\nC: d\r\nE: f\r\n"),
+            x.scan(b"GET / HTTP/1.1\r\nA: b\r\nC: d\r\nE: f\r\n")
+                .map_err(|e| e.0),
             Err(431)
         );
         let mut x = g();
@@ -392,5 +435,20 @@ mod tests {
         assert_eq!(x.scan(b"\n\r"), Ok(2));
         assert_eq!(x.scan(b"\nrest"), Ok(1));
         assert_eq!(x.phase, Phase::Body);
+        assert!(x.partial.is_empty());
+        // the strict checks run on the complete head, in one read or across several
+        let mut x = g();
+        assert_eq!(
+            x.scan(b"GET / HTTP/1.1\r\nA : b\r\n\r\n").map_err(|e| e.0),
+            Err(400)
+        );
+        let mut x = g();
+        assert_eq!(x.scan(b"\r\nGET / HTTP/1.1\r\nA: b\r"), Ok(23));
+        assert_eq!(x.scan(b"\n\tfolded\r\n\r\n").map_err(|e| e.0), Err(400));
+        let mut x = g();
+        assert_eq!(
+            x.scan(b"GET / HTTP/1.1\nA: b\n\n").map_err(|e| e.0),
+            Err(400)
+        );
     }
 }

@@ -4,7 +4,13 @@
 //! - `request_filter`: route by Host and longest path prefix (404 when none), body limit,
 //!   consistent-hash key.
 //! - `upstream_peer`: select a backend from the route's pool; on a retry, a different one.
-//! - `fail_to_connect`: mark connect failures retryable while the upstream's `retries` allow.
+//! - `fail_to_connect`: mark connect failures retryable while the upstream's `retries` allow;
+//!   the failed backend is skipped by the retry.
+//! - `error_while_proxy`: a failure on a reused pooled connection is retried for idempotent
+//!   methods only (Pingora's policy, with a log line); never a POST.
+//!
+//! Before any of these, the request-head guard ([`guard`], with [`strict`]) has refused
+//! heads that are too large, too slow or ambiguous (smuggling forms) on HTTP/1.
 //! - `upstream_request_filter`: X-Forwarded-* headers. Hop-by-hop headers (and those the
 //!   client nominated in `Connection`) are stripped by Pingora's standard request policy.
 //! - `fail_to_proxy`: the proxy's own error pages, which never name a backend.
@@ -19,6 +25,7 @@ pub mod cache;
 pub mod guard;
 pub mod router;
 pub mod service;
+pub mod strict;
 
 use crate::config::{HashKey, ListenerSpec};
 use crate::forward::{Forward, FwdCtx};
@@ -289,9 +296,9 @@ impl ProxyHttp for HttpProxy {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
         let pool = &route.pool;
-        if let Some(prev) = ctx.pick.take() {
-            ctx.tried |= bit(prev.slot.index);
-        }
+        // A retry after a failed connect skips that backend (marked in `fail_to_connect`); one
+        // after a stale pooled connection may use the same backend on a fresh connection.
+        ctx.pick = None;
         ctx.attempts += 1;
         ctx.obs.peer_selected();
         let Some(pick) = pool.select(ctx.hash, ctx.tried) else {
@@ -329,6 +336,7 @@ impl ProxyHttp for HttpProxy {
             p.slot
                 .failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.tried |= bit(p.slot.index);
         }
         let backend = peer._address.to_string();
         let tls_logged = route.is_some_and(|r| {
@@ -347,6 +355,39 @@ impl ProxyHttp for HttpProxy {
         }
         if ctx.attempts <= retries {
             e.set_retry(true);
+        }
+        e
+    }
+
+    /// Pingora's policy, kept: retry only idempotent methods whose body is still buffered, and
+    /// only when the failed connection was a reused one (the backend may have closed it while
+    /// it sat idle in the pool). A POST is never sent twice.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let method = &session.req_header().method;
+        if !method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if client_reused {
+            warn!(
+                "{}: reused upstream connection failed for {method} {}: {}",
+                self.listener.name,
+                session.req_header().uri,
+                if e.retry() {
+                    "retrying on a fresh connection"
+                } else {
+                    "not retried (method not idempotent or body not buffered)"
+                }
+            );
         }
         e
     }

@@ -6,6 +6,7 @@ mod support;
 mod cache;
 mod cli;
 mod forward;
+mod hardening;
 mod l4;
 mod ops;
 mod reverse;

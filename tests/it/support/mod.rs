@@ -4,9 +4,11 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod h2raw;
 pub mod origin;
 pub mod pki;
 pub mod proxy;
+pub mod raw;
 pub mod tcp;
 
 pub use client::{Conn, Response};

@@ -1,0 +1,258 @@
+//! Strict checks on the raw bytes of an HTTP/1 request head, before Pingora parses it.
+//!
+//! Request smuggling lives in the gap between two parsers that read the same bytes
+//! differently: a proxy that tolerates a lax form and a backend that reads it another way.
+//! Pingora's parser (httparse) is lenient where RFC 9112 allows it to be (bare LF line ends)
+//! and normalises some ambiguous framing instead of refusing it (Content-Length with
+//! Transfer-Encoding: it drops the length; `chunked, chunked`: it takes the last token).
+//! An edge proxy has no old clients to be kind to, so [`check_head`] refuses every form that
+//! some parser on the way could read differently, with 400 (or 501 for a transfer coding we
+//! do not implement), and names the reason for the log line. It runs on the exact bytes the
+//! client sent, in the request-head guard ([`super::guard`]), so nothing ambiguous is parsed,
+//! routed or forwarded.
+//!
+//! Refused: bare LF or bare CR as a line end or inside a line, NUL and other control bytes,
+//! obs-fold (a line starting with whitespace), whitespace or any non-token byte in a field
+//! name (so `Name : v` is refused), Content-Length together with Transfer-Encoding, several
+//! Content-Length values that differ or are not plain digits, and a Transfer-Encoding other
+//! than exactly one final `chunked`, and an absolute-form target whose host differs from the
+//! Host field (the router and the backend would each pick a different one).
+
+/// Why a head was refused: the status to answer and a reason for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+fn refuse<T>(reason: &'static str) -> Result<T, Refusal> {
+    Err(Refusal {
+        status: 400,
+        reason,
+    })
+}
+
+/// RFC 9110 tchar.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Check a complete request head: the request line, the header lines and the empty line
+/// that ends it (leading empty lines already skipped).
+pub fn check_head(head: &[u8]) -> Result<(), Refusal> {
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = 0usize;
+    let mut te_value: &[u8] = b"";
+    let mut first = true;
+    let mut target_authority: Option<&[u8]> = None;
+    let mut host: Option<&[u8]> = None;
+    let mut rest = head;
+    while !rest.is_empty() {
+        let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            return refuse("request head without a final line end");
+        };
+        let line = &rest[..lf];
+        rest = &rest[lf + 1..];
+        let Some(line) = line.strip_suffix(b"\r") else {
+            return refuse("bare LF line end");
+        };
+        for &b in line {
+            match b {
+                b'\r' => return refuse("bare CR inside a line"),
+                0 => return refuse("NUL byte in the request head"),
+                b'\t' if !first => {}
+                0..=0x1f | 0x7f => return refuse("control byte in the request head"),
+                _ => {}
+            }
+        }
+        if first {
+            first = false;
+            target_authority = absolute_authority(line);
+            continue;
+        }
+        if line.is_empty() {
+            // the empty line ends the head; the guard hands over nothing past it
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return refuse("obs-fold (header line starting with whitespace)");
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return refuse("header line without a colon");
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.is_empty() {
+            return refuse("empty header name");
+        }
+        if name.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            return refuse("whitespace before the colon of a header");
+        }
+        if !name.iter().all(|&b| is_tchar(b)) {
+            return refuse("invalid byte in a header name");
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for v in value.split(|&b| b == b',') {
+                let v = v.trim_ascii();
+                if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                    return refuse("invalid Content-Length");
+                }
+                let n = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
+                let Some(n) = n else {
+                    return refuse("invalid Content-Length");
+                };
+                match content_length {
+                    Some(prev) if prev != n => return refuse("differing Content-Length values"),
+                    _ => content_length = Some(n),
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding += 1;
+            te_value = value;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            host = Some(value);
+        }
+    }
+    if let (Some(a), Some(h)) = (target_authority, host) {
+        if !a.eq_ignore_ascii_case(h) {
+            return refuse("absolute-form target whose host differs from Host");
+        }
+    }
+    if transfer_encoding == 0 {
+        return Ok(());
+    }
+    if content_length.is_some() {
+        return refuse("Content-Length together with Transfer-Encoding");
+    }
+    if transfer_encoding > 1 {
+        return refuse("several Transfer-Encoding fields");
+    }
+    let codings: Vec<&[u8]> = te_value
+        .split(|&b| b == b',')
+        .map(|c| c.trim_ascii())
+        .collect();
+    if codings.iter().any(|c| c.is_empty()) {
+        return refuse("empty transfer coding");
+    }
+    let chunked = codings
+        .iter()
+        .filter(|c| c.eq_ignore_ascii_case(b"chunked"))
+        .count();
+    if !codings
+        .last()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+    {
+        return refuse("Transfer-Encoding whose final coding is not chunked");
+    }
+    if chunked > 1 {
+        return refuse("chunked applied more than once");
+    }
+    if codings.len() > 1 {
+        return Err(Refusal {
+            status: 501,
+            reason: "transfer coding other than chunked",
+        });
+    }
+    Ok(())
+}
+
+/// The authority of an `http://` or `https://` absolute-form request target.
+fn absolute_authority(request_line: &[u8]) -> Option<&[u8]> {
+    let mut parts = request_line.split(|&b| b == b' ');
+    let target = parts.nth(1)?;
+    let colon = target.iter().position(|&b| b == b':')?;
+    let scheme = &target[..colon];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return None;
+    }
+    let rest = target[colon + 1..].strip_prefix(b"//")?;
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(lines: &[&str]) -> Vec<u8> {
+        let mut v = b"POST / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for l in lines {
+            v.extend_from_slice(l.as_bytes());
+            v.extend_from_slice(b"\r\n");
+        }
+        v.extend_from_slice(b"\r\n");
+        v
+    }
+
+    fn status(lines: &[&str]) -> u16 {
+        match check_head(&head(lines)) {
+            Ok(()) => 200,
+            Err(r) => r.status,
+        }
+    }
+
+    #[test]
+    fn accepts_ordinary_heads() {
+        assert_eq!(status(&[]), 200);
+        assert_eq!(status(&["Content-Length: 5", "X-A: b\tc"]), 200);
+        assert_eq!(status(&["Content-Length: 5", "content-length: 5"]), 200);
+        assert_eq!(status(&["Content-Length: 5, 5"]), 200);
+        assert_eq!(status(&["Transfer-Encoding: chunked"]), 200);
+        assert_eq!(status(&["Transfer-Encoding:  \tChunked  "]), 200);
+        assert_eq!(status(&["Empty:"]), 200);
+    }
+
+    #[test]
+    fn refuses_ambiguous_framing() {
+        assert_eq!(
+            status(&["Content-Length: 5", "Transfer-Encoding: chunked"]),
+            400
+        );
+        assert_eq!(status(&["Content-Length: 5", "Content-Length: 6"]), 400);
+        assert_eq!(status(&["Content-Length: 5, 6"]), 400);
+        assert_eq!(status(&["Content-Length: +5"]), 400);
+        assert_eq!(status(&["Content-Length: 0x10"]), 400);
+        assert_eq!(status(&["Content-Length: 99999999999999999999999"]), 400);
+        assert_eq!(status(&["Transfer-Encoding: chunked, chunked"]), 400);
+        assert_eq!(status(&["Transfer-Encoding: gzip"]), 400);
+        assert_eq!(status(&["Transfer-Encoding: xchunked"]), 400);
+        assert_eq!(status(&["Transfer-Encoding: chunked, gzip"]), 400);
+        assert_eq!(status(&["Transfer-Encoding: ,chunked"]), 400);
+        assert_eq!(
+            status(&["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"]),
+            400
+        );
+        assert_eq!(status(&["Transfer-Encoding: gzip, chunked"]), 501);
+    }
+
+    #[test]
+    fn refuses_lax_syntax() {
+        assert_eq!(status(&["X-A: b", " folded"]), 400);
+        assert_eq!(status(&["X-A: b", "\tfolded"]), 400);
+        assert_eq!(status(&["Transfer-Encoding : chunked"]), 400);
+        assert_eq!(status(&["X-A: b\0c"]), 400);
+        assert_eq!(status(&["X-A: b\rc"]), 400);
+        assert_eq!(status(&["X-A: b\nTransfer-Encoding: chunked"]), 400);
+        assert_eq!(status(&["X-A: b\x01"]), 400);
+        assert_eq!(status(&["X(A): b"]), 400);
+        assert_eq!(status(&[": b"]), 400);
+        assert_eq!(status(&["no colon"]), 400);
+        assert!(check_head(b"GET / HTTP/1.1\nHost: a\n\n").is_err());
+        assert!(check_head(b"GET /\0 HTTP/1.1\r\nHost: a\r\n\r\n").is_err());
+        assert!(check_head(b"GET / HTTP/1.1\r\nHost: a\r\n").is_ok());
+    }
+
+    #[test]
+    fn absolute_form_host_must_match() {
+        let h = |l: &str| check_head(format!("{l}\r\n\r\n").as_bytes()).map_err(|r| r.status);
+        assert_eq!(h("GET http://a/x HTTP/1.1\r\nHost: a"), Ok(()));
+        assert_eq!(h("GET HTTP://A:80?q HTTP/1.1\r\nHost: a:80"), Ok(()));
+        assert_eq!(h("GET http://a/x HTTP/1.1"), Ok(()));
+        assert_eq!(h("GET http://evil/x HTTP/1.1\r\nHost: a"), Err(400));
+        assert_eq!(h("GET https://evil HTTP/1.1\r\nHost: a"), Err(400));
+    }
+}
