@@ -533,23 +533,6 @@ async fn page(
         "<html><head><title>{code} {reason}</title></head><body><h1>{code} {reason}</h1><p>{}</p><hr><p>stepstone forward proxy</p></body></html>\n",
         escape(detail)
     ));
-    let mut resp = ResponseHeader::build(code, Some(5))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    if let Some((k, v)) = header {
-        resp.insert_header(k, v)?;
-    }
-    if close {
-        resp.insert_header(http::header::CONNECTION, "close")?;
-        session.set_keepalive(None);
-    }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    let extra: Vec<(&'static str, String)> = header.into_iter().collect();
+    crate::http::respond_page(session, code, body, &extra, close).await
 }

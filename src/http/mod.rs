@@ -175,10 +175,23 @@ pub async fn respond_with(
     extra: &[(&'static str, &'static str)],
     close: bool,
 ) -> Result<()> {
-    let body = error_page(code);
+    let extra: Vec<(&'static str, String)> =
+        extra.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    respond_page(session, code, error_page(code), &extra, close).await
+}
+
+/// Write one of the proxy's own pages: HTML body, length, `no-store`, extra headers, and
+/// `Connection: close` when the connection must not be reused.
+pub async fn respond_page(
+    session: &mut Session,
+    code: u16,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+    close: bool,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(code, Some(4 + extra.len()))?;
     for (k, v) in extra {
-        resp.insert_header(*k, *v)?;
+        resp.insert_header(*k, v.as_str())?;
     }
     resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

@@ -375,7 +375,7 @@ async fn websocket_upgrade_passes_through() {
         .await
         .expect("write");
     let mut got = vec![0u8; 19];
-    tokio::time::timeout(Duration::from_secs(5), c.stream.read_exact(&mut got))
+    tokio::time::timeout(Duration::from_secs(20), c.stream.read_exact(&mut got))
         .await
         .expect("echo in time")
         .expect("echo");
