@@ -10,8 +10,8 @@
 //!
 //! Counters other modules bump: [`CACHE_STATUS`] is counted here, from Pingora's cache phase
 //! at the end of each request, so the cache module needs no code for it. The L4 listeners
-//! count [`L4_CONNECTIONS`] and [`L4_ACTIVE`]; [`TLS_HANDSHAKES`] and [`L4_BYTES`] are defined
-//! for the TLS and L4 code to bump (not wired yet).
+//! count [`L4_CONNECTIONS`], [`L4_ACTIVE`] and [`L4_BYTES`]; the TLS certificate callbacks
+//! count [`TLS_HANDSHAKES`].
 //!
 //! The access log is off unless configured; when off, nothing is formatted. When on, the
 //! line is formatted on the worker and handed to a dedicated writer thread through a bounded
@@ -127,7 +127,7 @@ pub static CACHE_STATUS: Lazy<IntCounterVec> = Lazy::new(|| {
 pub static TLS_HANDSHAKES: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "stepstone_tls_handshakes_total",
-        "TLS handshakes on the listeners, by result (ok, error)",
+        "TLS handshakes completed on the listeners (result ok), and those refused for lack of a certificate (no_certificate), by the listener's tls key path",
         &["listener", "result"],
     )
 });

@@ -173,11 +173,19 @@ impl L4App {
         let outcome = splice(&mut io, &mut backend, self.idle_timeout, shutdown).await;
         let label = &pick.slot.label;
         match outcome {
-            Splice::Done(up, down) => debug!(
-                "{}: {client} -> {label} closed after {:?}, {up} bytes up, {down} down",
-                self.name,
-                started.elapsed()
-            ),
+            Splice::Done(up, down) => {
+                crate::observability::L4_BYTES
+                    .with_label_values(&[self.name.as_str(), "in"])
+                    .inc_by(up);
+                crate::observability::L4_BYTES
+                    .with_label_values(&[self.name.as_str(), "out"])
+                    .inc_by(down);
+                debug!(
+                    "{}: {client} -> {label} closed after {:?}, {up} bytes up, {down} down",
+                    self.name,
+                    started.elapsed()
+                )
+            }
             Splice::Idle => debug!(
                 "{}: {client} -> {label} closed after {:?} idle",
                 self.name, self.idle_timeout

@@ -224,10 +224,23 @@ impl TlsAccept for SniCallback {
         // Without a certificate the handshake fails right after this, which closes only
         // this connection; there is nothing better to do with an error here.
         if let Err(e) = self.0.current.load().install(ssl) {
+            crate::observability::TLS_HANDSHAKES
+                .with_label_values(&[self.0.spec.key_path.as_str(), "no_certificate"])
+                .inc();
             debug!(
                 "{}: cannot install a certificate: {e}",
                 self.0.spec.key_path
             );
         }
+    }
+
+    async fn handshake_complete_callback(
+        &self,
+        _ssl: &SslRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        crate::observability::TLS_HANDSHAKES
+            .with_label_values(&[self.0.spec.key_path.as_str(), "ok"])
+            .inc();
+        None
     }
 }

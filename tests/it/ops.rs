@@ -931,7 +931,7 @@ async fn cache_outcomes_reach_metrics_and_the_access_log() {
 }
 
 #[tokio::test]
-async fn l4_connections_are_counted() {
+async fn l4_connections_and_bytes_are_counted() {
     let a = OriginBuilder::new("a").run().await;
     let yaml = format!(
         "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{{address: {}}}]\n{}",
@@ -951,11 +951,52 @@ async fn l4_connections_are_counted() {
     loop {
         let text = admin_get(&p, "/metrics", None).await.text();
         let n = metric(&text, "stepstone_l4_connections_total{listener=\"t\"}").unwrap_or(0.0);
-        if n >= 2.0 {
+        // bytes are counted when a spliced connection ends
+        let up = metric(
+            &text,
+            "stepstone_l4_bytes_total{direction=\"in\",listener=\"t\"}",
+        )
+        .unwrap_or(0.0);
+        let down = metric(
+            &text,
+            "stepstone_l4_bytes_total{direction=\"out\",listener=\"t\"}",
+        )
+        .unwrap_or(0.0);
+        if n >= 2.0 && up > 0.0 && down > 0.0 {
             assert!(text.contains("stepstone_l4_connections_active{listener=\"t\"}"));
             break;
         }
         assert!(Instant::now() < deadline, "{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn tls_handshakes_are_counted() {
+    let a = OriginBuilder::new("a").run().await;
+    let dir = crate::support::scratch_dir("tlsmetric");
+    let ca = crate::support::pki::Ca::new("metrics test CA");
+    let (cert, key) = ca.server("localhost", &["localhost"], 7).write(&dir, "srv");
+    let yaml = format!(
+        "listeners:\n  - name: s\n    address: 127.0.0.1:{{{{port}}}}\n    protocol: https\n    tls: {{certificates: [{{cert: {}, key: {}}}]}}\nupstreams:\n  - name: u\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: s, upstream: u}}\n{}",
+        cert.display(),
+        key.display(),
+        a.addr,
+        admin_block()
+    );
+    let p = Proxy::start(&yaml);
+    let url = format!("https://127.0.0.1:{}/", p.port(0));
+    for _ in 0..3 {
+        // async, so the origin on this test's runtime keeps serving meanwhile
+        let out = tokio::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .await
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    }
+    // The launcher's readiness probe is a plain TCP connect, not a handshake.
+    let series = "stepstone_tls_handshakes_total{listener=\"listeners[0].tls\",result=\"ok\"}";
+    let text = wait_metric(&p, series, 3.0).await;
+    assert_eq!(metric(&text, series), Some(3.0), "{text}");
 }
