@@ -105,13 +105,17 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 // Plain listeners read a PROXY header in the app; TLS ones before the handshake.
                 if let (Some(trusted), None) = (&l.proxy_protocol, &l.tls) {
                     let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
-                    let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
+                    let app = crate::l4::accept::AcceptProxyApp::new(
+                        crate::http::service::H1First::new(app, &l.limits),
+                        accept,
+                    );
                     let mut svc = Service::new(name, app);
                     svc.add_listener(endpoint);
                     server.add_service(svc);
                     continue;
                 }
-                let mut svc = Service::new(name, app);
+                let mut svc =
+                    Service::new(name, crate::http::service::H1First::new(app, &l.limits));
                 svc.add_listener(endpoint);
                 crate::l4::accept::set_pre_tls(&mut svc, l);
                 server.add_service(svc);
