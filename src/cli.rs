@@ -90,6 +90,13 @@ pub fn main() -> i32 {
         daemon: cli.daemon,
         upgrade,
     };
+    // Operators used to nginx send SIGHUP to reload. Its default action would kill the process;
+    // ignore it until the TLS reload service installs its own handler (the documented way to
+    // apply a new config is the graceful upgrade, see README).
+    // SAFETY: setting a signal disposition to SIG_IGN before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     match server::build(&cfg, flags) {
         Ok(s) => s.run_forever(),
         Err(e) => {

@@ -1000,3 +1000,18 @@ async fn tls_handshakes_are_counted() {
     let text = wait_metric(&p, series, 3.0).await;
     assert_eq!(metric(&text, series), Some(3.0), "{text}");
 }
+
+#[tokio::test]
+async fn sighup_without_tls_listeners_does_not_kill_the_proxy() {
+    let a = OriginBuilder::new("a").run().await;
+    let mut p = Proxy::start(&base(&[&a], "", None));
+    p.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        p.child.try_wait().expect("wait").is_none(),
+        "the proxy exited on SIGHUP:\n{}",
+        p.log()
+    );
+    let r = client::get(p.addr, "/", &[]).await.expect("still serving");
+    assert_eq!(r.status, 200);
+}
