@@ -84,6 +84,15 @@ impl FromStr for Cidr {
                 _ => return Err(format!("prefix length must be between 0 and {max}")),
             },
         };
+        // `contains` sees IPv4-mapped clients as IPv4, so a network inside ::ffff:0:0/96 is
+        // kept as the IPv4 network it is; as IPv6 it would never match anyone.
+        let (ip, prefix) = match ip {
+            IpAddr::V6(a) if prefix >= 96 => match a.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (ip, prefix),
+            },
+            _ => (ip, prefix),
+        };
         let net = match ip {
             IpAddr::V4(a) => IpAddr::V4((u32::from(a) & mask32(prefix)).into()),
             IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask128(prefix)).into()),
@@ -150,6 +159,23 @@ mod tests {
         assert!(!c.contains(ip("10.0.0.1")));
         let lo: Cidr = "::1/128".parse().unwrap();
         assert!(lo.contains(ip("::1")));
+    }
+
+    /// Found by the `acl` fuzz target: `::ffff:10.0.0.1` (how a dual-stack socket shows an
+    /// IPv4 client) as a network matched nothing, not even itself.
+    #[test]
+    fn v4_mapped_networks() {
+        let host: Cidr = "::ffff:10.0.0.1".parse().unwrap();
+        assert!(host.contains(ip("10.0.0.1")));
+        assert!(host.contains(ip("::ffff:10.0.0.1")));
+        assert!(!host.contains(ip("10.0.0.2")));
+        assert_eq!(host.to_string(), "10.0.0.1/32");
+        let net: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(net, "10.0.0.0/8".parse().unwrap());
+        assert!(net.contains(ip("::ffff:10.9.8.7")));
+        // wider than the mapped block: stays IPv6, as ::/0 does for IPv4 clients
+        let wide: Cidr = "::ffff:0:0/95".parse().unwrap();
+        assert!(wide.network().is_ipv6());
     }
 
     #[test]
