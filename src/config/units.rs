@@ -15,6 +15,9 @@ pub struct Dur(pub Duration);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Size(pub u64);
 
+/// The longest duration accepted anywhere: a year.
+const MAX_DURATION_SECS: u64 = 31_536_000;
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
@@ -26,15 +29,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "invalid duration {s:?}: expected a number followed by ms, s, m or h"
         ));
     }
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: {num:?} is not a number"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "" if n == 0.0 => 0.0,
+    // Exact decimal arithmetic in nanoseconds: through f64, `16994078416ms` came out as
+    // 16994078.416000001s. Digits below a nanosecond are dropped.
+    let bad_number = || format!("invalid duration {s:?}: {num:?} is not a number");
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if frac.contains('.') || (int.is_empty() && frac.is_empty()) {
+        return Err(bad_number());
+    }
+    let unit_ns: u128 = match unit.trim() {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "" if int.bytes().chain(frac.bytes()).all(|b| b == b'0') => 0,
         "" => {
             return Err(format!(
                 "invalid duration {s:?}: a unit is required (ms, s, m or h)"
@@ -46,10 +53,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || !(0.0..=31_536_000.0).contains(&secs) {
-        return Err(format!("invalid duration {s:?}: out of range"));
+    let out_of_range = || format!("invalid duration {s:?}: out of range");
+    let int = int.trim_start_matches('0');
+    if int.len() > 20 {
+        return Err(out_of_range());
     }
-    Ok(Duration::from_secs_f64(secs))
+    let whole: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad_number())?
+    };
+    // 18 fractional digits are finer than a nanosecond of the largest unit (an hour).
+    let frac18: u128 = format!("{:0<18}", &frac[..frac.len().min(18)])
+        .parse()
+        .map_err(|_| bad_number())?;
+    let nanos = whole * unit_ns + frac18 * unit_ns / 1_000_000_000_000_000_000;
+    if nanos > MAX_DURATION_SECS as u128 * 1_000_000_000 {
+        return Err(out_of_range());
+    }
+    Ok(Duration::from_nanos(nanos as u64))
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -137,6 +159,25 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("ms").is_err());
+    }
+
+    /// Found by the `units` fuzz target: whole milliseconds must not pick up float error.
+    #[test]
+    fn durations_are_exact() {
+        assert_eq!(
+            parse_duration("16994078416ms"),
+            Ok(Duration::from_millis(16_994_078_416))
+        );
+        assert_eq!(parse_duration("0.001s"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("0.0000000015s"), Ok(Duration::from_nanos(1)));
+        assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(31_536_000)));
+        assert!(parse_duration("8760.001h").is_err());
+        assert!(parse_duration("1.2.3s").is_err());
+        assert!(parse_duration(".s").is_err());
+        assert!(parse_duration("99999999999999999999999999h").is_err());
+        assert_eq!(parse_duration("0.0"), Ok(Duration::ZERO));
     }
 
     #[test]
