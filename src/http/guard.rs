@@ -383,6 +383,31 @@ impl Peek for Guarded {
     }
 }
 
+/// Fuzzing hook, not an API: a fresh guard over `inner` scans `reads` as if they were
+/// successive socket reads. Returns the scanner's answer for each read, stopping after the
+/// first violation, and whether the head was seen to end. `inner` is never read or written;
+/// it is a parameter only because a guard owns a stream.
+#[doc(hidden)]
+pub fn fuzz_scan(
+    inner: Stream,
+    limits: HeadLimits,
+    reads: &[&[u8]],
+) -> (Vec<Result<usize, u16>>, bool) {
+    let mut g = Guarded::new(inner, limits, None);
+    let mut out = Vec::with_capacity(reads.len());
+    for r in reads {
+        if g.phase == Phase::Body {
+            break;
+        }
+        let res = g.scan(r).map_err(|(code, _)| code);
+        out.push(res);
+        if res.is_err() {
+            break;
+        }
+    }
+    (out, g.phase == Phase::Body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
