@@ -5,6 +5,7 @@
 //! by the parser behind it (httparse, as Pingora calls it): when the checks see a complete
 //! head, httparse either refuses it or finds the same end. A head the guard considers
 //! complete but the parser does not would let the parser read on past the guard's limits.
+//! And it carries at most one Host field.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -43,7 +44,16 @@ fuzz_target!(|data: &[u8]| {
     let mut headers = [httparse::EMPTY_HEADER; 256];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(data) {
-        Ok(httparse::Status::Complete(n)) => assert_eq!(n, end, "httparse ends the head elsewhere"),
+        Ok(httparse::Status::Complete(n)) => {
+            assert_eq!(n, end, "httparse ends the head elsewhere");
+            // One Host only: the router reads the first, other servers the last.
+            let hosts = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("host"))
+                .count();
+            assert!(hosts <= 1, "accepted {hosts} Host fields");
+        }
         Ok(httparse::Status::Partial) => {
             panic!("accepted a complete head httparse finds incomplete")
         }

@@ -16,7 +16,8 @@
 //! name (so `Name : v` is refused), Content-Length together with Transfer-Encoding, several
 //! Content-Length values that differ or are not plain digits, and a Transfer-Encoding other
 //! than exactly one final `chunked`, and an absolute-form target whose host differs from the
-//! Host field (the router and the backend would each pick a different one).
+//! Host field (the router and the backend would each pick a different one), and more than
+//! one Host field.
 
 /// Why a head was refused: the status to answer and a reason for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +112,10 @@ pub fn check_head(head: &[u8]) -> Result<(), Refusal> {
             transfer_encoding += 1;
             te_value = value;
         } else if name.eq_ignore_ascii_case(b"host") {
+            // RFC 9112 3.2: 400. The router reads the first, other servers the last.
+            if host.is_some() {
+                return refuse("several Host fields");
+            }
             host = Some(value);
         }
     }
@@ -244,6 +249,16 @@ mod tests {
         assert!(check_head(b"GET / HTTP/1.1\nHost: a\n\n").is_err());
         assert!(check_head(b"GET /\0 HTTP/1.1\r\nHost: a\r\n\r\n").is_err());
         assert!(check_head(b"GET / HTTP/1.1\r\nHost: a\r\n").is_ok());
+    }
+
+    /// Found while writing the `strict` fuzz target's properties: with two Host fields the
+    /// router routed by the first while the absolute-form check compared the last.
+    #[test]
+    fn refuses_several_hosts() {
+        assert_eq!(status(&["Host: b"]), 400);
+        assert_eq!(status(&["host: a"]), 400);
+        let h = b"GET http://b/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+        assert!(check_head(h).is_err());
     }
 
     #[test]
