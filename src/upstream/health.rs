@@ -157,13 +157,6 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let tasks: Vec<_> = self
-            .pools
-            .iter()
-            .map(|p| tokio::spawn(run_pool(p.clone(), shutdown.clone())))
-            .collect();
-        for t in tasks {
-            let _ = t.await;
-        }
+        super::per_pool(&self.pools, &shutdown, run_pool).await
     }
 }

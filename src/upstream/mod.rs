@@ -215,6 +215,25 @@ impl Pool {
     }
 }
 
+/// Run `task` for every pool on its own tokio task and wait for all of them: the shape of each
+/// per-pool background service (health checks, discovery).
+pub async fn per_pool<F, Fut>(
+    pools: &[Arc<Pool>],
+    shutdown: &pingora_core::server::ShutdownWatch,
+    task: F,
+) where
+    F: Fn(Arc<Pool>, pingora_core::server::ShutdownWatch) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = pools
+        .iter()
+        .map(|p| tokio::spawn(task(p.clone(), shutdown.clone())))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 #[inline]
 pub fn bit(index: usize) -> u64 {
     1u64 << (index % 64)

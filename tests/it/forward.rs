@@ -183,46 +183,6 @@ async fn absolute_form_get_reaches_origin_over_pooled_connections() {
     assert!(r.text().contains("absolute URL"), "{}", r.text());
 }
 
-fn self_signed() -> (
-    openssl::pkey::PKey<openssl::pkey::Private>,
-    openssl::x509::X509,
-) {
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::BigNum;
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    use openssl::pkey::PKey;
-    use openssl::x509::extension::SubjectAlternativeName;
-    use openssl::x509::{X509Builder, X509NameBuilder};
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("group");
-    let key = PKey::from_ec_key(EcKey::generate(&group).expect("ec key")).expect("pkey");
-    let mut name = X509NameBuilder::new().expect("name");
-    name.append_entry_by_text("CN", "localhost").expect("cn");
-    let name = name.build();
-    let mut b = X509Builder::new().expect("builder");
-    b.set_version(2).expect("version");
-    let serial = BigNum::from_u32(1)
-        .and_then(|n| n.to_asn1_integer())
-        .expect("serial");
-    b.set_serial_number(&serial).expect("serial");
-    b.set_subject_name(&name).expect("subject");
-    b.set_issuer_name(&name).expect("issuer");
-    b.set_pubkey(&key).expect("pubkey");
-    b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
-        .expect("nb");
-    b.set_not_after(&Asn1Time::days_from_now(2).expect("t"))
-        .expect("na");
-    let san = SubjectAlternativeName::new()
-        .dns("localhost")
-        .ip("127.0.0.1")
-        .build(&b.x509v3_context(None, None))
-        .expect("san");
-    b.append_extension(san).expect("ext");
-    b.sign(&key, MessageDigest::sha256()).expect("sign");
-    (key, b.build())
-}
-
 /// A TLS origin: answers one request per connection with `tls-origin-ok`, then closes.
 async fn tls_origin(
     key: &openssl::pkey::PKey<openssl::pkey::Private>,
@@ -268,7 +228,7 @@ async fn tls_origin(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_tunnels_tls_end_to_end_and_refuses_other_ports() {
     use openssl::ssl::{SslConnector, SslMethod};
-    let (key, cert) = self_signed();
+    let (cert, key) = crate::support::tcp::self_signed("localhost");
     let tls = tls_origin(&key, &cert).await;
     let plain = OriginBuilder::new("plain").run().await;
     let p = Proxy::start(&fwd(&format!("{OPEN}\nconnect_ports: [{}]", tls.port())));
