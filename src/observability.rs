@@ -315,11 +315,88 @@ pub fn request_done(
     backend: Option<&crate::upstream::Slot>,
     obs: &RequestObs,
 ) {
-    let m = route_metrics(route);
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())
         .unwrap_or(0);
+    let down = session.as_downstream();
+    let (bytes_in, bytes_out) = (down.body_bytes_read(), down.body_bytes_sent());
+    let cache = cache_status(session);
+    let m = count_done(route, backend, obs, status, bytes_in, bytes_out);
+    if let Some(log) = ACCESS_LOG.get() {
+        let req = session.req_header();
+        let header = |n: http::header::HeaderName| {
+            req.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+        };
+        let uri = req.uri.to_string();
+        log.write(&Line {
+            req: ReqView {
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: req.method.as_str(),
+                uri: &uri,
+                version: version_str(req.version),
+                host: header(http::header::HOST),
+                referer: header(http::header::REFERER),
+                user_agent: header(http::header::USER_AGENT),
+                bytes_in,
+            },
+            m,
+            backend: backend.map(|s| s.label.as_str()),
+            status,
+            bytes_out,
+            took: obs.start.elapsed(),
+            connect: obs.connect,
+            cache,
+        });
+    }
+}
+
+/// The end of a request served by the HTTP/1 fast path ([`crate::http::fast`]), which has no
+/// Pingora session: the same counters and the same access-log line.
+pub fn fast_request_done(
+    req: &ReqView,
+    route: Option<usize>,
+    backend: Option<&crate::upstream::Slot>,
+    obs: &RequestObs,
+    status: u16,
+    bytes_out: usize,
+) {
+    let m = count_done(route, backend, obs, status, req.bytes_in, bytes_out);
+    if let Some(log) = ACCESS_LOG.get() {
+        log.write(&Line {
+            req: *req,
+            m,
+            backend: backend.map(|s| s.label.as_str()),
+            status,
+            bytes_out,
+            took: obs.start.elapsed(),
+            connect: obs.connect,
+            cache: "-",
+        });
+    }
+}
+
+/// Whether finished requests are logged: the fast path only gathers a log line's fields then.
+#[inline]
+pub fn access_log_on() -> bool {
+    ACCESS_LOG.get().is_some()
+}
+
+fn count_done(
+    route: Option<usize>,
+    backend: Option<&crate::upstream::Slot>,
+    obs: &RequestObs,
+    status: u16,
+    bytes_in: usize,
+    bytes_out: usize,
+) -> &'static RouteMetrics {
+    let m = route_metrics(route);
     let class = (status / 100) as usize;
     m.requests[if (1..=5).contains(&class) { class } else { 0 }].inc();
     let took = obs.start.elapsed();
@@ -328,23 +405,33 @@ pub fn request_done(
         slot.latency_us.fetch_add(took.as_micros() as u64, Relaxed);
         slot.completed.fetch_add(1, Relaxed);
     }
-    let down = session.as_downstream();
-    let (bytes_in, bytes_out) = (down.body_bytes_read(), down.body_bytes_sent());
     m.bytes_in.inc_by(bytes_in as u64);
     m.bytes_out.inc_by(bytes_out as u64);
-    let cache = cache_status(session);
-    if let Some(log) = ACCESS_LOG.get() {
-        log.write(&Line {
-            session,
-            m,
-            backend: backend.map(|s| s.label.as_str()),
-            status,
-            bytes_out,
-            took,
-            connect: obs.connect,
-            cache,
-        });
+    m
+}
+
+fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
+}
+
+/// What an access-log line says about the request, whichever path served it. Absent
+/// headers are `-`.
+#[derive(Clone, Copy)]
+pub struct ReqView<'a> {
+    pub client: Option<std::net::IpAddr>,
+    pub method: &'a str,
+    pub uri: &'a str,
+    pub version: &'static str,
+    pub host: &'a str,
+    pub referer: &'a str,
+    pub user_agent: &'a str,
+    pub bytes_in: usize,
 }
 
 fn cache_status(session: &Session) -> &'static str {
@@ -529,7 +616,7 @@ fn writer_loop(rx: std::sync::mpsc::Receiver<String>, out: Box<dyn std::io::Writ
 }
 
 struct Line<'a> {
-    session: &'a Session,
+    req: ReqView<'a>,
     m: &'a RouteMetrics,
     backend: Option<&'a str>,
     status: u16,
@@ -541,29 +628,19 @@ struct Line<'a> {
 
 impl Line<'_> {
     fn client(&self) -> String {
-        self.session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
+        self.req
+            .client
+            .map(|ip| ip.to_string())
             .unwrap_or_else(|| "-".into())
-    }
-
-    fn header(&self, name: http::header::HeaderName) -> &str {
-        self.session
-            .req_header()
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
     }
 
     /// nginx's `combined`, then key=value fields for what it lacks.
     fn combined(&self, s: &mut String) {
-        let req = self.session.req_header();
+        let req = &self.req;
         let q = |v: &str| v.replace('"', "\\x22");
         let _ = write!(
             s,
-            "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" route={} upstream={} backend={} duration={:.6} upstream_connect={} cache={}",
+            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" route={} upstream={} backend={} duration={:.6} upstream_connect={} cache={}",
             self.client(),
             clf_time(std::time::SystemTime::now()),
             req.method,
@@ -571,8 +648,8 @@ impl Line<'_> {
             req.version,
             self.status,
             self.bytes_out,
-            q(self.header(http::header::REFERER)),
-            q(self.header(http::header::USER_AGENT)),
+            q(req.referer),
+            q(req.user_agent),
             self.m.route,
             self.m.upstream,
             self.backend.unwrap_or("-"),
@@ -585,25 +662,25 @@ impl Line<'_> {
     }
 
     fn json(&self, s: &mut String) {
-        let req = self.session.req_header();
+        let req = &self.req;
         let v = serde_json::json!({
             "time": rfc3339(std::time::SystemTime::now()),
             "client": self.client(),
-            "method": req.method.as_str(),
-            "uri": req.uri.to_string(),
-            "version": format!("{:?}", req.version),
-            "host": self.header(http::header::HOST),
+            "method": req.method,
+            "uri": req.uri,
+            "version": req.version,
+            "host": req.host,
             "status": self.status,
             "bytes_sent": self.bytes_out,
-            "bytes_received": self.session.as_downstream().body_bytes_read(),
+            "bytes_received": req.bytes_in,
             "duration": self.took.as_secs_f64(),
             "upstream_connect": self.connect.map(|d| d.as_secs_f64()),
             "route": self.m.route,
             "upstream": self.m.upstream,
             "backend": self.backend,
             "cache": self.cache,
-            "referer": self.header(http::header::REFERER),
-            "user_agent": self.header(http::header::USER_AGENT),
+            "referer": req.referer,
+            "user_agent": req.user_agent,
         });
         s.push_str(&v.to_string());
     }

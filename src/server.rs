@@ -87,16 +87,24 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
             ListenerProtocol::Http | ListenerProtocol::Https => {
                 let router = Router::new(i, &cfg.routes, &upstreams.pools);
                 let tls = l.protocol == ListenerProtocol::Https;
+                let listener = std::sync::Arc::new(Listener::new(l, router, tls));
                 let proxy = HttpProxy {
-                    listener: Listener::new(l, router, tls),
+                    listener: listener.clone(),
                 };
                 // forward listeners need CONNECT to reach the proxy phases
                 let options = match &l.forward {
                     Some(_) => Some(crate::forward::Forward::server_options()),
                     None => crate::tls::http_server_options(l),
                 };
+                let fast = crate::http::fast::FastPath::new(
+                    listener,
+                    options.as_ref().and_then(|o| o.keepalive_request_limit),
+                    server.configuration.upstream_keepalive_pool_size,
+                );
                 let app = LeanHttp::new(&l.name, proxy, &server.configuration, options, l.limits);
+                let admission = app.admission();
                 let app = crate::lifecycle::Draining::new(app, &server.configuration);
+                let app = crate::http::service::H1First::new(app, &l.limits, admission, fast);
                 let endpoint = match &l.tls {
                     Some(t) => crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?,
                     None => plain_listener(l.addr),
@@ -105,17 +113,13 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 // Plain listeners read a PROXY header in the app; TLS ones before the handshake.
                 if let (Some(trusted), None) = (&l.proxy_protocol, &l.tls) {
                     let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
-                    let app = crate::l4::accept::AcceptProxyApp::new(
-                        crate::http::service::H1First::new(app, &l.limits),
-                        accept,
-                    );
+                    let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
                     let mut svc = Service::new(name, app);
                     svc.add_listener(endpoint);
                     server.add_service(svc);
                     continue;
                 }
-                let mut svc =
-                    Service::new(name, crate::http::service::H1First::new(app, &l.limits));
+                let mut svc = Service::new(name, app);
                 svc.add_listener(endpoint);
                 crate::l4::accept::set_pre_tls(&mut svc, l);
                 server.add_service(svc);

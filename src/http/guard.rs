@@ -62,6 +62,10 @@ pub struct Guarded {
     partial: Vec<u8>,
     rearm: AtomicBool,
     conn_slot: Option<Arc<AtomicUsize>>,
+    /// Bytes read from the socket by the fast path but handed on unconsumed (a request it
+    /// leaves to Pingora, or the next pipelined request): read again before the socket.
+    pending: Vec<u8>,
+    pending_at: usize,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -108,7 +112,45 @@ impl Guarded {
             partial: Vec::new(),
             rearm: AtomicBool::new(false),
             conn_slot,
+            pending: Vec::new(),
+            pending_at: 0,
         }
+    }
+
+    /// Watch the next request head, for a reader that owns the guard.
+    pub fn arm_now(&mut self) {
+        self.rearm.store(false, Relaxed);
+        self.reset();
+    }
+
+    /// Whether the head being watched is complete (and passed the strict checks).
+    #[inline]
+    pub fn head_done(&self) -> bool {
+        self.phase == Phase::Body
+    }
+
+    /// Give back bytes that were read but not consumed; they are read (and scanned) again,
+    /// before anything from the socket, as the start of the next head.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut v = bytes.to_vec();
+        v.extend_from_slice(&self.pending[self.pending_at..]);
+        self.pending = v;
+        self.pending_at = 0;
+        self.reset();
+    }
+
+    /// Whether unread bytes are waiting, so the socket need not be polled for a request.
+    #[inline]
+    pub fn has_pending(&self) -> bool {
+        self.pending_at < self.pending.len()
+    }
+
+    /// The inner stream, for the socket-level checks of an idle connection.
+    pub fn inner(&self) -> &Stream {
+        &self.inner
     }
 
     /// Watch the next request head on this connection.
@@ -259,11 +301,26 @@ impl AsyncRead for Guarded {
         if this.rearm.swap(false, Relaxed) {
             this.reset();
         }
-        if this.phase == Phase::Body {
+        if this.phase == Phase::Body && this.pending.is_empty() {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let polled = if this.pending_at < this.pending.len() {
+            let n = buf.remaining().min(this.pending.len() - this.pending_at);
+            buf.put_slice(&this.pending[this.pending_at..this.pending_at + n]);
+            this.pending_at += n;
+            if this.pending_at == this.pending.len() {
+                this.pending = Vec::new();
+                this.pending_at = 0;
+            }
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
+        if this.phase == Phase::Body {
+            return polled;
+        }
+        match polled {
             Poll::Ready(Ok(())) => {
                 let filled = buf.filled();
                 if filled.len() > before {
@@ -379,6 +436,12 @@ impl GetSocketDigest for Guarded {
 #[async_trait::async_trait]
 impl Peek for Guarded {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        if self.has_pending() {
+            let p = &self.pending[self.pending_at..];
+            let n = p.len().min(buf.len());
+            buf[..n].copy_from_slice(&p[..n]);
+            return Ok(n == buf.len());
+        }
         self.inner.try_peek(buf).await
     }
 }

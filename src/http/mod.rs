@@ -22,6 +22,8 @@
 //! response filters, to [`crate::forward`]; see its module doc.
 
 pub mod cache;
+pub mod chunked;
+pub mod fast;
 pub mod guard;
 pub mod router;
 pub mod service;
@@ -76,7 +78,8 @@ impl Listener {
 static XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 pub struct HttpProxy {
-    pub listener: Listener,
+    /// Shared with the listener's HTTP/1 fast path.
+    pub listener: Arc<Listener>,
 }
 
 #[derive(Default)]

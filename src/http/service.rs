@@ -31,10 +31,59 @@ pub struct LeanHttp<SV: ProxyHttp> {
     inner: Arc<HttpProxy<SV>>,
     options: Option<HttpServerOptions>,
     limits: ListenerLimits,
-    head: HeadLimits,
+    admission: Admission,
+}
+
+/// The listener's connection limit and request-head guard, applied once per HTTP/1
+/// connection by whichever path sees it first.
+#[derive(Clone)]
+pub struct Admission {
     /// Open HTTP/1 connections on this listener, for `max_connections`.
     open: Arc<AtomicUsize>,
-    name: String,
+    max: Option<usize>,
+    head: HeadLimits,
+    name: Arc<str>,
+}
+
+impl Admission {
+    pub fn new(name: &str, limits: &ListenerLimits) -> Admission {
+        Admission {
+            open: Arc::new(AtomicUsize::new(0)),
+            max: limits.max_connections,
+            head: HeadLimits {
+                max_request_line: limits.max_request_line,
+                max_header_size: limits.max_header_size,
+                max_header_count: limits.max_header_count,
+                header_timeout: limits.header_timeout,
+            },
+            name: name.into(),
+        }
+    }
+
+    /// Wrap a new connection's stream, or refuse it when the listener is full.
+    pub async fn admit(&self, mut stream: Stream) -> Option<Box<Guarded>> {
+        let n = self.open.fetch_add(1, Relaxed) + 1;
+        if let Some(max) = self.max {
+            if n > max {
+                self.open.fetch_sub(1, Relaxed);
+                log::warn!(
+                    "{}: refusing a connection: {max} open (max_connections)",
+                    self.name
+                );
+                use tokio::io::AsyncWriteExt;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n")
+                    .await;
+                let _ = stream.flush().await;
+                return None;
+            }
+        }
+        Some(Box::new(Guarded::new(
+            stream,
+            self.head,
+            Some(self.open.clone()),
+        )))
+    }
 }
 
 impl<SV> LeanHttp<SV>
@@ -56,46 +105,14 @@ where
         LeanHttp {
             inner: Arc::new(p),
             options,
-            head: HeadLimits {
-                max_request_line: limits.max_request_line,
-                max_header_size: limits.max_header_size,
-                max_header_count: limits.max_header_count,
-                header_timeout: limits.header_timeout,
-            },
+            admission: Admission::new(name, &limits),
             limits,
-            open: Arc::new(AtomicUsize::new(0)),
-            name: name.to_string(),
         }
     }
 
-    /// Open HTTP/1 client connections right now.
-    pub fn open_connections(&self) -> Arc<AtomicUsize> {
-        self.open.clone()
-    }
-
-    /// Wrap a new connection's stream, or refuse it when the listener is full.
-    async fn admit(&self, mut stream: Stream) -> Option<Stream> {
-        let n = self.open.fetch_add(1, Relaxed) + 1;
-        if let Some(max) = self.limits.max_connections {
-            if n > max {
-                self.open.fetch_sub(1, Relaxed);
-                log::warn!(
-                    "{}: refusing a connection: {max} open (max_connections)",
-                    self.name
-                );
-                use tokio::io::AsyncWriteExt;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n")
-                    .await;
-                let _ = stream.flush().await;
-                return None;
-            }
-        }
-        Some(Box::new(Guarded::new(
-            stream,
-            self.head,
-            Some(self.open.clone()),
-        )))
+    /// The admission shared with [`H1First`].
+    pub fn admission(&self) -> Admission {
+        self.admission.clone()
     }
 }
 
@@ -132,7 +149,11 @@ fn peek_now(fd: i32) -> Option<Idle> {
     }
 }
 
-async fn wait_for_request(stream: &mut Stream, wait: Duration) -> Idle {
+async fn wait_for_request(stream: &mut Guarded, wait: Duration) -> Idle {
+    use pingora_core::protocols::{Peek, UniqueID};
+    if stream.has_pending() {
+        return Idle::Ready;
+    }
     if let Some(now) = peek_now(stream.id()) {
         return now;
     }
@@ -165,7 +186,7 @@ where
                 let reuses = h1.get_keepalive_reuses_remaining();
                 let mut stream = h1.into_inner();
                 if stream.as_any().downcast_ref::<Guarded>().is_none() {
-                    stream = self.admit(stream).await?;
+                    stream = self.admission.admit(stream).await?;
                 }
                 // The idle wait for this request happened in `H1First`, before this future
                 // (and Pingora's request future) was allocated.
@@ -209,15 +230,25 @@ where
 /// lean, in [`LeanHttp`]).
 pub struct H1First<A> {
     inner: Arc<A>,
-    /// Keep-alive timeout: the longest a plaintext connection may wait for its next request.
+    /// Keep-alive timeout: the longest a connection may wait for its next request.
     idle_wait: Duration,
+    admission: Admission,
+    /// Plain reverse-proxy requests, served without Pingora's per-request machinery.
+    fast: Option<super::fast::FastPath>,
 }
 
 impl<A> H1First<A> {
-    pub fn new(inner: A, limits: &ListenerLimits) -> H1First<A> {
+    pub fn new(
+        inner: A,
+        limits: &ListenerLimits,
+        admission: Admission,
+        fast: Option<super::fast::FastPath>,
+    ) -> H1First<A> {
         H1First {
             inner: Arc::new(inner),
             idle_wait: limits.keepalive_timeout,
+            admission,
+            fast,
         }
     }
 }
@@ -250,16 +281,28 @@ where
         // Between requests a plaintext connection waits here, holding only the socket; TLS
         // streams buffer inside OpenSSL, so a socket peek says nothing about them.
         let plain = stream.get_ssl_digest().is_none();
-        let mut stream = stream;
+        let mut g = self.admission.admit(stream).await?;
+        let mut conn = self.fast.as_ref().map(|_| super::fast::Conn::new(&g));
         let mut persistent: Option<pingora_core::apps::HttpPersistentSettings> = None;
         loop {
             if plain {
-                match wait_for_request(&mut stream, self.idle_wait).await {
+                match wait_for_request(&mut g, self.idle_wait).await {
                     Idle::Ready => {}
                     Idle::Closed => return None,
                 }
             }
-            let mut session = ServerSession::new_http1(stream);
+            if let (Some(fast), Some(conn)) = (&self.fast, conn.as_mut()) {
+                let draining = *shutdown.borrow() || crate::lifecycle::draining();
+                let wait = (!plain).then_some(self.idle_wait);
+                // Boxed: the request's state is allocated while it runs, not carried by
+                // every idle connection.
+                match Box::pin(fast.serve(&mut g, conn, draining, wait)).await {
+                    super::fast::Outcome::KeepAlive => continue,
+                    super::fast::Outcome::Close => return None,
+                    super::fast::Outcome::Fallback => {}
+                }
+            }
+            let mut session = ServerSession::new_http1(g);
             match persistent.take() {
                 Some(p) => p.apply_to_session(&mut session),
                 None => {
@@ -274,7 +317,7 @@ where
                 .process_new_http(session, shutdown)
                 .await?
                 .consume();
-            stream = next;
+            g = next.into_any().downcast::<Guarded>().ok()?;
             persistent = p;
         }
     }

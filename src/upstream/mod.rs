@@ -6,6 +6,7 @@
 //! discovery; [`health::HealthService`] copies its verdicts into the slots after each pass so a
 //! selection never takes a lock or a hash lookup.
 
+pub mod conns;
 pub mod discovery;
 pub mod health;
 pub mod select;

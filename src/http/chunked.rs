@@ -1,0 +1,234 @@
+//! Finding the end of a chunked body that is passed through unchanged.
+//!
+//! The fast path forwards a backend's chunked response byte for byte (no decode and
+//! re-encode), so it only needs to know where the body ends, and to refuse framing that does
+//! not parse: a bad chunk size, a missing CRLF after chunk data, an oversized line. The
+//! scanner is fed the bytes as they arrive, in any split.
+
+/// Longest chunk-size line (size, extensions) or trailer line accepted.
+const MAX_LINE: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading hex digits of a chunk size.
+    Size {
+        digits: usize,
+    },
+    /// After the size: extensions up to the line's end.
+    Ext,
+    /// Expecting the LF of a size line.
+    SizeLf,
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    TrailerLf,
+    FinalLf,
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChunkedScanner {
+    state: State,
+    size: u64,
+    line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// All of the input belongs to the body; more is needed.
+    More,
+    /// The body ends after this many bytes of the input.
+    Done(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadChunk(pub &'static str);
+
+impl Default for ChunkedScanner {
+    fn default() -> Self {
+        ChunkedScanner {
+            state: State::Size { digits: 0 },
+            size: 0,
+            line: 0,
+        }
+    }
+}
+
+impl ChunkedScanner {
+    pub fn scan(&mut self, data: &[u8]) -> Result<Scan, BadChunk> {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                State::Size { digits } => {
+                    let v = match b {
+                        b'0'..=b'9' => Some(b - b'0'),
+                        b'a'..=b'f' => Some(b - b'a' + 10),
+                        b'A'..=b'F' => Some(b - b'A' + 10),
+                        _ => None,
+                    };
+                    match v {
+                        Some(v) => {
+                            if digits >= 15 {
+                                return Err(BadChunk("chunk size too large"));
+                            }
+                            self.size = self.size * 16 + u64::from(v);
+                            self.state = State::Size { digits: digits + 1 };
+                        }
+                        None if digits == 0 => return Err(BadChunk("chunk size missing")),
+                        None if b == b'\r' => self.state = State::SizeLf,
+                        None if b == b';' || b == b' ' || b == b'\t' => {
+                            self.line = 0;
+                            self.state = State::Ext;
+                        }
+                        None => return Err(BadChunk("bad chunk size")),
+                    }
+                    i += 1;
+                }
+                State::Ext => {
+                    // skip to the CR with memchr: extensions are rare and short
+                    match memchr::memchr(b'\r', &data[i..]) {
+                        Some(at) => {
+                            self.line += at;
+                            i += at + 1;
+                            self.state = State::SizeLf;
+                        }
+                        None => {
+                            self.line += data.len() - i;
+                            i = data.len();
+                        }
+                    }
+                    if self.line > MAX_LINE {
+                        return Err(BadChunk("chunk extension too long"));
+                    }
+                }
+                State::SizeLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk("chunk size line without CRLF"));
+                    }
+                    i += 1;
+                    if self.size == 0 {
+                        self.state = State::TrailerStart;
+                    } else {
+                        self.state = State::Data { left: self.size };
+                    }
+                }
+                State::Data { left } => {
+                    let avail = (data.len() - i) as u64;
+                    if avail >= left {
+                        i += left as usize;
+                        self.state = State::DataCr;
+                    } else {
+                        i = data.len();
+                        self.state = State::Data { left: left - avail };
+                    }
+                }
+                State::DataCr => {
+                    if b != b'\r' {
+                        return Err(BadChunk("chunk data without CRLF"));
+                    }
+                    self.state = State::DataLf;
+                    i += 1;
+                }
+                State::DataLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk("chunk data without CRLF"));
+                    }
+                    self.size = 0;
+                    self.state = State::Size { digits: 0 };
+                    i += 1;
+                }
+                State::TrailerStart => {
+                    i += 1;
+                    if b == b'\r' {
+                        self.state = State::FinalLf;
+                    } else {
+                        self.line = 1;
+                        self.state = State::Trailer;
+                    }
+                }
+                State::Trailer => {
+                    match memchr::memchr(b'\r', &data[i..]) {
+                        Some(at) => {
+                            self.line += at;
+                            i += at + 1;
+                            self.state = State::TrailerLf;
+                        }
+                        None => {
+                            self.line += data.len() - i;
+                            i = data.len();
+                        }
+                    }
+                    if self.line > MAX_LINE {
+                        return Err(BadChunk("trailer line too long"));
+                    }
+                }
+                State::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk("trailer line without CRLF"));
+                    }
+                    i += 1;
+                    self.state = State::TrailerStart;
+                }
+                State::FinalLf => {
+                    if b != b'\n' {
+                        return Err(BadChunk("chunked body without its final CRLF"));
+                    }
+                    self.state = State::Done;
+                    return Ok(Scan::Done(i + 1));
+                }
+                State::Done => return Ok(Scan::Done(i)),
+            }
+        }
+        Ok(if self.state == State::Done {
+            Scan::Done(data.len())
+        } else {
+            Scan::More
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(body: &[u8]) -> Result<Scan, BadChunk> {
+        ChunkedScanner::default().scan(body)
+    }
+
+    #[test]
+    fn finds_the_end_in_one_piece_and_byte_by_byte() {
+        let body =
+            b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        assert_eq!(whole(body), Ok(Scan::Done(body.len() - 4)));
+        let mut s = ChunkedScanner::default();
+        for (i, b) in body.iter().enumerate() {
+            match s.scan(std::slice::from_ref(b)).unwrap() {
+                Scan::More => assert!(i < body.len() - 5),
+                Scan::Done(n) => {
+                    assert_eq!((i, n), (body.len() - 5, 1));
+                    return;
+                }
+            }
+        }
+        panic!("never ended");
+    }
+
+    #[test]
+    fn refuses_bad_framing() {
+        assert!(whole(b"zz\r\n").is_err());
+        assert!(whole(b"\r\n").is_err());
+        assert!(whole(b"3\r\nabcX").is_err());
+        assert!(whole(b"3\nabc").is_err());
+        assert!(whole(b"fffffffffffffffff\r\n").is_err());
+        assert!(whole(b"0\r\n\rX").is_err());
+        assert_eq!(whole(b"0\r\n"), Ok(Scan::More));
+        assert_eq!(whole(b"0\r\n\r\n"), Ok(Scan::Done(5)));
+    }
+}
