@@ -5,6 +5,7 @@ mod support;
 
 mod cache;
 mod cli;
+mod fast;
 mod forward;
 mod hardening;
 mod l4;
