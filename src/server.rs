@@ -3,7 +3,9 @@
 
 use crate::config::file::ListenerProtocol;
 use crate::config::Config;
-use crate::http::{router::Router, service::LeanHttp, HttpProxy, Listener};
+use crate::http::{
+    listen::PlainHttpService, router::Router, service::LeanHttp, HttpProxy, Listener,
+};
 use crate::upstream::{discovery::DiscoveryService, health::HealthService, Upstreams};
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
@@ -105,20 +107,24 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 let admission = app.admission();
                 let app = crate::lifecycle::Draining::new(app, &server.configuration);
                 let app = crate::http::service::H1First::new(app, &l.limits, admission, fast);
-                let endpoint = match &l.tls {
-                    Some(t) => crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?,
-                    None => plain_listener(l.addr),
-                };
                 let name = format!("http {}", l.name);
-                // Plain listeners read a PROXY header in the app; TLS ones before the handshake.
-                if let (Some(trusted), None) = (&l.proxy_protocol, &l.tls) {
-                    let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
-                    let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
-                    let mut svc = Service::new(name, app);
-                    svc.add_listener(endpoint);
-                    server.add_service(svc);
+                let Some(t) = &l.tls else {
+                    // Plaintext: our own accept loop (see `crate::http::listen`); a PROXY
+                    // header, if trusted, is read by the app before the first request.
+                    match &l.proxy_protocol {
+                        Some(trusted) => {
+                            let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
+                            let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
+                            server.add_service(PlainHttpService::new(name, l.addr, app));
+                        }
+                        None => {
+                            server.add_service(PlainHttpService::new(name, l.addr, app));
+                        }
+                    }
                     continue;
-                }
+                };
+                // TLS reads a PROXY header before the handshake (Pingora's pre-TLS hook).
+                let endpoint = crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?;
                 let mut svc = Service::new(name, app);
                 svc.add_listener(endpoint);
                 crate::l4::accept::set_pre_tls(&mut svc, l);

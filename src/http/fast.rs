@@ -593,8 +593,8 @@ async fn finish_own(
 
 async fn write_flush(g: &mut Guarded, data: &[u8]) -> std::io::Result<()> {
     let w = async {
-        g.write_all(data).await?;
-        g.flush().await
+        g.inner_mut().write_all(data).await?;
+        g.inner_mut().flush().await
     };
     match tokio::time::timeout(DEFAULT_CLIENT_TIMEOUT, w).await {
         Ok(r) => r,
@@ -912,7 +912,7 @@ impl Exchange<'_> {
             }
             return Ok(h.client_keep);
         }
-        if timed(DEFAULT_CLIENT_TIMEOUT, g.write_all(&out))
+        if timed(DEFAULT_CLIENT_TIMEOUT, g.inner_mut().write_all(&out))
             .await
             .is_err()
         {
@@ -974,9 +974,12 @@ impl Exchange<'_> {
                 },
                 _ => (n, false),
             };
-            if timed(DEFAULT_CLIENT_TIMEOUT, g.write_all(&chunk[..take]))
-                .await
-                .is_err()
+            if timed(
+                DEFAULT_CLIENT_TIMEOUT,
+                g.inner_mut().write_all(&chunk[..take]),
+            )
+            .await
+            .is_err()
             {
                 return Err(Failure::Cut);
             }
@@ -985,7 +988,10 @@ impl Exchange<'_> {
                 break;
             }
         }
-        if timed(DEFAULT_CLIENT_TIMEOUT, g.flush()).await.is_err() {
+        if timed(DEFAULT_CLIENT_TIMEOUT, g.inner_mut().flush())
+            .await
+            .is_err()
+        {
             return Err(Failure::Cut);
         }
         if upstream_keep {

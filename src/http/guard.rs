@@ -66,7 +66,14 @@ pub struct Guarded {
     /// leaves to Pingora, or the next pipelined request): read again before the socket.
     pending: Vec<u8>,
     pending_at: usize,
+    /// Small writes gathered until a flush, so a response head and a short body leave in one
+    /// segment without a buffer in the stream below. Allocated per response, freed on flush:
+    /// an idle connection holds none.
+    wbuf: Vec<u8>,
 }
+
+/// Writes shorter than this are gathered (one MSS, as Pingora's own L4 write buffer).
+const WRITE_GATHER: usize = 1460;
 
 impl std::fmt::Debug for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,7 +121,31 @@ impl Guarded {
             conn_slot,
             pending: Vec::new(),
             pending_at: 0,
+            wbuf: Vec::new(),
         }
+    }
+
+    /// The stream below, for writers that send whole responses (the fast path).
+    pub fn inner_mut(&mut self) -> &mut Stream {
+        &mut self.inner
+    }
+
+    /// Write out the gathered bytes.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.wbuf = Vec::new();
+        Poll::Ready(Ok(()))
     }
 
     /// Watch the next request head, for a reader that owns the guard.
@@ -358,29 +389,42 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.wbuf.len() + buf.len() > WRITE_GATHER {
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if !this.wbuf.is_empty() {
+                return Poll::Pending;
+            }
+        }
+        if buf.len() >= WRITE_GATHER {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if this.wbuf.capacity() == 0 {
+            this.wbuf.reserve(WRITE_GATHER);
+        }
+        this.wbuf.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_flush(cx),
+            other => other,
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_shutdown(cx),
+            other => other,
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Shutdown for Guarded {
     async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::flush(self).await;
         self.inner.shutdown().await
     }
 }

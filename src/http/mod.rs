@@ -25,6 +25,7 @@ pub mod cache;
 pub mod chunked;
 pub mod fast;
 pub mod guard;
+pub mod listen;
 pub mod router;
 pub mod service;
 pub mod strict;

@@ -122,47 +122,23 @@ enum Idle {
     Closed,
 }
 
-/// Non-blocking look at the socket: is a byte already waiting (the common case under load)?
-fn peek_now(fd: i32) -> Option<Idle> {
-    let mut b = [0u8; 1];
-    // SAFETY: `fd` is the connection's live socket (Pingora's stream id is its fd), `b` is a
-    // valid one-byte buffer, and MSG_PEEK leaves the data in the socket.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            b.as_mut_ptr() as *mut libc::c_void,
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        1 => Some(Idle::Ready),
-        0 => Some(Idle::Closed),
-        _ => {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                None
-            } else {
-                Some(Idle::Closed)
-            }
-        }
-    }
-}
-
-async fn wait_for_request(stream: &mut Guarded, wait: Duration) -> Idle {
-    use pingora_core::protocols::{Peek, UniqueID};
-    if stream.has_pending() {
+/// Wait for the next request on an idle plaintext connection. What arrives is read here, a
+/// small first piece on the stack, and handed to the guard to be read again: one read for a
+/// short request (a peek first would cost a second system call per request).
+async fn wait_for_request(g: &mut Guarded, wait: Duration) -> Idle {
+    use tokio::io::AsyncReadExt;
+    if g.has_pending() {
         return Idle::Ready;
     }
-    if let Some(now) = peek_now(stream.id()) {
-        return now;
-    }
-    let mut one = [0u8; 1];
+    let mut first = [0u8; 128];
     tokio::select! {
-        // reads one byte and pushes it back into the stream's rewind buffer
-        r = stream.try_peek(&mut one) => match r {
-            Ok(_) => Idle::Ready,
-            Err(_) => Idle::Closed,
+        biased;
+        r = g.inner_mut().read(&mut first) => match r {
+            Ok(0) | Err(_) => Idle::Closed,
+            Ok(n) => {
+                g.unread(&first[..n]);
+                Idle::Ready
+            }
         },
         _ = tokio::time::sleep(wait) => Idle::Closed,
         // Not at shutdown itself: a request may be on its way (see lifecycle::Draining).
@@ -253,6 +229,39 @@ impl<A> H1First<A> {
     }
 }
 
+impl<A> H1First<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// One request on Pingora's general path.
+    async fn general(
+        self: &Arc<Self>,
+        g: Box<Guarded>,
+        persistent: Option<pingora_core::apps::HttpPersistentSettings>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(
+        Box<Guarded>,
+        Option<pingora_core::apps::HttpPersistentSettings>,
+    )> {
+        let opts = self.inner.server_options();
+        let mut session = ServerSession::new_http1(g);
+        match persistent {
+            Some(p) => p.apply_to_session(&mut session),
+            None => {
+                session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                session
+                    .set_keepalive_reuses_remaining(opts.and_then(|o| o.keepalive_request_limit));
+            }
+        }
+        let (next, p) = self
+            .inner
+            .process_new_http(session, shutdown)
+            .await?
+            .consume();
+        Some((next.into_any().downcast::<Guarded>().ok()?, p))
+    }
+}
+
 #[async_trait]
 impl<A> pingora_core::apps::ServerApp for H1First<A>
 where
@@ -302,22 +311,10 @@ where
                     super::fast::Outcome::Fallback => {}
                 }
             }
-            let mut session = ServerSession::new_http1(g);
-            match persistent.take() {
-                Some(p) => p.apply_to_session(&mut session),
-                None => {
-                    session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-                    session.set_keepalive_reuses_remaining(
-                        opts.and_then(|o| o.keepalive_request_limit),
-                    );
-                }
-            }
-            let (next, p) = self
-                .inner
-                .process_new_http(session, shutdown)
-                .await?
-                .consume();
-            g = next.into_any().downcast::<Guarded>().ok()?;
+            // Boxed: Pingora's session (about a kilobyte) and its request future exist only
+            // while such a request runs.
+            let (next, p) = Box::pin(self.general(g, persistent.take(), shutdown)).await?;
+            g = next;
             persistent = p;
         }
     }
