@@ -3,9 +3,7 @@
 
 use crate::config::file::ListenerProtocol;
 use crate::config::Config;
-use crate::http::{
-    listen::PlainHttpService, router::Router, service::LeanHttp, HttpProxy, Listener,
-};
+use crate::http::{listen::PlainService, router::Router, service::LeanHttp, HttpProxy, Listener};
 use crate::upstream::{discovery::DiscoveryService, health::HealthService, Upstreams};
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
@@ -115,10 +113,10 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                         Some(trusted) => {
                             let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
                             let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
-                            server.add_service(PlainHttpService::new(name, l.addr, app));
+                            server.add_service(PlainService::new(name, l.addr, app));
                         }
                         None => {
-                            server.add_service(PlainHttpService::new(name, l.addr, app));
+                            server.add_service(PlainService::new(name, l.addr, app));
                         }
                     }
                     continue;
@@ -131,7 +129,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 server.add_service(svc);
             }
             ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {
-                server.add_service(crate::l4::service(l, &upstreams.pools)?);
+                crate::l4::add_service(&mut server, l, &upstreams.pools)?;
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The accept loop of plaintext HTTP listeners.
+//! The accept loop of plaintext listeners (HTTP and TCP).
 //!
 //! Pingora's listening service spawns one task per connection whose future is sized for a
 //! TLS handshake under a timeout (about 2.5 KB, measured with heaptrack), and gives every
@@ -25,15 +25,15 @@ use std::time::Duration;
 /// Pingora's listen backlog, kept.
 const BACKLOG: u32 = 65535;
 
-pub struct PlainHttpService<A> {
+pub struct PlainService<A> {
     name: String,
     addr: SocketAddr,
     app: Arc<A>,
 }
 
-impl<A> PlainHttpService<A> {
+impl<A> PlainService<A> {
     pub fn new(name: String, addr: SocketAddr, app: A) -> Self {
-        PlainHttpService {
+        PlainService {
             name,
             addr,
             app: Arc::new(app),
@@ -80,7 +80,7 @@ async fn listener(
 }
 
 #[async_trait]
-impl<A> Service for PlainHttpService<A>
+impl<A> Service for PlainService<A>
 where
     A: ServerApp + Send + Sync + 'static,
 {

@@ -11,13 +11,14 @@
 //! A connection goes: admit (max_connections) → PROXY header if the listener accepts one →
 //! pick the pool (tls_passthrough: read the ClientHello, bounded in size and time, and parse
 //! its SNI; the bytes read are replayed to the backend) → connect with retries → optional
-//! PROXY header to the backend → splice both ways with `copy_bidirectional`, which passes a
+//! PROXY header to the backend → relay both ways ([`copy::relay`], buffers that grow), which passes a
 //! half-close on (EOF on one side shuts down writing on the other) and ends when both
 //! directions are done. An idle watchdog closes the connection when no bytes moved for
 //! `idle_timeout`; once shutdown begins, connections that go quiet for a second are closed
 //! too, so a drain does not wait on idle clients, while active transfers continue.
 
 pub mod accept;
+pub mod copy;
 pub mod proxy_protocol;
 pub mod sni;
 
@@ -40,8 +41,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Copy buffer per direction. 64 KiB moves bulk data in few syscalls at a modest memory cost.
-const SPLICE_BUF: usize = 64 << 10;
 /// After shutdown begins, a connection quiet for this long is closed.
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
@@ -62,6 +61,28 @@ pub struct L4App {
     accept: Option<ProxyAccept>,
     /// The PROXY header is read by the pre-TLS hook instead of here.
     tls_terminated: bool,
+    /// This listener's series, resolved once: a label lookup per connection costs a hash and
+    /// a lock in the registry.
+    m: L4Metrics,
+}
+
+struct L4Metrics {
+    conns: prometheus::IntCounter,
+    active: prometheus::IntGauge,
+    bytes_in: prometheus::IntCounter,
+    bytes_out: prometheus::IntCounter,
+}
+
+impl L4Metrics {
+    fn new(name: &str) -> L4Metrics {
+        use crate::observability::{L4_ACTIVE, L4_BYTES, L4_CONNECTIONS};
+        L4Metrics {
+            conns: L4_CONNECTIONS.with_label_values(&[name]),
+            active: L4_ACTIVE.with_label_values(&[name]),
+            bytes_in: L4_BYTES.with_label_values(&[name, "in"]),
+            bytes_out: L4_BYTES.with_label_values(&[name, "out"]),
+        }
+    }
 }
 
 /// One admitted connection; dropping it frees the slot.
@@ -99,6 +120,7 @@ impl L4App {
                 .as_ref()
                 .map(|t| ProxyAccept::new(&l.name, t)),
             tls_terminated,
+            m: L4Metrics::new(&l.name),
         })
     }
 
@@ -174,12 +196,8 @@ impl L4App {
         let label = &pick.slot.label;
         match outcome {
             Splice::Done(up, down) => {
-                crate::observability::L4_BYTES
-                    .with_label_values(&[self.name.as_str(), "in"])
-                    .inc_by(up);
-                crate::observability::L4_BYTES
-                    .with_label_values(&[self.name.as_str(), "out"])
-                    .inc_by(down);
+                self.m.bytes_in.inc_by(up);
+                self.m.bytes_out.inc_by(down);
                 debug!(
                     "{}: {client} -> {label} closed after {:?}, {up} bytes up, {down} down",
                     self.name,
@@ -212,36 +230,41 @@ impl ServerApp for L4App {
             );
             return None;
         };
-        let active = crate::observability::L4_ACTIVE.with_label_values(&[&self.name]);
-        crate::observability::L4_CONNECTIONS
-            .with_label_values(&[&self.name])
-            .inc();
-        active.inc();
+        self.m.conns.inc();
+        self.m.active.inc();
         if let Err(e) = self.serve(io, shutdown).await {
             warn!("{}: {e}", self.name);
         }
-        active.dec();
+        self.m.active.dec();
         None
     }
 }
 
-/// Build the listening service of a tcp or tls_passthrough listener.
-pub fn service(l: &ListenerSpec, pools: &[Arc<Pool>]) -> Result<Service<L4App>, String> {
+/// Add the listening service of a tcp or tls_passthrough listener to `server`.
+pub fn add_service(
+    server: &mut pingora_core::server::Server,
+    l: &ListenerSpec,
+    pools: &[Arc<Pool>],
+) -> Result<(), String> {
     let app = L4App::new(l, pools, l.tls.is_some())
         .ok_or_else(|| format!("listener {:?}: incomplete L4 settings", l.name))?;
-    let mut svc = Service::new(format!("l4 {}", l.name), app);
-    match &l.tls {
-        // TLS-terminated TCP: the same certificate handling (SNI, reload) as https listeners.
-        Some(t) => svc.add_listener(crate::tls::listener_config(
-            l.addr,
-            t,
-            crate::tls::Alpn::None,
-        )?),
-        // The splice has its own 64 KiB buffers; an L4 read buffer would only add a copy.
-        None => svc.add_listener(crate::server::plain_listener(l.addr)),
-    }
+    let name = format!("l4 {}", l.name);
+    let Some(t) = &l.tls else {
+        // Plaintext: our accept loop (a small task per connection, no L4 buffers: the splice
+        // has its own); see `crate::http::listen`.
+        server.add_service(crate::http::listen::PlainService::new(name, l.addr, app));
+        return Ok(());
+    };
+    // TLS-terminated TCP: the same certificate handling (SNI, reload) as https listeners.
+    let mut svc = Service::new(name, app);
+    svc.add_listener(crate::tls::listener_config(
+        l.addr,
+        t,
+        crate::tls::Alpn::None,
+    )?);
     accept::set_pre_tls(&mut svc, l);
-    Ok(svc)
+    server.add_service(svc);
+    Ok(())
 }
 
 fn ip_hash(ip: IpAddr) -> u64 {
@@ -350,7 +373,7 @@ async fn splice(
         last: &last,
         t0,
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, SPLICE_BUF, SPLICE_BUF);
+    let copy = copy::relay(&mut a, &mut b);
     tokio::pin!(copy);
     let mut shutdown = shutdown.clone();
     let mut draining = *shutdown.borrow();
