@@ -358,7 +358,8 @@ pub fn request_done(
 }
 
 /// The end of a request served by the HTTP/1 fast path ([`crate::http::fast`]), which has no
-/// Pingora session: the same counters and the same access-log line.
+/// Pingora session: the same counters and the same access-log line. `cache_hit`: answered
+/// from the cache (counted and logged as `hit`, like a general-path hit).
 pub fn fast_request_done(
     req: &ReqView,
     route: Option<usize>,
@@ -366,7 +367,11 @@ pub fn fast_request_done(
     obs: &RequestObs,
     status: u16,
     bytes_out: usize,
+    cache_hit: bool,
 ) {
+    if cache_hit {
+        CACHE_PHASES[0].inc();
+    }
     let m = count_done(route, backend, obs, status, req.bytes_in, bytes_out);
     if let Some(log) = ACCESS_LOG.get() {
         log.write(&Line {
@@ -377,7 +382,7 @@ pub fn fast_request_done(
             bytes_out,
             took: obs.start.elapsed(),
             connect: obs.connect,
-            cache: "-",
+            cache: if cache_hit { "hit" } else { "-" },
         });
     }
 }

@@ -13,18 +13,30 @@
 //! (chunked bodies too, with their framing checked as they pass). Upstream connections come
 //! from a per-thread pool ([`crate::upstream::conns`]).
 //!
+//! On a cached route only fresh cache hits are served here: a GET or HEAD without a body,
+//! conditional (`If-*`), `Range`, `Cache-Control`, `Pragma` or `Authorization` fields, whose
+//! key (built by [`policy::cache_key_origin_form`], the general path's key function) finds a
+//! complete entry without `Vary`, with a Content-Length matching its body, that is fresh now
+//! and not predicted uncacheable. The stored head was rendered once at admission as Pingora's
+//! hit path sends it (`Accept-Ranges` on a 200); `Age`, the route's status header (`HIT`) and
+//! `Date` are added, the body is the store's buffer, the LRU is touched and the request counted
+//! as a hit. Every other request on a cached route (misses, stale entries, conditionals,
+//! ranges, variants, PURGE, ...) goes to the general path as before.
+//!
 //! Everything else goes to Pingora's path ([`super::HttpProxy`]) untouched, decided before
 //! any side effect: the bytes read so far are handed back to the request-head guard, which
-//! replays them to Pingora. That is: cached routes, TLS / HTTP/2 / PROXY-protocol upstreams,
-//! forward-proxy and redirect listeners, HTTP/1.0, absolute-form targets and CONNECT,
-//! `Transfer-Encoding` requests, `Expect`, `Upgrade`, a `Connection` header that nominates
-//! other fields, requests without Host, and heads httparse would not take.
+//! replays them to Pingora. That is: cached routes (but for their fresh hits), TLS / HTTP/2 /
+//! PROXY-protocol upstreams, forward-proxy and redirect listeners, HTTP/1.0, absolute-form
+//! targets and CONNECT, `Transfer-Encoding` requests, `Expect`, `Upgrade`, a `Connection`
+//! header that nominates other fields, requests without Host, and heads httparse would not
+//! take.
 //!
 //! The behaviour matches the general path: the same head guard and strict checks (they ran
 //! while the head was read), rate limit, 404/413/429/502/503/504 pages, connect retries on
 //! another backend, one retry of an idempotent request whose reused connection turned out
 //! stale, the same metrics and access-log line, `Connection: close` while draining.
 
+use super::cache::{self, policy};
 use super::guard::Guarded;
 use super::router::{strip_port, Route};
 use super::Listener;
@@ -110,6 +122,9 @@ enum Kind {
     Referer,
     UserAgent,
     Cookie,
+    /// Fields that keep a request on a cached route from being answered here as a fresh
+    /// hit: conditionals, ranges, request cache directives, credentials.
+    NotForHit,
     /// Fields that take a request to the general path.
     General,
     Other,
@@ -121,14 +136,20 @@ fn kind(name: &[u8]) -> Kind {
     match name.len() {
         2 if is(b"te") => Kind::Hop,
         4 if is(b"host") => Kind::Host,
+        5 if is(b"range") => Kind::NotForHit,
         6 if is(b"cookie") => Kind::Cookie,
         6 if is(b"expect") => Kind::General,
+        6 if is(b"pragma") => Kind::NotForHit,
         7 if is(b"referer") => Kind::Referer,
         7 if is(b"upgrade") => Kind::General,
         7 if is(b"trailer") => Kind::Hop,
+        8 if is(b"if-match") || is(b"if-range") => Kind::NotForHit,
         10 if is(b"connection") => Kind::Connection,
         10 if is(b"keep-alive") => Kind::Hop,
         10 if is(b"user-agent") => Kind::UserAgent,
+        13 if is(b"cache-control") || is(b"if-none-match") || is(b"authorization") => {
+            Kind::NotForHit
+        }
         14 if is(b"content-length") => Kind::ContentLength,
         14 if is(b"http2-settings") => Kind::General,
         15 if is(b"x-forwarded-for") => Kind::Xff,
@@ -136,8 +157,10 @@ fn kind(name: &[u8]) -> Kind {
         16 if is(b"x-forwarded-host") => Kind::XfReplaced,
         17 if is(b"transfer-encoding") => Kind::General,
         17 if is(b"x-forwarded-proto") => Kind::XfReplaced,
+        17 if is(b"if-modified-since") => Kind::NotForHit,
         18 if is(b"proxy-authenticate") => Kind::Hop,
         19 if is(b"proxy-authorization") => Kind::Hop,
+        19 if is(b"if-unmodified-since") => Kind::NotForHit,
         _ => Kind::Other,
     }
 }
@@ -189,7 +212,8 @@ impl FastPath {
         })
     }
 
-    /// Whether a route's requests can take this path: no cache, plain HTTP/1 backends.
+    /// Whether a route's requests can be proxied on this path: no cache, plain HTTP/1
+    /// backends. (A cached route's fresh hits are served here whatever its backends.)
     fn route_ok(route: &Route) -> bool {
         let s = &route.pool.spec;
         route.cache.is_none() && s.tls.is_none() && !s.http2 && s.send_proxy_protocol.is_none()
@@ -251,13 +275,19 @@ impl FastPath {
             return Plan::Fallback;
         }
         let mut host: Option<&[u8]> = None;
+        let mut hosts = 0u32;
+        let mut not_for_hit = false;
         let mut body_len = 0u64;
         let mut client_close = false;
         let mut xff: Option<&[u8]> = None;
         let (mut referer, mut user_agent): (&[u8], &[u8]) = (b"-", b"-");
         for h in req.headers.iter() {
             match kind(h.name.as_bytes()) {
-                Kind::Host => host = Some(h.value),
+                Kind::Host => {
+                    host = Some(h.value);
+                    hosts += 1;
+                }
+                Kind::NotForHit => not_for_hit = true,
                 Kind::ContentLength => match parse_len(h.value) {
                     Some(n) => body_len = n,
                     None => return Plan::Fallback,
@@ -293,8 +323,32 @@ impl FastPath {
             .router
             .find(strip_port(host_text), target)
             .and_then(|p| l.router.get(p));
-        if route.is_some_and(|r| !Self::route_ok(r)) {
-            return Plan::Fallback;
+        // A cached route's requests are served here only as fresh hits, looked up without
+        // side effects; everything else about them is the general path's.
+        let mut hit = None;
+        if let Some(r) = route {
+            match &r.cache {
+                Some(c) => {
+                    let eligible = (method == "GET" || method == "HEAD")
+                        && body_len == 0
+                        && !not_for_hit
+                        && hosts == 1
+                        && plain_target(target)
+                        && host_raw
+                            .iter()
+                            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+                    if !eligible {
+                        return Plan::Fallback;
+                    }
+                    let key = policy::cache_key_origin_form(&l.name, l.tls, host_text, target);
+                    match cache::fast_hit(&key) {
+                        Some(h) if !h.has_header(&c.spec.status_header) => hit = Some((h, c)),
+                        _ => return Plan::Fallback,
+                    }
+                }
+                None if !Self::route_ok(r) => return Plan::Fallback,
+                None => {}
+            }
         }
 
         // From here on the request is ours.
@@ -332,6 +386,32 @@ impl FastPath {
             let keep = keep(r.body_left > 0);
             return Plan::Page(r, 404, None, keep);
         };
+        if let Some((h, c)) = hit {
+            cache::fast_hit_served(&h);
+            let keep = keep(false);
+            let mut head = Vec::with_capacity(h.head().len() + 128);
+            head.extend_from_slice(h.head());
+            head.extend_from_slice(b"age: ");
+            head.extend_from_slice(h.age().to_string().as_bytes());
+            head.extend_from_slice(b"\r\n");
+            head.extend_from_slice(c.spec.status_header.as_str().as_bytes());
+            head.extend_from_slice(b": HIT\r\ndate: ");
+            date(&mut head);
+            head.extend_from_slice(if keep {
+                b"\r\n\r\n".as_slice()
+            } else {
+                b"\r\nconnection: close\r\n\r\n".as_slice()
+            });
+            let body = (!r.head_only).then(|| h.body().clone());
+            return Plan::Hit {
+                req: r,
+                route: route.id,
+                code: h.status(),
+                head,
+                body,
+                keep,
+            };
+        }
         if body_len > route.max_body_size {
             warn!(
                 "{}: request body of {body_len} bytes exceeds the route's max_body_size {}",
@@ -406,6 +486,14 @@ impl FastPath {
                 let p = page(code, extra, !keep, r.head_only);
                 return finish_own(g, &r, route, &obs, code, p, keep).await;
             }
+            Plan::Hit {
+                req,
+                route,
+                code,
+                head,
+                body,
+                keep,
+            } => return finish_hit(g, &req, route, &obs, code, head, body, keep).await,
             Plan::Proxy {
                 req,
                 route,
@@ -447,6 +535,7 @@ impl FastPath {
                     &ex.obs,
                     ex.status,
                     ex.bytes_out,
+                    false,
                 );
                 g.unread(r.pipelined);
                 return Outcome::KeepAlive;
@@ -472,6 +561,7 @@ impl FastPath {
                     &ex.obs,
                     ex.status,
                     ex.bytes_out,
+                    false,
                 );
                 return Outcome::Close;
             }
@@ -483,6 +573,7 @@ impl FastPath {
             &ex.obs,
             status,
             ex.bytes_out,
+            false,
         );
         let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
         outcome
@@ -503,6 +594,15 @@ enum Plan<'a> {
     Fallback,
     /// Answer with one of our pages: status, route, keep the connection.
     Page(Req<'a>, u16, Option<usize>, bool),
+    /// Answer a fresh hit from the cache: the whole head, and the body unless HEAD.
+    Hit {
+        req: Req<'a>,
+        route: usize,
+        code: u16,
+        head: Vec<u8>,
+        body: Option<bytes::Bytes>,
+        keep: bool,
+    },
     Proxy {
         req: Req<'a>,
         route: &'a Route,
@@ -582,13 +682,88 @@ async fn finish_own(
     keep: bool,
 ) -> Outcome {
     let ok = write_flush(g, &page).await.is_ok();
-    observability::fast_request_done(&r.view, route, None, obs, code, 0);
+    observability::fast_request_done(&r.view, route, None, obs, code, 0, false);
     if ok && keep {
         g.unread(r.pipelined);
         return Outcome::KeepAlive;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
     Outcome::Close
+}
+
+/// Send a cache hit and count the request. A small body goes out in the head's buffer; a
+/// larger one is written from the store's buffer, never copied.
+#[allow(clippy::too_many_arguments)]
+async fn finish_hit(
+    g: &mut Guarded,
+    r: &Req<'_>,
+    route: usize,
+    obs: &RequestObs,
+    code: u16,
+    mut head: Vec<u8>,
+    body: Option<bytes::Bytes>,
+    keep: bool,
+) -> Outcome {
+    let body_len = body.as_ref().map_or(0, |b| b.len());
+    let ok = match &body {
+        Some(b) if b.len() > RESP_BUF => {
+            let w = async {
+                g.inner_mut().write_all(&head).await?;
+                g.inner_mut().write_all(b).await?;
+                g.inner_mut().flush().await
+            };
+            matches!(
+                tokio::time::timeout(DEFAULT_CLIENT_TIMEOUT, w).await,
+                Ok(Ok(()))
+            )
+        }
+        _ => {
+            if let Some(b) = &body {
+                head.extend_from_slice(b);
+            }
+            write_flush(g, &head).await.is_ok()
+        }
+    };
+    let sent = if ok { body_len } else { 0 };
+    observability::fast_request_done(&r.view, Some(route), None, obs, code, sent, true);
+    if ok && keep {
+        g.unread(r.pipelined);
+        return Outcome::KeepAlive;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
+    Outcome::Close
+}
+
+/// An origin-form target made only of RFC 3986 path and query characters, which the
+/// general path's `http::Uri` keeps verbatim in `path_and_query` (so both paths key it the
+/// same); anything else (a fragment, raw spaces or non-ASCII, ...) is left to the general path.
+fn plain_target(t: &str) -> bool {
+    t.starts_with('/')
+        && t.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'/'
+                        | b'?'
+                        | b'%'
+                )
+        })
 }
 
 async fn write_flush(g: &mut Guarded, data: &[u8]) -> std::io::Result<()> {

@@ -20,6 +20,10 @@
 //! | `should_serve_stale` | [`should_serve_stale`] |
 //! | `response_filter` | [`RouteCache::response_filter`] |
 //!
+//! Fresh, non-variant hits for plain HTTP/1 GET/HEAD requests are served by the fast path
+//! ([`crate::http::fast`]) through [`fast_hit`] / [`fast_hit_served`] instead: same key
+//! function, same store, same freshness and LRU access, without a Pingora session.
+//!
 //! Collapsed forwarding is pingora's cache lock: the first miss for a key fetches, the others
 //! wait for it and are then served the stored object. A predictor remembers keys whose
 //! responses were not storable, so later requests for them skip the lock (BYPASS) instead of
@@ -101,6 +105,25 @@ pub fn stats() -> Option<Stats> {
 
 fn store() -> Option<&'static Store> {
     GLOBALS.get().map(|g| g.store)
+}
+
+/// A fresh stored response for `key` that the HTTP/1 fast path may send as a HIT, as the
+/// general path would: not for a key the predictor sends around the cache (BYPASS), and only
+/// a complete, non-variant entry whose freshness holds now. No side effects; call
+/// [`fast_hit_served`] once it is sent.
+pub fn fast_hit(key: &CacheKey) -> Option<storage::FastHit> {
+    let g = GLOBALS.get()?;
+    if !g.predictor.cacheable_prediction(key) {
+        return None;
+    }
+    g.store.fast_hit(key, std::time::SystemTime::now())
+}
+
+/// The LRU access for a hit the fast path serves.
+pub fn fast_hit_served(hit: &storage::FastHit) {
+    if let Some(s) = store() {
+        s.touch(hit);
+    }
 }
 
 /// Serve stale on any failure to get a response from upstream (connect errors, timeouts, no

@@ -59,6 +59,12 @@ pub fn cache_key(namespace: &str, tls: bool, req: &RequestHeader) -> CacheKey {
     CacheKey::new(key_text(namespace, tls, req, None), "")
 }
 
+/// [`cache_key`] for an origin-form request (`target` starts with `/`) with this Host value,
+/// from the raw parts the HTTP/1 fast path parsed. Same text, through [`key_text_parts`].
+pub fn cache_key_origin_form(namespace: &str, tls: bool, host: &str, target: &str) -> CacheKey {
+    CacheKey::new(key_text_parts(namespace, tls, None, Some(host), target), "")
+}
+
 /// The key text, optionally with the path and query replaced by `path` (used by purges).
 ///
 /// Scheme and host come from an absolute-form target when there is one (a forward proxy's
@@ -79,9 +85,7 @@ pub fn key_text(namespace: &str, tls: bool, req: &RequestHeader, path: Option<&s
     let scheme = absolute
         .as_ref()
         .map(|(s, _)| s.as_str())
-        .or_else(|| req.uri.scheme_str())
-        .unwrap_or(if tls { "https" } else { "http" })
-        .to_ascii_lowercase();
+        .or_else(|| req.uri.scheme_str());
     let host = absolute
         .as_ref()
         .map(|(_, a)| a.as_str())
@@ -90,14 +94,41 @@ pub fn key_text(namespace: &str, tls: bool, req: &RequestHeader, path: Option<&s
             req.headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let default_port = if scheme == "https" { ":443" } else { ":80" };
-    let host = host.strip_suffix(default_port).unwrap_or(&host);
+        });
     let path = path.unwrap_or_else(|| req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-    format!("{namespace} {scheme}://{host}{path}")
+    key_text_parts(namespace, tls, scheme, host, path)
+}
+
+/// The key text from a request's parts: the scheme and host the target named (or `None`),
+/// else the Host header's value, and the path and query. [`key_text`] (the general path) and
+/// the HTTP/1 fast path both build keys here, so the two can never disagree.
+pub fn key_text_parts(
+    namespace: &str,
+    tls: bool,
+    scheme: Option<&str>,
+    host: Option<&str>,
+    path: &str,
+) -> String {
+    let scheme = scheme.unwrap_or(if tls { "https" } else { "http" });
+    let host = host.unwrap_or("").trim();
+    let mut out =
+        String::with_capacity(namespace.len() + scheme.len() + host.len() + path.len() + 4);
+    out.push_str(namespace);
+    out.push(' ');
+    let s0 = out.len();
+    out.push_str(scheme);
+    out[s0..].make_ascii_lowercase();
+    let https = &out[s0..] == "https";
+    out.push_str("://");
+    let h0 = out.len();
+    out.push_str(host);
+    out[h0..].make_ascii_lowercase();
+    let default_port = if https { ":443" } else { ":80" };
+    if out[h0..].ends_with(default_port) {
+        out.truncate(out.len() - default_port.len());
+    }
+    out.push_str(path);
+    out
 }
 
 /// The variant a request selects among the responses stored for its URL: the values of the
@@ -236,6 +267,7 @@ pub fn response_cacheable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_cache::key::CacheHashKey;
 
     fn spec(default_ttl: u64) -> CacheSpec {
         CacheSpec {
@@ -289,6 +321,29 @@ mod tests {
             key_text("web", true, &get(&[]), None),
             "web https://example.com:80/a?b=1"
         );
+    }
+
+    #[test]
+    fn origin_form_parts_give_the_general_key() {
+        for (target, host, tls) in [
+            ("/a?b=1", "Example.COM:80", false),
+            ("/a?b=1", "Example.COM:80", true),
+            ("/", "h.test:443", true),
+            ("/x/%20y?q=a&r=b", " Mixed.Case:8080 ", false),
+            ("/p", "[::1]:80", false),
+        ] {
+            let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+            r.insert_header("host", host).unwrap();
+            assert_eq!(
+                cache_key("web", tls, &r).primary_bin(),
+                cache_key_origin_form("web", tls, host, target).primary_bin(),
+                "{target} {host} {tls}"
+            );
+            assert_eq!(
+                key_text("web", tls, &r, None),
+                key_text_parts("web", tls, None, Some(host), target)
+            );
+        }
     }
 
     #[test]
