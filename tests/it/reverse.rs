@@ -398,9 +398,12 @@ async fn upstream_connections_are_reused() {
         );
     }
     assert_eq!(a.requests(), 70);
+    // Idle upstream connections are kept per runtime thread (as nginx keeps them per worker),
+    // and a request may move between threads while it runs: at most a couple per thread.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(
-        a.connections() <= 2,
-        "backend accepted {} connections for 70 requests",
+        a.connections() <= 2 * threads,
+        "backend accepted {} connections for 70 requests ({threads} threads)",
         a.connections()
     );
 }
