@@ -100,8 +100,11 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     listener,
                     options.as_ref().and_then(|o| o.keepalive_request_limit),
                     server.configuration.upstream_keepalive_pool_size,
-                );
-                let app = LeanHttp::new(&l.name, proxy, &server.configuration, options, l.limits);
+                )
+                .map(std::sync::Arc::new);
+                let mut app =
+                    LeanHttp::new(&l.name, proxy, &server.configuration, options, l.limits);
+                app.set_fast(fast.clone());
                 let admission = app.admission();
                 let app = crate::lifecycle::Draining::new(app, &server.configuration);
                 let app = crate::http::service::H1First::new(app, &l.limits, admission, fast);

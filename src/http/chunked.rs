@@ -62,6 +62,16 @@ impl Default for ChunkedScanner {
 
 impl ChunkedScanner {
     pub fn scan(&mut self, data: &[u8]) -> Result<Scan, BadChunk> {
+        self.scan_into(data, None)
+    }
+
+    /// As [`Self::scan`], also appending the chunk data (without the framing) to `out`: for a
+    /// downstream that does not speak chunked (HTTP/2).
+    pub fn scan_into(
+        &mut self,
+        data: &[u8],
+        mut out: Option<&mut Vec<u8>>,
+    ) -> Result<Scan, BadChunk> {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
@@ -121,11 +131,14 @@ impl ChunkedScanner {
                 }
                 State::Data { left } => {
                     let avail = (data.len() - i) as u64;
+                    let take = avail.min(left) as usize;
+                    if let Some(o) = out.as_deref_mut() {
+                        o.extend_from_slice(&data[i..i + take]);
+                    }
+                    i += take;
                     if avail >= left {
-                        i += left as usize;
                         self.state = State::DataCr;
                     } else {
-                        i = data.len();
                         self.state = State::Data { left: left - avail };
                     }
                 }
@@ -218,6 +231,23 @@ mod tests {
             }
         }
         panic!("never ended");
+    }
+
+    #[test]
+    fn decodes_the_data_in_any_split() {
+        let body = b"5\r\nhello\r\n3;x=y\r\n, w\r\n4\r\norld\r\n0\r\n\r\n";
+        for split in 1..body.len() {
+            let mut s = ChunkedScanner::default();
+            let mut out = Vec::new();
+            let mut done = false;
+            for piece in body.chunks(split) {
+                if let Scan::Done(_) = s.scan_into(piece, Some(&mut out)).unwrap() {
+                    done = true;
+                }
+            }
+            assert!(done);
+            assert_eq!(out, b"hello, world");
+        }
     }
 
     #[test]

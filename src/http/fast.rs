@@ -37,6 +37,8 @@
 //! stale, the same metrics and access-log line, `Connection: close` while draining.
 
 use super::cache::{self, policy};
+mod h2;
+
 use super::guard::Guarded;
 use super::router::{strip_port, Route};
 use super::Listener;
@@ -44,6 +46,7 @@ use crate::config::{HashKey, Selection};
 use crate::observability::{self, ReqView, RequestObs};
 use crate::upstream::{bit, conns, select::hash_bytes, Pick, Pool};
 use log::warn;
+use pingora_http::ResponseHeader;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -847,7 +850,10 @@ struct Exchange<'a> {
 /// What the response head said, taken out of the parse.
 struct RespHead {
     code: u16,
+    /// The head for an HTTP/1 client, as bytes.
     head: Vec<u8>,
+    /// The head for an HTTP/2 client.
+    h2: Option<Box<ResponseHeader>>,
     head_len: usize,
     framing: Framing,
     upstream_keep: bool,
@@ -865,10 +871,39 @@ impl Exchange<'_> {
         out: &[u8],
         body_left: u64,
         hash: u64,
-        (method, uri): (&str, &str),
+        method_uri: (&str, &str),
         head_only: bool,
         want_keep: bool,
     ) -> Result<bool, Failure> {
+        let down = Down::H1 { want_keep };
+        let (up, rbuf, head) = self
+            .exchange(
+                Some(&mut *g),
+                out,
+                body_left,
+                hash,
+                method_uri,
+                head_only,
+                down,
+            )
+            .await?;
+        self.respond(g, up, rbuf, head).await
+    }
+
+    /// Send the request to a backend (selection, connect retries, one retry of a stale
+    /// pooled connection) and read the response head. Returns the connection, the bytes read
+    /// (head and the start of the body) and the parsed head rendered for `down`.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &mut self,
+        mut g: Option<&mut Guarded>,
+        out: &[u8],
+        body_left: u64,
+        hash: u64,
+        (method, uri): (&str, &str),
+        head_only: bool,
+        down: Down,
+    ) -> Result<(TcpStream, Vec<u8>, RespHead), Failure> {
         let pool = self.pool;
         let spec = &pool.spec;
         // A retry on a stale pooled connection needs the whole request in `out`.
@@ -930,6 +965,9 @@ impl Exchange<'_> {
                 return Err(Failure::Answer(502, format!("sending the request: {e}")));
             }
             if body_left > 0 {
+                let Some(g) = g.as_deref_mut() else {
+                    return Err(Failure::Answer(500, "request body without a reader".into()));
+                };
                 self.stream_request_body(g, &mut up, body_left).await?;
             }
 
@@ -970,7 +1008,7 @@ impl Exchange<'_> {
                         return Err(Failure::Answer(502, format!("reading the response: {e}")));
                     }
                 }
-                match parse_response(&rbuf, head_only, want_keep)? {
+                match parse_response(&rbuf, head_only, down)? {
                     Parsed::Partial => {}
                     Parsed::Informational(n) => {
                         rbuf.drain(..n);
@@ -983,7 +1021,7 @@ impl Exchange<'_> {
                 fresh_only = true;
                 continue;
             };
-            return self.respond(g, up, rbuf, head).await;
+            return Ok((up, rbuf, head));
         }
     }
 
@@ -1195,6 +1233,13 @@ impl Exchange<'_> {
     }
 }
 
+/// Who the response goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Down {
+    H1 { want_keep: bool },
+    H2,
+}
+
 enum Parsed {
     Partial,
     /// A 1xx other than 101, this long: skipped.
@@ -1203,7 +1248,11 @@ enum Parsed {
 }
 
 /// Parse a response head and write the client's version of it.
-fn parse_response(rbuf: &[u8], head_only: bool, want_keep: bool) -> Result<Parsed, Failure> {
+fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed, Failure> {
+    let want_keep = match down {
+        Down::H1 { want_keep } => want_keep,
+        Down::H2 => false,
+    };
     let mut hdrs = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let n = match httparse::ParserConfig::default()
@@ -1286,6 +1335,53 @@ fn parse_response(rbuf: &[u8], head_only: bool, want_keep: bool) -> Result<Parse
     let client_keep = want_keep && framing != Framing::Close;
     let upstream_keep = !up_close && framing != Framing::Close;
 
+    if down == Down::H2 {
+        // Pingora's HTTP/2 writer adds Date and drops the connection-specific fields.
+        let mut r = ResponseHeader::build(code, Some(resp.headers.len()))
+            .map_err(|e| Failure::Answer(502, format!("response head: {e}")))?;
+        for h in resp.headers.iter() {
+            let name = h.name.as_bytes();
+            match kind(name) {
+                Kind::Connection | Kind::Hop => continue,
+                Kind::ContentLength if te => continue,
+                Kind::General
+                    if name.eq_ignore_ascii_case(b"upgrade")
+                        || name.eq_ignore_ascii_case(b"transfer-encoding") =>
+                {
+                    continue
+                }
+                _ => {}
+            }
+            if nominated
+                && resp.headers.iter().any(|c| {
+                    kind(c.name.as_bytes()) == Kind::Connection
+                        && tokens(c.value).any(|t| t.eq_ignore_ascii_case(name))
+                })
+            {
+                continue;
+            }
+            let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(h.value),
+            ) else {
+                return Err(Failure::Answer(
+                    502,
+                    "response header not valid for HTTP/2".into(),
+                ));
+            };
+            let _ = r.append_header(k, v);
+        }
+        return Ok(Parsed::Head(RespHead {
+            code,
+            head: Vec::new(),
+            h2: Some(Box::new(r)),
+            head_len: n,
+            framing,
+            upstream_keep,
+            client_keep: false,
+        }));
+    }
+    let h2 = None;
     let mut head = Vec::with_capacity(n + 64 + RESP_BUF.min(4096));
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(&[
@@ -1337,6 +1433,7 @@ fn parse_response(rbuf: &[u8], head_only: bool, want_keep: bool) -> Result<Parse
     Ok(Parsed::Head(RespHead {
         code,
         head,
+        h2,
         head_len: n,
         framing,
         upstream_keep,

@@ -32,6 +32,8 @@ pub struct LeanHttp<SV: ProxyHttp> {
     options: Option<HttpServerOptions>,
     limits: ListenerLimits,
     admission: Admission,
+    /// HTTP/2 streams the fast path can serve (see [`super::fast`]).
+    fast: Option<Arc<super::fast::FastPath>>,
 }
 
 /// The listener's connection limit and request-head guard, applied once per HTTP/1
@@ -107,7 +109,13 @@ where
             options,
             admission: Admission::new(name, &limits),
             limits,
+            fast: None,
         }
+    }
+
+    /// Serve plain HTTP/2 streams on the fast path too.
+    pub fn set_fast(&mut self, fast: Option<Arc<super::fast::FastPath>>) {
+        self.fast = fast;
     }
 
     /// The admission shared with [`H1First`].
@@ -178,6 +186,14 @@ where
                 s.set_keepalive_reuses_remaining(reuses);
                 s
             }
+            ServerSession::H2(mut h2) => {
+                if let Some(fast) = &self.fast {
+                    if fast.serve_h2(&mut h2).await {
+                        return None;
+                    }
+                }
+                ServerSession::H2(h2)
+            }
             other => other,
         };
         self.inner.process_new_http(session, shutdown).await
@@ -210,7 +226,7 @@ pub struct H1First<A> {
     idle_wait: Duration,
     admission: Admission,
     /// Plain reverse-proxy requests, served without Pingora's per-request machinery.
-    fast: Option<super::fast::FastPath>,
+    fast: Option<Arc<super::fast::FastPath>>,
 }
 
 impl<A> H1First<A> {
@@ -218,7 +234,7 @@ impl<A> H1First<A> {
         inner: A,
         limits: &ListenerLimits,
         admission: Admission,
-        fast: Option<super::fast::FastPath>,
+        fast: Option<Arc<super::fast::FastPath>>,
     ) -> H1First<A> {
         H1First {
             inner: Arc::new(inner),

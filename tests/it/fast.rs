@@ -634,3 +634,98 @@ async fn idle_upstream_connections_closed_by_the_backend_are_never_used() {
         "a connection the backend had closed was used: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_get_decoded_chunked_bodies_joined_cookies_and_a_reused_backend() {
+    let b = Scripted::start(|got| {
+        if got.path() == "/chunked" {
+            vec![Step::Write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nX-Kind: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"
+                    .to_vec(),
+            )]
+        } else {
+            let body = format!("seen {}", got.body.len());
+            vec![Step::Write(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Kind: length\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes(),
+            )]
+        }
+    })
+    .await;
+    let cfg = config(b.addr).replace("protocol: http}", "protocol: http, h2c: true}");
+    let p = Proxy::start(&cfg);
+    let tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    tokio::spawn(conn);
+
+    let send = |path: &str, method: &str, body: Option<&'static [u8]>| {
+        let c = client.clone();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://app.test{path}"))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .expect("request");
+        async move {
+            let mut c = c.ready().await.expect("ready");
+            let (resp, mut tx) = c.send_request(req, body.is_none()).expect("send");
+            if let Some(b) = body {
+                tx.send_data(bytes::Bytes::from_static(b), true)
+                    .expect("body");
+            }
+            let resp = tokio::time::timeout(WAIT, resp)
+                .await
+                .expect("in time")
+                .expect("response");
+            let kind = resp
+                .headers()
+                .get("x-kind")
+                .map(|v| v.to_str().unwrap_or_default().to_string());
+            let conn_hdr = resp.headers().contains_key("connection");
+            let mut rb = resp.into_body();
+            let mut data = Vec::new();
+            while let Some(chunk) = rb.data().await {
+                let chunk = chunk.expect("data");
+                let _ = rb.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+            }
+            (kind, conn_hdr, String::from_utf8_lossy(&data).into_owned())
+        }
+    };
+    // sequential: each stream's backend connection goes back to the pool before the next
+    let (kind, conn_hdr, body) = send("/chunked", "GET", None).await;
+    assert_eq!(kind.as_deref(), Some("chunked"));
+    assert!(
+        !conn_hdr,
+        "a connection-specific field reached an HTTP/2 client"
+    );
+    assert_eq!(body, "hello, world", "chunked body not decoded");
+    let (kind, _, body) = send("/length", "GET", None).await;
+    assert_eq!((kind.as_deref(), body.as_str()), (Some("length"), "seen 0"));
+    // a body makes the stream take Pingora's path; it still works on the same connection
+    let (kind, _, body) = send("/post", "POST", Some(b"four")).await;
+    assert_eq!((kind.as_deref(), body.as_str()), (Some("length"), "seen 4"));
+
+    let reqs = b.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    let head = reqs[0].head.to_ascii_lowercase();
+    assert!(head.starts_with("get /chunked http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: app.test\r\n"), "{head}");
+    assert!(
+        head.contains("\r\ncookie: a=1; b=2\r\n"),
+        "cookies not joined: {head}"
+    );
+    assert!(
+        head.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nx-forwarded-proto: http\r\n"), "{head}");
+    assert_eq!(
+        reqs[0].conn, reqs[1].conn,
+        "the two fast-path streams did not share the pooled backend connection"
+    );
+}
