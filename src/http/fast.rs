@@ -46,6 +46,7 @@ use crate::config::{HashKey, Selection};
 use crate::observability::{self, ReqView, RequestObs};
 use crate::upstream::{bit, conns, select::hash_bytes, Pick, Pool};
 use log::warn;
+use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
@@ -125,6 +126,8 @@ enum Kind {
     Referer,
     UserAgent,
     Cookie,
+    /// `Upgrade`: a WebSocket handshake is served here, other protocols by the general path.
+    Upgrade,
     /// Fields that keep a request on a cached route from being answered here as a fresh
     /// hit: conditionals, ranges, request cache directives, credentials.
     NotForHit,
@@ -144,7 +147,7 @@ fn kind(name: &[u8]) -> Kind {
         6 if is(b"expect") => Kind::General,
         6 if is(b"pragma") => Kind::NotForHit,
         7 if is(b"referer") => Kind::Referer,
-        7 if is(b"upgrade") => Kind::General,
+        7 if is(b"upgrade") => Kind::Upgrade,
         7 if is(b"trailer") => Kind::Hop,
         8 if is(b"if-match") || is(b"if-range") => Kind::NotForHit,
         10 if is(b"connection") => Kind::Connection,
@@ -230,6 +233,7 @@ impl FastPath {
         conn: &mut Conn,
         draining: bool,
         idle_wait: Option<Duration>,
+        shutdown: &ShutdownWatch,
     ) -> Outcome {
         g.arm_now();
         let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
@@ -258,7 +262,7 @@ impl FastPath {
                 break;
             }
         }
-        self.request(g, conn, draining, &buf).await
+        self.request(g, conn, draining, &buf, shutdown).await
     }
 
     /// Everything about a request that needs its parsed header fields, decided without
@@ -282,6 +286,7 @@ impl FastPath {
         let mut not_for_hit = false;
         let mut body_len = 0u64;
         let mut client_close = false;
+        let (mut conn_upgrade, mut websocket) = (false, false);
         let mut xff: Option<&[u8]> = None;
         let (mut referer, mut user_agent): (&[u8], &[u8]) = (b"-", b"-");
         for h in req.headers.iter() {
@@ -299,6 +304,8 @@ impl FastPath {
                     for t in tokens(h.value) {
                         if t.eq_ignore_ascii_case(b"close") {
                             client_close = true;
+                        } else if t.eq_ignore_ascii_case(b"upgrade") {
+                            conn_upgrade = true;
                         } else if !t.eq_ignore_ascii_case(b"keep-alive") {
                             return Plan::Fallback;
                         }
@@ -311,9 +318,17 @@ impl FastPath {
                 }
                 Kind::Referer => referer = h.value,
                 Kind::UserAgent => user_agent = h.value,
-                Kind::General => return Plan::Fallback,
+                Kind::Upgrade if h.value.trim_ascii().eq_ignore_ascii_case(b"websocket") => {
+                    websocket = true
+                }
+                Kind::General | Kind::Upgrade => return Plan::Fallback,
                 Kind::Hop | Kind::XfReplaced | Kind::Cookie | Kind::Other => {}
             }
+        }
+        // A WebSocket handshake is a bodiless GET naming the upgrade in Connection too; any
+        // other use of Upgrade is left to the general path (which drops it).
+        if websocket != conn_upgrade || (websocket && (method != "GET" || body_len != 0)) {
+            return Plan::Fallback;
         }
         let Some(host_raw) = host else {
             return Plan::Fallback;
@@ -326,6 +341,9 @@ impl FastPath {
             .router
             .find(strip_port(host_text), target)
             .and_then(|p| l.router.get(p));
+        if websocket && route.is_none_or(|r| r.cache.is_some()) {
+            return Plan::Fallback;
+        }
         // A cached route's requests are served here only as fresh hits, looked up without
         // side effects; everything else about them is the general path's.
         let mut hit = None;
@@ -431,7 +449,9 @@ impl FastPath {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for h in req.headers.iter() {
             match kind(h.name.as_bytes()) {
-                Kind::Hop | Kind::Connection | Kind::Xff | Kind::XfReplaced => continue,
+                Kind::Hop | Kind::Connection | Kind::Upgrade | Kind::Xff | Kind::XfReplaced => {
+                    continue
+                }
                 _ => {}
             }
             out.extend_from_slice(h.name.as_bytes());
@@ -452,14 +472,19 @@ impl FastPath {
         out.extend_from_slice(self.proto);
         out.extend_from_slice(b"\r\nx-forwarded-host: ");
         out.extend_from_slice(host_raw);
-        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(if websocket {
+            b"\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n".as_slice()
+        } else {
+            b"\r\n\r\n".as_slice()
+        });
         out.extend_from_slice(&buf[head_len..head_len + in_buf]);
         let hash = match route.pool.selection {
             Selection::ConsistentHash => hash_key(&route.pool.hash_key, conn, target, req.headers),
             _ => 0,
         };
         Plan::Proxy {
-            want_keep: keep(false),
+            want_keep: keep(false) && !websocket,
+            upgrade: websocket,
             req: r,
             route,
             out,
@@ -473,9 +498,10 @@ impl FastPath {
         conn: &mut Conn,
         draining: bool,
         buf: &[u8],
+        shutdown: &ShutdownWatch,
     ) -> Outcome {
         let obs = RequestObs::default();
-        let (r, route, out, hash, want_keep) = match self.plan(buf, conn, draining) {
+        let (r, route, out, hash, want_keep, upgrade) = match self.plan(buf, conn, draining) {
             Plan::Fallback => {
                 g.unread(buf);
                 return Outcome::Fallback;
@@ -503,7 +529,8 @@ impl FastPath {
                 out,
                 hash,
                 want_keep,
-            } => (req, route, out, hash, want_keep),
+                upgrade,
+            } => (req, route, out, hash, want_keep, upgrade),
         };
         let l = &*self.listener;
         let mut ex = Exchange {
@@ -515,6 +542,7 @@ impl FastPath {
             pick: None,
             status: 0,
             bytes_out: 0,
+            shutdown: Some(shutdown),
         };
         let res = ex
             .run(
@@ -524,7 +552,7 @@ impl FastPath {
                 hash,
                 (r.view.method, r.view.uri),
                 r.head_only,
-                want_keep,
+                Down::H1 { want_keep, upgrade },
             )
             .await;
         drop(out);
@@ -612,6 +640,8 @@ enum Plan<'a> {
         out: Vec<u8>,
         hash: u64,
         want_keep: bool,
+        /// A WebSocket handshake: after a 101 the connection becomes a tunnel.
+        upgrade: bool,
     },
 }
 
@@ -845,6 +875,8 @@ struct Exchange<'a> {
     pick: Option<Pick>,
     status: u16,
     bytes_out: usize,
+    /// For the tunnel of an upgraded (WebSocket) connection, which ends early on shutdown.
+    shutdown: Option<&'a ShutdownWatch>,
 }
 
 /// What the response head said, taken out of the parse.
@@ -858,6 +890,8 @@ struct RespHead {
     framing: Framing,
     upstream_keep: bool,
     client_keep: bool,
+    /// A 101 to a WebSocket handshake.
+    upgraded: bool,
 }
 
 impl Exchange<'_> {
@@ -873,9 +907,8 @@ impl Exchange<'_> {
         hash: u64,
         method_uri: (&str, &str),
         head_only: bool,
-        want_keep: bool,
+        down: Down,
     ) -> Result<bool, Failure> {
-        let down = Down::H1 { want_keep };
         let (up, rbuf, head) = self
             .exchange(
                 Some(&mut *g),
@@ -1076,6 +1109,9 @@ impl Exchange<'_> {
         h: RespHead,
     ) -> Result<bool, Failure> {
         self.status = h.code;
+        if h.upgraded {
+            return self.tunnel(g, up, rbuf, h).await;
+        }
         let mut out = h.head;
         let mut upstream_keep = h.upstream_keep;
         let mut scanner = super::chunked::ChunkedScanner::default();
@@ -1218,6 +1254,32 @@ impl Exchange<'_> {
         Ok(h.client_keep && h.framing != Framing::Close)
     }
 
+    /// After a 101: the handshake's answer to the client, then bytes both ways until either
+    /// side closes, the tunnel idles for the upstream's `read_timeout`, or shutdown.
+    async fn tunnel(
+        &mut self,
+        g: &mut Guarded,
+        mut up: TcpStream,
+        rbuf: Vec<u8>,
+        h: RespHead,
+    ) -> Result<bool, Failure> {
+        let mut out = h.head;
+        // frames the backend sent right behind its 101
+        out.extend_from_slice(&rbuf[h.head_len..]);
+        if write_flush(g, &out).await.is_err() {
+            return Err(Failure::Cut);
+        }
+        let Some(shutdown) = self.shutdown else {
+            return Err(Failure::Cut);
+        };
+        if let crate::l4::Splice::Done(_, down) =
+            crate::l4::splice(g, &mut up, self.pool.read_timeout, shutdown).await
+        {
+            self.bytes_out = down as usize;
+        }
+        Ok(false)
+    }
+
     fn slot_addr(&self) -> SocketAddr {
         self.pick
             .as_ref()
@@ -1236,7 +1298,7 @@ impl Exchange<'_> {
 /// Who the response goes to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Down {
-    H1 { want_keep: bool },
+    H1 { want_keep: bool, upgrade: bool },
     H2,
 }
 
@@ -1249,9 +1311,9 @@ enum Parsed {
 
 /// Parse a response head and write the client's version of it.
 fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed, Failure> {
-    let want_keep = match down {
-        Down::H1 { want_keep } => want_keep,
-        Down::H2 => false,
+    let (want_keep, upgrade) = match down {
+        Down::H1 { want_keep, upgrade } => (want_keep, upgrade),
+        Down::H2 => (false, false),
     };
     let mut hdrs = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -1270,6 +1332,34 @@ fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed, Fa
     let (Some(version), Some(code)) = (resp.version, resp.code) else {
         return Err(Failure::Answer(502, "malformed response head".into()));
     };
+    if code == 101 && upgrade {
+        // The handshake's answer goes through as it is (Connection and Upgrade included);
+        // the connection is a tunnel from here on.
+        let mut head = Vec::with_capacity(n + 64);
+        head.extend_from_slice(b"HTTP/1.1 101 ");
+        head.extend_from_slice(resp.reason.unwrap_or("Switching Protocols").as_bytes());
+        head.extend_from_slice(b"\r\n");
+        for h in resp.headers.iter() {
+            if kind(h.name.as_bytes()) == Kind::Hop {
+                continue;
+            }
+            head.extend_from_slice(h.name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(h.value);
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        return Ok(Parsed::Head(RespHead {
+            code,
+            head,
+            h2: None,
+            head_len: n,
+            framing: Framing::None,
+            upstream_keep: false,
+            client_keep: false,
+            upgraded: true,
+        }));
+    }
     if code == 101 {
         return Err(Failure::Answer(
             502,
@@ -1344,12 +1434,8 @@ fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed, Fa
             match kind(name) {
                 Kind::Connection | Kind::Hop => continue,
                 Kind::ContentLength if te => continue,
-                Kind::General
-                    if name.eq_ignore_ascii_case(b"upgrade")
-                        || name.eq_ignore_ascii_case(b"transfer-encoding") =>
-                {
-                    continue
-                }
+                Kind::Upgrade => continue,
+                Kind::General if name.eq_ignore_ascii_case(b"transfer-encoding") => continue,
                 _ => {}
             }
             if nominated
@@ -1379,6 +1465,7 @@ fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed, Fa
             framing,
             upstream_keep,
             client_keep: false,
+            upgraded: false,
         }));
     }
     let h2 = None;
@@ -1406,7 +1493,7 @@ fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed, Fa
         match kind(name) {
             Kind::Connection | Kind::Hop => continue,
             Kind::ContentLength if te => continue,
-            Kind::General if name.eq_ignore_ascii_case(b"upgrade") => continue,
+            Kind::Upgrade => continue,
             _ => {}
         }
         if name.len() == 4 && name.eq_ignore_ascii_case(b"date") {
@@ -1438,5 +1525,6 @@ fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed, Fa
         framing,
         upstream_keep,
         client_keep,
+        upgraded: false,
     }))
 }

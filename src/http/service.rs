@@ -321,7 +321,7 @@ where
                 let wait = (!plain).then_some(self.idle_wait);
                 // Boxed: the request's state is allocated while it runs, not carried by
                 // every idle connection.
-                match Box::pin(fast.serve(&mut g, conn, draining, wait)).await {
+                match Box::pin(fast.serve(&mut g, conn, draining, wait, shutdown)).await {
                     super::fast::Outcome::KeepAlive => continue,
                     super::fast::Outcome::Close => return None,
                     super::fast::Outcome::Fallback => {}

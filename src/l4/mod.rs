@@ -347,16 +347,17 @@ async fn read_client_hello(io: &mut Stream) -> Result<(Vec<u8>, Option<String>),
     Ok((buf, name))
 }
 
-enum Splice {
+pub(crate) enum Splice {
     Done(u64, u64),
     Idle,
     Drained,
     Failed(std::io::Error),
 }
 
-/// Both directions until both are done, with the idle watchdog.
-async fn splice(
-    client: &mut Stream,
+/// Both directions until both are done, with the idle watchdog. Also the tunnel of an
+/// upgraded (WebSocket) HTTP/1 connection.
+pub(crate) async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    client: &mut C,
     backend: &mut TcpStream,
     idle_timeout: Duration,
     shutdown: &ShutdownWatch,

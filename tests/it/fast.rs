@@ -655,7 +655,11 @@ async fn http2_streams_get_decoded_chunked_bodies_joined_cookies_and_a_reused_ba
         }
     })
     .await;
-    let cfg = config(b.addr).replace("protocol: http}", "protocol: http, h2c: true}");
+    // one runtime thread: idle backend connections are kept per thread
+    let cfg = format!(
+        "pingora:\n  threads: 1\n{}",
+        config(b.addr).replace("protocol: http}", "protocol: http, h2c: true}")
+    );
     let p = Proxy::start(&cfg);
     let tcp = TcpStream::connect(p.addr).await.expect("connect");
     let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
@@ -728,4 +732,78 @@ async fn http2_streams_get_decoded_chunked_bodies_joined_cookies_and_a_reused_ba
         reqs[0].conn, reqs[1].conn,
         "the two fast-path streams did not share the pooled backend connection"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_handshakes_are_forwarded_and_other_upgrades_are_dropped() {
+    let b = Scripted::start(|got| {
+        if got.path() == "/refuse" {
+            // a backend that does not take the upgrade answers as usual
+            vec![Step::Write(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".to_vec(),
+            )]
+        } else if got.head.to_ascii_lowercase().contains("\r\nupgrade: websocket\r\n") {
+            let mut w = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n".to_vec();
+            // a frame right behind the 101, in the same write
+            w.extend_from_slice(b"server-first");
+            vec![Step::Write(w)]
+        } else {
+            vec![Step::Write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain".to_vec(),
+            )]
+        }
+    })
+    .await;
+    let p = Proxy::start(&config(b.addr));
+
+    // an Upgrade other than websocket is dropped: the backend sees a plain request
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"GET /other HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo/1\r\n\r\n")
+        .await
+        .expect("send");
+    let (head, body) = head_and_body(&mut s, 5).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"plain");
+
+    // a refused handshake is an ordinary response
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"GET /refuse HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("send");
+    let (head, body) = head_and_body(&mut s, 2).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert_eq!(body, b"no");
+
+    // an accepted one: 101 with its fields, then the backend's first bytes through the tunnel
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    let mut b1 = [0u8; 512];
+    while find(&got, b"server-first").is_none() {
+        let n = tokio::time::timeout(WAIT, s.read(&mut b1))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b1[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 101"), "{text}");
+    assert!(text.contains("\r\nupgrade: websocket\r\n"), "{text}");
+    assert!(text.contains("\r\nsec-websocket-accept: x\r\n"), "{text}");
+
+    let reqs = b.requests();
+    let other = reqs.iter().find(|r| r.path() == "/other").expect("/other");
+    let oh = other.head.to_ascii_lowercase();
+    assert!(
+        !oh.contains("upgrade"),
+        "a non-websocket upgrade reached the backend: {oh}"
+    );
+    let ws = reqs.iter().find(|r| r.path() == "/ws").expect("/ws");
+    let wh = ws.head.to_ascii_lowercase();
+    assert!(wh.contains("\r\nconnection: upgrade\r\n"), "{wh}");
+    assert!(wh.contains("\r\nsec-websocket-key: "), "{wh}");
+    assert!(!wh.contains("keep-alive"), "{wh}");
 }

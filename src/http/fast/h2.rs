@@ -142,6 +142,7 @@ impl FastPath {
             pick: None,
             status: 0,
             bytes_out: 0,
+            shutdown: None,
         };
         let res = match ex
             .exchange(None, &out, 0, hash, (&method, &target), head_only, Down::H2)
