@@ -4,7 +4,9 @@
 //! 64 KiB each, 128 KiB of memset per connection, which for short connections (one request,
 //! then close) was a visible part of their cost. Here a direction allocates 16 KiB (nginx's
 //! `proxy_buffer_size`) when it first has something to read, uninitialised, and moves to
-//! 64 KiB once a read fills it, so bulk transfers still move large blocks per system call.
+//! 256 KiB once a read fills it, so bulk transfers move large blocks per system call (with
+//! 64 KiB, 1 MiB transfers ran at 0.85x nginx; with 256 KiB at 1.0x). The large buffer is
+//! freed when its direction ends; `max_connections` bounds the total.
 //! Half-close is passed on: when one side's reads end, the other side's write half is shut.
 
 use std::future::Future;
@@ -14,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const FIRST: usize = 16 << 10;
-const MAX: usize = 64 << 10;
+const MAX: usize = 256 << 10;
 
 #[derive(Default)]
 struct Half {
