@@ -105,7 +105,7 @@ impl FastPath {
                 out.extend_from_slice(prev);
                 out.extend_from_slice(b", ");
             }
-            out.extend_from_slice(ip.to_string().as_bytes());
+            push_ip(&mut out, ip);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"x-forwarded-proto: ");
@@ -118,19 +118,6 @@ impl FastPath {
             Selection::ConsistentHash => h2_hash(&route.pool.hash_key, client, target, req),
             _ => 0,
         };
-        let header = |n: http::header::HeaderName| {
-            req.headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string()
-        };
-        // owned: the session is written to below
-        let (method, target, host) = (method.to_string(), target.to_string(), host.to_string());
-        let (referer, user_agent) = (
-            header(http::header::REFERER),
-            header(http::header::USER_AGENT),
-        );
         let head_only = method == "HEAD";
 
         let mut ex = Exchange {
@@ -144,10 +131,12 @@ impl FastPath {
             bytes_out: 0,
             shutdown: None,
         };
-        let res = match ex
-            .exchange(None, &out, 0, hash, (&method, &target), head_only, Down::H2)
-            .await
-        {
+        // The request's fields are read from the session again after the exchange (no
+        // copies): only the response side writes to it.
+        let head = ex
+            .exchange(None, &out, 0, hash, (method, target), head_only, Down::H2)
+            .await;
+        let res = match head {
             Ok((up, rbuf, head)) => ex.respond_h2(s, up, rbuf, head).await,
             Err(e) => Err(e),
         };
@@ -156,8 +145,9 @@ impl FastPath {
             Ok(()) => ex.status,
             Err(Failure::Answer(code, why)) => {
                 warn!(
-                    "{}: answering {code} for {target} (backend {}): {why}",
+                    "{}: answering {code} for {} (backend {}): {why}",
                     l.name,
+                    s.req_header().uri,
                     slot.map(|s| s.label.as_str()).unwrap_or("-")
                 );
                 ex.bytes_out = 0;
@@ -172,14 +162,25 @@ impl FastPath {
                 ex.status
             }
         };
+        let req = s.req_header();
+        let header = |n: http::header::HeaderName| {
+            req.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+        };
         let view = ReqView {
             client,
-            method: &method,
-            uri: &target,
+            method: req.method.as_str(),
+            uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
             version: "HTTP/2.0",
-            host: &host,
-            referer: &referer,
-            user_agent: &user_agent,
+            host: req
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or_else(|| header(http::header::HOST)),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
             bytes_in: 0,
         };
         observability::fast_request_done(
@@ -192,6 +193,27 @@ impl FastPath {
             false,
         );
         true
+    }
+}
+
+/// An address as text, IPv4 without the formatting machinery (this runs per request).
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if *o >= 100 {
+                    out.push(b'0' + o / 100);
+                }
+                if *o >= 10 {
+                    out.push(b'0' + o / 10 % 10);
+                }
+                out.push(b'0' + o % 10);
+            }
+        }
+        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
     }
 }
 
@@ -377,5 +399,27 @@ impl Exchange<'_> {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_ip;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.20.255.1",
+            "127.0.0.1",
+            "199.9.100.99",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("address");
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).expect("utf-8"), ip.to_string());
+        }
     }
 }
