@@ -116,10 +116,12 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                         Some(trusted) => {
                             let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
                             let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
-                            server.add_service(PlainService::new(name, l.addr, app));
+                            server.add_service(PlainService::new(name, l.addr, app, false));
                         }
+                        // h2c detection peeks at the preface, which Pingora's L4 stream supports
                         None => {
-                            server.add_service(PlainService::new(name, l.addr, app));
+                            let lean = !l.h2c;
+                            server.add_service(PlainService::new(name, l.addr, app, lean));
                         }
                     }
                     continue;

@@ -90,10 +90,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(g: &Guarded) -> Conn {
-        use pingora_core::protocols::GetSocketDigest;
-        let client = g
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let client = super::listen::peer_ip(g.inner());
         Conn {
             client,
             client_text: client

@@ -29,15 +29,133 @@ pub struct PlainService<A> {
     name: String,
     addr: SocketAddr,
     app: Arc<A>,
+    /// Connections as [`PlainTcp`]; off when the app needs Pingora's L4 stream (a PROXY
+    /// header is read into its rewind buffer).
+    lean: bool,
 }
 
 impl<A> PlainService<A> {
-    pub fn new(name: String, addr: SocketAddr, app: A) -> Self {
+    pub fn new(name: String, addr: SocketAddr, app: A, lean: bool) -> Self {
         PlainService {
             name,
             addr,
             app: Arc::new(app),
+            lean,
         }
+    }
+}
+
+/// A plaintext connection as Pingora's `IO`, without its L4 stream (375 bytes of buffers
+/// and bookkeeping per connection). The socket digest, which Pingora's path reads for the
+/// client address, is made on first use.
+#[derive(Debug)]
+pub struct PlainTcp {
+    tcp: tokio::net::TcpStream,
+    digest: std::sync::OnceLock<Arc<SocketDigest>>,
+}
+
+impl PlainTcp {
+    pub fn new(tcp: tokio::net::TcpStream) -> PlainTcp {
+        PlainTcp {
+            tcp,
+            digest: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+/// The client address of a connection, without making a digest for a [`PlainTcp`].
+pub fn peer_ip(io: &pingora_core::protocols::Stream) -> Option<std::net::IpAddr> {
+    if let Some(p) = io.as_any().downcast_ref::<PlainTcp>() {
+        if p.digest.get().is_none() {
+            return p.tcp.peer_addr().ok().map(|a| a.ip());
+        }
+    }
+    io.get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+}
+
+impl tokio::io::AsyncRead for PlainTcp {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PlainTcp {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl pingora_core::protocols::Shutdown for PlainTcp {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.tcp).await;
+    }
+}
+
+impl pingora_core::protocols::UniqueID for PlainTcp {
+    fn id(&self) -> pingora_core::protocols::UniqueIDType {
+        self.tcp.as_raw_fd()
+    }
+}
+
+impl pingora_core::protocols::Ssl for PlainTcp {}
+
+#[async_trait]
+impl pingora_core::protocols::Peek for PlainTcp {}
+
+impl pingora_core::protocols::GetTimingDigest for PlainTcp {
+    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl pingora_core::protocols::GetProxyDigest for PlainTcp {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for PlainTcp {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(
+            self.digest
+                .get_or_init(|| Arc::new(SocketDigest::from_raw_fd(self.tcp.as_raw_fd())))
+                .clone(),
+        )
+    }
+    fn set_socket_digest(&mut self, d: SocketDigest) {
+        self.digest = std::sync::OnceLock::from(Arc::new(d));
     }
 }
 
@@ -120,15 +238,18 @@ where
             };
             let app = self.app.clone();
             let shutdown = shutdown.clone();
+            let lean = self.lean;
             pingora_runtime::current_handle().spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let fd = tcp.as_raw_fd();
-                let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
-                let digest = SocketDigest::from_raw_fd(fd);
-                // filled now: the client address is read on every request
-                let _ = digest.peer_addr();
-                s.set_socket_digest(digest);
-                let mut next = app.process_new(Box::new(s), &shutdown).await;
+                let s: pingora_core::protocols::Stream = if lean {
+                    Box::new(PlainTcp::new(tcp))
+                } else {
+                    let fd = tcp.as_raw_fd();
+                    let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
+                    s.set_socket_digest(SocketDigest::from_raw_fd(fd));
+                    Box::new(s)
+                };
+                let mut next = app.process_new(s, &shutdown).await;
                 while let Some(s) = next {
                     next = app.process_new(s, &shutdown).await;
                 }

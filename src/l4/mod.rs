@@ -252,7 +252,10 @@ pub fn add_service(
     let Some(t) = &l.tls else {
         // Plaintext: our accept loop (a small task per connection, no L4 buffers: the splice
         // has its own); see `crate::http::listen`.
-        server.add_service(crate::http::listen::PlainService::new(name, l.addr, app));
+        let lean = l.proxy_protocol.is_none();
+        server.add_service(crate::http::listen::PlainService::new(
+            name, l.addr, app, lean,
+        ));
         return Ok(());
     };
     // TLS-terminated TCP: the same certificate handling (SNI, reload) as https listeners.
