@@ -554,21 +554,27 @@ impl FastPath {
             .await;
         drop(out);
         let slot = ex.pick.as_ref().map(|p| &*p.slot);
-        let (status, outcome) = match res {
+        let done = |status: u16, bytes_out: usize| {
+            observability::fast_request_done(
+                &r.view,
+                Some(route.id),
+                slot,
+                &ex.obs,
+                status,
+                bytes_out,
+                false,
+            )
+        };
+        let outcome = match res {
             Ok(true) => {
-                observability::fast_request_done(
-                    &r.view,
-                    Some(route.id),
-                    slot,
-                    &ex.obs,
-                    ex.status,
-                    ex.bytes_out,
-                    false,
-                );
+                done(ex.status, ex.bytes_out);
                 g.unread(r.pipelined);
                 return Outcome::KeepAlive;
             }
-            Ok(false) => (ex.status, Outcome::Close),
+            Ok(false) => {
+                done(ex.status, ex.bytes_out);
+                Outcome::Close
+            }
             Err(Failure::Answer(code, why)) => {
                 warn!(
                     "{}: answering {code} for {} (backend {}): {why}",
@@ -578,31 +584,14 @@ impl FastPath {
                 );
                 let p = page(code, &[], true, r.head_only);
                 let _ = write_flush(g, &p).await;
-                ex.bytes_out = 0;
-                (code, Outcome::Close)
+                done(code, 0);
+                Outcome::Close
             }
             Err(Failure::Cut) => {
-                observability::fast_request_done(
-                    &r.view,
-                    Some(route.id),
-                    slot,
-                    &ex.obs,
-                    ex.status,
-                    ex.bytes_out,
-                    false,
-                );
+                done(ex.status, ex.bytes_out);
                 return Outcome::Close;
             }
         };
-        observability::fast_request_done(
-            &r.view,
-            Some(route.id),
-            slot,
-            &ex.obs,
-            status,
-            ex.bytes_out,
-            false,
-        );
         let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
         outcome
     }
@@ -1149,12 +1138,7 @@ impl Exchange<'_> {
                 return Err(Failure::Cut);
             }
             if upstream_keep {
-                conns::checkin(
-                    self.slot_addr(),
-                    up,
-                    self.pool.spec.idle_timeout,
-                    self.pool_max,
-                );
+                self.give_back(up);
             }
             return Ok(h.client_keep);
         }
@@ -1170,29 +1154,9 @@ impl Exchange<'_> {
             rbuf = Vec::with_capacity(BODY_BUF);
         }
         loop {
-            rbuf.clear();
-            let n = match timed(self.pool.read_timeout, up.read_buf(&mut rbuf)).await {
-                Ok(0) if h.framing == Framing::Close => {
-                    upstream_keep = false;
-                    break;
-                }
-                Ok(0) => {
-                    warn!(
-                        "{}: backend {} closed the connection mid-body",
-                        self.l.name,
-                        self.slot_label()
-                    );
-                    return Err(Failure::Cut);
-                }
-                Ok(n) => n,
-                Err((_, e)) => {
-                    warn!(
-                        "{}: reading the body from backend {}: {e}",
-                        self.l.name,
-                        self.slot_label()
-                    );
-                    return Err(Failure::Cut);
-                }
+            let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
+                upstream_keep = false;
+                break;
             };
             let chunk = &rbuf[..n];
             let (take, end) = match h.framing {
@@ -1241,12 +1205,7 @@ impl Exchange<'_> {
             return Err(Failure::Cut);
         }
         if upstream_keep {
-            conns::checkin(
-                self.slot_addr(),
-                up,
-                self.pool.spec.idle_timeout,
-                self.pool_max,
-            );
+            self.give_back(up);
         }
         Ok(h.client_keep && h.framing != Framing::Close)
     }
@@ -1275,6 +1234,48 @@ impl Exchange<'_> {
             self.bytes_out = down as usize;
         }
         Ok(false)
+    }
+
+    /// The next piece of a response body into `rbuf` (cleared first). `None`: the backend
+    /// closed the connection, which ends a close-delimited body; for any other framing that
+    /// is a cut response, as is a read error or timeout.
+    async fn read_body(
+        &self,
+        up: &mut TcpStream,
+        rbuf: &mut Vec<u8>,
+        framing: Framing,
+    ) -> Result<Option<usize>, Failure> {
+        rbuf.clear();
+        match timed(self.pool.read_timeout, up.read_buf(rbuf)).await {
+            Ok(0) if framing == Framing::Close => Ok(None),
+            Ok(0) => {
+                warn!(
+                    "{}: backend {} closed the connection mid-body",
+                    self.l.name,
+                    self.slot_label()
+                );
+                Err(Failure::Cut)
+            }
+            Ok(n) => Ok(Some(n)),
+            Err((_, e)) => {
+                warn!(
+                    "{}: reading the body from backend {}: {e}",
+                    self.l.name,
+                    self.slot_label()
+                );
+                Err(Failure::Cut)
+            }
+        }
+    }
+
+    /// Keep a backend connection whose response ended cleanly for the next request.
+    fn give_back(&self, up: TcpStream) {
+        conns::checkin(
+            self.slot_addr(),
+            up,
+            self.pool.spec.idle_timeout,
+            self.pool_max,
+        );
     }
 
     fn slot_addr(&self) -> SocketAddr {

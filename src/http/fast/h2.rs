@@ -328,32 +328,12 @@ impl Exchange<'_> {
             rbuf = Vec::with_capacity(BODY_BUF);
         }
         while !done {
-            rbuf.clear();
-            let n = match timed(self.pool.read_timeout, up.read_buf(&mut rbuf)).await {
-                Ok(0) if h.framing == Framing::Close => {
-                    upstream_keep = false;
-                    if s.finish().is_err() {
-                        return Err(Failure::Cut);
-                    }
-                    break;
-                }
-                Ok(0) => {
-                    warn!(
-                        "{}: backend {} closed the connection mid-body",
-                        self.l.name,
-                        self.slot_label()
-                    );
+            let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
+                upstream_keep = false;
+                if s.finish().is_err() {
                     return Err(Failure::Cut);
                 }
-                Ok(n) => n,
-                Err((_, e)) => {
-                    warn!(
-                        "{}: reading the body from backend {}: {e}",
-                        self.l.name,
-                        self.slot_label()
-                    );
-                    return Err(Failure::Cut);
-                }
+                break;
             };
             let chunk = match h.framing {
                 Framing::Length(_) => {
@@ -391,12 +371,7 @@ impl Exchange<'_> {
             }
         }
         if upstream_keep {
-            conns::checkin(
-                self.slot_addr(),
-                up,
-                self.pool.spec.idle_timeout,
-                self.pool_max,
-            );
+            self.give_back(up);
         }
         Ok(())
     }
