@@ -65,6 +65,8 @@ const HEAD_BUF: usize = 4096;
 /// larger one.
 const RESP_BUF: usize = 16 * 1024;
 const BODY_BUF: usize = 64 * 1024;
+/// Bodies up to this size are sent to the client with their head in one write.
+const SMALL_BODY: usize = 16 * 1024;
 /// Longest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Longest wait for a client to take response bytes or send request body bytes (nginx's
@@ -1097,6 +1099,31 @@ impl Exchange<'_> {
         self.status = h.code;
         if h.upgraded {
             return self.tunnel(g, up, rbuf, h).await;
+        }
+        // A small body the backend sent behind its head (often a second segment) is waited
+        // for, so head and body leave in one write instead of two.
+        if let Framing::Length(n) = h.framing {
+            let want = h.head_len.saturating_add(n as usize);
+            if n as usize <= SMALL_BODY && rbuf.len() < want {
+                rbuf.reserve(want - rbuf.len());
+                while rbuf.len() < want {
+                    match timed(self.pool.read_timeout, up.read_buf(&mut rbuf)).await {
+                        Ok(0) => {
+                            return Err(Failure::Answer(
+                                502,
+                                "backend closed the connection before the body".into(),
+                            ))
+                        }
+                        Ok(_) => {}
+                        Err((true, _)) => {
+                            return Err(Failure::Answer(504, "response body timed out".into()))
+                        }
+                        Err((false, e)) => {
+                            return Err(Failure::Answer(502, format!("reading the body: {e}")))
+                        }
+                    }
+                }
+            }
         }
         let mut out = h.head;
         let mut upstream_keep = h.upstream_keep;
