@@ -14,6 +14,7 @@
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
@@ -51,13 +52,16 @@ impl<A> PlainService<A> {
 #[derive(Debug)]
 pub struct PlainTcp {
     tcp: tokio::net::TcpStream,
+    /// From accept(): no getpeername per connection.
+    peer: SocketAddr,
     digest: std::sync::OnceLock<Arc<SocketDigest>>,
 }
 
 impl PlainTcp {
-    pub fn new(tcp: tokio::net::TcpStream) -> PlainTcp {
+    pub fn new(tcp: tokio::net::TcpStream, peer: SocketAddr) -> PlainTcp {
         PlainTcp {
             tcp,
+            peer,
             digest: std::sync::OnceLock::new(),
         }
     }
@@ -67,7 +71,7 @@ impl PlainTcp {
 pub fn peer_ip(io: &pingora_core::protocols::Stream) -> Option<std::net::IpAddr> {
     if let Some(p) = io.as_any().downcast_ref::<PlainTcp>() {
         if p.digest.get().is_none() {
-            return p.tcp.peer_addr().ok().map(|a| a.ip());
+            return Some(p.peer.ip());
         }
     }
     io.get_socket_digest()
@@ -150,7 +154,11 @@ impl GetSocketDigest for PlainTcp {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         Some(
             self.digest
-                .get_or_init(|| Arc::new(SocketDigest::from_raw_fd(self.tcp.as_raw_fd())))
+                .get_or_init(|| {
+                    let d = SocketDigest::from_raw_fd(self.tcp.as_raw_fd());
+                    let _ = d.peer_addr.set(Some(PSocketAddr::Inet(self.peer)));
+                    Arc::new(d)
+                })
                 .clone(),
         )
     }
@@ -227,7 +235,7 @@ where
                     continue;
                 }
             };
-            let (tcp, _) = match accepted {
+            let (tcp, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning.
@@ -242,7 +250,7 @@ where
             pingora_runtime::current_handle().spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let s: pingora_core::protocols::Stream = if lean {
-                    Box::new(PlainTcp::new(tcp))
+                    Box::new(PlainTcp::new(tcp, peer))
                 } else {
                     let fd = tcp.as_raw_fd();
                     let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);

@@ -151,7 +151,6 @@ impl L4App {
         let client = peer_of(io.as_ref())
             .or(real_peer)
             .ok_or("connection without a peer address")?;
-        let local = proxied_dst.or_else(|| local_of(io.as_ref()));
 
         let (pool, hello) = match &self.target {
             Target::Tcp(pool) => (pool.clone(), Vec::new()),
@@ -177,7 +176,10 @@ impl L4App {
         let (pick, mut backend) = connect(&self.name, &pool, client).await?;
         let mut first = Vec::new();
         if let Some(v) = pool.spec.send_proxy_protocol {
-            let dst = local.unwrap_or(pick.slot.addr);
+            // the local address is looked up (a system call) only for this header
+            let dst = proxied_dst
+                .or_else(|| local_of(io.as_ref()))
+                .unwrap_or(pick.slot.addr);
             first = match v {
                 ProxyProtocolFile::V1 => proxy_protocol::encode_v1(client, dst),
                 ProxyProtocolFile::V2 => proxy_protocol::encode_v2(client, dst),
