@@ -338,7 +338,11 @@ impl FastPath {
         let l = &*self.listener;
         let route = l
             .router
-            .find(strip_port(host_text), target)
+            // by path, without the query, as the general path routes
+            .find(
+                strip_port(host_text),
+                target.split_once('?').map_or(target, |(p, _)| p),
+            )
             .and_then(|p| l.router.get(p));
         if websocket && route.is_none_or(|r| r.cache.is_some()) {
             return Plan::Fallback;

@@ -807,3 +807,23 @@ async fn websocket_handshakes_are_forwarded_and_other_upgrades_are_dropped() {
     assert!(wh.contains("\r\nsec-websocket-key: "), "{wh}");
     assert!(!wh.contains("keep-alive"), "{wh}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_uses_the_path_without_its_query_as_the_general_path_does() {
+    let a = OriginBuilder::new("a").run().await;
+    let b = OriginBuilder::new("b").run().await;
+    // a prefix with a query in it can never match a path (the general path's rule)
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: a\n    backends:\n      - address: {}\n  - name: b\n    backends:\n      - address: {}\nroutes:\n  - {{listener: web, upstream: a, path_prefix: \"/search?q=cats\"}}\n  - {{listener: web, upstream: b}}\n",
+        a.addr, b.addr
+    );
+    let p = Proxy::start(&cfg);
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    let r = c.get("/search?q=cats", &[]).await.expect("answer");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (0, 1),
+        "routed by path and query"
+    );
+}

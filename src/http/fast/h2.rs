@@ -61,7 +61,7 @@ impl FastPath {
         }
         let Some(route) = l
             .router
-            .find(strip_port(host), target)
+            .find(strip_port(host), req.uri.path())
             .and_then(|p| l.router.get(p))
         else {
             return false;
