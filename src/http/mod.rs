@@ -1,5 +1,9 @@
 //! The HTTP proxy: one [`ProxyHttp`] implementation per listener.
 //!
+//! Most requests never reach it: plain HTTP/1.1 requests, WebSocket handshakes, fresh cache
+//! hits and bodiless HTTP/2 streams are served by the fast path ([`fast`]) on the same
+//! listener state. This phase map is Pingora's general path, for everything else.
+//!
 //! Phase map (Pingora calls them in this order):
 //! - `request_filter`: route by Host and longest path prefix (404 when none), body limit,
 //!   consistent-hash key.
