@@ -288,8 +288,11 @@ impl FastPath {
         let (mut conn_upgrade, mut websocket) = (false, false);
         let mut xff: Option<&[u8]> = None;
         let (mut referer, mut user_agent): (&[u8], &[u8]) = (b"-", b"-");
-        for h in req.headers.iter() {
-            match kind(h.name.as_bytes()) {
+        // each field's kind, classified once for both passes below
+        let mut kinds = [Kind::Other; MAX_HEADERS];
+        for (h, k) in req.headers.iter().zip(kinds.iter_mut()) {
+            *k = kind(h.name.as_bytes());
+            match *k {
                 Kind::Host => {
                     host = Some(h.value);
                     hosts += 1;
@@ -450,8 +453,8 @@ impl FastPath {
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for h in req.headers.iter() {
-            match kind(h.name.as_bytes()) {
+        for (h, k) in req.headers.iter().zip(kinds) {
+            match k {
                 Kind::Hop | Kind::Connection | Kind::Upgrade | Kind::Xff | Kind::XfReplaced => {
                     continue
                 }
@@ -1203,15 +1206,7 @@ impl Exchange<'_> {
                         (k, true)
                     }
                     Ok(super::chunked::Scan::More) => (n, false),
-                    Err(e) => {
-                        warn!(
-                            "{}: bad chunked body from backend {}: {}",
-                            self.l.name,
-                            self.slot_label(),
-                            e.0
-                        );
-                        return Err(Failure::Cut);
-                    }
+                    Err(e) => return Err(self.bad_chunk(e)),
                 },
                 _ => (n, false),
             };
@@ -1297,6 +1292,17 @@ impl Exchange<'_> {
                 Err(Failure::Cut)
             }
         }
+    }
+
+    /// A chunked body that stopped parsing after the head was sent: the response is cut.
+    fn bad_chunk(&self, e: super::chunked::BadChunk) -> Failure {
+        warn!(
+            "{}: bad chunked body from backend {}: {}",
+            self.l.name,
+            self.slot_label(),
+            e.0
+        );
+        Failure::Cut
     }
 
     /// Keep a backend connection whose response ended cleanly for the next request.

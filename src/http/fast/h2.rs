@@ -351,15 +351,7 @@ impl Exchange<'_> {
                             done = true;
                         }
                         Ok(crate::http::chunked::Scan::More) => {}
-                        Err(e) => {
-                            warn!(
-                                "{}: bad chunked body from backend {}: {}",
-                                self.l.name,
-                                self.slot_label(),
-                                e.0
-                            );
-                            return Err(Failure::Cut);
-                        }
+                        Err(e) => return Err(self.bad_chunk(e)),
                     }
                     Bytes::from(d)
                 }
