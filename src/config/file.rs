@@ -128,6 +128,11 @@ pub struct ListenerFile {
     pub https_port: Option<u16>,
     /// http only: also accept cleartext HTTP/2 (prior knowledge). Default: false
     pub h2c: Option<bool>,
+    /// http and https: serve the requests it can on the lean engine (plain reverse-proxy
+    /// requests, WebSocket handshakes, fresh cache hits). `false` sends every request through
+    /// Pingora's general proxy; both give the same answers (a test holds them to it). For
+    /// diagnosis. Default: true
+    pub fast_path: Option<bool>,
     /// Limits on what a client may send; every field has a safe default.
     pub limits: Option<LimitsFile>,
 }
@@ -151,6 +156,13 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     /// Requests per second per client IP; more get 429 with Retry-After. Default: off.
     pub rate_limit_per_ip: Option<u32>,
+    /// Longest wait for a client to send the next piece of a request body or to take the
+    /// next piece of a response (nginx's `client_body_timeout` and `send_timeout`). Then the
+    /// connection is closed. Default: 60s
+    pub client_timeout: Option<Dur>,
+    /// Requests served on one client connection; the last answer carries
+    /// `Connection: close` (nginx's `keepalive_requests`). 0: unlimited. Default: 1000
+    pub keepalive_requests: Option<u32>,
 }
 
 /// A listener's TLS block. Relative paths are relative to the config file's directory.

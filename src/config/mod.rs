@@ -32,6 +32,8 @@ pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
 pub const DEFAULT_MAX_HEADER_COUNT: usize = 100;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 1000;
 pub const DEFAULT_HTTPS_PORT: u16 = 443;
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Concurrent streams per HTTP/2 connection to a backend (Pingora's own default is 1).
@@ -218,6 +220,9 @@ pub struct ListenerLimits {
     pub keepalive_timeout: Duration,
     pub max_connections: Option<usize>,
     pub rate_limit_per_ip: Option<u32>,
+    pub client_timeout: Duration,
+    /// Requests per client connection; `None`: unlimited.
+    pub keepalive_requests: Option<u32>,
 }
 
 impl Default for ListenerLimits {
@@ -230,6 +235,8 @@ impl Default for ListenerLimits {
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             max_connections: None,
             rate_limit_per_ip: None,
+            client_timeout: DEFAULT_CLIENT_TIMEOUT,
+            keepalive_requests: Some(DEFAULT_KEEPALIVE_REQUESTS),
         }
     }
 }
@@ -250,6 +257,8 @@ pub struct ListenerSpec {
     pub redirect_https: Option<u16>,
     /// http only: accept cleartext HTTP/2.
     pub h2c: bool,
+    /// Serve what it can on the lean engine; `false`: every request on Pingora's.
+    pub fast_path: bool,
     pub limits: ListenerLimits,
 }
 
@@ -322,6 +331,19 @@ fn limits(e: &Errs, p: &str, l: &Option<LimitsFile>) -> Result<ListenerLimits, C
             "must be at least 1",
         ));
     }
+    let client_timeout = dur(l.client_timeout, d.client_timeout);
+    if client_timeout < Duration::from_secs(1) {
+        return Err(e.err(
+            format!("{p}.limits.client_timeout"),
+            format!("{client_timeout:?}"),
+            "must be at least 1s",
+        ));
+    }
+    let keepalive_requests = match l.keepalive_requests {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => d.keepalive_requests,
+    };
     Ok(ListenerLimits {
         max_request_line,
         max_header_size,
@@ -330,6 +352,8 @@ fn limits(e: &Errs, p: &str, l: &Option<LimitsFile>) -> Result<ListenerLimits, C
         keepalive_timeout,
         max_connections: l.max_connections,
         rate_limit_per_ip: l.rate_limit_per_ip,
+        client_timeout,
+        keepalive_requests,
     })
 }
 
@@ -494,6 +518,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             tls,
             redirect_https,
             h2c,
+            fast_path: l.fast_path.unwrap_or(true),
             limits: limits(&e, &p, &l.limits)?,
             l4: None,
             proxy_protocol: l4::accept_proxy(&e, &p, l)?,
