@@ -1,0 +1,149 @@
+//! Validation of `listeners:` into [`ListenerSpec`]s. The parts that other sections settle
+//! are left to them: the TLS keys to [`crate::tls::config`], a forward proxy to
+//! [`super::forward`], and the tcp/tls_passthrough settings to [`super::l4`], which needs the
+//! upstreams first.
+
+use super::file::{LimitsFile, ListenerFile};
+use super::{
+    cache, dur, forward, l4, parse_addr, units, ConfigError, Errs, ListenerLimits, ListenerSpec,
+};
+use std::time::Duration;
+
+pub(super) fn listeners(
+    e: &Errs,
+    raw: &[ListenerFile],
+    store: &mut cache::StoreSize,
+) -> Result<Vec<ListenerSpec>, ConfigError> {
+    let mut listeners = Vec::with_capacity(raw.len());
+    for (i, l) in raw.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        if l.name.trim().is_empty() {
+            return Err(e.err(format!("{p}.name"), &l.name, "must not be empty"));
+        }
+        if listeners.iter().any(|x: &ListenerSpec| x.name == l.name) {
+            return Err(e.err(format!("{p}.name"), &l.name, "duplicate listener name"));
+        }
+        let addr = parse_addr(e, &format!("{p}.address"), &l.address)?;
+        if listeners.iter().any(|x: &ListenerSpec| x.addr == addr) {
+            return Err(e.err(
+                format!("{p}.address"),
+                &l.address,
+                "address used by another listener",
+            ));
+        }
+        let (tls, redirect_https, h2c) = crate::tls::config::validate_listener(e, &p, l)?;
+        let forward = match &l.forward_proxy {
+            Some(f) => Some(forward::validate(e, &p, l.protocol, f, store)?),
+            None => None,
+        };
+        listeners.push(ListenerSpec {
+            name: l.name.clone(),
+            addr,
+            protocol: l.protocol,
+            tls,
+            redirect_https,
+            h2c,
+            fast_path: l.fast_path.unwrap_or(true),
+            limits: limits(e, &p, &l.limits)?,
+            l4: None,
+            proxy_protocol: l4::accept_proxy(e, &p, l)?,
+            forward,
+        });
+    }
+    Ok(listeners)
+}
+
+fn limits(e: &Errs, p: &str, l: &Option<LimitsFile>) -> Result<ListenerLimits, ConfigError> {
+    let d = ListenerLimits::default();
+    let Some(l) = l else {
+        return Ok(d);
+    };
+    let size = |v: Option<units::Size>, def: usize, key: &str, min: u64, max: u64| {
+        let n = v.map(|s| s.0).unwrap_or(def as u64);
+        if n < min || n > max {
+            Err(e.err(
+                format!("{p}.limits.{key}"),
+                n,
+                format!("must be between {min} and {max} bytes"),
+            ))
+        } else {
+            Ok(n as usize)
+        }
+    };
+    let max_request_line = size(
+        l.max_request_line,
+        d.max_request_line,
+        "max_request_line",
+        64,
+        1 << 20,
+    )?;
+    let max_header_size = size(
+        l.max_header_size,
+        d.max_header_size,
+        "max_header_size",
+        256,
+        1 << 20,
+    )?;
+    let max_header_count = l.max_header_count.unwrap_or(d.max_header_count);
+    if !(1..=256).contains(&max_header_count) {
+        return Err(e.err(
+            format!("{p}.limits.max_header_count"),
+            max_header_count,
+            "must be between 1 and 256",
+        ));
+    }
+    let header_timeout = dur(l.header_timeout, d.header_timeout);
+    if header_timeout.is_zero() {
+        return Err(e.err(
+            format!("{p}.limits.header_timeout"),
+            "0s",
+            "must be greater than zero",
+        ));
+    }
+    let keepalive_timeout = dur(l.keepalive_timeout, d.keepalive_timeout);
+    if keepalive_timeout < Duration::from_secs(1) {
+        return Err(e.err(
+            format!("{p}.limits.keepalive_timeout"),
+            format!("{keepalive_timeout:?}"),
+            "must be at least 1s",
+        ));
+    }
+    if let Some(0) = l.max_connections {
+        return Err(e.err(
+            format!("{p}.limits.max_connections"),
+            0,
+            "must be at least 1",
+        ));
+    }
+    if let Some(0) = l.rate_limit_per_ip {
+        return Err(e.err(
+            format!("{p}.limits.rate_limit_per_ip"),
+            0,
+            "must be at least 1",
+        ));
+    }
+    let client_timeout = dur(l.client_timeout, d.client_timeout);
+    if client_timeout < Duration::from_secs(1) {
+        return Err(e.err(
+            format!("{p}.limits.client_timeout"),
+            format!("{client_timeout:?}"),
+            "must be at least 1s",
+        ));
+    }
+    let keepalive_requests = match l.keepalive_requests {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => d.keepalive_requests,
+    };
+    Ok(ListenerLimits {
+        max_request_line,
+        max_header_size,
+        max_header_count,
+        header_timeout,
+        keepalive_timeout,
+        max_connections: l.max_connections,
+        rate_limit_per_ip: l.rate_limit_per_ip,
+        client_timeout,
+        keepalive_requests,
+    })
+}

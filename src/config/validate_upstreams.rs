@@ -1,0 +1,256 @@
+//! Validation of `upstreams:` into [`UpstreamSpec`]s: backends, selection, health checks and
+//! timeouts. The TLS keys are left to [`crate::tls::config`]. A backend given by DNS name is
+//! only parsed here, never resolved: resolving is left to the running proxy
+//! ([`crate::upstream::discovery`]), so loading a config never waits on or fails for DNS.
+
+use super::file::{HealthCheckType, SelectionFile, UpstreamFile};
+use super::{
+    dur, parse_addr, valid_hostname, BackendSpec, ConfigError, DnsBackendSpec, Errs, HashKey,
+    HealthSpec, Selection, UpstreamSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HC_HEALTHY,
+    DEFAULT_HC_INTERVAL, DEFAULT_HC_TIMEOUT, DEFAULT_HC_UNHEALTHY, DEFAULT_READ_TIMEOUT,
+    DEFAULT_RESOLVE_EVERY, DEFAULT_RETRIES, DEFAULT_UPSTREAM_IDLE_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+    MAX_WEIGHT,
+};
+use std::time::Duration;
+
+pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSpec>, ConfigError> {
+    let mut upstreams = Vec::with_capacity(raw.len());
+    for (i, u) in raw.iter().enumerate() {
+        let p = format!("upstreams[{i}]");
+        if u.name.trim().is_empty() {
+            return Err(e.err(format!("{p}.name"), &u.name, "must not be empty"));
+        }
+        if upstreams.iter().any(|x: &UpstreamSpec| x.name == u.name) {
+            return Err(e.err(format!("{p}.name"), &u.name, "duplicate upstream name"));
+        }
+        if u.backends.is_empty() {
+            return Err(e.err(
+                format!("{p}.backends"),
+                "[]",
+                "at least one backend is required",
+            ));
+        }
+        let mut backends = Vec::with_capacity(u.backends.len());
+        let mut dns_backends: Vec<DnsBackendSpec> = Vec::new();
+        for (j, b) in u.backends.iter().enumerate() {
+            let bp = format!("{p}.backends[{j}]");
+            let weight = b.weight.unwrap_or(1);
+            if weight == 0 || weight > MAX_WEIGHT {
+                return Err(e.err(
+                    format!("{bp}.weight"),
+                    weight,
+                    format!("must be between 1 and {MAX_WEIGHT}"),
+                ));
+            }
+            if let Some((host, port)) = dns_name_port(&b.address) {
+                if dns_backends
+                    .iter()
+                    .any(|d| d.host == host && d.port == port)
+                {
+                    return Err(e.err(format!("{bp}.address"), &b.address, "duplicate backend"));
+                }
+                dns_backends.push(DnsBackendSpec { host, port, weight });
+                continue;
+            }
+            let addr = parse_addr(e, &format!("{bp}.address"), &b.address).map_err(|mut err| {
+                err.msg = "expected IP:PORT or NAME:PORT, for example 127.0.0.1:8080".into();
+                err
+            })?;
+            if backends.iter().any(|x: &BackendSpec| x.addr == addr) {
+                return Err(e.err(format!("{bp}.address"), &b.address, "duplicate backend"));
+            }
+            backends.push(BackendSpec { addr, weight });
+        }
+        let resolve_every = dur(u.resolve_every, DEFAULT_RESOLVE_EVERY);
+        if resolve_every < Duration::from_millis(100) {
+            return Err(e.err(
+                format!("{p}.resolve_every"),
+                format!("{resolve_every:?}"),
+                "must be at least 100ms",
+            ));
+        }
+        let selection = match u.selection {
+            SelectionFile::RoundRobin => Selection::RoundRobin,
+            SelectionFile::Random => Selection::Random,
+            SelectionFile::LeastConnections => Selection::LeastConnections,
+            SelectionFile::PowerOfTwo => Selection::PowerOfTwo,
+            SelectionFile::ConsistentHash => Selection::ConsistentHash,
+        };
+        let hash_key = match u.hash_key.as_deref() {
+            None | Some("client_ip") => HashKey::ClientIp,
+            Some("uri") => HashKey::Uri,
+            Some(k) => {
+                if let Some(h) = k.strip_prefix("header:").filter(|h| !h.is_empty()) {
+                    HashKey::Header(h.to_ascii_lowercase())
+                } else if let Some(c) = k.strip_prefix("cookie:").filter(|c| !c.is_empty()) {
+                    HashKey::Cookie(c.to_string())
+                } else {
+                    return Err(e.err(
+                        format!("{p}.hash_key"),
+                        k,
+                        "expected client_ip, uri, header:NAME or cookie:NAME",
+                    ));
+                }
+            }
+        };
+        if u.hash_key.is_some() && selection != Selection::ConsistentHash {
+            return Err(e.err(
+                format!("{p}.hash_key"),
+                u.hash_key.as_deref().unwrap_or_default(),
+                "only valid with selection: consistent_hash",
+            ));
+        }
+        let health = match &u.health_check {
+            None => None,
+            Some(h) => {
+                let hp = format!("{p}.health_check");
+                let interval = dur(h.interval, DEFAULT_HC_INTERVAL);
+                if interval < Duration::from_millis(10) {
+                    return Err(e.err(
+                        format!("{hp}.interval"),
+                        format!("{interval:?}"),
+                        "must be at least 10ms",
+                    ));
+                }
+                let timeout = dur(h.timeout, DEFAULT_HC_TIMEOUT);
+                if timeout.is_zero() {
+                    return Err(e.err(format!("{hp}.timeout"), "0s", "must be greater than zero"));
+                }
+                let healthy_threshold = h.healthy_threshold.unwrap_or(DEFAULT_HC_HEALTHY);
+                if healthy_threshold == 0 {
+                    return Err(e.err(format!("{hp}.healthy_threshold"), 0, "must be at least 1"));
+                }
+                let unhealthy_threshold = h.unhealthy_threshold.unwrap_or(DEFAULT_HC_UNHEALTHY);
+                if unhealthy_threshold == 0 {
+                    return Err(e.err(
+                        format!("{hp}.unhealthy_threshold"),
+                        0,
+                        "must be at least 1",
+                    ));
+                }
+                let expect_status = h.expect_status.unwrap_or(200);
+                if !(100..=599).contains(&expect_status) {
+                    return Err(e.err(
+                        format!("{hp}.expect_status"),
+                        expect_status,
+                        "must be an HTTP status (100-599)",
+                    ));
+                }
+                let path = h.path.clone().unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(e.err(
+                        format!("{hp}.path"),
+                        &path,
+                        "must start with / and contain no spaces",
+                    ));
+                }
+                if h.kind == HealthCheckType::Tcp && (h.path.is_some() || h.expect_status.is_some())
+                {
+                    return Err(e.err(
+                        format!("{hp}.type"),
+                        "tcp",
+                        "path and expect_status need type: http",
+                    ));
+                }
+                if let Some(0) = h.port {
+                    return Err(e.err(format!("{hp}.port"), 0, "must be a port number"));
+                }
+                Some(HealthSpec {
+                    kind: h.kind,
+                    path,
+                    host: h.host.clone().unwrap_or_else(|| "localhost".into()),
+                    expect_status,
+                    port: h.port,
+                    interval,
+                    timeout,
+                    healthy_threshold,
+                    unhealthy_threshold,
+                })
+            }
+        };
+        let connect_timeout = dur(u.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        if connect_timeout.is_zero() {
+            return Err(e.err(
+                format!("{p}.connect_timeout"),
+                "0s",
+                "must be greater than zero",
+            ));
+        }
+        let read_timeout = dur(u.read_timeout, DEFAULT_READ_TIMEOUT);
+        if read_timeout.is_zero() {
+            return Err(e.err(
+                format!("{p}.read_timeout"),
+                "0s",
+                "must be greater than zero",
+            ));
+        }
+        let (tls, http2) = crate::tls::config::validate_upstream(e, &p, u)?;
+        upstreams.push(UpstreamSpec {
+            name: u.name.clone(),
+            backends,
+            selection,
+            hash_key,
+            health,
+            connect_timeout,
+            read_timeout,
+            write_timeout: dur(u.write_timeout, DEFAULT_WRITE_TIMEOUT),
+            idle_timeout: dur(u.idle_timeout, DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+            retries: u.retries.unwrap_or(DEFAULT_RETRIES),
+            tls,
+            http2,
+            send_proxy_protocol: u.send_proxy_protocol,
+            dns_backends,
+            resolve_every,
+        });
+    }
+    Ok(upstreams)
+}
+
+/// `NAME:PORT` where NAME is a DNS name (not an IP literal), for DNS-discovered backends.
+fn dns_name_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.trim().rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
+    let starts_alpha = host.bytes().any(|b| b.is_ascii_alphabetic());
+    (starts_alpha && valid_hostname(host) && host.parse::<std::net::IpAddr>().is_err())
+        .then(|| (host.to_ascii_lowercase(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, DnsBackendSpec};
+    use std::time::Duration;
+
+    const BASE: &str = "listeners: [{name: web, address: 127.0.0.1:8080, protocol: http}]\n";
+
+    #[test]
+    fn zero_weight_names_path_and_value() {
+        let y = format!("{BASE}upstreams: [{{name: a, backends: [{{address: 127.0.0.1:1}}, {{address: 127.0.0.1:2, weight: 0}}]}}]\n");
+        let err = Config::from_yaml("x.yaml", &y).unwrap_err();
+        assert_eq!(err.path, "upstreams[0].backends[1].weight");
+        assert_eq!(err.value, "0");
+        assert!(err
+            .to_string()
+            .starts_with("x.yaml: upstreams[0].backends[1].weight"));
+    }
+
+    #[test]
+    fn dns_backend_names_are_accepted_and_ips_stay_ips() {
+        let y = format!("{BASE}upstreams: [{{name: a, resolve_every: 2s, backends: [{{address: 127.0.0.1:1}}, {{address: app.internal:8080, weight: 2}}]}}]\n");
+        let c = Config::from_yaml("x.yaml", &y).unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.backends.len(), 1);
+        assert_eq!(
+            u.dns_backends,
+            vec![DnsBackendSpec {
+                host: "app.internal".into(),
+                port: 8080,
+                weight: 2
+            }]
+        );
+        assert_eq!(u.resolve_every, Duration::from_secs(2));
+        let bad =
+            format!("{BASE}upstreams: [{{name: a, backends: [{{address: 'app internal:80'}}]}}]\n");
+        let err = Config::from_yaml("x.yaml", &bad).unwrap_err();
+        assert_eq!(err.path, "upstreams[0].backends[0].address");
+    }
+}
