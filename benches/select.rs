@@ -2,7 +2,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use stepstone::config::{BackendSpec, Config};
-use stepstone::http::router::Router;
+use stepstone::policy::route::Router;
 use stepstone::upstream::{select, Pool, Upstreams};
 
 fn pool(selection: &str, n: usize) -> Pool {

@@ -1,6 +1,7 @@
 //! Stepstone: an edge reverse proxy, load balancer and forward proxy on Pingora.
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -9,6 +10,7 @@ pub mod http;
 pub mod l4;
 pub mod lifecycle;
 pub mod observability;
+pub mod policy;
 pub mod server;
 pub mod tls;
 pub mod upstream;

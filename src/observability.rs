@@ -155,6 +155,40 @@ pub static L4_BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
         &["listener", "direction"],
     )
 });
+pub static FAST_PATH_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_fast_path_fallbacks_total",
+        "HTTP requests the lean engine left to Pingora's general proxy, by reason",
+        &["reason"],
+    )
+});
+static FALLBACK_HANDLES: Lazy<Vec<IntCounter>> = Lazy::new(|| {
+    crate::policy::engine::Fallback::ALL
+        .iter()
+        .map(|f| FAST_PATH_FALLBACKS.with_label_values(&[f.label()]))
+        .collect()
+});
+
+/// Count a request the lean engine left to the general one.
+pub fn fast_path_fallback(reason: crate::policy::engine::Fallback) {
+    if let Some(c) = FALLBACK_HANDLES.get(reason.index()) {
+        c.inc();
+    }
+}
+
+pub static REFUSALS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_refusals_total",
+        "Requests and connections refused before routing: a request head refused by the head checks or limits (by the status answered), a connection over max_connections",
+        &["listener", "reason"],
+    )
+});
+
+/// Count a refusal; `reason` is a status code or `max_connections`.
+pub fn refused(listener: &str, reason: &str) {
+    REFUSALS.with_label_values(&[listener, reason]).inc();
+}
+
 pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
     reg(IntCounter::new(
         "stepstone_access_log_dropped_total",
@@ -224,6 +258,7 @@ static ACCESS_LOG: OnceCell<AccessLog> = OnceCell::new();
 /// Resolve the per-route handles and open the access log. Called once, before the server
 /// runs (and before a daemon fork, so a log file opened here is inherited).
 pub fn init(cfg: &Config) -> Result<(), String> {
+    Lazy::force(&FALLBACK_HANDLES);
     let routes = cfg
         .routes
         .iter()

@@ -3,7 +3,8 @@
 
 use crate::config::file::ListenerProtocol;
 use crate::config::Config;
-use crate::http::{listen::PlainService, router::Router, service::LeanHttp, HttpProxy, Listener};
+use crate::http::{listen::PlainService, service::LeanHttp, HttpProxy, Listener};
+use crate::policy::route::Router;
 use crate::upstream::{discovery::DiscoveryService, health::HealthService, Upstreams};
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
@@ -65,7 +66,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg));
     server.bootstrap();
 
-    crate::http::cache::init_from_config(cfg);
+    crate::cache::init_from_config(cfg);
     crate::observability::init(cfg)?;
     let upstreams = Upstreams::new(&cfg.upstreams);
     if let Some(hc) = HealthService::new(&upstreams.pools) {
@@ -96,12 +97,16 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     Some(_) => Some(crate::forward::Forward::server_options()),
                     None => crate::tls::http_server_options(l),
                 };
-                let fast = crate::http::fast::FastPath::new(
-                    listener,
-                    options.as_ref().and_then(|o| o.keepalive_request_limit),
-                    server.configuration.upstream_keepalive_pool_size,
-                )
-                .map(std::sync::Arc::new);
+                // Pingora's `upstream_keepalive_pool_size` is one total; the lean engine's
+                // pools are per thread, so each gets its share.
+                let threads = server.configuration.threads.max(1);
+                let pool_max = server
+                    .configuration
+                    .upstream_keepalive_pool_size
+                    .div_ceil(threads);
+                let fast = Some(std::sync::Arc::new(crate::http::fast::FastPath::new(
+                    listener, pool_max,
+                )));
                 let mut app =
                     LeanHttp::new(&l.name, proxy, &server.configuration, options, l.limits);
                 app.set_fast(fast.clone());
@@ -118,10 +123,8 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                             let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
                             server.add_service(PlainService::new(name, l.addr, app, false));
                         }
-                        // h2c detection peeks at the preface, which Pingora's L4 stream supports
                         None => {
-                            let lean = !l.h2c;
-                            server.add_service(PlainService::new(name, l.addr, app, lean));
+                            server.add_service(PlainService::new(name, l.addr, app, true));
                         }
                     }
                     continue;

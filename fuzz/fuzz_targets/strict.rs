@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stepstone::http::strict::check_head;
+use stepstone::policy::head::check_head;
 
 fuzz_target!(|data: &[u8]| {
     // The guard skips empty lines before the request line and never hands them over.

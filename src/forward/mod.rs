@@ -54,8 +54,8 @@ pub mod auth;
 pub mod filter;
 pub mod tunnel;
 
+use crate::cache::RouteCache;
 use crate::config::forward::ForwardSpec;
-use crate::http::cache::RouteCache;
 use crate::http::Ctx;
 use bytes::Bytes;
 use log::{info, warn};
@@ -172,7 +172,7 @@ impl Forward {
         // PURGE names an absolute URL and never reaches the origin, so it is decided by
         // the cache's purge_from alone, not by the destination rules below.
         if let Some(c) = &self.cache {
-            if crate::http::cache::purge::handle(c, session, &self.listener, false).await? {
+            if crate::cache::purge::handle(c, session, &self.listener, false).await? {
                 return Ok(true);
             }
         }

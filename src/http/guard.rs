@@ -58,7 +58,7 @@ pub struct Guarded {
     /// arrives in one read (the common case) never registers a timer.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The head's bytes from earlier reads, when it spans several (leading empty lines
-    /// skipped), for [`super::strict::check_head`].
+    /// skipped), for [`crate::policy::head::check_head`].
     partial: Vec<u8>,
     rearm: AtomicBool,
     conn_slot: Option<Arc<AtomicUsize>>,
@@ -70,6 +70,25 @@ pub struct Guarded {
     /// segment without a buffer in the stream below. Allocated per response, freed on flush:
     /// an idle connection holds none.
     wbuf: Vec<u8>,
+    /// The listener's name, for the refusal count.
+    listener: Option<Arc<str>>,
+    /// What of the body after the head is still handed on.
+    body: Body,
+}
+
+/// The guard hands on one request at a time: its head, then exactly its body. Bytes past
+/// the body (a pipelined request) are held until the next head is watched, so they pass the
+/// same checks and reach whichever engine serves that request, never a parser that would
+/// drop them.
+#[derive(Debug)]
+enum Body {
+    /// Everything passes (a tunnel may follow, or the stream is HTTP/2).
+    Pass,
+    /// This many bytes are left of a Content-Length body.
+    Left(u64),
+    Chunked(super::chunked::ChunkedScanner),
+    /// The request is complete: nothing more until the next head is watched.
+    Held,
 }
 
 /// Writes shorter than this are gathered (one MSS, as Pingora's own L4 write buffer).
@@ -91,15 +110,9 @@ impl Drop for Guarded {
     }
 }
 
-/// Answers written by the guard. They close the connection.
-fn answer(code: u16) -> &'static [u8] {
-    match code {
-        400 => b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        408 => b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        501 => b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        414 => b"HTTP/1.1 414 URI Too Long\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        _ => b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    }
+/// The guard's answers are the policy's, and close the connection.
+fn answer(code: u16) -> Vec<u8> {
+    crate::policy::answer::Answer::closing(code).h1(false, false)
 }
 
 impl Guarded {
@@ -122,7 +135,23 @@ impl Guarded {
             pending: Vec::new(),
             pending_at: 0,
             wbuf: Vec::new(),
+            listener: None,
+            body: Body::Pass,
         }
+    }
+
+    /// Pass every byte through unwatched: an HTTP/2 connection, which only needs its slot in
+    /// the connection count.
+    pub fn passthrough(mut self) -> Guarded {
+        self.phase = Phase::Body;
+        self.body = Body::Pass;
+        self
+    }
+
+    /// Name the listener in the count of refused heads.
+    pub fn with_listener(mut self, name: Arc<str>) -> Guarded {
+        self.listener = Some(name);
+        self
     }
 
     /// The stream below, for writers that send whole responses (the fast path).
@@ -190,6 +219,7 @@ impl Guarded {
     }
 
     fn reset(&mut self) {
+        self.body = Body::Pass;
         self.phase = Phase::RequestLine;
         self.head_len = 0;
         self.line_len = 0;
@@ -212,14 +242,65 @@ impl Guarded {
     /// The strict checks on the complete head, `head_tail` being its bytes in this read.
     fn check(&mut self, head_tail: &[u8]) -> Result<(), (u16, &'static str)> {
         let r = if self.partial.is_empty() {
-            super::strict::check_head(head_tail)
+            crate::policy::head::check_head(head_tail)
         } else {
             self.partial.extend_from_slice(head_tail);
-            let r = super::strict::check_head(&self.partial);
+            let r = crate::policy::head::check_head(&self.partial);
             self.clear_partial();
             r
         };
-        r.map_err(|r| (r.status, r.reason))
+        let f = r.map_err(|r| (r.status, r.reason))?;
+        self.body = if f.tunnel {
+            Body::Pass
+        } else if f.chunked {
+            Body::Chunked(super::chunked::ChunkedScanner::default())
+        } else {
+            Body::Left(f.length.unwrap_or(0))
+        };
+        Ok(())
+    }
+
+    /// Keep the bytes of `buf` from `from` on that belong to this request's body; hold the
+    /// rest back for the next head.
+    fn limit_body(
+        &mut self,
+        buf: &mut ReadBuf<'_>,
+        from: usize,
+    ) -> Result<(), (u16, &'static str)> {
+        let data = &buf.filled()[from..];
+        let keep = match &mut self.body {
+            Body::Pass => return Ok(()),
+            Body::Held => 0,
+            Body::Left(n) => {
+                let k = (*n).min(data.len() as u64);
+                *n -= k;
+                k as usize
+            }
+            Body::Chunked(scan) => match scan.scan(data) {
+                Ok(super::chunked::Scan::More) => data.len(),
+                Ok(super::chunked::Scan::Done(k)) => {
+                    self.body = Body::Left(0);
+                    k
+                }
+                Err(_) => return Err((400, "malformed chunked request body")),
+            },
+        };
+        if matches!(self.body, Body::Left(0)) {
+            self.body = Body::Held;
+        }
+        if keep < data.len() {
+            let mut held = data[keep..].to_vec();
+            held.extend_from_slice(&self.pending[self.pending_at..]);
+            self.pending = held;
+            self.pending_at = 0;
+            buf.set_filled(from + keep);
+        }
+        Ok(())
+    }
+
+    /// Let every byte through from now on: the connection became a tunnel (after a 101).
+    pub fn release(&mut self) {
+        self.body = Body::Pass;
     }
 
     /// Scan newly read head bytes; `Err((code, reason))` on a violation, else how many bytes
@@ -308,10 +389,11 @@ impl Guarded {
                 .and_then(|d| d.peer_addr().map(|a| a.to_string()))
                 .unwrap_or_else(|| "-".into()),
         );
+        crate::observability::refused(self.listener.as_deref().unwrap_or("-"), &code.to_string());
         self.clear_partial();
         // Best effort: a tiny answer into an idle socket completes at once.
         let mut inner = Pin::new(&mut self.inner);
-        if let Poll::Ready(Ok(_)) = inner.as_mut().poll_write(cx, answer(code)) {
+        if let Poll::Ready(Ok(_)) = inner.as_mut().poll_write(cx, &answer(code)) {
             let _ = inner.as_mut().poll_flush(cx);
         }
         self.phase = Phase::Body;
@@ -332,8 +414,16 @@ impl AsyncRead for Guarded {
         if this.rearm.swap(false, Relaxed) {
             this.reset();
         }
-        if this.phase == Phase::Body && this.pending.is_empty() {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.phase == Phase::Body {
+            match this.body {
+                Body::Pass if this.pending.is_empty() => {
+                    return Pin::new(&mut this.inner).poll_read(cx, buf);
+                }
+                // The request is complete; its reader gets nothing more (the next request
+                // waits, held, for the next head's watch).
+                Body::Held => return Poll::Pending,
+                _ => {}
+            }
         }
         let before = buf.filled().len();
         let polled = if this.pending_at < this.pending.len() {
@@ -349,6 +439,11 @@ impl AsyncRead for Guarded {
             Pin::new(&mut this.inner).poll_read(cx, buf)
         };
         if this.phase == Phase::Body {
+            if let Poll::Ready(Ok(())) = polled {
+                if let Err((code, reason)) = this.limit_body(buf, before) {
+                    return this.reject(cx, code, reason);
+                }
+            }
             return polled;
         }
         match polled {
@@ -359,8 +454,14 @@ impl AsyncRead for Guarded {
                         this.deadline =
                             Some(std::time::Instant::now() + this.limits.header_timeout);
                     }
-                    if let Err((code, reason)) = this.scan(&filled[before..]) {
-                        return this.reject(cx, code, reason);
+                    match this.scan(&filled[before..]) {
+                        Err((code, reason)) => return this.reject(cx, code, reason),
+                        Ok(n) if this.phase == Phase::Body => {
+                            if let Err((code, reason)) = this.limit_body(buf, before + n) {
+                                return this.reject(cx, code, reason);
+                            }
+                        }
+                        Ok(_) => {}
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -544,7 +645,7 @@ mod tests {
     #[test]
     fn scanner_limits() {
         let mut x = g();
-        assert_eq!(x.scan(b"GET / HTTP/1.1\r\nA: b\r\n\r\nBODY"), Ok(24));
+        assert_eq!(x.scan(b"GET / HTTP/1.0\r\nA: b\r\n\r\nBODY"), Ok(24));
         let mut x = g();
         assert_eq!(
             x.scan(b"GET /aaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n")
@@ -553,17 +654,17 @@ mod tests {
         );
         let mut x = g();
         assert_eq!(
-            x.scan(b"GET / HTTP/1.1\r\nA: b\r\nC: d\r\nE: f\r\n")
+            x.scan(b"GET / HTTP/1.0\r\nA: b\r\nC: d\r\nE: f\r\n")
                 .map_err(|e| e.0),
             Err(431)
         );
         let mut x = g();
         assert!(x
-            .scan(b"GET / HTTP/1.1\r\nA: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n")
+            .scan(b"GET / HTTP/1.0\r\nA: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n")
             .is_err());
         // split across reads
         let mut x = g();
-        assert_eq!(x.scan(b"GET / HTTP/1.1\r\nA: b\r"), Ok(21));
+        assert_eq!(x.scan(b"GET / HTTP/1.0\r\nA: b\r"), Ok(21));
         assert_eq!(x.scan(b"\n\r"), Ok(2));
         assert_eq!(x.scan(b"\nrest"), Ok(1));
         assert_eq!(x.phase, Phase::Body);
@@ -575,7 +676,7 @@ mod tests {
             Err(400)
         );
         let mut x = g();
-        assert_eq!(x.scan(b"\r\nGET / HTTP/1.1\r\nA: b\r"), Ok(23));
+        assert_eq!(x.scan(b"\r\nGET / HTTP/1.0\r\nA: b\r"), Ok(23));
         assert_eq!(x.scan(b"\n\tfolded\r\n\r\n").map_err(|e| e.0), Err(400));
         let mut x = g();
         assert_eq!(

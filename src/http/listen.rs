@@ -135,8 +135,24 @@ impl pingora_core::protocols::UniqueID for PlainTcp {
 
 impl pingora_core::protocols::Ssl for PlainTcp {}
 
+/// Peeking lets an `h2c: true` listener tell the HTTP/2 preface from an HTTP/1 request
+/// without consuming either.
 #[async_trait]
-impl pingora_core::protocols::Peek for PlainTcp {}
+impl pingora_core::protocols::Peek for PlainTcp {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        loop {
+            let n = self.tcp.peek(buf).await?;
+            if n == 0 || n >= buf.len() {
+                return Ok(n > 0);
+            }
+            // A short peek: wait for the rest only while what came could still be it.
+            if buf[..n] != crate::http::service::H2_PREFACE[..n.min(24)] {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
 
 impl pingora_core::protocols::GetTimingDigest for PlainTcp {
     fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {

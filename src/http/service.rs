@@ -10,9 +10,11 @@
 //! listeners also read without the L4 buffer (the HTTP/1 parser has its own), which saves a
 //! copy per request.
 //!
-//! Every HTTP/1 connection (plain or TLS) is wrapped once in a [`Guarded`] stream that
-//! enforces the listener's head limits and holds its slot in the connection count.
-//! HTTP/2 connections take Pingora's own path unchanged.
+//! Every connection (plain or TLS, HTTP/1 or HTTP/2) is admitted once: it takes a slot in
+//! the listener's connection count (`max_connections`), and an HTTP/1 connection is wrapped
+//! in a [`Guarded`] stream that enforces the listener's head limits. HTTP/2 connections,
+//! by ALPN or by the h2c preface, then take Pingora's HTTP/2 server, whose streams the lean
+//! engine serves where the policy lets it.
 
 use super::guard::{Guarded, HeadLimits};
 use crate::config::ListenerLimits;
@@ -20,7 +22,7 @@ use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Peek, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, ProxyHttp};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -62,8 +64,9 @@ impl Admission {
         }
     }
 
-    /// Wrap a new connection's stream, or refuse it when the listener is full.
-    pub async fn admit(&self, mut stream: Stream) -> Option<Box<Guarded>> {
+    /// Wrap a new connection's stream, or refuse it when the listener is full. `h1`: watch
+    /// its request heads; an HTTP/2 connection only takes its slot.
+    pub async fn admit_as(&self, mut stream: Stream, h1: bool) -> Option<Box<Guarded>> {
         let n = self.open.fetch_add(1, Relaxed) + 1;
         if let Some(max) = self.max {
             if n > max {
@@ -72,19 +75,23 @@ impl Admission {
                     "{}: refusing a connection: {max} open (max_connections)",
                     self.name
                 );
-                use tokio::io::AsyncWriteExt;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n")
-                    .await;
-                let _ = stream.flush().await;
+                crate::observability::refused(&self.name, "max_connections");
+                if h1 {
+                    use tokio::io::AsyncWriteExt;
+                    let a = crate::policy::answer::Answer::closing(503).retry_after(1);
+                    let _ = stream.write_all(&a.h1(false, false)).await;
+                    let _ = stream.flush().await;
+                }
                 return None;
             }
         }
-        Some(Box::new(Guarded::new(
-            stream,
-            self.head,
-            Some(self.open.clone()),
-        )))
+        let g = Guarded::new(stream, self.head, Some(self.open.clone()))
+            .with_listener(self.name.clone());
+        Some(Box::new(if h1 { g } else { g.passthrough() }))
+    }
+
+    pub async fn admit(&self, stream: Stream) -> Option<Box<Guarded>> {
+        self.admit_as(stream, true).await
     }
 }
 
@@ -227,7 +234,11 @@ pub struct H1First<A> {
     admission: Admission,
     /// Plain reverse-proxy requests, served without Pingora's per-request machinery.
     fast: Option<Arc<super::fast::FastPath>>,
+    keepalive_requests: Option<u32>,
 }
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4), which an `h2c: true` listener looks for.
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl<A> H1First<A> {
     pub fn new(
@@ -241,6 +252,7 @@ impl<A> H1First<A> {
             idle_wait: limits.keepalive_timeout,
             admission,
             fast,
+            keepalive_requests: limits.keepalive_requests,
         }
     }
 }
@@ -249,26 +261,44 @@ impl<A> H1First<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    /// A connection for Pingora's own path (HTTP/2 by ALPN or h2c, custom protocols), boxed
+    /// so its size is paid only by the connections that take it.
+    async fn pingora(
+        self: &Arc<Self>,
+        g: Box<Guarded>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        Box::pin(pingora_core::apps::ServerApp::process_new(
+            &self.inner,
+            g,
+            shutdown,
+        ))
+        .await
+    }
+
     /// One request on Pingora's general path.
+    /// `served`: requests this connection carried before this one, by either engine.
     async fn general(
         self: &Arc<Self>,
         g: Box<Guarded>,
         persistent: Option<pingora_core::apps::HttpPersistentSettings>,
+        served: u32,
         shutdown: &ShutdownWatch,
     ) -> Option<(
         Box<Guarded>,
         Option<pingora_core::apps::HttpPersistentSettings>,
     )> {
-        let opts = self.inner.server_options();
         let mut session = ServerSession::new_http1(g);
-        match persistent {
-            Some(p) => p.apply_to_session(&mut session),
-            None => {
-                session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-                session
-                    .set_keepalive_reuses_remaining(opts.and_then(|o| o.keepalive_request_limit));
-            }
+        if let Some(p) = persistent {
+            p.apply_to_session(&mut session);
         }
+        // The policy's keep-alive, whichever engine served the requests before this one.
+        let draining = *shutdown.borrow() || crate::lifecycle::draining();
+        session.set_keepalive((!draining).then_some(self.idle_wait.as_secs().max(1)));
+        session.set_keepalive_reuses_remaining(
+            self.keepalive_requests
+                .map(|n| n.saturating_sub(served.saturating_add(1))),
+        );
         let (next, p) = self
             .inner
             .process_new_http(session, shutdown)
@@ -290,38 +320,41 @@ where
     ) -> Option<Stream> {
         use pingora_core::protocols::ALPN;
         let opts = self.inner.server_options();
-        let h2c = opts.is_some_and(|o| o.h2c) && stream.get_ssl_digest().is_none();
+        let plain = stream.get_ssl_digest().is_none();
+        let h2c = opts.is_some_and(|o| o.h2c) && plain;
         let custom = opts.is_some_and(|o| o.force_custom);
         let h1 = matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
-        if h2c || custom || !h1 {
-            // Pingora's own path (h2c preface detection, HTTP/2, custom protocols), boxed so
-            // its size is paid only by the connections that take it.
-            return Box::pin(pingora_core::apps::ServerApp::process_new(
-                &self.inner,
-                stream,
-                shutdown,
-            ))
-            .await;
+        if custom || !h1 {
+            let g = self.admission.admit_as(stream, false).await?;
+            return self.pingora(g, shutdown).await;
+        }
+        let mut g = self.admission.admit(stream).await?;
+        if h2c {
+            // An h2c listener still serves HTTP/1 here; only the preface goes to HTTP/2.
+            let mut preface = [0u8; 24];
+            if matches!(g.try_peek(&mut preface).await, Ok(true)) && &preface == H2_PREFACE {
+                return self.pingora(Box::new((*g).passthrough()), shutdown).await;
+            }
         }
         // Between requests a plaintext connection waits here, holding only the socket; TLS
         // streams buffer inside OpenSSL, so a socket peek says nothing about them.
-        let plain = stream.get_ssl_digest().is_none();
-        let mut g = self.admission.admit(stream).await?;
-        let mut conn = self.fast.as_ref().map(|_| super::fast::Conn::new(&g));
+        let mut conn = super::fast::Conn::new(&g);
         let mut persistent: Option<pingora_core::apps::HttpPersistentSettings> = None;
         loop {
+            // A request pipelined behind the last one is held by the guard (see
+            // `guard::Body`), so it is served here in order, by whichever engine takes it.
             if plain {
                 match wait_for_request(&mut g, self.idle_wait).await {
                     Idle::Ready => {}
                     Idle::Closed => return None,
                 }
             }
-            if let (Some(fast), Some(conn)) = (&self.fast, conn.as_mut()) {
+            if let Some(fast) = &self.fast {
                 let draining = *shutdown.borrow() || crate::lifecycle::draining();
                 let wait = (!plain).then_some(self.idle_wait);
                 // Boxed: the request's state is allocated while it runs, not carried by
                 // every idle connection.
-                match Box::pin(fast.serve(&mut g, conn, draining, wait, shutdown)).await {
+                match Box::pin(fast.serve(&mut g, &mut conn, draining, wait, shutdown)).await {
                     super::fast::Outcome::KeepAlive => continue,
                     super::fast::Outcome::Close => return None,
                     super::fast::Outcome::Fallback => {}
@@ -329,7 +362,9 @@ where
             }
             // Boxed: Pingora's session (about a kilobyte) and its request future exist only
             // while such a request runs.
-            let (next, p) = Box::pin(self.general(g, persistent.take(), shutdown)).await?;
+            let served = conn.served;
+            conn.served = conn.served.saturating_add(1);
+            let (next, p) = Box::pin(self.general(g, persistent.take(), served, shutdown)).await?;
             g = next;
             persistent = p;
         }

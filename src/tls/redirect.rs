@@ -2,7 +2,8 @@
 //! host and path on https, before routing. 301 for GET and HEAD (cacheable, what browsers
 //! expect), 308 for other methods so that clients repeat the method and body.
 
-use crate::http::{respond, router::request_host};
+use crate::http::{request_host, respond};
+use crate::policy::forwarded::strip_port;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -38,7 +39,7 @@ pub async fn redirect(session: &mut Session, https_port: u16) -> Result<()> {
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_string();
-    let Some(url) = location(request_host(req), &pq, https_port) else {
+    let Some(url) = location(strip_port(request_host(req).unwrap_or("")), &pq, https_port) else {
         return respond(session, 400, true).await;
     };
     let safe = matches!(req.method, http::Method::GET | http::Method::HEAD);

@@ -17,10 +17,15 @@
 //!
 //! Most recently used first: under light load the same few connections stay warm and the
 //! rest age out.
+//!
+//! Size: `upstream_keepalive_pool_size` means what it means to Pingora's pool, the idle
+//! connections kept in all; each thread keeps its share, across all backends, and evicts the
+//! oldest when full. The sweeper task holds its thread's pool by reference, so it sweeps the
+//! right pool whichever worker runs it (a work-stealing runtime may move it).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -34,12 +39,21 @@ struct IdleConn {
 #[derive(Default)]
 struct ThreadPool {
     by_addr: HashMap<SocketAddr, Vec<IdleConn>, ahash::RandomState>,
+    /// Idle connections in all lists.
+    total: usize,
     last_sweep: Option<Instant>,
     sweeper: bool,
 }
 
+type Shared = Arc<Mutex<ThreadPool>>;
+
 thread_local! {
-    static POOL: RefCell<ThreadPool> = RefCell::new(ThreadPool::default());
+    // Only ever locked by its own thread and by its sweeper: uncontended.
+    static POOL: Shared = Shared::default();
+}
+
+fn lock(p: &Shared) -> MutexGuard<'_, ThreadPool> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How often idle connections are checked for expiry, at most.
@@ -59,10 +73,12 @@ fn still_open(s: &TcpStream) -> bool {
 /// An idle connection to `addr`, most recently used first.
 pub fn checkout(addr: SocketAddr) -> Option<TcpStream> {
     POOL.with(|p| {
-        let mut p = p.borrow_mut();
+        let mut p = lock(p);
         let now = Instant::now();
+        let p = &mut *p;
         let list = p.by_addr.get_mut(&addr)?;
         while let Some(c) = list.pop() {
+            p.total -= 1;
             if now.duration_since(c.since) < c.max_idle && still_open(&c.stream) {
                 return Some(c.stream);
             }
@@ -71,11 +87,14 @@ pub fn checkout(addr: SocketAddr) -> Option<TcpStream> {
     })
 }
 
-/// Keep `stream` for the next request to `addr`, up to `max` idle connections per address
-/// and thread.
+/// Keep `stream` for the next request to `addr`, up to `max` idle connections in this
+/// thread's pool.
 pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usize) {
-    let start_sweeper = POOL.with(|p| {
-        let mut p = p.borrow_mut();
+    if max == 0 {
+        return;
+    }
+    let sweeper = POOL.with(|shared| {
+        let mut p = lock(shared);
         let now = Instant::now();
         if p.last_sweep
             .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
@@ -83,32 +102,28 @@ pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usi
             p.last_sweep = Some(now);
             sweep(&mut p, now);
         }
-        let list = p.by_addr.entry(addr).or_default();
-        if list.len() >= max {
-            // the oldest goes; the one just used is the warmest
-            list.remove(0);
+        if p.total >= max {
+            evict_oldest(&mut p, addr);
         }
-        list.push(IdleConn {
+        p.by_addr.entry(addr).or_default().push(IdleConn {
             stream,
             since: now,
             max_idle,
         });
-        !std::mem::replace(&mut p.sweeper, true)
+        p.total += 1;
+        (!std::mem::replace(&mut p.sweeper, true)).then(|| shared.clone())
     });
-    if start_sweeper {
+    if let Some(shared) = sweeper {
         // Sweeps this thread's pool when requests stop coming (checkin sweeps otherwise).
-        tokio::spawn(async {
+        tokio::spawn(async move {
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
-                let more = POOL.with(|p| {
-                    let mut p = p.borrow_mut();
-                    let now = Instant::now();
-                    p.last_sweep = Some(now);
-                    sweep(&mut p, now);
-                    !p.by_addr.is_empty()
-                });
-                if !more {
-                    POOL.with(|p| p.borrow_mut().sweeper = false);
+                let mut p = lock(&shared);
+                let now = Instant::now();
+                p.last_sweep = Some(now);
+                sweep(&mut p, now);
+                if p.by_addr.is_empty() {
+                    p.sweeper = false;
                     return;
                 }
             }
@@ -116,14 +131,35 @@ pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usi
     }
 }
 
+/// Make room for one: the oldest connection to `addr` goes (the one just used is the
+/// warmest), else the oldest of another backend's.
+fn evict_oldest(p: &mut ThreadPool, addr: SocketAddr) {
+    let key = match p.by_addr.get(&addr) {
+        Some(l) if !l.is_empty() => Some(addr),
+        _ => p
+            .by_addr
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .min_by_key(|(_, l)| l[0].since)
+            .map(|(a, _)| *a),
+    };
+    if let Some(list) = key.and_then(|k| p.by_addr.get_mut(&k)) {
+        list.remove(0);
+        p.total -= 1;
+    }
+}
+
 fn sweep(p: &mut ThreadPool, now: Instant) {
+    let mut total = 0;
     p.by_addr.retain(|_, list| {
         list.retain(|c| now.duration_since(c.since) < c.max_idle && still_open(&c.stream));
+        total += list.len();
         !list.is_empty()
     });
+    p.total = total;
 }
 
 /// Idle connections this thread holds, for tests and the status page.
 pub fn idle_here() -> usize {
-    POOL.with(|p| p.borrow().by_addr.values().map(Vec::len).sum())
+    POOL.with(|p| lock(p).total)
 }

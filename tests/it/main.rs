@@ -5,6 +5,7 @@ mod support;
 
 mod cache;
 mod cli;
+mod differential;
 mod fast;
 mod forward;
 mod hardening;

@@ -8,85 +8,94 @@
 //! written back on the stream, with chunked bodies decoded. Everything else, and listeners with
 //! a per-IP rate limit, keep Pingora's path, decided before anything is sent anywhere.
 
+use super::exchange::{Down, Exchange, Failure};
+use super::response::{Framing, RespHead};
 use super::*;
 use bytes::Bytes;
 use pingora_core::protocols::http::v2::server::HttpSession as H2Session;
+use pingora_http::ResponseHeader;
+use tokio::net::TcpStream;
 
-/// Hop-by-hop and forwarding fields that are not copied from an HTTP/2 request.
+/// Request fields not copied from an HTTP/2 request: `Host` and `Cookie` are written first
+/// (from `:authority`, and joined), the policy's request edits drop the rest.
 fn skipped(name: &str) -> bool {
-    matches!(
-        name,
-        "host"
-            | "cookie"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "http2-settings"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-    )
+    matches!(name, "host" | "cookie" | "transfer-encoding")
+        || fields::drop_on_request(fields::classify(name.as_bytes()))
 }
 
 impl FastPath {
     /// Serve one HTTP/2 stream; `false` when it is for Pingora's path (nothing was done).
     pub async fn serve_h2(&self, s: &mut H2Session) -> bool {
         let l = &*self.listener;
-        if l.rate.is_some() || !s.is_body_done() {
-            return false;
-        }
         let client = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let req = s.req_header();
         let method = req.method.as_str();
-        if method != "GET" && method != "HEAD" {
-            return false;
-        }
-        let host = req.uri.authority().map(|a| a.as_str()).or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-        });
-        let Some(host) = host else {
-            return false;
-        };
         let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        if !target.starts_with('/') {
-            return false;
-        }
-        let Some(route) = l
-            .router
-            .find(strip_port(host), req.uri.path())
-            .and_then(|p| l.router.get(p))
-        else {
-            return false;
+        let t = HeadTraits {
+            parsed: true,
+            h2: true,
+            origin_form: target.starts_with('/'),
+            connect: method == "CONNECT",
+            get: method == "GET",
+            get_or_head: method == "GET" || method == "HEAD",
+            body: !s.is_body_done(),
+            upgrade: req.headers.get(http::header::UPGRADE).map(|_| false),
+            ..HeadTraits::default()
         };
-        if !Self::route_ok(route) || route.cache.is_some() {
+        if let Err(reason) = engine::head(l, &t) {
+            fell_back(reason);
             return false;
         }
+        let host = super::super::request_host(req);
+        let head = RequestHead {
+            client,
+            host,
+            path: req.uri.path(),
+            content_length: None,
+        };
+        let route = l.route(&head);
+        if let Some(r) = route {
+            if let Err(reason) = engine::route(&t, r, false) {
+                fell_back(reason);
+                return false;
+            }
+        }
+        let route = match l.admit_on(&head, route) {
+            Verdict::Answer(a, route) => {
+                let head_only = method == "HEAD";
+                let status = a.status;
+                let _ = h2_page(s, &a, head_only).await;
+                let view = h2_view(s, client);
+                let obs = RequestObs::default();
+                observability::fast_request_done(
+                    &view,
+                    route.map(|r| r.id),
+                    None,
+                    &obs,
+                    status,
+                    0,
+                    false,
+                );
+                return true;
+            }
+            Verdict::Proxy(route) => route,
+        };
 
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        let mut xff: Option<&[u8]> = None;
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        if let Some(h) = host {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         for (name, value) in req.headers.iter() {
-            let n = name.as_str();
-            if n == "x-forwarded-for" && xff.is_none() {
-                xff = Some(value.as_bytes());
-            }
-            if skipped(n) {
+            if skipped(name.as_str()) {
                 continue;
             }
-            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -99,38 +108,26 @@ impl FastPath {
         if req.headers.contains_key(http::header::COOKIE) {
             out.extend_from_slice(b"\r\n");
         }
-        if let Some(ip) = client {
-            out.extend_from_slice(b"x-forwarded-for: ");
-            if let Some(prev) = xff.filter(|p| !p.is_empty() && p.len() < 400) {
-                out.extend_from_slice(prev);
-                out.extend_from_slice(b", ");
-            }
-            push_ip(&mut out, ip);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"x-forwarded-proto: ");
-        out.extend_from_slice(self.proto);
-        out.extend_from_slice(b"\r\nx-forwarded-host: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n\r\n");
+        let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+        forwarded::h1_lines(&mut out, xff, client, l.tls, host.map(str::as_bytes));
+        out.extend_from_slice(b"\r\n");
 
         let hash = match route.pool.selection {
-            Selection::ConsistentHash => h2_hash(&route.pool.hash_key, client, target, req),
+            crate::config::Selection::ConsistentHash => policy::hash::key(
+                &route.pool.hash_key,
+                client,
+                target,
+                |n| req.headers.get(n).map(|v| v.as_bytes()),
+                req.headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            ),
             _ => 0,
         };
         let head_only = method == "HEAD";
 
-        let mut ex = Exchange {
-            l,
-            route,
-            pool: &route.pool,
-            pool_max: self.pool_max,
-            obs: RequestObs::default(),
-            pick: None,
-            status: 0,
-            bytes_out: 0,
-            shutdown: None,
-        };
+        let mut ex = Exchange::new(l, route, self.pool_max, RequestObs::default(), None);
         // The request's fields are read from the session again after the exchange (no
         // copies): only the response side writes to it.
         let head = ex
@@ -143,8 +140,9 @@ impl FastPath {
         let slot = ex.pick.as_ref().map(|p| &*p.slot);
         let status = match res {
             Ok(()) => ex.status,
-            Err(Failure::Answer(code, why)) => {
-                warn!(
+            Err(Failure::Answer(why_status, why)) => {
+                let code = why_status.status();
+                log::warn!(
                     "{}: answering {code} for {} (backend {}): {why}",
                     l.name,
                     s.req_header().uri,
@@ -152,7 +150,7 @@ impl FastPath {
                 );
                 ex.bytes_out = 0;
                 if s.response_written().is_none() {
-                    let _ = h2_page(s, code, head_only).await;
+                    let _ = h2_page(s, &Answer::new(code), head_only).await;
                 }
                 code
             }
@@ -162,27 +160,7 @@ impl FastPath {
                 ex.status
             }
         };
-        let req = s.req_header();
-        let header = |n: http::header::HeaderName| {
-            req.headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-        };
-        let view = ReqView {
-            client,
-            method: req.method.as_str(),
-            uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            version: "HTTP/2.0",
-            host: req
-                .uri
-                .authority()
-                .map(|a| a.as_str())
-                .unwrap_or_else(|| header(http::header::HOST)),
-            referer: header(http::header::REFERER),
-            user_agent: header(http::header::USER_AGENT),
-            bytes_in: 0,
-        };
+        let view = h2_view(s, client);
         observability::fast_request_done(
             &view,
             Some(route.id),
@@ -196,68 +174,35 @@ impl FastPath {
     }
 }
 
-/// An address as text, IPv4 without the formatting machinery (this runs per request).
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if *o >= 100 {
-                    out.push(b'0' + o / 100);
-                }
-                if *o >= 10 {
-                    out.push(b'0' + o / 10 % 10);
-                }
-                out.push(b'0' + o % 10);
-            }
-        }
-        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
-    }
-}
-
-fn h2_hash(
-    key: &HashKey,
-    client: Option<IpAddr>,
-    target: &str,
-    req: &pingora_http::RequestHeader,
-) -> u64 {
-    match key {
-        HashKey::ClientIp => match client {
-            Some(IpAddr::V4(v4)) => hash_bytes(&v4.octets()),
-            Some(IpAddr::V6(v6)) => hash_bytes(&v6.octets()),
-            None => 0,
-        },
-        HashKey::Uri => hash_bytes(target.as_bytes()),
-        HashKey::Header(name) => req
-            .headers
-            .get(name.as_str())
-            .map(|v| hash_bytes(v.as_bytes()))
-            .unwrap_or(0),
-        HashKey::Cookie(name) => req
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .find_map(|h| {
-                h.as_bytes().split(|&b| b == b';').find_map(|part| {
-                    part.trim_ascii()
-                        .strip_prefix(name.as_bytes())
-                        .and_then(|rest| rest.strip_prefix(b"="))
-                })
-            })
-            .map(hash_bytes)
-            .unwrap_or(0),
+/// The access-log view of an HTTP/2 request; the host as the policy reads it.
+fn h2_view(s: &H2Session, client: Option<IpAddr>) -> ReqView<'_> {
+    let req = s.req_header();
+    let header = |n: http::header::HeaderName| {
+        req.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    };
+    ReqView {
+        client,
+        method: req.method.as_str(),
+        uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        version: "HTTP/2.0",
+        host: super::super::request_host(req).unwrap_or("-"),
+        referer: header(http::header::REFERER),
+        user_agent: header(http::header::USER_AGENT),
+        bytes_in: 0,
     }
 }
 
 /// One of the proxy's own pages on an HTTP/2 stream.
-async fn h2_page(s: &mut H2Session, code: u16, head_only: bool) -> pingora_core::Result<()> {
-    let body = super::super::error_page(code);
-    let mut r = ResponseHeader::build(code, Some(3))?;
-    r.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
-    r.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    r.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+async fn h2_page(s: &mut H2Session, a: &Answer, head_only: bool) -> pingora_core::Result<()> {
+    let body = a.body();
+    let fields = a.fields(body.len());
+    let mut r = ResponseHeader::build(a.status, Some(fields.len()))?;
+    for (k, v) in fields {
+        r.insert_header(k, v)?;
+    }
     s.write_response_header(Box::new(r), head_only)?;
     if !head_only {
         s.write_body(body, true).await?;
@@ -277,7 +222,10 @@ impl Exchange<'_> {
     ) -> Result<(), Failure> {
         self.status = h.code;
         let Some(resp) = h.h2 else {
-            return Err(Failure::Answer(500, "no HTTP/2 response head".into()));
+            return Err(Failure::Answer(
+                crate::policy::answer::Failure::Internal,
+                "no HTTP/2 response head".into(),
+            ));
         };
         let mut upstream_keep = h.upstream_keep;
         let mut scanner = crate::http::chunked::ChunkedScanner::default();
@@ -303,7 +251,10 @@ impl Exchange<'_> {
                 }
                 Ok(crate::http::chunked::Scan::More) => false,
                 Err(e) => {
-                    return Err(Failure::Answer(502, format!("bad chunked body: {}", e.0)));
+                    return Err(Failure::Answer(
+                        crate::policy::answer::Failure::BadResponse,
+                        format!("bad chunked body: {}", e.0),
+                    ));
                 }
             },
             Framing::Close => {
@@ -366,27 +317,5 @@ impl Exchange<'_> {
             self.give_back(up);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::push_ip;
-
-    #[test]
-    fn addresses_are_written_as_display_writes_them() {
-        for ip in [
-            "0.0.0.0",
-            "10.20.255.1",
-            "127.0.0.1",
-            "199.9.100.99",
-            "::1",
-            "2001:db8::7",
-        ] {
-            let ip: std::net::IpAddr = ip.parse().expect("address");
-            let mut out = Vec::new();
-            push_ip(&mut out, ip);
-            assert_eq!(String::from_utf8(out).expect("utf-8"), ip.to_string());
-        }
     }
 }

@@ -7,12 +7,23 @@ use std::sync::Arc;
 pub struct Route {
     /// Position in the config's `routes`, used as the metrics and log label.
     pub id: usize,
+    /// Position in its listener's router, for [`Router::get`].
+    pub pos: usize,
     pub label: String,
     pub host: HostMatch,
     pub path_prefix: String,
     pub pool: Arc<Pool>,
     pub max_body_size: u64,
-    pub cache: Option<super::cache::RouteCache>,
+    pub cache: Option<crate::cache::RouteCache>,
+}
+
+impl Route {
+    /// Whether the route's backends speak plain HTTP/1 (no TLS, no HTTP/2, no PROXY header):
+    /// what the lean engine's upstream side writes.
+    pub fn plain_backends(&self) -> bool {
+        let s = &self.pool.spec;
+        s.tls.is_none() && !s.http2 && s.send_proxy_protocol.is_none()
+    }
 }
 
 pub struct Router {
@@ -28,12 +39,13 @@ impl Router {
             .filter(|(_, r)| r.listener == listener)
             .map(|(id, r)| Route {
                 id,
+                pos: 0,
                 label: format!("routes[{id}]"),
                 host: r.host.clone(),
                 path_prefix: r.path_prefix.clone(),
                 pool: pools[r.upstream].clone(),
                 max_body_size: r.max_body_size,
-                cache: r.cache.clone().map(super::cache::RouteCache::new),
+                cache: r.cache.clone().map(crate::cache::RouteCache::new),
             })
             .collect();
         routes.sort_by(|a, b| {
@@ -42,10 +54,13 @@ impl Router {
                 .cmp(&a.host.specificity())
                 .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
         });
+        for (pos, r) in routes.iter_mut().enumerate() {
+            r.pos = pos;
+        }
         Router { routes }
     }
 
-    /// `host` without port; `path` is the request path (query included is fine).
+    /// `host` without port; `path` is the request path without its query.
     /// Position of the first matching route, for [`Router::get`].
     #[inline]
     pub fn find(&self, host: &str, path: &str) -> Option<usize> {
@@ -61,46 +76,5 @@ impl Router {
 
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
-    }
-}
-
-/// The host a request is for, without port: the URI authority (HTTP/2, absolute form) or
-/// the Host header.
-pub fn request_host(req: &pingora_http::RequestHeader) -> &str {
-    let raw = req
-        .uri
-        .host()
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("");
-    strip_port(raw)
-}
-
-pub fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [v6]:port
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
-    }
-    match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
-        _ => host,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_are_stripped() {
-        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
-        assert_eq!(strip_port("a.example.com"), "a.example.com");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 }

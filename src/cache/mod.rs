@@ -21,7 +21,7 @@
 //! | `response_filter` | [`RouteCache::response_filter`] |
 //!
 //! Fresh, non-variant hits for plain HTTP/1 GET/HEAD requests are served by the fast path
-//! ([`crate::http::fast`]) through [`fast_hit`] / [`fast_hit_served`] instead: same key
+//! (the lean engine in `http::fast`) through [`fast_hit`] / [`fast_hit_served`] instead: same key
 //! function, same store, same freshness and LRU access, without a Pingora session.
 //!
 //! Collapsed forwarding is pingora's cache lock: the first miss for a key fetches, the others

@@ -8,7 +8,7 @@
 //! An edge proxy has no old clients to be kind to, so [`check_head`] refuses every form that
 //! some parser on the way could read differently, with 400 (or 501 for a transfer coding we
 //! do not implement), and names the reason for the log line. It runs on the exact bytes the
-//! client sent, in the request-head guard ([`super::guard`]), so nothing ambiguous is parsed,
+//! client sent, in the request-head guard ([`crate::http::guard`]), so nothing ambiguous is parsed,
 //! routed or forwarded.
 //!
 //! Refused: bare LF or bare CR as a line end or inside a line, NUL and other control bytes,
@@ -16,8 +16,9 @@
 //! name (so `Name : v` is refused), Content-Length together with Transfer-Encoding, several
 //! Content-Length values that differ or are not plain digits, and a Transfer-Encoding other
 //! than exactly one final `chunked`, and an absolute-form target whose host differs from the
-//! Host field (the router and the backend would each pick a different one), and more than
-//! one Host field.
+//! Host field (the router and the backend would each pick a different one), more than
+//! one Host field, an HTTP/1.1 request without Host (RFC 9112 §3.2), and a `Connection`
+//! field nominating a field the proxy relies on (Host, framing, X-Forwarded-*).
 
 /// Why a head was refused: the status to answer and a reason for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,29 @@ fn refuse<T>(reason: &'static str) -> Result<T, Refusal> {
     })
 }
 
+/// Fields a `Connection` field may not nominate: dropping them as hop-by-hop would change
+/// the request's routing, framing or forwarding record at the next hop.
+const PROTECTED: &[&[u8]] = &[
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"forwarded",
+];
+
+/// How the body after an accepted head is framed, for the guard to hand on exactly one
+/// request at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Framing {
+    /// A Content-Length (none and no chunked: no body, RFC 9112 §6.3).
+    pub length: Option<u64>,
+    pub chunked: bool,
+    /// CONNECT or an `Upgrade` field: the connection may turn into a tunnel.
+    pub tunnel: bool,
+}
+
 /// RFC 9110 tchar.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -40,13 +64,15 @@ fn is_tchar(b: u8) -> bool {
 
 /// Check a complete request head: the request line, the header lines and the empty line
 /// that ends it (leading empty lines already skipped).
-pub fn check_head(head: &[u8]) -> Result<(), Refusal> {
+pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = 0usize;
     let mut te_value: &[u8] = b"";
     let mut first = true;
     let mut target_authority: Option<&[u8]> = None;
     let mut host: Option<&[u8]> = None;
+    let mut http11 = false;
+    let mut tunnel = false;
     let mut rest = head;
     while !rest.is_empty() {
         let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
@@ -69,6 +95,8 @@ pub fn check_head(head: &[u8]) -> Result<(), Refusal> {
         if first {
             first = false;
             target_authority = absolute_authority(line);
+            http11 = line.ends_with(b" HTTP/1.1");
+            tunnel = line.starts_with(b"CONNECT ");
             continue;
         }
         if line.is_empty() {
@@ -117,7 +145,19 @@ pub fn check_head(head: &[u8]) -> Result<(), Refusal> {
                 return refuse("several Host fields");
             }
             host = Some(value);
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            tunnel = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in super::fields::tokens(value) {
+                if PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p)) {
+                    return refuse("Connection nominates a field the proxy relies on");
+                }
+            }
         }
+    }
+    if http11 && host.is_none() {
+        // RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+        return refuse("HTTP/1.1 request without Host");
     }
     if let (Some(a), Some(h)) = (target_authority, host) {
         if !a.eq_ignore_ascii_case(h) {
@@ -125,7 +165,11 @@ pub fn check_head(head: &[u8]) -> Result<(), Refusal> {
         }
     }
     if transfer_encoding == 0 {
-        return Ok(());
+        return Ok(Framing {
+            length: content_length,
+            chunked: false,
+            tunnel,
+        });
     }
     if content_length.is_some() {
         return refuse("Content-Length together with Transfer-Encoding");
@@ -159,7 +203,11 @@ pub fn check_head(head: &[u8]) -> Result<(), Refusal> {
             reason: "transfer coding other than chunked",
         });
     }
-    Ok(())
+    Ok(Framing {
+        length: None,
+        chunked: true,
+        tunnel,
+    })
 }
 
 /// The authority of an `http://` or `https://` absolute-form request target.
@@ -195,7 +243,7 @@ mod tests {
 
     fn status(lines: &[&str]) -> u16 {
         match check_head(&head(lines)) {
-            Ok(()) => 200,
+            Ok(_) => 200,
             Err(r) => r.status,
         }
     }
@@ -264,9 +312,11 @@ mod tests {
     #[test]
     fn absolute_form_host_must_match() {
         let h = |l: &str| check_head(format!("{l}\r\n\r\n").as_bytes()).map_err(|r| r.status);
-        assert_eq!(h("GET http://a/x HTTP/1.1\r\nHost: a"), Ok(()));
-        assert_eq!(h("GET HTTP://A:80?q HTTP/1.1\r\nHost: a:80"), Ok(()));
-        assert_eq!(h("GET http://a/x HTTP/1.1"), Ok(()));
+        assert!(h("GET http://a/x HTTP/1.1\r\nHost: a").is_ok());
+        assert!(h("GET HTTP://A:80?q HTTP/1.1\r\nHost: a:80").is_ok());
+        // RFC 9112 3.2: Host is required of HTTP/1.1 whatever the target's form
+        assert_eq!(h("GET http://a/x HTTP/1.1"), Err(400));
+        assert!(h("GET http://a/x HTTP/1.0").is_ok());
         assert_eq!(h("GET http://evil/x HTTP/1.1\r\nHost: a"), Err(400));
         assert_eq!(h("GET https://evil HTTP/1.1\r\nHost: a"), Err(400));
     }

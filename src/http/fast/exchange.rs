@@ -1,0 +1,611 @@
+//! The backend side of a lean-engine request: a backend from the route's pool, the request
+//! written on a pooled or new connection, the response head read and handed back, the body
+//! streamed to the client, the connection given back to the pool when the body ended cleanly.
+//! Retries are [`crate::policy::retry`]'s decisions; failures are named for the policy
+//! ([`crate::policy::answer::Failure`]), which picks the status.
+
+use super::response::{parse_response, Framing, Parsed, RespHead};
+use super::{write_flush, Guarded, Listener, BODY_BUF, RESP_BUF};
+use crate::observability::RequestObs;
+use crate::policy::answer::Failure as Why;
+use crate::policy::retry;
+use crate::policy::route::Route;
+use crate::upstream::{bit, conns, Pick, Pool};
+use log::warn;
+use pingora_core::server::ShutdownWatch;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bodies up to this size are sent to the client with their head in one write.
+const SMALL_BODY: usize = 16 * 1024;
+/// Longest response head accepted from a backend.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Why the backend exchange failed.
+pub enum Failure {
+    /// Answer the client with the policy's page for this failure; a reason for the log.
+    Answer(Why, String),
+    /// The client went away or the response was cut after its head was sent: close.
+    Cut,
+}
+
+/// Who the response goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    H1 { want_keep: bool, upgrade: bool },
+    H2,
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, (bool, std::io::Error)> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err((false, e)),
+        Err(_) => Err((true, std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+async fn timed<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, (bool, std::io::Error)> {
+    match tokio::time::timeout(d, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err((false, e)),
+        Err(_) => Err((true, std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// The backend side of one request.
+pub struct Exchange<'a> {
+    l: &'a Listener,
+    route: &'a Route,
+    pool: &'a Pool,
+    pool_max: usize,
+    pub obs: RequestObs,
+    pub pick: Option<Pick>,
+    pub status: u16,
+    pub bytes_out: usize,
+    /// For the tunnel of an upgraded (WebSocket) connection, which ends early on shutdown.
+    shutdown: Option<&'a ShutdownWatch>,
+}
+
+impl<'a> Exchange<'a> {
+    pub fn new(
+        l: &'a Listener,
+        route: &'a Route,
+        pool_max: usize,
+        obs: RequestObs,
+        shutdown: Option<&'a ShutdownWatch>,
+    ) -> Exchange<'a> {
+        Exchange {
+            l,
+            route,
+            pool: &route.pool,
+            pool_max,
+            obs,
+            pick: None,
+            status: 0,
+            bytes_out: 0,
+            shutdown,
+        }
+    }
+
+    /// Forward the request (`out`: head and the body bytes already read; `body_left`: body
+    /// bytes still to read from the client) and stream the response back. `Ok(keep)`: the
+    /// response is complete and the client connection may be reused.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run(
+        &mut self,
+        g: &mut Guarded,
+        out: &[u8],
+        body_left: u64,
+        hash: u64,
+        method_uri: (&str, &str),
+        head_only: bool,
+        down: Down,
+    ) -> Result<bool, Failure> {
+        let (up, rbuf, head) = self
+            .exchange(
+                Some(&mut *g),
+                out,
+                body_left,
+                hash,
+                method_uri,
+                head_only,
+                down,
+            )
+            .await?;
+        self.respond(g, up, rbuf, head).await
+    }
+
+    /// Send the request to a backend (selection, connect retries, one retry of a stale
+    /// pooled connection) and read the response head. Returns the connection, the bytes read
+    /// (head and the start of the body) and the parsed head rendered for `down`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn exchange(
+        &mut self,
+        mut g: Option<&mut Guarded>,
+        out: &[u8],
+        body_left: u64,
+        hash: u64,
+        (method, uri): (&str, &str),
+        head_only: bool,
+        down: Down,
+    ) -> Result<(TcpStream, Vec<u8>, RespHead), Failure> {
+        let pool = self.pool;
+        let spec = &pool.spec;
+        // A retry on a stale pooled connection needs the whole request in `out`.
+        let retryable = retry::after_stale_connection(method, body_left == 0, true);
+        let mut tried = 0u64;
+        let mut attempts = 0u32;
+        let mut fresh_only = false;
+        loop {
+            attempts += 1;
+            self.obs.peer_selected();
+            self.pick = None;
+            let Some(pick) = pool.select(hash, tried) else {
+                warn!(
+                    "{}: upstream {}: no usable backend for {}",
+                    self.l.name, pool.name, self.route.label
+                );
+                return Err(Failure::Answer(Why::NoBackend, "no usable backend".into()));
+            };
+            let addr = pick.slot.addr;
+            let pooled = if fresh_only {
+                None
+            } else {
+                conns::checkout(addr)
+            };
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(s) => s,
+                None => match connect(addr, pool.connect_timeout).await {
+                    Ok(s) => s,
+                    Err((timed_out, e)) => {
+                        pick.slot.failures.fetch_add(1, Relaxed);
+                        tried |= bit(pick.slot.index);
+                        warn!(
+                            "{}: connect to backend {} failed (attempt {attempts}): {e}",
+                            self.l.name, pick.slot.label
+                        );
+                        self.pick = Some(pick);
+                        if retry::after_connect_failure(attempts, pool.retries) {
+                            continue;
+                        }
+                        let why = if timed_out {
+                            Why::ConnectTimeout
+                        } else {
+                            Why::ConnectFailed
+                        };
+                        return Err(Failure::Answer(why, format!("connect failed: {e}")));
+                    }
+                },
+            };
+            self.obs.connected(Some(self.route.id), reused);
+            self.pick = Some(pick);
+
+            // Send the request.
+            if let Err((_, e)) = timed(spec.write_timeout, up.write_all(out)).await {
+                if reused {
+                    self.stale(method, uri, &e, retryable);
+                }
+                if reused && retryable {
+                    attempts -= 1;
+                    fresh_only = true;
+                    continue;
+                }
+                return Err(Failure::Answer(
+                    Why::BadResponse,
+                    format!("sending the request: {e}"),
+                ));
+            }
+            if body_left > 0 {
+                let Some(g) = g.as_deref_mut() else {
+                    return Err(Failure::Answer(
+                        Why::Internal,
+                        "request body without a reader".into(),
+                    ));
+                };
+                self.stream_request_body(g, &mut up, body_left).await?;
+            }
+
+            // Read the response head. What is buffered is parsed before reading again: a
+            // 1xx and the final head often arrive in one segment.
+            let mut rbuf: Vec<u8> = Vec::with_capacity(RESP_BUF);
+            let mut got_any = false;
+            let head = 'head: loop {
+                while !rbuf.is_empty() {
+                    match parse_response(&rbuf, head_only, down)? {
+                        Parsed::Partial => break,
+                        Parsed::Informational(n) => {
+                            // Forwarded to an HTTP/1.1 client, as Pingora's path does
+                            // (RFC 9110 §15.2: a proxy forwards 1xx it did not ask for).
+                            if let (Some(g), Down::H1 { .. }) = (g.as_deref_mut(), down) {
+                                let t = self.l.client_timeout;
+                                if write_flush(g, &rbuf[..n], t).await.is_err() {
+                                    return Err(Failure::Cut);
+                                }
+                            }
+                            rbuf.drain(..n);
+                        }
+                        Parsed::Head(h) => break 'head Some(h),
+                    }
+                }
+                if rbuf.len() == rbuf.capacity() {
+                    if rbuf.len() >= MAX_RESPONSE_HEAD {
+                        return Err(Failure::Answer(
+                            Why::BadResponse,
+                            "response head too large".into(),
+                        ));
+                    }
+                    rbuf.reserve(rbuf.capacity());
+                }
+                match timed(pool.read_timeout, up.read_buf(&mut rbuf)).await {
+                    Ok(0) => {
+                        if !got_any && reused {
+                            let e = std::io::ErrorKind::UnexpectedEof.into();
+                            self.stale(method, uri, &e, retryable);
+                            if retryable {
+                                break None;
+                            }
+                        }
+                        return Err(Failure::Answer(
+                            Why::BadResponse,
+                            "backend closed the connection before a complete response head".into(),
+                        ));
+                    }
+                    Ok(_) => got_any = true,
+                    Err((true, _)) => {
+                        return Err(Failure::Answer(
+                            Why::ResponseTimeout,
+                            "response read timed out".into(),
+                        ))
+                    }
+                    Err((false, e)) => {
+                        if !got_any && reused {
+                            self.stale(method, uri, &e, retryable);
+                            if retryable {
+                                break None;
+                            }
+                        }
+                        return Err(Failure::Answer(
+                            Why::BadResponse,
+                            format!("reading the response: {e}"),
+                        ));
+                    }
+                }
+            };
+            let Some(head) = head else {
+                attempts -= 1;
+                fresh_only = true;
+                continue;
+            };
+            return Ok((up, rbuf, head));
+        }
+    }
+
+    /// A reused connection failed before any response byte: the backend may have closed it
+    /// while it sat in the pool. Retried (on a fresh connection) when the request allows.
+    fn stale(&self, method: &str, uri: &str, e: &std::io::Error, retry: bool) {
+        warn!(
+            "{}: reused upstream connection failed for {method} {uri}: {e}: {}",
+            self.l.name,
+            if retry {
+                "retrying on a fresh connection"
+            } else {
+                "not retried (method not idempotent or body not buffered)"
+            }
+        );
+    }
+
+    async fn stream_request_body(
+        &mut self,
+        g: &mut Guarded,
+        up: &mut TcpStream,
+        mut left: u64,
+    ) -> Result<(), Failure> {
+        let mut b = vec![0u8; BODY_BUF.min(left as usize)];
+        while left > 0 {
+            let want = b.len().min(left as usize);
+            let n = match timed(self.l.client_timeout, g.read(&mut b[..want])).await {
+                Ok(0) | Err(_) => {
+                    warn!("{}: client closed or stalled mid-body", self.l.name);
+                    return Err(Failure::Cut);
+                }
+                Ok(n) => n,
+            };
+            left -= n as u64;
+            if let Err((_, e)) = timed(self.pool.spec.write_timeout, up.write_all(&b[..n])).await {
+                return Err(Failure::Answer(
+                    Why::BadResponse,
+                    format!("sending the request body: {e}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the response head and stream the body; give the connection back to the pool
+    /// when the body ended cleanly.
+    async fn respond(
+        &mut self,
+        g: &mut Guarded,
+        mut up: TcpStream,
+        mut rbuf: Vec<u8>,
+        h: RespHead,
+    ) -> Result<bool, Failure> {
+        self.status = h.code;
+        if h.upgraded {
+            return self.tunnel(g, up, rbuf, h).await;
+        }
+        // A small body the backend sent behind its head (often a second segment) is waited
+        // for, so head and body leave in one write instead of two.
+        if let Framing::Length(n) = h.framing {
+            let want = h.head_len.saturating_add(n as usize);
+            if n as usize <= SMALL_BODY && rbuf.len() < want {
+                rbuf.reserve(want - rbuf.len());
+                while rbuf.len() < want {
+                    match timed(self.pool.read_timeout, up.read_buf(&mut rbuf)).await {
+                        Ok(0) => {
+                            return Err(Failure::Answer(
+                                Why::BadResponse,
+                                "backend closed the connection before the body".into(),
+                            ))
+                        }
+                        Ok(_) => {}
+                        Err((true, _)) => {
+                            return Err(Failure::Answer(
+                                Why::ResponseTimeout,
+                                "response body timed out".into(),
+                            ))
+                        }
+                        Err((false, e)) => {
+                            return Err(Failure::Answer(
+                                Why::BadResponse,
+                                format!("reading the body: {e}"),
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = h.head;
+        let mut upstream_keep = h.upstream_keep;
+        let mut scanner = crate::http::chunked::ChunkedScanner::default();
+        let mut done = false;
+        let mut left = 0u64;
+        // the body bytes that came with the head
+        let first = &rbuf[h.head_len..];
+        let take = match h.framing {
+            Framing::None => {
+                done = true;
+                upstream_keep &= first.is_empty();
+                0
+            }
+            Framing::Length(n) => {
+                let t = (first.len() as u64).min(n);
+                left = n - t;
+                done = left == 0;
+                upstream_keep &= first.len() as u64 <= n;
+                t as usize
+            }
+            Framing::Chunked => match scanner.scan(first) {
+                Ok(crate::http::chunked::Scan::Done(k)) => {
+                    done = true;
+                    upstream_keep &= k == first.len();
+                    k
+                }
+                Ok(crate::http::chunked::Scan::More) => first.len(),
+                Err(e) => {
+                    return Err(Failure::Answer(
+                        Why::BadResponse,
+                        format!("bad chunked body: {}", e.0),
+                    ));
+                }
+            },
+            Framing::Close => first.len(),
+        };
+        if h.rechunk {
+            push_chunk(&mut out, &first[..take]);
+        } else {
+            out.extend_from_slice(&first[..take]);
+        }
+        self.bytes_out = take;
+        if done {
+            if write_flush(g, &out, self.l.client_timeout).await.is_err() {
+                return Err(Failure::Cut);
+            }
+            if upstream_keep {
+                self.give_back(up);
+            }
+            return Ok(h.client_keep);
+        }
+        if timed(self.l.client_timeout, g.inner_mut().write_all(&out))
+            .await
+            .is_err()
+        {
+            return Err(Failure::Cut);
+        }
+        drop(out);
+        if h.framing != Framing::Length(0) && left > RESP_BUF as u64 || h.framing == Framing::Close
+        {
+            rbuf = Vec::with_capacity(BODY_BUF);
+        }
+        loop {
+            let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
+                upstream_keep = false;
+                if h.rechunk
+                    && timed(self.l.client_timeout, g.inner_mut().write_all(b"0\r\n\r\n"))
+                        .await
+                        .is_err()
+                {
+                    return Err(Failure::Cut);
+                }
+                break;
+            };
+            let chunk = &rbuf[..n];
+            if h.rechunk {
+                let mut framed = Vec::with_capacity(n + 16);
+                push_chunk(&mut framed, chunk);
+                if timed(self.l.client_timeout, g.inner_mut().write_all(&framed))
+                    .await
+                    .is_err()
+                {
+                    return Err(Failure::Cut);
+                }
+                self.bytes_out += n;
+                continue;
+            }
+            let (take, end) = match h.framing {
+                Framing::Length(_) => {
+                    let t = (n as u64).min(left);
+                    left -= t;
+                    upstream_keep &= n as u64 == t || left > 0;
+                    (t as usize, left == 0)
+                }
+                Framing::Chunked => match scanner.scan(chunk) {
+                    Ok(crate::http::chunked::Scan::Done(k)) => {
+                        upstream_keep &= k == n;
+                        (k, true)
+                    }
+                    Ok(crate::http::chunked::Scan::More) => (n, false),
+                    Err(e) => return Err(self.bad_chunk(e)),
+                },
+                _ => (n, false),
+            };
+            if timed(
+                self.l.client_timeout,
+                g.inner_mut().write_all(&chunk[..take]),
+            )
+            .await
+            .is_err()
+            {
+                return Err(Failure::Cut);
+            }
+            self.bytes_out += take;
+            if end {
+                break;
+            }
+        }
+        if timed(self.l.client_timeout, g.inner_mut().flush())
+            .await
+            .is_err()
+        {
+            return Err(Failure::Cut);
+        }
+        if upstream_keep {
+            self.give_back(up);
+        }
+        Ok(h.client_keep && (h.framing != Framing::Close || h.rechunk))
+    }
+
+    /// After a 101: the handshake's answer to the client, then bytes both ways until either
+    /// side closes, the tunnel idles for the upstream's `read_timeout`, or shutdown.
+    async fn tunnel(
+        &mut self,
+        g: &mut Guarded,
+        mut up: TcpStream,
+        rbuf: Vec<u8>,
+        h: RespHead,
+    ) -> Result<bool, Failure> {
+        let mut out = h.head;
+        // frames the backend sent right behind its 101
+        out.extend_from_slice(&rbuf[h.head_len..]);
+        if write_flush(g, &out, self.l.client_timeout).await.is_err() {
+            return Err(Failure::Cut);
+        }
+        let Some(shutdown) = self.shutdown else {
+            return Err(Failure::Cut);
+        };
+        if let crate::l4::Splice::Done(_, down) =
+            crate::l4::splice(g, &mut up, self.pool.read_timeout, shutdown).await
+        {
+            self.bytes_out = down as usize;
+        }
+        Ok(false)
+    }
+
+    /// The next piece of a response body into `rbuf` (cleared first). `None`: the backend
+    /// closed the connection, which ends a close-delimited body; for any other framing that
+    /// is a cut response, as is a read error or timeout.
+    pub async fn read_body(
+        &self,
+        up: &mut TcpStream,
+        rbuf: &mut Vec<u8>,
+        framing: Framing,
+    ) -> Result<Option<usize>, Failure> {
+        rbuf.clear();
+        match timed(self.pool.read_timeout, up.read_buf(rbuf)).await {
+            Ok(0) if framing == Framing::Close => Ok(None),
+            Ok(0) => {
+                warn!(
+                    "{}: backend {} closed the connection mid-body",
+                    self.l.name,
+                    self.slot_label()
+                );
+                Err(Failure::Cut)
+            }
+            Ok(n) => Ok(Some(n)),
+            Err((_, e)) => {
+                warn!(
+                    "{}: reading the body from backend {}: {e}",
+                    self.l.name,
+                    self.slot_label()
+                );
+                Err(Failure::Cut)
+            }
+        }
+    }
+
+    /// A chunked body that stopped parsing after the head was sent: the response is cut.
+    pub fn bad_chunk(&self, e: crate::http::chunked::BadChunk) -> Failure {
+        warn!(
+            "{}: bad chunked body from backend {}: {}",
+            self.l.name,
+            self.slot_label(),
+            e.0
+        );
+        Failure::Cut
+    }
+
+    /// Keep a backend connection whose response ended cleanly for the next request.
+    pub fn give_back(&self, up: TcpStream) {
+        conns::checkin(
+            self.slot_addr(),
+            up,
+            self.pool.spec.idle_timeout,
+            self.pool_max,
+        );
+    }
+
+    fn slot_addr(&self) -> SocketAddr {
+        self.pick
+            .as_ref()
+            .map(|p| p.slot.addr)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn slot_label(&self) -> &str {
+        self.pick
+            .as_ref()
+            .map(|p| p.slot.label.as_str())
+            .unwrap_or("-")
+    }
+}
+
+/// One chunk of a body the proxy frames itself; nothing for an empty piece (an empty chunk
+/// would end the body).
+fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}

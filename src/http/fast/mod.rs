@@ -1,0 +1,597 @@
+//! The lean engine: requests served without Pingora's per-request machinery.
+//!
+//! Profiled (callgrind), a proxied keep-alive GET cost about 90K instructions, 80% of them
+//! inside Pingora's generic HTTP/1 proxy: a large per-request future boxed and copied into
+//! place, header maps built and grown for both sides, a watcher task spawned each time an
+//! upstream connection went back into the pool. The common request needs none of that. Here
+//! it is parsed in place (httparse, headers borrowed from the read buffer) and its head is
+//! written to the backend in one buffer; the response head is rewritten the same way and the
+//! body streamed through (chunked bodies too, with their framing checked as they pass).
+//! Upstream connections come from a per-thread pool ([`crate::upstream::conns`]).
+//!
+//! Every decision is the policy's ([`crate::policy`]): whether this engine serves the request
+//! at all ([`policy::engine`], counted by reason when it does not), admission and routing,
+//! the header edits in both directions, the hash key, retries, the proxy's own answers and
+//! keep-alive. What stays here is moving bytes. A request this engine does not take is handed
+//! to Pingora's path before any side effect: the bytes read so far go back to the request-head
+//! guard, which replays them to Pingora.
+//!
+//! On a cached route only fresh cache hits are served here: a GET or HEAD without a body,
+//! conditional (`If-*`), `Range`, `Cache-Control`, `Pragma` or `Authorization` fields, whose
+//! key (built by [`cache_policy::cache_key_origin_form`], the general path's key function)
+//! finds a complete entry without `Vary`, with a Content-Length matching its body, that is
+//! fresh now and not predicted uncacheable. `Age`, the route's status header (`HIT`) and
+//! `Date` are added to the stored head, the body is the store's buffer.
+
+mod exchange;
+mod h2;
+mod response;
+
+use super::guard::Guarded;
+use super::Listener;
+use crate::cache::{self, policy as cache_policy};
+use crate::observability::{self, ReqView, RequestObs};
+use crate::policy::answer::{connection_line, Answer};
+use crate::policy::engine::{self, Fallback, HeadTraits};
+use crate::policy::fields::{self, Field};
+use crate::policy::route::Route;
+use crate::policy::{self, forwarded, RequestHead, Verdict};
+use exchange::{Down, Exchange, Failure};
+use pingora_core::server::ShutdownWatch;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Header fields parsed per message; a head with more goes to Pingora's path (requests) or
+/// is a 502 (responses). The guard's `max_header_count` (default 100) applies first.
+const MAX_HEADERS: usize = 128;
+/// First size of the request head buffer; it grows to the guard's `max_header_size`.
+const HEAD_BUF: usize = 4096;
+/// Response buffer: a small response comes in one read; bigger bodies stream through the
+/// larger one.
+const RESP_BUF: usize = 16 * 1024;
+const BODY_BUF: usize = 64 * 1024;
+
+pub struct FastPath {
+    listener: Arc<Listener>,
+    /// Idle upstream connections kept per thread (the listener's share of
+    /// `upstream_keepalive_pool_size`).
+    pool_max: usize,
+}
+
+/// What a client connection keeps between requests.
+pub struct Conn {
+    client: Option<IpAddr>,
+    /// Requests served on this connection by either engine, for `keepalive_requests`.
+    pub served: u32,
+}
+
+impl Conn {
+    pub fn new(g: &Guarded) -> Conn {
+        Conn {
+            client: super::listen::peer_ip(g.inner()),
+            served: 0,
+        }
+    }
+}
+
+pub enum Outcome {
+    /// The response is complete; the connection may carry the next request.
+    KeepAlive,
+    /// Close the connection (after a `Connection: close` answer, or an error).
+    Close,
+    /// Not for this engine: the bytes read were handed back to the guard for Pingora.
+    Fallback,
+}
+
+/// Count a request the lean engine left to the general one.
+fn fell_back(reason: Fallback) {
+    observability::fast_path_fallback(reason);
+}
+
+impl FastPath {
+    /// The lean engine of a listener. `pool_max`: idle upstream connections per thread.
+    pub fn new(listener: Arc<Listener>, pool_max: usize) -> FastPath {
+        FastPath { listener, pool_max }
+    }
+
+    /// Serve one request from `g`. `idle_wait`: how long to wait for its first byte when
+    /// the caller has not already waited (TLS connections).
+    pub async fn serve(
+        &self,
+        g: &mut Guarded,
+        conn: &mut Conn,
+        draining: bool,
+        idle_wait: Option<Duration>,
+        shutdown: &ShutdownWatch,
+    ) -> Outcome {
+        if let Err(reason) = engine::listener(&self.listener) {
+            fell_back(reason);
+            return Outcome::Fallback;
+        }
+        g.arm_now();
+        let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
+        let mut first = true;
+        loop {
+            if buf.len() == buf.capacity() {
+                buf.reserve(buf.capacity());
+            }
+            let r = match idle_wait {
+                Some(wait) if first => {
+                    tokio::select! {
+                        biased;
+                        r = g.read_buf(&mut buf) => r,
+                        _ = tokio::time::sleep(wait) => return Outcome::Close,
+                        _ = crate::lifecycle::idle_connections_closing() => return Outcome::Close,
+                    }
+                }
+                _ => g.read_buf(&mut buf).await,
+            };
+            first = false;
+            match r {
+                Ok(0) | Err(_) => return Outcome::Close, // the guard answered and logged
+                Ok(_) => {}
+            }
+            if g.head_done() {
+                break;
+            }
+        }
+        self.request(g, conn, draining, &buf, shutdown).await
+    }
+
+    /// Everything about a request that needs its parsed header fields, decided without
+    /// awaiting (so the parse's field array never lives in the connection's future).
+    fn plan<'a>(&'a self, buf: &'a [u8], conn: &mut Conn, draining: bool) -> Plan<'a> {
+        let l = &*self.listener;
+        let mut hdrs = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = req.parse_with_uninit_headers(buf, &mut hdrs);
+        let mut t = HeadTraits::default();
+        let head_len = match parsed {
+            Ok(httparse::Status::Complete(n)) => n,
+            // Pingora's parser gives the answer (and log line) for anything else.
+            _ => return fallback(engine::head(l, &t)),
+        };
+        let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
+        else {
+            return fallback(engine::head(l, &t));
+        };
+        t.parsed = true;
+        t.http10 = version == 0;
+        t.connect = method == "CONNECT";
+        t.origin_form = target.starts_with('/');
+        t.get = method == "GET";
+        t.get_or_head = t.get || method == "HEAD";
+        let mut host: Option<&[u8]> = None;
+        let mut hosts = 0u32;
+        let mut not_for_hit = false;
+        let mut body_len = 0u64;
+        let mut xff: Option<&[u8]> = None;
+        let (mut referer, mut user_agent): (&[u8], &[u8]) = (b"-", b"-");
+        // each field's kind, classified once for both passes below
+        let mut kinds = [Field::Other; MAX_HEADERS];
+        for (h, k) in req.headers.iter().zip(kinds.iter_mut()) {
+            *k = fields::classify(h.name.as_bytes());
+            match *k {
+                Field::Host => {
+                    host = Some(h.value);
+                    hosts += 1;
+                }
+                Field::NotForHit => not_for_hit = true,
+                Field::ContentLength => match fields::parse_len(h.value) {
+                    Some(n) => body_len = n,
+                    None => t.parsed = false,
+                },
+                Field::Connection => t.connection.add(h.value),
+                Field::XForwardedFor if xff.is_none() => xff = Some(h.value),
+                Field::Referer => referer = h.value,
+                Field::UserAgent => user_agent = h.value,
+                Field::Upgrade => {
+                    t.upgrade = Some(h.value.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+                }
+                Field::TransferEncoding => t.transfer_encoding = true,
+                Field::Expect => t.expect = true,
+                Field::Http2Settings => t.upgrade = Some(false),
+                _ => {}
+            }
+        }
+        t.body = body_len > 0;
+        let host_text = match host.map(std::str::from_utf8) {
+            Some(Ok(h)) => Some(h),
+            Some(Err(_)) => return fallback(Err(Fallback::Unparsed)),
+            None => None,
+        };
+        if let Err(reason) = engine::head(l, &t) {
+            return fallback(Err(reason));
+        }
+        let websocket = t.websocket();
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let head = RequestHead {
+            client: conn.client,
+            host: host_text,
+            path,
+            content_length: Some(body_len),
+        };
+        let route = l.route(&head);
+        // A cached route's requests are served here only as fresh hits, looked up without
+        // side effects; everything else about them is the general path's.
+        let mut hit = None;
+        if let Some(r) = route {
+            if let Some(c) = &r.cache {
+                let eligible = t.get_or_head
+                    && body_len == 0
+                    && !not_for_hit
+                    && hosts == 1
+                    && plain_target(target)
+                    && host.is_some_and(|h| {
+                        h.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+                    });
+                if eligible {
+                    let key = cache_policy::cache_key_origin_form(
+                        &l.name,
+                        l.tls,
+                        host_text.unwrap_or(""),
+                        target,
+                    );
+                    if let Some(h) = cache::fast_hit(&key) {
+                        if !h.has_header(&c.spec.status_header) {
+                            hit = Some((h, c));
+                        }
+                    }
+                }
+            }
+            if let Err(reason) = engine::route(&t, r, hit.is_some()) {
+                return fallback(Err(reason));
+            }
+        }
+
+        // From here on the request is ours.
+        conn.served += 1;
+        let in_buf = ((buf.len() - head_len) as u64).min(body_len) as usize;
+        let r = Req {
+            view: ReqView {
+                client: conn.client,
+                method,
+                uri: target,
+                version: "HTTP/1.1",
+                host: host_text.unwrap_or("-"),
+                referer: std::str::from_utf8(referer).unwrap_or("-"),
+                user_agent: std::str::from_utf8(user_agent).unwrap_or("-"),
+                bytes_in: body_len as usize,
+            },
+            head_only: method == "HEAD",
+            pipelined: &buf[head_len + in_buf..],
+            body_left: body_len - in_buf as u64,
+        };
+        let keep = |unread_body: bool| {
+            policy::keep_alive(l, t.connection.close, draining, unread_body, conn.served)
+        };
+        let route = match l.admit_on(&head, route) {
+            Verdict::Answer(a, route) => {
+                let keep = keep(r.body_left > 0) && !a.close;
+                return Plan::Page(r, a, route.map(|r| r.id), keep);
+            }
+            Verdict::Proxy(route) => route,
+        };
+        if let Some((h, c)) = hit {
+            cache::fast_hit_served(&h);
+            let keep = keep(false);
+            let mut head = Vec::with_capacity(h.head().len() + 128);
+            head.extend_from_slice(h.head());
+            head.extend_from_slice(b"age: ");
+            head.extend_from_slice(h.age().to_string().as_bytes());
+            head.extend_from_slice(b"\r\n");
+            head.extend_from_slice(c.spec.status_header.as_str().as_bytes());
+            head.extend_from_slice(b": HIT\r\ndate: ");
+            policy::date::now(&mut head);
+            head.extend_from_slice(b"\r\n");
+            head.extend_from_slice(connection_line(keep));
+            head.extend_from_slice(b"\r\n");
+            let body = (!r.head_only).then(|| h.body().clone());
+            return Plan::Hit {
+                req: r,
+                route: route.id,
+                code: h.status(),
+                head,
+                body,
+                keep,
+            };
+        }
+
+        // The upstream request head, in one buffer with the body bytes already read.
+        let mut out = Vec::with_capacity(head_len + 160 + in_buf);
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (h, k) in req.headers.iter().zip(kinds) {
+            if fields::drop_on_request(k) {
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if websocket {
+            out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+        }
+        forwarded::h1_lines(&mut out, xff, conn.client, l.tls, host);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&buf[head_len..head_len + in_buf]);
+        let hash = match route.pool.selection {
+            crate::config::Selection::ConsistentHash => policy::hash::key(
+                &route.pool.hash_key,
+                conn.client,
+                target,
+                |n| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(n))
+                        .map(|h| h.value)
+                },
+                req.headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                    .map(|h| h.value),
+            ),
+            _ => 0,
+        };
+        Plan::Proxy {
+            want_keep: keep(false) && !websocket,
+            upgrade: websocket,
+            req: r,
+            route,
+            out,
+            hash,
+        }
+    }
+
+    async fn request(
+        &self,
+        g: &mut Guarded,
+        conn: &mut Conn,
+        draining: bool,
+        buf: &[u8],
+        shutdown: &ShutdownWatch,
+    ) -> Outcome {
+        let obs = RequestObs::default();
+        let (r, route, out, hash, want_keep, upgrade) = match self.plan(buf, conn, draining) {
+            Plan::Fallback => {
+                g.unread(buf);
+                return Outcome::Fallback;
+            }
+            Plan::Page(r, a, route, keep) => {
+                let p = a.h1(r.head_only, keep);
+                let timeout = self.listener.client_timeout;
+                return finish_own(g, &r, route, &obs, a.status, p, keep, timeout).await;
+            }
+            Plan::Hit {
+                req,
+                route,
+                code,
+                head,
+                body,
+                keep,
+            } => {
+                let timeout = self.listener.client_timeout;
+                return finish_hit(g, &req, route, &obs, code, head, body, keep, timeout).await;
+            }
+            Plan::Proxy {
+                req,
+                route,
+                out,
+                hash,
+                want_keep,
+                upgrade,
+            } => (req, route, out, hash, want_keep, upgrade),
+        };
+        let l = &*self.listener;
+        let mut ex = Exchange::new(l, route, self.pool_max, obs, Some(shutdown));
+        let res = ex
+            .run(
+                g,
+                &out,
+                r.body_left,
+                hash,
+                (r.view.method, r.view.uri),
+                r.head_only,
+                Down::H1 { want_keep, upgrade },
+            )
+            .await;
+        drop(out);
+        let slot = ex.pick.as_ref().map(|p| &*p.slot);
+        let done = |status: u16, bytes_out: usize| {
+            observability::fast_request_done(
+                &r.view,
+                Some(route.id),
+                slot,
+                &ex.obs,
+                status,
+                bytes_out,
+                false,
+            )
+        };
+        let outcome = match res {
+            Ok(true) => {
+                done(ex.status, ex.bytes_out);
+                g.unread(r.pipelined);
+                return Outcome::KeepAlive;
+            }
+            Ok(false) => {
+                done(ex.status, ex.bytes_out);
+                Outcome::Close
+            }
+            Err(Failure::Answer(f, why)) => {
+                let code = f.status();
+                log::warn!(
+                    "{}: answering {code} for {} (backend {}): {why}",
+                    l.name,
+                    r.view.uri,
+                    slot.map(|s| s.label.as_str()).unwrap_or("-")
+                );
+                let p = Answer::closing(code).h1(r.head_only, false);
+                let _ = write_flush(g, &p, l.client_timeout).await;
+                done(code, 0);
+                Outcome::Close
+            }
+            Err(Failure::Cut) => {
+                done(ex.status, ex.bytes_out);
+                return Outcome::Close;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
+        outcome
+    }
+}
+
+fn fallback<'a>(r: Result<(), Fallback>) -> Plan<'a> {
+    if let Err(reason) = r {
+        fell_back(reason);
+    } else {
+        fell_back(Fallback::Unparsed);
+    }
+    Plan::Fallback
+}
+
+/// A request the fast path took, as far as the rest of its handling needs it.
+struct Req<'a> {
+    view: ReqView<'a>,
+    head_only: bool,
+    /// Bytes after this request's body: the next pipelined request, for the guard.
+    pipelined: &'a [u8],
+    /// Body bytes still to read from the client.
+    body_left: u64,
+}
+
+enum Plan<'a> {
+    Fallback,
+    /// Answer with one of the policy's answers: route id, keep the connection.
+    Page(Req<'a>, Answer, Option<usize>, bool),
+    /// Answer a fresh hit from the cache: the whole head, and the body unless HEAD.
+    Hit {
+        req: Req<'a>,
+        route: usize,
+        code: u16,
+        head: Vec<u8>,
+        body: Option<bytes::Bytes>,
+        keep: bool,
+    },
+    Proxy {
+        req: Req<'a>,
+        route: &'a Route,
+        out: Vec<u8>,
+        hash: u64,
+        want_keep: bool,
+        /// A WebSocket handshake: after a 101 the connection becomes a tunnel.
+        upgrade: bool,
+    },
+}
+
+/// Send one of our own pages and count the request.
+#[allow(clippy::too_many_arguments)]
+async fn finish_own(
+    g: &mut Guarded,
+    r: &Req<'_>,
+    route: Option<usize>,
+    obs: &RequestObs,
+    code: u16,
+    page: Vec<u8>,
+    keep: bool,
+    timeout: Duration,
+) -> Outcome {
+    let ok = write_flush(g, &page, timeout).await.is_ok();
+    observability::fast_request_done(&r.view, route, None, obs, code, 0, false);
+    if ok && keep {
+        g.unread(r.pipelined);
+        return Outcome::KeepAlive;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
+    Outcome::Close
+}
+
+/// Send a cache hit and count the request. A small body goes out in the head's buffer; a
+/// larger one is written from the store's buffer, never copied.
+#[allow(clippy::too_many_arguments)]
+async fn finish_hit(
+    g: &mut Guarded,
+    r: &Req<'_>,
+    route: usize,
+    obs: &RequestObs,
+    code: u16,
+    mut head: Vec<u8>,
+    body: Option<bytes::Bytes>,
+    keep: bool,
+    timeout: Duration,
+) -> Outcome {
+    let body_len = body.as_ref().map_or(0, |b| b.len());
+    let ok = match &body {
+        Some(b) if b.len() > RESP_BUF => {
+            let w = async {
+                g.inner_mut().write_all(&head).await?;
+                g.inner_mut().write_all(b).await?;
+                g.inner_mut().flush().await
+            };
+            matches!(tokio::time::timeout(timeout, w).await, Ok(Ok(())))
+        }
+        _ => {
+            if let Some(b) = &body {
+                head.extend_from_slice(b);
+            }
+            write_flush(g, &head, timeout).await.is_ok()
+        }
+    };
+    let sent = if ok { body_len } else { 0 };
+    observability::fast_request_done(&r.view, Some(route), None, obs, code, sent, true);
+    if ok && keep {
+        g.unread(r.pipelined);
+        return Outcome::KeepAlive;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
+    Outcome::Close
+}
+
+/// An origin-form target made only of RFC 3986 path and query characters, which the
+/// general path's `http::Uri` keeps verbatim in `path_and_query` (so both paths key it the
+/// same); anything else (a fragment, raw spaces or non-ASCII, ...) is left to the general path.
+fn plain_target(t: &str) -> bool {
+    t.starts_with('/')
+        && t.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'/'
+                        | b'?'
+                        | b'%'
+                )
+        })
+}
+
+async fn write_flush(g: &mut Guarded, data: &[u8], timeout: Duration) -> std::io::Result<()> {
+    let w = async {
+        g.inner_mut().write_all(data).await?;
+        g.inner_mut().flush().await
+    };
+    match tokio::time::timeout(timeout, w).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}

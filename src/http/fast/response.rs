@@ -1,0 +1,272 @@
+//! A backend's response head, parsed and rewritten for the client by the policy's field
+//! rules ([`crate::policy::fields`]).
+
+use super::exchange::{Down, Failure};
+use super::MAX_HEADERS;
+use crate::policy::answer::{connection_line, Failure as Why};
+use crate::policy::fields::{self, Field};
+use pingora_http::ResponseHeader;
+use std::mem::MaybeUninit;
+
+/// How the response body ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes.
+    Close,
+}
+
+/// What the response head said, taken out of the parse.
+pub struct RespHead {
+    pub code: u16,
+    /// The head for an HTTP/1 client, as bytes.
+    pub head: Vec<u8>,
+    /// The head for an HTTP/2 client.
+    pub h2: Option<Box<ResponseHeader>>,
+    pub head_len: usize,
+    pub framing: Framing,
+    pub upstream_keep: bool,
+    pub client_keep: bool,
+    /// A close-delimited body sent to the HTTP/1.1 client chunked, so its connection stays
+    /// open (as Pingora's path does).
+    pub rechunk: bool,
+    /// A 101 to a WebSocket handshake.
+    pub upgraded: bool,
+}
+
+pub enum Parsed {
+    Partial,
+    /// A 1xx other than 101, this long: skipped.
+    Informational(usize),
+    Head(RespHead),
+}
+
+/// Parse a response head and write the client's version of it.
+pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed, Failure> {
+    let (want_keep, upgrade) = match down {
+        Down::H1 { want_keep, upgrade } => (want_keep, upgrade),
+        Down::H2 => (false, false),
+    };
+    let mut hdrs = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, rbuf, &mut hdrs)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(e) => {
+            return Err(Failure::Answer(
+                Why::BadResponse,
+                format!("malformed response head: {e}"),
+            ))
+        }
+    };
+    let (Some(version), Some(code)) = (resp.version, resp.code) else {
+        return Err(Failure::Answer(
+            Why::BadResponse,
+            "malformed response head".into(),
+        ));
+    };
+    if code == 101 && upgrade {
+        // The handshake's answer goes through as it is (Connection and Upgrade included);
+        // the connection is a tunnel from here on.
+        let mut head = Vec::with_capacity(n + 64);
+        head.extend_from_slice(b"HTTP/1.1 101 ");
+        head.extend_from_slice(resp.reason.unwrap_or("Switching Protocols").as_bytes());
+        head.extend_from_slice(b"\r\n");
+        for h in resp.headers.iter() {
+            if fields::classify(h.name.as_bytes()) == Field::HopByHop {
+                continue;
+            }
+            head.extend_from_slice(h.name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(h.value);
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        return Ok(Parsed::Head(RespHead {
+            code,
+            head,
+            h2: None,
+            head_len: n,
+            framing: Framing::None,
+            upstream_keep: false,
+            client_keep: false,
+            rechunk: false,
+            upgraded: true,
+        }));
+    }
+    if code == 101 {
+        return Err(Failure::Answer(
+            Why::BadResponse,
+            "101 to a request without Upgrade".into(),
+        ));
+    }
+    if (100..200).contains(&code) {
+        return Ok(Parsed::Informational(n));
+    }
+    let mut length: Option<u64> = None;
+    let mut te = false;
+    let mut chunked = false;
+    let mut up_close = version == 0;
+    let mut nominated = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        match fields::classify(name) {
+            Field::ContentLength => match fields::parse_len(h.value) {
+                Some(v) if length.is_none_or(|l| l == v) => length = Some(v),
+                _ => {
+                    return Err(Failure::Answer(
+                        Why::BadResponse,
+                        "bad Content-Length in response".into(),
+                    ))
+                }
+            },
+            Field::Connection => {
+                for t in fields::tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        up_close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        if version == 0 {
+                            up_close = false;
+                        }
+                    } else {
+                        nominated = true;
+                    }
+                }
+            }
+            Field::TransferEncoding => {
+                te = true;
+                chunked = fields::tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            }
+            _ => {}
+        }
+    }
+    let framing = if head_only || code == 204 || code == 304 {
+        Framing::None
+    } else if te {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    // An HTTP/1.1 client gets a close-delimited body chunked: its connection stays usable.
+    let rechunk = down != Down::H2 && framing == Framing::Close;
+    let client_keep = want_keep;
+    let upstream_keep = !up_close && framing != Framing::Close;
+
+    if down == Down::H2 {
+        // Pingora's HTTP/2 writer adds Date and drops the connection-specific fields.
+        let mut r = ResponseHeader::build(code, Some(resp.headers.len()))
+            .map_err(|e| Failure::Answer(Why::BadResponse, format!("response head: {e}")))?;
+        for h in resp.headers.iter() {
+            let name = h.name.as_bytes();
+            match fields::classify(name) {
+                Field::Connection | Field::HopByHop => continue,
+                Field::ContentLength if te => continue,
+                Field::Upgrade => continue,
+                Field::TransferEncoding => continue,
+                _ => {}
+            }
+            if nominated
+                && resp.headers.iter().any(|c| {
+                    fields::classify(c.name.as_bytes()) == Field::Connection
+                        && fields::tokens(c.value).any(|t| t.eq_ignore_ascii_case(name))
+                })
+            {
+                continue;
+            }
+            let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(h.value),
+            ) else {
+                return Err(Failure::Answer(
+                    Why::BadResponse,
+                    "response header not valid for HTTP/2".into(),
+                ));
+            };
+            let _ = r.append_header(k, v);
+        }
+        return Ok(Parsed::Head(RespHead {
+            code,
+            head: Vec::new(),
+            h2: Some(Box::new(r)),
+            head_len: n,
+            framing,
+            upstream_keep,
+            client_keep: false,
+            rechunk: false,
+            upgraded: false,
+        }));
+    }
+    let h2 = None;
+    let mut head = Vec::with_capacity(n + 64 + 4096);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
+    head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    // The tokens a Connection field nominates are hop-by-hop too.
+    let nominated_by = |name: &[u8]| {
+        nominated
+            && resp.headers.iter().any(|c| {
+                fields::classify(c.name.as_bytes()) == Field::Connection
+                    && fields::tokens(c.value).any(|t| t.eq_ignore_ascii_case(name))
+            })
+    };
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        match fields::classify(name) {
+            Field::Connection | Field::HopByHop => continue,
+            Field::ContentLength if te => continue,
+            Field::Upgrade => continue,
+            _ => {}
+        }
+        if name.len() == 4 && name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
+        }
+        if nominated_by(name) {
+            continue;
+        }
+        head.extend_from_slice(name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(h.value);
+        head.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        head.extend_from_slice(b"date: ");
+        crate::policy::date::now(&mut head);
+        head.extend_from_slice(b"\r\n");
+    }
+    if rechunk {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    head.extend_from_slice(connection_line(client_keep));
+    head.extend_from_slice(b"\r\n");
+    Ok(Parsed::Head(RespHead {
+        code,
+        head,
+        h2,
+        head_len: n,
+        framing,
+        upstream_keep,
+        client_keep,
+        rechunk,
+        upgraded: false,
+    }))
+}

@@ -1,0 +1,423 @@
+//! Pingora's general proxy: the `ProxyHttp` phases, each a few lines over the policy.
+//!
+//! Phase map (Pingora calls them in this order):
+//! - `request_filter`: redirect or forward-proxy listeners hand over; otherwise
+//!   [`ListenerPolicy::admit`](crate::policy::ListenerPolicy::admit) (rate limit, route, body
+//!   limit), PURGE, the hash key.
+//! - `upstream_peer`: a backend from the route's pool; on a retry, another one.
+//! - `fail_to_connect` / `error_while_proxy`: [`crate::policy::retry`].
+//! - `upstream_request_filter`: [`crate::policy::edit::request`]. Pingora's own header policy
+//!   is set to `preserve` on our peers, so the policy's edits are the only ones, as on the
+//!   lean engine.
+//! - `upstream_response_filter`: [`crate::policy::edit::response`].
+//! - `fail_to_proxy`: [`crate::policy::answer::Failure`] picks the status, the answer is
+//!   rendered on the session.
+//! - cache hooks: delegated to the route's [`cache::RouteCache`], if it has one.
+//!
+//! Forward-proxy listeners delegate these phases to [`crate::forward`]; see its module doc.
+
+use super::{content_length, request_host, respond_answer, Ctx, HttpProxy};
+use crate::cache;
+use crate::policy::answer::{Answer, Failure};
+use crate::policy::{self, Verdict};
+use crate::upstream::bit;
+use async_trait::async_trait;
+use bytes::Bytes;
+use log::warn;
+use pingora_cache::key::HashBinary;
+use pingora_cache::{
+    CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
+use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// What a Pingora error means, in the policy's terms.
+fn failure(e: &Error) -> Result<Failure, u16> {
+    let timeout = matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    );
+    Ok(match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(c), _) => return Err(*c),
+        (ErrorType::ConnectTimedout, ErrorSource::Upstream) => Failure::ConnectTimeout,
+        (_, ErrorSource::Upstream) if timeout => Failure::ResponseTimeout,
+        (
+            ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert,
+            ErrorSource::Upstream,
+        ) => Failure::ConnectFailed,
+        (_, ErrorSource::Upstream) => Failure::BadResponse,
+        (
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => Failure::ClientGone,
+        (ErrorType::ReadTimedout, ErrorSource::Downstream) => Failure::ClientTimeout,
+        (_, ErrorSource::Downstream) => Failure::BadRequest,
+        _ => Failure::Internal,
+    })
+}
+
+#[async_trait]
+impl ProxyHttp for HttpProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let l = &self.listener;
+        let client = client_ip(session);
+        if l.forward.is_some() || l.redirect_https.is_some() {
+            if let Some(a) = l.rate_limited(client) {
+                respond_answer(session, &a).await?;
+                return Ok(true);
+            }
+            if let Some(port) = l.redirect_https {
+                crate::tls::redirect::redirect(session, port).await?;
+                return Ok(true);
+            }
+            if let Some(f) = &l.forward {
+                return f.request_filter(session, ctx).await;
+            }
+        }
+        let req = session.req_header();
+        let head = policy::RequestHead {
+            client,
+            host: request_host(req),
+            path: req.uri.path(),
+            content_length: content_length(req),
+        };
+        let route = match l.admit(&head) {
+            Verdict::Answer(a, route) => {
+                ctx.route = route.map(|r| r.pos);
+                respond_answer(session, &a).await?;
+                return Ok(true);
+            }
+            Verdict::Proxy(route) => route,
+        };
+        ctx.route = Some(route.pos);
+        ctx.websocket = policy::edit::is_websocket(req);
+        if let Some(c) = &route.cache {
+            if cache::purge::handle(c, session, &l.name, l.tls).await? {
+                return Ok(true);
+            }
+        }
+        if route.pool.selection == crate::config::Selection::ConsistentHash {
+            let req = session.req_header();
+            ctx.hash = policy::hash::key(
+                &route.pool.hash_key,
+                client,
+                req.uri.path_and_query().map_or("/", |p| p.as_str()),
+                |n| req.headers.get(n).map(|v| v.as_bytes()),
+                req.headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            );
+        }
+        Ok(false)
+    }
+
+    /// Bodies without a Content-Length (chunked) are counted as they stream; past the route's
+    /// limit the request fails with 413 if nothing was answered yet, else it is cut.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(b), Some(route)) = (body, self.route(ctx)) {
+            ctx.body_bytes += b.len() as u64;
+            if policy::body_over_limit(route, ctx.body_bytes) {
+                warn!(
+                    "{}: request body exceeds max_body_size {}",
+                    self.listener.name, route.max_body_size
+                );
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(f) = &self.listener.forward {
+            return f.upstream_peer(ctx);
+        }
+        let Some(route) = self.route(ctx) else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let pool = &route.pool;
+        // A retry after a failed connect skips that backend (marked in `fail_to_connect`); one
+        // after a stale pooled connection may use the same backend on a fresh connection.
+        ctx.pick = None;
+        ctx.attempts += 1;
+        ctx.obs.peer_selected();
+        let Some(pick) = pool.select(ctx.hash, ctx.tried) else {
+            warn!(
+                "{}: upstream {}: no usable backend for {}",
+                self.listener.name, pool.name, route.label
+            );
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no usable backend");
+        };
+        let mut peer = crate::tls::upstream::http_peer(&pool.spec, pick.slot.addr);
+        let o = &mut peer.options;
+        o.connection_timeout = Some(pool.connect_timeout);
+        o.total_connection_timeout = Some(pool.connect_timeout);
+        o.read_timeout = Some(pool.read_timeout);
+        o.write_timeout = Some(pool.spec.write_timeout);
+        o.idle_timeout = Some(pool.spec.idle_timeout);
+        // The policy's header edits are the only ones (see `upstream_request_filter`).
+        o.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
+        ctx.pick = Some(pick);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(f) = &self.listener.forward {
+            f.fail_to_connect(ctx, peer, &mut e);
+            return e;
+        }
+        let route = self.route(ctx);
+        let retries = route.map(|r| r.pool.retries).unwrap_or(0);
+        if let Some(p) = &ctx.pick {
+            p.slot
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.tried |= bit(p.slot.index);
+        }
+        let backend = peer._address.to_string();
+        let tls_logged = route.is_some_and(|r| {
+            crate::tls::upstream::log_connect_failure(
+                &self.listener.name,
+                &r.pool.spec,
+                &backend,
+                &e,
+            )
+        });
+        if !tls_logged {
+            warn!(
+                "{}: connect to backend {} failed (attempt {}): {}",
+                self.listener.name, peer._address, ctx.attempts, e
+            );
+        }
+        if policy::retry::after_connect_failure(ctx.attempts, retries) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let method = session.req_header().method.as_str();
+        let held = !session.as_ref().retry_buffer_truncated();
+        let retry = policy::retry::after_stale_connection(method, held, client_reused);
+        if retry {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        if client_reused {
+            warn!(
+                "{}: reused upstream connection failed for {method} {}: {e}: {}",
+                self.listener.name,
+                session.req_header().uri,
+                if e.retry() {
+                    "retrying on a fresh connection"
+                } else {
+                    "not retried (method not idempotent or body not buffered)"
+                }
+            );
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(f) = &self.listener.forward {
+            return f.upstream_request_filter(session, upstream_request, ctx);
+        }
+        let host = request_host(session.req_header()).map(str::to_owned);
+        policy::edit::request(
+            upstream_request,
+            ctx.websocket,
+            client_ip(session),
+            self.listener.tls,
+            host.as_deref(),
+        )
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let Some(c) = self.route_cache(ctx) {
+            c.enable(session);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        match self.route_cache(ctx) {
+            Some(c) => Ok(c.key(session, &self.listener.name, self.listener.tls)),
+            None => Error::e_explain(ErrorType::InternalError, "cache without a cached route"),
+        }
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(match self.route_cache(ctx) {
+            Some(c) => c.response_cacheable(session, resp),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        cache::on_hit(session);
+        Ok(None)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::policy::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache::should_serve_stale(error)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(c) = self.route_cache(ctx) {
+            c.response_filter(session, resp, &self.listener.name, self.listener.tls)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        policy::edit::response(upstream_response);
+        match &self.listener.forward {
+            Some(f) => f.upstream_response_filter(session, upstream_response, ctx),
+            None => Ok(()),
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(f) = &self.listener.forward {
+            f.upstream_response_body_filter(body, ctx)?;
+        }
+        Ok(None)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let id = self.route(ctx).map(|r| r.id);
+        ctx.obs.connected(id, reused);
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let route = self.route(ctx);
+        let slot = ctx.pick.as_ref().map(|p| &*p.slot);
+        crate::observability::request_done(session, e, route.map(|r| r.id), slot, &ctx.obs);
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(f) = &self.listener.forward {
+            if let Some(r) = f.fail_to_proxy(session, ctx).await {
+                return r;
+            }
+        }
+        let code = match failure(e) {
+            Ok(f) => f.status(),
+            Err(code) => code,
+        };
+        if code > 0 {
+            warn!(
+                "{}: answering {code} for {} (backend {}): {e}",
+                self.listener.name,
+                session.req_header().uri,
+                ctx.backend_label().unwrap_or("-")
+            );
+            // After a partial response the status line is gone; then the only safe move is to close.
+            if session.response_written().is_none() {
+                let _ = respond_answer(session, &Answer::closing(code)).await;
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

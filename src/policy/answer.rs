@@ -1,0 +1,170 @@
+//! The proxy's own answers: one type, the status a failure maps to, and each answer rendered
+//! for HTTP/1 bytes or as header fields for engines that write a header map (Pingora's
+//! session, HTTP/2 streams). The page names the status, never a backend.
+
+use bytes::Bytes;
+
+/// An answer the proxy gives itself instead of a backend's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// `Retry-After` seconds (429, and 503 when the listener is full).
+    pub retry_after: Option<u32>,
+    /// The connection must close after it (the request body was not read, or the failure
+    /// leaves the connection in an unknown state).
+    pub close: bool,
+}
+
+impl Answer {
+    pub fn new(status: u16) -> Answer {
+        Answer {
+            status,
+            retry_after: None,
+            close: false,
+        }
+    }
+
+    pub fn closing(status: u16) -> Answer {
+        Answer {
+            close: true,
+            ..Answer::new(status)
+        }
+    }
+
+    pub fn retry_after(mut self, secs: u32) -> Answer {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn body(&self) -> Bytes {
+        page(self.status)
+    }
+
+    /// The header fields of the answer, but for `Connection` and `Date`, which each engine's
+    /// writer owns.
+    pub fn fields(&self, body_len: usize) -> Vec<(&'static str, String)> {
+        let mut f = Vec::with_capacity(4);
+        if let Some(s) = self.retry_after {
+            f.push(("retry-after", s.to_string()));
+        }
+        f.push(("content-type", "text/html; charset=utf-8".to_string()));
+        f.push(("content-length", body_len.to_string()));
+        f.push(("cache-control", "no-store".to_string()));
+        f
+    }
+
+    /// The whole answer as HTTP/1.1 bytes. `keep`: the connection stays open after it.
+    pub fn h1(&self, head_only: bool, keep: bool) -> Vec<u8> {
+        let body = self.body();
+        let mut p = Vec::with_capacity(256 + body.len());
+        p.extend_from_slice(
+            format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status)).as_bytes(),
+        );
+        for (k, v) in self.fields(body.len()) {
+            p.extend_from_slice(k.as_bytes());
+            p.extend_from_slice(b": ");
+            p.extend_from_slice(v.as_bytes());
+            p.extend_from_slice(b"\r\n");
+        }
+        p.extend_from_slice(b"date: ");
+        super::date::now(&mut p);
+        p.extend_from_slice(b"\r\n");
+        p.extend_from_slice(connection_line(keep && !self.close));
+        p.extend_from_slice(b"\r\n");
+        if !head_only {
+            p.extend_from_slice(&body);
+        }
+        p
+    }
+}
+
+/// The `Connection` line of every HTTP/1.1 answer the proxy writes, its own or a backend's:
+/// stated either way, as Pingora's writer and nginx do.
+pub fn connection_line(keep: bool) -> &'static [u8] {
+    if keep {
+        b"connection: keep-alive\r\n"
+    } else {
+        b"connection: close\r\n"
+    }
+}
+
+pub fn reason(code: u16) -> &'static str {
+    http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
+}
+
+/// A small page of the proxy's own.
+pub fn page(code: u16) -> Bytes {
+    let reason = reason(code);
+    Bytes::from(format!(
+        "<html><head><title>{code} {reason}</title></head><body><h1>{code} {reason}</h1><hr><p>stepstone</p></body></html>\n"
+    ))
+}
+
+/// Why a request could not be answered by a backend: the engines name the failure, the
+/// policy picks the status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Every backend is down, ejected or already tried.
+    NoBackend,
+    ConnectTimeout,
+    ConnectFailed,
+    /// The backend took longer than `read_timeout` to answer.
+    ResponseTimeout,
+    /// The backend closed, reset or sent something that is not HTTP.
+    BadResponse,
+    /// A request body over the route's limit, found while it streamed.
+    BodyTooLarge,
+    /// The client was too slow sending its head.
+    ClientTimeout,
+    /// The client sent something malformed.
+    BadRequest,
+    /// The client went away: there is no one to answer.
+    ClientGone,
+    Internal,
+}
+
+impl Failure {
+    /// The status the client gets; 0 when there is no one to answer.
+    pub fn status(self) -> u16 {
+        match self {
+            Failure::NoBackend => 503,
+            Failure::ConnectTimeout | Failure::ResponseTimeout => 504,
+            Failure::ConnectFailed | Failure::BadResponse => 502,
+            Failure::BodyTooLarge => 413,
+            Failure::ClientTimeout => 408,
+            Failure::BadRequest => 400,
+            Failure::ClientGone => 0,
+            Failure::Internal => 500,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h1_answers_carry_length_and_connection() {
+        let a = Answer::new(429).retry_after(1);
+        let text = String::from_utf8(a.h1(false, true)).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"));
+        assert!(text.contains("retry-after: 1\r\n"));
+        assert!(text.contains("connection: keep-alive\r\n"));
+        let body = a.body();
+        assert!(text.ends_with(std::str::from_utf8(&body).expect("utf-8")));
+        assert!(text.contains(&format!("content-length: {}\r\n", body.len())));
+        let head = String::from_utf8(Answer::closing(413).h1(true, true)).expect("utf-8");
+        assert!(head.contains("connection: close\r\n") && head.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn failures_map_to_statuses() {
+        assert_eq!(Failure::NoBackend.status(), 503);
+        assert_eq!(Failure::ConnectTimeout.status(), 504);
+        assert_eq!(Failure::ConnectFailed.status(), 502);
+        assert_eq!(Failure::ClientGone.status(), 0);
+    }
+}

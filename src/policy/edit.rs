@@ -1,0 +1,99 @@
+//! The header edits of [`super::fields`] and [`super::forwarded`], applied to the header maps
+//! of the engines that hold one (Pingora's phases, HTTP/2 streams). The lean HTTP/1 engine
+//! applies the same rules to bytes as it copies them.
+
+use super::fields::{self, Field};
+use super::forwarded;
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
+
+/// Names a message's `Connection` fields nominate (other than the options the proxy itself
+/// understands), lower-cased.
+fn nominated_names(map: &http::HeaderMap) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in map.get_all(http::header::CONNECTION) {
+        for t in fields::tokens(v.as_bytes()) {
+            if t.eq_ignore_ascii_case(b"close")
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"upgrade")
+            {
+                continue;
+            }
+            if let Ok(s) = std::str::from_utf8(t) {
+                out.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    out
+}
+
+/// The request as it goes upstream: hop-by-hop fields and those `Connection` nominates
+/// dropped, the proxy's X-Forwarded-* appended, and for a WebSocket handshake the upgrade
+/// restated. `prev_xff`: the first incoming X-Forwarded-For value, read before the edit.
+pub fn request(
+    req: &mut RequestHeader,
+    websocket: bool,
+    client: Option<IpAddr>,
+    tls: bool,
+    host: Option<&str>,
+) -> pingora_core::Result<()> {
+    let prev_xff = req
+        .headers
+        .get("x-forwarded-for")
+        .map(|v| v.as_bytes().to_vec());
+    for n in nominated_names(&req.headers) {
+        req.remove_header(n.as_str());
+    }
+    for n in fields::REQUEST_DROPPED {
+        req.remove_header(*n);
+    }
+    if websocket {
+        req.append_header("connection", "upgrade")?;
+        req.append_header("upgrade", "websocket")?;
+    }
+    if let Some(ip) = client {
+        let mut v = Vec::with_capacity(64);
+        forwarded::x_forwarded_for(prev_xff.as_deref(), ip, &mut v);
+        if let Ok(v) = http::HeaderValue::from_bytes(&v) {
+            req.append_header("x-forwarded-for", v)?;
+        }
+    }
+    req.append_header("x-forwarded-proto", forwarded::proto(tls))?;
+    if let Some(h) = host.and_then(|h| http::HeaderValue::from_str(h).ok()) {
+        req.append_header("x-forwarded-host", h)?;
+    }
+    Ok(())
+}
+
+/// The response as it goes to the client: hop-by-hop fields and those its `Connection`
+/// nominates dropped. A 101 keeps its `Connection` and `Upgrade`: they are the handshake.
+pub fn response(resp: &mut ResponseHeader) {
+    if resp.status.as_u16() == 101 {
+        return;
+    }
+    for n in nominated_names(&resp.headers) {
+        resp.remove_header(n.as_str());
+    }
+    for n in fields::RESPONSE_HOP_BY_HOP {
+        resp.remove_header(*n);
+    }
+}
+
+/// Whether a header-map request is a WebSocket handshake the proxy relays.
+pub fn is_websocket(req: &RequestHeader) -> bool {
+    let mut c = fields::ConnectionOptions::default();
+    for v in req.headers.get_all(http::header::CONNECTION) {
+        c.add(v.as_bytes());
+    }
+    c.upgrade
+        && req.method == http::Method::GET
+        && req
+            .headers
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Whether a response field survives the edit; for the lean engine's byte writer.
+pub fn keep_response_field(f: Field, chunked: bool) -> bool {
+    !fields::drop_on_response(f, chunked)
+}

@@ -1,0 +1,172 @@
+//! Which engine serves a request: the lean engine (a request head parsed in place, a plain
+//! HTTP/1 exchange with the backend) or Pingora's general proxy. Decided here only, before
+//! either has done anything the other would have to undo, and counted by reason in
+//! `stepstone_fast_path_fallbacks_total`.
+
+use super::fields::ConnectionOptions;
+use super::route::Route;
+use super::ListenerPolicy;
+
+/// Why a request goes to the general engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// `fast_path: false` on the listener.
+    Disabled,
+    ForwardProxy,
+    RedirectHttps,
+    /// A head the lean parser does not take (too many fields, not HTTP/1.1 syntax it reads).
+    Unparsed,
+    Http10,
+    Connect,
+    AbsoluteForm,
+    TransferEncoding,
+    Expect,
+    /// An upgrade other than a plain WebSocket handshake.
+    Upgrade,
+    /// A `Connection` field nominating other fields.
+    ConnectionOption,
+    /// A cached route, for anything but a fresh hit.
+    Cache,
+    /// Backends spoken to over TLS, HTTP/2 or with a PROXY header.
+    UpstreamProtocol,
+    /// An HTTP/2 request other than a bodiless GET or HEAD.
+    H2Request,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 14] = [
+        Fallback::Disabled,
+        Fallback::ForwardProxy,
+        Fallback::RedirectHttps,
+        Fallback::Unparsed,
+        Fallback::Http10,
+        Fallback::Connect,
+        Fallback::AbsoluteForm,
+        Fallback::TransferEncoding,
+        Fallback::Expect,
+        Fallback::Upgrade,
+        Fallback::ConnectionOption,
+        Fallback::Cache,
+        Fallback::UpstreamProtocol,
+        Fallback::H2Request,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Fallback::Disabled => "disabled",
+            Fallback::ForwardProxy => "forward_proxy",
+            Fallback::RedirectHttps => "redirect_https",
+            Fallback::Unparsed => "unparsed",
+            Fallback::Http10 => "http10",
+            Fallback::Connect => "connect",
+            Fallback::AbsoluteForm => "absolute_form",
+            Fallback::TransferEncoding => "transfer_encoding",
+            Fallback::Expect => "expect",
+            Fallback::Upgrade => "upgrade",
+            Fallback::ConnectionOption => "connection_option",
+            Fallback::Cache => "cache",
+            Fallback::UpstreamProtocol => "upstream_protocol",
+            Fallback::H2Request => "h2_request",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Fallback::ALL.iter().position(|f| *f == self).unwrap_or(0)
+    }
+}
+
+/// What the lean engine's parser found in a request head.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeadTraits {
+    /// The head parsed completely and every field fit.
+    pub parsed: bool,
+    pub h2: bool,
+    pub http10: bool,
+    pub connect: bool,
+    pub origin_form: bool,
+    pub transfer_encoding: bool,
+    pub expect: bool,
+    /// An `Upgrade` field: `Some(true)` when it names only `websocket`.
+    pub upgrade: Option<bool>,
+    pub connection: ConnectionOptions,
+    /// GET or HEAD.
+    pub get_or_head: bool,
+    pub get: bool,
+    /// A body follows (a non-zero Content-Length, or an HTTP/2 stream not ended).
+    pub body: bool,
+}
+
+impl HeadTraits {
+    /// A WebSocket handshake the lean engine relays: a bodiless GET with `Upgrade: websocket`
+    /// and `Connection: upgrade`.
+    pub fn websocket(&self) -> bool {
+        self.upgrade == Some(true) && self.connection.upgrade && self.get && !self.body
+    }
+}
+
+/// May the listener's lean engine serve anything at all?
+pub fn listener(l: &ListenerPolicy) -> Result<(), Fallback> {
+    if !l.fast_path {
+        return Err(Fallback::Disabled);
+    }
+    if l.forward {
+        return Err(Fallback::ForwardProxy);
+    }
+    if l.redirect_https.is_some() {
+        return Err(Fallback::RedirectHttps);
+    }
+    Ok(())
+}
+
+/// The request-shape half of the decision, taken from the head alone.
+pub fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
+    listener(l)?;
+    if !h.parsed {
+        return Err(Fallback::Unparsed);
+    }
+    if h.connect {
+        return Err(Fallback::Connect);
+    }
+    if !h.origin_form {
+        return Err(Fallback::AbsoluteForm);
+    }
+    if h.h2 {
+        return if h.get_or_head && !h.body && h.upgrade.is_none() {
+            Ok(())
+        } else {
+            Err(Fallback::H2Request)
+        };
+    }
+    if h.http10 {
+        return Err(Fallback::Http10);
+    }
+    if h.transfer_encoding {
+        return Err(Fallback::TransferEncoding);
+    }
+    if h.expect {
+        return Err(Fallback::Expect);
+    }
+    if h.connection.nominates {
+        return Err(Fallback::ConnectionOption);
+    }
+    if (h.upgrade.is_some() || h.connection.upgrade) && !h.websocket() {
+        return Err(Fallback::Upgrade);
+    }
+    Ok(())
+}
+
+/// The route half: the route's backends and cache. `fresh_hit`: for a cached route, whether
+/// a fresh, complete entry answers this request (looked up without side effects).
+pub fn route(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fallback> {
+    if route.cache.is_some() {
+        return if fresh_hit && !h.websocket() && !h.h2 {
+            Ok(())
+        } else {
+            Err(Fallback::Cache)
+        };
+    }
+    if !route.plain_backends() {
+        return Err(Fallback::UpstreamProtocol);
+    }
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Header fields as the proxy sees them: which carry framing, which are hop-by-hop, which
+//! the proxy writes itself. One table for every engine, in both directions.
+
+/// What a header field means to the proxy.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Field {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Hop-by-hop fields that never cross the proxy (RFC 9110 §7.6.1, plus the legacy
+    /// `Keep-Alive` and `Proxy-Connection`, and the proxy-authentication pair, which belong
+    /// to the hop they were sent on).
+    HopByHop,
+    Upgrade,
+    Expect,
+    Http2Settings,
+    XForwardedFor,
+    /// X-Forwarded-Proto and X-Forwarded-Host: replaced by the proxy's own.
+    XForwardedSet,
+    Cookie,
+    Referer,
+    UserAgent,
+    Date,
+    /// Fields that keep a request from being answered as a fresh cache hit without the
+    /// cache's full machinery: conditionals, ranges, request cache directives, credentials.
+    NotForHit,
+    Other,
+}
+
+/// Classify a field name, case-insensitively; lengths first, so most names cost one compare.
+pub fn classify(name: &[u8]) -> Field {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is(b"te") => Field::HopByHop,
+        4 if is(b"host") => Field::Host,
+        4 if is(b"date") => Field::Date,
+        5 if is(b"range") => Field::NotForHit,
+        6 if is(b"cookie") => Field::Cookie,
+        6 if is(b"expect") => Field::Expect,
+        6 if is(b"pragma") => Field::NotForHit,
+        7 if is(b"referer") => Field::Referer,
+        7 if is(b"upgrade") => Field::Upgrade,
+        7 if is(b"trailer") => Field::HopByHop,
+        8 if is(b"if-match") || is(b"if-range") => Field::NotForHit,
+        10 if is(b"connection") => Field::Connection,
+        10 if is(b"keep-alive") => Field::HopByHop,
+        10 if is(b"user-agent") => Field::UserAgent,
+        13 if is(b"cache-control") || is(b"if-none-match") || is(b"authorization") => {
+            Field::NotForHit
+        }
+        14 if is(b"content-length") => Field::ContentLength,
+        14 if is(b"http2-settings") => Field::Http2Settings,
+        15 if is(b"x-forwarded-for") => Field::XForwardedFor,
+        16 if is(b"proxy-connection") => Field::HopByHop,
+        16 if is(b"x-forwarded-host") => Field::XForwardedSet,
+        17 if is(b"transfer-encoding") => Field::TransferEncoding,
+        17 if is(b"x-forwarded-proto") => Field::XForwardedSet,
+        17 if is(b"if-modified-since") => Field::NotForHit,
+        18 if is(b"proxy-authenticate") => Field::HopByHop,
+        19 if is(b"proxy-authorization") => Field::HopByHop,
+        19 if is(b"if-unmodified-since") => Field::NotForHit,
+        _ => Field::Other,
+    }
+}
+
+/// The comma-separated tokens of a field value, trimmed, empty ones skipped.
+pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+/// A Content-Length value: digits only, no sign, no list (a list is refused by the head
+/// checks before any engine sees it).
+pub fn parse_len(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// What a message's `Connection` fields say.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ConnectionOptions {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// Other tokens: field names that are hop-by-hop for this message (RFC 9110 §7.6.1).
+    pub nominates: bool,
+}
+
+impl ConnectionOptions {
+    pub fn add(&mut self, value: &[u8]) {
+        for t in tokens(value) {
+            if t.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if t.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else {
+                self.nominates = true;
+            }
+        }
+    }
+}
+
+/// Whether `name` is nominated by one of the `Connection` field values.
+pub fn nominated<'a>(mut connection: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> bool {
+    connection.any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// Whether a request field is left out of the request sent upstream. The proxy writes its
+/// own X-Forwarded-* (see [`super::forwarded`]), framing and, for upgrades, `Connection`.
+/// Fields nominated by `Connection` are dropped too, by the caller, with [`nominated`].
+pub fn drop_on_request(f: Field) -> bool {
+    matches!(
+        f,
+        Field::HopByHop
+            | Field::Connection
+            | Field::Upgrade
+            | Field::Http2Settings
+            | Field::XForwardedFor
+            | Field::XForwardedSet
+    )
+}
+
+/// Whether a response field is left out of the response sent to the client. `chunked`: the
+/// response is chunked, so a Content-Length beside it is a lie (RFC 9112 §6.3).
+pub fn drop_on_response(f: Field, chunked: bool) -> bool {
+    match f {
+        Field::HopByHop | Field::Connection | Field::Upgrade => true,
+        Field::ContentLength => chunked,
+        _ => false,
+    }
+}
+
+/// Names of the response fields dropped whatever their position; for engines that edit a
+/// header map by name (Pingora's phases, HTTP/2).
+pub const RESPONSE_HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Names of request fields the proxy never forwards as they came (see [`drop_on_request`]).
+pub const REQUEST_DROPPED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "http2-settings",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_lists_agree_with_the_classifier() {
+        for n in RESPONSE_HOP_BY_HOP {
+            assert!(drop_on_response(classify(n.as_bytes()), false), "{n}");
+        }
+        for n in REQUEST_DROPPED {
+            assert!(drop_on_request(classify(n.as_bytes())), "{n}");
+        }
+        assert!(!drop_on_request(classify(b"Cookie")));
+        assert!(!drop_on_response(classify(b"Set-Cookie"), true));
+        assert!(drop_on_response(classify(b"Content-Length"), true));
+        assert!(!drop_on_response(classify(b"Content-Length"), false));
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let mut c = ConnectionOptions::default();
+        c.add(b"keep-alive, X-Trace , ,Upgrade");
+        assert!(c.keep_alive && c.upgrade && c.nominates && !c.close);
+        let vals: [&[u8]; 2] = [b"close", b"x-a, X-B"];
+        assert!(nominated(vals.iter().copied(), b"x-b"));
+        assert!(!nominated(vals.iter().copied(), b"x-c"));
+    }
+
+    #[test]
+    fn lengths() {
+        assert_eq!(parse_len(b" 42 "), Some(42));
+        assert_eq!(parse_len(b"+1"), None);
+        assert_eq!(parse_len(b"1,1"), None);
+        assert_eq!(parse_len(b""), None);
+        assert_eq!(parse_len(b"99999999999999999999"), None);
+    }
+}

@@ -1,0 +1,141 @@
+//! The X-Forwarded-* fields the proxy writes on every request it forwards, and the host a
+//! request is for.
+//!
+//! - `X-Forwarded-For`: the incoming chain (the first such field, if shorter than
+//!   [`XFF_CHAIN_MAX`]), then the client's address.
+//! - `X-Forwarded-Proto`: `https` on a TLS listener, else `http`; an incoming one is replaced.
+//! - `X-Forwarded-Host`: the host the client asked for ([`request_host`]); replaced too.
+
+use std::net::IpAddr;
+
+/// An incoming X-Forwarded-For chain longer than this is dropped rather than extended: a
+/// client can make it anything, and the backend's header limits are not ours to exceed.
+pub const XFF_CHAIN_MAX: usize = 400;
+
+/// The host a request is for, as received (port included): the URI's authority (HTTP/2's
+/// `:authority`, an absolute-form target) wins over `Host`, as RFC 9110 §7.2 and RFC 9113
+/// §8.3.1 ask; then `Host`. The access log, routing and X-Forwarded-Host all use this.
+pub fn request_host<'a>(
+    authority: Option<&'a str>,
+    host_field: Option<&'a str>,
+) -> Option<&'a str> {
+    authority.filter(|a| !a.is_empty()).or(host_field)
+}
+
+/// `host` without its port.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+pub fn proto(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// Append the X-Forwarded-For value: `prev, client` or `client`.
+pub fn x_forwarded_for(prev: Option<&[u8]>, client: IpAddr, out: &mut Vec<u8>) {
+    if let Some(prev) = prev.filter(|p| !p.is_empty() && p.len() < XFF_CHAIN_MAX) {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    push_ip(out, client);
+}
+
+/// Append the three X-Forwarded-* fields as HTTP/1 header lines.
+pub fn h1_lines(
+    out: &mut Vec<u8>,
+    prev_xff: Option<&[u8]>,
+    client: Option<IpAddr>,
+    tls: bool,
+    host: Option<&[u8]>,
+) {
+    if let Some(ip) = client {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        x_forwarded_for(prev_xff, ip, out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-proto: ");
+    out.extend_from_slice(proto(tls).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(h) = host {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// An address as text, IPv4 without the formatting machinery (this runs per request).
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if *o >= 100 {
+                    out.push(b'0' + o / 100);
+                }
+                if *o >= 10 {
+                    out.push(b'0' + o / 10 % 10);
+                }
+                out.push(b'0' + o % 10);
+            }
+        }
+        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.20.255.1",
+            "127.0.0.1",
+            "199.9.100.99",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().expect("address");
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).expect("utf-8"), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn chain_is_extended_or_dropped() {
+        let ip: IpAddr = "10.0.0.9".parse().expect("ip");
+        let mut out = Vec::new();
+        x_forwarded_for(Some(b"1.1.1.1"), ip, &mut out);
+        assert_eq!(out, b"1.1.1.1, 10.0.0.9");
+        out.clear();
+        x_forwarded_for(Some(&[b'a'; XFF_CHAIN_MAX]), ip, &mut out);
+        assert_eq!(out, b"10.0.0.9");
+    }
+
+    #[test]
+    fn host_prefers_the_authority() {
+        assert_eq!(request_host(Some("a:1"), Some("b")), Some("a:1"));
+        assert_eq!(request_host(None, Some("b")), Some("b"));
+        assert_eq!(request_host(Some(""), None), None);
+        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("a.example.com"), "a.example.com");
+    }
+}

@@ -1,0 +1,162 @@
+//! The one request policy: every decision about a request, made in one place that does no
+//! I/O, for every engine (the lean HTTP/1 and HTTP/2 engines, Pingora's `ProxyHttp` phases,
+//! the forward proxy, L4).
+//!
+//! The engines read and write bytes; they ask this layer:
+//! - [`head`]: is this HTTP/1 request head acceptable at all (smuggling forms, Host)?
+//! - [`ListenerPolicy::admit`]: rate limit, route, body limit: answer it ourselves, or
+//!   proxy it to which route?
+//! - [`engine::choose`]: may the lean engine serve it, or why not ([`engine::Fallback`])?
+//! - [`fields`] and [`forwarded`]: which header fields cross, in both directions, and the
+//!   X-Forwarded-* the proxy adds.
+//! - [`hash`]: the consistent-hash key.
+//! - [`retry`]: is a failed attempt tried again?
+//! - [`answer`]: the proxy's own answers and the status each failure maps to.
+//! - [`keep_alive`]: does the client connection stay open?
+//!
+//! What a request did is recorded by [`crate::observability`] from the same values, so the
+//! access log and metrics cannot tell the engines apart.
+
+pub mod answer;
+pub mod date;
+pub mod edit;
+pub mod engine;
+pub mod fields;
+pub mod forwarded;
+pub mod hash;
+pub mod head;
+pub mod retry;
+pub mod route;
+
+use crate::config::ListenerSpec;
+use answer::Answer;
+use route::{Route, Router};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// One HTTP listener's policy, shared by every engine that serves it.
+pub struct ListenerPolicy {
+    pub name: String,
+    pub tls: bool,
+    /// Redirect every request to https on this port.
+    pub redirect_https: Option<u16>,
+    pub router: Router,
+    /// Per-client-IP request rate over one-second windows, with its limit.
+    rate: Option<(pingora_limits::rate::Rate, isize)>,
+    /// A forward-proxy listener (no routes; the forward module decides).
+    pub forward: bool,
+    /// `fast_path: false` sends every request to the general engine.
+    pub fast_path: bool,
+    /// Requests per client connection, if limited.
+    pub keepalive_requests: Option<u32>,
+    pub keepalive_timeout: Duration,
+    /// Longest wait for a client to send body bytes or take response bytes.
+    pub client_timeout: Duration,
+}
+
+/// What [`ListenerPolicy::admit`] needs to know about a request.
+pub struct RequestHead<'a> {
+    pub client: Option<IpAddr>,
+    /// The host asked for, port included ([`forwarded::request_host`]).
+    pub host: Option<&'a str>,
+    /// The path, without its query.
+    pub path: &'a str,
+    pub content_length: Option<u64>,
+}
+
+/// The policy's verdict on a request.
+pub enum Verdict<'r> {
+    /// Answer it ourselves, counted against the route if one was found.
+    Answer(Answer, Option<&'r Route>),
+    /// Proxy it on this route.
+    Proxy(&'r Route),
+}
+
+impl ListenerPolicy {
+    pub fn new(spec: &ListenerSpec, router: Router, tls: bool) -> ListenerPolicy {
+        ListenerPolicy {
+            name: spec.name.clone(),
+            tls,
+            redirect_https: spec.redirect_https,
+            router,
+            rate: spec.limits.rate_limit_per_ip.map(|n| {
+                (
+                    pingora_limits::rate::Rate::new(Duration::from_secs(1)),
+                    n as isize,
+                )
+            }),
+            forward: spec.forward.is_some(),
+            fast_path: spec.fast_path,
+            keepalive_requests: spec.limits.keepalive_requests,
+            keepalive_timeout: spec.limits.keepalive_timeout,
+            client_timeout: spec.limits.client_timeout,
+        }
+    }
+
+    /// The per-IP rate limit: `Some(answer)` when this request is over it.
+    pub fn rate_limited(&self, client: Option<IpAddr>) -> Option<Answer> {
+        let ((rate, limit), ip) = (self.rate.as_ref()?, client?);
+        if rate.observe(&ip, 1) > *limit {
+            log::warn!("{}: rate limit exceeded by {ip}", self.name);
+            return Some(Answer::new(429).retry_after(1));
+        }
+        None
+    }
+
+    /// Admission and routing of a reverse-proxy request, in this order: rate limit (429),
+    /// route by host and longest path prefix (404), the route's body limit by the declared
+    /// length (413, closing, since the body is not read). A streamed body is held to the
+    /// same limit by [`body_over_limit`].
+    pub fn admit(&self, r: &RequestHead) -> Verdict<'_> {
+        self.admit_on(r, self.route(r))
+    }
+
+    /// The route a request is for, by host (port stripped) and the longest path prefix.
+    pub fn route(&self, r: &RequestHead) -> Option<&Route> {
+        let host = forwarded::strip_port(r.host.unwrap_or(""));
+        self.router
+            .find(host, r.path)
+            .and_then(|p| self.router.get(p))
+    }
+
+    /// [`ListenerPolicy::admit`] for an engine that already looked the route up (to choose
+    /// itself, see [`engine::route`]).
+    pub fn admit_on<'r>(&'r self, r: &RequestHead, route: Option<&'r Route>) -> Verdict<'r> {
+        if let Some(a) = self.rate_limited(r.client) {
+            return Verdict::Answer(a, None);
+        }
+        let Some(route) = route else {
+            return Verdict::Answer(Answer::new(404), None);
+        };
+        if let Some(len) = r.content_length {
+            if len > route.max_body_size {
+                log::warn!(
+                    "{}: request body of {len} bytes exceeds the route's max_body_size {}",
+                    self.name,
+                    route.max_body_size
+                );
+                return Verdict::Answer(Answer::closing(413), Some(route));
+            }
+        }
+        Verdict::Proxy(route)
+    }
+}
+
+/// Whether a streamed request body has passed the route's limit after `seen` bytes.
+pub fn body_over_limit(route: &Route, seen: u64) -> bool {
+    seen > route.max_body_size
+}
+
+/// Whether the client connection stays open after this response. `client_close`: the
+/// client asked to close (or spoke HTTP/1.0 without keep-alive); `unread_body`: part of the
+/// request body was never read, so the next request's start is unknown; `served`: requests
+/// on this connection so far, this one included.
+pub fn keep_alive(
+    l: &ListenerPolicy,
+    client_close: bool,
+    draining: bool,
+    unread_body: bool,
+    served: u32,
+) -> bool {
+    !client_close && !draining && !unread_body && l.keepalive_requests.is_none_or(|n| served < n)
+}

@@ -1,0 +1,505 @@
+//! One policy, two engines: the same requests through a listener on the lean engine and one
+//! with `fast_path: false` (Pingora's general proxy for everything) must give the client the
+//! same status, header fields and body, and the origin the same requests (method, target,
+//! header fields with their repeats, body).
+//!
+//! Both listeners route to the same scripted origin, which answers by path with the response
+//! shapes an edge meets (chunked, repeated Set-Cookie, hop-by-hop fields, 1xx before the
+//! final answer, close-delimited, slow) and records each request as it arrived. `Date` is
+//! compared by presence only, and a few fields that carry the proxy's own per-listener values
+//! (the X-Forwarded-For chain's port-free client address is the same; nothing else differs)
+//! need no masking. Each case runs on a fresh connection to each listener.
+
+use crate::support::Proxy;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A request as the origin received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    method: String,
+    target: String,
+    /// Lower-cased names, values as sent, in order, repeats kept.
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+#[derive(Default)]
+struct OriginState {
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// The scripted origin.
+struct Origin {
+    addr: SocketAddr,
+    state: Arc<OriginState>,
+}
+
+impl Origin {
+    async fn start() -> Origin {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = l.local_addr().expect("origin addr");
+        let state = Arc::new(OriginState::default());
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(serve(s, st.clone()));
+            }
+        });
+        Origin { addr, state }
+    }
+
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.state.seen.lock().expect("seen"))
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Read one request (head, then a Content-Length or chunked body) from `buf` + `s`.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end);
+    let mut lines = head.split("\r\n");
+    let mut rl = lines.next()?.split(' ');
+    let (method, target) = (rl.next()?.to_string(), rl.next()?.to_string());
+    let fields: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while buf.len() < len {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        body = buf.drain(..len).collect();
+    } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(buf, b"\r\n") {
+                    break i;
+                }
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            if size == 0 {
+                buf.drain(..2);
+                break;
+            }
+            body.extend(buf.drain(..size));
+            buf.drain(..2);
+        }
+    }
+    Some(Seen {
+        method,
+        target,
+        fields,
+        body,
+    })
+}
+
+async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut s, &mut buf).await {
+        let path = req.target.split('?').next().unwrap_or("").to_string();
+        let head_only = req.method == "HEAD";
+        st.seen.lock().expect("seen").push(req.clone());
+        let body_of = |b: &str| {
+            if head_only {
+                String::new()
+            } else {
+                b.to_string()
+            }
+        };
+        let out: String = match path.as_str() {
+            "/chunked" => format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+                if head_only { "" } else { "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" }
+            ),
+            "/cookies" => format!(
+                "HTTP/1.1 200 OK\r\nSet-Cookie: a=1; Path=/\r\nSet-Cookie: b=2; HttpOnly\r\nContent-Length: 2\r\n\r\n{}",
+                body_of("ok")
+            ),
+            "/hop" => format!(
+                "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nConnection: X-Private\r\nX-Private: secret\r\nX-Public: yes\r\nContent-Length: 2\r\n\r\n{}",
+                body_of("ok")
+            ),
+            "/early" => format!(
+                "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+                body_of("ok")
+            ),
+            "/close" => {
+                let b = body_of("until the end");
+                let _ = s
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{b}").as_bytes())
+                    .await;
+                return;
+            }
+            "/slow" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", body_of("ok"))
+            }
+            "/nocontent" => "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n".to_string(),
+            "/echo" => {
+                let b = format!("{} bytes", req.body.len());
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", b.len(), body_of(&b))
+            }
+            "/big" => {
+                let b = "x".repeat(100_000);
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", b.len(), body_of(&b))
+            }
+            _ => format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nX-Origin: scripted\r\n\r\n{}",
+                body_of("hello")
+            ),
+        };
+        if s.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A response as the client saw it: status, fields (lower-cased names, `Date` masked), body.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Split what the proxy wrote on one connection into responses. Bodies are framed by
+/// Content-Length, chunked (kept raw) or the end of the bytes; `heads_only`: responses to HEAD.
+/// Also says whether every response to the requests sent is complete.
+fn responses(mut bytes: &[u8], heads_only: &[bool]) -> (Vec<Answer>, bool) {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut complete = true;
+    while let Some(end) = find(bytes, b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        bytes = &bytes[end + 4..];
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let fields: Vec<(String, String)> = lines
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                let k = k.to_ascii_lowercase();
+                let v = if k == "date" {
+                    "<date>".into()
+                } else {
+                    v.trim().to_string()
+                };
+                Some((k, v))
+            })
+            .collect();
+        if (100..200).contains(&status) && status != 101 {
+            out.push(Answer {
+                status,
+                fields: normalized(fields),
+                body: Vec::new(),
+            });
+            continue;
+        }
+        let head_only = heads_only.get(i).copied().unwrap_or(false);
+        i += 1;
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let body: Vec<u8> = if head_only || status == 204 || status == 304 {
+            Vec::new()
+        } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            complete &= bytes.len() >= len;
+            let len = len.min(bytes.len());
+            let b = bytes[..len].to_vec();
+            bytes = &bytes[len..];
+            b
+        } else if get("transfer-encoding").is_some() {
+            // chunk boundaries are not the message: compare the decoded body
+            let (b, used) = dechunk(bytes);
+            complete &= used.is_some();
+            bytes = &bytes[used.unwrap_or(bytes.len())..];
+            b
+        } else {
+            // ends with the connection
+            complete = false;
+            let b = bytes.to_vec();
+            bytes = &[];
+            b
+        };
+        out.push(Answer {
+            status,
+            fields: normalized(fields),
+            body,
+        });
+    }
+    (out, complete && i >= heads_only.len())
+}
+
+/// Field order between different names carries no meaning (RFC 9110 §5.3); the order of
+/// repeats of one name does. Sort by name, stably.
+fn normalized(mut f: Vec<(String, String)>) -> Vec<(String, String)> {
+    f.sort_by(|a, b| a.0.cmp(&b.0));
+    f
+}
+
+/// Decode a chunked body: the data, and how many bytes it took (`None`: incomplete).
+fn dechunk(mut b: &[u8]) -> (Vec<u8>, Option<usize>) {
+    let total = b.len();
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = find(b, b"\r\n") else {
+            return (out, None);
+        };
+        let size_text = String::from_utf8_lossy(&b[..eol]).into_owned();
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+        else {
+            return (out, None);
+        };
+        b = &b[eol + 2..];
+        if size == 0 {
+            // no trailers in these cases: the final CRLF
+            if b.len() < 2 {
+                return (out, None);
+            }
+            return (out, Some(total - b.len() + 2));
+        }
+        if b.len() < size + 2 {
+            return (out, None);
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+struct Case {
+    name: &'static str,
+    /// The raw request bytes; `{host}` is replaced by the listener's authority.
+    raw: String,
+    /// Which of the requests are HEAD, in order.
+    heads: Vec<bool>,
+    /// Listener pair to use: 0 = the main pair, 1 = the rate-limited pair.
+    pair: usize,
+}
+
+fn case(name: &'static str, raw: &str) -> Case {
+    // one entry per request line in the bytes
+    let heads = raw
+        .split("\r\n")
+        .filter(|l| {
+            let mut w = l.split(' ');
+            let m = w.next().unwrap_or("");
+            !m.is_empty()
+                && m.bytes().all(|b| b.is_ascii_uppercase())
+                && w.next_back().is_some_and(|v| v.starts_with("HTTP/1."))
+        })
+        .map(|l| l.starts_with("HEAD "))
+        .collect();
+    Case {
+        name,
+        raw: raw.to_string(),
+        heads,
+        pair: 0,
+    }
+}
+
+fn get(path: &str, host: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n")
+}
+
+fn matrix() -> Vec<Case> {
+    let app = "app.test";
+    let mut m = vec![
+        case("get", &get("/", app, "")),
+        case("get with query", &get("/a/b?x=1&y=%20", app, "")),
+        case("get with port in host", &get("/", "app.test:8080", "")),
+        case("get upper-case host", &get("/", "APP.test", "")),
+        case("head", &format!("HEAD / HTTP/1.1\r\nHost: {app}\r\n\r\n")),
+        case("head chunked", &format!("HEAD /chunked HTTP/1.1\r\nHost: {app}\r\n\r\n")),
+        case("post content-length", &format!("POST /echo HTTP/1.1\r\nHost: {app}\r\nContent-Length: 11\r\nContent-Type: text/plain\r\n\r\nhello world")),
+        case("post empty body", &format!("POST /echo HTTP/1.1\r\nHost: {app}\r\nContent-Length: 0\r\n\r\n")),
+        case("post chunked", &format!("POST /echo HTTP/1.1\r\nHost: {app}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")),
+        case("put", &format!("PUT /echo HTTP/1.1\r\nHost: {app}\r\nContent-Length: 3\r\n\r\nabc")),
+        case("delete", &format!("DELETE /x HTTP/1.1\r\nHost: {app}\r\n\r\n")),
+        case("options", &format!("OPTIONS /x HTTP/1.1\r\nHost: {app}\r\n\r\n")),
+        case("expect 100-continue", &format!("POST /echo HTTP/1.1\r\nHost: {app}\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nabcd")),
+        case("http/1.0", &format!("GET / HTTP/1.0\r\nHost: {app}\r\n\r\n")),
+        case("http/1.0 keep-alive", &format!("GET / HTTP/1.0\r\nHost: {app}\r\nConnection: keep-alive\r\n\r\n")),
+        case("http/1.0 without host", "GET / HTTP/1.0\r\n\r\n"),
+        case("pipelined", &format!("{}{}", get("/one", app, ""), get("/two", app, "Connection: close\r\n"))),
+        Case {
+            // the body runs into the next request line, which `case` would not see
+            heads: vec![false, false],
+            ..case("pipelined after post", &format!("POST /echo HTTP/1.1\r\nHost: {app}\r\nContent-Length: 2\r\n\r\nhi{}", get("/after", app, "Connection: close\r\n")))
+        },
+        case("connection close", &get("/", app, "Connection: close\r\n")),
+        case("connection keep-alive", &get("/", app, "Connection: keep-alive\r\n")),
+        case("request hop-by-hop", &get("/", app, "Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nTrailer: X-T\r\nProxy-Authorization: Basic eDp5\r\n")),
+        case("connection-nominated field", &get("/", app, "Connection: X-Drop\r\nX-Drop: 1\r\nX-Keep: 2\r\n")),
+        case("incoming x-forwarded chain", &get("/", app, "X-Forwarded-For: 203.0.113.7, 198.51.100.2\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\n")),
+        case("two x-forwarded-for fields", &get("/", app, "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 198.51.100.2\r\n")),
+        case("repeated request field", &get("/", app, "Accept: text/html\r\nAccept: application/json\r\n")),
+        case("cookies", &get("/", app, "Cookie: a=1\r\nCookie: b=2\r\n")),
+        case("non-websocket upgrade", &get("/", app, "Connection: Upgrade\r\nUpgrade: foo/1\r\n")),
+        case("absolute form", &format!("GET http://{app}/abs HTTP/1.1\r\nHost: {app}\r\n\r\n")),
+        case("chunked response", &get("/chunked", app, "")),
+        case("repeated set-cookie", &get("/cookies", app, "")),
+        case("hop-by-hop response fields", &get("/hop", app, "")),
+        case("1xx before the final answer", &get("/early", app, "")),
+        case("origin closes (close-delimited)", &get("/close", app, "")),
+        case("204 response", &get("/nocontent", app, "")),
+        case("large response", &get("/big", app, "")),
+        case("unrouted host", &get("/", "nope.test", "")),
+        case("missing host", "GET / HTTP/1.1\r\n\r\n"),
+        case("two host fields", &get("/", app, "Host: other.test\r\n")),
+        case("connection nominates host", &get("/", app, "Connection: Host\r\n")),
+        case("body over the limit", &format!("POST /small HTTP/1.1\r\nHost: {app}\r\nContent-Length: 100\r\n\r\n{}", "x".repeat(100))),
+        case("chunked body over the limit", &format!("POST /small HTTP/1.1\r\nHost: {app}\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n{}\r\n0\r\n\r\n", "x".repeat(100))),
+        case("dead backend", &get("/", "dead.test", "")),
+        case("timeout", &get("/slow", app, "")),
+        case("content-length and transfer-encoding", &format!("POST /echo HTTP/1.1\r\nHost: {app}\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")),
+        case("bad content-length", &format!("POST /echo HTTP/1.1\r\nHost: {app}\r\nContent-Length: 1x\r\n\r\n")),
+    ];
+    let mut rl = case(
+        "rate limit",
+        &format!(
+            "{}{}",
+            get("/", app, ""),
+            get("/", app, "Connection: close\r\n")
+        ),
+    );
+    rl.pair = 1;
+    m.push(rl);
+    m
+}
+
+fn config(origin: SocketAddr) -> String {
+    // Four listeners: {{port}} lean, {{port1}} general, {{port2}} lean with a rate limit,
+    // {{port3}} general with a rate limit.
+    let mut routes = String::new();
+    for l in ["fast", "general", "fast_rl", "general_rl"] {
+        routes.push_str(&format!(
+            "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n"
+        ));
+    }
+    // A port nothing listens on, for the dead backend.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    format!(
+        "listeners:
+  - {{name: fast, address: 127.0.0.1:{{{{port}}}}, protocol: http}}
+  - {{name: general, address: 127.0.0.1:{{{{port1}}}}, protocol: http, fast_path: false}}
+  - {{name: fast_rl, address: 127.0.0.1:{{{{port2}}}}, protocol: http, limits: {{rate_limit_per_ip: 1}}}}
+  - {{name: general_rl, address: 127.0.0.1:{{{{port3}}}}, protocol: http, fast_path: false, limits: {{rate_limit_per_ip: 1}}}}
+upstreams:
+  - name: app
+    backends: [{{address: {origin}}}]
+    read_timeout: 1s
+    retries: 0
+  - name: dead
+    backends: [{{address: {dead_addr}}}]
+    retries: 0
+routes:
+{routes}"
+    )
+}
+
+/// Send a case's bytes on a new connection and read until every response is complete, the
+/// proxy closes, or `WAIT` passes.
+async fn run(addr: SocketAddr, c: &Case) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(c.raw.as_bytes()).await.expect("send");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut chunk = [0u8; 65536];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+        }
+        if responses(&out, &c.heads).1 {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_and_general_engines_answer_alike() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr));
+    let pairs = [(p.addr_of(0), p.addr_of(1)), (p.addr_of(2), p.addr_of(3))];
+    let cases = matrix();
+    assert!(cases.len() >= 40, "the matrix has {} cases", cases.len());
+    let mut diffs = Vec::new();
+    for c in &cases {
+        let (fast, general) = pairs[c.pair];
+        let a = run(fast, c).await;
+        let seen_a = origin.take();
+        let b = run(general, c).await;
+        let seen_b = origin.take();
+        let (ra, rb) = (responses(&a, &c.heads).0, responses(&b, &c.heads).0);
+        if ra.is_empty() && rb.is_empty() {
+            diffs.push(format!("{}: no answer from either engine", c.name));
+        }
+        if ra != rb {
+            diffs.push(format!(
+                "{}: client saw\n  lean:    {ra:?}\n  general: {rb:?}",
+                c.name
+            ));
+        }
+        if seen_a != seen_b {
+            diffs.push(format!(
+                "{}: origin saw\n  lean:    {seen_a:?}\n  general: {seen_b:?}",
+                c.name
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} of {} cases differ:\n{}\n--- proxy log ---\n{}",
+        diffs.len(),
+        cases.len(),
+        diffs.join("\n"),
+        p.log()
+    );
+}
