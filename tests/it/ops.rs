@@ -791,8 +791,11 @@ async fn container_image_config_starts_and_passes_its_healthcheck() {
 
 // ---- status page in a real browser ----
 
-fn chromium() -> Option<String> {
-    ["chromium", "chromium-browser", "google-chrome"]
+/// The headless browser the status-page test drives. Missing is a failure, not a skip: a
+/// test that passes without a browser would pass with a broken status page too.
+fn chromium() -> String {
+    const CANDIDATES: [&str; 3] = ["chromium", "chromium-browser", "google-chrome"];
+    CANDIDATES
         .into_iter()
         .find(|b| {
             Command::new(b)
@@ -803,14 +806,16 @@ fn chromium() -> Option<String> {
                 .is_ok_and(|s| s.success())
         })
         .map(String::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "chromium is missing: none of {CANDIDATES:?} runs; `scripts/setup --test` installs chromium"
+            )
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_in_headless_chromium() {
-    let Some(browser) = chromium() else {
-        eprintln!("NOTE: chromium not installed (scripts/setup installs it); status page browser test skipped");
-        return;
-    };
+    let browser = chromium();
     let a = OriginBuilder::new("a").run().await;
     let b = OriginBuilder::new("b").run().await;
     let p = Proxy::start(&base(&[&a, &b], &admin_block(), None));
