@@ -2,7 +2,7 @@
 //! (metrics, status, token, drain), the access log, DNS discovery, the status page in a real
 //! headless browser, and the container image's build and run commands.
 
-use crate::support::proxy::{render, BIN};
+use crate::support::proxy::{render, send_signal, BIN};
 use crate::support::{client, free_port, scratch_dir, Conn, Origin, OriginBuilder, Proxy};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -51,14 +51,6 @@ async fn admin_post(p: &Proxy, path: &str, token: Option<&str>) -> client::Respo
     c.request("POST", path, &h, b"")
         .await
         .expect("admin answers")
-}
-
-/// Pid of a child, for kill(1).
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
 }
 
 async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::ExitStatus> {
@@ -209,7 +201,7 @@ async fn five_graceful_upgrades_under_load_drop_nothing() {
         // exists, so SIGQUIT may follow at once.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let old_pid = procs[0].child.id();
-        signal(old_pid, "QUIT");
+        send_signal(old_pid, libc::SIGQUIT);
         let st = wait_exit(&mut procs[0], Duration::from_secs(60)).await;
         assert!(
             st.is_some_and(|s| s.success()),
@@ -291,7 +283,7 @@ async fn sigterm_finishes_in_flight_and_closes_keepalive() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let t0 = Instant::now();
-    p.signal("TERM");
+    p.signal(libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // New connections are no longer accepted...
@@ -1013,7 +1005,7 @@ async fn tls_handshakes_are_counted() {
 async fn sighup_without_tls_listeners_does_not_kill_the_proxy() {
     let a = OriginBuilder::new("a").run().await;
     let mut p = Proxy::start(&base(&[&a], "", None));
-    p.signal("HUP");
+    p.signal(libc::SIGHUP);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         p.child.try_wait().expect("wait").is_none(),

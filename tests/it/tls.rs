@@ -832,7 +832,7 @@ async fn sighup_reloads_the_certificate() {
         serial_served(proxy.addr, &pki.ca_path).await.as_deref(),
         Some("0200")
     );
-    proxy.signal("HUP");
+    proxy.signal(libc::SIGHUP);
     eventually("SIGHUP swaps the certificate", || async {
         serial_served(proxy.addr, &pki.ca_path).await.as_deref() == Some("0201")
     })
