@@ -471,7 +471,14 @@ async fn proxy_auth_asks_then_admits_and_never_forwards_credentials() {
     // the cached credential works too, and the origin never sees it
     let (code, out, _) = curl(&["-x", &proxy_url(&p), "--proxy-user", "alice:s3cret", &url]).await;
     assert_eq!((code, out.as_str()), (0, "authed"));
-    for rec in o.recorded() {
+    let recs = o.recorded();
+    assert_eq!(
+        recs.len(),
+        2,
+        "the origin saw {} requests: {recs:?}",
+        recs.len()
+    );
+    for rec in recs {
         assert!(rec.header("proxy-authorization").is_none(), "{rec:?}");
     }
 }

@@ -121,11 +121,13 @@ async fn body_over_route_limit_is_413_by_content_length_and_when_chunked() {
         String::from_utf8_lossy(&answered)
     );
     assert!(closed);
-    // the backend may have seen the head, never a complete over-limit body
+    // The backend may have seen the head and the part of the body within the limit; the
+    // piece that crossed the 1 KiB limit, and anything after it, is never forwarded.
     let raw = b.raw();
+    let forwarded = raw.iter().filter(|&&c| c == b'y').count();
     assert!(
-        raw.iter().filter(|&&c| c == b'y').count() <= 4096,
-        "whole body forwarded"
+        forwarded <= 1024,
+        "{forwarded} body bytes forwarded past the 1 KiB max_body_size"
     );
     assert!(!String::from_utf8_lossy(&raw).contains("\r\n0\r\n\r\n"));
     assert!(p.log().contains("exceeds max_body_size"));
@@ -324,6 +326,10 @@ async fn ambiguous_and_malformed_heads_are_refused_before_the_backend() {
         ),
         ("TE gzip", post("Transfer-Encoding: gzip\r\n", chunked_body)),
         (
+            "TE gzip, chunked",
+            post("Transfer-Encoding: gzip, chunked\r\n", chunked_body),
+        ),
+        (
             "TE xchunked",
             post("Transfer-Encoding: xchunked\r\n", chunked_body),
         ),
@@ -380,10 +386,17 @@ async fn ambiguous_and_malformed_heads_are_refused_before_the_backend() {
     ];
     for (name, raw) in &cases {
         let (r, closed) = exchange(p.addr, raw, WAIT).await;
-        let st = status_of(&r);
-        assert!(
-            st == 400 || st == 501,
-            "{name}: answered {st}: {}",
+        // the README: 400, and 501 for a transfer coding other than chunked (before a final
+        // chunked; without a final chunked the length cannot be framed: 400)
+        let want = if *name == "TE gzip, chunked" {
+            501
+        } else {
+            400
+        };
+        assert_eq!(
+            status_of(&r),
+            want,
+            "{name}: {}",
             String::from_utf8_lossy(&r)
         );
         assert!(closed, "{name}: connection left open");
@@ -421,18 +434,23 @@ async fn invalid_chunk_sizes_never_frame_a_second_request() {
         let (r, closed) = exchange(p.addr, raw.as_bytes(), WAIT).await;
         let sts = statuses(&r);
         assert!(closed, "{size:?}: connection left open");
-        // Pingora's chunk parser reads an empty size line as 0: the body ends there, the
-        // rest is not a request of this connection, and the connection is closed.
-        assert!(
-            sts.iter().all(|s| *s == 400 || *s == 502) || (size.is_empty() && sts == [200]),
-            "{size:?}: answered {sts:?}"
-        );
+        // Exactly one answer: a second one would be the smuggled request, framed. A bad size
+        // is the client's error, 400. Pingora's chunk parser reads an empty size line as 0:
+        // the body ends there and the backend answers; the rest is not a request of this
+        // connection, and the connection is closed.
+        let want: &[u16] = if size.is_empty() { &[200] } else { &[400] };
+        assert_eq!(sts, want, "{size:?}: answered {sts:?}");
     }
     // the head goes upstream while the body is still being read, so each case may show
-    // its one POST, late; never more
+    // its one POST, late; never more. The empty size's POST was answered by the backend,
+    // so at least that one is there.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let heads = b.heads();
-    assert!(heads.len() <= sizes.len(), "{heads:?}");
+    assert!(
+        (1..=sizes.len()).contains(&heads.len()),
+        "{} heads: {heads:?}",
+        heads.len()
+    );
     assert!(heads.iter().all(|h| h.starts_with("POST /x ")), "{heads:?}");
     let raw = b.raw_lossy_lower();
     assert!(
@@ -485,10 +503,15 @@ async fn upgrade_refused_by_the_backend_opens_no_tunnel() {
     assert_eq!(status_of(&head[..n]), 200);
     // what would be tunnel bytes after a 101 must not be passed on now
     let _ = s.write_all(b"\x81\x85tunnel-bytes-not-http\r\n\r\n").await;
-    let (r, _) = raw::read_until_close(&mut s, Duration::from_secs(2)).await;
-    assert!(
-        statuses(&r).iter().all(|s| *s == 400),
-        "{}",
+    // A WebSocket handshake never keeps the client connection: after the refusal the proxy
+    // closes it, and answers nothing to those bytes (an answer would mean it read them as a
+    // request of this connection).
+    let (r, closed) = raw::read_until_close(&mut s, Duration::from_secs(2)).await;
+    assert!(closed, "connection left open after the refused upgrade");
+    assert_eq!(
+        statuses(&r),
+        Vec::<u16>::new(),
+        "answered the would-be tunnel bytes: {}",
         String::from_utf8_lossy(&r)
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -589,15 +612,10 @@ async fn http2_bad_pseudo_headers_and_continuation_flood_are_refused() {
         sent += 64;
     }
     let o = h2raw::outcome(&mut s, 1, WAIT).await;
+    // the README: a CONTINUATION flood ends the connection (a stream reset or an answer
+    // would leave it open)
     assert!(
-        matches!(
-            o,
-            Outcome::GoAway(_)
-                | Outcome::Closed
-                | Outcome::Reset(_)
-                | Outcome::Status(431)
-                | Outcome::Status(400)
-        ),
+        matches!(o, Outcome::GoAway(_) | Outcome::Closed),
         "after {sent} CONTINUATION frames: {o:?}"
     );
     eprintln!("continuation flood: {sent} frames sent before the proxy stopped it: {o:?}");
@@ -628,7 +646,8 @@ async fn refused_connections_retry_elsewhere_and_all_down_is_a_fast_502() {
     let p = Proxy::start(&config(&[dead.addr, d2.addr], "", "retries: 2", ""));
     let t = Instant::now();
     let r = client::get(p.addr, "/", &[]).await.expect("answer");
-    assert!(r.status == 502 || r.status == 503, "{}", r.status);
+    // every backend refused the connection: 502 (503 is for a pool with nothing to try)
+    assert_eq!(r.status, 502, "{}", r.text());
     assert!(t.elapsed() < WAIT, "took {:?}", t.elapsed());
     assert!(p.log().contains("connect to backend"));
 }
@@ -671,12 +690,17 @@ async fn backend_reset_mid_body_cuts_and_closes_the_response() {
                 !body.ends_with(b"0\r\n\r\n"),
                 "a cut chunked body was terminated as complete"
             );
-            // the payload that did arrive is the backend's, in order
+            // the payload that did arrive is the backend's, in order (and some did: the cut
+            // is mid-body, not before it)
             let payload: Vec<u8> = dechunk_partial(body);
+            assert!(!payload.is_empty(), "no payload before the cut");
             assert!(expect.starts_with(&payload), "wrong bytes");
         } else {
             assert!(head.contains(&format!("content-length: {}", raw::CUT_TOTAL)));
-            assert!(body.len() < raw::CUT_TOTAL, "body completed");
+            // The backend sent CUT_SENT of the CUT_TOTAL promised bytes, so the body is short
+            // by construction; what is checked is that what arrived is the backend's payload,
+            // in order, and that some did (the cut is mid-body, not before it).
+            assert!(!body.is_empty(), "no body before the cut");
             assert!(expect.starts_with(body), "wrong bytes");
         }
     }
@@ -731,7 +755,7 @@ async fn stale_pooled_connection_retries_idempotent_requests_only() {
     // a POST on the stale connection fails and is not sent again
     let mut c = Conn::connect(p.addr).await.expect("connect");
     let r = c.request("POST", "/p", &[], b"once").await.expect("answer");
-    assert!(r.status == 502, "POST answered {}", r.status);
+    assert_eq!(r.status, 502, "POST answered {}", r.status);
     let posts = b
         .heads()
         .iter()

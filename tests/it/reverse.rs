@@ -275,13 +275,15 @@ async fn connect_failures_retry_elsewhere_and_all_down_is_a_fast_502() {
     let p = Proxy::start(&simple(&[(&d1, 1), (&d2, 1)], "retries: 2"));
     let t = Instant::now();
     let r = client::get(p.addr, "/", &[]).await.expect("answer");
-    assert!(r.status == 502 || r.status == 503, "status {}", r.status);
+    // every backend refused the connection: 502 (503 is for a pool with nothing to try)
+    assert_eq!(r.status, 502, "{}", r.text());
     assert!(
         t.elapsed() < Duration::from_secs(3),
         "took {:?}",
         t.elapsed()
     );
     let body = r.text();
+    assert!(!r.headers.is_empty(), "no response headers to check");
     for o in [&d1, &d2] {
         assert!(
             !body.contains(&o.addr.port().to_string()),
@@ -385,7 +387,13 @@ async fn websocket_upgrade_passes_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused() {
     let a = OriginBuilder::new("a").run().await;
-    let p = Proxy::start(&simple(&[(&a, 1)], ""));
+    // Idle upstream connections are kept per runtime thread (as nginx keeps them per worker),
+    // so the figure depends on the thread count: fix it at one, whatever the machine has.
+    let cfg = format!(
+        "pingora:\n  threads: 1\n  pid_file: {{{{dir}}}}/stepstone.pid\n  upgrade_sock: {{{{dir}}}}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{}",
+        simple(&[(&a, 1)], "")
+    );
+    let p = Proxy::start(&cfg);
     let mut conn = Conn::connect(p.addr).await.expect("connect");
     for _ in 0..50 {
         assert_eq!(conn.get("/", &[]).await.expect("answer").status, 200);
@@ -398,12 +406,11 @@ async fn upstream_connections_are_reused() {
         );
     }
     assert_eq!(a.requests(), 70);
-    // Idle upstream connections are kept per runtime thread (as nginx keeps them per worker),
-    // and a request may move between threads while it runs: at most a couple per thread.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert!(
-        a.connections() <= 2 * threads,
-        "backend accepted {} connections for 70 requests ({threads} threads)",
+    // One thread, requests one after the other: every one of them on the same connection.
+    assert_eq!(
+        a.connections(),
+        1,
+        "backend accepted {} connections for 70 sequential requests on one thread",
         a.connections()
     );
 }

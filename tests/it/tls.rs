@@ -371,8 +371,9 @@ async fn http2_is_negotiated_and_100_concurrent_streams_succeed() {
         assert_eq!(body, b"app");
     }
     assert_eq!(origin.requests(), 100);
-    assert!(origin
-        .recorded()
+    let rec = origin.recorded();
+    assert_eq!(rec.len(), 100);
+    assert!(rec
         .iter()
         .all(|r| r.header("x-forwarded-proto") == Some("https")));
 }
@@ -832,7 +833,7 @@ async fn sighup_reloads_the_certificate() {
         serial_served(proxy.addr, &pki.ca_path).await.as_deref(),
         Some("0200")
     );
-    proxy.signal("HUP");
+    proxy.signal(libc::SIGHUP);
     eventually("SIGHUP swaps the certificate", || async {
         serial_served(proxy.addr, &pki.ca_path).await.as_deref() == Some("0201")
     })

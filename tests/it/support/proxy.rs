@@ -128,11 +128,9 @@ impl Proxy {
         std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
     }
 
-    pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status();
+    /// Send `sig` (e.g. `libc::SIGTERM`) to the proxy process; panics if it cannot be sent.
+    pub fn signal(&self, sig: libc::c_int) {
+        send_signal(self.child.id(), sig);
     }
 }
 
@@ -150,6 +148,21 @@ impl Drop for Proxy {
             );
         }
     }
+}
+
+/// Send `sig` to process `pid`, and panic with the OS error if it was not delivered (no such
+/// process, no permission, a bad signal number): a test that signals a process and then checks
+/// what the signal did must not go on as if it had been sent.
+pub fn send_signal(pid: u32, sig: libc::c_int) {
+    let target = libc::pid_t::try_from(pid).unwrap_or_else(|_| panic!("pid {pid} out of range"));
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(target, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill(pid {pid}, signal {sig}) failed: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Run `stepstone` with arguments and return (exit code, stdout + stderr).
