@@ -65,6 +65,8 @@ pub struct Ctx {
     /// Backends that failed for this request (bit per slot index).
     tried: u64,
     attempts: u32,
+    /// The last connect failure, for the answer when no backend is left.
+    last_connect: Option<crate::policy::answer::Failure>,
     hash: u64,
     /// A WebSocket handshake, relayed with its upgrade fields.
     websocket: bool,

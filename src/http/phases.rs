@@ -172,7 +172,8 @@ impl ProxyHttp for HttpProxy {
                 "{}: upstream {}: no usable backend for {}",
                 self.listener.name, pool.name, route.label
             );
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no usable backend");
+            let status = policy::retry::exhausted(ctx.last_connect).status();
+            return Error::e_explain(ErrorType::HTTPStatus(status), "no usable backend left");
         };
         let mut peer = crate::tls::upstream::http_peer(&pool.spec, pick.slot.addr);
         let o = &mut peer.options;
@@ -221,6 +222,10 @@ impl ProxyHttp for HttpProxy {
                 self.listener.name, peer._address, ctx.attempts, e
             );
         }
+        ctx.last_connect = match failure(&e) {
+            Ok(f @ (Failure::ConnectTimeout | Failure::ConnectFailed)) => Some(f),
+            _ => Some(Failure::ConnectFailed),
+        };
         if policy::retry::after_connect_failure(ctx.attempts, retries) {
             e.set_retry(true);
         }

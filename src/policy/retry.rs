@@ -4,6 +4,8 @@
 //! safe: an idempotent method whose whole body the proxy still holds. A POST is never sent
 //! twice.
 
+use super::answer::Failure;
+
 pub fn idempotent(method: &str) -> bool {
     matches!(
         method,
@@ -14,6 +16,13 @@ pub fn idempotent(method: &str) -> bool {
 /// After connect attempt number `attempts` (1-based) failed.
 pub fn after_connect_failure(attempts: u32, retries: u32) -> bool {
     attempts <= retries
+}
+
+/// What the client is told when no backend is left to try: the last connect failure if
+/// there was one (every backend refused or timed out: 502 or 504), else that none was
+/// usable (503).
+pub fn exhausted(last_connect_failure: Option<Failure>) -> Failure {
+    last_connect_failure.unwrap_or(Failure::NoBackend)
 }
 
 /// After a connection failed before the response began. `reused`: it came from the pool.
@@ -33,5 +42,7 @@ mod tests {
         assert!(!after_stale_connection("POST", true, true));
         assert!(!after_stale_connection("PUT", false, true));
         assert!(after_connect_failure(1, 1) && !after_connect_failure(2, 1));
+        assert_eq!(exhausted(None), Failure::NoBackend);
+        assert_eq!(exhausted(Some(Failure::ConnectFailed)).status(), 502);
     }
 }

@@ -145,6 +145,7 @@ impl<'a> Exchange<'a> {
         let mut tried = 0u64;
         let mut attempts = 0u32;
         let mut fresh_only = false;
+        let mut last_connect = None;
         loop {
             attempts += 1;
             self.obs.peer_selected();
@@ -154,7 +155,8 @@ impl<'a> Exchange<'a> {
                     "{}: upstream {}: no usable backend for {}",
                     self.l.name, pool.name, self.route.label
                 );
-                return Err(Failure::Answer(Why::NoBackend, "no usable backend".into()));
+                let why = retry::exhausted(last_connect);
+                return Err(Failure::Answer(why, "no usable backend left".into()));
             };
             let addr = pick.slot.addr;
             let pooled = if fresh_only {
@@ -175,14 +177,15 @@ impl<'a> Exchange<'a> {
                             self.l.name, pick.slot.label
                         );
                         self.pick = Some(pick);
-                        if retry::after_connect_failure(attempts, pool.retries) {
-                            continue;
-                        }
                         let why = if timed_out {
                             Why::ConnectTimeout
                         } else {
                             Why::ConnectFailed
                         };
+                        last_connect = Some(why);
+                        if retry::after_connect_failure(attempts, pool.retries) {
+                            continue;
+                        }
                         return Err(Failure::Answer(why, format!("connect failed: {e}")));
                     }
                 },
