@@ -95,6 +95,7 @@ where
 
     async fn http_cleanup(&self) {
         DRAINING.store(true, Ordering::Relaxed);
+        SHUTDOWN.send_replace(true);
         if !self.linger.is_zero() {
             log::info!(
                 "draining: keep-alive connections get Connection: close for {:?}",
@@ -118,6 +119,16 @@ where
     }
 }
 
+/// Raised as soon as shutdown is broadcast, for tunnels that hold no shutdown watch.
+static SHUTDOWN: once_cell::sync::Lazy<tokio::sync::watch::Sender<bool>> =
+    once_cell::sync::Lazy::new(|| tokio::sync::watch::channel(false).0);
+
+/// Resolves once the process starts shutting down.
+pub async fn shutdown_started() {
+    let mut rx = SHUTDOWN.subscribe();
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 /// Sets [`draining`] as soon as shutdown is broadcast (before any linger).
 pub struct DrainFlag;
 
@@ -130,6 +141,7 @@ impl BackgroundService for DrainFlag {
             }
         }
         DRAINING.store(true, Ordering::Relaxed);
+        SHUTDOWN.send_replace(true);
     }
 }
 

@@ -3,7 +3,8 @@
 
 use crate::config::file::ListenerProtocol;
 use crate::config::Config;
-use crate::http::{listen::PlainService, service::LeanHttp, HttpProxy, Listener};
+use crate::http::{service::LeanHttp, HttpProxy, Listener};
+use crate::net::listen::PlainService;
 use crate::policy::route::Router;
 use crate::upstream::{discovery::DiscoveryService, health::HealthService, Upstreams};
 use pingora_core::listeners::ListenerConfig;
@@ -68,6 +69,9 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
 
     crate::cache::init_from_config(cfg);
     crate::observability::init(cfg)?;
+    for f in crate::policy::engine::Fallback::ALL {
+        crate::observability::declare_fast_path_fallback(f.label());
+    }
     let upstreams = Upstreams::new(&cfg.upstreams);
     if let Some(hc) = HealthService::new(&upstreams.pools) {
         server.add_service(background_service("health checks", hc));

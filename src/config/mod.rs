@@ -10,10 +10,12 @@
 //! only runs the sections in the order their cross references need.
 
 pub mod cache;
+pub mod certs;
 pub mod cidr;
 pub mod file;
 pub mod forward;
 pub mod l4;
+pub mod tls;
 pub mod units;
 mod validate_listeners;
 mod validate_ops;
@@ -300,8 +302,8 @@ pub struct UpstreamTlsSpec {
     /// Empty only when `verify` is off.
     pub sni: String,
     pub verify: bool,
-    pub ca: Option<crate::tls::Trusted>,
-    pub client: Option<crate::tls::ClientCert>,
+    pub ca: Option<certs::Trusted>,
+    pub client: Option<certs::ClientCert>,
     pub http2: bool,
 }
 

@@ -1,5 +1,5 @@
 //! Validation of `listeners:` into [`ListenerSpec`]s. The parts that other sections settle
-//! are left to them: the TLS keys to [`crate::tls::config`], a forward proxy to
+//! are left to them: the TLS keys to [`super::tls`], a forward proxy to
 //! [`super::forward`], and the tcp/tls_passthrough settings to [`super::l4`], which needs the
 //! upstreams first.
 
@@ -31,7 +31,7 @@ pub(super) fn listeners(
                 "address used by another listener",
             ));
         }
-        let (tls, redirect_https, h2c) = crate::tls::config::validate_listener(e, &p, l)?;
+        let (tls, redirect_https, h2c) = super::tls::validate_listener(e, &p, l)?;
         let forward = match &l.forward_proxy {
             Some(f) => Some(forward::validate(e, &p, l.protocol, f, store)?),
             None => None,

@@ -1,7 +1,7 @@
 //! Validation of `upstreams:` into [`UpstreamSpec`]s: backends, selection, health checks and
-//! timeouts. The TLS keys are left to [`crate::tls::config`]. A backend given by DNS name is
+//! timeouts. The TLS keys are left to [`super::tls`]. A backend given by DNS name is
 //! only parsed here, never resolved: resolving is left to the running proxy
-//! ([`crate::upstream::discovery`]), so loading a config never waits on or fails for DNS.
+//! (the upstream discovery service), so loading a config never waits on or fails for DNS.
 
 use super::file::{HealthCheckType, SelectionFile, UpstreamFile};
 use super::{
@@ -184,7 +184,7 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
                 "must be greater than zero",
             ));
         }
-        let (tls, http2) = crate::tls::config::validate_upstream(e, &p, u)?;
+        let (tls, http2) = super::tls::validate_upstream(e, &p, u)?;
         upstreams.push(UpstreamSpec {
             name: u.name.clone(),
             backends,

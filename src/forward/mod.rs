@@ -2,7 +2,7 @@
 //! its clients, as Squid does. It serves absolute-form requests (`GET http://host/ HTTP/1.1`)
 //! and CONNECT tunnels, with access rules, Basic proxy auth, anonymity and content filters.
 //!
-//! Design. Everything goes through the one `ProxyHttp` implementation in `crate::http`,
+//! Design. Everything goes through the one `ProxyHttp` implementation of the HTTP engines,
 //! which delegates to [`Forward`] from a handful of phases when the listener is a forward
 //! proxy:
 //! - `request_filter` ([`Forward::request_filter`]): target parsing, auth, resolution,
@@ -15,9 +15,9 @@
 //! - `upstream_response_filter` / `upstream_response_body_filter`: content filtering,
 //!   before the cache and before anything reaches the client.
 //! - `fail_to_proxy`: the proxy's own 403 page for a blocked response.
-//! - the cache hooks: `crate::http` hands them [`Forward::cache`], the shared cache with the
+//! - the cache hooks: the HTTP engines hand them [`Forward::cache`], the shared cache with the
 //!   routes' semantics. Its key is built from the absolute-form target (scheme, host, port,
-//!   path, query; see `http::cache::policy::key_text`) under the listener's name, so two
+//!   path, query; see `cache::policy::key_text`) under the listener's name, so two
 //!   origins never share an entry. `PURGE http://host/path` is answered in `request_filter`
 //!   (after proxy auth, before the destination rules), from `purge_from` clients only.
 //!
@@ -56,7 +56,6 @@ pub mod tunnel;
 
 use crate::cache::RouteCache;
 use crate::config::forward::ForwardSpec;
-use crate::http::Ctx;
 use bytes::Bytes;
 use log::{info, warn};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -72,11 +71,11 @@ pub struct Forward {
     spec: ForwardSpec,
     auth: Option<auth::Auth>,
     filter: filter::Filter,
-    /// The shared cache, when `cache.enabled`; `crate::http`'s cache hooks use it.
+    /// The shared cache, when `cache.enabled`; the HTTP engines' cache hooks use it.
     pub cache: Option<RouteCache>,
 }
 
-/// Per-request state of a forward request, part of [`Ctx`].
+/// Per-request state of a forward request, part of the HTTP engine's per-request context.
 #[derive(Default)]
 pub struct FwdCtx {
     /// Resolved destination addresses, in connect order.
@@ -88,6 +87,8 @@ pub struct FwdCtx {
     /// Why the response was blocked, once it was.
     blocked: Option<String>,
     scan: Option<filter::BodyScan>,
+    /// A CONNECT tunnel that was established: the bytes it carried up and down.
+    pub tunnel: Option<(u64, u64)>,
 }
 
 struct Target {
@@ -131,7 +132,7 @@ impl Forward {
         );
     }
 
-    pub async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    pub async fn request_filter(&self, session: &mut Session, ctx: &mut FwdCtx) -> Result<bool> {
         let req = session.req_header();
         let connect = req.method == http::Method::CONNECT;
         let method = req.method.as_str().to_string();
@@ -222,7 +223,7 @@ impl Forward {
             return Ok(true);
         }
         if connect {
-            self.tunnel(session, &t, &addrs).await?;
+            ctx.tunnel = self.tunnel(session, &t, &addrs).await?;
             return Ok(true);
         }
         let req = session.req_header();
@@ -246,12 +247,18 @@ impl Forward {
             .await?;
             return Ok(true);
         }
-        ctx.fwd.addrs = addrs;
-        ctx.fwd.authority = t.authority;
+        ctx.addrs = addrs;
+        ctx.authority = t.authority;
         Ok(false)
     }
 
-    async fn tunnel(&self, session: &mut Session, t: &Target, addrs: &[SocketAddr]) -> Result<()> {
+    /// Answer a CONNECT and relay it; the bytes carried up and down once it was established.
+    async fn tunnel(
+        &self,
+        session: &mut Session,
+        t: &Target,
+        addrs: &[SocketAddr],
+    ) -> Result<Option<(u64, u64)>> {
         let up = match tunnel::connect(addrs, self.spec.connect_timeout).await {
             Ok(s) => s,
             Err((code, why)) => {
@@ -264,14 +271,14 @@ impl Forward {
                     true,
                 )
                 .await?;
-                return Ok(());
+                return Ok(None);
             }
         };
         let client = client_ip(session);
         let Some((mut down, early)) = tunnel::take_over(session).await else {
             self.deny_log(session, "CONNECT needs HTTP/1.1");
             page(session, 405, "CONNECT needs HTTP/1.1", None, true).await?;
-            return Ok(());
+            return Ok(None);
         };
         if down
             .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -279,9 +286,9 @@ impl Forward {
             .is_err()
             || down.flush().await.is_err()
         {
-            return Ok(());
+            return Ok(None);
         }
-        let (sent, recv) = tunnel::splice(down, early, up, self.spec.tunnel_idle_timeout).await;
+        let (sent, recv) = tunnel::relay(down, early, up, self.spec.tunnel_idle_timeout).await;
         info!(
             "{}: {} CONNECT {}:{} closed, {sent} bytes up, {recv} bytes down",
             self.listener,
@@ -289,14 +296,14 @@ impl Forward {
             t.host,
             t.port
         );
-        Ok(())
+        Ok(Some((sent, recv)))
     }
 
-    pub fn upstream_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(addr) = ctx.fwd.addrs.get(ctx.fwd.next).copied() else {
+    pub fn upstream_peer(&self, ctx: &mut FwdCtx) -> Result<Box<HttpPeer>> {
+        let Some(addr) = ctx.addrs.get(ctx.next).copied() else {
             return Error::e_explain(ErrorType::HTTPStatus(502), "no destination address left");
         };
-        ctx.fwd.next += 1;
+        ctx.next += 1;
         let mut peer = HttpPeer::new(addr, false, String::new());
         let o = &mut peer.options;
         o.connection_timeout = Some(self.spec.connect_timeout);
@@ -308,12 +315,12 @@ impl Forward {
     }
 
     /// Try the next resolved address, if there is one.
-    pub fn fail_to_connect(&self, ctx: &Ctx, peer: &HttpPeer, e: &mut Error) {
+    pub fn fail_to_connect(&self, ctx: &FwdCtx, peer: &HttpPeer, e: &mut Error) {
         warn!(
             "{}: connect to {} for {} failed: {e}",
-            self.listener, peer._address, ctx.fwd.authority
+            self.listener, peer._address, ctx.authority
         );
-        if ctx.fwd.next < ctx.fwd.addrs.len() {
+        if ctx.next < ctx.addrs.len() {
             e.set_retry(true);
         }
     }
@@ -322,7 +329,7 @@ impl Forward {
         &self,
         session: &Session,
         up: &mut RequestHeader,
-        ctx: &Ctx,
+        ctx: &FwdCtx,
     ) -> Result<()> {
         let pq = up
             .uri
@@ -331,7 +338,7 @@ impl Forward {
             .unwrap_or_else(|| "/".into());
         let uri = http::Uri::try_from(pq).or_err(ErrorType::InvalidHTTPHeader, "request path")?;
         up.set_uri(uri);
-        up.insert_header(http::header::HOST, ctx.fwd.authority.as_str())?;
+        up.insert_header(http::header::HOST, ctx.authority.as_str())?;
         anonymity::apply(up, self.spec.anonymity, client_ip(session));
         if self.filter.scans_bodies() {
             // Offer only what the body scan can decode.
@@ -353,7 +360,7 @@ impl Forward {
         &self,
         session: &Session,
         resp: &ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut FwdCtx,
     ) -> Result<()> {
         let h = |n| {
             resp.headers
@@ -371,15 +378,19 @@ impl Forward {
             || resp.status == 304;
         if self.filter.scans_bodies() && !no_body {
             match self.filter.body_scan(h(http::header::CONTENT_ENCODING)) {
-                Ok(s) => ctx.fwd.scan = Some(s),
+                Ok(s) => ctx.scan = Some(s),
                 Err(why) => return self.block(ctx, why),
             }
         }
         Ok(())
     }
 
-    pub fn upstream_response_body_filter(&self, body: &Option<Bytes>, ctx: &mut Ctx) -> Result<()> {
-        let (Some(scan), Some(b)) = (ctx.fwd.scan.as_mut(), body) else {
+    pub fn upstream_response_body_filter(
+        &self,
+        body: &Option<Bytes>,
+        ctx: &mut FwdCtx,
+    ) -> Result<()> {
+        let (Some(scan), Some(b)) = (ctx.scan.as_mut(), body) else {
             return Ok(());
         };
         match scan.feed(b) {
@@ -389,15 +400,15 @@ impl Forward {
         }
     }
 
-    fn block(&self, ctx: &mut Ctx, why: String) -> Result<()> {
-        ctx.fwd.blocked = Some(why);
-        ctx.fwd.scan = None;
+    fn block(&self, ctx: &mut FwdCtx, why: String) -> Result<()> {
+        ctx.blocked = Some(why);
+        ctx.scan = None;
         Error::e_explain(ErrorType::HTTPStatus(403), "blocked by the content filter")
     }
 
     /// The proxy's page for a blocked response, or `None` for other failures.
-    pub async fn fail_to_proxy(&self, session: &mut Session, ctx: &Ctx) -> Option<FailToProxy> {
-        let why = ctx.fwd.blocked.as_deref()?;
+    pub async fn fail_to_proxy(&self, session: &mut Session, ctx: &FwdCtx) -> Option<FailToProxy> {
+        let why = ctx.blocked.as_deref()?;
         if session.response_written().is_none() {
             self.deny_log(session, &format!("403: response blocked, {why}"));
             let _ = page(
@@ -534,5 +545,5 @@ async fn page(
         escape(detail)
     ));
     let extra: Vec<(&'static str, String)> = header.into_iter().collect();
-    crate::http::respond_page(session, code, body, &extra, close).await
+    crate::net::respond::respond_page(session, code, body, &extra, close).await
 }

@@ -9,9 +9,8 @@
 //! with any bytes the client sent after the CONNECT head (a client may send its TLS
 //! ClientHello without waiting for our 200), which go to the origin first.
 //!
-//! Closing: when one side ends its stream we shut down our write half toward the other
-//! (a TCP half-close), so each side sees a clean end of stream; the tunnel ends once both
-//! directions are done, or when neither direction has moved a byte for the idle timeout.
+//! Relaying: the one relay of every tunnel ([`crate::net::splice`]): half-closes passed on,
+//! the idle timeout, and on shutdown a quiet tunnel is closed like an L4 connection.
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -25,11 +24,10 @@ use pingora_proxy::Session;
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Connect to the first address that answers, all within `timeout`.
@@ -72,77 +70,27 @@ pub async fn take_over(session: &mut Session) -> Option<(Stream, Option<BytesMut
     Some(reusable.into_parts())
 }
 
-/// Splice until both directions have ended or nothing moved for `idle`. Returns the bytes
-/// sent (client to origin, origin to client).
-pub async fn splice(
-    down: Stream,
+/// Relay until both directions have ended, nothing moved for `idle`, or shutdown found the
+/// tunnel quiet ([`crate::net::splice`], the relay of every tunnel). `early`: bytes the client
+/// sent after the CONNECT head, which go to the origin first. Returns the bytes sent (client
+/// to origin, origin to client).
+pub async fn relay(
+    mut down: Stream,
     early: Option<BytesMut>,
-    up: TcpStream,
+    mut up: TcpStream,
     idle: Duration,
 ) -> (u64, u64) {
-    let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let (mut dr, mut dw) = tokio::io::split(down);
-    let (mut ur, mut uw) = up.into_split();
-    let sent = Arc::new(AtomicU64::new(0));
-    let recv = Arc::new(AtomicU64::new(0));
-
-    let c2o = {
-        let last = last.clone();
-        let sent = sent.clone();
-        async move {
-            if let Some(e) = early.filter(|e| !e.is_empty()) {
-                if uw.write_all(&e).await.is_err() {
-                    return;
-                }
-                sent.fetch_add(e.len() as u64, Ordering::Relaxed);
-            }
-            pump(&mut dr, &mut uw, &last, start, &sent).await;
-            let _ = uw.shutdown().await;
+    let mut first = 0;
+    if let Some(e) = early.filter(|e| !e.is_empty()) {
+        if up.write_all(&e).await.is_err() {
+            return (0, 0);
         }
-    };
-    let o2c = {
-        let last = last.clone();
-        let recv = recv.clone();
-        async move {
-            pump(&mut ur, &mut dw, &last, start, &recv).await;
-            let _ = dw.shutdown().await;
-        }
-    };
-    let watchdog = async {
-        loop {
-            let quiet = start
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-            if quiet >= idle {
-                return;
-            }
-            tokio::time::sleep(idle - quiet).await;
-        }
-    };
-    tokio::select! {
-        _ = async { tokio::join!(c2o, o2c) } => {}
-        _ = watchdog => {}
+        first = e.len() as u64;
     }
-    (sent.load(Ordering::Relaxed), recv.load(Ordering::Relaxed))
-}
-
-async fn pump<R, W>(r: &mut R, w: &mut W, last: &AtomicU64, start: Instant, count: &AtomicU64)
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
-            return;
-        }
-        count.fetch_add(n as u64, Ordering::Relaxed);
+    let drain = crate::lifecycle::shutdown_started();
+    match crate::net::splice::splice(&mut down, &mut up, idle, drain).await {
+        crate::net::splice::Splice::Done(sent, recv) => (first + sent, recv),
+        _ => (first, 0),
     }
 }
 

@@ -13,21 +13,17 @@
 pub mod chunked;
 pub mod fast;
 pub mod guard;
-pub mod listen;
 pub mod phases;
+pub mod redirect;
 pub mod service;
 
 use crate::cache;
 use crate::config::ListenerSpec;
 use crate::forward::{Forward, FwdCtx};
-use crate::policy::answer::Answer;
 use crate::policy::route::{Route, Router};
 use crate::policy::ListenerPolicy;
 use crate::upstream::Pick;
-use bytes::Bytes;
-use pingora_core::Result;
-use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::Session;
+use pingora_http::RequestHeader;
 use std::sync::Arc;
 
 /// An HTTP listener: its policy, and the forward proxy when it is one.
@@ -97,68 +93,7 @@ impl HttpProxy {
     }
 }
 
-/// A small page of our own. It names the status, never a backend.
-pub fn error_page(code: u16) -> Bytes {
-    crate::policy::answer::page(code)
-}
-
-/// Answer from the proxy itself, with a body and a content length.
-pub async fn respond(session: &mut Session, code: u16, close: bool) -> Result<()> {
-    let a = if close {
-        Answer::closing(code)
-    } else {
-        Answer::new(code)
-    };
-    respond_answer(session, &a).await
-}
-
-/// Write one of the policy's answers on a Pingora session.
-pub async fn respond_answer(session: &mut Session, a: &Answer) -> Result<()> {
-    let body = a.body();
-    let fields = a.fields(body.len());
-    write_page(session, a.status, body, &fields, a.close).await
-}
-
-/// Write one of the proxy's own pages: HTML body, length, `no-store`, extra headers, and
-/// `Connection: close` when the connection must not be reused.
-pub async fn respond_page(
-    session: &mut Session,
-    code: u16,
-    body: Bytes,
-    extra: &[(&'static str, String)],
-    close: bool,
-) -> Result<()> {
-    let mut fields: Vec<(&'static str, String)> = extra.to_vec();
-    fields.push(("content-type", "text/html; charset=utf-8".into()));
-    fields.push(("content-length", body.len().to_string()));
-    fields.push(("cache-control", "no-store".into()));
-    write_page(session, code, body, &fields, close).await
-}
-
-async fn write_page(
-    session: &mut Session,
-    code: u16,
-    body: Bytes,
-    fields: &[(&'static str, String)],
-    close: bool,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(code, Some(fields.len() + 1))?;
-    for (k, v) in fields {
-        resp.insert_header(*k, v.as_str())?;
-    }
-    if close {
-        resp.insert_header(http::header::CONNECTION, "close")?;
-        session.set_keepalive(None);
-    }
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
-}
+pub use crate::net::respond::{error_page, respond, respond_answer, respond_page};
 
 fn content_length(req: &RequestHeader) -> Option<u64> {
     req.headers

@@ -87,11 +87,11 @@ impl ProxyHttp for HttpProxy {
                 return Ok(true);
             }
             if let Some(port) = l.redirect_https {
-                crate::tls::redirect::redirect(session, port).await?;
+                super::redirect::redirect(session, port).await?;
                 return Ok(true);
             }
             if let Some(f) = &l.forward {
-                return f.request_filter(session, ctx).await;
+                return f.request_filter(session, &mut ctx.fwd).await;
             }
         }
         let req = session.req_header();
@@ -156,7 +156,7 @@ impl ProxyHttp for HttpProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         if let Some(f) = &self.listener.forward {
-            return f.upstream_peer(ctx);
+            return f.upstream_peer(&mut ctx.fwd);
         }
         let Some(route) = self.route(ctx) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
@@ -196,7 +196,7 @@ impl ProxyHttp for HttpProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(f) = &self.listener.forward {
-            f.fail_to_connect(ctx, peer, &mut e);
+            f.fail_to_connect(&ctx.fwd, peer, &mut e);
             return e;
         }
         let route = self.route(ctx);
@@ -271,7 +271,7 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(f) = &self.listener.forward {
-            return f.upstream_request_filter(session, upstream_request, ctx);
+            return f.upstream_request_filter(session, upstream_request, &ctx.fwd);
         }
         let host = request_host(session.req_header()).map(str::to_owned);
         policy::edit::request(
@@ -359,7 +359,7 @@ impl ProxyHttp for HttpProxy {
     ) -> Result<()> {
         policy::edit::response(upstream_response);
         match &self.listener.forward {
-            Some(f) => f.upstream_response_filter(session, upstream_response, ctx),
+            Some(f) => f.upstream_response_filter(session, upstream_response, &mut ctx.fwd),
             None => Ok(()),
         }
     }
@@ -372,7 +372,7 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(f) = &self.listener.forward {
-            f.upstream_response_body_filter(body, ctx)?;
+            f.upstream_response_body_filter(body, &mut ctx.fwd)?;
         }
         Ok(None)
     }
@@ -395,12 +395,19 @@ impl ProxyHttp for HttpProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let route = self.route(ctx);
         let slot = ctx.pick.as_ref().map(|p| &*p.slot);
-        crate::observability::request_done(session, e, route.map(|r| r.id), slot, &ctx.obs);
+        crate::observability::request_done(
+            session,
+            e,
+            route.map(|r| r.id),
+            slot,
+            &ctx.obs,
+            ctx.fwd.tunnel,
+        );
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if let Some(f) = &self.listener.forward {
-            if let Some(r) = f.fail_to_proxy(session, ctx).await {
+            if let Some(r) = f.fail_to_proxy(session, &ctx.fwd).await {
                 return r;
             }
         }

@@ -237,9 +237,6 @@ pub struct H1First<A> {
     keepalive_requests: Option<u32>,
 }
 
-/// The HTTP/2 connection preface (RFC 9113 §3.4), which an `h2c: true` listener looks for.
-pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 impl<A> H1First<A> {
     pub fn new(
         inner: A,
@@ -332,7 +329,9 @@ where
         if h2c {
             // An h2c listener still serves HTTP/1 here; only the preface goes to HTTP/2.
             let mut preface = [0u8; 24];
-            if matches!(g.try_peek(&mut preface).await, Ok(true)) && &preface == H2_PREFACE {
+            if matches!(g.try_peek(&mut preface).await, Ok(true))
+                && &preface == crate::net::H2_PREFACE
+            {
                 return self.pingora(Box::new((*g).passthrough()), shutdown).await;
             }
         }

@@ -11,19 +11,19 @@
 //! A connection goes: admit (max_connections) → PROXY header if the listener accepts one →
 //! pick the pool (tls_passthrough: read the ClientHello, bounded in size and time, and parse
 //! its SNI; the bytes read are replayed to the backend) → connect with retries → optional
-//! PROXY header to the backend → relay both ways ([`copy::relay`], buffers that grow), which passes a
+//! PROXY header to the backend → relay both ways ([`crate::net::relay`], buffers that grow), which passes a
 //! half-close on (EOF on one side shuts down writing on the other) and ends when both
 //! directions are done. An idle watchdog closes the connection when no bytes moved for
 //! `idle_timeout`; once shutdown begins, connections that go quiet for a second are closed
 //! too, so a drain does not wait on idle clients, while active transfers continue.
 
 pub mod accept;
-pub mod copy;
 pub mod proxy_protocol;
 pub mod sni;
 
 use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
 use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
+use crate::net::splice::{shutdown_of, splice, Splice};
 use crate::upstream::{bit, select::hash_bytes, Pick, Pool};
 use accept::{local_of, peer_of, ProxyAccept};
 use async_trait::async_trait;
@@ -33,16 +33,11 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::listening::Service;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// After shutdown begins, a connection quiet for this long is closed.
-const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 enum Target {
     Tcp(Arc<Pool>),
@@ -194,7 +189,13 @@ impl L4App {
         }
 
         let started = Instant::now();
-        let outcome = splice(&mut io, &mut backend, self.idle_timeout, shutdown).await;
+        let outcome = splice(
+            &mut io,
+            &mut backend,
+            self.idle_timeout,
+            shutdown_of(shutdown),
+        )
+        .await;
         let label = &pick.slot.label;
         match outcome {
             Splice::Done(up, down) => {
@@ -253,9 +254,9 @@ pub fn add_service(
     let name = format!("l4 {}", l.name);
     let Some(t) = &l.tls else {
         // Plaintext: our accept loop (a small task per connection, no L4 buffers: the splice
-        // has its own); see `crate::http::listen`.
+        // has its own); see `crate::net::listen`.
         let lean = l.proxy_protocol.is_none();
-        server.add_service(crate::http::listen::PlainService::new(
+        server.add_service(crate::net::listen::PlainService::new(
             name, l.addr, app, lean,
         ));
         return Ok(());
@@ -350,101 +351,4 @@ async fn read_client_hello(io: &mut Stream) -> Result<(Vec<u8>, Option<String>),
         .await
         .map_err(|_| format!("no complete ClientHello within {CLIENT_HELLO_TIMEOUT:?}"))??;
     Ok((buf, name))
-}
-
-pub(crate) enum Splice {
-    Done(u64, u64),
-    Idle,
-    Drained,
-    Failed(std::io::Error),
-}
-
-/// Both directions until both are done, with the idle watchdog. Also the tunnel of an
-/// upgraded (WebSocket) HTTP/1 connection.
-pub(crate) async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
-    client: &mut C,
-    backend: &mut TcpStream,
-    idle_timeout: Duration,
-    shutdown: &ShutdownWatch,
-) -> Splice {
-    let t0 = Instant::now();
-    let last = AtomicU64::new(0);
-    let mut a = Tracked {
-        inner: client,
-        last: &last,
-        t0,
-    };
-    let mut b = Tracked {
-        inner: backend,
-        last: &last,
-        t0,
-    };
-    let copy = copy::relay(&mut a, &mut b);
-    tokio::pin!(copy);
-    let mut shutdown = shutdown.clone();
-    let mut draining = *shutdown.borrow();
-    loop {
-        let limit = if draining {
-            idle_timeout.min(DRAIN_IDLE)
-        } else {
-            idle_timeout
-        };
-        let idle = t0
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last.load(Relaxed)));
-        if idle >= limit {
-            return if draining {
-                Splice::Drained
-            } else {
-                Splice::Idle
-            };
-        }
-        tokio::select! {
-            r = &mut copy => return match r {
-                Ok((up, down)) => Splice::Done(up, down),
-                Err(e) => Splice::Failed(e),
-            },
-            _ = tokio::time::sleep(limit - idle) => {}
-            _ = shutdown.changed(), if !draining => draining = true,
-        }
-    }
-}
-
-/// Records the time of the last byte read, for the idle watchdog.
-struct Tracked<'a, S> {
-    inner: S,
-    last: &'a AtomicU64,
-    t0: Instant,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.last
-                .store(self.t0.elapsed().as_millis() as u64, Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

@@ -69,10 +69,6 @@ impl Fallback {
             Fallback::H2Request => "h2_request",
         }
     }
-
-    pub fn index(self) -> usize {
-        Fallback::ALL.iter().position(|f| *f == self).unwrap_or(0)
-    }
 }
 
 /// What the lean engine's parser found in a request head.

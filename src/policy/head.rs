@@ -8,7 +8,7 @@
 //! An edge proxy has no old clients to be kind to, so [`check_head`] refuses every form that
 //! some parser on the way could read differently, with 400 (or 501 for a transfer coding we
 //! do not implement), and names the reason for the log line. It runs on the exact bytes the
-//! client sent, in the request-head guard ([`crate::http::guard`]), so nothing ambiguous is parsed,
+//! client sent, in the request-head guard (the guard of the HTTP engines), so nothing ambiguous is parsed,
 //! routed or forwarded.
 //!
 //! Refused: bare LF or bare CR as a line end or inside a line, NUL and other control bytes,

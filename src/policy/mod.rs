@@ -14,7 +14,7 @@
 //! - [`answer`]: the proxy's own answers and the status each failure maps to.
 //! - [`keep_alive`]: does the client connection stay open?
 //!
-//! What a request did is recorded by [`crate::observability`] from the same values, so the
+//! What a request did is recorded by the observability layer from the same values, so the
 //! access log and metrics cannot tell the engines apart.
 
 pub mod answer;

@@ -16,9 +16,7 @@
 //! - Upstream TLS ([`upstream`]) is Pingora's connector with verification on by default;
 //!   a failed handshake is an upstream error (502), never a retry in plaintext.
 
-pub mod certs;
-pub mod config;
-pub mod redirect;
+pub use crate::config::certs::{self, ClientCert, Trusted};
 pub mod reload;
 pub mod store;
 pub mod upstream;
@@ -28,30 +26,9 @@ use openssl::ssl::{SslOptions, SslVerifyMode, SslVersion};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::ListenerConfig;
-use pingora_core::utils::tls::CertKey;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use store::{CertStore, SniCallback};
-
-/// CA certificates trusted for an upstream's backends.
-#[derive(Clone)]
-pub struct Trusted(pub Arc<Box<[openssl::x509::X509]>>);
-
-impl fmt::Debug for Trusted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Trusted({} CAs)", self.0.len())
-    }
-}
-
-/// Client certificate and key presented to an upstream's backends.
-#[derive(Clone)]
-pub struct ClientCert(pub Arc<CertKey>);
-
-impl fmt::Debug for ClientCert {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientCert({})", certs::describe(self.0.leaf()))
-    }
-}
 
 /// Application protocols a TLS listener offers by ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

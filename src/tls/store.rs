@@ -140,6 +140,10 @@ fn stamp(path: &str) -> Stamp {
 
 pub struct CertStore {
     pub spec: TlsSpec,
+    /// Handshakes completed, and refused for lack of a certificate; read by the metrics
+    /// page at scrape time.
+    pub handshakes_ok: std::sync::atomic::AtomicU64,
+    pub handshakes_no_cert: std::sync::atomic::AtomicU64,
     pub current: ArcSwap<Snapshot>,
     /// File versions the last load attempt saw, successful or not, so a bad file is
     /// reported once, not on every poll.
@@ -157,6 +161,8 @@ impl CertStore {
         info!("{}: serving {}", spec.key_path, snap.describe());
         Ok(CertStore {
             spec: spec.clone(),
+            handshakes_ok: Default::default(),
+            handshakes_no_cert: Default::default(),
             current: ArcSwap::from_pointee(snap),
             seen: Mutex::new(seen),
         })
@@ -224,9 +230,9 @@ impl TlsAccept for SniCallback {
         // Without a certificate the handshake fails right after this, which closes only
         // this connection; there is nothing better to do with an error here.
         if let Err(e) = self.0.current.load().install(ssl) {
-            crate::observability::TLS_HANDSHAKES
-                .with_label_values(&[self.0.spec.key_path.as_str(), "no_certificate"])
-                .inc();
+            self.0
+                .handshakes_no_cert
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             debug!(
                 "{}: cannot install a certificate: {e}",
                 self.0.spec.key_path
@@ -238,9 +244,9 @@ impl TlsAccept for SniCallback {
         &self,
         _ssl: &SslRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        crate::observability::TLS_HANDSHAKES
-            .with_label_values(&[self.0.spec.key_path.as_str(), "ok"])
-            .inc();
+        self.0
+            .handshakes_ok
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         None
     }
 }

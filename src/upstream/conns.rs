@@ -1,4 +1,4 @@
-//! Idle upstream connections of the HTTP/1 fast path ([`crate::http::fast`]), per thread.
+//! Idle upstream connections of the HTTP/1 lean engine, per thread.
 //!
 //! Pingora's pool (used by the general path) takes a lock and spawns a watcher task each time
 //! a connection goes back into it, and its reuse rate fell to 99.8% under keep-alive load.

@@ -435,19 +435,16 @@ async fn invalid_chunk_sizes_never_frame_a_second_request() {
         let sts = statuses(&r);
         assert!(closed, "{size:?}: connection left open");
         // Exactly one answer: a second one would be the smuggled request, framed. A bad size
-        // is the client's error, 400. Pingora's chunk parser reads an empty size line as 0:
-        // the body ends there and the backend answers; the rest is not a request of this
-        // connection, and the connection is closed.
-        let want: &[u16] = if size.is_empty() { &[200] } else { &[400] };
-        assert_eq!(sts, want, "{size:?}: answered {sts:?}");
+        // (an empty size line included) is the client's error, 400: the request-head guard
+        // checks the chunk framing of every request body, whichever engine serves it.
+        assert_eq!(sts, [400], "{size:?}: answered {sts:?}");
     }
-    // the head goes upstream while the body is still being read, so each case may show
-    // its one POST, late; never more. The empty size's POST was answered by the backend,
-    // so at least that one is there.
+    // A head may go upstream while its body is still being read, so each case may show its
+    // one POST, late; never more.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let heads = b.heads();
     assert!(
-        (1..=sizes.len()).contains(&heads.len()),
+        heads.len() <= sizes.len(),
         "{} heads: {heads:?}",
         heads.len()
     );

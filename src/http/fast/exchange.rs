@@ -526,8 +526,10 @@ impl<'a> Exchange<'a> {
         let Some(shutdown) = self.shutdown else {
             return Err(Failure::Cut);
         };
-        if let crate::l4::Splice::Done(_, down) =
-            crate::l4::splice(g, &mut up, self.pool.read_timeout, shutdown).await
+        g.release();
+        let drain = crate::net::splice::shutdown_of(shutdown);
+        if let crate::net::splice::Splice::Done(_, down) =
+            crate::net::splice::splice(g, &mut up, self.pool.read_timeout, drain).await
         {
             self.bytes_out = down as usize;
         }

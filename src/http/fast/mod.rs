@@ -71,7 +71,7 @@ pub struct Conn {
 impl Conn {
     pub fn new(g: &Guarded) -> Conn {
         Conn {
-            client: super::listen::peer_ip(g.inner()),
+            client: crate::net::listen::peer_ip(g.inner()),
             served: 0,
         }
     }
@@ -88,7 +88,7 @@ pub enum Outcome {
 
 /// Count a request the lean engine left to the general one.
 fn fell_back(reason: Fallback) {
-    observability::fast_path_fallback(reason);
+    observability::fast_path_fallback(reason.label());
 }
 
 impl FastPath {

@@ -7,7 +7,9 @@
 use openssl::asn1::Asn1Time;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
+use pingora_core::utils::tls::CertKey;
 use std::fmt;
+use std::sync::Arc;
 
 /// A certificate chain (leaf first) and its private key.
 #[derive(Clone)]
@@ -138,4 +140,24 @@ pub fn describe(cert: &X509) -> String {
         .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
     format!("CN={cn} serial={serial}")
+}
+
+/// CA certificates a peer's chain is verified against, loaded and checked at validation.
+#[derive(Clone)]
+pub struct Trusted(pub Arc<Box<[openssl::x509::X509]>>);
+
+impl fmt::Debug for Trusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Trusted({} CAs)", self.0.len())
+    }
+}
+
+/// Client certificate and key presented to an upstream's backends.
+#[derive(Clone)]
+pub struct ClientCert(pub Arc<CertKey>);
+
+impl fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientCert({})", describe(self.0.leaf()))
+    }
 }

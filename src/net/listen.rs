@@ -146,7 +146,7 @@ impl pingora_core::protocols::Peek for PlainTcp {
                 return Ok(n > 0);
             }
             // A short peek: wait for the rest only while what came could still be it.
-            if buf[..n] != crate::http::service::H2_PREFACE[..n.min(24)] {
+            if buf[..n] != super::H2_PREFACE[..n.min(24)] {
                 return Ok(true);
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

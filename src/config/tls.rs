@@ -2,8 +2,7 @@
 //! [`crate::config::validate`]. It reads every file named, so `-t` fails on a missing,
 //! unreadable, mismatched or expired certificate with the file and key path in the error.
 
-use super::certs::{self, Which};
-use super::{ClientCert, Trusted};
+use super::certs::{self, ClientCert, Trusted, Which};
 use crate::config::file::{ListenerFile, ListenerProtocol, UpstreamFile};
 use crate::config::{
     dur, valid_hostname, CertSpec, ConfigError, Errs, HostMatch, TlsSpec, UpstreamTlsSpec,

@@ -1,0 +1,123 @@
+//! One relay for every tunnel: L4 connections, upgraded (WebSocket) HTTP/1 connections and
+//! CONNECT tunnels. Both directions run until both are done ([`super::relay`]), with an idle
+//! watchdog; once the process starts draining, a tunnel that has gone quiet for a second is
+//! closed rather than waited for.
+
+use super::relay;
+use pingora_core::server::ShutdownWatch;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// While draining, a tunnel idle this long is closed.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
+pub enum Splice {
+    Done(u64, u64),
+    Idle,
+    Drained,
+    Failed(std::io::Error),
+}
+
+/// Both directions until both are done, with the idle watchdog. Also the tunnel of an
+/// upgraded (WebSocket) HTTP/1 connection.
+pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    client: &mut C,
+    backend: &mut TcpStream,
+    idle_timeout: Duration,
+    drain: impl std::future::Future<Output = ()>,
+) -> Splice {
+    let t0 = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut a = Tracked {
+        inner: client,
+        last: &last,
+        t0,
+    };
+    let mut b = Tracked {
+        inner: backend,
+        last: &last,
+        t0,
+    };
+    let copy = relay::relay(&mut a, &mut b);
+    tokio::pin!(copy);
+    tokio::pin!(drain);
+    let mut draining = false;
+    loop {
+        let limit = if draining {
+            idle_timeout.min(DRAIN_IDLE)
+        } else {
+            idle_timeout
+        };
+        let idle = t0
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+        if idle >= limit {
+            return if draining {
+                Splice::Drained
+            } else {
+                Splice::Idle
+            };
+        }
+        tokio::select! {
+            r = &mut copy => return match r {
+                Ok((up, down)) => Splice::Done(up, down),
+                Err(e) => Splice::Failed(e),
+            },
+            _ = tokio::time::sleep(limit - idle) => {}
+            _ = &mut drain, if !draining => draining = true,
+        }
+    }
+}
+
+/// Records the time of the last byte read, for the idle watchdog.
+struct Tracked<'a, S> {
+    inner: S,
+    last: &'a AtomicU64,
+    t0: Instant,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last
+                .store(self.t0.elapsed().as_millis() as u64, Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves when `w` says the process is shutting down; never if it cannot tell.
+pub async fn shutdown_of(w: &ShutdownWatch) {
+    let mut w = w.clone();
+    while !*w.borrow() {
+        if w.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The access log: lines formatted on the worker, written by a dedicated thread.
+
+use super::*;
+// ---- access log ----
+
+pub(super) struct AccessLog {
+    format: AccessLogFormat,
+    tx: std::sync::mpsc::SyncSender<String>,
+}
+
+/// Lines the writer may lag behind before new ones are dropped.
+pub(super) const ACCESS_LOG_QUEUE: usize = 65_536;
+
+impl AccessLog {
+    pub(super) fn open(spec: &AccessLogSpec) -> std::io::Result<AccessLog> {
+        let out: Box<dyn std::io::Write + Send> = match &spec.path {
+            None => Box::new(std::io::stdout()),
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{p}: {e}")))?,
+            ),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(ACCESS_LOG_QUEUE);
+        // The writer thread starts on first use, after a daemon fork (threads do not survive
+        // fork; the open file does).
+        let rx = std::sync::Mutex::new(Some((rx, out)));
+        let log = AccessLog {
+            format: spec.format,
+            tx,
+        };
+        WRITER.get_or_init(|| rx);
+        Ok(log)
+    }
+
+    pub(super) fn write(&self, line: &Line) {
+        start_writer();
+        let mut s = String::with_capacity(256);
+        match self.format {
+            AccessLogFormat::Combined => line.combined(&mut s),
+            AccessLogFormat::Json => line.json(&mut s),
+        }
+        s.push('\n');
+        if self.tx.try_send(s).is_err() {
+            ACCESS_LOG_DROPPED.inc();
+        }
+    }
+}
+
+type WriterParts = (
+    std::sync::mpsc::Receiver<String>,
+    Box<dyn std::io::Write + Send>,
+);
+pub(super) static WRITER: OnceCell<std::sync::Mutex<Option<WriterParts>>> = OnceCell::new();
+pub(super) static WRITER_STARTED: OnceCell<()> = OnceCell::new();
+
+pub(super) fn start_writer() {
+    WRITER_STARTED.get_or_init(|| {
+        let parts = WRITER
+            .get()
+            .and_then(|m| m.lock().ok().and_then(|mut g| g.take()));
+        if let Some((rx, out)) = parts {
+            let spawned = std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || writer_loop(rx, out));
+            if let Err(e) = spawned {
+                log::error!("access log: cannot start the writer thread: {e}");
+            }
+        }
+    });
+}
+
+pub(super) fn writer_loop(
+    rx: std::sync::mpsc::Receiver<String>,
+    out: Box<dyn std::io::Write + Send>,
+) {
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
+    // Block for a line, then take whatever else is queued, and flush once the queue is empty:
+    // one write(2) per burst, and no line waits in the buffer while the proxy is idle.
+    while let Ok(line) = rx.recv() {
+        let _ = w.write_all(line.as_bytes());
+        while let Ok(more) = rx.try_recv() {
+            let _ = w.write_all(more.as_bytes());
+        }
+        if let Err(e) = w.flush() {
+            log::error!("access log: write failed: {e}");
+        }
+    }
+}
+
+pub(super) struct Line<'a> {
+    pub(super) req: ReqView<'a>,
+    pub(super) m: &'a RouteMetrics,
+    pub(super) backend: Option<&'a str>,
+    pub(super) status: u16,
+    pub(super) bytes_out: usize,
+    pub(super) took: Duration,
+    pub(super) connect: Option<Duration>,
+    pub(super) cache: &'static str,
+}
+
+impl Line<'_> {
+    fn client(&self) -> String {
+        self.req
+            .client
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "-".into())
+    }
+
+    /// nginx's `combined`, then key=value fields for what it lacks.
+    fn combined(&self, s: &mut String) {
+        let req = &self.req;
+        let q = |v: &str| v.replace('"', "\\x22");
+        let _ = write!(
+            s,
+            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" route={} upstream={} backend={} duration={:.6} upstream_connect={} cache={}",
+            self.client(),
+            clf_time(std::time::SystemTime::now()),
+            req.method,
+            req.uri,
+            req.version,
+            self.status,
+            self.bytes_out,
+            q(req.referer),
+            q(req.user_agent),
+            self.m.route,
+            self.m.upstream,
+            self.backend.unwrap_or("-"),
+            self.took.as_secs_f64(),
+            self.connect
+                .map(|d| format!("{:.6}", d.as_secs_f64()))
+                .unwrap_or_else(|| "-".into()),
+            self.cache,
+        );
+    }
+
+    fn json(&self, s: &mut String) {
+        let req = &self.req;
+        let v = serde_json::json!({
+            "time": rfc3339(std::time::SystemTime::now()),
+            "client": self.client(),
+            "method": req.method,
+            "uri": req.uri,
+            "version": req.version,
+            "host": req.host,
+            "status": self.status,
+            "bytes_sent": self.bytes_out,
+            "bytes_received": req.bytes_in,
+            "duration": self.took.as_secs_f64(),
+            "upstream_connect": self.connect.map(|d| d.as_secs_f64()),
+            "route": self.m.route,
+            "upstream": self.m.upstream,
+            "backend": self.backend,
+            "cache": self.cache,
+            "referer": req.referer,
+            "user_agent": req.user_agent,
+        });
+        s.push_str(&v.to_string());
+    }
+}
+
+/// (year, month, day, hour, minute, second) in UTC.
+pub(super) fn civil(t: std::time::SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month,
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis(),
+    )
+}
+
+/// `10/Oct/2000:13:55:36 +0000`
+pub fn clf_time(t: std::time::SystemTime) -> String {
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s, _) = civil(t);
+    format!(
+        "{d:02}/{}/{y}:{h:02}:{mi:02}:{s:02} +0000",
+        MON[(mo as usize).saturating_sub(1) % 12]
+    )
+}
+
+/// `2000-10-10T13:55:36.123Z`
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let (y, mo, d, h, mi, s, ms) = civil(t);
+    format!("{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+}

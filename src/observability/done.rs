@@ -1,0 +1,177 @@
+//! The end of a request, whichever engine served it: the counters and the access-log line.
+
+use super::*;
+/// `logging`: the end of a request. `route` is the config position of its route; `tunnel`:
+/// the bytes an established CONNECT tunnel relayed (up, down).
+pub fn request_done(
+    session: &Session,
+    _e: Option<&Error>,
+    route: Option<usize>,
+    backend: Option<&crate::upstream::Slot>,
+    obs: &RequestObs,
+    tunnel: Option<(u64, u64)>,
+) {
+    let down = session.as_downstream();
+    // An established CONNECT tunnel answered 200 itself, outside the session; its bytes are
+    // the ones it relayed.
+    let (status, bytes_in, bytes_out) = match tunnel {
+        Some((up, down)) => (200, up as usize, down as usize),
+        None => (
+            session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0),
+            down.body_bytes_read(),
+            down.body_bytes_sent(),
+        ),
+    };
+    let cache = cache_status(session);
+    let m = count_done(route, backend, obs, status, bytes_in, bytes_out);
+    if let Some(log) = ACCESS_LOG.get() {
+        let req = session.req_header();
+        let header = |n: http::header::HeaderName| {
+            req.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+        };
+        let uri = req.uri.to_string();
+        log.write(&Line {
+            req: ReqView {
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: req.method.as_str(),
+                uri: &uri,
+                version: version_str(req.version),
+                // the host as the policy reads it, on every engine and protocol
+                host: crate::policy::forwarded::request_host(
+                    req.uri.authority().map(|a| a.as_str()),
+                    req.headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok()),
+                )
+                .unwrap_or("-"),
+                referer: header(http::header::REFERER),
+                user_agent: header(http::header::USER_AGENT),
+                bytes_in,
+            },
+            m,
+            backend: backend.map(|s| s.label.as_str()),
+            status,
+            bytes_out,
+            took: obs.start.elapsed(),
+            connect: obs.connect,
+            cache,
+        });
+    }
+}
+
+/// The end of a request served by the HTTP/1 fast path (the lean engine), which has no
+/// Pingora session: the same counters and the same access-log line. `cache_hit`: answered
+/// from the cache (counted and logged as `hit`, like a general-path hit).
+pub fn fast_request_done(
+    req: &ReqView,
+    route: Option<usize>,
+    backend: Option<&crate::upstream::Slot>,
+    obs: &RequestObs,
+    status: u16,
+    bytes_out: usize,
+    cache_hit: bool,
+) {
+    if cache_hit {
+        CACHE_PHASES[0].inc();
+    }
+    let m = count_done(route, backend, obs, status, req.bytes_in, bytes_out);
+    if let Some(log) = ACCESS_LOG.get() {
+        log.write(&Line {
+            req: *req,
+            m,
+            backend: backend.map(|s| s.label.as_str()),
+            status,
+            bytes_out,
+            took: obs.start.elapsed(),
+            connect: obs.connect,
+            cache: if cache_hit { "hit" } else { "-" },
+        });
+    }
+}
+
+/// Whether finished requests are logged: the fast path only gathers a log line's fields then.
+#[inline]
+pub fn access_log_on() -> bool {
+    ACCESS_LOG.get().is_some()
+}
+
+pub(super) fn count_done(
+    route: Option<usize>,
+    backend: Option<&crate::upstream::Slot>,
+    obs: &RequestObs,
+    status: u16,
+    bytes_in: usize,
+    bytes_out: usize,
+) -> &'static RouteMetrics {
+    let m = route_metrics(route);
+    let class = (status / 100) as usize;
+    m.requests[if (1..=5).contains(&class) { class } else { 0 }].inc();
+    let took = obs.start.elapsed();
+    m.duration.observe(took.as_secs_f64());
+    if let Some(slot) = backend {
+        slot.latency_us.fetch_add(took.as_micros() as u64, Relaxed);
+        slot.completed.fetch_add(1, Relaxed);
+    }
+    m.bytes_in.inc_by(bytes_in as u64);
+    m.bytes_out.inc_by(bytes_out as u64);
+    m
+}
+
+pub(super) fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// What an access-log line says about the request, whichever path served it. Absent
+/// headers are `-`.
+#[derive(Clone, Copy)]
+pub struct ReqView<'a> {
+    pub client: Option<std::net::IpAddr>,
+    pub method: &'a str,
+    pub uri: &'a str,
+    pub version: &'static str,
+    pub host: &'a str,
+    pub referer: &'a str,
+    pub user_agent: &'a str,
+    pub bytes_in: usize,
+}
+
+pub(super) fn cache_status(session: &Session) -> &'static str {
+    use pingora_cache::CachePhase as P;
+    let idx = match session.cache.phase() {
+        P::Hit => 0,
+        P::Miss => 1,
+        P::Stale => 2,
+        P::StaleUpdating => 3,
+        P::Expired => 4,
+        P::Revalidated => 5,
+        P::RevalidatedNoCache(_) => 6,
+        P::Bypass => 7,
+        _ => return "-",
+    };
+    CACHE_PHASES[idx].inc();
+    [
+        "hit",
+        "miss",
+        "stale",
+        "stale-updating",
+        "expired",
+        "revalidated",
+        "revalidated-nocache",
+        "bypass",
+    ][idx]
+}

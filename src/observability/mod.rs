@@ -1,0 +1,369 @@
+//! Metrics and the access log.
+//!
+//! Design: every metric lives in one Prometheus registry ([`REGISTRY`]). The request path
+//! never formats a label: per-route handles ([`RouteMetrics`]) are resolved once at start-up
+//! and indexed by the route's position in the config, and a request only bumps atomics.
+//! Per-backend state (health, in-flight, requests, latency) already lives in the upstream
+//! [`Slot`](crate::upstream::Slot)s as atomics; it is turned into metric lines at scrape time
+//! ([`render`]), so backends that DNS discovery adds or removes appear and disappear without
+//! stale series.
+//!
+//! Counters other modules bump: [`CACHE_STATUS`] is counted here, from Pingora's cache phase
+//! at the end of each request, so the cache module needs no code for it. The L4 listeners
+//! count [`L4_CONNECTIONS`], [`L4_ACTIVE`] and [`L4_BYTES`]; the TLS certificate callbacks
+//! keep handshake counts in their certificate stores, read at scrape time.
+//!
+//! The access log is off unless configured; when off, nothing is formatted. When on, the
+//! line is formatted on the worker and handed to a dedicated writer thread through a bounded
+//! channel; a full channel drops the line (counted) rather than stall the event loop.
+
+use crate::config::file::AccessLogFormat;
+use crate::config::{AccessLogSpec, Config};
+use crate::upstream::Pool;
+use once_cell::sync::{Lazy, OnceCell};
+use pingora_core::Error;
+use pingora_proxy::Session;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod access_log;
+mod done;
+mod render;
+
+use access_log::*;
+pub use access_log::{clf_time, rfc3339};
+pub use done::{access_log_on, fast_request_done, request_done, ReqView};
+pub use render::render;
+
+pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(m: T) -> T {
+    // Registration only fails on a duplicate name, which is a programming error caught by the
+    // unit tests; the metric still works unregistered.
+    if let Err(e) = REGISTRY.register(Box::new(m.clone())) {
+        log::error!("metric registration: {e}");
+    }
+    m
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| {
+            panic!("metric {name}: {e}") // static names and labels; cannot fail at run time
+        }),
+    )
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    reg(
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const CONNECT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_requests_total",
+        "HTTP requests by route and status class (err: no response was sent)",
+        &["route", "upstream", "class"],
+    )
+});
+pub static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram_vec(
+        "stepstone_request_duration_seconds",
+        "Time from the request head to the end of the response",
+        &["route", "upstream"],
+        LATENCY_BUCKETS.to_vec(),
+    )
+});
+pub static UPSTREAM_CONNECT: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram_vec(
+        "stepstone_upstream_connect_duration_seconds",
+        "Time to obtain a new upstream connection (reused ones are not observed)",
+        &["upstream"],
+        CONNECT_BUCKETS.to_vec(),
+    )
+});
+pub static UPSTREAM_CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_upstream_connections_total",
+        "Upstream connections used by requests, new and reused",
+        &["upstream"],
+    )
+});
+pub static UPSTREAM_REUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_upstream_connections_reused_total",
+        "Upstream connections taken from the keep-alive pool",
+        &["upstream"],
+    )
+});
+pub static INFLIGHT: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "stepstone_requests_in_flight",
+        "HTTP requests being processed",
+    )
+    .unwrap_or_else(|e| panic!("{e}")))
+});
+pub static BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_http_body_bytes_total",
+        "HTTP body bytes received from (in) and sent to (out) clients",
+        &["route", "direction"],
+    )
+});
+pub static CACHE_STATUS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_cache_requests_total",
+        "Requests that consulted the cache, by outcome (hit, miss, stale, expired, revalidated, bypass...)",
+        &["status"],
+    )
+});
+pub static L4_CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_l4_connections_total",
+        "Connections accepted by the TCP / TLS passthrough listeners",
+        &["listener"],
+    )
+});
+pub static L4_ACTIVE: Lazy<IntGaugeVec> = Lazy::new(|| {
+    reg(IntGaugeVec::new(
+        Opts::new(
+            "stepstone_l4_connections_active",
+            "Open connections on the TCP / TLS passthrough listeners",
+        ),
+        &["listener"],
+    )
+    .unwrap_or_else(|e| panic!("{e}")))
+});
+pub static L4_BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_l4_bytes_total",
+        "Bytes relayed by the TCP / TLS passthrough listeners (in: from clients, out: to clients)",
+        &["listener", "direction"],
+    )
+});
+pub static FAST_PATH_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_fast_path_fallbacks_total",
+        "HTTP requests the lean engine left to Pingora's general proxy, by reason",
+        &["reason"],
+    )
+});
+/// Count a request the lean engine left to the general one, by the policy's reason label.
+pub fn fast_path_fallback(reason: &str) {
+    FAST_PATH_FALLBACKS.with_label_values(&[reason]).inc();
+}
+
+/// Show a fallback reason at zero before it first happens.
+pub fn declare_fast_path_fallback(reason: &str) {
+    let _ = FAST_PATH_FALLBACKS.with_label_values(&[reason]);
+}
+
+pub static REFUSALS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_refusals_total",
+        "Requests and connections refused before routing: a request head refused by the head checks or limits (by the status answered), a connection over max_connections",
+        &["listener", "reason"],
+    )
+});
+
+/// Count a refusal; `reason` is a status code or `max_connections`.
+pub fn refused(listener: &str, reason: &str) {
+    REFUSALS.with_label_values(&[listener, reason]).inc();
+}
+
+pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "stepstone_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind",
+    )
+    .unwrap_or_else(|e| panic!("{e}")))
+});
+
+/// Label handles of one route, resolved once.
+pub struct RouteMetrics {
+    pub route: String,
+    pub upstream: String,
+    /// By status class: index 0 is "err" (no response), 1..=5 are 1xx..5xx.
+    requests: [IntCounter; 6],
+    duration: Histogram,
+    connect: Histogram,
+    conns: IntCounter,
+    reused: IntCounter,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+}
+
+impl RouteMetrics {
+    fn new(route: &str, upstream: &str) -> RouteMetrics {
+        let class = |c: &str| REQUESTS.with_label_values(&[route, upstream, c]);
+        RouteMetrics {
+            route: route.to_string(),
+            upstream: upstream.to_string(),
+            requests: [
+                class("err"),
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: REQUEST_DURATION.with_label_values(&[route, upstream]),
+            connect: UPSTREAM_CONNECT.with_label_values(&[upstream]),
+            conns: UPSTREAM_CONNECTIONS.with_label_values(&[upstream]),
+            reused: UPSTREAM_REUSED.with_label_values(&[upstream]),
+            bytes_in: BYTES.with_label_values(&[route, "in"]),
+            bytes_out: BYTES.with_label_values(&[route, "out"]),
+        }
+    }
+}
+
+/// Indexed by the route's position in the config (`Route::id`).
+static ROUTES: OnceCell<Vec<RouteMetrics>> = OnceCell::new();
+/// Requests no route matched (the proxy's own 404s).
+static UNROUTED: Lazy<RouteMetrics> = Lazy::new(|| RouteMetrics::new("-", "-"));
+static CACHE_PHASES: Lazy<[IntCounter; 8]> = Lazy::new(|| {
+    [
+        "hit",
+        "miss",
+        "stale",
+        "stale-updating",
+        "expired",
+        "revalidated",
+        "revalidated-nocache",
+        "bypass",
+    ]
+    .map(|s| CACHE_STATUS.with_label_values(&[s]))
+});
+
+static ACCESS_LOG: OnceCell<AccessLog> = OnceCell::new();
+
+/// Resolve the per-route handles and open the access log. Called once, before the server
+/// runs (and before a daemon fork, so a log file opened here is inherited).
+pub fn init(cfg: &Config) -> Result<(), String> {
+    let routes = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let up = cfg
+                .upstreams
+                .get(r.upstream)
+                .map(|u| u.name.as_str())
+                .unwrap_or("-");
+            RouteMetrics::new(&format!("routes[{i}]"), up)
+        })
+        .collect();
+    let _ = ROUTES.set(routes);
+    Lazy::force(&INFLIGHT);
+    Lazy::force(&CACHE_PHASES);
+    // Register every family up front (a vector family shows once it has a series).
+    Lazy::force(&L4_CONNECTIONS);
+    Lazy::force(&L4_BYTES);
+    Lazy::force(&L4_ACTIVE);
+    Lazy::force(&ACCESS_LOG_DROPPED);
+    if let Some(spec) = &cfg.access_log {
+        let log =
+            AccessLog::open(spec).map_err(|e| format!("{}: access_log.path: {e}", cfg.file))?;
+        let _ = ACCESS_LOG.set(log);
+    }
+    Ok(())
+}
+
+fn route_metrics(id: Option<usize>) -> &'static RouteMetrics {
+    id.and_then(|i| ROUTES.get().and_then(|r| r.get(i)))
+        .unwrap_or(&UNROUTED)
+}
+
+/// Per-request bookkeeping, a field of the proxy's per-request context. Creating it counts
+/// the request in flight; dropping it gives the count back on every path.
+pub struct RequestObs {
+    start: Instant,
+    peer_at: Option<Instant>,
+    /// Time to get the upstream connection of the last attempt.
+    connect: Option<Duration>,
+}
+
+impl Default for RequestObs {
+    fn default() -> Self {
+        INFLIGHT.inc();
+        RequestObs {
+            start: Instant::now(),
+            peer_at: None,
+            connect: None,
+        }
+    }
+}
+
+impl Drop for RequestObs {
+    fn drop(&mut self) {
+        INFLIGHT.dec();
+    }
+}
+
+impl RequestObs {
+    /// A backend was chosen; the connection attempt starts now.
+    #[inline]
+    pub fn peer_selected(&mut self) {
+        self.peer_at = Some(Instant::now());
+    }
+
+    /// `connected_to_upstream`: count the connection, and its set-up time if it is new.
+    #[inline]
+    pub fn connected(&mut self, route: Option<usize>, reused: bool) {
+        let m = route_metrics(route);
+        let took = self.peer_at.map(|t| t.elapsed()).unwrap_or_default();
+        self.connect = Some(took);
+        m.conns.inc();
+        if reused {
+            m.reused.inc();
+        } else {
+            m.connect.observe(took.as_secs_f64());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(971_186_136_123);
+        assert_eq!(clf_time(t), "10/Oct/2000:13:55:36 +0000");
+        assert_eq!(rfc3339(t), "2000-10-10T13:55:36.123Z");
+        let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn render_lists_the_families() {
+        Lazy::force(&INFLIGHT);
+        let text = render(&[]);
+        for name in [
+            "stepstone_backend_up",
+            "stepstone_backend_in_flight",
+            "stepstone_requests_in_flight",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing:\n{text}"
+            );
+        }
+    }
+}
