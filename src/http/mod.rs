@@ -64,8 +64,8 @@ pub struct Ctx {
     /// The last connect failure, for the answer when no backend is left.
     last_connect: Option<crate::policy::answer::Failure>,
     hash: u64,
-    /// A WebSocket handshake, relayed with its upgrade fields.
-    websocket: bool,
+    /// The `Upgrade` of a handshake the proxy relays (WebSocket or another protocol).
+    upgrade: Option<http::HeaderValue>,
     pub fwd: FwdCtx,
     body_bytes: u64,
     /// Metrics and access-log bookkeeping; counts the request in flight while it lives.

@@ -110,7 +110,7 @@ impl ProxyHttp for HttpProxy {
             Verdict::Proxy(route) => route,
         };
         ctx.route = Some(route.pos);
-        ctx.websocket = policy::edit::is_websocket(req);
+        ctx.upgrade = policy::edit::relayed_upgrade(req);
         if let Some(c) = &route.cache {
             if cache::purge::handle(c, session, &l.name, l.tls).await? {
                 return Ok(true);
@@ -276,7 +276,7 @@ impl ProxyHttp for HttpProxy {
         let host = request_host(session.req_header()).map(str::to_owned);
         policy::edit::request(
             upstream_request,
-            ctx.websocket,
+            ctx.upgrade.as_ref(),
             client_ip(session),
             self.listener.tls,
             host.as_deref(),
@@ -347,6 +347,9 @@ impl ProxyHttp for HttpProxy {
     ) -> Result<()> {
         if let Some(c) = self.route_cache(ctx) {
             c.response_filter(session, resp, &self.listener.name, self.listener.tls)?;
+        }
+        if !policy::keep_after_upgrade(ctx.upgrade.is_some(), resp.status.as_u16() == 101) {
+            session.set_keepalive(None);
         }
         Ok(())
     }

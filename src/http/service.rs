@@ -206,8 +206,15 @@ where
         self.inner.process_new_http(session, shutdown).await
     }
 
+    /// HTTP/2 connections get the listener's header-size limit as their header list size
+    /// (the request-head guard only reads HTTP/1), on Pingora's bounded defaults.
     fn h2_options(&self) -> Option<H2Options> {
-        self.inner.h2_options()
+        let mut o = self
+            .inner
+            .h2_options()
+            .unwrap_or_else(pingora_core::protocols::http::v2::server::default_h2_options);
+        o.max_header_list_size(u32::try_from(self.limits.max_header_size).unwrap_or(u32::MAX));
+        Some(o)
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

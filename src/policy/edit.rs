@@ -32,7 +32,7 @@ fn nominated_names(map: &http::HeaderMap) -> Vec<String> {
 /// restated. `prev_xff`: the first incoming X-Forwarded-For value, read before the edit.
 pub fn request(
     req: &mut RequestHeader,
-    websocket: bool,
+    upgrade: Option<&http::HeaderValue>,
     client: Option<IpAddr>,
     tls: bool,
     host: Option<&str>,
@@ -47,9 +47,9 @@ pub fn request(
     for n in fields::REQUEST_DROPPED {
         req.remove_header(*n);
     }
-    if websocket {
+    if let Some(u) = upgrade {
         req.append_header("connection", "upgrade")?;
-        req.append_header("upgrade", "websocket")?;
+        req.append_header("upgrade", u.clone())?;
     }
     if let Some(ip) = client {
         let mut v = Vec::with_capacity(64);
@@ -79,18 +79,28 @@ pub fn response(resp: &mut ResponseHeader) {
     }
 }
 
-/// Whether a header-map request is a WebSocket handshake the proxy relays.
-pub fn is_websocket(req: &RequestHeader) -> bool {
+/// The `Upgrade` value of a header-map request whose upgrade the proxy relays
+/// ([`fields::upgrade_relayed`]).
+pub fn relayed_upgrade(req: &RequestHeader) -> Option<http::HeaderValue> {
     let mut c = fields::ConnectionOptions::default();
     for v in req.headers.get_all(http::header::CONNECTION) {
         c.add(v.as_bytes());
     }
-    c.upgrade
-        && req.method == http::Method::GET
-        && req
+    let body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
             .headers
-            .get(http::header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| fields::parse_len(v.as_bytes()))
+            .is_some_and(|n| n > 0);
+    let up = req.headers.get(http::header::UPGRADE);
+    fields::upgrade_relayed(
+        req.method == http::Method::GET,
+        c.upgrade,
+        up.map(|v| v.as_bytes()),
+        body,
+    )
+    .then(|| up.cloned())
+    .flatten()
 }
 
 /// Whether a response field survives the edit; for the lean engine's byte writer.

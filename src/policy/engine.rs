@@ -82,7 +82,8 @@ pub struct HeadTraits {
     pub origin_form: bool,
     pub transfer_encoding: bool,
     pub expect: bool,
-    /// An `Upgrade` field: `Some(true)` when it names only `websocket`.
+    /// An `Upgrade` field: `Some(true)` when the protocols it names are relayed
+    /// ([`super::fields::upgrade_relayable`]).
     pub upgrade: Option<bool>,
     pub connection: ConnectionOptions,
     /// GET or HEAD.
@@ -93,9 +94,8 @@ pub struct HeadTraits {
 }
 
 impl HeadTraits {
-    /// A WebSocket handshake the lean engine relays: a bodiless GET with `Upgrade: websocket`
-    /// and `Connection: upgrade`.
-    pub fn websocket(&self) -> bool {
+    /// An upgrade the proxy relays ([`super::fields::upgrade_relayed`]).
+    pub fn upgrade_relayed(&self) -> bool {
         self.upgrade == Some(true) && self.connection.upgrade && self.get && !self.body
     }
 }
@@ -145,7 +145,7 @@ pub fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
     if h.connection.nominates {
         return Err(Fallback::ConnectionOption);
     }
-    if (h.upgrade.is_some() || h.connection.upgrade) && !h.websocket() {
+    if (h.upgrade.is_some() || h.connection.upgrade) && !h.upgrade_relayed() {
         return Err(Fallback::Upgrade);
     }
     Ok(())
@@ -155,7 +155,7 @@ pub fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
 /// a fresh, complete entry answers this request (looked up without side effects).
 pub fn route(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fallback> {
     if route.cache.is_some() {
-        return if fresh_hit && !h.websocket() && !h.h2 {
+        return if fresh_hit && !h.upgrade_relayed() && !h.h2 {
             Ok(())
         } else {
             Err(Fallback::Cache)

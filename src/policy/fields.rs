@@ -107,6 +107,31 @@ impl ConnectionOptions {
     }
 }
 
+/// Whether an `Upgrade` value names protocols the proxy relays end to end: any but `h2c`,
+/// which is an upgrade of this hop only (an HTTP/2 connection to the proxy itself).
+pub fn upgrade_relayable(value: &[u8]) -> bool {
+    let mut any = false;
+    for t in tokens(value) {
+        if t.eq_ignore_ascii_case(b"h2c") {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+/// Whether a request asks for an upgrade the proxy relays: a bodiless GET naming `upgrade`
+/// in `Connection` and relayable protocols in `Upgrade` (WebSocket and others alike). After
+/// a 101 the connection becomes a tunnel. Any other use of `Upgrade` is dropped.
+pub fn upgrade_relayed(
+    get: bool,
+    connection_upgrade: bool,
+    upgrade: Option<&[u8]>,
+    body: bool,
+) -> bool {
+    get && connection_upgrade && !body && upgrade.is_some_and(upgrade_relayable)
+}
+
 /// Whether `name` is nominated by one of the `Connection` field values.
 pub fn nominated<'a>(mut connection: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> bool {
     connection.any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(name)))

@@ -147,6 +147,14 @@ pub fn body_over_limit(route: &Route, seen: u64) -> bool {
     seen > route.max_body_size
 }
 
+/// Whether the client connection may carry another request after a response to an upgrade
+/// the proxy relayed. A 101 turns it into a tunnel; any other answer closes it: a client
+/// that sent the new protocol's bytes without waiting for the 101 would otherwise have them
+/// read as a request (the smuggling of a refused WebSocket handshake).
+pub fn keep_after_upgrade(upgrade_relayed: bool, switched: bool) -> bool {
+    !upgrade_relayed || switched
+}
+
 /// Whether the client connection stays open after this response. `client_close`: the
 /// client asked to close (or spoke HTTP/1.0 without keep-alive); `unread_body`: part of the
 /// request body was never read, so the next request's start is unknown; `served`: requests

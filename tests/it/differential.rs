@@ -179,6 +179,13 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
                 format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", body_of("ok"))
             }
             "/nocontent" => "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n".to_string(),
+            "/upgrade" => {
+                // a protocol switch other than WebSocket: 101, then bytes of the new protocol
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: foo/1\r\n\r\nfoo-hello")
+                    .await;
+                return;
+            }
             "/echo" => {
                 let b = format!("{} bytes", req.body.len());
                 format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", b.len(), body_of(&b))
@@ -380,6 +387,8 @@ fn matrix() -> Vec<Case> {
         case("repeated request field", &get("/", app, "Accept: text/html\r\nAccept: application/json\r\n")),
         case("cookies", &get("/", app, "Cookie: a=1\r\nCookie: b=2\r\n")),
         case("non-websocket upgrade", &get("/", app, "Connection: Upgrade\r\nUpgrade: foo/1\r\n")),
+        case("upgrade to another protocol", &get("/upgrade", app, "Connection: Upgrade\r\nUpgrade: foo/1\r\n")),
+        case("h2c upgrade is not relayed", &get("/", app, "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n")),
         case("absolute form", &format!("GET http://{app}/abs HTTP/1.1\r\nHost: {app}\r\n\r\n")),
         case("chunked response", &get("/chunked", app, "")),
         case("repeated set-cookie", &get("/cookies", app, "")),

@@ -748,7 +748,7 @@ async fn http2_streams_get_decoded_chunked_bodies_joined_cookies_and_a_reused_ba
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_handshakes_are_forwarded_and_other_upgrades_are_dropped() {
+async fn websocket_and_other_upgrades_are_relayed_and_h2c_is_dropped() {
     let b = Scripted::start(|got| {
         if got.path() == "/refuse" {
             // a backend that does not take the upgrade answers as usual
@@ -769,9 +769,21 @@ async fn websocket_handshakes_are_forwarded_and_other_upgrades_are_dropped() {
     .await;
     let p = Proxy::start(&config(b.addr));
 
-    // an Upgrade other than websocket is dropped: the backend sees a plain request
+    // an Upgrade to another protocol is relayed too; this backend declines it with a 200
     let mut s = TcpStream::connect(p.addr).await.expect("connect");
     s.write_all(b"GET /other HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: foo/1\r\n\r\n")
+        .await
+        .expect("send");
+    let (head, body) = head_and_body(&mut s, 5).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("\r\nconnection: close\r\n"),
+        "a declined upgrade closes: {head}"
+    );
+    assert_eq!(body, b"plain");
+    // h2c is an upgrade of this hop only: dropped, the backend sees a plain request
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
         .await
         .expect("send");
     let (head, body) = head_and_body(&mut s, 5).await;
@@ -810,9 +822,13 @@ async fn websocket_handshakes_are_forwarded_and_other_upgrades_are_dropped() {
     let reqs = b.requests();
     let other = reqs.iter().find(|r| r.path() == "/other").expect("/other");
     let oh = other.head.to_ascii_lowercase();
+    assert!(oh.contains("\r\nupgrade: foo/1\r\n"), "{oh}");
+    assert!(oh.contains("\r\nconnection: upgrade\r\n"), "{oh}");
+    let h2c = reqs.iter().find(|r| r.path() == "/h2c").expect("/h2c");
+    let hh = h2c.head.to_ascii_lowercase();
     assert!(
-        !oh.contains("upgrade"),
-        "a non-websocket upgrade reached the backend: {oh}"
+        !hh.contains("upgrade") && !hh.contains("http2-settings"),
+        "an h2c upgrade reached the backend: {hh}"
     );
     let ws = reqs.iter().find(|r| r.path() == "/ws").expect("/ws");
     let wh = ws.head.to_ascii_lowercase();

@@ -169,6 +169,7 @@ impl FastPath {
         let mut not_for_hit = false;
         let mut body_len = 0u64;
         let mut xff: Option<&[u8]> = None;
+        let mut upgrade: Option<&[u8]> = None;
         let (mut referer, mut user_agent): (&[u8], &[u8]) = (b"-", b"-");
         // each field's kind, classified once for both passes below
         let mut kinds = [Field::Other; MAX_HEADERS];
@@ -189,7 +190,8 @@ impl FastPath {
                 Field::Referer => referer = h.value,
                 Field::UserAgent => user_agent = h.value,
                 Field::Upgrade => {
-                    t.upgrade = Some(h.value.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+                    t.upgrade = Some(fields::upgrade_relayable(h.value) && upgrade.is_none());
+                    upgrade = Some(h.value);
                 }
                 Field::TransferEncoding => t.transfer_encoding = true,
                 Field::Expect => t.expect = true,
@@ -206,7 +208,7 @@ impl FastPath {
         if let Err(reason) = engine::head(l, &t) {
             return fallback(Err(reason));
         }
-        let websocket = t.websocket();
+        let websocket = t.upgrade_relayed();
         let path = target.split_once('?').map_or(target, |(p, _)| p);
         let head = RequestHead {
             client: conn.client,
@@ -315,8 +317,10 @@ impl FastPath {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
-        if websocket {
-            out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+        if let (true, Some(u)) = (websocket, upgrade) {
+            out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+            out.extend_from_slice(u.trim_ascii());
+            out.extend_from_slice(b"\r\n");
         }
         forwarded::h1_lines(&mut out, xff, conn.client, l.tls, host);
         out.extend_from_slice(b"\r\n");
@@ -340,7 +344,7 @@ impl FastPath {
             _ => 0,
         };
         Plan::Proxy {
-            want_keep: keep(false) && !websocket,
+            want_keep: keep(false) && policy::keep_after_upgrade(websocket, false),
             upgrade: websocket,
             req: r,
             route,
