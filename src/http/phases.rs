@@ -280,6 +280,7 @@ impl ProxyHttp for HttpProxy {
             client_ip(session),
             self.listener.tls,
             host.as_deref(),
+            session.req_header().version == http::Version::HTTP_2,
         )
     }
 

@@ -36,7 +36,27 @@ pub fn request(
     client: Option<IpAddr>,
     tls: bool,
     host: Option<&str>,
+    from_h2: bool,
 ) -> pingora_core::Result<()> {
+    // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+    if from_h2
+        && req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .nth(1)
+            .is_some()
+    {
+        let joined: Vec<&[u8]> = req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        if let Ok(v) = http::HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            req.insert_header(http::header::COOKIE, v)?;
+        }
+    }
     let prev_xff = req
         .headers
         .get("x-forwarded-for")
