@@ -100,7 +100,24 @@ impl HeadTraits {
     }
 }
 
-/// May the listener's lean engine serve anything at all?
+/// The decision, for a request the lean engine has parsed: its listener, its shape, and its
+/// route (`None`: no route, answered 404 by either engine alike). `fresh_hit`: for a cached
+/// route, whether a fresh, complete entry answers it (looked up without side effects).
+pub fn choose(
+    l: &ListenerPolicy,
+    h: &HeadTraits,
+    route: Option<&Route>,
+    fresh_hit: bool,
+) -> Result<(), Fallback> {
+    head(l, h)?;
+    match route {
+        Some(r) => route_allows(h, r, fresh_hit),
+        None => Ok(()),
+    }
+}
+
+/// May the listener's lean engine serve anything at all? Part of [`choose`]; also asked
+/// before a request is read, so a listener that never uses the lean engine costs no parse.
 pub fn listener(l: &ListenerPolicy) -> Result<(), Fallback> {
     if !l.fast_path {
         return Err(Fallback::Disabled);
@@ -114,8 +131,8 @@ pub fn listener(l: &ListenerPolicy) -> Result<(), Fallback> {
     Ok(())
 }
 
-/// The request-shape half of the decision, taken from the head alone.
-pub fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
+/// The request-shape part of [`choose`], taken from the head alone.
+fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
     listener(l)?;
     if !h.parsed {
         return Err(Fallback::Unparsed);
@@ -151,9 +168,8 @@ pub fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
     Ok(())
 }
 
-/// The route half: the route's backends and cache. `fresh_hit`: for a cached route, whether
-/// a fresh, complete entry answers this request (looked up without side effects).
-pub fn route(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fallback> {
+/// The route part of [`choose`]: the route's backends and cache.
+fn route_allows(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fallback> {
     if route.cache.is_some() {
         return if fresh_hit && !h.upgrade_relayed() && !h.h2 {
             Ok(())

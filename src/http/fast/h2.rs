@@ -42,10 +42,6 @@ impl FastPath {
             upgrade: req.headers.get(http::header::UPGRADE).map(|_| false),
             ..HeadTraits::default()
         };
-        if let Err(reason) = engine::head(l, &t) {
-            fell_back(reason);
-            return false;
-        }
         let host = super::super::request_host(req);
         let head = RequestHead {
             client,
@@ -54,11 +50,9 @@ impl FastPath {
             content_length: None,
         };
         let route = l.route(&head);
-        if let Some(r) = route {
-            if let Err(reason) = engine::route(&t, r, false) {
-                fell_back(reason);
-                return false;
-            }
+        if let Err(reason) = engine::choose(l, &t, route, false) {
+            fell_back(reason);
+            return false;
         }
         let route = match l.admit_on(&head, route) {
             Verdict::Answer(a, route) => {

@@ -152,11 +152,11 @@ impl FastPath {
         let head_len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             // Pingora's parser gives the answer (and log line) for anything else.
-            _ => return fallback(engine::head(l, &t)),
+            _ => return fallback(engine::choose(l, &t, None, false)),
         };
         let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
         else {
-            return fallback(engine::head(l, &t));
+            return fallback(engine::choose(l, &t, None, false));
         };
         t.parsed = true;
         t.http10 = version == 0;
@@ -202,12 +202,12 @@ impl FastPath {
         t.body = body_len > 0;
         let host_text = match host.map(std::str::from_utf8) {
             Some(Ok(h)) => Some(h),
-            Some(Err(_)) => return fallback(Err(Fallback::Unparsed)),
+            Some(Err(_)) => {
+                t.parsed = false;
+                return fallback(engine::choose(l, &t, None, false));
+            }
             None => None,
         };
-        if let Err(reason) = engine::head(l, &t) {
-            return fallback(Err(reason));
-        }
         let websocket = t.upgrade_relayed();
         let path = target.split_once('?').map_or(target, |(p, _)| p);
         let head = RequestHead {
@@ -244,9 +244,9 @@ impl FastPath {
                     }
                 }
             }
-            if let Err(reason) = engine::route(&t, r, hit.is_some()) {
-                return fallback(Err(reason));
-            }
+        }
+        if let Err(reason) = engine::choose(l, &t, route, hit.is_some()) {
+            return fallback(Err(reason));
         }
 
         // From here on the request is ours.
