@@ -6,6 +6,7 @@ mod support;
 mod cache;
 mod cli;
 mod differential;
+mod divergences;
 mod fast;
 mod forward;
 mod hardening;
