@@ -191,6 +191,8 @@ where
                     Some(self.limits.keepalive_timeout.as_secs())
                 });
                 s.set_keepalive_reuses_remaining(reuses);
+                s.set_read_timeout(Some(self.limits.client_timeout));
+                s.set_write_timeout(Some(self.limits.client_timeout));
                 s
             }
             ServerSession::H2(mut h2) => {
@@ -199,7 +201,10 @@ where
                         return None;
                     }
                 }
-                ServerSession::H2(h2)
+                let mut s = ServerSession::H2(h2);
+                s.set_read_timeout(Some(self.limits.client_timeout));
+                s.set_write_timeout(Some(self.limits.client_timeout));
+                s
             }
             other => other,
         };

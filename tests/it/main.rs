@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod differential;
 mod differential_h2;
+mod divergences;
 mod fast;
 mod forward;
 mod hardening;

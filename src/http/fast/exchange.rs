@@ -317,11 +317,18 @@ impl<'a> Exchange<'a> {
         while left > 0 {
             let want = b.len().min(left as usize);
             let n = match timed(self.l.client_timeout, g.read(&mut b[..want])).await {
-                Ok(0) | Err(_) => {
-                    warn!("{}: client closed or stalled mid-body", self.l.name);
+                Ok(n) if n > 0 => n,
+                // nginx's client_body_timeout: 408, then close
+                Err((true, _)) => {
+                    return Err(Failure::Answer(
+                        Why::ClientTimeout,
+                        "the client stalled mid-body".into(),
+                    ))
+                }
+                _ => {
+                    warn!("{}: client closed mid-body", self.l.name);
                     return Err(Failure::Cut);
                 }
-                Ok(n) => n,
             };
             left -= n as u64;
             if let Err((_, e)) = timed(self.pool.spec.write_timeout, up.write_all(&b[..n])).await {
