@@ -361,6 +361,13 @@ impl ProxyHttp for HttpProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let code = upstream_response.status.as_u16();
+        if !policy::answer::valid_backend_status(code) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(Failure::BadResponse.status()),
+                format!("backend status {code} outside 100-599"),
+            );
+        }
         policy::edit::response(upstream_response);
         match &self.listener.forward {
             Some(f) => f.upstream_response_filter(session, upstream_response, &mut ctx.fwd),

@@ -103,6 +103,12 @@ pub fn page(code: u16) -> Bytes {
     ))
 }
 
+/// Whether a backend's status code is one HTTP defines a class for (RFC 9110 §15); any
+/// other is a broken backend: 502.
+pub fn valid_backend_status(code: u16) -> bool {
+    (100..=599).contains(&code)
+}
+
 /// Why a request could not be answered by a backend: the engines name the failure, the
 /// policy picks the status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -61,11 +61,23 @@ pub fn request(
         .headers
         .get("x-forwarded-for")
         .map(|v| v.as_bytes().to_vec());
+    if let Some(n) = normalise_length(&req.headers) {
+        req.insert_header(http::header::CONTENT_LENGTH, n)?;
+    }
     for n in nominated_names(&req.headers) {
         req.remove_header(n.as_str());
     }
     for n in fields::REQUEST_DROPPED {
         req.remove_header(*n);
+    }
+    let underscored: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in underscored {
+        req.remove_header(&n);
     }
     if let Some(u) = upgrade {
         req.append_header("connection", "upgrade")?;
@@ -85,11 +97,29 @@ pub fn request(
     Ok(())
 }
 
+/// One Content-Length, normalised, for a message that carried a list of one repeated value
+/// or several equal fields (RFC 9110 §8.6).
+fn normalise_length(map: &http::HeaderMap) -> Option<u64> {
+    let mut values = map.get_all(http::header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    let n = fields::parse_len_list(first.as_bytes())?;
+    for v in values {
+        if fields::parse_len_list(v.as_bytes()) != Some(n) {
+            return None;
+        }
+    }
+    Some(n)
+}
+
 /// The response as it goes to the client: hop-by-hop fields and those its `Connection`
-/// nominates dropped. A 101 keeps its `Connection` and `Upgrade`: they are the handshake.
+/// nominates dropped, Content-Length normalised. A 101 keeps its `Connection` and
+/// `Upgrade`: they are the handshake.
 pub fn response(resp: &mut ResponseHeader) {
     if resp.status.as_u16() == 101 {
         return;
+    }
+    if let Some(n) = normalise_length(&resp.headers) {
+        let _ = resp.insert_header(http::header::CONTENT_LENGTH, n);
     }
     for n in nominated_names(&resp.headers) {
         resp.remove_header(n.as_str());

@@ -22,6 +22,10 @@ pub enum Field {
     Referer,
     UserAgent,
     Date,
+    /// A name with `_`: some backends fold it into `-`, so `Transfer_Encoding` would reframe
+    /// the body behind the proxy's back. Dropped from requests, as nginx does by default
+    /// (`underscores_in_headers off`).
+    Underscored,
     /// Fields that keep a request from being answered as a fresh cache hit without the
     /// cache's full machinery: conditionals, ranges, request cache directives, credentials.
     NotForHit,
@@ -60,6 +64,7 @@ pub fn classify(name: &[u8]) -> Field {
         18 if is(b"proxy-authenticate") => Field::HopByHop,
         19 if is(b"proxy-authorization") => Field::HopByHop,
         19 if is(b"if-unmodified-since") => Field::NotForHit,
+        _ if memchr::memchr(b'_', name).is_some() => Field::Underscored,
         _ => Field::Other,
     }
 }
@@ -79,6 +84,21 @@ pub fn parse_len(v: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// A Content-Length value that may be a list of one repeated length (`5, 5`), as RFC 9110
+/// §8.6 lets a recipient accept; the proxy then sends the one value. Differing values, signs
+/// or empty elements: `None`.
+pub fn parse_len_list(v: &[u8]) -> Option<u64> {
+    let mut out = None;
+    for part in v.split(|&b| b == b',') {
+        let n = parse_len(part)?;
+        if out.is_some_and(|o| o != n) {
+            return None;
+        }
+        out = Some(n);
+    }
+    out
 }
 
 /// What a message's `Connection` fields say.
@@ -149,6 +169,7 @@ pub fn drop_on_request(f: Field) -> bool {
             | Field::Http2Settings
             | Field::XForwardedFor
             | Field::XForwardedSet
+            | Field::Underscored
     )
 }
 
@@ -204,6 +225,9 @@ mod tests {
             assert!(drop_on_request(classify(n.as_bytes())), "{n}");
         }
         assert!(!drop_on_request(classify(b"Cookie")));
+        assert!(drop_on_request(classify(b"Transfer_Encoding")));
+        assert!(drop_on_request(classify(b"x_user")));
+        assert!(!drop_on_response(classify(b"x_user"), false));
         assert!(!drop_on_response(classify(b"Set-Cookie"), true));
         assert!(drop_on_response(classify(b"Content-Length"), true));
         assert!(!drop_on_response(classify(b"Content-Length"), false));
@@ -217,6 +241,14 @@ mod tests {
         let vals: [&[u8]; 2] = [b"close", b"x-a, X-B"];
         assert!(nominated(vals.iter().copied(), b"x-b"));
         assert!(!nominated(vals.iter().copied(), b"x-c"));
+    }
+
+    #[test]
+    fn length_lists() {
+        assert_eq!(parse_len_list(b"5, 5"), Some(5));
+        assert_eq!(parse_len_list(b"05"), Some(5));
+        assert_eq!(parse_len_list(b"5, 6"), None);
+        assert_eq!(parse_len_list(b"5,"), None);
     }
 
     #[test]

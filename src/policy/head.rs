@@ -16,7 +16,8 @@
 //! name (so `Name : v` is refused), Content-Length together with Transfer-Encoding, several
 //! Content-Length values that differ or are not plain digits, and a Transfer-Encoding other
 //! than exactly one final `chunked`, and an absolute-form target whose host differs from the
-//! Host field (the router and the backend would each pick a different one), more than
+//! Host field (the router and the backend would each pick a different one), a request line
+//! that is not exactly `METHOD SP TARGET SP VERSION` (a space in the target), more than
 //! one Host field, an HTTP/1.1 request without Host (RFC 9112 §3.2), and a `Connection`
 //! field nominating a field the proxy relies on (Host, framing, X-Forwarded-*).
 
@@ -94,6 +95,16 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
         }
         if first {
             first = false;
+            // exactly METHOD SP TARGET SP VERSION: a space inside the target is not
+            // silently re-encoded by one parser and split by another (RFC 9112 3)
+            let mut parts = line.split(|&b| b == b' ');
+            let shape = (parts.next(), parts.next(), parts.next(), parts.next());
+            let (Some(m), Some(t), Some(v), None) = shape else {
+                return refuse("request line is not METHOD SP TARGET SP VERSION");
+            };
+            if m.is_empty() || t.is_empty() || v.is_empty() || !m.iter().all(|&b| is_tchar(b)) {
+                return refuse("request line is not METHOD SP TARGET SP VERSION");
+            }
             target_authority = absolute_authority(line);
             http11 = line.ends_with(b" HTTP/1.1");
             tunnel = line.starts_with(b"CONNECT ");

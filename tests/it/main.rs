@@ -13,5 +13,6 @@ mod forward;
 mod hardening;
 mod l4;
 mod ops;
+mod protocol;
 mod reverse;
 mod tls;

@@ -167,7 +167,7 @@ impl FastPath {
         let mut host: Option<&[u8]> = None;
         let mut hosts = 0u32;
         let mut not_for_hit = false;
-        let mut body_len = 0u64;
+        let mut length: Option<u64> = None;
         let mut xff: Option<&[u8]> = None;
         let mut upgrade: Option<&[u8]> = None;
         let (mut referer, mut user_agent): (&[u8], &[u8]) = (b"-", b"-");
@@ -181,9 +181,10 @@ impl FastPath {
                     hosts += 1;
                 }
                 Field::NotForHit => not_for_hit = true,
-                Field::ContentLength => match fields::parse_len(h.value) {
-                    Some(n) => body_len = n,
-                    None => t.parsed = false,
+                // one normalised value goes upstream, however it was written (RFC 9110 8.6)
+                Field::ContentLength => match fields::parse_len_list(h.value) {
+                    Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                    _ => t.parsed = false,
                 },
                 Field::Connection => t.connection.add(h.value),
                 Field::XForwardedFor if xff.is_none() => xff = Some(h.value),
@@ -199,6 +200,7 @@ impl FastPath {
                 _ => {}
             }
         }
+        let body_len = length.unwrap_or(0);
         t.body = body_len > 0;
         let host_text = match host.map(std::str::from_utf8) {
             Some(Ok(h)) => Some(h),
@@ -309,12 +311,17 @@ impl FastPath {
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for (h, k) in req.headers.iter().zip(kinds) {
-            if fields::drop_on_request(k) {
+            if fields::drop_on_request(k) || k == Field::ContentLength {
                 continue;
             }
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(n) = length {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         if let (true, Some(u)) = (websocket, upgrade) {

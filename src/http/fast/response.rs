@@ -69,6 +69,12 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             "malformed response head".into(),
         ));
     };
+    if !crate::policy::answer::valid_backend_status(code) {
+        return Err(Failure::Answer(
+            Why::BadResponse,
+            format!("status {code} outside 100-599"),
+        ));
+    };
     if code == 101 && upgrade {
         // The handshake's answer goes through as it is (Connection and Upgrade included);
         // the connection is a tunnel from here on.
@@ -115,7 +121,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         match fields::classify(name) {
-            Field::ContentLength => match fields::parse_len(h.value) {
+            Field::ContentLength => match fields::parse_len_list(h.value) {
                 Some(v) if length.is_none_or(|l| l == v) => length = Some(v),
                 _ => {
                     return Err(Failure::Answer(
@@ -173,7 +179,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             let name = h.name.as_bytes();
             match fields::classify(name) {
                 Field::Connection | Field::HopByHop => continue,
-                Field::ContentLength if te => continue,
+                Field::ContentLength => continue,
                 Field::Upgrade => continue,
                 Field::TransferEncoding => continue,
                 _ => {}
@@ -196,6 +202,9 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
                 ));
             };
             let _ = r.append_header(k, v);
+        }
+        if let (Some(n), false) = (length, te) {
+            let _ = r.append_header(http::header::CONTENT_LENGTH, n);
         }
         return Ok(Parsed::Head(RespHead {
             code,
@@ -233,7 +242,8 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
         let name = h.name.as_bytes();
         match fields::classify(name) {
             Field::Connection | Field::HopByHop => continue,
-            Field::ContentLength if te => continue,
+            // written once below, normalised (RFC 9110 8.6)
+            Field::ContentLength => continue,
             Field::Upgrade => continue,
             _ => {}
         }
@@ -246,6 +256,11 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
         head.extend_from_slice(name);
         head.extend_from_slice(b": ");
         head.extend_from_slice(h.value);
+        head.extend_from_slice(b"\r\n");
+    }
+    if let (Some(n), false) = (length, te) {
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(n.to_string().as_bytes());
         head.extend_from_slice(b"\r\n");
     }
     if !has_date {

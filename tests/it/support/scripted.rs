@@ -174,6 +174,12 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
                 format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", body_of("ok"))
             }
             "/nocontent" => "HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n".to_string(),
+            "/cl-list" => format!("HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n{}", body_of("ok")),
+            "/cl-twice" => format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 02\r\n\r\n{}",
+                body_of("ok")
+            ),
+            "/status-600" => format!("HTTP/1.1 600 Weird\r\nContent-Length: 2\r\n\r\n{}", body_of("ok")),
             "/upgrade" => {
                 // a protocol switch other than WebSocket: 101, then bytes of the new protocol
                 let _ = s

@@ -1,0 +1,154 @@
+//! Protocol correctness at the edge (RFC 9110, 9112), each on both engines: a listener on
+//! the lean engine and one with `fast_path: false`, the same bytes to each, and the exact
+//! answer and origin request asserted (the differential tests only require them equal).
+
+use crate::support::raw::read_until_close;
+use crate::support::scripted::{config, Origin, Seen};
+use crate::support::Proxy;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Send `raw` on a new connection; what came back until the proxy closed or 2 s passed.
+async fn send(addr: SocketAddr, raw: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw.as_bytes()).await.expect("send");
+    let (out, _) = read_until_close(&mut s, Duration::from_secs(2)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn field<'a>(seen: &'a Seen, name: &str) -> Vec<&'a str> {
+    seen.fields
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// Both listeners of the differential config: (engine name, address).
+fn engines(p: &Proxy) -> [(&'static str, SocketAddr); 2] {
+    [("lean", p.addr_of(0)), ("general", p.addr_of(1))]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_fields_with_underscores_never_reach_the_backend() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr, "protocol: http"));
+    for (engine, addr) in engines(&p) {
+        let out = send(
+            addr,
+            "GET / HTTP/1.1\r\nHost: app.test\r\nTransfer_Encoding: chunked\r\nContent_Length: 5\r\nX_User: a\r\nX-Normal: b\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 200 "), "{engine}: {out}");
+        let seen = origin.take();
+        assert_eq!(seen.len(), 1, "{engine}: {seen:?}");
+        assert!(
+            seen[0].fields.iter().all(|(k, _)| !k.contains('_')),
+            "{engine}: an underscore field reached the origin: {:?}",
+            seen[0].fields
+        );
+        assert_eq!(field(&seen[0], "x-normal"), ["b"], "{engine}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_content_length_goes_upstream_as_one_value() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr, "protocol: http"));
+    for (engine, addr) in engines(&p) {
+        for cl in [
+            "Content-Length: 3, 3",
+            "Content-Length: 3\r\nContent-Length: 3",
+            "Content-Length: 003",
+        ] {
+            let out = send(
+                addr,
+                &format!(
+                    "POST /echo HTTP/1.1\r\nHost: app.test\r\n{cl}\r\nConnection: close\r\n\r\nabc"
+                ),
+            )
+            .await;
+            assert!(out.starts_with("HTTP/1.1 200 "), "{engine} {cl:?}: {out}");
+            assert!(out.ends_with("3 bytes"), "{engine} {cl:?}: {out}");
+            let seen = origin.take();
+            assert_eq!(seen.len(), 1, "{engine} {cl:?}");
+            assert_eq!(field(&seen[0], "content-length"), ["3"], "{engine} {cl:?}");
+            assert_eq!(seen[0].body, b"abc", "{engine} {cl:?}");
+        }
+        // differing values stay a 400 (smuggling-ambiguous), never forwarded
+        let out = send(
+            addr,
+            "POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3, 4\r\n\r\nabcd",
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 400 "), "{engine}: {out}");
+        assert!(origin.take().is_empty(), "{engine}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_content_length_from_a_backend_reaches_the_client_as_one_value() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr, "protocol: http"));
+    for (engine, addr) in engines(&p) {
+        for path in ["/cl-list", "/cl-twice"] {
+            let out = send(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+            let lower = out.to_ascii_lowercase();
+            assert!(out.starts_with("HTTP/1.1 200 "), "{engine} {path}: {out}");
+            assert_eq!(
+                lower.matches("content-length:").count(),
+                1,
+                "{engine} {path}: {out}"
+            );
+            assert!(
+                lower.contains("\r\ncontent-length: 2\r\n"),
+                "{engine} {path}: {out}"
+            );
+            assert!(out.ends_with("\r\n\r\nok"), "{engine} {path}: {out}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_status_outside_100_to_599_is_a_502() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr, "protocol: http"));
+    for (engine, addr) in engines(&p) {
+        let out = send(addr, "GET /status-600 HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+        assert!(out.starts_with("HTTP/1.1 502 "), "{engine}: {out}");
+        assert!(!out.contains("Weird"), "{engine}: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_lines_with_spaces_in_the_target_are_refused() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr, "protocol: http"));
+    for (engine, addr) in engines(&p) {
+        for line in [
+            "GET /a b HTTP/1.1",
+            "GET  /a HTTP/1.1",
+            "GET /a HTTP/1.1 ",
+            "GET /a\tb HTTP/1.1",
+        ] {
+            let out = send(addr, &format!("{line}\r\nHost: app.test\r\n\r\n")).await;
+            assert!(out.starts_with("HTTP/1.1 400 "), "{engine} {line:?}: {out}");
+        }
+        assert!(
+            origin.take().is_empty(),
+            "{engine}: a refused request reached the origin"
+        );
+    }
+    // the refusal names itself in the log
+    let log = p.log();
+    assert!(
+        log.contains("request line is not METHOD SP TARGET SP VERSION"),
+        "{log}"
+    );
+}
