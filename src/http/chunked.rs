@@ -1,8 +1,12 @@
 //! Finding the end of a chunked body that is passed through unchanged.
 //!
-//! The fast path forwards a backend's chunked response byte for byte (no decode and
-//! re-encode), so it only needs to know where the body ends, and to refuse framing that does
-//! not parse: a bad chunk size, a missing CRLF after chunk data, an oversized line. The
+//! The lean engine forwards a backend's chunked response byte for byte (no decode and
+//! re-encode), and the request-head guard hands on exactly one chunked request body, so both
+//! only need to know where the body ends, and to refuse framing that does not parse. What is
+//! accepted is RFC 9112 §7.1.1's grammar and nothing more: hex sizes (at most 15 digits),
+//! extensions of visible characters, spaces and tabs (no control bytes, no bare LF), trailer
+//! lines that are `token ":" value`, every line ended by CRLF and at most [`MAX_LINE`] long.
+//! Anything else is a broken peer: a 400 for a request, a 502 (or a cut) for a response. The
 //! scanner is fed the bytes as they arrive, in any split.
 
 /// Longest chunk-size line (size, extensions) or trailer line accepted.
@@ -25,11 +29,23 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    /// Inside a trailer field line.
-    Trailer,
+    /// Inside a trailer field line; `colon`: past its name.
+    Trailer {
+        colon: bool,
+    },
     TrailerLf,
     FinalLf,
     Done,
+}
+
+/// RFC 9110 tchar.
+fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A byte an extension or a field value may hold: visible ASCII, space, tab, obs-text.
+fn ext_byte(b: u8) -> bool {
+    b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80
 }
 
 #[derive(Debug, Clone)]
@@ -102,21 +118,17 @@ impl ChunkedScanner {
                     i += 1;
                 }
                 State::Ext => {
-                    // skip to the CR with memchr: extensions are rare and short
-                    match memchr::memchr(b'\r', &data[i..]) {
-                        Some(at) => {
-                            self.line += at;
-                            i += at + 1;
-                            self.state = State::SizeLf;
-                        }
-                        None => {
-                            self.line += data.len() - i;
-                            i = data.len();
+                    if b == b'\r' {
+                        self.state = State::SizeLf;
+                    } else if !ext_byte(b) {
+                        return Err(BadChunk("control byte in a chunk extension"));
+                    } else {
+                        self.line += 1;
+                        if self.line > MAX_LINE {
+                            return Err(BadChunk("chunk extension too long"));
                         }
                     }
-                    if self.line > MAX_LINE {
-                        return Err(BadChunk("chunk extension too long"));
-                    }
+                    i += 1;
                 }
                 State::SizeLf => {
                     if b != b'\n' {
@@ -161,23 +173,32 @@ impl ChunkedScanner {
                     i += 1;
                     if b == b'\r' {
                         self.state = State::FinalLf;
-                    } else {
+                    } else if tchar(b) {
                         self.line = 1;
-                        self.state = State::Trailer;
+                        self.state = State::Trailer { colon: false };
+                    } else {
+                        return Err(BadChunk("bad trailer field name"));
                     }
                 }
-                State::Trailer => {
-                    match memchr::memchr(b'\r', &data[i..]) {
-                        Some(at) => {
-                            self.line += at;
-                            i += at + 1;
-                            self.state = State::TrailerLf;
+                State::Trailer { colon } => {
+                    i += 1;
+                    if b == b'\r' {
+                        if !colon {
+                            return Err(BadChunk("trailer line without a colon"));
                         }
-                        None => {
-                            self.line += data.len() - i;
-                            i = data.len();
-                        }
+                        self.state = State::TrailerLf;
+                        continue;
                     }
+                    if colon {
+                        if !ext_byte(b) {
+                            return Err(BadChunk("control byte in a trailer field"));
+                        }
+                    } else if b == b':' {
+                        self.state = State::Trailer { colon: true };
+                    } else if !tchar(b) {
+                        return Err(BadChunk("bad trailer field name"));
+                    }
+                    self.line += 1;
                     if self.line > MAX_LINE {
                         return Err(BadChunk("trailer line too long"));
                     }
@@ -259,6 +280,20 @@ mod tests {
         assert!(whole(b"fffffffffffffffff\r\n").is_err());
         assert!(whole(b"0\r\n\rX").is_err());
         assert_eq!(whole(b"0\r\n"), Ok(Scan::More));
+        // RFC 9112 7.1.1: extensions and trailers hold no control bytes, trailers are fields
+        assert!(whole(b"3;a\nb\r\nabc\r\n0\r\n\r\n").is_err());
+        assert!(whole(b"3;a\0b\r\nabc\r\n0\r\n\r\n").is_err());
+        assert!(
+            whole(format!("3;{}\r\nabc\r\n0\r\n\r\n", "x".repeat(10 << 10)).as_bytes()).is_err()
+        );
+        assert!(whole(b"0\r\nX-T\x01: 1\r\n\r\n").is_err());
+        assert!(whole(b"0\r\nno colon\r\n\r\n").is_err());
+        assert!(whole(b"0\r\nX-T: a\x7fb\r\n\r\n").is_err());
+        assert!(whole(b"0\r\n: v\r\n\r\n").is_err());
+        assert_eq!(
+            whole(b"3;a=\"q s\"\r\nabc\r\n0\r\nX-T: v w\r\n\r\n"),
+            Ok(Scan::Done(31))
+        );
         assert_eq!(whole(b"0\r\n\r\n"), Ok(Scan::Done(5)));
     }
 }

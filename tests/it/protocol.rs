@@ -152,3 +152,60 @@ async fn request_lines_with_spaces_in_the_target_are_refused() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_extensions_and_trailers_outside_the_grammar_are_refused() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr, "protocol: http"));
+    let long = "x".repeat(10 << 10);
+    let bodies = [
+        "\r\nabc\r\n0\r\n\r\n".to_string(),
+        "3;a\nb\r\nabc\r\n0\r\n\r\n".to_string(),
+        "3;a\0b\r\nabc\r\n0\r\n\r\n".to_string(),
+        format!("3;{long}\r\nabc\r\n0\r\n\r\n"),
+        "3\r\nabc\r\n0\r\nX-T: a\x01\r\n\r\n".to_string(),
+    ];
+    for (engine, addr) in engines(&p) {
+        // request bodies: 400 from the guard, nothing forwarded
+        for body in &bodies {
+            let out = send(
+                addr,
+                &format!("POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n{body}"),
+            )
+            .await;
+            assert!(
+                out.starts_with("HTTP/1.1 400 "),
+                "{engine} {:?}: {out}",
+                &body[..body.len().min(20)]
+            );
+        }
+        let seen = origin.take();
+        assert!(
+            seen.is_empty(),
+            "{engine}: a refused body reached the origin: {seen:?}"
+        );
+        // responses: never relayed. The lean engine, which passes chunks through byte for
+        // byte, answers 502 before the head; Pingora's path decodes and re-chunks, dropping
+        // the extension or trailer it could not pass on.
+        for path in ["/bad-chunk-ext", "/bad-trailer"] {
+            let out = send(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n"),
+            )
+            .await;
+            if engine == "lean" {
+                assert!(out.starts_with("HTTP/1.1 502 "), "{engine} {path}: {out:?}");
+            } else {
+                assert!(
+                    out.starts_with("HTTP/1.1 502 ") || out.starts_with("HTTP/1.1 200 "),
+                    "{engine} {path}: {out:?}"
+                );
+            }
+            assert!(
+                !out.contains('\u{1}') && !out.contains('\0'),
+                "{engine} {path}: relayed {out:?}"
+            );
+        }
+        origin.take();
+    }
+}

@@ -179,6 +179,8 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
                 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 02\r\n\r\n{}",
                 body_of("ok")
             ),
+            "/bad-chunk-ext" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;a\x01b\r\nabc\r\n0\r\n\r\n".to_string(),
+            "/bad-trailer" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: a\x00b\r\n\r\n".to_string(),
             "/status-600" => format!("HTTP/1.1 600 Weird\r\nContent-Length: 2\r\n\r\n{}", body_of("ok")),
             "/upgrade" => {
                 // a protocol switch other than WebSocket: 101, then bytes of the new protocol

@@ -1,0 +1,185 @@
+//! The chunked-body scanner (src/http/chunked.rs), which frames request bodies in the
+//! request-head guard and responses on the lean engine, against a reference parser written
+//! line by line from RFC 9112 §7.1 with the same limits. Whatever the bytes and however they
+//! are split: when one finds a complete body, the other finds the same end (and the scanner
+//! decodes the same data); what one refuses, the other never completes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use stepstone::http::chunked::{ChunkedScanner, Scan};
+
+const MAX_LINE: usize = 4096;
+
+enum Verdict {
+    Complete(usize, Vec<u8>),
+    Invalid,
+    Incomplete,
+}
+
+fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn ext_byte(b: u8) -> bool {
+    b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+fn hex(b: u8) -> Option<u64> {
+    (b as char).to_digit(16).map(u64::from)
+}
+
+/// CRLF at `p`: the position after it.
+fn crlf(d: &[u8], p: usize) -> Result<usize, Verdict> {
+    match (d.get(p), d.get(p + 1)) {
+        (None, _) => Err(Verdict::Incomplete),
+        (Some(b'\r'), None) => Err(Verdict::Incomplete),
+        (Some(b'\r'), Some(b'\n')) => Ok(p + 2),
+        _ => Err(Verdict::Invalid),
+    }
+}
+
+fn reference(d: &[u8]) -> Verdict {
+    match parse(d) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn parse(d: &[u8]) -> Result<Verdict, Verdict> {
+    let mut p = 0;
+    let mut out = Vec::new();
+    loop {
+        let (mut size, mut digits) = (0u64, 0);
+        while let Some(v) = d.get(p).and_then(|&b| hex(b)) {
+            if digits == 15 {
+                return Ok(Verdict::Invalid);
+            }
+            size = size * 16 + v;
+            digits += 1;
+            p += 1;
+        }
+        let Some(&b) = d.get(p) else {
+            return Ok(Verdict::Incomplete);
+        };
+        if digits == 0 {
+            return Ok(Verdict::Invalid);
+        }
+        if b == b';' || b == b' ' || b == b'\t' {
+            p += 1;
+            let mut n = 0;
+            loop {
+                let Some(&b) = d.get(p) else {
+                    return Ok(Verdict::Incomplete);
+                };
+                if b == b'\r' {
+                    break;
+                }
+                if !ext_byte(b) {
+                    return Ok(Verdict::Invalid);
+                }
+                n += 1;
+                if n > MAX_LINE {
+                    return Ok(Verdict::Invalid);
+                }
+                p += 1;
+            }
+        }
+        p = crlf(d, p)?;
+        if size == 0 {
+            break;
+        }
+        if ((d.len() - p) as u64) < size {
+            return Ok(Verdict::Incomplete);
+        }
+        out.extend_from_slice(&d[p..p + size as usize]);
+        p = crlf(d, p + size as usize)?;
+    }
+    loop {
+        let Some(&b) = d.get(p) else {
+            return Ok(Verdict::Incomplete);
+        };
+        if b == b'\r' {
+            return crlf(d, p).map(|end| Verdict::Complete(end, out));
+        }
+        if !tchar(b) {
+            return Ok(Verdict::Invalid);
+        }
+        let (mut n, mut colon) = (1, false);
+        p += 1;
+        loop {
+            let Some(&b) = d.get(p) else {
+                return Ok(Verdict::Incomplete);
+            };
+            if b == b'\r' {
+                if !colon {
+                    return Ok(Verdict::Invalid);
+                }
+                break;
+            }
+            if colon {
+                if !ext_byte(b) {
+                    return Ok(Verdict::Invalid);
+                }
+            } else if b == b':' {
+                colon = true;
+            } else if !tchar(b) {
+                return Ok(Verdict::Invalid);
+            }
+            n += 1;
+            if n > MAX_LINE {
+                return Ok(Verdict::Invalid);
+            }
+            p += 1;
+        }
+        p = crlf(d, p)?;
+    }
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&split, data)) = input.split_first() else {
+        return;
+    };
+    let at = if data.is_empty() {
+        0
+    } else {
+        split as usize % data.len()
+    };
+    // the scanner, fed in two pieces; `end` is the body's end in `data`
+    let mut s = ChunkedScanner::default();
+    let mut decoded = Vec::new();
+    let mut end = None;
+    let mut refused = false;
+    let mut fed = 0;
+    for piece in [&data[..at], &data[at..]] {
+        match s.scan_into(piece, Some(&mut decoded)) {
+            Ok(Scan::Done(k)) => {
+                end = Some(fed + k);
+                break;
+            }
+            Ok(Scan::More) => fed += piece.len(),
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    match reference(data) {
+        Verdict::Complete(e, body) => {
+            assert_eq!(end, Some(e), "the reference ends the body at {e}");
+            assert_eq!(decoded, body, "decoded data differs");
+        }
+        Verdict::Invalid => assert!(
+            end.is_none(),
+            "the scanner completed a body the reference refuses"
+        ),
+        Verdict::Incomplete => assert!(
+            end.is_none(),
+            "the scanner completed a body the reference does not"
+        ),
+    }
+    if refused {
+        assert!(
+            !matches!(reference(data), Verdict::Complete(..)),
+            "the scanner refused a body the reference completes"
+        );
+    }
+});
