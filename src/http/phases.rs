@@ -352,6 +352,11 @@ impl ProxyHttp for HttpProxy {
         if !policy::keep_after_upgrade(ctx.upgrade.is_some(), resp.status.as_u16() == 101) {
             session.set_keepalive(None);
         }
+        if session.req_header().version == http::Version::HTTP_10
+            && !policy::edit::response_for_http10(resp)
+        {
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 

@@ -153,6 +153,19 @@ pub fn relayed_upgrade(req: &RequestHeader) -> Option<http::HeaderValue> {
     .flatten()
 }
 
+/// The response as it goes to an HTTP/1.0 client, which knows no chunked coding (RFC 9112
+/// §6.1): a chunked body is sent close-delimited instead. Returns whether the connection
+/// may stay open after it: only when the length is known.
+pub fn response_for_http10(resp: &mut ResponseHeader) -> bool {
+    let chunked = resp.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if chunked {
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+    }
+    let no_body = matches!(resp.status.as_u16(), 204 | 304) || resp.status.is_informational();
+    no_body || (!chunked && resp.headers.contains_key(http::header::CONTENT_LENGTH))
+}
+
 /// Whether a response field survives the edit; for the lean engine's byte writer.
 pub fn keep_response_field(f: Field, chunked: bool) -> bool {
     !fields::drop_on_response(f, chunked)

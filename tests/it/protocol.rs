@@ -209,3 +209,71 @@ async fn chunk_extensions_and_trailers_outside_the_grammar_are_refused() {
         origin.take();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_never_get_chunked_and_keep_alive_only_with_a_length() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr, "protocol: http"));
+    for (engine, addr) in engines(&p) {
+        // a chunked origin response reaches an HTTP/1.0 client close-delimited
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /chunked HTTP/1.0\r\nHost: app.test\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .expect("send");
+        let (out, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let lower = out.to_ascii_lowercase();
+        assert!(out.starts_with("HTTP/1.1 200 "), "{engine}: {out}");
+        assert!(!lower.contains("transfer-encoding"), "{engine}: {out}");
+        assert!(out.ends_with("\r\n\r\nhello world"), "{engine}: {out}");
+        assert!(
+            closed,
+            "{engine}: a close-delimited answer left the connection open"
+        );
+        // with a length, an HTTP/1.0 keep-alive is honoured
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.0\r\nHost: app.test\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .expect("send");
+        let (out, closed) = read_until_close(&mut s, Duration::from_millis(500)).await;
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert!(
+            out.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{engine}: {out}"
+        );
+        assert!(
+            !closed,
+            "{engine}: closed a keep-alive HTTP/1.0 connection with a length"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_body_after_head_or_204_never_reaches_the_next_request() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr, "protocol: http"));
+    for (engine, addr) in engines(&p) {
+        for method in ["HEAD", "GET"] {
+            let out = send(
+                addr,
+                &format!(
+                    "{method} /late-body HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+                ),
+            )
+            .await;
+            assert!(!out.contains("LATE!"), "{engine} {method}: {out}");
+            // the next request, likely on the same pooled upstream connection, gets its own answer
+            let out = send(
+                addr,
+                "GET /next HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert!(
+                out.starts_with("HTTP/1.1 200 "),
+                "{engine} after {method}: {out}"
+            );
+            assert!(out.ends_with("hello"), "{engine} after {method}: {out}");
+        }
+        origin.take();
+    }
+}

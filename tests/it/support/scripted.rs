@@ -181,6 +181,11 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
             ),
             "/bad-chunk-ext" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;a\x01b\r\nabc\r\n0\r\n\r\n".to_string(),
             "/bad-trailer" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: a\x00b\r\n\r\n".to_string(),
+            "/late-body" => {
+                // a body after a response that has none: HEAD, 204
+                let status = if head_only { "200 OK" } else { "204 No Content" };
+                format!("HTTP/1.1 {status}\r\nContent-Length: 5\r\n\r\nLATE!")
+            }
             "/status-600" => format!("HTTP/1.1 600 Weird\r\nContent-Length: 2\r\n\r\n{}", body_of("ok")),
             "/upgrade" => {
                 // a protocol switch other than WebSocket: 101, then bytes of the new protocol
