@@ -76,6 +76,21 @@ pub fn h1_lines(
     }
 }
 
+/// A decimal number, without the formatting machinery (this runs per message).
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// An address as text, IPv4 without the formatting machinery (this runs per request).
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
@@ -115,6 +130,15 @@ mod tests {
             let mut out = Vec::new();
             push_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).expect("utf-8"), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_display_writes_them() {
+        for n in [0, 7, 10, 99, 100, 65535, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
         }
     }
 

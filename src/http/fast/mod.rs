@@ -285,7 +285,7 @@ impl FastPath {
             let mut head = Vec::with_capacity(h.head().len() + 128);
             head.extend_from_slice(h.head());
             head.extend_from_slice(b"age: ");
-            head.extend_from_slice(h.age().to_string().as_bytes());
+            crate::policy::forwarded::push_u64(&mut head, h.age());
             head.extend_from_slice(b"\r\n");
             head.extend_from_slice(c.spec.status_header.as_str().as_bytes());
             head.extend_from_slice(b": HIT\r\ndate: ");
@@ -321,7 +321,7 @@ impl FastPath {
         }
         if let Some(n) = length {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            crate::policy::forwarded::push_u64(&mut out, n);
             out.extend_from_slice(b"\r\n");
         }
         if let (true, Some(u)) = (websocket, upgrade) {

@@ -260,7 +260,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     }
     if let (Some(n), false) = (length, te) {
         head.extend_from_slice(b"content-length: ");
-        head.extend_from_slice(n.to_string().as_bytes());
+        crate::policy::forwarded::push_u64(&mut head, n);
         head.extend_from_slice(b"\r\n");
     }
     if !has_date {
