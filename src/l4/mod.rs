@@ -24,7 +24,7 @@ pub mod sni;
 use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
 use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
 use crate::net::splice::{shutdown_of, splice, Splice};
-use crate::upstream::{bit, select::hash_bytes, Pick, Pool};
+use crate::upstream::{bit, Pick, Pool};
 use accept::{local_of, peer_of, ProxyAccept};
 use async_trait::async_trait;
 use log::{debug, warn};
@@ -32,7 +32,7 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::listening::Service;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,21 +273,14 @@ pub fn add_service(
     Ok(())
 }
 
-fn ip_hash(ip: IpAddr) -> u64 {
-    match ip {
-        IpAddr::V4(v4) => hash_bytes(&v4.octets()),
-        IpAddr::V6(v6) => hash_bytes(&v6.octets()),
-    }
-}
-
 /// Connect to a backend of `pool`, trying others on failure as `retries` allows.
 async fn connect(
     listener: &str,
     pool: &Pool,
     client: SocketAddr,
 ) -> Result<(Pick, TcpStream), String> {
-    // consistent_hash at L4 can only key on the client address.
-    let hash = ip_hash(client.ip());
+    // consistent_hash at L4 can only key on the client address (the policy's key for it).
+    let hash = crate::policy::hash::client_ip(Some(client.ip()));
     let mut tried = 0u64;
     let mut attempts = 0u32;
     loop {
@@ -315,7 +308,7 @@ async fn connect(
             pick.slot.label
         );
         tried |= bit(pick.slot.index);
-        if attempts > pool.retries {
+        if !crate::policy::retry::after_connect_failure(attempts, pool.retries) {
             return Err(format!(
                 "{client}: upstream {}: giving up after {attempts} connect attempts",
                 pool.name
