@@ -74,6 +74,8 @@ pub struct Guarded {
     listener: Option<Arc<str>>,
     /// What of the body after the head is still handed on.
     body: Body,
+    /// A head was refused: the client may still be sending it.
+    refused: bool,
 }
 
 /// The guard hands on one request at a time: its head, then exactly its body. Bytes past
@@ -107,6 +109,15 @@ impl Drop for Guarded {
         if let Some(c) = &self.conn_slot {
             c.fetch_sub(1, Relaxed);
         }
+        // Closed with the client still sending (a refused head, a request body left unread):
+        // a plain close would reset the connection under the answer.
+        let unread = self.refused
+            || matches!(self.body, Body::Chunked(_))
+            || matches!(self.body, Body::Left(n) if n > 0);
+        if unread {
+            let s = std::mem::replace(&mut self.inner, Box::new(crate::net::linger::Closed));
+            crate::net::linger::linger(s);
+        }
     }
 }
 
@@ -137,6 +148,7 @@ impl Guarded {
             wbuf: Vec::new(),
             listener: None,
             body: Body::Pass,
+            refused: false,
         }
     }
 
@@ -390,6 +402,7 @@ impl Guarded {
                 .unwrap_or_else(|| "-".into()),
         );
         crate::observability::refused(self.listener.as_deref().unwrap_or("-"), &code.to_string());
+        self.refused = true;
         self.clear_partial();
         // Best effort: a tiny answer into an idle socket completes at once.
         let mut inner = Pin::new(&mut self.inner);

@@ -2,6 +2,7 @@
 //! listeners ([`listen`]), the one byte relay for every tunnel ([`relay`], [`splice`]), and
 //! the proxy's own answers written on a Pingora session ([`respond`]).
 
+pub mod linger;
 pub mod listen;
 pub mod relay;
 pub mod respond;

@@ -277,3 +277,80 @@ async fn a_late_body_after_head_or_204_never_reaches_the_next_request() {
         origin.take();
     }
 }
+
+/// What a client that sends `head` and `body_len` bytes of body, reading only once it has
+/// sent everything, saw: whether every write went through (the proxy drained what came
+/// after its answer), what it read, and whether the read ended with a clean FIN.
+async fn refused_while_sending(
+    addr: SocketAddr,
+    head: String,
+    body_len: usize,
+) -> (bool, String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let send = async {
+        s.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 << 10];
+        let mut left = body_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let sent = matches!(
+        tokio::time::timeout(Duration::from_secs(4), send).await,
+        Ok(Ok(()))
+    );
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let clean = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            _ => break false,
+        }
+    };
+    (sent, String::from_utf8_lossy(&out).into_owned(), clean)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_while_the_client_still_sends_closes_with_a_lingering_close() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&config(origin.addr, "protocol: http"));
+    for (engine, addr) in engines(&p) {
+        // 413 by the declared length, with 8 MiB of body on its way; then 431 for a head over
+        // max_header_size with more of it on its way. The proxy answers, sends FIN, and keeps
+        // reading (and dropping) what the client still sends, so the client's writes go
+        // through and its read ends cleanly instead of on a reset.
+        let big_head = format!(
+            "GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {}",
+            "y".repeat(1 << 20)
+        );
+        let cases = [
+            (
+                "413",
+                "POST /small HTTP/1.1\r\nHost: app.test\r\nContent-Length: 8388608\r\n\r\n"
+                    .to_string(),
+                8 << 20,
+            ),
+            ("431", big_head, 4 << 20),
+        ];
+        for (want, head, len) in cases {
+            let (sent, out, clean) = refused_while_sending(addr, head, len).await;
+            assert!(
+                out.starts_with(&format!("HTTP/1.1 {want} ")),
+                "{engine} {want}: read {out:?}"
+            );
+            assert!(
+                sent,
+                "{engine} {want}: the client's writes failed (reset, no lingering close)"
+            );
+            assert!(
+                clean,
+                "{engine} {want}: the read ended on an error, not a FIN"
+            );
+        }
+    }
+}
