@@ -179,6 +179,9 @@ pub struct TlsFile {
     /// How often the certificate files are checked for changes (mtime and size); a change
     /// reloads them. SIGHUP reloads at once. 0s turns the polling off. Default: 5s
     pub reload_interval: Option<Dur>,
+    /// Time a client has to complete the TLS handshake after connecting; then the
+    /// connection is closed (Pingora alone allows 60s). Default: 10s
+    pub handshake_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

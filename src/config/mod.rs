@@ -47,6 +47,7 @@ pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 1000;
 pub const DEFAULT_HTTPS_PORT: u16 = 443;
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent streams per HTTP/2 connection to a backend (Pingora's own default is 1).
 pub const DEFAULT_UPSTREAM_H2_STREAMS: usize = 100;
 /// tcp and tls_passthrough listeners: no bytes either way for this long closes a connection.
@@ -285,6 +286,7 @@ pub struct TlsSpec {
     pub allow_expired: bool,
     /// Zero: no polling (SIGHUP still reloads).
     pub reload_interval: Duration,
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -6,12 +6,13 @@ use super::certs::{self, ClientCert, Trusted, Which};
 use crate::config::file::{ListenerFile, ListenerProtocol, UpstreamFile};
 use crate::config::{
     dur, valid_hostname, CertSpec, ConfigError, Errs, HostMatch, TlsSpec, UpstreamTlsSpec,
-    DEFAULT_HTTPS_PORT, DEFAULT_TLS_RELOAD_INTERVAL,
+    DEFAULT_HTTPS_PORT, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL,
 };
 use log::warn;
 use pingora_core::utils::tls::CertKey;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Relative paths are taken from the config file's directory, so a config and its
 /// certificates can move together and `-t` gives the same answer from any directory.
@@ -147,12 +148,21 @@ fn validate_tls_block(
             Some(path)
         }
     };
+    let handshake_timeout = dur(t.handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT);
+    if handshake_timeout < Duration::from_secs(1) || handshake_timeout > Duration::from_secs(60) {
+        return Err(e.err(
+            format!("{p}.handshake_timeout"),
+            format!("{handshake_timeout:?}"),
+            "must be between 1s and 60s",
+        ));
+    }
     Ok(TlsSpec {
         key_path: p.to_string(),
         certificates,
         client_ca,
         allow_expired,
         reload_interval: dur(t.reload_interval, DEFAULT_TLS_RELOAD_INTERVAL),
+        handshake_timeout,
     })
 }
 

@@ -130,16 +130,19 @@ impl PreTlsProcess for ProxyAccept {
 /// Register the PROXY reader as the pre-TLS hook of every endpoint of `svc`, when `l`
 /// terminates TLS and accepts the PROXY protocol. Returns whether it did.
 pub fn set_pre_tls<A>(svc: &mut Service<A>, l: &ListenerSpec) -> bool {
-    if l.tls.is_none() {
+    let Some(t) = &l.tls else {
         return false;
-    }
-    match super::L4App::pre_tls(l) {
-        Some(accept) => {
-            svc.endpoints().set_pre_tls_callback(accept);
-            true
-        }
-        None => false,
-    }
+    };
+    let then =
+        super::L4App::pre_tls(l).map(|a| a as Arc<dyn pingora_core::listeners::PreTlsProcess>);
+    let proxy = then.is_some();
+    svc.endpoints()
+        .set_pre_tls_callback(Arc::new(crate::tls::deadline::HandshakeDeadline {
+            timeout: t.handshake_timeout,
+            listener: l.name.clone(),
+            then,
+        }));
+    proxy
 }
 
 /// A `ServerApp` that reads the PROXY header, then hands the connection to `inner`.

@@ -222,6 +222,9 @@ impl L4App {
 #[async_trait]
 impl ServerApp for L4App {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if self.tls_terminated {
+            crate::tls::deadline::handshake_done(io.id());
+        }
         let Some(_slot) = self.admit() else {
             warn!(
                 "{}: max_connections ({}) reached; closing a new connection from {}",

@@ -977,3 +977,49 @@ fn check_names_bad_certificate_files() {
     let (code, out) = check(&pki.dir, &listener(&c, &k, ""));
     assert_eq!(code, 0, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_closed_at_handshake_timeout_and_a_done_one_is_not() {
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-handshake-timeout");
+    let (c, k) = pki.server("s", "a.test", &["a.test"], 40);
+    let cfg = format!(
+        "{}{}",
+        https_listener(&[(&c, &k, &[])], "handshake_timeout: 1s"),
+        app_upstream(origin.addr, "tls")
+    );
+    let p = start(pki.dir.clone(), &cfg);
+    // silent after connecting, and stalled halfway through a ClientHello
+    for first in [
+        &b""[..],
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+    ] {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        s.write_all(first).await.expect("send");
+        let t0 = Instant::now();
+        let mut b = [0u8; 64];
+        let r = tokio::time::timeout(Duration::from_secs(8), s.read(&mut b)).await;
+        let took = t0.elapsed();
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "{first:?}: connection still open after {took:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+            "{first:?}: closed after {took:?}, not about 1s"
+        );
+    }
+    // a completed handshake is not bound by it: a keep-alive connection idle past it serves
+    let o = ClientOpts::new(&pki.ca_path, "a.test");
+    let mut s = connect(p.addr, &o).await.expect("handshake");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let r = h1(&mut s, "a.test", "/")
+        .await
+        .expect("request after the deadline");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        p.log().contains("TLS handshake not complete after 1s"),
+        "{}",
+        p.log()
+    );
+}
