@@ -153,6 +153,8 @@ fn backend_json(s: &crate::upstream::Slot) -> serde_json::Value {
         "weight": s.weight,
         "healthy": s.healthy.load(Relaxed),
         "drained": s.drained.load(Relaxed),
+        "ejected": s.ejected(),
+        "ejections": s.ejections_total.load(Relaxed),
         "in_flight": s.inflight.load(Relaxed),
         "requests": s.requests.load(Relaxed),
         "failures": s.failures.load(Relaxed),

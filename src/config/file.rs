@@ -343,6 +343,25 @@ pub struct UpstreamFile {
     pub send_proxy_protocol: Option<ProxyProtocolFile>,
     /// How often backends given by DNS name are re-resolved. Default: 10s
     pub resolve_every: Option<Dur>,
+    /// Passive health: backends that fail requests in a row are taken out for a while.
+    /// Default: off
+    pub outlier_detection: Option<OutlierFile>,
+}
+
+/// Outlier detection (Envoy's and HAProxy's `observe layer7`): what counts as a failure is a
+/// 5xx answer, a connect failure, a reset or a timeout, on every engine and at L4.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    /// Failures in a row that eject a backend. Default: 5
+    pub consecutive_failures: Option<u32>,
+    /// First ejection's length; it doubles on each re-ejection of the same backend.
+    /// Default: 30s
+    pub base_ejection_time: Option<Dur>,
+    /// Longest ejection. Default: 300s
+    pub max_ejection_time: Option<Dur>,
+    /// Never eject more than this share of the pool, in percent. Default: 50
+    pub max_ejection_percent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

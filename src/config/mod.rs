@@ -58,6 +58,10 @@ pub const CLIENT_HELLO_MAX: usize = 16 << 10;
 /// accept_proxy_protocol: the PROXY header must arrive within this time.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(10);
+pub const DEFAULT_OUTLIER_CONSECUTIVE: u32 = 5;
+pub const DEFAULT_OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
+pub const DEFAULT_OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub const DEFAULT_OUTLIER_MAX_PERCENT: u32 = 50;
 /// Upper bound on backend weight; it keeps the round-robin wheel small.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -221,6 +225,15 @@ pub struct UpstreamSpec {
     /// Backends by DNS name, re-resolved every `resolve_every`.
     pub dns_backends: Vec<DnsBackendSpec>,
     pub resolve_every: Duration,
+    pub outlier: Option<OutlierSpec>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct OutlierSpec {
+    pub consecutive_failures: u32,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -201,6 +201,7 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
             send_proxy_protocol: u.send_proxy_protocol,
             dns_backends,
             resolve_every,
+            outlier: outlier(e, &p, u.outlier_detection.as_ref())?,
         });
     }
     Ok(upstreams)
@@ -215,12 +216,102 @@ fn dns_name_port(s: &str) -> Option<(String, u16)> {
         .then(|| (host.to_ascii_lowercase(), port))
 }
 
+/// `outlier_detection:`, with its defaults.
+fn outlier(
+    e: &Errs,
+    p: &str,
+    o: Option<&crate::config::file::OutlierFile>,
+) -> Result<Option<crate::config::OutlierSpec>, ConfigError> {
+    use crate::config::{
+        OutlierSpec, DEFAULT_OUTLIER_BASE_EJECTION, DEFAULT_OUTLIER_CONSECUTIVE,
+        DEFAULT_OUTLIER_MAX_EJECTION, DEFAULT_OUTLIER_MAX_PERCENT,
+    };
+    let Some(o) = o else {
+        return Ok(None);
+    };
+    let p = format!("{p}.outlier_detection");
+    let consecutive_failures = o
+        .consecutive_failures
+        .unwrap_or(DEFAULT_OUTLIER_CONSECUTIVE);
+    if !(1..=1000).contains(&consecutive_failures) {
+        return Err(e.err(
+            format!("{p}.consecutive_failures"),
+            consecutive_failures,
+            "must be between 1 and 1000",
+        ));
+    }
+    let base_ejection_time = dur(o.base_ejection_time, DEFAULT_OUTLIER_BASE_EJECTION);
+    if base_ejection_time < Duration::from_millis(100) {
+        return Err(e.err(
+            format!("{p}.base_ejection_time"),
+            format!("{base_ejection_time:?}"),
+            "must be at least 100ms",
+        ));
+    }
+    let max_ejection_time = dur(o.max_ejection_time, DEFAULT_OUTLIER_MAX_EJECTION);
+    if max_ejection_time < base_ejection_time {
+        return Err(e.err(
+            format!("{p}.max_ejection_time"),
+            format!("{max_ejection_time:?}"),
+            "must be at least base_ejection_time",
+        ));
+    }
+    let max_ejection_percent = o
+        .max_ejection_percent
+        .unwrap_or(DEFAULT_OUTLIER_MAX_PERCENT);
+    if max_ejection_percent > 100 {
+        return Err(e.err(
+            format!("{p}.max_ejection_percent"),
+            max_ejection_percent,
+            "must be between 0 and 100",
+        ));
+    }
+    Ok(Some(OutlierSpec {
+        consecutive_failures,
+        base_ejection_time,
+        max_ejection_time,
+        max_ejection_percent,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, DnsBackendSpec};
     use std::time::Duration;
 
     const BASE: &str = "listeners: [{name: web, address: 127.0.0.1:8080, protocol: http}]\n";
+
+    #[test]
+    fn outlier_detection_defaults_and_bad_values() {
+        let up = |o: &str| {
+            format!("{BASE}upstreams: [{{name: a, outlier_detection: {o}, backends: [{{address: 127.0.0.1:1}}]}}]\n")
+        };
+        let c = Config::from_yaml("x.yaml", &up("{}")).unwrap();
+        let o = c.upstreams[0].outlier.expect("on");
+        assert_eq!(o.consecutive_failures, 5);
+        assert_eq!(o.base_ejection_time, Duration::from_secs(30));
+        assert_eq!(o.max_ejection_time, Duration::from_secs(300));
+        assert_eq!(o.max_ejection_percent, 50);
+        for (o, path, value) in [
+            ("{consecutive_failures: 0}", "consecutive_failures", "0"),
+            ("{max_ejection_percent: 101}", "max_ejection_percent", "101"),
+            (
+                "{base_ejection_time: 10s, max_ejection_time: 5s}",
+                "max_ejection_time",
+                "5s",
+            ),
+        ] {
+            let err = Config::from_yaml("x.yaml", &up(o)).unwrap_err();
+            assert_eq!(
+                err.path,
+                format!("upstreams[0].outlier_detection.{path}"),
+                "{o}"
+            );
+            assert_eq!(err.value, value, "{o}");
+        }
+        let err = Config::from_yaml("x.yaml", &up("{consecutive: 3}")).unwrap_err();
+        assert!(err.to_string().contains("consecutive"), "{err}");
+    }
 
     #[test]
     fn zero_weight_names_path_and_value() {

@@ -206,6 +206,9 @@ impl ProxyHttp for HttpProxy {
                 .failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ctx.tried |= bit(p.slot.index);
+            if let Some(r) = route {
+                policy::outlier::observe(&r.pool, &p.slot, true);
+            }
         }
         let backend = peer._address.to_string();
         let tls_logged = route.is_some_and(|r| {
@@ -411,6 +414,20 @@ impl ProxyHttp for HttpProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let route = self.route(ctx);
         let slot = ctx.pick.as_ref().map(|p| &*p.slot);
+        // How the last backend did, for outlier detection (connect failures were told in
+        // `fail_to_connect`).
+        if let (Some(r), Some(s)) = (route, slot) {
+            let failed = match e.map(failure) {
+                Some(Ok(Failure::BadResponse | Failure::ResponseTimeout)) => Some(true),
+                Some(_) => None,
+                None => session
+                    .response_written()
+                    .map(|h| policy::outlier::failed_status(h.status.as_u16())),
+            };
+            if let Some(f) = failed {
+                policy::outlier::observe(&r.pool, s, f);
+            }
+        }
         crate::observability::request_done(
             session,
             e,

@@ -300,12 +300,14 @@ async fn connect(
             {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
+                    crate::policy::outlier::observe(pool, &pick.slot, false);
                     return Ok((pick, s));
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("timed out after {:?}", pool.connect_timeout),
             };
         pick.slot.failures.fetch_add(1, Relaxed);
+        crate::policy::outlier::observe(pool, &pick.slot, true);
         warn!(
             "{listener}: connect to backend {} failed (attempt {attempts}): {err}",
             pick.slot.label

@@ -15,12 +15,24 @@ pub fn render(pools: &[Arc<Pool>]) -> String {
     }
     let mut out = String::from_utf8(buf).unwrap_or_default();
     type Getter = fn(&crate::upstream::Slot) -> String;
-    let families: [(&str, &str, &str, Getter); 6] = [
+    let families: [(&str, &str, &str, Getter); 8] = [
         (
             "stepstone_backend_up",
             "gauge",
             "1 when the backend passes its health checks",
             |s| u8::from(s.healthy.load(Relaxed)).to_string(),
+        ),
+        (
+            "stepstone_backend_ejected",
+            "gauge",
+            "1 while outlier detection has the backend out",
+            |s| u8::from(s.ejected()).to_string(),
+        ),
+        (
+            "stepstone_backend_ejections_total",
+            "counter",
+            "Times outlier detection ejected the backend",
+            |s| s.ejections_total.load(Relaxed).to_string(),
         ),
         (
             "stepstone_backend_drained",

@@ -25,6 +25,7 @@ pub mod fields;
 pub mod forwarded;
 pub mod hash;
 pub mod head;
+pub mod outlier;
 pub mod retry;
 pub mod route;
 

@@ -15,7 +15,7 @@ use crate::config::{BackendSpec, HashKey, Selection, UpstreamSpec};
 use arc_swap::ArcSwap;
 use pingora_load_balancing::Backend;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,14 @@ pub struct Slot {
     /// the status page and metrics derive the backend's latency from the two.
     pub latency_us: AtomicU64,
     pub completed: AtomicU64,
+    /// Outlier detection ([`crate::policy::outlier`]): failures in a row, the end of the
+    /// current ejection in [`now_ms`] (0: not ejected), ejections so far (the backoff), the
+    /// end of the last one, and the total for metrics.
+    pub consecutive: AtomicU32,
+    pub ejected_until: AtomicU64,
+    pub ejections: AtomicU32,
+    pub last_ejection_end: AtomicU64,
+    pub ejections_total: AtomicU64,
 }
 
 impl Slot {
@@ -60,13 +68,48 @@ impl Slot {
             failures: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            last_ejection_end: AtomicU64::new(0),
+            ejections_total: AtomicU64::new(0),
         }
     }
 
     #[inline]
     pub fn usable(&self) -> bool {
-        self.healthy.load(Relaxed) && !self.drained.load(Relaxed)
+        self.healthy.load(Relaxed) && !self.drained.load(Relaxed) && !self.ejected()
     }
+
+    /// Whether outlier detection has the backend out now. The first look after the ejection
+    /// ended readmits it (and says so).
+    #[inline]
+    pub fn ejected(&self) -> bool {
+        let until = self.ejected_until.load(Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if now_ms() < until {
+            return true;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.last_ejection_end.store(until, Relaxed);
+            self.consecutive.store(0, Relaxed);
+            log::info!("backend {}: ejection over, readmitted", self.label);
+        }
+        false
+    }
+}
+
+/// Milliseconds since the process's first look at the clock, never 0.
+pub fn now_ms() -> u64 {
+    static EPOCH: once_cell::sync::Lazy<std::time::Instant> =
+        once_cell::sync::Lazy::new(std::time::Instant::now);
+    EPOCH.elapsed().as_millis() as u64 + 1
 }
 
 /// A selected backend. Holding it counts one request (or TCP connection) in flight; dropping
@@ -136,6 +179,14 @@ impl Members {
                 slot.latency_us
                     .store(prev.latency_us.load(Relaxed), Relaxed);
                 slot.completed.store(prev.completed.load(Relaxed), Relaxed);
+                for (to, from) in [
+                    (&slot.ejected_until, &prev.ejected_until),
+                    (&slot.last_ejection_end, &prev.last_ejection_end),
+                    (&slot.ejections_total, &prev.ejections_total),
+                ] {
+                    to.store(from.load(Relaxed), Relaxed);
+                }
+                slot.ejections.store(prev.ejections.load(Relaxed), Relaxed);
             }
         }
         m

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod balancing;
 mod cache;
 mod cli;
 mod differential;

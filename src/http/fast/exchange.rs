@@ -171,6 +171,7 @@ impl<'a> Exchange<'a> {
                     Ok(s) => s,
                     Err((timed_out, e)) => {
                         pick.slot.failures.fetch_add(1, Relaxed);
+                        crate::policy::outlier::observe(pool, &pick.slot, true);
                         tried |= bit(pick.slot.index);
                         warn!(
                             "{}: connect to backend {} failed (attempt {attempts}): {e}",
@@ -584,6 +585,20 @@ impl<'a> Exchange<'a> {
             e.0
         );
         Failure::Cut
+    }
+
+    /// Tell outlier detection how the backend did (connect failures were told as they
+    /// happened).
+    pub fn observe_outcome(&self, res: &Result<impl Sized, Failure>) {
+        let Some(p) = &self.pick else {
+            return;
+        };
+        let failed = match res {
+            Ok(_) => crate::policy::outlier::failed_status(self.status),
+            Err(Failure::Answer(Why::BadResponse | Why::ResponseTimeout, _)) => true,
+            Err(_) => return,
+        };
+        crate::policy::outlier::observe(self.pool, &p.slot, failed);
     }
 
     /// Keep a backend connection whose response ended cleanly for the next request.

@@ -131,6 +131,7 @@ impl FastPath {
             Ok((up, rbuf, head)) => ex.respond_h2(s, up, rbuf, head).await,
             Err(e) => Err(e),
         };
+        ex.observe_outcome(&res);
         let slot = ex.pick.as_ref().map(|p| &*p.slot);
         let status = match res {
             Ok(()) => ex.status,

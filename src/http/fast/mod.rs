@@ -413,6 +413,7 @@ impl FastPath {
             )
             .await;
         drop(out);
+        ex.observe_outcome(&res);
         let slot = ex.pick.as_ref().map(|p| &*p.slot);
         let done = |status: u16, bytes_out: usize| {
             observability::fast_request_done(

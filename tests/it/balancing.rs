@@ -1,0 +1,123 @@
+//! Load balancing that hides failure: outlier detection on both HTTP engines and at L4.
+
+use crate::support::{client, OriginBuilder, Proxy};
+use std::time::Duration;
+
+/// `/metrics` value of a per-backend series.
+async fn backend_metric(p: &Proxy, name: &str, backend: &str) -> u64 {
+    let m = client::get(p.addr_of(1), "/metrics", &[])
+        .await
+        .expect("metrics")
+        .text();
+    let prefix = format!("{name}{{upstream=\"app\",backend=\"{backend}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{m}"))
+}
+
+async fn ejects_a_failing_backend(fast_path: bool) {
+    let engine = if fast_path { "lean" } else { "general" };
+    let bad = OriginBuilder::new("bad").status(500).run().await;
+    let good = OriginBuilder::new("good").run().await;
+    let p = Proxy::start(&format!(
+        "admin: {{address: 127.0.0.1:{{{{port1}}}}}}\nlisteners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, fast_path: {fast_path}}}\nupstreams:\n  - name: app\n    retries: 0\n    outlier_detection: {{consecutive_failures: 3, base_ejection_time: 1s, max_ejection_time: 10s}}\n    backends: [{{address: {}}}, {{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        bad.addr, good.addr
+    ));
+    let bad_label = bad.addr.to_string();
+    // round robin: the bad backend gets every other request until its third 500 in a row
+    let mut errors = 0;
+    for _ in 0..40 {
+        let r = client::get(p.addr, "/", &[]).await.expect("response");
+        if r.status == 500 {
+            errors += 1;
+        }
+    }
+    assert_eq!(
+        errors, 3,
+        "{engine}: 500s seen by clients before the ejection"
+    );
+    assert_eq!(
+        bad.requests(),
+        3,
+        "{engine}: requests to the ejected backend"
+    );
+    assert_eq!(
+        backend_metric(&p, "stepstone_backend_ejected", &bad_label).await,
+        1
+    );
+    assert_eq!(
+        backend_metric(&p, "stepstone_backend_ejections_total", &bad_label).await,
+        1
+    );
+    assert!(
+        p.log().contains(&format!(
+            "ejecting backend {bad_label} for 1.0s after 3 failures"
+        )),
+        "{engine}: {}",
+        p.log()
+    );
+    // after base_ejection_time it is back, fails again, and is out twice as long
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for _ in 0..20 {
+        let _ = client::get(p.addr, "/", &[]).await.expect("response");
+    }
+    assert_eq!(
+        bad.requests(),
+        6,
+        "{engine}: the readmitted backend got traffic again"
+    );
+    assert_eq!(
+        backend_metric(&p, "stepstone_backend_ejections_total", &bad_label).await,
+        2
+    );
+    let log = p.log();
+    assert!(
+        log.contains(&format!("backend {bad_label}: ejection over, readmitted")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("ejecting backend {bad_label} for 2.0s")),
+        "{log}"
+    );
+    assert_eq!(
+        backend_metric(&p, "stepstone_backend_ejected", &good.addr.to_string()).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_backend_answering_500_on_the_lean_engine() {
+    ejects_a_failing_backend(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_backend_answering_500_on_the_general_engine() {
+    ejects_a_failing_backend(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_never_ejects_the_last_backend() {
+    let bad = OriginBuilder::new("bad").status(500).run().await;
+    let p = Proxy::start(&format!(
+        "admin: {{address: 127.0.0.1:{{{{port1}}}}}}\nlisteners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    retries: 0\n    outlier_detection: {{consecutive_failures: 2, base_ejection_time: 10s, max_ejection_percent: 100}}\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        bad.addr
+    ));
+    for _ in 0..10 {
+        let r = client::get(p.addr, "/", &[]).await.expect("response");
+        assert_eq!(
+            r.status, 500,
+            "the backend's own answer, never a 503 for an empty pool"
+        );
+    }
+    assert_eq!(bad.requests(), 10);
+    assert_eq!(
+        backend_metric(
+            &p,
+            "stepstone_backend_ejections_total",
+            &bad.addr.to_string()
+        )
+        .await,
+        0
+    );
+}
