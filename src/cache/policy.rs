@@ -17,6 +17,8 @@
 //!   the route's `default_ttl` apply; a zero `default_ttl` means such responses are not stored.
 //! - `stale-while-revalidate` / `stale-if-error` windows come from the response and are
 //!   closed by `must-revalidate`, `proxy-revalidate` and `s-maxage`.
+//! - Never stored: the hop-by-hop fields and those the response's `Connection` names,
+//!   `Set-Cookie`, `Age` (regenerated per hit).
 
 use crate::config::cache::CacheSpec;
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
@@ -25,15 +27,35 @@ use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceB
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, SystemTime};
 
-/// Headers that describe one connection or one client and must not be replayed from a store.
-const NOT_STORED: [&str; 6] = [
+/// Headers that describe one connection or one client and must not be replayed from a store:
+/// the hop-by-hop fields (RFC 9111 §3.1), `Set-Cookie` and `Age` (a hit generates its own).
+const NOT_STORED: [&str; 11] = [
     "connection",
     "keep-alive",
     "proxy-connection",
+    "te",
+    "trailer",
     "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
     "set-cookie",
     "age",
 ];
+
+/// The fields a response's `Connection` names (other than the `close` / `keep-alive` /
+/// `upgrade` options): hop-by-hop, so never stored (RFC 9110 §7.6.1).
+fn connection_nominated(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
+    let mut out = Vec::new();
+    for v in headers.get_all(http::header::CONNECTION) {
+        for t in v.as_bytes().split(|&b| b == b',') {
+            if let Ok(n) = http::HeaderName::from_bytes(t.trim_ascii()) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1), minus 206,
 /// which this cache never stores because it fetches whole objects.
@@ -258,6 +280,9 @@ pub fn response_cacheable(
     if let Some(c) = &cc {
         c.strip_private_headers(&mut stored);
     }
+    for name in connection_nominated(&resp.headers) {
+        stored.remove_header(&name);
+    }
     for name in NOT_STORED {
         stored.remove_header(name);
     }
@@ -441,6 +466,39 @@ mod tests {
             panic!("should be stored")
         };
         assert!(m.headers().get("set-cookie").is_none());
+    }
+
+    fn stored(c: RespCacheable) -> CacheMeta {
+        match c {
+            RespCacheable::Cacheable(m) => m,
+            RespCacheable::Uncacheable(r) => panic!("not stored: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_are_not_stored() {
+        let m = stored(response_cacheable(
+            &get(&[]),
+            &resp(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("connection", "x-private, close"),
+                    ("x-private", "secret"),
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "keep-alive"),
+                    ("te", "trailers"),
+                    ("trailer", "x-sum"),
+                    ("upgrade", "foo"),
+                    ("proxy-authenticate", "Basic"),
+                    ("proxy-authorization", "Basic x"),
+                    ("x-kept", "1"),
+                ],
+            ),
+            &spec(0),
+        ));
+        let names: Vec<&str> = m.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["cache-control", "x-kept"]);
     }
 
     #[test]

@@ -767,3 +767,76 @@ async fn vary_and_chunked_entries_still_answer_correctly_on_one_connection() {
     }
     assert_eq!(o.requests(), 4);
 }
+
+/// Two listeners on one cached route: `web` on the lean engine (fresh hits served by it) and
+/// `gen` with `fast_path: false` (Pingora's path for everything). Each keeps its own entries.
+fn config_both(origin: &Origin, cache: &str) -> String {
+    format!(
+        "admin: {{address: 127.0.0.1:{{{{port1}}}}}}\nlisteners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\n  - {{name: gen, address: 127.0.0.1:{{{{port2}}}}, protocol: http, fast_path: false}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\n    retries: 0\nroutes:\n  - listener: web\n    upstream: app\n    cache: {cache}\n  - listener: gen\n    upstream: app\n    cache: {cache}\n",
+        origin.addr
+    )
+}
+
+/// The two engines of [`config_both`]: (label, address, whether fresh hits must be the
+/// lean engine's own).
+fn engines(p: &Proxy) -> [(&'static str, SocketAddr, bool); 2] {
+    [("lean", p.addr, true), ("general", p.addr_of(2), false)]
+}
+
+/// A hit on `addr`, checked to be served by the lean engine when `lean`.
+async fn hit(p: &Proxy, addr: SocketAddr, lean: bool, path: &str) -> client::Response {
+    let before = cache_fallbacks(p).await;
+    let r = get(addr, path, &[]).await;
+    assert_eq!(status(&r), "HIT", "{path}: {:?}", r.headers);
+    if lean {
+        assert_eq!(
+            cache_fallbacks(p).await,
+            before,
+            "{path}: the lean engine's hit"
+        );
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_and_connection_named_fields_are_neither_stored_nor_served() {
+    let hop = [
+        ("Connection", "X-Private"),
+        ("X-Private", "secret"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("TE", "trailers"),
+        ("Trailer", "X-Checksum"),
+        ("Upgrade", "example/1"),
+        ("Proxy-Authenticate", "Basic realm=x"),
+        ("Proxy-Authorization", "Basic eDp5"),
+    ];
+    let mut headers = vec![("Cache-Control", "max-age=60"), ("X-Kept", "yes")];
+    headers.extend(hop);
+    let o = OriginBuilder::new("o")
+        .on("/h", &headers, "hop")
+        .run()
+        .await;
+    let p = Proxy::start(&config_both(&o, ON));
+    for (engine, addr, lean) in engines(&p) {
+        let miss = get(addr, "/h", &[]).await;
+        assert_eq!(status(&miss), "MISS", "{engine}");
+        let hit = hit(&p, addr, lean, "/h").await;
+        for (what, r) in [("miss", &miss), ("hit", &hit)] {
+            assert_eq!(r.header("x-kept"), Some("yes"), "{engine} {what}");
+            assert_eq!(r.text(), "hop", "{engine} {what}");
+            for (name, _) in hop {
+                if name == "Connection" {
+                    let c = r.header("connection").unwrap_or("");
+                    assert!(
+                        !c.to_ascii_lowercase().contains("x-private"),
+                        "{engine} {what}: Connection: {c}"
+                    );
+                } else {
+                    assert_eq!(r.header(name), None, "{engine} {what}: {name}");
+                }
+            }
+        }
+    }
+    assert_eq!(o.requests(), 2, "one miss per engine");
+}
