@@ -840,3 +840,36 @@ async fn hop_by_hop_and_connection_named_fields_are_neither_stored_nor_served() 
     }
     assert_eq!(o.requests(), 2, "one miss per engine");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_response_is_stored_without_its_set_cookie_on_both_engines() {
+    let o = OriginBuilder::new("o")
+        .on(
+            "/pub",
+            &[
+                ("Cache-Control", "public, max-age=60"),
+                ("Set-Cookie", "s=1"),
+            ],
+            "pc",
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config_both(&o, ON));
+    for (engine, addr, lean) in engines(&p) {
+        let r = get(addr, "/pub", &[]).await;
+        assert_eq!(
+            (status(&r), r.header("set-cookie")),
+            ("MISS", Some("s=1")),
+            "{engine}: the client that caused the miss gets its cookie"
+        );
+        for _ in 0..2 {
+            let r = hit(&p, addr, lean, "/pub").await;
+            assert_eq!(
+                (r.header("set-cookie"), r.text().as_str()),
+                (None, "pc"),
+                "{engine}"
+            );
+        }
+    }
+    assert_eq!(o.requests(), 2);
+}
