@@ -12,9 +12,14 @@
 //! - A response with `Set-Cookie` is stored only when it says `public`, and the stored copy
 //!   loses its `Set-Cookie` so that one client's cookie is never replayed to another.
 //! - Freshness: `no-cache` means stored but always revalidated; then `s-maxage`, `max-age`,
-//!   `Expires` (relative to the origin's `Date`), each minus any `Age` the origin reported.
-//!   Only when none is present, and the status is cacheable by default (RFC 9110 §15.1), does
-//!   the route's `default_ttl` apply; a zero `default_ttl` means such responses are not stored.
+//!   `Expires` (relative to the origin's `Date`). Only when none is present, and the status is
+//!   cacheable by default (RFC 9110 §15.1), does the route's `default_ttl` apply; a zero
+//!   `default_ttl` means such responses are not stored.
+//! - Age (RFC 9111 §4.2.3): an `Age` the response arrived with is its initial age. The entry's
+//!   epoch (`CacheMeta::epoch`, which both engines' `Age` is counted from) is set that far in
+//!   the past, so a hit's `Age` is the received age plus the time resident, and the freshness
+//!   lifetime is used up by both. An invalid `Age` (anything but digits, or several values)
+//!   is ignored (§5.1). The apparent age from `Date` is not used: clocks disagree.
 //! - `stale-while-revalidate` / `stale-if-error` windows come from the response and are
 //!   closed by `must-revalidate`, `proxy-revalidate` and `s-maxage`.
 //! - Never stored: the hop-by-hop fields and those the response's `Connection` names,
@@ -55,6 +60,23 @@ fn connection_nominated(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
         }
     }
     out
+}
+
+/// The `Age` a response arrived with, if valid: one value of digits only (RFC 9111 §5.1),
+/// capped at 2^31 seconds as §1.2.2 allows. Anything else is ignored, so it can neither make
+/// a stale response fresh nor a fresh one stale.
+pub fn received_age(resp: &ResponseHeader) -> Option<Duration> {
+    let mut all = resp.headers.get_all(http::header::AGE).iter();
+    let v = all.next()?.as_bytes().trim_ascii();
+    if all.next().is_some() || v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let secs = std::str::from_utf8(v)
+        .ok()?
+        .parse::<u64>()
+        .unwrap_or(u64::MAX)
+        .min(1 << 31);
+    Some(Duration::from_secs(secs))
 }
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1), minus 206,
@@ -252,13 +274,12 @@ pub fn response_cacheable(
         None if cacheable_by_default(status) && !spec.default_ttl.is_zero() => spec.default_ttl,
         None => return uncacheable(),
     };
-    let age = resp
-        .headers
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::ZERO);
+    let age = received_age(resp).unwrap_or(Duration::ZERO);
+    // the entry's age is counted from here: received Age plus time resident
+    let epoch = now
+        .checked_sub(age)
+        .filter(|t| *t >= SystemTime::UNIX_EPOCH)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let ttl = ttl.saturating_sub(age);
     let fresh_until = if ttl.is_zero() {
         // stored, but stale from the start: every use revalidates
@@ -286,7 +307,11 @@ pub fn response_cacheable(
     for name in NOT_STORED {
         stored.remove_header(name);
     }
-    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, stored))
+    let mut meta = CacheMeta::new(fresh_until, now, swr, sie, stored);
+    if epoch != now {
+        meta.set_epoch_override(epoch);
+    }
+    RespCacheable::Cacheable(meta)
 }
 
 #[cfg(test)]
@@ -473,6 +498,54 @@ mod tests {
             RespCacheable::Cacheable(m) => m,
             RespCacheable::Uncacheable(r) => panic!("not stored: {r:?}"),
         }
+    }
+
+    #[test]
+    fn received_age_is_digits_only() {
+        let age = |v: &[&str]| {
+            let h: Vec<(&str, &str)> = v.iter().map(|v| ("age", *v)).collect();
+            received_age(&resp(200, &h)).map(|d| d.as_secs())
+        };
+        assert_eq!(age(&["100"]), Some(100));
+        assert_eq!(age(&[" 7 "]), Some(7));
+        assert_eq!(age(&["99999999999999999999999"]), Some(1 << 31));
+        for bad in ["10abc", "-1", "1.5", "", "0x10"] {
+            assert_eq!(age(&[bad]), None, "{bad:?}");
+        }
+        assert_eq!(age(&["1", "2"]), None, "several values");
+        assert_eq!(age(&[]), None);
+        // an invalid Age neither shortens nor lengthens freshness
+        assert_eq!(
+            decide(
+                &[],
+                200,
+                &[("cache-control", "max-age=5"), ("age", "10abc")],
+                0
+            ),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn the_received_age_is_where_the_entry_s_age_starts() {
+        let m = stored(response_cacheable(
+            &get(&[]),
+            &resp(200, &[("cache-control", "max-age=3600"), ("age", "100")]),
+            &spec(0),
+        ));
+        assert_eq!(m.age().as_secs(), 100);
+        assert_eq!(
+            m.fresh_sec(),
+            3600,
+            "the lifetime counts from the same epoch"
+        );
+        assert!(m.headers().get("age").is_none(), "Age is generated per hit");
+        let m = stored(response_cacheable(
+            &get(&[]),
+            &resp(200, &[("cache-control", "max-age=60")]),
+            &spec(0),
+        ));
+        assert_eq!(m.age().as_secs(), 0);
     }
 
     #[test]

@@ -873,3 +873,48 @@ async fn a_public_response_is_stored_without_its_set_cookie_on_both_engines() {
     }
     assert_eq!(o.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_on_a_hit_counts_the_received_age_and_the_time_resident() {
+    let o = OriginBuilder::new("o")
+        .on(
+            "/age",
+            &[("Cache-Control", "max-age=3600"), ("Age", "100")],
+            "aged",
+        )
+        .on(
+            "/bad-age",
+            &[("Cache-Control", "max-age=5"), ("Age", "10abc")],
+            "bad",
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config_both(&o, ON));
+    for (_, addr, _) in engines(&p) {
+        assert_eq!(status(&get(addr, "/age", &[]).await), "MISS");
+        assert_eq!(status(&get(addr, "/bad-age", &[]).await), "MISS");
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for (engine, addr, lean) in engines(&p) {
+        let r = hit(&p, addr, lean, "/age").await;
+        let age: u64 = r
+            .header("age")
+            .and_then(|a| a.parse().ok())
+            .expect("Age on a hit");
+        assert!(
+            (102..120).contains(&age),
+            "{engine}: Age {age} = 100 received + ~2 resident"
+        );
+        // an invalid Age is ignored: the entry is fresh for its max-age=5, counted from 0
+        let r = hit(&p, addr, lean, "/bad-age").await;
+        let age: u64 = r
+            .header("age")
+            .and_then(|a| a.parse().ok())
+            .expect("Age on a hit");
+        assert!(
+            (2..5).contains(&age),
+            "{engine}: Age {age} ignores the invalid 10abc"
+        );
+    }
+    assert_eq!(o.requests(), 4);
+}
