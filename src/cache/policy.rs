@@ -24,6 +24,7 @@
 //!   closed by `must-revalidate`, `proxy-revalidate` and `s-maxage`.
 //! - Never stored: the hop-by-hop fields and those the response's `Connection` names,
 //!   `Set-Cookie`, `Age` (regenerated per hit).
+//! - A 304 that revalidates an entry updates its stored fields ([`merge_not_modified`]).
 
 use crate::config::cache::CacheSpec;
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
@@ -46,6 +47,17 @@ const NOT_STORED: [&str; 11] = [
     "proxy-authorization",
     "set-cookie",
     "age",
+];
+
+/// Fields of a revalidating 304 that do not replace the stored ones (RFC 9111 §3.2): those
+/// the stored body depends on (its framing and coding), `Vary` (the variant is kept as it
+/// was stored), and what is never stored.
+const NOT_UPDATED: [&str; 5] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+    "vary",
 ];
 
 /// The fields a response's `Connection` names (other than the `close` / `keep-alive` /
@@ -77,6 +89,30 @@ pub fn received_age(resp: &ResponseHeader) -> Option<Duration> {
         .unwrap_or(u64::MAX)
         .min(1 << 31);
     Some(Duration::from_secs(secs))
+}
+
+/// The stored response's head after a revalidating 304 (RFC 9111 §4.3.4): each field the
+/// 304 carries replaces every stored instance of it, except those in [`NOT_UPDATED`];
+/// everything else, and the status, stays as stored. [`response_cacheable`] then decides on
+/// the result as on any response, which also drops what is never stored (`Set-Cookie`...).
+pub fn merge_not_modified(
+    stored: &ResponseHeader,
+    not_modified: &ResponseHeader,
+) -> ResponseHeader {
+    let mut out = stored.clone();
+    let names: Vec<&http::HeaderName> = not_modified
+        .headers
+        .keys()
+        .filter(|n| !NOT_UPDATED.contains(&n.as_str()))
+        .collect();
+    for name in names {
+        out.remove_header(name);
+        for v in not_modified.headers.get_all(name) {
+            // a value that came in a valid header map is valid again
+            let _ = out.append_header(name.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1), minus 206,
@@ -572,6 +608,52 @@ mod tests {
         ));
         let names: Vec<&str> = m.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["cache-control", "x-kept"]);
+    }
+
+    #[test]
+    fn a_304_updates_every_stored_field_but_the_body_s() {
+        let stored = resp(
+            200,
+            &[
+                ("content-length", "5"),
+                ("content-encoding", "gzip"),
+                ("etag", "\"a\""),
+                ("x-version", "1"),
+                ("x-multi", "a"),
+                ("x-multi", "b"),
+                ("x-same", "s"),
+                ("vary", "accept"),
+            ],
+        );
+        let nm = resp(
+            304,
+            &[
+                ("content-length", "0"),
+                ("content-encoding", "br"),
+                ("etag", "\"b\""),
+                ("x-version", "2"),
+                ("x-multi", "c"),
+                ("x-new", "n"),
+                ("vary", "x"),
+            ],
+        );
+        let m = merge_not_modified(&stored, &nm);
+        let h = |n: &str| {
+            m.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(m.status.as_u16(), 200);
+        assert_eq!(h("content-length"), ["5"]);
+        assert_eq!(h("content-encoding"), ["gzip"]);
+        assert_eq!(h("vary"), ["accept"]);
+        assert_eq!(h("etag"), ["\"b\""]);
+        assert_eq!(h("x-version"), ["2"]);
+        assert_eq!(h("x-multi"), ["c"]);
+        assert_eq!(h("x-same"), ["s"]);
+        assert_eq!(h("x-new"), ["n"]);
     }
 
     #[test]

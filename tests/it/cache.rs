@@ -918,3 +918,57 @@ async fn age_on_a_hit_counts_the_received_age_and_the_time_resident() {
     }
     assert_eq!(o.requests(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidating_304_updates_the_stored_fields_for_later_hits() {
+    // the origin's 304 carries X-Seq (its request count) like every answer: a new value
+    // for a field the stored response has, which the 304 must update (RFC 9111 §4.3.4)
+    let o = OriginBuilder::new("o")
+        .on(
+            "/r",
+            &[("Cache-Control", "max-age=2"), ("ETag", "\"r1\"")],
+            "stored",
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config_both(&o, ON));
+    let [lean, general] = engines(&p);
+    let mut seq = 0;
+    for (engine, addr, _) in [lean, general] {
+        let r = get(addr, "/r", &[]).await;
+        seq += 1;
+        assert_eq!(
+            (status(&r), r.header("x-seq")),
+            ("MISS", Some(&*seq.to_string())),
+            "{engine}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    for (engine, addr, is_lean) in [lean, general] {
+        let r = get(addr, "/r", &[]).await;
+        seq += 1;
+        let want = seq.to_string();
+        assert_eq!(
+            (status(&r), r.text().as_str(), r.header("x-seq")),
+            ("REVALIDATED", "stored", Some(want.as_str())),
+            "{engine}: the revalidated answer has the 304's fields"
+        );
+        assert_eq!(
+            o.last()
+                .and_then(|l| l.header("if-none-match").map(str::to_owned))
+                .as_deref(),
+            Some("\"r1\"")
+        );
+        let h = hit(&p, addr, is_lean, "/r").await;
+        assert_eq!(
+            (
+                h.text().as_str(),
+                h.header("x-seq"),
+                h.header("content-length")
+            ),
+            ("stored", Some(want.as_str()), Some("6")),
+            "{engine}: a hit after the 304 serves the updated fields"
+        );
+    }
+    assert_eq!(o.requests(), 4);
+}
