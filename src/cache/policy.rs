@@ -11,6 +11,10 @@
 //!   `s-maxage` or `must-revalidate` (RFC 9111 §3.5).
 //! - A response with `Set-Cookie` is stored only when it says `public`, and the stored copy
 //!   loses its `Set-Cookie` so that one client's cookie is never replayed to another.
+//! - Which field governs (RFC 9213): the route's `targeted_header` if the response has it with
+//!   a valid, non-empty value, else `CDN-Cache-Control` likewise, else `Cache-Control` and
+//!   `Expires`. A targeted field that governs makes this cache ignore `Cache-Control` and
+//!   `Expires` entirely; both still reach the client unchanged.
 //! - Freshness: `no-cache` means stored but always revalidated; then `s-maxage`, `max-age`,
 //!   `Expires` (relative to the origin's `Date`). Only when none is present, and the status is
 //!   cacheable by default (RFC 9110 §15.1), does the route's `default_ttl` apply; a zero
@@ -89,6 +93,30 @@ pub fn received_age(resp: &ResponseHeader) -> Option<Duration> {
         .unwrap_or(u64::MAX)
         .min(1 << 31);
     Some(Duration::from_secs(secs))
+}
+
+/// The directives this cache obeys (RFC 9213 §2.2): the first of `targeted` (the route's
+/// `targeted_header`) and `CDN-Cache-Control` present with a valid, non-empty value, else
+/// `Cache-Control`. The flag says a targeted field governs, so `Expires` is ignored too.
+fn governing(
+    resp: &ResponseHeader,
+    targeted: Option<&http::HeaderName>,
+) -> (Option<CacheControl>, bool) {
+    let cdn = http::HeaderName::from_static("cdn-cache-control");
+    for name in targeted.into_iter().chain(std::iter::once(&cdn)) {
+        let nonempty = resp
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().is_empty());
+        if !nonempty {
+            continue;
+        }
+        if let Some(cc) = CacheControl::from_resp_headers_named(name.as_str(), resp) {
+            return (Some(cc), true);
+        }
+    }
+    (CacheControl::from_resp_headers(resp), false)
 }
 
 /// The stored response's head after a revalidating 304 (RFC 9111 §4.3.4): each field the
@@ -266,7 +294,7 @@ pub fn response_cacheable(
     if status < 200 || status == 206 || status == 304 {
         return uncacheable();
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    let (cc, targeted) = governing(resp, spec.targeted_header.as_ref());
     if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
         return uncacheable();
     }
@@ -291,20 +319,18 @@ pub fn response_cacheable(
     }
 
     let now = SystemTime::now();
+    // a governing targeted field makes Expires irrelevant (RFC 9213 §2.2)
+    let expires = !targeted && resp.headers.contains_key(http::header::EXPIRES);
     let explicit = cc.as_ref().and_then(|c| c.fresh_duration()).or_else(|| {
         // RFC 9111 §5.3: an invalid Expires means "already expired".
-        if !resp.headers.contains_key(http::header::EXPIRES) {
+        if !expires {
             return None;
         }
         let expires = http_date(resp, http::header::EXPIRES)?;
         let date = http_date(resp, http::header::DATE).unwrap_or(now);
         Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
     });
-    let explicit = explicit.or_else(|| {
-        resp.headers
-            .contains_key(http::header::EXPIRES)
-            .then_some(Duration::ZERO)
-    });
+    let explicit = explicit.or_else(|| expires.then_some(Duration::ZERO));
     let ttl = match explicit {
         Some(t) => t,
         None if cacheable_by_default(status) && !spec.default_ttl.is_zero() => spec.default_ttl,
@@ -361,6 +387,7 @@ mod tests {
             default_ttl: Duration::from_secs(default_ttl),
             status_header: http::HeaderName::from_static("x-cache-status"),
             purge_from: vec![],
+            targeted_header: None,
         }
     }
 
@@ -582,6 +609,50 @@ mod tests {
             &spec(0),
         ));
         assert_eq!(m.age().as_secs(), 0);
+    }
+
+    #[test]
+    fn targeted_fields_govern_ahead_of_cache_control() {
+        fn h(cc: &'static str, cdn: &'static str) -> Vec<(&'static str, &'static str)> {
+            vec![("cache-control", cc), ("cdn-cache-control", cdn)]
+        }
+        assert_eq!(
+            decide(&[], 200, &h("public, max-age=60", "no-store"), 0),
+            None
+        );
+        assert_eq!(decide(&[], 200, &h("max-age=60", "private"), 0), None);
+        assert_eq!(decide(&[], 200, &h("no-store", "max-age=30"), 0), Some(30));
+        assert_eq!(
+            decide(&[], 200, &h("private", "s-maxage=20, max-age=30"), 0),
+            Some(20)
+        );
+        assert_eq!(decide(&[], 200, &h("max-age=60", "no-cache"), 0), Some(0));
+        // an empty targeted field does not apply
+        assert_eq!(decide(&[], 200, &h("max-age=60", " "), 0), Some(60));
+        // a targeted field that governs makes Expires irrelevant as well
+        let exp = [
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("expires", "Sun, 06 Nov 1994 08:50:37 GMT"),
+            ("cdn-cache-control", "public"),
+        ];
+        assert_eq!(decide(&[], 200, &exp, 0), None);
+        assert_eq!(decide(&[], 200, &exp, 10), Some(10));
+
+        let mut sp = spec(0);
+        sp.targeted_header = Some(http::HeaderName::from_static("stepstone-cache-control"));
+        let with =
+            |h: &[(&str, &str)]| fresh_secs(response_cacheable(&get(&[]), &resp(200, h), &sp));
+        let mut t = h("max-age=60", "max-age=60");
+        t.push(("stepstone-cache-control", "no-store"));
+        assert_eq!(with(&t), None);
+        let mut t = h("no-store", "no-store");
+        t.push(("stepstone-cache-control", "max-age=40"));
+        assert_eq!(with(&t), Some(40));
+        // without the route's field, CDN-Cache-Control still governs
+        assert_eq!(with(&h("max-age=60", "max-age=10")), Some(10));
+        // the client still gets Cache-Control as sent
+        let m = stored(response_cacheable(&get(&[]), &resp(200, &t), &sp));
+        assert_eq!(m.headers().get("cache-control").unwrap(), "no-store");
     }
 
     #[test]

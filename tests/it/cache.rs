@@ -972,3 +972,113 @@ async fn a_revalidating_304_updates_the_stored_fields_for_later_hits() {
     }
     assert_eq!(o.requests(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdn_cache_control_and_the_targeted_header_govern_this_cache() {
+    let o = OriginBuilder::new("o")
+        // CDN-Cache-Control overrides Cache-Control, both ways
+        .on(
+            "/cdn-no-store",
+            &[
+                ("Cache-Control", "public, max-age=60"),
+                ("CDN-Cache-Control", "no-store"),
+            ],
+            "a",
+        )
+        .on(
+            "/cdn-private",
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("CDN-Cache-Control", "private"),
+            ],
+            "b",
+        )
+        .on(
+            "/cdn-fresh",
+            &[
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "max-age=60"),
+            ],
+            "c",
+        )
+        .on(
+            "/cdn-s-maxage",
+            &[
+                ("Cache-Control", "private"),
+                ("CDN-Cache-Control", "s-maxage=60"),
+            ],
+            "d",
+        )
+        .on(
+            "/cdn-no-cache",
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("CDN-Cache-Control", "no-cache"),
+                ("ETag", "\"n1\""),
+            ],
+            "e",
+        )
+        // the route's targeted field overrides both
+        .on(
+            "/targeted-no-store",
+            &[
+                ("Cache-Control", "max-age=60"),
+                ("CDN-Cache-Control", "max-age=60"),
+                ("Stepstone-Cache-Control", "no-store"),
+            ],
+            "f",
+        )
+        .on(
+            "/targeted-fresh",
+            &[
+                ("Cache-Control", "no-store"),
+                ("CDN-Cache-Control", "no-store"),
+                ("Stepstone-Cache-Control", "max-age=60"),
+            ],
+            "g",
+        )
+        .run()
+        .await;
+    let cache = "{enabled: true, targeted_header: Stepstone-Cache-Control}";
+    let p = Proxy::start(&config_both(&o, cache));
+    let count = |path: &str| o.recorded().iter().filter(|r| r.path == path).count();
+    for (engine, addr, lean) in engines(&p) {
+        for path in ["/cdn-no-store", "/cdn-private", "/targeted-no-store"] {
+            for _ in 0..2 {
+                let r = get(addr, path, &[]).await;
+                assert_ne!(status(&r), "HIT", "{engine} {path} must not be stored");
+            }
+        }
+        for path in ["/cdn-fresh", "/cdn-s-maxage", "/targeted-fresh"] {
+            let miss = get(addr, path, &[]).await;
+            assert_eq!(status(&miss), "MISS", "{engine} {path}");
+            let h = hit(&p, addr, lean, path).await;
+            // the client still gets the fields as the origin sent them
+            for r in [&miss, &h] {
+                assert_eq!(r.header("cache-control"), miss.header("cache-control"));
+                assert!(r.header("cdn-cache-control").is_some(), "{engine} {path}");
+            }
+        }
+        assert_eq!(h_status(addr, "/cdn-no-cache").await, "MISS");
+        assert_eq!(
+            h_status(addr, "/cdn-no-cache").await,
+            "REVALIDATED",
+            "{engine}: CDN-Cache-Control: no-cache is stored but always revalidated"
+        );
+    }
+    for path in [
+        "/cdn-no-store",
+        "/cdn-private",
+        "/targeted-no-store",
+        "/cdn-no-cache",
+    ] {
+        assert_eq!(count(path), 4, "{path}: every request reached the origin");
+    }
+    for path in ["/cdn-fresh", "/cdn-s-maxage", "/targeted-fresh"] {
+        assert_eq!(count(path), 2, "{path}: one miss per engine");
+    }
+}
+
+async fn h_status(addr: SocketAddr, path: &str) -> String {
+    status(&get(addr, path, &[]).await).to_string()
+}
