@@ -55,13 +55,15 @@ const NOT_STORED: [&str; 11] = [
 
 /// Fields of a revalidating 304 that do not replace the stored ones (RFC 9111 §3.2): those
 /// the stored body depends on (its framing and coding), `Vary` (the variant is kept as it
-/// was stored), and what is never stored.
-const NOT_UPDATED: [&str; 5] = [
+/// was stored), and `Set-Cookie`, which is one client's and never stored (merged in, it
+/// would make a non-`public` entry uncacheable over a cookie nobody else gets).
+const NOT_UPDATED: [&str; 6] = [
     "content-length",
     "content-encoding",
     "content-range",
     "transfer-encoding",
     "vary",
+    "set-cookie",
 ];
 
 /// The fields a response's `Connection` names (other than the `close` / `keep-alive` /
@@ -706,6 +708,7 @@ mod tests {
                 ("x-multi", "c"),
                 ("x-new", "n"),
                 ("vary", "x"),
+                ("set-cookie", "s=1"),
             ],
         );
         let m = merge_not_modified(&stored, &nm);
@@ -725,6 +728,19 @@ mod tests {
         assert_eq!(h("x-multi"), ["c"]);
         assert_eq!(h("x-same"), ["s"]);
         assert_eq!(h("x-new"), ["n"]);
+        assert!(h("set-cookie").is_empty());
+        // a 304's cookie does not make the merged head uncacheable
+        let fresh = merge_not_modified(
+            &stored,
+            &resp(
+                304,
+                &[("cache-control", "max-age=9"), ("set-cookie", "s=1")],
+            ),
+        );
+        assert_eq!(
+            fresh_secs(response_cacheable(&get(&[]), &fresh, &spec(0))),
+            Some(9)
+        );
     }
 
     #[test]
