@@ -15,7 +15,8 @@
 //! | `request_cache_filter` | [`RouteCache::enable`] |
 //! | `cache_key_callback` | [`RouteCache::key`] |
 //! | `cache_hit_filter` | [`on_hit`] |
-//! | `response_cache_filter` | [`RouteCache::response_cacheable`] |
+//! | `upstream_response_filter` | keeps a revalidating 304 for the next hook |
+//! | `response_cache_filter` | [`RouteCache::response_cacheable`], [`RouteCache::revalidated`] after a 304 |
 //! | `cache_vary_filter` | [`policy::variance`] |
 //! | `should_serve_stale` | [`should_serve_stale`] |
 //! | `response_filter` | [`RouteCache::response_filter`] |
@@ -182,6 +183,20 @@ impl RouteCache {
     /// `response_cache_filter`.
     pub fn response_cacheable(&self, session: &Session, resp: &ResponseHeader) -> RespCacheable {
         policy::response_cacheable(session.req_header(), resp, &self.spec)
+    }
+
+    /// `response_cache_filter` after a 304 revalidated the stale entry: pingora hands over
+    /// the stored head with only a few of the 304's fields merged in; every field the 304
+    /// carries updates the stored response ([`policy::merge_not_modified`], RFC 9111
+    /// §4.3.4), so the next hit, on either engine, serves the new values.
+    pub fn revalidated(
+        &self,
+        session: &Session,
+        merged: &ResponseHeader,
+        not_modified: &ResponseHeader,
+    ) -> RespCacheable {
+        let head = policy::merge_not_modified(merged, not_modified);
+        self.response_cacheable(session, &head)
     }
 
     /// `response_filter`: report the cache status and, after a successful unsafe request,

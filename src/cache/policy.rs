@@ -11,12 +11,24 @@
 //!   `s-maxage` or `must-revalidate` (RFC 9111 §3.5).
 //! - A response with `Set-Cookie` is stored only when it says `public`, and the stored copy
 //!   loses its `Set-Cookie` so that one client's cookie is never replayed to another.
+//! - Which field governs (RFC 9213): the route's `targeted_header` if the response has it with
+//!   a valid, non-empty value, else `CDN-Cache-Control` likewise, else `Cache-Control` and
+//!   `Expires`. A targeted field that governs makes this cache ignore `Cache-Control` and
+//!   `Expires` entirely; both still reach the client unchanged.
 //! - Freshness: `no-cache` means stored but always revalidated; then `s-maxage`, `max-age`,
-//!   `Expires` (relative to the origin's `Date`), each minus any `Age` the origin reported.
-//!   Only when none is present, and the status is cacheable by default (RFC 9110 §15.1), does
-//!   the route's `default_ttl` apply; a zero `default_ttl` means such responses are not stored.
+//!   `Expires` (relative to the origin's `Date`). Only when none is present, and the status is
+//!   cacheable by default (RFC 9110 §15.1), does the route's `default_ttl` apply; a zero
+//!   `default_ttl` means such responses are not stored.
+//! - Age (RFC 9111 §4.2.3): an `Age` the response arrived with is its initial age. The entry's
+//!   epoch (`CacheMeta::epoch`, which both engines' `Age` is counted from) is set that far in
+//!   the past, so a hit's `Age` is the received age plus the time resident, and the freshness
+//!   lifetime is used up by both. An invalid `Age` (anything but digits, or several values)
+//!   is ignored (§5.1). The apparent age from `Date` is not used: clocks disagree.
 //! - `stale-while-revalidate` / `stale-if-error` windows come from the response and are
 //!   closed by `must-revalidate`, `proxy-revalidate` and `s-maxage`.
+//! - Never stored: the hop-by-hop fields and those the response's `Connection` names,
+//!   `Set-Cookie`, `Age` (regenerated per hit).
+//! - A 304 that revalidates an entry updates its stored fields ([`merge_not_modified`]).
 
 use crate::config::cache::CacheSpec;
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
@@ -25,15 +37,113 @@ use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceB
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, SystemTime};
 
-/// Headers that describe one connection or one client and must not be replayed from a store.
-const NOT_STORED: [&str; 6] = [
+/// Headers that describe one connection or one client and must not be replayed from a store:
+/// the hop-by-hop fields (RFC 9111 §3.1), `Set-Cookie` and `Age` (a hit generates its own).
+const NOT_STORED: [&str; 11] = [
     "connection",
     "keep-alive",
     "proxy-connection",
+    "te",
+    "trailer",
     "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
     "set-cookie",
     "age",
 ];
+
+/// Fields of a revalidating 304 that do not replace the stored ones (RFC 9111 §3.2): those
+/// the stored body depends on (its framing and coding), `Vary` (the variant is kept as it
+/// was stored), and `Set-Cookie`, which is one client's and never stored (merged in, it
+/// would make a non-`public` entry uncacheable over a cookie nobody else gets).
+const NOT_UPDATED: [&str; 6] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+    "vary",
+    "set-cookie",
+];
+
+/// The fields a response's `Connection` names (other than the `close` / `keep-alive` /
+/// `upgrade` options): hop-by-hop, so never stored (RFC 9110 §7.6.1).
+fn connection_nominated(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
+    let mut out = Vec::new();
+    for v in headers.get_all(http::header::CONNECTION) {
+        for t in v.as_bytes().split(|&b| b == b',') {
+            if let Ok(n) = http::HeaderName::from_bytes(t.trim_ascii()) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+/// The `Age` a response arrived with, if valid: one value of digits only (RFC 9111 §5.1),
+/// capped at 2^31 seconds as §1.2.2 allows. Anything else is ignored, so it can neither make
+/// a stale response fresh nor a fresh one stale.
+pub fn received_age(resp: &ResponseHeader) -> Option<Duration> {
+    let mut all = resp.headers.get_all(http::header::AGE).iter();
+    let v = all.next()?.as_bytes().trim_ascii();
+    if all.next().is_some() || v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let secs = std::str::from_utf8(v)
+        .ok()?
+        .parse::<u64>()
+        .unwrap_or(u64::MAX)
+        .min(1 << 31);
+    Some(Duration::from_secs(secs))
+}
+
+/// The directives this cache obeys (RFC 9213 §2.2): the first of `targeted` (the route's
+/// `targeted_header`) and `CDN-Cache-Control` present with a valid, non-empty value, else
+/// `Cache-Control`. The flag says a targeted field governs, so `Expires` is ignored too.
+fn governing(
+    resp: &ResponseHeader,
+    targeted: Option<&http::HeaderName>,
+) -> (Option<CacheControl>, bool) {
+    let cdn = http::HeaderName::from_static("cdn-cache-control");
+    for name in targeted.into_iter().chain(std::iter::once(&cdn)) {
+        let nonempty = resp
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().is_empty());
+        if !nonempty {
+            continue;
+        }
+        if let Some(cc) = CacheControl::from_resp_headers_named(name.as_str(), resp) {
+            return (Some(cc), true);
+        }
+    }
+    (CacheControl::from_resp_headers(resp), false)
+}
+
+/// The stored response's head after a revalidating 304 (RFC 9111 §4.3.4): each field the
+/// 304 carries replaces every stored instance of it, except those in [`NOT_UPDATED`];
+/// everything else, and the status, stays as stored. [`response_cacheable`] then decides on
+/// the result as on any response, which also drops what is never stored (`Set-Cookie`...).
+pub fn merge_not_modified(
+    stored: &ResponseHeader,
+    not_modified: &ResponseHeader,
+) -> ResponseHeader {
+    let mut out = stored.clone();
+    let names: Vec<&http::HeaderName> = not_modified
+        .headers
+        .keys()
+        .filter(|n| !NOT_UPDATED.contains(&n.as_str()))
+        .collect();
+    for name in names {
+        out.remove_header(name);
+        for v in not_modified.headers.get_all(name) {
+            // a value that came in a valid header map is valid again
+            let _ = out.append_header(name.clone(), v.clone());
+        }
+    }
+    out
+}
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1), minus 206,
 /// which this cache never stores because it fetches whole objects.
@@ -186,7 +296,7 @@ pub fn response_cacheable(
     if status < 200 || status == 206 || status == 304 {
         return uncacheable();
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    let (cc, targeted) = governing(resp, spec.targeted_header.as_ref());
     if cc.as_ref().is_some_and(|c| c.no_store() || c.private()) {
         return uncacheable();
     }
@@ -211,32 +321,29 @@ pub fn response_cacheable(
     }
 
     let now = SystemTime::now();
+    // a governing targeted field makes Expires irrelevant (RFC 9213 §2.2)
+    let expires = !targeted && resp.headers.contains_key(http::header::EXPIRES);
     let explicit = cc.as_ref().and_then(|c| c.fresh_duration()).or_else(|| {
         // RFC 9111 §5.3: an invalid Expires means "already expired".
-        if !resp.headers.contains_key(http::header::EXPIRES) {
+        if !expires {
             return None;
         }
         let expires = http_date(resp, http::header::EXPIRES)?;
         let date = http_date(resp, http::header::DATE).unwrap_or(now);
         Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
     });
-    let explicit = explicit.or_else(|| {
-        resp.headers
-            .contains_key(http::header::EXPIRES)
-            .then_some(Duration::ZERO)
-    });
+    let explicit = explicit.or_else(|| expires.then_some(Duration::ZERO));
     let ttl = match explicit {
         Some(t) => t,
         None if cacheable_by_default(status) && !spec.default_ttl.is_zero() => spec.default_ttl,
         None => return uncacheable(),
     };
-    let age = resp
-        .headers
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::ZERO);
+    let age = received_age(resp).unwrap_or(Duration::ZERO);
+    // the entry's age is counted from here: received Age plus time resident
+    let epoch = now
+        .checked_sub(age)
+        .filter(|t| *t >= SystemTime::UNIX_EPOCH)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let ttl = ttl.saturating_sub(age);
     let fresh_until = if ttl.is_zero() {
         // stored, but stale from the start: every use revalidates
@@ -258,10 +365,17 @@ pub fn response_cacheable(
     if let Some(c) = &cc {
         c.strip_private_headers(&mut stored);
     }
+    for name in connection_nominated(&resp.headers) {
+        stored.remove_header(&name);
+    }
     for name in NOT_STORED {
         stored.remove_header(name);
     }
-    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, stored))
+    let mut meta = CacheMeta::new(fresh_until, now, swr, sie, stored);
+    if epoch != now {
+        meta.set_epoch_override(epoch);
+    }
+    RespCacheable::Cacheable(meta)
 }
 
 #[cfg(test)]
@@ -275,6 +389,7 @@ mod tests {
             default_ttl: Duration::from_secs(default_ttl),
             status_header: http::HeaderName::from_static("x-cache-status"),
             purge_from: vec![],
+            targeted_header: None,
         }
     }
 
@@ -441,6 +556,191 @@ mod tests {
             panic!("should be stored")
         };
         assert!(m.headers().get("set-cookie").is_none());
+    }
+
+    fn stored(c: RespCacheable) -> CacheMeta {
+        match c {
+            RespCacheable::Cacheable(m) => m,
+            RespCacheable::Uncacheable(r) => panic!("not stored: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn received_age_is_digits_only() {
+        let age = |v: &[&str]| {
+            let h: Vec<(&str, &str)> = v.iter().map(|v| ("age", *v)).collect();
+            received_age(&resp(200, &h)).map(|d| d.as_secs())
+        };
+        assert_eq!(age(&["100"]), Some(100));
+        assert_eq!(age(&[" 7 "]), Some(7));
+        assert_eq!(age(&["99999999999999999999999"]), Some(1 << 31));
+        for bad in ["10abc", "-1", "1.5", "", "0x10"] {
+            assert_eq!(age(&[bad]), None, "{bad:?}");
+        }
+        assert_eq!(age(&["1", "2"]), None, "several values");
+        assert_eq!(age(&[]), None);
+        // an invalid Age neither shortens nor lengthens freshness
+        assert_eq!(
+            decide(
+                &[],
+                200,
+                &[("cache-control", "max-age=5"), ("age", "10abc")],
+                0
+            ),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn the_received_age_is_where_the_entry_s_age_starts() {
+        let m = stored(response_cacheable(
+            &get(&[]),
+            &resp(200, &[("cache-control", "max-age=3600"), ("age", "100")]),
+            &spec(0),
+        ));
+        assert_eq!(m.age().as_secs(), 100);
+        assert_eq!(
+            m.fresh_sec(),
+            3600,
+            "the lifetime counts from the same epoch"
+        );
+        assert!(m.headers().get("age").is_none(), "Age is generated per hit");
+        let m = stored(response_cacheable(
+            &get(&[]),
+            &resp(200, &[("cache-control", "max-age=60")]),
+            &spec(0),
+        ));
+        assert_eq!(m.age().as_secs(), 0);
+    }
+
+    #[test]
+    fn targeted_fields_govern_ahead_of_cache_control() {
+        fn h(cc: &'static str, cdn: &'static str) -> Vec<(&'static str, &'static str)> {
+            vec![("cache-control", cc), ("cdn-cache-control", cdn)]
+        }
+        assert_eq!(
+            decide(&[], 200, &h("public, max-age=60", "no-store"), 0),
+            None
+        );
+        assert_eq!(decide(&[], 200, &h("max-age=60", "private"), 0), None);
+        assert_eq!(decide(&[], 200, &h("no-store", "max-age=30"), 0), Some(30));
+        assert_eq!(
+            decide(&[], 200, &h("private", "s-maxage=20, max-age=30"), 0),
+            Some(20)
+        );
+        assert_eq!(decide(&[], 200, &h("max-age=60", "no-cache"), 0), Some(0));
+        // an empty targeted field does not apply
+        assert_eq!(decide(&[], 200, &h("max-age=60", " "), 0), Some(60));
+        // a targeted field that governs makes Expires irrelevant as well
+        let exp = [
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("expires", "Sun, 06 Nov 1994 08:50:37 GMT"),
+            ("cdn-cache-control", "public"),
+        ];
+        assert_eq!(decide(&[], 200, &exp, 0), None);
+        assert_eq!(decide(&[], 200, &exp, 10), Some(10));
+
+        let mut sp = spec(0);
+        sp.targeted_header = Some(http::HeaderName::from_static("stepstone-cache-control"));
+        let with =
+            |h: &[(&str, &str)]| fresh_secs(response_cacheable(&get(&[]), &resp(200, h), &sp));
+        let mut t = h("max-age=60", "max-age=60");
+        t.push(("stepstone-cache-control", "no-store"));
+        assert_eq!(with(&t), None);
+        let mut t = h("no-store", "no-store");
+        t.push(("stepstone-cache-control", "max-age=40"));
+        assert_eq!(with(&t), Some(40));
+        // without the route's field, CDN-Cache-Control still governs
+        assert_eq!(with(&h("max-age=60", "max-age=10")), Some(10));
+        // the client still gets Cache-Control as sent
+        let m = stored(response_cacheable(&get(&[]), &resp(200, &t), &sp));
+        assert_eq!(m.headers().get("cache-control").unwrap(), "no-store");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_are_not_stored() {
+        let m = stored(response_cacheable(
+            &get(&[]),
+            &resp(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("connection", "x-private, close"),
+                    ("x-private", "secret"),
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "keep-alive"),
+                    ("te", "trailers"),
+                    ("trailer", "x-sum"),
+                    ("upgrade", "foo"),
+                    ("proxy-authenticate", "Basic"),
+                    ("proxy-authorization", "Basic x"),
+                    ("x-kept", "1"),
+                ],
+            ),
+            &spec(0),
+        ));
+        let names: Vec<&str> = m.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["cache-control", "x-kept"]);
+    }
+
+    #[test]
+    fn a_304_updates_every_stored_field_but_the_body_s() {
+        let stored = resp(
+            200,
+            &[
+                ("content-length", "5"),
+                ("content-encoding", "gzip"),
+                ("etag", "\"a\""),
+                ("x-version", "1"),
+                ("x-multi", "a"),
+                ("x-multi", "b"),
+                ("x-same", "s"),
+                ("vary", "accept"),
+            ],
+        );
+        let nm = resp(
+            304,
+            &[
+                ("content-length", "0"),
+                ("content-encoding", "br"),
+                ("etag", "\"b\""),
+                ("x-version", "2"),
+                ("x-multi", "c"),
+                ("x-new", "n"),
+                ("vary", "x"),
+                ("set-cookie", "s=1"),
+            ],
+        );
+        let m = merge_not_modified(&stored, &nm);
+        let h = |n: &str| {
+            m.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(m.status.as_u16(), 200);
+        assert_eq!(h("content-length"), ["5"]);
+        assert_eq!(h("content-encoding"), ["gzip"]);
+        assert_eq!(h("vary"), ["accept"]);
+        assert_eq!(h("etag"), ["\"b\""]);
+        assert_eq!(h("x-version"), ["2"]);
+        assert_eq!(h("x-multi"), ["c"]);
+        assert_eq!(h("x-same"), ["s"]);
+        assert_eq!(h("x-new"), ["n"]);
+        assert!(h("set-cookie").is_empty());
+        // a 304's cookie does not make the merged head uncacheable
+        let fresh = merge_not_modified(
+            &stored,
+            &resp(
+                304,
+                &[("cache-control", "max-age=9"), ("set-cookie", "s=1")],
+            ),
+        );
+        assert_eq!(
+            fresh_secs(response_cacheable(&get(&[]), &fresh, &spec(0))),
+            Some(9)
+        );
     }
 
     #[test]

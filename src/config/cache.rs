@@ -6,7 +6,7 @@
 //! that states `max_size` must state the same value ([`StoreSize`]); caches that omit it use
 //! whatever the store is. An operator reading any one route's block therefore sees the real
 //! bound, or nothing. Everything else (`max_object_size`, `default_ttl`, `status_header`,
-//! `purge_from`) is per cache.
+//! `purge_from`, `targeted_header`) is per cache.
 //!
 //! The forward proxy enables its cache with the same block: call [`validate_cache`] on it and
 //! feed its `max_size` to the same [`StoreSize`] as the routes.
@@ -29,6 +29,8 @@ pub struct CacheSpec {
     pub default_ttl: Duration,
     pub status_header: http::HeaderName,
     pub purge_from: Vec<Cidr>,
+    /// The route's own targeted cache-control field (RFC 9213), ahead of CDN-Cache-Control.
+    pub targeted_header: Option<http::HeaderName>,
 }
 
 /// The shared store's bound: the `max_size` the caches agree on, or the default.
@@ -125,6 +127,20 @@ pub fn validate_cache(
             "must be a valid header name".into(),
         )
     })?;
+    let targeted_header = match c.targeted_header.as_deref() {
+        None => None,
+        Some(name) => {
+            let bad = |msg: &str| err("targeted_header", name.to_string(), msg.into());
+            let h = http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| bad("must be a valid header name"))?;
+            if h == http::header::CACHE_CONTROL {
+                return Err(bad(
+                    "must name a field other than Cache-Control (which applies anyway)",
+                ));
+            }
+            Some(h)
+        }
+    };
     let mut purge_from = Vec::with_capacity(c.purge_from.len());
     for (i, s) in c.purge_from.iter().enumerate() {
         purge_from.push(
@@ -144,6 +160,7 @@ pub fn validate_cache(
             .unwrap_or(DEFAULT_CACHE_DEFAULT_TTL),
         status_header,
         purge_from,
+        targeted_header,
     }))
 }
 
@@ -168,6 +185,7 @@ mod tests {
         assert_eq!(spec.max_object_size, 8 << 20);
         assert_eq!(spec.status_header.as_str(), "x-cache-status");
         assert!(spec.purge_from.is_empty());
+        assert!(spec.targeted_header.is_none());
         assert!(c.routes[1].cache.is_none());
         assert_eq!(c.cache_store_size, Some(256 << 20));
 
@@ -216,6 +234,14 @@ mod tests {
             (
                 "{enabled: true, default_ttl: 5x}",
                 "routes[0].cache.default_ttl",
+            ),
+            (
+                "{enabled: true, targeted_header: 'Bad Name'}",
+                "routes[0].cache.targeted_header",
+            ),
+            (
+                "{enabled: true, targeted_header: cache-control}",
+                "routes[0].cache.targeted_header",
             ),
         ] {
             let err = Config::from_yaml(

@@ -440,4 +440,8 @@ pub struct CacheFile {
     /// Client networks allowed to send PURGE. Default: [] (nobody)
     #[serde(default)]
     pub purge_from: Vec<String>,
+    /// A response field (RFC 9213 targeted cache control, e.g. `Stepstone-Cache-Control`)
+    /// that, when present, governs this cache ahead of CDN-Cache-Control and Cache-Control.
+    /// Default: none
+    pub targeted_header: Option<String>,
 }

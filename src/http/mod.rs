@@ -68,6 +68,9 @@ pub struct Ctx {
     upgrade: Option<http::HeaderValue>,
     pub fwd: FwdCtx,
     body_bytes: u64,
+    /// A 304 that answered this request's revalidation of a stale entry, kept from
+    /// `upstream_response_filter` for `response_cache_filter` ([`cache::RouteCache::revalidated`]).
+    not_modified: Option<Box<pingora_http::ResponseHeader>>,
     /// Metrics and access-log bookkeeping; counts the request in flight while it lives.
     obs: crate::observability::RequestObs,
 }

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use log::warn;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{
-    CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+    CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
 };
 use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
@@ -307,9 +307,11 @@ impl ProxyHttp for HttpProxy {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        Ok(match self.route_cache(ctx) {
-            Some(c) => c.response_cacheable(session, resp),
-            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        let not_modified = ctx.not_modified.take();
+        Ok(match (self.route_cache(ctx), not_modified) {
+            (Some(c), Some(nm)) => c.revalidated(session, resp, &nm),
+            (Some(c), None) => c.response_cacheable(session, resp),
+            (None, _) => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
         })
     }
 
@@ -377,6 +379,11 @@ impl ProxyHttp for HttpProxy {
             );
         }
         policy::edit::response(upstream_response);
+        // pingora merges only a few of a revalidating 304's fields into the stored head
+        // before `response_cache_filter`; keep the 304 so that hook can merge them all
+        if code == 304 && session.cache.phase() == CachePhase::Stale {
+            ctx.not_modified = Some(Box::new(upstream_response.clone()));
+        }
         match &self.listener.forward {
             Some(f) => f.upstream_response_filter(session, upstream_response, &mut ctx.fwd),
             None => Ok(()),
