@@ -5,9 +5,10 @@
 //! Design. Everything goes through the one `ProxyHttp` implementation of the HTTP engines,
 //! which delegates to [`Forward`] from a handful of phases when the listener is a forward
 //! proxy:
-//! - `request_filter` ([`Forward::request_filter`]): target parsing, auth, resolution,
-//!   private-destination guard, access rules, URL filter; CONNECT is answered and tunnelled
-//!   right here.
+//! - `request_filter` ([`Forward::request_filter`]): target parsing, auth, the access rules
+//!   on the name, resolution (only for a request the name did not deny), the
+//!   private-destination guard, the access rules with the addresses, URL filter; CONNECT is
+//!   answered and tunnelled right here.
 //! - `upstream_peer`: one `HttpPeer` per resolved address, so Pingora's connection pool
 //!   keeps origin connections alive across requests and clients; a failed connect retries
 //!   the next address.
@@ -57,7 +58,7 @@ pub mod tunnel;
 use crate::cache::RouteCache;
 use crate::config::forward::ForwardSpec;
 use bytes::Bytes;
-use log::{info, warn};
+use log::{debug, info, warn};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -177,7 +178,27 @@ impl Forward {
                 return Ok(true);
             }
         }
-        let addrs = match resolve(&t.host, t.port, self.spec.connect_timeout).await {
+        // The rules first see the name alone: a denied name is answered without a lookup.
+        let literal = t
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| [SocketAddr::new(ip, t.port)]);
+        let mut subject = acl::Subject {
+            client: client_ip(session),
+            host: &t.host,
+            addrs: literal.as_ref().map(|a| &a[..]),
+            port: t.port,
+            method: &method,
+        };
+        if let Some(Err(rule)) = acl::decide(&self.spec.access, &subject) {
+            self.deny_log(session, &format!("403: denied by {rule}"));
+            let why = format!("Access denied by {rule}");
+            page(session, 403, &why, None, connect).await?;
+            return Ok(true);
+        }
+        let addrs = match resolve(&self.listener, &t.host, t.port, self.spec.connect_timeout).await
+        {
             Ok(a) => a,
             Err((code, why)) => {
                 self.deny_log(session, &format!("{code}: {why}"));
@@ -209,14 +230,12 @@ impl Forward {
                 return Ok(true);
             }
         }
-        let subject = acl::Subject {
-            client: client_ip(session),
-            host: &t.host,
-            addrs: &addrs,
-            port: t.port,
-            method: &method,
-        };
-        if let Err(rule) = acl::decide(&self.spec.access, &subject) {
+        // Again with the addresses: network rules decide now; with addresses the rules
+        // always decide, `None` would be a bug and is a deny.
+        subject.addrs = Some(&addrs);
+        if let Err(rule) =
+            acl::decide(&self.spec.access, &subject).unwrap_or(Err("the default rule (deny)"))
+        {
             self.deny_log(session, &format!("403: denied by {rule}"));
             let why = format!("Access denied by {rule}");
             page(session, 403, &why, None, connect).await?;
@@ -492,8 +511,10 @@ fn host_of(h: &str) -> std::result::Result<String, &'static str> {
 }
 
 /// Addresses of `host`, IP literals as they are, names through the system resolver (on
-/// tokio's blocking pool, so it never stalls the event loop).
+/// tokio's blocking pool, so it never stalls the event loop). Each lookup is logged at debug
+/// level (`resolving NAME`).
 async fn resolve(
+    listener: &str,
     host: &str,
     port: u16,
     timeout: std::time::Duration,
@@ -501,6 +522,7 @@ async fn resolve(
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
+    debug!("{listener}: resolving {host}");
     match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
         Err(_) => Err((504, format!("resolving {host} timed out"))),
         Ok(Err(e)) => Err((502, format!("cannot resolve {host}: {e}"))),

@@ -403,6 +403,62 @@ async fn access_rules_allow_and_deny_by_client_destination_and_method() {
     assert!(log.contains("denied by no-localhost-name"), "{log}");
 }
 
+/// Squid's `dstdomain`: a rule that denies a name decides before any lookup, so a denied
+/// name that does not even resolve (`.invalid`, RFC 6761) is a 403, never a 502, for
+/// absolute-form and CONNECT alike. Each lookup is logged at debug level; with that level on,
+/// the allowed name's lookup is in the log and the denied one's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_name_is_refused_before_any_lookup() {
+    let o = OriginBuilder::new("named").run().await;
+    let p = Proxy::start_logging(
+        &fwd("allow_private_destinations: true
+connect_ports: [443]
+access:
+  - {action: deny, name: no-blocked, destinations: [blocked.invalid, '*.blocked.invalid']}
+  - {action: allow}"),
+        "info,stepstone::forward=debug",
+    );
+
+    let r = absolute(&p, "GET", "http://blocked.invalid/x", &[]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("no-blocked"), "{}", r.text());
+    let r = absolute(&p, "GET", "http://www.blocked.invalid:8080/x", &[]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    let r = c
+        .request(
+            "CONNECT",
+            "blocked.invalid:443",
+            &[("Host", "blocked.invalid:443")],
+            b"",
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("no-blocked"), "{}", r.text());
+
+    // control: an allowed name is looked up (from /etc/hosts), and the lookup is logged
+    let r = absolute(
+        &p,
+        "GET",
+        &format!("http://localhost:{}/y", o.addr.port()),
+        &[],
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "named"));
+
+    let log = p.log();
+    assert!(
+        log.contains("resolving localhost"),
+        "lookups are not logged: {log}"
+    );
+    assert!(!log.contains("resolving blocked.invalid"), "{log}");
+    assert!(!log.contains("resolving www.blocked.invalid"), "{log}");
+    assert!(!log.contains("cannot resolve"), "{log}");
+    assert_eq!(log.matches("403: denied by no-blocked").count(), 3, "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_destinations_are_refused_by_default() {
     let o = OriginBuilder::new("private").run().await;
