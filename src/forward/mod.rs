@@ -48,11 +48,16 @@
 //! connection is closed without a proper end of body, so the client sees a truncated,
 //! failed transfer. Only when the head and the matching piece arrive in the same batch is
 //! the response replaced by the page. This needs no buffering of bodies at all.
+//! `filter.hold_head_bytes` (default 0) widens that: the head and up to that many body
+//! bytes are held back while they are scanned ([`hold`]), so a match among them gets the
+//! page too; a match beyond them still cuts. A held response closes the client connection
+//! after it.
 
 pub mod acl;
 pub mod anonymity;
 pub mod auth;
 pub mod filter;
+pub mod hold;
 pub mod tunnel;
 
 use crate::cache::RouteCache;
@@ -88,6 +93,8 @@ pub struct FwdCtx {
     /// Why the response was blocked, once it was.
     blocked: Option<String>,
     scan: Option<filter::BodyScan>,
+    /// The response head and first body bytes held back while they are scanned.
+    hold: Option<hold::Hold>,
     /// A CONNECT tunnel that was established: the bytes it carried up and down.
     pub tunnel: Option<(u64, u64)>,
 }
@@ -375,9 +382,9 @@ impl Forward {
         Ok(())
     }
 
-    pub fn upstream_response_filter(
+    pub async fn upstream_response_filter(
         &self,
-        session: &Session,
+        session: &mut Session,
         resp: &ResponseHeader,
         ctx: &mut FwdCtx,
     ) -> Result<()> {
@@ -400,6 +407,10 @@ impl Forward {
                 Ok(s) => ctx.scan = Some(s),
                 Err(why) => return self.block(ctx, why),
             }
+            let limit = self.filter.hold_head_bytes();
+            if limit > 0 {
+                ctx.hold = hold::Hold::begin(session, limit).await;
+            }
         }
         Ok(())
     }
@@ -407,15 +418,22 @@ impl Forward {
     pub fn upstream_response_body_filter(
         &self,
         body: &Option<Bytes>,
+        end: bool,
         ctx: &mut FwdCtx,
     ) -> Result<()> {
-        let (Some(scan), Some(b)) = (ctx.scan.as_mut(), body) else {
+        let Some(scan) = ctx.scan.as_mut() else {
             return Ok(());
         };
-        match scan.feed(b) {
-            Ok(None) => Ok(()),
-            Ok(Some(p)) => self.block(ctx, format!("body contains {p:?}")),
-            Err(why) => self.block(ctx, why),
+        let n = body.as_ref().map_or(0, |b| b.len());
+        match body.as_ref().map(|b| scan.feed(b)) {
+            None | Some(Ok(None)) => {
+                if let Some(h) = ctx.hold.as_mut() {
+                    h.observe(n, end);
+                }
+                Ok(())
+            }
+            Some(Ok(Some(p))) => self.block(ctx, format!("body contains {p:?}")),
+            Some(Err(why)) => self.block(ctx, why),
         }
     }
 
@@ -428,7 +446,12 @@ impl Forward {
     /// The proxy's page for a blocked response, or `None` for other failures.
     pub async fn fail_to_proxy(&self, session: &mut Session, ctx: &FwdCtx) -> Option<FailToProxy> {
         let why = ctx.blocked.as_deref()?;
-        if session.response_written().is_none() {
+        // a held response that was not released yet: what was kept is dropped
+        let held = match &ctx.hold {
+            Some(h) => h.take_back(session).await,
+            None => false,
+        };
+        if held || session.response_written().is_none() {
             self.deny_log(session, &format!("403: response blocked, {why}"));
             let _ = page(
                 session,

@@ -370,7 +370,10 @@ impl ProxyHttp for HttpProxy {
         }
         policy::edit::response(upstream_response);
         match &self.listener.forward {
-            Some(f) => f.upstream_response_filter(session, upstream_response, &mut ctx.fwd),
+            Some(f) => {
+                f.upstream_response_filter(session, upstream_response, &mut ctx.fwd)
+                    .await
+            }
             None => Ok(()),
         }
     }
@@ -379,11 +382,11 @@ impl ProxyHttp for HttpProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(f) = &self.listener.forward {
-            f.upstream_response_body_filter(body, &mut ctx.fwd)?;
+            f.upstream_response_body_filter(body, end_of_stream, &mut ctx.fwd)?;
         }
         Ok(None)
     }

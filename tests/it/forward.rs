@@ -661,6 +661,143 @@ async fn body_pattern_split_across_chunks_cuts_the_response() {
     assert!(p.log().contains("forbidden-word"), "{}", p.log());
 }
 
+/// `filter.hold_head_bytes`: the origin sends its head, pauses, then the body, so the head
+/// is alone in Pingora's first batch. Held, a pattern at byte 3000 gets the proxy's 403
+/// page; not held (the default), the same response is cut. Clean responses pass whole and
+/// byte-exact with holding on, whether they end inside the window or run past it, and a
+/// pattern past the window still cuts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_head_turns_an_early_body_match_into_the_403_page() {
+    let pause = Duration::from_millis(300);
+    let head = |len: usize| {
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\r\n")
+            .into_bytes()
+    };
+    let mut bad_body = vec![b'a'; 3000];
+    bad_body.extend_from_slice(b"forbidden-word");
+    bad_body.extend_from_slice(&[b'b'; 2000]);
+    let (bad, _) = scripted(vec![
+        (Duration::ZERO, head(bad_body.len())),
+        (pause, bad_body.clone()),
+    ])
+    .await;
+    // clean, 20000 bytes in three writes: runs past the window
+    let long: Vec<u8> = (0..20_000u32)
+        .map(|i| b"abcdefghij"[(i % 10) as usize])
+        .collect();
+    let (good_long, _) = scripted(vec![
+        (Duration::ZERO, head(long.len())),
+        (pause, long[..3000].to_vec()),
+        (pause, long[3000..13_000].to_vec()),
+        (Duration::ZERO, long[13_000..].to_vec()),
+    ])
+    .await;
+    // clean, chunked, ends inside the window
+    let (good_short, _) = scripted(vec![
+        (
+            Duration::ZERO,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec(),
+        ),
+        (pause, chunk(b"short and ")),
+        (pause, chunk(b"clean")),
+        (Duration::ZERO, b"0\r\n\r\n".to_vec()),
+    ])
+    .await;
+    // the pattern at byte 9000, past the window
+    let mut late = vec![b'c'; 9000];
+    late.extend_from_slice(b"forbidden-word tail");
+    let (bad_late, _) = scripted(vec![
+        (Duration::ZERO, head(late.len())),
+        (pause, late[..9000].to_vec()),
+        (pause, late[9000..].to_vec()),
+    ])
+    .await;
+    let cfg = "listeners:
+  - name: held
+    address: 127.0.0.1:{{port}}
+    protocol: http
+    forward_proxy:
+      allow_private_destinations: true
+      access: [{action: allow}]
+      filter: {block_body_patterns: [forbidden-word], hold_head_bytes: 8192}
+  - name: plain
+    address: 127.0.0.1:{{port1}}
+    protocol: http
+    forward_proxy:
+      allow_private_destinations: true
+      access: [{action: allow}]
+      filter: {block_body_patterns: [forbidden-word]}
+";
+    let p = Proxy::start(cfg);
+    let body_of = |raw: &[u8]| {
+        let at = crate::support::client::find(raw, b"\r\n\r\n").expect("a response head") + 4;
+        raw[at..].to_vec()
+    };
+
+    // held: the 403 page, nothing of the origin's response
+    let raw = raw_exchange(&p, &format!("http://{bad}/")).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.contains("content filter"), "{text}");
+    assert!(!text.contains("aaaa") && !text.contains("200 OK"), "{text}");
+    assert!(
+        p.log().contains("403: response blocked, body contains"),
+        "{}",
+        p.log()
+    );
+
+    // not held: the same response is cut (today's behaviour); the head may not even have
+    // left the proxy's write buffer, so the client may see the connection close at once
+    let mut s = TcpStream::connect(p.addr_of(1)).await.expect("connect");
+    s.write_all(
+        format!("GET http://{bad}/ HTTP/1.1\r\nHost: {bad}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        !text.contains("403"),
+        "not held, yet answered the page: {text}"
+    );
+    assert!(!text.contains("forbidden-word"), "{text}");
+    assert!(
+        raw.is_empty()
+            || (text.starts_with("HTTP/1.1 200") && body_of(&raw).len() < bad_body.len()),
+        "{text}"
+    );
+    assert!(p.log().contains("response cut"), "{}", p.log());
+
+    // held, clean: complete and byte-exact, past the window and inside it
+    let raw = raw_exchange(&p, &format!("http://{good_long}/")).await;
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(body_of(&raw), long, "the long clean body changed");
+    let r = absolute(&p, "GET", &format!("http://{good_short}/"), &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "short and clean"));
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "a held response closes"
+    );
+    let (code, out, err) = curl(&["-x", &proxy_url(&p), &format!("http://{good_long}/")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.as_bytes(), &long[..]);
+
+    // held, a match past the window: cut
+    let raw = raw_exchange(&p, &format!("http://{bad_late}/")).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("forbidden-word"), "{text}");
+    assert!(body_of(&raw).len() < late.len(), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_pattern_inside_gzip_is_found() {
     use std::io::Write;
@@ -756,6 +893,11 @@ fn forward_config_errors_name_the_key() {
             "forward_proxy: {auth: {users_file: plain}}",
             "listeners[0].forward_proxy.auth.users_file",
             "bcrypt",
+        ),
+        (
+            "forward_proxy: {filter: {block_body_patterns: [x], hold_head_bytes: 2MiB}}",
+            "listeners[0].forward_proxy.filter.hold_head_bytes",
+            "2097152",
         ),
         (
             "forward_proxy: {anonymity: paranoid}",
