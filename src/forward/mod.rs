@@ -30,6 +30,10 @@
 //! becomes visible (the store publishes only at `finish`). The URL filter runs in
 //! `request_filter`, before the lookup, so it applies to hits as well.
 //!
+//! CONNECT over HTTP/2 (an `h2c: true` listener, RFC 9113 §8.5) passes the same checks
+//! in `request_filter`; its tunnel is the request's stream (see [`tunnel`]), nothing is
+//! taken over.
+//!
 //! CONNECT: Pingora answers CONNECT with 405 unless `allow_connect_method_proxying` is set,
 //! and then treats it as an ordinary request to proxy to an upstream (for chaining proxies);
 //! it has no tunnel. We set the option on forward listeners only, so CONNECT reaches
@@ -64,6 +68,7 @@ use crate::cache::RouteCache;
 use crate::config::forward::ForwardSpec;
 use bytes::Bytes;
 use log::{debug, info, warn};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -120,10 +125,12 @@ impl Forward {
         })
     }
 
-    /// Pingora server options a forward listener needs: CONNECT must reach `request_filter`.
-    pub fn server_options() -> pingora_core::apps::HttpServerOptions {
+    /// Pingora server options a forward listener needs: CONNECT must reach `request_filter`;
+    /// `h2c` as the listener says (CONNECT over HTTP/2 is then served too).
+    pub fn server_options(h2c: bool) -> pingora_core::apps::HttpServerOptions {
         let mut o = pingora_core::apps::HttpServerOptions::default();
         o.allow_connect_method_proxying = true;
+        o.h2c = h2c;
         o
     }
 
@@ -301,6 +308,30 @@ impl Forward {
             }
         };
         let client = client_ip(session);
+        let log_closed = |sent: u64, recv: u64| {
+            info!(
+                "{}: {} CONNECT {}:{} closed, {sent} bytes up, {recv} bytes down",
+                self.listener,
+                client.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                t.host,
+                t.port
+            )
+        };
+        if let ServerSession::H2(h2) = &mut *session.downstream_session {
+            // RFC 9113 §8.5: the 200 opens the tunnel on the CONNECT stream itself
+            let ok = ResponseHeader::build(200, None)?;
+            h2.write_response_header(Box::new(ok), false)?;
+            let Some(send) = h2.take_response_body_writer() else {
+                return Ok(None);
+            };
+            let ((sent, recv), clean) =
+                tunnel::relay_h2(h2, send, up, self.spec.tunnel_idle_timeout).await;
+            if !clean {
+                h2.shutdown_with_reason(h2::Reason::CONNECT_ERROR);
+            }
+            log_closed(sent, recv);
+            return Ok(Some((sent, recv)));
+        }
         let Some((mut down, early)) = tunnel::take_over(session).await else {
             self.deny_log(session, "CONNECT needs HTTP/1.1");
             page(session, 405, "CONNECT needs HTTP/1.1", None, true).await?;
@@ -315,13 +346,7 @@ impl Forward {
             return Ok(None);
         }
         let (sent, recv) = tunnel::relay(down, early, up, self.spec.tunnel_idle_timeout).await;
-        info!(
-            "{}: {} CONNECT {}:{} closed, {sent} bytes up, {recv} bytes down",
-            self.listener,
-            client.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-            t.host,
-            t.port
-        );
+        log_closed(sent, recv);
         Ok(Some((sent, recv)))
     }
 

@@ -297,6 +297,105 @@ async fn connect_tunnels_tls_end_to_end_and_refuses_other_ports() {
     assert_eq!(plain.connections(), 0);
 }
 
+/// CONNECT over HTTP/2 (RFC 9113 §8.5) on an `h2c: true` listener: the 200 opens a tunnel
+/// on the request's stream, bytes go both ways, END_STREAM is passed on as a half-close
+/// each way; the same rules as HTTP/1.1 CONNECT refuse other ports and denied names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_over_http2_tunnels_with_the_same_rules() {
+    // an echo origin that closes once the client has closed its side
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 1024];
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let p = Proxy::start(&format!(
+        "listeners:
+  - name: fwd2
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: http
+    h2c: true
+    forward_proxy:
+      allow_private_destinations: true
+      connect_ports: [{port}]
+      access:
+        - {{action: deny, name: no-blocked, destinations: [blocked.invalid]}}
+        - {{action: allow}}
+"
+    ));
+    let tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let connect = |authority: String| {
+        let mut c = client.clone();
+        async move {
+            c = c.ready().await.expect("ready");
+            let req = http::Request::builder()
+                .method("CONNECT")
+                .uri(authority)
+                .body(())
+                .expect("request");
+            let (resp, send) = c.send_request(req, false).expect("send");
+            (resp.await.expect("response"), send)
+        }
+    };
+
+    let (resp, mut send) = connect(format!("127.0.0.1:{port}")).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    send.send_data(bytes::Bytes::from_static(b"ping over h2"), false)
+        .expect("data");
+    let mut got = Vec::new();
+    while got.len() < 12 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("echo in time")
+            .expect("stream open")
+            .expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, b"ping over h2");
+    // our END_STREAM half-closes the origin, which closes; that END_STREAM comes back
+    send.send_data(bytes::Bytes::new(), true).expect("end");
+    // (an empty DATA frame carries END_STREAM: skip it)
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = body.data().await {
+            rest.extend_from_slice(&chunk.expect("a clean end"));
+        }
+    })
+    .await
+    .expect("the tunnel ended after the origin closed");
+    assert!(rest.is_empty(), "{rest:?}");
+
+    let (resp, _send) = connect("127.0.0.1:443".to_string()).await;
+    assert_eq!(resp.status(), 403, "a port not in connect_ports");
+    let (resp, _send) = connect(format!("blocked.invalid:{port}")).await;
+    assert_eq!(resp.status(), 403, "a denied name");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = p.log();
+    assert!(
+        log.contains(&format!(
+            "CONNECT 127.0.0.1:{port} closed, 12 bytes up, 12 bytes down"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("denied by no-blocked"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_tunnel_data_is_kept_and_idle_tunnel_is_closed() {
     // an echo origin that never closes on its own
