@@ -98,7 +98,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 };
                 // forward listeners need CONNECT to reach the proxy phases
                 let options = match &l.forward {
-                    Some(_) => Some(crate::forward::Forward::server_options()),
+                    Some(_) => Some(crate::forward::Forward::server_options(l.h2c)),
                     None => crate::tls::http_server_options(l),
                 };
                 // Pingora's `upstream_keepalive_pool_size` is one total; the lean engine's

@@ -290,6 +290,10 @@ pub struct FilterFile {
     /// Globs (`*`, `?`) over the full request URL. Default: []
     #[serde(default)]
     pub block_url_patterns: Vec<String>,
+    /// Hold the response head and up to this many body bytes, so that a body pattern found
+    /// within them gets the 403 page instead of a cut response. Default: 0 (no holding),
+    /// at most 1MiB.
+    pub hold_head_bytes: Option<Size>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

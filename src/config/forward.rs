@@ -54,6 +54,8 @@ pub struct FilterSpec {
     pub content_types: Vec<String>,
     pub body_patterns: Vec<Vec<u8>>,
     pub url_patterns: Vec<String>,
+    /// Body bytes held back with the response head while they are scanned (0: none).
+    pub hold_head_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +75,8 @@ pub struct ForwardSpec {
 
 /// Longest body pattern; the scan window is one byte shorter.
 pub const MAX_BODY_PATTERN: usize = 1024;
+/// Largest `filter.hold_head_bytes`: what one response may keep in memory while held.
+pub const MAX_HOLD_HEAD_BYTES: u64 = 1024 * 1024;
 
 pub(super) fn validate(
     e: &Errs,
@@ -214,10 +218,19 @@ pub(super) fn validate(
                     ));
                 }
             }
+            let hold = fl.hold_head_bytes.map(|s| s.0).unwrap_or(0);
+            if hold > MAX_HOLD_HEAD_BYTES {
+                return Err(e.err(
+                    format!("{fp}.hold_head_bytes"),
+                    hold,
+                    format!("must be at most {MAX_HOLD_HEAD_BYTES} bytes (1MiB)"),
+                ));
+            }
             FilterSpec {
                 content_types,
                 body_patterns,
                 url_patterns: fl.block_url_patterns.clone(),
+                hold_head_bytes: hold as usize,
             }
         }
     };

@@ -1,8 +1,13 @@
 //! Access rules (first match wins, default deny) and the private-destination guard.
 //!
-//! Rules are evaluated after the destination name is resolved, so a rule on a network and
-//! the private guard see the addresses the proxy will really connect to: a public-looking
-//! name that resolves to 127.0.0.1 is caught.
+//! Rules are evaluated twice, as Squid's `dstdomain` and `dst` are: first with the name
+//! alone, before any DNS lookup, and again after resolution. The first pass decides when
+//! every rule up to the deciding one can be judged without addresses; a rule that needs them
+//! (a network destination not settled by a name in the same rule) makes the pass answer
+//! "unknown", and the name is resolved. So a denied name is answered 403 without a lookup
+//! whatever DNS says, while a rule on a network and the private guard still see the
+//! addresses the proxy will really connect to: a public-looking name that resolves to
+//! 127.0.0.1 is caught.
 
 use crate::config::cidr::{canonical, Cidr};
 use crate::config::forward::{AccessRule, Destination};
@@ -55,41 +60,62 @@ pub struct Subject<'a> {
     pub client: Option<IpAddr>,
     /// Lower-case host name or IP literal, without brackets or port.
     pub host: &'a str,
-    pub addrs: &'a [SocketAddr],
+    /// `None` before resolution (a name); an IP literal's address is known from the start.
+    pub addrs: Option<&'a [SocketAddr]>,
     pub port: u16,
     pub method: &'a str,
 }
 
-/// `Ok(label)` of the allowing rule, or `Err(label)` of the denying one (or the default).
-pub fn decide<'r>(rules: &'r [AccessRule], s: &Subject) -> Result<&'r str, &'r str> {
+/// `Some(Ok(label))` of the allowing rule, `Some(Err(label))` of the denying one (or the
+/// default), `None` when a rule before the deciding one needs the addresses and
+/// `s.addrs` is `None`. With addresses it always decides.
+pub fn decide<'r>(rules: &'r [AccessRule], s: &Subject) -> Option<Result<&'r str, &'r str>> {
     for r in rules {
-        if matches(r, s) {
-            return if r.allow {
+        if matches(r, s)? {
+            return Some(if r.allow {
                 Ok(r.label.as_str())
             } else {
                 Err(r.label.as_str())
-            };
+            });
         }
     }
-    Err("the default rule (deny)")
+    Some(Err("the default rule (deny)"))
 }
 
-fn matches(r: &AccessRule, s: &Subject) -> bool {
+/// Whether the rule matches; `None` when that depends on addresses not known yet.
+fn matches(r: &AccessRule, s: &Subject) -> Option<bool> {
     let client_ok = r.clients.is_empty()
         || s.client
             .is_some_and(|c| r.clients.iter().any(|n: &Cidr| n.contains(c)));
-    let dest_ok = r.destinations.is_empty()
-        || r.destinations.iter().any(|d| match d {
-            Destination::Name(h) => h.matches(s.host),
-            // Every address must be inside the network; otherwise a name with one address
-            // inside and one outside would open the outside one.
-            Destination::Net(n) => {
-                !s.addrs.is_empty() && s.addrs.iter().all(|a| n.contains(a.ip()))
-            }
-        });
     let port_ok = r.ports.is_empty() || r.ports.contains(&s.port);
     let method_ok = r.methods.is_empty() || r.methods.iter().any(|m| m == s.method);
-    client_ok && dest_ok && port_ok && method_ok
+    if !(client_ok && port_ok && method_ok) {
+        return Some(false);
+    }
+    if r.destinations.is_empty() {
+        return Some(true);
+    }
+    let mut unknown = false;
+    for d in &r.destinations {
+        match d {
+            Destination::Name(h) if h.matches(s.host) => return Some(true),
+            Destination::Name(_) => {}
+            // Every address must be inside the network; otherwise a name with one address
+            // inside and one outside would open the outside one.
+            Destination::Net(n) => match s.addrs {
+                Some(a) if !a.is_empty() && a.iter().all(|a| n.contains(a.ip())) => {
+                    return Some(true)
+                }
+                Some(_) => {}
+                None => unknown = true,
+            },
+        }
+    }
+    if unknown {
+        None
+    } else {
+        Some(false)
+    }
 }
 
 #[cfg(test)]
@@ -144,22 +170,83 @@ mod tests {
             },
         ];
         let addrs = ["93.184.216.34:80".parse().unwrap()];
-        let s = |client: &str, host: &'static str, method: &'static str| Subject {
-            client: Some(client.parse().unwrap()),
-            host,
-            addrs: &addrs,
-            port: 80,
-            method,
+        for known in [Some(&addrs[..]), None] {
+            let s = |client: &str, host: &'static str, method: &'static str| Subject {
+                client: Some(client.parse().unwrap()),
+                host,
+                addrs: known,
+                port: 80,
+                method,
+            };
+            // no network rule: the name alone decides, before and after resolution
+            assert_eq!(
+                decide(&rules, &s("10.1.1.1", "x.ads.example", "GET")),
+                Some(Err("no-ads"))
+            );
+            assert_eq!(
+                decide(&rules, &s("10.1.1.1", "example.org", "GET")),
+                Some(Ok("lan"))
+            );
+            assert_eq!(
+                decide(&rules, &s("10.1.1.1", "example.org", "POST")),
+                Some(Err("the default rule (deny)"))
+            );
+            assert!(
+                decide(&rules, &s("11.1.1.1", "example.org", "GET")).is_some_and(|d| d.is_err())
+            );
+        }
+    }
+
+    #[test]
+    fn a_network_rule_defers_only_what_comes_after_it() {
+        let rule = |label: &str, allow: bool, dest: &str| AccessRule {
+            label: label.into(),
+            allow,
+            clients: vec![],
+            destinations: vec![match Cidr::parse(dest) {
+                Ok(n) => Destination::Net(n),
+                Err(_) => Destination::Name(HostMatch::parse(dest).unwrap()),
+            }],
+            ports: vec![],
+            methods: vec![],
         };
+        let rules = vec![
+            rule("no-bad", false, "bad.invalid"),
+            rule("no-lan", false, "10.0.0.0/8"),
+            rule("ok", true, "*.example"),
+        ];
+        let inside = ["10.1.1.1:80".parse().unwrap()];
+        let outside = ["93.184.216.34:80".parse().unwrap()];
+        let s = |host: &'static str, addrs: Option<&'static [SocketAddr]>| Subject {
+            client: None,
+            host,
+            addrs,
+            port: 80,
+            method: "GET",
+        };
+        // a name rule before the network rule decides without addresses
+        assert_eq!(decide(&rules, &s("bad.invalid", None)), Some(Err("no-bad")));
+        // after it, the addresses are needed
+        assert_eq!(decide(&rules, &s("www.example", None)), None);
+        let inside: &'static [SocketAddr] = Box::leak(Box::new(inside));
+        let outside: &'static [SocketAddr] = Box::leak(Box::new(outside));
         assert_eq!(
-            decide(&rules, &s("10.1.1.1", "x.ads.example", "GET")),
-            Err("no-ads")
+            decide(&rules, &s("www.example", Some(inside))),
+            Some(Err("no-lan"))
         );
         assert_eq!(
-            decide(&rules, &s("10.1.1.1", "example.org", "GET")),
-            Ok("lan")
+            decide(&rules, &s("www.example", Some(outside))),
+            Some(Ok("ok"))
         );
-        assert!(decide(&rules, &s("10.1.1.1", "example.org", "POST")).is_err());
-        assert!(decide(&rules, &s("11.1.1.1", "example.org", "GET")).is_err());
+        // a rule with a matching name and a network is decided by the name
+        let mixed = vec![AccessRule {
+            destinations: vec![
+                Destination::Net(Cidr::parse("10.0.0.0/8").unwrap()),
+                Destination::Name(HostMatch::parse("bad.invalid").unwrap()),
+            ],
+            ..rule("mixed", false, "x.example")
+        }];
+        assert_eq!(decide(&mixed, &s("bad.invalid", None)), Some(Err("mixed")));
+        assert_eq!(decide(&mixed, &s("other.example", None)), None);
     }
 }

@@ -34,6 +34,15 @@ impl Filter {
         !self.spec.body_patterns.is_empty()
     }
 
+    /// Body bytes to hold back with the response head while they are scanned (0: none).
+    pub fn hold_head_bytes(&self) -> usize {
+        if self.scans_bodies() {
+            self.spec.hold_head_bytes
+        } else {
+            0
+        }
+    }
+
     /// The glob that blocks this URL, if any.
     pub fn url_blocked(&self, url: &str) -> Option<&str> {
         self.spec
@@ -209,6 +218,7 @@ mod tests {
             content_types: vec!["application/x-msdownload".into(), "video/*".into()],
             body_patterns: patterns.iter().map(|p| p.as_bytes().to_vec()).collect(),
             url_patterns: vec!["*/malware/*".into()],
+            hold_head_bytes: 0,
         })
     }
 

@@ -5,9 +5,10 @@
 //! Design. Everything goes through the one `ProxyHttp` implementation of the HTTP engines,
 //! which delegates to [`Forward`] from a handful of phases when the listener is a forward
 //! proxy:
-//! - `request_filter` ([`Forward::request_filter`]): target parsing, auth, resolution,
-//!   private-destination guard, access rules, URL filter; CONNECT is answered and tunnelled
-//!   right here.
+//! - `request_filter` ([`Forward::request_filter`]): target parsing, auth, the access rules
+//!   on the name, resolution (only for a request the name did not deny), the
+//!   private-destination guard, the access rules with the addresses, URL filter; CONNECT is
+//!   answered and tunnelled right here.
 //! - `upstream_peer`: one `HttpPeer` per resolved address, so Pingora's connection pool
 //!   keeps origin connections alive across requests and clients; a failed connect retries
 //!   the next address.
@@ -29,6 +30,10 @@
 //! becomes visible (the store publishes only at `finish`). The URL filter runs in
 //! `request_filter`, before the lookup, so it applies to hits as well.
 //!
+//! CONNECT over HTTP/2 (an `h2c: true` listener, RFC 9113 §8.5) passes the same checks
+//! in `request_filter`; its tunnel is the request's stream (see [`tunnel`]), nothing is
+//! taken over.
+//!
 //! CONNECT: Pingora answers CONNECT with 405 unless `allow_connect_method_proxying` is set,
 //! and then treats it as an ordinary request to proxy to an upstream (for chaining proxies);
 //! it has no tunnel. We set the option on forward listeners only, so CONNECT reaches
@@ -47,17 +52,23 @@
 //! connection is closed without a proper end of body, so the client sees a truncated,
 //! failed transfer. Only when the head and the matching piece arrive in the same batch is
 //! the response replaced by the page. This needs no buffering of bodies at all.
+//! `filter.hold_head_bytes` (default 0) widens that: the head and up to that many body
+//! bytes are held back while they are scanned ([`hold`]), so a match among them gets the
+//! page too; a match beyond them still cuts. A held response closes the client connection
+//! after it.
 
 pub mod acl;
 pub mod anonymity;
 pub mod auth;
 pub mod filter;
+pub mod hold;
 pub mod tunnel;
 
 use crate::cache::RouteCache;
 use crate::config::forward::ForwardSpec;
 use bytes::Bytes;
-use log::{info, warn};
+use log::{debug, info, warn};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -87,6 +98,8 @@ pub struct FwdCtx {
     /// Why the response was blocked, once it was.
     blocked: Option<String>,
     scan: Option<filter::BodyScan>,
+    /// The response head and first body bytes held back while they are scanned.
+    hold: Option<hold::Hold>,
     /// A CONNECT tunnel that was established: the bytes it carried up and down.
     pub tunnel: Option<(u64, u64)>,
 }
@@ -112,10 +125,12 @@ impl Forward {
         })
     }
 
-    /// Pingora server options a forward listener needs: CONNECT must reach `request_filter`.
-    pub fn server_options() -> pingora_core::apps::HttpServerOptions {
+    /// Pingora server options a forward listener needs: CONNECT must reach `request_filter`;
+    /// `h2c` as the listener says (CONNECT over HTTP/2 is then served too).
+    pub fn server_options(h2c: bool) -> pingora_core::apps::HttpServerOptions {
         let mut o = pingora_core::apps::HttpServerOptions::default();
         o.allow_connect_method_proxying = true;
+        o.h2c = h2c;
         o
     }
 
@@ -177,7 +192,27 @@ impl Forward {
                 return Ok(true);
             }
         }
-        let addrs = match resolve(&t.host, t.port, self.spec.connect_timeout).await {
+        // The rules first see the name alone: a denied name is answered without a lookup.
+        let literal = t
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| [SocketAddr::new(ip, t.port)]);
+        let mut subject = acl::Subject {
+            client: client_ip(session),
+            host: &t.host,
+            addrs: literal.as_ref().map(|a| &a[..]),
+            port: t.port,
+            method: &method,
+        };
+        if let Some(Err(rule)) = acl::decide(&self.spec.access, &subject) {
+            self.deny_log(session, &format!("403: denied by {rule}"));
+            let why = format!("Access denied by {rule}");
+            page(session, 403, &why, None, connect).await?;
+            return Ok(true);
+        }
+        let addrs = match resolve(&self.listener, &t.host, t.port, self.spec.connect_timeout).await
+        {
             Ok(a) => a,
             Err((code, why)) => {
                 self.deny_log(session, &format!("{code}: {why}"));
@@ -209,14 +244,12 @@ impl Forward {
                 return Ok(true);
             }
         }
-        let subject = acl::Subject {
-            client: client_ip(session),
-            host: &t.host,
-            addrs: &addrs,
-            port: t.port,
-            method: &method,
-        };
-        if let Err(rule) = acl::decide(&self.spec.access, &subject) {
+        // Again with the addresses: network rules decide now; with addresses the rules
+        // always decide, `None` would be a bug and is a deny.
+        subject.addrs = Some(&addrs);
+        if let Err(rule) =
+            acl::decide(&self.spec.access, &subject).unwrap_or(Err("the default rule (deny)"))
+        {
             self.deny_log(session, &format!("403: denied by {rule}"));
             let why = format!("Access denied by {rule}");
             page(session, 403, &why, None, connect).await?;
@@ -275,6 +308,30 @@ impl Forward {
             }
         };
         let client = client_ip(session);
+        let log_closed = |sent: u64, recv: u64| {
+            info!(
+                "{}: {} CONNECT {}:{} closed, {sent} bytes up, {recv} bytes down",
+                self.listener,
+                client.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                t.host,
+                t.port
+            )
+        };
+        if let ServerSession::H2(h2) = &mut *session.downstream_session {
+            // RFC 9113 §8.5: the 200 opens the tunnel on the CONNECT stream itself
+            let ok = ResponseHeader::build(200, None)?;
+            h2.write_response_header(Box::new(ok), false)?;
+            let Some(send) = h2.take_response_body_writer() else {
+                return Ok(None);
+            };
+            let ((sent, recv), clean) =
+                tunnel::relay_h2(h2, send, up, self.spec.tunnel_idle_timeout).await;
+            if !clean {
+                h2.shutdown_with_reason(h2::Reason::CONNECT_ERROR);
+            }
+            log_closed(sent, recv);
+            return Ok(Some((sent, recv)));
+        }
         let Some((mut down, early)) = tunnel::take_over(session).await else {
             self.deny_log(session, "CONNECT needs HTTP/1.1");
             page(session, 405, "CONNECT needs HTTP/1.1", None, true).await?;
@@ -289,13 +346,7 @@ impl Forward {
             return Ok(None);
         }
         let (sent, recv) = tunnel::relay(down, early, up, self.spec.tunnel_idle_timeout).await;
-        info!(
-            "{}: {} CONNECT {}:{} closed, {sent} bytes up, {recv} bytes down",
-            self.listener,
-            client.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-            t.host,
-            t.port
-        );
+        log_closed(sent, recv);
         Ok(Some((sent, recv)))
     }
 
@@ -356,9 +407,9 @@ impl Forward {
         Ok(())
     }
 
-    pub fn upstream_response_filter(
+    pub async fn upstream_response_filter(
         &self,
-        session: &Session,
+        session: &mut Session,
         resp: &ResponseHeader,
         ctx: &mut FwdCtx,
     ) -> Result<()> {
@@ -381,6 +432,10 @@ impl Forward {
                 Ok(s) => ctx.scan = Some(s),
                 Err(why) => return self.block(ctx, why),
             }
+            let limit = self.filter.hold_head_bytes();
+            if limit > 0 {
+                ctx.hold = hold::Hold::begin(session, limit).await;
+            }
         }
         Ok(())
     }
@@ -388,15 +443,22 @@ impl Forward {
     pub fn upstream_response_body_filter(
         &self,
         body: &Option<Bytes>,
+        end: bool,
         ctx: &mut FwdCtx,
     ) -> Result<()> {
-        let (Some(scan), Some(b)) = (ctx.scan.as_mut(), body) else {
+        let Some(scan) = ctx.scan.as_mut() else {
             return Ok(());
         };
-        match scan.feed(b) {
-            Ok(None) => Ok(()),
-            Ok(Some(p)) => self.block(ctx, format!("body contains {p:?}")),
-            Err(why) => self.block(ctx, why),
+        let n = body.as_ref().map_or(0, |b| b.len());
+        match body.as_ref().map(|b| scan.feed(b)) {
+            None | Some(Ok(None)) => {
+                if let Some(h) = ctx.hold.as_mut() {
+                    h.observe(n, end);
+                }
+                Ok(())
+            }
+            Some(Ok(Some(p))) => self.block(ctx, format!("body contains {p:?}")),
+            Some(Err(why)) => self.block(ctx, why),
         }
     }
 
@@ -409,7 +471,12 @@ impl Forward {
     /// The proxy's page for a blocked response, or `None` for other failures.
     pub async fn fail_to_proxy(&self, session: &mut Session, ctx: &FwdCtx) -> Option<FailToProxy> {
         let why = ctx.blocked.as_deref()?;
-        if session.response_written().is_none() {
+        // a held response that was not released yet: what was kept is dropped
+        let held = match &ctx.hold {
+            Some(h) => h.take_back(session).await,
+            None => false,
+        };
+        if held || session.response_written().is_none() {
             self.deny_log(session, &format!("403: response blocked, {why}"));
             let _ = page(
                 session,
@@ -492,8 +559,10 @@ fn host_of(h: &str) -> std::result::Result<String, &'static str> {
 }
 
 /// Addresses of `host`, IP literals as they are, names through the system resolver (on
-/// tokio's blocking pool, so it never stalls the event loop).
+/// tokio's blocking pool, so it never stalls the event loop). Each lookup is logged at debug
+/// level (`resolving NAME`).
 async fn resolve(
+    listener: &str,
     host: &str,
     port: u16,
     timeout: std::time::Duration,
@@ -501,6 +570,7 @@ async fn resolve(
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
+    debug!("{listener}: resolving {host}");
     match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
         Err(_) => Err((504, format!("resolving {host} timed out"))),
         Ok(Err(e)) => Err((502, format!("cannot resolve {host}: {e}"))),

@@ -11,9 +11,16 @@
 //!
 //! Relaying: the one relay of every tunnel ([`crate::net::splice`]): half-closes passed on,
 //! the idle timeout, and on shutdown a quiet tunnel is closed like an L4 connection.
+//!
+//! HTTP/2 (RFC 9113 §8.5, clients of an `h2c: true` listener): the tunnel is the CONNECT
+//! request's stream. Nothing is taken over: the 200 is written on the stream without
+//! ending it, and [`H2Stream`] makes the stream's DATA frames a byte stream for the same
+//! relay; END_STREAM is the half-close each way. A tunnel that ends in an error is reset
+//! with CONNECT_ERROR.
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use pingora_core::protocols::http::v2::server::HttpSession as SessionV2;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::{
@@ -25,7 +32,7 @@ use std::io::Cursor;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -91,6 +98,100 @@ pub async fn relay(
     match crate::net::splice::splice(&mut down, &mut up, idle, drain).await {
         crate::net::splice::Splice::Done(sent, recv) => (first + sent, recv),
         _ => (first, 0),
+    }
+}
+
+/// Relay a CONNECT over HTTP/2 whose 200 has been written: the stream's request body is
+/// the client's side of the tunnel, `send` (the response body) the origin's. Returns the
+/// bytes sent and received, and whether the relay ended cleanly.
+pub async fn relay_h2(
+    session: &mut SessionV2,
+    send: h2::SendStream<Bytes>,
+    mut up: TcpStream,
+    idle: Duration,
+) -> ((u64, u64), bool) {
+    let mut s = H2Stream {
+        session,
+        send,
+        rest: Bytes::new(),
+        ended: false,
+    };
+    let drain = crate::lifecycle::shutdown_started();
+    match crate::net::splice::splice(&mut s, &mut up, idle, drain).await {
+        crate::net::splice::Splice::Done(sent, recv) => ((sent, recv), true),
+        _ => ((0, 0), false),
+    }
+}
+
+/// An HTTP/2 stream as a byte stream: reads are the request's DATA frames (END_STREAM is
+/// the end of input), writes go out as response DATA frames within the flow-control window,
+/// shutdown sends END_STREAM.
+pub struct H2Stream<'a> {
+    session: &'a mut SessionV2,
+    send: h2::SendStream<Bytes>,
+    /// What is left of the last DATA frame read.
+    rest: Bytes,
+    ended: bool,
+}
+
+fn h2_io(e: h2::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl AsyncRead for H2Stream<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.rest.is_empty() {
+            match ready!(self.session.poll_read_body_bytes(cx)) {
+                Some(Ok(b)) => self.rest = b,
+                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.rest.len().min(buf.remaining());
+        buf.put_slice(&self.rest.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if b.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(b.len());
+        loop {
+            let cap = self.send.capacity();
+            if cap > 0 {
+                let n = cap.min(b.len());
+                self.send
+                    .send_data(Bytes::copy_from_slice(&b[..n]), false)
+                    .map_err(h2_io)?;
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                None => return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.ended {
+            self.ended = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_io)?;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -385,7 +385,10 @@ impl ProxyHttp for HttpProxy {
             ctx.not_modified = Some(Box::new(upstream_response.clone()));
         }
         match &self.listener.forward {
-            Some(f) => f.upstream_response_filter(session, upstream_response, &mut ctx.fwd),
+            Some(f) => {
+                f.upstream_response_filter(session, upstream_response, &mut ctx.fwd)
+                    .await
+            }
             None => Ok(()),
         }
     }
@@ -394,11 +397,11 @@ impl ProxyHttp for HttpProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(f) = &self.listener.forward {
-            f.upstream_response_body_filter(body, &mut ctx.fwd)?;
+            f.upstream_response_body_filter(body, end_of_stream, &mut ctx.fwd)?;
         }
         Ok(None)
     }

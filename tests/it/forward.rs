@@ -297,6 +297,105 @@ async fn connect_tunnels_tls_end_to_end_and_refuses_other_ports() {
     assert_eq!(plain.connections(), 0);
 }
 
+/// CONNECT over HTTP/2 (RFC 9113 §8.5) on an `h2c: true` listener: the 200 opens a tunnel
+/// on the request's stream, bytes go both ways, END_STREAM is passed on as a half-close
+/// each way; the same rules as HTTP/1.1 CONNECT refuse other ports and denied names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_over_http2_tunnels_with_the_same_rules() {
+    // an echo origin that closes once the client has closed its side
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 1024];
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let p = Proxy::start(&format!(
+        "listeners:
+  - name: fwd2
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: http
+    h2c: true
+    forward_proxy:
+      allow_private_destinations: true
+      connect_ports: [{port}]
+      access:
+        - {{action: deny, name: no-blocked, destinations: [blocked.invalid]}}
+        - {{action: allow}}
+"
+    ));
+    let tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let connect = |authority: String| {
+        let mut c = client.clone();
+        async move {
+            c = c.ready().await.expect("ready");
+            let req = http::Request::builder()
+                .method("CONNECT")
+                .uri(authority)
+                .body(())
+                .expect("request");
+            let (resp, send) = c.send_request(req, false).expect("send");
+            (resp.await.expect("response"), send)
+        }
+    };
+
+    let (resp, mut send) = connect(format!("127.0.0.1:{port}")).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    send.send_data(bytes::Bytes::from_static(b"ping over h2"), false)
+        .expect("data");
+    let mut got = Vec::new();
+    while got.len() < 12 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("echo in time")
+            .expect("stream open")
+            .expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, b"ping over h2");
+    // our END_STREAM half-closes the origin, which closes; that END_STREAM comes back
+    send.send_data(bytes::Bytes::new(), true).expect("end");
+    // (an empty DATA frame carries END_STREAM: skip it)
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = body.data().await {
+            rest.extend_from_slice(&chunk.expect("a clean end"));
+        }
+    })
+    .await
+    .expect("the tunnel ended after the origin closed");
+    assert!(rest.is_empty(), "{rest:?}");
+
+    let (resp, _send) = connect("127.0.0.1:443".to_string()).await;
+    assert_eq!(resp.status(), 403, "a port not in connect_ports");
+    let (resp, _send) = connect(format!("blocked.invalid:{port}")).await;
+    assert_eq!(resp.status(), 403, "a denied name");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = p.log();
+    assert!(
+        log.contains(&format!(
+            "CONNECT 127.0.0.1:{port} closed, 12 bytes up, 12 bytes down"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("denied by no-blocked"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_tunnel_data_is_kept_and_idle_tunnel_is_closed() {
     // an echo origin that never closes on its own
@@ -401,6 +500,62 @@ async fn access_rules_allow_and_deny_by_client_destination_and_method() {
     let log = p.log();
     assert!(log.contains("denied by no-post"), "{log}");
     assert!(log.contains("denied by no-localhost-name"), "{log}");
+}
+
+/// Squid's `dstdomain`: a rule that denies a name decides before any lookup, so a denied
+/// name that does not even resolve (`.invalid`, RFC 6761) is a 403, never a 502, for
+/// absolute-form and CONNECT alike. Each lookup is logged at debug level; with that level on,
+/// the allowed name's lookup is in the log and the denied one's is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_name_is_refused_before_any_lookup() {
+    let o = OriginBuilder::new("named").run().await;
+    let p = Proxy::start_logging(
+        &fwd("allow_private_destinations: true
+connect_ports: [443]
+access:
+  - {action: deny, name: no-blocked, destinations: [blocked.invalid, '*.blocked.invalid']}
+  - {action: allow}"),
+        "info,stepstone::forward=debug",
+    );
+
+    let r = absolute(&p, "GET", "http://blocked.invalid/x", &[]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("no-blocked"), "{}", r.text());
+    let r = absolute(&p, "GET", "http://www.blocked.invalid:8080/x", &[]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    let r = c
+        .request(
+            "CONNECT",
+            "blocked.invalid:443",
+            &[("Host", "blocked.invalid:443")],
+            b"",
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("no-blocked"), "{}", r.text());
+
+    // control: an allowed name is looked up (from /etc/hosts), and the lookup is logged
+    let r = absolute(
+        &p,
+        "GET",
+        &format!("http://localhost:{}/y", o.addr.port()),
+        &[],
+    )
+    .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "named"));
+
+    let log = p.log();
+    assert!(
+        log.contains("resolving localhost"),
+        "lookups are not logged: {log}"
+    );
+    assert!(!log.contains("resolving blocked.invalid"), "{log}");
+    assert!(!log.contains("resolving www.blocked.invalid"), "{log}");
+    assert!(!log.contains("cannot resolve"), "{log}");
+    assert_eq!(log.matches("403: denied by no-blocked").count(), 3, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -605,6 +760,143 @@ async fn body_pattern_split_across_chunks_cuts_the_response() {
     assert!(p.log().contains("forbidden-word"), "{}", p.log());
 }
 
+/// `filter.hold_head_bytes`: the origin sends its head, pauses, then the body, so the head
+/// is alone in Pingora's first batch. Held, a pattern at byte 3000 gets the proxy's 403
+/// page; not held (the default), the same response is cut. Clean responses pass whole and
+/// byte-exact with holding on, whether they end inside the window or run past it, and a
+/// pattern past the window still cuts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_head_turns_an_early_body_match_into_the_403_page() {
+    let pause = Duration::from_millis(300);
+    let head = |len: usize| {
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\r\n")
+            .into_bytes()
+    };
+    let mut bad_body = vec![b'a'; 3000];
+    bad_body.extend_from_slice(b"forbidden-word");
+    bad_body.extend_from_slice(&[b'b'; 2000]);
+    let (bad, _) = scripted(vec![
+        (Duration::ZERO, head(bad_body.len())),
+        (pause, bad_body.clone()),
+    ])
+    .await;
+    // clean, 20000 bytes in three writes: runs past the window
+    let long: Vec<u8> = (0..20_000u32)
+        .map(|i| b"abcdefghij"[(i % 10) as usize])
+        .collect();
+    let (good_long, _) = scripted(vec![
+        (Duration::ZERO, head(long.len())),
+        (pause, long[..3000].to_vec()),
+        (pause, long[3000..13_000].to_vec()),
+        (Duration::ZERO, long[13_000..].to_vec()),
+    ])
+    .await;
+    // clean, chunked, ends inside the window
+    let (good_short, _) = scripted(vec![
+        (
+            Duration::ZERO,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec(),
+        ),
+        (pause, chunk(b"short and ")),
+        (pause, chunk(b"clean")),
+        (Duration::ZERO, b"0\r\n\r\n".to_vec()),
+    ])
+    .await;
+    // the pattern at byte 9000, past the window
+    let mut late = vec![b'c'; 9000];
+    late.extend_from_slice(b"forbidden-word tail");
+    let (bad_late, _) = scripted(vec![
+        (Duration::ZERO, head(late.len())),
+        (pause, late[..9000].to_vec()),
+        (pause, late[9000..].to_vec()),
+    ])
+    .await;
+    let cfg = "listeners:
+  - name: held
+    address: 127.0.0.1:{{port}}
+    protocol: http
+    forward_proxy:
+      allow_private_destinations: true
+      access: [{action: allow}]
+      filter: {block_body_patterns: [forbidden-word], hold_head_bytes: 8192}
+  - name: plain
+    address: 127.0.0.1:{{port1}}
+    protocol: http
+    forward_proxy:
+      allow_private_destinations: true
+      access: [{action: allow}]
+      filter: {block_body_patterns: [forbidden-word]}
+";
+    let p = Proxy::start(cfg);
+    let body_of = |raw: &[u8]| {
+        let at = crate::support::client::find(raw, b"\r\n\r\n").expect("a response head") + 4;
+        raw[at..].to_vec()
+    };
+
+    // held: the 403 page, nothing of the origin's response
+    let raw = raw_exchange(&p, &format!("http://{bad}/")).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.contains("content filter"), "{text}");
+    assert!(!text.contains("aaaa") && !text.contains("200 OK"), "{text}");
+    assert!(
+        p.log().contains("403: response blocked, body contains"),
+        "{}",
+        p.log()
+    );
+
+    // not held: the same response is cut (today's behaviour); the head may not even have
+    // left the proxy's write buffer, so the client may see the connection close at once
+    let mut s = TcpStream::connect(p.addr_of(1)).await.expect("connect");
+    s.write_all(
+        format!("GET http://{bad}/ HTTP/1.1\r\nHost: {bad}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        !text.contains("403"),
+        "not held, yet answered the page: {text}"
+    );
+    assert!(!text.contains("forbidden-word"), "{text}");
+    assert!(
+        raw.is_empty()
+            || (text.starts_with("HTTP/1.1 200") && body_of(&raw).len() < bad_body.len()),
+        "{text}"
+    );
+    assert!(p.log().contains("response cut"), "{}", p.log());
+
+    // held, clean: complete and byte-exact, past the window and inside it
+    let raw = raw_exchange(&p, &format!("http://{good_long}/")).await;
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(body_of(&raw), long, "the long clean body changed");
+    let r = absolute(&p, "GET", &format!("http://{good_short}/"), &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "short and clean"));
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "a held response closes"
+    );
+    let (code, out, err) = curl(&["-x", &proxy_url(&p), &format!("http://{good_long}/")]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.as_bytes(), &long[..]);
+
+    // held, a match past the window: cut
+    let raw = raw_exchange(&p, &format!("http://{bad_late}/")).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("forbidden-word"), "{text}");
+    assert!(body_of(&raw).len() < late.len(), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_pattern_inside_gzip_is_found() {
     use std::io::Write;
@@ -700,6 +992,11 @@ fn forward_config_errors_name_the_key() {
             "forward_proxy: {auth: {users_file: plain}}",
             "listeners[0].forward_proxy.auth.users_file",
             "bcrypt",
+        ),
+        (
+            "forward_proxy: {filter: {block_body_patterns: [x], hold_head_bytes: 2MiB}}",
+            "listeners[0].forward_proxy.filter.hold_head_bytes",
+            "2097152",
         ),
         (
             "forward_proxy: {anonymity: paranoid}",

@@ -53,11 +53,28 @@ impl Proxy {
         Self::start_in(dir, &text, ports, &[])
     }
 
+    /// Start with `RUST_LOG` set to `filter` (e.g. to see a debug line a test checks for).
+    pub fn start_logging(template: &str, filter: &str) -> Proxy {
+        let dir = super::scratch_dir("proxy");
+        let (text, ports) = render(template, &dir);
+        Self::start_with(dir, &text, ports, &[], Some(filter)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     pub fn start_in(
         dir: PathBuf,
         text: &str,
         ports: Vec<u16>,
         extra_args: &[&str],
+    ) -> Result<Proxy, String> {
+        Self::start_with(dir, text, ports, extra_args, None)
+    }
+
+    fn start_with(
+        dir: PathBuf,
+        text: &str,
+        ports: Vec<u16>,
+        extra_args: &[&str],
+        rust_log: Option<&str>,
     ) -> Result<Proxy, String> {
         let config = dir.join("stepstone.yaml");
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
@@ -69,7 +86,9 @@ impl Proxy {
             .args(extra_args)
             .env(
                 "RUST_LOG",
-                std::env::var("STEPSTONE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                rust_log.map(str::to_string).unwrap_or_else(|| {
+                    std::env::var("STEPSTONE_TEST_LOG").unwrap_or_else(|_| "info".into())
+                }),
             )
             .stdin(Stdio::null())
             .stdout(out)
