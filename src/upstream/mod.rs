@@ -37,7 +37,7 @@ pub struct Slot {
     /// the status page and metrics derive the backend's latency from the two.
     pub latency_us: AtomicU64,
     pub completed: AtomicU64,
-    /// Outlier detection ([`crate::policy::outlier`]): failures in a row, the end of the
+    /// Outlier detection (the policy's `outlier` module): failures in a row, the end of the
     /// current ejection in [`now_ms`] (0: not ejected), ejections so far (the backoff), the
     /// end of the last one, and the total for metrics.
     pub consecutive: AtomicU32,
