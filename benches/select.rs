@@ -2,7 +2,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use stepstone::config::{BackendSpec, Config};
-use stepstone::policy::route::Router;
+use stepstone::policy::route::{NoFields, Router};
 use stepstone::upstream::{select, Pool, Upstreams};
 
 fn pool(selection: &str, n: usize) -> Pool {
@@ -63,10 +63,16 @@ fn routing(c: &mut Criterion) {
     let ups = Upstreams::new(&cfg.upstreams);
     let r = Router::new(0, &cfg.routes, &ups.pools);
     c.bench_function("route/22_routes_exact_hit", |b| {
-        b.iter(|| r.find(black_box("svc17.example.com"), black_box("/api/v17/items")))
+        b.iter(|| {
+            r.find(
+                black_box("svc17.example.com"),
+                black_box("/api/v17/items"),
+                &NoFields,
+            )
+        })
     });
     c.bench_function("route/22_routes_fallthrough", |b| {
-        b.iter(|| r.find(black_box("other.test"), black_box("/")))
+        b.iter(|| r.find(black_box("other.test"), black_box("/"), &NoFields))
     });
 }
 

@@ -416,11 +416,37 @@ pub struct RouteFile {
     pub host: Option<String>,
     /// Default: /. The longest matching prefix wins.
     pub path_prefix: Option<String>,
-    pub upstream: String,
+    /// The upstream the route's requests go to. Exactly one of `upstream` and `split`.
+    pub upstream: Option<String>,
+    /// Several upstreams by weight, chosen per request (a canary, a migration).
+    pub split: Option<Vec<SplitFile>>,
+    /// Conditions on the request, all of which must hold for the route to take it; among
+    /// routes equally specific by host and prefix, the first that matches wins. Default: none
+    #[serde(rename = "match")]
+    pub matches: Option<MatchFile>,
     /// Largest request body accepted on this route. Default: 16MiB
     pub max_body_size: Option<Size>,
     /// Response cache for this route. Default: none (no caching).
     pub cache: Option<CacheFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SplitFile {
+    pub upstream: String,
+    /// Relative share, 1..1000.
+    pub weight: u32,
+}
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// Field name to exact value (the first field of that name).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Cookie name to exact value.
+    #[serde(default)]
+    pub cookies: std::collections::BTreeMap<String, String>,
 }
 
 /// A response cache on a route (or the forward proxy). All caches share one in-memory store.

@@ -327,7 +327,13 @@ pub struct RouteSpec {
     pub listener: usize,
     pub host: HostMatch,
     pub path_prefix: String,
+    /// The first upstream (the only one without a split), for labels.
     pub upstream: usize,
+    /// Upstreams and weights when the route splits; empty otherwise.
+    pub split: Vec<(usize, u32)>,
+    /// Header fields (lower-cased names) and cookies that must all match.
+    pub match_headers: Vec<(String, String)>,
+    pub match_cookies: Vec<(String, String)>,
     pub max_body_size: u64,
     pub cache: Option<cache::CacheSpec>,
 }

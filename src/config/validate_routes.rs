@@ -34,16 +34,60 @@ pub(super) fn routes(
                 "a forward_proxy listener takes no routes",
             ));
         }
-        let upstream = upstreams
-            .iter()
-            .position(|u| u.name == r.upstream)
-            .ok_or_else(|| {
-                e.err(
+        let find = |key: String, name: &str| {
+            upstreams
+                .iter()
+                .position(|u| u.name == name)
+                .ok_or_else(|| e.err(key, name, "no upstream has this name"))
+        };
+        let (upstream, split) = match (&r.upstream, &r.split) {
+            (Some(u), None) => (find(format!("{p}.upstream"), u)?, Vec::new()),
+            (None, Some(s)) if !s.is_empty() => {
+                let mut split = Vec::with_capacity(s.len());
+                for (j, m) in s.iter().enumerate() {
+                    let u = find(format!("{p}.split[{j}].upstream"), &m.upstream)?;
+                    if !(1..=super::MAX_WEIGHT).contains(&m.weight) {
+                        return Err(e.err(
+                            format!("{p}.split[{j}].weight"),
+                            m.weight,
+                            format!("must be between 1 and {}", super::MAX_WEIGHT),
+                        ));
+                    }
+                    split.push((u, m.weight));
+                }
+                (split[0].0, split)
+            }
+            (Some(_), Some(_)) => {
+                return Err(e.err(
+                    format!("{p}.split"),
+                    "",
+                    "give either upstream or split, not both",
+                ))
+            }
+            _ => {
+                return Err(e.err(
                     format!("{p}.upstream"),
-                    &r.upstream,
-                    "no upstream has this name",
-                )
-            })?;
+                    "",
+                    "required (or a non-empty split)",
+                ))
+            }
+        };
+        let mut match_headers = Vec::new();
+        let mut match_cookies = Vec::new();
+        if let Some(m) = &r.matches {
+            for (k, v) in &m.headers {
+                if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                    return Err(e.err(format!("{p}.match.headers"), k, "not a header field name"));
+                }
+                match_headers.push((k.to_ascii_lowercase(), v.clone()));
+            }
+            for (k, v) in &m.cookies {
+                if k.is_empty() || k.contains([';', '=', ' ']) {
+                    return Err(e.err(format!("{p}.match.cookies"), k, "not a cookie name"));
+                }
+                match_cookies.push((k.clone(), v.clone()));
+            }
+        }
         let host = match &r.host {
             None => HostMatch::Any,
             Some(h) => HostMatch::parse(h).map_err(|m| e.err(format!("{p}.host"), h, m))?,
@@ -62,6 +106,9 @@ pub(super) fn routes(
             host,
             path_prefix,
             upstream,
+            split,
+            match_headers,
+            match_cookies,
             max_body_size: r
                 .max_body_size
                 .map(|s| s.0)
@@ -80,6 +127,49 @@ mod tests {
     use crate::config::Config;
 
     const BASE: &str = "listeners: [{name: web, address: 127.0.0.1:8080, protocol: http}]\n";
+
+    #[test]
+    fn splits_and_matches_are_checked() {
+        let ups = "upstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}, {name: b, backends: [{address: 127.0.0.1:2}]}]\n";
+        let ok = format!("{BASE}{ups}routes: [{{listener: web, split: [{{upstream: a, weight: 9}}, {{upstream: b, weight: 1}}], match: {{headers: {{X-A: '1'}}, cookies: {{c: '2'}}}}}}]\n");
+        let c = Config::from_yaml("x.yaml", &ok).unwrap();
+        assert_eq!(c.routes[0].split, vec![(0, 9), (1, 1)]);
+        assert_eq!(
+            c.routes[0].match_headers,
+            vec![("x-a".to_string(), "1".to_string())]
+        );
+        for (route, path, value) in [
+            (
+                "{listener: web, upstream: a, split: [{upstream: b, weight: 1}]}",
+                "routes[0].split",
+                "",
+            ),
+            (
+                "{listener: web, split: [{upstream: a, weight: 0}]}",
+                "routes[0].split[0].weight",
+                "0",
+            ),
+            (
+                "{listener: web, split: [{upstream: z, weight: 1}]}",
+                "routes[0].split[0].upstream",
+                "z",
+            ),
+            ("{listener: web}", "routes[0].upstream", ""),
+            (
+                "{listener: web, upstream: a, match: {headers: {'bad name': x}}}",
+                "routes[0].match.headers",
+                "bad name",
+            ),
+        ] {
+            let y = format!("{BASE}{ups}routes: [{route}]\n");
+            let err = Config::from_yaml("x.yaml", &y).unwrap_err();
+            assert_eq!(
+                (err.path.as_str(), err.value.as_str()),
+                (path, value),
+                "{route}"
+            );
+        }
+    }
 
     #[test]
     fn missing_upstream_reference() {

@@ -100,6 +100,7 @@ impl ProxyHttp for HttpProxy {
             host: request_host(req),
             path: req.uri.path(),
             content_length: content_length(req),
+            fields: req,
         };
         let route = match l.admit(&head) {
             Verdict::Answer(a, route) => {

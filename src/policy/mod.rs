@@ -63,6 +63,8 @@ pub struct RequestHead<'a> {
     /// The path, without its query.
     pub path: &'a str,
     pub content_length: Option<u64>,
+    /// The request's fields, for routes with a `match`.
+    pub fields: &'a (dyn route::Fields + Sync),
 }
 
 /// The policy's verdict on a request.
@@ -112,12 +114,13 @@ impl ListenerPolicy {
         self.admit_on(r, self.route(r))
     }
 
-    /// The route a request is for, by host (port stripped) and the longest path prefix.
+    /// The route a request is for, by host (port stripped), the longest path prefix and the
+    /// route's `match`; a split route's member is chosen here, by weight.
     pub fn route(&self, r: &RequestHead) -> Option<&Route> {
         let host = forwarded::strip_port(r.host.unwrap_or(""));
         self.router
-            .find(host, r.path)
-            .and_then(|p| self.router.get(p))
+            .find(host, r.path, r.fields)
+            .and_then(|p| self.router.pick(p))
     }
 
     /// [`ListenerPolicy::admit`] for an engine that already looked the route up (to choose

@@ -1,4 +1,5 @@
-//! Host and longest-prefix routing, resolved once per listener at start-up.
+//! Host and longest-prefix routing, resolved once per listener at start-up, with the
+//! optional conditions (`match`) and weighted splits of a route.
 
 use crate::config::{HostMatch, RouteSpec};
 use crate::upstream::Pool;
@@ -15,6 +16,10 @@ pub struct Route {
     pub pool: Arc<Pool>,
     pub max_body_size: u64,
     pub cache: Option<crate::cache::RouteCache>,
+    /// A split route: the positions of its members (this one first) and their weights.
+    split: Vec<(usize, u32)>,
+    match_headers: Vec<(String, String)>,
+    match_cookies: Vec<(String, String)>,
 }
 
 impl Route {
@@ -24,49 +29,159 @@ impl Route {
         let s = &self.pool.spec;
         s.tls.is_none() && !s.http2 && s.send_proxy_protocol.is_none()
     }
+
+    fn matches(&self, f: &dyn Fields) -> bool {
+        self.match_headers
+            .iter()
+            .all(|(k, v)| f.header(k) == Some(v.as_bytes()))
+            && self
+                .match_cookies
+                .iter()
+                .all(|(k, v)| f.cookie(k) == Some(v.as_bytes()))
+    }
+}
+
+/// The request fields a route's `match` reads, from whatever form an engine holds them in.
+pub trait Fields {
+    /// The first field of this (lower-case) name.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+    fn cookie(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// No fields: for lookups that have none (benchmarks, tools).
+pub struct NoFields;
+
+impl Fields for NoFields {
+    fn header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn cookie(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+impl Fields for pingora_http::RequestHeader {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.get(name).map(|v| v.as_bytes())
+    }
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .find_map(|v| super::hash::cookie(v.as_bytes(), name))
+    }
+}
+
+/// The fields of a head parsed in place.
+pub struct ParsedFields<'a, 'b>(pub &'a [httparse::Header<'b>]);
+
+impl Fields for ParsedFields<'_, '_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .find_map(|h| super::hash::cookie(h.value, name))
+    }
 }
 
 pub struct Router {
-    /// Most specific host first, then longest prefix first; the first match wins.
+    /// Most specific host first, then longest prefix first; the first match wins. Then the
+    /// members of split routes past their first, which are never scanned, only picked.
     routes: Vec<Route>,
+    scanned: usize,
 }
 
 impl Router {
     pub fn new(listener: usize, specs: &[RouteSpec], pools: &[Arc<Pool>]) -> Router {
-        let mut routes: Vec<Route> = specs
+        let route = |id: usize, r: &RouteSpec, upstream: usize| Route {
+            id,
+            pos: 0,
+            label: format!("routes[{id}]"),
+            host: r.host.clone(),
+            path_prefix: r.path_prefix.clone(),
+            pool: pools[upstream].clone(),
+            max_body_size: r.max_body_size,
+            cache: r.cache.clone().map(crate::cache::RouteCache::new),
+            split: Vec::new(),
+            match_headers: r.match_headers.clone(),
+            match_cookies: r.match_cookies.clone(),
+        };
+        let mine: Vec<(usize, &RouteSpec)> = specs
             .iter()
             .enumerate()
             .filter(|(_, r)| r.listener == listener)
-            .map(|(id, r)| Route {
-                id,
-                pos: 0,
-                label: format!("routes[{id}]"),
-                host: r.host.clone(),
-                path_prefix: r.path_prefix.clone(),
-                pool: pools[r.upstream].clone(),
-                max_body_size: r.max_body_size,
-                cache: r.cache.clone().map(crate::cache::RouteCache::new),
-            })
             .collect();
+        let mut routes: Vec<Route> = mine
+            .iter()
+            .map(|(id, r)| route(*id, r, r.upstream))
+            .collect();
+        // Among routes equal by host and prefix, one with `match` conditions is more specific
+        // than one without; then config order decides (the sort is stable), so the first
+        // whose `match` holds wins.
+        let conditions = |r: &Route| r.match_headers.len() + r.match_cookies.len();
         routes.sort_by(|a, b| {
             b.host
                 .specificity()
                 .cmp(&a.host.specificity())
                 .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
+                .then((conditions(b) > 0).cmp(&(conditions(a) > 0)))
         });
+        let scanned = routes.len();
         for (pos, r) in routes.iter_mut().enumerate() {
             r.pos = pos;
         }
-        Router { routes }
+        for pos in 0..scanned {
+            let id = routes[pos].id;
+            let Some((_, spec)) = mine.iter().find(|(i, _)| *i == id) else {
+                continue;
+            };
+            if spec.split.is_empty() {
+                continue;
+            }
+            let mut members = vec![(pos, spec.split[0].1)];
+            for &(upstream, weight) in &spec.split[1..] {
+                let mut m = route(id, spec, upstream);
+                m.pos = routes.len();
+                members.push((m.pos, weight));
+                routes.push(m);
+            }
+            routes[pos].split = members;
+        }
+        Router { routes, scanned }
     }
 
-    /// `host` without port; `path` is the request path without its query.
-    /// Position of the first matching route, for [`Router::get`].
+    /// `host` without port; `path` is the request path without its query; `fields` for
+    /// routes with a `match`. Position of the first matching route, for [`Router::get`].
     #[inline]
-    pub fn find(&self, host: &str, path: &str) -> Option<usize> {
-        self.routes
-            .iter()
-            .position(|r| r.host.matches(host) && path.starts_with(r.path_prefix.as_str()))
+    pub fn find(&self, host: &str, path: &str, fields: &(dyn Fields + Sync)) -> Option<usize> {
+        self.routes[..self.scanned].iter().position(|r| {
+            r.host.matches(host)
+                && path.starts_with(r.path_prefix.as_str())
+                && (r.match_headers.is_empty() && r.match_cookies.is_empty() || r.matches(fields))
+        })
+    }
+
+    /// The route at `pos`; for a split route, one of its members, chosen by weight.
+    pub fn pick(&self, pos: usize) -> Option<&Route> {
+        let r = self.routes.get(pos)?;
+        if r.split.is_empty() {
+            return Some(r);
+        }
+        let total: u32 = r.split.iter().map(|(_, w)| w).sum();
+        let mut at = rand::random::<u32>() % total.max(1);
+        for &(p, w) in &r.split {
+            if at < w {
+                return self.routes.get(p);
+            }
+            at -= w;
+        }
+        Some(r)
     }
 
     #[inline]

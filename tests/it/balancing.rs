@@ -121,3 +121,51 @@ async fn outlier_detection_never_ejects_the_last_backend() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_split_and_a_header_or_cookie_match_pick_the_upstream() {
+    let stable = OriginBuilder::new("stable").run().await;
+    let canary = OriginBuilder::new("canary").run().await;
+    for fast_path in [true, false] {
+        let p = Proxy::start(&format!(
+            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, fast_path: {fast_path}}}\nupstreams:\n  - name: stable\n    backends: [{{address: {}}}]\n  - name: canary\n    backends: [{{address: {}}}]\nroutes:\n  - listener: web\n    split: [{{upstream: stable, weight: 80}}, {{upstream: canary, weight: 20}}]\n  - listener: web\n    match: {{headers: {{X-Canary: \"1\"}}}}\n    upstream: canary\n  - listener: web\n    match: {{cookies: {{beta: \"1\"}}}}\n    upstream: canary\n",
+            stable.addr, canary.addr
+        ));
+        let engine = if fast_path { "lean" } else { "general" };
+        let (s0, c0) = (stable.requests(), canary.requests());
+        let n = 2000;
+        let mut conn = crate::support::Conn::connect(p.addr)
+            .await
+            .expect("connect");
+        for i in 0..n {
+            if i % 500 == 499 {
+                // a connection carries at most keepalive_requests (1000)
+                conn = crate::support::Conn::connect(p.addr)
+                    .await
+                    .expect("connect");
+            }
+            let r = conn.get("/", &[]).await.expect("response");
+            assert_eq!(r.status, 200);
+        }
+        let to_canary = canary.requests() - c0;
+        assert_eq!(stable.requests() - s0 + to_canary, n, "{engine}");
+        let share = to_canary as f64 / n as f64;
+        assert!(
+            (0.16..=0.24).contains(&share),
+            "{engine}: canary share {share}, want 0.20 ± 0.04"
+        );
+        // a route with a `match` ranks before the unconditional split at the same host and
+        // prefix: it takes every request it matches, and none other
+        let (s1, c1) = (stable.requests(), canary.requests());
+        for _ in 0..20 {
+            conn.get("/", &[("X-Canary", "1")])
+                .await
+                .expect("header match");
+            conn.get("/", &[("Cookie", "a=b; beta=1")])
+                .await
+                .expect("cookie match");
+        }
+        assert_eq!(canary.requests() - c1, 40, "{engine}");
+        assert_eq!(stable.requests(), s1, "{engine}");
+    }
+}

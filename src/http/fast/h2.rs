@@ -48,6 +48,7 @@ impl FastPath {
             host,
             path: req.uri.path(),
             content_length: None,
+            fields: req,
         };
         let route = l.route(&head);
         if let Err(reason) = engine::choose(l, &t, route, false) {

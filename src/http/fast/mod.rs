@@ -212,11 +212,13 @@ impl FastPath {
         };
         let websocket = t.upgrade_relayed();
         let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let parsed_fields = crate::policy::route::ParsedFields(req.headers);
         let head = RequestHead {
             client: conn.client,
             host: host_text,
             path,
             content_length: Some(body_len),
+            fields: &parsed_fields,
         };
         let route = l.route(&head);
         // A cached route's requests are served here only as fresh hits, looked up without
