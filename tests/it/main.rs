@@ -15,4 +15,5 @@ mod l4;
 mod ops;
 mod protocol;
 mod reverse;
+mod streaming;
 mod tls;
