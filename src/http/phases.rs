@@ -346,6 +346,23 @@ impl ProxyHttp for HttpProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let code = resp.status.as_u16();
+        if resp.status.is_informational() && code != 101 {
+            // Pingora writes every 1xx unless told to ignore them; ignoring still lets a
+            // 100 through to an HTTP/1.1 `Expect: 100-continue`, as the policy does.
+            let req = session.req_header();
+            let to = policy::interim::Client {
+                http10: req.version < http::Version::HTTP_11,
+                h2: session.is_http2(),
+                expects_continue: req.version == http::Version::HTTP_11
+                    && req
+                        .headers
+                        .get(http::header::EXPECT)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+            };
+            session.set_ignore_info_resp(!policy::interim::forwarded(code, to));
+            return Ok(());
+        }
         if let Some(c) = self.route_cache(ctx) {
             c.response_filter(session, resp, &self.listener.name, self.listener.tls)?;
         }

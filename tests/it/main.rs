@@ -11,6 +11,7 @@ mod divergences;
 mod fast;
 mod forward;
 mod hardening;
+mod interim;
 mod l4;
 mod ops;
 mod protocol;

@@ -226,10 +226,15 @@ impl<'a> Exchange<'a> {
                 while !rbuf.is_empty() {
                     match parse_response(&rbuf, head_only, down)? {
                         Parsed::Partial => break,
-                        Parsed::Informational(n) => {
-                            // Forwarded to an HTTP/1.1 client, as Pingora's path does
-                            // (RFC 9110 §15.2: a proxy forwards 1xx it did not ask for).
-                            if let (Some(g), Down::H1 { .. }) = (g.as_deref_mut(), down) {
+                        Parsed::Informational(n, code) => {
+                            // The lean engine's HTTP/1 clients are HTTP/1.1 without an
+                            // expectation (engine::choose); HTTP/2 ones take no 1xx.
+                            let to = crate::policy::interim::Client {
+                                h2: down == Down::H2,
+                                ..Default::default()
+                            };
+                            let fwd = crate::policy::interim::forwarded(code, to);
+                            if let (Some(g), true) = (g.as_deref_mut(), fwd) {
                                 let t = self.l.client_timeout;
                                 if write_flush(g, &rbuf[..n], t).await.is_err() {
                                     return Err(Failure::Cut);
