@@ -10,6 +10,7 @@ mod differential_h2;
 mod divergences;
 mod fast;
 mod forward;
+mod h2cancel;
 mod hardening;
 mod interim;
 mod l4;
