@@ -11,6 +11,7 @@ mod divergences;
 mod fast;
 mod forward;
 mod h2cancel;
+mod h2expect;
 mod hardening;
 mod interim;
 mod l4;
