@@ -289,6 +289,7 @@ impl ProxyHttp for HttpProxy {
             self.listener.tls,
             host.as_deref(),
             session.req_header().version == http::Version::HTTP_2,
+            self.route(ctx).is_some_and(|r| r.pool.spec.http2),
         )
     }
 

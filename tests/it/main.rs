@@ -10,6 +10,7 @@ mod differential_h2;
 mod divergences;
 mod fast;
 mod forward;
+mod grpc;
 mod h2cancel;
 mod h2expect;
 mod hardening;
