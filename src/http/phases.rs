@@ -23,7 +23,7 @@ use crate::policy::{self, Verdict};
 use crate::upstream::bit;
 use async_trait::async_trait;
 use bytes::Bytes;
-use log::warn;
+use log::{info, warn};
 use pingora_cache::key::HashBinary;
 use pingora_cache::{
     CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
@@ -64,6 +64,8 @@ fn failure(e: &Error) -> Result<Failure, u16> {
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
             ErrorSource::Downstream,
         ) => Failure::ClientGone,
+        // The client reset its HTTP/2 stream (a cancel) or the connection went away.
+        (ErrorType::H2Error, ErrorSource::Downstream) => Failure::ClientGone,
         (ErrorType::ReadTimedout, ErrorSource::Downstream) => Failure::ClientTimeout,
         (_, ErrorSource::Downstream) => Failure::BadRequest,
         _ => Failure::Internal,
@@ -245,6 +247,12 @@ impl ProxyHttp for HttpProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if e.esource() == &ErrorSource::Downstream {
+            // The client's side failed (a cancelled stream, a closed connection): nothing
+            // is retried for a client that is gone, and the backend is not to blame.
+            e.set_retry(false);
+            return e;
+        }
         let method = session.req_header().method.as_str();
         let held = !session.as_ref().retry_buffer_truncated();
         let retry = policy::retry::after_stale_connection(method, held, client_reused);
@@ -285,6 +293,7 @@ impl ProxyHttp for HttpProxy {
             self.listener.tls,
             host.as_deref(),
             session.req_header().version == http::Version::HTTP_2,
+            self.route(ctx).is_some_and(|r| r.pool.spec.http2),
         )
     }
 
@@ -352,6 +361,23 @@ impl ProxyHttp for HttpProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let code = resp.status.as_u16();
+        if resp.status.is_informational() && code != 101 {
+            // Pingora writes every 1xx unless told to ignore them; ignoring still lets a
+            // 100 through to an HTTP/1.1 `Expect: 100-continue`, as the policy does.
+            let req = session.req_header();
+            let to = policy::interim::Client {
+                http10: req.version < http::Version::HTTP_11,
+                h2: session.is_http2(),
+                expects_continue: req.version == http::Version::HTTP_11
+                    && req
+                        .headers
+                        .get(http::header::EXPECT)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+            };
+            session.set_ignore_info_resp(!policy::interim::forwarded(code, to));
+            return Ok(());
+        }
         if let Some(c) = self.route_cache(ctx) {
             c.response_filter(session, resp, &self.listener.name, self.listener.tls)?;
         }
@@ -422,8 +448,16 @@ impl ProxyHttp for HttpProxy {
         Ok(())
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // fail_to_proxy logged it, once, at the level it deserves
+        matches!(failure(e), Ok(Failure::ClientGone))
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let route = self.route(ctx);
+        if session.is_http2() && e.is_some_and(|e| matches!(failure(e), Ok(Failure::ClientGone))) {
+            crate::observability::client_closed(route.map(|r| r.id));
+        }
         let slot = ctx.pick.as_ref().map(|p| &*p.slot);
         // How the last backend did, for outlier detection (connect failures were told in
         // `fail_to_connect`).
@@ -459,7 +493,14 @@ impl ProxyHttp for HttpProxy {
             Ok(f) => f.status(),
             Err(code) => code,
         };
-        if code > 0 {
+        if code == 0 {
+            info!(
+                "{}: client closed the request for {} (backend {}): {e}",
+                self.listener.name,
+                session.req_header().uri,
+                ctx.backend_label().unwrap_or("-")
+            );
+        } else {
             warn!(
                 "{}: answering {code} for {} (backend {}): {e}",
                 self.listener.name,

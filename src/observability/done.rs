@@ -104,6 +104,12 @@ pub fn access_log_on() -> bool {
     ACCESS_LOG.get().is_some()
 }
 
+/// A request whose client reset its HTTP/2 stream before the response ended (a cancel):
+/// counted once, besides its `err` class, whichever engine served it.
+pub fn client_closed(route: Option<usize>) {
+    route_metrics(route).client_closed.inc();
+}
+
 pub(super) fn count_done(
     route: Option<usize>,
     backend: Option<&crate::upstream::Slot>,

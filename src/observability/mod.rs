@@ -39,7 +39,7 @@ mod render;
 
 use access_log::*;
 pub use access_log::{clf_time, rfc3339};
-pub use done::{access_log_on, fast_request_done, request_done, ReqView};
+pub use done::{access_log_on, client_closed, fast_request_done, request_done, ReqView};
 pub use render::render;
 
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
@@ -80,6 +80,13 @@ pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
         "stepstone_requests_total",
         "HTTP requests by route and status class (err: no response was sent)",
         &["route", "upstream", "class"],
+    )
+});
+pub static CLIENT_CLOSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_client_closed_total",
+        "HTTP/2 streams the client reset (cancelled) before the response ended; also counted as class err",
+        &["route", "upstream"],
     )
 });
 pub static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
@@ -202,6 +209,7 @@ pub struct RouteMetrics {
     /// By status class: index 0 is "err" (no response), 1..=5 are 1xx..5xx.
     requests: [IntCounter; 6],
     duration: Histogram,
+    client_closed: IntCounter,
     connect: Histogram,
     conns: IntCounter,
     reused: IntCounter,
@@ -224,6 +232,7 @@ impl RouteMetrics {
                 class("5xx"),
             ],
             duration: REQUEST_DURATION.with_label_values(&[route, upstream]),
+            client_closed: CLIENT_CLOSED.with_label_values(&[route, upstream]),
             connect: UPSTREAM_CONNECT.with_label_values(&[upstream]),
             conns: UPSTREAM_CONNECTIONS.with_label_values(&[upstream]),
             reused: UPSTREAM_REUSED.with_label_values(&[upstream]),

@@ -37,7 +37,16 @@ pub fn request(
     tls: bool,
     host: Option<&str>,
     from_h2: bool,
+    to_h2: bool,
 ) -> pingora_core::Result<()> {
+    // `TE: trailers` is the one TE an HTTP/2 request may carry (RFC 9113 §8.2.2), and gRPC
+    // servers refuse a call without it: kept for an HTTP/2 upstream, dropped otherwise.
+    let te_trailers = to_h2
+        && req.headers.get_all(http::header::TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
     // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
     if from_h2
         && req
@@ -69,6 +78,9 @@ pub fn request(
     }
     for n in fields::REQUEST_DROPPED {
         req.remove_header(*n);
+    }
+    if te_trailers {
+        req.insert_header(http::header::TE, "trailers")?;
     }
     let underscored: Vec<http::HeaderName> = req
         .headers
@@ -169,4 +181,26 @@ pub fn response_for_http10(resp: &mut ResponseHeader) -> bool {
 /// Whether a response field survives the edit; for the lean engine's byte writer.
 pub fn keep_response_field(f: Field, chunked: bool) -> bool {
     !fields::drop_on_response(f, chunked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edited(te: &str, to_h2: bool) -> Option<String> {
+        let mut req = RequestHeader::build("POST", b"/svc/M", None).expect("request");
+        req.insert_header("te", te).expect("te");
+        request(&mut req, None, None, false, Some("a.test"), true, to_h2).expect("edit");
+        req.headers
+            .get("te")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    #[test]
+    fn te_trailers_crosses_to_http2_upstreams_only() {
+        assert_eq!(edited("trailers", true).as_deref(), Some("trailers"));
+        assert_eq!(edited("gzip, Trailers", true).as_deref(), Some("trailers"));
+        assert_eq!(edited("gzip", true), None);
+        assert_eq!(edited("trailers", false), None);
+    }
 }

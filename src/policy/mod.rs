@@ -12,6 +12,7 @@
 //! - [`hash`]: the consistent-hash key.
 //! - [`retry`]: is a failed attempt tried again?
 //! - [`answer`]: the proxy's own answers and the status each failure maps to.
+//! - [`interim`]: which 1xx responses from a backend reach the client?
 //! - [`keep_alive`]: does the client connection stay open?
 //!
 //! What a request did is recorded by the observability layer from the same values, so the
@@ -25,6 +26,7 @@ pub mod fields;
 pub mod forwarded;
 pub mod hash;
 pub mod head;
+pub mod interim;
 pub mod outlier;
 pub mod retry;
 pub mod route;

@@ -197,6 +197,8 @@ fn matrix() -> Vec<Case> {
         case("repeated set-cookie", &get("/cookies", app, "")),
         case("hop-by-hop response fields", &get("/hop", app, "")),
         case("1xx before the final answer", &get("/early", app, "")),
+        case("unrequested 100 before the final answer", &get("/continue", app, "")),
+        case("1xx to an HTTP/1.0 client", &format!("GET /early HTTP/1.0\r\nHost: {app}\r\n\r\n")),
         case("origin closes (close-delimited)", &get("/close", app, "")),
         case("204 response", &get("/nocontent", app, "")),
         case("large response", &get("/big", app, "")),

@@ -213,6 +213,7 @@ fn matrix() -> Vec<Case> {
         case("repeated set-cookie", get("/cookies")),
         case("hop-by-hop response fields", get("/hop")),
         case("1xx before the final answer", get("/early")),
+        case("unrequested 100 before the final answer", get("/continue")),
         case("origin closes (close-delimited)", get("/close")),
         case("204 response", get("/nocontent")),
         case("large response", get("/big")),

@@ -227,10 +227,15 @@ impl<'a> Exchange<'a> {
                 while !rbuf.is_empty() {
                     match parse_response(&rbuf, head_only, down)? {
                         Parsed::Partial => break,
-                        Parsed::Informational(n) => {
-                            // Forwarded to an HTTP/1.1 client, as Pingora's path does
-                            // (RFC 9110 §15.2: a proxy forwards 1xx it did not ask for).
-                            if let (Some(g), Down::H1 { .. }) = (g.as_deref_mut(), down) {
+                        Parsed::Informational(n, code) => {
+                            // The lean engine's HTTP/1 clients are HTTP/1.1 without an
+                            // expectation (engine::choose); HTTP/2 ones take no 1xx.
+                            let to = crate::policy::interim::Client {
+                                h2: down == Down::H2,
+                                ..Default::default()
+                            };
+                            let fwd = crate::policy::interim::forwarded(code, to);
+                            if let (Some(g), true) = (g.as_deref_mut(), fwd) {
                                 let t = self.l.client_timeout;
                                 if write_flush(g, &rbuf[..n], t).await.is_err() {
                                     return Err(Failure::Cut);
@@ -437,10 +442,11 @@ impl<'a> Exchange<'a> {
             }
             return Ok(h.client_keep);
         }
-        if timed(self.l.client_timeout, g.inner_mut().write_all(&out))
-            .await
-            .is_err()
-        {
+        // A body without a length may be generated as it goes (Server-Sent Events, a
+        // progress stream): the head and each piece are flushed, since a TLS stream buffers
+        // writes. A sized body is flushed at its end.
+        let streamed = !matches!(h.framing, Framing::Length(_));
+        if self.put(g, &out, streamed).await.is_err() {
             return Err(Failure::Cut);
         }
         drop(out);
@@ -451,11 +457,7 @@ impl<'a> Exchange<'a> {
         loop {
             let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
                 upstream_keep = false;
-                if h.rechunk
-                    && timed(self.l.client_timeout, g.inner_mut().write_all(b"0\r\n\r\n"))
-                        .await
-                        .is_err()
-                {
+                if h.rechunk && self.put(g, b"0\r\n\r\n", streamed).await.is_err() {
                     return Err(Failure::Cut);
                 }
                 break;
@@ -464,10 +466,7 @@ impl<'a> Exchange<'a> {
             if h.rechunk {
                 let mut framed = Vec::with_capacity(n + 16);
                 push_chunk(&mut framed, chunk);
-                if timed(self.l.client_timeout, g.inner_mut().write_all(&framed))
-                    .await
-                    .is_err()
-                {
+                if self.put(g, &framed, streamed).await.is_err() {
                     return Err(Failure::Cut);
                 }
                 self.bytes_out += n;
@@ -490,13 +489,7 @@ impl<'a> Exchange<'a> {
                 },
                 _ => (n, false),
             };
-            if timed(
-                self.l.client_timeout,
-                g.inner_mut().write_all(&chunk[..take]),
-            )
-            .await
-            .is_err()
-            {
+            if self.put(g, &chunk[..take], streamed).await.is_err() {
                 return Err(Failure::Cut);
             }
             self.bytes_out += take;
@@ -514,6 +507,17 @@ impl<'a> Exchange<'a> {
             self.give_back(up);
         }
         Ok(h.client_keep && (h.framing != Framing::Close || h.rechunk))
+    }
+
+    /// Write one piece of the response to the client, flushed when `flush`.
+    async fn put(&self, g: &mut Guarded, data: &[u8], flush: bool) -> std::io::Result<()> {
+        if flush {
+            return write_flush(g, data, self.l.client_timeout).await;
+        }
+        match timed(self.l.client_timeout, g.inner_mut().write_all(data)).await {
+            Ok(()) => Ok(()),
+            Err((_, e)) => Err(e),
+        }
     }
 
     /// After a 101: the handshake's answer to the client, then bytes both ways until either

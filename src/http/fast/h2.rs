@@ -125,14 +125,30 @@ impl FastPath {
         let mut ex = Exchange::new(l, route, self.pool_max, RequestObs::default(), None);
         // The request's fields are read from the session again after the exchange (no
         // copies): only the response side writes to it.
-        let head = ex
-            .exchange(None, &out, 0, hash, (method, target), head_only, Down::H2)
-            .await;
-        let res = match head {
-            Ok((up, rbuf, head)) => ex.respond_h2(s, up, rbuf, head).await,
-            Err(e) => Err(e),
+        // The client may cancel the stream (RST_STREAM) while the backend works: that ends
+        // the exchange at once, as a client-closed request. The method and target are copied
+        // for the exchange, since watching the stream borrows the session.
+        let (method, target) = (method.to_owned(), target.to_owned());
+        let head = tokio::select! {
+            head = ex.exchange(None, &out, 0, hash, (&method, &target), head_only, Down::H2) => Some(head),
+            _ = s.idle() => None,
         };
-        ex.observe_outcome(&res);
+        let mut reset = head.is_none();
+        let res = match head {
+            Some(Ok((up, rbuf, head))) => ex.respond_h2(s, up, rbuf, head).await,
+            Some(Err(e)) => Err(e),
+            None => Err(Failure::Cut),
+        };
+        if matches!(res, Err(Failure::Cut)) && !reset {
+            // a write that failed because the client reset the stream meanwhile
+            reset = matches!(
+                tokio::time::timeout(Duration::ZERO, s.idle()).await,
+                Ok(Ok(_))
+            );
+        }
+        if !reset {
+            ex.observe_outcome(&res);
+        }
         let slot = ex.pick.as_ref().map(|p| &*p.slot);
         let status = match res {
             Ok(()) => ex.status,
@@ -149,6 +165,16 @@ impl FastPath {
                     let _ = h2_page(s, &Answer::new(code), head_only).await;
                 }
                 code
+            }
+            Err(Failure::Cut) if reset => {
+                log::info!(
+                    "{}: client closed the request for {} (backend {})",
+                    l.name,
+                    s.req_header().uri,
+                    slot.map(|s| s.label.as_str()).unwrap_or("-")
+                );
+                observability::client_closed(Some(route.id));
+                0
             }
             Err(Failure::Cut) => {
                 // the response was cut: reset the stream rather than end it cleanly

@@ -38,8 +38,8 @@ pub struct RespHead {
 
 pub enum Parsed {
     Partial,
-    /// A 1xx other than 101, this long: skipped.
-    Informational(usize),
+    /// A 1xx other than 101: its length and status.
+    Informational(usize, u16),
     Head(RespHead),
 }
 
@@ -111,7 +111,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
         ));
     }
     if (100..200).contains(&code) {
-        return Ok(Parsed::Informational(n));
+        return Ok(Parsed::Informational(n, code));
     }
     let mut length: Option<u64> = None;
     let mut te = false;

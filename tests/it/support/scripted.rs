@@ -162,6 +162,10 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
                 "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
                 body_of("ok")
             ),
+            "/continue" => format!(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+                body_of("ok")
+            ),
             "/close" => {
                 let b = body_of("until the end");
                 let _ = s
