@@ -19,11 +19,7 @@
 
 use async_trait::async_trait;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType,
-};
+use pingora_core::protocols::{Shutdown, SocketDigest, Stream};
 use pingora_proxy::Session;
 use std::io::Cursor;
 use std::pin::Pin;
@@ -249,25 +245,5 @@ impl Shutdown for Held {
         drop(lock(&self.shared).stream.take());
     }
 }
-impl UniqueID for Held {
-    fn id(&self) -> UniqueIDType {
-        -1
-    }
-}
-impl Ssl for Held {}
-impl GetTimingDigest for Held {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        vec![]
-    }
-}
-impl GetProxyDigest for Held {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        None
-    }
-}
-impl GetSocketDigest for Held {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.socket.clone()
-    }
-}
-impl Peek for Held {}
+
+crate::socketless_io!(Held, |s| s.socket.clone());

@@ -22,11 +22,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::v2::server::HttpSession as SessionV2;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType,
-};
+use pingora_core::protocols::{Shutdown, SocketDigest, Stream};
 use pingora_proxy::Session;
 use std::io::Cursor;
 use std::net::SocketAddr;
@@ -238,25 +234,5 @@ impl AsyncWrite for Detached {
 impl Shutdown for Detached {
     async fn shutdown(&mut self) {}
 }
-impl UniqueID for Detached {
-    fn id(&self) -> UniqueIDType {
-        -1
-    }
-}
-impl Ssl for Detached {}
-impl GetTimingDigest for Detached {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        vec![]
-    }
-}
-impl GetProxyDigest for Detached {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        None
-    }
-}
-impl GetSocketDigest for Detached {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.socket.clone()
-    }
-}
-impl Peek for Detached {}
+
+crate::socketless_io!(Detached, |s| s.socket.clone());

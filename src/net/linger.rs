@@ -6,13 +6,8 @@
 //! and only then is the socket closed.
 
 use async_trait::async_trait;
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType,
-};
+use pingora_core::protocols::{Shutdown, Stream};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -77,25 +72,5 @@ impl AsyncWrite for Closed {
 impl Shutdown for Closed {
     async fn shutdown(&mut self) {}
 }
-impl UniqueID for Closed {
-    fn id(&self) -> UniqueIDType {
-        -1
-    }
-}
-impl Ssl for Closed {}
-impl GetTimingDigest for Closed {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        vec![]
-    }
-}
-impl GetProxyDigest for Closed {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        None
-    }
-}
-impl GetSocketDigest for Closed {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        None
-    }
-}
-impl Peek for Closed {}
+
+crate::socketless_io!(Closed);

@@ -10,3 +10,42 @@ pub mod splice;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4), which an `h2c: true` listener looks for.
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The Pingora stream traits of an I/O object with no socket of its own (a stand-in for a
+/// session, a stream handed elsewhere): no id, no TLS, no timing or proxy digest, nothing to
+/// peek; `|s| expr` gives its socket digest, if it borrows one.
+#[macro_export]
+macro_rules! socketless_io {
+    ($t:ty) => {
+        $crate::socketless_io!($t, |_s| None);
+    };
+    ($t:ty, |$s:ident| $socket:expr) => {
+        impl pingora_core::protocols::UniqueID for $t {
+            fn id(&self) -> pingora_core::protocols::UniqueIDType {
+                -1
+            }
+        }
+        impl pingora_core::protocols::Ssl for $t {}
+        impl pingora_core::protocols::GetTimingDigest for $t {
+            fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+                vec![]
+            }
+        }
+        impl pingora_core::protocols::GetProxyDigest for $t {
+            fn get_proxy_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+                None
+            }
+        }
+        impl pingora_core::protocols::GetSocketDigest for $t {
+            fn get_socket_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
+                let $s = self;
+                $socket
+            }
+        }
+        impl pingora_core::protocols::Peek for $t {}
+    };
+}

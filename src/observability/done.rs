@@ -170,14 +170,5 @@ pub(super) fn cache_status(session: &Session) -> &'static str {
         _ => return "-",
     };
     CACHE_PHASES[idx].inc();
-    [
-        "hit",
-        "miss",
-        "stale",
-        "stale-updating",
-        "expired",
-        "revalidated",
-        "revalidated-nocache",
-        "bypass",
-    ][idx]
+    CACHE_PHASE_NAMES[idx]
 }

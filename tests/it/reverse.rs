@@ -270,8 +270,8 @@ async fn connect_failures_retry_elsewhere_and_all_down_is_a_fast_502() {
 
     let d1 = OriginBuilder::new("d1").run().await;
     let d2 = OriginBuilder::new("d2").run().await;
-    d1.stop();
-    d2.stop();
+    d1.stop_refusing().await;
+    d2.stop_refusing().await;
     let p = Proxy::start(&simple(&[(&d1, 1), (&d2, 1)], "retries: 2"));
     let t = Instant::now();
     let r = client::get(p.addr, "/", &[]).await.expect("answer");

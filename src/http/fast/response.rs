@@ -184,12 +184,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
                 Field::TransferEncoding => continue,
                 _ => {}
             }
-            if nominated
-                && resp.headers.iter().any(|c| {
-                    fields::classify(c.name.as_bytes()) == Field::Connection
-                        && fields::tokens(c.value).any(|t| t.eq_ignore_ascii_case(name))
-                })
-            {
+            if nominated && nominated_by(resp.headers, name) {
                 continue;
             }
             let (Ok(k), Ok(v)) = (
@@ -230,14 +225,6 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     let mut has_date = false;
-    // The tokens a Connection field nominates are hop-by-hop too.
-    let nominated_by = |name: &[u8]| {
-        nominated
-            && resp.headers.iter().any(|c| {
-                fields::classify(c.name.as_bytes()) == Field::Connection
-                    && fields::tokens(c.value).any(|t| t.eq_ignore_ascii_case(name))
-            })
-    };
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         match fields::classify(name) {
@@ -250,7 +237,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
         if name.len() == 4 && name.eq_ignore_ascii_case(b"date") {
             has_date = true;
         }
-        if nominated_by(name) {
+        if nominated && nominated_by(resp.headers, name) {
             continue;
         }
         head.extend_from_slice(name);
@@ -284,4 +271,15 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
         rechunk,
         upgraded: false,
     }))
+}
+
+/// Whether a `Connection` field of the response names `name` (hop-by-hop for this message).
+fn nominated_by(headers: &[httparse::Header], name: &[u8]) -> bool {
+    fields::nominated(
+        headers
+            .iter()
+            .filter(|c| fields::classify(c.name.as_bytes()) == Field::Connection)
+            .map(|c| c.value),
+        name,
+    )
 }

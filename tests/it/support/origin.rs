@@ -163,6 +163,21 @@ impl Origin {
             t.abort();
         }
     }
+    /// [`Origin::stop`], then wait until connecting is refused: the listener is dropped by
+    /// its aborted task, a moment later.
+    pub async fn stop_refusing(&self) {
+        self.stop();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "origin {} still accepts after stop",
+                self.name()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Listen again on the same address.
     pub async fn restart(&self) {
         let listener = TcpListener::bind(self.addr).await.expect("rebind origin");
