@@ -46,6 +46,7 @@ fn selection(c: &mut Criterion) {
         .map(|i| BackendSpec {
             addr: format!("127.0.0.1:{}", 9000 + i).parse().expect("addr"),
             weight: 10,
+            max_connections: None,
         })
         .collect();
     c.bench_function("ring_build/16x10", |b| {

@@ -347,6 +347,11 @@ pub struct UpstreamFile {
     pub send_proxy_protocol: Option<ProxyProtocolFile>,
     /// How often backends given by DNS name are re-resolved. Default: 10s
     pub resolve_every: Option<Dur>,
+    /// Requests that may wait when every backend is at its `max_connections`; beyond, 503
+    /// at once. Default: 100
+    pub max_pending: Option<u32>,
+    /// Longest wait in that queue; then 503 with Retry-After. Default: 1s
+    pub queue_timeout: Option<Dur>,
     /// Passive health: backends that fail requests in a row are taken out for a while.
     /// Default: off
     pub outlier_detection: Option<OutlierFile>,
@@ -376,6 +381,10 @@ pub struct BackendFile {
     pub address: String,
     /// Default: 1
     pub weight: Option<u32>,
+    /// Concurrent requests to this backend at most, a hard cap: with every backend at its
+    /// cap, requests wait in the upstream's queue (`max_pending`, `queue_timeout`).
+    /// Default: unlimited
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -58,6 +58,8 @@ pub const CLIENT_HELLO_MAX: usize = 16 << 10;
 /// accept_proxy_protocol: the PROXY header must arrive within this time.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_PENDING: u32 = 100;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_OUTLIER_CONSECUTIVE: u32 = 5;
 pub const DEFAULT_OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
 pub const DEFAULT_OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -169,6 +171,8 @@ pub enum HashKey {
 pub struct BackendSpec {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Concurrent requests (or L4 connections) to this backend at most; `None`: unlimited.
+    pub max_connections: Option<u32>,
 }
 
 /// A backend given by DNS name: every address it resolves to is a backend of this weight.
@@ -226,6 +230,8 @@ pub struct UpstreamSpec {
     pub dns_backends: Vec<DnsBackendSpec>,
     pub resolve_every: Duration,
     pub outlier: Option<OutlierSpec>,
+    pub max_pending: u32,
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -59,7 +59,18 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
             if backends.iter().any(|x: &BackendSpec| x.addr == addr) {
                 return Err(e.err(format!("{bp}.address"), &b.address, "duplicate backend"));
             }
-            backends.push(BackendSpec { addr, weight });
+            if let Some(0) = b.max_connections {
+                return Err(e.err(
+                    format!("{p}.backends[{j}].max_connections"),
+                    0,
+                    "must be at least 1",
+                ));
+            }
+            backends.push(BackendSpec {
+                addr,
+                weight,
+                max_connections: b.max_connections,
+            });
         }
         let resolve_every = dur(u.resolve_every, DEFAULT_RESOLVE_EVERY);
         if resolve_every < Duration::from_millis(100) {
@@ -202,6 +213,8 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
             dns_backends,
             resolve_every,
             outlier: outlier(e, &p, u.outlier_detection.as_ref())?,
+            max_pending: u.max_pending.unwrap_or(crate::config::DEFAULT_MAX_PENDING),
+            queue_timeout: dur(u.queue_timeout, crate::config::DEFAULT_QUEUE_TIMEOUT),
         });
     }
     Ok(upstreams)
@@ -309,6 +322,9 @@ mod tests {
             );
             assert_eq!(err.value, value, "{o}");
         }
+        let y = format!("{BASE}upstreams: [{{name: a, backends: [{{address: 127.0.0.1:1, max_connections: 0}}]}}]\n");
+        let err = Config::from_yaml("x.yaml", &y).unwrap_err();
+        assert_eq!(err.path, "upstreams[0].backends[0].max_connections");
         let err = Config::from_yaml("x.yaml", &up("{consecutive: 3}")).unwrap_err();
         assert!(err.to_string().contains("consecutive"), "{err}");
     }

@@ -61,6 +61,8 @@ pub struct Ctx {
     /// Backends that failed for this request (bit per slot index).
     tried: u64,
     attempts: u32,
+    /// The pool's queue was full or its wait ran out: the answer says when to retry.
+    overloaded: bool,
     /// The last connect failure, for the answer when no backend is left.
     last_connect: Option<crate::policy::answer::Failure>,
     hash: u64,

@@ -170,13 +170,17 @@ impl ProxyHttp for HttpProxy {
         ctx.pick = None;
         ctx.attempts += 1;
         ctx.obs.peer_selected();
-        let Some(pick) = pool.select(ctx.hash, ctx.tried) else {
-            warn!(
-                "{}: upstream {}: no usable backend for {}",
-                self.listener.name, pool.name, route.label
-            );
-            let status = policy::retry::exhausted(ctx.last_connect).status();
-            return Error::e_explain(ErrorType::HTTPStatus(status), "no usable backend left");
+        let pick = match pool.select_queued(ctx.hash, ctx.tried).await {
+            Ok(p) => p,
+            Err(no) => {
+                warn!(
+                    "{}: upstream {}: no backend for {} ({no:?})",
+                    self.listener.name, pool.name, route.label
+                );
+                let why = policy::retry::no_backend(no, ctx.last_connect);
+                ctx.overloaded = why == Failure::Overloaded;
+                return Error::e_explain(ErrorType::HTTPStatus(why.status()), "no backend");
+            }
         };
         let mut peer = crate::tls::upstream::http_peer(&pool.spec, pick.slot.addr);
         let o = &mut peer.options;
@@ -509,7 +513,12 @@ impl ProxyHttp for HttpProxy {
             );
             // After a partial response the status line is gone; then the only safe move is to close.
             if session.response_written().is_none() {
-                let _ = respond_answer(session, &Answer::closing(code)).await;
+                let a = match ctx.overloaded {
+                    true => Failure::Overloaded.answer(),
+                    false => None,
+                };
+                let a = a.unwrap_or_else(|| Answer::closing(code));
+                let _ = respond_answer(session, &a).await;
             }
         }
         FailToProxy {

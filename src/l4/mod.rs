@@ -287,11 +287,14 @@ async fn connect(
     let mut tried = 0u64;
     let mut attempts = 0u32;
     loop {
-        let Some(pick) = pool.select(hash, tried) else {
-            return Err(format!(
-                "{client}: upstream {}: no usable backend",
-                pool.name
-            ));
+        let pick = match pool.select_queued(hash, tried).await {
+            Ok(p) => p,
+            Err(no) => {
+                return Err(format!(
+                    "{client}: upstream {}: no backend ({no:?})",
+                    pool.name
+                ))
+            }
         };
         attempts += 1;
         let err =

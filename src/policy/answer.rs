@@ -121,6 +121,9 @@ pub enum Failure {
     ResponseTimeout,
     /// The backend closed, reset or sent something that is not HTTP.
     BadResponse,
+    /// Every usable backend is at its `max_connections` and the queue is full or the wait
+    /// ran out: 503 with Retry-After.
+    Overloaded,
     /// A request body over the route's limit, found while it streamed.
     BodyTooLarge,
     /// The client was too slow sending its head.
@@ -133,10 +136,19 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The proxy's own answer for it; `None` when there is no one to answer.
+    pub fn answer(self) -> Option<Answer> {
+        let status = self.status();
+        (status > 0).then(|| match self {
+            Failure::Overloaded => Answer::closing(status).retry_after(1),
+            _ => Answer::closing(status),
+        })
+    }
+
     /// The status the client gets; 0 when there is no one to answer.
     pub fn status(self) -> u16 {
         match self {
-            Failure::NoBackend => 503,
+            Failure::NoBackend | Failure::Overloaded => 503,
             Failure::ConnectTimeout | Failure::ResponseTimeout => 504,
             Failure::ConnectFailed | Failure::BadResponse => 502,
             Failure::BodyTooLarge => 413,

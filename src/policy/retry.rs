@@ -25,6 +25,19 @@ pub fn exhausted(last_connect_failure: Option<Failure>) -> Failure {
     last_connect_failure.unwrap_or(Failure::NoBackend)
 }
 
+/// What the client is told when the pool had no backend for it (see
+/// [`crate::upstream::NoBackend`]): a full or timed-out queue is an overload (503 with
+/// Retry-After), an empty pool as [`exhausted`] says.
+pub fn no_backend(
+    why: crate::upstream::NoBackend,
+    last_connect_failure: Option<Failure>,
+) -> Failure {
+    match why {
+        crate::upstream::NoBackend::None => exhausted(last_connect_failure),
+        _ => Failure::Overloaded,
+    }
+}
+
 /// After a connection failed before the response began. `reused`: it came from the pool.
 /// `body_held`: the whole request (head and body) can be sent again.
 pub fn after_stale_connection(method: &str, body_held: bool, reused: bool) -> bool {

@@ -46,6 +46,7 @@ fn push_resolved(
     for addr in addrs {
         if !out.iter().any(|b| b.addr == addr) {
             out.push(BackendSpec {
+                max_connections: None,
                 addr,
                 weight: d.weight,
             });
@@ -156,6 +157,7 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
         .slots()
         .iter()
         .map(|s| BackendSpec {
+            max_connections: s.max_conns.map(|n| n as u32),
             addr: s.addr,
             weight: s.weight,
         })
@@ -175,6 +177,7 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
                     .iter()
                     .filter_map(|b| {
                         b.addr.as_inet().map(|a| BackendSpec {
+                            max_connections: None,
                             addr: *a,
                             weight: b.weight as u32,
                         })
@@ -270,6 +273,7 @@ mod tests {
             .healthy
             .store(false, std::sync::atomic::Ordering::Relaxed);
         let b = |a: &str| BackendSpec {
+            max_connections: None,
             addr: a.parse().unwrap(),
             weight: 1,
         };

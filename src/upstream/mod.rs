@@ -27,6 +27,8 @@ pub struct Slot {
     /// `ip:port`, precomputed for logs, metrics and the status API.
     pub label: String,
     pub weight: u32,
+    /// Concurrent requests at most (`max_connections`), a hard cap.
+    pub max_conns: Option<usize>,
     pub backend: Backend,
     pub healthy: AtomicBool,
     pub drained: AtomicBool,
@@ -60,6 +62,7 @@ impl Slot {
             addr: spec.addr,
             label: spec.addr.to_string(),
             weight: spec.weight,
+            max_conns: spec.max_connections.map(|n| n as usize),
             backend,
             healthy: AtomicBool::new(true),
             drained: AtomicBool::new(false),
@@ -79,6 +82,13 @@ impl Slot {
     #[inline]
     pub fn usable(&self) -> bool {
         self.healthy.load(Relaxed) && !self.drained.load(Relaxed) && !self.ejected()
+    }
+
+    /// Whether the backend is under its `max_connections`.
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        self.max_conns
+            .is_none_or(|m| self.inflight.load(Relaxed) < m)
     }
 
     /// Whether outlier detection has the backend out now. The first look after the ejection
@@ -117,20 +127,49 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct Pick {
     pub slot: Arc<Slot>,
+    /// The pool's queue, told when a capped backend has room again.
+    queue: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Pick {
-    fn new(slot: &Arc<Slot>) -> Pick {
-        slot.inflight.fetch_add(1, Relaxed);
+    /// Count a request on `slot`; `None` when its cap was reached meanwhile.
+    fn new(slot: &Arc<Slot>, queue: &Arc<tokio::sync::Notify>) -> Option<Pick> {
+        match slot.max_conns {
+            Some(max) => {
+                slot.inflight
+                    .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+                    .ok()?;
+            }
+            None => {
+                slot.inflight.fetch_add(1, Relaxed);
+            }
+        }
         slot.requests.fetch_add(1, Relaxed);
-        Pick { slot: slot.clone() }
+        Some(Pick {
+            slot: slot.clone(),
+            queue: slot.max_conns.map(|_| queue.clone()),
+        })
     }
 }
 
 impl Drop for Pick {
     fn drop(&mut self) {
         self.slot.inflight.fetch_sub(1, Relaxed);
+        if let Some(q) = &self.queue {
+            q.notify_one();
+        }
     }
+}
+
+/// Why [`Pool::select_queued`] found no backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoBackend {
+    /// None is usable (down, drained, ejected or already tried).
+    None,
+    /// Every usable one is at its cap and the queue is full.
+    QueueFull,
+    /// Every usable one stayed at its cap for `queue_timeout`.
+    QueueTimeout,
 }
 
 /// Membership snapshot with the precomputed structures of each algorithm.
@@ -203,6 +242,18 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub retries: u32,
+    /// Requests waiting for a capped backend, and their wake-up.
+    waiting: AtomicUsize,
+    queue: Arc<tokio::sync::Notify>,
+}
+
+/// Gives a waiting request's place in the queue back.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Pool {
@@ -217,7 +268,46 @@ impl Pool {
             read_timeout: spec.read_timeout,
             retries: spec.retries,
             spec: spec.clone(),
+            waiting: AtomicUsize::new(0),
+            queue: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// [`Pool::select`], waiting in the upstream's queue (FIFO, at most `max_pending`, for
+    /// at most `queue_timeout`) while every usable backend is at its `max_connections`.
+    pub async fn select_queued(&self, hash: u64, tried: u64) -> Result<Pick, NoBackend> {
+        if let Some(p) = self.select(hash, tried) {
+            return Ok(p);
+        }
+        if !self.all_capped(tried) {
+            return Err(NoBackend::None);
+        }
+        if self.waiting.fetch_add(1, Relaxed) >= self.spec.max_pending as usize {
+            self.waiting.fetch_sub(1, Relaxed);
+            return Err(NoBackend::QueueFull);
+        }
+        let _place = Waiting(&self.waiting);
+        let deadline = tokio::time::Instant::now() + self.spec.queue_timeout;
+        loop {
+            let freed = self.queue.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(p) = self.select(hash, tried) {
+                return Ok(p);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(NoBackend::QueueTimeout);
+            }
+        }
+    }
+
+    /// Whether some backend would take the request but for its cap.
+    fn all_capped(&self, tried: u64) -> bool {
+        self.members
+            .load()
+            .slots
+            .iter()
+            .any(|s| tried & bit(s.index) == 0 && s.usable() && !s.has_room())
     }
 
     /// Choose a usable backend. `hash` is the request's key for consistent hashing (ignored by
@@ -225,25 +315,38 @@ impl Pool {
     /// for this request, so a retry lands elsewhere.
     pub fn select(&self, hash: u64, tried: u64) -> Option<Pick> {
         let m = self.members.load();
+        let mut skip = tried;
+        // a capped backend filled up between the choice and the count: choose again
+        for _ in 0..m.slots.len().max(1) {
+            let idx = self.choose(&m, hash, skip)?;
+            match Pick::new(&m.slots[idx], &self.queue) {
+                Some(p) => return Some(p),
+                None => skip |= bit(idx),
+            }
+        }
+        None
+    }
+
+    fn choose(&self, m: &Members, hash: u64, tried: u64) -> Option<usize> {
         let idx = match self.selection {
             Selection::RoundRobin => {
                 let start = self.rr.fetch_add(1, Relaxed);
-                select::from_wheel(&m, start, tried)
+                select::from_wheel(m, start, tried)
             }
             Selection::Random => {
                 let start = fastrand_usize();
-                select::from_wheel(&m, start, tried)
+                select::from_wheel(m, start, tried)
             }
             Selection::LeastConnections => {
                 let start = self.rr.fetch_add(1, Relaxed);
-                select::least_loaded(&m, start, tried)
+                select::least_loaded(m, start, tried)
             }
             Selection::PowerOfTwo => {
-                select::power_of_two(&m, fastrand_usize(), fastrand_usize(), tried)
+                select::power_of_two(m, fastrand_usize(), fastrand_usize(), tried)
             }
-            Selection::ConsistentHash => select::from_ring(&m, hash, tried),
+            Selection::ConsistentHash => select::from_ring(m, hash, tried),
         }?;
-        Some(Pick::new(&m.slots[idx]))
+        Some(idx)
     }
 
     /// Replace the membership (DNS discovery). Unchanged backends keep their state.

@@ -61,7 +61,7 @@ pub fn ketama_ring(labels: &[&str], weights: &[u32]) -> Vec<(u64, u32)> {
 
 #[inline]
 fn ok(m: &Members, idx: usize, tried: u64) -> bool {
-    tried & bit(idx) == 0 && m.slots[idx].usable()
+    tried & bit(idx) == 0 && m.slots[idx].usable() && m.slots[idx].has_room()
 }
 
 pub fn from_wheel(m: &Members, start: usize, tried: u64) -> Option<usize> {
@@ -148,6 +148,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &w)| BackendSpec {
+                max_connections: None,
                 addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                 weight: w,
             })

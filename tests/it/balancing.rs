@@ -169,3 +169,83 @@ async fn a_weighted_split_and_a_header_or_cookie_match_pick_the_upstream() {
         assert_eq!(stable.requests(), s1, "{engine}");
     }
 }
+
+/// `n` concurrent GETs on their own connections: each answer's status and Retry-After.
+async fn burst(addr: std::net::SocketAddr, n: usize) -> Vec<(u16, Option<String>)> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(tokio::spawn(async move {
+            let r = client::get(addr, "/", &[]).await.expect("response");
+            (r.status, r.header("retry-after").map(str::to_owned))
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_caps_a_backend_and_the_rest_queue_or_get_503() {
+    for fast_path in [true, false] {
+        let engine = if fast_path { "lean" } else { "general" };
+        let slow = OriginBuilder::new("slow")
+            .delay(Duration::from_millis(300))
+            .run()
+            .await;
+        let cfg = |queue: &str| {
+            format!(
+                "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, fast_path: {fast_path}}}\nupstreams:\n  - name: app\n    {queue}\n    backends: [{{address: {}, max_connections: 2}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
+                slow.addr
+            )
+        };
+        // a long enough queue: all ten are served, never more than two at the backend
+        let p = Proxy::start(&cfg("queue_timeout: 10s"));
+        let r = burst(p.addr, 10).await;
+        assert_eq!(r.len(), 10);
+        assert!(r.iter().all(|(s, _)| *s == 200), "{engine}: {r:?}");
+        assert_eq!(
+            slow.state.peak.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "{engine}"
+        );
+        drop(p);
+        // a short wait: those still queued after it get 503 with Retry-After
+        let p = Proxy::start(&cfg("queue_timeout: 200ms"));
+        let r = burst(p.addr, 10).await;
+        let served = r.iter().filter(|(s, _)| *s == 200).count();
+        let refused: Vec<_> = r.iter().filter(|(s, _)| *s == 503).collect();
+        assert!((2..10).contains(&served), "{engine}: {r:?}");
+        assert_eq!(served + refused.len(), 10, "{engine}: {r:?}");
+        assert!(
+            refused.iter().all(|(_, ra)| ra.as_deref() == Some("1")),
+            "{engine}: {r:?}"
+        );
+        drop(p);
+        // no queue: over the cap is an immediate 503
+        let p = Proxy::start(&cfg("max_pending: 0"));
+        let t = std::time::Instant::now();
+        let r = burst(p.addr, 6).await;
+        assert_eq!(
+            r.iter().filter(|(s, _)| *s == 200).count(),
+            2,
+            "{engine}: {r:?}"
+        );
+        assert_eq!(
+            r.iter().filter(|(s, _)| *s == 503).count(),
+            4,
+            "{engine}: {r:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{engine}: took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            slow.state.peak.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "{engine}"
+        );
+    }
+}

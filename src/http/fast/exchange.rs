@@ -150,13 +150,16 @@ impl<'a> Exchange<'a> {
             attempts += 1;
             self.obs.peer_selected();
             self.pick = None;
-            let Some(pick) = pool.select(hash, tried) else {
-                warn!(
-                    "{}: upstream {}: no usable backend for {}",
-                    self.l.name, pool.name, self.route.label
-                );
-                let why = retry::exhausted(last_connect);
-                return Err(Failure::Answer(why, "no usable backend left".into()));
+            let pick = match pool.select_queued(hash, tried).await {
+                Ok(p) => p,
+                Err(no) => {
+                    warn!(
+                        "{}: upstream {}: no backend for {} ({no:?})",
+                        self.l.name, pool.name, self.route.label
+                    );
+                    let why = retry::no_backend(no, last_connect);
+                    return Err(Failure::Answer(why, "no backend for the request".into()));
+                }
             };
             let addr = pick.slot.addr;
             let pooled = if fresh_only {

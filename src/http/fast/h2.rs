@@ -162,7 +162,8 @@ impl FastPath {
                 );
                 ex.bytes_out = 0;
                 if s.response_written().is_none() {
-                    let _ = h2_page(s, &Answer::new(code), head_only).await;
+                    let a = why_status.answer().unwrap_or_else(|| Answer::new(code));
+                    let _ = h2_page(s, &a, head_only).await;
                 }
                 code
             }

@@ -446,7 +446,8 @@ impl FastPath {
                     r.view.uri,
                     slot.map(|s| s.label.as_str()).unwrap_or("-")
                 );
-                let p = Answer::closing(code).h1(r.head_only, false);
+                let a = f.answer().unwrap_or_else(|| Answer::closing(code));
+                let p = a.h1(r.head_only, false);
                 let _ = write_flush(g, &p, l.client_timeout).await;
                 done(code, 0);
                 Outcome::Close

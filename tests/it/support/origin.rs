@@ -33,6 +33,8 @@ pub struct State {
     pub requests: AtomicUsize,
     pub connections: AtomicUsize,
     pub inflight: AtomicUsize,
+    /// The most requests it ever had in flight at once.
+    pub peak: AtomicUsize,
     pub health_status: AtomicU16,
     pub dead: AtomicBool,
     pub recorded: Mutex<Vec<Recorded>>,
@@ -327,7 +329,8 @@ async fn serve(mut s: TcpStream, b: Arc<OriginBuilder>, state: Arc<State>) {
                 }
             }
         }
-        state.inflight.fetch_add(1, SeqCst);
+        let now = state.inflight.fetch_add(1, SeqCst) + 1;
+        state.peak.fetch_max(now, SeqCst);
         if !b.delay.is_zero() {
             tokio::time::sleep(b.delay).await;
         }
