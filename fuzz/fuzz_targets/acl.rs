@@ -147,11 +147,20 @@ fuzz_target!(|input: (&str, &str, &str, [u8; 17], [u8; 17], u16, u8)| {
     let subject = Subject {
         client: Some(ipa),
         host: &host.to_ascii_lowercase(),
-        addrs: &addrs,
+        addrs: Some(&addrs),
         port,
         method,
     };
-    let got = decide(&rules, &subject);
+    let got = decide(&rules, &subject).expect("with addresses the rules always decide");
+    // Deciding on the name first (before any lookup) never contradicts the decision with
+    // the addresses: it decides the same, or waits for them.
+    let by_name = Subject {
+        addrs: None,
+        ..subject
+    };
+    if let Some(early) = decide(&rules, &by_name) {
+        assert_eq!(early, got, "the name alone decided otherwise");
+    }
     if rules.is_empty() {
         assert!(got.is_err(), "nothing allows by default");
     }
@@ -161,7 +170,8 @@ fuzz_target!(|input: (&str, &str, &str, [u8; 17], [u8; 17], u16, u8)| {
         // First match wins: an earlier rule that also matches would have decided.
         let idx = rules.iter().position(|x| x.label == label).unwrap_or(0);
         for earlier in &rules[..idx] {
-            let alone = decide(std::slice::from_ref(earlier), &subject);
+            let alone = decide(std::slice::from_ref(earlier), &subject)
+                .expect("with addresses the rules always decide");
             assert!(
                 alone.is_err_and(|l| l != earlier.label),
                 "{} matched first",
@@ -178,5 +188,5 @@ fuzz_target!(|input: (&str, &str, &str, [u8; 17], [u8; 17], u16, u8)| {
         ports: vec![],
         methods: vec![],
     });
-    assert!(decide(&all, &subject).is_ok() || rules.iter().any(|r| !r.allow));
+    assert!(decide(&all, &subject).is_some_and(|d| d.is_ok()) || rules.iter().any(|r| !r.allow));
 });
