@@ -936,6 +936,9 @@ async fn cache_outcomes_reach_metrics_and_the_access_log() {
         );
     }
     assert_eq!(a.requests(), 1, "the cache did not serve the repeats");
+    // A miss is counted when its request ends, after its cache write, which may be after
+    // the hits that followed it: wait for each count.
+    wait_metric(&p, "stepstone_cache_requests_total{status=\"miss\"}", 1.0).await;
     let text = wait_metric(&p, "stepstone_cache_requests_total{status=\"hit\"}", 2.0).await;
     assert_eq!(
         metric(&text, "stepstone_cache_requests_total{status=\"miss\"}"),
