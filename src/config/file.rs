@@ -352,6 +352,10 @@ pub struct UpstreamFile {
     pub max_pending: Option<u32>,
     /// Longest wait in that queue; then 503 with Retry-After. Default: 1s
     pub queue_timeout: Option<Dur>,
+    /// A backend that comes back (healthy again, or its ejection over) takes a share of new
+    /// requests that grows with the time since, to all of its weight after this long. 0s:
+    /// off. Default: 0s
+    pub slow_start: Option<Dur>,
     /// Passive health: backends that fail requests in a row are taken out for a while.
     /// Default: off
     pub outlier_detection: Option<OutlierFile>,

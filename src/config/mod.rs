@@ -232,6 +232,8 @@ pub struct UpstreamSpec {
     pub outlier: Option<OutlierSpec>,
     pub max_pending: u32,
     pub queue_timeout: Duration,
+    /// Zero: off.
+    pub slow_start: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]

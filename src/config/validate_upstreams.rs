@@ -215,6 +215,7 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
             outlier: outlier(e, &p, u.outlier_detection.as_ref())?,
             max_pending: u.max_pending.unwrap_or(crate::config::DEFAULT_MAX_PENDING),
             queue_timeout: dur(u.queue_timeout, crate::config::DEFAULT_QUEUE_TIMEOUT),
+            slow_start: dur(u.slow_start, Duration::ZERO),
         });
     }
     Ok(upstreams)

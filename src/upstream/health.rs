@@ -142,6 +142,7 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
             let was = slot.healthy.swap(now, Relaxed);
             if was != now {
                 if now {
+                    slot.back_since.store(super::now_ms(), Relaxed);
                     info!("upstream {}: backend {} is healthy", pool.name, slot.label);
                 } else {
                     warn!(

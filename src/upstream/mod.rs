@@ -47,6 +47,9 @@ pub struct Slot {
     pub ejections: AtomicU32,
     pub last_ejection_end: AtomicU64,
     pub ejections_total: AtomicU64,
+    /// When the backend came back (healthy again, or its ejection over), in [`now_ms`], for
+    /// slow start; 0: not ramping.
+    pub back_since: AtomicU64,
 }
 
 impl Slot {
@@ -76,6 +79,7 @@ impl Slot {
             ejections: AtomicU32::new(0),
             last_ejection_end: AtomicU64::new(0),
             ejections_total: AtomicU64::new(0),
+            back_since: AtomicU64::new(0),
         }
     }
 
@@ -109,6 +113,7 @@ impl Slot {
         {
             self.last_ejection_end.store(until, Relaxed);
             self.consecutive.store(0, Relaxed);
+            self.back_since.store(now_ms(), Relaxed);
             log::info!("backend {}: ejection over, readmitted", self.label);
         }
         false
@@ -316,15 +321,42 @@ impl Pool {
     pub fn select(&self, hash: u64, tried: u64) -> Option<Pick> {
         let m = self.members.load();
         let mut skip = tried;
-        // a capped backend filled up between the choice and the count: choose again
+        let mut ramping = None;
+        // a capped backend filled up between the choice and the count, or a backend in its
+        // slow start passed on this request: choose again
         for _ in 0..m.slots.len().max(1) {
-            let idx = self.choose(&m, hash, skip)?;
+            let Some(idx) = self.choose(&m, hash, skip) else {
+                break;
+            };
+            if !self.admits(&m.slots[idx]) {
+                ramping.get_or_insert(idx);
+                skip |= bit(idx);
+                continue;
+            }
             match Pick::new(&m.slots[idx], &self.queue) {
                 Some(p) => return Some(p),
                 None => skip |= bit(idx),
             }
         }
-        None
+        // nothing else would take it: a ramping backend does after all
+        ramping.and_then(|idx| Pick::new(&m.slots[idx], &self.queue))
+    }
+
+    /// Slow start: a backend back for `t` of the `slow_start` window takes this request
+    /// with probability t / window (at least a tenth), as Envoy ramps a host's weight.
+    fn admits(&self, slot: &Slot) -> bool {
+        let window = self.spec.slow_start.as_millis() as u64;
+        let since = slot.back_since.load(Relaxed);
+        if window == 0 || since == 0 {
+            return true;
+        }
+        let t = now_ms().saturating_sub(since);
+        if t >= window {
+            slot.back_since.store(0, Relaxed);
+            return true;
+        }
+        let share = (t * 1000 / window).max(100);
+        fastrand_usize() as u64 % 1000 < share
     }
 
     fn choose(&self, m: &Members, hash: u64, tried: u64) -> Option<usize> {

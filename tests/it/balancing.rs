@@ -249,3 +249,55 @@ async fn max_connections_caps_a_backend_and_the_rest_queue_or_get_503() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_ramps_a_backend_that_came_back() {
+    let a = OriginBuilder::new("a").run().await;
+    let b = OriginBuilder::new("b").run().await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    slow_start: 3s\n    health_check: {{type: http, path: /healthz, interval: 100ms, unhealthy_threshold: 1, healthy_threshold: 1}}\n    backends: [{{address: {}}}, {{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        a.addr, b.addr
+    ));
+    let wait_log = |what: String| {
+        let p = &p;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !p.log().contains(&what) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {what:?} in:\n{}",
+                    p.log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    b.set_health(500);
+    wait_log(format!("backend {} is unhealthy", b.addr)).await;
+    b.set_health(200);
+    wait_log(format!("backend {} is healthy", b.addr)).await;
+    // just back: a small share, growing from a tenth
+    let b0 = b.requests();
+    let mut c = crate::support::Conn::connect(p.addr)
+        .await
+        .expect("connect");
+    for _ in 0..100 {
+        assert_eq!(c.get("/", &[]).await.expect("response").status, 200);
+    }
+    let early = b.requests() - b0;
+    assert!(
+        (1..=35).contains(&early),
+        "b took {early} of the first 100 requests"
+    );
+    // after the window: its whole weight again
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let b1 = b.requests();
+    for _ in 0..200 {
+        assert_eq!(c.get("/", &[]).await.expect("response").status, 200);
+    }
+    let late = b.requests() - b1;
+    assert!(
+        (80..=120).contains(&late),
+        "b took {late} of 200 requests after its slow start"
+    );
+}

@@ -30,7 +30,21 @@ fn admin_block() -> String {
     format!("admin: {{address: 127.0.0.1:{{{{port1}}}}, token: {TOKEN}}}\n")
 }
 
+/// The admin listener starts beside the first one, which `Proxy::start` waited for: wait
+/// for it too.
+async fn admin_ready(p: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(p.addr_of(1)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the admin listener never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn admin_get(p: &Proxy, path: &str, token: Option<&str>) -> client::Response {
+    admin_ready(p).await;
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut h: Vec<(&str, &str)> = Vec::new();
     if let Some(a) = &auth {
@@ -42,6 +56,7 @@ async fn admin_get(p: &Proxy, path: &str, token: Option<&str>) -> client::Respon
 }
 
 async fn admin_post(p: &Proxy, path: &str, token: Option<&str>) -> client::Response {
+    admin_ready(p).await;
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut h: Vec<(&str, &str)> = Vec::new();
     if let Some(a) = &auth {

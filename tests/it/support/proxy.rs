@@ -104,6 +104,10 @@ impl Proxy {
             ports,
         };
         p.wait_ready(addr)?;
+        // the admin listener is a service of its own, started beside the first listener
+        if let Some(admin) = admin_addr(text) {
+            p.wait_ready(admin)?;
+        }
         Ok(p)
     }
 
@@ -182,6 +186,18 @@ pub fn send_signal(pid: u32, sig: libc::c_int) {
         "kill(pid {pid}, signal {sig}) failed: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// The admin listener's address in a config, if it has one on loopback.
+fn admin_addr(text: &str) -> Option<SocketAddr> {
+    let at = text.find("admin:")?;
+    let rest = &text[at..];
+    let a = rest.find("127.0.0.1:")?;
+    let digits: String = rest[a + 10..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    format!("127.0.0.1:{digits}").parse().ok()
 }
 
 /// Run `stepstone` with arguments and return (exit code, stdout + stderr).
