@@ -69,9 +69,9 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
 
     crate::cache::init_from_config(cfg);
     crate::observability::init(cfg)?;
-    for f in crate::policy::engine::Fallback::ALL {
-        crate::observability::declare_fast_path_fallback(f.label());
-    }
+    crate::observability::declare_fast_path_fallbacks(
+        &crate::policy::engine::Fallback::ALL.map(|f| f.label()),
+    );
     let upstreams = Upstreams::new(&cfg.upstreams);
     if let Some(hc) = HealthService::new(&upstreams.pools) {
         server.add_service(background_service("health checks", hc));

@@ -171,14 +171,29 @@ pub static FAST_PATH_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
         &["reason"],
     )
 });
-/// Count a request the lean engine left to the general one, by the policy's reason label.
-pub fn fast_path_fallback(reason: &str) {
-    FAST_PATH_FALLBACKS.with_label_values(&[reason]).inc();
+/// The fallback series, resolved once at start-up ([`declare_fast_path_fallbacks`]) so a
+/// fallback only bumps an atomic.
+static FALLBACKS: OnceCell<Vec<(&'static str, IntCounter)>> = OnceCell::new();
+
+/// Resolve (and show at zero) the series of every fallback reason the policy has.
+pub fn declare_fast_path_fallbacks(reasons: &[&'static str]) {
+    let _ = FALLBACKS.set(
+        reasons
+            .iter()
+            .map(|r| (*r, FAST_PATH_FALLBACKS.with_label_values(&[r])))
+            .collect(),
+    );
 }
 
-/// Show a fallback reason at zero before it first happens.
-pub fn declare_fast_path_fallback(reason: &str) {
-    let _ = FAST_PATH_FALLBACKS.with_label_values(&[reason]);
+/// Count a request the lean engine left to the general one, by the policy's reason label.
+pub fn fast_path_fallback(reason: &str) {
+    match FALLBACKS
+        .get()
+        .and_then(|all| all.iter().find(|(r, _)| *r == reason))
+    {
+        Some((_, c)) => c.inc(),
+        None => FAST_PATH_FALLBACKS.with_label_values(&[reason]).inc(),
+    }
 }
 
 pub static REFUSALS: Lazy<IntCounterVec> = Lazy::new(|| {
