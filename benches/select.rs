@@ -21,22 +21,25 @@ fn pool(selection: &str, n: usize) -> Pool {
 }
 
 fn selection(c: &mut Criterion) {
+    // Selection must stay O(1) or O(log n) in the backend count.
     let mut g = c.benchmark_group("select");
-    for sel in [
-        "round_robin",
-        "random",
-        "least_connections",
-        "power_of_two",
-        "consistent_hash",
-    ] {
-        let p = pool(sel, 8);
-        let mut k = 0u64;
-        g.bench_function(sel, |b| {
-            b.iter(|| {
-                k = k.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                black_box(p.select(black_box(k), 0))
-            })
-        });
+    for n in [2, 100, 1000] {
+        for sel in [
+            "round_robin",
+            "random",
+            "least_connections",
+            "power_of_two",
+            "consistent_hash",
+        ] {
+            let p = pool(sel, n);
+            let mut k = 0u64;
+            g.bench_function(format!("{sel}/{n}"), |b| {
+                b.iter(|| {
+                    k = k.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    black_box(p.select(black_box(k), 0))
+                })
+            });
+        }
     }
     g.finish();
     c.bench_function("hash_key/fnv_32B", |b| {
@@ -54,27 +57,41 @@ fn selection(c: &mut Criterion) {
     });
 }
 
-fn routing(c: &mut Criterion) {
+/// `hosts` exact host routes plus 500 wildcard+prefix routes, as an edge with many customer
+/// names has; the lookup asks for the last host, the worst place in a linear scan.
+fn routes_config(hosts: usize) -> String {
     let mut y = String::from("listeners: [{name: web, address: 127.0.0.1:1, protocol: http}]\nupstreams: [{name: a, backends: [{address: 127.0.0.1:9}]}]\nroutes:\n");
-    for i in 0..20 {
-        y.push_str(&format!("  - {{listener: web, host: 'svc{i}.example.com', path_prefix: /api/v{i}, upstream: a}}\n"));
+    for i in 0..hosts {
+        y.push_str(&format!(
+            "  - {{listener: web, host: 'svc{i}.example.com', upstream: a}}\n"
+        ));
     }
-    y.push_str("  - {listener: web, host: '*.example.com', upstream: a}\n  - {listener: web, upstream: a}\n");
-    let cfg = Config::from_yaml("bench", &y).expect("config");
-    let ups = Upstreams::new(&cfg.upstreams);
-    let r = Router::new(0, &cfg.routes, &ups.pools);
-    c.bench_function("route/22_routes_exact_hit", |b| {
-        b.iter(|| {
-            r.find(
-                black_box("svc17.example.com"),
-                black_box("/api/v17/items"),
-                &NoFields,
-            )
-        })
-    });
-    c.bench_function("route/22_routes_fallthrough", |b| {
-        b.iter(|| r.find(black_box("other.test"), black_box("/"), &NoFields))
-    });
+    if hosts > 1 {
+        for i in 0..500 {
+            y.push_str(&format!(
+                "  - {{listener: web, host: '*.w{i}.example.net', path_prefix: /p{i}, upstream: a}}\n"
+            ));
+        }
+    }
+    y
+}
+
+fn routing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    for hosts in [1, 100, 1_000, 10_000] {
+        let cfg = Config::from_yaml("bench", &routes_config(hosts)).expect("config");
+        let ups = Upstreams::new(&cfg.upstreams);
+        let r = Router::new(0, &cfg.routes, &ups.pools);
+        let last = format!("svc{}.example.com", hosts - 1);
+        assert!(r.find(&last, "/x", &NoFields).is_some());
+        g.bench_function(format!("last_of_{hosts}_hosts"), |b| {
+            b.iter(|| r.find(black_box(&last), black_box("/api/v1/items"), &NoFields))
+        });
+        g.bench_function(format!("wildcard_miss_{hosts}_hosts"), |b| {
+            b.iter(|| r.find(black_box("a.b.c.example.org"), black_box("/"), &NoFields))
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, selection, routing);

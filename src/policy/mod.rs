@@ -30,6 +30,7 @@ pub mod interim;
 pub mod outlier;
 pub mod retry;
 pub mod route;
+mod route_index;
 
 use crate::config::ListenerSpec;
 use answer::Answer;

@@ -95,6 +95,7 @@ pub struct Router {
     /// members of split routes past their first, which are never scanned, only picked.
     routes: Vec<Route>,
     scanned: usize,
+    index: super::route_index::Index,
 }
 
 impl Router {
@@ -153,18 +154,31 @@ impl Router {
             }
             routes[pos].split = members;
         }
-        Router { routes, scanned }
+        let index =
+            super::route_index::Index::build(routes[..scanned].iter().map(|r| &r.host), &|p| {
+                routes[p as usize].path_prefix.as_str()
+            });
+        Router {
+            routes,
+            scanned,
+            index,
+        }
     }
 
     /// `host` without port; `path` is the request path without its query; `fields` for
     /// routes with a `match`. Position of the first matching route, for [`Router::get`].
     #[inline]
     pub fn find(&self, host: &str, path: &str, fields: &(dyn Fields + Sync)) -> Option<usize> {
-        self.routes[..self.scanned].iter().position(|r| {
-            r.host.matches(host)
-                && path.starts_with(r.path_prefix.as_str())
-                && (r.match_headers.is_empty() && r.match_cookies.is_empty() || r.matches(fields))
-        })
+        let routes = &self.routes[..self.scanned];
+        self.index.find(
+            host,
+            path,
+            &|p| routes[p as usize].path_prefix.as_str(),
+            &|p| {
+                let r = &routes[p as usize];
+                r.match_headers.is_empty() && r.match_cookies.is_empty() || r.matches(fields)
+            },
+        )
     }
 
     /// The route at `pos`; for a split route, one of its members, chosen by weight.
