@@ -4,12 +4,16 @@
 //! - `request_filter`: redirect or forward-proxy listeners hand over; otherwise
 //!   [`ListenerPolicy::admit`](crate::policy::ListenerPolicy::admit) (rate limit, route, body
 //!   limit), PURGE, the hash key.
-//! - `upstream_peer`: a backend from the route's pool; on a retry, another one.
+//! - `upstream_peer`: a backend from the route's pool; on a retry, another one. Each try's
+//!   read timeout is [`crate::policy::retry::try_timeout`].
 //! - `fail_to_connect` / `error_while_proxy`: [`crate::policy::retry`].
 //! - `upstream_request_filter`: [`crate::policy::edit::request`]. Pingora's own header policy
 //!   is set to `preserve` on our peers, so the policy's edits are the only ones, as on the
 //!   lean engine.
-//! - `upstream_response_filter`: [`crate::policy::edit::response`].
+//! - `upstream_response_filter`: a status [`crate::policy::retry`] retries becomes a
+//!   retryable error before anything goes downstream (Pingora's retry loop calls
+//!   `upstream_peer` again and its retry buffer replays the body); otherwise
+//!   [`crate::policy::edit::response`].
 //! - `fail_to_proxy`: [`crate::policy::answer::Failure`] picks the status, the answer is
 //!   rendered on the session.
 //! - cache hooks: delegated to the route's [`cache::RouteCache`], if it has one.
