@@ -325,8 +325,19 @@ pub struct UpstreamFile {
     pub write_timeout: Option<Dur>,
     /// Idle time after which a pooled upstream connection is closed. Default: 60s
     pub idle_timeout: Option<Dur>,
-    /// Connect failures retried on another backend. Default: 2
+    /// Extra tries on another backend, for the failures `retry_on` names. Default: 2
     pub retries: Option<u32>,
+    /// What is retried: connect_failure, reset, timeout, "5xx", or a status code (400-599).
+    /// A method that is not idempotent is retried on connect_failure only.
+    /// Default: [connect_failure]
+    pub retry_on: Option<Vec<RetryOnFile>>,
+    /// Retries after sending add at most this share of the upstream's requests over the
+    /// last 10 s, plus a floor of 3 retries per second; connect-failure retries are not
+    /// counted (no backend did any work). Default: 20
+    pub retry_budget_percent: Option<u32>,
+    /// Longest wait for each read from the backend within one try; a try over it is a
+    /// `timeout` for `retry_on`. Default: none (read_timeout alone)
+    pub per_try_timeout: Option<Dur>,
     /// Speak TLS to the backends. Never falls back to plaintext. Default: false
     pub tls: Option<bool>,
     /// tls only: name sent as SNI and checked against the backends' certificates. Required
@@ -359,6 +370,14 @@ pub struct UpstreamFile {
     /// Passive health: backends that fail requests in a row are taken out for a while.
     /// Default: off
     pub outlier_detection: Option<OutlierFile>,
+}
+
+/// One `retry_on` entry: a name, or a status code written with or without quotes.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RetryOnFile {
+    Code(u16),
+    Name(String),
 }
 
 /// Outlier detection (Envoy's and HAProxy's `observe layer7`): what counts as a failure is a

@@ -32,6 +32,7 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
 pub const DEFAULT_HC_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_HC_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_HC_HEALTHY: u32 = 1;
@@ -222,6 +223,9 @@ pub struct UpstreamSpec {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub retries: u32,
+    pub retry_on: RetryOn,
+    pub retry_budget_percent: u32,
+    pub per_try_timeout: Option<Duration>,
     pub send_proxy_protocol: Option<ProxyProtocolFile>,
     pub tls: Option<UpstreamTlsSpec>,
     /// HTTP/2 to the backends: by ALPN with tls, by prior knowledge (h2c) without.
@@ -234,6 +238,42 @@ pub struct UpstreamSpec {
     pub queue_timeout: Duration,
     /// Zero: off.
     pub slow_start: Duration,
+}
+
+/// What failures a request is retried on (`retry_on`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub timeout: bool,
+    /// Every 5xx.
+    pub any_5xx: bool,
+    /// Status codes 400..=599, one bit each from 400.
+    pub statuses: [u64; 4],
+}
+
+impl RetryOn {
+    pub fn status(&self, code: u16) -> bool {
+        match code {
+            500..=599 if self.any_5xx => true,
+            400..=599 => {
+                let i = (code - 400) as usize;
+                self.statuses[i / 64] & (1 << (i % 64)) != 0
+            }
+            _ => false,
+        }
+    }
+
+    pub fn add_status(&mut self, code: u16) {
+        let i = (code - 400) as usize;
+        self.statuses[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Whether anything but a connect failure is retried: then a try may have sent the
+    /// request, and its body must be held to send it again.
+    pub fn after_sending(&self) -> bool {
+        self.reset || self.timeout || self.any_5xx || self.statuses != [0; 4]
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -195,6 +195,24 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
                 "must be greater than zero",
             ));
         }
+        let retry_budget_percent = u
+            .retry_budget_percent
+            .unwrap_or(crate::config::DEFAULT_RETRY_BUDGET_PERCENT);
+        if retry_budget_percent > 100 {
+            return Err(e.err(
+                format!("{p}.retry_budget_percent"),
+                retry_budget_percent,
+                "must be between 0 and 100",
+            ));
+        }
+        let per_try_timeout = u.per_try_timeout.map(|d| d.0);
+        if per_try_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(e.err(
+                format!("{p}.per_try_timeout"),
+                "0s",
+                "must be greater than zero",
+            ));
+        }
         let (tls, http2) = super::tls::validate_upstream(e, &p, u)?;
         upstreams.push(UpstreamSpec {
             name: u.name.clone(),
@@ -207,6 +225,9 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
             write_timeout: dur(u.write_timeout, DEFAULT_WRITE_TIMEOUT),
             idle_timeout: dur(u.idle_timeout, DEFAULT_UPSTREAM_IDLE_TIMEOUT),
             retries: u.retries.unwrap_or(DEFAULT_RETRIES),
+            retry_on: retry_on(e, &p, u.retry_on.as_deref())?,
+            retry_budget_percent,
+            per_try_timeout,
             tls,
             http2,
             send_proxy_protocol: u.send_proxy_protocol,
@@ -228,6 +249,64 @@ fn dns_name_port(s: &str) -> Option<(String, u16)> {
     let starts_alpha = host.bytes().any(|b| b.is_ascii_alphabetic());
     (starts_alpha && valid_hostname(host) && host.parse::<std::net::IpAddr>().is_err())
         .then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// `retry_on:`; without it, connect failures only.
+fn retry_on(
+    e: &Errs,
+    p: &str,
+    raw: Option<&[crate::config::file::RetryOnFile]>,
+) -> Result<crate::config::RetryOn, ConfigError> {
+    use crate::config::file::RetryOnFile;
+    let mut on = crate::config::RetryOn::default();
+    let Some(raw) = raw else {
+        on.connect_failure = true;
+        return Ok(on);
+    };
+    for (i, item) in raw.iter().enumerate() {
+        let code = match item {
+            RetryOnFile::Code(c) => Some(*c),
+            RetryOnFile::Name(n) => match n.trim() {
+                "connect_failure" => {
+                    on.connect_failure = true;
+                    None
+                }
+                "reset" => {
+                    on.reset = true;
+                    None
+                }
+                "timeout" => {
+                    on.timeout = true;
+                    None
+                }
+                "5xx" => {
+                    on.any_5xx = true;
+                    None
+                }
+                n => match n.parse::<u16>() {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        return Err(e.err(
+                            format!("{p}.retry_on[{i}]"),
+                            n,
+                            "expected connect_failure, reset, timeout, 5xx or a status code",
+                        ))
+                    }
+                },
+            },
+        };
+        if let Some(c) = code {
+            if !(400..=599).contains(&c) {
+                return Err(e.err(
+                    format!("{p}.retry_on[{i}]"),
+                    c,
+                    "a retried status must be between 400 and 599",
+                ));
+            }
+            on.add_status(c);
+        }
+    }
+    Ok(on)
 }
 
 /// `outlier_detection:`, with its defaults.
@@ -328,6 +407,38 @@ mod tests {
         assert_eq!(err.path, "upstreams[0].backends[0].max_connections");
         let err = Config::from_yaml("x.yaml", &up("{consecutive: 3}")).unwrap_err();
         assert!(err.to_string().contains("consecutive"), "{err}");
+    }
+
+    #[test]
+    fn retry_keys_defaults_and_bad_values() {
+        let up = |k: &str| {
+            format!("{BASE}upstreams: [{{name: a, {k}, backends: [{{address: 127.0.0.1:1}}]}}]\n")
+        };
+        let c = Config::from_yaml("x.yaml", &up("retries: 1")).unwrap();
+        let u = &c.upstreams[0];
+        assert!(u.retry_on.connect_failure && !u.retry_on.after_sending());
+        assert_eq!(u.retry_budget_percent, 20);
+        assert_eq!(u.per_try_timeout, None);
+        let c = Config::from_yaml(
+            "x.yaml",
+            &up("retry_on: [reset, \"5xx\", 429, \"408\"], per_try_timeout: 2s"),
+        )
+        .unwrap();
+        let on = c.upstreams[0].retry_on;
+        assert!(on.reset && !on.connect_failure && !on.timeout);
+        assert!(on.status(500) && on.status(599) && on.status(429) && on.status(408));
+        assert!(!on.status(404) && !on.status(200));
+        assert_eq!(c.upstreams[0].per_try_timeout, Some(Duration::from_secs(2)));
+        for (k, path, value) in [
+            ("retry_on: [refused]", "retry_on[0]", "refused"),
+            ("retry_on: [reset, 302]", "retry_on[1]", "302"),
+            ("retry_budget_percent: 101", "retry_budget_percent", "101"),
+            ("per_try_timeout: 0s", "per_try_timeout", "0s"),
+        ] {
+            let err = Config::from_yaml("x.yaml", &up(k)).unwrap_err();
+            assert_eq!(err.path, format!("upstreams[0].{path}"), "{k}");
+            assert_eq!(err.value, value, "{k}");
+        }
     }
 
     #[test]

@@ -60,7 +60,15 @@ pub struct Ctx {
     pick: Option<Pick>,
     /// Backends that failed for this request (bit per slot index).
     tried: u64,
+    /// Those of them that refused the connection: never tried again for this request.
+    refused: u64,
     attempts: u32,
+    /// When the first try began (the whole of the tries is bounded by `read_timeout`).
+    started: Option<std::time::Instant>,
+    /// A final response head (or a forwarded 1xx) came through: nothing is retried since.
+    head_seen: bool,
+    /// `upstream_response_filter` turned the backend's answer into an error to retry.
+    retrying: bool,
     /// The pool's queue was full or its wait ran out: the answer says when to retry.
     overloaded: bool,
     /// The last connect failure, for the answer when no backend is left.

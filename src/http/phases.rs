@@ -4,12 +4,16 @@
 //! - `request_filter`: redirect or forward-proxy listeners hand over; otherwise
 //!   [`ListenerPolicy::admit`](crate::policy::ListenerPolicy::admit) (rate limit, route, body
 //!   limit), PURGE, the hash key.
-//! - `upstream_peer`: a backend from the route's pool; on a retry, another one.
+//! - `upstream_peer`: a backend from the route's pool; on a retry, another one. Each try's
+//!   read timeout is [`crate::policy::retry::try_timeout`].
 //! - `fail_to_connect` / `error_while_proxy`: [`crate::policy::retry`].
 //! - `upstream_request_filter`: [`crate::policy::edit::request`]. Pingora's own header policy
 //!   is set to `preserve` on our peers, so the policy's edits are the only ones, as on the
 //!   lean engine.
-//! - `upstream_response_filter`: [`crate::policy::edit::response`].
+//! - `upstream_response_filter`: a status [`crate::policy::retry`] retries becomes a
+//!   retryable error before anything goes downstream (Pingora's retry loop calls
+//!   `upstream_peer` again and its retry buffer replays the body); otherwise
+//!   [`crate::policy::edit::response`].
 //! - `fail_to_proxy`: [`crate::policy::answer::Failure`] picks the status, the answer is
 //!   rendered on the session.
 //! - cache hooks: delegated to the route's [`cache::RouteCache`], if it has one.
@@ -70,6 +74,67 @@ fn failure(e: &Error) -> Result<Failure, u16> {
         (_, ErrorSource::Downstream) => Failure::BadRequest,
         _ => Failure::Internal,
     })
+}
+
+/// What a failed try was, for [`policy::retry`]: a reset or a timeout of the backend's
+/// side; anything else is not retried.
+fn failed_try(e: &Error) -> Option<policy::retry::Cause> {
+    if e.esource() != &ErrorSource::Upstream {
+        return None;
+    }
+    match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(policy::retry::Cause::Timeout),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            Some(policy::retry::Cause::Reset)
+        }
+        _ => None,
+    }
+}
+
+impl HttpProxy {
+    /// The policy's retry decision for the try that just failed with `cause`.
+    fn retry(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        pool: &crate::upstream::Pool,
+        cause: policy::retry::Cause,
+    ) -> bool {
+        let req = session.req_header();
+        policy::retry::retry(
+            pool,
+            policy::retry::Try {
+                method: req.method.as_str(),
+                cause,
+                attempts: ctx.attempts,
+                body_replayable: policy::retry::body_replayable(
+                    content_length(req),
+                    session.as_ref().retry_buffer_truncated(),
+                ),
+                response_started: ctx.head_seen || session.response_written().is_some(),
+                elapsed: ctx.started.map(|t| t.elapsed()).unwrap_or_default(),
+            },
+        )
+    }
+
+    /// A try after which the request goes to another backend (not after connect failures,
+    /// which `fail_to_connect` counts): told to outlier detection, and logged.
+    fn retried(&self, session: &Session, ctx: &mut Ctx, cause: policy::retry::Cause) {
+        let Some(slot) = ctx.pick.as_ref().map(|p| p.slot.clone()) else {
+            return;
+        };
+        ctx.tried |= bit(slot.index);
+        if let Some(r) = self.route(ctx) {
+            policy::outlier::observe(&r.pool, &slot, true);
+        }
+        warn!(
+            "{}: backend {} failed {} {} ({cause:?}): retrying on another backend",
+            self.listener.name,
+            slot.label,
+            session.req_header().method,
+            session.req_header().uri
+        );
+    }
 }
 
 #[async_trait]
@@ -170,7 +235,21 @@ impl ProxyHttp for HttpProxy {
         ctx.pick = None;
         ctx.attempts += 1;
         ctx.obs.peer_selected();
-        let pick = match pool.select_queued(ctx.hash, ctx.tried).await {
+        let started = match ctx.started {
+            Some(t) => t,
+            None => {
+                policy::retry::begin(pool);
+                *ctx.started.insert(std::time::Instant::now())
+            }
+        };
+        let mut picked = pool.select_queued(ctx.hash, ctx.tried).await;
+        if let (Err(crate::upstream::NoBackend::None), Some(skip)) =
+            (&picked, policy::retry::skip_fewer(ctx.tried, ctx.refused))
+        {
+            ctx.tried = skip;
+            picked = pool.select_queued(ctx.hash, ctx.tried).await;
+        }
+        let pick = match picked {
             Ok(p) => p,
             Err(no) => {
                 warn!(
@@ -186,7 +265,7 @@ impl ProxyHttp for HttpProxy {
         let o = &mut peer.options;
         o.connection_timeout = Some(pool.connect_timeout);
         o.total_connection_timeout = Some(pool.connect_timeout);
-        o.read_timeout = Some(pool.read_timeout);
+        o.read_timeout = Some(policy::retry::try_timeout(pool, started.elapsed()));
         o.write_timeout = Some(pool.spec.write_timeout);
         o.idle_timeout = Some(pool.spec.idle_timeout);
         // The policy's header edits are the only ones (see `upstream_request_filter`).
@@ -197,7 +276,7 @@ impl ProxyHttp for HttpProxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
@@ -207,12 +286,12 @@ impl ProxyHttp for HttpProxy {
             return e;
         }
         let route = self.route(ctx);
-        let retries = route.map(|r| r.pool.retries).unwrap_or(0);
         if let Some(p) = &ctx.pick {
             p.slot
                 .failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ctx.tried |= bit(p.slot.index);
+            ctx.refused |= bit(p.slot.index);
             if let Some(r) = route {
                 policy::outlier::observe(&r.pool, &p.slot, true);
             }
@@ -236,7 +315,8 @@ impl ProxyHttp for HttpProxy {
             Ok(f @ (Failure::ConnectTimeout | Failure::ConnectFailed)) => Some(f),
             _ => Some(Failure::ConnectFailed),
         };
-        if policy::retry::after_connect_failure(ctx.attempts, retries) {
+        let cause = policy::retry::Cause::ConnectFailure;
+        if route.is_some_and(|r| self.retry(session, ctx, &r.pool, cause)) {
             e.set_retry(true);
         }
         e
@@ -247,10 +327,15 @@ impl ProxyHttp for HttpProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.retrying) {
+            // the backend's answer, which `upstream_response_filter` chose to retry
+            e.set_retry(true);
+            return e;
+        }
         if e.esource() == &ErrorSource::Downstream {
             // The client's side failed (a cancelled stream, a closed connection): nothing
             // is retried for a client that is gone, and the backend is not to blame.
@@ -264,6 +349,17 @@ impl ProxyHttp for HttpProxy {
             e.retry.decide_reuse(client_reused);
         } else {
             e.set_retry(false);
+        }
+        if e.retry() {
+            // a stale pooled connection, the same backend again: not a retry of the policy's
+            ctx.attempts = ctx.attempts.saturating_sub(1);
+        } else if let Some(cause) = failed_try(&e) {
+            let pool = self.route(ctx).map(|r| r.pool.clone());
+            if pool.is_some_and(|p| self.retry(session, ctx, &p, cause)) {
+                self.retried(session, ctx, cause);
+                e.set_retry(true);
+                return e;
+            }
         }
         if client_reused {
             warn!(
@@ -379,7 +475,9 @@ impl ProxyHttp for HttpProxy {
                         .get(http::header::EXPECT)
                         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
             };
-            session.set_ignore_info_resp(!policy::interim::forwarded(code, to));
+            let forwarded = policy::interim::forwarded(code, to);
+            session.set_ignore_info_resp(!forwarded);
+            ctx.head_seen |= forwarded;
             return Ok(());
         }
         if let Some(c) = self.route_cache(ctx) {
@@ -409,6 +507,19 @@ impl ProxyHttp for HttpProxy {
                 format!("backend status {code} outside 100-599"),
             );
         }
+        // Decided on the head, before any of it goes to the client.
+        let cause = policy::retry::Cause::Status(code);
+        let pool = self.route(ctx).map(|r| r.pool.clone());
+        if self.listener.forward.is_none()
+            && pool.is_some_and(|p| self.retry(session, ctx, &p, cause))
+        {
+            self.retried(session, ctx, cause);
+            ctx.retrying = true;
+            let mut e = Error::explain(ErrorType::HTTPStatus(code), "backend answer retried");
+            e.set_retry(true);
+            return Err(e);
+        }
+        ctx.head_seen |= !upstream_response.status.is_informational();
         policy::edit::response(upstream_response);
         // pingora merges only a few of a revalidating 304's fields into the stored head
         // before `response_cache_filter`; keep the 304 so that hook can merge them all
@@ -471,7 +582,7 @@ impl ProxyHttp for HttpProxy {
                 Some(_) => None,
                 None => session
                     .response_written()
-                    .map(|h| policy::outlier::failed_status(h.status.as_u16())),
+                    .map(|h| policy::outlier::failed_answer(&r.pool, h.status.as_u16())),
             };
             if let Some(f) = failed {
                 policy::outlier::observe(&r.pool, s, f);

@@ -286,6 +286,8 @@ async fn connect(
     let hash = crate::policy::hash::client_ip(Some(client.ip()));
     let mut tried = 0u64;
     let mut attempts = 0u32;
+    let started = std::time::Instant::now();
+    crate::policy::retry::begin(pool);
     loop {
         let pick = match pool.select_queued(hash, tried).await {
             Ok(p) => p,
@@ -316,7 +318,16 @@ async fn connect(
             pick.slot.label
         );
         tried |= bit(pick.slot.index);
-        if !crate::policy::retry::after_connect_failure(attempts, pool.retries) {
+        // a connection has no method; only a connect failure is ever retried at L4
+        let failed = crate::policy::retry::Try {
+            method: "",
+            cause: crate::policy::retry::Cause::ConnectFailure,
+            attempts,
+            body_replayable: true,
+            response_started: false,
+            elapsed: started.elapsed(),
+        };
+        if !crate::policy::retry::retry(pool, failed) {
             return Err(format!(
                 "{client}: upstream {}: giving up after {attempts} connect attempts",
                 pool.name

@@ -79,8 +79,34 @@ pub fn render(pools: &[Arc<Pool>]) -> String {
             }
         }
     }
+    retries(&mut out, pools);
     tls_handshakes(&mut out);
     out
+}
+
+/// Retries per upstream by reason (a failure kind or the status retried), and the retries
+/// the budget refused, counted by each pool's [`crate::upstream::budget::RetryBudget`].
+fn retries(out: &mut String, pools: &[Arc<Pool>]) {
+    let name = "stepstone_retries_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Tries sent to another backend, by the failure retried (connect_failure, reset, timeout, or the status)\n# TYPE {name} counter"
+    );
+    for p in pools {
+        for (reason, n) in p.budget.counts() {
+            let u = esc_label(&p.name);
+            let _ = writeln!(out, "{name}{{upstream=\"{u}\",reason=\"{reason}\"}} {n}");
+        }
+    }
+    let name = "stepstone_retry_budget_exhausted_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Retries not made because the upstream's retry budget was spent\n# TYPE {name} counter"
+    );
+    for p in pools {
+        let n = p.budget.exhausted.load(Relaxed);
+        let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {n}", esc_label(&p.name));
+    }
 }
 
 /// TLS handshakes per listener, counted by the certificate stores.

@@ -22,6 +22,13 @@ pub fn failed_status(code: u16) -> bool {
     (500..=599).contains(&code)
 }
 
+/// Whether a backend's answer counts as a failure on `pool`: a 5xx, or a status the
+/// upstream retries (`retry_on`), so that a retried answer counts whether or not it was
+/// retried.
+pub fn failed_answer(pool: &Pool, code: u16) -> bool {
+    failed_status(code) || pool.spec.retry_on.status(code)
+}
+
 /// Record one outcome of a request (or L4 connection) on `slot`.
 pub fn observe(pool: &Pool, slot: &Slot, failed: bool) {
     let Some(o) = &pool.spec.outlier else {

@@ -6,6 +6,7 @@
 //! discovery; [`health::HealthService`] copies its verdicts into the slots after each pass so a
 //! selection never takes a lock or a hash lookup.
 
+pub mod budget;
 pub mod conns;
 pub mod discovery;
 pub mod health;
@@ -247,6 +248,8 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub retries: u32,
+    /// Retries allowed, and retries counted (see [`budget`]).
+    pub budget: budget::RetryBudget,
     /// Requests waiting for a capped backend, and their wake-up.
     waiting: AtomicUsize,
     queue: Arc<tokio::sync::Notify>,
@@ -272,6 +275,7 @@ impl Pool {
             connect_timeout: spec.connect_timeout,
             read_timeout: spec.read_timeout,
             retries: spec.retries,
+            budget: budget::RetryBudget::new(spec.retry_budget_percent),
             spec: spec.clone(),
             waiting: AtomicUsize::new(0),
             queue: Arc::new(tokio::sync::Notify::new()),

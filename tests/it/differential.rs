@@ -120,6 +120,8 @@ struct Case {
     heads: Vec<bool>,
     /// Listener pair to use: 0 = the main pair, 1 = the rate-limited pair.
     pair: usize,
+    /// Requests the origin must see from each engine (the retry cases), when given.
+    tries: Option<usize>,
 }
 
 fn case(name: &'static str, raw: &str) -> Case {
@@ -140,6 +142,15 @@ fn case(name: &'static str, raw: &str) -> Case {
         raw: raw.to_string(),
         heads,
         pair: 0,
+        tries: None,
+    }
+}
+
+/// A case whose request the origin must see `n` times from each engine.
+fn tries(n: usize, c: Case) -> Case {
+    Case {
+        tries: Some(n),
+        ..c
     }
 }
 
@@ -210,6 +221,13 @@ fn matrix() -> Vec<Case> {
         case("chunked body over the limit", &format!("POST /small HTTP/1.1\r\nHost: {app}\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n{}\r\n0\r\n\r\n", "x".repeat(100))),
         case("dead backend", &get("/", "dead.test", "")),
         case("timeout", &get("/slow", app, "")),
+        tries(2, case("retried 503", &get("/503", "retry.test", ""))),
+        tries(2, case("retried 503 replays the body", "PUT /503 HTTP/1.1\r\nHost: retry.test\r\nContent-Length: 5\r\n\r\nhello")),
+        tries(1, case("503 to a post is not retried", "POST /503 HTTP/1.1\r\nHost: retry.test\r\nContent-Length: 5\r\n\r\nhello")),
+        tries(1, case("503 with a body over the replay bound is not retried", &format!("PUT /503 HTTP/1.1\r\nHost: retry.test\r\nContent-Length: 70000\r\n\r\n{}", "b".repeat(70_000)))),
+        // the first try reuses the connection the case before left in the pool: closed before
+        // an answer, it is sent again on a fresh one (not a retry), then retried once
+        tries(3, case("reset before the head is retried", &get("/reset", "retry.test", ""))),
         case("content-length and transfer-encoding", &format!("POST /echo HTTP/1.1\r\nHost: {app}\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")),
         case("bad content-length", &format!("POST /echo HTTP/1.1\r\nHost: {app}\r\nContent-Length: 1x\r\n\r\n")),
     ];
@@ -265,6 +283,17 @@ async fn lean_and_general_engines_answer_alike() {
         }
         scripted::differ(&mut diffs, c.name, "client saw", &ra, &rb);
         scripted::differ_seen(&mut diffs, c.name, &seen_a, &seen_b);
+        if let Some(n) = c.tries {
+            for (engine, seen) in [("lean", &seen_a), ("general", &seen_b)] {
+                if seen.len() != n {
+                    diffs.push(format!(
+                        "{}: {engine}: {} tries, not {n}",
+                        c.name,
+                        seen.len()
+                    ));
+                }
+            }
+        }
     }
     scripted::assert_alike(&diffs, cases.len(), &p.log());
 }

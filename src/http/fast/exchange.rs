@@ -8,9 +8,9 @@ use super::response::{parse_response, Framing, Parsed, RespHead};
 use super::{write_flush, Guarded, Listener, BODY_BUF, RESP_BUF};
 use crate::observability::RequestObs;
 use crate::policy::answer::Failure as Why;
-use crate::policy::retry;
+use crate::policy::retry::{self, Cause};
 use crate::policy::route::Route;
-use crate::upstream::{bit, conns, Pick, Pool};
+use crate::upstream::{bit, conns, NoBackend, Pick, Pool};
 use log::warn;
 use pingora_core::server::ShutdownWatch;
 use std::net::SocketAddr;
@@ -30,6 +30,15 @@ pub enum Failure {
     Answer(Why, String),
     /// The client went away or the response was cut after its head was sent: close.
     Cut,
+}
+
+/// How a try's wait for the response head ended.
+enum Next {
+    Head(RespHead),
+    /// A reused connection the backend had closed: again on a fresh one.
+    Stale,
+    /// A failure [`retry`] sends to another backend.
+    Retry,
 }
 
 /// Who the response goes to.
@@ -71,6 +80,10 @@ pub struct Exchange<'a> {
     pub pick: Option<Pick>,
     pub status: u16,
     pub bytes_out: usize,
+    /// The request body's length (Content-Length), for holding it for a retry.
+    pub body_len: u64,
+    /// How long each read from the backend may wait in the current try.
+    try_timeout: Duration,
     /// For the tunnel of an upgraded (WebSocket) connection, which ends early on shutdown.
     shutdown: Option<&'a ShutdownWatch>,
 }
@@ -92,6 +105,8 @@ impl<'a> Exchange<'a> {
             pick: None,
             status: 0,
             bytes_out: 0,
+            body_len: 0,
+            try_timeout: route.pool.read_timeout,
             shutdown,
         }
     }
@@ -124,8 +139,9 @@ impl<'a> Exchange<'a> {
         self.respond(g, up, rbuf, head).await
     }
 
-    /// Send the request to a backend (selection, connect retries, one retry of a stale
-    /// pooled connection) and read the response head. Returns the connection, the bytes read
+    /// Send the request to a backend (selection, retries as [`retry`] decides, one retry of
+    /// a stale pooled connection) and read the response head; a retried answer's head is
+    /// dropped here, before anything of it reaches the client. Returns the connection, the bytes read
     /// (head and the start of the body) and the parsed head rendered for `down`.
     #[allow(clippy::too_many_arguments)]
     pub async fn exchange(
@@ -140,9 +156,33 @@ impl<'a> Exchange<'a> {
     ) -> Result<(TcpStream, Vec<u8>, RespHead), Failure> {
         let pool = self.pool;
         let spec = &pool.spec;
-        // A retry on a stale pooled connection needs the whole request in `out`.
-        let retryable = retry::after_stale_connection(method, body_left == 0, true);
+        let started = std::time::Instant::now();
+        retry::begin(pool);
+        // A body that a retry may send again is read first and held with the head.
+        let mut held = Vec::new();
+        let (out, body_left) = match g.as_deref_mut() {
+            Some(c) if body_left > 0 && retry::hold_body(pool, method, self.body_len) => {
+                held.reserve(out.len() + body_left as usize);
+                held.extend_from_slice(out);
+                self.hold_request_body(c, &mut held, body_left).await?;
+                (&held[..], 0)
+            }
+            _ => (out, body_left),
+        };
+        // Any retry after sending, and one on a stale pooled connection, need the whole
+        // request in `out`.
+        let replayable = body_left == 0;
+        let retryable = retry::after_stale_connection(method, replayable, true);
+        let failed = |cause, attempts, response_started| retry::Try {
+            method,
+            cause,
+            attempts,
+            body_replayable: replayable,
+            response_started,
+            elapsed: started.elapsed(),
+        };
         let mut tried = 0u64;
+        let mut refused = 0u64;
         let mut attempts = 0u32;
         let mut fresh_only = false;
         let mut last_connect = None;
@@ -150,7 +190,13 @@ impl<'a> Exchange<'a> {
             attempts += 1;
             self.obs.peer_selected();
             self.pick = None;
-            let pick = match pool.select_queued(hash, tried).await {
+            let mut picked = pool.select_queued(hash, tried).await;
+            if let (Err(NoBackend::None), Some(skip)) = (&picked, retry::skip_fewer(tried, refused))
+            {
+                tried = skip;
+                picked = pool.select_queued(hash, tried).await;
+            }
+            let pick = match picked {
                 Ok(p) => p,
                 Err(no) => {
                     warn!(
@@ -176,6 +222,7 @@ impl<'a> Exchange<'a> {
                         pick.slot.failures.fetch_add(1, Relaxed);
                         crate::policy::outlier::observe(pool, &pick.slot, true);
                         tried |= bit(pick.slot.index);
+                        refused |= bit(pick.slot.index);
                         warn!(
                             "{}: connect to backend {} failed (attempt {attempts}): {e}",
                             self.l.name, pick.slot.label
@@ -187,7 +234,7 @@ impl<'a> Exchange<'a> {
                             Why::ConnectFailed
                         };
                         last_connect = Some(why);
-                        if retry::after_connect_failure(attempts, pool.retries) {
+                        if retry::retry(pool, failed(Cause::ConnectFailure, attempts, false)) {
                             continue;
                         }
                         return Err(Failure::Answer(why, format!("connect failed: {e}")));
@@ -196,6 +243,7 @@ impl<'a> Exchange<'a> {
             };
             self.obs.connected(Some(self.route.id), reused);
             self.pick = Some(pick);
+            self.try_timeout = retry::try_timeout(pool, started.elapsed());
 
             // Send the request.
             if let Err((_, e)) = timed(spec.write_timeout, up.write_all(out)).await {
@@ -226,7 +274,9 @@ impl<'a> Exchange<'a> {
             // 1xx and the final head often arrive in one segment.
             let mut rbuf: Vec<u8> = Vec::with_capacity(RESP_BUF);
             let mut got_any = false;
-            let head = 'head: loop {
+            // a forwarded 1xx is a response byte the client has: no retry after it
+            let mut interim_sent = false;
+            let next = 'head: loop {
                 while !rbuf.is_empty() {
                     match parse_response(&rbuf, head_only, down)? {
                         Parsed::Partial => break,
@@ -243,10 +293,11 @@ impl<'a> Exchange<'a> {
                                 if write_flush(g, &rbuf[..n], t).await.is_err() {
                                     return Err(Failure::Cut);
                                 }
+                                interim_sent = true;
                             }
                             rbuf.drain(..n);
                         }
-                        Parsed::Head(h) => break 'head Some(h),
+                        Parsed::Head(h) => break 'head Next::Head(h),
                     }
                 }
                 if rbuf.len() == rbuf.capacity() {
@@ -258,48 +309,75 @@ impl<'a> Exchange<'a> {
                     }
                     rbuf.reserve(rbuf.capacity());
                 }
-                match timed(pool.read_timeout, up.read_buf(&mut rbuf)).await {
+                let (cause, why) = match timed(self.try_timeout, up.read_buf(&mut rbuf)).await {
                     Ok(0) => {
                         if !got_any && reused {
                             let e = std::io::ErrorKind::UnexpectedEof.into();
                             self.stale(method, uri, &e, retryable);
                             if retryable {
-                                break None;
+                                break Next::Stale;
                             }
                         }
-                        return Err(Failure::Answer(
-                            Why::BadResponse,
-                            "backend closed the connection before a complete response head".into(),
-                        ));
+                        let e = "backend closed the connection before a complete response head";
+                        (Cause::Reset, Failure::Answer(Why::BadResponse, e.into()))
                     }
-                    Ok(_) => got_any = true,
+                    Ok(_) => {
+                        got_any = true;
+                        continue;
+                    }
                     Err((true, _)) => {
-                        return Err(Failure::Answer(
-                            Why::ResponseTimeout,
-                            "response read timed out".into(),
-                        ))
+                        let e = "response read timed out".into();
+                        (Cause::Timeout, Failure::Answer(Why::ResponseTimeout, e))
                     }
                     Err((false, e)) => {
                         if !got_any && reused {
                             self.stale(method, uri, &e, retryable);
                             if retryable {
-                                break None;
+                                break Next::Stale;
                             }
                         }
-                        return Err(Failure::Answer(
-                            Why::BadResponse,
-                            format!("reading the response: {e}"),
-                        ));
+                        let e = format!("reading the response: {e}");
+                        (Cause::Reset, Failure::Answer(Why::BadResponse, e))
                     }
+                };
+                if !retry::retry(pool, failed(cause, attempts, interim_sent)) {
+                    return Err(why);
                 }
+                tried |= self.retried(method, uri, cause);
+                break Next::Retry;
             };
-            let Some(head) = head else {
-                attempts -= 1;
-                fresh_only = true;
+            let head = match next {
+                Next::Head(h) => h,
+                // a stale pooled connection: the same backend, on a fresh connection
+                Next::Stale => {
+                    attempts -= 1;
+                    fresh_only = true;
+                    continue;
+                }
+                Next::Retry => continue,
+            };
+            let cause = Cause::Status(head.code);
+            if retry::retry(pool, failed(cause, attempts, interim_sent)) {
+                tried |= self.retried(method, uri, cause);
                 continue;
-            };
+            }
             return Ok((up, rbuf, head));
         }
+    }
+
+    /// A try that is retried on another backend: counted against the backend for outlier
+    /// detection, logged, and its backend's bit for the `tried` mask returned. Its
+    /// connection is dropped, not pooled: the rest of the answer is never read.
+    fn retried(&self, method: &str, uri: &str, cause: Cause) -> u64 {
+        let Some(p) = &self.pick else {
+            return 0;
+        };
+        crate::policy::outlier::observe(self.pool, &p.slot, true);
+        warn!(
+            "{}: backend {} failed {method} {uri} ({cause:?}): retrying on another backend",
+            self.l.name, p.slot.label
+        );
+        bit(p.slot.index)
     }
 
     /// A reused connection failed before any response byte: the backend may have closed it
@@ -316,6 +394,40 @@ impl<'a> Exchange<'a> {
         );
     }
 
+    /// Read one piece of the request body from the client into `b`.
+    async fn read_client(&self, g: &mut Guarded, b: &mut [u8]) -> Result<usize, Failure> {
+        match timed(self.l.client_timeout, g.read(b)).await {
+            Ok(n) if n > 0 => Ok(n),
+            // nginx's client_body_timeout: 408, then close
+            Err((true, _)) => Err(Failure::Answer(
+                Why::ClientTimeout,
+                "the client stalled mid-body".into(),
+            )),
+            _ => {
+                warn!("{}: client closed mid-body", self.l.name);
+                Err(Failure::Cut)
+            }
+        }
+    }
+
+    /// Read the rest of the request body (`left` bytes, within the replay bound) into `held`.
+    async fn hold_request_body(
+        &self,
+        g: &mut Guarded,
+        held: &mut Vec<u8>,
+        left: u64,
+    ) -> Result<(), Failure> {
+        let mut b = vec![0u8; BODY_BUF.min(left as usize)];
+        let mut left = left as usize;
+        while left > 0 {
+            let want = b.len().min(left);
+            let n = self.read_client(g, &mut b[..want]).await?;
+            held.extend_from_slice(&b[..n]);
+            left -= n;
+        }
+        Ok(())
+    }
+
     async fn stream_request_body(
         &mut self,
         g: &mut Guarded,
@@ -325,20 +437,7 @@ impl<'a> Exchange<'a> {
         let mut b = vec![0u8; BODY_BUF.min(left as usize)];
         while left > 0 {
             let want = b.len().min(left as usize);
-            let n = match timed(self.l.client_timeout, g.read(&mut b[..want])).await {
-                Ok(n) if n > 0 => n,
-                // nginx's client_body_timeout: 408, then close
-                Err((true, _)) => {
-                    return Err(Failure::Answer(
-                        Why::ClientTimeout,
-                        "the client stalled mid-body".into(),
-                    ))
-                }
-                _ => {
-                    warn!("{}: client closed mid-body", self.l.name);
-                    return Err(Failure::Cut);
-                }
-            };
+            let n = self.read_client(g, &mut b[..want]).await?;
             left -= n as u64;
             if let Err((_, e)) = timed(self.pool.spec.write_timeout, up.write_all(&b[..n])).await {
                 return Err(Failure::Answer(
@@ -370,7 +469,7 @@ impl<'a> Exchange<'a> {
             if n as usize <= SMALL_BODY && rbuf.len() < want {
                 rbuf.reserve(want - rbuf.len());
                 while rbuf.len() < want {
-                    match timed(self.pool.read_timeout, up.read_buf(&mut rbuf)).await {
+                    match timed(self.try_timeout, up.read_buf(&mut rbuf)).await {
                         Ok(0) => {
                             return Err(Failure::Answer(
                                 Why::BadResponse,
@@ -561,7 +660,7 @@ impl<'a> Exchange<'a> {
         framing: Framing,
     ) -> Result<Option<usize>, Failure> {
         rbuf.clear();
-        match timed(self.pool.read_timeout, up.read_buf(rbuf)).await {
+        match timed(self.try_timeout, up.read_buf(rbuf)).await {
             Ok(0) if framing == Framing::Close => Ok(None),
             Ok(0) => {
                 warn!(
@@ -601,7 +700,7 @@ impl<'a> Exchange<'a> {
             return;
         };
         let failed = match res {
-            Ok(_) => crate::policy::outlier::failed_status(self.status),
+            Ok(_) => crate::policy::outlier::failed_answer(self.pool, self.status),
             Err(Failure::Answer(Why::BadResponse | Why::ResponseTimeout, _)) => true,
             Err(_) => return,
         };

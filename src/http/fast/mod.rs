@@ -403,6 +403,7 @@ impl FastPath {
         };
         let l = &*self.listener;
         let mut ex = Exchange::new(l, route, self.pool_max, obs, Some(shutdown));
+        ex.body_len = r.view.bytes_in as u64;
         let res = ex
             .run(
                 g,

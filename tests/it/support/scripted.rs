@@ -198,6 +198,13 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
                     .await;
                 return;
             }
+            // answered 503 every time: a retry goes back to this one origin
+            "/503" => {
+                let b = format!("unavailable, {} bytes", req.body.len());
+                format!("HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\n\r\n{}", b.len(), body_of(&b))
+            }
+            // the connection closes before any answer
+            "/reset" => return,
             "/echo" => {
                 let b = format!("{} bytes", req.body.len());
                 format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", b.len(), body_of(&b))
@@ -253,7 +260,7 @@ pub fn config(origin: SocketAddr, listen: &str) -> String {
     let mut routes = String::new();
     for l in ["fast", "general", "fast_rl", "general_rl"] {
         routes.push_str(&format!(
-            "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n"
+            "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n  - {{listener: {l}, host: retry.test, upstream: retrying}}\n"
         ));
     }
     // A port nothing listens on, for the dead backend.
@@ -274,6 +281,10 @@ upstreams:
   - name: dead
     backends: [{{address: {dead_addr}}}]
     retries: 0
+  - name: retrying
+    backends: [{{address: {origin}}}]
+    retries: 1
+    retry_on: [reset, \"503\"]
 routes:
 {routes}"
     )
