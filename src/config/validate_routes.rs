@@ -101,6 +101,29 @@ pub(super) fn routes(
             ));
         }
         l4::check_route(e, &p, &listeners[listener], &upstreams[upstream])?;
+        let mirror = match &r.mirror {
+            None => None,
+            Some(m) => {
+                let upstream = find(format!("{p}.mirror.upstream"), &m.upstream)?;
+                let u = &upstreams[upstream];
+                if u.tls.is_some() || u.http2 || u.send_proxy_protocol.is_some() {
+                    return Err(e.err(
+                        format!("{p}.mirror.upstream"),
+                        &m.upstream,
+                        "mirror copies go over plain HTTP/1.1: an upstream without tls, http2 or send_proxy_protocol",
+                    ));
+                }
+                let percent = m.percent.unwrap_or(100);
+                if percent > 100 {
+                    return Err(e.err(
+                        format!("{p}.mirror.percent"),
+                        percent,
+                        "must be between 0 and 100",
+                    ));
+                }
+                Some(super::MirrorSpec { upstream, percent })
+            }
+        };
         routes.push(RouteSpec {
             listener,
             host,
@@ -117,6 +140,7 @@ pub(super) fn routes(
                 Some(c) => cache::validate_cache(e.file, &format!("{p}.cache"), c, store)?,
                 None => None,
             },
+            mirror,
         });
     }
     Ok(routes)

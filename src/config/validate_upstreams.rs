@@ -216,6 +216,7 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
             max_pending: u.max_pending.unwrap_or(crate::config::DEFAULT_MAX_PENDING),
             queue_timeout: dur(u.queue_timeout, crate::config::DEFAULT_QUEUE_TIMEOUT),
             slow_start: dur(u.slow_start, Duration::ZERO),
+            sticky: sticky(e, &p, u.sticky.as_ref())?,
         });
     }
     Ok(upstreams)
@@ -228,6 +229,40 @@ fn dns_name_port(s: &str) -> Option<(String, u16)> {
     let starts_alpha = host.bytes().any(|b| b.is_ascii_alphabetic());
     (starts_alpha && valid_hostname(host) && host.parse::<std::net::IpAddr>().is_err())
         .then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// `sticky:`, with its defaults. The cookie name must be a token (RFC 6265 §4.1.1).
+fn sticky(
+    e: &Errs,
+    p: &str,
+    s: Option<&crate::config::file::StickyFile>,
+) -> Result<Option<crate::config::StickySpec>, ConfigError> {
+    use crate::config::{DEFAULT_STICKY_COOKIE, DEFAULT_STICKY_TTL};
+    let Some(s) = s else {
+        return Ok(None);
+    };
+    let cookie = s
+        .cookie
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STICKY_COOKIE.into());
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if cookie.is_empty() || !cookie.bytes().all(token) {
+        return Err(e.err(
+            format!("{p}.sticky.cookie"),
+            &cookie,
+            "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+        ));
+    }
+    let key_file = match s.key_file.as_deref() {
+        Some("") => return Err(e.err(format!("{p}.sticky.key_file"), "", "must not be empty")),
+        Some(f) => Some(crate::config::relative_to(e.file, f)),
+        None => None,
+    };
+    Ok(Some(crate::config::StickySpec {
+        cookie,
+        ttl: dur(s.ttl, DEFAULT_STICKY_TTL),
+        key_file,
+    }))
 }
 
 /// `outlier_detection:`, with its defaults.

@@ -114,6 +114,7 @@ impl ProxyHttp for HttpProxy {
         };
         ctx.route = Some(route.pos);
         ctx.upgrade = policy::edit::relayed_upgrade(req);
+        ctx.sticky = policy::sticky::affinity(&route.pool, req);
         if let Some(c) = &route.cache {
             if cache::purge::handle(c, session, &l.name, l.tls).await? {
                 return Ok(true);
@@ -170,7 +171,10 @@ impl ProxyHttp for HttpProxy {
         ctx.pick = None;
         ctx.attempts += 1;
         ctx.obs.peer_selected();
-        let pick = match pool.select_queued(ctx.hash, ctx.tried).await {
+        let pick = match pool
+            .select_queued_for(ctx.sticky.pin, ctx.hash, ctx.tried)
+            .await
+        {
             Ok(p) => p,
             Err(no) => {
                 warn!(
@@ -384,6 +388,12 @@ impl ProxyHttp for HttpProxy {
         }
         if let Some(c) = self.route_cache(ctx) {
             c.response_filter(session, resp, &self.listener.name, self.listener.tls)?;
+        }
+        if let (Some(r), Some(p)) = (self.route(ctx), &ctx.pick) {
+            let tls = self.listener.tls;
+            if let Some(c) = policy::sticky::set_cookie(&r.pool, &ctx.sticky, &p.slot, tls) {
+                resp.append_header(http::header::SET_COOKIE, c)?;
+            }
         }
         if !policy::keep_after_upgrade(ctx.upgrade.is_some(), resp.status.as_u16() == 101) {
             session.set_keepalive(None);

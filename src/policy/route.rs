@@ -167,11 +167,19 @@ impl Router {
         })
     }
 
-    /// The route at `pos`; for a split route, one of its members, chosen by weight.
-    pub fn pick(&self, pos: usize) -> Option<&Route> {
+    /// The route at `pos`; for a split route, one of its members: the one whose sticky
+    /// upstream the request has a valid cookie of, else one chosen by weight.
+    pub fn pick(&self, pos: usize, fields: &(dyn Fields + Sync)) -> Option<&Route> {
         let r = self.routes.get(pos)?;
         if r.split.is_empty() {
             return Some(r);
+        }
+        let mine = r.split.iter().find_map(|&(p, _)| {
+            let m = self.routes.get(p)?;
+            super::sticky::split_side(&m.pool, fields).then_some(m)
+        });
+        if mine.is_some() {
+            return mine;
         }
         let total: u32 = r.split.iter().map(|(_, w)| w).sum();
         let mut at = rand::random::<u32>() % total.max(1);

@@ -20,5 +20,6 @@ mod l4;
 mod ops;
 mod protocol;
 mod reverse;
+mod sticky;
 mod streaming;
 mod tls;

@@ -359,6 +359,7 @@ impl FastPath {
             route,
             out,
             hash,
+            sticky: policy::sticky::affinity(&route.pool, &parsed_fields),
         }
     }
 
@@ -371,7 +372,8 @@ impl FastPath {
         shutdown: &ShutdownWatch,
     ) -> Outcome {
         let obs = RequestObs::default();
-        let (r, route, out, hash, want_keep, upgrade) = match self.plan(buf, conn, draining) {
+        let (r, route, out, hash, want_keep, upgrade, sticky) = match self.plan(buf, conn, draining)
+        {
             Plan::Fallback => {
                 g.unread(buf);
                 return Outcome::Fallback;
@@ -399,10 +401,12 @@ impl FastPath {
                 hash,
                 want_keep,
                 upgrade,
-            } => (req, route, out, hash, want_keep, upgrade),
+                sticky,
+            } => (req, route, out, hash, want_keep, upgrade, sticky),
         };
         let l = &*self.listener;
         let mut ex = Exchange::new(l, route, self.pool_max, obs, Some(shutdown));
+        ex.sticky = sticky;
         let res = ex
             .run(
                 g,
@@ -502,6 +506,7 @@ enum Plan<'a> {
         want_keep: bool,
         /// A WebSocket handshake: after a 101 the connection becomes a tunnel.
         upgrade: bool,
+        sticky: policy::sticky::Affinity,
     },
 }
 

@@ -253,7 +253,7 @@ pub fn config(origin: SocketAddr, listen: &str) -> String {
     let mut routes = String::new();
     for l in ["fast", "general", "fast_rl", "general_rl"] {
         routes.push_str(&format!(
-            "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n"
+            "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n  - {{listener: {l}, host: sticky.test, upstream: sticky}}\n"
         ));
     }
     // A port nothing listens on, for the dead backend.
@@ -274,6 +274,9 @@ upstreams:
   - name: dead
     backends: [{{address: {dead_addr}}}]
     retries: 0
+  - name: sticky
+    backends: [{{address: {origin}}}]
+    sticky: {{cookie: SRV, ttl: 1h}}
 routes:
 {routes}"
     )
