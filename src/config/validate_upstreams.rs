@@ -366,6 +366,29 @@ mod tests {
     }
 
     #[test]
+    fn sticky_defaults_and_bad_values() {
+        let up = |s: &str| {
+            format!("{BASE}upstreams: [{{name: a, sticky: {s}, backends: [{{address: 127.0.0.1:1}}]}}]\n")
+        };
+        let c = Config::from_yaml("/etc/x.yaml", &up("{}")).unwrap();
+        let s = c.upstreams[0].sticky.clone().expect("on");
+        assert_eq!(
+            (s.cookie.as_str(), s.ttl),
+            ("SRV", Duration::from_secs(3600))
+        );
+        assert_eq!(s.key_file, None);
+        let c = Config::from_yaml("/etc/x.yaml", &up("{key_file: k}")).unwrap();
+        let s = c.upstreams[0].sticky.clone().expect("on");
+        assert_eq!(s.key_file, Some(std::path::PathBuf::from("/etc/k")));
+        let err = Config::from_yaml("x.yaml", &up("{cookie: 'a b'}")).unwrap_err();
+        assert_eq!(
+            (err.path.as_str(), err.value.as_str()),
+            ("upstreams[0].sticky.cookie", "a b")
+        );
+        assert!(Config::from_yaml("x.yaml", &up("{cookies: a}")).is_err());
+    }
+
+    #[test]
     fn zero_weight_names_path_and_value() {
         let y = format!("{BASE}upstreams: [{{name: a, backends: [{{address: 127.0.0.1:1}}, {{address: 127.0.0.1:2, weight: 0}}]}}]\n");
         let err = Config::from_yaml("x.yaml", &y).unwrap_err();

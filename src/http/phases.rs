@@ -3,7 +3,8 @@
 //! Phase map (Pingora calls them in this order):
 //! - `request_filter`: redirect or forward-proxy listeners hand over; otherwise
 //!   [`ListenerPolicy::admit`](crate::policy::ListenerPolicy::admit) (rate limit, route, body
-//!   limit), PURGE, the hash key.
+//!   limit), PURGE, the hash key, the sticky cookie, the mirror's copy (sent here, or at the
+//!   end of the body in `request_body_filter`).
 //! - `upstream_peer`: a backend from the route's pool; on a retry, another one.
 //! - `fail_to_connect` / `error_while_proxy`: [`crate::policy::retry`].
 //! - `upstream_request_filter`: [`crate::policy::edit::request`]. Pingora's own header policy
@@ -72,6 +73,13 @@ fn failure(e: &Error) -> Result<Failure, u16> {
     })
 }
 
+/// The request's copy for the route's mirror is complete: send it.
+fn mirror_done(ctx: &mut Ctx) {
+    if let Some((permit, copy)) = ctx.mirror.take().and_then(|m| m.finish()) {
+        crate::net::mirror::send(permit, copy);
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for HttpProxy {
     type CTX = Ctx;
@@ -115,6 +123,23 @@ impl ProxyHttp for HttpProxy {
         ctx.route = Some(route.pos);
         ctx.upgrade = policy::edit::relayed_upgrade(req);
         ctx.sticky = policy::sticky::affinity(&route.pool, req);
+        let mirror = route.mirror.as_ref();
+        if let Some(m) = mirror.filter(|m| m.sample(ctx.upgrade.is_some())) {
+            if m.fits(content_length(req).unwrap_or(0)) {
+                let host = request_host(req).map(str::to_owned);
+                let mut copy = req.clone();
+                let h2 = req.version == http::Version::HTTP_2;
+                policy::edit::request(&mut copy, None, client, l.tls, host.as_deref(), h2, false)?;
+                ctx.mirror = Some(policy::mirror::Pending::new(
+                    m.clone(),
+                    copy,
+                    host.as_deref(),
+                ));
+                if session.is_body_empty() {
+                    mirror_done(ctx);
+                }
+            }
+        }
         if let Some(c) = &route.cache {
             if cache::purge::handle(c, session, &l.name, l.tls).await? {
                 return Ok(true);
@@ -142,10 +167,10 @@ impl ProxyHttp for HttpProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(b), Some(route)) = (body, self.route(ctx)) {
+        if let (Some(b), Some(route)) = (&*body, self.route(ctx)) {
             ctx.body_bytes += b.len() as u64;
             if policy::body_over_limit(route, ctx.body_bytes) {
                 warn!(
@@ -153,6 +178,13 @@ impl ProxyHttp for HttpProxy {
                     self.listener.name, route.max_body_size
                 );
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        if let Some(m) = &mut ctx.mirror {
+            if !body.as_ref().is_none_or(|b| m.push(b)) {
+                ctx.mirror = None;
+            } else if end_of_stream {
+                mirror_done(ctx);
             }
         }
         Ok(())

@@ -13,6 +13,7 @@
 //! - [`retry`]: is a failed attempt tried again?
 //! - [`answer`]: the proxy's own answers and the status each failure maps to.
 //! - [`interim`]: which 1xx responses from a backend reach the client?
+//! - [`mirror`]: is a copy of the request sent to a shadow upstream, and which bytes?
 //! - [`keep_alive`]: does the client connection stay open?
 //!
 //! What a request did is recorded by the observability layer from the same values, so the
@@ -27,6 +28,7 @@ pub mod forwarded;
 pub mod hash;
 pub mod head;
 pub mod interim;
+pub mod mirror;
 pub mod outlier;
 pub mod retry;
 pub mod route;

@@ -16,6 +16,8 @@ pub struct Route {
     pub pool: Arc<Pool>,
     pub max_body_size: u64,
     pub cache: Option<crate::cache::RouteCache>,
+    /// Copies of the route's requests for a shadow upstream ([`super::mirror`]).
+    pub mirror: Option<Arc<super::mirror::Mirror>>,
     /// A split route: the positions of its members (this one first) and their weights.
     split: Vec<(usize, u32)>,
     match_headers: Vec<(String, String)>,
@@ -99,7 +101,19 @@ pub struct Router {
 
 impl Router {
     pub fn new(listener: usize, specs: &[RouteSpec], pools: &[Arc<Pool>]) -> Router {
+        // one mirror per route in the config, its members' too
+        let mirrors: Vec<Option<Arc<super::mirror::Mirror>>> = specs
+            .iter()
+            .map(|r| {
+                let m = r.mirror?;
+                Some(Arc::new(super::mirror::Mirror::new(
+                    pools[m.upstream].clone(),
+                    m.percent,
+                )))
+            })
+            .collect();
         let route = |id: usize, r: &RouteSpec, upstream: usize| Route {
+            mirror: mirrors[id].clone(),
             id,
             pos: 0,
             label: format!("routes[{id}]"),

@@ -10,6 +10,7 @@ pub mod conns;
 pub mod discovery;
 pub mod health;
 pub mod select;
+pub mod shadow;
 pub mod sticky;
 
 use crate::config::{BackendSpec, HashKey, Selection, UpstreamSpec};
@@ -256,6 +257,8 @@ pub struct Pool {
     queue: Arc<tokio::sync::Notify>,
     /// The key of the sticky cookie's tokens, when the upstream is sticky.
     sticky_key: Option<Arc<sticky::Key>>,
+    /// Its copies in flight and counters when routes mirror requests to it.
+    pub shadow: shadow::ShadowStats,
 }
 
 /// Gives a waiting request's place in the queue back.
@@ -285,6 +288,7 @@ impl Pool {
                 .sticky
                 .as_ref()
                 .map(|s| sticky::key(s.key_file.as_deref())),
+            shadow: Default::default(),
         }
     }
 

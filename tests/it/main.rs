@@ -17,6 +17,7 @@ mod h2expect;
 mod hardening;
 mod interim;
 mod l4;
+mod mirror;
 mod ops;
 mod protocol;
 mod reverse;

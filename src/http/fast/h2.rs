@@ -121,6 +121,11 @@ impl FastPath {
             _ => 0,
         };
         let head_only = method == "HEAD";
+        if let Some(m) = route.mirror.as_ref().filter(|m| m.sample(false)) {
+            if let Some(p) = m.admit() {
+                crate::net::mirror::send(p, policy::mirror::h1_copy(&out));
+            }
+        }
 
         let mut ex = Exchange::new(l, route, self.pool_max, RequestObs::default(), None);
         ex.sticky = policy::sticky::affinity(&route.pool, req);

@@ -407,17 +407,31 @@ impl FastPath {
         let l = &*self.listener;
         let mut ex = Exchange::new(l, route, self.pool_max, obs, Some(shutdown));
         ex.sticky = sticky;
-        let res = ex
-            .run(
-                g,
-                &out,
-                r.body_left,
-                hash,
-                (r.view.method, r.view.uri),
-                r.head_only,
-                Down::H1 { want_keep, upgrade },
-            )
-            .await;
+        let (mut out, mut body_left) = (out, r.body_left);
+        let mirrored = mirror(
+            g,
+            route,
+            upgrade,
+            &mut out,
+            &mut body_left,
+            l.client_timeout,
+        )
+        .await;
+        let res = match mirrored {
+            Err(f) => Err(f),
+            Ok(()) => {
+                ex.run(
+                    g,
+                    &out,
+                    body_left,
+                    hash,
+                    (r.view.method, r.view.uri),
+                    r.head_only,
+                    Down::H1 { want_keep, upgrade },
+                )
+                .await
+            }
+        };
         drop(out);
         ex.observe_outcome(&res);
         let slot = ex.pick.as_ref().map(|p| &*p.slot);
@@ -464,6 +478,47 @@ impl FastPath {
         let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
         outcome
     }
+}
+
+/// The route's mirror step ([`policy::mirror`]), once the request is admitted: a sampled
+/// request whose body fits the bound has the rest of its body read into `out` (so the copy
+/// and the primary request carry the same bytes), and its copy handed to the sender.
+async fn mirror(
+    g: &mut Guarded,
+    route: &Route,
+    upgrade: bool,
+    out: &mut Vec<u8>,
+    body_left: &mut u64,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let Some(m) = &route.mirror else {
+        return Ok(());
+    };
+    let body = out.len()
+        - out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |i| i + 4);
+    if !m.sample(upgrade) || !m.fits(body as u64 + *body_left) {
+        return Ok(());
+    }
+    let mut at = out.len();
+    out.resize(at + *body_left as usize, 0);
+    while at < out.len() {
+        match tokio::time::timeout(timeout, g.read(&mut out[at..])).await {
+            Ok(Ok(n)) if n > 0 => at += n,
+            Err(_) => {
+                let why = crate::policy::answer::Failure::ClientTimeout;
+                return Err(Failure::Answer(why, "the client stalled mid-body".into()));
+            }
+            _ => return Err(Failure::Cut),
+        }
+    }
+    *body_left = 0;
+    if let Some(p) = m.admit() {
+        crate::net::mirror::send(p, policy::mirror::h1_copy(out));
+    }
+    Ok(())
 }
 
 fn fallback<'a>(r: Result<(), Fallback>) -> Plan<'a> {
