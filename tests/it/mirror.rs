@@ -170,3 +170,86 @@ async fn mirror_over_its_concurrency_bound_drops_and_counts_on_the_lean_engine()
 async fn mirror_over_its_concurrency_bound_drops_and_counts_on_the_general_engine() {
     drops_over_the_bound(false).await;
 }
+
+/// One request on its own stream of an h2c connection: status and body.
+async fn h2_request(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    method: &str,
+    uri: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut c = client.clone().ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(())
+        .expect("request");
+    let (resp, mut tx) = c.send_request(req, body.is_empty()).expect("send");
+    if !body.is_empty() {
+        tx.send_data(bytes::Bytes::copy_from_slice(body), true)
+            .expect("data");
+    }
+    let resp = resp.await.expect("response");
+    let status = resp.status().as_u16();
+    let mut b = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = b.data().await {
+        let chunk = chunk.expect("body");
+        let _ = b.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    (status, data)
+}
+
+/// HTTP/2 requests are copied as HTTP/1.1 with `Host` from `:authority`: bodiless ones on the
+/// lean engine, one with a body on the general engine, and everything with `fast_path: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_copies_http2_requests_on_both_engines() {
+    for fast_path in [true, false] {
+        let engine = if fast_path { "lean" } else { "general" };
+        let app = OriginBuilder::new("app").run().await;
+        let shadow = OriginBuilder::new("shadow")
+            .delay(Duration::from_secs(1))
+            .run()
+            .await;
+        let cfg = config(fast_path, app.addr, shadow.addr)
+            .replace("protocol: http,", "protocol: http, h2c: true,");
+        let p = Proxy::start(&cfg);
+        let tcp = tokio::net::TcpStream::connect(p.addr)
+            .await
+            .expect("connect");
+        let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+        let conn = tokio::spawn(conn);
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        for i in 0..4 {
+            let (method, body) = match i % 2 {
+                0 => ("GET", Vec::new()),
+                _ => ("POST", format!("h2 body {i}").into_bytes()),
+            };
+            let path = format!("/h2/{i}");
+            let uri = format!("http://app.test{path}");
+            let (status, text) = h2_request(&client, method, &uri, &body).await;
+            assert_eq!((status, text.as_slice()), (200, &b"app"[..]), "{engine}");
+            sent.push((method.to_string(), path, body));
+        }
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "{engine}: 4 requests took {took:?}"
+        );
+        wait_for("the copies", || shadow.requests() == 4).await;
+        let mut got: Vec<(String, String, Vec<u8>)> = shadow
+            .recorded()
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.header("host"), Some("app.test"), "{engine}");
+                (r.method, r.path, r.body)
+            })
+            .collect();
+        got.sort();
+        sent.sort();
+        assert_eq!(got, sent, "{engine}");
+        conn.abort();
+    }
+}
