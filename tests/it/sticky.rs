@@ -258,3 +258,83 @@ async fn sticky_cookie_survives_a_graceful_upgrade() {
     }
     drop(new);
 }
+
+/// One GET over TLS (no verification: the test only reads the answer's fields); the head.
+async fn https_head(addr: std::net::SocketAddr, cookie: Option<&str>) -> String {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("connector");
+    b.set_verify(SslVerifyMode::NONE);
+    let ssl = b
+        .build()
+        .configure()
+        .expect("configure")
+        .into_ssl("app.test")
+        .expect("ssl");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).expect("stream");
+    std::pin::Pin::new(&mut s)
+        .connect()
+        .await
+        .expect("handshake");
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET / HTTP/1.1\r\nHost: app.test\r\n{cookie}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split("\r\n\r\n").next().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_is_secure_on_https_listeners() {
+    let a = OriginBuilder::new("a").run().await;
+    let b = OriginBuilder::new("b").run().await;
+    let dir = scratch_dir("sticky-tls");
+    let ca = crate::support::pki::Ca::new("sticky test CA");
+    let (cert, key) = ca.server("app.test", &["app.test"], 2).write(&dir, "app");
+    let tls = format!(
+        "tls: {{certificates: [{{cert: {}, key: {}}}]}}",
+        cert.display(),
+        key.display()
+    );
+    let template = two_listeners(
+        &format!(
+            "  - name: app\n    sticky: {{cookie: SRV, ttl: 0s}}\n    backends: [{}]\n",
+            backends(&[&a, &b])
+        ),
+        "upstream: app",
+    )
+    .replace("protocol: http}", &format!("protocol: https, {tls}}}"))
+    .replace(
+        "protocol: http, fast_path: false}",
+        &format!("protocol: https, fast_path: false, {tls}}}"),
+    );
+    let (text, ports) = render(&template, &dir);
+    let p = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        let head = https_head(addr, None).await;
+        let field = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("set-cookie: ")
+                    .or(l.strip_prefix("Set-Cookie: "))
+            })
+            .unwrap_or_else(|| panic!("{engine}: no cookie in\n{head}"))
+            .to_string();
+        let pair = field.split(';').next().unwrap_or("").to_string();
+        // a session cookie (ttl 0s): no Max-Age
+        assert_eq!(
+            field,
+            format!("{pair}; Path=/; HttpOnly; Secure"),
+            "{engine}"
+        );
+        let again = https_head(addr, Some(&pair)).await;
+        assert!(
+            !again.to_ascii_lowercase().contains("set-cookie"),
+            "{engine}: {again}"
+        );
+    }
+}
