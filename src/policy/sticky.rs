@@ -128,6 +128,36 @@ mod tests {
         assert!(!split_side(&p, &ParsedFields(&bad)));
     }
 
+    #[tokio::test]
+    async fn the_pin_overrides_every_algorithm_and_yields_when_unusable() {
+        for sel in [
+            "round_robin",
+            "random",
+            "least_connections",
+            "power_of_two",
+            "consistent_hash",
+        ] {
+            let y = format!("listeners: [{{name: web, address: 127.0.0.1:1, protocol: http}}]\nupstreams: [{{name: a, selection: {sel}, sticky: {{}}, backends: [{{address: 127.0.0.1:1}}, {{address: 127.0.0.1:2}}, {{address: 127.0.0.1:3}}]}}]\n");
+            let p = Pool::new(&Config::from_yaml("t.yaml", &y).expect("valid").upstreams[0]);
+            for hash in 0..20u64 {
+                let pick = p.select_queued_for(Some(2), hash, 0).await.expect("pick");
+                assert_eq!(pick.slot.index, 2, "{sel}");
+            }
+            // tried (failed for this request), then down: the algorithm chooses elsewhere
+            let pick = p
+                .select_queued_for(Some(2), 0, crate::upstream::bit(2))
+                .await;
+            assert_ne!(pick.expect("pick").slot.index, 2, "{sel}");
+            p.slots()[2]
+                .healthy
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            for hash in 0..20u64 {
+                let pick = p.select_queued_for(Some(2), hash, 0).await.expect("pick");
+                assert_ne!(pick.slot.index, 2, "{sel}");
+            }
+        }
+    }
+
     #[test]
     fn no_cookie_without_sticky_and_session_cookies_without_ttl() {
         let p = pool("");
