@@ -20,6 +20,7 @@
 use super::{content_length, request_host, respond_answer, Ctx, HttpProxy};
 use crate::cache;
 use crate::policy::answer::{Answer, Failure};
+use crate::policy::route::Route;
 use crate::policy::{self, Verdict};
 use crate::upstream::bit;
 use async_trait::async_trait;
@@ -73,6 +74,33 @@ fn failure(e: &Error) -> Result<Failure, u16> {
     })
 }
 
+/// The route's mirror step ([`policy::mirror`]), once the request is admitted: a sampled
+/// request whose declared body fits gets its copy (the request after the policy's edits),
+/// sent now if it has no body, else once the body is in (`request_body_filter`).
+fn mirror_start(session: &mut Session, route: &Route, ctx: &mut Ctx, tls: bool) -> Result<()> {
+    let Some(m) = route.mirror.as_ref() else {
+        return Ok(());
+    };
+    let req = session.req_header();
+    if !m.sample(ctx.upgrade.is_some()) || !m.fits(content_length(req).unwrap_or(0)) {
+        return Ok(());
+    }
+    let host = request_host(req).map(str::to_owned);
+    let mut copy = req.clone();
+    let h2 = req.version == http::Version::HTTP_2;
+    let client = client_ip(session);
+    policy::edit::request(&mut copy, None, client, tls, host.as_deref(), h2, false)?;
+    ctx.mirror = Some(policy::mirror::Pending::new(
+        m.clone(),
+        copy,
+        host.as_deref(),
+    ));
+    if session.is_body_empty() {
+        mirror_done(ctx);
+    }
+    Ok(())
+}
+
 /// The request's copy for the route's mirror is complete: send it.
 fn mirror_done(ctx: &mut Ctx) {
     if let Some((permit, copy)) = ctx.mirror.take().and_then(|m| m.finish()) {
@@ -123,23 +151,7 @@ impl ProxyHttp for HttpProxy {
         ctx.route = Some(route.pos);
         ctx.upgrade = policy::edit::relayed_upgrade(req);
         ctx.sticky = policy::sticky::affinity(&route.pool, req);
-        let mirror = route.mirror.as_ref();
-        if let Some(m) = mirror.filter(|m| m.sample(ctx.upgrade.is_some())) {
-            if m.fits(content_length(req).unwrap_or(0)) {
-                let host = request_host(req).map(str::to_owned);
-                let mut copy = req.clone();
-                let h2 = req.version == http::Version::HTTP_2;
-                policy::edit::request(&mut copy, None, client, l.tls, host.as_deref(), h2, false)?;
-                ctx.mirror = Some(policy::mirror::Pending::new(
-                    m.clone(),
-                    copy,
-                    host.as_deref(),
-                ));
-                if session.is_body_empty() {
-                    mirror_done(ctx);
-                }
-            }
-        }
+        mirror_start(session, route, ctx, l.tls)?;
         if let Some(c) = &route.cache {
             if cache::purge::handle(c, session, &l.name, l.tls).await? {
                 return Ok(true);

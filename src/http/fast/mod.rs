@@ -481,8 +481,9 @@ impl FastPath {
 }
 
 /// The route's mirror step ([`policy::mirror`]), once the request is admitted: a sampled
-/// request whose body fits the bound has the rest of its body read into `out` (so the copy
-/// and the primary request carry the same bytes), and its copy handed to the sender.
+/// request whose body fits the bound, and whose copy has a place among those in flight, has
+/// the rest of its body read into `out` (so the copy and the primary request carry the same
+/// bytes), and its copy handed to the sender.
 async fn mirror(
     g: &mut Guarded,
     route: &Route,
@@ -502,6 +503,10 @@ async fn mirror(
     if !m.sample(upgrade) || !m.fits(body as u64 + *body_left) {
         return Ok(());
     }
+    // a copy dropped at the bound leaves the body streaming as usual
+    let Some(permit) = m.admit() else {
+        return Ok(());
+    };
     let mut at = out.len();
     out.resize(at + *body_left as usize, 0);
     while at < out.len() {
@@ -515,9 +520,7 @@ async fn mirror(
         }
     }
     *body_left = 0;
-    if let Some(p) = m.admit() {
-        crate::net::mirror::send(p, policy::mirror::h1_copy(out));
-    }
+    crate::net::mirror::send(permit, policy::mirror::h1_copy(out));
     Ok(())
 }
 
