@@ -76,6 +76,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     crate::observability::declare_fast_path_fallbacks(
         &crate::policy::engine::Fallback::ALL.map(|f| f.label()),
     );
+    crate::upstream::sticky::load(cfg)?;
     let upstreams = Upstreams::new(&cfg.upstreams);
     if let Some(hc) = HealthService::new(&upstreams.pools) {
         server.add_service(background_service("health checks", hc));

@@ -370,6 +370,24 @@ pub struct UpstreamFile {
     /// Passive health: backends that fail requests in a row are taken out for a while.
     /// Default: off
     pub outlier_detection: Option<OutlierFile>,
+    /// Session affinity by a cookie the proxy sets, naming the backend by an opaque token.
+    /// Default: off
+    pub sticky: Option<StickyFile>,
+}
+
+/// `upstreams[].sticky`: the proxy's own cookie pins a client to a backend (HAProxy's
+/// `cookie insert`, nginx's `sticky cookie`).
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StickyFile {
+    /// Cookie name. Default: SRV
+    pub cookie: Option<String>,
+    /// The cookie's Max-Age; 0s makes it a session cookie (no Max-Age). Default: 1h
+    pub ttl: Option<Dur>,
+    /// File holding the key that makes the cookie's token (32 random bytes, created with
+    /// mode 0600 when missing). A relative path is relative to the config file's
+    /// directory. Default: `<pingora.pid_file>.sticky.key`, kept across upgrades
+    pub key_file: Option<String>,
 }
 
 /// One `retry_on` entry: a name, or a status code written with or without quotes.
@@ -460,6 +478,19 @@ pub struct RouteFile {
     pub max_body_size: Option<Size>,
     /// Response cache for this route. Default: none (no caching).
     pub cache: Option<CacheFile>,
+    /// Copies of the route's requests sent to another upstream, answers discarded.
+    /// Default: none
+    pub mirror: Option<MirrorFile>,
+}
+
+/// `routes[].mirror`: request mirroring (shadow traffic).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorFile {
+    /// The upstream the copies go to.
+    pub upstream: String,
+    /// Share of the route's requests copied, 0..100, spread evenly. Default: 100
+    pub percent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

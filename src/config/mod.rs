@@ -65,6 +65,8 @@ pub const DEFAULT_OUTLIER_CONSECUTIVE: u32 = 5;
 pub const DEFAULT_OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
 pub const DEFAULT_OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
 pub const DEFAULT_OUTLIER_MAX_PERCENT: u32 = 50;
+pub const DEFAULT_STICKY_COOKIE: &str = "SRV";
+pub const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(3600);
 /// Upper bound on backend weight; it keeps the round-robin wheel small.
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -238,6 +240,23 @@ pub struct UpstreamSpec {
     pub queue_timeout: Duration,
     /// Zero: off.
     pub slow_start: Duration,
+    pub sticky: Option<StickySpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StickySpec {
+    pub cookie: String,
+    /// Zero: a session cookie.
+    pub ttl: Duration,
+    /// `None`: beside the pid file.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorSpec {
+    /// Index into the config's upstreams.
+    pub upstream: usize,
+    pub percent: u32,
 }
 
 /// What failures a request is retried on (`retry_on`).
@@ -384,6 +403,7 @@ pub struct RouteSpec {
     pub match_cookies: Vec<(String, String)>,
     pub max_body_size: u64,
     pub cache: Option<cache::CacheSpec>,
+    pub mirror: Option<MirrorSpec>,
 }
 
 /// The validated configuration. Cross references are resolved to indices.
@@ -457,6 +477,15 @@ fn parse_addr(e: &Errs, path: &str, s: &str) -> Result<SocketAddr, ConfigError> 
     s.trim()
         .parse::<SocketAddr>()
         .map_err(|_| e.err(path, s, "expected IP:PORT, for example 127.0.0.1:8080"))
+}
+
+/// A path from the config, relative to the config file's directory unless absolute.
+pub(crate) fn relative_to(config_file: &str, p: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(p);
+    match std::path::Path::new(config_file).parent() {
+        Some(dir) if !path.is_absolute() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
 }
 
 pub(crate) fn dur(d: Option<units::Dur>, default: Duration) -> Duration {

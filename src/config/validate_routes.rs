@@ -101,6 +101,36 @@ pub(super) fn routes(
             ));
         }
         l4::check_route(e, &p, &listeners[listener], &upstreams[upstream])?;
+        let mirror = match &r.mirror {
+            None => None,
+            Some(m) => {
+                let upstream = find(format!("{p}.mirror.upstream"), &m.upstream)?;
+                let u = &upstreams[upstream];
+                if u.tls.is_some() || u.http2 || u.send_proxy_protocol.is_some() {
+                    return Err(e.err(
+                        format!("{p}.mirror.upstream"),
+                        &m.upstream,
+                        "mirror copies go over plain HTTP/1.1: an upstream without tls, http2 or send_proxy_protocol",
+                    ));
+                }
+                if r.cache.as_ref().is_some_and(|c| c.enabled) {
+                    return Err(e.err(
+                        format!("{p}.mirror"),
+                        &m.upstream,
+                        "not on a route with a cache (a hit would be copied by one engine and not the other)",
+                    ));
+                }
+                let percent = m.percent.unwrap_or(100);
+                if percent > 100 {
+                    return Err(e.err(
+                        format!("{p}.mirror.percent"),
+                        percent,
+                        "must be between 0 and 100",
+                    ));
+                }
+                Some(super::MirrorSpec { upstream, percent })
+            }
+        };
         routes.push(RouteSpec {
             listener,
             host,
@@ -117,6 +147,7 @@ pub(super) fn routes(
                 Some(c) => cache::validate_cache(e.file, &format!("{p}.cache"), c, store)?,
                 None => None,
             },
+            mirror,
         });
     }
     Ok(routes)
@@ -169,6 +200,40 @@ mod tests {
                 "{route}"
             );
         }
+    }
+
+    #[test]
+    fn mirrors_are_checked() {
+        let ups = "upstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}, {name: s, backends: [{address: 127.0.0.1:2}]}, {name: t, tls: true, sni: x, backends: [{address: 127.0.0.1:3}]}]\n";
+        let ok = format!(
+            "{BASE}{ups}routes: [{{listener: web, upstream: a, mirror: {{upstream: s}}}}]\n"
+        );
+        let c = Config::from_yaml("x.yaml", &ok).unwrap();
+        let m = c.routes[0].mirror.expect("mirror");
+        assert_eq!((m.upstream, m.percent), (1, 100));
+        for (mirror, path, value) in [
+            (
+                "{upstream: s, percent: 101}",
+                "routes[0].mirror.percent",
+                "101",
+            ),
+            ("{upstream: z}", "routes[0].mirror.upstream", "z"),
+            ("{upstream: t}", "routes[0].mirror.upstream", "t"),
+        ] {
+            let y =
+                format!("{BASE}{ups}routes: [{{listener: web, upstream: a, mirror: {mirror}}}]\n");
+            let err = Config::from_yaml("x.yaml", &y).unwrap_err();
+            assert_eq!(
+                (err.path.as_str(), err.value.as_str()),
+                (path, value),
+                "{mirror}"
+            );
+        }
+        let cached = format!("{BASE}{ups}routes: [{{listener: web, upstream: a, cache: {{enabled: true}}, mirror: {{upstream: s}}}}]\n");
+        let err = Config::from_yaml("x.yaml", &cached).unwrap_err();
+        assert_eq!(err.path, "routes[0].mirror");
+        let unknown = format!("{BASE}{ups}routes: [{{listener: web, upstream: a, mirror: {{upstream: s, share: 1}}}}]\n");
+        assert!(Config::from_yaml("x.yaml", &unknown).is_err());
     }
 
     #[test]

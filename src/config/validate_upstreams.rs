@@ -237,6 +237,7 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
             max_pending: u.max_pending.unwrap_or(crate::config::DEFAULT_MAX_PENDING),
             queue_timeout: dur(u.queue_timeout, crate::config::DEFAULT_QUEUE_TIMEOUT),
             slow_start: dur(u.slow_start, Duration::ZERO),
+            sticky: sticky(e, &p, u.sticky.as_ref())?,
         });
     }
     Ok(upstreams)
@@ -307,6 +308,40 @@ fn retry_on(
         }
     }
     Ok(on)
+}
+
+/// `sticky:`, with its defaults. The cookie name must be a token (RFC 6265 §4.1.1).
+fn sticky(
+    e: &Errs,
+    p: &str,
+    s: Option<&crate::config::file::StickyFile>,
+) -> Result<Option<crate::config::StickySpec>, ConfigError> {
+    use crate::config::{DEFAULT_STICKY_COOKIE, DEFAULT_STICKY_TTL};
+    let Some(s) = s else {
+        return Ok(None);
+    };
+    let cookie = s
+        .cookie
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STICKY_COOKIE.into());
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if cookie.is_empty() || !cookie.bytes().all(token) {
+        return Err(e.err(
+            format!("{p}.sticky.cookie"),
+            &cookie,
+            "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+        ));
+    }
+    let key_file = match s.key_file.as_deref() {
+        Some("") => return Err(e.err(format!("{p}.sticky.key_file"), "", "must not be empty")),
+        Some(f) => Some(crate::config::relative_to(e.file, f)),
+        None => None,
+    };
+    Ok(Some(crate::config::StickySpec {
+        cookie,
+        ttl: dur(s.ttl, DEFAULT_STICKY_TTL),
+        key_file,
+    }))
 }
 
 /// `outlier_detection:`, with its defaults.
@@ -439,6 +474,29 @@ mod tests {
             assert_eq!(err.path, format!("upstreams[0].{path}"), "{k}");
             assert_eq!(err.value, value, "{k}");
         }
+    }
+
+    #[test]
+    fn sticky_defaults_and_bad_values() {
+        let up = |s: &str| {
+            format!("{BASE}upstreams: [{{name: a, sticky: {s}, backends: [{{address: 127.0.0.1:1}}]}}]\n")
+        };
+        let c = Config::from_yaml("/etc/x.yaml", &up("{}")).unwrap();
+        let s = c.upstreams[0].sticky.clone().expect("on");
+        assert_eq!(
+            (s.cookie.as_str(), s.ttl),
+            ("SRV", Duration::from_secs(3600))
+        );
+        assert_eq!(s.key_file, None);
+        let c = Config::from_yaml("/etc/x.yaml", &up("{key_file: k}")).unwrap();
+        let s = c.upstreams[0].sticky.clone().expect("on");
+        assert_eq!(s.key_file, Some(std::path::PathBuf::from("/etc/k")));
+        let err = Config::from_yaml("x.yaml", &up("{cookie: 'a b'}")).unwrap_err();
+        assert_eq!(
+            (err.path.as_str(), err.value.as_str()),
+            ("upstreams[0].sticky.cookie", "a b")
+        );
+        assert!(Config::from_yaml("x.yaml", &up("{cookies: a}")).is_err());
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct Ctx {
     /// The last connect failure, for the answer when no backend is left.
     last_connect: Option<crate::policy::answer::Failure>,
     hash: u64,
+    /// The request's sticky cookie ([`crate::policy::sticky`]).
+    sticky: crate::policy::sticky::Affinity,
+    /// The copy for the route's mirror while the request body arrives.
+    mirror: Option<crate::policy::mirror::Pending>,
     /// The `Upgrade` of a handshake the proxy relays (WebSocket or another protocol).
     upgrade: Option<http::HeaderValue>,
     pub fwd: FwdCtx,

@@ -3,7 +3,8 @@
 //! Phase map (Pingora calls them in this order):
 //! - `request_filter`: redirect or forward-proxy listeners hand over; otherwise
 //!   [`ListenerPolicy::admit`](crate::policy::ListenerPolicy::admit) (rate limit, route, body
-//!   limit), PURGE, the hash key.
+//!   limit), PURGE, the hash key, the sticky cookie, the mirror's copy (sent here, or at the
+//!   end of the body in `request_body_filter`).
 //! - `upstream_peer`: a backend from the route's pool; on a retry, another one. Each try's
 //!   read timeout is [`crate::policy::retry::try_timeout`].
 //! - `fail_to_connect` / `error_while_proxy`: [`crate::policy::retry`].
@@ -23,6 +24,7 @@
 use super::{content_length, request_host, respond_answer, Ctx, HttpProxy};
 use crate::cache;
 use crate::policy::answer::{Answer, Failure};
+use crate::policy::route::Route;
 use crate::policy::{self, Verdict};
 use crate::upstream::bit;
 use async_trait::async_trait;
@@ -137,6 +139,40 @@ impl HttpProxy {
     }
 }
 
+/// The route's mirror step ([`policy::mirror`]), once the request is admitted: a sampled
+/// request whose declared body fits gets its copy (the request after the policy's edits),
+/// sent now if it has no body, else once the body is in (`request_body_filter`).
+fn mirror_start(session: &mut Session, route: &Route, ctx: &mut Ctx, tls: bool) -> Result<()> {
+    let Some(m) = route.mirror.as_ref() else {
+        return Ok(());
+    };
+    let req = session.req_header();
+    if !m.sample(ctx.upgrade.is_some()) || !m.fits(content_length(req).unwrap_or(0)) {
+        return Ok(());
+    }
+    let host = request_host(req).map(str::to_owned);
+    let mut copy = req.clone();
+    let h2 = req.version == http::Version::HTTP_2;
+    let client = client_ip(session);
+    policy::edit::request(&mut copy, None, client, tls, host.as_deref(), h2, false)?;
+    ctx.mirror = Some(policy::mirror::Pending::new(
+        m.clone(),
+        copy,
+        host.as_deref(),
+    ));
+    if session.is_body_empty() {
+        mirror_done(ctx);
+    }
+    Ok(())
+}
+
+/// The request's copy for the route's mirror is complete: send it.
+fn mirror_done(ctx: &mut Ctx) {
+    if let Some((permit, copy)) = ctx.mirror.take().and_then(|m| m.finish()) {
+        crate::net::mirror::send(permit, copy);
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for HttpProxy {
     type CTX = Ctx;
@@ -179,6 +215,8 @@ impl ProxyHttp for HttpProxy {
         };
         ctx.route = Some(route.pos);
         ctx.upgrade = policy::edit::relayed_upgrade(req);
+        ctx.sticky = policy::sticky::affinity(&route.pool, req);
+        mirror_start(session, route, ctx, l.tls)?;
         if let Some(c) = &route.cache {
             if cache::purge::handle(c, session, &l.name, l.tls).await? {
                 return Ok(true);
@@ -206,10 +244,10 @@ impl ProxyHttp for HttpProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(b), Some(route)) = (body, self.route(ctx)) {
+        if let (Some(b), Some(route)) = (&*body, self.route(ctx)) {
             ctx.body_bytes += b.len() as u64;
             if policy::body_over_limit(route, ctx.body_bytes) {
                 warn!(
@@ -217,6 +255,13 @@ impl ProxyHttp for HttpProxy {
                     self.listener.name, route.max_body_size
                 );
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+            }
+        }
+        if let Some(m) = &mut ctx.mirror {
+            if !body.as_ref().is_none_or(|b| m.push(b)) {
+                ctx.mirror = None;
+            } else if end_of_stream {
+                mirror_done(ctx);
             }
         }
         Ok(())
@@ -242,12 +287,16 @@ impl ProxyHttp for HttpProxy {
                 *ctx.started.insert(std::time::Instant::now())
             }
         };
-        let mut picked = pool.select_queued(ctx.hash, ctx.tried).await;
+        let mut picked = pool
+            .select_queued_for(ctx.sticky.pin, ctx.hash, ctx.tried)
+            .await;
         if let (Err(crate::upstream::NoBackend::None), Some(skip)) =
             (&picked, policy::retry::skip_fewer(ctx.tried, ctx.refused))
         {
             ctx.tried = skip;
-            picked = pool.select_queued(ctx.hash, ctx.tried).await;
+            picked = pool
+                .select_queued_for(ctx.sticky.pin, ctx.hash, ctx.tried)
+                .await;
         }
         let pick = match picked {
             Ok(p) => p,
@@ -482,6 +531,12 @@ impl ProxyHttp for HttpProxy {
         }
         if let Some(c) = self.route_cache(ctx) {
             c.response_filter(session, resp, &self.listener.name, self.listener.tls)?;
+        }
+        if let (Some(r), Some(p)) = (self.route(ctx), &ctx.pick) {
+            let tls = self.listener.tls;
+            if let Some(c) = policy::sticky::set_cookie(&r.pool, &ctx.sticky, &p.slot, tls) {
+                resp.append_header(http::header::SET_COOKIE, c)?;
+            }
         }
         if !policy::keep_after_upgrade(ctx.upgrade.is_some(), resp.status.as_u16() == 101) {
             session.set_keepalive(None);

@@ -80,6 +80,7 @@ pub fn render(pools: &[Arc<Pool>]) -> String {
         }
     }
     retries(&mut out, pools);
+    mirrors(&mut out, pools);
     tls_handshakes(&mut out);
     out
 }
@@ -105,6 +106,52 @@ fn retries(out: &mut String, pools: &[Arc<Pool>]) {
     );
     for p in pools {
         let n = p.budget.exhausted.load(Relaxed);
+        let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {n}", esc_label(&p.name));
+    }
+}
+
+/// The mirror upstreams' copies, from their pools.
+fn mirrors(out: &mut String, pools: &[Arc<Pool>]) {
+    let used: Vec<&Arc<Pool>> = pools
+        .iter()
+        .filter(|p| p.shadow.used.load(Relaxed))
+        .collect();
+    let name = "stepstone_mirror_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Request copies sent to a mirror upstream\n# TYPE {name} counter"
+    );
+    for p in &used {
+        let n = p.shadow.requests.load(Relaxed);
+        let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {n}", esc_label(&p.name));
+    }
+    let name = "stepstone_mirror_dropped_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Sampled requests not copied to a mirror upstream: body_too_large (over the 64 KiB replay bound), concurrency (its copies in flight at their bound), no_backend\n# TYPE {name} counter"
+    );
+    for p in &used {
+        let s = &p.shadow;
+        for (reason, n) in [
+            ("body_too_large", &s.too_large),
+            ("concurrency", &s.concurrency),
+            ("no_backend", &s.no_backend),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{upstream=\"{}\",reason=\"{reason}\"}} {}",
+                esc_label(&p.name),
+                n.load(Relaxed)
+            );
+        }
+    }
+    let name = "stepstone_mirror_errors_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Request copies that failed (connect, write, read, timeout); clients never see them\n# TYPE {name} counter"
+    );
+    for p in &used {
+        let n = p.shadow.errors.load(Relaxed);
         let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {n}", esc_label(&p.name));
     }
 }

@@ -9,10 +9,11 @@
 //! - [`engine::choose`]: may the lean engine serve it, or why not ([`engine::Fallback`])?
 //! - [`fields`] and [`forwarded`]: which header fields cross, in both directions, and the
 //!   X-Forwarded-* the proxy adds.
-//! - [`hash`]: the consistent-hash key.
+//! - [`hash`]: the consistent-hash key; [`sticky`]: the sticky cookie's backend.
 //! - [`retry`]: is a failed attempt tried again?
 //! - [`answer`]: the proxy's own answers and the status each failure maps to.
 //! - [`interim`]: which 1xx responses from a backend reach the client?
+//! - [`mirror`]: is a copy of the request sent to a shadow upstream, and which bytes?
 //! - [`keep_alive`]: does the client connection stay open?
 //!
 //! What a request did is recorded by the observability layer from the same values, so the
@@ -27,10 +28,12 @@ pub mod forwarded;
 pub mod hash;
 pub mod head;
 pub mod interim;
+pub mod mirror;
 pub mod outlier;
 pub mod retry;
 pub mod route;
 mod route_index;
+pub mod sticky;
 
 use crate::config::ListenerSpec;
 use answer::Answer;
@@ -118,12 +121,13 @@ impl ListenerPolicy {
     }
 
     /// The route a request is for, by host (port stripped), the longest path prefix and the
-    /// route's `match`; a split route's member is chosen here, by weight.
+    /// route's `match`; a split route's member is chosen here, by the sticky cookie of one
+    /// of its upstreams or else by weight.
     pub fn route(&self, r: &RequestHead) -> Option<&Route> {
         let host = forwarded::strip_port(r.host.unwrap_or(""));
         self.router
             .find(host, r.path, r.fields)
-            .and_then(|p| self.router.pick(p))
+            .and_then(|p| self.router.pick(p, r.fields))
     }
 
     /// [`ListenerPolicy::admit`] for an engine that already looked the route up (to choose

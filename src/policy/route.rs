@@ -16,6 +16,8 @@ pub struct Route {
     pub pool: Arc<Pool>,
     pub max_body_size: u64,
     pub cache: Option<crate::cache::RouteCache>,
+    /// Copies of the route's requests for a shadow upstream ([`super::mirror`]).
+    pub mirror: Option<Arc<super::mirror::Mirror>>,
     /// A split route: the positions of its members (this one first) and their weights.
     split: Vec<(usize, u32)>,
     match_headers: Vec<(String, String)>,
@@ -100,7 +102,19 @@ pub struct Router {
 
 impl Router {
     pub fn new(listener: usize, specs: &[RouteSpec], pools: &[Arc<Pool>]) -> Router {
+        // one mirror per route in the config, its members' too
+        let mirrors: Vec<Option<Arc<super::mirror::Mirror>>> = specs
+            .iter()
+            .map(|r| {
+                let m = r.mirror?;
+                Some(Arc::new(super::mirror::Mirror::new(
+                    pools[m.upstream].clone(),
+                    m.percent,
+                )))
+            })
+            .collect();
         let route = |id: usize, r: &RouteSpec, upstream: usize| Route {
+            mirror: mirrors[id].clone(),
             id,
             pos: 0,
             label: format!("routes[{id}]"),
@@ -181,11 +195,19 @@ impl Router {
         )
     }
 
-    /// The route at `pos`; for a split route, one of its members, chosen by weight.
-    pub fn pick(&self, pos: usize) -> Option<&Route> {
+    /// The route at `pos`; for a split route, one of its members: the one whose sticky
+    /// upstream the request has a valid cookie of, else one chosen by weight.
+    pub fn pick(&self, pos: usize, fields: &(dyn Fields + Sync)) -> Option<&Route> {
         let r = self.routes.get(pos)?;
         if r.split.is_empty() {
             return Some(r);
+        }
+        let mine = r.split.iter().find_map(|&(p, _)| {
+            let m = self.routes.get(p)?;
+            super::sticky::split_side(&m.pool, fields).then_some(m)
+        });
+        if mine.is_some() {
+            return mine;
         }
         let total: u32 = r.split.iter().map(|(_, w)| w).sum();
         let mut at = rand::random::<u32>() % total.max(1);

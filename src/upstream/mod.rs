@@ -11,6 +11,8 @@ pub mod conns;
 pub mod discovery;
 pub mod health;
 pub mod select;
+pub mod shadow;
+pub mod sticky;
 
 use crate::config::{BackendSpec, HashKey, Selection, UpstreamSpec};
 use arc_swap::ArcSwap;
@@ -51,6 +53,8 @@ pub struct Slot {
     /// When the backend came back (healthy again, or its ejection over), in [`now_ms`], for
     /// slow start; 0: not ramping.
     pub back_since: AtomicU64,
+    /// The token a sticky cookie names this backend by, made on first use.
+    sticky_token: std::sync::OnceLock<String>,
 }
 
 impl Slot {
@@ -81,6 +85,7 @@ impl Slot {
             last_ejection_end: AtomicU64::new(0),
             ejections_total: AtomicU64::new(0),
             back_since: AtomicU64::new(0),
+            sticky_token: std::sync::OnceLock::new(),
         }
     }
 
@@ -253,6 +258,10 @@ pub struct Pool {
     /// Requests waiting for a capped backend, and their wake-up.
     waiting: AtomicUsize,
     queue: Arc<tokio::sync::Notify>,
+    /// The key of the sticky cookie's tokens, when the upstream is sticky.
+    sticky_key: Option<Arc<sticky::Key>>,
+    /// Its copies in flight and counters when routes mirror requests to it.
+    pub shadow: shadow::ShadowStats,
 }
 
 /// Gives a waiting request's place in the queue back.
@@ -279,12 +288,42 @@ impl Pool {
             spec: spec.clone(),
             waiting: AtomicUsize::new(0),
             queue: Arc::new(tokio::sync::Notify::new()),
+            sticky_key: spec
+                .sticky
+                .as_ref()
+                .map(|s| sticky::key(s.key_file.as_deref())),
+            shadow: Default::default(),
         }
+    }
+
+    /// The token of a sticky upstream's backend ([`sticky::token`]); `None` when the
+    /// upstream is not sticky or no token could be made.
+    pub fn sticky_token<'s>(&self, slot: &'s Slot) -> Option<&'s str> {
+        let key = self.sticky_key.as_ref()?;
+        let t = slot
+            .sticky_token
+            .get_or_init(|| sticky::token(key, &self.name, &slot.addr));
+        (!t.is_empty()).then_some(t.as_str())
     }
 
     /// [`Pool::select`], waiting in the upstream's queue (FIFO, at most `max_pending`, for
     /// at most `queue_timeout`) while every usable backend is at its `max_connections`.
     pub async fn select_queued(&self, hash: u64, tried: u64) -> Result<Pick, NoBackend> {
+        self.select_queued_for(None, hash, tried).await
+    }
+
+    /// [`Pool::select_queued`] for a request pinned to the backend at `pin` (a sticky
+    /// cookie's): that one while it is usable, has room and was not tried, else the
+    /// configured algorithm's choice.
+    pub async fn select_queued_for(
+        &self,
+        pin: Option<usize>,
+        hash: u64,
+        tried: u64,
+    ) -> Result<Pick, NoBackend> {
+        if let Some(p) = pin.and_then(|i| self.pinned(i, tried)) {
+            return Ok(p);
+        }
         if let Some(p) = self.select(hash, tried) {
             return Ok(p);
         }
@@ -308,6 +347,17 @@ impl Pool {
                 return Err(NoBackend::QueueTimeout);
             }
         }
+    }
+
+    /// The backend at `idx` if a request may go there now. Slow start does not hold back a
+    /// client already bound to it.
+    fn pinned(&self, idx: usize, tried: u64) -> Option<Pick> {
+        let m = self.members.load();
+        let slot = m.slots.get(idx)?;
+        if tried & bit(idx) != 0 || !slot.usable() {
+            return None;
+        }
+        Pick::new(slot, &self.queue)
     }
 
     /// Whether some backend would take the request but for its cap.

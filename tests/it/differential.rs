@@ -297,3 +297,53 @@ async fn lean_and_general_engines_answer_alike() {
     }
     scripted::assert_alike(&diffs, cases.len(), &p.log());
 }
+
+/// The sticky cookie: set alike for a client without one or with a forged one, and kept
+/// alike (no new cookie) for a valid one, on both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_and_general_engines_set_sticky_cookies_alike() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    let (fast, general) = (p.addr_of(0), p.addr_of(1));
+    let host = "sticky.test";
+    let first = run(fast, &case("sticky without a cookie", &get("/", host, ""))).await;
+    let set = responses(&first, &[false]).0;
+    let token = set
+        .first()
+        .and_then(|a| a.fields.iter().find(|(k, _)| k == "set-cookie"))
+        .and_then(|(_, v)| v.split(';').next())
+        .map(str::to_string)
+        .expect("a sticky cookie");
+    let _ = origin.take();
+    let cases = [
+        case("sticky without a cookie", &get("/", host, "")),
+        case(
+            "sticky with a forged cookie",
+            &get("/", host, "Cookie: SRV=forged\r\n"),
+        ),
+        case(
+            "sticky with a valid cookie",
+            &get("/", host, &format!("Cookie: a=1; {token}\r\n")),
+        ),
+    ];
+    let mut diffs = Vec::new();
+    for c in &cases {
+        let a = run(fast, c).await;
+        let seen_a = origin.take();
+        let b = run(general, c).await;
+        let seen_b = origin.take();
+        let (ra, rb) = (responses(&a, &c.heads).0, responses(&b, &c.heads).0);
+        let cookies = |r: &[Answer]| {
+            r.iter()
+                .flat_map(|a| a.fields.iter().filter(|(k, _)| k == "set-cookie"))
+                .count()
+        };
+        let want = usize::from(!c.name.contains("valid"));
+        if cookies(&ra) != want || cookies(&rb) != want {
+            diffs.push(format!("{}: {want} set-cookie expected", c.name));
+        }
+        scripted::differ(&mut diffs, c.name, "client saw", &ra, &rb);
+        scripted::differ_seen(&mut diffs, c.name, &seen_a, &seen_b);
+    }
+    scripted::assert_alike(&diffs, cases.len(), &p.log());
+}

@@ -439,3 +439,55 @@ async fn lean_and_general_engines_answer_http2_alike() {
     }
     scripted::assert_alike(&diffs, cases.len(), &p.log());
 }
+
+/// The sticky cookie over HTTP/2: set alike for a client without one or with a forged one,
+/// kept alike for a valid one (sent in a cookie field of its own, as HTTP/2 may split them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_and_general_engines_set_sticky_cookies_alike_over_http2() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http, h2c: true"));
+    let (fast, general) = (p.addr_of(0), p.addr_of(1));
+    let sticky = || get("/").authority("sticky.test");
+    let first = run(fast, &case("sticky without a cookie", sticky())).await;
+    let token = first
+        .first()
+        .and_then(|s| s.answer.as_ref())
+        .and_then(|a| a.fields.iter().find(|(k, _)| k == "set-cookie"))
+        .and_then(|(_, v)| v.split(';').next())
+        .map(str::to_string)
+        .expect("a sticky cookie");
+    let _ = origin.take();
+    let cases = [
+        case("sticky without a cookie", sticky()),
+        case(
+            "sticky with a forged cookie",
+            sticky().field("cookie", "SRV=forged"),
+        ),
+        case(
+            "sticky with a valid cookie",
+            sticky()
+                .field("cookie", "a=1")
+                .field("cookie", token.clone()),
+        ),
+    ];
+    let mut diffs = Vec::new();
+    for c in &cases {
+        let a = run(fast, c).await;
+        let seen_a = origin.take();
+        let b = run(general, c).await;
+        let seen_b = origin.take();
+        let cookies = |s: &[Stream]| {
+            s.iter()
+                .filter_map(|s| s.answer.as_ref())
+                .flat_map(|a| a.fields.iter().filter(|(k, _)| k == "set-cookie"))
+                .count()
+        };
+        let want = usize::from(!c.name.contains("valid"));
+        if cookies(&a) != want || cookies(&b) != want {
+            diffs.push(format!("{}: {want} set-cookie expected", c.name));
+        }
+        scripted::differ(&mut diffs, c.name, "client saw", &a, &b);
+        scripted::differ_seen(&mut diffs, c.name, &seen_a, &seen_b);
+    }
+    scripted::assert_alike(&diffs, cases.len(), &p.log());
+}

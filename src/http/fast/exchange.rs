@@ -86,6 +86,8 @@ pub struct Exchange<'a> {
     try_timeout: Duration,
     /// For the tunnel of an upgraded (WebSocket) connection, which ends early on shutdown.
     shutdown: Option<&'a ShutdownWatch>,
+    /// The request's sticky cookie, for the choice of backend and the response's cookie.
+    pub sticky: crate::policy::sticky::Affinity,
 }
 
 impl<'a> Exchange<'a> {
@@ -108,6 +110,7 @@ impl<'a> Exchange<'a> {
             body_len: 0,
             try_timeout: route.pool.read_timeout,
             shutdown,
+            sticky: Default::default(),
         }
     }
 
@@ -190,11 +193,11 @@ impl<'a> Exchange<'a> {
             attempts += 1;
             self.obs.peer_selected();
             self.pick = None;
-            let mut picked = pool.select_queued(hash, tried).await;
+            let mut picked = pool.select_queued_for(self.sticky.pin, hash, tried).await;
             if let (Err(NoBackend::None), Some(skip)) = (&picked, retry::skip_fewer(tried, refused))
             {
                 tried = skip;
-                picked = pool.select_queued(hash, tried).await;
+                picked = pool.select_queued_for(self.sticky.pin, hash, tried).await;
             }
             let pick = match picked {
                 Ok(p) => p,
@@ -456,9 +459,12 @@ impl<'a> Exchange<'a> {
         g: &mut Guarded,
         mut up: TcpStream,
         mut rbuf: Vec<u8>,
-        h: RespHead,
+        mut h: RespHead,
     ) -> Result<bool, Failure> {
         self.status = h.code;
+        if let Some(c) = self.sticky_cookie() {
+            crate::policy::sticky::push_h1(&mut h.head, &c);
+        }
         if h.upgraded {
             return self.tunnel(g, up, rbuf, h).await;
         }
@@ -705,6 +711,12 @@ impl<'a> Exchange<'a> {
             Err(_) => return,
         };
         crate::policy::outlier::observe(self.pool, &p.slot, failed);
+    }
+
+    /// The `Set-Cookie` of a sticky upstream for the response of the backend chosen.
+    pub fn sticky_cookie(&self) -> Option<String> {
+        let p = self.pick.as_ref()?;
+        crate::policy::sticky::set_cookie(self.pool, &self.sticky, &p.slot, self.l.tls)
     }
 
     /// Keep a backend connection whose response ended cleanly for the next request.

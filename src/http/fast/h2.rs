@@ -121,8 +121,14 @@ impl FastPath {
             _ => 0,
         };
         let head_only = method == "HEAD";
+        if let Some(m) = route.mirror.as_ref().filter(|m| m.sample(false)) {
+            if let Some(p) = m.admit() {
+                crate::net::mirror::send(p, policy::mirror::h1_copy(&out));
+            }
+        }
 
         let mut ex = Exchange::new(l, route, self.pool_max, RequestObs::default(), None);
+        ex.sticky = policy::sticky::affinity(&route.pool, req);
         // The request's fields are read from the session again after the exchange (no
         // copies): only the response side writes to it.
         // The client may cancel the stream (RST_STREAM) while the backend works: that ends
@@ -244,12 +250,15 @@ impl Exchange<'_> {
         h: RespHead,
     ) -> Result<(), Failure> {
         self.status = h.code;
-        let Some(resp) = h.h2 else {
+        let Some(mut resp) = h.h2 else {
             return Err(Failure::Answer(
                 crate::policy::answer::Failure::Internal,
                 "no HTTP/2 response head".into(),
             ));
         };
+        if let Some(c) = self.sticky_cookie() {
+            let _ = resp.append_header(http::header::SET_COOKIE, c);
+        }
         let mut upstream_keep = h.upstream_keep;
         let mut scanner = crate::http::chunked::ChunkedScanner::default();
         let mut left = 0u64;

@@ -359,6 +359,7 @@ impl FastPath {
             route,
             out,
             hash,
+            sticky: policy::sticky::affinity(&route.pool, &parsed_fields),
         }
     }
 
@@ -371,7 +372,8 @@ impl FastPath {
         shutdown: &ShutdownWatch,
     ) -> Outcome {
         let obs = RequestObs::default();
-        let (r, route, out, hash, want_keep, upgrade) = match self.plan(buf, conn, draining) {
+        let (r, route, out, hash, want_keep, upgrade, sticky) = match self.plan(buf, conn, draining)
+        {
             Plan::Fallback => {
                 g.unread(buf);
                 return Outcome::Fallback;
@@ -399,22 +401,38 @@ impl FastPath {
                 hash,
                 want_keep,
                 upgrade,
-            } => (req, route, out, hash, want_keep, upgrade),
+                sticky,
+            } => (req, route, out, hash, want_keep, upgrade, sticky),
         };
         let l = &*self.listener;
         let mut ex = Exchange::new(l, route, self.pool_max, obs, Some(shutdown));
         ex.body_len = r.view.bytes_in as u64;
-        let res = ex
-            .run(
-                g,
-                &out,
-                r.body_left,
-                hash,
-                (r.view.method, r.view.uri),
-                r.head_only,
-                Down::H1 { want_keep, upgrade },
-            )
-            .await;
+        ex.sticky = sticky;
+        let (mut out, mut body_left) = (out, r.body_left);
+        let mirrored = mirror(
+            g,
+            route,
+            upgrade,
+            &mut out,
+            &mut body_left,
+            l.client_timeout,
+        )
+        .await;
+        let res = match mirrored {
+            Err(f) => Err(f),
+            Ok(()) => {
+                ex.run(
+                    g,
+                    &out,
+                    body_left,
+                    hash,
+                    (r.view.method, r.view.uri),
+                    r.head_only,
+                    Down::H1 { want_keep, upgrade },
+                )
+                .await
+            }
+        };
         drop(out);
         ex.observe_outcome(&res);
         let slot = ex.pick.as_ref().map(|p| &*p.slot);
@@ -463,6 +481,50 @@ impl FastPath {
     }
 }
 
+/// The route's mirror step ([`policy::mirror`]), once the request is admitted: a sampled
+/// request whose body fits the bound, and whose copy has a place among those in flight, has
+/// the rest of its body read into `out` (so the copy and the primary request carry the same
+/// bytes), and its copy handed to the sender.
+async fn mirror(
+    g: &mut Guarded,
+    route: &Route,
+    upgrade: bool,
+    out: &mut Vec<u8>,
+    body_left: &mut u64,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let Some(m) = &route.mirror else {
+        return Ok(());
+    };
+    let body = out.len()
+        - out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |i| i + 4);
+    if !m.sample(upgrade) || !m.fits(body as u64 + *body_left) {
+        return Ok(());
+    }
+    // a copy dropped at the bound leaves the body streaming as usual
+    let Some(permit) = m.admit() else {
+        return Ok(());
+    };
+    let mut at = out.len();
+    out.resize(at + *body_left as usize, 0);
+    while at < out.len() {
+        match tokio::time::timeout(timeout, g.read(&mut out[at..])).await {
+            Ok(Ok(n)) if n > 0 => at += n,
+            Err(_) => {
+                let why = crate::policy::answer::Failure::ClientTimeout;
+                return Err(Failure::Answer(why, "the client stalled mid-body".into()));
+            }
+            _ => return Err(Failure::Cut),
+        }
+    }
+    *body_left = 0;
+    crate::net::mirror::send(permit, policy::mirror::h1_copy(out));
+    Ok(())
+}
+
 fn fallback<'a>(r: Result<(), Fallback>) -> Plan<'a> {
     if let Err(reason) = r {
         fell_back(reason);
@@ -503,6 +565,7 @@ enum Plan<'a> {
         want_keep: bool,
         /// A WebSocket handshake: after a 101 the connection becomes a tunnel.
         upgrade: bool,
+        sticky: policy::sticky::Affinity,
     },
 }
 

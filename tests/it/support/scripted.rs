@@ -260,7 +260,7 @@ pub fn config(origin: SocketAddr, listen: &str) -> String {
     let mut routes = String::new();
     for l in ["fast", "general", "fast_rl", "general_rl"] {
         routes.push_str(&format!(
-            "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n  - {{listener: {l}, host: retry.test, upstream: retrying}}\n"
+            "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n  - {{listener: {l}, host: retry.test, upstream: retrying}}\n  - {{listener: {l}, host: sticky.test, upstream: sticky}}\n"
         ));
     }
     // A port nothing listens on, for the dead backend.
@@ -285,6 +285,9 @@ upstreams:
     backends: [{{address: {origin}}}]
     retries: 1
     retry_on: [reset, \"503\"]
+  - name: sticky
+    backends: [{{address: {origin}}}]
+    sticky: {{cookie: SRV, ttl: 1h}}
 routes:
 {routes}"
     )
