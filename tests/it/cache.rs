@@ -1082,3 +1082,36 @@ async fn cdn_cache_control_and_the_targeted_header_govern_this_cache() {
 async fn h_status(addr: SocketAddr, path: &str) -> String {
     status(&get(addr, path, &[]).await).to_string()
 }
+
+/// RFC 9111 §4: a hit carries the stored `Date` (when the origin made the response), not the
+/// time of the hit. The lean engine keeps it. Pingora's writers put the time of the answer
+/// in `Date` on every response, so the general engine's hit says "now" (a Pingora
+/// limitation, asserted so that a Pingora change that lifts it shows up here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_keeps_the_stored_date_on_the_lean_engine() {
+    let made = std::time::SystemTime::now() - Duration::from_secs(5);
+    let date = httpdate::fmt_http_date(made);
+    let o = OriginBuilder::new("o")
+        .on(
+            "/dated",
+            &[("Cache-Control", "max-age=600"), ("Date", date.as_str())],
+            "dated",
+        )
+        .run()
+        .await;
+    let p = Proxy::start(&config_both(&o, ON));
+    for (engine, addr, lean) in engines(&p) {
+        let miss = get(addr, "/dated", &[]).await;
+        assert_eq!(status(&miss), "MISS", "{engine}");
+        // a hit at least a second later: a "now" Date would differ from the stored one
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let h = hit(&p, addr, lean, "/dated").await;
+        let sent = h.header("date").unwrap_or_default();
+        if lean {
+            assert_eq!(sent, date, "{engine}: the stored Date");
+        } else {
+            assert_ne!(sent, date, "{engine}: Pingora writes the time of the hit");
+        }
+    }
+    assert_eq!(o.requests(), 2, "one miss per engine");
+}

@@ -59,8 +59,9 @@ impl FastHead {
             resp.insert_header(http::header::ACCEPT_RANGES, "bytes")
                 .ok()?;
         }
-        // ...and Date, Age and Connection are sent per response
-        resp.remove_header(&http::header::DATE);
+        // ...and Age and Connection are sent per response. The stored Date stays: it says when
+        // the origin made the response (RFC 9111 §4: a hit keeps it). Pingora's writers put
+        // the time of the answer there instead, so the general engine cannot do the same.
         resp.remove_header(&http::header::CONNECTION);
         resp.remove_header(&http::header::AGE);
         let mut head = Vec::with_capacity(512);
@@ -106,7 +107,8 @@ impl FastHit {
             .expect("a FastHit is made only from an entry with a fast head")
     }
 
-    /// Status line and stored header fields, without `Date`, `Age` and the final CRLF.
+    /// Status line and stored header fields (the stored `Date` among them), without `Age`
+    /// and the final CRLF.
     pub fn head(&self) -> &[u8] {
         &self.fast().head
     }

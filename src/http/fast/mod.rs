@@ -20,8 +20,9 @@
 //! conditional (`If-*`), `Range`, `Cache-Control`, `Pragma` or `Authorization` fields, whose
 //! key (built by [`cache_policy::cache_key_origin_form`], the general path's key function)
 //! finds a complete entry without `Vary`, with a Content-Length matching its body, that is
-//! fresh now and not predicted uncacheable. `Age`, the route's status header (`HIT`) and
-//! `Date` are added to the stored head, the body is the store's buffer.
+//! fresh now and not predicted uncacheable. `Age` and the route's status header (`HIT`) are
+//! added to the stored head, which keeps the origin's `Date` (one is added only when the
+//! origin sent none); the body is the store's buffer.
 
 mod exchange;
 mod h2;
@@ -290,9 +291,12 @@ impl FastPath {
             crate::policy::forwarded::push_u64(&mut head, h.age());
             head.extend_from_slice(b"\r\n");
             head.extend_from_slice(c.spec.status_header.as_str().as_bytes());
-            head.extend_from_slice(b": HIT\r\ndate: ");
-            policy::date::now(&mut head);
-            head.extend_from_slice(b"\r\n");
+            head.extend_from_slice(b": HIT\r\n");
+            if !h.has_header(&http::header::DATE) {
+                head.extend_from_slice(b"date: ");
+                policy::date::now(&mut head);
+                head.extend_from_slice(b"\r\n");
+            }
             head.extend_from_slice(connection_line(keep));
             head.extend_from_slice(b"\r\n");
             let body = (!r.head_only).then(|| h.body().clone());
