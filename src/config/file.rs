@@ -481,6 +481,8 @@ pub struct RouteFile {
     /// Copies of the route's requests sent to another upstream, answers discarded.
     /// Default: none
     pub mirror: Option<MirrorFile>,
+    /// Responses compressed for clients that accept it (br, zstd, gzip). Default: none
+    pub compression: Option<super::compression::CompressionFile>,
 }
 
 /// `routes[].mirror`: request mirroring (shadow traffic).

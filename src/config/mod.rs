@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod certs;
 pub mod cidr;
+pub mod compression;
 pub mod file;
 pub mod forward;
 pub mod l4;
@@ -404,6 +405,7 @@ pub struct RouteSpec {
     pub max_body_size: u64,
     pub cache: Option<cache::CacheSpec>,
     pub mirror: Option<MirrorSpec>,
+    pub compression: Option<compression::CompressionSpec>,
 }
 
 /// The validated configuration. Cross references are resolved to indices.

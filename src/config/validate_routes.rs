@@ -148,6 +148,10 @@ pub(super) fn routes(
                 None => None,
             },
             mirror,
+            compression: match &r.compression {
+                Some(c) => super::compression::validate(e, &format!("{p}.compression"), c)?,
+                None => None,
+            },
         });
     }
     Ok(routes)

@@ -11,6 +11,7 @@
 //! limits and the head checks ([`crate::policy::head`]).
 
 pub mod chunked;
+pub mod encode;
 pub mod fast;
 pub mod guard;
 pub mod phases;
@@ -76,6 +77,8 @@ pub struct Ctx {
     hash: u64,
     /// The request's sticky cookie ([`crate::policy::sticky`]).
     sticky: crate::policy::sticky::Affinity,
+    /// The encoder of a response the policy compresses ([`crate::policy::compress`]).
+    encoder: Option<encode::Encoder>,
     /// The copy for the route's mirror while the request body arrives.
     mirror: Option<crate::policy::mirror::Pending>,
     /// The `Upgrade` of a handshake the proxy relays (WebSocket or another protocol).

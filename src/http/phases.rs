@@ -35,7 +35,7 @@ use pingora_cache::{
     CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
 };
 use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
-use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -94,6 +94,34 @@ fn failed_try(e: &Error) -> Option<policy::retry::Cause> {
 }
 
 impl HttpProxy {
+    /// The route's compression step ([`policy::compress`]) on a final response head: the
+    /// head edits, and the encoder the body then goes through.
+    fn compress(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let spec = self.route(ctx).and_then(|r| r.compression.clone());
+        let req = session.req_header();
+        let accept: Vec<&[u8]> = req
+            .headers
+            .get_all(http::header::ACCEPT_ENCODING)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let request = policy::compress::Request {
+            head: req.method == http::Method::HEAD,
+            range: req.headers.contains_key(http::header::RANGE),
+            accept_encoding: &accept,
+        };
+        let Some(coding) = policy::compress::decide(spec.as_deref(), &request, resp) else {
+            return Ok(());
+        };
+        policy::compress::edit(resp, coding.map(|c| c.0))?;
+        if let Some((c, level)) = coding {
+            let e = super::encode::Encoder::new(c, level)
+                .or_err(ErrorType::InternalError, "while starting the compressor")?;
+            ctx.encoder = Some(e);
+        }
+        Ok(())
+    }
+
     /// The policy's retry decision for the try that just failed with `cause`.
     fn retry(
         &self,
@@ -532,6 +560,7 @@ impl ProxyHttp for HttpProxy {
         if let Some(c) = self.route_cache(ctx) {
             c.response_filter(session, resp, &self.listener.name, self.listener.tls)?;
         }
+        self.compress(session, resp, ctx)?;
         if let (Some(r), Some(p)) = (self.route(ctx), &ctx.pick) {
             let tls = self.listener.tls;
             if let Some(c) = policy::sticky::set_cookie(&r.pool, &ctx.sticky, &p.slot, tls) {
@@ -588,6 +617,23 @@ impl ProxyHttp for HttpProxy {
             }
             None => Ok(()),
         }
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(e) = ctx.encoder.as_mut() {
+            let data = body.as_deref().unwrap_or_default();
+            let out = e
+                .push(data, end_of_stream)
+                .or_err(ErrorType::InternalError, "while compressing the response")?;
+            *body = Some(out);
+        }
+        Ok(None)
     }
 
     fn upstream_response_body_filter(

@@ -31,10 +31,12 @@ pub enum Fallback {
     UpstreamProtocol,
     /// An HTTP/2 request other than a bodiless GET or HEAD.
     H2Request,
+    /// A route that compresses responses (Pingora's body filters run the encoder).
+    Compression,
 }
 
 impl Fallback {
-    pub const ALL: [Fallback; 14] = [
+    pub const ALL: [Fallback; 15] = [
         Fallback::Disabled,
         Fallback::ForwardProxy,
         Fallback::RedirectHttps,
@@ -49,6 +51,7 @@ impl Fallback {
         Fallback::Cache,
         Fallback::UpstreamProtocol,
         Fallback::H2Request,
+        Fallback::Compression,
     ];
 
     pub fn label(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Fallback {
             Fallback::Cache => "cache",
             Fallback::UpstreamProtocol => "upstream_protocol",
             Fallback::H2Request => "h2_request",
+            Fallback::Compression => "compression",
         }
     }
 }
@@ -168,8 +172,11 @@ fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
     Ok(())
 }
 
-/// The route part of [`choose`]: the route's backends and cache.
+/// The route part of [`choose`]: the route's compression, cache and backends.
 fn route_allows(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fallback> {
+    if route.compression.is_some() {
+        return Err(Fallback::Compression);
+    }
     if route.cache.is_some() {
         return if fresh_hit && !h.upgrade_relayed() && !h.h2 {
             Ok(())

@@ -20,6 +20,7 @@
 //! access log and metrics cannot tell the engines apart.
 
 pub mod answer;
+pub mod compress;
 pub mod date;
 pub mod edit;
 pub mod engine;

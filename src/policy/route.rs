@@ -18,6 +18,8 @@ pub struct Route {
     pub cache: Option<crate::cache::RouteCache>,
     /// Copies of the route's requests for a shadow upstream ([`super::mirror`]).
     pub mirror: Option<Arc<super::mirror::Mirror>>,
+    /// Response compression ([`super::compress`]).
+    pub compression: Option<Arc<crate::config::compression::CompressionSpec>>,
     /// A split route: the positions of its members (this one first) and their weights.
     split: Vec<(usize, u32)>,
     match_headers: Vec<(String, String)>,
@@ -115,6 +117,7 @@ impl Router {
             .collect();
         let route = |id: usize, r: &RouteSpec, upstream: usize| Route {
             mirror: mirrors[id].clone(),
+            compression: r.compression.clone().map(Arc::new),
             id,
             pos: 0,
             label: format!("routes[{id}]"),

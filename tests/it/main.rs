@@ -6,6 +6,7 @@ mod support;
 mod balancing;
 mod cache;
 mod cli;
+mod compression;
 mod differential;
 mod differential_h2;
 mod divergences;
