@@ -126,6 +126,33 @@ pub static INFLIGHT: Lazy<IntGauge> = Lazy::new(|| {
     )
     .unwrap_or_else(|e| panic!("{e}")))
 });
+/// Configuration reloads by outcome (`ok`, `error`), and the revision in force.
+pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_config_reloads_total",
+        "Configuration reloads, by result",
+        &["result"],
+    )
+});
+pub static CONFIG_REVISION: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "stepstone_config_revision",
+        "Revision of the configuration in force: 1 at start, one more per applied reload",
+    )
+    .unwrap_or_else(|e| panic!("{e}")))
+});
+
+/// Count a reload attempt; both series exist from start-up so a scraper sees zeros.
+pub fn config_reloaded(ok: Option<bool>, revision: u64) {
+    for r in ["ok", "error"] {
+        let c = CONFIG_RELOADS.with_label_values(&[r]);
+        if ok == Some(r == "ok") {
+            c.inc();
+        }
+    }
+    CONFIG_REVISION.set(i64::try_from(revision).unwrap_or(i64::MAX));
+}
+
 pub static BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "stepstone_http_body_bytes_total",

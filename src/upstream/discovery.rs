@@ -137,20 +137,8 @@ impl ServiceDiscovery for DnsDiscovery {
 }
 
 /// Re-resolves the names of every pool that has some, every `resolve_every`.
-pub struct DiscoveryService {
-    pools: Vec<Arc<Pool>>,
-}
-
-impl DiscoveryService {
-    pub fn new(pools: &[Arc<Pool>]) -> Option<DiscoveryService> {
-        let pools: Vec<Arc<Pool>> = pools
-            .iter()
-            .filter(|p| !p.spec.dns_backends.is_empty())
-            .cloned()
-            .collect();
-        (!pools.is_empty()).then_some(DiscoveryService { pools })
-    }
-}
+/// Resolves the names of the pools in force ([`super::live`]) that have some.
+pub struct DiscoveryService;
 
 async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     let current: Vec<BackendSpec> = pool
@@ -214,7 +202,7 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
 #[async_trait]
 impl BackgroundService for DiscoveryService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        super::per_pool(&self.pools, &shutdown, run_pool).await
+        super::per_pool(shutdown, |p| !p.spec.dns_backends.is_empty(), run_pool).await
     }
 }
 

@@ -23,21 +23,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-pub struct HealthService {
-    pools: Vec<Arc<Pool>>,
-}
-
-impl HealthService {
-    /// Only pools with a `health_check` block are probed; the others stay healthy.
-    pub fn new(pools: &[Arc<Pool>]) -> Option<HealthService> {
-        let pools: Vec<Arc<Pool>> = pools
-            .iter()
-            .filter(|p| p.spec.health.is_some())
-            .cloned()
-            .collect();
-        (!pools.is_empty()).then_some(HealthService { pools })
-    }
-}
+/// Probes the pools in force ([`super::live`]); only pools with a `health_check` block are
+/// probed, the others stay healthy.
+pub struct HealthService;
 
 fn build_check(
     h: &HealthSpec,
@@ -105,6 +93,7 @@ impl ServiceDiscovery for Membership {
             .load()
             .slots
             .iter()
+            .filter(|s| !s.maint.load(Relaxed))
             .map(|s| s.backend.clone())
             .collect();
         Ok((set, HashMap::new()))
@@ -138,6 +127,10 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
         }
         backends.run_health_check(true).await;
         for slot in pool.members.load().slots.iter() {
+            // maintenance pauses its checks: the verdict stays what it was
+            if slot.maint.load(Relaxed) {
+                continue;
+            }
             let now = backends.ready(&slot.backend);
             let was = slot.healthy.swap(now, Relaxed);
             if was != now {
@@ -158,6 +151,6 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        super::per_pool(&self.pools, &shutdown, run_pool).await
+        super::per_pool(shutdown, |p| p.spec.health.is_some(), run_pool).await
     }
 }

@@ -19,6 +19,7 @@ mod interim;
 mod l4;
 mod ops;
 mod protocol;
+mod reload;
 mod reverse;
 mod streaming;
 mod tls;

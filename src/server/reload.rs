@@ -1,0 +1,331 @@
+//! Reload in place: re-read the file, validate it whole, build the new runtime beside the old
+//! one and swap it in.
+//!
+//! What a reload replaces, per HTTP listener, is its policy (routes and the pools they lead to)
+//! and the two engines built around it ([`EngineSwap`]); each request takes the engines in
+//! force when it starts, so requests in flight finish on theirs and no connection is closed.
+//! Pools of unchanged upstreams are the very same objects (connections, health, outlier
+//! state and counters stay); a changed upstream gets a new pool that takes over the slots of
+//! the backends it keeps ([`Pool::carry_over`]). The operator's runtime changes live outside
+//! the pools ([`crate::upstream::live`]) and apply to whatever pool has the backend.
+//!
+//! What cannot change in place (the `pingora` block, the admin listener, the access log, the
+//! cache store's size, TLS and L4 listeners and the upstreams these use) is refused with an
+//! error that says an upgrade (`-u`) is needed; nothing is applied then.
+//!
+//! [`apply`] is the one entry point for a new configuration, whatever its source (the file
+//! here; a watcher of a configuration store would call it the same way).
+
+use super::{http_listener, pool_max, HttpProxy};
+use crate::config::file::ListenerProtocol;
+use crate::config::{Config, ListenerSpec};
+use crate::http::fast::FastPath;
+use crate::http::service::EngineSwap;
+use crate::upstream::Pool;
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::sync::{Arc, Mutex};
+
+/// An HTTP listener of the running configuration and the handle to replace its engines.
+pub struct HttpHandle {
+    spec: ListenerSpec,
+    swap: EngineSwap<HttpProxy>,
+}
+
+impl HttpHandle {
+    pub fn new(spec: &ListenerSpec, swap: EngineSwap<HttpProxy>) -> HttpHandle {
+        HttpHandle {
+            spec: spec.clone(),
+            swap,
+        }
+    }
+}
+
+struct Running {
+    cfg: Config,
+    pools: Vec<Arc<Pool>>,
+    http: Vec<HttpHandle>,
+}
+
+struct Live {
+    conf: Arc<ServerConf>,
+    /// Held for the whole of a reload: one at a time.
+    running: Mutex<Running>,
+}
+
+static LIVE: once_cell::sync::OnceCell<Live> = once_cell::sync::OnceCell::new();
+
+/// What `/status` and `stepstone -s reload` read.
+#[derive(Default, Clone)]
+struct Outcome {
+    revision: u64,
+    /// Reloads tried so far; `-s reload` waits for it to move.
+    attempts: u64,
+    last_error: Option<String>,
+    ok_total: u64,
+    error_total: u64,
+}
+
+static OUTCOME: Mutex<Outcome> = Mutex::new(Outcome {
+    revision: 0,
+    attempts: 0,
+    last_error: None,
+    ok_total: 0,
+    error_total: 0,
+});
+
+fn outcome() -> std::sync::MutexGuard<'static, Outcome> {
+    OUTCOME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Record the running configuration (revision 1).
+pub fn init(cfg: &Config, conf: Arc<ServerConf>, pools: Vec<Arc<Pool>>, http: Vec<HttpHandle>) {
+    let running = Running {
+        cfg: cfg.clone(),
+        pools,
+        http,
+    };
+    let _ = LIVE.set(Live {
+        conf,
+        running: Mutex::new(running),
+    });
+    outcome().revision = 1;
+    crate::observability::config_reloaded(None, 1);
+    write_result();
+}
+
+/// Where `stepstone -s reload` reads the outcome: beside the pid file.
+pub fn result_file(pid_file: &str) -> std::path::PathBuf {
+    std::path::Path::new(pid_file).with_extension("reload.json")
+}
+
+fn write_result() {
+    let Some(live) = LIVE.get() else { return };
+    let path = result_file(&live.conf.pid_file);
+    let o = outcome().clone();
+    let text = serde_json::json!({
+        "pid": std::process::id(),
+        "attempts": o.attempts,
+        "revision": o.revision,
+        "last_error": o.last_error,
+    })
+    .to_string();
+    let tmp = path.with_extension("reload.json.tmp");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        log::warn!("reload: cannot write {}: {e}", path.display());
+    }
+}
+
+/// The reload part of `/status`.
+pub fn status() -> serde_json::Value {
+    let o = outcome().clone();
+    let file = LIVE.get().map(|l| {
+        l.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cfg
+            .file
+            .clone()
+    });
+    serde_json::json!({
+        "file": file,
+        "revision": o.revision,
+        "reloads": {"ok": o.ok_total, "error": o.error_total},
+        "last_error": o.last_error,
+    })
+}
+
+/// Re-read the file the process runs on and apply it: the revision now in force, or the
+/// error (which also goes to the log, `/status` and the metrics).
+pub fn reload_now() -> Result<u64, String> {
+    let Some(live) = LIVE.get() else {
+        return Err("not running yet".into());
+    };
+    let file = live
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .cfg
+        .file
+        .clone();
+    match Config::load(&file) {
+        Ok(cfg) => apply(cfg),
+        Err(e) => {
+            let e = e.to_string();
+            record(Err(e.clone()));
+            Err(e)
+        }
+    }
+}
+
+fn record(res: Result<u64, String>) {
+    {
+        let mut o = outcome();
+        o.attempts += 1;
+        match &res {
+            Ok(rev) => {
+                o.revision = *rev;
+                o.ok_total += 1;
+                o.last_error = None;
+                log::info!("reload: configuration revision {rev} in force");
+            }
+            Err(e) => {
+                o.error_total += 1;
+                o.last_error = Some(e.clone());
+                log::error!(
+                    "reload refused, revision {} stays in force: {e}",
+                    o.revision
+                );
+            }
+        }
+        crate::observability::config_reloaded(Some(res.is_ok()), o.revision);
+    }
+    write_result();
+}
+
+/// Validate `cfg` against the running configuration, build its runtime and swap it in.
+/// Nothing changes when it fails.
+pub fn apply(cfg: Config) -> Result<u64, String> {
+    let Some(live) = LIVE.get() else {
+        return Err("not running yet".into());
+    };
+    let mut running = live.running.lock().unwrap_or_else(|e| e.into_inner());
+    let res = swap(live, &mut running, cfg);
+    record(res.clone());
+    res
+}
+
+fn dbg<T: std::fmt::Debug>(v: &T) -> String {
+    format!("{v:?}")
+}
+
+fn needs_upgrade(file: &str, what: &str) -> String {
+    format!("{file}: {what}: this change cannot be applied by a reload; an upgrade (-u) is needed")
+}
+
+/// Refuse what a reload cannot change.
+fn check(old: &Config, new: &Config) -> Result<(), String> {
+    let f = &new.file;
+    if dbg(&old.pingora) != dbg(&new.pingora) {
+        return Err(needs_upgrade(f, "pingora"));
+    }
+    if dbg(&old.admin) != dbg(&new.admin) {
+        return Err(needs_upgrade(f, "admin"));
+    }
+    if dbg(&old.access_log) != dbg(&new.access_log) {
+        return Err(needs_upgrade(f, "access_log"));
+    }
+    if old.cache_store_size != new.cache_store_size {
+        return Err(needs_upgrade(
+            f,
+            "the cache store size (cache.max_size of the routes)",
+        ));
+    }
+    for (i, l) in new.listeners.iter().enumerate() {
+        let what = format!("listeners[{i}] ({})", l.name);
+        let Some(o) = old.listeners.iter().find(|o| o.name == l.name) else {
+            return Err(needs_upgrade(f, &format!("{what}: a new listener")));
+        };
+        if dbg(o) != dbg(l) {
+            return Err(needs_upgrade(f, &format!("{what}: changed")));
+        }
+        if let Some(s) = &l.l4 {
+            let uses = s
+                .upstream
+                .iter()
+                .chain(s.sni_routes.iter().map(|(_, u)| u))
+                .chain(s.default_upstream.iter());
+            for n in uses.filter_map(|&u| new.upstreams.get(u)) {
+                let Some(o) = old.upstreams.iter().find(|o| o.name == n.name) else {
+                    return Err(needs_upgrade(f, &format!("{what}: uses a new upstream")));
+                };
+                if dbg(n) != dbg(o) {
+                    return Err(needs_upgrade(
+                        f,
+                        &format!("{what}: upstream {} it uses changed", n.name),
+                    ));
+                }
+            }
+        }
+    }
+    for (i, o) in old.listeners.iter().enumerate() {
+        if !new.listeners.iter().any(|l| l.name == o.name) {
+            return Err(needs_upgrade(
+                f,
+                &format!("listeners[{i}] ({}) was removed", o.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> {
+    check(&running.cfg, &cfg)?;
+    // The new pools: unchanged upstreams keep theirs; a changed one takes over the backends
+    // it keeps from the old pool (when their TLS settings are the same).
+    let pools: Vec<Arc<Pool>> = cfg
+        .upstreams
+        .iter()
+        .map(|u| match running.pools.iter().find(|p| p.name == u.name) {
+            Some(p) if dbg(&p.spec) == dbg(u) => p.clone(),
+            Some(p) => {
+                let n = Arc::new(Pool::new(u));
+                if dbg(&p.spec.tls) == dbg(&u.tls) {
+                    n.carry_over(p);
+                }
+                n
+            }
+            None => Arc::new(Pool::new(u)),
+        })
+        .collect();
+    let pool_max = pool_max(&live.conf);
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        // a forward proxy has no routes; L4 listeners use pools that did not change
+        if l.forward.is_some()
+            || !matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https)
+        {
+            continue;
+        }
+        let Some(h) = running.http.iter_mut().find(|h| h.spec.name == l.name) else {
+            continue;
+        };
+        let listener = http_listener(i, l, &cfg, &pools);
+        let fast = Arc::new(FastPath::new(listener.clone(), pool_max));
+        h.swap.install(HttpProxy { listener }, Some(fast));
+        h.spec = l.clone();
+    }
+    crate::upstream::live::set_pools(pools.clone());
+    running.pools = pools;
+    running.cfg = cfg;
+    Ok(outcome().revision + 1)
+}
+
+/// SIGHUP: reload the configuration (the TLS service reloads the certificates on the same
+/// signal).
+pub struct SignalService;
+
+#[async_trait]
+impl BackgroundService for SignalService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("reload: cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => {
+                    log::info!("reload: SIGHUP: re-reading the configuration");
+                    // file reads and DNS: off the async workers
+                    let _ = tokio::task::spawn_blocking(reload_now).await;
+                }
+            }
+        }
+    }
+}
