@@ -100,23 +100,27 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
             ListenerProtocol::Http | ListenerProtocol::Https => {
                 let listener = http_listener(i, l, cfg, &upstreams.pools);
                 let (app, swap) = http_stack(l, listener, &conf);
-                http.push(reload::HttpHandle::new(l, swap));
                 let name = format!("http {}", l.name);
                 let Some(t) = &l.tls else {
+                    let (stop, rx) = tokio::sync::watch::channel(false);
+                    http.push(reload::HttpHandle::new(l, swap, Some(stop)));
                     // Plaintext: our own accept loop (see `crate::net::listen`); a PROXY
                     // header, if trusted, is read by the app before the first request.
                     match &l.proxy_protocol {
                         Some(trusted) => {
                             let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
                             let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
-                            server.add_service(PlainService::new(name, l.addr, app, false));
+                            let svc = PlainService::new(name, l.addr, app, false);
+                            server.add_service(svc.with_stop(rx));
                         }
                         None => {
-                            server.add_service(PlainService::new(name, l.addr, app, true));
+                            let svc = PlainService::new(name, l.addr, app, true);
+                            server.add_service(svc.with_stop(rx));
                         }
                     }
                     continue;
                 };
+                http.push(reload::HttpHandle::new(l, swap, None));
                 // TLS reads a PROXY header before the handshake (Pingora's pre-TLS hook).
                 let endpoint = crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?;
                 let mut svc = Service::new(name, app);
@@ -133,7 +137,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         server.add_service(background_service("tls reload", r));
     }
     reload::init(cfg, conf, upstreams.pools, http);
-    server.add_service(background_service("config reload", reload::SignalService));
+    server.add_service(reload::ReloadService);
     Ok(server)
 }
 

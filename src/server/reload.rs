@@ -9,9 +9,12 @@
 //! the backends it keeps ([`Pool::carry_over`]). The operator's runtime changes live outside
 //! the pools ([`crate::upstream::live`]) and apply to whatever pool has the backend.
 //!
-//! What cannot change in place (the `pingora` block, the admin listener, the access log, the
-//! cache store's size, TLS and L4 listeners and the upstreams these use) is refused with an
-//! error that says an upgrade (`-u`) is needed; nothing is applied then.
+//! Plaintext HTTP listeners run our own accept loop ([`crate::net::listen`]), so a reload
+//! adds and removes them (a new address is a removal plus an addition). What cannot change in
+//! place (the `pingora` block, the admin listener, the access log, the cache store's size,
+//! TLS and L4 listeners and the upstreams these use, other settings of a listener that keeps
+//! its address) is refused with an error that says an upgrade (`-u`) is needed; nothing is
+//! applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -25,22 +28,34 @@ use crate::upstream::Pool;
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use std::sync::{Arc, Mutex};
 
 /// An HTTP listener of the running configuration and the handle to replace its engines.
 pub struct HttpHandle {
     spec: ListenerSpec,
     swap: EngineSwap<HttpProxy>,
+    /// Stops its accept loop; only plaintext listeners (our own accept loop) have one.
+    stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl HttpHandle {
-    pub fn new(spec: &ListenerSpec, swap: EngineSwap<HttpProxy>) -> HttpHandle {
+    pub fn new(
+        spec: &ListenerSpec,
+        swap: EngineSwap<HttpProxy>,
+        stop: Option<tokio::sync::watch::Sender<bool>>,
+    ) -> HttpHandle {
         HttpHandle {
             spec: spec.clone(),
             swap,
+            stop,
         }
     }
+}
+
+/// Whether a reload can add or remove this listener: plaintext HTTP ones accept in our own
+/// loop, which can start and stop at any time; TLS and L4 listeners are Pingora services.
+fn dynamic(l: &ListenerSpec) -> bool {
+    l.protocol == ListenerProtocol::Http && l.tls.is_none()
 }
 
 struct Running {
@@ -226,10 +241,22 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     for (i, l) in new.listeners.iter().enumerate() {
         let what = format!("listeners[{i}] ({})", l.name);
         let Some(o) = old.listeners.iter().find(|o| o.name == l.name) else {
-            return Err(needs_upgrade(f, &format!("{what}: a new listener")));
+            if !dynamic(l) {
+                return Err(needs_upgrade(
+                    f,
+                    &format!("{what}: a new TLS or L4 listener"),
+                ));
+            }
+            continue;
         };
         if dbg(o) != dbg(l) {
-            return Err(needs_upgrade(f, &format!("{what}: changed")));
+            // a plaintext HTTP listener at a new address is a removal plus an addition
+            if !(dynamic(o) && dynamic(l) && o.addr != l.addr) {
+                return Err(needs_upgrade(
+                    f,
+                    &format!("{what}: changed (only the address of a plaintext HTTP listener can change in place)"),
+                ));
+            }
         }
         if let Some(s) = &l.l4 {
             let uses = s
@@ -251,10 +278,10 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
         }
     }
     for (i, o) in old.listeners.iter().enumerate() {
-        if !new.listeners.iter().any(|l| l.name == o.name) {
+        if !dynamic(o) && !new.listeners.iter().any(|l| l.name == o.name) {
             return Err(needs_upgrade(
                 f,
-                &format!("listeners[{i}] ({}) was removed", o.name),
+                &format!("listeners[{i}] ({}): removing a TLS or L4 listener", o.name),
             ));
         }
     }
@@ -281,6 +308,47 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         })
         .collect();
     let pool_max = pool_max(&live.conf);
+    // Listeners to add (new names, or a new address) are bound first: an address that cannot
+    // be bound fails the reload before anything changed.
+    let mut added: Vec<HttpHandle> = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let same = running
+            .http
+            .iter()
+            .any(|h| h.spec.name == l.name && h.spec.addr == l.addr);
+        if same || !dynamic(l) {
+            continue;
+        }
+        match start_listener(i, l, &cfg, &pools, &live.conf) {
+            Ok(h) => added.push(h),
+            Err(e) => {
+                for h in &added {
+                    if let Some(s) = &h.stop {
+                        s.send_replace(true);
+                    }
+                }
+                return Err(format!(
+                    "{}: listeners[{i}] ({}): cannot listen on {}: {e}",
+                    cfg.file, l.name, l.addr
+                ));
+            }
+        }
+    }
+    // Removed listeners (and the old side of a changed address) stop accepting; their
+    // connections finish on the engines they have.
+    running.http.retain(|h| {
+        let stays = cfg
+            .listeners
+            .iter()
+            .any(|l| l.name == h.spec.name && l.addr == h.spec.addr);
+        if !stays {
+            if let Some(s) = &h.stop {
+                log::info!("reload: listener {} ({}) removed", h.spec.name, h.spec.addr);
+                s.send_replace(true);
+            }
+        }
+        stays
+    });
     for (i, l) in cfg.listeners.iter().enumerate() {
         // a forward proxy has no routes; L4 listeners use pools that did not change
         if l.forward.is_some()
@@ -296,24 +364,58 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         h.swap.install(HttpProxy { listener }, Some(fast));
         h.spec = l.clone();
     }
+    running.http.extend(added);
     crate::upstream::live::set_pools(pools.clone());
     running.pools = pools;
     running.cfg = cfg;
     Ok(outcome().revision + 1)
 }
 
+/// Start a plaintext HTTP listener added by a reload.
+fn start_listener(
+    index: usize,
+    l: &ListenerSpec,
+    cfg: &Config,
+    pools: &[Arc<Pool>],
+    conf: &Arc<ServerConf>,
+) -> std::io::Result<HttpHandle> {
+    let listener = http_listener(index, l, cfg, pools);
+    let (app, swap) = super::http_stack(l, listener, conf);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let name = format!("http {}", l.name);
+    match &l.proxy_protocol {
+        Some(trusted) => {
+            let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
+            let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
+            crate::net::listen::spawn(name, l.addr, app, false, rx)?;
+        }
+        None => crate::net::listen::spawn(name, l.addr, app, true, rx)?,
+    }
+    log::info!("reload: listener {} ({}) added", l.name, l.addr);
+    Ok(HttpHandle::new(l, swap, Some(stop)))
+}
+
 /// SIGHUP: reload the configuration (the TLS service reloads the certificates on the same
-/// signal).
-pub struct SignalService;
+/// signal). Its runtime (a worker per configured thread) also runs the listeners that reloads
+/// add, and it keeps the fd table for them, so an upgrade hands them over too.
+pub struct ReloadService;
 
 #[async_trait]
-impl BackgroundService for SignalService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl pingora_core::services::Service for ReloadService {
+    async fn start_service(
+        &mut self,
+        fds: Option<pingora_core::server::ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        crate::net::listen::adopt_runtime(fds);
+        crate::net::listen::adopt_shutdown(&shutdown);
         use tokio::signal::unix::{signal, SignalKind};
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("reload: cannot listen for SIGHUP: {e}");
+                let _ = shutdown.changed().await;
                 return;
             }
         };
@@ -322,10 +424,15 @@ impl BackgroundService for SignalService {
                 _ = shutdown.changed() => return,
                 _ = hup.recv() => {
                     log::info!("reload: SIGHUP: re-reading the configuration");
-                    // file reads and DNS: off the async workers
-                    let _ = tokio::task::spawn_blocking(reload_now).await;
+                    // inline: a file read and some allocations; this runtime's other work
+                    // (listeners added by reloads) has the other workers
+                    let _ = reload_now();
                 }
             }
         }
+    }
+
+    fn name(&self) -> &str {
+        "config reload"
     }
 }

@@ -222,6 +222,15 @@ fn rss_kb(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+fn threads(pid: u32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fd dir")
@@ -254,6 +263,7 @@ async fn hundred_reloads_keep_rss_and_fds_flat() {
         assert_eq!(c.get("/", &[]).await.expect("get").text(), want);
     }
     let (rss0, fd0) = (rss_kb(pid), fds(pid));
+    let th0 = threads(pid);
     for n in 50..150 {
         let want = round(n);
         let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
@@ -262,7 +272,10 @@ async fn hundred_reloads_keep_rss_and_fds_flat() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (rss1, fd1) = (rss_kb(pid), fds(pid));
-    eprintln!("100 reloads: RSS {rss0} kB -> {rss1} kB, fds {fd0} -> {fd1}");
+    eprintln!(
+        "100 reloads: RSS {rss0} kB -> {rss1} kB, fds {fd0} -> {fd1}, threads {th0} -> {}",
+        threads(pid)
+    );
     assert!(
         (rss1 as f64) <= rss0 as f64 * 1.05 && (rss1 as f64) >= rss0 as f64 * 0.95,
         "RSS moved more than 5%: {rss0} kB -> {rss1} kB"
@@ -548,4 +561,103 @@ async fn runtime_api_drains_weights_and_keeps_state_across_reload_and_upgrade() 
     let _ = new.wait();
     assert_eq!(st_a["weight"], 3, "after the upgrade: {st_a}");
     assert_eq!(st_b["state"], "maint", "after the upgrade: {st_b}");
+}
+
+fn with_extra(s: &Setup, ups: &str, extra_port: Option<u16>) -> String {
+    match extra_port {
+        Some(p) => s.text(
+            ups,
+            &format!("{}  - {{listener: extra, upstream: b}}\n", route_to("a")),
+            &format!("  - {{name: extra, address: 127.0.0.1:{p}, protocol: http}}\n"),
+        ),
+        None => s.text(ups, &route_to("a"), ""),
+    }
+}
+
+async fn refuses(addr: SocketAddr, within: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_added_moved_and_removed_by_reload() {
+    let a = OriginBuilder::new("a").body("A").run().await;
+    let b = OriginBuilder::new("b").body("B").run().await;
+    let s = Setup::new("reload-listeners");
+    let ups = two_upstreams(&a, &b);
+    let p = s.start(&with_extra(&s, &ups, None));
+    let (x, y) = (free_port(), free_port());
+    let (at_x, at_y): (SocketAddr, SocketAddr) =
+        (([127, 0, 0, 1], x).into(), ([127, 0, 0, 1], y).into());
+    assert!(refuses(at_x, Duration::from_millis(100)).await);
+
+    // added: it answers, on its own routes
+    std::fs::write(&p.config, with_extra(&s, &ups, Some(x))).expect("write");
+    let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(body_of(at_x).await, "B");
+    assert_eq!(body_of(s.web()).await, "A");
+
+    // moved to another address: the old one refuses new connections, while a keep-alive
+    // connection opened before still completes a request
+    let mut kept = Conn::connect(at_x).await.expect("connect");
+    assert_eq!(kept.get("/", &[]).await.expect("get").text(), "B");
+    std::fs::write(&p.config, with_extra(&s, &ups, Some(y))).expect("write");
+    let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(body_of(at_y).await, "B");
+    assert!(
+        refuses(at_x, Duration::from_secs(1)).await,
+        "the old address still accepts"
+    );
+    let r = kept
+        .get("/", &[])
+        .await
+        .expect("the open connection is served");
+    assert_eq!((r.status, r.text().as_str()), (200, "B"));
+
+    // removed
+    let mut kept = Conn::connect(at_y).await.expect("connect");
+    assert_eq!(kept.get("/", &[]).await.expect("get").text(), "B");
+    std::fs::write(&p.config, with_extra(&s, &ups, None)).expect("write");
+    let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        refuses(at_y, Duration::from_secs(1)).await,
+        "a removed listener accepts"
+    );
+    let r = kept
+        .get("/", &[])
+        .await
+        .expect("the open connection is served");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        body_of(s.web()).await,
+        "A",
+        "the other listener is untouched"
+    );
+
+    // an address already taken: refused, nothing applied
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    std::fs::write(&p.config, with_extra(&s, &ups, Some(port))).expect("write");
+    let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("listeners[1]"), "{}", r.text());
+
+    // a TLS-less change of another kind on the same address needs an upgrade
+    let text = with_extra(&s, &ups, None).replace(
+        "protocol: http}",
+        "protocol: http, limits: {max_connections: 7}}",
+    );
+    std::fs::write(&p.config, text).expect("write");
+    let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("-u"), "{}", r.text());
 }
