@@ -21,7 +21,7 @@
 
 use super::{http_listener, pool_max, HttpProxy};
 use crate::config::file::ListenerProtocol;
-use crate::config::{Config, ListenerSpec};
+use crate::config::{Config, ListenerSpec, UpstreamSpec};
 use crate::http::fast::FastPath;
 use crate::http::service::EngineSwap;
 use crate::upstream::Pool;
@@ -216,6 +216,15 @@ fn dbg<T: std::fmt::Debug>(v: &T) -> String {
     format!("{v:?}")
 }
 
+fn only_backends_differ(old: &UpstreamSpec, new: &UpstreamSpec) -> bool {
+    if !old.dns_backends.is_empty() || !new.dns_backends.is_empty() {
+        return false;
+    }
+    let mut same = new.clone();
+    same.backends = old.backends.clone();
+    dbg(old) == dbg(&same)
+}
+
 fn needs_upgrade(file: &str, what: &str) -> String {
     format!("{file}: {what}: this change cannot be applied by a reload; an upgrade (-u) is needed")
 }
@@ -268,7 +277,7 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
                 let Some(o) = old.upstreams.iter().find(|o| o.name == n.name) else {
                     return Err(needs_upgrade(f, &format!("{what}: uses a new upstream")));
                 };
-                if dbg(n) != dbg(o) {
+                if dbg(n) != dbg(o) && !only_backends_differ(o, n) {
                     return Err(needs_upgrade(
                         f,
                         &format!("{what}: upstream {} it uses changed", n.name),
@@ -297,6 +306,12 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         .iter()
         .map(|u| match running.pools.iter().find(|p| p.name == u.name) {
             Some(p) if dbg(&p.spec) == dbg(u) => p.clone(),
+            // only the static backends changed: the same pool takes the new list, so the
+            // backends it keeps keep their slots and their health checks run on
+            Some(p) if only_backends_differ(&p.spec, u) => {
+                p.set_backends(&u.backends);
+                p.clone()
+            }
             Some(p) => {
                 let n = Arc::new(Pool::new(u));
                 if dbg(&p.spec.tls) == dbg(&u.tls) {

@@ -117,6 +117,16 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     }
     let mut tick = tokio::time::interval(spec.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Pingora's checks start every backend healthy. A backend that was down before this task
+    // started (a pool replaced by a reload carries its verdicts over) stays down until the
+    // checks had the chance to see it fail `unhealthy_threshold` times.
+    let started_down: Vec<std::net::SocketAddr> = pool
+        .slots()
+        .iter()
+        .filter(|s| !s.healthy.load(Relaxed))
+        .map(|s| s.addr)
+        .collect();
+    let mut passes: u32 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -126,12 +136,17 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
             warn!("upstream {}: backend discovery failed: {e}", pool.name);
         }
         backends.run_health_check(true).await;
+        passes = passes.saturating_add(1);
+        let settled = passes >= spec.unhealthy_threshold;
         for slot in pool.members.load().slots.iter() {
             // maintenance pauses its checks: the verdict stays what it was
             if slot.maint.load(Relaxed) {
                 continue;
             }
             let now = backends.ready(&slot.backend);
+            if now && !settled && started_down.contains(&slot.addr) {
+                continue;
+            }
             let was = slot.healthy.swap(now, Relaxed);
             if was != now {
                 if now {

@@ -661,3 +661,51 @@ async fn listeners_added_moved_and_removed_by_reload() {
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.text().contains("-u"), "{}", r.text());
 }
+
+fn checked_pool(backends: &[&Origin]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|o| format!("{{address: {}}}", o.addr))
+        .collect();
+    format!(
+        "  - name: app\n    health_check: {{type: http, path: /healthz, interval: 200ms, healthy_threshold: 1, unhealthy_threshold: 3}}\n    backends: [{}]\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_health_verdict_of_backends_that_stay() {
+    let a = OriginBuilder::new("a").body("A").run().await;
+    let b = OriginBuilder::new("b").body("B").run().await;
+    let c = OriginBuilder::new("c").body("C").run().await;
+    b.set_health(503);
+    let s = Setup::new("reload-health");
+    let p = s.start(&s.text(&checked_pool(&[&a, &b]), &route_to("app"), ""));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend_state(s.admin(), b.addr).await["health"] != "down" {
+        assert!(Instant::now() < deadline, "b never went down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a third backend in the file: the pool stays, b stays down (a fresh check would start
+    // it up, as Pingora's checks start every backend healthy)
+    std::fs::write(
+        &p.config,
+        s.text(&checked_pool(&[&a, &b, &c]), &route_to("app"), ""),
+    )
+    .expect("write");
+    let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for _ in 0..10 {
+        assert_eq!(backend_state(s.admin(), b.addr).await["health"], "down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        share_of(s.web(), 30, "B").await,
+        0.0,
+        "a down backend got requests"
+    );
+    assert!(
+        share_of(s.web(), 30, "C").await > 0.0,
+        "the new backend gets requests"
+    );
+}
