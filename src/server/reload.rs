@@ -380,6 +380,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         h.spec = l.clone();
     }
     running.http.extend(added);
+    crate::observability::set_routes(&cfg);
     crate::upstream::live::set_pools(pools.clone());
     running.pools = pools;
     running.cfg = cfg;

@@ -250,11 +250,16 @@ mod tests {
 
     #[test]
     fn membership_change_keeps_the_state_of_backends_that_stay() {
-        let s = spec("{address: 127.0.0.2:80}, {address: 127.0.0.3:80}");
+        let mut s = spec("{address: 127.0.0.2:80}, {address: 127.0.0.3:80}");
+        // the operator's changes are kept by upstream name: one of this test's own
+        s.name = "discovery-membership-test".into();
         let pool = Pool::new(&s);
+        crate::upstream::live::update(&pool, "127.0.0.2:80".parse().unwrap(), |mut o| {
+            o.state = Some(crate::upstream::live::AdminState::Drain);
+            Some(o)
+        });
         let kept = pool.slots()[0].clone();
-        kept.drained
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(kept.drained.load(std::sync::atomic::Ordering::Relaxed));
         kept.requests.store(7, std::sync::atomic::Ordering::Relaxed);
         let moved = pool.slots()[1].clone();
         moved

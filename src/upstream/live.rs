@@ -186,3 +186,84 @@ fn save() {
         log::error!("runtime state: cannot write {}: {e}", path.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(addr: &str, weight: u32) -> BackendSpec {
+        BackendSpec {
+            addr: addr.parse().expect("addr"),
+            weight,
+            max_connections: None,
+        }
+    }
+
+    #[test]
+    fn overrides_replace_weights_drop_removed_and_append_added() {
+        let up = "live-test-apply";
+        let base = [
+            b("10.0.0.1:80", 1),
+            b("10.0.0.2:80", 1),
+            b("10.0.0.3:80", 1),
+        ];
+        {
+            let mut t = table();
+            let per = t.entry(up.to_string()).or_default();
+            per.insert(
+                base[0].addr,
+                Override {
+                    weight: Some(3),
+                    ..Default::default()
+                },
+            );
+            per.insert(
+                base[1].addr,
+                Override {
+                    removed: true,
+                    ..Default::default()
+                },
+            );
+            per.insert(
+                "10.0.0.9:80".parse().expect("addr"),
+                Override {
+                    added: true,
+                    weight: Some(2),
+                    ..Default::default()
+                },
+            );
+        }
+        let got: Vec<(String, u32)> = apply(up, &base)
+            .iter()
+            .map(|b| (b.addr.to_string(), b.weight))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1:80".to_string(), 3),
+                ("10.0.0.3:80".to_string(), 1),
+                ("10.0.0.9:80".to_string(), 2)
+            ]
+        );
+        // an upstream without changes is its base list
+        assert_eq!(apply("live-test-none", &base).len(), 3);
+    }
+
+    #[test]
+    fn states_parse_and_the_table_round_trips_through_json() {
+        assert_eq!(AdminState::parse("maint"), Some(AdminState::Maint));
+        assert_eq!(AdminState::parse("asleep"), None);
+        let mut t = Table::new();
+        t.entry("app".into()).or_default().insert(
+            "[::1]:8080".parse().expect("addr"),
+            Override {
+                state: Some(AdminState::Drain),
+                ..Default::default()
+            },
+        );
+        let text = serde_json::to_string(&t).expect("encode");
+        assert!(text.contains("\"drain\""), "{text}");
+        let back: Table = serde_json::from_str(&text).expect("decode");
+        assert_eq!(back, t);
+    }
+}
