@@ -58,8 +58,8 @@ pub(super) async fn route(
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
         (Method::POST, ["api", "reload"]) => {
-            // inline: a reload is a file read and some allocations (a few ms), and the admin
-            // listener's workers serve nothing else that would wait
+            // waits for the reload thread (a few ms); the admin listener's workers serve
+            // nothing that could not wait that long
             match (app.hooks.reload)() {
                 Ok(rev) => json(StatusCode::OK, serde_json::json!({ "revision": rev })),
                 Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, &e),

@@ -155,24 +155,58 @@ pub fn status() -> serde_json::Value {
 /// Re-read the file the process runs on and apply it: the revision now in force, or the
 /// error (which also goes to the log, `/status` and the metrics).
 pub fn reload_now() -> Result<u64, String> {
-    let Some(live) = LIVE.get() else {
-        return Err("not running yet".into());
-    };
-    let file = live
-        .running
+    on_worker(Box::new(|| {
+        let Some(live) = LIVE.get() else {
+            return Err("not running yet".into());
+        };
+        let file = live
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cfg
+            .file
+            .clone();
+        match Config::load(&file) {
+            Ok(cfg) => apply_here(cfg),
+            Err(e) => {
+                let e = e.to_string();
+                record(Err(e.clone()));
+                Err(e)
+            }
+        }
+    }))
+}
+
+type Job = Box<dyn FnOnce() -> Result<u64, String> + Send>;
+
+/// Reloads run one at a time on a thread of their own: the file read and any DNS lookup
+/// block no async worker, and the runtime a reload builds is always allocated by the same
+/// thread, whose allocator heap then reuses what the previous runtime freed (reloads spread
+/// over the admin workers made each of them keep its own copy).
+fn on_worker(job: Job) -> Result<u64, String> {
+    type Queue = std::sync::mpsc::Sender<(Job, std::sync::mpsc::Sender<Result<u64, String>>)>;
+    static WORKER: once_cell::sync::OnceCell<Mutex<Queue>> = once_cell::sync::OnceCell::new();
+    let queue = WORKER.get_or_try_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<(Job, std::sync::mpsc::Sender<_>)>();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                for (job, done) in rx {
+                    let _ = done.send(job());
+                }
+            })
+            .map(|_| Mutex::new(tx))
+            .map_err(|e| format!("cannot start the reload thread: {e}"))
+    })?;
+    let (done, result) = std::sync::mpsc::channel();
+    queue
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .cfg
-        .file
-        .clone();
-    match Config::load(&file) {
-        Ok(cfg) => apply(cfg),
-        Err(e) => {
-            let e = e.to_string();
-            record(Err(e.clone()));
-            Err(e)
-        }
-    }
+        .send((job, done))
+        .map_err(|_| "the reload thread is gone".to_string())?;
+    result
+        .recv()
+        .map_err(|_| "the reload thread is gone".to_string())?
 }
 
 fn record(res: Result<u64, String>) {
@@ -201,8 +235,13 @@ fn record(res: Result<u64, String>) {
 }
 
 /// Validate `cfg` against the running configuration, build its runtime and swap it in.
-/// Nothing changes when it fails.
+/// Nothing changes when it fails. The one entry point for a new configuration, whatever its
+/// source.
 pub fn apply(cfg: Config) -> Result<u64, String> {
+    on_worker(Box::new(move || apply_here(cfg)))
+}
+
+fn apply_here(cfg: Config) -> Result<u64, String> {
     let Some(live) = LIVE.get() else {
         return Err("not running yet".into());
     };
@@ -440,7 +479,7 @@ impl pingora_core::services::Service for ReloadService {
                 _ = shutdown.changed() => return,
                 _ = hup.recv() => {
                     log::info!("reload: SIGHUP: re-reading the configuration");
-                    // inline: a file read and some allocations; this runtime's other work
+                    // waits a few ms for the reload thread; this runtime's other work
                     // (listeners added by reloads) has the other workers
                     let _ = reload_now();
                 }
