@@ -1,6 +1,6 @@
 //! The runtime API (token required):
-//! - `POST /api/reload`: re-read and apply the configuration file; 200 with the revision now
-//!   in force, or 422 with the error (nothing changed).
+//! - `POST /api/reload`: reload the certificates, re-read and apply the configuration file;
+//!   200 with the revision now in force, or 422 with the error (nothing changed).
 //! - `GET /api/upstreams`: every upstream with its backends (address, weight, state, health,
 //!   outlier state, in-flight).
 //! - `PUT /api/upstreams/{upstream}/backends/{address}` with `{"weight": N}` and/or
@@ -58,6 +58,11 @@ pub(super) async fn route(
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
         (Method::POST, ["api", "reload"]) => {
+            // as SIGHUP does: the certificates are reloaded too (their own files, whatever
+            // becomes of the configuration)
+            for store in crate::tls::stores() {
+                store.reload("POST /api/reload");
+            }
             // waits for the reload thread (a few ms); the admin listener's workers serve
             // nothing that could not wait that long
             match (app.hooks.reload)() {
