@@ -420,6 +420,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     }
     running.http.extend(added);
     crate::observability::set_routes(&cfg);
+    crate::upstream::live::prune(&cfg.upstreams);
     crate::upstream::live::set_pools(pools.clone());
     running.pools = pools;
     running.cfg = cfg;

@@ -136,6 +136,34 @@ pub fn apply(upstream: &str, base: &[BackendSpec]) -> Vec<BackendSpec> {
     out
 }
 
+/// After a reload: forget the changes of backends the file no longer lists (those added
+/// through the API stay) and of upstreams it no longer has, as HAProxy ignores the state of
+/// servers gone from its configuration. Upstreams with DNS backends keep theirs: their
+/// membership is not the file's to say.
+pub fn prune(upstreams: &[crate::config::UpstreamSpec]) {
+    let changed = {
+        let mut t = table();
+        let before = t.clone();
+        prune_table(&mut t, upstreams);
+        *t != before
+    };
+    if changed {
+        save();
+    }
+}
+
+fn prune_table(t: &mut Table, upstreams: &[crate::config::UpstreamSpec]) {
+    t.retain(|name, per| {
+        let Some(u) = upstreams.iter().find(|u| u.name == *name) else {
+            return false;
+        };
+        if u.dns_backends.is_empty() {
+            per.retain(|addr, o| o.added || u.backends.iter().any(|b| b.addr == *addr));
+        }
+        !per.is_empty()
+    });
+}
+
 /// The state an operator set for a backend (`Ready` without one).
 pub fn state_of(upstream: &str, addr: &SocketAddr) -> AdminState {
     get(upstream, addr)
@@ -247,6 +275,39 @@ mod tests {
         );
         // an upstream without changes is its base list
         assert_eq!(apply("live-test-none", &base).len(), 3);
+    }
+
+    #[test]
+    fn a_reload_forgets_the_changes_of_backends_gone_from_the_file() {
+        let y = "listeners: [{name: web, address: 127.0.0.1:1, protocol: http}]\nupstreams: [{name: app, backends: [{address: 10.1.0.1:80}]}]\n";
+        let cfg = crate::config::Config::from_yaml("t.yaml", y).expect("valid");
+        let mut t = Table::new();
+        let per = t.entry("app".to_string()).or_default();
+        for (a, added) in [
+            ("10.1.0.1:80", false),
+            ("10.1.0.2:80", false),
+            ("10.1.0.3:80", true),
+        ] {
+            per.insert(
+                a.parse().expect("addr"),
+                Override {
+                    weight: Some(5),
+                    added,
+                    ..Default::default()
+                },
+            );
+        }
+        t.entry("gone".to_string()).or_default().insert(
+            "10.1.0.9:80".parse().expect("addr"),
+            Override {
+                weight: Some(5),
+                ..Default::default()
+            },
+        );
+        prune_table(&mut t, &cfg.upstreams);
+        let kept: Vec<String> = t["app"].keys().map(|a| a.to_string()).collect();
+        assert_eq!(kept, ["10.1.0.1:80", "10.1.0.3:80"]);
+        assert!(!t.contains_key("gone"));
     }
 
     #[test]
