@@ -1,4 +1,4 @@
-//! Command line: `stepstone [-c FILE] [-t] [-d] [-u]`.
+//! Command line: `stepstone [-c FILE] [-t] [-d] [-u] [-s reload]`.
 
 use crate::config::Config;
 use crate::server::{self, RunFlags};
@@ -24,6 +24,95 @@ pub struct Cli {
     /// Take over the listening sockets of a running instance (graceful upgrade).
     #[arg(short = 'u', long = "upgrade")]
     pub upgrade: bool,
+    /// Send a signal to the running instance (found through the pid file of the -c FILE):
+    /// `reload` re-reads its configuration and waits for the outcome; the exit status is 1
+    /// when the instance refused the new configuration.
+    #[arg(short = 's', long = "signal", value_parser = ["reload"])]
+    pub signal: Option<String>,
+}
+
+/// The pid file a configuration names, even when the rest of the file does not validate
+/// (the running instance will say what is wrong with it).
+fn pid_file_of(path: &str) -> Result<String, String> {
+    if let Ok(c) = Config::load(path) {
+        return Ok(crate::server::server_conf(&c).pid_file);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or(serde_yaml::Value::Null);
+    Ok(v.get("pingora")
+        .and_then(|p| p.get("pid_file"))
+        .and_then(|f| f.as_str())
+        .unwrap_or("/tmp/stepstone.pid")
+        .to_string())
+}
+
+/// The running instance's last reload outcome: (pid, attempts, revision, error).
+fn reload_result(pid_file: &str) -> Option<(u32, u64, u64, Option<String>)> {
+    let text = std::fs::read_to_string(crate::server::reload::result_file(pid_file)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some((
+        u32::try_from(v.get("pid")?.as_u64()?).ok()?,
+        v.get("attempts")?.as_u64()?,
+        v.get("revision")?.as_u64()?,
+        v.get("last_error")
+            .and_then(|e| e.as_str())
+            .map(str::to_string),
+    ))
+}
+
+/// `-s reload`: SIGHUP to the instance of the pid file, then wait for its verdict.
+fn signal_reload(conf: Option<&str>) -> i32 {
+    let Some(path) = conf else {
+        eprintln!("stepstone: -s reload needs the configuration file: -s reload -c FILE");
+        return 2;
+    };
+    let pid_file = match pid_file_of(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("stepstone: {e}");
+            return 1;
+        }
+    };
+    let pid: Option<libc::pid_t> = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    let Some(pid) = pid.filter(|p| *p > 0) else {
+        eprintln!("stepstone: no running instance: cannot read a pid from {pid_file}");
+        return 1;
+    };
+    let before = reload_result(&pid_file)
+        .filter(|r| r.0 as libc::pid_t == pid)
+        .map_or(0, |r| r.1);
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        eprintln!(
+            "stepstone: cannot signal pid {pid} (from {pid_file}): {}",
+            std::io::Error::last_os_error()
+        );
+        return 1;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some((p, attempts, revision, err)) = reload_result(&pid_file) {
+            if p as libc::pid_t == pid && attempts > before {
+                return match err {
+                    None => {
+                        println!("stepstone: reloaded: revision {revision} in force");
+                        0
+                    }
+                    Some(e) => {
+                        eprintln!(
+                            "stepstone: reload refused, revision {revision} stays in force: {e}"
+                        );
+                        1
+                    }
+                };
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!("stepstone: pid {pid} did not report the reload's outcome within 30 s");
+    1
 }
 
 fn demo_config() -> Result<Config, String> {
@@ -43,6 +132,9 @@ pub fn main() -> i32 {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
+    if cli.signal.is_some() {
+        return signal_reload(cli.conf.as_deref());
+    }
 
     let cfg = match &cli.conf {
         Some(path) => match Config::load(path) {
@@ -90,15 +182,23 @@ pub fn main() -> i32 {
         daemon: cli.daemon,
         upgrade,
     };
-    // Operators used to nginx send SIGHUP to reload. Its default action would kill the process;
-    // ignore it until the TLS reload service installs its own handler (the documented way to
-    // apply a new config is the graceful upgrade, see README).
+    // SIGHUP reloads (see `server::reload`); its default action would kill the process, so it
+    // is ignored until the reload service installs its handler.
     // SAFETY: setting a signal disposition to SIG_IGN before any thread is started.
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     match server::build(&cfg, flags) {
-        Ok(s) => s.run_forever(),
+        Ok(s) => {
+            // Pingora writes the pid file only when it daemonizes; `-s reload` needs it always.
+            if !flags.daemon {
+                let pid_file = &s.configuration.pid_file;
+                if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+                    log::warn!("cannot write the pid file {pid_file}: {e}");
+                }
+            }
+            s.run_forever()
+        }
         Err(e) => {
             eprintln!("stepstone: {e}");
             1

@@ -6,35 +6,45 @@
 //!   address is meant to be private).
 //! - `GET /status`: JSON of every upstream and backend (token).
 //! - `POST /upstreams/{name}/backends/{addr}/drain` and `.../undrain` (token): a drained
-//!   backend gets no new requests and finishes the ones it has.
+//!   backend gets no new requests and finishes the ones it has (the runtime API's `drain` and
+//!   `ready`).
+//! - `POST /api/reload` and the runtime API under `/api/upstreams` (token), see [`api`].
 //! - `GET /`: the status page, static HTML whose script polls `/status` (token, which a
 //!   browser passes as `?token=`; the script then sends it as a bearer header).
 //!
 //! The token is compared in constant time. Without a configured token, every call that needs
 //! one is refused: a forgotten token locks the API rather than opening it.
 
+mod api;
+
 use crate::config::AdminSpec;
-use crate::upstream::Pool;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::services::listening::Service;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 const STATUS_PAGE: &str = include_str!("status.html");
 
 pub struct AdminApp {
-    pools: Vec<Arc<Pool>>,
+    hooks: Hooks,
     token: Option<String>,
 }
 
-pub fn service(spec: &AdminSpec, pools: &[Arc<Pool>]) -> Service<AdminApp> {
+/// What the admin listener asks of the wiring above it: reload the configuration (the
+/// revision now in force, or the error), and the reload state for `/status`.
+#[derive(Clone, Copy)]
+pub struct Hooks {
+    pub reload: fn() -> Result<u64, String>,
+    pub status: fn() -> serde_json::Value,
+}
+
+pub fn service(spec: &AdminSpec, hooks: Hooks) -> Service<AdminApp> {
     let mut svc = Service::new(
         "admin".to_string(),
         AdminApp {
-            pools: pools.to_vec(),
+            hooks,
             token: spec.token.clone(),
         },
     );
@@ -93,8 +103,7 @@ impl AdminApp {
     }
 
     fn status(&self) -> serde_json::Value {
-        let upstreams: Vec<_> = self
-            .pools
+        let upstreams: Vec<_> = crate::upstream::live::pools()
             .iter()
             .map(|p| {
                 let backends: Vec<_> = p
@@ -112,6 +121,7 @@ impl AdminApp {
             })
             .collect();
         serde_json::json!({
+            "config": (self.hooks.status)(),
             "draining": crate::lifecycle::draining(),
             "in_flight": crate::observability::INFLIGHT.get(),
             "upstreams": upstreams,
@@ -119,20 +129,16 @@ impl AdminApp {
     }
 
     fn set_drained(&self, upstream: &str, backend: &str, drained: bool) -> Response<Vec<u8>> {
-        let Some(pool) = self.pools.iter().find(|p| p.name == upstream) else {
+        let state = if drained { "drain" } else { "ready" };
+        let body = serde_json::json!({ "state": state });
+        let pools = crate::upstream::live::pools();
+        let Some(pool) = pools.iter().find(|p| p.name == upstream) else {
             return error(StatusCode::NOT_FOUND, "no such upstream");
         };
-        let Some(slot) = pool.slot_by_label(backend) else {
+        if pool.slot_by_label(backend).is_none() {
             return error(StatusCode::NOT_FOUND, "no such backend in this upstream");
-        };
-        let was = slot.drained.swap(drained, Relaxed);
-        if was != drained {
-            log::warn!(
-                "admin: upstream {upstream}: backend {backend} {}",
-                if drained { "drained" } else { "undrained" }
-            );
         }
-        json(StatusCode::OK, backend_json(&slot))
+        api::set_backend(upstream, backend, &body.to_string())
     }
 }
 
@@ -148,12 +154,23 @@ fn selection_name(s: crate::config::Selection) -> &'static str {
 }
 
 fn backend_json(s: &crate::upstream::Slot) -> serde_json::Value {
+    let state = if s.maint.load(Relaxed) {
+        "maint"
+    } else if s.drained.load(Relaxed) {
+        "drain"
+    } else {
+        "ready"
+    };
+    let ejected = s.ejected();
     serde_json::json!({
         "address": s.label,
         "weight": s.weight,
+        "state": state,
+        "health": if s.healthy.load(Relaxed) { "up" } else { "down" },
+        "outlier": if ejected { "ejected" } else { "ok" },
         "healthy": s.healthy.load(Relaxed),
         "drained": s.drained.load(Relaxed),
-        "ejected": s.ejected(),
+        "ejected": ejected,
         "ejections": s.ejections_total.load(Relaxed),
         "in_flight": s.inflight.load(Relaxed),
         "requests": s.requests.load(Relaxed),
@@ -180,7 +197,7 @@ impl ServeHttp for AdminApp {
                 return respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
-                    crate::observability::render(&self.pools),
+                    crate::observability::render(&crate::upstream::live::pools()),
                 )
             }
             _ => {}
@@ -199,6 +216,9 @@ impl ServeHttp for AdminApp {
                 http::HeaderValue::from_static("Bearer"),
             );
             return r;
+        }
+        if path == "/api/reload" || path.starts_with("/api/") {
+            return api::route(self, session, method, &path).await;
         }
         match (method, path.as_str()) {
             (Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE),

@@ -18,6 +18,7 @@
 
 use super::guard::{Guarded, HeadLimits};
 use crate::config::ListenerLimits;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora_core::protocols::http::v2::server::H2Options;
@@ -30,12 +31,56 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct LeanHttp<SV: ProxyHttp> {
-    inner: Arc<HttpProxy<SV>>,
+    /// Swapped by a reload; each request takes the one in force when it starts.
+    inner: Arc<ArcSwap<HttpProxy<SV>>>,
     options: Option<HttpServerOptions>,
     limits: ListenerLimits,
     admission: Admission,
     /// HTTP/2 streams the fast path can serve (see [`super::fast`]).
-    fast: Option<Arc<super::fast::FastPath>>,
+    fast: FastSwap,
+    conf: Arc<pingora_core::server::configuration::ServerConf>,
+}
+
+/// The lean engine in force, shared by [`LeanHttp`] and [`H1First`].
+pub type FastSwap = Arc<ArcSwapOption<super::fast::FastPath>>;
+
+/// What a reload replaces in a listener's engines: Pingora's proxy (around the policy) and
+/// the lean engine. The connection-level parts (accept loop, admission, limits) stay.
+pub struct EngineSwap<SV: ProxyHttp> {
+    general: Arc<ArcSwap<HttpProxy<SV>>>,
+    fast: FastSwap,
+    conf: Arc<pingora_core::server::configuration::ServerConf>,
+    options: Option<HttpServerOptions>,
+}
+
+impl<SV> EngineSwap<SV>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+{
+    /// Requests that start from now on use `proxy` and `fast`; those running finish on what
+    /// they started with.
+    pub fn install(&self, proxy: SV, fast: Option<Arc<super::fast::FastPath>>) {
+        self.general
+            .store(Arc::new(general(proxy, &self.conf, &self.options)));
+        self.fast.store(fast);
+    }
+}
+
+fn general<SV>(
+    proxy: SV,
+    conf: &Arc<pingora_core::server::configuration::ServerConf>,
+    options: &Option<HttpServerOptions>,
+) -> HttpProxy<SV>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+{
+    let mut p = HttpProxy::new(proxy, conf.clone());
+    // The inner proxy reads the per-request options (CONNECT, request limits) itself.
+    p.server_options = options.clone();
+    p.handle_init_modules();
+    p
 }
 
 /// The listener's connection limit and request-head guard, applied once per HTTP/1
@@ -107,22 +152,35 @@ where
         options: Option<HttpServerOptions>,
         limits: ListenerLimits,
     ) -> Self {
-        let mut p = HttpProxy::new(proxy, conf.clone());
-        // The inner proxy reads the per-request options (CONNECT, request limits) itself.
-        p.server_options = options.clone();
-        p.handle_init_modules();
+        let p = general(proxy, conf, &options);
         LeanHttp {
-            inner: Arc::new(p),
+            inner: Arc::new(ArcSwap::from_pointee(p)),
             options,
             admission: Admission::new(name, &limits),
             limits,
-            fast: None,
+            fast: Arc::new(ArcSwapOption::empty()),
+            conf: conf.clone(),
         }
     }
 
     /// Serve plain HTTP/2 streams on the fast path too.
     pub fn set_fast(&mut self, fast: Option<Arc<super::fast::FastPath>>) {
-        self.fast = fast;
+        self.fast.store(fast);
+    }
+
+    /// The lean engine in force, for [`H1First`].
+    pub fn fast(&self) -> FastSwap {
+        self.fast.clone()
+    }
+
+    /// The handle a reload installs new engines with.
+    pub fn swap(&self) -> EngineSwap<SV> {
+        EngineSwap {
+            general: self.inner.clone(),
+            fast: self.fast.clone(),
+            conf: self.conf.clone(),
+            options: self.options.clone(),
+        }
     }
 
     /// The admission shared with [`H1First`].
@@ -196,7 +254,7 @@ where
                 s
             }
             ServerSession::H2(mut h2) => {
-                if let Some(fast) = &self.fast {
+                if let Some(fast) = self.fast.load_full() {
                     if fast.serve_h2(&mut h2).await {
                         return None;
                     }
@@ -208,7 +266,8 @@ where
             }
             other => other,
         };
-        self.inner.process_new_http(session, shutdown).await
+        let inner = self.inner.load_full();
+        inner.process_new_http(session, shutdown).await
     }
 
     /// HTTP/2 connections get the listener's header-size limit as their header list size
@@ -216,6 +275,7 @@ where
     fn h2_options(&self) -> Option<H2Options> {
         let mut o = self
             .inner
+            .load()
             .h2_options()
             .unwrap_or_else(pingora_core::protocols::http::v2::server::default_h2_options);
         o.max_header_list_size(u32::try_from(self.limits.max_header_size).unwrap_or(u32::MAX));
@@ -227,7 +287,8 @@ where
     }
 
     async fn http_cleanup(&self) {
-        self.inner.http_cleanup().await
+        let inner = self.inner.load_full();
+        inner.http_cleanup().await
     }
 }
 
@@ -245,7 +306,7 @@ pub struct H1First<A> {
     idle_wait: Duration,
     admission: Admission,
     /// Plain reverse-proxy requests, served without Pingora's per-request machinery.
-    fast: Option<Arc<super::fast::FastPath>>,
+    fast: FastSwap,
     keepalive_requests: Option<u32>,
 }
 
@@ -254,7 +315,7 @@ impl<A> H1First<A> {
         inner: A,
         limits: &ListenerLimits,
         admission: Admission,
-        fast: Option<Arc<super::fast::FastPath>>,
+        fast: FastSwap,
     ) -> H1First<A> {
         H1First {
             inner: Arc::new(inner),
@@ -363,7 +424,8 @@ where
                     Idle::Closed => return None,
                 }
             }
-            if let Some(fast) = &self.fast {
+            // the engine in force for this request (a reload may have swapped it)
+            if let Some(fast) = self.fast.load_full() {
                 let draining = *shutdown.borrow() || crate::lifecycle::draining();
                 let wait = (!plain).then_some(self.idle_wait);
                 // Boxed: the request's state is allocated while it runs, not carried by

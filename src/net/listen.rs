@@ -33,6 +33,8 @@ pub struct PlainService<A> {
     /// Connections as [`PlainTcp`]; off when the app needs Pingora's L4 stream (a PROXY
     /// header is read into its rewind buffer).
     lean: bool,
+    /// Raised when a reload removes the listener.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl<A> PlainService<A> {
@@ -42,7 +44,14 @@ impl<A> PlainService<A> {
             addr,
             app: Arc::new(app),
             lean,
+            stop: None,
         }
+    }
+
+    /// Stop accepting when `stop` turns true.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 }
 
@@ -229,10 +238,10 @@ where
     async fn start_service(
         &mut self,
         fds: Option<ListenFds>,
-        mut shutdown: ShutdownWatch,
+        shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
-        let l = match listener(self.addr, fds).await {
+        let l = match listener(self.addr, fds.clone()).await {
             Ok(l) => l,
             Err(e) => {
                 // Pingora's listeners panic here too: a server that cannot listen must not run.
@@ -241,50 +250,178 @@ where
             }
         };
         log::info!("{}: listening on {}", self.name, self.addr);
-        loop {
-            let accepted = tokio::select! {
-                r = l.accept() => r,
-                c = shutdown.changed() => {
-                    if c.is_err() || *shutdown.borrow() {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    log::error!("{}: accept() failed: {e}", self.name);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let app = self.app.clone();
-            let shutdown = shutdown.clone();
-            let lean = self.lean;
-            pingora_runtime::current_handle().spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let s: pingora_core::protocols::Stream = if lean {
-                    Box::new(PlainTcp::new(tcp, peer))
-                } else {
-                    let fd = tcp.as_raw_fd();
-                    let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
-                    s.set_socket_digest(SocketDigest::from_raw_fd(fd));
-                    Box::new(s)
-                };
-                let mut next = app.process_new(s, &shutdown).await;
-                while let Some(s) = next {
-                    next = app.process_new(s, &shutdown).await;
-                }
-            });
-        }
-        log::info!("{}: stopped accepting on {}", self.name, self.addr);
-        drop(l);
-        self.app.cleanup().await;
+        let stop = self.stop.take();
+        let app = self.app.clone();
+        accept_loop(
+            &self.name, self.addr, l, app, self.lean, shutdown, stop, fds,
+        )
+        .await;
     }
 
     fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// Accept until shutdown, or until `stop` (a reload removed the listener). After shutdown the
+/// app's cleanup runs (the keep-alive drain of the whole process); after a stop the socket is
+/// closed and taken out of the fd table, and the connections finish on their own.
+#[allow(clippy::too_many_arguments)]
+async fn accept_loop<A>(
+    name: &str,
+    addr: SocketAddr,
+    l: tokio::net::TcpListener,
+    app: Arc<A>,
+    lean: bool,
+    mut shutdown: ShutdownWatch,
+    mut stop: Option<tokio::sync::watch::Receiver<bool>>,
+    fds: Option<ListenFds>,
+) where
+    A: ServerApp + Send + Sync + 'static,
+{
+    let removed = async {
+        match stop.as_mut() {
+            // a dropped sender is no removal
+            Some(s) => {
+                if s.wait_for(|v| *v).await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(removed);
+    loop {
+        let accepted = tokio::select! {
+            r = l.accept() => r,
+            c = shutdown.changed() => {
+                if c.is_err() || *shutdown.borrow() {
+                    break;
+                }
+                continue;
+            }
+            _ = &mut removed => {
+                log::info!("{name}: removed by a reload: stopped accepting on {addr}");
+                forget_socket(addr, l, fds);
+                return;
+            }
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                log::error!("{name}: accept() failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        pingora_runtime::current_handle().spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let s: pingora_core::protocols::Stream = if lean {
+                Box::new(PlainTcp::new(tcp, peer))
+            } else {
+                let fd = tcp.as_raw_fd();
+                let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
+                s.set_socket_digest(SocketDigest::from_raw_fd(fd));
+                Box::new(s)
+            };
+            let mut next = app.process_new(s, &shutdown).await;
+            while let Some(s) = next {
+                next = app.process_new(s, &shutdown).await;
+            }
+        });
+    }
+    log::info!("{name}: stopped accepting on {addr}");
+    drop(l);
+    app.cleanup().await;
+}
+
+/// Close a removed listener's socket and take it out of the fd table, so an upgrade does not
+/// hand over a closed (or reused) descriptor.
+fn forget_socket(addr: SocketAddr, l: tokio::net::TcpListener, fds: Option<ListenFds>) {
+    use std::os::fd::IntoRawFd;
+    let Some(fds) = fds else {
+        drop(l);
+        return;
+    };
+    let key = addr.to_string();
+    let mut table = fds.lock();
+    let keep: std::collections::HashSet<String> = table
+        .serialize()
+        .0
+        .into_iter()
+        .filter(|k| *k != key)
+        .collect();
+    match l.into_std() {
+        // the table closes it: ownership of the descriptor goes there
+        Ok(std_l) if table.get(&key).is_some() => {
+            let _ = std_l.into_raw_fd();
+            table.close_unclaimed(&keep);
+        }
+        Ok(std_l) => drop(std_l),
+        Err(e) => log::warn!("{addr}: cannot take the socket back from the runtime: {e}"),
+    }
+}
+
+/// The fd table and the runtime that dynamic listeners use: set by the reload service when it
+/// starts ([`adopt_runtime`]).
+static DYNAMIC: once_cell::sync::OnceCell<(Option<ListenFds>, tokio::runtime::Handle)> =
+    once_cell::sync::OnceCell::new();
+
+/// Record the fd table and the current runtime, on which [`spawn`] starts listeners later.
+pub fn adopt_runtime(fds: Option<ListenFds>) {
+    let _ = DYNAMIC.set((fds, tokio::runtime::Handle::current()));
+}
+
+/// Bind `addr` now (the error, if any, is the caller's to report) and accept on it with
+/// `app` until `stop` or shutdown, on the runtime of [`adopt_runtime`].
+pub fn spawn<A>(
+    name: String,
+    addr: SocketAddr,
+    app: A,
+    lean: bool,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    let Some((fds, rt)) = DYNAMIC.get() else {
+        return Err(std::io::Error::other(
+            "the runtime for new listeners is not up yet",
+        ));
+    };
+    let Some(shutdown) = SHUTDOWN_WATCH.get().cloned() else {
+        return Err(std::io::Error::other(
+            "the runtime for new listeners is not up yet",
+        ));
+    };
+    // bound here, in the caller, so that an address in use fails the reload
+    let l = {
+        let _in = rt.enter();
+        let sock = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        sock.set_reuseaddr(true)?;
+        sock.bind(addr)?;
+        sock.listen(BACKLOG)?
+    };
+    if let Some(f) = fds {
+        f.lock().add(addr.to_string(), l.as_raw_fd());
+    }
+    let (fds, app) = (fds.clone(), Arc::new(app));
+    rt.spawn(async move {
+        log::info!("{name}: listening on {addr} (added by a reload)");
+        accept_loop(&name, addr, l, app, lean, shutdown, Some(stop), fds).await;
+    });
+    Ok(())
+}
+
+/// The process's shutdown watch, for listeners started after start-up.
+static SHUTDOWN_WATCH: once_cell::sync::OnceCell<ShutdownWatch> = once_cell::sync::OnceCell::new();
+
+pub fn adopt_shutdown(w: &ShutdownWatch) {
+    let _ = SHUTDOWN_WATCH.set(w.clone());
 }

@@ -126,6 +126,33 @@ pub static INFLIGHT: Lazy<IntGauge> = Lazy::new(|| {
     )
     .unwrap_or_else(|e| panic!("{e}")))
 });
+/// Configuration reloads by outcome (`ok`, `error`), and the revision in force.
+pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "stepstone_config_reloads_total",
+        "Configuration reloads, by result",
+        &["result"],
+    )
+});
+pub static CONFIG_REVISION: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "stepstone_config_revision",
+        "Revision of the configuration in force: 1 at start, one more per applied reload",
+    )
+    .unwrap_or_else(|e| panic!("{e}")))
+});
+
+/// Count a reload attempt; both series exist from start-up so a scraper sees zeros.
+pub fn config_reloaded(ok: Option<bool>, revision: u64) {
+    for r in ["ok", "error"] {
+        let c = CONFIG_RELOADS.with_label_values(&[r]);
+        if ok == Some(r == "ok") {
+            c.inc();
+        }
+    }
+    CONFIG_REVISION.set(i64::try_from(revision).unwrap_or(i64::MAX));
+}
+
 pub static BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "stepstone_http_body_bytes_total",
@@ -257,8 +284,13 @@ impl RouteMetrics {
     }
 }
 
-/// Indexed by the route's position in the config (`Route::id`).
-static ROUTES: OnceCell<Vec<RouteMetrics>> = OnceCell::new();
+/// Indexed by the route's position in the config (`Route::id`); replaced by a reload.
+static ROUTES: Lazy<arc_swap::ArcSwap<Vec<&'static RouteMetrics>>> =
+    Lazy::new(|| arc_swap::ArcSwap::from_pointee(Vec::new()));
+/// Every (route, upstream) pair resolved so far: a reload that keeps a pair reuses its
+/// handles, so reloading back and forth allocates nothing new.
+static KNOWN_ROUTES: std::sync::Mutex<Vec<&'static RouteMetrics>> =
+    std::sync::Mutex::new(Vec::new());
 /// Requests no route matched (the proxy's own 404s).
 static UNROUTED: Lazy<RouteMetrics> = Lazy::new(|| RouteMetrics::new("-", "-"));
 /// The cache outcomes, as the access log and `stepstone_cache_requests_total` name them.
@@ -280,20 +312,7 @@ static ACCESS_LOG: OnceCell<AccessLog> = OnceCell::new();
 /// Resolve the per-route handles and open the access log. Called once, before the server
 /// runs (and before a daemon fork, so a log file opened here is inherited).
 pub fn init(cfg: &Config) -> Result<(), String> {
-    let routes = cfg
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let up = cfg
-                .upstreams
-                .get(r.upstream)
-                .map(|u| u.name.as_str())
-                .unwrap_or("-");
-            RouteMetrics::new(&format!("routes[{i}]"), up)
-        })
-        .collect();
-    let _ = ROUTES.set(routes);
+    set_routes(cfg);
     Lazy::force(&INFLIGHT);
     Lazy::force(&CACHE_PHASES);
     // Register every family up front (a vector family shows once it has a series).
@@ -309,8 +328,34 @@ pub fn init(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Resolve the per-route handles of `cfg` (at start, and on each reload).
+pub fn set_routes(cfg: &Config) {
+    let mut known = KNOWN_ROUTES.lock().unwrap_or_else(|e| e.into_inner());
+    let routes = cfg
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let route = format!("routes[{i}]");
+            let up = cfg
+                .upstreams
+                .get(r.upstream)
+                .map(|u| u.name.as_str())
+                .unwrap_or("-");
+            if let Some(m) = known.iter().find(|m| m.route == route && m.upstream == up) {
+                return *m;
+            }
+            // leaked once per distinct pair: the handles live as long as their series
+            let m: &'static RouteMetrics = Box::leak(Box::new(RouteMetrics::new(&route, up)));
+            known.push(m);
+            m
+        })
+        .collect();
+    ROUTES.store(Arc::new(routes));
+}
+
 fn route_metrics(id: Option<usize>) -> &'static RouteMetrics {
-    id.and_then(|i| ROUTES.get().and_then(|r| r.get(i)))
+    id.and_then(|i| ROUTES.load().get(i).copied())
         .unwrap_or(&UNROUTED)
 }
 

@@ -15,7 +15,19 @@ pub fn render(pools: &[Arc<Pool>]) -> String {
     }
     let mut out = String::from_utf8(buf).unwrap_or_default();
     type Getter = fn(&crate::upstream::Slot) -> String;
-    let families: [(&str, &str, &str, Getter); 8] = [
+    let families: [(&str, &str, &str, Getter); 10] = [
+        (
+            "stepstone_backend_weight",
+            "gauge",
+            "The backend's weight in force (the file's, or the runtime API's)",
+            |s| s.weight.to_string(),
+        ),
+        (
+            "stepstone_backend_maint",
+            "gauge",
+            "1 while an operator has the backend in maintenance (drained, not probed)",
+            |s| u8::from(s.maint.load(Relaxed)).to_string(),
+        ),
         (
             "stepstone_backend_up",
             "gauge",

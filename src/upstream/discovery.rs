@@ -137,20 +137,8 @@ impl ServiceDiscovery for DnsDiscovery {
 }
 
 /// Re-resolves the names of every pool that has some, every `resolve_every`.
-pub struct DiscoveryService {
-    pools: Vec<Arc<Pool>>,
-}
-
-impl DiscoveryService {
-    pub fn new(pools: &[Arc<Pool>]) -> Option<DiscoveryService> {
-        let pools: Vec<Arc<Pool>> = pools
-            .iter()
-            .filter(|p| !p.spec.dns_backends.is_empty())
-            .cloned()
-            .collect();
-        (!pools.is_empty()).then_some(DiscoveryService { pools })
-    }
-}
+/// Resolves the names of the pools in force ([`super::live`]) that have some.
+pub struct DiscoveryService;
 
 async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     let current: Vec<BackendSpec> = pool
@@ -214,7 +202,7 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
 #[async_trait]
 impl BackgroundService for DiscoveryService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        super::per_pool(&self.pools, &shutdown, run_pool).await
+        super::per_pool(shutdown, |p| !p.spec.dns_backends.is_empty(), run_pool).await
     }
 }
 
@@ -262,11 +250,16 @@ mod tests {
 
     #[test]
     fn membership_change_keeps_the_state_of_backends_that_stay() {
-        let s = spec("{address: 127.0.0.2:80}, {address: 127.0.0.3:80}");
+        let mut s = spec("{address: 127.0.0.2:80}, {address: 127.0.0.3:80}");
+        // the operator's changes are kept by upstream name: one of this test's own
+        s.name = "discovery-membership-test".into();
         let pool = Pool::new(&s);
+        crate::upstream::live::update(&pool, "127.0.0.2:80".parse().unwrap(), |mut o| {
+            o.state = Some(crate::upstream::live::AdminState::Drain);
+            Some(o)
+        });
         let kept = pool.slots()[0].clone();
-        kept.drained
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(kept.drained.load(std::sync::atomic::Ordering::Relaxed));
         kept.requests.store(7, std::sync::atomic::Ordering::Relaxed);
         let moved = pool.slots()[1].clone();
         moved

@@ -23,21 +23,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-pub struct HealthService {
-    pools: Vec<Arc<Pool>>,
-}
-
-impl HealthService {
-    /// Only pools with a `health_check` block are probed; the others stay healthy.
-    pub fn new(pools: &[Arc<Pool>]) -> Option<HealthService> {
-        let pools: Vec<Arc<Pool>> = pools
-            .iter()
-            .filter(|p| p.spec.health.is_some())
-            .cloned()
-            .collect();
-        (!pools.is_empty()).then_some(HealthService { pools })
-    }
-}
+/// Probes the pools in force ([`super::live`]); only pools with a `health_check` block are
+/// probed, the others stay healthy.
+pub struct HealthService;
 
 fn build_check(
     h: &HealthSpec,
@@ -105,6 +93,7 @@ impl ServiceDiscovery for Membership {
             .load()
             .slots
             .iter()
+            .filter(|s| !s.maint.load(Relaxed))
             .map(|s| s.backend.clone())
             .collect();
         Ok((set, HashMap::new()))
@@ -128,6 +117,16 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     }
     let mut tick = tokio::time::interval(spec.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Pingora's checks start every backend healthy. A backend that was down before this task
+    // started (a pool replaced by a reload carries its verdicts over) stays down until the
+    // checks had the chance to see it fail `unhealthy_threshold` times.
+    let started_down: Vec<std::net::SocketAddr> = pool
+        .slots()
+        .iter()
+        .filter(|s| !s.healthy.load(Relaxed))
+        .map(|s| s.addr)
+        .collect();
+    let mut passes: u32 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -137,8 +136,17 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
             warn!("upstream {}: backend discovery failed: {e}", pool.name);
         }
         backends.run_health_check(true).await;
+        passes = passes.saturating_add(1);
+        let settled = passes >= spec.unhealthy_threshold;
         for slot in pool.members.load().slots.iter() {
+            // maintenance pauses its checks: the verdict stays what it was
+            if slot.maint.load(Relaxed) {
+                continue;
+            }
             let now = backends.ready(&slot.backend);
+            if now && !settled && started_down.contains(&slot.addr) {
+                continue;
+            }
             let was = slot.healthy.swap(now, Relaxed);
             if was != now {
                 if now {
@@ -158,6 +166,6 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        super::per_pool(&self.pools, &shutdown, run_pool).await
+        super::per_pool(shutdown, |p| p.spec.health.is_some(), run_pool).await
     }
 }

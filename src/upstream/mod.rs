@@ -10,6 +10,7 @@ pub mod budget;
 pub mod conns;
 pub mod discovery;
 pub mod health;
+pub mod live;
 pub mod select;
 pub mod shadow;
 pub mod sticky;
@@ -35,6 +36,8 @@ pub struct Slot {
     pub backend: Backend,
     pub healthy: AtomicBool,
     pub drained: AtomicBool,
+    /// Maintenance ([`live::AdminState::Maint`]): drained, and left out of health checks.
+    pub maint: AtomicBool,
     pub inflight: AtomicUsize,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
@@ -74,6 +77,7 @@ impl Slot {
             backend,
             healthy: AtomicBool::new(true),
             drained: AtomicBool::new(false),
+            maint: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -262,6 +266,9 @@ pub struct Pool {
     sticky_key: Option<Arc<sticky::Key>>,
     /// Its copies in flight and counters when routes mirror requests to it.
     pub shadow: shadow::ShadowStats,
+    /// The membership before the operator's changes ([`live`]): the file's backends, or
+    /// what DNS discovery found last.
+    base: std::sync::Mutex<Vec<BackendSpec>>,
 }
 
 /// Gives a waiting request's place in the queue back.
@@ -275,11 +282,15 @@ impl Drop for Waiting<'_> {
 
 impl Pool {
     pub fn new(spec: &UpstreamSpec) -> Pool {
+        let base = discovery::initial_backends(spec);
+        let members = Members::build(&live::apply(&spec.name, &base));
+        apply_states(&spec.name, &members);
         Pool {
             name: spec.name.clone(),
             selection: spec.selection,
             hash_key: spec.hash_key.clone(),
-            members: ArcSwap::from_pointee(Members::build(&discovery::initial_backends(spec))),
+            members: ArcSwap::from_pointee(members),
+            base: std::sync::Mutex::new(base),
             rr: AtomicUsize::new(0),
             connect_timeout: spec.connect_timeout,
             read_timeout: spec.read_timeout,
@@ -437,8 +448,28 @@ impl Pool {
 
     /// Replace the membership (DNS discovery). Unchanged backends keep their state.
     pub fn set_backends(&self, specs: &[BackendSpec]) {
-        let old = self.members.load();
-        self.members.store(Arc::new(Members::rebuild(&old, specs)));
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = specs.to_vec();
+        self.refresh();
+    }
+
+    /// Rebuild the membership from the base list and the operator's changes.
+    pub fn refresh(&self) {
+        let base = self.base.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.adopt(&self.members.load(), &base);
+    }
+
+    /// Take over the backends of `old` (a pool of the configuration this one replaces):
+    /// those at the same address keep their slots or state, so a reload reconnects nothing
+    /// and forgets no health verdict.
+    pub fn carry_over(&self, old: &Pool) {
+        let base = self.base.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.adopt(&old.members.load(), &base);
+    }
+
+    fn adopt(&self, old: &Members, base: &[BackendSpec]) {
+        let m = Members::rebuild(old, &live::apply(&self.name, base));
+        apply_states(&self.name, &m);
+        self.members.store(Arc::new(m));
     }
 
     pub fn slots(&self) -> Vec<Arc<Slot>> {
@@ -456,21 +487,49 @@ impl Pool {
     }
 }
 
-/// Run `task` for every pool on its own tokio task and wait for all of them: the shape of each
-/// per-pool background service (health checks, discovery).
+/// Set each slot's drain and maintenance flags from the operator's state.
+fn apply_states(upstream: &str, m: &Members) {
+    for s in &m.slots {
+        let st = live::state_of(upstream, &s.addr);
+        s.drained.store(st != live::AdminState::Ready, Relaxed);
+        s.maint.store(st == live::AdminState::Maint, Relaxed);
+    }
+}
+
+/// Run `task` for every pool of the configuration in force that `wanted` selects, each on
+/// its own tokio task, until shutdown: the shape of each per-pool background service (health
+/// checks, discovery). A reload that replaces pools stops the tasks of the old ones and
+/// starts tasks for the new ones.
 pub async fn per_pool<F, Fut>(
-    pools: &[Arc<Pool>],
-    shutdown: &pingora_core::server::ShutdownWatch,
+    mut shutdown: pingora_core::server::ShutdownWatch,
+    wanted: fn(&Pool) -> bool,
     task: F,
 ) where
     F: Fn(Arc<Pool>, pingora_core::server::ShutdownWatch) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let tasks: Vec<_> = pools
-        .iter()
-        .map(|p| tokio::spawn(task(p.clone(), shutdown.clone())))
-        .collect();
-    for t in tasks {
+    let mut pools = live::subscribe();
+    let mut running: Vec<(Arc<Pool>, tokio::task::JoinHandle<()>)> = Vec::new();
+    loop {
+        let current = pools.borrow_and_update().clone();
+        running.retain(|(p, t)| {
+            let keep = current.iter().any(|c| Arc::ptr_eq(c, p));
+            if !keep {
+                t.abort();
+            }
+            keep
+        });
+        for p in current.iter().filter(|p| wanted(p)) {
+            if !running.iter().any(|(r, _)| Arc::ptr_eq(r, p)) {
+                running.push((p.clone(), tokio::spawn(task(p.clone(), shutdown.clone()))));
+            }
+        }
+        tokio::select! {
+            r = pools.changed() => if r.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+    for (_, t) in running {
         let _ = t.await;
     }
 }

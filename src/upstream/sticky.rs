@@ -26,8 +26,8 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// The keys loaded at start-up, by file.
-static KEYS: OnceCell<Vec<(PathBuf, Arc<Key>)>> = OnceCell::new();
+/// The keys loaded so far (at start-up, then by reloads), by file.
+static KEYS: std::sync::Mutex<Vec<(PathBuf, Arc<Key>)>> = std::sync::Mutex::new(Vec::new());
 /// The file of upstreams without `key_file`.
 static DEFAULT_FILE: OnceCell<PathBuf> = OnceCell::new();
 
@@ -39,8 +39,8 @@ fn key_path(cfg_pid_file: &str, own: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Read (or create) the key file of every sticky upstream. Called once at start-up, before
-/// the pools are built; an error names the file.
+/// Read (or create) the key file of every sticky upstream not loaded yet. Called at start-up
+/// and by each reload, before the pools are built; an error names the file.
 pub fn load(cfg: &Config) -> Result<(), String> {
     let pid_file = cfg
         .pingora
@@ -48,7 +48,7 @@ pub fn load(cfg: &Config) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| "/tmp/stepstone.pid".into());
     let _ = DEFAULT_FILE.set(key_path(&pid_file, None));
-    let mut keys: Vec<(PathBuf, Arc<Key>)> = Vec::new();
+    let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
     for u in &cfg.upstreams {
         let Some(s) = &u.sticky else { continue };
         let path = key_path(&pid_file, s.key_file.as_deref());
@@ -64,7 +64,6 @@ pub fn load(cfg: &Config) -> Result<(), String> {
         })?;
         keys.push((path, Arc::new(key)));
     }
-    let _ = KEYS.set(keys);
     Ok(())
 }
 
@@ -74,11 +73,11 @@ pub fn key(own: Option<&Path>) -> Arc<Key> {
     let path = own
         .map(Path::to_path_buf)
         .or_else(|| DEFAULT_FILE.get().cloned());
-    let found = KEYS.get().and_then(|keys| {
-        keys.iter()
-            .find(|(p, _)| Some(p) == path.as_ref())
-            .map(|(_, k)| k.clone())
-    });
+    let keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    let found = keys
+        .iter()
+        .find(|(p, _)| Some(p) == path.as_ref())
+        .map(|(_, k)| k.clone());
     found.unwrap_or_else(|| Arc::new(Key(random())))
 }
 

@@ -21,6 +21,7 @@ mod l4;
 mod mirror;
 mod ops;
 mod protocol;
+mod reload;
 mod retries;
 mod reverse;
 mod sticky;

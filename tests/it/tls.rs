@@ -841,6 +841,43 @@ async fn sighup_reloads_the_certificate() {
     assert!(proxy.log().contains("certificates reloaded (SIGHUP)"));
 }
 
+/// `POST /api/reload` does what SIGHUP does, certificates included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reload_reloads_the_certificate_too() {
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-api-reload");
+    let (c, k) = pki
+        .ca
+        .server("reload.test", &["reload.test"], 0x300)
+        .write(&pki.dir, "site");
+    let cfg = format!(
+        "{}{}admin: {{address: 127.0.0.1:{{{{port1}}}}, token: tok}}\n",
+        https_listener(&[(&c, &k, &[])], "reload_interval: 0s"),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    pki.ca
+        .server("reload.test", &["reload.test"], 0x301)
+        .write(&pki.dir, "site");
+    let mut admin = crate::support::Conn::connect(proxy.addr_of(1))
+        .await
+        .expect("admin");
+    let r = admin
+        .request(
+            "POST",
+            "/api/reload",
+            &[("Authorization", "Bearer tok")],
+            b"",
+        )
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        serial_served(proxy.addr, &pki.ca_path).await.as_deref(),
+        Some("0301")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_plain_http_on_a_tls_port_close_only_that_connection() {
     let origin = OriginBuilder::new("app").run().await;

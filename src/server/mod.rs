@@ -1,12 +1,15 @@
 //! Wiring: turn a validated [`Config`] into Pingora services. Logic lives in the modules;
 //! this file only connects them.
 
+pub mod reload;
+
 use crate::config::file::ListenerProtocol;
-use crate::config::Config;
-use crate::http::{service::LeanHttp, HttpProxy, Listener};
+use crate::config::{Config, ListenerSpec};
+use crate::http::service::{EngineSwap, LeanHttp};
+use crate::http::{HttpProxy, Listener};
 use crate::net::listen::PlainService;
 use crate::policy::route::Router;
-use crate::upstream::{discovery::DiscoveryService, health::HealthService, Upstreams};
+use crate::upstream::{discovery::DiscoveryService, health::HealthService, Pool, Upstreams};
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -14,6 +17,7 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Command-line switches that Pingora itself acts on.
 #[derive(Debug, Default, Clone, Copy)]
@@ -77,67 +81,51 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         &crate::policy::engine::Fallback::ALL.map(|f| f.label()),
     );
     crate::upstream::sticky::load(cfg)?;
+    crate::upstream::live::init_state_file(&server.configuration.pid_file);
     let upstreams = Upstreams::new(&cfg.upstreams);
-    if let Some(hc) = HealthService::new(&upstreams.pools) {
-        server.add_service(background_service("health checks", hc));
-    }
-    if let Some(d) = DiscoveryService::new(&upstreams.pools) {
-        server.add_service(background_service("dns discovery", d));
-    }
+    crate::upstream::live::set_pools(upstreams.pools.clone());
+    server.add_service(background_service("health checks", HealthService));
+    server.add_service(background_service("dns discovery", DiscoveryService));
     server.add_service(background_service(
         "drain flag",
         crate::lifecycle::DrainFlag,
     ));
     if let Some(a) = &cfg.admin {
-        server.add_service(crate::admin::service(a, &upstreams.pools));
+        let hooks = crate::admin::Hooks {
+            reload: reload::reload_now,
+            status: reload::status,
+        };
+        server.add_service(crate::admin::service(a, hooks));
     }
 
+    let conf = server.configuration.clone();
+    let mut http = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         match l.protocol {
             ListenerProtocol::Http | ListenerProtocol::Https => {
-                let router = Router::new(i, &cfg.routes, &upstreams.pools);
-                let tls = l.protocol == ListenerProtocol::Https;
-                let listener = std::sync::Arc::new(Listener::new(l, router, tls));
-                let proxy = HttpProxy {
-                    listener: listener.clone(),
-                };
-                // forward listeners need CONNECT to reach the proxy phases
-                let options = match &l.forward {
-                    Some(_) => Some(crate::forward::Forward::server_options(l.h2c)),
-                    None => crate::tls::http_server_options(l),
-                };
-                // Pingora's `upstream_keepalive_pool_size` is one total; the lean engine's
-                // pools are per thread, so each gets its share.
-                let threads = server.configuration.threads.max(1);
-                let pool_max = server
-                    .configuration
-                    .upstream_keepalive_pool_size
-                    .div_ceil(threads);
-                let fast = Some(std::sync::Arc::new(crate::http::fast::FastPath::new(
-                    listener, pool_max,
-                )));
-                let mut app =
-                    LeanHttp::new(&l.name, proxy, &server.configuration, options, l.limits);
-                app.set_fast(fast.clone());
-                let admission = app.admission();
-                let app = crate::lifecycle::Draining::new(app, &server.configuration);
-                let app = crate::http::service::H1First::new(app, &l.limits, admission, fast);
+                let listener = http_listener(i, l, cfg, &upstreams.pools);
+                let (app, swap) = http_stack(l, listener, &conf);
                 let name = format!("http {}", l.name);
                 let Some(t) = &l.tls else {
-                    // Plaintext: our own accept loop (see `crate::http::listen`); a PROXY
+                    let (stop, rx) = tokio::sync::watch::channel(false);
+                    http.push(reload::HttpHandle::new(l, swap, Some(stop)));
+                    // Plaintext: our own accept loop (see `crate::net::listen`); a PROXY
                     // header, if trusted, is read by the app before the first request.
                     match &l.proxy_protocol {
                         Some(trusted) => {
                             let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
                             let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
-                            server.add_service(PlainService::new(name, l.addr, app, false));
+                            let svc = PlainService::new(name, l.addr, app, false);
+                            server.add_service(svc.with_stop(rx));
                         }
                         None => {
-                            server.add_service(PlainService::new(name, l.addr, app, true));
+                            let svc = PlainService::new(name, l.addr, app, true);
+                            server.add_service(svc.with_stop(rx));
                         }
                     }
                     continue;
                 };
+                http.push(reload::HttpHandle::new(l, swap, None));
                 // TLS reads a PROXY header before the handshake (Pingora's pre-TLS hook).
                 let endpoint = crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?;
                 let mut svc = Service::new(name, app);
@@ -153,7 +141,60 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     if let Some(r) = crate::tls::reload::service() {
         server.add_service(background_service("tls reload", r));
     }
+    reload::init(cfg, conf, upstreams.pools, http);
+    server.add_service(reload::ReloadService);
     Ok(server)
+}
+
+/// The policy of HTTP listener `index` of `cfg`.
+fn http_listener(
+    index: usize,
+    l: &ListenerSpec,
+    cfg: &Config,
+    pools: &[Arc<Pool>],
+) -> Arc<Listener> {
+    let router = Router::new(index, &cfg.routes, pools);
+    Arc::new(Listener::new(
+        l,
+        router,
+        l.protocol == ListenerProtocol::Https,
+    ))
+}
+
+/// Idle upstream connections per thread for each lean engine: Pingora's
+/// `upstream_keepalive_pool_size` is one total, the lean engine's pools are per thread.
+fn pool_max(conf: &ServerConf) -> usize {
+    conf.upstream_keepalive_pool_size
+        .div_ceil(conf.threads.max(1))
+}
+
+type HttpApp = crate::http::service::H1First<crate::lifecycle::Draining<LeanHttp<HttpProxy>>>;
+
+/// The engines of an HTTP listener, and the handle a reload swaps them with.
+fn http_stack(
+    l: &ListenerSpec,
+    listener: Arc<Listener>,
+    conf: &Arc<ServerConf>,
+) -> (HttpApp, EngineSwap<HttpProxy>) {
+    let proxy = HttpProxy {
+        listener: listener.clone(),
+    };
+    // forward listeners need CONNECT to reach the proxy phases
+    let options = match &l.forward {
+        Some(_) => Some(crate::forward::Forward::server_options(l.h2c)),
+        None => crate::tls::http_server_options(l),
+    };
+    let fast = Some(Arc::new(crate::http::fast::FastPath::new(
+        listener,
+        pool_max(conf),
+    )));
+    let mut app = LeanHttp::new(&l.name, proxy, conf, options, l.limits);
+    app.set_fast(fast);
+    let admission = app.admission();
+    let (fast, swap) = (app.fast(), app.swap());
+    let app = crate::lifecycle::Draining::new(app, conf);
+    let app = crate::http::service::H1First::new(app, &l.limits, admission, fast);
+    (app, swap)
 }
 
 /// A plaintext TCP endpoint. Reads skip the L4 buffer: the HTTP/1 parser reads into its own

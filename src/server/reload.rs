@@ -1,0 +1,496 @@
+//! Reload in place: re-read the file, validate it whole, build the new runtime beside the old
+//! one and swap it in.
+//!
+//! What a reload replaces, per HTTP listener, is its policy (routes and the pools they lead to)
+//! and the two engines built around it ([`EngineSwap`]); each request takes the engines in
+//! force when it starts, so requests in flight finish on theirs and no connection is closed.
+//! Pools of unchanged upstreams are the very same objects (connections, health, outlier
+//! state and counters stay); a changed upstream gets a new pool that takes over the slots of
+//! the backends it keeps ([`Pool::carry_over`]). The operator's runtime changes live outside
+//! the pools ([`crate::upstream::live`]) and apply to whatever pool has the backend.
+//!
+//! Plaintext HTTP listeners run our own accept loop ([`crate::net::listen`]), so a reload
+//! adds and removes them (a new address is a removal plus an addition). What cannot change in
+//! place (the `pingora` block, the admin listener, the access log, the cache store's size,
+//! TLS and L4 listeners and the upstreams these use, other settings of a listener that keeps
+//! its address) is refused with an error that says an upgrade (`-u`) is needed; nothing is
+//! applied then.
+//!
+//! [`apply`] is the one entry point for a new configuration, whatever its source (the file
+//! here; a watcher of a configuration store would call it the same way).
+
+use super::{http_listener, pool_max, HttpProxy};
+use crate::config::file::ListenerProtocol;
+use crate::config::{Config, ListenerSpec, UpstreamSpec};
+use crate::http::fast::FastPath;
+use crate::http::service::EngineSwap;
+use crate::upstream::Pool;
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
+use std::sync::{Arc, Mutex};
+
+/// An HTTP listener of the running configuration and the handle to replace its engines.
+pub struct HttpHandle {
+    spec: ListenerSpec,
+    swap: EngineSwap<HttpProxy>,
+    /// Stops its accept loop; only plaintext listeners (our own accept loop) have one.
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl HttpHandle {
+    pub fn new(
+        spec: &ListenerSpec,
+        swap: EngineSwap<HttpProxy>,
+        stop: Option<tokio::sync::watch::Sender<bool>>,
+    ) -> HttpHandle {
+        HttpHandle {
+            spec: spec.clone(),
+            swap,
+            stop,
+        }
+    }
+}
+
+/// Whether a reload can add or remove this listener: plaintext HTTP ones accept in our own
+/// loop, which can start and stop at any time; TLS and L4 listeners are Pingora services.
+fn dynamic(l: &ListenerSpec) -> bool {
+    l.protocol == ListenerProtocol::Http && l.tls.is_none()
+}
+
+struct Running {
+    cfg: Config,
+    pools: Vec<Arc<Pool>>,
+    http: Vec<HttpHandle>,
+}
+
+struct Live {
+    conf: Arc<ServerConf>,
+    /// Held for the whole of a reload: one at a time.
+    running: Mutex<Running>,
+}
+
+static LIVE: once_cell::sync::OnceCell<Live> = once_cell::sync::OnceCell::new();
+
+/// What `/status` and `stepstone -s reload` read.
+#[derive(Default, Clone)]
+struct Outcome {
+    revision: u64,
+    /// Reloads tried so far; `-s reload` waits for it to move.
+    attempts: u64,
+    last_error: Option<String>,
+    ok_total: u64,
+    error_total: u64,
+}
+
+static OUTCOME: Mutex<Outcome> = Mutex::new(Outcome {
+    revision: 0,
+    attempts: 0,
+    last_error: None,
+    ok_total: 0,
+    error_total: 0,
+});
+
+fn outcome() -> std::sync::MutexGuard<'static, Outcome> {
+    OUTCOME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Record the running configuration (revision 1).
+pub fn init(cfg: &Config, conf: Arc<ServerConf>, pools: Vec<Arc<Pool>>, http: Vec<HttpHandle>) {
+    let running = Running {
+        cfg: cfg.clone(),
+        pools,
+        http,
+    };
+    let _ = LIVE.set(Live {
+        conf,
+        running: Mutex::new(running),
+    });
+    outcome().revision = 1;
+    crate::observability::config_reloaded(None, 1);
+    write_result();
+}
+
+/// Where `stepstone -s reload` reads the outcome: beside the pid file.
+pub fn result_file(pid_file: &str) -> std::path::PathBuf {
+    std::path::Path::new(pid_file).with_extension("reload.json")
+}
+
+fn write_result() {
+    let Some(live) = LIVE.get() else { return };
+    let path = result_file(&live.conf.pid_file);
+    let o = outcome().clone();
+    let text = serde_json::json!({
+        "pid": std::process::id(),
+        "attempts": o.attempts,
+        "revision": o.revision,
+        "last_error": o.last_error,
+    })
+    .to_string();
+    let tmp = path.with_extension("reload.json.tmp");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        log::warn!("reload: cannot write {}: {e}", path.display());
+    }
+}
+
+/// The reload part of `/status`.
+pub fn status() -> serde_json::Value {
+    let o = outcome().clone();
+    let file = LIVE.get().map(|l| {
+        l.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cfg
+            .file
+            .clone()
+    });
+    serde_json::json!({
+        "file": file,
+        "revision": o.revision,
+        "reloads": {"ok": o.ok_total, "error": o.error_total},
+        "last_error": o.last_error,
+    })
+}
+
+/// Re-read the file the process runs on and apply it: the revision now in force, or the
+/// error (which also goes to the log, `/status` and the metrics).
+pub fn reload_now() -> Result<u64, String> {
+    on_worker(Box::new(|| {
+        let Some(live) = LIVE.get() else {
+            return Err("not running yet".into());
+        };
+        let file = live
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cfg
+            .file
+            .clone();
+        match Config::load(&file) {
+            Ok(cfg) => apply_here(cfg),
+            Err(e) => {
+                let e = e.to_string();
+                record(Err(e.clone()));
+                Err(e)
+            }
+        }
+    }))
+}
+
+type Job = Box<dyn FnOnce() -> Result<u64, String> + Send>;
+
+/// Reloads run one at a time on a thread of their own: the file read and any DNS lookup
+/// block no async worker, and the runtime a reload builds is always allocated by the same
+/// thread, whose allocator heap then reuses what the previous runtime freed (reloads spread
+/// over the admin workers made each of them keep its own copy).
+fn on_worker(job: Job) -> Result<u64, String> {
+    type Queue = std::sync::mpsc::Sender<(Job, std::sync::mpsc::Sender<Result<u64, String>>)>;
+    static WORKER: once_cell::sync::OnceCell<Mutex<Queue>> = once_cell::sync::OnceCell::new();
+    let queue = WORKER.get_or_try_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<(Job, std::sync::mpsc::Sender<_>)>();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                for (job, done) in rx {
+                    let _ = done.send(job());
+                }
+            })
+            .map(|_| Mutex::new(tx))
+            .map_err(|e| format!("cannot start the reload thread: {e}"))
+    })?;
+    let (done, result) = std::sync::mpsc::channel();
+    queue
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((job, done))
+        .map_err(|_| "the reload thread is gone".to_string())?;
+    result
+        .recv()
+        .map_err(|_| "the reload thread is gone".to_string())?
+}
+
+fn record(res: Result<u64, String>) {
+    {
+        let mut o = outcome();
+        o.attempts += 1;
+        match &res {
+            Ok(rev) => {
+                o.revision = *rev;
+                o.ok_total += 1;
+                o.last_error = None;
+                log::info!("reload: configuration revision {rev} in force");
+            }
+            Err(e) => {
+                o.error_total += 1;
+                o.last_error = Some(e.clone());
+                log::error!(
+                    "reload refused, revision {} stays in force: {e}",
+                    o.revision
+                );
+            }
+        }
+        crate::observability::config_reloaded(Some(res.is_ok()), o.revision);
+    }
+    write_result();
+}
+
+/// Validate `cfg` against the running configuration, build its runtime and swap it in.
+/// Nothing changes when it fails. The one entry point for a new configuration, whatever its
+/// source.
+pub fn apply(cfg: Config) -> Result<u64, String> {
+    on_worker(Box::new(move || apply_here(cfg)))
+}
+
+fn apply_here(cfg: Config) -> Result<u64, String> {
+    let Some(live) = LIVE.get() else {
+        return Err("not running yet".into());
+    };
+    let mut running = live.running.lock().unwrap_or_else(|e| e.into_inner());
+    let res = swap(live, &mut running, cfg);
+    record(res.clone());
+    res
+}
+
+fn dbg<T: std::fmt::Debug>(v: &T) -> String {
+    format!("{v:?}")
+}
+
+fn only_backends_differ(old: &UpstreamSpec, new: &UpstreamSpec) -> bool {
+    if !old.dns_backends.is_empty() || !new.dns_backends.is_empty() {
+        return false;
+    }
+    let mut same = new.clone();
+    same.backends = old.backends.clone();
+    dbg(old) == dbg(&same)
+}
+
+fn needs_upgrade(file: &str, what: &str) -> String {
+    format!("{file}: {what}: this change cannot be applied by a reload; an upgrade (-u) is needed")
+}
+
+/// Refuse what a reload cannot change.
+fn check(old: &Config, new: &Config) -> Result<(), String> {
+    let f = &new.file;
+    if dbg(&old.pingora) != dbg(&new.pingora) {
+        return Err(needs_upgrade(f, "pingora"));
+    }
+    if dbg(&old.admin) != dbg(&new.admin) {
+        return Err(needs_upgrade(f, "admin"));
+    }
+    if dbg(&old.access_log) != dbg(&new.access_log) {
+        return Err(needs_upgrade(f, "access_log"));
+    }
+    if old.cache_store_size != new.cache_store_size {
+        return Err(needs_upgrade(
+            f,
+            "the cache store size (cache.max_size of the routes)",
+        ));
+    }
+    for (i, l) in new.listeners.iter().enumerate() {
+        let what = format!("listeners[{i}] ({})", l.name);
+        let Some(o) = old.listeners.iter().find(|o| o.name == l.name) else {
+            if !dynamic(l) {
+                return Err(needs_upgrade(
+                    f,
+                    &format!("{what}: a new TLS or L4 listener"),
+                ));
+            }
+            continue;
+        };
+        if dbg(o) != dbg(l) {
+            // a plaintext HTTP listener at a new address is a removal plus an addition
+            if !(dynamic(o) && dynamic(l) && o.addr != l.addr) {
+                return Err(needs_upgrade(
+                    f,
+                    &format!("{what}: changed (only the address of a plaintext HTTP listener can change in place)"),
+                ));
+            }
+        }
+        if let Some(s) = &l.l4 {
+            let uses = s
+                .upstream
+                .iter()
+                .chain(s.sni_routes.iter().map(|(_, u)| u))
+                .chain(s.default_upstream.iter());
+            for n in uses.filter_map(|&u| new.upstreams.get(u)) {
+                let Some(o) = old.upstreams.iter().find(|o| o.name == n.name) else {
+                    return Err(needs_upgrade(f, &format!("{what}: uses a new upstream")));
+                };
+                if dbg(n) != dbg(o) && !only_backends_differ(o, n) {
+                    return Err(needs_upgrade(
+                        f,
+                        &format!("{what}: upstream {} it uses changed", n.name),
+                    ));
+                }
+            }
+        }
+    }
+    for (i, o) in old.listeners.iter().enumerate() {
+        if !dynamic(o) && !new.listeners.iter().any(|l| l.name == o.name) {
+            return Err(needs_upgrade(
+                f,
+                &format!("listeners[{i}] ({}): removing a TLS or L4 listener", o.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> {
+    check(&running.cfg, &cfg)?;
+    // an upstream made sticky by this reload gets its key file now, as at start-up
+    crate::upstream::sticky::load(&cfg)?;
+    // The new pools: unchanged upstreams keep theirs; a changed one takes over the backends
+    // it keeps from the old pool (when their TLS settings are the same).
+    let pools: Vec<Arc<Pool>> = cfg
+        .upstreams
+        .iter()
+        .map(|u| match running.pools.iter().find(|p| p.name == u.name) {
+            Some(p) if dbg(&p.spec) == dbg(u) => p.clone(),
+            // only the static backends changed: the same pool takes the new list, so the
+            // backends it keeps keep their slots and their health checks run on
+            Some(p) if only_backends_differ(&p.spec, u) => {
+                p.set_backends(&u.backends);
+                p.clone()
+            }
+            Some(p) => {
+                let n = Arc::new(Pool::new(u));
+                if dbg(&p.spec.tls) == dbg(&u.tls) {
+                    n.carry_over(p);
+                }
+                n
+            }
+            None => Arc::new(Pool::new(u)),
+        })
+        .collect();
+    let pool_max = pool_max(&live.conf);
+    // Listeners to add (new names, or a new address) are bound first: an address that cannot
+    // be bound fails the reload before anything changed.
+    let mut added: Vec<HttpHandle> = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let same = running
+            .http
+            .iter()
+            .any(|h| h.spec.name == l.name && h.spec.addr == l.addr);
+        if same || !dynamic(l) {
+            continue;
+        }
+        match start_listener(i, l, &cfg, &pools, &live.conf) {
+            Ok(h) => added.push(h),
+            Err(e) => {
+                for h in &added {
+                    if let Some(s) = &h.stop {
+                        s.send_replace(true);
+                    }
+                }
+                return Err(format!(
+                    "{}: listeners[{i}] ({}): cannot listen on {}: {e}",
+                    cfg.file, l.name, l.addr
+                ));
+            }
+        }
+    }
+    // Removed listeners (and the old side of a changed address) stop accepting; their
+    // connections finish on the engines they have.
+    running.http.retain(|h| {
+        let stays = cfg
+            .listeners
+            .iter()
+            .any(|l| l.name == h.spec.name && l.addr == h.spec.addr);
+        if !stays {
+            if let Some(s) = &h.stop {
+                log::info!("reload: listener {} ({}) removed", h.spec.name, h.spec.addr);
+                s.send_replace(true);
+            }
+        }
+        stays
+    });
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        // a forward proxy has no routes; L4 listeners use pools that did not change
+        if l.forward.is_some()
+            || !matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https)
+        {
+            continue;
+        }
+        let Some(h) = running.http.iter_mut().find(|h| h.spec.name == l.name) else {
+            continue;
+        };
+        let listener = http_listener(i, l, &cfg, &pools);
+        let fast = Arc::new(FastPath::new(listener.clone(), pool_max));
+        h.swap.install(HttpProxy { listener }, Some(fast));
+        h.spec = l.clone();
+    }
+    running.http.extend(added);
+    crate::observability::set_routes(&cfg);
+    crate::upstream::live::prune(&cfg.upstreams);
+    crate::upstream::live::set_pools(pools.clone());
+    running.pools = pools;
+    running.cfg = cfg;
+    Ok(outcome().revision + 1)
+}
+
+/// Start a plaintext HTTP listener added by a reload.
+fn start_listener(
+    index: usize,
+    l: &ListenerSpec,
+    cfg: &Config,
+    pools: &[Arc<Pool>],
+    conf: &Arc<ServerConf>,
+) -> std::io::Result<HttpHandle> {
+    let listener = http_listener(index, l, cfg, pools);
+    let (app, swap) = super::http_stack(l, listener, conf);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let name = format!("http {}", l.name);
+    match &l.proxy_protocol {
+        Some(trusted) => {
+            let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
+            let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
+            crate::net::listen::spawn(name, l.addr, app, false, rx)?;
+        }
+        None => crate::net::listen::spawn(name, l.addr, app, true, rx)?,
+    }
+    log::info!("reload: listener {} ({}) added", l.name, l.addr);
+    Ok(HttpHandle::new(l, swap, Some(stop)))
+}
+
+/// SIGHUP: reload the configuration (the TLS service reloads the certificates on the same
+/// signal). Its runtime (a worker per configured thread) also runs the listeners that reloads
+/// add, and it keeps the fd table for them, so an upgrade hands them over too.
+pub struct ReloadService;
+
+#[async_trait]
+impl pingora_core::services::Service for ReloadService {
+    async fn start_service(
+        &mut self,
+        fds: Option<pingora_core::server::ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        crate::net::listen::adopt_runtime(fds);
+        crate::net::listen::adopt_shutdown(&shutdown);
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("reload: cannot listen for SIGHUP: {e}");
+                let _ = shutdown.changed().await;
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => {
+                    log::info!("reload: SIGHUP: re-reading the configuration");
+                    // waits a few ms for the reload thread; this runtime's other work
+                    // (listeners added by reloads) has the other workers
+                    let _ = reload_now();
+                }
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        "config reload"
+    }
+}
