@@ -17,11 +17,23 @@ pub use origin::{Origin, OriginBuilder};
 pub use proxy::Proxy;
 
 /// A loopback port that was free a moment ago. The proxy binds its own listeners from the
-/// config, so a port must be named in it; the race with other tests is small and a clash
-/// shows as a start-up failure, not a wrong result.
+/// config, so a port must be named in it.
+///
+/// Never the same port twice in this test binary: the probe socket is closed before the proxy
+/// binds the port, and the proxy's listeners use SO_REUSEPORT, so two tests handed the same
+/// port in that gap would both bind it and the kernel would spread each one's connections
+/// over both proxies.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A fresh scratch directory under the system temp dir.
