@@ -14,12 +14,12 @@
 //! one is refused: a forgotten token locks the API rather than opening it.
 
 use crate::config::AdminSpec;
+use crate::net::listen::PlainService;
 use crate::upstream::Pool;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::services::listening::Service;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -30,16 +30,14 @@ pub struct AdminApp {
     token: Option<String>,
 }
 
-pub fn service(spec: &AdminSpec, pools: &[Arc<Pool>]) -> Service<AdminApp> {
-    let mut svc = Service::new(
-        "admin".to_string(),
-        AdminApp {
-            pools: pools.to_vec(),
-            token: spec.token.clone(),
-        },
-    );
-    svc.add_tcp(&spec.addr.to_string());
-    svc
+/// Serves until the process exits after a stop, so `/healthz` answers 503 through the
+/// drain (see `lifecycle`).
+pub fn service(spec: &AdminSpec, pools: &[Arc<Pool>]) -> PlainService<AdminApp> {
+    let app = AdminApp {
+        pools: pools.to_vec(),
+        token: spec.token.clone(),
+    };
+    PlainService::new("admin".to_string(), spec.addr, app, false).through_drain()
 }
 
 fn respond(code: StatusCode, ctype: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {

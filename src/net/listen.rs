@@ -33,15 +33,25 @@ pub struct PlainService<A> {
     /// Connections as [`PlainTcp`]; off when the app needs Pingora's L4 stream (a PROXY
     /// header is read into its rewind buffer).
     lean: bool,
+    /// Keep accepting after a stop (SIGTERM) until the process exits; see [`Self::through_drain`].
+    through_drain: bool,
 }
 
 impl<A> PlainService<A> {
+    /// Keeps this listener accepting through a stop's drain (not an upgrade, which hands the
+    /// socket over): the admin listener, whose `/healthz` must answer 503 rather than refuse.
+    pub fn through_drain(mut self) -> Self {
+        self.through_drain = true;
+        self
+    }
+
     pub fn new(name: String, addr: SocketAddr, app: A, lean: bool) -> Self {
         PlainService {
             name,
             addr,
             app: Arc::new(app),
             lean,
+            through_drain: false,
         }
     }
 }
@@ -241,11 +251,16 @@ where
             }
         };
         log::info!("{}: listening on {}", self.name, self.addr);
+        let mut stopping = false;
         loop {
             let accepted = tokio::select! {
                 r = l.accept() => r,
-                c = shutdown.changed() => {
+                c = shutdown.changed(), if !stopping => {
                     if c.is_err() || *shutdown.borrow() {
+                        if self.through_drain && !crate::lifecycle::upgrading() {
+                            stopping = true;
+                            continue;
+                        }
                         break;
                     }
                     continue;

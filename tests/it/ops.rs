@@ -331,6 +331,45 @@ async fn sigterm_finishes_in_flight_and_closes_keepalive() {
     eprintln!("SIGTERM drain took {:?}", t0.elapsed());
 }
 
+/// During a SIGTERM drain the admin listener still answers, `/healthz` with 503, so an
+/// orchestrator sees the drain; and once the last request is done the process exits at once
+/// instead of sleeping out the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drain_keeps_admin_at_503_and_exits_when_idle() {
+    let slow = OriginBuilder::new("slow")
+        .delay(Duration::from_millis(1500))
+        .run()
+        .await;
+    let dir = scratch_dir("sigterm-admin");
+    let grace = 20;
+    let (text, ports) = render(
+        &base(&[&slow], &admin_block(), Some(&pingora_block(&dir, grace))),
+        &dir,
+    );
+    let mut p = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    assert_eq!(admin_get(&p, "/healthz", None).await.status, 200);
+    let addr = p.addr;
+    let inflight = tokio::spawn(async move { client::get(addr, "/", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t0 = Instant::now();
+    p.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client::get(p.addr_of(1), "/healthz", &[])
+        .await
+        .expect("admin still answers during the drain");
+    assert_eq!(r.status, 503);
+    let r = inflight.await.expect("task").expect("in-flight request");
+    assert_eq!(r.status, 200);
+    let st = wait_exit(&mut p, Duration::from_secs(5)).await;
+    assert!(st.is_some_and(|s| s.success()), "exit: {st:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(grace / 2),
+        "waited {:?} with nothing in flight (grace {grace}s)",
+        t0.elapsed()
+    );
+}
+
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name_and_labels))
