@@ -98,7 +98,14 @@ pub fn main() -> i32 {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     match server::build(&cfg, flags) {
-        Ok(s) => s.run_forever(),
+        Ok(s) => {
+            // Pingora writes the pid file only when it daemonizes; upgrades and units find the
+            // running instance through it in either mode. Written once the sockets are held.
+            if !s.configuration.daemon {
+                crate::lifecycle::write_pid_file(&s.configuration.pid_file);
+            }
+            s.run_forever()
+        }
         Err(e) => {
             eprintln!("stepstone: {e}");
             1

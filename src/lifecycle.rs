@@ -21,6 +21,8 @@
 //!   a refused probe. After SIGQUIT it stops with the rest: its socket went to the new process.
 //! - **Early exit.** Pingora waits out the whole grace period; once no client connection is
 //!   open and no request is in flight, the process exits at once (status 0).
+//! - **Pid file in both modes** ([`write_pid_file`]): Pingora writes it only when it
+//!   daemonizes; `scripts/upgrade` and the systemd unit need it in the foreground too.
 //! - **`-u` without an old process** ([`has_running_instance`]): Pingora would wait for
 //!   sockets that never come and exit; we start normally instead.
 
@@ -220,6 +222,14 @@ fn exit_when_idle() {
             std::process::exit(0);
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes this process's pid to `path` (foreground mode; Pingora's daemon mode writes its
+/// own). A failure is logged, not fatal: the proxy serves either way.
+pub fn write_pid_file(path: &str) {
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        log::warn!("cannot write the pid file {path}: {e}");
     }
 }
 
