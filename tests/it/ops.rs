@@ -829,6 +829,37 @@ async fn dns_backends_resolve_and_a_failing_name_keeps_the_pool() {
     );
 }
 
+/// The systemd unit and the config it expects (conf/ops.yaml) agree: the unit finds the main
+/// process through the pid file the config writes, and both paths are in the unit's
+/// RuntimeDirectory (the only writable run directory under ProtectSystem=strict).
+#[test]
+fn systemd_unit_and_ops_config_agree_on_paths() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("conf/stepstone.service")).expect("unit");
+    let ops = std::fs::read_to_string(root.join("conf/ops.yaml")).expect("ops.yaml");
+    let directive = |k: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k}= in the unit"))
+            .to_string()
+    };
+    let key = |k: &str| {
+        ops.lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("{k}:")))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {k} in conf/ops.yaml"))
+            .to_string()
+    };
+    assert_eq!(key("pid_file"), directive("PIDFile"));
+    let run_dir = format!("/run/{}/", directive("RuntimeDirectory"));
+    assert!(key("pid_file").starts_with(&run_dir), "{run_dir}");
+    assert!(key("upgrade_sock").starts_with(&run_dir), "{run_dir}");
+    assert!(
+        directive("ExecReload").contains("/upgrade -d "),
+        "reload is the upgrade script"
+    );
+}
+
 // ---- container ----
 
 fn dockerfile() -> String {
