@@ -9,6 +9,7 @@ mod cli;
 mod differential;
 mod differential_h2;
 mod divergences;
+mod docs;
 mod fast;
 mod forward;
 mod grpc;
