@@ -190,12 +190,10 @@ pub fn main() -> i32 {
     }
     match server::build(&cfg, flags) {
         Ok(s) => {
-            // Pingora writes the pid file only when it daemonizes; `-s reload` needs it always.
-            if !flags.daemon {
-                let pid_file = &s.configuration.pid_file;
-                if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
-                    log::warn!("cannot write the pid file {pid_file}: {e}");
-                }
+            // Pingora writes the pid file only when it daemonizes; upgrades and units find the
+            // running instance through it in either mode. Written once the sockets are held.
+            if !s.configuration.daemon {
+                crate::lifecycle::write_pid_file(&s.configuration.pid_file);
             }
             s.run_forever()
         }

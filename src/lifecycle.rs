@@ -16,6 +16,13 @@
 //!   the new process one response at a time and nothing is cut mid-flight.
 //! - **Readiness.** [`draining`] turns true when shutdown starts; the admin `/healthz` then
 //!   answers 503 so a load balancer stops sending new connections.
+//! - **Admin through the drain.** After SIGTERM the admin listener keeps answering, with
+//!   `/healthz` at 503, until the process exits, so an orchestrator sees the drain instead of
+//!   a refused probe. After SIGQUIT it stops with the rest: its socket went to the new process.
+//! - **Early exit.** Pingora waits out the whole grace period; once no client connection is
+//!   open and no request is in flight, the process exits at once (status 0).
+//! - **Pid file in both modes** ([`write_pid_file`]): Pingora writes it only when it
+//!   daemonizes; `scripts/upgrade` and the systemd unit need it in the foreground too.
 //! - **`-u` without an old process** ([`has_running_instance`]): Pingora would wait for
 //!   sockets that never come and exit; we start normally instead.
 
@@ -25,10 +32,10 @@ use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::ShutdownWatch;
+use pingora_core::server::{ExecutionPhase, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,12 +136,39 @@ pub async fn shutdown_started() {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Sets [`draining`] as soon as shutdown is broadcast (before any linger).
-pub struct DrainFlag;
+/// Sets [`draining`] as soon as shutdown is broadcast (before any linger), notes whether the
+/// shutdown is an upgrade, and ends the process early once nothing is left to finish.
+pub struct DrainFlag {
+    phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+}
+
+impl DrainFlag {
+    /// `phases`: the server's execution phases, to tell an upgrade (SIGQUIT) from a stop.
+    pub fn new(phases: tokio::sync::broadcast::Receiver<ExecutionPhase>) -> DrainFlag {
+        DrainFlag {
+            phases: std::sync::Mutex::new(Some(phases)),
+        }
+    }
+}
 
 #[async_trait]
 impl BackgroundService for DrainFlag {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let phases = self.phases.lock().ok().and_then(|mut p| p.take());
+        if let Some(mut phases) = phases {
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match phases.recv().await {
+                        Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                            UPGRADING.store(true, Ordering::Relaxed)
+                        }
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {
                 break;
@@ -142,6 +176,60 @@ impl BackgroundService for DrainFlag {
         }
         DRAINING.store(true, Ordering::Relaxed);
         SHUTDOWN.send_replace(true);
+        // Pingora sleeps out the whole grace period even when nothing is left; a stopped
+        // container or unit would wait seconds for nothing. Accepting has stopped by now, so
+        // once no client connection is open and no request in flight, nothing can be lost.
+        std::thread::spawn(exit_when_idle);
+    }
+}
+
+static UPGRADING: AtomicBool = AtomicBool::new(false);
+
+/// True once a new process has asked for the listening sockets (SIGQUIT): the admin
+/// listener then stops with the others, so probes reach only the new process.
+pub fn upgrading() -> bool {
+    UPGRADING.load(Ordering::Relaxed)
+}
+
+/// Client connections open on the proxy listeners (HTTP and L4; not admin).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Held for as long as a client connection is served; see [`open_connection`].
+pub struct OpenConnection(());
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a client connection until the guard drops, so a draining process can tell when
+/// it has nothing left to finish.
+pub fn open_connection() -> OpenConnection {
+    OPEN.fetch_add(1, Ordering::Relaxed);
+    OpenConnection(())
+}
+
+fn exit_when_idle() {
+    let mut quiet = 0;
+    loop {
+        let idle = OPEN.load(Ordering::Relaxed) == 0 && crate::observability::INFLIGHT.get() <= 0;
+        quiet = if idle { quiet + 1 } else { 0 };
+        // Two quiet looks in a row: a connection accepted just before the stop has had time
+        // to be counted, and the access log writer to flush what it was given.
+        if quiet >= 2 {
+            log::info!("drained: no connection or request left, exiting");
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes this process's pid to `path` (foreground mode; Pingora's daemon mode writes its
+/// own). A failure is logged, not fatal: the proxy serves either way.
+pub fn write_pid_file(path: &str) {
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        log::warn!("cannot write the pid file {path}: {e}");
     }
 }
 

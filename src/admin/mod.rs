@@ -18,11 +18,11 @@
 mod api;
 
 use crate::config::AdminSpec;
+use crate::net::listen::PlainService;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::services::listening::Service;
 use std::sync::atomic::Ordering::Relaxed;
 
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -40,16 +40,14 @@ pub struct Hooks {
     pub status: fn() -> serde_json::Value,
 }
 
-pub fn service(spec: &AdminSpec, hooks: Hooks) -> Service<AdminApp> {
-    let mut svc = Service::new(
-        "admin".to_string(),
-        AdminApp {
-            hooks,
-            token: spec.token.clone(),
-        },
-    );
-    svc.add_tcp(&spec.addr.to_string());
-    svc
+/// Serves until the process exits after a stop, so `/healthz` answers 503 through the
+/// drain (see `lifecycle`).
+pub fn service(spec: &AdminSpec, hooks: Hooks) -> PlainService<AdminApp> {
+    let app = AdminApp {
+        hooks,
+        token: spec.token.clone(),
+    };
+    PlainService::new("admin".to_string(), spec.addr, app, false).through_drain()
 }
 
 fn respond(code: StatusCode, ctype: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {

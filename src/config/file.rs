@@ -33,6 +33,9 @@ pub struct AdminFile {
     pub token: Option<String>,
     /// File holding the token (surrounding whitespace is ignored). Exclusive with `token`.
     pub token_file: Option<String>,
+    /// Environment variable holding the token (containers). Unset or empty: no token, so the
+    /// calls that need one are refused. Exclusive with `token` and `token_file`.
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

@@ -16,12 +16,23 @@ pub(super) fn admin(
             if listeners.iter().any(|l| l.addr == addr) {
                 return Err(e.err("admin.address", &a.address, "address used by a listener"));
             }
-            let token = match (&a.token, &a.token_file) {
-                (Some(_), Some(f)) => {
-                    return Err(e.err("admin.token_file", f, "give either token or token_file"))
-                }
-                (Some(t), None) => Some(t.trim().to_string()),
-                (None, Some(f)) => Some(
+            let given = [&a.token, &a.token_file, &a.token_env];
+            if given.iter().filter(|t| t.is_some()).count() > 1 {
+                let v = a
+                    .token_file
+                    .as_deref()
+                    .or(a.token_env.as_deref())
+                    .unwrap_or("");
+                return Err(e.err(
+                    "admin.token",
+                    v,
+                    "give only one of token, token_file and token_env",
+                ));
+            }
+            let token = if let Some(t) = &a.token {
+                Some(t.trim().to_string())
+            } else if let Some(f) = &a.token_file {
+                Some(
                     std::fs::read_to_string(f)
                         .map_err(|err| {
                             e.err(
@@ -32,8 +43,16 @@ pub(super) fn admin(
                         })?
                         .trim()
                         .to_string(),
-                ),
-                (None, None) => None,
+                )
+            } else if let Some(var) = &a.token_env {
+                // Unset is allowed: the image's config names the variable for every user,
+                // and without it the token calls are refused rather than opened.
+                std::env::var(var)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+            } else {
+                None
             };
             if token.as_deref() == Some("") {
                 return Err(e.err("admin.token", "", "must not be empty"));
@@ -74,6 +93,11 @@ mod tests {
         let y = format!("{BASE}admin: {{address: 127.0.0.1:9900, token_file: /nonexistent/tok}}\n");
         let err = Config::from_yaml("x.yaml", &y).unwrap_err();
         assert_eq!(err.path, "admin.token_file");
+        let y = format!("{BASE}admin: {{address: 127.0.0.1:9900, token: a, token_env: B}}\n");
+        assert_eq!(
+            Config::from_yaml("t.yaml", &y).unwrap_err().path,
+            "admin.token"
+        );
         let y = format!("{BASE}admin: {{address: 127.0.0.1:8080}}\n");
         let err = Config::from_yaml("x.yaml", &y).unwrap_err();
         assert_eq!(err.path, "admin.address");

@@ -389,6 +389,7 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         use pingora_core::protocols::ALPN;
+        let _open = crate::lifecycle::open_connection();
         let opts = self.inner.server_options();
         let plain = stream.get_ssl_digest().is_none();
         if !plain {

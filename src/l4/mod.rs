@@ -222,6 +222,7 @@ impl L4App {
 #[async_trait]
 impl ServerApp for L4App {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let _open = crate::lifecycle::open_connection();
         if self.tls_terminated {
             crate::tls::deadline::handshake_done(io.id());
         }

@@ -35,9 +35,18 @@ pub struct PlainService<A> {
     lean: bool,
     /// Raised when a reload removes the listener.
     stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Keep accepting after a stop (SIGTERM) until the process exits; see [`Self::through_drain`].
+    through_drain: bool,
 }
 
 impl<A> PlainService<A> {
+    /// Keeps this listener accepting through a stop's drain (not an upgrade, which hands the
+    /// socket over): the admin listener, whose `/healthz` must answer 503 rather than refuse.
+    pub fn through_drain(mut self) -> Self {
+        self.through_drain = true;
+        self
+    }
+
     pub fn new(name: String, addr: SocketAddr, app: A, lean: bool) -> Self {
         PlainService {
             name,
@@ -45,6 +54,7 @@ impl<A> PlainService<A> {
             app: Arc::new(app),
             lean,
             stop: None,
+            through_drain: false,
         }
     }
 
@@ -253,7 +263,14 @@ where
         let stop = self.stop.take();
         let app = self.app.clone();
         accept_loop(
-            &self.name, self.addr, l, app, self.lean, shutdown, stop, fds,
+            &self.name,
+            self.addr,
+            l,
+            app,
+            (self.lean, self.through_drain),
+            shutdown,
+            stop,
+            fds,
         )
         .await;
     }
@@ -272,7 +289,7 @@ async fn accept_loop<A>(
     addr: SocketAddr,
     l: tokio::net::TcpListener,
     app: Arc<A>,
-    lean: bool,
+    (lean, through_drain): (bool, bool),
     mut shutdown: ShutdownWatch,
     mut stop: Option<tokio::sync::watch::Receiver<bool>>,
     fds: Option<ListenFds>,
@@ -291,11 +308,18 @@ async fn accept_loop<A>(
         }
     };
     tokio::pin!(removed);
+    let mut stopping = false;
     loop {
         let accepted = tokio::select! {
             r = l.accept() => r,
-            c = shutdown.changed() => {
+            c = shutdown.changed(), if !stopping => {
                 if c.is_err() || *shutdown.borrow() {
+                    // the admin listener answers through a drain (its /healthz says 503),
+                    // but not after an upgrade took its socket
+                    if through_drain && !crate::lifecycle::upgrading() {
+                        stopping = true;
+                        continue;
+                    }
                     break;
                 }
                 continue;
@@ -414,7 +438,17 @@ where
     let (fds, app) = (fds.clone(), Arc::new(app));
     rt.spawn(async move {
         log::info!("{name}: listening on {addr} (added by a reload)");
-        accept_loop(&name, addr, l, app, lean, shutdown, Some(stop), fds).await;
+        accept_loop(
+            &name,
+            addr,
+            l,
+            app,
+            (lean, false),
+            shutdown,
+            Some(stop),
+            fds,
+        )
+        .await;
     });
     Ok(())
 }

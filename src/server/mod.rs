@@ -88,7 +88,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     server.add_service(background_service("dns discovery", DiscoveryService));
     server.add_service(background_service(
         "drain flag",
-        crate::lifecycle::DrainFlag,
+        crate::lifecycle::DrainFlag::new(server.watch_execution_phase()),
     ));
     if let Some(a) = &cfg.admin {
         let hooks = crate::admin::Hooks {

@@ -379,6 +379,10 @@ async fn ambiguous_and_malformed_heads_are_refused_before_the_backend() {
             format!("POST /x HTTP/1.1\nHost: a\nContent-Length: 5\n\nhello{SMUGGLED}").into_bytes(),
         ),
         (
+            "a second Host field",
+            post("Host: b\r\nContent-Length: 5\r\n", "hello"),
+        ),
+        (
             "absolute URI with another host",
             format!("GET http://internal.example/admin HTTP/1.1\r\nHost: a\r\n\r\n{SMUGGLED}")
                 .into_bytes(),

@@ -10,6 +10,7 @@ mod compression;
 mod differential;
 mod differential_h2;
 mod divergences;
+mod docs;
 mod fast;
 mod forward;
 mod grpc;

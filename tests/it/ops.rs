@@ -267,6 +267,110 @@ async fn five_graceful_upgrades_under_load_drop_nothing() {
     assert_eq!(r.status, 200);
 }
 
+/// The documented upgrade command (`scripts/upgrade`) against a new process that takes longer
+/// to start (6 s) than Pingora's socket handover waits (5 tries, 1 s apart): the old process
+/// is told to hand over only once the new one waits for the sockets, so nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_script_waits_for_a_slow_new_process_and_drops_nothing() {
+    let origin = OriginBuilder::new("a").run().await;
+    let dir = scratch_dir("upgrade-slow");
+    let (text, ports) = render(&base(&[&origin], "", Some(&pingora_block(&dir, 2))), &dir);
+    let mut first = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    let addr = first.addr;
+    let pidfile = first.dir.join("stepstone.pid");
+    let old_pid = first.child.id();
+    // The pid file is written in the foreground too: the script finds the instance there.
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).expect("pid file").trim(),
+        old_pid.to_string()
+    );
+    // A new binary that starts slowly (the config check stays fast).
+    let slow = first.dir.join("slow-stepstone");
+    std::fs::write(
+        &slow,
+        format!("#!/bin/sh\ncase \"$1\" in -t) ;; *) sleep 6 ;; esac\nexec {BIN} \"$@\"\n"),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        tasks.push(tokio::spawn(load_task(
+            addr,
+            i % 2 == 0,
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = std::fs::File::create(first.dir.join("upgrade.log")).expect("log");
+    let mut script = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/upgrade"))
+        .arg(&first.config)
+        .arg(&slow)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("scripts/upgrade");
+    // Whatever happens below, the new process does not outlive the test.
+    struct KillNew(std::path::PathBuf, u32);
+    impl Drop for KillNew {
+        fn drop(&mut self) {
+            if let Some(pid) = std::fs::read_to_string(&self.0)
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .filter(|p| *p != self.1)
+                .and_then(|p| libc::pid_t::try_from(p).ok())
+            {
+                // SAFETY: kill(2) takes two integers; the process may be gone already.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let _kill_new = KillNew(pidfile.clone(), old_pid);
+
+    let st = wait_exit(&mut first, Duration::from_secs(60)).await;
+    let script_log = || std::fs::read_to_string(first.dir.join("upgrade.log")).unwrap_or_default();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "old process: {st:?}\n{}",
+        script_log()
+    );
+    let new_pid: u32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_ne!(new_pid, old_pid, "{}", script_log());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, SeqCst);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    let r = client::get(addr, "/", &[]).await;
+    send_signal(new_pid, libc::SIGTERM);
+    let _ = script.wait();
+    let log = script_log();
+    assert!(log.contains("sent SIGQUIT"), "{log}");
+    let (ok, failed, reset) = (
+        tally.ok.load(SeqCst),
+        tally.failed.load(SeqCst),
+        tally.reset.load(SeqCst),
+    );
+    eprintln!("slow upgrade: {ok} ok, {failed} failed, {reset} reset");
+    assert_eq!(
+        (failed, reset),
+        (0, 0),
+        "requests failed during the upgrade\n{log}"
+    );
+    assert!(ok > 100, "too little load to prove anything: {ok}");
+    assert_eq!(r.expect("served by the new process").status, 200);
+}
+
 #[tokio::test]
 async fn upgrade_flag_without_a_running_instance_starts_normally() {
     let origin = OriginBuilder::new("a").run().await;
@@ -329,6 +433,45 @@ async fn sigterm_finishes_in_flight_and_closes_keepalive() {
     let st = wait_exit(&mut p, Duration::from_secs(30)).await;
     assert!(st.is_some_and(|s| s.success()), "exit: {st:?}");
     eprintln!("SIGTERM drain took {:?}", t0.elapsed());
+}
+
+/// During a SIGTERM drain the admin listener still answers, `/healthz` with 503, so an
+/// orchestrator sees the drain; and once the last request is done the process exits at once
+/// instead of sleeping out the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drain_keeps_admin_at_503_and_exits_when_idle() {
+    let slow = OriginBuilder::new("slow")
+        .delay(Duration::from_millis(1500))
+        .run()
+        .await;
+    let dir = scratch_dir("sigterm-admin");
+    let grace = 20;
+    let (text, ports) = render(
+        &base(&[&slow], &admin_block(), Some(&pingora_block(&dir, grace))),
+        &dir,
+    );
+    let mut p = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    assert_eq!(admin_get(&p, "/healthz", None).await.status, 200);
+    let addr = p.addr;
+    let inflight = tokio::spawn(async move { client::get(addr, "/", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t0 = Instant::now();
+    p.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client::get(p.addr_of(1), "/healthz", &[])
+        .await
+        .expect("admin still answers during the drain");
+    assert_eq!(r.status, 503);
+    let r = inflight.await.expect("task").expect("in-flight request");
+    assert_eq!(r.status, 200);
+    let st = wait_exit(&mut p, Duration::from_secs(5)).await;
+    assert!(st.is_some_and(|s| s.success()), "exit: {st:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(grace / 2),
+        "waited {:?} with nothing in flight (grace {grace}s)",
+        t0.elapsed()
+    );
 }
 
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
@@ -691,6 +834,37 @@ async fn dns_backends_resolve_and_a_failing_name_keeps_the_pool() {
     );
 }
 
+/// The systemd unit and the config it expects (conf/ops.yaml) agree: the unit finds the main
+/// process through the pid file the config writes, and both paths are in the unit's
+/// RuntimeDirectory (the only writable run directory under ProtectSystem=strict).
+#[test]
+fn systemd_unit_and_ops_config_agree_on_paths() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("conf/stepstone.service")).expect("unit");
+    let ops = std::fs::read_to_string(root.join("conf/ops.yaml")).expect("ops.yaml");
+    let directive = |k: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k}= in the unit"))
+            .to_string()
+    };
+    let key = |k: &str| {
+        ops.lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("{k}:")))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {k} in conf/ops.yaml"))
+            .to_string()
+    };
+    assert_eq!(key("pid_file"), directive("PIDFile"));
+    let run_dir = format!("/run/{}/", directive("RuntimeDirectory"));
+    assert!(key("pid_file").starts_with(&run_dir), "{run_dir}");
+    assert!(key("upgrade_sock").starts_with(&run_dir), "{run_dir}");
+    assert!(
+        directive("ExecReload").contains("/upgrade -d "),
+        "reload is the upgrade script"
+    );
+}
+
 // ---- container ----
 
 fn dockerfile() -> String {
@@ -755,9 +929,10 @@ fn dockerfile_build_command_is_valid_for_this_tree() {
         .collect();
     assert!(bins.contains(&bin), "--bin {bin} not among {bins:?}");
     // Everything the build stage copies exists.
+    // (A source named by a build argument, the host-built binary, is not in the tree.)
     for l in df
         .lines()
-        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from") && !l.contains('$'))
     {
         let parts: Vec<&str> = l.split_whitespace().collect();
         for src in &parts[1..parts.len() - 1] {
@@ -790,7 +965,11 @@ async fn container_image_config_starts_and_passes_its_healthcheck() {
         .lines()
         .find(|l| l.starts_with("HEALTHCHECK"))
         .expect("a HEALTHCHECK");
-    assert!(hc.contains("/healthz"), "{hc}");
+    assert!(hc.contains("$STEPSTONE_HEALTH_URL"), "{hc}");
+    assert!(
+        df.contains("ENV STEPSTONE_HEALTH_URL=http://127.0.0.1:9900/healthz"),
+        "the health check's default URL is the admin /healthz"
+    );
 
     // The image's command line, on the image's config: -t first.
     let mut args: Vec<String> = cmd.clone();
@@ -814,7 +993,7 @@ async fn container_image_config_starts_and_passes_its_healthcheck() {
     let dir = scratch_dir("container");
     let rendered = text
         .replace("0.0.0.0:8080", &format!("127.0.0.1:{web}"))
-        .replace("127.0.0.1:9900", &format!("127.0.0.1:{admin}"))
+        .replace("0.0.0.0:9900", &format!("127.0.0.1:{admin}"))
         .replace("127.0.0.1:9001", &origin.addr.to_string())
         .replace("/run/stepstone", &dir.display().to_string());
     assert_ne!(rendered, text);
@@ -825,11 +1004,18 @@ async fn container_image_config_starts_and_passes_its_healthcheck() {
     );
     let check = hc
         .split_once("CMD")
-        .map(|(_, c)| c.trim().replace("9900", &admin.to_string()))
+        .map(|(_, c)| c.trim().to_string())
         .expect("HEALTHCHECK CMD");
+    // The image's ENV default, with the test's admin port.
+    let url = df
+        .lines()
+        .find_map(|l| l.strip_prefix("ENV STEPSTONE_HEALTH_URL="))
+        .expect("ENV STEPSTONE_HEALTH_URL")
+        .replace("9900", &admin.to_string());
     let st = Command::new("sh")
         .arg("-c")
         .arg(&check)
+        .env("STEPSTONE_HEALTH_URL", url)
         .status()
         .expect("sh");
     assert!(st.success(), "HEALTHCHECK failed: {check}");
