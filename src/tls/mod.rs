@@ -17,6 +17,7 @@
 //!   a failed handshake is an upstream error (502), never a retry in plaintext.
 
 pub use crate::config::certs::{self, ClientCert, Trusted};
+pub mod acme;
 pub mod deadline;
 pub mod reload;
 pub mod store;
