@@ -205,6 +205,21 @@ async fn served(addr: SocketAddr, sni: &str, root: Option<&X509>) -> Result<X509
         .ok_or_else(|| "no certificate".into())
 }
 
+/// [`served`], retried while the listener is still starting (the proxy is ready when its
+/// first listener is, the https one may follow a moment later).
+async fn served_soon(addr: SocketAddr, sni: &str, root: Option<&X509>) -> X509 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match served(addr, sni, root).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => {
+                panic!("no handshake with {addr} for {sni}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Wait until the listener serves a certificate for `sni` that Pebble's root verifies.
 async fn wait_issued(
     p: &Proxy,
@@ -348,9 +363,7 @@ async fn http01_issues_a_certificate_served_by_sni_and_reused_after_restart() {
 
     // Restart: the stored certificate is served at once and nothing is ordered.
     let p = start_proxy(&t, |_| {});
-    let again = served(p.addr_of(1), NAME, Some(&root))
-        .await
-        .expect("stored certificate verifies");
+    let again = served_soon(p.addr_of(1), NAME, Some(&root)).await;
     assert_eq!(serial_of(&again), serial);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -404,7 +417,7 @@ async fn pebble_down_at_start_serves_the_placeholder_then_issues() {
     let t = template(&pebble, &storage, origin.addr, "", false);
     let p = start_proxy(&t, |_| {});
     // No certificates of its own: a self-signed placeholder until the CA answers.
-    let placeholder = served(p.addr_of(1), NAME, None).await.expect("handshake");
+    let placeholder = served_soon(p.addr_of(1), NAME, None).await;
     assert!(
         cn_of(&placeholder).contains("placeholder"),
         "{}",
