@@ -10,6 +10,15 @@ pub const DEFAULT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/direct
 pub const DEFAULT_STORAGE: &str = "/var/lib/stepstone/acme";
 pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86400);
 
+/// How the CA checks that we control a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A token over plain HTTP on port 80 (RFC 8555 §8.3).
+    Http01,
+    /// A certificate offered for ALPN `acme-tls/1` on port 443 (RFC 8737).
+    TlsAlpn01,
+}
+
 /// A validated `acme` block.
 #[derive(Debug, Clone)]
 pub struct AcmeSpec {
@@ -22,6 +31,7 @@ pub struct AcmeSpec {
     /// Absolute (or config-relative resolved) directory.
     pub storage: String,
     pub renew_before: Duration,
+    pub challenge: Challenge,
 }
 
 /// `30d`, or any duration of the other keys (`12h`, `90m`); no upper bound of a year, since
@@ -108,17 +118,17 @@ pub(crate) fn validate(e: &Errs, p: &str, a: &AcmeFile) -> Result<AcmeSpec, Conf
             "exists and is not a directory",
         ));
     }
-    match a.challenge.as_deref() {
-        None | Some("http-01") => {}
-        Some("tls-alpn-01") => {
+    let challenge = match a.challenge.as_deref() {
+        None | Some("http-01") => Challenge::Http01,
+        Some("tls-alpn-01") => Challenge::TlsAlpn01,
+        Some(other) => {
             return Err(e.err(
                 format!("{p}.challenge"),
-                "tls-alpn-01",
-                "not supported yet: use http-01 (an http listener on port 80 answers it)",
+                other,
+                "expected http-01 or tls-alpn-01",
             ))
         }
-        Some(other) => return Err(e.err(format!("{p}.challenge"), other, "expected http-01")),
-    }
+    };
     let renew_before = match &a.renew_before {
         None => DEFAULT_RENEW_BEFORE,
         Some(r) => parse_renew_before(r).map_err(|m| e.err(format!("{p}.renew_before"), r, m))?,
@@ -130,6 +140,7 @@ pub(crate) fn validate(e: &Errs, p: &str, a: &AcmeFile) -> Result<AcmeSpec, Conf
         names,
         storage,
         renew_before,
+        challenge,
     })
 }
 

@@ -73,6 +73,10 @@ pub fn listener_settings(spec: &TlsSpec, alpn: Alpn) -> Result<TlsSettings, Stri
     if alpn == Alpn::Http {
         s.enable_h2();
     }
+    if spec.acme.is_some() {
+        // Replaces the ALPN choice of enable_h2 with one that also knows acme-tls/1.
+        acme::alpn::install(&mut s, alpn == Alpn::Http);
+    }
     if let Ok(mut all) = STORES.lock() {
         all.push(store);
     }

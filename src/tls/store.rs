@@ -113,7 +113,13 @@ impl Snapshot {
         acme: Option<(&super::acme::Slot, bool)>,
     ) -> Result<(), openssl::error::ErrorStack> {
         let sni = ssl.servername(NameType::HOST_NAME);
-        let ordered = acme.and_then(|(slot, only)| slot.serving(sni, only));
+        let challenge = match (acme, sni) {
+            (Some(_), Some(name)) if super::acme::alpn::offered(ssl) => {
+                super::acme::challenge::alpn_cert(name)
+            }
+            _ => None,
+        };
+        let ordered = challenge.or_else(|| acme.and_then(|(slot, only)| slot.serving(sni, only)));
         let c = match &ordered {
             Some(c) => c,
             None => &self.certs[self.pick(sni)],

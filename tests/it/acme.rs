@@ -453,3 +453,44 @@ async fn challenge_path_without_pending_order_is_routed() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-origin"), Some("o"), "{:?}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_issues_a_certificate() {
+    let origin = OriginBuilder::new("o").run().await;
+    let mut pebble = Pebble::new();
+    let storage = scratch_dir("acme-storage");
+    // No http listener reaches Pebble: its httpPort is a port nothing listens on, so only
+    // the https listener's acme-tls/1 answer can validate.
+    let t = template(&pebble, &storage, origin.addr, "", false).replace(
+        "        storage:",
+        "        challenge: tls-alpn-01\n        storage:",
+    );
+    let p = start_proxy(&t, |ports| pebble.up(free_port(), ports[1]));
+    let root = pebble.root().await;
+    let cert = wait_issued(&p, p.addr_of(1), NAME, &root, Duration::from_secs(60)).await;
+    let www = served(p.addr_of(1), WWW, Some(&root))
+        .await
+        .expect("www verifies");
+    assert_eq!(serial_of(&www), serial_of(&cert));
+    let log = pebble.log();
+    assert!(!log.contains("validate w/ HTTP"), "{log}");
+    // Ordinary clients still get h2 by ALPN.
+    let tcp = tokio::net::TcpStream::connect(p.addr_of(1))
+        .await
+        .expect("connect");
+    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("tls");
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_alpn_protos(b"\x02h2\x08http/1.1").expect("alpn");
+    let ssl = b
+        .build()
+        .configure()
+        .expect("ssl")
+        .into_ssl(NAME)
+        .expect("ssl");
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).expect("stream");
+    std::pin::Pin::new(&mut s)
+        .connect()
+        .await
+        .expect("handshake");
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+}

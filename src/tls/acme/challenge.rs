@@ -1,10 +1,35 @@
-//! The HTTP-01 answers of pending orders: token → key authorization, shared by every
-//! listener. The policy reads it (its `acme` step) before routing; the order task
-//! fills it while a challenge is pending and empties it after.
+//! The answers of pending challenges, shared by every listener, filled by the order task
+//! while a challenge is pending and emptied after. HTTP-01: token → key authorization,
+//! read by the policy (its `acme` step) before routing. TLS-ALPN-01: name → the challenge
+//! certificate, read by the certificate callback of a handshake that offered `acme-tls/1`.
 
+use crate::config::certs::LoadedCert;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+static ALPN_CERTS: RwLock<Option<HashMap<String, Arc<LoadedCert>>>> = RwLock::new(None);
+
+pub fn insert_alpn(name: &str, cert: LoadedCert) {
+    if let Ok(mut m) = ALPN_CERTS.write() {
+        m.get_or_insert_with(HashMap::new)
+            .insert(name.to_ascii_lowercase(), Arc::new(cert));
+    }
+}
+
+pub fn remove_alpn(name: &str) {
+    if let Ok(mut m) = ALPN_CERTS.write() {
+        if let Some(m) = m.as_mut() {
+            m.remove(&name.to_ascii_lowercase());
+        }
+    }
+}
+
+/// The TLS-ALPN-01 certificate pending for `name`.
+pub fn alpn_cert(name: &str) -> Option<Arc<LoadedCert>> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    ALPN_CERTS.read().ok()?.as_ref()?.get(&name).cloned()
+}
 
 static TOKENS: RwLock<Option<HashMap<String, String>>> = RwLock::new(None);
 /// Entries in `TOKENS`, so that the common case (nothing pending) costs one atomic load.

@@ -4,6 +4,7 @@
 
 use super::http::{self, Response};
 use super::jws::{self, Signer};
+use crate::config::acme::Challenge;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::SslConnector;
@@ -153,7 +154,11 @@ impl Client {
 
     /// One whole order for `names`, answering HTTP-01 through the shared token map.
     /// Returns the PEM chain and the new certificate's key.
-    pub async fn order(&mut self, names: &[String]) -> Result<(Vec<u8>, PKey<Private>), String> {
+    pub async fn order(
+        &mut self,
+        names: &[String],
+        kind: Challenge,
+    ) -> Result<(Vec<u8>, PKey<Private>), String> {
         let ids: Vec<Value> = names
             .iter()
             .map(|n| json!({"type": "dns", "value": n}))
@@ -178,7 +183,7 @@ impl Client {
             .filter_map(|a| a.as_str().map(str::to_string))
             .collect();
         for a in &authzs {
-            self.authorize(a, &thumb).await?;
+            self.authorize(a, &thumb, kind).await?;
         }
         let order = self.poll(&order_url, "order", true).await?;
         if order["status"] != "ready" {
@@ -205,7 +210,7 @@ impl Client {
         Ok((r.body, key))
     }
 
-    async fn authorize(&mut self, url: &str, thumb: &str) -> Result<(), String> {
+    async fn authorize(&mut self, url: &str, thumb: &str, kind: Challenge) -> Result<(), String> {
         let authz = self.get(url, "authorization").await?;
         if authz["status"] == "valid" {
             return Ok(());
@@ -214,13 +219,23 @@ impl Client {
             .as_str()
             .unwrap_or("?")
             .to_string();
+        let ty = match kind {
+            Challenge::Http01 => "http-01",
+            Challenge::TlsAlpn01 => "tls-alpn-01",
+        };
         let ch = authz["challenges"]
             .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "http-01"))
-            .ok_or_else(|| format!("authorization of {name} offers no http-01: {authz}"))?;
+            .and_then(|cs| cs.iter().find(|c| c["type"] == ty))
+            .ok_or_else(|| format!("authorization of {name} offers no {ty}: {authz}"))?;
         let token = field(ch, "token", "challenge")?.to_string();
         let ch_url = field(ch, "url", "challenge")?.to_string();
-        super::challenge::insert(&token, format!("{token}.{thumb}"));
+        let key_auth = format!("{token}.{thumb}");
+        match kind {
+            Challenge::Http01 => super::challenge::insert(&token, key_auth),
+            Challenge::TlsAlpn01 => {
+                super::challenge::insert_alpn(&name, super::alpn::challenge_cert(&name, &key_auth)?)
+            }
+        }
         let result = async {
             let r = self.post(&ch_url, Some(&json!({})), false).await?;
             if r.status != 200 {
@@ -233,7 +248,10 @@ impl Client {
             Ok(())
         }
         .await;
-        super::challenge::remove(&token);
+        match kind {
+            Challenge::Http01 => super::challenge::remove(&token),
+            Challenge::TlsAlpn01 => super::challenge::remove_alpn(&name),
+        }
         result
     }
 }

@@ -1,4 +1,4 @@
-//! Automatic certificates from an ACME CA (RFC 8555), HTTP-01 challenges.
+//! Automatic certificates from an ACME CA (RFC 8555), HTTP-01 and TLS-ALPN-01 challenges.
 //!
 //! Design:
 //! - Each `tls.acme` block gets a [`Slot`] inside its listener's certificate store. The
@@ -15,8 +15,10 @@
 //!   HTTP/1.1 over TLS): the proxy's TLS is OpenSSL everywhere, and no second TLS stack or
 //!   HTTP client is linked for a handful of requests a month.
 //! - HTTP-01 answers come from [`challenge`]'s token map, read by the policy on every
-//!   HTTP listener before routing.
+//!   HTTP listener before routing; TLS-ALPN-01 certificates from its name map, installed by
+//!   the listener's certificate callback ([`alpn`]).
 
+pub mod alpn;
 pub mod challenge;
 pub mod client;
 pub mod http;
@@ -180,7 +182,7 @@ async fn issue(spec: &AcmeSpec) -> Result<LoadedCert, String> {
     let tls = http::connector(spec.directory_ca_file.as_deref())?;
     let key = storage::account_key(spec)?;
     let mut c = client::Client::login(tls, &spec.directory, key, spec.contact.as_deref()).await?;
-    let (chain, key) = c.order(&spec.names).await?;
+    let (chain, key) = c.order(&spec.names, spec.challenge).await?;
     storage::save(spec, &chain, &key)
 }
 
