@@ -16,6 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NAME: &str = "shop.stepstone.test";
 const WWW: &str = "www.stepstone.test";
+/// A name Pebble's policy refuses, for a failure with a problem document.
+const BLOCKED: &str = "blocked.stepstone.test";
 
 /// Pebble and its DNS server, on ports chosen up front so that the proxy's config can name
 /// the directory before Pebble runs.
@@ -88,7 +90,8 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false
+            "externalAccountBindingRequired": false,
+            "domainBlocklist": [BLOCKED]
         }});
         let cfg = self.dir.join("pebble.json");
         std::fs::write(&cfg, config.to_string()).expect("write pebble config");
@@ -493,4 +496,34 @@ async fn tls_alpn01_issues_a_certificate() {
         .await
         .expect("handshake");
     assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_order_logs_the_problem_document_and_counts_it() {
+    let origin = OriginBuilder::new("o").run().await;
+    let mut pebble = Pebble::new();
+    let storage = scratch_dir("acme-storage");
+    let t = template(&pebble, &storage, origin.addr, "", false).replace(
+        &format!("names: [{NAME}, {WWW}]"),
+        &format!("names: [{BLOCKED}]"),
+    );
+    let p = start_proxy(&t, |ports| pebble.up(ports[0], ports[1]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&p, 2, ERR).await.unwrap_or(0.0) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed order counted:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = p.log();
+    assert!(
+        log.contains("urn:ietf:params:acme:error:rejectedIdentifier"),
+        "no problem document in the log:\n{log}"
+    );
+    assert_eq!(metric(&p, 2, OK).await, Some(0.0));
+    // Still the placeholder: nothing was issued.
+    let c = served_soon(p.addr_of(1), BLOCKED, None).await;
+    assert!(cn_of(&c).contains("placeholder"));
 }
