@@ -331,6 +331,13 @@ async fn http01_issues_a_certificate_served_by_sni_and_reused_after_restart() {
         "acme: issued and served {:?} after start",
         started.elapsed()
     );
+    if let Some(l) = p
+        .log()
+        .lines()
+        .find(|l| l.contains("certificate issued in"))
+    {
+        eprintln!("acme: {l}");
+    }
     // Both names are in the one certificate; the file certificate still serves its name.
     let www = served(p.addr_of(1), WWW, Some(&root))
         .await

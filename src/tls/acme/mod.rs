@@ -54,6 +54,9 @@ pub struct Slot {
     /// Unix seconds of the served certificate's notAfter and notBefore; 0: none yet.
     pub not_after: AtomicI64,
     pub not_before: AtomicI64,
+    /// Seconds (up to an hour) by which this instance renews early, so that a fleet's
+    /// instances, or listeners started together, do not all order in the same second.
+    spread: i64,
 }
 
 fn unix_now() -> i64 {
@@ -82,6 +85,10 @@ impl Slot {
             orders_failed: AtomicU64::new(0),
             not_after: AtomicI64::new(0),
             not_before: AtomicI64::new(0),
+            spread: {
+                use rand::Rng;
+                rand::thread_rng().gen_range(0..=3600)
+            },
         };
         match storage::load(spec) {
             Ok(Some(c)) => {
@@ -135,7 +142,7 @@ impl Slot {
             return 0;
         }
         let window = (self.spec.renew_before.as_secs() as i64).max((na - nb) / 3);
-        na - window - unix_now()
+        na - window - self.spread - unix_now()
     }
 }
 
