@@ -112,13 +112,20 @@ impl Snapshot {
         ssl: &mut SslRef,
         acme: Option<(&super::acme::Slot, bool)>,
     ) -> Result<(), openssl::error::ErrorStack> {
-        let sni = ssl.servername(NameType::HOST_NAME);
+        let sni_owned = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+        let sni = sni_owned.as_deref();
         let challenge = match (acme, sni) {
             (Some(_), Some(name)) if super::acme::alpn::offered(ssl) => {
                 super::acme::challenge::alpn_cert(name)
             }
             _ => None,
         };
+        if challenge.is_some() {
+            // The CA's validator has no client certificate and closes right after the
+            // handshake: an mTLS listener must not ask it for one.
+            ssl.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        }
+        let challenge_served = challenge.is_some();
         let ordered = challenge.or_else(|| acme.and_then(|(slot, only)| slot.serving(sni, only)));
         let c = match &ordered {
             Some(c) => c,
@@ -129,7 +136,7 @@ impl Snapshot {
         for inter in &c.chain {
             ext::ssl_add_chain_cert(ssl, inter)?;
         }
-        if let Some(ca) = &self.client_ca {
+        if let Some(ca) = self.client_ca.as_ref().filter(|_| !challenge_served) {
             ext::ssl_set_verify_cert_store(ssl, &ca.store)?;
             let mut names = Stack::new()?;
             for c in &ca.cas {
