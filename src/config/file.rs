@@ -173,7 +173,11 @@ pub struct LimitsFile {
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     /// One or more; the first is served to clients that send no SNI or an unknown name.
+    /// May be left out when `acme` is set. Default: none
+    #[serde(default)]
     pub certificates: Vec<CertFile>,
+    /// Certificates ordered from an ACME CA (RFC 8555). Default: none
+    pub acme: Option<AcmeFile>,
     /// PEM file of CAs. When set, clients must present a certificate signed by one of them.
     /// Default: none (no client certificates asked for)
     pub client_ca: Option<String>,
@@ -185,6 +189,27 @@ pub struct TlsFile {
     /// Time a client has to complete the TLS handshake after connecting; then the
     /// connection is closed (Pingora alone allows 60s). Default: 10s
     pub handshake_timeout: Option<Dur>,
+}
+
+/// Automatic certificates: `tls.acme` of an https listener.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    /// URL of the CA's directory. Default: Let's Encrypt's production directory
+    pub directory: Option<String>,
+    /// PEM CAs trusted for the ACME server's own TLS certificate. Default: the system's
+    pub directory_ca_file: Option<String>,
+    /// Account contact, e.g. `mailto:ops@example.com`. Default: none
+    pub contact: Option<String>,
+    /// Host names of the certificate (no wildcards with http-01).
+    pub names: Vec<String>,
+    /// Directory of the account key, certificates and keys. Default: /var/lib/stepstone/acme
+    pub storage: Option<String>,
+    /// `http-01`. Default: http-01
+    pub challenge: Option<String>,
+    /// Renew this long before expiry (`30d`, `12h`), or at one third of the lifetime left
+    /// if that comes first. Default: 30d
+    pub renew_before: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -9,6 +9,7 @@
 //! [`l4`], [`forward`], [`cache`]), so that each section's rules read in one place. [`validate`]
 //! only runs the sections in the order their cross references need.
 
+pub mod acme;
 pub mod cache;
 pub mod certs;
 pub mod cidr;
@@ -368,6 +369,8 @@ pub struct TlsSpec {
     /// Zero: no polling (SIGHUP still reloads).
     pub reload_interval: Duration,
     pub handshake_timeout: Duration,
+    /// Certificates ordered from an ACME CA, served for their names before the files.
+    pub acme: Option<acme::AcmeSpec>,
 }
 
 #[derive(Debug, Clone)]

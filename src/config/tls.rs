@@ -85,13 +85,17 @@ fn validate_tls_block(
     p: &str,
     t: &crate::config::file::TlsFile,
 ) -> Result<TlsSpec, ConfigError> {
-    if t.certificates.is_empty() {
+    if t.certificates.is_empty() && t.acme.is_none() {
         return Err(e.err(
             format!("{p}.certificates"),
             "[]",
-            "at least one certificate is required",
+            "at least one certificate is required (or an acme block)",
         ));
     }
+    let acme = match &t.acme {
+        Some(a) => Some(super::acme::validate(e, &format!("{p}.acme"), a)?),
+        None => None,
+    };
     let allow_expired = t.allow_expired.unwrap_or(false);
     let mut certificates: Vec<CertSpec> = Vec::with_capacity(t.certificates.len());
     for (i, c) in t.certificates.iter().enumerate() {
@@ -163,6 +167,7 @@ fn validate_tls_block(
         allow_expired,
         reload_interval: dur(t.reload_interval, DEFAULT_TLS_RELOAD_INTERVAL),
         handshake_timeout,
+        acme,
     })
 }
 

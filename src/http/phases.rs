@@ -212,6 +212,11 @@ impl ProxyHttp for HttpProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let l = &self.listener;
         let client = client_ip(session);
+        // Before the redirect: a CA validates HTTP-01 on plain http, redirect or not.
+        if let Some(a) = policy::acme::challenge(session.req_header().uri.path()) {
+            respond_answer(session, &a).await?;
+            return Ok(true);
+        }
         if l.forward.is_some() || l.redirect_https.is_some() {
             if let Some(a) = l.rate_limited(client) {
                 respond_answer(session, &a).await?;

@@ -94,6 +94,7 @@ pub fn render(pools: &[Arc<Pool>]) -> String {
     retries(&mut out, pools);
     mirrors(&mut out, pools);
     tls_handshakes(&mut out);
+    acme(&mut out);
     out
 }
 
@@ -184,5 +185,44 @@ fn tls_handshakes(out: &mut String) {
             out,
             "{name}{{listener=\"{l}\",result=\"no_certificate\"}} {none}"
         );
+    }
+}
+
+/// ACME orders by result and the days left on each ordered certificate.
+fn acme(out: &mut String) {
+    let slots: Vec<_> = crate::tls::stores()
+        .iter()
+        .filter_map(|s| s.acme.clone())
+        .collect();
+    if slots.is_empty() {
+        return;
+    }
+    let name = "stepstone_acme_orders_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} ACME orders by result (ok: a certificate was issued; error: the attempt failed and is retried with backoff), by the tls.acme key path\n# TYPE {name} counter"
+    );
+    for s in &slots {
+        let l = esc_label(&s.key_path);
+        let ok = s.orders_ok.load(Relaxed);
+        let err = s.orders_failed.load(Relaxed);
+        let _ = writeln!(out, "{name}{{listener=\"{l}\",result=\"ok\"}} {ok}");
+        let _ = writeln!(out, "{name}{{listener=\"{l}\",result=\"error\"}} {err}");
+    }
+    let name = "stepstone_acme_certificate_expiry_days";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Days until the ACME certificate served expires, by the tls.acme key path and its first name (absent until one is issued)\n# TYPE {name} gauge"
+    );
+    for s in &slots {
+        if let Some(secs) = s.expires_in() {
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"{}\",name=\"{}\"}} {:.3}",
+                esc_label(&s.key_path),
+                esc_label(s.spec.names.first().map_or("", |n| n.as_str())),
+                secs as f64 / 86400.0
+            );
+        }
     }
 }

@@ -13,6 +13,9 @@ pub struct Answer {
     /// The connection must close after it (the request body was not read, or the failure
     /// leaves the connection in an unknown state).
     pub close: bool,
+    /// A plain-text body of the proxy's own (an ACME key authorization) in place of the
+    /// status page.
+    pub text: Option<Bytes>,
 }
 
 impl Answer {
@@ -21,6 +24,15 @@ impl Answer {
             status,
             retry_after: None,
             close: false,
+            text: None,
+        }
+    }
+
+    /// A 200 with a plain-text body.
+    pub fn text(body: Bytes) -> Answer {
+        Answer {
+            text: Some(body),
+            ..Answer::new(200)
         }
     }
 
@@ -37,7 +49,10 @@ impl Answer {
     }
 
     pub fn body(&self) -> Bytes {
-        page(self.status)
+        match &self.text {
+            Some(t) => t.clone(),
+            None => page(self.status),
+        }
     }
 
     /// The header fields of the answer, but for `Connection` and `Date`, which each engine's
@@ -47,7 +62,12 @@ impl Answer {
         if let Some(s) = self.retry_after {
             f.push(("retry-after", s.to_string()));
         }
-        f.push(("content-type", "text/html; charset=utf-8".to_string()));
+        let ct = if self.text.is_some() {
+            "text/plain"
+        } else {
+            "text/html; charset=utf-8"
+        };
+        f.push(("content-type", ct.to_string()));
         f.push(("content-length", body_len.to_string()));
         f.push(("cache-control", "no-store".to_string()));
         f

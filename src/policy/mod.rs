@@ -19,6 +19,7 @@
 //! What a request did is recorded by the observability layer from the same values, so the
 //! access log and metrics cannot tell the engines apart.
 
+pub mod acme;
 pub mod answer;
 pub mod compress;
 pub mod date;
@@ -113,7 +114,8 @@ impl ListenerPolicy {
         None
     }
 
-    /// Admission and routing of a reverse-proxy request, in this order: rate limit (429),
+    /// Admission and routing of a reverse-proxy request, in this order: the answer to a
+    /// pending ACME HTTP-01 challenge, rate limit (429),
     /// route by host and longest path prefix (404), the route's body limit by the declared
     /// length (413, closing, since the body is not read). A streamed body is held to the
     /// same limit by [`body_over_limit`].
@@ -134,6 +136,9 @@ impl ListenerPolicy {
     /// [`ListenerPolicy::admit`] for an engine that already looked the route up (to choose
     /// itself, see [`engine::route`]).
     pub fn admit_on<'r>(&'r self, r: &RequestHead, route: Option<&'r Route>) -> Verdict<'r> {
+        if let Some(a) = acme::challenge(r.path) {
+            return Verdict::Answer(a, None);
+        }
         if let Some(a) = self.rate_limited(r.client) {
             return Verdict::Answer(a, None);
         }

@@ -141,6 +141,9 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     if let Some(r) = crate::tls::reload::service() {
         server.add_service(background_service("tls reload", r));
     }
+    if let Some(a) = crate::tls::acme::service() {
+        server.add_service(background_service("acme", a));
+    }
     reload::init(cfg, conf, upstreams.pools, http);
     server.add_service(reload::ReloadService);
     Ok(server)

@@ -17,6 +17,7 @@
 //!   a failed handshake is an upstream error (502), never a retry in plaintext.
 
 pub use crate::config::certs::{self, ClientCert, Trusted};
+pub mod acme;
 pub mod deadline;
 pub mod reload;
 pub mod store;
@@ -71,6 +72,10 @@ pub fn listener_settings(spec: &TlsSpec, alpn: Alpn) -> Result<TlsSettings, Stri
     }
     if alpn == Alpn::Http {
         s.enable_h2();
+    }
+    if spec.acme.is_some() {
+        // Replaces the ALPN choice of enable_h2 with one that also knows acme-tls/1.
+        acme::alpn::install(&mut s, alpn == Alpn::Http);
     }
     if let Ok(mut all) = STORES.lock() {
         all.push(store);

@@ -60,6 +60,10 @@ impl Snapshot {
             }
             certs.push(loaded);
         }
+        if certs.is_empty() {
+            let names = spec.acme.as_ref().map_or(&[][..], |a| &a.names[..]);
+            certs.push(super::acme::placeholder(names)?);
+        }
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         let client_ca = match &spec.client_ca {
             None => None,
@@ -101,14 +105,38 @@ impl Snapshot {
             .unwrap_or(0)
     }
 
-    fn install(&self, ssl: &mut SslRef) -> Result<(), openssl::error::ErrorStack> {
-        let c = &self.certs[self.pick(ssl.servername(NameType::HOST_NAME))];
+    /// Install the certificate for the handshake's SNI name: `acme`'s when it has one for
+    /// the name, else the file certificates'.
+    fn install(
+        &self,
+        ssl: &mut SslRef,
+        acme: Option<(&super::acme::Slot, bool)>,
+    ) -> Result<(), openssl::error::ErrorStack> {
+        let sni_owned = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+        let sni = sni_owned.as_deref();
+        let challenge = match (acme, sni) {
+            (Some(_), Some(name)) if super::acme::alpn::offered(ssl) => {
+                super::acme::challenge::alpn_cert(name)
+            }
+            _ => None,
+        };
+        if challenge.is_some() {
+            // The CA's validator has no client certificate and closes right after the
+            // handshake: an mTLS listener must not ask it for one.
+            ssl.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        }
+        let challenge_served = challenge.is_some();
+        let ordered = challenge.or_else(|| acme.and_then(|(slot, only)| slot.serving(sni, only)));
+        let c = match &ordered {
+            Some(c) => c,
+            None => &self.certs[self.pick(sni)],
+        };
         ext::ssl_use_certificate(ssl, &c.leaf)?;
         ext::ssl_use_private_key(ssl, &c.key)?;
         for inter in &c.chain {
             ext::ssl_add_chain_cert(ssl, inter)?;
         }
-        if let Some(ca) = &self.client_ca {
+        if let Some(ca) = self.client_ca.as_ref().filter(|_| !challenge_served) {
             ext::ssl_set_verify_cert_store(ssl, &ca.store)?;
             let mut names = Stack::new()?;
             for c in &ca.cas {
@@ -145,6 +173,9 @@ pub struct CertStore {
     pub handshakes_ok: std::sync::atomic::AtomicU64,
     pub handshakes_no_cert: std::sync::atomic::AtomicU64,
     pub current: ArcSwap<Snapshot>,
+    /// Certificates ordered by ACME (`tls.acme`), kept apart from the file snapshot so
+    /// that a file reload never drops them.
+    pub acme: Option<Arc<super::acme::Slot>>,
     /// File versions the last load attempt saw, successful or not, so a bad file is
     /// reported once, not on every poll.
     seen: Mutex<Vec<Stamp>>,
@@ -164,6 +195,10 @@ impl CertStore {
             handshakes_ok: Default::default(),
             handshakes_no_cert: Default::default(),
             current: ArcSwap::from_pointee(snap),
+            acme: spec
+                .acme
+                .as_ref()
+                .map(|a| Arc::new(super::acme::Slot::new(&spec.key_path, a))),
             seen: Mutex::new(seen),
         })
     }
@@ -229,7 +264,12 @@ impl TlsAccept for SniCallback {
     async fn certificate_callback(&self, ssl: &mut SslRef) {
         // Without a certificate the handshake fails right after this, which closes only
         // this connection; there is nothing better to do with an error here.
-        if let Err(e) = self.0.current.load().install(ssl) {
+        let acme = self
+            .0
+            .acme
+            .as_deref()
+            .map(|a| (a, self.0.spec.certificates.is_empty()));
+        if let Err(e) = self.0.current.load().install(ssl, acme) {
             self.0
                 .handshakes_no_cert
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod acme;
 mod balancing;
 mod cache;
 mod cli;
