@@ -27,3 +27,4 @@ mod reverse;
 mod sticky;
 mod streaming;
 mod tls;
+mod tracing;
