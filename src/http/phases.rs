@@ -353,6 +353,7 @@ impl ProxyHttp for HttpProxy {
                 return Error::e_explain(ErrorType::HTTPStatus(why.status()), "no backend");
             }
         };
+        ctx.obs.picked(&pick.slot.label);
         let mut peer = crate::tls::upstream::http_peer(&pool.spec, pick.slot.addr);
         let o = &mut peer.options;
         o.connection_timeout = Some(pool.connect_timeout);

@@ -372,6 +372,9 @@ pub struct RequestObs {
     tries: u32,
     /// Set by the engine when tracing is on (the policy's `trace` step).
     pub trace: Option<tracing::TraceCtx>,
+    /// Each upstream try's start and backend, kept only for a sampled request (its child
+    /// spans); empty, and unallocated, otherwise.
+    try_log: Vec<(Instant, Box<str>)>,
 }
 
 impl Default for RequestObs {
@@ -383,6 +386,7 @@ impl Default for RequestObs {
             connect: None,
             tries: 0,
             trace: None,
+            try_log: Vec::new(),
         }
     }
 }
@@ -399,6 +403,15 @@ impl RequestObs {
     pub fn peer_selected(&mut self) {
         self.peer_at = Some(Instant::now());
         self.tries += 1;
+    }
+
+    /// The try's backend was picked (after [`Self::peer_selected`]).
+    #[inline]
+    pub fn picked(&mut self, backend: &str) {
+        if self.trace.is_some_and(|t| t.sampled) {
+            let at = self.peer_at.unwrap_or_else(Instant::now);
+            self.try_log.push((at, backend.into()));
+        }
     }
 
     /// `connected_to_upstream`: count the connection, and its set-up time if it is new.

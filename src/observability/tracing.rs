@@ -71,6 +71,8 @@ pub struct SpanData {
     pub backend: Option<String>,
     pub retries: u32,
     pub cache: &'static str,
+    /// The upstream tries: (own span id, start, end, backend); each but the last failed.
+    pub tries: Vec<([u8; 8], SystemTime, SystemTime, Box<str>)>,
 }
 
 struct Tracer {
@@ -235,53 +237,48 @@ fn nanos(t: SystemTime) -> u64 {
 /// The OTLP request for a batch: one resource (the service), one scope, one server span per
 /// request with the HTTP semantic-convention attributes and the proxy's own.
 pub fn encode(spec: &TracingSpec, batch: &[SpanData]) -> ExportTraceServiceRequest {
-    let spans = batch
-        .iter()
-        .map(|d| {
+    let mut spans = Vec::with_capacity(batch.len() * 2);
+    for d in batch {
+        spans.push(server_span(d));
+        let last = d.tries.len();
+        for (i, (id, start, end, backend)) in d.tries.iter().enumerate() {
             let mut attributes = vec![
-                s("http.request.method", &d.method),
-                s("url.path", &d.path),
-                kv(
+                s("stepstone.backend", backend),
+                kv("stepstone.try", any_value::Value::IntValue(i as i64 + 1)),
+            ];
+            let failed = i + 1 < last;
+            if !failed {
+                attributes.push(kv(
                     "http.response.status_code",
                     any_value::Value::IntValue(i64::from(d.status)),
-                ),
-                s("server.address", &d.host),
-                s("network.protocol.version", d.version),
-                s("stepstone.route", &d.route),
-                s("stepstone.upstream", &d.upstream),
-                kv(
-                    "stepstone.retries",
-                    any_value::Value::IntValue(i64::from(d.retries)),
-                ),
-                s("stepstone.cache", d.cache),
-            ];
-            if let Some(b) = &d.backend {
-                attributes.push(s("stepstone.backend", b));
+                ));
             }
-            // OTel's HTTP server convention: only 5xx (or no answer) is an error.
-            let code = if d.status >= 500 || d.status == 0 {
-                status::StatusCode::Error
-            } else {
-                status::StatusCode::Unset
-            };
-            Span {
+            spans.push(Span {
                 trace_id: d.ctx.trace_id.to_vec(),
-                span_id: d.ctx.span_id.to_vec(),
-                parent_span_id: d.ctx.parent.map(|p| p.to_vec()).unwrap_or_default(),
+                span_id: id.to_vec(),
+                parent_span_id: d.ctx.span_id.to_vec(),
                 flags: 0x100 | u32::from(d.ctx.sampled),
-                name: format!("{} {}", d.method, d.route),
-                kind: span::SpanKind::Server as i32,
-                start_time_unix_nano: nanos(d.start),
-                end_time_unix_nano: nanos(d.end),
+                name: "upstream try".into(),
+                kind: span::SpanKind::Client as i32,
+                start_time_unix_nano: nanos(*start),
+                end_time_unix_nano: nanos(*end),
                 attributes,
                 status: Some(Status {
-                    code: code as i32,
-                    ..Default::default()
+                    code: if failed {
+                        status::StatusCode::Error
+                    } else {
+                        status::StatusCode::Unset
+                    } as i32,
+                    message: if failed {
+                        "retried".into()
+                    } else {
+                        String::new()
+                    },
                 }),
                 ..Default::default()
-            }
-        })
-        .collect();
+            });
+        }
+    }
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
@@ -302,6 +299,52 @@ pub fn encode(spec: &TracingSpec, batch: &[SpanData]) -> ExportTraceServiceReque
     }
 }
 
+/// The request's server span.
+fn server_span(d: &SpanData) -> Span {
+    let mut attributes = vec![
+        s("http.request.method", &d.method),
+        s("url.path", &d.path),
+        kv(
+            "http.response.status_code",
+            any_value::Value::IntValue(i64::from(d.status)),
+        ),
+        s("server.address", &d.host),
+        s("network.protocol.version", d.version),
+        s("stepstone.route", &d.route),
+        s("stepstone.upstream", &d.upstream),
+        kv(
+            "stepstone.retries",
+            any_value::Value::IntValue(i64::from(d.retries)),
+        ),
+        s("stepstone.cache", d.cache),
+    ];
+    if let Some(b) = &d.backend {
+        attributes.push(s("stepstone.backend", b));
+    }
+    // OTel's HTTP server convention: only 5xx (or no answer) is an error.
+    let code = if d.status >= 500 || d.status == 0 {
+        status::StatusCode::Error
+    } else {
+        status::StatusCode::Unset
+    };
+    Span {
+        trace_id: d.ctx.trace_id.to_vec(),
+        span_id: d.ctx.span_id.to_vec(),
+        parent_span_id: d.ctx.parent.map(|p| p.to_vec()).unwrap_or_default(),
+        flags: 0x100 | u32::from(d.ctx.sampled),
+        name: format!("{} {}", d.method, d.route),
+        kind: span::SpanKind::Server as i32,
+        start_time_unix_nano: nanos(d.start),
+        end_time_unix_nano: nanos(d.end),
+        attributes,
+        status: Some(Status {
+            code: code as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The span of a finished request, queued when its trace is sampled.
 pub(super) fn request_done(
     obs: &RequestObs,
@@ -314,7 +357,17 @@ pub(super) fn request_done(
     let Some(ctx) = obs.trace.filter(|t| t.sampled) else {
         return;
     };
+    let now = Instant::now();
     let end = SystemTime::now();
+    let wall = |at: Instant| end - now.saturating_duration_since(at);
+    // a try lasts until the next one starts, the last one until the request ends
+    let mut tries = Vec::with_capacity(obs.try_log.len());
+    for (i, (at, backend)) in obs.try_log.iter().enumerate() {
+        let until = obs.try_log.get(i + 1).map_or(end, |(next, _)| wall(*next));
+        let mut id: [u8; 8] = rand::random();
+        id[0] |= u8::from(id == [0; 8]);
+        tries.push((id, wall(*at), until, backend.clone()));
+    }
     // an absolute-form target (HTTP/2 requests on the general engine) loses its origin
     let target = match req.uri.find("://") {
         Some(i) if !req.uri.starts_with('/') => {
@@ -338,6 +391,7 @@ pub(super) fn request_done(
         backend: backend.map(str::to_string),
         retries: obs.tries.saturating_sub(1),
         cache,
+        tries,
     });
 }
 

@@ -100,7 +100,7 @@ impl Receiver {
         }
     }
 
-    /// The span of `trace` (hex), waiting up to 10 s for the exporter.
+    /// The server span of `trace` (hex), waiting up to 10 s for the exporter.
     async fn span_of(&self, trace: &str) -> (String, Span) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -109,7 +109,7 @@ impl Receiver {
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|(_, s)| hex(&s.trace_id) == trace)
+                .find(|(_, s)| hex(&s.trace_id) == trace && s.kind == 2)
             {
                 return s.clone();
             }
@@ -119,6 +119,20 @@ impl Receiver {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The child spans (upstream tries) of the server span `parent`, in order of their try.
+    fn tries_of(&self, parent: &[u8]) -> Vec<Span> {
+        let mut v: Vec<Span> = self
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| s.parent_span_id == parent && s.kind == 3)
+            .map(|(_, s)| s.clone())
+            .collect();
+        v.sort_by_key(|s| attr(s, "stepstone.try"));
+        v
     }
 
     fn has_trace(&self, trace: &str) -> bool {
@@ -247,7 +261,20 @@ async fn continues_the_callers_trace(fast_path: bool) {
         assert_eq!(flags, "01", "{what}: the caller's sampled flag");
 
         let (service, s) = rx.span_of(CALLER_TRACE).await;
+        let tries = rx.tries_of(&s.span_id);
         rx.spans.lock().unwrap().clear();
+        assert_eq!(tries.len(), 1, "{what}: one child span for the one try");
+        assert_eq!(tries[0].trace_id, s.trace_id, "{what}");
+        assert_eq!(
+            attr(&tries[0], "stepstone.backend"),
+            Some(app.addr.to_string()),
+            "{what}"
+        );
+        assert!(
+            tries[0].start_time_unix_nano >= s.start_time_unix_nano
+                && tries[0].end_time_unix_nano <= s.end_time_unix_nano,
+            "{what}: the try lies within the request"
+        );
         assert_eq!(service, "edge-test", "{what}");
         assert_eq!(hex(&s.span_id), span, "{what}: the span the origin saw");
         assert_eq!(
@@ -377,6 +404,63 @@ async fn tracing_starts_new_traces_lean_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracing_starts_new_traces_general_engine() {
     starts_new_traces(false).await;
+}
+
+/// A retried request: the server span counts one retry and has a child span per try, the
+/// first (to a backend that refuses) failed, the second (to the live one) answered.
+async fn a_span_per_try(fast_path: bool) {
+    let engine = if fast_path { "lean" } else { "general" };
+    let app = OriginBuilder::new("app").run().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let rx = Receiver::start().await;
+    let cfg = config(fast_path, app.addr, rx.addr, 1.0).replace(
+        &format!("backends: [{{address: {}}}]", app.addr),
+        &format!("backends: [{{address: {dead}}}, {{address: {}}}]", app.addr),
+    );
+    let p = Proxy::start(&cfg);
+    let mut retried = None;
+    for i in 0..4 {
+        let path = format!("/retry/{i}");
+        let r = client::get(p.addr, &path, &[]).await.expect("response");
+        assert_eq!(r.status, 200, "{engine}");
+        let (trace, _, _) = split(app.last().unwrap().header("traceparent").unwrap());
+        let (_, s) = rx.span_of(&trace).await;
+        if attr(&s, "stepstone.retries").as_deref() == Some("1") {
+            retried = Some(s);
+            break;
+        }
+    }
+    let s = retried.unwrap_or_else(|| panic!("{engine}: no request was retried"));
+    let tries = rx.tries_of(&s.span_id);
+    assert_eq!(tries.len(), 2, "{engine}: a child span per try");
+    assert_eq!(attr(&tries[0], "stepstone.backend"), Some(dead.to_string()));
+    assert_eq!(
+        tries[0].status.as_ref().map(|s| s.code),
+        Some(2),
+        "{engine}: failed"
+    );
+    assert_eq!(
+        attr(&tries[1], "stepstone.backend"),
+        Some(app.addr.to_string())
+    );
+    assert_eq!(
+        attr(&tries[1], "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert!(tries[0].end_time_unix_nano <= tries[1].start_time_unix_nano + 1_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_a_span_per_try_lean_engine() {
+    a_span_per_try(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_a_span_per_try_general_engine() {
+    a_span_per_try(false).await;
 }
 
 /// Without `tracing` the proxy leaves `traceparent` as it came and logs no trace id.
