@@ -172,7 +172,7 @@ fn split(tp: &str) -> (String, String, String) {
 
 fn config(fast_path: bool, app: SocketAddr, collector: SocketAddr, ratio: f64) -> String {
     format!(
-        "admin: {{address: 127.0.0.1:{{{{port1}}}}}}\n\
+        "admin: {{address: 127.0.0.1:{{{{port1}}}}, token: tr4ce}}\n\
          access_log: {{format: json, path: '{{{{dir}}}}/access.log'}}\n\
          tracing: {{otlp_endpoint: 'http://{collector}', service_name: edge-test, sample_ratio: {ratio}, headers: {{x-api-key: k1}}}}\n\
          listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, fast_path: {fast_path}}}\n  - {{name: web2, address: 127.0.0.1:{{{{port2}}}}, protocol: http, h2c: true, fast_path: {fast_path}}}\n\
@@ -461,6 +461,39 @@ async fn tracing_a_span_per_try_lean_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracing_a_span_per_try_general_engine() {
     a_span_per_try(false).await;
+}
+
+/// The exporter is set up once: a reload that changes `tracing` is refused, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_change_needs_an_upgrade() {
+    let app = OriginBuilder::new("app").run().await;
+    let rx = Receiver::start().await;
+    let p = Proxy::start(&config(true, app.addr, rx.addr, 1.0));
+    let text = std::fs::read_to_string(&p.config).expect("config");
+    assert!(text.contains("sample_ratio: 1"), "{text}");
+    std::fs::write(
+        &p.config,
+        text.replace("sample_ratio: 1", "sample_ratio: 0.5"),
+    )
+    .expect("write");
+    let mut c = Conn::connect(p.addr_of(1)).await.expect("admin");
+    let r = c
+        .request(
+            "POST",
+            "/api/reload",
+            &[("Authorization", "Bearer tr4ce")],
+            b"",
+        )
+        .await
+        .expect("admin answers");
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("tracing") && r.text().contains("-u"),
+        "{}",
+        r.text()
+    );
+    let r = client::get(p.addr, "/still", &[]).await.expect("response");
+    assert_eq!(r.status, 200);
 }
 
 /// Without `tracing` the proxy leaves `traceparent` as it came and logs no trace id.
