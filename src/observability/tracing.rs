@@ -413,3 +413,79 @@ fn protocol_version(v: &'static str) -> &'static str {
         _ => v.strip_prefix("HTTP/").unwrap_or(v),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_forms() {
+        assert_eq!(host_name("a.test:8080"), "a.test");
+        assert_eq!(host_name("[::1]:443"), "[::1]");
+        assert_eq!(host_name("[::1]"), "[::1]");
+        assert_eq!(host_name("a.test"), "a.test");
+        assert_eq!(protocol_version("HTTP/1.1"), "1.1");
+        assert_eq!(protocol_version("HTTP/2.0"), "2");
+    }
+
+    #[test]
+    fn encodes_a_server_span_and_its_tries() {
+        let spec = TracingSpec {
+            authority: "127.0.0.1:4318".into(),
+            addr: ([127, 0, 0, 1], 4318).into(),
+            path: "/v1/traces".into(),
+            service_name: "svc".into(),
+            sample_ratio: 1.0,
+            headers: Vec::new(),
+        };
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_000);
+        let ctx = TraceCtx {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent: Some([3; 8]),
+            sampled: true,
+        };
+        let d = SpanData {
+            ctx,
+            start: t0,
+            end: t0 + Duration::from_millis(9),
+            method: "GET".into(),
+            path: "/x".into(),
+            status: 502,
+            host: "a.test".into(),
+            version: "1.1",
+            route: "r".into(),
+            upstream: "u".into(),
+            backend: Some("b2".into()),
+            retries: 1,
+            cache: "-",
+            tries: vec![
+                ([4; 8], t0, t0 + Duration::from_millis(3), "b1".into()),
+                (
+                    [5; 8],
+                    t0 + Duration::from_millis(3),
+                    t0 + Duration::from_millis(9),
+                    "b2".into(),
+                ),
+            ],
+        };
+        let bytes = encode(&spec, &[d]).encode_to_vec();
+        let back = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        let spans = &back.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[0].parent_span_id, vec![3; 8]);
+        assert_eq!(
+            spans[0].status.as_ref().unwrap().code,
+            status::StatusCode::Error as i32
+        );
+        assert_eq!(spans[0].start_time_unix_nano, 1_000_000_000_000);
+        for (s, id, failed) in [(&spans[1], 4u8, true), (&spans[2], 5, false)] {
+            assert_eq!(
+                (s.span_id.clone(), s.parent_span_id.clone()),
+                (vec![id; 8], vec![2; 8])
+            );
+            let code = s.status.as_ref().unwrap().code;
+            assert_eq!(code == status::StatusCode::Error as i32, failed);
+        }
+    }
+}
