@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub admin: Option<AdminFile>,
     /// One line per request. Default: off (nothing is formatted at all)
     pub access_log: Option<AccessLogFile>,
+    /// Spans of sampled requests, exported by OTLP/HTTP. Default: off (nothing allocated)
+    pub tracing: Option<super::tracing::TracingFile>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -18,6 +18,7 @@ pub mod file;
 pub mod forward;
 pub mod l4;
 pub mod tls;
+pub mod tracing;
 pub mod units;
 mod validate_listeners;
 mod validate_ops;
@@ -423,6 +424,8 @@ pub struct Config {
     pub cache_store_size: Option<u64>,
     pub admin: Option<AdminSpec>,
     pub access_log: Option<AccessLogSpec>,
+    /// Span export; `None` (the default) turns tracing off entirely.
+    pub tracing: Option<tracing::TracingSpec>,
 }
 
 impl Config {
@@ -540,6 +543,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
 
     let admin = validate_ops::admin(&e, raw.admin.as_ref(), &listeners)?;
     let access_log = validate_ops::access_log(&e, raw.access_log.as_ref())?;
+    let tracing = tracing::validate(&e, raw.tracing.as_ref())?;
 
     Ok(Config {
         file: file.to_string(),
@@ -550,6 +554,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         cache_store_size,
         admin,
         access_log,
+        tracing,
     })
 }
 

@@ -182,7 +182,16 @@ fn mirror_start(session: &mut Session, route: &Route, ctx: &mut Ctx, tls: bool) 
     let mut copy = req.clone();
     let h2 = req.version == http::Version::HTTP_2;
     let client = client_ip(session);
-    policy::edit::request(&mut copy, None, client, tls, host.as_deref(), h2, false)?;
+    policy::edit::request(
+        &mut copy,
+        None,
+        client,
+        tls,
+        host.as_deref(),
+        h2,
+        false,
+        ctx.obs.trace.as_ref(),
+    )?;
     ctx.mirror = Some(policy::mirror::Pending::new(
         m.clone(),
         copy,
@@ -231,6 +240,12 @@ impl ProxyHttp for HttpProxy {
             }
         }
         let req = session.req_header();
+        ctx.obs.trace = policy::trace::begin(
+            req.headers
+                .get_all("traceparent")
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
         let head = policy::RequestHead {
             client,
             host: request_host(req),
@@ -343,6 +358,7 @@ impl ProxyHttp for HttpProxy {
                 return Error::e_explain(ErrorType::HTTPStatus(why.status()), "no backend");
             }
         };
+        ctx.obs.picked(&pick.slot.label);
         let mut peer = crate::tls::upstream::http_peer(&pool.spec, pick.slot.addr);
         let o = &mut peer.options;
         o.connection_timeout = Some(pool.connect_timeout);
@@ -476,6 +492,7 @@ impl ProxyHttp for HttpProxy {
             host.as_deref(),
             session.req_header().version == http::Version::HTTP_2,
             self.route(ctx).is_some_and(|r| r.pool.spec.http2),
+            ctx.obs.trace.as_ref(),
         )
     }
 

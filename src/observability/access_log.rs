@@ -99,6 +99,8 @@ pub(super) struct Line<'a> {
     pub(super) took: Duration,
     pub(super) connect: Option<Duration>,
     pub(super) cache: &'static str,
+    /// With tracing on, the request's trace.
+    pub(super) trace: Option<&'a tracing::TraceCtx>,
 }
 
 impl Line<'_> {
@@ -115,7 +117,7 @@ impl Line<'_> {
         let q = |v: &str| v.replace('"', "\\x22");
         let _ = write!(
             s,
-            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" route={} upstream={} backend={} duration={:.6} upstream_connect={} cache={}",
+            "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" route={} upstream={} backend={} duration={:.6} upstream_connect={} cache={} trace_id={}",
             self.client(),
             clf_time(std::time::SystemTime::now()),
             req.method,
@@ -133,6 +135,9 @@ impl Line<'_> {
                 .map(|d| format!("{:.6}", d.as_secs_f64()))
                 .unwrap_or_else(|| "-".into()),
             self.cache,
+            self.trace
+                .map(|t| t.trace_hex())
+                .unwrap_or_else(|| "-".into()),
         );
     }
 
@@ -154,6 +159,7 @@ impl Line<'_> {
             "upstream": self.m.upstream,
             "backend": self.backend,
             "cache": self.cache,
+            "trace_id": self.trace.map(|t| t.trace_hex()),
             "referer": req.referer,
             "user_agent": req.user_agent,
         });

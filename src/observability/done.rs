@@ -27,7 +27,8 @@ pub fn request_done(
     };
     let cache = cache_status(session);
     let m = count_done(route, backend, obs, status, bytes_in, bytes_out);
-    if let Some(log) = ACCESS_LOG.get() {
+    let sampled = obs.trace.is_some_and(|t| t.sampled);
+    if ACCESS_LOG.get().is_some() || sampled {
         let req = session.req_header();
         let header = |n: http::header::HeaderName| {
             req.headers
@@ -36,35 +37,41 @@ pub fn request_done(
                 .unwrap_or("-")
         };
         let uri = req.uri.to_string();
-        log.write(&Line {
-            req: ReqView {
-                client: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip()),
-                method: req.method.as_str(),
-                uri: &uri,
-                version: version_str(req.version),
-                // the host as the policy reads it, on every engine and protocol
-                host: crate::policy::forwarded::request_host(
-                    req.uri.authority().map(|a| a.as_str()),
-                    req.headers
-                        .get(http::header::HOST)
-                        .and_then(|v| v.to_str().ok()),
-                )
-                .unwrap_or("-"),
-                referer: header(http::header::REFERER),
-                user_agent: header(http::header::USER_AGENT),
-                bytes_in,
-            },
-            m,
-            backend: backend.map(|s| s.label.as_str()),
-            status,
-            bytes_out,
-            took: obs.start.elapsed(),
-            connect: obs.connect,
-            cache,
-        });
+        let view = ReqView {
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            method: req.method.as_str(),
+            uri: &uri,
+            version: version_str(req.version),
+            // the host as the policy reads it, on every engine and protocol
+            host: crate::policy::forwarded::request_host(
+                req.uri.authority().map(|a| a.as_str()),
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .unwrap_or("-"),
+            referer: header(http::header::REFERER),
+            user_agent: header(http::header::USER_AGENT),
+            bytes_in,
+        };
+        let backend = backend.map(|s| s.label.as_str());
+        tracing::request_done(obs, &view, m, backend, status, cache);
+        if let Some(log) = ACCESS_LOG.get() {
+            log.write(&Line {
+                req: view,
+                m,
+                backend,
+                status,
+                bytes_out,
+                took: obs.start.elapsed(),
+                connect: obs.connect,
+                cache,
+                trace: obs.trace.as_ref(),
+            });
+        }
     }
 }
 
@@ -84,16 +91,20 @@ pub fn fast_request_done(
         CACHE_PHASES[0].inc();
     }
     let m = count_done(route, backend, obs, status, req.bytes_in, bytes_out);
+    let backend = backend.map(|s| s.label.as_str());
+    let cache = if cache_hit { "hit" } else { "-" };
+    tracing::request_done(obs, req, m, backend, status, cache);
     if let Some(log) = ACCESS_LOG.get() {
         log.write(&Line {
             req: *req,
             m,
-            backend: backend.map(|s| s.label.as_str()),
+            backend,
             status,
             bytes_out,
             took: obs.start.elapsed(),
             connect: obs.connect,
-            cache: if cache_hit { "hit" } else { "-" },
+            cache,
+            trace: obs.trace.as_ref(),
         });
     }
 }

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 mod access_log;
 mod done;
 mod render;
+pub mod tracing;
 
 use access_log::*;
 pub use access_log::{clf_time, rfc3339};
@@ -325,6 +326,7 @@ pub fn init(cfg: &Config) -> Result<(), String> {
             AccessLog::open(spec).map_err(|e| format!("{}: access_log.path: {e}", cfg.file))?;
         let _ = ACCESS_LOG.set(log);
     }
+    tracing::init(cfg.tracing.as_ref());
     Ok(())
 }
 
@@ -366,6 +368,13 @@ pub struct RequestObs {
     peer_at: Option<Instant>,
     /// Time to get the upstream connection of the last attempt.
     connect: Option<Duration>,
+    /// Backends tried (each retry is one more).
+    tries: u32,
+    /// Set by the engine when tracing is on (the policy's `trace` step).
+    pub trace: Option<tracing::TraceCtx>,
+    /// Each upstream try's start and backend, kept only for a sampled request (its child
+    /// spans); empty, and unallocated, otherwise.
+    try_log: Vec<(Instant, Box<str>)>,
 }
 
 impl Default for RequestObs {
@@ -375,6 +384,9 @@ impl Default for RequestObs {
             start: Instant::now(),
             peer_at: None,
             connect: None,
+            tries: 0,
+            trace: None,
+            try_log: Vec::new(),
         }
     }
 }
@@ -390,6 +402,16 @@ impl RequestObs {
     #[inline]
     pub fn peer_selected(&mut self) {
         self.peer_at = Some(Instant::now());
+        self.tries += 1;
+    }
+
+    /// The try's backend was picked (after [`Self::peer_selected`]).
+    #[inline]
+    pub fn picked(&mut self, backend: &str) {
+        if self.trace.is_some_and(|t| t.sampled) {
+            let at = self.peer_at.unwrap_or_else(Instant::now);
+            self.try_log.push((at, backend.into()));
+        }
     }
 
     /// `connected_to_upstream`: count the connection, and its set-up time if it is new.

@@ -29,7 +29,8 @@ fn nominated_names(map: &http::HeaderMap) -> Vec<String> {
 
 /// The request as it goes upstream: hop-by-hop fields and those `Connection` nominates
 /// dropped, the proxy's X-Forwarded-* appended, and for a WebSocket handshake the upgrade
-/// restated. `prev_xff`: the first incoming X-Forwarded-For value, read before the edit.
+/// restated, and with tracing on the proxy's `traceparent`. `prev_xff`: the first incoming X-Forwarded-For value, read before the edit.
+#[allow(clippy::too_many_arguments)]
 pub fn request(
     req: &mut RequestHeader,
     upgrade: Option<&http::HeaderValue>,
@@ -38,6 +39,7 @@ pub fn request(
     host: Option<&str>,
     from_h2: bool,
     to_h2: bool,
+    trace: Option<&crate::observability::tracing::TraceCtx>,
 ) -> pingora_core::Result<()> {
     // `TE: trailers` is the one TE an HTTP/2 request may carry (RFC 9113 §8.2.2), and gRPC
     // servers refuse a call without it: kept for an HTTP/2 upstream, dropped otherwise.
@@ -105,6 +107,13 @@ pub fn request(
     req.append_header("x-forwarded-proto", forwarded::proto(tls))?;
     if let Some(h) = host.and_then(|h| http::HeaderValue::from_str(h).ok()) {
         req.append_header("x-forwarded-host", h)?;
+    }
+    if let Some(t) = trace {
+        // the caller's field (or fields) give way to the proxy's own span
+        req.remove_header("traceparent");
+        if let Ok(v) = http::HeaderValue::from_bytes(&super::trace::traceparent(t)) {
+            req.insert_header("traceparent", v)?;
+        }
     }
     Ok(())
 }
@@ -190,7 +199,17 @@ mod tests {
     fn edited(te: &str, to_h2: bool) -> Option<String> {
         let mut req = RequestHeader::build("POST", b"/svc/M", None).expect("request");
         req.insert_header("te", te).expect("te");
-        request(&mut req, None, None, false, Some("a.test"), true, to_h2).expect("edit");
+        request(
+            &mut req,
+            None,
+            None,
+            false,
+            Some("a.test"),
+            true,
+            to_h2,
+            None,
+        )
+        .expect("edit");
         req.headers
             .get("te")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())

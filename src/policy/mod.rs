@@ -36,6 +36,7 @@ pub mod retry;
 pub mod route;
 mod route_index;
 pub mod sticky;
+pub mod trace;
 
 use crate::config::ListenerSpec;
 use answer::Answer;

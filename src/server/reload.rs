@@ -280,6 +280,10 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     if dbg(&old.access_log) != dbg(&new.access_log) {
         return Err(needs_upgrade(f, "access_log"));
     }
+    // the exporter's queue and thread are set up once, at start
+    if dbg(&old.tracing) != dbg(&new.tracing) {
+        return Err(needs_upgrade(f, "tracing"));
+    }
     if old.cache_store_size != new.cache_store_size {
         return Err(needs_upgrade(
             f,

@@ -29,3 +29,4 @@ mod reverse;
 mod sticky;
 mod streaming;
 mod tls;
+mod tracing;

@@ -210,6 +210,7 @@ impl<'a> Exchange<'a> {
                     return Err(Failure::Answer(why, "no backend for the request".into()));
                 }
             };
+            self.obs.picked(&pick.slot.label);
             let addr = pick.slot.addr;
             let pooled = if fresh_only {
                 None

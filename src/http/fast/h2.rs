@@ -55,13 +55,20 @@ impl FastPath {
             fell_back(reason);
             return false;
         }
+        let trace = policy::trace::begin(
+            req.headers
+                .get_all("traceparent")
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
         let route = match l.admit_on(&head, route) {
             Verdict::Answer(a, route) => {
                 let head_only = method == "HEAD";
                 let status = a.status;
                 let _ = h2_page(s, &a, head_only).await;
                 let view = h2_view(s, client);
-                let obs = RequestObs::default();
+                let mut obs = RequestObs::default();
+                obs.trace = trace;
                 observability::fast_request_done(
                     &view,
                     route.map(|r| r.id),
@@ -87,7 +94,7 @@ impl FastPath {
             out.extend_from_slice(b"\r\n");
         }
         for (name, value) in req.headers.iter() {
-            if skipped(name.as_str()) {
+            if skipped(name.as_str()) || (trace.is_some() && name == "traceparent") {
                 continue;
             }
             out.extend_from_slice(name.as_str().as_bytes());
@@ -105,6 +112,9 @@ impl FastPath {
         }
         let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
         forwarded::h1_lines(&mut out, xff, client, l.tls, host.map(str::as_bytes));
+        if let Some(t) = &trace {
+            policy::trace::h1_line(&mut out, t);
+        }
         out.extend_from_slice(b"\r\n");
 
         let hash = match route.pool.selection {
@@ -127,7 +137,9 @@ impl FastPath {
             }
         }
 
-        let mut ex = Exchange::new(l, route, self.pool_max, RequestObs::default(), None);
+        let mut obs = RequestObs::default();
+        obs.trace = trace;
+        let mut ex = Exchange::new(l, route, self.pool_max, obs, None);
         ex.sticky = policy::sticky::affinity(&route.pool, req);
         // The request's fields are read from the session again after the exchange (no
         // copies): only the response side writes to it.

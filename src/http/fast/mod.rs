@@ -257,6 +257,12 @@ impl FastPath {
         // From here on the request is ours.
         conn.served += 1;
         let in_buf = ((buf.len() - head_len) as u64).min(body_len) as usize;
+        let trace = policy::trace::begin(
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("traceparent"))
+                .map(|h| h.value),
+        );
         let r = Req {
             view: ReqView {
                 client: conn.client,
@@ -271,6 +277,7 @@ impl FastPath {
             head_only: method == "HEAD",
             pipelined: &buf[head_len + in_buf..],
             body_left: body_len - in_buf as u64,
+            trace,
         };
         let keep = |unread_body: bool| {
             policy::keep_alive(l, t.connection.close, draining, unread_body, conn.served)
@@ -320,6 +327,9 @@ impl FastPath {
             if fields::drop_on_request(k) || k == Field::ContentLength {
                 continue;
             }
+            if trace.is_some() && h.name.eq_ignore_ascii_case("traceparent") {
+                continue; // replaced by the proxy's own span below
+            }
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
@@ -336,6 +346,9 @@ impl FastPath {
             out.extend_from_slice(b"\r\n");
         }
         forwarded::h1_lines(&mut out, xff, conn.client, l.tls, host);
+        if let Some(t) = &trace {
+            policy::trace::h1_line(&mut out, t);
+        }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&buf[head_len..head_len + in_buf]);
         let hash = match route.pool.selection {
@@ -375,9 +388,13 @@ impl FastPath {
         buf: &[u8],
         shutdown: &ShutdownWatch,
     ) -> Outcome {
-        let obs = RequestObs::default();
-        let (r, route, out, hash, want_keep, upgrade, sticky) = match self.plan(buf, conn, draining)
-        {
+        let mut obs = RequestObs::default();
+        let plan = self.plan(buf, conn, draining);
+        obs.trace = match &plan {
+            Plan::Page(r, ..) | Plan::Hit { req: r, .. } | Plan::Proxy { req: r, .. } => r.trace,
+            Plan::Fallback => None,
+        };
+        let (r, route, out, hash, want_keep, upgrade, sticky) = match plan {
             Plan::Fallback => {
                 g.unread(buf);
                 return Outcome::Fallback;
@@ -546,6 +563,8 @@ struct Req<'a> {
     pipelined: &'a [u8],
     /// Body bytes still to read from the client.
     body_left: u64,
+    /// The trace context, when tracing is on ([`policy::trace::begin`]).
+    trace: Option<crate::observability::tracing::TraceCtx>,
 }
 
 enum Plan<'a> {
