@@ -28,3 +28,4 @@ mod reverse;
 mod sticky;
 mod streaming;
 mod tls;
+mod upgrade;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "t0ken-for-tests";
 
-fn base(origins: &[&Origin], extra_top: &str, pingora: Option<&str>) -> String {
+pub(crate) fn base(origins: &[&Origin], extra_top: &str, pingora: Option<&str>) -> String {
     let mut s = String::new();
     if let Some(p) = pingora {
         s.push_str(p);
@@ -68,7 +68,7 @@ async fn admin_post(p: &Proxy, path: &str, token: Option<&str>) -> client::Respo
         .expect("admin answers")
 }
 
-async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
         if let Ok(Some(st)) = p.child.try_wait() {
@@ -82,11 +82,11 @@ async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::Exit
 }
 
 #[derive(Default)]
-struct Tally {
-    ok: AtomicUsize,
-    failed: AtomicUsize,
-    reset: AtomicUsize,
-    reconnects: AtomicUsize,
+pub(crate) struct Tally {
+    pub ok: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub reset: AtomicUsize,
+    pub reconnects: AtomicUsize,
 }
 
 fn classify(t: &Tally, e: &std::io::Error, what: &str) {
@@ -103,7 +103,12 @@ fn classify(t: &Tally, e: &std::io::Error, what: &str) {
 /// `Connection: close`) or a new connection per request. Every error counts; nothing retries.
 /// A short pause between requests keeps the load continuous without starving the tests that
 /// run beside this one on a small machine (or filling the ephemeral port range).
-async fn load_task(addr: SocketAddr, keepalive: bool, stop: Arc<AtomicBool>, t: Arc<Tally>) {
+pub(crate) async fn load_task(
+    addr: SocketAddr,
+    keepalive: bool,
+    stop: Arc<AtomicBool>,
+    t: Arc<Tally>,
+) {
     let pause = Duration::from_millis(if keepalive { 2 } else { 10 });
     let mut conn: Option<Conn> = None;
     while !stop.load(SeqCst) {
@@ -159,7 +164,7 @@ async fn load_task(addr: SocketAddr, keepalive: bool, stop: Arc<AtomicBool>, t: 
     }
 }
 
-fn pingora_block(dir: &std::path::Path, grace: u64) -> String {
+pub(crate) fn pingora_block(dir: &std::path::Path, grace: u64) -> String {
     format!(
         "pingora:\n  threads: 2\n  pid_file: {d}/stepstone.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 2\n",
         d = dir.display()
