@@ -841,7 +841,8 @@ async fn dns_backends_resolve_and_a_failing_name_keeps_the_pool() {
 
 /// The systemd unit and the config it expects (conf/ops.yaml) agree: the unit finds the main
 /// process through the pid file the config writes, and both paths are in the unit's
-/// RuntimeDirectory (the only writable run directory under ProtectSystem=strict).
+/// RuntimeDirectory (the only writable run directory under ProtectSystem=strict). Its reload
+/// is the config reload in place, and it documents `-s upgrade` for a new binary.
 #[test]
 fn systemd_unit_and_ops_config_agree_on_paths() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -864,9 +865,19 @@ fn systemd_unit_and_ops_config_agree_on_paths() {
     let run_dir = format!("/run/{}/", directive("RuntimeDirectory"));
     assert!(key("pid_file").starts_with(&run_dir), "{run_dir}");
     assert!(key("upgrade_sock").starts_with(&run_dir), "{run_dir}");
+    // reload = config reload in place, on the file the service runs; the binary upgrade is
+    // the documented command of its own, on the same file
+    let conf = directive("ExecStart")
+        .split_once(" -c ")
+        .map(|(_, c)| c.trim().to_string())
+        .expect("ExecStart has -c CONFIG");
+    assert_eq!(
+        directive("ExecReload"),
+        format!("/usr/local/bin/stepstone -s reload -c {conf}")
+    );
     assert!(
-        directive("ExecReload").contains("/upgrade -d "),
-        "reload is the upgrade script"
+        unit.contains(&format!("#   stepstone -s upgrade -c {conf}\n")),
+        "the unit's header documents the binary upgrade"
     );
 }
 
