@@ -205,10 +205,18 @@ async fn upgrade_command_replaces_a_daemon_twice_and_drops_nothing() {
         .status()
         .expect("start the daemon");
     assert!(st.success(), "the launcher failed: {st}");
-    let mut pids = vec![read_pid(&pidfile).expect("the daemon wrote its pid file")];
-    let mut kill = KillNew(pidfile.clone(), pids.clone());
     let log = || std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    // the launcher exits once it has forked; the daemon writes the pid file
     let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(p) = read_pid(&pidfile) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no pid file\n{}", log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut pids = vec![first];
+    let mut kill = KillNew(pidfile.clone(), pids.clone());
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         assert!(
             Instant::now() < deadline,
