@@ -204,6 +204,8 @@ async fn upgrade_command_replaces_a_daemon_twice_and_drops_nothing() {
         .stderr(std::fs::File::create(dir.join("stderr.log")).expect("log"))
         .status()
         .expect("start the daemon");
+    // kills whatever the pid file names at the end, whatever happens first
+    let mut kill = KillNew(pidfile.clone(), vec![]);
     assert!(st.success(), "the launcher failed: {st}");
     let log = || std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
     // the launcher exits once it has forked; the daemon writes the pid file
@@ -216,7 +218,7 @@ async fn upgrade_command_replaces_a_daemon_twice_and_drops_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut pids = vec![first];
-    let mut kill = KillNew(pidfile.clone(), pids.clone());
+    kill.1 = pids.clone();
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         assert!(
             Instant::now() < deadline,
