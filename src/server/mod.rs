@@ -2,6 +2,7 @@
 //! this file only connects them.
 
 pub mod reload;
+pub mod upgrade;
 
 use crate::config::file::ListenerProtocol;
 use crate::config::{Config, ListenerSpec};
@@ -146,6 +147,16 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     }
     reload::init(cfg, conf, upstreams.pools, http);
     server.add_service(reload::ReloadService);
+    let upgrader = upgrade::Upgrader::new(
+        &cfg.file,
+        server.configuration.daemon,
+        &server.configuration.pid_file,
+        &server.configuration.upgrade_sock,
+    );
+    server.add_service(background_service(
+        "binary upgrade",
+        upgrade::UpgradeService(Arc::new(upgrader)),
+    ));
     Ok(server)
 }
 

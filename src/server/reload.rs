@@ -13,8 +13,8 @@
 //! adds and removes them (a new address is a removal plus an addition). What cannot change in
 //! place (the `pingora` block, the admin listener, the access log, the cache store's size,
 //! TLS and L4 listeners and the upstreams these use, other settings of a listener that keeps
-//! its address) is refused with an error that says an upgrade (`-u`) is needed; nothing is
-//! applied then.
+//! its address) is refused with an error that says an upgrade (`-s upgrade`) is needed;
+//! nothing is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -265,7 +265,7 @@ fn only_backends_differ(old: &UpstreamSpec, new: &UpstreamSpec) -> bool {
 }
 
 fn needs_upgrade(file: &str, what: &str) -> String {
-    format!("{file}: {what}: this change cannot be applied by a reload; an upgrade (-u) is needed")
+    format!("{file}: {what}: this change cannot be applied by a reload; an upgrade (stepstone -s upgrade) is needed")
 }
 
 /// Refuse what a reload cannot change.

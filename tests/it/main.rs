@@ -30,3 +30,4 @@ mod sticky;
 mod streaming;
 mod tls;
 mod tracing;
+mod upgrade;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "t0ken-for-tests";
 
-fn base(origins: &[&Origin], extra_top: &str, pingora: Option<&str>) -> String {
+pub(crate) fn base(origins: &[&Origin], extra_top: &str, pingora: Option<&str>) -> String {
     let mut s = String::new();
     if let Some(p) = pingora {
         s.push_str(p);
@@ -68,7 +68,7 @@ async fn admin_post(p: &Proxy, path: &str, token: Option<&str>) -> client::Respo
         .expect("admin answers")
 }
 
-async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + within;
     loop {
         if let Ok(Some(st)) = p.child.try_wait() {
@@ -82,11 +82,11 @@ async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::Exit
 }
 
 #[derive(Default)]
-struct Tally {
-    ok: AtomicUsize,
-    failed: AtomicUsize,
-    reset: AtomicUsize,
-    reconnects: AtomicUsize,
+pub(crate) struct Tally {
+    pub ok: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub reset: AtomicUsize,
+    pub reconnects: AtomicUsize,
 }
 
 fn classify(t: &Tally, e: &std::io::Error, what: &str) {
@@ -103,7 +103,12 @@ fn classify(t: &Tally, e: &std::io::Error, what: &str) {
 /// `Connection: close`) or a new connection per request. Every error counts; nothing retries.
 /// A short pause between requests keeps the load continuous without starving the tests that
 /// run beside this one on a small machine (or filling the ephemeral port range).
-async fn load_task(addr: SocketAddr, keepalive: bool, stop: Arc<AtomicBool>, t: Arc<Tally>) {
+pub(crate) async fn load_task(
+    addr: SocketAddr,
+    keepalive: bool,
+    stop: Arc<AtomicBool>,
+    t: Arc<Tally>,
+) {
     let pause = Duration::from_millis(if keepalive { 2 } else { 10 });
     let mut conn: Option<Conn> = None;
     while !stop.load(SeqCst) {
@@ -159,7 +164,7 @@ async fn load_task(addr: SocketAddr, keepalive: bool, stop: Arc<AtomicBool>, t: 
     }
 }
 
-fn pingora_block(dir: &std::path::Path, grace: u64) -> String {
+pub(crate) fn pingora_block(dir: &std::path::Path, grace: u64) -> String {
     format!(
         "pingora:\n  threads: 2\n  pid_file: {d}/stepstone.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: {grace}\n  graceful_shutdown_timeout_seconds: 2\n",
         d = dir.display()
@@ -836,7 +841,8 @@ async fn dns_backends_resolve_and_a_failing_name_keeps_the_pool() {
 
 /// The systemd unit and the config it expects (conf/ops.yaml) agree: the unit finds the main
 /// process through the pid file the config writes, and both paths are in the unit's
-/// RuntimeDirectory (the only writable run directory under ProtectSystem=strict).
+/// RuntimeDirectory (the only writable run directory under ProtectSystem=strict). Its reload
+/// is the config reload in place, and it documents `-s upgrade` for a new binary.
 #[test]
 fn systemd_unit_and_ops_config_agree_on_paths() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -859,9 +865,19 @@ fn systemd_unit_and_ops_config_agree_on_paths() {
     let run_dir = format!("/run/{}/", directive("RuntimeDirectory"));
     assert!(key("pid_file").starts_with(&run_dir), "{run_dir}");
     assert!(key("upgrade_sock").starts_with(&run_dir), "{run_dir}");
+    // reload = config reload in place, on the file the service runs; the binary upgrade is
+    // the documented command of its own, on the same file
+    let conf = directive("ExecStart")
+        .split_once(" -c ")
+        .map(|(_, c)| c.trim().to_string())
+        .expect("ExecStart has -c CONFIG");
+    assert_eq!(
+        directive("ExecReload"),
+        format!("/usr/local/bin/stepstone -s reload -c {conf}")
+    );
     assert!(
-        directive("ExecReload").contains("/upgrade -d "),
-        "reload is the upgrade script"
+        unit.contains(&format!("#   stepstone -s upgrade -c {conf}\n")),
+        "the unit's header documents the binary upgrade"
     );
 }
 

@@ -352,7 +352,7 @@ async fn a_bad_file_is_refused_and_the_old_routing_keeps_serving() {
     let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(
-        r.text().contains("pingora") && r.text().contains("-u"),
+        r.text().contains("pingora") && r.text().contains("-s upgrade"),
         "{}",
         r.text()
     );
@@ -687,7 +687,7 @@ async fn listeners_added_moved_and_removed_by_reload() {
     std::fs::write(&p.config, text).expect("write");
     let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
     assert_eq!(r.status, 422, "{}", r.text());
-    assert!(r.text().contains("-u"), "{}", r.text());
+    assert!(r.text().contains("-s upgrade"), "{}", r.text());
 }
 
 fn checked_pool(backends: &[&Origin]) -> String {

@@ -506,7 +506,7 @@ async fn tracing_change_needs_an_upgrade() {
         .expect("admin answers");
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(
-        r.text().contains("tracing") && r.text().contains("-u"),
+        r.text().contains("tracing") && r.text().contains("stepstone -s upgrade"),
         "{}",
         r.text()
     );
