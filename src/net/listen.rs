@@ -65,6 +65,12 @@ impl PlainTcp {
             digest: std::sync::OnceLock::new(),
         }
     }
+
+    /// Wait until the socket has something to read (or is closed), reading nothing: an idle
+    /// keep-alive connection waits here without a buffer.
+    pub async fn readable(&self) -> std::io::Result<()> {
+        self.tcp.readable().await
+    }
 }
 
 /// The client address of a connection, without making a digest for a [`PlainTcp`].
@@ -260,19 +266,21 @@ where
                     continue;
                 }
             };
+            let _ = tcp.set_nodelay(true);
+            // Made here, not in the task: a task keeps room for what it captured for as long
+            // as the connection lives, and the boxed stream is a quarter of the socket and
+            // address.
+            let s: pingora_core::protocols::Stream = if self.lean {
+                Box::new(PlainTcp::new(tcp, peer))
+            } else {
+                let fd = tcp.as_raw_fd();
+                let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
+                s.set_socket_digest(SocketDigest::from_raw_fd(fd));
+                Box::new(s)
+            };
             let app = self.app.clone();
             let shutdown = shutdown.clone();
-            let lean = self.lean;
             pingora_runtime::current_handle().spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let s: pingora_core::protocols::Stream = if lean {
-                    Box::new(PlainTcp::new(tcp, peer))
-                } else {
-                    let fd = tcp.as_raw_fd();
-                    let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
-                    s.set_socket_digest(SocketDigest::from_raw_fd(fd));
-                    Box::new(s)
-                };
                 let mut next = app.process_new(s, &shutdown).await;
                 while let Some(s) = next {
                     next = app.process_new(s, &shutdown).await;

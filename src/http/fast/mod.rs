@@ -97,8 +97,8 @@ impl FastPath {
         FastPath { listener, pool_max }
     }
 
-    /// Serve one request from `g`. `idle_wait`: how long to wait for its first byte when
-    /// the caller has not already waited (TLS connections).
+    /// Serve one request from `g`. `idle_wait`: how long to wait for its first byte (a TLS
+    /// connection's caller has not waited; a plaintext one's waited for readiness only).
     pub async fn serve(
         &self,
         g: &mut Guarded,
