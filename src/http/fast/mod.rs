@@ -107,10 +107,9 @@ impl FastPath {
         idle_wait: Option<Duration>,
         shutdown: &ShutdownWatch,
     ) -> Outcome {
-        if let Err(reason) = engine::listener(&self.listener) {
-            fell_back(reason);
-            return Outcome::Fallback;
-        }
+        // Decided now, counted once a request has come: a plaintext connection is handed
+        // here on readiness, which is also how a client closing it shows.
+        let eligible = engine::listener(&self.listener);
         g.arm_now();
         let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
         let mut first = true;
@@ -137,6 +136,11 @@ impl FastPath {
             if g.head_done() {
                 break;
             }
+        }
+        if let Err(reason) = eligible {
+            fell_back(reason);
+            g.unread(&buf);
+            return Outcome::Fallback;
         }
         self.request(g, conn, draining, &buf, shutdown).await
     }
