@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 """Summarise benches/load results as Markdown tables (stdlib only).
 
-usage: report.py RESULTS_TSV SCENARIOS_TSV MEMORY_TSV TARGETS ROUNDS
+usage: report.py RESULTS_TSV SCENARIOS_TSV MEMORY_TSV TARGETS ROUNDS [CONNS_TSV [ROUTES_TSV]]
 
-RESULTS_TSV:   round scenario target status rps p50_ms p99_ms detail   (status: ok|invalid|failed|na)
+RESULTS_TSV:   round scenario target status rps p50_ms p99_ms detail cpu_us
+               (status: ok|invalid|failed|na; cpu_us: the target's CPU time per request)
 SCENARIOS_TSV: name label                                              (table order)
 MEMORY_TSV:    target idle_kb with_kb n alive after_kb status
 TARGETS:       comma-separated column order, e.g. direct,nginx,haproxy,stepstone
+CONNS_TSV:     target mode n status before_kb after_kb kb_per_conn alive seconds
+ROUTES_TSV:    hosts status rps p99_ms cpu_us check_s serve_s
 """
 import statistics
 import sys
 
 PEERS = ("nginx", "haproxy")
+# A peer's tuned variants: the better of them (throughput, latency, CPU) stands for the peer.
+VARIANTS = {"nginx": ("nginx", "nginx_nobuf"), "haproxy": ("haproxy",)}
 
 
 def read_tsv(path):
@@ -49,19 +54,27 @@ def table(header, rows, align):
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
+def best(values, scenario, peer, pick):
+    """The peer's value in a scenario: the better (`pick`: max or min) of its variants."""
+    got = [values[(scenario, v)] for v in VARIANTS.get(peer, (peer,)) if (scenario, v) in values]
+    return pick(got) if got else None
+
+
 def main():
     results_tsv, scenarios_tsv, memory_tsv, targets_arg, rounds = sys.argv[1:6]
     targets = [t for t in targets_arg.split(",") if t]
     rounds = int(rounds)
     scenarios = read_tsv(scenarios_tsv)
 
-    runs = {}  # (scenario, target) -> list of (status, rps, p50, p99)
+    runs = {}  # (scenario, target) -> list of (status, rps, p50, p99, cpu_us)
     for row in read_tsv(results_tsv):
         _, sc, tg, status, rps, p50, p99 = row[:7]
+        cpu = row[8] if len(row) > 8 else "0"
         runs.setdefault((sc, tg), []).append(
-            (status, float(rps or 0), float(p50 or 0), float(p99 or 0)))
+            (status, float(rps or 0), float(p50 or 0), float(p99 or 0), float(cpu or 0)))
 
     med = {}  # (scenario, target) -> median rps of valid runs
+    cpu_med = {}  # (scenario, target) -> median CPU microseconds per request of valid runs
     out = []
     header = ["scenario"] + targets
     for peer in PEERS:
@@ -86,6 +99,9 @@ def main():
                 p50 = statistics.median(r[2] for r in valid)
                 p99 = statistics.median(r[3] for r in valid)
                 med[(name, tg)] = rps
+                cpus = [r[4] for r in valid if r[4] > 0]
+                if cpus:
+                    cpu_med[(name, tg)] = statistics.median(cpus)
                 cell = f"{fmt_rps(rps)} {fmt_ms(p50)}/{fmt_ms(p99)}"
                 if len(valid) < len(rs):
                     cell += f" ({len(valid)}/{len(rs)} valid)"
@@ -93,7 +109,7 @@ def main():
                 row.append(cell)
         for peer in PEERS:
             if "stepstone" in targets and peer in targets:
-                a, b = med.get((name, "stepstone")), med.get((name, peer))
+                a, b = med.get((name, "stepstone")), best(med, name, peer, max)
                 row.append(f"{a / b:.2f}" if a and b else "-")
         rows.append(row)
     out.append(f"Throughput: req/s (median of {rounds} round{'s' if rounds != 1 else ''}) "
@@ -104,6 +120,27 @@ def main():
         out.append("")
         out.append("INVALID: every run had non-2xx answers or socket errors (not counted); "
                    "(k/n valid): only k of n rounds counted.")
+
+    if cpu_med:
+        rows = []
+        peers = [p for p in PEERS if p in targets]
+        for name, label in scenarios:
+            r = [label] + [f"{cpu_med[(name, tg)]:.1f}" if (name, tg) in cpu_med else "-"
+                           for tg in targets]
+            if "stepstone" in targets and peers:
+                a = cpu_med.get((name, "stepstone"))
+                costs = [c for c in (best(cpu_med, name, p, min) for p in peers) if c]
+                r.append(f"{a / min(costs):.2f}" if a and costs else "-")
+            rows.append(r)
+        header = ["scenario"] + targets
+        if "stepstone" in targets and peers:
+            header.append("stepstone/cheaper peer")
+        out.append("")
+        out.append("CPU per request in microseconds: utime+stime of the target's processes "
+                   "(master and workers; direct: the origin) over the measured run, divided by "
+                   "the requests it served. A peer's cost is that of its cheaper variant.")
+        out.append("")
+        out.append(table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
 
     proxies = [t for t in targets if t != "direct"]
     if "direct" in targets and proxies:
@@ -141,7 +178,65 @@ def main():
         out.append("")
         out.append(table(["proxy", "idle MiB", "with N MiB", "N", "KB/conn", "idle after load MiB",
                           "note"], rows, ["l", "r", "r", "r", "r", "r", "l"]))
+    if len(sys.argv) > 6:
+        out.extend(conns_table(read_tsv(sys.argv[6])))
+    if len(sys.argv) > 7:
+        out.extend(routes_table(read_tsv(sys.argv[7])))
     print("\n".join(out))
+
+
+def conns_table(rows_in):
+    """KB of RSS per idle connection, by proxy and arrival, one column per connection count."""
+    if not rows_in:
+        return []
+    ns = sorted({int(r[2]) for r in rows_in})
+    cells = {}
+    order = []
+    for r in rows_in:
+        tg, mode, n, status = r[0], r[1], int(r[2]), r[3]
+        if (tg, mode) not in order:
+            order.append((tg, mode))
+        if status == "ok":
+            per, alive = float(r[6]), int(r[7])
+            cell = f"{per:.2f}"
+            if alive != n:
+                cell += f" (only {alive} open)"
+        else:
+            cell = status
+        cells[(tg, mode, n)] = cell
+    rows = [[tg, "one by one" if mode == "one" else mode]
+            + [cells.get((tg, mode, n), "-") for n in ns] for tg, mode in order]
+    return ["", "Connection scale: KB of RSS per idle keep-alive connection (RSS 2.5 s after the "
+            "last response, less RSS before the first connection; one GET /ok each, opened one "
+            "by one or all connected first and every request sent at once).", "",
+            table(["proxy", "arrival"] + [f"{n} conns" for n in ns], rows,
+                  ["l", "l"] + ["r"] * len(ns))]
+
+
+def routes_table(rows_in):
+    """Stepstone end to end with N host routes, against its one-route figures."""
+    if not rows_in:
+        return []
+    base = {}
+    for r in rows_in:
+        if r[1] == "ok" and not base:
+            base = {"rps": float(r[2]), "cpu": float(r[4])}
+    rows = []
+    for r in rows_in:
+        hosts, status = r[0], r[1]
+        if status != "ok":
+            rows.append([hosts, status, "-", "-", "-", "-", "-", "-"])
+            continue
+        rps, p99, cpu, check, serve = (float(x) for x in r[2:7])
+        rows.append([hosts, fmt_rps(rps), fmt_ms(p99), f"{cpu:.1f}",
+                     f"{cpu / base['cpu']:.2f}" if base.get("cpu") else "-",
+                     f"{rps / base['rps']:.2f}" if base.get("rps") else "-",
+                     f"{check:.2f}", f"{serve:.2f}"])
+    return ["", "Route scale (Stepstone alone): GET /ok c64 for the last of N exact host routes "
+            "(plus a wildcard+prefix route per 20 hosts); ratios against the first row; "
+            "`-t` and start-to-first-200 times in seconds.", "",
+            table(["hosts", "req/s", "p99 ms", "CPU us/req", "CPU ratio", "req/s ratio",
+                   "-t s", "serve s"], rows, ["r"] * 8)]
 
 
 if __name__ == "__main__":

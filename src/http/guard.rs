@@ -43,9 +43,20 @@ enum Phase {
     Body,
 }
 
+/// What the guards of one listener share, held by one pointer per connection.
+#[derive(Debug)]
+pub struct GuardConf {
+    pub limits: HeadLimits,
+    /// The listener's open-connection counter: each guard made with it holds a slot (taken
+    /// by the caller) and gives it back when the connection closes.
+    pub open: Option<Arc<AtomicUsize>>,
+    /// The listener's name, for the refusal count.
+    pub listener: Option<Arc<str>>,
+}
+
 pub struct Guarded {
     inner: Stream,
-    limits: HeadLimits,
+    conf: Arc<GuardConf>,
     phase: Phase,
     head_len: usize,
     line_len: usize,
@@ -61,7 +72,6 @@ pub struct Guarded {
     /// skipped), for [`crate::policy::head::check_head`].
     partial: Vec<u8>,
     rearm: AtomicBool,
-    conn_slot: Option<Arc<AtomicUsize>>,
     /// Bytes read from the socket by the fast path but handed on unconsumed (a request it
     /// leaves to Pingora, or the next pipelined request): read again before the socket.
     pending: Vec<u8>,
@@ -70,8 +80,6 @@ pub struct Guarded {
     /// segment without a buffer in the stream below. Allocated per response, freed on flush:
     /// an idle connection holds none.
     wbuf: Vec<u8>,
-    /// The listener's name, for the refusal count.
-    listener: Option<Arc<str>>,
     /// What of the body after the head is still handed on.
     body: Body,
     /// A head was refused: the client may still be sending it.
@@ -106,7 +114,7 @@ impl std::fmt::Debug for Guarded {
 
 impl Drop for Guarded {
     fn drop(&mut self) {
-        if let Some(c) = &self.conn_slot {
+        if let Some(c) = &self.conf.open {
             c.fetch_sub(1, Relaxed);
         }
         // Closed with the client still sending (a refused head, a request body left unread):
@@ -130,9 +138,20 @@ impl Guarded {
     /// `conn_slot`: the listener's open-connection counter, already incremented for this
     /// connection; the guard gives it back when the connection closes.
     pub fn new(inner: Stream, limits: HeadLimits, conn_slot: Option<Arc<AtomicUsize>>) -> Guarded {
+        let conf = GuardConf {
+            limits,
+            open: conn_slot,
+            listener: None,
+        };
+        Guarded::with_conf(inner, Arc::new(conf))
+    }
+
+    /// A guard with its listener's shared settings; a slot in `conf.open`, if counted, is
+    /// already taken for this connection.
+    pub fn with_conf(inner: Stream, conf: Arc<GuardConf>) -> Guarded {
         Guarded {
             inner,
-            limits,
+            conf,
             phase: Phase::RequestLine,
             head_len: 0,
             line_len: 0,
@@ -142,11 +161,9 @@ impl Guarded {
             timer: None,
             partial: Vec::new(),
             rearm: AtomicBool::new(false),
-            conn_slot,
             pending: Vec::new(),
             pending_at: 0,
             wbuf: Vec::new(),
-            listener: None,
             body: Body::Pass,
             refused: false,
         }
@@ -157,12 +174,6 @@ impl Guarded {
     pub fn passthrough(mut self) -> Guarded {
         self.phase = Phase::Body;
         self.body = Body::Pass;
-        self
-    }
-
-    /// Name the listener in the count of refused heads.
-    pub fn with_listener(mut self, name: Arc<str>) -> Guarded {
-        self.listener = Some(name);
         self
     }
 
@@ -326,7 +337,7 @@ impl Guarded {
                 pos += 1;
             }
         }
-        let l = self.limits;
+        let l = self.conf.limits;
         // a line's length excludes its LF but includes a CR, hence the +1 on the line limit
         let too_long = |phase: Phase| {
             if phase == Phase::RequestLine {
@@ -401,7 +412,10 @@ impl Guarded {
                 .and_then(|d| d.peer_addr().map(|a| a.to_string()))
                 .unwrap_or_else(|| "-".into()),
         );
-        crate::observability::refused(self.listener.as_deref().unwrap_or("-"), &code.to_string());
+        crate::observability::refused(
+            self.conf.listener.as_deref().unwrap_or("-"),
+            &code.to_string(),
+        );
         self.refused = true;
         self.clear_partial();
         // Best effort: a tiny answer into an idle socket completes at once.
@@ -465,7 +479,7 @@ impl AsyncRead for Guarded {
                 if filled.len() > before {
                     if this.deadline.is_none() {
                         this.deadline =
-                            Some(std::time::Instant::now() + this.limits.header_timeout);
+                            Some(std::time::Instant::now() + this.conf.limits.header_timeout);
                     }
                     match this.scan(&filled[before..]) {
                         Err((code, reason)) => return this.reject(cx, code, reason),

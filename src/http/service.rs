@@ -16,7 +16,7 @@
 //! by ALPN or by the h2c preface, then take Pingora's HTTP/2 server, whose streams the lean
 //! engine serves where the policy lets it.
 
-use super::guard::{Guarded, HeadLimits};
+use super::guard::{GuardConf, Guarded, HeadLimits};
 use crate::config::ListenerLimits;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
@@ -90,22 +90,30 @@ pub struct Admission {
     /// Open HTTP/1 connections on this listener, for `max_connections`.
     open: Arc<AtomicUsize>,
     max: Option<usize>,
-    head: HeadLimits,
+    /// The head limits, the counter and the name, shared by every guard of the listener.
+    guard: Arc<GuardConf>,
     name: Arc<str>,
 }
 
 impl Admission {
     pub fn new(name: &str, limits: &ListenerLimits) -> Admission {
+        let open = Arc::new(AtomicUsize::new(0));
+        let name: Arc<str> = name.into();
+        let head = HeadLimits {
+            max_request_line: limits.max_request_line,
+            max_header_size: limits.max_header_size,
+            max_header_count: limits.max_header_count,
+            header_timeout: limits.header_timeout,
+        };
         Admission {
-            open: Arc::new(AtomicUsize::new(0)),
+            guard: Arc::new(GuardConf {
+                limits: head,
+                open: Some(open.clone()),
+                listener: Some(name.clone()),
+            }),
+            open,
             max: limits.max_connections,
-            head: HeadLimits {
-                max_request_line: limits.max_request_line,
-                max_header_size: limits.max_header_size,
-                max_header_count: limits.max_header_count,
-                header_timeout: limits.header_timeout,
-            },
-            name: name.into(),
+            name,
         }
     }
 
@@ -130,8 +138,7 @@ impl Admission {
                 return None;
             }
         }
-        let g = Guarded::new(stream, self.head, Some(self.open.clone()))
-            .with_listener(self.name.clone());
+        let g = Guarded::with_conf(stream, self.guard.clone());
         Some(Box::new(if h1 { g } else { g.passthrough() }))
     }
 
@@ -195,14 +202,38 @@ enum Idle {
     Closed,
 }
 
-/// Wait for the next request on an idle plaintext connection. What arrives is read here, a
-/// small first piece on the stack, and handed to the guard to be read again: one read for a
-/// short request (a peek first would cost a second system call per request).
+/// Wait for the next request on an idle plaintext connection, holding no buffer: a socket
+/// accepted by [`crate::net::listen`] is waited on for readiness, and the request is then
+/// read once, by whichever engine serves it, into its own buffer.
 async fn wait_for_request(g: &mut Guarded, wait: Duration) -> Idle {
-    use tokio::io::AsyncReadExt;
     if g.has_pending() {
         return Idle::Ready;
     }
+    let Some(tcp) = g
+        .inner()
+        .as_any()
+        .downcast_ref::<crate::net::listen::PlainTcp>()
+    else {
+        // Boxed: only these connections pay for the first read's buffer while idle.
+        return Box::pin(read_first(g, wait)).await;
+    };
+    tokio::select! {
+        biased;
+        r = tcp.readable() => match r {
+            Ok(()) => Idle::Ready,
+            Err(_) => Idle::Closed,
+        },
+        _ = tokio::time::sleep(wait) => Idle::Closed,
+        // Not at shutdown itself: a request may be on its way (see lifecycle::Draining).
+        _ = crate::lifecycle::idle_connections_closing() => Idle::Closed,
+    }
+}
+
+/// [`wait_for_request`] on a stream with no readiness of its own (Pingora's L4 stream, on
+/// listeners that read a PROXY header): what arrives is read here, a small first piece, and
+/// handed to the guard to be read again.
+async fn read_first(g: &mut Guarded, wait: Duration) -> Idle {
+    use tokio::io::AsyncReadExt;
     let mut first = [0u8; 128];
     tokio::select! {
         biased;
@@ -214,7 +245,6 @@ async fn wait_for_request(g: &mut Guarded, wait: Duration) -> Idle {
             }
         },
         _ = tokio::time::sleep(wait) => Idle::Closed,
-        // Not at shutdown itself: a request may be on its way (see lifecycle::Draining).
         _ = crate::lifecycle::idle_connections_closing() => Idle::Closed,
     }
 }
@@ -428,7 +458,8 @@ where
             // the engine in force for this request (a reload may have swapped it)
             if let Some(fast) = self.fast.load_full() {
                 let draining = *shutdown.borrow() || crate::lifecycle::draining();
-                let wait = (!plain).then_some(self.idle_wait);
+                // Also on a plaintext connection: its readiness may have been for nothing.
+                let wait = Some(self.idle_wait);
                 // Boxed: the request's state is allocated while it runs, not carried by
                 // every idle connection.
                 match Box::pin(fast.serve(&mut g, &mut conn, draining, wait, shutdown)).await {

@@ -84,6 +84,12 @@ impl PlainTcp {
             digest: std::sync::OnceLock::new(),
         }
     }
+
+    /// Wait until the socket has something to read (or is closed), reading nothing: an idle
+    /// keep-alive connection waits here without a buffer.
+    pub async fn readable(&self) -> std::io::Result<()> {
+        self.tcp.readable().await
+    }
 }
 
 /// The client address of a connection, without making a digest for a [`PlainTcp`].
@@ -202,6 +208,27 @@ impl GetSocketDigest for PlainTcp {
     }
 }
 
+/// Register a plaintext connection's socket with the reactor of the thread running it.
+///
+/// An accepted socket is registered with the accept loop's reactor. Without work stealing a
+/// connection's task runs on a thread picked at random, and each readiness event of its
+/// socket was then seen by the accept loop's thread and handed over to the task's: two
+/// threads woken per event, and one reactor doing every connection's I/O polling, which is
+/// what stops such a process from scaling with its threads. Two `epoll_ctl` calls once per
+/// connection move it. `None`: the socket could not be moved (the connection is closed).
+fn rehome(s: pingora_core::protocols::Stream) -> Option<pingora_core::protocols::Stream> {
+    if !s.as_any().is::<PlainTcp>() {
+        return Some(s);
+    }
+    let p = s.into_any().downcast::<PlainTcp>().ok()?;
+    let tcp = tokio::net::TcpStream::from_std(p.tcp.into_std().ok()?).ok()?;
+    Some(Box::new(PlainTcp {
+        tcp,
+        peer: p.peer,
+        digest: p.digest,
+    }))
+}
+
 /// The listening socket: the one handed over by the old process on an upgrade, else a new
 /// one, recorded in the fd table for the next upgrade.
 async fn listener(
@@ -308,6 +335,12 @@ async fn accept_loop<A>(
         }
     };
     tokio::pin!(removed);
+    // Threads without work stealing are each their own runtime, with its own reactor; a
+    // connection spawned on another thread than this accept loop's moves its socket to that
+    // thread's reactor (see `rehome`).
+    let per_thread = (tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread)
+        .then(|| std::thread::current().id());
     let mut stopping = false;
     loop {
         let accepted = tokio::select! {
@@ -339,17 +372,26 @@ async fn accept_loop<A>(
                 continue;
             }
         };
+        let _ = tcp.set_nodelay(true);
+        // Made here, not in the task: a task keeps room for what it captured for as long as
+        // the connection lives, and the boxed stream is a quarter of the socket and address.
+        let s: pingora_core::protocols::Stream = if lean {
+            Box::new(PlainTcp::new(tcp, peer))
+        } else {
+            let fd = tcp.as_raw_fd();
+            let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
+            s.set_socket_digest(SocketDigest::from_raw_fd(fd));
+            Box::new(s)
+        };
         let app = app.clone();
         let shutdown = shutdown.clone();
         pingora_runtime::current_handle().spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let s: pingora_core::protocols::Stream = if lean {
-                Box::new(PlainTcp::new(tcp, peer))
-            } else {
-                let fd = tcp.as_raw_fd();
-                let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
-                s.set_socket_digest(SocketDigest::from_raw_fd(fd));
-                Box::new(s)
+            let s = match per_thread.filter(|&a| a != std::thread::current().id()) {
+                Some(_) => match rehome(s) {
+                    Some(s) => s,
+                    None => return,
+                },
+                None => s,
             };
             let mut next = app.process_new(s, &shutdown).await;
             while let Some(s) = next {

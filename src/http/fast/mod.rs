@@ -98,8 +98,8 @@ impl FastPath {
         FastPath { listener, pool_max }
     }
 
-    /// Serve one request from `g`. `idle_wait`: how long to wait for its first byte when
-    /// the caller has not already waited (TLS connections).
+    /// Serve one request from `g`. `idle_wait`: how long to wait for its first byte (a TLS
+    /// connection's caller has not waited; a plaintext one's waited for readiness only).
     pub async fn serve(
         &self,
         g: &mut Guarded,
@@ -108,10 +108,9 @@ impl FastPath {
         idle_wait: Option<Duration>,
         shutdown: &ShutdownWatch,
     ) -> Outcome {
-        if let Err(reason) = engine::listener(&self.listener) {
-            fell_back(reason);
-            return Outcome::Fallback;
-        }
+        // Decided now, counted once a request has come: a plaintext connection is handed
+        // here on readiness, which is also how a client closing it shows.
+        let eligible = engine::listener(&self.listener);
         g.arm_now();
         let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
         let mut first = true;
@@ -138,6 +137,11 @@ impl FastPath {
             if g.head_done() {
                 break;
             }
+        }
+        if let Err(reason) = eligible {
+            fell_back(reason);
+            g.unread(&buf);
+            return Outcome::Fallback;
         }
         self.request(g, conn, draining, &buf, shutdown).await
     }
