@@ -45,14 +45,20 @@ pub fn request_done(
             method: req.method.as_str(),
             uri: &uri,
             version: version_str(req.version),
-            // the host as the policy reads it, on every engine and protocol
-            host: crate::policy::forwarded::request_host(
-                req.uri.authority().map(|a| a.as_str()),
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|v| v.to_str().ok()),
-            )
-            .unwrap_or("-"),
+            // the host as the policy's `forwarded::request_host` reads it (the authority,
+            // then Host), on every engine and protocol; spelled out here because this layer
+            // sits below the policy
+            host: req
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .filter(|a| !a.is_empty())
+                .or_else(|| {
+                    req.headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                })
+                .unwrap_or("-"),
             referer: header(http::header::REFERER),
             user_agent: header(http::header::USER_AGENT),
             bytes_in,
