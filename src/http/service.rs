@@ -455,17 +455,28 @@ where
                     Idle::Closed => return None,
                 }
             }
-            // the engine in force for this request (a reload may have swapped it)
-            if let Some(fast) = self.fast.load_full() {
-                let draining = *shutdown.borrow() || crate::lifecycle::draining();
+            if self.fast.load().is_some() {
                 // Also on a plaintext connection: its readiness may have been for nothing.
                 let wait = Some(self.idle_wait);
                 // Boxed: the request's state is allocated while it runs, not carried by
                 // every idle connection.
-                match Box::pin(fast.serve(&mut g, &mut conn, draining, wait, shutdown)).await {
-                    super::fast::Outcome::KeepAlive => continue,
-                    super::fast::Outcome::Close => return None,
-                    super::fast::Outcome::Fallback => {}
+                let buf = match Box::pin(super::fast::read_head(&mut g, wait)).await {
+                    Ok(buf) => buf,
+                    Err(_) => return None,
+                };
+                // the engine in force for this request, taken once its head is in (a reload
+                // during the wait applies to it)
+                match self.fast.load_full() {
+                    Some(fast) => {
+                        let draining = *shutdown.borrow() || crate::lifecycle::draining();
+                        let served = fast.serve(&mut g, &mut conn, draining, buf, shutdown);
+                        match Box::pin(served).await {
+                            super::fast::Outcome::KeepAlive => continue,
+                            super::fast::Outcome::Close => return None,
+                            super::fast::Outcome::Fallback => {}
+                        }
+                    }
+                    None => g.unread(&buf),
                 }
             }
             // Boxed: Pingora's session (about a kilobyte) and its request future exist only

@@ -98,47 +98,16 @@ impl FastPath {
         FastPath { listener, pool_max }
     }
 
-    /// Serve one request from `g`. `idle_wait`: how long to wait for its first byte (a TLS
-    /// connection's caller has not waited; a plaintext one's waited for readiness only).
+    /// Serve the request whose head [`read_head`] read into `buf`.
     pub async fn serve(
         &self,
         g: &mut Guarded,
         conn: &mut Conn,
         draining: bool,
-        idle_wait: Option<Duration>,
+        buf: Vec<u8>,
         shutdown: &ShutdownWatch,
     ) -> Outcome {
-        // Decided now, counted once a request has come: a plaintext connection is handed
-        // here on readiness, which is also how a client closing it shows.
-        let eligible = engine::listener(&self.listener);
-        g.arm_now();
-        let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
-        let mut first = true;
-        loop {
-            if buf.len() == buf.capacity() {
-                buf.reserve(buf.capacity());
-            }
-            let r = match idle_wait {
-                Some(wait) if first => {
-                    tokio::select! {
-                        biased;
-                        r = g.read_buf(&mut buf) => r,
-                        _ = tokio::time::sleep(wait) => return Outcome::Close,
-                        _ = crate::lifecycle::idle_connections_closing() => return Outcome::Close,
-                    }
-                }
-                _ => g.read_buf(&mut buf).await,
-            };
-            first = false;
-            match r {
-                Ok(0) | Err(_) => return Outcome::Close, // the guard answered and logged
-                Ok(_) => {}
-            }
-            if g.head_done() {
-                break;
-            }
-        }
-        if let Err(reason) = eligible {
+        if let Err(reason) = engine::listener(&self.listener) {
             fell_back(reason);
             g.unread(&buf);
             return Outcome::Fallback;
@@ -699,5 +668,41 @@ async fn write_flush(g: &mut Guarded, data: &[u8], timeout: Duration) -> std::io
     match tokio::time::timeout(timeout, w).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Read a request head from `g`, before an engine is chosen for it: the caller loads the
+/// engine in force only once the head is in, so a reload during an idle wait applies to the
+/// request that ends it. `idle_wait`: how long to wait for its first byte (a TLS
+/// connection's caller has not waited; a plaintext one's waited for readiness only, which
+/// may have been for nothing). `Err`: the connection is done (closed, idle too long, or the
+/// guard refused the head and answered).
+pub async fn read_head(g: &mut Guarded, idle_wait: Option<Duration>) -> Result<Vec<u8>, Outcome> {
+    g.arm_now();
+    let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
+    let mut first = true;
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity());
+        }
+        let r = match idle_wait {
+            Some(wait) if first => {
+                tokio::select! {
+                    biased;
+                    r = g.read_buf(&mut buf) => r,
+                    _ = tokio::time::sleep(wait) => return Err(Outcome::Close),
+                    _ = crate::lifecycle::idle_connections_closing() => return Err(Outcome::Close),
+                }
+            }
+            _ => g.read_buf(&mut buf).await,
+        };
+        first = false;
+        match r {
+            Ok(0) | Err(_) => return Err(Outcome::Close), // the guard answered and logged
+            Ok(_) => {}
+        }
+        if g.head_done() {
+            return Ok(buf);
+        }
     }
 }
