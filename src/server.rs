@@ -92,6 +92,12 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         server.add_service(crate::admin::service(a, &upstreams.pools));
     }
 
+    let grace = std::time::Duration::from_secs(
+        server
+            .configuration
+            .graceful_shutdown_timeout_seconds
+            .unwrap_or(5),
+    );
     for (i, l) in cfg.listeners.iter().enumerate() {
         match l.protocol {
             ListenerProtocol::Http | ListenerProtocol::Https => {
@@ -113,6 +119,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     .configuration
                     .upstream_keepalive_pool_size
                     .div_ceil(threads);
+                let h3_listener = listener.clone();
                 let fast = Some(std::sync::Arc::new(crate::http::fast::FastPath::new(
                     listener, pool_max,
                 )));
@@ -144,6 +151,10 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 svc.add_listener(endpoint);
                 crate::l4::accept::set_pre_tls(&mut svc, l);
                 server.add_service(svc);
+                if let Some(q) = &l.http3 {
+                    let h3 = crate::http::h3::H3Service::new(h3_listener, l, q, pool_max, grace)?;
+                    server.add_service(h3);
+                }
             }
             ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {
                 crate::l4::add_service(&mut server, l, &upstreams.pools)?;

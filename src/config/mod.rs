@@ -15,6 +15,7 @@ pub mod cidr;
 pub mod file;
 pub mod forward;
 pub mod l4;
+pub mod quic;
 pub mod tls;
 pub mod units;
 mod validate_listeners;
@@ -352,6 +353,8 @@ pub struct ListenerSpec {
     /// Serve what it can on the lean engine; `false`: every request on Pingora's.
     pub fast_path: bool,
     pub limits: ListenerLimits,
+    /// https with `http3: true`: the QUIC side.
+    pub http3: Option<quic::QuicSpec>,
 }
 
 /// A validated listener TLS block. The files were readable and consistent when the config

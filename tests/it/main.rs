@@ -15,6 +15,7 @@ mod grpc;
 mod h2cancel;
 mod h2expect;
 mod hardening;
+mod http3;
 mod interim;
 mod l4;
 mod mirror;

@@ -23,9 +23,9 @@
 //! fresh now and not predicted uncacheable. `Age`, the route's status header (`HIT`) and
 //! `Date` are added to the stored head, the body is the store's buffer.
 
-mod exchange;
+pub(in crate::http) mod exchange;
 mod h2;
-mod response;
+pub(in crate::http) mod response;
 
 use super::guard::Guarded;
 use super::Listener;
