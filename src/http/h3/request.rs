@@ -213,10 +213,14 @@ async fn proxy(
     // A body without a declared length is read first (see the module doc).
     let whole = match declared {
         Some(_) => None,
-        None => match read_all(recv, route.max_body_size).await {
-            Ok(Some(b)) => Some(b),
-            Ok(None) => return (Err(Answer::closing(413)), RequestObs::default()),
-            Err(_) => return (Err(Answer::new(400)), RequestObs::default()),
+        None => match tokio::time::timeout(l.client_timeout, read_all(recv, route.max_body_size))
+            .await
+        {
+            Ok(Ok(Some(b))) => Some(b),
+            Ok(Ok(None)) => return (Err(Answer::closing(413)), RequestObs::default()),
+            Ok(Err(_)) => return (Err(Answer::new(400)), RequestObs::default()),
+            // nginx's client_body_timeout
+            Err(_) => return (Err(Answer::new(408)), RequestObs::default()),
         },
     };
     let body_len = declared.unwrap_or_else(|| whole.as_ref().map_or(0, |b| b.len() as u64));
