@@ -295,6 +295,7 @@ impl FastPath {
             head.extend_from_slice(b"\r\n");
             head.extend_from_slice(connection_line(keep));
             head.extend_from_slice(b"\r\n");
+            policy::edit::push_alt_svc_h1(l, &mut head);
             let body = (!r.head_only).then(|| h.body().clone());
             return Plan::Hit {
                 req: r,
