@@ -521,3 +521,77 @@ async fn h3_graceful_upgrade_finishes_the_stream_in_flight_and_hands_the_port_ov
     );
     let _ = new.child.kill();
 }
+
+/// A certificate reload reaches both stacks: new QUIC handshakes get the new certificate
+/// once the file changes. On a `fast_path: false` listener the general engine's responses
+/// carry Alt-Svc too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_certificate_reload_reaches_quic_and_the_general_engine_sends_alt_svc() {
+    use crate::support::pki::serial_of;
+    let a = OriginBuilder::new("a").body("from a").run().await;
+    let pki = Pki::new("h3-reload");
+    let (c, k) = pki
+        .ca
+        .server("a.test", &["a.test"], 0x300)
+        .write(&pki.dir, "site");
+    let template = format!(
+        "listeners:
+  - name: edge
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: https
+    http3: true
+    fast_path: false
+    tls:
+      reload_interval: 1s
+      certificates: [{{cert: {}, key: {}}}]
+upstreams:
+  - {{name: ua, backends: [{{address: {}}}]}}
+routes:
+  - {{listener: edge, upstream: ua}}
+",
+        p(&c),
+        p(&k),
+        a.addr
+    );
+    let proxy = start(&pki, &template);
+    let e = endpoint(&pki);
+    let serial = |conn: &quinn::Connection| {
+        let id = conn.peer_identity().expect("peer identity");
+        let certs = id
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .expect("rustls certificates");
+        serial_of(&openssl::x509::X509::from_der(&certs[0]).expect("leaf"))
+    };
+    let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    assert_eq!(serial(&conn), "0300");
+    let got = request(&mut s, "GET", "https://a.test/", &[], None)
+        .await
+        .expect("GET");
+    assert_eq!(got.status, 200);
+
+    let tcp = tls_get(proxy.addr, "a.test", "/").await;
+    let want = format!("alt-svc: h3=\":{}\"; ma=86400", proxy.addr.port());
+    assert!(tcp.to_ascii_lowercase().contains(&want), "{tcp}");
+
+    pki.ca
+        .server("a.test", &["a.test"], 0x301)
+        .write(&pki.dir, "site");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // a new client each time: a resumed session would show the certificate it began with
+        let (c2, _s2) = connect(&endpoint(&pki), proxy.addr, "a.test").await;
+        if serial(&c2) == "0301" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "QUIC still serves the old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // the connection made before the reload keeps working
+    let got = request(&mut s, "GET", "https://a.test/again", &[], None)
+        .await
+        .expect("GET on the old connection");
+    assert_eq!(got.status, 200);
+}
