@@ -595,3 +595,63 @@ routes:
         .expect("GET on the old connection");
     assert_eq!(got.status, 200);
 }
+
+/// A cached route: a response stored from a request on the TCP side is a fresh hit over
+/// HTTP/3, answered from the store (the origin sees no second request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_fresh_cache_hit_is_answered_from_the_store() {
+    let a = OriginBuilder::new("a")
+        .header("Cache-Control", "max-age=60")
+        .body("cached body")
+        .run()
+        .await;
+    let pki = Pki::new("h3-cache");
+    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x400);
+    let template = format!(
+        "listeners:
+  - name: edge
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: https
+    http3: true
+    tls:
+      certificates: [{{cert: {}, key: {}}}]
+upstreams:
+  - {{name: ua, backends: [{{address: {}}}]}}
+routes:
+  - {{listener: edge, upstream: ua, cache: {{enabled: true}}}}
+",
+        p(&c),
+        p(&k),
+        a.addr
+    );
+    let proxy = start(&pki, &template);
+    let first = tls_get(proxy.addr, "a.test", "/page").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert_eq!(a.requests(), 1);
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let got = request(&mut s, "GET", "https://a.test/page", &[], None)
+        .await
+        .expect("GET over HTTP/3");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"cached body");
+    assert_eq!(
+        got.headers.get("x-cache-status").map(|v| v.as_bytes()),
+        Some(&b"HIT"[..])
+    );
+    assert!(got.headers.contains_key("age"));
+    assert!(got.headers.get("connection").is_none());
+    assert_eq!(a.requests(), 1, "the hit went to the origin");
+    // a conditional request is not a plain hit: it goes through to the origin
+    let got = request(
+        &mut s,
+        "GET",
+        "https://a.test/page",
+        &[("range", "bytes=0-3")],
+        None,
+    )
+    .await
+    .expect("GET with Range");
+    assert_eq!(got.status, 200);
+    assert_eq!(a.requests(), 2);
+}

@@ -636,7 +636,7 @@ async fn finish_hit(
 /// An origin-form target made only of RFC 3986 path and query characters, which the
 /// general path's `http::Uri` keeps verbatim in `path_and_query` (so both paths key it the
 /// same); anything else (a fragment, raw spaces or non-ASCII, ...) is left to the general path.
-fn plain_target(t: &str) -> bool {
+pub(in crate::http) fn plain_target(t: &str) -> bool {
     t.starts_with('/')
         && t.bytes().all(|b| {
             b.is_ascii_alphanumeric()

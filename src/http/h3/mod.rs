@@ -13,6 +13,8 @@
 //! in progress, a new client must first prove its address with a Retry round trip, so a
 //! flood from spoofed sources costs one packet each.
 //!
+//! Cache: fresh hits are answered from the store ([`cache`]); misses are proxied, not stored.
+//!
 //! Upgrade (`-u`): the UDP socket goes through Pingora's fd table under `udp://ADDR`, so the
 //! new process reads the same socket. When the old process is told to stop it sends GOAWAY
 //! on each connection, finishes the streams it had accepted, and drops new handshakes it
@@ -22,6 +24,7 @@
 //! with its own key, which the client ignores (RFC 9000 10.3.1). The packet counts as lost
 //! and QUIC's loss recovery sends it again, so old streams finish, more slowly.
 
+mod cache;
 mod pipe;
 mod request;
 mod tls;

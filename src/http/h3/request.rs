@@ -157,6 +157,21 @@ pub async fn serve(
     let own = match l.admit(&head) {
         Verdict::Answer(a, route) => Some((a, route.map(|r| r.id), RequestObs::default())),
         Verdict::Proxy(route) => {
+            if let Some((h, c)) = super::cache::fresh_hit(l, route, &req, host) {
+                let obs = RequestObs::default();
+                let (status, sent) = send_hit(&mut send, &h, c, head_only).await;
+                let v = view(&req, client, 0);
+                observability::fast_request_done(
+                    &v,
+                    Some(route.id),
+                    None,
+                    &obs,
+                    status,
+                    sent,
+                    true,
+                );
+                return;
+            }
             let (r, obs) = proxy(
                 l, route, pool_max, client, &req, &mut send, &mut recv, declared, head_only,
             )
@@ -184,6 +199,31 @@ pub async fn serve(
         let v = view(&req, client, 0);
         observability::fast_request_done(&v, route, None, &obs, status, 0, false);
     }
+}
+
+/// Answer a fresh hit: its status and the body bytes sent.
+async fn send_hit(
+    send: &mut Send,
+    h: &crate::cache::storage::FastHit,
+    c: &crate::cache::RouteCache,
+    head_only: bool,
+) -> (u16, usize) {
+    crate::cache::fast_hit_served(h);
+    let Some(r) = super::cache::head(h, c) else {
+        let _ = page(send, &Answer::new(500), head_only).await;
+        return (500, 0);
+    };
+    let status = r.status().as_u16();
+    if send.send_response(r).await.is_err() {
+        return (status, 0);
+    }
+    let body = h.body().clone();
+    let n = body.len();
+    if !head_only && n > 0 && send.send_data(body).await.is_err() {
+        return (status, 0);
+    }
+    let _ = send.finish().await;
+    (status, if head_only { 0 } else { n })
 }
 
 type Done = (
