@@ -127,6 +127,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     LeanHttp::new(&l.name, proxy, &server.configuration, options, l.limits);
                 app.set_fast(fast.clone());
                 let admission = app.admission();
+                let open = admission.open_connections();
                 let app = crate::lifecycle::Draining::new(app, &server.configuration);
                 let app = crate::http::service::H1First::new(app, &l.limits, admission, fast);
                 let name = format!("http {}", l.name);
@@ -152,7 +153,8 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 crate::l4::accept::set_pre_tls(&mut svc, l);
                 server.add_service(svc);
                 if let Some(q) = &l.http3 {
-                    let h3 = crate::http::h3::H3Service::new(h3_listener, l, q, pool_max, grace)?;
+                    let h3 =
+                        crate::http::h3::H3Service::new(h3_listener, l, q, open, pool_max, grace)?;
                     server.add_service(h3);
                 }
             }

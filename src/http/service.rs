@@ -50,6 +50,12 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// The listener's open-connection count, for another transport of the same listener
+    /// (HTTP/3) to count into, so `max_connections` covers both.
+    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+        self.open.clone()
+    }
+
     pub fn new(name: &str, limits: &ListenerLimits) -> Admission {
         Admission {
             open: Arc::new(AtomicUsize::new(0)),

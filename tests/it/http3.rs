@@ -655,3 +655,42 @@ routes:
     assert_eq!(got.status, 200);
     assert_eq!(a.requests(), 2);
 }
+
+/// `quic.idle_timeout`: a connection with no packets for that long is closed, and the open
+/// connection gauge comes back down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_idle_connection_is_closed_after_idle_timeout() {
+    let a = OriginBuilder::new("a").body("ok").run().await;
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-idle");
+    let quic = "    quic: {idle_timeout: 1s, handshake_timeout: 2s}\n";
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
+    let e = endpoint(&pki);
+    let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let got = request(&mut s, "GET", "https://a.test/", &[], None)
+        .await
+        .expect("GET");
+    assert_eq!(got.status, 200);
+    let t0 = Instant::now();
+    let why = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the idle connection was not closed");
+    assert!(
+        matches!(why, quinn::ConnectionError::TimedOut),
+        "closed for another reason: {why}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(&proxy).await;
+        if metric(&m, "stepstone_quic_connections_open{listener=\"edge\"}") == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

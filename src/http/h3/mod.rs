@@ -8,7 +8,8 @@
 //! Limits: the peer may open `quic.max_streams` request streams at once (QUIC flow control
 //! holds the rest back); header sections over `quic.max_header_list_size` get 431 (the
 //! limit is also announced in SETTINGS); `quic.idle_timeout` and `quic.handshake_timeout`;
-//! the listener's `max_connections` refuses new connections (CONNECTION_REFUSED) and its
+//! the listener's `max_connections`, counted over TCP and QUIC together, refuses new
+//! connections (CONNECTION_REFUSED) and its
 //! per-IP rate limit answers 429 per request. With more than `quic.retry_above` handshakes
 //! in progress, a new client must first prove its address with a Retry round trip, so a
 //! flood from spoofed sources costs one packet each.
@@ -52,6 +53,7 @@ pub struct H3Service {
     pool_max: usize,
     /// How long streams in flight may take after the stop (Pingora's grace period).
     grace: Duration,
+    listener_open: Arc<AtomicUsize>,
 }
 
 /// Everything a connection task shares.
@@ -59,7 +61,10 @@ struct Shared {
     listener: Arc<Listener>,
     spec: QuicSpec,
     pool_max: usize,
+    /// QUIC connections open, for the drain.
     open: AtomicUsize,
+    /// The listener's connections open on either transport, for `max_connections`.
+    listener_open: Arc<AtomicUsize>,
     handshaking: AtomicUsize,
 }
 
@@ -71,6 +76,7 @@ impl H3Service {
         listener: Arc<Listener>,
         spec: &crate::config::ListenerSpec,
         quic: &QuicSpec,
+        listener_open: Arc<AtomicUsize>,
         pool_max: usize,
         grace: Duration,
     ) -> Result<H3Service, String> {
@@ -107,6 +113,7 @@ impl H3Service {
             server,
             pool_max,
             grace,
+            listener_open,
         })
     }
 }
@@ -154,6 +161,7 @@ impl Service for H3Service {
             spec: self.spec.clone(),
             pool_max: self.pool_max,
             open: AtomicUsize::new(0),
+            listener_open: self.listener_open.clone(),
             handshaking: AtomicUsize::new(0),
         });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -170,7 +178,7 @@ impl Service for H3Service {
             let Some(incoming) = incoming else { break };
             if self
                 .max_connections
-                .is_some_and(|n| shared.open.load(Relaxed) >= n)
+                .is_some_and(|n| shared.listener_open.load(Relaxed) >= n)
             {
                 crate::observability::refused(&self.name, "max_connections");
                 incoming.refuse();
@@ -218,6 +226,7 @@ struct OpenSlot(Arc<Shared>);
 impl Drop for OpenSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Relaxed);
+        self.0.listener_open.fetch_sub(1, Relaxed);
         m::OPEN.with_label_values(&[&self.0.listener.name]).dec();
     }
 }
@@ -230,6 +239,7 @@ async fn connection(
     let name = shared.listener.name.clone();
     let client = incoming.remote_address().ip();
     shared.open.fetch_add(1, Relaxed);
+    shared.listener_open.fetch_add(1, Relaxed);
     m::OPEN.with_label_values(&[&name]).inc();
     let _slot = OpenSlot(shared.clone());
     shared.handshaking.fetch_add(1, Relaxed);
