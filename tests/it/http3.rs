@@ -656,14 +656,15 @@ routes:
     assert_eq!(a.requests(), 2);
 }
 
-/// `quic.idle_timeout`: a connection with no packets for that long is closed, and the open
-/// connection gauge comes back down.
+/// `quic.retry_above: 0`: every new client proves its address with a Retry round trip
+/// first, and is then served. `quic.idle_timeout`: a connection with no packets for that
+/// long is closed, and the open connection gauge comes back down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h3_idle_connection_is_closed_after_idle_timeout() {
+async fn h3_retry_validates_addresses_and_idle_connections_close() {
     let a = OriginBuilder::new("a").body("ok").run().await;
     let b = OriginBuilder::new("b").run().await;
     let pki = Pki::new("h3-idle");
-    let quic = "    quic: {idle_timeout: 1s, handshake_timeout: 2s}\n";
+    let quic = "    quic: {idle_timeout: 1s, handshake_timeout: 2s, retry_above: 0}\n";
     let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
     let e = endpoint(&pki);
     let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
@@ -671,6 +672,11 @@ async fn h3_idle_connection_is_closed_after_idle_timeout() {
         .await
         .expect("GET");
     assert_eq!(got.status, 200);
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(&m, "stepstone_quic_retries_total{listener=\"edge\"}"),
+        1.0
+    );
     let t0 = Instant::now();
     let why = tokio::time::timeout(Duration::from_secs(10), conn.closed())
         .await
