@@ -700,3 +700,61 @@ async fn h3_retry_validates_addresses_and_idle_connections_close() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `-t` refuses misplaced or bad HTTP/3 keys, naming the file, the key path and the value.
+#[test]
+fn h3_bad_keys_are_config_errors() {
+    use crate::support::proxy::run_cli;
+    let pki = Pki::new("h3-config");
+    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x500);
+    let https = |extra: &str| {
+        format!(
+            "listeners:\n  - name: s\n    address: 127.0.0.1:18443\n    protocol: https\n{extra}    tls: {{certificates: [{{cert: {}, key: {}}}]}}\nupstreams: [{{name: a, backends: [{{address: 127.0.0.1:1}}]}}]\nroutes: [{{listener: s, upstream: a}}]\n",
+            p(&c),
+            p(&k)
+        )
+    };
+    let plain = "listeners: [{name: w, address: 127.0.0.1:18080, protocol: http, http3: true}]\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\nroutes: [{listener: w, upstream: a}]\n".to_string();
+    let cases = [
+        (plain, "listeners[0].http3", "http"),
+        (
+            https("    quic: {max_streams: 5}\n"),
+            "listeners[0].quic",
+            "only valid with http3: true",
+        ),
+        (
+            https("    http3: true\n    quic: {max_stream: 5}\n"),
+            "max_stream",
+            "unknown field",
+        ),
+        (
+            https("    http3: true\n    quic: {max_streams: 0}\n"),
+            "listeners[0].quic.max_streams",
+            "0",
+        ),
+        (
+            https("    http3: true\n    quic: {idle_timeout: 0s}\n"),
+            "listeners[0].quic.idle_timeout",
+            "0s",
+        ),
+    ];
+    for (i, (text, path, value)) in cases.iter().enumerate() {
+        let file = pki.dir.join(format!("bad{i}.yaml"));
+        std::fs::write(&file, text).expect("write config");
+        let f = file.display().to_string();
+        let (code, out) = run_cli(&["-t", "-c", &f]);
+        assert_ne!(code, 0, "accepted: {text}");
+        assert!(out.contains(&f), "file not named: {out}");
+        assert!(out.contains(path), "key path {path} not named: {out}");
+        assert!(out.contains(value), "value {value} not named: {out}");
+    }
+    // and the good form passes
+    let file = pki.dir.join("good.yaml");
+    std::fs::write(
+        &file,
+        https("    http3: true\n    quic: {max_streams: 50}\n"),
+    )
+    .expect("write");
+    let (code, out) = run_cli(&["-t", "-c", &file.display().to_string()]);
+    assert_eq!(code, 0, "{out}");
+}
