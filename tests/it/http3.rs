@@ -256,6 +256,14 @@ async fn h3_get_post_route_forwarded_sni_altsvc_and_metrics() {
         .expect("GET for no route");
     assert_eq!(got.status, 404);
 
+    // no tunnels over HTTP/3 here: CONNECT is refused, and nothing reaches an origin
+    let before = a.requests();
+    let got = request(&mut s, "CONNECT", "a.test:443", &[], None)
+        .await
+        .expect("CONNECT answered");
+    assert_eq!(got.status, 501);
+    assert_eq!(a.requests(), before);
+
     // a name under *.b.test: the wildcard certificate and b's route
     let (conn_b, mut sb) = connect(&e, proxy.addr, "x.b.test").await;
     assert_eq!(served_cn(&conn_b), "wild.b.test");

@@ -154,7 +154,11 @@ pub async fn serve(
         content_length: declared,
         fields: &req,
     };
-    let own = match l.admit(&head) {
+    let verdict = match crate::policy::engine::h3_unsupported(method) {
+        Some(code) => Verdict::Answer(Answer::new(code), None),
+        None => l.admit(&head),
+    };
+    let own = match verdict {
         Verdict::Answer(a, route) => Some((a, route.map(|r| r.id), RequestObs::default())),
         Verdict::Proxy(route) => {
             if let Some((h, c)) = super::cache::fresh_hit(l, route, &req, host) {
