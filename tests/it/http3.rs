@@ -178,6 +178,15 @@ async fn h3_get_post_route_forwarded_sni_altsvc_and_metrics() {
     let a = OriginBuilder::new("a")
         .body("from a")
         .on("/big", &[], big.clone())
+        .on_resp(
+            "/chunked",
+            crate::support::origin::PathResp {
+                status: 200,
+                body: big.clone(),
+                chunked: true,
+                ..Default::default()
+            },
+        )
         .run()
         .await;
     let b = OriginBuilder::new("b").body("from b").run().await;
@@ -216,6 +225,14 @@ async fn h3_get_post_route_forwarded_sni_altsvc_and_metrics() {
         Some(&b"3000000"[..])
     );
     assert!(got.body == big, "the response body arrived changed");
+
+    // a chunked response is decoded: HTTP/3 frames carry the body, no chunk framing
+    let got = request(&mut s, "GET", "https://a.test/chunked", &[], None)
+        .await
+        .expect("chunked GET");
+    assert_eq!(got.status, 200);
+    assert!(got.headers.get("transfer-encoding").is_none());
+    assert!(got.body == big, "the chunked body arrived changed");
 
     // a 10 MB body, streamed, reaches the origin intact
     let body: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();

@@ -382,7 +382,7 @@ async fn respond(
     ex: &mut Exchange<'_>,
     send: &mut Send,
     mut up: TcpStream,
-    mut rbuf: Vec<u8>,
+    rbuf: Vec<u8>,
     h: RespHead,
 ) -> Result<(), Failure> {
     ex.status = h.code;
@@ -423,21 +423,24 @@ async fn respond(
         _ => 0,
     };
     let mut done = h.framing == Framing::None;
-    let mut first = Some(rbuf[h.head_len..].to_vec());
     if done {
         keep &= rbuf.len() == h.head_len;
     }
-    rbuf = Vec::with_capacity(BODY_BUF);
+    // the body bytes that came with the head first, then reads; each piece copied once
+    let head_buf = rbuf;
+    let mut buf = Vec::with_capacity(BODY_BUF);
+    let mut first = true;
     while !done {
-        let piece: Vec<u8> = match first.take() {
-            Some(p) => p,
-            None => match ex.read_body(&mut up, &mut rbuf, h.framing).await? {
-                Some(n) => rbuf[..n].to_vec(),
+        let piece: &[u8] = if std::mem::take(&mut first) {
+            &head_buf[h.head_len..]
+        } else {
+            match ex.read_body(&mut up, &mut buf, h.framing).await? {
+                Some(n) => &buf[..n],
                 None => {
                     keep = false;
                     break;
                 }
-            },
+            }
         };
         let n = piece.len();
         let chunk = match h.framing {
@@ -450,7 +453,7 @@ async fn respond(
             }
             Framing::Chunked => {
                 let mut d = Vec::with_capacity(n);
-                match scanner.scan_into(&piece, Some(&mut d)) {
+                match scanner.scan_into(piece, Some(&mut d)) {
                     Ok(crate::http::chunked::Scan::Done(k)) => {
                         keep &= k == n;
                         done = true;
@@ -460,7 +463,7 @@ async fn respond(
                 }
                 Bytes::from(d)
             }
-            _ => Bytes::from(piece),
+            _ => Bytes::copy_from_slice(piece),
         };
         ex.bytes_out += chunk.len();
         if !chunk.is_empty() && send.send_data(chunk).await.is_err() {
