@@ -526,6 +526,16 @@ async fn h3_graceful_upgrade_finishes_the_stream_in_flight_and_hands_the_port_ov
         "old process did not exit cleanly: {st:?}\n{}",
         old.log()
     );
+    assert!(
+        old.log().contains("HTTP/3 stops accepting"),
+        "{}",
+        old.log()
+    );
+    assert!(
+        !old.log().contains("still open after the grace period"),
+        "the old process did not drain its QUIC connection by itself:\n{}",
+        old.log()
+    );
     let new_log = std::fs::read_to_string(pki.dir.join("stderr-new.log")).unwrap_or_default();
     assert!(
         new_log.contains("Bootstrap done") && !new_log.contains("starting normally"),

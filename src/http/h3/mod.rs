@@ -220,6 +220,27 @@ impl Service for H3Service {
     }
 }
 
+/// How often a draining connection looks whether its last stream is done.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// HTTP/3's "no error" close code (RFC 9114 8.1).
+const H3_NO_ERROR: u32 = 0x100;
+
+/// Counts a stream in flight while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(n: Arc<AtomicUsize>) -> Busy {
+        n.fetch_add(1, Relaxed);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Counts a connection open while it lives.
 struct OpenSlot(Arc<Shared>);
 
@@ -269,6 +290,8 @@ async fn connection(
         .build::<_, bytes::Bytes>(h3_quinn::Connection::new(conn))
         .await;
     if let Ok(mut h3c) = built {
+        // streams of this connection still being served, for the drain
+        let inflight = Arc::new(AtomicUsize::new(0));
         let mut stopping = *stop.borrow();
         if stopping {
             let _ = h3c.shutdown(0).await;
@@ -284,12 +307,23 @@ async fn connection(
                     }
                     continue;
                 }
+                _ = tokio::time::sleep(DRAIN_POLL), if stopping => {
+                    if inflight.load(Relaxed) == 0 {
+                        // every stream taken before the GOAWAY is done: close now rather
+                        // than wait for the client's idle timeout
+                        quic.close(H3_NO_ERROR.into(), b"");
+                        break;
+                    }
+                    continue;
+                }
             };
             match next {
                 Ok(Some(resolver)) => {
                     m::STREAMS.with_label_values(&[&name]).inc();
                     let shared = shared.clone();
+                    let busy = Busy::new(inflight.clone());
                     tokio::spawn(async move {
+                        let _busy = busy;
                         match resolver.resolve_request().await {
                             Ok((req, stream)) => {
                                 let l = &shared.listener;
