@@ -92,12 +92,10 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         server.add_service(crate::admin::service(a, &upstreams.pools));
     }
 
-    let grace = std::time::Duration::from_secs(
-        server
-            .configuration
-            .graceful_shutdown_timeout_seconds
-            .unwrap_or(5),
-    );
+    // Pingora tears service runtimes down when grace_period_seconds ends: the QUIC drain
+    // must be done by then.
+    let grace =
+        std::time::Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(5));
     for (i, l) in cfg.listeners.iter().enumerate() {
         match l.protocol {
             ListenerProtocol::Http | ListenerProtocol::Https => {

@@ -476,14 +476,14 @@ async fn h3_graceful_upgrade_finishes_the_stream_in_flight_and_hands_the_port_ov
     use crate::support::proxy::{send_signal, BIN};
     let slow = OriginBuilder::new("slow")
         .body("slow done")
-        .delay(Duration::from_millis(2500))
+        .delay(Duration::from_millis(7000))
         .run()
         .await;
     let b = OriginBuilder::new("b").body("from b").run().await;
     let pki = Pki::new("h3-upgrade");
     let d = pki.dir.display().to_string();
     let pingora = format!(
-        "pingora:\n  threads: 2\n  pid_file: {d}/stepstone.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 5\n"
+        "pingora:\n  threads: 2\n  pid_file: {d}/stepstone.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 4\n  graceful_shutdown_timeout_seconds: 2\n"
     );
     let template = format!("{pingora}{}", config(&pki, slow.addr, b.addr, "", ""));
     let mut old = start(&pki, &template);
@@ -512,6 +512,27 @@ async fn h3_graceful_upgrade_finishes_the_stream_in_flight_and_hands_the_port_ov
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     send_signal(old.child.id(), libc::SIGQUIT);
+
+    // Pingora's old process keeps accepting for 5 s after SIGQUIT; then it accepts nothing
+    // new (GOAWAY) but still serves the slow stream: a new connection now is the new one's
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !old.log().contains("HTTP/3 stops accepting") {
+        assert!(
+            Instant::now() < deadline,
+            "old process never stopped accepting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        old.child.try_wait().ok().flatten().is_none(),
+        "the old process left before its stream was done"
+    );
+    let (_c1, mut s1) = connect(&e, new.addr, "x.b.test").await;
+    let got = request(&mut s1, "GET", "https://x.b.test/", &[], None)
+        .await
+        .expect("GET on a connection made during the drain");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"from b");
 
     let got = inflight
         .await

@@ -23,7 +23,10 @@
 //! exits both read from one socket, so a packet of an old connection may be read by the new
 //! process: it does not know the connection, and its stateless reset carries a token made
 //! with its own key, which the client ignores (RFC 9000 10.3.1). The packet counts as lost
-//! and QUIC's loss recovery sends it again, so old streams finish, more slowly.
+//! and QUIC's loss recovery sends it again, so old streams finish, more slowly. Pingora
+//! keeps accepting for 5 s after SIGQUIT, then stops and drops the service's runtime when
+//! `grace_period_seconds` ends: that bounds the drain, and connections still open then get
+//! CONNECTION_CLOSE rather than silence.
 
 mod cache;
 mod pipe;
@@ -51,7 +54,8 @@ pub struct H3Service {
     max_connections: Option<usize>,
     server: quinn::ServerConfig,
     pool_max: usize,
-    /// How long streams in flight may take after the stop (Pingora's grace period).
+    /// How long streams in flight may take after the stop: Pingora's grace_period_seconds,
+    /// at whose end it drops this service's runtime.
     grace: Duration,
     listener_open: Arc<AtomicUsize>,
 }
@@ -205,14 +209,17 @@ impl Service for H3Service {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
-        if tokio::time::timeout(self.grace, drained).await.is_err() {
+        // Pingora drops this runtime when the grace period ends: close first, so clients
+        // hear CONNECTION_CLOSE instead of waiting out their idle timeout.
+        let window = self.grace.saturating_sub(CLOSE_MARGIN);
+        if tokio::time::timeout(window, drained).await.is_err() {
             log::warn!(
                 "{}: HTTP/3 connections still open after the grace period: closing them",
                 self.name
             );
         }
-        endpoint.close(0u32.into(), b"shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        endpoint.close(H3_NO_ERROR.into(), b"shutting down");
+        let _ = tokio::time::timeout(CLOSE_MARGIN, endpoint.wait_idle()).await;
     }
 
     fn name(&self) -> &str {
@@ -220,6 +227,8 @@ impl Service for H3Service {
     }
 }
 
+/// What of the grace period is kept for closing the connections still open at its end.
+const CLOSE_MARGIN: Duration = Duration::from_millis(200);
 /// How often a draining connection looks whether its last stream is done.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 /// HTTP/3's "no error" close code (RFC 9114 8.1).
