@@ -814,3 +814,32 @@ fn h3_bad_keys_are_config_errors() {
     let (code, out) = run_cli(&["-t", "-c", &file.display().to_string()]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// A backend that cannot be reached answers a POST at once, while the client is still in
+/// the middle of its body: the body is not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_failed_backend_answers_without_waiting_for_the_rest_of_the_body() {
+    let down: SocketAddr = ([127, 0, 0, 1], crate::support::free_port()).into();
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-down");
+    let proxy = start(&pki, &config(&pki, down, b.addr, "", ""));
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let req = http::Request::post("https://a.test/upload")
+        .header("content-length", "1000000")
+        .body(())
+        .expect("request");
+    let mut stream = s.send_request(req).await.expect("send");
+    stream
+        .send_data(Bytes::from(vec![b'x'; 10_000]))
+        .await
+        .expect("first piece");
+    // the rest of the body never comes
+    let t0 = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), stream.recv_response())
+        .await
+        .expect("no answer while the body was incomplete")
+        .expect("response");
+    assert_eq!(resp.status().as_u16(), 502);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}

@@ -20,6 +20,7 @@ use ::h3::server::RequestStream;
 use bytes::{Buf, Bytes};
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -111,22 +112,20 @@ async fn read_all(recv: &mut Recv, limit: u64) -> Result<Option<Vec<u8>>, Failur
     }
 }
 
-/// Copy the request body from the QUIC stream into the pipe; ends when the body does or
-/// the exchange stops reading (the pipe's reader dropped). Returns the bytes read.
-async fn pump(recv: &mut Recv, mut to: tokio::io::DuplexStream) -> usize {
-    let mut n = 0;
+/// Copy the request body from the QUIC stream into the pipe, counting into `n`; ends when
+/// the body does or the exchange stops reading (the pipe's reader dropped).
+async fn pump(recv: &mut Recv, mut to: tokio::io::DuplexStream, n: &AtomicUsize) {
     while let Ok(Some(mut b)) = recv.recv_data().await {
         while b.has_remaining() {
             let c = b.chunk();
             if to.write_all(c).await.is_err() {
-                return n;
+                return;
             }
-            n += c.len();
             let k = c.len();
+            n.fetch_add(k, Relaxed);
             b.advance(k);
         }
     }
-    n
 }
 
 /// Serve one request. `pool_max`: idle backend connections kept per thread.
@@ -344,7 +343,20 @@ async fn proxy(
         r
     };
     let (res, bytes_in) = if streamed > 0 {
-        tokio::join!(exchange, pump(recv, theirs))
+        // The exchange ends the request, body read or not (a backend that failed first, a
+        // client that stalled mid-body): the pump stops with it instead of waiting on the
+        // client for the rest.
+        let read = AtomicUsize::new(0);
+        let pumping = pump(recv, theirs, &read);
+        tokio::pin!(exchange, pumping);
+        let mut pumped = false;
+        let res = loop {
+            tokio::select! {
+                r = &mut exchange => break r,
+                _ = &mut pumping, if !pumped => pumped = true,
+            }
+        };
+        (res, read.load(Relaxed))
     } else {
         drop(theirs);
         (exchange.await, body_len as usize)
