@@ -843,3 +843,35 @@ async fn h3_failed_backend_answers_without_waiting_for_the_rest_of_the_body() {
     assert_eq!(resp.status().as_u16(), 502);
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }
+
+/// `quic.max_streams`: a client may have that many requests open at once on a connection;
+/// QUIC's stream credit holds the rest back until one ends, so all succeed and the origin
+/// never sees more at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_max_streams_holds_extra_requests_back() {
+    let a = OriginBuilder::new("a")
+        .body("ok")
+        .delay(Duration::from_millis(200))
+        .run()
+        .await;
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-maxstreams");
+    let quic = "    quic: {max_streams: 4}\n";
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
+    let e = endpoint(&pki);
+    let (_conn, s) = connect(&e, proxy.addr, "a.test").await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let mut s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            request(&mut s, "GET", &format!("https://a.test/m{i}"), &[], None).await
+        }));
+    }
+    for t in tasks {
+        let got = t.await.expect("task").expect("answered");
+        assert_eq!(got.status, 200);
+    }
+    assert_eq!(a.requests(), 12);
+    let peak = a.state.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=4).contains(&peak), "origin saw {peak} at once");
+}
