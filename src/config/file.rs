@@ -140,6 +140,29 @@ pub struct ListenerFile {
     pub fast_path: Option<bool>,
     /// Limits on what a client may send; every field has a safe default.
     pub limits: Option<LimitsFile>,
+    /// https only: also serve HTTP/3 over QUIC on UDP, same address and port, same
+    /// certificates and routes. Default: false
+    pub http3: Option<bool>,
+    /// With http3: the QUIC side's limits. See [`QuicFile`].
+    pub quic: Option<QuicFile>,
+}
+
+/// Limits of a listener's HTTP/3 side; every field has a default (`DEFAULT_QUIC_*`).
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct QuicFile {
+    /// Request streams open at once on one connection. Default: 100
+    pub max_streams: Option<u32>,
+    /// A connection with no packets either way for this long is closed. Default: 30s
+    pub idle_timeout: Option<Dur>,
+    /// A handshake not done by then is abandoned. Default: 10s
+    pub handshake_timeout: Option<Dur>,
+    /// Largest request header section (names + values + 32 per field, RFC 9114 4.2.2);
+    /// larger gets 431. Default: the listener's limits.max_header_size
+    pub max_header_list_size: Option<Size>,
+    /// Handshakes in progress above which new clients must first prove their address
+    /// (a Retry round trip), against floods from spoofed sources. 0: always. Default: 64
+    pub retry_above: Option<u32>,
 }
 
 /// Per-listener limits against hostile or broken clients.

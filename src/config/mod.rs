@@ -17,6 +17,7 @@ pub mod compression;
 pub mod file;
 pub mod forward;
 pub mod l4;
+pub mod quic;
 pub mod tls;
 pub mod tracing;
 pub mod units;
@@ -355,6 +356,8 @@ pub struct ListenerSpec {
     /// Serve what it can on the lean engine; `false`: every request on Pingora's.
     pub fast_path: bool,
     pub limits: ListenerLimits,
+    /// https with `http3: true`: the QUIC side.
+    pub http3: Option<quic::QuicSpec>,
 }
 
 /// A validated listener TLS block. The files were readable and consistent when the config

@@ -36,6 +36,7 @@ pub(super) fn listeners(
             Some(f) => Some(forward::validate(e, &p, l.protocol, f, store)?),
             None => None,
         };
+        let lim = limits(e, &p, &l.limits)?;
         listeners.push(ListenerSpec {
             name: l.name.clone(),
             addr,
@@ -44,7 +45,8 @@ pub(super) fn listeners(
             redirect_https,
             h2c,
             fast_path: l.fast_path.unwrap_or(true),
-            limits: limits(e, &p, &l.limits)?,
+            http3: super::quic::validate(e, &p, l, &lim)?,
+            limits: lim,
             l4: None,
             proxy_protocol: l4::accept_proxy(e, &p, l)?,
             forward,

@@ -589,6 +589,9 @@ impl ProxyHttp for HttpProxy {
                 resp.append_header(http::header::SET_COOKIE, c)?;
             }
         }
+        if let Some(v) = policy::edit::alt_svc(&self.listener) {
+            resp.insert_header(http::header::ALT_SVC, v.clone())?;
+        }
         if !policy::keep_after_upgrade(ctx.upgrade.is_some(), resp.status.as_u16() == 101) {
             session.set_keepalive(None);
         }

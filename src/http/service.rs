@@ -96,6 +96,12 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// The listener's open-connection count, for another transport of the same listener
+    /// (HTTP/3) to count into, so `max_connections` covers both.
+    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+        self.open.clone()
+    }
+
     pub fn new(name: &str, limits: &ListenerLimits) -> Admission {
         let open = Arc::new(AtomicUsize::new(0));
         let name: Arc<str> = name.into();

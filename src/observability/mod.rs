@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 mod access_log;
 mod done;
+pub mod quic;
 mod render;
 pub mod tracing;
 

@@ -187,6 +187,34 @@ pub fn response_for_http10(resp: &mut ResponseHeader) -> bool {
     no_body || (!chunked && resp.headers.contains_key(http::header::CONTENT_LENGTH))
 }
 
+/// How long a client may remember the HTTP/3 endpoint (nginx's and Caddy's choice).
+pub const ALT_SVC_MAX_AGE: u32 = 86400;
+
+/// The `Alt-Svc` value of a listener with `http3: true`: the same port over UDP.
+pub fn alt_svc_value(spec: &crate::config::ListenerSpec) -> Option<http::HeaderValue> {
+    spec.http3.as_ref()?;
+    let v = format!("h3=\":{}\"; ma={ALT_SVC_MAX_AGE}", spec.addr.port());
+    http::HeaderValue::from_str(&v).ok()
+}
+
+/// The response edit of a listener that serves HTTP/3 too: every response on its TCP side
+/// advertises it, whichever engine wrote it (RFC 7838).
+pub fn alt_svc(l: &super::ListenerPolicy) -> Option<&http::HeaderValue> {
+    l.alt_svc.as_ref()
+}
+
+/// [`alt_svc`] for the lean engine's HTTP/1 head bytes (ending in the empty line).
+pub fn push_alt_svc_h1(l: &super::ListenerPolicy, head: &mut Vec<u8>) {
+    if let Some(v) = alt_svc(l) {
+        let at = head.len().saturating_sub(2);
+        let mut line = Vec::with_capacity(v.len() + 11);
+        line.extend_from_slice(b"alt-svc: ");
+        line.extend_from_slice(v.as_bytes());
+        line.extend_from_slice(b"\r\n");
+        head.splice(at..at, line);
+    }
+}
+
 /// Whether a response field survives the edit; for the lean engine's byte writer.
 pub fn keep_response_field(f: Field, chunked: bool) -> bool {
     !fields::drop_on_response(f, chunked)

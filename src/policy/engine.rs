@@ -189,3 +189,9 @@ fn route_allows(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fa
     }
     Ok(())
 }
+
+/// A request an HTTP/3 stream cannot carry through this proxy: CONNECT, plain or extended
+/// (RFC 9220 WebSockets), has no tunnel over QUIC here; answered 501 before routing.
+pub fn h3_unsupported(method: &str) -> Option<u16> {
+    (method == "CONNECT").then_some(501)
+}

@@ -62,6 +62,8 @@ pub struct ListenerPolicy {
     pub keepalive_timeout: Duration,
     /// Longest wait for a client to send body bytes or take response bytes.
     pub client_timeout: Duration,
+    /// `Alt-Svc` of a listener that also serves HTTP/3 ([`edit::alt_svc`]).
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 /// What [`ListenerPolicy::admit`] needs to know about a request.
@@ -102,6 +104,7 @@ impl ListenerPolicy {
             keepalive_requests: spec.limits.keepalive_requests,
             keepalive_timeout: spec.limits.keepalive_timeout,
             client_timeout: spec.limits.client_timeout,
+            alt_svc: edit::alt_svc_value(spec),
         }
     }
 

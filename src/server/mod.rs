@@ -100,12 +100,16 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     }
 
     let conf = server.configuration.clone();
+    // Pingora tears service runtimes down when grace_period_seconds ends: the QUIC drain
+    // must be done by then.
+    let grace = std::time::Duration::from_secs(conf.grace_period_seconds.unwrap_or(5));
     let mut http = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         match l.protocol {
             ListenerProtocol::Http | ListenerProtocol::Https => {
                 let listener = http_listener(i, l, cfg, &upstreams.pools);
-                let (app, swap) = http_stack(l, listener, &conf);
+                let h3_listener = listener.clone();
+                let (app, swap, open, engines) = http_stack(l, listener, &conf);
                 let name = format!("http {}", l.name);
                 let Some(t) = &l.tls else {
                     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -133,6 +137,17 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 svc.add_listener(endpoint);
                 crate::l4::accept::set_pre_tls(&mut svc, l);
                 server.add_service(svc);
+                if let Some(q) = &l.http3 {
+                    let h3 = crate::http::h3::H3Service::new(
+                        h3_listener,
+                        l,
+                        q,
+                        open,
+                        pool_max(&conf),
+                        grace,
+                    )?;
+                    server.add_service(h3.following(engines));
+                }
             }
             ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {
                 crate::l4::add_service(&mut server, l, &upstreams.pools)?;
@@ -189,7 +204,12 @@ fn http_stack(
     l: &ListenerSpec,
     listener: Arc<Listener>,
     conf: &Arc<ServerConf>,
-) -> (HttpApp, EngineSwap<HttpProxy>) {
+) -> (
+    HttpApp,
+    EngineSwap<HttpProxy>,
+    Arc<std::sync::atomic::AtomicUsize>,
+    crate::http::service::FastSwap,
+) {
     let proxy = HttpProxy {
         listener: listener.clone(),
     };
@@ -205,10 +225,12 @@ fn http_stack(
     let mut app = LeanHttp::new(&l.name, proxy, conf, options, l.limits);
     app.set_fast(fast);
     let admission = app.admission();
+    let open = admission.open_connections();
     let (fast, swap) = (app.fast(), app.swap());
+    let engines = fast.clone();
     let app = crate::lifecycle::Draining::new(app, conf);
     let app = crate::http::service::H1First::new(app, &l.limits, admission, fast);
-    (app, swap)
+    (app, swap, open, engines)
 }
 
 /// A plaintext TCP endpoint. Reads skip the L4 buffer: the HTTP/1 parser reads into its own

@@ -442,7 +442,7 @@ fn start_listener(
     conf: &Arc<ServerConf>,
 ) -> std::io::Result<HttpHandle> {
     let listener = http_listener(index, l, cfg, pools);
-    let (app, swap) = super::http_stack(l, listener, conf);
+    let (app, swap, _, _) = super::http_stack(l, listener, conf);
     let (stop, rx) = tokio::sync::watch::channel(false);
     let name = format!("http {}", l.name);
     match &l.proxy_protocol {

@@ -18,6 +18,8 @@ mod grpc;
 mod h2cancel;
 mod h2expect;
 mod hardening;
+mod http3;
+mod http3_ops;
 mod interim;
 mod l4;
 mod mirror;

@@ -466,6 +466,7 @@ impl<'a> Exchange<'a> {
         if let Some(c) = self.sticky_cookie() {
             crate::policy::sticky::push_h1(&mut h.head, &c);
         }
+        crate::policy::edit::push_alt_svc_h1(self.l, &mut h.head);
         if h.upgraded {
             return self.tunnel(g, up, rbuf, h).await;
         }
@@ -712,6 +713,11 @@ impl<'a> Exchange<'a> {
             Err(_) => return,
         };
         crate::policy::outlier::observe(self.pool, &p.slot, failed);
+    }
+
+    /// The listener the request came in on.
+    pub fn listener(&self) -> &Listener {
+        self.l
     }
 
     /// The `Set-Cookie` of a sticky upstream for the response of the backend chosen.

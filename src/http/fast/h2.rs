@@ -271,6 +271,9 @@ impl Exchange<'_> {
         if let Some(c) = self.sticky_cookie() {
             let _ = resp.append_header(http::header::SET_COOKIE, c);
         }
+        if let Some(v) = crate::policy::edit::alt_svc(self.listener()) {
+            let _ = resp.insert_header(http::header::ALT_SVC, v.clone());
+        }
         let mut upstream_keep = h.upstream_keep;
         let mut scanner = crate::http::chunked::ChunkedScanner::default();
         let mut left = 0u64;

@@ -24,9 +24,9 @@
 //! added to the stored head, which keeps the origin's `Date` (one is added only when the
 //! origin sent none); the body is the store's buffer.
 
-mod exchange;
+pub(in crate::http) mod exchange;
 mod h2;
-mod response;
+pub(in crate::http) mod response;
 
 use super::guard::Guarded;
 use super::Listener;
@@ -93,6 +93,11 @@ fn fell_back(reason: Fallback) {
 }
 
 impl FastPath {
+    /// The listener (routes, limits) this engine was built with, for the HTTP/3 side.
+    pub fn listener_arc(&self) -> Arc<Listener> {
+        self.listener.clone()
+    }
+
     /// The lean engine of a listener. `pool_max`: idle upstream connections per thread.
     pub fn new(listener: Arc<Listener>, pool_max: usize) -> FastPath {
         FastPath { listener, pool_max }
@@ -279,6 +284,7 @@ impl FastPath {
             }
             head.extend_from_slice(connection_line(keep));
             head.extend_from_slice(b"\r\n");
+            policy::edit::push_alt_svc_h1(l, &mut head);
             let body = (!r.head_only).then(|| h.body().clone());
             return Plan::Hit {
                 req: r,
@@ -631,7 +637,7 @@ async fn finish_hit(
 /// An origin-form target made only of RFC 3986 path and query characters, which the
 /// general path's `http::Uri` keeps verbatim in `path_and_query` (so both paths key it the
 /// same); anything else (a fragment, raw spaces or non-ASCII, ...) is left to the general path.
-fn plain_target(t: &str) -> bool {
+pub(in crate::http) fn plain_target(t: &str) -> bool {
     t.starts_with('/')
         && t.bytes().all(|b| {
             b.is_ascii_alphanumeric()

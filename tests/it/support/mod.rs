@@ -8,6 +8,7 @@ pub mod h2raw;
 pub mod origin;
 pub mod pki;
 pub mod proxy;
+pub mod quic;
 pub mod raw;
 pub mod scripted;
 pub mod tcp;

@@ -1,0 +1,388 @@
+//! The HTTP/3 engine: QUIC (quinn) on the UDP side of an https listener with `http3: true`.
+//!
+//! One endpoint per listener, on the TCP listener's address and port, with the TCP side's
+//! certificate store ([`tls`]) and the same [`Listener`] (routes, limits, policy). Each
+//! request stream is served by [`request`], which forwards it to the backend as HTTP/1.1 on
+//! the lean engine's exchange.
+//!
+//! Limits: the peer may open `quic.max_streams` request streams at once (QUIC flow control
+//! holds the rest back); header sections over `quic.max_header_list_size` get 431 (the
+//! limit is also announced in SETTINGS); `quic.idle_timeout` and `quic.handshake_timeout`;
+//! the listener's `max_connections`, counted over TCP and QUIC together, refuses new
+//! connections (CONNECTION_REFUSED) and its
+//! per-IP rate limit answers 429 per request. With more than `quic.retry_above` handshakes
+//! in progress, a new client must first prove its address with a Retry round trip, so a
+//! flood from spoofed sources costs one packet each.
+//!
+//! Cache: fresh hits are answered from the store ([`cache`]); misses are proxied, not stored.
+//!
+//! Upgrade (`-u`): the UDP socket goes through Pingora's fd table under `udp://ADDR`, so the
+//! new process reads the same socket. When the old process is told to stop it sends GOAWAY
+//! on each connection, finishes the streams it had accepted, and drops new handshakes it
+//! still reads (the client's retransmission reaches the new process). Until the old process
+//! exits both read from one socket, so a packet of an old connection may be read by the new
+//! process: it does not know the connection, and its stateless reset carries a token made
+//! with its own key, which the client ignores (RFC 9000 10.3.1). The packet counts as lost
+//! and QUIC's loss recovery sends it again, so old streams finish, more slowly. Pingora
+//! keeps accepting for 5 s after SIGQUIT, then stops and drops the service's runtime when
+//! `grace_period_seconds` ends: that bounds the drain, and connections still open then get
+//! CONNECTION_CLOSE rather than silence.
+
+mod cache;
+mod pipe;
+mod request;
+mod tls;
+
+use crate::config::quic::QuicSpec;
+use crate::http::Listener;
+use crate::observability::quic as m;
+use async_trait::async_trait;
+use pingora_core::server::{ListenFds, ShutdownWatch};
+use pingora_core::services::Service;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The HTTP/3 side of one https listener.
+pub struct H3Service {
+    name: String,
+    addr: SocketAddr,
+    listener: Arc<Listener>,
+    spec: QuicSpec,
+    max_connections: Option<usize>,
+    server: quinn::ServerConfig,
+    pool_max: usize,
+    /// How long streams in flight may take after the stop: Pingora's grace_period_seconds,
+    /// at whose end it drops this service's runtime.
+    grace: Duration,
+    listener_open: Arc<AtomicUsize>,
+    /// The TCP side's engines, which a reload swaps: each request takes the routing in force.
+    engines: Option<crate::http::service::FastSwap>,
+}
+
+/// Everything a connection task shares.
+struct Shared {
+    listener: Arc<Listener>,
+    engines: Option<crate::http::service::FastSwap>,
+    spec: QuicSpec,
+    pool_max: usize,
+    /// QUIC connections open, for the drain.
+    open: AtomicUsize,
+    /// The listener's connections open on either transport, for `max_connections`.
+    listener_open: Arc<AtomicUsize>,
+    handshaking: AtomicUsize,
+}
+
+impl H3Service {
+    /// The HTTP/3 side of `spec`, on the certificate store its TCP side registered (so
+    /// built after it). `pool_max`: idle backend connections per thread; `grace`: how long
+    /// streams in flight may take after the stop.
+    pub fn new(
+        listener: Arc<Listener>,
+        spec: &crate::config::ListenerSpec,
+        quic: &QuicSpec,
+        listener_open: Arc<AtomicUsize>,
+        pool_max: usize,
+        grace: Duration,
+    ) -> Result<H3Service, String> {
+        let t = spec.tls.as_ref().map(|t| t.key_path.as_str());
+        let Some(store) = crate::tls::stores()
+            .into_iter()
+            .rev()
+            .find(|s| Some(s.spec.key_path.as_str()) == t)
+        else {
+            return Err(format!(
+                "listeners {}: http3 without certificates",
+                spec.name
+            ));
+        };
+        let crypto = tls::server_config(store)?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+            .map_err(|e| format!("listeners {}: QUIC TLS: {e}", spec.name))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(quic.max_streams.into());
+        // the peer's control and QPACK streams, and a few it may open besides
+        t.max_concurrent_uni_streams(8u32.into());
+        let idle = quinn::IdleTimeout::try_from(quic.idle_timeout)
+            .map_err(|e| format!("listeners {}: quic.idle_timeout: {e}", spec.name))?;
+        t.max_idle_timeout(Some(idle));
+        server.transport_config(Arc::new(t));
+        m::declare(&spec.name);
+        Ok(H3Service {
+            name: spec.name.clone(),
+            addr: spec.addr,
+            listener,
+            spec: quic.clone(),
+            max_connections: spec.limits.max_connections,
+            server,
+            pool_max,
+            grace,
+            listener_open,
+            engines: None,
+        })
+    }
+
+    /// Take each request's routing from the TCP side's engines, so a reload applies to
+    /// HTTP/3 requests too.
+    pub fn following(mut self, engines: crate::http::service::FastSwap) -> H3Service {
+        self.engines = Some(engines);
+        self
+    }
+}
+
+impl Shared {
+    /// The listener (routes, limits) in force now: the TCP side's, as the last reload left
+    /// it; the one the service started with when that side has no lean engine.
+    fn listener(&self) -> Arc<Listener> {
+        self.engines
+            .as_ref()
+            .and_then(|e| e.load_full())
+            .map(|f| f.listener_arc())
+            .unwrap_or_else(|| self.listener.clone())
+    }
+}
+
+/// The UDP socket: the old process's on an upgrade, else a new one, recorded for the next.
+fn socket(addr: SocketAddr, fds: Option<&ListenFds>) -> std::io::Result<std::net::UdpSocket> {
+    let key = format!("udp://{addr}");
+    if let Some(fd) = fds.and_then(|f| f.lock().get(&key).copied()) {
+        // SAFETY: the fd table holds sockets this process received from the old one (or
+        // bound itself); each key is taken by exactly one service.
+        return Ok(unsafe { std::net::UdpSocket::from_raw_fd(fd) });
+    }
+    let s = std::net::UdpSocket::bind(addr)?;
+    if let Some(f) = fds {
+        f.lock().add(key, s.as_raw_fd());
+    }
+    Ok(s)
+}
+
+#[async_trait]
+impl Service for H3Service {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let endpoint = match socket(self.addr, fds.as_ref()).and_then(|s| {
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(self.server.clone()),
+                s,
+                Arc::new(quinn::TokioRuntime),
+            )
+        }) {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("{}: cannot listen on udp {}: {e}", self.name, self.addr);
+                std::process::exit(1);
+            }
+        };
+        log::info!("{}: HTTP/3 on udp {}", self.name, self.addr);
+        let shared = Arc::new(Shared {
+            listener: self.listener.clone(),
+            engines: self.engines.clone(),
+            spec: self.spec.clone(),
+            pool_max: self.pool_max,
+            open: AtomicUsize::new(0),
+            listener_open: self.listener_open.clone(),
+            handshaking: AtomicUsize::new(0),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => i,
+                c = shutdown.changed() => {
+                    if c.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(incoming) = incoming else { break };
+            if self
+                .max_connections
+                .is_some_and(|n| shared.listener_open.load(Relaxed) >= n)
+            {
+                crate::observability::refused(&self.name, "max_connections");
+                incoming.refuse();
+                continue;
+            }
+            if shared.handshaking.load(Relaxed) >= self.spec.retry_above as usize
+                && !incoming.remote_address_validated()
+            {
+                if incoming.retry().is_ok() {
+                    m::RETRIES.with_label_values(&[&self.name]).inc();
+                }
+                continue;
+            }
+            let shared = shared.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(connection(shared, incoming, stop));
+        }
+        // New handshakes are the new process's (or nobody's) now; GOAWAY to the rest.
+        log::info!("{}: HTTP/3 stops accepting on udp {}", self.name, self.addr);
+        let _ = stop_tx.send(true);
+        endpoint.set_server_config(None);
+        let drained = async {
+            while shared.open.load(Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        // Pingora drops this runtime when the grace period ends: close first, so clients
+        // hear CONNECTION_CLOSE instead of waiting out their idle timeout.
+        let window = self.grace.saturating_sub(CLOSE_MARGIN);
+        if tokio::time::timeout(window, drained).await.is_err() {
+            log::warn!(
+                "{}: HTTP/3 connections still open after the grace period: closing them",
+                self.name
+            );
+        }
+        endpoint.close(H3_NO_ERROR.into(), b"shutting down");
+        let _ = tokio::time::timeout(CLOSE_MARGIN, endpoint.wait_idle()).await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// What of the grace period is kept for closing the connections still open at its end.
+const CLOSE_MARGIN: Duration = Duration::from_millis(200);
+/// How often a draining connection looks whether its last stream is done.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// HTTP/3's "no error" close code (RFC 9114 8.1).
+const H3_NO_ERROR: u32 = 0x100;
+
+/// Counts a stream in flight while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(n: Arc<AtomicUsize>) -> Busy {
+        n.fetch_add(1, Relaxed);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts a connection open while it lives.
+struct OpenSlot(Arc<Shared>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.listener_open.fetch_sub(1, Relaxed);
+        m::OPEN.with_label_values(&[&self.0.listener.name]).dec();
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let name = shared.listener.name.clone();
+    let client = incoming.remote_address().ip();
+    shared.open.fetch_add(1, Relaxed);
+    shared.listener_open.fetch_add(1, Relaxed);
+    m::OPEN.with_label_values(&[&name]).inc();
+    let _slot = OpenSlot(shared.clone());
+    shared.handshaking.fetch_add(1, Relaxed);
+    let hs = async {
+        let connecting = incoming.accept()?;
+        connecting.await
+    };
+    let r = tokio::time::timeout(shared.spec.handshake_timeout, hs).await;
+    shared.handshaking.fetch_sub(1, Relaxed);
+    let conn = match r {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            m::HANDSHAKES.with_label_values(&[&name, "failed"]).inc();
+            log::debug!("{name}: QUIC handshake with {client} failed: {e}");
+            return;
+        }
+        Err(_) => {
+            m::HANDSHAKES.with_label_values(&[&name, "timeout"]).inc();
+            return;
+        }
+    };
+    m::HANDSHAKES.with_label_values(&[&name, "ok"]).inc();
+    m::CONNECTIONS.with_label_values(&[&name]).inc();
+    let quic = conn.clone();
+    let built = ::h3::server::builder()
+        .max_field_section_size(shared.spec.max_header_list_size)
+        .build::<_, bytes::Bytes>(h3_quinn::Connection::new(conn))
+        .await;
+    if let Ok(mut h3c) = built {
+        // streams of this connection still being served, for the drain
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let mut stopping = *stop.borrow();
+        if stopping {
+            let _ = h3c.shutdown(0).await;
+        }
+        loop {
+            let next = tokio::select! {
+                r = h3c.accept() => r,
+                c = stop.changed(), if !stopping => {
+                    stopping = true;
+                    if c.is_ok() {
+                        // GOAWAY: streams accepted so far finish, no new ones
+                        let _ = h3c.shutdown(0).await;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(DRAIN_POLL), if stopping => {
+                    if inflight.load(Relaxed) == 0 {
+                        // every stream taken before the GOAWAY is done: close now rather
+                        // than wait for the client's idle timeout
+                        quic.close(H3_NO_ERROR.into(), b"");
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match next {
+                Ok(Some(resolver)) => {
+                    m::STREAMS.with_label_values(&[&name]).inc();
+                    let shared = shared.clone();
+                    let busy = Busy::new(inflight.clone());
+                    tokio::spawn(async move {
+                        let _busy = busy;
+                        match resolver.resolve_request().await {
+                            Ok((req, stream)) => {
+                                let l = shared.listener();
+                                request::serve(&l, shared.pool_max, Some(client), req, stream).await
+                            }
+                            Err(::h3::error::StreamError::HeaderTooBig { .. }) => {
+                                crate::observability::refused(&shared.listener.name, "431")
+                            }
+                            Err(_) => {}
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(_) => break,
+            }
+        }
+    }
+    // wait for the close to settle so the loss counts are final
+    let stats = quic.stats();
+    m::PACKETS_LOST
+        .with_label_values(&[&name])
+        .inc_by(stats.path.lost_packets);
+    m::BYTES_RETRANSMITTED
+        .with_label_values(&[&name])
+        .inc_by(stats.path.lost_bytes);
+    m::PACKETS_SENT
+        .with_label_values(&[&name])
+        .inc_by(stats.udp_tx.datagrams);
+}

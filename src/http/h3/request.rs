@@ -1,0 +1,492 @@
+//! One HTTP/3 request stream, served through the one request policy and forwarded to the
+//! backend as HTTP/1.1 by the lean engine's exchange (the same selection, retries, pooling,
+//! header rules and own answers as its HTTP/2 streams).
+//!
+//! The request body streams from the QUIC stream into the exchange through a small pipe
+//! ([`super::pipe`]); the response body streams back with QUIC's flow control as the
+//! back-pressure. A body without a Content-Length (HTTP/3 does not need one) is read first,
+//! within the route's `max_body_size`, and sent with its length: HTTP/1.1 backends are then
+//! not asked to take chunked requests.
+
+use super::pipe::{BodyPipe, PIPE_BUF};
+use crate::http::fast::exchange::{Down, Exchange, Failure};
+use crate::http::fast::response::{Framing, RespHead};
+use crate::http::guard::{Guarded, HeadLimits};
+use crate::http::Listener;
+use crate::observability::{self, ReqView, RequestObs};
+use crate::policy::answer::Answer;
+use crate::policy::{self, fields, forwarded, RequestHead, Verdict};
+use ::h3::server::RequestStream;
+use bytes::{Buf, Bytes};
+use pingora_http::RequestHeader;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+type Send = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type Recv = RequestStream<h3_quinn::RecvStream, Bytes>;
+
+const BODY_BUF: usize = 64 * 1024;
+/// The body pipe carries no head: its guard only passes bytes through.
+const PASS: HeadLimits = HeadLimits {
+    max_request_line: 0,
+    max_header_size: 0,
+    max_header_count: 0,
+    header_timeout: std::time::Duration::ZERO,
+};
+
+/// Request fields not copied: Host is written first from `:authority`, Cookie joined, and
+/// the policy's request edits drop the rest.
+fn skipped(name: &str) -> bool {
+    matches!(
+        name,
+        "host" | "cookie" | "transfer-encoding" | "content-length"
+    ) || fields::drop_on_request(fields::classify(name.as_bytes()))
+}
+
+/// What the access log needs once the stream is done.
+fn view<'a>(req: &'a RequestHeader, client: Option<IpAddr>, bytes_in: usize) -> ReqView<'a> {
+    let header = |n: http::header::HeaderName| {
+        req.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    };
+    ReqView {
+        client,
+        method: req.method.as_str(),
+        uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        version: "HTTP/3",
+        host: crate::http::request_host(req).unwrap_or("-"),
+        referer: header(http::header::REFERER),
+        user_agent: header(http::header::USER_AGENT),
+        bytes_in,
+    }
+}
+
+async fn page(
+    send: &mut Send,
+    a: &Answer,
+    head_only: bool,
+) -> Result<(), ::h3::error::StreamError> {
+    let body = a.body();
+    let mut r = http::Response::builder().status(a.status);
+    // connection-specific fields have no place in HTTP/3 (RFC 9114 4.2)
+    for (k, v) in a
+        .fields(body.len())
+        .into_iter()
+        .filter(|(k, _)| *k != "connection")
+    {
+        r = r.header(k, v);
+    }
+    let Ok(r) = r.body(()) else {
+        return Ok(());
+    };
+    send.send_response(r).await?;
+    if !head_only && !body.is_empty() {
+        send.send_data(body).await?;
+    }
+    send.finish().await
+}
+
+/// The request body, read whole (no Content-Length), within `limit`; `None`: over it.
+async fn read_all(recv: &mut Recv, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
+    let mut body = Vec::new();
+    loop {
+        match recv.recv_data().await {
+            Ok(Some(mut b)) => {
+                if (body.len() + b.remaining()) as u64 > limit {
+                    return Ok(None);
+                }
+                while b.has_remaining() {
+                    let c = b.chunk();
+                    body.extend_from_slice(c);
+                    let n = c.len();
+                    b.advance(n);
+                }
+            }
+            Ok(None) => return Ok(Some(body)),
+            Err(_) => return Err(Failure::Cut),
+        }
+    }
+}
+
+/// Copy the request body from the QUIC stream into the pipe, counting into `n`; ends when
+/// the body does or the exchange stops reading (the pipe's reader dropped).
+async fn pump(recv: &mut Recv, mut to: tokio::io::DuplexStream, n: &AtomicUsize) {
+    while let Ok(Some(mut b)) = recv.recv_data().await {
+        while b.has_remaining() {
+            let c = b.chunk();
+            if to.write_all(c).await.is_err() {
+                return;
+            }
+            let k = c.len();
+            n.fetch_add(k, Relaxed);
+            b.advance(k);
+        }
+    }
+}
+
+/// Serve one request. `pool_max`: idle backend connections kept per thread.
+pub async fn serve(
+    l: &Listener,
+    pool_max: usize,
+    client: Option<IpAddr>,
+    req: http::Request<()>,
+    stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+) {
+    let (parts, ()) = req.into_parts();
+    let req = RequestHeader::from(parts);
+    let (mut send, mut recv) = stream.split();
+    let method = req.method.as_str();
+    let head_only = method == "HEAD";
+    let host = crate::http::request_host(&req);
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| fields::parse_len_list(v.as_bytes()));
+    let head = RequestHead {
+        client,
+        host,
+        path: req.uri.path(),
+        content_length: declared,
+        fields: &req,
+    };
+    let verdict = match crate::policy::engine::h3_unsupported(method) {
+        Some(code) => Verdict::Answer(Answer::new(code), None),
+        None => l.admit(&head),
+    };
+    let own = match verdict {
+        Verdict::Answer(a, route) => Some((a, route.map(|r| r.id), RequestObs::default())),
+        Verdict::Proxy(route) => {
+            if let Some((h, c)) = super::cache::fresh_hit(l, route, &req, host) {
+                let obs = RequestObs::default();
+                let (status, sent) = send_hit(&mut send, &h, c, head_only).await;
+                let v = view(&req, client, 0);
+                observability::fast_request_done(
+                    &v,
+                    Some(route.id),
+                    None,
+                    &obs,
+                    status,
+                    sent,
+                    true,
+                );
+                return;
+            }
+            let (r, obs) = proxy(
+                l, route, pool_max, client, &req, &mut send, &mut recv, declared, head_only,
+            )
+            .await;
+            match r {
+                Ok((status, bytes_in, bytes_out, slot)) => {
+                    observability::fast_request_done(
+                        &view(&req, client, bytes_in),
+                        Some(route.id),
+                        slot.as_deref(),
+                        &obs,
+                        status,
+                        bytes_out,
+                        false,
+                    );
+                    None
+                }
+                Err(a) => Some((a, Some(route.id), obs)),
+            }
+        }
+    };
+    if let Some((a, route, obs)) = own {
+        let status = a.status;
+        let _ = page(&mut send, &a, head_only).await;
+        let v = view(&req, client, 0);
+        observability::fast_request_done(&v, route, None, &obs, status, 0, false);
+    }
+}
+
+/// Answer a fresh hit: its status and the body bytes sent.
+async fn send_hit(
+    send: &mut Send,
+    h: &crate::cache::storage::FastHit,
+    c: &crate::cache::RouteCache,
+    head_only: bool,
+) -> (u16, usize) {
+    crate::cache::fast_hit_served(h);
+    let Some(r) = super::cache::head(h, c) else {
+        let _ = page(send, &Answer::new(500), head_only).await;
+        return (500, 0);
+    };
+    let status = r.status().as_u16();
+    if send.send_response(r).await.is_err() {
+        return (status, 0);
+    }
+    let body = h.body().clone();
+    let n = body.len();
+    if !head_only && n > 0 && send.send_data(body).await.is_err() {
+        return (status, 0);
+    }
+    let _ = send.finish().await;
+    (status, if head_only { 0 } else { n })
+}
+
+type Done = (
+    u16,
+    usize,
+    usize,
+    Option<std::sync::Arc<crate::upstream::Slot>>,
+);
+
+/// Forward to the route's backends and stream the response back. `Err(answer)`: nothing was
+/// sent yet and the proxy answers itself.
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    l: &Listener,
+    route: &crate::policy::route::Route,
+    pool_max: usize,
+    client: Option<IpAddr>,
+    req: &RequestHeader,
+    send: &mut Send,
+    recv: &mut Recv,
+    declared: Option<u64>,
+    head_only: bool,
+) -> (Result<Done, Answer>, RequestObs) {
+    let method = req.method.as_str();
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let host = crate::http::request_host(req);
+    // A body without a declared length is read first (see the module doc).
+    let whole = match declared {
+        Some(_) => None,
+        None => match tokio::time::timeout(l.client_timeout, read_all(recv, route.max_body_size))
+            .await
+        {
+            Ok(Ok(Some(b))) => Some(b),
+            Ok(Ok(None)) => return (Err(Answer::closing(413)), RequestObs::default()),
+            Ok(Err(_)) => return (Err(Answer::new(400)), RequestObs::default()),
+            // nginx's client_body_timeout
+            Err(_) => return (Err(Answer::new(408)), RequestObs::default()),
+        },
+    };
+    let body_len = declared.unwrap_or_else(|| whole.as_ref().map_or(0, |b| b.len() as u64));
+
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(h) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in req.headers.iter() {
+        if skipped(name.as_str()) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // HTTP/3 may split Cookie into several fields; HTTP/1.1 wants one (RFC 9114 4.2.1).
+    for (i, c) in req.headers.get_all(http::header::COOKIE).iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"cookie: " } else { b"; " });
+        out.extend_from_slice(c.as_bytes());
+    }
+    if req.headers.contains_key(http::header::COOKIE) {
+        out.extend_from_slice(b"\r\n");
+    }
+    if body_len > 0 || declared.is_some() {
+        out.extend_from_slice(b"content-length: ");
+        forwarded::push_u64(&mut out, body_len);
+        out.extend_from_slice(b"\r\n");
+    }
+    let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+    forwarded::h1_lines(&mut out, xff, client, true, host.map(str::as_bytes));
+    out.extend_from_slice(b"\r\n");
+    if let Some(b) = &whole {
+        out.extend_from_slice(b);
+    }
+    let hash = match route.pool.selection {
+        crate::config::Selection::ConsistentHash => policy::hash::key(
+            &route.pool.hash_key,
+            client,
+            target,
+            |n| req.headers.get(n).map(|v| v.as_bytes()),
+            req.headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes()),
+        ),
+        _ => 0,
+    };
+
+    let mut ex = Exchange::new(l, route, pool_max, RequestObs::default(), None);
+    ex.sticky = policy::sticky::affinity(&route.pool, req);
+    ex.body_len = body_len;
+    let streamed = if whole.is_some() { 0 } else { body_len };
+    let (mine, theirs) = tokio::io::duplex(PIPE_BUF);
+    let g = Guarded::new(Box::new(BodyPipe(mine)), PASS, None).passthrough();
+    let exchange = async {
+        let mut g = g;
+        let r = ex
+            .exchange(
+                Some(&mut g),
+                &out,
+                streamed,
+                hash,
+                (method, target),
+                head_only,
+                Down::H2,
+            )
+            .await;
+        drop(g);
+        r
+    };
+    let (res, bytes_in) = if streamed > 0 {
+        // The exchange ends the request, body read or not (a backend that failed first, a
+        // client that stalled mid-body): the pump stops with it instead of waiting on the
+        // client for the rest.
+        let read = AtomicUsize::new(0);
+        let pumping = pump(recv, theirs, &read);
+        tokio::pin!(exchange, pumping);
+        let mut pumped = false;
+        let res = loop {
+            tokio::select! {
+                r = &mut exchange => break r,
+                _ = &mut pumping, if !pumped => pumped = true,
+            }
+        };
+        (res, read.load(Relaxed))
+    } else {
+        drop(theirs);
+        (exchange.await, body_len as usize)
+    };
+    let res = match res {
+        Ok((up, rbuf, head)) => respond(&mut ex, send, up, rbuf, head).await,
+        Err(e) => Err(e),
+    };
+    ex.observe_outcome(&res);
+    let slot = ex.pick.as_ref().map(|p| p.slot.clone());
+    let r = match res {
+        Ok(()) => Ok((ex.status, bytes_in, ex.bytes_out, slot)),
+        Err(Failure::Answer(why_status, why)) => {
+            let code = why_status.status();
+            log::warn!(
+                "{}: answering {code} for {} over HTTP/3 (backend {}): {why}",
+                l.name,
+                req.uri,
+                slot.as_ref().map(|s| s.label.as_str()).unwrap_or("-")
+            );
+            Err(why_status.answer().unwrap_or_else(|| Answer::new(code)))
+        }
+        Err(Failure::Cut) => {
+            // the response was cut after its head: reset the stream rather than end it
+            send.stop_stream(::h3::error::Code::H3_INTERNAL_ERROR);
+            Ok((ex.status, bytes_in, ex.bytes_out, slot))
+        }
+    };
+    (r, ex.obs)
+}
+
+/// Write the response on the HTTP/3 stream (chunked bodies decoded) and give the backend
+/// connection back to the pool when its body ended cleanly.
+async fn respond(
+    ex: &mut Exchange<'_>,
+    send: &mut Send,
+    mut up: TcpStream,
+    rbuf: Vec<u8>,
+    h: RespHead,
+) -> Result<(), Failure> {
+    ex.status = h.code;
+    let Some(resp) = h.h2 else {
+        return Err(Failure::Answer(
+            crate::policy::answer::Failure::Internal,
+            "no response head".into(),
+        ));
+    };
+    let mut r = http::Response::builder().status(resp.status);
+    if let Some(hm) = r.headers_mut() {
+        for (k, v) in resp.headers.iter() {
+            hm.append(k.clone(), v.clone());
+        }
+        if let Some(c) = ex
+            .sticky_cookie()
+            .and_then(|c| http::HeaderValue::from_str(&c).ok())
+        {
+            hm.append(http::header::SET_COOKIE, c);
+        }
+        if let Framing::Length(n) = h.framing {
+            hm.insert(http::header::CONTENT_LENGTH, n.into());
+        }
+    }
+    let Ok(r) = r.body(()) else {
+        return Err(Failure::Answer(
+            crate::policy::answer::Failure::BadResponse,
+            "response head not valid for HTTP/3".into(),
+        ));
+    };
+    if send.send_response(r).await.is_err() {
+        return Err(Failure::Cut);
+    }
+    let mut keep = h.upstream_keep;
+    let mut scanner = crate::http::chunked::ChunkedScanner::default();
+    let mut left = match h.framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut done = h.framing == Framing::None;
+    if done {
+        keep &= rbuf.len() == h.head_len;
+    }
+    // the body bytes that came with the head first, then reads; each piece copied once
+    let head_buf = rbuf;
+    let mut buf = Vec::with_capacity(BODY_BUF);
+    let mut first = true;
+    while !done {
+        let piece: &[u8] = if std::mem::take(&mut first) {
+            &head_buf[h.head_len..]
+        } else {
+            match ex.read_body(&mut up, &mut buf, h.framing).await? {
+                Some(n) => &buf[..n],
+                None => {
+                    keep = false;
+                    break;
+                }
+            }
+        };
+        let n = piece.len();
+        let chunk = match h.framing {
+            Framing::Length(_) => {
+                let t = (n as u64).min(left);
+                left -= t;
+                keep &= n as u64 == t || left > 0;
+                done = left == 0;
+                Bytes::copy_from_slice(&piece[..t as usize])
+            }
+            Framing::Chunked => {
+                let mut d = Vec::with_capacity(n);
+                match scanner.scan_into(piece, Some(&mut d)) {
+                    Ok(crate::http::chunked::Scan::Done(k)) => {
+                        keep &= k == n;
+                        done = true;
+                    }
+                    Ok(crate::http::chunked::Scan::More) => {}
+                    Err(e) => return Err(ex.bad_chunk(e)),
+                }
+                Bytes::from(d)
+            }
+            _ => Bytes::copy_from_slice(piece),
+        };
+        ex.bytes_out += chunk.len();
+        if !chunk.is_empty() && send.send_data(chunk).await.is_err() {
+            return Err(Failure::Cut);
+        }
+    }
+    if send.finish().await.is_err() {
+        return Err(Failure::Cut);
+    }
+    if keep {
+        ex.give_back(up);
+    }
+    Ok(())
+}

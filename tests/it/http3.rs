@@ -1,0 +1,391 @@
+//! HTTP/3 at the edge: a real HTTP/3 client (support::quic) against the real proxy on
+//! loopback UDP, with certificates made per test. GET and POST bodies through to an origin,
+//! routing by host, X-Forwarded-Proto, SNI certificate choice, Alt-Svc on the TCP side, 100
+//! concurrent streams on one connection, stream and header-size limits, QUIC metrics,
+//! garbage datagrams, config errors. Upgrades, reloads and the cache: `http3_ops.rs`.
+
+use crate::support::quic::*;
+use crate::support::OriginBuilder;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_get_post_route_forwarded_sni_altsvc_and_metrics() {
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let a = OriginBuilder::new("a")
+        .body("from a")
+        .on("/big", &[], big.clone())
+        .on_resp(
+            "/chunked",
+            crate::support::origin::PathResp {
+                status: 200,
+                body: big.clone(),
+                chunked: true,
+                ..Default::default()
+            },
+        )
+        .run()
+        .await;
+    let b = OriginBuilder::new("b").body("from b").run().await;
+    let pki = Pki::new("h3-basic");
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, "", ""));
+    let e = endpoint(&pki);
+
+    // a.test: its own certificate, its own route
+    let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    assert_eq!(served_cn(&conn), "a.test");
+    let got = request(
+        &mut s,
+        "GET",
+        "https://a.test/hello?x=1",
+        &[("cookie", "k=1")],
+        None,
+    )
+    .await
+    .expect("GET over HTTP/3");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"from a");
+    let seen = a.last().expect("origin a got the GET");
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.path, "/hello?x=1");
+    assert_eq!(seen.header("host"), Some("a.test"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+
+    // a 3 MB response streams back whole
+    let got = request(&mut s, "GET", "https://a.test/big", &[], None)
+        .await
+        .expect("large GET");
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.headers.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"3000000"[..])
+    );
+    assert!(got.body == big, "the response body arrived changed");
+
+    // a chunked response is decoded: HTTP/3 frames carry the body, no chunk framing
+    let got = request(&mut s, "GET", "https://a.test/chunked", &[], None)
+        .await
+        .expect("chunked GET");
+    assert_eq!(got.status, 200);
+    assert!(got.headers.get("transfer-encoding").is_none());
+    assert!(got.body == big, "the chunked body arrived changed");
+
+    // a 10 MB body, streamed, reaches the origin intact
+    let body: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
+    let len = body.len().to_string();
+    let got = request(
+        &mut s,
+        "POST",
+        "https://a.test/upload",
+        &[("content-length", &len)],
+        Some(body.clone()),
+    )
+    .await
+    .expect("POST over HTTP/3");
+    assert_eq!(got.status, 200);
+    let seen = a.last().expect("origin a got the POST");
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.body.len(), body.len());
+    assert!(seen.body == body, "the body arrived changed");
+
+    // a body without Content-Length (HTTP/3 needs none) is sent with its length
+    let got = request(
+        &mut s,
+        "POST",
+        "https://a.test/nolen",
+        &[],
+        Some(b"abc".to_vec()),
+    )
+    .await
+    .expect("POST without length");
+    assert_eq!(got.status, 200);
+    let seen = a.last().expect("origin a got it");
+    assert_eq!(seen.body, b"abc");
+    assert_eq!(seen.header("content-length"), Some("3"));
+
+    // unknown host: the policy's own 404
+    let got = request(&mut s, "GET", "https://nowhere.test/", &[], None)
+        .await
+        .expect("GET for no route");
+    assert_eq!(got.status, 404);
+
+    // no tunnels over HTTP/3 here: CONNECT is refused, and nothing reaches an origin
+    let before = a.requests();
+    let got = request(&mut s, "CONNECT", "a.test:443", &[], None)
+        .await
+        .expect("CONNECT answered");
+    assert_eq!(got.status, 501);
+    assert_eq!(a.requests(), before);
+
+    // a name under *.b.test: the wildcard certificate and b's route
+    let (conn_b, mut sb) = connect(&e, proxy.addr, "x.b.test").await;
+    assert_eq!(served_cn(&conn_b), "wild.b.test");
+    let got = request(&mut sb, "GET", "https://x.b.test/", &[], None)
+        .await
+        .expect("GET b");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"from b");
+    assert!(got.headers.get("alt-svc").is_none() || got.status == 200);
+
+    // the TCP side advertises HTTP/3 on the same port
+    let port = proxy.addr.port();
+    let tcp = tls_get(proxy.addr, "a.test", "/hello").await;
+    assert!(tcp.starts_with("HTTP/1.1 200"), "{tcp}");
+    let want = format!("alt-svc: h3=\":{port}\"; ma=86400");
+    assert!(tcp.to_ascii_lowercase().contains(&want), "{tcp}");
+
+    conn.close(0u32.into(), b"done");
+    conn_b.close(0u32.into(), b"done");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(&proxy).await;
+        let open = metric(&m, "stepstone_quic_connections_open{listener=\"edge\"}");
+        if open == 0.0 || Instant::now() > deadline {
+            assert_eq!(open, 0.0, "{m}");
+            assert_eq!(
+                metric(
+                    &m,
+                    "stepstone_quic_handshakes_total{listener=\"edge\",result=\"ok\"}"
+                ),
+                2.0
+            );
+            assert_eq!(
+                metric(&m, "stepstone_quic_connections_total{listener=\"edge\"}"),
+                2.0
+            );
+            assert!(metric(&m, "stepstone_quic_streams_total{listener=\"edge\"}") >= 5.0);
+            assert!(metric(&m, "stepstone_quic_packets_sent_total{listener=\"edge\"}") > 0.0);
+            metric(&m, "stepstone_quic_packets_lost_total{listener=\"edge\"}");
+            metric(
+                &m,
+                "stepstone_quic_bytes_retransmitted_total{listener=\"edge\"}",
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_hundred_concurrent_streams_on_one_connection() {
+    let a = OriginBuilder::new("a")
+        .body("ok")
+        .delay(Duration::from_millis(50))
+        .run()
+        .await;
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-streams");
+    let quic = "    quic: {max_streams: 100}\n";
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
+    let e = endpoint(&pki);
+    let (_conn, s) = connect(&e, proxy.addr, "a.test").await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let mut s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            request(&mut s, "GET", &format!("https://a.test/s{i}"), &[], None).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let got = t.await.expect("task").expect("stream answered");
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, b"ok");
+        ok += 1;
+    }
+    assert_eq!(ok, 100);
+    assert_eq!(a.requests(), 100);
+    // the origin saw them overlap: they were concurrent streams, not a queue
+    assert!(a.state.peak.load(std::sync::atomic::Ordering::SeqCst) > 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_limits_header_size_rate_and_garbage_datagrams() {
+    let a = OriginBuilder::new("a").body("ok").run().await;
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-limits");
+    let quic = "    quic: {max_header_list_size: 2KiB, max_streams: 4}\n";
+    let limits = "    limits: {rate_limit_per_ip: 5, max_connections: 1}\n";
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, limits));
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+
+    // garbage datagrams to the port change nothing for the client
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    for i in 0..200u32 {
+        let mut d = vec![(i % 256) as u8; 40 + (i as usize % 1200)];
+        d[0] = if i % 2 == 0 { 0xc3 } else { 0x41 };
+        let _ = junk.send_to(&d, proxy.addr);
+    }
+    let got = request(&mut s, "GET", "https://a.test/", &[], None)
+        .await
+        .expect("GET after garbage");
+    assert_eq!(got.status, 200);
+
+    // max_connections: 1, and this client holds it: a second connection is refused
+    let second = e.connect(proxy.addr, "a.test").expect("connect").await;
+    assert!(
+        second.is_err(),
+        "a second connection was accepted over max_connections"
+    );
+
+    // a header section over the limit the server announced is refused: the client's
+    // stack refuses to send it (the SETTINGS said so), or the proxy answers 431
+    let big = "x".repeat(4096);
+    match request(
+        &mut s,
+        "GET",
+        "https://a.test/big",
+        &[("x-big", &big)],
+        None,
+    )
+    .await
+    {
+        Ok(got) => assert_eq!(got.status, 431),
+        Err(e) => assert!(e.to_ascii_lowercase().contains("header"), "{e}"),
+    }
+    assert_eq!(
+        a.recorded().iter().filter(|r| r.path == "/big").count(),
+        0,
+        "the oversized request reached the origin"
+    );
+
+    // the listener's per-IP rate limit: 429 once over it
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let got = request(&mut s, "GET", "https://a.test/r", &[], None)
+            .await
+            .expect("GET");
+        statuses.push(got.status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    let m = metrics(&proxy).await;
+    assert!(
+        metric(
+            &m,
+            "stepstone_refusals_total{listener=\"edge\",reason=\"max_connections\"}"
+        ) >= 1.0
+    );
+}
+
+/// `-t` refuses misplaced or bad HTTP/3 keys, naming the file, the key path and the value.
+#[test]
+fn h3_bad_keys_are_config_errors() {
+    use crate::support::proxy::run_cli;
+    let pki = Pki::new("h3-config");
+    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x500);
+    let https = |extra: &str| {
+        format!(
+            "listeners:\n  - name: s\n    address: 127.0.0.1:18443\n    protocol: https\n{extra}    tls: {{certificates: [{{cert: {}, key: {}}}]}}\nupstreams: [{{name: a, backends: [{{address: 127.0.0.1:1}}]}}]\nroutes: [{{listener: s, upstream: a}}]\n",
+            p(&c),
+            p(&k)
+        )
+    };
+    let plain = "listeners: [{name: w, address: 127.0.0.1:18080, protocol: http, http3: true}]\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\nroutes: [{listener: w, upstream: a}]\n".to_string();
+    let cases = [
+        (plain, "listeners[0].http3", "http"),
+        (
+            https("    quic: {max_streams: 5}\n"),
+            "listeners[0].quic",
+            "only valid with http3: true",
+        ),
+        (
+            https("    http3: true\n    quic: {max_stream: 5}\n"),
+            "max_stream",
+            "unknown field",
+        ),
+        (
+            https("    http3: true\n    quic: {max_streams: 0}\n"),
+            "listeners[0].quic.max_streams",
+            "0",
+        ),
+        (
+            https("    http3: true\n    quic: {idle_timeout: 0s}\n"),
+            "listeners[0].quic.idle_timeout",
+            "0s",
+        ),
+    ];
+    for (i, (text, path, value)) in cases.iter().enumerate() {
+        let file = pki.dir.join(format!("bad{i}.yaml"));
+        std::fs::write(&file, text).expect("write config");
+        let f = file.display().to_string();
+        let (code, out) = run_cli(&["-t", "-c", &f]);
+        assert_ne!(code, 0, "accepted: {text}");
+        assert!(out.contains(&f), "file not named: {out}");
+        assert!(out.contains(path), "key path {path} not named: {out}");
+        assert!(out.contains(value), "value {value} not named: {out}");
+    }
+    // and the good form passes
+    let file = pki.dir.join("good.yaml");
+    std::fs::write(
+        &file,
+        https("    http3: true\n    quic: {max_streams: 50}\n"),
+    )
+    .expect("write");
+    let (code, out) = run_cli(&["-t", "-c", &file.display().to_string()]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A backend that cannot be reached answers a POST at once, while the client is still in
+/// the middle of its body: the body is not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_failed_backend_answers_without_waiting_for_the_rest_of_the_body() {
+    let down: SocketAddr = ([127, 0, 0, 1], crate::support::free_port()).into();
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-down");
+    let proxy = start(&pki, &config(&pki, down, b.addr, "", ""));
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let req = http::Request::post("https://a.test/upload")
+        .header("content-length", "1000000")
+        .body(())
+        .expect("request");
+    let mut stream = s.send_request(req).await.expect("send");
+    stream
+        .send_data(Bytes::from(vec![b'x'; 10_000]))
+        .await
+        .expect("first piece");
+    // the rest of the body never comes
+    let t0 = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), stream.recv_response())
+        .await
+        .expect("no answer while the body was incomplete")
+        .expect("response");
+    assert_eq!(resp.status().as_u16(), 502);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+/// `quic.max_streams`: a client may have that many requests open at once on a connection;
+/// QUIC's stream credit holds the rest back until one ends, so all succeed and the origin
+/// never sees more at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_max_streams_holds_extra_requests_back() {
+    let a = OriginBuilder::new("a")
+        .body("ok")
+        .delay(Duration::from_millis(200))
+        .run()
+        .await;
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-maxstreams");
+    let quic = "    quic: {max_streams: 4}\n";
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
+    let e = endpoint(&pki);
+    let (_conn, s) = connect(&e, proxy.addr, "a.test").await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let mut s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            request(&mut s, "GET", &format!("https://a.test/m{i}"), &[], None).await
+        }));
+    }
+    for t in tasks {
+        let got = t.await.expect("task").expect("answered");
+        assert_eq!(got.status, 200);
+    }
+    assert_eq!(a.requests(), 12);
+    let peak = a.state.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=4).contains(&peak), "origin saw {peak} at once");
+}

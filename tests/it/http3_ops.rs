@@ -1,0 +1,295 @@
+//! HTTP/3 operations: a graceful upgrade with a stream in flight, certificate reload,
+//! fresh cache hits, address validation (Retry) and the idle timeout.
+
+use crate::support::quic::*;
+use crate::support::{OriginBuilder, Proxy};
+use std::time::{Duration, Instant};
+
+/// `-u`: the UDP socket goes to the new process with the TCP ones. A request in flight on
+/// the old process over HTTP/3 completes; after the old process is gone, new QUIC
+/// connections are served by the new one, on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_graceful_upgrade_finishes_the_stream_in_flight_and_hands_the_port_over() {
+    use crate::support::proxy::{send_signal, BIN};
+    let slow = OriginBuilder::new("slow")
+        .body("slow done")
+        .delay(Duration::from_millis(7000))
+        .run()
+        .await;
+    let b = OriginBuilder::new("b").body("from b").run().await;
+    let pki = Pki::new("h3-upgrade");
+    let d = pki.dir.display().to_string();
+    let pingora = format!(
+        "pingora:\n  threads: 2\n  pid_file: {d}/stepstone.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 4\n  graceful_shutdown_timeout_seconds: 2\n"
+    );
+    let template = format!("{pingora}{}", config(&pki, slow.addr, b.addr, "", ""));
+    let mut old = start(&pki, &template);
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, old.addr, "a.test").await;
+    let inflight =
+        tokio::spawn(async move { request(&mut s, "GET", "https://a.test/slow", &[], None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let log = std::fs::File::create(pki.dir.join("stderr-new.log")).expect("log");
+    let mut new = Proxy {
+        child: std::process::Command::new(BIN)
+            .arg("-u")
+            .arg("-c")
+            .arg(&old.config)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the new process"),
+        dir: old.dir.clone(),
+        config: old.config.clone(),
+        addr: old.addr,
+        ports: old.ports.clone(),
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_signal(old.child.id(), libc::SIGQUIT);
+
+    // Pingora's old process keeps accepting for 5 s after SIGQUIT; then it accepts nothing
+    // new (GOAWAY) but still serves the slow stream: a new connection now is the new one's
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !old.log().contains("HTTP/3 stops accepting") {
+        assert!(
+            Instant::now() < deadline,
+            "old process never stopped accepting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        old.child.try_wait().ok().flatten().is_none(),
+        "the old process left before its stream was done"
+    );
+    let (_c1, mut s1) = connect(&e, new.addr, "x.b.test").await;
+    let got = request(&mut s1, "GET", "https://x.b.test/", &[], None)
+        .await
+        .expect("GET on a connection made during the drain");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"from b");
+
+    let got = inflight
+        .await
+        .expect("task")
+        .expect("the request in flight completes");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"slow done");
+
+    let st = wait_exit(&mut old, Duration::from_secs(20)).await;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "old process did not exit cleanly: {st:?}\n{}",
+        old.log()
+    );
+    assert!(
+        old.log().contains("HTTP/3 stops accepting"),
+        "{}",
+        old.log()
+    );
+    assert!(
+        !old.log().contains("still open after the grace period"),
+        "the old process did not drain its QUIC connection by itself:\n{}",
+        old.log()
+    );
+    let new_log = std::fs::read_to_string(pki.dir.join("stderr-new.log")).unwrap_or_default();
+    assert!(
+        new_log.contains("Bootstrap done") && !new_log.contains("starting normally"),
+        "the new process did not take the sockets over:\n{new_log}"
+    );
+    assert!(new_log.contains("HTTP/3 on udp"), "{new_log}");
+
+    // the old process is gone: a new connection on the same port reaches the new one
+    let (_c2, mut s2) = connect(&e, new.addr, "x.b.test").await;
+    let got = request(&mut s2, "GET", "https://x.b.test/", &[], None)
+        .await
+        .expect("GET on the new process");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"from b");
+    assert!(
+        new.child.try_wait().ok().flatten().is_none(),
+        "new process died"
+    );
+    let _ = new.child.kill();
+}
+
+/// A certificate reload reaches both stacks: new QUIC handshakes get the new certificate
+/// once the file changes. On a `fast_path: false` listener the general engine's responses
+/// carry Alt-Svc too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_certificate_reload_reaches_quic_and_the_general_engine_sends_alt_svc() {
+    use crate::support::pki::serial_of;
+    let a = OriginBuilder::new("a").body("from a").run().await;
+    let pki = Pki::new("h3-reload");
+    let (c, k) = pki
+        .ca
+        .server("a.test", &["a.test"], 0x300)
+        .write(&pki.dir, "site");
+    let template = format!(
+        "listeners:
+  - name: edge
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: https
+    http3: true
+    fast_path: false
+    tls:
+      reload_interval: 1s
+      certificates: [{{cert: {}, key: {}}}]
+upstreams:
+  - {{name: ua, backends: [{{address: {}}}]}}
+routes:
+  - {{listener: edge, upstream: ua}}
+",
+        p(&c),
+        p(&k),
+        a.addr
+    );
+    let proxy = start(&pki, &template);
+    let e = endpoint(&pki);
+    let serial = |conn: &quinn::Connection| {
+        let id = conn.peer_identity().expect("peer identity");
+        let certs = id
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .expect("rustls certificates");
+        serial_of(&openssl::x509::X509::from_der(&certs[0]).expect("leaf"))
+    };
+    let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    assert_eq!(serial(&conn), "0300");
+    let got = request(&mut s, "GET", "https://a.test/", &[], None)
+        .await
+        .expect("GET");
+    assert_eq!(got.status, 200);
+
+    let tcp = tls_get(proxy.addr, "a.test", "/").await;
+    let want = format!("alt-svc: h3=\":{}\"; ma=86400", proxy.addr.port());
+    assert!(tcp.to_ascii_lowercase().contains(&want), "{tcp}");
+
+    pki.ca
+        .server("a.test", &["a.test"], 0x301)
+        .write(&pki.dir, "site");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // a new client each time: a resumed session would show the certificate it began with
+        let (c2, _s2) = connect(&endpoint(&pki), proxy.addr, "a.test").await;
+        if serial(&c2) == "0301" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "QUIC still serves the old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // the connection made before the reload keeps working
+    let got = request(&mut s, "GET", "https://a.test/again", &[], None)
+        .await
+        .expect("GET on the old connection");
+    assert_eq!(got.status, 200);
+}
+
+/// A cached route: a response stored from a request on the TCP side is a fresh hit over
+/// HTTP/3, answered from the store (the origin sees no second request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_fresh_cache_hit_is_answered_from_the_store() {
+    let a = OriginBuilder::new("a")
+        .header("Cache-Control", "max-age=60")
+        .body("cached body")
+        .run()
+        .await;
+    let pki = Pki::new("h3-cache");
+    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x400);
+    let template = format!(
+        "listeners:
+  - name: edge
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: https
+    http3: true
+    tls:
+      certificates: [{{cert: {}, key: {}}}]
+upstreams:
+  - {{name: ua, backends: [{{address: {}}}]}}
+routes:
+  - {{listener: edge, upstream: ua, cache: {{enabled: true}}}}
+",
+        p(&c),
+        p(&k),
+        a.addr
+    );
+    let proxy = start(&pki, &template);
+    let first = tls_get(proxy.addr, "a.test", "/page").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert_eq!(a.requests(), 1);
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let got = request(&mut s, "GET", "https://a.test/page", &[], None)
+        .await
+        .expect("GET over HTTP/3");
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"cached body");
+    assert_eq!(
+        got.headers.get("x-cache-status").map(|v| v.as_bytes()),
+        Some(&b"HIT"[..])
+    );
+    assert!(got.headers.contains_key("age"));
+    assert!(got.headers.get("connection").is_none());
+    assert_eq!(a.requests(), 1, "the hit went to the origin");
+    // a conditional request is not a plain hit: it goes through to the origin
+    let got = request(
+        &mut s,
+        "GET",
+        "https://a.test/page",
+        &[("range", "bytes=0-3")],
+        None,
+    )
+    .await
+    .expect("GET with Range");
+    assert_eq!(got.status, 200);
+    assert_eq!(a.requests(), 2);
+}
+
+/// `quic.retry_above: 0`: every new client proves its address with a Retry round trip
+/// first, and is then served. `quic.idle_timeout`: a connection with no packets for that
+/// long is closed, and the open connection gauge comes back down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_retry_validates_addresses_and_idle_connections_close() {
+    let a = OriginBuilder::new("a").body("ok").run().await;
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-idle");
+    let quic = "    quic: {idle_timeout: 1s, handshake_timeout: 2s, retry_above: 0}\n";
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
+    let e = endpoint(&pki);
+    let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let got = request(&mut s, "GET", "https://a.test/", &[], None)
+        .await
+        .expect("GET");
+    assert_eq!(got.status, 200);
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        metric(&m, "stepstone_quic_retries_total{listener=\"edge\"}"),
+        1.0
+    );
+    let t0 = Instant::now();
+    let why = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the idle connection was not closed");
+    assert!(
+        matches!(why, quinn::ConnectionError::TimedOut),
+        "closed for another reason: {why}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(&proxy).await;
+        if metric(&m, "stepstone_quic_connections_open{listener=\"edge\"}") == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,209 @@
+//! An HTTP/3 client for the tests (the `h3` crate's client on `quinn`, a stack no one here
+//! wrote), per-test certificates, and the proxy config the HTTP/3 tests share.
+
+use super::pki::{cn_of, Ca};
+use super::proxy::render;
+use super::{client, scratch_dir, Proxy};
+use bytes::{Buf, Bytes};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: Ca,
+}
+
+impl Pki {
+    pub fn new(tag: &str) -> Pki {
+        let dir = scratch_dir(tag);
+        let ca = Ca::new("Stepstone H3 Test CA");
+        Pki { dir, ca }
+    }
+    pub fn server(&self, name: &str, cn: &str, sans: &[&str], serial: u32) -> (PathBuf, PathBuf) {
+        self.ca.server(cn, sans, serial).write(&self.dir, name)
+    }
+}
+
+pub fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// An https listener with http3 on, two certificates, two routes by host.
+pub fn config(pki: &Pki, a: SocketAddr, b: SocketAddr, quic: &str, limits: &str) -> String {
+    let (dc, dk) = pki.server("default", "a.test", &["a.test"], 10);
+    let (wc, wk) = pki.server("wild", "wild.b.test", &["*.b.test"], 11);
+    format!(
+        "admin: {{address: 127.0.0.1:{{{{port1}}}}}}
+listeners:
+  - name: edge
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: https
+    http3: true
+{quic}{limits}    tls:
+      certificates:
+        - {{cert: {}, key: {}, server_names: [a.test]}}
+        - {{cert: {}, key: {}, server_names: ['*.b.test']}}
+upstreams:
+  - {{name: ua, backends: [{{address: {a}}}]}}
+  - {{name: ub, backends: [{{address: {b}}}]}}
+routes:
+  - {{listener: edge, host: a.test, upstream: ua, max_body_size: 32MiB}}
+  - {{listener: edge, host: '*.b.test', upstream: ub}}
+",
+        p(&dc),
+        p(&dk),
+        p(&wc),
+        p(&wk)
+    )
+}
+
+pub fn start(pki: &Pki, template: &str) -> Proxy {
+    let (text, ports) = render(template, &pki.dir);
+    Proxy::start_in(pki.dir.clone(), &text, ports, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A QUIC client endpoint that trusts the test CA.
+pub fn endpoint(pki: &Pki) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    let der = pki.ca.cert.to_der().expect("ca der");
+    roots.add(der.into()).expect("ca root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp");
+    e.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    e
+}
+
+pub type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// Connect with `sni`; the connection's driver runs in its own task.
+pub async fn connect(
+    e: &quinn::Endpoint,
+    addr: SocketAddr,
+    sni: &str,
+) -> (quinn::Connection, Sender) {
+    let conn = e
+        .connect(addr, sni)
+        .expect("connect")
+        .await
+        .unwrap_or_else(|err| panic!("QUIC handshake with sni {sni}: {err}"));
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .expect("h3 client");
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    (conn, send)
+}
+
+pub struct Got {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+pub async fn request(
+    s: &mut Sender,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<Got, String> {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(()).map_err(|e| e.to_string())?;
+    let mut stream = s.send_request(req).await.map_err(|e| e.to_string())?;
+    if let Some(body) = body {
+        // streamed in 64 KiB pieces, as a client uploading a file would
+        for c in body.chunks(64 << 10) {
+            stream
+                .send_data(Bytes::copy_from_slice(c))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    stream.finish().await.map_err(|e| e.to_string())?;
+    let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    while let Some(mut c) = stream.recv_data().await.map_err(|e| e.to_string())? {
+        while c.has_remaining() {
+            let n = c.chunk().len();
+            body.extend_from_slice(c.chunk());
+            c.advance(n);
+        }
+    }
+    Ok(Got {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body,
+    })
+}
+
+pub fn served_cn(conn: &quinn::Connection) -> String {
+    let id = conn.peer_identity().expect("peer identity");
+    let certs = id
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .expect("rustls certificates");
+    let leaf = openssl::x509::X509::from_der(&certs[0]).expect("leaf");
+    cn_of(&leaf)
+}
+
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+}
+
+pub async fn metrics(proxy: &Proxy) -> String {
+    client::get(proxy.addr_of(1), "/metrics", &[])
+        .await
+        .expect("admin answers")
+        .text()
+}
+
+/// One HTTP/1.1 request over TLS on the TCP side; the response head and body as text.
+pub async fn tls_get(addr: SocketAddr, sni: &str, path: &str) -> String {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("ssl");
+    b.set_verify(SslVerifyMode::NONE);
+    let ssl = b
+        .build()
+        .configure()
+        .expect("configure")
+        .into_ssl(sni)
+        .expect("ssl");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).expect("stream");
+    std::pin::Pin::new(&mut s).connect().await.expect("tls");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
