@@ -156,6 +156,9 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     /// Requests per second per client IP; more get 429 with Retry-After. Default: off.
     pub rate_limit_per_ip: Option<u32>,
+    /// Where `rate_limit_per_ip` is counted: shared by every instance that names the same
+    /// store. Default: in this instance only.
+    pub rate_limit_store: Option<RateLimitStoreFile>,
     /// Longest wait for a client to send the next piece of a request body or to take the
     /// next piece of a response (nginx's `client_body_timeout` and `send_timeout`). Then the
     /// connection is closed. Default: 60s
@@ -163,6 +166,27 @@ pub struct LimitsFile {
     /// Requests served on one client connection; the last answer carries
     /// `Connection: close` (nginx's `keepalive_requests`). 0: unlimited. Default: 1000
     pub keepalive_requests: Option<u32>,
+}
+
+/// A shared store for the per-IP count; `redis` is the one kind.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitStoreFile {
+    pub redis: Option<RedisStoreFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreFile {
+    /// IP:PORT of the Redis server.
+    pub address: String,
+    /// Prefix of every key written. Default: `stepstone:`
+    pub key_prefix: Option<String>,
+    /// Longest wait for an answer (connecting included) before the request is counted
+    /// locally. Default: 5ms
+    pub timeout: Option<Dur>,
+    /// Connections to Redis at most (requests wait for one, within `timeout`). Default: 16
+    pub pool_size: Option<usize>,
 }
 
 /// A listener's TLS block. Relative paths are relative to the config file's directory.

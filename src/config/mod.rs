@@ -60,6 +60,9 @@ pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_PENDING: u32 = 100;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RATE_STORE_TIMEOUT: Duration = Duration::from_millis(5);
+pub const DEFAULT_RATE_STORE_POOL: usize = 16;
+pub const DEFAULT_RATE_STORE_PREFIX: &str = "stepstone:";
 pub const DEFAULT_OUTLIER_CONSECUTIVE: u32 = 5;
 pub const DEFAULT_OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
 pub const DEFAULT_OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -244,7 +247,7 @@ pub struct OutlierSpec {
     pub max_ejection_percent: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenerLimits {
     pub max_request_line: usize,
     pub max_header_size: usize,
@@ -253,6 +256,8 @@ pub struct ListenerLimits {
     pub keepalive_timeout: Duration,
     pub max_connections: Option<usize>,
     pub rate_limit_per_ip: Option<u32>,
+    /// Where the per-IP count is shared; `None`: counted in this instance.
+    pub rate_limit_store: Option<RateStoreSpec>,
     pub client_timeout: Duration,
     /// Requests per client connection; `None`: unlimited.
     pub keepalive_requests: Option<u32>,
@@ -268,10 +273,20 @@ impl Default for ListenerLimits {
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             max_connections: None,
             rate_limit_per_ip: None,
+            rate_limit_store: None,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
             keepalive_requests: Some(DEFAULT_KEEPALIVE_REQUESTS),
         }
     }
+}
+
+/// A Redis server that instances count their per-IP requests in together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateStoreSpec {
+    pub addr: SocketAddr,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub pool_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -501,6 +516,41 @@ mod tests {
         let err = Config::from_yaml("x.yaml", &y).unwrap_err().to_string();
         assert!(err.contains("upstreams[0].connect_timeout"), "{err}");
         assert!(err.contains("5x"), "{err}");
+    }
+
+    #[test]
+    fn rate_limit_store_is_checked_with_its_key_path() {
+        let l = |limits: &str| {
+            format!("listeners: [{{name: web, address: 127.0.0.1:8080, protocol: http, limits: {{{limits}}}}}]\n")
+        };
+        let err = |limits: &str| {
+            Config::from_yaml("x.yaml", &l(limits))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("rate_limit_store: {redis: {address: 127.0.0.1:6379}}");
+        assert!(e.contains("listeners[0].limits.rate_limit_store"), "{e}");
+        assert!(e.contains("rate_limit_per_ip"), "{e}");
+        let e = err("rate_limit_per_ip: 5, rate_limit_store: {redis: {address: localhost}}");
+        assert!(e.contains("rate_limit_store.redis.address"), "{e}");
+        assert!(e.contains("localhost"), "{e}");
+        let e = err("rate_limit_per_ip: 5, rate_limit_store: {}");
+        assert!(e.contains("expected a store"), "{e}");
+        let e = err(
+            "rate_limit_per_ip: 5, rate_limit_store: {redis: {address: 127.0.0.1:1, timeout: 2s}}",
+        );
+        assert!(e.contains("rate_limit_store.redis.timeout"), "{e}");
+        let e = err("rate_limit_per_ip: 5, rate_limit_store: {memcached: {}}");
+        assert!(e.contains("memcached"), "{e}");
+        let c = Config::from_yaml(
+            "x.yaml",
+            &l("rate_limit_per_ip: 5, rate_limit_store: {redis: {address: 127.0.0.1:6379}}"),
+        )
+        .unwrap();
+        let s = c.listeners[0].limits.rate_limit_store.clone().unwrap();
+        assert_eq!(s.key_prefix, DEFAULT_RATE_STORE_PREFIX);
+        assert_eq!(s.timeout, DEFAULT_RATE_STORE_TIMEOUT);
+        assert_eq!(s.pool_size, DEFAULT_RATE_STORE_POOL);
     }
 
     #[test]

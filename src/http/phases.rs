@@ -84,7 +84,7 @@ impl ProxyHttp for HttpProxy {
         let l = &self.listener;
         let client = client_ip(session);
         if l.forward.is_some() || l.redirect_https.is_some() {
-            if let Some(a) = l.rate_limited(client) {
+            if let Some(a) = l.rate_limited(client, l.rate_count(client).await) {
                 respond_answer(session, &a).await?;
                 return Ok(true);
             }
@@ -96,6 +96,7 @@ impl ProxyHttp for HttpProxy {
                 return f.request_filter(session, &mut ctx.fwd).await;
             }
         }
+        let rate = l.rate_count(client).await;
         let req = session.req_header();
         let head = policy::RequestHead {
             client,
@@ -103,6 +104,7 @@ impl ProxyHttp for HttpProxy {
             path: req.uri.path(),
             content_length: content_length(req),
             fields: req,
+            rate,
         };
         let route = match l.admit(&head) {
             Verdict::Answer(a, route) => {

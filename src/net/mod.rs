@@ -1,9 +1,11 @@
 //! The network layer under the engines: the accept loop and plain TCP streams of plaintext
 //! listeners ([`listen`]), the one byte relay for every tunnel ([`relay`], [`splice`]), and
-//! the proxy's own answers written on a Pingora session ([`respond`]).
+//! the proxy's own answers written on a Pingora session ([`respond`]), and the shared count
+//! of the per-IP rate limit ([`ratestore`]).
 
 pub mod linger;
 pub mod listen;
+pub mod ratestore;
 pub mod relay;
 pub mod respond;
 pub mod splice;

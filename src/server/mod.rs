@@ -183,7 +183,7 @@ fn http_stack(
         listener,
         pool_max(conf),
     )));
-    let mut app = LeanHttp::new(&l.name, proxy, conf, options, l.limits);
+    let mut app = LeanHttp::new(&l.name, proxy, conf, options, l.limits.clone());
     app.set_fast(fast);
     let admission = app.admission();
     let (fast, swap) = (app.fast(), app.swap());

@@ -10,6 +10,7 @@ mod differential;
 mod differential_h2;
 mod divergences;
 mod fast;
+mod fleet;
 mod forward;
 mod grpc;
 mod h2cancel;

@@ -9,6 +9,7 @@ pub mod origin;
 pub mod pki;
 pub mod proxy;
 pub mod raw;
+pub mod redis;
 pub mod scripted;
 pub mod tcp;
 

@@ -1,0 +1,125 @@
+//! Fleets of instances that share state through a real store: the per-IP rate limit counted
+//! in one Redis by three proxies.
+
+use crate::support::raw::{RawBackend, Reply};
+use crate::support::redis::RedisServer;
+use crate::support::{client, Conn, Proxy};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// One instance of the fleet: a listener limited to `limit` a second per client IP and
+/// counted in `redis`, and an admin listener for `/metrics`. `fast_path: false` puts it on
+/// the general engine. The store's timeout is generous: a test box under load answers in
+/// more than the 5 ms default at times, and a request counted locally is not what is tested.
+fn limited(backend: SocketAddr, redis: SocketAddr, limit: u32, fast_path: bool) -> String {
+    format!(
+        "listeners:
+  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, fast_path: {fast_path},
+     limits: {{rate_limit_per_ip: {limit}, rate_limit_store: {{redis: {{address: {redis}, key_prefix: \"it:\", timeout: 300ms}}}}}}}}
+upstreams:
+  - {{name: app, backends: [{{address: {backend}}}]}}
+routes:
+  - {{listener: web, upstream: app}}
+admin: {{address: 127.0.0.1:{{{{port1}}}}}}
+"
+    )
+}
+
+/// Send `n` requests at `per_second`, in turn to each proxy (a keep-alive connection to
+/// each), starting on a whole second of the clock so the count windows are whole. Returns
+/// the statuses; a request that got no answer panics.
+async fn paced(proxies: &[SocketAddr], n: usize, per_second: u32) -> Vec<u16> {
+    let mut conns = Vec::new();
+    for p in proxies {
+        conns.push(Conn::connect(*p).await.expect("connect"));
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+    let to_next = Duration::from_secs(1) - Duration::from_nanos(now.subsec_nanos() as u64);
+    let start = Instant::now() + to_next + Duration::from_millis(30);
+    let gap = Duration::from_secs(1) / per_second;
+    let mut statuses = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until((start + gap * i as u32).into()).await;
+        let k = i % proxies.len();
+        let r = match conns[k].get("/", &[]).await {
+            Ok(r) => r,
+            // a connection the proxy closed (keep-alive limits): one more try on a new one
+            Err(_) => {
+                conns[k] = Conn::connect(proxies[k]).await.expect("reconnect");
+                conns[k]
+                    .get("/", &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("request {i} to {}: no answer: {e}", proxies[k]))
+            }
+        };
+        statuses.push(r.status);
+    }
+    statuses
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_shared_in_redis_holds_across_three_instances() {
+    let mut redis = RedisServer::start();
+    let b = RawBackend::start(Reply::Ok).await;
+    // two instances on the lean engine, one on the general engine: one count for all
+    let fleet =
+        [true, true, false].map(|fast| Proxy::start(&limited(b.addr, redis.addr, 10, fast)));
+    let addrs: Vec<SocketAddr> = fleet.iter().map(|p| p.addr).collect();
+
+    // 30 a second for 3 whole seconds, spread over the 3: 10 a second get through in all
+    let statuses = paced(&addrs, 90, 30).await;
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(
+        ok + limited,
+        90,
+        "statuses other than 200 and 429: {statuses:?}"
+    );
+    assert!(
+        (24..=36).contains(&ok),
+        "{ok} of 90 got through in 3 s; the fleet-wide limit is 10 a second: {statuses:?}"
+    );
+    assert_eq!(b.requests(), ok, "a limited request reached the backend");
+
+    // Redis gone: every request is still answered, by each instance's own count
+    redis.stop();
+    let statuses = paced(&addrs, 30, 30).await;
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 429),
+        "with Redis stopped: {statuses:?}"
+    );
+    // 10 to each instance in one second, each under its own limit of 10
+    assert_eq!(ok, 30, "with Redis stopped: {statuses:?}");
+    for p in &fleet {
+        let m = client::get(([127, 0, 0, 1], p.port(1)).into(), "/metrics", &[])
+            .await
+            .expect("metrics")
+            .text();
+        let errors = metric(&m, "stepstone_rate_limit_store_errors_total");
+        assert!(errors >= 1.0, "no store error counted:\n{m}");
+        let log = p.log();
+        assert_eq!(
+            log.matches("counting in this instance").count(),
+            1,
+            "the outage is logged once:\n{log}"
+        );
+    }
+
+    // Redis back: the count is the fleet's again
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let statuses = paced(&addrs, 60, 30).await;
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(
+        (16..=24).contains(&ok),
+        "{ok} of 60 got through in 2 s after Redis came back: {statuses:?}"
+    );
+    assert!(fleet.iter().all(|p| p.log().contains("answering again")));
+}
