@@ -21,6 +21,37 @@ pub struct FileConfig {
     pub admin: Option<AdminFile>,
     /// One line per request. Default: off (nothing is formatted at all)
     pub access_log: Option<AccessLogFile>,
+    /// Where `upstreams` and `routes` come from instead of this file. Default: this file
+    pub config_source: Option<ConfigSourceFile>,
+}
+
+/// The fleet-wide part of the configuration (`upstreams`, `routes`) from a store.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSourceFile {
+    pub etcd: Option<EtcdFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdFile {
+    /// `http://HOST:PORT` of etcd members, tried in turn.
+    pub endpoints: Vec<String>,
+    /// The key whose value is a YAML document with `upstreams` and `routes`.
+    pub key: String,
+    /// The last good value is written here, and served from when etcd cannot be reached
+    /// at start-up.
+    pub cache_file: Option<String>,
+}
+
+/// The document at the etcd key: the same `upstreams` and `routes` as the file.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

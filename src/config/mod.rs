@@ -15,6 +15,7 @@ pub mod cidr;
 pub mod file;
 pub mod forward;
 pub mod l4;
+pub mod source;
 pub mod tls;
 pub mod units;
 mod validate_listeners;
@@ -373,6 +374,8 @@ pub struct Config {
     pub cache_store_size: Option<u64>,
     pub admin: Option<AdminSpec>,
     pub access_log: Option<AccessLogSpec>,
+    /// Where `upstreams` and `routes` come from when not from the file.
+    pub config_source: Option<source::EtcdSpec>,
 }
 
 impl Config {
@@ -387,25 +390,32 @@ impl Config {
     }
 
     pub fn from_yaml(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let raw: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let mut msg = e.into_inner().to_string();
-            // serde_yaml prefixes its own, shorter path; ours is the precise one.
-            if let Some((head, rest)) = msg.split_once(": ") {
-                if !head.contains(' ') && path.starts_with(head) {
-                    msg = rest.to_string();
-                }
-            }
-            ConfigError {
-                file: file.to_string(),
-                path: if path == "." { String::new() } else { path },
-                value: String::new(),
-                msg,
-            }
-        })?;
-        validate(file, raw)
+        validate(file, parse(file, text)?)
     }
+}
+
+/// A YAML document into its file type, errors naming `file` and the key path.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let mut msg = e.into_inner().to_string();
+        // serde_yaml prefixes its own, shorter path; ours is the precise one.
+        if let Some((head, rest)) = msg.split_once(": ") {
+            if !head.contains(' ') && path.starts_with(head) {
+                msg = rest.to_string();
+            }
+        }
+        ConfigError {
+            file: file.to_string(),
+            path: if path == "." { String::new() } else { path },
+            value: String::new(),
+            msg,
+        }
+    })
 }
 
 pub(crate) struct Errs<'a> {
@@ -449,6 +459,9 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         return Err(e.err("pingora.threads", 0, "must be at least 1"));
     }
 
+    // first: with a config_source the file has no routes or upstreams of its own to check
+    let config_source = source::etcd(&e, &raw, raw.config_source.as_ref())?;
+
     // Forward proxies and routes feed one store size.
     let mut store = cache::StoreSize::default();
     let mut listeners = validate_listeners::listeners(&e, &raw.listeners, &mut store)?;
@@ -491,6 +504,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         cache_store_size,
         admin,
         access_log,
+        config_source,
     })
 }
 
@@ -551,6 +565,39 @@ mod tests {
         assert_eq!(s.key_prefix, DEFAULT_RATE_STORE_PREFIX);
         assert_eq!(s.timeout, DEFAULT_RATE_STORE_TIMEOUT);
         assert_eq!(s.pool_size, DEFAULT_RATE_STORE_POOL);
+    }
+
+    #[test]
+    fn config_source_takes_the_routes_out_of_the_file() {
+        let src = "config_source: {etcd: {endpoints: [\"http://127.0.0.1:2379\"], key: /r, cache_file: c.yaml}}\n";
+        let c = Config::from_yaml("/etc/s/x.yaml", &format!("{BASE}{src}")).unwrap();
+        let spec = c.config_source.clone().unwrap();
+        assert_eq!(spec.endpoints, vec![("127.0.0.1".to_string(), 2379)]);
+        assert_eq!(spec.cache_file.as_deref(), Some("/etc/s/c.yaml"));
+        let e = Config::from_yaml(
+            "x.yaml",
+            &format!("{BASE}{src}routes: [{{listener: web, upstream: a}}]\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("routes") && e.contains("config_source"), "{e}");
+        let e = Config::from_yaml(
+            "x.yaml",
+            &format!("{BASE}config_source: {{etcd: {{endpoints: [\"https://h:1\"], key: /r}}}}\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("config_source.etcd.endpoints[0]") && e.contains("https://h:1"),
+            "{e}"
+        );
+        let e = Config::from_yaml(
+            "x.yaml",
+            &format!("{BASE}config_source: {{etcd: {{endpoints: [], key: /r, tls: {{}}}}}}\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls"), "{e}");
     }
 
     #[test]

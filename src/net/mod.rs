@@ -1,8 +1,10 @@
 //! The network layer under the engines: the accept loop and plain TCP streams of plaintext
 //! listeners ([`listen`]), the one byte relay for every tunnel ([`relay`], [`splice`]), and
 //! the proxy's own answers written on a Pingora session ([`respond`]), and the shared count
-//! of the per-IP rate limit ([`ratestore`]).
+//! of the per-IP rate limit ([`ratestore`]), and the etcd client the fleet configuration is
+//! watched with ([`etcd`]).
 
+pub mod etcd;
 pub mod linger;
 pub mod listen;
 pub mod ratestore;

@@ -165,7 +165,8 @@ pub fn reload_now() -> Result<u64, String> {
         .cfg
         .file
         .clone();
-    match Config::load(&file) {
+    // with a config_source, the file merged with the routing document in force
+    match super::fleet::load(&file) {
         Ok(cfg) => apply(cfg),
         Err(e) => {
             let e = e.to_string();
@@ -240,6 +241,9 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     }
     if dbg(&old.access_log) != dbg(&new.access_log) {
         return Err(needs_upgrade(f, "access_log"));
+    }
+    if old.config_source != new.config_source {
+        return Err(needs_upgrade(f, "config_source"));
     }
     if old.cache_store_size != new.cache_store_size {
         return Err(needs_upgrade(

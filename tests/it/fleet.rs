@@ -1,6 +1,7 @@
 //! Fleets of instances that share state through a real store: the per-IP rate limit counted
-//! in one Redis by three proxies.
+//! in one Redis by three proxies, and the routing of three proxies taken from one etcd key.
 
+use crate::support::etcd::Etcd;
 use crate::support::raw::{RawBackend, Reply};
 use crate::support::redis::RedisServer;
 use crate::support::{client, Conn, Proxy};
@@ -122,4 +123,180 @@ async fn rate_limit_shared_in_redis_holds_across_three_instances() {
         "{ok} of 60 got through in 2 s after Redis came back: {statuses:?}"
     );
     assert!(fleet.iter().all(|p| p.log().contains("answering again")));
+}
+
+// ---------------------------------------------------------------------------------------
+// Fleet configuration from etcd
+// ---------------------------------------------------------------------------------------
+
+const KEY: &str = "/stepstone/routing.yaml";
+const TOKEN: &str = "fleet-t0ken";
+
+/// The routing document: one upstream over `origin`, the route to it.
+fn routing(origin: SocketAddr) -> String {
+    format!(
+        "upstreams:\n  - {{name: app, backends: [{{address: {origin}}}]}}\nroutes:\n  - {{listener: web, upstream: app}}\n"
+    )
+}
+
+/// An instance's own file: a listener, an admin listener, and the routing from `etcd`.
+fn member(etcd: &str, cache: bool) -> String {
+    let cache = if cache {
+        ", cache_file: \"{{dir}}/routing-cache.yaml\""
+    } else {
+        ""
+    };
+    format!(
+        "listeners:
+  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}
+admin: {{address: 127.0.0.1:{{{{port1}}}}, token: {TOKEN}}}
+config_source:
+  etcd: {{endpoints: [\"{etcd}\"], key: {KEY}{cache}}}
+"
+    )
+}
+
+async fn body_of(addr: SocketAddr) -> String {
+    client::get(addr, "/", &[])
+        .await
+        .map(|r| r.text())
+        .unwrap_or_else(|e| format!("<no answer: {e}>"))
+}
+
+async fn status_of(p: &Proxy) -> serde_json::Value {
+    let mut c = Conn::connect(p.addr_of(1)).await.expect("admin");
+    let auth = format!("Bearer {TOKEN}");
+    let r = c
+        .request("GET", "/status", &[("Authorization", &auth)], b"")
+        .await
+        .expect("status");
+    serde_json::from_str(&r.text()).unwrap_or_else(|e| panic!("/status {e}: {}", r.text()))
+}
+
+/// Wait until every instance answers `want`; the time it took.
+async fn all_answer(fleet: &[Proxy], want: &str, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    for p in fleet {
+        loop {
+            let got = body_of(p.addr).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "{} answers {got:?}, not {want:?}, {:?} after the write:\n{}",
+                p.addr,
+                t0.elapsed(),
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    t0.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_fleet_follows_revisions_refuses_bad_ones_and_outlives_etcd() {
+    let a = crate::support::OriginBuilder::new("a")
+        .body("A")
+        .run()
+        .await;
+    let b = crate::support::OriginBuilder::new("b")
+        .body("B")
+        .run()
+        .await;
+    let c = crate::support::OriginBuilder::new("c")
+        .body("C")
+        .run()
+        .await;
+    let mut etcd = Etcd::start();
+    etcd.put(KEY, &routing(a.addr));
+    let mut fleet: Vec<Proxy> = (0..3)
+        .map(|_| Proxy::start(&member(&etcd.url(), true)))
+        .collect();
+    all_answer(&fleet, "A", Duration::from_secs(5)).await;
+
+    // a new revision reaches all 3 within 1 s
+    etcd.put(KEY, &routing(b.addr));
+    let took = all_answer(&fleet, "B", Duration::from_secs(1)).await;
+    eprintln!("revision applied by all 3 in {took:?}");
+
+    // a bad revision is refused by all 3, each keeps the last good one and says why
+    let bad = etcd.put(
+        KEY,
+        "upstreams: []\nroutes:\n  - {listener: web, upstream: nowhere}\n",
+    );
+    for p in &fleet {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let s = loop {
+            let s = status_of(p).await;
+            if s["config"]["config_source"]["etcd"]["refused_revision"] == bad {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "revision {bad} not refused: {s}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let err = s["config"]["config_source"]["etcd"]["last_error"].to_string();
+        assert!(
+            err.contains("routes[0].upstream") && err.contains("nowhere"),
+            "{s}"
+        );
+        assert!(err.contains(&format!("revision {bad}")), "{s}");
+        assert_eq!(body_of(p.addr).await, "B");
+    }
+
+    // etcd stopped: all keep serving
+    etcd.stop();
+    for _ in 0..5 {
+        for p in &fleet {
+            assert_eq!(body_of(p.addr).await, "B");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // an instance restarted while etcd is down serves from its cache file
+    let text = std::fs::read_to_string(&fleet[2].config).expect("config");
+    let (dir, ports) = (fleet[2].dir.clone(), fleet[2].ports.clone());
+    let _ = fleet[2].child.kill();
+    let _ = fleet[2].child.wait();
+    let fresh = Proxy::start_in(dir, &text, ports, &[]).unwrap_or_else(|e| panic!("{e}"));
+    // the old handle shares the directory: it must not remove it
+    std::mem::forget(std::mem::replace(&mut fleet[2], fresh));
+    assert_eq!(body_of(fleet[2].addr).await, "B");
+    assert!(
+        fleet[2].log().contains("from the cache file"),
+        "{}",
+        fleet[2].log()
+    );
+
+    // etcd back: the next revision applies everywhere
+    etcd.restart();
+    etcd.put(KEY, &routing(c.addr));
+    all_answer(&fleet, "C", Duration::from_secs(15)).await;
+    for p in &fleet {
+        let s = status_of(p).await;
+        assert_eq!(
+            s["config"]["config_source"]["etcd"]["connected"], true,
+            "{s}"
+        );
+        assert_eq!(
+            s["config"]["config_source"]["etcd"]["refused_revision"],
+            serde_json::Value::Null,
+            "{s}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_unreachable_without_a_cache_file_refuses_to_start() {
+    let dead = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let err = match Proxy::try_start(&member(&dead, false)) {
+        Ok(_) => panic!("started without etcd and without a cache file"),
+        Err(e) => e,
+    };
+    assert!(err.contains("no cache_file"), "{err}");
+    assert!(
+        err.contains(KEY) || err.contains("routing document"),
+        "{err}"
+    );
 }

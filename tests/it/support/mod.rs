@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod etcd;
 pub mod h2raw;
 pub mod origin;
 pub mod pki;
