@@ -41,8 +41,10 @@ pub struct Store {
     slots: tokio::sync::Semaphore,
     /// [`now_ms`] before which the store is not asked.
     pause_until: AtomicU64,
-    /// Failing now: logged once when it starts and once when it ends.
+    /// An outage was logged and has not ended: its end is logged too.
     down: AtomicBool,
+    /// [`now_ms`] of the last outage logged: a store that flaps is logged once a minute.
+    logged_at: AtomicU64,
     sha: String,
 }
 
@@ -65,6 +67,7 @@ impl Store {
             slots: tokio::sync::Semaphore::new(spec.pool_size),
             pause_until: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            logged_at: AtomicU64::new(0),
             sha,
         });
         all.push(s.clone());
@@ -101,7 +104,12 @@ impl Store {
                 self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 self.pause_until
                     .store(now_ms() + PAUSE.as_millis() as u64, Ordering::Relaxed);
-                if !self.down.swap(true, Ordering::Relaxed) {
+                // `+ 1`: zero is "never logged"
+                let now = now_ms() + 1;
+                let last = self.logged_at.load(Ordering::Relaxed);
+                let due = last == 0 || now > last + 60_000;
+                if due && !self.down.swap(true, Ordering::Relaxed) {
+                    self.logged_at.store(now, Ordering::Relaxed);
                     log::warn!(
                         "rate_limit_store {}: {e}; counting in this instance until it answers",
                         self.spec.addr
