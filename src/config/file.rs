@@ -35,13 +35,21 @@ pub struct ConfigSourceFile {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdFile {
-    /// `http://HOST:PORT` of etcd members, tried in turn.
+    /// `http://HOST:PORT` or `https://HOST:PORT` of etcd members, tried in turn.
     pub endpoints: Vec<String>,
     /// The key whose value is a YAML document with `upstreams` and `routes`.
     pub key: String,
     /// The last good value is written here, and served from when etcd cannot be reached
     /// at start-up.
     pub cache_file: Option<String>,
+    /// `https://` endpoints: the CA that signed etcd's certificate. Default: the system's.
+    pub ca_file: Option<String>,
+    /// `https://` endpoints: a client certificate and its key, for etcd's client-cert-auth.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// etcd's authentication: the user, and a file holding its password.
+    pub username: Option<String>,
+    pub password_file: Option<String>,
 }
 
 /// The document at the etcd key: the same `upstreams` and `routes` as the file.

@@ -572,7 +572,7 @@ mod tests {
         let src = "config_source: {etcd: {endpoints: [\"http://127.0.0.1:2379\"], key: /r, cache_file: c.yaml}}\n";
         let c = Config::from_yaml("/etc/s/x.yaml", &format!("{BASE}{src}")).unwrap();
         let spec = c.config_source.clone().unwrap();
-        assert_eq!(spec.endpoints, vec![("127.0.0.1".to_string(), 2379)]);
+        assert_eq!(spec.endpoints[0].to_string(), "http://127.0.0.1:2379");
         assert_eq!(spec.cache_file.as_deref(), Some("/etc/s/c.yaml"));
         let e = Config::from_yaml(
             "x.yaml",
@@ -583,12 +583,12 @@ mod tests {
         assert!(e.contains("routes") && e.contains("config_source"), "{e}");
         let e = Config::from_yaml(
             "x.yaml",
-            &format!("{BASE}config_source: {{etcd: {{endpoints: [\"https://h:1\"], key: /r}}}}\n"),
+            &format!("{BASE}config_source: {{etcd: {{endpoints: [\"ftp://h:1\"], key: /r}}}}\n"),
         )
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("config_source.etcd.endpoints[0]") && e.contains("https://h:1"),
+            e.contains("config_source.etcd.endpoints[0]") && e.contains("ftp://h:1"),
             "{e}"
         );
         let e = Config::from_yaml(
@@ -598,6 +598,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("tls"), "{e}");
+        let e = Config::from_yaml("x.yaml", &format!("{BASE}config_source: {{etcd: {{endpoints: [\"https://h:1\"], key: /r, cert_file: x.yaml}}}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config_source.etcd.cert_file") || e.contains("go together"),
+            "{e}"
+        );
+        let e = Config::from_yaml("x.yaml", &format!("{BASE}config_source: {{etcd: {{endpoints: [\"https://h:1\"], key: /r, username: u, password_file: /nonexistent/pw}}}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config_source.etcd.password_file") && e.contains("/nonexistent/pw"),
+            "{e}"
+        );
     }
 
     #[test]

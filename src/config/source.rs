@@ -5,14 +5,45 @@
 use super::file::{ConfigSourceFile, FileConfig, RoutingFile};
 use super::{validate, Config, ConfigError, Errs};
 
-/// A validated `config_source.etcd` block.
+/// A validated `config_source.etcd` block. Paths are resolved against the config file's
+/// directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdSpec {
-    /// `(host, port)` of each member, tried in turn.
-    pub endpoints: Vec<(String, u16)>,
+    /// Each member, tried in turn.
+    pub endpoints: Vec<EtcdEndpoint>,
     pub key: String,
-    /// Resolved against the config file's directory.
     pub cache_file: Option<String>,
+    pub ca_file: Option<String>,
+    /// A client certificate and its key.
+    pub client_cert: Option<(String, String)>,
+    pub auth: Option<EtcdAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl std::fmt::Display for EtcdEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// A user and its password (read from `password_file` when the file is loaded).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EtcdAuth({}, <password>)", self.username)
+    }
 }
 
 /// A routing document and where it came from, for error messages.
@@ -63,10 +94,15 @@ pub(super) fn etcd(
             e.err(
                 format!("config_source.etcd.endpoints[{i}]"),
                 ep,
-                "expected http://HOST:PORT (https is not supported)",
+                "expected http://HOST:PORT or https://HOST:PORT",
             )
         };
-        let rest = ep.trim().strip_prefix("http://").ok_or_else(bad)?;
+        let ep = ep.trim();
+        let (tls, rest) = match (ep.strip_prefix("http://"), ep.strip_prefix("https://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => return Err(bad()),
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().map_err(|_| bad())?;
@@ -74,12 +110,16 @@ pub(super) fn etcd(
         if host.is_empty() || port == 0 {
             return Err(bad());
         }
-        endpoints.push((host.to_string(), port));
+        endpoints.push(EtcdEndpoint {
+            host: host.to_string(),
+            port,
+            tls,
+        });
     }
     if etcd.key.is_empty() {
         return Err(e.err("config_source.etcd.key", "", "must not be empty"));
     }
-    let cache_file = etcd.cache_file.as_ref().map(|c| {
+    let resolve = |c: &String| {
         let p = std::path::Path::new(c);
         if p.is_absolute() {
             c.clone()
@@ -91,11 +131,64 @@ pub(super) fn etcd(
                 .display()
                 .to_string()
         }
-    });
+    };
+    let readable = |key: &str, v: &Option<String>| -> Result<Option<String>, ConfigError> {
+        let Some(v) = v else { return Ok(None) };
+        let path = resolve(v);
+        std::fs::metadata(&path).map_err(|err| {
+            e.err(
+                format!("config_source.etcd.{key}"),
+                v,
+                format!("cannot read it: {err}"),
+            )
+        })?;
+        Ok(Some(path))
+    };
+    let ca_file = readable("ca_file", &etcd.ca_file)?;
+    let client_cert = match (
+        readable("cert_file", &etcd.cert_file)?,
+        readable("key_file", &etcd.key_file)?,
+    ) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(e.err(
+                "config_source.etcd",
+                "",
+                "cert_file and key_file go together",
+            ))
+        }
+    };
+    let auth = match (&etcd.username, &etcd.password_file) {
+        (Some(u), Some(f)) => {
+            let text = std::fs::read_to_string(resolve(f)).map_err(|err| {
+                e.err(
+                    "config_source.etcd.password_file",
+                    f,
+                    format!("cannot read it: {err}"),
+                )
+            })?;
+            Some(EtcdAuth {
+                username: u.clone(),
+                password: text.trim().to_string(),
+            })
+        }
+        (None, None) => None,
+        _ => {
+            return Err(e.err(
+                "config_source.etcd",
+                "",
+                "username and password_file go together",
+            ))
+        }
+    };
     Ok(Some(EtcdSpec {
         endpoints,
         key: etcd.key.clone(),
-        cache_file,
+        cache_file: etcd.cache_file.as_ref().map(resolve),
+        ca_file,
+        client_cert,
+        auth,
     }))
 }
 

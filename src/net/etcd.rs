@@ -1,12 +1,20 @@
 //! A small client of etcd's v3 JSON gateway over HTTP/1.1 (`POST /v3/kv/range` and the
 //! streaming `POST /v3/watch`, keys and values in base64): what the fleet configuration
-//! needs, without gRPC and its build.
+//! needs, without gRPC and its build. `https://` endpoints over OpenSSL (a CA file, a client
+//! certificate), and etcd's user/password authentication (a token asked for once and again
+//! when etcd no longer takes it).
 
+use crate::config::source::{EtcdEndpoint, EtcdSpec};
 use base64::Engine as _;
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
 use serde_json::Value;
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -55,72 +63,160 @@ fn kv(v: &Value) -> Result<Kv, String> {
     })
 }
 
-async fn post(host: &str, port: u16, path: &str, body: &Value) -> Result<Response, String> {
-    let mut s = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let _ = s.set_nodelay(true);
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("{host}:{port}: {e}"))?;
-    let mut r = Response {
-        s,
-        raw: Vec::with_capacity(4096),
-        body: Vec::new(),
-        chunked: false,
-        left: None,
-        done: false,
-    };
-    r.read_head(host, port, path).await?;
-    Ok(r)
+/// How etcd is reached: TLS settings and the authentication token.
+pub struct Client {
+    tls: Option<SslConnector>,
+    auth: Option<(String, String)>,
+    token: Mutex<Option<String>>,
 }
 
-/// The key's value and the store's revision (`None`: the key does not exist).
-pub async fn range(
-    host: &str,
-    port: u16,
-    key: &str,
-    timeout: Duration,
-) -> Result<(Option<Kv>, i64), String> {
-    let work = async {
-        let mut r = post(
-            host,
-            port,
-            "/v3/kv/range",
-            &serde_json::json!({"key": B64.encode(key)}),
-        )
-        .await?;
-        let v = r.message().await?;
-        let store_rev = rev(&v["header"]["revision"]);
-        let kv = match v
-            .get("kvs")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-        {
-            Some(k) => Some(kv(k)?),
-            None => None,
+impl Client {
+    pub fn new(spec: &EtcdSpec) -> Result<Client, String> {
+        let tls = if spec.endpoints.iter().any(|e| e.tls) {
+            let mut b =
+                SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+            if let Some(ca) = &spec.ca_file {
+                b.set_ca_file(ca)
+                    .map_err(|e| format!("config_source.etcd.ca_file {ca}: {e}"))?;
+            }
+            if let Some((cert, key)) = &spec.client_cert {
+                b.set_certificate_chain_file(cert)
+                    .map_err(|e| format!("config_source.etcd.cert_file {cert}: {e}"))?;
+                b.set_private_key_file(key, SslFiletype::PEM)
+                    .map_err(|e| format!("config_source.etcd.key_file {key}: {e}"))?;
+            }
+            Some(b.build())
+        } else {
+            None
         };
-        Ok((kv, store_rev))
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| format!("{host}:{port}: no answer within {timeout:?}"))?
-}
+        Ok(Client {
+            tls,
+            auth: spec
+                .auth
+                .as_ref()
+                .map(|a| (a.username.clone(), a.password.clone())),
+            token: Mutex::new(None),
+        })
+    }
 
-/// A watch of one key from `start_revision` on.
-pub struct Watch {
-    r: Response,
-}
+    async fn connect(&self, ep: &EtcdEndpoint) -> Result<Box<dyn Io>, String> {
+        let s = TcpStream::connect((ep.host.as_str(), ep.port))
+            .await
+            .map_err(|e| format!("cannot connect to {ep}: {e}"))?;
+        let _ = s.set_nodelay(true);
+        let Some(tls) = self.tls.as_ref().filter(|_| ep.tls) else {
+            return Ok(Box::new(s));
+        };
+        let ssl = tls
+            .configure()
+            .and_then(|c| c.into_ssl(&ep.host))
+            .map_err(|e| format!("{ep}: {e}"))?;
+        let mut s = tokio_openssl::SslStream::new(ssl, s).map_err(|e| format!("{ep}: {e}"))?;
+        std::pin::Pin::new(&mut s)
+            .connect()
+            .await
+            .map_err(|e| format!("{ep}: TLS handshake: {e}"))?;
+        Ok(Box::new(s))
+    }
 
-impl Watch {
-    pub async fn start(
-        host: &str,
-        port: u16,
+    async fn send(
+        &self,
+        ep: &EtcdEndpoint,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Result<Response, String> {
+        let mut s = self.connect(ep).await?;
+        let body = body.to_string();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            ep.host,
+            ep.port,
+            body.len()
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("{ep}: {e}"))?;
+        let mut r = Response {
+            s,
+            raw: Vec::with_capacity(4096),
+            body: Vec::new(),
+            chunked: false,
+            left: None,
+            done: false,
+        };
+        r.read_head(ep, path).await?;
+        Ok(r)
+    }
+
+    /// A request with the authentication token, when etcd wants one.
+    async fn post(&self, ep: &EtcdEndpoint, path: &str, body: &Value) -> Result<Response, String> {
+        let Some((user, password)) = &self.auth else {
+            return self.send(ep, path, body, None).await;
+        };
+        let cached = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let token = match cached {
+            Some(t) => t,
+            None => {
+                let req = serde_json::json!({"name": user, "password": password});
+                let v = self
+                    .send(ep, "/v3/auth/authenticate", &req, None)
+                    .await?
+                    .message()
+                    .await?;
+                let t = v
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("{ep}: authentication as {user} refused: {v}"))?
+                    .to_string();
+                *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.clone());
+                t
+            }
+        };
+        let res = self.send(ep, path, body, Some(&token)).await;
+        if res.is_err() {
+            // a token etcd no longer takes (expired, or issued by a member that restarted)
+            // is asked for again on the next try
+            *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        res
+    }
+
+    /// The key's value and the store's revision (`None`: the key does not exist).
+    pub async fn range(
+        &self,
+        ep: &EtcdEndpoint,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(Option<Kv>, i64), String> {
+        let work = async {
+            let req = serde_json::json!({"key": B64.encode(key)});
+            let v = self.post(ep, "/v3/kv/range", &req).await?.message().await?;
+            if let Some(err) = v.get("error") {
+                *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return Err(format!("{ep}: {err}"));
+            }
+            let store_rev = rev(&v["header"]["revision"]);
+            let kv = match v
+                .get("kvs")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+            {
+                Some(k) => Some(kv(k)?),
+                None => None,
+            };
+            Ok((kv, store_rev))
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| format!("{ep}: no answer within {timeout:?}"))?
+    }
+
+    /// Watch `key` from `start_revision` on.
+    pub async fn watch(
+        &self,
+        ep: &EtcdEndpoint,
         key: &str,
         start_revision: i64,
     ) -> Result<Watch, String> {
@@ -129,10 +225,17 @@ impl Watch {
             "start_revision": start_revision.to_string(),
         }});
         Ok(Watch {
-            r: post(host, port, "/v3/watch", &req).await?,
+            r: self.post(ep, "/v3/watch", &req).await?,
         })
     }
+}
 
+/// A watch of one key.
+pub struct Watch {
+    r: Response,
+}
+
+impl Watch {
     /// The next events (one message may carry several), in order.
     pub async fn next(&mut self) -> Result<Vec<WatchEvent>, String> {
         let v = self.r.message().await?;
@@ -177,7 +280,7 @@ impl Watch {
 
 /// An HTTP/1.1 response whose body is newline-separated JSON messages, read as they come.
 struct Response {
-    s: TcpStream,
+    s: Box<dyn Io>,
     /// Bytes read and not yet decoded.
     raw: Vec<u8>,
     /// Decoded body bytes not yet taken as messages.
@@ -201,20 +304,26 @@ impl Response {
         Ok(n > 0)
     }
 
-    async fn read_head(&mut self, host: &str, port: u16, path: &str) -> Result<(), String> {
+    async fn read_head(&mut self, ep: &EtcdEndpoint, path: &str) -> Result<(), String> {
         let end = loop {
             if let Some(i) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i;
             }
             if self.raw.len() > MAX_HEAD || !self.fill().await? {
-                return Err(format!("{host}:{port}: no HTTP answer to {path}"));
+                return Err(format!("{ep}: no HTTP answer to {path}"));
             }
         };
         let head = String::from_utf8_lossy(&self.raw[..end]).to_ascii_lowercase();
         self.raw.drain(..end + 4);
         let status = head.split(' ').nth(1).unwrap_or("");
         if status != "200" {
-            return Err(format!("{host}:{port}: {path} answered {status}"));
+            // the gateway's error body says why (a chunk of JSON with a "message")
+            let rest = String::from_utf8_lossy(&self.raw);
+            let why = rest
+                .split_once("\"message\":\"")
+                .and_then(|(_, m)| m.split_once('"'))
+                .map_or("", |(m, _)| m);
+            return Err(format!("{ep}: {path} answered {status}: {why}"));
         }
         for line in head.lines().skip(1) {
             let Some((name, value)) = line.split_once(':') else {

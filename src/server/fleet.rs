@@ -9,9 +9,9 @@
 //! going away never stops serving: the watch reconnects with backoff and resumes from the
 //! last revision seen, so no revision is missed.
 
-use crate::config::source::{EtcdSpec, Routing};
+use crate::config::source::{EtcdEndpoint, EtcdSpec, Routing};
 use crate::config::{Config, ConfigError};
-use crate::net::etcd::{self, Kv, WatchEvent};
+use crate::net::etcd::{Client, Kv, WatchEvent};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -53,6 +53,9 @@ static STATE: Mutex<State> = Mutex::new(State {
     unreachable: None,
 });
 
+/// How etcd is reached, set at start-up.
+static CLIENT: once_cell::sync::OnceCell<Client> = once_cell::sync::OnceCell::new();
+
 fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -71,9 +74,11 @@ pub fn start_config(cfg: Config) -> Result<Config, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("config_source: {e}"))?;
+    let client =
+        CLIENT.get_or_try_init(|| Client::new(&spec).map_err(|e| format!("{}: {e}", cfg.file)))?;
     let mut why = Vec::new();
-    for (host, port) in &spec.endpoints {
-        match rt.block_on(etcd::range(host, *port, &spec.key, START_TIMEOUT)) {
+    for ep in &spec.endpoints {
+        match rt.block_on(client.range(ep, &spec.key, START_TIMEOUT)) {
             Ok((Some(kv), store_rev)) => {
                 let routing = Routing {
                     origin: origin(&spec, kv.mod_revision),
@@ -102,10 +107,7 @@ pub fn start_config(cfg: Config) -> Result<Config, String> {
                 }
             }
             Ok((None, _)) => {
-                why.push(format!(
-                    "{host}:{port}: the key {} does not exist",
-                    spec.key
-                ));
+                why.push(format!("{ep}: the key {} does not exist", spec.key));
                 break;
             }
             Err(e) => why.push(e),
@@ -214,7 +216,7 @@ pub fn status() -> serde_json::Value {
     if let Some(spec) = &s.spec {
         v["config_source"] = serde_json::json!({
             "etcd": {
-                "endpoints": spec.endpoints.iter().map(|(h, p)| format!("http://{h}:{p}")).collect::<Vec<_>>(),
+                "endpoints": spec.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
                 "key": spec.key,
                 "connected": s.connected,
                 "unreachable": s.unreachable,
@@ -233,15 +235,15 @@ pub struct WatchService;
 #[async_trait]
 impl BackgroundService for WatchService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(spec) = state().spec.clone() else {
+        let (Some(spec), Some(client)) = (state().spec.clone(), CLIENT.get()) else {
             return;
         };
         let mut backoff = BACKOFF_MIN;
         let mut next = 0usize;
         loop {
-            let (host, port) = spec.endpoints[next % spec.endpoints.len()].clone();
+            let ep = &spec.endpoints[next % spec.endpoints.len()];
             let res = tokio::select! {
-                r = watch(&spec, &host, port) => r,
+                r = watch(client, &spec, ep) => r,
                 _ = shutdown.changed() => return,
             };
             {
@@ -251,7 +253,6 @@ impl BackgroundService for WatchService {
                 }
                 s.connected = false;
                 if let Err(e) = res {
-                    let e = format!("{host}:{port}: {e}");
                     if s.unreachable.is_none() {
                         log::warn!("config_source: etcd unavailable ({e}); the revision in force keeps serving, retrying");
                     }
@@ -269,9 +270,9 @@ impl BackgroundService for WatchService {
 }
 
 /// One watch, until the connection fails.
-async fn watch(spec: &EtcdSpec, host: &str, port: u16) -> Result<(), String> {
+async fn watch(client: &Client, spec: &EtcdSpec, ep: &EtcdEndpoint) -> Result<(), String> {
     let from = state().seen + 1;
-    let mut w = etcd::Watch::start(host, port, &spec.key, from).await?;
+    let mut w = client.watch(ep, &spec.key, from).await?;
     loop {
         for ev in w.next().await? {
             match ev {
@@ -299,7 +300,7 @@ async fn watch(spec: &EtcdSpec, host: &str, port: u16) -> Result<(), String> {
                 // The history from `from` is gone: start again from the value now.
                 WatchEvent::Canceled(why) => {
                     log::warn!("config_source: watch canceled: {why}; reading the key again");
-                    let (kv, store_rev) = etcd::range(host, port, &spec.key, START_TIMEOUT).await?;
+                    let (kv, store_rev) = client.range(ep, &spec.key, START_TIMEOUT).await?;
                     if let Some(kv) = kv {
                         apply_revision(spec, kv);
                     }
