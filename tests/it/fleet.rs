@@ -26,13 +26,27 @@ admin: {{address: 127.0.0.1:{{{{port1}}}}}}
     )
 }
 
+/// A connection to a proxy. A listen port that another process held for a moment (a port
+/// probed free, then taken by an outgoing connection of a parallel test) is bound by the
+/// proxy's retry a little later: refused connections are tried again for a few seconds.
+async fn connect(addr: SocketAddr) -> Conn {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Conn::connect(addr).await {
+            Ok(c) => return c,
+            Err(e) => assert!(Instant::now() < deadline, "connect {addr}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Send `n` requests at `per_second`, in turn to each proxy (a keep-alive connection to
 /// each), starting on a whole second of the clock so the count windows are whole. Returns
 /// the statuses; a request that got no answer panics.
 async fn paced(proxies: &[SocketAddr], n: usize, per_second: u32) -> Vec<u16> {
     let mut conns = Vec::new();
     for p in proxies {
-        conns.push(Conn::connect(*p).await.expect("connect"));
+        conns.push(connect(*p).await);
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
     let to_next = Duration::from_secs(1) - Duration::from_nanos(now.subsec_nanos() as u64);
@@ -46,7 +60,7 @@ async fn paced(proxies: &[SocketAddr], n: usize, per_second: u32) -> Vec<u16> {
             Ok(r) => r,
             // a connection the proxy closed (keep-alive limits): one more try on a new one
             Err(_) => {
-                conns[k] = Conn::connect(proxies[k]).await.expect("reconnect");
+                conns[k] = connect(proxies[k]).await;
                 conns[k]
                     .get("/", &[])
                     .await
