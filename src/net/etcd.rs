@@ -183,6 +183,12 @@ impl Client {
         res
     }
 
+    /// Log in again before the next request (after a failure that may have been the
+    /// token's: an expired one ends a watch with an error).
+    pub fn forget_token(&self) {
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// The key's value and the store's revision (`None`: the key does not exist).
     pub async fn range(
         &self,

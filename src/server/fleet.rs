@@ -253,6 +253,7 @@ impl BackgroundService for WatchService {
                 }
                 s.connected = false;
                 if let Err(e) = res {
+                    client.forget_token();
                     if s.unreachable.is_none() {
                         log::warn!("config_source: etcd unavailable ({e}); the revision in force keeps serving, retrying");
                     }
