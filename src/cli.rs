@@ -263,6 +263,14 @@ pub fn main() -> i32 {
         );
         return 0;
     }
+    // the routing document from etcd (or its cache file) before anything is built
+    let cfg = match server::fleet::start_config(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stepstone: {e}");
+            return 1;
+        }
+    };
     let mut upgrade = cli.upgrade;
     if upgrade {
         let mut addrs: Vec<_> = cfg.listeners.iter().map(|l| l.addr).collect();

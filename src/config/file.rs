@@ -23,6 +23,45 @@ pub struct FileConfig {
     pub access_log: Option<AccessLogFile>,
     /// Spans of sampled requests, exported by OTLP/HTTP. Default: off (nothing allocated)
     pub tracing: Option<super::tracing::TracingFile>,
+    /// Where `upstreams` and `routes` come from instead of this file. Default: this file
+    pub config_source: Option<ConfigSourceFile>,
+}
+
+/// The fleet-wide part of the configuration (`upstreams`, `routes`) from a store.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSourceFile {
+    pub etcd: Option<EtcdFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdFile {
+    /// `http://HOST:PORT` or `https://HOST:PORT` of etcd members, tried in turn.
+    pub endpoints: Vec<String>,
+    /// The key whose value is a YAML document with `upstreams` and `routes`.
+    pub key: String,
+    /// The last good value is written here, and served from when etcd cannot be reached
+    /// at start-up.
+    pub cache_file: Option<String>,
+    /// `https://` endpoints: the CA that signed etcd's certificate. Default: the system's.
+    pub ca_file: Option<String>,
+    /// `https://` endpoints: a client certificate and its key, for etcd's client-cert-auth.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// etcd's authentication: the user, and a file holding its password.
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+}
+
+/// The document at the etcd key: the same `upstreams` and `routes` as the file.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -184,6 +223,9 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     /// Requests per second per client IP; more get 429 with Retry-After. Default: off.
     pub rate_limit_per_ip: Option<u32>,
+    /// Where `rate_limit_per_ip` is counted: shared by every instance that names the same
+    /// store. Default: in this instance only.
+    pub rate_limit_store: Option<RateLimitStoreFile>,
     /// Longest wait for a client to send the next piece of a request body or to take the
     /// next piece of a response (nginx's `client_body_timeout` and `send_timeout`). Then the
     /// connection is closed. Default: 60s
@@ -191,6 +233,27 @@ pub struct LimitsFile {
     /// Requests served on one client connection; the last answer carries
     /// `Connection: close` (nginx's `keepalive_requests`). 0: unlimited. Default: 1000
     pub keepalive_requests: Option<u32>,
+}
+
+/// A shared store for the per-IP count; `redis` is the one kind.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitStoreFile {
+    pub redis: Option<RedisStoreFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreFile {
+    /// IP:PORT of the Redis server.
+    pub address: String,
+    /// Prefix of every key written. Default: `stepstone:`
+    pub key_prefix: Option<String>,
+    /// Longest wait for an answer (connecting included) before the request is counted
+    /// locally. Default: 5ms
+    pub timeout: Option<Dur>,
+    /// Connections to Redis at most (requests wait for one, within `timeout`). Default: 16
+    pub pool_size: Option<usize>,
 }
 
 /// A listener's TLS block. Relative paths are relative to the config file's directory.

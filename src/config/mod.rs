@@ -18,6 +18,7 @@ pub mod file;
 pub mod forward;
 pub mod l4;
 pub mod quic;
+pub mod source;
 pub mod tls;
 pub mod tracing;
 pub mod units;
@@ -65,6 +66,9 @@ pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_PENDING: u32 = 100;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RATE_STORE_TIMEOUT: Duration = Duration::from_millis(5);
+pub const DEFAULT_RATE_STORE_POOL: usize = 16;
+pub const DEFAULT_RATE_STORE_PREFIX: &str = "stepstone:";
 pub const DEFAULT_OUTLIER_CONSECUTIVE: u32 = 5;
 pub const DEFAULT_OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
 pub const DEFAULT_OUTLIER_MAX_EJECTION: Duration = Duration::from_secs(300);
@@ -307,7 +311,7 @@ pub struct OutlierSpec {
     pub max_ejection_percent: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenerLimits {
     pub max_request_line: usize,
     pub max_header_size: usize,
@@ -316,6 +320,8 @@ pub struct ListenerLimits {
     pub keepalive_timeout: Duration,
     pub max_connections: Option<usize>,
     pub rate_limit_per_ip: Option<u32>,
+    /// Where the per-IP count is shared; `None`: counted in this instance.
+    pub rate_limit_store: Option<RateStoreSpec>,
     pub client_timeout: Duration,
     /// Requests per client connection; `None`: unlimited.
     pub keepalive_requests: Option<u32>,
@@ -331,10 +337,20 @@ impl Default for ListenerLimits {
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             max_connections: None,
             rate_limit_per_ip: None,
+            rate_limit_store: None,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
             keepalive_requests: Some(DEFAULT_KEEPALIVE_REQUESTS),
         }
     }
+}
+
+/// A Redis server that instances count their per-IP requests in together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateStoreSpec {
+    pub addr: SocketAddr,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub pool_size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -429,6 +445,8 @@ pub struct Config {
     pub access_log: Option<AccessLogSpec>,
     /// Span export; `None` (the default) turns tracing off entirely.
     pub tracing: Option<tracing::TracingSpec>,
+    /// Where `upstreams` and `routes` come from when not from the file.
+    pub config_source: Option<source::EtcdSpec>,
 }
 
 impl Config {
@@ -443,25 +461,32 @@ impl Config {
     }
 
     pub fn from_yaml(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let raw: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let mut msg = e.into_inner().to_string();
-            // serde_yaml prefixes its own, shorter path; ours is the precise one.
-            if let Some((head, rest)) = msg.split_once(": ") {
-                if !head.contains(' ') && path.starts_with(head) {
-                    msg = rest.to_string();
-                }
-            }
-            ConfigError {
-                file: file.to_string(),
-                path: if path == "." { String::new() } else { path },
-                value: String::new(),
-                msg,
-            }
-        })?;
-        validate(file, raw)
+        validate(file, parse(file, text)?)
     }
+}
+
+/// A YAML document into its file type, errors naming `file` and the key path.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let mut msg = e.into_inner().to_string();
+        // serde_yaml prefixes its own, shorter path; ours is the precise one.
+        if let Some((head, rest)) = msg.split_once(": ") {
+            if !head.contains(' ') && path.starts_with(head) {
+                msg = rest.to_string();
+            }
+        }
+        ConfigError {
+            file: file.to_string(),
+            path: if path == "." { String::new() } else { path },
+            value: String::new(),
+            msg,
+        }
+    })
 }
 
 pub(crate) struct Errs<'a> {
@@ -514,6 +539,9 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         return Err(e.err("pingora.threads", 0, "must be at least 1"));
     }
 
+    // first: with a config_source the file has no routes or upstreams of its own to check
+    let config_source = source::etcd(&e, &raw, raw.config_source.as_ref())?;
+
     // Forward proxies and routes feed one store size.
     let mut store = cache::StoreSize::default();
     let mut listeners = validate_listeners::listeners(&e, &raw.listeners, &mut store)?;
@@ -558,6 +586,7 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
         admin,
         access_log,
         tracing,
+        config_source,
     })
 }
 
@@ -583,6 +612,88 @@ mod tests {
         let err = Config::from_yaml("x.yaml", &y).unwrap_err().to_string();
         assert!(err.contains("upstreams[0].connect_timeout"), "{err}");
         assert!(err.contains("5x"), "{err}");
+    }
+
+    #[test]
+    fn rate_limit_store_is_checked_with_its_key_path() {
+        let l = |limits: &str| {
+            format!("listeners: [{{name: web, address: 127.0.0.1:8080, protocol: http, limits: {{{limits}}}}}]\n")
+        };
+        let err = |limits: &str| {
+            Config::from_yaml("x.yaml", &l(limits))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("rate_limit_store: {redis: {address: 127.0.0.1:6379}}");
+        assert!(e.contains("listeners[0].limits.rate_limit_store"), "{e}");
+        assert!(e.contains("rate_limit_per_ip"), "{e}");
+        let e = err("rate_limit_per_ip: 5, rate_limit_store: {redis: {address: localhost}}");
+        assert!(e.contains("rate_limit_store.redis.address"), "{e}");
+        assert!(e.contains("localhost"), "{e}");
+        let e = err("rate_limit_per_ip: 5, rate_limit_store: {}");
+        assert!(e.contains("expected a store"), "{e}");
+        let e = err(
+            "rate_limit_per_ip: 5, rate_limit_store: {redis: {address: 127.0.0.1:1, timeout: 2s}}",
+        );
+        assert!(e.contains("rate_limit_store.redis.timeout"), "{e}");
+        let e = err("rate_limit_per_ip: 5, rate_limit_store: {memcached: {}}");
+        assert!(e.contains("memcached"), "{e}");
+        let c = Config::from_yaml(
+            "x.yaml",
+            &l("rate_limit_per_ip: 5, rate_limit_store: {redis: {address: 127.0.0.1:6379}}"),
+        )
+        .unwrap();
+        let s = c.listeners[0].limits.rate_limit_store.clone().unwrap();
+        assert_eq!(s.key_prefix, DEFAULT_RATE_STORE_PREFIX);
+        assert_eq!(s.timeout, DEFAULT_RATE_STORE_TIMEOUT);
+        assert_eq!(s.pool_size, DEFAULT_RATE_STORE_POOL);
+    }
+
+    #[test]
+    fn config_source_takes_the_routes_out_of_the_file() {
+        let src = "config_source: {etcd: {endpoints: [\"http://127.0.0.1:2379\"], key: /r, cache_file: c.yaml}}\n";
+        let c = Config::from_yaml("/etc/s/x.yaml", &format!("{BASE}{src}")).unwrap();
+        let spec = c.config_source.clone().unwrap();
+        assert_eq!(spec.endpoints[0].to_string(), "http://127.0.0.1:2379");
+        assert_eq!(spec.cache_file.as_deref(), Some("/etc/s/c.yaml"));
+        let e = Config::from_yaml(
+            "x.yaml",
+            &format!("{BASE}{src}routes: [{{listener: web, upstream: a}}]\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("routes") && e.contains("config_source"), "{e}");
+        let e = Config::from_yaml(
+            "x.yaml",
+            &format!("{BASE}config_source: {{etcd: {{endpoints: [\"ftp://h:1\"], key: /r}}}}\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("config_source.etcd.endpoints[0]") && e.contains("ftp://h:1"),
+            "{e}"
+        );
+        let e = Config::from_yaml(
+            "x.yaml",
+            &format!("{BASE}config_source: {{etcd: {{endpoints: [], key: /r, tls: {{}}}}}}\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls"), "{e}");
+        let e = Config::from_yaml("x.yaml", &format!("{BASE}config_source: {{etcd: {{endpoints: [\"https://h:1\"], key: /r, cert_file: x.yaml}}}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config_source.etcd.cert_file") || e.contains("go together"),
+            "{e}"
+        );
+        let e = Config::from_yaml("x.yaml", &format!("{BASE}config_source: {{etcd: {{endpoints: [\"https://h:1\"], key: /r, username: u, password_file: /nonexistent/pw}}}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config_source.etcd.password_file") && e.contains("/nonexistent/pw"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use super::file::{LimitsFile, ListenerFile};
 use super::{
     cache, dur, forward, l4, parse_addr, units, ConfigError, Errs, ListenerLimits, ListenerSpec,
+    RateStoreSpec, DEFAULT_RATE_STORE_POOL, DEFAULT_RATE_STORE_PREFIX, DEFAULT_RATE_STORE_TIMEOUT,
 };
 use std::time::Duration;
 
@@ -124,6 +125,7 @@ fn limits(e: &Errs, p: &str, l: &Option<LimitsFile>) -> Result<ListenerLimits, C
             "must be at least 1",
         ));
     }
+    let rate_limit_store = rate_store(e, p, l)?;
     let client_timeout = dur(l.client_timeout, d.client_timeout);
     if client_timeout < Duration::from_secs(1) {
         return Err(e.err(
@@ -145,7 +147,55 @@ fn limits(e: &Errs, p: &str, l: &Option<LimitsFile>) -> Result<ListenerLimits, C
         keepalive_timeout,
         max_connections: l.max_connections,
         rate_limit_per_ip: l.rate_limit_per_ip,
+        rate_limit_store,
         client_timeout,
         keepalive_requests,
     })
+}
+
+fn rate_store(e: &Errs, p: &str, l: &LimitsFile) -> Result<Option<RateStoreSpec>, ConfigError> {
+    let Some(store) = &l.rate_limit_store else {
+        return Ok(None);
+    };
+    let k = format!("{p}.limits.rate_limit_store");
+    if l.rate_limit_per_ip.is_none() {
+        return Err(e.err(
+            &k,
+            "",
+            "needs limits.rate_limit_per_ip, the limit it counts for",
+        ));
+    }
+    let Some(r) = &store.redis else {
+        return Err(e.err(
+            &k,
+            "",
+            "expected a store, for example redis: {address: 127.0.0.1:6379}",
+        ));
+    };
+    let addr = parse_addr(e, &format!("{k}.redis.address"), &r.address)?;
+    let timeout = dur(r.timeout, DEFAULT_RATE_STORE_TIMEOUT);
+    if timeout.is_zero() || timeout > Duration::from_secs(1) {
+        return Err(e.err(
+            format!("{k}.redis.timeout"),
+            format!("{timeout:?}"),
+            "must be greater than zero and at most 1s",
+        ));
+    }
+    let pool_size = r.pool_size.unwrap_or(DEFAULT_RATE_STORE_POOL);
+    if !(1..=1024).contains(&pool_size) {
+        return Err(e.err(
+            format!("{k}.redis.pool_size"),
+            pool_size,
+            "must be between 1 and 1024",
+        ));
+    }
+    Ok(Some(RateStoreSpec {
+        addr,
+        key_prefix: r
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_RATE_STORE_PREFIX.to_string()),
+        timeout,
+        pool_size,
+    }))
 }

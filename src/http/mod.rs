@@ -23,15 +23,18 @@ use crate::cache;
 use crate::config::ListenerSpec;
 use crate::forward::{Forward, FwdCtx};
 use crate::policy::route::{Route, Router};
-use crate::policy::ListenerPolicy;
+use crate::policy::{ListenerPolicy, RateCount};
 use crate::upstream::Pick;
 use pingora_http::RequestHeader;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// An HTTP listener: its policy, and the forward proxy when it is one.
 pub struct Listener {
     pub policy: ListenerPolicy,
     pub forward: Option<Arc<Forward>>,
+    /// Where the per-IP rate limit is counted with the rest of the fleet.
+    rate_store: Option<Arc<crate::net::ratestore::Store>>,
 }
 
 impl std::ops::Deref for Listener {
@@ -46,6 +49,23 @@ impl Listener {
         Listener {
             policy: ListenerPolicy::new(spec, router, tls),
             forward: spec.forward.as_ref().map(|f| Forward::new(&spec.name, f)),
+            rate_store: spec
+                .limits
+                .rate_limit_store
+                .as_ref()
+                .map(crate::net::ratestore::Store::shared),
+        }
+    }
+
+    /// The count the rate limit decides this client's request on: the shared store's, or
+    /// this instance's when there is no store or it did not answer in time.
+    pub async fn rate_count(&self, client: Option<IpAddr>) -> RateCount {
+        match (&self.rate_store, client) {
+            (Some(s), Some(ip)) => match s.count(&self.policy.name, ip).await {
+                Some(n) => RateCount::Shared(n),
+                None => RateCount::Local,
+            },
+            _ => RateCount::Local,
         }
     }
 }

@@ -227,7 +227,7 @@ impl ProxyHttp for HttpProxy {
             return Ok(true);
         }
         if l.forward.is_some() || l.redirect_https.is_some() {
-            if let Some(a) = l.rate_limited(client) {
+            if let Some(a) = l.rate_limited(client, l.rate_count(client).await) {
                 respond_answer(session, &a).await?;
                 return Ok(true);
             }
@@ -239,6 +239,7 @@ impl ProxyHttp for HttpProxy {
                 return f.request_filter(session, &mut ctx.fwd).await;
             }
         }
+        let rate = l.rate_count(client).await;
         let req = session.req_header();
         ctx.obs.trace = policy::trace::begin(
             req.headers
@@ -252,6 +253,7 @@ impl ProxyHttp for HttpProxy {
             path: req.uri.path(),
             content_length: content_length(req),
             fields: req,
+            rate,
         };
         let route = match l.admit(&head) {
             Verdict::Answer(a, route) => {

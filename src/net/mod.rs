@@ -1,11 +1,14 @@
 //! The network layer under the engines: the accept loop and plain TCP streams of plaintext
 //! listeners ([`listen`]), the one byte relay for every tunnel ([`relay`], [`splice`]), the
-//! proxy's own answers written on a Pingora session ([`respond`]), and the sender of
-//! mirrored requests ([`mirror`]).
+//! proxy's own answers written on a Pingora session ([`respond`]), the sender of mirrored
+//! requests ([`mirror`]), the shared count of the per-IP rate limit ([`ratestore`]), and the
+//! etcd client the fleet configuration is watched with ([`etcd`]).
 
+pub mod etcd;
 pub mod linger;
 pub mod listen;
 pub mod mirror;
+pub mod ratestore;
 pub mod relay;
 pub mod respond;
 pub mod splice;

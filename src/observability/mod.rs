@@ -246,6 +246,14 @@ pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
     .unwrap_or_else(|e| panic!("{e}")))
 });
 
+pub static RATE_STORE_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "stepstone_rate_limit_store_errors_total",
+        "Asks of the shared rate-limit store that failed or timed out (those requests count locally)",
+    )
+    .unwrap_or_else(|e| panic!("{e}")))
+});
+
 /// Label handles of one route, resolved once.
 pub struct RouteMetrics {
     pub route: String,
@@ -322,6 +330,13 @@ pub fn init(cfg: &Config) -> Result<(), String> {
     Lazy::force(&L4_BYTES);
     Lazy::force(&L4_ACTIVE);
     Lazy::force(&ACCESS_LOG_DROPPED);
+    if cfg
+        .listeners
+        .iter()
+        .any(|l| l.limits.rate_limit_store.is_some())
+    {
+        Lazy::force(&RATE_STORE_ERRORS);
+    }
     if let Some(spec) = &cfg.access_log {
         let log =
             AccessLog::open(spec).map_err(|e| format!("{}: access_log.path: {e}", cfg.file))?;

@@ -5,7 +5,8 @@
 //! The engines read and write bytes; they ask this layer:
 //! - [`head`]: is this HTTP/1 request head acceptable at all (smuggling forms, Host)?
 //! - [`ListenerPolicy::admit`]: rate limit, route, body limit: answer it ourselves, or
-//!   proxy it to which route?
+//!   proxy it to which route? With a shared rate-limit store the engine asks the store for
+//!   the client's count first (I/O) and hands it in ([`RateCount`]).
 //! - [`engine::choose`]: may the lean engine serve it, or why not ([`engine::Fallback`])?
 //! - [`fields`] and [`forwarded`]: which header fields cross, in both directions, and the
 //!   X-Forwarded-* the proxy adds.
@@ -76,6 +77,20 @@ pub struct RequestHead<'a> {
     pub content_length: Option<u64>,
     /// The request's fields, for routes with a `match`.
     pub fields: &'a (dyn route::Fields + Sync),
+    /// The count the per-IP rate limit decides on.
+    pub rate: RateCount,
+}
+
+/// The count the per-IP rate limit decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateCount {
+    /// Counted in this instance: no shared store, or it did not answer in time.
+    Local,
+    /// The shared store's count of the client's requests in this second, this one included.
+    Shared(u64),
+    /// The engine asks the store after admission and decides with
+    /// [`ListenerPolicy::rate_limited`] then (the lean HTTP/1 engine plans without awaiting).
+    Deferred,
 }
 
 /// The policy's verdict on a request.
@@ -108,10 +123,16 @@ impl ListenerPolicy {
         }
     }
 
-    /// The per-IP rate limit: `Some(answer)` when this request is over it.
-    pub fn rate_limited(&self, client: Option<IpAddr>) -> Option<Answer> {
+    /// The per-IP rate limit: `Some(answer)` when this request is over it, by the store's
+    /// count, or by this instance's own when there is none.
+    pub fn rate_limited(&self, client: Option<IpAddr>, count: RateCount) -> Option<Answer> {
         let ((rate, limit), ip) = (self.rate.as_ref()?, client?);
-        if rate.observe(&ip, 1) > *limit {
+        let n = match count {
+            RateCount::Deferred => return None,
+            RateCount::Shared(n) => n.min(isize::MAX as u64) as isize,
+            RateCount::Local => rate.observe(&ip, 1),
+        };
+        if n > *limit {
             log::warn!("{}: rate limit exceeded by {ip}", self.name);
             return Some(Answer::new(429).retry_after(1));
         }
@@ -143,7 +164,7 @@ impl ListenerPolicy {
         if let Some(a) = acme::challenge(r.path) {
             return Verdict::Answer(a, None);
         }
-        if let Some(a) = self.rate_limited(r.client) {
+        if let Some(a) = self.rate_limited(r.client, r.rate) {
             return Verdict::Answer(a, None);
         }
         let Some(route) = route else {

@@ -1,6 +1,7 @@
 //! Wiring: turn a validated [`Config`] into Pingora services. Logic lives in the modules;
 //! this file only connects them.
 
+pub mod fleet;
 pub mod reload;
 pub mod upgrade;
 
@@ -87,6 +88,9 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     crate::upstream::live::set_pools(upstreams.pools.clone());
     server.add_service(background_service("health checks", HealthService));
     server.add_service(background_service("dns discovery", DiscoveryService));
+    if cfg.config_source.is_some() {
+        server.add_service(background_service("etcd watch", fleet::WatchService));
+    }
     server.add_service(background_service(
         "drain flag",
         crate::lifecycle::DrainFlag::new(server.watch_execution_phase()),
@@ -94,7 +98,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     if let Some(a) = &cfg.admin {
         let hooks = crate::admin::Hooks {
             reload: reload::reload_now,
-            status: reload::status,
+            status: fleet::status,
         };
         server.add_service(crate::admin::service(a, hooks));
     }
@@ -222,7 +226,7 @@ fn http_stack(
         listener,
         pool_max(conf),
     )));
-    let mut app = LeanHttp::new(&l.name, proxy, conf, options, l.limits);
+    let mut app = LeanHttp::new(&l.name, proxy, conf, options, l.limits.clone());
     app.set_fast(fast);
     let admission = app.admission();
     let open = admission.open_connections();

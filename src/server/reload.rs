@@ -166,7 +166,8 @@ pub fn reload_now() -> Result<u64, String> {
             .cfg
             .file
             .clone();
-        match Config::load(&file) {
+        // with a config_source, the file merged with the routing document in force
+        match super::fleet::load(&file) {
             Ok(cfg) => apply_here(cfg),
             Err(e) => {
                 let e = e.to_string();
@@ -283,6 +284,9 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     // the exporter's queue and thread are set up once, at start
     if dbg(&old.tracing) != dbg(&new.tracing) {
         return Err(needs_upgrade(f, "tracing"));
+    }
+    if old.config_source != new.config_source {
+        return Err(needs_upgrade(f, "config_source"));
     }
     if old.cache_store_size != new.cache_store_size {
         return Err(needs_upgrade(

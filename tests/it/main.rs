@@ -13,6 +13,7 @@ mod differential_h2;
 mod divergences;
 mod docs;
 mod fast;
+mod fleet;
 mod forward;
 mod grpc;
 mod h2cancel;

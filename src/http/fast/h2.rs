@@ -43,12 +43,13 @@ impl FastPath {
             ..HeadTraits::default()
         };
         let host = super::super::request_host(req);
-        let head = RequestHead {
+        let mut head = RequestHead {
             client,
             host,
             path: req.uri.path(),
             content_length: None,
             fields: req,
+            rate: RateCount::Local,
         };
         let route = l.route(&head);
         if let Err(reason) = engine::choose(l, &t, route, false) {
@@ -61,6 +62,7 @@ impl FastPath {
                 .iter()
                 .map(|v| v.as_bytes()),
         );
+        head.rate = l.rate_count(client).await;
         let route = match l.admit_on(&head, route) {
             Verdict::Answer(a, route) => {
                 let head_only = method == "HEAD";

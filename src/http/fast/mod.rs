@@ -36,7 +36,7 @@ use crate::policy::answer::{connection_line, Answer};
 use crate::policy::engine::{self, Fallback, HeadTraits};
 use crate::policy::fields::{self, Field};
 use crate::policy::route::Route;
-use crate::policy::{self, forwarded, RequestHead, Verdict};
+use crate::policy::{self, forwarded, RateCount, RequestHead, Verdict};
 use exchange::{Down, Exchange, Failure};
 use pingora_core::server::ShutdownWatch;
 use std::mem::MaybeUninit;
@@ -198,6 +198,12 @@ impl FastPath {
             path,
             content_length: Some(body_len),
             fields: &parsed_fields,
+            // the store is asked in `request`, for requests that stay on this engine
+            rate: if self.listener.rate_store.is_some() {
+                RateCount::Deferred
+            } else {
+                RateCount::Local
+            },
         };
         let route = l.route(&head);
         // A cached route's requests are served here only as fresh hits, looked up without
@@ -359,6 +365,26 @@ impl FastPath {
         }
     }
 
+    /// The rate limit by the fleet's count, asked of the store only once the request is
+    /// known to stay on this engine (one that falls back is counted by the general engine).
+    async fn shared_rate_limit<'a>(&self, p: Plan<'a>, conn: &Conn) -> Plan<'a> {
+        let l = &*self.listener;
+        let count = l.rate_count(conn.client).await;
+        let Some(a) = l.rate_limited(conn.client, count) else {
+            return p;
+        };
+        match p {
+            Plan::Page(r, _, _, keep) | Plan::Hit { req: r, keep, .. } => {
+                Plan::Page(r, a, None, keep)
+            }
+            Plan::Proxy { req, want_keep, .. } => {
+                let keep = want_keep && req.body_left == 0;
+                Plan::Page(req, a, None, keep)
+            }
+            Plan::Fallback => Plan::Fallback,
+        }
+    }
+
     async fn request(
         &self,
         g: &mut Guarded,
@@ -368,7 +394,11 @@ impl FastPath {
         shutdown: &ShutdownWatch,
     ) -> Outcome {
         let mut obs = RequestObs::default();
-        let plan = self.plan(buf, conn, draining);
+        let plan = match self.plan(buf, conn, draining) {
+            Plan::Fallback => Plan::Fallback,
+            p if self.listener.rate_store.is_some() => self.shared_rate_limit(p, conn).await,
+            p => p,
+        };
         obs.trace = match &plan {
             Plan::Page(r, ..) | Plan::Hit { req: r, .. } | Plan::Proxy { req: r, .. } => r.trace,
             Plan::Fallback => None,

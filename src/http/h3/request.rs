@@ -152,6 +152,7 @@ pub async fn serve(
         path: req.uri.path(),
         content_length: declared,
         fields: &req,
+        rate: l.rate_count(client).await,
     };
     let verdict = match crate::policy::engine::h3_unsupported(method) {
         Some(code) => Verdict::Answer(Answer::new(code), None),

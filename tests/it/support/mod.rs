@@ -4,12 +4,14 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod etcd;
 pub mod h2raw;
 pub mod origin;
 pub mod pki;
 pub mod proxy;
 pub mod quic;
 pub mod raw;
+pub mod redis;
 pub mod scripted;
 pub mod tcp;
 

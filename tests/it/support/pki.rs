@@ -88,6 +88,18 @@ impl Ca {
     }
 
     fn leaf(&self, cn: &str, sans: &[&str], serial: u32, days: Days, client: bool) -> Leaf {
+        self.leaf_for(cn, sans, serial, days, !client, client)
+    }
+
+    fn leaf_for(
+        &self,
+        cn: &str,
+        sans: &[&str],
+        serial: u32,
+        days: Days,
+        server: bool,
+        client: bool,
+    ) -> Leaf {
         let key = new_key();
         let (mut b, _) = builder(cn, serial, days, &key);
         b.set_issuer_name(self.cert.subject_name()).expect("issuer");
@@ -102,11 +114,14 @@ impl Ca {
                 .expect("ku"),
         )
         .expect("ext");
-        let eku = if client {
-            ExtendedKeyUsage::new().client_auth().build()
-        } else {
-            ExtendedKeyUsage::new().server_auth().build()
-        };
+        let mut eku = ExtendedKeyUsage::new();
+        if client {
+            eku.client_auth();
+        }
+        if server {
+            eku.server_auth();
+        }
+        let eku = eku.build();
         b.append_extension(eku.expect("eku")).expect("ext");
         if !sans.is_empty() {
             let mut san = SubjectAlternativeName::new();
@@ -140,6 +155,12 @@ impl Ca {
 
     pub fn server_with(&self, cn: &str, sans: &[&str], serial: u32, days: Days) -> Leaf {
         self.leaf(cn, sans, serial, days, false)
+    }
+
+    /// A server certificate that is also a client one: etcd's gateway calls its own gRPC
+    /// server with it when client certificates are required.
+    pub fn server_and_client(&self, cn: &str, sans: &[&str], serial: u32) -> Leaf {
+        self.leaf_for(cn, sans, serial, VALID, true, true)
     }
 
     pub fn client(&self, cn: &str, serial: u32) -> Leaf {
