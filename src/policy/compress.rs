@@ -162,8 +162,8 @@ pub fn decide(
 }
 
 /// The head of a candidate response: `Vary: Accept-Encoding` merged in; when `coding` is
-/// set, `Content-Encoding`, no `Content-Length` (the encoded length is not known before the
-/// end), no `Accept-Ranges` (ranges are of the identity), and a strong ETag made weak (the
+/// set, `Content-Encoding`, chunked instead of a `Content-Length` (the encoded length is not
+/// known before the end), no `Accept-Ranges` (ranges are of the identity), and a strong ETag made weak (the
 /// bytes differ, the meaning does not).
 pub fn edit(resp: &mut ResponseHeader, coding: Option<Coding>) -> pingora_error::Result<()> {
     let vary = resp
@@ -181,6 +181,9 @@ pub fn edit(resp: &mut ResponseHeader, coding: Option<Coding>) -> pingora_error:
     };
     resp.insert_header(http::header::CONTENT_ENCODING, coding.token())?;
     resp.remove_header(&http::header::CONTENT_LENGTH);
+    // chunked, so the connection stays open (HTTP/2 writers drop the field; an HTTP/1.0
+    // client's edit turns it into a close-delimited body)
+    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     resp.remove_header(&http::header::ACCEPT_RANGES);
     if let Some(etag) = resp.headers.get(http::header::ETAG) {
         if etag.as_bytes().first() == Some(&b'"') {
@@ -298,6 +301,10 @@ mod tests {
             Some(&b"br"[..])
         );
         assert!(h.get("content-length").is_none() && h.get("accept-ranges").is_none());
+        assert_eq!(
+            h.get("transfer-encoding").map(|v| v.as_bytes()),
+            Some(&b"chunked"[..])
+        );
         assert_eq!(h.get("etag").map(|v| v.as_bytes()), Some(&b"W/\"v1\""[..]));
         let vary: Vec<&[u8]> = h.get_all("vary").iter().map(|v| v.as_bytes()).collect();
         assert_eq!(vary, [&b"Origin"[..], &b"Accept-Encoding"[..]]);

@@ -85,6 +85,20 @@ async fn each_coding_decodes_to_the_origin_bytes_on_both_engines() {
             assert!(r.body.len() < body.len() / 4, "{engine} {ae}: compressed");
             assert_eq!(decode(want, &r.body), body, "{engine} {ae}");
         }
+        // compressed responses keep the connection: two on one keep-alive connection
+        let mut c = crate::support::Conn::connect(addr).await.expect("connect");
+        for i in 0..2 {
+            let r = c
+                .get("/t", &[("Accept-Encoding", "gzip")])
+                .await
+                .expect("a compressed response, then another on the same connection");
+            assert_eq!(
+                r.header("transfer-encoding"),
+                Some("chunked"),
+                "{engine} {i}"
+            );
+            assert_eq!(decode("gzip", &r.body), body, "{engine} {i}");
+        }
         // no Accept-Encoding, or only identity: the bytes as they are, still with Vary
         for ae in [None, Some("identity"), Some("gzip;q=0")] {
             let h: Vec<(&str, &str)> = ae.map(|v| ("Accept-Encoding", v)).into_iter().collect();
