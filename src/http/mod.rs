@@ -142,6 +142,32 @@ fn content_length(req: &RequestHeader) -> Option<u64> {
         .and_then(|v| crate::policy::fields::parse_len(v.as_bytes()))
 }
 
+/// What the access log reads of a request the engine holds as Pingora's header (HTTP/2 and
+/// HTTP/3 streams): `version` as logged, `bytes_in` of its body.
+pub fn req_view<'a>(
+    req: &'a RequestHeader,
+    client: Option<std::net::IpAddr>,
+    version: &'static str,
+    bytes_in: usize,
+) -> crate::observability::ReqView<'a> {
+    let header = |n: http::header::HeaderName| {
+        req.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    };
+    crate::observability::ReqView {
+        client,
+        method: req.method.as_str(),
+        uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        version,
+        host: request_host(req).unwrap_or("-"),
+        referer: header(http::header::REFERER),
+        user_agent: header(http::header::USER_AGENT),
+        bytes_in,
+    }
+}
+
 /// The host a Pingora request is for ([`crate::policy::forwarded::request_host`]).
 pub fn request_host(req: &RequestHeader) -> Option<&str> {
     crate::policy::forwarded::request_host(

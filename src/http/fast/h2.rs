@@ -219,23 +219,7 @@ impl FastPath {
 
 /// The access-log view of an HTTP/2 request; the host as the policy reads it.
 fn h2_view(s: &H2Session, client: Option<IpAddr>) -> ReqView<'_> {
-    let req = s.req_header();
-    let header = |n: http::header::HeaderName| {
-        req.headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-    };
-    ReqView {
-        client,
-        method: req.method.as_str(),
-        uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-        version: "HTTP/2.0",
-        host: super::super::request_host(req).unwrap_or("-"),
-        referer: header(http::header::REFERER),
-        user_agent: header(http::header::USER_AGENT),
-        bytes_in: 0,
-    }
+    crate::http::req_view(s.req_header(), client, "HTTP/2.0", 0)
 }
 
 /// One of the proxy's own pages on an HTTP/2 stream.

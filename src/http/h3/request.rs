@@ -46,23 +46,8 @@ fn skipped(name: &str) -> bool {
 }
 
 /// What the access log needs once the stream is done.
-fn view<'a>(req: &'a RequestHeader, client: Option<IpAddr>, bytes_in: usize) -> ReqView<'a> {
-    let header = |n: http::header::HeaderName| {
-        req.headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-    };
-    ReqView {
-        client,
-        method: req.method.as_str(),
-        uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-        version: "HTTP/3",
-        host: crate::http::request_host(req).unwrap_or("-"),
-        referer: header(http::header::REFERER),
-        user_agent: header(http::header::USER_AGENT),
-        bytes_in,
-    }
+fn view(req: &RequestHeader, client: Option<IpAddr>, bytes_in: usize) -> ReqView<'_> {
+    crate::http::req_view(req, client, "HTTP/3", bytes_in)
 }
 
 async fn page(
