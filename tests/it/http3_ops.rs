@@ -293,3 +293,72 @@ async fn h3_retry_validates_addresses_and_idle_connections_close() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The route's compression runs on HTTP/3 responses too: gzip and br decode to the origin's
+/// bytes, with Vary and no Content-Length; without Accept-Encoding the identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_responses_are_compressed_by_the_route() {
+    use std::io::Read;
+    let body: Vec<u8> = (0..3000u32)
+        .flat_map(|i| format!("line {i} of text\n").into_bytes())
+        .collect();
+    let a = OriginBuilder::new("a")
+        .header("Content-Type", "text/plain")
+        .body(body.clone())
+        .run()
+        .await;
+    let pki = Pki::new("h3-gzip");
+    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x500);
+    let template = format!(
+        "listeners:
+  - name: edge
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: https
+    http3: true
+    tls:
+      certificates: [{{cert: {}, key: {}}}]
+upstreams:
+  - {{name: ua, backends: [{{address: {}}}]}}
+routes:
+  - {{listener: edge, upstream: ua, compression: {{enabled: true}}}}
+",
+        p(&c),
+        p(&k),
+        a.addr
+    );
+    let proxy = start(&pki, &template);
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    for (ae, want) in [("gzip", "gzip"), ("br, gzip", "br")] {
+        let got = request(
+            &mut s,
+            "GET",
+            "https://a.test/t",
+            &[("accept-encoding", ae)],
+            None,
+        )
+        .await
+        .expect("GET over HTTP/3");
+        assert_eq!(got.status, 200, "{ae}");
+        let ce = got.headers.get("content-encoding").map(|v| v.as_bytes());
+        assert_eq!(ce, Some(want.as_bytes()), "{ae}");
+        assert!(got.headers.get("content-length").is_none(), "{ae}");
+        assert!(got.headers.get("vary").is_some(), "{ae}");
+        let mut out = Vec::new();
+        if want == "gzip" {
+            flate2::read::GzDecoder::new(&got.body[..])
+                .read_to_end(&mut out)
+                .expect("gzip decodes");
+        } else {
+            brotli::Decompressor::new(&got.body[..], 4096)
+                .read_to_end(&mut out)
+                .expect("br decodes");
+        }
+        assert_eq!(out, body, "{ae}");
+    }
+    let got = request(&mut s, "GET", "https://a.test/t", &[], None)
+        .await
+        .expect("GET over HTTP/3");
+    assert!(got.headers.get("content-encoding").is_none());
+    assert_eq!(got.body, body);
+}

@@ -348,7 +348,22 @@ async fn proxy(
         (exchange.await, body_len as usize)
     };
     let res = match res {
-        Ok((up, rbuf, head)) => respond(&mut ex, send, up, rbuf, head).await,
+        Ok((up, rbuf, head)) => {
+            // the route's compression step, as the general engine runs it
+            let accept: Vec<&[u8]> = req
+                .headers
+                .get_all(http::header::ACCEPT_ENCODING)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            let creq = crate::policy::compress::Request {
+                head: head_only,
+                range: req.headers.contains_key(http::header::RANGE),
+                accept_encoding: &accept,
+            };
+            let spec = route.compression.as_deref();
+            respond(&mut ex, send, up, rbuf, head, (spec, &creq)).await
+        }
         Err(e) => Err(e),
     };
     ex.observe_outcome(&res);
@@ -382,14 +397,34 @@ async fn respond(
     mut up: TcpStream,
     rbuf: Vec<u8>,
     h: RespHead,
+    (spec, creq): (
+        Option<&crate::config::compression::CompressionSpec>,
+        &crate::policy::compress::Request<'_>,
+    ),
 ) -> Result<(), Failure> {
     ex.status = h.code;
-    let Some(resp) = h.h2 else {
+    let Some(mut resp) = h.h2 else {
         return Err(Failure::Answer(
             crate::policy::answer::Failure::Internal,
             "no response head".into(),
         ));
     };
+    let mut encoder = None;
+    if let Some(coding) = crate::policy::compress::decide(spec, creq, &resp) {
+        let edited = crate::policy::compress::edit(&mut resp, coding.map(|c| c.0));
+        // HTTP/3 frames the body itself: no Transfer-Encoding
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+        let started = coding.map(|(c, level)| crate::http::encode::Encoder::new(c, level));
+        match (edited, started.transpose()) {
+            (Ok(()), Ok(e)) => encoder = e,
+            _ => {
+                return Err(Failure::Answer(
+                    crate::policy::answer::Failure::Internal,
+                    "cannot start the compressor".into(),
+                ))
+            }
+        }
+    }
     let mut r = http::Response::builder().status(resp.status);
     if let Some(hm) = r.headers_mut() {
         for (k, v) in resp.headers.iter() {
@@ -401,7 +436,7 @@ async fn respond(
         {
             hm.append(http::header::SET_COOKIE, c);
         }
-        if let Framing::Length(n) = h.framing {
+        if let (Framing::Length(n), None) = (h.framing, &encoder) {
             hm.insert(http::header::CONTENT_LENGTH, n.into());
         }
     }
@@ -463,8 +498,19 @@ async fn respond(
             }
             _ => Bytes::copy_from_slice(piece),
         };
+        let chunk = match encoder.as_mut() {
+            Some(e) => e.push(&chunk, false).map_err(|_| Failure::Cut)?,
+            None => chunk,
+        };
         ex.bytes_out += chunk.len();
         if !chunk.is_empty() && send.send_data(chunk).await.is_err() {
+            return Err(Failure::Cut);
+        }
+    }
+    if let Some(mut e) = encoder {
+        let tail = e.push(b"", true).map_err(|_| Failure::Cut)?;
+        ex.bytes_out += tail.len();
+        if !tail.is_empty() && send.send_data(tail).await.is_err() {
             return Err(Failure::Cut);
         }
     }
