@@ -142,6 +142,28 @@ fn content_length(req: &RequestHeader) -> Option<u64> {
         .and_then(|v| crate::policy::fields::parse_len(v.as_bytes()))
 }
 
+/// The fields of an HTTP/2 or HTTP/3 request written as HTTP/1.1 header lines for the
+/// backend, except those `skip` names; the Cookie fields those protocols may split are
+/// joined into one line, as HTTP/1.1 wants (RFC 9113 §8.2.3, RFC 9114 §4.2.1).
+pub fn write_h1_fields(out: &mut Vec<u8>, req: &RequestHeader, skip: impl Fn(&str) -> bool) {
+    for (name, value) in req.headers.iter() {
+        if skip(name.as_str()) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (i, c) in req.headers.get_all(http::header::COOKIE).iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"cookie: " } else { b"; " });
+        out.extend_from_slice(c.as_bytes());
+    }
+    if req.headers.contains_key(http::header::COOKIE) {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// What the access log reads of a request the engine holds as Pingora's header (HTTP/2 and
 /// HTTP/3 streams): `version` as logged, `bytes_in` of its body.
 pub fn req_view<'a>(

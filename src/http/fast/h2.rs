@@ -95,23 +95,9 @@ impl FastPath {
             out.extend_from_slice(h.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        for (name, value) in req.headers.iter() {
-            if skipped(name.as_str()) || (trace.is_some() && name == "traceparent") {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
-        for (i, c) in req.headers.get_all(http::header::COOKIE).iter().enumerate() {
-            out.extend_from_slice(if i == 0 { b"cookie: " } else { b"; " });
-            out.extend_from_slice(c.as_bytes());
-        }
-        if req.headers.contains_key(http::header::COOKIE) {
-            out.extend_from_slice(b"\r\n");
-        }
+        crate::http::write_h1_fields(&mut out, req, |name| {
+            skipped(name) || (trace.is_some() && name == "traceparent")
+        });
         let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
         forwarded::h1_lines(&mut out, xff, client, l.tls, host.map(str::as_bytes));
         if let Some(t) = &trace {

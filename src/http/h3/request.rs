@@ -264,23 +264,7 @@ async fn proxy(
         out.extend_from_slice(h.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in req.headers.iter() {
-        if skipped(name.as_str()) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    // HTTP/3 may split Cookie into several fields; HTTP/1.1 wants one (RFC 9114 4.2.1).
-    for (i, c) in req.headers.get_all(http::header::COOKIE).iter().enumerate() {
-        out.extend_from_slice(if i == 0 { b"cookie: " } else { b"; " });
-        out.extend_from_slice(c.as_bytes());
-    }
-    if req.headers.contains_key(http::header::COOKIE) {
-        out.extend_from_slice(b"\r\n");
-    }
+    crate::http::write_h1_fields(&mut out, req, skipped);
     if body_len > 0 || declared.is_some() {
         out.extend_from_slice(b"content-length: ");
         forwarded::push_u64(&mut out, body_len);
