@@ -389,3 +389,122 @@ async fn h3_max_streams_holds_extra_requests_back() {
     let peak = a.state.peak.load(std::sync::atomic::Ordering::SeqCst);
     assert!((2..=4).contains(&peak), "origin saw {peak} at once");
 }
+
+/// A client that cancels its request (STOP_SENDING on the stream, as a browser does when
+/// the user navigates away) or closes its connection while the backend works is counted as
+/// client-closed, not as an error or a backend failure, and the request is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_cancelled_requests_are_client_closed() {
+    let a = OriginBuilder::new("a")
+        .delay(Duration::from_millis(1500))
+        .body("slow")
+        .run()
+        .await;
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-cancel");
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, "", ""));
+    let e = endpoint(&pki);
+
+    // a stream cancelled by the client
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let req = http::Request::builder()
+        .uri("https://a.test/cancelled")
+        .body(())
+        .expect("request");
+    let mut stream = s.send_request(req).await.expect("send");
+    stream.finish().await.expect("finish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+    drop(stream);
+
+    // a connection closed by the client
+    let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let req = http::Request::builder()
+        .uri("https://a.test/gone")
+        .body(())
+        .expect("request");
+    let mut stream = s.send_request(req).await.expect("send");
+    stream.finish().await.expect("finish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.close(0u32.into(), b"bye");
+
+    // the origin answers after 1.5 s: let both requests end
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        let m = metrics(&proxy).await;
+        let n: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("stepstone_client_closed_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if n >= 2.0 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = proxy.log();
+    assert_eq!(closed, 2.0, "client-closed count\n--- log ---\n{log}");
+    // (the harness's readiness probe leaves a TLS handshake error on the TCP side)
+    assert!(
+        !log.lines()
+            .any(|l| (l.contains("WARN") || l.contains("ERROR")) && l.contains("h3")),
+        "a cancel logged a warning or error:\n{log}"
+    );
+    let seen = a.recorded();
+    for path in ["/cancelled", "/gone"] {
+        assert_eq!(
+            seen.iter().filter(|r| r.path == path).count(),
+            1,
+            "{path} was retried or lost: {seen:?}"
+        );
+    }
+}
+
+/// A header section over `quic.max_header_list_size`, sent by a client that ignores the
+/// limit the proxy announced in SETTINGS (a raw HEADERS frame on a request stream of a real
+/// HTTP/3 connection), gets the proxy's own 431, never reaches the origin, and leaves the
+/// connection usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_header_section_over_the_limit_gets_431_from_the_proxy() {
+    let a = OriginBuilder::new("a").body("ok").run().await;
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-431");
+    let quic = "    quic: {max_header_list_size: 2KiB}\n";
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
+    let e = endpoint(&pki);
+    let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    // a request first, so the connection's SETTINGS have been exchanged
+    let got = request(&mut s, "GET", "https://a.test/", &[], None)
+        .await
+        .expect("GET");
+    assert_eq!(got.status, 200);
+
+    let raw = |extra: Vec<(&'static str, String)>| {
+        let conn = conn.clone();
+        async move {
+            let (mut tx, mut rx) = conn.open_bi().await.expect("open a stream");
+            let fields: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            tx.write_all(&raw_get_frame("a.test", "/raw", &fields))
+                .await
+                .expect("write HEADERS");
+            tx.finish().expect("finish");
+            let bytes = rx.read_to_end(1 << 20).await.expect("read the response");
+            raw_status(&bytes).unwrap_or_else(|| panic!("no :status in {bytes:?}"))
+        }
+    };
+    // the hand-made encoding is right: under the limit, the origin answers
+    assert_eq!(raw(vec![("x-small", "y".repeat(100))]).await, 200);
+    assert_eq!(a.recorded().iter().filter(|r| r.path == "/raw").count(), 1);
+    // over it: 431 from the proxy, nothing to the origin
+    assert_eq!(raw(vec![("x-big", "y".repeat(4096))]).await, 431);
+    assert_eq!(
+        a.recorded().iter().filter(|r| r.path == "/raw").count(),
+        1,
+        "the oversized request reached the origin"
+    );
+    // the connection still serves
+    let got = request(&mut s, "GET", "https://a.test/after", &[], None)
+        .await
+        .expect("GET after the 431");
+    assert_eq!(got.status, 200);
+}

@@ -642,3 +642,78 @@ async fn tracing_collector_down_costs_counters_not_answers_or_memory() {
         CONNS * PER_CONN
     );
 }
+
+/// HTTP/3 runs the same trace step: a caller's sampled trace is continued (the origin sees
+/// the trace id with the proxy's span id), the collector gets the server span with
+/// `network.protocol.version` 3 and one child span for the try, and the access log names
+/// the trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_continues_the_callers_trace_over_http3() {
+    use crate::support::quic;
+    let app = OriginBuilder::new("app").run().await;
+    let rx = Receiver::start().await;
+    let pki = quic::Pki::new("h3-trace");
+    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x500);
+    let template = format!(
+        "access_log: {{format: json, path: '{{{{dir}}}}/access.log'}}
+tracing: {{otlp_endpoint: 'http://{}', service_name: edge-test, sample_ratio: 0.0, headers: {{x-api-key: k1}}}}
+listeners:
+  - name: edge
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: https
+    http3: true
+    tls:
+      certificates: [{{cert: {}, key: {}}}]
+upstreams:
+  - {{name: app, backends: [{{address: {}}}]}}
+routes:
+  - {{listener: edge, upstream: app}}
+",
+        rx.addr,
+        quic::p(&c),
+        quic::p(&k),
+        app.addr
+    );
+    let p = quic::start(&pki, &template);
+    let e = quic::endpoint(&pki);
+    let (_conn, mut s) = quic::connect(&e, p.addr, "a.test").await;
+    let incoming = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let got = quic::request(
+        &mut s,
+        "GET",
+        "https://a.test/h3/continued",
+        &[("traceparent", &incoming)],
+        None,
+    )
+    .await
+    .expect("GET over HTTP/3");
+    assert_eq!(got.status, 200);
+    let seen = app.last().expect("the origin got the request");
+    let fields: Vec<_> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "traceparent")
+        .collect();
+    assert_eq!(fields.len(), 1, "one traceparent upstream: {fields:?}");
+    let (trace, span, flags) = split(&fields[0].1);
+    assert_eq!(trace, CALLER_TRACE, "the trace continues");
+    assert_ne!(span, CALLER_SPAN, "the proxy's own span id");
+    assert_eq!(flags, "01");
+
+    let (_, s) = rx.span_of(CALLER_TRACE).await;
+    assert_eq!(hex(&s.span_id), span, "the span the origin saw");
+    assert_eq!(hex(&s.parent_span_id), CALLER_SPAN, "the caller's span");
+    assert_eq!(s.kind, 2, "a server span");
+    assert_eq!(
+        attr(&s, "network.protocol.version").as_deref(),
+        Some("3"),
+        "HTTP/3"
+    );
+    assert_eq!(attr(&s, "url.path").as_deref(), Some("/h3/continued"));
+    assert_eq!(
+        rx.tries_of(&s.span_id).len(),
+        1,
+        "one child span for the try"
+    );
+    assert_eq!(wait_logged(&p, "/h3/continued").await, CALLER_TRACE);
+}

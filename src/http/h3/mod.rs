@@ -355,12 +355,21 @@ async fn connection(
                     m::STREAMS.with_label_values(&[&name]).inc();
                     let shared = shared.clone();
                     let busy = Busy::new(inflight.clone());
+                    let conn = quic.clone();
                     tokio::spawn(async move {
                         let _busy = busy;
                         match resolver.resolve_request().await {
                             Ok((req, stream)) => {
                                 let l = shared.listener();
-                                request::serve(&l, shared.pool_max, Some(client), req, stream).await
+                                request::serve(
+                                    &l,
+                                    shared.pool_max,
+                                    Some(client),
+                                    req,
+                                    stream,
+                                    &conn,
+                                )
+                                .await
                             }
                             Err(::h3::error::StreamError::HeaderTooBig { .. }) => {
                                 crate::observability::refused(&shared.listener.name, "431")

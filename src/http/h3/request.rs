@@ -113,13 +113,15 @@ async fn pump(recv: &mut Recv, mut to: tokio::io::DuplexStream, n: &AtomicUsize)
     }
 }
 
-/// Serve one request. `pool_max`: idle backend connections kept per thread.
+/// Serve one request. `pool_max`: idle backend connections kept per thread; `conn`: the
+/// request's QUIC connection, whose close ends the exchange at once (a client gone).
 pub async fn serve(
     l: &Listener,
     pool_max: usize,
     client: Option<IpAddr>,
     req: http::Request<()>,
     stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    conn: &quinn::Connection,
 ) {
     let (parts, ()) = req.into_parts();
     let req = RequestHeader::from(parts);
@@ -139,15 +141,27 @@ pub async fn serve(
         fields: &req,
         rate: l.rate_count(client).await,
     };
+    // the policy's trace step, as on the other engines: continue the client's trace or start one
+    let trace = policy::trace::begin(
+        req.headers
+            .get_all("traceparent")
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let traced = || {
+        let mut obs = RequestObs::default();
+        obs.trace = trace;
+        obs
+    };
     let verdict = match crate::policy::engine::h3_unsupported(method) {
         Some(code) => Verdict::Answer(Answer::new(code), None),
         None => l.admit(&head),
     };
     let own = match verdict {
-        Verdict::Answer(a, route) => Some((a, route.map(|r| r.id), RequestObs::default())),
+        Verdict::Answer(a, route) => Some((a, route.map(|r| r.id), traced())),
         Verdict::Proxy(route) => {
             if let Some((h, c)) = super::cache::fresh_hit(l, route, &req, host) {
-                let obs = RequestObs::default();
+                let obs = traced();
                 let (status, sent) = send_hit(&mut send, &h, c, head_only).await;
                 let v = view(&req, client, 0);
                 observability::fast_request_done(
@@ -161,11 +175,32 @@ pub async fn serve(
                 );
                 return;
             }
-            let (r, obs) = proxy(
-                l, route, pool_max, client, &req, &mut send, &mut recv, declared, head_only,
-            )
-            .await;
+            let down = Down3 {
+                send: &mut send,
+                recv: &mut recv,
+                conn,
+            };
+            let (r, obs) = proxy(l, route, pool_max, client, &req, down, declared, traced()).await;
             match r {
+                Ok((status, bytes_in, bytes_out, slot)) if status == CLIENT_CLOSED => {
+                    log::info!(
+                        "{}: client closed the HTTP/3 request for {} (backend {})",
+                        l.name,
+                        req.uri,
+                        slot.as_ref().map(|s| s.label.as_str()).unwrap_or("-")
+                    );
+                    observability::client_closed(Some(route.id));
+                    observability::fast_request_done(
+                        &view(&req, client, bytes_in),
+                        Some(route.id),
+                        slot.as_deref(),
+                        &obs,
+                        0,
+                        bytes_out,
+                        false,
+                    );
+                    None
+                }
                 Ok((status, bytes_in, bytes_out, slot)) => {
                     observability::fast_request_done(
                         &view(&req, client, bytes_in),
@@ -222,6 +257,28 @@ type Done = (
     Option<std::sync::Arc<crate::upstream::Slot>>,
 );
 
+/// The status recorded for a request whose client went away before its response ended
+/// (nginx's 499): it is counted as client-closed, not as the backend's answer.
+const CLIENT_CLOSED: u16 = 0;
+
+/// The client side of one request: the stream's halves and its QUIC connection.
+struct Down3<'a> {
+    send: &'a mut Send,
+    recv: &'a mut Recv,
+    conn: &'a quinn::Connection,
+}
+
+/// Whether a failed write on the stream means the client went away: it stopped the stream
+/// (STOP_SENDING / RESET_STREAM, e.g. H3_REQUEST_CANCELLED) or the connection is gone.
+fn client_gone(e: &::h3::error::StreamError) -> bool {
+    matches!(
+        e,
+        ::h3::error::StreamError::RemoteTerminate { .. }
+            | ::h3::error::StreamError::ConnectionError { .. }
+            | ::h3::error::StreamError::RemoteClosing { .. }
+    )
+}
+
 /// Forward to the route's backends and stream the response back. `Err(answer)`: nothing was
 /// sent yet and the proxy answers itself.
 #[allow(clippy::too_many_arguments)]
@@ -231,12 +288,13 @@ async fn proxy(
     pool_max: usize,
     client: Option<IpAddr>,
     req: &RequestHeader,
-    send: &mut Send,
-    recv: &mut Recv,
+    down: Down3<'_>,
     declared: Option<u64>,
-    head_only: bool,
+    obs: RequestObs,
 ) -> (Result<Done, Answer>, RequestObs) {
+    let Down3 { send, recv, conn } = down;
     let method = req.method.as_str();
+    let head_only = method == "HEAD";
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let host = crate::http::request_host(req);
     // A body without a declared length is read first (see the module doc).
@@ -246,10 +304,10 @@ async fn proxy(
             .await
         {
             Ok(Ok(Some(b))) => Some(b),
-            Ok(Ok(None)) => return (Err(Answer::closing(413)), RequestObs::default()),
-            Ok(Err(_)) => return (Err(Answer::new(400)), RequestObs::default()),
+            Ok(Ok(None)) => return (Err(Answer::closing(413)), obs),
+            Ok(Err(_)) => return (Err(Answer::new(400)), obs),
             // nginx's client_body_timeout
-            Err(_) => return (Err(Answer::new(408)), RequestObs::default()),
+            Err(_) => return (Err(Answer::new(408)), obs),
         },
     };
     let body_len = declared.unwrap_or_else(|| whole.as_ref().map_or(0, |b| b.len() as u64));
@@ -264,7 +322,10 @@ async fn proxy(
         out.extend_from_slice(h.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    crate::http::write_h1_fields(&mut out, req, skipped);
+    let traced = obs.trace;
+    crate::http::write_h1_fields(&mut out, req, |name| {
+        skipped(name) || (traced.is_some() && name == "traceparent")
+    });
     if body_len > 0 || declared.is_some() {
         out.extend_from_slice(b"content-length: ");
         forwarded::push_u64(&mut out, body_len);
@@ -272,6 +333,9 @@ async fn proxy(
     }
     let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
     forwarded::h1_lines(&mut out, xff, client, true, host.map(str::as_bytes));
+    if let Some(t) = &traced {
+        policy::trace::h1_line(&mut out, t);
+    }
     out.extend_from_slice(b"\r\n");
     if let Some(b) = &whole {
         out.extend_from_slice(b);
@@ -290,7 +354,7 @@ async fn proxy(
         _ => 0,
     };
 
-    let mut ex = Exchange::new(l, route, pool_max, RequestObs::default(), None);
+    let mut ex = Exchange::new(l, route, pool_max, obs, None);
     ex.sticky = policy::sticky::affinity(&route.pool, req);
     ex.body_len = body_len;
     let streamed = if whole.is_some() { 0 } else { body_len };
@@ -312,24 +376,37 @@ async fn proxy(
         drop(g);
         r
     };
-    let (res, bytes_in) = if streamed > 0 {
-        // The exchange ends the request, body read or not (a backend that failed first, a
-        // client that stalled mid-body): the pump stops with it instead of waiting on the
-        // client for the rest.
-        let read = AtomicUsize::new(0);
-        let pumping = pump(recv, theirs, &read);
-        tokio::pin!(exchange, pumping);
-        let mut pumped = false;
-        let res = loop {
-            tokio::select! {
-                r = &mut exchange => break r,
-                _ = &mut pumping, if !pumped => pumped = true,
-            }
-        };
-        (res, read.load(Relaxed))
-    } else {
-        drop(theirs);
-        (exchange.await, body_len as usize)
+    // The client's connection closing (its app went away, its network did) ends the
+    // exchange at once, as HTTP/2's stream reset does; a stream-level cancel shows when the
+    // response is written.
+    let mut gone = false;
+    let both = async {
+        if streamed > 0 {
+            // The exchange ends the request, body read or not (a backend that failed first, a
+            // client that stalled mid-body): the pump stops with it instead of waiting on the
+            // client for the rest.
+            let read = AtomicUsize::new(0);
+            let pumping = pump(recv, theirs, &read);
+            tokio::pin!(exchange, pumping);
+            let mut pumped = false;
+            let res = loop {
+                tokio::select! {
+                    r = &mut exchange => break r,
+                    _ = &mut pumping, if !pumped => pumped = true,
+                }
+            };
+            (res, read.load(Relaxed))
+        } else {
+            drop(theirs);
+            (exchange.await, body_len as usize)
+        }
+    };
+    let (res, bytes_in) = tokio::select! {
+        r = both => r,
+        _ = conn.closed() => {
+            gone = true;
+            (Err(Failure::Cut), 0)
+        }
     };
     let res = match res {
         Ok((up, rbuf, head)) => {
@@ -346,14 +423,17 @@ async fn proxy(
                 accept_encoding: &accept,
             };
             let spec = route.compression.as_deref();
-            respond(&mut ex, send, up, rbuf, head, (spec, &creq)).await
+            respond(&mut ex, send, up, rbuf, head, (spec, &creq), &mut gone).await
         }
         Err(e) => Err(e),
     };
-    ex.observe_outcome(&res);
+    if !gone {
+        ex.observe_outcome(&res);
+    }
     let slot = ex.pick.as_ref().map(|p| p.slot.clone());
     let r = match res {
         Ok(()) => Ok((ex.status, bytes_in, ex.bytes_out, slot)),
+        Err(Failure::Cut) if gone => Ok((CLIENT_CLOSED, bytes_in, ex.bytes_out, slot)),
         Err(Failure::Answer(why_status, why)) => {
             let code = why_status.status();
             log::warn!(
@@ -385,7 +465,13 @@ async fn respond(
         Option<&crate::config::compression::CompressionSpec>,
         &crate::policy::compress::Request<'_>,
     ),
+    gone: &mut bool,
 ) -> Result<(), Failure> {
+    // a failed write: the client went away, or the stream broke
+    let mut cut = |e: ::h3::error::StreamError| {
+        *gone |= client_gone(&e);
+        Failure::Cut
+    };
     ex.status = h.code;
     let Some(mut resp) = h.h2 else {
         return Err(Failure::Answer(
@@ -430,8 +516,8 @@ async fn respond(
             "response head not valid for HTTP/3".into(),
         ));
     };
-    if send.send_response(r).await.is_err() {
-        return Err(Failure::Cut);
+    if let Err(e) = send.send_response(r).await {
+        return Err(cut(e));
     }
     let mut keep = h.upstream_keep;
     let mut scanner = crate::http::chunked::ChunkedScanner::default();
@@ -487,20 +573,18 @@ async fn respond(
             None => chunk,
         };
         ex.bytes_out += chunk.len();
-        if !chunk.is_empty() && send.send_data(chunk).await.is_err() {
-            return Err(Failure::Cut);
+        if !chunk.is_empty() {
+            send.send_data(chunk).await.map_err(&mut cut)?;
         }
     }
     if let Some(mut e) = encoder {
         let tail = e.push(b"", true).map_err(|_| Failure::Cut)?;
         ex.bytes_out += tail.len();
-        if !tail.is_empty() && send.send_data(tail).await.is_err() {
-            return Err(Failure::Cut);
+        if !tail.is_empty() {
+            send.send_data(tail).await.map_err(&mut cut)?;
         }
     }
-    if send.finish().await.is_err() {
-        return Err(Failure::Cut);
-    }
+    send.finish().await.map_err(&mut cut)?;
     if keep {
         ex.give_back(up);
     }

@@ -207,3 +207,153 @@ pub async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// QPACK's prefixed integer (RFC 9204 4.1.1): `flags` in the bits above the `n`-bit prefix.
+fn qpack_int(out: &mut Vec<u8>, flags: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(flags | v as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+fn quic_varint(out: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=63 => out.push(v as u8),
+        64..=16383 => out.extend_from_slice(&(0x4000 | v as u16).to_be_bytes()),
+        _ => out.extend_from_slice(&(0x8000_0000 | v as u32).to_be_bytes()),
+    }
+}
+
+/// A GET as a raw HEADERS frame, QPACK without Huffman or dynamic table: written by hand so
+/// that no client stack refuses to send a field section over the peer's announced limit.
+pub fn raw_get_frame(authority: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = vec![0, 0]; // Required Insert Count 0, Base 0
+    block.push(0xc0 | 17); // :method GET (static 17)
+    block.push(0xc0 | 23); // :scheme https (static 23)
+    for (index, value) in [(1usize, path), (0, authority)] {
+        // literal with a static name reference: 01NT + 4-bit index
+        qpack_int(&mut block, 0x50, 4, index);
+        qpack_int(&mut block, 0, 7, value.len());
+        block.extend_from_slice(value.as_bytes());
+    }
+    for (name, value) in extra {
+        // literal name and value: 001NH + 3-bit name length
+        qpack_int(&mut block, 0x20, 3, name.len());
+        block.extend_from_slice(name.as_bytes());
+        qpack_int(&mut block, 0, 7, value.len());
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut frame = Vec::new();
+    quic_varint(&mut frame, 1); // HEADERS
+    quic_varint(&mut frame, block.len() as u64);
+    frame.extend_from_slice(&block);
+    frame
+}
+
+fn read_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let first = *b.get(*at)?;
+    let len = 1usize << (first >> 6);
+    let bytes = b.get(*at..*at + len)?;
+    *at += len;
+    let mut v = u64::from(first & 0x3f);
+    for x in &bytes[1..] {
+        v = (v << 8) | u64::from(*x);
+    }
+    Some(v)
+}
+
+fn read_qpack_int(b: &[u8], at: &mut usize, n: u32) -> Option<usize> {
+    let max = (1usize << n) - 1;
+    let mut v = usize::from(*b.get(*at)?) & max;
+    *at += 1;
+    if v < max {
+        return Some(v);
+    }
+    let mut shift = 0;
+    loop {
+        let x = *b.get(*at)?;
+        *at += 1;
+        v += usize::from(x & 0x7f) << shift;
+        shift += 7;
+        if x & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+}
+
+/// The `:status` of the first HEADERS frame in a raw response stream. Statuses outside
+/// QPACK's static table come as a literal with a name reference, Huffman-coded (as h3
+/// encodes them): only the digits' codes are needed (RFC 7541 Appendix B).
+pub fn raw_status(b: &[u8]) -> Option<u16> {
+    const STATIC: [(usize, u16); 14] = [
+        (24, 103),
+        (25, 200),
+        (26, 304),
+        (27, 404),
+        (28, 503),
+        (63, 100),
+        (64, 204),
+        (65, 206),
+        (66, 302),
+        (67, 400),
+        (68, 403),
+        (69, 421),
+        (70, 425),
+        (71, 500),
+    ];
+    let mut at = 0;
+    let block = loop {
+        let kind = read_varint(b, &mut at)?;
+        let len = read_varint(b, &mut at)? as usize;
+        let payload = b.get(at..at + len)?;
+        at += len;
+        if kind == 1 {
+            break payload;
+        }
+    };
+    let mut at = 2; // the prefix: no dynamic table
+    let first = *block.get(at)?;
+    if first & 0xc0 == 0xc0 {
+        let i = read_qpack_int(block, &mut at, 6)?;
+        return STATIC.iter().find(|(k, _)| *k == i).map(|(_, s)| *s);
+    }
+    if first & 0xc0 != 0x40 {
+        return None;
+    }
+    read_qpack_int(block, &mut at, 4)?;
+    let huffman = block.get(at)? & 0x80 != 0;
+    let len = read_qpack_int(block, &mut at, 7)?;
+    let value = block.get(at..at + len)?;
+    if !huffman {
+        return std::str::from_utf8(value).ok()?.parse().ok();
+    }
+    let bit = |i: usize| (value[i / 8] >> (7 - i % 8)) & 1;
+    let (mut i, mut digits) = (0usize, 0u16);
+    for _ in 0..3 {
+        if i + 5 > value.len() * 8 {
+            return None;
+        }
+        let five = (0..5).fold(0u8, |v, k| (v << 1) | bit(i + k));
+        let d = if five <= 2 {
+            i += 5;
+            five
+        } else {
+            let six = (five << 1) | bit(i + 5);
+            i += 6;
+            if !(0x19..=0x1f).contains(&six) {
+                return None;
+            }
+            six - 0x19 + 3
+        };
+        digits = digits * 10 + u16::from(d);
+    }
+    Some(digits)
+}
