@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 
 /// Send `copy` on its own task; the permit is held until the copy is done.
 pub fn send(permit: Permit, copy: Vec<u8>) {
-    let pick = match permit.mirror.pool.select(0, 0) {
+    let hash = crate::policy::mirror::hash_of_copy(&permit.mirror.pool, &copy);
+    let pick = match permit.mirror.pool.select(hash, 0) {
         Some(p) => p,
         None => {
             let stats = &permit.mirror.pool.shadow;

@@ -109,6 +109,43 @@ pub fn h1_copy(out: &[u8]) -> Vec<u8> {
     c
 }
 
+/// The selection hash of a copy for the mirror upstream's own `hash_key`, read from the
+/// copy (an HTTP/1.1 head): its target, its fields and cookies, and for `client_ip` the last
+/// `X-Forwarded-For` entry, which the proxy appended for the client. 0 unless the mirror
+/// upstream selects by consistent hash; a head that does not parse hashes to 0 too.
+pub fn hash_of_copy(pool: &Pool, copy: &[u8]) -> u64 {
+    if pool.selection != crate::config::Selection::ConsistentHash {
+        return 0;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut fields);
+    if !matches!(req.parse(copy), Ok(httparse::Status::Complete(_))) {
+        return 0;
+    }
+    let field = |name: &str| {
+        req.headers
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    };
+    let client = field("x-forwarded-for")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|ip| ip.trim().parse().ok());
+    let cookies = req
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("cookie"))
+        .map(|f| f.value);
+    crate::policy::hash::key(
+        &pool.hash_key,
+        client,
+        req.path.unwrap_or("/"),
+        field,
+        cookies,
+    )
+}
+
 /// A copy whose body is still arriving (the general engine sees it in pieces).
 pub struct Pending {
     mirror: Arc<Mirror>,
@@ -248,5 +285,42 @@ mod tests {
             String::from_utf8_lossy(&bytes),
             "PUT /b?q=1 HTTP/1.1\r\nhost: app.test\r\nx-a: 1\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc"
         );
+    }
+
+    /// A mirror upstream that selects by consistent hash spreads copies by its own key, as
+    /// its primary traffic would be, instead of sending them all to one backend.
+    #[test]
+    fn consistent_hash_mirrors_hash_the_copy_by_their_own_key() {
+        let y = "listeners: [{name: web, address: 127.0.0.1:1, protocol: http}]
+upstreams:
+  - name: shadow
+    selection: consistent_hash
+    hash_key: uri
+    backends: [{address: 127.0.0.1:1}, {address: 127.0.0.1:2}, {address: 127.0.0.1:3}, {address: 127.0.0.1:4}]
+  - name: by_ip
+    selection: consistent_hash
+    hash_key: client_ip
+    backends: [{address: 127.0.0.1:1}, {address: 127.0.0.1:2}]
+";
+        let cfg = Config::from_yaml("t.yaml", y).expect("valid");
+        let pool = Pool::new(&cfg.upstreams[0]);
+        let mut picked = std::collections::HashSet::new();
+        for i in 0..64 {
+            let copy = format!("GET /item/{i} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let h = hash_of_copy(&pool, copy.as_bytes());
+            assert_eq!(
+                h,
+                crate::upstream::select::hash_bytes(format!("/item/{i}").as_bytes())
+            );
+            picked.insert(pool.select(h, 0).expect("a backend").slot.addr);
+        }
+        assert!(picked.len() > 1, "every copy went to {picked:?}");
+        let by_ip = Pool::new(&cfg.upstreams[1]);
+        let copy = b"GET / HTTP/1.1\r\nx-forwarded-for: 10.0.0.1, 192.0.2.7\r\n\r\n";
+        assert_eq!(
+            hash_of_copy(&by_ip, copy),
+            crate::policy::hash::client_ip(Some("192.0.2.7".parse().expect("ip")))
+        );
+        assert_eq!(hash_of_copy(&by_ip, b"not http"), 0);
     }
 }
