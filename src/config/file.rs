@@ -202,6 +202,10 @@ pub struct QuicFile {
     /// Handshakes in progress above which new clients must first prove their address
     /// (a Retry round trip), against floods from spoofed sources. 0: always. Default: 64
     pub retry_above: Option<u32>,
+    /// Accept 0-RTT (early data) from resuming clients: idempotent requests in it are
+    /// forwarded at once with `Early-Data: 1` (RFC 8470), the others wait for the end of
+    /// the handshake, which a replay never reaches. Default: false
+    pub early_data: Option<bool>,
 }
 
 /// Per-listener limits against hostile or broken clients.

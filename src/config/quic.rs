@@ -18,6 +18,8 @@ pub struct QuicSpec {
     pub max_header_list_size: u64,
     /// Handshakes in progress above which a new client gets a Retry first.
     pub retry_above: u32,
+    /// 0-RTT accepted (the policy's `early` step decides per request).
+    pub early_data: bool,
 }
 
 pub(super) fn validate(
@@ -102,5 +104,6 @@ pub(super) fn validate(
         handshake_timeout,
         max_header_list_size,
         retry_above: q.retry_above.unwrap_or(DEFAULT_QUIC_RETRY_ABOVE),
+        early_data: q.early_data.unwrap_or(false),
     }))
 }

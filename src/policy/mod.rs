@@ -24,6 +24,7 @@ pub mod acme;
 pub mod answer;
 pub mod compress;
 pub mod date;
+pub mod early;
 pub mod edit;
 pub mod engine;
 pub mod fields;

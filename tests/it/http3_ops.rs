@@ -362,3 +362,80 @@ routes:
     assert!(got.headers.get("content-encoding").is_none());
     assert_eq!(got.body, body);
 }
+
+/// `quic.early_data: true`: a resuming client's 0-RTT requests are read before its
+/// handshake ends (a relay holds the handshake's end back 400 ms). The GET goes to the
+/// origin at once, marked `Early-Data: 1`; the POST waits for the handshake and goes
+/// unmarked. Without the key (the default) the proxy's session tickets do not allow early
+/// data, so a resuming client cannot send any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_early_data_forwards_idempotent_requests_only() {
+    for on in [true, false] {
+        let a = OriginBuilder::new("a").body("ok").run().await;
+        let b = OriginBuilder::new("b").run().await;
+        let pki = Pki::new(if on { "h3-0rtt-on" } else { "h3-0rtt-off" });
+        let quic = if on {
+            "    quic: {early_data: true}\n"
+        } else {
+            ""
+        };
+        let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
+        let e = endpoint_0rtt(&pki);
+        // a first connection leaves a session ticket with the client
+        {
+            let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+            let got = request(&mut s, "GET", "https://a.test/first", &[], None)
+                .await
+                .expect("GET");
+            assert_eq!(got.status, 200);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            conn.close(0u32.into(), b"");
+        }
+        let (relay, _task) = slow_handshake_relay(
+            proxy.addr,
+            Duration::from_millis(50),
+            Duration::from_millis(400),
+        )
+        .await;
+        let connecting = e.connect(relay, "a.test").expect("connect");
+        let (conn, accepted) = match connecting.into_0rtt() {
+            Ok(pair) => pair,
+            // off: the proxy's session tickets do not allow early data, so the client's
+            // stack does not even try
+            Err(_) if !on => continue,
+            Err(_) => panic!("the client holds no ticket for 0-RTT"),
+        };
+        assert!(on, "the proxy's tickets allow 0-RTT without early_data");
+        let (mut driver, s) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+            .await
+            .expect("h3 client");
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        let (mut s1, mut s2) = (s.clone(), s);
+        let get = tokio::spawn(async move {
+            request(&mut s1, "GET", "https://a.test/early", &[], None).await
+        });
+        let post = tokio::spawn(async move {
+            request(
+                &mut s2,
+                "POST",
+                "https://a.test/late",
+                &[],
+                Some(b"x".to_vec()),
+            )
+            .await
+        });
+        let (get, post) = (get.await.expect("task"), post.await.expect("task"));
+        assert!(accepted.await, "the proxy refused the 0-RTT data");
+        assert_eq!(get.expect("GET in 0-RTT").status, 200);
+        assert_eq!(post.expect("POST in 0-RTT").status, 200);
+        let seen = a.recorded();
+        let early = seen.iter().find(|r| r.path == "/early");
+        let early = early.expect("the GET reached the origin");
+        assert_eq!(early.header("early-data"), Some("1"), "{seen:?}");
+        let late = seen.iter().find(|r| r.path == "/late");
+        let late = late.expect("the POST reached the origin");
+        assert_eq!(late.header("early-data"), None, "{seen:?}");
+    }
+}

@@ -14,6 +14,11 @@
 //! in progress, a new client must first prove its address with a Retry round trip, so a
 //! flood from spoofed sources costs one packet each.
 //!
+//! 0-RTT (`quic.early_data`): the connection is taken at once (0.5-RTT) and a watch says
+//! when its handshake has ended; a stream accepted before then is early, and
+//! [`crate::policy::early`] decides what it may do. A request accepted in the instant the
+//! handshake ends, before the watch is updated, counts as early: the safe side.
+//!
 //! Cache: fresh hits are answered from the store ([`cache`]); misses are proxied, not stored.
 //!
 //! Upgrade (`-u`): the UDP socket goes through Pingora's fd table under `udp://ADDR`, so the
@@ -98,7 +103,7 @@ impl H3Service {
                 spec.name
             ));
         };
-        let crypto = tls::server_config(store)?;
+        let crypto = tls::server_config(store, quic.early_data)?;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
             .map_err(|e| format!("listeners {}: QUIC TLS: {e}", spec.name))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -297,20 +302,52 @@ async fn connection(
     m::OPEN.with_label_values(&[&name]).inc();
     let _slot = OpenSlot(shared.clone());
     shared.handshaking.fetch_add(1, Relaxed);
+    let early_data = shared.spec.early_data;
     let hs = async {
         let connecting = incoming.accept()?;
-        connecting.await
+        if early_data {
+            // 0.5-RTT on the server side: the connection is usable at once, and 0-RTT
+            // requests are read before the handshake ends
+            return match connecting.into_0rtt() {
+                Ok((c, done)) => Ok((c, Some(done))),
+                // (never, says quinn, on an incoming connection)
+                Err(connecting) => connecting.await.map(|c| (c, None)),
+            };
+        }
+        connecting.await.map(|c| (c, None))
     };
     let r = tokio::time::timeout(shared.spec.handshake_timeout, hs).await;
-    shared.handshaking.fetch_sub(1, Relaxed);
-    let conn = match r {
-        Ok(Ok(c)) => c,
+    let (conn, established) = match r {
+        Ok(Ok((c, None))) => {
+            shared.handshaking.fetch_sub(1, Relaxed);
+            (c, None)
+        }
+        Ok(Ok((c, Some(done)))) => {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            let (shared, c2, name) = (shared.clone(), c.clone(), name.clone());
+            tokio::spawn(async move {
+                // quinn's value is meaningless on a server: the handshake ended when the
+                // future does, and failed if the connection is closed by then
+                let ok = tokio::time::timeout(shared.spec.handshake_timeout, done)
+                    .await
+                    .is_ok_and(|_| c2.close_reason().is_none());
+                shared.handshaking.fetch_sub(1, Relaxed);
+                if !ok {
+                    m::HANDSHAKES.with_label_values(&[&name, "failed"]).inc();
+                    c2.close(H3_NO_ERROR.into(), b"");
+                }
+                let _ = tx.send(Some(ok));
+            });
+            (c, Some(rx))
+        }
         Ok(Err(e)) => {
+            shared.handshaking.fetch_sub(1, Relaxed);
             m::HANDSHAKES.with_label_values(&[&name, "failed"]).inc();
             log::debug!("{name}: QUIC handshake with {client} failed: {e}");
             return;
         }
         Err(_) => {
+            shared.handshaking.fetch_sub(1, Relaxed);
             m::HANDSHAKES.with_label_values(&[&name, "timeout"]).inc();
             return;
         }
@@ -356,6 +393,11 @@ async fn connection(
                     let shared = shared.clone();
                     let busy = Busy::new(inflight.clone());
                     let conn = quic.clone();
+                    // read before the handshake ended: 0-RTT (policy::early decides)
+                    let early = established
+                        .as_ref()
+                        .filter(|w| w.borrow().is_none())
+                        .cloned();
                     tokio::spawn(async move {
                         let _busy = busy;
                         match resolver.resolve_request().await {
@@ -368,6 +410,7 @@ async fn connection(
                                     req,
                                     stream,
                                     &conn,
+                                    early,
                                 )
                                 .await
                             }

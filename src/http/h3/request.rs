@@ -114,7 +114,8 @@ async fn pump(recv: &mut Recv, mut to: tokio::io::DuplexStream, n: &AtomicUsize)
 }
 
 /// Serve one request. `pool_max`: idle backend connections kept per thread; `conn`: the
-/// request's QUIC connection, whose close ends the exchange at once (a client gone).
+/// request's QUIC connection, whose close ends the exchange at once (a client gone);
+/// `early`: the handshake's outcome to come, when the request was read in 0-RTT.
 pub async fn serve(
     l: &Listener,
     pool_max: usize,
@@ -122,9 +123,26 @@ pub async fn serve(
     req: http::Request<()>,
     stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
     conn: &quinn::Connection,
+    early: Option<tokio::sync::watch::Receiver<Option<bool>>>,
 ) {
     let (parts, ()) = req.into_parts();
-    let req = RequestHeader::from(parts);
+    let mut req = RequestHeader::from(parts);
+    if let Some(mut handshake) = early {
+        match policy::early::step(req.method.as_str()) {
+            policy::early::Early::Forward => {
+                let _ = req.insert_header(policy::early::EARLY_DATA_FIELD, "1");
+            }
+            policy::early::Early::AwaitHandshake => {
+                let done = handshake.wait_for(|v| v.is_some()).await.map(|v| *v);
+                if !matches!(done, Ok(Some(true))) {
+                    // the handshake failed: likely a replay; nothing was done for it
+                    let (mut send, _) = stream.split();
+                    send.stop_stream(::h3::error::Code::H3_REQUEST_REJECTED);
+                    return;
+                }
+            }
+        }
+    }
     let (mut send, mut recv) = stream.split();
     let method = req.method.as_str();
     let head_only = method == "HEAD";

@@ -91,9 +91,14 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// The rustls server side of a QUIC listener: TLS 1.3 only (QUIC has no other), ALPN h3,
-/// no early data (0-RTT replays are not something a proxy can make safe for every route).
-pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, String> {
+/// The rustls server side of a QUIC listener: TLS 1.3 only (QUIC has no other), ALPN h3.
+/// Early data only with `early_data` (`quic.early_data`): QUIC requires the TLS limit to be
+/// 0xffffffff when 0-RTT is on (RFC 9001 4.6.1); the session cache makes each ticket single
+/// use, so a captured ClientHello's early data is not accepted twice by this process.
+pub fn server_config(
+    store: Arc<CertStore>,
+    early_data: bool,
+) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut c = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -101,6 +106,6 @@ pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, Stri
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver::new(store)));
     c.alpn_protocols = vec![b"h3".to_vec()];
-    c.max_early_data_size = 0;
+    c.max_early_data_size = if early_data { u32::MAX } else { 0 };
     Ok(c)
 }

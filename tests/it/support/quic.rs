@@ -357,3 +357,91 @@ pub fn raw_status(b: &[u8]) -> Option<u16> {
     }
     Some(digits)
 }
+
+/// A client endpoint like [`endpoint`] that resumes sessions and sends 0-RTT data.
+pub fn endpoint_0rtt(pki: &Pki) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    let der = pki.ca.cert.to_der().expect("ca der");
+    roots.add(der.into()).expect("ca root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.enable_early_data = true;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp");
+    e.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    e
+}
+
+/// A UDP relay between one QUIC client and `server` that makes the handshake's end slow:
+/// what the client sends before the server has said anything (its ClientHello and any 0-RTT
+/// data) is held for `hold` and then passed on together; everything the client sends after
+/// the server's first answer (its handshake Finished among it) is passed on `delay` later.
+/// So the server reads the 0-RTT requests well before the handshake can end.
+pub async fn slow_handshake_relay(
+    server: SocketAddr,
+    hold: Duration,
+    delay: Duration,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let front = Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp"),
+    );
+    let back = Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp"),
+    );
+    back.connect(server).await.expect("connect udp");
+    let addr = front.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut client: Option<SocketAddr> = None;
+        let mut first_flight: Vec<Vec<u8>> = Vec::new();
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        let mut server_spoke = false;
+        let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+        loop {
+            let flush = async {
+                match flush_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = front.recv_from(&mut a) => {
+                    let Ok((n, from)) = r else { return };
+                    client = Some(from);
+                    if server_spoke || flush_at.is_none() && !first_flight.is_empty() {
+                        let (back, d) = (back.clone(), a[..n].to_vec());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = back.send(&d).await;
+                        });
+                    } else {
+                        first_flight.push(a[..n].to_vec());
+                        flush_at.get_or_insert(tokio::time::Instant::now() + hold);
+                    }
+                }
+                r = back.recv(&mut b) => {
+                    let Ok(n) = r else { return };
+                    server_spoke = true;
+                    if let Some(c) = client {
+                        let _ = front.send_to(&b[..n], c).await;
+                    }
+                }
+                _ = flush => {
+                    flush_at = None;
+                    for d in first_flight.iter() {
+                        let _ = back.send(d).await;
+                    }
+                }
+            }
+        }
+    });
+    (addr, task)
+}
