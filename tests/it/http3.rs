@@ -472,12 +472,8 @@ async fn h3_header_section_over_the_limit_gets_431_from_the_proxy() {
     let quic = "    quic: {max_header_list_size: 2KiB}\n";
     let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
     let e = endpoint(&pki);
-    let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
     // a request first, so the connection's SETTINGS have been exchanged
-    let got = request(&mut s, "GET", "https://a.test/", &[], None)
-        .await
-        .expect("GET");
-    assert_eq!(got.status, 200);
+    let (conn, mut s) = connect_and_get(&e, proxy.addr, "/").await;
 
     let raw = |extra: Vec<(&'static str, String)>| {
         let conn = conn.clone();

@@ -199,24 +199,7 @@ async fn h3_fresh_cache_hit_is_answered_from_the_store() {
         .run()
         .await;
     let pki = Pki::new("h3-cache");
-    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x400);
-    let template = format!(
-        "listeners:
-  - name: edge
-    address: 127.0.0.1:{{{{port}}}}
-    protocol: https
-    http3: true
-    tls:
-      certificates: [{{cert: {}, key: {}}}]
-upstreams:
-  - {{name: ua, backends: [{{address: {}}}]}}
-routes:
-  - {{listener: edge, upstream: ua, cache: {{enabled: true}}}}
-",
-        p(&c),
-        p(&k),
-        a.addr
-    );
+    let template = site_config(&pki, "", a.addr, ", cache: {enabled: true}");
     let proxy = start(&pki, &template);
     let first = tls_get(proxy.addr, "a.test", "/page").await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
@@ -260,11 +243,8 @@ async fn h3_retry_validates_addresses_and_idle_connections_close() {
     let quic = "    quic: {idle_timeout: 1s, handshake_timeout: 2s, retry_above: 0}\n";
     let proxy = start(&pki, &config(&pki, a.addr, b.addr, quic, ""));
     let e = endpoint(&pki);
-    let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
-    let got = request(&mut s, "GET", "https://a.test/", &[], None)
-        .await
-        .expect("GET");
-    assert_eq!(got.status, 200);
+    // a request first, so the connection's SETTINGS have been exchanged
+    let (conn, _s) = connect_and_get(&e, proxy.addr, "/").await;
     let m = metrics(&proxy).await;
     assert_eq!(
         metric(&m, "stepstone_quic_retries_total{listener=\"edge\"}"),
@@ -308,24 +288,7 @@ async fn h3_responses_are_compressed_by_the_route() {
         .run()
         .await;
     let pki = Pki::new("h3-gzip");
-    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x500);
-    let template = format!(
-        "listeners:
-  - name: edge
-    address: 127.0.0.1:{{{{port}}}}
-    protocol: https
-    http3: true
-    tls:
-      certificates: [{{cert: {}, key: {}}}]
-upstreams:
-  - {{name: ua, backends: [{{address: {}}}]}}
-routes:
-  - {{listener: edge, upstream: ua, compression: {{enabled: true}}}}
-",
-        p(&c),
-        p(&k),
-        a.addr
-    );
+    let template = site_config(&pki, "", a.addr, ", compression: {enabled: true}");
     let proxy = start(&pki, &template);
     let e = endpoint(&pki);
     let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
@@ -383,11 +346,7 @@ async fn h3_early_data_forwards_idempotent_requests_only() {
         let e = endpoint_0rtt(&pki);
         // a first connection leaves a session ticket with the client
         {
-            let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
-            let got = request(&mut s, "GET", "https://a.test/first", &[], None)
-                .await
-                .expect("GET");
-            assert_eq!(got.status, 200);
+            let (conn, _s) = connect_and_get(&e, proxy.addr, "/first").await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             conn.close(0u32.into(), b"");
         }

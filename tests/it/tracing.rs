@@ -161,6 +161,24 @@ fn attr(span: &Span, key: &str) -> Option<String> {
     }
 }
 
+/// The one `traceparent` the origin received, split.
+fn one_traceparent(
+    seen: &crate::support::origin::Recorded,
+    what: &str,
+) -> (String, String, String) {
+    let fields: Vec<_> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "traceparent")
+        .collect();
+    assert_eq!(
+        fields.len(),
+        1,
+        "{what}: one traceparent upstream: {fields:?}"
+    );
+    split(&fields[0].1)
+}
+
 /// (trace id, span id, flags) of a `traceparent` the origin received.
 fn split(tp: &str) -> (String, String, String) {
     let parts: Vec<&str> = tp.split('-').collect();
@@ -256,17 +274,7 @@ async fn continues_the_callers_trace(fast_path: bool) {
         };
         assert_eq!(status, 200, "{what}");
         let seen = app.last().expect("the origin got the request");
-        let fields: Vec<_> = seen
-            .headers
-            .iter()
-            .filter(|(k, _)| k == "traceparent")
-            .collect();
-        assert_eq!(
-            fields.len(),
-            1,
-            "{what}: one traceparent upstream: {fields:?}"
-        );
-        let (trace, span, flags) = split(&fields[0].1);
+        let (trace, span, flags) = one_traceparent(&seen, &what);
         assert_eq!(trace, CALLER_TRACE, "{what}: the trace continues");
         assert_ne!(span, CALLER_SPAN, "{what}: the proxy's own span id");
         assert_eq!(flags, "01", "{what}: the caller's sampled flag");
@@ -653,27 +661,13 @@ async fn tracing_continues_the_callers_trace_over_http3() {
     let app = OriginBuilder::new("app").run().await;
     let rx = Receiver::start().await;
     let pki = quic::Pki::new("h3-trace");
-    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x500);
-    let template = format!(
+    let top = format!(
         "access_log: {{format: json, path: '{{{{dir}}}}/access.log'}}
 tracing: {{otlp_endpoint: 'http://{}', service_name: edge-test, sample_ratio: 0.0, headers: {{x-api-key: k1}}}}
-listeners:
-  - name: edge
-    address: 127.0.0.1:{{{{port}}}}
-    protocol: https
-    http3: true
-    tls:
-      certificates: [{{cert: {}, key: {}}}]
-upstreams:
-  - {{name: app, backends: [{{address: {}}}]}}
-routes:
-  - {{listener: edge, upstream: app}}
 ",
-        rx.addr,
-        quic::p(&c),
-        quic::p(&k),
-        app.addr
+        rx.addr
     );
+    let template = quic::site_config(&pki, &top, app.addr, "");
     let p = quic::start(&pki, &template);
     let e = quic::endpoint(&pki);
     let (_conn, mut s) = quic::connect(&e, p.addr, "a.test").await;
@@ -689,13 +683,7 @@ routes:
     .expect("GET over HTTP/3");
     assert_eq!(got.status, 200);
     let seen = app.last().expect("the origin got the request");
-    let fields: Vec<_> = seen
-        .headers
-        .iter()
-        .filter(|(k, _)| k == "traceparent")
-        .collect();
-    assert_eq!(fields.len(), 1, "one traceparent upstream: {fields:?}");
-    let (trace, span, flags) = split(&fields[0].1);
+    let (trace, span, flags) = one_traceparent(&seen, "HTTP/3");
     assert_eq!(trace, CALLER_TRACE, "the trace continues");
     assert_ne!(span, CALLER_SPAN, "the proxy's own span id");
     assert_eq!(flags, "01");

@@ -25,7 +25,8 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn hpack_int(out: &mut Vec<u8>, prefix_bits: u8, first: u8, mut n: usize) {
+/// HPACK's (and QPACK's) prefixed integer: `first`'s bits above the `prefix_bits` prefix.
+pub fn hpack_int(out: &mut Vec<u8>, prefix_bits: u8, first: u8, mut n: usize) {
     let max = (1usize << prefix_bits) - 1;
     if n < max {
         out.push(first | n as u8);

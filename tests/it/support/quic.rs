@@ -1,6 +1,7 @@
 //! An HTTP/3 client for the tests (the `h3` crate's client on `quinn`, a stack no one here
 //! wrote), per-test certificates, and the proxy config the HTTP/3 tests share.
 
+use super::h2raw::hpack_int;
 use super::pki::{cn_of, Ca};
 use super::proxy::render;
 use super::{client, scratch_dir, Proxy};
@@ -59,6 +60,29 @@ routes:
     )
 }
 
+/// A config template with one https listener `edge` (HTTP/3 on) for a.test with its own
+/// certificate, one upstream `app` on `backend`, and one route with `route` added to its keys
+/// (e.g. `cache: {enabled: true}`). `top`: top-level keys before `listeners`.
+pub fn site_config(pki: &Pki, top: &str, backend: SocketAddr, route: &str) -> String {
+    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x400);
+    format!(
+        "{top}listeners:
+  - name: edge
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: https
+    http3: true
+    tls:
+      certificates: [{{cert: {}, key: {}}}]
+upstreams:
+  - {{name: app, backends: [{{address: {backend}}}]}}
+routes:
+  - {{listener: edge, upstream: app{route}}}
+",
+        p(&c),
+        p(&k),
+    )
+}
+
 pub fn start(pki: &Pki, template: &str) -> Proxy {
     let (text, ports) = render(template, &pki.dir);
     Proxy::start_in(pki.dir.clone(), &text, ports, &[]).unwrap_or_else(|e| panic!("{e}"))
@@ -66,6 +90,15 @@ pub fn start(pki: &Pki, template: &str) -> Proxy {
 
 /// A QUIC client endpoint that trusts the test CA.
 pub fn endpoint(pki: &Pki) -> quinn::Endpoint {
+    endpoint_with(pki, false)
+}
+
+/// A client endpoint like [`endpoint`] that resumes sessions and sends 0-RTT data.
+pub fn endpoint_0rtt(pki: &Pki) -> quinn::Endpoint {
+    endpoint_with(pki, true)
+}
+
+fn endpoint_with(pki: &Pki, early_data: bool) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     let der = pki.ca.cert.to_der().expect("ca der");
     roots.add(der.into()).expect("ca root");
@@ -76,6 +109,7 @@ pub fn endpoint(pki: &Pki) -> quinn::Endpoint {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.enable_early_data = early_data;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
     let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp");
     e.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
@@ -102,6 +136,21 @@ pub async fn connect(
         let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     });
     (conn, send)
+}
+
+/// Connect to a.test and get `path` once (200 asserted): a connection whose SETTINGS have
+/// been exchanged and whose session ticket, if any, has arrived.
+pub async fn connect_and_get(
+    e: &quinn::Endpoint,
+    addr: SocketAddr,
+    path: &str,
+) -> (quinn::Connection, Sender) {
+    let (conn, mut s) = connect(e, addr, "a.test").await;
+    let got = request(&mut s, "GET", &format!("https://a.test{path}"), &[], None)
+        .await
+        .expect("GET");
+    assert_eq!(got.status, 200, "GET {path}");
+    (conn, s)
 }
 
 pub struct Got {
@@ -208,22 +257,6 @@ pub async fn wait_exit(p: &mut Proxy, within: Duration) -> Option<std::process::
     }
 }
 
-/// QPACK's prefixed integer (RFC 9204 4.1.1): `flags` in the bits above the `n`-bit prefix.
-fn qpack_int(out: &mut Vec<u8>, flags: u8, n: u32, mut v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(flags | v as u8);
-        return;
-    }
-    out.push(flags | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
 fn quic_varint(out: &mut Vec<u8>, v: u64) {
     match v {
         0..=63 => out.push(v as u8),
@@ -240,15 +273,15 @@ pub fn raw_get_frame(authority: &str, path: &str, extra: &[(&str, &str)]) -> Vec
     block.push(0xc0 | 23); // :scheme https (static 23)
     for (index, value) in [(1usize, path), (0, authority)] {
         // literal with a static name reference: 01NT + 4-bit index
-        qpack_int(&mut block, 0x50, 4, index);
-        qpack_int(&mut block, 0, 7, value.len());
+        hpack_int(&mut block, 4, 0x50, index);
+        hpack_int(&mut block, 7, 0, value.len());
         block.extend_from_slice(value.as_bytes());
     }
     for (name, value) in extra {
         // literal name and value: 001NH + 3-bit name length
-        qpack_int(&mut block, 0x20, 3, name.len());
+        hpack_int(&mut block, 3, 0x20, name.len());
         block.extend_from_slice(name.as_bytes());
-        qpack_int(&mut block, 0, 7, value.len());
+        hpack_int(&mut block, 7, 0, value.len());
         block.extend_from_slice(value.as_bytes());
     }
     let mut frame = Vec::new();
@@ -356,25 +389,6 @@ pub fn raw_status(b: &[u8]) -> Option<u16> {
         digits = digits * 10 + u16::from(d);
     }
     Some(digits)
-}
-
-/// A client endpoint like [`endpoint`] that resumes sessions and sends 0-RTT data.
-pub fn endpoint_0rtt(pki: &Pki) -> quinn::Endpoint {
-    let mut roots = rustls::RootCertStore::empty();
-    let der = pki.ca.cert.to_der().expect("ca der");
-    roots.add(der.into()).expect("ca root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    tls.enable_early_data = true;
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-    let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp");
-    e.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    e
 }
 
 /// A UDP relay between one QUIC client and `server` that makes the handshake's end slow:
