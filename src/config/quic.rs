@@ -56,13 +56,6 @@ pub(super) fn validate(
             "a PROXY protocol header cannot precede QUIC: turn accept_proxy_protocol off",
         ));
     }
-    if l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
-        return Err(e.err(
-            format!("{p}.http3"),
-            "true",
-            "client certificates (tls.client_ca) are not offered over QUIC yet",
-        ));
-    }
     let q = l.quic.clone().unwrap_or_default();
     let max_streams = q.max_streams.unwrap_or(DEFAULT_QUIC_MAX_STREAMS);
     if !(1..=10_000).contains(&max_streams) {

@@ -147,6 +147,11 @@ impl Snapshot {
         Ok(())
     }
 
+    /// The CAs a client certificate must chain to (`client_ca`), if the listener asks for one.
+    pub fn client_cas(&self) -> Option<&[X509]> {
+        self.client_ca.as_ref().map(|c| c.cas.as_slice())
+    }
+
     pub fn describe(&self) -> String {
         self.certs
             .iter()

@@ -398,3 +398,49 @@ async fn h3_early_data_forwards_idempotent_requests_only() {
         assert_eq!(late.header("early-data"), None, "{seen:?}");
     }
 }
+
+/// `tls.client_ca` over QUIC: a client certificate from that CA is served; no certificate,
+/// or one from another CA, fails the handshake and nothing reaches the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_client_certificates_are_required_with_client_ca() {
+    use crate::support::pki::Ca;
+    let a = OriginBuilder::new("a").body("ok").run().await;
+    let pki = Pki::new("h3-mtls");
+    let ca = pki.ca.write(&pki.dir, "client-ca");
+    let template = site_config(&pki, "", a.addr, "").replace(
+        "    tls:\n",
+        &format!("    tls:\n      client_ca: {}\n", p(&ca)),
+    );
+    let proxy = start(&pki, &template);
+
+    let alice = pki.ca.client("alice", 0x700);
+    let e = endpoint_as(&pki, &alice);
+    let (_conn, _s) = connect_and_get(&e, proxy.addr, "/with-cert").await;
+    assert_eq!(a.requests(), 1);
+
+    let attempt = |e: quinn::Endpoint| async move {
+        let conn = e
+            .connect(proxy.addr, "a.test")
+            .map_err(|err| err.to_string())?
+            .await
+            .map_err(|err| err.to_string())?;
+        let (mut driver, mut s) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .map_err(|err| err.to_string())?;
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        request(&mut s, "GET", "https://a.test/refused", &[], None)
+            .await
+            .map(|got| got.status)
+    };
+    let mallory = Ca::new("Another CA").client("mallory", 0x701);
+    for (who, e) in [
+        ("no certificate", endpoint(&pki)),
+        ("a certificate from another CA", endpoint_as(&pki, &mallory)),
+    ] {
+        let r = attempt(e).await;
+        assert!(r.is_err(), "{who}: served {r:?}");
+    }
+    assert_eq!(a.requests(), 1, "a refused client reached the origin");
+}

@@ -34,6 +34,7 @@
 //! CONNECTION_CLOSE rather than silence.
 
 mod cache;
+mod mtls;
 mod pipe;
 mod request;
 mod tls;

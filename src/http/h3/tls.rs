@@ -100,11 +100,18 @@ pub fn server_config(
     early_data: bool,
 ) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ServerConfig::builder_with_provider(provider)
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| format!("{}: QUIC TLS: {e}", store.spec.key_path))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Resolver::new(store)));
+        .map_err(|e| format!("{}: QUIC TLS: {e}", store.spec.key_path))?;
+    let b = if store.spec.client_ca.is_some() {
+        b.with_client_cert_verifier(Arc::new(super::mtls::ClientCa::new(
+            store.clone(),
+            provider,
+        )))
+    } else {
+        b.with_no_client_auth()
+    };
+    let mut c = b.with_cert_resolver(Arc::new(Resolver::new(store)));
     c.alpn_protocols = vec![b"h3".to_vec()];
     c.max_early_data_size = if early_data { u32::MAX } else { 0 };
     Ok(c)

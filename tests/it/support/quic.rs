@@ -90,24 +90,39 @@ pub fn start(pki: &Pki, template: &str) -> Proxy {
 
 /// A QUIC client endpoint that trusts the test CA.
 pub fn endpoint(pki: &Pki) -> quinn::Endpoint {
-    endpoint_with(pki, false)
+    endpoint_with(pki, false, None)
 }
 
 /// A client endpoint like [`endpoint`] that resumes sessions and sends 0-RTT data.
 pub fn endpoint_0rtt(pki: &Pki) -> quinn::Endpoint {
-    endpoint_with(pki, true)
+    endpoint_with(pki, true, None)
 }
 
-fn endpoint_with(pki: &Pki, early_data: bool) -> quinn::Endpoint {
+/// A client endpoint like [`endpoint`] that presents `cert` when asked for one.
+pub fn endpoint_as(pki: &Pki, cert: &super::pki::Leaf) -> quinn::Endpoint {
+    endpoint_with(pki, false, Some(cert))
+}
+
+fn endpoint_with(pki: &Pki, early_data: bool, cert: Option<&super::pki::Leaf>) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     let der = pki.ca.cert.to_der().expect("ca der");
     roots.add(der.into()).expect("ca root");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut tls = match cert {
+        None => tls.with_no_client_auth(),
+        Some(leaf) => {
+            let chain = vec![leaf.cert.to_der().expect("der").into()];
+            let key = rustls::pki_types::PrivatePkcs8KeyDer::from(
+                leaf.key.private_key_to_pkcs8().expect("pkcs8"),
+            );
+            tls.with_client_auth_cert(chain, key.into())
+                .expect("client certificate")
+        }
+    };
     tls.alpn_protocols = vec![b"h3".to_vec()];
     tls.enable_early_data = early_data;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
