@@ -113,16 +113,21 @@ async fn pump(recv: &mut Recv, mut to: tokio::io::DuplexStream, n: &AtomicUsize)
     }
 }
 
-/// Serve one request. `pool_max`: idle backend connections kept per thread.
+/// Serve one request. `pool_max`: idle backend connections kept per thread; `general`: the
+/// hand-off to the general engine, for the requests the policy sends there.
 pub async fn serve(
     l: &Listener,
     pool_max: usize,
     client: Option<IpAddr>,
+    general: Option<&super::general::Handoff>,
     req: http::Request<()>,
     stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
 ) {
     let (parts, ()) = req.into_parts();
     let req = RequestHeader::from(parts);
+    if let Some(g) = general.filter(|g| g.wanted(l, &req)) {
+        return g.serve(l, req, stream).await;
+    }
     let (mut send, mut recv) = stream.split();
     let method = req.method.as_str();
     let head_only = method == "HEAD";
@@ -292,6 +297,8 @@ async fn proxy(
 
     let mut ex = Exchange::new(l, route, pool_max, RequestObs::default(), None);
     ex.sticky = policy::sticky::affinity(&route.pool, req);
+    let (itx, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    ex.interim = Some(itx);
     ex.body_len = body_len;
     let streamed = if whole.is_some() { 0 } else { body_len };
     let (mine, theirs) = tokio::io::duplex(PIPE_BUF);
@@ -312,6 +319,7 @@ async fn proxy(
         drop(g);
         r
     };
+    let exchange = super::interim::alongside(exchange, &mut heads, send);
     let (res, bytes_in) = if streamed > 0 {
         // The exchange ends the request, body read or not (a backend that failed first, a
         // client that stalled mid-body): the pump stops with it instead of waiting on the
