@@ -114,6 +114,8 @@ async fn h3_cache_miss_is_stored_and_hits_on_both_transports() {
     let lines = log_lines(&pki.dir, 3).await;
     let miss = &lines[0];
     assert_eq!(miss["version"], "HTTP/3", "{miss}");
+    assert_eq!(miss["uri"], "/page", "{miss}");
+    assert_eq!(miss["host"], "a.test", "{miss}");
     assert_eq!(miss["cache"], "miss", "{miss}");
     assert_eq!(miss["status"], 200, "{miss}");
     assert_eq!(miss["bytes_sent"], 14, "{miss}");
@@ -223,4 +225,79 @@ routes:
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// The general engine's phases hold for HTTP/3 requests on a cached route: a POST's body
+/// (no Content-Length, as HTTP/3 allows) streams to the origin and the POST purges the
+/// stored URL (the next GET is a miss); the route's `max_body_size` refuses a larger body
+/// with 413, declared or streamed, before the origin sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_unsafe_methods_purge_and_bodies_keep_the_route_limit() {
+    let a = OriginBuilder::new("a")
+        .header("Cache-Control", "max-age=60")
+        .body("page")
+        .run()
+        .await;
+    let pki = Pki::new("h3-cache-post");
+    let template = cached(&pki, a.addr).replace(
+        "cache: {enabled: true}",
+        "max_body_size: 64, cache: {enabled: true}",
+    );
+    assert!(template.contains("max_body_size: 64"), "{template}");
+    let proxy = start(&pki, &template);
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let get = |s: &mut Sender| {
+        let mut s = s.clone();
+        async move {
+            request(&mut s, "GET", "https://a.test/p", &[], None)
+                .await
+                .expect("GET over HTTP/3")
+        }
+    };
+    assert_eq!(status_of(&get(&mut s).await), Some("MISS"));
+    assert_eq!(status_of(&get(&mut s).await), Some("HIT"));
+    assert_eq!(a.requests(), 1);
+
+    let got = request(
+        &mut s,
+        "POST",
+        "https://a.test/p",
+        &[],
+        Some(b"hello over h3".to_vec()),
+    )
+    .await
+    .expect("POST over HTTP/3");
+    assert_eq!(got.status, 200);
+    assert_eq!(a.requests(), 2);
+    let seen = a.last().expect("the origin saw the POST");
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.body, b"hello over h3");
+    assert_eq!(
+        status_of(&get(&mut s).await),
+        Some("MISS"),
+        "the POST did not purge the stored GET"
+    );
+    assert_eq!(a.requests(), 3);
+
+    let big = vec![b'x'; 200];
+    let streamed = request(&mut s, "POST", "https://a.test/p", &[], Some(big.clone()))
+        .await
+        .expect("streamed POST");
+    assert_eq!(streamed.status, 413);
+    let declared = request(
+        &mut s,
+        "POST",
+        "https://a.test/p",
+        &[("content-length", "200")],
+        Some(big),
+    )
+    .await
+    .expect("declared POST");
+    assert_eq!(declared.status, 413);
+    assert_eq!(
+        a.requests(),
+        3,
+        "a body over max_body_size reached the origin"
+    );
 }

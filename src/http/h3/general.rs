@@ -65,6 +65,16 @@ impl Handoff {
             if !a.is_empty() && req.insert_header(http::header::HOST, a).is_err() {
                 return;
             }
+            // origin-form, as the lean path and HTTP/1 requests have it: the access log's
+            // `uri` and the cache key read the same on every engine (the scheme is the
+            // listener's, the host is in Host now)
+            if let Some(pq) = req
+                .uri
+                .path_and_query()
+                .and_then(|p| p.as_str().parse().ok())
+            {
+                req.set_uri(pq);
+            }
         }
         let (send, mut recv) = stream.split();
         // Pingora frames the request to the backend by whether it has a body: without a
