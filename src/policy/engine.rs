@@ -191,11 +191,14 @@ fn route_allows(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fa
 }
 
 /// The engine for an HTTP/3 request on `route` (one [`h3_unsupported`] let through): the
-/// lean engine, except on a cached route for anything but a fresh hit, which the general
-/// engine serves (Pingora's cache phases fill the store, collapse concurrent misses,
-/// revalidate). HTTP/3 streams are not parsed by the lean engine's HTTP/1 parser, so only
-/// the route part of [`choose`] applies.
-pub fn h3(route: Option<&Route>, fresh_hit: bool) -> Result<(), Fallback> {
+/// lean engine, except on a listener with `fast_path: false` and on a cached route for
+/// anything but a fresh hit, which the general engine serves (Pingora's cache phases fill
+/// the store, collapse concurrent misses, revalidate). HTTP/3 streams are not parsed by the
+/// lean engine's HTTP/1 parser, so the head part of [`choose`] does not apply.
+pub fn h3(l: &ListenerPolicy, route: Option<&Route>, fresh_hit: bool) -> Result<(), Fallback> {
+    if !l.fast_path {
+        return Err(Fallback::Disabled);
+    }
     match route {
         Some(r) if r.cache.is_some() && !fresh_hit => Err(Fallback::Cache),
         _ => Ok(()),

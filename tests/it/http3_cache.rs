@@ -301,3 +301,76 @@ async fn h3_unsafe_methods_purge_and_bodies_keep_the_route_limit() {
         "a body over max_body_size reached the origin"
     );
 }
+
+/// A reload reaches HTTP/3 requests on the general engine: after the cached route's status
+/// header is renamed, a miss over HTTP/3 carries the new name. A listener with
+/// `fast_path: false` sends every HTTP/3 request to the general engine, as TCP ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_general_engine_follows_reloads_and_fast_path_false() {
+    use crate::support::proxy::send_signal;
+    let a = OriginBuilder::new("a")
+        .header("Cache-Control", "max-age=60")
+        .body("page")
+        .run()
+        .await;
+    let pki = Pki::new("h3-cache-reload");
+    let template = cached(&pki, a.addr);
+    let proxy = start(&pki, &template);
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let got = request(&mut s, "GET", "https://a.test/one", &[], None)
+        .await
+        .expect("GET over HTTP/3");
+    assert_eq!(status_of(&got), Some("MISS"));
+
+    let text = std::fs::read_to_string(&proxy.config).expect("config");
+    let renamed = text.replace(
+        "cache: {enabled: true}",
+        "cache: {enabled: true, status_header: X-Edge-Cache}",
+    );
+    assert_ne!(text, renamed, "{text}");
+    std::fs::write(&proxy.config, renamed).expect("write config");
+    send_signal(proxy.child.id(), libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let got = request(&mut s, "GET", &format!("https://a.test/r{n}"), &[], None)
+            .await
+            .expect("GET over HTTP/3");
+        if got.headers.get("x-edge-cache").map(|v| v.as_bytes()) == Some(&b"MISS"[..]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reload never reached HTTP/3: {:?}",
+            got.headers
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // fast_path: false, no cache: the general engine answers (its fallback is counted as
+    // "disabled")
+    let pki = Pki::new("h3-fast-path-false");
+    let template = cached(&pki, a.addr)
+        .replace("http3: true", "http3: true\n    fast_path: false")
+        .replace(", cache: {enabled: true}", "");
+    assert!(template.contains("fast_path: false"), "{template}");
+    let proxy = start(&pki, &template);
+    let e = endpoint(&pki);
+    let (_conn, mut s) = connect(&e, proxy.addr, "a.test").await;
+    let disabled = |m: &str| {
+        metric(
+            m,
+            "stepstone_fast_path_fallbacks_total{reason=\"disabled\"}",
+        )
+    };
+    let d0 = disabled(&metrics(&proxy).await);
+    let got = request(&mut s, "GET", "https://a.test/plain", &[], None)
+        .await
+        .expect("GET over HTTP/3");
+    assert_eq!((got.status, &got.body[..]), (200, &b"page"[..]));
+    assert_eq!(disabled(&metrics(&proxy).await), d0 + 1.0);
+    let lines = log_lines(&pki.dir, 1).await;
+    assert_eq!(lines[0]["version"], "HTTP/3", "{}", lines[0]);
+}

@@ -1,5 +1,5 @@
-//! HTTP/3 requests the general engine serves: on a cached route, everything but a fresh hit
-//! ([`crate::policy::engine::h3`]). Each goes through the TCP side's general engine in force
+//! HTTP/3 requests the general engine serves: on a cached route, everything but a fresh hit,
+//! and everything on a listener with `fast_path: false` ([`crate::policy::engine::h3`]). Each goes through the TCP side's general engine in force
 //! (a reload swaps it) as a Pingora session of its own kind ([`super::session`]), so the
 //! cache phases fill the store, collapse concurrent misses behind the cache lock,
 //! revalidate with 304, serve stale on error, and purge after unsafe methods, exactly as
@@ -43,7 +43,7 @@ impl Handoff {
         };
         let route = l.route(&head);
         let fresh = route.is_some_and(|r| super::cache::fresh_hit(l, r, req, host).is_some());
-        match policy::engine::h3(route, fresh) {
+        match policy::engine::h3(l, route, fresh) {
             Ok(()) => false,
             Err(reason) => {
                 crate::observability::fast_path_fallback(reason.label());

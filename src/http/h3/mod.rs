@@ -16,7 +16,8 @@
 //!
 //! Cache: fresh hits are answered from the store ([`cache`]); every other request on a
 //! cached route goes to the TCP side's general engine ([`general`], over [`session`]), whose
-//! cache phases store misses, collapse concurrent ones and revalidate, as for TCP clients.
+//! cache phases store misses, collapse concurrent ones and revalidate, as for TCP clients;
+//! so does every request on a listener with `fast_path: false`.
 //!
 //! Upgrade (`-u`): the UDP socket goes through Pingora's fd table under `udp://ADDR`, so the
 //! new process reads the same socket. When the old process is told to stop it sends GOAWAY
