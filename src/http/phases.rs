@@ -180,7 +180,8 @@ fn mirror_start(session: &mut Session, route: &Route, ctx: &mut Ctx, tls: bool) 
     }
     let host = request_host(req).map(str::to_owned);
     let mut copy = req.clone();
-    let h2 = req.version == http::Version::HTTP_2;
+    // HTTP/3 fields come as HTTP/2's do (a split Cookie)
+    let h2 = req.version >= http::Version::HTTP_2;
     let client = client_ip(session);
     policy::edit::request(
         &mut copy,
@@ -492,7 +493,7 @@ impl ProxyHttp for HttpProxy {
             client_ip(session),
             self.listener.tls,
             host.as_deref(),
-            session.req_header().version == http::Version::HTTP_2,
+            session.req_header().version >= http::Version::HTTP_2,
             self.route(ctx).is_some_and(|r| r.pool.spec.http2),
             ctx.obs.trace.as_ref(),
         )
@@ -570,7 +571,7 @@ impl ProxyHttp for HttpProxy {
             let to = policy::interim::Client {
                 http10: req.version < http::Version::HTTP_11,
                 h2: session.is_http2(),
-                expects_continue: req.version == http::Version::HTTP_11
+                expects_continue: req.version >= http::Version::HTTP_11
                     && req
                         .headers
                         .get(http::header::EXPECT)
@@ -698,7 +699,10 @@ impl ProxyHttp for HttpProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let route = self.route(ctx);
-        if session.is_http2() && e.is_some_and(|e| matches!(failure(e), Ok(Failure::ClientGone))) {
+        // (a stream's cancel: HTTP/2, and HTTP/3 streams handed over as custom sessions)
+        let multiplexed =
+            session.is_http2() || session.req_header().version == http::Version::HTTP_3;
+        if multiplexed && e.is_some_and(|e| matches!(failure(e), Ok(Failure::ClientGone))) {
             crate::observability::client_closed(route.map(|r| r.id));
         }
         let slot = ctx.pick.as_ref().map(|p| &*p.slot);

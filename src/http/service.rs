@@ -65,6 +65,35 @@ where
             .store(Arc::new(general(proxy, &self.conf, &self.options)));
         self.fast.store(fast);
     }
+
+    /// The general engine in force, for the listener's HTTP/3 side (a reload swaps it for
+    /// both transports).
+    pub fn general_engine(&self) -> Arc<dyn GeneralEngine> {
+        Arc::new(GeneralIn(self.general.clone()))
+    }
+}
+
+/// The general engine, type-erased for a transport that builds its own Pingora sessions
+/// (HTTP/3 streams, see `h3::session`).
+#[async_trait]
+pub trait GeneralEngine: Send + Sync {
+    /// Run every phase for one request.
+    async fn serve(&self, session: ServerSession, shutdown: &ShutdownWatch);
+}
+
+struct GeneralIn<SV: ProxyHttp>(Arc<ArcSwap<HttpProxy<SV>>>);
+
+#[async_trait]
+impl<SV> GeneralEngine for GeneralIn<SV>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+{
+    async fn serve(&self, session: ServerSession, shutdown: &ShutdownWatch) {
+        let p = self.0.load_full();
+        // a session of its own kind is never reused
+        let _ = p.process_new_http(session, shutdown).await;
+    }
 }
 
 fn general<SV>(

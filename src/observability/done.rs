@@ -154,7 +154,8 @@ pub(super) fn version_str(v: http::Version) -> &'static str {
         http::Version::HTTP_09 => "HTTP/0.9",
         http::Version::HTTP_10 => "HTTP/1.0",
         http::Version::HTTP_2 => "HTTP/2.0",
-        http::Version::HTTP_3 => "HTTP/3.0",
+        // as the HTTP/3 lean path logs it
+        http::Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     }
 }

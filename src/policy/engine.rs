@@ -190,6 +190,21 @@ fn route_allows(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fa
     Ok(())
 }
 
+/// The engine for an HTTP/3 request on `route` (one [`h3_unsupported`] let through): the
+/// lean engine, except on a listener with `fast_path: false` and on a cached route for
+/// anything but a fresh hit, which the general engine serves (Pingora's cache phases fill
+/// the store, collapse concurrent misses, revalidate). HTTP/3 streams are not parsed by the
+/// lean engine's HTTP/1 parser, so the head part of [`choose`] does not apply.
+pub fn h3(l: &ListenerPolicy, route: Option<&Route>, fresh_hit: bool) -> Result<(), Fallback> {
+    if !l.fast_path {
+        return Err(Fallback::Disabled);
+    }
+    match route {
+        Some(r) if r.cache.is_some() && !fresh_hit => Err(Fallback::Cache),
+        _ => Ok(()),
+    }
+}
+
 /// A request an HTTP/3 stream cannot carry through this proxy: CONNECT, plain or extended
 /// (RFC 9220 WebSockets), has no tunnel over QUIC here; answered 501 before routing.
 pub fn h3_unsupported(method: &str) -> Option<u16> {

@@ -7,7 +7,9 @@
 //!
 //! HTTP/2 clients get none: Pingora's HTTP/2 server session (which both engines write
 //! through) discards informational heads, as its stream handle is private to it. Both
-//! engines therefore drop them alike; the final response follows as usual.
+//! engines therefore drop them alike; the final response follows as usual. HTTP/3 clients
+//! take them (RFC 9114 4.1: interim HEADERS frames before the final one), as HTTP/1.1
+//! clients do.
 
 /// Who an interim response would go to.
 #[derive(Clone, Copy, Debug, Default)]

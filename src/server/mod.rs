@@ -134,6 +134,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     }
                     continue;
                 };
+                let general = swap.general_engine();
                 http.push(reload::HttpHandle::new(l, swap, None));
                 // TLS reads a PROXY header before the handshake (Pingora's pre-TLS hook).
                 let endpoint = crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?;
@@ -150,7 +151,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                         pool_max(&conf),
                         grace,
                     )?;
-                    server.add_service(h3.following(engines));
+                    server.add_service(h3.following(engines).with_general(general));
                 }
             }
             ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {

@@ -395,6 +395,18 @@ async fn h3_max_streams_holds_extra_requests_back() {
 /// client-closed, not as an error or a backend failure, and the request is not retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_cancelled_requests_are_client_closed() {
+    // the lean engine, then the general one (the stream as a Pingora session)
+    for listener in ["", "    fast_path: false\n"] {
+        cancelled_requests_are_client_closed(listener).await;
+    }
+}
+
+async fn cancelled_requests_are_client_closed(listener: &str) {
+    let engine = if listener.is_empty() {
+        "lean"
+    } else {
+        "general"
+    };
     let a = OriginBuilder::new("a")
         .delay(Duration::from_millis(1500))
         .body("slow")
@@ -402,7 +414,7 @@ async fn h3_cancelled_requests_are_client_closed() {
         .await;
     let b = OriginBuilder::new("b").run().await;
     let pki = Pki::new("h3-cancel");
-    let proxy = start(&pki, &config(&pki, a.addr, b.addr, "", ""));
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, "", listener));
     let e = endpoint(&pki);
 
     // a stream cancelled by the client
@@ -443,19 +455,22 @@ async fn h3_cancelled_requests_are_client_closed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let log = proxy.log();
-    assert_eq!(closed, 2.0, "client-closed count\n--- log ---\n{log}");
+    assert_eq!(
+        closed, 2.0,
+        "{engine}: client-closed count\n--- log ---\n{log}"
+    );
     // (the harness's readiness probe leaves a TLS handshake error on the TCP side)
     assert!(
         !log.lines()
             .any(|l| (l.contains("WARN") || l.contains("ERROR")) && l.contains("h3")),
-        "a cancel logged a warning or error:\n{log}"
+        "{engine}: a cancel logged a warning or error:\n{log}"
     );
     let seen = a.recorded();
     for path in ["/cancelled", "/gone"] {
         assert_eq!(
             seen.iter().filter(|r| r.path == path).count(),
             1,
-            "{path} was retried or lost: {seen:?}"
+            "{engine}: {path} was retried or lost: {seen:?}"
         );
     }
 }

@@ -20,6 +20,7 @@ mod h2cancel;
 mod h2expect;
 mod hardening;
 mod http3;
+mod http3_cache;
 mod http3_ops;
 mod interim;
 mod l4;

@@ -88,6 +88,9 @@ pub struct Exchange<'a> {
     shutdown: Option<&'a ShutdownWatch>,
     /// The request's sticky cookie, for the choice of backend and the response's cookie.
     pub sticky: crate::policy::sticky::Affinity,
+    /// Where forwarded interim (1xx) heads go, raw, for a client that takes them but is not
+    /// written through the guard (an HTTP/3 stream).
+    pub interim: Option<tokio::sync::mpsc::UnboundedSender<bytes::Bytes>>,
 }
 
 impl<'a> Exchange<'a> {
@@ -111,6 +114,7 @@ impl<'a> Exchange<'a> {
             try_timeout: route.pool.read_timeout,
             shutdown,
             sticky: Default::default(),
+            interim: None,
         }
     }
 
@@ -286,13 +290,17 @@ impl<'a> Exchange<'a> {
                         Parsed::Partial => break,
                         Parsed::Informational(n, code) => {
                             // The lean engine's HTTP/1 clients are HTTP/1.1 without an
-                            // expectation (engine::choose); HTTP/2 ones take no 1xx.
+                            // expectation (engine::choose); HTTP/2 ones take no 1xx,
+                            // HTTP/3 ones (`interim`) do.
                             let to = crate::policy::interim::Client {
-                                h2: down == Down::H2,
+                                h2: down == Down::H2 && self.interim.is_none(),
                                 ..Default::default()
                             };
                             let fwd = crate::policy::interim::forwarded(code, to);
-                            if let (Some(g), true) = (g.as_deref_mut(), fwd) {
+                            if let (Some(tx), true) = (self.interim.as_ref(), fwd) {
+                                let head = bytes::Bytes::copy_from_slice(&rbuf[..n]);
+                                interim_sent |= tx.send(head).is_ok();
+                            } else if let (Some(g), true) = (g.as_deref_mut(), fwd) {
                                 let t = self.l.client_timeout;
                                 if write_flush(g, &rbuf[..n], t).await.is_err() {
                                     return Err(Failure::Cut);

@@ -3,8 +3,8 @@
 //! key (the general engine's key function) finds a complete fresh entry without `Vary`. The
 //! stored head gets `Age`, the route's status header (`HIT`) and `Date`.
 //!
-//! Misses are proxied without being stored: filling the cache is the general engine's
-//! (Pingora's cache phases), which HTTP/3 streams do not pass through.
+//! Anything else on a cached route goes to the general engine ([`super::general`]), whose
+//! cache phases store what the backend answers.
 
 use crate::cache::{self, policy as cache_policy, storage::FastHit};
 use crate::http::Listener;

@@ -19,7 +19,10 @@
 //! [`crate::policy::early`] decides what it may do. A request accepted in the instant the
 //! handshake ends, before the watch is updated, counts as early: the safe side.
 //!
-//! Cache: fresh hits are answered from the store ([`cache`]); misses are proxied, not stored.
+//! Cache: fresh hits are answered from the store ([`cache`]); every other request on a
+//! cached route goes to the TCP side's general engine ([`general`], over [`session`]), whose
+//! cache phases store misses, collapse concurrent ones and revalidate, as for TCP clients;
+//! so does every request on a listener with `fast_path: false`.
 //!
 //! Upgrade (`-u`): the UDP socket goes through Pingora's fd table under `udp://ADDR`, so the
 //! new process reads the same socket. When the old process is told to stop it sends GOAWAY
@@ -34,9 +37,12 @@
 //! CONNECTION_CLOSE rather than silence.
 
 mod cache;
+mod general;
+mod interim;
 mod mtls;
 mod pipe;
 mod request;
+mod session;
 mod tls;
 
 use crate::config::quic::QuicSpec;
@@ -66,12 +72,16 @@ pub struct H3Service {
     listener_open: Arc<AtomicUsize>,
     /// The TCP side's engines, which a reload swaps: each request takes the routing in force.
     engines: Option<crate::http::service::FastSwap>,
+    general: Option<Arc<dyn crate::http::service::GeneralEngine>>,
 }
 
 /// Everything a connection task shares.
 struct Shared {
     listener: Arc<Listener>,
     engines: Option<crate::http::service::FastSwap>,
+    /// The TCP side's general engine (see [`general`]) and the service's shutdown watch.
+    general: Option<(Arc<dyn crate::http::service::GeneralEngine>, ShutdownWatch)>,
+    addr: SocketAddr,
     spec: QuicSpec,
     pool_max: usize,
     /// QUIC connections open, for the drain.
@@ -128,6 +138,7 @@ impl H3Service {
             grace,
             listener_open,
             engines: None,
+            general: None,
         })
     }
 
@@ -135,6 +146,13 @@ impl H3Service {
     /// HTTP/3 requests too.
     pub fn following(mut self, engines: crate::http::service::FastSwap) -> H3Service {
         self.engines = Some(engines);
+        self
+    }
+
+    /// Serve requests on cached routes, other than fresh hits, on the TCP side's general
+    /// engine, whose cache phases fill the store ([`general`]).
+    pub fn with_general(mut self, engine: Arc<dyn crate::http::service::GeneralEngine>) -> Self {
+        self.general = Some(engine);
         self
     }
 }
@@ -192,6 +210,8 @@ impl Service for H3Service {
         let shared = Arc::new(Shared {
             listener: self.listener.clone(),
             engines: self.engines.clone(),
+            general: self.general.clone().map(|g| (g, shutdown.clone())),
+            addr: self.addr,
             spec: self.spec.clone(),
             pool_max: self.pool_max,
             open: AtomicUsize::new(0),
@@ -297,7 +317,8 @@ async fn connection(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let name = shared.listener.name.clone();
-    let client = incoming.remote_address().ip();
+    let peer = incoming.remote_address();
+    let client = peer.ip();
     shared.open.fetch_add(1, Relaxed);
     shared.listener_open.fetch_add(1, Relaxed);
     m::OPEN.with_label_values(&[&name]).inc();
@@ -356,6 +377,14 @@ async fn connection(
     m::HANDSHAKES.with_label_values(&[&name, "ok"]).inc();
     m::CONNECTIONS.with_label_values(&[&name]).inc();
     let quic = conn.clone();
+    let handoff = shared.general.as_ref().map(|(engine, shutdown)| {
+        Arc::new(general::Handoff {
+            engine: engine.clone(),
+            shutdown: shutdown.clone(),
+            client: peer,
+            server: shared.addr,
+        })
+    });
     let built = ::h3::server::builder()
         .max_field_section_size(shared.spec.max_header_list_size)
         .build::<_, bytes::Bytes>(h3_quinn::Connection::new(conn))
@@ -399,21 +428,16 @@ async fn connection(
                         .as_ref()
                         .filter(|w| w.borrow().is_none())
                         .cloned();
+                    let handoff = handoff.clone();
                     tokio::spawn(async move {
                         let _busy = busy;
                         match resolver.resolve_request().await {
                             Ok((req, stream)) => {
                                 let l = shared.listener();
-                                request::serve(
-                                    &l,
-                                    shared.pool_max,
-                                    Some(client),
-                                    req,
-                                    stream,
-                                    &conn,
-                                    early,
-                                )
-                                .await
+                                let g = handoff.as_deref();
+                                let c = Some(client);
+                                let conn = request::Conn { quic: &conn, early };
+                                request::serve(&l, shared.pool_max, c, g, req, stream, conn).await
                             }
                             Err(::h3::error::StreamError::HeaderTooBig { .. }) => {
                                 crate::observability::refused(&shared.listener.name, "431")

@@ -24,6 +24,13 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// The request's QUIC connection, whose close ends the exchange at once (a client gone),
+/// and, for a request read in 0-RTT, the handshake's outcome to come.
+pub struct Conn<'a> {
+    pub quic: &'a quinn::Connection,
+    pub early: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+}
+
 type Send = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type Recv = RequestStream<h3_quinn::RecvStream, Bytes>;
 
@@ -113,18 +120,19 @@ async fn pump(recv: &mut Recv, mut to: tokio::io::DuplexStream, n: &AtomicUsize)
     }
 }
 
-/// Serve one request. `pool_max`: idle backend connections kept per thread; `conn`: the
-/// request's QUIC connection, whose close ends the exchange at once (a client gone);
-/// `early`: the handshake's outcome to come, when the request was read in 0-RTT.
+/// Serve one request. `pool_max`: idle backend connections kept per thread; `general`: the
+/// hand-off to the general engine, for the requests the policy sends there; `conn`: its QUIC
+/// connection and, for a request read in 0-RTT, the handshake's outcome to come.
 pub async fn serve(
     l: &Listener,
     pool_max: usize,
     client: Option<IpAddr>,
+    general: Option<&super::general::Handoff>,
     req: http::Request<()>,
     stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
-    conn: &quinn::Connection,
-    early: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+    conn: Conn<'_>,
 ) {
+    let Conn { quic: conn, early } = conn;
     let (parts, ()) = req.into_parts();
     let mut req = RequestHeader::from(parts);
     if let Some(mut handshake) = early {
@@ -142,6 +150,9 @@ pub async fn serve(
                 }
             }
         }
+    }
+    if let Some(g) = general.filter(|g| g.wanted(l, &req)) {
+        return g.serve(l, req, stream).await;
     }
     let (mut send, mut recv) = stream.split();
     let method = req.method.as_str();
@@ -374,6 +385,8 @@ async fn proxy(
 
     let mut ex = Exchange::new(l, route, pool_max, obs, None);
     ex.sticky = policy::sticky::affinity(&route.pool, req);
+    let (itx, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    ex.interim = Some(itx);
     ex.body_len = body_len;
     let streamed = if whole.is_some() { 0 } else { body_len };
     let (mine, theirs) = tokio::io::duplex(PIPE_BUF);
@@ -394,6 +407,7 @@ async fn proxy(
         drop(g);
         r
     };
+    let exchange = super::interim::alongside(exchange, &mut heads, send);
     // The client's connection closing (its app went away, its network did) ends the
     // exchange at once, as HTTP/2's stream reset does; a stream-level cancel shows when the
     // response is written.
