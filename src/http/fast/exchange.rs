@@ -193,6 +193,8 @@ impl<'a> Exchange<'a> {
         let mut attempts = 0u32;
         let mut fresh_only = false;
         let mut last_connect = None;
+        // A streamed body's first piece, read once, sent with the head (kept for a new try).
+        let mut piece: Option<Vec<u8>> = None;
         loop {
             attempts += 1;
             self.obs.peer_selected();
@@ -253,8 +255,18 @@ impl<'a> Exchange<'a> {
             self.pick = Some(pick);
             self.try_timeout = retry::try_timeout(pool, started.elapsed());
 
-            // Send the request.
-            if let Err((_, e)) = timed(spec.write_timeout, up.write_all(out)).await {
+            // Send the request: the head with the body bytes read so far, in one write.
+            let first = match (g.as_deref_mut(), &piece) {
+                (Some(c), None) if body_left > 0 => {
+                    let want = BODY_BUF.min(body_left as usize);
+                    let mut b = Vec::with_capacity(want);
+                    self.read_client(c, &mut b, want).await?;
+                    &piece.insert(b)[..]
+                }
+                (_, p) => p.as_deref().unwrap_or_default(),
+            };
+            let sent = timed(spec.write_timeout, write_both(&mut up, out, first)).await;
+            if let Err((_, e)) = sent {
                 if reused {
                     self.stale(method, uri, &e, retryable);
                 }
@@ -269,13 +281,14 @@ impl<'a> Exchange<'a> {
                 ));
             }
             if body_left > 0 {
-                let Some(g) = g.as_deref_mut() else {
+                let (Some(g), Some(b)) = (g.as_deref_mut(), piece.as_mut()) else {
                     return Err(Failure::Answer(
                         Why::Internal,
                         "request body without a reader".into(),
                     ));
                 };
-                self.stream_request_body(g, &mut up, body_left).await?;
+                let left = body_left - b.len() as u64;
+                self.stream_request_body(g, &mut up, b, left).await?;
             }
 
             // Read the response head. What is buffered is parsed before reading again: a
@@ -406,9 +419,17 @@ impl<'a> Exchange<'a> {
         );
     }
 
-    /// Read one piece of the request body from the client into `b`.
-    async fn read_client(&self, g: &mut Guarded, b: &mut [u8]) -> Result<usize, Failure> {
-        match timed(self.l.client_timeout, g.read(b)).await {
+    /// Read one piece of the request body from the client, at most `n` bytes appended to
+    /// `b` (into its spare room: no buffer is zeroed first).
+    async fn read_client(
+        &self,
+        g: &mut Guarded,
+        b: &mut Vec<u8>,
+        n: usize,
+    ) -> Result<usize, Failure> {
+        b.reserve(n);
+        let mut limited = (&mut *g).take(n as u64);
+        match timed(self.l.client_timeout, limited.read_buf(b)).await {
             Ok(n) if n > 0 => Ok(n),
             // nginx's client_body_timeout: 408, then close
             Err((true, _)) => Err(Failure::Answer(
@@ -429,29 +450,27 @@ impl<'a> Exchange<'a> {
         held: &mut Vec<u8>,
         left: u64,
     ) -> Result<(), Failure> {
-        let mut b = vec![0u8; BODY_BUF.min(left as usize)];
         let mut left = left as usize;
         while left > 0 {
-            let want = b.len().min(left);
-            let n = self.read_client(g, &mut b[..want]).await?;
-            held.extend_from_slice(&b[..n]);
-            left -= n;
+            left -= self.read_client(g, held, left).await?;
         }
         Ok(())
     }
 
+    /// The rest of a streamed request body (`left` bytes after the first piece, which went
+    /// with the head), relayed through `b`.
     async fn stream_request_body(
         &mut self,
         g: &mut Guarded,
         up: &mut TcpStream,
+        b: &mut Vec<u8>,
         mut left: u64,
     ) -> Result<(), Failure> {
-        let mut b = vec![0u8; BODY_BUF.min(left as usize)];
         while left > 0 {
-            let want = b.len().min(left as usize);
-            let n = self.read_client(g, &mut b[..want]).await?;
+            b.clear();
+            let n = self.read_client(g, b, BODY_BUF.min(left as usize)).await?;
             left -= n as u64;
-            if let Err((_, e)) = timed(self.pool.spec.write_timeout, up.write_all(&b[..n])).await {
+            if let Err((_, e)) = timed(self.pool.spec.write_timeout, up.write_all(b)).await {
                 return Err(Failure::Answer(
                     Why::BadResponse,
                     format!("sending the request body: {e}"),
@@ -757,6 +776,24 @@ impl<'a> Exchange<'a> {
             .map(|p| p.slot.label.as_str())
             .unwrap_or("-")
     }
+}
+
+/// Write `a` then `b` with as few syscalls as the socket allows (one, usually).
+async fn write_both(up: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
+    while !a.is_empty() {
+        let bufs = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
+        let n = up.write_vectored(&bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    up.write_all(b).await
 }
 
 /// One chunk of a body the proxy frames itself; nothing for an empty piece (an empty chunk

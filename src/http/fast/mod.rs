@@ -506,7 +506,7 @@ impl FastPath {
                 return Outcome::Close;
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
+        end(g).await;
         outcome
     }
 }
@@ -619,7 +619,7 @@ async fn finish_own(
         g.unread(r.pipelined);
         return Outcome::KeepAlive;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
+    end(g).await;
     Outcome::Close
 }
 
@@ -660,7 +660,7 @@ async fn finish_hit(
         g.unread(r.pipelined);
         return Outcome::KeepAlive;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
+    end(g).await;
     Outcome::Close
 }
 
@@ -694,6 +694,16 @@ pub(in crate::http) fn plain_target(t: &str) -> bool {
                         | b'%'
                 )
         })
+}
+
+/// End a connection after its last response (flushed by then). Closing a plaintext socket
+/// sends its FIN behind the response, so the `shutdown` syscall before it would add nothing;
+/// a TLS stream writes its close_notify first.
+async fn end(g: &mut Guarded) {
+    if g.inner().as_any().is::<crate::net::listen::PlainTcp>() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
 }
 
 async fn write_flush(g: &mut Guarded, data: &[u8], timeout: Duration) -> std::io::Result<()> {
