@@ -19,6 +19,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod body;
+use body::{push_chunk, write_both};
+
 /// Bodies up to this size are sent to the client with their head in one write.
 const SMALL_BODY: usize = 16 * 1024;
 /// Longest response head accepted from a backend.
@@ -419,67 +422,6 @@ impl<'a> Exchange<'a> {
         );
     }
 
-    /// Read one piece of the request body from the client, at most `n` bytes appended to
-    /// `b` (into its spare room: no buffer is zeroed first).
-    async fn read_client(
-        &self,
-        g: &mut Guarded,
-        b: &mut Vec<u8>,
-        n: usize,
-    ) -> Result<usize, Failure> {
-        b.reserve(n);
-        let mut limited = (&mut *g).take(n as u64);
-        match timed(self.l.client_timeout, limited.read_buf(b)).await {
-            Ok(n) if n > 0 => Ok(n),
-            // nginx's client_body_timeout: 408, then close
-            Err((true, _)) => Err(Failure::Answer(
-                Why::ClientTimeout,
-                "the client stalled mid-body".into(),
-            )),
-            _ => {
-                warn!("{}: client closed mid-body", self.l.name);
-                Err(Failure::Cut)
-            }
-        }
-    }
-
-    /// Read the rest of the request body (`left` bytes, within the replay bound) into `held`.
-    async fn hold_request_body(
-        &self,
-        g: &mut Guarded,
-        held: &mut Vec<u8>,
-        left: u64,
-    ) -> Result<(), Failure> {
-        let mut left = left as usize;
-        while left > 0 {
-            left -= self.read_client(g, held, left).await?;
-        }
-        Ok(())
-    }
-
-    /// The rest of a streamed request body (`left` bytes after the first piece, which went
-    /// with the head), relayed through `b`.
-    async fn stream_request_body(
-        &mut self,
-        g: &mut Guarded,
-        up: &mut TcpStream,
-        b: &mut Vec<u8>,
-        mut left: u64,
-    ) -> Result<(), Failure> {
-        while left > 0 {
-            b.clear();
-            let n = self.read_client(g, b, BODY_BUF.min(left as usize)).await?;
-            left -= n as u64;
-            if let Err((_, e)) = timed(self.pool.spec.write_timeout, up.write_all(b)).await {
-                return Err(Failure::Answer(
-                    Why::BadResponse,
-                    format!("sending the request body: {e}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Write the response head and stream the body; give the connection back to the pool
     /// when the body ended cleanly.
     async fn respond(
@@ -776,33 +718,4 @@ impl<'a> Exchange<'a> {
             .map(|p| p.slot.label.as_str())
             .unwrap_or("-")
     }
-}
-
-/// Write `a` then `b` with as few syscalls as the socket allows (one, usually).
-async fn write_both(up: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> std::io::Result<()> {
-    while !a.is_empty() {
-        let bufs = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
-        let n = up.write_vectored(&bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        if n < a.len() {
-            a = &a[n..];
-        } else {
-            b = &b[n - a.len()..];
-            a = &[];
-        }
-    }
-    up.write_all(b).await
-}
-
-/// One chunk of a body the proxy frames itself; nothing for an empty piece (an empty chunk
-/// would end the body).
-fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
 }
