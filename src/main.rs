@@ -32,26 +32,7 @@ fn return_freed_memory() {
     }
 }
 
-/// Keeps the kernel from backing the heap with transparent huge pages.
-///
-/// mimalloc asks for huge pages on its memory (`madvise`), and a huge page stays whole and
-/// resident while any of its 2 MiB is in use: after 10,000 connections served at once the
-/// process kept 6 MiB of them, and 20 MiB at rest after 10,000 opened one by one. Measured
-/// without: 1.15 KB of RSS per idle connection after such a burst instead of 1.35 to 1.51,
-/// and 9 MB less at start.
-fn no_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes integers only and changes no memory of ours.
-    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if r != 0 {
-        eprintln!(
-            "stepstone: cannot turn transparent huge pages off: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 fn main() {
-    no_huge_pages();
     return_freed_memory();
     std::process::exit(stepstone::cli::main());
 }
