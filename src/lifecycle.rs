@@ -26,6 +26,8 @@
 //! - **`-u` without an old process** ([`has_running_instance`]): Pingora would wait for
 //!   sockets that never come and exit; we start normally instead.
 
+pub mod idle;
+
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora_core::protocols::http::v2::server::H2Options;
@@ -67,18 +69,6 @@ impl<A> Draining<A> {
     }
 }
 
-/// Raised when idle keep-alive connections should close: after the linger.
-static CLOSE_IDLE: once_cell::sync::Lazy<tokio::sync::watch::Sender<bool>> =
-    once_cell::sync::Lazy::new(|| tokio::sync::watch::channel(false).0);
-
-/// Resolves when a connection waiting for its next request should give up because the
-/// process is going away: not when shutdown starts, but once the keep-alive linger is over,
-/// so a request already on its way still gets an answer (with `Connection: close`).
-pub async fn idle_connections_closing() {
-    let mut rx = CLOSE_IDLE.subscribe();
-    let _ = rx.wait_for(|closing| *closing).await;
-}
-
 #[async_trait]
 impl<A> HttpServerApp for Draining<A>
 where
@@ -110,7 +100,9 @@ where
             );
             tokio::time::sleep(self.linger).await;
         }
-        CLOSE_IDLE.send_replace(true);
+        // Idle keep-alive connections close now, not when shutdown starts: a request may
+        // be on its way, and still gets an answer (with `Connection: close`).
+        idle::close_all();
         self.inner.http_cleanup().await
     }
 

@@ -178,6 +178,8 @@ fn backend_json(s: &crate::upstream::Slot) -> serde_json::Value {
     })
 }
 
+impl crate::net::listen::ConnApp for AdminApp {}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {

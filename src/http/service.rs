@@ -18,9 +18,12 @@
 
 use super::guard::{GuardConf, Guarded, HeadLimits};
 use crate::config::ListenerLimits;
+use crate::lifecycle::idle::IdleTimer;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Peek, Stream};
@@ -28,6 +31,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, ProxyHttp};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 pub struct LeanHttp<SV: ProxyHttp> {
@@ -240,27 +244,44 @@ enum Idle {
 /// Wait for the next request on an idle plaintext connection, holding no buffer: a socket
 /// accepted by [`crate::net::listen`] is waited on for readiness, and the request is then
 /// read once, by whichever engine serves it, into its own buffer.
-async fn wait_for_request(g: &mut Guarded, wait: Duration) -> Idle {
+///
+/// The wait is a few words of the connection's future: the socket's own readiness slot
+/// (no waiter of its own) and an [`IdleTimer`] for the keep-alive timeout and the process's
+/// closing of idle connections (not shutdown itself: a request may be on its way, see
+/// [`crate::lifecycle::Draining`]).
+fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> {
     if g.has_pending() {
-        return Idle::Ready;
+        return IdleWait::Ready;
     }
-    let Some(tcp) = g
-        .inner()
-        .as_any()
-        .downcast_ref::<crate::net::listen::PlainTcp>()
-    else {
-        // Boxed: only these connections pay for the first read's buffer while idle.
-        return Box::pin(read_first(g, wait)).await;
-    };
-    tokio::select! {
-        biased;
-        r = tcp.readable() => match r {
-            Ok(()) => Idle::Ready,
-            Err(_) => Idle::Closed,
-        },
-        _ = tokio::time::sleep(wait) => Idle::Closed,
-        // Not at shutdown itself: a request may be on its way (see lifecycle::Draining).
-        _ = crate::lifecycle::idle_connections_closing() => Idle::Closed,
+    if g.inner().as_any().is::<crate::net::listen::PlainTcp>() {
+        let Some(tcp) = g.inner().as_any().downcast_ref() else {
+            return IdleWait::Ready;
+        };
+        return IdleWait::Plain(tcp, IdleTimer::new(wait));
+    }
+    // Boxed: only these connections pay for the first read's buffer while idle.
+    IdleWait::Read(Box::pin(read_first(g, wait)))
+}
+
+/// [`wait_for_request`]'s future, written out: an `async fn` would keep its arguments too.
+enum IdleWait<'a> {
+    Ready,
+    Plain(&'a crate::net::listen::PlainTcp, IdleTimer),
+    Read(std::pin::Pin<Box<dyn std::future::Future<Output = Idle> + Send + 'a>>),
+}
+
+impl std::future::Future for IdleWait<'_> {
+    type Output = Idle;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Idle> {
+        match &mut *self {
+            IdleWait::Ready => Poll::Ready(Idle::Ready),
+            IdleWait::Plain(tcp, timer) => match tcp.poll_readable(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Idle::Ready),
+                Poll::Ready(Err(_)) => Poll::Ready(Idle::Closed),
+                Poll::Pending => timer.poll_expired(cx).map(|()| Idle::Closed),
+            },
+            IdleWait::Read(f) => f.as_mut().poll(cx),
+        }
     }
 }
 
@@ -279,8 +300,7 @@ async fn read_first(g: &mut Guarded, wait: Duration) -> Idle {
                 Idle::Ready
             }
         },
-        _ = tokio::time::sleep(wait) => Idle::Closed,
-        _ = crate::lifecycle::idle_connections_closing() => Idle::Closed,
+        _ = IdleTimer::new(wait) => Idle::Closed,
     }
 }
 
@@ -397,18 +417,27 @@ where
     A: HttpServerApp + Send + Sync + 'static,
 {
     /// A connection for Pingora's own path (HTTP/2 by ALPN or h2c, custom protocols), boxed
-    /// so its size is paid only by the connections that take it.
+    /// so its size is paid only by the connections that take it. A stream it hands back is
+    /// returned if `hand_back`, else served again here.
     async fn pingora(
         self: &Arc<Self>,
         g: Box<Guarded>,
         shutdown: &ShutdownWatch,
+        hand_back: bool,
     ) -> Option<Stream> {
-        Box::pin(pingora_core::apps::ServerApp::process_new(
+        let next = Box::pin(pingora_core::apps::ServerApp::process_new(
             &self.inner,
             g,
             shutdown,
         ))
-        .await
+        .await;
+        match next {
+            Some(s) if !hand_back => {
+                Box::pin(crate::net::listen::serve_reused(self, s, shutdown)).await;
+                None
+            }
+            next => next,
+        }
     }
 
     /// One request on Pingora's general path.
@@ -416,16 +445,13 @@ where
     async fn general(
         self: &Arc<Self>,
         g: Box<Guarded>,
-        persistent: Option<pingora_core::apps::HttpPersistentSettings>,
+        persistent: Option<Box<pingora_core::apps::HttpPersistentSettings>>,
         served: u32,
         shutdown: &ShutdownWatch,
-    ) -> Option<(
-        Box<Guarded>,
-        Option<pingora_core::apps::HttpPersistentSettings>,
-    )> {
+    ) -> Option<(Box<Guarded>, Option<Box<HttpPersistentSettings>>)> {
         let mut session = ServerSession::new_http1(g);
         if let Some(p) = persistent {
-            p.apply_to_session(&mut session);
+            (*p).apply_to_session(&mut session);
         }
         // The policy's keep-alive, whichever engine served the requests before this one.
         let draining = *shutdown.borrow() || crate::lifecycle::draining();
@@ -439,7 +465,7 @@ where
             .process_new_http(session, shutdown)
             .await?
             .consume();
-        Some((next.into_any().downcast::<Guarded>().ok()?, p))
+        Some((next.into_any().downcast::<Guarded>().ok()?, p.map(Box::new)))
     }
 }
 
@@ -453,7 +479,49 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let a = crate::net::listen::Accepted::new(stream, None);
+        self.clone().serve(a, shutdown.clone(), true).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.http_cleanup().await;
+    }
+}
+
+/// A plaintext connection's task holds [`H1First::serve`]'s future itself, in one box,
+/// rather than a future that holds `process_new`'s box (and the arguments of both).
+impl<A> crate::net::listen::ConnApp for H1First<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    fn connection(
+        self: Arc<Self>,
+        a: crate::net::listen::Accepted,
+        shutdown: ShutdownWatch,
+    ) -> crate::net::listen::ConnFuture {
+        Box::pin(self.serve(a, shutdown, false))
+    }
+}
+
+impl<A> H1First<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// A connection, from admission to its end: HTTP/1 requests in a loop of our own,
+    /// anything else handed to Pingora. `hand_back`: a stream Pingora's path hands back for
+    /// reuse is returned (to Pingora's service, which runs it again), else served here.
+    ///
+    /// Owns what it uses (an async fn keeps room for its arguments for as long as it runs,
+    /// and a wrapper owning them would keep that room twice).
+    async fn serve(
+        self: Arc<Self>,
+        a: crate::net::listen::Accepted,
+        shutdown: ShutdownWatch,
+        hand_back: bool,
+    ) -> Option<Stream> {
         use pingora_core::protocols::ALPN;
+        let stream = a.settle()?;
+        let shutdown = &shutdown;
         let _open = crate::lifecycle::open_connection();
         let opts = self.inner.server_options();
         let plain = stream.get_ssl_digest().is_none();
@@ -464,23 +532,27 @@ where
         let custom = opts.is_some_and(|o| o.force_custom);
         let h1 = matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
         if custom || !h1 {
-            let g = self.admission.admit_as(stream, false).await?;
-            return self.pingora(g, shutdown).await;
+            let g = Box::pin(self.admission.admit_as(stream, false)).await?;
+            return self.pingora(g, shutdown, hand_back).await;
         }
-        let mut g = self.admission.admit(stream).await?;
+        // Boxed, as every step but the idle wait: the connection's future is as large as its
+        // largest step, and the idle wait is the one it spends its life in.
+        let mut g = Box::pin(self.admission.admit(stream)).await?;
         if h2c {
             // An h2c listener still serves HTTP/1 here; only the preface goes to HTTP/2.
             let mut preface = [0u8; 24];
             if matches!(g.try_peek(&mut preface).await, Ok(true))
                 && &preface == crate::net::H2_PREFACE
             {
-                return self.pingora(Box::new((*g).passthrough()), shutdown).await;
+                let g = Box::new((*g).passthrough());
+                return self.pingora(g, shutdown, hand_back).await;
             }
         }
         // Between requests a plaintext connection waits here, holding only the socket; TLS
         // streams buffer inside OpenSSL, so a socket peek says nothing about them.
         let mut conn = super::fast::Conn::new(&g);
-        let mut persistent: Option<pingora_core::apps::HttpPersistentSettings> = None;
+        // Boxed: 80 bytes, only for connections that Pingora's path served.
+        let mut persistent: Option<Box<HttpPersistentSettings>> = None;
         loop {
             // A request pipelined behind the last one is held by the guard (see
             // `guard::Body`), so it is served here in order, by whichever engine takes it.
@@ -494,8 +566,10 @@ where
                 // Also on a plaintext connection: its readiness may have been for nothing.
                 let wait = Some(self.idle_wait);
                 // Boxed: the request's state is allocated while it runs, not carried by
-                // every idle connection.
-                let buf = match Box::pin(super::fast::read_head(&mut g, wait)).await {
+                // every idle connection (and made in a statement of its own: a temporary
+                // of the awaiting statement would keep its room in this future).
+                let read = Box::pin(super::fast::read_head(&mut g, wait));
+                let buf = match read.await {
                     Ok(buf) => buf,
                     Err(_) => return None,
                 };
@@ -523,8 +597,51 @@ where
             persistent = p;
         }
     }
+}
 
-    async fn cleanup(&self) {
-        self.inner.http_cleanup().await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An app that serves nothing: [`H1First`]'s own state does not depend on it (every
+    /// call into it is boxed).
+    struct Nop;
+
+    #[async_trait]
+    impl HttpServerApp for Nop {
+        async fn process_new_http(
+            self: &Arc<Self>,
+            _: ServerSession,
+            _: &ShutdownWatch,
+        ) -> Option<ReusedHttpStream> {
+            None
+        }
+    }
+
+    /// Every idle keep-alive connection holds this future: its size is most of what an idle
+    /// connection costs (issue 17).
+    #[tokio::test]
+    async fn idle_connection_state_is_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (s, peer) = l.accept().await.unwrap();
+        let limits = ListenerLimits::default();
+        let app = Arc::new(H1First::new(
+            Nop,
+            &limits,
+            Admission::new("t", &limits),
+            Arc::new(ArcSwapOption::empty()),
+        ));
+        let stream: Stream = Box::new(crate::net::listen::PlainTcp::new(s, peer));
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let a = crate::net::listen::Accepted::new(stream, None);
+        let fut = crate::net::listen::ConnApp::connection(app, a, rx);
+        let n = std::mem::size_of_val(&*fut);
+        eprintln!("idle connection future: {n} bytes");
+        // 688 bytes (release) before the idle wait lost its timer, its shutdown wait and
+        // its waiter; 232 in a debug build after. An allocation of up to 256 bytes.
+        assert!(n <= 256, "the connection future grew to {n} bytes");
     }
 }

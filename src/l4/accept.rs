@@ -160,6 +160,8 @@ impl<A> AcceptProxyApp<A> {
     }
 }
 
+impl<A: ServerApp + Send + Sync + 'static> crate::net::listen::ConnApp for AcceptProxyApp<A> {}
+
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for AcceptProxyApp<A> {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {

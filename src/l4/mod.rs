@@ -219,6 +219,8 @@ impl L4App {
     }
 }
 
+impl crate::net::listen::ConnApp for L4App {}
+
 #[async_trait]
 impl ServerApp for L4App {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {

@@ -85,10 +85,14 @@ impl PlainTcp {
         }
     }
 
-    /// Wait until the socket has something to read (or is closed), reading nothing: an idle
-    /// keep-alive connection waits here without a buffer.
-    pub async fn readable(&self) -> std::io::Result<()> {
-        self.tcp.readable().await
+    /// Ready when the socket has something to read (or is closed), reading nothing: an idle
+    /// keep-alive connection waits here without a buffer, on the socket's own reader slot
+    /// (the waiting future keeps no waiter of its own).
+    pub fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.tcp.poll_read_ready(cx)
     }
 }
 
@@ -229,6 +233,66 @@ fn rehome(s: pingora_core::protocols::Stream) -> Option<pingora_core::protocols:
     }))
 }
 
+/// A connection's task: one boxed future for its whole life. Its output is dropped (a stream
+/// handed back after the task is done has no one to take it).
+pub type ConnFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Option<pingora_core::protocols::Stream>> + Send + 'static>,
+>;
+
+/// An accepted connection, not yet moved to the reactor of the thread that runs it.
+pub struct Accepted {
+    s: pingora_core::protocols::Stream,
+    /// The accept loop's thread, when threads are separate runtimes.
+    home: Option<std::thread::ThreadId>,
+}
+
+impl Accepted {
+    /// `home`: the thread whose reactor the socket is registered with, if threads are
+    /// separate runtimes.
+    pub fn new(s: pingora_core::protocols::Stream, home: Option<std::thread::ThreadId>) -> Self {
+        Accepted { s, home }
+    }
+
+    /// The stream, registered with this thread's reactor (see [`rehome`]); `None`: closed.
+    pub fn settle(self) -> Option<pingora_core::protocols::Stream> {
+        match self.home.filter(|&a| a != std::thread::current().id()) {
+            Some(_) => rehome(self.s),
+            None => Some(self.s),
+        }
+    }
+}
+
+/// An app the accept loop runs connections of.
+///
+/// The task is spawned with the future [`Self::connection`] returns, a box, and nothing
+/// else: tokio's task cell (aligned to 128 bytes) holds the future inline, and one that owns
+/// the app, the shutdown watch and the app's own boxed future made the cell 256 bytes
+/// instead of 128, for as long as the connection lived.
+pub trait ConnApp: ServerApp + Send + Sync + Sized + 'static {
+    /// The whole life of a connection: Pingora's `process_new`, again for as long as it
+    /// hands the stream back for reuse.
+    fn connection(self: Arc<Self>, a: Accepted, shutdown: ShutdownWatch) -> ConnFuture {
+        Box::pin(async move {
+            if let Some(s) = a.settle() {
+                serve_reused(&self, s, &shutdown).await;
+            }
+            None
+        })
+    }
+}
+
+/// Pingora's `process_new` on `s`, and on the stream it hands back, until it keeps it.
+pub async fn serve_reused<A: ServerApp>(
+    app: &Arc<A>,
+    s: pingora_core::protocols::Stream,
+    shutdown: &ShutdownWatch,
+) {
+    let mut next = app.process_new(s, shutdown).await;
+    while let Some(s) = next {
+        next = app.process_new(s, shutdown).await;
+    }
+}
+
 /// The listening socket: the one handed over by the old process on an upgrade, else a new
 /// one, recorded in the fd table for the next upgrade.
 async fn listener(
@@ -270,7 +334,7 @@ async fn listener(
 #[async_trait]
 impl<A> Service for PlainService<A>
 where
-    A: ServerApp + Send + Sync + 'static,
+    A: ConnApp,
 {
     async fn start_service(
         &mut self,
@@ -321,7 +385,7 @@ async fn accept_loop<A>(
     mut stop: Option<tokio::sync::watch::Receiver<bool>>,
     fds: Option<ListenFds>,
 ) where
-    A: ServerApp + Send + Sync + 'static,
+    A: ConnApp,
 {
     let removed = async {
         match stop.as_mut() {
@@ -383,21 +447,8 @@ async fn accept_loop<A>(
             s.set_socket_digest(SocketDigest::from_raw_fd(fd));
             Box::new(s)
         };
-        let app = app.clone();
-        let shutdown = shutdown.clone();
-        pingora_runtime::current_handle().spawn(async move {
-            let s = match per_thread.filter(|&a| a != std::thread::current().id()) {
-                Some(_) => match rehome(s) {
-                    Some(s) => s,
-                    None => return,
-                },
-                None => s,
-            };
-            let mut next = app.process_new(s, &shutdown).await;
-            while let Some(s) = next {
-                next = app.process_new(s, &shutdown).await;
-            }
-        });
+        let a = Accepted::new(s, per_thread);
+        pingora_runtime::current_handle().spawn(app.clone().connection(a, shutdown.clone()));
     }
     log::info!("{name}: stopped accepting on {addr}");
     drop(l);
@@ -451,7 +502,7 @@ pub fn spawn<A>(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where
-    A: ServerApp + Send + Sync + 'static,
+    A: ConnApp,
 {
     let Some((fds, rt)) = DYNAMIC.get() else {
         return Err(std::io::Error::other(

@@ -736,8 +736,7 @@ pub async fn read_head(g: &mut Guarded, idle_wait: Option<Duration>) -> Result<V
                 tokio::select! {
                     biased;
                     r = g.read_buf(&mut buf) => r,
-                    _ = tokio::time::sleep(wait) => return Err(Outcome::Close),
-                    _ = crate::lifecycle::idle_connections_closing() => return Err(Outcome::Close),
+                    _ = crate::lifecycle::idle::IdleTimer::new(wait) => return Err(Outcome::Close),
                 }
             }
             _ => g.read_buf(&mut buf).await,

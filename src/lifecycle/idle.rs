@@ -1,0 +1,340 @@
+//! Timeouts of idle keep-alive connections, without a timer per connection.
+//!
+//! A connection waiting for its next request used to hold a tokio `Sleep` (about 120 bytes
+//! of its future) and a wait on the process's "close idle connections" notice (about 100
+//! more), for as long as it stayed idle. Here it holds an [`IdleTimer`] of 16 bytes and, once
+//! it actually has to wait, a 24-byte slot in a shared table: its deadline and its waker. One
+//! thread ([`sweep`]) wakes the connections whose deadline passed, and all of them when the
+//! process closes its idle connections ([`close_all`], the end of the keep-alive linger).
+//!
+//! The table is split in shards, one per runtime thread (taken round robin), each behind its
+//! own mutex: a connection registers, polls and leaves on its own thread's shard, so the
+//! locks are uncontended but for the sweeper's passes. The sweeper sleeps until the earliest
+//! deadline it knows of; a connection whose deadline is earlier still wakes it. Passes are at
+//! least [`MIN_PASS`] apart, so a connection may be closed that much after its deadline.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, Once};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Shards of the table; threads beyond this many share them.
+const SHARDS: usize = 64;
+/// Slots are kept in chunks of this many, so a shard grows without copying or doubling.
+const CHUNK: usize = 512;
+/// The shortest time between two passes of the sweeper over the table.
+const MIN_PASS: Duration = Duration::from_millis(20);
+/// The longest wait a timer keeps: deadlines are kept as 32-bit milliseconds, compared
+/// with wrapping arithmetic, which holds for waits below 2^31 ms. A longer keep-alive
+/// timeout (over 12 days) is cut to this.
+const MAX_WAIT_MS: u64 = 1 << 30;
+
+/// Slot links: a free slot holds the index of the next free one (or `END`).
+const END: u32 = u32::MAX;
+const WAITING: u32 = u32::MAX - 1;
+const FIRED: u32 = u32::MAX - 2;
+
+struct Slot {
+    waker: Option<Waker>,
+    /// Milliseconds since [`epoch`], truncated to 32 bits.
+    deadline: u32,
+    link: u32,
+}
+
+#[derive(Default)]
+struct Shard {
+    chunks: Vec<Box<[Slot]>>,
+    free: Option<u32>,
+    waiting: usize,
+}
+
+impl Shard {
+    fn slot(&mut self, i: u32) -> &mut Slot {
+        let i = i as usize;
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    fn take(&mut self, deadline: u32, waker: Waker) -> u32 {
+        let i = match self.free {
+            Some(i) => i,
+            None => {
+                let base = self.chunks.len() * CHUNK;
+                let chunk = (0..CHUNK)
+                    .map(|k| Slot {
+                        waker: None,
+                        deadline: 0,
+                        link: if k + 1 < CHUNK {
+                            (base + k + 1) as u32
+                        } else {
+                            END
+                        },
+                    })
+                    .collect();
+                self.chunks.push(chunk);
+                base as u32
+            }
+        };
+        let s = self.slot(i);
+        let next = s.link;
+        s.link = WAITING;
+        s.deadline = deadline;
+        s.waker = Some(waker);
+        self.free = (next != END).then_some(next);
+        self.waiting += 1;
+        i
+    }
+
+    fn give_back(&mut self, i: u32) -> Option<Waker> {
+        let free = self.free.unwrap_or(END);
+        let s = self.slot(i);
+        let was_waiting = s.link == WAITING;
+        s.link = free;
+        let w = s.waker.take();
+        if was_waiting {
+            self.waiting -= 1;
+        }
+        self.free = Some(i);
+        w
+    }
+}
+
+static TABLE: [Mutex<Shard>; SHARDS] = [const {
+    Mutex::new(Shard {
+        chunks: Vec::new(),
+        free: None,
+        waiting: 0,
+    })
+}; SHARDS];
+
+/// Set once idle connections must close (the process is going away).
+static CLOSING: AtomicBool = AtomicBool::new(false);
+/// The earliest deadline the sweeper will wake for (ms since [`epoch`]); lowered by a
+/// registration with an earlier one, which then wakes the sweeper.
+static NEXT: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Wakes the sweeper's wait, to look at [`NEXT`] again.
+static KICK: Mutex<()> = Mutex::new(());
+static KICKED: Condvar = Condvar::new();
+static SWEEPER: Once = Once::new();
+
+fn epoch() -> Instant {
+    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+fn lock(i: usize) -> MutexGuard<'static, Shard> {
+    // a panic while a shard was held cannot leave it inconsistent in a way that matters
+    // more than closing connections late
+    TABLE[i].lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn my_shard() -> usize {
+    static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+fn expired(deadline: u32, now: u64) -> bool {
+    (now as u32).wrapping_sub(deadline) as i32 >= 0
+}
+
+fn kick() {
+    let _k = KICK.lock().unwrap_or_else(|e| e.into_inner());
+    KICKED.notify_one();
+}
+
+/// Wake every idle connection now, and any that starts waiting later at once: the process
+/// is going away (see [`super::Draining`]).
+pub fn close_all() {
+    CLOSING.store(true, Ordering::SeqCst);
+    kick();
+}
+
+/// The sweeper's loop: wake what expired, then sleep until the next deadline (or a kick).
+fn sweep() {
+    let mut woken = Vec::new();
+    loop {
+        let passed = Instant::now();
+        // Lowered by registrations made during the pass, so none is missed.
+        NEXT.store(u64::MAX, Ordering::SeqCst);
+        let now = now_ms();
+        let closing = CLOSING.load(Ordering::SeqCst);
+        let mut earliest = u64::MAX;
+        for i in 0..SHARDS {
+            let mut shard = lock(i);
+            let Shard {
+                chunks, waiting, ..
+            } = &mut *shard;
+            if *waiting == 0 {
+                continue;
+            }
+            for s in chunks.iter_mut().flat_map(|c| c.iter_mut()) {
+                if s.link != WAITING {
+                    continue;
+                }
+                if closing || expired(s.deadline, now) {
+                    s.link = FIRED;
+                    *waiting -= 1;
+                    woken.extend(s.waker.take());
+                } else {
+                    let left = s.deadline.wrapping_sub(now as u32) as u64;
+                    earliest = earliest.min(now + left);
+                }
+            }
+            drop(shard);
+            for w in woken.drain(..) {
+                w.wake();
+            }
+        }
+        NEXT.fetch_min(earliest, Ordering::SeqCst);
+        // NEXT is read under KICK's lock, which `kick` takes after lowering it: a lowering
+        // either is seen here or wakes the wait below.
+        let mut k = KICK.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if CLOSING.load(Ordering::SeqCst) && !closing {
+                break;
+            }
+            let next = NEXT.load(Ordering::SeqCst);
+            let due = match next {
+                u64::MAX => Duration::from_secs(3600),
+                n => Duration::from_millis(n.saturating_sub(now_ms())),
+            };
+            let due = due.max(MIN_PASS.saturating_sub(passed.elapsed()));
+            if due.is_zero() {
+                break;
+            }
+            k = match KICKED.wait_timeout(k, due) {
+                Ok((k, _)) => k,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
+/// The keep-alive wait of one connection: ready once `wait` has passed since it was made,
+/// or when idle connections close ([`close_all`]). Registered only when first polled
+/// pending, so a request already there costs no registration.
+pub struct IdleTimer {
+    deadline: u64,
+    /// `(shard, slot)` once registered.
+    shard: u16,
+    slot: u32,
+}
+
+const UNREGISTERED: u32 = u32::MAX;
+
+impl IdleTimer {
+    pub fn new(wait: Duration) -> IdleTimer {
+        let wait = (wait.as_millis() as u64).min(MAX_WAIT_MS);
+        IdleTimer {
+            deadline: now_ms() + wait,
+            shard: 0,
+            slot: UNREGISTERED,
+        }
+    }
+
+    /// `Ready` once the wait is over (or idle connections are closing).
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if CLOSING.load(Ordering::Relaxed) {
+            return Poll::Ready(());
+        }
+        if self.slot == UNREGISTERED {
+            if self.deadline <= now_ms() {
+                return Poll::Ready(());
+            }
+            SWEEPER.call_once(|| {
+                let spawned = std::thread::Builder::new()
+                    .name("idle-sweeper".into())
+                    .stack_size(64 * 1024)
+                    .spawn(sweep);
+                if let Err(e) = spawned {
+                    log::error!("cannot start the idle connection sweeper: {e}");
+                }
+            });
+            let shard = my_shard();
+            self.slot = lock(shard).take(self.deadline as u32, cx.waker().clone());
+            self.shard = shard as u16;
+            if NEXT.fetch_min(self.deadline, Ordering::SeqCst) > self.deadline {
+                kick();
+            }
+            // a closing pass may have gone over this shard before the slot was taken
+            if CLOSING.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            return Poll::Pending;
+        }
+        let mut shard = lock(self.shard as usize);
+        let s = shard.slot(self.slot);
+        if s.link == FIRED {
+            return Poll::Ready(());
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl std::future::Future for IdleTimer {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().poll_expired(cx)
+    }
+}
+
+impl Drop for IdleTimer {
+    fn drop(&mut self) {
+        if self.slot != UNREGISTERED {
+            let w = lock(self.shard as usize).give_back(self.slot);
+            drop(w);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    #[test]
+    fn slots_are_reused() {
+        let mut s = Shard::default();
+        let w = Waker::noop().clone();
+        let a = s.take(1, w.clone());
+        let b = s.take(2, w.clone());
+        assert_ne!(a, b);
+        assert_eq!(s.waiting, 2);
+        s.give_back(a);
+        assert_eq!(s.take(3, w.clone()), a);
+        for _ in 0..CHUNK {
+            s.take(4, w.clone());
+        }
+        assert_eq!(s.chunks.len(), 2);
+        assert_eq!(s.waiting, CHUNK + 2);
+    }
+
+    #[test]
+    fn wrapping_deadlines() {
+        assert!(expired(5, 5));
+        assert!(!expired(6, 5));
+        assert!(expired(u32::MAX, (u32::MAX as u64) + 3));
+        assert!(!expired(2, u32::MAX as u64));
+    }
+
+    #[tokio::test]
+    async fn fires_after_its_wait() {
+        let t = IdleTimer::new(Duration::from_millis(30));
+        assert_eq!(std::mem::size_of_val(&t), 16);
+        t.await;
+        let far = IdleTimer::new(Duration::from_secs(3600));
+        let mut far = std::pin::pin!(far);
+        let pending = std::future::poll_fn(|cx| Poll::Ready(far.as_mut().poll(cx).is_pending()));
+        assert!(pending.await);
+    }
+}
