@@ -10,25 +10,10 @@ use std::time::{Duration, Instant};
 
 /// One https + HTTP/3 listener, one cached route to `origin`, a JSON access log.
 fn cached(pki: &Pki, origin: SocketAddr) -> String {
-    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x500);
-    format!(
-        "admin: {{address: 127.0.0.1:{{{{port1}}}}}}
-access_log: {{format: json, path: '{{{{dir}}}}/access.log'}}
-listeners:
-  - name: edge
-    address: 127.0.0.1:{{{{port}}}}
-    protocol: https
-    http3: true
-    tls:
-      certificates: [{{cert: {}, key: {}}}]
-upstreams:
-  - {{name: ua, backends: [{{address: {origin}}}]}}
-routes:
-  - {{listener: edge, upstream: ua, cache: {{enabled: true}}}}
-",
-        p(&c),
-        p(&k),
-    )
+    let top = "admin: {address: 127.0.0.1:{{port1}}}
+access_log: {format: json, path: '{{dir}}/access.log'}
+";
+    site_config(pki, top, origin, ", cache: {enabled: true}")
 }
 
 fn status_of(got: &Got) -> Option<&str> {
