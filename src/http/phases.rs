@@ -273,19 +273,7 @@ impl ProxyHttp for HttpProxy {
                 return Ok(true);
             }
         }
-        if route.pool.selection == crate::config::Selection::ConsistentHash {
-            let req = session.req_header();
-            ctx.hash = policy::hash::key(
-                &route.pool.hash_key,
-                client,
-                req.uri.path_and_query().map_or("/", |p| p.as_str()),
-                |n| req.headers.get(n).map(|v| v.as_bytes()),
-                req.headers
-                    .get_all(http::header::COOKIE)
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            );
-        }
+        ctx.hash = policy::hash::of_request(&route.pool, client, session.req_header());
         Ok(false)
     }
 

@@ -30,6 +30,28 @@ where
     }
 }
 
+/// The key of a header-map request (HTTP/2, HTTP/3, Pingora's sessions) for `pool`: 0 unless
+/// the pool selects by consistent hash, so no field is read otherwise.
+pub fn of_request(
+    pool: &crate::upstream::Pool,
+    client: Option<IpAddr>,
+    req: &pingora_http::RequestHeader,
+) -> u64 {
+    if pool.selection != crate::config::Selection::ConsistentHash {
+        return 0;
+    }
+    key(
+        &pool.hash_key,
+        client,
+        req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        |n| req.headers.get(n).map(|v| v.as_bytes()),
+        req.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+}
+
 pub fn client_ip(client: Option<IpAddr>) -> u64 {
     match client {
         Some(IpAddr::V4(v4)) => hash_bytes(&v4.octets()),

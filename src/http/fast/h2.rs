@@ -105,19 +105,7 @@ impl FastPath {
         }
         out.extend_from_slice(b"\r\n");
 
-        let hash = match route.pool.selection {
-            crate::config::Selection::ConsistentHash => policy::hash::key(
-                &route.pool.hash_key,
-                client,
-                target,
-                |n| req.headers.get(n).map(|v| v.as_bytes()),
-                req.headers
-                    .get_all(http::header::COOKIE)
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            ),
-            _ => 0,
-        };
+        let hash = policy::hash::of_request(&route.pool, client, req);
         let head_only = method == "HEAD";
         if let Some(m) = route.mirror.as_ref().filter(|m| m.sample(false)) {
             if let Some(p) = m.admit() {

@@ -369,19 +369,7 @@ async fn proxy(
     if let Some(b) = &whole {
         out.extend_from_slice(b);
     }
-    let hash = match route.pool.selection {
-        crate::config::Selection::ConsistentHash => policy::hash::key(
-            &route.pool.hash_key,
-            client,
-            target,
-            |n| req.headers.get(n).map(|v| v.as_bytes()),
-            req.headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .map(|v| v.as_bytes()),
-        ),
-        _ => 0,
-    };
+    let hash = policy::hash::of_request(&route.pool, client, req);
 
     let mut ex = Exchange::new(l, route, pool_max, obs, None);
     ex.sticky = policy::sticky::affinity(&route.pool, req);
