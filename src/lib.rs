@@ -9,6 +9,7 @@ pub mod forward;
 pub mod http;
 pub mod l4;
 pub mod lifecycle;
+pub mod mem;
 pub mod net;
 pub mod observability;
 pub mod policy;

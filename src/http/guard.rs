@@ -63,7 +63,8 @@ pub struct Guarded {
     lines: usize,
     /// Last byte of the current line, to tell an empty line (`\r\n`) split across reads.
     last: u8,
-    /// When the head must be complete; set by its first byte.
+    /// When the head must be complete: its first bytes plus the header timeout, set when a
+    /// read leaves the head incomplete.
     deadline: Option<std::time::Instant>,
     /// The timer for `deadline`, created only if a read of the head has to wait: a head that
     /// arrives in one read (the common case) never registers a timer.
@@ -477,16 +478,18 @@ impl AsyncRead for Guarded {
             Poll::Ready(Ok(())) => {
                 let filled = buf.filled();
                 if filled.len() > before {
-                    if this.deadline.is_none() {
-                        this.deadline =
-                            Some(std::time::Instant::now() + this.conf.limits.header_timeout);
-                    }
                     match this.scan(&filled[before..]) {
                         Err((code, reason)) => return this.reject(cx, code, reason),
                         Ok(n) if this.phase == Phase::Body => {
                             if let Err((code, reason)) = this.limit_body(buf, before + n) {
                                 return this.reject(cx, code, reason);
                             }
+                        }
+                        // The header time counts from the head's first bytes; a head that
+                        // came whole in one read (nearly all) needs no clock reading.
+                        Ok(_) if this.deadline.is_none() => {
+                            this.deadline =
+                                Some(std::time::Instant::now() + this.conf.limits.header_timeout);
                         }
                         Ok(_) => {}
                     }

@@ -319,10 +319,12 @@ impl ProxyHttp for HttpProxy {
         ctx.pick = None;
         ctx.attempts += 1;
         ctx.obs.peer_selected();
+        // Pingora connects (or takes a pooled connection) after this phase
+        ctx.obs.connecting();
         let started = match ctx.started {
             Some(t) => t,
             None => {
-                policy::retry::begin(pool);
+                policy::retry::begin(pool, ctx.obs.started());
                 *ctx.started.insert(std::time::Instant::now())
             }
         };

@@ -216,10 +216,11 @@ fn sweep() {
     }
 }
 
-/// The keep-alive wait of one connection: ready once `wait` has passed since it was made,
-/// or when idle connections close ([`close_all`]). Registered only when first polled
-/// pending, so a request already there costs no registration.
+/// The keep-alive wait of one connection: ready once `wait` has passed since it was first
+/// polled, or when idle connections close ([`close_all`]). Registered only when first
+/// polled, so a request already there costs no registration and no clock reading.
 pub struct IdleTimer {
+    /// The wait in ms until registered, then the deadline (ms since [`epoch`]).
     deadline: u64,
     /// `(shard, slot)` once registered.
     shard: u16,
@@ -232,7 +233,7 @@ impl IdleTimer {
     pub fn new(wait: Duration) -> IdleTimer {
         let wait = (wait.as_millis() as u64).min(MAX_WAIT_MS);
         IdleTimer {
-            deadline: now_ms() + wait,
+            deadline: wait,
             shard: 0,
             slot: UNREGISTERED,
         }
@@ -244,9 +245,10 @@ impl IdleTimer {
             return Poll::Ready(());
         }
         if self.slot == UNREGISTERED {
-            if self.deadline <= now_ms() {
+            if self.deadline == 0 {
                 return Poll::Ready(());
             }
+            self.deadline += now_ms();
             SWEEPER.call_once(|| {
                 let spawned = std::thread::Builder::new()
                     .name("idle-sweeper".into())

@@ -2,8 +2,10 @@
 //! listeners ([`listen`]), the one byte relay for every tunnel ([`relay`], [`splice`]), the
 //! proxy's own answers written on a Pingora session ([`respond`]), the sender of mirrored
 //! requests ([`mirror`]), the shared count of the per-IP rate limit ([`ratestore`]), and the
-//! etcd client the fleet configuration is watched with ([`etcd`]).
+//! etcd client the fleet configuration is watched with ([`etcd`]), and the time limit on
+//! I/O that arms a timer only when the I/O has to wait ([`deadline`]).
 
+pub mod deadline;
 pub mod etcd;
 pub mod linger;
 pub mod listen;

@@ -26,7 +26,7 @@ pub fn request_done(
         ),
     };
     let cache = cache_status(session);
-    let m = count_done(route, backend, obs, status, bytes_in, bytes_out);
+    let (m, took) = count_done(route, backend, obs, status, bytes_in, bytes_out);
     let sampled = obs.trace.is_some_and(|t| t.sampled);
     if ACCESS_LOG.get().is_some() || sampled {
         let req = session.req_header();
@@ -72,7 +72,7 @@ pub fn request_done(
                 backend,
                 status,
                 bytes_out,
-                took: obs.start.elapsed(),
+                took,
                 connect: obs.connect,
                 cache,
                 trace: obs.trace.as_ref(),
@@ -96,7 +96,7 @@ pub fn fast_request_done(
     if cache_hit {
         CACHE_PHASES[0].inc();
     }
-    let m = count_done(route, backend, obs, status, req.bytes_in, bytes_out);
+    let (m, took) = count_done(route, backend, obs, status, req.bytes_in, bytes_out);
     let backend = backend.map(|s| s.label.as_str());
     let cache = if cache_hit { "hit" } else { "-" };
     tracing::request_done(obs, req, m, backend, status, cache);
@@ -107,7 +107,7 @@ pub fn fast_request_done(
             backend,
             status,
             bytes_out,
-            took: obs.start.elapsed(),
+            took,
             connect: obs.connect,
             cache,
             trace: obs.trace.as_ref(),
@@ -134,7 +134,7 @@ pub(super) fn count_done(
     status: u16,
     bytes_in: usize,
     bytes_out: usize,
-) -> &'static RouteMetrics {
+) -> (&'static RouteMetrics, Duration) {
     let m = route_metrics(route);
     let class = (status / 100) as usize;
     m.requests[if (1..=5).contains(&class) { class } else { 0 }].inc();
@@ -146,7 +146,7 @@ pub(super) fn count_done(
     }
     m.bytes_in.inc_by(bytes_in as u64);
     m.bytes_out.inc_by(bytes_out as u64);
-    m
+    (m, took)
 }
 
 pub(super) fn version_str(v: http::Version) -> &'static str {

@@ -414,11 +414,24 @@ impl Drop for RequestObs {
 }
 
 impl RequestObs {
-    /// A backend was chosen; the connection attempt starts now.
+    /// When the request began (its head was in).
+    #[inline]
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
+    /// A try begins: a backend is about to be chosen.
     #[inline]
     pub fn peer_selected(&mut self) {
-        self.peer_at = Some(Instant::now());
+        self.peer_at = None;
         self.tries += 1;
+    }
+
+    /// The try opens a new connection now (after [`Self::peer_selected`]): its set-up time
+    /// counts from here. A pooled connection takes no clock reading (its set-up time is 0).
+    #[inline]
+    pub fn connecting(&mut self) {
+        self.peer_at = Some(Instant::now());
     }
 
     /// The try's backend was picked (after [`Self::peer_selected`]).
@@ -434,7 +447,10 @@ impl RequestObs {
     #[inline]
     pub fn connected(&mut self, route: Option<usize>, reused: bool) {
         let m = route_metrics(route);
-        let took = self.peer_at.map(|t| t.elapsed()).unwrap_or_default();
+        let took = match self.peer_at {
+            Some(t) if !reused => t.elapsed(),
+            _ => Duration::ZERO,
+        };
         self.connect = Some(took);
         m.conns.inc();
         if reused {

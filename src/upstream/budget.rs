@@ -47,9 +47,9 @@ impl RetryBudget {
         }
     }
 
-    /// A request to the upstream begins.
-    pub fn deposit(&self) {
-        self.add(now_ms() / 1000, self.percent);
+    /// A request to the upstream begins; `at`: [`now_ms`] then.
+    pub fn deposit(&self, at: u64) {
+        self.add(at / 1000, self.percent);
     }
 
     /// Take a token for one retry; `false` (and counted) when the budget is spent.
@@ -127,7 +127,7 @@ mod tests {
     fn retries_are_a_share_of_requests_plus_the_floor() {
         let b = RetryBudget::new(20);
         for _ in 0..100 {
-            b.deposit();
+            b.deposit(now_ms());
         }
         let granted = (0..200).filter(|_| b.withdraw()).count() as i64;
         // 20% of 100 requests, plus 3 per second over the 10 s window
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn a_zero_percent_budget_keeps_the_floor() {
         let b = RetryBudget::new(0);
-        b.deposit();
+        b.deposit(now_ms());
         let granted = (0..100).filter(|_| b.withdraw()).count() as i64;
         assert_eq!(granted, FLOOR_PER_SEC * WINDOW_SECS as i64);
     }

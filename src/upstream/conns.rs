@@ -88,14 +88,14 @@ pub fn checkout(addr: SocketAddr) -> Option<TcpStream> {
 }
 
 /// Keep `stream` for the next request to `addr`, up to `max` idle connections in this
-/// thread's pool.
-pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usize) {
+/// thread's pool. `now`: a recent reading of the clock (the start of the request the
+/// connection served will do: a stamp that early only retires the connection sooner).
+pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usize, now: Instant) {
     if max == 0 {
         return;
     }
     let sweeper = POOL.with(|shared| {
         let mut p = lock(shared);
-        let now = Instant::now();
         if p.last_sweep
             .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
         {

@@ -66,10 +66,10 @@ async fn timed<T>(
     d: Duration,
     f: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> Result<T, (bool, std::io::Error)> {
-    match tokio::time::timeout(d, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err((false, e)),
-        Err(_) => Err((true, std::io::ErrorKind::TimedOut.into())),
+    match crate::net::deadline::within(d, f).await {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err((false, e)),
+        None => Err((true, std::io::ErrorKind::TimedOut.into())),
     }
 }
 
@@ -166,8 +166,9 @@ impl<'a> Exchange<'a> {
     ) -> Result<(TcpStream, Vec<u8>, RespHead), Failure> {
         let pool = self.pool;
         let spec = &pool.spec;
-        let started = std::time::Instant::now();
-        retry::begin(pool);
+        // the request's start (read when its head was in): no clock reading of its own
+        let started = self.obs.started();
+        retry::begin(pool, started);
         // A body that a retry may send again is read first and held with the head.
         let mut held = Vec::new();
         let (out, body_left) = match g.as_deref_mut() {
@@ -229,7 +230,12 @@ impl<'a> Exchange<'a> {
             let reused = pooled.is_some();
             let mut up = match pooled {
                 Some(s) => s,
-                None => match connect(addr, pool.connect_timeout).await {
+                None => match {
+                    self.obs.connecting();
+                    connect(addr, pool.connect_timeout)
+                }
+                .await
+                {
                     Ok(s) => s,
                     Err((timed_out, e)) => {
                         pick.slot.failures.fetch_add(1, Relaxed);
@@ -256,7 +262,13 @@ impl<'a> Exchange<'a> {
             };
             self.obs.connected(Some(self.route.id), reused);
             self.pick = Some(pick);
-            self.try_timeout = retry::try_timeout(pool, started.elapsed());
+            // a first try on a pooled connection starts when the request did (no clock read)
+            let elapsed = if reused && attempts == 1 {
+                Duration::ZERO
+            } else {
+                started.elapsed()
+            };
+            self.try_timeout = retry::try_timeout(pool, elapsed);
 
             // Send the request: the head with the body bytes read so far, in one write.
             let first = match (g.as_deref_mut(), &piece) {
@@ -702,6 +714,7 @@ impl<'a> Exchange<'a> {
             up,
             self.pool.spec.idle_timeout,
             self.pool_max,
+            self.obs.started(),
         );
     }
 

@@ -711,9 +711,9 @@ async fn write_flush(g: &mut Guarded, data: &[u8], timeout: Duration) -> std::io
         g.inner_mut().write_all(data).await?;
         g.inner_mut().flush().await
     };
-    match tokio::time::timeout(timeout, w).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    match crate::net::deadline::within(timeout, w).await {
+        Some(r) => r,
+        None => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }
 

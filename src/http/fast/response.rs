@@ -214,7 +214,8 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
         }));
     }
     let h2 = None;
-    let mut head = Vec::with_capacity(n + 64 + 4096);
+    // room for the first body bytes too; at least one size the allocator keeps per thread
+    let mut head = Vec::with_capacity((n + 64 + 4096).max(8192));
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(&[
         b'0' + (code / 100 % 10) as u8,
