@@ -224,6 +224,7 @@ pub fn main() -> i32 {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
+    crate::observability::deps_log::install();
     match cli.signal.as_deref() {
         Some("upgrade") => return signal_upgrade(cli.conf.as_deref()),
         Some(_) => return signal_reload(cli.conf.as_deref()),

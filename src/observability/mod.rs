@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod access_log;
+pub mod deps_log;
 mod done;
 pub mod quic;
 mod render;
