@@ -74,12 +74,21 @@ impl<A> HttpServerApp for Draining<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    /// The inner app's future itself: an `async fn` here would box a second future holding
+    /// the session (each HTTP/2 stream's task paid that copy and allocation).
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        self.inner.process_new_http(session, shutdown).await
+        shutdown: &'life1 ShutdownWatch,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.inner.process_new_http(session, shutdown)
     }
 
     fn h2_options(&self) -> Option<H2Options> {

@@ -225,6 +225,7 @@ impl crate::net::listen::ConnApp for L4App {}
 impl ServerApp for L4App {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let _open = crate::lifecycle::open_connection();
+        crate::net::deadline::tick_here();
         if self.tls_terminated {
             crate::tls::deadline::handshake_done(io.id());
         }
