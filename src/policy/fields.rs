@@ -64,7 +64,8 @@ pub fn classify(name: &[u8]) -> Field {
         18 if is(b"proxy-authenticate") => Field::HopByHop,
         19 if is(b"proxy-authorization") => Field::HopByHop,
         19 if is(b"if-unmodified-since") => Field::NotForHit,
-        _ if memchr::memchr(b'_', name).is_some() => Field::Underscored,
+        // a plain loop: field names are short, and memchr's set-up cost more per call
+        _ if name.contains(&b'_') => Field::Underscored,
         _ => Field::Other,
     }
 }
