@@ -200,7 +200,7 @@ fn h2_view(s: &H2Session, client: Option<IpAddr>) -> ReqView<'_> {
 async fn h2_page(s: &mut H2Session, a: &Answer, head_only: bool) -> pingora_core::Result<()> {
     let body = a.body();
     let fields = a.fields(body.len());
-    let mut r = ResponseHeader::build(a.status, Some(fields.len()))?;
+    let mut r = ResponseHeader::build_no_case(a.status, Some(fields.len()))?;
     for (k, v) in fields {
         r.insert_header(k, v)?;
     }

@@ -172,8 +172,9 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     let upstream_keep = !up_close && framing != Framing::Close;
 
     if down == Down::H2 {
-        // Pingora's HTTP/2 writer adds Date and drops the connection-specific fields.
-        let mut r = ResponseHeader::build(code, Some(resp.headers.len()))
+        // Pingora's HTTP/2 writer adds Date and drops the connection-specific fields; no
+        // case map (HTTP/2 names are lowercase on the wire), so each field is stored once.
+        let mut r = ResponseHeader::build_no_case(code, Some(resp.headers.len()))
             .map_err(|e| Failure::Answer(Why::BadResponse, format!("response head: {e}")))?;
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
