@@ -234,6 +234,77 @@ mod tests {
         assert!(!drop_on_response(classify(b"Content-Length"), false));
     }
 
+    /// Every name of the table, in any casing, and names near them, classify as the plain
+    /// case-insensitive comparison says.
+    #[test]
+    fn classify_is_case_insensitive_and_exact() {
+        let table: &[(&str, Field)] = &[
+            ("te", Field::HopByHop),
+            ("host", Field::Host),
+            ("date", Field::Date),
+            ("range", Field::NotForHit),
+            ("cookie", Field::Cookie),
+            ("expect", Field::Expect),
+            ("pragma", Field::NotForHit),
+            ("referer", Field::Referer),
+            ("upgrade", Field::Upgrade),
+            ("trailer", Field::HopByHop),
+            ("if-match", Field::NotForHit),
+            ("if-range", Field::NotForHit),
+            ("connection", Field::Connection),
+            ("keep-alive", Field::HopByHop),
+            ("user-agent", Field::UserAgent),
+            ("cache-control", Field::NotForHit),
+            ("if-none-match", Field::NotForHit),
+            ("authorization", Field::NotForHit),
+            ("content-length", Field::ContentLength),
+            ("http2-settings", Field::Http2Settings),
+            ("x-forwarded-for", Field::XForwardedFor),
+            ("proxy-connection", Field::HopByHop),
+            ("x-forwarded-host", Field::XForwardedSet),
+            ("transfer-encoding", Field::TransferEncoding),
+            ("x-forwarded-proto", Field::XForwardedSet),
+            ("if-modified-since", Field::NotForHit),
+            ("proxy-authenticate", Field::HopByHop),
+            ("proxy-authorization", Field::HopByHop),
+            ("if-unmodified-since", Field::NotForHit),
+        ];
+        for &(n, f) in table {
+            assert_eq!(classify(n.as_bytes()), f, "{n}");
+            assert_eq!(classify(n.to_ascii_uppercase().as_bytes()), f, "{n}");
+            let mixed: String = n
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            assert_eq!(classify(mixed.as_bytes()), f, "{mixed}");
+            // one byte more, one less, one changed: not the field
+            let longer = format!("{n}x");
+            assert!(
+                matches!(classify(longer.as_bytes()), Field::Other),
+                "{longer}"
+            );
+            assert!(matches!(classify(&n.as_bytes()[1..]), Field::Other), "{n}");
+            let mut changed = n.as_bytes().to_vec();
+            changed[0] ^= 0x01;
+            assert_eq!(classify(&changed), Field::Other, "{n}");
+        }
+        assert_eq!(classify(b"x_forwarded_for"), Field::Underscored);
+        assert_eq!(
+            classify(b"a_very_long_field_name_over_19"),
+            Field::Underscored
+        );
+        assert_eq!(classify(b"a-very-long-field-name-over-19"), Field::Other);
+        assert_eq!(classify(b""), Field::Other);
+        assert_eq!(classify(b"Content-Type"), Field::Other);
+    }
+
     #[test]
     fn connection_tokens() {
         let mut c = ConnectionOptions::default();
