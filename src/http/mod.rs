@@ -190,6 +190,24 @@ pub fn req_view<'a>(
     }
 }
 
+/// The policy's view of a request head held as Pingora's header map (HTTP/2, HTTP/3 and
+/// the general engine; the lean HTTP/1 engine reads its own parsed head).
+pub fn request_head<'a>(
+    client: Option<IpAddr>,
+    req: &'a RequestHeader,
+    content_length: Option<u64>,
+    rate: RateCount,
+) -> crate::policy::RequestHead<'a> {
+    crate::policy::RequestHead {
+        client,
+        host: request_host(req),
+        path: req.uri.path(),
+        content_length,
+        fields: req,
+        rate,
+    }
+}
+
 /// The host a Pingora request is for ([`crate::policy::forwarded::request_host`]).
 pub fn request_host(req: &RequestHeader) -> Option<&str> {
     crate::policy::forwarded::request_host(

@@ -248,14 +248,7 @@ impl ProxyHttp for HttpProxy {
                 .iter()
                 .map(|v| v.as_bytes()),
         );
-        let head = policy::RequestHead {
-            client,
-            host: request_host(req),
-            path: req.uri.path(),
-            content_length: content_length(req),
-            fields: req,
-            rate,
-        };
+        let head = crate::http::request_head(client, req, content_length(req), rate);
         let route = match l.admit(&head) {
             Verdict::Answer(a, route) => {
                 ctx.route = route.map(|r| r.pos);

@@ -42,15 +42,8 @@ impl FastPath {
             upgrade: req.headers.get(http::header::UPGRADE).map(|_| false),
             ..HeadTraits::default()
         };
-        let host = super::super::request_host(req);
-        let mut head = RequestHead {
-            client,
-            host,
-            path: req.uri.path(),
-            content_length: None,
-            fields: req,
-            rate: RateCount::Local,
-        };
+        let mut head = super::super::request_head(client, req, None, RateCount::Local);
+        let host = head.host;
         let route = l.route(&head);
         if let Err(reason) = engine::choose(l, &t, route, false) {
             fell_back(reason);

@@ -8,7 +8,7 @@
 use super::session::{H3Session, Parts};
 use crate::http::service::GeneralEngine;
 use crate::http::Listener;
-use crate::policy::{self, RateCount, RequestHead};
+use crate::policy::{self, RateCount};
 use bytes::{Buf, Bytes};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
@@ -32,15 +32,8 @@ impl Handoff {
         if policy::engine::h3_unsupported(method).is_some() {
             return false;
         }
-        let host = crate::http::request_host(req);
-        let head = RequestHead {
-            client: Some(self.client.ip()),
-            host,
-            path: req.uri.path(),
-            content_length: None,
-            fields: req,
-            rate: RateCount::Local,
-        };
+        let head = crate::http::request_head(Some(self.client.ip()), req, None, RateCount::Local);
+        let host = head.host;
         let route = l.route(&head);
         let fresh = route.is_some_and(|r| super::cache::fresh_hit(l, r, req, host).is_some());
         match policy::engine::h3(l, route, fresh) {

@@ -15,7 +15,7 @@ use crate::http::guard::{Guarded, HeadLimits};
 use crate::http::Listener;
 use crate::observability::{self, ReqView, RequestObs};
 use crate::policy::answer::Answer;
-use crate::policy::{self, fields, forwarded, RequestHead, Verdict};
+use crate::policy::{self, fields, forwarded, Verdict};
 use ::h3::server::RequestStream;
 use bytes::{Buf, Bytes};
 use pingora_http::RequestHeader;
@@ -157,19 +157,12 @@ pub async fn serve(
     let (mut send, mut recv) = stream.split();
     let method = req.method.as_str();
     let head_only = method == "HEAD";
-    let host = crate::http::request_host(&req);
     let declared = req
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| fields::parse_len_list(v.as_bytes()));
-    let head = RequestHead {
-        client,
-        host,
-        path: req.uri.path(),
-        content_length: declared,
-        fields: &req,
-        rate: l.rate_count(client).await,
-    };
+    let head = crate::http::request_head(client, &req, declared, l.rate_count(client).await);
+    let host = head.host;
     // the policy's trace step, as on the other engines: continue the client's trace or start one
     let trace = policy::trace::begin(
         req.headers
