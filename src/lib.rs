@@ -14,5 +14,6 @@ pub mod net;
 pub mod observability;
 pub mod policy;
 pub mod server;
+pub mod spin;
 pub mod tls;
 pub mod upstream;

@@ -123,6 +123,10 @@ pub struct PingoraFile {
     pub upstream_keepalive_pool_size: Option<usize>,
     /// Accept tasks per listening socket. Default: 1
     pub listener_tasks_per_fd: Option<usize>,
+    /// How long a worker thread keeps polling for I/O without blocking after a request
+    /// completes, while requests come closer together than this (see `src/spin.rs`); `0`
+    /// turns it off. At most 10ms. Only with `work_stealing: false`. Default: 50us
+    pub busy_poll: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

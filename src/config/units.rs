@@ -1,4 +1,4 @@
-//! Human-readable durations (`500ms`, `1s`, `2m`, `1h`) and sizes (`64KiB`, `256MiB`).
+//! Human-readable durations (`50us`, `500ms`, `1s`, `2m`, `1h`) and sizes (`64KiB`, `256MiB`).
 //!
 //! They are parsed at deserialisation time so that a bad value is reported by
 //! serde_yaml together with the key path it was found at.
@@ -26,7 +26,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
         return Err(format!(
-            "invalid duration {s:?}: expected a number followed by ms, s, m or h"
+            "invalid duration {s:?}: expected a number followed by us, ms, s, m or h"
         ));
     }
     // Exact decimal arithmetic in nanoseconds: through f64, `16994078416ms` came out as
@@ -37,6 +37,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(bad_number());
     }
     let unit_ns: u128 = match unit.trim() {
+        "us" => 1_000,
         "ms" => 1_000_000,
         "s" => 1_000_000_000,
         "m" => 60_000_000_000,
@@ -44,12 +45,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" if int.bytes().chain(frac.bytes()).all(|b| b == b'0') => 0,
         "" => {
             return Err(format!(
-                "invalid duration {s:?}: a unit is required (ms, s, m or h)"
+                "invalid duration {s:?}: a unit is required (us, ms, s, m or h)"
             ))
         }
         u => {
             return Err(format!(
-                "invalid duration {s:?}: unknown unit {u:?} (use ms, s, m or h)"
+                "invalid duration {s:?}: unknown unit {u:?} (use us, ms, s, m or h)"
             ))
         }
     };

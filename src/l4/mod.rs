@@ -228,6 +228,7 @@ impl ServerApp for L4App {
         crate::net::deadline::tick_here();
         // runs on a worker thread of a runtime that lasts as long as the process
         crate::mem::keep_buffers_on_this_thread();
+        crate::spin::here();
         if self.tls_terminated {
             crate::tls::deadline::handshake_done(io.id());
         }

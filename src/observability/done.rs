@@ -135,6 +135,7 @@ pub(super) fn count_done(
     bytes_in: usize,
     bytes_out: usize,
 ) -> (&'static RouteMetrics, Duration) {
+    crate::spin::active();
     let m = route_metrics(route);
     let class = (status / 100) as usize;
     m.requests[if (1..=5).contains(&class) { class } else { 0 }].inc();

@@ -78,6 +78,11 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     server.bootstrap();
 
     crate::cache::init_from_config(cfg);
+    crate::spin::set_window(
+        cfg.pingora
+            .busy_poll
+            .map_or(crate::config::DEFAULT_BUSY_POLL, |d| d.0),
+    );
     crate::observability::init(cfg)?;
     crate::observability::declare_fast_path_fallbacks(
         &crate::policy::engine::Fallback::ALL.map(|f| f.label()),

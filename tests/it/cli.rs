@@ -67,6 +67,16 @@ fn bad_configs_name_file_key_path_and_value() {
             "upstreams[0].selection",
             "fastest",
         ),
+        (
+            "pingora: {busy_poll: 20ms}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
+            "pingora.busy_poll",
+            "20ms",
+        ),
+        (
+            "pingora: {busy_poll: 50ns}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
+            "pingora.busy_poll",
+            "50ns",
+        ),
     ];
     for (body, path, value) in cases {
         let (code, out, file) = check(&format!("{L}{body}"));
