@@ -183,6 +183,8 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
                 Field::ContentLength => continue,
                 Field::Upgrade => continue,
                 Field::TransferEncoding => continue,
+                // the writer replaces it with its own anyway
+                Field::Date => continue,
                 _ => {}
             }
             if nominated && nominated_by(resp.headers, name) {
@@ -234,10 +236,8 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             // written once below, normalised (RFC 9110 8.6)
             Field::ContentLength => continue,
             Field::Upgrade => continue,
+            Field::Date => has_date = true,
             _ => {}
-        }
-        if name.len() == 4 && name.eq_ignore_ascii_case(b"date") {
-            has_date = true;
         }
         if nominated && nominated_by(resp.headers, name) {
             continue;
