@@ -520,9 +520,7 @@ where
         hand_back: bool,
     ) -> Option<Stream> {
         use pingora_core::protocols::ALPN;
-        // runs on a worker thread of a runtime that lasts as long as the process
-        crate::mem::keep_buffers_on_this_thread();
-        crate::spin::here();
+        crate::net::serving_thread();
         let stream = a.settle()?;
         let shutdown = &shutdown;
         let _open = crate::lifecycle::open_connection();

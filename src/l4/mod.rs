@@ -226,9 +226,7 @@ impl ServerApp for L4App {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let _open = crate::lifecycle::open_connection();
         crate::net::deadline::tick_here();
-        // runs on a worker thread of a runtime that lasts as long as the process
-        crate::mem::keep_buffers_on_this_thread();
-        crate::spin::here();
+        crate::net::serving_thread();
         if self.tls_terminated {
             crate::tls::deadline::handshake_done(io.id());
         }

@@ -15,6 +15,14 @@ pub mod relay;
 pub mod respond;
 pub mod splice;
 
+/// Set up the thread a connection is served on, once per thread (cheap to call again):
+/// it keeps freed request buffers ([`crate::mem`]) and polls while busy ([`crate::spin`]).
+/// Connections run on worker threads of runtimes that last as long as the process.
+pub fn serving_thread() {
+    crate::mem::keep_buffers_on_this_thread();
+    crate::spin::here();
+}
+
 /// The HTTP/2 connection preface (RFC 9113 §3.4), which an `h2c: true` listener looks for.
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
