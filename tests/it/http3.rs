@@ -344,10 +344,13 @@ async fn h3_failed_backend_answers_without_waiting_for_the_rest_of_the_body() {
         .body(())
         .expect("request");
     let mut stream = s.send_request(req).await.expect("send");
-    stream
-        .send_data(Bytes::from(vec![b'x'; 10_000]))
-        .await
-        .expect("first piece");
+    // The proxy may already have answered and stopped reading the body (STOP_SENDING with
+    // H3_NO_ERROR) before this piece goes out: that is the behaviour under test, so only
+    // another failure counts.
+    if let Err(e) = stream.send_data(Bytes::from(vec![b'x'; 10_000])).await {
+        let stopped = format!("{e:?}").contains("RemoteTerminate { code: 0x0 }");
+        assert!(stopped, "first piece: {e:?}");
+    }
     // the rest of the body never comes
     let t0 = Instant::now();
     let resp = tokio::time::timeout(Duration::from_secs(10), stream.recv_response())
