@@ -85,6 +85,8 @@ pub struct Guarded {
     body: Body,
     /// A head was refused: the client may still be sending it.
     refused: bool,
+    /// This request's ACK was asked for ([`Guarded::ack_incomplete`]).
+    acked: bool,
 }
 
 /// The guard hands on one request at a time: its head, then exactly its body. Bytes past
@@ -167,6 +169,7 @@ impl Guarded {
             wbuf: Vec::new(),
             body: Body::Pass,
             refused: false,
+            acked: false,
         }
     }
 
@@ -244,6 +247,7 @@ impl Guarded {
 
     fn reset(&mut self) {
         self.body = Body::Pass;
+        self.acked = false;
         self.phase = Phase::RequestLine;
         self.head_len = 0;
         self.line_len = 0;
@@ -320,6 +324,18 @@ impl Guarded {
             buf.set_filled(from + keep);
         }
         Ok(())
+    }
+
+    /// A read found the request incomplete: have the kernel acknowledge what came so far
+    /// now, once per request, so that a client whose Nagle algorithm holds the rest until
+    /// that ACK does not wait for the delayed-ACK timer (see [`crate::net::sockopt`]).
+    /// Complete requests never pay for the call; their ACK rides on the response.
+    fn ack_incomplete(&mut self) {
+        if !self.acked {
+            self.acked = true;
+            // Pingora's TCP and TLS streams, and ours, are identified by their socket's fd.
+            crate::net::sockopt::ack_now(self.inner.id());
+        }
     }
 
     /// Let every byte through from now on: the connection became a tunnel (after a 101).
@@ -467,10 +483,19 @@ impl AsyncRead for Guarded {
             Pin::new(&mut this.inner).poll_read(cx, buf)
         };
         if this.phase == Phase::Body {
-            if let Poll::Ready(Ok(())) = polled {
-                if let Err((code, reason)) = this.limit_body(buf, before) {
-                    return this.reject(cx, code, reason);
+            match polled {
+                Poll::Ready(Ok(())) => {
+                    if let Err((code, reason)) = this.limit_body(buf, before) {
+                        return this.reject(cx, code, reason);
+                    }
                 }
+                Poll::Pending
+                    if matches!(this.body, Body::Chunked(_))
+                        || matches!(this.body, Body::Left(n) if n > 0) =>
+                {
+                    this.ack_incomplete();
+                }
+                _ => {}
             }
             return polled;
         }
@@ -498,6 +523,7 @@ impl AsyncRead for Guarded {
             }
             Poll::Pending => {
                 if let Some(at) = this.deadline {
+                    this.ack_incomplete();
                     let timer = this.timer.get_or_insert_with(|| {
                         Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)))
                     });
@@ -647,71 +673,5 @@ pub fn fuzz_scan(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn g() -> Guarded {
-        // a stream is not needed to test the scanner
-        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
-        a.set_nonblocking(true).expect("nonblocking");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        let s = rt.block_on(async { tokio::net::UnixStream::from_std(a).expect("tokio") });
-        let l4: pingora_core::protocols::l4::stream::Stream = s.into();
-        Guarded::new(
-            Box::new(l4),
-            HeadLimits {
-                max_request_line: 16,
-                max_header_size: 64,
-                max_header_count: 2,
-                header_timeout: Duration::from_secs(1),
-            },
-            None,
-        )
-    }
-
-    #[test]
-    fn scanner_limits() {
-        let mut x = g();
-        assert_eq!(x.scan(b"GET / HTTP/1.0\r\nA: b\r\n\r\nBODY"), Ok(24));
-        let mut x = g();
-        assert_eq!(
-            x.scan(b"GET /aaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n")
-                .map_err(|e| e.0),
-            Err(414)
-        );
-        let mut x = g();
-        assert_eq!(
-            x.scan(b"GET / HTTP/1.0\r\nA: b\r\nC: d\r\nE: f\r\n")
-                .map_err(|e| e.0),
-            Err(431)
-        );
-        let mut x = g();
-        assert!(x
-            .scan(b"GET / HTTP/1.0\r\nA: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n")
-            .is_err());
-        // split across reads
-        let mut x = g();
-        assert_eq!(x.scan(b"GET / HTTP/1.0\r\nA: b\r"), Ok(21));
-        assert_eq!(x.scan(b"\n\r"), Ok(2));
-        assert_eq!(x.scan(b"\nrest"), Ok(1));
-        assert_eq!(x.phase, Phase::Body);
-        assert!(x.partial.is_empty());
-        // the strict checks run on the complete head, in one read or across several
-        let mut x = g();
-        assert_eq!(
-            x.scan(b"GET / HTTP/1.1\r\nA : b\r\n\r\n").map_err(|e| e.0),
-            Err(400)
-        );
-        let mut x = g();
-        assert_eq!(x.scan(b"\r\nGET / HTTP/1.0\r\nA: b\r"), Ok(23));
-        assert_eq!(x.scan(b"\n\tfolded\r\n\r\n").map_err(|e| e.0), Err(400));
-        let mut x = g();
-        assert_eq!(
-            x.scan(b"GET / HTTP/1.1\nA: b\n\n").map_err(|e| e.0),
-            Err(400)
-        );
-    }
-}
+#[path = "guard_tests.rs"]
+mod tests;

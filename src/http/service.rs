@@ -501,6 +501,10 @@ where
     ) -> crate::net::listen::ConnFuture {
         Box::pin(self.serve(a, shutdown, false))
     }
+
+    fn delays_acks(&self) -> bool {
+        true
+    }
 }
 
 impl<A> H1First<A>

@@ -279,6 +279,12 @@ pub trait ConnApp: ServerApp + Send + Sync + Sized + 'static {
             None
         })
     }
+
+    /// Whether connections start with delayed ACKs ([`super::sockopt`]): for HTTP, where
+    /// the guard acknowledges a request that arrives in pieces at once.
+    fn delays_acks(&self) -> bool {
+        false
+    }
 }
 
 /// Pingora's `process_new` on `s`, and on the stream it hands back, until it keeps it.
@@ -291,28 +297,6 @@ pub async fn serve_reused<A: ServerApp>(
     while let Some(s) = next {
         next = app.process_new(s, shutdown).await;
     }
-}
-
-/// Set TCP_NODELAY on the listening socket, where Linux copies it to every connection
-/// accepted from it: one `setsockopt` per listener instead of one per connection (a tenth
-/// of the system calls of a request on a new connection). `false`: each connection needs
-/// its own (another OS, or the call failed).
-fn nodelay_for_all(l: &impl AsRawFd) -> bool {
-    if !cfg!(target_os = "linux") {
-        return false;
-    }
-    let one: libc::c_int = 1;
-    // SAFETY: a socket fd that `l` keeps open, and a pointer to a c_int with its size.
-    let r = unsafe {
-        libc::setsockopt(
-            l.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    r == 0
 }
 
 /// The listening socket: the one handed over by the old process on an upgrade, else a new
@@ -428,7 +412,10 @@ async fn accept_loop<A>(
         == tokio::runtime::RuntimeFlavor::CurrentThread)
         .then(|| std::thread::current().id());
     let mut stopping = false;
-    let inherited = nodelay_for_all(&l);
+    let inherited = super::sockopt::nodelay_for_all(&l);
+    if app.delays_acks() && !super::sockopt::delay_acks_for_all(&l) {
+        log::debug!("{name}: delayed ACKs not set on {addr}");
+    }
     loop {
         let accepted = tokio::select! {
             r = l.accept() => r,
@@ -576,27 +563,4 @@ static SHUTDOWN_WATCH: once_cell::sync::OnceCell<ShutdownWatch> = once_cell::syn
 
 pub fn adopt_shutdown(w: &ShutdownWatch) {
     let _ = SHUTDOWN_WATCH.set(w.clone());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A connection accepted from a listener with TCP_NODELAY has it without a call of its
-    /// own (what lets the accept loop skip the per-connection `setsockopt`).
-    #[tokio::test]
-    async fn accepted_connections_inherit_nodelay() {
-        let Ok(l) = listener(SocketAddr::from(([127, 0, 0, 1], 0)), None).await else {
-            panic!("cannot listen on 127.0.0.1:0");
-        };
-        assert!(nodelay_for_all(&l), "setsockopt on the listener failed");
-        let Ok(addr) = l.local_addr() else {
-            panic!("listener address");
-        };
-        let (c, a) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
-        let (Ok(_c), Ok((a, _))) = (c, a) else {
-            panic!("connect/accept on loopback failed");
-        };
-        assert_eq!(a.nodelay().ok(), Some(true));
-    }
 }

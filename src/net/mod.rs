@@ -3,7 +3,8 @@
 //! proxy's own answers written on a Pingora session ([`respond`]), the sender of mirrored
 //! requests ([`mirror`]), the shared count of the per-IP rate limit ([`ratestore`]), and the
 //! etcd client the fleet configuration is watched with ([`etcd`]), and the time limit on
-//! I/O that arms a timer only when the I/O has to wait ([`deadline`]).
+//! I/O that arms a timer only when the I/O has to wait ([`deadline`]), and the TCP options set
+//! on listeners and connections ([`sockopt`]).
 
 pub mod deadline;
 pub mod etcd;
@@ -13,6 +14,7 @@ pub mod mirror;
 pub mod ratestore;
 pub mod relay;
 pub mod respond;
+pub mod sockopt;
 pub mod splice;
 
 /// Set up the thread a connection is served on, once per thread (cheap to call again):

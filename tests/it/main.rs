@@ -3,6 +3,7 @@
 
 mod support;
 
+mod acks;
 mod acme;
 mod balancing;
 mod cache;

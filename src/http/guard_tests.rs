@@ -1,0 +1,152 @@
+//! Unit tests of the request-head guard: its scanner's limits, and when it asks for ACKs.
+
+use super::*;
+
+fn g() -> Guarded {
+    // a stream is not needed to test the scanner
+    let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+    a.set_nonblocking(true).expect("nonblocking");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let s = rt.block_on(async { tokio::net::UnixStream::from_std(a).expect("tokio") });
+    let l4: pingora_core::protocols::l4::stream::Stream = s.into();
+    Guarded::new(
+        Box::new(l4),
+        HeadLimits {
+            max_request_line: 16,
+            max_header_size: 64,
+            max_header_count: 2,
+            header_timeout: Duration::from_secs(1),
+        },
+        None,
+    )
+}
+
+#[test]
+fn scanner_limits() {
+    let mut x = g();
+    assert_eq!(x.scan(b"GET / HTTP/1.0\r\nA: b\r\n\r\nBODY"), Ok(24));
+    let mut x = g();
+    assert_eq!(
+        x.scan(b"GET /aaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n")
+            .map_err(|e| e.0),
+        Err(414)
+    );
+    let mut x = g();
+    assert_eq!(
+        x.scan(b"GET / HTTP/1.0\r\nA: b\r\nC: d\r\nE: f\r\n")
+            .map_err(|e| e.0),
+        Err(431)
+    );
+    let mut x = g();
+    assert!(x
+        .scan(b"GET / HTTP/1.0\r\nA: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\r\n")
+        .is_err());
+    // split across reads
+    let mut x = g();
+    assert_eq!(x.scan(b"GET / HTTP/1.0\r\nA: b\r"), Ok(21));
+    assert_eq!(x.scan(b"\n\r"), Ok(2));
+    assert_eq!(x.scan(b"\nrest"), Ok(1));
+    assert_eq!(x.phase, Phase::Body);
+    assert!(x.partial.is_empty());
+    // the strict checks run on the complete head, in one read or across several
+    let mut x = g();
+    assert_eq!(
+        x.scan(b"GET / HTTP/1.1\r\nA : b\r\n\r\n").map_err(|e| e.0),
+        Err(400)
+    );
+    let mut x = g();
+    assert_eq!(x.scan(b"\r\nGET / HTTP/1.0\r\nA: b\r"), Ok(23));
+    assert_eq!(x.scan(b"\n\tfolded\r\n\r\n").map_err(|e| e.0), Err(400));
+    let mut x = g();
+    assert_eq!(
+        x.scan(b"GET / HTTP/1.1\nA: b\n\n").map_err(|e| e.0),
+        Err(400)
+    );
+}
+
+/// One poll of a read: `true` if it is pending.
+async fn pends(g: &mut Guarded) -> bool {
+    let mut b = [0u8; 256];
+    std::future::poll_fn(|cx| {
+        let mut rb = ReadBuf::new(&mut b);
+        Poll::Ready(Pin::new(&mut *g).poll_read(cx, &mut rb).is_pending())
+    })
+    .await
+}
+
+async fn write(c: &mut tokio::net::TcpStream, b: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    assert!(c.write_all(b).await.is_ok(), "client write");
+}
+
+/// A request still arriving gets its ACK asked for at once, once; a complete one never.
+#[tokio::test]
+async fn incomplete_requests_are_acknowledged_at_once() {
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncReadExt;
+    let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        panic!("cannot listen on 127.0.0.1:0");
+    };
+    assert!(crate::net::sockopt::delay_acks_for_all(&l));
+    let Ok(addr) = l.local_addr() else {
+        panic!("listener address");
+    };
+    let (c, a) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
+    let (Ok(mut c), Ok((a, _))) = (c, a) else {
+        panic!("connect/accept on loopback failed");
+    };
+    let fd = a.as_raw_fd();
+    let l4: pingora_core::protocols::l4::stream::Stream = a.into();
+    let limits = HeadLimits {
+        max_request_line: 8192,
+        max_header_size: 8192,
+        max_header_count: 100,
+        header_timeout: Duration::from_secs(10),
+    };
+    let mut g = Guarded::new(Box::new(l4), limits, None);
+    let mut buf = [0u8; 256];
+
+    // a complete head: nothing to ask for, before or after
+    write(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(g.read(&mut buf).await.is_ok_and(|n| n > 0));
+    assert!(g.head_done());
+    assert!(pends(&mut g).await, "the complete request holds the rest");
+    assert!(!g.acked);
+
+    // the next head in two pieces
+    g.arm();
+    write(&mut c, b"POST / HTTP/1.1\r\nHost: a\r\n").await;
+    assert!(g.read(&mut buf).await.is_ok_and(|n| n > 0));
+    assert!(!g.head_done());
+    assert!(
+        !g.acked,
+        "asked for only when the rest has to be waited for"
+    );
+    assert!(pends(&mut g).await);
+    assert!(g.acked);
+    assert_eq!(crate::net::sockopt::quickack(fd), 1);
+
+    // its body in two pieces: already asked for this request
+    write(&mut c, b"Content-Length: 6\r\n\r\nabc").await;
+    assert!(g.read(&mut buf).await.is_ok_and(|n| n > 0));
+    assert!(g.head_done());
+    assert!(g.acked);
+
+    // the next request: a head in one piece, its body in two
+    write(&mut c, b"def").await;
+    assert!(g.read(&mut buf).await.is_ok_and(|n| n == 3));
+    g.arm();
+    write(
+        &mut c,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab",
+    )
+    .await;
+    assert!(g.read(&mut buf).await.is_ok_and(|n| n > 0));
+    assert!(g.head_done(), "one write, one read");
+    assert!(!g.acked);
+    assert!(pends(&mut g).await);
+    assert!(g.acked, "the body is still arriving");
+}
