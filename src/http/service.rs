@@ -479,7 +479,7 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let a = crate::net::listen::Accepted::new(stream, None);
+        let a = crate::net::listen::Accepted::new(stream);
         self.clone().serve(a, shutdown.clone(), true).await
     }
 
@@ -639,9 +639,12 @@ mod tests {
             Admission::new("t", &limits),
             Arc::new(ArcSwapOption::empty()),
         ));
-        let stream: Stream = Box::new(crate::net::listen::PlainTcp::new(s, peer));
+        let stream: Stream = Box::new(crate::net::listen::PlainTcp::new(
+            s.into_std().unwrap(),
+            peer,
+        ));
         let (_tx, rx) = tokio::sync::watch::channel(false);
-        let a = crate::net::listen::Accepted::new(stream, None);
+        let a = crate::net::listen::Accepted::new(stream);
         let fut = crate::net::listen::ConnApp::connection(app, a, rx);
         let n = std::mem::size_of_val(&*fut);
         eprintln!("idle connection future: {n} bytes");

@@ -12,9 +12,9 @@
 //! the same key (the address as written), so graceful upgrades hand it over either way.
 //! TLS listeners keep Pingora's service: their handshake needs it.
 
+pub use super::plain::PlainTcp;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 
 /// Pingora's listen backlog, kept.
 const BACKLOG: u32 = 65535;
@@ -65,172 +66,15 @@ impl<A> PlainService<A> {
     }
 }
 
-/// A plaintext connection as Pingora's `IO`, without its L4 stream (375 bytes of buffers
-/// and bookkeeping per connection). The socket digest, which Pingora's path reads for the
-/// client address, is made on first use.
-#[derive(Debug)]
-pub struct PlainTcp {
-    tcp: tokio::net::TcpStream,
-    /// From accept(): no getpeername per connection.
-    peer: SocketAddr,
-    digest: std::sync::OnceLock<Arc<SocketDigest>>,
-}
-
-impl PlainTcp {
-    pub fn new(tcp: tokio::net::TcpStream, peer: SocketAddr) -> PlainTcp {
-        PlainTcp {
-            tcp,
-            peer,
-            digest: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// Ready when the socket has something to read (or is closed), reading nothing: an idle
-    /// keep-alive connection waits here without a buffer, on the socket's own reader slot
-    /// (the waiting future keeps no waiter of its own).
-    pub fn poll_readable(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.tcp.poll_read_ready(cx)
-    }
-}
-
 /// The client address of a connection, without making a digest for a [`PlainTcp`].
 pub fn peer_ip(io: &pingora_core::protocols::Stream) -> Option<std::net::IpAddr> {
     if let Some(p) = io.as_any().downcast_ref::<PlainTcp>() {
-        if p.digest.get().is_none() {
-            return Some(p.peer.ip());
+        if !p.has_digest() {
+            return Some(p.peer().ip());
         }
     }
     io.get_socket_digest()
         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-}
-
-impl tokio::io::AsyncRead for PlainTcp {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for PlainTcp {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
-    }
-}
-
-#[async_trait]
-impl pingora_core::protocols::Shutdown for PlainTcp {
-    async fn shutdown(&mut self) {
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.tcp).await;
-    }
-}
-
-impl pingora_core::protocols::UniqueID for PlainTcp {
-    fn id(&self) -> pingora_core::protocols::UniqueIDType {
-        self.tcp.as_raw_fd()
-    }
-}
-
-impl pingora_core::protocols::Ssl for PlainTcp {}
-
-/// Peeking lets an `h2c: true` listener tell the HTTP/2 preface from an HTTP/1 request
-/// without consuming either.
-#[async_trait]
-impl pingora_core::protocols::Peek for PlainTcp {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        loop {
-            let n = self.tcp.peek(buf).await?;
-            if n == 0 || n >= buf.len() {
-                return Ok(n > 0);
-            }
-            // A short peek: wait for the rest only while what came could still be it.
-            if buf[..n] != super::H2_PREFACE[..n.min(24)] {
-                return Ok(true);
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-}
-
-impl pingora_core::protocols::GetTimingDigest for PlainTcp {
-    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
-        Vec::new()
-    }
-}
-
-impl pingora_core::protocols::GetProxyDigest for PlainTcp {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
-        None
-    }
-}
-
-impl GetSocketDigest for PlainTcp {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        Some(
-            self.digest
-                .get_or_init(|| {
-                    let d = SocketDigest::from_raw_fd(self.tcp.as_raw_fd());
-                    let _ = d.peer_addr.set(Some(PSocketAddr::Inet(self.peer)));
-                    Arc::new(d)
-                })
-                .clone(),
-        )
-    }
-    fn set_socket_digest(&mut self, d: SocketDigest) {
-        self.digest = std::sync::OnceLock::from(Arc::new(d));
-    }
-}
-
-/// Register a plaintext connection's socket with the reactor of the thread running it.
-///
-/// An accepted socket is registered with the accept loop's reactor. Without work stealing a
-/// connection's task runs on a thread picked at random, and each readiness event of its
-/// socket was then seen by the accept loop's thread and handed over to the task's: two
-/// threads woken per event, and one reactor doing every connection's I/O polling, which is
-/// what stops such a process from scaling with its threads. Two `epoll_ctl` calls once per
-/// connection move it. `None`: the socket could not be moved (the connection is closed).
-fn rehome(s: pingora_core::protocols::Stream) -> Option<pingora_core::protocols::Stream> {
-    if !s.as_any().is::<PlainTcp>() {
-        return Some(s);
-    }
-    let p = s.into_any().downcast::<PlainTcp>().ok()?;
-    let tcp = tokio::net::TcpStream::from_std(p.tcp.into_std().ok()?).ok()?;
-    Some(Box::new(PlainTcp {
-        tcp,
-        peer: p.peer,
-        digest: p.digest,
-    }))
 }
 
 /// A connection's task: one boxed future for its whole life. Its output is dropped (a stream
@@ -239,26 +83,21 @@ pub type ConnFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Option<pingora_core::protocols::Stream>> + Send + 'static>,
 >;
 
-/// An accepted connection, not yet moved to the reactor of the thread that runs it.
+/// An accepted connection, handed to the task that serves it.
 pub struct Accepted {
     s: pingora_core::protocols::Stream,
-    /// The accept loop's thread, when threads are separate runtimes.
-    home: Option<std::thread::ThreadId>,
 }
 
 impl Accepted {
-    /// `home`: the thread whose reactor the socket is registered with, if threads are
-    /// separate runtimes.
-    pub fn new(s: pingora_core::protocols::Stream, home: Option<std::thread::ThreadId>) -> Self {
-        Accepted { s, home }
+    pub fn new(s: pingora_core::protocols::Stream) -> Self {
+        Accepted { s }
     }
 
-    /// The stream, registered with this thread's reactor (see [`rehome`]); `None`: closed.
+    /// The stream. A [`PlainTcp`] is registered with the reactor of the thread that first
+    /// waits on it, so a connection spawned on another thread than the accept loop's needs
+    /// no move between reactors.
     pub fn settle(self) -> Option<pingora_core::protocols::Stream> {
-        match self.home.filter(|&a| a != std::thread::current().id()) {
-            Some(_) => rehome(self.s),
-            None => Some(self.s),
-        }
+        Some(self.s)
     }
 }
 
@@ -405,12 +244,19 @@ async fn accept_loop<A>(
         }
     };
     tokio::pin!(removed);
-    // Threads without work stealing are each their own runtime, with its own reactor; a
-    // connection spawned on another thread than this accept loop's moves its socket to that
-    // thread's reactor (see `rehome`).
-    let per_thread = (tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::CurrentThread)
-        .then(|| std::thread::current().id());
+    // Accepted with accept4 on the bare socket (see `super::plain`): tokio's accept would
+    // register every connection with this thread's reactor.
+    // SAFETY: the AsyncFd owns the listening socket until `into_inner`.
+    let l = match l
+        .into_std()
+        .and_then(|l| unsafe { AsyncFd::register(l) }.map_err(Into::into))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{name}: cannot poll the listening socket on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
     let mut stopping = false;
     let inherited = super::sockopt::nodelay_for_all(&l);
     if app.delays_acks() && !super::sockopt::delay_acks_for_all(&l) {
@@ -418,7 +264,7 @@ async fn accept_loop<A>(
     }
     loop {
         let accepted = tokio::select! {
-            r = l.accept() => r,
+            r = accept(&l) => r,
             c = shutdown.changed(), if !stopping => {
                 if c.is_err() || *shutdown.borrow() {
                     // the admin listener answers through a drain (its /healthz says 503),
@@ -433,7 +279,7 @@ async fn accept_loop<A>(
             }
             _ = &mut removed => {
                 log::info!("{name}: removed by a reload: stopped accepting on {addr}");
-                forget_socket(addr, l, fds);
+                forget_socket(addr, l.into_inner(), fds);
                 return;
             }
         };
@@ -455,11 +301,14 @@ async fn accept_loop<A>(
             Box::new(PlainTcp::new(tcp, peer))
         } else {
             let fd = tcp.as_raw_fd();
+            let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
+                continue;
+            };
             let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
             s.set_socket_digest(SocketDigest::from_raw_fd(fd));
             Box::new(s)
         };
-        let a = Accepted::new(s, per_thread);
+        let a = Accepted::new(s);
         pingora_runtime::current_handle().spawn(app.clone().connection(a, shutdown.clone()));
     }
     log::info!("{name}: stopped accepting on {addr}");
@@ -467,9 +316,21 @@ async fn accept_loop<A>(
     app.cleanup().await;
 }
 
+/// The next connection on `l`, nonblocking and registered with no reactor.
+async fn accept(
+    l: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = l.readable().await?;
+        if let Ok(r) = ready.try_io(|l| super::plain::accept(l.get_ref())) {
+            return r;
+        }
+    }
+}
+
 /// Close a removed listener's socket and take it out of the fd table, so an upgrade does not
 /// hand over a closed (or reused) descriptor.
-fn forget_socket(addr: SocketAddr, l: tokio::net::TcpListener, fds: Option<ListenFds>) {
+fn forget_socket(addr: SocketAddr, l: std::net::TcpListener, fds: Option<ListenFds>) {
     use std::os::fd::IntoRawFd;
     let Some(fds) = fds else {
         drop(l);
@@ -483,14 +344,10 @@ fn forget_socket(addr: SocketAddr, l: tokio::net::TcpListener, fds: Option<Liste
         .into_iter()
         .filter(|k| *k != key)
         .collect();
-    match l.into_std() {
+    if table.get(&key).is_some() {
         // the table closes it: ownership of the descriptor goes there
-        Ok(std_l) if table.get(&key).is_some() => {
-            let _ = std_l.into_raw_fd();
-            table.close_unclaimed(&keep);
-        }
-        Ok(std_l) => drop(std_l),
-        Err(e) => log::warn!("{addr}: cannot take the socket back from the runtime: {e}"),
+        let _ = l.into_raw_fd();
+        table.close_unclaimed(&keep);
     }
 }
 

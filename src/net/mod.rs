@@ -1,5 +1,5 @@
-//! The network layer under the engines: the accept loop and plain TCP streams of plaintext
-//! listeners ([`listen`]), the one byte relay for every tunnel ([`relay`], [`splice`]), the
+//! The network layer under the engines: the accept loop of plaintext listeners ([`listen`])
+//! and their TCP streams, registered with the reactor only when they wait ([`plain`]), the one byte relay for every tunnel ([`relay`], [`splice`]), the
 //! proxy's own answers written on a Pingora session ([`respond`]), the sender of mirrored
 //! requests ([`mirror`]), the shared count of the per-IP rate limit ([`ratestore`]), and the
 //! etcd client the fleet configuration is watched with ([`etcd`]), and the time limit on
@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod linger;
 pub mod listen;
 pub mod mirror;
+pub mod plain;
 pub mod ratestore;
 pub mod relay;
 pub mod respond;

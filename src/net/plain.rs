@@ -1,0 +1,429 @@
+//! A plaintext client connection as Pingora's `IO`, registered with the reactor only when it
+//! first has to wait.
+//!
+//! Pingora's L4 stream keeps 375 bytes of buffers and bookkeeping per connection, and a
+//! tokio `TcpStream` registers its socket with epoll when it is made and removes it when it
+//! is dropped: two `epoll_ctl` calls per connection. A request on a new connection usually
+//! needs neither. By the time its task first reads, the request is already in the socket,
+//! and the response fits in the socket's send buffer. So [`PlainTcp`] reads and writes the
+//! socket directly, and registers it (`AsyncFd`, with the reactor of the thread that runs
+//! the connection) only when a read or write would block, or when an idle connection waits
+//! for its next request. A one-request connection that never waits costs no `epoll_ctl`
+//! at all (HAProxy does the same: it polls an fd only after a read finds nothing).
+
+use async_trait::async_trait;
+use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
+use pingora_core::protocols::{GetSocketDigest, SocketDigest};
+use std::io::{IoSlice, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::ReadBuf;
+
+/// The socket's descriptor as the reactor sees it; the socket itself is [`PlainTcp::sock`].
+#[derive(Debug)]
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// A plaintext connection, accepted nonblocking and not yet registered with any reactor.
+/// The socket digest, which Pingora's path reads for the client address, is made on first
+/// use.
+#[derive(Debug)]
+pub struct PlainTcp {
+    /// The registration, made on the first wait. Declared before `sock` so it is dropped
+    /// (removed from epoll) before the socket closes.
+    reg: OnceLock<AsyncFd<Fd>>,
+    sock: std::net::TcpStream,
+    /// From accept(): no getpeername per connection.
+    peer: SocketAddr,
+    digest: OnceLock<Arc<SocketDigest>>,
+}
+
+impl PlainTcp {
+    /// `sock` must be in nonblocking mode.
+    pub fn new(sock: std::net::TcpStream, peer: SocketAddr) -> PlainTcp {
+        PlainTcp {
+            reg: OnceLock::new(),
+            sock,
+            peer,
+            digest: OnceLock::new(),
+        }
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether the digest was made (it then also holds the peer).
+    pub fn has_digest(&self) -> bool {
+        self.digest.get().is_some()
+    }
+
+    /// The registration with the current thread's reactor, made now if need be.
+    fn reg(&self) -> std::io::Result<&AsyncFd<Fd>> {
+        if let Some(r) = self.reg.get() {
+            return Ok(r);
+        }
+        // SAFETY: `sock`, which owns the descriptor, is dropped after `reg` (field order)
+        // and never replaced, so the descriptor stays open and the same for as long as the
+        // registration lives.
+        let r = unsafe { AsyncFd::register(Fd(self.sock.as_raw_fd())) }?;
+        // one task owns the connection: nothing else can have set it meanwhile
+        let _ = self.reg.set(r);
+        self.reg
+            .get()
+            .ok_or_else(|| std::io::Error::other("socket registration lost"))
+    }
+
+    /// Ready when the socket has something to read (or is closed), reading nothing: an idle
+    /// keep-alive connection waits here without a buffer, on the socket's own reader slot
+    /// (the waiting future keeps no waiter of its own).
+    ///
+    /// A connection that never waited is first asked with a one-byte peek: a new
+    /// connection's first request is usually there already, and a peek costs less than
+    /// registering and, at close, deregistering.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.reg.get().is_none() {
+            let mut one = [0u8; 1];
+            match self.sock.peek(&mut one) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // data, or EOF, or an error: the read that follows finds out which
+                r => return Poll::Ready(r.map(|_| ())),
+            }
+        }
+        let reg = self.reg()?;
+        // readiness stays set: the read that follows clears it if it finds nothing
+        let _ready = ready!(reg.poll_read_ready(cx))?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// `op` on the socket now; if it would block, again each time the reactor says the
+    /// socket is ready for `write` (or reading).
+    fn poll_io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        write: bool,
+        mut op: impl FnMut(&std::net::TcpStream) -> std::io::Result<T>,
+    ) -> Poll<std::io::Result<T>> {
+        if self.reg.get().is_none() {
+            match op(&self.sock) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+        let reg = self.reg()?;
+        loop {
+            let mut guard = if write {
+                ready!(reg.poll_write_ready(cx))?
+            } else {
+                ready!(reg.poll_read_ready(cx))?
+            };
+            match guard.try_io(|_| op(&self.sock)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// `recv` into the unfilled part of `buf`, which need not be initialised.
+fn recv(
+    s: &std::net::TcpStream,
+    buf: &mut ReadBuf<'_>,
+    flags: libc::c_int,
+) -> std::io::Result<usize> {
+    // SAFETY: recv writes at most `len` bytes into the unfilled (possibly uninitialised)
+    // part of the buffer, and the bytes it reports are then marked initialised and filled.
+    unsafe {
+        let unfilled = buf.unfilled_mut();
+        let n = libc::recv(
+            s.as_raw_fd(),
+            unfilled.as_mut_ptr().cast(),
+            unfilled.len(),
+            flags,
+        );
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        buf.assume_init(n);
+        buf.advance(n);
+        Ok(n)
+    }
+}
+
+impl tokio::io::AsyncRead for PlainTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_io(cx, false, |s| recv(s, buf, 0)).map_ok(|_| ())
+    }
+}
+
+impl tokio::io::AsyncWrite for PlainTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_io(cx, true, |mut s| s.write(data))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(match self.sock.shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotConnected => Err(e),
+            _ => Ok(()),
+        })
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_io(cx, true, |mut s| s.write_vectored(bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl pingora_core::protocols::Shutdown for PlainTcp {
+    async fn shutdown(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl pingora_core::protocols::UniqueID for PlainTcp {
+    fn id(&self) -> pingora_core::protocols::UniqueIDType {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl pingora_core::protocols::Ssl for PlainTcp {}
+
+/// Peeking lets an `h2c: true` listener tell the HTTP/2 preface from an HTTP/1 request
+/// without consuming either.
+#[async_trait]
+impl pingora_core::protocols::Peek for PlainTcp {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        loop {
+            let n = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(buf);
+                self.poll_io(cx, false, |s| recv(s, &mut rb, libc::MSG_PEEK))
+            })
+            .await?;
+            if n == 0 || n >= buf.len() {
+                return Ok(n > 0);
+            }
+            // A short peek: wait for the rest only while what came could still be it.
+            if buf[..n] != super::H2_PREFACE[..n.min(24)] {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl pingora_core::protocols::GetTimingDigest for PlainTcp {
+    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl pingora_core::protocols::GetProxyDigest for PlainTcp {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for PlainTcp {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(
+            self.digest
+                .get_or_init(|| {
+                    let d = SocketDigest::from_raw_fd(self.sock.as_raw_fd());
+                    let _ = d.peer_addr.set(Some(PSocketAddr::Inet(self.peer)));
+                    Arc::new(d)
+                })
+                .clone(),
+        )
+    }
+    fn set_socket_digest(&mut self, d: SocketDigest) {
+        self.digest = OnceLock::from(Arc::new(d));
+    }
+}
+
+/// `accept4` on a nonblocking listener: the connection nonblocking and close-on-exec in one
+/// call, not registered with any reactor, and its peer address.
+pub fn accept(l: &impl AsRawFd) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: accept4 writes at most `len` bytes of address into `ss`.
+    let fd = unsafe {
+        libc::accept4(
+            l.as_raw_fd(),
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let s = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    match peer(&ss) {
+        Some(p) => Ok((s, p)),
+        None => Err(std::io::Error::other(format!(
+            "accepted a connection of address family {}",
+            ss.ss_family
+        ))),
+    }
+}
+
+fn peer(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair(
+        bind: &str,
+    ) -> (
+        tokio::net::TcpStream,
+        PlainTcp,
+        AsyncFd<std::net::TcpListener>,
+    ) {
+        let Ok(l) = std::net::TcpListener::bind(bind) else {
+            panic!("cannot listen on {bind}");
+        };
+        assert!(l.set_nonblocking(true).is_ok());
+        let Ok(addr) = l.local_addr() else {
+            panic!("listener address");
+        };
+        // SAFETY: the AsyncFd owns the listener.
+        let Ok(l) = (unsafe { AsyncFd::register(l) }) else {
+            panic!("listener registration");
+        };
+        let Ok(c) = tokio::net::TcpStream::connect(addr).await else {
+            panic!("connect to {addr}");
+        };
+        let (s, p) = loop {
+            let Ok(mut g) = l.readable().await else {
+                panic!("listener readiness");
+            };
+            if let Ok(r) = g.try_io(|l| accept(l.get_ref())) {
+                break r.unwrap_or_else(|e| panic!("accept: {e}"));
+            }
+        };
+        assert_eq!(
+            Some(p),
+            c.local_addr().ok(),
+            "the peer is the client's address"
+        );
+        (c, PlainTcp::new(s, p), l)
+    }
+
+    /// Data already there is seen, read and answered without registering the socket; a
+    /// read that has to wait registers it and is woken by the data.
+    #[tokio::test]
+    async fn registers_only_when_it_has_to_wait() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let (mut c, mut s, _l) = pair(bind).await;
+            assert!(c.write_all(b"ping").await.is_ok());
+            // until the bytes are in the socket (loopback may take a moment under load)
+            let mut tries = 0;
+            while s.sock.peek(&mut [0u8; 4]).map_or(true, |n| n < 4) {
+                tries += 1;
+                assert!(tries < 5000, "the client's bytes never arrived");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let ready = std::future::poll_fn(|cx| Poll::Ready(s.poll_readable(cx)));
+            assert!(
+                matches!(ready.await, Poll::Ready(Ok(()))),
+                "readable at once"
+            );
+            let mut got = [0u8; 16];
+            let n = s.read(&mut got).await.unwrap_or(0);
+            assert_eq!(&got[..n], b"ping");
+            assert!(s.write_all(b"pong").await.is_ok());
+            assert!(s.reg.get().is_none(), "nothing waited: no registration");
+            let mut back = [0u8; 4];
+            assert!(c.read_exact(&mut back).await.is_ok());
+            assert_eq!(&back, b"pong");
+
+            // nothing to read: the read waits, registered, until the client writes
+            let read = tokio::spawn(async move {
+                let mut got = [0u8; 16];
+                let n = s.read(&mut got).await.unwrap_or(0);
+                (got[..n].to_vec(), s.reg.get().is_some())
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(c.write_all(b"later").await.is_ok());
+            let Ok(Ok((later, registered))) =
+                tokio::time::timeout(Duration::from_secs(5), read).await
+            else {
+                panic!("the waiting read was not woken");
+            };
+            assert_eq!(later, b"later");
+            assert!(registered, "a read that waited registered the socket");
+        }
+    }
+
+    /// A socket that never waited is closed on drop (the client sees EOF), as is one that did.
+    #[tokio::test]
+    async fn drop_closes_registered_or_not() {
+        let (mut c, s, _l) = pair("127.0.0.1:0").await;
+        assert!(s.reg.get().is_none());
+        drop(s);
+        let mut b = [0u8; 1];
+        assert!(matches!(c.read(&mut b).await, Ok(0)));
+
+        let (mut c, s, _l) = pair("127.0.0.1:0").await;
+        let ready = std::future::poll_fn(|cx| Poll::Ready(s.poll_readable(cx).is_pending()));
+        assert!(ready.await, "nothing to read yet");
+        assert!(s.reg.get().is_some());
+        drop(s);
+        assert!(matches!(c.read(&mut b).await, Ok(0)));
+    }
+}
