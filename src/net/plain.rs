@@ -107,13 +107,18 @@ impl PlainTcp {
     }
 
     /// `op` on the socket now; if it would block, again each time the reactor says the
-    /// socket is ready for `write` (or reading).
-    fn poll_io<T>(
+    /// socket is ready for `write` (or reading). `want`: the bytes asked for. A stream
+    /// socket that moves fewer (but some) has drained its receive queue or filled its send
+    /// buffer, so the readiness is cleared then too, as tokio's own streams do: the next
+    /// call waits for the reactor instead of trying a call bound to fail (for a keep-alive
+    /// connection, a read per request).
+    fn poll_io(
         &self,
         cx: &mut Context<'_>,
         write: bool,
-        mut op: impl FnMut(&std::net::TcpStream) -> std::io::Result<T>,
-    ) -> Poll<std::io::Result<T>> {
+        want: usize,
+        mut op: impl FnMut(&std::net::TcpStream) -> std::io::Result<usize>,
+    ) -> Poll<std::io::Result<usize>> {
         if self.reg.get().is_none() {
             match op(&self.sock) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -128,6 +133,10 @@ impl PlainTcp {
                 ready!(reg.poll_read_ready(cx))?
             };
             match guard.try_io(|_| op(&self.sock)) {
+                Ok(Ok(n)) if 0 < n && n < want => {
+                    guard.clear_ready();
+                    return Poll::Ready(Ok(n));
+                }
                 Ok(r) => return Poll::Ready(r),
                 Err(_would_block) => continue,
             }
@@ -170,7 +179,9 @@ impl tokio::io::AsyncRead for PlainTcp {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        self.poll_io(cx, false, |s| recv(s, buf, 0)).map_ok(|_| ())
+        let want = buf.remaining();
+        self.poll_io(cx, false, want, |s| recv(s, buf, 0))
+            .map_ok(|_| ())
     }
 }
 
@@ -180,7 +191,7 @@ impl tokio::io::AsyncWrite for PlainTcp {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.poll_io(cx, true, |mut s| s.write(data))
+        self.poll_io(cx, true, data.len(), |mut s| s.write(data))
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -196,7 +207,8 @@ impl tokio::io::AsyncWrite for PlainTcp {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.poll_io(cx, true, |mut s| s.write_vectored(bufs))
+        let want = bufs.iter().map(|b| b.len()).sum();
+        self.poll_io(cx, true, want, |mut s| s.write_vectored(bufs))
     }
     fn is_write_vectored(&self) -> bool {
         true
@@ -226,7 +238,8 @@ impl pingora_core::protocols::Peek for PlainTcp {
         loop {
             let n = std::future::poll_fn(|cx| {
                 let mut rb = ReadBuf::new(buf);
-                self.poll_io(cx, false, |s| recv(s, &mut rb, libc::MSG_PEEK))
+                // a peek drains nothing: never a short read
+                self.poll_io(cx, false, 0, |s| recv(s, &mut rb, libc::MSG_PEEK))
             })
             .await?;
             if n == 0 || n >= buf.len() {
@@ -396,17 +409,21 @@ mod tests {
             let read = tokio::spawn(async move {
                 let mut got = [0u8; 16];
                 let n = s.read(&mut got).await.unwrap_or(0);
-                (got[..n].to_vec(), s.reg.get().is_some())
+                (got[..n].to_vec(), s.reg.get().is_some(), s)
             });
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(c.write_all(b"later").await.is_ok());
-            let Ok(Ok((later, registered))) =
+            let Ok(Ok((later, registered, s))) =
                 tokio::time::timeout(Duration::from_secs(5), read).await
             else {
                 panic!("the waiting read was not woken");
             };
             assert_eq!(later, b"later");
             assert!(registered, "a read that waited registered the socket");
+            // that read was short, so it drained the socket: waiting again must not wake
+            // at once on stale readiness (a read bound to fail)
+            let stale = std::future::poll_fn(|cx| Poll::Ready(s.poll_readable(cx).is_ready()));
+            assert!(!stale.await, "readiness left set after a short read");
         }
     }
 
