@@ -125,7 +125,7 @@ pub struct PingoraFile {
     pub listener_tasks_per_fd: Option<usize>,
     /// How long a worker thread keeps polling for I/O without blocking after a request
     /// completes, while requests come closer together than this (see `src/spin.rs`); `0`
-    /// turns it off. At most 10ms. Only with `work_stealing: false`. Default: 50us
+    /// turns it off. At most 10ms. Only with `work_stealing: false`. Default: 25us
     pub busy_poll: Option<Dur>,
 }
 

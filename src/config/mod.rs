@@ -39,9 +39,11 @@ pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
 /// `pingora.busy_poll`: a little longer than the gap between requests on a busy worker
-/// (about 20 µs at 50,000 requests a second), and short enough that a thread at a few
-/// thousand requests a second, where it does not pay, does not spin.
-pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
+/// (about 15 µs at 65,000 requests a second), and short enough that a thread at a few
+/// thousand requests a second, where it does not pay, does not spin. Measured against
+/// 50 µs (alternating runs, GET /1k and /64k): the same throughput, and 6% less CPU per
+/// 64 KiB request, whose transfers leave longer gaps that a longer window spins through.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(25);
 /// Longer spins than this buy nothing a blocking wait would not give.
 pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 pub const DEFAULT_HC_INTERVAL: Duration = Duration::from_secs(5);
