@@ -35,20 +35,31 @@ async fn first_request_is_acknowledged_by_its_response(fast_path: bool) {
         "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, fast_path: {fast_path}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
         o.addr
     ));
-    let mut c = Conn::connect(p.addr).await.expect("connect");
-    let before = segs_in(&c.stream);
-    let r = tokio::time::timeout(WAIT, c.get("/ok", &[]))
-        .await
-        .expect("response in time")
-        .expect("response");
-    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
-    // the SYN-ACK before; then the response, carrying the ACK of the request (a connection
-    // in quick-ACK mode gets a bare ACK first: 3)
-    assert_eq!(before, 1, "the SYN-ACK");
-    assert_eq!(
-        segs_in(&c.stream),
-        2,
-        "segments received by the client: SYN-ACK and the response, no bare ACK"
+    // A response later than the delayed-ACK timer (40 ms) would follow a bare ACK anyway,
+    // which a loaded machine can cause now and then: such a connection proves nothing
+    // either way, so a few are tried, and the quick ones must all show the ACK riding on
+    // the response.
+    let mut quick = Vec::new();
+    for _ in 0..5 {
+        let mut c = Conn::connect(p.addr).await.expect("connect");
+        assert_eq!(segs_in(&c.stream), 1, "the SYN-ACK");
+        let t0 = std::time::Instant::now();
+        let r = tokio::time::timeout(WAIT, c.get("/ok", &[]))
+            .await
+            .expect("response in time")
+            .expect("response");
+        let took = t0.elapsed();
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+        if took < Duration::from_millis(20) {
+            // the SYN-ACK, then the response carrying the ACK of the request (a connection
+            // in quick-ACK mode gets a bare ACK first: 3)
+            quick.push(segs_in(&c.stream));
+        }
+    }
+    assert!(!quick.is_empty(), "no response within 20 ms in 5 tries");
+    assert!(
+        quick.iter().all(|&n| n == 2),
+        "segments received per connection (SYN-ACK and the response, no bare ACK): {quick:?}"
     );
 }
 
