@@ -406,20 +406,24 @@ mod tests {
             assert_eq!(&back, b"pong");
 
             // nothing to read: the read waits, registered, until the client writes
-            let read = tokio::spawn(async move {
-                let mut got = [0u8; 16];
-                let n = s.read(&mut got).await.unwrap_or(0);
-                (got[..n].to_vec(), s.reg.get().is_some(), s)
+            let mut got = [0u8; 16];
+            let waits = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(&mut got);
+                Poll::Ready(
+                    tokio::io::AsyncRead::poll_read(Pin::new(&mut s), cx, &mut rb).is_pending(),
+                )
             });
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(waits.await, "nothing to read yet");
+            assert!(
+                s.reg.get().is_some(),
+                "a read that waits registers the socket"
+            );
             assert!(c.write_all(b"later").await.is_ok());
-            let Ok(Ok((later, registered, s))) =
-                tokio::time::timeout(Duration::from_secs(5), read).await
-            else {
-                panic!("the waiting read was not woken");
+            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut got)).await {
+                Ok(Ok(n)) => n,
+                r => panic!("the waiting read was not woken: {r:?}"),
             };
-            assert_eq!(later, b"later");
-            assert!(registered, "a read that waited registered the socket");
+            assert_eq!(&got[..n], b"later");
             // that read was short, so it drained the socket: waiting again must not wake
             // at once on stale readiness (a read bound to fail)
             let stale = std::future::poll_fn(|cx| Poll::Ready(s.poll_readable(cx).is_ready()));
