@@ -16,7 +16,9 @@ fn set_cookie(r: &client::Response) -> Option<(String, String)> {
 
 async fn get_with(p: std::net::SocketAddr, cookie: Option<&str>) -> client::Response {
     let h: Vec<(&str, &str)> = cookie.map(|c| ("Cookie", c)).into_iter().collect();
-    let r = client::get(p, "/", &h).await.expect("response");
+    let r = client::get(p, "/", &h)
+        .await
+        .unwrap_or_else(|e| panic!("GET / through {p}: {e} ({:?})", e.kind()));
     assert_eq!(r.status, 200, "{}", r.text());
     r
 }
