@@ -8,6 +8,8 @@
 //! 64 KiB, 1 MiB transfers ran at 0.85x nginx; with 256 KiB at 1.0x). The large buffer is
 //! freed when its direction ends; `max_connections` bounds the total.
 //! Half-close is passed on: when one side's reads end, the other side's write half is shut.
+//! Except for the last direction to end when the caller closes that side right away
+//! ([`Relay::closing_b`]): the close sends the same FIN, and the `shutdown` call is saved.
 
 use std::future::Future;
 use std::io;
@@ -30,11 +32,14 @@ struct Half {
 }
 
 impl Half {
+    /// `closed_after`: the writer is a plain socket closed as soon as this direction ends,
+    /// so its write half need not be shut first.
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut r: Pin<&mut R>,
         mut w: Pin<&mut W>,
+        closed_after: bool,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
@@ -85,7 +90,9 @@ impl Half {
             }
             if self.read_done {
                 ready!(w.as_mut().poll_flush(cx))?;
-                ready!(w.as_mut().poll_shutdown(cx))?;
+                if !closed_after {
+                    ready!(w.as_mut().poll_shutdown(cx))?;
+                }
                 self.done = true;
                 self.buf = Vec::new();
                 return Poll::Ready(Ok(()));
@@ -100,6 +107,7 @@ pub struct Relay<'x, A: ?Sized, B: ?Sized> {
     b: &'x mut B,
     ab: Half,
     ba: Half,
+    b_closes: bool,
 }
 
 pub fn relay<'x, A, B>(a: &'x mut A, b: &'x mut B) -> Relay<'x, A, B>
@@ -112,6 +120,19 @@ where
         b,
         ab: Half::default(),
         ba: Half::default(),
+        b_closes: false,
+    }
+}
+
+impl<A: ?Sized, B: ?Sized> Relay<'_, A, B> {
+    /// `b` is a plain TCP socket that the caller closes as soon as the relay ends. When the
+    /// a→b direction is the last to end (the client closing after the backend did, as on
+    /// every connection-per-request), the close delivers its FIN, so the relay does not
+    /// shut `b`'s write half first. (A TLS writer is never `b`: its close_notify is written
+    /// by the shutdown.)
+    pub fn closing_b(mut self) -> Self {
+        self.b_closes = true;
+        self
     }
 }
 
@@ -125,9 +146,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if !this.ab.done {
+            let last = this.b_closes && this.ba.done;
             if let Poll::Ready(Err(e)) =
                 this.ab
-                    .poll(cx, Pin::new(&mut *this.a), Pin::new(&mut *this.b))
+                    .poll(cx, Pin::new(&mut *this.a), Pin::new(&mut *this.b), last)
             {
                 return Poll::Ready(Err(e));
             }
@@ -135,7 +157,7 @@ where
         if !this.ba.done {
             if let Poll::Ready(Err(e)) =
                 this.ba
-                    .poll(cx, Pin::new(&mut *this.b), Pin::new(&mut *this.a))
+                    .poll(cx, Pin::new(&mut *this.b), Pin::new(&mut *this.a), false)
             {
                 return Poll::Ready(Err(e));
             }
@@ -144,6 +166,65 @@ where
             Poll::Ready(Ok((this.ab.total, this.ba.total)))
         } else {
             Poll::Pending
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            panic!("cannot listen on 127.0.0.1:0");
+        };
+        let Ok(addr) = l.local_addr() else {
+            panic!("listener address");
+        };
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (Ok(c), Ok((s, _))) = (c, s) else {
+            panic!("connect/accept on loopback failed");
+        };
+        (c, s)
+    }
+
+    /// The backend answers and closes, then the client closes: with `closing_b` the
+    /// client's FIN reaches the backend by the caller's close, not by a shutdown first;
+    /// without it, by the shutdown.
+    #[tokio::test]
+    async fn the_last_fin_to_a_closing_backend_is_left_to_its_close() {
+        for closing in [true, false] {
+            let (mut client, mut a) = pair().await;
+            let (mut b, mut backend) = pair().await;
+            assert!(backend.write_all(b"resp").await.is_ok());
+            assert!(backend.shutdown().await.is_ok());
+            let r = relay(&mut a, &mut b);
+            let r = if closing { r.closing_b() } else { r };
+            let client_side = async {
+                let mut got = Vec::new();
+                assert!(client.read_to_end(&mut got).await.is_ok());
+                assert!(client.shutdown().await.is_ok());
+                got
+            };
+            let (moved, got) = tokio::join!(r, client_side);
+            assert_eq!(got, b"resp");
+            assert_eq!(moved.ok(), Some((0, 4)));
+            let mut one = [0u8; 1];
+            if closing {
+                assert!(
+                    matches!(backend.try_read(&mut one), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                    "no FIN before the close"
+                );
+                drop(b);
+            }
+            let eof =
+                tokio::time::timeout(std::time::Duration::from_secs(5), backend.read(&mut one));
+            assert!(
+                matches!(eof.await, Ok(Ok(0))),
+                "the backend sees the client's FIN"
+            );
         }
     }
 }

@@ -23,7 +23,8 @@ pub enum Splice {
 }
 
 /// Both directions until both are done, with the idle watchdog. Also the tunnel of an
-/// upgraded (WebSocket) HTTP/1 connection.
+/// upgraded (WebSocket) HTTP/1 connection. The caller closes `backend` when this returns:
+/// if the client's side ends last, that close is what passes its FIN on.
 pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     client: &mut C,
     backend: &mut TcpStream,
@@ -42,7 +43,7 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
         last: &last,
         t0,
     };
-    let copy = relay::relay(&mut a, &mut b);
+    let copy = relay::relay(&mut a, &mut b).closing_b();
     tokio::pin!(copy);
     tokio::pin!(drain);
     let mut draining = false;
