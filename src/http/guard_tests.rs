@@ -87,17 +87,8 @@ async fn write(c: &mut tokio::net::TcpStream, b: &[u8]) {
 async fn incomplete_requests_are_acknowledged_at_once() {
     use std::os::fd::AsRawFd;
     use tokio::io::AsyncReadExt;
-    let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-        panic!("cannot listen on 127.0.0.1:0");
-    };
-    assert!(crate::net::sockopt::delay_acks_for_all(&l));
-    let Ok(addr) = l.local_addr() else {
-        panic!("listener address");
-    };
-    let (c, a) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
-    let (Ok(mut c), Ok((a, _))) = (c, a) else {
-        panic!("connect/accept on loopback failed");
-    };
+    let (mut c, a) =
+        crate::net::sockopt::loopback_pair(crate::net::sockopt::delay_acks_for_all).await;
     let fd = a.as_raw_fd();
     let l4: pingora_core::protocols::l4::stream::Stream = a.into();
     let limits = HeadLimits {

@@ -173,22 +173,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::sockopt::loopback_pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-            panic!("cannot listen on 127.0.0.1:0");
-        };
-        let Ok(addr) = l.local_addr() else {
-            panic!("listener address");
-        };
-        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-        let (Ok(c), Ok((s, _))) = (c, s) else {
-            panic!("connect/accept on loopback failed");
-        };
-        (c, s)
-    }
 
     /// The backend answers and closes, then the client closes: with `closing_b` the
     /// client's FIN reaches the backend by the caller's close, not by a shutdown first;
@@ -196,8 +182,8 @@ mod tests {
     #[tokio::test]
     async fn the_last_fin_to_a_closing_backend_is_left_to_its_close() {
         for closing in [true, false] {
-            let (mut client, mut a) = pair().await;
-            let (mut b, mut backend) = pair().await;
+            let (mut client, mut a) = loopback_pair(|_| true).await;
+            let (mut b, mut backend) = loopback_pair(|_| true).await;
             assert!(backend.write_all(b"resp").await.is_ok());
             assert!(backend.shutdown().await.is_ok());
             let r = relay(&mut a, &mut b);

@@ -71,32 +71,35 @@ pub(crate) fn quickack(fd: RawFd) -> libc::c_int {
     v
 }
 
+/// A connection on loopback, the client's end and the accepted one, from a listener that
+/// `set` prepared first (`|_| true` for none). For the tests of the socket-level code.
+#[cfg(test)]
+pub(crate) async fn loopback_pair(
+    set: impl Fn(&tokio::net::TcpListener) -> bool,
+) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        panic!("cannot listen on 127.0.0.1:0");
+    };
+    assert!(set(&l), "setsockopt on the listener failed");
+    let Ok(addr) = l.local_addr() else {
+        panic!("listener address");
+    };
+    let (c, a) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
+    let (Ok(c), Ok((a, _))) = (c, a) else {
+        panic!("connect/accept on loopback failed");
+    };
+    (c, a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn accepted(
-        set: impl Fn(&tokio::net::TcpListener) -> bool,
-    ) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-        let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-            panic!("cannot listen on 127.0.0.1:0");
-        };
-        assert!(set(&l), "setsockopt on the listener failed");
-        let Ok(addr) = l.local_addr() else {
-            panic!("listener address");
-        };
-        let (c, a) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
-        let (Ok(c), Ok((a, _))) = (c, a) else {
-            panic!("connect/accept on loopback failed");
-        };
-        (c, a)
-    }
 
     /// A connection accepted from a listener with TCP_NODELAY has it without a call of its
     /// own (what lets the accept loop skip the per-connection `setsockopt`).
     #[tokio::test]
     async fn accepted_connections_inherit_nodelay() {
-        let (_c, a) = accepted(nodelay_for_all).await;
+        let (_c, a) = loopback_pair(nodelay_for_all).await;
         assert_eq!(a.nodelay().ok(), Some(true));
     }
 
@@ -104,13 +107,13 @@ mod tests {
     /// start in quick-ACK mode), and `ack_now` switches one back.
     #[tokio::test]
     async fn accepted_connections_inherit_delayed_acks_until_ack_now() {
-        let (_c, plain) = accepted(|_| true).await;
+        let (_c, plain) = loopback_pair(|_| true).await;
         assert_eq!(
             quickack(plain.as_raw_fd()),
             1,
             "a plain listener's connection"
         );
-        let (_c, a) = accepted(delay_acks_for_all).await;
+        let (_c, a) = loopback_pair(delay_acks_for_all).await;
         assert_eq!(quickack(a.as_raw_fd()), 0, "inherited from the listener");
         assert!(ack_now(a.as_raw_fd()));
         assert_eq!(quickack(a.as_raw_fd()), 1, "after ack_now");
