@@ -104,6 +104,13 @@ enum Body {
     Held,
 }
 
+impl Body {
+    /// Whether the client is still sending this request's body.
+    fn arriving(&self) -> bool {
+        matches!(self, Body::Chunked(_)) || matches!(self, Body::Left(n) if *n > 0)
+    }
+}
+
 /// Writes shorter than this are gathered (one MSS, as Pingora's own L4 write buffer).
 const WRITE_GATHER: usize = 1460;
 
@@ -122,9 +129,7 @@ impl Drop for Guarded {
         }
         // Closed with the client still sending (a refused head, a request body left unread):
         // a plain close would reset the connection under the answer.
-        let unread = self.refused
-            || matches!(self.body, Body::Chunked(_))
-            || matches!(self.body, Body::Left(n) if n > 0);
+        let unread = self.refused || self.body.arriving();
         if unread {
             let s = std::mem::replace(&mut self.inner, Box::new(crate::net::linger::Closed));
             crate::net::linger::linger(s);
@@ -489,12 +494,7 @@ impl AsyncRead for Guarded {
                         return this.reject(cx, code, reason);
                     }
                 }
-                Poll::Pending
-                    if matches!(this.body, Body::Chunked(_))
-                        || matches!(this.body, Body::Left(n) if n > 0) =>
-                {
-                    this.ack_incomplete();
-                }
+                Poll::Pending if this.body.arriving() => this.ack_incomplete(),
                 _ => {}
             }
             return polled;
