@@ -3,8 +3,9 @@
 
 usage: report.py RESULTS_TSV SCENARIOS_TSV MEMORY_TSV TARGETS ROUNDS [CONNS_TSV [ROUTES_TSV]]
 
-RESULTS_TSV:   round scenario target status rps p50_ms p99_ms detail cpu_us
-               (status: ok|invalid|failed|na; cpu_us: the target's CPU time per request)
+RESULTS_TSV:   round scenario target status rps p50_ms p99_ms detail cpu_us busy
+               (status: ok|invalid|failed|na; cpu_us: the target's CPU time per request;
+               busy: "b0/b1", percent busy of CPU 0 and CPU 1 over the run)
 SCENARIOS_TSV: name label                                              (table order)
 MEMORY_TSV:    target idle_kb with_kb n alive after_kb status
 TARGETS:       comma-separated column order, e.g. direct,nginx,haproxy,stepstone
@@ -67,11 +68,15 @@ def main():
     scenarios = read_tsv(scenarios_tsv)
 
     runs = {}  # (scenario, target) -> list of (status, rps, p50, p99, cpu_us)
+    busy = {}  # (scenario, target) -> list of (cpu0 %, cpu1 %) of valid runs
     for row in read_tsv(results_tsv):
         _, sc, tg, status, rps, p50, p99 = row[:7]
         cpu = row[8] if len(row) > 8 else "0"
         runs.setdefault((sc, tg), []).append(
             (status, float(rps or 0), float(p50 or 0), float(p99 or 0), float(cpu or 0)))
+        b = row[9].split("/") if len(row) > 9 else []
+        if status == "ok" and len(b) == 2 and all(x.isdigit() for x in b):
+            busy.setdefault((sc, tg), []).append((int(b[0]), int(b[1])))
 
     med = {}  # (scenario, target) -> median rps of valid runs
     cpu_med = {}  # (scenario, target) -> median CPU microseconds per request of valid runs
@@ -141,6 +146,24 @@ def main():
                    "the requests it served. A peer's cost is that of its cheaper variant.")
         out.append("")
         out.append(table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
+
+    if busy:
+        rows = []
+        for name, label in scenarios:
+            r = [label]
+            for tg in targets:
+                b = busy.get((name, tg))
+                r.append("/".join(str(round(statistics.median(x[i] for x in b)))
+                                  for i in (0, 1)) if b else "-")
+            rows.append(r)
+        out.append("")
+        out.append("Busy %, CPU 0 / CPU 1 (median over rounds): CPU 0 runs wrk and the origin, "
+                   "CPU 1 the target. wrk's clock for a request runs from its write to its "
+                   "read, so where CPU 0 is at 100 and CPU 1 is not, the queue, and most of "
+                   "the latency measured, is wrk's own; a faster proxy there raises wrk's p50 "
+                   "and p99.")
+        out.append("")
+        out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
 
     proxies = [t for t in targets if t != "direct"]
     if "direct" in targets and proxies:
