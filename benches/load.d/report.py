@@ -10,7 +10,7 @@ SCENARIOS_TSV: name label                                              (table or
 MEMORY_TSV:    target idle_kb with_kb n alive after_kb status
 TARGETS:       comma-separated column order, e.g. direct,nginx,haproxy,stepstone
 CONNS_TSV:     target mode n status before_kb after_kb kb_per_conn alive seconds
-ROUTES_TSV:    hosts status rps p99_ms cpu_us check_s serve_s
+ROUTES_TSV:    hosts status rps p99_ms cpu_us check_s serve_s [origin_cpu_us]
 """
 import statistics
 import sys
@@ -240,26 +240,37 @@ def routes_table(rows_in):
     """Stepstone end to end with N host routes, against its one-route figures."""
     if not rows_in:
         return []
+    def origin(r):
+        return float(r[7]) if len(r) > 7 and r[7] else 0.0
+
     base = {}
     for r in rows_in:
         if r[1] == "ok" and not base:
-            base = {"rps": float(r[2]), "cpu": float(r[4])}
+            base = {"rps": float(r[2]), "cpu": float(r[4]), "origin": origin(r)}
     rows = []
     for r in rows_in:
         hosts, status = r[0], r[1]
         if status != "ok":
-            rows.append([hosts, status, "-", "-", "-", "-", "-", "-"])
+            rows.append([hosts, status] + ["-"] * 8)
             continue
         rps, p99, cpu, check, serve = (float(x) for x in r[2:7])
+        o = origin(r)
+        # the CPU ratio with the machine's speed taken out: each row's proxy cost over the
+        # origin's cost in the same run
+        norm = (cpu / o) / (base["cpu"] / base["origin"]) if o and base.get("origin") else None
         rows.append([hosts, fmt_rps(rps), fmt_ms(p99), f"{cpu:.1f}",
                      f"{cpu / base['cpu']:.2f}" if base.get("cpu") else "-",
+                     f"{o:.1f}" if o else "-", f"{norm:.2f}" if norm else "-",
                      f"{rps / base['rps']:.2f}" if base.get("rps") else "-",
                      f"{check:.2f}", f"{serve:.2f}"])
     return ["", "Route scale (Stepstone alone): GET /ok c64 for the last of N exact host routes "
             "(plus a wildcard+prefix route per 20 hosts); ratios against the first row; "
-            "`-t` and start-to-first-200 times in seconds.", "",
-            table(["hosts", "req/s", "p99 ms", "CPU us/req", "CPU ratio", "req/s ratio",
-                   "-t s", "serve s"], rows, ["r"] * 8)]
+            "`-t` and start-to-first-200 times in seconds. The origin's CPU per request in the "
+            "same run is the machine's speed then; \"per origin\" is the CPU ratio over it, "
+            "which a slowdown of the shared host between rows does not move.", "",
+            table(["hosts", "req/s", "p99 ms", "CPU us/req", "CPU ratio", "origin us/req",
+                   "CPU ratio per origin", "req/s ratio", "-t s", "serve s"], rows,
+                  ["r"] * 10)]
 
 
 if __name__ == "__main__":
