@@ -127,6 +127,11 @@ pub struct PingoraFile {
     /// completes, while requests come closer together than this (see `src/spin.rs`); `0`
     /// turns it off. At most 10ms. Only with `work_stealing: false`. Default: 25us
     pub busy_poll: Option<Dur>,
+    /// The open-file limit the process raises itself to at start (`RLIMIT_NOFILE`; every
+    /// client and backend connection takes one descriptor). Above the hard limit it raises
+    /// that too where the process may (CAP_SYS_RESOURCE), else stops at the hard limit with
+    /// a warning. Never lowers a limit. At least 64. Default: the hard limit
+    pub max_open_files: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

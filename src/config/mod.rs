@@ -44,6 +44,9 @@ pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
 /// 50 µs (alternating runs, GET /1k and /64k): the same throughput, and 6% less CPU per
 /// 64 KiB request, whose transfers leave longer gaps that a longer window spins through.
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(25);
+/// `pingora.max_open_files` below this leaves no room to serve (listeners, logs, the
+/// upgrade socket and a few connections take that many).
+pub const MIN_OPEN_FILES: u64 = 64;
 /// Longer spins than this buy nothing a blocking wait would not give.
 pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 pub const DEFAULT_HC_INTERVAL: Duration = Duration::from_secs(5);
@@ -551,6 +554,13 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             "pingora.busy_poll",
             format!("{:?}", d.0),
             "must be at most 10ms (0 turns it off)",
+        ));
+    }
+    if let Some(n) = raw.pingora.max_open_files.filter(|n| *n < MIN_OPEN_FILES) {
+        return Err(e.err(
+            "pingora.max_open_files",
+            n,
+            format!("must be at least {MIN_OPEN_FILES}"),
         ));
     }
 

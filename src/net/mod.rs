@@ -4,10 +4,11 @@
 //! requests ([`mirror`]), the shared count of the per-IP rate limit ([`ratestore`]), and the
 //! etcd client the fleet configuration is watched with ([`etcd`]), and the time limit on
 //! I/O that arms a timer only when the I/O has to wait ([`deadline`]), and the TCP options set
-//! on listeners and connections ([`sockopt`]).
+//! on listeners and connections ([`sockopt`]), and the open-file limit ([`fdlimit`]).
 
 pub mod deadline;
 pub mod etcd;
+pub mod fdlimit;
 pub mod linger;
 pub mod listen;
 pub mod mirror;

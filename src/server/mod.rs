@@ -77,6 +77,9 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg));
     server.bootstrap();
 
+    if let Err(e) = crate::net::fdlimit::raise(cfg.pingora.max_open_files) {
+        log::warn!("open-file limit left as it was: {e}");
+    }
     crate::cache::init_from_config(cfg);
     crate::spin::set_window(
         cfg.pingora

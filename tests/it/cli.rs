@@ -77,6 +77,11 @@ fn bad_configs_name_file_key_path_and_value() {
             "pingora.busy_poll",
             "50ns",
         ),
+        (
+            "pingora: {max_open_files: 10}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
+            "pingora.max_open_files",
+            "10",
+        ),
     ];
     for (body, path, value) in cases {
         let (code, out, file) = check(&format!("{L}{body}"));

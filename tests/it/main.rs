@@ -14,6 +14,7 @@ mod differential_h2;
 mod divergences;
 mod docs;
 mod fast;
+mod fdlimit;
 mod fleet;
 mod forward;
 mod grpc;

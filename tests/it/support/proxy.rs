@@ -60,6 +60,14 @@ impl Proxy {
         Self::start_with(dir, &text, ports, &[], Some(filter)).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Start with the open-file limit's soft value set to `soft` (the hard one kept), as a
+    /// service manager may start it.
+    pub fn start_with_nofile(template: &str, soft: u64) -> Proxy {
+        let dir = super::scratch_dir("proxy");
+        let (text, ports) = render(template, &dir);
+        Self::launch(dir, &text, ports, &[], None, Some(soft)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     pub fn start_in(
         dir: PathBuf,
         text: &str,
@@ -76,11 +84,44 @@ impl Proxy {
         extra_args: &[&str],
         rust_log: Option<&str>,
     ) -> Result<Proxy, String> {
+        Self::launch(dir, text, ports, extra_args, rust_log, None)
+    }
+
+    fn launch(
+        dir: PathBuf,
+        text: &str,
+        ports: Vec<u16>,
+        extra_args: &[&str],
+        rust_log: Option<&str>,
+        soft_nofile: Option<u64>,
+    ) -> Result<Proxy, String> {
         let config = dir.join("stepstone.yaml");
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.join("stderr.log")).map_err(|e| e.to_string())?;
         let out = std::fs::File::create(dir.join("stdout.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(soft) = soft_nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: getrlimit and setrlimit are async-signal-safe and touch only the
+            // child's own limits, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut r = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    r.rlim_cur = soft;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("-c")
             .arg(&config)
             .args(extra_args)
