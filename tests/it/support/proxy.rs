@@ -57,7 +57,8 @@ impl Proxy {
     pub fn start_logging(template: &str, filter: &str) -> Proxy {
         let dir = super::scratch_dir("proxy");
         let (text, ports) = render(template, &dir);
-        Self::start_with(dir, &text, ports, &[], Some(filter)).unwrap_or_else(|e| panic!("{e}"))
+        Self::start_with(dir, &text, ports, &[], Some(filter), None)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Start with the open-file limit's soft value set to `soft` (the hard one kept), as a
@@ -65,7 +66,7 @@ impl Proxy {
     pub fn start_with_nofile(template: &str, soft: u64) -> Proxy {
         let dir = super::scratch_dir("proxy");
         let (text, ports) = render(template, &dir);
-        Self::launch(dir, &text, ports, &[], None, Some(soft)).unwrap_or_else(|e| panic!("{e}"))
+        Self::start_with(dir, &text, ports, &[], None, Some(soft)).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn start_in(
@@ -74,20 +75,10 @@ impl Proxy {
         ports: Vec<u16>,
         extra_args: &[&str],
     ) -> Result<Proxy, String> {
-        Self::start_with(dir, text, ports, extra_args, None)
+        Self::start_with(dir, text, ports, extra_args, None, None)
     }
 
     fn start_with(
-        dir: PathBuf,
-        text: &str,
-        ports: Vec<u16>,
-        extra_args: &[&str],
-        rust_log: Option<&str>,
-    ) -> Result<Proxy, String> {
-        Self::launch(dir, text, ports, extra_args, rust_log, None)
-    }
-
-    fn launch(
         dir: PathBuf,
         text: &str,
         ports: Vec<u16>,
