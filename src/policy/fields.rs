@@ -294,6 +294,15 @@ mod tests {
             let mut changed = n.as_bytes().to_vec();
             changed[0] ^= 0x01;
             assert_eq!(classify(&changed), Field::Other, "{n}");
+            // case folding is for letters only: a `-` or digit with its 0x20 bit flipped
+            // (a control character, or `\r` for `-`) is another name
+            for (i, b) in n.bytes().enumerate() {
+                if !b.is_ascii_alphabetic() {
+                    let mut other = n.as_bytes().to_vec();
+                    other[i] ^= 0x20;
+                    assert_eq!(classify(&other), Field::Other, "{n} at {i}");
+                }
+            }
         }
         assert_eq!(classify(b"x_forwarded_for"), Field::Underscored);
         assert_eq!(

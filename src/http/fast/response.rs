@@ -118,9 +118,11 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     let mut chunked = false;
     let mut up_close = version == 0;
     let mut nominated = false;
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        match fields::classify(name) {
+    // each name classified once: the framing pass here, the copy passes below
+    let mut kinds = [Field::Other; MAX_HEADERS];
+    for (h, kind) in resp.headers.iter().zip(kinds.iter_mut()) {
+        *kind = fields::classify(h.name.as_bytes());
+        match *kind {
             Field::ContentLength => match fields::parse_len_list(h.value) {
                 Some(v) if length.is_none_or(|l| l == v) => length = Some(v),
                 _ => {
@@ -176,9 +178,9 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
         // case map (HTTP/2 names are lowercase on the wire), so each field is stored once.
         let mut r = ResponseHeader::build_no_case(code, Some(resp.headers.len()))
             .map_err(|e| Failure::Answer(Why::BadResponse, format!("response head: {e}")))?;
-        for h in resp.headers.iter() {
+        for (h, kind) in resp.headers.iter().zip(kinds) {
             let name = h.name.as_bytes();
-            match fields::classify(name) {
+            match kind {
                 Field::Connection | Field::HopByHop => continue,
                 Field::ContentLength => continue,
                 Field::Upgrade => continue,
@@ -229,9 +231,9 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     head.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     let mut has_date = false;
-    for h in resp.headers.iter() {
+    for (h, kind) in resp.headers.iter().zip(kinds) {
         let name = h.name.as_bytes();
-        match fields::classify(name) {
+        match kind {
             Field::Connection | Field::HopByHop => continue,
             // written once below, normalised (RFC 9110 8.6)
             Field::ContentLength => continue,
