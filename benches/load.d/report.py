@@ -3,9 +3,10 @@
 
 usage: report.py RESULTS_TSV SCENARIOS_TSV MEMORY_TSV TARGETS ROUNDS [CONNS_TSV [ROUTES_TSV]]
 
-RESULTS_TSV:   round scenario target status rps p50_ms p99_ms detail cpu_us busy
+RESULTS_TSV:   round scenario target status rps p50_ms p99_ms detail cpu_us busy origin_us
                (status: ok|invalid|failed|na; cpu_us: the target's CPU time per request;
-               busy: "b0/b1", percent busy of CPU 0 and CPU 1 over the run)
+               busy: "b0/b1", percent busy of CPU 0 and CPU 1 over the run; origin_us: the
+               origin's CPU time per request in the same run)
 SCENARIOS_TSV: name label                                              (table order)
 MEMORY_TSV:    target idle_kb with_kb n alive after_kb status
 TARGETS:       comma-separated column order, e.g. direct,nginx,haproxy,stepstone
@@ -69,6 +70,7 @@ def main():
 
     runs = {}  # (scenario, target) -> list of (status, rps, p50, p99, cpu_us)
     busy = {}  # (scenario, target) -> list of (cpu0 %, cpu1 %) of valid runs
+    origin = {}  # (scenario, target) -> list of the origin's CPU us per request, valid runs
     for row in read_tsv(results_tsv):
         _, sc, tg, status, rps, p50, p99 = row[:7]
         cpu = row[8] if len(row) > 8 else "0"
@@ -77,6 +79,9 @@ def main():
         b = row[9].split("/") if len(row) > 9 else []
         if status == "ok" and len(b) == 2 and all(x.isdigit() for x in b):
             busy.setdefault((sc, tg), []).append((int(b[0]), int(b[1])))
+        o = float(row[10]) if len(row) > 10 and row[10] else 0.0
+        if status == "ok" and o > 0:
+            origin.setdefault((sc, tg), []).append(o)
 
     med = {}  # (scenario, target) -> median rps of valid runs
     cpu_med = {}  # (scenario, target) -> median CPU microseconds per request of valid runs
@@ -162,6 +167,23 @@ def main():
                    "read, so where CPU 0 is at 100 and CPU 1 is not, the queue, and most of "
                    "the latency measured, is wrk's own; a faster proxy there raises wrk's p50 "
                    "and p99.")
+        out.append("")
+        out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
+
+    if origin:
+        rows = []
+        for name, label in scenarios:
+            r = [label]
+            for tg in targets:
+                o = origin.get((name, tg))
+                r.append(f"{statistics.median(o):.1f}" if o else "-")
+            rows.append(r)
+        out.append("")
+        out.append("The origin's CPU per request during each target's run (median over rounds): "
+                   "the host's speed at the time. When the shared host changes speed between "
+                   "runs (seen here: about 1.5x for minutes), it moves with it, as the targets' "
+                   "own figures do. Within a row it also differs with how each proxy uses the "
+                   "origin (connection reuse, wake-ups). Cache hits do not reach the origin.")
         out.append("")
         out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
 
