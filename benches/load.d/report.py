@@ -56,6 +56,13 @@ def table(header, rows, align):
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
+def per_target(scenarios, targets, runs, cell):
+    """A row per scenario, a column per target: `cell` of the runs recorded, or "-"."""
+    return [[label] + [cell(runs[(name, tg)]) if runs.get((name, tg)) else "-"
+                       for tg in targets]
+            for name, label in scenarios]
+
+
 def best(values, scenario, peer, pick):
     """The peer's value in a scenario: the better (`pick`: max or min) of its variants."""
     got = [values[(scenario, v)] for v in VARIANTS.get(peer, (peer,)) if (scenario, v) in values]
@@ -153,14 +160,8 @@ def main():
         out.append(table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
 
     if busy:
-        rows = []
-        for name, label in scenarios:
-            r = [label]
-            for tg in targets:
-                b = busy.get((name, tg))
-                r.append("/".join(str(round(statistics.median(x[i] for x in b)))
-                                  for i in (0, 1)) if b else "-")
-            rows.append(r)
+        rows = per_target(scenarios, targets, busy, lambda b: "/".join(
+            str(round(statistics.median(x[i] for x in b))) for i in (0, 1)))
         out.append("")
         out.append("Busy %, CPU 0 / CPU 1 (median over rounds): CPU 0 runs wrk and the origin, "
                    "CPU 1 the target. wrk's clock for a request runs from its write to its "
@@ -171,13 +172,8 @@ def main():
         out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
 
     if origin:
-        rows = []
-        for name, label in scenarios:
-            r = [label]
-            for tg in targets:
-                o = origin.get((name, tg))
-                r.append(f"{statistics.median(o):.1f}" if o else "-")
-            rows.append(r)
+        rows = per_target(scenarios, targets, origin,
+                          lambda o: f"{statistics.median(o):.1f}")
         out.append("")
         out.append("The origin's CPU per request during each target's run (median over rounds): "
                    "the host's speed at the time. When the shared host changes speed between "
