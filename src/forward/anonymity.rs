@@ -54,7 +54,7 @@ pub fn apply(req: &mut RequestHeader, mode: Anonymity, client: Option<IpAddr>) {
             if let Some(ip) = client {
                 let xff = match req
                     .headers
-                    .get("x-forwarded-for")
+                    .get(&crate::policy::fields::X_FORWARDED_FOR)
                     .and_then(|v| v.to_str().ok())
                 {
                     Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
@@ -127,7 +127,9 @@ mod tests {
         let mut r = req();
         apply(&mut r, Anonymity::Off, Some("10.0.0.9".parse().unwrap()));
         assert_eq!(
-            r.headers.get("x-forwarded-for").unwrap(),
+            r.headers
+                .get(&crate::policy::fields::X_FORWARDED_FOR)
+                .unwrap(),
             "10.0.0.7, 10.0.0.9"
         );
         assert!(r.headers.get("proxy-authorization").is_none());

@@ -244,7 +244,7 @@ impl ProxyHttp for HttpProxy {
         let req = session.req_header();
         ctx.obs.trace = policy::trace::begin(
             req.headers
-                .get_all("traceparent")
+                .get_all(&crate::policy::fields::TRACEPARENT)
                 .iter()
                 .map(|v| v.as_bytes()),
         );

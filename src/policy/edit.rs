@@ -70,7 +70,7 @@ pub fn request(
     }
     let prev_xff = req
         .headers
-        .get("x-forwarded-for")
+        .get(&fields::X_FORWARDED_FOR)
         .map(|v| v.as_bytes().to_vec());
     if let Some(n) = normalise_length(&req.headers) {
         req.insert_header(http::header::CONTENT_LENGTH, n)?;

@@ -184,6 +184,11 @@ pub fn drop_on_response(f: Field, chunked: bool) -> bool {
     }
 }
 
+/// Names every engine looks up by name on each request. A `&str` key is parsed into a
+/// header name again on every lookup; these are parsed once.
+pub static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// Names of the response fields dropped whatever their position; for engines that edit a
 /// header map by name (Pingora's phases, HTTP/2).
 pub const RESPONSE_HOP_BY_HOP: &[&str] = &[

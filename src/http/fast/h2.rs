@@ -51,7 +51,7 @@ impl FastPath {
         }
         let trace = policy::trace::begin(
             req.headers
-                .get_all("traceparent")
+                .get_all(&fields::TRACEPARENT)
                 .iter()
                 .map(|v| v.as_bytes()),
         );
@@ -91,7 +91,10 @@ impl FastPath {
         crate::http::write_h1_fields(&mut out, req, |name| {
             skipped(name) || (trace.is_some() && name == "traceparent")
         });
-        let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+        let xff = req
+            .headers
+            .get(&fields::X_FORWARDED_FOR)
+            .map(|v| v.as_bytes());
         forwarded::h1_lines(&mut out, xff, client, l.tls, host.map(str::as_bytes));
         if let Some(t) = &trace {
             policy::trace::h1_line(&mut out, t);

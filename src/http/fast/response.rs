@@ -174,10 +174,14 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     let upstream_keep = !up_close && framing != Framing::Close;
 
     if down == Down::H2 {
-        // Pingora's HTTP/2 writer adds Date and drops the connection-specific fields; no
-        // case map (HTTP/2 names are lowercase on the wire), so each field is stored once.
-        let mut r = ResponseHeader::build_no_case(code, Some(resp.headers.len()))
+        // Pingora's HTTP/2 writer adds Date and drops the connection-specific fields. The
+        // head is built as `http` parts and converted whole: Pingora's `append_header` would
+        // parse every name a second time, and a case map is not needed (HTTP/2 names are
+        // lowercase on the wire).
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = http::StatusCode::from_u16(code)
             .map_err(|e| Failure::Answer(Why::BadResponse, format!("response head: {e}")))?;
+        parts.headers.reserve(resp.headers.len());
         for (h, kind) in resp.headers.iter().zip(kinds) {
             let name = h.name.as_bytes();
             match kind {
@@ -201,11 +205,19 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
                     "response header not valid for HTTP/2".into(),
                 ));
             };
-            let _ = r.append_header(k, v);
+            if parts.headers.try_append(k, v).is_err() {
+                return Err(Failure::Answer(
+                    Why::BadResponse,
+                    "too many response header fields".into(),
+                ));
+            }
         }
         if let (Some(n), false) = (length, te) {
-            let _ = r.append_header(http::header::CONTENT_LENGTH, n);
+            let _ = parts
+                .headers
+                .try_append(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
         }
+        let r = ResponseHeader::from(parts);
         return Ok(Parsed::Head(RespHead {
             code,
             head: Vec::new(),

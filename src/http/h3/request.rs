@@ -166,7 +166,7 @@ pub async fn serve(
     // the policy's trace step, as on the other engines: continue the client's trace or start one
     let trace = policy::trace::begin(
         req.headers
-            .get_all("traceparent")
+            .get_all(&fields::TRACEPARENT)
             .iter()
             .map(|v| v.as_bytes()),
     );
@@ -353,7 +353,10 @@ async fn proxy(
         forwarded::push_u64(&mut out, body_len);
         out.extend_from_slice(b"\r\n");
     }
-    let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+    let xff = req
+        .headers
+        .get(&fields::X_FORWARDED_FOR)
+        .map(|v| v.as_bytes());
     forwarded::h1_lines(&mut out, xff, client, true, host.map(str::as_bytes));
     if let Some(t) = &traced {
         policy::trace::h1_line(&mut out, t);
