@@ -166,12 +166,28 @@ pub fn write_h1_fields(out: &mut Vec<u8>, req: &RequestHeader, skip: impl Fn(&st
 
 /// What the access log reads of a request the engine holds as Pingora's header (HTTP/2 and
 /// HTTP/3 streams): `version` as logged, `bytes_in` of its body.
+///
+/// Its text fields are read only when something will show them (the access log or a sampled
+/// span); otherwise they are `-`, which saves the header lookups of every request.
 pub fn req_view<'a>(
     req: &'a RequestHeader,
     client: Option<std::net::IpAddr>,
     version: &'static str,
     bytes_in: usize,
+    obs: &crate::observability::RequestObs,
 ) -> crate::observability::ReqView<'a> {
+    if !crate::observability::view_shown(obs) {
+        return crate::observability::ReqView {
+            client,
+            method: req.method.as_str(),
+            uri: "-",
+            version,
+            host: "-",
+            referer: "-",
+            user_agent: "-",
+            bytes_in,
+        };
+    }
     let header = |n: http::header::HeaderName| {
         req.headers
             .get(n)

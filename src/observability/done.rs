@@ -121,6 +121,13 @@ pub fn access_log_on() -> bool {
     ACCESS_LOG.get().is_some()
 }
 
+/// Whether a finished request's text (URI, host, referer, user agent) is shown anywhere: in
+/// the access log, or on its span when the trace is sampled.
+#[inline]
+pub fn view_shown(obs: &RequestObs) -> bool {
+    access_log_on() || obs.trace.is_some_and(|t| t.sampled)
+}
+
 /// A request whose client reset its HTTP/2 stream before the response ended (a cancel):
 /// counted once, besides its `err` class, whichever engine served it.
 pub fn client_closed(route: Option<usize>) {

@@ -42,7 +42,9 @@ pub mod tracing;
 
 use access_log::*;
 pub use access_log::{clf_time, rfc3339};
-pub use done::{access_log_on, client_closed, fast_request_done, request_done, ReqView};
+pub use done::{
+    access_log_on, client_closed, fast_request_done, request_done, view_shown, ReqView,
+};
 pub use render::render;
 
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);

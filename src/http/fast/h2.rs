@@ -61,9 +61,9 @@ impl FastPath {
                 let head_only = method == "HEAD";
                 let status = a.status;
                 let _ = h2_page(s, &a, head_only).await;
-                let view = h2_view(s, client);
                 let mut obs = RequestObs::default();
                 obs.trace = trace;
+                let view = h2_view(s, client, &obs);
                 observability::fast_request_done(
                     &view,
                     route.map(|r| r.id),
@@ -173,7 +173,7 @@ impl FastPath {
                 ex.status
             }
         };
-        let view = h2_view(s, client);
+        let view = h2_view(s, client, &ex.obs);
         observability::fast_request_done(
             &view,
             Some(route.id),
@@ -188,8 +188,8 @@ impl FastPath {
 }
 
 /// The access-log view of an HTTP/2 request; the host as the policy reads it.
-fn h2_view(s: &H2Session, client: Option<IpAddr>) -> ReqView<'_> {
-    crate::http::req_view(s.req_header(), client, "HTTP/2.0", 0)
+fn h2_view<'a>(s: &'a H2Session, client: Option<IpAddr>, obs: &RequestObs) -> ReqView<'a> {
+    crate::http::req_view(s.req_header(), client, "HTTP/2.0", 0, obs)
 }
 
 /// One of the proxy's own pages on an HTTP/2 stream.

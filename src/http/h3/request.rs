@@ -53,8 +53,13 @@ fn skipped(name: &str) -> bool {
 }
 
 /// What the access log needs once the stream is done.
-fn view(req: &RequestHeader, client: Option<IpAddr>, bytes_in: usize) -> ReqView<'_> {
-    crate::http::req_view(req, client, "HTTP/3", bytes_in)
+fn view<'a>(
+    req: &'a RequestHeader,
+    client: Option<IpAddr>,
+    bytes_in: usize,
+    obs: &RequestObs,
+) -> ReqView<'a> {
+    crate::http::req_view(req, client, "HTTP/3", bytes_in, obs)
 }
 
 async fn page(
@@ -185,7 +190,7 @@ pub async fn serve(
             if let Some((h, c)) = super::cache::fresh_hit(l, route, &req, host) {
                 let obs = traced();
                 let (status, sent) = send_hit(&mut send, &h, c, head_only).await;
-                let v = view(&req, client, 0);
+                let v = view(&req, client, 0, &obs);
                 observability::fast_request_done(
                     &v,
                     Some(route.id),
@@ -213,7 +218,7 @@ pub async fn serve(
                     );
                     observability::client_closed(Some(route.id));
                     observability::fast_request_done(
-                        &view(&req, client, bytes_in),
+                        &view(&req, client, bytes_in, &obs),
                         Some(route.id),
                         slot.as_deref(),
                         &obs,
@@ -225,7 +230,7 @@ pub async fn serve(
                 }
                 Ok((status, bytes_in, bytes_out, slot)) => {
                     observability::fast_request_done(
-                        &view(&req, client, bytes_in),
+                        &view(&req, client, bytes_in, &obs),
                         Some(route.id),
                         slot.as_deref(),
                         &obs,
@@ -242,7 +247,7 @@ pub async fn serve(
     if let Some((a, route, obs)) = own {
         let status = a.status;
         let _ = page(&mut send, &a, head_only).await;
-        let v = view(&req, client, 0);
+        let v = view(&req, client, 0, &obs);
         observability::fast_request_done(&v, route, None, &obs, status, 0, false);
     }
 }
