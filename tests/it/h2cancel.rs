@@ -88,8 +88,16 @@ routes:
             .any(|p| log.contains(p)),
         "a cancel was answered 400:\n{log}"
     );
+    // Pingora's connector logs this ERROR when a pooled connection's idle watcher has not
+    // let go of it yet as a request takes it (a race it recovers from by connecting anew),
+    // which a loaded machine makes likely; it says nothing about cancels.
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .filter(|l| !l.contains("pingora_core::connectors] failed to acquire reusable stream"))
+        .collect();
     assert!(
-        !log.contains("WARN") && !log.contains("ERROR"),
+        complaints.is_empty(),
         "a cancel logged a warning or error:\n{log}"
     );
     assert_eq!(
