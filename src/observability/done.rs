@@ -125,7 +125,13 @@ pub fn access_log_on() -> bool {
 /// the access log, or on its span when the trace is sampled.
 #[inline]
 pub fn view_shown(obs: &RequestObs) -> bool {
-    access_log_on() || obs.trace.is_some_and(|t| t.sampled)
+    text_shown(obs.trace.as_ref())
+}
+
+/// [`view_shown`] before the request's record exists, from its trace.
+#[inline]
+pub fn text_shown(trace: Option<&super::tracing::TraceCtx>) -> bool {
+    access_log_on() || trace.is_some_and(|t| t.sampled)
 }
 
 /// A request whose client reset its HTTP/2 stream before the response ended (a cancel):

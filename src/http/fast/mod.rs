@@ -247,6 +247,12 @@ impl FastPath {
                 .filter(|h| h.name.eq_ignore_ascii_case("traceparent"))
                 .map(|h| h.value),
         );
+        // the text only the access log and a sampled span show
+        let shown = observability::text_shown(trace.as_ref());
+        let text = |v: &'a [u8]| match shown {
+            true => std::str::from_utf8(v).unwrap_or("-"),
+            false => "-",
+        };
         let r = Req {
             view: ReqView {
                 client: conn.client,
@@ -254,8 +260,8 @@ impl FastPath {
                 uri: target,
                 version: "HTTP/1.1",
                 host: host_text.unwrap_or("-"),
-                referer: std::str::from_utf8(referer).unwrap_or("-"),
-                user_agent: std::str::from_utf8(user_agent).unwrap_or("-"),
+                referer: text(referer),
+                user_agent: text(user_agent),
                 bytes_in: body_len as usize,
             },
             head_only: method == "HEAD",
