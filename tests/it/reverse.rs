@@ -214,9 +214,12 @@ async fn load_share(selection: &str) -> f64 {
 async fn least_connections_and_power_of_two_avoid_a_slow_backend() {
     for sel in ["least_connections", "power_of_two"] {
         let share = load_share(sel).await;
-        // round robin would give the slow backend a third of the requests
+        // Round robin gives the slow backend a third of the requests. Unloaded, both
+        // algorithms give it under 15%; a full suite on two cores once stretched the fast
+        // backends' 5 ms enough for 15.7% (power of two), so the bound leaves room for that
+        // and stays well under a third.
         assert!(
-            share < 0.15,
+            share < 0.2,
             "{sel}: slow backend got {:.1}% of requests",
             share * 100.0
         );
