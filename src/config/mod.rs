@@ -161,6 +161,27 @@ impl HostMatch {
     }
 }
 
+/// `host` without its port (a request's Host or authority, for routing and for spans).
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    // Back over the digits, then the colon: a byte loop, as this runs for every request
+    // (`rfind` set up its searcher for a few bytes at a higher cost than the walk).
+    let b = host.as_bytes();
+    let mut i = b.len();
+    while i > 0 && b[i - 1].is_ascii_digit() {
+        i -= 1;
+    }
+    match i.checked_sub(1) {
+        Some(colon) if b[colon] == b':' => &host[..colon],
+        _ => host,
+    }
+}
+
 pub fn valid_hostname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253

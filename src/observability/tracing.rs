@@ -384,7 +384,8 @@ pub(super) fn request_done(
         method: req.method.to_string(),
         path: path.to_string(),
         status,
-        host: host_name(req.host).to_string(),
+        // `server.address`: the Host without its port
+        host: crate::config::strip_port(req.host).to_string(),
         version: protocol_version(req.version),
         route: m.route.clone(),
         upstream: m.upstream.clone(),
@@ -393,16 +394,6 @@ pub(super) fn request_done(
         cache,
         tries,
     });
-}
-
-/// `server.address`: the Host without its port.
-fn host_name(host: &str) -> &str {
-    match host.rfind(':') {
-        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
-            &host[..i]
-        }
-        _ => host,
-    }
 }
 
 /// `network.protocol.version` as the convention writes it: 1.0, 1.1, 2, 3.
@@ -420,10 +411,6 @@ mod tests {
 
     #[test]
     fn attribute_forms() {
-        assert_eq!(host_name("a.test:8080"), "a.test");
-        assert_eq!(host_name("[::1]:443"), "[::1]");
-        assert_eq!(host_name("[::1]"), "[::1]");
-        assert_eq!(host_name("a.test"), "a.test");
         assert_eq!(protocol_version("HTTP/1.1"), "1.1");
         assert_eq!(protocol_version("HTTP/2.0"), "2");
     }

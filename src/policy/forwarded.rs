@@ -22,26 +22,7 @@ pub fn request_host<'a>(
     authority.filter(|a| !a.is_empty()).or(host_field)
 }
 
-/// `host` without its port.
-pub fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
-        };
-    }
-    // Back over the digits, then the colon: a byte loop, as this runs for every request
-    // (`rfind` set up its searcher for a few bytes at a higher cost than the walk).
-    let b = host.as_bytes();
-    let mut i = b.len();
-    while i > 0 && b[i - 1].is_ascii_digit() {
-        i -= 1;
-    }
-    match i.checked_sub(1) {
-        Some(colon) if b[colon] == b':' => &host[..colon],
-        _ => host,
-    }
-}
+pub use crate::config::strip_port;
 
 pub fn proto(tls: bool) -> &'static str {
     if tls {
