@@ -176,7 +176,7 @@ pub fn req_view<'a>(
     bytes_in: usize,
     obs: &crate::observability::RequestObs,
 ) -> crate::observability::ReqView<'a> {
-    if !crate::observability::view_shown(obs) {
+    if !crate::observability::text_shown(obs.trace.as_ref()) {
         return crate::observability::ReqView {
             client,
             method: req.method.as_str(),

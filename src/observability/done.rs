@@ -121,14 +121,8 @@ pub fn access_log_on() -> bool {
     ACCESS_LOG.get().is_some()
 }
 
-/// Whether a finished request's text (URI, host, referer, user agent) is shown anywhere: in
-/// the access log, or on its span when the trace is sampled.
-#[inline]
-pub fn view_shown(obs: &RequestObs) -> bool {
-    text_shown(obs.trace.as_ref())
-}
-
-/// [`view_shown`] before the request's record exists, from its trace.
+/// Whether a request's text (URI, host, referer, user agent) is shown anywhere: in the access
+/// log, or on its span when its trace is sampled.
 #[inline]
 pub fn text_shown(trace: Option<&super::tracing::TraceCtx>) -> bool {
     access_log_on() || trace.is_some_and(|t| t.sampled)

@@ -43,7 +43,7 @@ pub mod tracing;
 use access_log::*;
 pub use access_log::{clf_time, rfc3339};
 pub use done::{
-    access_log_on, client_closed, fast_request_done, request_done, text_shown, view_shown, ReqView,
+    access_log_on, client_closed, fast_request_done, request_done, text_shown, ReqView,
 };
 pub use render::render;
 
