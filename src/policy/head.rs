@@ -58,30 +58,6 @@ pub struct Framing {
     pub tunnel: bool,
 }
 
-/// The class of each byte for the line scan: most bytes are [`PLAIN`], so the scan is one
-/// table load and one compare per byte (this scan was the proxy's top function per GET).
-const PLAIN: u8 = 0;
-const LF: u8 = 1;
-const CR: u8 = 2;
-const NUL: u8 = 3;
-const TAB: u8 = 4;
-const CONTROL: u8 = 5;
-
-static CLASS: [u8; 256] = {
-    let mut t = [PLAIN; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        t[b] = CONTROL;
-        b += 1;
-    }
-    t[0x7f] = CONTROL;
-    t[0] = NUL;
-    t[b'\t' as usize] = TAB;
-    t[b'\n' as usize] = LF;
-    t[b'\r' as usize] = CR;
-    t
-};
-
 /// RFC 9110 tchar, as a table.
 static TCHAR: [bool; 256] = {
     let mut t = [false; 256];
@@ -104,51 +80,90 @@ fn is_tchar(b: u8) -> bool {
     TCHAR[b as usize]
 }
 
-/// Whether any byte of `w` is below 0x20 or is 0x7f (exact: the borrow of the subtraction
-/// can only mark bytes above one that already matched).
-fn has_control(w: u64) -> bool {
+fn is_control(b: u8) -> bool {
+    b < 0x20 || b == 0x7f
+}
+
+/// Bit 7 of each byte of `w` (little-endian) that is below 0x20 or is 0x7f. The lowest mark
+/// is exact: the borrow of the subtraction can only mark bytes above one that already
+/// matched, so `trailing_zeros / 8` is the index of the first control byte.
+fn control_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let below_space = w.wrapping_sub(0x20 * ONES) & !w & HIGHS;
     let x = w ^ (0x7f * ONES);
     let del = x.wrapping_sub(ONES) & !x & HIGHS;
-    (below_space | del) != 0
+    below_space | del
 }
 
-/// The first line of `rest` without its CRLF, and what follows it, in one pass over the
-/// bytes: a line ends only at CRLF; a bare CR or LF, NUL or another control byte (a tab
-/// only in the request line) is the reason to refuse.
-fn split_line(rest: &[u8], request_line: bool) -> Result<(&[u8], &[u8]), &'static str> {
-    let mut i = 0;
-    // eight bytes at a time while none of them is a control byte
-    while let Some(w) = rest.get(i..i + 8) {
-        let Ok(w) = <[u8; 8]>::try_from(w) else {
-            break;
-        };
-        if has_control(u64::from_le_bytes(w)) {
-            break;
+/// The index of the first control byte in `rest` at or after `from`, eight bytes at a time
+/// (this scan was the proxy's top function per GET when it went byte by byte).
+fn next_control(rest: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(w) = rest.get(from..).and_then(<[u8]>::first_chunk::<8>) {
+        let m = control_mask(u64::from_le_bytes(*w));
+        if m != 0 {
+            return Some(from + (m.trailing_zeros() / 8) as usize);
         }
-        i += 8;
+        from += 8;
     }
+    let tail = rest.get(from..)?;
+    tail.iter().position(|&b| is_control(b)).map(|p| from + p)
+}
+
+/// The first line of `rest` without its CRLF, and what follows it: a line ends only at
+/// CRLF; a bare CR or LF, NUL or another control byte (a tab only in the request line) is
+/// the reason to refuse.
+fn split_line(rest: &[u8], request_line: bool) -> Result<(&[u8], &[u8]), &'static str> {
+    const UNENDED: &str = "request head without a final line end";
+    let mut from = 0;
     loop {
-        let Some(&b) = rest.get(i) else {
-            return Err("request head without a final line end");
-        };
-        match CLASS[b as usize] {
-            PLAIN => {}
-            CR => {
+        let i = next_control(rest, from).ok_or(UNENDED)?;
+        match rest[i] {
+            b'\r' => {
                 return match rest.get(i + 1) {
                     Some(b'\n') => Ok((&rest[..i], &rest[i + 2..])),
                     Some(_) => Err("bare CR inside a line"),
-                    None => Err("request head without a final line end"),
+                    None => Err(UNENDED),
                 };
             }
-            LF => return Err("bare LF line end"),
-            NUL => return Err("NUL byte in the request head"),
-            TAB if !request_line => {}
+            b'\t' if !request_line => from = i + 1,
+            b'\n' => return Err("bare LF line end"),
+            0 => return Err("NUL byte in the request head"),
             _ => return Err("control byte in the request head"),
         }
-        i += 1;
+    }
+}
+
+/// The request line as `(method, target, version)`: exactly METHOD SP TARGET SP VERSION, so
+/// a space inside the target is not silently re-encoded by one parser and split by another
+/// (RFC 9112 3).
+fn request_line(line: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let m = line.iter().position(|&b| !is_tchar(b))?;
+    if m == 0 || line[m] != b' ' {
+        return None;
+    }
+    let after = &line[m + 1..];
+    let t = after.iter().position(|&b| b == b' ')?;
+    let (target, version) = (&after[..t], &after[t + 1..]);
+    if target.is_empty() || version.is_empty() || version.contains(&b' ') {
+        return None;
+    }
+    Some((&line[..m], target, version))
+}
+
+/// Why a header line without a plain `token:` start is refused (the slow path: the scan
+/// found a byte other than a colon after the name, or nothing before it).
+fn name_refusal(line: &[u8]) -> &'static str {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return "header line without a colon";
+    };
+    let name = &line[..colon];
+    if name.is_empty() {
+        "empty header name"
+    } else if name.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        "whitespace before the colon of a header"
+    } else {
+        "invalid byte in a header name"
     }
 }
 
@@ -174,19 +189,15 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
         };
         if first {
             first = false;
-            // exactly METHOD SP TARGET SP VERSION: a space inside the target is not
-            // silently re-encoded by one parser and split by another (RFC 9112 3)
-            let mut parts = line.split(|&b| b == b' ');
-            let shape = (parts.next(), parts.next(), parts.next(), parts.next());
-            let (Some(m), Some(t), Some(v), None) = shape else {
+            let Some((method, target, version)) = request_line(line) else {
                 return refuse("request line is not METHOD SP TARGET SP VERSION");
             };
-            if m.is_empty() || t.is_empty() || v.is_empty() || !m.iter().all(|&b| is_tchar(b)) {
-                return refuse("request line is not METHOD SP TARGET SP VERSION");
+            // origin form (`/...`) has no authority to compare
+            if target.first() != Some(&b'/') {
+                target_authority = absolute_authority(target);
             }
-            target_authority = absolute_authority(line);
-            http11 = line.ends_with(b" HTTP/1.1");
-            tunnel = line.starts_with(b"CONNECT ");
+            http11 = version == b"HTTP/1.1";
+            tunnel = method == b"CONNECT";
             continue;
         }
         if line.is_empty() {
@@ -196,53 +207,55 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
         if line[0] == b' ' || line[0] == b'\t' {
             return refuse("obs-fold (header line starting with whitespace)");
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return refuse("header line without a colon");
+        // a name is tchars up to the colon; anything else takes the slow path for its reason
+        let colon = match line.iter().position(|&b| !is_tchar(b)) {
+            Some(c) if c > 0 && line[c] == b':' => c,
+            _ => return refuse(name_refusal(line)),
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.is_empty() {
-            return refuse("empty header name");
-        }
-        if name.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            return refuse("whitespace before the colon of a header");
-        }
-        if !name.iter().all(|&b| is_tchar(b)) {
-            return refuse("invalid byte in a header name");
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            for v in value.split(|&b| b == b',') {
-                let v = v.trim_ascii();
-                if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-                    return refuse("invalid Content-Length");
-                }
-                let n = std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok());
-                let Some(n) = n else {
-                    return refuse("invalid Content-Length");
-                };
-                match content_length {
-                    Some(prev) if prev != n => return refuse("differing Content-Length values"),
-                    _ => content_length = Some(n),
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        // lengths first, so a field the checks ignore costs one compare
+        match name.len() {
+            14 if is(b"content-length") => {
+                for v in value.split(|&b| b == b',') {
+                    let v = v.trim_ascii();
+                    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                        return refuse("invalid Content-Length");
+                    }
+                    let n = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok());
+                    let Some(n) = n else {
+                        return refuse("invalid Content-Length");
+                    };
+                    match content_length {
+                        Some(prev) if prev != n => {
+                            return refuse("differing Content-Length values")
+                        }
+                        _ => content_length = Some(n),
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding += 1;
-            te_value = value;
-        } else if name.eq_ignore_ascii_case(b"host") {
-            // RFC 9112 3.2: 400. The router reads the first, other servers the last.
-            if host.is_some() {
-                return refuse("several Host fields");
+            17 if is(b"transfer-encoding") => {
+                transfer_encoding += 1;
+                te_value = value;
             }
-            host = Some(value);
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            tunnel = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in super::fields::tokens(value) {
-                if PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p)) {
-                    return refuse("Connection nominates a field the proxy relies on");
+            4 if is(b"host") => {
+                // RFC 9112 3.2: 400. The router reads the first, other servers the last.
+                if host.is_some() {
+                    return refuse("several Host fields");
+                }
+                host = Some(value);
+            }
+            7 if is(b"upgrade") => tunnel = true,
+            10 if is(b"connection") => {
+                for t in super::fields::tokens(value) {
+                    if PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p)) {
+                        return refuse("Connection nominates a field the proxy relies on");
+                    }
                 }
             }
+            _ => {}
         }
     }
     if http11 && host.is_none() {
@@ -301,9 +314,7 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
 }
 
 /// The authority of an `http://` or `https://` absolute-form request target.
-fn absolute_authority(request_line: &[u8]) -> Option<&[u8]> {
-    let mut parts = request_line.split(|&b| b == b' ');
-    let target = parts.nth(1)?;
+fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
     let colon = target.iter().position(|&b| b == b':')?;
     let scheme = &target[..colon];
     if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
@@ -339,18 +350,140 @@ mod tests {
     }
 
     #[test]
-    fn word_scan_finds_every_control_byte() {
-        for fill in [b'a', b' ', 0x80, 0xff] {
+    fn word_scan_finds_the_first_control_byte() {
+        let first = |w: [u8; 8]| match control_mask(u64::from_le_bytes(w)) {
+            0 => None,
+            m => Some(m.trailing_zeros() as usize / 8),
+        };
+        for fill in [b'a', b' ', b'~', 0x80, 0xff] {
             for b in 0..=255u8 {
                 for at in 0..8 {
                     let mut w = [fill; 8];
                     w[at] = b;
-                    let control = b < 0x20 || b == 0x7f;
-                    let got = has_control(u64::from_le_bytes(w));
-                    assert_eq!(got, control, "{b:#x} at {at} among {fill:#x}");
+                    let want = is_control(b).then_some(at);
+                    assert_eq!(first(w), want, "{b:#x} at {at} among {fill:#x}");
+                    // a second control byte after it does not move the first
+                    for later in at + 1..8 {
+                        let mut w2 = w;
+                        w2[later] = b'\r';
+                        let want = Some(if is_control(b) { at } else { later });
+                        assert_eq!(first(w2), want, "{b:#x} at {at}, CR at {later}");
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn names_the_reason() {
+        let reason = |h: &[u8]| check_head(h).err().map(|r| r.reason);
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\nc\r\n\r\n",
+                "bare LF line end",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n",
+                "bare CR inside a line",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX: \0\r\n\r\n",
+                "NUL byte in the request head",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\x7f\r\n\r\n",
+                "control byte in the request head",
+            ),
+            (
+                b"GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n",
+                "control byte in the request head",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b",
+                "request head without a final line end",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r",
+                "request head without a final line end",
+            ),
+            (
+                b"GET /a b HTTP/1.1\r\n\r\n",
+                "request line is not METHOD SP TARGET SP VERSION",
+            ),
+            (
+                b"GET  / HTTP/1.1\r\n\r\n",
+                "request line is not METHOD SP TARGET SP VERSION",
+            ),
+            (
+                b"GET / \r\n\r\n",
+                "request line is not METHOD SP TARGET SP VERSION",
+            ),
+            (
+                b"GET /\r\n\r\n",
+                "request line is not METHOD SP TARGET SP VERSION",
+            ),
+            (
+                b" GET / HTTP/1.1\r\n\r\n",
+                "request line is not METHOD SP TARGET SP VERSION",
+            ),
+            (
+                b"G(T / HTTP/1.1\r\n\r\n",
+                "request line is not METHOD SP TARGET SP VERSION",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n\tX: b\r\n\r\n",
+                "obs-fold (header line starting with whitespace)",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX-A b\r\n\r\n",
+                "header line without a colon",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n",
+                "empty header name",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX-A\t: b\r\n\r\n",
+                "whitespace before the colon of a header",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX(A): b\r\n\r\n",
+                "invalid byte in a header name",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n",
+                "invalid byte in a header name",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nX: y\r\n\r\n",
+                "HTTP/1.1 request without Host",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nhOST: a\r\n\r\n",
+                "several Host fields",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, Host\r\n\r\n",
+                "Connection nominates a field the proxy relies on",
+            ),
+        ];
+        for (head, want) in cases {
+            assert_eq!(
+                reason(head),
+                Some(*want),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        // tabs inside a header value, absolute form, CONNECT and Upgrade are accepted
+        let ok = check_head(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nX: b\tc\r\n\r\n");
+        assert_eq!(ok.map(|f| f.tunnel), Ok(true));
+        let ok = check_head(b"GET / HTTP/1.1\r\nHost: a\r\nUPGRADE: ws\r\n\r\n");
+        assert_eq!(ok.map(|f| f.tunnel), Ok(true));
+        let ok = check_head(b"GET http://a/ HTTP/1.0\r\n\r\n");
+        assert_eq!(ok.map(|f| f.tunnel), Ok(false));
+        let ok = check_head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n");
+        assert_eq!(ok.map(|f| f.length), Ok(Some(12)));
     }
 
     #[test]
