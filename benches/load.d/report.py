@@ -4,9 +4,11 @@
 usage: report.py RESULTS_TSV SCENARIOS_TSV MEMORY_TSV TARGETS ROUNDS [CONNS_TSV [ROUTES_TSV]]
 
 RESULTS_TSV:   round scenario target status rps p50_ms p99_ms detail cpu_us busy origin_us
+               [user_pct]
                (status: ok|invalid|failed|na; cpu_us: the target's CPU time per request;
                busy: "b0/b1", percent busy of CPU 0 and CPU 1 over the run; origin_us: the
-               origin's CPU time per request in the same run)
+               origin's CPU time per request in the same run; user_pct: the share of the
+               target's CPU time spent in user space)
 SCENARIOS_TSV: name label                                              (table order)
 MEMORY_TSV:    target idle_kb with_kb n alive after_kb status
 TARGETS:       comma-separated column order, e.g. direct,nginx,haproxy,stepstone
@@ -78,6 +80,7 @@ def main():
     runs = {}  # (scenario, target) -> list of (status, rps, p50, p99, cpu_us)
     busy = {}  # (scenario, target) -> list of (cpu0 %, cpu1 %) of valid runs
     origin = {}  # (scenario, target) -> list of the origin's CPU us per request, valid runs
+    user = {}  # (scenario, target) -> list of the target's user-space share in %, valid runs
     for row in read_tsv(results_tsv):
         _, sc, tg, status, rps, p50, p99 = row[:7]
         cpu = row[8] if len(row) > 8 else "0"
@@ -89,6 +92,8 @@ def main():
         o = float(row[10]) if len(row) > 10 and row[10] else 0.0
         if status == "ok" and o > 0:
             origin.setdefault((sc, tg), []).append(o)
+        if status == "ok" and len(row) > 11 and row[11].isdigit():
+            user.setdefault((sc, tg), []).append(int(row[11]))
 
     med = {}  # (scenario, target) -> median rps of valid runs
     cpu_med = {}  # (scenario, target) -> median CPU microseconds per request of valid runs
@@ -158,6 +163,18 @@ def main():
                    "the requests it served. A peer's cost is that of its cheaper variant.")
         out.append("")
         out.append(table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
+
+    if user:
+        rows = per_target(scenarios, targets, user,
+                          lambda u: str(round(statistics.median(u))))
+        out.append("")
+        out.append("User-space share of each target's CPU time, % (utime over utime+stime, "
+                   "median over rounds). The rest is the kernel's: on loopback a sender's "
+                   "system call also runs the receiving side of the TCP stack. User-space work "
+                   "(parsing, routing, buffers) moves this share; the kernel's part moves only "
+                   "with the number of system calls and segments.")
+        out.append("")
+        out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
 
     if busy:
         rows = per_target(scenarios, targets, busy, lambda b: "/".join(
