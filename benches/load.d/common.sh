@@ -18,3 +18,29 @@ render() { # template out [port] [tls_port] [cache_port]
       -e "s|@PORT@|${3:-}|g" -e "s|@TLSPORT@|${4:-}|g" -e "s|@CACHEPORT@|${5:-}|g" \
       -e "s|@NBPORT@|${NGINX_NB_PORT:-}|g" "$1" >"$2"
 }
+
+# Debian packages for the commands a harness needs: need_tool adds a package when its command
+# is missing, install_needed installs them all at once (as root).
+need_pkgs=()
+need_tool() { command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2"); }
+install_needed() {
+  ((${#need_pkgs[@]})) || return 0
+  mapfile -t need_pkgs < <(printf '%s\n' "${need_pkgs[@]}" | sort -u)
+  log "installing missing packages: ${need_pkgs[*]}"
+  ((EUID == 0)) || die "need root to install ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y "${need_pkgs[@]}"
+}
+
+# STEPSTONE_BIN, or else a release build of this checkout (CARGO_TARGET_DIR honoured).
+stepstone_bin() { # what to say when there is none
+  if [[ -z ${STEPSTONE_BIN:-} ]]; then
+    local tdir=${CARGO_TARGET_DIR:-target}
+    [[ $tdir == /* ]] || tdir="$REPO/$tdir"
+    log "building stepstone: cargo build --release (in $REPO)"
+    (cd "$REPO" && cargo build --release) || die "cargo build --release failed; $1"
+    STEPSTONE_BIN="$tdir/release/stepstone"
+  fi
+  [[ -x $STEPSTONE_BIN ]] || die "stepstone binary not found at $STEPSTONE_BIN; $1"
+}
