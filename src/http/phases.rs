@@ -142,7 +142,7 @@ impl HttpProxy {
                     session.as_ref().retry_buffer_truncated(),
                 ),
                 response_started: ctx.head_seen || session.response_written().is_some(),
-                elapsed: ctx.started.map(|t| t.elapsed()).unwrap_or_default(),
+                started: ctx.started.unwrap_or_else(std::time::Instant::now),
             },
         )
     }

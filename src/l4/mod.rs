@@ -330,7 +330,7 @@ async fn connect(
             attempts,
             body_replayable: true,
             response_started: false,
-            elapsed: started.elapsed(),
+            started,
         };
         if !crate::policy::retry::retry(pool, failed) {
             return Err(format!(

@@ -19,7 +19,7 @@
 
 use super::answer::Failure;
 use crate::upstream::Pool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Request bodies up to this size are held so that a retry can send them again, as
 /// Pingora's retry buffer does.
@@ -49,8 +49,9 @@ pub struct Try<'a> {
     pub body_replayable: bool,
     /// Some byte of the response already went to the client.
     pub response_started: bool,
-    /// Since the first try began.
-    pub elapsed: Duration,
+    /// When the first try began. Read only when the other conditions would retry: a
+    /// request answered as usual costs no clock reading here.
+    pub started: Instant,
 }
 
 /// Whether `cause` is one the upstream retries at all (before the other conditions).
@@ -74,7 +75,7 @@ pub fn retry(pool: &Pool, t: Try<'_>) -> bool {
     if sent && (!idempotent(t.method) || !t.body_replayable) {
         return false;
     }
-    if t.attempts > pool.retries || t.elapsed >= pool.read_timeout {
+    if t.attempts > pool.retries || t.started.elapsed() >= pool.read_timeout {
         return false;
     }
     // A connect failure did no work on any backend: its retry adds no load to the pool, and
@@ -196,7 +197,7 @@ mod tests {
             attempts: 1,
             body_replayable: true,
             response_started: false,
-            elapsed: Duration::ZERO,
+            started: Instant::now(),
         }
     }
 
@@ -226,11 +227,12 @@ mod tests {
             ..failed("GET", Cause::Status(503))
         };
         assert!(!retry(&p, third));
-        let late = Try {
-            elapsed: p.read_timeout,
-            ..failed("GET", Cause::Status(503))
-        };
-        assert!(!retry(&p, late));
+        // the same try is retried within the read timeout, and not once it has passed
+        let quick = pool("retries: 2, retry_on: [\"503\"], read_timeout: 200ms");
+        assert!(retry(&quick, failed("GET", Cause::Status(503))));
+        let late = failed("GET", Cause::Status(503));
+        std::thread::sleep(Duration::from_millis(210));
+        assert!(!retry(&quick, late), "past the read timeout");
         let counts = p.budget.counts();
         assert!(counts.contains(&("503".to_string(), 1)), "{counts:?}");
         assert!(counts.contains(&("connect_failure".to_string(), 1)));

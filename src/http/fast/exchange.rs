@@ -190,7 +190,7 @@ impl<'a> Exchange<'a> {
             attempts,
             body_replayable: replayable,
             response_started,
-            elapsed: started.elapsed(),
+            started,
         };
         let mut tried = 0u64;
         let mut refused = 0u64;
