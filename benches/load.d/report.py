@@ -4,11 +4,13 @@
 usage: report.py RESULTS_TSV SCENARIOS_TSV MEMORY_TSV TARGETS ROUNDS [CONNS_TSV [ROUTES_TSV]]
 
 RESULTS_TSV:   round scenario target status rps p50_ms p99_ms detail cpu_us busy origin_us
-               [user_pct]
+               [user_pct [syscalls]]
                (status: ok|invalid|failed|na; cpu_us: the target's CPU time per request;
                busy: "b0/b1", percent busy of CPU 0 and CPU 1 over the run; origin_us: the
                origin's CPU time per request in the same run; user_pct: the share of the
-               target's CPU time spent in user space)
+               target's CPU time spent in user space; syscalls: "all/waits", its system
+               calls per request and the epoll waits among them, "-" when perf could not
+               count them)
 SCENARIOS_TSV: name label                                              (table order)
 MEMORY_TSV:    target idle_kb with_kb n alive after_kb status
 TARGETS:       comma-separated column order, e.g. direct,nginx,haproxy,stepstone
@@ -81,6 +83,7 @@ def main():
     busy = {}  # (scenario, target) -> list of (cpu0 %, cpu1 %) of valid runs
     origin = {}  # (scenario, target) -> list of the origin's CPU us per request, valid runs
     user = {}  # (scenario, target) -> list of the target's user-space share in %, valid runs
+    sysc = {}  # (scenario, target) -> list of the target's system calls per request, valid runs
     for row in read_tsv(results_tsv):
         _, sc, tg, status, rps, p50, p99 = row[:7]
         cpu = row[8] if len(row) > 8 else "0"
@@ -94,6 +97,9 @@ def main():
             origin.setdefault((sc, tg), []).append(o)
         if status == "ok" and len(row) > 11 and row[11].isdigit():
             user.setdefault((sc, tg), []).append(int(row[11]))
+        parts = row[12].split("/") if len(row) > 12 else []
+        if status == "ok" and len(parts) == 2:
+            sysc.setdefault((sc, tg), []).append(tuple(float(x) for x in parts))
 
     med = {}  # (scenario, target) -> median rps of valid runs
     cpu_med = {}  # (scenario, target) -> median CPU microseconds per request of valid runs
@@ -173,6 +179,18 @@ def main():
                    "system call also runs the receiving side of the TCP stack. User-space work "
                    "(parsing, routing, buffers) moves this share; the kernel's part moves only "
                    "with the number of system calls and segments.")
+        out.append("")
+        out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
+
+    if sysc:
+        rows = per_target(scenarios, targets, sysc, lambda v: " / ".join(
+            f"{statistics.median(x[i] for x in v):.2f}" for i in (0, 1)))
+        out.append("")
+        out.append("System calls per request of each target, all / the epoll waits among them "
+                   "(perf, the raw_syscalls:sys_enter and epoll_wait tracepoints over its "
+                   "processes during the measured run; median over rounds). The calls other "
+                   "than waits are the kernel work a proxy's code decides; a wait that finds "
+                   "nothing (Stepstone's busy-polling between requests) costs little.")
         out.append("")
         out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
 
