@@ -67,6 +67,15 @@ def per_target(scenarios, targets, runs, cell):
             for name, label in scenarios]
 
 
+def per_target_table(out, caption, scenarios, targets, runs, cell):
+    """Append `caption` and a [`per_target`] table of `runs` to `out`."""
+    rows = per_target(scenarios, targets, runs, cell)
+    out.append("")
+    out.append(caption)
+    out.append("")
+    out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
+
+
 def best(values, scenario, peer, pick):
     """The peer's value in a scenario: the better (`pick`: max or min) of its variants."""
     got = [values[(scenario, v)] for v in VARIANTS.get(peer, (peer,)) if (scenario, v) in values]
@@ -171,52 +180,50 @@ def main():
         out.append(table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
 
     if user:
-        rows = per_target(scenarios, targets, user,
-                          lambda u: str(round(statistics.median(u))))
-        out.append("")
-        out.append("User-space share of each target's CPU time, % (utime over utime+stime, "
-                   "median over rounds). The rest is the kernel's: on loopback a sender's "
-                   "system call also runs the receiving side of the TCP stack. User-space work "
-                   "(parsing, routing, buffers) moves this share; the kernel's part moves only "
-                   "with the number of system calls and segments.")
-        out.append("")
-        out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
+        per_target_table(
+            out,
+            "User-space share of each target's CPU time, % (utime over utime+stime, "
+            "median over rounds). The rest is the kernel's: on loopback a sender's "
+            "system call also runs the receiving side of the TCP stack. User-space work "
+            "(parsing, routing, buffers) moves this share; the kernel's part moves only "
+            "with the number of system calls and segments.",
+            scenarios, targets, user,
+            lambda u: str(round(statistics.median(u))))
 
     if sysc:
-        rows = per_target(scenarios, targets, sysc, lambda v: " / ".join(
-            f"{statistics.median(x[i] for x in v):.2f}" for i in (0, 1)))
-        out.append("")
-        out.append("System calls per request of each target, all / the epoll waits among them "
-                   "(perf, the raw_syscalls:sys_enter and epoll_wait tracepoints over its "
-                   "processes during the measured run; median over rounds). The calls other "
-                   "than waits are the kernel work a proxy's code decides; a wait that finds "
-                   "nothing (Stepstone's busy-polling between requests) costs little.")
-        out.append("")
-        out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
+        per_target_table(
+            out,
+            "System calls per request of each target, all / the epoll waits among them "
+            "(perf, the raw_syscalls:sys_enter and epoll_wait tracepoints over its "
+            "processes during the measured run; median over rounds). The calls other "
+            "than waits are the kernel work a proxy's code decides; a wait that finds "
+            "nothing (Stepstone's busy-polling between requests) costs little.",
+            scenarios, targets, sysc,
+            lambda v: " / ".join(
+                f"{statistics.median(x[i] for x in v):.2f}" for i in (0, 1)))
 
     if busy:
-        rows = per_target(scenarios, targets, busy, lambda b: "/".join(
-            str(round(statistics.median(x[i] for x in b))) for i in (0, 1)))
-        out.append("")
-        out.append("Busy %, CPU 0 / CPU 1 (median over rounds): CPU 0 runs wrk and the origin, "
-                   "CPU 1 the target. wrk's clock for a request runs from its write to its "
-                   "read, so where CPU 0 is at 100 and CPU 1 is not, the queue, and most of "
-                   "the latency measured, is wrk's own; a faster proxy there raises wrk's p50 "
-                   "and p99.")
-        out.append("")
-        out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
+        per_target_table(
+            out,
+            "Busy %, CPU 0 / CPU 1 (median over rounds): CPU 0 runs wrk and the origin, "
+            "CPU 1 the target. wrk's clock for a request runs from its write to its "
+            "read, so where CPU 0 is at 100 and CPU 1 is not, the queue, and most of "
+            "the latency measured, is wrk's own; a faster proxy there raises wrk's p50 "
+            "and p99.",
+            scenarios, targets, busy,
+            lambda b: "/".join(
+                str(round(statistics.median(x[i] for x in b))) for i in (0, 1)))
 
     if origin:
-        rows = per_target(scenarios, targets, origin,
-                          lambda o: f"{statistics.median(o):.1f}")
-        out.append("")
-        out.append("The origin's CPU per request during each target's run (median over rounds): "
-                   "the host's speed at the time. When the shared host changes speed between "
-                   "runs (seen here: about 1.5x for minutes), it moves with it, as the targets' "
-                   "own figures do. Within a row it also differs with how each proxy uses the "
-                   "origin (connection reuse, wake-ups). Cache hits do not reach the origin.")
-        out.append("")
-        out.append(table(["scenario"] + targets, rows, ["l"] + ["r"] * len(targets)))
+        per_target_table(
+            out,
+            "The origin's CPU per request during each target's run (median over rounds): "
+            "the host's speed at the time. When the shared host changes speed between "
+            "runs (seen here: about 1.5x for minutes), it moves with it, as the targets' "
+            "own figures do. Within a row it also differs with how each proxy uses the "
+            "origin (connection reuse, wake-ups). Cache hits do not reach the origin.",
+            scenarios, targets, origin,
+            lambda o: f"{statistics.median(o):.1f}")
 
     proxies = [t for t in targets if t != "direct"]
     if "direct" in targets and proxies:
@@ -250,7 +257,7 @@ def main():
                          f"{int(after) / 1024:.1f}" if after else "-", note])
         out.append("")
         out.append("Memory: VmRSS (process + children) in MiB; KB/conn = (with - idle) / N "
-                   "for N idle keep-alive connections after one GET /ok each.")
+            "for N idle keep-alive connections after one GET /ok each.")
         out.append("")
         out.append(table(["proxy", "idle MiB", "with N MiB", "N", "KB/conn", "idle after load MiB",
                           "note"], rows, ["l", "r", "r", "r", "r", "r", "l"]))
@@ -322,7 +329,7 @@ def routes_table(rows_in):
             "same run is the machine's speed then; \"per origin\" is the CPU ratio over it, "
             "which a slowdown of the shared host between rows does not move.", "",
             table(["hosts", "req/s", "p99 ms", "CPU us/req", "CPU ratio", "origin us/req",
-                   "CPU ratio per origin", "req/s ratio", "-t s", "serve s"], rows,
+            "CPU ratio per origin", "req/s ratio", "-t s", "serve s"], rows,
                   ["r"] * 10)]
 
 
