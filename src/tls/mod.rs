@@ -19,6 +19,7 @@
 pub use crate::config::certs::{self, ClientCert, Trusted};
 pub mod acme;
 pub mod deadline;
+pub mod pace;
 pub mod reload;
 pub mod store;
 pub mod upstream;
