@@ -1015,6 +1015,51 @@ fn check_names_bad_certificate_files() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// Handshakes start one per turn, in line (`tls::pace`); a connection takes its place in
+/// that line only once its ClientHello has begun, and gives it up when its handshake starts.
+/// So clients that stay silent, or stall halfway through a ClientHello, hold up nobody:
+/// with them open and 30 s from their deadline, new clients still complete at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_do_not_hold_up_the_line() {
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-handshake-line");
+    let (c, k) = pki.server("s", "a.test", &["a.test"], 40);
+    let cfg = format!(
+        "{}{}",
+        https_listener(&[(&c, &k, &[])], "handshake_timeout: 30s"),
+        app_upstream(origin.addr, "tls")
+    );
+    let p = start(pki.dir.clone(), &cfg);
+    let mut stalled = Vec::new();
+    for i in 0..40 {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        if i % 2 == 1 {
+            s.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+                .await
+                .expect("send");
+        }
+        stalled.push(s);
+    }
+    let o = ClientOpts::new(&pki.ca_path, "a.test");
+    for n in 0..10 {
+        let served = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut s = connect(p.addr, &o).await.expect("handshake");
+            h1(&mut s, "a.test", "/").await.expect("request")
+        })
+        .await;
+        match served {
+            Ok(r) => assert_eq!(r.status, 200, "client {n}: {}", r.head),
+            Err(_) => panic!("client {n}: no answer within 10 s behind 40 stalled handshakes"),
+        }
+    }
+    // the stalled ones are still open (their deadline is 30 s away): they were in the way
+    let mut b = [0u8; 1];
+    for (i, s) in stalled.iter_mut().enumerate() {
+        let r = tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await;
+        assert!(r.is_err(), "stalled connection {i} was closed early: {r:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_handshake_is_closed_at_handshake_timeout_and_a_done_one_is_not() {
     let origin = OriginBuilder::new("app").run().await;
