@@ -222,6 +222,21 @@ fn app_upstream(origin: SocketAddr, listener: &str) -> String {
     )
 }
 
+/// A fresh origin behind an https listener whose one certificate (serial `serial`) names
+/// `a.test`, with `extra` lines in its `tls` block. The origin must outlive the proxy.
+async fn a_test_proxy(tag: &str, serial: u32, extra: &str) -> (crate::support::Origin, Pki, Proxy) {
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new(tag);
+    let (c, k) = pki.server("s", "a.test", &["a.test"], serial);
+    let cfg = format!(
+        "{}{}",
+        https_listener(&[(&c, &k, &[])], extra),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    (origin, pki, proxy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_selects_certificate_unknown_gets_default_and_backend_sees_plain_http() {
     let origin = OriginBuilder::new("app").run().await;
@@ -880,15 +895,7 @@ async fn admin_reload_reloads_the_certificate_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_plain_http_on_a_tls_port_close_only_that_connection() {
-    let origin = OriginBuilder::new("app").run().await;
-    let pki = Pki::new("tls-garbage");
-    let (c, k) = pki.server("a", "a.test", &["a.test"], 60);
-    let cfg = format!(
-        "{}{}",
-        https_listener(&[(&c, &k, &[])], ""),
-        app_upstream(origin.addr, "tls")
-    );
-    let proxy = start(pki.dir.clone(), &cfg);
+    let (origin, pki, proxy) = a_test_proxy("tls-garbage", 60, "").await;
     let o = ClientOpts::new(&pki.ca_path, "a.test");
     let mut good = connect(proxy.addr, &o).await.expect("connect");
     assert_eq!(h1(&mut good, "a.test", "/").await.expect("r").status, 200);
@@ -1021,15 +1028,7 @@ fn check_names_bad_certificate_files() {
 /// with them open and 30 s from their deadline, new clients still complete at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshakes_do_not_hold_up_the_line() {
-    let origin = OriginBuilder::new("app").run().await;
-    let pki = Pki::new("tls-handshake-line");
-    let (c, k) = pki.server("s", "a.test", &["a.test"], 40);
-    let cfg = format!(
-        "{}{}",
-        https_listener(&[(&c, &k, &[])], "handshake_timeout: 30s"),
-        app_upstream(origin.addr, "tls")
-    );
-    let p = start(pki.dir.clone(), &cfg);
+    let (_origin, pki, p) = a_test_proxy("tls-handshake-line", 40, "handshake_timeout: 30s").await;
     let mut stalled = Vec::new();
     for i in 0..40 {
         let mut s = TcpStream::connect(p.addr).await.expect("connect");
@@ -1062,15 +1061,8 @@ async fn stalled_handshakes_do_not_hold_up_the_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_handshake_is_closed_at_handshake_timeout_and_a_done_one_is_not() {
-    let origin = OriginBuilder::new("app").run().await;
-    let pki = Pki::new("tls-handshake-timeout");
-    let (c, k) = pki.server("s", "a.test", &["a.test"], 40);
-    let cfg = format!(
-        "{}{}",
-        https_listener(&[(&c, &k, &[])], "handshake_timeout: 1s"),
-        app_upstream(origin.addr, "tls")
-    );
-    let p = start(pki.dir.clone(), &cfg);
+    let (_origin, pki, p) =
+        a_test_proxy("tls-handshake-timeout", 40, "handshake_timeout: 1s").await;
     // silent after connecting, and stalled halfway through a ClientHello
     for first in [
         &b""[..],
