@@ -23,6 +23,9 @@ import sys
 PEERS = ("nginx", "haproxy")
 # A peer's tuned variants: the better of them (throughput, latency, CPU) stands for the peer.
 VARIANTS = {"nginx": ("nginx", "nginx_nobuf"), "haproxy": ("haproxy",)}
+# The scenarios whose CPU per request has a target (issue 17: at most 0.9x the cheaper peer).
+CPU_TARGET_SCENARIOS = ("ok_c64", "1k_c64", "64k_c64", "post64k_c64", "ok_c256", "tls_ok_c64",
+                        "h2_ok_c64", "cache_1k_c64")
 
 
 def read_tsv(path):
@@ -82,6 +85,51 @@ def best(values, scenario, peer, pick):
     return pick(got) if got else None
 
 
+def targets_summary(scenarios, targets, med, p99_med, cpu_med):
+    """Issue 17's targets, met or not, in this run: throughput at least both peers', p99 at
+    most nginx's, CPU per request at most 0.9x the cheaper peer's (on its scenarios)."""
+    peers = [p for p in PEERS if p in targets]
+    labels = dict(scenarios)
+    tput, p99, cpu = ([], []), ([], []), ([], [])  # (met, missed) scenario notes
+
+    def note(name, value):
+        return f"{labels[name]} {value}"
+
+    for name, _ in scenarios:
+        mine = med.get((name, "stepstone"))
+        ratios = [(p, mine / b) for p in peers
+                  if mine and (b := best(med, name, p, max))]
+        if ratios:
+            worst = min(ratios, key=lambda r: r[1])
+            tput[worst[1] < 1.0].append(note(name, f"{worst[1]:.2f} of {worst[0]}"))
+        mine, theirs = p99_med.get((name, "stepstone")), best(p99_med, name, "nginx", min)
+        if "nginx" in peers and mine and theirs:
+            p99[mine > theirs].append(note(name, f"{fmt_ms(mine)} against {fmt_ms(theirs)} ms"))
+        if name in CPU_TARGET_SCENARIOS:
+            mine = cpu_med.get((name, "stepstone"))
+            costs = [c for c in (best(cpu_med, name, p, min) for p in peers) if c]
+            if mine and costs:
+                r = mine / min(costs)
+                cpu[r > 0.9].append(note(name, f"{r:.2f}"))
+
+    def line(what, got):
+        met, missed = got
+        total = len(met) + len(missed)
+        if not total:
+            return None
+        s = f"- {what}: {len(met)} of {total}"
+        return s + (f"; missed: {', '.join(missed)}" if missed else "")
+
+    lines = [x for x in (
+        line("throughput at least 1.0x both peers (the worse ratio)", tput),
+        line("p99 at most nginx's (its better variant)", p99),
+        line("CPU per request at most 0.9x the cheaper peer (the scenarios that have the "
+             "target)", cpu)) if x]
+    if not lines:
+        return []
+    return ["", "Against issue 17's targets, in this run:", ""] + lines
+
+
 def main():
     results_tsv, scenarios_tsv, memory_tsv, targets_arg, rounds = sys.argv[1:6]
     targets = [t for t in targets_arg.split(",") if t]
@@ -111,6 +159,7 @@ def main():
             sysc.setdefault((sc, tg), []).append(tuple(float(x) for x in parts))
 
     med = {}  # (scenario, target) -> median rps of valid runs
+    p99_med = {}  # (scenario, target) -> median p99 of valid runs
     cpu_med = {}  # (scenario, target) -> median CPU microseconds per request of valid runs
     out = []
     header = ["scenario"] + targets
@@ -136,6 +185,7 @@ def main():
                 p50 = statistics.median(r[2] for r in valid)
                 p99 = statistics.median(r[3] for r in valid)
                 med[(name, tg)] = rps
+                p99_med[(name, tg)] = p99
                 cpus = [r[4] for r in valid if r[4] > 0]
                 if cpus:
                     cpu_med[(name, tg)] = statistics.median(cpus)
@@ -178,6 +228,9 @@ def main():
                    "the requests it served. A peer's cost is that of its cheaper variant.")
         out.append("")
         out.append(table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
+
+    if "stepstone" in targets:
+        out += targets_summary(scenarios, targets, med, p99_med, cpu_med)
 
     if user:
         per_target_table(
