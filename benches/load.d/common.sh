@@ -44,3 +44,32 @@ stepstone_bin() { # what to say when there is none
   fi
   [[ -x $STEPSTONE_BIN ]] || die "stepstone binary not found at $STEPSTONE_BIN; $1"
 }
+
+descendants() { # pid -> all descendant pids
+  local c
+  for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    echo "$c"
+    descendants "$c"
+  done
+}
+
+# Stop processes and everything they started: SIG (default TERM) to all, KILL to what is left
+# after 5 s. The descendants are listed first: a master killed before its workers leaves them
+# to init, still listening (an nginx origin's worker outlived benches/instr that way).
+stop_pids() { # [-SIG] pid...
+  local sig=TERM pid all=() alive
+  [[ ${1:-} == -* ]] && { sig=${1#-}; shift; }
+  for pid in "$@"; do
+    kill -0 "$pid" 2>/dev/null || continue
+    all+=("$pid" $(descendants "$pid"))
+  done
+  ((${#all[@]})) || return 0
+  kill -"$sig" "${all[@]}" 2>/dev/null || true
+  for _ in $(seq 50); do
+    alive=0
+    for pid in "${all[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  kill -KILL "${all[@]}" 2>/dev/null || true
+}
