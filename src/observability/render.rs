@@ -186,6 +186,17 @@ fn tls_handshakes(out: &mut String) {
             "{name}{{listener=\"{l}\",result=\"no_certificate\"}} {none}"
         );
     }
+    let (waiting, waited) = crate::tls::pace::waiting();
+    let name = "stepstone_tls_handshakes_waiting";
+    let _ = writeln!(
+        out,
+        "# HELP {name} TLS handshakes whose ClientHello is in, waiting for their turn (one starts per event-loop turn on each thread)\n# TYPE {name} gauge\n{name} {waiting}"
+    );
+    let name = "stepstone_tls_handshake_wait_seconds_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time TLS handshakes spent waiting for their turn, summed; over stepstone_tls_handshakes_total, the mean wait\n# TYPE {name} counter\n{name} {waited}"
+    );
 }
 
 /// ACME orders by result and the days left on each ordered certificate.

@@ -18,8 +18,38 @@
 //! as nginx does.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::oneshot;
+
+/// Handshakes waiting for their turn now, over all threads (a gauge for the metrics).
+static WAITING: AtomicU64 = AtomicU64::new(0);
+/// Nanoseconds handshakes spent waiting for their turn, summed (a counter for the metrics).
+static WAITED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Handshakes waiting for their turn now, and the seconds all of them have waited so far.
+pub fn waiting() -> (u64, f64) {
+    (WAITING.load(Relaxed), WAITED_NS.load(Relaxed) as f64 / 1e9)
+}
+
+/// One handshake in line, for the metrics: counted while it waits, however the wait ends.
+struct InLine(Instant);
+
+impl InLine {
+    fn new() -> Self {
+        WAITING.fetch_add(1, Relaxed);
+        InLine(Instant::now())
+    }
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Relaxed);
+        let ns = u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        WAITED_NS.fetch_add(ns, Relaxed);
+    }
+}
 
 /// One thread's handshakes waiting to start, in arrival order, and whether its pacer runs.
 #[derive(Default)]
@@ -37,6 +67,7 @@ thread_local! {
 pub async fn handshake_turn() {
     let line = LINE.with(Arc::clone);
     let (tx, rx) = oneshot::channel();
+    let _in_line = InLine::new();
     {
         let Ok(mut l) = line.lock() else {
             // Never poisoned (nothing panics under it); if it were, start unpaced.

@@ -1258,6 +1258,14 @@ async fn tls_handshakes_are_counted() {
     let series = "stepstone_tls_handshakes_total{listener=\"listeners[0].tls\",result=\"ok\"}";
     let text = wait_metric(&p, series, 3.0).await;
     assert_eq!(metric(&text, series), Some(3.0), "{text}");
+    // each waited in line for its turn (at least the pacer's one yield), and none waits now
+    let waited = metric(&text, "stepstone_tls_handshake_wait_seconds_total");
+    assert!(waited.is_some_and(|w| w > 0.0), "{text}");
+    assert_eq!(
+        metric(&text, "stepstone_tls_handshakes_waiting"),
+        Some(0.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]
