@@ -127,22 +127,25 @@ impl PreTlsProcess for ProxyAccept {
     }
 }
 
-/// Register the PROXY reader as the pre-TLS hook of every endpoint of `svc`, when `l`
-/// terminates TLS and accepts the PROXY protocol. Returns whether it did.
+/// Register the pre-TLS hook of every endpoint of `svc` when `l` terminates TLS: the handshake
+/// deadline, the PROXY reader when `l` accepts the PROXY protocol, and handshake pacing.
+/// Returns whether it registered the PROXY reader.
 pub fn set_pre_tls<A>(svc: &mut Service<A>, l: &ListenerSpec) -> bool {
     let Some(t) = &l.tls else {
         return false;
     };
-    let then =
+    let proxy =
         super::L4App::pre_tls(l).map(|a| a as Arc<dyn pingora_core::listeners::PreTlsProcess>);
-    let proxy = then.is_some();
+    let read_proxy = proxy.is_some();
+    // the deadline first, then the PROXY header, then the handshake's turn
+    let paced = Arc::new(crate::tls::pace::Paced { then: proxy });
     svc.endpoints()
         .set_pre_tls_callback(Arc::new(crate::tls::deadline::HandshakeDeadline {
             timeout: t.handshake_timeout,
             listener: l.name.clone(),
-            then,
+            then: Some(paced),
         }));
-    proxy
+    read_proxy
 }
 
 /// A `ServerApp` that reads the PROXY header, then hands the connection to `inner`.

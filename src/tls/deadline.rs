@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use once_cell::sync::Lazy;
 use pingora_core::listeners::PreTlsProcess;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Peek;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -62,21 +61,10 @@ impl PreTlsProcess for HandshakeDeadline {
                 }
             });
         }
-        if let Some(next) = &self.then {
-            next.process(stream).await?;
+        match &self.then {
+            Some(next) => next.process(stream).await,
+            None => Ok(()),
         }
-        // The first flight's cost starts when the ClientHello is in: wait for it, then for a
-        // turn (see `super::pace`). A peeked byte is put back for the handshake to read.
-        let mut first = [0u8; 1];
-        if let Err(e) = stream.try_peek(&mut first).await {
-            return pingora_core::Error::e_because(
-                pingora_core::ErrorType::AcceptError,
-                "waiting for the ClientHello",
-                e,
-            );
-        }
-        super::pace::handshake_turn().await;
-        Ok(())
     }
 }
 

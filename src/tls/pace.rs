@@ -17,11 +17,43 @@
 //! unchanged; a busy thread trades new connections' wait for established requests' latency,
 //! as nginx does.
 
+use async_trait::async_trait;
+use pingora_core::listeners::PreTlsProcess;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::Peek;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::oneshot;
+
+/// The pre-TLS step that paces: after an optional earlier step (the PROXY header), wait for
+/// the ClientHello, then for this handshake's turn.
+pub struct Paced {
+    pub then: Option<Arc<dyn PreTlsProcess>>,
+}
+
+#[async_trait]
+impl PreTlsProcess for Paced {
+    async fn process(&self, stream: &mut L4Stream) -> pingora_core::Result<()> {
+        if let Some(next) = &self.then {
+            next.process(stream).await?;
+        }
+        // The first flight's cost starts when the ClientHello is in: a connection joins the
+        // line only then, so one that stays silent holds up nobody. The peeked byte is put
+        // back for the handshake to read.
+        let mut first = [0u8; 1];
+        if let Err(e) = stream.try_peek(&mut first).await {
+            return pingora_core::Error::e_because(
+                pingora_core::ErrorType::AcceptError,
+                "waiting for the ClientHello",
+                e,
+            );
+        }
+        handshake_turn().await;
+        Ok(())
+    }
+}
 
 /// Handshakes waiting for their turn now, over all threads (a gauge for the metrics).
 static WAITING: AtomicU64 = AtomicU64::new(0);
@@ -106,17 +138,19 @@ async fn pace(line: Arc<Mutex<Line>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    use std::sync::{Arc, Mutex};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
 
     /// Ten handshakes queued together start in ten different turns, in the order they
     /// queued, while a task that counts turns runs beside them.
     #[test]
     fn one_start_per_turn_in_arrival_order() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let starts: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
         let turns = Arc::new(AtomicU64::new(0));
         rt.block_on(async {
@@ -157,10 +191,7 @@ mod tests {
     /// gives up its place: the ones behind it still start, in order.
     #[test]
     fn a_dropped_waiter_leaves_the_line() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let starts: Arc<Mutex<Vec<usize>>> = Arc::default();
         rt.block_on(async {
             let spawn = |i: usize| {
