@@ -262,6 +262,34 @@ async fn health_checks_eject_and_readmit_a_backend() {
     assert_eq!(m.get("d"), Some(&5), "{m:?}");
 }
 
+/// A TCP check connects and then resets the connection (as HAProxy's do): a FIN would leave
+/// each check's socket in TIME_WAIT on the proxy, a minute per check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_health_checks_close_with_a_reset() {
+    use tokio::io::AsyncReadExt;
+    let Ok(backend) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        panic!("cannot listen on 127.0.0.1:0");
+    };
+    let Ok(addr) = backend.local_addr() else {
+        panic!("backend address");
+    };
+    let _p = Proxy::start(&format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {addr}}}]\n    health_check: {{type: tcp, interval: 100ms}}\nroutes:\n  - {{listener: web, upstream: app}}\n"
+    ));
+    for check in 0..3 {
+        let accepted = tokio::time::timeout(Duration::from_secs(5), backend.accept()).await;
+        let Ok(Ok((mut s, _))) = accepted else {
+            panic!("check {check}: no health-check connection within 5 s: {accepted:?}");
+        };
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        match read {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("check {check}: expected a reset, the backend read {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_retry_elsewhere_and_all_down_is_a_fast_502() {
     let a = OriginBuilder::new("a").run().await;
