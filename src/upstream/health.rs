@@ -260,7 +260,7 @@ impl BackgroundService for HealthService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// A handshake that is not over when `connect` returns (here the backend's accept queue
     /// is full, so its SYN is dropped and resent a second later) is waited for; a refused
@@ -274,7 +274,6 @@ mod tests {
         // a backlog of 0 holds one connection not yet accepted
         let l = sock.listen(0).expect("listen");
         let _queued = tokio::net::TcpStream::connect(addr).await.expect("first");
-        let started = Instant::now();
         let waiting = tokio::spawn(probe(addr));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
@@ -288,7 +287,6 @@ mod tests {
             .expect("the probe never ended")
             .expect("join");
         assert!(r.is_ok(), "probe failed: {r:?}");
-        assert!(started.elapsed() >= Duration::from_millis(300));
 
         drop(l);
         let r = probe(addr).await;
