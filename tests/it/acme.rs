@@ -475,7 +475,8 @@ async fn tls_alpn01_issues_a_certificate() {
         "        storage:",
         "        challenge: tls-alpn-01\n        storage:",
     );
-    let p = start_proxy(&t, |ports| pebble.up(free_port(), ports[1]));
+    let unreached = crate::support::dead_addr().port();
+    let p = start_proxy(&t, |ports| pebble.up(unreached, ports[1]));
     let root = pebble.root().await;
     let cert = wait_issued(&p, p.addr_of(1), NAME, &root, Duration::from_secs(60)).await;
     let www = served(p.addr_of(1), WWW, Some(&root))

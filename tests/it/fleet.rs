@@ -304,7 +304,7 @@ async fn etcd_fleet_follows_revisions_refuses_bad_ones_and_outlives_etcd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_unreachable_without_a_cache_file_refuses_to_start() {
-    let dead = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let dead = format!("http://{}", crate::support::dead_addr());
     let err = match Proxy::try_start(&member(&dead, false)) {
         Ok(_) => panic!("started without etcd and without a cache file"),
         Err(e) => e,

@@ -7,7 +7,6 @@
 use crate::support::quic::*;
 use crate::support::OriginBuilder;
 use bytes::Bytes;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +332,7 @@ fn h3_bad_keys_are_config_errors() {
 /// the middle of its body: the body is not waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_failed_backend_answers_without_waiting_for_the_rest_of_the_body() {
-    let down: SocketAddr = ([127, 0, 0, 1], crate::support::free_port()).into();
+    let down = crate::support::dead_addr();
     let b = OriginBuilder::new("b").run().await;
     let pki = Pki::new("h3-down");
     let proxy = start(&pki, &config(&pki, down, b.addr, "", ""));

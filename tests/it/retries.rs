@@ -27,14 +27,6 @@ fn backends(addrs: &[SocketAddr]) -> String {
     format!("    backends: [{}]\n", list.join(", "))
 }
 
-/// A loopback address nothing listens on.
-fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().expect("addr");
-    drop(l);
-    a
-}
-
 /// The value of a `/metrics` line that starts with `series` (name and labels).
 async fn metric(p: &Proxy, series: &str) -> u64 {
     let m = client::get(p.addr_of(1), "/metrics", &[])
@@ -205,9 +197,10 @@ async fn posts_are_retried_only_when_unsent(fast_path: bool) {
 
     // a POST whose connection failed never reached a backend: retried
     let good = OriginBuilder::new("good").run().await;
+    let dead = crate::support::dead_addr();
     let p = proxy(
         fast_path,
-        &format!("{conf}{}", backends(&[dead_addr(), good.addr])),
+        &format!("{conf}{}", backends(&[dead, good.addr])),
     );
     for _ in 0..10 {
         let r = request(&p, "POST", b"order=1").await;

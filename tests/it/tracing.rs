@@ -437,10 +437,7 @@ async fn tracing_starts_new_traces_general_engine() {
 async fn a_span_per_try(fast_path: bool) {
     let engine = if fast_path { "lean" } else { "general" };
     let app = OriginBuilder::new("app").run().await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let dead = crate::support::dead_addr();
     let rx = Receiver::start().await;
     let cfg = config(fast_path, app.addr, rx.addr, 1.0).replace(
         &format!("backends: [{{address: {}}}]", app.addr),

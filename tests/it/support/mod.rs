@@ -39,6 +39,31 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A loopback address that refuses connections, for as long as the test binary runs.
+///
+/// Its socket is bound but never listens, so a SYN to it is answered with a reset, and no
+/// other socket in the test binary can be handed its port. A probe that is bound and then
+/// dropped does not hold its port: once, the next `bind 127.0.0.1:0` (a tracing test's
+/// collector) was given it and took the "dead" backend's requests. Refusing is stateless,
+/// so every test shares the one socket.
+pub fn dead_addr() -> std::net::SocketAddr {
+    static DEAD: std::sync::OnceLock<(socket2::Socket, std::net::SocketAddr)> =
+        std::sync::OnceLock::new();
+    DEAD.get_or_init(|| {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+        s.bind(&any.into()).expect("bind 127.0.0.1:0");
+        let addr = s
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("an inet address");
+        (s, addr)
+    })
+    .1
+}
+
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};

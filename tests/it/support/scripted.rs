@@ -263,10 +263,7 @@ pub fn config(origin: SocketAddr, listen: &str) -> String {
             "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n  - {{listener: {l}, host: retry.test, upstream: retrying}}\n  - {{listener: {l}, host: sticky.test, upstream: sticky}}\n"
         ));
     }
-    // A port nothing listens on, for the dead backend.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_addr = dead.local_addr().expect("addr");
-    drop(dead);
+    let dead_addr = super::dead_addr();
     format!(
         "listeners:
   - {{name: fast, address: 127.0.0.1:{{{{port}}}}, {listen}}}
