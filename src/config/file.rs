@@ -125,7 +125,8 @@ pub struct PingoraFile {
     pub listener_tasks_per_fd: Option<usize>,
     /// How long a worker thread keeps polling for I/O without blocking after a request
     /// completes, while requests come closer together than this (see `src/spin.rs`); `0`
-    /// turns it off. At most 10ms. Only with `work_stealing: false`. Default: 25us
+    /// turns it off. At most 10ms. Only with `work_stealing: false`. Default: 0 (off); 25us
+    /// where waking a sleeping CPU is dear (VMs whose wake-ups exit to the hypervisor)
     pub busy_poll: Option<Dur>,
     /// The open-file limit the process raises itself to at start (`RLIMIT_NOFILE`; every
     /// client and backend connection takes one descriptor). Above the hard limit it raises

@@ -38,12 +38,13 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
-/// `pingora.busy_poll`: a little longer than the gap between requests on a busy worker
-/// (about 15 µs at 65,000 requests a second), and short enough that a thread at a few
-/// thousand requests a second, where it does not pay, does not spin. Measured against
-/// 50 µs (alternating runs, GET /1k and /64k): the same throughput, and 6% less CPU per
-/// 64 KiB request, whose transfers leave longer gaps that a longer window spins through.
-pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(25);
+/// `pingora.busy_poll`: off, as HAProxy's `busy-polling` is. Spinning pays only where
+/// waking a sleeping CPU is dear (a VM whose wake-ups exit to the hypervisor); there 25us
+/// suits a busy worker (a little longer than the gap between requests at 65,000 a second).
+/// On the current bench host, alternating runs of 12 scenarios with 25us and with 0 gave
+/// the same CPU per request and throughput within the runs' noise, and a lower p99 without
+/// the spin in 19 of 24 pairs (benches/RESULTS.md, 2026-12-03 06:40 UTC).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::ZERO;
 /// `pingora.max_open_files` below this leaves no room to serve (listeners, logs, the
 /// upgrade socket and a few connections take that many).
 pub const MIN_OPEN_FILES: u64 = 64;
