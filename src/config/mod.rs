@@ -43,7 +43,8 @@ pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
 /// suits a busy worker (a little longer than the gap between requests at 65,000 a second).
 /// On the current bench host, alternating runs of 12 scenarios with 25us and with 0 gave
 /// the same CPU per request and throughput within the runs' noise, and a lower p99 without
-/// the spin in 19 of 24 pairs (benches/RESULTS.md, 2026-12-03 06:40 UTC).
+/// the spin in 19 of 24 pairs; a second comparison showed no direction in any of the three
+/// (benches/RESULTS.md, 2026-12-03 06:40 and 07:00 UTC).
 pub const DEFAULT_BUSY_POLL: Duration = Duration::ZERO;
 /// `pingora.max_open_files` below this leaves no room to serve (listeners, logs, the
 /// upgrade socket and a few connections take that many).
