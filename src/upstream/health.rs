@@ -288,8 +288,18 @@ mod tests {
             .expect("join");
         assert!(r.is_ok(), "probe failed: {r:?}");
 
-        drop(l);
-        let r = probe(addr).await;
+        // a port bound but not listening refuses, and stays ours: a port freed by dropping
+        // the listener could be handed to another test's listener before the probe
+        let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        closed.bind(&any.into()).expect("bind");
+        let closed_addr = closed
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("inet");
+        let r = probe(closed_addr).await;
         assert!(r.is_err(), "a probe of a closed port succeeded");
     }
 }
