@@ -586,6 +586,10 @@ pub struct HealthCheckFile {
     pub healthy_threshold: Option<u32>,
     /// Default: 2
     pub unhealthy_threshold: Option<u32>,
+    /// http only. Keep the check's connection for the next check (as Envoy), instead of a new
+    /// connection per check (as HAProxy and nginx), which also proves that the backend still
+    /// accepts connections. Default: false
+    pub reuse_connection: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -253,6 +253,8 @@ pub struct HealthSpec {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// http only: one connection kept per backend for its checks.
+    pub reuse_connection: bool,
 }
 
 #[derive(Debug, Clone)]

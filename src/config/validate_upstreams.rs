@@ -155,12 +155,23 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
                         "must start with / and contain no spaces",
                     ));
                 }
-                if h.kind == HealthCheckType::Tcp && (h.path.is_some() || h.expect_status.is_some())
+                if h.kind == HealthCheckType::Tcp
+                    && (h.path.is_some()
+                        || h.expect_status.is_some()
+                        || h.reuse_connection.is_some())
                 {
                     return Err(e.err(
                         format!("{hp}.type"),
                         "tcp",
-                        "path and expect_status need type: http",
+                        "path, expect_status and reuse_connection need type: http",
+                    ));
+                }
+                let host = h.host.clone().unwrap_or_else(|| "localhost".into());
+                if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(e.err(
+                        format!("{hp}.host"),
+                        &host,
+                        "must be a host name, without spaces or control characters",
                     ));
                 }
                 if let Some(0) = h.port {
@@ -169,13 +180,14 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
                 Some(HealthSpec {
                     kind: h.kind,
                     path,
-                    host: h.host.clone().unwrap_or_else(|| "localhost".into()),
+                    host,
                     expect_status,
                     port: h.port,
                     interval,
                     timeout,
                     healthy_threshold,
                     unhealthy_threshold,
+                    reuse_connection: h.reuse_connection.unwrap_or(false),
                 })
             }
         };

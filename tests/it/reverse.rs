@@ -290,6 +290,100 @@ async fn tcp_health_checks_close_with_a_reset() {
     }
 }
 
+/// Waits until `f` holds, for at most 10 s.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// By default an HTTP check opens a connection of its own and asks the backend to close it
+/// (as HAProxy's and nginx's checks do, which also proves that the backend still accepts
+/// connections); with `reuse_connection: true` every check goes over one kept connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_checks_open_a_connection_each_or_keep_one() {
+    let fresh = OriginBuilder::new("fresh").run().await;
+    let kept = OriginBuilder::new("kept").run().await;
+    let _p1 = Proxy::start(&simple(
+        &[(&fresh, 1)],
+        "health_check: {type: http, path: /healthz, interval: 100ms}",
+    ));
+    let _p2 = Proxy::start(&simple(
+        &[(&kept, 1)],
+        "health_check: {type: http, path: /healthz, interval: 100ms, reuse_connection: true}",
+    ));
+    until("6 checks of each backend", || {
+        fresh.health_checks().0 >= 6 && kept.health_checks().0 >= 6
+    })
+    .await;
+    let (checks, closes) = fresh.health_checks();
+    assert_eq!(closes, checks, "every check asks to close its connection");
+    assert!(
+        fresh.connections() >= checks,
+        "{checks} checks over {} connections",
+        fresh.connections()
+    );
+    let (checks, closes) = kept.health_checks();
+    assert_eq!(closes, 0, "a kept connection asked to close");
+    assert_eq!(
+        kept.connections(),
+        1,
+        "{checks} checks over more than one connection"
+    );
+}
+
+/// A kept check connection that the backend closed while it idled (its keep-alive timeout)
+/// is replaced within the same check: with `unhealthy_threshold: 1` one failed check would
+/// take the backend out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_check_connection_closed_by_the_backend_is_not_a_failure() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(backend) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        panic!("cannot listen on 127.0.0.1:0");
+    };
+    let Ok(addr) = backend.local_addr() else {
+        panic!("backend address");
+    };
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    // each connection answers one request as if it were kept, then closes
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            let mut buf = [0u8; 1024];
+            if let Ok(n) = s.read(&mut buf).await {
+                if n > 0 {
+                    let ok = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                    if ok.is_ok() {
+                        count.fetch_add(1, SeqCst);
+                    }
+                }
+            }
+        }
+    });
+    let p = Proxy::start_logging(
+        &format!(
+            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {addr}}}]\n    health_check: {{type: http, interval: 100ms, unhealthy_threshold: 1, reuse_connection: true}}\nroutes:\n  - {{listener: web, upstream: app}}\n"
+        ),
+        "info",
+    );
+    until("6 answered checks", || answered.load(SeqCst) >= 6).await;
+    server.abort();
+    let log = p.log();
+    assert!(
+        !log.contains("is unhealthy"),
+        "a closed kept connection failed a check:\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_retry_elsewhere_and_all_down_is_a_fast_502() {
     let a = OriginBuilder::new("a").run().await;

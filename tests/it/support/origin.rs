@@ -36,6 +36,9 @@ pub struct State {
     /// The most requests it ever had in flight at once.
     pub peak: AtomicUsize,
     pub health_status: AtomicU16,
+    /// `/healthz` requests, and those of them that asked for `Connection: close`.
+    pub health_checks: AtomicUsize,
+    pub health_closes: AtomicUsize,
     pub dead: AtomicBool,
     pub recorded: Mutex<Vec<Recorded>>,
 }
@@ -153,6 +156,13 @@ impl Origin {
     }
     pub fn last(&self) -> Option<Recorded> {
         self.recorded().pop()
+    }
+    /// `/healthz` requests answered, and those that asked for `Connection: close`.
+    pub fn health_checks(&self) -> (usize, usize) {
+        (
+            self.state.health_checks.load(SeqCst),
+            self.state.health_closes.load(SeqCst),
+        )
     }
     /// Status that `/healthz` answers with.
     pub fn set_health(&self, status: u16) {
@@ -294,8 +304,12 @@ async fn serve(mut s: TcpStream, b: Arc<OriginBuilder>, state: Arc<State>) {
 
         if path == "/healthz" {
             let st = state.health_status.load(SeqCst);
+            state.health_checks.fetch_add(1, SeqCst);
+            if close {
+                state.health_closes.fetch_add(1, SeqCst);
+            }
             let resp = format!("HTTP/1.1 {st} X\r\nContent-Length: 2\r\n\r\nok");
-            if s.write_all(resp.as_bytes()).await.is_err() {
+            if s.write_all(resp.as_bytes()).await.is_err() || close {
                 return;
             }
             continue;

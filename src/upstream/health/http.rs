@@ -1,0 +1,337 @@
+//! The HTTP check of a plain HTTP/1.1 backend: a GET, judged by the status of its answer.
+//!
+//! Pingora's `HttpHealthCheck` is kept for TLS and HTTP/2 backends only. For plain ones it
+//! cost too much: it builds a `TransportConnector` with a TLS context (the system's CA bundle
+//! read and parsed) per upstream, 26 ms of CPU each at start (13 s for 500 upstreams, and again
+//! for each upstream a reload rebuilds), and each check went through the connector's stream
+//! setup and closed with a FIN, which left a TIME_WAIT socket on the proxy per check.
+//!
+//! Here a check is one small write and a read of the response head. With `reuse_connection`
+//! off (the default, as HAProxy and nginx check) each check opens a connection, which also
+//! proves that the backend still accepts them, asks for `Connection: close`, and resets the
+//! connection once the status is read. With it on (as Envoy checks) the connection is kept
+//! for the next check when the body's length is known; a kept connection that the backend
+//! closed meanwhile is replaced by a new one within the same check, so a backend's idle
+//! timeout never counts as a failure.
+
+use async_trait::async_trait;
+use pingora_core::protocols::l4::socket::SocketAddr as Addr;
+use pingora_core::{Error, ErrorType};
+use pingora_load_balancing::health_check::HealthCheck;
+use pingora_load_balancing::Backend;
+use std::collections::HashMap;
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The longest response head read; a health endpoint's answer is far shorter.
+const MAX_HEAD: usize = 16 * 1024;
+/// The most response fields read.
+const MAX_FIELDS: usize = 64;
+/// The longest body read to keep the connection; a longer one is cut off with it.
+const MAX_DRAIN: u64 = 64 * 1024;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Kept connections, one per backend, and when each was last used.
+struct Idle {
+    conns: HashMap<Addr, (Box<dyn Io>, Instant)>,
+    pruned: Instant,
+}
+
+pub(super) struct PlainHttpCheck {
+    /// The whole request, written as is.
+    request: Box<[u8]>,
+    expect: u16,
+    timeout: Duration,
+    /// A connection not used for this long belongs to a backend no longer checked.
+    stale_after: Duration,
+    port: Option<u16>,
+    reuse: bool,
+    idle: Mutex<Idle>,
+    success: usize,
+    failure: usize,
+}
+
+/// Why a check failed.
+enum Fail {
+    /// The connection ended (or failed) before any byte of a response: on a kept connection,
+    /// the backend closed it while idle.
+    Unanswered(Option<io::Error>),
+    Connect(io::Error),
+    Io(io::Error),
+    Head(String),
+    Status(u16),
+}
+
+impl PlainHttpCheck {
+    pub(super) fn new(h: &crate::config::HealthSpec) -> PlainHttpCheck {
+        let close = if h.reuse_connection {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: stepstone-health-check\r\n{close}\r\n",
+            h.path, h.host
+        );
+        PlainHttpCheck {
+            request: request.into_bytes().into_boxed_slice(),
+            expect: h.expect_status,
+            timeout: h.timeout,
+            stale_after: h.interval * 3 + h.timeout,
+            port: h.port,
+            reuse: h.reuse_connection,
+            idle: Mutex::new(Idle {
+                conns: HashMap::new(),
+                pruned: Instant::now(),
+            }),
+            success: h.healthy_threshold as usize,
+            failure: h.unhealthy_threshold as usize,
+        }
+    }
+
+    fn take(&self, a: &Addr) -> Option<Box<dyn Io>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.conns.remove(a).map(|(c, _)| c)
+    }
+
+    fn keep(&self, a: Addr, c: Box<dyn Io>) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if now.duration_since(idle.pruned) > self.stale_after {
+            let horizon = self.stale_after;
+            idle.conns
+                .retain(|_, (_, used)| now.duration_since(*used) <= horizon);
+            idle.pruned = now;
+        }
+        idle.conns.insert(a, (c, now));
+    }
+
+    async fn run(&self, a: &Addr) -> Result<(), Fail> {
+        if let Some(mut c) = self.take(a) {
+            match self.exchange(&mut c).await {
+                Ok(keep) => {
+                    if keep {
+                        self.keep(a.clone(), c);
+                    }
+                    return Ok(());
+                }
+                // closed by the backend while it idled: ask again on a new connection
+                Err(Fail::Unanswered(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut c = connect(a).await.map_err(Fail::Connect)?;
+        if self.exchange(&mut c).await? && self.reuse {
+            self.keep(a.clone(), c);
+        }
+        Ok(())
+    }
+
+    /// Send the request and read the answer on `c`; `true` when `c` can be used again.
+    async fn exchange(&self, c: &mut Box<dyn Io>) -> Result<bool, Fail> {
+        c.write_all(&self.request)
+            .await
+            .map_err(|e| Fail::Unanswered(Some(e)))?;
+        let mut buf = Vec::with_capacity(1024);
+        let (code, keep, left) = loop {
+            match parse(&buf)? {
+                // an interim response (100 Continue, 103 Early Hints): the final one follows
+                Some(h) if (100..200).contains(&h.code) && h.code != 101 => {
+                    buf.drain(..h.len);
+                    continue;
+                }
+                Some(h) => {
+                    buf.drain(..h.len);
+                    break (h.code, h.keep, h.body);
+                }
+                None if buf.len() >= MAX_HEAD => {
+                    return Err(Fail::Head(format!(
+                        "response head longer than {MAX_HEAD} bytes"
+                    )));
+                }
+                None => {}
+            }
+            if read_more(c, &mut buf).await? == 0 {
+                return Err(if buf.is_empty() {
+                    Fail::Unanswered(None)
+                } else {
+                    Fail::Head("the connection closed within the response head".into())
+                });
+            }
+        };
+        if code != self.expect {
+            return Err(Fail::Status(code));
+        }
+        // The body is read only to keep the connection; without reuse the status is all.
+        let Some(len) = left.filter(|n| self.reuse && keep && *n <= MAX_DRAIN) else {
+            return Ok(false);
+        };
+        let mut have = buf.len() as u64;
+        if have > len {
+            return Ok(false);
+        }
+        while have < len {
+            buf.clear();
+            let n = read_more(c, &mut buf).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            have += n as u64;
+        }
+        Ok(have == len)
+    }
+}
+
+async fn read_more(c: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> Result<usize, Fail> {
+    buf.reserve(1024);
+    match c.read_buf(buf).await {
+        Ok(n) => Ok(n),
+        Err(e) if buf.is_empty() => Err(Fail::Unanswered(Some(e))),
+        Err(e) => Err(Fail::Io(e)),
+    }
+}
+
+/// A response head: its length, status, whether the connection may stay open, and the body's
+/// length when it is known from the head.
+struct Head {
+    len: usize,
+    code: u16,
+    keep: bool,
+    body: Option<u64>,
+}
+
+fn parse(buf: &[u8]) -> Result<Option<Head>, Fail> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut r = httparse::Response::new(&mut fields);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Fail::Head(format!("bad response head: {e}"))),
+    };
+    let code = r.code.unwrap_or(0);
+    let mut keep = r.version == Some(1);
+    let mut body = if code == 204 || code == 304 {
+        Some(0)
+    } else {
+        None
+    };
+    for f in r.headers.iter() {
+        if f.name.eq_ignore_ascii_case("content-length") {
+            let n: Option<u64> = std::str::from_utf8(f.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+            // an unreadable length, or two that differ: the body's end is not known
+            match (n, body) {
+                (Some(n), None) => body = Some(n),
+                (Some(n), Some(b)) if n == b => {}
+                _ => keep = false,
+            }
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding")
+            || (f.name.eq_ignore_ascii_case("connection") && f.value.eq_ignore_ascii_case(b"close"))
+        {
+            keep = false;
+        }
+    }
+    Ok(Some(Head {
+        len,
+        code,
+        keep,
+        body,
+    }))
+}
+
+async fn connect(a: &Addr) -> io::Result<Box<dyn Io>> {
+    match a {
+        Addr::Inet(a) => {
+            let (s, done) = super::tcp::start(*a)?;
+            s.set_tcp_nodelay(true)?;
+            let s = if done {
+                tokio::net::TcpStream::from_std(std::net::TcpStream::from(s))?
+            } else {
+                super::tcp::finish(s).await?
+            };
+            Ok(Box::new(s))
+        }
+        Addr::Unix(a) => match a.as_pathname() {
+            Some(p) => Ok(Box::new(tokio::net::UnixStream::connect(p).await?)),
+            None => Err(io::ErrorKind::InvalidInput.into()),
+        },
+    }
+}
+
+#[async_trait]
+impl HealthCheck for PlainHttpCheck {
+    async fn check(&self, target: &Backend) -> pingora_core::Result<()> {
+        let mut a = target.addr.clone();
+        if let Some(p) = self.port {
+            a.set_port(p);
+        }
+        let why = match tokio::time::timeout(self.timeout, self.run(&a)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(f)) => match f {
+                Fail::Connect(e) => {
+                    return Error::e_explain(ErrorType::ConnectError, format!("connect: {e}"))
+                }
+                Fail::Unanswered(Some(e)) | Fail::Io(e) => format!("{e}"),
+                Fail::Unanswered(None) => "the connection closed before a response".into(),
+                Fail::Head(s) => s,
+                Fail::Status(code) => format!("got {code}, expected {}", self.expect),
+            },
+            Err(_) => format!("no answer within {:?}", self.timeout),
+        };
+        Error::e_explain(ErrorType::Custom("health check"), why)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.success
+        } else {
+            self.failure
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Head {
+        match parse(raw.as_bytes()) {
+            Ok(Some(h)) => h,
+            Ok(None) => panic!("incomplete: {raw:?}"),
+            Err(_) => panic!("refused: {raw:?}"),
+        }
+    }
+
+    /// Only a body whose end the head tells lets the connection serve the next check.
+    #[test]
+    fn the_head_tells_whether_the_connection_can_serve_again() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!((h.code, h.keep, h.body, h.len), (200, true, Some(2), 38));
+        let h = head("HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!((h.code, h.keep), (503, false));
+        let h = head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n");
+        assert!(!h.keep);
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n");
+        assert!(!h.keep);
+        let h = head("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!((h.keep, h.body), (true, Some(0)));
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n");
+        assert!(!h.keep);
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n");
+        assert!(!h.keep);
+        // no length: the body runs to the close
+        assert_eq!(head("HTTP/1.1 200 OK\r\n\r\n").body, None);
+    }
+
+    #[test]
+    fn a_partial_head_waits_and_a_bad_one_fails() {
+        assert!(matches!(parse(b"HTTP/1.1 200 OK\r\nContent-"), Ok(None)));
+        assert!(matches!(parse(b""), Ok(None)));
+        assert!(matches!(parse(b"SMTP ready\r\n\r\n"), Err(Fail::Head(_))));
+    }
+}
