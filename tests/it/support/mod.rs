@@ -22,18 +22,39 @@ pub use proxy::Proxy;
 /// A loopback port that was free a moment ago. The proxy binds its own listeners from the
 /// config, so a port must be named in it.
 ///
-/// Never the same port twice in this test binary: the probe socket is closed before the proxy
-/// binds the port, and the proxy's listeners use SO_REUSEPORT, so two tests handed the same
-/// port in that gap would both bind it and the kernel would spread each one's connections
-/// over both proxies.
+/// The probe socket is closed before the proxy binds the port, so nothing else may be handed
+/// the port in between:
+/// - never the same port twice in this test binary: the proxy's listeners use SO_REUSEPORT,
+///   so two tests given one port would both bind it and the kernel would spread each one's
+///   connections over both proxies;
+/// - ports below the kernel's ephemeral range: `bind 127.0.0.1:0` (every origin in these
+///   tests) and outgoing connections are only given ports inside it, so they cannot take
+///   the port in the gap either. A probe inside the range was once given, in that gap, to
+///   another test's `bind 127.0.0.1:0`.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    const LOW: u32 = 10_000;
+    static TRIED: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral_low >= LOW + 2_000,
+        "net.ipv4.ip_local_port_range starts at {ephemeral_low}: no room below it for the \
+         tests' fixed ports ({LOW} and up)"
+    );
+    let span = ephemeral_low - LOW;
+    // another test binary on the machine starts elsewhere in the span
+    let start = std::process::id() % span;
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local addr").port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
+        let n = TRIED.fetch_add(1, Relaxed);
+        assert!(n < span, "no free port left in {LOW}..{ephemeral_low}");
+        let port = (LOW + (start + n) % span) as u16;
+        // HTTP/3 listeners take the UDP port of the same number
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
             return port;
         }
     }
