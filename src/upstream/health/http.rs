@@ -125,7 +125,14 @@ impl PlainHttpCheck {
             }
         }
         let mut c = connect(a).await.map_err(Fail::Connect)?;
-        if self.exchange(&mut c).await? && self.reuse {
+        let keep = self.exchange(&mut c).await.map_err(|f| match f {
+            // the connect's failure, learnt from the write
+            Fail::Unanswered(Some(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                Fail::Connect(e)
+            }
+            f => f,
+        })?;
+        if keep && self.reuse {
             self.keep(a.clone(), c);
         }
         Ok(())
@@ -246,14 +253,11 @@ fn parse(buf: &[u8]) -> Result<Option<Head>, Fail> {
 
 async fn connect(a: &Addr) -> io::Result<Box<dyn Io>> {
     match a {
+        // The handshake is not waited for: the write waits until the socket is writable,
+        // and fails if the connect did. No TCP_NODELAY either: the request is one write.
         Addr::Inet(a) => {
-            let (s, done) = super::tcp::start(*a)?;
-            s.set_tcp_nodelay(true)?;
-            let s = if done {
-                tokio::net::TcpStream::from_std(std::net::TcpStream::from(s))?
-            } else {
-                super::tcp::finish(s).await?
-            };
+            let (s, _) = super::tcp::begin(*a)?;
+            let s = tokio::net::TcpStream::from_std(std::net::TcpStream::from(s))?;
             Ok(Box::new(s))
         }
         Addr::Unix(a) => match a.as_pathname() {

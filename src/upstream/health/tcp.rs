@@ -69,18 +69,10 @@ async fn probe(a: std::net::SocketAddr) -> std::io::Result<()> {
 
 /// A nonblocking socket that is reset when closed (`SO_LINGER` 0), its connect to `a` begun;
 /// `true` with it when the handshake is already over.
-pub(super) fn start(a: std::net::SocketAddr) -> std::io::Result<(socket2::Socket, bool)> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(
-        Domain::for_address(a),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
-    s.set_linger(Some(std::time::Duration::ZERO))?;
-    match s.connect(&a.into()) {
-        Ok(()) => return Ok((s, true)),
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
+fn start(a: std::net::SocketAddr) -> std::io::Result<(socket2::Socket, bool)> {
+    let (s, done) = begin(a)?;
+    if done {
+        return Ok((s, true));
     }
     if let Some(e) = s.take_error()? {
         return Err(e);
@@ -89,8 +81,25 @@ pub(super) fn start(a: std::net::SocketAddr) -> std::io::Result<(socket2::Socket
     Ok((s, done))
 }
 
+/// [`start`] without looking whether the handshake is over: for a caller that writes next,
+/// and so learns it from the write.
+pub(super) fn begin(a: std::net::SocketAddr) -> std::io::Result<(socket2::Socket, bool)> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(a),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    s.set_linger(Some(std::time::Duration::ZERO))?;
+    match s.connect(&a.into()) {
+        Ok(()) => Ok((s, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((s, false)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Wait for the handshake that [`start`] began.
-pub(super) async fn finish(s: socket2::Socket) -> std::io::Result<tokio::net::TcpStream> {
+async fn finish(s: socket2::Socket) -> std::io::Result<tokio::net::TcpStream> {
     let s = tokio::net::TcpStream::from_std(std::net::TcpStream::from(s))?;
     s.writable().await?;
     if let Some(e) = s.take_error()? {
