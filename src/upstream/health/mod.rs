@@ -127,7 +127,8 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     if let Err(e) = backends.update(|_| {}).await {
         warn!("upstream {}: backend discovery failed: {e}", pool.name);
     }
-    let mut tick = tokio::time::interval(spec.interval);
+    let start = tokio::time::Instant::now() + spread(&pool.name, spec.interval);
+    let mut tick = tokio::time::interval_at(start, spec.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Pingora's checks start every backend healthy. A backend that was down before this task
     // started (a pool replaced by a reload carries its verdicts over) stays down until the
@@ -175,9 +176,51 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     }
 }
 
+/// When in its interval a pool's checks run, from its name: pools started together (all of
+/// them, at start) would otherwise check at the same instant every interval, and 1,000
+/// backends' checks would take their CPU in one burst, which the requests in flight then
+/// wait behind. HAProxy spreads its servers' checks over the interval the same way.
+fn spread(name: &str, interval: std::time::Duration) -> std::time::Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    let nanos = u64::try_from(interval.as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    std::time::Duration::from_nanos(h.finish() % nanos)
+}
+
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, shutdown: ShutdownWatch) {
         super::per_pool(shutdown, |p| p.spec.health.is_some(), run_pool).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// 500 pools started together check at 500 instants spread over the interval, not at one.
+    #[test]
+    fn pools_checks_are_spread_over_the_interval() {
+        let interval = Duration::from_secs(1);
+        let mut tenths = [0usize; 10];
+        for i in 0..500 {
+            let at = spread(&format!("u{i}"), interval);
+            let tenth = (at.as_millis() / 100) as usize;
+            match tenths.get_mut(tenth) {
+                Some(n) => *n += 1,
+                None => panic!("pool u{i} checks at {at:?}, past its interval"),
+            }
+        }
+        for (i, n) in tenths.iter().enumerate() {
+            assert!(
+                (25..=75).contains(n),
+                "{n} of 500 pools check in tenth {i} of the interval: {tenths:?}"
+            );
+        }
+        assert_eq!(spread("u1", interval), spread("u1", interval), "not stable");
     }
 }
