@@ -118,7 +118,10 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     };
     let mut backends = Backends::new(Box::new(Membership(pool.clone())));
     match build_check(&spec, &pool.spec) {
-        Ok(c) => backends.set_health_check(c),
+        Ok(c) => backends.set_health_check(Box::new(Spread {
+            inner: c,
+            window: spec.interval / 2,
+        })),
         Err(e) => {
             warn!("upstream {}: cannot build the health check: {e}", pool.name);
             return;
@@ -173,6 +176,35 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
                 }
             }
         }
+    }
+}
+
+/// A pool's checks, each backend's at its own offset within the first half of the pass: the
+/// pass spawns them all at once, and a pool of 1,000 backends would take their CPU in one
+/// burst as pools started together did (see [`spread`]). The later half leaves the checks
+/// their time to answer before the next pass.
+struct Spread {
+    inner: Box<dyn HealthCheck + Send + Sync>,
+    window: std::time::Duration,
+}
+
+#[async_trait]
+impl HealthCheck for Spread {
+    async fn check(&self, target: &Backend) -> pingora_core::Result<()> {
+        tokio::time::sleep(spread(&target.addr.to_string(), self.window)).await;
+        self.inner.check(target).await
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.inner.health_status_change(target, healthy).await
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        self.inner.backend_summary(target)
     }
 }
 
