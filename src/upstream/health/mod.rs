@@ -117,10 +117,12 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
         return;
     };
     let mut backends = Backends::new(Box::new(Membership(pool.clone())));
+    let pass = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
     match build_check(&spec, &pool.spec) {
         Ok(c) => backends.set_health_check(Box::new(Spread {
             inner: c,
-            window: spec.interval / 2,
+            interval: spec.interval,
+            pass: pass.clone(),
         })),
         Err(e) => {
             warn!("upstream {}: cannot build the health check: {e}", pool.name);
@@ -130,7 +132,7 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
     if let Err(e) = backends.update(|_| {}).await {
         warn!("upstream {}: backend discovery failed: {e}", pool.name);
     }
-    let start = tokio::time::Instant::now() + spread(&pool.name, spec.interval);
+    let start = on_grid(spread(&pool.name, spec.interval, SLOTS), spec.interval);
     let mut tick = tokio::time::interval_at(start, spec.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Pingora's checks start every backend healthy. A backend that was down before this task
@@ -144,10 +146,11 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
         .collect();
     let mut passes: u32 = 0;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let at = tokio::select! {
+            at = tick.tick() => at,
             _ = shutdown.changed() => return,
-        }
+        };
+        *pass.lock().unwrap_or_else(|e| e.into_inner()) = at;
         if let Err(e) = backends.update(|_| {}).await {
             warn!("upstream {}: backend discovery failed: {e}", pool.name);
         }
@@ -185,13 +188,18 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
 /// their time to answer before the next pass.
 struct Spread {
     inner: Box<dyn HealthCheck + Send + Sync>,
-    window: std::time::Duration,
+    interval: std::time::Duration,
+    /// When the pass was due: the offsets count from it, so that they stay on the grid of
+    /// [`on_grid`] however late the pass started.
+    pass: Arc<std::sync::Mutex<tokio::time::Instant>>,
 }
 
 #[async_trait]
 impl HealthCheck for Spread {
     async fn check(&self, target: &Backend) -> pingora_core::Result<()> {
-        tokio::time::sleep(spread(&target.addr.to_string(), self.window)).await;
+        let pass = *self.pass.lock().unwrap_or_else(|e| e.into_inner());
+        let at = pass + spread(&target.addr.to_string(), self.interval, SLOTS / 2);
+        tokio::time::sleep_until(at).await;
         self.inner.check(target).await
     }
 
@@ -208,18 +216,43 @@ impl HealthCheck for Spread {
     }
 }
 
-/// When in its interval a pool's checks run, from its name: pools started together (all of
-/// them, at start) would otherwise check at the same instant every interval, and 1,000
-/// backends' checks would take their CPU in one burst, which the requests in flight then
-/// wait behind. HAProxy spreads its servers' checks over the interval the same way.
-fn spread(name: &str, interval: std::time::Duration) -> std::time::Duration {
+/// The instants of an interval that checks start at.
+///
+/// In one burst, 1,000 backends' checks make the requests in flight wait behind them (GET
+/// p99 6-7 ms beside them, 2.5-3 without). Spread, each instant costs a wake-up of the event
+/// loop for the connects and another for the answers: at a thousand instants an HTTP check
+/// cost twice its CPU in one burst (12-15% of one core against 6-7% at 1,000 backends a
+/// second). A hundred instants, shared by all pools, keep the p99 (3.5 ms) at less of that
+/// cost (9.6%); twenty did not help the p99 (5.6-10.7 ms).
+const SLOTS: u32 = 100;
+
+/// The first instant from now that is `offset` past a whole number of intervals since the
+/// process's first health check: every pool's checks start on one grid of instants, so that
+/// pools (and their backends) given the same slot wake the event loop once, together.
+fn on_grid(offset: std::time::Duration, interval: std::time::Duration) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let first = *EPOCH.get_or_init(tokio::time::Instant::now) + offset;
+    let now = tokio::time::Instant::now();
+    if now <= first {
+        return first;
+    }
+    let every = interval.as_nanos().max(1);
+    let periods = (now - first).as_nanos() / every + 1;
+    let later = u64::try_from(periods.saturating_mul(every)).unwrap_or(u64::MAX);
+    first + std::time::Duration::from_nanos(later)
+}
+
+/// When in its interval something named `name` (a pool, a backend) runs its checks: one of the
+/// first `slots` of the interval's [`SLOTS`] instants, from its name. Pools started together
+/// (all of them, at start) would otherwise check at the same instant every interval. HAProxy
+/// spreads its servers' checks over the interval the same way.
+fn spread(name: &str, interval: std::time::Duration, slots: u32) -> std::time::Duration {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut h);
-    let nanos = u64::try_from(interval.as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    std::time::Duration::from_nanos(h.finish() % nanos)
+    let slot = h.finish() % u64::from(slots.max(1));
+    // `slot` < `slots` <= SLOTS, so it fits
+    interval / SLOTS * u32::try_from(slot).unwrap_or(0)
 }
 
 #[async_trait]
@@ -234,13 +267,16 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// 500 pools started together check at 500 instants spread over the interval, not at one.
+    /// 500 pools started together check at instants spread over the interval, not at one,
+    /// and at no more than a hundred different ones.
     #[test]
     fn pools_checks_are_spread_over_the_interval() {
         let interval = Duration::from_secs(1);
         let mut tenths = [0usize; 10];
+        let mut instants = std::collections::BTreeSet::new();
         for i in 0..500 {
-            let at = spread(&format!("u{i}"), interval);
+            let at = spread(&format!("u{i}"), interval, SLOTS);
+            instants.insert(at);
             let tenth = (at.as_millis() / 100) as usize;
             match tenths.get_mut(tenth) {
                 Some(n) => *n += 1,
@@ -253,6 +289,36 @@ mod tests {
                 "{n} of 500 pools check in tenth {i} of the interval: {tenths:?}"
             );
         }
-        assert_eq!(spread("u1", interval), spread("u1", interval), "not stable");
+        assert!(
+            (90..=100).contains(&instants.len()),
+            "{} instants: {instants:?}",
+            instants.len()
+        );
+        assert!(
+            instants.iter().all(|d| d.as_millis() % 10 == 0),
+            "not on hundredths of the interval: {instants:?}"
+        );
+        // pools started at different moments land on the same grid
+        let a = on_grid(Duration::from_millis(30), interval);
+        std::thread::sleep(Duration::from_millis(5));
+        let b = on_grid(Duration::from_millis(30), interval);
+        let apart = if a > b { a - b } else { b - a };
+        assert!(
+            apart.as_nanos() % interval.as_nanos() == 0,
+            "{apart:?} apart, not whole intervals"
+        );
+        assert_eq!(
+            spread("u1", interval, SLOTS),
+            spread("u1", interval, SLOTS),
+            "not stable"
+        );
+        // a backend's offset within its pool's pass stays in the first half
+        let latest = (0..1000)
+            .map(|i| spread(&format!("127.0.0.{i}:80"), interval, SLOTS / 2))
+            .max();
+        assert!(
+            latest.is_some_and(|d| d >= Duration::from_millis(400) && d < interval / 2),
+            "{latest:?}"
+        );
     }
 }
