@@ -262,17 +262,23 @@ async fn health_checks_eject_and_readmit_a_backend() {
     assert_eq!(m.get("d"), Some(&5), "{m:?}");
 }
 
-/// A TCP check connects and then resets the connection (as HAProxy's do): a FIN would leave
-/// each check's socket in TIME_WAIT on the proxy, a minute per check.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_health_checks_close_with_a_reset() {
-    use tokio::io::AsyncReadExt;
+/// A bare listener for a test that plays the backend itself, and its address.
+async fn raw_backend() -> (tokio::net::TcpListener, std::net::SocketAddr) {
     let Ok(backend) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
         panic!("cannot listen on 127.0.0.1:0");
     };
     let Ok(addr) = backend.local_addr() else {
         panic!("backend address");
     };
+    (backend, addr)
+}
+
+/// A TCP check connects and then resets the connection (as HAProxy's do): a FIN would leave
+/// each check's socket in TIME_WAIT on the proxy, a minute per check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_health_checks_close_with_a_reset() {
+    use tokio::io::AsyncReadExt;
+    let (backend, addr) = raw_backend().await;
     let _p = Proxy::start(&format!(
         "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {addr}}}]\n    health_check: {{type: tcp, interval: 100ms}}\nroutes:\n  - {{listener: web, upstream: app}}\n"
     ));
@@ -366,12 +372,7 @@ async fn a_kept_check_connection_closed_by_the_backend_is_not_a_failure() {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(backend) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
-        panic!("cannot listen on 127.0.0.1:0");
-    };
-    let Ok(addr) = backend.local_addr() else {
-        panic!("backend address");
-    };
+    let (backend, addr) = raw_backend().await;
     let answered = Arc::new(AtomicUsize::new(0));
     let count = answered.clone();
     // each connection answers one request as if it were kept, then closes
