@@ -51,8 +51,7 @@ pub(super) struct PlainHttpCheck {
     port: Option<u16>,
     reuse: bool,
     idle: Mutex<Idle>,
-    success: usize,
-    failure: usize,
+    thresholds: super::Thresholds,
 }
 
 /// Why a check failed.
@@ -88,8 +87,7 @@ impl PlainHttpCheck {
                 conns: HashMap::new(),
                 pruned: Instant::now(),
             }),
-            success: h.healthy_threshold as usize,
-            failure: h.unhealthy_threshold as usize,
+            thresholds: super::Thresholds::of(h),
         }
     }
 
@@ -291,11 +289,7 @@ impl HealthCheck for PlainHttpCheck {
     }
 
     fn health_threshold(&self, success: bool) -> usize {
-        if success {
-            self.success
-        } else {
-            self.failure
-        }
+        self.thresholds.pick(success)
     }
 }
 

@@ -37,8 +37,7 @@ fn build_check(
     Ok(match h.kind {
         HealthCheckType::Tcp if u.tls.is_none() => Box::new(tcp::PlainTcpCheck {
             timeout: h.timeout,
-            success: h.healthy_threshold as usize,
-            failure: h.unhealthy_threshold as usize,
+            thresholds: Thresholds::of(h),
         }),
         HealthCheckType::Tcp => {
             // Over TLS the check includes the handshake, so a backend with a bad
@@ -92,6 +91,31 @@ fn build_check(
             Box::new(c)
         }
     })
+}
+
+/// Consecutive results that flip a backend's verdict, for the checks of our own.
+#[derive(Clone, Copy)]
+struct Thresholds {
+    success: usize,
+    failure: usize,
+}
+
+impl Thresholds {
+    fn of(h: &HealthSpec) -> Thresholds {
+        Thresholds {
+            success: h.healthy_threshold as usize,
+            failure: h.unhealthy_threshold as usize,
+        }
+    }
+
+    /// What `HealthCheck::health_threshold` answers.
+    fn pick(self, success: bool) -> usize {
+        if success {
+            self.success
+        } else {
+            self.failure
+        }
+    }
 }
 
 struct Membership(Arc<Pool>);

@@ -19,8 +19,7 @@ use pingora_load_balancing::Backend;
 /// themselves would starve the proxy's connections to that backend of ports.
 pub(super) struct PlainTcpCheck {
     pub(super) timeout: std::time::Duration,
-    pub(super) success: usize,
-    pub(super) failure: usize,
+    pub(super) thresholds: super::Thresholds,
 }
 
 #[async_trait]
@@ -45,11 +44,7 @@ impl HealthCheck for PlainTcpCheck {
     }
 
     fn health_threshold(&self, success: bool) -> usize {
-        if success {
-            self.success
-        } else {
-            self.failure
-        }
+        self.thresholds.pick(success)
     }
 }
 
