@@ -672,6 +672,94 @@ async fn health_checks_speak_tls_to_tls_upstreams() {
     assert_eq!(origin.plaintext.load(SeqCst), 0);
 }
 
+/// TLS checks share one connector, yet each upstream's are verified by its own trust, name
+/// and client certificate, as its requests are: a check through the right ones passes, one
+/// that a request would fail fails, over TCP and HTTP alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_health_checks_verify_each_upstreams_trust_name_and_client_certificate() {
+    let pki = Pki::new("tls-hc-verify");
+    let backend = pki.ca.server("backend.test", &["backend.test"], 60);
+    // a backend that wants a client certificate from our CA
+    let origin = tls_origin(&backend, Some(&pki.ca.cert), false).await;
+    let (cc, ck) = pki
+        .ca
+        .client("stepstone", 61)
+        .write(&pki.dir, "proxy-client");
+    let other = Ca::new("Other CA");
+    let other_path = other.write(&pki.dir, "other-ca");
+    let (ca, wrong_ca) = (p(&pki.ca_path), p(&other_path));
+    let client = format!("    client_cert: {}\n    client_key: {}\n", p(&cc), p(&ck));
+    let up = |name: &str, kind: &str, ca: &str, sni: &str, cert: &str| {
+        let path = if kind == "http" {
+            format!(", path: /healthz-{name}")
+        } else {
+            String::new()
+        };
+        format!(
+            "  - name: {name}\n    backends: [{{address: {}}}]\n    tls: true\n    sni: {sni}\n    ca_file: {ca}\n{cert}    health_check: {{type: {kind}{path}, interval: 100ms, unhealthy_threshold: 1}}\n",
+            origin.addr
+        )
+    };
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n{}{}{}{}{}{}routes:\n  - {{listener: web, path_prefix: /good, upstream: good_http}}\n  - {{listener: web, path_prefix: /tcp, upstream: good_tcp}}\n",
+        up("good_tcp", "tcp", &ca, "backend.test", &client),
+        up("good_http", "http", &ca, "backend.test", &client),
+        up("wrongca_tcp", "tcp", &wrong_ca, "backend.test", &client),
+        up("wrongca_http", "http", &wrong_ca, "backend.test", &client),
+        up("wrongname_tcp", "tcp", &ca, "other.test", &client),
+        up("nocert_http", "http", &ca, "backend.test", ""),
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    let bad = [
+        "wrongca_tcp",
+        "wrongca_http",
+        "wrongname_tcp",
+        "nocert_http",
+    ];
+    eventually("every misconfigured upstream's check failed", || async {
+        let log = proxy.log();
+        bad.iter()
+            .all(|u| log.contains(&format!("upstream {u}: backend")))
+    })
+    .await;
+    // several passes of the good ones, each a check over TLS that the backend answered
+    eventually(
+        "the good HTTP check reached the backend three times",
+        || async { origin.served("/healthz-good_http").len() >= 3 },
+    )
+    .await;
+    let log = proxy.log();
+    for u in bad {
+        assert!(
+            log.contains(&format!("upstream {u}: backend"))
+                && log
+                    .lines()
+                    .any(|l| l.contains(&format!("upstream {u}: ")) && l.contains("is unhealthy")),
+            "{u} not marked unhealthy:\n{log}"
+        );
+    }
+    for u in ["good_tcp", "good_http"] {
+        assert!(
+            !log.contains(&format!("upstream {u}: backend")),
+            "{u}'s checks failed:\n{log}"
+        );
+    }
+    // none of the failing checks got as far as a request
+    for u in ["wrongca_http", "nocert_http"] {
+        assert!(
+            origin.served(&format!("/healthz-{u}")).is_empty(),
+            "{u}'s check reached the backend"
+        );
+    }
+    for path in ["/good", "/tcp"] {
+        let r = crate::support::client::get(proxy.addr, path, &[])
+            .await
+            .expect("response");
+        assert_eq!(r.status, 200, "{path}");
+    }
+    assert_eq!(origin.plaintext.load(SeqCst), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_listener_redirects_to_https() {
     let origin = OriginBuilder::new("app").run().await;

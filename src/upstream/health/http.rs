@@ -1,10 +1,12 @@
-//! The HTTP check of a plain HTTP/1.1 backend: a GET, judged by the status of its answer.
+//! The HTTP check of an HTTP/1.1 backend, plain or over TLS: a GET, judged by the status of
+//! its answer.
 //!
-//! Pingora's `HttpHealthCheck` is kept for TLS and HTTP/2 backends only. For plain ones it
-//! cost too much: it builds a `TransportConnector` with a TLS context (the system's CA bundle
-//! read and parsed) per upstream, 26 ms of CPU each at start (13 s for 500 upstreams, and again
-//! for each upstream a reload rebuilds), and each check went through the connector's stream
-//! setup and closed with a FIN, which left a TIME_WAIT socket on the proxy per check.
+//! Pingora's `HttpHealthCheck` is kept for HTTP/2 backends only. For the others it cost too
+//! much: it builds a `TransportConnector` with a TLS context (the system's CA bundle read and
+//! parsed) per upstream, 26 ms of CPU each at start (13 s for 500 upstreams, and again for
+//! each upstream a reload rebuilds), and each check went through the connector's stream setup
+//! and closed with a FIN, which left a TIME_WAIT socket on the proxy per check. Over TLS the
+//! connection comes from the connector that all TLS checks share ([`super::tls`]).
 //!
 //! Here a check is one small write and a read of the response head. With `reuse_connection`
 //! off (the default, as HAProxy and nginx check) each check opens a connection, which also
@@ -41,7 +43,7 @@ struct Idle {
     pruned: Instant,
 }
 
-pub(super) struct PlainHttpCheck {
+pub(super) struct Http1Check {
     /// The whole request, written as is.
     request: Box<[u8]>,
     expect: u16,
@@ -52,6 +54,8 @@ pub(super) struct PlainHttpCheck {
     reuse: bool,
     idle: Mutex<Idle>,
     thresholds: super::Thresholds,
+    /// How to reach a TLS backend; `None` for plain ones.
+    tls: Option<super::tls::Dial>,
 }
 
 /// Why a check failed.
@@ -60,13 +64,18 @@ enum Fail {
     /// the backend closed it while idle.
     Unanswered(Option<io::Error>),
     Connect(io::Error),
+    /// The connect or the TLS handshake failed, as Pingora's connector tells it.
+    Dial(Box<Error>),
     Io(io::Error),
     Head(String),
     Status(u16),
 }
 
-impl PlainHttpCheck {
-    pub(super) fn new(h: &crate::config::HealthSpec) -> PlainHttpCheck {
+impl Http1Check {
+    pub(super) fn new(
+        h: &crate::config::HealthSpec,
+        u: &crate::config::UpstreamSpec,
+    ) -> Http1Check {
         let close = if h.reuse_connection {
             ""
         } else {
@@ -76,7 +85,7 @@ impl PlainHttpCheck {
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: stepstone-health-check\r\n{close}\r\n",
             h.path, h.host
         );
-        PlainHttpCheck {
+        Http1Check {
             request: request.into_bytes().into_boxed_slice(),
             expect: h.expect_status,
             timeout: h.timeout,
@@ -88,6 +97,7 @@ impl PlainHttpCheck {
                 pruned: Instant::now(),
             }),
             thresholds: super::Thresholds::of(h),
+            tls: u.tls.as_ref().map(|_| super::tls::Dial::new(h, u)),
         }
     }
 
@@ -122,7 +132,10 @@ impl PlainHttpCheck {
                 Err(e) => return Err(e),
             }
         }
-        let mut c = connect(a).await.map_err(Fail::Connect)?;
+        let mut c = match &self.tls {
+            Some(d) => Box::new(d.connect(a).await.map_err(Fail::Dial)?),
+            None => connect(a).await.map_err(Fail::Connect)?,
+        };
         let keep = self.exchange(&mut c).await.map_err(|f| match f {
             // the connect's failure, learnt from the write
             Fail::Unanswered(Some(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -266,7 +279,7 @@ async fn connect(a: &Addr) -> io::Result<Box<dyn Io>> {
 }
 
 #[async_trait]
-impl HealthCheck for PlainHttpCheck {
+impl HealthCheck for Http1Check {
     async fn check(&self, target: &Backend) -> pingora_core::Result<()> {
         let mut a = target.addr.clone();
         if let Some(p) = self.port {
@@ -278,6 +291,7 @@ impl HealthCheck for PlainHttpCheck {
                 Fail::Connect(e) => {
                     return Error::e_explain(ErrorType::ConnectError, format!("connect: {e}"))
                 }
+                Fail::Dial(e) => return Err(e),
                 Fail::Unanswered(Some(e)) | Fail::Io(e) => format!("{e}"),
                 Fail::Unanswered(None) => "the connection closed before a response".into(),
                 Fail::Head(s) => s,

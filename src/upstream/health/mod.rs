@@ -10,6 +10,7 @@
 
 mod http;
 mod tcp;
+mod tls;
 
 use super::Pool;
 use crate::config::file::HealthCheckType;
@@ -20,7 +21,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::discovery::ServiceDiscovery;
-use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 use pingora_load_balancing::{Backend, Backends};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -39,27 +40,10 @@ fn build_check(
             timeout: h.timeout,
             thresholds: Thresholds::of(h),
         }),
-        HealthCheckType::Tcp => {
-            // Over TLS the check includes the handshake, so a backend with a bad
-            // certificate is marked down before a request meets it.
-            let mut c = match &u.tls {
-                Some(t) => TcpHealthCheck::new_tls(&t.sni),
-                None => TcpHealthCheck::new(),
-            };
-            crate::tls::upstream::apply_options(
-                &mut c.peer_template.options,
-                u.tls.as_ref(),
-                false,
-            );
-            c.consecutive_success = h.healthy_threshold as usize;
-            c.consecutive_failure = h.unhealthy_threshold as usize;
-            c.peer_template.options.connection_timeout = Some(h.timeout);
-            c.peer_template.options.total_connection_timeout = Some(h.timeout);
-            c
-        }
-        HealthCheckType::Http if u.tls.is_none() && !u.http2 => {
-            Box::new(http::PlainHttpCheck::new(h))
-        }
+        // Over TLS the check includes the handshake, so a backend with a bad certificate is
+        // marked down before a request meets it.
+        HealthCheckType::Tcp => Box::new(tls::TlsTcpCheck::new(h, u)),
+        HealthCheckType::Http if !u.http2 => Box::new(http::Http1Check::new(h, u)),
         HealthCheckType::Http => {
             let mut c = HttpHealthCheck::new(&h.host, u.tls.is_some());
             c.reuse_connection = h.reuse_connection;
