@@ -758,6 +758,30 @@ async fn tls_health_checks_verify_each_upstreams_trust_name_and_client_certifica
         assert_eq!(r.status, 200, "{path}");
     }
     assert_eq!(origin.plaintext.load(SeqCst), 0);
+    // the checks' connections were reset, not closed: none waits in TIME_WAIT on our side
+    assert_eq!(
+        time_wait_to(origin.addr),
+        0,
+        "TIME_WAIT sockets to the backend"
+    );
+}
+
+/// Sockets in TIME_WAIT whose far end is `to`, from /proc/net/tcp (IPv4 loopback only).
+fn time_wait_to(to: SocketAddr) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let std::net::IpAddr::V4(ip) = to.ip() else {
+        panic!("{to} is not IPv4");
+    };
+    // the kernel prints the address as the 32-bit value in host order (little endian here)
+    let far = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), to.port());
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(2) == Some(&far.as_str()) && f.get(3) == Some(&"06")
+        })
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
