@@ -559,7 +559,10 @@ async fn serve_h1(mut s: Tls, requests: Arc<Mutex<Vec<(String, String)>>>) {
     }
 }
 
-async fn serve_h2(s: Tls, requests: Arc<Mutex<Vec<(String, String)>>>) {
+async fn serve_h2<T>(s: T, requests: Arc<Mutex<Vec<(String, String)>>>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let Ok(mut conn) = h2::server::handshake(s).await else {
         return;
     };
@@ -568,8 +571,14 @@ async fn serve_h2(s: Tls, requests: Arc<Mutex<Vec<(String, String)>>>) {
             .lock()
             .expect("lock")
             .push(("h2".into(), req.uri().path().to_string()));
+        // As nginx: a Host field beside :authority is answered with 400.
+        let status = if req.headers().contains_key(http::header::HOST) {
+            400
+        } else {
+            200
+        };
         let resp = http::Response::builder()
-            .status(200)
+            .status(status)
             .header("x-proto", "h2")
             .body(())
             .expect("response");
@@ -670,6 +679,73 @@ async fn health_checks_speak_tls_to_tls_upstreams() {
         .expect("response");
     assert_eq!(r.status, 200);
     assert_eq!(origin.plaintext.load(SeqCst), 0);
+}
+
+/// An h2c backend: HTTP/2 by prior knowledge on plain TCP; it counts the connections it
+/// accepted.
+async fn h2c_origin() -> (
+    SocketAddr,
+    Arc<Mutex<Vec<(String, String)>>>,
+    Arc<AtomicUsize>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests: Arc<Mutex<Vec<(String, String)>>> = Default::default();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let (r, c) = (requests.clone(), conns.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            c.fetch_add(1, SeqCst);
+            tokio::spawn(serve_h2(tcp, r.clone()));
+        }
+    });
+    (addr, requests, conns)
+}
+
+/// An `http2` upstream's HTTP check is an HTTP/2 request with its scheme and authority as
+/// pseudo-header fields and no Host field (which nginx, and the backends here, answer with
+/// 400), over TLS (h2 by ALPN) and in cleartext (h2c); with `reuse_connection`, on one
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstreams_are_checked_over_http2() {
+    let pki = Pki::new("tls-hc-h2");
+    let backend = pki.ca.server("backend.test", &["backend.test"], 70);
+    let origin = tls_origin(&backend, None, true).await;
+    let (h2c, h2c_seen, h2c_conns) = h2c_origin().await;
+    let (kept, kept_seen, kept_conns) = h2c_origin().await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: tls_h2\n    backends: [{{address: {}}}]\n    tls: true\n    sni: backend.test\n    ca_file: {}\n    http2: true\n    health_check: {{type: http, path: /healthz, host: backend.test, interval: 100ms, unhealthy_threshold: 1}}\n  - name: h2c\n    backends: [{{address: {h2c}}}]\n    http2: true\n    health_check: {{type: http, path: /healthz, interval: 100ms, unhealthy_threshold: 1}}\n  - name: kept\n    backends: [{{address: {kept}}}]\n    http2: true\n    health_check: {{type: http, path: /healthz, interval: 100ms, unhealthy_threshold: 1, reuse_connection: true}}\nroutes:\n  - {{listener: web, upstream: tls_h2}}\n",
+        origin.addr,
+        p(&pki.ca_path)
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    let h2_checks = |seen: &Arc<Mutex<Vec<(String, String)>>>| {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .filter(|(proto, path)| proto == "h2" && path == "/healthz")
+            .count()
+    };
+    eventually("three HTTP/2 checks of each backend", || async {
+        h2_checks(&origin.requests) >= 3 && h2_checks(&h2c_seen) >= 3 && h2_checks(&kept_seen) >= 3
+    })
+    .await;
+    let log = proxy.log();
+    assert!(!log.contains("is unhealthy"), "{log}");
+    assert!(
+        h2c_conns.load(SeqCst) >= 3,
+        "{} connections for the h2c checks",
+        h2c_conns.load(SeqCst)
+    );
+    assert_eq!(
+        kept_conns.load(SeqCst),
+        1,
+        "the kept connection was not reused"
+    );
+    let r = crate::support::client::get(proxy.addr, "/", &[])
+        .await
+        .expect("response");
+    assert_eq!((r.status, r.header("x-proto")), (200, Some("h2")));
 }
 
 /// TLS checks share one connector, yet each upstream's are verified by its own trust, name

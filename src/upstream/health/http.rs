@@ -1,12 +1,12 @@
-//! The HTTP check of an HTTP/1.1 backend, plain or over TLS: a GET, judged by the status of
-//! its answer.
+//! The HTTP check: a GET, judged by the status of its answer, over HTTP/1.1 or, for `http2`
+//! upstreams, HTTP/2 ([`super::h2`]); plain or over TLS.
 //!
-//! Pingora's `HttpHealthCheck` is kept for HTTP/2 backends only. For the others it cost too
-//! much: it builds a `TransportConnector` with a TLS context (the system's CA bundle read and
-//! parsed) per upstream, 26 ms of CPU each at start (13 s for 500 upstreams, and again for
-//! each upstream a reload rebuilds), and each check went through the connector's stream setup
-//! and closed with a FIN, which left a TIME_WAIT socket on the proxy per check. Over TLS the
-//! connection comes from the connector that all TLS checks share ([`super::tls`]).
+//! Pingora's `HttpHealthCheck` is not used. It cost too much: it builds a `TransportConnector`
+//! with a TLS context (the system's CA bundle read and parsed) per upstream, 26 ms of CPU each
+//! at start (13 s for 500 upstreams, and again for each upstream a reload rebuilds), and each
+//! check went through the connector's stream setup and closed with a FIN, which left a
+//! TIME_WAIT socket on the proxy per check. Over TLS the connection comes from the connector
+//! that all TLS checks share ([`super::tls`]).
 //!
 //! Here a check is one small write and a read of the response head. With `reuse_connection`
 //! off (the default, as HAProxy and nginx check) each check opens a connection, which also
@@ -18,7 +18,7 @@
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::socket::SocketAddr as Addr;
-use pingora_core::{Error, ErrorType};
+use pingora_core::{Error, ErrorType, OrErr};
 use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::Backend;
 use std::collections::HashMap;
@@ -34,16 +34,22 @@ const MAX_FIELDS: usize = 64;
 /// The longest body read to keep the connection; a longer one is cut off with it.
 const MAX_DRAIN: u64 = 64 * 1024;
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A check's connection.
+enum Conn {
+    H1(Box<dyn Io>),
+    H2(super::h2::H2),
+}
 
 /// Kept connections, one per backend, and when each was last used.
 struct Idle {
-    conns: HashMap<Addr, (Box<dyn Io>, Instant)>,
+    conns: HashMap<Addr, (Conn, Instant)>,
     pruned: Instant,
 }
 
-pub(super) struct Http1Check {
+pub(super) struct HttpCheck {
     /// The whole request, written as is.
     request: Box<[u8]>,
     expect: u16,
@@ -56,10 +62,14 @@ pub(super) struct Http1Check {
     thresholds: super::Thresholds,
     /// How to reach a TLS backend; `None` for plain ones.
     tls: Option<super::tls::Dial>,
+    /// HTTP/2 in cleartext (h2c), by prior knowledge; over TLS, ALPN decides.
+    h2c: bool,
+    /// The target of a request over HTTP/2: scheme, authority and path.
+    h2_uri: http::Uri,
 }
 
 /// Why a check failed.
-enum Fail {
+pub(super) enum Fail {
     /// The connection ended (or failed) before any byte of a response: on a kept connection,
     /// the backend closed it while idle.
     Unanswered(Option<io::Error>),
@@ -71,11 +81,11 @@ enum Fail {
     Status(u16),
 }
 
-impl Http1Check {
+impl HttpCheck {
     pub(super) fn new(
         h: &crate::config::HealthSpec,
         u: &crate::config::UpstreamSpec,
-    ) -> Http1Check {
+    ) -> pingora_core::Result<HttpCheck> {
         let close = if h.reuse_connection {
             ""
         } else {
@@ -85,7 +95,12 @@ impl Http1Check {
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: stepstone-health-check\r\n{close}\r\n",
             h.path, h.host
         );
-        Http1Check {
+        let scheme = if u.tls.is_some() { "https" } else { "http" };
+        let h2_uri = http::Uri::try_from(format!("{scheme}://{}{}", h.host, h.path))
+            .or_err_with(ErrorType::InternalError, || {
+                format!("health check host {:?} and path {:?}", h.host, h.path)
+            })?;
+        Ok(HttpCheck {
             request: request.into_bytes().into_boxed_slice(),
             expect: h.expect_status,
             timeout: h.timeout,
@@ -98,15 +113,17 @@ impl Http1Check {
             }),
             thresholds: super::Thresholds::of(h),
             tls: u.tls.as_ref().map(|_| super::tls::Dial::new(h, u)),
-        }
+            h2c: u.http2 && u.tls.is_none(),
+            h2_uri,
+        })
     }
 
-    fn take(&self, a: &Addr) -> Option<Box<dyn Io>> {
+    fn take(&self, a: &Addr) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.conns.remove(a).map(|(c, _)| c)
     }
 
-    fn keep(&self, a: Addr, c: Box<dyn Io>) {
+    fn keep(&self, a: Addr, c: Conn) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if now.duration_since(idle.pruned) > self.stale_after {
@@ -119,10 +136,10 @@ impl Http1Check {
     }
 
     async fn run(&self, a: &Addr) -> Result<(), Fail> {
-        if let Some(mut c) = self.take(a) {
-            match self.exchange(&mut c).await {
-                Ok(keep) => {
-                    if keep {
+        if let Some(c) = self.take(a) {
+            match self.ask(c).await {
+                Ok(kept) => {
+                    if let Some(c) = kept {
                         self.keep(a.clone(), c);
                     }
                     return Ok(());
@@ -132,21 +149,45 @@ impl Http1Check {
                 Err(e) => return Err(e),
             }
         }
-        let mut c = match &self.tls {
-            Some(d) => Box::new(d.connect(a).await.map_err(Fail::Dial)?),
-            None => connect(a).await.map_err(Fail::Connect)?,
-        };
-        let keep = self.exchange(&mut c).await.map_err(|f| match f {
+        let c = self.open(a).await?;
+        let kept = self.ask(c).await.map_err(|f| match f {
             // the connect's failure, learnt from the write
             Fail::Unanswered(Some(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 Fail::Connect(e)
             }
             f => f,
         })?;
-        if keep && self.reuse {
+        if let Some(c) = kept.filter(|_| self.reuse) {
             self.keep(a.clone(), c);
         }
         Ok(())
+    }
+
+    /// A new connection to `a`, speaking what the upstream's requests do.
+    async fn open(&self, a: &Addr) -> Result<Conn, Fail> {
+        let (io, h2): (Box<dyn Io>, bool) = match &self.tls {
+            Some(d) => {
+                let s = d.connect(a).await.map_err(Fail::Dial)?;
+                let h2 = s.selected_alpn_proto() == Some(pingora_core::protocols::ALPN::H2);
+                (Box::new(s), h2)
+            }
+            None => (connect(a).await.map_err(Fail::Connect)?, self.h2c),
+        };
+        if h2 {
+            Ok(Conn::H2(super::h2::handshake(io).await?))
+        } else {
+            Ok(Conn::H1(io))
+        }
+    }
+
+    /// One check on `c`; `c` back when it can serve the next one.
+    async fn ask(&self, c: Conn) -> Result<Option<Conn>, Fail> {
+        match c {
+            Conn::H1(mut io) => Ok(self.exchange(&mut io).await?.then_some(Conn::H1(io))),
+            Conn::H2(send) => Ok(Some(Conn::H2(
+                super::h2::ask(send, &self.h2_uri, self.expect).await?,
+            ))),
+        }
     }
 
     /// Send the request and read the answer on `c`; `true` when `c` can be used again.
@@ -279,7 +320,7 @@ async fn connect(a: &Addr) -> io::Result<Box<dyn Io>> {
 }
 
 #[async_trait]
-impl HealthCheck for Http1Check {
+impl HealthCheck for HttpCheck {
     async fn check(&self, target: &Backend) -> pingora_core::Result<()> {
         let mut a = target.addr.clone();
         if let Some(p) = self.port {

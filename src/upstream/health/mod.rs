@@ -1,13 +1,14 @@
 //! Active health checks, run as a Pingora background service.
 //!
-//! Pingora's `Backends` does the probing (TCP connect or an HTTP request) and keeps the
-//! consecutive success/failure counts. After each pass we copy its verdict into each
+//! Pingora's `Backends` runs the probes (ours: [`tcp`] for plain TCP, [`tls`] over TLS,
+//! [`http`] for HTTP/1.1 and HTTP/2) and keeps the consecutive success/failure counts. After each pass we copy its verdict into each
 //! [`Slot::healthy`](super::Slot) flag, which is all the request path reads.
 //!
 //! The probed set follows the pool's membership through [`Membership`], a service discovery
 //! that reads the current slots, so backends added by DNS discovery get probed and removed
 //! ones stop being probed; Pingora keeps the health of backends that stayed.
 
+mod h2;
 mod http;
 mod tcp;
 mod tls;
@@ -19,9 +20,8 @@ use async_trait::async_trait;
 use log::{info, warn};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use pingora_http::RequestHeader;
 use pingora_load_balancing::discovery::ServiceDiscovery;
-use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
+use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::{Backend, Backends};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -43,37 +43,7 @@ fn build_check(
         // Over TLS the check includes the handshake, so a backend with a bad certificate is
         // marked down before a request meets it.
         HealthCheckType::Tcp => Box::new(tls::TlsTcpCheck::new(h, u)),
-        HealthCheckType::Http if !u.http2 => Box::new(http::Http1Check::new(h, u)),
-        HealthCheckType::Http => {
-            let mut c = HttpHealthCheck::new(&h.host, u.tls.is_some());
-            c.reuse_connection = h.reuse_connection;
-            // The same TLS and HTTP/2 settings as requests; the address is a placeholder
-            // that Pingora replaces with each backend's.
-            c.peer_template =
-                crate::tls::upstream::http_peer(u, std::net::SocketAddr::from(([0, 0, 0, 0], 1)));
-            c.consecutive_success = h.healthy_threshold as usize;
-            c.consecutive_failure = h.unhealthy_threshold as usize;
-            c.peer_template.options.connection_timeout = Some(h.timeout);
-            c.peer_template.options.total_connection_timeout = Some(h.timeout);
-            c.peer_template.options.read_timeout = Some(h.timeout);
-            let mut req = RequestHeader::build("GET", h.path.as_bytes(), None)?;
-            req.append_header("Host", h.host.as_str())?;
-            req.append_header("User-Agent", "stepstone-health-check")?;
-            c.req = req;
-            let want = h.expect_status;
-            c.validator = Some(Box::new(move |resp| {
-                if resp.status.as_u16() == want {
-                    Ok(())
-                } else {
-                    pingora_core::Error::e_explain(
-                        pingora_core::ErrorType::Custom("health check status"),
-                        format!("got {}, expected {want}", resp.status.as_u16()),
-                    )
-                }
-            }));
-            c.port_override = h.port;
-            Box::new(c)
-        }
+        HealthCheckType::Http => Box::new(http::HttpCheck::new(h, u)?),
     })
 }
 

@@ -1,4 +1,4 @@
-//! Checks of TLS backends, over HTTP/1.1 or TCP, through one TLS connector for all.
+//! Checks of TLS backends, over HTTP or TCP, through one TLS connector for all.
 //!
 //! Pingora's checks build a `TransportConnector` per upstream, and each one's TLS context reads
 //! and parses the system's CA bundle: about 20 ms of CPU per upstream, 10 s at start for 500
@@ -35,9 +35,11 @@ impl Dial {
         // the address is a placeholder, replaced by each backend's
         let mut template =
             crate::tls::upstream::http_peer(u, std::net::SocketAddr::from(([0, 0, 0, 0], 1)));
-        // The check speaks HTTP/1.1 whatever the upstream's requests use: an upstream with
-        // `http2` keeps Pingora's check, which speaks HTTP/2.
-        template.options.alpn = ALPN::H1;
+        // HTTP/2 where the upstream's requests offer it (by ALPN, the backend may still pick
+        // HTTP/1.1), HTTP/1.1 otherwise.
+        if !u.http2 {
+            template.options.alpn = ALPN::H1;
+        }
         template.options.connection_timeout = Some(h.timeout);
         template.options.total_connection_timeout = Some(h.timeout);
         // Reset when dropped, as the plain checks are (see `tcp::PlainTcpCheck`): a close
