@@ -742,6 +742,14 @@ async fn http2_upstreams_are_checked_over_http2() {
         1,
         "the kept connection was not reused"
     );
+    // each check's connection was reset, not shut down: none waits in TIME_WAIT on our side
+    for (what, to) in [("TLS", origin.addr), ("h2c", h2c)] {
+        assert_eq!(
+            time_wait_to(to),
+            0,
+            "TIME_WAIT sockets to the {what} backend"
+        );
+    }
     let r = crate::support::client::get(proxy.addr, "/", &[])
         .await
         .expect("response");

@@ -9,37 +9,49 @@ use super::http::{Fail, Io};
 use bytes::Bytes;
 use h2::client::SendRequest;
 
-/// An HTTP/2 connection's request side; its frames are read and written by a task of its own
-/// until the last handle is dropped.
-pub(super) type H2 = SendRequest<Bytes>;
+/// An HTTP/2 connection: its request side, and the task that reads and writes its frames.
+pub(super) struct H2 {
+    send: SendRequest<Bytes>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for H2 {
+    /// The connection is dropped, not shut down: a graceful end (GOAWAY, close_notify, FIN)
+    /// would leave the proxy a TIME_WAIT socket per check, where the reset that its socket is
+    /// set up for leaves none, as with the HTTP/1.1 and TCP checks.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// Open HTTP/2 on `io`.
 pub(super) async fn handshake(io: Box<dyn Io>) -> Result<H2, Fail> {
     let (send, conn) = h2::client::handshake(io).await.map_err(unanswered)?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         // the connection's end, by either side, ends the task; there is no one to tell
         let _ = conn.await;
-    });
-    Ok(send)
+    })
+    .abort_handle();
+    Ok(H2 { send, task })
 }
 
 /// One GET of `uri`; the connection back, for the next check, when the status is `expect`.
-pub(super) async fn ask(send: H2, uri: &http::Uri, expect: u16) -> Result<H2, Fail> {
+pub(super) async fn ask(mut c: H2, uri: &http::Uri, expect: u16) -> Result<H2, Fail> {
     // a kept connection that the backend closed (GOAWAY, or the socket) fails here, before
     // any request went out
-    let mut send = send.ready().await.map_err(unanswered)?;
+    c.send = c.send.clone().ready().await.map_err(unanswered)?;
     let req = http::Request::get(uri.clone())
         .header(http::header::USER_AGENT, "stepstone-health-check")
         .body(())
         .map_err(|e| Fail::Head(format!("the check's request: {e}")))?;
-    let (resp, _) = send.send_request(req, true).map_err(unanswered)?;
+    let (resp, _) = c.send.send_request(req, true).map_err(unanswered)?;
     let resp = resp.await.map_err(|e| Fail::Head(format!("HTTP/2: {e}")))?;
     let code = resp.status().as_u16();
     if code != expect {
         return Err(Fail::Status(code));
     }
     // the body is not read: dropping it resets the stream, and the connection stays usable
-    Ok(send)
+    Ok(c)
 }
 
 fn unanswered(e: h2::Error) -> Fail {
