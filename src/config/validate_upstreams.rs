@@ -148,11 +148,14 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
                     ));
                 }
                 let path = h.path.clone().unwrap_or_else(|| "/".into());
-                if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                if !path.starts_with('/')
+                    || path.bytes().any(|b| b <= b' ' || b == 0x7f)
+                    || http::uri::PathAndQuery::try_from(path.as_str()).is_err()
+                {
                     return Err(e.err(
                         format!("{hp}.path"),
                         &path,
-                        "must start with / and contain no spaces",
+                        "must be a URI path (starting with /, no spaces)",
                     ));
                 }
                 if h.kind == HealthCheckType::Tcp
@@ -167,11 +170,15 @@ pub(super) fn upstreams(e: &Errs, raw: &[UpstreamFile]) -> Result<Vec<UpstreamSp
                     ));
                 }
                 let host = h.host.clone().unwrap_or_else(|| "localhost".into());
-                if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                // an HTTP/2 check sends it as the :authority of an absolute URI
+                if host.is_empty()
+                    || host.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'@')
+                    || http::uri::Authority::try_from(host.as_str()).is_err()
+                {
                     return Err(e.err(
                         format!("{hp}.host"),
                         &host,
-                        "must be a host name, without spaces or control characters",
+                        "must be a host name (and port), without spaces or control characters",
                     ));
                 }
                 if let Some(0) = h.port {

@@ -88,6 +88,11 @@ fn bad_configs_name_file_key_path_and_value() {
             "a b",
         ),
         (
+            "upstreams: [{name: a, health_check: {type: http, host: 'a/b'}, backends: [{address: 127.0.0.1:1}]}]\n",
+            "upstreams[0].health_check.host",
+            "a/b",
+        ),
+        (
             "pingora: {max_open_files: 10}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
             "pingora.max_open_files",
             "10",

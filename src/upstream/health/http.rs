@@ -96,6 +96,7 @@ impl HttpCheck {
             h.path, h.host
         );
         let scheme = if u.tls.is_some() { "https" } else { "http" };
+        // the config's check (`-t`) refuses a host or path that cannot make one
         let h2_uri = http::Uri::try_from(format!("{scheme}://{}{}", h.host, h.path))
             .or_err_with(ErrorType::InternalError, || {
                 format!("health check host {:?} and path {:?}", h.host, h.path)
