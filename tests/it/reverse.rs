@@ -343,25 +343,28 @@ async fn http_health_checks_open_a_connection_each_or_keep_one() {
     );
 }
 
-/// An HTTP check of a backend that refuses connections fails, and says so.
+/// An HTTP check of a backend that refuses connections fails, and says that the connect did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_check_of_a_refusing_backend_fails() {
     let dead = crate::support::dead_addr();
-    let p = Proxy::start_logging(
-        &format!(
-            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {dead}}}]\n    health_check: {{type: http, interval: 100ms, unhealthy_threshold: 1}}\nroutes:\n  - {{listener: web, upstream: app}}\n"
-        ),
-        "info",
-    );
-    until("the backend marked unhealthy", || {
-        p.log().contains(&format!("backend {dead} is unhealthy"))
-    })
-    .await;
-    let log = p.log();
-    assert!(
-        log.contains("Connection refused"),
-        "the failure's cause is not logged:\n{log}"
-    );
+    // over HTTP/1.1, and over h2c, where the refusal shows on the preface's write
+    for extra in ["", "    http2: true\n"] {
+        let p = Proxy::start_logging(
+            &format!(
+                "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {dead}}}]\n{extra}    health_check: {{type: http, interval: 100ms, unhealthy_threshold: 1}}\nroutes:\n  - {{listener: web, upstream: app}}\n"
+            ),
+            "info",
+        );
+        until("the backend marked unhealthy", || {
+            p.log().contains(&format!("backend {dead} is unhealthy"))
+        })
+        .await;
+        let log = p.log();
+        assert!(
+            log.contains("connect: Connection refused"),
+            "{extra:?}: the failure is not logged as the connect's:\n{log}"
+        );
+    }
 }
 
 /// A kept check connection that the backend closed while it idled (its keep-alive timeout)

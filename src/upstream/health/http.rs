@@ -150,14 +150,16 @@ impl HttpCheck {
                 Err(e) => return Err(e),
             }
         }
-        let c = self.open(a).await?;
-        let kept = self.ask(c).await.map_err(|f| match f {
-            // the connect's failure, learnt from the write
+        // the connect's failure, learnt from the first write (the request, or HTTP/2's
+        // preface)
+        let refused = |f| match f {
             Fail::Unanswered(Some(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 Fail::Connect(e)
             }
             f => f,
-        })?;
+        };
+        let c = self.open(a).await.map_err(refused)?;
+        let kept = self.ask(c).await.map_err(refused)?;
         if let Some(c) = kept.filter(|_| self.reuse) {
             self.keep(a.clone(), c);
         }
