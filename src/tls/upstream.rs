@@ -38,8 +38,9 @@ fn group_key(name: &str) -> u64 {
     h.finish()
 }
 
-/// TLS and ALPN options on a peer template (also used by the health checks).
-pub fn apply_options(o: &mut PeerOptions, tls: Option<&UpstreamTlsSpec>, http2: bool) {
+/// TLS and ALPN options on a request's peer; the health checks take theirs from
+/// [`http_peer`] too.
+fn apply_options(o: &mut PeerOptions, tls: Option<&UpstreamTlsSpec>, http2: bool) {
     if let Some(t) = tls {
         o.verify_cert = t.verify;
         o.verify_hostname = t.verify;

@@ -1,8 +1,9 @@
 //! Active health checks, run as a Pingora background service.
 //!
 //! Pingora's `Backends` runs the probes (ours: [`tcp`] for plain TCP, [`tls`] over TLS,
-//! [`http`] for HTTP/1.1 and HTTP/2) and keeps the consecutive success/failure counts. After each pass we copy its verdict into each
-//! [`Slot::healthy`](super::Slot) flag, which is all the request path reads.
+//! [`http`] for HTTP/1.1 and HTTP/2) and keeps the consecutive success/failure counts. After
+//! each pass we copy its verdict into each [`Slot::healthy`](super::Slot) flag, which is all
+//! the request path reads.
 //!
 //! The probed set follows the pool's membership through [`Membership`], a service discovery
 //! that reads the current slots, so backends added by DNS discovery get probed and removed
