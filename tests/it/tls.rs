@@ -756,6 +756,65 @@ async fn http2_upstreams_are_checked_over_http2() {
     assert_eq!((r.status, r.header("x-proto")), (200, Some("h2")));
 }
 
+/// A kept HTTP/2 check connection that the backend ended meanwhile (GOAWAY and a close, as
+/// nginx does at its idle timeout), or on which it refuses the next request
+/// (REFUSED_STREAM), is replaced within the same check, never counted as a failure: with
+/// `unhealthy_threshold: 1` one would take the backend out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_http2_check_connection_ended_by_the_backend_is_not_a_failure() {
+    for refuse in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (answered, conns) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, c) = (answered.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, SeqCst);
+                let a = a.clone();
+                // each connection answers one request, then ends (or refuses the next first)
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    if let Some(Ok((_, mut respond))) = conn.accept().await {
+                        let resp = http::Response::builder()
+                            .status(200)
+                            .body(())
+                            .expect("response");
+                        if respond.send_response(resp, true).is_ok() {
+                            a.fetch_add(1, SeqCst);
+                        }
+                    }
+                    if refuse {
+                        if let Some(Ok((_, mut respond))) = conn.accept().await {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        }
+                    }
+                    conn.graceful_shutdown();
+                    while let Some(Ok(_)) = conn.accept().await {}
+                });
+            }
+        });
+        let p = Proxy::start_logging(
+            &format!(
+                "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {addr}}}]\n    http2: true\n    health_check: {{type: http, interval: 100ms, unhealthy_threshold: 1, reuse_connection: true}}\nroutes:\n  - {{listener: web, upstream: app}}\n"
+            ),
+            "info",
+        );
+        eventually("six checks answered", || async {
+            answered.load(SeqCst) >= 6
+        })
+        .await;
+        let log = p.log();
+        assert!(!log.contains("is unhealthy"), "refuse {refuse}: {log}");
+        assert!(
+            conns.load(SeqCst) >= 6,
+            "refuse {refuse}: {} connections: the checks did not open new ones",
+            conns.load(SeqCst)
+        );
+    }
+}
+
 /// TLS checks share one connector, yet each upstream's are verified by its own trust, name
 /// and client certificate, as its requests are: a check through the right ones passes, one
 /// that a request would fail fails, over TCP and HTTP alike.

@@ -45,7 +45,15 @@ pub(super) async fn ask(mut c: H2, uri: &http::Uri, expect: u16) -> Result<H2, F
         .body(())
         .map_err(|e| Fail::Head(format!("the check's request: {e}")))?;
     let (resp, _) = c.send.send_request(req, true).map_err(unanswered)?;
-    let resp = resp.await.map_err(|e| Fail::Head(format!("HTTP/2: {e}")))?;
+    let resp = resp.await.map_err(|e| {
+        // refused (REFUSED_STREAM, or past a GOAWAY's last stream) or cut off: the backend
+        // did not process the request, which a new connection asks again
+        if e.is_io() || e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            unanswered(e)
+        } else {
+            Fail::Head(format!("HTTP/2: {e}"))
+        }
+    })?;
     let code = resp.status().as_u16();
     if code != expect {
         return Err(Fail::Status(code));
