@@ -559,6 +559,34 @@ async fn serve_h1(mut s: Tls, requests: Arc<Mutex<Vec<(String, String)>>>) {
     }
 }
 
+/// A TLS backend (`backend.test`) that wants a client certificate from the test CA, the
+/// proxy's client certificate and key for it, and a second CA, which the backend's
+/// certificate does not chain to.
+struct Mtls {
+    pki: Pki,
+    origin: TlsOrigin,
+    client: (PathBuf, PathBuf),
+    other_ca: PathBuf,
+}
+
+/// [`Mtls`]; its certificates take serials `serial` and `serial + 1`.
+async fn mtls_backend(tag: &str, serial: u32, allow_h2: bool) -> Mtls {
+    let pki = Pki::new(tag);
+    let backend = pki.ca.server("backend.test", &["backend.test"], serial);
+    let origin = tls_origin(&backend, Some(&pki.ca.cert), allow_h2).await;
+    let client = pki
+        .ca
+        .client("stepstone", serial + 1)
+        .write(&pki.dir, "proxy-client");
+    let other_ca = Ca::new("Other CA").write(&pki.dir, "other-ca");
+    Mtls {
+        pki,
+        origin,
+        client,
+        other_ca,
+    }
+}
+
 async fn serve_h2<T>(s: T, requests: Arc<Mutex<Vec<(String, String)>>>)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -590,16 +618,13 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_tls_verifies_fails_closed_and_speaks_h2_and_mtls() {
-    let pki = Pki::new("tls-up");
-    let backend = pki.ca.server("backend.test", &["backend.test"], 40);
     // A backend that wants a client certificate from our CA, and offers h2.
-    let origin = tls_origin(&backend, Some(&pki.ca.cert), true).await;
-    let (cc, ck) = pki
-        .ca
-        .client("stepstone", 41)
-        .write(&pki.dir, "proxy-client");
-    let other = Ca::new("Other CA");
-    let other_path = other.write(&pki.dir, "other-ca");
+    let Mtls {
+        pki,
+        origin,
+        client: (cc, ck),
+        other_ca: other_path,
+    } = mtls_backend("tls-up", 40, true).await;
     let up = |name: &str, extra: &str| {
         format!(
             "  - name: {name}\n    backends: [{{address: {}}}]\n    tls: true\n    client_cert: {}\n    client_key: {}\n    retries: 0\n{extra}",
@@ -820,16 +845,12 @@ async fn a_kept_http2_check_connection_ended_by_the_backend_is_not_a_failure() {
 /// that a request would fail fails, over TCP and HTTP alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_health_checks_verify_each_upstreams_trust_name_and_client_certificate() {
-    let pki = Pki::new("tls-hc-verify");
-    let backend = pki.ca.server("backend.test", &["backend.test"], 60);
-    // a backend that wants a client certificate from our CA
-    let origin = tls_origin(&backend, Some(&pki.ca.cert), false).await;
-    let (cc, ck) = pki
-        .ca
-        .client("stepstone", 61)
-        .write(&pki.dir, "proxy-client");
-    let other = Ca::new("Other CA");
-    let other_path = other.write(&pki.dir, "other-ca");
+    let Mtls {
+        pki,
+        origin,
+        client: (cc, ck),
+        other_ca: other_path,
+    } = mtls_backend("tls-hc-verify", 60, false).await;
     let (ca, wrong_ca) = (p(&pki.ca_path), p(&other_path));
     let client = format!("    client_cert: {}\n    client_key: {}\n", p(&cc), p(&ck));
     let up = |name: &str, kind: &str, ca: &str, sni: &str, cert: &str| {
