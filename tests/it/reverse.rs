@@ -343,6 +343,30 @@ async fn http_health_checks_open_a_connection_each_or_keep_one() {
     );
 }
 
+/// `health_check.port` sends every kind of check to that port, not the traffic port: here
+/// the traffic port refuses and the check port answers, and the backends stay healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_port_is_checked_by_tcp_and_http_checks() {
+    let origin = OriginBuilder::new("side").run().await;
+    let dead = crate::support::dead_addr();
+    let side = origin.addr.port();
+    let p = Proxy::start_logging(
+        &format!(
+            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: t\n    backends: [{{address: {dead}}}]\n    health_check: {{type: tcp, port: {side}, interval: 100ms, unhealthy_threshold: 1}}\n  - name: h\n    backends: [{{address: {dead}}}]\n    health_check: {{type: http, path: /healthz, port: {side}, interval: 100ms, unhealthy_threshold: 1}}\nroutes:\n  - {{listener: web, upstream: h}}\n"
+        ),
+        "info",
+    );
+    // each HTTP check is a connection of its own, so more connections than HTTP checks are
+    // the TCP checks'
+    until("three checks of each kind at the check port", || {
+        let (http, _) = origin.health_checks();
+        http >= 3 && origin.connections() >= http + 3
+    })
+    .await;
+    let log = p.log();
+    assert!(!log.contains("is unhealthy"), "{log}");
+}
+
 /// An HTTP check of a backend that refuses connections fails, and says that the connect did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_check_of_a_refusing_backend_fails() {

@@ -56,7 +56,6 @@ pub(super) struct HttpCheck {
     timeout: Duration,
     /// A connection not used for this long belongs to a backend no longer checked.
     stale_after: Duration,
-    port: Option<u16>,
     reuse: bool,
     idle: Mutex<Idle>,
     thresholds: super::Thresholds,
@@ -106,7 +105,6 @@ impl HttpCheck {
             expect: h.expect_status,
             timeout: h.timeout,
             stale_after: h.interval * 3 + h.timeout,
-            port: h.port,
             reuse: h.reuse_connection,
             idle: Mutex::new(Idle {
                 conns: HashMap::new(),
@@ -325,11 +323,7 @@ async fn connect(a: &Addr) -> io::Result<Box<dyn Io>> {
 #[async_trait]
 impl HealthCheck for HttpCheck {
     async fn check(&self, target: &Backend) -> pingora_core::Result<()> {
-        let mut a = target.addr.clone();
-        if let Some(p) = self.port {
-            a.set_port(p);
-        }
-        let why = match tokio::time::timeout(self.timeout, self.run(&a)).await {
+        let why = match tokio::time::timeout(self.timeout, self.run(&target.addr)).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(f)) => match f {
                 Fail::Connect(e) => {

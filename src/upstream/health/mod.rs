@@ -102,6 +102,7 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
             inner: c,
             interval: spec.interval,
             pass: pass.clone(),
+            port: spec.port,
         })),
         Err(e) => {
             warn!("upstream {}: cannot build the health check: {e}", pool.name);
@@ -171,6 +172,9 @@ struct Spread {
     /// When the pass was due: the offsets count from it, so that they stay on the grid of
     /// [`on_grid`] however late the pass started.
     pass: Arc<std::sync::Mutex<tokio::time::Instant>>,
+    /// `health_check.port`: every kind of check goes to this port instead of the traffic
+    /// port, so it is applied here, once, rather than by each check.
+    port: Option<u16>,
 }
 
 #[async_trait]
@@ -179,7 +183,14 @@ impl HealthCheck for Spread {
         let pass = *self.pass.lock().unwrap_or_else(|e| e.into_inner());
         let at = pass + spread(&target.addr.to_string(), self.interval, SLOTS / 2);
         tokio::time::sleep_until(at).await;
-        self.inner.check(target).await
+        match self.port {
+            Some(p) => {
+                let mut side = target.clone();
+                side.addr.set_port(p);
+                self.inner.check(&side).await
+            }
+            None => self.inner.check(target).await,
+        }
     }
 
     fn health_threshold(&self, success: bool) -> usize {
