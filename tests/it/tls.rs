@@ -447,7 +447,11 @@ struct TlsOrigin {
     requests: Arc<Mutex<Vec<(String, String)>>>,
     plaintext: Arc<AtomicUsize>,
     failed_handshakes: Arc<AtomicUsize>,
+    /// The far address of each connection accepted.
+    peers: Peers,
 }
+
+type Peers = Arc<Mutex<Vec<SocketAddr>>>;
 
 impl TlsOrigin {
     fn requests(&self) -> Vec<(String, String)> {
@@ -488,14 +492,17 @@ async fn tls_origin(leaf: &Leaf, client_ca: Option<&X509>, allow_h2: bool) -> Tl
         requests: Default::default(),
         plaintext: Default::default(),
         failed_handshakes: Default::default(),
+        peers: Default::default(),
     };
-    let (requests, plaintext, failed) = (
+    let (requests, plaintext, failed, peers) = (
         o.requests.clone(),
         o.plaintext.clone(),
         o.failed_handshakes.clone(),
+        o.peers.clone(),
     );
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        while let Ok((tcp, far)) = listener.accept().await {
+            peers.lock().expect("lock").push(far);
             let (acceptor, requests, plaintext, failed) = (
                 acceptor.clone(),
                 requests.clone(),
@@ -706,25 +713,33 @@ async fn health_checks_speak_tls_to_tls_upstreams() {
     assert_eq!(origin.plaintext.load(SeqCst), 0);
 }
 
-/// An h2c backend: HTTP/2 by prior knowledge on plain TCP; it counts the connections it
-/// accepted.
-async fn h2c_origin() -> (
-    SocketAddr,
-    Arc<Mutex<Vec<(String, String)>>>,
-    Arc<AtomicUsize>,
-) {
+/// An h2c backend: HTTP/2 by prior knowledge on plain TCP.
+struct H2cOrigin {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<(String, String)>>>,
+    /// How many connections it accepted.
+    conns: Arc<AtomicUsize>,
+    /// The far address of each.
+    peers: Peers,
+}
+
+async fn h2c_origin() -> H2cOrigin {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let requests: Arc<Mutex<Vec<(String, String)>>> = Default::default();
-    let conns = Arc::new(AtomicUsize::new(0));
-    let (r, c) = (requests.clone(), conns.clone());
+    let o = H2cOrigin {
+        addr: listener.local_addr().expect("addr"),
+        requests: Default::default(),
+        conns: Default::default(),
+        peers: Default::default(),
+    };
+    let (r, c, peers) = (o.requests.clone(), o.conns.clone(), o.peers.clone());
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
+        while let Ok((tcp, far)) = listener.accept().await {
             c.fetch_add(1, SeqCst);
+            peers.lock().expect("lock").push(far);
             tokio::spawn(serve_h2(tcp, r.clone()));
         }
     });
-    (addr, requests, conns)
+    o
 }
 
 /// An `http2` upstream's HTTP check is an HTTP/2 request with its scheme and authority as
@@ -736,8 +751,9 @@ async fn http2_upstreams_are_checked_over_http2() {
     let pki = Pki::new("tls-hc-h2");
     let backend = pki.ca.server("backend.test", &["backend.test"], 70);
     let origin = tls_origin(&backend, None, true).await;
-    let (h2c, h2c_seen, h2c_conns) = h2c_origin().await;
-    let (kept, kept_seen, kept_conns) = h2c_origin().await;
+    let h2c_o = h2c_origin().await;
+    let kept_o = h2c_origin().await;
+    let (h2c, kept) = (h2c_o.addr, kept_o.addr);
     let cfg = format!(
         "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: tls_h2\n    backends: [{{address: {}}}]\n    tls: true\n    sni: backend.test\n    ca_file: {}\n    http2: true\n    health_check: {{type: http, path: /healthz, host: backend.test, interval: 100ms, unhealthy_threshold: 1}}\n  - name: h2c\n    backends: [{{address: {h2c}}}]\n    http2: true\n    health_check: {{type: http, path: /healthz, interval: 100ms, unhealthy_threshold: 1}}\n  - name: kept\n    backends: [{{address: {kept}}}]\n    http2: true\n    health_check: {{type: http, path: /healthz, interval: 100ms, unhealthy_threshold: 1, reuse_connection: true}}\nroutes:\n  - {{listener: web, upstream: tls_h2}}\n",
         origin.addr,
@@ -752,25 +768,30 @@ async fn http2_upstreams_are_checked_over_http2() {
             .count()
     };
     eventually("three HTTP/2 checks of each backend", || async {
-        h2_checks(&origin.requests) >= 3 && h2_checks(&h2c_seen) >= 3 && h2_checks(&kept_seen) >= 3
+        h2_checks(&origin.requests) >= 3
+            && h2_checks(&h2c_o.requests) >= 3
+            && h2_checks(&kept_o.requests) >= 3
     })
     .await;
     let log = proxy.log();
     assert!(!log.contains("is unhealthy"), "{log}");
     assert!(
-        h2c_conns.load(SeqCst) >= 3,
+        h2c_o.conns.load(SeqCst) >= 3,
         "{} connections for the h2c checks",
-        h2c_conns.load(SeqCst)
+        h2c_o.conns.load(SeqCst)
     );
     assert_eq!(
-        kept_conns.load(SeqCst),
+        kept_o.conns.load(SeqCst),
         1,
         "the kept connection was not reused"
     );
     // each check's connection was reset, not shut down: none waits in TIME_WAIT on our side
-    for (what, to) in [("TLS", origin.addr), ("h2c", h2c)] {
+    for (what, to, peers) in [
+        ("TLS", origin.addr, &origin.peers),
+        ("h2c", h2c, &h2c_o.peers),
+    ] {
         assert_eq!(
-            time_wait_to(to),
+            time_wait(peers, to),
             0,
             "TIME_WAIT sockets to the {what} backend"
         );
@@ -924,26 +945,35 @@ async fn tls_health_checks_verify_each_upstreams_trust_name_and_client_certifica
     assert_eq!(origin.plaintext.load(SeqCst), 0);
     // the checks' connections were reset, not closed: none waits in TIME_WAIT on our side
     assert_eq!(
-        time_wait_to(origin.addr),
+        time_wait(&origin.peers, origin.addr),
         0,
         "TIME_WAIT sockets to the backend"
     );
 }
 
-/// Sockets in TIME_WAIT whose far end is `to`, from /proc/net/tcp (IPv4 loopback only).
-fn time_wait_to(to: SocketAddr) -> usize {
+/// Sockets in TIME_WAIT from one of `peers` to `to`, from /proc/net/tcp (IPv4 loopback only).
+/// Both ends count: a far end alone would also match another test's server socket whose
+/// client once had `to`'s port as its ephemeral port.
+fn time_wait(peers: &Peers, to: SocketAddr) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    let std::net::IpAddr::V4(ip) = to.ip() else {
-        panic!("{to} is not IPv4");
-    };
     // the kernel prints the address as the 32-bit value in host order (little endian here)
-    let far = format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), to.port());
+    let hex = |a: &SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(ip) => {
+            format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port())
+        }
+        std::net::IpAddr::V6(_) => panic!("{a} is not IPv4"),
+    };
+    let far = hex(&to);
+    let near: Vec<String> = peers.lock().expect("lock").iter().map(hex).collect();
+    assert!(!near.is_empty(), "no connection reached {to}");
     table
         .lines()
         .skip(1)
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.get(2) == Some(&far.as_str()) && f.get(3) == Some(&"06")
+            f.get(1).is_some_and(|n| near.iter().any(|p| p == n))
+                && f.get(2) == Some(&far.as_str())
+                && f.get(3) == Some(&"06")
         })
         .count()
 }
