@@ -449,6 +449,8 @@ struct TlsOrigin {
     failed_handshakes: Arc<AtomicUsize>,
     /// The far address of each connection accepted.
     peers: Peers,
+    /// The key exchange group of each handshake, in order (`SSL_get_negotiated_group`).
+    groups: Arc<Mutex<Vec<std::ffi::c_long>>>,
 }
 
 type Peers = Arc<Mutex<Vec<SocketAddr>>>;
@@ -493,21 +495,24 @@ async fn tls_origin(leaf: &Leaf, client_ca: Option<&X509>, allow_h2: bool) -> Tl
         plaintext: Default::default(),
         failed_handshakes: Default::default(),
         peers: Default::default(),
+        groups: Default::default(),
     };
-    let (requests, plaintext, failed, peers) = (
+    let (requests, plaintext, failed, peers, groups) = (
         o.requests.clone(),
         o.plaintext.clone(),
         o.failed_handshakes.clone(),
         o.peers.clone(),
+        o.groups.clone(),
     );
     tokio::spawn(async move {
         while let Ok((tcp, far)) = listener.accept().await {
             peers.lock().expect("lock").push(far);
-            let (acceptor, requests, plaintext, failed) = (
+            let (acceptor, requests, plaintext, failed, groups) = (
                 acceptor.clone(),
                 requests.clone(),
                 plaintext.clone(),
                 failed.clone(),
+                groups.clone(),
             );
             tokio::spawn(async move {
                 let mut first = [0u8; 1];
@@ -528,6 +533,7 @@ async fn tls_origin(leaf: &Leaf, client_ca: Option<&X509>, allow_h2: bool) -> Tl
                     failed.fetch_add(1, SeqCst);
                     return;
                 }
+                groups.lock().expect("lock").push(negotiated_group(s.ssl()));
                 if s.ssl().selected_alpn_protocol() == Some(b"h2") {
                     serve_h2(s, requests).await;
                 } else {
@@ -689,6 +695,63 @@ async fn upstream_tls_verifies_fails_closed_and_speaks_h2_and_mtls() {
     // Never a plaintext fallback.
     assert_eq!(origin.plaintext.load(SeqCst), 0);
     assert!(origin.failed_handshakes.load(SeqCst) >= 1);
+}
+
+/// `SSL_get_negotiated_group`, a macro the openssl crates do not wrap: the NID of a classic
+/// group, or the TLS code point with `TLSEXT_nid_unknown` set for a provider's group.
+fn negotiated_group(ssl: &openssl::ssl::SslRef) -> std::ffi::c_long {
+    use foreign_types::ForeignTypeRef;
+    const SSL_CTRL_GET_NEGOTIATED_GROUP: std::ffi::c_int = 134;
+    // SAFETY: a get control on a live SSL, with no argument.
+    unsafe {
+        openssl_sys::SSL_ctrl(
+            ssl.as_ptr(),
+            SSL_CTRL_GET_NEGOTIATED_GROUP,
+            0,
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+const NID_X25519: std::ffi::c_long = 1034;
+/// X25519MLKEM768's code point, as `SSL_get_negotiated_group` reports it.
+const X25519MLKEM768: std::ffi::c_long = 0x1000000 | 0x11EC;
+
+/// A TLS check offers one classical key share (X25519), so that a backend that prefers the
+/// post-quantum hybrid, as OpenSSL 3.5 and later do by default, still answers it without a
+/// second key pair or a retry; requests keep the hybrid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_health_checks_offer_one_classical_key_share_and_requests_keep_the_hybrid() {
+    let pki = Pki::new("tls-hc-groups");
+    let backend = pki.ca.server("backend.test", &["backend.test"], 70);
+    let origin = tls_origin(&backend, None, false).await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\n    tls: true\n    sni: backend.test\n    ca_file: {}\n    health_check: {{type: http, path: /healthz, interval: 100ms, unhealthy_threshold: 1}}\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        origin.addr,
+        p(&pki.ca_path)
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    eventually("three health checks over TLS", || async {
+        origin.served("/healthz").len() >= 3
+    })
+    .await;
+    // no request yet: every handshake so far was a check's
+    let checks = origin.groups.lock().expect("lock").clone();
+    assert!(checks.len() >= 3, "{checks:?}");
+    assert!(
+        checks.iter().all(|g| *g == NID_X25519),
+        "the checks' groups (X25519 is {NID_X25519}): {checks:?}"
+    );
+    let r = crate::support::client::get(proxy.addr, "/", &[])
+        .await
+        .expect("response");
+    assert_eq!(r.status, 200);
+    let all = origin.groups.lock().expect("lock").clone();
+    assert!(
+        all[checks.len()..].contains(&X25519MLKEM768),
+        "no X25519MLKEM768 handshake for the request: {all:?}"
+    );
+    assert!(!proxy.log().contains("is unhealthy"), "{}", proxy.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
