@@ -29,7 +29,7 @@ fn connector() -> &'static TransportConnector {
 /// OpenSSL's default list sends two key shares, X25519MLKEM768 and X25519: three key pairs
 /// made per handshake, a fifth of a TLS check's CPU. Requests keep that list. A check carries
 /// nothing whose secrecy outlives it, so post-quantum key exchange buys it nothing, and one
-/// classical share does (1,000 TLS checks a second: 63-69% of one core against 77-82%). No
+/// classical share does (1,000 TLS checks a second: 58-69% of one core against 70-83%). No
 /// post-quantum group is listed at all: a backend that prefers one would answer a list that
 /// names it with a HelloRetryRequest, a round trip more and the key pair made anyway. A
 /// backend without X25519 picks another group here through a HelloRetryRequest.
