@@ -32,7 +32,8 @@ fn connector() -> &'static TransportConnector {
 /// classical share does (1,000 TLS checks a second: 58-69% of one core against 70-83%). No
 /// post-quantum group is listed at all: a backend that prefers one would answer a list that
 /// names it with a HelloRetryRequest, a round trip more and the key pair made anyway. A
-/// backend without X25519 picks another group here through a HelloRetryRequest.
+/// backend without X25519 picks another group here through a HelloRetryRequest. One that
+/// accepts post-quantum groups only would fail its checks; none such is common today.
 const CHECK_GROUPS: &str = "X25519:P-256:P-384:P-521:X448";
 
 /// How a check reaches one backend of a TLS upstream: the upstream's trust, name, client
