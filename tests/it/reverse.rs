@@ -273,27 +273,51 @@ async fn raw_backend() -> (tokio::net::TcpListener, std::net::SocketAddr) {
     (backend, addr)
 }
 
-/// A TCP check connects and then resets the connection (as HAProxy's do): a FIN would leave
-/// each check's socket in TIME_WAIT on the proxy, a minute per check.
+/// A TCP check completes the handshake on the proxy's side and resets the connection before
+/// its last ACK leaves (as HAProxy's checks do): the backend's kernel answers each check's SYN,
+/// and the backend itself never has a connection to accept and close. A FIN instead of the
+/// reset would also leave each check's socket in TIME_WAIT on the proxy, a minute per check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_health_checks_close_with_a_reset() {
-    use tokio::io::AsyncReadExt;
-    let (backend, addr) = raw_backend().await;
-    let _p = Proxy::start(&format!(
-        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {addr}}}]\n    health_check: {{type: tcp, interval: 100ms}}\nroutes:\n  - {{listener: web, upstream: app}}\n"
-    ));
-    for check in 0..3 {
-        let accepted = tokio::time::timeout(Duration::from_secs(5), backend.accept()).await;
-        let Ok(Ok((mut s, _))) = accepted else {
-            panic!("check {check}: no health-check connection within 5 s: {accepted:?}");
-        };
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
-        match read {
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("check {check}: expected a reset, the backend read {other:?}"),
-        }
-    }
+async fn tcp_health_checks_reach_the_backends_kernel_and_leave_it_nothing_to_accept() {
+    let Ok(sock) = tokio::net::TcpSocket::new_v4() else {
+        panic!("socket");
+    };
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    sock.bind(any).expect("bind");
+    let addr = sock.local_addr().expect("local addr");
+    // A backlog of 0 holds one connection not yet accepted: with it taken, the kernel drops
+    // the checks' SYNs, and the checks fail.
+    let backend = sock.listen(0).expect("listen");
+    let filler = tokio::net::TcpStream::connect(addr).await.expect("filler");
+    let p = Proxy::start_logging(
+        &format!(
+            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\nupstreams:\n  - name: app\n    backends: [{{address: {addr}}}]\n    health_check: {{type: tcp, interval: 100ms, timeout: 300ms, unhealthy_threshold: 1}}\nroutes:\n  - {{listener: web, upstream: app}}\n"
+        ),
+        "info",
+    );
+    until("the checks of a backend that answers no SYN fail", || {
+        p.log().contains("is unhealthy")
+    })
+    .await;
+    // Room in the queue: the checks' SYNs are answered, and the checks pass.
+    let (first, _) = tokio::time::timeout(Duration::from_secs(5), backend.accept())
+        .await
+        .expect("the filler was not accepted within 5 s")
+        .expect("accept");
+    until("the checks pass once the backend answers", || {
+        p.log().contains("is healthy")
+    })
+    .await;
+    drop((first, filler));
+    // Checks went on every 100 ms meanwhile; none left a connection to accept.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = tokio::time::timeout(Duration::from_millis(300), backend.accept()).await;
+    assert!(
+        queued.is_err(),
+        "a check left the backend a connection to accept: {queued:?}"
+    );
+    let healthy = p.log().matches("is healthy").count();
+    assert_eq!(healthy, 1, "the verdict flapped:\n{}", p.log());
 }
 
 /// Waits until `f` holds, for at most 10 s.

@@ -86,6 +86,13 @@ pub(super) fn begin(a: std::net::SocketAddr) -> std::io::Result<(socket2::Socket
         None,
     )?;
     s.set_linger(Some(std::time::Duration::ZERO))?;
+    // Delayed ACKs from the start (HAProxy does this for its checks too): the handshake's
+    // last ACK then waits, for the first write to carry it or for the reset to make it moot.
+    // A backend's kernel completes the connection, and wakes the backend to accept it, only
+    // when that ACK arrives, so a TCP check no longer makes its backend accept and close a
+    // connection, and its `connect` no longer pays for that wake-up. A socket without the
+    // option only costs the ACK, so a failure to set it is not an error.
+    s.set_tcp_quickack(false).ok();
     match s.connect(&a.into()) {
         Ok(()) => Ok((s, true)),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((s, false)),
@@ -148,5 +155,29 @@ mod tests {
             .expect("inet");
         let r = probe(closed_addr).await;
         assert!(r.is_err(), "a probe of a closed port succeeded");
+    }
+
+    /// The handshake's last ACK waits for a write that never comes, and the reset ends the
+    /// connection before the backend's kernel completed it: nothing is queued for the backend
+    /// to accept. With the ACK sent at once, each probe left an accepted-then-reset connection.
+    #[tokio::test]
+    async fn a_probe_leaves_the_backend_nothing_to_accept() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("local addr");
+        for _ in 0..3 {
+            let r = probe(addr).await;
+            assert!(r.is_ok(), "probe failed: {r:?}");
+        }
+        let queued = tokio::time::timeout(Duration::from_millis(300), l.accept()).await;
+        assert!(
+            queued.is_err(),
+            "the backend had a connection to accept: {queued:?}"
+        );
+        // the listener still completes a connection that sends its ACK
+        let _c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let accepted = tokio::time::timeout(Duration::from_secs(5), l.accept()).await;
+        assert!(matches!(accepted, Ok(Ok(_))), "no accept: {accepted:?}");
     }
 }
