@@ -309,7 +309,7 @@ async fn connect(a: &Addr) -> io::Result<Box<dyn Io>> {
         // The handshake is not waited for: the write waits until the socket is writable,
         // and fails if the connect did. No TCP_NODELAY either: the request is one write.
         Addr::Inet(a) => {
-            let (s, _) = super::tcp::begin(*a)?;
+            let (s, _) = super::tcp::begin(*a, false)?;
             let s = tokio::net::TcpStream::from_std(std::net::TcpStream::from(s))?;
             Ok(Box::new(s))
         }

@@ -65,7 +65,7 @@ async fn probe(a: std::net::SocketAddr) -> std::io::Result<()> {
 /// A nonblocking socket that is reset when closed (`SO_LINGER` 0), its connect to `a` begun;
 /// `true` with it when the handshake is already over.
 fn start(a: std::net::SocketAddr) -> std::io::Result<(socket2::Socket, bool)> {
-    let (s, done) = begin(a)?;
+    let (s, done) = begin(a, true)?;
     if done {
         return Ok((s, true));
     }
@@ -77,8 +77,11 @@ fn start(a: std::net::SocketAddr) -> std::io::Result<(socket2::Socket, bool)> {
 }
 
 /// [`start`] without looking whether the handshake is over: for a caller that writes next,
-/// and so learns it from the write.
-pub(super) fn begin(a: std::net::SocketAddr) -> std::io::Result<(socket2::Socket, bool)> {
+/// and so learns it from the write. `delay_ack`: for a check that sends nothing (below).
+pub(super) fn begin(
+    a: std::net::SocketAddr,
+    delay_ack: bool,
+) -> std::io::Result<(socket2::Socket, bool)> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(
         Domain::for_address(a),
@@ -86,13 +89,17 @@ pub(super) fn begin(a: std::net::SocketAddr) -> std::io::Result<(socket2::Socket
         None,
     )?;
     s.set_linger(Some(std::time::Duration::ZERO))?;
-    // Delayed ACKs from the start (HAProxy does this for its checks too): the handshake's
-    // last ACK then waits, for the first write to carry it or for the reset to make it moot.
-    // A backend's kernel completes the connection, and wakes the backend to accept it, only
-    // when that ACK arrives, so a TCP check no longer makes its backend accept and close a
-    // connection, and its `connect` no longer pays for that wake-up. A socket without the
-    // option only costs the ACK, so a failure to set it is not an error.
-    s.set_tcp_quickack(false).ok();
+    // Delayed ACKs from the start, as HAProxy's checks that send nothing have them: the
+    // handshake's last ACK then waits, and the reset makes it moot. A backend's kernel
+    // completes the connection, and wakes the backend to accept it, only when that ACK
+    // arrives, so a TCP check no longer makes its backend accept and close a connection, and
+    // its `connect` no longer pays for that wake-up. A check that sends a request keeps quick
+    // ACKs: with delayed ones, a backend that writes its answer in two pieces with Nagle's
+    // algorithm on would hold the second until our delayed-ACK timer (40 ms or more). A
+    // socket without the option only costs the ACK, so a failure to set it is not an error.
+    if delay_ack {
+        s.set_tcp_quickack(false).ok();
+    }
     match s.connect(&a.into()) {
         Ok(()) => Ok((s, true)),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((s, false)),
