@@ -225,19 +225,25 @@ mod tests {
             .expect("join");
         assert!(r.is_ok(), "probe failed: {r:?}");
 
-        // a port bound but not listening refuses, and stays ours: a port freed by dropping
-        // the listener could be handed to another test's listener before the probe
+        let (_closed, closed_addr) = refusing();
+        let r = probe(closed_addr).await;
+        assert!(r.is_err(), "a probe of a closed port succeeded");
+    }
+
+    /// A port bound but not listening, which refuses connections, and the socket that keeps
+    /// it: a port freed by dropping a listener could be handed to another test's listener
+    /// before the probe.
+    fn refusing() -> (socket2::Socket, std::net::SocketAddr) {
         let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
         let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
         closed.bind(&any.into()).expect("bind");
-        let closed_addr = closed
+        let addr = closed
             .local_addr()
             .expect("local addr")
             .as_socket()
             .expect("inet");
-        let r = probe(closed_addr).await;
-        assert!(r.is_err(), "a probe of a closed port succeeded");
+        (closed, addr)
     }
 
     /// Half-open connections toward `port` on 127.0.0.1 (SYN_RECV), from /proc/net/tcp.
@@ -287,16 +293,7 @@ mod tests {
         // kept sockets carry no verdict over: a refusal after a success fails, and a success
         // after the refusal passes
         spare::give_back(s, socket2::Domain::IPV4);
-        // bound, not listening, and kept: no other test's listener can take the port
-        let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        closed.bind(&any.into()).expect("bind");
-        let closed_addr = closed
-            .local_addr()
-            .expect("local addr")
-            .as_socket()
-            .expect("inet");
+        let (_closed, closed_addr) = refusing();
         for _ in 0..3 {
             let ok = probe(addr).await;
             assert!(ok.is_ok(), "a probe of a listener failed: {ok:?}");
