@@ -69,8 +69,8 @@ async fn probe(a: std::net::SocketAddr) -> std::io::Result<()> {
 /// A connect to `AF_UNSPEC` ends a TCP connection as `SO_LINGER` 0 and a close do (with a
 /// reset), and leaves the socket unconnected, its port released, ready to connect again. Kept
 /// for the next check, it spares a `socket`, a `setsockopt` and a `close` per check, and the
-/// kernel's making and freeing of a socket, a file and an inode: about a sixth of a TCP
-/// check's CPU at 1,000 checks a second. Only sockets whose handshake ended within `connect`
+/// kernel's making and freeing of a socket, a file and an inode: 5 system calls per check
+/// instead of 7, and 5-12% less CPU at 1,000 checks a second (alternating pairs). Only sockets whose handshake ended within `connect`
 /// come back; one that waited went through the event loop and is closed. A few are enough
 /// for the checks that start at one instant, so the list stays short.
 mod spare {
