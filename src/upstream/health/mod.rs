@@ -180,22 +180,18 @@ struct Seen {
 impl Seen {
     fn changed(&mut self, pool: &Pool) -> bool {
         let now = pool.members.load_full();
-        let maint = now
+        // no allocation while no slot is in maintenance, the usual case
+        let maint: Vec<usize> = now
             .slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.maint.load(Relaxed))
-            .map(|(i, _)| i);
-        let same = self.members.as_ref().is_some_and(|m| Arc::ptr_eq(m, &now))
-            && maint.eq(self.maint.iter().copied());
+            .map(|(i, _)| i)
+            .collect();
+        let same =
+            self.members.as_ref().is_some_and(|m| Arc::ptr_eq(m, &now)) && maint == self.maint;
         if !same {
-            self.maint = now
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.maint.load(Relaxed))
-                .map(|(i, _)| i)
-                .collect();
+            self.maint = maint;
             self.members = Some(now);
         }
         !same
