@@ -42,7 +42,7 @@ pub fn render(template: &str, dir: &std::path::Path) -> (String, Vec<u16>) {
 }
 
 impl Proxy {
-    /// Start the proxy and wait until the first listener accepts connections.
+    /// Start the proxy and wait until every listener accepts connections.
     pub fn start(template: &str) -> Proxy {
         Self::try_start(template).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -135,7 +135,15 @@ impl Proxy {
             addr,
             ports,
         };
-        p.wait_ready(addr)?;
+        // Pingora starts each listener's service on its own: the first one listening says
+        // nothing of the others, which a loaded machine may open a little later.
+        let mut all = listener_addrs(text);
+        if all.is_empty() {
+            all.push(addr);
+        }
+        for a in all {
+            p.wait_ready(a)?;
+        }
         // the admin listener is a service of its own, started beside the first listener
         if let Some(admin) = admin_addr(text) {
             p.wait_ready(admin)?;
@@ -221,6 +229,24 @@ pub fn send_signal(pid: u32, sig: libc::c_int) {
 }
 
 /// The admin listener's address in a config, if it has one on loopback.
+/// The TCP addresses of the config's listeners (an HTTP/3 listener also listens on TCP).
+fn listener_addrs(text: &str) -> Vec<SocketAddr> {
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return Vec::new();
+    };
+    let Some(listeners) = doc.get("listeners").and_then(|l| l.as_sequence()) else {
+        return Vec::new();
+    };
+    listeners
+        .iter()
+        .filter_map(|l| l.get("address")?.as_str()?.parse::<SocketAddr>().ok())
+        .map(|a| match a.ip().is_unspecified() {
+            true => ([127, 0, 0, 1], a.port()).into(),
+            false => a,
+        })
+        .collect()
+}
+
 fn admin_addr(text: &str) -> Option<SocketAddr> {
     let at = text.find("admin:")?;
     let rest = &text[at..];
