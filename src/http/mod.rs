@@ -14,6 +14,7 @@ pub mod chunked;
 pub mod encode;
 pub mod fast;
 pub mod guard;
+pub mod h2conn;
 pub mod h3;
 pub mod phases;
 pub mod redirect;

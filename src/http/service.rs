@@ -13,8 +13,8 @@
 //! Every connection (plain or TLS, HTTP/1 or HTTP/2) is admitted once: it takes a slot in
 //! the listener's connection count (`max_connections`), and an HTTP/1 connection is wrapped
 //! in a [`Guarded`] stream that enforces the listener's head limits. HTTP/2 connections,
-//! by ALPN or by the h2c preface, then take Pingora's HTTP/2 server, whose streams the lean
-//! engine serves where the policy lets it.
+//! by ALPN or by the h2c preface, then run [`super::h2conn`]'s loop on Pingora's HTTP/2
+//! codec; their streams are served by the lean engine where the policy lets it.
 
 use super::guard::{GuardConf, Guarded, HeadLimits};
 use crate::config::ListenerLimits;
@@ -389,6 +389,8 @@ pub struct H1First<A> {
     inner: Arc<A>,
     /// Keep-alive timeout: the longest a connection may wait for its next request.
     idle_wait: Duration,
+    /// The listener's header timeout, which also bounds an HTTP/2 client's preface.
+    header_wait: Duration,
     admission: Admission,
     /// Plain reverse-proxy requests, served without Pingora's per-request machinery.
     fast: FastSwap,
@@ -405,6 +407,7 @@ impl<A> H1First<A> {
         H1First {
             inner: Arc::new(inner),
             idle_wait: limits.keepalive_timeout,
+            header_wait: limits.header_timeout,
             admission,
             fast,
             keepalive_requests: limits.keepalive_requests,
@@ -438,6 +441,16 @@ where
             }
             next => next,
         }
+    }
+
+    /// An HTTP/2 connection (by ALPN or the h2c preface): its streams are the app's, served
+    /// in this connection's task (see [`super::h2conn`]).
+    async fn h2(self: &Arc<Self>, g: Box<Guarded>, shutdown: &ShutdownWatch) {
+        let waits = super::h2conn::H2Waits {
+            preface: self.header_wait,
+            idle: self.idle_wait,
+        };
+        super::h2conn::serve(&self.inner, g, waits, shutdown).await
     }
 
     /// One request on Pingora's general path.
@@ -537,7 +550,12 @@ where
         let custom = opts.is_some_and(|o| o.force_custom);
         let h1 = matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
         if custom || !h1 {
+            let h2 = !custom && matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
             let g = Box::pin(self.admission.admit_as(stream, false)).await?;
+            if h2 {
+                Box::pin(self.h2(g, shutdown)).await;
+                return None;
+            }
             return self.pingora(g, shutdown, hand_back).await;
         }
         // Boxed, as every step but the idle wait: the connection's future is as large as its
@@ -550,7 +568,8 @@ where
                 && &preface == crate::net::H2_PREFACE
             {
                 let g = Box::new((*g).passthrough());
-                return self.pingora(g, shutdown, hand_back).await;
+                Box::pin(self.h2(g, shutdown)).await;
+                return None;
             }
         }
         // Between requests a plaintext connection waits here, holding only the socket; TLS

@@ -19,6 +19,7 @@ mod fleet;
 mod forward;
 mod grpc;
 mod h2cancel;
+mod h2conn;
 mod h2expect;
 mod hardening;
 mod http3;

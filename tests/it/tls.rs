@@ -340,6 +340,56 @@ async fn h2_get(
     Ok((status, data))
 }
 
+/// A client that negotiates h2 and then sends nothing holds a connection slot and a codec:
+/// its preface is due within the listener's `header_timeout`, as an HTTP/1 request head is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_sends_no_preface_is_closed_at_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-h2-preface");
+    let (c, k) = pki.server("a", "a.test", &["a.test"], 21);
+    let cfg = format!(
+        "{}    limits: {{header_timeout: 1s, keepalive_timeout: 120s}}\n{}",
+        https_listener(&[(&c, &k, &["a.test"])], ""),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    let mut s = connect(
+        proxy.addr,
+        &ClientOpts::new(&pki.ca_path, "a.test").alpn(&["h2"]),
+    )
+    .await
+    .expect("h2 handshake");
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let mut buf = [0u8; 256];
+    // the server's SETTINGS may come first; what matters is the close that follows
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open 15 s after a 1 s header timeout:\n{}",
+        proxy.log()
+    );
+    // the line is written just after the socket closes
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains("sent no preface within 1s") && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        proxy.log().contains("sent no preface within 1s"),
+        "no log line for the silent client:\n{}",
+        proxy.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_is_negotiated_and_100_concurrent_streams_succeed() {
     let origin = OriginBuilder::new("app")

@@ -125,7 +125,7 @@ pub async fn outcome(s: &mut TcpStream, id: u32, wait: Duration) -> Outcome {
 
 /// The `:status` of a response header block, when it is its first field (as servers send
 /// it): an indexed static entry, or a literal with a static `:status` name.
-fn status(b: &[u8]) -> Option<u16> {
+pub fn status(b: &[u8]) -> Option<u16> {
     let first = *b.first()?;
     let statics = [200u16, 204, 206, 304, 400, 404, 500];
     if first & 0x80 != 0 {

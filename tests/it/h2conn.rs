@@ -1,0 +1,169 @@
+//! HTTP/2 connections run on a loop of Stepstone's own (`src/http/h2conn.rs`): the streams of
+//! one connection are served side by side inside its task, a stream in flight keeps the
+//! connection open past `keepalive_timeout`, and a connection with nothing in flight gets a
+//! GOAWAY once `keepalive_timeout` passes and is closed, as an idle HTTP/1 connection is.
+
+use crate::support::h2raw::{self, END_HEADERS, END_STREAM, GOAWAY, HEADERS, SETTINGS};
+use crate::support::{OriginBuilder, Proxy};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What the client saw on the connection, in order.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Status(u32, u16),
+    GoAway { error: u32 },
+    Closed,
+}
+
+fn get(id: u32, path: &str) -> Vec<u8> {
+    let block = h2raw::block(&[
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":path", path.as_bytes()),
+        (b":authority", b"localhost"),
+    ]);
+    h2raw::frame(HEADERS, END_STREAM | END_HEADERS, id, &block)
+}
+
+/// Read frames until the proxy closes the connection or `wait` passes (then the list ends
+/// without `Closed`). PINGs go unanswered, as from a client that has gone quiet.
+async fn watch(s: &mut TcpStream, wait: Duration) -> Vec<Seen> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut seen = Vec::new();
+    loop {
+        let mut h = [0u8; 9];
+        match tokio::time::timeout_at(deadline, s.read_exact(&mut h)).await {
+            Err(_) => return seen,
+            Ok(Err(_)) => {
+                seen.push(Seen::Closed);
+                return seen;
+            }
+            Ok(Ok(_)) => {}
+        }
+        let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+        let (kind, flags) = (h[3], h[4]);
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        let mut p = vec![0u8; len];
+        match tokio::time::timeout_at(deadline, s.read_exact(&mut p)).await {
+            Err(_) => return seen,
+            Ok(Err(_)) => {
+                seen.push(Seen::Closed);
+                return seen;
+            }
+            Ok(Ok(_)) => {}
+        }
+        match kind {
+            SETTINGS if flags & 1 == 0 => {
+                let _ = s.write_all(&h2raw::frame(SETTINGS, 1, 0, &[])).await;
+            }
+            HEADERS => seen.push(Seen::Status(stream, h2raw::status(&p).unwrap_or(0))),
+            GOAWAY if p.len() >= 8 => seen.push(Seen::GoAway {
+                error: u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+            }),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_run_side_by_side_and_an_idle_connection_gets_goaway_at_keepalive_timeout() {
+    // the slow backend answers after the keep-alive timeout has passed twice over
+    let slow = OriginBuilder::new("slow")
+        .delay(Duration::from_millis(2500))
+        .run()
+        .await;
+    let fast = OriginBuilder::new("fast").run().await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true, limits: {{keepalive_timeout: 1s}}}}\nupstreams:\n  - name: slow\n    backends: [{{address: {}}}]\n    read_timeout: 20s\n  - name: fast\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, path_prefix: /slow, upstream: slow}}\n  - {{listener: web, upstream: fast}}\n",
+        slow.addr, fast.addr
+    );
+    let proxy = Proxy::start(&cfg);
+    let mut s = h2raw::connect(proxy.addr).await;
+    let mut both = get(1, "/slow");
+    both.extend(get(3, "/fast"));
+    s.write_all(&both).await.expect("send two streams");
+    let seen = watch(&mut s, Duration::from_secs(15)).await;
+    assert_eq!(
+        seen,
+        vec![
+            // the fast stream is answered while the slow one waits on its backend
+            Seen::Status(3, 200),
+            // the slow stream outlived the keep-alive timeout: the connection was not idle
+            Seen::Status(1, 200),
+            // then nothing is in flight: GOAWAY (NO_ERROR) after the timeout, and the close
+            Seen::GoAway { error: 0 },
+            Seen::Closed,
+        ],
+        "proxy log:\n{}",
+        proxy.log()
+    );
+    assert_eq!((slow.requests(), fast.requests()), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_with_requests_coming_is_not_closed_as_idle() {
+    let app = OriginBuilder::new("app").run().await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true, limits: {{keepalive_timeout: 1s}}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        app.addr
+    );
+    let proxy = Proxy::start(&cfg);
+    let mut s = h2raw::connect(proxy.addr).await;
+    // a request every 400 ms for 2.4 s: each gap is shorter than the timeout, their sum longer
+    let mut seen = Vec::new();
+    for i in 0..7u32 {
+        let id = 1 + 2 * i;
+        s.write_all(&get(id, "/")).await.expect("send");
+        seen.extend(watch(&mut s, Duration::from_millis(400)).await);
+    }
+    let want: Vec<Seen> = (0..7u32).map(|i| Seen::Status(1 + 2 * i, 200)).collect();
+    assert_eq!(seen, want, "proxy log:\n{}", proxy.log());
+}
+
+/// On SIGTERM (a 4 s grace period) the connection is told to go (GOAWAY) while its stream is
+/// still running; that stream is answered in full, then the connection closes and the process
+/// exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_goaway_and_lets_the_http2_stream_in_flight_finish() {
+    let slow = OriginBuilder::new("slow")
+        .delay(Duration::from_millis(1000))
+        .run()
+        .await;
+    let dir = crate::support::scratch_dir("h2-sigterm");
+    let cfg = format!(
+        "{}listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true}}\nupstreams:\n  - name: slow\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: slow}}\n",
+        crate::ops::pingora_block(&dir, 4),
+        slow.addr
+    );
+    let (text, ports) = crate::support::proxy::render(&cfg, &dir);
+    let mut p = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    let mut s = h2raw::connect(p.addr).await;
+    s.write_all(&get(1, "/")).await.expect("send");
+    // the request reaches the backend before the signal
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let inflight = || {
+        slow.state
+            .inflight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    while inflight() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(inflight(), 1, "the request never reached the backend");
+    p.signal(libc::SIGTERM);
+    let seen = watch(&mut s, Duration::from_secs(15)).await;
+    assert_eq!(
+        seen,
+        vec![
+            Seen::GoAway { error: 0 },
+            Seen::Status(1, 200),
+            Seen::Closed
+        ],
+        "proxy log:\n{}",
+        p.log()
+    );
+    let st = crate::ops::wait_exit(&mut p, Duration::from_secs(30)).await;
+    assert!(st.is_some_and(|s| s.success()), "exit: {st:?}");
+}
