@@ -27,6 +27,11 @@ pub use proxy::Proxy;
 /// - never the same port twice in this test binary: the proxy's listeners use SO_REUSEPORT,
 ///   so two tests given one port would both bind it and the kernel would spread each one's
 ///   connections over both proxies;
+///   Nextest runs each test in a process of its own, so "this test binary" is every
+///   process of it running at once: a port is also claimed with a lock on a file named
+///   after it, held until the process exits. Without it, two tests started together (pids
+///   a few apart, so start points a few ports apart) were given the same ports, and one
+///   differential test's requests reached the other's proxy;
 /// - ports below the kernel's ephemeral range: `bind 127.0.0.1:0` (every origin in these
 ///   tests) and outgoing connections are only given ports inside it, so they cannot take
 ///   the port in the gap either. A probe inside the range was once given, in that gap, to
@@ -51,6 +56,9 @@ pub fn free_port() -> u16 {
         let n = TRIED.fetch_add(1, Relaxed);
         assert!(n < span, "no free port left in {LOW}..{ephemeral_low}");
         let port = (LOW + (start + n) % span) as u16;
+        if !claim(port) {
+            continue;
+        }
         // HTTP/3 listeners take the UDP port of the same number
         let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
         let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
@@ -58,6 +66,28 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Claim `port` among the test processes running now: an exclusive lock on a file named
+/// after it, kept (with its descriptor) until this process exits, when the kernel drops it.
+fn claim(port: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("stepstone-it-ports");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let path = dir.join(port.to_string());
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return false;
+    }
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+    true
 }
 
 /// A loopback address that refuses connections, for as long as the test binary runs.
