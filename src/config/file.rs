@@ -247,7 +247,8 @@ pub struct LimitsFile {
     /// connection is closed. Default: 60s
     pub client_timeout: Option<Dur>,
     /// Requests served on one client connection; the last answer carries
-    /// `Connection: close` (nginx's `keepalive_requests`). 0: unlimited. Default: 1000
+    /// `Connection: close` (nginx's `keepalive_requests`); an HTTP/2 connection gets a GOAWAY
+    /// as its last stream starts. 0: unlimited. Default: 1000
     pub keepalive_requests: Option<u32>,
 }
 

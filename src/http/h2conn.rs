@@ -10,7 +10,8 @@
 //!
 //! The loop also bounds what Pingora's left open: the client's preface must arrive within the
 //! listener's `header_timeout`, and a connection with no stream in flight is closed (after a
-//! GOAWAY) once `keepalive_timeout` passes, as an idle HTTP/1 keep-alive connection is.
+//! GOAWAY) once `keepalive_timeout` passes, as an idle HTTP/1 keep-alive connection is; after
+//! `keepalive_requests` streams it gets a GOAWAY, as nginx applies that limit to HTTP/2.
 
 use crate::lifecycle::idle::IdleTimer;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -34,13 +35,17 @@ pub const MAX_REJECTED_STREAMS: usize = 32;
 /// (h2 pings to learn the last stream the client sent) before the connection is dropped.
 pub const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
-/// The waits of one HTTP/2 connection.
+/// The bounds of one HTTP/2 connection, from its listener's limits.
 #[derive(Clone, Copy, Debug)]
-pub struct H2Waits {
-    /// For the client's preface and SETTINGS (the listener's `header_timeout`).
+pub struct H2Limits {
+    /// For the client's preface (`header_timeout`).
     pub preface: Duration,
-    /// With no stream in flight (the listener's `keepalive_timeout`).
+    /// With no stream in flight (`keepalive_timeout`).
     pub idle: Duration,
+    /// Streams the connection serves before its GOAWAY (`keepalive_requests`, as nginx
+    /// applies it to HTTP/2); `None`: unlimited. Streams the client opened before it saw the
+    /// GOAWAY are still served.
+    pub max_streams: Option<u32>,
 }
 
 /// What the connection's loop acts on; streams are taken and run inside its poll.
@@ -51,10 +56,12 @@ enum Step {
     /// The connection closed cleanly (`None`: after the last GOAWAY) or failed.
     Ended(Option<Box<pingora_core::Error>>),
     Idle,
+    /// The connection served its `max_streams`.
+    Enough,
 }
 
 /// Serve one HTTP/2 connection until it closes; each stream is `app`'s, as Pingora hands it.
-pub async fn serve<A>(app: &Arc<A>, io: Stream, waits: H2Waits, shutdown: &ShutdownWatch)
+pub async fn serve<A>(app: &Arc<A>, io: Stream, waits: H2Limits, shutdown: &ShutdownWatch)
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
@@ -100,6 +107,7 @@ where
     let mut streams = FuturesUnordered::new();
     let mut idle: Option<IdleTimer> = None;
     let mut rejected = 0usize;
+    let mut left = waits.max_streams;
     loop {
         let step = poll_fn(|cx| {
             if !closing && shut.as_mut().poll(cx).is_ready() {
@@ -118,6 +126,12 @@ where
                             idle = None;
                             streams
                                 .push(app.process_new_http(ServerSession::new_http2(s), shutdown));
+                            if let Some(n) = left.as_mut() {
+                                *n = n.saturating_sub(1);
+                                if *n == 0 && !closing {
+                                    return Poll::Ready(Step::Enough);
+                                }
+                            }
                         }
                         Poll::Ready(Ok(Some(H2Accept::Rejected))) => {
                             return Poll::Ready(Step::Rejected)
@@ -176,6 +190,16 @@ where
             Step::Ended(Some(e)) => {
                 log::debug!("HTTP/2 connection of {} ended: {e}", peer());
                 break;
+            }
+            Step::Enough => {
+                log::debug!(
+                    "HTTP/2 connection of {} served its {:?} streams; GOAWAY",
+                    peer(),
+                    waits.max_streams
+                );
+                conn.graceful_shutdown();
+                closing = true;
+                idle = None;
             }
             Step::Idle if closing => break,
             Step::Idle => {

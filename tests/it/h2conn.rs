@@ -167,3 +167,36 @@ async fn sigterm_sends_goaway_and_lets_the_http2_stream_in_flight_finish() {
     let st = crate::ops::wait_exit(&mut p, Duration::from_secs(30)).await;
     assert!(st.is_some_and(|s| s.success()), "exit: {st:?}");
 }
+
+/// `keepalive_requests` bounds an HTTP/2 connection's streams as it does HTTP/1 requests (as
+/// nginx applies it to both): the third stream is served, then GOAWAY and the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_requests_ends_an_http2_connection_with_goaway_after_its_last_stream() {
+    let app = OriginBuilder::new("app").run().await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true, limits: {{keepalive_requests: 3}}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        app.addr
+    );
+    let proxy = Proxy::start(&cfg);
+    let mut s = h2raw::connect(proxy.addr).await;
+    let mut seen = Vec::new();
+    for id in [1u32, 3] {
+        s.write_all(&get(id, "/")).await.expect("send");
+        seen.extend(watch(&mut s, Duration::from_millis(300)).await);
+    }
+    s.write_all(&get(5, "/")).await.expect("send the third");
+    seen.extend(watch(&mut s, Duration::from_secs(15)).await);
+    assert_eq!(
+        seen,
+        vec![
+            Seen::Status(1, 200),
+            Seen::Status(3, 200),
+            Seen::GoAway { error: 0 },
+            Seen::Status(5, 200),
+            Seen::Closed
+        ],
+        "proxy log:\n{}",
+        proxy.log()
+    );
+    assert_eq!(app.requests(), 3);
+}
