@@ -61,7 +61,7 @@ enum Step {
 }
 
 /// Serve one HTTP/2 connection until it closes; each stream is `app`'s, as Pingora hands it.
-pub async fn serve<A>(app: &Arc<A>, io: Stream, waits: H2Limits, shutdown: &ShutdownWatch)
+pub async fn serve<A>(app: &Arc<A>, io: Stream, limits: H2Limits, shutdown: &ShutdownWatch)
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
@@ -80,7 +80,7 @@ where
             .map_or_else(|| "-".to_owned(), |a| a.to_string())
     };
     let mut conn =
-        match tokio::time::timeout(waits.preface, server::handshake(io, app.h2_options())).await {
+        match tokio::time::timeout(limits.preface, server::handshake(io, app.h2_options())).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 log::debug!("HTTP/2 handshake with {} failed: {e}", peer());
@@ -90,7 +90,7 @@ where
                 log::info!(
                     "HTTP/2 client {} sent no preface within {:?}; closing",
                     peer(),
-                    waits.preface
+                    limits.preface
                 );
                 return;
             }
@@ -107,7 +107,7 @@ where
     let mut streams = FuturesUnordered::new();
     let mut idle: Option<IdleTimer> = None;
     let mut rejected = 0usize;
-    let mut left = waits.max_streams;
+    let mut left = limits.max_streams;
     loop {
         let step = poll_fn(|cx| {
             if !closing && shut.as_mut().poll(cx).is_ready() {
@@ -155,9 +155,9 @@ where
                 return Poll::Pending;
             }
             let wait = if closing {
-                GOAWAY_GRACE.min(waits.idle)
+                GOAWAY_GRACE.min(limits.idle)
             } else {
-                waits.idle
+                limits.idle
             };
             match idle
                 .get_or_insert_with(|| IdleTimer::new(wait))
@@ -195,7 +195,7 @@ where
                 log::debug!(
                     "HTTP/2 connection of {} served its {:?} streams; GOAWAY",
                     peer(),
-                    waits.max_streams
+                    limits.max_streams
                 );
                 conn.graceful_shutdown();
                 closing = true;
@@ -206,7 +206,7 @@ where
                 log::debug!(
                     "HTTP/2 connection of {} idle for {:?}; closing",
                     peer(),
-                    waits.idle
+                    limits.idle
                 );
                 conn.graceful_shutdown();
                 closing = true;

@@ -446,12 +446,12 @@ where
     /// An HTTP/2 connection (by ALPN or the h2c preface): its streams are the app's, served
     /// in this connection's task (see [`super::h2conn`]).
     async fn h2(self: &Arc<Self>, g: Box<Guarded>, shutdown: &ShutdownWatch) {
-        let waits = super::h2conn::H2Limits {
+        let limits = super::h2conn::H2Limits {
             preface: self.header_wait,
             idle: self.idle_wait,
             max_streams: self.keepalive_requests,
         };
-        super::h2conn::serve(&self.inner, g, waits, shutdown).await
+        super::h2conn::serve(&self.inner, g, limits, shutdown).await
     }
 
     /// One request on Pingora's general path.
