@@ -6,7 +6,7 @@
 use crate::support::h2raw::{self, END_HEADERS, END_STREAM, GOAWAY, HEADERS, SETTINGS};
 use crate::support::{OriginBuilder, Proxy};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// What the client saw on the connection, in order.
@@ -33,27 +33,15 @@ async fn watch(s: &mut TcpStream, wait: Duration) -> Vec<Seen> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut seen = Vec::new();
     loop {
-        let mut h = [0u8; 9];
-        match tokio::time::timeout_at(deadline, s.read_exact(&mut h)).await {
-            Err(_) => return seen,
-            Ok(Err(_)) => {
+        let f = match h2raw::read_frame(s, deadline).await {
+            h2raw::Read::Frame(f) => f,
+            h2raw::Read::Closed => {
                 seen.push(Seen::Closed);
                 return seen;
             }
-            Ok(Ok(_)) => {}
-        }
-        let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
-        let (kind, flags) = (h[3], h[4]);
-        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-        let mut p = vec![0u8; len];
-        match tokio::time::timeout_at(deadline, s.read_exact(&mut p)).await {
-            Err(_) => return seen,
-            Ok(Err(_)) => {
-                seen.push(Seen::Closed);
-                return seen;
-            }
-            Ok(Ok(_)) => {}
-        }
+            h2raw::Read::Late => return seen,
+        };
+        let (kind, flags, stream, p) = (f.kind, f.flags, f.stream, f.payload);
         match kind {
             SETTINGS if flags & 1 == 0 => {
                 let _ = s.write_all(&h2raw::frame(SETTINGS, 1, 0, &[])).await;

@@ -74,25 +74,60 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// One frame read whole.
+pub struct Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+/// What one read of a frame came to.
+pub enum Read {
+    Frame(Frame),
+    /// The connection closed (or failed).
+    Closed,
+    /// `deadline` passed first.
+    Late,
+}
+
+/// Read the next frame, whole, before `deadline`.
+pub async fn read_frame(s: &mut TcpStream, deadline: tokio::time::Instant) -> Read {
+    let mut h = [0u8; 9];
+    match tokio::time::timeout_at(deadline, s.read_exact(&mut h)).await {
+        Err(_) => return Read::Late,
+        Ok(Err(_)) => return Read::Closed,
+        Ok(Ok(_)) => {}
+    }
+    let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+    let mut payload = vec![0u8; len];
+    match tokio::time::timeout_at(deadline, s.read_exact(&mut payload)).await {
+        Err(_) => return Read::Late,
+        Ok(Err(_)) => return Read::Closed,
+        Ok(Ok(_)) => {}
+    }
+    Read::Frame(Frame {
+        kind: h[3],
+        flags: h[4],
+        stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
 /// Read frames until stream `id` gets a status, a reset, or the connection a GOAWAY or EOF.
 pub async fn outcome(s: &mut TcpStream, id: u32, wait: Duration) -> Outcome {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let mut h = [0u8; 9];
-        match tokio::time::timeout_at(deadline, s.read_exact(&mut h)).await {
-            Err(_) => return Outcome::Nothing,
-            Ok(Err(_)) => return Outcome::Closed,
-            Ok(Ok(_)) => {}
-        }
-        let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
-        let (kind, flags) = (h[3], h[4]);
-        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-        let mut p = vec![0u8; len];
-        match tokio::time::timeout_at(deadline, s.read_exact(&mut p)).await {
-            Err(_) => return Outcome::Nothing,
-            Ok(Err(_)) => return Outcome::Closed,
-            Ok(Ok(_)) => {}
-        }
+        let Frame {
+            kind,
+            flags,
+            stream,
+            payload: p,
+        } = match read_frame(s, deadline).await {
+            Read::Frame(f) => f,
+            Read::Closed => return Outcome::Closed,
+            Read::Late => return Outcome::Nothing,
+        };
         match kind {
             SETTINGS if flags & 1 == 0 => {
                 let _ = s.write_all(&frame(SETTINGS, 1, 0, &[])).await;
