@@ -339,6 +339,9 @@ where
                 s
             }
             ServerSession::H2(mut h2) => {
+                // Both engines: a stream whose client takes no response bytes (no flow-control
+                // window) for `client_timeout` is reset, not held with its backend connection.
+                h2.set_write_timeout(Some(self.limits.client_timeout));
                 if let Some(fast) = self.fast.load_full() {
                     if fast.serve_h2(&mut h2).await {
                         return None;

@@ -3,7 +3,7 @@
 //! connection open past `keepalive_timeout`, and a connection with nothing in flight gets a
 //! GOAWAY once `keepalive_timeout` passes and is closed, as an idle HTTP/1 connection is.
 
-use crate::support::h2raw::{self, END_HEADERS, END_STREAM, GOAWAY, HEADERS, SETTINGS};
+use crate::support::h2raw::{self, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS};
 use crate::support::{OriginBuilder, Proxy};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {
     Status(u32, u16),
+    Reset(u32),
     GoAway { error: u32 },
     Closed,
 }
@@ -30,6 +31,15 @@ fn get(id: u32, path: &str) -> Vec<u8> {
 /// Read frames until the proxy closes the connection or `wait` passes (then the list ends
 /// without `Closed`). PINGs go unanswered, as from a client that has gone quiet.
 async fn watch(s: &mut TcpStream, wait: Duration) -> Vec<Seen> {
+    watch_until(s, wait, |_| false).await
+}
+
+/// [`watch`], ending early once `done` says so of what was seen.
+async fn watch_until(
+    s: &mut TcpStream,
+    wait: Duration,
+    done: impl Fn(&[Seen]) -> bool,
+) -> Vec<Seen> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut seen = Vec::new();
     loop {
@@ -50,7 +60,11 @@ async fn watch(s: &mut TcpStream, wait: Duration) -> Vec<Seen> {
             GOAWAY if p.len() >= 8 => seen.push(Seen::GoAway {
                 error: u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
             }),
+            RST_STREAM => seen.push(Seen::Reset(stream)),
             _ => {}
+        }
+        if done(&seen) {
+            return seen;
         }
     }
 }
@@ -187,4 +201,35 @@ async fn keepalive_requests_ends_an_http2_connection_with_goaway_after_its_last_
         proxy.log()
     );
     assert_eq!(app.requests(), 3);
+}
+
+/// A client that opens no flow-control window (SETTINGS_INITIAL_WINDOW_SIZE 0) takes no
+/// response bytes: its stream is reset once `client_timeout` passes, on both engines, rather
+/// than holding the stream, its backend connection and the HTTP/2 connection for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_the_client_does_not_read_is_reset_at_client_timeout_on_both_engines() {
+    let app = OriginBuilder::new("app").run().await;
+    let cfg = format!(
+        "listeners:\n  - {{name: lean, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true, limits: {{client_timeout: 1s}}}}\n  - {{name: general, address: 127.0.0.1:{{{{port1}}}}, protocol: http, h2c: true, fast_path: false, limits: {{client_timeout: 1s}}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: lean, upstream: app}}\n  - {{listener: general, upstream: app}}\n",
+        app.addr
+    );
+    let proxy = Proxy::start(&cfg);
+    for (engine, addr) in [("lean", proxy.addr_of(0)), ("general", proxy.addr_of(1))] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut hello = h2raw::PREFACE.to_vec();
+        // SETTINGS_INITIAL_WINDOW_SIZE (4) = 0
+        hello.extend(h2raw::frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]));
+        hello.extend(get(1, "/"));
+        s.write_all(&hello).await.expect("send");
+        let seen = watch_until(&mut s, Duration::from_secs(15), |seen| {
+            seen.contains(&Seen::Reset(1)) || seen.contains(&Seen::Closed)
+        })
+        .await;
+        assert_eq!(
+            seen,
+            vec![Seen::Status(1, 200), Seen::Reset(1)],
+            "{engine} engine; proxy log:\n{}",
+            proxy.log()
+        );
+    }
 }
