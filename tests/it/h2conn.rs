@@ -233,3 +233,56 @@ async fn an_http2_stream_the_client_does_not_read_is_reset_at_client_timeout_on_
         );
     }
 }
+
+/// Streams the client resets in the same breath as it opens them (the "rapid reset" of
+/// CVE-2023-44487) reach no backend: h2 settles the frames one read brought before the
+/// connection's loop takes streams from it, and never hands over a stream already reset. A
+/// stream opened normally afterwards is served. A client that keeps doing it (here 50 at once)
+/// is told ENHANCE_YOUR_CALM (h2's bound of 20 such streams) and closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_as_they_open_never_reach_the_backend() {
+    let app = OriginBuilder::new("app").run().await;
+    let cfg = format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        app.addr
+    );
+    let proxy = Proxy::start(&cfg);
+    let burst = |n: u32| {
+        let mut b = Vec::new();
+        for i in 0..n {
+            let id = 1 + 2 * i;
+            b.extend(get(id, "/reset"));
+            // CANCEL (8)
+            b.extend(h2raw::frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        }
+        b.extend(get(1 + 2 * n, "/after"));
+        b
+    };
+    let mut s = h2raw::connect(proxy.addr).await;
+    s.write_all(&burst(10)).await.expect("send the burst");
+    let seen = watch_until(&mut s, Duration::from_secs(15), |seen| {
+        seen.iter()
+            .any(|x| matches!(x, Seen::Status(21, _) | Seen::Closed))
+    })
+    .await;
+    assert!(
+        seen.contains(&Seen::Status(21, 200)),
+        "the stream after the burst was not served: {seen:?}\nproxy log:\n{}",
+        proxy.log()
+    );
+    let mut s = h2raw::connect(proxy.addr).await;
+    s.write_all(&burst(50)).await.expect("send the big burst");
+    let seen = watch(&mut s, Duration::from_secs(15)).await;
+    assert_eq!(
+        seen,
+        vec![Seen::GoAway { error: 11 }, Seen::Closed],
+        "proxy log:\n{}",
+        proxy.log()
+    );
+    let paths: Vec<String> = app.recorded().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        vec!["/after".to_string()],
+        "the backend saw {paths:?}"
+    );
+}
