@@ -69,6 +69,16 @@ async fn watch_until(
     }
 }
 
+/// What came until stream `id` was answered (or the connection closed); a loaded machine
+/// gets 10 s.
+async fn answered(s: &mut TcpStream, id: u32) -> Vec<Seen> {
+    watch_until(s, Duration::from_secs(10), |seen| {
+        seen.iter()
+            .any(|x| matches!(x, Seen::Closed) || matches!(x, Seen::Status(i, _) if *i == id))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_run_side_by_side_and_an_idle_connection_gets_goaway_at_keepalive_timeout() {
     // the slow backend answers after the keep-alive timeout has passed twice over
@@ -113,11 +123,13 @@ async fn an_http2_connection_with_requests_coming_is_not_closed_as_idle() {
     );
     let proxy = Proxy::start(&cfg);
     let mut s = h2raw::connect(proxy.addr).await;
-    // a request every 400 ms for 2.4 s: each gap is shorter than the timeout, their sum longer
+    // a request 400 ms after each answer, seven times: each idle gap is shorter than the
+    // timeout, their sum longer
     let mut seen = Vec::new();
     for i in 0..7u32 {
         let id = 1 + 2 * i;
         s.write_all(&get(id, "/")).await.expect("send");
+        seen.extend(answered(&mut s, id).await);
         seen.extend(watch(&mut s, Duration::from_millis(400)).await);
     }
     let want: Vec<Seen> = (0..7u32).map(|i| Seen::Status(1 + 2 * i, 200)).collect();
@@ -184,7 +196,7 @@ async fn keepalive_requests_ends_an_http2_connection_with_goaway_after_its_last_
     let mut seen = Vec::new();
     for id in [1u32, 3] {
         s.write_all(&get(id, "/")).await.expect("send");
-        seen.extend(watch(&mut s, Duration::from_millis(300)).await);
+        seen.extend(answered(&mut s, id).await);
     }
     s.write_all(&get(5, "/")).await.expect("send the third");
     seen.extend(watch(&mut s, Duration::from_secs(15)).await);
@@ -260,11 +272,7 @@ async fn streams_reset_as_they_open_never_reach_the_backend() {
     };
     let mut s = h2raw::connect(proxy.addr).await;
     s.write_all(&burst(10)).await.expect("send the burst");
-    let seen = watch_until(&mut s, Duration::from_secs(15), |seen| {
-        seen.iter()
-            .any(|x| matches!(x, Seen::Status(21, _) | Seen::Closed))
-    })
-    .await;
+    let seen = answered(&mut s, 21).await;
     assert!(
         seen.contains(&Seen::Status(21, 200)),
         "the stream after the burst was not served: {seen:?}\nproxy log:\n{}",
