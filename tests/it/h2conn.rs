@@ -69,6 +69,13 @@ async fn watch_until(
     }
 }
 
+/// A proxy with one h2c listener (with `limits`, YAML flow-map entries) in front of `app`.
+fn h2c_proxy(app: std::net::SocketAddr, limits: &str) -> Proxy {
+    Proxy::start(&format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true, limits: {{{limits}}}}}\nupstreams:\n  - name: app\n    backends: [{{address: {app}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n"
+    ))
+}
+
 /// What came until stream `id` was answered (or the connection closed); a loaded machine
 /// gets 10 s.
 async fn answered(s: &mut TcpStream, id: u32) -> Vec<Seen> {
@@ -117,11 +124,7 @@ async fn http2_streams_run_side_by_side_and_an_idle_connection_gets_goaway_at_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_with_requests_coming_is_not_closed_as_idle() {
     let app = OriginBuilder::new("app").run().await;
-    let cfg = format!(
-        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true, limits: {{keepalive_timeout: 1s}}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
-        app.addr
-    );
-    let proxy = Proxy::start(&cfg);
+    let proxy = h2c_proxy(app.addr, "keepalive_timeout: 1s");
     let mut s = h2raw::connect(proxy.addr).await;
     // a request 400 ms after each answer, seven times: each idle gap is shorter than the
     // timeout, their sum longer
@@ -187,11 +190,7 @@ async fn sigterm_sends_goaway_and_lets_the_http2_stream_in_flight_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_requests_ends_an_http2_connection_with_goaway_after_its_last_stream() {
     let app = OriginBuilder::new("app").run().await;
-    let cfg = format!(
-        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true, limits: {{keepalive_requests: 3}}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
-        app.addr
-    );
-    let proxy = Proxy::start(&cfg);
+    let proxy = h2c_proxy(app.addr, "keepalive_requests: 3");
     let mut s = h2raw::connect(proxy.addr).await;
     let mut seen = Vec::new();
     for id in [1u32, 3] {
@@ -254,11 +253,7 @@ async fn an_http2_stream_the_client_does_not_read_is_reset_at_client_timeout_on_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_reset_as_they_open_never_reach_the_backend() {
     let app = OriginBuilder::new("app").run().await;
-    let cfg = format!(
-        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
-        app.addr
-    );
-    let proxy = Proxy::start(&cfg);
+    let proxy = h2c_proxy(app.addr, "");
     let burst = |n: u32| {
         let mut b = Vec::new();
         for i in 0..n {
