@@ -169,12 +169,7 @@ where
         })
         .await;
         match step {
-            Step::Shutdown => {
-                conn.graceful_shutdown();
-                closing = true;
-                // an idle wait running now is replaced by the shorter grace
-                idle = None;
-            }
+            Step::Shutdown => {}
             Step::Rejected => {
                 rejected += 1;
                 if rejected >= MAX_REJECTED_STREAMS {
@@ -184,6 +179,7 @@ where
                     );
                     break;
                 }
+                continue;
             }
             Step::Ended(None) => break,
             // it is common for a client to close without a GOAWAY
@@ -191,28 +187,23 @@ where
                 log::debug!("HTTP/2 connection of {} ended: {e}", peer());
                 break;
             }
-            Step::Enough => {
-                log::debug!(
-                    "HTTP/2 connection of {} served its {:?} streams; GOAWAY",
-                    peer(),
-                    limits.max_streams
-                );
-                conn.graceful_shutdown();
-                closing = true;
-                idle = None;
-            }
+            Step::Enough => log::debug!(
+                "HTTP/2 connection of {} served its {:?} streams; GOAWAY",
+                peer(),
+                limits.max_streams
+            ),
             Step::Idle if closing => break,
-            Step::Idle => {
-                log::debug!(
-                    "HTTP/2 connection of {} idle for {:?}; closing",
-                    peer(),
-                    limits.idle
-                );
-                conn.graceful_shutdown();
-                closing = true;
-                idle = None;
-            }
+            Step::Idle => log::debug!(
+                "HTTP/2 connection of {} idle for {:?}; closing",
+                peer(),
+                limits.idle
+            ),
         }
+        // Shutdown, enough streams or idle: tell the client to go. An idle wait running now
+        // is replaced by the shorter grace.
+        conn.graceful_shutdown();
+        closing = true;
+        idle = None;
     }
     // The codec is gone: streams still waiting on it see their stream reset and finish.
     drop(conn);
