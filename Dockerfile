@@ -1,6 +1,9 @@
 # Stepstone's container image. Two ways to build the same runtime stage:
 #   docker build -t stepstone .
-#       compiles in the Rust stage below (the default target, `runtime`);
+#       compiles in the Rust stage below (the default target, `runtime`), with profile-guided
+#       optimization (scripts/build-pgo: an instrumented build, a training run against a local
+#       nginx, the optimized build; ~20% fewer instructions per request). `--build-arg PGO=0`
+#       builds a plain release binary, in about half the time;
 #   cargo build --release --locked && docker build --target prebuilt -t stepstone .
 #       copies a binary built on the host (STEPSTONE_BIN, default target/release/stepstone):
 #       what CI does (scripts/container-test), with no Rust image to pull. The host must run
@@ -10,8 +13,13 @@ ARG RUST_IMAGE=rust:1.95.0-bookworm
 ARG DEBIAN_IMAGE=debian:bookworm-20250520-slim
 
 FROM ${RUST_IMAGE} AS build
+ARG PGO=1
+# cmake, pkg-config and the OpenSSL headers build the binary; the rest is PGO's training run
+# (benches/load: nginx as the origin, wrk and h2load as the clients).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev \
+ && if [ "$PGO" = 1 ]; then apt-get install -y --no-install-recommends \
+      nginx libnginx-mod-stream wrk nghttp2-client procps util-linux python3 curl openssl; fi \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, against stub sources: this layer is reused until Cargo.toml or
@@ -26,9 +34,13 @@ COPY src src
 COPY benches benches
 COPY tests tests
 COPY conf conf
+COPY scripts scripts
 # COPY keeps the files' old mtimes; make cargo see that the stubs were replaced.
 RUN touch src/main.rs src/lib.rs
-RUN cargo build --release --locked --bin stepstone
+# The PGO builds take their own flags, so they rebuild the dependencies too: the layer above
+# caches only the plain build's.
+RUN if [ "$PGO" = 1 ]; then scripts/build-pgo --out /src/stepstone; \
+    else cargo build --release --locked --bin stepstone && cp target/release/stepstone /src/stepstone; fi
 
 FROM ${DEBIAN_IMAGE} AS base
 RUN apt-get update \
@@ -57,4 +69,4 @@ ARG STEPSTONE_BIN=target/release/stepstone
 COPY ${STEPSTONE_BIN} /usr/local/bin/stepstone
 
 FROM base AS runtime
-COPY --from=build /src/target/release/stepstone /usr/local/bin/stepstone
+COPY --from=build /src/stepstone /usr/local/bin/stepstone

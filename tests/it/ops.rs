@@ -900,11 +900,42 @@ fn exec_form(df: &str, instr: &str) -> Vec<String> {
 #[test]
 fn dockerfile_build_command_is_valid_for_this_tree() {
     let df = dockerfile();
+    // The final build step: scripts/build-pgo by default, a plain cargo build with PGO=0; both
+    // leave the binary where the runtime stage copies it from.
+    let pgo = df
+        .lines()
+        .find(|l| l.contains("scripts/build-pgo --out "))
+        .expect("a scripts/build-pgo step");
+    let out = pgo
+        .split_whitespace()
+        .skip_while(|a| *a != "--out")
+        .nth(1)
+        .expect("--out PATH")
+        .trim_end_matches(';');
+    assert!(
+        df.contains(&format!("COPY --from=build {out} ")),
+        "the runtime stage does not copy {out}"
+    );
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-pgo"),
+    )
+    .expect("read scripts/build-pgo");
+    assert!(
+        script.contains("cargo build --release --locked --bin stepstone"),
+        "scripts/build-pgo builds without --locked --bin stepstone"
+    );
     let run = df
         .lines()
-        .find(|l| l.trim_start().starts_with("RUN cargo build"))
-        .expect("a RUN cargo build step");
-    let args: Vec<&str> = run.split_whitespace().skip(1).collect();
+        .find(|l| l.contains("else cargo build"))
+        .expect("the PGO=0 cargo build step");
+    assert!(
+        run.contains(out),
+        "the PGO=0 build does not leave {out}: {run}"
+    );
+    let args: Vec<&str> = run
+        .split_whitespace()
+        .skip_while(|a| *a != "cargo")
+        .collect();
     assert_eq!(args[..2], ["cargo", "build"]);
     assert!(args.contains(&"--locked"), "{run}");
     let bin = args
