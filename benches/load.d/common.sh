@@ -35,6 +35,11 @@ install_needed() {
 
 # STEPSTONE_BIN, or else a release build of this checkout (CARGO_TARGET_DIR honoured).
 stepstone_bin() { # what to say when there is none
+  # STEPSTONE_PGO=1: measure the production build (scripts/build-pgo, about 20 minutes).
+  if [[ -z ${STEPSTONE_BIN:-} && ${STEPSTONE_PGO:-0} == 1 ]]; then
+    log "building stepstone: scripts/build-pgo (in $REPO)"
+    STEPSTONE_BIN=$("$REPO/scripts/build-pgo") || die "scripts/build-pgo failed; $1"
+  fi
   if [[ -z ${STEPSTONE_BIN:-} ]]; then
     local tdir=${CARGO_TARGET_DIR:-target}
     [[ $tdir == /* ]] || tdir="$REPO/$tdir"
