@@ -127,7 +127,7 @@ async fn demo_runs_without_config_and_alternates_origins() {
     let port = crate::support::free_port();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let dir = scratch_dir("demo");
-    let child = Command::new(crate::support::proxy::BIN)
+    let child = Command::new(crate::support::proxy::bin())
         .env("STEPSTONE_DEMO_ADDR", addr.to_string())
         .current_dir(&dir)
         .stdin(Stdio::null())

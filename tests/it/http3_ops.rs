@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// connections are served by the new one, on the same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_graceful_upgrade_finishes_the_stream_in_flight_and_hands_the_port_over() {
-    use crate::support::proxy::{send_signal, BIN};
+    use crate::support::proxy::{bin, send_signal};
     let slow = OriginBuilder::new("slow")
         .body("slow done")
         .delay(Duration::from_millis(7000))
@@ -32,7 +32,7 @@ async fn h3_graceful_upgrade_finishes_the_stream_in_flight_and_hands_the_port_ov
 
     let log = std::fs::File::create(pki.dir.join("stderr-new.log")).expect("log");
     let mut new = Proxy {
-        child: std::process::Command::new(BIN)
+        child: std::process::Command::new(bin())
             .arg("-u")
             .arg("-c")
             .arg(&old.config)

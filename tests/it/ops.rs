@@ -2,7 +2,7 @@
 //! (metrics, status, token, drain), the access log, DNS discovery, the status page in a real
 //! headless browser, and the container image's build and run commands.
 
-use crate::support::proxy::{render, send_signal, BIN};
+use crate::support::proxy::{bin, render, send_signal};
 use crate::support::{client, free_port, scratch_dir, Conn, Origin, OriginBuilder, Proxy};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -173,7 +173,7 @@ pub(crate) fn pingora_block(dir: &std::path::Path, grace: u64) -> String {
 
 fn spawn_upgrade(first: &Proxy, n: usize) -> Proxy {
     let log = std::fs::File::create(first.dir.join(format!("stderr-{n}.log"))).expect("log");
-    let child = Command::new(BIN)
+    let child = Command::new(bin())
         .arg("-u")
         .arg("-c")
         .arg(&first.config)
@@ -293,7 +293,10 @@ async fn upgrade_script_waits_for_a_slow_new_process_and_drops_nothing() {
     let slow = first.dir.join("slow-stepstone");
     std::fs::write(
         &slow,
-        format!("#!/bin/sh\ncase \"$1\" in -t) ;; *) sleep 6 ;; esac\nexec {BIN} \"$@\"\n"),
+        format!(
+            "#!/bin/sh\ncase \"$1\" in -t) ;; *) sleep 6 ;; esac\nexec {} \"$@\"\n",
+            bin()
+        ),
     )
     .expect("write wrapper");
     std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -1024,7 +1027,7 @@ async fn container_image_config_starts_and_passes_its_healthcheck() {
     args[ci] = conf.display().to_string();
     let mut t_args = vec!["-t".to_string()];
     t_args.extend(args.iter().cloned());
-    let out = Command::new(BIN).args(&t_args).output().expect("run -t");
+    let out = Command::new(bin()).args(&t_args).output().expect("run -t");
     assert!(
         out.status.success(),
         "{}",

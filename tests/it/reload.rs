@@ -1,7 +1,7 @@
 //! Reload in place (SIGHUP, `-s reload`, `POST /api/reload`) and the runtime API for
 //! backends, against the real binary.
 
-use crate::support::proxy::{run_cli, send_signal, BIN};
+use crate::support::proxy::{bin, run_cli, send_signal};
 use crate::support::{client, free_port, scratch_dir, Conn, Origin, OriginBuilder, Proxy};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -565,7 +565,7 @@ async fn runtime_api_drains_weights_and_keeps_state_across_reload_and_upgrade() 
 
     // an upgrade: the new process starts with the same changes
     let log = std::fs::File::create(s.dir.join("stderr-upgrade.log")).expect("log");
-    let mut new = Command::new(BIN)
+    let mut new = Command::new(bin())
         .arg("-u")
         .arg("-c")
         .arg(&p.config)

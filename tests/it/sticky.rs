@@ -2,7 +2,7 @@
 //! when that backend dies, survives a graceful upgrade, and keeps a client on its side of a
 //! split.
 
-use crate::support::proxy::{render, send_signal, BIN};
+use crate::support::proxy::{bin, render, send_signal};
 use crate::support::{client, scratch_dir, Origin, OriginBuilder, Proxy};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -220,7 +220,7 @@ async fn sticky_cookie_survives_a_graceful_upgrade() {
     let home = origin_of(&first);
 
     let log = std::fs::File::create(dir.join("stderr-new.log")).expect("log");
-    let child = Command::new(BIN)
+    let child = Command::new(bin())
         .arg("-u")
         .arg("-c")
         .arg(&old.config)

@@ -3,7 +3,7 @@
 //! failures leave the old instance serving and make the command exit non-zero.
 
 use crate::ops::{base, load_task, pingora_block, wait_exit, Tally};
-use crate::support::proxy::{render, send_signal, BIN};
+use crate::support::proxy::{bin, render, send_signal};
 use crate::support::{client, scratch_dir, OriginBuilder, Proxy};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 async fn upgrade_cli(config: &Path) -> (i32, String, String) {
     let config = config.to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
+        Command::new(bin())
             .arg("-s")
             .arg("upgrade")
             .arg("-c")
@@ -73,7 +73,10 @@ fn start_from_copy(dir: PathBuf, text: &str, ports: Vec<u16>) -> (Proxy, PathBuf
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).expect("bin dir");
     let exe = bin.join("stepstone");
-    install(&exe, &std::fs::read(BIN).expect("read the binary"));
+    install(
+        &exe,
+        &std::fs::read(crate::support::proxy::bin()).expect("read the binary"),
+    );
     let config = dir.join("stepstone.yaml");
     std::fs::write(&config, text).expect("config");
     let child = Command::new(&exe)
@@ -137,8 +140,9 @@ async fn upgrade_command_starts_the_new_binary_at_the_same_path_and_drops_nothin
     install(
         &exe,
         format!(
-            "#!/bin/sh\ncase \"$1\" in -t) ;; *) touch {m}; sleep 2 ;; esac\nexec {BIN} \"$@\"\n",
-            m = marker.display()
+            "#!/bin/sh\ncase \"$1\" in -t) ;; *) touch {m}; sleep 2 ;; esac\nexec {b} \"$@\"\n",
+            m = marker.display(),
+            b = bin()
         )
         .as_bytes(),
     );
@@ -194,7 +198,7 @@ async fn upgrade_command_replaces_a_daemon_twice_and_drops_nothing() {
     std::fs::write(&config, &text).expect("config");
     let pidfile = dir.join("stepstone.pid");
     let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
-    let st = Command::new(BIN)
+    let st = Command::new(bin())
         .arg("-d")
         .arg("-c")
         .arg(&config)
@@ -316,7 +320,8 @@ async fn upgrade_command_reports_a_new_process_that_exits_early() {
     install(
         &exe,
         format!(
-            "#!/bin/sh\ncase \"$1\" in -t) exec {BIN} \"$@\" ;; esac\necho broken >&2\nexit 3\n"
+            "#!/bin/sh\ncase \"$1\" in -t) exec {} \"$@\" ;; esac\necho broken >&2\nexit 3\n",
+            bin()
         )
         .as_bytes(),
     );
@@ -333,7 +338,7 @@ async fn upgrade_command_reports_a_new_process_that_exits_early() {
         .expect("old instance serves");
     assert_eq!(r.status, 200);
     // a fixed binary at the same path: the next upgrade goes through
-    install(&exe, &std::fs::read(BIN).expect("read the binary"));
+    install(&exe, &std::fs::read(bin()).expect("read the binary"));
     let (code, out, err) = upgrade_cli(&p.config).await;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}\n{}", p.log());
     assert_ne!(read_pid(&pidfile), Some(p.child.id()));

@@ -5,7 +5,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_stepstone");
+/// The binary under test: cargo's build of this checkout, or `STEPSTONE_IT_BIN` (the whole
+/// suite against another build of the same code, such as `scripts/build-pgo`'s, which is the
+/// one the image ships).
+pub fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("STEPSTONE_IT_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_stepstone").to_string())
+    })
+}
 
 pub struct Proxy {
     pub child: Child,
@@ -90,7 +99,7 @@ impl Proxy {
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.join("stderr.log")).map_err(|e| e.to_string())?;
         let out = std::fs::File::create(dir.join("stdout.log")).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         if let Some(soft) = soft_nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: getrlimit and setrlimit are async-signal-safe and touch only the
@@ -126,7 +135,7 @@ impl Proxy {
             .stdout(out)
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("spawn {BIN}: {e}"))?;
+            .map_err(|e| format!("spawn {}: {e}", bin()))?;
         let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
         let mut p = Proxy {
             child,
@@ -260,7 +269,7 @@ fn admin_addr(text: &str) -> Option<SocketAddr> {
 
 /// Run `stepstone` with arguments and return (exit code, stdout + stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .output()
         .expect("run stepstone");
