@@ -31,6 +31,14 @@ use std::time::Duration;
 /// connection, not making mistakes. Pingora's own loop allows as many.
 pub const MAX_REJECTED_STREAMS: usize = 32;
 
+/// Streams cancelled as they opened (reset before the loop took them from h2) that a
+/// connection may have beyond the streams it had served, before it is told ENHANCE_YOUR_CALM
+/// and closed. h2 bounds such streams within one read (20); this bounds a client that spreads
+/// them over many reads, each costing the proxy a stream's setup for no request. Clients do
+/// cancel streams (a page navigated away from), but rarely before the server has taken them,
+/// and not more often than they are served.
+pub const MAX_CANCELLED_STREAMS: usize = 100;
+
 /// After a GOAWAY with no stream in flight, how long the client has to acknowledge it
 /// (h2 pings to learn the last stream the client sent) before the connection is dropped.
 pub const GOAWAY_GRACE: Duration = Duration::from_secs(1);
@@ -58,6 +66,17 @@ enum Step {
     Idle,
     /// The connection served its `max_streams`.
     Enough,
+    /// More streams cancelled as they opened than [`MAX_CANCELLED_STREAMS`] allows.
+    Cancels,
+}
+
+/// Whether the client already reset the stream h2 just handed over. h2 settles every frame
+/// a read brought before it hands over a stream, so a stream opened and reset in one breath is
+/// seen here, before any engine runs it. The poll uses a no-op waker: the stream's own future
+/// registers its task when it waits on the stream.
+fn cancelled(s: &mut HttpSession) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::Pin::new(&mut s.idle()).poll(&mut cx).is_ready()
 }
 
 /// Serve one HTTP/2 connection until it closes; each stream is `app`'s, as Pingora hands it.
@@ -107,6 +126,7 @@ where
     let mut streams = FuturesUnordered::new();
     let mut idle: Option<IdleTimer> = None;
     let mut rejected = 0usize;
+    let (mut cancels, mut taken, mut flooded) = (0usize, 0usize, false);
     let mut left = limits.max_streams;
     loop {
         let step = poll_fn(|cx| {
@@ -122,8 +142,21 @@ where
                     let accept =
                         std::pin::pin!(HttpSession::from_h2_conn(&mut conn, digest.clone()));
                     match accept.poll(cx) {
-                        Poll::Ready(Ok(Some(H2Accept::Session(s)))) => {
+                        Poll::Ready(Ok(Some(H2Accept::Session(mut s)))) => {
                             idle = None;
+                            if cancelled(&mut s) {
+                                // a stream opened and reset in the same read (the "rapid
+                                // reset" of CVE-2023-44487): h2 hands it over all the same,
+                                // and no engine should send it on to a backend
+                                log::debug!("HTTP/2 stream of {} reset as it opened", peer());
+                                crate::observability::client_closed(None);
+                                cancels += 1;
+                                if cancels > MAX_CANCELLED_STREAMS + taken && !flooded {
+                                    return Poll::Ready(Step::Cancels);
+                                }
+                                continue;
+                            }
+                            taken += 1;
                             streams
                                 .push(app.process_new_http(ServerSession::new_http2(s), shutdown));
                             if let Some(n) = left.as_mut() {
@@ -192,6 +225,20 @@ where
                 peer(),
                 limits.max_streams
             ),
+            Step::Cancels => {
+                log::warn!(
+                    "closing the HTTP/2 connection of {}: {cancels} streams reset as they \
+                     opened, {taken} served",
+                    peer()
+                );
+                // the GOAWAY is flushed as the loop goes on; the grace bounds a client that
+                // does not read it
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                flooded = true;
+                closing = true;
+                idle = None;
+                continue;
+            }
             Step::Idle if closing => break,
             Step::Idle => log::debug!(
                 "HTTP/2 connection of {} idle for {:?}; closing",

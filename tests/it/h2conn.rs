@@ -246,50 +246,105 @@ async fn an_http2_stream_the_client_does_not_read_is_reset_at_client_timeout_on_
 }
 
 /// Streams the client resets in the same breath as it opens them (the "rapid reset" of
-/// CVE-2023-44487) reach no backend: h2 settles the frames one read brought before the
-/// connection's loop takes streams from it, and should not hand over a stream already reset. A
+/// CVE-2023-44487) reach no backend, on either engine, even with a pooled backend connection
+/// ready to take them at once: h2 settles the frames one read brought before the connection's
+/// loop takes streams from it, and a stream handed over already reset is dropped unserved. A
 /// stream opened normally afterwards is served. A client that keeps doing it (here 50 at once)
 /// is told ENHANCE_YOUR_CALM (h2's bound of 20 such streams) and closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_reset_as_they_open_get_enhance_your_calm_and_a_close() {
+async fn streams_reset_as_they_open_reach_no_backend_and_a_flood_gets_enhance_your_calm() {
     let app = OriginBuilder::new("app").run().await;
-    let proxy = h2c_proxy(app.addr, "");
-    let burst = |n: u32| {
+    let cfg = format!(
+        "listeners:\n  - {{name: lean, address: 127.0.0.1:{{{{port}}}}, protocol: http, h2c: true}}\n  - {{name: general, address: 127.0.0.1:{{{{port1}}}}, protocol: http, h2c: true, fast_path: false}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: lean, upstream: app}}\n  - {{listener: general, upstream: app}}\n",
+        app.addr
+    );
+    let proxy = Proxy::start(&cfg);
+    // streams `first`, `first + 2`, ... opened and cancelled, then one more opened normally
+    let burst = |first: u32, n: u32| {
         let mut b = Vec::new();
         for i in 0..n {
-            let id = 1 + 2 * i;
+            let id = first + 2 * i;
             b.extend(get(id, "/reset"));
             // CANCEL (8)
             b.extend(h2raw::frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
         }
-        b.extend(get(1 + 2 * n, "/after"));
+        b.extend(get(first + 2 * n, "/after"));
         b
     };
+    for (engine, addr) in [("lean", proxy.addr_of(0)), ("general", proxy.addr_of(1))] {
+        let before = app.recorded().len();
+        let mut s = h2raw::connect(addr).await;
+        // a served stream first, so that a kept-alive backend connection waits in the pool
+        // and a request let through would be written at once
+        s.write_all(&get(1, "/warm")).await.expect("send");
+        let seen = answered(&mut s, 1).await;
+        assert!(seen.contains(&Seen::Status(1, 200)), "{engine}: {seen:?}");
+        s.write_all(&burst(3, 10)).await.expect("send the burst");
+        let seen = answered(&mut s, 23).await;
+        assert!(
+            seen.contains(&Seen::Status(23, 200)),
+            "{engine}: the stream after the burst was not served: {seen:?}\nproxy log:\n{}",
+            proxy.log()
+        );
+        let mut s = h2raw::connect(addr).await;
+        s.write_all(&burst(1, 50))
+            .await
+            .expect("send the big burst");
+        let seen = watch(&mut s, Duration::from_secs(15)).await;
+        assert_eq!(
+            seen,
+            vec![Seen::GoAway { error: 11 }, Seen::Closed],
+            "{engine}; proxy log:\n{}",
+            proxy.log()
+        );
+        let paths: Vec<String> = app.recorded()[before..]
+            .iter()
+            .map(|r| r.path.clone())
+            .collect();
+        assert_eq!(
+            paths,
+            ["/warm", "/after"],
+            "{engine}: the backend saw {paths:?}"
+        );
+    }
+}
+
+/// Rapid reset spread over many reads, which h2's own bound (20 within one read) never sees:
+/// once a connection has had more than 100 streams cancelled as they opened beyond those it
+/// served, it is told ENHANCE_YOUR_CALM and closed, and none of them reached the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_as_they_open_over_many_reads_end_the_connection() {
+    let app = OriginBuilder::new("app").run().await;
+    let proxy = h2c_proxy(app.addr, "");
     let mut s = h2raw::connect(proxy.addr).await;
-    s.write_all(&burst(10)).await.expect("send the burst");
-    let seen = answered(&mut s, 21).await;
-    assert!(
-        seen.contains(&Seen::Status(21, 200)),
-        "the stream after the burst was not served: {seen:?}\nproxy log:\n{}",
-        proxy.log()
-    );
-    let mut s = h2raw::connect(proxy.addr).await;
-    s.write_all(&burst(50)).await.expect("send the big burst");
+    s.write_all(&get(1, "/warm")).await.expect("send");
+    let seen = answered(&mut s, 1).await;
+    assert!(seen.contains(&Seen::Status(1, 200)), "{seen:?}");
+    let mut sent = 0u32;
+    for i in 0..150u32 {
+        let id = 3 + 2 * i;
+        let mut pair = get(id, "/reset");
+        // CANCEL (8)
+        pair.extend(h2raw::frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        if s.write_all(&pair).await.is_err() {
+            break;
+        }
+        sent += 1;
+        // each pair in a read of its own, mostly
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let seen = watch(&mut s, Duration::from_secs(15)).await;
     assert_eq!(
         seen,
         vec![Seen::GoAway { error: 11 }, Seen::Closed],
-        "proxy log:\n{}",
+        "after {sent} pairs; proxy log:\n{}",
+        proxy.log()
+    );
+    assert!(
+        proxy.log().contains("streams reset as they opened"),
+        "closed by h2's per-read bound, not the connection's; proxy log:\n{}",
         proxy.log()
     );
     let paths: Vec<String> = app.recorded().iter().map(|r| r.path.clone()).collect();
-    // Which of the reset streams reach the backend is left unasserted: none do on an idle
-    // machine, but loaded CI runs showed 1 and then 5 of the first burst's 10 forwarded
-    // (session 21, not yet explained). What holds is the bound: the connection is closed,
-    // and the stream after the big burst is never served.
-    assert_eq!(
-        paths.iter().filter(|p| *p == "/after").count(),
-        1,
-        "the backend saw {paths:?}"
-    );
+    assert_eq!(paths, ["/warm"], "the backend saw {paths:?}");
 }

@@ -119,9 +119,11 @@ impl FastPath {
         // the exchange at once, as a client-closed request. The method and target are copied
         // for the exchange, since watching the stream borrows the session.
         let (method, target) = (method.to_owned(), target.to_owned());
+        // `biased`, the reset first: a cancel already read never lets the request out
         let head = tokio::select! {
-            head = ex.exchange(None, &out, 0, hash, (&method, &target), head_only, Down::H2) => Some(head),
+            biased;
             _ = s.idle() => None,
+            head = ex.exchange(None, &out, 0, hash, (&method, &target), head_only, Down::H2) => Some(head),
         };
         let mut reset = head.is_none();
         let res = match head {
