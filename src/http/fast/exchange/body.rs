@@ -77,6 +77,12 @@ pub(super) async fn write_both(
     mut a: &[u8],
     mut b: &[u8],
 ) -> std::io::Result<()> {
+    if b.is_empty() {
+        // A bodiless request, most of them: `send` rather than `writev`, whose path (the
+        // iovec copied in, the file's write checks) cost about a percent of an HTTP/2
+        // request's CPU in the kernel profile (RESULTS.md, session 22).
+        return up.write_all(a).await;
+    }
     while !a.is_empty() {
         let bufs = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
         let n = up.write_vectored(&bufs).await?;
