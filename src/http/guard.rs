@@ -102,6 +102,8 @@ enum Body {
     Chunked(super::chunked::ChunkedScanner),
     /// The request is complete: nothing more until the next head is watched.
     Held,
+    /// An HTTP/2 connection: everything passes, and its header blocks are timed.
+    H2(super::h2scan::H2Scanner),
 }
 
 impl Body {
@@ -178,12 +180,19 @@ impl Guarded {
         }
     }
 
-    /// Pass every byte through unwatched: an HTTP/2 connection, which only needs its slot in
-    /// the connection count.
+    /// Pass every byte through unwatched (an HTTP/3 request body's pipe): the guard only
+    /// holds its slot in the connection count.
     pub fn passthrough(mut self) -> Guarded {
         self.phase = Phase::Body;
         self.body = Body::Pass;
         self
+    }
+
+    /// An HTTP/2 connection, from its preface: its bytes pass through, and only its header
+    /// blocks are timed (`header_timeout`), as an HTTP/1 head is.
+    pub fn watch_http2(&mut self) {
+        self.phase = Phase::Body;
+        self.body = Body::H2(super::h2scan::H2Scanner::new());
     }
 
     /// The stream below, for writers that send whole responses (the fast path).
@@ -302,7 +311,7 @@ impl Guarded {
     ) -> Result<(), (u16, &'static str)> {
         let data = &buf.filled()[from..];
         let keep = match &mut self.body {
-            Body::Pass => return Ok(()),
+            Body::Pass | Body::H2(_) => return Ok(()),
             Body::Held => 0,
             Body::Left(n) => {
                 let k = (*n).min(data.len() as u64);
@@ -453,6 +462,87 @@ impl Guarded {
     }
 }
 
+impl Guarded {
+    /// Bytes held from an earlier read first, then the socket's.
+    fn read_through(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pending_at < self.pending.len() {
+            let n = buf.remaining().min(self.pending.len() - self.pending_at);
+            buf.put_slice(&self.pending[self.pending_at..self.pending_at + n]);
+            self.pending_at += n;
+            if self.pending_at == self.pending.len() {
+                self.pending = Vec::new();
+                self.pending_at = 0;
+            }
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    /// An HTTP/2 read: the header deadline runs while the bytes stop inside a header block
+    /// (see [`super::h2scan`]), from the read that left it open. Past it the read fails, and
+    /// h2 drops the connection, as nginx closes one on `client_header_timeout`.
+    fn h2_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        before: usize,
+        polled: Poll<std::io::Result<()>>,
+    ) -> Poll<std::io::Result<()>> {
+        let Body::H2(scan) = &mut self.body else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if new.is_empty() {
+                    return polled;
+                }
+                let fresh = scan.feed(new);
+                if !scan.in_headers() {
+                    self.deadline = None;
+                    self.timer = None;
+                } else if fresh || self.deadline.is_none() {
+                    self.deadline =
+                        Some(std::time::Instant::now() + self.conf.limits.header_timeout);
+                    self.timer = None;
+                }
+                polled
+            }
+            Poll::Pending => {
+                let Some(at) = self.deadline else {
+                    return Poll::Pending;
+                };
+                let timer = self.timer.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)))
+                });
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                log::warn!(
+                    "closing the HTTP/2 connection of {}: a header block incomplete after {:?} (header_timeout)",
+                    self.inner
+                        .get_socket_digest()
+                        .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+                        .unwrap_or_else(|| "-".into()),
+                    self.conf.limits.header_timeout
+                );
+                crate::observability::refused(self.conf.listener.as_deref().unwrap_or("-"), "408");
+                self.refused = true;
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "HTTP/2 header block read deadline exceeded",
+                )))
+            }
+            other => other,
+        }
+    }
+}
+
 impl AsyncRead for Guarded {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -475,18 +565,10 @@ impl AsyncRead for Guarded {
             }
         }
         let before = buf.filled().len();
-        let polled = if this.pending_at < this.pending.len() {
-            let n = buf.remaining().min(this.pending.len() - this.pending_at);
-            buf.put_slice(&this.pending[this.pending_at..this.pending_at + n]);
-            this.pending_at += n;
-            if this.pending_at == this.pending.len() {
-                this.pending = Vec::new();
-                this.pending_at = 0;
-            }
-            Poll::Ready(Ok(()))
-        } else {
-            Pin::new(&mut this.inner).poll_read(cx, buf)
-        };
+        let polled = this.read_through(cx, buf);
+        if matches!(this.body, Body::H2(_)) {
+            return this.h2_read(cx, buf, before, polled);
+        }
         if this.phase == Phase::Body {
             match polled {
                 Poll::Ready(Ok(())) => {

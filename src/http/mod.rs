@@ -15,6 +15,7 @@ pub mod encode;
 pub mod fast;
 pub mod guard;
 pub mod h2conn;
+pub mod h2scan;
 pub mod h3;
 pub mod phases;
 pub mod redirect;

@@ -448,7 +448,8 @@ where
 
     /// An HTTP/2 connection (by ALPN or the h2c preface): its streams are the app's, served
     /// in this connection's task (see [`super::h2conn`]).
-    async fn h2(self: &Arc<Self>, g: Box<Guarded>, shutdown: &ShutdownWatch) {
+    async fn h2(self: &Arc<Self>, mut g: Box<Guarded>, shutdown: &ShutdownWatch) {
+        g.watch_http2();
         let limits = super::h2conn::H2Limits {
             preface: self.header_wait,
             idle: self.idle_wait,
@@ -571,7 +572,6 @@ where
             if matches!(g.try_peek(&mut preface).await, Ok(true))
                 && &preface == crate::net::H2_PREFACE
             {
-                let g = Box::new((*g).passthrough());
                 Box::pin(self.h2(g, shutdown)).await;
                 return None;
             }

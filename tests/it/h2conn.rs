@@ -348,3 +348,72 @@ async fn streams_reset_as_they_open_over_many_reads_end_the_connection() {
     let paths: Vec<String> = app.recorded().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/warm"], "the backend saw {paths:?}");
 }
+
+/// An HTTP/2 header block is held to `header_timeout`, as an HTTP/1 head is, and not to
+/// `keepalive_timeout` (120 s here): a HEADERS frame sent in part, or sent without
+/// END_HEADERS and then no CONTINUATION, closes the connection once 1 s passes. A connection
+/// quiet between whole frames (after a served stream and a PING) is not cut by it, and
+/// serves another stream after 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_header_block_left_incomplete_is_cut_at_header_timeout_and_an_idle_one_is_not() {
+    let app = OriginBuilder::new("app").run().await;
+    let proxy = h2c_proxy(app.addr, "header_timeout: 1s, keepalive_timeout: 120s");
+    let whole = get(1, "/slow");
+    let mut no_end = whole.clone();
+    // the flags byte: END_STREAM without END_HEADERS
+    no_end[4] = END_STREAM;
+    for (case, bytes) in [
+        ("a HEADERS frame sent in part", &whole[..whole.len() - 3]),
+        ("HEADERS without END_HEADERS, no CONTINUATION", &no_end[..]),
+    ] {
+        let mut s = h2raw::connect(proxy.addr).await;
+        // SETTINGS both ways first: an ACK written later would land inside the block
+        let _ = watch(&mut s, Duration::from_millis(300)).await;
+        s.write_all(bytes).await.expect("send");
+        let t0 = std::time::Instant::now();
+        let seen = watch_until(&mut s, Duration::from_secs(15), |seen| {
+            seen.contains(&Seen::Closed)
+        })
+        .await;
+        assert_eq!(
+            seen.last(),
+            Some(&Seen::Closed),
+            "{case}: still open 15 s after a 1 s header timeout; proxy log:\n{}",
+            proxy.log()
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(900),
+            "{case}: closed after {:?}, before the timeout; proxy log:\n{}",
+            t0.elapsed(),
+            proxy.log()
+        );
+    }
+    assert!(
+        proxy.log().contains("a header block incomplete after 1s"),
+        "no log line for the slow header blocks:\n{}",
+        proxy.log()
+    );
+    assert!(app.recorded().is_empty(), "{:?}", app.recorded());
+
+    let mut s = h2raw::connect(proxy.addr).await;
+    s.write_all(&get(1, "/first")).await.expect("send");
+    let seen = answered(&mut s, 1).await;
+    assert!(seen.contains(&Seen::Status(1, 200)), "{seen:?}");
+    // PING (6)
+    s.write_all(&h2raw::frame(6, 0, 0, &[0; 8]))
+        .await
+        .expect("ping");
+    let seen = watch(&mut s, Duration::from_secs(2)).await;
+    assert!(
+        !seen.contains(&Seen::Closed),
+        "an idle connection was closed: {seen:?}\nproxy log:\n{}",
+        proxy.log()
+    );
+    s.write_all(&get(3, "/second")).await.expect("send");
+    let seen = answered(&mut s, 3).await;
+    assert!(
+        seen.contains(&Seen::Status(3, 200)),
+        "{seen:?}\nproxy log:\n{}",
+        proxy.log()
+    );
+}

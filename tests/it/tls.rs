@@ -390,6 +390,79 @@ async fn an_http2_client_that_sends_no_preface_is_closed_at_the_header_timeout()
     );
 }
 
+/// Over TLS (h2 by ALPN) as over h2c: a HEADERS frame sent in part is due within
+/// `header_timeout` (1 s), not `keepalive_timeout` (120 s), and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_inside_a_headers_frame_is_closed_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-h2-slow-headers");
+    let (c, k) = pki.server("a", "a.test", &["a.test"], 21);
+    let cfg = format!(
+        "{}    limits: {{header_timeout: 1s, keepalive_timeout: 120s}}\n{}",
+        https_listener(&[(&c, &k, &["a.test"])], ""),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    let mut s = connect(
+        proxy.addr,
+        &ClientOpts::new(&pki.ca_path, "a.test").alpn(&["h2"]),
+    )
+    .await
+    .expect("h2 handshake");
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let block = crate::support::h2raw::block(&[
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":path", b"/slow"),
+        (b":authority", b"a.test"),
+    ]);
+    let mut hello = crate::support::h2raw::PREFACE.to_vec();
+    hello.extend(crate::support::h2raw::frame(
+        crate::support::h2raw::SETTINGS,
+        0,
+        0,
+        &[],
+    ));
+    let headers = crate::support::h2raw::frame(
+        crate::support::h2raw::HEADERS,
+        crate::support::h2raw::END_STREAM | crate::support::h2raw::END_HEADERS,
+        1,
+        &block,
+    );
+    hello.extend(&headers[..headers.len() - 3]);
+    s.write_all(&hello).await.expect("send");
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open 15 s after a 1 s header timeout:\n{}",
+        proxy.log()
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before the timeout:\n{}",
+        t0.elapsed(),
+        proxy.log()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = "a header block incomplete after 1s";
+    while !proxy.log().contains(line) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(proxy.log().contains(line), "no log line:\n{}", proxy.log());
+    assert!(origin.recorded().is_empty(), "{:?}", origin.recorded());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_is_negotiated_and_100_concurrent_streams_succeed() {
     let origin = OriginBuilder::new("app")
