@@ -62,6 +62,9 @@ pub struct ListenerPolicy {
     /// Requests per client connection, if limited.
     pub keepalive_requests: Option<u32>,
     pub keepalive_timeout: Duration,
+    /// Longest a request's head (HTTP/3: its HEADERS frame) may take to arrive, from its
+    /// first byte (HTTP/3: from the stream's opening).
+    pub header_timeout: Duration,
     /// Longest wait for a client to send body bytes or take response bytes.
     pub client_timeout: Duration,
     /// `Alt-Svc` of a listener that also serves HTTP/3 ([`edit::alt_svc`]).
@@ -119,6 +122,7 @@ impl ListenerPolicy {
             fast_path: spec.fast_path,
             keepalive_requests: spec.limits.keepalive_requests,
             keepalive_timeout: spec.limits.keepalive_timeout,
+            header_timeout: spec.limits.header_timeout,
             client_timeout: spec.limits.client_timeout,
             alt_svc: edit::alt_svc_value(spec),
         }

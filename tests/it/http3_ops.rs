@@ -444,3 +444,52 @@ async fn h3_client_certificates_are_required_with_client_ca() {
     }
     assert_eq!(a.requests(), 1, "a refused client reached the origin");
 }
+
+/// An HTTP/3 request stream whose HEADERS frame does not arrive whole is ended at the
+/// listener's `header_timeout` (1 s), as a slow HTTP/1 head or HTTP/2 header block is: QUIC's
+/// idle timeout never fires while the client's packets keep coming. The connection still
+/// serves after it, and nothing reached the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_a_stream_whose_headers_stall_is_ended_at_the_header_timeout() {
+    let a = OriginBuilder::new("a").body("ok").run().await;
+    let b = OriginBuilder::new("b").run().await;
+    let pki = Pki::new("h3-slow-head");
+    let limits = "    limits: {header_timeout: 1s}\n";
+    let proxy = start(&pki, &config(&pki, a.addr, b.addr, "", limits));
+    let e = endpoint(&pki);
+    let (conn, mut s) = connect_and_get(&e, proxy.addr, "/").await;
+    let (mut tx, mut rx) = conn.open_bi().await.expect("open a stream");
+    let frame = raw_get_frame("a.test", "/stalled", &[]);
+    tx.write_all(&frame[..frame.len() - 3])
+        .await
+        .expect("write part of HEADERS");
+    let t0 = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(15), rx.read_to_end(1 << 16)).await;
+    let got = ended.unwrap_or_else(|_| {
+        panic!(
+            "the stream was still open 15 s after a 1 s header timeout:\n{}",
+            proxy.log()
+        )
+    });
+    assert!(
+        !matches!(&got, Ok(b) if raw_status(b).is_some()),
+        "the stalled stream got a response: {got:?}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "ended after {:?}, before the timeout",
+        t0.elapsed()
+    );
+    let line = "sent no complete head within 1s";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains(line) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(proxy.log().contains(line), "no log line:\n{}", proxy.log());
+    let got = request(&mut s, "GET", "https://a.test/after", &[], None)
+        .await
+        .expect("GET after the stalled stream");
+    assert_eq!(got.status, 200);
+    let paths: Vec<String> = a.recorded().iter().map(|r| r.path.clone()).collect();
+    assert!(!paths.iter().any(|p| p == "/stalled"), "{paths:?}");
+}

@@ -7,7 +7,9 @@
 //!
 //! Limits: the peer may open `quic.max_streams` request streams at once (QUIC flow control
 //! holds the rest back); header sections over `quic.max_header_list_size` get 431 (the
-//! limit is also announced in SETTINGS); `quic.idle_timeout` and `quic.handshake_timeout`;
+//! limit is also announced in SETTINGS); a request's HEADERS frame is due within the
+//! listener's `header_timeout` of its stream's opening (else the stream is dropped);
+//! `quic.idle_timeout` and `quic.handshake_timeout`;
 //! the listener's `max_connections`, counted over TCP and QUIC together, refuses new
 //! connections (CONNECTION_REFUSED) and its
 //! per-IP rate limit answers 429 per request. With more than `quic.retry_above` handshakes
@@ -431,9 +433,23 @@ async fn connection(
                     let handoff = handoff.clone();
                     tokio::spawn(async move {
                         let _busy = busy;
-                        match resolver.resolve_request().await {
+                        // A stream opened with no HEADERS frame, or a part of one: QUIC's idle
+                        // timeout never ends it while the client's packets keep coming, so
+                        // the head is due within header_timeout, as over TCP. Dropping the
+                        // resolver resets the stream.
+                        let l = shared.listener();
+                        let wait = l.header_timeout;
+                        let head = tokio::time::timeout(wait, resolver.resolve_request()).await;
+                        let Ok(head) = head else {
+                            log::info!(
+                                "{}: HTTP/3 stream of {client} sent no complete head within {wait:?} (header_timeout); resetting it",
+                                l.name
+                            );
+                            crate::observability::refused(&l.name, "408");
+                            return;
+                        };
+                        match head {
                             Ok((req, stream)) => {
-                                let l = shared.listener();
                                 let g = handoff.as_deref();
                                 let c = Some(client);
                                 let conn = request::Conn { quic: &conn, early };
