@@ -438,10 +438,7 @@ impl Guarded {
     ) -> Poll<std::io::Result<()>> {
         log::warn!(
             "rejecting request head from {}: {reason} ({code})",
-            self.inner
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().map(|a| a.to_string()))
-                .unwrap_or_else(|| "-".into()),
+            self.peer()
         );
         crate::observability::refused(
             self.conf.listener.as_deref().unwrap_or("-"),
@@ -463,6 +460,14 @@ impl Guarded {
 }
 
 impl Guarded {
+    /// The client's address, for log lines.
+    fn peer(&self) -> String {
+        self.inner
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_else(|| "-".into())
+    }
+
     /// Bytes held from an earlier read first, then the socket's.
     fn read_through(
         &mut self,
@@ -525,10 +530,7 @@ impl Guarded {
                 }
                 log::warn!(
                     "closing the HTTP/2 connection of {}: a header block incomplete after {:?} (header_timeout)",
-                    self.inner
-                        .get_socket_digest()
-                        .and_then(|d| d.peer_addr().map(|a| a.to_string()))
-                        .unwrap_or_else(|| "-".into()),
+                    self.peer(),
                     self.conf.limits.header_timeout
                 );
                 crate::observability::refused(self.conf.listener.as_deref().unwrap_or("-"), "408");

@@ -340,13 +340,11 @@ async fn h2_get(
     Ok((status, data))
 }
 
-/// A client that negotiates h2 and then sends nothing holds a connection slot and a codec:
-/// its preface is due within the listener's `header_timeout`, as an HTTP/1 request head is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_client_that_sends_no_preface_is_closed_at_the_header_timeout() {
-    use tokio::io::AsyncReadExt;
+/// An https listener with `header_timeout: 1s` (and `keepalive_timeout: 120s`, so a close
+/// within 15 s is the header timeout's), and a client connected to it with ALPN h2.
+async fn h2_client_with_a_1s_header_timeout(tag: &str) -> (crate::support::Origin, Proxy, Tls) {
     let origin = OriginBuilder::new("app").run().await;
-    let pki = Pki::new("tls-h2-preface");
+    let pki = Pki::new(tag);
     let (c, k) = pki.server("a", "a.test", &["a.test"], 21);
     let cfg = format!(
         "{}    limits: {{header_timeout: 1s, keepalive_timeout: 120s}}\n{}",
@@ -354,86 +352,23 @@ async fn an_http2_client_that_sends_no_preface_is_closed_at_the_header_timeout()
         app_upstream(origin.addr, "tls")
     );
     let proxy = start(pki.dir.clone(), &cfg);
-    let mut s = connect(
+    let s = connect(
         proxy.addr,
         &ClientOpts::new(&pki.ca_path, "a.test").alpn(&["h2"]),
     )
     .await
     .expect("h2 handshake");
     assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
-    let mut buf = [0u8; 256];
-    // the server's SETTINGS may come first; what matters is the close that follows
-    let closed = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "the connection was still open 15 s after a 1 s header timeout:\n{}",
-        proxy.log()
-    );
-    // the line is written just after the socket closes
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !proxy.log().contains("sent no preface within 1s") && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        proxy.log().contains("sent no preface within 1s"),
-        "no log line for the silent client:\n{}",
-        proxy.log()
-    );
+    (origin, proxy, s)
 }
 
-/// Over TLS (h2 by ALPN) as over h2c: a HEADERS frame sent in part is due within
-/// `header_timeout` (1 s), not `keepalive_timeout` (120 s), and the connection is closed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_client_that_stops_inside_a_headers_frame_is_closed_at_the_header_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let origin = OriginBuilder::new("app").run().await;
-    let pki = Pki::new("tls-h2-slow-headers");
-    let (c, k) = pki.server("a", "a.test", &["a.test"], 21);
-    let cfg = format!(
-        "{}    limits: {{header_timeout: 1s, keepalive_timeout: 120s}}\n{}",
-        https_listener(&[(&c, &k, &["a.test"])], ""),
-        app_upstream(origin.addr, "tls")
-    );
-    let proxy = start(pki.dir.clone(), &cfg);
-    let mut s = connect(
-        proxy.addr,
-        &ClientOpts::new(&pki.ca_path, "a.test").alpn(&["h2"]),
-    )
-    .await
-    .expect("h2 handshake");
-    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
-    let block = crate::support::h2raw::block(&[
-        (b":method", b"GET"),
-        (b":scheme", b"https"),
-        (b":path", b"/slow"),
-        (b":authority", b"a.test"),
-    ]);
-    let mut hello = crate::support::h2raw::PREFACE.to_vec();
-    hello.extend(crate::support::h2raw::frame(
-        crate::support::h2raw::SETTINGS,
-        0,
-        0,
-        &[],
-    ));
-    let headers = crate::support::h2raw::frame(
-        crate::support::h2raw::HEADERS,
-        crate::support::h2raw::END_STREAM | crate::support::h2raw::END_HEADERS,
-        1,
-        &block,
-    );
-    hello.extend(&headers[..headers.len() - 3]);
-    s.write_all(&hello).await.expect("send");
+/// Read (and drop) until the proxy closes `s`; fails if it is open after 15 s, or closed in
+/// under 0.9 s (before the 1 s timeout), or `line` is not in the log.
+async fn closed_at_the_header_timeout(s: &mut Tls, proxy: &Proxy, line: &str) {
+    use tokio::io::AsyncReadExt;
     let t0 = std::time::Instant::now();
     let mut buf = [0u8; 256];
+    // the server's SETTINGS may come first; what matters is the close that follows
     let closed = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             match s.read(&mut buf).await {
@@ -454,12 +389,43 @@ async fn an_http2_client_that_stops_inside_a_headers_frame_is_closed_at_the_head
         t0.elapsed(),
         proxy.log()
     );
+    // the line is written just after the socket closes
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let line = "a header block incomplete after 1s";
     while !proxy.log().contains(line) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(proxy.log().contains(line), "no log line:\n{}", proxy.log());
+}
+
+/// A client that negotiates h2 and then sends nothing holds a connection slot and a codec:
+/// its preface is due within the listener's `header_timeout`, as an HTTP/1 request head is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_sends_no_preface_is_closed_at_the_header_timeout() {
+    let (_origin, proxy, mut s) = h2_client_with_a_1s_header_timeout("tls-h2-preface").await;
+    closed_at_the_header_timeout(&mut s, &proxy, "sent no preface within 1s").await;
+}
+
+/// Over TLS (h2 by ALPN) as over h2c: a HEADERS frame sent in part is due within
+/// `header_timeout`, not `keepalive_timeout`, and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_inside_a_headers_frame_is_closed_at_the_header_timeout() {
+    use crate::support::h2raw::{
+        block, frame, END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS,
+    };
+    use tokio::io::AsyncWriteExt;
+    let (origin, proxy, mut s) = h2_client_with_a_1s_header_timeout("tls-h2-slow-headers").await;
+    let fields = block(&[
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":path", b"/slow"),
+        (b":authority", b"a.test"),
+    ]);
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    let headers = frame(HEADERS, END_STREAM | END_HEADERS, 1, &fields);
+    hello.extend(&headers[..headers.len() - 3]);
+    s.write_all(&hello).await.expect("send");
+    closed_at_the_header_timeout(&mut s, &proxy, "a header block incomplete after 1s").await;
     assert!(origin.recorded().is_empty(), "{:?}", origin.recorded());
 }
 
