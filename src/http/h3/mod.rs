@@ -436,13 +436,13 @@ async fn connection(
                         // A stream opened with no HEADERS frame, or a part of one: QUIC's idle
                         // timeout never ends it while the client's packets keep coming, so
                         // the head is due within header_timeout, as over TCP. Dropping the
-                        // resolver resets the stream.
+                        // resolver drops the stream (quinn stops its receiving side).
                         let l = shared.listener();
                         let wait = l.header_timeout;
                         let head = tokio::time::timeout(wait, resolver.resolve_request()).await;
                         let Ok(head) = head else {
                             log::info!(
-                                "{}: HTTP/3 stream of {client} sent no complete head within {wait:?} (header_timeout); resetting it",
+                                "{}: HTTP/3 stream of {client} sent no complete head within {wait:?} (header_timeout); dropping it",
                                 l.name
                             );
                             crate::observability::refused(&l.name, "408");
