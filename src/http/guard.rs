@@ -468,6 +468,18 @@ impl Guarded {
             .unwrap_or_else(|| "-".into())
     }
 
+    /// Whether the head's (or header block's) deadline has passed; the timer is made on the
+    /// first wait and wakes the reader when it does. `false` with no deadline set.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(at) = self.deadline else {
+            return false;
+        };
+        let timer = self.timer.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)))
+        });
+        timer.as_mut().poll(cx).is_ready()
+    }
+
     /// Bytes held from an earlier read first, then the socket's.
     fn read_through(
         &mut self,
@@ -519,13 +531,7 @@ impl Guarded {
                 polled
             }
             Poll::Pending => {
-                let Some(at) = self.deadline else {
-                    return Poll::Pending;
-                };
-                let timer = self.timer.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)))
-                });
-                if timer.as_mut().poll(cx).is_pending() {
+                if !self.deadline_passed(cx) {
                     return Poll::Pending;
                 }
                 log::warn!(
@@ -606,12 +612,9 @@ impl AsyncRead for Guarded {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if let Some(at) = this.deadline {
+                if this.deadline.is_some() {
                     this.ack_incomplete();
-                    let timer = this.timer.get_or_insert_with(|| {
-                        Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)))
-                    });
-                    if timer.as_mut().poll(cx).is_ready() {
+                    if this.deadline_passed(cx) {
                         return this.reject(cx, 408, "header read deadline exceeded");
                     }
                 }
