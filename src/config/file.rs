@@ -187,6 +187,13 @@ pub struct ListenerFile {
     /// Pingora's general proxy; both give the same answers (a test holds them to it). For
     /// diagnosis. Default: true
     pub fast_path: Option<bool>,
+    /// Hand a connection to the proxy only once its client has sent something (Linux
+    /// `TCP_DEFER_ACCEPT`, as nginx's `listen ... deferred` and HAProxy's `defer-accept`).
+    /// A client that connects and stays silent waits in the kernel (about a second, then it
+    /// is accepted as usual), and a new connection's first bytes are read without waiting.
+    /// Default: true, except on a plain `tcp` listener, whose protocol may have the server
+    /// speak first (SMTP, MySQL): there it would hold every connection a second.
+    pub defer_accept: Option<bool>,
     /// Limits on what a client may send; every field has a safe default.
     pub limits: Option<LimitsFile>,
     /// https only: also serve HTTP/3 over QUIC on UDP, same address and port, same

@@ -407,6 +407,8 @@ pub struct ListenerSpec {
     pub h2c: bool,
     /// Serve what it can on the lean engine; `false`: every request on Pingora's.
     pub fast_path: bool,
+    /// Accept a connection only once its client has sent data (TCP_DEFER_ACCEPT).
+    pub defer_accept: bool,
     pub limits: ListenerLimits,
     /// https with `http3: true`: the QUIC side.
     pub http3: Option<quic::QuicSpec>,

@@ -46,6 +46,7 @@ pub(super) fn listeners(
             redirect_https,
             h2c,
             fast_path: l.fast_path.unwrap_or(true),
+            defer_accept: l.defer_accept.unwrap_or(client_speaks_first(l)),
             http3: super::quic::validate(e, &p, l, &lim)?,
             limits: lim,
             l4: None,
@@ -54,6 +55,16 @@ pub(super) fn listeners(
         });
     }
     Ok(listeners)
+}
+
+/// Whether the listener's protocol has the client send first: HTTP, TLS (a ClientHello) and
+/// a PROXY header do; a plain TCP service may greet first.
+fn client_speaks_first(l: &ListenerFile) -> bool {
+    use super::file::ListenerProtocol as P;
+    match l.protocol {
+        P::Http | P::Https | P::TlsPassthrough => true,
+        P::Tcp => l.tls.is_some() || l.accept_proxy_protocol == Some(true),
+    }
 }
 
 fn limits(e: &Errs, p: &str, l: &Option<LimitsFile>) -> Result<ListenerLimits, ConfigError> {

@@ -264,9 +264,10 @@ pub fn add_service(
         // Plaintext: our accept loop (a small task per connection, no L4 buffers: the splice
         // has its own); see `crate::net::listen`.
         let lean = l.proxy_protocol.is_none();
-        server.add_service(crate::net::listen::PlainService::new(
-            name, l.addr, app, lean,
-        ));
+        server.add_service(
+            crate::net::listen::PlainService::new(name, l.addr, app, lean)
+                .defer_accept(l.defer_accept),
+        );
         return Ok(());
     };
     // TLS-terminated TCP: the same certificate handling (SNI, reload) as https listeners.
@@ -277,7 +278,11 @@ pub fn add_service(
         crate::tls::Alpn::None,
     )?);
     accept::set_pre_tls(&mut svc, l);
-    server.add_service(svc);
+    server.add_service(crate::net::listen::Prebound::new(
+        l.addr,
+        l.defer_accept,
+        svc,
+    ));
     Ok(())
 }
 

@@ -38,6 +38,8 @@ pub struct PlainService<A> {
     stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// Keep accepting after a stop (SIGTERM) until the process exits; see [`Self::through_drain`].
     through_drain: bool,
+    /// TCP_DEFER_ACCEPT on the socket (see [`super::sockopt::defer_accept`]).
+    defer_accept: bool,
 }
 
 impl<A> PlainService<A> {
@@ -56,7 +58,15 @@ impl<A> PlainService<A> {
             lean,
             stop: None,
             through_drain: false,
+            defer_accept: false,
         }
+    }
+
+    /// Accept connections only once their client has sent data (the listener's
+    /// `defer_accept`).
+    pub fn defer_accept(mut self, on: bool) -> Self {
+        self.defer_accept = on;
+        self
     }
 
     /// Stop accepting when `stop` turns true.
@@ -203,7 +213,11 @@ where
             self.addr,
             l,
             app,
-            (self.lean, self.through_drain),
+            Opts {
+                lean: self.lean,
+                through_drain: self.through_drain,
+                defer_accept: self.defer_accept,
+            },
             shutdown,
             stop,
             fds,
@@ -216,6 +230,91 @@ where
     }
 }
 
+/// A Pingora listening service (a TLS listener) whose socket is bound here first: Pingora
+/// has no setting for TCP_DEFER_ACCEPT, and it takes a socket it finds in the fd table under
+/// its address instead of binding one.
+pub struct Prebound<S> {
+    addr: SocketAddr,
+    defer_accept: bool,
+    inner: S,
+}
+
+impl<S> Prebound<S> {
+    pub fn new(addr: SocketAddr, defer_accept: bool, inner: S) -> Self {
+        Prebound {
+            addr,
+            defer_accept,
+            inner,
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Service> Service for Prebound<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        // Without a table Pingora would bind the address itself, and find it taken.
+        if fds.is_some() {
+            let name = self.inner.name().to_string();
+            let l = match listener(self.addr, fds.clone())
+                .await
+                .and_then(|l| l.into_std())
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("{name}: cannot listen on {}: {e}", self.addr);
+                    std::process::exit(1);
+                }
+            };
+            if !super::sockopt::defer_accept(&l, self.defer_accept) && self.defer_accept {
+                log::warn!(
+                    "{name}: defer_accept could not be set on {}: connections are accepted at once",
+                    self.addr
+                );
+            }
+            // The fd table owns the descriptor now; Pingora's listener takes it from there.
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(l);
+        }
+        self.inner
+            .start_service(fds, shutdown, listeners_per_fd)
+            .await
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn runtime_opts_override(
+        &self,
+        global: &pingora_core::server::RuntimeOpts,
+    ) -> Option<pingora_core::server::RuntimeOpts> {
+        self.inner.runtime_opts_override(global)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
+}
+
+/// How [`accept_loop`] treats its socket and connections.
+#[derive(Clone, Copy)]
+struct Opts {
+    /// Connections as [`PlainTcp`].
+    lean: bool,
+    /// Keep accepting through a stop's drain.
+    through_drain: bool,
+    /// TCP_DEFER_ACCEPT on the socket.
+    defer_accept: bool,
+}
+
 /// Accept until shutdown, or until `stop` (a reload removed the listener). After shutdown the
 /// app's cleanup runs (the keep-alive drain of the whole process); after a stop the socket is
 /// closed and taken out of the fd table, and the connections finish on their own.
@@ -225,7 +324,7 @@ async fn accept_loop<A>(
     addr: SocketAddr,
     l: tokio::net::TcpListener,
     app: Arc<A>,
-    (lean, through_drain): (bool, bool),
+    opts: Opts,
     mut shutdown: ShutdownWatch,
     mut stop: Option<tokio::sync::watch::Receiver<bool>>,
     fds: Option<ListenFds>,
@@ -262,6 +361,16 @@ async fn accept_loop<A>(
     if app.delays_acks() && !super::sockopt::delay_acks_for_all(&l) {
         log::debug!("{name}: delayed ACKs not set on {addr}");
     }
+    if !super::sockopt::defer_accept(&l, opts.defer_accept) && opts.defer_accept {
+        log::warn!(
+            "{name}: defer_accept could not be set on {addr}: connections are accepted at once"
+        );
+    }
+    let Opts {
+        lean,
+        through_drain,
+        ..
+    } = opts;
     loop {
         let accepted = tokio::select! {
             r = accept(&l) => r,
@@ -367,7 +476,7 @@ pub fn spawn<A>(
     name: String,
     addr: SocketAddr,
     app: A,
-    lean: bool,
+    (lean, defer_accept): (bool, bool),
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where
@@ -405,7 +514,11 @@ where
             addr,
             l,
             app,
-            (lean, false),
+            Opts {
+                lean,
+                through_drain: false,
+                defer_accept,
+            },
             shutdown,
             Some(stop),
             fds,

@@ -46,6 +46,24 @@ pub fn delay_acks_for_all(l: &impl AsRawFd) -> bool {
     set_tcp(l.as_raw_fd(), libc::TCP_QUICKACK, 0)
 }
 
+/// Seconds a connection whose client sends nothing waits in the kernel before it is
+/// accepted anyway (HAProxy's `defer-accept` value). Linux counts it in SYN-ACK
+/// retransmissions: the handshake's last ACK is dropped, the SYN-ACK resent after a second,
+/// and the client's second ACK accepted.
+pub const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+/// Hand connections accepted from `l` over only once their client has sent data (`on`), or
+/// at once. Set either way: a socket inherited on an upgrade keeps the old process's setting.
+/// A new connection's request is then already in its socket when the proxy first reads: no
+/// registration with epoll, no wait, for a connection that asks once and closes.
+pub fn defer_accept(l: &impl AsRawFd, on: bool) -> bool {
+    set_tcp(
+        l.as_raw_fd(),
+        libc::TCP_DEFER_ACCEPT,
+        if on { DEFER_ACCEPT_SECS } else { 0 },
+    )
+}
+
 /// Acknowledge what was received now, and keep acknowledging at once until the proxy next
 /// sends (Linux then decides again): for a request that is still arriving.
 pub fn ack_now(fd: RawFd) -> bool {
@@ -117,5 +135,45 @@ mod tests {
         assert_eq!(quickack(a.as_raw_fd()), 0, "inherited from the listener");
         assert!(ack_now(a.as_raw_fd()));
         assert_eq!(quickack(a.as_raw_fd()), 1, "after ack_now");
+    }
+
+    /// A deferring listener keeps a silent client's connection from accept() and hands it
+    /// over, its data already readable, as soon as the client writes; a listener set back
+    /// to off (as on an upgrade that turns it off) accepts at once.
+    #[tokio::test]
+    async fn deferred_connections_are_accepted_with_their_first_bytes() {
+        use std::time::Duration;
+        use tokio::io::AsyncWriteExt;
+        let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            panic!("cannot listen on 127.0.0.1:0");
+        };
+        assert!(defer_accept(&l, true), "setsockopt(TCP_DEFER_ACCEPT)");
+        let Ok(addr) = l.local_addr() else {
+            panic!("listener address");
+        };
+        let Ok(mut c) = tokio::net::TcpStream::connect(addr).await else {
+            panic!("connect");
+        };
+        let early = tokio::time::timeout(Duration::from_millis(300), l.accept()).await;
+        assert!(early.is_err(), "a silent client was accepted");
+        let Ok(()) = c.write_all(b"GET / HTTP/1.1\r\n").await else {
+            panic!("write");
+        };
+        let Ok(Ok((a, _))) = tokio::time::timeout(Duration::from_secs(5), l.accept()).await else {
+            panic!("the client's first bytes did not release its connection");
+        };
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            a.try_read(&mut buf).ok(),
+            Some(16),
+            "the bytes are there at accept"
+        );
+
+        assert!(defer_accept(&l, false), "setsockopt(TCP_DEFER_ACCEPT, 0)");
+        let Ok(_c2) = tokio::net::TcpStream::connect(addr).await else {
+            panic!("connect");
+        };
+        let now = tokio::time::timeout(Duration::from_secs(5), l.accept()).await;
+        assert!(matches!(now, Ok(Ok(_))), "accepted without data once off");
     }
 }

@@ -9,7 +9,7 @@ use crate::config::file::ListenerProtocol;
 use crate::config::{Config, ListenerSpec};
 use crate::http::service::{EngineSwap, LeanHttp};
 use crate::http::{HttpProxy, Listener};
-use crate::net::listen::PlainService;
+use crate::net::listen::{PlainService, Prebound};
 use crate::policy::route::Router;
 use crate::upstream::{discovery::DiscoveryService, health::HealthService, Pool, Upstreams};
 use pingora_core::listeners::ListenerConfig;
@@ -133,11 +133,11 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                             let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
                             let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
                             let svc = PlainService::new(name, l.addr, app, false);
-                            server.add_service(svc.with_stop(rx));
+                            server.add_service(svc.defer_accept(l.defer_accept).with_stop(rx));
                         }
                         None => {
                             let svc = PlainService::new(name, l.addr, app, true);
-                            server.add_service(svc.with_stop(rx));
+                            server.add_service(svc.defer_accept(l.defer_accept).with_stop(rx));
                         }
                     }
                     continue;
@@ -149,7 +149,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 let mut svc = Service::new(name, app);
                 svc.add_listener(endpoint);
                 crate::l4::accept::set_pre_tls(&mut svc, l);
-                server.add_service(svc);
+                server.add_service(Prebound::new(l.addr, l.defer_accept, svc));
                 if let Some(q) = &l.http3 {
                     let h3 = crate::http::h3::H3Service::new(
                         h3_listener,

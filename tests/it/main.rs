@@ -3,6 +3,7 @@
 
 mod support;
 
+mod accept;
 mod acks;
 mod acme;
 mod balancing;
