@@ -167,6 +167,13 @@ pub struct ListenerFile {
     /// tcp and tls_passthrough: a connection with no bytes either way for this long is
     /// closed. Default: 10m
     pub idle_timeout: Option<Dur>,
+    /// tcp and tls_passthrough: when one side ends its sending (a FIN), pass that on and keep
+    /// the other direction open until it ends too (TCP half-close, as HAProxy does). `false`:
+    /// the first side to close ends the whole connection once what it sent is delivered, as
+    /// nginx's stream proxy does by default (`proxy_half_close off`); that saves a system
+    /// call or two per connection, but a protocol whose client signals the end of its
+    /// request with a half-close (`nc -N`, some RPC) then loses the answer. Default: true
+    pub half_close: Option<bool>,
     /// Read a PROXY protocol header (v1 or v2) first and use its source as the client
     /// address everywhere (logs, X-Forwarded-For, hashing, ACLs). Default: false
     pub accept_proxy_protocol: Option<bool>,

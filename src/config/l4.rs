@@ -17,6 +17,8 @@ pub struct L4Spec {
     pub default_upstream: Option<usize>,
     pub max_connections: Option<usize>,
     pub idle_timeout: Duration,
+    /// Pass a half-close on and keep the other direction; `false`: the first close ends both.
+    pub half_close: bool,
 }
 
 fn is_l4(p: ListenerProtocol) -> bool {
@@ -87,6 +89,7 @@ pub(super) fn listener(
             ("default_upstream", l.default_upstream.is_some()),
             ("max_connections", l.max_connections.is_some()),
             ("idle_timeout", l.idle_timeout.is_some()),
+            ("half_close", l.half_close.is_some()),
         ];
         if let Some((k, _)) = set.iter().find(|(_, on)| *on) {
             return Err(e.err(
@@ -106,6 +109,7 @@ pub(super) fn listener(
             .idle_timeout
             .map(|d| d.0)
             .unwrap_or(DEFAULT_L4_IDLE_TIMEOUT),
+        half_close: l.half_close.unwrap_or(true),
     };
     if spec.idle_timeout.is_zero() {
         return Err(e.err(
@@ -220,6 +224,17 @@ mod tests {
         let l4 = c.listeners[0].l4.clone().unwrap();
         assert_eq!(l4.upstream, Some(1));
         assert_eq!(l4.max_connections, Some(5));
+        assert!(
+            l4.half_close,
+            "half-close is passed on unless said otherwise"
+        );
+        let off = ok.replace("idle_timeout: 30s", "half_close: false");
+        let c = Config::from_yaml("x.yaml", &off).unwrap();
+        assert!(!c.listeners[0].l4.clone().unwrap().half_close);
+        let e = err(&format!(
+            "listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, half_close: false}}]\n{UP}"
+        ));
+        assert!(e.contains("listeners[0].half_close"), "{e}");
         let e = err(&format!(
             "listeners: [{{name: t, address: 127.0.0.1:1, protocol: tcp}}]\n{UP}"
         ));

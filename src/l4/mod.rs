@@ -11,11 +11,12 @@
 //! A connection goes: admit (max_connections) → PROXY header if the listener accepts one →
 //! pick the pool (tls_passthrough: read the ClientHello, bounded in size and time, and parse
 //! its SNI; the bytes read are replayed to the backend) → connect with retries → optional
-//! PROXY header to the backend → relay both ways ([`crate::net::relay`], buffers that grow), which passes a
-//! half-close on (EOF on one side shuts down writing on the other) and ends when both
-//! directions are done. An idle watchdog closes the connection when no bytes moved for
-//! `idle_timeout`; once shutdown begins, connections that go quiet for a second are closed
-//! too, so a drain does not wait on idle clients, while active transfers continue.
+//! PROXY header to the backend → relay both ways ([`crate::net::relay`], buffers that grow),
+//! which passes a half-close on (EOF on one side shuts down writing on the other) and ends
+//! when both directions are done, or with `half_close: false` at the first side's close. An
+//! idle watchdog closes the connection when no bytes moved for `idle_timeout`; once shutdown
+//! begins, connections that go quiet for a second are closed too, so a drain does not wait
+//! on idle clients, while active transfers continue.
 
 pub mod accept;
 pub mod proxy_protocol;
@@ -23,7 +24,7 @@ pub mod sni;
 
 use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
 use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
-use crate::net::splice::{shutdown_of, splice, Splice};
+use crate::net::splice::{shutdown_of, splice, Ends, Splice};
 use crate::upstream::{bit, Pick, Pool};
 use accept::{local_of, peer_of, ProxyAccept};
 use async_trait::async_trait;
@@ -53,6 +54,7 @@ pub struct L4App {
     max_connections: Option<usize>,
     open: AtomicUsize,
     idle_timeout: Duration,
+    half_close: bool,
     accept: Option<ProxyAccept>,
     /// The PROXY header is read by the pre-TLS hook instead of here.
     tls_terminated: bool,
@@ -110,6 +112,7 @@ impl L4App {
             max_connections: spec.max_connections,
             open: AtomicUsize::new(0),
             idle_timeout: spec.idle_timeout,
+            half_close: spec.half_close,
             accept: l
                 .proxy_protocol
                 .as_ref()
@@ -194,6 +197,11 @@ impl L4App {
             &mut backend,
             self.idle_timeout,
             shutdown_of(shutdown),
+            Ends {
+                half_close: self.half_close,
+                // the TLS writer owes a close_notify, which only its shutdown sends
+                client_closes: !self.tls_terminated,
+            },
         )
         .await;
         let label = &pick.slot.label;

@@ -10,6 +10,8 @@
 //! Half-close is passed on: when one side's reads end, the other side's write half is shut.
 //! Except for the last direction to end when the caller closes that side right away
 //! ([`Relay::closing_b`]): the close sends the same FIN, and the `shutdown` call is saved.
+//! Or the first side to end ends both ([`Relay::ending_at_first_close`], nginx's stream
+//! default): once what it sent is delivered, the relay returns and the caller closes both.
 
 use std::future::Future;
 use std::io;
@@ -108,6 +110,10 @@ pub struct Relay<'x, A: ?Sized, B: ?Sized> {
     ab: Half,
     ba: Half,
     b_closes: bool,
+    /// `a` is a plain socket the caller closes as soon as the relay ends.
+    a_closes: bool,
+    /// The first direction to end ends the relay.
+    first_ends: bool,
 }
 
 pub fn relay<'x, A, B>(a: &'x mut A, b: &'x mut B) -> Relay<'x, A, B>
@@ -121,6 +127,8 @@ where
         ab: Half::default(),
         ba: Half::default(),
         b_closes: false,
+        a_closes: false,
+        first_ends: false,
     }
 }
 
@@ -132,6 +140,17 @@ impl<A: ?Sized, B: ?Sized> Relay<'_, A, B> {
     /// by the shutdown.)
     pub fn closing_b(mut self) -> Self {
         self.b_closes = true;
+        self
+    }
+
+    /// End when the first direction ends (its reader closed and what it sent is written),
+    /// without waiting for the other: no half-close is passed on. `a_closes`: `a` is also a
+    /// plain socket closed right after, so a FIN it is owed comes with that close and no
+    /// `shutdown` is called on it. Implies [`Self::closing_b`].
+    pub fn ending_at_first_close(mut self, a_closes: bool) -> Self {
+        self.b_closes = true;
+        self.a_closes = a_closes;
+        self.first_ends = true;
         self
     }
 }
@@ -146,7 +165,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if !this.ab.done {
-            let last = this.b_closes && this.ba.done;
+            let last = this.b_closes && (this.ba.done || this.first_ends);
             if let Poll::Ready(Err(e)) =
                 this.ab
                     .poll(cx, Pin::new(&mut *this.a), Pin::new(&mut *this.b), last)
@@ -155,12 +174,16 @@ where
             }
         }
         if !this.ba.done {
+            let a_last = this.first_ends && this.a_closes;
             if let Poll::Ready(Err(e)) =
                 this.ba
-                    .poll(cx, Pin::new(&mut *this.b), Pin::new(&mut *this.a), false)
+                    .poll(cx, Pin::new(&mut *this.b), Pin::new(&mut *this.a), a_last)
             {
                 return Poll::Ready(Err(e));
             }
+        }
+        if this.first_ends && (this.ab.done || this.ba.done) {
+            return Poll::Ready(Ok((this.ab.total, this.ba.total)));
         }
         if this.ab.done && this.ba.done {
             Poll::Ready(Ok((this.ab.total, this.ba.total)))
@@ -211,6 +234,40 @@ mod tests {
                 matches!(eof.await, Ok(Ok(0))),
                 "the backend sees the client's FIN"
             );
+        }
+    }
+
+    /// Ending at the first close: the backend's FIN ends the relay while the client is still
+    /// open, what the backend sent is delivered first, and with `a_closes` the client's FIN
+    /// is left to the caller's close (no shutdown before it).
+    #[tokio::test]
+    async fn the_first_close_ends_both_directions_after_delivering() {
+        for a_closes in [true, false] {
+            let (mut client, mut a) = loopback_pair(|_| true).await;
+            let (mut b, mut backend) = loopback_pair(|_| true).await;
+            assert!(backend.write_all(b"resp").await.is_ok());
+            assert!(backend.shutdown().await.is_ok());
+            let moved = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                relay(&mut a, &mut b).ending_at_first_close(a_closes),
+            )
+            .await;
+            assert_eq!(moved.ok().and_then(|r| r.ok()), Some((0, 4)));
+            let mut got = [0u8; 4];
+            assert!(client.read_exact(&mut got).await.is_ok());
+            assert_eq!(&got, b"resp");
+            let mut one = [0u8; 1];
+            if a_closes {
+                assert!(
+                    matches!(client.try_read(&mut one), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                    "no FIN to the client before the close"
+                );
+            }
+            drop((a, b));
+            for (side, s) in [("client", &mut client), ("backend", &mut backend)] {
+                let eof = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut one));
+                assert!(matches!(eof.await, Ok(Ok(0))), "the {side} sees the close");
+            }
         }
     }
 }

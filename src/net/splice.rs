@@ -15,6 +15,24 @@ use tokio::net::TcpStream;
 /// While draining, a tunnel idle this long is closed.
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
+/// How a tunnel ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Ends {
+    /// When one side ends its sending, pass that on and keep the other direction until it
+    /// ends too; `false`: the first side to close ends both.
+    pub half_close: bool,
+    /// The client side is a plain socket, closed as soon as the splice returns.
+    pub client_closes: bool,
+}
+
+impl Ends {
+    /// Half-close passed on: WebSocket and CONNECT tunnels, and L4 by default.
+    pub const HALF_CLOSE: Ends = Ends {
+        half_close: true,
+        client_closes: false,
+    };
+}
+
 pub enum Splice {
     Done(u64, u64),
     Idle,
@@ -22,7 +40,7 @@ pub enum Splice {
     Failed(std::io::Error),
 }
 
-/// Both directions until both are done, with the idle watchdog. Also the tunnel of an
+/// Both directions until both are done (or the first, as `ends` says), with the idle watchdog. Also the tunnel of an
 /// upgraded (WebSocket) HTTP/1 connection. The caller closes `backend` when this returns:
 /// if the client's side ends last, that close is what passes its FIN on.
 pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
@@ -30,6 +48,7 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     backend: &mut TcpStream,
     idle_timeout: Duration,
     drain: impl std::future::Future<Output = ()>,
+    ends: Ends,
 ) -> Splice {
     let t0 = Instant::now();
     let last = AtomicU64::new(0);
@@ -43,7 +62,12 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
         last: &last,
         t0,
     };
-    let copy = relay::relay(&mut a, &mut b).closing_b();
+    let copy = relay::relay(&mut a, &mut b);
+    let copy = if ends.half_close {
+        copy.closing_b()
+    } else {
+        copy.ending_at_first_close(ends.client_closes)
+    };
     tokio::pin!(copy);
     tokio::pin!(drain);
     let mut draining = false;

@@ -722,3 +722,110 @@ async fn https_listener_with_accept_proxy_protocol_uses_it_for_x_forwarded_for()
     assert!(tls_after(p.addr, b"", "web.test", &ca).await.is_err());
     assert_eq!(o.requests(), 3);
 }
+
+/// `half_close`: by default a side's FIN is passed on and the other direction stays open
+/// (the client still reaches a backend that has finished sending); with `half_close: false`
+/// the first side to close ends the connection for both, after what it sent is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_half_close_false_ends_the_connection_at_the_first_close() {
+    let be = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let be_addr = be.local_addr().expect("backend address");
+    for half_close in [true, false] {
+        let p = Proxy::start(&format!(
+            "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, half_close: {half_close}}}\nupstreams:\n  - name: u\n    backends: [{{address: {be_addr}}}]\n    health_check: {{type: tcp, interval: 1h}}\n",
+        ));
+        // The backend ends first: it answers and sends its FIN; the client stays open.
+        let mut c = TcpStream::connect(p.addr).await.expect("connect");
+        c.write_all(b"hi").await.expect("write");
+        // the readiness probe's connections come first; ours is the one that says hi
+        let mut s = loop {
+            let (mut s, _) = tokio::time::timeout(WAIT, be.accept())
+                .await
+                .expect("backend accept in time")
+                .expect("accept");
+            let mut hi = [0u8; 2];
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut hi)).await
+            {
+                if &hi == b"hi" {
+                    break s;
+                }
+            }
+        };
+        s.write_all(b"bye").await.expect("backend write");
+        s.shutdown().await.expect("backend shutdown");
+        let mut got = Vec::new();
+        tokio::time::timeout(WAIT, c.read_to_end(&mut got))
+            .await
+            .expect("client sees the end in time")
+            .expect("client read");
+        assert_eq!(
+            got, b"bye",
+            "half_close {half_close}: the answer arrives whole"
+        );
+        let mut rest = Vec::new();
+        if half_close {
+            // the client's half is still open: what it sends now reaches the backend
+            c.write_all(b"late").await.expect("late write");
+            c.shutdown().await.expect("client shutdown");
+            tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+                .await
+                .expect("backend reads in time")
+                .expect("backend read");
+            assert_eq!(rest, b"late", "the client's bytes after the backend's FIN");
+        } else {
+            // the proxy closed the backend's side as well, without the client closing
+            tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+                .await
+                .expect("backend sees the close in time")
+                .expect("backend read");
+            assert!(rest.is_empty(), "nothing after the close: {rest:?}");
+        }
+
+        // The client ends first (a half-close of its own): the backend sees the FIN; with
+        // half_close: false the client is closed too, though the backend has not closed.
+        let mut c = TcpStream::connect(p.addr).await.expect("connect");
+        c.write_all(b"hi").await.expect("write");
+        let mut s = loop {
+            let (mut s, _) = tokio::time::timeout(WAIT, be.accept())
+                .await
+                .expect("backend accept in time")
+                .expect("accept");
+            let mut hi = [0u8; 2];
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut hi)).await
+            {
+                if &hi == b"hi" {
+                    break s;
+                }
+            }
+        };
+        c.shutdown().await.expect("client shutdown");
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+            .await
+            .expect("backend sees the FIN in time")
+            .expect("backend read");
+        assert!(rest.is_empty());
+        if half_close {
+            s.write_all(b"after")
+                .await
+                .expect("backend write after FIN");
+            drop(s);
+            let mut got = Vec::new();
+            tokio::time::timeout(WAIT, c.read_to_end(&mut got))
+                .await
+                .expect("client reads in time")
+                .expect("client read");
+            assert_eq!(got, b"after", "the backend's bytes after the client's FIN");
+        } else {
+            assert!(
+                closed_within(&mut c, WAIT).await,
+                "the client is closed at its own FIN"
+            );
+            drop(s);
+        }
+    }
+}

@@ -631,8 +631,14 @@ impl<'a> Exchange<'a> {
         };
         g.release();
         let drain = crate::net::splice::shutdown_of(shutdown);
-        if let crate::net::splice::Splice::Done(_, down) =
-            crate::net::splice::splice(g, &mut up, self.pool.read_timeout, drain).await
+        if let crate::net::splice::Splice::Done(_, down) = crate::net::splice::splice(
+            g,
+            &mut up,
+            self.pool.read_timeout,
+            drain,
+            crate::net::splice::Ends::HALF_CLOSE,
+        )
+        .await
         {
             self.bytes_out = down as usize;
         }
