@@ -723,6 +723,35 @@ async fn https_listener_with_accept_proxy_protocol_uses_it_for_x_forwarded_for()
     assert_eq!(o.requests(), 3);
 }
 
+/// Everything `s` receives until EOF.
+async fn read_all(s: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    match tokio::time::timeout(WAIT, s.read_to_end(&mut v)).await {
+        Ok(Ok(_)) => v,
+        Ok(Err(e)) => panic!("{what}: {e}"),
+        Err(_) => panic!("{what}: not within {WAIT:?}"),
+    }
+}
+
+/// The backend's side of the next connection that says "hi" (the readiness probe's
+/// connections, which say nothing, come first and are dropped).
+async fn accept_hi(be: &tokio::net::TcpListener) -> TcpStream {
+    loop {
+        let (mut s, _) = tokio::time::timeout(WAIT, be.accept())
+            .await
+            .expect("backend accept in time")
+            .expect("accept");
+        let mut hi = [0u8; 2];
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut hi)).await
+        {
+            if &hi == b"hi" {
+                return s;
+            }
+        }
+    }
+}
+
 /// `half_close`: by default a side's FIN is passed on and the other direction stays open
 /// (the client still reaches a backend that has finished sending); with `half_close: false`
 /// the first side to close ends the connection for both, after what it sent is delivered.
@@ -739,48 +768,23 @@ async fn tcp_half_close_false_ends_the_connection_at_the_first_close() {
         // The backend ends first: it answers and sends its FIN; the client stays open.
         let mut c = TcpStream::connect(p.addr).await.expect("connect");
         c.write_all(b"hi").await.expect("write");
-        // the readiness probe's connections come first; ours is the one that says hi
-        let mut s = loop {
-            let (mut s, _) = tokio::time::timeout(WAIT, be.accept())
-                .await
-                .expect("backend accept in time")
-                .expect("accept");
-            let mut hi = [0u8; 2];
-            if let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut hi)).await
-            {
-                if &hi == b"hi" {
-                    break s;
-                }
-            }
-        };
+        let mut s = accept_hi(&be).await;
         s.write_all(b"bye").await.expect("backend write");
         s.shutdown().await.expect("backend shutdown");
-        let mut got = Vec::new();
-        tokio::time::timeout(WAIT, c.read_to_end(&mut got))
-            .await
-            .expect("client sees the end in time")
-            .expect("client read");
+        let got = read_all(&mut c, "client sees the end in time").await;
         assert_eq!(
             got, b"bye",
             "half_close {half_close}: the answer arrives whole"
         );
-        let mut rest = Vec::new();
         if half_close {
             // the client's half is still open: what it sends now reaches the backend
             c.write_all(b"late").await.expect("late write");
             c.shutdown().await.expect("client shutdown");
-            tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-                .await
-                .expect("backend reads in time")
-                .expect("backend read");
+            let rest = read_all(&mut s, "backend reads in time").await;
             assert_eq!(rest, b"late", "the client's bytes after the backend's FIN");
         } else {
             // the proxy closed the backend's side as well, without the client closing
-            tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-                .await
-                .expect("backend sees the close in time")
-                .expect("backend read");
+            let rest = read_all(&mut s, "backend sees the close in time").await;
             assert!(rest.is_empty(), "nothing after the close: {rest:?}");
         }
 
@@ -788,37 +792,16 @@ async fn tcp_half_close_false_ends_the_connection_at_the_first_close() {
         // half_close: false the client is closed too, though the backend has not closed.
         let mut c = TcpStream::connect(p.addr).await.expect("connect");
         c.write_all(b"hi").await.expect("write");
-        let mut s = loop {
-            let (mut s, _) = tokio::time::timeout(WAIT, be.accept())
-                .await
-                .expect("backend accept in time")
-                .expect("accept");
-            let mut hi = [0u8; 2];
-            if let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut hi)).await
-            {
-                if &hi == b"hi" {
-                    break s;
-                }
-            }
-        };
+        let mut s = accept_hi(&be).await;
         c.shutdown().await.expect("client shutdown");
-        let mut rest = Vec::new();
-        tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-            .await
-            .expect("backend sees the FIN in time")
-            .expect("backend read");
+        let rest = read_all(&mut s, "backend sees the FIN in time").await;
         assert!(rest.is_empty());
         if half_close {
             s.write_all(b"after")
                 .await
                 .expect("backend write after FIN");
             drop(s);
-            let mut got = Vec::new();
-            tokio::time::timeout(WAIT, c.read_to_end(&mut got))
-                .await
-                .expect("client reads in time")
-                .expect("client read");
+            let got = read_all(&mut c, "client reads in time").await;
             assert_eq!(got, b"after", "the backend's bytes after the client's FIN");
         } else {
             assert!(
