@@ -270,12 +270,7 @@ impl<S: Service> Service for Prebound<S> {
                     std::process::exit(1);
                 }
             };
-            if !super::sockopt::defer_accept(&l, self.defer_accept) && self.defer_accept {
-                log::warn!(
-                    "{name}: defer_accept could not be set on {}: connections are accepted at once",
-                    self.addr
-                );
-            }
+            set_defer_accept(&name, self.addr, &l, self.defer_accept);
             // The fd table owns the descriptor now; Pingora's listener takes it from there.
             let _ = std::os::fd::IntoRawFd::into_raw_fd(l);
         }
@@ -301,6 +296,16 @@ impl<S: Service> Service for Prebound<S> {
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
         self.inner.listen_addresses()
+    }
+}
+
+/// The listener's `defer_accept` on its socket, set either way (an upgrade hands over a
+/// socket with the old process's setting); a failure to turn it on is logged, not fatal.
+fn set_defer_accept(name: &str, addr: SocketAddr, l: &impl std::os::fd::AsRawFd, on: bool) {
+    if !super::sockopt::defer_accept(l, on) && on {
+        log::warn!(
+            "{name}: defer_accept could not be set on {addr}: connections are accepted at once"
+        );
     }
 }
 
@@ -361,11 +366,7 @@ async fn accept_loop<A>(
     if app.delays_acks() && !super::sockopt::delay_acks_for_all(&l) {
         log::debug!("{name}: delayed ACKs not set on {addr}");
     }
-    if !super::sockopt::defer_accept(&l, opts.defer_accept) && opts.defer_accept {
-        log::warn!(
-            "{name}: defer_accept could not be set on {addr}: connections are accepted at once"
-        );
-    }
+    set_defer_accept(name, addr, &l, opts.defer_accept);
     let Opts {
         lean,
         through_drain,
@@ -476,7 +477,8 @@ pub fn spawn<A>(
     name: String,
     addr: SocketAddr,
     app: A,
-    (lean, defer_accept): (bool, bool),
+    lean: bool,
+    defer_accept: bool,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where

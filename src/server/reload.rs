@@ -453,9 +453,9 @@ fn start_listener(
         Some(trusted) => {
             let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
             let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
-            crate::net::listen::spawn(name, l.addr, app, (false, l.defer_accept), rx)?;
+            crate::net::listen::spawn(name, l.addr, app, false, l.defer_accept, rx)?;
         }
-        None => crate::net::listen::spawn(name, l.addr, app, (true, l.defer_accept), rx)?,
+        None => crate::net::listen::spawn(name, l.addr, app, true, l.defer_accept, rx)?,
     }
     log::info!("reload: listener {} ({}) added", l.name, l.addr);
     Ok(HttpHandle::new(l, swap, Some(stop)))
