@@ -5,6 +5,8 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::{c_char, c_int, c_void};
+use std::future::Future;
+use std::pin::Pin;
 
 // Links libmimalloc (the C library is built by `libmimalloc-sys`, a dependency of the
 // `mimalloc` crate); the functions below are its stable C API, the same in v2 and v3.
@@ -190,6 +192,22 @@ unsafe impl GlobalAlloc for Allocator {
             mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8
         }
     }
+}
+
+/// `make()`'s future, pinned on the heap and made there.
+///
+/// `Box::pin(f())` makes the future on the stack and, once the box is allocated, copies all
+/// of it there: the size of its largest state, though only the arguments are set yet. For
+/// the futures boxed per request (a fast-path exchange, about 2.9 KiB; an HTTP/2 stream's,
+/// 3.8 KiB) that was one `memcpy` per request into memory not yet in cache (perf: 1.2% of
+/// the proxy's CPU on GET /ok). Allocated first, the box is where the future's constructor
+/// writes (the compiler passes it as the call's return slot), and nothing is copied.
+#[inline(always)]
+pub fn pin_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let mut b = Box::<F>::new_uninit();
+    b.write(make());
+    // SAFETY: written just above
+    Box::into_pin(unsafe { b.assume_init() })
 }
 
 /// Gives freed memory back to the OS while the proxy idles.

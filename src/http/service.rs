@@ -304,13 +304,13 @@ async fn read_first(g: &mut Guarded, wait: Duration) -> Idle {
     }
 }
 
-#[async_trait]
-impl<SV> HttpServerApp for LeanHttp<SV>
+impl<SV> LeanHttp<SV>
 where
     SV: ProxyHttp + Send + Sync + 'static,
     <SV as ProxyHttp>::CTX: Send + Sync,
 {
-    async fn process_new_http(
+    /// [`HttpServerApp::process_new_http`]'s body, boxed there in place.
+    async fn serve_session(
         self: &Arc<Self>,
         session: ServerSession,
         shutdown: &ShutdownWatch,
@@ -356,6 +356,29 @@ where
         };
         let inner = self.inner.load_full();
         inner.process_new_http(session, shutdown).await
+    }
+}
+
+#[async_trait]
+impl<SV> HttpServerApp for LeanHttp<SV>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+{
+    /// Written out rather than `async fn`: `#[async_trait]` boxes with `Box::pin`, which
+    /// copies the future (3.8 KiB, it holds an HTTP/2 stream's fast-path exchange) for each
+    /// request; see [`crate::mem::pin_in_place`].
+    fn process_new_http<'a, 'b, 'f>(
+        self: &'a Arc<Self>,
+        session: ServerSession,
+        shutdown: &'b ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'f>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        crate::mem::pin_in_place(|| self.serve_session(session, shutdown))
     }
 
     /// HTTP/2 connections get the listener's header-size limit as their header list size
@@ -606,8 +629,10 @@ where
                 match self.fast.load_full() {
                     Some(fast) => {
                         let draining = *shutdown.borrow() || crate::lifecycle::draining();
-                        let served = fast.serve(&mut g, &mut conn, draining, buf, shutdown);
-                        match Box::pin(served).await {
+                        let served = crate::mem::pin_in_place(|| {
+                            fast.serve(&mut g, &mut conn, draining, buf, shutdown)
+                        });
+                        match served.await {
                             super::fast::Outcome::KeepAlive => continue,
                             super::fast::Outcome::Close => return None,
                             super::fast::Outcome::Fallback => {}
