@@ -309,7 +309,8 @@ where
     SV: ProxyHttp + Send + Sync + 'static,
     <SV as ProxyHttp>::CTX: Send + Sync,
 {
-    /// [`HttpServerApp::process_new_http`]'s body, boxed there in place.
+    /// An HTTP/1 request (or any session but HTTP/2's) handed over by Pingora;
+    /// [`HttpServerApp::process_new_http`] boxes it in place.
     async fn serve_session(
         self: &Arc<Self>,
         session: ServerSession,
@@ -338,22 +339,45 @@ where
                 s.set_write_timeout(Some(self.limits.client_timeout));
                 s
             }
-            ServerSession::H2(mut h2) => {
-                // Both engines: a stream whose client takes no response bytes (no flow-control
-                // window) for `client_timeout` is reset, not held with its backend connection.
-                h2.set_write_timeout(Some(self.limits.client_timeout));
-                if let Some(fast) = self.fast.load_full() {
-                    if fast.serve_h2(&mut h2).await {
-                        return None;
-                    }
-                }
-                let mut s = ServerSession::H2(h2);
-                s.set_read_timeout(Some(self.limits.client_timeout));
-                s.set_write_timeout(Some(self.limits.client_timeout));
-                s
-            }
             other => other,
         };
+        self.general(session, shutdown).await
+    }
+
+    /// One HTTP/2 stream. Its session (536 bytes) is used where the future captured it:
+    /// an `async fn` would move its argument once more into the body's own local, and a
+    /// `match` by value once again.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would move the session once more"
+    )]
+    fn serve_h2<'f>(
+        self: &'f Arc<Self>,
+        mut h2: pingora_core::protocols::http::v2::server::HttpSession,
+        shutdown: &'f ShutdownWatch,
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'f {
+        async move {
+            // Both engines: a stream whose client takes no response bytes (no flow-control
+            // window) for `client_timeout` is reset, not held with its backend connection.
+            h2.set_write_timeout(Some(self.limits.client_timeout));
+            if let Some(fast) = self.fast.load_full() {
+                if fast.serve_h2(&mut h2).await {
+                    return None;
+                }
+            }
+            let mut s = ServerSession::H2(h2);
+            s.set_read_timeout(Some(self.limits.client_timeout));
+            s.set_write_timeout(Some(self.limits.client_timeout));
+            self.general(s, shutdown).await
+        }
+    }
+
+    /// Pingora's own path, for what the fast path does not serve.
+    async fn general(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
         let inner = self.inner.load_full();
         inner.process_new_http(session, shutdown).await
     }
@@ -367,7 +391,7 @@ where
 {
     /// Written out rather than `async fn`: `#[async_trait]` boxes with `Box::pin`, which
     /// copies the future (3.8 KiB, it holds an HTTP/2 stream's fast-path exchange) for each
-    /// request; see [`crate::mem::pin_in_place`].
+    /// request; see [`crate::mem::pin_in_place`]. An HTTP/2 stream's future is its own.
     fn process_new_http<'a, 'b, 'f>(
         self: &'a Arc<Self>,
         session: ServerSession,
@@ -378,7 +402,10 @@ where
         'b: 'f,
         Self: 'f,
     {
-        crate::mem::pin_in_place(|| self.serve_session(session, shutdown))
+        match session {
+            ServerSession::H2(h2) => crate::mem::pin_in_place(|| self.serve_h2(h2, shutdown)),
+            other => crate::mem::pin_in_place(|| self.serve_session(other, shutdown)),
+        }
     }
 
     /// HTTP/2 connections get the listener's header-size limit as their header list size
