@@ -1,4 +1,5 @@
-//! The process's allocator (mimalloc) and the thread that gives freed memory back.
+//! The process's allocator (mimalloc), the thread that gives freed memory back, and
+//! [`pin_in_place`] for the futures boxed on every request.
 //!
 //! The binary installs [`Allocator`] as its global allocator; the library and its tests run
 //! on the system allocator.
@@ -236,6 +237,19 @@ pub fn return_freed_memory() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A future boxed in place runs as one boxed by `Box::pin`, its captures intact.
+    #[test]
+    fn pin_in_place_runs_the_future_it_made() {
+        let words = [String::from("in"), String::from("place")];
+        let mut f = pin_in_place(|| async move { words.join(" ") });
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert_eq!(
+            f.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(String::from("in place"))
+        );
+    }
 
     /// A freed request buffer comes back for the next allocation of its size on a thread
     /// that keeps them, up to the bound; other sizes and other threads are not kept.

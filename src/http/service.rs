@@ -390,8 +390,9 @@ where
     <SV as ProxyHttp>::CTX: Send + Sync,
 {
     /// Written out rather than `async fn`: `#[async_trait]` boxes with `Box::pin`, which
-    /// copies the future (3.8 KiB, it holds an HTTP/2 stream's fast-path exchange) for each
-    /// request; see [`crate::mem::pin_in_place`]. An HTTP/2 stream's future is its own.
+    /// copied the whole future into its box for each request (3.8 KiB when an HTTP/2
+    /// stream's fast-path exchange was inside it); see [`crate::mem::pin_in_place`]. An
+    /// HTTP/2 stream's future is its own.
     fn process_new_http<'a, 'b, 'f>(
         self: &'a Arc<Self>,
         session: ServerSession,
