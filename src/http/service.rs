@@ -609,7 +609,7 @@ where
             let h2 = !custom && matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
             let g = Box::pin(self.admission.admit_as(stream, false)).await?;
             if h2 {
-                Box::pin(self.h2(g, shutdown)).await;
+                crate::mem::pin_in_place(|| self.h2(g, shutdown)).await;
                 return None;
             }
             return self.pingora(g, shutdown, hand_back).await;
@@ -623,7 +623,7 @@ where
             if matches!(g.try_peek(&mut preface).await, Ok(true))
                 && &preface == crate::net::H2_PREFACE
             {
-                Box::pin(self.h2(g, shutdown)).await;
+                crate::mem::pin_in_place(|| self.h2(g, shutdown)).await;
                 return None;
             }
         }
@@ -673,7 +673,9 @@ where
             // while such a request runs.
             let served = conn.served;
             conn.served = conn.served.saturating_add(1);
-            let (next, p) = Box::pin(self.general(g, persistent.take(), served, shutdown)).await?;
+            let general =
+                crate::mem::pin_in_place(|| self.general(g, persistent.take(), served, shutdown));
+            let (next, p) = general.await?;
             g = next;
             persistent = p;
         }
