@@ -10,7 +10,7 @@ use crate::policy::mirror::Permit;
 use crate::upstream::Pick;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Send `copy` on its own task; the permit is held until the copy is done.
@@ -41,15 +41,8 @@ async fn exchange(permit: &Permit, pick: &Pick, copy: &[u8]) -> std::io::Result<
     let mut s = timed(pool.connect_timeout, TcpStream::connect(pick.slot.addr)).await?;
     let _ = s.set_nodelay(true);
     timed(pool.spec.write_timeout, s.write_all(copy)).await?;
-    let answer = async {
-        let mut sink = [0u8; 8192];
-        loop {
-            if timed(pool.read_timeout, s.read(&mut sink)).await? == 0 {
-                return Ok(());
-            }
-        }
-    };
-    timed(pool.read_timeout, answer).await
+    // the answer is read and dropped, into no buffer of this task's (see net::discard)
+    super::discard::discard(&mut s, pool.read_timeout, pool.read_timeout).await
 }
 
 async fn timed<T>(

@@ -7,6 +7,7 @@
 //! on listeners and connections ([`sockopt`]), and the open-file limit ([`fdlimit`]).
 
 pub mod deadline;
+pub mod discard;
 pub mod etcd;
 pub mod fdlimit;
 pub mod linger;
