@@ -50,17 +50,27 @@ where
         let Ok(mut sink) = sink.try_borrow_mut() else {
             return Some(Err(std::io::Error::other("discard buffer in use")));
         };
+        let (mut got, mut drained) = (false, false);
         for _ in 0..READS_PER_POLL {
             let mut buf = ReadBuf::new(&mut sink[..]);
             match Pin::new(&mut *s).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => return Some(Ok(())),
-                Poll::Ready(Ok(())) => silence.as_mut().reset(Instant::now() + idle),
+                Poll::Ready(Ok(())) => got = true,
                 Poll::Ready(Err(e)) => return Some(Err(e)),
-                Poll::Pending => return None,
+                Poll::Pending => {
+                    drained = true;
+                    break;
+                }
             }
         }
-        // more may be there: come back after the other tasks had their turn
-        cx.waker().wake_by_ref();
+        // one clock read per poll that found bytes, not one per read
+        if got {
+            silence.as_mut().reset(Instant::now() + idle);
+        }
+        if !drained {
+            // more may be there: come back after the other tasks had their turn
+            cx.waker().wake_by_ref();
+        }
         None
     });
     if let Some(r) = ended {
