@@ -250,8 +250,9 @@ def main():
             "System calls per request of each target, all / the epoll waits among them "
             "(perf, the raw_syscalls:sys_enter and epoll_wait tracepoints over its "
             "processes during the measured run; median over rounds). The calls other "
-            "than waits are the kernel work a proxy's code decides; a wait that finds "
-            "nothing (Stepstone's busy-polling between requests) costs little.",
+            "than waits are the kernel work a proxy's code decides. A wait that finds "
+            "events ready returns at once; one that finds none puts the process to "
+            "sleep, and waking it costs the waker's CPU too.",
             scenarios, targets, sysc,
             lambda v: " / ".join(
                 f"{statistics.median(x[i] for x in v):.2f}" for i in (0, 1)))
