@@ -250,7 +250,11 @@ impl Service for H3Service {
             }
             let shared = shared.clone();
             let stop = stop_rx.clone();
-            tokio::spawn(connection(shared, incoming, stop));
+            // Boxed where it is made: inline, the 9 KiB connection future would be copied
+            // whole when tokio makes the task and again as it ends.
+            tokio::spawn(crate::mem::pin_in_place(|| {
+                connection(shared, incoming, stop)
+            }));
         }
         // New handshakes are the new process's (or nobody's) now; GOAWAY to the rest.
         log::info!("{}: HTTP/3 stops accepting on udp {}", self.name, self.addr);
