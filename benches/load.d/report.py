@@ -352,11 +352,29 @@ def conns_table(rows_in):
 
 
 def routes_table(rows_in):
-    """Stepstone end to end with N host routes, against its one-route figures."""
+    """Stepstone end to end with N host routes, against its one-route figures.
+
+    One row per step and round (the steps alternate within each round): each figure is the
+    median over a step's rounds without errors; a step with none shows its first failure."""
     if not rows_in:
         return []
     def origin(r):
         return float(r[7]) if len(r) > 7 and r[7] else 0.0
+
+    by_hosts = {}
+    for r in rows_in:
+        by_hosts.setdefault(r[0], []).append(r)
+    merged = []
+    for hosts, rs in by_hosts.items():
+        ok = [r for r in rs if r[1] == "ok"]
+        if not ok:
+            merged.append(rs[0])
+            continue
+        med = [statistics.median(float(r[i]) for r in ok) for i in range(2, 7)]
+        merged.append([hosts, "ok"] + [str(v) for v in med]
+                      + [str(statistics.median(origin(r) for r in ok))])
+    rows_in = merged
+    rounds = max(len(rs) for rs in by_hosts.values())
 
     base = {}
     for r in rows_in:
@@ -379,7 +397,9 @@ def routes_table(rows_in):
                      f"{rps / base['rps']:.2f}" if base.get("rps") else "-",
                      f"{check:.2f}", f"{serve:.2f}"])
     return ["", "Route scale (Stepstone alone): GET /ok c64 for the last of N exact host routes "
-            "(plus a wildcard+prefix route per 20 hosts); ratios against the first row; "
+            "(plus a wildcard+prefix route per 20 hosts); one process per row, all started "
+            f"first, then measured in turn, {rounds} round(s) with the order rotated each "
+            "round; medians; ratios against the first row; "
             "`-t` and start-to-first-200 times in seconds. The origin's CPU per request in the "
             "same run is the machine's speed then; \"per origin\" is the CPU ratio over it, "
             "which a slowdown of the shared host between rows does not move.", "",
