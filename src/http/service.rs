@@ -632,10 +632,21 @@ where
         let mut conn = super::fast::Conn::new(&g);
         // Boxed: 80 bytes, only for connections that Pingora's path served.
         let mut persistent: Option<Box<HttpPersistentSettings>> = None;
+        // A deferred connection's first request is read at once by the fast path, whose
+        // first read waits (the same `idle_wait`) if it finds nothing after all: the wait's
+        // one-byte peek, a system call per connection, would only say what that read finds.
+        let mut first = true;
         loop {
+            let read_at_once = std::mem::take(&mut first)
+                && plain
+                && g.inner()
+                    .as_any()
+                    .downcast_ref::<crate::net::listen::PlainTcp>()
+                    .is_some_and(|t| t.likely_has_data())
+                && self.fast.load().is_some();
             // A request pipelined behind the last one is held by the guard (see
             // `guard::Body`), so it is served here in order, by whichever engine takes it.
-            if plain {
+            if plain && !read_at_once {
                 match wait_for_request(&mut g, self.idle_wait).await {
                     Idle::Ready => {}
                     Idle::Closed => return None,

@@ -370,7 +370,7 @@ async fn accept_loop<A>(
     let Opts {
         lean,
         through_drain,
-        ..
+        defer_accept,
     } = opts;
     loop {
         let accepted = tokio::select! {
@@ -408,7 +408,7 @@ async fn accept_loop<A>(
         // Made here, not in the task: a task keeps room for what it captured for as long as
         // the connection lives, and the boxed stream is a quarter of the socket and address.
         let s: pingora_core::protocols::Stream = if lean {
-            Box::new(PlainTcp::new(tcp, peer))
+            Box::new(PlainTcp::new(tcp, peer).deferred(defer_accept))
         } else {
             let fd = tcp.as_raw_fd();
             let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {

@@ -50,6 +50,9 @@ pub struct PlainTcp {
     /// receive queue was empty then, so the next read registers and waits rather than
     /// trying a `recv` (or peek) bound to find nothing.
     drained: AtomicBool,
+    /// Accepted from a listener with TCP_DEFER_ACCEPT: the kernel handed it over because
+    /// its client had sent something (or, rarely, after holding a silent one a second).
+    deferred: bool,
     sock: std::net::TcpStream,
     /// From accept(): no getpeername per connection.
     peer: SocketAddr,
@@ -62,10 +65,23 @@ impl PlainTcp {
         PlainTcp {
             reg: OnceLock::new(),
             drained: AtomicBool::new(false),
+            deferred: false,
             sock,
             peer,
             digest: OnceLock::new(),
         }
+    }
+
+    /// Mark a connection accepted from a listener with TCP_DEFER_ACCEPT.
+    pub fn deferred(mut self, on: bool) -> PlainTcp {
+        self.deferred = on;
+        self
+    }
+
+    /// Whether its first bytes are very likely in the socket already: deferred, and never
+    /// read from or waited on.
+    pub fn likely_has_data(&self) -> bool {
+        self.deferred && self.reg.get().is_none() && !self.drained.load(Relaxed)
     }
 
     pub fn peer(&self) -> SocketAddr {

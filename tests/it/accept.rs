@@ -113,6 +113,64 @@ async fn without_defer_accept_a_silent_client_takes_the_slot_at_once() {
     );
 }
 
+/// A silent client on a plain http listener, once the kernel hands it over, is read at once
+/// (its first request is usually there: no wait, no peek) and, finding nothing, waits as an
+/// idle connection does: closed without a word at `keepalive_timeout`, not earlier and not
+/// never. With `defer_accept: false` the same wait starts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_plain_client_is_closed_at_the_keepalive_timeout_after_the_hold() {
+    let origin = OriginBuilder::new("app").run().await;
+    let lim = "limits: {keepalive_timeout: 1s, header_timeout: 30s}";
+    let cfg = format!(
+        "listeners:\n  - {{name: on, address: 127.0.0.1:{{{{port}}}}, protocol: http, {lim}}}\n  - {{name: off, address: 127.0.0.1:{{{{port1}}}}, protocol: http, defer_accept: false, {lim}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: on, upstream: app}}\n  - {{listener: off, upstream: app}}\n",
+        origin.addr
+    );
+    let p = Proxy::start(&cfg);
+    assert_eq!(
+        first_200(p.addr_of(0), WAIT).await,
+        Some(200),
+        "{}",
+        p.log()
+    );
+    assert_eq!(
+        first_200(p.addr_of(1), WAIT).await,
+        Some(200),
+        "{}",
+        p.log()
+    );
+
+    let closed_after = |addr: SocketAddr| async move {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let t0 = Instant::now();
+        let (out, closed) = read_until_close(&mut s, Duration::from_secs(15)).await;
+        assert!(closed, "a silent client on {addr} was never closed");
+        assert!(
+            out.is_empty(),
+            "a silent client on {addr} was answered: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        t0.elapsed()
+    };
+    let (on, off) = tokio::join!(closed_after(p.addr_of(0)), closed_after(p.addr_of(1)));
+    assert!(
+        on >= HELD + Duration::from_millis(900),
+        "deferred: closed after {on:?}, inside the kernel's hold plus the 1 s keepalive_timeout:\n{}",
+        p.log()
+    );
+    assert!(
+        off >= Duration::from_millis(900) && off + Duration::from_millis(500) < on,
+        "defer_accept: false closed after {off:?}: not at its 1 s keepalive_timeout, well before the deferred {on:?}:\n{}",
+        p.log()
+    );
+    // and the listener still serves
+    assert_eq!(
+        first_200(p.addr_of(0), WAIT).await,
+        Some(200),
+        "{}",
+        p.log()
+    );
+}
+
 /// The close of a silent client by `tls.handshake_timeout` (1 s), on an https listener with
 /// the default and one with `defer_accept: false`. Deferred, the proxy sees the connection
 /// only after the kernel's hold, so the close comes a second later.
