@@ -115,7 +115,8 @@ impl PlainTcp {
     ///
     /// A connection that never waited is first asked with a one-byte peek: a new
     /// connection's first request is usually there already, and a peek costs less than
-    /// registering and, at close, deregistering.
+    /// registering and, at close, deregistering. (The fast path reads a deferred
+    /// connection's first request without asking: see [`PlainTcp::likely_has_data`].)
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.reg.get().is_none() && !self.drained.load(Relaxed) {
             let mut one = [0u8; 1];
