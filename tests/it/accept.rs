@@ -33,16 +33,30 @@ async fn first_200(addr: SocketAddr, within: Duration) -> Option<u16> {
     }
 }
 
+/// Connect to `addr`, send nothing, and read until the proxy closes: what it sent (if
+/// anything) and how long after the connect it closed. Fails if it never closes.
+async fn silent_close(addr: SocketAddr) -> (Vec<u8>, Duration) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let t0 = Instant::now();
+    let (out, closed) = read_until_close(&mut s, Duration::from_secs(15)).await;
+    assert!(closed, "a silent client on {addr} was never closed");
+    (out, t0.elapsed())
+}
+
+/// Two listeners of `protocol` with `opts` each, `on` with the default `defer_accept` and
+/// `off` with `defer_accept: false`, both routed to `origin`.
+fn on_and_off(protocol: &str, opts: &str, origin: SocketAddr) -> String {
+    format!(
+        "listeners:\n  - {{name: on, address: 127.0.0.1:{{{{port}}}}, protocol: {protocol}, {opts}}}\n  - {{name: off, address: 127.0.0.1:{{{{port1}}}}, protocol: {protocol}, defer_accept: false, {opts}}}\nupstreams:\n  - name: app\n    backends: [{{address: {origin}}}]\nroutes:\n  - {{listener: on, upstream: app}}\n  - {{listener: off, upstream: app}}\n"
+    )
+}
+
 /// Two http listeners with one connection slot each: `on` with the default, `off` with
 /// `defer_accept: false`.
 async fn one_slot_listeners() -> (crate::support::Origin, Proxy) {
     let origin = OriginBuilder::new("app").run().await;
     let lim = "limits: {max_connections: 1, header_timeout: 30s, keepalive_timeout: 30s}";
-    let cfg = format!(
-        "listeners:\n  - {{name: on, address: 127.0.0.1:{{{{port}}}}, protocol: http, {lim}}}\n  - {{name: off, address: 127.0.0.1:{{{{port1}}}}, protocol: http, defer_accept: false, {lim}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: on, upstream: app}}\n  - {{listener: off, upstream: app}}\n",
-        origin.addr
-    );
-    let p = Proxy::start(&cfg);
+    let p = Proxy::start(&on_and_off("http", lim, origin.addr));
     (origin, p)
 }
 
@@ -121,11 +135,7 @@ async fn without_defer_accept_a_silent_client_takes_the_slot_at_once() {
 async fn a_silent_plain_client_is_closed_at_the_keepalive_timeout_after_the_hold() {
     let origin = OriginBuilder::new("app").run().await;
     let lim = "limits: {keepalive_timeout: 1s, header_timeout: 30s}";
-    let cfg = format!(
-        "listeners:\n  - {{name: on, address: 127.0.0.1:{{{{port}}}}, protocol: http, {lim}}}\n  - {{name: off, address: 127.0.0.1:{{{{port1}}}}, protocol: http, defer_accept: false, {lim}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: on, upstream: app}}\n  - {{listener: off, upstream: app}}\n",
-        origin.addr
-    );
-    let p = Proxy::start(&cfg);
+    let p = Proxy::start(&on_and_off("http", lim, origin.addr));
     assert_eq!(
         first_200(p.addr_of(0), WAIT).await,
         Some(200),
@@ -139,19 +149,15 @@ async fn a_silent_plain_client_is_closed_at_the_keepalive_timeout_after_the_hold
         p.log()
     );
 
-    let closed_after = |addr: SocketAddr| async move {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        let t0 = Instant::now();
-        let (out, closed) = read_until_close(&mut s, Duration::from_secs(15)).await;
-        assert!(closed, "a silent client on {addr} was never closed");
+    let ((on_out, on), (off_out, off)) =
+        tokio::join!(silent_close(p.addr_of(0)), silent_close(p.addr_of(1)));
+    for out in [on_out, off_out] {
         assert!(
             out.is_empty(),
-            "a silent client on {addr} was answered: {:?}",
+            "a silent client was answered: {:?}",
             String::from_utf8_lossy(&out)
         );
-        t0.elapsed()
-    };
-    let (on, off) = tokio::join!(closed_after(p.addr_of(0)), closed_after(p.addr_of(1)));
+    }
     assert!(
         on >= HELD + Duration::from_millis(900),
         "deferred: closed after {on:?}, inside the kernel's hold plus the 1 s keepalive_timeout:\n{}",
@@ -185,21 +191,11 @@ async fn https_listeners_defer_too() {
         c.display(),
         k.display()
     );
-    let cfg = format!(
-        "listeners:\n  - {{name: on, address: 127.0.0.1:{{{{port}}}}, protocol: https, {tls}}}\n  - {{name: off, address: 127.0.0.1:{{{{port1}}}}, protocol: https, defer_accept: false, {tls}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: on, upstream: app}}\n  - {{listener: off, upstream: app}}\n",
-        origin.addr
-    );
+    let cfg = on_and_off("https", &tls, origin.addr);
     let (text, ports) = crate::support::proxy::render(&cfg, &dir);
     let p = Proxy::start_in(dir, &text, ports, &[]).unwrap_or_else(|e| panic!("{e}"));
 
-    let closed_after = |addr: SocketAddr| async move {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        let t0 = Instant::now();
-        let (_, closed) = read_until_close(&mut s, Duration::from_secs(15)).await;
-        assert!(closed, "a silent TLS client on {addr} was never closed");
-        t0.elapsed()
-    };
-    let (on, off) = tokio::join!(closed_after(p.addr_of(0)), closed_after(p.addr_of(1)));
+    let ((_, on), (_, off)) = tokio::join!(silent_close(p.addr_of(0)), silent_close(p.addr_of(1)));
     assert!(
         on >= HELD + Duration::from_millis(900),
         "deferred: closed after {on:?}, inside the kernel's hold plus the 1 s handshake timeout:\n{}",
