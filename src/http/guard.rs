@@ -230,6 +230,12 @@ impl Guarded {
         self.phase == Phase::Body
     }
 
+    /// [`Guarded::unread`] of a buffer that the caller is done with (taken by value, so that
+    /// a caller's future need not keep it).
+    pub fn give_back(&mut self, bytes: Vec<u8>) {
+        self.unread(&bytes);
+    }
+
     /// Give back bytes that were read but not consumed; they are read (and scanned) again,
     /// before anything from the socket, as the start of the next head.
     pub fn unread(&mut self, bytes: &[u8]) {

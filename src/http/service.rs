@@ -632,9 +632,10 @@ where
         let mut conn = super::fast::Conn::new(&g);
         // Boxed: 80 bytes, only for connections that Pingora's path served.
         let mut persistent: Option<Box<HttpPersistentSettings>> = None;
-        // A deferred connection's first request is read at once by the fast path, whose
-        // first read waits (the same `idle_wait`) if it finds nothing after all: the wait's
-        // one-byte peek, a system call per connection, would only say what that read finds.
+        // A deferred connection's first request is read at once by the fast path, without
+        // the wait's one-byte peek (a system call per connection that would only say what
+        // that read finds); if it finds nothing after all, the connection waits as any idle
+        // one does.
         let mut first = true;
         loop {
             let read_at_once = std::mem::take(&mut first)
@@ -644,21 +645,39 @@ where
                     .downcast_ref::<crate::net::listen::PlainTcp>()
                     .is_some_and(|t| t.likely_has_data())
                 && self.fast.load().is_some();
-            // A request pipelined behind the last one is held by the guard (see
-            // `guard::Body`), so it is served here in order, by whichever engine takes it.
-            if plain && !read_at_once {
-                match wait_for_request(&mut g, self.idle_wait).await {
-                    Idle::Ready => {}
-                    Idle::Closed => return None,
+            // A deferred connection's first piece, read now, or nothing (no allocation).
+            let (head, must_wait) = if read_at_once {
+                match super::fast::read_now(&mut g) {
+                    Some(Ok(buf)) => (buf, false),
+                    Some(Err(_)) => return None,
+                    None => (Vec::new(), true),
                 }
-            }
+            } else {
+                (Vec::new(), true)
+            };
+            // `head` is moved whole on every path and never borrowed here: a value kept
+            // across the idle wait, even an empty one, would be kept by every idle connection.
+            let head = if must_wait {
+                drop(head);
+                // A request pipelined behind the last one is held by the guard (see
+                // `guard::Body`), so it is served here in order, by whichever engine takes it.
+                if plain {
+                    match wait_for_request(&mut g, self.idle_wait).await {
+                        Idle::Ready => {}
+                        Idle::Closed => return None,
+                    }
+                }
+                Vec::new()
+            } else {
+                head
+            };
             if self.fast.load().is_some() {
                 // Also on a plaintext connection: its readiness may have been for nothing.
                 let wait = Some(self.idle_wait);
                 // Boxed: the request's state is allocated while it runs, not carried by
                 // every idle connection (and made in a statement of its own: a temporary
                 // of the awaiting statement would keep its room in this future).
-                let read = Box::pin(super::fast::read_head(&mut g, wait));
+                let read = Box::pin(super::fast::read_head(&mut g, wait, head));
                 let buf = match read.await {
                     Ok(buf) => buf,
                     Err(_) => return None,
@@ -679,6 +698,9 @@ where
                     }
                     None => g.unread(&buf),
                 }
+            } else {
+                // a reload turned the fast path off between that read and now
+                g.give_back(head);
             }
             // Boxed: Pingora's session (about a kilobyte) and its request future exist only
             // while such a request runs.

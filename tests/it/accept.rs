@@ -254,3 +254,66 @@ async fn tcp_listeners_do_not_defer_by_default_so_a_greeting_backend_is_heard() 
         "the default tcp listener greeted after {plain:?}, not before the deferred one ({deferred:?})"
     );
 }
+
+/// Descriptors a process has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// Silent clients that the kernel hands over after its hold wait for their first request
+/// as idle keep-alive connections do, holding no request buffer (4 KiB each when they
+/// did); each is then served when it does send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_handed_over_after_the_hold_hold_no_request_buffer() {
+    const N: usize = 800;
+    let origin = OriginBuilder::new("app").run().await;
+    let lim = "limits: {keepalive_timeout: 30s, header_timeout: 30s}";
+    let p = Proxy::start(&on_and_off("http", lim, origin.addr));
+    let on = p.addr_of(0);
+    let pid = p.child.id();
+    assert_eq!(first_200(on, WAIT).await, Some(200), "{}", p.log());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss0, fds0) = (crate::support::proxy::rss_kib(pid), open_fds(pid));
+
+    let mut silent = Vec::with_capacity(N);
+    for _ in 0..N {
+        silent.push(TcpStream::connect(on).await.expect("connect"));
+    }
+    // all of them handed over (past the hold) and waiting in the proxy
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while open_fds(pid) < fds0 + N && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fds1 = open_fds(pid);
+    assert!(
+        fds1 >= fds0 + N,
+        "the proxy holds {} more descriptors, not the {N} silent clients':\n{}",
+        fds1 - fds0.min(fds1),
+        p.log()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss1 = crate::support::proxy::rss_kib(pid);
+    let per_conn = rss1.saturating_sub(rss0) as f64 / N as f64;
+    eprintln!("{N} silent connections: {per_conn:.2} KiB of RSS each ({rss0} -> {rss1} KiB)");
+    assert!(
+        per_conn < 2.5,
+        "each silent connection took {per_conn:.2} KiB of the proxy's RSS ({rss0} -> {rss1} KiB): a request buffer is held while it waits"
+    );
+
+    // a late request on a silent connection is served as any other
+    for s in silent.iter_mut().step_by(N / 4) {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let (out, closed) = read_until_close(s, WAIT).await;
+        assert!(closed, "no close after a Connection: close request");
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "a late request on a silent connection: {text:?}\n{}",
+            p.log()
+        );
+    }
+}

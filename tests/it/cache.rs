@@ -396,14 +396,6 @@ async fn purge_is_allowed_from_the_configured_cidr_and_refused_from_others() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filling_four_times_max_size_keeps_the_store_within_max_size() {
     const MAX: u64 = 16 << 20;
@@ -423,7 +415,7 @@ async fn filling_four_times_max_size_keeps_the_store_within_max_size() {
         ),
     ));
     let pid = p.child.id();
-    let before = rss_kib(pid);
+    let before = crate::support::proxy::rss_kib(pid);
     let n = (4 * MAX as usize) / OBJ;
     let mut c = Conn::connect(p.addr).await.expect("connect");
     for i in 0..n {
@@ -466,7 +458,7 @@ async fn filling_four_times_max_size_keeps_the_store_within_max_size() {
         items as usize >= n / 8,
         "the store is used, not emptied: {items} items"
     );
-    let after = rss_kib(pid);
+    let after = crate::support::proxy::rss_kib(pid);
     eprintln!(
         "cache fill: {n} x {OBJ} B = {} MiB through a {} MiB store: accounted {acc} B, stored {stored} B in {items} items; RSS {before} KiB before, {after} KiB after",
         (n * OBJ) >> 20,

@@ -221,14 +221,6 @@ async fn ten_reloads_under_keepalive_load_switch_routing_and_drop_nothing() {
     assert_eq!(pid_file.trim(), pid.to_string(), "same process throughout");
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 fn threads(pid: u32) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     s.lines()
@@ -271,7 +263,7 @@ async fn hundred_reloads_keep_rss_and_fds_flat() {
             assert_eq!(c.get("/", &[]).await.expect("get").text(), want);
             n += 1;
         }
-        let now = rss_kb(pid);
+        let now = crate::support::proxy::rss_kib(pid);
         if n >= 50 && (now as f64) <= last as f64 * 1.01 {
             break;
         }
@@ -280,7 +272,7 @@ async fn hundred_reloads_keep_rss_and_fds_flat() {
     eprintln!("warm after {n} reloads");
     // the same quiet moment at both measurements: the last admin connection closed
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (rss0, fd0) = (rss_kb(pid), fds(pid));
+    let (rss0, fd0) = (crate::support::proxy::rss_kib(pid), fds(pid));
     let th0 = threads(pid);
     for n in n..n + 100 {
         let want = round(n);
@@ -289,7 +281,7 @@ async fn hundred_reloads_keep_rss_and_fds_flat() {
         assert_eq!(c.get("/", &[]).await.expect("get").text(), want);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (rss1, fd1) = (rss_kb(pid), fds(pid));
+    let (rss1, fd1) = (crate::support::proxy::rss_kib(pid), fds(pid));
     eprintln!(
         "100 reloads: RSS {rss0} kB -> {rss1} kB, fds {fd0} -> {fd1}, threads {th0} -> {}",
         threads(pid)

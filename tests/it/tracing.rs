@@ -564,15 +564,6 @@ async fn metric(p: &Proxy, series: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {series} in /metrics:\n{m}"))
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// With the collector gone, every request is still answered, the lost spans and failed
 /// exports are counted, and the proxy's memory stays flat (the span queue is bounded).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,7 +608,7 @@ async fn tracing_collector_down_costs_counters_not_answers_or_memory() {
         }
     };
     assert_eq!(run(WARM).await.len(), CONNS * WARM);
-    let before = rss_kib(p.child.id());
+    let before = crate::support::proxy::rss_kib(p.child.id());
     let start = Instant::now();
     let lat = run(PER_CONN).await;
     assert_eq!(lat.len(), CONNS * PER_CONN, "every request answered");
@@ -628,7 +619,7 @@ async fn tracing_collector_down_costs_counters_not_answers_or_memory() {
         lat[lat.len() / 2],
         lat[lat.len() * 99 / 100]
     );
-    let after = rss_kib(p.child.id());
+    let after = crate::support::proxy::rss_kib(p.child.id());
     let dropped = metric(&p, "stepstone_tracing_spans_dropped_total").await;
     let errors = metric(&p, "stepstone_tracing_export_errors_total").await;
     eprintln!(
