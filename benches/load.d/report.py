@@ -85,11 +85,11 @@ def best(values, scenario, peer, pick):
     return pick(got) if got else None
 
 
-def paired_cpu_ratio(cpu_rounds, scenario, peers):
-    """Median over rounds of Stepstone's CPU per request over the cheaper peer's in the same
-    round. The runs of one round follow each other within seconds, so a drift of the shared
-    host over minutes moves both sides of each ratio alike; the ratio of the medians mixes
-    runs from different rounds. None without a round that has both."""
+def paired_cpu_ratios(cpu_rounds, scenario, peers):
+    """Stepstone's CPU per request over the cheaper peer's in the same round, one ratio per
+    round that has both, sorted. The runs of one round follow each other within seconds, so
+    a drift of the shared host over minutes moves both sides of each ratio alike; the ratio
+    of the medians mixes runs from different rounds."""
     mine = cpu_rounds.get((scenario, "stepstone"), {})
     ratios = []
     for rnd, c in mine.items():
@@ -97,7 +97,13 @@ def paired_cpu_ratio(cpu_rounds, scenario, peers):
                   if rnd in cpu_rounds.get((scenario, v), {})]
         if theirs:
             ratios.append(c / min(theirs))
-    return statistics.median(ratios) if ratios else None
+    return sorted(ratios)
+
+
+def spread(ratios):
+    """The per-round ratios' range as text ("0.81-0.97"), or "" for fewer than two rounds:
+    a target that the range straddles is within what the host's noise moves in this run."""
+    return f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if len(ratios) > 1 else ""
 
 
 def targets_summary(scenarios, targets, med, p99_med, cpu_med, cpu_rounds):
@@ -127,9 +133,11 @@ def targets_summary(scenarios, targets, med, p99_med, cpu_med, cpu_rounds):
             if mine and costs:
                 r = mine / min(costs)
                 cpu[r > 0.9].append(note(name, f"{r:.3f}"))
-            r = paired_cpu_ratio(cpu_rounds, name, peers)
-            if r is not None:
-                paired[r > 0.9].append(note(name, f"{r:.3f}"))
+            rs = paired_cpu_ratios(cpu_rounds, name, peers)
+            if rs:
+                r = statistics.median(rs)
+                rng = spread(rs)
+                paired[r > 0.9].append(note(name, f"{r:.3f}" + (f" (rounds {rng})" if rng else "")))
 
     def line(what, got):
         met, missed = got
@@ -242,19 +250,21 @@ def main():
                 a = cpu_med.get((name, "stepstone"))
                 costs = [c for c in (best(cpu_med, name, p, min) for p in peers) if c]
                 r.append(f"{a / min(costs):.2f}" if a and costs else "-")
-                pr = paired_cpu_ratio(cpu_rounds, name, peers)
-                r.append(f"{pr:.2f}" if pr is not None else "-")
+                rs = paired_cpu_ratios(cpu_rounds, name, peers)
+                r.append(f"{statistics.median(rs):.2f}" if rs else "-")
+                r.append(spread(rs) or "-")
             rows.append(r)
         header = ["scenario"] + targets
         if "stepstone" in targets and peers:
-            header += ["stepstone/cheaper peer", "paired"]
+            header += ["stepstone/cheaper peer", "paired", "rounds"]
         out.append("")
         out.append("CPU per request in microseconds: utime+stime of the target's processes "
                    "(master and workers; direct: the origin) over the measured run, divided by "
                    "the requests it served. A peer's cost is that of its cheaper variant. "
                    "\"paired\": the median over rounds of Stepstone's cost over the cheaper "
                    "peer's in the same round, which a drift of the shared host between rounds "
-                   "does not move.")
+                   "does not move; \"rounds\": the lowest and highest of those per-round "
+                   "ratios, the spread of the host's noise within this run.")
         out.append("")
         out.append(table(header, rows, ["l"] + ["r"] * (len(header) - 1)))
 
