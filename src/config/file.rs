@@ -174,6 +174,15 @@ pub struct ListenerFile {
     /// call or two per connection, but a protocol whose client signals the end of its
     /// request with a half-close (`nc -N`, some RPC) then loses the answer. Default: true
     pub half_close: Option<bool>,
+    /// tcp and tls_passthrough: move the bytes with splice(2) through a pipe, from one
+    /// socket to the other, rather than copying them into the process and out again
+    /// (HAProxy's `option splice-auto`). It applies where the client's socket is plain:
+    /// not with `tls` (termination) or `accept_proxy_protocol`, which keep the copying
+    /// relay. A direction holds a pipe (two descriptors, within the open-file limit; a
+    /// connection whose pipe cannot be made is closed) only while bytes are in it. On the
+    /// 2-core test host it cut CPU per MiB relayed by about a quarter but moved fewer MiB/s
+    /// per connection (benches/RESULTS.md, 2026-12-04 18:00). Default: false
+    pub splice: Option<bool>,
     /// Read a PROXY protocol header (v1 or v2) first and use its source as the client
     /// address everywhere (logs, X-Forwarded-For, hashing, ACLs). Default: false
     pub accept_proxy_protocol: Option<bool>,

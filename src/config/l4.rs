@@ -19,6 +19,8 @@ pub struct L4Spec {
     pub idle_timeout: Duration,
     /// Pass a half-close on and keep the other direction; `false`: the first close ends both.
     pub half_close: bool,
+    /// Relay a plain client socket with splice(2) (`splice`).
+    pub splice: bool,
 }
 
 fn is_l4(p: ListenerProtocol) -> bool {
@@ -90,6 +92,7 @@ pub(super) fn listener(
             ("max_connections", l.max_connections.is_some()),
             ("idle_timeout", l.idle_timeout.is_some()),
             ("half_close", l.half_close.is_some()),
+            ("splice", l.splice.is_some()),
         ];
         if let Some((k, _)) = set.iter().find(|(_, on)| *on) {
             return Err(e.err(
@@ -110,6 +113,7 @@ pub(super) fn listener(
             .map(|d| d.0)
             .unwrap_or(DEFAULT_L4_IDLE_TIMEOUT),
         half_close: l.half_close.unwrap_or(true),
+        splice: l.splice.unwrap_or(false),
     };
     if spec.idle_timeout.is_zero() {
         return Err(e.err(
@@ -228,9 +232,17 @@ mod tests {
             l4.half_close,
             "half-close is passed on unless said otherwise"
         );
+        assert!(!l4.splice, "splice(2) is off unless asked for");
         let off = ok.replace("idle_timeout: 30s", "half_close: false");
         let c = Config::from_yaml("x.yaml", &off).unwrap();
         assert!(!c.listeners[0].l4.clone().unwrap().half_close);
+        let on = ok.replace("idle_timeout: 30s", "splice: true");
+        let c = Config::from_yaml("x.yaml", &on).unwrap();
+        assert!(c.listeners[0].l4.clone().unwrap().splice);
+        let e = err(&format!(
+            "listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, splice: true}}]\n{UP}"
+        ));
+        assert!(e.contains("listeners[0].splice"), "{e}");
         let e = err(&format!(
             "listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, half_close: false}}]\n{UP}"
         ));

@@ -24,7 +24,7 @@ pub mod sni;
 
 use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
 use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
-use crate::net::splice::{shutdown_of, splice, Ends, Splice};
+use crate::net::splice::{shutdown_of, splice, splice_plain, Ends, Splice};
 use crate::upstream::{bit, Pick, Pool};
 use accept::{local_of, peer_of, ProxyAccept};
 use async_trait::async_trait;
@@ -55,6 +55,8 @@ pub struct L4App {
     open: AtomicUsize,
     idle_timeout: Duration,
     half_close: bool,
+    /// Relay a plain client socket with splice(2).
+    splice: bool,
     accept: Option<ProxyAccept>,
     /// The PROXY header is read by the pre-TLS hook instead of here.
     tls_terminated: bool,
@@ -113,6 +115,7 @@ impl L4App {
             open: AtomicUsize::new(0),
             idle_timeout: spec.idle_timeout,
             half_close: spec.half_close,
+            splice: spec.splice,
             accept: l
                 .proxy_protocol
                 .as_ref()
@@ -192,18 +195,39 @@ impl L4App {
         }
 
         let started = Instant::now();
-        let outcome = splice(
-            &mut io,
-            &mut backend,
-            self.idle_timeout,
-            shutdown_of(shutdown),
-            Ends {
-                half_close: self.half_close,
-                // the TLS writer owes a close_notify, which only its shutdown sends
-                client_closes: !self.tls_terminated,
-            },
-        )
-        .await;
+        let ends = Ends {
+            half_close: self.half_close,
+            // the TLS writer owes a close_notify, which only its shutdown sends
+            client_closes: !self.tls_terminated,
+        };
+        // With `splice`, a plain client socket (our accept loop's, nothing buffered ahead of
+        // it) is relayed with splice(2); a TLS or PROXY-header stream through the buffers.
+        let plain = match self.splice {
+            true => io.as_any().downcast_ref::<crate::net::listen::PlainTcp>(),
+            false => None,
+        };
+        let outcome = match plain {
+            Some(plain) => {
+                splice_plain(
+                    plain,
+                    &backend,
+                    self.idle_timeout,
+                    shutdown_of(shutdown),
+                    ends,
+                )
+                .await
+            }
+            None => {
+                splice(
+                    &mut io,
+                    &mut backend,
+                    self.idle_timeout,
+                    shutdown_of(shutdown),
+                    ends,
+                )
+                .await
+            }
+        };
         let label = &pick.slot.label;
         match outcome {
             Splice::Done(up, down) => {

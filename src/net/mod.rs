@@ -19,6 +19,7 @@ pub mod relay;
 pub mod respond;
 pub mod sockopt;
 pub mod splice;
+pub mod zerocopy;
 
 /// Set up the thread a connection is served on, once per thread (cheap to call again):
 /// it keeps freed request buffers ([`crate::mem`]) and polls while busy ([`crate::spin`]).

@@ -174,6 +174,44 @@ impl PlainTcp {
     }
 }
 
+impl PlainTcp {
+    /// splice(2) up to `len` bytes of what the socket has received into the pipe `to`,
+    /// waiting for the socket to be readable. The pipe must be empty: then the call would
+    /// block only for want of data. `Ok(0)`: the client ended its sending. No partial
+    /// move clears the readiness (a pipe holds a few segments, not the whole queue).
+    pub fn poll_splice_out(
+        &self,
+        cx: &mut Context<'_>,
+        to: RawFd,
+        len: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_io(cx, false, 0, |s| {
+            super::zerocopy::splice(s.as_raw_fd(), to, len)
+        })
+    }
+
+    /// splice(2) up to `len` bytes from the pipe `from` into the socket, waiting for room
+    /// in its send buffer. The pipe holds at least `len` bytes.
+    pub fn poll_splice_in(
+        &self,
+        cx: &mut Context<'_>,
+        from: RawFd,
+        len: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_io(cx, true, len, |s| {
+            super::zerocopy::splice(from, s.as_raw_fd(), len)
+        })
+    }
+
+    /// End the sending side (a FIN), as [`tokio::io::AsyncWriteExt::shutdown`] does.
+    pub fn shutdown_write(&self) -> std::io::Result<()> {
+        match self.sock.shutdown(std::net::Shutdown::Write) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotConnected => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `recv` into the unfilled part of `buf`, which need not be initialised.
 fn recv(
     s: &std::net::TcpStream,

@@ -3,6 +3,7 @@
 //! watchdog; once the process starts draining, a tunnel that has gone quiet for a second is
 //! closed rather than waited for.
 
+use super::plain::PlainTcp;
 use super::relay;
 use pingora_core::server::ShutdownWatch;
 use std::pin::Pin;
@@ -68,6 +69,37 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     } else {
         copy.ending_at_first_close(ends.client_closes)
     };
+    watch(copy, &last, t0, idle_timeout, drain).await
+}
+
+/// [`splice`] between a client socket of our accept loop and the backend's, with splice(2)
+/// ([`super::zerocopy`]): the bytes do not pass through the process.
+pub async fn splice_plain(
+    client: &PlainTcp,
+    backend: &TcpStream,
+    idle_timeout: Duration,
+    drain: impl std::future::Future<Output = ()>,
+    ends: Ends,
+) -> Splice {
+    let t0 = Instant::now();
+    let last = AtomicU64::new(0);
+    let copy = super::zerocopy::relay(client, backend, &last, t0);
+    let copy = if ends.half_close {
+        copy.closing_b()
+    } else {
+        copy.ending_at_first_close(ends.client_closes)
+    };
+    watch(copy, &last, t0, idle_timeout, drain).await
+}
+
+/// Run `copy` under the idle watchdog: `last` is when it last read a byte (ms after `t0`).
+async fn watch(
+    copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
+    last: &AtomicU64,
+    t0: Instant,
+    idle_timeout: Duration,
+    drain: impl std::future::Future<Output = ()>,
+) -> Splice {
     tokio::pin!(copy);
     tokio::pin!(drain);
     let mut draining = false;

@@ -158,9 +158,17 @@ async fn tcp_least_connections_counts_open_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_64mib_each_way_arrives_intact() {
+    for splice in [false, true] {
+        each_way_intact(splice).await;
+    }
+}
+
+/// 64 MiB up and 64 MiB down through a tcp listener, through the copying relay or with
+/// splice(2).
+async fn each_way_intact(splice: bool) {
     let a = TcpBackend::start("a", false).await;
     let p = Proxy::start(&format!(
-        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, splice: {splice}}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
         backends(&[(&a, 1)])
     ));
     const LEN: usize = 64 << 20;
@@ -205,11 +213,73 @@ async fn tcp_64mib_each_way_arrives_intact() {
     assert_eq!(hex(&h.finish()), want, "download hash");
 }
 
+/// Descriptors a process has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// With `splice: true` a plain TCP relay moves its bytes with splice(2) through a pipe,
+/// which it holds only while bytes are in it: connections that have moved data both ways and gone idle hold
+/// their two sockets and no pipe (two descriptors each; a pipe per direction would be four
+/// more), and each still works when it is used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_half_close_is_propagated_and_idle_timeout_closes() {
+async fn idle_tcp_connections_hold_no_pipe() {
+    const N: usize = 200;
     let a = TcpBackend::start("a", false).await;
     let p = Proxy::start(&format!(
-        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, idle_timeout: 500ms}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, splice: true}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+        backends(&[(&a, 1)])
+    ));
+    let pid = p.child.id();
+    let mut warm = TcpStream::connect(p.addr).await.expect("connect");
+    warm.write_all(b"ECHO\n").await.expect("write");
+    assert!(echo_round(&mut warm, b"warm").await, "{}", p.log());
+    let fds0 = open_fds(pid);
+
+    let msg = pattern(100 << 10);
+    let mut conns = Vec::with_capacity(N);
+    for _ in 0..N {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        s.write_all(b"ECHO\n").await.expect("write");
+        assert!(
+            echo_round(&mut s, &msg).await,
+            "100 KiB echoed\n{}",
+            p.log()
+        );
+        conns.push(s);
+    }
+    let fds1 = open_fds(pid);
+    // each thread may keep up to 64 empty pipes for its next transfers
+    let pooled = 2 * 64 * 2;
+    assert!(
+        fds1 <= fds0 + 2 * N + pooled,
+        "{N} idle connections take {} descriptors in the proxy, more than their {} sockets and a pipe pool's {pooled}",
+        fds1 - fds0.min(fds1),
+        2 * N
+    );
+    for s in conns.iter_mut().step_by(N / 5) {
+        assert!(
+            echo_round(s, b"again").await,
+            "an idle connection used again"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_half_close_is_propagated_and_idle_timeout_closes() {
+    for splice in [false, true] {
+        half_close_and_idle(splice).await;
+    }
+}
+
+/// [`tcp_half_close_is_propagated_and_idle_timeout_closes`] through the copying relay or
+/// with splice(2).
+async fn half_close_and_idle(splice: bool) {
+    let a = TcpBackend::start("a", false).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, idle_timeout: 500ms, splice: {splice}}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
         backends(&[(&a, 1)])
     ));
     // Half-close: the backend writes "bye" only after it sees our EOF, and we still read it.
@@ -761,9 +831,9 @@ async fn tcp_half_close_false_ends_the_connection_at_the_first_close() {
         .await
         .expect("bind backend");
     let be_addr = be.local_addr().expect("backend address");
-    for half_close in [true, false] {
+    for (half_close, splice) in [(true, false), (false, false), (true, true), (false, true)] {
         let p = Proxy::start(&format!(
-            "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, half_close: {half_close}}}\nupstreams:\n  - name: u\n    backends: [{{address: {be_addr}}}]\n    health_check: {{type: tcp, interval: 1h}}\n",
+            "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, half_close: {half_close}, splice: {splice}}}\nupstreams:\n  - name: u\n    backends: [{{address: {be_addr}}}]\n    health_check: {{type: tcp, interval: 1h}}\n",
         ));
         // The backend ends first: it answers and sends its FIN; the client stays open.
         let mut c = TcpStream::connect(p.addr).await.expect("connect");
@@ -774,7 +844,7 @@ async fn tcp_half_close_false_ends_the_connection_at_the_first_close() {
         let got = read_all(&mut c, "client sees the end in time").await;
         assert_eq!(
             got, b"bye",
-            "half_close {half_close}: the answer arrives whole"
+            "half_close {half_close}, splice {splice}: the answer arrives whole"
         );
         if half_close {
             // the client's half is still open: what it sends now reaches the backend

@@ -1,0 +1,295 @@
+//! The L4 relay between two plain TCP sockets with splice(2): the bytes go from one socket
+//! into a pipe and from the pipe into the other without being copied into the process and
+//! out again. On this kernel that costs 0.6x the relay through a buffer per byte moved
+//! (`benches/relaycost`), as HAProxy's `option splice-auto` does.
+//!
+//! A direction holds a pipe only while bytes are in it: the pipe comes from a per-thread
+//! pool when the reader has something and goes back once it is empty, so an idle
+//! connection holds none (each pipe is two descriptors and a kernel buffer). Pipes that are
+//! not empty when their direction ends (an error) are closed, never pooled.
+//!
+//! Its semantics are [`super::relay`]'s: half-close passed on, or the first side to end
+//! ending both, and the byte counts of both directions.
+
+use super::plain::PlainTcp;
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// The size a pipe is asked to have: the copying relay's largest buffer, so that a bulk
+/// transfer moves as much per system call. Where the kernel refuses (a user past
+/// `pipe-user-pages-soft`), a pipe keeps its default 64 KiB.
+const PIPE_SIZE: usize = 256 << 10;
+const PIPE_DEFAULT: usize = 64 << 10;
+/// Empty pipes a thread keeps for its next transfers.
+const POOL: usize = 64;
+
+/// splice(2) `len` bytes from `from` to `to`, one of them a pipe, without blocking.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors and no offsets; the kernel checks that one end is a pipe.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A pipe's two ends, and how much it holds.
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    cap: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both are open descriptors that nothing else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_SETPIPE_SZ on a pipe this function owns; it returns the size set.
+        let set =
+            unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        let cap = if set > 0 { set as usize } else { PIPE_DEFAULT };
+        Ok(Pipe { r, w, cap })
+    }
+}
+
+thread_local! {
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_pipe() -> io::Result<Pipe> {
+    match PIPES.with(|p| p.borrow_mut().pop()) {
+        Some(p) => Ok(p),
+        None => Pipe::new(),
+    }
+}
+
+/// Back to the pool; only an empty pipe may come back.
+fn give_pipe(p: Pipe) {
+    PIPES.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL {
+            pool.push(p);
+        }
+    });
+}
+
+/// One end of the relay: the client's socket (our accept loop's) or the backend's.
+#[derive(Clone, Copy)]
+pub enum End<'a> {
+    Client(&'a PlainTcp),
+    Backend(&'a TcpStream),
+}
+
+impl End<'_> {
+    fn poll_out(&self, cx: &mut Context<'_>, pipe: RawFd, len: usize) -> Poll<io::Result<usize>> {
+        match self {
+            End::Client(s) => s.poll_splice_out(cx, pipe, len),
+            End::Backend(s) => loop {
+                ready!(s.poll_read_ready(cx))?;
+                match s.try_io(Interest::READABLE, || splice(s.as_raw_fd(), pipe, len)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
+            },
+        }
+    }
+
+    fn poll_in(&self, cx: &mut Context<'_>, pipe: RawFd, len: usize) -> Poll<io::Result<usize>> {
+        match self {
+            End::Client(s) => s.poll_splice_in(cx, pipe, len),
+            End::Backend(s) => loop {
+                ready!(s.poll_write_ready(cx))?;
+                match s.try_io(Interest::WRITABLE, || splice(pipe, s.as_raw_fd(), len)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
+            },
+        }
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        let r = match self {
+            End::Client(s) => return s.shutdown_write(),
+            // SAFETY: the socket is open for as long as the borrow lasts.
+            End::Backend(s) => unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_WR) },
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::NotConnected {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One direction: what is in its pipe, if it holds one.
+#[derive(Default)]
+struct Dir {
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+    read_done: bool,
+    done: bool,
+    total: u64,
+}
+
+impl Dir {
+    /// `closed_after`: the writer is a plain socket closed as soon as this direction ends,
+    /// so its write half need not be shut first. `last`: when a byte was last read (ms
+    /// after `t0`), for the caller's idle watchdog.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: End<'_>,
+        w: End<'_>,
+        closed_after: bool,
+        (last, t0): (&AtomicU64, Instant),
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.in_pipe == 0 && !self.read_done {
+                let pipe = match self.pipe.take() {
+                    Some(p) => p,
+                    None => take_pipe()?,
+                };
+                match r.poll_out(cx, pipe.w.as_raw_fd(), pipe.cap) {
+                    Poll::Ready(Ok(0)) => {
+                        give_pipe(pipe);
+                        self.read_done = true;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.pipe = Some(pipe);
+                        self.in_pipe = n;
+                        last.store(t0.elapsed().as_millis() as u64, Relaxed);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        give_pipe(pipe);
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => {
+                        // nothing went in: the pipe is empty, and waits in the pool
+                        give_pipe(pipe);
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.in_pipe > 0 {
+                let Some(pipe) = self.pipe.as_ref() else {
+                    return Poll::Ready(Err(io::Error::other("bytes in a pipe that is gone")));
+                };
+                let n = ready!(w.poll_in(cx, pipe.r.as_raw_fd(), self.in_pipe))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.in_pipe -= n;
+                self.total += n as u64;
+            }
+            if let Some(p) = self.pipe.take() {
+                give_pipe(p);
+            }
+            if self.read_done {
+                if !closed_after {
+                    w.shutdown_write()?;
+                }
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// Relay between the client `a` and the backend `b` until both directions ended (or the
+/// first, see [`ZeroCopy::ending_at_first_close`]); the byte counts a→b and b→a.
+pub struct ZeroCopy<'x> {
+    a: End<'x>,
+    b: End<'x>,
+    ab: Dir,
+    ba: Dir,
+    b_closes: bool,
+    a_closes: bool,
+    first_ends: bool,
+    last: &'x AtomicU64,
+    t0: Instant,
+}
+
+/// `last`: set to the milliseconds after `t0` at which a byte was last read.
+pub fn relay<'x>(
+    a: &'x PlainTcp,
+    b: &'x TcpStream,
+    last: &'x AtomicU64,
+    t0: Instant,
+) -> ZeroCopy<'x> {
+    ZeroCopy {
+        a: End::Client(a),
+        b: End::Backend(b),
+        ab: Dir::default(),
+        ba: Dir::default(),
+        b_closes: false,
+        a_closes: false,
+        first_ends: false,
+        last,
+        t0,
+    }
+}
+
+impl ZeroCopy<'_> {
+    /// As [`super::relay::Relay::closing_b`].
+    pub fn closing_b(mut self) -> Self {
+        self.b_closes = true;
+        self
+    }
+
+    /// As [`super::relay::Relay::ending_at_first_close`].
+    pub fn ending_at_first_close(mut self, a_closes: bool) -> Self {
+        self.b_closes = true;
+        self.a_closes = a_closes;
+        self.first_ends = true;
+        self
+    }
+}
+
+impl Future for ZeroCopy<'_> {
+    type Output = io::Result<(u64, u64)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let seen = (this.last, this.t0);
+        if !this.ab.done {
+            let last = this.b_closes && (this.ba.done || this.first_ends);
+            if let Poll::Ready(Err(e)) = this.ab.poll(cx, this.a, this.b, last, seen) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if !this.ba.done {
+            let a_last = this.first_ends && this.a_closes;
+            if let Poll::Ready(Err(e)) = this.ba.poll(cx, this.b, this.a, a_last, seen) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if (this.first_ends && (this.ab.done || this.ba.done)) || (this.ab.done && this.ba.done) {
+            return Poll::Ready(Ok((this.ab.total, this.ba.total)));
+        }
+        Poll::Pending
+    }
+}
