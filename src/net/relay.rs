@@ -9,8 +9,8 @@
 //! freed when its direction ends; `max_connections` bounds the total.
 //! Half-close is passed on: when one side's reads end, the other side's write half is shut.
 //! Except for the last direction to end when the caller closes that side right away
-//! ([`Relay::closing_b`]): the close sends the same FIN, and the `shutdown` call is saved.
-//! Or the first side to end ends both ([`Relay::ending_at_first_close`], nginx's stream
+//! ([`Ending::closing_b`]): the close sends the same FIN, and the `shutdown` call is saved.
+//! Or the first side to end ends both ([`Ending::at_first_close`], nginx's stream
 //! default): once what it sent is delivered, the relay returns and the caller closes both.
 
 use std::future::Future;
@@ -103,20 +103,67 @@ impl Half {
     }
 }
 
-/// Relay between `a` and `b` until both directions ended; the byte counts a→b and b→a.
+/// How a relay ends; shared by [`Relay`] and [`super::zerocopy::ZeroCopy`]. The default:
+/// both directions until both ended, each ended by shutting its writer's write half.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ending {
+    b_closes: bool,
+    a_closes: bool,
+    first_ends: bool,
+}
+
+impl Ending {
+    /// `b` is a plain TCP socket that the caller closes as soon as the relay ends. When the
+    /// a→b direction is the last to end (the client closing after the backend did, as on
+    /// every connection-per-request), the close delivers its FIN, so the relay does not
+    /// shut `b`'s write half first. (A TLS writer is never `b`: its close_notify is written
+    /// by the shutdown.)
+    pub fn closing_b() -> Ending {
+        Ending {
+            b_closes: true,
+            ..Ending::default()
+        }
+    }
+
+    /// End when the first direction ends (its reader closed and what it sent is written),
+    /// without waiting for the other: no half-close is passed on. `a_closes`: `a` is also a
+    /// plain socket closed right after, so a FIN it is owed comes with that close and no
+    /// `shutdown` is called on it. Implies [`Self::closing_b`].
+    pub fn at_first_close(a_closes: bool) -> Ending {
+        Ending {
+            b_closes: true,
+            a_closes,
+            first_ends: true,
+        }
+    }
+
+    /// Whether the a→b direction, once ended, leaves `b` to the caller's close rather than
+    /// shutting its write half, given whether b→a has ended.
+    pub fn ab_closed_after(self, ba_done: bool) -> bool {
+        self.b_closes && (ba_done || self.first_ends)
+    }
+
+    /// The same for the b→a direction and `a`.
+    pub fn ba_closed_after(self) -> bool {
+        self.first_ends && self.a_closes
+    }
+
+    /// Whether the relay is over, given which directions have ended.
+    pub fn over(self, ab_done: bool, ba_done: bool) -> bool {
+        (ab_done && ba_done) || (self.first_ends && (ab_done || ba_done))
+    }
+}
+
+/// Relay between `a` and `b` until it ends as [`Ending`] says; the byte counts a→b and b→a.
 pub struct Relay<'x, A: ?Sized, B: ?Sized> {
     a: &'x mut A,
     b: &'x mut B,
     ab: Half,
     ba: Half,
-    b_closes: bool,
-    /// `a` is a plain socket the caller closes as soon as the relay ends.
-    a_closes: bool,
-    /// The first direction to end ends the relay.
-    first_ends: bool,
+    ending: Ending,
 }
 
-pub fn relay<'x, A, B>(a: &'x mut A, b: &'x mut B) -> Relay<'x, A, B>
+pub fn relay<'x, A, B>(a: &'x mut A, b: &'x mut B, ending: Ending) -> Relay<'x, A, B>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -126,32 +173,7 @@ where
         b,
         ab: Half::default(),
         ba: Half::default(),
-        b_closes: false,
-        a_closes: false,
-        first_ends: false,
-    }
-}
-
-impl<A: ?Sized, B: ?Sized> Relay<'_, A, B> {
-    /// `b` is a plain TCP socket that the caller closes as soon as the relay ends. When the
-    /// a→b direction is the last to end (the client closing after the backend did, as on
-    /// every connection-per-request), the close delivers its FIN, so the relay does not
-    /// shut `b`'s write half first. (A TLS writer is never `b`: its close_notify is written
-    /// by the shutdown.)
-    pub fn closing_b(mut self) -> Self {
-        self.b_closes = true;
-        self
-    }
-
-    /// End when the first direction ends (its reader closed and what it sent is written),
-    /// without waiting for the other: no half-close is passed on. `a_closes`: `a` is also a
-    /// plain socket closed right after, so a FIN it is owed comes with that close and no
-    /// `shutdown` is called on it. Implies [`Self::closing_b`].
-    pub fn ending_at_first_close(mut self, a_closes: bool) -> Self {
-        self.b_closes = true;
-        self.a_closes = a_closes;
-        self.first_ends = true;
-        self
+        ending,
     }
 }
 
@@ -165,7 +187,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if !this.ab.done {
-            let last = this.b_closes && (this.ba.done || this.first_ends);
+            let last = this.ending.ab_closed_after(this.ba.done);
             if let Poll::Ready(Err(e)) =
                 this.ab
                     .poll(cx, Pin::new(&mut *this.a), Pin::new(&mut *this.b), last)
@@ -174,7 +196,7 @@ where
             }
         }
         if !this.ba.done {
-            let a_last = this.first_ends && this.a_closes;
+            let a_last = this.ending.ba_closed_after();
             if let Poll::Ready(Err(e)) =
                 this.ba
                     .poll(cx, Pin::new(&mut *this.b), Pin::new(&mut *this.a), a_last)
@@ -182,10 +204,7 @@ where
                 return Poll::Ready(Err(e));
             }
         }
-        if this.first_ends && (this.ab.done || this.ba.done) {
-            return Poll::Ready(Ok((this.ab.total, this.ba.total)));
-        }
-        if this.ab.done && this.ba.done {
+        if this.ending.over(this.ab.done, this.ba.done) {
             Poll::Ready(Ok((this.ab.total, this.ba.total)))
         } else {
             Poll::Pending
@@ -209,8 +228,12 @@ mod tests {
             let (mut b, mut backend) = loopback_pair(|_| true).await;
             assert!(backend.write_all(b"resp").await.is_ok());
             assert!(backend.shutdown().await.is_ok());
-            let r = relay(&mut a, &mut b);
-            let r = if closing { r.closing_b() } else { r };
+            let ending = if closing {
+                Ending::closing_b()
+            } else {
+                Ending::default()
+            };
+            let r = relay(&mut a, &mut b, ending);
             let client_side = async {
                 let mut got = Vec::new();
                 assert!(client.read_to_end(&mut got).await.is_ok());
@@ -249,7 +272,7 @@ mod tests {
             assert!(backend.shutdown().await.is_ok());
             let moved = tokio::time::timeout(
                 std::time::Duration::from_secs(5),
-                relay(&mut a, &mut b).ending_at_first_close(a_closes),
+                relay(&mut a, &mut b, Ending::at_first_close(a_closes)),
             )
             .await;
             assert_eq!(moved.ok().and_then(|r| r.ok()), Some((0, 4)));

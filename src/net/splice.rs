@@ -32,6 +32,15 @@ impl Ends {
         half_close: true,
         client_closes: false,
     };
+
+    /// The relay's [`relay::Ending`]: the caller closes the backend right after either way.
+    fn ending(self) -> relay::Ending {
+        if self.half_close {
+            relay::Ending::closing_b()
+        } else {
+            relay::Ending::at_first_close(self.client_closes)
+        }
+    }
 }
 
 pub enum Splice {
@@ -41,9 +50,10 @@ pub enum Splice {
     Failed(std::io::Error),
 }
 
-/// Both directions until both are done (or the first, as `ends` says), with the idle watchdog. Also the tunnel of an
-/// upgraded (WebSocket) HTTP/1 connection. The caller closes `backend` when this returns:
-/// if the client's side ends last, that close is what passes its FIN on.
+/// Both directions until both are done (or the first, as `ends` says), with the idle
+/// watchdog. Also the tunnel of an upgraded (WebSocket) HTTP/1 connection. The caller
+/// closes `backend` when this returns: if the client's side ends last, that close is what
+/// passes its FIN on.
 pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     client: &mut C,
     backend: &mut TcpStream,
@@ -63,12 +73,7 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
         last: &last,
         t0,
     };
-    let copy = relay::relay(&mut a, &mut b);
-    let copy = if ends.half_close {
-        copy.closing_b()
-    } else {
-        copy.ending_at_first_close(ends.client_closes)
-    };
+    let copy = relay::relay(&mut a, &mut b, ends.ending());
     watch(copy, &last, t0, idle_timeout, drain).await
 }
 
@@ -83,12 +88,7 @@ pub async fn splice_plain(
 ) -> Splice {
     let t0 = Instant::now();
     let last = AtomicU64::new(0);
-    let copy = super::zerocopy::relay(client, backend, &last, t0);
-    let copy = if ends.half_close {
-        copy.closing_b()
-    } else {
-        copy.ending_at_first_close(ends.client_closes)
-    };
+    let copy = super::zerocopy::relay(client, backend, ends.ending(), (&last, t0));
     watch(copy, &last, t0, idle_timeout, drain).await
 }
 

@@ -12,6 +12,7 @@
 //! ending both, and the byte counts of both directions.
 
 use super::plain::PlainTcp;
+use super::relay::Ending;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -219,16 +220,14 @@ impl Dir {
     }
 }
 
-/// Relay between the client `a` and the backend `b` until both directions ended (or the
-/// first, see [`ZeroCopy::ending_at_first_close`]); the byte counts a→b and b→a.
+/// Relay between the client `a` and the backend `b` until it ends as `ending` says; the
+/// byte counts a→b and b→a.
 pub struct ZeroCopy<'x> {
     a: End<'x>,
     b: End<'x>,
     ab: Dir,
     ba: Dir,
-    b_closes: bool,
-    a_closes: bool,
-    first_ends: bool,
+    ending: Ending,
     last: &'x AtomicU64,
     t0: Instant,
 }
@@ -237,35 +236,17 @@ pub struct ZeroCopy<'x> {
 pub fn relay<'x>(
     a: &'x PlainTcp,
     b: &'x TcpStream,
-    last: &'x AtomicU64,
-    t0: Instant,
+    ending: Ending,
+    (last, t0): (&'x AtomicU64, Instant),
 ) -> ZeroCopy<'x> {
     ZeroCopy {
         a: End::Client(a),
         b: End::Backend(b),
         ab: Dir::default(),
         ba: Dir::default(),
-        b_closes: false,
-        a_closes: false,
-        first_ends: false,
+        ending,
         last,
         t0,
-    }
-}
-
-impl ZeroCopy<'_> {
-    /// As [`super::relay::Relay::closing_b`].
-    pub fn closing_b(mut self) -> Self {
-        self.b_closes = true;
-        self
-    }
-
-    /// As [`super::relay::Relay::ending_at_first_close`].
-    pub fn ending_at_first_close(mut self, a_closes: bool) -> Self {
-        self.b_closes = true;
-        self.a_closes = a_closes;
-        self.first_ends = true;
-        self
     }
 }
 
@@ -276,18 +257,18 @@ impl Future for ZeroCopy<'_> {
         let this = self.get_mut();
         let seen = (this.last, this.t0);
         if !this.ab.done {
-            let last = this.b_closes && (this.ba.done || this.first_ends);
+            let last = this.ending.ab_closed_after(this.ba.done);
             if let Poll::Ready(Err(e)) = this.ab.poll(cx, this.a, this.b, last, seen) {
                 return Poll::Ready(Err(e));
             }
         }
         if !this.ba.done {
-            let a_last = this.first_ends && this.a_closes;
+            let a_last = this.ending.ba_closed_after();
             if let Poll::Ready(Err(e)) = this.ba.poll(cx, this.b, this.a, a_last, seen) {
                 return Poll::Ready(Err(e));
             }
         }
-        if (this.first_ends && (this.ab.done || this.ba.done)) || (this.ab.done && this.ba.done) {
+        if this.ending.over(this.ab.done, this.ba.done) {
             return Poll::Ready(Ok((this.ab.total, this.ba.total)));
         }
         Poll::Pending

@@ -255,13 +255,6 @@ async fn tcp_listeners_do_not_defer_by_default_so_a_greeting_backend_is_heard() 
     );
 }
 
-/// Descriptors a process has open.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
-        .count()
-}
-
 /// Silent clients that the kernel hands over after its hold wait for their first request
 /// as idle keep-alive connections do, holding no request buffer (4 KiB each when they
 /// did); each is then served when it does send.
@@ -275,7 +268,10 @@ async fn silent_clients_handed_over_after_the_hold_hold_no_request_buffer() {
     let pid = p.child.id();
     assert_eq!(first_200(on, WAIT).await, Some(200), "{}", p.log());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (rss0, fds0) = (crate::support::proxy::rss_kib(pid), open_fds(pid));
+    let (rss0, fds0) = (
+        crate::support::proxy::rss_kib(pid),
+        crate::support::proxy::open_fds(pid),
+    );
 
     let mut silent = Vec::with_capacity(N);
     for _ in 0..N {
@@ -283,10 +279,10 @@ async fn silent_clients_handed_over_after_the_hold_hold_no_request_buffer() {
     }
     // all of them handed over (past the hold) and waiting in the proxy
     let deadline = Instant::now() + Duration::from_secs(15);
-    while open_fds(pid) < fds0 + N && Instant::now() < deadline {
+    while crate::support::proxy::open_fds(pid) < fds0 + N && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let fds1 = open_fds(pid);
+    let fds1 = crate::support::proxy::open_fds(pid);
     assert!(
         fds1 >= fds0 + N,
         "the proxy holds {} more descriptors, not the {N} silent clients':\n{}",

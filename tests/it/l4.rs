@@ -213,17 +213,10 @@ async fn each_way_intact(splice: bool) {
     assert_eq!(hex(&h.finish()), want, "download hash");
 }
 
-/// Descriptors a process has open.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
-        .count()
-}
-
 /// With `splice: true` a plain TCP relay moves its bytes with splice(2) through a pipe,
-/// which it holds only while bytes are in it: connections that have moved data both ways and gone idle hold
-/// their two sockets and no pipe (two descriptors each; a pipe per direction would be four
-/// more), and each still works when it is used again.
+/// which it holds only while bytes are in it: connections that have moved data both ways
+/// and gone idle hold their two sockets and no pipe (two descriptors each; a pipe per
+/// direction would be four more), and each still works when it is used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tcp_connections_hold_no_pipe() {
     const N: usize = 200;
@@ -236,7 +229,7 @@ async fn idle_tcp_connections_hold_no_pipe() {
     let mut warm = TcpStream::connect(p.addr).await.expect("connect");
     warm.write_all(b"ECHO\n").await.expect("write");
     assert!(echo_round(&mut warm, b"warm").await, "{}", p.log());
-    let fds0 = open_fds(pid);
+    let fds0 = crate::support::proxy::open_fds(pid);
 
     let msg = pattern(100 << 10);
     let mut conns = Vec::with_capacity(N);
@@ -250,7 +243,7 @@ async fn idle_tcp_connections_hold_no_pipe() {
         );
         conns.push(s);
     }
-    let fds1 = open_fds(pid);
+    let fds1 = crate::support::proxy::open_fds(pid);
     // each thread may keep up to 64 empty pipes for its next transfers
     let pooled = 2 * 64 * 2;
     assert!(

@@ -230,12 +230,6 @@ fn threads(pid: u32) -> String {
         .to_string()
 }
 
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd dir")
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_reloads_keep_rss_and_fds_flat() {
     let a = OriginBuilder::new("a").body("A").run().await;
@@ -272,7 +266,10 @@ async fn hundred_reloads_keep_rss_and_fds_flat() {
     eprintln!("warm after {n} reloads");
     // the same quiet moment at both measurements: the last admin connection closed
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (rss0, fd0) = (crate::support::proxy::rss_kib(pid), fds(pid));
+    let (rss0, fd0) = (
+        crate::support::proxy::rss_kib(pid),
+        crate::support::proxy::open_fds(pid),
+    );
     let th0 = threads(pid);
     for n in n..n + 100 {
         let want = round(n);
@@ -281,7 +278,10 @@ async fn hundred_reloads_keep_rss_and_fds_flat() {
         assert_eq!(c.get("/", &[]).await.expect("get").text(), want);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (rss1, fd1) = (crate::support::proxy::rss_kib(pid), fds(pid));
+    let (rss1, fd1) = (
+        crate::support::proxy::rss_kib(pid),
+        crate::support::proxy::open_fds(pid),
+    );
     eprintln!(
         "100 reloads: RSS {rss0} kB -> {rss1} kB, fds {fd0} -> {fd1}, threads {th0} -> {}",
         threads(pid)

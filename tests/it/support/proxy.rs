@@ -16,6 +16,13 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// How many descriptors a process has open; fails the test if it cannot be read.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
 /// The binary under test: cargo's build of this checkout, or `STEPSTONE_IT_BIN` (the whole
 /// suite against another build of the same code, such as `scripts/build-pgo`'s, which is the
 /// one the image ships).
