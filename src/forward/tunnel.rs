@@ -18,7 +18,7 @@
 //! relay; END_STREAM is the half-close each way. A tunnel that ends in an error is reset
 //! with CONNECT_ERROR.
 
-use crate::net::splice::Ends;
+use crate::net::splice::{Client, Ends};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora_core::protocols::http::v2::server::HttpSession as SessionV2;
@@ -92,7 +92,8 @@ pub async fn relay(
         first = e.len() as u64;
     }
     let drain = crate::lifecycle::shutdown_started();
-    match crate::net::splice::splice(&mut down, &mut up, idle, drain, Ends::HALF_CLOSE).await {
+    let side = Client::Stream(&mut down);
+    match crate::net::splice::splice(side, &mut up, idle, drain, Ends::HALF_CLOSE).await {
         crate::net::splice::Splice::Done(sent, recv) => (first + sent, recv),
         _ => (first, 0),
     }
@@ -114,7 +115,8 @@ pub async fn relay_h2(
         ended: false,
     };
     let drain = crate::lifecycle::shutdown_started();
-    match crate::net::splice::splice(&mut s, &mut up, idle, drain, Ends::HALF_CLOSE).await {
+    let side = Client::Stream(&mut s);
+    match crate::net::splice::splice(side, &mut up, idle, drain, Ends::HALF_CLOSE).await {
         crate::net::splice::Splice::Done(sent, recv) => ((sent, recv), true),
         _ => ((0, 0), false),
     }

@@ -24,7 +24,7 @@ pub mod sni;
 
 use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
 use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
-use crate::net::splice::{shutdown_of, splice, splice_plain, Ends, Splice};
+use crate::net::splice::{shutdown_of, splice, Client, Ends, Splice};
 use crate::upstream::{bit, Pick, Pool};
 use accept::{local_of, peer_of, ProxyAccept};
 use async_trait::async_trait;
@@ -206,28 +206,18 @@ impl L4App {
             true => io.as_any().downcast_ref::<crate::net::listen::PlainTcp>(),
             false => None,
         };
-        let outcome = match plain {
-            Some(plain) => {
-                splice_plain(
-                    plain,
-                    &backend,
-                    self.idle_timeout,
-                    shutdown_of(shutdown),
-                    ends,
-                )
-                .await
-            }
-            None => {
-                splice(
-                    &mut io,
-                    &mut backend,
-                    self.idle_timeout,
-                    shutdown_of(shutdown),
-                    ends,
-                )
-                .await
-            }
+        let side = match plain {
+            Some(socket) => Client::Socket(socket),
+            None => Client::Stream(&mut io),
         };
+        let outcome = splice(
+            side,
+            &mut backend,
+            self.idle_timeout,
+            shutdown_of(shutdown),
+            ends,
+        )
+        .await;
         let label = &pick.slot.label;
         match outcome {
             Splice::Done(up, down) => {

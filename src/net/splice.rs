@@ -50,12 +50,20 @@ pub enum Splice {
     Failed(std::io::Error),
 }
 
+/// The client side of a tunnel: any stream, relayed through buffers, or a socket of our
+/// accept loop with nothing buffered ahead of it, relayed with splice(2)
+/// ([`super::zerocopy`]): its bytes do not pass through the process.
+pub enum Client<'a, C: ?Sized> {
+    Stream(&'a mut C),
+    Socket(&'a PlainTcp),
+}
+
 /// Both directions until both are done (or the first, as `ends` says), with the idle
 /// watchdog. Also the tunnel of an upgraded (WebSocket) HTTP/1 connection. The caller
 /// closes `backend` when this returns: if the client's side ends last, that close is what
 /// passes its FIN on.
 pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
-    client: &mut C,
+    client: Client<'_, C>,
     backend: &mut TcpStream,
     idle_timeout: Duration,
     drain: impl std::future::Future<Output = ()>,
@@ -63,33 +71,26 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
 ) -> Splice {
     let t0 = Instant::now();
     let last = AtomicU64::new(0);
-    let mut a = Tracked {
-        inner: client,
-        last: &last,
-        t0,
-    };
-    let mut b = Tracked {
-        inner: backend,
-        last: &last,
-        t0,
-    };
-    let copy = relay::relay(&mut a, &mut b, ends.ending());
-    watch(copy, &last, t0, idle_timeout, drain).await
-}
-
-/// [`splice`] between a client socket of our accept loop and the backend's, with splice(2)
-/// ([`super::zerocopy`]): the bytes do not pass through the process.
-pub async fn splice_plain(
-    client: &PlainTcp,
-    backend: &TcpStream,
-    idle_timeout: Duration,
-    drain: impl std::future::Future<Output = ()>,
-    ends: Ends,
-) -> Splice {
-    let t0 = Instant::now();
-    let last = AtomicU64::new(0);
-    let copy = super::zerocopy::relay(client, backend, ends.ending(), (&last, t0));
-    watch(copy, &last, t0, idle_timeout, drain).await
+    match client {
+        Client::Stream(client) => {
+            let mut a = Tracked {
+                inner: client,
+                last: &last,
+                t0,
+            };
+            let mut b = Tracked {
+                inner: backend,
+                last: &last,
+                t0,
+            };
+            let copy = relay::relay(&mut a, &mut b, ends.ending());
+            watch(copy, &last, t0, idle_timeout, drain).await
+        }
+        Client::Socket(client) => {
+            let copy = super::zerocopy::relay(client, backend, ends.ending(), (&last, t0));
+            watch(copy, &last, t0, idle_timeout, drain).await
+        }
+    }
 }
 
 /// Run `copy` under the idle watchdog: `last` is when it last read a byte (ms after `t0`).

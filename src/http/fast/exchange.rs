@@ -632,7 +632,7 @@ impl<'a> Exchange<'a> {
         g.release();
         let drain = crate::net::splice::shutdown_of(shutdown);
         if let crate::net::splice::Splice::Done(_, down) = crate::net::splice::splice(
-            g,
+            crate::net::splice::Client::Stream(g),
             &mut up,
             self.pool.read_timeout,
             drain,
