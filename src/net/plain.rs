@@ -205,10 +205,15 @@ impl PlainTcp {
 
     /// End the sending side (a FIN), as [`tokio::io::AsyncWriteExt::shutdown`] does.
     pub fn shutdown_write(&self) -> std::io::Result<()> {
-        match self.sock.shutdown(std::net::Shutdown::Write) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotConnected => Err(e),
-            _ => Ok(()),
-        }
+        shutdown_write(socket2::SockRef::from(&self.sock))
+    }
+}
+
+/// Shut a socket's sending side (a FIN); a peer already gone is not an error.
+pub fn shutdown_write(sock: socket2::SockRef<'_>) -> std::io::Result<()> {
+    match sock.shutdown(std::net::Shutdown::Write) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -265,10 +270,7 @@ impl tokio::io::AsyncWrite for PlainTcp {
         Poll::Ready(Ok(()))
     }
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(match self.sock.shutdown(std::net::Shutdown::Write) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotConnected => Err(e),
-            _ => Ok(()),
-        })
+        Poll::Ready(self.shutdown_write())
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,

@@ -131,18 +131,10 @@ impl End<'_> {
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
-        let r = match self {
-            End::Client(s) => return s.shutdown_write(),
-            // SAFETY: the socket is open for as long as the borrow lasts.
-            End::Backend(s) => unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_WR) },
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::NotConnected {
-                return Err(e);
-            }
+        match self {
+            End::Client(s) => s.shutdown_write(),
+            End::Backend(s) => super::plain::shutdown_write(socket2::SockRef::from(*s)),
         }
-        Ok(())
     }
 }
 
