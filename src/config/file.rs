@@ -174,14 +174,18 @@ pub struct ListenerFile {
     /// call or two per connection, but a protocol whose client signals the end of its
     /// request with a half-close (`nc -N`, some RPC) then loses the answer. Default: true
     pub half_close: Option<bool>,
-    /// tcp and tls_passthrough: move the bytes with splice(2) through a pipe, from one
-    /// socket to the other, rather than copying them into the process and out again
-    /// (HAProxy's `option splice-auto`). It applies where the client's socket is plain:
-    /// not with `tls` (termination) or `accept_proxy_protocol`, which keep the copying
-    /// relay. A direction holds a pipe (two descriptors, within the open-file limit; a
-    /// connection whose pipe cannot be made is closed) only while bytes are in it. On the
-    /// 2-core test host it cut CPU per MiB relayed by about a quarter but moved fewer MiB/s
-    /// per connection (benches/RESULTS.md, 2026-12-04 18:00). Default: false
+    /// Move bytes with splice(2) through a pipe, from one socket to the other, rather than
+    /// copying them into the process and out again (HAProxy's `option splice-auto`).
+    /// tcp and tls_passthrough: the whole relay. http: request bodies with a
+    /// Content-Length and at least 16 KiB left after the head's read, on the lean engine
+    /// (not for https or forward_proxy listeners). It applies where the client's socket is
+    /// plain: not with `tls` (termination) or `accept_proxy_protocol`, which keep the
+    /// copying relay. A transfer holds a pipe (two descriptors, within the open-file limit;
+    /// a connection whose pipe cannot be made is closed) only while bytes are in it. It saves
+    /// the proxy's CPU (a quarter per MiB relayed here, 13% of a 64 KiB POST), but where the
+    /// receiver is on the same host (loopback) that receiver's own copy then reads bytes
+    /// last touched long before, not ones this process just wrote, and costs it more than
+    /// the proxy saves (benches/RESULTS.md, 2026-12-04). Default: false
     pub splice: Option<bool>,
     /// Read a PROXY protocol header (v1 or v2) first and use its source as the client
     /// address everywhere (logs, X-Forwarded-For, hashing, ACLs). Default: false

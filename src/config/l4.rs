@@ -92,7 +92,6 @@ pub(super) fn listener(
             ("max_connections", l.max_connections.is_some()),
             ("idle_timeout", l.idle_timeout.is_some()),
             ("half_close", l.half_close.is_some()),
-            ("splice", l.splice.is_some()),
         ];
         if let Some((k, _)) = set.iter().find(|(_, on)| *on) {
             return Err(e.err(
@@ -239,10 +238,20 @@ mod tests {
         let on = ok.replace("idle_timeout: 30s", "splice: true");
         let c = Config::from_yaml("x.yaml", &on).unwrap();
         assert!(c.listeners[0].l4.clone().unwrap().splice);
+        // http: request bodies; not where the bytes must pass through the process
+        let c = Config::from_yaml(
+            "x.yaml",
+            &format!("listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, splice: true}}]\n{UP}"),
+        )
+        .unwrap();
+        assert!(c.listeners[0].splice);
         let e = err(&format!(
-            "listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, splice: true}}]\n{UP}"
+            "listeners: [{{name: f, address: 127.0.0.1:1, protocol: http, splice: true, forward_proxy: {{}}}}]\n{UP}"
         ));
-        assert!(e.contains("listeners[0].splice"), "{e}");
+        assert!(
+            e.contains("listeners[0].splice") && e.contains("forward_proxy"),
+            "{e}"
+        );
         let e = err(&format!(
             "listeners: [{{name: w, address: 127.0.0.1:1, protocol: http, half_close: false}}]\n{UP}"
         ));

@@ -47,6 +47,7 @@ pub(super) fn listeners(
             h2c,
             fast_path: l.fast_path.unwrap_or(true),
             defer_accept: l.defer_accept.unwrap_or(client_speaks_first(l)),
+            splice: splice(e, &p, l)?,
             http3: super::quic::validate(e, &p, l, &lim)?,
             limits: lim,
             l4: None,
@@ -55,6 +56,19 @@ pub(super) fn listeners(
         });
     }
     Ok(listeners)
+}
+
+/// `splice` on an http listener: its request bodies come from a plain socket only there.
+fn splice(e: &Errs, p: &str, l: &ListenerFile) -> Result<bool, ConfigError> {
+    let Some(on) = l.splice else {
+        return Ok(false);
+    };
+    let why = match (l.protocol, &l.forward_proxy) {
+        (super::file::ListenerProtocol::Https, _) => "a TLS client's bytes must pass through the process to be decrypted: only for plain listeners (http, tcp, tls_passthrough)",
+        (_, Some(_)) => "not for forward_proxy listeners (their bodies are relayed through the process)",
+        _ => return Ok(on),
+    };
+    Err(e.err(format!("{p}.splice"), on, why))
 }
 
 /// Whether the listener's protocol has the client send first: HTTP, TLS (a ClientHello) and

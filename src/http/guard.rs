@@ -249,6 +249,30 @@ impl Guarded {
         self.reset();
     }
 
+    /// The plain socket below, when the rest of this request's body, `left` bytes of a
+    /// Content-Length body, may go from it to the backend without passing through the
+    /// guard (splice(2)): nothing of it is buffered here, and nothing else is watched
+    /// until it is done. The caller then reports what it moved with [`Guarded::spliced`].
+    pub fn body_socket(&self, left: u64) -> Option<&crate::net::plain::PlainTcp> {
+        let whole = matches!(self.body, Body::Left(n) if n == left);
+        if !whole || self.phase != Phase::Body || self.has_pending() || self.rearm.load(Relaxed) {
+            return None;
+        }
+        self.inner.as_any().downcast_ref()
+    }
+
+    /// `n` bytes of the body went from the socket straight to the backend: counted off as
+    /// a read through the guard would; `acked`: the kernel was asked to acknowledge them.
+    pub fn spliced(&mut self, n: u64, acked: bool) {
+        if let Body::Left(left) = &mut self.body {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                self.body = Body::Held;
+            }
+        }
+        self.acked |= acked;
+    }
+
     /// Whether unread bytes are waiting, so the socket need not be polled for a request.
     #[inline]
     pub fn has_pending(&self) -> bool {

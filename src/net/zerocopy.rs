@@ -197,6 +197,7 @@ impl Dir {
                 }
                 self.in_pipe -= n;
                 self.total += n as u64;
+                crate::observability::SPLICED_BYTES.inc_by(n as u64);
             }
             if let Some(p) = self.pipe.take() {
                 give_pipe(p);
@@ -265,4 +266,115 @@ impl Future for ZeroCopy<'_> {
         }
         Poll::Pending
     }
+}
+
+/// Why a request body sent with [`body`] stopped short.
+#[derive(Debug)]
+pub enum Short {
+    /// The client ended its sending (or failed) before the body was whole.
+    ClientClosed,
+    /// The client sent nothing for the read timeout.
+    ClientTimeout,
+    /// Writing to the backend failed, or timed out (`true`).
+    Backend(bool, io::Error),
+}
+
+/// Move exactly `left` bytes of the client's request body from its socket to the backend's
+/// with splice(2), never more (what follows is the next request's). A pipe is held only
+/// while bytes are in it. Each wait for the client is limited by `read_timeout`, each for
+/// the backend by `write_timeout`. The first time the client has nothing yet, the kernel is
+/// asked to acknowledge what came (the guard's quick-ACK on an incomplete body).
+pub async fn body(
+    client: &PlainTcp,
+    up: &TcpStream,
+    left: u64,
+    (read_timeout, write_timeout): (std::time::Duration, std::time::Duration),
+) -> Spliced {
+    let mut s = Spliced {
+        result: Ok(()),
+        taken: 0,
+        acked: false,
+    };
+    let timeouts = (read_timeout, write_timeout);
+    s.result = move_body(client, up, left, timeouts, &mut s.taken, &mut s.acked).await;
+    crate::observability::SPLICED_BYTES.inc_by(s.taken);
+    s
+}
+
+/// What [`body`] did.
+#[derive(Debug)]
+pub struct Spliced {
+    pub result: Result<(), Short>,
+    /// Bytes taken from the client's socket (all of them sent, unless `result` says not).
+    pub taken: u64,
+    /// Whether the kernel was asked to acknowledge the client's bytes.
+    pub acked: bool,
+}
+
+async fn move_body(
+    client: &PlainTcp,
+    up: &TcpStream,
+    mut left: u64,
+    (read_timeout, write_timeout): (std::time::Duration, std::time::Duration),
+    taken: &mut u64,
+    acked: &mut bool,
+) -> Result<(), Short> {
+    use super::deadline::within;
+    while left > 0 {
+        let mut held: Option<Pipe> = None;
+        let read = std::future::poll_fn(|cx| {
+            let pipe = take_pipe()?;
+            let want = (pipe.cap as u64).min(left) as usize;
+            match client.poll_splice_out(cx, pipe.w.as_raw_fd(), want) {
+                Poll::Ready(Ok(n)) => {
+                    held = Some(pipe);
+                    Poll::Ready(Ok(n))
+                }
+                Poll::Ready(Err(e)) => {
+                    give_pipe(pipe);
+                    Poll::Ready(Err(e))
+                }
+                Poll::Pending => {
+                    give_pipe(pipe);
+                    if !*acked {
+                        *acked = true;
+                        super::sockopt::ack_now(pingora_core::protocols::UniqueID::id(client));
+                    }
+                    Poll::Pending
+                }
+            }
+        });
+        let n = match within(read_timeout, read).await {
+            Some(Ok(n)) if n > 0 => n,
+            None => return Err(Short::ClientTimeout),
+            Some(_) => return Err(Short::ClientClosed),
+        };
+        *taken += n as u64;
+        let Some(pipe) = held else {
+            let e = io::Error::other("spliced bytes without their pipe");
+            return Err(Short::Backend(false, e));
+        };
+        let mut in_pipe = n;
+        while in_pipe > 0 {
+            let w = std::future::poll_fn(|cx| {
+                End::Backend(up).poll_in(cx, pipe.r.as_raw_fd(), in_pipe)
+            });
+            // a pipe left holding bytes is dropped (closed), never pooled
+            match within(write_timeout, w).await {
+                Some(Ok(0)) => {
+                    let e = io::ErrorKind::WriteZero.into();
+                    return Err(Short::Backend(false, e));
+                }
+                Some(Ok(m)) => in_pipe -= m,
+                Some(Err(e)) => return Err(Short::Backend(false, e)),
+                None => {
+                    let e = io::ErrorKind::TimedOut.into();
+                    return Err(Short::Backend(true, e));
+                }
+            }
+        }
+        give_pipe(pipe);
+        left -= n as u64;
+    }
+    Ok(())
 }

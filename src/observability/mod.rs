@@ -249,6 +249,16 @@ pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
     .unwrap_or_else(|e| panic!("{e}")))
 });
 
+/// One counter for the whole process: a request body is spliced only when it has at least
+/// 16 KiB left, so the shared atomic is bumped once per that much data, not per request.
+pub static SPLICED_BYTES: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "stepstone_spliced_bytes_total",
+        "Bytes moved between sockets with splice(2), never copied into the process: request bodies on plain HTTP/1 listeners, and L4 relays with `splice: true`",
+    )
+    .unwrap_or_else(|e| panic!("{e}")))
+});
+
 pub static RATE_STORE_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
     reg(IntCounter::new(
         "stepstone_rate_limit_store_errors_total",
@@ -333,6 +343,7 @@ pub fn init(cfg: &Config) -> Result<(), String> {
     Lazy::force(&L4_BYTES);
     Lazy::force(&L4_ACTIVE);
     Lazy::force(&ACCESS_LOG_DROPPED);
+    Lazy::force(&SPLICED_BYTES);
     if cfg
         .listeners
         .iter()

@@ -67,6 +67,9 @@ pub struct ListenerPolicy {
     pub header_timeout: Duration,
     /// Longest wait for a client to send body bytes or take response bytes.
     pub client_timeout: Duration,
+    /// `splice`: large request bodies may go from a plain client socket to the backend with
+    /// splice(2) ([`ListenerPolicy::splices_body`]).
+    splice: bool,
     /// `Alt-Svc` of a listener that also serves HTTP/3 ([`edit::alt_svc`]).
     pub alt_svc: Option<http::HeaderValue>,
 }
@@ -105,6 +108,9 @@ pub enum Verdict<'r> {
     Proxy(&'r Route),
 }
 
+/// The least of a request body, left after its head's read, that [`ListenerPolicy::splices_body`].
+pub const SPLICE_BODY_MIN: u64 = 16 * 1024;
+
 impl ListenerPolicy {
     pub fn new(spec: &ListenerSpec, router: Router, tls: bool) -> ListenerPolicy {
         ListenerPolicy {
@@ -124,8 +130,17 @@ impl ListenerPolicy {
             keepalive_timeout: spec.limits.keepalive_timeout,
             header_timeout: spec.limits.header_timeout,
             client_timeout: spec.limits.client_timeout,
+            splice: spec.splice,
             alt_svc: edit::alt_svc_value(spec),
         }
+    }
+
+    /// Whether a Content-Length request body with `left` bytes still to come after what was
+    /// read with its head is moved with splice(2), where the engine can (a plain client
+    /// socket, nothing buffered ahead of the body). Below [`SPLICE_BODY_MIN`] the pipe's two
+    /// system calls cost more than the copies they save.
+    pub fn splices_body(&self, left: u64) -> bool {
+        self.splice && left >= SPLICE_BODY_MIN
     }
 
     /// The per-IP rate limit: `Some(answer)` when this request is over it, by the store's

@@ -7,6 +7,7 @@ mod accept;
 mod acks;
 mod acme;
 mod balancing;
+mod bodies;
 mod cache;
 mod cli;
 mod compression;

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod body;
-use body::{push_chunk, write_both};
+use body::{push_chunk, write_both, write_head_more};
 
 /// Bodies up to this size are sent to the client with their head in one write.
 const SMALL_BODY: usize = 16 * 1024;
@@ -271,8 +271,12 @@ impl<'a> Exchange<'a> {
             self.try_timeout = retry::try_timeout(pool, elapsed);
 
             // Send the request: the head with the body bytes read so far, in one write.
+            // A body spliced to the backend is read after the head is sent, none of it here.
+            let spliced = self.l.splices_body(body_left)
+                && g.as_deref()
+                    .is_some_and(|c| c.body_socket(body_left).is_some());
             let first = match (g.as_deref_mut(), &piece) {
-                (Some(c), None) if body_left > 0 => {
+                (Some(c), None) if body_left > 0 && !spliced => {
                     let want = BODY_BUF.min(body_left as usize);
                     let mut b = Vec::with_capacity(want);
                     self.read_client(c, &mut b, want).await?;
@@ -280,7 +284,11 @@ impl<'a> Exchange<'a> {
                 }
                 (_, p) => p.as_deref().unwrap_or_default(),
             };
-            let sent = timed(spec.write_timeout, write_both(&mut up, out, first)).await;
+            let sent = if spliced {
+                timed(spec.write_timeout, write_head_more(&up, out)).await
+            } else {
+                timed(spec.write_timeout, write_both(&mut up, out, first)).await
+            };
             if let Err((_, e)) = sent {
                 if reused {
                     self.stale(method, uri, &e, retryable);
@@ -295,7 +303,11 @@ impl<'a> Exchange<'a> {
                     format!("sending the request: {e}"),
                 ));
             }
-            if body_left > 0 {
+            if spliced {
+                if let Some(g) = g.as_deref_mut() {
+                    self.splice_request_body(g, &up, body_left).await?;
+                }
+            } else if body_left > 0 {
                 let (Some(g), Some(b)) = (g.as_deref_mut(), piece.as_mut()) else {
                     return Err(Failure::Answer(
                         Why::Internal,
