@@ -181,11 +181,11 @@ pub struct ListenerFile {
     /// (not for https or forward_proxy listeners). It applies where the client's socket is
     /// plain: not with `tls` (termination) or `accept_proxy_protocol`, which keep the
     /// copying relay. A transfer holds a pipe (two descriptors, within the open-file limit;
-    /// a connection whose pipe cannot be made is closed) only while bytes are in it. It saves
-    /// the proxy's CPU (a quarter per MiB relayed here, 13% of a 64 KiB POST), but where the
-    /// receiver is on the same host (loopback) that receiver's own copy then reads bytes
-    /// last touched long before, not ones this process just wrote, and costs it more than
-    /// the proxy saves (benches/RESULTS.md, 2026-12-04). Default: false
+    /// where none can be made, it copies through a buffer instead) only while bytes are in
+    /// it. It saves the proxy's CPU (a quarter per MiB relayed here, 13% of a 64 KiB POST),
+    /// but where the receiver is on the same host (loopback) that receiver's own copy then
+    /// reads bytes last touched long before, not ones this process just wrote, and costs it
+    /// more than the proxy saves (benches/RESULTS.md, 2026-12-04). Default: false
     pub splice: Option<bool>,
     /// Read a PROXY protocol header (v1 or v2) first and use its source as the client
     /// address everywhere (logs, X-Forwarded-For, hashing, ACLs). Default: false

@@ -203,6 +203,21 @@ impl PlainTcp {
         })
     }
 
+    /// `recv` into `buf`'s unfilled part, waiting for the socket to be readable.
+    pub fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        let want = buf.remaining();
+        self.poll_io(cx, false, want, |s| recv(s, buf, 0))
+    }
+
+    /// Write some of `data`, waiting for room in the send buffer.
+    pub fn poll_send(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.poll_io(cx, true, data.len(), |mut s| s.write(data))
+    }
+
     /// End the sending side (a FIN), as [`tokio::io::AsyncWriteExt::shutdown`] does.
     pub fn shutdown_write(&self) -> std::io::Result<()> {
         shutdown_write(socket2::SockRef::from(&self.sock))
@@ -252,9 +267,7 @@ impl tokio::io::AsyncRead for PlainTcp {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let want = buf.remaining();
-        self.poll_io(cx, false, want, |s| recv(s, buf, 0))
-            .map_ok(|_| ())
+        self.poll_recv(cx, buf).map_ok(|_| ())
     }
 }
 
@@ -264,7 +277,7 @@ impl tokio::io::AsyncWrite for PlainTcp {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.poll_io(cx, true, data.len(), |mut s| s.write(data))
+        self.poll_send(cx, data)
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))

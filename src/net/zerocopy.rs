@@ -8,6 +8,10 @@
 //! connection holds none (each pipe is two descriptors and a kernel buffer). Pipes that are
 //! not empty when their direction ends (an error) are closed, never pooled.
 //!
+//! Where no pipe can be made (the open-file limit reached), a transfer moves its bytes
+//! through a buffer instead, as the copying relay does, and goes on: a busy process slows
+//! down rather than closing connections.
+//!
 //! Its semantics are [`super::relay`]'s: half-close passed on, or the first side to end
 //! ending both, and the byte counts of both directions.
 
@@ -18,10 +22,10 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
-use tokio::io::Interest;
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The size a pipe is asked to have: the copying relay's largest buffer, so that a bulk
@@ -31,6 +35,8 @@ const PIPE_SIZE: usize = 256 << 10;
 const PIPE_DEFAULT: usize = 64 << 10;
 /// Empty pipes a thread keeps for its next transfers.
 const POOL: usize = 64;
+/// The buffer a transfer copies through when no pipe can be made.
+const FALLBACK_BUF: usize = 64 << 10;
 
 /// splice(2) `len` bytes from `from` to `to`, one of them a pipe, without blocking.
 pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
@@ -79,10 +85,20 @@ thread_local! {
     static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Set while transfers copy for want of pipes: the warning is logged once per such spell.
+static COPYING: AtomicBool = AtomicBool::new(false);
+
 fn take_pipe() -> io::Result<Pipe> {
     match PIPES.with(|p| p.borrow_mut().pop()) {
         Some(p) => Ok(p),
-        None => Pipe::new(),
+        None => {
+            let p = Pipe::new()?;
+            // pipes are made rarely (the pool keeps them): the shared flag costs nothing here
+            if COPYING.load(Relaxed) && COPYING.swap(false, Relaxed) {
+                log::info!("pipes for splice(2) can be made again");
+            }
+            Ok(p)
+        }
     }
 }
 
@@ -130,6 +146,49 @@ impl End<'_> {
         }
     }
 
+    /// `recv` into `buf`, for the copy a transfer falls back to.
+    fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        match self {
+            End::Client(s) => s.poll_recv(cx, buf),
+            End::Backend(s) => loop {
+                ready!(s.poll_read_ready(cx))?;
+                let r = s.try_io(Interest::READABLE, || {
+                    // SAFETY: recv writes at most the unfilled part's length into it; the
+                    // count it returns is then marked filled.
+                    let got = unsafe {
+                        let u = buf.unfilled_mut();
+                        libc::recv(s.as_raw_fd(), u.as_mut_ptr().cast(), u.len(), 0)
+                    };
+                    if got < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // SAFETY: the kernel wrote `got` bytes there.
+                    unsafe { buf.assume_init(got as usize) };
+                    buf.advance(got as usize);
+                    Ok(got as usize)
+                });
+                match r {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
+            },
+        }
+    }
+
+    /// Write some of `data`, for the copy a transfer falls back to.
+    fn poll_send(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            End::Client(s) => s.poll_send(cx, data),
+            End::Backend(s) => loop {
+                ready!(s.poll_write_ready(cx))?;
+                match s.try_write(data) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
+            },
+        }
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             End::Client(s) => s.shutdown_write(),
@@ -138,10 +197,75 @@ impl End<'_> {
     }
 }
 
-/// One direction: what is in its pipe, if it holds one.
+/// What holds a transfer's bytes between its reader and its writer: a pipe, or where none
+/// can be made, a buffer (the copy the relay would otherwise make).
+enum Carrier {
+    Pipe(Pipe),
+    Buf(Vec<u8>),
+}
+
+impl Carrier {
+    /// A pipe from the pool; a buffer if no pipe can be made.
+    fn take() -> Carrier {
+        match take_pipe() {
+            Ok(p) => Carrier::Pipe(p),
+            Err(e) => {
+                if !COPYING.swap(true, Relaxed) {
+                    log::warn!(
+                        "no pipe for splice(2) ({e}): copying through buffers until pipes can be made again"
+                    );
+                }
+                Carrier::Buf(Vec::with_capacity(FALLBACK_BUF))
+            }
+        }
+    }
+
+    /// Take up to `len` bytes from `r` into an empty carrier.
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: End<'_>,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Carrier::Pipe(p) => r.poll_out(cx, p.w.as_raw_fd(), len.min(p.cap)),
+            Carrier::Buf(b) => {
+                b.clear();
+                let room = len.min(b.capacity());
+                let mut rb = ReadBuf::uninit(&mut b.spare_capacity_mut()[..room]);
+                let n = ready!(r.poll_recv(cx, &mut rb))?;
+                // SAFETY: recv initialised and filled the first `n` bytes of the spare room.
+                unsafe { b.set_len(n) };
+                Poll::Ready(Ok(n))
+            }
+        }
+    }
+
+    /// Give some of the `held` bytes it holds to `w`; how many went.
+    fn poll_drain(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: End<'_>,
+        held: usize,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Carrier::Pipe(p) => w.poll_in(cx, p.r.as_raw_fd(), held),
+            Carrier::Buf(b) => w.poll_send(cx, &b[b.len() - held..]),
+        }
+    }
+
+    /// Done with an empty carrier: a pipe goes back to the pool, a buffer is freed.
+    fn give_back(self) {
+        if let Carrier::Pipe(p) = self {
+            give_pipe(p);
+        }
+    }
+}
+
+/// One direction: what is in its carrier, if it holds one.
 #[derive(Default)]
 struct Dir {
-    pipe: Option<Pipe>,
+    pipe: Option<Carrier>,
     in_pipe: usize,
     read_done: bool,
     done: bool,
@@ -162,13 +286,13 @@ impl Dir {
     ) -> Poll<io::Result<()>> {
         loop {
             if self.in_pipe == 0 && !self.read_done {
-                let pipe = match self.pipe.take() {
+                let mut pipe = match self.pipe.take() {
                     Some(p) => p,
-                    None => take_pipe()?,
+                    None => Carrier::take(),
                 };
-                match r.poll_out(cx, pipe.w.as_raw_fd(), pipe.cap) {
+                match pipe.poll_fill(cx, r, usize::MAX) {
                     Poll::Ready(Ok(0)) => {
-                        give_pipe(pipe);
+                        pipe.give_back();
                         self.read_done = true;
                     }
                     Poll::Ready(Ok(n)) => {
@@ -177,30 +301,32 @@ impl Dir {
                         last.store(t0.elapsed().as_millis() as u64, Relaxed);
                     }
                     Poll::Ready(Err(e)) => {
-                        give_pipe(pipe);
+                        pipe.give_back();
                         return Poll::Ready(Err(e));
                     }
                     Poll::Pending => {
                         // nothing went in: the pipe is empty, and waits in the pool
-                        give_pipe(pipe);
+                        pipe.give_back();
                         return Poll::Pending;
                     }
                 }
             }
             while self.in_pipe > 0 {
-                let Some(pipe) = self.pipe.as_ref() else {
+                let Some(pipe) = self.pipe.as_mut() else {
                     return Poll::Ready(Err(io::Error::other("bytes in a pipe that is gone")));
                 };
-                let n = ready!(w.poll_in(cx, pipe.r.as_raw_fd(), self.in_pipe))?;
+                let n = ready!(pipe.poll_drain(cx, w, self.in_pipe))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.in_pipe -= n;
                 self.total += n as u64;
-                crate::observability::SPLICED_BYTES.inc_by(n as u64);
+                if matches!(pipe, Carrier::Pipe(_)) {
+                    crate::observability::SPLICED_BYTES.inc_by(n as u64);
+                }
             }
             if let Some(p) = self.pipe.take() {
-                give_pipe(p);
+                p.give_back();
             }
             if self.read_done {
                 if !closed_after {
@@ -297,7 +423,6 @@ pub async fn body(
     };
     let timeouts = (read_timeout, write_timeout);
     s.result = move_body(client, up, left, timeouts, &mut s.taken, &mut s.acked).await;
-    crate::observability::SPLICED_BYTES.inc_by(s.taken);
     s
 }
 
@@ -321,21 +446,21 @@ async fn move_body(
 ) -> Result<(), Short> {
     use super::deadline::within;
     while left > 0 {
-        let mut held: Option<Pipe> = None;
+        let mut held: Option<Carrier> = None;
+        let want = left.min(usize::MAX as u64) as usize;
         let read = std::future::poll_fn(|cx| {
-            let pipe = take_pipe()?;
-            let want = (pipe.cap as u64).min(left) as usize;
-            match client.poll_splice_out(cx, pipe.w.as_raw_fd(), want) {
+            let mut pipe = Carrier::take();
+            match pipe.poll_fill(cx, End::Client(client), want) {
                 Poll::Ready(Ok(n)) => {
                     held = Some(pipe);
                     Poll::Ready(Ok(n))
                 }
                 Poll::Ready(Err(e)) => {
-                    give_pipe(pipe);
+                    pipe.give_back();
                     Poll::Ready(Err(e))
                 }
                 Poll::Pending => {
-                    give_pipe(pipe);
+                    pipe.give_back();
                     if !*acked {
                         *acked = true;
                         super::sockopt::ack_now(pingora_core::protocols::UniqueID::id(client));
@@ -350,15 +475,13 @@ async fn move_body(
             Some(_) => return Err(Short::ClientClosed),
         };
         *taken += n as u64;
-        let Some(pipe) = held else {
+        let Some(mut pipe) = held else {
             let e = io::Error::other("spliced bytes without their pipe");
             return Err(Short::Backend(false, e));
         };
         let mut in_pipe = n;
         while in_pipe > 0 {
-            let w = std::future::poll_fn(|cx| {
-                End::Backend(up).poll_in(cx, pipe.r.as_raw_fd(), in_pipe)
-            });
+            let w = std::future::poll_fn(|cx| pipe.poll_drain(cx, End::Backend(up), in_pipe));
             // a pipe left holding bytes is dropped (closed), never pooled
             match within(write_timeout, w).await {
                 Some(Ok(0)) => {
@@ -373,7 +496,10 @@ async fn move_body(
                 }
             }
         }
-        give_pipe(pipe);
+        if matches!(pipe, Carrier::Pipe(_)) {
+            crate::observability::SPLICED_BYTES.inc_by(n as u64);
+        }
+        pipe.give_back();
         left -= n as u64;
     }
     Ok(())

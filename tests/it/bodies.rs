@@ -236,3 +236,48 @@ async fn a_client_closing_mid_body_leaves_the_proxy_serving() {
         "the cut request's backend connection was reused"
     );
 }
+
+/// With the open-file limit reached, a body that cannot have a pipe is copied through a
+/// buffer (logged once) and arrives whole: the proxy runs with a limit of 128 descriptors,
+/// filled by idle client connections until two are free, which the test's connection and
+/// its backend connection take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_is_copied_when_no_pipe_can_be_made() {
+    const LIMIT: usize = 128;
+    let o = OriginBuilder::new("o").on("/up", &[], "stored").run().await;
+    let dir = crate::support::scratch_dir("nopipe-http");
+    let pingora = format!(
+        "pingora:\n  threads: 1\n  pid_file: {d}/stepstone.pid\n  upgrade_sock: {d}/upgrade.sock\n  max_open_files: {LIMIT}\n",
+        d = dir.display()
+    );
+    // accepted at once, silent as they are (no TCP_DEFER_ACCEPT hold)
+    let cfg = config(o.addr).replace("splice: true", "splice: true, defer_accept: false");
+    let p = Proxy::start_with_nofile(&format!("{pingora}{cfg}"), LIMIT as u64);
+    let pid = p.child.id();
+    let idle = crate::support::proxy::fill_fds(pid, LIMIT, p.addr, 2).await;
+    assert!(!idle.is_empty(), "nothing filled the descriptor table");
+
+    let body = pattern(200 << 10);
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let mut req = post("/up", body.len());
+    req.extend_from_slice(&body);
+    s.write_all(&req).await.expect("send");
+    let r = responses(&mut s, 1).await;
+    assert_eq!(
+        (r[0].0, r[0].1.as_slice()),
+        (200, &b"stored"[..]),
+        "{}",
+        p.log()
+    );
+    let got = o.last().expect("the backend got the request");
+    assert_eq!(sha(&got.body), sha(&body), "body SHA-256");
+    assert!(
+        p.log().contains("no pipe for splice(2)"),
+        "the fallback was never needed (or not logged)\n{}",
+        p.log()
+    );
+    drop((s, idle));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spliced = metric(&metrics(&p).await, SPLICED);
+    assert_eq!(spliced, 0.0, "bytes spliced without a pipe");
+}

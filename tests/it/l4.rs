@@ -260,6 +260,73 @@ async fn idle_tcp_connections_hold_no_pipe() {
     }
 }
 
+/// With `splice: true` and the open-file limit reached, a transfer that cannot make a pipe
+/// copies through a buffer and goes on (logged once), as HAProxy falls back, rather than
+/// closing the connection. The proxy runs with a limit of 128 descriptors, filled by idle
+/// connections until at most one is free once the test's connection is in; that connection
+/// (a small receive buffer) then sends 16 MiB to an echo backend and reads the echo only
+/// later, so that both directions hold bytes at once and need a pipe each, one more than
+/// the pool has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spliced_tcp_relay_copies_when_no_pipe_can_be_made() {
+    const LIMIT: usize = 128;
+    const SIZE: usize = 16 << 20;
+    let a = TcpBackend::start("a", false).await;
+    let dir = crate::support::scratch_dir("nopipe");
+    let p = Proxy::start_with_nofile(
+        &format!(
+            "pingora:\n  threads: 1\n  pid_file: {d}/stepstone.pid\n  upgrade_sock: {d}/upgrade.sock\n  max_open_files: {LIMIT}\nadmin: {{address: 127.0.0.1:{{{{port1}}}}}}\nlisteners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, splice: true}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+            backends(&[(&a, 1)]),
+            d = dir.display()
+        ),
+        LIMIT as u64,
+    );
+    settle(&[&a]).await;
+    let pid = p.child.id();
+    let idle = crate::support::proxy::fill_fds(pid, LIMIT, p.addr, 3).await;
+    assert!(!idle.is_empty(), "nothing filled the descriptor table");
+
+    // a small receive buffer, so that the echo backs up into the proxy while unread
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(16 << 10).expect("SO_RCVBUF");
+    let s = sock.connect(p.addr).await.expect("connect");
+    let (mut r, mut w) = s.into_split();
+    let msg = pattern(SIZE);
+    let sent = msg.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(b"ECHO\n").await?;
+        w.write_all(&sent).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = vec![0u8; SIZE];
+    let read = tokio::time::timeout(WAIT, r.read_exact(&mut got)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the echo of 16 MiB: {read:?}\n{}",
+        p.log()
+    );
+    assert!(got == msg, "the echo differs from what was sent");
+    writer.await.expect("writer").expect("write 16 MiB");
+    assert!(
+        log_has(&p, "no pipe for splice(2)").await,
+        "the fallback was never needed (or not logged): {} descriptors open of {LIMIT}\n{}",
+        crate::support::proxy::open_fds(pid),
+        p.log()
+    );
+    drop((r, idle));
+    // the fallback's bytes were copied, not spliced
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spliced = crate::support::quic::metric(
+        &crate::support::quic::metrics(&p).await,
+        "stepstone_spliced_bytes_total ",
+    );
+    assert!(
+        spliced < (2 * SIZE) as f64,
+        "{spliced} bytes spliced of {} relayed, though some went through a buffer",
+        2 * SIZE
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_half_close_is_propagated_and_idle_timeout_closes() {
     for splice in [false, true] {

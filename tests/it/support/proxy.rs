@@ -23,6 +23,61 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// Open connections to `addr` and hold them until the proxy `pid` has at most `free` of its
+/// `limit` descriptors left; after each, the proxy is given time to take its descriptors
+/// (its socket, and a backend's where the proxy connects at once).
+pub async fn fill_fds(
+    pid: u32,
+    limit: usize,
+    addr: SocketAddr,
+    free: usize,
+) -> Vec<tokio::net::TcpStream> {
+    // Only descriptors numbered below the limit count against it: one the process
+    // inherited above it (from the test harness) takes no slot.
+    let below = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok())
+            .filter(|fd| *fd < limit)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // first let the start-up's own connections (the readiness probe) settle
+    let mut last = below();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = below();
+        if now == last || Instant::now() > deadline {
+            break;
+        }
+        last = now;
+    }
+    let mut held = Vec::new();
+    loop {
+        let used = below();
+        if used + free >= limit {
+            return held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy's descriptors never filled: {used} of {limit} after {} connections",
+            held.len()
+        );
+        let s = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connection {} to fill descriptors: {e}", held.len()));
+        held.push(s);
+        // Wait for the accept to show; if another descriptor closed meanwhile the count
+        // does not move, and the next round counts again.
+        let shown = Instant::now() + Duration::from_secs(1);
+        while below() <= used && Instant::now() < shown {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // a backend connection, if the proxy makes one, follows its accept
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The binary under test: cargo's build of this checkout, or `STEPSTONE_IT_BIN` (the whole
 /// suite against another build of the same code, such as `scripts/build-pgo`'s, which is the
 /// one the image ships).
