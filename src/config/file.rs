@@ -176,9 +176,10 @@ pub struct ListenerFile {
     pub half_close: Option<bool>,
     /// Move bytes with splice(2) through a pipe, from one socket to the other, rather than
     /// copying them into the process and out again (HAProxy's `option splice-auto`).
-    /// tcp and tls_passthrough: the whole relay. http: request bodies with a
+    /// tcp and tls_passthrough: the whole relay. http: request and response bodies with a
     /// Content-Length and at least 16 KiB left after the head's read, on the lean engine
-    /// (not for https or forward_proxy listeners). It applies where the client's socket is
+    /// (HAProxy's `splice-request` and `splice-response`; not for https or forward_proxy
+    /// listeners). It applies where the client's socket is
     /// plain: not with `tls` (termination) or `accept_proxy_protocol`, which keep the
     /// copying relay. A transfer holds a pipe (two descriptors, within the open-file limit;
     /// where none can be made, it copies through a buffer instead) only while bytes are in

@@ -258,6 +258,15 @@ impl Guarded {
         if !whole || self.phase != Phase::Body || self.has_pending() || self.rearm.load(Relaxed) {
             return None;
         }
+        self.plain_socket()
+    }
+
+    /// The plain socket below (our accept loop's), for a response body written to it with
+    /// splice(2); `None` for TLS or a PROXY-header stream, or with gathered bytes unsent.
+    pub fn plain_socket(&self) -> Option<&crate::net::plain::PlainTcp> {
+        if !self.wbuf.is_empty() {
+            return None;
+        }
         self.inner.as_any().downcast_ref()
     }
 

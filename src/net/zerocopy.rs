@@ -394,26 +394,37 @@ impl Future for ZeroCopy<'_> {
     }
 }
 
-/// Why a request body sent with [`body`] stopped short.
+/// Why a [`transfer`] stopped short.
 #[derive(Debug)]
 pub enum Short {
-    /// The client ended its sending (or failed) before the body was whole.
-    ClientClosed,
-    /// The client sent nothing for the read timeout.
-    ClientTimeout,
-    /// Writing to the backend failed, or timed out (`true`).
-    Backend(bool, io::Error),
+    /// The sending side ended its sending (or failed) before all the bytes came.
+    Ended,
+    /// The sending side sent nothing for the read timeout.
+    ReadTimeout,
+    /// Writing to the receiving side failed, or timed out (`true`).
+    Write(bool, io::Error),
 }
 
-/// Move exactly `left` bytes of the client's request body from its socket to the backend's
-/// with splice(2), never more (what follows is the next request's). A pipe is held only
-/// while bytes are in it. Each wait for the client is limited by `read_timeout`, each for
-/// the backend by `write_timeout`. The first time the client has nothing yet, the kernel is
-/// asked to acknowledge what came (the guard's quick-ACK on an incomplete body).
-pub async fn body(
-    client: &PlainTcp,
-    up: &TcpStream,
-    left: u64,
+/// What [`transfer`] did.
+#[derive(Debug)]
+pub struct Spliced {
+    pub result: Result<(), Short>,
+    /// Bytes taken from the sending side (all of them written, unless `result` says not).
+    pub taken: u64,
+    /// Whether the kernel was asked to acknowledge the client's bytes.
+    pub acked: bool,
+}
+
+/// Move exactly `len` bytes from `from` to `to` with splice(2) (a body of known length:
+/// what follows it is not its own), through a pipe held only while bytes are in it, or a
+/// buffer where none can be made. Each wait for `from` is limited by `read_timeout`, each
+/// for `to` by `write_timeout`. When `from` is the client, the first time it has nothing
+/// yet the kernel is asked to acknowledge what came (the guard's quick-ACK on an
+/// incomplete body).
+pub async fn transfer(
+    from: End<'_>,
+    to: End<'_>,
+    len: u64,
     (read_timeout, write_timeout): (std::time::Duration, std::time::Duration),
 ) -> Spliced {
     let mut s = Spliced {
@@ -422,23 +433,13 @@ pub async fn body(
         acked: false,
     };
     let timeouts = (read_timeout, write_timeout);
-    s.result = move_body(client, up, left, timeouts, &mut s.taken, &mut s.acked).await;
+    s.result = move_exactly(from, to, len, timeouts, &mut s.taken, &mut s.acked).await;
     s
 }
 
-/// What [`body`] did.
-#[derive(Debug)]
-pub struct Spliced {
-    pub result: Result<(), Short>,
-    /// Bytes taken from the client's socket (all of them sent, unless `result` says not).
-    pub taken: u64,
-    /// Whether the kernel was asked to acknowledge the client's bytes.
-    pub acked: bool,
-}
-
-async fn move_body(
-    client: &PlainTcp,
-    up: &TcpStream,
+async fn move_exactly(
+    from: End<'_>,
+    to: End<'_>,
     mut left: u64,
     (read_timeout, write_timeout): (std::time::Duration, std::time::Duration),
     taken: &mut u64,
@@ -450,7 +451,7 @@ async fn move_body(
         let want = left.min(usize::MAX as u64) as usize;
         let read = std::future::poll_fn(|cx| {
             let mut pipe = Carrier::take();
-            match pipe.poll_fill(cx, End::Client(client), want) {
+            match pipe.poll_fill(cx, from, want) {
                 Poll::Ready(Ok(n)) => {
                     held = Some(pipe);
                     Poll::Ready(Ok(n))
@@ -461,9 +462,9 @@ async fn move_body(
                 }
                 Poll::Pending => {
                     pipe.give_back();
-                    if !*acked {
+                    if let (End::Client(c), false) = (from, *acked) {
                         *acked = true;
-                        super::sockopt::ack_now(pingora_core::protocols::UniqueID::id(client));
+                        super::sockopt::ack_now(pingora_core::protocols::UniqueID::id(c));
                     }
                     Poll::Pending
                 }
@@ -471,29 +472,23 @@ async fn move_body(
         });
         let n = match within(read_timeout, read).await {
             Some(Ok(n)) if n > 0 => n,
-            None => return Err(Short::ClientTimeout),
-            Some(_) => return Err(Short::ClientClosed),
+            None => return Err(Short::ReadTimeout),
+            Some(_) => return Err(Short::Ended),
         };
         *taken += n as u64;
         let Some(mut pipe) = held else {
             let e = io::Error::other("spliced bytes without their pipe");
-            return Err(Short::Backend(false, e));
+            return Err(Short::Write(false, e));
         };
         let mut in_pipe = n;
         while in_pipe > 0 {
-            let w = std::future::poll_fn(|cx| pipe.poll_drain(cx, End::Backend(up), in_pipe));
+            let w = std::future::poll_fn(|cx| pipe.poll_drain(cx, to, in_pipe));
             // a pipe left holding bytes is dropped (closed), never pooled
             match within(write_timeout, w).await {
-                Some(Ok(0)) => {
-                    let e = io::ErrorKind::WriteZero.into();
-                    return Err(Short::Backend(false, e));
-                }
+                Some(Ok(0)) => return Err(Short::Write(false, io::ErrorKind::WriteZero.into())),
                 Some(Ok(m)) => in_pipe -= m,
-                Some(Err(e)) => return Err(Short::Backend(false, e)),
-                None => {
-                    let e = io::ErrorKind::TimedOut.into();
-                    return Err(Short::Backend(true, e));
-                }
+                Some(Err(e)) => return Err(Short::Write(false, e)),
+                None => return Err(Short::Write(true, io::ErrorKind::TimedOut.into())),
             }
         }
         if matches!(pipe, Carrier::Pipe(_)) {

@@ -249,12 +249,12 @@ pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
     .unwrap_or_else(|e| panic!("{e}")))
 });
 
-/// One counter for the whole process: a request body is spliced only when it has at least
-/// 16 KiB left, so the shared atomic is bumped once per that much data, not per request.
+/// One counter for the whole process: a body is spliced only when it has at least 16 KiB
+/// left, so the shared atomic is bumped once per that much data, not per request.
 pub static SPLICED_BYTES: Lazy<IntCounter> = Lazy::new(|| {
     reg(IntCounter::new(
         "stepstone_spliced_bytes_total",
-        "Bytes moved between sockets with splice(2), never copied into the process: request bodies on plain HTTP/1 listeners, and L4 relays with `splice: true`",
+        "Bytes moved between sockets with splice(2), never copied into the process: request and response bodies on plain HTTP/1 listeners and L4 relays, with `splice: true`",
     )
     .unwrap_or_else(|e| panic!("{e}")))
 });

@@ -67,7 +67,7 @@ pub struct ListenerPolicy {
     pub header_timeout: Duration,
     /// Longest wait for a client to send body bytes or take response bytes.
     pub client_timeout: Duration,
-    /// `splice`: large request bodies may go from a plain client socket to the backend with
+    /// `splice`: large bodies may go between a plain client socket and the backend with
     /// splice(2) ([`ListenerPolicy::splices_body`]).
     splice: bool,
     /// `Alt-Svc` of a listener that also serves HTTP/3 ([`edit::alt_svc`]).
@@ -135,9 +135,9 @@ impl ListenerPolicy {
         }
     }
 
-    /// Whether a Content-Length request body with `left` bytes still to come after what was
-    /// read with its head is moved with splice(2), where the engine can (a plain client
-    /// socket, nothing buffered ahead of the body). Below [`SPLICE_BODY_MIN`] the pipe's two
+    /// Whether a Content-Length body, request or response, with `left` bytes still to come
+    /// after what was read with its head is moved with splice(2), where the engine can (a
+    /// plain client socket, nothing buffered ahead of the body). Below [`SPLICE_BODY_MIN`] the pipe's two
     /// system calls cost more than the copies they save.
     pub fn splices_body(&self, left: u64) -> bool {
         self.splice && left >= SPLICE_BODY_MIN

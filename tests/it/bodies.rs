@@ -1,10 +1,12 @@
-//! Request bodies on the lean engine with `splice: true`: a Content-Length body with at
-//! least 16 KiB left after the head, from a plain client socket, goes from the client's socket
-//! into a pipe and on to the backend's socket with splice(2), never through the process's
-//! buffers. What it must keep: the body byte-exact, its end (a pipelined request after it
-//! is the next request, not body), `client_timeout` on a stalled body, and a backend
-//! connection that got a partial body never reused. `stepstone_spliced_bytes_total` shows
-//! that the bytes took that way.
+//! Bodies on the lean engine with `splice: true`: a Content-Length body, request or
+//! response, with at least 16 KiB left after its head's read, between a plain client socket
+//! and the backend, goes from one socket into a pipe and on to the other with splice(2),
+//! never through the process's buffers. What it must keep: the body byte-exact, its end (a
+//! pipelined request after it is the next request, not body; a response's connections
+//! kept), `client_timeout` on a stalled body, a backend connection that got a partial body
+//! never reused, a response the backend cuts short cut for the client too, and the copy
+//! where no pipe can be made. `stepstone_spliced_bytes_total` shows that the bytes took
+//! that way.
 
 use crate::support::client::get;
 use crate::support::quic::{metric, metrics};
@@ -280,4 +282,97 @@ async fn a_body_is_copied_when_no_pipe_can_be_made() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let spliced = metric(&metrics(&p).await, SPLICED);
     assert_eq!(spliced, 0.0, "bytes spliced without a pipe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_responses_are_spliced_byte_exact_and_both_connections_are_kept() {
+    let big = pattern(300 << 10);
+    let o = OriginBuilder::new("o")
+        .on("/big", &[], big.clone())
+        .on("/small", &[], pattern(8 << 10))
+        .run()
+        .await;
+    let p = Proxy::start(&config(o.addr));
+    let before = metric(&metrics(&p).await, SPLICED);
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    for i in 0..2 {
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("send");
+        let r = responses(&mut s, 1).await;
+        assert_eq!(r[0].0, 200, "response {i}");
+        assert_eq!(r[0].1.len(), big.len(), "response {i}'s length");
+        assert_eq!(sha(&r[0].1), sha(&big), "response {i}'s SHA-256");
+    }
+    s.write_all(b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("send");
+    let r = responses(&mut s, 1).await;
+    assert_eq!((r[0].0, r[0].1.len()), (200, 8 << 10), "the small response");
+    assert_eq!(o.requests(), 3);
+    assert_eq!(o.connections(), 1, "the backend connection was not kept");
+
+    // what came with each head was copied, the rest spliced; the small one not at all
+    let spliced = metric(&metrics(&p).await, SPLICED) - before;
+    let (lo, hi) = (
+        (2 * (big.len() - (64 << 10))) as f64,
+        (2 * big.len()) as f64,
+    );
+    assert!(
+        (lo..=hi).contains(&spliced),
+        "{spliced} bytes spliced of two {} byte responses (expected at least {lo})",
+        big.len()
+    );
+}
+
+/// A backend that answers every connection with a head promising 200,000 bytes, sends
+/// 100,000 of them and closes.
+async fn cutting_backend() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while crate::support::client::find(&got, b"\r\n\r\n").is_none() {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n".to_vec();
+                out.extend_from_slice(&pattern(100_000));
+                let _ = s.write_all(&out).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spliced_response_the_backend_cuts_short_is_cut_for_the_client() {
+    let p = Proxy::start(&config(cutting_backend().await));
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"GET /cut HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("send");
+    let (out, closed) = read_until_close(&mut s, Duration::from_secs(8)).await;
+    assert!(
+        closed,
+        "the client connection stayed open after a cut response"
+    );
+    let head_end = crate::support::client::find(&out, b"\r\n\r\n").expect("a response head") + 4;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&out[..head_end])
+    );
+    assert_eq!(
+        out.len() - head_end,
+        100_000,
+        "the body bytes the backend sent, and no more"
+    );
 }

@@ -20,7 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod body;
-use body::{push_chunk, write_both, write_head_more};
+mod spliced;
+use body::{push_chunk, write_both};
+use spliced::write_head_more;
 
 /// Bodies up to this size are sent to the client with their head in one write.
 const SMALL_BODY: usize = 16 * 1024;
@@ -553,6 +555,14 @@ impl<'a> Exchange<'a> {
             return Err(Failure::Cut);
         }
         drop(out);
+        if matches!(h.framing, Framing::Length(_))
+            && self.splice_response_body(g, &up, left).await?
+        {
+            if upstream_keep {
+                self.give_back(up);
+            }
+            return Ok(h.client_keep);
+        }
         if h.framing != Framing::Length(0) && left > RESP_BUF as u64 || h.framing == Framing::Close
         {
             rbuf = Vec::with_capacity(BODY_BUF);

@@ -3,7 +3,6 @@
 
 use super::{timed, Exchange, Failure};
 use crate::http::fast::{Guarded, BODY_BUF};
-use crate::net::zerocopy::Short;
 use crate::policy::answer::Failure as Why;
 use log::warn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,60 +69,6 @@ impl Exchange<'_> {
         }
         Ok(())
     }
-
-    /// The rest of a Content-Length request body (`left` bytes), moved from the client's
-    /// socket to the backend's with splice(2) ([`crate::net::zerocopy::body`]): its bytes
-    /// are not copied into the process and out again.
-    pub(super) async fn splice_request_body(
-        &mut self,
-        g: &mut Guarded,
-        up: &TcpStream,
-        left: u64,
-    ) -> Result<(), Failure> {
-        let Some(client) = g.body_socket(left) else {
-            return Err(Failure::Answer(
-                Why::Internal,
-                "request body without its socket".into(),
-            ));
-        };
-        let timeouts = (self.l.client_timeout, self.pool.spec.write_timeout);
-        let s = crate::net::zerocopy::body(client, up, left, timeouts).await;
-        g.spliced(s.taken, s.acked);
-        match s.result {
-            Ok(()) => Ok(()),
-            Err(Short::ClientTimeout) => Err(Failure::Answer(
-                Why::ClientTimeout,
-                "the client stalled mid-body".into(),
-            )),
-            Err(Short::ClientClosed) => {
-                warn!("{}: client closed mid-body", self.l.name);
-                Err(Failure::Cut)
-            }
-            Err(Short::Backend(_, e)) => Err(Failure::Answer(
-                Why::BadResponse,
-                format!("sending the request body: {e}"),
-            )),
-        }
-    }
-}
-
-/// Write a request head whose body follows by splice(2): MSG_MORE holds it in the socket
-/// until the body's first bytes join it, so the backend gets one segment, as it does when
-/// the head and the body's first piece go in one write.
-pub(super) async fn write_head_more(up: &TcpStream, mut a: &[u8]) -> std::io::Result<()> {
-    while !a.is_empty() {
-        up.writable().await?;
-        let sent = up.try_io(tokio::io::Interest::WRITABLE, || {
-            socket2::SockRef::from(up).send_with_flags(a, libc::MSG_MORE)
-        });
-        match sent {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => a = &a[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Write `a` then `b` with as few syscalls as the socket allows (one, usually).
