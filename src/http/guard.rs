@@ -13,12 +13,7 @@
 //! request on a keep-alive connection. It also holds the connection's slot in the listener's
 //! connection count for as long as the connection lives.
 
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::tls::TlsRef;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
-};
-use pingora_core::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, ALPN};
+use pingora_core::protocols::Stream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -704,74 +699,8 @@ impl AsyncWrite for Guarded {
     }
 }
 
-#[async_trait::async_trait]
-impl Shutdown for Guarded {
-    async fn shutdown(&mut self) {
-        let _ = tokio::io::AsyncWriteExt::flush(self).await;
-        self.inner.shutdown().await
-    }
-}
-
-impl UniqueID for Guarded {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for Guarded {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for Guarded {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for Guarded {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, d: ProxyDigest) {
-        self.inner.set_proxy_digest(d)
-    }
-}
-
-impl GetSocketDigest for Guarded {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, d: SocketDigest) {
-        self.inner.set_socket_digest(d)
-    }
-}
-
-#[async_trait::async_trait]
-impl Peek for Guarded {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        if self.has_pending() {
-            let p = &self.pending[self.pending_at..];
-            let n = p.len().min(buf.len());
-            buf[..n].copy_from_slice(&p[..n]);
-            return Ok(n == buf.len());
-        }
-        self.inner.try_peek(buf).await
-    }
-}
+#[path = "guard_io.rs"]
+mod io;
 
 /// Fuzzing hook, not an API: a fresh guard over `inner` scans `reads` as if they were
 /// successive socket reads. Returns the scanner's answer for each read, stopping after the
