@@ -58,7 +58,7 @@ pub(super) fn listeners(
     Ok(listeners)
 }
 
-/// `splice` on an http listener: its request bodies come from a plain socket only there.
+/// `splice`: not where bodies cannot meet a plain client socket (TLS, the forward proxy).
 fn splice(e: &Errs, p: &str, l: &ListenerFile) -> Result<bool, ConfigError> {
     let Some(on) = l.splice else {
         return Ok(false);
