@@ -1,7 +1,9 @@
-//! The L4 relay between two plain TCP sockets with splice(2): the bytes go from one socket
-//! into a pipe and from the pipe into the other without being copied into the process and
-//! out again. On this kernel that costs 0.6x the relay through a buffer per byte moved
-//! (`benches/relaycost`), as HAProxy's `option splice-auto` does.
+//! Moving bytes between two plain TCP sockets with splice(2): the L4 relay ([`relay`]) and
+//! an HTTP body of known length ([`transfer`]). The bytes go from one socket into a pipe
+//! and from the pipe into the other without being copied into the process and out again.
+//! On this kernel that costs the proxy 0.6x the relay through a buffer per byte moved
+//! (`benches/relaycost`), as HAProxy's `option splice-auto` does; a receiver on the same
+//! host pays more for its own copy (benches/RESULTS.md, 2026-12-04 19:40).
 //!
 //! A direction holds a pipe only while bytes are in it: the pipe comes from a per-thread
 //! pool when the reader has something and goes back once it is empty, so an idle
