@@ -19,8 +19,6 @@ pub struct L4Spec {
     pub idle_timeout: Duration,
     /// Pass a half-close on and keep the other direction; `false`: the first close ends both.
     pub half_close: bool,
-    /// Relay a plain client socket with splice(2) (`splice`).
-    pub splice: bool,
 }
 
 fn is_l4(p: ListenerProtocol) -> bool {
@@ -112,7 +110,6 @@ pub(super) fn listener(
             .map(|d| d.0)
             .unwrap_or(DEFAULT_L4_IDLE_TIMEOUT),
         half_close: l.half_close.unwrap_or(true),
-        splice: l.splice.unwrap_or(false),
     };
     if spec.idle_timeout.is_zero() {
         return Err(e.err(
@@ -231,13 +228,13 @@ mod tests {
             l4.half_close,
             "half-close is passed on unless said otherwise"
         );
-        assert!(!l4.splice, "splice(2) is off unless asked for");
+        assert!(!c.listeners[0].splice, "splice(2) is off unless asked for");
         let off = ok.replace("idle_timeout: 30s", "half_close: false");
         let c = Config::from_yaml("x.yaml", &off).unwrap();
         assert!(!c.listeners[0].l4.clone().unwrap().half_close);
         let on = ok.replace("idle_timeout: 30s", "splice: true");
         let c = Config::from_yaml("x.yaml", &on).unwrap();
-        assert!(c.listeners[0].l4.clone().unwrap().splice);
+        assert!(c.listeners[0].splice);
         // http: request bodies; not where the bytes must pass through the process
         let c = Config::from_yaml(
             "x.yaml",

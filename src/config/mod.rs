@@ -409,8 +409,8 @@ pub struct ListenerSpec {
     pub fast_path: bool,
     /// Accept a connection only once its client has sent data (TCP_DEFER_ACCEPT).
     pub defer_accept: bool,
-    /// http: move large request and response bodies between a plain client socket and the
-    /// backend with splice(2) (`splice`). tcp and tls_passthrough listeners have theirs in `l4`.
+    /// Move bytes between a plain client socket and the backend with splice(2) (`splice`):
+    /// http, large request and response bodies; tcp and tls_passthrough, the whole relay.
     pub splice: bool,
     pub limits: ListenerLimits,
     /// https with `http3: true`: the QUIC side.

@@ -115,7 +115,7 @@ impl L4App {
             open: AtomicUsize::new(0),
             idle_timeout: spec.idle_timeout,
             half_close: spec.half_close,
-            splice: spec.splice,
+            splice: l.splice,
             accept: l
                 .proxy_protocol
                 .as_ref()

@@ -233,8 +233,8 @@ pub fn shutdown_write(sock: socket2::SockRef<'_>) -> std::io::Result<()> {
 }
 
 /// `recv` into the unfilled part of `buf`, which need not be initialised.
-fn recv(
-    s: &std::net::TcpStream,
+pub(super) fn recv(
+    s: &impl AsRawFd,
     buf: &mut ReadBuf<'_>,
     flags: libc::c_int,
 ) -> std::io::Result<usize> {

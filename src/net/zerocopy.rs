@@ -154,21 +154,7 @@ impl End<'_> {
             End::Client(s) => s.poll_recv(cx, buf),
             End::Backend(s) => loop {
                 ready!(s.poll_read_ready(cx))?;
-                let r = s.try_io(Interest::READABLE, || {
-                    // SAFETY: recv writes at most the unfilled part's length into it; the
-                    // count it returns is then marked filled.
-                    let got = unsafe {
-                        let u = buf.unfilled_mut();
-                        libc::recv(s.as_raw_fd(), u.as_mut_ptr().cast(), u.len(), 0)
-                    };
-                    if got < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    // SAFETY: the kernel wrote `got` bytes there.
-                    unsafe { buf.assume_init(got as usize) };
-                    buf.advance(got as usize);
-                    Ok(got as usize)
-                });
+                let r = s.try_io(Interest::READABLE, || super::plain::recv(*s, buf, 0));
                 match r {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     r => return Poll::Ready(r),
