@@ -602,6 +602,16 @@ impl ProxyHttp for HttpProxy {
                 format!("backend status {code} outside 100-599"),
             );
         }
+        let mut codings = policy::fields::Codings::default();
+        for v in upstream_response
+            .headers
+            .get_all(http::header::TRANSFER_ENCODING)
+        {
+            codings.add(v.as_bytes());
+        }
+        if let Err(why) = codings.chunked() {
+            return Error::e_explain(ErrorType::HTTPStatus(Failure::BadResponse.status()), why);
+        }
         // Decided on the head, before any of it goes to the client.
         let cause = policy::retry::Cause::Status(code);
         let pool = self.route(ctx).map(|r| r.pool.clone());

@@ -143,7 +143,9 @@ pub fn response(resp: &mut ResponseHeader) {
         let _ = resp.insert_header(http::header::CONTENT_LENGTH, n);
     }
     for n in nominated_names(&resp.headers) {
-        resp.remove_header(n.as_str());
+        if fields::nomination_drops(fields::classify(n.as_bytes())) {
+            resp.remove_header(n.as_str());
+        }
     }
     for n in fields::RESPONSE_HOP_BY_HOP {
         resp.remove_header(*n);

@@ -174,6 +174,48 @@ pub fn drop_on_request(f: Field) -> bool {
     )
 }
 
+/// The transfer codings of a response, over all its `Transfer-Encoding` fields in order.
+#[derive(Default)]
+pub struct Codings {
+    chunked: usize,
+    last_chunked: bool,
+}
+
+impl Codings {
+    pub fn add(&mut self, v: &[u8]) {
+        for t in tokens(v) {
+            let c = t.eq_ignore_ascii_case(b"chunked");
+            self.chunked += usize::from(c);
+            self.last_chunked = c;
+        }
+    }
+
+    /// Whether the body is chunked; without chunked it runs until the backend closes (RFC
+    /// 9112 §6.3). `Err`: chunked listed twice, or before another coding. The proxy would
+    /// pass that body on inside a chunked coding of its own (or, listed twice, pass the
+    /// claim on), and chunked is never applied twice to a message (RFC 9112 §7). A backend
+    /// that sends it is broken; the answer is a 502, as nginx gives for any coding but
+    /// chunked.
+    pub fn chunked(&self) -> Result<bool, &'static str> {
+        match (self.chunked, self.last_chunked) {
+            (0, _) => Ok(false),
+            (1, true) => Ok(true),
+            _ => Err(
+                "chunked listed twice or before another coding in the response's Transfer-Encoding",
+            ),
+        }
+    }
+}
+
+/// Whether a response field that the backend's `Connection` nominates is left out. Not the
+/// framing fields: they say how the body the proxy relays is delimited, and the proxy writes
+/// (Content-Length) or passes on (a chunked body, as it came) that body itself. Dropping
+/// Transfer-Encoding from a chunked body passed on as it came would leave the client with
+/// neither length nor coding, reading chunk sizes as data until the connection closes.
+pub fn nomination_drops(f: Field) -> bool {
+    !matches!(f, Field::ContentLength | Field::TransferEncoding)
+}
+
 /// Whether a response field is left out of the response sent to the client. `chunked`: the
 /// response is chunked, so a Content-Length beside it is a lie (RFC 9112 §6.3).
 pub fn drop_on_response(f: Field, chunked: bool) -> bool {
@@ -221,6 +263,34 @@ pub const REQUEST_DROPPED: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfer_codings_of_a_response() {
+        let of = |vals: &[&str]| {
+            let mut c = Codings::default();
+            for v in vals {
+                c.add(v.as_bytes());
+            }
+            c.chunked()
+        };
+        assert_eq!(of(&[]), Ok(false));
+        assert_eq!(of(&["chunked"]), Ok(true));
+        assert_eq!(of(&["gzip, Chunked"]), Ok(true));
+        assert_eq!(of(&["gzip", "chunked"]), Ok(true), "over fields, in order");
+        assert_eq!(of(&["gzip"]), Ok(false), "close-delimited");
+        assert!(of(&["chunked, gzip"]).is_err(), "not last");
+        assert!(of(&["chunked", "gzip"]).is_err(), "not last, over fields");
+        assert!(of(&["chunked", "chunked"]).is_err(), "twice");
+        assert!(of(&["chunked,chunked"]).is_err(), "twice in one field");
+    }
+
+    #[test]
+    fn nomination_keeps_the_framing_fields() {
+        assert!(!nomination_drops(classify(b"Transfer-Encoding")));
+        assert!(!nomination_drops(classify(b"content-length")));
+        assert!(nomination_drops(classify(b"x-private")));
+        assert!(nomination_drops(classify(b"date")));
+    }
 
     #[test]
     fn name_lists_agree_with_the_classifier() {

@@ -206,6 +206,9 @@ fn matrix() -> Vec<Case> {
         case("absolute form", &format!("GET http://{app}/abs HTTP/1.1\r\nHost: {app}\r\n\r\n")),
         case("chunked response", &get("/chunked", app, "")),
         case("repeated set-cookie", &get("/cookies", app, "")),
+        case("response connection names transfer-encoding", &get("/te-nominated", app, "")),
+        case("response chunked before another coding", &get("/te-not-last", app, "")),
+        case("response chunked twice", &get("/te-twice", app, "")),
         case("hop-by-hop response fields", &get("/hop", app, "")),
         case("1xx before the final answer", &get("/early", app, "")),
         case("unrequested 100 before the final answer", &get("/continue", app, "")),
@@ -261,6 +264,87 @@ async fn run(addr: SocketAddr, c: &Case) -> Vec<u8> {
             return out;
         }
     }
+}
+
+/// A backend's `Connection` naming `Transfer-Encoding` on a chunked response (found by the
+/// `response` fuzz target): the lean engine passes the chunks on as they came, so it must
+/// keep the field that frames them, or the client, told neither length nor coding on a
+/// kept-alive connection, reads chunk sizes as body until a timeout. The other nominated
+/// field still goes, and the connection serves a second request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_response_keeps_its_framing_when_connection_names_it() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        for round in ["first", "second"] {
+            s.write_all(get("/te-nominated", "app.test", "").as_bytes())
+                .await
+                .expect("send");
+            let mut out = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let answers = loop {
+                let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "{engine}, {round} request: no complete response in {WAIT:?}: {:?}",
+                            String::from_utf8_lossy(&out)
+                        )
+                    })
+                    .expect("read");
+                assert!(
+                    n > 0,
+                    "{engine}, {round} request: closed after {:?}",
+                    String::from_utf8_lossy(&out)
+                );
+                out.extend_from_slice(&chunk[..n]);
+                let (answers, complete) = responses(&out, &[false]);
+                if complete && !answers.is_empty() {
+                    break answers;
+                }
+            };
+            let a = &answers[0];
+            assert_eq!(a.status, 200, "{engine}, {round} request");
+            assert_eq!(
+                a.body, b"hello world",
+                "{engine}, {round} request: the body as the client frames it"
+            );
+            assert!(
+                !a.fields.iter().any(|(k, _)| k == "x-drop"),
+                "{engine}, {round} request: a field the backend's Connection named was passed on: {:?}",
+                a.fields
+            );
+        }
+    }
+}
+
+/// A response whose Transfer-Encoding lists chunked before another coding (its body runs
+/// to the close, and the proxy would chunk it a second time) or lists it twice is a broken
+/// backend's: 502 from both engines, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_chunked_twice_or_not_last_is_refused() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        for path in ["/te-not-last", "/te-twice"] {
+            let c = case(path, &get(path, "app.test", ""));
+            let out = run(addr, &c).await;
+            let (answers, _) = responses(&out, &c.heads);
+            let status = answers.first().map(|a| a.status);
+            assert_eq!(
+                status,
+                Some(502),
+                "{engine} {path}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+    let log = p.log();
+    assert!(
+        log.contains("chunked listed twice or before another coding"),
+        "the log names the reason: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,8 @@
 pub(in crate::http) mod exchange;
 mod h2;
 pub(in crate::http) mod response;
+#[doc(hidden)]
+pub use response::{fuzz_response, FuzzHead};
 
 use super::guard::Guarded;
 use super::Listener;

@@ -115,7 +115,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     }
     let mut length: Option<u64> = None;
     let mut te = false;
-    let mut chunked = false;
+    let mut codings = fields::Codings::default();
     let mut up_close = version == 0;
     let mut nominated = false;
     // each name classified once: the framing pass here, the copy passes below
@@ -147,13 +147,14 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             }
             Field::TransferEncoding => {
                 te = true;
-                chunked = fields::tokens(h.value)
-                    .last()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                codings.add(h.value);
             }
             _ => {}
         }
     }
+    let chunked = codings
+        .chunked()
+        .map_err(|why| Failure::Answer(Why::BadResponse, why.into()))?;
     let framing = if head_only || code == 204 || code == 304 {
         Framing::None
     } else if te {
@@ -193,7 +194,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
                 Field::Date => continue,
                 _ => {}
             }
-            if nominated && nominated_by(resp.headers, name) {
+            if nominated && fields::nomination_drops(kind) && nominated_by(resp.headers, name) {
                 continue;
             }
             let (Ok(k), Ok(v)) = (
@@ -250,12 +251,12 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             // written once below, normalised (RFC 9110 8.6)
             Field::ContentLength => continue,
             Field::Upgrade => continue,
-            Field::Date => has_date = true,
             _ => {}
         }
-        if nominated && nominated_by(resp.headers, name) {
+        if nominated && fields::nomination_drops(kind) && nominated_by(resp.headers, name) {
             continue;
         }
+        has_date |= kind == Field::Date;
         head.extend_from_slice(name);
         head.extend_from_slice(b": ");
         head.extend_from_slice(h.value);
@@ -298,4 +299,87 @@ fn nominated_by(headers: &[httparse::Header], name: &[u8]) -> bool {
             .map(|c| c.value),
         name,
     )
+}
+
+/// What [`fuzz_response`] found: a fuzzing hook's answer, not an API.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct FuzzHead {
+    pub head_len: usize,
+    pub code: u16,
+    /// A 1xx other than an accepted 101: passed on, and the real head follows.
+    pub informational: bool,
+    pub upgraded: bool,
+    /// "none", "length", "chunked" or "close", and the length for "length".
+    pub framing: (&'static str, u64),
+    pub rechunk: bool,
+    pub upstream_keep: bool,
+    pub client_keep: bool,
+    /// The head written for an HTTP/1 client.
+    pub h1: Vec<u8>,
+    /// The fields of the head for an HTTP/2 client: lowercase names, and values.
+    pub h2: Vec<(String, Vec<u8>)>,
+}
+
+/// Fuzzing hook, not an API: parse `bytes` as a backend's response head the way the lean
+/// engine does, for an HTTP/1 client (`h2` false: `want_keep` and `upgrade` are that
+/// client's) or an HTTP/2 one. `Ok(None)`: the head is not complete yet. `Err`: the reason
+/// the response is refused (a 502 for the client).
+#[doc(hidden)]
+pub fn fuzz_response(
+    bytes: &[u8],
+    head_only: bool,
+    h2: bool,
+    want_keep: bool,
+    upgrade: bool,
+) -> Result<Option<FuzzHead>, String> {
+    let down = if h2 {
+        Down::H2
+    } else {
+        Down::H1 { want_keep, upgrade }
+    };
+    let h = match parse_response(bytes, head_only, down) {
+        Ok(Parsed::Partial) => return Ok(None),
+        Ok(Parsed::Informational(n, code)) => {
+            return Ok(Some(FuzzHead {
+                head_len: n,
+                code,
+                informational: true,
+                upgraded: false,
+                framing: ("none", 0),
+                rechunk: false,
+                upstream_keep: true,
+                client_keep: want_keep,
+                h1: Vec::new(),
+                h2: Vec::new(),
+            }))
+        }
+        Ok(Parsed::Head(h)) => h,
+        Err(Failure::Answer(_, why)) => return Err(why),
+        Err(Failure::Cut) => return Err("cut".into()),
+    };
+    let framing = match h.framing {
+        Framing::None => ("none", 0),
+        Framing::Length(n) => ("length", n),
+        Framing::Chunked => ("chunked", 0),
+        Framing::Close => ("close", 0),
+    };
+    let fields = h.h2.map_or_else(Vec::new, |r| {
+        r.headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    });
+    Ok(Some(FuzzHead {
+        head_len: h.head_len,
+        code: h.code,
+        informational: false,
+        upgraded: h.upgraded,
+        framing,
+        rechunk: h.rechunk,
+        upstream_keep: h.upstream_keep,
+        client_keep: h.client_keep,
+        h1: h.head,
+        h2: fields,
+    }))
 }

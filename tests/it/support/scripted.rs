@@ -150,6 +150,13 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n{}",
                 if head_only { "" } else { "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" }
             ),
+            "/te-nominated" => format!(
+                "HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding, X-Drop\r\nX-Drop: 1\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+                if head_only { "" } else { "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" }
+            ),
+            // chunked before another coding, and chunked twice: refused (502)
+            "/te-not-last" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_string(),
+            "/te-twice" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_string(),
             "/cookies" => format!(
                 "HTTP/1.1 200 OK\r\nSet-Cookie: a=1; Path=/\r\nSet-Cookie: b=2; HttpOnly\r\nContent-Length: 2\r\n\r\n{}",
                 body_of("ok")
