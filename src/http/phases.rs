@@ -11,7 +11,9 @@
 //! - `upstream_request_filter`: [`crate::policy::edit::request`]. Pingora's own header policy
 //!   is set to `preserve` on our peers, so the policy's edits are the only ones, as on the
 //!   lean engine.
-//! - `upstream_response_filter`: a status [`crate::policy::retry`] retries becomes a
+//! - `upstream_response_filter`: a status outside 100-599, or transfer codings that
+//!   [`crate::policy::fields::Codings`] refuses, is a 502, as on the lean engine; a status
+//!   [`crate::policy::retry`] retries becomes a
 //!   retryable error before anything goes downstream (Pingora's retry loop calls
 //!   `upstream_peer` again and its retry buffer replays the body); otherwise
 //!   [`crate::policy::edit::response`].
