@@ -16,6 +16,9 @@
 use libfuzzer_sys::fuzz_target;
 use stepstone::http::fast::{fuzz_response, FuzzHead};
 
+/// Hop-by-hop fields besides Connection (RFC 9110 §7.6.1, and the proxy-only fields of RFC
+/// 9110 §11.7), written out here rather than imported from `policy::fields`: a property
+/// that shared the code's own list could not catch a name missing from it.
 const HOP: [&str; 7] = [
     "keep-alive",
     "proxy-connection",
