@@ -80,19 +80,29 @@ async fn echo_round(s: &mut TcpStream, msg: &[u8]) -> bool {
 async fn tcp_distributes_by_weight_and_ejects_unhealthy_backends() {
     let a = TcpBackend::start("a", false).await;
     let b = TcpBackend::start("b", false).await;
-    let p = Proxy::start(&format!(
-        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{}]\n    retries: 0\n    health_check: {{type: tcp, interval: 100ms, timeout: 500ms, unhealthy_threshold: 1}}\n",
-        backends(&[(&a, 3), (&b, 1)])
-    ));
-    let (mut na, mut nb) = (0, 0);
+    // debug for the relay: each connection's client port and backend are in the log that a
+    // failure prints, so an odd count shows which connection went where
+    let p = Proxy::start_logging(
+        &format!(
+            "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{}]\n    retries: 0\n    health_check: {{type: tcp, interval: 100ms, timeout: 500ms, unhealthy_threshold: 1}}\n",
+            backends(&[(&a, 3), (&b, 1)])
+        ),
+        "info,stepstone::l4=debug",
+    );
+    let mut order = String::new();
     for _ in 0..40 {
         match ask(p.addr, b"", "NAME").await.as_deref() {
-            Some("a") => na += 1,
-            Some("b") => nb += 1,
-            other => panic!("unexpected answer {other:?}"),
+            Some(n @ ("a" | "b")) => order.push_str(n),
+            other => panic!("unexpected answer {other:?} after {order}"),
         }
     }
-    assert_eq!((na, nb), (30, 10), "weights 3:1 over 40 connections");
+    let nb = order.matches('b').count();
+    assert_eq!(
+        (40 - nb, nb),
+        (30, 10),
+        "weights 3:1 over 40 connections, in order {order}\n{}",
+        p.log()
+    );
 
     // With retries off, only the health check keeps connections away from a dead backend.
     b.stop();
