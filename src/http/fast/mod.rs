@@ -25,8 +25,11 @@
 //! origin sent none); the body is the store's buffer.
 
 pub(in crate::http) mod exchange;
+mod fuzz;
 mod h2;
 pub(in crate::http) mod response;
+#[doc(hidden)]
+pub use fuzz::{fuzz_request, FuzzPlan};
 #[doc(hidden)]
 pub use response::{fuzz_response, FuzzHead};
 
