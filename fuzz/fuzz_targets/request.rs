@@ -2,15 +2,18 @@
 //! library's `fuzz_request` hook): the head it writes for the backend is the request-side
 //! half of smuggling, where the proxy and the backend must agree on where a request ends.
 //!
-//! Input: one byte choosing the client address (none, IPv4, IPv6), then the bytes of one
-//! read. Heads the strict checks refuse never reach the engine, so only those they accept
+//! Input: one byte choosing the client address (none, IPv4, IPv6), how many requests the
+//! connection carried before (0 to 3, of the listener's 3) and whether the process is
+//! draining, then the bytes of one read. Heads the strict checks refuse never reach the engine, so only those they accept
 //! are planned. Besides "no panic": a forwarded request's head parses whole, with the
 //! client's method and target; it carries the client's fields in their order, byte for byte,
 //! except the hop-by-hop ones, the framing and the X-Forwarded-* set, which the proxy writes
 //! itself: one Content-Length equal to the client's, no Transfer-Encoding, Connection and
 //! Upgrade only for a relayed upgrade (any protocol but h2c), one X-Forwarded-For ending in the client's
 //! address; the body bytes that came with the head follow it, no more than the length, and
-//! the rest is left for the next request. A request that asked to close is never kept alive.
+//! the rest is left for the next request. A connection is not kept alive after a request
+//! that asked to close, while draining, after its third request, nor after an answer that
+//! left the request's body unread (its bytes would be read as the next request).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -96,6 +99,8 @@ fuzz_target!(|data: &[u8]| {
         1 => Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
         _ => Some(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7))),
     };
+    let served = u32::from((pick >> 2) & 3);
+    let draining = pick & 0x10 != 0;
     // What the guard lets through: a complete head the strict checks accept, without the
     // empty lines it skips before a request line.
     if matches!(bytes.first(), None | Some(b'\r' | b'\n')) {
@@ -111,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
     if check_head(&bytes[..end]).is_err() {
         return;
     }
-    let plan = fuzz_request(bytes, client, 0);
+    let plan = fuzz_request(bytes, client, served, draining);
     let Some((method, target, _, fields, n)) = parse(bytes) else {
         // the engine took a head httparse cannot read
         assert!(matches!(plan, FuzzPlan::Fallback), "{plan:?}");
@@ -122,12 +127,24 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .flat_map(|v| tokens(v))
         .collect::<Vec<_>>();
-    let close = conn.iter().any(|t| t == "close");
+    // this one is the connection's third (the listener's limit), or later
+    let close = conn.iter().any(|t| t == "close") || draining || served >= 2;
     let (out, body_left, pipelined, upgrade, want_keep) = match plan {
         FuzzPlan::Fallback => return,
-        FuzzPlan::Answer { status, keep } => {
+        FuzzPlan::Answer {
+            status,
+            keep,
+            body_left,
+        } => {
             assert!((400..600).contains(&status), "answered {status}");
-            assert!(!(close && keep), "kept alive after Connection: close");
+            assert!(
+                !(close && keep),
+                "kept alive: close, draining or the last request"
+            );
+            assert!(
+                !(body_left > 0 && keep),
+                "kept alive with {body_left} body bytes unread"
+            );
             return;
         }
         FuzzPlan::Proxy {
@@ -138,7 +155,10 @@ fuzz_target!(|data: &[u8]| {
             want_keep,
         } => (out, body_left, pipelined, upgrade, want_keep),
     };
-    assert!(!(close && want_keep), "kept alive after Connection: close");
+    assert!(
+        !(close && want_keep),
+        "kept alive: close, draining or the last request"
+    );
     assert!(
         all(&fields, "transfer-encoding").is_empty(),
         "a request with Transfer-Encoding was forwarded by the lean engine"

@@ -12,11 +12,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 /// The listener the target's requests reach: routes by host, path and header, a body limit
-/// (a 413 of the policy's own), and no route for other hosts (a 404). Backends are never
-/// connected to: a plan does no I/O.
+/// (a 413 of the policy's own), no route for other hosts (a 404), and three requests per
+/// connection. Backends are never connected to: a plan does no I/O.
 const CONFIG: &str = "\
 listeners:
-  - {name: web, address: 127.0.0.1:8080, protocol: http}
+  - {name: web, address: 127.0.0.1:8080, protocol: http, limits: {keepalive_requests: 3}}
 upstreams:
   - {name: app, backends: [{address: 127.0.0.1:9001}]}
   - {name: api, backends: [{address: 127.0.0.1:9002}], selection: consistent_hash, hash_key: header:X-User}
@@ -33,8 +33,13 @@ routes:
 pub enum FuzzPlan {
     /// Left to Pingora's engine, untouched.
     Fallback,
-    /// One of the policy's own answers (a 404, a 413, ...).
-    Answer { status: u16, keep: bool },
+    /// One of the policy's own answers (a 404, a 413, ...), and the body bytes the client
+    /// has still to send, which an answer does not read.
+    Answer {
+        status: u16,
+        keep: bool,
+        body_left: u64,
+    },
     /// Forwarded: the bytes written to the backend first (the head, then the body bytes
     /// that came with it), the body bytes still to relay, and how many bytes of the input
     /// are left for the next request.
@@ -59,17 +64,23 @@ fn engine() -> &'static FastPath {
 }
 
 /// The lean engine's plan for `bytes` (a head the guard let through, and what followed it
-/// in the same read) from `client`, as the `served`+1-th request of its connection.
+/// in the same read) from `client`, as the `served`+1-th request of its connection, while
+/// the process is `draining` or not.
 #[doc(hidden)]
-pub fn fuzz_request(bytes: &[u8], client: Option<IpAddr>, served: u32) -> FuzzPlan {
+pub fn fuzz_request(bytes: &[u8], client: Option<IpAddr>, served: u32, draining: bool) -> FuzzPlan {
     let mut conn = Conn { client, served };
-    match engine().plan(bytes, &mut conn, false) {
+    match engine().plan(bytes, &mut conn, draining) {
         Plan::Fallback => FuzzPlan::Fallback,
-        Plan::Page(_, a, _, keep) => FuzzPlan::Answer {
+        Plan::Page(r, a, _, keep) => FuzzPlan::Answer {
             status: a.status,
             keep,
+            body_left: r.body_left,
         },
-        Plan::Hit { code, keep, .. } => FuzzPlan::Answer { status: code, keep },
+        Plan::Hit { code, keep, .. } => FuzzPlan::Answer {
+            status: code,
+            keep,
+            body_left: 0,
+        },
         Plan::Proxy {
             req,
             out,
@@ -95,7 +106,7 @@ mod tests {
     #[test]
     fn the_fuzz_listener_forwards_answers_and_falls_back() {
         let req = b"POST /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nab";
-        match fuzz_request(req, CLIENT, 0) {
+        match fuzz_request(req, CLIENT, 0, false) {
             FuzzPlan::Proxy {
                 out,
                 body_left,
@@ -115,17 +126,31 @@ mod tests {
         }
         let other_host = b"GET / HTTP/1.1\r\nHost: b.test\r\n\r\n";
         assert!(matches!(
-            fuzz_request(other_host, CLIENT, 0),
+            fuzz_request(other_host, CLIENT, 0, false),
             FuzzPlan::Answer { status: 404, .. }
         ));
         let big = b"POST /api/x HTTP/1.1\r\nHost: w.example.com\r\nContent-Length: 2000\r\n\r\n";
+        // the body is not read: the connection cannot carry another request
         assert!(matches!(
-            fuzz_request(big, CLIENT, 0),
-            FuzzPlan::Answer { status: 413, .. }
+            fuzz_request(big, CLIENT, 0, false),
+            FuzzPlan::Answer {
+                status: 413,
+                keep: false,
+                body_left: 2000
+            }
         ));
+        let get = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        for (served, draining, keep) in [(0, false, true), (0, true, false), (2, false, false)] {
+            match fuzz_request(get, CLIENT, served, draining) {
+                FuzzPlan::Proxy { want_keep, .. } => {
+                    assert_eq!(want_keep, keep, "served {served}, draining {draining}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         let chunked = b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(matches!(
-            fuzz_request(chunked, CLIENT, 0),
+            fuzz_request(chunked, CLIENT, 0, false),
             FuzzPlan::Fallback
         ));
     }
