@@ -36,7 +36,7 @@ fn tokens(v: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The names the backend's Connection fields nominate (other than close and keep-alive).
+/// The names the backend's Connection fields nominate (but keep-alive).
 fn nominated(input: &[u8]) -> Vec<String> {
     let mut hdrs = [httparse::EMPTY_HEADER; 256];
     let mut r = httparse::Response::new(&mut hdrs);
@@ -47,7 +47,8 @@ fn nominated(input: &[u8]) -> Vec<String> {
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
         .flat_map(|h| tokens(h.value))
-        .filter(|t| t != "close" && t != "keep-alive")
+        // a field called `close` is named too (RFC 9110 §7.6.1); Keep-Alive is hop-by-hop
+        .filter(|t| t != "keep-alive")
         .collect()
 }
 

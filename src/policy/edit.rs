@@ -7,16 +7,14 @@ use super::forwarded;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
-/// Names a message's `Connection` fields nominate (other than the options the proxy itself
-/// understands), lower-cased.
+/// Names a message's `Connection` fields nominate, lower-cased. `close` is one: RFC 9110
+/// §7.6.1 drops a field named by any connection option. `keep-alive` and `upgrade` are left
+/// out: their fields are hop-by-hop anyway, and an upgrade that is relayed restates its own.
 fn nominated_names(map: &http::HeaderMap) -> Vec<String> {
     let mut out = Vec::new();
     for v in map.get_all(http::header::CONNECTION) {
         for t in fields::tokens(v.as_bytes()) {
-            if t.eq_ignore_ascii_case(b"close")
-                || t.eq_ignore_ascii_case(b"keep-alive")
-                || t.eq_ignore_ascii_case(b"upgrade")
-            {
+            if t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"upgrade") {
                 continue;
             }
             if let Ok(s) = std::str::from_utf8(t) {

@@ -113,6 +113,14 @@ pub struct ConnectionOptions {
 }
 
 impl ConnectionOptions {
+    /// Whether a field called `name` is named by these options, so hop-by-hop (RFC 9110
+    /// §7.6.1), for a message whose other nominations ([`Self::nominates`]) are handled
+    /// elsewhere: a field called `close` beside `Connection: close`. `keep-alive` and
+    /// `upgrade` name fields that are hop-by-hop anyway.
+    pub fn names(&self, name: &str) -> bool {
+        self.close && name.eq_ignore_ascii_case("close")
+    }
+
     pub fn add(&mut self, value: &[u8]) {
         for t in tokens(value) {
             if t.eq_ignore_ascii_case(b"close") {
@@ -396,6 +404,10 @@ mod tests {
         assert!(c.keep_alive && c.upgrade && c.nominates && !c.close);
         let vals: [&[u8]; 2] = [b"close", b"x-a, X-B"];
         assert!(nominated(vals.iter().copied(), b"x-b"));
+        let mut close = ConnectionOptions::default();
+        assert!(!close.names("close"));
+        close.add(b"Close");
+        assert!(close.names("CLOSE") && !close.names("x-b") && !close.nominates);
         assert!(!nominated(vals.iter().copied(), b"x-c"));
     }
 

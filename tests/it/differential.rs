@@ -187,6 +187,8 @@ fn matrix() -> Vec<Case> {
         case("connection keep-alive", &get("/", app, "Connection: keep-alive\r\n")),
         case("request hop-by-hop", &get("/", app, "Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nTrailer: X-T\r\nProxy-Authorization: Basic eDp5\r\n")),
         case("connection-nominated field", &get("/", app, "Connection: X-Drop\r\nX-Drop: 1\r\nX-Keep: 2\r\n")),
+        case("connection close names a field", &get("/", app, "Connection: close\r\nClose: x-named\r\nX-Keep: 2\r\n")),
+        case("response connection close names a field", &get("/close-field", app, "")),
         case("incoming x-forwarded chain", &get("/", app, "X-Forwarded-For: 203.0.113.7, 198.51.100.2\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\n")),
         case("two x-forwarded-for fields", &get("/", app, "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 198.51.100.2\r\n")),
         case("repeated request field", &get("/", app, "Accept: text/html\r\nAccept: application/json\r\n")),
@@ -316,6 +318,55 @@ async fn a_chunked_response_keeps_its_framing_when_connection_names_it() {
                 a.fields
             );
         }
+    }
+}
+
+/// `Connection: close` is a connection option like any other: a field called `close` is
+/// hop-by-hop beside it (RFC 9110 §7.6.1), in a request (found by the `request` fuzz target:
+/// both engines passed it on) and in a response (the general engine passed it on). Both
+/// engines drop it both ways and keep the fields beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_named_close_is_dropped_beside_connection_close() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        let sent = get(
+            "/",
+            "app.test",
+            "Connection: close\r\nClose: x-named\r\nX-Keep: 2\r\n",
+        );
+        let (answers, _) = responses(&run(addr, &case("request", &sent)).await, &[false]);
+        assert_eq!(answers.first().map(|a| a.status), Some(200), "{engine}");
+        let seen = origin.take();
+        assert_eq!(seen.len(), 1, "{engine}");
+        let names: Vec<&str> = seen[0].fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"x-keep"), "{engine}: {names:?}");
+        assert!(
+            !names.contains(&"close"),
+            "{engine}: the request's close field passed on: {names:?}"
+        );
+
+        let got = run(
+            addr,
+            &case("response", &get("/close-field", "app.test", "")),
+        )
+        .await;
+        let (answers, _) = responses(&got, &[false]);
+        let a = answers
+            .first()
+            .unwrap_or_else(|| panic!("{engine}: no answer"));
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]), "{engine}");
+        assert!(
+            a.fields.iter().any(|(k, _)| k == "x-public"),
+            "{engine}: {:?}",
+            a.fields
+        );
+        assert!(
+            !a.fields.iter().any(|(k, _)| k == "close"),
+            "{engine}: the response's close field passed on: {:?}",
+            a.fields
+        );
+        origin.take();
     }
 }
 

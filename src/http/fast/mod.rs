@@ -320,7 +320,8 @@ impl FastPath {
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for (h, k) in req.headers.iter().zip(kinds) {
-            if fields::drop_on_request(k) || k == Field::ContentLength {
+            if fields::drop_on_request(k) || k == Field::ContentLength || t.connection.names(h.name)
+            {
                 continue;
             }
             if trace.is_some() && h.name.eq_ignore_ascii_case("traceparent") {

@@ -136,6 +136,8 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
                 for t in fields::tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
                         up_close = true;
+                        // a field called `close` is named too (RFC 9110 §7.6.1)
+                        nominated = true;
                     } else if t.eq_ignore_ascii_case(b"keep-alive") {
                         if version == 0 {
                             up_close = false;

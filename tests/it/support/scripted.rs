@@ -161,6 +161,12 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
                 "HTTP/1.1 200 OK\r\nSet-Cookie: a=1; Path=/\r\nSet-Cookie: b=2; HttpOnly\r\nContent-Length: 2\r\n\r\n{}",
                 body_of("ok")
             ),
+            // a field called `close` beside `Connection: close`: named by a connection
+            // option, so hop-by-hop (RFC 9110 §7.6.1)
+            "/close-field" => format!(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nClose: x-named\r\nX-Public: yes\r\nContent-Length: 2\r\n\r\n{}",
+                body_of("ok")
+            ),
             "/hop" => format!(
                 "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nConnection: X-Private\r\nX-Private: secret\r\nX-Public: yes\r\nContent-Length: 2\r\n\r\n{}",
                 body_of("ok")
