@@ -66,8 +66,8 @@ const NOT_UPDATED: [&str; 6] = [
     "set-cookie",
 ];
 
-/// The fields a response's `Connection` names (other than the `close` / `keep-alive` /
-/// `upgrade` options): hop-by-hop, so never stored (RFC 9110 §7.6.1).
+/// The fields a response's `Connection` names, by every option, `close` included (a field
+/// called `close`): hop-by-hop, so never stored (RFC 9110 §7.6.1).
 fn connection_nominated(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
     let mut out = Vec::new();
     for v in headers.get_all(http::header::CONNECTION) {
