@@ -24,12 +24,15 @@
 //! added to the stored head, which keeps the origin's `Date` (one is added only when the
 //! origin sent none); the body is the store's buffer.
 
+mod answer;
 pub(in crate::http) mod exchange;
 mod fuzz;
 mod h2;
+mod read;
 pub(in crate::http) mod response;
 #[doc(hidden)]
 pub use fuzz::{fuzz_request, FuzzPlan};
+pub use read::{read_head, read_now};
 #[doc(hidden)]
 pub use response::{fuzz_response, FuzzHead};
 
@@ -42,6 +45,7 @@ use crate::policy::engine::{self, Fallback, HeadTraits};
 use crate::policy::fields::{self, Field};
 use crate::policy::route::Route;
 use crate::policy::{self, forwarded, RateCount, RequestHead, Verdict};
+use answer::{finish_hit, finish_own};
 use exchange::{Down, Exchange, Failure};
 use pingora_core::server::ShutdownWatch;
 use std::mem::MaybeUninit;
@@ -613,69 +617,6 @@ enum Plan<'a> {
     },
 }
 
-/// Send one of our own pages and count the request.
-#[allow(clippy::too_many_arguments)]
-async fn finish_own(
-    g: &mut Guarded,
-    r: &Req<'_>,
-    route: Option<usize>,
-    obs: &RequestObs,
-    code: u16,
-    page: Vec<u8>,
-    keep: bool,
-    timeout: Duration,
-) -> Outcome {
-    let ok = write_flush(g, &page, timeout).await.is_ok();
-    observability::fast_request_done(&r.view, route, None, obs, code, 0, false);
-    if ok && keep {
-        g.unread(r.pipelined);
-        return Outcome::KeepAlive;
-    }
-    end(g).await;
-    Outcome::Close
-}
-
-/// Send a cache hit and count the request. A small body goes out in the head's buffer; a
-/// larger one is written from the store's buffer, never copied.
-#[allow(clippy::too_many_arguments)]
-async fn finish_hit(
-    g: &mut Guarded,
-    r: &Req<'_>,
-    route: usize,
-    obs: &RequestObs,
-    code: u16,
-    mut head: Vec<u8>,
-    body: Option<bytes::Bytes>,
-    keep: bool,
-    timeout: Duration,
-) -> Outcome {
-    let body_len = body.as_ref().map_or(0, |b| b.len());
-    let ok = match &body {
-        Some(b) if b.len() > RESP_BUF => {
-            let w = async {
-                g.inner_mut().write_all(&head).await?;
-                g.inner_mut().write_all(b).await?;
-                g.inner_mut().flush().await
-            };
-            matches!(tokio::time::timeout(timeout, w).await, Ok(Ok(())))
-        }
-        _ => {
-            if let Some(b) = &body {
-                head.extend_from_slice(b);
-            }
-            write_flush(g, &head, timeout).await.is_ok()
-        }
-    };
-    let sent = if ok { body_len } else { 0 };
-    observability::fast_request_done(&r.view, Some(route), None, obs, code, sent, true);
-    if ok && keep {
-        g.unread(r.pipelined);
-        return Outcome::KeepAlive;
-    }
-    end(g).await;
-    Outcome::Close
-}
-
 /// An origin-form target made only of RFC 3986 path and query characters, which the
 /// general path's `http::Uri` keeps verbatim in `path_and_query` (so both paths key it the
 /// same); anything else (a fragment, raw spaces or non-ASCII, ...) is left to the general path.
@@ -726,72 +667,5 @@ async fn write_flush(g: &mut Guarded, data: &[u8], timeout: Duration) -> std::io
     match crate::net::deadline::within(timeout, w).await {
         Some(r) => r,
         None => Err(std::io::ErrorKind::TimedOut.into()),
-    }
-}
-
-/// A request head's first read, made now if the socket has something and not waited for:
-/// `None` if it has nothing yet. The caller then waits for readiness holding no buffer (a
-/// silent connection handed over by TCP_DEFER_ACCEPT after its hold keeps none while it
-/// idles), and reads the head with [`read_head`]. A read that returns before the kernel has
-/// anything registers the socket with the reactor, which that wait needs anyway.
-pub fn read_now(g: &mut Guarded) -> Option<Result<Vec<u8>, Outcome>> {
-    use std::future::Future;
-    g.arm_now();
-    let mut buf: Vec<u8> = Vec::with_capacity(HEAD_BUF);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let polled = std::pin::pin!(g.read_buf(&mut buf)).poll(&mut cx);
-    match polled {
-        std::task::Poll::Pending => None,
-        // the guard answered and logged
-        std::task::Poll::Ready(Ok(0) | Err(_)) => Some(Err(Outcome::Close)),
-        std::task::Poll::Ready(Ok(_)) => Some(Ok(buf)),
-    }
-}
-
-/// Read a request head from `g`, before an engine is chosen for it: the caller loads the
-/// engine in force only once the head is in, so a reload during an idle wait applies to the
-/// request that ends it. `idle_wait`: how long to wait for its first byte (a TLS
-/// connection's caller has not waited; a plaintext one's waited for readiness only, which
-/// may have been for nothing). `first`: what [`read_now`] read, the head's first piece, or
-/// empty. `Err`: the connection is done (closed, idle too long, or the guard refused the
-/// head and answered).
-pub async fn read_head(
-    g: &mut Guarded,
-    idle_wait: Option<Duration>,
-    first: Vec<u8>,
-) -> Result<Vec<u8>, Outcome> {
-    if first.is_empty() {
-        g.arm_now();
-    } else if g.head_done() {
-        return Ok(first);
-    }
-    let mut first_read = first.is_empty();
-    let mut buf = if first_read {
-        Vec::with_capacity(HEAD_BUF)
-    } else {
-        first
-    };
-    loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity());
-        }
-        let r = match idle_wait {
-            Some(wait) if first_read => {
-                tokio::select! {
-                    biased;
-                    r = g.read_buf(&mut buf) => r,
-                    _ = crate::lifecycle::idle::IdleTimer::new(wait) => return Err(Outcome::Close),
-                }
-            }
-            _ => g.read_buf(&mut buf).await,
-        };
-        first_read = false;
-        match r {
-            Ok(0) | Err(_) => return Err(Outcome::Close), // the guard answered and logged
-            Ok(_) => {}
-        }
-        if g.head_done() {
-            return Ok(buf);
-        }
     }
 }
