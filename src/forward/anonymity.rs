@@ -52,15 +52,13 @@ pub fn apply(req: &mut RequestHeader, mode: Anonymity, client: Option<IpAddr>) {
         Anonymity::Off => {
             let _ = req.append_header("via", "1.1 stepstone");
             if let Some(ip) = client {
-                let xff = match req
-                    .headers
-                    .get(&crate::policy::fields::X_FORWARDED_FOR)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-                    _ => ip.to_string(),
-                };
-                let _ = req.insert_header("x-forwarded-for", xff);
+                let mut xff = Vec::with_capacity(64);
+                let prev = req.headers.get_all(&crate::policy::fields::X_FORWARDED_FOR);
+                let prev = prev.iter().map(|v| v.as_bytes());
+                crate::policy::forwarded::x_forwarded_for(prev, ip, &mut xff);
+                if let Ok(v) = http::HeaderValue::from_bytes(&xff) {
+                    let _ = req.insert_header("x-forwarded-for", v);
+                }
             }
         }
         Anonymity::Standard | Anonymity::Strict => {
@@ -133,5 +131,18 @@ mod tests {
             "10.0.0.7, 10.0.0.9"
         );
         assert!(r.headers.get("proxy-authorization").is_none());
+    }
+
+    #[test]
+    fn off_keeps_every_incoming_hop() {
+        let mut r = req();
+        r.append_header("x-forwarded-for", "10.0.0.8").unwrap();
+        apply(&mut r, Anonymity::Off, Some("10.0.0.9".parse().unwrap()));
+        let xff = r
+            .headers
+            .get_all(&crate::policy::fields::X_FORWARDED_FOR)
+            .iter()
+            .collect::<Vec<_>>();
+        assert_eq!(xff, ["10.0.0.7, 10.0.0.8, 10.0.0.9"]);
     }
 }

@@ -27,7 +27,7 @@ fn nominated_names(map: &http::HeaderMap) -> Vec<String> {
 
 /// The request as it goes upstream: hop-by-hop fields and those `Connection` nominates
 /// dropped, the proxy's X-Forwarded-* appended, and for a WebSocket handshake the upgrade
-/// restated, and with tracing on the proxy's `traceparent`. `prev_xff`: the first incoming X-Forwarded-For value, read before the edit.
+/// restated, and with tracing on the proxy's `traceparent`.
 #[allow(clippy::too_many_arguments)]
 pub fn request(
     req: &mut RequestHeader,
@@ -66,10 +66,13 @@ pub fn request(
             req.insert_header(http::header::COOKIE, v)?;
         }
     }
-    let prev_xff = req
-        .headers
-        .get(&fields::X_FORWARDED_FOR)
-        .map(|v| v.as_bytes().to_vec());
+    // the incoming chain is read before the edit drops its fields
+    let xff = client.map(|ip| {
+        let mut v = Vec::with_capacity(64);
+        let prev = req.headers.get_all(&fields::X_FORWARDED_FOR);
+        forwarded::x_forwarded_for(prev.iter().map(|p| p.as_bytes()), ip, &mut v);
+        v
+    });
     if let Some(n) = normalise_length(&req.headers) {
         req.insert_header(http::header::CONTENT_LENGTH, n)?;
     }
@@ -95,12 +98,8 @@ pub fn request(
         req.append_header("connection", "upgrade")?;
         req.append_header("upgrade", u.clone())?;
     }
-    if let Some(ip) = client {
-        let mut v = Vec::with_capacity(64);
-        forwarded::x_forwarded_for(prev_xff.as_deref(), ip, &mut v);
-        if let Ok(v) = http::HeaderValue::from_bytes(&v) {
-            req.append_header("x-forwarded-for", v)?;
-        }
+    if let Some(v) = xff.and_then(|v| http::HeaderValue::from_bytes(&v).ok()) {
+        req.append_header("x-forwarded-for", v)?;
     }
     req.append_header("x-forwarded-proto", forwarded::proto(tls))?;
     if let Some(h) = host.and_then(|h| http::HeaderValue::from_str(h).ok()) {

@@ -1,8 +1,8 @@
 //! The X-Forwarded-* fields the proxy writes on every request it forwards, and the host a
 //! request is for.
 //!
-//! - `X-Forwarded-For`: the incoming chain (the first such field, if shorter than
-//!   [`XFF_CHAIN_MAX`]), then the client's address.
+//! - `X-Forwarded-For`: the incoming chain (every such field, in order, joined into one
+//!   list, if shorter than [`XFF_CHAIN_MAX`]), then the client's address.
 //! - `X-Forwarded-Proto`: `https` on a TLS listener, else `http`; an incoming one is replaced.
 //! - `X-Forwarded-Host`: the host the client asked for ([`request_host`]); replaced too.
 
@@ -32,19 +32,36 @@ pub fn proto(tls: bool) -> &'static str {
     }
 }
 
-/// Append the X-Forwarded-For value: `prev, client` or `client`.
-pub fn x_forwarded_for(prev: Option<&[u8]>, client: IpAddr, out: &mut Vec<u8>) {
-    if let Some(prev) = prev.filter(|p| !p.is_empty() && p.len() < XFF_CHAIN_MAX) {
-        out.extend_from_slice(prev);
+/// Append the X-Forwarded-For value: `prev, client` or `client`. `prev`: the incoming
+/// X-Forwarded-For fields in order. A list field may be split over several lines (RFC 9110
+/// §5.3), and a chain cut to its first line loses the hops before the last proxy that wrote
+/// one, so all of them are joined, as nginx's `$proxy_add_x_forwarded_for` does; empty ones
+/// add nothing. A joined chain of [`XFF_CHAIN_MAX`] bytes or more is dropped whole.
+pub fn x_forwarded_for<'a>(
+    prev: impl IntoIterator<Item = &'a [u8]>,
+    client: IpAddr,
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    for p in prev.into_iter().map(<[u8]>::trim_ascii) {
+        if p.is_empty() {
+            continue;
+        }
+        // a chain over the bound is dropped as soon as it is (the rest is not copied)
+        if out.len() - start + p.len() >= XFF_CHAIN_MAX {
+            out.truncate(start);
+            break;
+        }
+        out.extend_from_slice(p);
         out.extend_from_slice(b", ");
     }
     push_ip(out, client);
 }
 
 /// Append the three X-Forwarded-* fields as HTTP/1 header lines.
-pub fn h1_lines(
+pub fn h1_lines<'a>(
     out: &mut Vec<u8>,
-    prev_xff: Option<&[u8]>,
+    prev_xff: impl IntoIterator<Item = &'a [u8]>,
     client: Option<IpAddr>,
     tls: bool,
     host: Option<&[u8]>,
@@ -134,11 +151,33 @@ mod tests {
     fn chain_is_extended_or_dropped() {
         let ip: IpAddr = "10.0.0.9".parse().expect("ip");
         let mut out = Vec::new();
-        x_forwarded_for(Some(b"1.1.1.1"), ip, &mut out);
+        x_forwarded_for([&b"1.1.1.1"[..]], ip, &mut out);
         assert_eq!(out, b"1.1.1.1, 10.0.0.9");
         out.clear();
-        x_forwarded_for(Some(&[b'a'; XFF_CHAIN_MAX]), ip, &mut out);
+        x_forwarded_for([&[b'a'; XFF_CHAIN_MAX][..]], ip, &mut out);
         assert_eq!(out, b"10.0.0.9");
+        out.clear();
+        x_forwarded_for([], ip, &mut out);
+        assert_eq!(out, b"10.0.0.9");
+    }
+
+    #[test]
+    fn every_incoming_field_joins_the_chain() {
+        let ip: IpAddr = "10.0.0.9".parse().expect("ip");
+        let mut out = b"x-forwarded-for: ".to_vec();
+        let fields: [&[u8]; 4] = [b"1.1.1.1, 2.2.2.2", b"", b" ", b"3.3.3.3 "];
+        x_forwarded_for(fields, ip, &mut out);
+        assert_eq!(out, b"x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        // the bound is on the joined chain: each field short, together too long
+        out.clear();
+        let part = [b'a'; XFF_CHAIN_MAX / 2];
+        x_forwarded_for([&part[..], &part[..], b"4.4.4.4"], ip, &mut out);
+        assert_eq!(out, b"10.0.0.9");
+        // one byte under the bound is kept, as a single field of that length is
+        out.clear();
+        let (a, b) = ([b'a'; 100], [b'b'; XFF_CHAIN_MAX - 103]);
+        x_forwarded_for([&a[..], &b[..]], ip, &mut out);
+        assert_eq!(out.len(), XFF_CHAIN_MAX - 1 + 2 + 8);
     }
 
     #[test]

@@ -370,6 +370,44 @@ async fn a_field_named_close_is_dropped_beside_connection_close() {
     }
 }
 
+/// A request with its X-Forwarded-For chain split over several fields reaches the backend
+/// with one field, the incoming ones joined in order and the client last, from both engines
+/// (nginx joins them too); a joined chain over the bound is dropped whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_x_forwarded_for_field_joins_the_chain() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    let long = "a".repeat(250);
+    let cases = [
+        (
+            "X-Forwarded-For: 203.0.113.7\r\nX-Kept: 1\r\nX-Forwarded-For: 198.51.100.2, 192.0.2.1\r\n".to_string(),
+            "203.0.113.7, 198.51.100.2, 192.0.2.1, 127.0.0.1",
+        ),
+        (
+            "X-Forwarded-For: \r\nX-Forwarded-For: 198.51.100.2\r\n".to_string(),
+            "198.51.100.2, 127.0.0.1",
+        ),
+        (
+            format!("X-Forwarded-For: {long}\r\nX-Forwarded-For: {long}\r\n"),
+            "127.0.0.1",
+        ),
+    ];
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        for (fields, want) in &cases {
+            let sent = get("/", "app.test", fields);
+            let (answers, _) = responses(&run(addr, &case("xff", &sent)).await, &[false]);
+            assert_eq!(answers.first().map(|a| a.status), Some(200), "{engine}");
+            let seen = origin.take();
+            assert_eq!(seen.len(), 1, "{engine}");
+            let xff: Vec<&str> = (seen[0].fields.iter())
+                .filter(|(k, _)| k == "x-forwarded-for")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(xff, [*want], "{engine}: sent {fields:?}");
+        }
+    }
+}
+
 /// A response whose Transfer-Encoding lists chunked before another coding (its body runs
 /// to the close, and the proxy would chunk it a second time) or lists it twice is a broken
 /// backend's: 502 from both engines, and the log says why.

@@ -404,6 +404,18 @@ fn check(c: &Case, engine: &str, got: &[Stream], seen: &[Seen], problems: &mut V
                     r.authority
                 ));
             }
+            // the chain split over fields reaches the origin joined, the client last
+            let sent_xff: Vec<&str> = (r.fields.iter())
+                .filter(|(k, _)| *k == "x-forwarded-for")
+                .map(|(_, v)| v.as_str())
+                .chain(["127.0.0.1"])
+                .collect();
+            if values("x-forwarded-for") != [sent_xff.join(", ")] {
+                bad(format!(
+                    "the origin got x-forwarded-for {:?} for {sent_xff:?}",
+                    values("x-forwarded-for")
+                ));
+            }
             if r.fields.iter().any(|(k, _)| *k == "cookie") && values("cookie") != ["a=1; b=2"] {
                 bad(format!(
                     "the origin got cookie {:?}, not one joined field",

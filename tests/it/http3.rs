@@ -52,6 +52,22 @@ async fn h3_get_post_route_forwarded_sni_altsvc_and_metrics() {
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
 
+    // a chain split over two fields reaches the origin as one, the client last
+    let hops = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-for", "198.51.100.2"),
+    ];
+    let got = request(&mut s, "GET", "https://a.test/hops", &hops, None)
+        .await
+        .expect("GET with two X-Forwarded-For fields");
+    assert_eq!(got.status, 200);
+    let seen = a.last().expect("origin a got the GET");
+    let xff: Vec<&str> = (seen.headers.iter())
+        .filter(|(k, _)| k == "x-forwarded-for")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(xff, ["203.0.113.7, 198.51.100.2, 127.0.0.1"]);
+
     // a 3 MB response streams back whole
     let got = request(&mut s, "GET", "https://a.test/big", &[], None)
         .await

@@ -91,10 +91,8 @@ impl FastPath {
         crate::http::write_h1_fields(&mut out, req, |name| {
             skipped(name) || (trace.is_some() && name == "traceparent")
         });
-        let xff = req
-            .headers
-            .get(&fields::X_FORWARDED_FOR)
-            .map(|v| v.as_bytes());
+        let xff = req.headers.get_all(&fields::X_FORWARDED_FOR);
+        let xff = xff.iter().map(|v| v.as_bytes());
         forwarded::h1_lines(&mut out, xff, client, l.tls, host.map(str::as_bytes));
         if let Some(t) = &trace {
             policy::trace::h1_line(&mut out, t);

@@ -156,7 +156,7 @@ impl FastPath {
         let mut hosts = 0u32;
         let mut not_for_hit = false;
         let mut length: Option<u64> = None;
-        let mut xff: Option<&[u8]> = None;
+        let mut xff_fields = 0usize;
         let mut upgrade: Option<&[u8]> = None;
         let (mut referer, mut user_agent): (&[u8], &[u8]) = (b"-", b"-");
         // each field's kind, classified once for both passes below
@@ -175,7 +175,7 @@ impl FastPath {
                     _ => t.parsed = false,
                 },
                 Field::Connection => t.connection.add(h.value),
-                Field::XForwardedFor if xff.is_none() => xff = Some(h.value),
+                Field::XForwardedFor => xff_fields += 1,
                 Field::Referer => referer = h.value,
                 Field::UserAgent => user_agent = h.value,
                 Field::Upgrade => {
@@ -346,6 +346,10 @@ impl FastPath {
             out.extend_from_slice(u.trim_ascii());
             out.extend_from_slice(b"\r\n");
         }
+        let xff = (req.headers.iter().zip(kinds))
+            .filter(|(_, k)| *k == Field::XForwardedFor)
+            .map(|(h, _)| h.value)
+            .take(xff_fields);
         forwarded::h1_lines(&mut out, xff, conn.client, l.tls, host);
         if let Some(t) = &trace {
             policy::trace::h1_line(&mut out, t);

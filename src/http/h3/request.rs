@@ -358,10 +358,8 @@ async fn proxy(
         forwarded::push_u64(&mut out, body_len);
         out.extend_from_slice(b"\r\n");
     }
-    let xff = req
-        .headers
-        .get(&fields::X_FORWARDED_FOR)
-        .map(|v| v.as_bytes());
+    let xff = req.headers.get_all(&fields::X_FORWARDED_FOR);
+    let xff = xff.iter().map(|v| v.as_bytes());
     forwarded::h1_lines(&mut out, xff, client, true, host.map(str::as_bytes));
     if let Some(t) = &traced {
         policy::trace::h1_line(&mut out, t);
