@@ -376,6 +376,18 @@ impl Forward {
         }
     }
 
+    /// Whether this request's upgrade goes to the origin, so that a 101 may answer it.
+    /// Forward listeners keep Pingora's own request policy, which relays a WebSocket upgrade
+    /// from an HTTP/1.1 client and drops any other (`Connection` and `Upgrade` are
+    /// hop-by-hop).
+    pub fn upgrade_relayed(&self, req: &RequestHeader) -> bool {
+        req.version == http::Version::HTTP_11
+            && req
+                .headers
+                .get(http::header::UPGRADE)
+                .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    }
+
     pub fn upstream_request_filter(
         &self,
         session: &Session,

@@ -11,8 +11,9 @@
 //! - `upstream_request_filter`: [`crate::policy::edit::request`]. Pingora's own header policy
 //!   is set to `preserve` on our peers, so the policy's edits are the only ones, as on the
 //!   lean engine.
-//! - `upstream_response_filter`: a status outside 100-599, or transfer codings that
-//!   [`crate::policy::fields::Codings`] refuses, is a 502, as on the lean engine; a status
+//! - `upstream_response_filter`: a status outside 100-599, a 101 to a request whose upgrade
+//!   the proxy did not relay, or transfer codings that [`crate::policy::fields::Codings`]
+//!   refuses, is a 502, as on the lean engine; a status
 //!   [`crate::policy::retry`] retries becomes a
 //!   retryable error before anything goes downstream (Pingora's retry loop calls
 //!   `upstream_peer` again and its retry buffer replays the body); otherwise
@@ -598,11 +599,12 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let code = upstream_response.status.as_u16();
-        if !policy::answer::valid_backend_status(code) {
-            return Error::e_explain(
-                ErrorType::HTTPStatus(Failure::BadResponse.status()),
-                format!("backend status {code} outside 100-599"),
-            );
+        let upgrade_relayed = match &self.listener.forward {
+            Some(f) => f.upgrade_relayed(session.req_header()),
+            None => ctx.upgrade.is_some(),
+        };
+        if let Some(why) = policy::answer::backend_status_refused(code, upgrade_relayed) {
+            return Error::e_explain(ErrorType::HTTPStatus(Failure::BadResponse.status()), why);
         }
         let mut codings = policy::fields::Codings::default();
         for v in upstream_response

@@ -123,10 +123,22 @@ pub fn page(code: u16) -> Bytes {
     ))
 }
 
-/// Whether a backend's status code is one HTTP defines a class for (RFC 9110 §15); any
-/// other is a broken backend: 502.
-pub fn valid_backend_status(code: u16) -> bool {
-    (100..=599).contains(&code)
+/// Why a backend's status cannot be passed on, making its answer a broken backend's (a
+/// 502), or `None`. A status must be one HTTP defines a class for (RFC 9110 §15), and a 101
+/// must answer an upgrade the proxy relayed (`upgrade_relayed`): a server must not switch to
+/// a protocol the client did not ask for (§15.2.2), and an engine that passed such a 101 on
+/// would turn the client's connection into a raw tunnel to the backend, past every check the
+/// proxy makes on the requests that follow.
+pub fn backend_status_refused(code: u16, upgrade_relayed: bool) -> Option<String> {
+    if !(100..=599).contains(&code) {
+        return Some(format!("backend status {code} outside 100-599"));
+    }
+    if code == 101 && !upgrade_relayed {
+        return Some(
+            "backend switched protocols (101) for a request without a relayed upgrade".into(),
+        );
+    }
+    None
 }
 
 /// Why a request could not be answered by a backend: the engines name the failure, the

@@ -408,6 +408,59 @@ async fn every_x_forwarded_for_field_joins_the_chain() {
     }
 }
 
+/// A backend that switches protocols (101) for a request that asked for no upgrade, or for
+/// an upgrade the proxy does not relay (h2c), is broken (RFC 9110 §15.2.2): 502 from both
+/// engines, and nothing of the backend's new protocol reaches the client. Passed on, the
+/// 101 would make the client's connection a raw tunnel to the backend, past the proxy's
+/// checks on every later request (found by `generated_requests_are_answered_alike`: the
+/// general engine passed it on). A relayed upgrade still switches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_without_a_relayed_upgrade_is_refused() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    let refused = [
+        "",
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+    ];
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        for extra in refused {
+            let c = case("101", &get("/upgrade", "app.test", extra));
+            let out = run(addr, &c).await;
+            let (answers, _) = responses(&out, &c.heads);
+            let text = String::from_utf8_lossy(&out);
+            assert_eq!(
+                answers.first().map(|a| a.status),
+                Some(502),
+                "{engine} {extra:?}: {text}"
+            );
+            assert!(
+                !text.contains("foo-hello"),
+                "{engine} {extra:?}: tunnelled: {text}"
+            );
+            origin.take();
+        }
+        let c = case(
+            "relayed",
+            &get(
+                "/upgrade",
+                "app.test",
+                "Connection: Upgrade\r\nUpgrade: foo/1\r\n",
+            ),
+        );
+        let out = run(addr, &c).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 101 "), "{engine}: {text}");
+        assert!(text.ends_with("foo-hello"), "{engine}: {text}");
+        origin.take();
+    }
+    assert!(
+        p.log()
+            .contains("backend switched protocols (101) for a request without a relayed upgrade"),
+        "the log names the reason: {}",
+        p.log()
+    );
+}
+
 /// A response whose Transfer-Encoding lists chunked before another coding (its body runs
 /// to the close, and the proxy would chunk it a second time) or lists it twice is a broken
 /// backend's: 502 from both engines, and the log says why.
@@ -519,4 +572,156 @@ async fn lean_and_general_engines_set_sticky_cookies_alike() {
         scripted::differ_seen(&mut diffs, c.name, &seen_a, &seen_b);
     }
     scripted::assert_alike(&diffs, cases.len(), &p.log());
+}
+
+/// A small deterministic generator (xorshift), so that a generated case can be replayed.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+    fn chance(&mut self, in_eight: u64) -> bool {
+        self.next() % 8 < in_eight
+    }
+}
+
+/// One generated request: a method, a target among the origin's scripted answers, a Host
+/// spelled one of several ways, and up to seven fields drawn from those the policy treats
+/// specially (hop-by-hop ones, Connection with its options, X-Forwarded-*, Cookie, Upgrade,
+/// Expect, framing), in odd case and spacing, repeated or empty; a body when it has a length.
+fn generated(g: &mut Gen) -> String {
+    let method = g.pick(&[
+        "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+    ]);
+    let path = g.pick(&[
+        "/",
+        "/echo",
+        "/chunked",
+        "/cookies",
+        "/hop",
+        "/early",
+        "/close-field",
+        "/te-nominated",
+        "/cl-list",
+        "/nocontent",
+        "/upgrade",
+        "/small",
+        "/a/b?x=1",
+        "/continue",
+    ]);
+    let host = g.pick(&[
+        "app.test",
+        "APP.test",
+        "app.test:80",
+        "app.test:8080",
+        "sticky.test",
+    ]);
+    let version = if g.chance(1) { "HTTP/1.0" } else { "HTTP/1.1" };
+    let mut head = format!("{method} {path} {version}\r\nHost: {host}\r\n");
+    let names = [
+        "Connection",
+        "connection",
+        "Keep-Alive",
+        "TE",
+        "Trailer",
+        "Proxy-Connection",
+        "Proxy-Authorization",
+        "Upgrade",
+        "X-Forwarded-For",
+        "x-forwarded-for",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+        "Forwarded",
+        "Via",
+        "Cookie",
+        "Expect",
+        "X-A",
+        "x-a",
+        "X-B",
+        "Close",
+        "Accept-Encoding",
+        "Max-Forwards",
+        "Range",
+        "If-None-Match",
+    ];
+    let values = [
+        "close",
+        "keep-alive",
+        "Keep-Alive, X-A",
+        "upgrade",
+        "Upgrade, X-B",
+        "x-a, x-b",
+        "close, x-a",
+        "te",
+        "websocket",
+        "h2c",
+        "foo/1",
+        "203.0.113.7",
+        "198.51.100.2, 192.0.2.1",
+        "",
+        " ",
+        "a=1",
+        "b=2; c=3",
+        "100-continue",
+        "trailers",
+        "1",
+        "bytes=0-1",
+        "\"e\"",
+        "https",
+        "gzip, br",
+        "for=192.0.2.60",
+    ];
+    for _ in 0..(g.next() % 8) {
+        let name = g.pick(&names);
+        let value = g.pick(&values);
+        let sep = g.pick(&[": ", ":", ":\t", ":  "]);
+        head.push_str(&format!("{name}{sep}{value}\r\n"));
+    }
+    let body = if matches!(method, "POST" | "PUT" | "PATCH") || g.chance(1) {
+        let n = (g.next() % 20) as usize;
+        head.push_str(&format!("Content-Length: {n}\r\n"));
+        "b".repeat(n)
+    } else {
+        String::new()
+    };
+    format!("{head}\r\n{body}")
+}
+
+/// Beyond the matrix: requests made by [`generated`] from a fixed seed, each through both
+/// engines as the matrix's cases are, must give the client and the origin the same. A
+/// difference names the case's number and its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_requests_are_answered_alike() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    let (fast, general) = (p.addr_of(0), p.addr_of(1));
+    let mut g = Gen(0x05ee_d0f5_7e95_700e);
+    let mut diffs = Vec::new();
+    let mut answered = 0;
+    const CASES: usize = 400;
+    for i in 0..CASES {
+        let raw = generated(&mut g);
+        let c = case("generated", &raw);
+        let a = run(fast, &c).await;
+        let seen_a = origin.take();
+        let b = run(general, &c).await;
+        let seen_b = origin.take();
+        let (ra, rb) = (responses(&a, &c.heads).0, responses(&b, &c.heads).0);
+        answered += usize::from(!ra.is_empty());
+        let name = format!("case {i} {raw:?}");
+        scripted::differ(&mut diffs, &name, "client saw", &ra, &rb);
+        scripted::differ_seen(&mut diffs, &name, &seen_a, &seen_b);
+    }
+    assert!(
+        answered > CASES * 9 / 10,
+        "only {answered} of {CASES} generated requests were answered"
+    );
+    scripted::assert_alike(&diffs, CASES, &p.log());
 }

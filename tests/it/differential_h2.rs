@@ -212,6 +212,7 @@ fn matrix() -> Vec<Case> {
         case("chunked response", get("/chunked")),
         case("repeated set-cookie", get("/cookies")),
         case("hop-by-hop response fields", get("/hop")),
+        case("a 101 to a stream", get("/upgrade")),
         case("1xx before the final answer", get("/early")),
         case("unrequested 100 before the final answer", get("/continue")),
         case("origin closes (close-delimited)", get("/close")),

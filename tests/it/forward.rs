@@ -183,6 +183,46 @@ async fn absolute_form_get_reaches_origin_over_pooled_connections() {
     assert!(r.text().contains("absolute URL"), "{}", r.text());
 }
 
+/// The forward proxy relays a WebSocket upgrade (absolute form): the origin's 101 and the
+/// new protocol's bytes reach the client. An origin that switches protocols for a request
+/// without one is broken (RFC 9110 §15.2.2): a 502, and none of its bytes are tunnelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_relayed_and_an_unasked_101_refused() {
+    let (origin, seen) = scripted(vec![(
+        Duration::ZERO,
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nws-hello".to_vec(),
+    )])
+    .await;
+    let p = Proxy::start(&fwd(OPEN));
+    let exchange = |extra: &'static str| async move {
+        let mut s = TcpStream::connect(p.addr).await.expect("connect");
+        let req = format!("GET http://{origin}/ws HTTP/1.1\r\nHost: {origin}\r\n{extra}\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // until the proxy closes, or the tunnel's bytes are in
+        while !out.ends_with(b"ws-hello") {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let text = exchange("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+    assert!(text.ends_with("ws-hello"), "{text}");
+    let text = exchange("").await;
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+    assert!(!text.contains("ws-hello"), "tunnelled: {text}");
+    assert_eq!(seen.load(SeqCst), 2, "the origin saw both requests");
+    assert!(
+        p.log().contains("backend switched protocols (101)"),
+        "{}",
+        p.log()
+    );
+}
+
 /// A TLS origin: answers one request per connection with `tls-origin-ok`, then closes.
 async fn tls_origin(
     key: &openssl::pkey::PKey<openssl::pkey::Private>,

@@ -69,11 +69,8 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             "malformed response head".into(),
         ));
     };
-    if !crate::policy::answer::valid_backend_status(code) {
-        return Err(Failure::Answer(
-            Why::BadResponse,
-            format!("status {code} outside 100-599"),
-        ));
+    if let Some(why) = crate::policy::answer::backend_status_refused(code, upgrade) {
+        return Err(Failure::Answer(Why::BadResponse, why));
     };
     if code == 101 && upgrade {
         // The handshake's answer goes through as it is (Connection and Upgrade included);
@@ -103,12 +100,6 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             rechunk: false,
             upgraded: true,
         }));
-    }
-    if code == 101 {
-        return Err(Failure::Answer(
-            Why::BadResponse,
-            "101 to a request without Upgrade".into(),
-        ));
     }
     if (100..200).contains(&code) {
         return Ok(Parsed::Informational(n, code));
