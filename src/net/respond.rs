@@ -59,6 +59,13 @@ async fn write_page(
     if close {
         resp.insert_header(http::header::CONNECTION, "close")?;
         session.set_keepalive(None);
+    } else if !session.is_http2() && !session.is_body_empty() {
+        // An HTTP/1 connection stays usable after an answer of our own only once the request
+        // body is read (else its bytes would be taken for the next request). The body that
+        // is already here is read and dropped, as the lean engine does; nothing is waited
+        // for, so a body still on its way leaves it unread and Pingora closes the connection.
+        let drain = session.drain_request_body();
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, drain).await;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session

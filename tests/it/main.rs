@@ -12,6 +12,7 @@ mod cache;
 mod cli;
 mod compression;
 mod differential;
+mod differential_gen;
 mod differential_h2;
 mod divergences;
 mod docs;
