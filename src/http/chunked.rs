@@ -1,7 +1,7 @@
 //! Finding the end of a chunked body that is passed through unchanged.
 //!
 //! The lean engine forwards a backend's chunked response byte for byte (no decode and
-//! re-encode), and the request-head guard hands on exactly one chunked request body, so both
+//! re-encode) but for its trailer fields ([`ChunkedScanner::without_trailers`]), and the request-head guard hands on exactly one chunked request body, so both
 //! only need to know where the body ends, and to refuse framing that does not parse. What is
 //! accepted is RFC 9112 §7.1.1's grammar and nothing more: hex sizes (at most 15 digits),
 //! extensions of visible characters, spaces and tabs (no control bytes, no bare LF), trailer
@@ -53,6 +53,10 @@ pub struct ChunkedScanner {
     state: State,
     size: u64,
     line: usize,
+    /// A trailer line has begun.
+    trailers: bool,
+    /// Where the first trailer line began in the input of the last scan, if it did there.
+    trailers_at: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,8 @@ impl Default for ChunkedScanner {
             state: State::Size { digits: 0 },
             size: 0,
             line: 0,
+            trailers: false,
+            trailers_at: None,
         }
     }
 }
@@ -79,6 +85,18 @@ impl Default for ChunkedScanner {
 impl ChunkedScanner {
     pub fn scan(&mut self, data: &[u8]) -> Result<Scan, BadChunk> {
         self.scan_into(data, None)
+    }
+
+    /// Of the `take` bytes the last scan gave to the body, how many to pass on when the
+    /// body is relayed without its trailer fields, and whether to add the body's final CRLF
+    /// after them (`done`: the scan ended the body). Trailer lines are one run at the end of
+    /// the body, just before that CRLF; both are held back once they begin, so the body
+    /// passed on ends `0\r\n\r\n` whatever the backend sent after its last chunk.
+    pub fn without_trailers(&self, take: usize, done: bool) -> (usize, bool) {
+        if !self.trailers {
+            return (take, false);
+        }
+        (self.trailers_at.unwrap_or(0).min(take), done)
     }
 
     /// As [`Self::scan`], also appending the chunk data (without the framing) to `out`: for a
@@ -89,6 +107,7 @@ impl ChunkedScanner {
         mut out: Option<&mut Vec<u8>>,
     ) -> Result<Scan, BadChunk> {
         let mut i = 0;
+        self.trailers_at = None;
         while i < data.len() {
             let b = data[i];
             match self.state {
@@ -174,6 +193,10 @@ impl ChunkedScanner {
                     if b == b'\r' {
                         self.state = State::FinalLf;
                     } else if tchar(b) {
+                        if !self.trailers {
+                            self.trailers = true;
+                            self.trailers_at = Some(i - 1);
+                        }
                         self.line = 1;
                         self.state = State::Trailer { colon: false };
                     } else {
@@ -252,6 +275,36 @@ mod tests {
             }
         }
         panic!("never ended");
+    }
+
+    #[test]
+    fn trailers_are_held_back_in_any_split() {
+        let body = b"5\r\nhello\r\n0;e=1\r\nX-T: 1\r\nX-U: 2\r\n\r\nNEXT";
+        let want = b"5\r\nhello\r\n0;e=1\r\n\r\n";
+        for split in 0..body.len() {
+            let mut s = ChunkedScanner::default();
+            let mut passed = Vec::new();
+            for piece in [&body[..split], &body[split..]] {
+                let (take, done) = match s.scan(piece).unwrap() {
+                    Scan::Done(k) => (k, true),
+                    Scan::More => (piece.len(), false),
+                };
+                let (pass, crlf) = s.without_trailers(take, done);
+                passed.extend_from_slice(&piece[..pass]);
+                if crlf {
+                    passed.extend_from_slice(b"\r\n");
+                }
+                if done {
+                    break;
+                }
+            }
+            assert_eq!(passed, want, "split at {split}");
+        }
+        // without trailers the body passes whole, its final CRLF included
+        let plain = b"3\r\nabc\r\n0\r\n\r\n";
+        let mut s = ChunkedScanner::default();
+        assert_eq!(s.scan(plain), Ok(Scan::Done(plain.len())));
+        assert_eq!(s.without_trailers(plain.len(), true), (plain.len(), false));
     }
 
     #[test]

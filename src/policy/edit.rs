@@ -132,6 +132,13 @@ fn normalise_length(map: &http::HeaderMap) -> Option<u64> {
 /// The response as it goes to the client: hop-by-hop fields and those its `Connection`
 /// nominates dropped, Content-Length normalised. A 101 keeps its `Connection` and
 /// `Upgrade`: they are the handshake.
+///
+/// A chunked body's trailer fields are not passed on, by any engine: they come after the
+/// head this edit sees, so none of its rules would apply to them (a client that merges
+/// trailers into the head would take fields the proxy drops from heads), and Pingora's engine
+/// discards HTTP/1 trailers anyway. nginx drops them too. The lean engine, which relays
+/// chunked bodies unchanged, holds them back as it goes
+/// (`ChunkedScanner::without_trailers` in `http::chunked`).
 pub fn response(resp: &mut ResponseHeader) {
     if resp.status.as_u16() == 101 {
         return;

@@ -53,17 +53,25 @@ pub(crate) fn responses(mut bytes: &[u8], heads_only: &[bool]) -> (Vec<Answer>, 
         let head_only = heads_only.get(i).copied().unwrap_or(false);
         i += 1;
         let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let (length, chunked) = (get("content-length"), get("transfer-encoding").is_some());
+        let mut fields = fields;
         let body: Vec<u8> = if head_only || status == 204 || status == 304 {
             Vec::new()
-        } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        } else if let Some(len) = length.and_then(|v| v.parse::<usize>().ok()) {
             complete &= bytes.len() >= len;
             let len = len.min(bytes.len());
             let b = bytes[..len].to_vec();
             bytes = &bytes[len..];
             b
-        } else if get("transfer-encoding").is_some() {
-            // chunk boundaries are not the message: compare the decoded body
-            let (b, used) = dechunk(bytes);
+        } else if chunked {
+            // chunk boundaries are not the message: compare the decoded body, and the
+            // trailer fields as fields named `trailer <name>`
+            let (b, used, trailers) = dechunk(bytes);
+            fields.extend(
+                trailers
+                    .into_iter()
+                    .map(|(k, v)| (format!("trailer {k}"), v)),
+            );
             complete &= used.is_some();
             bytes = &bytes[used.unwrap_or(bytes.len())..];
             b
@@ -83,29 +91,40 @@ pub(crate) fn responses(mut bytes: &[u8], heads_only: &[bool]) -> (Vec<Answer>, 
     (out, complete && i >= heads_only.len())
 }
 
-/// Decode a chunked body: the data, and how many bytes it took (`None`: incomplete).
-fn dechunk(mut b: &[u8]) -> (Vec<u8>, Option<usize>) {
+/// Decode a chunked body: the data, how many bytes it took (`None`: incomplete), and its
+/// trailer fields.
+fn dechunk(mut b: &[u8]) -> (Vec<u8>, Option<usize>, Vec<(String, String)>) {
     let total = b.len();
     let mut out = Vec::new();
+    let mut trailers = Vec::new();
     loop {
         let Some(eol) = find(b, b"\r\n") else {
-            return (out, None);
+            return (out, None, trailers);
         };
         let size_text = String::from_utf8_lossy(&b[..eol]).into_owned();
         let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
         else {
-            return (out, None);
+            return (out, None, trailers);
         };
         b = &b[eol + 2..];
         if size == 0 {
-            // no trailers in these cases: the final CRLF
-            if b.len() < 2 {
-                return (out, None);
+            // trailer lines, then the final CRLF
+            loop {
+                let Some(eol) = find(b, b"\r\n") else {
+                    return (out, None, trailers);
+                };
+                if eol == 0 {
+                    return (out, Some(total - b.len() + 2), trailers);
+                }
+                let line = String::from_utf8_lossy(&b[..eol]).into_owned();
+                if let Some((k, v)) = line.split_once(':') {
+                    trailers.push(field(k, v));
+                }
+                b = &b[eol + 2..];
             }
-            return (out, Some(total - b.len() + 2));
         }
         if b.len() < size + 2 {
-            return (out, None);
+            return (out, None, trailers);
         }
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];

@@ -1,9 +1,10 @@
-//! One policy, two engines, beyond the hand-written matrix of `differential`: requests made
-//! by a small generator from a fixed seed, each sent to a listener on the lean engine and to
-//! one with `fast_path: false`, must give the client and the origin the same. A difference
-//! names the case's number and its bytes, so a finding can be replayed and turned into a
-//! named test (two were: `a_101_without_a_relayed_upgrade_is_refused` and
-//! `an_own_answer_keeps_the_connection_once_the_body_is_in`).
+//! One policy, two engines, beyond the hand-written matrix of `differential`: requests, and
+//! backend responses, made by small generators from fixed seeds, each sent through a
+//! listener on the lean engine and one with `fast_path: false`, must give the client and the
+//! origin the same. A difference names the case's number and its bytes, so a finding can be
+//! replayed and turned into a named test. Three were: `a_101_without_a_relayed_upgrade_is_refused`,
+//! `an_own_answer_keeps_the_connection_once_the_body_is_in` (both `differential`) and
+//! `fast::chunked_response_is_byte_exact_but_for_its_trailers_and_both_connections_are_reused`.
 
 use crate::differential::{case, responses, run, Case};
 use crate::support::scripted::{self, Origin};
@@ -204,6 +205,152 @@ async fn generated_requests_are_answered_alike() {
     assert!(
         answered > CASES * 9 / 10,
         "only {answered} of {CASES} generated requests were answered"
+    );
+    scripted::assert_alike(&diffs, CASES, &p.log());
+}
+
+/// One generated backend response: maybe an interim response first, a status with an odd
+/// reason or none, HTTP/1.1 or 1.0, up to seven fields drawn from those the policy treats
+/// specially in responses (hop-by-hop ones, Connection with its options, Set-Cookie
+/// repeated, Via, Age, caching and framing fields), and a body framed by length (or a list
+/// of equal lengths), chunks (with an extension or a trailer) or the connection's end.
+/// Returns the bytes and whether the origin closes after them.
+fn generated_response(g: &mut Gen) -> (Vec<u8>, bool) {
+    let mut out = String::new();
+    match g.next() % 8 {
+        0 => out.push_str("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"),
+        1 => out.push_str("HTTP/1.1 100 Continue\r\n\r\n"),
+        _ => {}
+    }
+    let status = g.pick(&[
+        "200 OK",
+        "200 OK",
+        "201 Created",
+        "204 No Content",
+        "206 Partial",
+        "301 Moved",
+        "304 Not Modified",
+        "404 Not Found",
+        "500 Oops",
+        "503 Unavailable",
+        "299 ",
+        "200",
+    ]);
+    let version = if g.chance(1) { "HTTP/1.0" } else { "HTTP/1.1" };
+    out.push_str(&format!("{version} {status}\r\n"));
+    let names = [
+        "Connection",
+        "connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authenticate",
+        "Trailer",
+        "TE",
+        "Upgrade",
+        "Set-Cookie",
+        "set-cookie",
+        "X-A",
+        "x-a",
+        "X-B",
+        "Close",
+        "Server",
+        "Via",
+        "Age",
+        "Cache-Control",
+        "Content-Type",
+        "Vary",
+        "Content-Encoding",
+        "Alt-Svc",
+        "ETag",
+        "Location",
+        "WWW-Authenticate",
+    ];
+    let values = [
+        "close",
+        "keep-alive",
+        "x-a",
+        "X-A, x-b",
+        "close, x-a",
+        "Transfer-Encoding",
+        "Content-Length",
+        "upgrade",
+        "timeout=5",
+        "a=1; Path=/",
+        "b=2; HttpOnly",
+        "",
+        " ",
+        "1.1 other",
+        "no-store",
+        "max-age=60",
+        "text/plain",
+        "gzip",
+        "\"e1\"",
+        "/next",
+        "caf\u{e9}",
+        "h3=\":443\"",
+        "Basic realm=x",
+        "Accept-Encoding",
+    ];
+    for _ in 0..(g.next() % 8) {
+        let name = g.pick(&names);
+        let value = g.pick(&values);
+        let sep = g.pick(&[": ", ":", ":\t"]);
+        out.push_str(&format!("{name}{sep}{value}\r\n"));
+    }
+    let n = (g.next() % 24) as usize;
+    let body = "r".repeat(n);
+    let chunks = match n {
+        0 => "0\r\n\r\n".to_string(),
+        _ => format!("{n:x}\r\n{body}\r\n0\r\n\r\n"),
+    };
+    let (framing, close) = match g.next() % 8 {
+        0 => (format!("Transfer-Encoding: chunked\r\n\r\n{chunks}"), false),
+        1 => (
+            format!(
+                "Transfer-Encoding: chunked\r\n\r\n{n:x};ext=1\r\n{body}\r\n0\r\nX-T: 1\r\n\r\n"
+            ),
+            false,
+        ),
+        2 => (format!("\r\n{body}"), true),
+        3 => (format!("Content-Length: {n}, {n}\r\n\r\n{body}"), false),
+        _ => (format!("Content-Length: {n}\r\n\r\n{body}"), g.chance(1)),
+    };
+    out.push_str(&framing);
+    (out.into_bytes(), close)
+}
+
+/// The response side: backend responses made by [`generated_response`] from a fixed seed,
+/// each to a GET (one in eight a HEAD) through both engines, must reach the client the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_responses_are_passed_on_alike() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    let (fast, general) = (p.addr_of(0), p.addr_of(1));
+    let mut g = Gen(0x00a5_5e55_ed0f_c0de);
+    let mut diffs = Vec::new();
+    let mut answered = 0;
+    const CASES: usize = 1000;
+    for i in 0..CASES {
+        let (resp, close) = generated_response(&mut g);
+        let hex: String = resp.iter().map(|b| format!("{b:02x}")).collect();
+        let method = if g.chance(1) { "HEAD" } else { "GET" };
+        let closing = if close { "X-Raw-Close: 1\r\n" } else { "" };
+        let raw = format!(
+            "{method} /raw HTTP/1.1\r\nHost: app.test\r\nX-Raw-Response: {hex}\r\n{closing}\r\n"
+        );
+        let c = case("generated response", &raw);
+        let a = run(fast, &c).await;
+        origin.take();
+        let b = run(general, &c).await;
+        origin.take();
+        let (ra, rb) = (responses(&a, &c.heads).0, responses(&b, &c.heads).0);
+        answered += usize::from(!ra.is_empty());
+        let name = format!("case {i} {method} {:?}", String::from_utf8_lossy(&resp));
+        scripted::differ(&mut diffs, &name, "client saw", &ra, &rb);
+    }
+    assert!(
+        answered > CASES * 9 / 10,
+        "only {answered} of {CASES} generated responses were answered"
     );
     scripted::assert_alike(&diffs, CASES, &p.log());
 }

@@ -255,18 +255,22 @@ fn sha256_hex(b: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunked_response_with_trailer_is_byte_exact_and_both_connections_are_reused() {
+async fn chunked_response_is_byte_exact_but_for_its_trailers_and_both_connections_are_reused() {
     // Several chunks (one with an extension, one larger than the proxy's read buffer) and
-    // trailer fields, written in pieces that split a chunk's data and a size line.
+    // trailer fields, written in pieces that split a chunk's data, a size line and the
+    // trailers. The chunks pass byte for byte; the trailer fields do not pass (the policy
+    // drops them on every engine), so the body ends `0\r\n\r\n`.
     let big = pattern(40_000);
     let mut body = b"5\r\nhello\r\n".to_vec();
     body.extend_from_slice(format!("{:x};name=value\r\n", big.len()).as_bytes());
     body.extend_from_slice(&big);
     body.extend_from_slice(b"\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n");
+    let mut want = body.clone();
+    want.extend_from_slice(b"0\r\n\r\n");
     body.extend_from_slice(b"0\r\nX-Checksum: 1234\r\nX-Other: yes\r\n\r\n");
     let sent = body.clone();
     let b = Scripted::start(move |_| {
-        let split = sent.len() - 40;
+        let split = sent.len() - 20;
         vec![
             Step::Write(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n"
@@ -288,7 +292,7 @@ async fn chunked_response_with_trailer_is_byte_exact_and_both_connections_are_re
         s.write_all(format!("GET /chunked/{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
             .await
             .expect("send");
-        let (head, got) = head_and_body(&mut s, body.len()).await;
+        let (head, got) = head_and_body(&mut s, want.len()).await;
         assert!(head.starts_with("http/1.1 200"), "request {i}: {head}");
         assert!(
             head.contains("\r\ntransfer-encoding: chunked\r\n"),
@@ -300,8 +304,8 @@ async fn chunked_response_with_trailer_is_byte_exact_and_both_connections_are_re
         );
         assert!(!head.contains("content-length"), "request {i}: {head}");
         assert!(!head.contains("connection: close"), "request {i}: {head}");
-        assert_eq!(got.len(), body.len(), "request {i}: body length");
-        assert!(got == body, "request {i}: body bytes differ");
+        assert_eq!(got.len(), want.len(), "request {i}: body length");
+        assert!(got == want, "request {i}: body bytes differ");
     }
     let reqs = b.requests();
     assert_eq!(reqs.len(), 2, "{reqs:?}");

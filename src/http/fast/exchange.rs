@@ -535,7 +535,12 @@ impl<'a> Exchange<'a> {
         if h.rechunk {
             push_chunk(&mut out, &first[..take]);
         } else {
-            out.extend_from_slice(&first[..take]);
+            // a chunked body's trailer fields are not passed on (policy::edit::response)
+            let (pass, crlf) = scanner.without_trailers(take, done);
+            out.extend_from_slice(&first[..pass]);
+            if crlf {
+                out.extend_from_slice(b"\r\n");
+            }
         }
         self.bytes_out = take;
         if done {
@@ -602,7 +607,15 @@ impl<'a> Exchange<'a> {
                 },
                 _ => (n, false),
             };
-            if self.put(g, &chunk[..take], streamed).await.is_err() {
+            let (pass, crlf) = scanner.without_trailers(take, end);
+            let ok = match crlf {
+                false => self.put(g, &chunk[..pass], streamed).await,
+                true => {
+                    self.put(g, &[&chunk[..pass], b"\r\n"].concat(), streamed)
+                        .await
+                }
+            };
+            if ok.is_err() {
                 return Err(Failure::Cut);
             }
             self.bytes_out += take;

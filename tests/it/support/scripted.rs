@@ -145,6 +145,23 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
                 b.to_string()
             }
         };
+        // `/raw`: the response is the request's own, hex in X-Raw-Response, written as it
+        // is; X-Raw-Close: the connection ends after it (a close-delimited body)
+        let field = |n: &str| {
+            req.fields
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
+        if let (true, Some(hex)) = (path == "/raw", field("x-raw-response")) {
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            if s.write_all(&bytes).await.is_err() || field("x-raw-close").is_some() {
+                return;
+            }
+            continue;
+        }
         let out: String = match path.as_str() {
             "/chunked" => format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n{}",
