@@ -225,6 +225,13 @@ impl ProxyHttp for HttpProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let l = &self.listener;
         let client = client_ip(session);
+        let connection = session
+            .req_header()
+            .headers
+            .get_all(http::header::CONNECTION);
+        if policy::fields::asks_close(connection.iter().map(|v| v.as_bytes())) {
+            session.set_keepalive(None);
+        }
         // Before the redirect: a CA validates HTTP-01 on plain http, redirect or not.
         if let Some(a) = policy::acme::challenge(session.req_header().uri.path()) {
             respond_answer(session, &a).await?;

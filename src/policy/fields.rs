@@ -112,6 +112,17 @@ pub struct ConnectionOptions {
     pub nominates: bool,
 }
 
+/// Whether a request's `Connection` fields, all of them, ask to close the connection (RFC
+/// 9112 §9.6): `close` in any of them, however many there are. Both engines decide keep-alive
+/// on this; Pingora's own reading takes the first field only.
+pub fn asks_close<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    let mut c = ConnectionOptions::default();
+    for v in values {
+        c.add(v);
+    }
+    c.close
+}
+
 impl ConnectionOptions {
     /// Whether a field called `name` is named by these options, so hop-by-hop (RFC 9110
     /// §7.6.1), for a message whose other nominations ([`Self::nominates`]) are handled
@@ -409,6 +420,8 @@ mod tests {
         close.add(b"Close");
         assert!(close.names("CLOSE") && !close.names("x-b") && !close.nominates);
         assert!(!nominated(vals.iter().copied(), b"x-c"));
+        let two: [&[u8]; 2] = [b"keep-alive", b" Close"];
+        assert!(asks_close(two) && !asks_close([&b"keep-alive, x-close"[..]]));
     }
 
     #[test]

@@ -204,6 +204,7 @@ fn matrix() -> Vec<Case> {
         },
         case("connection close", &get("/", app, "Connection: close\r\n")),
         case("connection keep-alive", &get("/", app, "Connection: keep-alive\r\n")),
+        case("close in a second connection field", &get("/", app, "Connection: keep-alive\r\nconnection: close\r\n")),
         case("request hop-by-hop", &get("/", app, "Keep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nTrailer: X-T\r\nProxy-Authorization: Basic eDp5\r\n")),
         case("connection-nominated field", &get("/", app, "Connection: X-Drop\r\nX-Drop: 1\r\nX-Keep: 2\r\n")),
         case("connection close names a field", &get("/", app, "Connection: close\r\nClose: x-named\r\nX-Keep: 2\r\n")),
@@ -523,6 +524,35 @@ async fn an_own_answer_keeps_the_connection_once_the_body_is_in() {
             "{engine}: {text}"
         );
         assert!(origin.take().is_empty(), "{engine}");
+    }
+}
+
+/// `close` in a request's second `Connection` field closes the connection after the answer,
+/// proxied or the proxy's own, on both engines (the general engine kept it open: Pingora
+/// reads the first field only; found by `generated_requests_are_answered_alike`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_in_any_connection_field_closes_the_connection() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        for host in ["app.test", "nope.test"] {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let req = get("/", host, "Connection: keep-alive\r\nconnection: close\r\n");
+            s.write_all(req.as_bytes()).await.expect("send");
+            let mut out = Vec::new();
+            let read = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                read.is_ok(),
+                "{engine} {host}: the connection stayed open: {text}"
+            );
+            assert!(
+                text.to_ascii_lowercase()
+                    .contains("\r\nconnection: close\r\n"),
+                "{engine} {host}: {text}"
+            );
+        }
+        origin.take();
     }
 }
 
