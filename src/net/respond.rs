@@ -71,8 +71,9 @@ async fn write_page(
     session
         .write_response_header(Box::new(resp), head_only)
         .await?;
-    if !head_only {
-        session.write_response_body(Some(body), true).await?;
-    }
+    // The end is always written, for HEAD too: Pingora's session does not pass a header's
+    // end-of-stream on, and an HTTP/2 stream left open is reset (CANCEL) after an error.
+    let body = (!head_only).then_some(body);
+    session.write_response_body(body, true).await?;
     Ok(())
 }

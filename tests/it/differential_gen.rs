@@ -11,19 +11,19 @@ use crate::support::scripted::{self, Origin};
 use crate::support::Proxy;
 
 /// A small deterministic generator (xorshift), so that a generated case can be replayed.
-struct Gen(u64);
+pub(crate) struct Gen(pub(crate) u64);
 
 impl Gen {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+    pub(crate) fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
         from[(self.next() % from.len() as u64) as usize]
     }
-    fn chance(&mut self, in_eight: u64) -> bool {
+    pub(crate) fn chance(&mut self, in_eight: u64) -> bool {
         self.next() % 8 < in_eight
     }
 }
@@ -215,7 +215,7 @@ async fn generated_requests_are_answered_alike() {
 /// repeated, Via, Age, caching and framing fields), and a body framed by length (or a list
 /// of equal lengths), chunks (with an extension or a trailer) or the connection's end.
 /// Returns the bytes and whether the origin closes after them.
-fn generated_response(g: &mut Gen) -> (Vec<u8>, bool) {
+pub(crate) fn generated_response(g: &mut Gen) -> (Vec<u8>, bool) {
     let mut out = String::new();
     match g.next() % 8 {
         0 => out.push_str("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"),
