@@ -523,24 +523,10 @@ fn generated(g: &mut Gen) -> Req {
     let method = g.pick(&[
         "GET", "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
     ]);
-    let path = g.pick(&[
-        "/",
-        "/echo",
-        "/chunked",
-        "/cookies",
-        "/hop",
-        "/early",
-        "/close-field",
-        "/te-nominated",
-        "/cl-list",
-        "/nocontent",
-        "/upgrade",
-        "/small",
-        "/a/b?x=1",
-        "/big",
-        "/raw",
-        "/raw",
-    ]);
+    let path = match g.next() % 8 {
+        0 | 1 => "/raw",
+        _ => g.pick(&crate::differential_gen::ORIGIN_PATHS),
+    };
     let authority = g.pick(&[
         "app.test",
         "APP.test",
