@@ -1,8 +1,9 @@
 //! Finding the end of a chunked body that is passed through unchanged.
 //!
 //! The lean engine forwards a backend's chunked response byte for byte (no decode and
-//! re-encode) but for its trailer fields ([`ChunkedScanner::without_trailers`]), and the request-head guard hands on exactly one chunked request body, so both
-//! only need to know where the body ends, and to refuse framing that does not parse. What is
+//! re-encode) but for its trailer fields ([`ChunkedScanner::without_trailers`]), and the
+//! request-head guard hands on exactly one chunked request body, so both only need to know
+//! where the body ends, and to refuse framing that does not parse. What is
 //! accepted is RFC 9112 §7.1.1's grammar and nothing more: hex sizes (at most 15 digits),
 //! extensions of visible characters, spaces and tabs (no control bytes, no bare LF), trailer
 //! lines that are `token ":" value`, every line ended by CRLF and at most [`MAX_LINE`] long.
