@@ -7,10 +7,12 @@
 //! - `strict`: as standard, and `From` and `Referer` go too while `User-Agent` is replaced
 //!   by a fixed string, so the origin cannot tell clients apart by them.
 //!
-//! `Proxy-Authorization` and other `Proxy-*` headers are for this proxy and never forwarded
-//! in any mode.
+//! The fields a proxy adds are the one request edit's ([`crate::policy::edit::Announce`],
+//! chosen by [`announce`]); this module removes what the client sent. `Proxy-Authorization`
+//! and other `Proxy-*` headers are for this proxy and never forwarded in any mode.
 
 use crate::config::forward::Anonymity;
+use crate::policy::edit::Announce;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 
@@ -38,7 +40,17 @@ const CLIENT_HEADERS: &[&str] = &[
     "x-remote-ip",
 ];
 
-pub fn apply(req: &mut RequestHeader, mode: Anonymity, client: Option<IpAddr>) {
+/// What the request edit adds for `mode`: under `off`, Via and the X-Forwarded-For chain
+/// extended by `client`; otherwise nothing.
+pub fn announce(mode: Anonymity, client: Option<IpAddr>) -> Announce<'static> {
+    match mode {
+        Anonymity::Off => Announce::Via { client },
+        Anonymity::Standard | Anonymity::Strict => Announce::Nothing,
+    }
+}
+
+/// The client's own fields that `mode` removes, after the request edit.
+pub fn apply(req: &mut RequestHeader, mode: Anonymity) {
     let proxy_headers: Vec<http::HeaderName> = req
         .headers
         .keys()
@@ -48,29 +60,16 @@ pub fn apply(req: &mut RequestHeader, mode: Anonymity, client: Option<IpAddr>) {
     for h in proxy_headers {
         req.remove_header(&h);
     }
-    match mode {
-        Anonymity::Off => {
-            let _ = req.append_header("via", "1.1 stepstone");
-            if let Some(ip) = client {
-                let mut xff = Vec::with_capacity(64);
-                let prev = req.headers.get_all(&crate::policy::fields::X_FORWARDED_FOR);
-                let prev = prev.iter().map(|v| v.as_bytes());
-                crate::policy::forwarded::x_forwarded_for(prev, ip, &mut xff);
-                if let Ok(v) = http::HeaderValue::from_bytes(&xff) {
-                    let _ = req.insert_header("x-forwarded-for", v);
-                }
-            }
-        }
-        Anonymity::Standard | Anonymity::Strict => {
-            for h in CLIENT_HEADERS {
-                req.remove_header(*h);
-            }
-            if mode == Anonymity::Strict {
-                req.remove_header("from");
-                req.remove_header("referer");
-                let _ = req.insert_header("user-agent", STRICT_USER_AGENT);
-            }
-        }
+    if mode == Anonymity::Off {
+        return;
+    }
+    for h in CLIENT_HEADERS {
+        req.remove_header(*h);
+    }
+    if mode == Anonymity::Strict {
+        req.remove_header("from");
+        req.remove_header("referer");
+        let _ = req.insert_header("user-agent", STRICT_USER_AGENT);
     }
 }
 
@@ -95,10 +94,17 @@ mod tests {
         r
     }
 
+    /// The forward proxy's whole edit: the policy's, then this module's.
+    fn edit(r: &mut RequestHeader, mode: Anonymity, client: Option<IpAddr>) {
+        crate::policy::edit::request(r, None, announce(mode, client), false, false, None)
+            .expect("edit");
+        apply(r, mode);
+    }
+
     #[test]
     fn standard_removes_client_headers_and_adds_none() {
         let mut r = req();
-        apply(
+        edit(
             &mut r,
             Anonymity::Standard,
             Some("10.0.0.7".parse().unwrap()),
@@ -113,7 +119,7 @@ mod tests {
     #[test]
     fn strict_rewrites_user_agent() {
         let mut r = req();
-        apply(&mut r, Anonymity::Strict, None);
+        edit(&mut r, Anonymity::Strict, None);
         assert!(r.headers.get("referer").is_none());
         assert!(r.headers.get("from").is_none());
         assert_eq!(r.headers.get("user-agent").unwrap(), STRICT_USER_AGENT);
@@ -123,13 +129,15 @@ mod tests {
     #[test]
     fn off_announces_the_proxy() {
         let mut r = req();
-        apply(&mut r, Anonymity::Off, Some("10.0.0.9".parse().unwrap()));
+        edit(&mut r, Anonymity::Off, Some("10.0.0.9".parse().unwrap()));
         assert_eq!(
             r.headers
                 .get(&crate::policy::fields::X_FORWARDED_FOR)
                 .unwrap(),
             "10.0.0.7, 10.0.0.9"
         );
+        let via: Vec<_> = r.headers.get_all("via").iter().collect();
+        assert_eq!(via, ["1.1 other", crate::policy::edit::VIA]);
         assert!(r.headers.get("proxy-authorization").is_none());
     }
 
@@ -137,7 +145,7 @@ mod tests {
     fn off_keeps_every_incoming_hop() {
         let mut r = req();
         r.append_header("x-forwarded-for", "10.0.0.8").unwrap();
-        apply(&mut r, Anonymity::Off, Some("10.0.0.9".parse().unwrap()));
+        edit(&mut r, Anonymity::Off, Some("10.0.0.9".parse().unwrap()));
         let xff = r
             .headers
             .get_all(&crate::policy::fields::X_FORWARDED_FOR)

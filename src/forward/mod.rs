@@ -12,7 +12,10 @@
 //! - `upstream_peer`: one `HttpPeer` per resolved address, so Pingora's connection pool
 //!   keeps origin connections alive across requests and clients; a failed connect retries
 //!   the next address.
-//! - `upstream_request_filter`: origin-form request line, Host, anonymity.
+//! - `upstream_request_filter`: origin-form request line, Host, then the one request edit of
+//!   every listener ([`crate::policy::edit::request`], announcing what the anonymity mode
+//!   allows) and the anonymity step. The peers' own Pingora request policy is `preserve`,
+//!   as on reverse routes, so that edit is the only one.
 //! - `upstream_response_filter` / `upstream_response_body_filter`: content filtering,
 //!   before the cache and before anything reaches the client.
 //! - `fail_to_proxy`: the proxy's own 403 page for a blocked response.
@@ -362,6 +365,9 @@ impl Forward {
         o.read_timeout = Some(self.spec.read_timeout);
         o.write_timeout = Some(self.spec.read_timeout);
         o.idle_timeout = Some(crate::config::DEFAULT_UPSTREAM_IDLE_TIMEOUT);
+        // the request edit is the policy's (`upstream_request_filter`), as on reverse routes
+        o.http_upstream_request_policy =
+            pingora_core::upstreams::peer::HttpUpstreamRequestPolicy::preserve();
         Ok(Box::new(peer))
     }
 
@@ -376,22 +382,17 @@ impl Forward {
         }
     }
 
-    /// Whether this request's upgrade goes to the origin, so that a 101 may answer it.
-    /// Forward listeners keep Pingora's own request policy, which relays a WebSocket upgrade
-    /// from an HTTP/1.1 client and drops any other (`Connection` and `Upgrade` are
-    /// hop-by-hop).
-    pub fn upgrade_relayed(&self, req: &RequestHeader) -> bool {
-        req.version == http::Version::HTTP_11
-            && req
-                .headers
-                .get(http::header::UPGRADE)
-                .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
-    }
-
+    /// The request to the origin: origin-form target, the client's authority as Host, and
+    /// the one request edit of every listener ([`crate::policy::edit::request`]: hop-by-hop
+    /// and nominated fields, upgrades, Content-Length, underscored names), announcing what
+    /// the listener's anonymity allows; then the anonymity step removes what could still
+    /// name the client. `upgrade`: the request's relayed upgrade, if any.
     pub fn upstream_request_filter(
         &self,
         session: &Session,
         up: &mut RequestHeader,
+        upgrade: Option<&http::HeaderValue>,
+        from_h2: bool,
         ctx: &FwdCtx,
     ) -> Result<()> {
         let pq = up
@@ -401,8 +402,10 @@ impl Forward {
             .unwrap_or_else(|| "/".into());
         let uri = http::Uri::try_from(pq).or_err(ErrorType::InvalidHTTPHeader, "request path")?;
         up.set_uri(uri);
+        let announce = anonymity::announce(self.spec.anonymity, client_ip(session));
+        crate::policy::edit::request(up, upgrade, announce, from_h2, false, None)?;
         up.insert_header(http::header::HOST, ctx.authority.as_str())?;
-        anonymity::apply(up, self.spec.anonymity, client_ip(session));
+        anonymity::apply(up, self.spec.anonymity);
         if self.filter.scans_bodies() {
             // Offer only what the body scan can decode.
             let gzip = up

@@ -185,17 +185,12 @@ fn mirror_start(session: &mut Session, route: &Route, ctx: &mut Ctx, tls: bool) 
     let mut copy = req.clone();
     // HTTP/3 fields come as HTTP/2's do (a split Cookie)
     let h2 = req.version >= http::Version::HTTP_2;
-    let client = client_ip(session);
-    policy::edit::request(
-        &mut copy,
-        None,
-        client,
+    let announce = policy::edit::Announce::Reverse {
+        client: client_ip(session),
         tls,
-        host.as_deref(),
-        h2,
-        false,
-        ctx.obs.trace.as_ref(),
-    )?;
+        host: host.as_deref(),
+    };
+    policy::edit::request(&mut copy, None, announce, h2, false, ctx.obs.trace.as_ref())?;
     ctx.mirror = Some(policy::mirror::Pending::new(
         m.clone(),
         copy,
@@ -247,6 +242,7 @@ impl ProxyHttp for HttpProxy {
                 return Ok(true);
             }
             if let Some(f) = &l.forward {
+                ctx.upgrade = policy::edit::relayed_upgrade(session.req_header());
                 return f.request_filter(session, &mut ctx.fwd).await;
             }
         }
@@ -476,17 +472,28 @@ impl ProxyHttp for HttpProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let from_h2 = session.req_header().version >= http::Version::HTTP_2;
         if let Some(f) = &self.listener.forward {
-            return f.upstream_request_filter(session, upstream_request, &ctx.fwd);
+            let upgrade = ctx.upgrade.as_ref();
+            return f.upstream_request_filter(
+                session,
+                upstream_request,
+                upgrade,
+                from_h2,
+                &ctx.fwd,
+            );
         }
         let host = request_host(session.req_header()).map(str::to_owned);
+        let announce = policy::edit::Announce::Reverse {
+            client: client_ip(session),
+            tls: self.listener.tls,
+            host: host.as_deref(),
+        };
         policy::edit::request(
             upstream_request,
             ctx.upgrade.as_ref(),
-            client_ip(session),
-            self.listener.tls,
-            host.as_deref(),
-            session.req_header().version >= http::Version::HTTP_2,
+            announce,
+            from_h2,
             self.route(ctx).is_some_and(|r| r.pool.spec.http2),
             ctx.obs.trace.as_ref(),
         )
@@ -606,11 +613,7 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let code = upstream_response.status.as_u16();
-        let upgrade_relayed = match &self.listener.forward {
-            Some(f) => f.upgrade_relayed(session.req_header()),
-            None => ctx.upgrade.is_some(),
-        };
-        if let Some(why) = policy::answer::backend_status_refused(code, upgrade_relayed) {
+        if let Some(why) = policy::answer::backend_status_refused(code, ctx.upgrade.is_some()) {
             return Error::e_explain(ErrorType::HTTPStatus(Failure::BadResponse.status()), why);
         }
         let mut codings = policy::fields::Codings::default();

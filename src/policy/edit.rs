@@ -25,16 +25,38 @@ fn nominated_names(map: &http::HeaderMap) -> Vec<String> {
     out
 }
 
-/// The request as it goes upstream: hop-by-hop fields and those `Connection` nominates
-/// dropped, the proxy's X-Forwarded-* appended, and for a WebSocket handshake the upgrade
-/// restated, and with tracing on the proxy's `traceparent`.
-#[allow(clippy::too_many_arguments)]
+/// The `Via` entry of a forward proxy that names itself (RFC 9110 §7.6.3: protocol version
+/// and a pseudonym, never the host's name).
+pub const VIA: &str = "1.1 stepstone";
+
+/// What the proxy tells the next hop about the client and itself, on top of the edits every
+/// request gets.
+#[derive(Clone, Copy, Debug)]
+pub enum Announce<'a> {
+    /// A reverse proxy's: the X-Forwarded-For chain extended by `client`, X-Forwarded-Proto
+    /// (`tls`) and X-Forwarded-Host (`host`, the request's), the incoming ones replaced.
+    Reverse {
+        client: Option<IpAddr>,
+        tls: bool,
+        host: Option<&'a str>,
+    },
+    /// A forward proxy that names itself, as Squid does by default: `Via: 1.1 stepstone` and
+    /// the X-Forwarded-For chain extended by `client`.
+    Via { client: Option<IpAddr> },
+    /// Nothing: an anonymous forward proxy (`forward::anonymity` then removes what could
+    /// still name the client).
+    Nothing,
+}
+
+/// The request as it goes upstream, from any engine that holds a header map and for every
+/// listener kind (reverse routes, the mirror's copy, the forward proxy): hop-by-hop fields
+/// and those `Connection` nominates dropped, Content-Length normalised, underscored names
+/// dropped, for a relayed upgrade (`upgrade`, see [`relayed_upgrade`]) the upgrade restated,
+/// what [`Announce`] says added, and with tracing on the proxy's `traceparent`.
 pub fn request(
     req: &mut RequestHeader,
     upgrade: Option<&http::HeaderValue>,
-    client: Option<IpAddr>,
-    tls: bool,
-    host: Option<&str>,
+    announce: Announce<'_>,
     from_h2: bool,
     to_h2: bool,
     trace: Option<&crate::observability::tracing::TraceCtx>,
@@ -66,6 +88,10 @@ pub fn request(
             req.insert_header(http::header::COOKIE, v)?;
         }
     }
+    let client = match announce {
+        Announce::Reverse { client, .. } | Announce::Via { client } => client,
+        Announce::Nothing => None,
+    };
     // the incoming chain is read before the edit drops its fields
     let xff = client.map(|ip| {
         let mut v = Vec::with_capacity(64);
@@ -101,9 +127,17 @@ pub fn request(
     if let Some(v) = xff.and_then(|v| http::HeaderValue::from_bytes(&v).ok()) {
         req.append_header("x-forwarded-for", v)?;
     }
-    req.append_header("x-forwarded-proto", forwarded::proto(tls))?;
-    if let Some(h) = host.and_then(|h| http::HeaderValue::from_str(h).ok()) {
-        req.append_header("x-forwarded-host", h)?;
+    match announce {
+        Announce::Reverse { tls, host, .. } => {
+            req.append_header("x-forwarded-proto", forwarded::proto(tls))?;
+            if let Some(h) = host.and_then(|h| http::HeaderValue::from_str(h).ok()) {
+                req.append_header("x-forwarded-host", h)?;
+            }
+        }
+        Announce::Via { .. } => {
+            req.append_header("via", VIA)?;
+        }
+        Announce::Nothing => {}
     }
     if let Some(t) = trace {
         // the caller's field (or fields) give way to the proxy's own span
@@ -233,17 +267,12 @@ mod tests {
     fn edited(te: &str, to_h2: bool) -> Option<String> {
         let mut req = RequestHeader::build("POST", b"/svc/M", None).expect("request");
         req.insert_header("te", te).expect("te");
-        request(
-            &mut req,
-            None,
-            None,
-            false,
-            Some("a.test"),
-            true,
-            to_h2,
-            None,
-        )
-        .expect("edit");
+        let announce = Announce::Reverse {
+            client: None,
+            tls: false,
+            host: Some("a.test"),
+        };
+        request(&mut req, None, announce, true, to_h2, None).expect("edit");
         req.headers
             .get("te")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())

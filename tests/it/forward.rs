@@ -750,6 +750,112 @@ async fn anonymity_standard_and_strict() {
     assert!(rec.header("user-agent").is_some());
 }
 
+/// The forward proxy edits a request as a reverse listener does (one policy step,
+/// `policy::edit::request`): the same request through each reaches the origin with the same
+/// fields, but for what each announces (a reverse listener's X-Forwarded-Proto and -Host, the
+/// forward proxy's Via) and the Host it names. Hop-by-hop and nominated fields go, the
+/// X-Forwarded-For fields join into one chain, an underscored name is dropped, and an upgrade
+/// other than WebSocket is relayed, on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_proxy_edits_requests_as_a_reverse_listener_does() {
+    let o = OriginBuilder::new("same-edit").run().await;
+    let cfg = format!(
+        "listeners:
+  - name: fwd
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: http
+    forward_proxy: {{allow_private_destinations: true, access: [{{action: allow}}], anonymity: 'off'}}
+  - {{name: web, address: 127.0.0.1:{{{{port1}}}}, protocol: http, fast_path: false}}
+upstreams:
+  - {{name: app, backends: [{{address: '{}'}}]}}
+routes:
+  - {{listener: web, upstream: app}}
+",
+        o.addr
+    );
+    let p = Proxy::start(&cfg);
+    let host = o.addr.to_string();
+    let cases: [&[(&str, &str)]; 2] = [
+        &[
+            ("Connection", "keep-alive, X-Private"),
+            ("X-Private", "hop-secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "gzip"),
+            ("Trailer", "x-sum"),
+            ("Proxy-Connection", "keep-alive"),
+            ("X_Under", "1"),
+            ("X-Forwarded-For", "10.1.1.1"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-For", "10.2.2.2"),
+            ("Via", "1.1 earlier"),
+            ("Accept", "*/*"),
+        ],
+        &[("Connection", "Upgrade"), ("Upgrade", "foo/1")],
+    ];
+    // what only one side adds, or names differently by design
+    let own = ["host", "via", "x-forwarded-proto", "x-forwarded-host"];
+    let seen = |rec: crate::support::origin::Recorded| -> Vec<(String, String)> {
+        rec.headers
+            .into_iter()
+            .filter(|(k, v)| !own.contains(&k.as_str()) || (k == "via" && v == "1.1 earlier"))
+            .collect()
+    };
+    for fields in cases {
+        let mut c = Conn::connect(p.addr).await.expect("connect forward");
+        let mut h = vec![("Host", host.as_str())];
+        h.extend_from_slice(fields);
+        let r = c
+            .request("GET", &format!("http://{host}/edit"), &h, b"")
+            .await
+            .expect("forward response");
+        assert_eq!(r.status, 200);
+        let fwd = o.last().expect("origin saw the forward request");
+        let vias: Vec<&str> = fwd
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "via")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let incoming = fields.iter().filter(|(k, _)| *k == "Via").map(|(_, v)| *v);
+        let want: Vec<&str> = incoming.chain(["1.1 stepstone"]).collect();
+        assert_eq!(
+            vias, want,
+            "the forward proxy's Via after the incoming ones"
+        );
+        let mut c = Conn::connect(p.addr_of(1)).await.expect("connect reverse");
+        let r = c
+            .request("GET", "/edit", &h, b"")
+            .await
+            .expect("reverse response");
+        assert_eq!(r.status, 200);
+        let rev = o.last().expect("origin saw the reverse request");
+        let (fwd, rev) = (seen(fwd), seen(rev));
+        assert_eq!(fwd, rev, "forward and reverse edits differ for {fields:?}");
+        let names: Vec<&str> = fwd.iter().map(|(k, _)| k.as_str()).collect();
+        for gone in [
+            "x-private",
+            "keep-alive",
+            "te",
+            "trailer",
+            "proxy-connection",
+            "x_under",
+        ] {
+            assert!(!names.contains(&gone), "{gone} reached the origin: {fwd:?}");
+        }
+        if fields.len() > 2 {
+            assert!(
+                fwd.contains(&(
+                    "x-forwarded-for".into(),
+                    "10.1.1.1, 10.2.2.2, 127.0.0.1".into()
+                )),
+                "{fwd:?}"
+            );
+        } else {
+            assert!(fwd.contains(&("upgrade".into(), "foo/1".into())), "{fwd:?}");
+        }
+    }
+}
+
 const FILTER: &str = "filter:
   block_content_types: [application/x-msdownload]
   block_body_patterns: [forbidden-word]
