@@ -3,8 +3,11 @@
 //! streamed to the client, the connection given back to the pool when the body ended cleanly.
 //! Retries are [`crate::policy::retry`]'s decisions; failures are named for the policy
 //! ([`crate::policy::answer::Failure`]), which picks the status.
+//!
+//! This file picks, connects and sends; `body` moves the request body, `respond` the
+//! response (head, body relay, upgrade tunnel), `spliced` bodies that bypass the process.
 
-use super::response::{parse_response, Framing, Parsed, RespHead};
+use super::response::{parse_response, Parsed, RespHead};
 use super::{write_flush, Guarded, Listener, BODY_BUF, RESP_BUF};
 use crate::observability::RequestObs;
 use crate::policy::answer::Failure as Why;
@@ -16,12 +19,13 @@ use pingora_core::server::ShutdownWatch;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 mod body;
+mod respond;
 mod spliced;
-use body::{push_chunk, write_both};
+use body::write_both;
 use spliced::write_head_more;
 
 /// Bodies up to this size are sent to the client with their head in one write.
@@ -446,281 +450,6 @@ impl<'a> Exchange<'a> {
                 "not retried (method not idempotent or body not buffered)"
             }
         );
-    }
-
-    /// Write the response head and stream the body; give the connection back to the pool
-    /// when the body ended cleanly.
-    async fn respond(
-        &mut self,
-        g: &mut Guarded,
-        mut up: TcpStream,
-        mut rbuf: Vec<u8>,
-        mut h: RespHead,
-    ) -> Result<bool, Failure> {
-        self.status = h.code;
-        if let Some(c) = self.sticky_cookie() {
-            crate::policy::sticky::push_h1(&mut h.head, &c);
-        }
-        crate::policy::edit::push_alt_svc_h1(self.l, &mut h.head);
-        if h.upgraded {
-            return self.tunnel(g, up, rbuf, h).await;
-        }
-        // A small body the backend sent behind its head (often a second segment) is waited
-        // for, so head and body leave in one write instead of two.
-        if let Framing::Length(n) = h.framing {
-            let want = h.head_len.saturating_add(n as usize);
-            if n as usize <= SMALL_BODY && rbuf.len() < want {
-                rbuf.reserve(want - rbuf.len());
-                while rbuf.len() < want {
-                    match timed(self.try_timeout, up.read_buf(&mut rbuf)).await {
-                        Ok(0) => {
-                            return Err(Failure::Answer(
-                                Why::BadResponse,
-                                "backend closed the connection before the body".into(),
-                            ))
-                        }
-                        Ok(_) => {}
-                        Err((true, _)) => {
-                            return Err(Failure::Answer(
-                                Why::ResponseTimeout,
-                                "response body timed out".into(),
-                            ))
-                        }
-                        Err((false, e)) => {
-                            return Err(Failure::Answer(
-                                Why::BadResponse,
-                                format!("reading the body: {e}"),
-                            ))
-                        }
-                    }
-                }
-            }
-        }
-        let mut out = h.head;
-        let mut upstream_keep = h.upstream_keep;
-        let mut scanner = crate::http::chunked::ChunkedScanner::default();
-        let mut done = false;
-        let mut left = 0u64;
-        // the body bytes that came with the head
-        let first = &rbuf[h.head_len..];
-        let take = match h.framing {
-            Framing::None => {
-                done = true;
-                upstream_keep &= first.is_empty();
-                0
-            }
-            Framing::Length(n) => {
-                let t = (first.len() as u64).min(n);
-                left = n - t;
-                done = left == 0;
-                upstream_keep &= first.len() as u64 <= n;
-                t as usize
-            }
-            Framing::Chunked => match scanner.scan(first) {
-                Ok(crate::http::chunked::Scan::Done(k)) => {
-                    done = true;
-                    upstream_keep &= k == first.len();
-                    k
-                }
-                Ok(crate::http::chunked::Scan::More) => first.len(),
-                Err(e) => {
-                    return Err(Failure::Answer(
-                        Why::BadResponse,
-                        format!("bad chunked body: {}", e.0),
-                    ));
-                }
-            },
-            Framing::Close => first.len(),
-        };
-        if h.rechunk {
-            push_chunk(&mut out, &first[..take]);
-        } else {
-            // a chunked body's trailer fields are not passed on (policy::edit::response)
-            let (pass, crlf) = scanner.without_trailers(take, done);
-            out.extend_from_slice(&first[..pass]);
-            if crlf {
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-        self.bytes_out = take;
-        if done {
-            if write_flush(g, &out, self.l.client_timeout).await.is_err() {
-                return Err(Failure::Cut);
-            }
-            if upstream_keep {
-                self.give_back(up);
-            }
-            return Ok(h.client_keep);
-        }
-        // A body without a length may be generated as it goes (Server-Sent Events, a
-        // progress stream): the head and each piece are flushed, since a TLS stream buffers
-        // writes. A sized body is flushed at its end.
-        let streamed = !matches!(h.framing, Framing::Length(_));
-        if self.put(g, &out, streamed).await.is_err() {
-            return Err(Failure::Cut);
-        }
-        drop(out);
-        if matches!(h.framing, Framing::Length(_))
-            && self.splice_response_body(g, &up, left).await?
-        {
-            if upstream_keep {
-                self.give_back(up);
-            }
-            return Ok(h.client_keep);
-        }
-        if h.framing != Framing::Length(0) && left > RESP_BUF as u64 || h.framing == Framing::Close
-        {
-            rbuf = Vec::with_capacity(BODY_BUF);
-        }
-        loop {
-            let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
-                upstream_keep = false;
-                if h.rechunk && self.put(g, b"0\r\n\r\n", streamed).await.is_err() {
-                    return Err(Failure::Cut);
-                }
-                break;
-            };
-            let chunk = &rbuf[..n];
-            if h.rechunk {
-                let mut framed = Vec::with_capacity(n + 16);
-                push_chunk(&mut framed, chunk);
-                if self.put(g, &framed, streamed).await.is_err() {
-                    return Err(Failure::Cut);
-                }
-                self.bytes_out += n;
-                continue;
-            }
-            let (take, end) = match h.framing {
-                Framing::Length(_) => {
-                    let t = (n as u64).min(left);
-                    left -= t;
-                    upstream_keep &= n as u64 == t || left > 0;
-                    (t as usize, left == 0)
-                }
-                Framing::Chunked => match scanner.scan(chunk) {
-                    Ok(crate::http::chunked::Scan::Done(k)) => {
-                        upstream_keep &= k == n;
-                        (k, true)
-                    }
-                    Ok(crate::http::chunked::Scan::More) => (n, false),
-                    Err(e) => return Err(self.bad_chunk(e)),
-                },
-                _ => (n, false),
-            };
-            let (pass, crlf) = scanner.without_trailers(take, end);
-            let ok = match crlf {
-                false => self.put(g, &chunk[..pass], streamed).await,
-                true => {
-                    self.put(g, &[&chunk[..pass], b"\r\n"].concat(), streamed)
-                        .await
-                }
-            };
-            if ok.is_err() {
-                return Err(Failure::Cut);
-            }
-            self.bytes_out += take;
-            if end {
-                break;
-            }
-        }
-        if timed(self.l.client_timeout, g.inner_mut().flush())
-            .await
-            .is_err()
-        {
-            return Err(Failure::Cut);
-        }
-        if upstream_keep {
-            self.give_back(up);
-        }
-        Ok(h.client_keep && (h.framing != Framing::Close || h.rechunk))
-    }
-
-    /// Write one piece of the response to the client, flushed when `flush`.
-    async fn put(&self, g: &mut Guarded, data: &[u8], flush: bool) -> std::io::Result<()> {
-        if flush {
-            return write_flush(g, data, self.l.client_timeout).await;
-        }
-        match timed(self.l.client_timeout, g.inner_mut().write_all(data)).await {
-            Ok(()) => Ok(()),
-            Err((_, e)) => Err(e),
-        }
-    }
-
-    /// After a 101: the handshake's answer to the client, then bytes both ways until either
-    /// side closes, the tunnel idles for the upstream's `read_timeout`, or shutdown.
-    async fn tunnel(
-        &mut self,
-        g: &mut Guarded,
-        mut up: TcpStream,
-        rbuf: Vec<u8>,
-        h: RespHead,
-    ) -> Result<bool, Failure> {
-        let mut out = h.head;
-        // frames the backend sent right behind its 101
-        out.extend_from_slice(&rbuf[h.head_len..]);
-        if write_flush(g, &out, self.l.client_timeout).await.is_err() {
-            return Err(Failure::Cut);
-        }
-        let Some(shutdown) = self.shutdown else {
-            return Err(Failure::Cut);
-        };
-        g.release();
-        let drain = crate::net::splice::shutdown_of(shutdown);
-        if let crate::net::splice::Splice::Done(_, down) = crate::net::splice::splice(
-            crate::net::splice::Client::Stream(g),
-            &mut up,
-            self.pool.read_timeout,
-            drain,
-            crate::net::splice::Ends::HALF_CLOSE,
-        )
-        .await
-        {
-            self.bytes_out = down as usize;
-        }
-        Ok(false)
-    }
-
-    /// The next piece of a response body into `rbuf` (cleared first). `None`: the backend
-    /// closed the connection, which ends a close-delimited body; for any other framing that
-    /// is a cut response, as is a read error or timeout.
-    pub async fn read_body(
-        &self,
-        up: &mut TcpStream,
-        rbuf: &mut Vec<u8>,
-        framing: Framing,
-    ) -> Result<Option<usize>, Failure> {
-        rbuf.clear();
-        match timed(self.try_timeout, up.read_buf(rbuf)).await {
-            Ok(0) if framing == Framing::Close => Ok(None),
-            Ok(0) => {
-                warn!(
-                    "{}: backend {} closed the connection mid-body",
-                    self.l.name,
-                    self.slot_label()
-                );
-                Err(Failure::Cut)
-            }
-            Ok(n) => Ok(Some(n)),
-            Err((_, e)) => {
-                warn!(
-                    "{}: reading the body from backend {}: {e}",
-                    self.l.name,
-                    self.slot_label()
-                );
-                Err(Failure::Cut)
-            }
-        }
-    }
-
-    /// A chunked body that stopped parsing after the head was sent: the response is cut.
-    pub fn bad_chunk(&self, e: crate::http::chunked::BadChunk) -> Failure {
-        warn!(
-            "{}: bad chunked body from backend {}: {}",
-            self.l.name,
-            self.slot_label(),
-            e.0
-        );
-        Failure::Cut
     }
 
     /// Tell outlier detection how the backend did (connect failures were told as they
