@@ -5,6 +5,10 @@
 //! replayed and turned into a named test. Three were: `a_101_without_a_relayed_upgrade_is_refused`,
 //! `an_own_answer_keeps_the_connection_once_the_body_is_in` (both `differential`) and
 //! `fast::chunked_response_is_byte_exact_but_for_its_trailers_and_both_connections_are_reused`.
+//!
+//! The last two tests hold the forward proxy to a reverse listener the same way (one request
+//! edit, one response edit); their first run found
+//! `forward::a_length_list_reaches_the_origin_as_one_length_and_nothing_is_smuggled`.
 
 use crate::differential::{case, responses, run, Case};
 use crate::support::scripted::{self, Origin};
@@ -48,6 +52,84 @@ pub(crate) const ORIGIN_PATHS: [&str; 14] = [
     "/big",
 ];
 
+/// Request field names the policy treats specially (hop-by-hop ones, Connection with its
+/// options, X-Forwarded-*, Cookie, Upgrade, Expect, framing), in odd case, for the request
+/// generators.
+const REQUEST_FIELD_NAMES: [&str; 28] = [
+    "Connection",
+    "connection",
+    "Keep-Alive",
+    "TE",
+    "Trailer",
+    "Proxy-Connection",
+    "Proxy-Authorization",
+    "Upgrade",
+    "X-Forwarded-For",
+    "x-forwarded-for",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "Forwarded",
+    "Via",
+    "Cookie",
+    "Expect",
+    "X-A",
+    "x-a",
+    "X-B",
+    "Close",
+    "Accept-Encoding",
+    "Max-Forwards",
+    "Range",
+    "If-None-Match",
+    "HTTP2-Settings",
+    "traceparent",
+    "X_Under",
+    "Content-Type",
+];
+
+/// Values for [`REQUEST_FIELD_NAMES`]: options, addresses, empty ones, obs-text.
+const REQUEST_FIELD_VALUES: [&str; 29] = [
+    "close",
+    "keep-alive",
+    "Keep-Alive, X-A",
+    "upgrade",
+    "Upgrade, X-B",
+    "x-a, x-b",
+    "close, x-a",
+    "te",
+    "websocket",
+    "h2c",
+    "foo/1",
+    "203.0.113.7",
+    "198.51.100.2, 192.0.2.1",
+    "",
+    " ",
+    "a=1",
+    "b=2; c=3",
+    "100-continue",
+    "trailers",
+    "1",
+    "bytes=0-1",
+    "\"e\"",
+    "https",
+    "gzip, br",
+    "for=192.0.2.60",
+    "caf\u{e9}",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "Transfer-Encoding",
+    "content-length, x-a",
+];
+
+/// Up to seven fields drawn from [`REQUEST_FIELD_NAMES`] and [`REQUEST_FIELD_VALUES`], in
+/// four spacings, appended to `head`.
+fn generated_fields(g: &mut Gen, head: &mut String) {
+    for _ in 0..(g.next() % 8) {
+        let name = g.pick(&REQUEST_FIELD_NAMES);
+        let value = g.pick(&REQUEST_FIELD_VALUES);
+        let sep = g.pick(&[": ", ":", ":\t", ":  "]);
+        head.push_str(&format!("{name}{sep}{value}\r\n"));
+    }
+}
+
 /// One generated request: a method, a target among the origin's scripted answers (origin
 /// or absolute form, some odd), a Host spelled one of several ways (or two, or none), and
 /// up to seven fields drawn from those the policy treats specially (hop-by-hop ones,
@@ -84,73 +166,15 @@ fn generated(g: &mut Gen) -> (String, bool) {
         2 => head.push_str("Host:\r\n"),
         _ => head.push_str(&format!("Host: {host}\r\n")),
     }
-    let names = [
-        "Connection",
-        "connection",
-        "Keep-Alive",
-        "TE",
-        "Trailer",
-        "Proxy-Connection",
-        "Proxy-Authorization",
-        "Upgrade",
-        "X-Forwarded-For",
-        "x-forwarded-for",
-        "X-Forwarded-Host",
-        "X-Forwarded-Proto",
-        "Forwarded",
-        "Via",
-        "Cookie",
-        "Expect",
-        "X-A",
-        "x-a",
-        "X-B",
-        "Close",
-        "Accept-Encoding",
-        "Max-Forwards",
-        "Range",
-        "If-None-Match",
-        "HTTP2-Settings",
-        "traceparent",
-        "X_Under",
-        "Content-Type",
-    ];
-    let values = [
-        "close",
-        "keep-alive",
-        "Keep-Alive, X-A",
-        "upgrade",
-        "Upgrade, X-B",
-        "x-a, x-b",
-        "close, x-a",
-        "te",
-        "websocket",
-        "h2c",
-        "foo/1",
-        "203.0.113.7",
-        "198.51.100.2, 192.0.2.1",
-        "",
-        " ",
-        "a=1",
-        "b=2; c=3",
-        "100-continue",
-        "trailers",
-        "1",
-        "bytes=0-1",
-        "\"e\"",
-        "https",
-        "gzip, br",
-        "for=192.0.2.60",
-        "caf\u{e9}",
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        "Transfer-Encoding",
-        "content-length, x-a",
-    ];
-    for _ in 0..(g.next() % 8) {
-        let name = g.pick(&names);
-        let value = g.pick(&values);
-        let sep = g.pick(&[": ", ":", ":\t", ":  "]);
-        head.push_str(&format!("{name}{sep}{value}\r\n"));
-    }
+    generated_fields(g, &mut head);
+    let (framing, body) = generated_body(g, method);
+    (format!("{head}{framing}\r\n{body}"), method == "HEAD")
+}
+
+/// A request body for `method` (always for POST, PUT and PATCH, one in eight otherwise):
+/// the framing fields and the body, by length, a list of one repeated length, chunks, or
+/// both framings.
+fn generated_body(g: &mut Gen, method: &str) -> (String, String) {
     let has_body = matches!(method, "POST" | "PUT" | "PATCH") || g.chance(1);
     let n = (g.next() % 20) as usize;
     let body = "b".repeat(n);
@@ -159,16 +183,16 @@ fn generated(g: &mut Gen) -> (String, bool) {
         0 => "0\r\n\r\n".to_string(),
         _ => format!("{n:x}\r\n{body}\r\n0\r\n\r\n"),
     };
-    let raw = match (has_body, g.next() % 8) {
-        (false, _) => format!("{head}\r\n"),
-        (true, 0) => format!("{head}Transfer-Encoding: chunked\r\n\r\n{chunked}"),
-        (true, 1) => format!("{head}Content-Length: {n}, {n}\r\n\r\n{body}"),
-        (true, 2) => {
-            format!("{head}Content-Length: {n}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}")
-        }
-        (true, _) => format!("{head}Content-Length: {n}\r\n\r\n{body}"),
-    };
-    (raw, method == "HEAD")
+    match (has_body, g.next() % 8) {
+        (false, _) => (String::new(), String::new()),
+        (true, 0) => ("Transfer-Encoding: chunked\r\n".into(), chunked),
+        (true, 1) => (format!("Content-Length: {n}, {n}\r\n"), body),
+        (true, 2) => (
+            format!("Content-Length: {n}\r\nTransfer-Encoding: chunked\r\n"),
+            chunked,
+        ),
+        (true, _) => (format!("Content-Length: {n}\r\n"), body),
+    }
 }
 
 /// Beyond the matrix: requests made by [`generated`] from a fixed seed, each through both
@@ -349,6 +373,163 @@ async fn generated_responses_are_passed_on_alike() {
         let b = run(general, &c).await;
         origin.take();
         let (ra, rb) = (responses(&a, &c.heads).0, responses(&b, &c.heads).0);
+        answered += usize::from(!ra.is_empty());
+        let name = format!("case {i} {method} {:?}", String::from_utf8_lossy(&resp));
+        scripted::differ(&mut diffs, &name, "client saw", &ra, &rb);
+    }
+    assert!(
+        answered > CASES * 9 / 10,
+        "only {answered} of {CASES} generated responses were answered"
+    );
+    scripted::assert_alike(&diffs, CASES, &p.log());
+}
+
+/// A forward listener (`{{port}}`, `anonymity: off`) and a reverse one on the general engine
+/// (`{{port1}}`), both to origin `o`.
+fn forward_and_reverse(o: std::net::SocketAddr) -> String {
+    format!(
+        "listeners:
+  - name: fwd
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: http
+    forward_proxy: {{allow_private_destinations: true, access: [{{action: allow}}], anonymity: 'off', read_timeout: 1s}}
+  - {{name: rev, address: 127.0.0.1:{{{{port1}}}}, protocol: http, fast_path: false}}
+upstreams:
+  - {{name: app, backends: [{{address: '{o}'}}], read_timeout: 1s, retries: 0}}
+routes:
+  - {{listener: rev, upstream: app}}
+"
+    )
+}
+
+/// One request for [`generated_forward_requests_reach_the_origin_as_reverse_ones_do`], in
+/// absolute form to origin `o` and in origin form, and whether it is a HEAD.
+fn generated_pair(g: &mut Gen, o: std::net::SocketAddr) -> (String, String, bool) {
+    let method = g.pick(&[
+        "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+    ]);
+    let path = match g.next() % 4 {
+        0 => g.pick(&["/continue", "/%7Ea/./b/../c", "//x?y=%20&z", "/cl-twice"]),
+        _ => g.pick(&ORIGIN_PATHS),
+    };
+    let version = if g.chance(1) { "HTTP/1.0" } else { "HTTP/1.1" };
+    let mut fields = format!("Host: {o}\r\n");
+    generated_fields(g, &mut fields);
+    let (framing, body) = generated_body(g, method);
+    let rest = format!("{fields}{framing}\r\n{body}");
+    (
+        format!("{method} http://{o}{path} {version}\r\n{rest}"),
+        format!("{method} {path} {version}\r\n{rest}"),
+        method == "HEAD",
+    )
+}
+
+/// The forward proxy against a reverse listener: the same generated request (method, a path
+/// the scripted origin answers, fields from [`REQUEST_FIELD_NAMES`], a body), once in
+/// absolute form to a forward listener (`anonymity: off`) and once in origin form to a
+/// reverse one, must reach the origin the same (but for what each proxy announces: the
+/// forward proxy's Via, a reverse listener's X-Forwarded-Proto and -Host), and the client
+/// must get the same answer from the origin; where the proxy answers itself, the same status.
+/// Both run the one request edit, `policy::edit::request`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_forward_requests_reach_the_origin_as_reverse_ones_do() {
+    let origin = Origin::start().await;
+    let o = origin.addr;
+    let p = Proxy::start(&forward_and_reverse(o));
+    let (fwd, rev) = (p.addr_of(0), p.addr_of(1));
+    // what only one side adds
+    let own = |s: Vec<scripted::Seen>| -> Vec<scripted::Seen> {
+        s.into_iter()
+            .map(|mut s| {
+                s.fields.retain(|(k, v)| {
+                    !(k == "x-forwarded-proto"
+                        || k == "x-forwarded-host"
+                        || k == "via" && v == "1.1 stepstone")
+                });
+                s
+            })
+            .collect()
+    };
+    let mut g = Gen(0x0f0e_a4d5_1de5_0001);
+    let mut diffs = Vec::new();
+    let mut reached = 0;
+    const CASES: usize = 500;
+    for i in 0..CASES {
+        // one in eight: two requests pipelined on the connection
+        let (mut to_fwd, mut to_rev, head) = generated_pair(&mut g, o);
+        let mut heads = vec![head];
+        if g.chance(1) {
+            let (f, r, head) = generated_pair(&mut g, o);
+            to_fwd.push_str(&f);
+            to_rev.push_str(&r);
+            heads.push(head);
+        }
+        let via_fwd = Case {
+            heads: heads.clone(),
+            ..case("generated forward", &to_fwd)
+        };
+        let via_rev = Case {
+            heads,
+            ..case("generated reverse", &to_rev)
+        };
+        let a = run(fwd, &via_fwd).await;
+        let seen_a = own(origin.take());
+        let b = run(rev, &via_rev).await;
+        let seen_b = own(origin.take());
+        let (ra, rb) = (
+            responses(&a, &via_fwd.heads).0,
+            responses(&b, &via_rev.heads).0,
+        );
+        let name = format!("case {i} {:?}", via_rev.raw);
+        scripted::differ_seen(&mut diffs, &name, &seen_a, &seen_b);
+        if seen_a.is_empty() && seen_b.is_empty() {
+            // each proxy's own page: the statuses must agree
+            let status = |r: &[scripted::Answer]| r.iter().map(|a| a.status).collect::<Vec<_>>();
+            scripted::differ(&mut diffs, &name, "status", &status(&ra), &status(&rb));
+        } else {
+            reached += 1;
+            scripted::differ(&mut diffs, &name, "client saw", &ra, &rb);
+        }
+    }
+    assert!(
+        reached > CASES * 3 / 4,
+        "only {reached} of {CASES} generated requests reached the origin"
+    );
+    scripted::assert_alike(&diffs, CASES, &p.log());
+}
+
+/// The response side of the forward proxy against a reverse listener: backend responses made
+/// by [`generated_response`] from a fixed seed must reach the client the same through both
+/// (one response edit, `policy::edit::response`, and one 101 rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_responses_reach_forward_clients_as_reverse_ones_do() {
+    let origin = Origin::start().await;
+    let o = origin.addr;
+    let p = Proxy::start(&forward_and_reverse(o));
+    let (fwd, rev) = (p.addr_of(0), p.addr_of(1));
+    let mut g = Gen(0x0f0e_a4d5_1de5_0002);
+    let mut diffs = Vec::new();
+    let mut answered = 0;
+    const CASES: usize = 500;
+    for i in 0..CASES {
+        let (resp, close) = generated_response(&mut g);
+        let hex: String = resp.iter().map(|b| format!("{b:02x}")).collect();
+        let method = if g.chance(1) { "HEAD" } else { "GET" };
+        let closing = if close { "X-Raw-Close: 1\r\n" } else { "" };
+        let rest = format!("HTTP/1.1\r\nHost: {o}\r\nX-Raw-Response: {hex}\r\n{closing}\r\n");
+        let via_fwd = case(
+            "generated response",
+            &format!("{method} http://{o}/raw {rest}"),
+        );
+        let via_rev = case("generated response", &format!("{method} /raw {rest}"));
+        let a = run(fwd, &via_fwd).await;
+        origin.take();
+        let b = run(rev, &via_rev).await;
+        origin.take();
+        let (ra, rb) = (
+            responses(&a, &via_fwd.heads).0,
+            responses(&b, &via_rev.heads).0,
+        );
         answered += usize::from(!ra.is_empty());
         let name = format!("case {i} {method} {:?}", String::from_utf8_lossy(&resp));
         scripted::differ(&mut diffs, &name, "client saw", &ra, &rb);

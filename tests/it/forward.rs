@@ -856,6 +856,49 @@ routes:
     }
 }
 
+/// A request body framed by a list of one repeated length (`Content-Length: 5, 5`, which
+/// RFC 9110 §8.6 lets a recipient take as 5) reaches the origin as `Content-Length: 5`. The
+/// forward proxy used to pass the list on as it came (found by
+/// `differential_gen::generated_forward_requests_reach_the_origin_as_reverse_ones_do`): an
+/// origin that does not read a list as a length took the request as bodiless, and the body
+/// became the start of the next request on the pooled connection, another client's request
+/// on a shared origin connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_list_reaches_the_origin_as_one_length_and_nothing_is_smuggled() {
+    let origin = crate::support::scripted::Origin::start().await;
+    let o = origin.addr;
+    let p = Proxy::start(&fwd(&format!("{OPEN}\nanonymity: 'off'")));
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let two = format!(
+        "POST http://{o}/echo HTTP/1.1\r\nHost: {o}\r\nContent-Length: 5, 5\r\n\r\nGET /\
+         GET http://{o}/after HTTP/1.1\r\nHost: {o}\r\n\r\n"
+    );
+    s.write_all(two.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.windows(5).filter(|w| w == b"HTTP/").count() < 2 || !got.ends_with(b"hello") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(
+        text.contains("\r\n\r\n5 bytes"),
+        "the origin read the body: {text}"
+    );
+    let seen = origin.take();
+    let what: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| (r.method.as_str(), r.target.as_str()))
+        .collect();
+    assert_eq!(what, [("POST", "/echo"), ("GET", "/after")], "{seen:?}");
+    let length = seen[0].fields.iter().find(|(k, _)| k == "content-length");
+    assert_eq!(length.map(|(_, v)| v.as_str()), Some("5"), "{seen:?}");
+    assert_eq!(seen[0].body, b"GET /");
+}
+
 const FILTER: &str = "filter:
   block_content_types: [application/x-msdownload]
   block_body_patterns: [forbidden-word]
