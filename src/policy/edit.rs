@@ -214,6 +214,20 @@ pub fn relayed_upgrade(req: &RequestHeader) -> Option<http::HeaderValue> {
     .flatten()
 }
 
+/// A `Date` for a response head held as a map whose writer adds none (HTTP/3's): the
+/// backend's is kept, one is added when it sent none (RFC 9110 §6.6.1), as the HTTP/1
+/// writers do. Interim responses carry none.
+pub fn date_if_missing(status: http::StatusCode, headers: &mut http::HeaderMap) {
+    if status.is_informational() || headers.contains_key(http::header::DATE) {
+        return;
+    }
+    let mut v = Vec::with_capacity(29);
+    super::date::now(&mut v);
+    if let Ok(v) = http::HeaderValue::from_bytes(&v) {
+        headers.insert(http::header::DATE, v);
+    }
+}
+
 /// The response as it goes to an HTTP/1.0 client, which knows no chunked coding (RFC 9112
 /// §6.1): a chunked body is sent close-delimited instead. Returns whether the connection
 /// may stay open after it: only when the length is known.

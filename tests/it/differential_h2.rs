@@ -36,13 +36,13 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// One request, sent on its own stream.
 #[derive(Clone)]
-struct Req {
-    method: &'static str,
-    authority: &'static str,
-    path: &'static str,
-    fields: Vec<(&'static str, String)>,
+pub(crate) struct Req {
+    pub(crate) method: &'static str,
+    pub(crate) authority: &'static str,
+    pub(crate) path: &'static str,
+    pub(crate) fields: Vec<(&'static str, String)>,
     /// DATA frames, the last one with END_STREAM; none: END_STREAM on the HEADERS frame.
-    data: Vec<Vec<u8>>,
+    pub(crate) data: Vec<Vec<u8>>,
 }
 
 fn req(method: &'static str, path: &'static str) -> Req {
@@ -267,7 +267,7 @@ fn forbidden(name: &str) -> bool {
     )
 }
 
-fn answer(status: u16, headers: &http::HeaderMap, body: Vec<u8>) -> Answer {
+pub(crate) fn answer(status: u16, headers: &http::HeaderMap, body: Vec<u8>) -> Answer {
     // `iter` yields every value, the repeats of a name together and in order
     let fields = headers
         .iter()
@@ -519,7 +519,7 @@ async fn lean_and_general_engines_set_sticky_cookies_alike_over_http2() {
 /// up to six fields from those the policy treats specially (X-Forwarded-*, split cookies,
 /// `te: trailers`, a `host` beside `:authority`, tracing, an underscore name), and for some
 /// a body in DATA frames, with or without its length.
-fn generated(g: &mut Gen) -> Req {
+pub(crate) fn generated(g: &mut Gen) -> Req {
     let method = g.pick(&[
         "GET", "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
     ]);

@@ -14,6 +14,7 @@ mod compression;
 mod differential;
 mod differential_gen;
 mod differential_h2;
+mod differential_h3;
 mod divergences;
 mod docs;
 mod fast;

@@ -183,8 +183,8 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
                 Field::ContentLength => continue,
                 Field::Upgrade => continue,
                 Field::TransferEncoding => continue,
-                // the writer replaces it with its own anyway
-                Field::Date => continue,
+                // kept: HTTP/3's writer keeps it (`policy::edit::date_if_missing`); Pingora's
+                // HTTP/2 writer puts its own in its place
                 _ => {}
             }
             if nominated && fields::nomination_drops(kind) && nominated_by(resp.headers, name) {

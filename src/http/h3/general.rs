@@ -70,13 +70,28 @@ impl Handoff {
             }
         }
         let (send, mut recv) = stream.split();
-        // Pingora frames the request to the backend by whether it has a body: without a
-        // Content-Length, look for its first piece (a GET's stream has ended by now).
+        // A body without a Content-Length (HTTP/3 does not need one) is read first, within the
+        // route's `max_body_size`, and sent with its length, as the lean engine does (see
+        // `super::request`): HTTP/1.1 backends are not asked to take chunked requests. One
+        // over the limit streams on as it came, and the engine's body limit answers 413.
         let (first, recv_done) = if req.headers.contains_key(http::header::CONTENT_LENGTH) {
             (None, false)
         } else {
-            match tokio::time::timeout(l.client_timeout, first_piece(&mut recv)).await {
-                Ok(Ok(got)) => got,
+            let head =
+                crate::http::request_head(Some(self.client.ip()), &req, None, RateCount::Local);
+            let limit = l.route(&head).map_or(u64::MAX, |r| r.max_body_size);
+            match tokio::time::timeout(l.client_timeout, read_ahead(&mut recv, limit)).await {
+                Ok(Ok((body, true))) => {
+                    if !body.is_empty()
+                        && req
+                            .insert_header(http::header::CONTENT_LENGTH, body.len())
+                            .is_err()
+                    {
+                        return;
+                    }
+                    ((!body.is_empty()).then_some(body), true)
+                }
+                Ok(Ok((body, false))) => (Some(body), false),
                 // the session's reads tell the engine
                 Ok(Err(())) | Err(_) => (None, false),
             }
@@ -94,18 +109,27 @@ impl Handoff {
     }
 }
 
-async fn first_piece(
+/// The request body read ahead: all of it and `true` if it ends within `limit` bytes, else
+/// what was read once past the limit and `false`.
+async fn read_ahead(
     recv: &mut h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
-) -> Result<(Option<Bytes>, bool), ()> {
+    limit: u64,
+) -> Result<(Bytes, bool), ()> {
+    let mut body = bytes::BytesMut::new();
     loop {
         match recv.recv_data().await {
             Ok(Some(mut b)) => {
-                let b = b.copy_to_bytes(b.remaining());
-                if !b.is_empty() {
-                    return Ok((Some(b), false));
+                while b.has_remaining() {
+                    let c = b.chunk();
+                    body.extend_from_slice(c);
+                    let n = c.len();
+                    b.advance(n);
+                }
+                if body.len() as u64 > limit {
+                    return Ok((body.freeze(), false));
                 }
             }
-            Ok(None) => return Ok((None, true)),
+            Ok(None) => return Ok((body.freeze(), true)),
             Err(_) => return Err(()),
         }
     }

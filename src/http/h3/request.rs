@@ -77,6 +77,9 @@ async fn page(
     {
         r = r.header(k, v);
     }
+    if let (Some(h), Ok(status)) = (r.headers_mut(), http::StatusCode::from_u16(a.status)) {
+        crate::policy::edit::date_if_missing(status, h);
+    }
     let Ok(r) = r.body(()) else {
         return Ok(());
     };
@@ -528,6 +531,10 @@ async fn respond(
         if let (Framing::Length(n), None) = (h.framing, &encoder) {
             hm.insert(http::header::CONTENT_LENGTH, n.into());
         }
+        if let Some(v) = crate::policy::edit::alt_svc(ex.listener()) {
+            hm.insert(http::header::ALT_SVC, v.clone());
+        }
+        crate::policy::edit::date_if_missing(resp.status, hm);
     }
     let Ok(r) = r.body(()) else {
         return Err(Failure::Answer(

@@ -160,12 +160,7 @@ impl H3Session {
         parts.headers.remove(http::header::CONNECTION);
         parts.headers.remove(http::header::TRANSFER_ENCODING);
         parts.headers.remove(http::header::UPGRADE);
-        if !parts.headers.contains_key(http::header::DATE) && !parts.status.is_informational() {
-            parts.headers.insert(
-                http::header::DATE,
-                pingora_core::protocols::http::date::get_cached_date(),
-            );
-        }
+        crate::policy::edit::date_if_missing(parts.status, &mut parts.headers);
         let r = http::Response::from_parts(parts, ());
         let t = self.write_timeout;
         let send = &mut self.halves().send;

@@ -1,0 +1,197 @@
+//! One policy over HTTP/3 too: requests made by `differential_h2`'s generator, each on a new
+//! QUIC connection to an https listener with `http3: true` on the lean engine and to one with
+//! `fast_path: false` (the TCP side's general engine, through the HTTP/3 session adapter),
+//! must give the client and the scripted origin the same.
+
+use crate::differential_gen::Gen;
+use crate::differential_h2::{answer, generated, Req};
+use crate::support::quic::{self, Pki};
+use crate::support::scripted::{self, Answer, Origin};
+use bytes::{Buf, Bytes};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What the client got: the final answer, or where the exchange failed.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Answer(Answer),
+    Failed(String),
+}
+
+/// One request on a new connection (SNI app.test).
+async fn exchange(e: &quinn::Endpoint, addr: SocketAddr, r: &Req) -> Got {
+    let (conn, mut s) = quic::connect(e, addr, "app.test").await;
+    let mut b = http::Request::builder()
+        .method(r.method)
+        .uri(format!("https://{}{}", r.authority, r.path));
+    // the `h3` client builds `:authority` from the URI and refuses a `host` field beside it
+    for (k, v) in r.fields.iter().filter(|(k, _)| *k != "host") {
+        b = b.header(*k, v.as_str());
+    }
+    let got = async {
+        let req = b.body(()).map_err(|e| format!("build: {e}"))?;
+        let mut st = s
+            .send_request(req)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        for d in &r.data {
+            // an answer before the body is all sent ends the stream: not a difference
+            if st.send_data(Bytes::copy_from_slice(d)).await.is_err() {
+                break;
+            }
+        }
+        let _ = st.finish().await;
+        let resp = st
+            .recv_response()
+            .await
+            .map_err(|e| format!("response: {e}"))?;
+        let mut body = Vec::new();
+        while let Some(mut c) = st.recv_data().await.map_err(|e| format!("body: {e}"))? {
+            while c.has_remaining() {
+                let n = c.chunk().len();
+                body.extend_from_slice(c.chunk());
+                c.advance(n);
+            }
+        }
+        // each listener announces its own port
+        let mut a = answer(resp.status().as_u16(), resp.headers(), body);
+        for (k, v) in &mut a.fields {
+            if k == "alt-svc" && v.starts_with("h3=\":") {
+                *v = format!(
+                    "h3=\":<port>{}",
+                    v.trim_start_matches("h3=\":")
+                        .trim_start_matches(|c: char| c.is_ascii_digit())
+                );
+            }
+        }
+        Ok::<_, String>(a)
+    };
+    let out = match tokio::time::timeout(Duration::from_secs(5), got).await {
+        Ok(Ok(a)) => Got::Answer(a),
+        Ok(Err(e)) => Got::Failed(e),
+        Err(_) => Got::Failed("timed out".into()),
+    };
+    conn.close(0u32.into(), b"done");
+    out
+}
+
+/// The scripted config's listener pairs as https listeners with `http3: true`: `{{port}}` on
+/// the lean engine, `{{port1}}` with `fast_path: false`.
+fn both_engines(tag: &str, origin: &Origin) -> (Pki, crate::support::Proxy) {
+    let pki = Pki::new(tag);
+    let (cert, key) = pki.server(
+        "site",
+        "app.test",
+        &["app.test", "*.test", "sticky.test"],
+        0x500,
+    );
+    let listen = format!(
+        "protocol: https, http3: true, tls: {{certificates: [{{cert: {}, key: {}}}]}}",
+        quic::p(&cert),
+        quic::p(&key)
+    );
+    let p = quic::start(&pki, &scripted::config(origin.addr, &listen));
+    (pki, p)
+}
+
+/// What the generated test found over HTTP/3, one check each, on both engines: a response
+/// carries a `Date` (the lean engine sent none, the backend's included, and none on its own
+/// answers), the listener's `Alt-Svc` replaces the backend's (the lean engine passed the
+/// backend's on), and a request body without a Content-Length reaches the backend with its
+/// length (the general engine sent it chunked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_answers_have_a_date_and_the_listeners_alt_svc_and_bodies_their_length() {
+    let origin = Origin::start().await;
+    let (pki, p) = both_engines("h3-fields", &origin);
+    let e = quic::endpoint(&pki);
+    let backend = b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nAlt-Svc: h2=\":9\"\r\nContent-Length: 2\r\n\r\nok";
+    let hex: String = backend.iter().map(|b| format!("{b:02x}")).collect();
+    for (engine, i) in [("lean", 0), ("general", 1)] {
+        let addr = p.addr_of(i);
+        let own_alt_svc = format!("h3=\":{}\"; ma=86400", addr.port());
+        let (conn, mut s) = quic::connect(&e, addr, "app.test").await;
+        let raw = [("x-raw-response", hex.as_str())];
+        let got = quic::request(&mut s, "GET", "https://app.test/raw", &raw, None)
+            .await
+            .unwrap_or_else(|err| panic!("{engine}: {err}"));
+        assert_eq!(got.status, 200, "{engine}");
+        let h = |n: &str| {
+            got.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            h("date").as_deref(),
+            Some("Tue, 01 Dec 2026 10:00:00 GMT"),
+            "{engine}"
+        );
+        assert_eq!(h("alt-svc"), Some(own_alt_svc), "{engine}");
+
+        let got = quic::request(&mut s, "GET", "https://nope.test/", &[], None)
+            .await
+            .unwrap_or_else(|err| panic!("{engine}: {err}"));
+        assert_eq!(got.status, 404, "{engine}");
+        assert!(
+            got.headers.contains_key("date"),
+            "{engine}: own answer {:?}",
+            got.headers
+        );
+
+        origin.take();
+        // the `h3` client sends no Content-Length of its own
+        let got = quic::request(
+            &mut s,
+            "POST",
+            "https://app.test/echo",
+            &[],
+            Some(b"hello".to_vec()),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{engine}: {err}"));
+        assert_eq!(got.status, 200, "{engine}");
+        assert_eq!(got.body, b"5 bytes", "{engine}");
+        let seen = origin.take();
+        let fields = &seen
+            .first()
+            .unwrap_or_else(|| panic!("{engine}: no request"))
+            .fields;
+        let f = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(f("content-length"), Some("5"), "{engine}: {fields:?}");
+        assert_eq!(f("transfer-encoding"), None, "{engine}: {fields:?}");
+        conn.close(0u32.into(), b"done");
+    }
+}
+
+/// Requests made by `differential_h2::generated` from a fixed seed, over HTTP/3 to both
+/// engines, must give the client and the origin the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_http3_requests_are_answered_alike() {
+    let origin = Origin::start().await;
+    let (pki, p) = both_engines("diff-h3", &origin);
+    let (fast, general) = (p.addr_of(0), p.addr_of(1));
+    let e = quic::endpoint(&pki);
+    let mut g = Gen(0x0068_3367_656e_7331);
+    let mut diffs = Vec::new();
+    let mut answered = 0;
+    const CASES: usize = 300;
+    for i in 0..CASES {
+        let r = generated(&mut g);
+        let a = exchange(&e, fast, &r).await;
+        let seen_a = origin.take();
+        let b = exchange(&e, general, &r).await;
+        let seen_b = origin.take();
+        answered += usize::from(matches!(a, Got::Answer(_)));
+        let name = format!(
+            "case {i} {} {}{} {:?} data {:?}",
+            r.method, r.authority, r.path, r.fields, r.data
+        );
+        scripted::differ(&mut diffs, &name, "client saw", &a, &b);
+        scripted::differ_seen(&mut diffs, &name, &seen_a, &seen_b);
+    }
+    assert!(
+        answered > CASES * 9 / 10,
+        "only {answered} of {CASES} generated requests were answered"
+    );
+    scripted::assert_alike(&diffs, CASES, &p.log());
+}
