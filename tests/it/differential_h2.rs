@@ -78,16 +78,16 @@ impl Req {
 
 /// What the client saw on one stream.
 #[derive(Debug, PartialEq, Eq)]
-struct Stream {
+pub(crate) struct Stream {
     /// 1xx responses before the final one.
     interim: Vec<Answer>,
     /// The final response, if one came; its body is the DATA frames joined.
-    answer: Option<Answer>,
+    pub(crate) answer: Option<Answer>,
     /// Where the client failed (the request not sent, the stream reset, the body cut).
     error: Option<String>,
 }
 
-struct Case {
+pub(crate) struct Case {
     name: &'static str,
     /// Sent one after the other on one connection, each on its own stream.
     reqs: Vec<Req>,
@@ -97,7 +97,7 @@ struct Case {
     refused: bool,
 }
 
-fn case(name: &'static str, r: Req) -> Case {
+pub(crate) fn case(name: &'static str, r: Req) -> Case {
     Case {
         name,
         reqs: vec![r],
@@ -358,7 +358,7 @@ async fn exchange(client: &h2::client::SendRequest<Bytes>, r: &Req) -> Stream {
 }
 
 /// Run a case on a new connection: its requests one after the other, each given `WAIT`.
-async fn run(addr: SocketAddr, c: &Case) -> Vec<Stream> {
+pub(crate) async fn run(addr: SocketAddr, c: &Case) -> Vec<Stream> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
     let (client, conn) = tokio::time::timeout(WAIT, h2::client::handshake(tcp))

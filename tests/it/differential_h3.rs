@@ -13,13 +13,13 @@ use std::time::Duration;
 
 /// What the client got: the final answer, or where the exchange failed.
 #[derive(Debug, PartialEq, Eq)]
-enum Got {
+pub(crate) enum Got {
     Answer(Answer),
     Failed(String),
 }
 
 /// One request on a new connection (SNI app.test).
-async fn exchange(e: &quinn::Endpoint, addr: SocketAddr, r: &Req) -> Got {
+pub(crate) async fn exchange(e: &quinn::Endpoint, addr: SocketAddr, r: &Req) -> Got {
     let (conn, mut s) = quic::connect(e, addr, "app.test").await;
     let mut b = http::Request::builder()
         .method(r.method)
@@ -41,10 +41,17 @@ async fn exchange(e: &quinn::Endpoint, addr: SocketAddr, r: &Req) -> Got {
             }
         }
         let _ = st.finish().await;
-        let resp = st
+        // interim responses (a 103) come first; the answer is the final one
+        let mut resp = st
             .recv_response()
             .await
             .map_err(|e| format!("response: {e}"))?;
+        while resp.status().is_informational() {
+            resp = st
+                .recv_response()
+                .await
+                .map_err(|e| format!("response: {e}"))?;
+        }
         let mut body = Vec::new();
         while let Some(mut c) = st.recv_data().await.map_err(|e| format!("body: {e}"))? {
             while c.has_remaining() {
@@ -77,7 +84,7 @@ async fn exchange(e: &quinn::Endpoint, addr: SocketAddr, r: &Req) -> Got {
 
 /// The scripted config's listener pairs as https listeners with `http3: true`: `{{port}}` on
 /// the lean engine, `{{port1}}` with `fast_path: false`.
-fn both_engines(tag: &str, origin: &Origin) -> (Pki, crate::support::Proxy) {
+pub(crate) fn both_engines(tag: &str, origin: &Origin) -> (Pki, crate::support::Proxy) {
     let pki = Pki::new(tag);
     let (cert, key) = pki.server(
         "site",

@@ -15,6 +15,7 @@ mod differential;
 mod differential_gen;
 mod differential_h2;
 mod differential_h3;
+mod differential_protocols;
 mod divergences;
 mod docs;
 mod fast;
