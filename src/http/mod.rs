@@ -89,7 +89,8 @@ pub struct Ctx {
     attempts: u32,
     /// When the first try began (the whole of the tries is bounded by `read_timeout`).
     started: Option<std::time::Instant>,
-    /// A final response head (or a forwarded 1xx) came through: nothing is retried since.
+    /// A final response head came through: nothing is retried since (a forwarded 1xx does
+    /// not count: the final response may still come from another backend).
     head_seen: bool,
     /// `upstream_response_filter` turned the backend's answer into an error to retry.
     retrying: bool,

@@ -144,7 +144,12 @@ impl HttpProxy {
                     content_length(req),
                     session.as_ref().retry_buffer_truncated(),
                 ),
-                response_started: ctx.head_seen || session.response_written().is_some(),
+                // a forwarded 1xx is not the response: the final one may still come from
+                // another backend
+                response_started: ctx.head_seen
+                    || session
+                        .response_written()
+                        .is_some_and(|h| !h.status.is_informational()),
                 started: ctx.started.unwrap_or_else(std::time::Instant::now),
             },
         )
@@ -579,7 +584,6 @@ impl ProxyHttp for HttpProxy {
             };
             let forwarded = policy::interim::forwarded(code, to);
             session.set_ignore_info_resp(!forwarded);
-            ctx.head_seen |= forwarded;
             return Ok(());
         }
         if let Some(c) = self.route_cache(ctx) {

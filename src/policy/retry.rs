@@ -47,7 +47,11 @@ pub struct Try<'a> {
     pub attempts: u32,
     /// The whole request body can be sent again ([`body_replayable`]).
     pub body_replayable: bool,
-    /// Some byte of the response already went to the client.
+    /// Some byte of the response already went to the client. A forwarded interim (1xx)
+    /// response is not the response: after a 103 from one backend, the final answer may
+    /// still come from another (which may send its own 103 first; RFC 8297 allows several).
+    /// Whether a 1xx is forwarded depends on the client's protocol (`policy::interim`), so
+    /// counting it would make retries protocol-dependent.
     pub response_started: bool,
     /// When the first try began. Read only when the other conditions would retry: a
     /// request answered as usual costs no clock reading here.

@@ -428,6 +428,35 @@ async fn every_x_forwarded_for_field_joins_the_chain() {
     }
 }
 
+/// A backend's 103 Early Hints before a status the upstream retries (`retry_on: ["503"]`)
+/// does not stop the retry: an interim response is not the response, and whether one is
+/// forwarded depends on the client's protocol (HTTP/2 clients get none), so counting it made
+/// the retry depend on the protocol (found by
+/// `differential_protocols::generated_requests_reach_the_origin_alike_over_every_protocol`:
+/// an HTTP/2 request was retried, the same request over HTTP/1.1 not). Both engines retry,
+/// and the client gets the hint and then the last try's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_hint_does_not_stop_a_retry() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    let backend = "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n\
+                   HTTP/1.1 503 Unavailable\r\nContent-Length: 4\r\n\r\nbusy";
+    let hex: String = backend.bytes().map(|b| format!("{b:02x}")).collect();
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        let raw = format!("GET /raw HTTP/1.1\r\nHost: retry.test\r\nX-Raw-Response: {hex}\r\n\r\n");
+        let c = case("hint then 503", &raw);
+        let got = run(addr, &c).await;
+        let statuses: Vec<u16> = responses(&got, &c.heads)
+            .0
+            .iter()
+            .map(|a| a.status)
+            .collect();
+        assert_eq!(statuses.first(), Some(&103), "{engine}: {statuses:?}");
+        assert_eq!(statuses.last(), Some(&503), "{engine}: {statuses:?}");
+        assert_eq!(origin.take().len(), 2, "{engine}: retried after the hint");
+    }
+}
+
 /// A backend that switches protocols (101) for a request that asked for no upgrade, or for
 /// an upgrade the proxy does not relay (h2c), is broken (RFC 9110 §15.2.2): 502 from both
 /// engines, and nothing of the backend's new protocol reaches the client. Passed on, the

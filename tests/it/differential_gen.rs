@@ -152,6 +152,8 @@ fn generated(g: &mut Gen) -> (String, bool) {
         "sticky.test",
         "app.test.",
         "nope.test",
+        "retry.test",
+        "dead.test",
     ]);
     let target = if g.chance(1) {
         format!("http://{host}{path}")

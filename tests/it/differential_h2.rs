@@ -533,6 +533,8 @@ pub(crate) fn generated(g: &mut Gen) -> Req {
         "app.test:8080",
         "sticky.test",
         "nope.test",
+        "retry.test",
+        "dead.test",
     ]);
     let mut r = req(method, path).authority(authority);
     if path == "/raw" {

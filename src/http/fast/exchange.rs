@@ -190,12 +190,14 @@ impl<'a> Exchange<'a> {
         // request in `out`.
         let replayable = body_left == 0;
         let retryable = retry::after_stale_connection(method, replayable, true);
-        let failed = |cause, attempts, response_started| retry::Try {
+        // Nothing of the response went to the client before a retry is decided: a forwarded
+        // 1xx is not the response (`policy::retry::Try::response_started`).
+        let failed = |cause, attempts| retry::Try {
             method,
             cause,
             attempts,
             body_replayable: replayable,
-            response_started,
+            response_started: false,
             started,
         };
         let mut tried = 0u64;
@@ -259,7 +261,7 @@ impl<'a> Exchange<'a> {
                             Why::ConnectFailed
                         };
                         last_connect = Some(why);
-                        if retry::retry(pool, failed(Cause::ConnectFailure, attempts, false)) {
+                        if retry::retry(pool, failed(Cause::ConnectFailure, attempts)) {
                             continue;
                         }
                         return Err(Failure::Answer(why, format!("connect failed: {e}")));
@@ -328,8 +330,6 @@ impl<'a> Exchange<'a> {
             // 1xx and the final head often arrive in one segment.
             let mut rbuf: Vec<u8> = Vec::with_capacity(RESP_BUF);
             let mut got_any = false;
-            // a forwarded 1xx is a response byte the client has: no retry after it
-            let mut interim_sent = false;
             let next = 'head: loop {
                 while !rbuf.is_empty() {
                     match parse_response(&rbuf, head_only, down)? {
@@ -345,13 +345,12 @@ impl<'a> Exchange<'a> {
                             let fwd = crate::policy::interim::forwarded(code, to);
                             if let (Some(tx), true) = (self.interim.as_ref(), fwd) {
                                 let head = bytes::Bytes::copy_from_slice(&rbuf[..n]);
-                                interim_sent |= tx.send(head).is_ok();
+                                let _ = tx.send(head);
                             } else if let (Some(g), true) = (g.as_deref_mut(), fwd) {
                                 let t = self.l.client_timeout;
                                 if write_flush(g, &rbuf[..n], t).await.is_err() {
                                     return Err(Failure::Cut);
                                 }
-                                interim_sent = true;
                             }
                             rbuf.drain(..n);
                         }
@@ -398,7 +397,7 @@ impl<'a> Exchange<'a> {
                         (Cause::Reset, Failure::Answer(Why::BadResponse, e))
                     }
                 };
-                if !retry::retry(pool, failed(cause, attempts, interim_sent)) {
+                if !retry::retry(pool, failed(cause, attempts)) {
                     return Err(why);
                 }
                 tried |= self.retried(method, uri, cause);
@@ -415,7 +414,7 @@ impl<'a> Exchange<'a> {
                 Next::Retry => continue,
             };
             let cause = Cause::Status(head.code);
-            if retry::retry(pool, failed(cause, attempts, interim_sent)) {
+            if retry::retry(pool, failed(cause, attempts)) {
                 tried |= self.retried(method, uri, cause);
                 continue;
             }
