@@ -12,6 +12,7 @@ mod cache;
 mod cli;
 mod compression;
 mod differential;
+mod differential_bodies;
 mod differential_cache;
 mod differential_gen;
 mod differential_h2;
