@@ -85,6 +85,11 @@ pub(crate) async fn exchange(e: &quinn::Endpoint, addr: SocketAddr, r: &Req) -> 
 /// The scripted config's listener pairs as https listeners with `http3: true`: `{{port}}` on
 /// the lean engine, `{{port1}}` with `fast_path: false`.
 pub(crate) fn both_engines(tag: &str, origin: &Origin) -> (Pki, crate::support::Proxy) {
+    both_engines_with(tag, origin, "")
+}
+
+/// [`both_engines`] with `extra` added to the keys of the two listeners (`, limits: ...`).
+fn both_engines_with(tag: &str, origin: &Origin, extra: &str) -> (Pki, crate::support::Proxy) {
     let pki = Pki::new(tag);
     let (cert, key) = pki.server(
         "site",
@@ -97,7 +102,7 @@ pub(crate) fn both_engines(tag: &str, origin: &Origin) -> (Pki, crate::support::
         quic::p(&cert),
         quic::p(&key)
     );
-    let p = quic::start(&pki, &scripted::config(origin.addr, &listen));
+    let p = quic::start(&pki, &scripted::config_with(origin.addr, &listen, extra));
     (pki, p)
 }
 
@@ -166,6 +171,47 @@ async fn http3_answers_have_a_date_and_the_listeners_alt_svc_and_bodies_their_le
         let f = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         assert_eq!(f("content-length"), Some("5"), "{engine}: {fields:?}");
         assert_eq!(f("transfer-encoding"), None, "{engine}: {fields:?}");
+        conn.close(0u32.into(), b"done");
+    }
+}
+
+/// A request body without a Content-Length that arrives slowly but steadily (a piece every
+/// 300 ms, 2.4 s in all, with `client_timeout: 1s`) reaches the backend whole, with its
+/// length, on both engines. The timeout is the gap between reads, as nginx's
+/// `client_body_timeout` is: the lean engine used to bound the whole read-ahead by it (a 408
+/// for any upload longer than the timeout), and the general engine, once it read ahead
+/// too, dropped what it had read when the bound ran out and sent the rest as the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_steady_http3_body_without_a_length_arrives_whole() {
+    let origin = Origin::start().await;
+    let (pki, p) = both_engines_with("h3-slow", &origin, ", limits: {client_timeout: 1s}");
+    let e = quic::endpoint(&pki);
+    for (engine, i) in [("lean", 0), ("general", 1)] {
+        let (conn, mut s) = quic::connect(&e, p.addr_of(i), "app.test").await;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("https://app.test/echo")
+            .body(())
+            .expect("request");
+        let mut st = s.send_request(req).await.expect("send");
+        for piece in 0..8u8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            st.send_data(Bytes::from(vec![b'a' + piece; 1000]))
+                .await
+                .unwrap_or_else(|err| panic!("{engine}: piece {piece}: {err}"));
+        }
+        st.finish().await.expect("finish");
+        let resp = st.recv_response().await.expect("response");
+        assert_eq!(resp.status(), 200, "{engine}");
+        let seen = origin.take();
+        let r = seen
+            .first()
+            .unwrap_or_else(|| panic!("{engine}: nothing reached the origin"));
+        let expected: Vec<u8> = (0..8u8).flat_map(|p| vec![b'a' + p; 1000]).collect();
+        assert_eq!(r.body.len(), expected.len(), "{engine}");
+        assert!(r.body == expected, "{engine}: the body arrived changed");
+        let length = r.fields.iter().find(|(k, _)| k == "content-length");
+        assert_eq!(length.map(|(_, v)| v.as_str()), Some("8000"), "{engine}");
         conn.close(0u32.into(), b"done");
     }
 }

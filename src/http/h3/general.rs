@@ -9,7 +9,7 @@ use super::session::{H3Session, Parts};
 use crate::http::service::GeneralEngine;
 use crate::http::Listener;
 use crate::policy::{self, RateCount};
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::RequestHeader;
@@ -80,8 +80,10 @@ impl Handoff {
             let head =
                 crate::http::request_head(Some(self.client.ip()), &req, None, RateCount::Local);
             let limit = l.route(&head).map_or(u64::MAX, |r| r.max_body_size);
-            match tokio::time::timeout(l.client_timeout, read_ahead(&mut recv, limit)).await {
-                Ok(Ok((body, true))) => {
+            let mut body = Vec::new();
+            let read = super::request::read_ahead(&mut recv, limit, l.client_timeout, &mut body);
+            match read.await {
+                super::request::ReadAhead::Whole => {
                     if !body.is_empty()
                         && req
                             .insert_header(http::header::CONTENT_LENGTH, body.len())
@@ -89,11 +91,11 @@ impl Handoff {
                     {
                         return;
                     }
-                    ((!body.is_empty()).then_some(body), true)
+                    ((!body.is_empty()).then(|| Bytes::from(body)), true)
                 }
-                Ok(Ok((body, false))) => (Some(body), false),
-                // the session's reads tell the engine
-                Ok(Err(())) | Err(_) => (None, false),
+                // over the limit, stalled or broken: what came so far goes first, and the
+                // engine reads on (its own limit and timeouts answer, 413 or 408)
+                _ => ((!body.is_empty()).then(|| Bytes::from(body)), false),
             }
         };
         let parts = Parts {
@@ -106,31 +108,5 @@ impl Handoff {
         let s = H3Session::new(req, send, recv, parts);
         let session = ServerSession::new_custom(Box::new(s));
         self.engine.serve(session, &self.shutdown).await;
-    }
-}
-
-/// The request body read ahead: all of it and `true` if it ends within `limit` bytes, else
-/// what was read once past the limit and `false`.
-async fn read_ahead(
-    recv: &mut h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
-    limit: u64,
-) -> Result<(Bytes, bool), ()> {
-    let mut body = bytes::BytesMut::new();
-    loop {
-        match recv.recv_data().await {
-            Ok(Some(mut b)) => {
-                while b.has_remaining() {
-                    let c = b.chunk();
-                    body.extend_from_slice(c);
-                    let n = c.len();
-                    b.advance(n);
-                }
-                if body.len() as u64 > limit {
-                    return Ok((body.freeze(), false));
-                }
-            }
-            Ok(None) => return Ok((body.freeze(), true)),
-            Err(_) => return Err(()),
-        }
     }
 }

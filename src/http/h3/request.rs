@@ -90,24 +90,45 @@ async fn page(
     send.finish().await
 }
 
-/// The request body, read whole (no Content-Length), within `limit`; `None`: over it.
-async fn read_all(recv: &mut Recv, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
-    let mut body = Vec::new();
+/// How reading ahead a request body without a Content-Length ended ([`read_ahead`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ReadAhead {
+    /// The body ended: all of it is in the buffer.
+    Whole,
+    /// It passed the route's `max_body_size`.
+    OverLimit,
+    /// No piece came within the client timeout.
+    Stalled,
+    /// The stream failed.
+    Broken,
+}
+
+/// Read a request body without a Content-Length (HTTP/3 does not need one) ahead into
+/// `body`, for both engines, so that it goes to the backend with its length: within `limit`
+/// bytes, each piece due within `per_read` of the one before (nginx's `client_body_timeout`
+/// is the gap between reads, not the whole upload).
+pub(super) async fn read_ahead(
+    recv: &mut Recv,
+    limit: u64,
+    per_read: std::time::Duration,
+    body: &mut Vec<u8>,
+) -> ReadAhead {
     loop {
-        match recv.recv_data().await {
-            Ok(Some(mut b)) => {
-                if (body.len() + b.remaining()) as u64 > limit {
-                    return Ok(None);
-                }
+        match tokio::time::timeout(per_read, recv.recv_data()).await {
+            Ok(Ok(Some(mut b))) => {
                 while b.has_remaining() {
                     let c = b.chunk();
                     body.extend_from_slice(c);
                     let n = c.len();
                     b.advance(n);
                 }
+                if body.len() as u64 > limit {
+                    return ReadAhead::OverLimit;
+                }
             }
-            Ok(None) => return Ok(Some(body)),
-            Err(_) => return Err(Failure::Cut),
+            Ok(Ok(None)) => return ReadAhead::Whole,
+            Ok(Err(_)) => return ReadAhead::Broken,
+            Err(_) => return ReadAhead::Stalled,
         }
     }
 }
@@ -330,15 +351,15 @@ async fn proxy(
     // A body without a declared length is read first (see the module doc).
     let whole = match declared {
         Some(_) => None,
-        None => match tokio::time::timeout(l.client_timeout, read_all(recv, route.max_body_size))
-            .await
-        {
-            Ok(Ok(Some(b))) => Some(b),
-            Ok(Ok(None)) => return (Err(Answer::closing(413)), obs),
-            Ok(Err(_)) => return (Err(Answer::new(400)), obs),
-            // nginx's client_body_timeout
-            Err(_) => return (Err(Answer::new(408)), obs),
-        },
+        None => {
+            let mut b = Vec::new();
+            match read_ahead(recv, route.max_body_size, l.client_timeout, &mut b).await {
+                ReadAhead::Whole => Some(b),
+                ReadAhead::OverLimit => return (Err(Answer::closing(413)), obs),
+                ReadAhead::Broken => return (Err(Answer::new(400)), obs),
+                ReadAhead::Stalled => return (Err(Answer::new(408)), obs),
+            }
+        }
     };
     let body_len = declared.unwrap_or_else(|| whole.as_ref().map_or(0, |b| b.len() as u64));
 

@@ -285,6 +285,11 @@ pub fn normalized(mut f: Vec<(String, String)>) -> Vec<(String, String)> {
 /// The proxy config for the differential tests; `listen` is what every listener's entry says
 /// after its address (`protocol: http`, maybe with `h2c: true`).
 pub fn config(origin: SocketAddr, listen: &str) -> String {
+    config_with(origin, listen, "")
+}
+
+/// [`config`] with `main` added to the keys of the main pair of listeners (`, limits: ...`).
+pub fn config_with(origin: SocketAddr, listen: &str, main: &str) -> String {
     // Four listeners: {{port}} lean, {{port1}} general, {{port2}} lean with a rate limit,
     // {{port3}} general with a rate limit.
     let mut routes = String::new();
@@ -296,8 +301,8 @@ pub fn config(origin: SocketAddr, listen: &str) -> String {
     let dead_addr = super::dead_addr();
     format!(
         "listeners:
-  - {{name: fast, address: 127.0.0.1:{{{{port}}}}, {listen}}}
-  - {{name: general, address: 127.0.0.1:{{{{port1}}}}, {listen}, fast_path: false}}
+  - {{name: fast, address: 127.0.0.1:{{{{port}}}}, {listen}{main}}}
+  - {{name: general, address: 127.0.0.1:{{{{port1}}}}, {listen}, fast_path: false{main}}}
   - {{name: fast_rl, address: 127.0.0.1:{{{{port2}}}}, {listen}, limits: {{rate_limit_per_ip: 1}}}}
   - {{name: general_rl, address: 127.0.0.1:{{{{port3}}}}, {listen}, fast_path: false, limits: {{rate_limit_per_ip: 1}}}}
 upstreams:
