@@ -386,13 +386,15 @@ impl Forward {
     /// the one request edit of every listener ([`crate::policy::edit::request`]: hop-by-hop
     /// and nominated fields, upgrades, Content-Length, underscored names), announcing what
     /// the listener's anonymity allows; then the anonymity step removes what could still
-    /// name the client. `upgrade`: the request's relayed upgrade, if any.
+    /// name the client. `upgrade`: the request's relayed upgrade, if any; `trace`: its
+    /// trace, when tracing is on (the origin gets the proxy's span as `traceparent`).
     pub fn upstream_request_filter(
         &self,
         session: &Session,
         up: &mut RequestHeader,
         upgrade: Option<&http::HeaderValue>,
         from_h2: bool,
+        trace: Option<&crate::observability::tracing::TraceCtx>,
         ctx: &FwdCtx,
     ) -> Result<()> {
         let pq = up
@@ -403,7 +405,7 @@ impl Forward {
         let uri = http::Uri::try_from(pq).or_err(ErrorType::InvalidHTTPHeader, "request path")?;
         up.set_uri(uri);
         let announce = anonymity::announce(self.spec.anonymity, client_ip(session));
-        crate::policy::edit::request(up, upgrade, announce, from_h2, false, None)?;
+        crate::policy::edit::request(up, upgrade, announce, from_h2, false, trace)?;
         up.insert_header(http::header::HOST, ctx.authority.as_str())?;
         anonymity::apply(up, self.spec.anonymity);
         if self.filter.scans_bodies() {

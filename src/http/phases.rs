@@ -232,6 +232,15 @@ impl ProxyHttp for HttpProxy {
         if policy::fields::asks_close(connection.iter().map(|v| v.as_bytes())) {
             session.set_keepalive(None);
         }
+        // every listener kind's requests are traced: reverse routes, forward proxy, redirects
+        ctx.obs.trace = policy::trace::begin(
+            session
+                .req_header()
+                .headers
+                .get_all(&crate::policy::fields::TRACEPARENT)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
         // Before the redirect: a CA validates HTTP-01 on plain http, redirect or not.
         if let Some(a) = policy::acme::challenge(session.req_header().uri.path()) {
             respond_answer(session, &a).await?;
@@ -253,12 +262,6 @@ impl ProxyHttp for HttpProxy {
         }
         let rate = l.rate_count(client).await;
         let req = session.req_header();
-        ctx.obs.trace = policy::trace::begin(
-            req.headers
-                .get_all(&crate::policy::fields::TRACEPARENT)
-                .iter()
-                .map(|v| v.as_bytes()),
-        );
         let head = crate::http::request_head(client, req, content_length(req), rate);
         let route = match l.admit(&head) {
             Verdict::Answer(a, route) => {
@@ -479,12 +482,13 @@ impl ProxyHttp for HttpProxy {
     ) -> Result<()> {
         let from_h2 = session.req_header().version >= http::Version::HTTP_2;
         if let Some(f) = &self.listener.forward {
-            let upgrade = ctx.upgrade.as_ref();
+            let (upgrade, trace) = (ctx.upgrade.as_ref(), ctx.obs.trace.as_ref());
             return f.upstream_request_filter(
                 session,
                 upstream_request,
                 upgrade,
                 from_h2,
+                trace,
                 &ctx.fwd,
             );
         }

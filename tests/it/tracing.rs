@@ -245,6 +245,50 @@ async fn h2_get(addr: SocketAddr, path: &str, traceparent: &str) -> u16 {
     status
 }
 
+/// The forward proxy's requests are traced as reverse ones are (one policy step, begun for
+/// every listener kind): the caller's trace continues to the origin with the proxy's span,
+/// the collector gets that span with the caller's as parent, and the access log names the
+/// trace. Forward requests used to pass the caller's `traceparent` on untouched and export
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_continues_the_callers_trace_through_the_forward_proxy() {
+    let app = OriginBuilder::new("app").run().await;
+    let rx = Receiver::start().await;
+    let cfg = format!(
+        "access_log: {{format: json, path: '{{{{dir}}}}/access.log'}}\n\
+         tracing: {{otlp_endpoint: 'http://{}', service_name: edge-test, sample_ratio: 0.0, headers: {{x-api-key: k1}}}}\n\
+         listeners:\n  - name: fwd\n    address: 127.0.0.1:{{{{port}}}}\n    protocol: http\n    \
+         forward_proxy: {{allow_private_destinations: true, access: [{{action: allow}}]}}\n",
+        rx.addr
+    );
+    let p = Proxy::start(&cfg);
+    let incoming = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let host = app.addr.to_string();
+    let path = "/forward/traced";
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    let r = c
+        .request(
+            "GET",
+            &format!("http://{host}{path}"),
+            &[("Host", host.as_str()), ("traceparent", incoming.as_str())],
+            b"",
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 200);
+    let seen = app.last().expect("the origin got the request");
+    let (trace, span, flags) = one_traceparent(&seen, "forward");
+    assert_eq!(trace, CALLER_TRACE, "the trace continues");
+    assert_ne!(span, CALLER_SPAN, "the proxy's own span id");
+    assert_eq!(flags, "01");
+    let (service, s) = rx.span_of(CALLER_TRACE).await;
+    assert_eq!(service, "edge-test");
+    assert_eq!(hex(&s.span_id), span, "the span the origin saw");
+    assert_eq!(hex(&s.parent_span_id), CALLER_SPAN, "the caller's span");
+    assert_eq!(attr(&s, "http.request.method").as_deref(), Some("GET"));
+    assert_eq!(wait_logged(&p, path).await, CALLER_TRACE, "access log");
+}
+
 /// A caller's sampled trace is continued: the origin sees the same trace id, the proxy's
 /// own span id and the sampled flag; the collector gets a server span whose parent is the
 /// caller's span and whose id is the one the origin saw, with the HTTP attributes; the
