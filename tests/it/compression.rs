@@ -15,7 +15,7 @@ fn text() -> Vec<u8> {
         .collect()
 }
 
-fn decode(coding: &str, data: &[u8]) -> Vec<u8> {
+pub(crate) fn decode(coding: &str, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     match coding {
         "gzip" => {
