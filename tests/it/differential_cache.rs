@@ -7,7 +7,7 @@
 //! `Age` and `Date` are compared by presence.
 
 use crate::differential::{case, responses, run};
-use crate::differential_gen::Gen;
+use crate::differential_gen::{framed, Gen};
 use crate::support::scripted::{self, Answer, Origin};
 use crate::support::Proxy;
 
@@ -62,17 +62,7 @@ fn generated_response(g: &mut Gen) -> String {
         }
     }
     let n = (g.next() % 24) as usize;
-    let body = "c".repeat(n);
-    if g.chance(1) {
-        let chunks = if n == 0 {
-            "0\r\n\r\n".to_string()
-        } else {
-            format!("{n:x}\r\n{body}\r\n0\r\n\r\n")
-        };
-        out.push_str(&format!("Transfer-Encoding: chunked\r\n\r\n{chunks}"));
-    } else {
-        out.push_str(&format!("Content-Length: {n}\r\n\r\n{body}"));
-    }
+    out.push_str(&framed(&"c".repeat(n), g.chance(1)));
     out
 }
 

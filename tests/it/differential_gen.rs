@@ -350,6 +350,35 @@ pub(crate) fn generated_response(g: &mut Gen) -> (Vec<u8>, bool) {
     (out.into_bytes(), close)
 }
 
+/// A body with its framing: the framing field, the blank line, and the body by length or
+/// in one chunk (the end chunk alone for an empty body).
+pub(crate) fn framed(body: &str, chunked: bool) -> String {
+    if !chunked {
+        return format!("Content-Length: {}\r\n\r\n{body}", body.len());
+    }
+    let chunks = match body.len() {
+        0 => "0\r\n\r\n".to_string(),
+        n => format!("{n:x}\r\n{body}\r\n0\r\n\r\n"),
+    };
+    format!("Transfer-Encoding: chunked\r\n\r\n{chunks}")
+}
+
+/// A generated backend response ([`generated_response`]) to be served by the scripted
+/// origin's `/raw`: the response, the method that asks for it (one in eight HEAD), and the
+/// request's fields after its Host (the response hex-encoded, the origin told to close after
+/// it when it is close-delimited), ending with the blank line.
+pub(crate) fn raw_ask(g: &mut Gen) -> (Vec<u8>, &'static str, String) {
+    let (resp, close) = generated_response(g);
+    let hex: String = resp.iter().map(|b| format!("{b:02x}")).collect();
+    let method = if g.chance(1) { "HEAD" } else { "GET" };
+    let closing = if close { "X-Raw-Close: 1\r\n" } else { "" };
+    (
+        resp,
+        method,
+        format!("X-Raw-Response: {hex}\r\n{closing}\r\n"),
+    )
+}
+
 /// The response side: backend responses made by [`generated_response`] from a fixed seed,
 /// each to a GET (one in eight a HEAD) through both engines, must reach the client the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,13 +391,8 @@ async fn generated_responses_are_passed_on_alike() {
     let mut answered = 0;
     const CASES: usize = 1000;
     for i in 0..CASES {
-        let (resp, close) = generated_response(&mut g);
-        let hex: String = resp.iter().map(|b| format!("{b:02x}")).collect();
-        let method = if g.chance(1) { "HEAD" } else { "GET" };
-        let closing = if close { "X-Raw-Close: 1\r\n" } else { "" };
-        let raw = format!(
-            "{method} /raw HTTP/1.1\r\nHost: app.test\r\nX-Raw-Response: {hex}\r\n{closing}\r\n"
-        );
+        let (resp, method, ask) = raw_ask(&mut g);
+        let raw = format!("{method} /raw HTTP/1.1\r\nHost: app.test\r\n{ask}");
         let c = case("generated response", &raw);
         let a = run(fast, &c).await;
         origin.take();
@@ -514,11 +538,8 @@ async fn generated_responses_reach_forward_clients_as_reverse_ones_do() {
     let mut answered = 0;
     const CASES: usize = 500;
     for i in 0..CASES {
-        let (resp, close) = generated_response(&mut g);
-        let hex: String = resp.iter().map(|b| format!("{b:02x}")).collect();
-        let method = if g.chance(1) { "HEAD" } else { "GET" };
-        let closing = if close { "X-Raw-Close: 1\r\n" } else { "" };
-        let rest = format!("HTTP/1.1\r\nHost: {o}\r\nX-Raw-Response: {hex}\r\n{closing}\r\n");
+        let (resp, method, ask) = raw_ask(&mut g);
+        let rest = format!("HTTP/1.1\r\nHost: {o}\r\n{ask}");
         let via_fwd = case(
             "generated response",
             &format!("{method} http://{o}/raw {rest}"),

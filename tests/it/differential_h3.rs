@@ -284,16 +284,7 @@ fn compressible(g: &mut Gen) -> Vec<u8> {
         .get((g.next() % 7) as usize)
         .unwrap_or(&0);
     let body: String = (0..n).map(|i| (b'a' + (i % 7) as u8) as char).collect();
-    if g.chance(2) {
-        let chunks = if n == 0 {
-            "0\r\n\r\n".to_string()
-        } else {
-            format!("{n:x}\r\n{body}\r\n0\r\n\r\n")
-        };
-        out.push_str(&format!("Transfer-Encoding: chunked\r\n\r\n{chunks}"));
-    } else {
-        out.push_str(&format!("Content-Length: {n}\r\n\r\n{body}"));
-    }
+    out.push_str(&crate::differential_gen::framed(&body, g.chance(2)));
     out.into_bytes()
 }
 
