@@ -96,10 +96,7 @@ async fn generated_requests_reach_the_origin_alike_over_every_protocol() {
             h3d::Got::Failed(_) => None,
         };
         reached += usize::from(!over_h1.is_empty());
-        let name = format!(
-            "case {cases} {} {}{} {:?} data {:?}",
-            r.method, r.authority, r.path, r.fields, r.data
-        );
+        let name = format!("case {cases} {}", r.label());
         scripted::differ_seen(&mut diffs, &format!("{name} (HTTP/2)"), &over_h1, &over_h2);
         scripted::differ_seen(&mut diffs, &format!("{name} (HTTP/3)"), &over_h1, &over_h3);
         let status = [status_h1, status_h2, status_h3];

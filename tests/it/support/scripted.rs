@@ -357,6 +357,23 @@ pub fn differ_seen(diffs: &mut Vec<String>, case: &str, lean: &[Seen], general: 
     }
 }
 
+/// The end of a generated test: most of its cases were answered (else the generator mostly
+/// made requests the proxy refuses, and the comparison would prove little), and no case
+/// differed.
+pub fn assert_answered_and_alike(
+    diffs: &[String],
+    answered: usize,
+    cases: usize,
+    what: &str,
+    log: &str,
+) {
+    assert!(
+        answered > cases * 9 / 10,
+        "only {answered} of {cases} generated {what} were answered"
+    );
+    assert_alike(diffs, cases, log);
+}
+
 /// Fail with every difference at once, and the proxy's log.
 pub fn assert_alike(diffs: &[String], cases: usize, log: &str) {
     assert!(
