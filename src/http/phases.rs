@@ -246,6 +246,17 @@ impl ProxyHttp for HttpProxy {
             respond_answer(session, &a).await?;
             return Ok(true);
         }
+        // Max-Forwards spent (RFC 9110 §7.6.2): the proxy is the final recipient, on every
+        // listener kind
+        let req = session.req_header();
+        let max_forwards = req.headers.get_all(http::header::MAX_FORWARDS);
+        let max_forwards = max_forwards.iter().map(|v| v.as_bytes());
+        if policy::fields::max_forwards(req.method.as_str().as_bytes(), max_forwards)
+            == policy::fields::MaxForwards::Answer
+        {
+            respond_answer(session, &policy::answer::Answer::final_recipient()).await?;
+            return Ok(true);
+        }
         if l.forward.is_some() || l.redirect_https.is_some() {
             if let Some(a) = l.rate_limited(client, l.rate_count(client).await) {
                 respond_answer(session, &a).await?;

@@ -36,6 +36,14 @@ impl Answer {
         }
     }
 
+    /// The answer to a TRACE or OPTIONS whose `Max-Forwards` is spent: the proxy is the
+    /// final recipient (RFC 9110 §7.6.2). An empty 200: a TRACE is not reflected, since the
+    /// reflection would carry the request's cookies and credentials back into a page's
+    /// reach (cross-site tracing), as nginx refuses TRACE outright.
+    pub fn final_recipient() -> Answer {
+        Answer::text(Bytes::new())
+    }
+
     pub fn closing(status: u16) -> Answer {
         Answer {
             close: true,

@@ -52,7 +52,8 @@ pub enum Announce<'a> {
 /// listener kind (reverse routes, the mirror's copy, the forward proxy): hop-by-hop fields
 /// and those `Connection` nominates dropped, Content-Length normalised, underscored names
 /// dropped, for a relayed upgrade (`upgrade`, see [`relayed_upgrade`]) the upgrade restated,
-/// what [`Announce`] says added, and with tracing on the proxy's `traceparent`.
+/// a TRACE's or OPTIONS's `Max-Forwards` counted down ([`fields::max_forwards`]), what
+/// [`Announce`] says added, and with tracing on the proxy's `traceparent`.
 pub fn request(
     req: &mut RequestHeader,
     upgrade: Option<&http::HeaderValue>,
@@ -110,6 +111,13 @@ pub fn request(
     }
     if te_trailers {
         req.insert_header(http::header::TE, "trailers")?;
+    }
+    let max_forwards = req.headers.get_all(http::header::MAX_FORWARDS);
+    let max_forwards = max_forwards.iter().map(|v| v.as_bytes());
+    if let fields::MaxForwards::Forward(n) =
+        fields::max_forwards(req.method.as_str().as_bytes(), max_forwards)
+    {
+        req.insert_header(http::header::MAX_FORWARDS, n)?;
     }
     let underscored: Vec<http::HeaderName> = req
         .headers

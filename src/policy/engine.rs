@@ -33,10 +33,13 @@ pub enum Fallback {
     H2Request,
     /// A route that compresses responses (Pingora's body filters run the encoder).
     Compression,
+    /// A TRACE or OPTIONS with `Max-Forwards`: its count is rewritten, or spent and answered
+    /// ([`super::fields::max_forwards`]), by the general engine.
+    MaxForwards,
 }
 
 impl Fallback {
-    pub const ALL: [Fallback; 15] = [
+    pub const ALL: [Fallback; 16] = [
         Fallback::Disabled,
         Fallback::ForwardProxy,
         Fallback::RedirectHttps,
@@ -52,6 +55,7 @@ impl Fallback {
         Fallback::UpstreamProtocol,
         Fallback::H2Request,
         Fallback::Compression,
+        Fallback::MaxForwards,
     ];
 
     pub fn label(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Fallback {
             Fallback::UpstreamProtocol => "upstream_protocol",
             Fallback::H2Request => "h2_request",
             Fallback::Compression => "compression",
+            Fallback::MaxForwards => "max_forwards",
         }
     }
 }
@@ -95,6 +100,8 @@ pub struct HeadTraits {
     pub get: bool,
     /// A body follows (a non-zero Content-Length, or an HTTP/2 stream not ended).
     pub body: bool,
+    /// A TRACE or OPTIONS with a `Max-Forwards` field.
+    pub max_forwards: bool,
 }
 
 impl HeadTraits {
@@ -165,6 +172,9 @@ fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
     }
     if h.connection.nominates {
         return Err(Fallback::ConnectionOption);
+    }
+    if h.max_forwards {
+        return Err(Fallback::MaxForwards);
     }
     if (h.upgrade.is_some() || h.connection.upgrade) && !h.upgrade_relayed() {
         return Err(Fallback::Upgrade);

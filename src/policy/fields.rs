@@ -15,6 +15,8 @@ pub enum Field {
     Upgrade,
     Expect,
     Http2Settings,
+    /// Decremented on TRACE and OPTIONS ([`max_forwards`]).
+    MaxForwards,
     XForwardedFor,
     /// X-Forwarded-Proto and X-Forwarded-Host: replaced by the proxy's own.
     XForwardedSet,
@@ -50,6 +52,7 @@ pub fn classify(name: &[u8]) -> Field {
         10 if is(b"connection") => Field::Connection,
         10 if is(b"keep-alive") => Field::HopByHop,
         10 if is(b"user-agent") => Field::UserAgent,
+        12 if is(b"max-forwards") => Field::MaxForwards,
         13 if is(b"cache-control") || is(b"if-none-match") || is(b"authorization") => {
             Field::NotForHit
         }
@@ -170,6 +173,35 @@ pub fn upgrade_relayed(
     body: bool,
 ) -> bool {
     get && connection_upgrade && !body && upgrade.is_some_and(upgrade_relayable)
+}
+
+/// What an intermediary does with a request's `Max-Forwards` (RFC 9110 §7.6.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxForwards {
+    /// Forward the request as it is: not TRACE or OPTIONS, or no valid `Max-Forwards`.
+    Pass,
+    /// Forward it with `Max-Forwards` set to this (the received value less one).
+    Forward(u64),
+    /// The count is spent: the proxy answers as the final recipient, forwarding nothing.
+    Answer,
+}
+
+/// Whether a request's method is one `Max-Forwards` applies to.
+pub fn max_forwards_applies(method: &[u8]) -> bool {
+    method == b"OPTIONS" || method == b"TRACE"
+}
+
+/// The `Max-Forwards` step for a request with `method` and these field values (the first
+/// valid one counts; a value that is not a number is ignored, as if absent).
+pub fn max_forwards<'a>(method: &[u8], values: impl IntoIterator<Item = &'a [u8]>) -> MaxForwards {
+    if !max_forwards_applies(method) {
+        return MaxForwards::Pass;
+    }
+    match values.into_iter().find_map(parse_len) {
+        None => MaxForwards::Pass,
+        Some(0) => MaxForwards::Answer,
+        Some(n) => MaxForwards::Forward(n - 1),
+    }
 }
 
 /// Whether `name` is nominated by one of the `Connection` field values.
@@ -328,6 +360,19 @@ mod tests {
         assert!(!drop_on_response(classify(b"Content-Length"), false));
     }
 
+    #[test]
+    fn max_forwards_counts_down_on_trace_and_options_only() {
+        let v = |s: &'static str| [s.as_bytes()];
+        assert_eq!(max_forwards(b"OPTIONS", v("0")), MaxForwards::Answer);
+        assert_eq!(max_forwards(b"TRACE", v(" 3 ")), MaxForwards::Forward(2));
+        assert_eq!(max_forwards(b"GET", v("0")), MaxForwards::Pass);
+        assert_eq!(max_forwards(b"OPTIONS", v("-1")), MaxForwards::Pass);
+        assert_eq!(max_forwards(b"OPTIONS", v("x, 0")), MaxForwards::Pass);
+        assert_eq!(max_forwards(b"OPTIONS", []), MaxForwards::Pass);
+        let two: [&[u8]; 2] = [b"x", b"1"];
+        assert_eq!(max_forwards(b"OPTIONS", two), MaxForwards::Forward(0));
+    }
+
     /// Every name of the table, in any casing, and names near them, classify as the plain
     /// case-insensitive comparison says.
     #[test]
@@ -348,6 +393,7 @@ mod tests {
             ("connection", Field::Connection),
             ("keep-alive", Field::HopByHop),
             ("user-agent", Field::UserAgent),
+            ("max-forwards", Field::MaxForwards),
             ("cache-control", Field::NotForHit),
             ("if-none-match", Field::NotForHit),
             ("authorization", Field::NotForHit),

@@ -428,6 +428,48 @@ async fn every_x_forwarded_for_field_joins_the_chain() {
     }
 }
 
+/// `Max-Forwards` on TRACE and OPTIONS (RFC 9110 §7.6.2), on both engines: a count is
+/// passed on less one, a spent count (0) is answered by the proxy as the final recipient (an
+/// empty 200, nothing reaches the origin), and on other methods the field passes as it
+/// came. The lean engine hands such requests to the general one (`max_forwards` fallback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_is_counted_down_and_a_spent_count_answered() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        for (method, sent, answered, seen) in [
+            ("OPTIONS", "3", 200, Some("2")),
+            ("TRACE", "1", 200, Some("0")),
+            ("OPTIONS", "0", 200, None),
+            ("TRACE", "0", 200, None),
+            ("GET", "0", 200, Some("0")),
+        ] {
+            let raw =
+                format!("{method} / HTTP/1.1\r\nHost: app.test\r\nMax-Forwards: {sent}\r\n\r\n");
+            let c = case("max-forwards", &raw);
+            let got = run(addr, &c).await;
+            let answers = responses(&got, &c.heads).0;
+            let what = format!("{engine}: {method} with Max-Forwards {sent}");
+            assert_eq!(answers.first().map(|a| a.status), Some(answered), "{what}");
+            let at_origin = origin.take();
+            match seen {
+                None => {
+                    assert!(at_origin.is_empty(), "{what}: forwarded {at_origin:?}");
+                    let body = answers.first().map(|a| a.body.len());
+                    assert_eq!(body, Some(0), "{what}: the proxy's own empty answer");
+                }
+                Some(v) => {
+                    let r = at_origin
+                        .first()
+                        .unwrap_or_else(|| panic!("{what}: not forwarded"));
+                    let f = r.fields.iter().find(|(k, _)| k == "max-forwards");
+                    assert_eq!(f.map(|(_, x)| x.as_str()), Some(v), "{what}");
+                }
+            }
+        }
+    }
+}
+
 /// A backend's 103 Early Hints before a status the upstream retries (`retry_on: ["503"]`)
 /// does not stop the retry: an interim response is not the response, and whether one is
 /// forwarded depends on the client's protocol (HTTP/2 clients get none), so counting it made

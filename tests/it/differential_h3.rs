@@ -216,6 +216,38 @@ async fn a_slow_steady_http3_body_without_a_length_arrives_whole() {
     }
 }
 
+/// `Max-Forwards` over HTTP/3, on both engines (the lean one hands the request over): a count
+/// is passed on less one, a spent one is answered by the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_max_forwards_is_counted_down_and_a_spent_count_answered() {
+    let origin = Origin::start().await;
+    let (pki, p) = both_engines("h3-maxfwd", &origin);
+    let e = quic::endpoint(&pki);
+    for (engine, i) in [("lean", 0), ("general", 1)] {
+        let (conn, mut s) = quic::connect(&e, p.addr_of(i), "app.test").await;
+        let url = "https://app.test/";
+        let got = quic::request(&mut s, "OPTIONS", url, &[("max-forwards", "0")], None)
+            .await
+            .unwrap_or_else(|err| panic!("{engine}: {err}"));
+        assert_eq!(got.status, 200, "{engine}");
+        assert!(
+            origin.take().is_empty(),
+            "{engine}: a spent count was forwarded"
+        );
+        let got = quic::request(&mut s, "TRACE", url, &[("max-forwards", "2")], None)
+            .await
+            .unwrap_or_else(|err| panic!("{engine}: {err}"));
+        assert_eq!(got.status, 200, "{engine}");
+        let seen = origin.take();
+        let r = seen
+            .first()
+            .unwrap_or_else(|| panic!("{engine}: not forwarded"));
+        let f = r.fields.iter().find(|(k, _)| k == "max-forwards");
+        assert_eq!(f.map(|(_, v)| v.as_str()), Some("1"), "{engine}");
+        conn.close(0u32.into(), b"done");
+    }
+}
+
 /// Requests made by `differential_h2::generated` from a fixed seed, over HTTP/3 to both
 /// engines, must give the client and the origin the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -899,6 +899,23 @@ async fn a_length_list_reaches_the_origin_as_one_length_and_nothing_is_smuggled(
     assert_eq!(seen[0].body, b"GET /");
 }
 
+/// The forward proxy counts `Max-Forwards` down on TRACE and OPTIONS and answers a spent
+/// one itself, as Squid does (RFC 9110 §7.6.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_forwards_is_counted_down_and_a_spent_count_answered() {
+    let o = OriginBuilder::new("mf").run().await;
+    let p = Proxy::start(&fwd(OPEN));
+    let url = format!("http://{}/mf", o.addr);
+    let r = absolute(&p, "OPTIONS", &url, &[("Max-Forwards", "0")]).await;
+    assert_eq!(r.status, 200);
+    assert!(o.last().is_none(), "a spent count reached the origin");
+    let r = absolute(&p, "OPTIONS", &url, &[("Max-Forwards", "5")]).await;
+    assert_eq!(r.status, 200);
+    let seen = o.last().expect("forwarded");
+    assert_eq!(seen.method, "OPTIONS");
+    assert_eq!(seen.header("max-forwards"), Some("4"));
+}
+
 const FILTER: &str = "filter:
   block_content_types: [application/x-msdownload]
   block_body_patterns: [forbidden-word]

@@ -184,6 +184,9 @@ impl FastPath {
                 }
                 Field::TransferEncoding => t.transfer_encoding = true,
                 Field::Expect => t.expect = true,
+                Field::MaxForwards => {
+                    t.max_forwards = fields::max_forwards_applies(method.as_bytes())
+                }
                 Field::Http2Settings => t.upgrade = Some(false),
                 _ => {}
             }

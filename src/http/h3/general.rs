@@ -32,6 +32,13 @@ impl Handoff {
         if policy::engine::h3_unsupported(method).is_some() {
             return false;
         }
+        // its count is rewritten or answered by the general engine, as for HTTP/1
+        if policy::fields::max_forwards_applies(method.as_bytes())
+            && req.headers.contains_key(http::header::MAX_FORWARDS)
+        {
+            crate::observability::fast_path_fallback(policy::engine::Fallback::MaxForwards.label());
+            return true;
+        }
         let head = crate::http::request_head(Some(self.client.ip()), req, None, RateCount::Local);
         let host = head.host;
         let route = l.route(&head);
