@@ -572,6 +572,7 @@ pub(crate) fn generated(g: &mut Gen) -> Req {
         "host",
         "content-type",
         "x_under",
+        "max-forwards",
         "x-b",
     ];
     let values = [
