@@ -49,6 +49,14 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .map(|a| a.ip())
 }
 
+/// The request's `Max-Forwards` values.
+fn max_forwards_values(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
+    req.headers
+        .get_all(http::header::MAX_FORWARDS)
+        .into_iter()
+        .map(|v| v.as_bytes())
+}
+
 /// What a Pingora error means, in the policy's terms.
 fn failure(e: &Error) -> Result<Failure, u16> {
     let timeout = matches!(
@@ -249,10 +257,11 @@ impl ProxyHttp for HttpProxy {
         // Max-Forwards spent (RFC 9110 §7.6.2): the proxy is the final recipient, on every
         // listener kind
         let req = session.req_header();
-        let max_forwards = req.headers.get_all(http::header::MAX_FORWARDS);
-        let max_forwards = max_forwards.iter().map(|v| v.as_bytes());
-        if policy::fields::max_forwards(req.method.as_str().as_bytes(), max_forwards)
-            == policy::fields::MaxForwards::Answer
+        let method = req.method.as_str().as_bytes();
+        // the method first: every other request skips the field lookup
+        if policy::fields::max_forwards_applies(method)
+            && policy::fields::max_forwards(method, max_forwards_values(req))
+                == policy::fields::MaxForwards::Answer
         {
             respond_answer(session, &policy::answer::Answer::final_recipient()).await?;
             return Ok(true);

@@ -112,12 +112,13 @@ pub fn request(
     if te_trailers {
         req.insert_header(http::header::TE, "trailers")?;
     }
-    let max_forwards = req.headers.get_all(http::header::MAX_FORWARDS);
-    let max_forwards = max_forwards.iter().map(|v| v.as_bytes());
-    if let fields::MaxForwards::Forward(n) =
-        fields::max_forwards(req.method.as_str().as_bytes(), max_forwards)
-    {
-        req.insert_header(http::header::MAX_FORWARDS, n)?;
+    let method = req.method.as_str().as_bytes();
+    if fields::max_forwards_applies(method) {
+        let values = req.headers.get_all(http::header::MAX_FORWARDS);
+        let values = values.iter().map(|v| v.as_bytes());
+        if let fields::MaxForwards::Forward(n) = fields::max_forwards(method, values) {
+            req.insert_header(http::header::MAX_FORWARDS, n)?;
+        }
     }
     let underscored: Vec<http::HeaderName> = req
         .headers
