@@ -1,7 +1,8 @@
-//! One relay for every tunnel: L4 connections, upgraded (WebSocket) HTTP/1 connections and
-//! CONNECT tunnels. Both directions run until both are done ([`super::relay`]), with an idle
-//! watchdog; once the process starts draining, a tunnel that has gone quiet for a second is
-//! closed rather than waited for.
+//! One relay for every tunnel the process relays itself: L4 connections, the lean engine's
+//! upgraded (WebSocket) HTTP/1 connections and CONNECT tunnels. Both directions run until
+//! both are done ([`super::relay`]), or the first, as [`Ends`] says, with an idle watchdog;
+//! once the process starts draining, a tunnel that has gone quiet for a second is closed
+//! rather than waited for.
 
 use super::plain::PlainTcp;
 use super::relay;
@@ -27,7 +28,7 @@ pub struct Ends {
 }
 
 impl Ends {
-    /// Half-close passed on: WebSocket and CONNECT tunnels, and L4 by default.
+    /// Half-close passed on: CONNECT tunnels, and L4 by default.
     pub const HALF_CLOSE: Ends = Ends {
         half_close: true,
         client_closes: false,

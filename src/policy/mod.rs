@@ -217,6 +217,14 @@ pub fn keep_after_upgrade(upgrade_relayed: bool, switched: bool) -> bool {
     !upgrade_relayed || switched
 }
 
+/// Whether the tunnel of a relayed protocol switch (a 101 to an upgrade) passes one side's
+/// close on as a half-close and runs until the other side closes too, as CONNECT tunnels and
+/// L4 relays do. It does not: it ends at the first side's close, once what that side sent is
+/// delivered (nginx's way). Every engine must end a tunnel alike, and the general engine's
+/// (Pingora's relay of an upgraded connection) can only end both at the first close;
+/// WebSocket ends with its own close handshake before either side closes, so it loses nothing.
+pub const UPGRADE_HALF_CLOSE: bool = false;
+
 /// Whether the client connection stays open after this response. `client_close`: the
 /// client asked to close (or spoke HTTP/1.0 without keep-alive); `unread_body`: part of the
 /// request body was never read, so the next request's start is unknown; `served`: requests

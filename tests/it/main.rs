@@ -18,6 +18,7 @@ mod differential_gen;
 mod differential_h2;
 mod differential_h3;
 mod differential_protocols;
+mod differential_tunnel;
 mod divergences;
 mod docs;
 mod fast;

@@ -212,7 +212,8 @@ impl Exchange<'_> {
     }
 
     /// After a 101: the handshake's answer to the client, then bytes both ways until either
-    /// side closes, the tunnel idles for the upstream's `read_timeout`, or shutdown.
+    /// side closes (as [`crate::policy::UPGRADE_HALF_CLOSE`] says), the tunnel idles for the
+    /// upstream's `read_timeout`, or shutdown.
     async fn tunnel(
         &mut self,
         g: &mut Guarded,
@@ -236,7 +237,10 @@ impl Exchange<'_> {
             &mut up,
             self.pool.read_timeout,
             drain,
-            crate::net::splice::Ends::HALF_CLOSE,
+            crate::net::splice::Ends {
+                half_close: crate::policy::UPGRADE_HALF_CLOSE,
+                client_closes: false,
+            },
         )
         .await
         {
