@@ -1,21 +1,24 @@
-//! WebSocket tunnels through every listener kind that relays them: the lean engine, the
-//! general engine (`fast_path: false`) and the forward proxy (absolute-form request). Each
-//! generated case opens a tunnel to an origin that answers 101 (sometimes with frames right
-//! behind it), then both sides send bytes in pieces of generated sizes and end in one of
-//! four orders: the client's FIN first (the origin answers after it), the origin's FIN first
-//! (the client sends after it), both at once, or the origin closing outright once it has read
-//! what the client sent. A tunnel ends at the first side's close, once what that side sent
-//! is delivered (`policy::UPGRADE_HALF_CLOSE`), alike on all three listeners: what the first
-//! closer sent arrives whole and in order, what the other side sends after it does not, and
-//! where both send at once each side gets a prefix of the other's bytes. Bytes depend on
-//! their position and direction, so a piece lost, repeated, moved or crossed over shows.
+//! Tunnels, generated: each case opens one to an origin, then both sides send bytes in
+//! pieces of generated sizes and end in one of four orders: the client's FIN first (the
+//! origin answers after it), the origin's FIN first (the client sends after it), both at
+//! once, or the origin closing outright once it has read what the client sent. Bytes depend
+//! on their position and direction, so a piece lost, repeated, moved or crossed over shows.
+//!
+//! - WebSocket upgrades through the lean engine, the general engine (`fast_path: false`) and
+//!   the forward proxy (absolute form), the origin answering 101 (sometimes with frames
+//!   right behind it). Such a tunnel ends at the first side's close, once what that side sent
+//!   is delivered (`policy::UPGRADE_HALF_CLOSE`), alike on all three: the first closer's
+//!   bytes arrive whole, the other side's after that close do not, and where both send at
+//!   once each side gets a prefix of the other's bytes.
+//! - CONNECT tunnels over HTTP/1.1 and over HTTP/2 (RFC 9113 §8.5, END_STREAM as the FIN):
+//!   these pass a half-close on, so every byte arrives in every order.
 
 use crate::differential_gen::Gen;
 use crate::support::scripted;
 use crate::support::Proxy;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -130,12 +133,13 @@ async fn drain(
     "limit"
 }
 
-/// What the origin saw of one tunnel: the request's tag (`N-L`: case N through listener
-/// L), the bytes and how its reading ended.
+/// What the origin saw of one tunnel: the tunnel's tag (`N-L`: case N through listener L),
+/// the bytes and how its reading ended.
 type OriginView = (String, Vec<u8>, &'static str);
 
-/// The tunnel origin: answers a request for `/t/N-L` with a 101 and plays case N; reports
-/// what it read.
+/// The tunnel origin. An HTTP request for `/t/N-L` is answered with a 101 and case N played;
+/// a connection that starts with a line `N-L` (a CONNECT tunnel's first bytes) plays case N
+/// at once. Reports what it read after the request or the line.
 async fn origin(seed: u64) -> (SocketAddr, mpsc::UnboundedReceiver<OriginView>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -156,9 +160,14 @@ async fn origin(seed: u64) -> (SocketAddr, mpsc::UnboundedReceiver<OriginView>) 
 async fn play_origin(mut s: TcpStream, seed: u64) -> Option<OriginView> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
+    // an HTTP request ends with an empty line, a tag with its line
     let end = loop {
-        if let Some(at) = scripted::find(&got, b"\r\n\r\n") {
-            break at + 4;
+        let upgrade = got.starts_with(b"GET ");
+        let mark: &[u8] = if upgrade { b"\r\n\r\n" } else { b"\n" };
+        if got.len() >= 4 {
+            if let Some(at) = scripted::find(&got, mark) {
+                break at + mark.len();
+            }
         }
         let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
             .await
@@ -170,12 +179,19 @@ async fn play_origin(mut s: TcpStream, seed: u64) -> Option<OriginView> {
         got.extend_from_slice(&buf[..n]);
     };
     let head = String::from_utf8_lossy(&got[..end]).into_owned();
-    let tag = head.split("/t/").nth(1)?.split(' ').next()?.to_string();
+    let upgrade = head.starts_with("GET ");
+    let tag = match upgrade {
+        true => head.split("/t/").nth(1)?.split(' ').next()?.to_string(),
+        false => head.trim().to_string(),
+    };
     let t = tunnel(seed, tag.split('-').next()?.parse().ok()?);
     let mut read = got[end..].to_vec();
-    let mut first =
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-            .to_vec();
+    let mut first = Vec::new();
+    if upgrade {
+        first.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+    }
     first.extend_from_slice(&stream(false, 0, t.early));
     s.write_all(&first).await.ok()?;
     let from = t.early;
@@ -207,7 +223,7 @@ async fn play_origin(mut s: TcpStream, seed: u64) -> Option<OriginView> {
     Some((tag, read, ended))
 }
 
-/// What the client saw: the status line, the bytes after the response head, and how its
+/// What the client saw: the status code, the bytes after the response head, and how its
 /// reading ended.
 #[derive(Debug, PartialEq)]
 struct ClientView {
@@ -216,20 +232,37 @@ struct ClientView {
     ended: &'static str,
 }
 
+/// A connection to a listener, over TLS or not.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn dial(proxy: SocketAddr, tls: bool) -> Option<Box<dyn Io>> {
+    let tcp = TcpStream::connect(proxy).await.ok()?;
+    if !tls {
+        return Some(Box::new(tcp));
+    }
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).ok()?;
+    b.set_verify(SslVerifyMode::NONE);
+    let ssl = b.build().configure().ok()?.into_ssl("localhost").ok()?;
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).ok()?;
+    tokio::time::timeout(PATIENCE, std::pin::Pin::new(&mut s).connect())
+        .await
+        .ok()?
+        .ok()?;
+    Some(Box::new(s))
+}
+
 /// `target`: the origin's address for the forward proxy (absolute form), or none.
 async fn play_client(
     proxy: SocketAddr,
+    tls: bool,
     target: Option<SocketAddr>,
     tag: &str,
     t: &Tunnel,
 ) -> ClientView {
-    let fail = |why: &'static str| ClientView {
-        status: String::new(),
-        down: Vec::new(),
-        ended: why,
-    };
-    let Ok(mut s) = TcpStream::connect(proxy).await else {
-        return fail("connect");
+    let Some(s) = dial(proxy, tls).await else {
+        return failed("connect");
     };
     let (path, host) = match target {
         Some(o) => (format!("http://{o}/t/{tag}"), o.to_string()),
@@ -238,8 +271,29 @@ async fn play_client(
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
+    opened_h1(s, &req, "101", None, t).await
+}
+
+fn failed(why: &'static str) -> ClientView {
+    ClientView {
+        status: String::new(),
+        down: Vec::new(),
+        ended: why,
+    }
+}
+
+/// Send the request `req` that opens a tunnel; if the answer's status is `opened`, send
+/// `tag` (a CONNECT tunnel's first line, which the origin waits for) and play case `t`'s
+/// client side in it.
+async fn opened_h1(
+    mut s: Box<dyn Io>,
+    req: &str,
+    opened: &str,
+    tag: Option<&str>,
+    t: &Tunnel,
+) -> ClientView {
     if s.write_all(req.as_bytes()).await.is_err() {
-        return fail("write");
+        return failed("write");
     }
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -249,22 +303,37 @@ async fn play_client(
         }
         match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ => return fail("no head"),
+            _ => return failed("no head"),
         }
     };
     let status = String::from_utf8_lossy(&got[..end])
-        .lines()
-        .next()
+        .split(' ')
+        .nth(1)
         .unwrap_or_default()
         .to_string();
-    let mut down = got[end..].to_vec();
-    if !status.starts_with("HTTP/1.1 101") {
+    let down = got[end..].to_vec();
+    if status != opened {
         return ClientView {
             status,
             down,
             ended: "refused",
         };
     }
+    if let Some(tag) = tag {
+        if s.write_all(format!("{tag}\n").as_bytes()).await.is_err() {
+            return failed("write");
+        }
+    }
+    play(s, status, down, t).await
+}
+
+/// The client's side of case `t` in an open tunnel `s`; `down`: what came with the answer.
+async fn play(
+    mut s: impl AsyncReadExt + AsyncWriteExt + Unpin,
+    status: String,
+    mut down: Vec<u8>,
+    t: &Tunnel,
+) -> ClientView {
     let ended = match t.order {
         Order::ClientFinFirst => {
             send(&mut s, true, 0, &t.up).await;
@@ -278,7 +347,7 @@ async fn play_client(
             e
         }
         Order::Both => {
-            let (mut r, mut w) = s.split();
+            let (mut r, mut w) = tokio::io::split(s);
             let (e, _) = tokio::join!(drain(&mut r, &mut down, usize::MAX), async {
                 send(&mut w, true, 0, &t.up).await;
                 let _ = w.shutdown().await;
@@ -295,6 +364,110 @@ async fn play_client(
         down,
         ended,
     }
+}
+
+/// A CONNECT tunnel over HTTP/1.1 to the origin `o`, tagged `tag`, playing case `t`.
+async fn connect_h1(proxy: SocketAddr, o: SocketAddr, tag: &str, t: &Tunnel) -> ClientView {
+    let Some(s) = dial(proxy, false).await else {
+        return failed("connect");
+    };
+    let req = format!("CONNECT {o} HTTP/1.1\r\nHost: {o}\r\n\r\n");
+    opened_h1(s, &req, "200", Some(tag), t).await
+}
+
+/// A CONNECT tunnel over HTTP/2 (h2c) to the origin `o`: the stream is bridged to a byte
+/// stream (DATA both ways, END_STREAM as the FIN, a reset as an error) and case `t` played
+/// in it.
+async fn connect_h2(proxy: SocketAddr, o: SocketAddr, tag: &str, t: &Tunnel) -> ClientView {
+    let Ok(tcp) = TcpStream::connect(proxy).await else {
+        return failed("connect");
+    };
+    let Ok((client, conn)) = h2::client::handshake(tcp).await else {
+        return failed("h2 handshake");
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let Ok(mut client) = client.ready().await else {
+        return failed("h2 ready");
+    };
+    let Ok(req) = http::Request::builder()
+        .method("CONNECT")
+        .uri(o.to_string())
+        .body(())
+    else {
+        return failed("request");
+    };
+    let Ok((resp, mut tx)) = client.send_request(req, false) else {
+        return failed("send");
+    };
+    let resp = match tokio::time::timeout(PATIENCE, resp).await {
+        Ok(Ok(r)) => r,
+        _ => return failed("no head"),
+    };
+    let status = resp.status().as_u16().to_string();
+    if status != "200" {
+        return ClientView {
+            status,
+            down: Vec::new(),
+            ended: "refused",
+        };
+    }
+    let mut rx = resp.into_body();
+    let (mine, theirs) = tokio::io::duplex(256 << 10);
+    let (mut from_play, mut to_play) = tokio::io::split(theirs);
+    if tx
+        .send_data(bytes::Bytes::from(format!("{tag}\n")), false)
+        .is_err()
+    {
+        return failed("write");
+    }
+    // up: what the case writes, as DATA, its shutdown as END_STREAM
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match from_play.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send_data(bytes::Bytes::new(), true);
+                    return;
+                }
+                Ok(n) => {
+                    // hold the case's writes to the stream's window, as a socket would
+                    tx.reserve_capacity(n);
+                    let mut left = n;
+                    let mut at = 0;
+                    while left > 0 {
+                        match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+                            Some(Ok(c)) if c > 0 => {
+                                let k = c.min(left);
+                                let piece = bytes::Bytes::copy_from_slice(&buf[at..at + k]);
+                                if tx.send_data(piece, false).is_err() {
+                                    return;
+                                }
+                                at += k;
+                                left -= k;
+                                tx.reserve_capacity(left);
+                            }
+                            Some(Ok(_)) => {}
+                            _ => return,
+                        }
+                    }
+                }
+            }
+        }
+    });
+    // down: DATA into the case's reads, END_STREAM as its FIN; a reset stays unended
+    tokio::spawn(async move {
+        while let Some(chunk) = rx.data().await {
+            let Ok(chunk) = chunk else { return };
+            let _ = rx.flow_control().release_capacity(chunk.len());
+            if to_play.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to_play.shutdown().await;
+    });
+    play(mine, status, Vec::new(), t).await
 }
 
 /// A stream as compared: its length and where it first differs from what was sent.
@@ -315,11 +488,13 @@ fn summary(got: &[u8], want: &[u8]) -> String {
 /// reading ended, the origin's bytes, how its reading ended), as [`summary`] puts them.
 type View = (String, String, &'static str, String, &'static str);
 
-/// How many bytes each side must get, for the case's order (the client's, the origin's):
-/// the first closer's bytes arrive whole, the other side's after that close not at all.
-/// Where both send at once, the full lengths, of which a prefix may arrive (see [`seen`]).
-fn lengths(t: &Tunnel) -> (usize, usize) {
+/// How many bytes each side must get, for the case's order (the client's, the origin's).
+/// With half-close passed on, all of them. Without, the first closer's bytes arrive whole
+/// and the other side's after that close not at all; where both send at once, the full
+/// lengths, of which a prefix may arrive (see [`seen`]).
+fn lengths(t: &Tunnel, half_close: bool) -> (usize, usize) {
     match t.order {
+        _ if half_close => (t.down_len(), t.up_len()),
         // the origin answers only after the client's FIN, which ended the tunnel
         Order::ClientFinFirst => (t.early, t.up_len()),
         // the client sends only after the origin's FIN, which ended the tunnel
@@ -328,36 +503,36 @@ fn lengths(t: &Tunnel) -> (usize, usize) {
     }
 }
 
-/// The view a case must give.
-fn wanted(t: &Tunnel) -> View {
-    let (down, up) = lengths(t);
+/// The view a case must give, its tunnel opened with `status`.
+fn wanted(t: &Tunnel, status: &str, half_close: bool) -> View {
+    let (down, up) = lengths(t, half_close);
     let (down, up) = match t.order {
-        Order::Both => ("a prefix".into(), "a prefix".into()),
+        Order::Both if !half_close => ("a prefix".into(), "a prefix".into()),
         _ => (format!("all {down} bytes"), format!("all {up} bytes")),
     };
     let origin_end = match t.order {
         Order::OriginCloses => "limit",
         _ => "fin",
     };
-    (
-        "HTTP/1.1 101 Switching Protocols".into(),
-        down,
-        "fin",
-        up,
-        origin_end,
-    )
+    (status.into(), down, "fin", up, origin_end)
 }
 
-/// The view a case gave. Where both sides send at once, a whole stream is counted as a
-/// prefix when the other is a prefix too (the first closer's arrives whole, and which side
-/// that is depends on timing), and the reading ends are not compared (a close with unread
-/// bytes in flight may reset the connection rather than end it).
-fn seen(t: &Tunnel, client: &ClientView, origin: &(Vec<u8>, &'static str)) -> View {
-    let (down_len, up_len) = lengths(t);
+/// The view a case gave. Where both sides send at once and no half-close is passed on, a
+/// whole stream is counted as a prefix when the other is a prefix too (the first closer's
+/// arrives whole, and which side that is depends on timing), and the reading ends are not
+/// compared (a close with unread bytes in flight may reset the connection rather than end
+/// it).
+fn seen(
+    t: &Tunnel,
+    half_close: bool,
+    client: &ClientView,
+    origin: &(Vec<u8>, &'static str),
+) -> View {
+    let (down_len, up_len) = lengths(t, half_close);
     let mut down = summary(&client.down, &stream(false, 0, down_len));
     let mut up = summary(&origin.0, &stream(true, 0, up_len));
     let (mut client_end, mut origin_end) = (client.ended, origin.1);
-    if t.order == Order::Both {
+    if t.order == Order::Both && !half_close {
         let whole = |s: &str| s.starts_with("all ");
         let ok = |s: &str| whole(s) || s == "a prefix";
         if ok(&down) && ok(&up) && (whole(&down) || whole(&up)) {
@@ -369,6 +544,89 @@ fn seen(t: &Tunnel, client: &ClientView, origin: &(Vec<u8>, &'static str)) -> Vi
         }
     }
     (client.status.clone(), down, client_end, up, origin_end)
+}
+
+/// A listener's `tls:` key with a self-signed certificate for localhost, in a scratch
+/// directory.
+fn tls_block() -> String {
+    let (cert, key) = crate::support::tcp::self_signed("localhost");
+    let dir = crate::support::scratch_dir("tunnel-tls");
+    let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&c, cert.to_pem().expect("pem")).expect("write cert");
+    std::fs::write(&k, key.private_key_to_pem_pkcs8().expect("pem")).expect("write key");
+    format!(
+        "tls: {{certificates: [{{cert: '{}', key: '{}'}}]}}",
+        c.display(),
+        k.display()
+    )
+}
+
+/// How a case's tunnel is opened.
+#[derive(Clone, Copy)]
+enum Via {
+    /// A WebSocket upgrade through a listener (over TLS or not): a reverse one, or a forward
+    /// one given the origin for the absolute form.
+    Upgrade(SocketAddr, bool, Option<SocketAddr>),
+    /// CONNECT to the origin through a forward listener (plain HTTP: forward listeners do
+    /// not speak TLS), over HTTP/1.1 or HTTP/2 (h2c).
+    ConnectH1(SocketAddr, SocketAddr),
+    ConnectH2(SocketAddr, SocketAddr),
+}
+
+async fn open(via: Via, tag: &str, t: &Tunnel) -> ClientView {
+    match via {
+        Via::Upgrade(proxy, tls, target) => play_client(proxy, tls, target, tag, t).await,
+        Via::ConnectH1(proxy, o) => connect_h1(proxy, o, tag, t).await,
+        Via::ConnectH2(proxy, o) => connect_h2(proxy, o, tag, t).await,
+    }
+}
+
+/// Play `cases` generated cases through each of `vias`; every one must give the view
+/// [`wanted`] says for a tunnel opened with `status` (and `half_close` passed on or not).
+async fn run_cases(
+    seed: u64,
+    cases: usize,
+    reports: &mut mpsc::UnboundedReceiver<OriginView>,
+    vias: &[(&str, Via)],
+    status: &str,
+    half_close: bool,
+    p: &Proxy,
+) {
+    let mut diffs = Vec::new();
+    let mut bytes = 0;
+    let mut orders = [0usize; 4];
+    for i in 0..cases {
+        let t = tunnel(seed, i);
+        orders[t.order as usize] += 1;
+        bytes += t.up_len() + t.down_len();
+        let name = format!("case {i} {t:?}");
+        for (k, (label, via)) in vias.iter().enumerate() {
+            let tag = format!("{i}-{k}");
+            let client = open(*via, &tag, &t).await;
+            // the origin's report of this tunnel (one left over from an earlier case that
+            // timed out is skipped)
+            let origin = loop {
+                match tokio::time::timeout(PATIENCE, reports.recv()).await {
+                    Ok(Some(v)) if v.0 == tag => break (v.1, v.2),
+                    Ok(Some(_)) => continue,
+                    _ => break (Vec::new(), "no tunnel"),
+                }
+            };
+            let got = seen(&t, half_close, &client, &origin);
+            let want = wanted(&t, status, half_close);
+            if got != want {
+                diffs.push(format!(
+                    "{name} through {label}: (status, client got, client's end, origin got, origin's end)\n  want: {want:?}\n  got:  {got:?}"
+                ));
+            }
+        }
+    }
+    assert!(
+        orders.iter().all(|&n| n >= cases / 8),
+        "each order in at least an eighth of the cases: {orders:?}"
+    );
+    assert!(bytes > cases * 100_000, "the cases carried {bytes} bytes");
+    scripted::assert_alike(&diffs, cases, &p.log());
 }
 
 /// Generated WebSocket tunnels end at the first close, with what the first closer sent
@@ -385,53 +643,46 @@ async fn generated_tunnels_end_at_the_first_close_alike_on_every_listener() {
     address: 127.0.0.1:{{{{port2}}}}
     protocol: http
     forward_proxy: {{allow_private_destinations: true, access: [{{action: allow}}]}}
+  - {{name: fast_tls, address: 127.0.0.1:{{{{port3}}}}, protocol: https, {tls}}}
 upstreams:
   - {{name: app, backends: [{{address: '{o}'}}], retries: 0}}
 routes:
   - {{listener: fast, host: app.test, upstream: app}}
   - {{listener: general, host: app.test, upstream: app}}
-"
+  - {{listener: fast_tls, host: app.test, upstream: app}}
+",
+        tls = tls_block()
     );
     let p = Proxy::start(&cfg);
-    let listeners = [
-        ("lean", p.addr_of(0), None),
-        ("general", p.addr_of(1), None),
-        ("forward", p.addr_of(2), Some(o)),
+    let vias = [
+        ("lean", Via::Upgrade(p.addr_of(0), false, None)),
+        ("general", Via::Upgrade(p.addr_of(1), false, None)),
+        ("forward", Via::Upgrade(p.addr_of(2), false, Some(o))),
+        ("lean over TLS", Via::Upgrade(p.addr_of(3), true, None)),
     ];
-    let mut diffs = Vec::new();
-    const CASES: usize = 80;
-    let mut bytes = 0;
-    let mut orders = [0usize; 4];
-    for i in 0..CASES {
-        let t = tunnel(SEED, i);
-        orders[t.order as usize] += 1;
-        bytes += t.up_len() + t.down_len();
-        let name = format!("case {i} {t:?}");
-        for (k, (label, addr, target)) in listeners.iter().enumerate() {
-            let tag = format!("{i}-{k}");
-            let client = play_client(*addr, *target, &tag, &t).await;
-            // the origin's report of this tunnel (one left over from an earlier case that
-            // timed out is skipped)
-            let origin = loop {
-                match tokio::time::timeout(PATIENCE, reports.recv()).await {
-                    Ok(Some(v)) if v.0 == tag => break (v.1, v.2),
-                    Ok(Some(_)) => continue,
-                    _ => break (Vec::new(), "no tunnel"),
-                }
-            };
-            let got = seen(&t, &client, &origin);
-            let want = wanted(&t);
-            if got != want {
-                diffs.push(format!(
-                    "{name} through {label}: (status, client got, client's end, origin got, origin's end)\n  want: {want:?}\n  got:  {got:?}"
-                ));
-            }
-        }
-    }
-    assert!(
-        orders.iter().all(|&n| n >= CASES / 8),
-        "each order in at least an eighth of the cases: {orders:?}"
-    );
-    assert!(bytes > CASES * 100_000, "the cases carried {bytes} bytes");
-    scripted::assert_alike(&diffs, CASES, &p.log());
+    run_cases(SEED, 80, &mut reports, &vias, "101", false, &p).await;
+}
+
+/// Generated CONNECT tunnels, over HTTP/1.1 and over HTTP/2, carry every byte both ways in
+/// every order of closing: a FIN (or END_STREAM) is passed on and the other direction runs
+/// until it ends too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_connect_tunnels_pass_half_closes_on_over_http1_and_http2() {
+    const SEED: u64 = 0xc0_22ec_7000_0001;
+    let (o, mut reports) = origin(SEED).await;
+    let p = Proxy::start(&format!(
+        "listeners:
+  - name: fwd
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: http
+    h2c: true
+    forward_proxy: {{allow_private_destinations: true, connect_ports: [{port}], access: [{{action: allow}}]}}
+",
+        port = o.port(),
+    ));
+    let vias = [
+        ("CONNECT over HTTP/1.1", Via::ConnectH1(p.addr, o)),
+        ("CONNECT over HTTP/2", Via::ConnectH2(p.addr, o)),
+    ];
+    run_cases(SEED, 80, &mut reports, &vias, "200", true, &p).await;
 }
