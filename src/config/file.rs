@@ -649,6 +649,11 @@ pub struct RouteFile {
     pub mirror: Option<MirrorFile>,
     /// Responses compressed for clients that accept it (br, zstd, gzip). Default: none
     pub compression: Option<super::compression::CompressionFile>,
+    /// The request methods the route takes (case-sensitive tokens; GET brings HEAD); any
+    /// other is answered 405 with an `Allow` field and never reaches a backend (nginx's
+    /// `limit_except`). Default: every method but TRACE, which is answered 405 as nginx
+    /// does: a backend's reflection of it would carry the request's cookies and credentials.
+    pub methods: Option<Vec<String>>,
 }
 
 /// `routes[].mirror`: request mirroring (shadow traffic).

@@ -470,6 +470,8 @@ pub struct RouteSpec {
     pub cache: Option<cache::CacheSpec>,
     pub mirror: Option<MirrorSpec>,
     pub compression: Option<compression::CompressionSpec>,
+    /// `methods`: the methods taken, HEAD added where GET is; `None`: all but TRACE.
+    pub methods: Option<Vec<String>>,
 }
 
 /// The validated configuration. Cross references are resolved to indices.

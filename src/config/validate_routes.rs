@@ -131,7 +131,12 @@ pub(super) fn routes(
                 Some(super::MirrorSpec { upstream, percent })
             }
         };
+        let methods = match &r.methods {
+            None => None,
+            Some(list) => Some(methods(e, &format!("{p}.methods"), list)?),
+        };
         routes.push(RouteSpec {
+            methods,
             listener,
             host,
             path_prefix,
@@ -155,6 +160,48 @@ pub(super) fn routes(
         });
     }
     Ok(routes)
+}
+
+/// A route's `methods`: a non-empty list of method tokens (RFC 9110 §9.1), HEAD added
+/// where GET is (a HEAD is a GET without the body, as nginx's `limit_except GET` allows it).
+fn methods(e: &Errs, path: &str, list: &[String]) -> Result<Vec<String>, ConfigError> {
+    if list.is_empty() {
+        return Err(e.err(path, "[]", "must name at least one method"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len() + 1);
+    for (i, m) in list.iter().enumerate() {
+        let token = !m.is_empty()
+            && m.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(e.err(
+                format!("{path}[{i}]"),
+                m,
+                "must be a method name (a token, such as GET)",
+            ));
+        }
+        if m.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(e.err(
+                format!("{path}[{i}]"),
+                m,
+                "methods are case-sensitive and the standard ones upper case (GET, not get)",
+            ));
+        }
+        if m == "CONNECT" {
+            return Err(e.err(
+                format!("{path}[{i}]"),
+                m,
+                "CONNECT is for forward_proxy listeners, not routes",
+            ));
+        }
+        if !out.contains(m) {
+            out.push(m.clone());
+        }
+    }
+    if out.iter().any(|m| m == "GET") && !out.iter().any(|m| m == "HEAD") {
+        out.push("HEAD".to_string());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -238,6 +285,36 @@ mod tests {
         assert_eq!(err.path, "routes[0].mirror");
         let unknown = format!("{BASE}{ups}routes: [{{listener: web, upstream: a, mirror: {{upstream: s, share: 1}}}}]\n");
         assert!(Config::from_yaml("x.yaml", &unknown).is_err());
+    }
+
+    #[test]
+    fn methods_are_checked() {
+        let ups = "upstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n";
+        let route = |m: &str| {
+            format!("{BASE}{ups}routes: [{{listener: web, upstream: a, methods: {m}}}]\n")
+        };
+        let c = Config::from_yaml("x.yaml", &route("[GET, POST, GET, PURGE]")).unwrap();
+        let want = ["GET", "POST", "PURGE", "HEAD"].map(String::from).to_vec();
+        assert_eq!(c.routes[0].methods, Some(want));
+        let c = Config::from_yaml(
+            "x.yaml",
+            &format!("{BASE}{ups}routes: [{{listener: web, upstream: a}}]\n"),
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].methods, None);
+        for (m, path, value) in [
+            ("[]", "routes[0].methods", "[]"),
+            ("[GET, get]", "routes[0].methods[1]", "get"),
+            ("['GET POST']", "routes[0].methods[0]", "GET POST"),
+            ("[CONNECT]", "routes[0].methods[0]", "CONNECT"),
+        ] {
+            let err = Config::from_yaml("x.yaml", &route(m)).unwrap_err();
+            assert_eq!(
+                (err.path.as_str(), err.value.as_str()),
+                (path, value),
+                "{m}"
+            );
+        }
     }
 
     #[test]

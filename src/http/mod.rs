@@ -219,6 +219,7 @@ pub fn request_head<'a>(
 ) -> crate::policy::RequestHead<'a> {
     crate::policy::RequestHead {
         client,
+        method: req.method.as_str(),
         host: request_host(req),
         path: req.uri.path(),
         content_length,

@@ -16,6 +16,8 @@ pub struct Answer {
     /// A plain-text body of the proxy's own (an ACME key authorization) in place of the
     /// status page.
     pub text: Option<Bytes>,
+    /// `Allow`: the methods a route takes, in its 405 (RFC 9110 §15.5.6).
+    pub allow: Option<std::sync::Arc<str>>,
 }
 
 impl Answer {
@@ -25,6 +27,7 @@ impl Answer {
             retry_after: None,
             close: false,
             text: None,
+            allow: None,
         }
     }
 
@@ -51,6 +54,15 @@ impl Answer {
         }
     }
 
+    /// A 405 for a method the route does not take; `allow`: the ones it does, if it names
+    /// them.
+    pub fn method_not_allowed(allow: Option<std::sync::Arc<str>>) -> Answer {
+        Answer {
+            allow,
+            ..Answer::new(405)
+        }
+    }
+
     pub fn retry_after(mut self, secs: u32) -> Answer {
         self.retry_after = Some(secs);
         self
@@ -69,6 +81,9 @@ impl Answer {
         let mut f = Vec::with_capacity(4);
         if let Some(s) = self.retry_after {
             f.push(("retry-after", s.to_string()));
+        }
+        if let Some(a) = &self.allow {
+            f.push(("allow", a.to_string()));
         }
         let ct = if self.text.is_some() {
             "text/plain"

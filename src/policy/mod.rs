@@ -77,6 +77,7 @@ pub struct ListenerPolicy {
 /// What [`ListenerPolicy::admit`] needs to know about a request.
 pub struct RequestHead<'a> {
     pub client: Option<IpAddr>,
+    pub method: &'a str,
     /// The host asked for, port included ([`forwarded::request_host`]).
     pub host: Option<&'a str>,
     /// The path, without its query.
@@ -161,7 +162,7 @@ impl ListenerPolicy {
 
     /// Admission and routing of a reverse-proxy request, in this order: the answer to a
     /// pending ACME HTTP-01 challenge, rate limit (429),
-    /// route by host and longest path prefix (404), the route's body limit by the declared
+    /// route by host and longest path prefix (404), the route's methods (405), the route's body limit by the declared
     /// length (413, closing, since the body is not read). A streamed body is held to the
     /// same limit by [`body_over_limit`].
     pub fn admit(&self, r: &RequestHead) -> Verdict<'_> {
@@ -190,6 +191,15 @@ impl ListenerPolicy {
         let Some(route) = route else {
             return Verdict::Answer(Answer::new(404), None);
         };
+        if !route.takes(r.method) {
+            log::warn!(
+                "{}: method {} refused by {} (405)",
+                self.name,
+                r.method,
+                route.label
+            );
+            return Verdict::Answer(Answer::method_not_allowed(route.allow()), Some(route));
+        }
         if let Some(len) = r.content_length {
             if len > route.max_body_size {
                 log::warn!(

@@ -20,6 +20,8 @@ pub struct Route {
     pub mirror: Option<Arc<super::mirror::Mirror>>,
     /// Response compression ([`super::compress`]).
     pub compression: Option<Arc<crate::config::compression::CompressionSpec>>,
+    /// `methods`: the ones the route takes (see [`Route::takes`]) and their `Allow` value.
+    methods: Option<(Box<[String]>, Arc<str>)>,
     /// A split route: the positions of its members (this one first) and their weights.
     split: Vec<(usize, u32)>,
     match_headers: Vec<(String, String)>,
@@ -32,6 +34,21 @@ impl Route {
     pub fn plain_backends(&self) -> bool {
         let s = &self.pool.spec;
         s.tls.is_none() && !s.http2 && s.send_proxy_protocol.is_none()
+    }
+
+    /// Whether the route takes a request of this method: one of its `methods`, or, without
+    /// them, any but TRACE (answered 405, as nginx does: a backend that reflects a TRACE
+    /// hands the request's cookies and credentials back to whatever script sent it).
+    pub fn takes(&self, method: &str) -> bool {
+        match &self.methods {
+            Some((list, _)) => list.iter().any(|m| m == method),
+            None => method != "TRACE",
+        }
+    }
+
+    /// The `Allow` value of the route's 405: its `methods`, if it names them.
+    pub fn allow(&self) -> Option<Arc<str>> {
+        self.methods.as_ref().map(|(_, a)| a.clone())
     }
 
     fn matches(&self, f: &dyn Fields) -> bool {
@@ -126,6 +143,10 @@ impl Router {
             pool: pools[upstream].clone(),
             max_body_size: r.max_body_size,
             cache: r.cache.clone().map(crate::cache::RouteCache::new),
+            methods: r
+                .methods
+                .as_ref()
+                .map(|m| (m.clone().into_boxed_slice(), Arc::from(m.join(", ")))),
             split: Vec::new(),
             match_headers: r.match_headers.clone(),
             match_cookies: r.match_cookies.clone(),

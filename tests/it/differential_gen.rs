@@ -137,7 +137,7 @@ fn generated_fields(g: &mut Gen, head: &mut String) {
 /// case and spacing, repeated or empty; a body framed by length or chunks, sometimes both.
 fn generated(g: &mut Gen) -> (String, bool) {
     let method = g.pick(&[
-        "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+        "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
     ]);
     // the origin's scripted answers, and a few odd targets
     let path = match g.next() % 4 {
@@ -154,6 +154,7 @@ fn generated(g: &mut Gen) -> (String, bool) {
         "nope.test",
         "retry.test",
         "dead.test",
+        "methods.test",
     ]);
     let target = if g.chance(1) {
         format!("http://{host}{path}")

@@ -529,7 +529,7 @@ async fn lean_and_general_engines_set_sticky_cookies_alike_over_http2() {
 /// a body in DATA frames, with or without its length.
 pub(crate) fn generated(g: &mut Gen) -> Req {
     let method = g.pick(&[
-        "GET", "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
+        "GET", "GET", "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE",
     ]);
     let path = match g.next() % 8 {
         0 | 1 => "/raw",
@@ -543,6 +543,7 @@ pub(crate) fn generated(g: &mut Gen) -> Req {
         "nope.test",
         "retry.test",
         "dead.test",
+        "methods.test",
     ]);
     let mut r = req(method, path).authority(authority);
     if path == "/raw" {

@@ -35,6 +35,7 @@ mod http3_cache;
 mod http3_ops;
 mod interim;
 mod l4;
+mod methods;
 mod mirror;
 mod ops;
 mod protocol;

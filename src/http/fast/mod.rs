@@ -206,6 +206,7 @@ impl FastPath {
         let parsed_fields = crate::policy::route::ParsedFields(req.headers);
         let head = RequestHead {
             client: conn.client,
+            method,
             host: host_text,
             path,
             content_length: Some(body_len),

@@ -295,7 +295,7 @@ pub fn config_with(origin: SocketAddr, listen: &str, main: &str) -> String {
     let mut routes = String::new();
     for l in ["fast", "general", "fast_rl", "general_rl"] {
         routes.push_str(&format!(
-            "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n  - {{listener: {l}, host: retry.test, upstream: retrying}}\n  - {{listener: {l}, host: sticky.test, upstream: sticky}}\n  - {{listener: {l}, host: gz.test, upstream: app, compression: {{enabled: true}}}}\n"
+            "  - {{listener: {l}, host: app.test, upstream: app}}\n  - {{listener: {l}, host: app.test, path_prefix: /small, upstream: app, max_body_size: 10}}\n  - {{listener: {l}, host: dead.test, upstream: dead}}\n  - {{listener: {l}, host: retry.test, upstream: retrying}}\n  - {{listener: {l}, host: sticky.test, upstream: sticky}}\n  - {{listener: {l}, host: gz.test, upstream: app, compression: {{enabled: true}}}}\n  - {{listener: {l}, host: methods.test, upstream: app, methods: [GET, POST, TRACE]}}\n"
         ));
     }
     let dead_addr = super::dead_addr();
