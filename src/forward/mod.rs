@@ -607,15 +607,8 @@ async fn resolve(
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// The proxy's own page, naming the reason (for a deny: the rule), never an origin detail
-/// beyond what the client asked for.
+/// The proxy's own answer ([`crate::policy::answer::Answer`]), its page naming the reason
+/// (for a deny: the rule), never an origin detail beyond what the client asked for.
 async fn page(
     session: &mut Session,
     code: u16,
@@ -623,14 +616,10 @@ async fn page(
     header: Option<(&'static str, String)>,
     close: bool,
 ) -> Result<()> {
-    let reason = http::StatusCode::from_u16(code)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let body = Bytes::from(format!(
-        "<html><head><title>{code} {reason}</title></head><body><h1>{code} {reason}</h1><p>{}</p><hr><p>stepstone forward proxy</p></body></html>\n",
-        escape(detail)
-    ));
-    let extra: Vec<(&'static str, String)> = header.into_iter().collect();
-    crate::net::respond::respond_page(session, code, body, &extra, close).await
+    let mut a = crate::policy::answer::Answer::new(code).with_detail(detail);
+    a.close = close;
+    if let Some((name, value)) = header {
+        a = a.with_field(name, value);
+    }
+    crate::net::respond::respond_answer(session, &a).await
 }

@@ -137,7 +137,7 @@ impl HttpProxy {
     }
 }
 
-pub use crate::net::respond::{error_page, respond, respond_answer, respond_page};
+pub use crate::net::respond::{respond, respond_answer};
 
 fn content_length(req: &RequestHeader) -> Option<u64> {
     req.headers

@@ -7,11 +7,6 @@ use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-/// A small page of our own. It names the status, never a backend.
-pub fn error_page(code: u16) -> Bytes {
-    crate::policy::answer::page(code)
-}
-
 /// Answer from the proxy itself, with a body and a content length.
 pub async fn respond(session: &mut Session, code: u16, close: bool) -> Result<()> {
     let a = if close {
@@ -27,22 +22,6 @@ pub async fn respond_answer(session: &mut Session, a: &Answer) -> Result<()> {
     let body = a.body();
     let fields = a.fields(body.len());
     write_page(session, a.status, body, &fields, a.close).await
-}
-
-/// Write one of the proxy's own pages: HTML body, length, `no-store`, extra headers, and
-/// `Connection: close` when the connection must not be reused.
-pub async fn respond_page(
-    session: &mut Session,
-    code: u16,
-    body: Bytes,
-    extra: &[(&'static str, String)],
-    close: bool,
-) -> Result<()> {
-    let mut fields: Vec<(&'static str, String)> = extra.to_vec();
-    fields.push(("content-type", "text/html; charset=utf-8".into()));
-    fields.push(("content-length", body.len().to_string()));
-    fields.push(("cache-control", "no-store".into()));
-    write_page(session, code, body, &fields, close).await
 }
 
 async fn write_page(

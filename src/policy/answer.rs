@@ -3,6 +3,7 @@
 //! session, HTTP/2 streams). The page names the status, never a backend.
 
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// An answer the proxy gives itself instead of a backend's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,8 +17,12 @@ pub struct Answer {
     /// A plain-text body of the proxy's own (an ACME key authorization) in place of the
     /// status page.
     pub text: Option<Bytes>,
-    /// `Allow`: the methods a route takes, in its 405 (RFC 9110 §15.5.6).
-    pub allow: Option<std::sync::Arc<str>>,
+    /// One header field of the answer's own: `Allow` in a route's 405 (RFC 9110 §15.5.6),
+    /// `Proxy-Authenticate` in the forward proxy's 407.
+    pub field: Option<(&'static str, Arc<str>)>,
+    /// A sentence for the page: why (the forward proxy names the rule that denied a
+    /// request). Never a backend's detail.
+    pub detail: Option<Arc<str>>,
 }
 
 impl Answer {
@@ -27,7 +32,8 @@ impl Answer {
             retry_after: None,
             close: false,
             text: None,
-            allow: None,
+            field: None,
+            detail: None,
         }
     }
 
@@ -56,11 +62,23 @@ impl Answer {
 
     /// A 405 for a method the route does not take; `allow`: the ones it does, if it names
     /// them.
-    pub fn method_not_allowed(allow: Option<std::sync::Arc<str>>) -> Answer {
+    pub fn method_not_allowed(allow: Option<Arc<str>>) -> Answer {
         Answer {
-            allow,
+            field: allow.map(|a| ("allow", a)),
             ..Answer::new(405)
         }
+    }
+
+    /// The answer with a header field of its own.
+    pub fn with_field(mut self, name: &'static str, value: impl Into<Arc<str>>) -> Answer {
+        self.field = Some((name, value.into()));
+        self
+    }
+
+    /// The answer with a sentence for its page.
+    pub fn with_detail(mut self, detail: impl Into<Arc<str>>) -> Answer {
+        self.detail = Some(detail.into());
+        self
     }
 
     pub fn retry_after(mut self, secs: u32) -> Answer {
@@ -71,7 +89,7 @@ impl Answer {
     pub fn body(&self) -> Bytes {
         match &self.text {
             Some(t) => t.clone(),
-            None => page(self.status),
+            None => page_with(self.status, self.detail.as_deref()),
         }
     }
 
@@ -82,8 +100,8 @@ impl Answer {
         if let Some(s) = self.retry_after {
             f.push(("retry-after", s.to_string()));
         }
-        if let Some(a) = &self.allow {
-            f.push(("allow", a.to_string()));
+        if let Some((name, value)) = &self.field {
+            f.push((name, value.to_string()));
         }
         let ct = if self.text.is_some() {
             "text/plain"
@@ -140,10 +158,26 @@ pub fn reason(code: u16) -> &'static str {
 
 /// A small page of the proxy's own.
 pub fn page(code: u16) -> Bytes {
+    page_with(code, None)
+}
+
+/// A small page of the proxy's own, with a sentence saying why (HTML-escaped).
+pub fn page_with(code: u16, detail: Option<&str>) -> Bytes {
     let reason = reason(code);
+    let detail = match detail {
+        Some(d) => format!("<p>{}</p>", escape(d)),
+        None => String::new(),
+    };
     Bytes::from(format!(
-        "<html><head><title>{code} {reason}</title></head><body><h1>{code} {reason}</h1><hr><p>stepstone</p></body></html>\n"
+        "<html><head><title>{code} {reason}</title></head><body><h1>{code} {reason}</h1>{detail}<hr><p>stepstone</p></body></html>\n"
     ))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Why a backend's status cannot be passed on, making its answer a broken backend's (a
@@ -218,6 +252,27 @@ impl Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A detail is escaped into the page and a field of the answer's own is written, by
+    /// the one renderer every writer uses.
+    #[test]
+    fn details_are_escaped_and_own_fields_written() {
+        let a = Answer::new(407)
+            .with_detail("denied by <rule> & \"co\"")
+            .with_field("proxy-authenticate", "Basic realm=\"x\"");
+        let text = String::from_utf8(a.h1(false, true)).unwrap();
+        assert!(
+            text.contains("proxy-authenticate: Basic realm=\"x\"\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<p>denied by &lt;rule&gt; &amp; &quot;co&quot;</p>"),
+            "{text}"
+        );
+        let m = Answer::method_not_allowed(Some("GET, HEAD".into()));
+        assert!(m.fields(0).contains(&("allow", "GET, HEAD".to_string())));
+        assert!(!String::from_utf8_lossy(&Answer::new(404).body()).contains("<p>denied"));
+    }
 
     #[test]
     fn h1_answers_carry_length_and_connection() {
