@@ -24,6 +24,8 @@
 //!
 //! Forward-proxy listeners delegate these phases to [`crate::forward`]; see its module doc.
 
+mod tries;
+
 use super::{content_length, request_host, respond_answer, Ctx, HttpProxy};
 use crate::cache;
 use crate::policy::answer::{Answer, Failure};
@@ -41,6 +43,7 @@ use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora_core::{Error, ErrorSource, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use tries::{failed_try, failure};
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
     session
@@ -55,53 +58,6 @@ fn max_forwards_values(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
         .get_all(http::header::MAX_FORWARDS)
         .into_iter()
         .map(|v| v.as_bytes())
-}
-
-/// What a Pingora error means, in the policy's terms.
-fn failure(e: &Error) -> Result<Failure, u16> {
-    let timeout = matches!(
-        e.etype(),
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-    );
-    Ok(match (e.etype(), e.esource()) {
-        (ErrorType::HTTPStatus(c), _) => return Err(*c),
-        (ErrorType::ConnectTimedout, ErrorSource::Upstream) => Failure::ConnectTimeout,
-        (_, ErrorSource::Upstream) if timeout => Failure::ResponseTimeout,
-        (
-            ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError
-            | ErrorType::TLSHandshakeFailure
-            | ErrorType::TLSHandshakeTimedout
-            | ErrorType::InvalidCert,
-            ErrorSource::Upstream,
-        ) => Failure::ConnectFailed,
-        (_, ErrorSource::Upstream) => Failure::BadResponse,
-        (
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
-            ErrorSource::Downstream,
-        ) => Failure::ClientGone,
-        // The client reset its HTTP/2 stream (a cancel) or the connection went away.
-        (ErrorType::H2Error, ErrorSource::Downstream) => Failure::ClientGone,
-        (ErrorType::ReadTimedout, ErrorSource::Downstream) => Failure::ClientTimeout,
-        (_, ErrorSource::Downstream) => Failure::BadRequest,
-        _ => Failure::Internal,
-    })
-}
-
-/// What a failed try was, for [`policy::retry`]: a reset or a timeout of the backend's
-/// side; anything else is not retried.
-fn failed_try(e: &Error) -> Option<policy::retry::Cause> {
-    if e.esource() != &ErrorSource::Upstream {
-        return None;
-    }
-    match e.etype() {
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(policy::retry::Cause::Timeout),
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-            Some(policy::retry::Cause::Reset)
-        }
-        _ => None,
-    }
 }
 
 impl HttpProxy {
@@ -131,55 +87,6 @@ impl HttpProxy {
             ctx.encoder = Some(e);
         }
         Ok(())
-    }
-
-    /// The policy's retry decision for the try that just failed with `cause`.
-    fn retry(
-        &self,
-        session: &Session,
-        ctx: &Ctx,
-        pool: &crate::upstream::Pool,
-        cause: policy::retry::Cause,
-    ) -> bool {
-        let req = session.req_header();
-        policy::retry::retry(
-            pool,
-            policy::retry::Try {
-                method: req.method.as_str(),
-                cause,
-                attempts: ctx.attempts,
-                body_replayable: policy::retry::body_replayable(
-                    content_length(req),
-                    session.as_ref().retry_buffer_truncated(),
-                ),
-                // a forwarded 1xx is not the response: the final one may still come from
-                // another backend
-                response_started: ctx.head_seen
-                    || session
-                        .response_written()
-                        .is_some_and(|h| !h.status.is_informational()),
-                started: ctx.started.unwrap_or_else(std::time::Instant::now),
-            },
-        )
-    }
-
-    /// A try after which the request goes to another backend (not after connect failures,
-    /// which `fail_to_connect` counts): told to outlier detection, and logged.
-    fn retried(&self, session: &Session, ctx: &mut Ctx, cause: policy::retry::Cause) {
-        let Some(slot) = ctx.pick.as_ref().map(|p| p.slot.clone()) else {
-            return;
-        };
-        ctx.tried |= bit(slot.index);
-        if let Some(r) = self.route(ctx) {
-            policy::outlier::observe(&r.pool, &slot, true);
-        }
-        warn!(
-            "{}: backend {} failed {} {} ({cause:?}): retrying on another backend",
-            self.listener.name,
-            slot.label,
-            session.req_header().method,
-            session.req_header().uri
-        );
     }
 }
 
