@@ -371,6 +371,12 @@ impl Forward {
         Ok(Box::new(peer))
     }
 
+    /// A stale pooled connection failed: the next try goes to the same address again, on a
+    /// fresh connection (it is not the address that failed).
+    pub fn same_address_again(&self, ctx: &mut FwdCtx) {
+        ctx.next = ctx.next.saturating_sub(1);
+    }
+
     /// Try the next resolved address, if there is one.
     pub fn fail_to_connect(&self, ctx: &FwdCtx, peer: &HttpPeer, e: &mut Error) {
         warn!(

@@ -378,6 +378,9 @@ impl ProxyHttp for HttpProxy {
         if e.retry() {
             // a stale pooled connection, the same backend again: not a retry of the policy's
             ctx.attempts = ctx.attempts.saturating_sub(1);
+            if let Some(f) = &self.listener.forward {
+                f.same_address_again(&mut ctx.fwd);
+            }
         } else if let Some(cause) = failed_try(&e) {
             let pool = self.route(ctx).map(|r| r.pool.clone());
             if pool.is_some_and(|p| self.retry(session, ctx, &p, cause)) {

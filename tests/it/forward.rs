@@ -1402,3 +1402,74 @@ async fn blocked_responses_are_never_stored_or_served_from_cache() {
     );
     assert_eq!(fine.requests(), 1);
 }
+
+/// A pooled origin connection that the origin closed while the proxy held it (a keep-alive
+/// timeout racing the next request) costs the client nothing: the request goes again to the
+/// same address on a fresh connection, as on reverse routes. Before, the retry looked for
+/// the next resolved address, found none and answered 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pooled_origin_connection_is_retried_on_a_fresh_one() {
+    // answers the first request of each connection; a second one on it gets the connection
+    // closed unanswered
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let origin = l.local_addr().expect("addr");
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let n = counted.fetch_add(1, SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                let mut answered = false;
+                while let Ok(k) = s.read(&mut buf).await {
+                    if k == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..k]);
+                    if !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        continue;
+                    }
+                    if answered {
+                        return; // closed unanswered
+                    }
+                    answered = true;
+                    got.clear();
+                    let body = format!("conn {n}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let p = Proxy::start(&fwd(OPEN));
+    let mut c = Conn::connect(p.addr).await.expect("connect");
+    let url = format!("http://{origin}/x");
+    for (i, want) in ["conn 1", "conn 2"].iter().enumerate() {
+        let r = c
+            .get(&url, &[("Host", origin.to_string().as_str())])
+            .await
+            .expect("response");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, want.to_string()),
+            "request {i}: {}",
+            p.log()
+        );
+    }
+    assert_eq!(
+        conns.load(SeqCst),
+        2,
+        "one fresh connection after the stale one"
+    );
+    assert!(
+        p.log().contains("retrying on a fresh connection"),
+        "{}",
+        p.log()
+    );
+}
