@@ -320,13 +320,19 @@ async fn exchange(client: &h2::client::SendRequest<Bytes>, r: &Req) -> Stream {
             return st;
         }
     };
+    // The proxy may answer (413) and end the stream before the body is all sent (RFC 9113
+    // §8.1 lets a server answer a request it has not read whole): a send that fails then is
+    // the client's failure only if no whole answer comes.
+    let mut send_failed = None;
     for (i, d) in r.data.iter().enumerate() {
         let last = i + 1 == r.data.len();
         if let Err(e) = tx.send_data(Bytes::from(d.clone()), last) {
-            // the proxy may answer (413) and reset the stream before the body is all sent
-            fail(&mut st, "send data", e);
+            send_failed = Some(format!("send data: {e}"));
             break;
         }
+    }
+    if let Some(e) = send_failed.clone() {
+        st.error = Some(e);
     }
     loop {
         match std::future::poll_fn(|cx| resp.poll_informational(cx)).await {
@@ -362,6 +368,10 @@ async fn exchange(client: &h2::client::SendRequest<Bytes>, r: &Req) -> Stream {
         }
     }
     st.answer = Some(answer(parts.status.as_u16(), &parts.headers, data));
+    // a whole answer came: a send that failed before it was the stream ending early
+    if st.error == send_failed {
+        st.error = None;
+    }
     st
 }
 
