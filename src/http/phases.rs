@@ -2,12 +2,12 @@
 //!
 //! Phase map (Pingora calls them in this order):
 //! - `request_filter`: redirect or forward-proxy listeners hand over; otherwise
-//!   [`ListenerPolicy::admit`](crate::policy::ListenerPolicy::admit) (rate limit, route, body
-//!   limit), PURGE, the hash key, the sticky cookie, the mirror's copy (sent here, or at the
-//!   end of the body in `request_body_filter`).
+//!   [`ListenerPolicy::admit`](crate::policy::ListenerPolicy::admit) (rate limit, route,
+//!   methods, body limit), PURGE, the hash key, the sticky cookie, the mirror's copy (sent
+//!   here, or at the end of the body in `request_body_filter`).
 //! - `upstream_peer`: a backend from the route's pool; on a retry, another one. Each try's
 //!   read timeout is [`crate::policy::retry::try_timeout`].
-//! - `fail_to_connect` / `error_while_proxy`: [`crate::policy::retry`].
+//! - `fail_to_connect` / `error_while_proxy`: [`crate::policy::retry`] (see `tries.rs`).
 //! - `upstream_request_filter`: [`crate::policy::edit::request`]. Pingora's own header policy
 //!   is set to `preserve` on our peers, so the policy's edits are the only ones, as on the
 //!   lean engine.

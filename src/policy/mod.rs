@@ -161,10 +161,10 @@ impl ListenerPolicy {
     }
 
     /// Admission and routing of a reverse-proxy request, in this order: the answer to a
-    /// pending ACME HTTP-01 challenge, rate limit (429),
-    /// route by host and longest path prefix (404), the route's methods (405), the route's body limit by the declared
-    /// length (413, closing, since the body is not read). A streamed body is held to the
-    /// same limit by [`body_over_limit`].
+    /// pending ACME HTTP-01 challenge, rate limit (429), route by host and longest path
+    /// prefix (404), the route's methods (405, [`route::Route::takes`]), the route's body
+    /// limit by the declared length (413, closing, since the body is not read). A streamed
+    /// body is held to the same limit by [`body_over_limit`].
     pub fn admit(&self, r: &RequestHead) -> Verdict<'_> {
         self.admit_on(r, self.route(r))
     }
