@@ -15,7 +15,7 @@
 
 use crate::differential_gen::Gen;
 use crate::support::scripted;
-use crate::support::Proxy;
+use crate::support::{quic, Proxy};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -133,6 +133,75 @@ async fn drain(
     "limit"
 }
 
+/// One side's part in a case's order of closing.
+#[derive(Clone, Copy)]
+enum Part {
+    /// Send, shut the write half if `shut`, then read to the end.
+    Lead { shut: bool },
+    /// Read to the end (or `limit` bytes), then send and shut the write half.
+    Follow { limit: usize },
+    /// Send (then shut) and read at once.
+    Both,
+}
+
+impl Tunnel {
+    fn client_part(&self) -> Part {
+        match self.order {
+            Order::ClientFinFirst => Part::Lead { shut: true },
+            Order::OriginFinFirst => Part::Follow { limit: usize::MAX },
+            Order::Both => Part::Both,
+            Order::OriginCloses => Part::Lead { shut: false },
+        }
+    }
+
+    /// The origin closes right after its part, so a Follow's shut is its close's FIN.
+    fn origin_part(&self) -> Part {
+        match self.order {
+            Order::ClientFinFirst => Part::Follow { limit: usize::MAX },
+            Order::OriginFinFirst => Part::Lead { shut: true },
+            Order::Both => Part::Both,
+            Order::OriginCloses => Part::Follow {
+                limit: self.up_len(),
+            },
+        }
+    }
+}
+
+/// Play `part` on `s`: send `pieces` of the stream going `up` (or down) from byte `from`,
+/// read into `out`; how the reading ended.
+async fn act(
+    mut s: impl AsyncRead + AsyncWrite + Unpin,
+    part: Part,
+    up: bool,
+    from: usize,
+    pieces: &[usize],
+    out: &mut Vec<u8>,
+) -> &'static str {
+    match part {
+        Part::Lead { shut } => {
+            send(&mut s, up, from, pieces).await;
+            if shut {
+                let _ = s.shutdown().await;
+            }
+            drain(&mut s, out, usize::MAX).await
+        }
+        Part::Follow { limit } => {
+            let e = drain(&mut s, out, limit).await;
+            send(&mut s, up, from, pieces).await;
+            let _ = s.shutdown().await;
+            e
+        }
+        Part::Both => {
+            let (mut r, mut w) = tokio::io::split(s);
+            let (e, _) = tokio::join!(drain(&mut r, out, usize::MAX), async {
+                send(&mut w, up, from, pieces).await;
+                let _ = w.shutdown().await;
+            });
+            e
+        }
+    }
+}
+
 /// What the origin saw of one tunnel: the tunnel's tag (`N-L`: case N through listener L),
 /// the bytes and how its reading ended.
 type OriginView = (String, Vec<u8>, &'static str);
@@ -194,32 +263,7 @@ async fn play_origin(mut s: TcpStream, seed: u64) -> Option<OriginView> {
     }
     first.extend_from_slice(&stream(false, 0, t.early));
     s.write_all(&first).await.ok()?;
-    let from = t.early;
-    let ended = match t.order {
-        Order::ClientFinFirst => {
-            let e = drain(&mut s, &mut read, usize::MAX).await;
-            send(&mut s, false, from, &t.down).await;
-            e
-        }
-        Order::OriginFinFirst => {
-            send(&mut s, false, from, &t.down).await;
-            let _ = s.shutdown().await;
-            drain(&mut s, &mut read, usize::MAX).await
-        }
-        Order::Both => {
-            let (mut r, mut w) = s.split();
-            let (e, _) = tokio::join!(drain(&mut r, &mut read, usize::MAX), async {
-                send(&mut w, false, from, &t.down).await;
-                let _ = w.shutdown().await;
-            });
-            e
-        }
-        Order::OriginCloses => {
-            let e = drain(&mut s, &mut read, t.up_len()).await;
-            send(&mut s, false, from, &t.down).await;
-            e
-        }
-    };
+    let ended = act(s, t.origin_part(), false, t.early, &t.down, &mut read).await;
     Some((tag, read, ended))
 }
 
@@ -244,7 +288,7 @@ async fn dial(proxy: SocketAddr, tls: bool) -> Option<Box<dyn Io>> {
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
     let mut b = SslConnector::builder(SslMethod::tls_client()).ok()?;
     b.set_verify(SslVerifyMode::NONE);
-    let ssl = b.build().configure().ok()?.into_ssl("localhost").ok()?;
+    let ssl = b.build().configure().ok()?.into_ssl("app.test").ok()?;
     let mut s = tokio_openssl::SslStream::new(ssl, tcp).ok()?;
     tokio::time::timeout(PATIENCE, std::pin::Pin::new(&mut s).connect())
         .await
@@ -329,36 +373,12 @@ async fn opened_h1(
 
 /// The client's side of case `t` in an open tunnel `s`; `down`: what came with the answer.
 async fn play(
-    mut s: impl AsyncReadExt + AsyncWriteExt + Unpin,
+    s: impl AsyncRead + AsyncWrite + Unpin,
     status: String,
     mut down: Vec<u8>,
     t: &Tunnel,
 ) -> ClientView {
-    let ended = match t.order {
-        Order::ClientFinFirst => {
-            send(&mut s, true, 0, &t.up).await;
-            let _ = s.shutdown().await;
-            drain(&mut s, &mut down, usize::MAX).await
-        }
-        Order::OriginFinFirst => {
-            let e = drain(&mut s, &mut down, usize::MAX).await;
-            send(&mut s, true, 0, &t.up).await;
-            let _ = s.shutdown().await;
-            e
-        }
-        Order::Both => {
-            let (mut r, mut w) = tokio::io::split(s);
-            let (e, _) = tokio::join!(drain(&mut r, &mut down, usize::MAX), async {
-                send(&mut w, true, 0, &t.up).await;
-                let _ = w.shutdown().await;
-            });
-            e
-        }
-        Order::OriginCloses => {
-            send(&mut s, true, 0, &t.up).await;
-            drain(&mut s, &mut down, usize::MAX).await
-        }
-    };
+    let ended = act(s, t.client_part(), true, 0, &t.up, &mut down).await;
     ClientView {
         status,
         down,
@@ -546,18 +566,13 @@ fn seen(
     (client.status.clone(), down, client_end, up, origin_end)
 }
 
-/// A listener's `tls:` key with a self-signed certificate for localhost, in a scratch
-/// directory.
+/// A listener's `tls:` key with a certificate for app.test from a test CA.
 fn tls_block() -> String {
-    let (cert, key) = crate::support::tcp::self_signed("localhost");
-    let dir = crate::support::scratch_dir("tunnel-tls");
-    let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&c, cert.to_pem().expect("pem")).expect("write cert");
-    std::fs::write(&k, key.private_key_to_pem_pkcs8().expect("pem")).expect("write key");
+    let (cert, key) = quic::Pki::new("tunnel-tls").server("site", "app.test", &["app.test"], 0x700);
     format!(
-        "tls: {{certificates: [{{cert: '{}', key: '{}'}}]}}",
-        c.display(),
-        k.display()
+        "tls: {{certificates: [{{cert: {}, key: {}}}]}}",
+        quic::p(&cert),
+        quic::p(&key)
     )
 }
 
