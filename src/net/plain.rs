@@ -93,6 +93,17 @@ impl PlainTcp {
         self.digest.get().is_some()
     }
 
+    /// Register with the reactor now, while the caller waits on something else (an L4
+    /// connection's backend connect), unless the first bytes are likely here already. A
+    /// client that has not sent yet then costs no `recv` that finds nothing: its first
+    /// read waits for the reactor's word, which comes in the same turn as the connect's.
+    pub fn register_unless_likely_data(&self) -> std::io::Result<()> {
+        if !self.likely_has_data() {
+            self.reg()?;
+        }
+        Ok(())
+    }
+
     /// The registration with the current thread's reactor, made now if need be.
     fn reg(&self) -> std::io::Result<&AsyncFd<Fd>> {
         if let Some(r) = self.reg.get() {

@@ -952,3 +952,43 @@ async fn tcp_half_close_false_ends_the_connection_at_the_first_close() {
         }
     }
 }
+
+/// A backend that greets first (SMTP, FTP, MySQL) is relayed to a client that sends
+/// nothing until it has the greeting: the proxy waits on the silent client's socket while
+/// it connects, and must not hold the backend's bytes behind a first client read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_speaks_first_reaches_a_client_that_waits_for_it() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let at = backend.local_addr().expect("backend address");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"220 ready\r\n").await?;
+                let mut line = [0u8; 64];
+                let n = s.read(&mut line).await?;
+                s.write_all(&line[..n]).await
+            });
+        }
+    });
+    for splice in [false, true] {
+        let p = Proxy::start(&format!(
+            "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, splice: {splice}}}\nupstreams:\n  - name: u\n    backends: [{{address: {at}}}]\n"
+        ));
+        for round in 0..20 {
+            let mut s = TcpStream::connect(p.addr).await.expect("connect");
+            let mut greeting = [0u8; 11];
+            let got = tokio::time::timeout(WAIT, s.read_exact(&mut greeting)).await;
+            assert!(
+                matches!(got, Ok(Ok(_))) && &greeting == b"220 ready\r\n",
+                "splice {splice}, round {round}: no greeting ({got:?}, {:?})",
+                String::from_utf8_lossy(&greeting)
+            );
+            assert!(
+                echo_round(&mut s, b"HELO client\r\n").await,
+                "splice {splice}, round {round}: no echo after the greeting"
+            );
+        }
+    }
+}
