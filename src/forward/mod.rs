@@ -214,6 +214,14 @@ impl Forward {
             page(session, 403, &why, None, connect).await?;
             return Ok(true);
         }
+        // Max-Forwards spent (RFC 9110 §7.6.2): answered as the final recipient once the
+        // client passed authentication and the rules that see the name, and before any
+        // lookup, since nothing is forwarded.
+        if crate::policy::edit::max_forwards_spent(session.req_header()) {
+            let a = crate::policy::answer::Answer::final_recipient();
+            crate::net::respond::respond_answer(session, &a).await?;
+            return Ok(true);
+        }
         let addrs = match resolve(&self.listener, &t.host, t.port, self.spec.connect_timeout).await
         {
             Ok(a) => a,

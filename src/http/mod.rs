@@ -225,6 +225,7 @@ pub fn request_head<'a>(
         content_length,
         fields: req,
         rate,
+        max_forwards_spent: crate::policy::edit::max_forwards_spent(req),
     }
 }
 

@@ -52,14 +52,6 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .map(|a| a.ip())
 }
 
-/// The request's `Max-Forwards` values.
-fn max_forwards_values(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
-    req.headers
-        .get_all(http::header::MAX_FORWARDS)
-        .into_iter()
-        .map(|v| v.as_bytes())
-}
-
 impl HttpProxy {
     /// The route's compression step ([`policy::compress`]) on a final response head: the
     /// head edits, and the encoder the body then goes through.
@@ -159,18 +151,6 @@ impl ProxyHttp for HttpProxy {
         // Before the redirect: a CA validates HTTP-01 on plain http, redirect or not.
         if let Some(a) = policy::acme::challenge(session.req_header().uri.path()) {
             respond_answer(session, &a).await?;
-            return Ok(true);
-        }
-        // Max-Forwards spent (RFC 9110 §7.6.2): the proxy is the final recipient, on every
-        // listener kind
-        let req = session.req_header();
-        let method = req.method.as_str().as_bytes();
-        // the method first: every other request skips the field lookup
-        if policy::fields::max_forwards_applies(method)
-            && policy::fields::max_forwards(method, max_forwards_values(req))
-                == policy::fields::MaxForwards::Answer
-        {
-            respond_answer(session, &policy::answer::Answer::final_recipient()).await?;
             return Ok(true);
         }
         if l.forward.is_some() || l.redirect_https.is_some() {

@@ -199,6 +199,21 @@ pub fn response(resp: &mut ResponseHeader) {
     }
 }
 
+/// Whether a request is a TRACE or OPTIONS whose `Max-Forwards` is spent: the proxy
+/// answers it as the final recipient (RFC 9110 §7.6.2) once it is admitted.
+pub fn max_forwards_spent(req: &RequestHeader) -> bool {
+    let method = req.method.as_str().as_bytes();
+    // the method first: every other request skips the field lookup
+    fields::max_forwards_applies(method)
+        && fields::max_forwards(
+            method,
+            req.headers
+                .get_all(http::header::MAX_FORWARDS)
+                .into_iter()
+                .map(|v| v.as_bytes()),
+        ) == fields::MaxForwards::Answer
+}
+
 /// The `Upgrade` value of a header-map request whose upgrade the proxy relays
 /// ([`fields::upgrade_relayed`]).
 pub fn relayed_upgrade(req: &RequestHeader) -> Option<http::HeaderValue> {

@@ -87,6 +87,9 @@ pub struct RequestHead<'a> {
     pub fields: &'a (dyn route::Fields + Sync),
     /// The count the per-IP rate limit decides on.
     pub rate: RateCount,
+    /// A TRACE or OPTIONS whose `Max-Forwards` is spent ([`fields::max_forwards`]): once
+    /// admitted like any other request, the proxy answers it as the final recipient.
+    pub max_forwards_spent: bool,
 }
 
 /// The count the per-IP rate limit decides on.
@@ -163,8 +166,9 @@ impl ListenerPolicy {
     /// Admission and routing of a reverse-proxy request, in this order: the answer to a
     /// pending ACME HTTP-01 challenge, rate limit (429), route by host and longest path
     /// prefix (404), the route's methods (405, [`route::Route::takes`]), the route's body
-    /// limit by the declared length (413, closing, since the body is not read). A streamed
-    /// body is held to the same limit by [`body_over_limit`].
+    /// limit by the declared length (413, closing, since the body is not read), and last a
+    /// spent `Max-Forwards` (the proxy's own empty 200). A streamed body is held to the same
+    /// limit by [`body_over_limit`].
     pub fn admit(&self, r: &RequestHead) -> Verdict<'_> {
         self.admit_on(r, self.route(r))
     }
@@ -209,6 +213,12 @@ impl ListenerPolicy {
                 );
                 return Verdict::Answer(Answer::closing(413), Some(route));
             }
+        }
+        // After the refusals above: a spent count must not answer 200 where the request
+        // itself would be refused (over the rate limit, no route, a method the route does
+        // not take), as it did when engines checked it before admission.
+        if r.max_forwards_spent {
+            return Verdict::Answer(Answer::final_recipient(), Some(route));
         }
         Verdict::Proxy(route)
     }

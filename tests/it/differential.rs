@@ -476,6 +476,48 @@ async fn max_forwards_is_counted_down_and_a_spent_count_answered() {
     }
 }
 
+/// A spent `Max-Forwards` is answered only once the request is admitted, on both engines:
+/// a method the route does not take is still 405, a host without a route 404, and a client
+/// over its rate limit 429, where the proxy used to answer them all 200 as the final
+/// recipient. None reaches the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_max_forwards_is_answered_only_after_admission() {
+    let origin = Origin::start().await;
+    let p = Proxy::start(&scripted::config(origin.addr, "protocol: http"));
+    for (engine, addr, limited) in [
+        ("lean", p.addr_of(0), p.addr_of(2)),
+        ("general", p.addr_of(1), p.addr_of(3)),
+    ] {
+        for (method, host, answered) in [
+            ("TRACE", "app.test", 405),
+            ("OPTIONS", "methods.test", 405),
+            ("OPTIONS", "nowhere.test", 404),
+            ("OPTIONS", "app.test", 200),
+        ] {
+            let raw = format!("{method} / HTTP/1.1\r\nHost: {host}\r\nMax-Forwards: 0\r\n\r\n");
+            let c = case("max-forwards-admission", &raw);
+            let got = run(addr, &c).await;
+            let status = responses(&got, &c.heads).0.first().map(|a| a.status);
+            assert_eq!(status, Some(answered), "{engine}: {method} to {host}");
+        }
+        // one request a second on these listeners: three in a row, the later ones refused
+        let one = "OPTIONS / HTTP/1.1\r\nHost: app.test\r\nMax-Forwards: 0\r\n\r\n";
+        let c = case("max-forwards-rate", &one.repeat(3));
+        let got = run(limited, &c).await;
+        let statuses: Vec<u16> = responses(&got, &c.heads)
+            .0
+            .iter()
+            .map(|a| a.status)
+            .collect();
+        assert!(
+            statuses.contains(&429),
+            "{engine}: over the rate limit, a spent count answered {statuses:?}"
+        );
+        let at_origin = origin.take();
+        assert!(at_origin.is_empty(), "{engine}: forwarded {at_origin:?}");
+    }
+}
+
 /// A backend's 103 Early Hints before a status the upstream retries (`retry_on: ["503"]`)
 /// does not stop the retry: an interim response is not the response, and whether one is
 /// forwarded depends on the client's protocol (HTTP/2 clients get none), so counting it made

@@ -914,6 +914,15 @@ async fn max_forwards_is_counted_down_and_a_spent_count_answered() {
     let seen = o.last().expect("forwarded");
     assert_eq!(seen.method, "OPTIONS");
     assert_eq!(seen.header("max-forwards"), Some("4"));
+    // the rules come first: a client they refuse gets no answer as the final recipient
+    let closed = Proxy::start(&fwd(
+        "allow_private_destinations: true\naccess: [{action: deny}]",
+    ));
+    let r = absolute(&closed, "OPTIONS", &url, &[("Max-Forwards", "0")]).await;
+    assert_eq!(
+        r.status, 403,
+        "a spent count answered before the access rules"
+    );
 }
 
 const FILTER: &str = "filter:

@@ -211,6 +211,8 @@ impl FastPath {
             path,
             content_length: Some(body_len),
             fields: &parsed_fields,
+            // a TRACE or OPTIONS with Max-Forwards goes to the general engine (`t.max_forwards`)
+            max_forwards_spent: false,
             // the store is asked in `request`, for requests that stay on this engine
             rate: if self.listener.rate_store.is_some() {
                 RateCount::Deferred
