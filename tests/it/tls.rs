@@ -1142,6 +1142,21 @@ async fn http_listener_redirects_to_https() {
         .expect("response");
     assert_eq!(r.status, 308);
     assert_eq!(r.header("location"), Some("https://example.com:8443/form"));
+    // a spent Max-Forwards is redirected as any request: the redirect is the final answer
+    let mut c = crate::support::Conn::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let r = c
+        .request(
+            "OPTIONS",
+            "/o",
+            &[("Host", "example.com"), ("Max-Forwards", "0")],
+            b"",
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("https://example.com:8443/o"));
     let r = crate::support::client::get(proxy.addr_of(1), "/p", &[("Host", "www.example.org")])
         .await
         .expect("response");
