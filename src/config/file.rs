@@ -103,7 +103,8 @@ pub struct AccessLogFile {
 pub struct PingoraFile {
     /// Worker threads per service. Default: the number of CPUs.
     pub threads: Option<usize>,
-    /// Work stealing between a service's threads. Default: true.
+    /// Work stealing between a service's threads. Default: true. Off, each thread runs its
+    /// own runtime and each plaintext listener binds one `SO_REUSEPORT` socket per thread.
     pub work_stealing: Option<bool>,
     /// Default: /tmp/stepstone.pid
     pub pid_file: Option<String>,

@@ -148,20 +148,23 @@ pub async fn serve_reused<A: ServerApp>(
     }
 }
 
-/// The listening socket: the one handed over by the old process on an upgrade, else a new
-/// one, recorded in the fd table for the next upgrade.
-async fn listener(
+/// The listening socket under `key` in the fd table: the one handed over by the old process
+/// on an upgrade, else a new one, recorded in the table for the next upgrade. `reuseport`
+/// binds a new one with SO_REUSEPORT, a member of the address's group of per-thread sockets.
+pub(super) async fn bind(
     addr: SocketAddr,
-    fds: Option<ListenFds>,
+    key: &str,
+    fds: Option<&ListenFds>,
+    reuseport: bool,
 ) -> std::io::Result<tokio::net::TcpListener> {
-    let key = addr.to_string();
-    if let Some(fd) = fds.as_ref().and_then(|f| f.lock().get(&key).copied()) {
+    if let Some(fd) = fds.and_then(|f| f.lock().get(key).copied()) {
         // SAFETY: the fd table holds listening sockets this process received from the old
-        // one (or bound itself); each address is taken by exactly one service.
+        // one (or bound itself); each key is taken by exactly one accept loop.
         let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
         l.set_nonblocking(true)?;
         return tokio::net::TcpListener::from_std(l);
     }
+    let first = super::shard::first(key);
     let mut tries = 0;
     let l = loop {
         let sock = match addr {
@@ -169,10 +172,14 @@ async fn listener(
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
         };
         sock.set_reuseaddr(true)?;
+        if reuseport {
+            sock.set_reuseport(true)?;
+        }
         match sock.bind(addr) {
             Ok(()) => break sock.listen(BACKLOG)?,
             // as Pingora does: the address may be released a moment later
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 5 => {
+            // (the first socket of a group; the others join it or fail at once)
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 5 && first => {
                 tries += 1;
                 log::warn!("{addr} is in use, will try again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -180,8 +187,8 @@ async fn listener(
             Err(e) => return Err(e),
         }
     };
-    if let Some(f) = &fds {
-        f.lock().add(key, l.as_raw_fd());
+    if let Some(f) = fds {
+        f.lock().add(key.to_string(), l.as_raw_fd());
     }
     Ok(l)
 }
@@ -197,32 +204,59 @@ where
         shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
-        let l = match listener(self.addr, fds.clone()).await {
-            Ok(l) => l,
+        let (name, addr) = (self.name.clone(), self.addr);
+        let mut socks = match super::shard::sockets(&name, addr, fds.as_ref()).await {
+            Ok(s) => s,
             Err(e) => {
                 // Pingora's listeners panic here too: a server that cannot listen must not run.
-                log::error!("{}: cannot listen on {}: {e}", self.name, self.addr);
+                log::error!("{name}: cannot listen on {addr}: {e}");
                 std::process::exit(1);
             }
         };
-        log::info!("{}: listening on {}", self.name, self.addr);
+        let opts = Opts {
+            lean: self.lean,
+            through_drain: self.through_drain,
+            defer_accept: self.defer_accept,
+            local: false,
+        };
         let stop = self.stop.take();
+        if socks.len() == 1 {
+            log::info!("{name}: listening on {addr}");
+            let (key, l) = socks.remove(0);
+            let app = self.app.clone();
+            let ended = accept_loop(&name, addr, &key, l, app, opts, shutdown, stop, fds).await;
+            if ended == Ended::Shutdown {
+                self.app.cleanup().await;
+            }
+            return;
+        }
+        log::info!(
+            "{name}: listening on {addr} ({} sockets, one per thread)",
+            socks.len()
+        );
+        // Each loop reports how it ended; the process's keep-alive drain runs once, after
+        // the last, as with one loop.
+        let (done, mut ended) = tokio::sync::mpsc::unbounded_channel();
         let app = self.app.clone();
-        accept_loop(
-            &self.name,
-            self.addr,
-            l,
-            app,
-            Opts {
-                lean: self.lean,
-                through_drain: self.through_drain,
-                defer_accept: self.defer_accept,
-            },
-            shutdown,
-            stop,
-            fds,
-        )
-        .await;
+        let opts = Opts {
+            local: true,
+            ..opts
+        };
+        super::shard::place(socks, move |key, l| {
+            let (name, app, fds, done) = (name.clone(), app.clone(), fds.clone(), done.clone());
+            let (shutdown, stop) = (shutdown.clone(), stop.clone());
+            tokio::spawn(async move {
+                let e = accept_loop(&name, addr, &key, l, app, opts, shutdown, stop, fds).await;
+                let _ = done.send(e);
+            });
+        });
+        let mut shut = false;
+        while let Some(e) = ended.recv().await {
+            shut |= e == Ended::Shutdown;
+        }
+        if shut {
+            self.app.cleanup().await;
+        }
     }
 
     fn name(&self) -> &str {
@@ -260,7 +294,7 @@ impl<S: Service> Service for Prebound<S> {
         // Without a table Pingora would bind the address itself, and find it taken.
         if fds.is_some() {
             let name = self.inner.name().to_string();
-            let l = match listener(self.addr, fds.clone())
+            let l = match bind(self.addr, &self.addr.to_string(), fds.as_ref(), false)
                 .await
                 .and_then(|l| l.into_std())
             {
@@ -318,6 +352,9 @@ struct Opts {
     through_drain: bool,
     /// TCP_DEFER_ACCEPT on the socket.
     defer_accept: bool,
+    /// Serve each connection on this loop's thread (one socket per thread, see
+    /// [`super::shard`]); else on a thread picked at random.
+    local: bool,
 }
 
 /// Accept until shutdown, or until `stop` (a reload removed the listener). After shutdown the
@@ -327,13 +364,15 @@ struct Opts {
 async fn accept_loop<A>(
     name: &str,
     addr: SocketAddr,
-    l: tokio::net::TcpListener,
+    key: &str,
+    l: std::net::TcpListener,
     app: Arc<A>,
     opts: Opts,
     mut shutdown: ShutdownWatch,
     mut stop: Option<tokio::sync::watch::Receiver<bool>>,
     fds: Option<ListenFds>,
-) where
+) -> Ended
+where
     A: ConnApp,
 {
     let removed = async {
@@ -351,10 +390,7 @@ async fn accept_loop<A>(
     // Accepted with accept4 on the bare socket (see `super::plain`): tokio's accept would
     // register every connection with this thread's reactor.
     // SAFETY: the AsyncFd owns the listening socket until `into_inner`.
-    let l = match l
-        .into_std()
-        .and_then(|l| unsafe { AsyncFd::register(l) }.map_err(Into::into))
-    {
+    let l = match unsafe { AsyncFd::register(l) } {
         Ok(l) => l,
         Err(e) => {
             log::error!("{name}: cannot poll the listening socket on {addr}: {e}");
@@ -371,6 +407,7 @@ async fn accept_loop<A>(
         lean,
         through_drain,
         defer_accept,
+        local,
     } = opts;
     loop {
         let accepted = tokio::select! {
@@ -389,8 +426,8 @@ async fn accept_loop<A>(
             }
             _ = &mut removed => {
                 log::info!("{name}: removed by a reload: stopped accepting on {addr}");
-                forget_socket(addr, l.into_inner(), fds);
-                return;
+                forget_socket(key, l.into_inner(), fds);
+                return Ended::Removed;
             }
         };
         let (tcp, peer) = match accepted {
@@ -419,11 +456,24 @@ async fn accept_loop<A>(
             Box::new(s)
         };
         let a = Accepted::new(s);
-        pingora_runtime::current_handle().spawn(app.clone().connection(a, shutdown.clone()));
+        let task = app.clone().connection(a, shutdown.clone());
+        if local {
+            tokio::spawn(task);
+        } else {
+            pingora_runtime::current_handle().spawn(task);
+        }
     }
     log::info!("{name}: stopped accepting on {addr}");
     drop(l);
-    app.cleanup().await;
+    Ended::Shutdown
+}
+
+/// Why an accept loop returned: the process is shutting down (the app's cleanup is due), or
+/// a reload removed the listener.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ended {
+    Shutdown,
+    Removed,
 }
 
 /// The next connection on `l`, nonblocking and registered with no reactor.
@@ -440,21 +490,20 @@ async fn accept(
 
 /// Close a removed listener's socket and take it out of the fd table, so an upgrade does not
 /// hand over a closed (or reused) descriptor.
-fn forget_socket(addr: SocketAddr, l: std::net::TcpListener, fds: Option<ListenFds>) {
+fn forget_socket(key: &str, l: std::net::TcpListener, fds: Option<ListenFds>) {
     use std::os::fd::IntoRawFd;
     let Some(fds) = fds else {
         drop(l);
         return;
     };
-    let key = addr.to_string();
     let mut table = fds.lock();
     let keep: std::collections::HashSet<String> = table
         .serialize()
         .0
         .into_iter()
-        .filter(|k| *k != key)
+        .filter(|k| k != key)
         .collect();
-    if table.get(&key).is_some() {
+    if table.get(key).is_some() {
         // the table closes it: ownership of the descriptor goes there
         let _ = l.into_raw_fd();
         table.close_unclaimed(&keep);
@@ -509,23 +558,30 @@ where
         f.lock().add(addr.to_string(), l.as_raw_fd());
     }
     let (fds, app) = (fds.clone(), Arc::new(app));
+    let l = l.into_std()?;
     rt.spawn(async move {
         log::info!("{name}: listening on {addr} (added by a reload)");
-        accept_loop(
+        let key = addr.to_string();
+        let ended = accept_loop(
             &name,
             addr,
+            &key,
             l,
-            app,
+            app.clone(),
             Opts {
                 lean,
                 through_drain: false,
                 defer_accept,
+                local: false,
             },
             shutdown,
             Some(stop),
             fds,
         )
         .await;
+        if ended == Ended::Shutdown {
+            app.cleanup().await;
+        }
     });
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod plain;
 pub mod ratestore;
 pub mod relay;
 pub mod respond;
+pub mod shard;
 pub mod sockopt;
 pub mod splice;
 pub mod zerocopy;

@@ -74,7 +74,9 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         daemon: flags.daemon,
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf(cfg));
+    let conf = server_conf(cfg);
+    crate::net::shard::per_thread(conf.threads, conf.work_stealing);
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     if let Err(e) = crate::net::fdlimit::raise(cfg.pingora.max_open_files) {

@@ -42,6 +42,7 @@ mod protocol;
 mod reload;
 mod retries;
 mod reverse;
+mod shards;
 mod sticky;
 mod streaming;
 mod tls;

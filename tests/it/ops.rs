@@ -171,7 +171,7 @@ pub(crate) fn pingora_block(dir: &std::path::Path, grace: u64) -> String {
     )
 }
 
-fn spawn_upgrade(first: &Proxy, n: usize) -> Proxy {
+pub(crate) fn spawn_upgrade(first: &Proxy, n: usize) -> Proxy {
     let log = std::fs::File::create(first.dir.join(format!("stderr-{n}.log"))).expect("log");
     let child = Command::new(bin())
         .arg("-u")

@@ -1,0 +1,159 @@
+//! One listening socket per worker thread when each thread runs its own runtime
+//! (`work_stealing: false`): every socket of the group is accepted on, and a graceful upgrade
+//! hands all of them over to a process that accepts on each.
+
+use crate::ops::{base, load_task, pingora_block, spawn_upgrade, wait_exit, Tally};
+use crate::support::proxy::{render, run_cli, send_signal};
+use crate::support::{client, scratch_dir, OriginBuilder, Proxy};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Listening TCP sockets on `port` in this network namespace (`/proc/net/tcp`, state 0A).
+fn listening(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+        })
+        .count()
+}
+
+/// 64 new connections at once, one request each, every one answered within 5 s. The kernel
+/// spreads new connections over the group's sockets by hash: a socket no loop accepts on
+/// would leave about half of them unanswered.
+async fn fresh_connections_all_answered(addr: SocketAddr, when: &str) {
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(5), client::get(addr, "/", &[])).await
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for t in tasks {
+        match t.await.expect("client task") {
+            Ok(Ok(r)) if r.status == 200 => answered += 1,
+            Ok(Ok(r)) => panic!("{when}: status {}", r.status),
+            Ok(Err(e)) => panic!("{when}: {e}"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(answered, 64, "{when}: connections left unanswered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_thread_accepts_on_its_own_socket_and_an_upgrade_hands_every_one_over() {
+    let origin = OriginBuilder::new("a").run().await;
+    let dir = scratch_dir("shards");
+    let pingora = format!("{}  work_stealing: false\n", pingora_block(&dir, 2));
+    let (text, ports) = render(&base(&[&origin], "", Some(&pingora)), &dir);
+    let mut first = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    let addr = first.addr;
+    assert_eq!(listening(addr.port()), 2, "{}", first.log());
+    assert!(
+        first.log().contains("(2 sockets, one per thread)"),
+        "{}",
+        first.log()
+    );
+    fresh_connections_all_answered(addr, "before the upgrade").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let tasks: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(load_task(addr, i % 2 == 0, stop.clone(), tally.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = spawn_upgrade(&first, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_signal(first.child.id(), libc::SIGQUIT);
+    let st = wait_exit(&mut first, Duration::from_secs(60)).await;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "old process: {st:?}\n{}",
+        first.log()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, SeqCst);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    let new_log = std::fs::read_to_string(new.dir.join("stderr-1.log")).unwrap_or_default();
+    assert!(
+        new_log.contains("Bootstrap done") && !new_log.contains("starting normally"),
+        "the new process did not take the sockets over:\n{new_log}"
+    );
+    assert!(new_log.contains("(2 sockets, one per thread)"), "{new_log}");
+    let (ok, failed, reset) = (
+        tally.ok.load(SeqCst),
+        tally.failed.load(SeqCst),
+        tally.reset.load(SeqCst),
+    );
+    assert_eq!(
+        (failed, reset),
+        (0, 0),
+        "requests failed during the upgrade"
+    );
+    assert!(ok > 100, "too little load to prove anything: {ok}");
+    assert_eq!(listening(addr.port()), 2, "{new_log}");
+    fresh_connections_all_answered(addr, "after the upgrade").await;
+}
+
+/// A config with `web` and, when `extra`, a second plain listener on `{{port1}}`.
+fn two_listeners(origin: SocketAddr, pingora: &str, extra: bool) -> String {
+    let mut t = format!(
+        "{pingora}listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\n"
+    );
+    if extra {
+        t.push_str("  - {name: extra, address: 127.0.0.1:{{port1}}, protocol: http}\n");
+    }
+    t.push_str(&format!(
+        "upstreams:\n  - name: app\n    backends: [{{address: {origin}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n"
+    ));
+    if extra {
+        t.push_str("  - {listener: extra, upstream: app}\n");
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_removed_by_a_reload_closes_every_socket_of_its_group() {
+    let origin = OriginBuilder::new("a").run().await;
+    let dir = scratch_dir("shards-reload");
+    let pingora = format!("{}  work_stealing: false\n", pingora_block(&dir, 2));
+    let (text, ports) = render(&two_listeners(origin.addr, &pingora, true), &dir);
+    let p = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    let extra: SocketAddr = ([127, 0, 0, 1], p.ports[1]).into();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listening(extra.port()) < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", p.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fresh_connections_all_answered(extra, "the second listener").await;
+
+    let without = text
+        .lines()
+        .filter(|l| !l.contains("extra"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&p.config, without + "\n").expect("write");
+    let (code, out) = run_cli(&["-s", "reload", "-c", &p.config.display().to_string()]);
+    assert_eq!(code, 0, "{out}\n{}", p.log());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while listening(extra.port()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} sockets still listen on the removed listener's address\n{}",
+            listening(extra.port()),
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listening(p.addr.port()), 2, "{}", p.log());
+    fresh_connections_all_answered(p.addr, "the listener that stays").await;
+}
