@@ -262,6 +262,13 @@ where
     fn name(&self) -> &str {
         &self.name
     }
+
+    /// Declared so that Pingora closes the inherited sockets of listeners the new
+    /// configuration no longer has (it does only when every service declares its own): left
+    /// open, one would hold new connections that nothing accepts.
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(super::shard::claimed(self.addr))
+    }
 }
 
 /// A Pingora listening service (a TLS listener) whose socket is bound here first: Pingora

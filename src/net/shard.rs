@@ -36,6 +36,19 @@ pub fn key(addr: SocketAddr, i: usize) -> String {
     }
 }
 
+/// The most sockets a listener's group is expected to hold: more than any machine's thread
+/// count. Every key up to it is declared to Pingora as claimed (see [`claimed`]).
+const GROUP_MAX: usize = 1024;
+
+/// The fd-table keys a plaintext listener on `addr` claims: every socket its group may have,
+/// so that Pingora's start-up, which closes inherited sockets no service claims (a listener
+/// removed by the upgrade), keeps those of an old process with more threads too.
+pub fn claimed(addr: SocketAddr) -> Vec<String> {
+    (0..GROUP_MAX.max(SOCKETS.load(Relaxed)))
+        .map(|i| key(addr, i))
+        .collect()
+}
+
 /// Whether `key` names the first socket of its address (the one a single-socket listener
 /// has too).
 pub fn first(key: &str) -> bool {

@@ -501,4 +501,10 @@ impl pingora_core::services::Service for ReloadService {
     fn name(&self) -> &str {
         "config reload"
     }
+
+    /// No socket of its own at start: the listeners that reloads add are in the configuration
+    /// a new process starts with, and their services claim them there.
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(Vec::new())
+    }
 }

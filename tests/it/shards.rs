@@ -1,6 +1,7 @@
-//! One listening socket per worker thread when each thread runs its own runtime
-//! (`work_stealing: false`): every socket of the group is accepted on, and a graceful upgrade
-//! hands all of them over to a process that accepts on each.
+//! Listening sockets across upgrades and reloads. One socket per worker thread when each
+//! thread runs its own runtime (`work_stealing: false`): every socket of the group is accepted
+//! on, and a graceful upgrade hands all of them over to a process that accepts on each; a
+//! listener that a reload or an upgrade drops has every socket closed.
 
 use crate::ops::{base, load_task, pingora_block, spawn_upgrade, wait_exit, Tally};
 use crate::support::proxy::{render, run_cli, send_signal};
@@ -156,4 +157,54 @@ async fn a_listener_removed_by_a_reload_closes_every_socket_of_its_group() {
     }
     assert_eq!(listening(p.addr.port()), 2, "{}", p.log());
     fresh_connections_all_answered(p.addr, "the listener that stays").await;
+}
+
+/// An upgrade whose configuration no longer has a listener: the new process closes the
+/// sockets it inherited for it, so the address refuses connections once the old process is
+/// gone, instead of completing handshakes that nothing will ever accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_an_upgrade_drops_is_closed_rather_than_left_unaccepted() {
+    let origin = OriginBuilder::new("a").run().await;
+    let dir = scratch_dir("shards-upgrade-drop");
+    let pingora = format!("{}  work_stealing: false\n", pingora_block(&dir, 2));
+    let (text, ports) = render(&two_listeners(origin.addr, &pingora, true), &dir);
+    let mut first = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    let extra: SocketAddr = ([127, 0, 0, 1], first.ports[1]).into();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listening(extra.port()) < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", first.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let without = text
+        .lines()
+        .filter(|l| !l.contains("extra"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&first.config, without + "\n").expect("write");
+    let new = spawn_upgrade(&first, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_signal(first.child.id(), libc::SIGQUIT);
+    let st = wait_exit(&mut first, Duration::from_secs(60)).await;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "old process: {st:?}\n{}",
+        first.log()
+    );
+    let new_log = std::fs::read_to_string(new.dir.join("stderr-1.log")).unwrap_or_default();
+    assert!(
+        new_log.contains("Bootstrap done") && !new_log.contains("starting normally"),
+        "the new process did not take the sockets over:\n{new_log}"
+    );
+    assert_eq!(
+        listening(extra.port()),
+        0,
+        "the dropped listener's sockets are still open\n{new_log}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(extra).await.is_err(),
+        "the dropped listener's address accepts connections"
+    );
+    assert_eq!(listening(first.addr.port()), 2, "{new_log}");
+    fresh_connections_all_answered(first.addr, "the listener that stays").await;
 }

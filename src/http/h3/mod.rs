@@ -172,8 +172,13 @@ impl Shared {
 }
 
 /// The UDP socket: the old process's on an upgrade, else a new one, recorded for the next.
+/// The fd-table key of the UDP socket on `addr`.
+fn udp_key(addr: SocketAddr) -> String {
+    format!("udp://{addr}")
+}
+
 fn socket(addr: SocketAddr, fds: Option<&ListenFds>) -> std::io::Result<std::net::UdpSocket> {
-    let key = format!("udp://{addr}");
+    let key = udp_key(addr);
     if let Some(fd) = fds.and_then(|f| f.lock().get(&key).copied()) {
         // SAFETY: the fd table holds sockets this process received from the old one (or
         // bound itself); each key is taken by exactly one service.
@@ -280,6 +285,12 @@ impl Service for H3Service {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its UDP socket, so that Pingora closes the inherited sockets no service claims (see
+    /// `PlainService`'s).
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(vec![udp_key(self.addr)])
     }
 }
 
