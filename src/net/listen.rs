@@ -9,7 +9,8 @@
 //! one buffer; the guard coalesces Pingora's writes, see [`super::guard`]).
 //!
 //! The listening socket goes through Pingora's fd table like Pingora's own listeners, under
-//! the same key (the address as written), so graceful upgrades hand it over either way.
+//! the same key (the address as written), so graceful upgrades hand it over either way; with a
+//! socket per thread ([`super::shard`]) the others go in as `ADDR#i`.
 //! TLS listeners keep Pingora's service: their handshake needs it.
 
 pub use super::plain::PlainTcp;
