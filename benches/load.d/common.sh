@@ -1,12 +1,33 @@
 # Helpers shared by benches/load and benches/instr (sourced, not run).
 
-free_ports() { # n -> n distinct free loopback ports
+free_ports() { # n -> n distinct free loopback ports, below the ephemeral range
+  # Below it, so that no outgoing connection of the run (the harness's checks, the proxies'
+  # connections to the origin) takes one as its local port before its server binds it: a
+  # port from bind(0) is an ephemeral one, and a peer once failed to bind one that way.
   python3 - "$1" <<'PY'
-import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in ss))
+import random, socket, sys
+n = int(sys.argv[1])
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+ports, held = [], []
+for _ in range(20000):
+    if len(ports) == n:
+        break
+    p = random.randint(10000, lo - 1) if lo > 11000 else 0
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        s.close()
+        continue
+    p = s.getsockname()[1]
+    if p in ports:
+        s.close()
+        continue
+    held.append(s)
+    ports.append(p)
+if len(ports) < n:
+    sys.exit(f"free_ports: found only {len(ports)} of {n} free ports")
+print(" ".join(str(p) for p in ports))
 PY
 }
 
