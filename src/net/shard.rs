@@ -66,26 +66,21 @@ pub async fn sockets(
     let want = SOCKETS.load(Relaxed);
     let mut out = Vec::with_capacity(want);
     loop {
-        let k = key(addr, out.len());
+        let i = out.len();
+        let k = key(addr, i);
         let inherited = fds.is_some_and(|f| f.lock().get(&k).is_some());
-        if !inherited && out.len() >= want.max(1) {
+        if !inherited && i >= want {
             break;
         }
-        if !inherited && !out.is_empty() {
-            match super::listen::bind(addr, &k, fds, true).await {
-                Ok(l) => out.push((k, l.into_std()?)),
-                Err(e) => {
-                    log::warn!(
-                        "{name}: {} of {want} sockets on {addr} (one per thread): {e}",
-                        out.len()
-                    );
-                    break;
-                }
+        match super::listen::bind(addr, &k, fds, want > 1).await {
+            Ok(l) => out.push((k, l.into_std()?)),
+            // a socket added to the group: serve with those there are
+            Err(e) if i > 0 && !inherited => {
+                log::warn!("{name}: {i} of {want} sockets on {addr} (one per thread): {e}");
+                break;
             }
-            continue;
+            Err(e) => return Err(e),
         }
-        let l = super::listen::bind(addr, &k, fds, want > 1).await?;
-        out.push((k, l.into_std()?));
     }
     Ok(out)
 }

@@ -48,12 +48,66 @@ async fn fresh_connections_all_answered(addr: SocketAddr, when: &str) {
     assert_eq!(answered, 64, "{when}: connections left unanswered");
 }
 
+/// `pingora_block` with each thread on a runtime of its own (and so a socket each).
+fn no_steal(dir: &std::path::Path) -> String {
+    format!("{}  work_stealing: false\n", pingora_block(dir, 2))
+}
+
+/// Wait up to `within` until `port` has `n` listening sockets.
+async fn wait_listening(port: u16, n: usize, within: Duration, p: &Proxy) {
+    let deadline = std::time::Instant::now() + within;
+    while listening(port) != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} sockets listen on port {port}, not {n}\n{}",
+            listening(port),
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Upgrade `first` to a new process with its config file as it now is, and wait until the old
+/// one has exited cleanly: the new process, which must have taken the sockets over.
+async fn upgrade(first: &mut Proxy) -> Proxy {
+    let new = spawn_upgrade(first, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_signal(first.child.id(), libc::SIGQUIT);
+    let st = wait_exit(first, Duration::from_secs(60)).await;
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "old process: {st:?}\n{}",
+        first.log()
+    );
+    let log = new_log(&new);
+    assert!(
+        log.contains("Bootstrap done") && !log.contains("starting normally"),
+        "the new process did not take the sockets over:\n{log}"
+    );
+    new
+}
+
+/// The log of the process [`upgrade`] started.
+fn new_log(new: &Proxy) -> String {
+    std::fs::read_to_string(new.dir.join("stderr-1.log")).unwrap_or_default()
+}
+
+/// `text` without the `extra` listener and its route.
+fn without_extra(text: &str) -> String {
+    let mut t = text
+        .lines()
+        .filter(|l| !l.contains("extra"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    t.push('\n');
+    t
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_thread_accepts_on_its_own_socket_and_an_upgrade_hands_every_one_over() {
     let origin = OriginBuilder::new("a").run().await;
     let dir = scratch_dir("shards");
-    let pingora = format!("{}  work_stealing: false\n", pingora_block(&dir, 2));
-    let (text, ports) = render(&base(&[&origin], "", Some(&pingora)), &dir);
+    let (text, ports) = render(&base(&[&origin], "", Some(&no_steal(&dir))), &dir);
     let mut first = Proxy::start_in(dir, &text, ports, &[]).expect("start");
     let addr = first.addr;
     assert_eq!(listening(addr.port()), 2, "{}", first.log());
@@ -70,26 +124,14 @@ async fn each_thread_accepts_on_its_own_socket_and_an_upgrade_hands_every_one_ov
         .map(|i| tokio::spawn(load_task(addr, i % 2 == 0, stop.clone(), tally.clone())))
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let new = spawn_upgrade(&first, 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    send_signal(first.child.id(), libc::SIGQUIT);
-    let st = wait_exit(&mut first, Duration::from_secs(60)).await;
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "old process: {st:?}\n{}",
-        first.log()
-    );
+    let new = upgrade(&mut first).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, SeqCst);
     for t in tasks {
         t.await.expect("load task");
     }
-    let new_log = std::fs::read_to_string(new.dir.join("stderr-1.log")).unwrap_or_default();
-    assert!(
-        new_log.contains("Bootstrap done") && !new_log.contains("starting normally"),
-        "the new process did not take the sockets over:\n{new_log}"
-    );
-    assert!(new_log.contains("(2 sockets, one per thread)"), "{new_log}");
+    let log = new_log(&new);
+    assert!(log.contains("(2 sockets, one per thread)"), "{log}");
     let (ok, failed, reset) = (
         tally.ok.load(SeqCst),
         tally.failed.load(SeqCst),
@@ -101,7 +143,7 @@ async fn each_thread_accepts_on_its_own_socket_and_an_upgrade_hands_every_one_ov
         "requests failed during the upgrade"
     );
     assert!(ok > 100, "too little load to prove anything: {ok}");
-    assert_eq!(listening(addr.port()), 2, "{new_log}");
+    assert_eq!(listening(addr.port()), 2, "{log}");
     fresh_connections_all_answered(addr, "after the upgrade").await;
 }
 
@@ -126,35 +168,16 @@ fn two_listeners(origin: SocketAddr, pingora: &str, extra: bool) -> String {
 async fn a_listener_removed_by_a_reload_closes_every_socket_of_its_group() {
     let origin = OriginBuilder::new("a").run().await;
     let dir = scratch_dir("shards-reload");
-    let pingora = format!("{}  work_stealing: false\n", pingora_block(&dir, 2));
-    let (text, ports) = render(&two_listeners(origin.addr, &pingora, true), &dir);
+    let (text, ports) = render(&two_listeners(origin.addr, &no_steal(&dir), true), &dir);
     let p = Proxy::start_in(dir, &text, ports, &[]).expect("start");
     let extra: SocketAddr = ([127, 0, 0, 1], p.ports[1]).into();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while listening(extra.port()) < 2 {
-        assert!(std::time::Instant::now() < deadline, "{}", p.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening(extra.port(), 2, Duration::from_secs(10), &p).await;
     fresh_connections_all_answered(extra, "the second listener").await;
 
-    let without = text
-        .lines()
-        .filter(|l| !l.contains("extra"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&p.config, without + "\n").expect("write");
+    std::fs::write(&p.config, without_extra(&text)).expect("write");
     let (code, out) = run_cli(&["-s", "reload", "-c", &p.config.display().to_string()]);
     assert_eq!(code, 0, "{out}\n{}", p.log());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while listening(extra.port()) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} sockets still listen on the removed listener's address\n{}",
-            listening(extra.port()),
-            p.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening(extra.port(), 0, Duration::from_secs(5), &p).await;
     assert_eq!(listening(p.addr.port()), 2, "{}", p.log());
     fresh_connections_all_answered(p.addr, "the listener that stays").await;
 }
@@ -166,45 +189,23 @@ async fn a_listener_removed_by_a_reload_closes_every_socket_of_its_group() {
 async fn a_listener_an_upgrade_drops_is_closed_rather_than_left_unaccepted() {
     let origin = OriginBuilder::new("a").run().await;
     let dir = scratch_dir("shards-upgrade-drop");
-    let pingora = format!("{}  work_stealing: false\n", pingora_block(&dir, 2));
-    let (text, ports) = render(&two_listeners(origin.addr, &pingora, true), &dir);
+    let (text, ports) = render(&two_listeners(origin.addr, &no_steal(&dir), true), &dir);
     let mut first = Proxy::start_in(dir, &text, ports, &[]).expect("start");
     let extra: SocketAddr = ([127, 0, 0, 1], first.ports[1]).into();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while listening(extra.port()) < 2 {
-        assert!(std::time::Instant::now() < deadline, "{}", first.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_listening(extra.port(), 2, Duration::from_secs(10), &first).await;
 
-    let without = text
-        .lines()
-        .filter(|l| !l.contains("extra"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&first.config, without + "\n").expect("write");
-    let new = spawn_upgrade(&first, 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    send_signal(first.child.id(), libc::SIGQUIT);
-    let st = wait_exit(&mut first, Duration::from_secs(60)).await;
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "old process: {st:?}\n{}",
-        first.log()
-    );
-    let new_log = std::fs::read_to_string(new.dir.join("stderr-1.log")).unwrap_or_default();
-    assert!(
-        new_log.contains("Bootstrap done") && !new_log.contains("starting normally"),
-        "the new process did not take the sockets over:\n{new_log}"
-    );
+    std::fs::write(&first.config, without_extra(&text)).expect("write");
+    let new = upgrade(&mut first).await;
+    let log = new_log(&new);
     assert_eq!(
         listening(extra.port()),
         0,
-        "the dropped listener's sockets are still open\n{new_log}"
+        "the dropped listener's sockets are still open\n{log}"
     );
     assert!(
         tokio::net::TcpStream::connect(extra).await.is_err(),
         "the dropped listener's address accepts connections"
     );
-    assert_eq!(listening(first.addr.port()), 2, "{new_log}");
+    assert_eq!(listening(first.addr.port()), 2, "{log}");
     fresh_connections_all_answered(first.addr, "the listener that stays").await;
 }
