@@ -15,5 +15,6 @@ pub mod observability;
 pub mod policy;
 pub mod server;
 pub mod spin;
+pub mod striped;
 pub mod tls;
 pub mod upstream;

@@ -37,7 +37,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ExecutionPhase, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,29 +192,31 @@ pub fn upgrading() -> bool {
     UPGRADING.load(Ordering::Relaxed)
 }
 
-/// Client connections open on the proxy listeners (HTTP and L4; not admin).
-static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Client connections open on the proxy listeners (HTTP and L4; not admin). Moved by every
+/// connection and read only by a draining process, so striped per thread.
+static OPEN: once_cell::sync::Lazy<crate::striped::Gauge> =
+    once_cell::sync::Lazy::new(crate::striped::Gauge::default);
 
 /// Held for as long as a client connection is served; see [`open_connection`].
 pub struct OpenConnection(());
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
+        OPEN.dec();
     }
 }
 
 /// Counts a client connection until the guard drops, so a draining process can tell when
 /// it has nothing left to finish.
 pub fn open_connection() -> OpenConnection {
-    OPEN.fetch_add(1, Ordering::Relaxed);
+    OPEN.inc();
     OpenConnection(())
 }
 
 fn exit_when_idle() {
     let mut quiet = 0;
     loop {
-        let idle = OPEN.load(Ordering::Relaxed) == 0 && crate::observability::INFLIGHT.get() <= 0;
+        let idle = OPEN.get() <= 0 && crate::observability::in_flight() <= 0;
         quiet = if idle { quiet + 1 } else { 0 };
         // Two quiet looks in a row: a connection accepted just before the stop has had time
         // to be counted, and the access log writer to flush what it was given.

@@ -121,7 +121,7 @@ impl AdminApp {
         serde_json::json!({
             "config": (self.hooks.status)(),
             "draining": crate::lifecycle::draining(),
-            "in_flight": crate::observability::INFLIGHT.get(),
+            "in_flight": crate::observability::in_flight(),
             "upstreams": upstreams,
         })
     }
@@ -160,6 +160,7 @@ fn backend_json(s: &crate::upstream::Slot) -> serde_json::Value {
         "ready"
     };
     let ejected = s.ejected();
+    let t = s.totals();
     serde_json::json!({
         "address": s.label,
         "weight": s.weight,
@@ -171,10 +172,10 @@ fn backend_json(s: &crate::upstream::Slot) -> serde_json::Value {
         "ejected": ejected,
         "ejections": s.ejections_total.load(Relaxed),
         "in_flight": s.inflight.load(Relaxed),
-        "requests": s.requests.load(Relaxed),
+        "requests": t.requests,
         "failures": s.failures.load(Relaxed),
-        "completed": s.completed.load(Relaxed),
-        "latency_us_total": s.latency_us.load(Relaxed),
+        "completed": t.completed,
+        "latency_us_total": t.latency_us,
     })
 }
 

@@ -62,26 +62,7 @@ pub struct L4App {
     tls_terminated: bool,
     /// This listener's series, resolved once: a label lookup per connection costs a hash and
     /// a lock in the registry.
-    m: L4Metrics,
-}
-
-struct L4Metrics {
-    conns: prometheus::IntCounter,
-    active: prometheus::IntGauge,
-    bytes_in: prometheus::IntCounter,
-    bytes_out: prometheus::IntCounter,
-}
-
-impl L4Metrics {
-    fn new(name: &str) -> L4Metrics {
-        use crate::observability::{L4_ACTIVE, L4_BYTES, L4_CONNECTIONS};
-        L4Metrics {
-            conns: L4_CONNECTIONS.with_label_values(&[name]),
-            active: L4_ACTIVE.with_label_values(&[name]),
-            bytes_in: L4_BYTES.with_label_values(&[name, "in"]),
-            bytes_out: L4_BYTES.with_label_values(&[name, "out"]),
-        }
-    }
+    m: &'static crate::observability::L4Counts,
 }
 
 /// One admitted connection; dropping it frees the slot.
@@ -121,7 +102,7 @@ impl L4App {
                 .as_ref()
                 .map(|t| ProxyAccept::new(&l.name, t)),
             tls_terminated,
-            m: L4Metrics::new(&l.name),
+            m: crate::observability::L4Counts::of(&l.name),
         })
     }
 
@@ -227,8 +208,7 @@ impl L4App {
         let label = &pick.slot.label;
         match outcome {
             Splice::Done(up, down) => {
-                self.m.bytes_in.inc_by(up);
-                self.m.bytes_out.inc_by(down);
+                self.m.relayed(up, down);
                 debug!(
                     "{}: {client} -> {label} closed after {:?}, {up} bytes up, {down} down",
                     self.name,
@@ -269,12 +249,11 @@ impl ServerApp for L4App {
             );
             return None;
         };
-        self.m.conns.inc();
-        self.m.active.inc();
+        self.m.opened();
         if let Err(e) = self.serve(io, shutdown).await {
             warn!("{}: {e}", self.name);
         }
-        self.m.active.dec();
+        self.m.closed();
         None
     }
 }
@@ -325,7 +304,7 @@ async fn connect(
     let mut tried = 0u64;
     let mut attempts = 0u32;
     let started = std::time::Instant::now();
-    crate::policy::retry::begin(pool, std::time::Instant::now());
+    crate::policy::retry::begin(pool, started);
     loop {
         let pick = match pool.select_queued(hash, tried).await {
             Ok(p) => p,

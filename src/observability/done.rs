@@ -131,7 +131,7 @@ pub fn text_shown(trace: Option<&super::tracing::TraceCtx>) -> bool {
 /// A request whose client reset its HTTP/2 stream before the response ended (a cancel):
 /// counted once, besides its `err` class, whichever engine served it.
 pub fn client_closed(route: Option<usize>) {
-    route_metrics(route).client_closed.inc();
+    route_metrics(route).client_closed();
 }
 
 pub(super) fn count_done(
@@ -144,16 +144,11 @@ pub(super) fn count_done(
 ) -> (&'static RouteMetrics, Duration) {
     crate::spin::active();
     let m = route_metrics(route);
-    let class = (status / 100) as usize;
-    m.requests[if (1..=5).contains(&class) { class } else { 0 }].inc();
     let took = obs.start.elapsed();
-    m.duration.observe(took.as_secs_f64());
+    m.done(status, took, bytes_in, bytes_out);
     if let Some(slot) = backend {
-        slot.latency_us.fetch_add(took.as_micros() as u64, Relaxed);
-        slot.completed.fetch_add(1, Relaxed);
+        slot.completed(took);
     }
-    m.bytes_in.inc_by(bytes_in as u64);
-    m.bytes_out.inc_by(bytes_out as u64);
     (m, took)
 }
 

@@ -10,7 +10,7 @@
 //!
 //! Counters other modules bump: [`CACHE_STATUS`] is counted here, from Pingora's cache phase
 //! at the end of each request, so the cache module needs no code for it. The L4 listeners
-//! count [`L4_CONNECTIONS`], [`L4_ACTIVE`] and [`L4_BYTES`]; the TLS certificate callbacks
+//! count into [`L4Counts`]; the TLS certificate callbacks
 //! keep handshake counts in their certificate stores, read at scrape time.
 //!
 //! The access log is off unless configured; when off, nothing is formatted. When on, the
@@ -24,8 +24,8 @@ use once_cell::sync::{Lazy, OnceCell};
 use pingora_core::Error;
 use pingora_proxy::Session;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -36,8 +36,10 @@ use std::time::{Duration, Instant};
 mod access_log;
 pub mod deps_log;
 mod done;
+mod l4;
 pub mod quic;
 mod render;
+mod routes;
 pub mod tracing;
 
 use access_log::*;
@@ -45,7 +47,15 @@ pub use access_log::{clf_time, rfc3339};
 pub use done::{
     access_log_on, client_closed, fast_request_done, request_done, text_shown, ReqView,
 };
+pub use l4::L4Counts;
 pub use render::render;
+pub use routes::set_routes;
+use routes::{route_metrics, RouteMetrics};
+
+/// HTTP requests being processed now (the sum of the threads' stripes).
+pub fn in_flight() -> i64 {
+    routes::IN_FLIGHT.get()
+}
 
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
 
@@ -73,35 +83,10 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> 
     )
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
 const CONNECT_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec(
-        "stepstone_requests_total",
-        "HTTP requests by route and status class (err: no response was sent)",
-        &["route", "upstream", "class"],
-    )
-});
-pub static CLIENT_CLOSED: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec(
-        "stepstone_client_closed_total",
-        "HTTP/2 streams the client reset (cancelled) before the response ended; also counted as class err",
-        &["route", "upstream"],
-    )
-});
-pub static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
-    histogram_vec(
-        "stepstone_request_duration_seconds",
-        "Time from the request head to the end of the response",
-        &["route", "upstream"],
-        LATENCY_BUCKETS.to_vec(),
-    )
-});
 pub static UPSTREAM_CONNECT: Lazy<HistogramVec> = Lazy::new(|| {
     histogram_vec(
         "stepstone_upstream_connect_duration_seconds",
@@ -109,27 +94,6 @@ pub static UPSTREAM_CONNECT: Lazy<HistogramVec> = Lazy::new(|| {
         &["upstream"],
         CONNECT_BUCKETS.to_vec(),
     )
-});
-pub static UPSTREAM_CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec(
-        "stepstone_upstream_connections_total",
-        "Upstream connections used by requests, new and reused",
-        &["upstream"],
-    )
-});
-pub static UPSTREAM_REUSED: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec(
-        "stepstone_upstream_connections_reused_total",
-        "Upstream connections taken from the keep-alive pool",
-        &["upstream"],
-    )
-});
-pub static INFLIGHT: Lazy<IntGauge> = Lazy::new(|| {
-    reg(IntGauge::new(
-        "stepstone_requests_in_flight",
-        "HTTP requests being processed",
-    )
-    .unwrap_or_else(|e| panic!("{e}")))
 });
 /// Configuration reloads by outcome (`ok`, `error`), and the revision in force.
 pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -158,42 +122,11 @@ pub fn config_reloaded(ok: Option<bool>, revision: u64) {
     CONFIG_REVISION.set(i64::try_from(revision).unwrap_or(i64::MAX));
 }
 
-pub static BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec(
-        "stepstone_http_body_bytes_total",
-        "HTTP body bytes received from (in) and sent to (out) clients",
-        &["route", "direction"],
-    )
-});
 pub static CACHE_STATUS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "stepstone_cache_requests_total",
         "Requests that consulted the cache, by outcome (hit, miss, stale, expired, revalidated, bypass...)",
         &["status"],
-    )
-});
-pub static L4_CONNECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec(
-        "stepstone_l4_connections_total",
-        "Connections accepted by the TCP / TLS passthrough listeners",
-        &["listener"],
-    )
-});
-pub static L4_ACTIVE: Lazy<IntGaugeVec> = Lazy::new(|| {
-    reg(IntGaugeVec::new(
-        Opts::new(
-            "stepstone_l4_connections_active",
-            "Open connections on the TCP / TLS passthrough listeners",
-        ),
-        &["listener"],
-    )
-    .unwrap_or_else(|e| panic!("{e}")))
-});
-pub static L4_BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter_vec(
-        "stepstone_l4_bytes_total",
-        "Bytes relayed by the TCP / TLS passthrough listeners (in: from clients, out: to clients)",
-        &["listener", "direction"],
     )
 });
 pub static FAST_PATH_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -267,55 +200,6 @@ pub static RATE_STORE_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
     .unwrap_or_else(|e| panic!("{e}")))
 });
 
-/// Label handles of one route, resolved once.
-pub struct RouteMetrics {
-    pub route: String,
-    pub upstream: String,
-    /// By status class: index 0 is "err" (no response), 1..=5 are 1xx..5xx.
-    requests: [IntCounter; 6],
-    duration: Histogram,
-    client_closed: IntCounter,
-    connect: Histogram,
-    conns: IntCounter,
-    reused: IntCounter,
-    bytes_in: IntCounter,
-    bytes_out: IntCounter,
-}
-
-impl RouteMetrics {
-    fn new(route: &str, upstream: &str) -> RouteMetrics {
-        let class = |c: &str| REQUESTS.with_label_values(&[route, upstream, c]);
-        RouteMetrics {
-            route: route.to_string(),
-            upstream: upstream.to_string(),
-            requests: [
-                class("err"),
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
-            duration: REQUEST_DURATION.with_label_values(&[route, upstream]),
-            client_closed: CLIENT_CLOSED.with_label_values(&[route, upstream]),
-            connect: UPSTREAM_CONNECT.with_label_values(&[upstream]),
-            conns: UPSTREAM_CONNECTIONS.with_label_values(&[upstream]),
-            reused: UPSTREAM_REUSED.with_label_values(&[upstream]),
-            bytes_in: BYTES.with_label_values(&[route, "in"]),
-            bytes_out: BYTES.with_label_values(&[route, "out"]),
-        }
-    }
-}
-
-/// Indexed by the route's position in the config (`Route::id`); replaced by a reload.
-static ROUTES: Lazy<arc_swap::ArcSwap<Vec<&'static RouteMetrics>>> =
-    Lazy::new(|| arc_swap::ArcSwap::from_pointee(Vec::new()));
-/// Every (route, upstream) pair resolved so far: a reload that keeps a pair reuses its
-/// handles, so reloading back and forth allocates nothing new.
-static KNOWN_ROUTES: std::sync::Mutex<Vec<&'static RouteMetrics>> =
-    std::sync::Mutex::new(Vec::new());
-/// Requests no route matched (the proxy's own 404s).
-static UNROUTED: Lazy<RouteMetrics> = Lazy::new(|| RouteMetrics::new("-", "-"));
 /// The cache outcomes, as the access log and `stepstone_cache_requests_total` name them.
 const CACHE_PHASE_NAMES: [&str; 8] = [
     "hit",
@@ -336,12 +220,9 @@ static ACCESS_LOG: OnceCell<AccessLog> = OnceCell::new();
 /// runs (and before a daemon fork, so a log file opened here is inherited).
 pub fn init(cfg: &Config) -> Result<(), String> {
     set_routes(cfg);
-    Lazy::force(&INFLIGHT);
+    routes::register();
     Lazy::force(&CACHE_PHASES);
     // Register every family up front (a vector family shows once it has a series).
-    Lazy::force(&L4_CONNECTIONS);
-    Lazy::force(&L4_BYTES);
-    Lazy::force(&L4_ACTIVE);
     Lazy::force(&ACCESS_LOG_DROPPED);
     Lazy::force(&SPLICED_BYTES);
     if cfg
@@ -358,37 +239,6 @@ pub fn init(cfg: &Config) -> Result<(), String> {
     }
     tracing::init(cfg.tracing.as_ref());
     Ok(())
-}
-
-/// Resolve the per-route handles of `cfg` (at start, and on each reload).
-pub fn set_routes(cfg: &Config) {
-    let mut known = KNOWN_ROUTES.lock().unwrap_or_else(|e| e.into_inner());
-    let routes = cfg
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let route = format!("routes[{i}]");
-            let up = cfg
-                .upstreams
-                .get(r.upstream)
-                .map(|u| u.name.as_str())
-                .unwrap_or("-");
-            if let Some(m) = known.iter().find(|m| m.route == route && m.upstream == up) {
-                return *m;
-            }
-            // leaked once per distinct pair: the handles live as long as their series
-            let m: &'static RouteMetrics = Box::leak(Box::new(RouteMetrics::new(&route, up)));
-            known.push(m);
-            m
-        })
-        .collect();
-    ROUTES.store(Arc::new(routes));
-}
-
-fn route_metrics(id: Option<usize>) -> &'static RouteMetrics {
-    id.and_then(|i| ROUTES.load().get(i).copied())
-        .unwrap_or(&UNROUTED)
 }
 
 /// Per-request bookkeeping, a field of the proxy's per-request context. Creating it counts
@@ -409,7 +259,7 @@ pub struct RequestObs {
 
 impl Default for RequestObs {
     fn default() -> Self {
-        INFLIGHT.inc();
+        routes::IN_FLIGHT.inc();
         RequestObs {
             start: Instant::now(),
             peer_at: None,
@@ -423,7 +273,7 @@ impl Default for RequestObs {
 
 impl Drop for RequestObs {
     fn drop(&mut self) {
-        INFLIGHT.dec();
+        routes::IN_FLIGHT.dec();
     }
 }
 
@@ -460,18 +310,12 @@ impl RequestObs {
     /// `connected_to_upstream`: count the connection, and its set-up time if it is new.
     #[inline]
     pub fn connected(&mut self, route: Option<usize>, reused: bool) {
-        let m = route_metrics(route);
         let took = match self.peer_at {
             Some(t) if !reused => t.elapsed(),
             _ => Duration::ZERO,
         };
         self.connect = Some(took);
-        m.conns.inc();
-        if reused {
-            m.reused.inc();
-        } else {
-            m.connect.observe(took.as_secs_f64());
-        }
+        route_metrics(route).connected(reused, took);
     }
 }
 
@@ -490,7 +334,7 @@ mod tests {
 
     #[test]
     fn render_lists_the_families() {
-        Lazy::force(&INFLIGHT);
+        routes::register();
         let text = render(&[]);
         for name in [
             "stepstone_backend_up",

@@ -62,19 +62,19 @@ pub fn render(pools: &[Arc<Pool>]) -> String {
             "stepstone_backend_requests_total",
             "counter",
             "Requests sent to the backend",
-            |s| s.requests.load(Relaxed).to_string(),
+            |s| s.totals().requests.to_string(),
         ),
         (
             "stepstone_backend_response_seconds_sum",
             "counter",
             "Total response time of the backend's requests",
-            |s| format!("{}", s.latency_us.load(Relaxed) as f64 / 1e6),
+            |s| format!("{}", s.totals().latency_us as f64 / 1e6),
         ),
         (
             "stepstone_backend_response_seconds_count",
             "counter",
             "Requests counted in the response time sum",
-            |s| s.completed.load(Relaxed).to_string(),
+            |s| s.totals().completed.to_string(),
         ),
     ];
     for (name, kind, help, get) in families {

@@ -35,7 +35,11 @@ pub fn observe(pool: &Pool, slot: &Slot, failed: bool) {
         return;
     };
     if !failed {
-        slot.consecutive.store(0, Relaxed);
+        // read first: a store on every success would move the slot's line between the
+        // cores serving the backend even when there is nothing to reset
+        if slot.consecutive.load(Relaxed) != 0 {
+            slot.consecutive.store(0, Relaxed);
+        }
         return;
     }
     let n = slot.consecutive.fetch_add(1, Relaxed) + 1;

@@ -76,6 +76,8 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     };
     let conf = server_conf(cfg);
     crate::net::shard::per_thread(conf.threads, conf.work_stealing);
+    // before any pool or route counter exists: they size their stripes by it
+    crate::striped::init(conf.threads);
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 

@@ -8,13 +8,16 @@
 //!
 //! The window is one packed atomic per second (the second's number and its balance), so a
 //! request's deposit and a retry's withdrawal are each one compare-and-swap and never a lock.
-//! Check and withdrawal are two steps: concurrent retries may overdraw by a few tokens,
-//! which a budget meant to stop retry storms can afford.
+//! Every request deposits, so the window is striped per thread ([`crate::striped`]): a
+//! deposit changes only its own thread's line, and a withdrawal, which happens only on a
+//! retry, sums the balances of every stripe. Check and withdrawal are two steps: concurrent
+//! retries may overdraw by a few tokens, which a budget meant to stop retry storms can afford.
 //!
 //! The budget also keeps the counts behind `stepstone_retries_total` and
 //! `stepstone_retry_budget_exhausted_total`, rendered at scrape time like the backends'.
 
 use super::now_ms;
+use crate::striped::Striped;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub const WINDOW_SECS: u64 = 10;
@@ -27,9 +30,9 @@ pub const REASONS: [&str; 3] = ["connect_failure", "reset", "timeout"];
 
 pub struct RetryBudget {
     percent: i64,
-    /// Per second: the second's number in the high 32 bits, the balance in hundredths of a
-    /// token (an `i32`) in the low ones.
-    seconds: [AtomicU64; WINDOW_SECS as usize],
+    /// Per stripe and second: the second's number in the high 32 bits, the balance in
+    /// hundredths of a token (an `i32`) in the low ones.
+    seconds: Striped<[AtomicU64; WINDOW_SECS as usize]>,
     pub exhausted: AtomicU64,
     /// Retries by [`REASONS`] index, and by status from 400 to 599.
     by_reason: [AtomicU64; 3],
@@ -92,7 +95,8 @@ impl RetryBudget {
 
     fn balance(&self, now: u64) -> i64 {
         self.seconds
-            .iter()
+            .each()
+            .flatten()
             .map(|s| unpack(s.load(Relaxed)))
             .filter(|&(sec, _)| now.saturating_sub(sec) < WINDOW_SECS && sec <= now)
             .map(|(_, b)| b)
@@ -100,7 +104,7 @@ impl RetryBudget {
     }
 
     fn add(&self, now: u64, delta: i64) {
-        let slot = &self.seconds[(now % WINDOW_SECS) as usize];
+        let slot = &self.seconds.mine()[(now % WINDOW_SECS) as usize];
         let _ = slot.fetch_update(Relaxed, Relaxed, |v| {
             let (sec, b) = unpack(v);
             // a slot last written a window ago starts over for this second

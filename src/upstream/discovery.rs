@@ -260,8 +260,9 @@ mod tests {
         });
         let kept = pool.slots()[0].clone();
         assert!(kept.drained.load(std::sync::atomic::Ordering::Relaxed));
-        kept.requests.store(7, std::sync::atomic::Ordering::Relaxed);
         let moved = pool.slots()[1].clone();
+        moved.completed(std::time::Duration::from_micros(300));
+        moved.completed(std::time::Duration::from_micros(500));
         moved
             .healthy
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -283,6 +284,8 @@ mod tests {
             !m.healthy.load(std::sync::atomic::Ordering::Relaxed),
             "health carried over"
         );
+        let t = m.totals();
+        assert_eq!((t.completed, t.latency_us), (2, 800), "totals carried over");
         assert!(pool.slot_by_label("127.0.0.4:80").is_some());
         pool.set_backends(&[b("127.0.0.2:80")]);
         assert_eq!(pool.slots().len(), 1);

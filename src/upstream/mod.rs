@@ -16,12 +16,31 @@ pub mod shadow;
 pub mod sticky;
 
 use crate::config::{BackendSpec, HashKey, Selection, UpstreamSpec};
+use crate::striped::{Padded, Striped};
 use arc_swap::ArcSwap;
 use pingora_load_balancing::Backend;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// One stripe of a backend's request counters.
+#[derive(Debug, Default)]
+struct SlotStats {
+    requests: AtomicU64,
+    completed: AtomicU64,
+    /// Sum of the response times of completed requests, in microseconds: the status page and
+    /// metrics derive the backend's latency from it and `completed`.
+    latency_us: AtomicU64,
+}
+
+/// A backend's request totals ([`Slot::totals`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SlotTotals {
+    pub requests: u64,
+    pub completed: u64,
+    pub latency_us: u64,
+}
 
 /// One backend and the counters selection and metrics read.
 #[derive(Debug)]
@@ -38,13 +57,14 @@ pub struct Slot {
     pub drained: AtomicBool,
     /// Maintenance ([`live::AdminState::Maint`]): drained, and left out of health checks.
     pub maint: AtomicBool,
-    pub inflight: AtomicUsize,
-    pub requests: AtomicU64,
+    /// In flight now: shared by every thread (caps and least-connections read the exact
+    /// value), so on lines of its own, away from the flags every selection reads. (Its
+    /// alignment also puts the slot's `Arc` counts, which each pick moves, on lines apart.)
+    pub inflight: Padded<AtomicUsize>,
+    /// Requests sent, and completed ones with their response times: bumped by every request,
+    /// so striped per thread ([`Slot::totals`] sums them).
+    stats: Striped<SlotStats>,
     pub failures: AtomicU64,
-    /// Sum of the response times of completed requests, in microseconds, and their number:
-    /// the status page and metrics derive the backend's latency from the two.
-    pub latency_us: AtomicU64,
-    pub completed: AtomicU64,
     /// Outlier detection (the policy's `outlier` module): failures in a row, the end of the
     /// current ejection in [`now_ms`] (0: not ejected), ejections so far (the backoff), the
     /// end of the last one, and the total for metrics.
@@ -78,11 +98,9 @@ impl Slot {
             healthy: AtomicBool::new(true),
             drained: AtomicBool::new(false),
             maint: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
+            inflight: Padded(AtomicUsize::new(0)),
+            stats: Striped::default(),
             failures: AtomicU64::new(0),
-            latency_us: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
@@ -91,6 +109,26 @@ impl Slot {
             back_since: AtomicU64::new(0),
             sticky_token: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A request to this backend completed after `took` (from its head to its response's
+    /// end).
+    #[inline]
+    pub fn completed(&self, took: Duration) {
+        let s = self.stats.mine();
+        s.latency_us.fetch_add(took.as_micros() as u64, Relaxed);
+        s.completed.fetch_add(1, Relaxed);
+    }
+
+    /// The backend's request totals, summed over the threads' stripes.
+    pub fn totals(&self) -> SlotTotals {
+        self.stats
+            .each()
+            .fold(SlotTotals::default(), |t, s| SlotTotals {
+                requests: t.requests.wrapping_add(s.requests.load(Relaxed)),
+                completed: t.completed.wrapping_add(s.completed.load(Relaxed)),
+                latency_us: t.latency_us.wrapping_add(s.latency_us.load(Relaxed)),
+            })
     }
 
     #[inline]
@@ -164,7 +202,7 @@ impl Pick {
                 slot.inflight.fetch_add(1, Relaxed);
             }
         }
-        slot.requests.fetch_add(1, Relaxed);
+        slot.stats.mine().requests.fetch_add(1, Relaxed);
         Some(Pick {
             slot: slot.clone(),
             queue: slot.max_conns.map(|_| queue.clone()),
@@ -233,11 +271,12 @@ impl Members {
             } else {
                 slot.healthy.store(prev.healthy.load(Relaxed), Relaxed);
                 slot.drained.store(prev.drained.load(Relaxed), Relaxed);
-                slot.requests.store(prev.requests.load(Relaxed), Relaxed);
                 slot.failures.store(prev.failures.load(Relaxed), Relaxed);
-                slot.latency_us
-                    .store(prev.latency_us.load(Relaxed), Relaxed);
-                slot.completed.store(prev.completed.load(Relaxed), Relaxed);
+                let t = prev.totals();
+                let first = slot.stats.mine();
+                first.requests.store(t.requests, Relaxed);
+                first.completed.store(t.completed, Relaxed);
+                first.latency_us.store(t.latency_us, Relaxed);
                 for (to, from) in [
                     (&slot.ejected_until, &prev.ejected_until),
                     (&slot.last_ejection_end, &prev.last_ejection_end),
@@ -258,6 +297,10 @@ pub struct Pool {
     pub selection: Selection,
     pub hash_key: HashKey,
     pub members: ArcSwap<Members>,
+    /// The round-robin cursor. One for all threads, so that consecutive requests go to
+    /// consecutive backends whichever thread serves them (as in HAProxy); per-thread cursors
+    /// would save a shared increment per request but interleave the threads' sequences
+    /// (nginx's workers without a `zone`). `random` and `power_of_two` share nothing.
     rr: AtomicUsize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,

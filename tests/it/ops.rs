@@ -671,6 +671,96 @@ async fn admin_metrics_status_token_and_drain() {
     assert_eq!(r.status, 405);
 }
 
+/// The request counters are striped per worker thread and summed when read: with two
+/// threads, each with its own listening socket, serving 40 connections at once, every
+/// series and the status API still count each request exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_from_two_worker_threads_add_up_exactly_in_metrics_and_status() {
+    let a = OriginBuilder::new("a").run().await;
+    let b = OriginBuilder::new("b").run().await;
+    let p = Proxy::start(&base(
+        &[&a, &b],
+        &admin_block(),
+        Some("pingora: {threads: 2, work_stealing: false}\n"),
+    ));
+    let addr = p.addr;
+    let clients: Vec<_> = (0..40)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = Conn::connect(addr).await.expect("connect");
+                let mut bytes = 0;
+                for _ in 0..5 {
+                    let r = c.get("/", &[]).await.expect("proxied");
+                    assert_eq!(r.status, 200);
+                    bytes += r.body.len();
+                }
+                bytes
+            })
+        })
+        .collect();
+    let mut bytes = 0;
+    for c in clients {
+        bytes += c.await.expect("client task");
+    }
+    let route = "route=\"routes[0]\",upstream=\"app\"";
+    let text = wait_metric(
+        &p,
+        &format!("stepstone_request_duration_seconds_count{{{route}}}"),
+        200.0,
+    )
+    .await;
+    let m = |series: &str| metric(&text, series).unwrap_or(-1.0);
+    assert_eq!(
+        m(&format!(
+            "stepstone_requests_total{{class=\"2xx\",{route}}}"
+        )),
+        200.0,
+        "{text}"
+    );
+    assert_eq!(
+        m(&format!(
+            "stepstone_requests_total{{class=\"err\",{route}}}"
+        )),
+        0.0
+    );
+    assert_eq!(
+        m(&format!(
+            "stepstone_request_duration_seconds_count{{{route}}}"
+        )),
+        200.0
+    );
+    assert_eq!(
+        m(&format!(
+            "stepstone_request_duration_seconds_bucket{{{route},le=\"+Inf\"}}"
+        )),
+        200.0
+    );
+    assert_eq!(
+        m("stepstone_http_body_bytes_total{direction=\"out\",route=\"routes[0]\"}"),
+        bytes as f64
+    );
+    assert_eq!(
+        m("stepstone_upstream_connections_total{upstream=\"app\"}"),
+        200.0
+    );
+    assert_eq!(m("stepstone_requests_in_flight "), 0.0);
+    let (mut sent, mut timed) = (0.0, 0.0);
+    for o in [&a, &b] {
+        let backend = format!("upstream=\"app\",backend=\"{}\"", o.addr);
+        sent += m(&format!("stepstone_backend_requests_total{{{backend}}}"));
+        timed += m(&format!(
+            "stepstone_backend_response_seconds_count{{{backend}}}"
+        ));
+    }
+    assert_eq!((sent, timed), (200.0, 200.0), "{text}");
+    let s = admin_get(&p, "/status", Some(TOKEN)).await;
+    let v: serde_json::Value = serde_json::from_slice(&s.body).expect("json");
+    let backends = v["upstreams"][0]["backends"].as_array().expect("backends");
+    let sum = |k: &str| backends.iter().filter_map(|b| b[k].as_u64()).sum::<u64>();
+    assert_eq!((sum("requests"), sum("completed")), (200, 200), "{v}");
+    assert_eq!(v["in_flight"].as_i64(), Some(0), "{v}");
+}
+
 #[tokio::test]
 async fn drained_backend_finishes_its_in_flight_requests() {
     let slow = OriginBuilder::new("slow")
