@@ -47,7 +47,7 @@ use pingora_cache::{CacheEntryKeyRef, CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
 /// LRU shards; eviction picks among them, so more shards mean less lock contention.
@@ -71,6 +71,15 @@ struct Entry {
     weight: usize,
     /// What the HTTP/1 fast path needs to answer a fresh hit, when it can.
     fast: Option<FastHead>,
+    /// The second (Unix time) of the entry's last LRU promotion, or of its creation: the fast
+    /// path promotes an entry at most once a second ([`Store::touch`]).
+    touched: AtomicU64,
+}
+
+/// Whole seconds of Unix time at `t` (0 before the epoch).
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Entry {
@@ -329,6 +338,7 @@ impl Storage for Store {
             body: old.body.clone(),
             weight,
             fast,
+            touched: AtomicU64::new(unix_secs(std::time::SystemTime::now())),
         });
         self.put(primary, entry)?;
         Ok(true)

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use pingora_cache::eviction::EvictionManager;
 use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -97,6 +98,8 @@ pub struct FastHit {
     primary: HashBinary,
     /// Whole seconds since the entry's epoch, as pingora's `Age`.
     age: u64,
+    /// The lookup's second (Unix time), for [`Store::touch`].
+    at: u64,
 }
 
 impl FastHit {
@@ -149,13 +152,24 @@ impl Store {
             entry,
             primary,
             age,
+            at: super::unix_secs(now),
         })
     }
 
     /// Tell the LRU a fast-path hit was served, as pingora's hit path does
-    /// (`HttpCache::cache_found`: `EvictionManager::access` with the hit's weight).
+    /// (`HttpCache::cache_found`: `EvictionManager::access` with the hit's weight), at most
+    /// once a second per entry. A promotion takes the LRU shard's write lock, so on a hot
+    /// object every core serving it would queue on that lock on every hit; an entry promoted
+    /// (or stored) within the same second is at the head of its shard already, so later hits
+    /// in that second change nothing the eviction could tell (memcached bumps an item at most
+    /// once a minute for the same reason).
     pub fn touch(&self, hit: &FastHit) {
         let e = &hit.entry;
+        if e.touched.load(Relaxed) >= hit.at {
+            return;
+        }
+        // two threads may both get here in one second; both promote, as before
+        e.touched.store(hit.at, Relaxed);
         let key = CacheEntryKey::key_only(e.compact_key(hit.primary));
         // Promote only an entry the LRU still tracks: one evicted since the lookup is on its
         // way out of the store, and `access` would admit it again without evicting anything.
@@ -194,6 +208,57 @@ mod tests {
             size,
             now,
         );
+    }
+
+    /// A hit promotes its entry in the LRU at most once a second. In one LRU shard, a hit on
+    /// each entry a second after they were stored promotes them all in turn, so the first
+    /// one hit (A) is the least recent again; another hit on A in that same second leaves
+    /// the order alone (before, it took the shard's write lock and moved A up again), and a
+    /// hit in the next second promotes it.
+    #[tokio::test]
+    async fn a_hit_promotes_its_entry_at_most_once_a_second() {
+        let s = store(1 << 20, 1 << 16);
+        let keys: Vec<CacheKey> = (0..64)
+            .map(|i| CacheKey::new(format!("web http://h/{i}"), ""))
+            .collect();
+        for k in &keys {
+            fill_with(s, k, &[("Content-Length", "1")], b"x").await;
+        }
+        let lru_key = |k: &CacheKey| CacheEntryKey::key_only(k.to_compact());
+        let least_recent = |shard: usize| {
+            let l = s.lru.peek_lru(shard).expect("a non-empty shard");
+            keys.iter()
+                .position(|k| lru_key(k) == l)
+                .expect("a stored key")
+        };
+        let t = SystemTime::now() + Duration::from_secs(1);
+        let hit = |i: usize, at: SystemTime| s.touch(&s.fast_hit(&keys[i], at).expect("fresh"));
+        // a shard holding two entries or more: promoting its least recent shows the next
+        let (shard, a) = (0..super::super::LRU_SHARDS)
+            .find_map(|shard| {
+                let a = least_recent(shard);
+                hit(a, t);
+                (least_recent(shard) != a).then_some((shard, a))
+            })
+            .expect("64 entries over 16 shards put two in one");
+        let mut second = None;
+        loop {
+            let x = least_recent(shard);
+            if x == a {
+                break;
+            }
+            second.get_or_insert(x);
+            hit(x, t);
+        }
+        let second = second.expect("the shard's second entry");
+        hit(a, t);
+        assert_eq!(
+            least_recent(shard),
+            a,
+            "A was promoted in this second already: left where it is"
+        );
+        hit(a, t + Duration::from_secs(1));
+        assert_eq!(least_recent(shard), second, "the next second promotes A");
     }
 
     #[tokio::test]

@@ -66,6 +66,9 @@ impl HandleMiss for Writer {
             body: Bytes::from(body),
             weight,
             fast,
+            touched: std::sync::atomic::AtomicU64::new(super::unix_secs(
+                std::time::SystemTime::now(),
+            )),
         });
         w.store.put(w.primary, entry)?;
         Ok(MissFinishType::Created(weight))
