@@ -2,13 +2,11 @@
 //! request traffic as hot as the HTTP routes' per-request ones, and striped the same way
 //! ([`super::routes`]); summed into their families when `/metrics` is read.
 
-use super::reg;
-use super::routes::{counter, descs, families, gauge, Family};
+use super::routes::{counter, families, gauge, Family, Scraped};
 use crate::striped::Striped;
-use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 #[derive(Default)]
 struct Counts {
@@ -93,39 +91,27 @@ const FAMILIES: [Family; 3] = [
 fn register() {
     static DONE: std::sync::Once = std::sync::Once::new();
     DONE.call_once(|| {
-        let _ = reg(L4Families {
-            descs: Arc::new(descs(&FAMILIES)),
-        });
+        Scraped::register(&FAMILIES, collect);
     });
 }
 
-#[derive(Clone)]
-struct L4Families {
-    descs: Arc<Vec<Desc>>,
-}
-
-impl Collector for L4Families {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let all = LISTENERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut metrics: [Vec<_>; 3] = Default::default();
-        for l in all {
-            let (mut conns, mut active, mut up, mut down) = (0u64, 0i64, 0u64, 0u64);
-            for c in l.counts.each() {
-                conns = conns.wrapping_add(c.conns.load(Relaxed));
-                active = active.wrapping_add(c.active.load(Relaxed));
-                up = up.wrapping_add(c.bytes_in.load(Relaxed));
-                down = down.wrapping_add(c.bytes_out.load(Relaxed));
-            }
-            let name = l.name.as_str();
-            metrics[0].push(counter(&[("listener", name)], conns));
-            metrics[1].push(gauge(&[("listener", name)], active));
-            metrics[2].push(counter(&[("listener", name), ("direction", "in")], up));
-            metrics[2].push(counter(&[("listener", name), ("direction", "out")], down));
+/// Every listener's stripes, summed into the families above.
+fn collect() -> Vec<MetricFamily> {
+    let all = LISTENERS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut metrics: [Vec<_>; 3] = Default::default();
+    for l in all {
+        let (mut conns, mut active, mut up, mut down) = (0u64, 0i64, 0u64, 0u64);
+        for c in l.counts.each() {
+            conns = conns.wrapping_add(c.conns.load(Relaxed));
+            active = active.wrapping_add(c.active.load(Relaxed));
+            up = up.wrapping_add(c.bytes_in.load(Relaxed));
+            down = down.wrapping_add(c.bytes_out.load(Relaxed));
         }
-        families(&FAMILIES, metrics)
+        let name = l.name.as_str();
+        metrics[0].push(counter(&[("listener", name)], conns));
+        metrics[1].push(gauge(&[("listener", name)], active));
+        metrics[2].push(counter(&[("listener", name), ("direction", "in")], up));
+        metrics[2].push(counter(&[("listener", name), ("direction", "out")], down));
     }
+    families(&FAMILIES, metrics)
 }

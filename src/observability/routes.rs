@@ -6,8 +6,8 @@
 //! handles these were shared atomics, the histogram's among them a global observation count
 //! and a float sum updated by `compare_exchange`, so every request on a hot route moved the
 //! same cache lines between all the cores serving it. Here each (route, upstream) pair keeps
-//! one block of plain counters per stripe ([`crate::striped`]); [`RouteFamilies`], a
-//! collector in the registry, turns the blocks into the same series as before at scrape time.
+//! one block of plain counters per stripe ([`crate::striped`]); a collector in the registry
+//! ([`Scraped`]) turns the blocks into the same series as before at scrape time.
 
 use super::{reg, UPSTREAM_CONNECT};
 use crate::config::Config;
@@ -194,7 +194,7 @@ pub(super) fn route_metrics(id: Option<usize>) -> &'static RouteMetrics {
 pub(super) fn register() {
     static DONE: std::sync::Once = std::sync::Once::new();
     DONE.call_once(|| {
-        let _ = reg(RouteFamilies::new());
+        Scraped::register(&FAMILIES, collect);
     });
 }
 
@@ -246,17 +246,30 @@ const FAMILIES: [Family; 7] = [
 
 const CLASSES: [&str; 6] = ["err", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The collector: sums every known pair's stripes into the families above.
+/// A registry collector of a static table of families whose series `collect` builds at
+/// scrape time (the route counters here, the L4 listeners' in [`super::l4`]).
 #[derive(Clone)]
-struct RouteFamilies {
+pub(super) struct Scraped {
     descs: Arc<Vec<Desc>>,
+    collect: fn() -> Vec<MetricFamily>,
 }
 
-impl RouteFamilies {
-    fn new() -> RouteFamilies {
-        RouteFamilies {
-            descs: Arc::new(descs(&FAMILIES)),
-        }
+impl Scraped {
+    pub(super) fn register(families: &[Family], collect: fn() -> Vec<MetricFamily>) {
+        let _ = reg(Scraped {
+            descs: Arc::new(descs(families)),
+            collect,
+        });
+    }
+}
+
+impl Collector for Scraped {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        (self.collect)()
     }
 }
 
@@ -360,54 +373,49 @@ fn histogram(pairs: &[(&str, &str)], t: &Totals) -> proto::Metric {
     m
 }
 
-impl Collector for RouteFamilies {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+/// Every known pair's stripes, summed into the families above.
+fn collect() -> Vec<MetricFamily> {
+    let mut pairs: Vec<&'static RouteMetrics> = KNOWN_ROUTES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(u) = Lazy::get(&UNROUTED) {
+        pairs.push(u);
     }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let mut pairs: Vec<&'static RouteMetrics> = KNOWN_ROUTES
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(u) = Lazy::get(&UNROUTED) {
-            pairs.push(u);
-        }
-        let mut metrics: [Vec<proto::Metric>; 7] = Default::default();
-        let mut bytes: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-        let mut conns: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-        for p in pairs {
-            let t = p.sum();
-            let (route, up) = (p.route.as_str(), p.upstream.as_str());
-            for (class, n) in CLASSES.iter().zip(t.requests) {
-                metrics[0].push(counter(
-                    &[("route", route), ("upstream", up), ("class", class)],
-                    n,
-                ));
-            }
-            metrics[1].push(counter(
-                &[("route", route), ("upstream", up)],
-                t.client_closed,
+    let mut metrics: [Vec<proto::Metric>; 7] = Default::default();
+    let mut bytes: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut conns: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for p in pairs {
+        let t = p.sum();
+        let (route, up) = (p.route.as_str(), p.upstream.as_str());
+        for (class, n) in CLASSES.iter().zip(t.requests) {
+            metrics[0].push(counter(
+                &[("route", route), ("upstream", up), ("class", class)],
+                n,
             ));
-            metrics[2].push(histogram(&[("route", route), ("upstream", up)], &t));
-            // a route label (and an upstream label) can belong to several pairs after a
-            // reload changed the route's upstream; their series are one
-            let b = bytes.entry(route).or_default();
-            *b = (b.0.wrapping_add(t.bytes_in), b.1.wrapping_add(t.bytes_out));
-            let c = conns.entry(up).or_default();
-            *c = (c.0.wrapping_add(t.conns), c.1.wrapping_add(t.reused));
         }
-        for (route, (i, o)) in bytes {
-            metrics[3].push(counter(&[("route", route), ("direction", "in")], i));
-            metrics[3].push(counter(&[("route", route), ("direction", "out")], o));
-        }
-        for (up, (all, reused)) in conns {
-            metrics[4].push(counter(&[("upstream", up)], all));
-            metrics[5].push(counter(&[("upstream", up)], reused));
-        }
-        metrics[6].push(gauge(&[], IN_FLIGHT.get()));
-        families(&FAMILIES, metrics)
+        metrics[1].push(counter(
+            &[("route", route), ("upstream", up)],
+            t.client_closed,
+        ));
+        metrics[2].push(histogram(&[("route", route), ("upstream", up)], &t));
+        // a route label (and an upstream label) can belong to several pairs after a
+        // reload changed the route's upstream; their series are one
+        let b = bytes.entry(route).or_default();
+        *b = (b.0.wrapping_add(t.bytes_in), b.1.wrapping_add(t.bytes_out));
+        let c = conns.entry(up).or_default();
+        *c = (c.0.wrapping_add(t.conns), c.1.wrapping_add(t.reused));
     }
+    for (route, (i, o)) in bytes {
+        metrics[3].push(counter(&[("route", route), ("direction", "in")], i));
+        metrics[3].push(counter(&[("route", route), ("direction", "out")], o));
+    }
+    for (up, (all, reused)) in conns {
+        metrics[4].push(counter(&[("upstream", up)], all));
+        metrics[5].push(counter(&[("upstream", up)], reused));
+    }
+    metrics[6].push(gauge(&[], IN_FLIGHT.get()));
+    families(&FAMILIES, metrics)
 }
 
 #[cfg(test)]
