@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hold N idle HTTP/1.1 keep-alive connections open against a proxy (stdlib only).
 
-usage: idle_conns.py HOST PORT N [PATH] [--mode batch|one|burst] [--pid PID] [--settle S]
+usage: idle_conns.py HOST PORT N [PATH] [--mode batch|one|burst] [--pid PID] [--settle S] [--tls]
 
 Opens N connections, sends one `GET PATH` with keep-alive on each and reads the full response,
 so that every connection has gone through a request and sits idle in the proxy's keep-alive
@@ -16,6 +16,9 @@ With `--pid`, the proxy's RSS (VmRSS of PID and its descendants) is read before 
 connection and again `--settle` seconds (default 1) after the last response, and printed as
 `RSS <before_kb> <after_kb> <kb_per_conn>`.
 
+With `--tls`, each connection does a TLS handshake first (ALPN http/1.1, the certificate not
+verified), so the connections held are idle HTTPS keep-alive connections.
+
 Then prints `READY <n> <seconds>s` and waits for SIGUSR1 (or SIGTERM, or 300 s). On SIGUSR1 it
 counts the connections the proxy still has open, prints `ALIVE <n>` and exits (closing them).
 Exit status 1 with `ERROR ...` on stdout if any connection or request fails.
@@ -26,9 +29,11 @@ open-file limit is raised to N + 64 where the hard limit allows; beyond it the r
 an error naming the limit.
 """
 import errno
+import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -87,14 +92,39 @@ def rss_kb(pid):
     return total
 
 
-def connect(host, port, i):
+def connect(host, port, i, tls=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if host.startswith("127.") and i >= PER_SOURCE:
         s.bind((f"127.0.0.{1 + i // PER_SOURCE}", 0))
     s.settimeout(30)
     s.connect((host, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        s = tls.wrap_socket(s, server_hostname=host)
     return s
+
+
+def client_tls():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def still_open(s):
+    """Whether the proxy has kept `s` open: nothing to read and no EOF (peeked on the raw
+    socket, under TLS too)."""
+    raw = socket.socket(fileno=os.dup(s.fileno()))
+    raw.setblocking(False)
+    try:
+        return bool(raw.recv(1, socket.MSG_PEEK))  # unexpected bytes, but still open
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError as e:
+        return e.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+    finally:
+        raw.close()
 
 
 def check(status):
@@ -106,9 +136,12 @@ def main():
     args = sys.argv[1:]
     opts = {"--mode": "batch", "--pid": None, "--settle": "1"}
     pos = []
+    tls = None
     while args:
         a = args.pop(0)
-        if a in opts:
+        if a == "--tls":
+            tls = client_tls()
+        elif a in opts:
             if not args:
                 print(f"ERROR {a} needs a value", flush=True)
                 return 2
@@ -136,13 +169,13 @@ def main():
     try:
         if mode == "one":
             while len(socks) < n:
-                s = connect(host, port, len(socks))
+                s = connect(host, port, len(socks), tls)
                 s.sendall(req)
                 check(read_response(s))
                 socks.append(s)
         elif mode == "burst":
             while len(socks) < n:
-                socks.append(connect(host, port, len(socks)))
+                socks.append(connect(host, port, len(socks), tls))
             for s in socks:
                 s.sendall(req)
             for s in socks:
@@ -151,13 +184,13 @@ def main():
             while len(socks) < n:
                 batch = []
                 for _ in range(min(BATCH, n - len(socks))):
-                    s = connect(host, port, len(socks) + len(batch))
+                    s = connect(host, port, len(socks) + len(batch), tls)
                     s.sendall(req)
                     batch.append(s)
                 for s in batch:
                     check(read_response(s))
                 socks.extend(batch)
-    except (OSError, ConnectionError, ValueError, IndexError) as e:
+    except (OSError, ConnectionError, ValueError, IndexError, ssl.SSLError) as e:
         print(f"ERROR after {len(socks)} connections: {e!r}", flush=True)
         return 1
     took = time.monotonic() - t0
@@ -169,18 +202,7 @@ def main():
 
     signal.sigtimedwait({signal.SIGUSR1, signal.SIGTERM, signal.SIGINT}, 300)
 
-    alive = 0
-    for s in socks:
-        s.setblocking(False)
-        try:
-            data = s.recv(1, socket.MSG_PEEK)
-            if data:
-                alive += 1  # unexpected bytes, but still open
-        except BlockingIOError:
-            alive += 1
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                alive += 1
+    alive = sum(1 for s in socks if still_open(s))
     print(f"ALIVE {alive}", flush=True)
     for s in socks:
         s.close()

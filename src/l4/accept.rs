@@ -11,7 +11,7 @@
 //!   that is [`AcceptProxyApp`], a `ServerApp` wrapped around Pingora's HTTP app; it also
 //!   drives keep-alive reuse itself so the header is read once per connection, not per request.
 //! - TLS-terminating listeners (https, and tcp with `tls:`): Pingora's pre-TLS hook
-//!   ([`PreTlsProcess`], registered on the service's endpoints by [`set_pre_tls`]), since
+//!   ([`PreTlsProcess`], in the chain [`pre_tls`] builds for the accept loop), since
 //!   the header comes before the ClientHello. The TLS stream reports the digest of the TCP
 //!   stream beneath it, so the override is seen through TLS as well.
 //!
@@ -29,7 +29,6 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::protocols::{Stream, IO};
 use pingora_core::server::ShutdownWatch;
-use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
@@ -127,25 +126,18 @@ impl PreTlsProcess for ProxyAccept {
     }
 }
 
-/// Register the pre-TLS hook of every endpoint of `svc` when `l` terminates TLS: the handshake
+/// The steps between accept and the TLS handshake when `l` terminates TLS: the handshake
 /// deadline, the PROXY reader when `l` accepts the PROXY protocol, and handshake pacing.
-/// Returns whether it registered the PROXY reader.
-pub fn set_pre_tls<A>(svc: &mut Service<A>, l: &ListenerSpec) -> bool {
-    let Some(t) = &l.tls else {
-        return false;
-    };
-    let proxy =
-        super::L4App::pre_tls(l).map(|a| a as Arc<dyn pingora_core::listeners::PreTlsProcess>);
-    let read_proxy = proxy.is_some();
+pub fn pre_tls(l: &ListenerSpec) -> Option<Arc<dyn PreTlsProcess>> {
+    let t = l.tls.as_ref()?;
+    let proxy = super::L4App::pre_tls(l).map(|a| a as Arc<dyn PreTlsProcess>);
     // the deadline first, then the PROXY header, then the handshake's turn
     let paced = Arc::new(crate::tls::pace::Paced { then: proxy });
-    svc.endpoints()
-        .set_pre_tls_callback(Arc::new(crate::tls::deadline::HandshakeDeadline {
-            timeout: t.handshake_timeout,
-            listener: l.name.clone(),
-            then: Some(paced),
-        }));
-    read_proxy
+    Some(Arc::new(crate::tls::deadline::HandshakeDeadline {
+        timeout: t.handshake_timeout,
+        listener: l.name.clone(),
+        then: Some(paced),
+    }))
 }
 
 /// A `ServerApp` that reads the PROXY header, then hands the connection to `inner`.

@@ -32,7 +32,6 @@ use log::{debug, warn};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -277,19 +276,14 @@ pub fn add_service(
         );
         return Ok(());
     };
-    // TLS-terminated TCP: the same certificate handling (SNI, reload) as https listeners.
-    let mut svc = Service::new(name, app);
-    svc.add_listener(crate::tls::listener_config(
-        l.addr,
-        t,
-        crate::tls::Alpn::None,
-    )?);
-    accept::set_pre_tls(&mut svc, l);
-    server.add_service(crate::net::listen::Prebound::new(
-        l.addr,
-        l.defer_accept,
-        svc,
-    ));
+    // TLS-terminated TCP: the same certificate handling (SNI, reload) and accept loop as
+    // https listeners.
+    let tls = crate::tls::listener_tls(t, crate::tls::Alpn::None)?;
+    let app = crate::net::tls::TlsConn::new(&name, app, tls, accept::pre_tls(l));
+    server.add_service(
+        crate::net::listen::PlainService::new(name, l.addr, app, false)
+            .defer_accept(l.defer_accept),
+    );
     Ok(())
 }
 

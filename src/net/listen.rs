@@ -1,4 +1,4 @@
-//! The accept loop of plaintext listeners (HTTP and TCP).
+//! The accept loop of every TCP listener (HTTP and TCP, plaintext and TLS).
 //!
 //! Pingora's listening service spawns one task per connection whose future is sized for a
 //! TLS handshake under a timeout (about 2.5 KB, measured with heaptrack), and gives every
@@ -11,7 +11,7 @@
 //! The listening socket goes through Pingora's fd table like Pingora's own listeners, under
 //! the same key (the address as written), so graceful upgrades hand it over either way; with a
 //! socket per thread ([`super::shard`]) the others go in as `ADDR#i`.
-//! TLS listeners keep Pingora's service: their handshake needs it.
+//! TLS listeners accept here too, their handshake in the connection's task ([`super::tls`]).
 
 pub use super::plain::PlainTcp;
 use async_trait::async_trait;
@@ -269,75 +269,6 @@ where
     /// open, one would hold new connections that nothing accepts.
     fn listen_addresses(&self) -> Option<Vec<String>> {
         Some(super::shard::claimed(self.addr))
-    }
-}
-
-/// A Pingora listening service (a TLS listener) whose socket is bound here first: Pingora
-/// has no setting for TCP_DEFER_ACCEPT, and it takes a socket it finds in the fd table under
-/// its address instead of binding one.
-pub struct Prebound<S> {
-    addr: SocketAddr,
-    defer_accept: bool,
-    inner: S,
-}
-
-impl<S> Prebound<S> {
-    pub fn new(addr: SocketAddr, defer_accept: bool, inner: S) -> Self {
-        Prebound {
-            addr,
-            defer_accept,
-            inner,
-        }
-    }
-}
-
-#[async_trait]
-impl<S: Service> Service for Prebound<S> {
-    async fn start_service(
-        &mut self,
-        fds: Option<ListenFds>,
-        shutdown: ShutdownWatch,
-        listeners_per_fd: usize,
-    ) {
-        // Without a table Pingora would bind the address itself, and find it taken.
-        if fds.is_some() {
-            let name = self.inner.name().to_string();
-            let l = match bind(self.addr, &self.addr.to_string(), fds.as_ref(), false)
-                .await
-                .and_then(|l| l.into_std())
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    log::error!("{name}: cannot listen on {}: {e}", self.addr);
-                    std::process::exit(1);
-                }
-            };
-            set_defer_accept(&name, self.addr, &l, self.defer_accept);
-            // The fd table owns the descriptor now; Pingora's listener takes it from there.
-            let _ = std::os::fd::IntoRawFd::into_raw_fd(l);
-        }
-        self.inner
-            .start_service(fds, shutdown, listeners_per_fd)
-            .await
-    }
-
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn threads(&self) -> Option<usize> {
-        self.inner.threads()
-    }
-
-    fn runtime_opts_override(
-        &self,
-        global: &pingora_core::server::RuntimeOpts,
-    ) -> Option<pingora_core::server::RuntimeOpts> {
-        self.inner.runtime_opts_override(global)
-    }
-
-    fn listen_addresses(&self) -> Option<Vec<String>> {
-        self.inner.listen_addresses()
     }
 }
 

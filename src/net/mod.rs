@@ -1,5 +1,7 @@
-//! The network layer under the engines: the accept loop of plaintext listeners ([`listen`])
-//! and their TCP streams, registered with the reactor only when they wait ([`plain`]), the one byte relay for every tunnel ([`relay`], [`splice`]), the
+//! The network layer under the engines: the accept loop of every TCP listener ([`listen`],
+//! one socket per thread by [`shard`], the TLS handshake by [`tls`]) and the plaintext TCP
+//! streams, registered with the reactor only when they wait ([`plain`]), the one byte relay
+//! for every tunnel ([`relay`], [`splice`]), the
 //! proxy's own answers written on a Pingora session ([`respond`]), the sender of mirrored
 //! requests ([`mirror`]), the shared count of the per-IP rate limit ([`ratestore`]), and the
 //! etcd client the fleet configuration is watched with ([`etcd`]), and the time limit on
@@ -20,6 +22,7 @@ pub mod respond;
 pub mod shard;
 pub mod sockopt;
 pub mod splice;
+pub mod tls;
 pub mod zerocopy;
 
 /// Set up the thread a connection is served on, once per thread (cheap to call again):

@@ -9,16 +9,12 @@ use crate::config::file::ListenerProtocol;
 use crate::config::{Config, ListenerSpec};
 use crate::http::service::{EngineSwap, LeanHttp};
 use crate::http::{HttpProxy, Listener};
-use crate::net::listen::{PlainService, Prebound};
+use crate::net::listen::PlainService;
 use crate::policy::route::Router;
 use crate::upstream::{discovery::DiscoveryService, health::HealthService, Pool, Upstreams};
-use pingora_core::listeners::ListenerConfig;
-use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
-use pingora_core::services::listening::Service;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Command-line switches that Pingora itself acts on.
@@ -148,12 +144,12 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 };
                 let general = swap.general_engine();
                 http.push(reload::HttpHandle::new(l, swap, None));
-                // TLS reads a PROXY header before the handshake (Pingora's pre-TLS hook).
-                let endpoint = crate::tls::listener_config(l.addr, t, crate::tls::Alpn::Http)?;
-                let mut svc = Service::new(name, app);
-                svc.add_listener(endpoint);
-                crate::l4::accept::set_pre_tls(&mut svc, l);
-                server.add_service(Prebound::new(l.addr, l.defer_accept, svc));
+                // TLS reads a PROXY header before the handshake (a pre-TLS step).
+                let tls = crate::tls::listener_tls(t, crate::tls::Alpn::Http)?;
+                let app =
+                    crate::net::tls::TlsConn::new(&name, app, tls, crate::l4::accept::pre_tls(l));
+                let svc = PlainService::new(name, l.addr, app, false);
+                server.add_service(svc.defer_accept(l.defer_accept));
                 if let Some(q) = &l.http3 {
                     let h3 = crate::http::h3::H3Service::new(
                         h3_listener,
@@ -248,12 +244,4 @@ fn http_stack(
     let app = crate::lifecycle::Draining::new(app, conf);
     let app = crate::http::service::H1First::new(app, &l.limits, admission, fast);
     (app, swap, open, engines)
-}
-
-/// A plaintext TCP endpoint. Reads skip the L4 buffer: the HTTP/1 parser reads into its own
-/// buffer, so a second one only costs a copy per request and 64 KiB of address space per
-/// connection. Writes keep a one-MSS buffer so a small response goes out in one syscall.
-pub fn plain_listener(addr: SocketAddr) -> ListenerConfig {
-    ListenerConfig::tcp(addr.to_string())
-        .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE))
 }

@@ -3,16 +3,16 @@
 //!
 //! Design:
 //! - A listener's certificates live in a [`store::CertStore`], an `ArcSwap` of an immutable
-//!   snapshot. The acceptor built by [`listener_settings`] has no certificate of its own;
-//!   Pingora's certificate callback ([`store::SniCallback`]) installs the one chosen by SNI
-//!   on each handshake, so a reload is one pointer swap and never rebuilds a listener.
+//!   snapshot. The acceptor built by [`listener_tls`] has no certificate of its own; the
+//!   certificate callback ([`store::SniCallback`]) installs the one chosen by SNI on each
+//!   handshake, so a reload is one pointer swap and never rebuilds a listener. The
+//!   handshake itself runs in the listener's accept loop (`crate::net::tls`).
 //! - Protocol policy is fixed, not configurable: TLS 1.2 and 1.3 only with Mozilla's
 //!   "intermediate" cipher list (forward-secret AEAD suites only), no renegotiation. ALPN
 //!   offers h2 and http/1.1 on HTTP listeners.
 //! - Every store built is registered here; [`reload::service`] polls their files and listens
-//!   for SIGHUP. Any listener kind (HTTP or TCP) that calls [`listener_config`] or
-//!   [`listener_settings`] gets
-//!   reload for free.
+//!   for SIGHUP. Any listener kind (HTTP or TCP) that calls [`listener_tls`] gets reload
+//!   for free.
 //! - Upstream TLS ([`upstream`]) is Pingora's connector with verification on by default;
 //!   a failed handshake is an upstream error (502), never a retry in plaintext.
 
@@ -25,10 +25,9 @@ pub mod store;
 pub mod upstream;
 
 use crate::config::TlsSpec;
-use openssl::ssl::{SslOptions, SslVerifyMode, SslVersion};
+use openssl::ssl::{AlpnError, SslAcceptor, SslMethod, SslOptions, SslVerifyMode, SslVersion};
 use pingora_core::apps::HttpServerOptions;
-use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::ListenerConfig;
+use pingora_core::listeners::TlsAccept;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use store::{CertStore, SniCallback};
@@ -49,19 +48,32 @@ pub fn stores() -> Vec<Arc<CertStore>> {
     STORES.lock().map(|s| s.clone()).unwrap_or_default()
 }
 
-/// Build the Pingora TLS settings of a listener from its validated TLS spec. The files are
-/// read again here (they were checked at config load), and the store is registered for
-/// reload.
-pub fn listener_settings(spec: &TlsSpec, alpn: Alpn) -> Result<TlsSettings, String> {
+/// What a TLS listener's accept loop needs for each connection: the acceptor (protocol
+/// policy, ALPN, no certificate of its own) and the callbacks that pick the certificate by
+/// SNI from the listener's [`store::CertStore`].
+#[derive(Clone)]
+pub struct ServerTls {
+    pub acceptor: SslAcceptor,
+    pub callbacks: Arc<dyn TlsAccept + Send + Sync>,
+}
+
+/// Build a listener's TLS acceptor from its validated TLS spec. The files are read again
+/// here (they were checked at config load), and the store is registered for reload.
+pub fn listener_tls(spec: &TlsSpec, alpn: Alpn) -> Result<ServerTls, String> {
     let store = Arc::new(CertStore::new(spec)?);
     let ctx = |e: &dyn fmt::Display| format!("{}: cannot set up TLS: {e}", spec.key_path);
-    let mut s =
-        TlsSettings::with_callbacks(Box::new(SniCallback(store.clone()))).map_err(|e| ctx(&e))?;
+    // Mozilla's "intermediate" profile, as Pingora's `TlsSettings` starts from.
+    let mut s = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(|e| ctx(&e))?;
     s.set_min_proto_version(Some(SslVersion::TLS1_2))
         .map_err(|e| ctx(&e))?;
     s.set_max_proto_version(Some(SslVersion::TLS1_3))
         .map_err(|e| ctx(&e))?;
     s.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE);
+    // The socket under OpenSSL has no buffer of its own (Pingora's listener gave each one a
+    // 64 KiB read buffer for the connection's life): with read-ahead a record's header and
+    // body, and whatever follows, come in one read, into OpenSSL's record buffer, which an
+    // idle connection gives back (SSL_MODE_RELEASE_BUFFERS, set by the openssl crate).
+    s.set_read_ahead(true);
     // Resumed sessions must not cross listeners with different client verification.
     let sid = spec.key_path.as_bytes();
     s.set_session_id_context(&sid[..sid.len().min(32)])
@@ -71,27 +83,25 @@ pub fn listener_settings(spec: &TlsSpec, alpn: Alpn) -> Result<TlsSettings, Stri
         // client CA file reloads like the certificates.
         s.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
     }
-    if alpn == Alpn::Http {
-        s.enable_h2();
-    }
     if spec.acme.is_some() {
-        // Replaces the ALPN choice of enable_h2 with one that also knows acme-tls/1.
+        // An ALPN choice that also knows acme-tls/1.
         acme::alpn::install(&mut s, alpn == Alpn::Http);
+    } else if alpn == Alpn::Http {
+        s.set_alpn_select_callback(|_, client| {
+            openssl::ssl::select_next_proto(H2_THEN_H1, client).ok_or(AlpnError::NOACK)
+        });
     }
     if let Ok(mut all) = STORES.lock() {
-        all.push(store);
+        all.push(store.clone());
     }
-    Ok(s)
+    Ok(ServerTls {
+        acceptor: s.build(),
+        callbacks: Arc::new(SniCallback(store)),
+    })
 }
 
-/// A TLS endpoint for `addr` (any listener kind; `alpn` says what it offers).
-pub fn listener_config(
-    addr: std::net::SocketAddr,
-    spec: &TlsSpec,
-    alpn: Alpn,
-) -> Result<ListenerConfig, String> {
-    Ok(ListenerConfig::tcp(addr.to_string()).tls(listener_settings(spec, alpn)?))
-}
+/// h2 preferred, http/1.1 allowed, in ALPN's wire format.
+const H2_THEN_H1: &[u8] = b"\x02h2\x08http/1.1";
 
 /// Server options of an HTTP listener: h2c when asked for, Pingora's defaults otherwise.
 pub fn http_server_options(l: &crate::config::ListenerSpec) -> Option<HttpServerOptions> {

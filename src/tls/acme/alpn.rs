@@ -9,10 +9,9 @@
 use crate::config::certs::LoadedCert;
 use openssl::asn1::{Asn1Object, Asn1OctetString, Asn1Time};
 use openssl::hash::{hash, MessageDigest};
-use openssl::ssl::{AlpnError, ClientHelloResponse, Ssl, SslRef};
+use openssl::ssl::{AlpnError, ClientHelloResponse, Ssl, SslAcceptorBuilder, SslRef};
 use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509Builder, X509Extension, X509NameBuilder};
-use pingora_core::listeners::tls::TlsSettings;
 use std::sync::OnceLock;
 
 const ACME_TLS: &[u8] = b"acme-tls/1";
@@ -64,8 +63,8 @@ pub fn offered(ssl: &SslRef) -> bool {
 }
 
 /// Take over the listener's ALPN choice: `acme-tls/1` when offered, else what the listener
-/// offers (`http`: h2, then http/1.1, as Pingora's `enable_h2`).
-pub fn install(s: &mut TlsSettings, http: bool) {
+/// offers (`http`: h2, then http/1.1).
+pub fn install(s: &mut SslAcceptorBuilder, http: bool) {
     s.set_client_hello_callback(|ssl, _alert| {
         if client_offers_acme(ssl) {
             if let Some(i) = offered_index() {

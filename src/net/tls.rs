@@ -1,0 +1,101 @@
+//! TLS listeners (https and TLS-terminating tcp) accept in the same loop as plaintext ones
+//! ([`super::listen`]): one socket per thread without work stealing ([`super::shard`]), a
+//! task per connection holding only the app's future, and the handshake in that task.
+//!
+//! Pingora's listening service accepted them before: one socket whatever the thread count,
+//! each connection spawned on a thread picked at random (with no work stealing, half of
+//! them woke another thread), a 64 KiB read buffer under OpenSSL for the connection's life,
+//! and a task sized for its handshake future for as long as the connection lived. Here the
+//! handshake is Pingora's own (`handshake_with_callback`, the same certificate callback),
+//! run after the listener's pre-TLS steps (handshake deadline, PROXY header, pacing).
+
+use super::listen::{serve_reused, Accepted, ConnApp, ConnFuture};
+use crate::tls::ServerTls;
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::listeners::PreTlsProcess;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::tls::server::handshake_with_callback;
+use pingora_core::protocols::{GetSocketDigest, Stream};
+use pingora_core::server::ShutdownWatch;
+use std::sync::Arc;
+
+/// An app behind a TLS handshake: what the accept loop runs for a TLS listener.
+pub struct TlsConn<A> {
+    name: String,
+    inner: Arc<A>,
+    tls: ServerTls,
+    /// The steps between accept and the handshake, in order.
+    pre: Option<Arc<dyn PreTlsProcess>>,
+}
+
+impl<A: ConnApp> TlsConn<A> {
+    pub fn new(name: &str, inner: A, tls: ServerTls, pre: Option<Arc<dyn PreTlsProcess>>) -> Self {
+        TlsConn {
+            name: name.to_string(),
+            inner: Arc::new(inner),
+            tls,
+            pre,
+        }
+    }
+
+    /// The pre-TLS steps and the handshake on an accepted connection: the TLS stream, or
+    /// `None` once the failure is logged (the connection is closed by the drop).
+    async fn handshake(&self, s: Stream) -> Option<Stream> {
+        let Ok(mut l4) = s.into_any().downcast::<L4Stream>() else {
+            log::error!(
+                "{}: a TLS listener was handed a stream that is not TCP",
+                self.name
+            );
+            return None;
+        };
+        if let Some(pre) = &self.pre {
+            if let Err(e) = pre.process(&mut l4).await {
+                // the steps log what the operator needs (a bad PROXY header); a client that
+                // leaves before its ClientHello is not news
+                log::debug!("{}: before the TLS handshake: {e}", self.name);
+                return None;
+            }
+        }
+        // read before the handshake takes the stream (after a PROXY header, its source); the
+        // app reads it again from the digest's cache
+        let peer = l4
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let who = || peer.map_or_else(|| "-".to_string(), |a| a.ip().to_string());
+        match handshake_with_callback(&self.tls.acceptor, *l4, self.tls.callbacks.as_ref()).await {
+            Ok(s) => Some(Box::new(s)),
+            Err(e) => {
+                // a client's failure (no shared version or cipher, a scanner, a closed
+                // socket): info, as nginx logs SSL_do_handshake() failures
+                log::info!("{}: TLS handshake with {} failed: {e}", self.name, who());
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ConnApp> ServerApp for TlsConn<A> {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let s = self.handshake(io).await?;
+        serve_reused(&self.inner, s, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+impl<A: ConnApp> ConnApp for TlsConn<A> {
+    fn connection(self: Arc<Self>, a: Accepted, shutdown: ShutdownWatch) -> ConnFuture {
+        Box::pin(async move {
+            let s = self.handshake(a.settle()?).await?;
+            self.inner
+                .clone()
+                .connection(Accepted::new(s), shutdown)
+                .await
+        })
+    }
+}
