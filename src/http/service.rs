@@ -241,9 +241,10 @@ enum Idle {
     Closed,
 }
 
-/// Wait for the next request on an idle plaintext connection, holding no buffer: a socket
+/// Wait for the next request on an idle connection, holding no buffer: a plaintext socket
 /// accepted by [`crate::net::listen`] is waited on for readiness, and the request is then
-/// read once, by whichever engine serves it, into its own buffer.
+/// read once, by whichever engine serves it, into its own buffer (a TLS stream holds a
+/// small one, see [`read_first`]).
 ///
 /// The wait is a few words of the connection's future: the socket's own readiness slot
 /// (no waiter of its own) and an [`IdleTimer`] for the keep-alive timeout and the process's
@@ -285,9 +286,11 @@ impl std::future::Future for IdleWait<'_> {
     }
 }
 
-/// [`wait_for_request`] on a stream with no readiness of its own (Pingora's L4 stream, on
-/// listeners that read a PROXY header): what arrives is read here, a small first piece, and
-/// handed to the guard to be read again.
+/// [`wait_for_request`] on a stream with no readiness of its own (a TLS stream, whose next
+/// bytes OpenSSL may hold already; Pingora's L4 stream, on listeners that read a PROXY
+/// header): what arrives is read here, a small first piece, and handed to the guard to be
+/// read again. An idle TLS connection so holds 128 bytes, not a request head's buffer
+/// (4 KiB) for as long as it idles.
 async fn read_first(g: &mut Guarded, wait: Duration) -> Idle {
     use tokio::io::AsyncReadExt;
     let mut first = [0u8; 128];
@@ -627,8 +630,8 @@ where
                 return None;
             }
         }
-        // Between requests a plaintext connection waits here, holding only the socket; TLS
-        // streams buffer inside OpenSSL, so a socket peek says nothing about them.
+        // Between requests a plaintext connection waits here holding only the socket, a TLS
+        // one holding a small first read (see `wait_for_request`).
         let mut conn = super::fast::Conn::new(&g);
         // Boxed: 80 bytes, only for connections that Pingora's path served.
         let mut persistent: Option<Box<HttpPersistentSettings>> = None;
@@ -661,11 +664,9 @@ where
                 drop(head);
                 // A request pipelined behind the last one is held by the guard (see
                 // `guard::Body`), so it is served here in order, by whichever engine takes it.
-                if plain {
-                    match wait_for_request(&mut g, self.idle_wait).await {
-                        Idle::Ready => {}
-                        Idle::Closed => return None,
-                    }
+                match wait_for_request(&mut g, self.idle_wait).await {
+                    Idle::Ready => {}
+                    Idle::Closed => return None,
                 }
                 Vec::new()
             } else {

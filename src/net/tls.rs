@@ -91,7 +91,10 @@ impl<A: ConnApp> ServerApp for TlsConn<A> {
 impl<A: ConnApp> ConnApp for TlsConn<A> {
     fn connection(self: Arc<Self>, a: Accepted, shutdown: ShutdownWatch) -> ConnFuture {
         Box::pin(async move {
-            let s = self.handshake(a.settle()?).await?;
+            // Boxed: a future is as large as its largest state, and the handshake's would
+            // otherwise stay allocated for as long as the connection lives.
+            let handshake = Box::pin(self.handshake(a.settle()?));
+            let s = handshake.await?;
             self.inner
                 .clone()
                 .connection(Accepted::new(s), shutdown)
