@@ -602,9 +602,6 @@ where
         let _open = crate::lifecycle::open_connection();
         let opts = self.inner.server_options();
         let plain = stream.get_ssl_digest().is_none();
-        if !plain {
-            crate::tls::deadline::handshake_done(stream.id());
-        }
         let h2c = opts.is_some_and(|o| o.h2c) && plain;
         let custom = opts.is_some_and(|o| o.force_custom);
         let h1 = matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));

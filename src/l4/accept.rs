@@ -10,7 +10,7 @@
 //! - plain listeners (http, tcp, tls_passthrough): at the start of `process_new`. For HTTP
 //!   that is [`AcceptProxyApp`], a `ServerApp` wrapped around Pingora's HTTP app; it also
 //!   drives keep-alive reuse itself so the header is read once per connection, not per request.
-//! - TLS-terminating listeners (https, and tcp with `tls:`): Pingora's pre-TLS hook
+//! - TLS-terminating listeners (https, and tcp with `tls:`): a pre-TLS step
 //!   ([`PreTlsProcess`], in the chain [`pre_tls`] builds for the accept loop), since
 //!   the header comes before the ClientHello. The TLS stream reports the digest of the TCP
 //!   stream beneath it, so the override is seen through TLS as well.
@@ -126,18 +126,13 @@ impl PreTlsProcess for ProxyAccept {
     }
 }
 
-/// The steps between accept and the TLS handshake when `l` terminates TLS: the handshake
-/// deadline, the PROXY reader when `l` accepts the PROXY protocol, and handshake pacing.
+/// The steps between accept and the TLS handshake when `l` terminates TLS: the PROXY reader
+/// when `l` accepts the PROXY protocol, then handshake pacing. (The handshake deadline
+/// covers them and the handshake: see `crate::net::tls`.)
 pub fn pre_tls(l: &ListenerSpec) -> Option<Arc<dyn PreTlsProcess>> {
-    let t = l.tls.as_ref()?;
+    l.tls.as_ref()?;
     let proxy = super::L4App::pre_tls(l).map(|a| a as Arc<dyn PreTlsProcess>);
-    // the deadline first, then the PROXY header, then the handshake's turn
-    let paced = Arc::new(crate::tls::pace::Paced { then: proxy });
-    Some(Arc::new(crate::tls::deadline::HandshakeDeadline {
-        timeout: t.handshake_timeout,
-        listener: l.name.clone(),
-        then: Some(paced),
-    }))
+    Some(Arc::new(crate::tls::pace::Paced { then: proxy }))
 }
 
 /// A `ServerApp` that reads the PROXY header, then hands the connection to `inner`.

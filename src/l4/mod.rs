@@ -234,9 +234,6 @@ impl ServerApp for L4App {
         let _open = crate::lifecycle::open_connection();
         crate::net::deadline::tick_here();
         crate::net::serving_thread();
-        if self.tls_terminated {
-            crate::tls::deadline::handshake_done(io.id());
-        }
         let Some(_slot) = self.admit() else {
             warn!(
                 "{}: max_connections ({}) reached; closing a new connection from {}",

@@ -7,7 +7,11 @@
 //! them woke another thread), a 64 KiB read buffer under OpenSSL for the connection's life,
 //! and a task sized for its handshake future for as long as the connection lived. Here the
 //! handshake is Pingora's own (`handshake_with_callback`, the same certificate callback),
-//! run after the listener's pre-TLS steps (handshake deadline, PROXY header, pacing).
+//! run after the listener's pre-TLS steps (PROXY header, pacing).
+//!
+//! `tls.handshake_timeout` bounds the steps and the handshake together, as a timer on the
+//! connection's own task (a slowloris on TLS holds a socket for at most that long; Pingora's
+//! listener allowed 60 s). Dropping the handshake's future closes the socket.
 
 use super::listen::{serve_reused, Accepted, ConnApp, ConnFuture};
 use crate::tls::ServerTls;
@@ -39,9 +43,25 @@ impl<A: ConnApp> TlsConn<A> {
         }
     }
 
-    /// The pre-TLS steps and the handshake on an accepted connection: the TLS stream, or
-    /// `None` once the failure is logged (the connection is closed by the drop).
+    /// The pre-TLS steps and the handshake on an accepted connection, within the listener's
+    /// `handshake_timeout`: the TLS stream, or `None` once the failure is logged (the
+    /// connection is closed by the drop).
     async fn handshake(&self, s: Stream) -> Option<Stream> {
+        let t = self.tls.handshake_timeout;
+        match tokio::time::timeout(t, self.steps(s)).await {
+            Ok(s) => s,
+            Err(_) => {
+                // a slowloris on TLS: a silent socket, or a ClientHello that never ends
+                log::info!(
+                    "{}: TLS handshake not complete after {t:?}: closing",
+                    self.name
+                );
+                None
+            }
+        }
+    }
+
+    async fn steps(&self, s: Stream) -> Option<Stream> {
         let Ok(mut l4) = s.into_any().downcast::<L4Stream>() else {
             log::error!(
                 "{}: a TLS listener was handed a stream that is not TCP",

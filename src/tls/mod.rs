@@ -18,7 +18,6 @@
 
 pub use crate::config::certs::{self, ClientCert, Trusted};
 pub mod acme;
-pub mod deadline;
 pub mod pace;
 pub mod reload;
 pub mod store;
@@ -55,6 +54,9 @@ pub fn stores() -> Vec<Arc<CertStore>> {
 pub struct ServerTls {
     pub acceptor: SslAcceptor,
     pub callbacks: Arc<dyn TlsAccept + Send + Sync>,
+    /// `tls.handshake_timeout`: from accept to the handshake's end, PROXY header and the
+    /// wait for its turn included.
+    pub handshake_timeout: std::time::Duration,
 }
 
 /// Build a listener's TLS acceptor from its validated TLS spec. The files are read again
@@ -97,6 +99,7 @@ pub fn listener_tls(spec: &TlsSpec, alpn: Alpn) -> Result<ServerTls, String> {
     Ok(ServerTls {
         acceptor: s.build(),
         callbacks: Arc::new(SniCallback(store)),
+        handshake_timeout: spec.handshake_timeout,
     })
 }
 
