@@ -289,14 +289,8 @@ async fn silent_clients_handed_over_after_the_hold_hold_no_request_buffer() {
         fds1 - fds0.min(fds1),
         p.log()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss1 = crate::support::proxy::rss_kib(pid);
-    let per_conn = rss1.saturating_sub(rss0) as f64 / N as f64;
-    eprintln!("{N} silent connections: {per_conn:.2} KiB of RSS each ({rss0} -> {rss1} KiB)");
-    assert!(
-        per_conn < 2.5,
-        "each silent connection took {per_conn:.2} KiB of the proxy's RSS ({rss0} -> {rss1} KiB): a request buffer is held while it waits"
-    );
+    // more would be a request buffer held while each waits
+    crate::support::proxy::assert_rss_per_conn(pid, rss0, N, 2.5, "silent connections").await;
 
     // a late request on a silent connection is served as any other
     for s in silent.iter_mut().step_by(N / 4) {

@@ -29,23 +29,59 @@ fn listening(port: u16) -> usize {
 /// spreads new connections over the group's sockets by hash: a socket no loop accepts on
 /// would leave about half of them unanswered.
 async fn fresh_connections_all_answered(addr: SocketAddr, when: &str) {
+    fresh_all_answered(addr, false, when).await
+}
+
+/// The same with a TLS handshake first (the listener's certificate names `a.test`).
+async fn fresh_tls_connections_all_answered(addr: SocketAddr, when: &str) {
+    fresh_all_answered(addr, true, when).await
+}
+
+async fn fresh_all_answered(addr: SocketAddr, tls: bool, when: &str) {
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_secs(5), client::get(addr, "/", &[])).await
+                let status = async move {
+                    if tls {
+                        let r = crate::support::quic::tls_get(addr, "a.test", "/").await;
+                        let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+                        code.ok_or(r)
+                    } else {
+                        client::get(addr, "/", &[])
+                            .await
+                            .map(|r| r.status)
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(5), status).await
             })
         })
         .collect();
     let mut answered = 0;
     for t in tasks {
-        match t.await.expect("client task") {
-            Ok(Ok(r)) if r.status == 200 => answered += 1,
-            Ok(Ok(r)) => panic!("{when}: status {}", r.status),
-            Ok(Err(e)) => panic!("{when}: {e}"),
-            Err(_) => {}
+        match t.await {
+            Ok(Ok(Ok(200))) => answered += 1,
+            Ok(Ok(Ok(status))) => panic!("{when}: status {status}"),
+            Ok(Ok(Err(e))) => panic!("{when}: {e}"),
+            Ok(Err(_)) => {}
+            Err(e) => panic!("{when}: the client failed: {e}"),
         }
     }
     assert_eq!(answered, 64, "{when}: connections left unanswered");
+}
+
+/// Start a proxy on `yaml` (a template) and check that its first listener has a socket per
+/// thread.
+fn start_sharded(dir: std::path::PathBuf, yaml: &str) -> Proxy {
+    let (text, ports) = render(yaml, &dir);
+    let p = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    assert_eq!(listening(p.addr.port()), 2, "{}", p.log());
+    assert!(
+        p.log().contains("(2 sockets, one per thread)"),
+        "{}",
+        p.log()
+    );
+    p
 }
 
 /// `pingora_block` with each thread on a runtime of its own (and so a socket each).
@@ -107,15 +143,9 @@ fn without_extra(text: &str) -> String {
 async fn each_thread_accepts_on_its_own_socket_and_an_upgrade_hands_every_one_over() {
     let origin = OriginBuilder::new("a").run().await;
     let dir = scratch_dir("shards");
-    let (text, ports) = render(&base(&[&origin], "", Some(&no_steal(&dir))), &dir);
-    let mut first = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    let yaml = base(&[&origin], "", Some(&no_steal(&dir)));
+    let mut first = start_sharded(dir, &yaml);
     let addr = first.addr;
-    assert_eq!(listening(addr.port()), 2, "{}", first.log());
-    assert!(
-        first.log().contains("(2 sockets, one per thread)"),
-        "{}",
-        first.log()
-    );
     fresh_connections_all_answered(addr, "before the upgrade").await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -210,32 +240,6 @@ async fn a_listener_an_upgrade_drops_is_closed_rather_than_left_unaccepted() {
     fresh_connections_all_answered(first.addr, "the listener that stays").await;
 }
 
-/// 64 new TLS connections at once, one request each, every one answered within 5 s (as
-/// [`fresh_connections_all_answered`], with a handshake first).
-async fn fresh_tls_connections_all_answered(addr: SocketAddr, when: &str) {
-    let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            tokio::spawn(async move {
-                tokio::time::timeout(
-                    Duration::from_secs(5),
-                    crate::support::quic::tls_get(addr, "a.test", "/"),
-                )
-                .await
-            })
-        })
-        .collect();
-    let mut answered = 0;
-    for t in tasks {
-        match t.await {
-            Ok(Ok(r)) if r.starts_with("HTTP/1.1 200") => answered += 1,
-            Ok(Ok(r)) => panic!("{when}: {r}"),
-            Ok(Err(_)) => {}
-            Err(e) => panic!("{when}: the TLS client failed: {e}"),
-        }
-    }
-    assert_eq!(answered, 64, "{when}: TLS connections left unanswered");
-}
-
 /// TLS listeners accept in the same loop as plaintext ones: a socket per thread, each one
 /// accepted on with its handshakes done there, and all of them handed over by an upgrade.
 /// (Through Pingora's listener an https listener had one socket whatever the thread count.)
@@ -252,15 +256,8 @@ async fn a_tls_listener_has_a_socket_per_thread_and_an_upgrade_hands_every_one_o
         k.display(),
         origin.addr
     );
-    let (text, ports) = render(&yaml, &dir);
-    let mut first = Proxy::start_in(dir, &text, ports, &[]).expect("start");
+    let mut first = start_sharded(dir, &yaml);
     let addr = first.addr;
-    assert_eq!(listening(addr.port()), 2, "{}", first.log());
-    assert!(
-        first.log().contains("(2 sockets, one per thread)"),
-        "{}",
-        first.log()
-    );
     fresh_tls_connections_all_answered(addr, "before the upgrade").await;
 
     let new = upgrade(&mut first).await;

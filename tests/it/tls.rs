@@ -1584,14 +1584,7 @@ async fn an_idle_tls_connection_holds_no_request_buffer_or_handshake_state() {
         assert_eq!(r.status, 200, "{}", r.head);
         idle.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss1 = crate::support::proxy::rss_kib(pid);
-    let per_conn = rss1.saturating_sub(rss0) as f64 / N as f64;
-    eprintln!("{N} idle TLS connections: {per_conn:.2} KiB of RSS each ({rss0} -> {rss1} KiB)");
-    assert!(
-        per_conn < 31.0,
-        "each idle TLS connection took {per_conn:.2} KiB of the proxy's RSS ({rss0} -> {rss1} KiB)"
-    );
+    crate::support::proxy::assert_rss_per_conn(pid, rss0, N, 31.0, "idle TLS connections").await;
     // and each is still served
     for s in idle.iter_mut().step_by(N / 8) {
         assert_eq!(h1(s, "a.test", "/").await.expect("request").status, 200);

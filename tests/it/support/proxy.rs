@@ -16,6 +16,19 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// Wait for a moment's quiet, then check that `n` connections opened since `rss0` (KiB) took
+/// less than `bound` KiB of `pid`'s RSS each; `what` names them in the messages.
+pub async fn assert_rss_per_conn(pid: u32, rss0: u64, n: usize, bound: f64, what: &str) {
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rss1 = rss_kib(pid);
+    let per_conn = rss1.saturating_sub(rss0) as f64 / n as f64;
+    eprintln!("{n} {what}: {per_conn:.2} KiB of RSS each ({rss0} -> {rss1} KiB)");
+    assert!(
+        per_conn < bound,
+        "{n} {what} took {per_conn:.2} KiB of the proxy's RSS each ({rss0} -> {rss1} KiB), not under {bound}"
+    );
+}
+
 /// How many descriptors a process has open; fails the test if it cannot be read.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
