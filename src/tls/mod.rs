@@ -6,7 +6,7 @@
 //!   snapshot. The acceptor built by [`listener_tls`] has no certificate of its own; the
 //!   certificate callback ([`store::SniCallback`]) installs the one chosen by SNI on each
 //!   handshake, so a reload is one pointer swap and never rebuilds a listener. The
-//!   handshake itself runs in the listener's accept loop (`crate::net::tls`).
+//!   handshake itself runs in the listener's accept loop (`src/net/tls.rs`).
 //! - Protocol policy is fixed, not configurable: TLS 1.2 and 1.3 only with Mozilla's
 //!   "intermediate" cipher list (forward-secret AEAD suites only), no renegotiation. ALPN
 //!   offers h2 and http/1.1 on HTTP listeners.
