@@ -1,5 +1,5 @@
 //! The network layer under the engines: the accept loop of every TCP listener ([`listen`],
-//! one socket per thread by [`shard`], the TLS handshake by [`tls`]) and the plaintext TCP
+//! one socket per thread by [`shard`], the TLS handshake by [`tls`] over [`tls_io`]) and the plaintext TCP
 //! streams, registered with the reactor only when they wait ([`plain`]), the one byte relay
 //! for every tunnel ([`relay`], [`splice`]), the
 //! proxy's own answers written on a Pingora session ([`respond`]), the sender of mirrored
@@ -23,6 +23,7 @@ pub mod shard;
 pub mod sockopt;
 pub mod splice;
 pub mod tls;
+pub mod tls_io;
 pub mod zerocopy;
 
 /// Set up the thread a connection is served on, once per thread (cheap to call again):

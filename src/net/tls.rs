@@ -83,7 +83,8 @@ impl<A: ConnApp> TlsConn<A> {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let who = || peer.map_or_else(|| "-".to_string(), |a| a.ip().to_string());
-        match handshake_with_callback(&self.tls.acceptor, *l4, self.tls.callbacks.as_ref()).await {
+        let io = super::tls_io::Gathered::new(*l4);
+        match handshake_with_callback(&self.tls.acceptor, io, self.tls.callbacks.as_ref()).await {
             Ok(s) => Some(Box::new(s)),
             Err(e) => {
                 // a client's failure (no shared version or cipher, a scanner, a closed
