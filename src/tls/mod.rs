@@ -71,10 +71,11 @@ pub fn listener_tls(spec: &TlsSpec, alpn: Alpn) -> Result<ServerTls, String> {
     s.set_max_proto_version(Some(SslVersion::TLS1_3))
         .map_err(|e| ctx(&e))?;
     s.set_options(SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE);
-    // The socket under OpenSSL has no buffer of its own (Pingora's listener gave each one a
-    // 64 KiB read buffer for the connection's life): with read-ahead a record's header and
-    // body, and whatever follows, come in one read, into OpenSSL's record buffer, which an
-    // idle connection gives back (SSL_MODE_RELEASE_BUFFERS, set by the openssl crate).
+    // No buffer sits under OpenSSL for a connection's life (Pingora's listener kept 64 KiB
+    // there): with read-ahead an application-data record's header and body, and whatever
+    // follows, come in one read into OpenSSL's record buffer, which an idle connection gives
+    // back (SSL_MODE_RELEASE_BUFFERS, set by the openssl crate). OpenSSL does not read ahead
+    // during the handshake; the accept loop's transport (src/net/tls_io.rs) does.
     s.set_read_ahead(true);
     // Resumed sessions must not cross listeners with different client verification.
     let sid = spec.key_path.as_bytes();
