@@ -70,8 +70,7 @@ pub struct Guarded {
     rearm: AtomicBool,
     /// Bytes read from the socket by the fast path but handed on unconsumed (a request it
     /// leaves to Pingora, or the next pipelined request): read again before the socket.
-    pending: Vec<u8>,
-    pending_at: usize,
+    pending: crate::net::held::Held,
     /// Small writes gathered until a flush, so a response head and a short body leave in one
     /// segment without a buffer in the stream below. Allocated per response, freed on flush:
     /// an idle connection holds none.
@@ -166,8 +165,7 @@ impl Guarded {
             timer: None,
             partial: Vec::new(),
             rearm: AtomicBool::new(false),
-            pending: Vec::new(),
-            pending_at: 0,
+            pending: Default::default(),
             wbuf: Vec::new(),
             body: Body::Pass,
             refused: false,
@@ -237,10 +235,7 @@ impl Guarded {
         if bytes.is_empty() {
             return;
         }
-        let mut v = bytes.to_vec();
-        v.extend_from_slice(&self.pending[self.pending_at..]);
-        self.pending = v;
-        self.pending_at = 0;
+        self.pending.put_front(bytes);
         self.reset();
     }
 
@@ -280,7 +275,7 @@ impl Guarded {
     /// Whether unread bytes are waiting, so the socket need not be polled for a request.
     #[inline]
     pub fn has_pending(&self) -> bool {
-        self.pending_at < self.pending.len()
+        !self.pending.is_empty()
     }
 
     /// The inner stream, for the socket-level checks of an idle connection.
@@ -365,10 +360,7 @@ impl Guarded {
             self.body = Body::Held;
         }
         if keep < data.len() {
-            let mut held = data[keep..].to_vec();
-            held.extend_from_slice(&self.pending[self.pending_at..]);
-            self.pending = held;
-            self.pending_at = 0;
+            self.pending.put_front(&data[keep..]);
             buf.set_filled(from + keep);
         }
         Ok(())
@@ -520,14 +512,8 @@ impl Guarded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if self.pending_at < self.pending.len() {
-            let n = buf.remaining().min(self.pending.len() - self.pending_at);
-            buf.put_slice(&self.pending[self.pending_at..self.pending_at + n]);
-            self.pending_at += n;
-            if self.pending_at == self.pending.len() {
-                self.pending = Vec::new();
-                self.pending_at = 0;
-            }
+        if !self.pending.is_empty() {
+            self.pending.take_into(buf);
             Poll::Ready(Ok(()))
         } else {
             Pin::new(&mut self.inner).poll_read(cx, buf)

@@ -71,7 +71,7 @@ impl GetSocketDigest for Guarded {
 impl Peek for Guarded {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         if self.has_pending() {
-            let p = &self.pending[self.pending_at..];
+            let p = self.pending.rest();
             let n = p.len().min(buf.len());
             buf[..n].copy_from_slice(&p[..n]);
             return Ok(n == buf.len());

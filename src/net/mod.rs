@@ -12,6 +12,7 @@ pub mod deadline;
 pub mod discard;
 pub mod etcd;
 pub mod fdlimit;
+pub mod held;
 pub mod linger;
 pub mod listen;
 pub mod mirror;

@@ -42,10 +42,8 @@ pub struct Gathered {
     out: Vec<u8>,
     /// How much of `out` is sent already.
     sent: usize,
-    /// Read and not yet taken; empty (no allocation) once taken.
-    ahead: Vec<u8>,
-    /// How much of `ahead` is taken already.
-    taken: usize,
+    /// Read and not yet taken; no allocation once taken.
+    ahead: super::held::Held,
 }
 
 impl Gathered {
@@ -54,8 +52,7 @@ impl Gathered {
             inner,
             out: Vec::new(),
             sent: 0,
-            ahead: Vec::new(),
-            taken: 0,
+            ahead: Default::default(),
         }
     }
 
@@ -81,7 +78,7 @@ impl AsyncRead for Gathered {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if this.taken == this.ahead.len() {
+        if this.ahead.is_empty() {
             if buf.remaining() >= READ_AHEAD {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
@@ -91,16 +88,9 @@ impl AsyncRead for Gathered {
             let n = rb.filled().len();
             // SAFETY: the read initialised the first `n` bytes of the spare capacity.
             unsafe { ahead.set_len(n) };
-            this.ahead = ahead;
-            this.taken = 0;
+            this.ahead.set(ahead);
         }
-        let n = buf.remaining().min(this.ahead.len() - this.taken);
-        buf.put_slice(&this.ahead[this.taken..this.taken + n]);
-        this.taken += n;
-        if this.taken == this.ahead.len() {
-            this.ahead = Vec::new();
-            this.taken = 0;
-        }
+        this.ahead.take_into(buf);
         Poll::Ready(Ok(()))
     }
 }
