@@ -126,13 +126,12 @@ impl PreTlsProcess for ProxyAccept {
     }
 }
 
-/// The steps between accept and the TLS handshake when `l` terminates TLS: the PROXY reader
-/// when `l` accepts the PROXY protocol, then handshake pacing. (The handshake deadline
-/// covers them and the handshake: see `crate::net::tls`.)
+/// The step between accept and the ClientHello when `l` terminates TLS: the PROXY reader
+/// when `l` accepts the PROXY protocol. (Pacing and the handshake deadline follow in
+/// `crate::net::tls`.)
 pub fn pre_tls(l: &ListenerSpec) -> Option<Arc<dyn PreTlsProcess>> {
     l.tls.as_ref()?;
-    let proxy = super::L4App::pre_tls(l).map(|a| a as Arc<dyn PreTlsProcess>);
-    Some(Arc::new(crate::tls::pace::Paced { then: proxy }))
+    super::L4App::pre_tls(l).map(|a| a as Arc<dyn PreTlsProcess>)
 }
 
 /// A `ServerApp` that reads the PROXY header, then hands the connection to `inner`.

@@ -391,7 +391,14 @@ where
                 continue;
             };
             let mut s = pingora_core::protocols::l4::stream::Stream::from(tcp);
-            s.set_socket_digest(SocketDigest::from_raw_fd(fd));
+            let d = SocketDigest::from_raw_fd(fd);
+            // accept() told us: the digest would ask the kernel again (getpeername)
+            let _ = d
+                .peer_addr
+                .set(Some(pingora_core::protocols::l4::socket::SocketAddr::Inet(
+                    peer,
+                )));
+            s.set_socket_digest(d);
             Box::new(s)
         };
         let a = Accepted::new(s);

@@ -16,6 +16,14 @@
 //! about six more system calls (30.0 per handshake-per-request connection against 23.5).
 //! Here the buffer holds up to one full record and exists only while bytes wait in it, so an
 //! idle connection keeps none.
+//!
+//! Until the handshake is done, a flush only marks what is gathered as owed: it leaves when a
+//! read finds nothing to read (the peer may be waiting for it), at the next flush after the
+//! handshake, or at shutdown. Every flight a peer must see before it answers is followed by
+//! a read that waits, so nothing it needs is held. What a TLS 1.3 server writes last, its two
+//! session tickets (each flushed on its own), no client waits for: they leave with the first
+//! response instead of in two sends of their own. What is owed when the stream is dropped
+//! (an alert before a failed handshake closes the socket) is sent without waiting.
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -44,6 +52,10 @@ pub struct Gathered {
     sent: usize,
     /// Read and not yet taken; no allocation once taken.
     ahead: super::held::Held,
+    /// Flushes only mark `out` as owed (see the module's comment).
+    handshaking: bool,
+    /// A flush found `out` while handshaking: it is sent before a read waits.
+    owed: bool,
 }
 
 impl Gathered {
@@ -53,7 +65,39 @@ impl Gathered {
             out: Vec::new(),
             sent: 0,
             ahead: Default::default(),
+            handshaking: true,
+            owed: false,
         }
+    }
+
+    /// The handshake is done: flushes send again. What its last flushes left gathered goes
+    /// with the next flush (or at shutdown); `peer_waits`: the peer may be waiting for it
+    /// (TLS 1.2's last flight, its Finished), so it also goes before a read waits. A TLS 1.3
+    /// server's last writes are its session tickets, which no client waits for.
+    pub fn handshake_done(&mut self, peer_waits: bool) {
+        self.handshaking = false;
+        self.owed &= peer_waits;
+    }
+
+    /// Wait for the peer's first bytes and read them ahead (a ClientHello's first records):
+    /// how many, 0 at end of stream.
+    pub async fn read_ahead(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Make `ahead` hold bytes, by one read of up to [`READ_AHEAD`] when it holds none.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if !self.ahead.is_empty() {
+            return Poll::Ready(Ok(self.ahead.rest().len()));
+        }
+        let mut ahead: Vec<u8> = Vec::with_capacity(READ_AHEAD);
+        let mut rb = ReadBuf::uninit(ahead.spare_capacity_mut());
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        // SAFETY: the read initialised the first `n` bytes of the spare capacity.
+        unsafe { ahead.set_len(n) };
+        self.ahead.set(ahead);
+        Poll::Ready(Ok(n))
     }
 
     /// Send what is gathered, then give the buffer back.
@@ -67,7 +111,28 @@ impl Gathered {
         }
         self.out = Vec::new();
         self.sent = 0;
+        self.owed = false;
         Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Gathered {
+    fn drop(&mut self) {
+        if !self.owed || self.sent >= self.out.len() {
+            return;
+        }
+        use std::os::fd::AsRawFd;
+        let rest = &self.out[self.sent..];
+        // SAFETY: a send from a live buffer on the stream's own open descriptor; it does not
+        // wait, and what does not fit is dropped with the connection.
+        unsafe {
+            libc::send(
+                self.inner.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
     }
 }
 
@@ -79,16 +144,21 @@ impl AsyncRead for Gathered {
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         if this.ahead.is_empty() {
-            if buf.remaining() >= READ_AHEAD {
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            let direct = buf.remaining() >= READ_AHEAD;
+            let read = match direct {
+                true => Pin::new(&mut this.inner).poll_read(cx, buf),
+                false => this.poll_fill(cx).map_ok(|_| ()),
+            };
+            if read.is_pending() {
+                if this.owed {
+                    // the peer may be waiting for what is owed before it sends more
+                    ready!(this.poll_send_out(cx))?;
+                }
+                return Poll::Pending;
             }
-            let mut ahead: Vec<u8> = Vec::with_capacity(READ_AHEAD);
-            let mut rb = ReadBuf::uninit(ahead.spare_capacity_mut());
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-            let n = rb.filled().len();
-            // SAFETY: the read initialised the first `n` bytes of the spare capacity.
-            unsafe { ahead.set_len(n) };
-            this.ahead.set(ahead);
+            if direct || matches!(read, Poll::Ready(Err(_))) {
+                return read;
+            }
         }
         this.ahead.take_into(buf);
         Poll::Ready(Ok(()))
@@ -116,6 +186,10 @@ impl AsyncWrite for Gathered {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.handshaking {
+            self.owed |= !self.out.is_empty();
+            return Poll::Ready(Ok(()));
+        }
         ready!(self.poll_send_out(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -187,6 +261,7 @@ mod tests {
     #[tokio::test]
     async fn writes_leave_together_at_the_flush_and_the_buffer_goes_with_them() {
         let (mut g, mut peer) = pair().await;
+        g.handshake_done(true);
         for record in [&b"hello"[..], b" tls", b" world"] {
             g.write_all(record).await.unwrap();
         }
@@ -234,6 +309,80 @@ mod tests {
         g.read_exact(&mut rest).await.unwrap();
         assert_eq!(rest[..], sent[5..]);
         assert_eq!(g.ahead.capacity(), 0, "the read buffer outlived its bytes");
+    }
+
+    /// Whether bytes arrive at `peer` within 100 ms; what arrived.
+    async fn arrives(peer: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+        let mut got = [0u8; 256];
+        let r = tokio::time::timeout(Duration::from_millis(100), peer.read(&mut got)).await;
+        r.ok().map(|n| got[..n.unwrap()].to_vec())
+    }
+
+    #[tokio::test]
+    async fn handshake_flushes_leave_when_a_read_waits_or_at_the_next_flush_after() {
+        let (mut g, mut peer) = pair().await;
+        // a flight flushed during the handshake waits ...
+        g.write_all(b"flight").await.unwrap();
+        g.flush().await.unwrap();
+        assert_eq!(
+            arrives(&mut peer).await,
+            None,
+            "a handshake flush sent at once"
+        );
+        // ... until a read finds nothing to read: then it leaves, and the read waits
+        let mut b = [0u8; 5];
+        let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
+        assert!(read.is_err(), "the read did not wait: {read:?}");
+        assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"flight"[..]));
+        // the last flushes of a handshake (session tickets) go with the first flush after it
+        peer.write_all(b"hello").await.unwrap();
+        g.read_exact(&mut b).await.unwrap();
+        g.write_all(b"ticket1").await.unwrap();
+        g.flush().await.unwrap();
+        g.write_all(b"ticket2").await.unwrap();
+        g.flush().await.unwrap();
+        g.handshake_done(false);
+        assert_eq!(arrives(&mut peer).await, None, "tickets left on their own");
+        // not even when a read waits: no client waits for them
+        let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
+        assert!(read.is_err(), "the read did not wait: {read:?}");
+        assert_eq!(arrives(&mut peer).await, None, "tickets left for a read");
+        g.write_all(b"response").await.unwrap();
+        g.flush().await.unwrap();
+        assert_eq!(
+            arrives(&mut peer).await.as_deref(),
+            Some(&b"ticket1ticket2response"[..]),
+            "not one send"
+        );
+        assert_eq!(g.out.capacity(), 0, "the buffer outlived the flush");
+        // after the handshake a flush sends at once
+        g.write_all(b"more").await.unwrap();
+        g.flush().await.unwrap();
+        assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"more"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_last_flight_the_peer_waits_for_leaves_when_a_read_waits() {
+        let (mut g, mut peer) = pair().await;
+        g.write_all(b"finished").await.unwrap();
+        g.flush().await.unwrap();
+        g.handshake_done(true);
+        assert_eq!(arrives(&mut peer).await, None);
+        let mut b = [0u8; 5];
+        let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
+        assert!(read.is_err(), "the read did not wait: {read:?}");
+        assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"finished"[..]));
+    }
+
+    #[tokio::test]
+    async fn what_is_owed_is_sent_when_the_stream_is_dropped() {
+        let (mut g, mut peer) = pair().await;
+        g.write_all(b"alert").await.unwrap();
+        g.flush().await.unwrap();
+        drop(g);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"alert");
     }
 
     use std::time::Duration;

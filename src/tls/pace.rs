@@ -15,45 +15,14 @@
 //! runs before the next handshake starts. A thread with nothing else to do starts one
 //! per turn at the cost of a zero-timeout poll of the driver, so handshake throughput is
 //! unchanged; a busy thread trades new connections' wait for established requests' latency,
-//! as nginx does.
+//! as nginx does. A connection joins its thread's line once its ClientHello is in
+//! (the TLS listeners' accept path).
 
-use async_trait::async_trait;
-use pingora_core::listeners::PreTlsProcess;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Peek;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::oneshot;
-
-/// The pre-TLS step that paces: after an optional earlier step (the PROXY header), wait for
-/// the ClientHello, then for this handshake's turn.
-pub struct Paced {
-    pub then: Option<Arc<dyn PreTlsProcess>>,
-}
-
-#[async_trait]
-impl PreTlsProcess for Paced {
-    async fn process(&self, stream: &mut L4Stream) -> pingora_core::Result<()> {
-        if let Some(next) = &self.then {
-            next.process(stream).await?;
-        }
-        // The first flight's cost starts when the ClientHello is in: a connection joins the
-        // line only then, so one that stays silent holds up nobody. The peeked byte is put
-        // back for the handshake to read.
-        let mut first = [0u8; 1];
-        if let Err(e) = stream.try_peek(&mut first).await {
-            return pingora_core::Error::e_because(
-                pingora_core::ErrorType::AcceptError,
-                "waiting for the ClientHello",
-                e,
-            );
-        }
-        handshake_turn().await;
-        Ok(())
-    }
-}
 
 /// Handshakes waiting for their turn now, over all threads (a gauge for the metrics).
 static WAITING: AtomicU64 = AtomicU64::new(0);

@@ -1590,3 +1590,88 @@ async fn an_idle_tls_connection_holds_no_request_buffer_or_handshake_state() {
         assert_eq!(h1(s, "a.test", "/").await.expect("request").status, 200);
     }
 }
+
+/// A client of our own for the ticket test: it keeps every session ticket it is sent.
+fn ticket_keeping_client(
+    ca: &Path,
+    max: Option<SslVersion>,
+) -> (SslConnector, Arc<Mutex<Vec<openssl::ssl::SslSession>>>) {
+    let tickets: Arc<Mutex<Vec<openssl::ssl::SslSession>>> = Arc::default();
+    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("connector");
+    b.set_ca_file(ca).expect("ca");
+    b.set_alpn_protos(b"\x08http/1.1").expect("alpn");
+    b.set_max_proto_version(max).expect("max version");
+    b.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::CLIENT);
+    let kept = tickets.clone();
+    b.set_new_session_callback(move |_, s| kept.lock().expect("tickets").push(s));
+    (b.build(), tickets)
+}
+
+async fn handshake(
+    c: &SslConnector,
+    addr: SocketAddr,
+    resume: Option<&openssl::ssl::SslSession>,
+) -> Tls {
+    let mut ssl = c
+        .configure()
+        .expect("configure")
+        .into_ssl("a.test")
+        .expect("ssl");
+    if let Some(t) = resume {
+        // SAFETY: the session came from a connector of the same context
+        unsafe { ssl.set_session(t) }.expect("set session");
+    }
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut s = SslStream::new(ssl, tcp).expect("stream");
+    Pin::new(&mut s).connect().await.expect("handshake");
+    s
+}
+
+/// A TLS 1.3 server's session tickets are its last handshake writes, each flushed on its
+/// own, and no client waits for them: they travel with the first response (two sends and two
+/// packets fewer per new connection). The client still gets both, and one resumes a later
+/// connection. TLS 1.2, whose client waits for the server's last flight (its Finished) before
+/// it sends a request, gets that flight at once and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_tickets_travel_with_the_first_response_and_resume_a_connection() {
+    let (_origin, pki, proxy) = a_test_proxy("tls-tickets", 44, "").await;
+    let (c, tickets) = ticket_keeping_client(&pki.ca_path, None);
+    let mut s = handshake(&c, proxy.addr, None).await;
+    assert_eq!(s.ssl().version_str(), "TLSv1.3");
+    let mut b = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), s.get_ref().peek(&mut b)).await;
+    assert!(
+        early.is_err(),
+        "bytes arrived before any request: {early:?}"
+    );
+    assert!(tickets.lock().expect("tickets").is_empty());
+    let r = h1(&mut s, "a.test", "/").await.expect("request");
+    assert_eq!(r.status, 200, "{}", r.head);
+    let got: Vec<_> = tickets.lock().expect("tickets").clone();
+    assert_eq!(got.len(), 2, "session tickets with the first response");
+    let mut again = handshake(&c, proxy.addr, Some(&got[0])).await;
+    assert!(again.ssl().session_reused(), "the ticket did not resume");
+    assert_eq!(
+        h1(&mut again, "a.test", "/").await.expect("request").status,
+        200
+    );
+
+    let (c12, tickets12) = ticket_keeping_client(&pki.ca_path, Some(SslVersion::TLS1_2));
+    let mut s = handshake(&c12, proxy.addr, None).await;
+    assert_eq!(s.ssl().version_str(), "TLSv1.2");
+    let r = tokio::time::timeout(Duration::from_secs(5), h1(&mut s, "a.test", "/"))
+        .await
+        .expect("TLS 1.2: no answer (the server's last flight held back?)")
+        .expect("request");
+    assert_eq!(r.status, 200, "{}", r.head);
+    let t12 = tickets12.lock().expect("tickets")[0].clone();
+    let mut again = handshake(&c12, proxy.addr, Some(&t12)).await;
+    assert!(
+        again.ssl().session_reused(),
+        "the TLS 1.2 ticket did not resume"
+    );
+    assert_eq!(
+        h1(&mut again, "a.test", "/").await.expect("request").status,
+        200
+    );
+}
