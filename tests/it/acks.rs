@@ -11,6 +11,11 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// Segments the socket has received so far.
 fn segs_in(s: &impl AsRawFd) -> u32 {
+    tcp_info(s).tcpi_segs_in
+}
+
+/// The socket's TCP_INFO.
+pub(crate) fn tcp_info(s: &impl AsRawFd) -> libc::tcp_info {
     // SAFETY: tcp_info is plain integers, so all-zero is a valid value; getsockopt writes
     // at most `len` bytes into it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -26,7 +31,7 @@ fn segs_in(s: &impl AsRawFd) -> u32 {
         )
     };
     assert_eq!(r, 0, "getsockopt(TCP_INFO)");
-    info.tcpi_segs_in
+    info
 }
 
 async fn first_request_is_acknowledged_by_its_response(fast_path: bool) {

@@ -1675,3 +1675,35 @@ async fn session_tickets_travel_with_the_first_response_and_resume_a_connection(
         200
     );
 }
+
+/// The last response of a TLS connection that closes (here the client asked it to) and the
+/// close_notify behind it leave in one send: one segment with data reaches the client, not
+/// two. (The response is not flushed on its own when the shutdown that follows flushes it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_tls_response_and_its_close_notify_leave_in_one_segment() {
+    let (_origin, pki, proxy) = a_test_proxy("tls-close-notify", 45, "").await;
+    let o = ClientOpts::new(&pki.ca_path, "a.test").alpn(&["http/1.1"]);
+    let mut s = connect(proxy.addr, &o).await.expect("connect");
+    // the first response carries the handshake's session tickets: out of the count
+    assert_eq!(
+        h1(&mut s, "a.test", "/").await.expect("request").status,
+        200
+    );
+    let before = crate::acks::tcp_info(s.get_ref()).tcpi_data_segs_in;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all))
+        .await
+        .expect("no end: the close_notify did not come")
+        .expect("read to the close_notify");
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("onnection: close"), "{text}");
+    let segs = crate::acks::tcp_info(s.get_ref()).tcpi_data_segs_in - before;
+    assert_eq!(
+        segs, 1,
+        "segments with data for the response and its close_notify"
+    );
+}

@@ -1,7 +1,7 @@
 //! The lean engine's answers that need no backend: the policy's own pages and fresh cache
 //! hits, each counted as a request.
 
-use super::{end, write_flush, Guarded, Outcome, Req, RESP_BUF};
+use super::{end, write_last, Guarded, Outcome, Req, RESP_BUF};
 use crate::observability::{self, RequestObs};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -18,13 +18,13 @@ pub(super) async fn finish_own(
     keep: bool,
     timeout: Duration,
 ) -> Outcome {
-    let ok = write_flush(g, &page, timeout).await.is_ok();
+    let ok = write_last(g, &page, timeout, keep).await.is_ok();
     observability::fast_request_done(&r.view, route, None, obs, code, 0, false);
     if ok && keep {
         g.unread(r.pipelined);
         return Outcome::KeepAlive;
     }
-    end(g).await;
+    end(g, timeout).await;
     Outcome::Close
 }
 
@@ -48,7 +48,11 @@ pub(super) async fn finish_hit(
             let w = async {
                 g.inner_mut().write_all(&head).await?;
                 g.inner_mut().write_all(b).await?;
-                g.inner_mut().flush().await
+                match keep {
+                    true => g.inner_mut().flush().await,
+                    // left to `end`, with a TLS stream's close_notify
+                    false => Ok(()),
+                }
             };
             matches!(tokio::time::timeout(timeout, w).await, Ok(Ok(())))
         }
@@ -56,7 +60,7 @@ pub(super) async fn finish_hit(
             if let Some(b) = &body {
                 head.extend_from_slice(b);
             }
-            write_flush(g, &head, timeout).await.is_ok()
+            write_last(g, &head, timeout, keep).await.is_ok()
         }
     };
     let sent = if ok { body_len } else { 0 };
@@ -65,6 +69,6 @@ pub(super) async fn finish_hit(
         g.unread(r.pipelined);
         return Outcome::KeepAlive;
     }
-    end(g).await;
+    end(g, timeout).await;
     Outcome::Close
 }

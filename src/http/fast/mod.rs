@@ -523,7 +523,7 @@ impl FastPath {
                 );
                 let a = f.answer().unwrap_or_else(|| Answer::closing(code));
                 let p = a.h1(r.head_only, false);
-                let _ = write_flush(g, &p, l.client_timeout).await;
+                let _ = write_last(g, &p, l.client_timeout, false).await;
                 done(code, 0);
                 Outcome::Close
             }
@@ -532,7 +532,7 @@ impl FastPath {
                 return Outcome::Close;
             }
         };
-        end(g).await;
+        end(g, l.client_timeout).await;
         outcome
     }
 }
@@ -659,14 +659,34 @@ pub(in crate::http) fn plain_target(t: &str) -> bool {
         })
 }
 
-/// End a connection after its last response (flushed by then). Closing a plaintext socket
-/// sends its FIN behind the response, so the `shutdown` syscall before it would add nothing;
-/// a TLS stream writes its close_notify first.
-async fn end(g: &mut Guarded) {
+/// End a connection after its last response. Closing a plaintext socket sends its FIN
+/// behind the response, so the `shutdown` syscall before it would add nothing. A TLS
+/// stream's shutdown writes its close_notify and sends it with what the last response left
+/// unflushed ([`write_last`]): one send, within `timeout` (the client's, as a flush of the
+/// response would have had).
+async fn end(g: &mut Guarded, timeout: Duration) {
     if g.inner().as_any().is::<crate::net::listen::PlainTcp>() {
         return;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), g.shutdown()).await;
+    let _ = tokio::time::timeout(timeout, g.shutdown()).await;
+}
+
+/// Write a response's last bytes: flushed when the connection stays open (`keep`); when it
+/// closes, left to [`end`], which sends them with the close_notify of a TLS stream (a plain
+/// socket sends at once, and its flush is nothing).
+async fn write_last(
+    g: &mut Guarded,
+    data: &[u8],
+    timeout: Duration,
+    keep: bool,
+) -> std::io::Result<()> {
+    if keep {
+        return write_flush(g, data, timeout).await;
+    }
+    match crate::net::deadline::within(timeout, g.inner_mut().write_all(data)).await {
+        Some(r) => r,
+        None => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 async fn write_flush(g: &mut Guarded, data: &[u8], timeout: Duration) -> std::io::Result<()> {

@@ -6,7 +6,7 @@
 use super::body::push_chunk;
 use super::{timed, Exchange, Failure, SMALL_BODY};
 use crate::http::fast::response::{Framing, RespHead};
-use crate::http::fast::{write_flush, Guarded, BODY_BUF, RESP_BUF};
+use crate::http::fast::{write_flush, write_last, Guarded, BODY_BUF, RESP_BUF};
 use crate::policy::answer::Failure as Why;
 use log::warn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,6 +30,8 @@ impl Exchange<'_> {
         if h.upgraded {
             return self.tunnel(g, up, rbuf, h).await;
         }
+        // whether the client connection stays open after this response
+        let keep = h.client_keep && (h.framing != Framing::Close || h.rechunk);
         // A small body the backend sent behind its head (often a second segment) is waited
         // for, so head and body leave in one write instead of two.
         if let Framing::Length(n) = h.framing {
@@ -109,13 +111,16 @@ impl Exchange<'_> {
         }
         self.bytes_out = take;
         if done {
-            if write_flush(g, &out, self.l.client_timeout).await.is_err() {
+            if write_last(g, &out, self.l.client_timeout, keep)
+                .await
+                .is_err()
+            {
                 return Err(Failure::Cut);
             }
             if upstream_keep {
                 self.give_back(up);
             }
-            return Ok(h.client_keep);
+            return Ok(keep);
         }
         // A body without a length may be generated as it goes (Server-Sent Events, a
         // progress stream): the head and each piece are flushed, since a TLS stream buffers
@@ -131,7 +136,7 @@ impl Exchange<'_> {
             if upstream_keep {
                 self.give_back(up);
             }
-            return Ok(h.client_keep);
+            return Ok(keep);
         }
         if h.framing != Framing::Length(0) && left > RESP_BUF as u64 || h.framing == Framing::Close
         {
@@ -188,16 +193,18 @@ impl Exchange<'_> {
                 break;
             }
         }
-        if timed(self.l.client_timeout, g.inner_mut().flush())
-            .await
-            .is_err()
+        // a closing connection's last bytes go with a TLS stream's close_notify (`end`)
+        if keep
+            && timed(self.l.client_timeout, g.inner_mut().flush())
+                .await
+                .is_err()
         {
             return Err(Failure::Cut);
         }
         if upstream_keep {
             self.give_back(up);
         }
-        Ok(h.client_keep && (h.framing != Framing::Close || h.rechunk))
+        Ok(keep)
     }
 
     /// Write one piece of the response to the client, flushed when `flush`.
