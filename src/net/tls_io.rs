@@ -311,6 +311,11 @@ mod tests {
         assert_eq!(g.ahead.capacity(), 0, "the read buffer outlived its bytes");
     }
 
+    async fn write_flushed(g: &mut Gathered, b: &[u8]) {
+        g.write_all(b).await.unwrap();
+        g.flush().await.unwrap();
+    }
+
     /// Whether bytes arrive at `peer` within 100 ms; what arrived.
     async fn arrives(peer: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
         let mut got = [0u8; 256];
@@ -322,8 +327,7 @@ mod tests {
     async fn handshake_flushes_leave_when_a_read_waits_or_at_the_next_flush_after() {
         let (mut g, mut peer) = pair().await;
         // a flight flushed during the handshake waits ...
-        g.write_all(b"flight").await.unwrap();
-        g.flush().await.unwrap();
+        write_flushed(&mut g, b"flight").await;
         assert_eq!(
             arrives(&mut peer).await,
             None,
@@ -337,18 +341,15 @@ mod tests {
         // the last flushes of a handshake (session tickets) go with the first flush after it
         peer.write_all(b"hello").await.unwrap();
         g.read_exact(&mut b).await.unwrap();
-        g.write_all(b"ticket1").await.unwrap();
-        g.flush().await.unwrap();
-        g.write_all(b"ticket2").await.unwrap();
-        g.flush().await.unwrap();
+        write_flushed(&mut g, b"ticket1").await;
+        write_flushed(&mut g, b"ticket2").await;
         g.handshake_done(false);
         assert_eq!(arrives(&mut peer).await, None, "tickets left on their own");
         // not even when a read waits: no client waits for them
         let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
         assert!(read.is_err(), "the read did not wait: {read:?}");
         assert_eq!(arrives(&mut peer).await, None, "tickets left for a read");
-        g.write_all(b"response").await.unwrap();
-        g.flush().await.unwrap();
+        write_flushed(&mut g, b"response").await;
         assert_eq!(
             arrives(&mut peer).await.as_deref(),
             Some(&b"ticket1ticket2response"[..]),
@@ -356,16 +357,14 @@ mod tests {
         );
         assert_eq!(g.out.capacity(), 0, "the buffer outlived the flush");
         // after the handshake a flush sends at once
-        g.write_all(b"more").await.unwrap();
-        g.flush().await.unwrap();
+        write_flushed(&mut g, b"more").await;
         assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"more"[..]));
     }
 
     #[tokio::test]
     async fn a_last_flight_the_peer_waits_for_leaves_when_a_read_waits() {
         let (mut g, mut peer) = pair().await;
-        g.write_all(b"finished").await.unwrap();
-        g.flush().await.unwrap();
+        write_flushed(&mut g, b"finished").await;
         g.handshake_done(true);
         assert_eq!(arrives(&mut peer).await, None);
         let mut b = [0u8; 5];
@@ -377,8 +376,7 @@ mod tests {
     #[tokio::test]
     async fn what_is_owed_is_sent_when_the_stream_is_dropped() {
         let (mut g, mut peer) = pair().await;
-        g.write_all(b"alert").await.unwrap();
-        g.flush().await.unwrap();
+        write_flushed(&mut g, b"alert").await;
         drop(g);
         let mut got = Vec::new();
         peer.read_to_end(&mut got).await.unwrap();
