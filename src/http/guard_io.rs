@@ -2,26 +2,15 @@
 //! sees the bytes it holds back first.
 
 use super::Guarded;
-use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::TlsRef;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
-};
-use pingora_core::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType, ALPN};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, ALPN};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[async_trait::async_trait]
 impl Shutdown for Guarded {
     async fn shutdown(&mut self) {
         let _ = tokio::io::AsyncWriteExt::flush(self).await;
         self.inner.shutdown().await
-    }
-}
-
-impl UniqueID for Guarded {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
     }
 }
 
@@ -37,35 +26,7 @@ impl Ssl for Guarded {
     }
 }
 
-impl GetTimingDigest for Guarded {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for Guarded {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, d: ProxyDigest) {
-        self.inner.set_proxy_digest(d)
-    }
-}
-
-impl GetSocketDigest for Guarded {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, d: SocketDigest) {
-        self.inner.set_socket_digest(d)
-    }
-}
+crate::passthrough_digests!(Guarded, inner);
 
 #[async_trait::async_trait]
 impl Peek for Guarded {

@@ -38,6 +38,62 @@ pub fn serving_thread() {
 /// The HTTP/2 connection preface (RFC 9113 §3.4), which an `h2c: true` listener looks for.
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The Pingora stream traits that a wrapper around another stream passes through to it
+/// (`$field`): its id, timing, proxy and socket digests. Shutdown, TLS and peeking are the
+/// wrapper's own business.
+#[macro_export]
+macro_rules! passthrough_digests {
+    ($t:ty, $field:ident) => {
+        const _: () = {
+            // method calls, so that a boxed stream (`dyn IO`) passes as well as a concrete one
+            #[allow(unused_imports)]
+            use pingora_core::protocols::{
+                GetProxyDigest as _, GetSocketDigest as _, GetTimingDigest as _, UniqueID as _,
+            };
+            impl pingora_core::protocols::UniqueID for $t {
+                fn id(&self) -> pingora_core::protocols::UniqueIDType {
+                    self.$field.id()
+                }
+            }
+            impl pingora_core::protocols::GetTimingDigest for $t {
+                fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+                    self.$field.get_timing_digest()
+                }
+                fn get_read_pending_time(&self) -> std::time::Duration {
+                    self.$field.get_read_pending_time()
+                }
+                fn get_write_pending_time(&self) -> std::time::Duration {
+                    self.$field.get_write_pending_time()
+                }
+            }
+            impl pingora_core::protocols::GetProxyDigest for $t {
+                fn get_proxy_digest(
+                    &self,
+                ) -> Option<std::sync::Arc<pingora_core::protocols::raw_connect::ProxyDigest>>
+                {
+                    self.$field.get_proxy_digest()
+                }
+                fn set_proxy_digest(
+                    &mut self,
+                    d: pingora_core::protocols::raw_connect::ProxyDigest,
+                ) {
+                    self.$field.set_proxy_digest(d)
+                }
+            }
+            impl pingora_core::protocols::GetSocketDigest for $t {
+                fn get_socket_digest(
+                    &self,
+                ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
+                    self.$field.get_socket_digest()
+                }
+                fn set_socket_digest(&mut self, d: pingora_core::protocols::SocketDigest) {
+                    self.$field.set_socket_digest(d)
+                }
+            }
+        };
+    };
+}
+
 /// The Pingora stream traits of an I/O object with no socket of its own (a stand-in for a
 /// session, a stream handed elsewhere): no id, no TLS, no timing or proxy digest, nothing to
 /// peek; `|s| expr` gives its socket digest, if it borrows one.

@@ -27,12 +27,8 @@
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    TimingDigest, UniqueID, UniqueIDType,
-};
+use pingora_core::protocols::{Peek, Shutdown, Ssl};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -209,40 +205,12 @@ impl Shutdown for Gathered {
     }
 }
 
-impl UniqueID for Gathered {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
 impl Ssl for Gathered {}
 
 #[async_trait]
 impl Peek for Gathered {}
 
-impl GetTimingDigest for Gathered {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-}
-
-impl GetProxyDigest for Gathered {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, d: pingora_core::protocols::raw_connect::ProxyDigest) {
-        self.inner.set_proxy_digest(d)
-    }
-}
-
-impl GetSocketDigest for Gathered {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, d: SocketDigest) {
-        self.inner.set_socket_digest(d)
-    }
-}
+crate::passthrough_digests!(Gathered, inner);
 
 #[cfg(test)]
 mod tests {
