@@ -143,13 +143,21 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                     continue;
                 };
                 let general = swap.general_engine();
-                http.push(reload::HttpHandle::new(l, swap, None));
                 // TLS reads a PROXY header before the handshake (a pre-TLS step).
                 let tls = crate::tls::listener_tls(t, crate::tls::Alpn::Http)?;
+                let store = tls.store.clone();
                 let app =
                     crate::net::tls::TlsConn::new(&name, app, tls, crate::l4::accept::pre_tls(l));
-                let svc = PlainService::new(name, l.addr, app, false);
-                server.add_service(svc.defer_accept(l.defer_accept));
+                let svc = PlainService::new(name, l.addr, app, false).defer_accept(l.defer_accept);
+                if reload::dynamic(l) {
+                    // a reload may remove it
+                    let (stop, rx) = tokio::sync::watch::channel(false);
+                    http.push(reload::HttpHandle::new(l, swap, Some(stop)).with_store(store));
+                    server.add_service(svc.with_stop(rx));
+                } else {
+                    http.push(reload::HttpHandle::new(l, swap, None));
+                    server.add_service(svc);
+                }
                 if let Some(q) = &l.http3 {
                     let h3 = crate::http::h3::H3Service::new(
                         h3_listener,
@@ -167,9 +175,10 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
             }
         }
     }
-    if let Some(r) = crate::tls::reload::service() {
-        server.add_service(background_service("tls reload", r));
-    }
+    server.add_service(background_service(
+        "tls reload",
+        crate::tls::reload::service(),
+    ));
     if let Some(a) = crate::tls::acme::service() {
         server.add_service(background_service("acme", a));
     }

@@ -9,12 +9,14 @@
 //! the backends it keeps ([`Pool::carry_over`]). The operator's runtime changes live outside
 //! the pools ([`crate::upstream::live`]) and apply to whatever pool has the backend.
 //!
-//! Plaintext HTTP listeners run our own accept loop ([`crate::net::listen`]), so a reload
-//! adds and removes them (a new address is a removal plus an addition). What cannot change in
-//! place (the `pingora` block, the admin listener, the access log, the cache store's size,
-//! TLS and L4 listeners and the upstreams these use, other settings of a listener that keeps
-//! its address) is refused with an error that says an upgrade (`-s upgrade`) is needed;
-//! nothing is applied then.
+//! HTTP listeners, plaintext and TLS, run our own accept loop ([`crate::net::listen`]), so a
+//! reload adds and removes them (a new address is a removal plus an addition); a TLS
+//! listener's certificates are watched from the moment it is added, and no longer once it
+//! is removed. What cannot change in place (the `pingora` block, the admin listener, the
+//! access log, the cache store's size, L4 listeners and the upstreams these use, TLS
+//! listeners with HTTP/3 or ACME, which run services of their own, other settings of a
+//! listener that keeps its address) is refused with an error that says an upgrade
+//! (`-s upgrade`) is needed; nothing is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -34,8 +36,10 @@ use std::sync::{Arc, Mutex};
 pub struct HttpHandle {
     spec: ListenerSpec,
     swap: EngineSwap<HttpProxy>,
-    /// Stops its accept loop; only plaintext listeners (our own accept loop) have one.
+    /// Stops its accept loop; the listeners a reload may remove ([`dynamic`]) have one.
     stop: Option<tokio::sync::watch::Sender<bool>>,
+    /// A TLS listener's certificates, forgotten by the reload service when it is removed.
+    store: Option<Arc<crate::tls::store::CertStore>>,
 }
 
 impl HttpHandle {
@@ -48,14 +52,38 @@ impl HttpHandle {
             spec: spec.clone(),
             swap,
             stop,
+            store: None,
+        }
+    }
+
+    pub fn with_store(mut self, store: Arc<crate::tls::store::CertStore>) -> HttpHandle {
+        self.store = Some(store);
+        self
+    }
+
+    /// Stop accepting; connections in progress finish on the engines they have.
+    fn stop(&self) {
+        if let Some(s) = &self.stop {
+            s.send_replace(true);
+        }
+        if let Some(store) = &self.store {
+            crate::tls::forget(store);
         }
     }
 }
 
-/// Whether a reload can add or remove this listener: plaintext HTTP ones accept in our own
-/// loop, which can start and stop at any time; TLS and L4 listeners are Pingora services.
-fn dynamic(l: &ListenerSpec) -> bool {
-    l.protocol == ListenerProtocol::Http && l.tls.is_none()
+/// Whether a reload can add or remove this listener: HTTP listeners accept in our own loop,
+/// which can start and stop at any time, and a TLS one's certificates are watched from a
+/// list that reloads change; but HTTP/3 (QUIC) and ACME run as services of their own, set up
+/// at start, and L4 listeners are Pingora services.
+pub(super) fn dynamic(l: &ListenerSpec) -> bool {
+    match (&l.protocol, &l.tls) {
+        (ListenerProtocol::Http, None) => true,
+        (ListenerProtocol::Http | ListenerProtocol::Https, Some(t)) => {
+            l.http3.is_none() && t.acme.is_none()
+        }
+        _ => false,
+    }
 }
 
 struct Running {
@@ -300,17 +328,17 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
             if !dynamic(l) {
                 return Err(needs_upgrade(
                     f,
-                    &format!("{what}: a new TLS or L4 listener"),
+                    &format!("{what}: a new L4 listener, or TLS listener with http3 or acme"),
                 ));
             }
             continue;
         };
         if dbg(o) != dbg(l) {
-            // a plaintext HTTP listener at a new address is a removal plus an addition
+            // an HTTP listener at a new address is a removal plus an addition
             if !(dynamic(o) && dynamic(l) && o.addr != l.addr) {
                 return Err(needs_upgrade(
                     f,
-                    &format!("{what}: changed (only the address of a plaintext HTTP listener can change in place)"),
+                    &format!("{what}: changed (only the address of an HTTP listener without http3 or acme can change in place)"),
                 ));
             }
         }
@@ -337,7 +365,10 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
         if !dynamic(o) && !new.listeners.iter().any(|l| l.name == o.name) {
             return Err(needs_upgrade(
                 f,
-                &format!("listeners[{i}] ({}): removing a TLS or L4 listener", o.name),
+                &format!(
+                    "listeners[{i}] ({}): removing an L4 listener, or TLS listener with http3 or acme",
+                    o.name
+                ),
             ));
         }
     }
@@ -387,9 +418,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             Ok(h) => added.push(h),
             Err(e) => {
                 for h in &added {
-                    if let Some(s) = &h.stop {
-                        s.send_replace(true);
-                    }
+                    h.stop();
                 }
                 return Err(format!(
                     "{}: listeners[{i}] ({}): cannot listen on {}: {e}",
@@ -405,11 +434,9 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             .listeners
             .iter()
             .any(|l| l.name == h.spec.name && l.addr == h.spec.addr);
-        if !stays {
-            if let Some(s) = &h.stop {
-                log::info!("reload: listener {} ({}) removed", h.spec.name, h.spec.addr);
-                s.send_replace(true);
-            }
+        if !stays && h.stop.is_some() {
+            log::info!("reload: listener {} ({}) removed", h.spec.name, h.spec.addr);
+            h.stop();
         }
         stays
     });
@@ -437,7 +464,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     Ok(outcome().revision + 1)
 }
 
-/// Start a plaintext HTTP listener added by a reload.
+/// Start an HTTP listener added by a reload.
 fn start_listener(
     index: usize,
     l: &ListenerSpec,
@@ -449,6 +476,18 @@ fn start_listener(
     let (app, swap, _, _) = super::http_stack(l, listener, conf);
     let (stop, rx) = tokio::sync::watch::channel(false);
     let name = format!("http {}", l.name);
+    if let Some(t) = &l.tls {
+        let tls =
+            crate::tls::listener_tls(t, crate::tls::Alpn::Http).map_err(std::io::Error::other)?;
+        let store = tls.store.clone();
+        let app = crate::net::tls::TlsConn::new(&name, app, tls, crate::l4::accept::pre_tls(l));
+        if let Err(e) = crate::net::listen::spawn(name, l.addr, app, false, l.defer_accept, rx) {
+            crate::tls::forget(&store);
+            return Err(e);
+        }
+        log::info!("reload: listener {} ({}) added", l.name, l.addr);
+        return Ok(HttpHandle::new(l, swap, Some(stop)).with_store(store));
+    }
     match &l.proxy_protocol {
         Some(trusted) => {
             let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);

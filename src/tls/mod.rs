@@ -42,9 +42,17 @@ pub enum Alpn {
 
 static STORES: Mutex<Vec<Arc<CertStore>>> = Mutex::new(Vec::new());
 
-/// Every certificate store built so far (the reload service watches them).
+/// The certificate stores of the TLS listeners in service (the reload service watches them).
 pub fn stores() -> Vec<Arc<CertStore>> {
     STORES.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+/// A listener that a reload removed: its certificates are no longer reloaded or reported.
+/// Connections it accepted keep the store through their handshake callbacks.
+pub fn forget(store: &Arc<CertStore>) {
+    if let Ok(mut all) = STORES.lock() {
+        all.retain(|s| !Arc::ptr_eq(s, store));
+    }
 }
 
 /// What a TLS listener's accept loop needs for each connection: the acceptor (protocol
@@ -54,6 +62,8 @@ pub fn stores() -> Vec<Arc<CertStore>> {
 pub struct ServerTls {
     pub acceptor: SslAcceptor,
     pub callbacks: Arc<dyn TlsAccept + Send + Sync>,
+    /// The listener's certificates, which the callbacks pick from.
+    pub store: Arc<CertStore>,
     /// `tls.handshake_timeout`: from accept to the handshake's end, PROXY header and the
     /// wait for its turn included.
     pub handshake_timeout: std::time::Duration,
@@ -99,7 +109,8 @@ pub fn listener_tls(spec: &TlsSpec, alpn: Alpn) -> Result<ServerTls, String> {
     }
     Ok(ServerTls {
         acceptor: s.build(),
-        callbacks: Arc::new(SniCallback(store)),
+        callbacks: Arc::new(SniCallback(store.clone())),
+        store,
         handshake_timeout: spec.handshake_timeout,
     })
 }

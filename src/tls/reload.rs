@@ -11,15 +11,16 @@ use pingora_core::services::background::BackgroundService;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub struct ReloadService {
-    stores: Vec<Arc<CertStore>>,
-}
+pub struct ReloadService;
 
-/// The reload service for every store registered so far, if there is any. Add it after all
-/// listeners are built.
-pub fn service() -> Option<ReloadService> {
-    let stores = super::stores();
-    (!stores.is_empty()).then_some(ReloadService { stores })
+/// How often the list of listeners is looked at for files to poll when none has a
+/// `reload_interval` sooner (a reload may add one).
+const IDLE_STEP: Duration = Duration::from_secs(1);
+
+/// The certificate reload service. Add it after the listeners are built; it also watches
+/// the TLS listeners that configuration reloads add, and stops watching those they remove.
+pub fn service() -> ReloadService {
+    ReloadService
 }
 
 #[async_trait]
@@ -33,27 +34,28 @@ impl BackgroundService for ReloadService {
                 None
             }
         };
-        let polled: Vec<_> = self
-            .stores
-            .iter()
-            .filter(|s| !s.spec.reload_interval.is_zero())
-            .collect();
-        let step = polled
-            .iter()
-            .map(|s| s.spec.reload_interval)
-            .min()
-            .unwrap_or(Duration::from_secs(3600));
-        let mut due: Vec<Instant> = polled
-            .iter()
-            .map(|s| Instant::now() + s.spec.reload_interval)
-            .collect();
-        let mut tick = tokio::time::interval(step);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         info!(
             "tls: certificate reload ready for {} listener(s): SIGHUP, or file changes",
-            self.stores.len()
+            super::stores().len()
         );
+        // when each polled store is next due, by store
+        let mut due: Vec<(Arc<CertStore>, Instant)> = Vec::new();
         loop {
+            let now = Instant::now();
+            let stores = super::stores();
+            // stores a reload removed are dropped, stores it added are first due an interval on
+            due.retain(|(s, _)| stores.iter().any(|t| Arc::ptr_eq(s, t)));
+            for s in stores.iter().filter(|s| !s.spec.reload_interval.is_zero()) {
+                if !due.iter().any(|(t, _)| Arc::ptr_eq(s, t)) {
+                    due.push((s.clone(), now + s.spec.reload_interval));
+                }
+            }
+            let next = due
+                .iter()
+                .map(|(_, d)| *d)
+                .min()
+                .unwrap_or(now + IDLE_STEP)
+                .min(now + IDLE_STEP);
             let sighup = async {
                 match hup.as_mut() {
                     Some(h) => h.recv().await,
@@ -64,19 +66,17 @@ impl BackgroundService for ReloadService {
                 _ = shutdown.changed() => return,
                 _ = sighup => {
                     info!("tls: SIGHUP: reloading certificates");
-                    for s in &self.stores {
+                    for s in &stores {
                         s.reload("SIGHUP");
                     }
                 }
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(next.into()) => {
                     let now = Instant::now();
-                    for (s, d) in polled.iter().zip(due.iter_mut()) {
-                        if now >= *d {
-                            *d = now + s.spec.reload_interval;
-                            // File reads are small and rare; doing them inline is simpler
-                            // than a blocking pool and harmless for this background task.
-                            s.poll();
-                        }
+                    for (s, d) in due.iter_mut().filter(|(_, d)| now >= *d) {
+                        *d = now + s.spec.reload_interval;
+                        // File reads are small and rare; doing them inline is simpler
+                        // than a blocking pool and harmless for this background task.
+                        s.poll();
                     }
                 }
             }

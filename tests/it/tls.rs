@@ -1346,6 +1346,196 @@ async fn admin_reload_reloads_the_certificate_too() {
     );
 }
 
+/// `POST /api/reload` on the admin listener at `admin` (token `tok`): status and text.
+async fn admin_reload(admin: SocketAddr) -> (u16, String) {
+    let mut c = crate::support::Conn::connect(admin).await.expect("admin");
+    let r = c
+        .request(
+            "POST",
+            "/api/reload",
+            &[("Authorization", "Bearer tok")],
+            b"",
+        )
+        .await
+        .expect("answer");
+    (r.status, r.text())
+}
+
+/// The admin listener's /metrics page.
+async fn admin_metrics(admin: SocketAddr) -> String {
+    let mut c = crate::support::Conn::connect(admin).await.expect("admin");
+    let r = c
+        .request("GET", "/metrics", &[("Authorization", "Bearer tok")], b"")
+        .await
+        .expect("answer");
+    r.text()
+}
+
+/// A TLS listener added by a reload serves with its certificate, which is then watched
+/// (a new file is picked up at its `reload_interval`); removed by the next reload, it refuses
+/// new connections while one it accepted is still served, and its certificates leave the
+/// metrics. A bad certificate file, or HTTP/3 on the new listener, refuses the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_a_tls_listener_and_watches_its_certificates() {
+    let origin = OriginBuilder::new("app").body("app").run().await;
+    let pki = Pki::new("tls-reload-listener");
+    let (c, k) = pki
+        .ca
+        .server("reload.test", &["reload.test"], 0x400)
+        .write(&pki.dir, "site");
+    let base = || {
+        format!(
+            "admin: {{address: 127.0.0.1:{{{{port1}}}}, token: tok}}\n\
+             listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\n\
+             upstreams:\n  - name: app\n    backends: [{{address: {}}}]\n\
+             routes:\n  - {{listener: web, upstream: app}}\n",
+            origin.addr
+        )
+    };
+    let proxy = start(pki.dir.clone(), &base());
+    let (web, admin) = (proxy.addr, proxy.addr_of(1));
+    let at = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
+    // the file as the proxy runs it, with a listener added after `web`
+    let first = std::fs::read_to_string(&proxy.config).expect("read the config");
+    let web_line = format!("  - {{name: web, address: {web}, protocol: http}}\n");
+    assert!(first.contains(&web_line), "{first}");
+    let file = |extra: &str| first.replace(&web_line, &format!("{web_line}{extra}"));
+    let tls_listener = |more: &str| {
+        format!(
+            "  - name: secure\n    address: {at}\n    protocol: https\n    tls: {{certificates: [{{cert: {}, key: {}}}], reload_interval: 100ms}}\n{more}",
+            p(&c),
+            p(&k)
+        )
+    };
+    // the file's last list is its routes
+    let with_route = |text: String| format!("{text}  - {{listener: secure, upstream: app}}\n");
+    let sni = ClientOpts::new(&pki.ca_path, "reload.test");
+    assert!(
+        connect(at, &sni).await.is_err(),
+        "something listens at {at}"
+    );
+
+    // added
+    std::fs::write(&proxy.config, with_route(file(&tls_listener("")))).expect("write");
+    let (status, text) = admin_reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    let mut kept = connect(at, &sni).await.expect("the added TLS listener");
+    assert_eq!(served(&kept).1, "0400");
+    let r = h1(&mut kept, "reload.test", "/").await.expect("request");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]));
+    let label = "stepstone_tls_handshakes_total{listener=\"listeners[1].tls\",result=\"ok\"} 1";
+    let m = admin_metrics(admin).await;
+    assert!(m.contains(label), "{label} not in {m}");
+
+    // its certificate file is watched
+    pki.ca
+        .server("reload.test", &["reload.test"], 0x401)
+        .write(&pki.dir, "site");
+    eventually("the new certificate is served", || async {
+        serial_served(at, &pki.ca_path).await.as_deref() == Some("0401")
+    })
+    .await;
+
+    // refused, nothing applied: a certificate file that is not there
+    let missing = with_route(file(&tls_listener("")))
+        .replace(&p(&c), &format!("{}/nowhere.pem", p(&pki.dir)));
+    std::fs::write(&proxy.config, missing).expect("write");
+    let (status, text) = admin_reload(admin).await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("nowhere.pem"), "{text}");
+    assert_eq!(
+        serial_served(at, &pki.ca_path).await.as_deref(),
+        Some("0401")
+    );
+
+    // removed: new connections are refused, the one it accepted is still served
+    std::fs::write(&proxy.config, file("")).expect("write");
+    let (status, text) = admin_reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while connect(at, &sni).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "a removed TLS listener still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = h1(&mut kept, "reload.test", "/")
+        .await
+        .expect("the open connection");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]));
+    assert!(!admin_metrics(admin).await.contains("listeners[1].tls"));
+    let r = crate::support::client::get(web, "/", &[])
+        .await
+        .expect("web");
+    assert_eq!(r.status, 200, "the plaintext listener is untouched");
+
+    // refused: HTTP/3 on a new TLS listener (its QUIC endpoint is a service set up at start)
+    let q = tls_listener("    http3: true\n");
+    std::fs::write(&proxy.config, with_route(file(&q))).expect("write");
+    let (status, text) = admin_reload(admin).await;
+    assert_eq!(status, 422, "{text}");
+    assert!(
+        text.contains("listeners[1]") && text.contains("-s upgrade"),
+        "{text}"
+    );
+    assert!(
+        connect(at, &sni).await.is_err(),
+        "a refused reload added a listener"
+    );
+}
+
+/// A TLS listener the process started with is removed by a reload (new connections refused,
+/// its certificates gone from the metrics) and added back at the same address by the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_listener_from_the_start_is_removed_and_added_back_by_reloads() {
+    let origin = OriginBuilder::new("app").body("app").run().await;
+    let pki = Pki::new("tls-reload-boot");
+    let (c, k) = pki
+        .ca
+        .server("reload.test", &["reload.test"], 0x500)
+        .write(&pki.dir, "site");
+    // a plaintext listener beside it: a configuration needs one
+    let cfg = format!(
+        "{}{}  - {{listener: web, upstream: app}}\nadmin: {{address: 127.0.0.1:{{{{port1}}}}, token: tok}}\n",
+        https_listener(&[(&c, &k, &[])], "").replace(
+            "listeners:\n",
+            "listeners:\n  - {name: web, address: 127.0.0.1:{{port2}}, protocol: http}\n"
+        ),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    let admin = proxy.addr_of(1);
+    let sni = ClientOpts::new(&pki.ca_path, "reload.test");
+    let with = std::fs::read_to_string(&proxy.config).expect("read the config");
+    // the same file with the TLS listener and its route gone
+    let route = "  - {listener: tls, upstream: app}\n";
+    assert!(with.contains(route), "{with}");
+    let start = with.find("  - name: tls").expect("the listener");
+    let end = with.find("upstreams:").expect("upstreams");
+    let without = format!("{}{}", &with[..start], &with[end..]).replace(route, "");
+    let serves = || async {
+        let mut s = connect(proxy.addr, &sni).await.ok()?;
+        h1(&mut s, "reload.test", "/").await.ok().map(|r| r.status)
+    };
+    assert_eq!(serves().await, Some(200));
+    assert!(admin_metrics(admin).await.contains("listeners[1].tls"));
+
+    std::fs::write(&proxy.config, &without).expect("write");
+    let (status, text) = admin_reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    eventually("the removed listener refuses connections", || async {
+        serves().await.is_none()
+    })
+    .await;
+    assert!(!admin_metrics(admin).await.contains("listeners[1].tls"));
+
+    std::fs::write(&proxy.config, &with).expect("write");
+    let (status, text) = admin_reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(serves().await, Some(200), "added back at the same address");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_plain_http_on_a_tls_port_close_only_that_connection() {
     let (origin, pki, proxy) = a_test_proxy("tls-garbage", 60, "").await;
