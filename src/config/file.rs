@@ -151,8 +151,9 @@ pub struct ListenerFile {
     pub name: String,
     pub address: String,
     pub protocol: ListenerProtocol,
-    /// Makes an `http` listener a forward proxy (absolute-form requests and CONNECT)
-    /// instead of a routed reverse proxy. See [`ForwardProxyFile`].
+    /// Makes an `http` or `https` listener a forward proxy (absolute-form requests and
+    /// CONNECT) instead of a routed reverse proxy; on `https` the clients reach the proxy
+    /// over TLS. See [`ForwardProxyFile`].
     pub forward_proxy: Option<ForwardProxyFile>,
     /// tcp only: the upstream every connection is forwarded to. Required for tcp.
     pub upstream: Option<String>,

@@ -86,11 +86,11 @@ pub(super) fn validate(
     store: &mut StoreSize,
 ) -> Result<ForwardSpec, ConfigError> {
     let p = format!("{p}.forward_proxy");
-    if protocol != ListenerProtocol::Http {
+    if !matches!(protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
         return Err(e.err(
             p,
             format!("{protocol:?}").to_ascii_lowercase(),
-            "forward_proxy needs protocol: http",
+            "forward_proxy needs protocol: http or https",
         ));
     }
     let connect_ports = f

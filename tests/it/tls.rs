@@ -1536,6 +1536,101 @@ async fn a_tls_listener_from_the_start_is_removed_and_added_back_by_reloads() {
     assert_eq!(serves().await, Some(200), "added back at the same address");
 }
 
+/// A forward proxy on an https listener (`curl --proxy https://...`): the client's requests
+/// to the proxy, its Proxy-Authorization among them, travel over TLS. Absolute-form requests
+/// and CONNECT tunnels are served inside the TLS connection, over HTTP/1.1 and, with ALPN
+/// h2, over HTTP/2 (CONNECT per RFC 9113 8.5); the access rules apply as on http.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_proxy_on_an_https_listener_serves_requests_and_tunnels() {
+    let origin = OriginBuilder::new("dest").body("dest").run().await;
+    let pki = Pki::new("tls-forward");
+    let (c, k) = pki
+        .ca
+        .server("proxy.test", &["proxy.test"], 0x600)
+        .write(&pki.dir, "site");
+    let port = origin.addr.port();
+    let cfg = format!(
+        "listeners:\n  - name: fwd\n    address: 127.0.0.1:{{{{port}}}}\n    protocol: https\n    tls: {{certificates: [{{cert: {}, key: {}}}]}}\n    forward_proxy:\n      allow_private_destinations: true\n      connect_ports: [{port}]\n      access: [{{action: allow, ports: [{port}]}}]\n",
+        p(&c),
+        p(&k)
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    let o = ClientOpts::new(&pki.ca_path, "proxy.test");
+    let dest = origin.addr.to_string();
+
+    // absolute-form, then a port the rules deny, on one TLS connection
+    let mut s = connect(proxy.addr, &o).await.expect("TLS to the proxy");
+    let r = h1(&mut s, &dest, &format!("http://{dest}/a"))
+        .await
+        .expect("GET");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"dest"[..]),
+        "{}",
+        r.head
+    );
+    let r = h1(&mut s, "127.0.0.1:9", "http://127.0.0.1:9/")
+        .await
+        .expect("denied");
+    assert_eq!(r.status, 403, "{}", r.head);
+
+    // CONNECT, then HTTP inside the tunnel inside TLS
+    let mut s = connect(proxy.addr, &o).await.expect("TLS to the proxy");
+    s.write_all(format!("CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n\r\n").as_bytes())
+        .await
+        .expect("CONNECT");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.expect("read"), 1, "closed: {head:?}");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let r = h1(&mut s, &dest, "/b").await.expect("GET in the tunnel");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"dest"[..]));
+    let paths: Vec<String> = origin.recorded().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/a", "/b"]);
+
+    // HTTP/2: CONNECT as a stream, HTTP/1.1 inside it
+    let s = connect(proxy.addr, &o.alpn(&["h2"]))
+        .await
+        .expect("TLS to the proxy");
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let (client, conn) = h2::client::handshake(s).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri(dest.as_str())
+        .body(())
+        .expect("request");
+    let (resp, mut send) = client.send_request(req, false).expect("CONNECT stream");
+    let resp = resp.await.expect("CONNECT answer");
+    assert_eq!(resp.status(), 200);
+    let req = format!("GET /c HTTP/1.1\r\nHost: {dest}\r\nConnection: close\r\n\r\n");
+    send.send_data(Bytes::from(req), false).expect("send");
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+        if got.ends_with(b"dest") {
+            break;
+        }
+    }
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("dest"),
+        "{got}"
+    );
+    assert_eq!(
+        origin.recorded().last().map(|r| r.path.clone()).as_deref(),
+        Some("/c")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_plain_http_on_a_tls_port_close_only_that_connection() {
     let (origin, pki, proxy) = a_test_proxy("tls-garbage", 60, "").await;
