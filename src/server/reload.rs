@@ -293,6 +293,17 @@ fn only_backends_differ(old: &UpstreamSpec, new: &UpstreamSpec) -> bool {
     dbg(old) == dbg(&same)
 }
 
+/// Whether a listener kept by a reload has the same settings. The key path of its TLS block
+/// (`listeners[N].tls`, for log lines and metric labels) is where it sits in the file, not a
+/// setting: removing a listener before it moves it. Its store keeps the old path.
+fn same_settings(old: &ListenerSpec, new: &ListenerSpec) -> bool {
+    let mut moved = new.clone();
+    if let (Some(o), Some(n)) = (&old.tls, &mut moved.tls) {
+        n.key_path.clone_from(&o.key_path);
+    }
+    dbg(old) == dbg(&moved)
+}
+
 fn needs_upgrade(file: &str, what: &str) -> String {
     format!("{file}: {what}: this change cannot be applied by a reload; an upgrade (stepstone -s upgrade) is needed")
 }
@@ -333,7 +344,7 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
             }
             continue;
         };
-        if dbg(o) != dbg(l) {
+        if !same_settings(o, l) {
             // an HTTP listener at a new address is a removal plus an addition
             if !(dynamic(o) && dynamic(l) && o.addr != l.addr) {
                 return Err(needs_upgrade(

@@ -1534,6 +1534,23 @@ async fn a_tls_listener_from_the_start_is_removed_and_added_back_by_reloads() {
     let (status, text) = admin_reload(admin).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(serves().await, Some(200), "added back at the same address");
+
+    // the plaintext listener before it removed: the TLS one moves to listeners[0] and stays
+    let web_line = with
+        .lines()
+        .find(|l| l.contains("name: web"))
+        .expect("the web listener");
+    let alone = with
+        .replace(&format!("{web_line}\n"), "")
+        .replace("  - {listener: web, upstream: app}\n", "");
+    std::fs::write(&proxy.config, &alone).expect("write");
+    let (status, text) = admin_reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serves().await,
+        Some(200),
+        "moved in the file, same listener"
+    );
 }
 
 /// A forward proxy on an https listener (`curl --proxy https://...`): the client's requests
