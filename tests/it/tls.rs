@@ -1346,6 +1346,19 @@ async fn admin_reload_reloads_the_certificate_too() {
     );
 }
 
+/// An origin answering `app`, a test CA, and a server certificate for `cn` (written as
+/// `site.crt` and `site.key`).
+async fn origin_and_site(
+    tag: &str,
+    cn: &str,
+    serial: u32,
+) -> (crate::support::Origin, Pki, PathBuf, PathBuf) {
+    let origin = OriginBuilder::new("app").body("app").run().await;
+    let pki = Pki::new(tag);
+    let (c, k) = pki.ca.server(cn, &[cn], serial).write(&pki.dir, "site");
+    (origin, pki, c, k)
+}
+
 /// `POST /api/reload` on the admin listener at `admin` (token `tok`): status and text.
 async fn admin_reload(admin: SocketAddr) -> (u16, String) {
     let mut c = crate::support::Conn::connect(admin).await.expect("admin");
@@ -1377,12 +1390,7 @@ async fn admin_metrics(admin: SocketAddr) -> String {
 /// metrics. A bad certificate file, or HTTP/3 on the new listener, refuses the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_adds_and_removes_a_tls_listener_and_watches_its_certificates() {
-    let origin = OriginBuilder::new("app").body("app").run().await;
-    let pki = Pki::new("tls-reload-listener");
-    let (c, k) = pki
-        .ca
-        .server("reload.test", &["reload.test"], 0x400)
-        .write(&pki.dir, "site");
+    let (origin, pki, c, k) = origin_and_site("tls-reload-listener", "reload.test", 0x400).await;
     let base = || {
         format!(
             "admin: {{address: 127.0.0.1:{{{{port1}}}}, token: tok}}\n\
@@ -1489,12 +1497,7 @@ async fn a_reload_adds_and_removes_a_tls_listener_and_watches_its_certificates()
 /// its certificates gone from the metrics) and added back at the same address by the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_listener_from_the_start_is_removed_and_added_back_by_reloads() {
-    let origin = OriginBuilder::new("app").body("app").run().await;
-    let pki = Pki::new("tls-reload-boot");
-    let (c, k) = pki
-        .ca
-        .server("reload.test", &["reload.test"], 0x500)
-        .write(&pki.dir, "site");
+    let (origin, pki, c, k) = origin_and_site("tls-reload-boot", "reload.test", 0x500).await;
     // a plaintext listener beside it: a configuration needs one
     let cfg = format!(
         "{}{}  - {{listener: web, upstream: app}}\nadmin: {{address: 127.0.0.1:{{{{port1}}}}, token: tok}}\n",
@@ -1559,12 +1562,7 @@ async fn a_tls_listener_from_the_start_is_removed_and_added_back_by_reloads() {
 /// h2, over HTTP/2 (CONNECT per RFC 9113 8.5); the access rules apply as on http.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_proxy_on_an_https_listener_serves_requests_and_tunnels() {
-    let origin = OriginBuilder::new("dest").body("dest").run().await;
-    let pki = Pki::new("tls-forward");
-    let (c, k) = pki
-        .ca
-        .server("proxy.test", &["proxy.test"], 0x600)
-        .write(&pki.dir, "site");
+    let (origin, pki, c, k) = origin_and_site("tls-forward", "proxy.test", 0x600).await;
     let port = origin.addr.port();
     let cfg = format!(
         "listeners:\n  - name: fwd\n    address: 127.0.0.1:{{{{port}}}}\n    protocol: https\n    tls: {{certificates: [{{cert: {}, key: {}}}]}}\n    forward_proxy:\n      allow_private_destinations: true\n      connect_ports: [{port}]\n      access: [{{action: allow, ports: [{port}]}}]\n",
@@ -1582,7 +1580,7 @@ async fn a_forward_proxy_on_an_https_listener_serves_requests_and_tunnels() {
         .expect("GET");
     assert_eq!(
         (r.status, r.body.as_slice()),
-        (200, &b"dest"[..]),
+        (200, &b"app"[..]),
         "{}",
         r.head
     );
@@ -1605,7 +1603,7 @@ async fn a_forward_proxy_on_an_https_listener_serves_requests_and_tunnels() {
     let head = String::from_utf8_lossy(&head).into_owned();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let r = h1(&mut s, &dest, "/b").await.expect("GET in the tunnel");
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"dest"[..]));
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]));
     let paths: Vec<String> = origin.recorded().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/a", "/b"]);
 
@@ -1633,13 +1631,13 @@ async fn a_forward_proxy_on_an_https_listener_serves_requests_and_tunnels() {
         let chunk = chunk.expect("data");
         let _ = body.flow_control().release_capacity(chunk.len());
         got.extend_from_slice(&chunk);
-        if got.ends_with(b"dest") {
+        if got.ends_with(b"app") {
             break;
         }
     }
     let got = String::from_utf8_lossy(&got).into_owned();
     assert!(
-        got.starts_with("HTTP/1.1 200") && got.ends_with("dest"),
+        got.starts_with("HTTP/1.1 200") && got.ends_with("app"),
         "{got}"
     );
     assert_eq!(
