@@ -1327,19 +1327,8 @@ async fn admin_reload_reloads_the_certificate_too() {
     pki.ca
         .server("reload.test", &["reload.test"], 0x301)
         .write(&pki.dir, "site");
-    let mut admin = crate::support::Conn::connect(proxy.addr_of(1))
-        .await
-        .expect("admin");
-    let r = admin
-        .request(
-            "POST",
-            "/api/reload",
-            &[("Authorization", "Bearer tok")],
-            b"",
-        )
-        .await
-        .expect("answer");
-    assert_eq!(r.status, 200, "{}", r.text());
+    let (status, text) = admin_reload(proxy.addr_of(1)).await;
+    assert_eq!(status, 200, "{text}");
     assert_eq!(
         serial_served(proxy.addr, &pki.ca_path).await.as_deref(),
         Some("0301")
