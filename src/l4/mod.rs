@@ -25,6 +25,7 @@ pub mod sni;
 use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
 use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
 use crate::net::splice::{shutdown_of, splice, Client, Ends, Splice};
+use crate::tls::store::CertStore;
 use crate::upstream::{bit, Pick, Pool};
 use accept::{local_of, peer_of, ProxyAccept};
 use async_trait::async_trait;
@@ -254,34 +255,69 @@ impl ServerApp for L4App {
     }
 }
 
-/// Add the listening service of a tcp or tls_passthrough listener to `server`.
+/// Add the listening service of a tcp or tls_passthrough listener to `server`; `stop` ends
+/// its accept loop (a reload that removes it). A TLS-terminating listener's certificate
+/// store is returned, for the reload to forget when it removes the listener.
 pub fn add_service(
     server: &mut pingora_core::server::Server,
     l: &ListenerSpec,
     pools: &[Arc<Pool>],
-) -> Result<(), String> {
-    let app = L4App::new(l, pools, l.tls.is_some())
-        .ok_or_else(|| format!("listener {:?}: incomplete L4 settings", l.name))?;
-    let name = format!("l4 {}", l.name);
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Arc<CertStore>>, String> {
+    let (app, name) = (app(l, pools)?, format!("l4 {}", l.name));
     let Some(t) = &l.tls else {
         // Plaintext: our accept loop (a small task per connection, no L4 buffers: the splice
         // has its own); see `crate::net::listen`.
         let lean = l.proxy_protocol.is_none();
         server.add_service(
             crate::net::listen::PlainService::new(name, l.addr, app, lean)
-                .defer_accept(l.defer_accept),
+                .defer_accept(l.defer_accept)
+                .with_stop(stop),
         );
-        return Ok(());
+        return Ok(None);
     };
     // TLS-terminated TCP: the same certificate handling (SNI, reload) and accept loop as
     // https listeners.
     let tls = crate::tls::listener_tls(t, crate::tls::Alpn::None)?;
+    let store = tls.store.clone();
     let app = crate::net::tls::TlsConn::new(&name, app, tls, accept::pre_tls(l));
     server.add_service(
         crate::net::listen::PlainService::new(name, l.addr, app, false)
-            .defer_accept(l.defer_accept),
+            .defer_accept(l.defer_accept)
+            .with_stop(stop),
     );
-    Ok(())
+    Ok(Some(store))
+}
+
+/// Start L4 listener `l`, added by a configuration reload, on the pools of that
+/// configuration; as [`add_service`] otherwise.
+pub fn spawn(
+    l: &ListenerSpec,
+    pools: &[Arc<Pool>],
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Option<Arc<CertStore>>> {
+    let (app, name) = (
+        app(l, pools).map_err(std::io::Error::other)?,
+        format!("l4 {}", l.name),
+    );
+    let Some(t) = &l.tls else {
+        let lean = l.proxy_protocol.is_none();
+        crate::net::listen::spawn(name, l.addr, app, lean, l.defer_accept, stop)?;
+        return Ok(None);
+    };
+    let tls = crate::tls::listener_tls(t, crate::tls::Alpn::None).map_err(std::io::Error::other)?;
+    let store = tls.store.clone();
+    let app = crate::net::tls::TlsConn::new(&name, app, tls, accept::pre_tls(l));
+    if let Err(e) = crate::net::listen::spawn(name, l.addr, app, false, l.defer_accept, stop) {
+        crate::tls::forget(&store);
+        return Err(e);
+    }
+    Ok(Some(store))
+}
+
+fn app(l: &ListenerSpec, pools: &[Arc<Pool>]) -> Result<L4App, String> {
+    L4App::new(l, pools, l.tls.is_some())
+        .ok_or_else(|| format!("listener {:?}: incomplete L4 settings", l.name))
 }
 
 /// Connect to a backend of `pool`, trying others on failure as `retries` allows.

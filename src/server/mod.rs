@@ -115,7 +115,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     // Pingora tears service runtimes down when grace_period_seconds ends: the QUIC drain
     // must be done by then.
     let grace = std::time::Duration::from_secs(conf.grace_period_seconds.unwrap_or(5));
-    let mut http = Vec::new();
+    let mut listeners = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         match l.protocol {
             ListenerProtocol::Http | ListenerProtocol::Https => {
@@ -125,7 +125,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 let name = format!("http {}", l.name);
                 let Some(t) = &l.tls else {
                     let (stop, rx) = tokio::sync::watch::channel(false);
-                    http.push(reload::HttpHandle::new(l, swap, Some(stop)));
+                    listeners.push(reload::ListenerHandle::http(l, swap, Some(stop)));
                     // Plaintext: our own accept loop (see `crate::net::listen`); a PROXY
                     // header, if trusted, is read by the app before the first request.
                     match &l.proxy_protocol {
@@ -152,10 +152,11 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 if reload::dynamic(l) {
                     // a reload may remove it
                     let (stop, rx) = tokio::sync::watch::channel(false);
-                    http.push(reload::HttpHandle::new(l, swap, Some(stop)).with_store(store));
+                    listeners
+                        .push(reload::ListenerHandle::http(l, swap, Some(stop)).with_store(store));
                     server.add_service(svc.with_stop(rx));
                 } else {
-                    http.push(reload::HttpHandle::new(l, swap, None));
+                    listeners.push(reload::ListenerHandle::http(l, swap, None));
                     server.add_service(svc);
                 }
                 if let Some(q) = &l.http3 {
@@ -171,7 +172,10 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 }
             }
             ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {
-                crate::l4::add_service(&mut server, l, &upstreams.pools)?;
+                // a reload may remove it
+                let (stop, rx) = tokio::sync::watch::channel(false);
+                let store = crate::l4::add_service(&mut server, l, &upstreams.pools, rx)?;
+                listeners.push(reload::ListenerHandle::l4(l, stop, store));
             }
         }
     }
@@ -182,7 +186,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     if let Some(a) = crate::tls::acme::service() {
         server.add_service(background_service("acme", a));
     }
-    reload::init(cfg, conf, upstreams.pools, http);
+    reload::init(cfg, conf, upstreams.pools, listeners);
     server.add_service(reload::ReloadService);
     let upgrader = upgrade::Upgrader::new(
         &cfg.file,

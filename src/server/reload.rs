@@ -9,14 +9,15 @@
 //! the backends it keeps ([`Pool::carry_over`]). The operator's runtime changes live outside
 //! the pools ([`crate::upstream::live`]) and apply to whatever pool has the backend.
 //!
-//! HTTP listeners, plaintext and TLS, run our own accept loop ([`crate::net::listen`]), so a
-//! reload adds and removes them (a new address is a removal plus an addition); a TLS
-//! listener's certificates are watched from the moment it is added, and no longer once it
-//! is removed. What cannot change in place (the `pingora` block, the admin listener, the
-//! access log, the cache store's size, L4 listeners and the upstreams these use, TLS
-//! listeners with HTTP/3 or ACME, which run services of their own, other settings of a
-//! listener that keeps its address) is refused with an error that says an upgrade
-//! (`-s upgrade`) is needed; nothing is applied then.
+//! Every listener, HTTP or L4, plaintext or TLS, runs our own accept loop
+//! ([`crate::net::listen`]), so a reload adds and removes them (a new address is a removal
+//! plus an addition; an L4 listener added takes the new pools); a TLS listener's
+//! certificates are watched from the moment it is added, and no longer once it is removed.
+//! What cannot change in place (the `pingora` block, the admin listener, the access log, the
+//! cache store's size, the upstreams a kept L4 listener uses, TLS listeners with HTTP/3 or
+//! ACME, which run services of their own, other settings of a listener that keeps its
+//! address) is refused with an error that says an upgrade (`-s upgrade`) is needed; nothing
+//! is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -32,31 +33,48 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use std::sync::{Arc, Mutex};
 
-/// An HTTP listener of the running configuration and the handle to replace its engines.
-pub struct HttpHandle {
+/// A listener of the running configuration: what stops it, and for an HTTP listener the
+/// handle to replace its engines.
+pub struct ListenerHandle {
     spec: ListenerSpec,
-    swap: EngineSwap<HttpProxy>,
+    /// HTTP listeners only.
+    swap: Option<EngineSwap<HttpProxy>>,
     /// Stops its accept loop; the listeners a reload may remove ([`dynamic`]) have one.
     stop: Option<tokio::sync::watch::Sender<bool>>,
     /// A TLS listener's certificates, forgotten by the reload service when it is removed.
     store: Option<Arc<crate::tls::store::CertStore>>,
 }
 
-impl HttpHandle {
-    pub fn new(
+impl ListenerHandle {
+    pub fn http(
         spec: &ListenerSpec,
         swap: EngineSwap<HttpProxy>,
         stop: Option<tokio::sync::watch::Sender<bool>>,
-    ) -> HttpHandle {
-        HttpHandle {
+    ) -> ListenerHandle {
+        ListenerHandle {
             spec: spec.clone(),
-            swap,
+            swap: Some(swap),
             stop,
             store: None,
         }
     }
 
-    pub fn with_store(mut self, store: Arc<crate::tls::store::CertStore>) -> HttpHandle {
+    /// An L4 listener (`tcp`, `tls_passthrough`): its stop, and a TLS-terminating one's
+    /// certificates.
+    pub fn l4(
+        spec: &ListenerSpec,
+        stop: tokio::sync::watch::Sender<bool>,
+        store: Option<Arc<crate::tls::store::CertStore>>,
+    ) -> ListenerHandle {
+        ListenerHandle {
+            spec: spec.clone(),
+            swap: None,
+            stop: Some(stop),
+            store,
+        }
+    }
+
+    pub fn with_store(mut self, store: Arc<crate::tls::store::CertStore>) -> ListenerHandle {
         self.store = Some(store);
         self
     }
@@ -72,24 +90,21 @@ impl HttpHandle {
     }
 }
 
-/// Whether a reload can add or remove this listener: HTTP listeners accept in our own loop,
-/// which can start and stop at any time, and a TLS one's certificates are watched from a
-/// list that reloads change; but HTTP/3 (QUIC) and ACME run as services of their own, set up
-/// at start, and L4 listeners are Pingora services.
+/// Whether a reload can add or remove this listener: HTTP and L4 listeners accept in our own
+/// loop, which can start and stop at any time, and a TLS one's certificates are watched from
+/// a list that reloads change; but HTTP/3 (QUIC) and ACME run as services of their own, set
+/// up at start.
 pub(super) fn dynamic(l: &ListenerSpec) -> bool {
-    match (&l.protocol, &l.tls) {
-        (ListenerProtocol::Http, None) => true,
-        (ListenerProtocol::Http | ListenerProtocol::Https, Some(t)) => {
-            l.http3.is_none() && t.acme.is_none()
-        }
-        _ => false,
+    match &l.tls {
+        None => true,
+        Some(t) => l.http3.is_none() && t.acme.is_none(),
     }
 }
 
 struct Running {
     cfg: Config,
     pools: Vec<Arc<Pool>>,
-    http: Vec<HttpHandle>,
+    listeners: Vec<ListenerHandle>,
 }
 
 struct Live {
@@ -124,11 +139,16 @@ fn outcome() -> std::sync::MutexGuard<'static, Outcome> {
 }
 
 /// Record the running configuration (revision 1).
-pub fn init(cfg: &Config, conf: Arc<ServerConf>, pools: Vec<Arc<Pool>>, http: Vec<HttpHandle>) {
+pub fn init(
+    cfg: &Config,
+    conf: Arc<ServerConf>,
+    pools: Vec<Arc<Pool>>,
+    listeners: Vec<ListenerHandle>,
+) {
     let running = Running {
         cfg: cfg.clone(),
         pools,
-        http,
+        listeners,
     };
     let _ = LIVE.set(Live {
         conf,
@@ -339,21 +359,23 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
             if !dynamic(l) {
                 return Err(needs_upgrade(
                     f,
-                    &format!("{what}: a new L4 listener, or TLS listener with http3 or acme"),
+                    &format!("{what}: a new TLS listener with http3 or acme"),
                 ));
             }
             continue;
         };
         if !same_settings(o, l) {
-            // an HTTP listener at a new address is a removal plus an addition
+            // a listener at a new address is a removal plus an addition
             if !(dynamic(o) && dynamic(l) && o.addr != l.addr) {
                 return Err(needs_upgrade(
                     f,
-                    &format!("{what}: changed (only the address of an HTTP listener without http3 or acme can change in place)"),
+                    &format!("{what}: changed (only the address of a listener without http3 or acme can change in place)"),
                 ));
             }
         }
-        if let Some(s) = &l.l4 {
+        // A kept L4 listener's accept loop holds the pools it started with (a moved one is
+        // started anew, on the new pools).
+        if let (Some(s), true) = (&l.l4, o.addr == l.addr) {
             let uses = s
                 .upstream
                 .iter()
@@ -377,7 +399,7 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
             return Err(needs_upgrade(
                 f,
                 &format!(
-                    "listeners[{i}] ({}): removing an L4 listener, or TLS listener with http3 or acme",
+                    "listeners[{i}] ({}): removing a TLS listener with http3 or acme",
                     o.name
                 ),
             ));
@@ -416,10 +438,10 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     let pool_max = pool_max(&live.conf);
     // Listeners to add (new names, or a new address) are bound first: an address that cannot
     // be bound fails the reload before anything changed.
-    let mut added: Vec<HttpHandle> = Vec::new();
+    let mut added: Vec<ListenerHandle> = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         let same = running
-            .http
+            .listeners
             .iter()
             .any(|h| h.spec.name == l.name && h.spec.addr == l.addr);
         if same || !dynamic(l) {
@@ -440,7 +462,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     }
     // Removed listeners (and the old side of a changed address) stop accepting; their
     // connections finish on the engines they have.
-    running.http.retain(|h| {
+    running.listeners.retain(|h| {
         let stays = cfg
             .listeners
             .iter()
@@ -458,15 +480,16 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         {
             continue;
         }
-        let Some(h) = running.http.iter_mut().find(|h| h.spec.name == l.name) else {
+        let Some(h) = running.listeners.iter_mut().find(|h| h.spec.name == l.name) else {
             continue;
         };
+        let Some(swap) = &h.swap else { continue };
         let listener = http_listener(i, l, &cfg, &pools);
         let fast = Arc::new(FastPath::new(listener.clone(), pool_max));
-        h.swap.install(HttpProxy { listener }, Some(fast));
+        swap.install(HttpProxy { listener }, Some(fast));
         h.spec = l.clone();
     }
-    running.http.extend(added);
+    running.listeners.extend(added);
     crate::observability::set_routes(&cfg);
     crate::upstream::live::prune(&cfg.upstreams);
     crate::upstream::live::set_pools(pools.clone());
@@ -475,14 +498,20 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     Ok(outcome().revision + 1)
 }
 
-/// Start an HTTP listener added by a reload.
+/// Start a listener added by a reload.
 fn start_listener(
     index: usize,
     l: &ListenerSpec,
     cfg: &Config,
     pools: &[Arc<Pool>],
     conf: &Arc<ServerConf>,
-) -> std::io::Result<HttpHandle> {
+) -> std::io::Result<ListenerHandle> {
+    if !matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let store = crate::l4::spawn(l, pools, rx)?;
+        log::info!("reload: listener {} ({}) added", l.name, l.addr);
+        return Ok(ListenerHandle::l4(l, stop, store));
+    }
     let listener = http_listener(index, l, cfg, pools);
     let (app, swap, _, _) = super::http_stack(l, listener, conf);
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -497,7 +526,7 @@ fn start_listener(
             return Err(e);
         }
         log::info!("reload: listener {} ({}) added", l.name, l.addr);
-        return Ok(HttpHandle::new(l, swap, Some(stop)).with_store(store));
+        return Ok(ListenerHandle::http(l, swap, Some(stop)).with_store(store));
     }
     match &l.proxy_protocol {
         Some(trusted) => {
@@ -508,7 +537,7 @@ fn start_listener(
         None => crate::net::listen::spawn(name, l.addr, app, true, l.defer_accept, rx)?,
     }
     log::info!("reload: listener {} ({}) added", l.name, l.addr);
-    Ok(HttpHandle::new(l, swap, Some(stop)))
+    Ok(ListenerHandle::http(l, swap, Some(stop)))
 }
 
 /// SIGHUP: reload the configuration (the TLS service reloads the certificates on the same

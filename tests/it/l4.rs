@@ -992,3 +992,77 @@ async fn a_backend_that_speaks_first_reaches_a_client_that_waits_for_it() {
         }
     }
 }
+
+/// `POST /api/reload` on the admin listener at `admin` (token `tok`): status and text.
+async fn reload(admin: SocketAddr) -> (u16, String) {
+    let mut c = Conn::connect(admin).await.expect("admin");
+    let r = c
+        .request(
+            "POST",
+            "/api/reload",
+            &[("Authorization", "Bearer tok")],
+            b"",
+        )
+        .await
+        .expect("answer");
+    (r.status, r.text())
+}
+
+/// A tcp listener added by a reload relays to its own, new upstream; removed by the next, it
+/// refuses new connections while a connection it relays goes on. A kept tcp listener's
+/// upstream changed other than in its backends still needs an upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_a_tcp_listener() {
+    let a = TcpBackend::start("a", false).await;
+    let b = TcpBackend::start("b", false).await;
+    let p = Proxy::start(&format!(
+        "admin: {{address: 127.0.0.1:{{{{port1}}}}, token: tok}}\nlisteners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+        backends(&[(&a, 1)])
+    ));
+    let admin = p.addr_of(1);
+    let first = std::fs::read_to_string(&p.config).expect("read the config");
+    let at = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
+    let added = format!(
+        "{first}  - name: v\n    backends: [{}]\n",
+        backends(&[(&b, 1)])
+    )
+    .replace(
+        "upstreams:\n",
+        &format!("  - {{name: t2, address: {at}, protocol: tcp, upstream: v}}\nupstreams:\n"),
+    );
+    assert_eq!(
+        ask(at, b"", "NAME").await,
+        None,
+        "something listens at {at}"
+    );
+
+    std::fs::write(&p.config, &added).expect("write");
+    let (status, text) = reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(ask(at, b"", "NAME").await.as_deref(), Some("b"));
+    assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("a"));
+
+    // a held connection through it outlives its removal
+    let mut held = TcpStream::connect(at).await.expect("connect");
+    held.write_all(b"HOLD\n").await.expect("hold");
+    let mut greeting = [0u8; 2];
+    held.read_exact(&mut greeting).await.expect("greeting");
+    assert_eq!(&greeting, b"b\n");
+    std::fs::write(&p.config, &first).expect("write");
+    let (status, text) = reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(at).await.is_ok() {
+        assert!(Instant::now() < deadline, "a removed tcp listener accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!closed_within(&mut held, Duration::from_millis(300)).await);
+    assert_eq!(b.open(), 1, "the held connection is still relayed");
+    assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("a"));
+
+    let changed = first.replace("  - name: u\n", "  - name: u\n    selection: random\n");
+    std::fs::write(&p.config, changed).expect("write");
+    let (status, text) = reload(admin).await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("upstream u it uses changed"), "{text}");
+}
