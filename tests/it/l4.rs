@@ -2,7 +2,7 @@
 //! directions, against real TCP and TLS backends on loopback.
 
 use crate::support::tcp::{hex, pattern, tls_connect, TcpBackend, TlsBackend};
-use crate::support::{Conn, OriginBuilder, Proxy};
+use crate::support::{admin_reload, Conn, OriginBuilder, Proxy};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -993,21 +993,6 @@ async fn a_backend_that_speaks_first_reaches_a_client_that_waits_for_it() {
     }
 }
 
-/// `POST /api/reload` on the admin listener at `admin` (token `tok`): status and text.
-async fn reload(admin: SocketAddr) -> (u16, String) {
-    let mut c = Conn::connect(admin).await.expect("admin");
-    let r = c
-        .request(
-            "POST",
-            "/api/reload",
-            &[("Authorization", "Bearer tok")],
-            b"",
-        )
-        .await
-        .expect("answer");
-    (r.status, r.text())
-}
-
 /// A tcp listener added by a reload relays to its own, new upstream; removed by the next, it
 /// refuses new connections while a connection it relays goes on. A kept tcp listener's
 /// upstream changed other than in its backends still needs an upgrade.
@@ -1037,7 +1022,7 @@ async fn a_reload_adds_and_removes_a_tcp_listener() {
     );
 
     std::fs::write(&p.config, &added).expect("write");
-    let (status, text) = reload(admin).await;
+    let (status, text) = admin_reload(admin).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(ask(at, b"", "NAME").await.as_deref(), Some("b"));
     assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("a"));
@@ -1049,7 +1034,7 @@ async fn a_reload_adds_and_removes_a_tcp_listener() {
     held.read_exact(&mut greeting).await.expect("greeting");
     assert_eq!(&greeting, b"b\n");
     std::fs::write(&p.config, &first).expect("write");
-    let (status, text) = reload(admin).await;
+    let (status, text) = admin_reload(admin).await;
     assert_eq!(status, 200, "{text}");
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect(at).await.is_ok() {
@@ -1062,7 +1047,7 @@ async fn a_reload_adds_and_removes_a_tcp_listener() {
 
     let changed = first.replace("  - name: u\n", "  - name: u\n    selection: random\n");
     std::fs::write(&p.config, changed).expect("write");
-    let (status, text) = reload(admin).await;
+    let (status, text) = admin_reload(admin).await;
     assert_eq!(status, 422, "{text}");
     assert!(text.contains("upstream u it uses changed"), "{text}");
 }

@@ -6,7 +6,7 @@
 
 use crate::support::pki::{cn_of, serial_of, write_atomic, Ca, Leaf, EXPIRED};
 use crate::support::proxy::{render, run_cli};
-use crate::support::{scratch_dir, OriginBuilder, Proxy};
+use crate::support::{admin_reload, scratch_dir, OriginBuilder, Proxy};
 use bytes::Bytes;
 use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
 use openssl::x509::store::X509StoreBuilder;
@@ -1346,21 +1346,6 @@ async fn origin_and_site(
     let pki = Pki::new(tag);
     let (c, k) = pki.ca.server(cn, &[cn], serial).write(&pki.dir, "site");
     (origin, pki, c, k)
-}
-
-/// `POST /api/reload` on the admin listener at `admin` (token `tok`): status and text.
-async fn admin_reload(admin: SocketAddr) -> (u16, String) {
-    let mut c = crate::support::Conn::connect(admin).await.expect("admin");
-    let r = c
-        .request(
-            "POST",
-            "/api/reload",
-            &[("Authorization", "Bearer tok")],
-            b"",
-        )
-        .await
-        .expect("answer");
-    (r.status, r.text())
 }
 
 /// The admin listener's /metrics page.

@@ -218,3 +218,19 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     }
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// `POST /api/reload` on the admin listener at `admin`, whose token is `tok`: the status and
+/// the answer's text.
+pub async fn admin_reload(admin: std::net::SocketAddr) -> (u16, String) {
+    let mut c = Conn::connect(admin).await.expect("admin");
+    let r = c
+        .request(
+            "POST",
+            "/api/reload",
+            &[("Authorization", "Bearer tok")],
+            b"",
+        )
+        .await
+        .expect("answer");
+    (r.status, r.text())
+}

@@ -15,7 +15,7 @@ pub mod redis;
 pub mod scripted;
 pub mod tcp;
 
-pub use client::{Conn, Response};
+pub use client::{admin_reload, Conn, Response};
 pub use origin::{Origin, OriginBuilder};
 pub use proxy::Proxy;
 
