@@ -255,25 +255,24 @@ impl ServerApp for L4App {
     }
 }
 
-/// Add the listening service of a tcp or tls_passthrough listener to `server`; `stop` ends
-/// its accept loop (a reload that removes it). A TLS-terminating listener's certificate
-/// store is returned, for the reload to forget when it removes the listener.
-pub fn add_service(
-    server: &mut pingora_core::server::Server,
+/// Start the accept loop of a tcp or tls_passthrough listener on `pools` (`start`: at start
+/// or by a reload); `stop` ends it (a reload that removes it). A TLS-terminating listener's
+/// certificate store is returned, for the reload to forget when it removes the listener.
+pub fn start(
     l: &ListenerSpec,
     pools: &[Arc<Pool>],
+    start: &mut crate::net::listen::Start<'_>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Arc<CertStore>>, String> {
     let (app, name) = (app(l, pools)?, format!("l4 {}", l.name));
+    let listen = |e: std::io::Error| format!("cannot listen on {}: {e}", l.addr);
     let Some(t) = &l.tls else {
         // Plaintext: our accept loop (a small task per connection, no L4 buffers: the splice
         // has its own); see `crate::net::listen`.
         let lean = l.proxy_protocol.is_none();
-        server.add_service(
-            crate::net::listen::PlainService::new(name, l.addr, app, lean)
-                .defer_accept(l.defer_accept)
-                .with_stop(stop),
-        );
+        start
+            .accept(name, l.addr, app, lean, l.defer_accept, stop)
+            .map_err(listen)?;
         return Ok(None);
     };
     // TLS-terminated TCP: the same certificate handling (SNI, reload) and accept loop as
@@ -281,36 +280,9 @@ pub fn add_service(
     let tls = crate::tls::listener_tls(t, crate::tls::Alpn::None)?;
     let store = tls.store.clone();
     let app = crate::net::tls::TlsConn::new(&name, app, tls, accept::pre_tls(l));
-    server.add_service(
-        crate::net::listen::PlainService::new(name, l.addr, app, false)
-            .defer_accept(l.defer_accept)
-            .with_stop(stop),
-    );
-    Ok(Some(store))
-}
-
-/// Start L4 listener `l`, added by a configuration reload, on the pools of that
-/// configuration; as [`add_service`] otherwise.
-pub fn spawn(
-    l: &ListenerSpec,
-    pools: &[Arc<Pool>],
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<Option<Arc<CertStore>>> {
-    let (app, name) = (
-        app(l, pools).map_err(std::io::Error::other)?,
-        format!("l4 {}", l.name),
-    );
-    let Some(t) = &l.tls else {
-        let lean = l.proxy_protocol.is_none();
-        crate::net::listen::spawn(name, l.addr, app, lean, l.defer_accept, stop)?;
-        return Ok(None);
-    };
-    let tls = crate::tls::listener_tls(t, crate::tls::Alpn::None).map_err(std::io::Error::other)?;
-    let store = tls.store.clone();
-    let app = crate::net::tls::TlsConn::new(&name, app, tls, accept::pre_tls(l));
-    if let Err(e) = crate::net::listen::spawn(name, l.addr, app, false, l.defer_accept, stop) {
+    if let Err(e) = start.accept(name, l.addr, app, false, l.defer_accept, stop) {
         crate::tls::forget(&store);
-        return Err(e);
+        return Err(listen(e));
     }
     Ok(Some(store))
 }

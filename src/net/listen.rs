@@ -466,9 +466,41 @@ pub fn adopt_runtime(fds: Option<ListenFds>) {
     let _ = DYNAMIC.set((fds, tokio::runtime::Handle::current()));
 }
 
+/// Where a listener's accept loop runs: as a service of the server being built (at start),
+/// or spawned at once on the runtime of [`adopt_runtime`] (a listener a reload adds). The
+/// listener's own code (which app, plaintext or TLS, PROXY header or not) is the same for
+/// both.
+pub enum Start<'a> {
+    Service(&'a mut pingora_core::server::Server),
+    Spawned,
+}
+
+impl Start<'_> {
+    /// Accept on `addr` with `app` until `stop` (a reload removed the listener) or shutdown.
+    /// Spawned: bound now, so an address in use is the caller's error.
+    pub fn accept<A: ConnApp>(
+        &mut self,
+        name: String,
+        addr: SocketAddr,
+        app: A,
+        lean: bool,
+        defer_accept: bool,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        match self {
+            Start::Service(server) => {
+                let svc = PlainService::new(name, addr, app, lean);
+                server.add_service(svc.defer_accept(defer_accept).with_stop(stop));
+                Ok(())
+            }
+            Start::Spawned => spawn(name, addr, app, lean, defer_accept, stop),
+        }
+    }
+}
+
 /// Bind `addr` now (the error, if any, is the caller's to report) and accept on it with
 /// `app` until `stop` or shutdown, on the runtime of [`adopt_runtime`].
-pub fn spawn<A>(
+fn spawn<A>(
     name: String,
     addr: SocketAddr,
     app: A,

@@ -9,7 +9,6 @@ use crate::config::file::ListenerProtocol;
 use crate::config::{Config, ListenerSpec};
 use crate::http::service::{EngineSwap, LeanHttp};
 use crate::http::{HttpProxy, Listener};
-use crate::net::listen::PlainService;
 use crate::policy::route::Router;
 use crate::upstream::{discovery::DiscoveryService, health::HealthService, Pool, Upstreams};
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -122,43 +121,12 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 let listener = http_listener(i, l, cfg, &upstreams.pools);
                 let h3_listener = listener.clone();
                 let (app, swap, open, engines) = http_stack(l, listener, &conf);
-                let name = format!("http {}", l.name);
-                let Some(t) = &l.tls else {
-                    let (stop, rx) = tokio::sync::watch::channel(false);
-                    listeners.push(reload::ListenerHandle::http(l, swap, Some(stop)));
-                    // Plaintext: our own accept loop (see `crate::net::listen`); a PROXY
-                    // header, if trusted, is read by the app before the first request.
-                    match &l.proxy_protocol {
-                        Some(trusted) => {
-                            let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
-                            let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
-                            let svc = PlainService::new(name, l.addr, app, false);
-                            server.add_service(svc.defer_accept(l.defer_accept).with_stop(rx));
-                        }
-                        None => {
-                            let svc = PlainService::new(name, l.addr, app, true);
-                            server.add_service(svc.defer_accept(l.defer_accept).with_stop(rx));
-                        }
-                    }
-                    continue;
-                };
                 let general = swap.general_engine();
-                // TLS reads a PROXY header before the handshake (a pre-TLS step).
-                let tls = crate::tls::listener_tls(t, crate::tls::Alpn::Http)?;
-                let store = tls.store.clone();
-                let app =
-                    crate::net::tls::TlsConn::new(&name, app, tls, crate::l4::accept::pre_tls(l));
-                let svc = PlainService::new(name, l.addr, app, false).defer_accept(l.defer_accept);
-                if reload::dynamic(l) {
-                    // a reload may remove it
-                    let (stop, rx) = tokio::sync::watch::channel(false);
-                    listeners
-                        .push(reload::ListenerHandle::http(l, swap, Some(stop)).with_store(store));
-                    server.add_service(svc.with_stop(rx));
-                } else {
-                    listeners.push(reload::ListenerHandle::http(l, swap, None));
-                    server.add_service(svc);
-                }
+                // a reload may remove it (not one with http3 or acme: it refuses that)
+                let (stop, rx) = tokio::sync::watch::channel(false);
+                let mut start = crate::net::listen::Start::Service(&mut server);
+                let store = start_http(l, app, &mut start, rx)?;
+                listeners.push(reload::ListenerHandle::new(l, Some(swap), stop, store));
                 if let Some(q) = &l.http3 {
                     let h3 = crate::http::h3::H3Service::new(
                         h3_listener,
@@ -174,8 +142,9 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
             ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {
                 // a reload may remove it
                 let (stop, rx) = tokio::sync::watch::channel(false);
-                let store = crate::l4::add_service(&mut server, l, &upstreams.pools, rx)?;
-                listeners.push(reload::ListenerHandle::l4(l, stop, store));
+                let mut start = crate::net::listen::Start::Service(&mut server);
+                let store = crate::l4::start(l, &upstreams.pools, &mut start, rx)?;
+                listeners.push(reload::ListenerHandle::new(l, None, stop, store));
             }
         }
     }
@@ -199,6 +168,42 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         upgrade::UpgradeService(Arc::new(upgrader)),
     ));
     Ok(server)
+}
+
+/// Start the accept loop of HTTP listener `l` with its engines `app` (`start`: at start or
+/// by a reload); `stop` ends it. A TLS listener's certificate store is returned, for the
+/// reload to forget when it removes the listener.
+fn start_http(
+    l: &ListenerSpec,
+    app: HttpApp,
+    start: &mut crate::net::listen::Start<'_>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Arc<crate::tls::store::CertStore>>, String> {
+    let name = format!("http {}", l.name);
+    let listen = |e: std::io::Error| format!("cannot listen on {}: {e}", l.addr);
+    let Some(t) = &l.tls else {
+        // Plaintext: our own accept loop (see `crate::net::listen`); a PROXY header, if
+        // trusted, is read by the app before the first request.
+        match &l.proxy_protocol {
+            Some(trusted) => {
+                let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
+                let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
+                start.accept(name, l.addr, app, false, l.defer_accept, stop)
+            }
+            None => start.accept(name, l.addr, app, true, l.defer_accept, stop),
+        }
+        .map_err(listen)?;
+        return Ok(None);
+    };
+    // TLS reads a PROXY header before the handshake (a pre-TLS step).
+    let tls = crate::tls::listener_tls(t, crate::tls::Alpn::Http)?;
+    let store = tls.store.clone();
+    let app = crate::net::tls::TlsConn::new(&name, app, tls, crate::l4::accept::pre_tls(l));
+    if let Err(e) = start.accept(name, l.addr, app, false, l.defer_accept, stop) {
+        crate::tls::forget(&store);
+        return Err(listen(e));
+    }
+    Ok(Some(store))
 }
 
 /// The policy of HTTP listener `index` of `cfg`.

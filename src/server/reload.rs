@@ -39,51 +39,30 @@ pub struct ListenerHandle {
     spec: ListenerSpec,
     /// HTTP listeners only.
     swap: Option<EngineSwap<HttpProxy>>,
-    /// Stops its accept loop; the listeners a reload may remove ([`dynamic`]) have one.
-    stop: Option<tokio::sync::watch::Sender<bool>>,
+    /// Stops its accept loop.
+    stop: tokio::sync::watch::Sender<bool>,
     /// A TLS listener's certificates, forgotten by the reload service when it is removed.
     store: Option<Arc<crate::tls::store::CertStore>>,
 }
 
 impl ListenerHandle {
-    pub fn http(
+    pub fn new(
         spec: &ListenerSpec,
-        swap: EngineSwap<HttpProxy>,
-        stop: Option<tokio::sync::watch::Sender<bool>>,
-    ) -> ListenerHandle {
-        ListenerHandle {
-            spec: spec.clone(),
-            swap: Some(swap),
-            stop,
-            store: None,
-        }
-    }
-
-    /// An L4 listener (`tcp`, `tls_passthrough`): its stop, and a TLS-terminating one's
-    /// certificates.
-    pub fn l4(
-        spec: &ListenerSpec,
+        swap: Option<EngineSwap<HttpProxy>>,
         stop: tokio::sync::watch::Sender<bool>,
         store: Option<Arc<crate::tls::store::CertStore>>,
     ) -> ListenerHandle {
         ListenerHandle {
             spec: spec.clone(),
-            swap: None,
-            stop: Some(stop),
+            swap,
+            stop,
             store,
         }
     }
 
-    pub fn with_store(mut self, store: Arc<crate::tls::store::CertStore>) -> ListenerHandle {
-        self.store = Some(store);
-        self
-    }
-
     /// Stop accepting; connections in progress finish on the engines they have.
     fn stop(&self) {
-        if let Some(s) = &self.stop {
-            s.send_replace(true);
-        }
+        self.stop.send_replace(true);
         if let Some(store) = &self.store {
             crate::tls::forget(store);
         }
@@ -94,7 +73,7 @@ impl ListenerHandle {
 /// loop, which can start and stop at any time, and a TLS one's certificates are watched from
 /// a list that reloads change; but HTTP/3 (QUIC) and ACME run as services of their own, set
 /// up at start.
-pub(super) fn dynamic(l: &ListenerSpec) -> bool {
+fn dynamic(l: &ListenerSpec) -> bool {
     match &l.tls {
         None => true,
         Some(t) => l.http3.is_none() && t.acme.is_none(),
@@ -453,10 +432,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
                 for h in &added {
                     h.stop();
                 }
-                return Err(format!(
-                    "{}: listeners[{i}] ({}): cannot listen on {}: {e}",
-                    cfg.file, l.name, l.addr
-                ));
+                return Err(format!("{}: listeners[{i}] ({}): {e}", cfg.file, l.name));
             }
         }
     }
@@ -467,7 +443,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             .listeners
             .iter()
             .any(|l| l.name == h.spec.name && l.addr == h.spec.addr);
-        if !stays && h.stop.is_some() {
+        if !stays {
             log::info!("reload: listener {} ({}) removed", h.spec.name, h.spec.addr);
             h.stop();
         }
@@ -505,39 +481,20 @@ fn start_listener(
     cfg: &Config,
     pools: &[Arc<Pool>],
     conf: &Arc<ServerConf>,
-) -> std::io::Result<ListenerHandle> {
-    if !matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let store = crate::l4::spawn(l, pools, rx)?;
-        log::info!("reload: listener {} ({}) added", l.name, l.addr);
-        return Ok(ListenerHandle::l4(l, stop, store));
-    }
-    let listener = http_listener(index, l, cfg, pools);
-    let (app, swap, _, _) = super::http_stack(l, listener, conf);
+) -> Result<ListenerHandle, String> {
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let name = format!("http {}", l.name);
-    if let Some(t) = &l.tls {
-        let tls =
-            crate::tls::listener_tls(t, crate::tls::Alpn::Http).map_err(std::io::Error::other)?;
-        let store = tls.store.clone();
-        let app = crate::net::tls::TlsConn::new(&name, app, tls, crate::l4::accept::pre_tls(l));
-        if let Err(e) = crate::net::listen::spawn(name, l.addr, app, false, l.defer_accept, rx) {
-            crate::tls::forget(&store);
-            return Err(e);
-        }
-        log::info!("reload: listener {} ({}) added", l.name, l.addr);
-        return Ok(ListenerHandle::http(l, swap, Some(stop)).with_store(store));
-    }
-    match &l.proxy_protocol {
-        Some(trusted) => {
-            let accept = crate::l4::accept::ProxyAccept::new(&l.name, trusted);
-            let app = crate::l4::accept::AcceptProxyApp::new(app, accept);
-            crate::net::listen::spawn(name, l.addr, app, false, l.defer_accept, rx)?;
-        }
-        None => crate::net::listen::spawn(name, l.addr, app, true, l.defer_accept, rx)?,
-    }
+    let mut start = crate::net::listen::Start::Spawned;
+    let handle = if matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
+        let listener = http_listener(index, l, cfg, pools);
+        let (app, swap, _, _) = super::http_stack(l, listener, conf);
+        let store = super::start_http(l, app, &mut start, rx)?;
+        ListenerHandle::new(l, Some(swap), stop, store)
+    } else {
+        let store = crate::l4::start(l, pools, &mut start, rx)?;
+        ListenerHandle::new(l, None, stop, store)
+    };
     log::info!("reload: listener {} ({}) added", l.name, l.addr);
-    Ok(ListenerHandle::http(l, swap, Some(stop)))
+    Ok(handle)
 }
 
 /// SIGHUP: reload the configuration (the TLS service reloads the certificates on the same
