@@ -262,7 +262,7 @@ pub fn start(
     l: &ListenerSpec,
     pools: &[Arc<Pool>],
     start: &mut crate::net::listen::Start<'_>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: crate::net::control::Control,
 ) -> Result<Option<Arc<CertStore>>, String> {
     let (app, name) = (app(l, pools)?, format!("l4 {}", l.name));
     let listen = |e: std::io::Error| format!("cannot listen on {}: {e}", l.addr);

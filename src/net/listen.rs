@@ -13,6 +13,7 @@
 //! socket per thread ([`super::shard`]) the others go in as `ADDR#i`.
 //! TLS listeners accept here too, their handshake in the connection's task ([`super::tls`]).
 
+use super::control::{Control, Socket};
 pub use super::plain::PlainTcp;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
@@ -35,8 +36,8 @@ pub struct PlainService<A> {
     /// Connections as [`PlainTcp`]; off when the app needs Pingora's L4 stream (a PROXY
     /// header is read into its rewind buffer).
     lean: bool,
-    /// Raised when a reload removes the listener.
-    stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// A reload's orders: stop (removed) or hand the sockets over (replaced).
+    stop: Option<Control>,
     /// Keep accepting after a stop (SIGTERM) until the process exits; see [`Self::through_drain`].
     through_drain: bool,
     /// TCP_DEFER_ACCEPT on the socket (see [`super::sockopt::defer_accept`]).
@@ -70,8 +71,8 @@ impl<A> PlainService<A> {
         self
     }
 
-    /// Stop accepting when `stop` turns true.
-    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+    /// Take a reload's orders from `stop`.
+    pub fn with_stop(mut self, stop: Control) -> Self {
         self.stop = Some(stop);
         self
     }
@@ -296,9 +297,10 @@ struct Opts {
     local: bool,
 }
 
-/// Accept until shutdown, or until `stop` (a reload removed the listener). After shutdown the
-/// app's cleanup runs (the keep-alive drain of the whole process); after a stop the socket is
-/// closed and taken out of the fd table, and the connections finish on their own.
+/// Accept until shutdown, or until `stop` (a reload removed or replaced the listener). After
+/// shutdown the app's cleanup runs (the keep-alive drain of the whole process); after a stop
+/// the socket is closed and taken out of the fd table, after a hand-over it goes to the
+/// listener that replaces this one; either way the connections finish on their own.
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop<A>(
     name: &str,
@@ -308,20 +310,16 @@ async fn accept_loop<A>(
     app: Arc<A>,
     opts: Opts,
     mut shutdown: ShutdownWatch,
-    mut stop: Option<tokio::sync::watch::Receiver<bool>>,
+    mut stop: Option<Control>,
     fds: Option<ListenFds>,
 ) -> Ended
 where
     A: ConnApp,
 {
+    let giver = stop.as_ref().map(Control::giver);
     let removed = async {
         match stop.as_mut() {
-            // a dropped sender is no removal
-            Some(s) => {
-                if s.wait_for(|v| *v).await.is_err() {
-                    std::future::pending::<()>().await
-                }
-            }
+            Some(c) => c.ended().await,
             None => std::future::pending().await,
         }
     };
@@ -363,9 +361,20 @@ where
                 }
                 continue;
             }
-            _ = &mut removed => {
-                log::info!("{name}: removed by a reload: stopped accepting on {addr}");
-                forget_socket(key, l.into_inner(), fds);
+            how = &mut removed => {
+                let l = l.into_inner();
+                match (how, giver) {
+                    (super::control::Ended::HandOver, Some(to)) => {
+                        log::info!("{name}: replaced by a reload: its socket on {addr} goes to the new listener");
+                        // The fd table keeps the same descriptor under the same key. Should
+                        // the reload be gone, the socket closes here.
+                        let _ = to.send((key.to_string(), l));
+                    }
+                    _ => {
+                        log::info!("{name}: removed by a reload: stopped accepting on {addr}");
+                        forget_socket(key, l, fds);
+                    }
+                }
                 return Ended::Removed;
             }
         };
@@ -467,17 +476,30 @@ pub fn adopt_runtime(fds: Option<ListenFds>) {
 }
 
 /// Where a listener's accept loop runs: as a service of the server being built (at start),
-/// or spawned at once on the runtime of [`adopt_runtime`] (a listener a reload adds). The
-/// listener's own code (which app, plaintext or TLS, PROXY header or not) is the same for
-/// both.
+/// spawned at once on the runtime of [`adopt_runtime`] (a listener a reload adds), or later
+/// on the sockets of the listener it replaces (a reload that changes a listener's settings).
+/// The listener's own code (which app, plaintext or TLS, PROXY header or not) is the same for
+/// all three.
 pub enum Start<'a> {
     Service(&'a mut pingora_core::server::Server),
     Spawned,
+    /// Filled by [`Start::accept`]: everything is built, [`Pending::run`] starts it.
+    Later(Option<Pending>),
+}
+
+/// A listener built and ready to accept on the sockets it is given.
+pub struct Pending(Box<dyn FnOnce(Vec<Socket>) -> std::io::Result<()> + Send>);
+
+impl Pending {
+    /// Accept on `sockets` (handed over by the listener this one replaces).
+    pub fn run(self, sockets: Vec<Socket>) -> std::io::Result<()> {
+        (self.0)(sockets)
+    }
 }
 
 impl Start<'_> {
-    /// Accept on `addr` with `app` until `stop` (a reload removed the listener) or shutdown.
-    /// Spawned: bound now, so an address in use is the caller's error.
+    /// Accept on `addr` with `app` until `stop` (a reload removed or replaced the listener)
+    /// or shutdown. Spawned: bound now, so an address in use is the caller's error.
     pub fn accept<A: ConnApp>(
         &mut self,
         name: String,
@@ -485,7 +507,7 @@ impl Start<'_> {
         app: A,
         lean: bool,
         defer_accept: bool,
-        stop: tokio::sync::watch::Receiver<bool>,
+        stop: Control,
     ) -> std::io::Result<()> {
         match self {
             Start::Service(server) => {
@@ -493,35 +515,28 @@ impl Start<'_> {
                 server.add_service(svc.defer_accept(defer_accept).with_stop(stop));
                 Ok(())
             }
-            Start::Spawned => spawn(name, addr, app, lean, defer_accept, stop),
+            Start::Spawned => {
+                let l = bind_now(addr)?;
+                spawn(name, addr, app, lean, defer_accept, stop, vec![l])
+            }
+            Start::Later(slot) => {
+                *slot = Some(Pending(Box::new(move |socks| {
+                    spawn(name, addr, app, lean, defer_accept, stop, socks)
+                })));
+                Ok(())
+            }
         }
     }
 }
 
-/// Bind `addr` now (the error, if any, is the caller's to report) and accept on it with
-/// `app` until `stop` or shutdown, on the runtime of [`adopt_runtime`].
-fn spawn<A>(
-    name: String,
-    addr: SocketAddr,
-    app: A,
-    lean: bool,
-    defer_accept: bool,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()>
-where
-    A: ConnApp,
-{
+/// A new socket on `addr`, in the fd table under the address. Bound here, in the caller, so
+/// that an address in use fails the reload.
+fn bind_now(addr: SocketAddr) -> std::io::Result<Socket> {
     let Some((fds, rt)) = DYNAMIC.get() else {
         return Err(std::io::Error::other(
             "the runtime for new listeners is not up yet",
         ));
     };
-    let Some(shutdown) = SHUTDOWN_WATCH.get().cloned() else {
-        return Err(std::io::Error::other(
-            "the runtime for new listeners is not up yet",
-        ));
-    };
-    // bound here, in the caller, so that an address in use fails the reload
     let l = {
         let _in = rt.enter();
         let sock = match addr {
@@ -532,32 +547,60 @@ where
         sock.bind(addr)?;
         sock.listen(BACKLOG)?
     };
+    let key = addr.to_string();
     if let Some(f) = fds {
-        f.lock().add(addr.to_string(), l.as_raw_fd());
+        f.lock().add(key.clone(), l.as_raw_fd());
     }
+    Ok((key, l.into_std()?))
+}
+
+/// Accept on `socks` with `app` until `stop` or shutdown, on the runtime of
+/// [`adopt_runtime`]: a loop per socket, and the app's cleanup once, after the last.
+fn spawn<A>(
+    name: String,
+    addr: SocketAddr,
+    app: A,
+    lean: bool,
+    defer_accept: bool,
+    stop: Control,
+    socks: Vec<Socket>,
+) -> std::io::Result<()>
+where
+    A: ConnApp,
+{
+    let (Some((fds, rt)), Some(shutdown)) = (DYNAMIC.get(), SHUTDOWN_WATCH.get().cloned()) else {
+        return Err(std::io::Error::other(
+            "the runtime for new listeners is not up yet",
+        ));
+    };
     let (fds, app) = (fds.clone(), Arc::new(app));
-    let l = l.into_std()?;
+    let opts = Opts {
+        lean,
+        through_drain: false,
+        defer_accept,
+        local: false,
+    };
+    log::info!(
+        "{name}: listening on {addr} ({} socket(s), started by a reload)",
+        socks.len()
+    );
+    let (done, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    for (key, l) in socks {
+        let (name, app, fds, done) = (name.clone(), app.clone(), fds.clone(), done.clone());
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        rt.spawn(async move {
+            let e = accept_loop(&name, addr, &key, l, app, opts, shutdown, Some(stop), fds).await;
+            let _ = done.send(e);
+        });
+    }
+    // the loops hold the only controls left: a hand-over waits for them alone
+    drop((stop, done));
     rt.spawn(async move {
-        log::info!("{name}: listening on {addr} (added by a reload)");
-        let key = addr.to_string();
-        let ended = accept_loop(
-            &name,
-            addr,
-            &key,
-            l,
-            app.clone(),
-            Opts {
-                lean,
-                through_drain: false,
-                defer_accept,
-                local: false,
-            },
-            shutdown,
-            Some(stop),
-            fds,
-        )
-        .await;
-        if ended == Ended::Shutdown {
+        let mut shut = false;
+        while let Some(e) = ended.recv().await {
+            shut |= e == Ended::Shutdown;
+        }
+        if shut {
             app.cleanup().await;
         }
     });

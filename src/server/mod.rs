@@ -123,7 +123,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
                 let (app, swap, open, engines) = http_stack(l, listener, &conf);
                 let general = swap.general_engine();
                 // a reload may remove it (not one with http3 or acme: it refuses that)
-                let (stop, rx) = tokio::sync::watch::channel(false);
+                let (stop, rx) = crate::net::control::pair();
                 let mut start = crate::net::listen::Start::Service(&mut server);
                 let store = start_http(l, app, &mut start, rx)?;
                 listeners.push(reload::ListenerHandle::new(l, Some(swap), stop, store));
@@ -141,7 +141,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
             }
             ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {
                 // a reload may remove it
-                let (stop, rx) = tokio::sync::watch::channel(false);
+                let (stop, rx) = crate::net::control::pair();
                 let mut start = crate::net::listen::Start::Service(&mut server);
                 let store = crate::l4::start(l, &upstreams.pools, &mut start, rx)?;
                 listeners.push(reload::ListenerHandle::new(l, None, stop, store));
@@ -177,7 +177,7 @@ fn start_http(
     l: &ListenerSpec,
     app: HttpApp,
     start: &mut crate::net::listen::Start<'_>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: crate::net::control::Control,
 ) -> Result<Option<Arc<crate::tls::store::CertStore>>, String> {
     let name = format!("http {}", l.name);
     let listen = |e: std::io::Error| format!("cannot listen on {}: {e}", l.addr);

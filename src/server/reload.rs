@@ -11,13 +11,14 @@
 //!
 //! Every listener, HTTP or L4, plaintext or TLS, runs our own accept loop
 //! ([`crate::net::listen`]), so a reload adds and removes them (a new address is a removal
-//! plus an addition; an L4 listener added takes the new pools); a TLS listener's
-//! certificates are watched from the moment it is added, and no longer once it is removed.
-//! What cannot change in place (the `pingora` block, the admin listener, the access log, the
-//! cache store's size, the upstreams a kept L4 listener uses, TLS listeners with HTTP/3 or
-//! ACME, which run services of their own, other settings of a listener that keeps its
-//! address) is refused with an error that says an upgrade (`-s upgrade`) is needed; nothing
-//! is applied then.
+//! plus an addition; an L4 listener added takes the new pools), and replaces one whose
+//! settings changed at the same address: the old accept loops hand their sockets to the new
+//! ones ([`crate::net::control`]), so no queued connection is lost and the address is never
+//! free. A TLS listener's certificates are watched from the moment it is added, and no longer
+//! once it is removed or replaced. What cannot change in place (the `pingora` block, the admin
+//! listener, the access log, the cache store's size, TLS listeners with HTTP/3 or ACME, which
+//! run services of their own) is refused with an error that says an upgrade (`-s upgrade`)
+//! is needed; nothing is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -27,6 +28,7 @@ use crate::config::file::ListenerProtocol;
 use crate::config::{Config, ListenerSpec, UpstreamSpec};
 use crate::http::fast::FastPath;
 use crate::http::service::EngineSwap;
+use crate::net::control::{Remote, Socket};
 use crate::upstream::Pool;
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
@@ -39,40 +41,55 @@ pub struct ListenerHandle {
     spec: ListenerSpec,
     /// HTTP listeners only.
     swap: Option<EngineSwap<HttpProxy>>,
-    /// Stops its accept loop.
-    stop: tokio::sync::watch::Sender<bool>,
+    /// Stops its accept loops, or takes their sockets.
+    remote: Remote,
     /// A TLS listener's certificates, forgotten by the reload service when it is removed.
     store: Option<Arc<crate::tls::store::CertStore>>,
 }
+
+/// How long a replaced listener's accept loops may take to hand their sockets over: they are
+/// tasks that end at their next poll, so only a stalled runtime comes near it.
+const HAND_OVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ListenerHandle {
     pub fn new(
         spec: &ListenerSpec,
         swap: Option<EngineSwap<HttpProxy>>,
-        stop: tokio::sync::watch::Sender<bool>,
+        remote: Remote,
         store: Option<Arc<crate::tls::store::CertStore>>,
     ) -> ListenerHandle {
         ListenerHandle {
             spec: spec.clone(),
             swap,
-            stop,
+            remote,
             store,
         }
     }
 
     /// Stop accepting; connections in progress finish on the engines they have.
     fn stop(&self) {
-        self.stop.send_replace(true);
+        self.remote.stop();
+        self.forget_store();
+    }
+
+    /// Stop accepting and give the sockets (and the connections queued on them) to the
+    /// listener that replaces this one; connections in progress finish on their engines.
+    fn hand_over(&self) -> Result<Vec<Socket>, String> {
+        self.forget_store();
+        self.remote.hand_over(HAND_OVER_WITHIN)
+    }
+
+    fn forget_store(&self) {
         if let Some(store) = &self.store {
             crate::tls::forget(store);
         }
     }
 }
 
-/// Whether a reload can add or remove this listener: HTTP and L4 listeners accept in our own
-/// loop, which can start and stop at any time, and a TLS one's certificates are watched from
-/// a list that reloads change; but HTTP/3 (QUIC) and ACME run as services of their own, set
-/// up at start.
+/// Whether a reload can add, remove or replace this listener: HTTP and L4 listeners accept
+/// in our own loop, which can start, stop and hand its sockets over at any time, and a TLS
+/// one's certificates are watched from a list that reloads change; but HTTP/3 (QUIC) and ACME
+/// run as services of their own, set up at start.
 fn dynamic(l: &ListenerSpec) -> bool {
     match &l.tls {
         None => true,
@@ -292,15 +309,33 @@ fn only_backends_differ(old: &UpstreamSpec, new: &UpstreamSpec) -> bool {
     dbg(old) == dbg(&same)
 }
 
-/// Whether a listener kept by a reload has the same settings. The key path of its TLS block
-/// (`listeners[N].tls`, for log lines and metric labels) is where it sits in the file, not a
-/// setting: removing a listener before it moves it. Its store keeps the old path.
-fn same_settings(old: &ListenerSpec, new: &ListenerSpec) -> bool {
+/// Whether a reload keeps the running listener `old` for `new` (same address): the same name
+/// and settings. The key path of its TLS block (`listeners[N].tls`, for log lines and metric
+/// labels) is where it sits in the file, not a setting: removing a listener before it moves
+/// it. Its store keeps the old path.
+fn kept(old: &ListenerSpec, new: &ListenerSpec) -> bool {
     let mut moved = new.clone();
     if let (Some(o), Some(n)) = (&old.tls, &mut moved.tls) {
         n.key_path.clone_from(&o.key_path);
     }
     dbg(old) == dbg(&moved)
+}
+
+/// Whether L4 listener `l` (kept by its settings) uses an upstream whose pool this reload
+/// replaces: its accept loop holds the pools it started with, so it starts anew. A pool that
+/// only took a new backends list is the same pool. The upstream indices are the same in
+/// both files' lists, since the listener's settings (which hold them) did not change.
+fn uses_new_pools(l: &ListenerSpec, old: &[Arc<Pool>], new: &[Arc<Pool>]) -> bool {
+    let Some(s) = &l.l4 else { return false };
+    let uses = s
+        .upstream
+        .iter()
+        .chain(s.sni_routes.iter().map(|(_, u)| u))
+        .chain(s.default_upstream.iter());
+    uses.copied().any(|u| match (old.get(u), new.get(u)) {
+        (Some(o), Some(n)) => !Arc::ptr_eq(o, n),
+        _ => true,
+    })
 }
 
 fn needs_upgrade(file: &str, what: &str) -> String {
@@ -334,7 +369,8 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     }
     for (i, l) in new.listeners.iter().enumerate() {
         let what = format!("listeners[{i}] ({})", l.name);
-        let Some(o) = old.listeners.iter().find(|o| o.name == l.name) else {
+        // the listener at the same address is the one this one keeps or replaces
+        let Some(o) = old.listeners.iter().find(|o| o.addr == l.addr) else {
             if !dynamic(l) {
                 return Err(needs_upgrade(
                     f,
@@ -343,38 +379,16 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
             }
             continue;
         };
-        if !same_settings(o, l) {
-            // a listener at a new address is a removal plus an addition
-            if !(dynamic(o) && dynamic(l) && o.addr != l.addr) {
-                return Err(needs_upgrade(
-                    f,
-                    &format!("{what}: changed (only the address of a listener without http3 or acme can change in place)"),
-                ));
-            }
-        }
-        // A kept L4 listener's accept loop holds the pools it started with (a moved one is
-        // started anew, on the new pools).
-        if let (Some(s), true) = (&l.l4, o.addr == l.addr) {
-            let uses = s
-                .upstream
-                .iter()
-                .chain(s.sni_routes.iter().map(|(_, u)| u))
-                .chain(s.default_upstream.iter());
-            for n in uses.filter_map(|&u| new.upstreams.get(u)) {
-                let Some(o) = old.upstreams.iter().find(|o| o.name == n.name) else {
-                    return Err(needs_upgrade(f, &format!("{what}: uses a new upstream")));
-                };
-                if dbg(n) != dbg(o) && !only_backends_differ(o, n) {
-                    return Err(needs_upgrade(
-                        f,
-                        &format!("{what}: upstream {} it uses changed", n.name),
-                    ));
-                }
-            }
+        let in_place = dynamic(o) && dynamic(l);
+        if !kept(o, l) && !in_place {
+            return Err(needs_upgrade(
+                f,
+                &format!("{what}: a TLS listener with http3 or acme changed (its QUIC endpoint and certificate orders are set up at start)"),
+            ));
         }
     }
     for (i, o) in old.listeners.iter().enumerate() {
-        if !dynamic(o) && !new.listeners.iter().any(|l| l.name == o.name) {
+        if !dynamic(o) && !new.listeners.iter().any(|l| l.addr == o.addr) {
             return Err(needs_upgrade(
                 f,
                 &format!(
@@ -415,40 +429,83 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         })
         .collect();
     let pool_max = pool_max(&live.conf);
-    // Listeners to add (new names, or a new address) are bound first: an address that cannot
-    // be bound fails the reload before anything changed.
+    // Each listener of the new file is kept (the listener at its address, same name and
+    // settings: its engines take the new routes below), replaces the one at its address (its
+    // settings changed, or, for L4, the pools it uses: it starts anew on that listener's
+    // sockets), or is added (a new address). Whatever can fail (binding a new address,
+    // reading certificates) is done for all of them before any running listener changes.
     let mut added: Vec<ListenerHandle> = Vec::new();
+    let mut replacing: Vec<(ListenerHandle, crate::net::listen::Pending)> = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
-        let same = running
-            .listeners
-            .iter()
-            .any(|h| h.spec.name == l.name && h.spec.addr == l.addr);
-        if same || !dynamic(l) {
-            continue;
-        }
-        match start_listener(i, l, &cfg, &pools, &live.conf) {
-            Ok(h) => added.push(h),
-            Err(e) => {
-                for h in &added {
-                    h.stop();
-                }
-                return Err(format!("{}: listeners[{i}] ({}): {e}", cfg.file, l.name));
+        let old = running.listeners.iter().find(|h| h.spec.addr == l.addr);
+        let res = match old {
+            Some(h) if kept(&h.spec, l) && !uses_new_pools(l, &running.pools, &pools) => continue,
+            // (an L4 listener whose pools changed; `check` refused the rest)
+            Some(_) if !dynamic(l) => Err(
+                "an upstream it uses changed, and a TLS listener with acme cannot change in place; an upgrade (stepstone -s upgrade) is needed".to_string(),
+            ),
+            Some(_) => {
+                let mut later = crate::net::listen::Start::Later(None);
+                start_listener(i, l, &cfg, &pools, &live.conf, &mut later).and_then(|h| {
+                    let crate::net::listen::Start::Later(Some(p)) = later else {
+                        h.forget_store();
+                        return Err("not built".to_string());
+                    };
+                    replacing.push((h, p));
+                    Ok(())
+                })
             }
+            None => {
+                let mut now = crate::net::listen::Start::Spawned;
+                start_listener(i, l, &cfg, &pools, &live.conf, &mut now).map(|h| added.push(h))
+            }
+        };
+        if let Err(e) = res {
+            for h in &added {
+                h.stop();
+            }
+            for (h, _) in &replacing {
+                h.forget_store();
+            }
+            return Err(format!("{}: listeners[{i}] ({}): {e}", cfg.file, l.name));
         }
     }
-    // Removed listeners (and the old side of a changed address) stop accepting; their
-    // connections finish on the engines they have.
+    // Removed listeners (no listener of the new file at their address) stop accepting;
+    // their connections finish on the engines they have.
     running.listeners.retain(|h| {
-        let stays = cfg
-            .listeners
-            .iter()
-            .any(|l| l.name == h.spec.name && l.addr == h.spec.addr);
+        let stays = cfg.listeners.iter().any(|l| l.addr == h.spec.addr);
         if !stays {
             log::info!("reload: listener {} ({}) removed", h.spec.name, h.spec.addr);
             h.stop();
         }
         stays
     });
+    // Replaced listeners hand their sockets to their successors; their connections too
+    // finish on the engines they have.
+    for (new, start) in replacing {
+        let Some(k) = running
+            .listeners
+            .iter()
+            .position(|h| h.spec.addr == new.spec.addr)
+        else {
+            continue;
+        };
+        let old = running.listeners.swap_remove(k);
+        let (name, addr) = (&new.spec.name, new.spec.addr);
+        match old
+            .hand_over()
+            .and_then(|socks| start.run(socks).map_err(|e| e.to_string()))
+        {
+            Ok(()) => {
+                log::info!("reload: listener {name} ({addr}) changed: started anew on its sockets")
+            }
+            // Not seen: the old loops are tasks that end at once, the new ones are spawned.
+            Err(e) => log::error!(
+                "reload: listener {name} ({addr}): could not take over its sockets: {e}"
+            ),
+        }
+        running.listeners.push(new);
+    }
     for (i, l) in cfg.listeners.iter().enumerate() {
         // a forward proxy has no routes; L4 listeners use pools that did not change
         if l.forward.is_some()
@@ -456,7 +513,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         {
             continue;
         }
-        let Some(h) = running.listeners.iter_mut().find(|h| h.spec.name == l.name) else {
+        let Some(h) = running.listeners.iter_mut().find(|h| h.spec.addr == l.addr) else {
             continue;
         };
         let Some(swap) = &h.swap else { continue };
@@ -474,26 +531,29 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     Ok(outcome().revision + 1)
 }
 
-/// Start a listener added by a reload.
+/// Start a listener a reload adds (`start`: spawned now) or one that replaces the listener
+/// at its address (built now, started on that one's sockets later).
 fn start_listener(
     index: usize,
     l: &ListenerSpec,
     cfg: &Config,
     pools: &[Arc<Pool>],
     conf: &Arc<ServerConf>,
+    start: &mut crate::net::listen::Start<'_>,
 ) -> Result<ListenerHandle, String> {
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let mut start = crate::net::listen::Start::Spawned;
+    let (remote, control) = crate::net::control::pair();
     let handle = if matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
         let listener = http_listener(index, l, cfg, pools);
         let (app, swap, _, _) = super::http_stack(l, listener, conf);
-        let store = super::start_http(l, app, &mut start, rx)?;
-        ListenerHandle::new(l, Some(swap), stop, store)
+        let store = super::start_http(l, app, start, control)?;
+        ListenerHandle::new(l, Some(swap), remote, store)
     } else {
-        let store = crate::l4::start(l, pools, &mut start, rx)?;
-        ListenerHandle::new(l, None, stop, store)
+        let store = crate::l4::start(l, pools, start, control)?;
+        ListenerHandle::new(l, None, remote, store)
     };
-    log::info!("reload: listener {} ({}) added", l.name, l.addr);
+    if matches!(start, crate::net::listen::Start::Spawned) {
+        log::info!("reload: listener {} ({}) added", l.name, l.addr);
+    }
     Ok(handle)
 }
 

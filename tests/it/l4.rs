@@ -994,8 +994,8 @@ async fn a_backend_that_speaks_first_reaches_a_client_that_waits_for_it() {
 }
 
 /// A tcp listener added by a reload relays to its own, new upstream; removed by the next, it
-/// refuses new connections while a connection it relays goes on. A kept tcp listener's
-/// upstream changed other than in its backends still needs an upgrade.
+/// refuses new connections while a connection it relays goes on. A kept tcp listener whose
+/// upstream changed other than in its backends starts anew on the new pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_adds_and_removes_a_tcp_listener() {
     let a = TcpBackend::start("a", false).await;
@@ -1045,9 +1045,19 @@ async fn a_reload_adds_and_removes_a_tcp_listener() {
     assert_eq!(b.open(), 1, "the held connection is still relayed");
     assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("a"));
 
-    let changed = first.replace("  - name: u\n", "  - name: u\n    selection: random\n");
+    // the kept listener's upstream changed in more than its backends: the listener starts
+    // anew on the new pool, on its own socket; a connection it relays goes on
+    let mut held = TcpStream::connect(p.addr).await.expect("connect");
+    held.write_all(b"HOLD\n").await.expect("hold");
+    held.read_exact(&mut greeting).await.expect("greeting");
+    assert_eq!(&greeting, b"a\n");
+    let changed = first
+        .replace("  - name: u\n", "  - name: u\n    selection: random\n")
+        .replace(&backends(&[(&a, 1)]), &backends(&[(&b, 1)]));
     std::fs::write(&p.config, changed).expect("write");
     let (status, text) = admin_reload(admin).await;
-    assert_eq!(status, 422, "{text}");
-    assert!(text.contains("upstream u it uses changed"), "{text}");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(ask(p.addr, b"", "NAME").await.as_deref(), Some("b"));
+    assert!(!closed_within(&mut held, Duration::from_millis(300)).await);
+    assert_eq!(a.open(), 1, "the held connection is still relayed");
 }

@@ -671,15 +671,100 @@ async fn listeners_added_moved_and_removed_by_reload() {
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.text().contains("listeners[1]"), "{}", r.text());
 
-    // a TLS-less change of another kind on the same address needs an upgrade
-    let text = with_extra(&s, &ups, None).replace(
-        "protocol: http}",
-        "protocol: http, limits: {max_connections: 7}}",
-    );
-    std::fs::write(&p.config, text).expect("write");
+    // another name at a kept address: the listener there is replaced, not refused for the
+    // address in use
+    std::fs::write(
+        &p.config,
+        with_extra(&s, &ups, None)
+            .replace("{name: web,", "{name: web2,")
+            .replace("{listener: web,", "{listener: web2,"),
+    )
+    .expect("write");
     let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
-    assert_eq!(r.status, 422, "{}", r.text());
-    assert!(r.text().contains("-s upgrade"), "{}", r.text());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(body_of(s.web()).await, "A");
+}
+
+/// A reload that changes a listener's settings at the same address applies them at once: the
+/// new listener takes over the old one's sockets, so no connection is refused or reset while
+/// it happens (ten reloads under a client that connects for every request), and a keep-alive
+/// connection opened before a change is served on the settings it was accepted with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_a_listener_in_place_without_losing_a_connection() {
+    let a = OriginBuilder::new("a").body("A").run().await;
+    let b = OriginBuilder::new("b").body("B").run().await;
+    let s = Setup::new("reload-in-place");
+    let ups = two_upstreams(&a, &b);
+    // a socket per thread: every one of them is handed over
+    let plain = s
+        .text(&ups, &route_to("a"), "")
+        .replace("  threads: 2\n", "  threads: 2\n  work_stealing: false\n");
+    let small = plain.replace(
+        "protocol: http}",
+        "protocol: http, limits: {max_header_size: 1k}}",
+    );
+    let p = s.start(&plain);
+    let big = "x".repeat(2000);
+    let big_header = [("x-big", big.as_str())];
+    let r = client::get(s.web(), "/", &big_header).await.expect("get");
+    assert_eq!(r.status, 200, "a 2 KB header under the default limit");
+
+    // a client that opens a connection for every request, through every reload
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, web) = (stop.clone(), ok.clone(), failed.clone(), s.web());
+        tokio::spawn(async move {
+            while !stop.load(SeqCst) {
+                match client::get(web, "/", &[]).await {
+                    Ok(r) if r.status == 200 && r.text() == "A" => ok.fetch_add(1, SeqCst),
+                    Ok(r) => {
+                        eprintln!("during the reloads: {} {}", r.status, r.text());
+                        failed.fetch_add(1, SeqCst)
+                    }
+                    Err(e) => {
+                        eprintln!("during the reloads: {e}");
+                        failed.fetch_add(1, SeqCst)
+                    }
+                };
+            }
+        })
+    };
+    let mut kept = Conn::connect(s.web()).await.expect("connect");
+    assert_eq!(kept.get("/", &[]).await.expect("get").status, 200);
+    for round in 0..10 {
+        let text = if round % 2 == 0 { &small } else { &plain };
+        std::fs::write(&p.config, text).expect("write");
+        let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&p.config, &small).expect("write");
+    let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, SeqCst);
+    load.await.expect("the client task");
+    let (ok, failed) = (ok.load(SeqCst), failed.load(SeqCst));
+    eprintln!("requests during 11 reloads in place: {ok} ok, {failed} failed");
+    assert!(ok >= 20, "too few requests to tell: {ok}");
+    assert_eq!(failed, 0, "requests failed while the listener was replaced");
+
+    // the new limit holds for new connections, and the connection from before keeps its own
+    let r = client::get(s.web(), "/", &big_header).await.expect("get");
+    assert_eq!(r.status, 431, "the reloaded max_header_size");
+    let r = kept
+        .get("/", &big_header)
+        .await
+        .expect("the connection from before is served");
+    assert_eq!(r.status, 200, "the connection from before keeps its limits");
+    let log = p.log();
+    assert!(
+        log.contains("http web: listening on")
+            && log.contains("(2 socket(s), started by a reload)"),
+        "both sockets of the group were not handed over:\n{log}"
+    );
+    assert!(!log.contains("could not take over"), "{log}");
 }
 
 fn checked_pool(backends: &[&Origin]) -> String {

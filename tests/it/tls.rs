@@ -1361,7 +1361,8 @@ async fn admin_metrics(admin: SocketAddr) -> String {
 /// A TLS listener added by a reload serves with its certificate, which is then watched
 /// (a new file is picked up at its `reload_interval`); removed by the next reload, it refuses
 /// new connections while one it accepted is still served, and its certificates leave the
-/// metrics. A bad certificate file, or HTTP/3 on the new listener, refuses the reload.
+/// metrics. A reload that changes its certificates list applies it in place. A bad
+/// certificate file, or HTTP/3 on the new listener, refuses the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_adds_and_removes_a_tls_listener_and_watches_its_certificates() {
     let (origin, pki, c, k) = origin_and_site("tls-reload-listener", "reload.test", 0x400).await;
@@ -1417,6 +1418,33 @@ async fn a_reload_adds_and_removes_a_tls_listener_and_watches_its_certificates()
         serial_served(at, &pki.ca_path).await.as_deref() == Some("0401")
     })
     .await;
+
+    // changed in place (a second certificate, for another name): served at once, on the
+    // same socket; the connection accepted before is still served
+    let (c2, k2) = pki
+        .ca
+        .server("other.test", &["other.test"], 0x402)
+        .write(&pki.dir, "other");
+    let two = tls_listener("").replace(
+        "}], reload_interval",
+        &format!(
+            "}}, {{cert: {}, key: {}, server_names: [other.test]}}], reload_interval",
+            p(&c2),
+            p(&k2)
+        ),
+    );
+    std::fs::write(&proxy.config, with_route(file(&two))).expect("write");
+    let (status, text) = admin_reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    let other = ClientOpts::new(&pki.ca_path, "other.test");
+    let conn = connect(at, &other).await.expect("the changed TLS listener");
+    assert_eq!(served(&conn).1, "0402");
+    assert_eq!(
+        serial_served(at, &pki.ca_path).await.as_deref(),
+        Some("0401")
+    );
+    let r = h1(&mut kept, "reload.test", "/").await.expect("request");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]));
 
     // refused, nothing applied: a certificate file that is not there
     let missing = with_route(file(&tls_listener("")))
