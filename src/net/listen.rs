@@ -607,6 +607,13 @@ where
     Ok(())
 }
 
+/// The fd table, runtime and shutdown watch that listeners started after start-up use (the
+/// HTTP/3 side of one a reload adds too); `None` until the reload service is up.
+pub fn later_runtime() -> Option<(Option<ListenFds>, tokio::runtime::Handle, ShutdownWatch)> {
+    let (fds, rt) = DYNAMIC.get()?;
+    Some((fds.clone(), rt.clone(), SHUTDOWN_WATCH.get()?.clone()))
+}
+
 /// The process's shutdown watch, for listeners started after start-up.
 static SHUTDOWN_WATCH: once_cell::sync::OnceCell<ShutdownWatch> = once_cell::sync::OnceCell::new();
 

@@ -111,42 +111,17 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     }
 
     let conf = server.configuration.clone();
-    // Pingora tears service runtimes down when grace_period_seconds ends: the QUIC drain
-    // must be done by then.
-    let grace = std::time::Duration::from_secs(conf.grace_period_seconds.unwrap_or(5));
     let mut listeners = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
-        match l.protocol {
-            ListenerProtocol::Http | ListenerProtocol::Https => {
-                let listener = http_listener(i, l, cfg, &upstreams.pools);
-                let h3_listener = listener.clone();
-                let (app, swap, open, engines) = http_stack(l, listener, &conf);
-                let general = swap.general_engine();
-                // a reload may remove it (not one with http3 or acme: it refuses that)
-                let (stop, rx) = crate::net::control::pair();
-                let mut start = crate::net::listen::Start::Service(&mut server);
-                let store = start_http(l, app, &mut start, rx)?;
-                listeners.push(reload::ListenerHandle::new(l, Some(swap), stop, store));
-                if let Some(q) = &l.http3 {
-                    let h3 = crate::http::h3::H3Service::new(
-                        h3_listener,
-                        l,
-                        q,
-                        open,
-                        pool_max(&conf),
-                        grace,
-                    )?;
-                    server.add_service(h3.following(engines).with_general(general));
-                }
-            }
-            ListenerProtocol::Tcp | ListenerProtocol::TlsPassthrough => {
-                // a reload may remove it
-                let (stop, rx) = crate::net::control::pair();
-                let mut start = crate::net::listen::Start::Service(&mut server);
-                let store = crate::l4::start(l, &upstreams.pools, &mut start, rx)?;
-                listeners.push(reload::ListenerHandle::new(l, None, stop, store));
-            }
-        }
+        let mut start = crate::net::listen::Start::Service(&mut server);
+        listeners.push(start_listener(
+            i,
+            l,
+            cfg,
+            &upstreams.pools,
+            &conf,
+            &mut start,
+        )?);
     }
     server.add_service(background_service(
         "tls reload",
@@ -168,6 +143,60 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         upgrade::UpgradeService(Arc::new(upgrader)),
     ));
     Ok(server)
+}
+
+/// Start listener `index` of `cfg` on `pools` (`start`: at start-up, added by a reload, or
+/// replacing the listener at its address), and its HTTP/3 side if it has one. The handle
+/// lets a reload swap its engines, stop it or take its sockets.
+fn start_listener(
+    index: usize,
+    l: &ListenerSpec,
+    cfg: &Config,
+    pools: &[Arc<Pool>],
+    conf: &Arc<ServerConf>,
+    start: &mut crate::net::listen::Start<'_>,
+) -> Result<reload::ListenerHandle, String> {
+    let (remote, control) = crate::net::control::pair();
+    if !matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
+        let store = crate::l4::start(l, pools, start, control)?;
+        return Ok(reload::ListenerHandle::new(l, None, remote, store));
+    }
+    let listener = http_listener(index, l, cfg, pools);
+    let h3_listener = listener.clone();
+    let (app, swap, open, engines) = http_stack(l, listener, conf);
+    let general = swap.general_engine();
+    let store = start_http(l, app, start, control)?;
+    let handle = reload::ListenerHandle::new(l, Some(swap), remote, store.clone());
+    let Some(q) = &l.http3 else {
+        return Ok(handle);
+    };
+    // Pingora tears service runtimes down when grace_period_seconds ends: the QUIC drain
+    // must be done by then.
+    let grace = std::time::Duration::from_secs(conf.grace_period_seconds.unwrap_or(5));
+    let (quic, control) = crate::net::control::pair();
+    let h3 = crate::http::h3::H3Service::new(h3_listener, l, q, store, open, pool_max(conf), grace)
+        .map(|h3| {
+            h3.following(engines)
+                .with_general(general)
+                .with_stop(control)
+        });
+    let started = match (h3, start) {
+        (Ok(h3), crate::net::listen::Start::Service(server)) => {
+            server.add_service(h3);
+            Ok(())
+        }
+        (Ok(h3), crate::net::listen::Start::Spawned) => h3.spawn(),
+        // a reload refuses to change a listener with http3 in place (see `reload::check`)
+        (Ok(_), crate::net::listen::Start::Later(_)) => {
+            Err("an http3 listener cannot be replaced in place".to_string())
+        }
+        (Err(e), _) => Err(e),
+    };
+    if let Err(e) = started {
+        handle.stop();
+        return Err(e);
+    }
+    Ok(handle.with_quic(quic))
 }
 
 /// Start the accept loop of HTTP listener `l` with its engines `app` (`start`: at start or

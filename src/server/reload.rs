@@ -15,10 +15,12 @@
 //! settings changed at the same address: the old accept loops hand their sockets to the new
 //! ones ([`crate::net::control`]), so no queued connection is lost and the address is never
 //! free. A TLS listener's certificates are watched from the moment it is added, and no longer
-//! once it is removed or replaced. What cannot change in place (the `pingora` block, the admin
-//! listener, the access log, the cache store's size, TLS listeners with HTTP/3 or ACME, which
-//! run services of their own) is refused with an error that says an upgrade (`-s upgrade`)
-//! is needed; nothing is applied then.
+//! once it is removed or replaced; an HTTP/3 side starts and drains with its listener. What
+//! cannot change in place (the `pingora` block, the admin listener, the access log, the cache
+//! store's size, TLS listeners with ACME, whose orders are a service of their own, and a
+//! listener with HTTP/3 at the same address, whose QUIC connections live in its socket) is
+//! refused with an error that says an upgrade (`-s upgrade`) is needed; nothing is applied
+//! then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -43,6 +45,8 @@ pub struct ListenerHandle {
     swap: Option<EngineSwap<HttpProxy>>,
     /// Stops its accept loops, or takes their sockets.
     remote: Remote,
+    /// Stops its HTTP/3 side (it drains).
+    quic: Option<Remote>,
     /// A TLS listener's certificates, forgotten by the reload service when it is removed.
     store: Option<Arc<crate::tls::store::CertStore>>,
 }
@@ -62,13 +66,23 @@ impl ListenerHandle {
             spec: spec.clone(),
             swap,
             remote,
+            quic: None,
             store,
         }
     }
 
+    /// With the HTTP/3 side that `quic` stops.
+    pub fn with_quic(mut self, quic: Remote) -> ListenerHandle {
+        self.quic = Some(quic);
+        self
+    }
+
     /// Stop accepting; connections in progress finish on the engines they have.
-    fn stop(&self) {
+    pub fn stop(&self) {
         self.remote.stop();
+        if let Some(q) = &self.quic {
+            q.stop();
+        }
         self.forget_store();
     }
 
@@ -86,15 +100,20 @@ impl ListenerHandle {
     }
 }
 
-/// Whether a reload can add, remove or replace this listener: HTTP and L4 listeners accept
-/// in our own loop, which can start, stop and hand its sockets over at any time, and a TLS
-/// one's certificates are watched from a list that reloads change; but HTTP/3 (QUIC) and ACME
-/// run as services of their own, set up at start.
+/// Whether a reload can add or remove this listener: HTTP and L4 listeners accept in our own
+/// loop, which can start, stop and hand its sockets over at any time, the HTTP/3 side of one
+/// is an endpoint that starts and drains likewise, and a TLS one's certificates are watched
+/// from a list that reloads change; but ACME's certificate orders run as a service of their
+/// own, set up at start.
 fn dynamic(l: &ListenerSpec) -> bool {
-    match &l.tls {
-        None => true,
-        Some(t) => l.http3.is_none() && t.acme.is_none(),
-    }
+    l.tls.as_ref().is_none_or(|t| t.acme.is_none())
+}
+
+/// Whether a reload can replace this listener at its address by a new one: one that it can
+/// add and remove, and without HTTP/3 (a QUIC endpoint's connections live in its socket,
+/// which cannot be handed to another endpoint).
+fn replaceable(l: &ListenerSpec) -> bool {
+    dynamic(l) && l.http3.is_none()
 }
 
 struct Running {
@@ -374,16 +393,16 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
             if !dynamic(l) {
                 return Err(needs_upgrade(
                     f,
-                    &format!("{what}: a new TLS listener with http3 or acme"),
+                    &format!("{what}: a new TLS listener with acme"),
                 ));
             }
             continue;
         };
-        let in_place = dynamic(o) && dynamic(l);
+        let in_place = replaceable(o) && replaceable(l);
         if !kept(o, l) && !in_place {
             return Err(needs_upgrade(
                 f,
-                &format!("{what}: a TLS listener with http3 or acme changed (its QUIC endpoint and certificate orders are set up at start)"),
+                &format!("{what}: a TLS listener with http3 or acme changed at the same address (a QUIC endpoint's connections live in its socket; certificate orders are set up at start)"),
             ));
         }
     }
@@ -392,7 +411,7 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
             return Err(needs_upgrade(
                 f,
                 &format!(
-                    "listeners[{i}] ({}): removing a TLS listener with http3 or acme",
+                    "listeners[{i}] ({}): removing a TLS listener with acme",
                     o.name
                 ),
             ));
@@ -441,12 +460,12 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         let res = match old {
             Some(h) if kept(&h.spec, l) && !uses_new_pools(l, &running.pools, &pools) => continue,
             // (an L4 listener whose pools changed; `check` refused the rest)
-            Some(_) if !dynamic(l) => Err(
+            Some(_) if !replaceable(l) => Err(
                 "an upstream it uses changed, and a TLS listener with acme cannot change in place; an upgrade (stepstone -s upgrade) is needed".to_string(),
             ),
             Some(_) => {
                 let mut later = crate::net::listen::Start::Later(None);
-                start_listener(i, l, &cfg, &pools, &live.conf, &mut later).and_then(|h| {
+                super::start_listener(i, l, &cfg, &pools, &live.conf, &mut later).and_then(|h| {
                     let crate::net::listen::Start::Later(Some(p)) = later else {
                         h.forget_store();
                         return Err("not built".to_string());
@@ -457,7 +476,11 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             }
             None => {
                 let mut now = crate::net::listen::Start::Spawned;
-                start_listener(i, l, &cfg, &pools, &live.conf, &mut now).map(|h| added.push(h))
+                super::start_listener(i, l, &cfg, &pools, &live.conf, &mut now)
+                    .map(|h| {
+                        log::info!("reload: listener {} ({}) added", l.name, l.addr);
+                        added.push(h)
+                    })
             }
         };
         if let Err(e) = res {
@@ -529,32 +552,6 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     running.pools = pools;
     running.cfg = cfg;
     Ok(outcome().revision + 1)
-}
-
-/// Start a listener a reload adds (`start`: spawned now) or one that replaces the listener
-/// at its address (built now, started on that one's sockets later).
-fn start_listener(
-    index: usize,
-    l: &ListenerSpec,
-    cfg: &Config,
-    pools: &[Arc<Pool>],
-    conf: &Arc<ServerConf>,
-    start: &mut crate::net::listen::Start<'_>,
-) -> Result<ListenerHandle, String> {
-    let (remote, control) = crate::net::control::pair();
-    let handle = if matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
-        let listener = http_listener(index, l, cfg, pools);
-        let (app, swap, _, _) = super::http_stack(l, listener, conf);
-        let store = super::start_http(l, app, start, control)?;
-        ListenerHandle::new(l, Some(swap), remote, store)
-    } else {
-        let store = crate::l4::start(l, pools, start, control)?;
-        ListenerHandle::new(l, None, remote, store)
-    };
-    if matches!(start, crate::net::listen::Start::Spawned) {
-        log::info!("reload: listener {} ({}) added", l.name, l.addr);
-    }
-    Ok(handle)
 }
 
 /// SIGHUP: reload the configuration (the TLS service reloads the certificates on the same

@@ -493,3 +493,100 @@ async fn h3_a_stream_whose_headers_stall_is_ended_at_the_header_timeout() {
     let paths: Vec<String> = a.recorded().iter().map(|r| r.path.clone()).collect();
     assert!(!paths.iter().any(|p| p == "/stalled"), "{paths:?}");
 }
+
+/// An https listener with HTTP/3 added by a reload serves over QUIC as well as TCP; removed by
+/// the next reload, it takes no new QUIC connection, drains, and lets its UDP port go (so the
+/// same listener can be added back, which the third reload does). Changing such a listener
+/// in place is refused: its QUIC connections live in its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_an_https_listener_with_http3() {
+    use crate::support::client::admin_reload;
+    let a = OriginBuilder::new("a").body("from a").run().await;
+    let pki = Pki::new("h3-reload-listener");
+    let (c, k) = pki.server("site", "a.test", &["a.test"], 0x600);
+    let first = format!(
+        "pingora:\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n\
+         admin: {{address: 127.0.0.1:{{{{port1}}}}, token: tok}}\n\
+         listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\n\
+         upstreams:\n  - {{name: ua, backends: [{{address: {}}}]}}\n\
+         routes:\n  - {{listener: web, upstream: ua}}\n",
+        a.addr
+    );
+    let proxy = start(&pki, &first);
+    let admin = proxy.addr_of(1);
+    let first = std::fs::read_to_string(&proxy.config).expect("read the config");
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
+    let edge = |more: &str| {
+        first
+            .replace(
+                "upstreams:\n",
+                &format!(
+                    "  - name: edge\n    address: {at}\n    protocol: https\n    http3: true\n{more}    tls:\n      certificates: [{{cert: {}, key: {}}}]\nupstreams:\n",
+                    p(&c),
+                    p(&k)
+                ),
+            )
+            .replace(
+                "routes:\n",
+                "routes:\n  - {listener: edge, upstream: ua}\n",
+            )
+    };
+    let quic_get = |e: quinn::Endpoint| async move {
+        let (conn, mut s) = tokio::time::timeout(Duration::from_secs(3), connect(&e, at, "a.test"))
+            .await
+            .ok()?;
+        let got = request(&mut s, "GET", "https://a.test/", &[], None)
+            .await
+            .ok()?;
+        Some((
+            conn,
+            got.status,
+            String::from_utf8_lossy(&got.body).to_string(),
+        ))
+    };
+
+    for round in 0..2 {
+        // added: QUIC and TCP
+        std::fs::write(&proxy.config, edge("")).expect("write");
+        let (status, text) = admin_reload(admin).await;
+        assert_eq!(status, 200, "round {round}: {text}");
+        let (_conn, status, body) = quic_get(endpoint(&pki))
+            .await
+            .unwrap_or_else(|| panic!("round {round}: no HTTP/3 on the added listener"));
+        assert_eq!((status, body.as_str()), (200, "from a"), "round {round}");
+        let tcp = tls_get(at, "a.test", "/").await;
+        assert!(tcp.contains("from a"), "round {round}: {tcp}");
+
+        if round == 0 {
+            // changed in place: refused, it keeps serving
+            std::fs::write(&proxy.config, edge("    fast_path: false\n")).expect("write");
+            let (status, text) = admin_reload(admin).await;
+            assert_eq!(status, 422, "{text}");
+            assert!(
+                text.contains("listeners[1]") && text.contains("-s upgrade"),
+                "{text}"
+            );
+            assert!(
+                quic_get(endpoint(&pki)).await.is_some(),
+                "refused, yet changed"
+            );
+        }
+
+        // removed: no new QUIC connection, and its UDP port is given back after the drain
+        std::fs::write(&proxy.config, &first).expect("write");
+        let (status, text) = admin_reload(admin).await;
+        assert_eq!(status, 200, "round {round}: {text}");
+        assert!(
+            quic_get(endpoint(&pki)).await.is_none(),
+            "round {round}: a removed listener takes QUIC connections"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::UdpSocket::bind(at).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the removed listener's UDP port is still held"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -26,6 +26,12 @@
 //! cache phases store misses, collapse concurrent ones and revalidate, as for TCP clients;
 //! so does every request on a listener with `fast_path: false`.
 //!
+//! Reload: a reload that adds the listener starts its endpoint on the reload service's
+//! runtime; one that removes it stops it as a shutdown does (GOAWAY, the drain below) and
+//! takes its socket out of the fd table at once, so an upgrade during the drain does not
+//! hand it over. The endpoint cannot be replaced at the same address (its connections live
+//! in its socket): a reload refuses to change the listener in place.
+//!
 //! Upgrade (`-u`): the UDP socket goes through Pingora's fd table under `udp://ADDR`, so the
 //! new process reads the same socket. When the old process is told to stop it sends GOAWAY
 //! on each connection, finishes the streams it had accepted, and drops new handshakes it
@@ -75,6 +81,8 @@ pub struct H3Service {
     /// The TCP side's engines, which a reload swaps: each request takes the routing in force.
     engines: Option<crate::http::service::FastSwap>,
     general: Option<Arc<dyn crate::http::service::GeneralEngine>>,
+    /// A reload's orders (removal), for a listener that reloads may remove.
+    stop: Option<crate::net::control::Control>,
 }
 
 /// Everything a connection task shares.
@@ -94,23 +102,18 @@ struct Shared {
 }
 
 impl H3Service {
-    /// The HTTP/3 side of `spec`, on the certificate store its TCP side registered (so
-    /// built after it). `pool_max`: idle backend connections per thread; `grace`: how long
+    /// The HTTP/3 side of `spec`, on the certificate store of its TCP side. `pool_max`: idle backend connections per thread; `grace`: how long
     /// streams in flight may take after the stop.
     pub fn new(
         listener: Arc<Listener>,
         spec: &crate::config::ListenerSpec,
         quic: &QuicSpec,
+        store: Option<Arc<crate::tls::store::CertStore>>,
         listener_open: Arc<AtomicUsize>,
         pool_max: usize,
         grace: Duration,
     ) -> Result<H3Service, String> {
-        let t = spec.tls.as_ref().map(|t| t.key_path.as_str());
-        let Some(store) = crate::tls::stores()
-            .into_iter()
-            .rev()
-            .find(|s| Some(s.spec.key_path.as_str()) == t)
-        else {
+        let Some(store) = store else {
             return Err(format!(
                 "listeners {}: http3 without certificates",
                 spec.name
@@ -141,6 +144,7 @@ impl H3Service {
             listener_open,
             engines: None,
             general: None,
+            stop: None,
         })
     }
 
@@ -196,23 +200,71 @@ impl Service for H3Service {
     async fn start_service(
         &mut self,
         fds: Option<ListenFds>,
-        mut shutdown: ShutdownWatch,
+        shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
-        let endpoint = match socket(self.addr, fds.as_ref()).and_then(|s| {
-            quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                Some(self.server.clone()),
-                s,
-                Arc::new(quinn::TokioRuntime),
-            )
-        }) {
+        let endpoint = match socket(self.addr, fds.as_ref()).and_then(|s| self.endpoint(s)) {
             Ok(e) => e,
             Err(e) => {
                 log::error!("{}: cannot listen on udp {}: {e}", self.name, self.addr);
                 std::process::exit(1);
             }
         };
+        let stop = self.stop.take();
+        self.serve(endpoint, shutdown, stop, fds).await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its UDP socket, so that Pingora closes the inherited sockets no service claims (see
+    /// `PlainService`'s).
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(vec![udp_key(self.addr)])
+    }
+}
+
+impl H3Service {
+    fn endpoint(&self, s: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
+        quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(self.server.clone()),
+            s,
+            Arc::new(quinn::TokioRuntime),
+        )
+    }
+
+    /// A reload may remove this listener: `stop` says when.
+    pub fn with_stop(mut self, stop: crate::net::control::Control) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Start serving now, on the runtime of the listeners reloads add: the UDP socket is bound
+    /// here, so that an address in use fails the reload.
+    pub fn spawn(mut self) -> Result<(), String> {
+        let Some((fds, rt, shutdown)) = crate::net::listen::later_runtime() else {
+            return Err("the runtime for new listeners is not up yet".into());
+        };
+        let endpoint = {
+            let _in = rt.enter();
+            socket(self.addr, fds.as_ref()).and_then(|s| self.endpoint(s))
+        }
+        .map_err(|e| format!("cannot listen on udp {}: {e}", self.addr))?;
+        let stop = self.stop.take();
+        rt.spawn(async move { self.serve(endpoint, shutdown, stop, fds).await });
+        Ok(())
+    }
+
+    /// Accept until shutdown or a reload removes the listener, then drain.
+    async fn serve(
+        &self,
+        endpoint: quinn::Endpoint,
+        mut shutdown: ShutdownWatch,
+        mut stop: Option<crate::net::control::Control>,
+        fds: Option<ListenFds>,
+    ) {
         log::info!("{}: HTTP/3 on udp {}", self.name, self.addr);
         let shared = Arc::new(Shared {
             listener: self.listener.clone(),
@@ -225,6 +277,13 @@ impl Service for H3Service {
             listener_open: self.listener_open.clone(),
             handshaking: AtomicUsize::new(0),
         });
+        let removed = async {
+            match stop.as_mut() {
+                Some(c) => c.ended().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(removed);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         loop {
             let incoming = tokio::select! {
@@ -234,6 +293,12 @@ impl Service for H3Service {
                         break;
                     }
                     continue;
+                }
+                _ = &mut removed => {
+                    log::info!("{}: removed by a reload", self.name);
+                    // an upgrade during the drain must not hand the socket over
+                    forget_socket(self.addr, fds.as_ref());
+                    break;
                 }
             };
             let Some(incoming) = incoming else { break };
@@ -282,16 +347,33 @@ impl Service for H3Service {
         endpoint.close(H3_NO_ERROR.into(), b"shutting down");
         let _ = tokio::time::timeout(CLOSE_MARGIN, endpoint.wait_idle()).await;
     }
+}
 
-    fn name(&self) -> &str {
-        &self.name
+/// Take a removed listener's UDP socket out of the fd table without closing it (the endpoint
+/// owns it until its drain ends): the table's entry is pointed at a duplicate, which the
+/// table closes.
+fn forget_socket(addr: SocketAddr, fds: Option<&ListenFds>) {
+    let Some(fds) = fds else { return };
+    let key = udp_key(addr);
+    let mut table = fds.lock();
+    let Some(&fd) = table.get(&key) else { return };
+    // SAFETY: dup(2) of a descriptor this process holds open; the copy goes to the table.
+    let copy = unsafe { libc::dup(fd) };
+    if copy < 0 {
+        log::warn!(
+            "{key}: cannot take the socket out of the fd table: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
     }
-
-    /// Its UDP socket, so that Pingora closes the inherited sockets no service claims (see
-    /// `PlainService`'s).
-    fn listen_addresses(&self) -> Option<Vec<String>> {
-        Some(vec![udp_key(self.addr)])
-    }
+    table.add(key.clone(), copy);
+    let keep: std::collections::HashSet<String> = table
+        .serialize()
+        .0
+        .into_iter()
+        .filter(|k| *k != key)
+        .collect();
+    table.close_unclaimed(&keep);
 }
 
 /// What of the grace period is kept for closing the connections still open at its end.
