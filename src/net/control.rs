@@ -25,25 +25,34 @@ enum Order {
 pub enum Ended {
     /// Removed by a reload: close the socket.
     Stop,
-    /// Replaced by a reload: give the socket to [`Control::give`].
+    /// Replaced by a reload: give the socket to [`Control::giver`].
     HandOver,
 }
 
-/// The accept loops' end (one clone each).
-#[derive(Clone)]
-pub struct Control {
+/// The accept loops' end (one clone each). `S` is what they hand over: a TCP listening
+/// socket, or an HTTP/3 side's QUIC endpoint.
+pub struct Control<S = Socket> {
     orders: tokio::sync::watch::Receiver<Order>,
-    sockets: std::sync::mpsc::Sender<Socket>,
+    sockets: std::sync::mpsc::Sender<S>,
+}
+
+impl<S> Clone for Control<S> {
+    fn clone(&self) -> Self {
+        Control {
+            orders: self.orders.clone(),
+            sockets: self.sockets.clone(),
+        }
+    }
 }
 
 /// The reload's end, kept with the listener's handle.
-pub struct Remote {
+pub struct Remote<S = Socket> {
     orders: tokio::sync::watch::Sender<Order>,
-    sockets: std::sync::mpsc::Receiver<Socket>,
+    sockets: std::sync::mpsc::Receiver<S>,
 }
 
 /// A new listener's pair of ends.
-pub fn pair() -> (Remote, Control) {
+pub fn pair<S>() -> (Remote<S>, Control<S>) {
     let (otx, orx) = tokio::sync::watch::channel(Order::Accept);
     let (stx, srx) = std::sync::mpsc::channel();
     (
@@ -58,7 +67,7 @@ pub fn pair() -> (Remote, Control) {
     )
 }
 
-impl Control {
+impl<S> Control<S> {
     /// Resolves when the loop must end, and says how.
     pub async fn ended(&mut self) -> Ended {
         let order = self
@@ -75,12 +84,12 @@ impl Control {
     }
 
     /// Where a loop that ends with [`Ended::HandOver`] leaves its socket.
-    pub fn giver(&self) -> std::sync::mpsc::Sender<Socket> {
+    pub fn giver(&self) -> std::sync::mpsc::Sender<S> {
         self.sockets.clone()
     }
 }
 
-impl Remote {
+impl<S> Remote<S> {
     /// Stop accepting: the sockets are closed, open connections finish.
     pub fn stop(&self) {
         self.orders.send_replace(Order::Stop);
@@ -88,7 +97,7 @@ impl Remote {
 
     /// Stop accepting and take every loop's socket (with the connections queued on it). Waits
     /// until every loop holding a [`Control`] has ended, at most `within`.
-    pub fn hand_over(&self, within: Duration) -> Result<Vec<Socket>, String> {
+    pub fn hand_over(&self, within: Duration) -> Result<Vec<S>, String> {
         self.orders.send_replace(Order::HandOver);
         let until = std::time::Instant::now() + within;
         let mut out = Vec::new();
@@ -107,8 +116,6 @@ impl Remote {
         if out.is_empty() {
             return Err("its accept loops had no socket to hand over".into());
         }
-        // the first socket of the address first, as a new listener binds them
-        out.sort_by(|a, b| (a.0.len(), &a.0).cmp(&(b.0.len(), &b.0)));
         Ok(out)
     }
 }

@@ -183,20 +183,20 @@ fn start_listener(
     let started = match (h3, start) {
         (Ok(h3), crate::net::listen::Start::Service(server)) => {
             server.add_service(h3);
-            Ok(())
+            Ok(None)
         }
-        (Ok(h3), crate::net::listen::Start::Spawned) => h3.spawn(),
-        // a reload refuses to change a listener with http3 in place (see `reload::check`)
-        (Ok(_), crate::net::listen::Start::Later(_)) => {
-            Err("an http3 listener cannot be replaced in place".to_string())
-        }
+        (Ok(h3), crate::net::listen::Start::Spawned) => h3.spawn().map(|()| None),
+        // started once the listener it replaces has stopped
+        (Ok(h3), crate::net::listen::Start::Later(_)) => Ok(Some(h3)),
         (Err(e), _) => Err(e),
     };
-    if let Err(e) = started {
-        handle.stop();
-        return Err(e);
+    match started {
+        Ok(pending) => Ok(handle.with_quic(quic, pending)),
+        Err(e) => {
+            handle.stop();
+            Err(e)
+        }
     }
-    Ok(handle.with_quic(quic))
 }
 
 /// Start the accept loop of HTTP listener `l` with its engines `app` (`start`: at start or

@@ -15,12 +15,12 @@
 //! settings changed at the same address: the old accept loops hand their sockets to the new
 //! ones ([`crate::net::control`]), so no queued connection is lost and the address is never
 //! free. A TLS listener's certificates are watched from the moment it is added, and no longer
-//! once it is removed or replaced; an HTTP/3 side starts and drains with its listener. What
-//! cannot change in place (the `pingora` block, the admin listener, the access log, the cache
-//! store's size, TLS listeners with ACME, whose orders are a service of their own, and a
-//! listener with HTTP/3 at the same address, whose QUIC connections live in its socket) is
-//! refused with an error that says an upgrade (`-s upgrade`) is needed; nothing is applied
-//! then.
+//! once it is removed or replaced. An HTTP/3 side starts and drains with its listener, and a
+//! replacement keeps its QUIC endpoint (the connections live in its socket) with new
+//! settings. What cannot change in place (the `pingora` block, the admin listener, the
+//! access log, the cache store's size, TLS listeners with ACME, whose orders are a service
+//! of their own) is refused with an error that says an upgrade (`-s upgrade`) is needed;
+//! nothing is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -45,8 +45,11 @@ pub struct ListenerHandle {
     swap: Option<EngineSwap<HttpProxy>>,
     /// Stops its accept loops, or takes their sockets.
     remote: Remote,
-    /// Stops its HTTP/3 side (it drains).
-    quic: Option<Remote>,
+    /// Stops its HTTP/3 side (it drains), or takes its endpoint.
+    quic: Option<Remote<quinn::Endpoint>>,
+    /// A replacement's HTTP/3 side, built and waiting for the endpoint of the listener it
+    /// replaces (or to bind its own, if that one had none).
+    quic_pending: Option<crate::http::h3::H3Service>,
     /// A TLS listener's certificates, forgotten by the reload service when it is removed.
     store: Option<Arc<crate::tls::store::CertStore>>,
 }
@@ -67,13 +70,20 @@ impl ListenerHandle {
             swap,
             remote,
             quic: None,
+            quic_pending: None,
             store,
         }
     }
 
-    /// With the HTTP/3 side that `quic` stops.
-    pub fn with_quic(mut self, quic: Remote) -> ListenerHandle {
+    /// With the HTTP/3 side that `quic` stops; `pending`: built, not yet started (a
+    /// replacement's, started by the reload once the listener it replaces is stopped).
+    pub fn with_quic(
+        mut self,
+        quic: Remote<quinn::Endpoint>,
+        pending: Option<crate::http::h3::H3Service>,
+    ) -> ListenerHandle {
         self.quic = Some(quic);
+        self.quic_pending = pending;
         self
     }
 
@@ -90,7 +100,10 @@ impl ListenerHandle {
     /// listener that replaces this one; connections in progress finish on their engines.
     fn hand_over(&self) -> Result<Vec<Socket>, String> {
         self.forget_store();
-        self.remote.hand_over(HAND_OVER_WITHIN)
+        let mut socks = self.remote.hand_over(HAND_OVER_WITHIN)?;
+        // the first socket of the address first, as a new listener binds them
+        socks.sort_by(|a, b| (a.0.len(), &a.0).cmp(&(b.0.len(), &b.0)));
+        Ok(socks)
     }
 
     fn forget_store(&self) {
@@ -100,20 +113,13 @@ impl ListenerHandle {
     }
 }
 
-/// Whether a reload can add or remove this listener: HTTP and L4 listeners accept in our own
-/// loop, which can start, stop and hand its sockets over at any time, the HTTP/3 side of one
-/// is an endpoint that starts and drains likewise, and a TLS one's certificates are watched
-/// from a list that reloads change; but ACME's certificate orders run as a service of their
-/// own, set up at start.
+/// Whether a reload can add, remove or replace this listener: HTTP and L4 listeners accept in
+/// our own loop, which can start, stop and hand its sockets over at any time, the HTTP/3 side
+/// of one is an endpoint that starts, drains and goes to a replacement likewise, and a TLS
+/// one's certificates are watched from a list that reloads change; but ACME's certificate
+/// orders run as a service of their own, set up at start.
 fn dynamic(l: &ListenerSpec) -> bool {
     l.tls.as_ref().is_none_or(|t| t.acme.is_none())
-}
-
-/// Whether a reload can replace this listener at its address by a new one: one that it can
-/// add and remove, and without HTTP/3 (a QUIC endpoint's connections live in its socket,
-/// which cannot be handed to another endpoint).
-fn replaceable(l: &ListenerSpec) -> bool {
-    dynamic(l) && l.http3.is_none()
 }
 
 struct Running {
@@ -398,11 +404,11 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
             }
             continue;
         };
-        let in_place = replaceable(o) && replaceable(l);
+        let in_place = dynamic(o) && dynamic(l);
         if !kept(o, l) && !in_place {
             return Err(needs_upgrade(
                 f,
-                &format!("{what}: a TLS listener with http3 or acme changed at the same address (a QUIC endpoint's connections live in its socket; certificate orders are set up at start)"),
+                &format!("{what}: a TLS listener with acme changed (its certificate orders are set up at start)"),
             ));
         }
     }
@@ -460,7 +466,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         let res = match old {
             Some(h) if kept(&h.spec, l) && !uses_new_pools(l, &running.pools, &pools) => continue,
             // (an L4 listener whose pools changed; `check` refused the rest)
-            Some(_) if !replaceable(l) => Err(
+            Some(_) if !dynamic(l) => Err(
                 "an upstream it uses changed, and a TLS listener with acme cannot change in place; an upgrade (stepstone -s upgrade) is needed".to_string(),
             ),
             Some(_) => {
@@ -505,7 +511,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     });
     // Replaced listeners hand their sockets to their successors; their connections too
     // finish on the engines they have.
-    for (new, start) in replacing {
+    for (mut new, start) in replacing {
         let Some(k) = running
             .listeners
             .iter()
@@ -514,7 +520,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             continue;
         };
         let old = running.listeners.swap_remove(k);
-        let (name, addr) = (&new.spec.name, new.spec.addr);
+        let (name, addr) = (new.spec.name.clone(), new.spec.addr);
         match old
             .hand_over()
             .and_then(|socks| start.run(socks).map_err(|e| e.to_string()))
@@ -526,6 +532,23 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             Err(e) => log::error!(
                 "reload: listener {name} ({addr}): could not take over its sockets: {e}"
             ),
+        }
+        // Its HTTP/3 side: the endpoint goes on under the new settings; turned off, the old
+        // side drains; turned on, a new endpoint binds the UDP port.
+        let quic = match (&old.quic, new.quic_pending.take()) {
+            (Some(q), Some(h3)) => q
+                .hand_over(HAND_OVER_WITHIN)
+                .and_then(|mut e| e.pop().ok_or_else(|| "no QUIC endpoint".to_string()))
+                .and_then(|e| h3.adopt(e)),
+            (Some(q), None) => {
+                q.stop();
+                Ok(())
+            }
+            (None, Some(h3)) => h3.spawn(),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = quic {
+            log::error!("reload: listener {name} ({addr}): its HTTP/3 side: {e}");
         }
         running.listeners.push(new);
     }

@@ -494,44 +494,61 @@ async fn h3_a_stream_whose_headers_stall_is_ended_at_the_header_timeout() {
     assert!(!paths.iter().any(|p| p == "/stalled"), "{paths:?}");
 }
 
-/// An https listener with HTTP/3 added by a reload serves over QUIC as well as TCP; removed by
-/// the next reload, it takes no new QUIC connection, drains, and lets its UDP port go (so the
-/// same listener can be added back, which the third reload does). Changing such a listener
-/// in place is refused: its QUIC connections live in its socket.
+/// An https listener with HTTP/3 added by a reload serves over QUIC as well as TCP. Changed
+/// in place by the next (a new certificate), it keeps its QUIC endpoint: a stream in flight
+/// finishes, its connection gets GOAWAY and closes, and new QUIC and TLS handshakes get the
+/// new certificate. Removed, it takes no new QUIC connection, drains, and lets its UDP port go
+/// (so the same listener can be added back, which the next round does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_adds_and_removes_an_https_listener_with_http3() {
+async fn a_reload_adds_changes_and_removes_an_https_listener_with_http3() {
     use crate::support::client::admin_reload;
+    use crate::support::pki::serial_of;
     let a = OriginBuilder::new("a").body("from a").run().await;
+    let slow = OriginBuilder::new("slow")
+        .body("slow done")
+        .delay(Duration::from_millis(1500))
+        .run()
+        .await;
     let pki = Pki::new("h3-reload-listener");
     let (c, k) = pki.server("site", "a.test", &["a.test"], 0x600);
+    let (c2, k2) = pki.server("site2", "a.test", &["a.test"], 0x601);
     let first = format!(
         "pingora:\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\n\
          admin: {{address: 127.0.0.1:{{{{port1}}}}, token: tok}}\n\
          listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\n\
-         upstreams:\n  - {{name: ua, backends: [{{address: {}}}]}}\n\
+         upstreams:\n  - {{name: ua, backends: [{{address: {}}}]}}\n  - {{name: us, backends: [{{address: {}}}]}}\n\
          routes:\n  - {{listener: web, upstream: ua}}\n",
-        a.addr
+        a.addr, slow.addr
     );
     let proxy = start(&pki, &first);
     let admin = proxy.addr_of(1);
     let first = std::fs::read_to_string(&proxy.config).expect("read the config");
     let at = std::net::SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
-    let edge = |more: &str| {
+    let edge = |cert: &std::path::Path, key: &std::path::Path| {
         first
             .replace(
                 "upstreams:\n",
                 &format!(
-                    "  - name: edge\n    address: {at}\n    protocol: https\n    http3: true\n{more}    tls:\n      certificates: [{{cert: {}, key: {}}}]\nupstreams:\n",
-                    p(&c),
-                    p(&k)
+                    "  - name: edge\n    address: {at}\n    protocol: https\n    http3: true\n    tls:\n      certificates: [{{cert: {}, key: {}}}]\nupstreams:\n",
+                    p(cert),
+                    p(key)
                 ),
             )
             .replace(
                 "routes:\n",
-                "routes:\n  - {listener: edge, upstream: ua}\n",
+                "routes:\n  - {listener: edge, upstream: ua}\n  - {listener: edge, path_prefix: /slow, upstream: us}\n",
             )
     };
-    let quic_get = |e: quinn::Endpoint| async move {
+    let serial = |conn: &quinn::Connection| {
+        let id = conn.peer_identity().expect("peer identity");
+        let certs = id
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .expect("rustls certificates");
+        serial_of(&openssl::x509::X509::from_der(&certs[0]).expect("leaf"))
+    };
+    // a new client each time (a resumed session would show the certificate it began with)
+    let quic_get = || async {
+        let e = endpoint(&pki);
         let (conn, mut s) = tokio::time::timeout(Duration::from_secs(3), connect(&e, at, "a.test"))
             .await
             .ok()?;
@@ -539,7 +556,7 @@ async fn a_reload_adds_and_removes_an_https_listener_with_http3() {
             .await
             .ok()?;
         Some((
-            conn,
+            serial(&conn),
             got.status,
             String::from_utf8_lossy(&got.body).to_string(),
         ))
@@ -547,37 +564,55 @@ async fn a_reload_adds_and_removes_an_https_listener_with_http3() {
 
     for round in 0..2 {
         // added: QUIC and TCP
-        std::fs::write(&proxy.config, edge("")).expect("write");
+        std::fs::write(&proxy.config, edge(&c, &k)).expect("write");
         let (status, text) = admin_reload(admin).await;
         assert_eq!(status, 200, "round {round}: {text}");
-        let (_conn, status, body) = quic_get(endpoint(&pki))
-            .await
-            .unwrap_or_else(|| panic!("round {round}: no HTTP/3 on the added listener"));
-        assert_eq!((status, body.as_str()), (200, "from a"), "round {round}");
+        let got = quic_get().await;
+        assert_eq!(
+            got,
+            Some(("0600".to_string(), 200, "from a".to_string())),
+            "round {round}: HTTP/3 on the added listener"
+        );
         let tcp = tls_get(at, "a.test", "/").await;
         assert!(tcp.contains("from a"), "round {round}: {tcp}");
 
-        if round == 0 {
-            // changed in place: refused, it keeps serving
-            std::fs::write(&proxy.config, edge("    fast_path: false\n")).expect("write");
-            let (status, text) = admin_reload(admin).await;
-            assert_eq!(status, 422, "{text}");
-            assert!(
-                text.contains("listeners[1]") && text.contains("-s upgrade"),
-                "{text}"
+        // changed in place, with a stream in flight on a QUIC connection from before
+        let e = endpoint(&pki);
+        let (conn, mut s) = connect(&e, at, "a.test").await;
+        let inflight =
+            tokio::spawn(
+                async move { request(&mut s, "GET", "https://a.test/slow", &[], None).await },
             );
-            assert!(
-                quic_get(endpoint(&pki)).await.is_some(),
-                "refused, yet changed"
-            );
-        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(&proxy.config, edge(&c2, &k2)).expect("write");
+        let (status, text) = admin_reload(admin).await;
+        assert_eq!(status, 200, "round {round}: {text}");
+        let got = quic_get().await;
+        assert_eq!(
+            got,
+            Some(("0601".to_string(), 200, "from a".to_string())),
+            "round {round}: HTTP/3 after the change"
+        );
+        let done = inflight.await.expect("task").expect("the stream in flight");
+        assert_eq!(
+            (done.status, done.body.as_slice()),
+            (200, &b"slow done"[..]),
+            "round {round}"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3), conn.closed())
+                .await
+                .is_ok(),
+            "round {round}: the connection from before was not sent away"
+        );
 
         // removed: no new QUIC connection, and its UDP port is given back after the drain
         std::fs::write(&proxy.config, &first).expect("write");
         let (status, text) = admin_reload(admin).await;
         assert_eq!(status, 200, "round {round}: {text}");
-        assert!(
-            quic_get(endpoint(&pki)).await.is_none(),
+        assert_eq!(
+            quic_get().await,
+            None,
             "round {round}: a removed listener takes QUIC connections"
         );
         let deadline = Instant::now() + Duration::from_secs(5);

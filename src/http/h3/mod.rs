@@ -29,8 +29,10 @@
 //! Reload: a reload that adds the listener starts its endpoint on the reload service's
 //! runtime; one that removes it stops it as a shutdown does (GOAWAY, the drain below) and
 //! takes its socket out of the fd table at once, so an upgrade during the drain does not
-//! hand it over. The endpoint cannot be replaced at the same address (its connections live
-//! in its socket): a reload refuses to change the listener in place.
+//! hand it over. A reload that changes the listener at the same address keeps the endpoint
+//! (its connections live in its socket): the old side sends GOAWAY to its connections and
+//! hands the endpoint to the new side, which gives it the new TLS and transport settings for
+//! new handshakes; connections from before finish their streams and close.
 //!
 //! Upgrade (`-u`): the UDP socket goes through Pingora's fd table under `udp://ADDR`, so the
 //! new process reads the same socket. When the old process is told to stop it sends GOAWAY
@@ -81,8 +83,8 @@ pub struct H3Service {
     /// The TCP side's engines, which a reload swaps: each request takes the routing in force.
     engines: Option<crate::http::service::FastSwap>,
     general: Option<Arc<dyn crate::http::service::GeneralEngine>>,
-    /// A reload's orders (removal), for a listener that reloads may remove.
-    stop: Option<crate::net::control::Control>,
+    /// A reload's orders (removal, or hand the endpoint to a replacement).
+    stop: Option<crate::net::control::Control<quinn::Endpoint>>,
 }
 
 /// Everything a connection task shares.
@@ -235,8 +237,9 @@ impl H3Service {
         )
     }
 
-    /// A reload may remove this listener: `stop` says when.
-    pub fn with_stop(mut self, stop: crate::net::control::Control) -> Self {
+    /// A reload may remove this listener, or replace it and take its endpoint: `stop` says
+    /// when.
+    pub fn with_stop(mut self, stop: crate::net::control::Control<quinn::Endpoint>) -> Self {
         self.stop = Some(stop);
         self
     }
@@ -257,12 +260,26 @@ impl H3Service {
         Ok(())
     }
 
-    /// Accept until shutdown or a reload removes the listener, then drain.
+    /// Serve on the endpoint of the listener this one replaces (same address): new
+    /// handshakes get this listener's TLS and transport settings, connections already open
+    /// keep theirs (their previous listener sent them GOAWAY).
+    pub fn adopt(mut self, endpoint: quinn::Endpoint) -> Result<(), String> {
+        let Some((fds, rt, shutdown)) = crate::net::listen::later_runtime() else {
+            return Err("the runtime for new listeners is not up yet".into());
+        };
+        endpoint.set_server_config(Some(self.server.clone()));
+        let stop = self.stop.take();
+        rt.spawn(async move { self.serve(endpoint, shutdown, stop, fds).await });
+        Ok(())
+    }
+
+    /// Accept until shutdown or a reload removes the listener, then drain; or until a reload
+    /// replaces it, then hand the endpoint over.
     async fn serve(
         &self,
         endpoint: quinn::Endpoint,
         mut shutdown: ShutdownWatch,
-        mut stop: Option<crate::net::control::Control>,
+        mut stop: Option<crate::net::control::Control<quinn::Endpoint>>,
         fds: Option<ListenFds>,
     ) {
         log::info!("{}: HTTP/3 on udp {}", self.name, self.addr);
@@ -277,6 +294,7 @@ impl H3Service {
             listener_open: self.listener_open.clone(),
             handshaking: AtomicUsize::new(0),
         });
+        let giver = stop.as_ref().map(|c| c.giver());
         let removed = async {
             match stop.as_mut() {
                 Some(c) => c.ended().await,
@@ -294,7 +312,15 @@ impl H3Service {
                     }
                     continue;
                 }
-                _ = &mut removed => {
+                how = &mut removed => {
+                    if let (crate::net::control::Ended::HandOver, Some(to)) = (how, &giver) {
+                        // Its connections get GOAWAY, finish their streams and close; their
+                        // clients come back to the same endpoint, on the new settings.
+                        log::info!("{}: replaced by a reload: its QUIC endpoint goes to the new listener", self.name);
+                        let _ = stop_tx.send(true);
+                        let _ = to.send(endpoint);
+                        return;
+                    }
                     log::info!("{}: removed by a reload", self.name);
                     // an upgrade during the drain must not hand the socket over
                     forget_socket(self.addr, fds.as_ref());
