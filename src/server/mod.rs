@@ -127,9 +127,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         "tls reload",
         crate::tls::reload::service(),
     ));
-    if let Some(a) = crate::tls::acme::service() {
-        server.add_service(background_service("acme", a));
-    }
+    server.add_service(background_service("acme", crate::tls::acme::service()));
     reload::init(cfg, conf, upstreams.pools, listeners);
     server.add_service(reload::ReloadService);
     let upgrader = upgrade::Upgrader::new(

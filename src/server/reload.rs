@@ -15,12 +15,11 @@
 //! settings changed at the same address: the old accept loops hand their sockets to the new
 //! ones ([`crate::net::control`]), so no queued connection is lost and the address is never
 //! free. A TLS listener's certificates are watched from the moment it is added, and no longer
-//! once it is removed or replaced. An HTTP/3 side starts and drains with its listener, and a
-//! replacement keeps its QUIC endpoint (the connections live in its socket) with new
-//! settings. What cannot change in place (the `pingora` block, the admin listener, the
-//! access log, the cache store's size, TLS listeners with ACME, whose orders are a service
-//! of their own) is refused with an error that says an upgrade (`-s upgrade`) is needed;
-//! nothing is applied then.
+//! once it is removed or replaced, and so are its ACME orders. An HTTP/3 side starts and
+//! drains with its listener, and a replacement keeps its QUIC endpoint (the connections
+//! live in its socket) with new settings. What cannot change in place (the `pingora` block,
+//! the admin listener, the access log, the cache store's size) is refused with an error that
+//! says an upgrade (`-s upgrade`) is needed; nothing is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -111,15 +110,6 @@ impl ListenerHandle {
             crate::tls::forget(store);
         }
     }
-}
-
-/// Whether a reload can add, remove or replace this listener: HTTP and L4 listeners accept in
-/// our own loop, which can start, stop and hand its sockets over at any time, the HTTP/3 side
-/// of one is an endpoint that starts, drains and goes to a replacement likewise, and a TLS
-/// one's certificates are watched from a list that reloads change; but ACME's certificate
-/// orders run as a service of their own, set up at start.
-fn dynamic(l: &ListenerSpec) -> bool {
-    l.tls.as_ref().is_none_or(|t| t.acme.is_none())
 }
 
 struct Running {
@@ -392,37 +382,6 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
             "the cache store size (cache.max_size of the routes)",
         ));
     }
-    for (i, l) in new.listeners.iter().enumerate() {
-        let what = format!("listeners[{i}] ({})", l.name);
-        // the listener at the same address is the one this one keeps or replaces
-        let Some(o) = old.listeners.iter().find(|o| o.addr == l.addr) else {
-            if !dynamic(l) {
-                return Err(needs_upgrade(
-                    f,
-                    &format!("{what}: a new TLS listener with acme"),
-                ));
-            }
-            continue;
-        };
-        let in_place = dynamic(o) && dynamic(l);
-        if !kept(o, l) && !in_place {
-            return Err(needs_upgrade(
-                f,
-                &format!("{what}: a TLS listener with acme changed (its certificate orders are set up at start)"),
-            ));
-        }
-    }
-    for (i, o) in old.listeners.iter().enumerate() {
-        if !dynamic(o) && !new.listeners.iter().any(|l| l.addr == o.addr) {
-            return Err(needs_upgrade(
-                f,
-                &format!(
-                    "listeners[{i}] ({}): removing a TLS listener with acme",
-                    o.name
-                ),
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -465,10 +424,6 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         let old = running.listeners.iter().find(|h| h.spec.addr == l.addr);
         let res = match old {
             Some(h) if kept(&h.spec, l) && !uses_new_pools(l, &running.pools, &pools) => continue,
-            // (an L4 listener whose pools changed; `check` refused the rest)
-            Some(_) if !dynamic(l) => Err(
-                "an upstream it uses changed, and a TLS listener with acme cannot change in place; an upgrade (stepstone -s upgrade) is needed".to_string(),
-            ),
             Some(_) => {
                 let mut later = crate::net::listen::Start::Later(None);
                 super::start_listener(i, l, &cfg, &pools, &live.conf, &mut later).and_then(|h| {
@@ -482,11 +437,10 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             }
             None => {
                 let mut now = crate::net::listen::Start::Spawned;
-                super::start_listener(i, l, &cfg, &pools, &live.conf, &mut now)
-                    .map(|h| {
-                        log::info!("reload: listener {} ({}) added", l.name, l.addr);
-                        added.push(h)
-                    })
+                super::start_listener(i, l, &cfg, &pools, &live.conf, &mut now).map(|h| {
+                    log::info!("reload: listener {} ({}) added", l.name, l.addr);
+                    added.push(h)
+                })
             }
         };
         if let Err(e) = res {

@@ -535,3 +535,75 @@ async fn a_refused_order_logs_the_problem_document_and_counts_it() {
     let c = served_soon(p.addr_of(1), BLOCKED, None).await;
     assert!(cn_of(&c).contains("placeholder"));
 }
+
+/// An https listener with ACME added by a reload orders its certificate at once (TLS-ALPN-01,
+/// validated on the listener the reload just started) and serves it; removed by the next
+/// reload, it refuses connections and its order task stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_an_acme_listener_that_orders_its_certificate_and_removes_it() {
+    let origin = OriginBuilder::new("o").run().await;
+    let mut pebble = Pebble::new();
+    let storage = scratch_dir("acme-storage");
+    let full = template(&pebble, &storage, origin.addr, "", false)
+        .replace(
+            "        storage:",
+            "        challenge: tls-alpn-01\n        storage:",
+        )
+        .replace("{{port2}}}", "{{port2}}, token: tok}");
+    let secure = &full[full.find("  - name: secure\n").expect("secure")
+        ..full.find("upstreams:").expect("upstreams")];
+    // without the https listener; its port is taken now, for Pebble to validate on later
+    let without = format!(
+        "# the acme listener's port: {{{{port1}}}}\n{}",
+        full.replace(secure, "")
+            .replace("  - {listener: secure, upstream: app}\n", "")
+    );
+    let unreached = crate::support::dead_addr().port();
+    let p = start_proxy(&without, |ports| pebble.up(unreached, ports[1]));
+    let before = std::fs::read_to_string(&p.config).expect("read the config");
+    let (at, admin) = (p.addr_of(1), p.addr_of(2));
+    assert!(
+        tokio::net::TcpStream::connect(at).await.is_err(),
+        "{at} listens"
+    );
+
+    // the file as the proxy runs it, with the https listener and its route back
+    let rendered = before
+        .replacen(
+            "upstreams:",
+            &format!(
+                "{}upstreams:",
+                secure.replace("{{port1}}", &at.port().to_string())
+            ),
+            1,
+        )
+        .replacen(
+            "routes:\n",
+            "routes:\n  - {listener: secure, upstream: app}\n",
+            1,
+        );
+    std::fs::write(&p.config, rendered).expect("write");
+    let (status, text) = client::admin_reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    let root = pebble.root().await;
+    let cert = wait_issued(&p, at, NAME, &root, Duration::from_secs(60)).await;
+    assert_eq!(cn_of(&cert), NAME);
+
+    std::fs::write(&p.config, before).expect("write");
+    let (status, text) = client::admin_reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while tokio::net::TcpStream::connect(at).await.is_ok() {
+        assert!(Instant::now() < deadline, "a removed acme listener accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !p.log().contains("listener gone, no more orders for it") {
+        assert!(
+            Instant::now() < deadline,
+            "its order task goes on:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -120,7 +120,6 @@ async fn h3_graceful_upgrade_finishes_the_stream_in_flight_and_hands_the_port_ov
 /// carry Alt-Svc too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_certificate_reload_reaches_quic_and_the_general_engine_sends_alt_svc() {
-    use crate::support::pki::serial_of;
     let a = OriginBuilder::new("a").body("from a").run().await;
     let pki = Pki::new("h3-reload");
     let (c, k) = pki
@@ -148,15 +147,8 @@ routes:
     );
     let proxy = start(&pki, &template);
     let e = endpoint(&pki);
-    let serial = |conn: &quinn::Connection| {
-        let id = conn.peer_identity().expect("peer identity");
-        let certs = id
-            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-            .expect("rustls certificates");
-        serial_of(&openssl::x509::X509::from_der(&certs[0]).expect("leaf"))
-    };
     let (conn, mut s) = connect(&e, proxy.addr, "a.test").await;
-    assert_eq!(serial(&conn), "0300");
+    assert_eq!(served_serial(&conn), "0300");
     let got = request(&mut s, "GET", "https://a.test/", &[], None)
         .await
         .expect("GET");
@@ -173,7 +165,7 @@ routes:
     loop {
         // a new client each time: a resumed session would show the certificate it began with
         let (c2, _s2) = connect(&endpoint(&pki), proxy.addr, "a.test").await;
-        if serial(&c2) == "0301" {
+        if served_serial(&c2) == "0301" {
             break;
         }
         assert!(
@@ -502,7 +494,6 @@ async fn h3_a_stream_whose_headers_stall_is_ended_at_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_adds_changes_and_removes_an_https_listener_with_http3() {
     use crate::support::client::admin_reload;
-    use crate::support::pki::serial_of;
     let a = OriginBuilder::new("a").body("from a").run().await;
     let slow = OriginBuilder::new("slow")
         .body("slow done")
@@ -539,13 +530,6 @@ async fn a_reload_adds_changes_and_removes_an_https_listener_with_http3() {
                 "routes:\n  - {listener: edge, upstream: ua}\n  - {listener: edge, path_prefix: /slow, upstream: us}\n",
             )
     };
-    let serial = |conn: &quinn::Connection| {
-        let id = conn.peer_identity().expect("peer identity");
-        let certs = id
-            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-            .expect("rustls certificates");
-        serial_of(&openssl::x509::X509::from_der(&certs[0]).expect("leaf"))
-    };
     // a new client each time (a resumed session would show the certificate it began with)
     let quic_get = || async {
         let e = endpoint(&pki);
@@ -556,23 +540,24 @@ async fn a_reload_adds_changes_and_removes_an_https_listener_with_http3() {
             .await
             .ok()?;
         Some((
-            serial(&conn),
+            served_serial(&conn),
             got.status,
             String::from_utf8_lossy(&got.body).to_string(),
         ))
     };
 
+    let served = |serial: &str| Some((serial.to_string(), 200, "from a".to_string()));
+    let reload_to = |text: String| {
+        std::fs::write(&proxy.config, text).expect("write");
+        admin_reload(admin)
+    };
+
     for round in 0..2 {
         // added: QUIC and TCP
-        std::fs::write(&proxy.config, edge(&c, &k)).expect("write");
-        let (status, text) = admin_reload(admin).await;
+        let (status, text) = reload_to(edge(&c, &k)).await;
         assert_eq!(status, 200, "round {round}: {text}");
-        let got = quic_get().await;
-        assert_eq!(
-            got,
-            Some(("0600".to_string(), 200, "from a".to_string())),
-            "round {round}: HTTP/3 on the added listener"
-        );
+        let added = quic_get().await;
+        assert_eq!(added, served("0600"), "round {round}: HTTP/3 when added");
         let tcp = tls_get(at, "a.test", "/").await;
         assert!(tcp.contains("from a"), "round {round}: {tcp}");
 
@@ -584,15 +569,10 @@ async fn a_reload_adds_changes_and_removes_an_https_listener_with_http3() {
                 async move { request(&mut s, "GET", "https://a.test/slow", &[], None).await },
             );
         tokio::time::sleep(Duration::from_millis(300)).await;
-        std::fs::write(&proxy.config, edge(&c2, &k2)).expect("write");
-        let (status, text) = admin_reload(admin).await;
+        let (status, text) = reload_to(edge(&c2, &k2)).await;
         assert_eq!(status, 200, "round {round}: {text}");
-        let got = quic_get().await;
-        assert_eq!(
-            got,
-            Some(("0601".to_string(), 200, "from a".to_string())),
-            "round {round}: HTTP/3 after the change"
-        );
+        let changed = quic_get().await;
+        assert_eq!(changed, served("0601"), "round {round}: HTTP/3 changed");
         let done = inflight.await.expect("task").expect("the stream in flight");
         assert_eq!(
             (done.status, done.body.as_slice()),
@@ -607,8 +587,7 @@ async fn a_reload_adds_changes_and_removes_an_https_listener_with_http3() {
         );
 
         // removed: no new QUIC connection, and its UDP port is given back after the drain
-        std::fs::write(&proxy.config, &first).expect("write");
-        let (status, text) = admin_reload(admin).await;
+        let (status, text) = reload_to(first.clone()).await;
         assert_eq!(status, 200, "round {round}: {text}");
         assert_eq!(
             quic_get().await,

@@ -244,29 +244,53 @@ async fn run(slot: Arc<Slot>) {
     }
 }
 
-/// The order tasks of every ACME slot of the listeners built so far.
-pub struct AcmeService {
-    slots: Vec<Arc<Slot>>,
+/// How often the service looks for slots that reloads added or removed.
+const WATCH_STEP: Duration = Duration::from_secs(1);
+
+/// The order tasks of the ACME slots of the running listeners: those a reload adds get one
+/// within [`WATCH_STEP`], those it removes (or replaces) have theirs stopped.
+pub struct AcmeService;
+
+/// Runs only when some listener has `tls.acme`, at start or later: the reload that adds the
+/// first one also adds this service's work, which is why it always runs (idle, it wakes once
+/// a second to look at the list of stores).
+pub fn service() -> AcmeService {
+    AcmeService
 }
 
-pub fn service() -> Option<AcmeService> {
-    let slots: Vec<_> = super::stores()
+fn slots() -> Vec<Arc<Slot>> {
+    super::stores()
         .iter()
         .filter_map(|s| s.acme.clone())
-        .collect();
-    (!slots.is_empty()).then_some(AcmeService { slots })
+        .collect()
 }
 
 #[async_trait]
 impl BackgroundService for AcmeService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let tasks: Vec<_> = self
-            .slots
-            .iter()
-            .map(|s| tokio::spawn(run(s.clone())))
-            .collect();
-        let _ = shutdown.changed().await;
-        for t in tasks {
+        let mut tasks: Vec<(Arc<Slot>, tokio::task::JoinHandle<()>)> = Vec::new();
+        loop {
+            let now = slots();
+            tasks.retain(|(s, t)| {
+                let keep = now.iter().any(|n| Arc::ptr_eq(s, n));
+                if !keep {
+                    info!("{}: listener gone, no more orders for it", s.key_path);
+                    t.abort();
+                }
+                keep
+            });
+            for s in now {
+                if !tasks.iter().any(|(t, _)| Arc::ptr_eq(t, &s)) {
+                    let task = tokio::spawn(run(s.clone()));
+                    tasks.push((s, task));
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(WATCH_STEP) => {}
+            }
+        }
+        for (_, t) in tasks {
             t.abort();
         }
     }

@@ -213,13 +213,21 @@ pub async fn request(
     })
 }
 
-pub fn served_cn(conn: &quinn::Connection) -> String {
+/// The leaf certificate the server presented on `conn`.
+fn served_leaf(conn: &quinn::Connection) -> openssl::x509::X509 {
     let id = conn.peer_identity().expect("peer identity");
     let certs = id
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .expect("rustls certificates");
-    let leaf = openssl::x509::X509::from_der(&certs[0]).expect("leaf");
-    cn_of(&leaf)
+    openssl::x509::X509::from_der(&certs[0]).expect("leaf")
+}
+
+pub fn served_cn(conn: &quinn::Connection) -> String {
+    cn_of(&served_leaf(conn))
+}
+
+pub fn served_serial(conn: &quinn::Connection) -> String {
+    super::pki::serial_of(&served_leaf(conn))
 }
 
 pub fn metric(text: &str, series: &str) -> f64 {
