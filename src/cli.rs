@@ -1,4 +1,4 @@
-//! Command line: `stepstone [-c FILE] [-t] [-d] [-u] [-s reload|upgrade]`.
+//! Command line: `stepstone [-c FILE] [-t] [-d] [-u] [-s reload|upgrade|reopen]`.
 
 use crate::config::Config;
 use crate::server::{self, RunFlags};
@@ -29,7 +29,8 @@ pub struct Cli {
     /// when the instance refused the new configuration. `upgrade` makes it start the binary
     /// at the path it was started from (`-u`), hand its sockets over and drain; it waits
     /// until a new pid serves (exit status 0) or the upgrade failed (1, the old one serves).
-    #[arg(short = 's', long = "signal", value_parser = ["reload", "upgrade"])]
+    /// `reopen` makes it open its log files anew (after logrotate moved them), as SIGUSR1.
+    #[arg(short = 's', long = "signal", value_parser = ["reload", "upgrade", "reopen"])]
     pub signal: Option<String>,
 }
 
@@ -104,6 +105,21 @@ fn send(pid: libc::pid_t, sig: libc::c_int, pid_file: &str) -> Result<(), i32> {
         return Err(1);
     }
     Ok(())
+}
+
+/// `-s reopen`: SIGUSR1 to the instance of the pid file (the outcome is in its log).
+fn signal_reopen(conf: Option<&str>) -> i32 {
+    let (pid_file, pid) = match running_instance(conf, "reopen") {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match send(pid, libc::SIGUSR1, &pid_file) {
+        Ok(()) => {
+            println!("stepstone: pid {pid} told to reopen its log files");
+            0
+        }
+        Err(code) => code,
+    }
 }
 
 /// `-s reload`: SIGHUP to the instance of the pid file, then wait for its verdict.
@@ -227,6 +243,7 @@ pub fn main() -> i32 {
     crate::observability::deps_log::install();
     match cli.signal.as_deref() {
         Some("upgrade") => return signal_upgrade(cli.conf.as_deref()),
+        Some("reopen") => return signal_reopen(cli.conf.as_deref()),
         Some(_) => return signal_reload(cli.conf.as_deref()),
         None => {}
     }

@@ -5,7 +5,23 @@ use super::*;
 
 pub(super) struct AccessLog {
     format: AccessLogFormat,
-    tx: std::sync::mpsc::SyncSender<String>,
+    /// The file, reopened at this path on SIGUSR1 (logrotate); `None`: stdout.
+    path: Option<String>,
+    tx: std::sync::mpsc::SyncSender<Msg>,
+}
+
+/// What the writer thread takes: a line, or the file to write the next ones to.
+pub(super) enum Msg {
+    Line(String),
+    Reopened(Box<dyn std::io::Write + Send>),
+}
+
+fn open_file(p: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{p}: {e}")))
 }
 
 /// Lines the writer may lag behind before new ones are dropped.
@@ -15,20 +31,15 @@ impl AccessLog {
     pub(super) fn open(spec: &AccessLogSpec) -> std::io::Result<AccessLog> {
         let out: Box<dyn std::io::Write + Send> = match &spec.path {
             None => Box::new(std::io::stdout()),
-            Some(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("{p}: {e}")))?,
-            ),
+            Some(p) => Box::new(open_file(p)?),
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(ACCESS_LOG_QUEUE);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(ACCESS_LOG_QUEUE);
         // The writer thread starts on first use, after a daemon fork (threads do not survive
         // fork; the open file does).
         let rx = std::sync::Mutex::new(Some((rx, out)));
         let log = AccessLog {
             format: spec.format,
+            path: spec.path.clone(),
             tx,
         };
         WRITER.get_or_init(|| rx);
@@ -43,14 +54,26 @@ impl AccessLog {
             AccessLogFormat::Json => line.json(&mut s),
         }
         s.push('\n');
-        if self.tx.try_send(s).is_err() {
+        if self.tx.try_send(Msg::Line(s)).is_err() {
             ACCESS_LOG_DROPPED.inc();
         }
+    }
+
+    /// Open the file at its path anew (logrotate moved the old one away); the writer
+    /// switches to it after the lines queued before. No-op on stdout.
+    pub(super) fn reopen(&self) -> std::io::Result<()> {
+        let Some(p) = &self.path else { return Ok(()) };
+        let f = open_file(p)?;
+        start_writer();
+        // waits only while the queue is full, which the writer is emptying
+        self.tx
+            .send(Msg::Reopened(Box::new(f)))
+            .map_err(|_| std::io::Error::other("the access log writer is gone"))
     }
 }
 
 type WriterParts = (
-    std::sync::mpsc::Receiver<String>,
+    std::sync::mpsc::Receiver<Msg>,
     Box<dyn std::io::Write + Send>,
 );
 pub(super) static WRITER: OnceCell<std::sync::Mutex<Option<WriterParts>>> = OnceCell::new();
@@ -72,17 +95,26 @@ pub(super) fn start_writer() {
     });
 }
 
-pub(super) fn writer_loop(
-    rx: std::sync::mpsc::Receiver<String>,
-    out: Box<dyn std::io::Write + Send>,
-) {
+pub(super) fn writer_loop(rx: std::sync::mpsc::Receiver<Msg>, out: Box<dyn std::io::Write + Send>) {
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
     // Block for a line, then take whatever else is queued, and flush once the queue is empty:
     // one write(2) per burst, and no line waits in the buffer while the proxy is idle.
-    while let Ok(line) = rx.recv() {
-        let _ = w.write_all(line.as_bytes());
-        while let Ok(more) = rx.try_recv() {
-            let _ = w.write_all(more.as_bytes());
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(m) = next {
+            match m {
+                Msg::Line(line) => {
+                    let _ = w.write_all(line.as_bytes());
+                }
+                Msg::Reopened(out) => {
+                    if let Err(e) = w.flush() {
+                        log::error!("access log: write failed: {e}");
+                    }
+                    w = std::io::BufWriter::with_capacity(64 * 1024, out);
+                    log::info!("access log: reopened");
+                }
+            }
+            next = rx.try_recv().ok();
         }
         if let Err(e) = w.flush() {
             log::error!("access log: write failed: {e}");

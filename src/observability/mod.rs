@@ -241,6 +241,51 @@ pub fn init(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The daemon's error log (`pingora.error_log`, stderr of a daemon), for [`reopen_logs`].
+static ERROR_LOG: OnceCell<String> = OnceCell::new();
+
+/// Record the error log file a daemon's stderr goes to.
+pub fn set_error_log(path: &str) {
+    let _ = ERROR_LOG.set(path.to_string());
+}
+
+/// SIGUSR1 (`stepstone -s reopen`), after logrotate moved the files away: open the access log
+/// and a daemon's error log anew at their paths. Lines queued before go to the old file.
+pub fn reopen_logs() -> Result<(), String> {
+    let mut errors = Vec::new();
+    if let Some(a) = ACCESS_LOG.get() {
+        if let Err(e) = a.reopen() {
+            errors.push(format!("access log: {e}"));
+        }
+    }
+    if let Some(p) = ERROR_LOG.get() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        // as Pingora opened it: read too, and nonblocking, so that a FIFO without a reader
+        // does not fail or block
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(p);
+        match f {
+            // SAFETY: dup2(2) onto stderr of descriptors this process owns.
+            Ok(f) if unsafe { libc::dup2(f.as_raw_fd(), 2) } >= 0 => {}
+            Ok(_) => errors.push(format!(
+                "error log {p}: {}",
+                std::io::Error::last_os_error()
+            )),
+            Err(e) => errors.push(format!("error log {p}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
 /// Per-request bookkeeping, a field of the proxy's per-request context. Creating it counts
 /// the request in flight; dropping it gives the count back on every path.
 pub struct RequestObs {

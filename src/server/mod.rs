@@ -70,6 +70,10 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         ..Default::default()
     };
     let conf = server_conf(cfg);
+    if let (true, Some(p)) = (flags.daemon || conf.daemon, &conf.error_log) {
+        // a daemon's stderr, reopened with the access log on SIGUSR1
+        crate::observability::set_error_log(p);
+    }
     crate::net::shard::per_thread(conf.threads, conf.work_stealing);
     // before any pool or route counter exists: they size their stripes by it
     crate::striped::init(conf.threads);

@@ -555,9 +555,25 @@ impl pingora_core::services::Service for ReloadService {
                 return;
             }
         };
+        // SIGUSR1: reopen the log files (logrotate), as nginx does
+        let mut usr1 = signal(SignalKind::user_defined1())
+            .map_err(|e| log::warn!("logs: cannot listen for SIGUSR1: {e}"))
+            .ok();
         loop {
+            let reopen = async {
+                match usr1.as_mut() {
+                    Some(u) => u.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.changed() => return,
+                _ = reopen => {
+                    match crate::observability::reopen_logs() {
+                        Ok(()) => log::info!("logs: SIGUSR1: reopened"),
+                        Err(e) => log::error!("logs: SIGUSR1: cannot reopen: {e}"),
+                    }
+                }
                 _ = hup.recv() => {
                     log::info!("reload: SIGHUP: re-reading the configuration");
                     // waits a few ms for the reload thread; this runtime's other work

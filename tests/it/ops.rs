@@ -822,6 +822,79 @@ async fn access_log_json_to_a_file() {
     assert!(v["upstream_connect"].as_f64().is_some());
 }
 
+/// Log rotation: once logrotate has moved the access log away, `stepstone -s reopen` (SIGUSR1)
+/// makes the proxy write the next lines to a new file at the configured path, while the moved
+/// file keeps every line from before (none lost, none split between the two).
+#[tokio::test]
+async fn reopen_writes_the_access_log_to_a_new_file_after_logrotate_moved_it() {
+    let a = OriginBuilder::new("a").body("hello").run().await;
+    let p = Proxy::start(&base(
+        &[&a],
+        "access_log: {format: json, path: '{{dir}}/access.log'}\n",
+        None,
+    ));
+    let (file, moved) = (p.dir.join("access.log"), p.dir.join("access.log.1"));
+    let lines = |f: &std::path::Path| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let wait_for = |f: std::path::PathBuf, uri: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lines(&f)
+            .iter()
+            .any(|l| l.contains(&format!("\"uri\":\"{uri}\"")))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{uri} not logged in {}",
+                f.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(
+        client::get(p.addr, "/before", &[])
+            .await
+            .expect("resp")
+            .status,
+        200
+    );
+    wait_for(file.clone(), "/before").await;
+    // logrotate's rename: the proxy's open file goes with it
+    std::fs::rename(&file, &moved).expect("rotate");
+    assert_eq!(
+        client::get(p.addr, "/moved", &[])
+            .await
+            .expect("resp")
+            .status,
+        200
+    );
+    wait_for(moved.clone(), "/moved").await;
+
+    let config = p.config.display().to_string();
+    let (code, out) = crate::support::proxy::run_cli(&["-s", "reopen", "-c", &config]);
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.log().contains("access log: reopened") {
+        assert!(Instant::now() < deadline, "not reopened:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        client::get(p.addr, "/after", &[])
+            .await
+            .expect("resp")
+            .status,
+        200
+    );
+    wait_for(file.clone(), "/after").await;
+    let (new, old) = (lines(&file), lines(&moved));
+    assert_eq!(new.len(), 1, "the new file: {new:?}");
+    assert_eq!(old.len(), 2, "the moved file: {old:?}");
+}
+
 #[tokio::test]
 async fn access_log_combined_to_stdout() {
     let a = OriginBuilder::new("a").body("hello").run().await;
