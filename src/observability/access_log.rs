@@ -4,9 +4,12 @@ use super::*;
 // ---- access log ----
 
 pub(super) struct AccessLog {
-    format: AccessLogFormat,
+    /// Off: no line is formatted (a reload may turn it on or off).
+    on: std::sync::atomic::AtomicBool,
+    /// `AccessLogFormat` as a number (0 combined, 1 json), which a reload may change.
+    format: std::sync::atomic::AtomicU8,
     /// The file, reopened at this path on SIGUSR1 (logrotate); `None`: stdout.
-    path: Option<String>,
+    path: std::sync::Mutex<Option<String>>,
     tx: std::sync::mpsc::SyncSender<Msg>,
 }
 
@@ -16,42 +19,60 @@ pub(super) enum Msg {
     Reopened(Box<dyn std::io::Write + Send>),
 }
 
-fn open_file(p: &str) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(p)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{p}: {e}")))
+/// Where an access log spec writes: its file (appended to), or stdout.
+pub(super) fn output(path: Option<&str>) -> std::io::Result<Box<dyn std::io::Write + Send>> {
+    match path {
+        None => Ok(Box::new(std::io::stdout())),
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map(|f| Box::new(f) as Box<dyn std::io::Write + Send>)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{p}: {e}"))),
+    }
+}
+
+fn format_code(f: AccessLogFormat) -> u8 {
+    match f {
+        AccessLogFormat::Combined => 0,
+        AccessLogFormat::Json => 1,
+    }
 }
 
 /// Lines the writer may lag behind before new ones are dropped.
 pub(super) const ACCESS_LOG_QUEUE: usize = 65_536;
 
 impl AccessLog {
-    pub(super) fn open(spec: &AccessLogSpec) -> std::io::Result<AccessLog> {
-        let out: Box<dyn std::io::Write + Send> = match &spec.path {
-            None => Box::new(std::io::stdout()),
-            Some(p) => Box::new(open_file(p)?),
-        };
+    /// The access log of `spec` (off without one), its output opened now.
+    pub(super) fn open(spec: Option<&AccessLogSpec>) -> std::io::Result<AccessLog> {
+        let out = output(spec.and_then(|s| s.path.as_deref()))?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(ACCESS_LOG_QUEUE);
         // The writer thread starts on first use, after a daemon fork (threads do not survive
         // fork; the open file does).
         let rx = std::sync::Mutex::new(Some((rx, out)));
         let log = AccessLog {
-            format: spec.format,
-            path: spec.path.clone(),
+            on: std::sync::atomic::AtomicBool::new(spec.is_some()),
+            format: std::sync::atomic::AtomicU8::new(format_code(
+                spec.map(|s| s.format).unwrap_or_default(),
+            )),
+            path: std::sync::Mutex::new(spec.and_then(|s| s.path.clone())),
             tx,
         };
         WRITER.get_or_init(|| rx);
         Ok(log)
     }
 
+    #[inline]
+    pub(super) fn on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) fn write(&self, line: &Line) {
         start_writer();
         let mut s = String::with_capacity(256);
-        match self.format {
-            AccessLogFormat::Combined => line.combined(&mut s),
-            AccessLogFormat::Json => line.json(&mut s),
+        match self.format.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => line.combined(&mut s),
+            _ => line.json(&mut s),
         }
         s.push('\n');
         if self.tx.try_send(Msg::Line(s)).is_err() {
@@ -60,14 +81,42 @@ impl AccessLog {
     }
 
     /// Open the file at its path anew (logrotate moved the old one away); the writer
-    /// switches to it after the lines queued before. No-op on stdout.
+    /// switches to it after the lines queued before. No-op on stdout or when off.
     pub(super) fn reopen(&self) -> std::io::Result<()> {
-        let Some(p) = &self.path else { return Ok(()) };
-        let f = open_file(p)?;
+        let path = self.path.lock().map(|p| p.clone()).unwrap_or_default();
+        match path {
+            Some(p) if self.on() => self.switch_to(output(Some(&p))?),
+            _ => Ok(()),
+        }
+    }
+
+    /// A reload's access log: `out` (opened by the caller, the reload's fallible part) when
+    /// the output changes.
+    pub(super) fn set(
+        &self,
+        spec: Option<&AccessLogSpec>,
+        out: Option<Box<dyn std::io::Write + Send>>,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(out) = out {
+            if let Err(e) = self.switch_to(out) {
+                log::error!("access log: {e}");
+            }
+        }
+        if let Ok(mut p) = self.path.lock() {
+            *p = spec.and_then(|s| s.path.clone());
+        }
+        if let Some(s) = spec {
+            self.format.store(format_code(s.format), Relaxed);
+        }
+        self.on.store(spec.is_some(), Relaxed);
+    }
+
+    fn switch_to(&self, out: Box<dyn std::io::Write + Send>) -> std::io::Result<()> {
         start_writer();
         // waits only while the queue is full, which the writer is emptying
         self.tx
-            .send(Msg::Reopened(Box::new(f)))
+            .send(Msg::Reopened(out))
             .map_err(|_| std::io::Error::other("the access log writer is gone"))
     }
 }

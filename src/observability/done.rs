@@ -28,7 +28,7 @@ pub fn request_done(
     let cache = cache_status(session);
     let (m, took) = count_done(route, backend, obs, status, bytes_in, bytes_out);
     let sampled = obs.trace.is_some_and(|t| t.sampled);
-    if ACCESS_LOG.get().is_some() || sampled {
+    if access_log().is_some() || sampled {
         let req = session.req_header();
         let header = |n: http::header::HeaderName| {
             req.headers
@@ -65,7 +65,7 @@ pub fn request_done(
         };
         let backend = backend.map(|s| s.label.as_str());
         tracing::request_done(obs, &view, m, backend, status, cache);
-        if let Some(log) = ACCESS_LOG.get() {
+        if let Some(log) = access_log() {
             log.write(&Line {
                 req: view,
                 m,
@@ -100,7 +100,7 @@ pub fn fast_request_done(
     let backend = backend.map(|s| s.label.as_str());
     let cache = if cache_hit { "hit" } else { "-" };
     tracing::request_done(obs, req, m, backend, status, cache);
-    if let Some(log) = ACCESS_LOG.get() {
+    if let Some(log) = access_log() {
         log.write(&Line {
             req: *req,
             m,
@@ -118,7 +118,7 @@ pub fn fast_request_done(
 /// Whether finished requests are logged: the fast path only gathers a log line's fields then.
 #[inline]
 pub fn access_log_on() -> bool {
-    ACCESS_LOG.get().is_some()
+    access_log().is_some()
 }
 
 /// Whether a request's text (URI, host, referer, user agent) is shown anywhere: in the access

@@ -216,6 +216,49 @@ static CACHE_PHASES: Lazy<[IntCounter; 8]> =
 
 static ACCESS_LOG: OnceCell<AccessLog> = OnceCell::new();
 
+/// The access log, when it is on.
+#[inline]
+fn access_log() -> Option<&'static AccessLog> {
+    ACCESS_LOG.get().filter(|a| a.on())
+}
+
+/// A reload's access log settings, with the output they need opened already, so that a file
+/// that cannot be opened fails the reload before anything changed.
+pub struct AccessLogChange {
+    spec: Option<AccessLogSpec>,
+    out: Option<Box<dyn std::io::Write + Send>>,
+}
+
+/// Open what `new` writes to when it differs from what `old` wrote to (`file`: the
+/// configuration's, for the error).
+pub fn prepare_access_log(
+    file: &str,
+    old: Option<&AccessLogSpec>,
+    new: Option<&AccessLogSpec>,
+) -> Result<AccessLogChange, String> {
+    let out = match (old, new) {
+        (Some(o), Some(n)) if o.path == n.path => None,
+        (_, Some(n)) => Some(
+            access_log::output(n.path.as_deref())
+                .map_err(|e| format!("{file}: access_log.path: {e}"))?,
+        ),
+        (_, None) => None,
+    };
+    Ok(AccessLogChange {
+        spec: new.cloned(),
+        out,
+    })
+}
+
+impl AccessLogChange {
+    /// Lines of requests that end from now on go to the new output, in the new format.
+    pub fn apply(self) {
+        if let Some(a) = ACCESS_LOG.get() {
+            a.set(self.spec.as_ref(), self.out);
+        }
+    }
+}
+
 /// Resolve the per-route handles and open the access log. Called once, before the server
 /// runs (and before a daemon fork, so a log file opened here is inherited).
 pub fn init(cfg: &Config) -> Result<(), String> {
@@ -232,11 +275,9 @@ pub fn init(cfg: &Config) -> Result<(), String> {
     {
         Lazy::force(&RATE_STORE_ERRORS);
     }
-    if let Some(spec) = &cfg.access_log {
-        let log =
-            AccessLog::open(spec).map_err(|e| format!("{}: access_log.path: {e}", cfg.file))?;
-        let _ = ACCESS_LOG.set(log);
-    }
+    let log = AccessLog::open(cfg.access_log.as_ref())
+        .map_err(|e| format!("{}: access_log.path: {e}", cfg.file))?;
+    let _ = ACCESS_LOG.set(log);
     tracing::init(cfg.tracing.as_ref());
     Ok(())
 }

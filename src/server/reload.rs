@@ -17,9 +17,10 @@
 //! free. A TLS listener's certificates are watched from the moment it is added, and no longer
 //! once it is removed or replaced, and so are its ACME orders. An HTTP/3 side starts and
 //! drains with its listener, and a replacement keeps its QUIC endpoint (the connections
-//! live in its socket) with new settings. What cannot change in place (the `pingora` block,
-//! the admin listener, the access log, the cache store's size) is refused with an error that
-//! says an upgrade (`-s upgrade`) is needed; nothing is applied then.
+//! live in its socket) with new settings. The access log takes its new format and output
+//! (opened before anything changes). What cannot change in place (the `pingora` block, the
+//! admin listener, tracing, the cache store's size) is refused with an error that says an
+//! upgrade (`-s upgrade`) is needed; nothing is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -366,9 +367,6 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     if dbg(&old.admin) != dbg(&new.admin) {
         return Err(needs_upgrade(f, "admin"));
     }
-    if dbg(&old.access_log) != dbg(&new.access_log) {
-        return Err(needs_upgrade(f, "access_log"));
-    }
     // the exporter's queue and thread are set up once, at start
     if dbg(&old.tracing) != dbg(&new.tracing) {
         return Err(needs_upgrade(f, "tracing"));
@@ -387,6 +385,12 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
 
 fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> {
     check(&running.cfg, &cfg)?;
+    // opened now: a path that cannot be opened fails the reload before anything changed
+    let access_log = crate::observability::prepare_access_log(
+        &cfg.file,
+        running.cfg.access_log.as_ref(),
+        cfg.access_log.as_ref(),
+    )?;
     // an upstream made sticky by this reload gets its key file now, as at start-up
     crate::upstream::sticky::load(&cfg)?;
     // The new pools: unchanged upstreams keep theirs; a changed one takes over the backends
@@ -523,6 +527,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         h.spec = l.clone();
     }
     running.listeners.extend(added);
+    access_log.apply();
     crate::observability::set_routes(&cfg);
     crate::upstream::live::prune(&cfg.upstreams);
     crate::upstream::live::set_pools(pools.clone());

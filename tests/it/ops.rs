@@ -895,6 +895,77 @@ async fn reopen_writes_the_access_log_to_a_new_file_after_logrotate_moved_it() {
     assert_eq!(old.len(), 2, "the moved file: {old:?}");
 }
 
+/// A reload applies the access log's settings: it turns it on (JSON to a file), moves it to
+/// another file in another format, and turns it off; a path that cannot be opened refuses
+/// the reload, naming it, and the log goes on as it was.
+#[tokio::test]
+async fn a_reload_turns_the_access_log_on_changes_it_and_turns_it_off() {
+    let a = OriginBuilder::new("a").body("hello").run().await;
+    let p = Proxy::start(&base(&[&a], "", None));
+    let first = std::fs::read_to_string(&p.config).expect("read the config");
+    let config = p.config.display().to_string();
+    let reload_with = |extra: String| {
+        std::fs::write(&p.config, format!("{first}{extra}")).expect("write");
+        crate::support::proxy::run_cli(&["-s", "reload", "-c", &config])
+    };
+    let (json, combined) = (p.dir.join("access.log"), p.dir.join("other.log"));
+    let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
+    let get = |path: &'static str| async move {
+        assert_eq!(
+            client::get(p.addr, path, &[]).await.expect("resp").status,
+            200
+        );
+    };
+    let logged = |f: std::path::PathBuf, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !read(&f).contains(what) {
+            assert!(Instant::now() < deadline, "{what} not in {}", f.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    get("/off").await;
+    let (code, out) = reload_with(format!(
+        "access_log: {{format: json, path: '{}'}}\n",
+        json.display()
+    ));
+    assert_eq!(code, 0, "{out}");
+    get("/json").await;
+    logged(json.clone(), "\"uri\":\"/json\"").await;
+
+    let (code, out) = reload_with(format!(
+        "access_log: {{format: combined, path: '{}'}}\n",
+        combined.display()
+    ));
+    assert_eq!(code, 0, "{out}");
+    get("/combined").await;
+    logged(combined.clone(), "\"GET /combined HTTP/1.1\" 200").await;
+
+    let (code, out) = reload_with("access_log: {path: /nonexistent-dir/x.log}\n".into());
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("access_log.path") && out.contains("/nonexistent-dir/x.log"),
+        "{out}"
+    );
+    get("/still").await;
+    logged(combined.clone(), "\"GET /still HTTP/1.1\" 200").await;
+
+    let (code, out) = reload_with(String::new());
+    assert_eq!(code, 0, "{out}");
+    get("/quiet").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (j, c) = (read(&json), read(&combined));
+    assert!(
+        !j.contains("/off") && !c.contains("/off"),
+        "logged while off"
+    );
+    assert!(
+        !j.contains("/quiet") && !c.contains("/quiet"),
+        "logged after off"
+    );
+    assert_eq!((j.lines().count(), c.lines().count()), (1, 2), "{j}\n{c}");
+}
+
 #[tokio::test]
 async fn access_log_combined_to_stdout() {
     let a = OriginBuilder::new("a").body("hello").run().await;
