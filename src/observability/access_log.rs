@@ -10,7 +10,9 @@ pub(super) struct AccessLog {
     format: std::sync::atomic::AtomicU8,
     /// The file, reopened at this path on SIGUSR1 (logrotate); `None`: stdout.
     path: std::sync::Mutex<Option<String>>,
-    tx: std::sync::mpsc::SyncSender<Msg>,
+    /// The writer's queue, made the first time the log is on: its 65,536 slots (a few MB)
+    /// are allocated and written when it is made, which a process without a log skips.
+    tx: OnceCell<std::sync::mpsc::SyncSender<Msg>>,
 }
 
 /// What the writer thread takes: a line, or the file to write the next ones to.
@@ -45,21 +47,38 @@ pub(super) const ACCESS_LOG_QUEUE: usize = 65_536;
 impl AccessLog {
     /// The access log of `spec` (off without one), its output opened now.
     pub(super) fn open(spec: Option<&AccessLogSpec>) -> std::io::Result<AccessLog> {
-        let out = output(spec.and_then(|s| s.path.as_deref()))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(ACCESS_LOG_QUEUE);
-        // The writer thread starts on first use, after a daemon fork (threads do not survive
-        // fork; the open file does).
-        let rx = std::sync::Mutex::new(Some((rx, out)));
         let log = AccessLog {
-            on: std::sync::atomic::AtomicBool::new(spec.is_some()),
-            format: std::sync::atomic::AtomicU8::new(format_code(
-                spec.map(|s| s.format).unwrap_or_default(),
-            )),
-            path: std::sync::Mutex::new(spec.and_then(|s| s.path.clone())),
-            tx,
+            on: std::sync::atomic::AtomicBool::new(false),
+            format: std::sync::atomic::AtomicU8::new(0),
+            path: std::sync::Mutex::new(None),
+            tx: OnceCell::new(),
         };
-        WRITER.get_or_init(|| rx);
+        if let Some(s) = spec {
+            let out = output(s.path.as_deref())?;
+            log.set(Some(s), Some(out));
+        }
         Ok(log)
+    }
+
+    /// The writer's queue; the first call makes it, with `out` as the writer's file. The
+    /// writer thread starts on first use, after a daemon fork (threads do not survive fork;
+    /// the open file does).
+    fn queue(
+        &self,
+        out: Box<dyn std::io::Write + Send>,
+    ) -> Result<&std::sync::mpsc::SyncSender<Msg>, Box<dyn std::io::Write + Send>> {
+        let mut out = Some(out);
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(ACCESS_LOG_QUEUE);
+            let parts = out.take().map(|o| (rx, o));
+            WRITER.get_or_init(|| std::sync::Mutex::new(parts));
+            tx
+        });
+        match out {
+            // not made here: the caller switches the writer to it
+            Some(o) => Err(o),
+            None => Ok(tx),
+        }
     }
 
     #[inline]
@@ -75,7 +94,8 @@ impl AccessLog {
             _ => line.json(&mut s),
         }
         s.push('\n');
-        if self.tx.try_send(Msg::Line(s)).is_err() {
+        let sent = self.tx.get().map(|tx| tx.try_send(Msg::Line(s)));
+        if !matches!(sent, Some(Ok(()))) {
             ACCESS_LOG_DROPPED.inc();
         }
     }
@@ -99,8 +119,10 @@ impl AccessLog {
     ) {
         use std::sync::atomic::Ordering::Relaxed;
         if let Some(out) = out {
-            if let Err(e) = self.switch_to(out) {
-                log::error!("access log: {e}");
+            if let Err(out) = self.queue(out) {
+                if let Err(e) = self.switch_to(out) {
+                    log::error!("access log: {e}");
+                }
             }
         }
         if let Ok(mut p) = self.path.lock() {
@@ -113,10 +135,12 @@ impl AccessLog {
     }
 
     fn switch_to(&self, out: Box<dyn std::io::Write + Send>) -> std::io::Result<()> {
+        let Some(tx) = self.tx.get() else {
+            return Err(std::io::Error::other("the access log has no writer"));
+        };
         start_writer();
         // waits only while the queue is full, which the writer is emptying
-        self.tx
-            .send(Msg::Reopened(out))
+        tx.send(Msg::Reopened(out))
             .map_err(|_| std::io::Error::other("the access log writer is gone"))
     }
 }

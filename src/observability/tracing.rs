@@ -75,14 +75,20 @@ pub struct SpanData {
     pub tries: Vec<([u8; 8], SystemTime, SystemTime, Box<str>)>,
 }
 
+/// The tracer: always there, off when the configuration has no `tracing` block (a reload
+/// may turn it on or off, or change its ratio and collector).
 struct Tracer {
-    ratio: f64,
-    tx: SyncSender<SpanData>,
+    on: std::sync::atomic::AtomicBool,
+    /// The sampling ratio's bits (`f64::to_bits`).
+    ratio: std::sync::atomic::AtomicU64,
+    /// The exporter's queue, made the first time tracing is on.
+    tx: OnceCell<SyncSender<SpanData>>,
+    /// Where the exporter sends, read once per batch.
+    spec: std::sync::Mutex<Option<TracingSpec>>,
 }
 
 static TRACER: OnceCell<Tracer> = OnceCell::new();
-type ExporterParts = (Receiver<SpanData>, TracingSpec);
-static EXPORTER: OnceCell<std::sync::Mutex<Option<ExporterParts>>> = OnceCell::new();
+static EXPORTER: OnceCell<std::sync::Mutex<Option<Receiver<SpanData>>>> = OnceCell::new();
 static EXPORTER_STARTED: OnceCell<()> = OnceCell::new();
 
 pub static SPANS_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
@@ -107,44 +113,70 @@ pub static SPANS_EXPORTED: Lazy<IntCounter> = Lazy::new(|| {
     .unwrap_or_else(|e| panic!("{e}")))
 });
 
-/// Set up the queue when `tracing` is configured (once, at start).
+/// Set up the queue (once, at start), on when `tracing` is configured.
 pub(super) fn init(spec: Option<&TracingSpec>) {
-    let Some(spec) = spec else { return };
-    Lazy::force(&SPANS_DROPPED);
-    Lazy::force(&EXPORT_ERRORS);
-    Lazy::force(&SPANS_EXPORTED);
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-    EXPORTER.get_or_init(|| std::sync::Mutex::new(Some((rx, spec.clone()))));
     let _ = TRACER.set(Tracer {
-        ratio: spec.sample_ratio,
-        tx,
+        on: std::sync::atomic::AtomicBool::new(false),
+        ratio: std::sync::atomic::AtomicU64::new(0),
+        tx: OnceCell::new(),
+        spec: std::sync::Mutex::new(None),
     });
+    set(spec);
+}
+
+/// A reload's tracing settings: new traces are sampled at the new ratio, and the next batch
+/// goes to the new collector; off, nothing more is sampled (spans queued go out).
+pub fn set(spec: Option<&TracingSpec>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(t) = TRACER.get() else { return };
+    if let Some(s) = spec {
+        // the families show, and the queue is made, the first time tracing is on
+        Lazy::force(&SPANS_DROPPED);
+        Lazy::force(&EXPORT_ERRORS);
+        Lazy::force(&SPANS_EXPORTED);
+        t.tx.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+            EXPORTER.get_or_init(|| std::sync::Mutex::new(Some(rx)));
+            tx
+        });
+        if let Ok(mut cur) = t.spec.lock() {
+            *cur = Some(s.clone());
+        }
+        t.ratio.store(s.sample_ratio.to_bits(), Relaxed);
+    }
+    t.on.store(spec.is_some(), Relaxed);
 }
 
 /// The sampling ratio of new traces, or `None` when tracing is off.
 #[inline]
 pub fn sample_ratio() -> Option<f64> {
-    TRACER.get().map(|t| t.ratio)
+    use std::sync::atomic::Ordering::Relaxed;
+    TRACER
+        .get()
+        .filter(|t| t.on.load(Relaxed))
+        .map(|t| f64::from_bits(t.ratio.load(Relaxed)))
 }
 
 /// Queue a finished span; never waits.
 pub fn record(span: SpanData) {
-    let Some(t) = TRACER.get() else { return };
+    let Some(tx) = TRACER.get().and_then(|t| t.tx.get()) else {
+        return;
+    };
     start_exporter();
-    if t.tx.try_send(span).is_err() {
+    if tx.try_send(span).is_err() {
         SPANS_DROPPED.inc();
     }
 }
 
 fn start_exporter() {
     EXPORTER_STARTED.get_or_init(|| {
-        let parts = EXPORTER
+        let rx = EXPORTER
             .get()
             .and_then(|m| m.lock().ok().and_then(|mut g| g.take()));
-        if let Some((rx, spec)) = parts {
+        if let Some(rx) = rx {
             let spawned = std::thread::Builder::new()
                 .name("otlp-export".into())
-                .spawn(move || export_loop(rx, spec));
+                .spawn(move || export_loop(rx));
             if let Err(e) = spawned {
                 log::error!("tracing: cannot start the exporter thread: {e}");
             }
@@ -152,7 +184,13 @@ fn start_exporter() {
     });
 }
 
-fn export_loop(rx: Receiver<SpanData>, spec: TracingSpec) {
+/// The collector last configured (kept when a reload turns tracing off, so that what is
+/// queued still goes out).
+fn current_spec() -> Option<TracingSpec> {
+    TRACER.get()?.spec.lock().ok()?.clone()
+}
+
+fn export_loop(rx: Receiver<SpanData>) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -165,6 +203,11 @@ fn export_loop(rx: Receiver<SpanData>, spec: TracingSpec) {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        let Some(spec) = current_spec() else {
+            SPANS_DROPPED.inc_by(batch.len() as u64);
+            batch.clear();
+            continue;
+        };
         let body = encode(&spec, &batch).encode_to_vec();
         match post(&spec, &body) {
             Ok(()) => SPANS_EXPORTED.inc_by(batch.len() as u64),

@@ -18,8 +18,8 @@
 //! once it is removed or replaced, and so are its ACME orders. An HTTP/3 side starts and
 //! drains with its listener, and a replacement keeps its QUIC endpoint (the connections
 //! live in its socket) with new settings. The access log takes its new format and output
-//! (opened before anything changes). What cannot change in place (the `pingora` block, the
-//! admin listener, tracing, the cache store's size) is refused with an error that says an
+//! (opened before anything changes), tracing its ratio and collector. What cannot change in
+//! place (the `pingora` block, the admin listener, the cache store's size) is refused with an error that says an
 //! upgrade (`-s upgrade`) is needed; nothing is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
@@ -367,10 +367,6 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     if dbg(&old.admin) != dbg(&new.admin) {
         return Err(needs_upgrade(f, "admin"));
     }
-    // the exporter's queue and thread are set up once, at start
-    if dbg(&old.tracing) != dbg(&new.tracing) {
-        return Err(needs_upgrade(f, "tracing"));
-    }
     if old.config_source != new.config_source {
         return Err(needs_upgrade(f, "config_source"));
     }
@@ -528,6 +524,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     }
     running.listeners.extend(added);
     access_log.apply();
+    crate::observability::tracing::set(cfg.tracing.as_ref());
     crate::observability::set_routes(&cfg);
     crate::upstream::live::prune(&cfg.upstreams);
     crate::upstream::live::set_pools(pools.clone());

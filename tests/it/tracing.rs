@@ -530,37 +530,75 @@ async fn tracing_a_span_per_try_general_engine() {
     a_span_per_try(false).await;
 }
 
-/// The exporter is set up once: a reload that changes `tracing` is refused, naming it.
+/// A reload applies `tracing`: spans go to a new collector, a ratio of 0 samples nothing
+/// more, and without the block new requests start no trace (the access log shows none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tracing_change_needs_an_upgrade() {
+async fn a_reload_changes_the_collector_and_ratio_and_turns_tracing_off() {
     let app = OriginBuilder::new("app").run().await;
-    let rx = Receiver::start().await;
-    let p = Proxy::start(&config(true, app.addr, rx.addr, 1.0));
+    let (rx1, rx2) = (Receiver::start().await, Receiver::start().await);
+    let p = Proxy::start(&config(true, app.addr, rx1.addr, 1.0));
     let text = std::fs::read_to_string(&p.config).expect("config");
-    assert!(text.contains("sample_ratio: 1"), "{text}");
-    std::fs::write(
-        &p.config,
-        text.replace("sample_ratio: 1", "sample_ratio: 0.5"),
-    )
-    .expect("write");
-    let mut c = Conn::connect(p.addr_of(1)).await.expect("admin");
-    let r = c
-        .request(
-            "POST",
-            "/api/reload",
-            &[("Authorization", "Bearer tr4ce")],
-            b"",
-        )
-        .await
-        .expect("admin answers");
-    assert_eq!(r.status, 422, "{}", r.text());
+    let p = &p;
+    let reload_to = |t: String| async move {
+        std::fs::write(&p.config, t).expect("write");
+        let mut c = Conn::connect(p.addr_of(1)).await.expect("admin");
+        let r = c
+            .request(
+                "POST",
+                "/api/reload",
+                &[("Authorization", "Bearer tr4ce")],
+                b"",
+            )
+            .await
+            .expect("admin answers");
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    let traced = |path: &'static str| async move {
+        let r = client::get(p.addr, path, &[]).await.expect("response");
+        assert_eq!(r.status, 200);
+        wait_logged(p, path).await
+    };
+
+    let t1 = traced("/one").await;
+    rx1.span_of(&t1).await;
+
+    let moved = text.replace(&rx1.addr.to_string(), &rx2.addr.to_string());
+    reload_to(moved.clone()).await;
+    let t2 = traced("/two").await;
+    rx2.span_of(&t2).await;
+    assert!(!rx1.has_trace(&t2), "the span went to the old collector");
+
+    reload_to(moved.replace("sample_ratio: 1", "sample_ratio: 0")).await;
+    let t3 = traced("/three").await;
+    let t4 = traced("/four").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        r.text().contains("tracing") && r.text().contains("stepstone -s upgrade"),
-        "{}",
-        r.text()
+        !rx2.has_trace(&t3) && !rx2.has_trace(&t4),
+        "sampled at a ratio of 0"
     );
-    let r = client::get(p.addr, "/still", &[]).await.expect("response");
+
+    let off: String = moved
+        .lines()
+        .filter(|l| !l.starts_with("tracing:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    reload_to(off).await;
+    let r = client::get(p.addr, "/five", &[]).await.expect("response");
     assert_eq!(r.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let log = std::fs::read_to_string(p.dir.join("access.log")).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| l.contains("\"/five\"")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access-log line for /five");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert!(
+        v["trace_id"].as_str().is_none_or(|t| t.len() != 32),
+        "a trace with tracing off: {line}"
+    );
 }
 
 /// Without `tracing` the proxy leaves `traceparent` as it came and logs no trace id.
