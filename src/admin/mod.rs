@@ -29,7 +29,16 @@ const STATUS_PAGE: &str = include_str!("status.html");
 
 pub struct AdminApp {
     hooks: Hooks,
-    token: Option<String>,
+}
+
+/// The admin token in force: set at start and by every reload (a rotated token applies to
+/// the next request; a request in progress was checked with the old one).
+static TOKEN: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+/// Set the admin token (`admin.token`; `None` locks every call that needs one).
+pub fn set_token(token: Option<&str>) {
+    let mut t = TOKEN.write().unwrap_or_else(|e| e.into_inner());
+    *t = token.map(str::to_string);
 }
 
 /// What the admin listener asks of the wiring above it: reload the configuration (the
@@ -43,10 +52,8 @@ pub struct Hooks {
 /// Serves until the process exits after a stop, so `/healthz` answers 503 through the
 /// drain (see `lifecycle`).
 pub fn service(spec: &AdminSpec, hooks: Hooks) -> PlainService<AdminApp> {
-    let app = AdminApp {
-        hooks,
-        token: spec.token.clone(),
-    };
+    set_token(spec.token.as_deref());
+    let app = AdminApp { hooks };
     PlainService::new("admin".to_string(), spec.addr, app, false).through_drain()
 }
 
@@ -81,7 +88,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl AdminApp {
     fn authorized(&self, req: &pingora_http::RequestHeader, allow_query: bool) -> bool {
-        let Some(token) = &self.token else {
+        let token = TOKEN.read().unwrap_or_else(|e| e.into_inner());
+        let Some(token) = token.as_deref() else {
             return false;
         };
         let bearer = req

@@ -18,9 +18,10 @@
 //! once it is removed or replaced, and so are its ACME orders. An HTTP/3 side starts and
 //! drains with its listener, and a replacement keeps its QUIC endpoint (the connections
 //! live in its socket) with new settings. The access log takes its new format and output
-//! (opened before anything changes), tracing its ratio and collector. What cannot change in
-//! place (the `pingora` block, the admin listener, the cache store's size) is refused with an error that says an
-//! upgrade (`-s upgrade`) is needed; nothing is applied then.
+//! (opened before anything changes), tracing its ratio and collector, the admin API its
+//! token. What cannot change in place (the `pingora` block, the admin listener's address,
+//! the cache store's size) is refused with an error that says an upgrade (`-s upgrade`) is
+//! needed; nothing is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -364,8 +365,12 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     if dbg(&old.pingora) != dbg(&new.pingora) {
         return Err(needs_upgrade(f, "pingora"));
     }
-    if dbg(&old.admin) != dbg(&new.admin) {
-        return Err(needs_upgrade(f, "admin"));
+    // the token applies by a reload (below); the listener is set up once
+    if old.admin.as_ref().map(|a| a.addr) != new.admin.as_ref().map(|a| a.addr) {
+        return Err(needs_upgrade(
+            f,
+            "admin.address (or adding or removing admin)",
+        ));
     }
     if old.config_source != new.config_source {
         return Err(needs_upgrade(f, "config_source"));
@@ -524,6 +529,9 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     }
     running.listeners.extend(added);
     access_log.apply();
+    if let Some(a) = &cfg.admin {
+        crate::admin::set_token(a.token.as_deref());
+    }
     crate::observability::tracing::set(cfg.tracing.as_ref());
     crate::observability::set_routes(&cfg);
     crate::upstream::live::prune(&cfg.upstreams);

@@ -849,3 +849,49 @@ fn signal_reload_without_a_running_instance_fails() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no running instance"), "{out}");
 }
+
+/// A reload rotates the admin token: the reload asked with the old token applies, and from
+/// the next request only the new one is accepted. Moving the admin listener is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_the_admin_token() {
+    let a = OriginBuilder::new("a").body("A").run().await;
+    let b = OriginBuilder::new("b").body("B").run().await;
+    let s = Setup::new("reload-token");
+    let text = s.text(&two_upstreams(&a, &b), &route_to("a"), "");
+    let p = s.start(&text);
+    let admin = s.admin();
+    let with = |token: &'static str| async move {
+        let mut c = Conn::connect(admin).await.expect("admin");
+        let auth = format!("Bearer {token}");
+        c.request("GET", "/status", &[("Authorization", &auth)], b"")
+            .await
+            .expect("admin answers")
+            .status
+    };
+    assert_eq!(with(TOKEN).await, 200);
+    assert_eq!(with("n3w-t0ken").await, 401);
+
+    std::fs::write(&p.config, text.replace(TOKEN, "n3w-t0ken")).expect("write");
+    let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(with(TOKEN).await, 401, "the old token still works");
+    assert_eq!(with("n3w-t0ken").await, 200, "the new token is refused");
+
+    let moved = text.replace(
+        &format!("127.0.0.1:{}", s.admin().port()),
+        &format!("127.0.0.1:{}", free_port()),
+    );
+    std::fs::write(&p.config, moved).expect("write");
+    let mut c = Conn::connect(s.admin()).await.expect("admin");
+    let r = c
+        .request(
+            "POST",
+            "/api/reload",
+            &[("Authorization", "Bearer n3w-t0ken")],
+            b"",
+        )
+        .await
+        .expect("admin answers");
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("admin.address"), "{}", r.text());
+}
