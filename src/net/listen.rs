@@ -515,15 +515,26 @@ impl Start<'_> {
                 server.add_service(svc.defer_accept(defer_accept).with_stop(stop));
                 Ok(())
             }
-            Start::Spawned => {
-                let l = bind_now(addr)?;
-                spawn(name, addr, app, lean, defer_accept, stop, vec![l])
-            }
-            Start::Later(slot) => {
-                *slot = Some(Pending(Box::new(move |socks| {
-                    spawn(name, addr, app, lean, defer_accept, stop, socks)
-                })));
-                Ok(())
+            Start::Spawned | Start::Later(_) => {
+                let loops = Loops {
+                    name,
+                    addr,
+                    app,
+                    opts: Opts {
+                        lean,
+                        through_drain: false,
+                        defer_accept,
+                        local: false,
+                    },
+                    stop,
+                };
+                match self {
+                    Start::Later(slot) => {
+                        *slot = Some(Pending(Box::new(move |socks| spawn(loops, socks))));
+                        Ok(())
+                    }
+                    _ => spawn(loops, vec![bind_now(addr)?]),
+                }
             }
         }
     }
@@ -554,17 +565,18 @@ fn bind_now(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok((key, l.into_std()?))
 }
 
-/// Accept on `socks` with `app` until `stop` or shutdown, on the runtime of
-/// [`adopt_runtime`]: a loop per socket, and the app's cleanup once, after the last.
-fn spawn<A>(
+/// A listener's accept loops to start after start-up, on whatever sockets they get.
+struct Loops<A> {
     name: String,
     addr: SocketAddr,
     app: A,
-    lean: bool,
-    defer_accept: bool,
+    opts: Opts,
     stop: Control,
-    socks: Vec<Socket>,
-) -> std::io::Result<()>
+}
+
+/// Accept on `socks` until the loops' stop or shutdown, on the runtime of
+/// [`adopt_runtime`]: a loop per socket, and the app's cleanup once, after the last.
+fn spawn<A>(loops: Loops<A>, socks: Vec<Socket>) -> std::io::Result<()>
 where
     A: ConnApp,
 {
@@ -573,13 +585,14 @@ where
             "the runtime for new listeners is not up yet",
         ));
     };
+    let Loops {
+        name,
+        addr,
+        app,
+        opts,
+        stop,
+    } = loops;
     let (fds, app) = (fds.clone(), Arc::new(app));
-    let opts = Opts {
-        lean,
-        through_drain: false,
-        defer_accept,
-        local: false,
-    };
     log::info!(
         "{name}: listening on {addr} ({} socket(s), started by a reload)",
         socks.len()

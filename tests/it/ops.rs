@@ -822,6 +822,24 @@ async fn access_log_json_to_a_file() {
     assert!(v["upstream_connect"].as_f64().is_some());
 }
 
+/// GET `path`, asserting a 200.
+async fn get_ok(addr: SocketAddr, path: &str) {
+    let r = client::get(addr, path, &[]).await.expect("resp");
+    assert_eq!(r.status, 200, "{path}");
+}
+
+/// Wait until the log file `f` has a line containing `what`.
+async fn wait_logged(f: &std::path::Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(f)
+        .unwrap_or_default()
+        .contains(what)
+    {
+        assert!(Instant::now() < deadline, "{what} not in {}", f.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Log rotation: once logrotate has moved the access log away, `stepstone -s reopen` (SIGUSR1)
 /// makes the proxy write the next lines to a new file at the configured path, while the moved
 /// file keeps every line from before (none lost, none split between the two).
@@ -834,45 +852,12 @@ async fn reopen_writes_the_access_log_to_a_new_file_after_logrotate_moved_it() {
         None,
     ));
     let (file, moved) = (p.dir.join("access.log"), p.dir.join("access.log.1"));
-    let lines = |f: &std::path::Path| {
-        std::fs::read_to_string(f)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
-    let wait_for = |f: std::path::PathBuf, uri: &'static str| async move {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !lines(&f)
-            .iter()
-            .any(|l| l.contains(&format!("\"uri\":\"{uri}\"")))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{uri} not logged in {}",
-                f.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    assert_eq!(
-        client::get(p.addr, "/before", &[])
-            .await
-            .expect("resp")
-            .status,
-        200
-    );
-    wait_for(file.clone(), "/before").await;
+    get_ok(p.addr, "/before").await;
+    wait_logged(&file, "\"uri\":\"/before\"").await;
     // logrotate's rename: the proxy's open file goes with it
     std::fs::rename(&file, &moved).expect("rotate");
-    assert_eq!(
-        client::get(p.addr, "/moved", &[])
-            .await
-            .expect("resp")
-            .status,
-        200
-    );
-    wait_for(moved.clone(), "/moved").await;
+    get_ok(p.addr, "/moved").await;
+    wait_logged(&moved, "\"uri\":\"/moved\"").await;
 
     let config = p.config.display().to_string();
     let (code, out) = crate::support::proxy::run_cli(&["-s", "reopen", "-c", &config]);
@@ -882,17 +867,19 @@ async fn reopen_writes_the_access_log_to_a_new_file_after_logrotate_moved_it() {
         assert!(Instant::now() < deadline, "not reopened:\n{}", p.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    get_ok(p.addr, "/after").await;
+    wait_logged(&file, "\"uri\":\"/after\"").await;
+    let count = |f: &std::path::Path| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
     assert_eq!(
-        client::get(p.addr, "/after", &[])
-            .await
-            .expect("resp")
-            .status,
-        200
+        (count(&file), count(&moved)),
+        (1, 2),
+        "lines in the new and the moved file"
     );
-    wait_for(file.clone(), "/after").await;
-    let (new, old) = (lines(&file), lines(&moved));
-    assert_eq!(new.len(), 1, "the new file: {new:?}");
-    assert_eq!(old.len(), 2, "the moved file: {old:?}");
 }
 
 /// A reload applies the access log's settings: it turns it on (JSON to a file), moves it to
@@ -910,36 +897,23 @@ async fn a_reload_turns_the_access_log_on_changes_it_and_turns_it_off() {
     };
     let (json, combined) = (p.dir.join("access.log"), p.dir.join("other.log"));
     let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
-    let get = |path: &'static str| async move {
-        assert_eq!(
-            client::get(p.addr, path, &[]).await.expect("resp").status,
-            200
-        );
-    };
-    let logged = |f: std::path::PathBuf, what: &'static str| async move {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !read(&f).contains(what) {
-            assert!(Instant::now() < deadline, "{what} not in {}", f.display());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
 
-    get("/off").await;
+    get_ok(p.addr, "/off").await;
     let (code, out) = reload_with(format!(
         "access_log: {{format: json, path: '{}'}}\n",
         json.display()
     ));
     assert_eq!(code, 0, "{out}");
-    get("/json").await;
-    logged(json.clone(), "\"uri\":\"/json\"").await;
+    get_ok(p.addr, "/json").await;
+    wait_logged(&json, "\"uri\":\"/json\"").await;
 
     let (code, out) = reload_with(format!(
         "access_log: {{format: combined, path: '{}'}}\n",
         combined.display()
     ));
     assert_eq!(code, 0, "{out}");
-    get("/combined").await;
-    logged(combined.clone(), "\"GET /combined HTTP/1.1\" 200").await;
+    get_ok(p.addr, "/combined").await;
+    wait_logged(&combined, "\"GET /combined HTTP/1.1\" 200").await;
 
     let (code, out) = reload_with("access_log: {path: /nonexistent-dir/x.log}\n".into());
     assert_eq!(code, 1, "{out}");
@@ -947,12 +921,12 @@ async fn a_reload_turns_the_access_log_on_changes_it_and_turns_it_off() {
         out.contains("access_log.path") && out.contains("/nonexistent-dir/x.log"),
         "{out}"
     );
-    get("/still").await;
-    logged(combined.clone(), "\"GET /still HTTP/1.1\" 200").await;
+    get_ok(p.addr, "/still").await;
+    wait_logged(&combined, "\"GET /still HTTP/1.1\" 200").await;
 
     let (code, out) = reload_with(String::new());
     assert_eq!(code, 0, "{out}");
-    get("/quiet").await;
+    get_ok(p.addr, "/quiet").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (j, c) = (read(&json), read(&combined));
     assert!(
