@@ -447,10 +447,19 @@ async fn accept(
 /// hand over a closed (or reused) descriptor.
 fn forget_socket(key: &str, l: std::net::TcpListener, fds: Option<ListenFds>) {
     use std::os::fd::IntoRawFd;
-    let Some(fds) = fds else {
-        drop(l);
-        return;
-    };
+    match fds {
+        Some(fds) if fds.lock().get(key).is_some() => {
+            // the table closes it: ownership of the descriptor goes there
+            let _ = l.into_raw_fd();
+            close_in_table(&fds, key);
+        }
+        _ => drop(l),
+    }
+}
+
+/// Close the descriptor the fd table holds under `key` and take the key out, so that an
+/// upgrade does not hand it over (any listening socket: TCP here, UDP for HTTP/3).
+pub fn close_in_table(fds: &ListenFds, key: &str) {
     let mut table = fds.lock();
     let keep: std::collections::HashSet<String> = table
         .serialize()
@@ -458,11 +467,7 @@ fn forget_socket(key: &str, l: std::net::TcpListener, fds: Option<ListenFds>) {
         .into_iter()
         .filter(|k| k != key)
         .collect();
-    if table.get(key).is_some() {
-        // the table closes it: ownership of the descriptor goes there
-        let _ = l.into_raw_fd();
-        table.close_unclaimed(&keep);
-    }
+    table.close_unclaimed(&keep);
 }
 
 /// The fd table and the runtime that dynamic listeners use: set by the reload service when it

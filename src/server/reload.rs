@@ -470,6 +470,8 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     });
     // Replaced listeners hand their sockets to their successors; their connections too
     // finish on the engines they have.
+    // (built from the new file already: the routes below are for the listeners kept)
+    let replaced: Vec<std::net::SocketAddr> = replacing.iter().map(|(h, _)| h.spec.addr).collect();
     for (mut new, start) in replacing {
         let Some(k) = running
             .listeners
@@ -515,6 +517,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         // a forward proxy has no routes; L4 listeners use pools that did not change
         if l.forward.is_some()
             || !matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https)
+            || replaced.contains(&l.addr)
         {
             continue;
         }

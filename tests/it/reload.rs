@@ -861,11 +861,8 @@ async fn a_reload_rotates_the_admin_token() {
     let p = s.start(&text);
     let admin = s.admin();
     let with = |token: &'static str| async move {
-        let mut c = Conn::connect(admin).await.expect("admin");
-        let auth = format!("Bearer {token}");
-        c.request("GET", "/status", &[("Authorization", &auth)], b"")
+        client::admin_as(admin, "GET", "/status", token)
             .await
-            .expect("admin answers")
             .status
     };
     assert_eq!(with(TOKEN).await, 200);
@@ -882,16 +879,7 @@ async fn a_reload_rotates_the_admin_token() {
         &format!("127.0.0.1:{}", free_port()),
     );
     std::fs::write(&p.config, moved).expect("write");
-    let mut c = Conn::connect(s.admin()).await.expect("admin");
-    let r = c
-        .request(
-            "POST",
-            "/api/reload",
-            &[("Authorization", "Bearer n3w-t0ken")],
-            b"",
-        )
-        .await
-        .expect("admin answers");
+    let r = client::admin_as(admin, "POST", "/api/reload", "n3w-t0ken").await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.text().contains("admin.address"), "{}", r.text());
 }

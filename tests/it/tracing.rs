@@ -541,16 +541,7 @@ async fn a_reload_changes_the_collector_and_ratio_and_turns_tracing_off() {
     let p = &p;
     let reload_to = |t: String| async move {
         std::fs::write(&p.config, t).expect("write");
-        let mut c = Conn::connect(p.addr_of(1)).await.expect("admin");
-        let r = c
-            .request(
-                "POST",
-                "/api/reload",
-                &[("Authorization", "Bearer tr4ce")],
-                b"",
-            )
-            .await
-            .expect("admin answers");
+        let r = client::admin_as(p.addr_of(1), "POST", "/api/reload", "tr4ce").await;
         assert_eq!(r.status, 200, "{}", r.text());
     };
     let traced = |path: &'static str| async move {

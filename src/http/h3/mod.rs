@@ -246,28 +246,33 @@ impl H3Service {
 
     /// Start serving now, on the runtime of the listeners reloads add: the UDP socket is bound
     /// here, so that an address in use fails the reload.
-    pub fn spawn(mut self) -> Result<(), String> {
-        let Some((fds, rt, shutdown)) = crate::net::listen::later_runtime() else {
-            return Err("the runtime for new listeners is not up yet".into());
-        };
-        let endpoint = {
-            let _in = rt.enter();
-            socket(self.addr, fds.as_ref()).and_then(|s| self.endpoint(s))
-        }
-        .map_err(|e| format!("cannot listen on udp {}: {e}", self.addr))?;
-        let stop = self.stop.take();
-        rt.spawn(async move { self.serve(endpoint, shutdown, stop, fds).await });
-        Ok(())
+    pub fn spawn(self) -> Result<(), String> {
+        self.start_later(None)
     }
 
     /// Serve on the endpoint of the listener this one replaces (same address): new
     /// handshakes get this listener's TLS and transport settings, connections already open
     /// keep theirs (their previous listener sent them GOAWAY).
-    pub fn adopt(mut self, endpoint: quinn::Endpoint) -> Result<(), String> {
+    pub fn adopt(self, endpoint: quinn::Endpoint) -> Result<(), String> {
+        endpoint.set_server_config(Some(self.server.clone()));
+        self.start_later(Some(endpoint))
+    }
+
+    /// Serve `endpoint`, or a new one on a socket bound now, on the runtime of listeners
+    /// that reloads start.
+    fn start_later(mut self, endpoint: Option<quinn::Endpoint>) -> Result<(), String> {
         let Some((fds, rt, shutdown)) = crate::net::listen::later_runtime() else {
             return Err("the runtime for new listeners is not up yet".into());
         };
-        endpoint.set_server_config(Some(self.server.clone()));
+        let endpoint = match endpoint {
+            Some(e) => e,
+            None => {
+                let _in = rt.enter();
+                socket(self.addr, fds.as_ref())
+                    .and_then(|s| self.endpoint(s))
+                    .map_err(|e| format!("cannot listen on udp {}: {e}", self.addr))?
+            }
+        };
         let stop = self.stop.take();
         rt.spawn(async move { self.serve(endpoint, shutdown, stop, fds).await });
         Ok(())
@@ -381,8 +386,9 @@ impl H3Service {
 fn forget_socket(addr: SocketAddr, fds: Option<&ListenFds>) {
     let Some(fds) = fds else { return };
     let key = udp_key(addr);
-    let mut table = fds.lock();
-    let Some(&fd) = table.get(&key) else { return };
+    let Some(fd) = fds.lock().get(&key).copied() else {
+        return;
+    };
     // SAFETY: dup(2) of a descriptor this process holds open; the copy goes to the table.
     let copy = unsafe { libc::dup(fd) };
     if copy < 0 {
@@ -392,14 +398,8 @@ fn forget_socket(addr: SocketAddr, fds: Option<&ListenFds>) {
         );
         return;
     }
-    table.add(key.clone(), copy);
-    let keep: std::collections::HashSet<String> = table
-        .serialize()
-        .0
-        .into_iter()
-        .filter(|k| *k != key)
-        .collect();
-    table.close_unclaimed(&keep);
+    fds.lock().add(key.clone(), copy);
+    crate::net::listen::close_in_table(fds, &key);
 }
 
 /// What of the grace period is kept for closing the connections still open at its end.

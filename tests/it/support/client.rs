@@ -222,15 +222,20 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// `POST /api/reload` on the admin listener at `admin`, whose token is `tok`: the status and
 /// the answer's text.
 pub async fn admin_reload(admin: std::net::SocketAddr) -> (u16, String) {
-    let mut c = Conn::connect(admin).await.expect("admin");
-    let r = c
-        .request(
-            "POST",
-            "/api/reload",
-            &[("Authorization", "Bearer tok")],
-            b"",
-        )
-        .await
-        .expect("answer");
+    let r = admin_as(admin, "POST", "/api/reload", "tok").await;
     (r.status, r.text())
+}
+
+/// An admin request with the bearer `token`.
+pub async fn admin_as(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> Response {
+    let mut c = Conn::connect(admin).await.expect("admin");
+    let auth = format!("Bearer {token}");
+    c.request(method, path, &[("Authorization", &auth)], b"")
+        .await
+        .expect("admin answers")
 }
