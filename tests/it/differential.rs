@@ -646,6 +646,46 @@ async fn an_own_answer_keeps_the_connection_once_the_body_is_in() {
     }
 }
 
+/// `read_timeout` is the backend's time, counted from the first try: a body the lean engine
+/// holds for a retry (a PUT to an upstream that retries after sending) arriving over 2.4 s
+/// does not spend a 1 s `read_timeout`, and a response 300 ms after it comes through on both
+/// engines (the lean engine counted from the request's head and gave the backend 1 ms: a 504).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_does_not_spend_the_backends_read_timeout() {
+    let origin = Origin::start().await;
+    let conf = scripted::config(origin.addr, "protocol: http");
+    let retrying = "    retries: 1\n    retry_on:";
+    assert!(
+        conf.contains(retrying),
+        "the scripted config changed: {conf}"
+    );
+    let conf = conf.replace(
+        retrying,
+        "    retries: 1\n    read_timeout: 1s\n    retry_on:",
+    );
+    let p = Proxy::start(&conf);
+    for (engine, addr) in [("lean", p.addr_of(0)), ("general", p.addr_of(1))] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let head = "PUT /echo-late HTTP/1.1\r\nHost: retry.test\r\nContent-Length: 8000\r\nConnection: close\r\n\r\n";
+        s.write_all(head.as_bytes()).await.expect("send head");
+        for piece in 0..8u8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.write_all(&[b'a' + piece; 1000])
+                .await
+                .unwrap_or_else(|err| panic!("{engine}: piece {piece}: {err}"));
+        }
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(read.is_ok(), "{engine}: no end of the response: {text}");
+        assert!(text.starts_with("HTTP/1.1 200 "), "{engine}: {text}");
+        assert!(text.ends_with("8000 bytes"), "{engine}: {text}");
+        let seen = origin.take();
+        assert_eq!(seen.len(), 1, "{engine}: tries: {}", seen.len());
+        assert_eq!(seen[0].body.len(), 8000, "{engine}");
+    }
+}
+
 /// `close` in a request's second `Connection` field closes the connection after the answer,
 /// proxied or the proxy's own, on both engines (the general engine kept it open: Pingora
 /// reads the first field only; found by `generated_requests_are_answered_alike`).

@@ -18,7 +18,7 @@ use log::warn;
 use pingora_core::server::ShutdownWatch;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -100,6 +100,9 @@ pub struct Exchange<'a> {
     /// Where forwarded interim (1xx) heads go, raw, for a client that takes them but is not
     /// written through the guard (an HTTP/3 stream).
     pub interim: Option<tokio::sync::mpsc::UnboundedSender<bytes::Bytes>>,
+    /// When the tries began, if the engine waited for the client after the request's head
+    /// (a body read ahead or held for a retry); else the request's start.
+    pub tries_from: Option<Instant>,
 }
 
 impl<'a> Exchange<'a> {
@@ -124,6 +127,7 @@ impl<'a> Exchange<'a> {
             shutdown,
             sticky: Default::default(),
             interim: None,
+            tries_from: None,
         }
     }
 
@@ -172,9 +176,7 @@ impl<'a> Exchange<'a> {
     ) -> Result<(TcpStream, Vec<u8>, RespHead), Failure> {
         let pool = self.pool;
         let spec = &pool.spec;
-        // the request's start (read when its head was in): no clock reading of its own
-        let started = self.obs.started();
-        retry::begin(pool, started);
+        retry::begin(pool, self.obs.started());
         // A body that a retry may send again is read first and held with the head.
         let mut held = Vec::new();
         let (out, body_left) = match g.as_deref_mut() {
@@ -182,10 +184,15 @@ impl<'a> Exchange<'a> {
                 held.reserve(out.len() + body_left as usize);
                 held.extend_from_slice(out);
                 self.hold_request_body(c, &mut held, body_left).await?;
+                self.tries_from = Some(Instant::now());
                 (&held[..], 0)
             }
             _ => (out, body_left),
         };
+        // `read_timeout` is for the tries together, counted from the first (as the general
+        // engine counts it): time spent reading the client's body first is not in it. With
+        // no such wait the request's start stands in (no clock reading of its own).
+        let started = self.tries_from.unwrap_or_else(|| self.obs.started());
         // Any retry after sending, and one on a stale pooled connection, need the whole
         // request in `out`.
         let replayable = body_left == 0;

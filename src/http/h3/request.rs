@@ -399,6 +399,9 @@ async fn proxy(
     let (itx, mut heads) = tokio::sync::mpsc::unbounded_channel();
     ex.interim = Some(itx);
     ex.body_len = body_len;
+    if whole.is_some() {
+        ex.tries_from = Some(std::time::Instant::now());
+    }
     let streamed = if whole.is_some() { 0 } else { body_len };
     let (mine, theirs) = tokio::io::duplex(PIPE_BUF);
     let g = Guarded::new(Box::new(BodyPipe(mine)), PASS, None).passthrough();

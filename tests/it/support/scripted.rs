@@ -235,6 +235,12 @@ async fn serve(mut s: TcpStream, st: Arc<OriginState>) {
             }
             // the connection closes before any answer
             "/reset" => return,
+            // as /echo, 300 ms after the request was in
+            "/echo-late" => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let b = format!("{} bytes", req.body.len());
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", b.len(), body_of(&b))
+            }
             "/echo" => {
                 let b = format!("{} bytes", req.body.len());
                 format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", b.len(), body_of(&b))
