@@ -290,9 +290,12 @@ async fn hundred_reloads_keep_rss_and_fds_flat() {
         (rss1 as f64) <= rss0 as f64 * 1.05 && (rss1 as f64) >= rss0 as f64 * 0.95,
         "RSS moved more than 5%: {rss0} kB -> {rss1} kB"
     );
+    // A leak of one descriptor per reload adds 100. Pooled backend connections (two
+    // backends, per worker thread) and a closing admin connection come and go: 52 -> 55 was
+    // seen once under the suite's load with nothing leaked, so the bound is absolute.
     assert!(
-        (fd1 as f64) <= fd0 as f64 * 1.05 && (fd1 as f64) >= fd0 as f64 * 0.95,
-        "open fds moved more than 5%: {fd0} -> {fd1}"
+        fd1 <= fd0 + 8 && fd1 + 8 >= fd0,
+        "open fds moved by more than 8 over 100 reloads: {fd0} -> {fd1}"
     );
 }
 
