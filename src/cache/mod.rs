@@ -60,10 +60,14 @@ struct Globals {
 
 static GLOBALS: OnceCell<Globals> = OnceCell::new();
 
-/// Create the shared store (once per process) when the config enables any cache.
-pub fn init_from_config(cfg: &Config) {
+/// Bring the shared store to `cfg`, at start and at each reload: made the first time any
+/// cache is enabled (its memory is taken as entries come), resized when caches' `max_size` or
+/// `max_object_size` changed ([`Store::resize`]: a smaller size evicts now), and emptied when
+/// no cache is left (the store stays, bound to nothing, for a later reload). Returns the
+/// entries evicted.
+pub fn apply_config(cfg: &Config) -> usize {
     let Some(size) = cfg.cache_store_size else {
-        return;
+        return store().map_or(0, |s| s.resize(0, 0));
     };
     let routes = cfg.routes.iter().filter_map(|r| r.cache.as_ref());
     let forward = cfg
@@ -75,11 +79,20 @@ pub fn init_from_config(cfg: &Config) {
         .map(|c| c.max_object_size)
         .max()
         .unwrap_or(size);
-    init(size, max_object);
+    match store() {
+        Some(s) => s.resize(
+            usize::try_from(size).unwrap_or(usize::MAX),
+            usize::try_from(max_object).unwrap_or(usize::MAX),
+        ),
+        None => {
+            init(size, max_object);
+            0
+        }
+    }
 }
 
 /// Create the shared store bounded by `max_size` bytes. Later calls keep the first store.
-pub fn init(max_size: u64, max_object_size: u64) {
+fn init(max_size: u64, max_object_size: u64) {
     GLOBALS.get_or_init(|| {
         let max_size = usize::try_from(max_size).unwrap_or(usize::MAX);
         // Preallocation per LRU shard, assuming ~16KiB objects; it grows as needed.

@@ -97,8 +97,8 @@ type Slot = Vec<Arc<Entry>>;
 pub struct Store {
     shards: Vec<RwLock<HashMap<HashBinary, Slot>>>,
     lru: &'static Lru,
-    /// Largest body a write may grow to before its copy is dropped.
-    max_object: usize,
+    /// Largest body a write may grow to before its copy is dropped (a reload may change it).
+    max_object: AtomicUsize,
     bytes: AtomicUsize,
     items: AtomicUsize,
 }
@@ -124,7 +124,7 @@ impl Store {
         Store {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             lru,
-            max_object,
+            max_object: AtomicUsize::new(max_object),
             bytes: AtomicUsize::new(0),
             items: AtomicUsize::new(0),
         }
@@ -217,6 +217,36 @@ impl Store {
         }
     }
 
+    pub(super) fn max_object(&self) -> usize {
+        self.max_object.load(Relaxed)
+    }
+
+    /// New bounds (a reload): `max_object` applies to writes that start from now on, and
+    /// `limit` to the LRU's next admission; a smaller `limit` also evicts now, each LRU
+    /// shard's least recently used entry first and the heaviest shard first (the LRU is
+    /// sharded, as its own eviction is), until the store is within it, as nginx's cache
+    /// manager does after `max_size` shrinks. Returns how many entries went.
+    pub fn resize(&self, limit: usize, max_object: usize) -> usize {
+        self.max_object.store(max_object, Relaxed);
+        self.lru.set_weight_limit(limit);
+        let mut evicted = 0;
+        // each round takes one LRU entry out: bounded even if the LRU's figures were off
+        for _ in 0..=self.lru.total_items() {
+            if self.lru.total_size() <= limit {
+                break;
+            }
+            let heaviest = (0..LRU_SHARDS).max_by_key(|&s| self.lru.shard_weight(s));
+            let Some(key) = heaviest.and_then(|s| self.lru.peek_lru(s)) else {
+                break;
+            };
+            let key = key.into_key();
+            self.lru.remove(CacheEntryKeyRef::KeyOnly(&key));
+            let variance = key.variance.as_deref().copied();
+            evicted += self.take(&key.primary, |e| e.variance == variance).len();
+        }
+        evicted
+    }
+
     /// Remove every variant stored under `key`'s primary key (a URL in a namespace).
     /// Returns how many entries went.
     pub fn purge_primary(&self, key: &CacheKey) -> usize {
@@ -282,7 +312,7 @@ impl Storage for Store {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(0)
-            .min(self.max_object);
+            .min(self.max_object());
         Ok(Box::new(Writer {
             store: self,
             primary: key.primary_bin(),
@@ -437,6 +467,30 @@ mod tests {
         let st = s.stats();
         assert!(st.stored_items > 10, "{st:?}");
         assert_eq!(st.stored_bytes, st.lru_bytes, "{st:?}");
+    }
+
+    #[tokio::test]
+    async fn a_smaller_bound_evicts_at_once_and_a_larger_one_lets_the_store_grow() {
+        let s = store(1 << 20, 64 << 10);
+        let body = vec![7u8; 10_000];
+        for i in 0..50 {
+            assert!(fill(s, &CacheKey::new(format!("web http://h/{i}"), ""), &body).await);
+        }
+        assert_eq!(s.stats().stored_items, 50);
+        let evicted = s.resize(100_000, 4096);
+        let st = s.stats();
+        assert!(st.lru_bytes <= 100_000 && st.stored_bytes <= 100_000, "{st:?}");
+        assert_eq!(evicted, 50 - st.stored_items, "{st:?}");
+        assert_eq!((st.stored_items, st.stored_bytes), (st.lru_items, st.lru_bytes));
+        assert_eq!(st.limit, 100_000);
+        // the new object bound applies to the next write
+        let big = CacheKey::new("web http://h/big", "");
+        assert!(!fill(s, &big, &body).await);
+        s.resize(1 << 20, 64 << 10);
+        assert!(fill(s, &big, &body).await);
+        assert_eq!(s.stats().stored_items, st.stored_items + 1);
+        assert_eq!(s.resize(0, 0), st.stored_items + 1);
+        assert_eq!(s.stats().stored_bytes, 0);
     }
 
     #[tokio::test]

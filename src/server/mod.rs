@@ -83,7 +83,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
     if let Err(e) = crate::net::fdlimit::raise(cfg.pingora.max_open_files) {
         log::warn!("open-file limit left as it was: {e}");
     }
-    crate::cache::init_from_config(cfg);
+    crate::cache::apply_config(cfg);
     crate::spin::set_window(
         cfg.pingora
             .busy_poll

@@ -19,9 +19,10 @@
 //! drains with its listener, and a replacement keeps its QUIC endpoint (the connections
 //! live in its socket) with new settings. The access log takes its new format and output
 //! (opened before anything changes), tracing its ratio and collector, the admin API its
-//! token. What cannot change in place (the `pingora` block, the admin listener's address,
-//! the cache store's size) is refused with an error that says an upgrade (`-s upgrade`) is
-//! needed; nothing is applied then.
+//! token, the cache store its size (made when a first cache is enabled, shrunk by evicting
+//! at once). What cannot change in place (the `pingora` block, the admin listener's
+//! address) is refused with an error that says an upgrade (`-s upgrade`) is needed; nothing
+//! is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -375,17 +376,12 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     if old.config_source != new.config_source {
         return Err(needs_upgrade(f, "config_source"));
     }
-    if old.cache_store_size != new.cache_store_size {
-        return Err(needs_upgrade(
-            f,
-            "the cache store size (cache.max_size of the routes)",
-        ));
-    }
     Ok(())
 }
 
 fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> {
     check(&running.cfg, &cfg)?;
+    let old_cache = running.cfg.cache_store_size;
     // opened now: a path that cannot be opened fails the reload before anything changed
     let access_log = crate::observability::prepare_access_log(
         &cfg.file,
@@ -457,6 +453,19 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             }
             return Err(format!("{}: listeners[{i}] ({}): {e}", cfg.file, l.name));
         }
+    }
+    // Nothing fails from here on. The cache store first: routes the new engines cache on
+    // find it at its new size.
+    if old_cache != cfg.cache_store_size {
+        let evicted = crate::cache::apply_config(&cfg);
+        log::info!(
+            "reload: cache store size {} (was {}), {evicted} entries evicted",
+            cfg.cache_store_size
+                .map_or("none".into(), |n| n.to_string()),
+            old_cache.map_or("none".into(), |n| n.to_string()),
+        );
+    } else {
+        crate::cache::apply_config(&cfg);
     }
     // Removed listeners (no listener of the new file at their address) stop accepting;
     // their connections finish on the engines they have.

@@ -9,6 +9,7 @@ mod acme;
 mod balancing;
 mod bodies;
 mod cache;
+mod cache_reload;
 mod cli;
 mod compression;
 mod differential;

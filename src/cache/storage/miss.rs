@@ -31,7 +31,7 @@ impl HandleMiss for Writer {
         if self.oversized {
             return Ok(());
         }
-        if self.body.len() + data.len() > self.store.max_object {
+        if self.body.len() + data.len() > self.store.max_object() {
             // Free the partial copy now rather than when the transfer ends.
             self.oversized = true;
             self.body = Vec::new();
