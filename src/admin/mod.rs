@@ -18,7 +18,8 @@
 mod api;
 
 use crate::config::AdminSpec;
-use crate::net::listen::PlainService;
+use crate::net::control::Control;
+use crate::net::listen::Start;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
@@ -49,12 +50,17 @@ pub struct Hooks {
     pub status: fn() -> serde_json::Value,
 }
 
-/// Serves until the process exits after a stop, so `/healthz` answers 503 through the
-/// drain (see `lifecycle`).
-pub fn service(spec: &AdminSpec, hooks: Hooks) -> PlainService<AdminApp> {
-    set_token(spec.token.as_deref());
+/// Start the admin listener on `start` (at start-up, or added or moved by a reload; the
+/// token is [`set_token`]'s, set by the caller once nothing can fail). It serves until the process exits after a stop, so `/healthz` answers 503 through the
+/// drain (see `lifecycle`), or until `stop` (a reload removed or moved it).
+pub fn start(
+    spec: &AdminSpec,
+    hooks: Hooks,
+    start: &mut Start<'_>,
+    stop: Control,
+) -> std::io::Result<()> {
     let app = AdminApp { hooks };
-    PlainService::new("admin".to_string(), spec.addr, app, false).through_drain()
+    start.accept_through_drain("admin".to_string(), spec.addr, app, stop)
 }
 
 fn respond(code: StatusCode, ctype: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {

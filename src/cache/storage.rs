@@ -479,9 +479,15 @@ mod tests {
         assert_eq!(s.stats().stored_items, 50);
         let evicted = s.resize(100_000, 4096);
         let st = s.stats();
-        assert!(st.lru_bytes <= 100_000 && st.stored_bytes <= 100_000, "{st:?}");
+        assert!(
+            st.lru_bytes <= 100_000 && st.stored_bytes <= 100_000,
+            "{st:?}"
+        );
         assert_eq!(evicted, 50 - st.stored_items, "{st:?}");
-        assert_eq!((st.stored_items, st.stored_bytes), (st.lru_items, st.lru_bytes));
+        assert_eq!(
+            (st.stored_items, st.stored_bytes),
+            (st.lru_items, st.lru_bytes)
+        );
         assert_eq!(st.limit, 100_000);
         // the new object bound applies to the next write
         let big = CacheKey::new("web http://h/big", "");

@@ -47,8 +47,8 @@ pub struct PlainService<A> {
 impl<A> PlainService<A> {
     /// Keeps this listener accepting through a stop's drain (not an upgrade, which hands the
     /// socket over): the admin listener, whose `/healthz` must answer 503 rather than refuse.
-    pub fn through_drain(mut self) -> Self {
-        self.through_drain = true;
+    pub fn through_drain(mut self, on: bool) -> Self {
+        self.through_drain = on;
         self
     }
 
@@ -514,10 +514,47 @@ impl Start<'_> {
         defer_accept: bool,
         stop: Control,
     ) -> std::io::Result<()> {
+        let opts = Opts {
+            lean,
+            through_drain: false,
+            defer_accept,
+            local: false,
+        };
+        self.accept_with(name, addr, app, opts, stop)
+    }
+
+    /// As [`Self::accept`], but accepting on through a stop's drain until the process exits
+    /// (see [`PlainService::through_drain`]): the admin listener.
+    pub fn accept_through_drain<A: ConnApp>(
+        &mut self,
+        name: String,
+        addr: SocketAddr,
+        app: A,
+        stop: Control,
+    ) -> std::io::Result<()> {
+        let opts = Opts {
+            lean: false,
+            through_drain: true,
+            defer_accept: false,
+            local: false,
+        };
+        self.accept_with(name, addr, app, opts, stop)
+    }
+
+    fn accept_with<A: ConnApp>(
+        &mut self,
+        name: String,
+        addr: SocketAddr,
+        app: A,
+        opts: Opts,
+        stop: Control,
+    ) -> std::io::Result<()> {
         match self {
             Start::Service(server) => {
-                let svc = PlainService::new(name, addr, app, lean);
-                server.add_service(svc.defer_accept(defer_accept).with_stop(stop));
+                let svc = PlainService::new(name, addr, app, opts.lean)
+                    .through_drain(opts.through_drain)
+                    .defer_accept(opts.defer_accept);
+                server.add_service(svc.with_stop(stop));
                 Ok(())
             }
             Start::Spawned | Start::Later(_) => {
@@ -525,12 +562,7 @@ impl Start<'_> {
                     name,
                     addr,
                     app,
-                    opts: Opts {
-                        lean,
-                        through_drain: false,
-                        defer_accept,
-                        local: false,
-                    },
+                    opts,
                     stop,
                 };
                 match self {

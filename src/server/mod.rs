@@ -106,13 +106,16 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         "drain flag",
         crate::lifecycle::DrainFlag::new(server.watch_execution_phase()),
     ));
-    if let Some(a) = &cfg.admin {
-        let hooks = crate::admin::Hooks {
-            reload: reload::reload_now,
-            status: fleet::status,
-        };
-        server.add_service(crate::admin::service(a, hooks));
-    }
+    let admin = match &cfg.admin {
+        Some(a) => {
+            crate::admin::set_token(a.token.as_deref());
+            let (remote, stop) = crate::net::control::pair();
+            let mut start = crate::net::listen::Start::Service(&mut server);
+            start_admin(a, &mut start, stop).map_err(|e| format!("admin: {e}"))?;
+            Some(remote)
+        }
+        None => None,
+    };
 
     let conf = server.configuration.clone();
     let mut listeners = Vec::new();
@@ -132,7 +135,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         crate::tls::reload::service(),
     ));
     server.add_service(background_service("acme", crate::tls::acme::service()));
-    reload::init(cfg, conf, upstreams.pools, listeners);
+    reload::init(cfg, conf, upstreams.pools, listeners, admin);
     server.add_service(reload::ReloadService);
     let upgrader = upgrade::Upgrader::new(
         &cfg.file,
@@ -145,6 +148,19 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         upgrade::UpgradeService(Arc::new(upgrader)),
     ));
     Ok(server)
+}
+
+/// Start the admin listener (at start-up, or added or moved by a reload).
+fn start_admin(
+    a: &crate::config::AdminSpec,
+    start: &mut crate::net::listen::Start<'_>,
+    stop: crate::net::control::Control,
+) -> std::io::Result<()> {
+    let hooks = crate::admin::Hooks {
+        reload: reload::reload_now,
+        status: fleet::status,
+    };
+    crate::admin::start(a, hooks, start, stop)
 }
 
 /// Start listener `index` of `cfg` on `pools` (`start`: at start-up, added by a reload, or

@@ -20,9 +20,9 @@
 //! live in its socket) with new settings. The access log takes its new format and output
 //! (opened before anything changes), tracing its ratio and collector, the admin API its
 //! token, the cache store its size (made when a first cache is enabled, shrunk by evicting
-//! at once). What cannot change in place (the `pingora` block, the admin listener's
-//! address) is refused with an error that says an upgrade (`-s upgrade`) is needed; nothing
-//! is applied then.
+//! at once); the admin listener moves (the new address listens before the old one stops).
+//! What cannot change in place (the `pingora` block, `config_source`) is refused with an
+//! error that says an upgrade (`-s upgrade`) is needed; nothing is applied then.
 //!
 //! [`apply`] is the one entry point for a new configuration, whatever its source (the file
 //! here; a watcher of a configuration store would call it the same way).
@@ -119,6 +119,8 @@ struct Running {
     cfg: Config,
     pools: Vec<Arc<Pool>>,
     listeners: Vec<ListenerHandle>,
+    /// Stops the admin listener's accept loop (moved or removed by a reload).
+    admin: Option<Remote>,
 }
 
 struct Live {
@@ -158,11 +160,13 @@ pub fn init(
     conf: Arc<ServerConf>,
     pools: Vec<Arc<Pool>>,
     listeners: Vec<ListenerHandle>,
+    admin: Option<Remote>,
 ) {
     let running = Running {
         cfg: cfg.clone(),
         pools,
         listeners,
+        admin,
     };
     let _ = LIVE.set(Live {
         conf,
@@ -366,13 +370,6 @@ fn check(old: &Config, new: &Config) -> Result<(), String> {
     if dbg(&old.pingora) != dbg(&new.pingora) {
         return Err(needs_upgrade(f, "pingora"));
     }
-    // the token applies by a reload (below); the listener is set up once
-    if old.admin.as_ref().map(|a| a.addr) != new.admin.as_ref().map(|a| a.addr) {
-        return Err(needs_upgrade(
-            f,
-            "admin.address (or adding or removing admin)",
-        ));
-    }
     if old.config_source != new.config_source {
         return Err(needs_upgrade(f, "config_source"));
     }
@@ -445,14 +442,24 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             }
         };
         if let Err(e) = res {
-            for h in &added {
-                h.stop();
-            }
-            for (h, _) in &replacing {
-                h.forget_store();
-            }
+            undo(&added, &replacing);
             return Err(format!("{}: listeners[{i}] ({}): {e}", cfg.file, l.name));
         }
+    }
+    // The admin listener at a new address (or added) listens now, beside the old one; the
+    // old one stops below, once nothing can fail. Its connections, the one that asked for
+    // this reload among them, finish.
+    let old_admin = running.cfg.admin.as_ref().map(|a| a.addr);
+    let admin_moved = cfg.admin.as_ref().map(|a| a.addr) != old_admin;
+    let mut new_admin = None;
+    if let (true, Some(a)) = (admin_moved, &cfg.admin) {
+        let (remote, stop) = crate::net::control::pair();
+        let mut now = crate::net::listen::Start::Spawned;
+        if let Err(e) = super::start_admin(a, &mut now, stop) {
+            undo(&added, &replacing);
+            return Err(format!("{}: admin.address ({}): {e}", cfg.file, a.addr));
+        }
+        new_admin = Some(remote);
     }
     // Nothing fails from here on. The cache store first: routes the new engines cache on
     // find it at its new size.
@@ -466,6 +473,19 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         );
     } else {
         crate::cache::apply_config(&cfg);
+    }
+    if admin_moved {
+        if let Some(old) = running.admin.take() {
+            old.stop();
+        }
+        running.admin = new_admin;
+        log::info!(
+            "reload: admin listener {} (was {})",
+            cfg.admin
+                .as_ref()
+                .map_or("removed".into(), |a| a.addr.to_string()),
+            old_admin.map_or("none".into(), |a| a.to_string()),
+        );
     }
     // Removed listeners (no listener of the new file at their address) stop accepting;
     // their connections finish on the engines they have.
@@ -551,6 +571,17 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     running.pools = pools;
     running.cfg = cfg;
     Ok(outcome().revision + 1)
+}
+
+/// A reload that fails after starting listeners: the added ones stop, the replacements
+/// built (not started) forget their certificate stores.
+fn undo(added: &[ListenerHandle], replacing: &[(ListenerHandle, crate::net::listen::Pending)]) {
+    for h in added {
+        h.stop();
+    }
+    for (h, _) in replacing {
+        h.forget_store();
+    }
 }
 
 /// SIGHUP: reload the configuration (the TLS service reloads the certificates on the same
