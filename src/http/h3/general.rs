@@ -76,7 +76,8 @@ impl Handoff {
                 req.set_uri(pq);
             }
         }
-        let (send, mut recv) = stream.split();
+        let (send, recv) = stream.split();
+        let mut recv = super::body::Body::new(recv);
         // A body without a Content-Length (HTTP/3 does not need one) is read first, within the
         // route's `max_body_size`, and sent with its length, as the lean engine does (see
         // `super::request`): HTTP/1.1 backends are not asked to take chunked requests. One

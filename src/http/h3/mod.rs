@@ -46,6 +46,7 @@
 //! `grace_period_seconds` ends: that bounds the drain, and connections still open then get
 //! CONNECTION_CLOSE rather than silence.
 
+mod body;
 mod cache;
 mod general;
 mod interim;

@@ -32,7 +32,7 @@ pub struct Conn<'a> {
 }
 
 type Send = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type Recv = RequestStream<h3_quinn::RecvStream, Bytes>;
+type Recv = super::body::Body;
 
 const BODY_BUF: usize = 64 * 1024;
 /// The body pipe carries no head: its guard only passes bytes through.
@@ -114,7 +114,7 @@ pub(super) async fn read_ahead(
     body: &mut Vec<u8>,
 ) -> ReadAhead {
     loop {
-        match tokio::time::timeout(per_read, recv.recv_data()).await {
+        match tokio::time::timeout(per_read, recv.data()).await {
             Ok(Ok(Some(mut b))) => {
                 while b.has_remaining() {
                     let c = b.chunk();
@@ -136,7 +136,7 @@ pub(super) async fn read_ahead(
 /// Copy the request body from the QUIC stream into the pipe, counting into `n`; ends when
 /// the body does or the exchange stops reading (the pipe's reader dropped).
 async fn pump(recv: &mut Recv, mut to: tokio::io::DuplexStream, n: &AtomicUsize) {
-    while let Ok(Some(mut b)) = recv.recv_data().await {
+    while let Ok(Some(mut b)) = recv.data().await {
         while b.has_remaining() {
             let c = b.chunk();
             if to.write_all(c).await.is_err() {
@@ -183,14 +183,28 @@ pub async fn serve(
     if let Some(g) = general.filter(|g| g.wanted(l, &req)) {
         return g.serve(l, req, stream).await;
     }
-    let (mut send, mut recv) = stream.split();
+    let (mut send, recv) = stream.split();
+    let mut recv = super::body::Body::new(recv);
+    lean(l, pool_max, client, &req, &mut send, &mut recv, conn).await;
+}
+
+/// The lean engine's part of [`serve`] (the request stream's end is [`super::body`]'s).
+async fn lean(
+    l: &Listener,
+    pool_max: usize,
+    client: Option<IpAddr>,
+    req: &RequestHeader,
+    send: &mut Send,
+    recv: &mut Recv,
+    conn: &quinn::Connection,
+) {
     let method = req.method.as_str();
     let head_only = method == "HEAD";
     let declared = req
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| fields::parse_len_list(v.as_bytes()));
-    let head = crate::http::request_head(client, &req, declared, l.rate_count(client).await);
+    let head = crate::http::request_head(client, req, declared, l.rate_count(client).await);
     let host = head.host;
     // the policy's trace step, as on the other engines: continue the client's trace or start one
     let trace = policy::trace::begin(
@@ -211,10 +225,10 @@ pub async fn serve(
     let own = match verdict {
         Verdict::Answer(a, route) => Some((a, route.map(|r| r.id), traced())),
         Verdict::Proxy(route) => {
-            if let Some((h, c)) = super::cache::fresh_hit(l, route, &req, host) {
+            if let Some((h, c)) = super::cache::fresh_hit(l, route, req, host) {
                 let obs = traced();
-                let (status, sent) = send_hit(&mut send, &h, c, head_only).await;
-                let v = view(&req, client, 0, &obs);
+                let (status, sent) = send_hit(send, &h, c, head_only).await;
+                let v = view(req, client, 0, &obs);
                 observability::fast_request_done(
                     &v,
                     Some(route.id),
@@ -226,12 +240,8 @@ pub async fn serve(
                 );
                 return;
             }
-            let down = Down3 {
-                send: &mut send,
-                recv: &mut recv,
-                conn,
-            };
-            let (r, obs) = proxy(l, route, pool_max, client, &req, down, declared, traced()).await;
+            let down = Down3 { send, recv, conn };
+            let (r, obs) = proxy(l, route, pool_max, client, req, down, declared, traced()).await;
             match r {
                 Ok((status, bytes_in, bytes_out, slot)) if status == CLIENT_CLOSED => {
                     log::info!(
@@ -242,7 +252,7 @@ pub async fn serve(
                     );
                     observability::client_closed(Some(route.id));
                     observability::fast_request_done(
-                        &view(&req, client, bytes_in, &obs),
+                        &view(req, client, bytes_in, &obs),
                         Some(route.id),
                         slot.as_deref(),
                         &obs,
@@ -254,7 +264,7 @@ pub async fn serve(
                 }
                 Ok((status, bytes_in, bytes_out, slot)) => {
                     observability::fast_request_done(
-                        &view(&req, client, bytes_in, &obs),
+                        &view(req, client, bytes_in, &obs),
                         Some(route.id),
                         slot.as_deref(),
                         &obs,
@@ -270,8 +280,8 @@ pub async fn serve(
     };
     if let Some((a, route, obs)) = own {
         let status = a.status;
-        let _ = page(&mut send, &a, head_only).await;
-        let v = view(&req, client, 0, &obs);
+        let _ = page(send, &a, head_only).await;
+        let v = view(req, client, 0, &obs);
         observability::fast_request_done(&v, route, None, &obs, status, 0, false);
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+type RecvHalf = super::body::Body;
 type MessageReader =
     Box<dyn futures_core::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
@@ -129,7 +129,7 @@ impl H3Session {
     /// The next piece of the request body from the stream; `None` at its end.
     async fn next_piece(&mut self) -> Result<Option<Bytes>> {
         loop {
-            let got = self.halves().recv.recv_data().await;
+            let got = self.halves().recv.data().await;
             match got {
                 Ok(Some(mut b)) => {
                     let b = b.copy_to_bytes(b.remaining());
@@ -389,7 +389,7 @@ impl Session for H3Session {
         let h = self.halves();
         h.send.stop_stream(Code::H3_INTERNAL_ERROR);
         if !self.recv_done {
-            self.halves().recv.stop_sending(Code::H3_NO_ERROR);
+            self.halves().recv.stop();
         }
     }
 
