@@ -297,6 +297,14 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if !std::thread::panicking() {
+            // No panic in the proxy, whatever the test did to it (a task's panic is caught by
+            // its runtime and would go unseen otherwise).
+            let log = self.log();
+            if let Some(at) = log.find("panicked at") {
+                let from = log[..at].rfind('\n').map_or(0, |i| i + 1);
+                let excerpt: String = log[from..].lines().take(12).collect::<Vec<_>>().join("\n");
+                panic!("the proxy panicked ({}):\n{excerpt}", self.dir.display());
+            }
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!(
