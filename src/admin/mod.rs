@@ -51,8 +51,9 @@ pub struct Hooks {
 }
 
 /// Start the admin listener on `start` (at start-up, or added or moved by a reload; the
-/// token is [`set_token`]'s, set by the caller once nothing can fail). It serves until the process exits after a stop, so `/healthz` answers 503 through the
-/// drain (see `lifecycle`), or until `stop` (a reload removed or moved it).
+/// token is [`set_token`]'s, set by the caller once nothing can fail). It serves until the
+/// process exits after a stop, so `/healthz` answers 503 through the drain (see
+/// `lifecycle`), or until `stop` (a reload removed or moved it).
 pub fn start(
     spec: &AdminSpec,
     hooks: Hooks,

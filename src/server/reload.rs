@@ -463,16 +463,14 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
     }
     // Nothing fails from here on. The cache store first: routes the new engines cache on
     // find it at its new size.
+    let evicted = crate::cache::apply_config(&cfg);
     if old_cache != cfg.cache_store_size {
-        let evicted = crate::cache::apply_config(&cfg);
+        let size = |s: Option<u64>| s.map_or("none".into(), |n| n.to_string());
         log::info!(
             "reload: cache store size {} (was {}), {evicted} entries evicted",
-            cfg.cache_store_size
-                .map_or("none".into(), |n| n.to_string()),
-            old_cache.map_or("none".into(), |n| n.to_string()),
+            size(cfg.cache_store_size),
+            size(old_cache),
         );
-    } else {
-        crate::cache::apply_config(&cfg);
     }
     if admin_moved {
         if let Some(old) = running.admin.take() {

@@ -184,27 +184,15 @@ pub async fn serve(
         return g.serve(l, req, stream).await;
     }
     let (mut send, recv) = stream.split();
+    // its end, however the request goes, is `Body`'s (see `super::body`)
     let mut recv = super::body::Body::new(recv);
-    lean(l, pool_max, client, &req, &mut send, &mut recv, conn).await;
-}
-
-/// The lean engine's part of [`serve`] (the request stream's end is [`super::body`]'s).
-async fn lean(
-    l: &Listener,
-    pool_max: usize,
-    client: Option<IpAddr>,
-    req: &RequestHeader,
-    send: &mut Send,
-    recv: &mut Recv,
-    conn: &quinn::Connection,
-) {
     let method = req.method.as_str();
     let head_only = method == "HEAD";
     let declared = req
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| fields::parse_len_list(v.as_bytes()));
-    let head = crate::http::request_head(client, req, declared, l.rate_count(client).await);
+    let head = crate::http::request_head(client, &req, declared, l.rate_count(client).await);
     let host = head.host;
     // the policy's trace step, as on the other engines: continue the client's trace or start one
     let trace = policy::trace::begin(
@@ -225,10 +213,10 @@ async fn lean(
     let own = match verdict {
         Verdict::Answer(a, route) => Some((a, route.map(|r| r.id), traced())),
         Verdict::Proxy(route) => {
-            if let Some((h, c)) = super::cache::fresh_hit(l, route, req, host) {
+            if let Some((h, c)) = super::cache::fresh_hit(l, route, &req, host) {
                 let obs = traced();
-                let (status, sent) = send_hit(send, &h, c, head_only).await;
-                let v = view(req, client, 0, &obs);
+                let (status, sent) = send_hit(&mut send, &h, c, head_only).await;
+                let v = view(&req, client, 0, &obs);
                 observability::fast_request_done(
                     &v,
                     Some(route.id),
@@ -240,8 +228,12 @@ async fn lean(
                 );
                 return;
             }
-            let down = Down3 { send, recv, conn };
-            let (r, obs) = proxy(l, route, pool_max, client, req, down, declared, traced()).await;
+            let down = Down3 {
+                send: &mut send,
+                recv: &mut recv,
+                conn,
+            };
+            let (r, obs) = proxy(l, route, pool_max, client, &req, down, declared, traced()).await;
             match r {
                 Ok((status, bytes_in, bytes_out, slot)) if status == CLIENT_CLOSED => {
                     log::info!(
@@ -252,7 +244,7 @@ async fn lean(
                     );
                     observability::client_closed(Some(route.id));
                     observability::fast_request_done(
-                        &view(req, client, bytes_in, &obs),
+                        &view(&req, client, bytes_in, &obs),
                         Some(route.id),
                         slot.as_deref(),
                         &obs,
@@ -264,7 +256,7 @@ async fn lean(
                 }
                 Ok((status, bytes_in, bytes_out, slot)) => {
                     observability::fast_request_done(
-                        &view(req, client, bytes_in, &obs),
+                        &view(&req, client, bytes_in, &obs),
                         Some(route.id),
                         slot.as_deref(),
                         &obs,
@@ -280,8 +272,8 @@ async fn lean(
     };
     if let Some((a, route, obs)) = own {
         let status = a.status;
-        let _ = page(send, &a, head_only).await;
-        let v = view(req, client, 0, &obs);
+        let _ = page(&mut send, &a, head_only).await;
+        let v = view(&req, client, 0, &obs);
         observability::fast_request_done(&v, route, None, &obs, status, 0, false);
     }
 }
