@@ -227,6 +227,8 @@ fn access_log() -> Option<&'static AccessLog> {
 pub struct AccessLogChange {
     spec: Option<AccessLogSpec>,
     out: Option<Box<dyn std::io::Write + Send>>,
+    /// The file the new output made, removed again if the reload fails before `apply`.
+    created: Option<std::path::PathBuf>,
 }
 
 /// Open what `new` writes to when it differs from what `old` wrote to (`file`: the
@@ -236,25 +238,48 @@ pub fn prepare_access_log(
     old: Option<&AccessLogSpec>,
     new: Option<&AccessLogSpec>,
 ) -> Result<AccessLogChange, String> {
+    let mut created = None;
     let out = match (old, new) {
         (Some(o), Some(n)) if o.path == n.path => None,
-        (_, Some(n)) => Some(
-            access_log::output(n.path.as_deref())
-                .map_err(|e| format!("{file}: access_log.path: {e}"))?,
-        ),
+        (_, Some(n)) => {
+            created = n
+                .path
+                .as_deref()
+                .map(std::path::PathBuf::from)
+                .filter(|p| !p.exists());
+            Some(
+                access_log::output(n.path.as_deref())
+                    .map_err(|e| format!("{file}: access_log.path: {e}"))?,
+            )
+        }
         (_, None) => None,
     };
     Ok(AccessLogChange {
         spec: new.cloned(),
         out,
+        created,
     })
 }
 
 impl AccessLogChange {
     /// Lines of requests that end from now on go to the new output, in the new format.
-    pub fn apply(self) {
+    pub fn apply(mut self) {
+        self.created = None;
         if let Some(a) = ACCESS_LOG.get() {
-            a.set(self.spec.as_ref(), self.out);
+            a.set(self.spec.as_ref(), self.out.take());
+        }
+    }
+}
+
+/// A reload that fails after the new access-log file was opened leaves no file behind that
+/// it made.
+impl Drop for AccessLogChange {
+    fn drop(&mut self) {
+        if let Some(p) = self.created.take() {
+            self.out = None;
+            if let Err(e) = std::fs::remove_file(&p) {
+                log::warn!("reload failed: could not remove {}: {e}", p.display());
+            }
         }
     }
 }

@@ -884,7 +884,8 @@ async fn reopen_writes_the_access_log_to_a_new_file_after_logrotate_moved_it() {
 
 /// A reload applies the access log's settings: it turns it on (JSON to a file), moves it to
 /// another file in another format, and turns it off; a path that cannot be opened refuses
-/// the reload, naming it, and the log goes on as it was.
+/// the reload, naming it, and the log goes on as it was; a reload that fails after opening
+/// a new file removes the file it made.
 #[tokio::test]
 async fn a_reload_turns_the_access_log_on_changes_it_and_turns_it_off() {
     let a = OriginBuilder::new("a").body("hello").run().await;
@@ -923,6 +924,23 @@ async fn a_reload_turns_the_access_log_on_changes_it_and_turns_it_off() {
     );
     get_ok(p.addr, "/still").await;
     wait_logged(&combined, "\"GET /still HTTP/1.1\" 200").await;
+
+    // a reload that fails after opening a new file (here at an admin address in use)
+    // leaves no file behind
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let third = p.dir.join("third.log");
+    let (code, out) = reload_with(format!(
+        "access_log: {{path: '{}'}}\nadmin: {{address: '{}'}}\n",
+        third.display(),
+        taken.local_addr().expect("addr")
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("admin.address"), "{out}");
+    assert!(
+        !third.exists(),
+        "the failed reload left {} behind",
+        third.display()
+    );
 
     let (code, out) = reload_with(String::new());
     assert_eq!(code, 0, "{out}");
