@@ -136,7 +136,12 @@ impl Admission {
     }
 
     pub fn new(name: &str, limits: &ListenerLimits) -> Admission {
-        let open = Arc::new(AtomicUsize::new(0));
+        Admission::counting(name, limits, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// As [`Self::new`], counting into `open`: the count of the listener this one replaces,
+    /// whose connections stay open and count against `max_connections` here too.
+    pub fn counting(name: &str, limits: &ListenerLimits, open: Arc<AtomicUsize>) -> Admission {
         let name: Arc<str> = name.into();
         let head = HeadLimits {
             max_request_line: limits.max_request_line,
@@ -227,6 +232,12 @@ where
             conf: self.conf.clone(),
             options: self.options.clone(),
         }
+    }
+
+    /// Count connections into `open` (see [`Admission::counting`]).
+    pub fn count_into(&mut self, open: Arc<AtomicUsize>) {
+        let name = self.admission.name.clone();
+        self.admission = Admission::counting(&name, &self.limits, open);
     }
 
     /// The admission shared with [`H1First`].

@@ -128,6 +128,7 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
             &upstreams.pools,
             &conf,
             &mut start,
+            None,
         )?);
     }
     server.add_service(background_service(
@@ -164,8 +165,10 @@ fn start_admin(
 }
 
 /// Start listener `index` of `cfg` on `pools` (`start`: at start-up, added by a reload, or
-/// replacing the listener at its address), and its HTTP/3 side if it has one. The handle
-/// lets a reload swap its engines, stop it or take its sockets.
+/// replacing the listener at its address), and its HTTP/3 side if it has one. `counted`:
+/// the open-connection count of the HTTP listener it replaces, counted on for
+/// `max_connections`. The handle lets a reload swap its engines, stop it or take its
+/// sockets.
 fn start_listener(
     index: usize,
     l: &ListenerSpec,
@@ -173,6 +176,7 @@ fn start_listener(
     pools: &[Arc<Pool>],
     conf: &Arc<ServerConf>,
     start: &mut crate::net::listen::Start<'_>,
+    counted: Option<Arc<std::sync::atomic::AtomicUsize>>,
 ) -> Result<reload::ListenerHandle, String> {
     let (remote, control) = crate::net::control::pair();
     if !matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https) {
@@ -181,10 +185,11 @@ fn start_listener(
     }
     let listener = http_listener(index, l, cfg, pools);
     let h3_listener = listener.clone();
-    let (app, swap, open, engines) = http_stack(l, listener, conf);
+    let (app, swap, open, engines) = http_stack(l, listener, conf, counted);
     let general = swap.general_engine();
     let store = start_http(l, app, start, control)?;
-    let handle = reload::ListenerHandle::new(l, Some(swap), remote, store.clone());
+    let handle =
+        reload::ListenerHandle::new(l, Some(swap), remote, store.clone()).counting(open.clone());
     let Some(q) = &l.http3 else {
         return Ok(handle);
     };
@@ -282,6 +287,7 @@ fn http_stack(
     l: &ListenerSpec,
     listener: Arc<Listener>,
     conf: &Arc<ServerConf>,
+    counted: Option<Arc<std::sync::atomic::AtomicUsize>>,
 ) -> (
     HttpApp,
     EngineSwap<HttpProxy>,
@@ -302,6 +308,9 @@ fn http_stack(
     )));
     let mut app = LeanHttp::new(&l.name, proxy, conf, options, l.limits.clone());
     app.set_fast(fast);
+    if let Some(open) = counted {
+        app.count_into(open);
+    }
     let admission = app.admission();
     let open = admission.open_connections();
     let (fast, swap) = (app.fast(), app.swap());

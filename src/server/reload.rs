@@ -54,6 +54,9 @@ pub struct ListenerHandle {
     quic_pending: Option<crate::http::h3::H3Service>,
     /// A TLS listener's certificates, forgotten by the reload service when it is removed.
     store: Option<Arc<crate::tls::store::CertStore>>,
+    /// An HTTP listener's open connections (TCP and QUIC), which a listener replacing it
+    /// counts on.
+    open: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// How long a replaced listener's accept loops may take to hand their sockets over: they are
@@ -74,7 +77,14 @@ impl ListenerHandle {
             quic: None,
             quic_pending: None,
             store,
+            open: None,
         }
+    }
+
+    /// With the open-connection count a replacement counts on.
+    pub fn counting(mut self, open: Arc<std::sync::atomic::AtomicUsize>) -> ListenerHandle {
+        self.open = Some(open);
+        self
     }
 
     /// With the HTTP/3 side that `quic` stops; `pending`: built, not yet started (a
@@ -422,9 +432,12 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
         let old = running.listeners.iter().find(|h| h.spec.addr == l.addr);
         let res = match old {
             Some(h) if kept(&h.spec, l) && !uses_new_pools(l, &running.pools, &pools) => continue,
-            Some(_) => {
+            Some(h) => {
                 let mut later = crate::net::listen::Start::Later(None);
-                super::start_listener(i, l, &cfg, &pools, &live.conf, &mut later).and_then(|h| {
+                // its connections still open count against the new one's max_connections
+                let counted = h.open.clone();
+                let (conf, start) = (&live.conf, &mut later);
+                super::start_listener(i, l, &cfg, &pools, conf, start, counted).and_then(|h| {
                     let crate::net::listen::Start::Later(Some(p)) = later else {
                         h.forget_store();
                         return Err("not built".to_string());
@@ -435,7 +448,7 @@ fn swap(live: &Live, running: &mut Running, cfg: Config) -> Result<u64, String> 
             }
             None => {
                 let mut now = crate::net::listen::Start::Spawned;
-                super::start_listener(i, l, &cfg, &pools, &live.conf, &mut now).map(|h| {
+                super::start_listener(i, l, &cfg, &pools, &live.conf, &mut now, None).map(|h| {
                     log::info!("reload: listener {} ({}) added", l.name, l.addr);
                     added.push(h)
                 })

@@ -937,3 +937,63 @@ async fn a_reload_moves_removes_and_adds_the_admin_listener() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(status(old).await, 200, "added back at its first address");
 }
+
+/// A listener replaced by a reload (here its `max_header_size` changed) counts the
+/// connections still open on the one it replaces against its `max_connections`: with 2
+/// allowed and 2 open from before, a third is refused (503) where the new listener used to
+/// count from zero and take it; once one of the old ones closes, a new one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_listener_counts_the_connections_of_the_one_it_replaces() {
+    let a = OriginBuilder::new("a").body("A").run().await;
+    let b = OriginBuilder::new("b").body("B").run().await;
+    let s = Setup::new("reload-maxconn");
+    let base = s.text(&two_upstreams(&a, &b), &route_to("a"), "");
+    let limited = |header: u32| {
+        let l =
+            format!("protocol: http, limits: {{max_connections: 2, max_header_size: {header}}}}}");
+        let t = base.replacen("protocol: http}", &l, 1);
+        assert_ne!(t, base, "the web listener's line changed");
+        t
+    };
+    let p = s.start(&limited(8192));
+    let web = s.web();
+    let get = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let status = |r: &[u8]| {
+        String::from_utf8_lossy(r)
+            .split(' ')
+            .nth(1)
+            .map(str::to_string)
+    };
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = Conn::connect(web).await.expect("connect");
+        assert_eq!(c.get("/", &[]).await.expect("answer").text(), "A");
+        open.push(c);
+    }
+    let (r, _) = crate::support::raw::exchange(web, get, Duration::from_secs(5)).await;
+    assert_eq!(status(&r).as_deref(), Some("503"), "full before the reload");
+
+    std::fs::write(&p.config, limited(16384)).expect("write");
+    let r = admin_call(s.admin(), "POST", "/api/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (r, _) = crate::support::raw::exchange(web, get, Duration::from_secs(5)).await;
+    assert_eq!(
+        status(&r).as_deref(),
+        Some("503"),
+        "the replacement took a third connection: {}",
+        String::from_utf8_lossy(&r)
+    );
+    for c in &mut open {
+        assert_eq!(c.get("/", &[]).await.expect("still served").text(), "A");
+    }
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (r, _) = crate::support::raw::exchange(web, get, Duration::from_secs(5)).await;
+        if status(&r).as_deref() == Some("200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
