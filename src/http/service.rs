@@ -202,12 +202,14 @@ where
         conf: &Arc<pingora_core::server::configuration::ServerConf>,
         options: Option<HttpServerOptions>,
         limits: ListenerLimits,
+        open: Arc<AtomicUsize>,
     ) -> Self {
         let p = general(proxy, conf, &options);
         LeanHttp {
             inner: Arc::new(ArcSwap::from_pointee(p)),
             options,
-            admission: Admission::new(name, &limits),
+            // `open`: a new count, or the count of the listener this one replaces
+            admission: Admission::counting(name, &limits, open),
             limits,
             fast: Arc::new(ArcSwapOption::empty()),
             conf: conf.clone(),
@@ -232,12 +234,6 @@ where
             conf: self.conf.clone(),
             options: self.options.clone(),
         }
-    }
-
-    /// Count connections into `open` (see [`Admission::counting`]).
-    pub fn count_into(&mut self, open: Arc<AtomicUsize>) {
-        let name = self.admission.name.clone();
-        self.admission = Admission::counting(&name, &self.limits, open);
     }
 
     /// The admission shared with [`H1First`].

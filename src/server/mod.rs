@@ -306,11 +306,10 @@ fn http_stack(
         listener,
         pool_max(conf),
     )));
-    let mut app = LeanHttp::new(&l.name, proxy, conf, options, l.limits.clone());
+    let limits = l.limits.clone();
+    let open = counted.unwrap_or_default();
+    let mut app = LeanHttp::new(&l.name, proxy, conf, options, limits, open);
     app.set_fast(fast);
-    if let Some(open) = counted {
-        app.count_into(open);
-    }
     let admission = app.admission();
     let open = admission.open_connections();
     let (fast, swap) = (app.fast(), app.swap());
