@@ -423,6 +423,9 @@ pub struct ListenerSpec {
 pub struct TlsSpec {
     /// Key path of the block, e.g. `listeners[0].tls`, for log lines.
     pub key_path: String,
+    /// The listener's name: the `listener` label of the TLS and ACME metrics, as of every
+    /// other per-listener metric (it stays when a reload moves the listener in the file).
+    pub listener: String,
     /// The first is the default certificate.
     pub certificates: Vec<CertSpec>,
     pub client_ca: Option<String>,

@@ -75,7 +75,7 @@ pub(crate) fn validate_listener(
                 "a tls block needs protocol: https (or tcp for TLS-terminated TCP)",
             ))
         }
-        (Some(t), _) => Some(validate_tls_block(e, &format!("{p}.tls"), t)?),
+        (Some(t), _) => Some(validate_tls_block(e, &format!("{p}.tls"), &l.name, t)?),
     };
     Ok((tls, redirect, l.h2c.unwrap_or(false)))
 }
@@ -83,6 +83,7 @@ pub(crate) fn validate_listener(
 fn validate_tls_block(
     e: &Errs,
     p: &str,
+    listener: &str,
     t: &crate::config::file::TlsFile,
 ) -> Result<TlsSpec, ConfigError> {
     if t.certificates.is_empty() && t.acme.is_none() {
@@ -162,6 +163,7 @@ fn validate_tls_block(
     }
     Ok(TlsSpec {
         key_path: p.to_string(),
+        listener: listener.to_string(),
         certificates,
         client_ca,
         allow_expired,

@@ -174,10 +174,10 @@ fn tls_handshakes(out: &mut String) {
     let name = "stepstone_tls_handshakes_total";
     let _ = writeln!(
         out,
-        "# HELP {name} TLS handshakes completed on the listeners (result ok), and those refused for lack of a certificate (no_certificate), by the listener's tls key path\n# TYPE {name} counter"
+        "# HELP {name} TLS handshakes completed on the listeners (result ok), and those refused for lack of a certificate (no_certificate), by listener name\n# TYPE {name} counter"
     );
     for s in crate::tls::stores() {
-        let l = esc_label(&s.spec.key_path);
+        let l = esc_label(&s.spec.listener);
         let ok = s.handshakes_ok.load(Relaxed);
         let none = s.handshakes_no_cert.load(Relaxed);
         let _ = writeln!(out, "{name}{{listener=\"{l}\",result=\"ok\"}} {ok}");
@@ -211,10 +211,10 @@ fn acme(out: &mut String) {
     let name = "stepstone_acme_orders_total";
     let _ = writeln!(
         out,
-        "# HELP {name} ACME orders by result (ok: a certificate was issued; error: the attempt failed and is retried with backoff), by the tls.acme key path\n# TYPE {name} counter"
+        "# HELP {name} ACME orders by result (ok: a certificate was issued; error: the attempt failed and is retried with backoff), by listener name\n# TYPE {name} counter"
     );
     for s in &slots {
-        let l = esc_label(&s.key_path);
+        let l = esc_label(&s.listener);
         let ok = s.orders_ok.load(Relaxed);
         let err = s.orders_failed.load(Relaxed);
         let _ = writeln!(out, "{name}{{listener=\"{l}\",result=\"ok\"}} {ok}");
@@ -223,14 +223,14 @@ fn acme(out: &mut String) {
     let name = "stepstone_acme_certificate_expiry_days";
     let _ = writeln!(
         out,
-        "# HELP {name} Days until the ACME certificate served expires, by the tls.acme key path and its first name (absent until one is issued)\n# TYPE {name} gauge"
+        "# HELP {name} Days until the ACME certificate served expires, by listener name and the certificate's first name (absent until one is issued)\n# TYPE {name} gauge"
     );
     for s in &slots {
         if let Some(secs) = s.expires_in() {
             let _ = writeln!(
                 out,
                 "{name}{{listener=\"{}\",name=\"{}\"}} {:.3}",
-                esc_label(&s.key_path),
+                esc_label(&s.listener),
                 esc_label(s.spec.names.first().map_or("", |n| n.as_str())),
                 secs as f64 / 86400.0
             );

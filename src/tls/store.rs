@@ -203,7 +203,7 @@ impl CertStore {
             acme: spec
                 .acme
                 .as_ref()
-                .map(|a| Arc::new(super::acme::Slot::new(&spec.key_path, a))),
+                .map(|a| Arc::new(super::acme::Slot::new(&spec.key_path, &spec.listener, a))),
             seen: Mutex::new(seen),
         })
     }

@@ -256,9 +256,8 @@ async fn metric(p: &Proxy, admin: usize, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-const OK: &str = "stepstone_acme_orders_total{listener=\"listeners[1].tls.acme\",result=\"ok\"} ";
-const ERR: &str =
-    "stepstone_acme_orders_total{listener=\"listeners[1].tls.acme\",result=\"error\"} ";
+const OK: &str = "stepstone_acme_orders_total{listener=\"secure\",result=\"ok\"} ";
+const ERR: &str = "stepstone_acme_orders_total{listener=\"secure\",result=\"error\"} ";
 
 /// An http listener (port 0, Pebble's httpPort), an https listener with ACME (port 1), the
 /// admin listener (port 2). `redirect`: the http listener redirects to https (the general
@@ -351,7 +350,7 @@ async fn http01_issues_a_certificate_served_by_sni_and_reused_after_restart() {
     let days = metric(
         &p,
         2,
-        &format!("stepstone_acme_certificate_expiry_days{{listener=\"listeners[1].tls.acme\",name=\"{NAME}\"}} "),
+        &format!("stepstone_acme_certificate_expiry_days{{listener=\"secure\",name=\"{NAME}\"}} "),
     )
     .await
     .expect("days to expiry in /metrics");

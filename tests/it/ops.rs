@@ -1515,7 +1515,7 @@ async fn tls_handshakes_are_counted() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     }
     // The launcher's readiness probe is a plain TCP connect, not a handshake.
-    let series = "stepstone_tls_handshakes_total{listener=\"listeners[0].tls\",result=\"ok\"}";
+    let series = "stepstone_tls_handshakes_total{listener=\"s\",result=\"ok\"}";
     let text = wait_metric(&p, series, 3.0).await;
     assert_eq!(metric(&text, series), Some(3.0), "{text}");
     // each waited in line for its turn (at least the pacer's one yield), and none waits now

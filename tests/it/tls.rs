@@ -1406,7 +1406,7 @@ async fn a_reload_adds_and_removes_a_tls_listener_and_watches_its_certificates()
     assert_eq!(served(&kept).1, "0400");
     let r = h1(&mut kept, "reload.test", "/").await.expect("request");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]));
-    let label = "stepstone_tls_handshakes_total{listener=\"listeners[1].tls\",result=\"ok\"} 1";
+    let label = "stepstone_tls_handshakes_total{listener=\"secure\",result=\"ok\"} 1";
     let m = admin_metrics(admin).await;
     assert!(m.contains(label), "{label} not in {m}");
 
@@ -1446,6 +1446,28 @@ async fn a_reload_adds_and_removes_a_tls_listener_and_watches_its_certificates()
     let r = h1(&mut kept, "reload.test", "/").await.expect("request");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]));
 
+    // moved to the front of the list (listeners[0] now), settings unchanged: kept, and its
+    // metrics stay one series under the listener's name, counting on
+    let handshakes = |m: &str| -> Option<u64> {
+        let series = "stepstone_tls_handshakes_total{listener=\"secure\",result=\"ok\"} ";
+        m.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    let before = handshakes(&admin_metrics(admin).await).expect("the listener's series");
+    let moved = first.replace(&web_line, &format!("{}{web_line}", two));
+    std::fs::write(&proxy.config, with_route(moved)).expect("write");
+    let (status, text) = admin_reload(admin).await;
+    assert_eq!(status, 200, "{text}");
+    let r = h1(&mut kept, "reload.test", "/").await.expect("request");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]), "kept");
+    drop(connect(at, &sni).await.expect("the moved TLS listener"));
+    let m = admin_metrics(admin).await;
+    assert_eq!(handshakes(&m), Some(before + 1), "{m}");
+    assert!(
+        !m.contains("listeners[0].tls"),
+        "a key path as a label: {m}"
+    );
+
     // refused, nothing applied: a certificate file that is not there
     let missing = with_route(file(&tls_listener("")))
         .replace(&p(&c), &format!("{}/nowhere.pem", p(&pki.dir)));
@@ -1474,7 +1496,9 @@ async fn a_reload_adds_and_removes_a_tls_listener_and_watches_its_certificates()
         .await
         .expect("the open connection");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"app"[..]));
-    assert!(!admin_metrics(admin).await.contains("listeners[1].tls"));
+    assert!(!admin_metrics(admin)
+        .await
+        .contains("stepstone_tls_handshakes_total{listener=\"secure\""));
     let r = crate::support::client::get(web, "/", &[])
         .await
         .expect("web");
@@ -1510,7 +1534,9 @@ async fn a_tls_listener_from_the_start_is_removed_and_added_back_by_reloads() {
         h1(&mut s, "reload.test", "/").await.ok().map(|r| r.status)
     };
     assert_eq!(serves().await, Some(200));
-    assert!(admin_metrics(admin).await.contains("listeners[1].tls"));
+    assert!(admin_metrics(admin)
+        .await
+        .contains("stepstone_tls_handshakes_total{listener=\"tls\""));
 
     std::fs::write(&proxy.config, &without).expect("write");
     let (status, text) = admin_reload(admin).await;
@@ -1519,7 +1545,9 @@ async fn a_tls_listener_from_the_start_is_removed_and_added_back_by_reloads() {
         serves().await.is_none()
     })
     .await;
-    assert!(!admin_metrics(admin).await.contains("listeners[1].tls"));
+    assert!(!admin_metrics(admin)
+        .await
+        .contains("stepstone_tls_handshakes_total{listener=\"tls\""));
 
     std::fs::write(&proxy.config, &with).expect("write");
     let (status, text) = admin_reload(admin).await;

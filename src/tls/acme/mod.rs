@@ -46,8 +46,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3600);
 /// The ACME certificate of one listener, and its counters for `/metrics`.
 pub struct Slot {
     pub spec: AcmeSpec,
-    /// The listener's tls key path, for log lines and metric labels.
+    /// The listener's tls key path, for log lines.
     pub key_path: String,
+    /// The listener's name, the `listener` label of its metrics.
+    pub listener: String,
     pub cert: ArcSwapOption<LoadedCert>,
     pub orders_ok: AtomicU64,
     pub orders_failed: AtomicU64,
@@ -76,10 +78,11 @@ fn unix_of(t: &openssl::asn1::Asn1TimeRef) -> i64 {
 }
 
 impl Slot {
-    pub fn new(key_path: &str, spec: &AcmeSpec) -> Slot {
+    pub fn new(key_path: &str, listener: &str, spec: &AcmeSpec) -> Slot {
         let slot = Slot {
             spec: spec.clone(),
             key_path: format!("{key_path}.acme"),
+            listener: listener.to_string(),
             cert: ArcSwapOption::empty(),
             orders_ok: AtomicU64::new(0),
             orders_failed: AtomicU64::new(0),
