@@ -342,9 +342,9 @@ fn only_backends_differ(old: &UpstreamSpec, new: &UpstreamSpec) -> bool {
 }
 
 /// Whether a reload keeps the running listener `old` for `new` (same address): the same name
-/// and settings. The key path of its TLS block (`listeners[N].tls`, for log lines and metric
-/// labels) is where it sits in the file, not a setting: removing a listener before it moves
-/// it. Its store keeps the old path.
+/// and settings. The key path of its TLS block (`listeners[N].tls`, for log lines) is where
+/// it sits in the file, not a setting: removing a listener before it moves it. Its store
+/// keeps the old path (its metrics are labelled by the name, which stays).
 fn kept(old: &ListenerSpec, new: &ListenerSpec) -> bool {
     let mut moved = new.clone();
     if let (Some(o), Some(n)) = (&old.tls, &mut moved.tls) {
