@@ -2,10 +2,13 @@
 //! (the h2 crate) and HTTP/1.1, all over TLS to the same listener, so the three protocols
 //! are measured by one client. Debian's h2load does not speak HTTP/3.
 //!
-//! `h3load PROTO URL CONNS STREAMS SECONDS [PID]`: CONNS connections, STREAMS requests in
-//! flight on each (HTTP/1.1: CONNS x STREAMS connections, one request at a time each), for
-//! SECONDS. With PID, the CPU time that process used during the run is read from /proc and
-//! reported per request. Prints one line: `proto requests failed rps cpu_us_per_req`.
+//! `h3load PROTO URL CONNS STREAMS SECONDS [PID|-] [DELAY_MS]`: CONNS connections, STREAMS
+//! requests in flight on each (HTTP/1.1: CONNS x STREAMS connections, one request at a time
+//! each), for SECONDS. PROTO `h3new` is HTTP/3 with a new QUIC connection for every request
+//! (CONNS x STREAMS of them at a time, each closed after its answer). With PID, the CPU time
+//! that process used during the run is read from /proc and reported per request. With
+//! DELAY_MS, each stream waits that long after each answer (the soak's pacing). Prints one
+//! line: `proto requests failed rps cpu_us_per_req`.
 
 use bytes::{Buf, Bytes};
 use std::net::SocketAddr;
@@ -73,7 +76,9 @@ async fn drain_h3(
     Ok(r.status().as_u16())
 }
 
-async fn h3_conn(addr: SocketAddr, url: String, streams: usize, t: Arc<Tally>) {
+type H3Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+fn h3_endpoint() -> quinn::Endpoint {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -85,36 +90,86 @@ async fn h3_conn(addr: SocketAddr, url: String, streams: usize, t: Arc<Tally>) {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
     let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp");
     e.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let conn = match e.connect(addr, "bench.test").expect("connect").await {
-        Ok(c) => c,
+    e
+}
+
+/// A QUIC connection with HTTP/3 on it; its driver runs in a task of its own.
+async fn h3_connect(
+    e: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> Result<(quinn::Connection, H3Send), String> {
+    let conn = e
+        .connect(addr, "bench.test")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    Ok((conn, send))
+}
+
+async fn h3_get(send: &mut H3Send, url: &str) -> Result<u16, String> {
+    let req = http::Request::get(url)
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let mut s = send.send_request(req).await.map_err(|e| e.to_string())?;
+    s.finish().await.map_err(|e| e.to_string())?;
+    drain_h3(&mut s).await
+}
+
+async fn pause(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One request per QUIC connection: connect, ask, close, again.
+async fn h3_new_conns(addr: SocketAddr, url: String, delay: Duration, t: Arc<Tally>) {
+    let e = h3_endpoint();
+    while !t.stop.load(Relaxed) {
+        let r = async {
+            let (conn, mut send) = h3_connect(&e, addr).await?;
+            let status = h3_get(&mut send, &url).await;
+            conn.close(0u32.into(), b"done");
+            status
+        }
+        .await;
+        match r {
+            Ok(200) => t.ok.fetch_add(1, Relaxed),
+            Ok(_) => t.failed.fetch_add(1, Relaxed),
+            Err(err) => {
+                eprintln!("h3new: {err}");
+                t.failed.fetch_add(1, Relaxed)
+            }
+        };
+        pause(delay).await;
+    }
+}
+
+async fn h3_conn(addr: SocketAddr, url: String, streams: usize, delay: Duration, t: Arc<Tally>) {
+    let e = h3_endpoint();
+    let send = match h3_connect(&e, addr).await {
+        Ok((_, send)) => send,
         Err(err) => {
             eprintln!("h3 connect: {err}");
             t.failed.fetch_add(1, Relaxed);
             return;
         }
     };
-    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .expect("h3");
-    tokio::spawn(async move {
-        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-    });
     let mut tasks = Vec::new();
     for _ in 0..streams {
         let (mut send, url, t) = (send.clone(), url.clone(), t.clone());
         tasks.push(tokio::spawn(async move {
             while !t.stop.load(Relaxed) {
-                let req = http::Request::get(url.as_str()).body(()).expect("request");
-                let r = async {
-                    let mut s = send.send_request(req).await.map_err(|e| e.to_string())?;
-                    s.finish().await.map_err(|e| e.to_string())?;
-                    drain_h3(&mut s).await
-                }
-                .await;
-                match r {
+                match h3_get(&mut send, &url).await {
                     Ok(200) => t.ok.fetch_add(1, Relaxed),
                     _ => t.failed.fetch_add(1, Relaxed),
                 };
+                pause(delay).await;
             }
         }));
     }
@@ -144,7 +199,7 @@ async fn tls_stream(
     s
 }
 
-async fn h2_conn(addr: SocketAddr, url: String, streams: usize, t: Arc<Tally>) {
+async fn h2_conn(addr: SocketAddr, url: String, streams: usize, delay: Duration, t: Arc<Tally>) {
     let s = tls_stream(addr, b"\x02h2").await;
     let (send, conn) = h2::client::handshake(s).await.expect("h2 handshake");
     tokio::spawn(conn);
@@ -172,6 +227,7 @@ async fn h2_conn(addr: SocketAddr, url: String, streams: usize, t: Arc<Tally>) {
                     Ok(200) => t.ok.fetch_add(1, Relaxed),
                     _ => t.failed.fetch_add(1, Relaxed),
                 };
+                pause(delay).await;
             }
         }));
     }
@@ -181,7 +237,7 @@ async fn h2_conn(addr: SocketAddr, url: String, streams: usize, t: Arc<Tally>) {
 }
 
 /// One HTTP/1.1 keep-alive connection, one request at a time; Content-Length bodies only.
-async fn h1_conn(addr: SocketAddr, path: String, t: Arc<Tally>) {
+async fn h1_conn(addr: SocketAddr, path: String, delay: Duration, t: Arc<Tally>) {
     let mut s = tls_stream(addr, b"\x08http/1.1").await;
     let req = format!("GET {path} HTTP/1.1\r\nHost: bench.test\r\n\r\n");
     let mut buf = Vec::with_capacity(128 << 10);
@@ -218,13 +274,14 @@ async fn h1_conn(addr: SocketAddr, path: String, t: Arc<Tally>) {
             t.failed.fetch_add(1, Relaxed);
             return;
         }
+        pause(delay).await;
     }
 }
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 6 {
-        eprintln!("usage: h3load h3|h2|h1 URL CONNS STREAMS SECONDS [PID]");
+        eprintln!("usage: h3load h3|h3new|h2|h1 URL CONNS STREAMS SECONDS [PID|-] [DELAY_MS]");
         std::process::exit(2);
     }
     let (proto, url) = (a[1].clone(), a[2].clone());
@@ -232,6 +289,7 @@ fn main() {
     let streams: usize = a[4].parse().expect("STREAMS");
     let secs: u64 = a[5].parse().expect("SECONDS");
     let pid: Option<u32> = a.get(6).and_then(|p| p.parse().ok());
+    let delay = Duration::from_millis(a.get(7).map_or(0, |d| d.parse().expect("DELAY_MS")));
     let uri: http::Uri = url.parse().expect("URL");
     let addr: SocketAddr = format!(
         "{}:{}",
@@ -255,11 +313,18 @@ fn main() {
         for _ in 0..conns {
             let t = t.clone();
             match proto.as_str() {
-                "h3" => tasks.push(tokio::spawn(h3_conn(addr, url.clone(), streams, t))),
-                "h2" => tasks.push(tokio::spawn(h2_conn(addr, url.clone(), streams, t))),
+                "h3" => tasks.push(tokio::spawn(h3_conn(addr, url.clone(), streams, delay, t))),
+                "h3new" => {
+                    for _ in 0..streams {
+                        let (u, t) = (url.clone(), t.clone());
+                        tasks.push(tokio::spawn(h3_new_conns(addr, u, delay, t)));
+                    }
+                }
+                "h2" => tasks.push(tokio::spawn(h2_conn(addr, url.clone(), streams, delay, t))),
                 _ => {
                     for _ in 0..streams {
-                        tasks.push(tokio::spawn(h1_conn(addr, path.clone(), t.clone())));
+                        let (p, t) = (path.clone(), t.clone());
+                        tasks.push(tokio::spawn(h1_conn(addr, p, delay, t)));
                     }
                 }
             }
