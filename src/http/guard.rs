@@ -487,7 +487,7 @@ impl Guarded {
 
 impl Guarded {
     /// The client's address, for log lines.
-    fn peer(&self) -> String {
+    pub(crate) fn peer(&self) -> String {
         self.inner
             .get_socket_digest()
             .and_then(|d| d.peer_addr().map(|a| a.to_string()))

@@ -590,6 +590,24 @@ impl<A> H1First<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    /// How long a connection may wait for its first request: `header_timeout` (capped by
+    /// `keepalive_timeout`), from when the kernel hands it over. nginx (`client_header_timeout`)
+    /// and HAProxy (`timeout http-request`) count a new connection's first head from its
+    /// accept in the same way; `keepalive_timeout` is for the wait between requests. A client
+    /// that connects and says nothing so holds a connection for seconds, not a minute.
+    fn first_wait(&self) -> Duration {
+        self.header_wait.min(self.idle_wait)
+    }
+
+    /// The wait for the next request on `conn`: the first request's, or the keep-alive one.
+    fn wait_for(&self, conn: &super::fast::Conn) -> Duration {
+        if conn.served == 0 {
+            self.first_wait()
+        } else {
+            self.idle_wait
+        }
+    }
+
     /// A connection, from admission to its end: HTTP/1 requests in a loop of our own,
     /// anything else handed to Pingora. `hand_back`: a stream Pingora's path hands back for
     /// reuse is returned (to Pingora's service, which runs it again), else served here.
@@ -625,11 +643,27 @@ where
         // largest step, and the idle wait is the one it spends its life in.
         let mut g = Box::pin(self.admission.admit(stream)).await?;
         if h2c {
-            // An h2c listener still serves HTTP/1 here; only the preface goes to HTTP/2.
+            // An h2c listener still serves HTTP/1 here; only the preface goes to HTTP/2. The
+            // peek waits for a first request's bytes, so it gets the first request's time: a
+            // client that sends nothing, or stops inside the preface, is closed at
+            // `header_timeout` as on any listener.
+            // (boxed: a timer in the connection's own future would be carried by every idle
+            // connection)
             let mut preface = [0u8; 24];
-            if matches!(g.try_peek(&mut preface).await, Ok(true))
-                && &preface == crate::net::H2_PREFACE
-            {
+            let peeked = Box::pin(crate::net::deadline::within(
+                self.first_wait(),
+                g.try_peek(&mut preface),
+            ))
+            .await;
+            let Some(peeked) = peeked else {
+                log::debug!(
+                    "closing the connection of {}: no request within {:?} (header_timeout)",
+                    g.peer(),
+                    self.first_wait()
+                );
+                return None;
+            };
+            if matches!(peeked, Ok(true)) && &preface == crate::net::H2_PREFACE {
                 crate::mem::pin_in_place(|| self.h2(g, shutdown)).await;
                 return None;
             }
@@ -668,7 +702,7 @@ where
                 drop(head);
                 // A request pipelined behind the last one is held by the guard (see
                 // `guard::Body`), so it is served here in order, by whichever engine takes it.
-                match wait_for_request(&mut g, self.idle_wait).await {
+                match wait_for_request(&mut g, self.wait_for(&conn)).await {
                     Idle::Ready => {}
                     Idle::Closed => return None,
                 }
@@ -678,7 +712,7 @@ where
             };
             if self.fast.load().is_some() {
                 // Also on a plaintext connection: its readiness may have been for nothing.
-                let wait = Some(self.idle_wait);
+                let wait = Some(self.wait_for(&conn));
                 // Boxed: the request's state is allocated while it runs, not carried by
                 // every idle connection (and made in a statement of its own: a temporary
                 // of the awaiting statement would keep its room in this future).

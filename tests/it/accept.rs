@@ -128,9 +128,10 @@ async fn without_defer_accept_a_silent_client_takes_the_slot_at_once() {
 }
 
 /// A silent client on a plain http listener, once the kernel hands it over, is read at once
-/// (its first request is usually there: no wait, no peek) and, finding nothing, waits as an
-/// idle connection does: closed without a word at `keepalive_timeout`, not earlier and not
-/// never. With `defer_accept: false` the same wait starts at once.
+/// (its first request is usually there: no wait, no peek) and, finding nothing, waits for
+/// its first request: closed without a word at `header_timeout` or, when shorter as here,
+/// `keepalive_timeout`, not earlier and not never. With `defer_accept: false` the same wait
+/// starts at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_plain_client_is_closed_at_the_keepalive_timeout_after_the_hold() {
     let origin = OriginBuilder::new("app").run().await;
@@ -175,6 +176,85 @@ async fn a_silent_plain_client_is_closed_at_the_keepalive_timeout_after_the_hold
         "{}",
         p.log()
     );
+}
+
+/// A new connection's first request is due within `header_timeout`, counted from when the
+/// kernel hands the connection over, as nginx's `client_header_timeout` and HAProxy's
+/// `timeout http-request` count a first request from the accept: a client that connects and
+/// says nothing is closed in seconds, not at the keep-alive minute, so a flood of silent
+/// connections holds slots for seconds. Between requests the wait is `keepalive_timeout`.
+/// The same on an h2c listener, whose first bytes are peeked for the HTTP/2 preface, also
+/// when they stop inside the preface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_new_connection_is_closed_at_the_header_timeout_an_idle_one_at_keepalive() {
+    let origin = OriginBuilder::new("app").run().await;
+    let lim = "limits: {keepalive_timeout: 30s, header_timeout: 1s}";
+    let cfg = on_and_off("http", lim, origin.addr)
+        .replace(
+            "upstreams:",
+            &format!("  - {{name: h2c, address: 127.0.0.1:{{{{port2}}}}, protocol: http, h2c: true, defer_accept: false, {lim}}}\nupstreams:"),
+        )
+        + "  - {listener: h2c, upstream: app}\n";
+    let p = Proxy::start(&cfg);
+    for i in 0..3 {
+        assert_eq!(
+            first_200(p.addr_of(i), WAIT).await,
+            Some(200),
+            "{}",
+            p.log()
+        );
+    }
+    // well short of the 30 s keepalive_timeout, and not before the 1 s header_timeout
+    let soon = Duration::from_secs(8);
+    let ((on_out, on), (off_out, off), (h2c_out, h2c)) = tokio::join!(
+        silent_close(p.addr_of(0)),
+        silent_close(p.addr_of(1)),
+        silent_close(p.addr_of(2))
+    );
+    for out in [on_out, off_out, h2c_out] {
+        assert!(
+            out.is_empty(),
+            "answered: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    assert!(
+        on >= HELD + Duration::from_millis(900) && on < HELD + soon,
+        "deferred: closed after {on:?}, not at the kernel's hold plus the 1 s header_timeout:\n{}",
+        p.log()
+    );
+    assert!(
+        off >= Duration::from_millis(900) && off < soon,
+        "closed after {off:?}, not at the 1 s header_timeout:\n{}",
+        p.log()
+    );
+    assert!(
+        h2c >= Duration::from_millis(900) && h2c < soon,
+        "h2c: closed after {h2c:?}, not at the 1 s header_timeout:\n{}",
+        p.log()
+    );
+
+    // an h2c client that stops inside the preface
+    let mut s = TcpStream::connect(p.addr_of(2)).await.expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    let t0 = Instant::now();
+    let (_, closed) = read_until_close(&mut s, Duration::from_secs(15)).await;
+    assert!(
+        closed && t0.elapsed() < soon,
+        "a client stopped inside the h2c preface was held {:?} (closed: {closed}):\n{}",
+        t0.elapsed(),
+        p.log()
+    );
+
+    // after a request, the connection waits for the next one for keepalive_timeout
+    let mut c = Conn::connect(p.addr_of(1)).await.expect("connect");
+    assert_eq!(c.get("/", &[]).await.expect("first").status, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = c
+        .get("/", &[])
+        .await
+        .expect("a keep-alive connection idle for 2.5 s");
+    assert_eq!(r.status, 200);
 }
 
 /// The close of a silent client by `tls.handshake_timeout` (1 s), on an https listener with

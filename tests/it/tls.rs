@@ -362,6 +362,46 @@ async fn h2_client_with_a_1s_header_timeout(tag: &str) -> (crate::support::Origi
     (origin, proxy, s)
 }
 
+/// After its TLS handshake, a client that asks nothing is closed at `header_timeout` (1 s),
+/// the first request's limit, not at `keepalive_timeout` (120 s), as on plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_client_that_asks_nothing_after_its_handshake_is_closed_at_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let origin = OriginBuilder::new("app").run().await;
+    let pki = Pki::new("tls-silent-h1");
+    let (c, k) = pki.server("a", "a.test", &["a.test"], 22);
+    let cfg = format!(
+        "{}    limits: {{header_timeout: 1s, keepalive_timeout: 120s}}\n{}",
+        https_listener(&[(&c, &k, &["a.test"])], ""),
+        app_upstream(origin.addr, "tls")
+    );
+    let proxy = start(pki.dir.clone(), &cfg);
+    let mut s = connect(
+        proxy.addr,
+        &ClientOpts::new(&pki.ca_path, "a.test").alpn(&["http/1.1"]),
+    )
+    .await
+    .expect("handshake");
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let held = t0.elapsed();
+    assert!(
+        closed.is_ok() && held >= Duration::from_millis(900) && held < Duration::from_secs(8),
+        "held {held:?} (closed: {}), not closed at the 1 s header_timeout:\n{}",
+        closed.is_ok(),
+        proxy.log()
+    );
+}
+
 /// Read (and drop) until the proxy closes `s`; fails if it is open after 15 s, or closed in
 /// under 0.9 s (before the 1 s timeout), or `line` is not in the log.
 async fn closed_at_the_header_timeout(s: &mut Tls, proxy: &Proxy, line: &str) {
