@@ -259,7 +259,8 @@ pub struct LimitsFile {
     /// Most header fields. Default 100; more gets 431.
     pub max_header_count: Option<usize>,
     /// Time to receive a whole request head, from its first byte. Default 10s; then 408 and close.
-    /// Also the time an HTTP/2 client has for its preface.
+    /// Also the time an HTTP/2 client has for its preface, and a new connection for its first
+    /// byte (or `keepalive_timeout` if shorter; then a close without an answer).
     pub header_timeout: Option<Dur>,
     /// Idle time allowed between requests on a keep-alive connection (on HTTP/2, with no
     /// stream in flight; then GOAWAY). Default 60s.
