@@ -17,6 +17,7 @@ pub mod guard;
 pub mod h2conn;
 pub mod h2scan;
 pub mod h3;
+mod idle;
 pub mod phases;
 pub mod redirect;
 pub mod service;

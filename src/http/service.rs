@@ -17,8 +17,8 @@
 //! codec; their streams are served by the lean engine where the policy lets it.
 
 use super::guard::{GuardConf, Guarded, HeadLimits};
+use super::idle::{wait_for_request, Idle};
 use crate::config::ListenerLimits;
-use crate::lifecycle::idle::IdleTimer;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
 use pingora_core::apps::{
@@ -31,7 +31,6 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, ProxyHttp};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 pub struct LeanHttp<SV: ProxyHttp> {
@@ -239,78 +238,6 @@ where
     /// The admission shared with [`H1First`].
     pub fn admission(&self) -> Admission {
         self.admission.clone()
-    }
-}
-
-/// Outcome of waiting on an idle connection.
-enum Idle {
-    Ready,
-    Closed,
-}
-
-/// Wait for the next request on an idle connection, holding no buffer: a plaintext socket
-/// accepted by [`crate::net::listen`] is waited on for readiness, and the request is then
-/// read once, by whichever engine serves it, into its own buffer (a TLS stream holds a
-/// small one, see [`read_first`]).
-///
-/// The wait is a few words of the connection's future: the socket's own readiness slot
-/// (no waiter of its own) and an [`IdleTimer`] for the keep-alive timeout and the process's
-/// closing of idle connections (not shutdown itself: a request may be on its way, see
-/// [`crate::lifecycle::Draining`]).
-fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> {
-    if g.has_pending() {
-        return IdleWait::Ready;
-    }
-    if g.inner().as_any().is::<crate::net::listen::PlainTcp>() {
-        let Some(tcp) = g.inner().as_any().downcast_ref() else {
-            return IdleWait::Ready;
-        };
-        return IdleWait::Plain(tcp, IdleTimer::new(wait));
-    }
-    // Boxed: only these connections pay for the first read's buffer while idle.
-    IdleWait::Read(Box::pin(read_first(g, wait)))
-}
-
-/// [`wait_for_request`]'s future, written out: an `async fn` would keep its arguments too.
-enum IdleWait<'a> {
-    Ready,
-    Plain(&'a crate::net::listen::PlainTcp, IdleTimer),
-    Read(std::pin::Pin<Box<dyn std::future::Future<Output = Idle> + Send + 'a>>),
-}
-
-impl std::future::Future for IdleWait<'_> {
-    type Output = Idle;
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Idle> {
-        match &mut *self {
-            IdleWait::Ready => Poll::Ready(Idle::Ready),
-            IdleWait::Plain(tcp, timer) => match tcp.poll_readable(cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(Idle::Ready),
-                Poll::Ready(Err(_)) => Poll::Ready(Idle::Closed),
-                Poll::Pending => timer.poll_expired(cx).map(|()| Idle::Closed),
-            },
-            IdleWait::Read(f) => f.as_mut().poll(cx),
-        }
-    }
-}
-
-/// [`wait_for_request`] on a stream with no readiness of its own (a TLS stream, whose next
-/// bytes OpenSSL may hold already; Pingora's L4 stream, on listeners that read a PROXY
-/// header): what arrives is read here, a small first piece, and handed to the guard to be
-/// read again. An idle TLS connection so holds 128 bytes, not a request head's buffer
-/// (4 KiB) for as long as it idles.
-async fn read_first(g: &mut Guarded, wait: Duration) -> Idle {
-    use tokio::io::AsyncReadExt;
-    let mut first = [0u8; 128];
-    tokio::select! {
-        biased;
-        r = g.inner_mut().read(&mut first) => match r {
-            Ok(0) | Err(_) => Idle::Closed,
-            Ok(n) => {
-                g.unread(&first[..n]);
-                Idle::Ready
-            }
-        },
-        _ = IdleTimer::new(wait) => Idle::Closed,
     }
 }
 
