@@ -18,8 +18,8 @@ pub(super) enum Idle {
 /// small one, see [`read_first`]).
 ///
 /// The wait is a few words of the connection's future: the socket's own readiness slot
-/// (no waiter of its own) and an [`IdleTimer`] for the keep-alive timeout and the process's
-/// closing of idle connections (not shutdown itself: a request may be on its way, see
+/// (no waiter of its own) and an [`IdleTimer`] for `wait` (the first request's
+/// `header_timeout`, later `keepalive_timeout`) and the process's closing of idle connections (not shutdown itself: a request may be on its way, see
 /// [`crate::lifecycle::Draining`]).
 pub(super) fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> {
     if g.has_pending() {
