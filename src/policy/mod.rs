@@ -4,6 +4,7 @@
 //!
 //! The engines read and write bytes; they ask this layer:
 //! - [`head`]: is this HTTP/1 request head acceptable at all (smuggling forms, Host)?
+//! - [`target`]: is the Host one, and which path do routes see ([`target::route_path`])?
 //! - [`ListenerPolicy::admit`]: rate limit, route, body limit: answer it ourselves, or
 //!   proxy it to which route? With a shared rate-limit store the engine asks the store for
 //!   the client's count first (I/O) and hands it in ([`RateCount`]).
@@ -38,6 +39,7 @@ pub mod retry;
 pub mod route;
 mod route_index;
 pub mod sticky;
+pub mod target;
 pub mod trace;
 
 use crate::config::ListenerSpec;
@@ -163,7 +165,8 @@ impl ListenerPolicy {
         None
     }
 
-    /// Admission and routing of a reverse-proxy request, in this order: the answer to a
+    /// Admission and routing of a reverse-proxy request, in this order: a target that is
+    /// not one (400, [`target`]: an invalid Host, a path above the root), the answer to a
     /// pending ACME HTTP-01 challenge, rate limit (429), route by host and longest path
     /// prefix (404), the route's methods (405, [`route::Route::takes`]), the route's body
     /// limit by the declared length (413, closing, since the body is not read), and last a
@@ -173,19 +176,26 @@ impl ListenerPolicy {
         self.admit_on(r, self.route(r))
     }
 
-    /// The route a request is for, by host (port stripped), the longest path prefix and the
-    /// route's `match`; a split route's member is chosen here, by the sticky cookie of one
-    /// of its upstreams or else by weight.
+    /// The route a request is for, by host (port stripped), the longest path prefix of the
+    /// path as a backend reads it ([`target::route_path`]) and the route's `match`; a split
+    /// route's member is chosen here, by the sticky cookie of one of its upstreams or else by
+    /// weight. None for a path [`target::route_path`] refuses ([`ListenerPolicy::admit_on`]
+    /// answers it 400).
     pub fn route(&self, r: &RequestHead) -> Option<&Route> {
         let host = forwarded::strip_port(r.host.unwrap_or(""));
+        let path = target::route_path(r.path).ok()?;
         self.router
-            .find(host, r.path, r.fields)
+            .find(host, &path, r.fields)
             .and_then(|p| self.router.pick(p, r.fields))
     }
 
     /// [`ListenerPolicy::admit`] for an engine that already looked the route up (to choose
     /// itself, see [`engine::route`]).
     pub fn admit_on<'r>(&'r self, r: &RequestHead, route: Option<&'r Route>) -> Verdict<'r> {
+        if let Some(why) = self.bad_target(r, route.is_none()) {
+            log::warn!("{}: {why} (400)", self.name);
+            return Verdict::Answer(Answer::new(400), None);
+        }
         if let Some(a) = acme::challenge(r.path) {
             return Verdict::Answer(a, None);
         }
@@ -221,6 +231,23 @@ impl ListenerPolicy {
             return Verdict::Answer(Answer::final_recipient(), Some(route));
         }
         Verdict::Proxy(route)
+    }
+}
+
+impl ListenerPolicy {
+    /// Why a request's target is refused, if it is: a Host that is not one, or (looked at
+    /// only when no route was found, as [`ListenerPolicy::route`] finds none for it) a path
+    /// [`target::route_path`] refuses.
+    fn bad_target(&self, r: &RequestHead, unrouted: bool) -> Option<String> {
+        if let Some(h) = r.host.filter(|h| !target::valid_host(h)) {
+            return Some(format!("invalid Host {h:?}"));
+        }
+        if unrouted {
+            if let Err(why) = target::route_path(r.path) {
+                return Some(format!("{why}: {:?}", r.path));
+            }
+        }
+        None
     }
 }
 

@@ -46,6 +46,7 @@ mod reverse;
 mod shards;
 mod sticky;
 mod streaming;
+mod targets;
 mod tls;
 mod tracing;
 mod upgrade;
