@@ -44,6 +44,7 @@ mod reload;
 mod retries;
 mod reverse;
 mod shards;
+mod slow_readers;
 mod sticky;
 mod streaming;
 mod targets;
