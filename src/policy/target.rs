@@ -96,32 +96,36 @@ pub fn route_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     }))
 }
 
-/// The bytes a reg-name may hold (RFC 3986 §3.2.2): unreserved, sub-delims, and `%` of a
-/// pct-encoded byte (its two hex digits are checked apart).
+/// RFC 3986's unreserved and sub-delims characters: what a reg-name is made of (with
+/// pct-encoded bytes), and most of a path's characters.
+pub const fn unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// The bytes a reg-name may hold (RFC 3986 §3.2.2), `%` included (a pct-encoded byte's two
+/// hex digits are checked apart).
 const fn reg_name_table() -> [bool; 256] {
     let mut t = [false; 256];
     let mut c = 0;
     while c < 256 {
-        let b = c as u8;
-        t[c] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b'%'
-            );
+        t[c] = unreserved_or_sub_delim(c as u8) || c as u8 == b'%';
         c += 1;
     }
     t

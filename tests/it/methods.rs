@@ -3,7 +3,7 @@
 //! backend; without `methods`, that is TRACE alone (as nginx answers it). Checked over
 //! HTTP/1.1, HTTP/2 and HTTP/3, each on the lean engine and the general one.
 
-use crate::differential::{case, responses, run};
+use crate::differential::{case, responses, run, Case};
 use crate::differential_h2::{self as h2d, Req};
 use crate::differential_h3::{self as h3d, both_engines};
 use crate::support::scripted::{self, Answer, Origin};
@@ -25,6 +25,33 @@ fn allow(a: &Answer) -> Option<&str> {
         .iter()
         .find(|(k, _)| k == "allow")
         .map(|(_, v)| v.as_str())
+}
+
+/// What one request got over HTTP/1.1 (`raw`, to the plain pair), HTTP/2 (`r`, h2c to the
+/// plain pair) and HTTP/3 (`r`, to the TLS pair), each on the lean engine (the pair's first
+/// listener) and the general one; the protocol and engine name each answer.
+pub(crate) async fn on_every_engine(
+    plain: &Proxy,
+    tls: &Proxy,
+    e: &quinn::Endpoint,
+    raw: &Case,
+    r: &Req,
+) -> Vec<(String, Option<Answer>)> {
+    let mut got = Vec::new();
+    for (engine, i) in [("lean", 0), ("general", 1)] {
+        let bytes = run(plain.addr_of(i), raw).await;
+        let a = responses(&bytes, &raw.heads).0.pop();
+        got.push((format!("HTTP/1.1 {engine}"), a));
+        let s = h2d::run(plain.addr_of(i), &h2d::case(raw.name, r.clone())).await;
+        let a = s.into_iter().next().and_then(|s| s.answer);
+        got.push((format!("HTTP/2 {engine}"), a));
+        let a = match h3d::exchange(e, tls.addr_of(i), r).await {
+            h3d::Got::Answer(a) => Some(a),
+            h3d::Got::Failed(_) => None,
+        };
+        got.push((format!("HTTP/3 {engine}"), a));
+    }
+    got
 }
 
 /// A method outside a route's `methods`, and TRACE on a route without them, is answered
@@ -56,20 +83,7 @@ async fn methods_a_route_does_not_take_are_answered_405_everywhere() {
                 Vec::new()
             },
         };
-        let mut got: Vec<(String, Option<Answer>)> = Vec::new();
-        for (engine, i) in [("lean", 0), ("general", 1)] {
-            let bytes = run(plain.addr_of(i), &c).await;
-            let a = responses(&bytes, &c.heads).0.pop();
-            got.push((format!("HTTP/1.1 {engine}"), a));
-            let s = h2d::run(plain.addr_of(i), &h2d::case("method", r.clone())).await;
-            let a = s.into_iter().next().and_then(|s| s.answer);
-            got.push((format!("HTTP/2 {engine}"), a));
-            let a = match h3d::exchange(&e, tls.addr_of(i), &r).await {
-                h3d::Got::Answer(a) => Some(a),
-                h3d::Got::Failed(_) => None,
-            };
-            got.push((format!("HTTP/3 {engine}"), a));
-        }
+        let got = on_every_engine(&plain, &tls, &e, &c, &r).await;
         let reached = origin.take().len();
         let want_reached = if status == 405 { 0 } else { got.len() };
         if reached != want_reached {

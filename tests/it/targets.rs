@@ -6,9 +6,10 @@
 //! the lean engine and the general one; the backend gets the target as it came.
 
 use crate::differential::{case, responses, run};
-use crate::differential_h2::{self as h2d, Req};
-use crate::differential_h3::{self as h3d, both_engines};
-use crate::support::scripted::{self, Answer, Origin};
+use crate::differential_h2::Req;
+use crate::differential_h3::both_engines;
+use crate::methods::on_every_engine;
+use crate::support::scripted::{self, Origin};
 use crate::support::{quic, Proxy};
 
 /// The scripted config's `app.test` routes: `/` takes any body, `/small` at most 10 bytes.
@@ -50,20 +51,7 @@ async fn routes_see_the_path_as_a_backend_reads_it_on_every_engine() {
             fields: vec![("content-length", BODY.len().to_string())],
             data: vec![BODY.as_bytes().to_vec()],
         };
-        let mut got: Vec<(String, Option<Answer>)> = Vec::new();
-        for (engine, i) in [("lean", 0), ("general", 1)] {
-            let bytes = run(plain.addr_of(i), &c).await;
-            let a = responses(&bytes, &c.heads).0.pop();
-            got.push((format!("HTTP/1.1 {engine}"), a));
-            let s = h2d::run(plain.addr_of(i), &h2d::case("target", r.clone())).await;
-            let a = s.into_iter().next().and_then(|s| s.answer);
-            got.push((format!("HTTP/2 {engine}"), a));
-            let a = match h3d::exchange(&e, tls.addr_of(i), &r).await {
-                h3d::Got::Answer(a) => Some(a),
-                h3d::Got::Failed(_) => None,
-            };
-            got.push((format!("HTTP/3 {engine}"), a));
-        }
+        let got = on_every_engine(&plain, &tls, &e, &c, &r).await;
         let seen = origin.take();
         let want_reached = if status == 200 { got.len() } else { 0 };
         if seen.len() != want_reached {

@@ -633,29 +633,8 @@ enum Plan<'a> {
 pub(in crate::http) fn plain_target(t: &str) -> bool {
     t.starts_with('/')
         && t.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b':'
-                        | b'@'
-                        | b'/'
-                        | b'?'
-                        | b'%'
-                )
+            crate::policy::target::unreserved_or_sub_delim(b)
+                || matches!(b, b':' | b'@' | b'/' | b'?' | b'%')
         })
 }
 
