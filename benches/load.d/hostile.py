@@ -21,6 +21,8 @@ For SECONDS it keeps up, against one Stepstone with default limits:
   obs-fold    a folded header line                                            400
   bare-lf     lines ended by LF alone                                         400
   trace       TRACE (cross-site tracing)                                      405
+  above-root  a path that climbs above the root (/../ok)                      400
+  bad-host    a Host that is not host[:port] (soak.test/x)                    400
   reset       HTTP/2 over TLS: 500 streams, each reset as it opens (CVE-2023-44487);
               the proxy must end the connection (GOAWAY or close) within 5 s
 
@@ -206,6 +208,8 @@ SHOTS = [
     ("obs-fold", b"GET /ok HTTP/1.1\r\nHost: soak.test\r\nX-A: b\r\n  folded\r\n\r\n", {400}, False),
     ("bare-lf", b"GET /ok HTTP/1.1\nHost: soak.test\n\n", {400}, False),
     ("trace", b"TRACE /ok HTTP/1.1\r\nHost: soak.test\r\n\r\n", {405}, False),
+    ("above-root", b"GET /../ok HTTP/1.1\r\nHost: soak.test\r\n\r\n", {400}, False),
+    ("bad-host", b"GET /ok HTTP/1.1\r\nHost: soak.test/x\r\n\r\n", {400}, False),
 ]
 
 

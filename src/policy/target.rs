@@ -17,16 +17,8 @@ use std::borrow::Cow;
 /// request has none, and then its path is matched as it came without a copy.
 #[inline]
 fn plain(path: &[u8]) -> bool {
-    let mut i = 0;
-    while i < path.len() {
-        match path[i] {
-            b'%' => return false,
-            b'/' if matches!(path.get(i + 1), Some(b'.' | b'/')) => return false,
-            _ => {}
-        }
-        i += 1;
-    }
-    true
+    memchr::memchr2_iter(b'%', b'/', path)
+        .all(|i| path[i] == b'/' && !matches!(path.get(i + 1), Some(b'.' | b'/')))
 }
 
 fn hex(b: u8) -> Option<u8> {
