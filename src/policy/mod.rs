@@ -232,9 +232,7 @@ impl ListenerPolicy {
         }
         Verdict::Proxy(route)
     }
-}
 
-impl ListenerPolicy {
     /// Why a request's target is refused, if it is: a Host that is not one, or (looked at
     /// only when no route was found, as [`ListenerPolicy::route`] finds none for it) a path
     /// [`target::route_path`] refuses.

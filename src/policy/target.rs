@@ -21,13 +21,15 @@ fn plain(path: &[u8]) -> bool {
         .all(|i| path[i] == b'/' && !matches!(path.get(i + 1), Some(b'.' | b'/')))
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
+/// The byte a pct-encoding's two hex digits (the bytes after its `%`) stand for.
+fn pct_byte(digits: &[u8]) -> Option<u8> {
+    let hex = |b: u8| match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
-    }
+    };
+    Some(hex(*digits.first()?)? << 4 | hex(*digits.get(1)?)?)
 }
 
 /// The path `path_prefix` is matched against (see the module doc), or why the target is
@@ -46,11 +48,7 @@ pub fn route_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
             i += 1;
             continue;
         }
-        let byte = match (raw.get(i + 1).and_then(|&h| hex(h)), raw.get(i + 2)) {
-            (Some(h), Some(&l)) => hex(l).map(|l| h << 4 | l),
-            _ => None,
-        };
-        match byte {
+        match pct_byte(&raw[i + 1..]) {
             Some(0) => return Err("an encoded NUL in the path"),
             Some(b) => decoded.push(b),
             None => return Err("a % in the path not followed by two hex digits"),
@@ -148,12 +146,10 @@ pub fn valid_host(host: &str) -> bool {
             None => (b, &b[b.len()..]),
         }
     };
-    let name_ok = name.iter().enumerate().all(|(i, &c)| {
-        REG_NAME[c as usize]
-            && (c != b'%'
-                || matches!((name.get(i + 1), name.get(i + 2)),
-                    (Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some()))
-    });
+    let name_ok = name
+        .iter()
+        .enumerate()
+        .all(|(i, &c)| REG_NAME[c as usize] && (c != b'%' || pct_byte(&name[i + 1..]).is_some()));
     let port_ok = match port.split_first() {
         None => true,
         Some((b':', digits)) => {
