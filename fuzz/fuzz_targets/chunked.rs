@@ -2,11 +2,13 @@
 //! request-head guard and responses on the lean engine, against a reference parser written
 //! line by line from RFC 9112 §7.1 with the same limits. Whatever the bytes and however they
 //! are split: when one finds a complete body, the other finds the same end (and the scanner
-//! decodes the same data); what one refuses, the other never completes.
+//! decodes the same data); what one refuses, the other never completes. And the body the
+//! request guard passes on, each piece's whole chunks merged into one (`coalesce`), is a
+//! complete body with the same data wherever the original was.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stepstone::http::chunked::{ChunkedScanner, Scan};
+use stepstone::http::chunked::{coalesce, ChunkedScanner, Scan};
 
 const MAX_LINE: usize = 4096;
 
@@ -162,10 +164,36 @@ fuzz_target!(|input: &[u8]| {
             }
         }
     }
+    // the same two pieces as the guard passes them on: cut at the end, whole chunks merged
+    let (mut g, mut spans, mut merged) = (ChunkedScanner::default(), Vec::new(), Vec::new());
+    for piece in [&data[..at], &data[at..]] {
+        let mut p = piece.to_vec();
+        let Ok(scan) = g.scan_spans(&p, &mut spans) else {
+            break;
+        };
+        let keep = match scan {
+            Scan::Done(k) => k,
+            Scan::More => p.len(),
+        };
+        p.truncate(keep);
+        let n = coalesce(&mut p, &spans);
+        merged.extend_from_slice(&p[..n]);
+        if matches!(scan, Scan::Done(_)) {
+            break;
+        }
+    }
     match reference(data) {
         Verdict::Complete(e, body) => {
             assert_eq!(end, Some(e), "the reference ends the body at {e}");
             assert_eq!(decoded, body, "decoded data differs");
+            assert!(merged.len() <= e, "merging made the body longer");
+            match reference(&merged) {
+                Verdict::Complete(m, merged_body) => {
+                    assert_eq!(m, merged.len(), "the merged body ends early");
+                    assert_eq!(merged_body, body, "merging changed the data");
+                }
+                _ => panic!("the merged body is not a complete body"),
+            }
         }
         Verdict::Invalid => assert!(
             end.is_none(),

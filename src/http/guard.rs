@@ -93,7 +93,8 @@ enum Body {
     Pass,
     /// This many bytes are left of a Content-Length body.
     Left(u64),
-    Chunked(super::chunked::ChunkedScanner),
+    /// A chunked body, and the whole chunks of the last read (see [`Guarded::limit_body`]).
+    Chunked(super::chunked::ChunkedScanner, Vec<super::chunked::Span>),
     /// The request is complete: nothing more until the next head is watched.
     Held,
     /// An HTTP/2 connection: everything passes, and its header blocks are timed.
@@ -103,7 +104,7 @@ enum Body {
 impl Body {
     /// Whether the client is still sending this request's body.
     fn arriving(&self) -> bool {
-        matches!(self, Body::Chunked(_)) || matches!(self, Body::Left(n) if *n > 0)
+        matches!(self, Body::Chunked(..)) || matches!(self, Body::Left(n) if *n > 0)
     }
 }
 
@@ -324,7 +325,7 @@ impl Guarded {
         self.body = if f.tunnel {
             Body::Pass
         } else if f.chunked {
-            Body::Chunked(super::chunked::ChunkedScanner::default())
+            Body::Chunked(super::chunked::ChunkedScanner::default(), Vec::new())
         } else {
             Body::Left(f.length.unwrap_or(0))
         };
@@ -332,36 +333,51 @@ impl Guarded {
     }
 
     /// Keep the bytes of `buf` from `from` on that belong to this request's body; hold the
-    /// rest back for the next head.
+    /// rest back for the next head. The whole chunks of a chunked body that came in this
+    /// read are merged into one ([`super::chunked::coalesce`]): every engine forwards a
+    /// chunked body chunk by chunk, so a client's tiny chunks would each cost a write to
+    /// the backend.
     fn limit_body(
         &mut self,
         buf: &mut ReadBuf<'_>,
         from: usize,
     ) -> Result<(), (u16, &'static str)> {
         let data = &buf.filled()[from..];
+        let (mut merge, mut ended) = (false, false);
         let keep = match &mut self.body {
             Body::Pass | Body::H2(_) => return Ok(()),
             Body::Held => 0,
             Body::Left(n) => {
                 let k = (*n).min(data.len() as u64);
                 *n -= k;
+                ended = *n == 0;
                 k as usize
             }
-            Body::Chunked(scan) => match scan.scan(data) {
-                Ok(super::chunked::Scan::More) => data.len(),
-                Ok(super::chunked::Scan::Done(k)) => {
-                    self.body = Body::Left(0);
-                    k
-                }
-                Err(_) => return Err((400, "malformed chunked request body")),
-            },
+            Body::Chunked(scan, spans) => {
+                let keep = match scan.scan_spans(data, spans) {
+                    Ok(super::chunked::Scan::More) => data.len(),
+                    Ok(super::chunked::Scan::Done(k)) => {
+                        ended = true;
+                        k
+                    }
+                    Err(_) => return Err((400, "malformed chunked request body")),
+                };
+                merge = spans.len() > 1;
+                keep
+            }
         };
-        if matches!(self.body, Body::Left(0)) {
-            self.body = Body::Held;
-        }
         if keep < data.len() {
             self.pending.put_front(&data[keep..]);
             buf.set_filled(from + keep);
+        }
+        if merge {
+            if let Body::Chunked(_, spans) = &self.body {
+                let n = super::chunked::coalesce(&mut buf.filled_mut()[from..], spans);
+                buf.set_filled(from + n);
+            }
+        }
+        if ended {
+            self.body = Body::Held;
         }
         Ok(())
     }

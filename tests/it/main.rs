@@ -48,6 +48,7 @@ mod slow_readers;
 mod sticky;
 mod streaming;
 mod targets;
+mod tiny_chunks;
 mod tls;
 mod tracing;
 mod upgrade;
