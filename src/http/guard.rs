@@ -124,9 +124,13 @@ impl Drop for Guarded {
         if let Some(c) = &self.conf.open {
             c.fetch_sub(1, Relaxed);
         }
-        // Closed with the client still sending (a refused head, a request body left unread):
-        // a plain close would reset the connection under the answer.
-        let unread = self.refused || self.body.arriving();
+        // Closed with the client still sending (a refused head, a request body left unread,
+        // pipelined requests past `keepalive_requests`): a plain close would reset the
+        // connection under the answers. nginx lingers in the same cases.
+        let unread = self.refused
+            || self.body.arriving()
+            || (self.between_requests()
+                && (self.has_pending() || crate::net::sockopt::has_unread(self.inner.id())));
         if unread {
             let s = std::mem::replace(&mut self.inner, Box::new(crate::net::linger::Closed));
             crate::net::linger::linger(s);
@@ -282,6 +286,12 @@ impl Guarded {
     /// The inner stream, for the socket-level checks of an idle connection.
     pub fn inner(&self) -> &Stream {
         &self.inner
+    }
+
+    /// An HTTP/1 connection before a request's head or after its body (not a tunnel, an
+    /// HTTP/2 connection or an HTTP/3 body's pipe).
+    fn between_requests(&self) -> bool {
+        self.phase != Phase::Body || matches!(self.body, Body::Held | Body::Left(0))
     }
 
     /// Watch the next request head on this connection.

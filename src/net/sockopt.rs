@@ -1,5 +1,5 @@
 //! TCP options set once on a listening socket, which Linux copies to every connection
-//! accepted from it, and the one per-connection option the HTTP guard needs.
+//! accepted from it, and the per-connection calls the HTTP guard needs.
 //!
 //! Delayed ACKs on HTTP listeners: a new connection starts in Linux's quick-ACK mode, so the
 //! kernel acknowledges the first request as soon as the proxy reads it, and the response
@@ -68,6 +68,24 @@ pub fn defer_accept(l: &impl AsRawFd, on: bool) -> bool {
 /// sends (Linux then decides again): for a request that is still arriving.
 pub fn ack_now(fd: RawFd) -> bool {
     set_tcp(fd, libc::TCP_QUICKACK, 1)
+}
+
+/// Whether the peer has sent bytes not read yet (a one-byte peek that does not wait): a
+/// socket closed with them is reset, not closed with a FIN. `false` for an fd that is not
+/// a socket.
+pub fn has_unread(fd: RawFd) -> bool {
+    let mut b = 0u8;
+    // SAFETY: a one-byte, non-blocking peek into a local; on an fd that is not an open
+    // socket the call only fails.
+    let r = unsafe {
+        libc::recv(
+            fd,
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r > 0
 }
 
 /// Linux reports TCP_QUICKACK as "not in delayed-ACK (ping-pong) mode".

@@ -11,6 +11,7 @@ mod bodies;
 mod cache;
 mod cache_reload;
 mod cli;
+mod closing;
 mod compression;
 mod differential;
 mod differential_bodies;
