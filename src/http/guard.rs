@@ -79,6 +79,9 @@ pub struct Guarded {
     body: Body,
     /// A head was refused: the client may still be sending it.
     refused: bool,
+    /// Request heads seen on this connection (saturating): a client that sent a second
+    /// one may have pipelined more.
+    heads: u32,
     /// This request's ACK was asked for ([`Guarded::ack_incomplete`]).
     acked: bool,
 }
@@ -126,11 +129,14 @@ impl Drop for Guarded {
         }
         // Closed with the client still sending (a refused head, a request body left unread,
         // pipelined requests past `keepalive_requests`): a plain close would reset the
-        // connection under the answers. nginx lingers in the same cases.
+        // connection under the answers. nginx lingers in the same cases. The socket is
+        // asked only once a second request came: a connection that carried one request
+        // (most closes: `Connection: close`) pays no system call for the check.
         let unread = self.refused
             || self.body.arriving()
             || (self.between_requests()
-                && (self.has_pending() || crate::net::sockopt::has_unread(self.inner.id())));
+                && (self.has_pending()
+                    || (self.heads > 1 && crate::net::sockopt::has_unread(self.inner.id()))));
         if unread {
             let s = std::mem::replace(&mut self.inner, Box::new(crate::net::linger::Closed));
             crate::net::linger::linger(s);
@@ -174,6 +180,7 @@ impl Guarded {
             wbuf: Vec::new(),
             body: Body::Pass,
             refused: false,
+            heads: 0,
             acked: false,
         }
     }
@@ -332,6 +339,7 @@ impl Guarded {
             r
         };
         let f = r.map_err(|r| (r.status, r.reason))?;
+        self.heads = self.heads.saturating_add(1);
         self.body = if f.tunnel {
             Body::Pass
         } else if f.chunked {
