@@ -3,7 +3,7 @@
 //! the backend, a syscall per 6 bytes the client sends; nginx buffers and sends such a body
 //! in a few writes. The request guard merges the whole chunks of each read into one, so
 //! the backend gets the same data, trailers and the pipelined request after it, in a few
-//! chunks. Checked with `fast_path` on and off.
+//! chunks. Checked with `fast_path` on and off, and on a forward proxy.
 
 use crate::support::raw::{read_until_close, statuses, RawBackend, Reply};
 use crate::support::Proxy;
@@ -33,22 +33,52 @@ fn chunks_in(raw: &[u8]) -> Option<(Vec<usize>, Vec<u8>, Vec<u8>)> {
     }
 }
 
+/// One http listener on `b`: a reverse proxy (`keys` added to the listener) or, with
+/// `forward`, a forward proxy that may reach loopback.
+fn config(b: std::net::SocketAddr, keys: &str, forward: bool) -> String {
+    if forward {
+        return "listeners:\n  - name: fwd\n    address: 127.0.0.1:{{port}}\n    protocol: http\n    forward_proxy: {allow_private_destinations: true, access: [{action: allow}]}\n".into();
+    }
+    format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http{keys}}}\nupstreams:\n  - name: app\n    backends: [{{address: {b}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_of_tiny_chunks_reaches_the_backend_in_few_chunks_on_every_engine() {
     let mut wrong = Vec::new();
-    for (engine, keys) in [("fast path", ""), ("general", ", fast_path: false")] {
+    for (engine, keys, forward) in [
+        ("fast path", "", false),
+        ("general", ", fast_path: false", false),
+        ("forward proxy", "", true),
+    ] {
         let b = RawBackend::start(Reply::Ok).await;
-        let p = Proxy::start(&format!(
-            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http{keys}}}\nupstreams:\n  - name: app\n    backends: [{{address: {}}}]\nroutes:\n  - {{listener: web, upstream: app}}\n",
+        let p = Proxy::start(&config(b.addr, keys, forward));
+        let target = |path: &str| {
+            if forward {
+                format!("http://{}{path}", b.addr)
+            } else {
+                path.to_string()
+            }
+        };
+        let mut req = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            target("/up"),
             b.addr
-        ));
-        let mut req =
-            b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        )
+        .into_bytes();
         for _ in 0..CHUNKS {
             req.extend_from_slice(b"1\r\nz\r\n");
         }
         req.extend_from_slice(b"0\r\nx-sum: 1\r\n\r\n");
-        req.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        req.extend_from_slice(
+            format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                target("/next"),
+                b.addr
+            )
+            .as_bytes(),
+        );
         let mut s = TcpStream::connect(p.addr).await.expect("connect");
         s.write_all(&req).await.expect("send");
         let (answer, closed) = read_until_close(&mut s, Duration::from_secs(10)).await;
