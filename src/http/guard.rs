@@ -111,6 +111,10 @@ impl Body {
     }
 }
 
+/// Chunk spans whose room a chunked body keeps between reads (12 bytes each); a read that
+/// needed more gives its room back at once.
+const SPANS_KEPT: usize = 64;
+
 /// Writes shorter than this are gathered (one MSS, as Pingora's own L4 write buffer).
 const WRITE_GATHER: usize = 1460;
 
@@ -389,9 +393,13 @@ impl Guarded {
             buf.set_filled(from + keep);
         }
         if merge {
-            if let Body::Chunked(_, spans) = &self.body {
+            if let Body::Chunked(_, spans) = &mut self.body {
                 let n = super::chunked::coalesce(&mut buf.filled_mut()[from..], spans);
                 buf.set_filled(from + n);
+                // a read of tiny chunks needs thousands of spans; hold none of them after it
+                if spans.capacity() > SPANS_KEPT {
+                    *spans = Vec::new();
+                }
             }
         }
         if ended {

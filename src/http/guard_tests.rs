@@ -141,3 +141,49 @@ async fn incomplete_requests_are_acknowledged_at_once() {
     assert!(pends(&mut g).await);
     assert!(g.acked, "the body is still arriving");
 }
+
+/// A read of tiny chunks comes out of the guard as one chunk, and the thousands of chunk
+/// spans it took to merge them are not kept past the read.
+#[tokio::test]
+async fn a_read_of_tiny_chunks_is_merged_and_its_spans_given_back() {
+    use tokio::io::AsyncReadExt;
+    let (mut c, a) = crate::net::sockopt::loopback_pair(|_| true).await;
+    let l4: pingora_core::protocols::l4::stream::Stream = a.into();
+    let limits = HeadLimits {
+        max_request_line: 8192,
+        max_header_size: 8192,
+        max_header_count: 100,
+        header_timeout: Duration::from_secs(10),
+    };
+    let mut g = Guarded::new(Box::new(l4), limits, None);
+    let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut sent = head.to_vec();
+    sent.extend_from_slice(&b"1\r\nz\r\n".repeat(5000));
+    write(&mut c, &sent).await;
+    // what the guard hands on, past the head, until all the data came
+    let (mut body, mut data) = (Vec::new(), Vec::new());
+    let mut scan = crate::http::chunked::ChunkedScanner::default();
+    let mut head_left = head.len();
+    let mut buf = vec![0u8; 1 << 16];
+    while data.len() < 5000 {
+        let n = g.read(&mut buf).await.expect("read");
+        assert!(n > 0, "the guard ended the body early");
+        let skip = head_left.min(n);
+        head_left -= skip;
+        let piece = &buf[skip..n];
+        body.extend_from_slice(piece);
+        scan.scan_into(piece, Some(&mut data))
+            .expect("a valid chunked body");
+    }
+    assert_eq!(data, vec![b'z'; 5000]);
+    // 30,000 bytes sent; merged, the framing is a few bytes per read
+    assert!(body.len() < 6000, "{} bytes of body", body.len());
+    match &g.body {
+        Body::Chunked(_, spans) => assert!(
+            spans.capacity() <= SPANS_KEPT,
+            "{} spans kept",
+            spans.capacity()
+        ),
+        other => panic!("the body is {other:?}"),
+    }
+}
