@@ -77,6 +77,18 @@ async fn pends(g: &mut Guarded) -> bool {
     .await
 }
 
+/// A guard with roomy limits over the proxy's end of a loopback connection.
+fn on_socket(a: tokio::net::TcpStream) -> Guarded {
+    let l4: pingora_core::protocols::l4::stream::Stream = a.into();
+    let limits = HeadLimits {
+        max_request_line: 8192,
+        max_header_size: 8192,
+        max_header_count: 100,
+        header_timeout: Duration::from_secs(10),
+    };
+    Guarded::new(Box::new(l4), limits, None)
+}
+
 async fn write(c: &mut tokio::net::TcpStream, b: &[u8]) {
     use tokio::io::AsyncWriteExt;
     assert!(c.write_all(b).await.is_ok(), "client write");
@@ -90,14 +102,7 @@ async fn incomplete_requests_are_acknowledged_at_once() {
     let (mut c, a) =
         crate::net::sockopt::loopback_pair(crate::net::sockopt::delay_acks_for_all).await;
     let fd = a.as_raw_fd();
-    let l4: pingora_core::protocols::l4::stream::Stream = a.into();
-    let limits = HeadLimits {
-        max_request_line: 8192,
-        max_header_size: 8192,
-        max_header_count: 100,
-        header_timeout: Duration::from_secs(10),
-    };
-    let mut g = Guarded::new(Box::new(l4), limits, None);
+    let mut g = on_socket(a);
     let mut buf = [0u8; 256];
 
     // a complete head: nothing to ask for, before or after
@@ -148,14 +153,7 @@ async fn incomplete_requests_are_acknowledged_at_once() {
 async fn a_read_of_tiny_chunks_is_merged_and_its_spans_given_back() {
     use tokio::io::AsyncReadExt;
     let (mut c, a) = crate::net::sockopt::loopback_pair(|_| true).await;
-    let l4: pingora_core::protocols::l4::stream::Stream = a.into();
-    let limits = HeadLimits {
-        max_request_line: 8192,
-        max_header_size: 8192,
-        max_header_count: 100,
-        header_timeout: Duration::from_secs(10),
-    };
-    let mut g = Guarded::new(Box::new(l4), limits, None);
+    let mut g = on_socket(a);
     let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
     let mut sent = head.to_vec();
     sent.extend_from_slice(&b"1\r\nz\r\n".repeat(5000));
