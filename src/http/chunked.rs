@@ -341,9 +341,9 @@ pub fn coalesce(buf: &mut [u8], spans: &[Span]) -> usize {
         let run = &spans[i..j];
         buf.copy_within(r..run[0].start(), w);
         w += run[0].start() - r;
-        let mut line = [0u8; 8];
-        let digits = hex_digits(total, &mut line);
-        let mut at = w + digits + 2;
+        let mut line = [0u8; SIZE_LINE];
+        let line_len = size_line(total, &mut line);
+        let mut at = w + line_len;
         for s in run {
             let d = s.data();
             let n = d.len();
@@ -351,7 +351,7 @@ pub fn coalesce(buf: &mut [u8], spans: &[Span]) -> usize {
             at += n;
         }
         buf[at..at + 2].copy_from_slice(b"\r\n");
-        buf[w..w + digits + 2].copy_from_slice(&line[..digits + 2]);
+        buf[w..w + line_len].copy_from_slice(&line[..line_len]);
         w = at + 2;
         r = run[run.len() - 1].end();
         i = j;
@@ -360,8 +360,12 @@ pub fn coalesce(buf: &mut [u8], spans: &[Span]) -> usize {
     w + buf.len() - r
 }
 
-/// `n` (at most [`MAX_MERGED`]) in lowercase hex followed by CRLF, into `out`; the digit count.
-fn hex_digits(n: usize, out: &mut [u8; 8]) -> usize {
+/// Room for any chunk-size line [`size_line`] writes: 16 hex digits and CRLF.
+pub const SIZE_LINE: usize = 18;
+
+/// The size line of a chunk of `n` bytes (lowercase hex, CRLF) into `out`; its length. One
+/// writer for every chunk the proxy frames, without formatting into a String.
+pub fn size_line(n: usize, out: &mut [u8; SIZE_LINE]) -> usize {
     let digits = ((usize::BITS - n.leading_zeros()) as usize)
         .div_ceil(4)
         .max(1);
@@ -370,7 +374,7 @@ fn hex_digits(n: usize, out: &mut [u8; 8]) -> usize {
         *o = b"0123456789abcdef"[nib];
     }
     out[digits..digits + 2].copy_from_slice(b"\r\n");
-    digits
+    digits + 2
 }
 
 #[cfg(test)]
@@ -519,10 +523,11 @@ mod tests {
             (16, "10"),
             (0x3e8, "3e8"),
             (MAX_MERGED, "ffffff"),
+            (usize::MAX, "ffffffffffffffff"),
         ] {
-            let mut line = [0; 8];
-            let d = hex_digits(n, &mut line);
-            assert_eq!(&line[..d + 2], format!("{s}\r\n").as_bytes());
+            let mut line = [0; SIZE_LINE];
+            let len = size_line(n, &mut line);
+            assert_eq!(&line[..len], format!("{s}\r\n").as_bytes());
         }
     }
 

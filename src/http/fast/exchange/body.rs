@@ -105,7 +105,9 @@ pub(super) fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    let mut line = [0u8; crate::http::chunked::SIZE_LINE];
+    let n = crate::http::chunked::size_line(data.len(), &mut line);
+    out.extend_from_slice(&line[..n]);
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
