@@ -103,7 +103,41 @@ impl ChunkedScanner {
     /// As [`Self::scan`], also appending the chunk data (without the framing) to `out`: for a
     /// downstream that does not speak chunked (HTTP/2).
     pub fn scan_into(&mut self, data: &[u8], out: Option<&mut Vec<u8>>) -> Result<Scan, BadChunk> {
-        self.run(data, out, None)
+        match out {
+            Some(o) => self.run(data, &mut |d| o.extend_from_slice(d), None),
+            None => self.run(data, &mut |_| {}, None),
+        }
+    }
+
+    /// Decode `wire` (the next bytes of a chunked body) and append to `out` their data framed
+    /// again as one chunk (nothing when they hold no data), then the last chunk once the body
+    /// ends: what a proxy that decodes and re-encodes a body sends on. Extensions and trailer
+    /// fields are dropped. Returns the data bytes and the scan's outcome: `Done(k)` when the
+    /// body ended after `k` bytes of `wire` (the rest is not taken).
+    ///
+    /// Why: the lean engine relays a client's chunked request body in its own framing, as
+    /// the general engine (Pingora) does, so a backend sees the same body from either, and
+    /// none of a client's extensions or trailers reaches a parser that could read them
+    /// differently. The size comes first on the wire, so a first pass (on a copy of the
+    /// scanner, which skips data without touching it) counts the data, and the second copies
+    /// it once, straight after its size line.
+    pub fn reframe(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<(u64, Scan), BadChunk> {
+        let mut n = 0usize;
+        self.clone().run(wire, &mut |d| n += d.len(), None)?;
+        if n > 0 {
+            let mut line = [0u8; SIZE_LINE];
+            let k = size_line(n, &mut line);
+            out.reserve(k + n + 2 + LAST_CHUNK.len());
+            out.extend_from_slice(&line[..k]);
+        }
+        let scan = self.run(wire, &mut |d| out.extend_from_slice(d), None)?;
+        if n > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Scan::Done(_) = scan {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        Ok((n as u64, scan))
     }
 
     /// As [`Self::scan`], also recording in `spans` (cleared first) every chunk with data
@@ -112,13 +146,15 @@ impl ChunkedScanner {
         spans.clear();
         // positions are kept as u32 (a span is 12 bytes); no read comes near 4 GiB
         let record = u32::try_from(data.len()).is_ok();
-        self.run(data, None, record.then_some(spans))
+        self.run(data, &mut |_| {}, record.then_some(spans))
     }
 
+    /// The scanner over `data`, giving each piece of chunk data to `on_data` and recording
+    /// whole chunks in `spans`.
     fn run(
         &mut self,
         data: &[u8],
-        mut out: Option<&mut Vec<u8>>,
+        on_data: &mut impl FnMut(&[u8]),
         mut spans: Option<&mut Vec<Span>>,
     ) -> Result<Scan, BadChunk> {
         let mut i = 0;
@@ -182,8 +218,8 @@ impl ChunkedScanner {
                 State::Data { left } => {
                     let avail = (data.len() - i) as u64;
                     let take = avail.min(left) as usize;
-                    if let Some(o) = out.as_deref_mut() {
-                        o.extend_from_slice(&data[i..i + take]);
+                    if take > 0 {
+                        on_data(&data[i..i + take]);
                     }
                     i += take;
                     if avail >= left {
@@ -363,6 +399,9 @@ pub fn coalesce(buf: &mut [u8], spans: &[Span]) -> usize {
 /// Room for any chunk-size line [`size_line`] writes: 16 hex digits and CRLF.
 pub const SIZE_LINE: usize = 18;
 
+/// The end of a chunked body the proxy frames itself: the last chunk, no trailer fields.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
 /// The size line of a chunk of `n` bytes (lowercase hex, CRLF) into `out`; its length. One
 /// writer for every chunk the proxy frames, without formatting into a String.
 pub fn size_line(n: usize, out: &mut [u8; SIZE_LINE]) -> usize {
@@ -448,6 +487,59 @@ mod tests {
             assert!(done);
             assert_eq!(out, b"hello, world");
         }
+    }
+
+    /// A body relayed in the proxy's own framing ([`ChunkedScanner::reframe`]), in every
+    /// split into two pieces and byte by byte: the same data, one chunk per piece with data,
+    /// no extension or trailer, the last chunk once, nothing past the end.
+    #[test]
+    fn reframes_the_data_in_any_split() {
+        let body = b"5;a=b\r\nhello\r\n3;x=y\r\n, w\r\n4\r\norld\r\n0;z\r\nX-T: 1\r\n\r\nNEXT";
+        let pieces = |split: usize| -> Vec<&[u8]> {
+            if split == 0 {
+                body.chunks(1).collect()
+            } else {
+                vec![&body[..split], &body[split..]]
+            }
+        };
+        for split in 0..body.len() {
+            let (mut s, mut out, mut data, mut ended) =
+                (ChunkedScanner::default(), Vec::new(), 0, false);
+            for piece in pieces(split) {
+                assert!(!ended, "split {split}: a piece after the end");
+                let (n, scan) = s.reframe(piece, &mut out).unwrap();
+                data += n;
+                ended = matches!(scan, Scan::Done(_));
+                if ended {
+                    break;
+                }
+            }
+            assert!(ended, "split {split}");
+            assert_eq!(data, 12, "split {split}");
+            let text = String::from_utf8(out.clone()).unwrap();
+            assert!(text.ends_with("\r\n0\r\n\r\n"), "split {split}: {text:?}");
+            assert!(!text.contains(';') && !text.contains("X-T"), "{text:?}");
+            assert!(!text.contains("NEXT"), "{text:?}");
+            let mut decoded = Vec::new();
+            let mut check = ChunkedScanner::default();
+            assert_eq!(
+                check.scan_into(&out, Some(&mut decoded)),
+                Ok(Scan::Done(out.len())),
+                "split {split}: {text:?}"
+            );
+            assert_eq!(decoded, b"hello, world", "split {split}");
+        }
+        // one piece: one chunk with all of the data
+        let mut out = Vec::new();
+        let r = ChunkedScanner::default().reframe(body, &mut out);
+        assert_eq!(r, Ok((12, Scan::Done(body.len() - 4))));
+        assert_eq!(out, b"c\r\nhello, world\r\n0\r\n\r\n");
+        // a piece of framing only adds nothing, and a bad one is refused
+        let mut s = ChunkedScanner::default();
+        out.clear();
+        assert_eq!(s.reframe(b"5;ext", &mut out), Ok((0, Scan::More)));
+        assert!(out.is_empty());
+        assert!(s.reframe(b"\x01", &mut out).is_err());
     }
 
     /// Scan `body` in pieces of `split`, coalescing each piece as the request guard does.

@@ -89,7 +89,10 @@ pub struct HeadTraits {
     pub http10: bool,
     pub connect: bool,
     pub origin_form: bool,
+    /// A chunked body follows (the request guard lets no other transfer coding through).
     pub transfer_encoding: bool,
+    /// An idempotent method ([`super::retry::idempotent`]).
+    pub idempotent: bool,
     pub expect: bool,
     /// An `Upgrade` field: `Some(true)` when the protocols it names are relayed
     /// ([`super::fields::upgrade_relayable`]).
@@ -164,9 +167,6 @@ fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
     if h.http10 {
         return Err(Fallback::Http10);
     }
-    if h.transfer_encoding {
-        return Err(Fallback::TransferEncoding);
-    }
     if h.expect {
         return Err(Fallback::Expect);
     }
@@ -196,6 +196,14 @@ fn route_allows(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fa
     }
     if !route.plain_backends() {
         return Err(Fallback::UpstreamProtocol);
+    }
+    // A chunked body is relayed as it arrives. One that a retry might send again, or that
+    // a mirror copies, is left to the general engine, which keeps a copy of it (the lean
+    // engine holds only bodies of a known length).
+    if h.transfer_encoding
+        && (route.mirror.is_some() || super::retry::may_resend(&route.pool, h.idempotent))
+    {
+        return Err(Fallback::TransferEncoding);
     }
     Ok(())
 }

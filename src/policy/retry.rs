@@ -123,10 +123,13 @@ pub fn body_replayable(content_length: Option<u64>, truncated: bool) -> bool {
 /// Whether an engine that streams the request body should hold it instead, so that a retry
 /// after sending can replay it: only when such a retry could happen at all.
 pub fn hold_body(pool: &Pool, method: &str, content_length: u64) -> bool {
-    pool.retries > 0
-        && pool.spec.retry_on.after_sending()
-        && idempotent(method)
-        && content_length <= REPLAY_BOUND
+    may_resend(pool, idempotent(method)) && content_length <= REPLAY_BOUND
+}
+
+/// Whether a request to `pool` could be sent again after it was sent (a retry on the
+/// backend's answer or its silence): only an idempotent one, where such retries are on.
+pub fn may_resend(pool: &Pool, idempotent: bool) -> bool {
+    pool.retries > 0 && pool.spec.retry_on.after_sending() && idempotent
 }
 
 /// How long one read from the backend may wait in the try that begins `elapsed` after the

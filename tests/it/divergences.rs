@@ -18,6 +18,7 @@
 
 use crate::support::client;
 use crate::support::h2raw;
+use crate::support::metrics::{metrics, series, wait_series};
 use crate::support::proxy::{render, send_signal};
 use crate::support::raw::read_until_close;
 use crate::support::tcp::TcpBackend;
@@ -45,44 +46,6 @@ fn start(cfg: &str, others: &[usize]) -> Proxy {
         p.wait_ready(addr).unwrap_or_else(|e| panic!("{e}"));
     }
     p
-}
-
-async fn metrics(p: &Proxy) -> String {
-    client::get(p.addr_of(1), "/metrics", &[])
-        .await
-        .expect("admin /metrics answers")
-        .text()
-}
-
-/// Sum of the samples of metric `name` whose labels contain every one of `labels`
-/// (`key="value"` strings). 0 when there is none.
-fn series(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, lbls) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest),
-                None => (series, ""),
-            };
-            (n == name && labels.iter().all(|x| lbls.contains(x)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
-
-/// Poll `/metrics` until the series sum is `want` (the counters are bumped when a request
-/// ends, which may be a moment after the client saw the answer); the last text seen.
-async fn wait_series(p: &Proxy, name: &str, labels: &[&str], want: f64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = metrics(p).await;
-        if series(&text, name, labels) == want || Instant::now() > deadline {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const FALLBACKS: &str = "stepstone_fast_path_fallbacks_total";
@@ -316,7 +279,8 @@ async fn h2c_listener_serves_http1_on_the_lean_engine() {
     let p = start(&cfg, &[1]);
     let m = metrics(&p).await;
     let all0 = series(&m, FALLBACKS, &[]);
-    let te0 = series(&m, FALLBACKS, &["reason=\"transfer_encoding\""]);
+    let opt = ["reason=\"connection_option\""];
+    let opt0 = series(&m, FALLBACKS, &opt);
 
     // Plain HTTP/1.1 GETs, keep-alive and on new connections: the lean engine takes them all.
     let mut c = Conn::connect(p.addr).await.expect("connect");
@@ -342,17 +306,18 @@ async fn h2c_listener_serves_http1_on_the_lean_engine() {
     );
 
     // The lean engine does look at this listener's HTTP/1 requests: one it does not take (a
-    // chunked body) is counted as its fallback, which only the lean engine's decision does.
+    // Connection field naming another) is counted as its fallback, which only the lean
+    // engine's decision does.
     let mut c = Conn::connect(p.addr).await.expect("connect");
-    c.send_raw(b"POST /chunked HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n")
+    c.send_raw(b"GET /named HTTP/1.1\r\nHost: localhost\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n")
         .await
         .expect("send");
     let r = c.read_response(false).await.expect("answer");
     assert_eq!(r.status, 200);
-    let m = wait_series(&p, FALLBACKS, &["reason=\"transfer_encoding\""], te0 + 1.0).await;
+    let m = wait_series(&p, FALLBACKS, &opt, opt0 + 1.0).await;
     assert_eq!(
-        series(&m, FALLBACKS, &["reason=\"transfer_encoding\""]),
-        te0 + 1.0,
+        series(&m, FALLBACKS, &opt),
+        opt0 + 1.0,
         "HTTP/1 requests on an h2c listener never reach the lean engine's decision:\n{m}"
     );
     assert_eq!(series(&m, FALLBACKS, &[]), all0 + 1.0, "{m}");
@@ -368,10 +333,9 @@ async fn h2c_listener_serves_http1_on_the_lean_engine() {
     let paths: Vec<String> = origin.recorded().into_iter().map(|r| r.path).collect();
     assert_eq!(
         paths,
-        ["/ka0", "/ka1", "/ka2", "/new0", "/new1", "/chunked", "/h2"],
+        ["/ka0", "/ka1", "/ka2", "/new0", "/new1", "/named", "/h2"],
         "the origin's requests"
     );
-    assert_eq!(origin.recorded()[5].body, b"body");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -568,8 +532,9 @@ async fn client_timeout_closes_a_stalled_request_body_on_the_general_engine() {
 #[derive(Clone, Copy, Debug)]
 enum Req {
     Get,
-    /// A POST with a chunked body, no Expect: the lean engine leaves it to the general one.
-    Chunked,
+    /// A GET whose Connection names another field: the lean engine leaves it to the general
+    /// one.
+    Nominating,
 }
 
 /// Send `reqs` on one connection; each answer's status and Connection field, and whether
@@ -580,8 +545,8 @@ async fn sequence(addr: SocketAddr, reqs: &[Req]) -> (Vec<(u16, String)>, bool) 
     for (i, r) in reqs.iter().enumerate() {
         let raw = match r {
             Req::Get => format!("GET /r{i} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
-            Req::Chunked => format!(
-                "POST /r{i} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            Req::Nominating => format!(
+                "GET /r{i} HTTP/1.1\r\nHost: localhost\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n"
             ),
         };
         c.send_raw(raw.as_bytes()).await.expect("send");
@@ -608,18 +573,22 @@ async fn keepalive_requests_closes_after_the_nth_answer_on_both_engines() {
         upstream_app(origin.addr)
     );
     let p = start(&cfg, &[1, 2]);
-    let te = ["reason=\"transfer_encoding\""];
-    let te0 = series(&metrics(&p).await, FALLBACKS, &te);
+    let opt = ["reason=\"connection_option\""];
+    let opt0 = series(&metrics(&p).await, FALLBACKS, &opt);
     let (lean, general) = (p.addr_of(0), p.addr_of(2));
     use Req::*;
     let cases: [(&str, SocketAddr, [Req; 3]); 5] = [
         ("lean: GET GET GET", lean, [Get, Get, Get]),
         ("general: GET GET GET", general, [Get, Get, Get]),
         // the second request is served by the general engine, the third by the lean one
-        ("lean: GET chunked GET", lean, [Get, Chunked, Get]),
+        ("lean: GET nominating GET", lean, [Get, Nominating, Get]),
         // the third, which must close, is served by the general engine
-        ("lean: GET GET chunked", lean, [Get, Get, Chunked]),
-        ("general: GET chunked GET", general, [Get, Chunked, Get]),
+        ("lean: GET GET nominating", lean, [Get, Get, Nominating]),
+        (
+            "general: GET nominating GET",
+            general,
+            [Get, Nominating, Get],
+        ),
     ];
     let want = vec![
         (200, "keep-alive".to_string()),
@@ -637,9 +606,9 @@ async fn keepalive_requests_closes_after_the_nth_answer_on_both_engines() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
     assert_eq!(origin.requests(), 15);
-    // the two chunked requests on the lean listener did go to the general engine
-    let m = wait_series(&p, FALLBACKS, &te, te0 + 2.0).await;
-    assert_eq!(series(&m, FALLBACKS, &te), te0 + 2.0, "{m}");
+    // the two nominating requests on the lean listener did go to the general engine
+    let m = wait_series(&p, FALLBACKS, &opt, opt0 + 2.0).await;
+    assert_eq!(series(&m, FALLBACKS, &opt), opt0 + 2.0, "{m}");
 }
 
 // ---------------------------------------------------------------------------------------

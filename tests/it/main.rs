@@ -10,6 +10,7 @@ mod balancing;
 mod bodies;
 mod cache;
 mod cache_reload;
+mod chunked_uploads;
 mod cli;
 mod closing;
 mod compression;

@@ -103,6 +103,19 @@ pub struct Exchange<'a> {
     /// When the tries began, if the engine waited for the client after the request's head
     /// (a body read ahead or held for a retry); else the request's start.
     pub tries_from: Option<Instant>,
+    /// A chunked request body still arriving after what went with the head.
+    pub chunked: Option<ChunkedBody>,
+}
+
+/// A chunked request body on its way: decoded as it arrives and sent on in the proxy's own
+/// framing ([`crate::http::chunked::ChunkedScanner::reframe`]), its data counted against the
+/// route's `max_body_size`.
+pub struct ChunkedBody {
+    pub scan: crate::http::chunked::ChunkedScanner,
+    /// Data bytes so far, those that came with the head included.
+    pub data: u64,
+    pub limit: u64,
+    pub ended: bool,
 }
 
 impl<'a> Exchange<'a> {
@@ -128,6 +141,7 @@ impl<'a> Exchange<'a> {
             sticky: Default::default(),
             interim: None,
             tries_from: None,
+            chunked: None,
         }
     }
 
@@ -195,7 +209,7 @@ impl<'a> Exchange<'a> {
         let started = self.tries_from.unwrap_or_else(|| self.obs.started());
         // Any retry after sending, and one on a stale pooled connection, need the whole
         // request in `out`.
-        let replayable = body_left == 0;
+        let replayable = body_left == 0 && self.chunked.is_none();
         let retryable = retry::after_stale_connection(method, replayable, true);
         // Nothing of the response went to the client before a retry is decided: a forwarded
         // 1xx is not the response (`policy::retry::Try::response_started`).
@@ -214,6 +228,8 @@ impl<'a> Exchange<'a> {
         let mut last_connect = None;
         // A streamed body's first piece, read once, sent with the head (kept for a new try).
         let mut piece: Option<Vec<u8>> = None;
+        // A chunked body's bytes as the client sent them, before they are framed again.
+        let mut wire = Vec::new();
         loop {
             attempts += 1;
             self.obs.peer_selected();
@@ -291,6 +307,11 @@ impl<'a> Exchange<'a> {
                 && g.as_deref()
                     .is_some_and(|c| c.body_socket(body_left).is_some());
             let first = match (g.as_deref_mut(), &piece) {
+                (Some(c), None) if self.chunked.is_some() => {
+                    let mut b = Vec::with_capacity(BODY_BUF + 32);
+                    self.read_chunked(c, &mut wire, &mut b).await?;
+                    &piece.insert(b)[..]
+                }
                 (Some(c), None) if body_left > 0 && !spliced => {
                     let want = BODY_BUF.min(body_left as usize);
                     let mut b = Vec::with_capacity(want);
@@ -322,6 +343,14 @@ impl<'a> Exchange<'a> {
                 if let Some(g) = g.as_deref_mut() {
                     self.splice_request_body(g, &up, body_left).await?;
                 }
+            } else if self.chunked.as_ref().is_some_and(|c| !c.ended) {
+                let (Some(g), Some(b)) = (g.as_deref_mut(), piece.as_mut()) else {
+                    return Err(Failure::Answer(
+                        Why::Internal,
+                        "request body without a reader".into(),
+                    ));
+                };
+                self.stream_chunked_body(g, &mut up, &mut wire, b).await?;
             } else if body_left > 0 {
                 let (Some(g), Some(b)) = (g.as_deref_mut(), piece.as_mut()) else {
                     return Err(Failure::Answer(

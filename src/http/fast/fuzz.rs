@@ -39,6 +39,8 @@ pub enum FuzzPlan {
         status: u16,
         keep: bool,
         body_left: u64,
+        /// A chunked body of which more is to come.
+        chunks_left: bool,
     },
     /// Forwarded: the bytes written to the backend first (the head, then the body bytes
     /// that came with it), the body bytes still to relay, and how many bytes of the input
@@ -46,6 +48,8 @@ pub enum FuzzPlan {
     Proxy {
         out: Vec<u8>,
         body_left: u64,
+        /// A chunked body of which more is to come (relayed in the proxy's own framing).
+        chunks_left: bool,
         pipelined: usize,
         upgrade: bool,
         want_keep: bool,
@@ -75,11 +79,13 @@ pub fn fuzz_request(bytes: &[u8], client: Option<IpAddr>, served: u32, draining:
             status: a.status,
             keep,
             body_left: r.body_left,
+            chunks_left: r.chunks.is_some(),
         },
         Plan::Hit { code, keep, .. } => FuzzPlan::Answer {
             status: code,
             keep,
             body_left: 0,
+            chunks_left: false,
         },
         Plan::Proxy {
             req,
@@ -90,6 +96,7 @@ pub fn fuzz_request(bytes: &[u8], client: Option<IpAddr>, served: u32, draining:
         } => FuzzPlan::Proxy {
             out,
             body_left: req.body_left,
+            chunks_left: req.chunks.is_some(),
             pipelined: req.pipelined.len(),
             upgrade,
             want_keep,
@@ -136,7 +143,8 @@ mod tests {
             FuzzPlan::Answer {
                 status: 413,
                 keep: false,
-                body_left: 2000
+                body_left: 2000,
+                ..
             }
         ));
         let get = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
@@ -148,10 +156,54 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // a chunked body goes on in the proxy's own framing, extensions and trailers dropped
         let chunked = b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let whole = [
+            &chunked[..],
+            b"3;e=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n",
+        ]
+        .concat();
+        match fuzz_request(&whole, CLIENT, 0, false) {
+            FuzzPlan::Proxy {
+                out,
+                body_left: 0,
+                chunks_left: false,
+                pipelined: 0,
+                ..
+            } => {
+                let text = String::from_utf8_lossy(&out);
+                assert!(
+                    text.contains("\r\ntransfer-encoding: chunked\r\n"),
+                    "{text}"
+                );
+                assert!(!text.contains("Transfer-Encoding"), "{text}");
+                assert!(text.ends_with("\r\n\r\n5\r\nabcde\r\n0\r\n\r\n"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let part = [&chunked[..], b"3\r\nab"].concat();
+        match fuzz_request(&part, CLIENT, 0, false) {
+            FuzzPlan::Proxy {
+                out,
+                chunks_left: true,
+                pipelined: 0,
+                ..
+            } => assert!(out.ends_with(b"\r\n\r\n2\r\nab\r\n"), "{out:?}"),
+            other => panic!("{other:?}"),
+        }
+        // over the route's max_body_size (1 KiB) in what came with the head: a 413, closing
+        let big = format!(
+            "POST /api/x HTTP/1.1\r\nHost: w.example.com\r\nTransfer-Encoding: chunked\r\n\r\n401\r\n{}",
+            "x".repeat(1025)
+        );
         assert!(matches!(
-            fuzz_request(chunked, CLIENT, 0, false),
-            FuzzPlan::Fallback
+            fuzz_request(big.as_bytes(), CLIENT, 0, false),
+            FuzzPlan::Answer {
+                status: 413,
+                keep: false,
+                chunks_left: true,
+                ..
+            }
         ));
     }
 }

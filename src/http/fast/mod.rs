@@ -182,7 +182,15 @@ impl FastPath {
                     t.upgrade = Some(fields::upgrade_relayable(h.value) && upgrade.is_none());
                     upgrade = Some(h.value);
                 }
-                Field::TransferEncoding => t.transfer_encoding = true,
+                // the guard lets through only one field, `chunked`; anything else is left
+                // to the general engine's parser rather than assumed
+                Field::TransferEncoding => {
+                    if t.transfer_encoding || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked")
+                    {
+                        t.parsed = false;
+                    }
+                    t.transfer_encoding = true;
+                }
                 Field::Expect => t.expect = true,
                 Field::MaxForwards => {
                     t.max_forwards = fields::max_forwards_applies(method.as_bytes())
@@ -191,8 +199,13 @@ impl FastPath {
                 _ => {}
             }
         }
+        let chunked = t.transfer_encoding;
+        if chunked && length.is_some() {
+            t.parsed = false;
+        }
+        t.idempotent = policy::retry::idempotent(method);
         let body_len = length.unwrap_or(0);
-        t.body = body_len > 0;
+        t.body = body_len > 0 || chunked;
         let host_text = match host.map(std::str::from_utf8) {
             Some(Ok(h)) => Some(h),
             Some(Err(_)) => {
@@ -209,7 +222,7 @@ impl FastPath {
             method,
             host: host_text,
             path,
-            content_length: Some(body_len),
+            content_length: (!chunked).then_some(body_len),
             fields: &parsed_fields,
             // a TRACE or OPTIONS with Max-Forwards goes to the general engine (`t.max_forwards`)
             max_forwards_spent: false,
@@ -227,7 +240,7 @@ impl FastPath {
         if let Some(r) = route {
             if let Some(c) = &r.cache {
                 let eligible = t.get_or_head
-                    && body_len == 0
+                    && !t.body
                     && !not_for_hit
                     && hosts == 1
                     && plain_target(target)
@@ -252,10 +265,30 @@ impl FastPath {
         if let Err(reason) = engine::choose(l, &t, route, hit.is_some()) {
             return fallback(Err(reason));
         }
+        // A chunked body's bytes that came with the head, in the proxy's own framing; the
+        // scanner goes on with the rest, if the body did not end here.
+        let mut framed = Vec::new();
+        let (mut chunks, mut chunk_data, mut chunk_wire) = (None, 0, 0);
+        if chunked {
+            let mut scan = crate::http::chunked::ChunkedScanner::default();
+            match scan.reframe(&buf[head_len..], &mut framed) {
+                Ok((n, crate::http::chunked::Scan::Done(k))) => (chunk_data, chunk_wire) = (n, k),
+                Ok((n, crate::http::chunked::Scan::More)) => {
+                    (chunk_data, chunk_wire) = (n, buf.len() - head_len);
+                    chunks = Some(scan);
+                }
+                // the guard refuses such a body first; left to the general engine's answer
+                Err(_) => return fallback(Ok(())),
+            }
+        }
 
         // From here on the request is ours.
         conn.served += 1;
-        let in_buf = ((buf.len() - head_len) as u64).min(body_len) as usize;
+        let in_buf = if chunked {
+            chunk_wire
+        } else {
+            ((buf.len() - head_len) as u64).min(body_len) as usize
+        };
         let trace = policy::trace::begin(
             req.headers
                 .iter()
@@ -277,11 +310,16 @@ impl FastPath {
                 host: host_text.unwrap_or("-"),
                 referer: text(referer),
                 user_agent: text(user_agent),
-                bytes_in: body_len as usize,
+                bytes_in: if chunked {
+                    chunk_data as usize
+                } else {
+                    body_len as usize
+                },
             },
             head_only: method == "HEAD",
             pipelined: &buf[head_len + in_buf..],
-            body_left: body_len - in_buf as u64,
+            body_left: if chunked { 0 } else { body_len - in_buf as u64 },
+            chunks,
             trace,
         };
         let keep = |unread_body: bool| {
@@ -289,11 +327,19 @@ impl FastPath {
         };
         let route = match l.admit_on(&head, route) {
             Verdict::Answer(a, route) => {
-                let keep = keep(r.body_left > 0) && !a.close;
+                let keep = keep(r.body_unread()) && !a.close;
                 return Plan::Page(r, a, route.map(|r| r.id), keep);
             }
             Verdict::Proxy(route) => route,
         };
+        if policy::body_over_limit(route, chunk_data) {
+            log::warn!(
+                "{}: request body exceeds max_body_size {}",
+                l.name,
+                route.max_body_size
+            );
+            return Plan::Page(r, Answer::closing(413), Some(route.id), false);
+        }
         if let Some((h, c)) = hit {
             cache::fast_hit_served(&h);
             let keep = keep(false);
@@ -330,7 +376,9 @@ impl FastPath {
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for (h, k) in req.headers.iter().zip(kinds) {
-            if fields::drop_on_request(k) || k == Field::ContentLength || t.connection.names(h.name)
+            if fields::drop_on_request(k)
+                || matches!(k, Field::ContentLength | Field::TransferEncoding)
+                || t.connection.names(h.name)
             {
                 continue;
             }
@@ -346,6 +394,8 @@ impl FastPath {
             out.extend_from_slice(b"content-length: ");
             crate::policy::forwarded::push_u64(&mut out, n);
             out.extend_from_slice(b"\r\n");
+        } else if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
         if let (true, Some(u)) = (websocket, upgrade) {
             out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
@@ -361,7 +411,11 @@ impl FastPath {
             policy::trace::h1_line(&mut out, t);
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&buf[head_len..head_len + in_buf]);
+        if chunked {
+            out.extend_from_slice(&framed);
+        } else {
+            out.extend_from_slice(&buf[head_len..head_len + in_buf]);
+        }
         let hash = match route.pool.selection {
             crate::config::Selection::ConsistentHash => policy::hash::key(
                 &route.pool.hash_key,
@@ -404,7 +458,7 @@ impl FastPath {
                 Plan::Page(r, a, None, keep)
             }
             Plan::Proxy { req, want_keep, .. } => {
-                let keep = want_keep && req.body_left == 0;
+                let keep = want_keep && !req.body_unread();
                 Plan::Page(req, a, None, keep)
             }
             Plan::Fallback => Plan::Fallback,
@@ -429,7 +483,7 @@ impl FastPath {
             Plan::Page(r, ..) | Plan::Hit { req: r, .. } | Plan::Proxy { req: r, .. } => r.trace,
             Plan::Fallback => None,
         };
-        let (r, route, out, hash, want_keep, upgrade, sticky) = match plan {
+        let (mut r, route, out, hash, want_keep, upgrade, sticky) = match plan {
             Plan::Fallback => {
                 g.unread(buf);
                 return Outcome::Fallback;
@@ -464,6 +518,12 @@ impl FastPath {
         let mut ex = Exchange::new(l, route, self.pool_max, obs, Some(shutdown));
         ex.body_len = r.view.bytes_in as u64;
         ex.sticky = sticky;
+        ex.chunked = r.chunks.take().map(|scan| exchange::ChunkedBody {
+            scan,
+            data: ex.body_len,
+            limit: route.max_body_size,
+            ended: false,
+        });
         let (mut out, mut body_left) = (out, r.body_left);
         let mirrored = mirror(
             g,
@@ -490,6 +550,9 @@ impl FastPath {
             }
         };
         drop(out);
+        if let Some(c) = &ex.chunked {
+            r.view.bytes_in = c.data as usize;
+        }
         ex.observe_outcome(&res);
         let slot = ex.pick.as_ref().map(|p| &*p.slot);
         let done = |status: u16, bytes_out: usize| {
@@ -596,10 +659,20 @@ struct Req<'a> {
     head_only: bool,
     /// Bytes after this request's body: the next pipelined request, for the guard.
     pipelined: &'a [u8],
-    /// Body bytes still to read from the client.
+    /// Body bytes still to read from the client (of a Content-Length body).
     body_left: u64,
+    /// The scanner of a chunked body still arriving.
+    chunks: Option<crate::http::chunked::ChunkedScanner>,
     /// The trace context, when tracing is on ([`policy::trace::begin`]).
     trace: Option<crate::observability::tracing::TraceCtx>,
+}
+
+impl Req<'_> {
+    /// Whether the client has more of the body to send: a connection answered without
+    /// reading it cannot carry another request.
+    fn body_unread(&self) -> bool {
+        self.body_left > 0 || self.chunks.is_some()
+    }
 }
 
 enum Plan<'a> {

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod etcd;
 pub mod h2raw;
+pub mod metrics;
 pub mod origin;
 pub mod pki;
 pub mod proxy;

@@ -47,6 +47,69 @@ impl Exchange<'_> {
         Ok(())
     }
 
+    /// Read the next piece of a chunked request body into `wire`, and append its data to
+    /// `out` in the proxy's own framing; past the route's `max_body_size`, a 413.
+    pub(super) async fn read_chunked(
+        &mut self,
+        g: &mut Guarded,
+        wire: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        wire.clear();
+        self.read_client(g, wire, BODY_BUF).await?;
+        let Some(c) = self.chunked.as_mut() else {
+            return Ok(());
+        };
+        // the guard refused a malformed body before any of it got here
+        let (n, scan) = c.scan.reframe(wire, out).map_err(|e| {
+            let why = format!("malformed chunked request body: {}", e.0);
+            Failure::Answer(Why::BadRequest, why)
+        })?;
+        c.data += n;
+        if let crate::http::chunked::Scan::Done(k) = scan {
+            c.ended = true;
+            // the guard hands on no byte past the body; were there any, they would be the
+            // next request's
+            g.unread(&wire[k..]);
+        }
+        if c.data > c.limit {
+            warn!(
+                "{}: request body exceeds max_body_size {}",
+                self.l.name, c.limit
+            );
+            return Err(Failure::Answer(
+                Why::BodyTooLarge,
+                "request body too large".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rest of a chunked request body, after the piece that went with the head,
+    /// relayed through `wire` and `b` until it ends.
+    pub(super) async fn stream_chunked_body(
+        &mut self,
+        g: &mut Guarded,
+        up: &mut TcpStream,
+        wire: &mut Vec<u8>,
+        b: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        while self.chunked.as_ref().is_some_and(|c| !c.ended) {
+            b.clear();
+            self.read_chunked(g, wire, b).await?;
+            if b.is_empty() {
+                continue;
+            }
+            if let Err((_, e)) = timed(self.pool.spec.write_timeout, up.write_all(b)).await {
+                return Err(Failure::Answer(
+                    Why::BadResponse,
+                    format!("sending the request body: {e}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The rest of a streamed request body (`left` bytes after the first piece, which went
     /// with the head), relayed through `b`.
     pub(super) async fn stream_request_body(
