@@ -109,35 +109,44 @@ impl ChunkedScanner {
         }
     }
 
-    /// Decode `wire` (the next bytes of a chunked body) and append to `out` their data framed
-    /// again as one chunk (nothing when they hold no data), then the last chunk once the body
-    /// ends: what a proxy that decodes and re-encodes a body sends on. Extensions and trailer
-    /// fields are dropped. Returns the data bytes and the scan's outcome: `Done(k)` when the
-    /// body ended after `k` bytes of `wire` (the rest is not taken).
+    /// Decode `wire` (the next bytes of a chunked body): the ranges of it that hold data
+    /// (into `ranges`, cleared first), how many bytes they hold, and the scan's outcome
+    /// (`Done(k)`: the body ended after `k` bytes of `wire`; the rest is not taken). Nothing
+    /// is copied: an engine writes the ranges between [`frame_head`] and [`frame_tail`].
+    pub fn data_pieces(
+        &mut self,
+        wire: &[u8],
+        ranges: &mut Vec<std::ops::Range<usize>>,
+    ) -> Result<(u64, Scan), BadChunk> {
+        ranges.clear();
+        let base = wire.as_ptr() as usize;
+        let mut n = 0usize;
+        let scan = self.run(
+            wire,
+            &mut |d: &[u8]| {
+                // `d` is a subslice of `wire`
+                let at = d.as_ptr() as usize - base;
+                n += d.len();
+                ranges.push(at..at + d.len());
+            },
+            None,
+        )?;
+        Ok((n as u64, scan))
+    }
+
+    /// Decode `wire` as [`Self::data_pieces`] does and append its data to `out` framed
+    /// again as one chunk (nothing when it holds no data), then the last chunk once the body
+    /// ends: what a proxy that decodes and re-encodes a body sends on.
     ///
     /// Why: the lean engine relays a client's chunked request body in its own framing, as
     /// the general engine (Pingora) does, so a backend sees the same body from either, and
-    /// none of a client's extensions or trailers reaches a parser that could read them
-    /// differently. The size comes first on the wire, so a first pass (on a copy of the
-    /// scanner, which skips data without touching it) counts the data, and the second copies
-    /// it once, straight after its size line.
+    /// none of a client's extensions or trailer fields reaches a parser that could read
+    /// them differently.
     pub fn reframe(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<(u64, Scan), BadChunk> {
-        let mut n = 0usize;
-        self.clone().run(wire, &mut |d| n += d.len(), None)?;
-        if n > 0 {
-            let mut line = [0u8; SIZE_LINE];
-            let k = size_line(n, &mut line);
-            out.reserve(k + n + 2 + LAST_CHUNK.len());
-            out.extend_from_slice(&line[..k]);
-        }
-        let scan = self.run(wire, &mut |d| out.extend_from_slice(d), None)?;
-        if n > 0 {
-            out.extend_from_slice(b"\r\n");
-        }
-        if let Scan::Done(_) = scan {
-            out.extend_from_slice(LAST_CHUNK);
-        }
-        Ok((n as u64, scan))
+        let mut ranges = Vec::new();
+        let (n, scan) = self.data_pieces(wire, &mut ranges)?;
+        frame_into(out, wire, &ranges, n, scan);
+        Ok((n, scan))
     }
 
     /// As [`Self::scan`], also recording in `spans` (cleared first) every chunk with data
@@ -338,12 +347,18 @@ impl Span {
     }
 }
 
+/// Chunks with this much data or more are left as they are: one write per chunk is then
+/// already a write per kilobyte, and moving their data would cost more than it saves (an
+/// upload of 4 KiB chunks had all of its data moved once more in memory).
+const MERGE_BELOW: usize = 1024;
+
 /// The most data one merged chunk holds. It bounds the merged size line to six hex digits,
 /// which [`coalesce`]'s in-place moves rely on (and no read is near it).
 const MAX_MERGED: usize = 0xff_ffff;
 
 /// Rewrite each run of two or more adjacent whole chunks of `buf` (as [`ChunkedScanner::
-/// scan_spans`] found them in it) as one chunk with the same data, in place; returns the
+/// scan_spans`] found them in it), each under [`MERGE_BELOW`] bytes of data, as one chunk
+/// with the same data, in place; returns the
 /// new length of `buf`. Bytes outside the runs (a chunk split across reads, the last chunk,
 /// trailers) are kept as they are, and extensions of merged chunks are dropped, as a proxy
 /// that decodes and re-encodes the body drops them.
@@ -361,9 +376,14 @@ pub fn coalesce(buf: &mut [u8], spans: &[Span]) -> usize {
     let mut i = 0;
     while i < spans.len() {
         // the run starting at spans[i]
+        let small = |s: &Span| (s.len as usize) < MERGE_BELOW;
         let mut j = i + 1;
         let mut total = spans[i].len as usize;
-        while j < spans.len() && spans[j].start() == spans[j - 1].end() {
+        while j < spans.len()
+            && small(&spans[i])
+            && small(&spans[j])
+            && spans[j].start() == spans[j - 1].end()
+        {
             if total + spans[j].len as usize > MAX_MERGED {
                 break;
             }
@@ -399,8 +419,47 @@ pub fn coalesce(buf: &mut [u8], spans: &[Span]) -> usize {
 /// Room for any chunk-size line [`size_line`] writes: 16 hex digits and CRLF.
 pub const SIZE_LINE: usize = 18;
 
-/// The end of a chunked body the proxy frames itself: the last chunk, no trailer fields.
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+/// Append the data of `wire` that [`ChunkedScanner::data_pieces`] found (`ranges`, `n` bytes,
+/// `scan`) to `out` as one chunk, then the last chunk if the body ended.
+pub fn frame_into(
+    out: &mut Vec<u8>,
+    wire: &[u8],
+    ranges: &[std::ops::Range<usize>],
+    n: u64,
+    scan: Scan,
+) {
+    let (line, k) = frame_head(n);
+    let tail = frame_tail(n, scan);
+    out.reserve(k + n as usize + tail.len());
+    out.extend_from_slice(&line[..k]);
+    for r in ranges {
+        out.extend_from_slice(&wire[r.clone()]);
+    }
+    out.extend_from_slice(tail);
+}
+
+/// The size line that opens `n` bytes of data framed as one chunk, and its length (0: no
+/// data, no chunk: an empty one would end the body).
+pub fn frame_head(n: u64) -> ([u8; SIZE_LINE], usize) {
+    let mut line = [0u8; SIZE_LINE];
+    let k = match usize::try_from(n) {
+        Ok(n) if n > 0 => size_line(n, &mut line),
+        _ => 0,
+    };
+    (line, k)
+}
+
+/// What follows `n` bytes of data framed as one chunk: the chunk's CRLF (if there was
+/// data), then the last chunk if the scan ended the body (no trailer fields).
+pub fn frame_tail(n: u64, scan: Scan) -> &'static [u8] {
+    const TAIL: &[u8] = b"\r\n0\r\n\r\n";
+    match (n > 0, scan) {
+        (true, Scan::Done(_)) => TAIL,
+        (true, Scan::More) => &TAIL[..2],
+        (false, Scan::Done(_)) => &TAIL[2..],
+        (false, Scan::More) => &[],
+    }
+}
 
 /// The size line of a chunk of `n` bytes (lowercase hex, CRLF) into `out`; its length. One
 /// writer for every chunk the proxy frames, without formatting into a String.
@@ -605,6 +664,16 @@ mod tests {
             coalesced(b"1\r\na\r\n2\r\nbc\r\n", 8),
             b"1\r\na\r\n2\r\nbc\r\n"
         );
+        // chunks of a kilobyte or more are not moved; the small ones beside them still merge
+        let big = |c: u8| [b"400\r\n".to_vec(), vec![c; 1024], b"\r\n".to_vec()].concat();
+        let body = [
+            big(b'a'),
+            big(b'b'),
+            b"1\r\nx\r\n1\r\ny\r\n0\r\n\r\n".to_vec(),
+        ]
+        .concat();
+        let want = [big(b'a'), big(b'b'), b"2\r\nxy\r\n0\r\n\r\n".to_vec()].concat();
+        assert_eq!(coalesced(&body, body.len()), want);
     }
 
     #[test]

@@ -228,8 +228,6 @@ impl<'a> Exchange<'a> {
         let mut last_connect = None;
         // A streamed body's first piece, read once, sent with the head (kept for a new try).
         let mut piece: Option<Vec<u8>> = None;
-        // A chunked body's bytes as the client sent them, before they are framed again.
-        let mut wire = Vec::new();
         loop {
             attempts += 1;
             self.obs.peer_selected();
@@ -306,12 +304,11 @@ impl<'a> Exchange<'a> {
             let spliced = self.l.splices_body(body_left)
                 && g.as_deref()
                     .is_some_and(|c| c.body_socket(body_left).is_some());
+            // A chunked body still arriving goes out with the head in its first write, its
+            // data not copied: it is never sent twice (a body that a try could resend is the
+            // general engine's), so none of it is kept for another try.
+            let chunked_more = self.chunked.as_ref().is_some_and(|c| !c.ended);
             let first = match (g.as_deref_mut(), &piece) {
-                (Some(c), None) if self.chunked.is_some() => {
-                    let mut b = Vec::with_capacity(BODY_BUF + 32);
-                    self.read_chunked(c, &mut wire, &mut b).await?;
-                    &piece.insert(b)[..]
-                }
                 (Some(c), None) if body_left > 0 && !spliced => {
                     let want = BODY_BUF.min(body_left as usize);
                     let mut b = Vec::with_capacity(want);
@@ -322,6 +319,8 @@ impl<'a> Exchange<'a> {
             };
             let sent = if spliced {
                 timed(spec.write_timeout, write_head_more(&up, out)).await
+            } else if chunked_more {
+                Ok(()) // with the body's next piece, below
             } else {
                 timed(spec.write_timeout, write_both(&mut up, out, first)).await
             };
@@ -343,14 +342,14 @@ impl<'a> Exchange<'a> {
                 if let Some(g) = g.as_deref_mut() {
                     self.splice_request_body(g, &up, body_left).await?;
                 }
-            } else if self.chunked.as_ref().is_some_and(|c| !c.ended) {
-                let (Some(g), Some(b)) = (g.as_deref_mut(), piece.as_mut()) else {
+            } else if chunked_more {
+                let Some(g) = g.as_deref_mut() else {
                     return Err(Failure::Answer(
                         Why::Internal,
                         "request body without a reader".into(),
                     ));
                 };
-                self.stream_chunked_body(g, &mut up, &mut wire, b).await?;
+                self.stream_chunked_body(g, &mut up, out).await?;
             } else if body_left > 0 {
                 let (Some(g), Some(b)) = (g.as_deref_mut(), piece.as_mut()) else {
                     return Err(Failure::Answer(

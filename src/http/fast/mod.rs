@@ -6,7 +6,8 @@
 //! upstream connection went back into the pool. The common request needs none of that. Here
 //! it is parsed in place (httparse, headers borrowed from the read buffer) and its head is
 //! written to the backend in one buffer; the response head is rewritten the same way and the
-//! body streamed through (chunked bodies too, with their framing checked as they pass).
+//! body streamed through (chunked bodies too, with their framing checked as they pass). A
+//! chunked request body is decoded as it arrives and sent on in the proxy's own framing.
 //! Upstream connections come from a per-thread pool ([`crate::upstream::conns`]).
 //!
 //! Every decision is the policy's ([`crate::policy`]): whether this engine serves the request
@@ -39,6 +40,7 @@ pub use response::{fuzz_response, FuzzHead};
 use super::guard::Guarded;
 use super::Listener;
 use crate::cache::{self, policy as cache_policy};
+use crate::http::chunked;
 use crate::observability::{self, ReqView, RequestObs};
 use crate::policy::answer::{connection_line, Answer};
 use crate::policy::engine::{self, Fallback, HeadTraits};
@@ -199,13 +201,13 @@ impl FastPath {
                 _ => {}
             }
         }
-        let chunked = t.transfer_encoding;
-        if chunked && length.is_some() {
+        let is_chunked = t.transfer_encoding;
+        if is_chunked && length.is_some() {
             t.parsed = false;
         }
         t.idempotent = policy::retry::idempotent(method);
         let body_len = length.unwrap_or(0);
-        t.body = body_len > 0 || chunked;
+        t.body = body_len > 0 || is_chunked;
         let host_text = match host.map(std::str::from_utf8) {
             Some(Ok(h)) => Some(h),
             Some(Err(_)) => {
@@ -222,7 +224,7 @@ impl FastPath {
             method,
             host: host_text,
             path,
-            content_length: (!chunked).then_some(body_len),
+            content_length: (!is_chunked).then_some(body_len),
             fields: &parsed_fields,
             // a TRACE or OPTIONS with Max-Forwards goes to the general engine (`t.max_forwards`)
             max_forwards_spent: false,
@@ -265,17 +267,24 @@ impl FastPath {
         if let Err(reason) = engine::choose(l, &t, route, hit.is_some()) {
             return fallback(Err(reason));
         }
-        // A chunked body's bytes that came with the head, in the proxy's own framing; the
-        // scanner goes on with the rest, if the body did not end here.
-        let mut framed = Vec::new();
+        // A chunked body's bytes that came with the head: where their data lies (sent on
+        // after the head in the proxy's own framing); the scanner goes on with the rest, if
+        // the body did not end here.
+        let mut ranges = Vec::new();
         let (mut chunks, mut chunk_data, mut chunk_wire) = (None, 0, 0);
-        if chunked {
-            let mut scan = crate::http::chunked::ChunkedScanner::default();
-            match scan.reframe(&buf[head_len..], &mut framed) {
-                Ok((n, crate::http::chunked::Scan::Done(k))) => (chunk_data, chunk_wire) = (n, k),
-                Ok((n, crate::http::chunked::Scan::More)) => {
-                    (chunk_data, chunk_wire) = (n, buf.len() - head_len);
-                    chunks = Some(scan);
+        let mut chunk_scan = chunked::Scan::More;
+        if is_chunked {
+            let mut scan = chunked::ChunkedScanner::default();
+            match scan.data_pieces(&buf[head_len..], &mut ranges) {
+                Ok((n, s)) => {
+                    (chunk_data, chunk_scan) = (n, s);
+                    chunk_wire = match s {
+                        chunked::Scan::Done(k) => k,
+                        chunked::Scan::More => {
+                            chunks = Some(scan);
+                            buf.len() - head_len
+                        }
+                    };
                 }
                 // the guard refuses such a body first; left to the general engine's answer
                 Err(_) => return fallback(Ok(())),
@@ -284,7 +293,7 @@ impl FastPath {
 
         // From here on the request is ours.
         conn.served += 1;
-        let in_buf = if chunked {
+        let in_buf = if is_chunked {
             chunk_wire
         } else {
             ((buf.len() - head_len) as u64).min(body_len) as usize
@@ -310,7 +319,7 @@ impl FastPath {
                 host: host_text.unwrap_or("-"),
                 referer: text(referer),
                 user_agent: text(user_agent),
-                bytes_in: if chunked {
+                bytes_in: if is_chunked {
                     chunk_data as usize
                 } else {
                     body_len as usize
@@ -318,7 +327,11 @@ impl FastPath {
             },
             head_only: method == "HEAD",
             pipelined: &buf[head_len + in_buf..],
-            body_left: if chunked { 0 } else { body_len - in_buf as u64 },
+            body_left: if is_chunked {
+                0
+            } else {
+                body_len - in_buf as u64
+            },
             chunks,
             trace,
         };
@@ -394,7 +407,7 @@ impl FastPath {
             out.extend_from_slice(b"content-length: ");
             crate::policy::forwarded::push_u64(&mut out, n);
             out.extend_from_slice(b"\r\n");
-        } else if chunked {
+        } else if is_chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
         if let (true, Some(u)) = (websocket, upgrade) {
@@ -411,8 +424,9 @@ impl FastPath {
             policy::trace::h1_line(&mut out, t);
         }
         out.extend_from_slice(b"\r\n");
-        if chunked {
-            out.extend_from_slice(&framed);
+        if is_chunked {
+            let wire = &buf[head_len..];
+            chunked::frame_into(&mut out, wire, &ranges, chunk_data, chunk_scan);
         } else {
             out.extend_from_slice(&buf[head_len..head_len + in_buf]);
         }

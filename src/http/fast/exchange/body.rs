@@ -2,9 +2,11 @@
 //! zeroed), held whole within the replay bound, or streamed piece by piece.
 
 use super::{timed, Exchange, Failure};
+use crate::http::chunked::{self, Scan};
 use crate::http::fast::{Guarded, BODY_BUF};
 use crate::policy::answer::Failure as Why;
 use log::warn;
+use std::io::IoSlice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -47,26 +49,27 @@ impl Exchange<'_> {
         Ok(())
     }
 
-    /// Read the next piece of a chunked request body into `wire`, and append its data to
-    /// `out` in the proxy's own framing; past the route's `max_body_size`, a 413.
-    pub(super) async fn read_chunked(
+    /// Read the next piece of a chunked request body into `wire` and find its data: the
+    /// ranges of `wire` that hold it (into `ranges`), their total and the scan's outcome.
+    /// Past the route's `max_body_size`, a 413.
+    async fn read_chunked(
         &mut self,
         g: &mut Guarded,
         wire: &mut Vec<u8>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), Failure> {
+        ranges: &mut Vec<std::ops::Range<usize>>,
+    ) -> Result<(u64, Scan), Failure> {
         wire.clear();
         self.read_client(g, wire, BODY_BUF).await?;
         let Some(c) = self.chunked.as_mut() else {
-            return Ok(());
+            return Ok((0, Scan::More));
         };
         // the guard refused a malformed body before any of it got here
-        let (n, scan) = c.scan.reframe(wire, out).map_err(|e| {
+        let (n, scan) = c.scan.data_pieces(wire, ranges).map_err(|e| {
             let why = format!("malformed chunked request body: {}", e.0);
             Failure::Answer(Why::BadRequest, why)
         })?;
         c.data += n;
-        if let crate::http::chunked::Scan::Done(k) = scan {
+        if let Scan::Done(k) = scan {
             c.ended = true;
             // the guard hands on no byte past the body; were there any, they would be the
             // next request's
@@ -82,28 +85,36 @@ impl Exchange<'_> {
                 "request body too large".into(),
             ));
         }
-        Ok(())
+        Ok((n, scan))
     }
 
-    /// The rest of a chunked request body, after the piece that went with the head,
-    /// relayed through `wire` and `b` until it ends.
+    /// The request (`head`: its head and the body bytes that came with it, framed) and the
+    /// rest of its chunked body, read from the client until it ends. Each read's data goes
+    /// out as one chunk in one `writev` (the head with the first): its size line, the data
+    /// where it lies in the read buffer (not copied), its CRLF.
     pub(super) async fn stream_chunked_body(
         &mut self,
         g: &mut Guarded,
         up: &mut TcpStream,
-        wire: &mut Vec<u8>,
-        b: &mut Vec<u8>,
+        mut head: &[u8],
     ) -> Result<(), Failure> {
+        let (mut wire, mut ranges) = (Vec::new(), Vec::new());
         while self.chunked.as_ref().is_some_and(|c| !c.ended) {
-            b.clear();
-            self.read_chunked(g, wire, b).await?;
-            if b.is_empty() {
-                continue;
-            }
-            if let Err((_, e)) = timed(self.pool.spec.write_timeout, up.write_all(b)).await {
+            let (n, scan) = self.read_chunked(g, &mut wire, &mut ranges).await?;
+            let (line, k) = chunked::frame_head(n);
+            let mut bufs = Vec::with_capacity(ranges.len() + 3);
+            bufs.push(IoSlice::new(std::mem::take(&mut head)));
+            bufs.push(IoSlice::new(&line[..k]));
+            bufs.extend(ranges.iter().map(|r| IoSlice::new(&wire[r.clone()])));
+            bufs.push(IoSlice::new(chunked::frame_tail(n, scan)));
+            let sent = timed(
+                self.pool.spec.write_timeout,
+                write_all_vectored(up, &mut bufs),
+            );
+            if let Err((_, e)) = sent.await {
                 return Err(Failure::Answer(
                     Why::BadResponse,
-                    format!("sending the request body: {e}"),
+                    format!("sending the request: {e}"),
                 ));
             }
         }
@@ -132,6 +143,22 @@ impl Exchange<'_> {
         }
         Ok(())
     }
+}
+
+/// Write all of `bufs` (empty ones skipped) with `writev`, as many times as the socket needs.
+async fn write_all_vectored(
+    up: &mut TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = up.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }
 
 /// Write `a` then `b` with as few syscalls as the socket allows (one, usually).
