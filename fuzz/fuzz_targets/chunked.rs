@@ -4,7 +4,8 @@
 //! are split: when one finds a complete body, the other finds the same end (and the scanner
 //! decodes the same data); what one refuses, the other never completes. And the body the
 //! request guard passes on, each piece's whole chunks merged into one (`coalesce`), is a
-//! complete body with the same data wherever the original was.
+//! complete body with the same data wherever the original was; so is what the lean engine
+//! sends on from those pieces in its own framing (`reframe`), with no chunk extension.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -37,6 +38,32 @@ fn crlf(d: &[u8], p: usize) -> Result<usize, Verdict> {
         (Some(b'\r'), None) => Err(Verdict::Incomplete),
         (Some(b'\r'), Some(b'\n')) => Ok(p + 2),
         _ => Err(Verdict::Invalid),
+    }
+}
+
+/// Whether a complete chunked body has only bare hex sizes and no trailer field.
+fn plain_framing(d: &[u8]) -> bool {
+    let mut p = 0;
+    loop {
+        let Some(len) = d[p..].windows(2).position(|w| w == b"\r\n") else {
+            return false;
+        };
+        let line = &d[p..p + len];
+        if line.is_empty() || !line.iter().all(u8::is_ascii_hexdigit) {
+            return false;
+        }
+        let size = line.iter().fold(0usize, |n, &b| {
+            n.saturating_mul(16)
+                .saturating_add((b as char).to_digit(16).unwrap_or(0) as usize)
+        });
+        p += len + 2;
+        if size == 0 {
+            return &d[p..] == b"\r\n";
+        }
+        p = p.saturating_add(size).saturating_add(2);
+        if p > d.len() {
+            return false;
+        }
     }
 }
 
@@ -166,6 +193,8 @@ fuzz_target!(|input: &[u8]| {
     }
     // the same two pieces as the guard passes them on: cut at the end, whole chunks merged
     let (mut g, mut spans, mut merged) = (ChunkedScanner::default(), Vec::new(), Vec::new());
+    // and as the lean engine sends those pieces on
+    let (mut lean, mut reframed) = (ChunkedScanner::default(), Vec::new());
     for piece in [&data[..at], &data[at..]] {
         let mut p = piece.to_vec();
         let Ok(scan) = g.scan_spans(&p, &mut spans) else {
@@ -178,6 +207,11 @@ fuzz_target!(|input: &[u8]| {
         p.truncate(keep);
         let n = coalesce(&mut p, &spans);
         merged.extend_from_slice(&p[..n]);
+        match lean.reframe(&p[..n], &mut reframed) {
+            Ok((_, Scan::Done(k))) => assert_eq!(k, n, "the lean engine's scanner ended early"),
+            Ok((_, Scan::More)) => {}
+            Err(e) => panic!("the lean engine refused what the guard passed: {}", e.0),
+        }
         if matches!(scan, Scan::Done(_)) {
             break;
         }
@@ -194,6 +228,17 @@ fuzz_target!(|input: &[u8]| {
                 }
                 _ => panic!("the merged body is not a complete body"),
             }
+            match reference(&reframed) {
+                Verdict::Complete(m, lean_body) => {
+                    assert_eq!(m, reframed.len(), "the reframed body ends early");
+                    assert_eq!(lean_body, body, "reframing changed the data");
+                }
+                _ => panic!("the reframed body is not a complete body"),
+            }
+            assert!(
+                plain_framing(&reframed),
+                "an extension or a trailer was sent on"
+            );
         }
         Verdict::Invalid => assert!(
             end.is_none(),

@@ -19,6 +19,8 @@ pub enum Fallback {
     Http10,
     Connect,
     AbsoluteForm,
+    /// A chunked body that a retry after sending or a mirror would need whole (the lean
+    /// engine holds only bodies of a known length).
     TransferEncoding,
     Expect,
     /// An upgrade other than a plain WebSocket handshake.
