@@ -47,6 +47,10 @@ pub struct GuardConf {
     pub open: Option<Arc<AtomicUsize>>,
     /// The listener's name, for the refusal count.
     pub listener: Option<Arc<str>>,
+    /// The listener answers one request per connection (`keepalive_requests: 1`): a client
+    /// that pipelines has its second request past the limit, so a connection that carried
+    /// one request is looked at for unread bytes when it closes, too.
+    pub one_request: bool,
 }
 
 pub struct Guarded {
@@ -134,13 +138,15 @@ impl Drop for Guarded {
         // Closed with the client still sending (a refused head, a request body left unread,
         // pipelined requests past `keepalive_requests`): a plain close would reset the
         // connection under the answers. nginx lingers in the same cases. The socket is
-        // asked only once a second request came: a connection that carried one request
-        // (most closes: `Connection: close`) pays no system call for the check.
+        // asked only once a second request came (or on a listener that answers one per
+        // connection): a connection that carried one request (most closes: `Connection:
+        // close`) pays no system call for the check.
+        let asked = self.heads > 1 || (self.heads == 1 && self.conf.one_request);
         let unread = self.refused
             || self.body.arriving()
             || (self.between_requests()
                 && (self.has_pending()
-                    || (self.heads > 1 && crate::net::sockopt::has_unread(self.inner.id()))));
+                    || (asked && crate::net::sockopt::has_unread(self.inner.id()))));
         if unread {
             let s = std::mem::replace(&mut self.inner, Box::new(crate::net::linger::Closed));
             crate::net::linger::linger(s);
@@ -161,6 +167,7 @@ impl Guarded {
             limits,
             open: conn_slot,
             listener: None,
+            one_request: false,
         };
         Guarded::with_conf(inner, Arc::new(conf))
     }

@@ -153,6 +153,7 @@ impl Admission {
                 limits: head,
                 open: Some(open.clone()),
                 listener: Some(name.clone()),
+                one_request: limits.keepalive_requests == Some(1),
             }),
             open,
             max: limits.max_connections,
