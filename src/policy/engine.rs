@@ -88,6 +88,8 @@ pub struct HeadTraits {
     /// The head parsed completely and every field fit.
     pub parsed: bool,
     pub h2: bool,
+    /// A Host field (HTTP/1.0 requests may come without one).
+    pub host: bool,
     pub http10: bool,
     pub connect: bool,
     pub origin_form: bool,
@@ -166,7 +168,9 @@ fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
             Err(Fallback::H2Request)
         };
     }
-    if h.http10 {
+    // HTTP/1.0: served alike (its keep-alive asked for, a chunked response sent
+    // close-delimited), but for what the backend would need a Host or HTTP/1.1 framing for
+    if h.http10 && (!h.host || h.transfer_encoding || h.upgrade.is_some() || h.connection.upgrade) {
         return Err(Fallback::Http10);
     }
     if h.expect {
@@ -190,7 +194,7 @@ fn route_allows(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fa
         return Err(Fallback::Compression);
     }
     if route.cache.is_some() {
-        return if fresh_hit && !h.upgrade_relayed() && !h.h2 {
+        return if fresh_hit && !h.upgrade_relayed() && !h.h2 && !h.http10 {
             Ok(())
         } else {
             Err(Fallback::Cache)

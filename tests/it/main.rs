@@ -33,6 +33,7 @@ mod h2cancel;
 mod h2conn;
 mod h2expect;
 mod hardening;
+mod http10;
 mod http3;
 mod http3_cache;
 mod http3_ops;

@@ -53,7 +53,12 @@ enum Next {
 /// Who the response goes to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Down {
-    H1 { want_keep: bool, upgrade: bool },
+    /// An HTTP/1 client; `http10`: one speaking HTTP/1.0, which takes no chunked body.
+    H1 {
+        want_keep: bool,
+        upgrade: bool,
+        http10: bool,
+    },
     H2,
 }
 
@@ -375,6 +380,7 @@ impl<'a> Exchange<'a> {
                             // HTTP/3 ones (`interim`) do.
                             let to = crate::policy::interim::Client {
                                 h2: down == Down::H2 && self.interim.is_none(),
+                                http10: matches!(down, Down::H1 { http10: true, .. }),
                                 ..Default::default()
                             };
                             let fwd = crate::policy::interim::forwarded(code, to);

@@ -208,6 +208,7 @@ impl FastPath {
         t.idempotent = policy::retry::idempotent(method);
         let body_len = length.unwrap_or(0);
         t.body = body_len > 0 || is_chunked;
+        t.host = host.is_some();
         let host_text = match host.map(std::str::from_utf8) {
             Some(Ok(h)) => Some(h),
             Some(Err(_)) => {
@@ -315,7 +316,7 @@ impl FastPath {
                 client: conn.client,
                 method,
                 uri: target,
-                version: "HTTP/1.1",
+                version: if t.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
                 host: host_text.unwrap_or("-"),
                 referer: text(referer),
                 user_agent: text(user_agent),
@@ -335,9 +336,10 @@ impl FastPath {
             chunks,
             trace,
         };
-        let keep = |unread_body: bool| {
-            policy::keep_alive(l, t.connection.close, draining, unread_body, conn.served)
-        };
+        // an HTTP/1.0 connection stays open only when the client asked for it
+        let close = t.connection.close || (t.http10 && !t.connection.keep_alive);
+        let keep =
+            |unread_body: bool| policy::keep_alive(l, close, draining, unread_body, conn.served);
         let route = match l.admit_on(&head, route) {
             Verdict::Answer(a, route) => {
                 let keep = keep(r.body_unread()) && !a.close;
@@ -451,6 +453,7 @@ impl FastPath {
         Plan::Proxy {
             want_keep: keep(false) && policy::keep_after_upgrade(websocket, false),
             upgrade: websocket,
+            http10: t.http10,
             req: r,
             route,
             out,
@@ -497,7 +500,7 @@ impl FastPath {
             Plan::Page(r, ..) | Plan::Hit { req: r, .. } | Plan::Proxy { req: r, .. } => r.trace,
             Plan::Fallback => None,
         };
-        let (mut r, route, out, hash, want_keep, upgrade, sticky) = match plan {
+        let (mut r, route, out, hash, want_keep, upgrade, http10, sticky) = match plan {
             Plan::Fallback => {
                 g.unread(buf);
                 return Outcome::Fallback;
@@ -525,8 +528,9 @@ impl FastPath {
                 hash,
                 want_keep,
                 upgrade,
+                http10,
                 sticky,
-            } => (req, route, out, hash, want_keep, upgrade, sticky),
+            } => (req, route, out, hash, want_keep, upgrade, http10, sticky),
         };
         let l = &*self.listener;
         let mut ex = Exchange::new(l, route, self.pool_max, obs, Some(shutdown));
@@ -558,7 +562,11 @@ impl FastPath {
                     hash,
                     (r.view.method, r.view.uri),
                     r.head_only,
-                    Down::H1 { want_keep, upgrade },
+                    Down::H1 {
+                        want_keep,
+                        upgrade,
+                        http10,
+                    },
                 )
                 .await
             }
@@ -710,6 +718,7 @@ enum Plan<'a> {
         want_keep: bool,
         /// A WebSocket handshake: after a 101 the connection becomes a tunnel.
         upgrade: bool,
+        http10: bool,
         sticky: policy::sticky::Affinity,
     },
 }

@@ -32,6 +32,8 @@ pub struct RespHead {
     /// A close-delimited body sent to the HTTP/1.1 client chunked, so its connection stays
     /// open (as Pingora's path does).
     pub rechunk: bool,
+    /// A chunked body sent to an HTTP/1.0 client decoded, close-delimited.
+    pub dechunk: bool,
     /// A 101 to a WebSocket handshake.
     pub upgraded: bool,
 }
@@ -45,9 +47,13 @@ pub enum Parsed {
 
 /// Parse a response head and write the client's version of it.
 pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed, Failure> {
-    let (want_keep, upgrade) = match down {
-        Down::H1 { want_keep, upgrade } => (want_keep, upgrade),
-        Down::H2 => (false, false),
+    let (want_keep, upgrade, http10) = match down {
+        Down::H1 {
+            want_keep,
+            upgrade,
+            http10,
+        } => (want_keep, upgrade, http10),
+        Down::H2 => (false, false, false),
     };
     let mut hdrs = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -98,6 +104,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             upstream_keep: false,
             client_keep: false,
             rechunk: false,
+            dechunk: false,
             upgraded: true,
         }));
     }
@@ -163,8 +170,11 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
         }
     };
     // An HTTP/1.1 client gets a close-delimited body chunked: its connection stays usable.
-    let rechunk = down != Down::H2 && framing == Framing::Close;
-    let client_keep = want_keep;
+    // An HTTP/1.0 one takes no chunked body: it gets the data until the connection closes.
+    let rechunk = down != Down::H2 && !http10 && framing == Framing::Close;
+    let dechunk = http10 && framing == Framing::Chunked;
+    let client_keep =
+        want_keep && !(http10 && matches!(framing, Framing::Chunked | Framing::Close));
     let upstream_keep = !up_close && framing != Framing::Close;
 
     if down == Down::H2 {
@@ -221,6 +231,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             upstream_keep,
             client_keep: false,
             rechunk: false,
+            dechunk: false,
             upgraded: false,
         }));
     }
@@ -244,6 +255,8 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
             // written once below, normalised (RFC 9110 8.6)
             Field::ContentLength => continue,
             Field::Upgrade => continue,
+            // HTTP/1.0 has no transfer codings (a HEAD's answer included)
+            Field::TransferEncoding if http10 => continue,
             _ => {}
         }
         if nominated && fields::nomination_drops(kind) && nominated_by(resp.headers, name) {
@@ -279,6 +292,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
         upstream_keep,
         client_keep,
         rechunk,
+        dechunk,
         upgraded: false,
     }))
 }
@@ -329,7 +343,11 @@ pub fn fuzz_response(
     let down = if h2 {
         Down::H2
     } else {
-        Down::H1 { want_keep, upgrade }
+        Down::H1 {
+            want_keep,
+            upgrade,
+            http10: false,
+        }
     };
     let h = match parse_response(bytes, head_only, down) {
         Ok(Parsed::Partial) => return Ok(None),

@@ -83,7 +83,8 @@ impl Exchange<'_> {
                 upstream_keep &= first.len() as u64 <= n;
                 t as usize
             }
-            Framing::Chunked => match scanner.scan(first) {
+            // an HTTP/1.0 client's data is taken out of the framing straight into `out`
+            Framing::Chunked => match scanner.scan_into(first, h.dechunk.then_some(&mut out)) {
                 Ok(crate::http::chunked::Scan::Done(k)) => {
                     done = true;
                     upstream_keep &= k == first.len();
@@ -101,7 +102,7 @@ impl Exchange<'_> {
         };
         if h.rechunk {
             push_chunk(&mut out, &first[..take]);
-        } else {
+        } else if !h.dechunk {
             // a chunked body's trailer fields are not passed on (policy::edit::response)
             let (pass, crlf) = scanner.without_trailers(take, done);
             out.extend_from_slice(&first[..pass]);
@@ -142,6 +143,8 @@ impl Exchange<'_> {
         {
             rbuf = Vec::with_capacity(BODY_BUF);
         }
+        // an HTTP/1.0 client's decoded data, each read's
+        let mut data = Vec::new();
         loop {
             let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
                 upstream_keep = false;
@@ -167,16 +170,29 @@ impl Exchange<'_> {
                     upstream_keep &= n as u64 == t || left > 0;
                     (t as usize, left == 0)
                 }
-                Framing::Chunked => match scanner.scan(chunk) {
-                    Ok(crate::http::chunked::Scan::Done(k)) => {
-                        upstream_keep &= k == n;
-                        (k, true)
+                Framing::Chunked => {
+                    match scanner.scan_into(chunk, h.dechunk.then_some(&mut data)) {
+                        Ok(crate::http::chunked::Scan::Done(k)) => {
+                            upstream_keep &= k == n;
+                            (k, true)
+                        }
+                        Ok(crate::http::chunked::Scan::More) => (n, false),
+                        Err(e) => return Err(self.bad_chunk(e)),
                     }
-                    Ok(crate::http::chunked::Scan::More) => (n, false),
-                    Err(e) => return Err(self.bad_chunk(e)),
-                },
+                }
                 _ => (n, false),
             };
+            if h.dechunk {
+                if self.put(g, &data, streamed).await.is_err() {
+                    return Err(Failure::Cut);
+                }
+                data.clear();
+                self.bytes_out += take;
+                if end {
+                    break;
+                }
+                continue;
+            }
             let (pass, crlf) = scanner.without_trailers(take, end);
             let ok = match crlf {
                 false => self.put(g, &chunk[..pass], streamed).await,
