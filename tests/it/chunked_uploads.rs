@@ -7,7 +7,7 @@
 //! general engine (a body a retry or a mirror would have to send again).
 
 use crate::support::metrics::{metrics, series, wait_series};
-use crate::support::raw::{read_until_close, statuses, RawBackend, Reply};
+use crate::support::raw::{chunked_body, read_until_close, statuses, RawBackend, Reply};
 use crate::support::Proxy;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,26 +29,6 @@ fn config(b: SocketAddr, keys: &str, upstream: &str, routes: &[&str]) -> String 
         c.push_str(&format!("  - {{listener: web, upstream: app{r}}}\n"));
     }
     c
-}
-
-/// The framing of the first chunked body in `raw` (a backend's input): each size line as
-/// sent, the data, and the bytes after the last chunk's size line.
-fn body_in(raw: &[u8]) -> Option<(Vec<String>, Vec<u8>, Vec<u8>)> {
-    let start = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let mut p = start;
-    let (mut lines, mut data) = (Vec::new(), Vec::new());
-    loop {
-        let le = p + raw[p..].windows(2).position(|w| w == b"\r\n")?;
-        let line = String::from_utf8(raw[p..le].to_vec()).ok()?;
-        let size = usize::from_str_radix(line.split(';').next()?, 16).ok()?;
-        lines.push(line);
-        p = le + 2;
-        if size == 0 {
-            return Some((lines, data, raw[p..].to_vec()));
-        }
-        data.extend_from_slice(raw.get(p..p + size)?);
-        p += size + 2;
-    }
 }
 
 /// Send `parts` on a new connection, 30 ms apart (so the body comes in several reads), and
@@ -113,7 +93,7 @@ async fn a_chunked_upload_stays_on_the_lean_engine_and_reaches_the_backend_refra
         {
             wrong.push(format!("{engine}: the upload's framing field: {first:?}"));
         }
-        match body_in(&b.raw()) {
+        match chunked_body(&b.raw()) {
             Some((lines, got, rest)) => {
                 if got != data {
                     wrong.push(format!("{engine}: {} bytes of data arrived", got.len()));

@@ -305,3 +305,23 @@ pub fn statuses(bytes: &[u8]) -> Vec<u16> {
         .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
         .collect()
 }
+
+/// The framing of the first chunked body in `raw` (a backend's input): each size line as
+/// sent, the data, and the bytes after the last chunk's size line.
+pub fn chunked_body(raw: &[u8]) -> Option<(Vec<String>, Vec<u8>, Vec<u8>)> {
+    let start = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let mut p = start;
+    let (mut lines, mut data) = (Vec::new(), Vec::new());
+    loop {
+        let le = p + raw[p..].windows(2).position(|w| w == b"\r\n")?;
+        let line = String::from_utf8(raw[p..le].to_vec()).ok()?;
+        let size = usize::from_str_radix(line.split(';').next()?, 16).ok()?;
+        lines.push(line);
+        p = le + 2;
+        if size == 0 {
+            return Some((lines, data, raw[p..].to_vec()));
+        }
+        data.extend_from_slice(raw.get(p..p + size)?);
+        p += size + 2;
+    }
+}
