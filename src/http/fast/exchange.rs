@@ -112,9 +112,9 @@ pub struct Exchange<'a> {
     pub chunked: Option<ChunkedBody>,
 }
 
-/// A chunked request body on its way: decoded as it arrives and sent on in the proxy's own
-/// framing ([`crate::http::chunked::ChunkedScanner::reframe`]), its data counted against the
-/// route's `max_body_size`.
+/// A chunked request body on its way: decoded as it arrives
+/// ([`crate::http::chunked::ChunkedScanner::data_pieces`]) and sent on in the proxy's own
+/// framing, its data counted against the route's `max_body_size`.
 pub struct ChunkedBody {
     pub scan: crate::http::chunked::ChunkedScanner,
     /// Data bytes so far, those that came with the head included.
