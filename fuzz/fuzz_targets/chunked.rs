@@ -5,11 +5,12 @@
 //! decodes the same data); what one refuses, the other never completes. And the body the
 //! request guard passes on, each piece's whole chunks merged into one (`coalesce`), is a
 //! complete body with the same data wherever the original was; so is what the lean engine
-//! sends on from those pieces in its own framing (`reframe`), with no chunk extension.
+//! sends on from those pieces in its own framing (`data_pieces`, `frame_into`), with no
+//! chunk extension.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stepstone::http::chunked::{coalesce, ChunkedScanner, Scan};
+use stepstone::http::chunked::{coalesce, frame_into, ChunkedScanner, Scan};
 
 const MAX_LINE: usize = 4096;
 
@@ -207,9 +208,14 @@ fuzz_target!(|input: &[u8]| {
         p.truncate(keep);
         let n = coalesce(&mut p, &spans);
         merged.extend_from_slice(&p[..n]);
-        match lean.reframe(&p[..n], &mut reframed) {
-            Ok((_, Scan::Done(k))) => assert_eq!(k, n, "the lean engine's scanner ended early"),
-            Ok((_, Scan::More)) => {}
+        let mut ranges = Vec::new();
+        match lean.data_pieces(&p[..n], &mut ranges) {
+            Ok((d, scan)) => {
+                if let Scan::Done(k) = scan {
+                    assert_eq!(k, n, "the lean engine's scanner ended early");
+                }
+                frame_into(&mut reframed, &p[..n], &ranges, d, scan);
+            }
             Err(e) => panic!("the lean engine refused what the guard passed: {}", e.0),
         }
         if matches!(scan, Scan::Done(_)) {

@@ -112,7 +112,13 @@ impl ChunkedScanner {
     /// Decode `wire` (the next bytes of a chunked body): the ranges of it that hold data
     /// (into `ranges`, cleared first), how many bytes they hold, and the scan's outcome
     /// (`Done(k)`: the body ended after `k` bytes of `wire`; the rest is not taken). Nothing
-    /// is copied: an engine writes the ranges between [`frame_head`] and [`frame_tail`].
+    /// is copied: an engine writes the ranges between [`frame_head`] and [`frame_tail`]
+    /// ([`frame_into`] copies them).
+    ///
+    /// Why: the lean engine relays a client's chunked request body in its own framing, as
+    /// the general engine (Pingora) does, so a backend sees the same body from either, and
+    /// none of a client's extensions or trailer fields reaches a parser that could read
+    /// them differently.
     pub fn data_pieces(
         &mut self,
         wire: &[u8],
@@ -132,21 +138,6 @@ impl ChunkedScanner {
             None,
         )?;
         Ok((n as u64, scan))
-    }
-
-    /// Decode `wire` as [`Self::data_pieces`] does and append its data to `out` framed
-    /// again as one chunk (nothing when it holds no data), then the last chunk once the body
-    /// ends: what a proxy that decodes and re-encodes a body sends on.
-    ///
-    /// Why: the lean engine relays a client's chunked request body in its own framing, as
-    /// the general engine (Pingora) does, so a backend sees the same body from either, and
-    /// none of a client's extensions or trailer fields reaches a parser that could read
-    /// them differently.
-    pub fn reframe(&mut self, wire: &[u8], out: &mut Vec<u8>) -> Result<(u64, Scan), BadChunk> {
-        let mut ranges = Vec::new();
-        let (n, scan) = self.data_pieces(wire, &mut ranges)?;
-        frame_into(out, wire, &ranges, n, scan);
-        Ok((n, scan))
     }
 
     /// As [`Self::scan`], also recording in `spans` (cleared first) every chunk with data
@@ -548,7 +539,20 @@ mod tests {
         }
     }
 
-    /// A body relayed in the proxy's own framing ([`ChunkedScanner::reframe`]), in every
+    /// One piece decoded and framed again, as the lean engine sends it on.
+    fn reframe(
+        s: &mut ChunkedScanner,
+        wire: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(u64, Scan), BadChunk> {
+        let mut ranges = Vec::new();
+        let (n, scan) = s.data_pieces(wire, &mut ranges)?;
+        frame_into(out, wire, &ranges, n, scan);
+        Ok((n, scan))
+    }
+
+    /// A body relayed in the proxy's own framing ([`ChunkedScanner::data_pieces`],
+    /// [`frame_into`]), in every
     /// split into two pieces and byte by byte: the same data, one chunk per piece with data,
     /// no extension or trailer, the last chunk once, nothing past the end.
     #[test]
@@ -566,7 +570,7 @@ mod tests {
                 (ChunkedScanner::default(), Vec::new(), 0, false);
             for piece in pieces(split) {
                 assert!(!ended, "split {split}: a piece after the end");
-                let (n, scan) = s.reframe(piece, &mut out).unwrap();
+                let (n, scan) = reframe(&mut s, piece, &mut out).unwrap();
                 data += n;
                 ended = matches!(scan, Scan::Done(_));
                 if ended {
@@ -590,15 +594,15 @@ mod tests {
         }
         // one piece: one chunk with all of the data
         let mut out = Vec::new();
-        let r = ChunkedScanner::default().reframe(body, &mut out);
+        let r = reframe(&mut ChunkedScanner::default(), body, &mut out);
         assert_eq!(r, Ok((12, Scan::Done(body.len() - 4))));
         assert_eq!(out, b"c\r\nhello, world\r\n0\r\n\r\n");
         // a piece of framing only adds nothing, and a bad one is refused
         let mut s = ChunkedScanner::default();
         out.clear();
-        assert_eq!(s.reframe(b"5;ext", &mut out), Ok((0, Scan::More)));
+        assert_eq!(reframe(&mut s, b"5;ext", &mut out), Ok((0, Scan::More)));
         assert!(out.is_empty());
-        assert!(s.reframe(b"\x01", &mut out).is_err());
+        assert!(reframe(&mut s, b"\x01", &mut out).is_err());
     }
 
     /// Scan `body` in pieces of `split`, coalescing each piece as the request guard does.

@@ -347,7 +347,7 @@ impl FastPath {
             }
             Verdict::Proxy(route) => route,
         };
-        if policy::body_over_limit(route, chunk_data) {
+        if is_chunked && policy::body_over_limit(route, chunk_data) {
             log::warn!(
                 "{}: request body exceeds max_body_size {}",
                 l.name,

@@ -192,12 +192,12 @@ pub(super) async fn write_both(
 /// One chunk of a body the proxy frames itself; nothing for an empty piece (an empty chunk
 /// would end the body).
 pub(super) fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    let mut line = [0u8; crate::http::chunked::SIZE_LINE];
-    let n = crate::http::chunked::size_line(data.len(), &mut line);
-    out.extend_from_slice(&line[..n]);
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
+    let whole = 0..data.len();
+    chunked::frame_into(
+        out,
+        data,
+        std::slice::from_ref(&whole),
+        data.len() as u64,
+        Scan::More,
+    );
 }
