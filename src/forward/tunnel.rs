@@ -10,13 +10,14 @@
 //! ClientHello without waiting for our 200), which go to the origin first.
 //!
 //! Relaying: the one relay of every tunnel ([`crate::net::splice`]): half-closes passed on,
-//! the idle timeout, and on shutdown a quiet tunnel is closed like an L4 connection.
+//! a failure passed on as a reset, the idle timeout, and on shutdown a quiet tunnel is
+//! closed like an L4 connection.
 //!
 //! HTTP/2 (RFC 9113 §8.5, clients of an `h2c: true` listener): the tunnel is the CONNECT
 //! request's stream. Nothing is taken over: the 200 is written on the stream without
 //! ending it, and [`H2Stream`] makes the stream's DATA frames a byte stream for the same
 //! relay; END_STREAM is the half-close each way. A tunnel that ends in an error is reset
-//! with CONNECT_ERROR.
+//! with CONNECT_ERROR, and its origin connection with a TCP reset (§8.5).
 
 use crate::net::splice::{Client, Ends};
 use async_trait::async_trait;
@@ -92,7 +93,7 @@ pub async fn relay(
         first = e.len() as u64;
     }
     let drain = crate::lifecycle::shutdown_started();
-    let side = Client::Stream(&mut down);
+    let side = Client::over_socket(down.as_mut());
     match crate::net::splice::splice(side, &mut up, idle, drain, Ends::HALF_CLOSE).await {
         crate::net::splice::Splice::Done(sent, recv) => (first + sent, recv),
         _ => (first, 0),
@@ -115,7 +116,7 @@ pub async fn relay_h2(
         ended: false,
     };
     let drain = crate::lifecycle::shutdown_started();
-    let side = Client::Stream(&mut s);
+    let side = Client::Stream(&mut s, None);
     match crate::net::splice::splice(side, &mut up, idle, drain, Ends::HALF_CLOSE).await {
         crate::net::splice::Splice::Done(sent, recv) => ((sent, recv), true),
         _ => ((0, 0), false),

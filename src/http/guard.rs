@@ -88,6 +88,8 @@ pub struct Guarded {
     heads: u32,
     /// This request's ACK was asked for ([`Guarded::ack_incomplete`]).
     acked: bool,
+    /// HTTP/2: a write found the client's connection reset ([`Guarded::absorb_reset`]).
+    reset: bool,
 }
 
 /// The guard hands on one request at a time: its head, then exactly its body. Bytes past
@@ -193,6 +195,7 @@ impl Guarded {
             refused: false,
             heads: 0,
             acked: false,
+            reset: false,
         }
     }
 
@@ -695,44 +698,6 @@ impl AsyncRead for Guarded {
 }
 
 use std::future::Future;
-
-impl AsyncWrite for Guarded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        if this.wbuf.len() + buf.len() > WRITE_GATHER {
-            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-                return Poll::Ready(Err(e));
-            }
-            if !this.wbuf.is_empty() {
-                return Poll::Pending;
-            }
-        }
-        if buf.len() >= WRITE_GATHER {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
-        }
-        if this.wbuf.capacity() == 0 {
-            this.wbuf.reserve(WRITE_GATHER);
-        }
-        this.wbuf.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.poll_drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_flush(cx),
-            other => other,
-        }
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.poll_drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_shutdown(cx),
-            other => other,
-        }
-    }
-}
 
 #[path = "guard_io.rs"]
 mod io;

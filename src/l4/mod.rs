@@ -195,7 +195,7 @@ impl L4App {
         // it) is relayed with splice(2); a TLS or PROXY-header stream through the buffers.
         let side = match plain.filter(|_| self.splice) {
             Some(socket) => Client::Socket(socket),
-            None => Client::Stream(&mut io),
+            None => Client::over_socket(io.as_mut()),
         };
         let outcome = splice(
             side,

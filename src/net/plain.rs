@@ -235,6 +235,14 @@ impl PlainTcp {
     }
 }
 
+/// Make a socket's close send a reset (SO_LINGER 0) rather than a FIN: for a relay cut off
+/// by an error, so that its peer learns that what it got was cut off, not finished.
+pub fn reset_on_close(sock: socket2::SockRef<'_>) {
+    if let Err(e) = sock.set_linger(Some(std::time::Duration::ZERO)) {
+        log::debug!("SO_LINGER 0 failed: {e}");
+    }
+}
+
 /// Shut a socket's sending side (a FIN); a peer already gone is not an error.
 pub fn shutdown_write(sock: socket2::SockRef<'_>) -> std::io::Result<()> {
     match sock.shutdown(std::net::Shutdown::Write) {

@@ -7,6 +7,7 @@
 use super::plain::PlainTcp;
 use super::relay;
 use pingora_core::server::ShutdownWatch;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
@@ -55,14 +56,26 @@ pub enum Splice {
 /// accept loop with nothing buffered ahead of it, relayed with splice(2)
 /// ([`super::zerocopy`]): its bytes do not pass through the process.
 pub enum Client<'a, C: ?Sized> {
-    Stream(&'a mut C),
+    /// `reset`: the socket under the stream (its descriptor, Pingora's `UniqueID`), to be
+    /// reset if the relay fails; `None` where the stream has its own error to give (an
+    /// HTTP/2 stream's reset).
+    Stream(&'a mut C, Option<RawFd>),
     Socket(&'a PlainTcp),
+}
+
+impl<'a, C: pingora_core::protocols::UniqueID + ?Sized> Client<'a, C> {
+    /// A stream over a socket of ours, which a failed relay resets.
+    pub fn over_socket(s: &'a mut C) -> Client<'a, C> {
+        let fd = s.id();
+        // a stream with no socket under it gives a placeholder id (0 or below)
+        Client::Stream(s, (fd > 2).then_some(fd))
+    }
 }
 
 /// Both directions until both are done (or the first, as `ends` says), with the idle
 /// watchdog. Also the tunnel of an upgraded (WebSocket) HTTP/1 connection. The caller
 /// closes `backend` when this returns: if the client's side ends last, that close is what
-/// passes its FIN on.
+/// passes its FIN on; if the relay failed, the close is a reset.
 pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     client: Client<'_, C>,
     backend: &mut TcpStream,
@@ -72,26 +85,43 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
 ) -> Splice {
     let t0 = Instant::now();
     let last = AtomicU64::new(0);
-    match client {
-        Client::Stream(client) => {
+    let (out, client_socket) = match client {
+        Client::Stream(client, reset) => {
             let mut a = Tracked {
                 inner: client,
                 last: &last,
                 t0,
             };
             let mut b = Tracked {
-                inner: backend,
+                inner: &mut *backend,
                 last: &last,
                 t0,
             };
             let copy = relay::relay(&mut a, &mut b, ends.ending());
-            watch(copy, &last, t0, idle_timeout, drain).await
+            (watch(copy, &last, t0, idle_timeout, drain).await, reset)
         }
         Client::Socket(client) => {
             let copy = super::zerocopy::relay(client, backend, ends.ending(), (&last, t0));
-            watch(copy, &last, t0, idle_timeout, drain).await
+            (
+                watch(copy, &last, t0, idle_timeout, drain).await,
+                Some(pingora_core::protocols::UniqueID::id(client)),
+            )
+        }
+    };
+    if let Splice::Failed(_) = out {
+        // One side failed (a reset, or a CONNECT stream reset over HTTP/2): the other learns
+        // it by a reset too, as RFC 9113 §8.5 asks of an HTTP/2 CONNECT proxy, rather than by
+        // a FIN that would make a cut-off stream look finished. (An HTTP/2 client's stream
+        // gets its own error instead: the caller resets it with CONNECT_ERROR.)
+        super::plain::reset_on_close(socket2::SockRef::from(&*backend));
+        if let Some(fd) = client_socket {
+            // SAFETY: the descriptor is the client's socket, which the caller holds open
+            // (borrowed by `client`) until after this returns.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            super::plain::reset_on_close(socket2::SockRef::from(&fd));
         }
     }
+    out
 }
 
 /// Run `copy` under the idle watchdog: `last` is when it last read a byte (ms after `t0`).

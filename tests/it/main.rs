@@ -54,4 +54,5 @@ mod targets;
 mod tiny_chunks;
 mod tls;
 mod tracing;
+mod tunnel_resets;
 mod upgrade;

@@ -256,7 +256,7 @@ impl Exchange<'_> {
         g.release();
         let drain = crate::net::splice::shutdown_of(shutdown);
         if let crate::net::splice::Splice::Done(_, down) = crate::net::splice::splice(
-            crate::net::splice::Client::Stream(g),
+            crate::net::splice::Client::over_socket(g),
             &mut up,
             self.pool.read_timeout,
             drain,
