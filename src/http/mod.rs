@@ -140,7 +140,7 @@ impl HttpProxy {
 
 pub use crate::net::respond::{respond, respond_answer};
 
-fn content_length(req: &RequestHeader) -> Option<u64> {
+pub(crate) fn content_length(req: &RequestHeader) -> Option<u64> {
     req.headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| crate::policy::fields::parse_len(v.as_bytes()))

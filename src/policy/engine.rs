@@ -31,7 +31,8 @@ pub enum Fallback {
     Cache,
     /// Backends spoken to over TLS, HTTP/2 or with a PROXY header.
     UpstreamProtocol,
-    /// An HTTP/2 request other than a bodiless GET or HEAD.
+    /// An HTTP/2 request the lean engine does not take: a body of unknown length or over
+    /// [`H2_HELD_BODY`], an `Expect`, an upgrade, or a TRACE/OPTIONS with `Max-Forwards`.
     H2Request,
     /// A route that compresses responses (Pingora's body filters run the encoder).
     Compression,
@@ -107,6 +108,8 @@ pub struct HeadTraits {
     pub get: bool,
     /// A body follows (a non-zero Content-Length, or an HTTP/2 stream not ended).
     pub body: bool,
+    /// The body's declared length (Content-Length), when there is one.
+    pub length: Option<u64>,
     /// A TRACE or OPTIONS with a `Max-Forwards` field.
     pub max_forwards: bool,
 }
@@ -117,6 +120,13 @@ impl HeadTraits {
         self.upgrade == Some(true) && self.connection.upgrade && self.get && !self.body
     }
 }
+
+/// The largest HTTP/2 request body the lean engine takes, and only with its length declared:
+/// it reads the whole body before the request goes out (nginx's `proxy_request_buffering`,
+/// on by default), so that the request leaves in one write and a retry can send it again, as
+/// for a bodiless one. A larger body, or one of unknown length (a gRPC stream), streams
+/// through the general engine. 64 KiB: what the general engine keeps of a body for a retry.
+pub const H2_HELD_BODY: u64 = 64 << 10;
 
 /// The decision, for a request the lean engine has parsed: its listener, its shape, and its
 /// route (`None`: no route, answered 404 by either engine alike). `fresh_hit`: for a cached
@@ -162,7 +172,8 @@ fn head(l: &ListenerPolicy, h: &HeadTraits) -> Result<(), Fallback> {
         return Err(Fallback::AbsoluteForm);
     }
     if h.h2 {
-        return if h.get_or_head && !h.body && h.upgrade.is_none() {
+        let held = !h.body || h.length.is_some_and(|n| n <= H2_HELD_BODY);
+        return if held && !h.expect && !h.max_forwards && h.upgrade.is_none() {
             Ok(())
         } else {
             Err(Fallback::H2Request)

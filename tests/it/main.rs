@@ -29,6 +29,7 @@ mod fdlimit;
 mod fleet;
 mod forward;
 mod grpc;
+mod h2_bodies;
 mod h2cancel;
 mod h2conn;
 mod h2expect;

@@ -39,10 +39,14 @@ impl FastPath {
             get: method == "GET",
             get_or_head: method == "GET" || method == "HEAD",
             body: !s.is_body_done(),
+            length: crate::http::content_length(req),
+            expect: req.headers.contains_key(http::header::EXPECT),
+            max_forwards: req.headers.contains_key(http::header::MAX_FORWARDS)
+                && fields::max_forwards_applies(method.as_bytes()),
             upgrade: req.headers.get(http::header::UPGRADE).map(|_| false),
             ..HeadTraits::default()
         };
-        let mut head = super::super::request_head(client, req, None, RateCount::Local);
+        let mut head = super::super::request_head(client, req, t.length, RateCount::Local);
         let host = head.host;
         let route = l.route(&head);
         if let Err(reason) = engine::choose(l, &t, route, false) {
@@ -101,12 +105,6 @@ impl FastPath {
 
         let hash = policy::hash::of_request(&route.pool, client, req);
         let head_only = method == "HEAD";
-        if let Some(m) = route.mirror.as_ref().filter(|m| m.sample(false)) {
-            if let Some(p) = m.admit() {
-                crate::net::mirror::send(p, policy::mirror::h1_copy(&out));
-            }
-        }
-
         let mut obs = RequestObs::default();
         obs.trace = trace;
         let mut ex = Exchange::new(l, route, self.pool_max, obs, None);
@@ -117,11 +115,28 @@ impl FastPath {
         // the exchange at once, as a client-closed request. The method and target are copied
         // for the exchange, since watching the stream borrows the session.
         let (method, target) = (method.to_owned(), target.to_owned());
+        // A body (of a declared length, within engine::H2_HELD_BODY) is read whole and goes
+        // out with the head, as a request the exchange may send again.
+        let body_len = t.length.filter(|_| t.body);
+        let held = match body_len {
+            Some(n) => read_held_body(s, n, l.client_timeout, &mut out).await,
+            None => Ok(()),
+        };
+        if let Some(m) = route.mirror.as_ref().filter(|m| m.sample(false)) {
+            if m.fits(body_len.unwrap_or(0)) {
+                if let Some(p) = m.admit() {
+                    crate::net::mirror::send(p, policy::mirror::h1_copy(&out));
+                }
+            }
+        }
         // `biased`, the reset first: a cancel already read never lets the request out
-        let head = tokio::select! {
-            biased;
-            _ = s.idle() => None,
-            head = ex.exchange(None, &out, 0, hash, (&method, &target), head_only, Down::H2) => Some(head),
+        let head = match held {
+            Err(e) => Some(Err(e)),
+            Ok(()) => tokio::select! {
+                biased;
+                _ = s.idle() => None,
+                head = ex.exchange(None, &out, 0, hash, (&method, &target), head_only, Down::H2) => Some(head),
+            },
         };
         let mut reset = head.is_none();
         let res = match head {
@@ -184,6 +199,39 @@ impl FastPath {
             false,
         );
         true
+    }
+}
+
+/// Read an HTTP/2 request's whole body (its declared `len`) onto `out`, each read within
+/// `timeout`. h2 holds the stream to its Content-Length (a stream that sends more or less is
+/// reset), so what ends cleanly is exactly `len` bytes.
+async fn read_held_body(
+    s: &mut H2Session,
+    len: u64,
+    timeout: Duration,
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    out.reserve(len as usize);
+    let mut read = 0u64;
+    loop {
+        match tokio::time::timeout(timeout, s.read_body_bytes()).await {
+            Ok(Ok(Some(b))) => {
+                read += b.len() as u64;
+                if read > len {
+                    return Err(Failure::Cut);
+                }
+                out.extend_from_slice(&b);
+            }
+            Ok(Ok(None)) if read == len => return Ok(()),
+            Ok(_) => return Err(Failure::Cut),
+            // nginx's client_body_timeout: 408
+            Err(_) => {
+                return Err(Failure::Answer(
+                    crate::policy::answer::Failure::ClientTimeout,
+                    "the client stalled mid-body".into(),
+                ))
+            }
+        }
     }
 }
 
