@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 const FALLBACKS: &str = "stepstone_fast_path_fallbacks_total";
+const BODY_BYTES: &str = "stepstone_http_body_bytes_total";
 
 /// Bytes that differ along their length, so a reordered or shifted body shows.
 fn pattern(n: usize) -> Vec<u8> {
@@ -117,7 +118,16 @@ async fn http2_bodies_of_a_declared_length_stay_on_the_lean_engine() {
             "{method}: the declared length went with it"
         );
     }
-    let m = metrics(&p).await;
+    // the bodies are counted in, as the general engine counts them (when the request ends,
+    // which may be a moment after the client saw the answer)
+    let held = (40_000 + 1024 + (64 << 10)) as f64;
+    let body_in = ["direction=\"in\""];
+    let m = wait_series(&p, BODY_BYTES, &body_in, held).await;
+    assert_eq!(
+        series(&m, BODY_BYTES, &body_in),
+        held,
+        "the route's body bytes in:\n{m}"
+    );
     assert_eq!(
         series(&m, FALLBACKS, &[]),
         all0,

@@ -235,9 +235,10 @@ async fn read_held_body(
     }
 }
 
-/// The access-log view of an HTTP/2 request; the host as the policy reads it.
+/// The access-log view of an HTTP/2 request; the host as the policy reads it, the body
+/// bytes as the session counted them (as the general engine reports them).
 fn h2_view<'a>(s: &'a H2Session, client: Option<IpAddr>, obs: &RequestObs) -> ReqView<'a> {
-    crate::http::req_view(s.req_header(), client, "HTTP/2.0", 0, obs)
+    crate::http::req_view(s.req_header(), client, "HTTP/2.0", s.body_bytes_read(), obs)
 }
 
 /// One of the proxy's own pages on an HTTP/2 stream.
