@@ -685,16 +685,7 @@ routes:
 async fn generated_connect_tunnels_pass_half_closes_on_over_http1_and_http2() {
     const SEED: u64 = 0xc0_22ec_7000_0001;
     let (o, mut reports) = origin(SEED).await;
-    let p = Proxy::start(&format!(
-        "listeners:
-  - name: fwd
-    address: 127.0.0.1:{{{{port}}}}
-    protocol: http
-    h2c: true
-    forward_proxy: {{allow_private_destinations: true, connect_ports: [{port}], access: [{{action: allow}}]}}
-",
-        port = o.port(),
-    ));
+    let p = Proxy::start(&crate::support::forward_h2c(o.port()));
     let vias = [
         ("CONNECT over HTTP/1.1", Via::ConnectH1(p.addr, o)),
         ("CONNECT over HTTP/2", Via::ConnectH2(p.addr, o)),

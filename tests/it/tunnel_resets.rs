@@ -3,6 +3,7 @@
 //! that would make a cut-off stream look finished (RFC 9113 §8.5 asks this of an HTTP/2
 //! CONNECT proxy; HAProxy passes aborts on the same way).
 
+use crate::support::forward_h2c;
 use crate::support::h2raw::{self, frame, Outcome, END_HEADERS, END_STREAM, GOAWAY, HEADERS};
 use crate::support::proxy::Proxy;
 use std::net::SocketAddr;
@@ -99,21 +100,27 @@ async fn report(mut rx: mpsc::UnboundedReceiver<(Vec<u8>, End)>) -> (Vec<u8>, En
         .expect("the origin is still there")
 }
 
+/// Send `body` on the client's connection `c`, then reset it: how the origin's reading
+/// ended, once it is checked to have got all of `body` first.
+async fn send_then_reset(
+    mut c: TcpStream,
+    body: &[u8],
+    got: mpsc::UnboundedReceiver<(Vec<u8>, End)>,
+) -> End {
+    c.write_all(body).await.expect("send");
+    set_reset(&c);
+    drop(c);
+    let (bytes, end) = report(got).await;
+    assert!(
+        bytes == body,
+        "the origin got what was sent before the reset"
+    );
+    end
+}
+
 /// Bytes that differ along their length, so a reordered or shifted stream shows.
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
-}
-
-fn forward_h2c(port: u16) -> String {
-    format!(
-        "listeners:
-  - name: fwd
-    address: 127.0.0.1:{{{{port}}}}
-    protocol: http
-    h2c: true
-    forward_proxy: {{allow_private_destinations: true, connect_ports: [{port}], access: [{{action: allow}}]}}
-"
-    )
 }
 
 /// A CONNECT to `o` on stream 1 of a raw HTTP/2 connection (`first`: frames to send before
@@ -266,15 +273,8 @@ async fn a_client_reset_reaches_the_origin_as_a_reset_over_http1_connect_and_l4(
     let body = pattern(1000);
     // HTTP/1.1 CONNECT
     let (o, got) = origin(Vec::new(), Then::Read).await;
-    let p = Proxy::start(&format!(
-        "listeners:
-  - name: fwd
-    address: 127.0.0.1:{{{{port}}}}
-    protocol: http
-    forward_proxy: {{allow_private_destinations: true, connect_ports: [{port}], access: [{{action: allow}}]}}
-",
-        port = o.port()
-    ));
+    // (the listener speaks h2c too; this client speaks HTTP/1.1)
+    let p = Proxy::start(&forward_h2c(o.port()));
     let mut c = TcpStream::connect(p.addr).await.expect("connect");
     c.write_all(format!("CONNECT {o} HTTP/1.1\r\nHost: {o}\r\n\r\n").as_bytes())
         .await
@@ -282,14 +282,7 @@ async fn a_client_reset_reaches_the_origin_as_a_reset_over_http1_connect_and_l4(
     let mut head = [0u8; 12];
     c.read_exact(&mut head).await.expect("the answer");
     assert_eq!(&head, b"HTTP/1.1 200", "the CONNECT is answered");
-    c.write_all(&body).await.expect("send");
-    set_reset(&c);
-    drop(c);
-    let (bytes, end) = report(got).await;
-    assert!(
-        bytes == body,
-        "the origin got what was sent before the reset"
-    );
+    let end = send_then_reset(c, &body, got).await;
     assert_eq!(
         end,
         End::Reset,
@@ -304,15 +297,8 @@ async fn a_client_reset_reaches_the_origin_as_a_reset_over_http1_connect_and_l4(
         )
     };
     let p = Proxy::start(&l4(o));
-    let mut c = TcpStream::connect(p.addr).await.expect("connect");
-    c.write_all(&body).await.expect("send");
-    set_reset(&c);
-    drop(c);
-    let (bytes, end) = report(got).await;
-    assert!(
-        bytes == body,
-        "the origin got what was sent before the reset"
-    );
+    let c = TcpStream::connect(p.addr).await.expect("connect");
+    let end = send_then_reset(c, &body, got).await;
     assert_eq!(end, End::Reset, "L4: the client's reset is passed on");
 
     // L4, the origin resets

@@ -130,3 +130,17 @@ pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).expect("create scratch dir");
     d
 }
+
+/// A config with one forward-proxy listener that speaks h2c too (CONNECT over HTTP/1.1 and
+/// HTTP/2), allowing CONNECT to loopback `port` only.
+pub fn forward_h2c(port: u16) -> String {
+    format!(
+        "listeners:
+  - name: fwd
+    address: 127.0.0.1:{{{{port}}}}
+    protocol: http
+    h2c: true
+    forward_proxy: {{allow_private_destinations: true, connect_ports: [{port}], access: [{{action: allow}}]}}
+"
+    )
+}
