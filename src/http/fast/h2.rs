@@ -211,7 +211,8 @@ async fn read_held_body(
     timeout: Duration,
     out: &mut Vec<u8>,
 ) -> Result<(), Failure> {
-    out.reserve(len as usize);
+    // Room for what has arrived, not for what was declared: a client may declare 64 KiB on
+    // each of its streams and send nothing.
     let mut read = 0u64;
     loop {
         match tokio::time::timeout(timeout, s.read_body_bytes()).await {
