@@ -775,6 +775,7 @@ async fn lean_and_general_engines_answer_alike() {
             }
         }
     }
+    scripted::differ_route_counters(&mut diffs, &p).await;
     scripted::assert_alike(&diffs, cases.len(), &p.log());
 }
 

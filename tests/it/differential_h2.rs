@@ -477,6 +477,7 @@ async fn lean_and_general_engines_answer_http2_alike() {
         check(c, "lean", &a, &seen_a, &mut diffs);
         check(c, "general", &b, &seen_b, &mut diffs);
     }
+    scripted::differ_route_counters(&mut diffs, &p).await;
     scripted::assert_alike(&diffs, cases.len(), &p.log());
 }
 

@@ -6,6 +6,14 @@ use crate::observability::{self, RequestObs};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+/// The body bytes of an HTTP/1 answer written whole (what follows its head's empty line), as
+/// the access log and the body-byte counter take them on every engine.
+pub(super) fn page_body_len(page: &[u8]) -> usize {
+    page.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |at| page.len() - at - 4)
+}
+
 /// Send one of our own pages and count the request.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn finish_own(
@@ -19,7 +27,8 @@ pub(super) async fn finish_own(
     timeout: Duration,
 ) -> Outcome {
     let ok = write_last(g, &page, timeout, keep).await.is_ok();
-    observability::fast_request_done(&r.view, route, None, obs, code, 0, false);
+    let sent = if ok { page_body_len(&page) } else { 0 };
+    observability::fast_request_done(&r.view, route, None, obs, code, sent, false);
     if ok && keep {
         g.unread(r.pipelined);
         return Outcome::KeepAlive;

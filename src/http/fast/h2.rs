@@ -64,7 +64,7 @@ impl FastPath {
             Verdict::Answer(a, route) => {
                 let head_only = method == "HEAD";
                 let status = a.status;
-                let _ = h2_page(s, &a, head_only).await;
+                let sent = h2_page(s, &a, head_only).await.unwrap_or(0);
                 let mut obs = RequestObs::default();
                 obs.trace = trace;
                 let view = h2_view(s, client, &obs);
@@ -74,7 +74,7 @@ impl FastPath {
                     None,
                     &obs,
                     status,
-                    0,
+                    sent,
                     false,
                 );
                 return true;
@@ -168,7 +168,7 @@ impl FastPath {
                 ex.bytes_out = 0;
                 if s.response_written().is_none() {
                     let a = why_status.answer().unwrap_or_else(|| Answer::new(code));
-                    let _ = h2_page(s, &a, head_only).await;
+                    ex.bytes_out = h2_page(s, &a, head_only).await.unwrap_or(0);
                 }
                 code
             }
@@ -242,8 +242,8 @@ fn h2_view<'a>(s: &'a H2Session, client: Option<IpAddr>, obs: &RequestObs) -> Re
     crate::http::req_view(s.req_header(), client, "HTTP/2.0", s.body_bytes_read(), obs)
 }
 
-/// One of the proxy's own pages on an HTTP/2 stream.
-async fn h2_page(s: &mut H2Session, a: &Answer, head_only: bool) -> pingora_core::Result<()> {
+/// One of the proxy's own pages on an HTTP/2 stream; the body bytes sent.
+async fn h2_page(s: &mut H2Session, a: &Answer, head_only: bool) -> pingora_core::Result<usize> {
     let body = a.body();
     let fields = a.fields(body.len());
     let mut r = ResponseHeader::build_no_case(a.status, Some(fields.len()))?;
@@ -251,10 +251,12 @@ async fn h2_page(s: &mut H2Session, a: &Answer, head_only: bool) -> pingora_core
         r.insert_header(k, v)?;
     }
     s.write_response_header(Box::new(r), head_only)?;
-    if !head_only {
-        s.write_body(body, true).await?;
+    if head_only {
+        return Ok(0);
     }
-    Ok(())
+    let n = body.len();
+    s.write_body(body, true).await?;
+    Ok(n)
 }
 
 impl Exchange<'_> {

@@ -343,6 +343,12 @@ impl FastPath {
         let route = match l.admit_on(&head, route) {
             Verdict::Answer(a, route) => {
                 let keep = keep(r.body_unread()) && !a.close;
+                let mut r = r;
+                if !keep {
+                    // answered from the head alone, and the connection closes: none of the
+                    // body was taken (kept, it is read through and counted)
+                    r.view.bytes_in = 0;
+                }
                 return Plan::Page(r, a, route.map(|r| r.id), keep);
             }
             Verdict::Proxy(route) => route,
@@ -608,8 +614,11 @@ impl FastPath {
                 );
                 let a = f.answer().unwrap_or_else(|| Answer::closing(code));
                 let p = a.h1(r.head_only, false);
-                let _ = write_last(g, &p, l.client_timeout, false).await;
-                done(code, 0);
+                let sent = match write_last(g, &p, l.client_timeout, false).await {
+                    Ok(_) => answer::page_body_len(&p),
+                    Err(_) => 0,
+                };
+                done(code, sent);
                 Outcome::Close
             }
             Err(Failure::Cut) => {

@@ -6,6 +6,7 @@
 //! (chunked, repeated Set-Cookie, hop-by-hop fields, 1xx before the final answer,
 //! close-delimited, slow, 204, large), and records each request as it arrived.
 
+use super::Proxy;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -297,7 +298,8 @@ pub fn config(origin: SocketAddr, listen: &str) -> String {
 /// [`config`] with `main` added to the keys of the main pair of listeners (`, limits: ...`).
 pub fn config_with(origin: SocketAddr, listen: &str, main: &str) -> String {
     // Four listeners: {{port}} lean, {{port1}} general, {{port2}} lean with a rate limit,
-    // {{port3}} general with a rate limit.
+    // {{port3}} general with a rate limit; the admin listener on {{port4}}
+    // ([`differ_route_counters`]). Each listener has the same ROUTES_EACH routes, in order.
     let mut routes = String::new();
     for l in ["fast", "general", "fast_rl", "general_rl"] {
         routes.push_str(&format!(
@@ -306,7 +308,8 @@ pub fn config_with(origin: SocketAddr, listen: &str, main: &str) -> String {
     }
     let dead_addr = super::dead_addr();
     format!(
-        "listeners:
+        "admin: {{address: 127.0.0.1:{{{{port4}}}}}}
+listeners:
   - {{name: fast, address: 127.0.0.1:{{{{port}}}}, {listen}{main}}}
   - {{name: general, address: 127.0.0.1:{{{{port1}}}}, {listen}, fast_path: false{main}}}
   - {{name: fast_rl, address: 127.0.0.1:{{{{port2}}}}, {listen}, limits: {{rate_limit_per_ip: 1}}}}
@@ -329,6 +332,86 @@ upstreams:
 routes:
 {routes}"
     )
+}
+
+/// The routes each listener of [`config_with`] has.
+const ROUTES_EACH: usize = 7;
+
+/// Compare the per-route counters of [`config_with`]'s lean listeners with those of their
+/// general twins (the same routes, [`ROUTES_EACH`] apart in config order) after the same
+/// requests went to both: requests by status class and body bytes each way. The access log
+/// and the metrics are the request's record, which the policy makes whichever engine served
+/// it. Counters are bumped as a request ends, a moment after its answer: they are read until
+/// two scrapes agree.
+pub async fn differ_route_counters(diffs: &mut Vec<String>, p: &Proxy) {
+    let scrape = || async {
+        super::client::get(p.addr_of(4), "/metrics", &[])
+            .await
+            .expect("admin /metrics answers")
+            .text()
+    };
+    let mut text = scrape().await;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let again = scrape().await;
+        if route_counters(&again) == route_counters(&text) {
+            break;
+        }
+        text = again;
+    }
+    let c = route_counters(&text);
+    for (lean, general) in [(0, ROUTES_EACH), (2 * ROUTES_EACH, 3 * ROUTES_EACH)] {
+        for i in 0..ROUTES_EACH {
+            let (a, b) = (lean + i, general + i);
+            let mut keys: Vec<&(String, usize)> =
+                c.keys().filter(|(_, r)| *r == a || *r == b).collect();
+            keys.sort();
+            keys.dedup_by_key(|(k, _)| k.clone());
+            for (series, _) in keys {
+                let get = |r: usize| c.get(&(series.clone(), r)).copied().unwrap_or(0.0);
+                if get(a) != get(b) {
+                    diffs.push(format!(
+                        "{series} of routes[{a}] (lean) and routes[{b}] (general): {} against {}",
+                        get(a),
+                        get(b)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The request and body-byte counters by (series without its route label, route index).
+fn route_counters(text: &str) -> std::collections::BTreeMap<(String, usize), f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        if !(series.starts_with("stepstone_requests_total{")
+            || series.starts_with("stepstone_http_body_bytes_total{"))
+        {
+            continue;
+        }
+        let Some(at) = series.find("route=\"routes[") else {
+            continue;
+        };
+        let rest = &series[at + 14..];
+        let Some(end) = rest.find(']') else { continue };
+        let Ok(route) = rest[..end].parse::<usize>() else {
+            continue;
+        };
+        let label_end = at + 14 + end + 2;
+        let key = format!(
+            "{}{}",
+            &series[..at],
+            &series[label_end.min(series.len())..]
+        );
+        if let Ok(v) = value.parse::<f64>() {
+            *out.entry((key, route)).or_insert(0.0) += v;
+        }
+    }
+    out
 }
 
 /// Note a difference between what the lean and the general engine gave for one case.

@@ -68,6 +68,8 @@ impl Exchange<'_> {
         let mut scanner = crate::http::chunked::ChunkedScanner::default();
         let mut done = false;
         let mut left = 0u64;
+        // the body's data in a chunked answer (what is counted as sent), framing aside
+        let mut payload = 0u64;
         // the body bytes that came with the head
         let first = &rbuf[h.head_len..];
         let take = match h.framing {
@@ -84,7 +86,15 @@ impl Exchange<'_> {
                 t as usize
             }
             // an HTTP/1.0 client's data is taken out of the framing straight into `out`
-            Framing::Chunked => match scanner.scan_into(first, h.dechunk.then_some(&mut out)) {
+            Framing::Chunked => match match h.dechunk {
+                true => {
+                    let before = out.len();
+                    let r = scanner.scan_into(first, Some(&mut out));
+                    payload = (out.len() - before) as u64;
+                    r
+                }
+                false => scanner.scan_counting(first, &mut payload),
+            } {
                 Ok(crate::http::chunked::Scan::Done(k)) => {
                     done = true;
                     upstream_keep &= k == first.len();
@@ -110,7 +120,10 @@ impl Exchange<'_> {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        self.bytes_out = take;
+        self.bytes_out = match h.framing {
+            Framing::Chunked => payload as usize,
+            _ => take,
+        };
         if done {
             if write_last(g, &out, self.l.client_timeout, keep)
                 .await
@@ -171,7 +184,12 @@ impl Exchange<'_> {
                     (t as usize, left == 0)
                 }
                 Framing::Chunked => {
-                    match scanner.scan_into(chunk, h.dechunk.then_some(&mut data)) {
+                    payload = 0;
+                    let scan = match h.dechunk {
+                        true => scanner.scan_into(chunk, Some(&mut data)),
+                        false => scanner.scan_counting(chunk, &mut payload),
+                    };
+                    match scan {
                         Ok(crate::http::chunked::Scan::Done(k)) => {
                             upstream_keep &= k == n;
                             (k, true)
@@ -186,8 +204,8 @@ impl Exchange<'_> {
                 if self.put(g, &data, streamed).await.is_err() {
                     return Err(Failure::Cut);
                 }
+                self.bytes_out += data.len();
                 data.clear();
-                self.bytes_out += take;
                 if end {
                     break;
                 }
@@ -204,7 +222,10 @@ impl Exchange<'_> {
             if ok.is_err() {
                 return Err(Failure::Cut);
             }
-            self.bytes_out += take;
+            self.bytes_out += match h.framing {
+                Framing::Chunked => payload as usize,
+                _ => take,
+            };
             if end {
                 break;
             }
@@ -246,6 +267,7 @@ impl Exchange<'_> {
     ) -> Result<bool, Failure> {
         let mut out = h.head;
         // frames the backend sent right behind its 101
+        let early = rbuf.len() - h.head_len;
         out.extend_from_slice(&rbuf[h.head_len..]);
         if write_flush(g, &out, self.l.client_timeout).await.is_err() {
             return Err(Failure::Cut);
@@ -267,7 +289,7 @@ impl Exchange<'_> {
         )
         .await
         {
-            self.bytes_out = down as usize;
+            self.bytes_out = early + down as usize;
         }
         Ok(false)
     }
