@@ -192,6 +192,16 @@ fuzz_target!(|input: &[u8]| {
             }
         }
     }
+    // the lean engine's count of a chunked answer's body (the data, not the framing), fed
+    // the same two pieces: the decoded data's length wherever the scan stands
+    let (mut counting, mut counted) = (ChunkedScanner::default(), 0u64);
+    for piece in [&data[..at], &data[at..]] {
+        match counting.scan_counting(piece, &mut counted) {
+            Ok(Scan::More) => {}
+            _ => break,
+        }
+    }
+    assert_eq!(counted, decoded.len() as u64, "counted data differs from decoded");
     // the same two pieces as the guard passes them on: cut at the end, whole chunks merged
     let (mut g, mut spans, mut merged) = (ChunkedScanner::default(), Vec::new(), Vec::new());
     // and as the lean engine sends those pieces on
