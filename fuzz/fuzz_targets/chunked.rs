@@ -201,7 +201,11 @@ fuzz_target!(|input: &[u8]| {
             _ => break,
         }
     }
-    assert_eq!(counted, decoded.len() as u64, "counted data differs from decoded");
+    assert_eq!(
+        counted,
+        decoded.len() as u64,
+        "counted data differs from decoded"
+    );
     // the same two pieces as the guard passes them on: cut at the end, whole chunks merged
     let (mut g, mut spans, mut merged) = (ChunkedScanner::default(), Vec::new(), Vec::new());
     // and as the lean engine sends those pieces on
