@@ -196,7 +196,7 @@ fuzz_target!(|input: &[u8]| {
     // the same two pieces: the decoded data's length wherever the scan stands
     let (mut counting, mut counted) = (ChunkedScanner::default(), 0u64);
     for piece in [&data[..at], &data[at..]] {
-        match counting.scan_counting(piece, &mut counted) {
+        match counting.scan_counting(piece, None, &mut counted) {
             Ok(Scan::More) => {}
             _ => break,
         }

@@ -109,10 +109,26 @@ impl ChunkedScanner {
         }
     }
 
-    /// As [`Self::scan`], also adding the length of the chunk data (the framing not counted)
-    /// to `n`: a body's bytes as every engine counts them, HTTP/2 and HTTP/3 having no framing.
-    pub fn scan_counting(&mut self, data: &[u8], n: &mut u64) -> Result<Scan, BadChunk> {
-        self.run(data, &mut |d| *n += d.len() as u64, None)
+    /// As [`Self::scan_into`], also adding the length of the chunk data (the framing not
+    /// counted) to `n`: a body's bytes as every engine counts them, HTTP/2 and HTTP/3 having
+    /// no framing.
+    pub fn scan_counting(
+        &mut self,
+        data: &[u8],
+        out: Option<&mut Vec<u8>>,
+        n: &mut u64,
+    ) -> Result<Scan, BadChunk> {
+        match out {
+            Some(o) => self.run(
+                data,
+                &mut |d| {
+                    *n += d.len() as u64;
+                    o.extend_from_slice(d)
+                },
+                None,
+            ),
+            None => self.run(data, &mut |d| *n += d.len() as u64, None),
+        }
     }
 
     /// Decode `wire` (the next bytes of a chunked body): the ranges of it that hold data

@@ -4,7 +4,7 @@
 
 use super::{Body, Guarded, WRITE_GATHER};
 use pingora_core::protocols::tls::TlsRef;
-use pingora_core::protocols::{Peek, Shutdown, Ssl, ALPN};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, Stream, ALPN};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,28 +59,31 @@ impl AsyncWrite for Guarded {
         this.absorb_reset(r, buf.len())
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.reset {
-            return Poll::Ready(Ok(()));
-        }
-        let r = match self.poll_drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_flush(cx),
-            other => other,
-        };
-        self.absorb_reset(r, ())
+        self.poll_drain_then(cx, |s, cx| s.poll_flush(cx))
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.reset {
-            return Poll::Ready(Ok(()));
-        }
-        let r = match self.poll_drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_shutdown(cx),
-            other => other,
-        };
-        self.absorb_reset(r, ())
+        self.poll_drain_then(cx, |s, cx| s.poll_shutdown(cx))
     }
 }
 
 impl Guarded {
+    /// Write out the gathered bytes, then `last` on the stream below (its flush or its
+    /// shutdown); a reset absorbed as for writes.
+    fn poll_drain_then(
+        &mut self,
+        cx: &mut Context<'_>,
+        last: fn(Pin<&mut Stream>, &mut Context<'_>) -> Poll<std::io::Result<()>>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.reset {
+            return Poll::Ready(Ok(()));
+        }
+        let r = match self.poll_drain(cx) {
+            Poll::Ready(Ok(())) => last(Pin::new(&mut self.inner), cx),
+            other => other,
+        };
+        self.absorb_reset(r, ())
+    }
+
     fn write_gathered(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         if self.wbuf.len() + buf.len() > WRITE_GATHER {
             if let Poll::Ready(Err(e)) = self.poll_drain(cx) {

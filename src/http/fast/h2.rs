@@ -122,12 +122,10 @@ impl FastPath {
             Some(n) => read_held_body(s, n, l.client_timeout, &mut out).await,
             None => Ok(()),
         };
-        if let Some(m) = route.mirror.as_ref().filter(|m| m.sample(false)) {
-            if m.fits(body_len.unwrap_or(0)) {
-                if let Some(p) = m.admit() {
-                    crate::net::mirror::send(p, policy::mirror::h1_copy(&out));
-                }
-            }
+        let mirror = route.mirror.as_ref();
+        let copy = mirror.filter(|m| m.sample(false) && m.fits(body_len.unwrap_or(0)));
+        if let Some(p) = copy.and_then(|m| m.admit()) {
+            crate::net::mirror::send(p, policy::mirror::h1_copy(&out));
         }
         // `biased`, the reset first: a cancel already read never lets the request out
         let head = match held {

@@ -68,7 +68,7 @@ impl Exchange<'_> {
         let mut scanner = crate::http::chunked::ChunkedScanner::default();
         let mut done = false;
         let mut left = 0u64;
-        // the body's data in a chunked answer (what is counted as sent), framing aside
+        // the data of a chunked answer's first bytes (what is counted as sent), framing aside
         let mut payload = 0u64;
         // the body bytes that came with the head
         let first = &rbuf[h.head_len..];
@@ -86,28 +86,22 @@ impl Exchange<'_> {
                 t as usize
             }
             // an HTTP/1.0 client's data is taken out of the framing straight into `out`
-            Framing::Chunked => match match h.dechunk {
-                true => {
-                    let before = out.len();
-                    let r = scanner.scan_into(first, Some(&mut out));
-                    payload = (out.len() - before) as u64;
-                    r
+            Framing::Chunked => {
+                match scanner.scan_counting(first, h.dechunk.then_some(&mut out), &mut payload) {
+                    Ok(crate::http::chunked::Scan::Done(k)) => {
+                        done = true;
+                        upstream_keep &= k == first.len();
+                        k
+                    }
+                    Ok(crate::http::chunked::Scan::More) => first.len(),
+                    Err(e) => {
+                        return Err(Failure::Answer(
+                            Why::BadResponse,
+                            format!("bad chunked body: {}", e.0),
+                        ));
+                    }
                 }
-                false => scanner.scan_counting(first, &mut payload),
-            } {
-                Ok(crate::http::chunked::Scan::Done(k)) => {
-                    done = true;
-                    upstream_keep &= k == first.len();
-                    k
-                }
-                Ok(crate::http::chunked::Scan::More) => first.len(),
-                Err(e) => {
-                    return Err(Failure::Answer(
-                        Why::BadResponse,
-                        format!("bad chunked body: {}", e.0),
-                    ));
-                }
-            },
+            }
             Framing::Close => first.len(),
         };
         if h.rechunk {
@@ -120,9 +114,10 @@ impl Exchange<'_> {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        self.bytes_out = match h.framing {
-            Framing::Chunked => payload as usize,
-            _ => take,
+        self.bytes_out = if h.framing == Framing::Chunked {
+            payload as usize
+        } else {
+            take
         };
         if done {
             if write_last(g, &out, self.l.client_timeout, keep)
@@ -176,35 +171,32 @@ impl Exchange<'_> {
                 self.bytes_out += n;
                 continue;
             }
-            let (take, end) = match h.framing {
+            // `counted`: the body bytes this read brings, a chunked answer's data alone
+            let (take, end, counted) = match h.framing {
                 Framing::Length(_) => {
                     let t = (n as u64).min(left);
                     left -= t;
                     upstream_keep &= n as u64 == t || left > 0;
-                    (t as usize, left == 0)
+                    (t as usize, left == 0, t as usize)
                 }
                 Framing::Chunked => {
-                    payload = 0;
-                    let scan = match h.dechunk {
-                        true => scanner.scan_into(chunk, Some(&mut data)),
-                        false => scanner.scan_counting(chunk, &mut payload),
-                    };
-                    match scan {
+                    let mut d = 0u64;
+                    match scanner.scan_counting(chunk, h.dechunk.then_some(&mut data), &mut d) {
                         Ok(crate::http::chunked::Scan::Done(k)) => {
                             upstream_keep &= k == n;
-                            (k, true)
+                            (k, true, d as usize)
                         }
-                        Ok(crate::http::chunked::Scan::More) => (n, false),
+                        Ok(crate::http::chunked::Scan::More) => (n, false, d as usize),
                         Err(e) => return Err(self.bad_chunk(e)),
                     }
                 }
-                _ => (n, false),
+                _ => (n, false, n),
             };
             if h.dechunk {
                 if self.put(g, &data, streamed).await.is_err() {
                     return Err(Failure::Cut);
                 }
-                self.bytes_out += data.len();
+                self.bytes_out += counted;
                 data.clear();
                 if end {
                     break;
@@ -222,10 +214,7 @@ impl Exchange<'_> {
             if ok.is_err() {
                 return Err(Failure::Cut);
             }
-            self.bytes_out += match h.framing {
-                Framing::Chunked => payload as usize,
-                _ => take,
-            };
+            self.bytes_out += counted;
             if end {
                 break;
             }
