@@ -10,6 +10,7 @@
 //! either sees an HTTP/1 head, the request-head guard ([`guard`]) has applied the listener's
 //! limits and the head checks ([`crate::policy::head`]).
 
+pub mod cache_hit;
 pub mod chunked;
 pub mod encode;
 pub mod fast;

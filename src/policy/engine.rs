@@ -205,7 +205,7 @@ fn route_allows(h: &HeadTraits, route: &Route, fresh_hit: bool) -> Result<(), Fa
         return Err(Fallback::Compression);
     }
     if route.cache.is_some() {
-        return if fresh_hit && !h.upgrade_relayed() && !h.h2 && !h.http10 {
+        return if fresh_hit && !h.upgrade_relayed() && !h.http10 {
             Ok(())
         } else {
             Err(Fallback::Cache)

@@ -30,6 +30,7 @@ mod fleet;
 mod forward;
 mod grpc;
 mod h2_bodies;
+mod h2_cache;
 mod h2cancel;
 mod h2conn;
 mod h2expect;

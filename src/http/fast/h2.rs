@@ -5,8 +5,10 @@
 //! at about 70% of the instructions of an HTTP/2 request. A bodiless GET or HEAD for a route
 //! the HTTP/1 fast path would take is forwarded to the backend as HTTP/1.1 (the `:authority`
 //! becomes Host, split Cookie fields are joined, X-Forwarded-* set), and the response is
-//! written back on the stream, with chunked bodies decoded. Everything else, and listeners with
-//! a per-IP rate limit, keep Pingora's path, decided before anything is sent anywhere.
+//! written back on the stream, with chunked bodies decoded. A bodiless GET or HEAD that finds
+//! a fresh entry on a cached route is answered from the store (`crate::http::cache_hit`, the
+//! HTTP/3 engine's rule). Everything else keeps Pingora's path, decided before anything is
+//! sent anywhere.
 
 use super::exchange::{Down, Exchange, Failure};
 use super::response::{Framing, RespHead};
@@ -49,7 +51,12 @@ impl FastPath {
         let mut head = super::super::request_head(client, req, t.length, RateCount::Local);
         let host = head.host;
         let route = l.route(&head);
-        if let Err(reason) = engine::choose(l, &t, route, false) {
+        // a fresh hit on a cached route is answered here; only for a stream with no body,
+        // which the answer would leave unread
+        let hit = route
+            .filter(|r| r.cache.is_some() && !t.body)
+            .and_then(|r| crate::http::cache_hit::fresh_hit(l, r, req, host));
+        if let Err(reason) = engine::choose(l, &t, route, hit.is_some()) {
             fell_back(reason);
             return false;
         }
@@ -81,6 +88,15 @@ impl FastPath {
             }
             Verdict::Proxy(route) => route,
         };
+        if let Some((h, c)) = hit {
+            let head_only = method == "HEAD";
+            let (status, sent) = h2_hit(s, l, &h, c, head_only).await;
+            let mut obs = RequestObs::default();
+            obs.trace = trace;
+            let view = h2_view(s, client, &obs);
+            observability::fast_request_done(&view, Some(route.id), None, &obs, status, sent, true);
+            return true;
+        }
 
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(method.as_bytes());
@@ -255,6 +271,35 @@ async fn h2_page(s: &mut H2Session, a: &Answer, head_only: bool) -> pingora_core
     let n = body.len();
     s.write_body(body, true).await?;
     Ok(n)
+}
+
+/// Answer a fresh cache hit on an HTTP/2 stream: its status and the body bytes sent.
+async fn h2_hit(
+    s: &mut H2Session,
+    l: &Listener,
+    h: &crate::cache::storage::FastHit,
+    c: &crate::cache::RouteCache,
+    head_only: bool,
+) -> (u16, usize) {
+    crate::cache::fast_hit_served(h);
+    let resp = crate::http::cache_hit::head(h, c).map(|r| ResponseHeader::from(r.into_parts().0));
+    let Some(mut resp) = resp else {
+        let sent = h2_page(s, &Answer::new(500), head_only).await.unwrap_or(0);
+        return (500, sent);
+    };
+    if let Some(v) = crate::policy::edit::alt_svc(l) {
+        let _ = resp.insert_header(http::header::ALT_SVC, v.clone());
+    }
+    let status = resp.status.as_u16();
+    let body = h.body().clone();
+    let n = if head_only { 0 } else { body.len() };
+    if s.write_response_header(Box::new(resp), n == 0).is_err() {
+        return (status, 0);
+    }
+    if n > 0 && s.write_body(body, true).await.is_err() {
+        return (status, 0);
+    }
+    (status, n)
 }
 
 impl Exchange<'_> {

@@ -42,7 +42,8 @@ impl Handoff {
         let head = crate::http::request_head(Some(self.client.ip()), req, None, RateCount::Local);
         let host = head.host;
         let route = l.route(&head);
-        let fresh = route.is_some_and(|r| super::cache::fresh_hit(l, r, req, host).is_some());
+        let fresh =
+            route.is_some_and(|r| crate::http::cache_hit::fresh_hit(l, r, req, host).is_some());
         match policy::engine::h3(l, route, fresh) {
             Ok(()) => false,
             Err(reason) => {

@@ -47,7 +47,6 @@
 //! CONNECTION_CLOSE rather than silence.
 
 mod body;
-mod cache;
 mod general;
 mod interim;
 mod mtls;

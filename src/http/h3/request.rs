@@ -213,7 +213,7 @@ pub async fn serve(
     let own = match verdict {
         Verdict::Answer(a, route) => Some((a, route.map(|r| r.id), traced())),
         Verdict::Proxy(route) => {
-            if let Some((h, c)) = super::cache::fresh_hit(l, route, &req, host) {
+            if let Some((h, c)) = crate::http::cache_hit::fresh_hit(l, route, &req, host) {
                 let obs = traced();
                 let (status, sent) = send_hit(&mut send, &h, c, head_only).await;
                 let v = view(&req, client, 0, &obs);
@@ -286,7 +286,7 @@ async fn send_hit(
     head_only: bool,
 ) -> (u16, usize) {
     crate::cache::fast_hit_served(h);
-    let Some(r) = super::cache::head(h, c) else {
+    let Some(r) = crate::http::cache_hit::head(h, c) else {
         let _ = page(send, &Answer::new(500), head_only).await;
         return (500, 0);
     };

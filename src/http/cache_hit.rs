@@ -1,10 +1,11 @@
-//! Fresh cache hits over HTTP/3, by the lean engine's rule: a GET or HEAD on a cached route,
-//! without conditional, `Range`, `Cache-Control`, `Pragma` or `Authorization` fields, whose
-//! key (the general engine's key function) finds a complete fresh entry without `Vary`. The
-//! stored head gets `Age`, the route's status header (`HIT`) and `Date`.
+//! Fresh cache hits over HTTP/2 and HTTP/3, by the lean engine's rule (the HTTP/1 lean
+//! engine's, in `fast`): a bodiless GET or HEAD on a cached route, without conditional,
+//! `Range`, `Cache-Control`, `Pragma` or `Authorization` fields, whose key (the general
+//! engine's key function) finds a complete fresh entry without `Vary`. The stored head gets
+//! `Age`, the route's status header (`HIT`) and, where it has none, `Date`.
 //!
-//! Anything else on a cached route goes to the general engine ([`super::general`]), whose
-//! cache phases store what the backend answers.
+//! Anything else on a cached route goes to the general engine, whose cache phases store what
+//! the backend answers.
 
 use crate::cache::{self, policy as cache_policy, storage::FastHit};
 use crate::http::Listener;
@@ -41,8 +42,9 @@ pub fn fresh_hit<'r>(
     (!h.has_header(&c.spec.status_header)).then_some((h, c))
 }
 
-/// The stored response as an HTTP/3 head: connection-specific fields left out (RFC 9114
-/// 4.2), `Age`, the status header and `Date` added.
+/// The stored response as an HTTP/2 or HTTP/3 head: connection-specific fields left out
+/// (RFC 9113 8.2.2, RFC 9114 4.2), `Age`, the status header and `Date` (unless stored)
+/// added.
 pub fn head(h: &FastHit, c: &cache::RouteCache) -> Option<http::Response<()>> {
     let mut raw = h.head().to_vec();
     raw.extend_from_slice(b"\r\n");
@@ -61,10 +63,12 @@ pub fn head(h: &FastHit, c: &cache::RouteCache) -> Option<http::Response<()>> {
     }
     r = r
         .header(http::header::AGE, h.age())
-        .header(c.spec.status_header.clone(), "HIT")
-        .header(
+        .header(c.spec.status_header.clone(), "HIT");
+    if !h.has_header(&http::header::DATE) {
+        r = r.header(
             http::header::DATE,
             httpdate::fmt_http_date(std::time::SystemTime::now()),
         );
+    }
     r.body(()).ok()
 }
