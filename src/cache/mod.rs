@@ -124,9 +124,12 @@ fn store() -> Option<&'static Store> {
 /// A fresh stored response for `key` that the HTTP/1 fast path may send as a HIT, as the
 /// general path would: not for a key the predictor sends around the cache (BYPASS), and only
 /// a complete, non-variant entry whose freshness holds now. No side effects; call
-/// [`fast_hit_served`] once it is sent.
-pub fn fast_hit(key: &CacheKey) -> Option<storage::FastHit> {
+/// [`fast_hit_served`] once it is sent. `key` keeps its hash, computed here once: the
+/// predictor and the store would each compute it again (BLAKE2b over the key, 3% of the CPU
+/// of an HTTP/2 hit).
+pub fn fast_hit(key: &mut CacheKey) -> Option<storage::FastHit> {
     let g = GLOBALS.get()?;
+    key.set_primary_bin_override(pingora_cache::key::CacheHashKey::primary_bin(&*key));
     if !g.predictor.cacheable_prediction(key) {
         return None;
     }

@@ -358,7 +358,7 @@ impl Storage for Store {
         let weight = old.body.len()
             + meta.0.len()
             + meta.1.len()
-            + fast.as_ref().map_or(0, |f| f.head.len())
+            + fast.as_ref().map_or(0, FastHead::weight)
             + ENTRY_OVERHEAD;
         let entry = Arc::new(Entry {
             variance: old.variance,

@@ -37,38 +37,40 @@ pub fn fresh_hit<'r>(
     if !eligible {
         return None;
     }
-    let key = cache_policy::cache_key_origin_form(&l.name, l.tls, host?, target);
-    let h = cache::fast_hit(&key)?;
+    let mut key = cache_policy::cache_key_origin_form(&l.name, l.tls, host?, target);
+    let h = cache::fast_hit(&mut key)?;
     (!h.has_header(&c.spec.status_header)).then_some((h, c))
 }
 
 /// The stored response as an HTTP/2 or HTTP/3 head: connection-specific fields left out
 /// (RFC 9113 8.2.2, RFC 9114 4.2), `Age`, the status header and `Date` (unless stored)
-/// added.
+/// added. From the entry's field map, which was checked when it was stored.
 pub fn head(h: &FastHit, c: &cache::RouteCache) -> Option<http::Response<()>> {
-    let mut raw = h.head().to_vec();
-    raw.extend_from_slice(b"\r\n");
-    let mut hdrs = [httparse::EMPTY_HEADER; 128];
-    let mut resp = httparse::Response::new(&mut hdrs);
-    resp.parse(&raw).ok()?;
-    let mut r = http::Response::builder().status(resp.code?);
-    for f in resp.headers.iter() {
-        match fields::classify(f.name.as_bytes()) {
-            Field::Connection | Field::HopByHop | Field::TransferEncoding | Field::Upgrade => {
-                continue
-            }
-            _ => {}
-        }
-        r = r.header(f.name, f.value);
+    let mut fields = h.fields().clone();
+    let connection_specific: Vec<http::HeaderName> = fields
+        .keys()
+        .filter(|k| {
+            matches!(
+                fields::classify(k.as_str().as_bytes()),
+                Field::Connection | Field::HopByHop | Field::TransferEncoding | Field::Upgrade
+            )
+        })
+        .cloned()
+        .collect();
+    for k in connection_specific {
+        fields.remove(k);
     }
-    r = r
-        .header(http::header::AGE, h.age())
-        .header(c.spec.status_header.clone(), "HIT");
+    fields.insert(http::header::AGE, http::HeaderValue::from(h.age()));
+    fields.insert(
+        c.spec.status_header.clone(),
+        http::HeaderValue::from_static("HIT"),
+    );
     if !h.has_header(&http::header::DATE) {
-        r = r.header(
-            http::header::DATE,
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
-        );
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        fields.insert(http::header::DATE, http::HeaderValue::try_from(now).ok()?);
     }
-    r.body(()).ok()
+    let mut r = http::Response::new(());
+    *r.status_mut() = http::StatusCode::from_u16(h.status()).ok()?;
+    *r.headers_mut() = fields;
+    Some(r)
 }

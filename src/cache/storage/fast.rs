@@ -21,6 +21,9 @@ pub(super) struct FastHead {
     pub(super) head: Box<[u8]>,
     /// The stored field names, so a caller can tell whether a field it would add is there.
     names: Box<[http::HeaderName]>,
+    /// The same fields as a map (with the stored `Date`), for the HTTP/2 and HTTP/3 hits:
+    /// cloned per hit instead of parsing `head` and validating each field again.
+    fields: http::HeaderMap,
     code: u16,
     fresh_until: SystemTime,
     /// Age is counted from here (`CacheMeta::age`).
@@ -79,11 +82,23 @@ impl FastHead {
         let f = FastHead {
             head: head.into_boxed_slice(),
             names: names.into_boxed_slice(),
+            fields: resp.headers.clone(),
             code,
             fresh_until: meta.fresh_until(),
             epoch: meta.epoch(),
         };
         Some((f, len))
+    }
+
+    /// What the head takes in memory, for the store's accounting: its bytes, and its fields
+    /// again as a map (each name and value, and about 32 bytes of the map's own per field).
+    pub(super) fn weight(&self) -> usize {
+        let map: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        self.head.len() + map
     }
 
     /// [`FastHead::new`] for a stored body of `body_len` bytes.
@@ -118,6 +133,11 @@ impl FastHit {
 
     pub fn status(&self) -> u16 {
         self.fast().code
+    }
+
+    /// The stored fields (those of [`FastHit::head`]) as a map.
+    pub fn fields(&self) -> &http::HeaderMap {
+        &self.fast().fields
     }
 
     /// Whether the stored response has a field of this name.

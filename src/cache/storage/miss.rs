@@ -56,7 +56,7 @@ impl HandleMiss for Writer {
         let weight = body_len
             + w.meta.0.len()
             + w.meta.1.len()
-            + fast.as_ref().map_or(0, |f| f.head.len())
+            + fast.as_ref().map_or(0, FastHead::weight)
             + ENTRY_OVERHEAD;
         let entry = Arc::new(Entry {
             variance: w.variance,

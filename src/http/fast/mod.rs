@@ -251,13 +251,13 @@ impl FastPath {
                         h.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
                     });
                 if eligible {
-                    let key = cache_policy::cache_key_origin_form(
+                    let mut key = cache_policy::cache_key_origin_form(
                         &l.name,
                         l.tls,
                         host_text.unwrap_or(""),
                         target,
                     );
-                    if let Some(h) = cache::fast_hit(&key) {
+                    if let Some(h) = cache::fast_hit(&mut key) {
                         if !h.has_header(&c.spec.status_header) {
                             hit = Some((h, c));
                         }
