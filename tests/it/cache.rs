@@ -530,10 +530,15 @@ fn stable_headers(r: &client::Response) -> Vec<(String, String)> {
     h
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fresh_hits_on_one_keep_alive_connection_repeat_the_miss_exactly() {
-    let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let o = OriginBuilder::new("o")
+/// 100,000 bytes that differ along their length.
+pub(crate) fn big_body() -> Vec<u8> {
+    (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// An origin with two objects fresh for a minute: `/f` ("fast body", with an ETag and a
+/// field of its own) and `/big` ([`big_body`]).
+pub(crate) async fn two_object_origin() -> Origin {
+    OriginBuilder::new("o")
         .on(
             "/f",
             &[
@@ -544,9 +549,15 @@ async fn fresh_hits_on_one_keep_alive_connection_repeat_the_miss_exactly() {
             ],
             "fast body",
         )
-        .on("/big", &[("Cache-Control", "max-age=60")], big.clone())
+        .on("/big", &[("Cache-Control", "max-age=60")], big_body())
         .run()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_hits_on_one_keep_alive_connection_repeat_the_miss_exactly() {
+    let big = big_body();
+    let o = two_object_origin().await;
     let p = Proxy::start(&config(&o, ON));
     let mut c = Conn::connect(p.addr).await.expect("connect");
     let miss = c.get("/f", &[]).await.expect("miss");

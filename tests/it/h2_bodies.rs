@@ -8,7 +8,6 @@ use crate::support::scripted::{Origin, Seen};
 use crate::support::Proxy;
 use bytes::Bytes;
 use std::net::SocketAddr;
-use tokio::net::TcpStream;
 
 const FALLBACKS: &str = "stepstone_fast_path_fallbacks_total";
 const BODY_BYTES: &str = "stepstone_http_body_bytes_total";
@@ -27,12 +26,7 @@ async fn send(
     pieces: usize,
     declared: bool,
 ) -> (u16, Vec<u8>) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut client = client.ready().await.expect("ready");
+    let (mut client, task) = crate::support::client::h2c(addr).await;
     let mut req = http::Request::builder()
         .method(method)
         .uri("http://app.test/upload");

@@ -4,9 +4,8 @@
 //! a fresh entry is now answered by the lean engine, with what the general engine's hit
 //! carries.
 
-use crate::support::{client, OriginBuilder, Proxy};
+use crate::support::{client, Proxy};
 use std::net::SocketAddr;
-use tokio::net::TcpStream;
 
 /// Requests on a cached route left to the general engine, from `/metrics`.
 async fn cache_fallbacks(p: &Proxy) -> u64 {
@@ -44,19 +43,16 @@ impl H2Answer {
     }
 }
 
-/// One request over a fresh h2c connection.
-async fn h2(addr: SocketAddr, method: &str, path: &str) -> H2Answer {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut client = client.ready().await.expect("ready");
-    let req = http::Request::builder()
+/// One request over a fresh h2c connection, with `fields`.
+async fn h2(addr: SocketAddr, method: &str, path: &str, fields: &[(&str, &str)]) -> H2Answer {
+    let (mut client, task) = crate::support::client::h2c(addr).await;
+    let mut req = http::Request::builder()
         .method(method)
-        .uri(format!("http://app.test{path}"))
-        .body(())
-        .expect("request");
+        .uri(format!("http://app.test{path}"));
+    for (k, v) in fields {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(()).expect("request");
     let (resp, _) = client.send_request(req, true).expect("send the head");
     let resp = resp.await.expect("response");
     let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
@@ -77,21 +73,8 @@ async fn h2(addr: SocketAddr, method: &str, path: &str) -> H2Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_fresh_hits_are_answered_by_the_lean_engine_as_the_general_one_answers_them() {
-    let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let o = OriginBuilder::new("o")
-        .on(
-            "/f",
-            &[
-                ("Cache-Control", "max-age=60"),
-                ("Content-Type", "text/plain"),
-                ("ETag", "\"f1\""),
-                ("X-Custom", "kept"),
-            ],
-            "fast body",
-        )
-        .on("/big", &[("Cache-Control", "max-age=60")], big.clone())
-        .run()
-        .await;
+    let big = crate::cache::big_body();
+    let o = crate::cache::two_object_origin().await;
     let cfg = format!(
         "admin: {{address: 127.0.0.1:{{{{port1}}}}}}
 listeners:
@@ -110,14 +93,14 @@ routes:
 
     let mut hits = Vec::new();
     for (engine, addr) in [("lean", lean), ("general", general)] {
-        let miss = h2(addr, "GET", "/f").await;
+        let miss = h2(addr, "GET", "/f", &[]).await;
         assert_eq!(
             (miss.status, miss.header("x-cache-status")),
             (200, Some("MISS")),
             "{engine}"
         );
         let before = cache_fallbacks(&p).await;
-        let hit = h2(addr, "GET", "/f").await;
+        let hit = h2(addr, "GET", "/f", &[]).await;
         assert_eq!(
             (hit.status, hit.header("x-cache-status")),
             (200, Some("HIT")),
@@ -155,7 +138,7 @@ routes:
 
     // HEAD: the fields (Content-Length too), no body, from the store
     let before = cache_fallbacks(&p).await;
-    let head = h2(lean, "HEAD", "/f").await;
+    let head = h2(lean, "HEAD", "/f", &[]).await;
     assert_eq!(
         (head.status, head.header("x-cache-status")),
         (200, Some("HIT"))
@@ -170,31 +153,18 @@ routes:
 
     // a body larger than a frame and the initial window, intact
     assert_eq!(
-        h2(lean, "GET", "/big").await.header("x-cache-status"),
+        h2(lean, "GET", "/big", &[]).await.header("x-cache-status"),
         Some("MISS")
     );
-    let r = h2(lean, "GET", "/big").await;
+    let r = h2(lean, "GET", "/big", &[]).await;
     assert_eq!(r.header("x-cache-status"), Some("HIT"));
     assert!(r.body == big, "the large body is served intact");
     assert_eq!(r.header("content-length"), Some("100000"));
 
     // what the lean engine does not answer from the store still goes to the general one
     let before = cache_fallbacks(&p).await;
-    let tcp = TcpStream::connect(lean).await.expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut client = client.ready().await.expect("ready");
-    let req = http::Request::builder()
-        .uri("http://app.test/f")
-        .header("if-none-match", "\"f1\"")
-        .body(())
-        .expect("request");
-    let (resp, _) = client.send_request(req, true).expect("send");
-    let resp = resp.await.expect("response");
-    assert_eq!(resp.status().as_u16(), 304, "a conditional hit");
-    task.abort();
+    let r = h2(lean, "GET", "/f", &[("if-none-match", "\"f1\"")]).await;
+    assert_eq!(r.status, 304, "a conditional hit");
     assert_eq!(
         cache_fallbacks(&p).await,
         before + 1,

@@ -239,3 +239,19 @@ pub async fn admin_as(
         .await
         .expect("admin answers")
 }
+
+/// A ready HTTP/2 client over a new h2c (prior knowledge) connection to `addr`, and the task
+/// that drives the connection (abort it when done).
+pub async fn h2c(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (client.ready().await.expect("ready"), task)
+}
