@@ -50,8 +50,10 @@ async fn log_lines(dir: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
 /// and the fallback counter took it as a cache fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_cache_miss_is_stored_and_hits_on_both_transports() {
+    let made = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(5));
     let a = OriginBuilder::new("a")
         .header("Cache-Control", "max-age=60")
+        .header("Date", &made)
         .body("stored over h3")
         .run()
         .await;
@@ -83,6 +85,9 @@ async fn h3_cache_miss_is_stored_and_hits_on_both_transports() {
     assert_eq!(got.body, b"stored over h3");
     assert_eq!(status_of(&got), Some("HIT"));
     assert_eq!(a.requests(), 1, "the second GET went to the origin");
+    // the stored Date, once (a second one, the time of the hit, was added to it before)
+    let dates: Vec<_> = got.headers.get_all("date").iter().collect();
+    assert_eq!(dates, [made.as_str()], "the hit's Date fields");
 
     let tcp = tls_get(proxy.addr, "a.test", "/page").await;
     assert!(tcp.starts_with("HTTP/1.1 200"), "{tcp}");
