@@ -42,24 +42,13 @@ pub fn fresh_hit<'r>(
     (!h.has_header(&c.spec.status_header)).then_some((h, c))
 }
 
-/// The stored response as an HTTP/2 or HTTP/3 head: connection-specific fields left out
-/// (RFC 9113 8.2.2, RFC 9114 4.2), `Age`, the status header and `Date` (unless stored)
-/// added. From the entry's field map, which was checked when it was stored.
+/// The stored response as an HTTP/2 or HTTP/3 head, with `Age`, the status header and
+/// `Date` (unless stored) added. The stored fields hold nothing connection-specific (RFC
+/// 9113 8.2.2, RFC 9114 4.2): `Connection` and the fields it names, the other hop-by-hop
+/// fields and `Upgrade` are dropped before a response is stored, and an entry framed by
+/// `Transfer-Encoding` is never a fast hit; the HTTP/1 hit sends the same fields as they are.
 pub fn head(h: &FastHit, c: &cache::RouteCache) -> Option<http::Response<()>> {
     let mut fields = h.fields().clone();
-    let connection_specific: Vec<http::HeaderName> = fields
-        .keys()
-        .filter(|k| {
-            matches!(
-                fields::classify(k.as_str().as_bytes()),
-                Field::Connection | Field::HopByHop | Field::TransferEncoding | Field::Upgrade
-            )
-        })
-        .cloned()
-        .collect();
-    for k in connection_specific {
-        fields.remove(k);
-    }
     fields.insert(http::header::AGE, http::HeaderValue::from(h.age()));
     fields.insert(
         c.spec.status_header.clone(),

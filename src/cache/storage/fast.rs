@@ -19,10 +19,9 @@ pub(super) struct FastHead {
     /// Status line and the stored header fields except `Date` (which is sent as now), not
     /// yet terminated: the hit's own fields follow.
     pub(super) head: Box<[u8]>,
-    /// The stored field names, so a caller can tell whether a field it would add is there.
-    names: Box<[http::HeaderName]>,
-    /// The same fields as a map (with the stored `Date`), for the HTTP/2 and HTTP/3 hits:
-    /// cloned per hit instead of parsing `head` and validating each field again.
+    /// The same fields as a map (with the stored `Date`), for the HTTP/2 and HTTP/3 hits
+    /// (cloned per hit instead of parsing `head` and validating each field again), and for
+    /// a caller to tell whether a field it would add is there.
     fields: http::HeaderMap,
     code: u16,
     fresh_until: SystemTime,
@@ -77,11 +76,8 @@ impl FastHead {
         }
         head.extend_from_slice(b"\r\n");
         resp.header_to_h1_wire(&mut head);
-        let mut names: Vec<http::HeaderName> = Vec::with_capacity(resp.headers.keys_len());
-        names.extend(resp.headers.keys().cloned());
         let f = FastHead {
             head: head.into_boxed_slice(),
-            names: names.into_boxed_slice(),
             fields: resp.headers.clone(),
             code,
             fresh_until: meta.fresh_until(),
@@ -142,7 +138,7 @@ impl FastHit {
 
     /// Whether the stored response has a field of this name.
     pub fn has_header(&self, name: &http::HeaderName) -> bool {
-        self.fast().names.contains(name)
+        self.fast().fields.contains_key(name)
     }
 
     pub fn body(&self) -> &Bytes {
