@@ -303,7 +303,7 @@ impl Forward {
         t: &Target,
         addrs: &[SocketAddr],
     ) -> Result<Option<(u64, u64)>> {
-        let up = match tunnel::connect(addrs, self.spec.connect_timeout).await {
+        let up = match tunnel::connect(&self.listener, addrs, self.spec.connect_timeout).await {
             Ok(s) => s,
             Err((code, why)) => {
                 self.deny_log(session, &format!("{code}: {why}"));

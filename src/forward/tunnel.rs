@@ -35,25 +35,29 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Connect to the first address that answers, all within `timeout`.
-pub async fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, (u16, String)> {
-    let attempt = async {
-        let mut last = String::from("no address");
-        for a in addrs {
-            match TcpStream::connect(a).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    return Ok(s);
-                }
-                Err(e) => last = format!("{a}: {e}"),
+/// Connect to the first address that answers, all within `timeout`. A connect this machine
+/// refuses waits ([`crate::policy::shortage`]); one that still cannot be made is the proxy's
+/// overload (503), not the destination's failure.
+pub async fn connect(
+    listener: &str,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TcpStream, (u16, String)> {
+    use crate::net::connect::{backend, Error};
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no address");
+    for a in addrs {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match backend(listener, &a.to_string(), *a, left, || None).await {
+            Ok((s, _)) => return Ok(s),
+            Err(e @ Error::Shortage(_)) => return Err((503, format!("{a}: {e}"))),
+            Err(Error::TimedOut) => {
+                return Err((504, format!("connect timed out after {timeout:?}")))
             }
+            Err(e) => last = format!("{a}: {e}"),
         }
-        Err((502, last))
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err((504, format!("connect timed out after {timeout:?}"))),
     }
+    Err((502, last))
 }
 
 /// Detach the client connection from Pingora. `None` if this is not an HTTP/1 session or

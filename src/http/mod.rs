@@ -98,6 +98,10 @@ pub struct Ctx {
     retrying: bool,
     /// The pool's queue was full or its wait ran out: the answer says when to retry.
     overloaded: bool,
+    /// Connects this machine refused ([`crate::policy::shortage`]), and the pause before
+    /// the next one.
+    shortage: Option<crate::policy::shortage::Shortage>,
+    pause: Option<std::time::Duration>,
     /// The last connect failure, for the answer when no backend is left.
     last_connect: Option<crate::policy::answer::Failure>,
     hash: u64,

@@ -221,6 +221,10 @@ impl ProxyHttp for HttpProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(pause) = ctx.pause.take() {
+            // this machine refused the last connect (`fail_to_connect`)
+            tokio::time::sleep(pause).await;
+        }
         if let Some(f) = &self.listener.forward {
             return f.upstream_peer(&mut ctx.fwd);
         }
@@ -286,6 +290,35 @@ impl ProxyHttp for HttpProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(short) =
+            crate::upstream::local::io_cause(&e).filter(|io| policy::shortage::local(io))
+        {
+            // Not the backend's doing: it is neither blamed nor skipped, the try not counted;
+            // `upstream_peer` waits the pause, then connects again.
+            let backend = peer._address.to_string();
+            policy::shortage::warn(&self.listener.name, &backend, short);
+            let limit = peer
+                .options
+                .connection_timeout
+                .unwrap_or(policy::shortage::DEFAULT_LIMIT);
+            let shortage = ctx.shortage.get_or_insert_with(Default::default);
+            match shortage.next(limit) {
+                Some(pause) => {
+                    ctx.pause = Some(pause);
+                    ctx.attempts = ctx.attempts.saturating_sub(1);
+                    if let Some(f) = &self.listener.forward {
+                        f.same_address_again(&mut ctx.fwd);
+                    }
+                    e.set_retry(true);
+                }
+                None => {
+                    ctx.overloaded = true;
+                    e.etype = ErrorType::HTTPStatus(Failure::Overloaded.status());
+                    e.set_retry(false);
+                }
+            }
+            return e;
+        }
         if let Some(f) = &self.listener.forward {
             f.fail_to_connect(&ctx.fwd, peer, &mut e);
             return e;

@@ -24,6 +24,7 @@ pub mod sni;
 
 use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
 use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
+use crate::net::connect;
 use crate::net::splice::{shutdown_of, splice, Client, Ends, Splice};
 use crate::tls::store::CertStore;
 use crate::upstream::{bit, Pick, Pool};
@@ -315,18 +316,22 @@ async fn connect(
             }
         };
         attempts += 1;
-        let err =
-            match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(pick.slot.addr))
-                .await
-            {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    crate::policy::outlier::observe(pool, &pick.slot, false);
-                    return Ok((pick, s));
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("timed out after {:?}", pool.connect_timeout),
-            };
+        let (addr, label) = (pick.slot.addr, &pick.slot.label);
+        let err = match connect::backend(listener, label, addr, pool.connect_timeout, || None).await
+        {
+            Ok((s, _)) => {
+                crate::policy::outlier::observe(pool, &pick.slot, false);
+                return Ok((pick, s));
+            }
+            // not the backend's doing: it is neither blamed nor skipped
+            Err(e @ connect::Error::Shortage(_)) => {
+                return Err(format!("{client}: upstream {}: {e}", pool.name));
+            }
+            Err(connect::Error::Failed(e)) => e.to_string(),
+            Err(connect::Error::TimedOut) => {
+                format!("timed out after {:?}", pool.connect_timeout)
+            }
+        };
         pick.slot.failures.fetch_add(1, Relaxed);
         crate::policy::outlier::observe(pool, &pick.slot, true);
         warn!(

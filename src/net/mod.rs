@@ -8,6 +8,7 @@
 //! I/O that arms a timer only when the I/O has to wait ([`deadline`]), and the TCP options set
 //! on listeners and connections ([`sockopt`]), and the open-file limit ([`fdlimit`]).
 
+pub mod connect;
 pub mod control;
 pub mod deadline;
 pub mod discard;

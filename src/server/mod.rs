@@ -57,9 +57,11 @@ pub fn server_conf(cfg: &Config) -> ServerConf {
         c.listener_tasks_per_fd = n;
     }
     // Pingora's loop of tries must outlast the policy's retries (each may also take one
-    // more on a stale pooled connection); the policy is what stops them.
+    // more on a stale pooled connection, and wait out connects this machine refused); the
+    // policy is what stops them.
     let most = cfg.upstreams.iter().map(|u| u.retries).max().unwrap_or(0);
-    c.max_retries = c.max_retries.max(2 * most as usize + 2);
+    let waits = crate::policy::shortage::MAX_WAITS as usize;
+    c.max_retries = c.max_retries.max(2 * most as usize + 2 + waits);
     c
 }
 

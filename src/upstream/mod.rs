@@ -11,6 +11,7 @@ pub mod conns;
 pub mod discovery;
 pub mod health;
 pub mod live;
+pub mod local;
 pub mod select;
 pub mod shadow;
 pub mod sticky;

@@ -110,3 +110,193 @@ async fn serves_more_connections_than_its_starting_limit() {
         );
     }
 }
+
+/// Lower a running process's open-file limit (soft and hard) to `n`.
+fn set_limit(pid: u32, n: u64) {
+    set_limits(pid, n, n);
+}
+
+/// Set a running process's soft and hard open-file limits (a hard limit only goes down).
+fn set_limits(pid: u32, soft: u64, hard: u64) {
+    let r = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: prlimit reads the struct it is given and changes only the target's limits
+    // (a process of this user; lowering a limit needs no privilege).
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &r,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    assert_eq!(limits(pid), (soft, hard));
+}
+
+fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count() as u64
+}
+
+/// A burst that needs more descriptors than the proxy may open: each of `K` clients sends a
+/// request at once to a backend that takes 300 ms, with room for the clients and half as many
+/// backend connections. The connects this machine refuses (EMFILE) wait for a connection to
+/// come back instead of failing with a 502, and the backend is not blamed for them: a request
+/// after the burst still reaches it. Both engines.
+#[tokio::test]
+async fn a_burst_past_the_open_file_limit_waits_instead_of_failing() {
+    const K: u64 = 24;
+    let o = OriginBuilder::new("a")
+        .delay(Duration::from_millis(300))
+        .run()
+        .await;
+    for (engine, keys) in [("lean", ""), ("general", ", fast_path: false")] {
+        let p = Proxy::start(&format!(
+            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http{keys}}}\n\
+             upstreams:\n  - {{name: app, backends: [{{address: {}}}], connect_timeout: 5s}}\n\
+             routes:\n  - {{listener: web, upstream: app}}\n",
+            o.addr
+        ));
+        let first = client::get(p.addr, "/", &[]).await.expect("first");
+        assert_eq!(first.status, 200, "{engine}");
+        let pid = p.child.id();
+        set_limit(pid, open_fds(pid) + K + K / 2);
+
+        let mut conns = Vec::new();
+        for i in 0..K {
+            let s = TcpStream::connect(p.addr)
+                .await
+                .unwrap_or_else(|e| panic!("{engine}: connect {i}: {e}"));
+            conns.push(s);
+        }
+        for (i, s) in conns.iter_mut().enumerate() {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap_or_else(|e| panic!("{engine}: write {i}: {e}"));
+        }
+        let mut statuses = Vec::new();
+        for (i, s) in conns.iter_mut().enumerate() {
+            let mut got = Vec::new();
+            let mut b = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+                    .await
+                    .unwrap_or_else(|_| panic!("{engine}: connection {i} got no answer"))
+                    .unwrap_or_else(|e| panic!("{engine}: read {i}: {e}"));
+                assert!(n > 0, "{engine}: connection {i} closed without an answer");
+                got.extend_from_slice(&b[..n]);
+            }
+            statuses.push(String::from_utf8_lossy(&got[..12]).to_string());
+        }
+        let failed: Vec<_> = statuses
+            .iter()
+            .filter(|s| !s.starts_with("HTTP/1.1 200"))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{engine}: {} of {K} failed: {failed:?}\n{}",
+            failed.len(),
+            p.log()
+        );
+        assert!(
+            p.log().contains("refused by this machine"),
+            "{engine}: no connect was refused, the test did not reach the limit:\n{}",
+            p.log()
+        );
+        drop(conns);
+        let after = client::get(p.addr, "/", &[]).await.expect("after");
+        assert_eq!(after.status, 200, "{engine}: {}", p.log());
+    }
+}
+
+/// The same at L4: `K` clients each hold a connection to the backend for 300 ms, with room
+/// for the clients and half as many backend connections. Those whose connect this machine
+/// refuses wait until others close, instead of being closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l4_connection_past_the_open_file_limit_waits_for_a_descriptor() {
+    const K: u64 = 12;
+    let b = crate::support::tcp::TcpBackend::start("a", false).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\n\
+         upstreams:\n  - {{name: u, backends: [{{address: {}}}], connect_timeout: 5s}}\n",
+        b.addr
+    ));
+    let pid = p.child.id();
+    set_limit(pid, open_fds(pid) + K + K / 2);
+    let addr = p.addr;
+    let clients: Vec<_> = (0..K)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect {i}: {e}"));
+                s.write_all(b"HOLD\n")
+                    .await
+                    .unwrap_or_else(|e| panic!("write {i}: {e}"));
+                let mut got = Vec::new();
+                let mut b = [0u8; 64];
+                while !got.contains(&b'\n') {
+                    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+                        .await
+                        .unwrap_or_else(|_| panic!("client {i} got no answer"))
+                        .unwrap_or_else(|e| panic!("read {i}: {e}"));
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&b[..n]);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                String::from_utf8_lossy(&got).to_string()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in clients {
+        answers.push(c.await.expect("client task"));
+    }
+    let failed = answers.iter().filter(|a| a.as_str() != "a\n").count();
+    assert_eq!(failed, 0, "{answers:?}\n{}", p.log());
+    assert!(
+        p.log().contains("refused by this machine"),
+        "no connect was refused, the test did not reach the limit:\n{}",
+        p.log()
+    );
+}
+
+/// HTTP health checks that this machine cannot make (no descriptor left) leave the verdict as it
+/// is: with checks every 100 ms and one failure enough to mark a backend down, a second at
+/// the limit marks nothing down, and the backend serves as soon as descriptors are back.
+#[tokio::test]
+async fn a_health_check_refused_by_this_machine_marks_no_backend_down() {
+    let o = OriginBuilder::new("a").run().await;
+    let p = Proxy::start_logging(
+        &format!(
+            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\n\
+             upstreams:\n  - name: app\n    backends: [{{address: {}}}]\n    \
+             health_check: {{type: http, interval: 100ms, unhealthy_threshold: 1}}\n\
+             routes:\n  - {{listener: web, upstream: app}}\n",
+            o.addr
+        ),
+        "info,stepstone::upstream::health=debug",
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = p.child.id();
+    let (_, hard) = limits(pid);
+    // No new descriptor at all: one is refused when its number would reach the soft
+    // limit, and 0-2 are taken. The hard limit stays, to give them back.
+    set_limits(pid, 3, hard);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = p.log();
+    set_limits(pid, hard, hard);
+    assert!(!log.contains("is unhealthy"), "{log}");
+    assert!(
+        log.contains("verdict unchanged"),
+        "no check was refused, the test did not reach the limit:\n{log}"
+    );
+    let r = client::get(p.addr, "/", &[]).await.expect("after");
+    assert_eq!(r.status, 200, "{}", p.log());
+}

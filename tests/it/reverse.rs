@@ -418,7 +418,7 @@ async fn an_http_check_of_a_refusing_backend_fails() {
         .await;
         let log = p.log();
         assert!(
-            log.contains("connect: Connection refused"),
+            log.contains("context: connect cause: Connection refused"),
             "{extra:?}: the failure is not logged as the connect's:\n{log}"
         );
     }

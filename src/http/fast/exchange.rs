@@ -9,6 +9,7 @@
 
 use super::response::{parse_response, Parsed, RespHead};
 use super::{write_flush, Guarded, Listener, BODY_BUF, RESP_BUF};
+use crate::net::connect;
 use crate::observability::RequestObs;
 use crate::policy::answer::Failure as Why;
 use crate::policy::retry::{self, Cause};
@@ -60,17 +61,6 @@ pub enum Down {
         http10: bool,
     },
     H2,
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, (bool, std::io::Error)> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) => Err((false, e)),
-        Err(_) => Err((true, std::io::ErrorKind::TimedOut.into())),
-    }
 }
 
 async fn timed<T>(
@@ -261,17 +251,30 @@ impl<'a> Exchange<'a> {
             } else {
                 conns::checkout(addr)
             };
-            let reused = pooled.is_some();
-            let mut up = match pooled {
-                Some(s) => s,
+            let (mut up, reused) = match pooled {
+                Some(s) => (s, true),
                 None => match {
                     self.obs.connecting();
-                    connect(addr, pool.connect_timeout)
+                    let (l, label) = (&self.l.name, &pick.slot.label);
+                    let pooled = || (!fresh_only).then(|| conns::checkout(addr)).flatten();
+                    connect::backend(l, label, addr, pool.connect_timeout, pooled)
                 }
                 .await
                 {
                     Ok(s) => s,
-                    Err((timed_out, e)) => {
+                    Err(connect::Error::Shortage(e)) => {
+                        // not the backend's doing: it is neither blamed nor skipped
+                        self.pick = Some(pick);
+                        return Err(Failure::Answer(
+                            Why::Overloaded,
+                            format!("no local resources for a backend connection: {e}"),
+                        ));
+                    }
+                    Err(e) => {
+                        let (timed_out, e) = match e {
+                            connect::Error::Failed(e) => (false, e),
+                            _ => (true, std::io::ErrorKind::TimedOut.into()),
+                        };
                         pick.slot.failures.fetch_add(1, Relaxed);
                         crate::policy::outlier::observe(pool, &pick.slot, true);
                         tried |= bit(pick.slot.index);

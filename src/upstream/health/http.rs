@@ -327,7 +327,7 @@ impl HealthCheck for HttpCheck {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(f)) => match f {
                 Fail::Connect(e) => {
-                    return Error::e_explain(ErrorType::ConnectError, format!("connect: {e}"))
+                    return Err(Error::because(ErrorType::ConnectError, "connect", e))
                 }
                 Fail::Dial(e) => return Err(e),
                 Fail::Unanswered(Some(e)) | Fail::Io(e) => format!("{e}"),

@@ -103,6 +103,7 @@ async fn run_pool(pool: Arc<Pool>, mut shutdown: ShutdownWatch) {
             interval: spec.interval,
             pass: pass.clone(),
             port: spec.port,
+            pool: Arc::downgrade(&pool),
         })),
         Err(e) => {
             warn!("upstream {}: cannot build the health check: {e}", pool.name);
@@ -211,6 +212,34 @@ struct Spread {
     /// `health_check.port`: every kind of check goes to this port instead of the traffic
     /// port, so it is applied here, once, rather than by each check.
     port: Option<u16>,
+    /// For the verdict in force, which a check this machine could not make leaves as it is.
+    pool: std::sync::Weak<Pool>,
+}
+
+impl Spread {
+    /// The result of a check that this machine refused to make (out of descriptors, say:
+    /// [`super::local`]): the backend's verdict as it stands, so that the proxy's own
+    /// shortage marks no backend down (which would turn a burst at the open-file limit into
+    /// 503s for every request until the backends' checks passed again), nor one up.
+    fn unchanged(&self, target: &Backend, e: Box<pingora_core::Error>) -> pingora_core::Result<()> {
+        let healthy = self.pool.upgrade().is_none_or(|p| {
+            p.members
+                .load()
+                .slots
+                .iter()
+                .find(|s| s.backend == *target)
+                .is_none_or(|s| s.healthy.load(Relaxed))
+        });
+        log::debug!(
+            "health check of {} not made ({e}): verdict unchanged",
+            target.addr
+        );
+        if healthy {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
 }
 
 #[async_trait]
@@ -219,13 +248,17 @@ impl HealthCheck for Spread {
         let pass = *self.pass.lock().unwrap_or_else(|e| e.into_inner());
         let at = pass + spread(&target.addr.to_string(), self.interval, SLOTS / 2);
         tokio::time::sleep_until(at).await;
-        match self.port {
+        let r = match self.port {
             Some(p) => {
                 let mut side = target.clone();
                 side.addr.set_port(p);
                 self.inner.check(&side).await
             }
             None => self.inner.check(target).await,
+        };
+        match r {
+            Err(e) if super::local::refused_in(&e) => self.unchanged(target, e),
+            r => r,
         }
     }
 

@@ -38,7 +38,7 @@ impl HealthCheck for PlainTcpCheck {
         };
         match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Error::e_explain(ErrorType::ConnectError, format!("connect: {e}")),
+            Ok(Err(e)) => Err(Error::because(ErrorType::ConnectError, "connect", e)),
             Err(_) => Error::e_explain(ErrorType::ConnectTimedout, "connect timed out"),
         }
     }
