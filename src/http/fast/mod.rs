@@ -17,11 +17,11 @@
 //! to Pingora's path before any side effect: the bytes read so far go back to the request-head
 //! guard, which replays them to Pingora.
 //!
-//! On a cached route only fresh cache hits are served here: a GET or HEAD without a body,
-//! conditional (`If-*`), `Range`, `Cache-Control`, `Pragma` or `Authorization` fields, whose
-//! key (built by [`cache_policy::cache_key_origin_form`], the general path's key function)
-//! finds a complete entry without `Vary`, with a Content-Length matching its body, that is
-//! fresh now and not predicted uncacheable. `Age` and the route's status header (`HIT`) are
+//! On a cached route only fresh cache hits are served here, by the rule every protocol's
+//! lean engine shares ([`cache_hit`]): a GET or HEAD without a body, conditional (`If-*`),
+//! `Range`, `Cache-Control`, `Pragma` or `Authorization` fields, whose key (the general
+//! path's key function) finds a complete entry without `Vary`, with a Content-Length
+//! matching its body, that is fresh now and not predicted uncacheable. `Age` and the route's status header (`HIT`) are
 //! added to the stored head, which keeps the origin's `Date` (one is added only when the
 //! origin sent none); the body is the store's buffer.
 
@@ -39,8 +39,8 @@ pub use response::{fuzz_response, FuzzHead};
 
 use super::guard::Guarded;
 use super::Listener;
-use crate::cache::{self, policy as cache_policy};
-use crate::http::chunked;
+use crate::cache;
+use crate::http::{cache_hit, chunked};
 use crate::observability::{self, ReqView, RequestObs};
 use crate::policy::answer::{connection_line, Answer};
 use crate::policy::engine::{self, Fallback, HeadTraits};
@@ -240,29 +240,12 @@ impl FastPath {
         // A cached route's requests are served here only as fresh hits, looked up without
         // side effects; everything else about them is the general path's.
         let mut hit = None;
-        if let Some(r) = route {
-            if let Some(c) = &r.cache {
-                let eligible = t.get_or_head
-                    && !t.body
-                    && !not_for_hit
-                    && hosts == 1
-                    && plain_target(target)
-                    && host.is_some_and(|h| {
-                        h.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-                    });
-                if eligible {
-                    let mut key = cache_policy::cache_key_origin_form(
-                        &l.name,
-                        l.tls,
-                        host_text.unwrap_or(""),
-                        target,
-                    );
-                    if let Some(h) = cache::fast_hit(&mut key) {
-                        if !h.has_header(&c.spec.status_header) {
-                            hit = Some((h, c));
-                        }
-                    }
-                }
+        if let Some(r) = route.filter(|r| r.cache.is_some()) {
+            // HTTP/1's own part of the rule: the key's host is the one Host field, printable
+            let one_host = hosts == 1
+                && host.is_some_and(|h| h.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)));
+            if one_host && cache_hit::eligible(t.get_or_head, !t.body, not_for_hit, target) {
+                hit = cache_hit::lookup(l, r, host_text.unwrap_or(""), target);
             }
         }
         if let Err(reason) = engine::choose(l, &t, route, hit.is_some()) {
