@@ -174,6 +174,14 @@ pub fn refused(listener: &str, reason: &str) {
     REFUSALS.with_label_values(&[listener, reason]).inc();
 }
 
+pub static LOCAL_CONNECT_REFUSALS: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "stepstone_local_connect_refusals_total",
+        "Backend connects this machine refused (out of descriptors, local ports or socket memory); each request waited and connected again, or was answered 503",
+    )
+    .unwrap_or_else(|e| panic!("{e}")))
+});
+
 pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
     reg(IntCounter::new(
         "stepstone_access_log_dropped_total",

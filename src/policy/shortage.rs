@@ -79,9 +79,11 @@ static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
 /// Refusals since the last warning.
 static SINCE_WARNED: AtomicU64 = AtomicU64::new(0);
 
-/// Log a refusal: at most one warning a second, with the count of those it stands for (a
-/// burst at the limit refuses thousands of connects a second).
+/// Count a refusal (`stepstone_local_connect_refusals_total`) and log it: at most one
+/// warning a second, with the count of those it stands for (a burst at the limit refuses
+/// thousands of connects a second).
 pub fn warn(listener: &str, backend: &str, e: &std::io::Error) {
+    crate::observability::LOCAL_CONNECT_REFUSALS.inc();
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let now = EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 1;
     let n = SINCE_WARNED.fetch_add(1, Relaxed) + 1;

@@ -156,7 +156,8 @@ async fn a_burst_past_the_open_file_limit_waits_instead_of_failing() {
         .await;
     for (engine, keys) in [("lean", ""), ("general", ", fast_path: false")] {
         let p = Proxy::start(&format!(
-            "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http{keys}}}\n\
+            "admin: {{address: 127.0.0.1:{{{{port1}}}}}}\n\
+             listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http{keys}}}\n\
              upstreams:\n  - {{name: app, backends: [{{address: {}}}], connect_timeout: 5s}}\n\
              routes:\n  - {{listener: web, upstream: app}}\n",
             o.addr
@@ -210,6 +211,10 @@ async fn a_burst_past_the_open_file_limit_waits_instead_of_failing() {
         drop(conns);
         let after = client::get(p.addr, "/", &[]).await.expect("after");
         assert_eq!(after.status, 200, "{engine}: {}", p.log());
+        let m = crate::support::metrics::metrics(&p).await;
+        let refusals =
+            crate::support::metrics::series(&m, "stepstone_local_connect_refusals_total", &[]);
+        assert!(refusals >= 1.0, "{engine}: refusals not counted:\n{m}");
     }
 }
 
