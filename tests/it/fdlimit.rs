@@ -87,28 +87,43 @@ async fn serves_more_connections_than_its_starting_limit() {
             .unwrap_or_else(|e| panic!("connect {i}: {e}"));
         conns.push(s);
     }
+    let heads = get_all(&mut conns, Duration::from_secs(5), "300 clients").await;
+    for (i, got) in heads.iter().enumerate() {
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "connection {i}: {}",
+            String::from_utf8_lossy(got)
+        );
+    }
+}
+
+/// Send `GET /` on every connection, then read each one's response head, each within
+/// `wait`; `what` names the run in a failure.
+async fn get_all(conns: &mut [TcpStream], wait: Duration, what: &str) -> Vec<Vec<u8>> {
     for (i, s) in conns.iter_mut().enumerate() {
         s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .await
-            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+            .unwrap_or_else(|e| panic!("{what}: write {i}: {e}"));
     }
+    let all = conns.len();
+    let mut heads = Vec::with_capacity(all);
     for (i, s) in conns.iter_mut().enumerate() {
         let mut got = Vec::new();
         let mut b = [0u8; 1024];
         while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            let n = tokio::time::timeout(wait, s.read(&mut b))
                 .await
-                .unwrap_or_else(|_| panic!("connection {i} of 300 got no answer"))
-                .unwrap_or_else(|e| panic!("read {i}: {e}"));
-            assert!(n > 0, "connection {i} of 300 closed without an answer");
+                .unwrap_or_else(|_| panic!("{what}: connection {i} of {all} got no answer"))
+                .unwrap_or_else(|e| panic!("{what}: read {i}: {e}"));
+            assert!(
+                n > 0,
+                "{what}: connection {i} of {all} closed without an answer"
+            );
             got.extend_from_slice(&b[..n]);
         }
-        assert!(
-            got.starts_with(b"HTTP/1.1 200"),
-            "connection {i}: {}",
-            String::from_utf8_lossy(&got)
-        );
+        heads.push(got);
     }
+    heads
 }
 
 /// Lower a running process's open-file limit (soft and hard) to `n`.
@@ -174,28 +189,11 @@ async fn a_burst_past_the_open_file_limit_waits_instead_of_failing() {
                 .unwrap_or_else(|e| panic!("{engine}: connect {i}: {e}"));
             conns.push(s);
         }
-        for (i, s) in conns.iter_mut().enumerate() {
-            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-                .await
-                .unwrap_or_else(|e| panic!("{engine}: write {i}: {e}"));
-        }
-        let mut statuses = Vec::new();
-        for (i, s) in conns.iter_mut().enumerate() {
-            let mut got = Vec::new();
-            let mut b = [0u8; 1024];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
-                    .await
-                    .unwrap_or_else(|_| panic!("{engine}: connection {i} got no answer"))
-                    .unwrap_or_else(|e| panic!("{engine}: read {i}: {e}"));
-                assert!(n > 0, "{engine}: connection {i} closed without an answer");
-                got.extend_from_slice(&b[..n]);
-            }
-            statuses.push(String::from_utf8_lossy(&got[..12]).to_string());
-        }
-        let failed: Vec<_> = statuses
+        let heads = get_all(&mut conns, Duration::from_secs(10), engine).await;
+        let failed: Vec<_> = heads
             .iter()
-            .filter(|s| !s.starts_with("HTTP/1.1 200"))
+            .filter(|h| !h.starts_with(b"HTTP/1.1 200"))
+            .map(|h| String::from_utf8_lossy(&h[..h.len().min(12)]).to_string())
             .collect();
         assert!(
             failed.is_empty(),
