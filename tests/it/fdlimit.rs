@@ -100,8 +100,14 @@ async fn serves_more_connections_than_its_starting_limit() {
 /// Send `GET /` on every connection, then read each one's response head, each within
 /// `wait`; `what` names the run in a failure.
 async fn get_all(conns: &mut [TcpStream], wait: Duration, what: &str) -> Vec<Vec<u8>> {
+    send_all(conns, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", wait, what).await
+}
+
+/// Send `req` on every connection, then read each one's response head (of a bodiless
+/// response), each within `wait`.
+async fn send_all(conns: &mut [TcpStream], req: &[u8], wait: Duration, what: &str) -> Vec<Vec<u8>> {
     for (i, s) in conns.iter_mut().enumerate() {
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        s.write_all(req)
             .await
             .unwrap_or_else(|e| panic!("{what}: write {i}: {e}"));
     }
@@ -158,8 +164,8 @@ fn open_fds(pid: u32) -> u64 {
 }
 
 /// A burst that needs more descriptors than the proxy may open: each of `K` clients sends a
-/// request at once to a backend that takes 300 ms, with room for the clients and half as many
-/// backend connections. The connects this machine refuses (EMFILE) wait for a connection to
+/// request at once to a backend that takes 300 ms, with room for half as many backend
+/// connections. The connects this machine refuses (EMFILE) wait for a connection to
 /// come back instead of failing with a 502, and the backend is not blamed for them: a request
 /// after the burst still reaches it. Both engines.
 #[tokio::test]
@@ -180,8 +186,6 @@ async fn a_burst_past_the_open_file_limit_waits_instead_of_failing() {
         let first = client::get(p.addr, "/", &[]).await.expect("first");
         assert_eq!(first.status, 200, "{engine}");
         let pid = p.child.id();
-        set_limit(pid, open_fds(pid) + K + K / 2);
-
         let mut conns = Vec::new();
         for i in 0..K {
             let s = TcpStream::connect(p.addr)
@@ -189,7 +193,20 @@ async fn a_burst_past_the_open_file_limit_waits_instead_of_failing() {
                 .unwrap_or_else(|e| panic!("{engine}: connect {i}: {e}"));
             conns.push(s);
         }
-        let heads = get_all(&mut conns, Duration::from_secs(10), engine).await;
+        // Every client accepted before the limit: an OPTIONS with Max-Forwards 0 is the
+        // proxy's own answer. (A client still unaccepted when idle pooled backend connections
+        // hold the last descriptors would wait for them; not what this test is about.)
+        let own = b"OPTIONS / HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n";
+        let wait = Duration::from_secs(10);
+        for h in send_all(&mut conns, own, wait, engine).await {
+            assert!(
+                h.starts_with(b"HTTP/1.1 200"),
+                "{engine}: {}",
+                String::from_utf8_lossy(&h)
+            );
+        }
+        set_limit(pid, open_fds(pid) + K / 2);
+        let heads = get_all(&mut conns, wait, engine).await;
         let failed: Vec<_> = heads
             .iter()
             .filter(|h| !h.starts_with(b"HTTP/1.1 200"))
