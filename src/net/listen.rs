@@ -381,7 +381,20 @@ where
         let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // EMFILE and the like: back off instead of spinning.
+                // Out of descriptors: idle backend connections give way to the client. Else
+                // (or when none is idle) back off instead of spinning.
+                let out = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                let shed = if out {
+                    crate::upstream::conns::shed(SHED)
+                } else {
+                    0
+                };
+                if shed > 0 {
+                    log::warn!(
+                        "{name}: accept() failed: {e}; closed {shed} idle backend connection(s) to make room"
+                    );
+                    continue;
+                }
                 log::error!("{name}: accept() failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -422,6 +435,10 @@ where
     drop(l);
     Ended::Shutdown
 }
+
+/// Idle backend connections closed at once when accept runs out of descriptors: a few
+/// clients' worth, so that a burst of new clients does not shed one at a time.
+const SHED: usize = 16;
 
 /// Why an accept loop returned: the process is shutting down (the app's cleanup is due), or
 /// a reload removed the listener.

@@ -43,6 +43,8 @@ struct ThreadPool {
     total: usize,
     last_sweep: Option<Instant>,
     sweeper: bool,
+    /// In [`ALL`] already.
+    listed: bool,
 }
 
 type Shared = Arc<Mutex<ThreadPool>>;
@@ -51,6 +53,10 @@ thread_local! {
     // Only ever locked by its own thread and by its sweeper: uncontended.
     static POOL: Shared = Shared::default();
 }
+
+/// Every thread's pool that has held a connection, for [`shed`]: the accept loop that runs
+/// out of descriptors may be on another thread than the pools that hold them.
+static ALL: Mutex<Vec<std::sync::Weak<Mutex<ThreadPool>>>> = Mutex::new(Vec::new());
 
 fn lock(p: &Shared) -> MutexGuard<'_, ThreadPool> {
     p.lock().unwrap_or_else(|e| e.into_inner())
@@ -96,6 +102,11 @@ pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usi
     }
     let sweeper = POOL.with(|shared| {
         let mut p = lock(shared);
+        if !std::mem::replace(&mut p.listed, true) {
+            ALL.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::downgrade(shared));
+        }
         if p.last_sweep
             .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
         {
@@ -129,6 +140,38 @@ pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usi
             }
         });
     }
+}
+
+/// Close up to `n` idle connections, each pool's oldest first, whichever thread holds them;
+/// how many were closed. For the accept loop at the open-file limit: an idle backend
+/// connection is cheaper to give up than a client left unaccepted (nginx closes idle
+/// connections likewise when it runs out of them).
+pub fn shed(n: usize) -> usize {
+    let pools: Vec<Shared> = ALL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    let mut gone = Vec::new();
+    for shared in pools {
+        let mut p = lock(&shared);
+        while gone.len() < n {
+            let oldest = p
+                .by_addr
+                .iter()
+                .filter(|(_, l)| !l.is_empty())
+                .min_by_key(|(_, l)| l[0].since)
+                .map(|(a, _)| *a);
+            let Some(list) = oldest.and_then(|a| p.by_addr.get_mut(&a)) else {
+                break;
+            };
+            gone.push(list.remove(0));
+            p.total -= 1;
+        }
+    }
+    // closed here, outside the pools' locks
+    gone.len()
 }
 
 /// Make room for one: the oldest connection to `addr` goes (the one just used is the

@@ -320,3 +320,74 @@ async fn a_health_check_refused_by_this_machine_marks_no_backend_down() {
     let r = client::get(p.addr, "/", &[]).await.expect("after");
     assert_eq!(r.status, 200, "{}", p.log());
 }
+
+/// The descriptor numbers a process has open.
+fn fd_numbers(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// At the limit, with idle pooled backend connections holding the last descriptors, new
+/// clients are still accepted: the accept loop closes idle backend connections to make room
+/// (without it, a client past the limit waits unaccepted for as long as they stay idle).
+#[tokio::test]
+async fn idle_backend_connections_give_way_to_new_clients_at_the_limit() {
+    const K: usize = 8;
+    let o = OriginBuilder::new("a")
+        .delay(Duration::from_millis(200))
+        .run()
+        .await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: web, address: 127.0.0.1:{{{{port}}}}, protocol: http}}\n\
+         upstreams:\n  - {{name: app, backends: [{{address: {}}}]}}\n\
+         routes:\n  - {{listener: web, upstream: app}}\n",
+        o.addr
+    ));
+    // K requests at once: K backend connections, idle in the pool once answered
+    let mut conns = Vec::new();
+    for _ in 0..K {
+        conns.push(TcpStream::connect(p.addr).await.expect("connect"));
+    }
+    for h in get_all(&mut conns, Duration::from_secs(5), "fill").await {
+        assert!(
+            h.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&h)
+        );
+    }
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = p.child.id();
+    let numbers = fd_numbers(pid);
+    let limit = numbers.iter().max().expect("descriptors") + 1;
+    let free = limit - numbers.len() as u64;
+    let (_, hard) = limits(pid);
+    set_limits(pid, limit, hard);
+    // the free numbers below the limit first, then some that only the pool can give
+    let own = b"OPTIONS / HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n";
+    let mut clients = Vec::new();
+    for i in 0..free + 3 {
+        let mut c = vec![TcpStream::connect(p.addr).await.expect("connect")];
+        let h = send_all(&mut c, own, Duration::from_secs(5), &format!("client {i}")).await;
+        assert!(
+            h[0].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&h[0])
+        );
+        clients.extend(c);
+    }
+    let r = get_all(&mut clients[..1], Duration::from_secs(5), "after").await;
+    assert!(
+        r[0].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&r[0])
+    );
+    set_limits(pid, hard, hard);
+    assert!(
+        p.log().contains("idle backend connection(s) to make room"),
+        "{}",
+        p.log()
+    );
+}
