@@ -50,7 +50,8 @@ struct ThreadPool {
 type Shared = Arc<Mutex<ThreadPool>>;
 
 thread_local! {
-    // Only ever locked by its own thread and by its sweeper: uncontended.
+    // Locked by its own thread, by its sweeper and, at the open-file limit, by [`shed`]:
+    // uncontended in all but that case.
     static POOL: Shared = Shared::default();
 }
 
