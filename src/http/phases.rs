@@ -291,7 +291,7 @@ impl ProxyHttp for HttpProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(short) =
-            crate::upstream::local::io_cause(&e).filter(|io| policy::shortage::local(io))
+            crate::upstream::local::io_cause(&e).filter(|io| crate::upstream::local::refused(io))
         {
             // Not the backend's doing: it is neither blamed nor skipped, the try not counted;
             // `upstream_peer` waits the pause, then connects again.

@@ -42,7 +42,7 @@ pub async fn backend(
                 let _ = s.set_nodelay(true);
                 return Ok((s, false));
             }
-            Ok(Err(e)) if crate::policy::shortage::local(&e) => e,
+            Ok(Err(e)) if crate::upstream::local::refused(&e) => e,
             Ok(Err(e)) => return Err(Error::Failed(e)),
             Err(_) => return Err(Error::TimedOut),
         };

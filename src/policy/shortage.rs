@@ -3,12 +3,13 @@
 //! Opening a backend connection needs a descriptor, a local port and socket memory. When the
 //! proxy's open-file limit is reached (a burst of clients, each with a request in flight,
 //! needs two descriptors per request), `socket()` fails with EMFILE before anything reaches
-//! the backend. nginx answers 502 then, and counts it against the backend in
-//! `max_fails`; HAProxy avoids it by deriving its `maxconn` from the limit. Here such a
-//! failure ([`local`]) blames no backend (no passive health failure, no outlier ejection, no
-//! retry used up, the backend not skipped) and the request waits instead: it connects again
-//! after a short pause ([`Shortage::next`]), or takes a pooled connection that came back
-//! meanwhile, until the upstream's `connect_timeout` has passed since the first refusal.
+//! the backend. nginx answers 502 then, and counts it against the backend in `max_fails`;
+//! HAProxy avoids it by deriving its `maxconn` from the limit. Here such a failure
+//! ([`crate::upstream::local::refused`]) blames no backend (no passive health failure, no
+//! outlier ejection, no retry used up, the backend not skipped) and the request waits
+//! instead: it connects again after a short pause ([`Shortage::next`]), or takes a pooled
+//! connection that came back meanwhile, until the upstream's `connect_timeout` has passed
+//! since the first refusal.
 //! Then the answer is 503 with Retry-After ([`super::answer::Failure::Overloaded`]), the
 //! proxy's own overload, not a 502 that would name the backend as broken.
 
@@ -25,11 +26,6 @@ pub const DEFAULT_LIMIT: Duration = Duration::from_secs(1);
 /// The first pause; each doubles it, up to [`LONGEST_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
 const LONGEST_PAUSE: Duration = Duration::from_millis(100);
-
-/// Whether a failed connect was refused by this machine ([`crate::upstream::local`]).
-pub fn local(e: &std::io::Error) -> bool {
-    crate::upstream::local::refused(e)
-}
 
 /// One request's waits for a connect this machine refused.
 #[derive(Clone, Copy, Debug)]
