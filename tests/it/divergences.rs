@@ -95,13 +95,7 @@ async fn h2_get(
     let (resp, _) = c.send_request(req, true)?;
     let resp = resp.await?;
     let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    let mut data = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        data.extend_from_slice(&chunk);
-    }
+    let data = client::h2_body(&mut resp.into_body()).await?;
     Ok((status, data))
 }
 

@@ -707,13 +707,9 @@ async fn http2_streams_get_decoded_chunked_bodies_joined_cookies_and_a_reused_ba
                 .get("x-kind")
                 .map(|v| v.to_str().unwrap_or_default().to_string());
             let conn_hdr = resp.headers().contains_key("connection");
-            let mut rb = resp.into_body();
-            let mut data = Vec::new();
-            while let Some(chunk) = rb.data().await {
-                let chunk = chunk.expect("data");
-                let _ = rb.flow_control().release_capacity(chunk.len());
-                data.extend_from_slice(&chunk);
-            }
+            let data = crate::support::client::h2_body(&mut resp.into_body())
+                .await
+                .expect("data");
             (kind, conn_hdr, String::from_utf8_lossy(&data).into_owned())
         }
     };

@@ -59,12 +59,9 @@ async fn send(
     let resp = resp.await.expect("response");
     let status = resp.status().as_u16();
     let mut rx = resp.into_body();
-    let mut got = Vec::new();
-    while let Some(d) = rx.data().await {
-        let d = d.expect("response body");
-        let _ = rx.flow_control().release_capacity(d.len());
-        got.extend_from_slice(&d);
-    }
+    let got = crate::support::client::h2_body(&mut rx)
+        .await
+        .expect("response body");
     task.abort();
     (status, got)
 }

@@ -57,12 +57,9 @@ async fn h2(addr: SocketAddr, method: &str, path: &str, fields: &[(&str, &str)])
     let resp = resp.await.expect("response");
     let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
     let mut rx = resp.into_body();
-    let mut body = Vec::new();
-    while let Some(d) = rx.data().await {
-        let d = d.expect("response body");
-        let _ = rx.flow_control().release_capacity(d.len());
-        body.extend_from_slice(&d);
-    }
+    let body = crate::support::client::h2_body(&mut rx)
+        .await
+        .expect("response body");
     task.abort();
     H2Answer {
         status,

@@ -192,12 +192,7 @@ async fn h2_request(
     let resp = resp.await.expect("response");
     let status = resp.status().as_u16();
     let mut b = resp.into_body();
-    let mut data = Vec::new();
-    while let Some(chunk) = b.data().await {
-        let chunk = chunk.expect("body");
-        let _ = b.flow_control().release_capacity(chunk.len());
-        data.extend_from_slice(&chunk);
-    }
+    let data = crate::support::client::h2_body(&mut b).await.expect("body");
     (status, data)
 }
 

@@ -255,3 +255,15 @@ pub async fn h2c(
     });
     (client.ready().await.expect("ready"), task)
 }
+
+/// The whole body of an HTTP/2 response, its flow-control window given back as data
+/// arrives (else a body over the initial window would stall).
+pub async fn h2_body(rx: &mut h2::RecvStream) -> Result<Vec<u8>, h2::Error> {
+    let mut body = Vec::new();
+    while let Some(d) = rx.data().await {
+        let d = d?;
+        let _ = rx.flow_control().release_capacity(d.len());
+        body.extend_from_slice(&d);
+    }
+    Ok(body)
+}
