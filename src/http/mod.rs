@@ -22,6 +22,7 @@ mod idle;
 pub mod phases;
 pub mod redirect;
 pub mod service;
+pub mod staged;
 
 use crate::cache;
 use crate::config::ListenerSpec;

@@ -18,6 +18,7 @@
 
 use super::guard::{GuardConf, Guarded, HeadLimits};
 use super::idle::{wait_for_request, Idle};
+use super::staged::Next;
 use crate::config::ListenerLimits;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use async_trait::async_trait;
@@ -495,6 +496,15 @@ where
     }
 }
 
+/// What an HTTP/1 connection's request loop starts from ([`H1First::requests`]).
+struct Http1<A> {
+    app: Arc<H1First<A>>,
+    g: Box<Guarded>,
+    shutdown: ShutdownWatch,
+    plain: bool,
+    open: crate::lifecycle::OpenConnection,
+}
+
 /// A plaintext connection's task holds [`H1First::serve`]'s future itself, in one box,
 /// rather than a future that holds `process_new`'s box (and the arguments of both).
 impl<A> crate::net::listen::ConnApp for H1First<A>
@@ -540,22 +550,39 @@ where
     /// anything else handed to Pingora. `hand_back`: a stream Pingora's path hands back for
     /// reuse is returned (to Pingora's service, which runs it again), else served here.
     ///
-    /// Owns what it uses, in an `async move` block rather than an `async fn`: an async fn
-    /// moves each argument into a local of its body and keeps the argument's own room too,
-    /// for as long as it runs (40 bytes of every idle connection's future here).
-    #[allow(clippy::manual_async_fn)] // on purpose: the room above
+    /// In two stages ([`super::staged`]): admission and protocol detection in a box of their
+    /// own, then the HTTP/1 request loop in the connection's allocation, holding only what
+    /// the loop uses.
     fn serve(
         self: Arc<Self>,
         a: crate::net::listen::Accepted,
         shutdown: ShutdownWatch,
         hand_back: bool,
     ) -> impl std::future::Future<Output = Option<Stream>> + Send {
+        super::staged::staged(self.first(a, shutdown, hand_back), |h: Http1<A>| {
+            h.app.requests(h.g, h.shutdown, h.plain, h.open)
+        })
+    }
+
+    /// Admission and protocol detection: HTTP/2 and Pingora's path are served here, HTTP/1
+    /// handed on to [`Self::requests`].
+    ///
+    /// Owns what it uses, in an `async move` block rather than an `async fn`: an async fn
+    /// moves each argument into a local of its body and keeps the argument's own room too.
+    #[allow(clippy::manual_async_fn)] // on purpose: the room above
+    fn first(
+        self: Arc<Self>,
+        a: crate::net::listen::Accepted,
+        shutdown: ShutdownWatch,
+        hand_back: bool,
+    ) -> impl std::future::Future<Output = Next<Http1<A>, Option<Stream>>> + Send {
         async move {
             use pingora_core::protocols::ALPN;
             crate::net::serving_thread();
-            let stream = a.settle()?;
-            let shutdown = &shutdown;
-            let _open = crate::lifecycle::open_connection();
+            let Some(stream) = a.settle() else {
+                return Next::Done(None);
+            };
+            let open = crate::lifecycle::open_connection();
             let opts = self.inner.server_options();
             let plain = stream.get_ssl_digest().is_none();
             let h2c = opts.is_some_and(|o| o.h2c) && plain;
@@ -563,17 +590,20 @@ where
             let h1 = matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
             if custom || !h1 {
                 let h2 = !custom && matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-                let g = Box::pin(self.admission.admit_as(stream, false)).await?;
+                let Some(g) = Box::pin(self.admission.admit_as(stream, false)).await else {
+                    return Next::Done(None);
+                };
                 if h2 {
-                    crate::mem::pin_in_place(|| self.h2(g, shutdown)).await;
-                    return None;
+                    crate::mem::pin_in_place(|| self.h2(g, &shutdown)).await;
+                    return Next::Done(None);
                 }
-                // boxed: inline, its state would be room in every connection's future
-                return crate::mem::pin_in_place(|| self.pingora(g, shutdown, hand_back)).await;
+                return Next::Done(
+                    crate::mem::pin_in_place(|| self.pingora(g, &shutdown, hand_back)).await,
+                );
             }
-            // Boxed, as every step but the idle wait: the connection's future is as large as its
-            // largest step, and the idle wait is the one it spends its life in.
-            let mut g = Box::pin(self.admission.admit(stream)).await?;
+            let Some(mut g) = Box::pin(self.admission.admit(stream)).await else {
+                return Next::Done(None);
+            };
             if h2c {
                 // An h2c listener still serves HTTP/1 here; only the preface goes to HTTP/2. The
                 // peek waits for a first request's bytes, so it gets the first request's time: a
@@ -593,15 +623,37 @@ where
                         g.peer(),
                         self.first_wait()
                     );
-                    return None;
+                    return Next::Done(None);
                 };
                 if matches!(peeked, Ok(true)) && &preface == crate::net::H2_PREFACE {
-                    crate::mem::pin_in_place(|| self.h2(g, shutdown)).await;
-                    return None;
+                    crate::mem::pin_in_place(|| self.h2(g, &shutdown)).await;
+                    return Next::Done(None);
                 }
             }
-            // Between requests a plaintext connection waits here holding only the socket, a TLS
-            // one holding a small first read (see `wait_for_request`).
+            Next::Then(Http1 {
+                app: self,
+                g,
+                shutdown,
+                plain,
+                open,
+            })
+        }
+    }
+
+    /// HTTP/1 requests in a loop of our own, anything the fast path leaves to Pingora's path
+    /// served there. Between requests a plaintext connection waits here holding only the
+    /// socket, a TLS one holding a small first read (see `wait_for_request`).
+    #[allow(clippy::manual_async_fn)] // on purpose: see `first`
+    fn requests(
+        self: Arc<Self>,
+        mut g: Box<Guarded>,
+        shutdown: ShutdownWatch,
+        plain: bool,
+        open: crate::lifecycle::OpenConnection,
+    ) -> impl std::future::Future<Output = Option<Stream>> + Send {
+        async move {
+            let _open = open;
+            let shutdown = &shutdown;
             let mut conn = super::fast::Conn::new(&g);
             // Boxed: 80 bytes, only for connections that Pingora's path served.
             let mut persistent: Option<Box<HttpPersistentSettings>> = None;
@@ -735,7 +787,8 @@ mod tests {
         // 688 bytes (release) before the idle wait lost its timer, its shutdown wait and
         // its waiter; 232 in a debug build after (240 in release: mimalloc's 256-byte size
         // class); 176 once its arguments were no longer kept twice and Pingora's path was
-        // boxed. An allocation of up to 192 bytes.
-        assert!(n <= 192, "the connection future grew to {n} bytes");
+        // boxed; 120 with admission and protocol detection a stage of their own. An
+        // allocation of up to 128 bytes.
+        assert!(n <= 128, "the connection future grew to {n} bytes");
     }
 }
