@@ -19,7 +19,7 @@ pub enum Next<T, R> {
 }
 
 pub enum Staged<P, F, L> {
-    First(Pin<Box<P>>, Option<F>),
+    First(Pin<Box<P>>, F),
     Second(L),
     Ended,
 }
@@ -31,7 +31,7 @@ where
     F: FnOnce(T) -> L,
     L: Future<Output = R>,
 {
-    Staged::First(Box::pin(first), Some(then))
+    Staged::First(Box::pin(first), then)
 }
 
 impl<P, F, L, T, R> Future for Staged<P, F, L>
@@ -45,36 +45,26 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R> {
         // SAFETY: only `Second`'s future is pinned in place, and it is never moved: it is
         // polled through a pin made here, and leaves only by being dropped in place when the
-        // variant is overwritten. `First` pins its future in its own box, so replacing that
-        // variant moves nothing pinned.
+        // variant is overwritten. `First` pins its future in its own box, so moving that
+        // variant out (below) moves nothing pinned.
         let this = unsafe { self.get_unchecked_mut() };
-        loop {
-            match this {
-                Staged::First(first, then) => {
-                    let next = match first.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(next) => next,
-                    };
-                    match (next, then.take()) {
-                        (Next::Then(inputs), Some(then)) => *this = Staged::Second(then(inputs)),
-                        (Next::Done(r), _) => {
-                            *this = Staged::Ended;
-                            return Poll::Ready(r);
-                        }
-                        // `then` is taken only here, and the variant replaced at once
-                        (Next::Then(_), None) => {
-                            unreachable!("a staged future's second stage made twice")
-                        }
-                    }
+        if let Staged::First(first, _) = this {
+            let next = std::task::ready!(first.as_mut().poll(cx));
+            if let Staged::First(_, then) = std::mem::replace(this, Staged::Ended) {
+                match next {
+                    Next::Done(r) => return Poll::Ready(r),
+                    Next::Then(inputs) => *this = Staged::Second(then(inputs)),
                 }
-                Staged::Second(second) => {
-                    // SAFETY: see above; `second` stays where it is until dropped
-                    let r = std::task::ready!(unsafe { Pin::new_unchecked(second) }.poll(cx));
-                    *this = Staged::Ended;
-                    return Poll::Ready(r);
-                }
-                Staged::Ended => panic!("a staged future polled after it ended"),
             }
+        }
+        match this {
+            Staged::Second(second) => {
+                // SAFETY: see above; `second` stays where it is until dropped
+                let r = std::task::ready!(unsafe { Pin::new_unchecked(second) }.poll(cx));
+                *this = Staged::Ended;
+                Poll::Ready(r)
+            }
+            _ => panic!("a staged future polled after it ended"),
         }
     }
 }
