@@ -114,23 +114,6 @@ impl FastPath {
         FastPath { listener, pool_max }
     }
 
-    /// Serve the request whose head [`read_head`] read into `buf`.
-    pub async fn serve(
-        &self,
-        g: &mut Guarded,
-        conn: &mut Conn,
-        draining: bool,
-        buf: Vec<u8>,
-        shutdown: &ShutdownWatch,
-    ) -> Outcome {
-        if let Err(reason) = engine::listener(&self.listener) {
-            fell_back(reason);
-            g.unread(&buf);
-            return Outcome::Fallback;
-        }
-        self.request(g, conn, draining, &buf, shutdown).await
-    }
-
     /// Everything about a request that needs its parsed header fields, decided without
     /// awaiting (so the parse's field array never lives in the connection's future).
     fn plan<'a>(&'a self, buf: &'a [u8], conn: &mut Conn, draining: bool) -> Plan<'a> {
@@ -471,14 +454,24 @@ impl FastPath {
         }
     }
 
-    async fn request(
+    /// Serve the request whose head [`read_head`] read into `buf`.
+    ///
+    /// One async fn, not a wrapper awaiting another: an awaited callee's future is made and
+    /// then copied into its caller's state, here 3.4 KB per request.
+    pub async fn serve(
         &self,
         g: &mut Guarded,
         conn: &mut Conn,
         draining: bool,
-        buf: &[u8],
+        buf: Vec<u8>,
         shutdown: &ShutdownWatch,
     ) -> Outcome {
+        if let Err(reason) = engine::listener(&self.listener) {
+            fell_back(reason);
+            g.unread(&buf);
+            return Outcome::Fallback;
+        }
+        let buf = &buf[..];
         let mut obs = RequestObs::default();
         let plan = match self.plan(buf, conn, draining) {
             Plan::Fallback => Plan::Fallback,
