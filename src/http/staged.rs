@@ -18,6 +18,8 @@ pub enum Next<T, R> {
     Then(T),
 }
 
+/// The future [`staged`] makes: the first stage's box and the maker of the second, then the
+/// second stage itself.
 pub enum Staged<P, F, L> {
     First(Pin<Box<P>>, F),
     Second(L),
