@@ -6,7 +6,8 @@
 //! requests ([`mirror`]), the shared count of the per-IP rate limit ([`ratestore`]), and the
 //! etcd client the fleet configuration is watched with ([`etcd`]), and the time limit on
 //! I/O that arms a timer only when the I/O has to wait ([`deadline`]), and the TCP options set
-//! on listeners and connections ([`sockopt`]), and the open-file limit ([`fdlimit`]).
+//! on listeners and connections ([`sockopt`]), and the open-file limit ([`fdlimit`]), and
+//! the socket calls made without glibc's cancellation bracket ([`sys`]).
 
 pub mod connect;
 pub mod control;
@@ -25,6 +26,7 @@ pub mod respond;
 pub mod shard;
 pub mod sockopt;
 pub mod splice;
+pub mod sys;
 pub mod tls;
 pub mod tls_io;
 pub mod zerocopy;

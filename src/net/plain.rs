@@ -17,7 +17,7 @@
 use async_trait::async_trait;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
-use std::io::{IoSlice, Write};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
@@ -130,8 +130,8 @@ impl PlainTcp {
     /// connection's first request without asking: see [`PlainTcp::likely_has_data`].)
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.reg.get().is_none() && !self.drained.load(Relaxed) {
-            let mut one = [0u8; 1];
-            match self.sock.peek(&mut one) {
+            let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            match super::sys::recv(self.sock.as_raw_fd(), &mut one, libc::MSG_PEEK) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 // data, or EOF, or an error: the read that follows finds out which
                 r => return Poll::Ready(r.map(|_| ())),
@@ -226,7 +226,9 @@ impl PlainTcp {
 
     /// Write some of `data`, waiting for room in the send buffer.
     pub fn poll_send(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.poll_io(cx, true, data.len(), |mut s| s.write(data))
+        self.poll_io(cx, true, data.len(), |s| {
+            super::sys::send(s.as_raw_fd(), data, 0)
+        })
     }
 
     /// End the sending side (a FIN), as [`tokio::io::AsyncWriteExt::shutdown`] does.
@@ -257,24 +259,13 @@ pub(super) fn recv(
     buf: &mut ReadBuf<'_>,
     flags: libc::c_int,
 ) -> std::io::Result<usize> {
-    // SAFETY: recv writes at most `len` bytes into the unfilled (possibly uninitialised)
-    // part of the buffer, and the bytes it reports are then marked initialised and filled.
-    unsafe {
-        let unfilled = buf.unfilled_mut();
-        let n = libc::recv(
-            s.as_raw_fd(),
-            unfilled.as_mut_ptr().cast(),
-            unfilled.len(),
-            flags,
-        );
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let n = n as usize;
-        buf.assume_init(n);
-        buf.advance(n);
-        Ok(n)
-    }
+    // SAFETY: recv writes at most the unfilled part's length, never de-initialises, and the
+    // bytes it reports written are then marked initialised and filled.
+    let n = super::sys::recv(s.as_raw_fd(), unsafe { buf.unfilled_mut() }, flags)?;
+    // SAFETY: the kernel wrote the first `n` bytes of the unfilled part.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Ok(n)
 }
 
 impl tokio::io::AsyncRead for PlainTcp {
@@ -310,7 +301,9 @@ impl tokio::io::AsyncWrite for PlainTcp {
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let want = bufs.iter().map(|b| b.len()).sum();
-        self.poll_io(cx, true, want, |mut s| s.write_vectored(bufs))
+        self.poll_io(cx, true, want, |s| {
+            super::sys::send_vectored(s.as_raw_fd(), bufs)
+        })
     }
     fn is_write_vectored(&self) -> bool {
         true
@@ -391,19 +384,11 @@ pub fn accept(l: &impl AsRawFd) -> std::io::Result<(std::net::TcpStream, SocketA
     use std::os::fd::FromRawFd;
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: accept4 writes at most `len` bytes of address into `ss`.
-    let fd = unsafe {
-        libc::accept4(
-            l.as_raw_fd(),
-            (&mut ss as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = super::sys::accept4(
+        l.as_raw_fd(),
+        &mut ss,
+        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+    )?;
     // SAFETY: a new descriptor that nothing else owns.
     let s = unsafe { std::net::TcpStream::from_raw_fd(fd) };
     match peer(&ss) {

@@ -74,18 +74,9 @@ pub fn ack_now(fd: RawFd) -> bool {
 /// socket closed with them is reset, not closed with a FIN. `false` for an fd that is not
 /// a socket.
 pub fn has_unread(fd: RawFd) -> bool {
-    let mut b = 0u8;
-    // SAFETY: a one-byte, non-blocking peek into a local; on an fd that is not an open
-    // socket the call only fails.
-    let r = unsafe {
-        libc::recv(
-            fd,
-            (&mut b as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    r > 0
+    let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // on an fd that is not an open socket the call only fails
+    super::sys::recv(fd, &mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT).is_ok_and(|n| n > 0)
 }
 
 /// Linux reports TCP_QUICKACK as "not in delayed-ACK (ping-pong) mode".

@@ -7,7 +7,7 @@ use crate::http::fast::{Guarded, BODY_BUF};
 use crate::policy::answer::Failure as Why;
 use log::warn;
 use std::io::IoSlice;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 impl Exchange<'_> {
@@ -134,7 +134,8 @@ impl Exchange<'_> {
             b.clear();
             let n = self.read_client(g, b, BODY_BUF.min(left as usize)).await?;
             left -= n as u64;
-            if let Err((_, e)) = timed(self.pool.spec.write_timeout, up.write_all(b)).await {
+            let sent = crate::net::sys::send_all(up, b);
+            if let Err((_, e)) = timed(self.pool.spec.write_timeout, sent).await {
                 return Err(Failure::Answer(
                     Why::BadResponse,
                     format!("sending the request body: {e}"),
@@ -145,48 +146,21 @@ impl Exchange<'_> {
     }
 }
 
-/// Write all of `bufs` (empty ones skipped) with `writev`, as many times as the socket needs.
-async fn write_all_vectored(
-    up: &mut TcpStream,
-    mut bufs: &mut [IoSlice<'_>],
-) -> std::io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        let n = up.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
-    }
-    Ok(())
+/// Write all of `bufs` (empty ones skipped) in one `sendmsg`, or as many as the socket needs.
+async fn write_all_vectored(up: &mut TcpStream, bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    crate::net::sys::send_all_vectored(up, bufs).await
 }
 
 /// Write `a` then `b` with as few syscalls as the socket allows (one, usually).
-pub(super) async fn write_both(
-    up: &mut TcpStream,
-    mut a: &[u8],
-    mut b: &[u8],
-) -> std::io::Result<()> {
+pub(super) async fn write_both(up: &mut TcpStream, a: &[u8], b: &[u8]) -> std::io::Result<()> {
     if b.is_empty() {
-        // A bodiless request, most of them: `send` rather than `writev`, whose path (the
-        // iovec copied in, the file's write checks) cost about a percent of an HTTP/2
-        // request's CPU in the kernel profile (RESULTS.md, session 22).
-        return up.write_all(a).await;
+        // A bodiless request, most of them: `send` rather than a gathered write, whose path
+        // (the iovec copied in) cost about a percent of an HTTP/2 request's CPU in the
+        // kernel profile (RESULTS.md, session 22).
+        return crate::net::sys::send_all(up, a).await;
     }
-    while !a.is_empty() {
-        let bufs = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
-        let n = up.write_vectored(&bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        if n < a.len() {
-            a = &a[n..];
-        } else {
-            b = &b[n - a.len()..];
-            a = &[];
-        }
-    }
-    up.write_all(b).await
+    let mut bufs = [IoSlice::new(a), IoSlice::new(b)];
+    crate::net::sys::send_all_vectored(up, &mut bufs).await
 }
 
 /// One chunk of a body the proxy frames itself; nothing for an empty piece (an empty chunk

@@ -91,7 +91,7 @@ pub(super) async fn write_head_more(up: &TcpStream, mut a: &[u8]) -> std::io::Re
     while !a.is_empty() {
         up.writable().await?;
         let sent = up.try_io(tokio::io::Interest::WRITABLE, || {
-            socket2::SockRef::from(up).send_with_flags(a, libc::MSG_MORE)
+            crate::net::sys::send(std::os::fd::AsRawFd::as_raw_fd(up), a, libc::MSG_MORE)
         });
         match sent {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
