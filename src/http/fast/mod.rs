@@ -29,10 +29,12 @@ mod answer;
 pub(in crate::http) mod exchange;
 mod fuzz;
 mod h2;
+mod parse;
 mod read;
 pub(in crate::http) mod response;
 #[doc(hidden)]
 pub use fuzz::{fuzz_request, FuzzPlan};
+pub use parse::{agree_request, agree_response};
 pub use read::{read_head, read_now};
 #[doc(hidden)]
 pub use response::{fuzz_response, FuzzHead};
@@ -120,7 +122,7 @@ impl FastPath {
         let l = &*self.listener;
         let mut hdrs = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
-        let parsed = req.parse_with_uninit_headers(buf, &mut hdrs);
+        let parsed = parse::request(&mut req, buf, &mut hdrs);
         let mut t = HeadTraits::default();
         let head_len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,

@@ -57,9 +57,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     };
     let mut hdrs = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let n = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, rbuf, &mut hdrs)
-    {
+    let n = match super::parse::response(&mut resp, rbuf, &mut hdrs) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => {
