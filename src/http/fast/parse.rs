@@ -135,11 +135,11 @@ fn crlf(buf: &[u8], i: usize) -> bool {
 /// A slice of `buf` this pass has classed byte by byte as ASCII (TCHAR, TARGET or REASON),
 /// as text. Not `str::from_utf8`: as a call per name it cost more than the whole parse.
 #[inline(always)]
-fn ascii(b: &[u8]) -> Option<&str> {
+fn ascii(b: &[u8]) -> &str {
     debug_assert!(b.is_ascii());
     // SAFETY: every caller passes bytes whose class (TCHAR, TARGET, REASON) holds only
     // ASCII bytes, which are valid UTF-8 on their own.
-    Some(unsafe { std::str::from_utf8_unchecked(b) })
+    unsafe { std::str::from_utf8_unchecked(b) }
 }
 
 /// The fields from `i` to the empty line, into `hdrs`: their count and the head's end.
@@ -158,7 +158,7 @@ fn fields<'b>(
         if name_end == i || buf.get(name_end) != Some(&b':') {
             return None;
         }
-        let name = ascii(&buf[i..name_end])?;
+        let name = ascii(&buf[i..name_end]);
         let mut v = name_end + 1;
         while v < buf.len() && (buf[v] == b' ' || buf[v] == b'\t') {
             v += 1;
@@ -207,8 +207,8 @@ fn strict_request<'b>(buf: &'b [u8], hdrs: &mut [MaybeUninit<Header<'b>>]) -> Op
     }
     let (fields, len) = fields(buf, p + 11, hdrs)?;
     Some(Req {
-        method: ascii(&buf[..m])?,
-        path: ascii(&buf[m + 1..p])?,
+        method: ascii(&buf[..m]),
+        path: ascii(&buf[m + 1..p]),
         version,
         fields,
         len,
@@ -237,7 +237,7 @@ fn strict_response<'b>(buf: &'b [u8], hdrs: &mut [MaybeUninit<Header<'b>>]) -> O
         b'\r' => ("", 12),
         b' ' => {
             let e = run(buf, 13, REASON);
-            (ascii(&buf[13..e])?, e)
+            (ascii(&buf[13..e]), e)
         }
         _ => return None,
     };
