@@ -107,12 +107,17 @@ pub fn accept4(
     RawFd::try_from(n).map_err(|_| std::io::Error::other("descriptor out of range"))
 }
 
-/// Write all of `data` to a stream registered with tokio, by [`send`]: each call goes out at
-/// once while tokio last saw room in the send buffer, and waits for its word otherwise.
-pub async fn send_all(s: &tokio::net::TcpStream, mut data: &[u8]) -> std::io::Result<()> {
+/// Write all of `data` to a stream registered with tokio, by [`send`] with `flags`: each call
+/// goes out at once while tokio last saw room in the send buffer, and waits for its word
+/// otherwise.
+pub async fn send_all(
+    s: &tokio::net::TcpStream,
+    mut data: &[u8],
+    flags: libc::c_int,
+) -> std::io::Result<()> {
     let fd = s.as_raw_fd();
     while !data.is_empty() {
-        match s.try_io(tokio::io::Interest::WRITABLE, || send(fd, data, 0)) {
+        match s.try_io(tokio::io::Interest::WRITABLE, || send(fd, data, flags)) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => s.writable().await?,
@@ -254,7 +259,7 @@ mod tests {
             IoSlice::new(&b[..1_000_000]),
         ];
         send_all_vectored(&up, &mut parts).await.expect("vectored");
-        send_all(&up, &b[1_000_000..]).await.expect("send_all");
+        send_all(&up, &b[1_000_000..], 0).await.expect("send_all");
         drop(up);
         let got = reader.await.expect("reader");
         assert_eq!(got.len(), big.len());

@@ -109,7 +109,7 @@ impl Exchange<'_> {
             bufs.push(IoSlice::new(chunked::frame_tail(n, scan)));
             let sent = timed(
                 self.pool.spec.write_timeout,
-                write_all_vectored(up, &mut bufs),
+                crate::net::sys::send_all_vectored(up, &mut bufs),
             );
             if let Err((_, e)) = sent.await {
                 return Err(Failure::Answer(
@@ -134,7 +134,7 @@ impl Exchange<'_> {
             b.clear();
             let n = self.read_client(g, b, BODY_BUF.min(left as usize)).await?;
             left -= n as u64;
-            let sent = crate::net::sys::send_all(up, b);
+            let sent = crate::net::sys::send_all(up, b, 0);
             if let Err((_, e)) = timed(self.pool.spec.write_timeout, sent).await {
                 return Err(Failure::Answer(
                     Why::BadResponse,
@@ -146,18 +146,13 @@ impl Exchange<'_> {
     }
 }
 
-/// Write all of `bufs` (empty ones skipped) in one `sendmsg`, or as many as the socket needs.
-async fn write_all_vectored(up: &mut TcpStream, bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    crate::net::sys::send_all_vectored(up, bufs).await
-}
-
 /// Write `a` then `b` with as few syscalls as the socket allows (one, usually).
 pub(super) async fn write_both(up: &mut TcpStream, a: &[u8], b: &[u8]) -> std::io::Result<()> {
     if b.is_empty() {
         // A bodiless request, most of them: `send` rather than a gathered write, whose path
         // (the iovec copied in) cost about a percent of an HTTP/2 request's CPU in the
         // kernel profile (RESULTS.md, session 22).
-        return crate::net::sys::send_all(up, a).await;
+        return crate::net::sys::send_all(up, a, 0).await;
     }
     let mut bufs = [IoSlice::new(a), IoSlice::new(b)];
     crate::net::sys::send_all_vectored(up, &mut bufs).await

@@ -87,18 +87,6 @@ impl Exchange<'_> {
 /// Write a request head whose body follows by splice(2): MSG_MORE holds it in the socket
 /// until the body's first bytes join it, so the backend gets one segment, as it does when
 /// the head and the body's first piece go in one write.
-pub(super) async fn write_head_more(up: &TcpStream, mut a: &[u8]) -> std::io::Result<()> {
-    while !a.is_empty() {
-        up.writable().await?;
-        let sent = up.try_io(tokio::io::Interest::WRITABLE, || {
-            crate::net::sys::send(std::os::fd::AsRawFd::as_raw_fd(up), a, libc::MSG_MORE)
-        });
-        match sent {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => a = &a[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+pub(super) async fn write_head_more(up: &TcpStream, a: &[u8]) -> std::io::Result<()> {
+    crate::net::sys::send_all(up, a, libc::MSG_MORE).await
 }
