@@ -3,6 +3,7 @@
 
 use super::guard::Guarded;
 use crate::lifecycle::idle::IdleTimer;
+use crate::net::tls_io::{self, TlsIdle, TlsStream};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ pub(super) enum Idle {
 }
 
 /// Wait for the next request on an idle connection, holding no buffer: a plaintext socket
-/// accepted by [`crate::net::listen`] is waited on for readiness, and the request is then
+/// accepted by [`crate::net::listen`], bare or under TLS with nothing held by OpenSSL
+/// ([`tls_io::idle`]), is waited on for readiness, and the request is then
 /// read once, by whichever engine serves it, into its own buffer (a TLS stream holds a
 /// small one, see [`read_first`]).
 ///
@@ -31,8 +33,25 @@ pub(super) fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> 
         };
         return IdleWait::Plain(tcp, IdleTimer::new(wait));
     }
+    // A TLS stream over our socket waits on the socket too, when OpenSSL holds nothing.
+    match tls_idle(g) {
+        Some(TlsIdle::Held) => return IdleWait::Ready,
+        Some(TlsIdle::Socket(_)) => {
+            // asked again for the borrow this wait keeps (both only read the stream's state)
+            let Some(TlsIdle::Socket(tcp)) = tls_idle(g) else {
+                return IdleWait::Ready;
+            };
+            return IdleWait::Plain(tcp, IdleTimer::new(wait));
+        }
+        Some(TlsIdle::Read) | None => {}
+    }
     // Boxed: only these connections pay for the first read's buffer while idle.
     IdleWait::Read(Box::pin(read_first(g, wait)))
+}
+
+fn tls_idle(g: &Guarded) -> Option<TlsIdle<'_>> {
+    let s = g.inner().as_any().downcast_ref::<TlsStream>()?;
+    Some(tls_io::idle(s))
 }
 
 /// [`wait_for_request`]'s future, written out: an `async fn` would keep its arguments too.
@@ -57,9 +76,9 @@ impl std::future::Future for IdleWait<'_> {
     }
 }
 
-/// [`wait_for_request`] on a stream with no readiness of its own (a TLS stream, whose next
-/// bytes OpenSSL may hold already; Pingora's L4 stream, on listeners that read a PROXY
-/// header): what arrives is read here, a small first piece, and handed to the guard to be
+/// [`wait_for_request`] on a stream with no readiness of its own (Pingora's L4 stream, on
+/// listeners that read a PROXY header, bare or under TLS; a TLS stream that owes its peer
+/// the end of a handshake): what arrives is read here, a small first piece, and handed to the guard to be
 /// read again. An idle TLS connection so holds 128 bytes, not a request head's buffer
 /// (4 KiB) for as long as it idles.
 async fn read_first(g: &mut Guarded, wait: Duration) -> Idle {

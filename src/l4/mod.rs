@@ -280,8 +280,10 @@ pub fn start(
     // https listeners.
     let tls = crate::tls::listener_tls(t, crate::tls::Alpn::None)?;
     let store = tls.store.clone();
-    let app = crate::net::tls::TlsConn::new(&name, app, tls, accept::pre_tls(l));
-    if let Err(e) = start.accept(name, l.addr, app, false, l.defer_accept, stop) {
+    let pre = accept::pre_tls(l);
+    let lean = pre.is_none();
+    let app = crate::net::tls::TlsConn::new(&name, app, tls, pre);
+    if let Err(e) = start.accept(name, l.addr, app, lean, l.defer_accept, stop) {
         crate::tls::forget(&store);
         return Err(listen(e));
     }

@@ -325,6 +325,12 @@ impl pingora_core::protocols::UniqueID for PlainTcp {
 
 impl pingora_core::protocols::Ssl for PlainTcp {}
 
+impl AsRawFd for PlainTcp {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
 /// Peeking lets an `h2c: true` listener tell the HTTP/2 preface from an HTTP/1 request
 /// without consuming either.
 #[async_trait]

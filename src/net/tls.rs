@@ -13,7 +13,7 @@
 //! connection's own task (a slowloris on TLS holds a socket for at most that long; Pingora's
 //! listener allowed 60 s). Dropping the handshake's future closes the socket.
 
-use super::listen::{serve_reused, Accepted, ConnApp, ConnFuture};
+use super::listen::{serve_reused, Accepted, ConnApp, ConnFuture, PlainTcp};
 use crate::tls::ServerTls;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
@@ -62,28 +62,49 @@ impl<A: ConnApp> TlsConn<A> {
     }
 
     async fn steps(&self, s: Stream) -> Option<Stream> {
-        let Ok(mut l4) = s.into_any().downcast::<L4Stream>() else {
-            log::error!(
-                "{}: a TLS listener was handed a stream that is not TCP",
-                self.name
-            );
-            return None;
+        // Our plaintext socket, unless a pre-TLS step needs Pingora's L4 stream (the accept
+        // loop makes which, see `lean` in `crate::server`).
+        let any = s.into_any();
+        let sock = match any.downcast::<PlainTcp>() {
+            Ok(tcp) => Ok(tcp),
+            Err(any) => match any.downcast::<L4Stream>() {
+                Ok(l4) => Err(l4),
+                Err(_) => {
+                    log::error!(
+                        "{}: a TLS listener was handed a stream that is not TCP",
+                        self.name
+                    );
+                    return None;
+                }
+            },
         };
-        if let Some(pre) = &self.pre {
-            if let Err(e) = pre.process(&mut l4).await {
-                // the steps log what the operator needs (a bad PROXY header); a client that
-                // leaves before its ClientHello is not news
-                log::debug!("{}: before the TLS handshake: {e}", self.name);
+        let (mut io, peer) = match (sock, &self.pre) {
+            (Ok(tcp), None) => {
+                let peer = tcp.peer();
+                (super::tls_io::Gathered::new(*tcp), Some(peer))
+            }
+            (Ok(_), Some(_)) => {
+                log::error!("{}: a PROXY header is due, on a plain socket", self.name);
                 return None;
             }
-        }
-        // read before the handshake takes the stream (after a PROXY header, its source); the
-        // app reads it again from the digest's cache
-        let peer = l4
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+            (Err(mut l4), pre) => {
+                if let Some(pre) = pre {
+                    if let Err(e) = pre.process(&mut l4).await {
+                        // the steps log what the operator needs (a bad PROXY header); a
+                        // client that leaves before its ClientHello is not news
+                        log::debug!("{}: before the TLS handshake: {e}", self.name);
+                        return None;
+                    }
+                }
+                // read before the handshake takes the stream (after a PROXY header, its
+                // source); the app reads it again from the digest's cache
+                let peer = l4
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+                (super::tls_io::Gathered::new(*l4), peer)
+            }
+        };
         let who = || peer.map_or_else(|| "-".to_string(), |a| a.ip().to_string());
-        let mut io = super::tls_io::Gathered::new(*l4);
         // A handshake's first flight costs its thread a few hundred microseconds: it joins
         // the thread's line only once its ClientHello is in, so a silent connection holds up
         // nobody. That first read is the handshake's own.

@@ -26,8 +26,8 @@
 //! (an alert before a failed handshake closes the socket) is sent without waiting.
 
 use async_trait::async_trait;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{Peek, Shutdown, Ssl};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, IO};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -41,7 +41,10 @@ const READ_AHEAD: usize = 16 * 1024;
 
 #[derive(Debug)]
 pub struct Gathered {
-    inner: L4Stream,
+    /// The socket: our [`super::listen::PlainTcp`], or Pingora's L4 stream where a pre-TLS
+    /// step (a PROXY header) needs it.
+    inner: pingora_core::protocols::Stream,
+    fd: RawFd,
     /// Written by OpenSSL, not yet sent; empty (no allocation) between flushes.
     out: Vec<u8>,
     /// How much of `out` is sent already.
@@ -55,9 +58,10 @@ pub struct Gathered {
 }
 
 impl Gathered {
-    pub fn new(inner: L4Stream) -> Self {
+    pub fn new<S: IO + AsRawFd + 'static>(inner: S) -> Self {
         Gathered {
-            inner,
+            fd: inner.as_raw_fd(),
+            inner: Box::new(inner),
             out: Vec::new(),
             sent: 0,
             ahead: Default::default(),
@@ -112,18 +116,60 @@ impl Gathered {
     }
 }
 
+/// The TLS stream of our TLS listeners.
+pub type TlsStream = pingora_core::protocols::tls::SslStream<Gathered>;
+
+/// How an idle TLS connection waits for its next request ([`idle`]).
+pub enum TlsIdle<'a> {
+    /// Bytes are held already (by OpenSSL, or read ahead): the next read finds them.
+    Held,
+    /// Nothing held, nothing owed to the peer: wait on the socket's readiness, as on a
+    /// plaintext connection's, without a read through OpenSSL that can only find nothing.
+    Socket(&'a super::listen::PlainTcp),
+    /// Wait by reading: Pingora's L4 stream is under it (no readiness of its own), or a
+    /// flight the peer may be waiting for goes with the read.
+    Read,
+}
+
+/// How `s`, idle between requests, waits for the next. A read through OpenSSL that finds
+/// nothing costs about as much as one that decrypts a request (the record layer's calls,
+/// an error queue cleared before and read after, Pingora's wrappers): on a keep-alive
+/// connection that was one of the two reads of every request.
+pub fn idle(s: &TlsStream) -> TlsIdle<'_> {
+    let g = s.get_ref();
+    if !g.ahead.is_empty() || has_pending(s.ssl()) {
+        return TlsIdle::Held;
+    }
+    match g.inner.as_any().downcast_ref() {
+        Some(tcp) if !g.owed => TlsIdle::Socket(tcp),
+        _ => TlsIdle::Read,
+    }
+}
+
+/// Whether OpenSSL holds bytes of the connection, decrypted or not yet (read ahead).
+fn has_pending(ssl: &pingora_core::tls::ssl::SslRef) -> bool {
+    use foreign_types::ForeignTypeRef;
+    extern "C" {
+        // Not wrapped by openssl-sys; in libssl since 1.1.0.
+        fn SSL_has_pending(s: *const openssl_sys::SSL) -> libc::c_int;
+    }
+    // SAFETY: `ssl` is a live SSL object for as long as the borrow; the call only reads
+    // its record layer's state.
+    unsafe { SSL_has_pending(ssl.as_ptr()) == 1 }
+}
+
 impl Drop for Gathered {
     fn drop(&mut self) {
         if !self.owed || self.sent >= self.out.len() {
             return;
         }
-        use std::os::fd::AsRawFd;
         let rest = &self.out[self.sent..];
-        // SAFETY: a send from a live buffer on the stream's own open descriptor; it does not
-        // wait, and what does not fit is dropped with the connection.
+        // SAFETY: a send from a live buffer on the stream's own open descriptor (`inner`
+        // is dropped after this); it does not wait, and what does not fit is dropped with
+        // the connection.
         unsafe {
             libc::send(
-                self.inner.as_raw_fd(),
+                self.fd,
                 rest.as_ptr().cast(),
                 rest.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -215,68 +261,80 @@ crate::passthrough_digests!(Gathered, inner);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_core::protocols::l4::stream::Stream as L4Stream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn pair() -> (Gathered, tokio::net::TcpStream) {
+    /// A Gathered over our plaintext socket (`plain`) or Pingora's L4 stream, and its peer.
+    async fn pair(plain: bool) -> (Gathered, tokio::net::TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
             .await
             .unwrap();
-        let (server, _) = l.accept().await.unwrap();
-        (Gathered::new(L4Stream::from(server)), client)
+        let (server, peer) = l.accept().await.unwrap();
+        let g = match plain {
+            true => Gathered::new(crate::net::listen::PlainTcp::new(
+                server.into_std().unwrap(),
+                peer,
+            )),
+            false => Gathered::new(L4Stream::from(server)),
+        };
+        (g, client)
     }
 
     #[tokio::test]
     async fn writes_leave_together_at_the_flush_and_the_buffer_goes_with_them() {
-        let (mut g, mut peer) = pair().await;
-        g.handshake_done(true);
-        for record in [&b"hello"[..], b" tls", b" world"] {
-            g.write_all(record).await.unwrap();
+        for plain in [false, true] {
+            let (mut g, mut peer) = pair(plain).await;
+            g.handshake_done(true);
+            for record in [&b"hello"[..], b" tls", b" world"] {
+                g.write_all(record).await.unwrap();
+            }
+            let mut got = [0u8; 64];
+            let early = tokio::time::timeout(Duration::from_millis(100), peer.read(&mut got)).await;
+            assert!(early.is_err(), "bytes left before the flush: {early:?}");
+            g.flush().await.unwrap();
+            assert_eq!(g.out.capacity(), 0, "the buffer outlived the flush");
+            let mut want = b"hello tls world".to_vec();
+            let mut seen = Vec::new();
+            while seen.len() < want.len() {
+                let n = peer.read(&mut got).await.unwrap();
+                seen.extend_from_slice(&got[..n]);
+            }
+            assert_eq!(seen, want);
+            // a write as large as a record goes out at once, unbuffered
+            want = vec![7u8; GATHER_MAX];
+            g.write_all(&want).await.unwrap();
+            assert_eq!(g.out.capacity(), 0);
+            let mut seen = vec![0u8; GATHER_MAX];
+            peer.read_exact(&mut seen).await.unwrap();
+            assert_eq!(seen, want);
         }
-        let mut got = [0u8; 64];
-        let early = tokio::time::timeout(Duration::from_millis(100), peer.read(&mut got)).await;
-        assert!(early.is_err(), "bytes left before the flush: {early:?}");
-        g.flush().await.unwrap();
-        assert_eq!(g.out.capacity(), 0, "the buffer outlived the flush");
-        let mut want = b"hello tls world".to_vec();
-        let mut seen = Vec::new();
-        while seen.len() < want.len() {
-            let n = peer.read(&mut got).await.unwrap();
-            seen.extend_from_slice(&got[..n]);
-        }
-        assert_eq!(seen, want);
-        // a write as large as a record goes out at once, unbuffered
-        want = vec![7u8; GATHER_MAX];
-        g.write_all(&want).await.unwrap();
-        assert_eq!(g.out.capacity(), 0);
-        let mut seen = vec![0u8; GATHER_MAX];
-        peer.read_exact(&mut seen).await.unwrap();
-        assert_eq!(seen, want);
     }
 
     #[tokio::test]
     async fn small_reads_are_served_from_one_read() {
-        let (mut g, mut peer) = pair().await;
-        let sent: Vec<u8> = (0..100u8).collect();
-        peer.write_all(&sent).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut header = [0u8; 5];
-        g.read_exact(&mut header).await.unwrap();
-        assert_eq!(header[..], sent[..5]);
-        // the rest came with that one read: nothing is left in the socket
-        use std::os::fd::AsRawFd;
-        let mut queued: libc::c_int = -1;
-        // SAFETY: FIONREAD writes one int; the descriptor is the test's own open socket.
-        let r = unsafe { libc::ioctl(g.inner.as_raw_fd(), libc::FIONREAD, &mut queued) };
-        assert_eq!(
-            (r, queued),
-            (0, 0),
-            "bytes left in the socket after a 5-byte read"
-        );
-        let mut rest = vec![0u8; 95];
-        g.read_exact(&mut rest).await.unwrap();
-        assert_eq!(rest[..], sent[5..]);
-        assert_eq!(g.ahead.capacity(), 0, "the read buffer outlived its bytes");
+        for plain in [false, true] {
+            let (mut g, mut peer) = pair(plain).await;
+            let sent: Vec<u8> = (0..100u8).collect();
+            peer.write_all(&sent).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut header = [0u8; 5];
+            g.read_exact(&mut header).await.unwrap();
+            assert_eq!(header[..], sent[..5]);
+            // the rest came with that one read: nothing is left in the socket
+            let mut queued: libc::c_int = -1;
+            // SAFETY: FIONREAD writes one int; the descriptor is the test's own open socket.
+            let r = unsafe { libc::ioctl(g.fd, libc::FIONREAD, &mut queued) };
+            assert_eq!(
+                (r, queued),
+                (0, 0),
+                "bytes left in the socket after a 5-byte read"
+            );
+            let mut rest = vec![0u8; 95];
+            g.read_exact(&mut rest).await.unwrap();
+            assert_eq!(rest[..], sent[5..]);
+            assert_eq!(g.ahead.capacity(), 0, "the read buffer outlived its bytes");
+        }
     }
 
     async fn write_flushed(g: &mut Gathered, b: &[u8]) {
@@ -293,62 +351,68 @@ mod tests {
 
     #[tokio::test]
     async fn handshake_flushes_leave_when_a_read_waits_or_at_the_next_flush_after() {
-        let (mut g, mut peer) = pair().await;
-        // a flight flushed during the handshake waits ...
-        write_flushed(&mut g, b"flight").await;
-        assert_eq!(
-            arrives(&mut peer).await,
-            None,
-            "a handshake flush sent at once"
-        );
-        // ... until a read finds nothing to read: then it leaves, and the read waits
-        let mut b = [0u8; 5];
-        let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
-        assert!(read.is_err(), "the read did not wait: {read:?}");
-        assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"flight"[..]));
-        // the last flushes of a handshake (session tickets) go with the first flush after it
-        peer.write_all(b"hello").await.unwrap();
-        g.read_exact(&mut b).await.unwrap();
-        write_flushed(&mut g, b"ticket1").await;
-        write_flushed(&mut g, b"ticket2").await;
-        g.handshake_done(false);
-        assert_eq!(arrives(&mut peer).await, None, "tickets left on their own");
-        // not even when a read waits: no client waits for them
-        let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
-        assert!(read.is_err(), "the read did not wait: {read:?}");
-        assert_eq!(arrives(&mut peer).await, None, "tickets left for a read");
-        write_flushed(&mut g, b"response").await;
-        assert_eq!(
-            arrives(&mut peer).await.as_deref(),
-            Some(&b"ticket1ticket2response"[..]),
-            "not one send"
-        );
-        assert_eq!(g.out.capacity(), 0, "the buffer outlived the flush");
-        // after the handshake a flush sends at once
-        write_flushed(&mut g, b"more").await;
-        assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"more"[..]));
+        for plain in [false, true] {
+            let (mut g, mut peer) = pair(plain).await;
+            // a flight flushed during the handshake waits ...
+            write_flushed(&mut g, b"flight").await;
+            assert_eq!(
+                arrives(&mut peer).await,
+                None,
+                "a handshake flush sent at once"
+            );
+            // ... until a read finds nothing to read: then it leaves, and the read waits
+            let mut b = [0u8; 5];
+            let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
+            assert!(read.is_err(), "the read did not wait: {read:?}");
+            assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"flight"[..]));
+            // the last flushes of a handshake (session tickets) go with the first flush after it
+            peer.write_all(b"hello").await.unwrap();
+            g.read_exact(&mut b).await.unwrap();
+            write_flushed(&mut g, b"ticket1").await;
+            write_flushed(&mut g, b"ticket2").await;
+            g.handshake_done(false);
+            assert_eq!(arrives(&mut peer).await, None, "tickets left on their own");
+            // not even when a read waits: no client waits for them
+            let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
+            assert!(read.is_err(), "the read did not wait: {read:?}");
+            assert_eq!(arrives(&mut peer).await, None, "tickets left for a read");
+            write_flushed(&mut g, b"response").await;
+            assert_eq!(
+                arrives(&mut peer).await.as_deref(),
+                Some(&b"ticket1ticket2response"[..]),
+                "not one send"
+            );
+            assert_eq!(g.out.capacity(), 0, "the buffer outlived the flush");
+            // after the handshake a flush sends at once
+            write_flushed(&mut g, b"more").await;
+            assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"more"[..]));
+        }
     }
 
     #[tokio::test]
     async fn a_last_flight_the_peer_waits_for_leaves_when_a_read_waits() {
-        let (mut g, mut peer) = pair().await;
-        write_flushed(&mut g, b"finished").await;
-        g.handshake_done(true);
-        assert_eq!(arrives(&mut peer).await, None);
-        let mut b = [0u8; 5];
-        let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
-        assert!(read.is_err(), "the read did not wait: {read:?}");
-        assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"finished"[..]));
+        for plain in [false, true] {
+            let (mut g, mut peer) = pair(plain).await;
+            write_flushed(&mut g, b"finished").await;
+            g.handshake_done(true);
+            assert_eq!(arrives(&mut peer).await, None);
+            let mut b = [0u8; 5];
+            let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
+            assert!(read.is_err(), "the read did not wait: {read:?}");
+            assert_eq!(arrives(&mut peer).await.as_deref(), Some(&b"finished"[..]));
+        }
     }
 
     #[tokio::test]
     async fn what_is_owed_is_sent_when_the_stream_is_dropped() {
-        let (mut g, mut peer) = pair().await;
-        write_flushed(&mut g, b"alert").await;
-        drop(g);
-        let mut got = Vec::new();
-        peer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"alert");
+        for plain in [false, true] {
+            let (mut g, mut peer) = pair(plain).await;
+            write_flushed(&mut g, b"alert").await;
+            drop(g);
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"alert");
+        }
     }
 
     use std::time::Duration;

@@ -252,8 +252,11 @@ fn start_http(
     // TLS reads a PROXY header before the handshake (a pre-TLS step).
     let tls = crate::tls::listener_tls(t, crate::tls::Alpn::Http)?;
     let store = tls.store.clone();
-    let app = crate::net::tls::TlsConn::new(&name, app, tls, crate::l4::accept::pre_tls(l));
-    if let Err(e) = start.accept(name, l.addr, app, false, l.defer_accept, stop) {
+    // Our own plaintext socket under OpenSSL, unless a PROXY header needs Pingora's stream.
+    let pre = crate::l4::accept::pre_tls(l);
+    let lean = pre.is_none();
+    let app = crate::net::tls::TlsConn::new(&name, app, tls, pre);
+    if let Err(e) = start.accept(name, l.addr, app, lean, l.defer_accept, stop) {
         crate::tls::forget(&store);
         return Err(listen(e));
     }

@@ -1918,6 +1918,50 @@ async fn an_idle_tls_connection_holds_no_request_buffer_or_handshake_state() {
     }
 }
 
+/// Two requests in two TLS records that reach the proxy in one segment: its read takes both
+/// records into OpenSSL's buffer and returns the first request only. Between requests an
+/// idle TLS connection waits on its socket's readiness unless OpenSSL holds bytes, so the
+/// second request, already there, must be served without the client sending anything more
+/// (a wait on the socket alone would hang until the keep-alive timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_openssl_has_read_ahead_is_served_without_more_from_the_client() {
+    let (_origin, pki, proxy) = a_test_proxy("tls-held", 44, "").await;
+    let mut b = SslConnector::builder(SslMethod::tls_client()).expect("connector");
+    b.set_ca_file(&pki.ca_path).expect("ca");
+    b.set_alpn_protos(b"\x08http/1.1").expect("alpn");
+    let ssl = b
+        .build()
+        .configure()
+        .and_then(|c| c.into_ssl("a.test"))
+        .expect("ssl");
+    let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+    // what OpenSSL writes leaves at its flushes: both records in one send
+    let mut s = SslStream::new(ssl, tokio::io::BufWriter::new(tcp)).expect("stream");
+    Pin::new(&mut s).connect().await.expect("handshake");
+    // the connection is idle first: the pair arrives while it waits
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .expect("first record");
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("second record");
+    s.flush().await.expect("one send");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        read.is_ok(),
+        "the second request was not answered within 10 s; so far:\n{text}\n{}",
+        proxy.log()
+    );
+    assert_eq!(
+        text.matches("HTTP/1.1 200 ").count(),
+        2,
+        "two responses expected:\n{text}"
+    );
+}
+
 /// A client of our own for the ticket test: it keeps every session ticket it is sent.
 fn ticket_keeping_client(
     ca: &Path,
