@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod forward;

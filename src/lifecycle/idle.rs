@@ -36,7 +36,7 @@ const FIRED: u32 = u32::MAX - 2;
 
 struct Slot {
     waker: Option<Waker>,
-    /// Milliseconds since [`epoch`], truncated to 32 bits.
+    /// Milliseconds on the coarse clock ([`now_ms`]), truncated to 32 bits.
     deadline: u32,
     link: u32,
 }
@@ -108,7 +108,7 @@ static TABLE: [Mutex<Shard>; SHARDS] = [const {
 
 /// Set once idle connections must close (the process is going away).
 static CLOSING: AtomicBool = AtomicBool::new(false);
-/// The earliest deadline the sweeper will wake for (ms since [`epoch`]); lowered by a
+/// The earliest deadline the sweeper will wake for (ms on [`now_ms`]'s clock); lowered by a
 /// registration with an earlier one, which then wakes the sweeper.
 static NEXT: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Wakes the sweeper's wait, to look at [`NEXT`] again.
@@ -116,13 +116,10 @@ static KICK: Mutex<()> = Mutex::new(());
 static KICKED: Condvar = Condvar::new();
 static SWEEPER: Once = Once::new();
 
-fn epoch() -> Instant {
-    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *E.get_or_init(Instant::now)
-}
-
+/// Deadlines are on the coarse clock: an idle timer is registered once per request on a
+/// keep-alive connection, and a tick's precision is plenty for keep-alive timeouts.
 fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
+    crate::clock::coarse_ms()
 }
 
 fn lock(i: usize) -> MutexGuard<'static, Shard> {
@@ -220,7 +217,7 @@ fn sweep() {
 /// polled, or when idle connections close ([`close_all`]). Registered only when first
 /// polled, so a request already there costs no registration and no clock reading.
 pub struct IdleTimer {
-    /// The wait in ms until registered, then the deadline (ms since [`epoch`]).
+    /// The wait in ms until registered, then the deadline (ms on [`now_ms`]'s clock).
     deadline: u64,
     /// `(shard, slot)` once registered.
     shard: u16,
@@ -248,7 +245,8 @@ impl IdleTimer {
             if self.deadline == 0 {
                 return Poll::Ready(());
             }
-            self.deadline += now_ms();
+            // a step more: the coarse reading may lag, and a wait never ends early
+            self.deadline += now_ms() + crate::clock::coarse_step_ms();
             SWEEPER.call_once(|| {
                 let spawned = std::thread::Builder::new()
                     .name("idle-sweeper".into())

@@ -23,17 +23,19 @@
 //! oldest when full. The sweeper task holds its thread's pool by reference, so it sweeps the
 //! right pool whichever worker runs it (a work-stealing runtime may move it).
 
+use crate::clock::coarse_ms;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpStream;
 
 struct IdleConn {
     stream: TcpStream,
-    since: Instant,
-    /// How long this connection may stay idle (its upstream's `idle_timeout`).
-    max_idle: Duration,
+    /// When it went idle, on the coarse clock (ms).
+    since: u64,
+    /// How long this connection may stay idle, ms (its upstream's `idle_timeout`).
+    max_idle: u64,
 }
 
 #[derive(Default)]
@@ -41,7 +43,7 @@ struct ThreadPool {
     by_addr: HashMap<SocketAddr, Vec<IdleConn>, ahash::RandomState>,
     /// Idle connections in all lists.
     total: usize,
-    last_sweep: Option<Instant>,
+    last_sweep: Option<u64>,
     sweeper: bool,
     /// In [`ALL`] already.
     listed: bool,
@@ -81,12 +83,12 @@ fn still_open(s: &TcpStream) -> bool {
 pub fn checkout(addr: SocketAddr) -> Option<TcpStream> {
     POOL.with(|p| {
         let mut p = lock(p);
-        let now = Instant::now();
+        let now = coarse_ms();
         let p = &mut *p;
         let list = p.by_addr.get_mut(&addr)?;
         while let Some(c) = list.pop() {
             p.total -= 1;
-            if now.duration_since(c.since) < c.max_idle && still_open(&c.stream) {
+            if fresh(&c, now) && still_open(&c.stream) {
                 return Some(c.stream);
             }
         }
@@ -95,12 +97,13 @@ pub fn checkout(addr: SocketAddr) -> Option<TcpStream> {
 }
 
 /// Keep `stream` for the next request to `addr`, up to `max` idle connections in this
-/// thread's pool. `now`: a recent reading of the clock (the start of the request the
-/// connection served will do: a stamp that early only retires the connection sooner).
-pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usize, now: Instant) {
+/// thread's pool. Ages are on the coarse clock ([`crate::clock`]): a connection may be
+/// kept up to a tick (1-10 ms) past its `max_idle`, well inside any backend's own timeout.
+pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usize) {
     if max == 0 {
         return;
     }
+    let now = coarse_ms();
     let sweeper = POOL.with(|shared| {
         let mut p = lock(shared);
         if !std::mem::replace(&mut p.listed, true) {
@@ -109,7 +112,7 @@ pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usi
                 .push(Arc::downgrade(shared));
         }
         if p.last_sweep
-            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+            .is_none_or(|t| now.saturating_sub(t) >= SWEEP_EVERY.as_millis() as u64)
         {
             p.last_sweep = Some(now);
             sweep(&mut p, now);
@@ -120,7 +123,7 @@ pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usi
         p.by_addr.entry(addr).or_default().push(IdleConn {
             stream,
             since: now,
-            max_idle,
+            max_idle: max_idle.as_millis().min(u64::MAX as u128) as u64,
         });
         p.total += 1;
         (!std::mem::replace(&mut p.sweeper, true)).then(|| shared.clone())
@@ -131,7 +134,7 @@ pub fn checkin(addr: SocketAddr, stream: TcpStream, max_idle: Duration, max: usi
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
                 let mut p = lock(&shared);
-                let now = Instant::now();
+                let now = coarse_ms();
                 p.last_sweep = Some(now);
                 sweep(&mut p, now);
                 if p.by_addr.is_empty() {
@@ -193,10 +196,15 @@ fn evict_oldest(p: &mut ThreadPool, addr: SocketAddr) {
     }
 }
 
-fn sweep(p: &mut ThreadPool, now: Instant) {
+/// Whether `c` has been idle less than its `max_idle` at `now` (coarse ms).
+fn fresh(c: &IdleConn, now: u64) -> bool {
+    now.saturating_sub(c.since) < c.max_idle
+}
+
+fn sweep(p: &mut ThreadPool, now: u64) {
     let mut total = 0;
     p.by_addr.retain(|_, list| {
-        list.retain(|c| now.duration_since(c.since) < c.max_idle && still_open(&c.stream));
+        list.retain(|c| fresh(c, now) && still_open(&c.stream));
         total += list.len();
         !list.is_empty()
     });

@@ -527,7 +527,6 @@ impl<'a> Exchange<'a> {
             up,
             self.pool.spec.idle_timeout,
             self.pool_max,
-            self.obs.started(),
         );
     }
 
