@@ -15,13 +15,14 @@ pub(super) enum Idle {
 
 /// Wait for the next request on an idle connection, holding no buffer: a plaintext socket
 /// accepted by [`crate::net::listen`], bare or under TLS with nothing held by OpenSSL
-/// ([`tls_io::idle`]), is waited on for readiness, and the request is then
-/// read once, by whichever engine serves it, into its own buffer (a TLS stream holds a
-/// small one, see [`read_first`]).
+/// ([`tls_io::idle`]), is waited on for readiness, and the request is then read once, by
+/// whichever engine serves it, into its own buffer (other streams hold a small one, see
+/// [`read_first`]).
 ///
 /// The wait is a few words of the connection's future: the socket's own readiness slot
 /// (no waiter of its own) and an [`IdleTimer`] for `wait` (the first request's
-/// `header_timeout`, later `keepalive_timeout`) and the process's closing of idle connections (not shutdown itself: a request may be on its way, see
+/// `header_timeout`, later `keepalive_timeout`) and the process's closing of idle
+/// connections (not shutdown itself: a request may be on its way, see
 /// [`crate::lifecycle::Draining`]).
 pub(super) fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> {
     if g.has_pending() {
@@ -78,9 +79,9 @@ impl std::future::Future for IdleWait<'_> {
 
 /// [`wait_for_request`] on a stream with no readiness of its own (Pingora's L4 stream, on
 /// listeners that read a PROXY header, bare or under TLS; a TLS stream that owes its peer
-/// the end of a handshake): what arrives is read here, a small first piece, and handed to the guard to be
-/// read again. An idle TLS connection so holds 128 bytes, not a request head's buffer
-/// (4 KiB) for as long as it idles.
+/// the end of a handshake): what arrives is read here, a small first piece, and handed to
+/// the guard to be read again. Such an idle connection so holds 128 bytes, not a request
+/// head's buffer (4 KiB) for as long as it idles.
 async fn read_first(g: &mut Guarded, wait: Duration) -> Idle {
     use tokio::io::AsyncReadExt;
     let mut first = [0u8; 128];

@@ -63,7 +63,7 @@ impl<A: ConnApp> TlsConn<A> {
 
     async fn steps(&self, s: Stream) -> Option<Stream> {
         // Our plaintext socket, unless a pre-TLS step needs Pingora's L4 stream (the accept
-        // loop makes which, see `lean` in `crate::server`).
+        // loop makes which, see `lean` where the server starts TLS listeners).
         let any = s.into_any();
         let sock = match any.downcast::<PlainTcp>() {
             Ok(tcp) => Ok(tcp),
