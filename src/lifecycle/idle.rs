@@ -259,7 +259,13 @@ impl IdleTimer {
             let shard = my_shard();
             self.slot = lock(shard).take(self.deadline as u32, cx.waker().clone());
             self.shard = shard as u16;
-            if NEXT.fetch_min(self.deadline, Ordering::SeqCst) > self.deadline {
+            // Most deadlines are later than the earliest the sweeper knows already: a read
+            // settles those and leaves NEXT's cache line shared between the cores; only an
+            // earlier deadline takes the line to write it (a `fetch_min` alone is a locked
+            // write on every registration, from every thread).
+            if NEXT.load(Ordering::SeqCst) > self.deadline
+                && NEXT.fetch_min(self.deadline, Ordering::SeqCst) > self.deadline
+            {
                 kick();
             }
             // a closing pass may have gone over this shard before the slot was taken
