@@ -34,44 +34,8 @@ pub enum Field {
     Other,
 }
 
-/// Classify a field name, case-insensitively; lengths first, so most names cost one compare.
-pub fn classify(name: &[u8]) -> Field {
-    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
-    match name.len() {
-        2 if is(b"te") => Field::HopByHop,
-        4 if is(b"host") => Field::Host,
-        4 if is(b"date") => Field::Date,
-        5 if is(b"range") => Field::NotForHit,
-        6 if is(b"cookie") => Field::Cookie,
-        6 if is(b"expect") => Field::Expect,
-        6 if is(b"pragma") => Field::NotForHit,
-        7 if is(b"referer") => Field::Referer,
-        7 if is(b"upgrade") => Field::Upgrade,
-        7 if is(b"trailer") => Field::HopByHop,
-        8 if is(b"if-match") || is(b"if-range") => Field::NotForHit,
-        10 if is(b"connection") => Field::Connection,
-        10 if is(b"keep-alive") => Field::HopByHop,
-        10 if is(b"user-agent") => Field::UserAgent,
-        12 if is(b"max-forwards") => Field::MaxForwards,
-        13 if is(b"cache-control") || is(b"if-none-match") || is(b"authorization") => {
-            Field::NotForHit
-        }
-        14 if is(b"content-length") => Field::ContentLength,
-        14 if is(b"http2-settings") => Field::Http2Settings,
-        15 if is(b"x-forwarded-for") => Field::XForwardedFor,
-        16 if is(b"proxy-connection") => Field::HopByHop,
-        16 if is(b"x-forwarded-host") => Field::XForwardedSet,
-        17 if is(b"transfer-encoding") => Field::TransferEncoding,
-        17 if is(b"x-forwarded-proto") => Field::XForwardedSet,
-        17 if is(b"if-modified-since") => Field::NotForHit,
-        18 if is(b"proxy-authenticate") => Field::HopByHop,
-        19 if is(b"proxy-authorization") => Field::HopByHop,
-        19 if is(b"if-unmodified-since") => Field::NotForHit,
-        // a plain loop: field names are short, and memchr's set-up cost more per call
-        _ if name.contains(&b'_') => Field::Underscored,
-        _ => Field::Other,
-    }
-}
+mod name;
+pub use name::classify;
 
 /// The comma-separated tokens of a field value, trimmed, empty ones skipped.
 pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
