@@ -107,6 +107,43 @@ pub fn accept4(
     RawFd::try_from(n).map_err(|_| std::io::Error::other("descriptor out of range"))
 }
 
+/// Read from a stream registered with tokio into `buf`'s spare capacity (64 bytes made if it
+/// has none, as tokio's `read_buf` does): the count, 0 at end of stream. By [`recv`], so a
+/// backend's answer is read without glibc's cancellation bracket, as a client's request is.
+///
+/// A read that fills less than it was offered leaves the socket drained, so tokio's word
+/// that it is readable is cleared with it (as `TcpStream::poll_read` does): the next read
+/// waits for readiness instead of making a `recv` that finds nothing.
+pub async fn recv_buf(s: &tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let fd = s.as_raw_fd();
+    if buf.len() == buf.capacity() {
+        buf.reserve(64);
+    }
+    loop {
+        std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
+        let spare = buf.spare_capacity_mut();
+        let offered = spare.len();
+        let mut short = None;
+        let got = s.try_io(tokio::io::Interest::READABLE, || {
+            let n = recv(fd, spare, 0)?;
+            if n > 0 && n < offered {
+                // reported as "would block" so that try_io clears the readiness
+                short = Some(n);
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match (got, short) {
+            (_, Some(n)) | (Ok(n), None) => n,
+            (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            (Err(e), None) => return Err(e),
+        };
+        // SAFETY: `recv` wrote the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+        return Ok(n);
+    }
+}
+
 /// Write all of `data` to a stream registered with tokio, by [`send`] with `flags`: each call
 /// goes out at once while tokio last saw room in the send buffer, and waits for its word
 /// otherwise.
@@ -264,5 +301,51 @@ mod tests {
         let got = reader.await.expect("reader");
         assert_eq!(got.len(), big.len());
         assert!(got == big, "bytes differ");
+    }
+
+    #[tokio::test]
+    async fn recv_buf_reads_after_a_short_read_cleared_readiness_and_sees_the_end() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let up = tokio::net::TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (mut peer, _) = l.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        peer.write_all(b"first").await.expect("write");
+        // a short read (5 of the 64 bytes offered) clears tokio's readiness
+        assert_eq!(recv_buf(&up, &mut buf).await.expect("first"), 5);
+        assert_eq!(buf, b"first");
+        // the next bytes must still wake the read: readiness comes back with them
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            peer.write_all(b" second").await.expect("write");
+            peer
+        });
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), recv_buf(&up, &mut buf))
+            .await
+            .expect("the second read was never woken")
+            .expect("second");
+        assert_eq!(n, 7);
+        assert_eq!(buf, b"first second");
+        // a full read: exactly the spare capacity offered, the rest on the next read
+        let mut peer = later.await.expect("writer");
+        let big = vec![7u8; 300];
+        peer.write_all(&big).await.expect("write");
+        let mut small = Vec::with_capacity(100);
+        let mut got = 0;
+        while got < 300 {
+            small.clear();
+            small.reserve_exact(100);
+            let want = small.capacity();
+            let n = recv_buf(&up, &mut small).await.expect("piece");
+            assert!(n > 0 && n <= want, "{n} of {want}");
+            got += n;
+        }
+        assert_eq!(got, 300);
+        drop(peer);
+        assert_eq!(recv_buf(&up, &mut buf).await.expect("end"), 0);
     }
 }

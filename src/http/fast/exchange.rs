@@ -10,6 +10,7 @@
 use super::response::{parse_response, Parsed, RespHead};
 use super::{write_flush, Guarded, Listener, BODY_BUF, RESP_BUF};
 use crate::net::connect;
+use crate::net::sys::recv_buf;
 use crate::observability::RequestObs;
 use crate::policy::answer::Failure as Why;
 use crate::policy::retry::{self, Cause};
@@ -20,7 +21,6 @@ use pingora_core::server::ShutdownWatch;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 mod body;
@@ -410,7 +410,7 @@ impl<'a> Exchange<'a> {
                     }
                     rbuf.reserve(rbuf.capacity());
                 }
-                let (cause, why) = match timed(self.try_timeout, up.read_buf(&mut rbuf)).await {
+                let (cause, why) = match timed(self.try_timeout, recv_buf(&up, &mut rbuf)).await {
                     Ok(0) => {
                         if !got_any && reused {
                             let e = std::io::ErrorKind::UnexpectedEof.into();

@@ -7,9 +7,10 @@ use super::body::push_chunk;
 use super::{timed, Exchange, Failure, SMALL_BODY};
 use crate::http::fast::response::{Framing, RespHead};
 use crate::http::fast::{write_flush, write_last, Guarded, BODY_BUF, RESP_BUF};
+use crate::net::sys::recv_buf;
 use crate::policy::answer::Failure as Why;
 use log::warn;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 impl Exchange<'_> {
@@ -39,7 +40,7 @@ impl Exchange<'_> {
             if n as usize <= SMALL_BODY && rbuf.len() < want {
                 rbuf.reserve(want - rbuf.len());
                 while rbuf.len() < want {
-                    match timed(self.try_timeout, up.read_buf(&mut rbuf)).await {
+                    match timed(self.try_timeout, recv_buf(&up, &mut rbuf)).await {
                         Ok(0) => {
                             return Err(Failure::Answer(
                                 Why::BadResponse,
@@ -293,7 +294,7 @@ impl Exchange<'_> {
         framing: Framing,
     ) -> Result<Option<usize>, Failure> {
         rbuf.clear();
-        match timed(self.try_timeout, up.read_buf(rbuf)).await {
+        match timed(self.try_timeout, recv_buf(up, rbuf)).await {
             Ok(0) if framing == Framing::Close => Ok(None),
             Ok(0) => {
                 warn!(
