@@ -13,7 +13,7 @@
 //! GOAWAY) once `keepalive_timeout` passes, as an idle HTTP/1 keep-alive connection is; after
 //! `keepalive_requests` streams it gets a GOAWAY, as nginx applies that limit to HTTP/2.
 
-use crate::lifecycle::idle::IdleTimer;
+use crate::lifecycle::idle::CoarseTimer;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pingora_core::apps::HttpServerApp;
 use pingora_core::protocols::http::v2::server::{self, H2Accept, HttpSession};
@@ -124,7 +124,7 @@ where
     let shut = watch.changed();
     tokio::pin!(shut);
     let mut streams = FuturesUnordered::new();
-    let mut idle: Option<IdleTimer> = None;
+    let mut idle: Option<CoarseTimer> = None;
     let mut rejected = 0usize;
     let (mut cancels, mut taken, mut flooded) = (0usize, 0usize, false);
     let mut left = limits.max_streams;
@@ -193,7 +193,7 @@ where
                 limits.idle
             };
             match idle
-                .get_or_insert_with(|| IdleTimer::new(wait))
+                .get_or_insert_with(|| CoarseTimer::idle(wait))
                 .poll_expired(cx)
             {
                 Poll::Ready(()) => Poll::Ready(Step::Idle),

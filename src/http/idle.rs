@@ -2,7 +2,7 @@
 //! connection's future, since an idle connection spends its life here (issue 17).
 
 use super::guard::Guarded;
-use crate::lifecycle::idle::IdleTimer;
+use crate::lifecycle::idle::CoarseTimer;
 use crate::net::tls_io::{self, TlsIdle, TlsStream};
 use std::task::Poll;
 use std::time::Duration;
@@ -20,7 +20,7 @@ pub(super) enum Idle {
 /// [`read_first`]).
 ///
 /// The wait is a few words of the connection's future: the socket's own readiness slot
-/// (no waiter of its own) and an [`IdleTimer`] for `wait` (the first request's
+/// (no waiter of its own) and an [`CoarseTimer`] for `wait` (the first request's
 /// `header_timeout`, later `keepalive_timeout`) and the process's closing of idle
 /// connections (not shutdown itself: a request may be on its way, see
 /// [`crate::lifecycle::Draining`]).
@@ -32,7 +32,7 @@ pub(super) fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> 
         let Some(tcp) = g.inner().as_any().downcast_ref() else {
             return IdleWait::Ready;
         };
-        return IdleWait::Plain(tcp, IdleTimer::new(wait));
+        return IdleWait::Plain(tcp, CoarseTimer::idle(wait));
     }
     // A TLS stream over our socket waits on the socket too, when OpenSSL holds nothing.
     match tls_idle(g) {
@@ -42,7 +42,7 @@ pub(super) fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> 
             let Some(TlsIdle::Socket(tcp)) = tls_idle(g) else {
                 return IdleWait::Ready;
             };
-            return IdleWait::Plain(tcp, IdleTimer::new(wait));
+            return IdleWait::Plain(tcp, CoarseTimer::idle(wait));
         }
         Some(TlsIdle::Read) | None => {}
     }
@@ -58,7 +58,7 @@ fn tls_idle(g: &Guarded) -> Option<TlsIdle<'_>> {
 /// [`wait_for_request`]'s future, written out: an `async fn` would keep its arguments too.
 pub(super) enum IdleWait<'a> {
     Ready,
-    Plain(&'a crate::net::listen::PlainTcp, IdleTimer),
+    Plain(&'a crate::net::listen::PlainTcp, CoarseTimer),
     Read(std::pin::Pin<Box<dyn std::future::Future<Output = Idle> + Send + 'a>>),
 }
 
@@ -94,6 +94,6 @@ async fn read_first(g: &mut Guarded, wait: Duration) -> Idle {
                 Idle::Ready
             }
         },
-        _ = IdleTimer::new(wait) => Idle::Closed,
+        _ = CoarseTimer::idle(wait) => Idle::Closed,
     }
 }

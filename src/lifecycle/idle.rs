@@ -1,11 +1,17 @@
-//! Timeouts of idle keep-alive connections, without a timer per connection.
+//! Coarse timeouts without a tokio timer: idle keep-alive connections, and limits on I/O.
 //!
 //! A connection waiting for its next request used to hold a tokio `Sleep` (about 120 bytes
 //! of its future) and a wait on the process's "close idle connections" notice (about 100
-//! more), for as long as it stayed idle. Here it holds an [`IdleTimer`] of 16 bytes and, once
-//! it actually has to wait, a 24-byte slot in a shared table: its deadline and its waker. One
-//! thread ([`sweep`]) wakes the connections whose deadline passed, and all of them when the
-//! process closes its idle connections ([`close_all`], the end of the keep-alive linger).
+//! more), for as long as it stayed idle. Here it holds a [`CoarseTimer`] of 16 bytes and,
+//! once it actually has to wait, a 24-byte slot in a shared table: its deadline and its
+//! waker. One thread ([`sweep`]) wakes the connections whose deadline passed, and all idle
+//! ones when the process closes its idle connections ([`close_all`], the end of the
+//! keep-alive linger).
+//!
+//! The same table holds limits on single reads and writes ([`CoarseTimer::limit`], which
+//! `close_all` leaves alone): a proxied request waits for its backend's answer under one,
+//! and tokio's timer for that wait (the clock read, the wheel's insertion and removal under
+//! its lock) cost about 850 instructions per request, five per cent of a proxied GET.
 //!
 //! The table is split in shards, one per runtime thread (taken round robin), each behind its
 //! own mutex: a connection registers, polls and leaves on its own thread's shard, so the
@@ -24,6 +30,10 @@ const SHARDS: usize = 64;
 const CHUNK: usize = 512;
 /// The shortest time between two passes of the sweeper over the table.
 const MIN_PASS: Duration = Duration::from_millis(20);
+/// The longest the sweeper sleeps: a deadline this far ahead or more never has to wake it
+/// (with read limits of seconds and keep-alive timeouts of a minute, a registration whose
+/// deadline was earlier than every other one would otherwise wake it on every request).
+const LONGEST_SLEEP_MS: u64 = 1000;
 /// The longest wait a timer keeps: deadlines are kept as 32-bit milliseconds, compared
 /// with wrapping arithmetic, which holds for waits below 2^31 ms. A longer keep-alive
 /// timeout (over 12 days) is cut to this.
@@ -31,8 +41,15 @@ const MAX_WAIT_MS: u64 = 1 << 30;
 
 /// Slot links: a free slot holds the index of the next free one (or `END`).
 const END: u32 = u32::MAX;
+/// A waiting idle timer, which [`close_all`] fires.
 const WAITING: u32 = u32::MAX - 1;
 const FIRED: u32 = u32::MAX - 2;
+/// A waiting limit, which only its deadline fires.
+const WAITING_LIMIT: u32 = u32::MAX - 3;
+
+fn is_waiting(link: u32) -> bool {
+    link == WAITING || link == WAITING_LIMIT
+}
 
 struct Slot {
     waker: Option<Waker>,
@@ -54,7 +71,7 @@ impl Shard {
         &mut self.chunks[i / CHUNK][i % CHUNK]
     }
 
-    fn take(&mut self, deadline: u32, waker: Waker) -> u32 {
+    fn take(&mut self, deadline: u32, waker: Waker, state: u32) -> u32 {
         let i = match self.free {
             Some(i) => i,
             None => {
@@ -76,7 +93,7 @@ impl Shard {
         };
         let s = self.slot(i);
         let next = s.link;
-        s.link = WAITING;
+        s.link = state;
         s.deadline = deadline;
         s.waker = Some(waker);
         self.free = (next != END).then_some(next);
@@ -84,10 +101,33 @@ impl Shard {
         i
     }
 
+    /// Fire the timers whose deadline passed by `now`, and every idle one if `closing`,
+    /// their wakers into `woken`: the earliest deadline left (`u64::MAX` for none).
+    fn fire(&mut self, now: u64, closing: bool, woken: &mut Vec<Waker>) -> u64 {
+        let mut earliest = u64::MAX;
+        if self.waiting == 0 {
+            return earliest;
+        }
+        for s in self.chunks.iter_mut().flat_map(|c| c.iter_mut()) {
+            if !is_waiting(s.link) {
+                continue;
+            }
+            if (closing && s.link == WAITING) || expired(s.deadline, now) {
+                s.link = FIRED;
+                self.waiting -= 1;
+                woken.extend(s.waker.take());
+            } else {
+                let left = s.deadline.wrapping_sub(now as u32) as u64;
+                earliest = earliest.min(now + left);
+            }
+        }
+        earliest
+    }
+
     fn give_back(&mut self, i: u32) -> Option<Waker> {
         let free = self.free.unwrap_or(END);
         let s = self.slot(i);
-        let was_waiting = s.link == WAITING;
+        let was_waiting = is_waiting(s.link);
         s.link = free;
         let w = s.waker.take();
         if was_waiting {
@@ -164,31 +204,13 @@ fn sweep() {
         let mut earliest = u64::MAX;
         for i in 0..SHARDS {
             let mut shard = lock(i);
-            let Shard {
-                chunks, waiting, ..
-            } = &mut *shard;
-            if *waiting == 0 {
-                continue;
-            }
-            for s in chunks.iter_mut().flat_map(|c| c.iter_mut()) {
-                if s.link != WAITING {
-                    continue;
-                }
-                if closing || expired(s.deadline, now) {
-                    s.link = FIRED;
-                    *waiting -= 1;
-                    woken.extend(s.waker.take());
-                } else {
-                    let left = s.deadline.wrapping_sub(now as u32) as u64;
-                    earliest = earliest.min(now + left);
-                }
-            }
+            earliest = earliest.min(shard.fire(now, closing, &mut woken));
             drop(shard);
             for w in woken.drain(..) {
                 w.wake();
             }
         }
-        NEXT.fetch_min(earliest, Ordering::SeqCst);
+        NEXT.fetch_min(earliest.min(now + LONGEST_SLEEP_MS), Ordering::SeqCst);
         // NEXT is read under KICK's lock, which `kick` takes after lowering it: a lowering
         // either is seen here or wakes the wait below.
         let mut k = KICK.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,10 +219,7 @@ fn sweep() {
                 break;
             }
             let next = NEXT.load(Ordering::SeqCst);
-            let due = match next {
-                u64::MAX => Duration::from_secs(3600),
-                n => Duration::from_millis(n.saturating_sub(now_ms())),
-            };
+            let due = Duration::from_millis(next.saturating_sub(now_ms()).min(LONGEST_SLEEP_MS));
             let due = due.max(MIN_PASS.saturating_sub(passed.elapsed()));
             if due.is_zero() {
                 break;
@@ -213,32 +232,51 @@ fn sweep() {
     }
 }
 
-/// The keep-alive wait of one connection: ready once `wait` has passed since it was first
-/// polled, or when idle connections close ([`close_all`]). Registered only when first
-/// polled, so a request already there costs no registration and no clock reading.
-pub struct IdleTimer {
+/// A wait of one connection: ready once its time has passed since it was first polled (a
+/// coarse clock's step and a sweeper's pass late at most), and an idle one also when idle
+/// connections close ([`close_all`]). Registered only when first polled, so a request
+/// already there costs no registration and no clock reading.
+pub struct CoarseTimer {
     /// The wait in ms until registered, then the deadline (ms on [`now_ms`]'s clock).
     deadline: u64,
     /// `(shard, slot)` once registered.
     shard: u16,
     slot: u32,
+    /// A limit, not an idle wait.
+    limit: bool,
 }
 
 const UNREGISTERED: u32 = u32::MAX;
 
-impl IdleTimer {
-    pub fn new(wait: Duration) -> IdleTimer {
+impl CoarseTimer {
+    /// The keep-alive wait of an idle connection, which also ends when idle connections
+    /// close.
+    pub fn idle(wait: Duration) -> CoarseTimer {
+        CoarseTimer::new(wait, false)
+    }
+
+    /// A limit on a wait for I/O, which only its time ends.
+    pub fn limit(wait: Duration) -> CoarseTimer {
+        CoarseTimer::new(wait, true)
+    }
+
+    fn new(wait: Duration, limit: bool) -> CoarseTimer {
         let wait = (wait.as_millis() as u64).min(MAX_WAIT_MS);
-        IdleTimer {
+        CoarseTimer {
             deadline: wait,
             shard: 0,
             slot: UNREGISTERED,
+            limit,
         }
     }
 
-    /// `Ready` once the wait is over (or idle connections are closing).
+    fn closing(&self, order: Ordering) -> bool {
+        !self.limit && CLOSING.load(order)
+    }
+
+    /// `Ready` once the wait is over (or, for an idle wait, idle connections are closing).
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if CLOSING.load(Ordering::Relaxed) {
+        if self.closing(Ordering::Relaxed) {
             return Poll::Ready(());
         }
         if self.slot == UNREGISTERED {
@@ -257,7 +295,8 @@ impl IdleTimer {
                 }
             });
             let shard = my_shard();
-            self.slot = lock(shard).take(self.deadline as u32, cx.waker().clone());
+            let state = if self.limit { WAITING_LIMIT } else { WAITING };
+            self.slot = lock(shard).take(self.deadline as u32, cx.waker().clone(), state);
             self.shard = shard as u16;
             // Most deadlines are later than the earliest the sweeper knows already: a read
             // settles those and leaves NEXT's cache line shared between the cores; only an
@@ -269,7 +308,7 @@ impl IdleTimer {
                 kick();
             }
             // a closing pass may have gone over this shard before the slot was taken
-            if CLOSING.load(Ordering::SeqCst) {
+            if self.closing(Ordering::SeqCst) {
                 return Poll::Ready(());
             }
             return Poll::Pending;
@@ -287,14 +326,14 @@ impl IdleTimer {
     }
 }
 
-impl std::future::Future for IdleTimer {
+impl std::future::Future for CoarseTimer {
     type Output = ();
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         self.get_mut().poll_expired(cx)
     }
 }
 
-impl Drop for IdleTimer {
+impl Drop for CoarseTimer {
     fn drop(&mut self) {
         if self.slot != UNREGISTERED {
             let w = lock(self.shard as usize).give_back(self.slot);
@@ -312,17 +351,35 @@ mod tests {
     fn slots_are_reused() {
         let mut s = Shard::default();
         let w = Waker::noop().clone();
-        let a = s.take(1, w.clone());
-        let b = s.take(2, w.clone());
+        let a = s.take(1, w.clone(), WAITING);
+        let b = s.take(2, w.clone(), WAITING_LIMIT);
         assert_ne!(a, b);
         assert_eq!(s.waiting, 2);
         s.give_back(a);
-        assert_eq!(s.take(3, w.clone()), a);
+        assert_eq!(s.take(3, w.clone(), WAITING), a);
         for _ in 0..CHUNK {
-            s.take(4, w.clone());
+            s.take(4, w.clone(), WAITING);
         }
         assert_eq!(s.chunks.len(), 2);
         assert_eq!(s.waiting, CHUNK + 2);
+    }
+
+    #[test]
+    fn closing_fires_idle_waits_and_leaves_limits_to_their_deadline() {
+        let mut s = Shard::default();
+        let w = Waker::noop().clone();
+        let idle = s.take(100, w.clone(), WAITING);
+        let limit = s.take(200, w.clone(), WAITING_LIMIT);
+        let mut woken = Vec::new();
+        assert_eq!(s.fire(50, false, &mut woken), 100);
+        assert!(woken.is_empty());
+        assert_eq!(s.fire(60, true, &mut woken), 200, "the limit is left");
+        assert_eq!(woken.len(), 1);
+        assert_eq!(s.slot(idle).link, FIRED);
+        assert_eq!(s.slot(limit).link, WAITING_LIMIT);
+        assert_eq!(s.fire(200, true, &mut woken), u64::MAX);
+        assert_eq!((woken.len(), s.waiting), (2, 0));
+        assert_eq!(s.slot(limit).link, FIRED);
     }
 
     #[test]
@@ -335,10 +392,10 @@ mod tests {
 
     #[tokio::test]
     async fn fires_after_its_wait() {
-        let t = IdleTimer::new(Duration::from_millis(30));
+        let t = CoarseTimer::idle(Duration::from_millis(30));
         assert_eq!(std::mem::size_of_val(&t), 16);
         t.await;
-        let far = IdleTimer::new(Duration::from_secs(3600));
+        let far = CoarseTimer::idle(Duration::from_secs(3600));
         let mut far = std::pin::pin!(far);
         let pending = std::future::poll_fn(|cx| Poll::Ready(far.as_mut().poll(cx).is_pending()));
         assert!(pending.await);

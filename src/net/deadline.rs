@@ -1,22 +1,31 @@
 //! A time limit on an I/O future that costs nothing when the future is ready at once.
 
+use crate::lifecycle::idle::CoarseTimer;
 use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-/// `f`'s output, or `None` when `d` passed first.
+/// `f`'s output, or `None` when `d` passed first (up to a coarse clock's step and a sweeper's
+/// pass later: these limits are seconds, never exact to the millisecond).
 ///
 /// Most writes and many reads on a busy connection complete on their first poll, and
-/// `tokio::time::timeout` reads the clock and looks up the timer driver before that poll
-/// (a fifth of the clock reads of a proxied GET). So `f` is polled once first, and the timer
-/// is armed only if it has to wait: the limit then counts from that first poll.
+/// arming a timer first would cost a clock read for nothing. So `f` is polled once first,
+/// and the limit is armed only if it has to wait: it then counts from that first poll. The
+/// limit is a [`CoarseTimer`], not tokio's timer: a proxied request waits under one for its
+/// backend's answer every time.
 pub async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
     let mut f = std::pin::pin!(f);
-    let first = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await;
-    match first {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => tokio::time::timeout(d, f).await.ok(),
-    }
+    let mut limit: Option<CoarseTimer> = None;
+    std::future::poll_fn(|cx| {
+        // the timer is made and looked at only when `f` is not ready: the wake-up is
+        // usually `f`'s
+        if let Poll::Ready(v) = f.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        let limit = limit.get_or_insert_with(|| CoarseTimer::limit(d));
+        limit.poll_expired(cx).map(|()| None)
+    })
+    .await
 }
 
 /// How far ahead the runtime's timer wheel always has a deadline (see [`tick_here`]).

@@ -56,7 +56,7 @@ pub async fn read_head(
                 tokio::select! {
                     biased;
                     r = g.read_buf(&mut buf) => r,
-                    _ = crate::lifecycle::idle::IdleTimer::new(wait) => return Err(Outcome::Close),
+                    _ = crate::lifecycle::idle::CoarseTimer::idle(wait) => return Err(Outcome::Close),
                 }
             }
             _ => g.read_buf(&mut buf).await,
