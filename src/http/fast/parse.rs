@@ -88,29 +88,75 @@ fn run(buf: &[u8], mut i: usize, bit: u8) -> usize {
 const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
 const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
 
-/// Whether any byte of `x` is below `n` (n ≤ 128). Exact as a yes or no: a borrow can mark
-/// a byte above one that is below `n`, never one when none is.
 #[inline(always)]
-fn any_below(x: u64, n: u8) -> bool {
-    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS != 0
+fn word(w: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(w);
+    u64::from_le_bytes(b)
 }
 
-/// Whether any byte of `x` is zero.
+/// Bit 7 of each byte of `x` (little-endian) below 0x20 or equal to 0x7f. The lowest mark
+/// is exact (a borrow marks only bytes above one that matched), so `trailing_zeros / 8` is
+/// the index of the first such byte.
 #[inline(always)]
-fn any_zero(x: u64) -> bool {
-    any_below(x, 1)
+fn control_marks(x: u64) -> u64 {
+    let below = x.wrapping_sub(ONES * 0x20) & !x;
+    let d = x ^ (ONES * 0x7f);
+    let del = d.wrapping_sub(ONES) & !d;
+    (below | del) & HIGHS
 }
 
-/// The end of the VALUE bytes from `i`, eight at a time while none is a control byte (the
-/// line's CR among them) or DEL, then one at a time: values are most of a head's bytes.
+/// Bit 7 of each byte of `x` that is an ASCII letter, digit or `-`, the bytes of nearly
+/// every field name; exact in every byte (no sum carries into the next byte).
+#[inline(always)]
+fn name_marks(x: u64) -> u64 {
+    let v = x & !HIGHS;
+    // the high bit of a byte of `v + k`: its low seven bits are at least 0x80 - k
+    let at_least = |v: u64, lo: u8| v + ONES * u64::from(0x80 - lo);
+    let above = |v: u64, hi: u8| v + ONES * u64::from(0x7f - hi);
+    // setting the case bit maps exactly the letters of both cases into 'a'..='z'
+    let l = v | (ONES * 0x20);
+    let letter = at_least(l, b'a') & !above(l, b'z');
+    let digit = at_least(v, b'0') & !above(v, b'9');
+    let d = v ^ (ONES * u64::from(b'-'));
+    let dash = !((d + !HIGHS) | d);
+    (letter | digit | dash) & !x & HIGHS
+}
+
+/// The end of the TCHAR bytes from `i` (a field name): eight at a time while all are
+/// letters, digits or `-`, then one at a time from the first byte that is not.
+#[inline(always)]
+fn name_end(buf: &[u8], mut i: usize) -> usize {
+    while let Some(w) = buf.get(i..i + 8) {
+        let other = !name_marks(word(w)) & HIGHS;
+        if other != 0 {
+            let j = i + (other.trailing_zeros() / 8) as usize;
+            // the colon after a name, nearly always; other name bytes go byte by byte
+            return if buf[j] == b':' {
+                j
+            } else {
+                run(buf, j, TCHAR)
+            };
+        }
+        i += 8;
+    }
+    run(buf, i, TCHAR)
+}
+
+/// The end of the VALUE bytes from `i`, eight at a time up to the first control byte (the
+/// line's CR, usually) or DEL, then one at a time from a tab: values are most of a head's
+/// bytes.
 #[inline(always)]
 fn value_end(buf: &[u8], mut i: usize) -> usize {
     while let Some(w) = buf.get(i..i + 8) {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        let x = u64::from_ne_bytes(b);
-        if any_below(x, 0x20) || any_zero(x ^ (ONES * 0x7f)) {
-            break;
+        let m = control_marks(word(w));
+        if m != 0 {
+            let j = i + (m.trailing_zeros() / 8) as usize;
+            return if buf[j] == b'\t' {
+                run(buf, j, VALUE)
+            } else {
+                j
+            };
         }
         i += 8;
     }
@@ -154,7 +200,7 @@ fn fields<'b>(
         if crlf(buf, i) {
             return Some((n, i + 2));
         }
-        let name_end = run(buf, i, TCHAR);
+        let name_end = name_end(buf, i);
         if name_end == i || buf.get(name_end) != Some(&b':') {
             return None;
         }
