@@ -440,8 +440,8 @@ impl Guarded {
     }
 
     /// Scan newly read head bytes; `Err((code, reason))` on a violation, else how many bytes
-    /// belong to the head. Limits work line by line (memchr), so their cost is per line, not
-    /// per byte; the strict checks run once per head.
+    /// belong to the head. Limits work line by line (a line end found 16 bytes at a time), so
+    /// their cost is per line, not per byte; the strict checks run once per head.
     fn scan(&mut self, data: &[u8]) -> Result<usize, (u16, &'static str)> {
         let mut pos = 0;
         // leading CRLFs before a request line are allowed by RFC 9112 and ignored here
@@ -460,7 +460,7 @@ impl Guarded {
             }
         };
         let base = pos;
-        for nl in memchr::memchr_iter(b'\n', &data[base..]).map(|i| i + base) {
+        while let Some(nl) = crate::policy::scan::find_byte(data, pos, b'\n') {
             let seg = nl - pos;
             let line = self.line_len + seg;
             let last = if seg > 0 { data[nl - 1] } else { self.last };

@@ -21,6 +21,9 @@
 //! one Host field, an HTTP/1.1 request without Host (RFC 9112 §3.2), and a `Connection`
 //! field nominating a field the proxy relies on (Host, framing, X-Forwarded-*).
 
+use super::fields::{self, Field};
+use super::scan;
+
 /// Why a head was refused: the status to answer and a reason for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
@@ -80,36 +83,6 @@ fn is_tchar(b: u8) -> bool {
     TCHAR[b as usize]
 }
 
-fn is_control(b: u8) -> bool {
-    b < 0x20 || b == 0x7f
-}
-
-/// Bit 7 of each byte of `w` (little-endian) that is below 0x20 or is 0x7f. The lowest mark
-/// is exact: the borrow of the subtraction can only mark bytes above one that already
-/// matched, so `trailing_zeros / 8` is the index of the first control byte.
-fn control_mask(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let below_space = w.wrapping_sub(0x20 * ONES) & !w & HIGHS;
-    let x = w ^ (0x7f * ONES);
-    let del = x.wrapping_sub(ONES) & !x & HIGHS;
-    below_space | del
-}
-
-/// The index of the first control byte in `rest` at or after `from`, eight bytes at a time
-/// (this scan was the proxy's top function per GET when it went byte by byte).
-fn next_control(rest: &[u8], mut from: usize) -> Option<usize> {
-    while let Some(w) = rest.get(from..).and_then(<[u8]>::first_chunk::<8>) {
-        let m = control_mask(u64::from_le_bytes(*w));
-        if m != 0 {
-            return Some(from + (m.trailing_zeros() / 8) as usize);
-        }
-        from += 8;
-    }
-    let tail = rest.get(from..)?;
-    tail.iter().position(|&b| is_control(b)).map(|p| from + p)
-}
-
 /// The first line of `rest` without its CRLF, and what follows it: a line ends only at
 /// CRLF; a bare CR or LF, NUL or another control byte (a tab only in the request line) is
 /// the reason to refuse.
@@ -117,7 +90,7 @@ fn split_line(rest: &[u8], request_line: bool) -> Result<(&[u8], &[u8]), &'stati
     const UNENDED: &str = "request head without a final line end";
     let mut from = 0;
     loop {
-        let i = next_control(rest, from).ok_or(UNENDED)?;
+        let i = scan::next_control(rest, from).ok_or(UNENDED)?;
         match rest[i] {
             b'\r' => {
                 return match rest.get(i + 1) {
@@ -208,15 +181,13 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
             return refuse("obs-fold (header line starting with whitespace)");
         }
         // a name is tchars up to the colon; anything else takes the slow path for its reason
-        let colon = match line.iter().position(|&b| !is_tchar(b)) {
-            Some(c) if c > 0 && line[c] == b':' => c,
+        let colon = match scan::name_end(line, 0, is_tchar) {
+            c if c > 0 && line.get(c) == Some(&b':') => c,
             _ => return refuse(name_refusal(line)),
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-        // lengths first, so a field the checks ignore costs one compare
-        match name.len() {
-            14 if is(b"content-length") => {
+        match fields::classify(name) {
+            Field::ContentLength => {
                 for v in value.split(|&b| b == b',') {
                     let v = v.trim_ascii();
                     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
@@ -236,20 +207,20 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
                     }
                 }
             }
-            17 if is(b"transfer-encoding") => {
+            Field::TransferEncoding => {
                 transfer_encoding += 1;
                 te_value = value;
             }
-            4 if is(b"host") => {
+            Field::Host => {
                 // RFC 9112 3.2: 400. The router reads the first, other servers the last.
                 if host.is_some() {
                     return refuse("several Host fields");
                 }
                 host = Some(value);
             }
-            7 if is(b"upgrade") => tunnel = true,
-            10 if is(b"connection") => {
-                for t in super::fields::tokens(value) {
+            Field::Upgrade => tunnel = true,
+            Field::Connection => {
+                for t in fields::tokens(value) {
                     if PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p)) {
                         return refuse("Connection nominates a field the proxy relies on");
                     }
@@ -346,31 +317,6 @@ mod tests {
         match check_head(&head(lines)) {
             Ok(_) => 200,
             Err(r) => r.status,
-        }
-    }
-
-    #[test]
-    fn word_scan_finds_the_first_control_byte() {
-        let first = |w: [u8; 8]| match control_mask(u64::from_le_bytes(w)) {
-            0 => None,
-            m => Some(m.trailing_zeros() as usize / 8),
-        };
-        for fill in [b'a', b' ', b'~', 0x80, 0xff] {
-            for b in 0..=255u8 {
-                for at in 0..8 {
-                    let mut w = [fill; 8];
-                    w[at] = b;
-                    let want = is_control(b).then_some(at);
-                    assert_eq!(first(w), want, "{b:#x} at {at} among {fill:#x}");
-                    // a second control byte after it does not move the first
-                    for later in at + 1..8 {
-                        let mut w2 = w;
-                        w2[later] = b'\r';
-                        let want = Some(if is_control(b) { at } else { later });
-                        assert_eq!(first(w2), want, "{b:#x} at {at}, CR at {later}");
-                    }
-                }
-            }
         }
     }
 

@@ -38,6 +38,7 @@ pub mod outlier;
 pub mod retry;
 pub mod route;
 mod route_index;
+pub mod scan;
 pub mod shortage;
 pub mod sticky;
 pub mod target;

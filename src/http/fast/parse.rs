@@ -15,6 +15,7 @@
 //! before. The test `agrees_with_httparse_on_every_head_it_takes` holds the two equal over
 //! generated and mutated heads.
 
+use crate::policy::scan;
 use httparse::Header;
 use std::mem::MaybeUninit;
 
@@ -85,82 +86,18 @@ fn run(buf: &[u8], mut i: usize, bit: u8) -> usize {
     i
 }
 
-const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-
-#[inline(always)]
-fn word(w: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(w);
-    u64::from_le_bytes(b)
-}
-
-/// Bit 7 of each byte of `x` (little-endian) below 0x20 or equal to 0x7f. The lowest mark
-/// is exact (a borrow marks only bytes above one that matched), so `trailing_zeros / 8` is
-/// the index of the first such byte.
-#[inline(always)]
-fn control_marks(x: u64) -> u64 {
-    let below = x.wrapping_sub(ONES * 0x20) & !x;
-    let d = x ^ (ONES * 0x7f);
-    let del = d.wrapping_sub(ONES) & !d;
-    (below | del) & HIGHS
-}
-
-/// Bit 7 of each byte of `x` that is an ASCII letter, digit or `-`, the bytes of nearly
-/// every field name; exact in every byte (no sum carries into the next byte).
-#[inline(always)]
-fn name_marks(x: u64) -> u64 {
-    let v = x & !HIGHS;
-    // the high bit of a byte of `v + k`: its low seven bits are at least 0x80 - k
-    let at_least = |v: u64, lo: u8| v + ONES * u64::from(0x80 - lo);
-    let above = |v: u64, hi: u8| v + ONES * u64::from(0x7f - hi);
-    // setting the case bit maps exactly the letters of both cases into 'a'..='z'
-    let l = v | (ONES * 0x20);
-    let letter = at_least(l, b'a') & !above(l, b'z');
-    let digit = at_least(v, b'0') & !above(v, b'9');
-    let d = v ^ (ONES * u64::from(b'-'));
-    let dash = !((d + !HIGHS) | d);
-    (letter | digit | dash) & !x & HIGHS
-}
-
-/// The end of the TCHAR bytes from `i` (a field name): eight at a time while all are
-/// letters, digits or `-`, then one at a time from the first byte that is not.
-#[inline(always)]
-fn name_end(buf: &[u8], mut i: usize) -> usize {
-    while let Some(w) = buf.get(i..i + 8) {
-        let other = !name_marks(word(w)) & HIGHS;
-        if other != 0 {
-            let j = i + (other.trailing_zeros() / 8) as usize;
-            // the colon after a name, nearly always; other name bytes go byte by byte
-            return if buf[j] == b':' {
-                j
-            } else {
-                run(buf, j, TCHAR)
-            };
-        }
-        i += 8;
-    }
-    run(buf, i, TCHAR)
-}
-
-/// The end of the VALUE bytes from `i`, eight at a time up to the first control byte (the
-/// line's CR, usually) or DEL, then one at a time from a tab: values are most of a head's
-/// bytes.
+/// The end of the VALUE bytes from `i`: the first control byte other than a tab (the line's
+/// CR, usually) or DEL, found many bytes at a time ([`scan::next_control`]): values are
+/// most of a head's bytes.
 #[inline(always)]
 fn value_end(buf: &[u8], mut i: usize) -> usize {
-    while let Some(w) = buf.get(i..i + 8) {
-        let m = control_marks(word(w));
-        if m != 0 {
-            let j = i + (m.trailing_zeros() / 8) as usize;
-            return if buf[j] == b'\t' {
-                run(buf, j, VALUE)
-            } else {
-                j
-            };
+    loop {
+        match scan::next_control(buf, i) {
+            Some(j) if buf[j] == b'\t' => i = j + 1,
+            Some(j) => return j,
+            None => return buf.len(),
         }
-        i += 8;
     }
-    run(buf, i, VALUE)
 }
 
 /// `HTTP/1.0` or `HTTP/1.1` at `i`: the minor version.
@@ -200,7 +137,7 @@ fn fields<'b>(
         if crlf(buf, i) {
             return Some((n, i + 2));
         }
-        let name_end = name_end(buf, i);
+        let name_end = scan::name_end(buf, i, |b| class(b) & TCHAR != 0);
         if name_end == i || buf.get(name_end) != Some(&b':') {
             return None;
         }
