@@ -17,5 +17,7 @@ pub mod policy;
 pub mod server;
 pub mod spin;
 pub mod striped;
+#[cfg(test)]
+mod testkit;
 pub mod tls;
 pub mod upstream;

@@ -271,15 +271,21 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
     }
 
-    #[tokio::test]
-    async fn send_all_delivers_everything_through_a_full_send_buffer() {
+    /// A connected pair of tokio streams on loopback: `(ours, the peer)`.
+    async fn tokio_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let up = tokio::net::TcpStream::connect(l.local_addr().expect("addr"))
             .await
             .expect("connect");
-        let (mut peer, _) = l.accept().await.expect("accept");
+        let (peer, _) = l.accept().await.expect("accept");
+        (up, peer)
+    }
+
+    #[tokio::test]
+    async fn send_all_delivers_everything_through_a_full_send_buffer() {
+        let (up, mut peer) = tokio_pair().await;
         // far more than a loopback socket buffers: the writes must wait for the reader
         let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
         let reader = tokio::spawn(async move {
@@ -306,13 +312,7 @@ mod tests {
     #[tokio::test]
     async fn recv_buf_reads_after_a_short_read_cleared_readiness_and_sees_the_end() {
         use tokio::io::AsyncWriteExt;
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let up = tokio::net::TcpStream::connect(l.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (mut peer, _) = l.accept().await.expect("accept");
+        let (up, mut peer) = tokio_pair().await;
         let mut buf = Vec::new();
         peer.write_all(b"first").await.expect("write");
         // a short read (5 of the 64 bytes offered) clears tokio's readiness

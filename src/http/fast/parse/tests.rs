@@ -1,4 +1,5 @@
 use super::*;
+use crate::testkit::Rng;
 
 const REQUESTS: &[&[u8]] = &[
     b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
@@ -75,21 +76,6 @@ fn heads_outside_the_strict_shape_get_httparse_answer() {
             "strict took {:?}",
             String::from_utf8_lossy(r)
         );
-    }
-}
-
-/// xorshift64*: reproducible inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
