@@ -36,7 +36,7 @@ const MIN_PASS: Duration = Duration::from_millis(20);
 const LONGEST_SLEEP_MS: u64 = 1000;
 /// The longest wait a timer keeps: deadlines are kept as 32-bit milliseconds, compared
 /// with wrapping arithmetic, which holds for waits below 2^31 ms. A longer keep-alive
-/// timeout (over 12 days) is cut to this.
+/// timeout or I/O limit (over 12 days) is cut to this.
 const MAX_WAIT_MS: u64 = 1 << 30;
 
 /// Slot links: a free slot holds the index of the next free one (or `END`).
