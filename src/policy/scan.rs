@@ -4,14 +4,26 @@
 //!
 //! Each scan gives exactly the index a byte-by-byte loop would (the tests hold them equal).
 
-const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+/// 0x01 in every byte of a word.
+pub const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+/// 0x80 (bit 7) in every byte of a word.
+pub const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
 
+/// Eight bytes as a word, the first in the lowest byte (so `trailing_zeros / 8` of a mark is
+/// its index). `w` must be 8 bytes long.
 #[inline(always)]
-fn word(w: &[u8]) -> u64 {
+pub fn word(w: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(w);
     u64::from_le_bytes(b)
+}
+
+/// Bit 7 of each byte of `x` equal to `b`. The lowest mark is exact (a borrow marks only
+/// bytes above one that matched), so `trailing_zeros / 8` is the index of the first.
+#[inline(always)]
+pub fn byte_marks(x: u64, b: u8) -> u64 {
+    let d = x ^ (ONES * u64::from(b));
+    d.wrapping_sub(ONES) & !d & HIGHS
 }
 
 /// A control byte as a head's lines see it: below 0x20 (CR, LF, NUL, tab among them) or DEL.
@@ -25,10 +37,8 @@ pub fn is_control(b: u8) -> bool {
 /// index of the first.
 #[inline(always)]
 pub fn control_marks(x: u64) -> u64 {
-    let below = x.wrapping_sub(ONES * 0x20) & !x;
-    let d = x ^ (ONES * 0x7f);
-    let del = d.wrapping_sub(ONES) & !d;
-    (below | del) & HIGHS
+    let below = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+    below | byte_marks(x, 0x7f)
 }
 
 /// The index of the first control byte of `buf` at or after `from`.
@@ -61,8 +71,7 @@ pub fn find_byte(buf: &[u8], mut from: usize, needle: u8) -> Option<usize> {
         }
     }
     while let Some(w) = buf.get(from..from + 8) {
-        let x = word(w) ^ (ONES * u64::from(needle));
-        let m = x.wrapping_sub(ONES) & !x & HIGHS;
+        let m = byte_marks(word(w), needle);
         if m != 0 {
             return Some(from + (m.trailing_zeros() / 8) as usize);
         }

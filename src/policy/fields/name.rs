@@ -10,24 +10,15 @@
 //! one compare per word. Longer names are none of the known ones.
 
 use super::Field;
+use crate::policy::scan::{byte_marks, word, HIGHS, ONES};
 
 /// The longest name the proxy knows (`proxy-authorization`, `if-unmodified-since`).
 const MAX: usize = 19;
-
-const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
 
 /// A name's words: `(first 8, last 8, middle 8)`, each present only as far as the name
 /// reaches (a name under 8 bytes is one zero-padded word).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Words(u64, u64, u64);
-
-#[inline(always)]
-fn load(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
 
 /// A name under 8 bytes as one word, zero-padded: two overlapping 4-byte loads from 4 bytes
 /// up (a copy of a variable length is a call to `memcpy`, which cost more than the rest).
@@ -62,20 +53,14 @@ fn lower(x: u64) -> u64 {
     x | (upper >> 2)
 }
 
-/// Whether any byte of `x` is zero (exact as a yes or no).
-#[inline(always)]
-fn any_zero(x: u64) -> bool {
-    x.wrapping_sub(ONES) & !x & HIGHS != 0
-}
-
 #[inline(always)]
 fn words(name: &[u8]) -> Words {
     let n = name.len();
     if n < 8 {
         return Words(lower(short(name)), 0, 0);
     }
-    let middle = if n > 16 { lower(load(name, 8)) } else { 0 };
-    Words(lower(load(name, 0)), lower(load(name, n - 8)), middle)
+    let middle = if n > 16 { lower(word(&name[8..16])) } else { 0 };
+    Words(lower(word(&name[..8])), lower(word(&name[n - 8..])), middle)
 }
 
 /// A known name's words, as [`words`] reads a name of its length (it is lower case).
@@ -169,12 +154,7 @@ pub fn classify(name: &[u8]) -> Field {
         19 if w == IF_UNMODIFIED_SINCE => Field::NotForHit,
         // the words cover every byte ('_' is not a letter, so lowering keeps it), and the
         // zero padding of a short name is not '_'
-        _ if [w.0, w.1, w.2]
-            .iter()
-            .any(|&x| any_zero(x ^ (ONES * u64::from(b'_')))) =>
-        {
-            Field::Underscored
-        }
+        _ if [w.0, w.1, w.2].iter().any(|&x| byte_marks(x, b'_') != 0) => Field::Underscored,
         _ => Field::Other,
     }
 }
