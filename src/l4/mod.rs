@@ -37,7 +37,7 @@ use pingora_core::server::ShutdownWatch;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -186,7 +186,8 @@ impl L4App {
                 .map_err(|e| format!("{client}: write to backend {}: {e}", pick.slot.label))?;
         }
 
-        let started = Instant::now();
+        // for the log line only: the coarse clock's step is precision enough
+        let started = crate::clock::coarse_ms();
         let ends = Ends {
             half_close: self.half_close,
             // the TLS writer owes a close_notify, which only its shutdown sends
@@ -213,7 +214,7 @@ impl L4App {
                 debug!(
                     "{}: {client} -> {label} closed after {:?}, {up} bytes up, {down} down",
                     self.name,
-                    started.elapsed()
+                    Duration::from_millis(crate::clock::coarse_ms().saturating_sub(started))
                 )
             }
             Splice::Idle => debug!(
@@ -234,7 +235,6 @@ impl crate::net::listen::ConnApp for L4App {}
 impl ServerApp for L4App {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let _open = crate::lifecycle::open_connection();
-        crate::net::deadline::tick_here();
         crate::net::serving_thread();
         let Some(_slot) = self.admit() else {
             warn!(
@@ -363,21 +363,26 @@ async fn connect(
 /// read (to replay to the backend) and the SNI.
 async fn read_client_hello(io: &mut Stream) -> Result<(Vec<u8>, Option<String>), String> {
     let mut buf = Vec::with_capacity(2048);
+    // Read into `buf` itself: a chunk array on the stack here would be part of every L4
+    // connection's future (and of the copy that boxes it), SNI routing or not.
     let read = async {
-        let mut chunk = [0u8; 4096];
         loop {
             match sni::parse_client_hello(&buf) {
                 Ok(sni::Hello::Done(name)) => return Ok(name),
                 Ok(sni::Hello::Incomplete) => {}
                 Err(e) => return Err(format!("malformed ClientHello: {e}")),
             }
-            let room = CLIENT_HELLO_MAX.saturating_sub(buf.len()).min(chunk.len());
+            let room = CLIENT_HELLO_MAX.saturating_sub(buf.len()).min(4096);
             if room == 0 {
                 return Err(format!("ClientHello larger than {CLIENT_HELLO_MAX} bytes"));
             }
-            match io.read(&mut chunk[..room]).await {
+            let at = buf.len();
+            buf.resize(at + room, 0);
+            let read = io.read(&mut buf[at..]).await;
+            buf.truncate(at + *read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => return Err("closed before the ClientHello was complete".into()),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(e) => return Err(format!("reading the ClientHello: {e}")),
             }
         }

@@ -37,14 +37,18 @@ pub async fn backend(
 ) -> Result<(TcpStream, bool), Error> {
     let mut shortage: Option<crate::policy::shortage::Shortage> = None;
     loop {
-        let e = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
+        // A coarse limit, not tokio's timer: a connect always waits (its first poll only
+        // starts it), and the timer wheel's insertion and removal were a visible part of a
+        // short connection's cost. Connect timeouts are seconds; this one may end a coarse
+        // clock's step and a sweeper's pass late.
+        let e = match super::deadline::within(timeout, TcpStream::connect(addr)).await {
+            Some(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Ok((s, false));
             }
-            Ok(Err(e)) if crate::upstream::local::refused(&e) => e,
-            Ok(Err(e)) => return Err(Error::Failed(e)),
-            Err(_) => return Err(Error::TimedOut),
+            Some(Err(e)) if crate::upstream::local::refused(&e) => e,
+            Some(Err(e)) => return Err(Error::Failed(e)),
+            None => return Err(Error::TimedOut),
         };
         crate::policy::shortage::warn(listener, label, &e);
         let Some(pause) = shortage.get_or_insert_with(Default::default).next(timeout) else {
@@ -54,5 +58,38 @@ pub async fn backend(
         if let Some(s) = pooled() {
             return Ok((s, true));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn a_connect_that_never_completes_times_out() {
+        // A listener that never accepts, its queue filled: the kernel drops further SYNs,
+        // so a connect to it waits until its limit.
+        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        l.listen(0).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let mut held = Vec::new();
+        let full = loop {
+            assert!(held.len() < 64, "the accept queue never filled");
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(e)) => panic!("connect: {e}"),
+                Err(_) => break held.len(),
+            }
+        };
+        assert!(full >= 1);
+        let t = Instant::now();
+        let r = backend("l", "b", addr, Duration::from_millis(300), || None).await;
+        let took = t.elapsed();
+        assert!(matches!(r, Err(Error::TimedOut)), "want a timeout");
+        assert!(took >= Duration::from_millis(300), "ended early: {took:?}");
+        assert!(took < Duration::from_secs(2), "ended late: {took:?}");
     }
 }

@@ -28,36 +28,6 @@ pub async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
     .await
 }
 
-/// How far ahead the runtime's timer wheel always has a deadline (see [`tick_here`]).
-const TICK: Duration = Duration::from_secs(1);
-
-/// Keep a deadline at most [`TICK`] ahead on the timer wheel of this thread's runtime,
-/// from the first call on the thread.
-///
-/// Tokio wakes its driver through an eventfd `write` whenever a new timer is due before the
-/// driver's next planned wake-up, even from the runtime's own thread. A connect timeout
-/// (seconds) is earlier than every idle timeout (a minute) around it, so each new L4
-/// connection paid that `write` and an extra loop through `epoll_wait` (strace: 0.5 writes
-/// per connection). With a wake-up at most a second away, those timers are later than it.
-/// The tick itself costs one wake-up a second per runtime.
-pub fn tick_here() {
-    thread_local! {
-        static TICKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    if TICKING.with(|t| t.replace(true)) {
-        return;
-    }
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async {
-            let mut every = tokio::time::interval(TICK);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

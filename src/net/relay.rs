@@ -16,8 +16,30 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// When a tunnel last read a byte, on the coarse clock: its idle watchdog's only input. A
+/// read marks it, so the precise clock (and an `Instant`'s arithmetic) was a cost per read.
+pub struct LastRead(AtomicU64);
+
+impl LastRead {
+    /// Marked now: a tunnel starts as if it had just read.
+    pub fn now() -> LastRead {
+        LastRead(AtomicU64::new(crate::clock::coarse_ms()))
+    }
+
+    pub fn mark(&self) {
+        self.0.store(crate::clock::coarse_ms(), Relaxed);
+    }
+
+    /// How long ago the last byte was read (to the coarse clock's step).
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(crate::clock::coarse_ms().saturating_sub(self.0.load(Relaxed)))
+    }
+}
 
 const FIRST: usize = 16 << 10;
 const MAX: usize = 256 << 10;

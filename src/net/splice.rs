@@ -5,13 +5,13 @@
 //! rather than waited for.
 
 use super::plain::PlainTcp;
-use super::relay;
+use super::relay::{self, LastRead};
+use crate::lifecycle::idle::CoarseTimer;
 use pingora_core::server::ShutdownWatch;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -83,27 +83,24 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     drain: impl std::future::Future<Output = ()>,
     ends: Ends,
 ) -> Splice {
-    let t0 = Instant::now();
-    let last = AtomicU64::new(0);
+    let last = LastRead::now();
     let (out, client_socket) = match client {
         Client::Stream(client, reset) => {
             let mut a = Tracked {
                 inner: client,
                 last: &last,
-                t0,
             };
             let mut b = Tracked {
                 inner: &mut *backend,
                 last: &last,
-                t0,
             };
             let copy = relay::relay(&mut a, &mut b, ends.ending());
-            (watch(copy, &last, t0, idle_timeout, drain).await, reset)
+            (watch(copy, &last, idle_timeout, drain).await, reset)
         }
         Client::Socket(client) => {
-            let copy = super::zerocopy::relay(client, backend, ends.ending(), (&last, t0));
+            let copy = super::zerocopy::relay(client, backend, ends.ending(), &last);
             (
-                watch(copy, &last, t0, idle_timeout, drain).await,
+                watch(copy, &last, idle_timeout, drain).await,
                 Some(pingora_core::protocols::UniqueID::id(client)),
             )
         }
@@ -124,11 +121,13 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     out
 }
 
-/// Run `copy` under the idle watchdog: `last` is when it last read a byte (ms after `t0`).
+/// Run `copy` under the idle watchdog: `last` is when it last read a byte.
+///
+/// The watchdog's timer is a [`CoarseTimer`] limit, not tokio's: each short connection
+/// (one request, then close) made and dropped one, and an idle timeout is seconds or more.
 async fn watch(
     copy: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
-    last: &AtomicU64,
-    t0: Instant,
+    last: &LastRead,
     idle_timeout: Duration,
     drain: impl std::future::Future<Output = ()>,
 ) -> Splice {
@@ -141,9 +140,7 @@ async fn watch(
         } else {
             idle_timeout
         };
-        let idle = t0
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+        let idle = last.idle();
         if idle >= limit {
             return if draining {
                 Splice::Drained
@@ -152,11 +149,13 @@ async fn watch(
             };
         }
         tokio::select! {
+            // the copy first: it is what wakes the task nearly every time
+            biased;
             r = &mut copy => return match r {
                 Ok((up, down)) => Splice::Done(up, down),
                 Err(e) => Splice::Failed(e),
             },
-            _ = tokio::time::sleep(limit - idle) => {}
+            _ = CoarseTimer::limit(limit - idle) => {}
             _ = &mut drain, if !draining => draining = true,
         }
     }
@@ -165,8 +164,7 @@ async fn watch(
 /// Records the time of the last byte read, for the idle watchdog.
 struct Tracked<'a, S> {
     inner: S,
-    last: &'a AtomicU64,
-    t0: Instant,
+    last: &'a LastRead,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
@@ -178,8 +176,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.last
-                .store(self.t0.elapsed().as_millis() as u64, Relaxed);
+            self.last.mark();
         }
         r
     }

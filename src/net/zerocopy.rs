@@ -18,15 +18,14 @@
 //! ending both, and the byte counts of both directions.
 
 use super::plain::PlainTcp;
-use super::relay::Ending;
+use super::relay::{Ending, LastRead};
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -262,15 +261,15 @@ struct Dir {
 
 impl Dir {
     /// `closed_after`: the writer is a plain socket closed as soon as this direction ends,
-    /// so its write half need not be shut first. `last`: when a byte was last read (ms
-    /// after `t0`), for the caller's idle watchdog.
+    /// so its write half need not be shut first. `last`: marked at each read, for the
+    /// caller's idle watchdog.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         r: End<'_>,
         w: End<'_>,
         closed_after: bool,
-        (last, t0): (&AtomicU64, Instant),
+        last: &LastRead,
     ) -> Poll<io::Result<()>> {
         loop {
             if self.in_pipe == 0 && !self.read_done {
@@ -286,7 +285,7 @@ impl Dir {
                     Poll::Ready(Ok(n)) => {
                         self.pipe = Some(pipe);
                         self.in_pipe = n;
-                        last.store(t0.elapsed().as_millis() as u64, Relaxed);
+                        last.mark();
                     }
                     Poll::Ready(Err(e)) => {
                         pipe.give_back();
@@ -335,16 +334,15 @@ pub struct ZeroCopy<'x> {
     ab: Dir,
     ba: Dir,
     ending: Ending,
-    last: &'x AtomicU64,
-    t0: Instant,
+    last: &'x LastRead,
 }
 
-/// `last`: set to the milliseconds after `t0` at which a byte was last read.
+/// `last`: marked at each read.
 pub fn relay<'x>(
     a: &'x PlainTcp,
     b: &'x TcpStream,
     ending: Ending,
-    (last, t0): (&'x AtomicU64, Instant),
+    last: &'x LastRead,
 ) -> ZeroCopy<'x> {
     ZeroCopy {
         a: End::Client(a),
@@ -353,7 +351,6 @@ pub fn relay<'x>(
         ba: Dir::default(),
         ending,
         last,
-        t0,
     }
 }
 
@@ -362,7 +359,7 @@ impl Future for ZeroCopy<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let seen = (this.last, this.t0);
+        let seen = this.last;
         if !this.ab.done {
             let last = this.ending.ab_closed_after(this.ba.done);
             if let Poll::Ready(Err(e)) = this.ab.poll(cx, this.a, this.b, last, seen) {
