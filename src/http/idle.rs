@@ -20,11 +20,15 @@ pub(super) enum Idle {
 /// [`read_first`]).
 ///
 /// The wait is a few words of the connection's future: the socket's own readiness slot
-/// (no waiter of its own) and an [`CoarseTimer`] for `wait` (the first request's
+/// (no waiter of its own) and the connection's [`CoarseTimer`], armed for `wait` (the first request's
 /// `header_timeout`, later `keepalive_timeout`) and the process's closing of idle
 /// connections (not shutdown itself: a request may be on its way, see
 /// [`crate::lifecycle::Draining`]).
-pub(super) fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> {
+pub(super) fn wait_for_request<'a>(
+    g: &'a mut Guarded,
+    timer: &'a mut CoarseTimer,
+    wait: Duration,
+) -> IdleWait<'a> {
     if g.has_pending() {
         return IdleWait::Ready;
     }
@@ -32,7 +36,8 @@ pub(super) fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> 
         let Some(tcp) = g.inner().as_any().downcast_ref() else {
             return IdleWait::Ready;
         };
-        return IdleWait::Plain(tcp, CoarseTimer::idle(wait));
+        timer.arm(wait, false);
+        return IdleWait::Plain(tcp, timer);
     }
     // A TLS stream over our socket waits on the socket too, when OpenSSL holds nothing.
     match tls_idle(g) {
@@ -42,7 +47,8 @@ pub(super) fn wait_for_request(g: &mut Guarded, wait: Duration) -> IdleWait<'_> 
             let Some(TlsIdle::Socket(tcp)) = tls_idle(g) else {
                 return IdleWait::Ready;
             };
-            return IdleWait::Plain(tcp, CoarseTimer::idle(wait));
+            timer.arm(wait, false);
+            return IdleWait::Plain(tcp, timer);
         }
         Some(TlsIdle::Read) | None => {}
     }
@@ -58,7 +64,7 @@ fn tls_idle(g: &Guarded) -> Option<TlsIdle<'_>> {
 /// [`wait_for_request`]'s future, written out: an `async fn` would keep its arguments too.
 pub(super) enum IdleWait<'a> {
     Ready,
-    Plain(&'a crate::net::listen::PlainTcp, CoarseTimer),
+    Plain(&'a crate::net::listen::PlainTcp, &'a mut CoarseTimer),
     Read(std::pin::Pin<Box<dyn std::future::Future<Output = Idle> + Send + 'a>>),
 }
 

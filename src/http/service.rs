@@ -654,7 +654,7 @@ where
         async move {
             let _open = open;
             let shutdown = &shutdown;
-            let mut conn = super::fast::Conn::new(&g);
+            let mut conn = super::fast::Conn::default();
             // Boxed: 80 bytes, only for connections that Pingora's path served.
             let mut persistent: Option<Box<HttpPersistentSettings>> = None;
             // A deferred connection's first request is read at once by the fast path, without
@@ -686,7 +686,8 @@ where
                     drop(head);
                     // A request pipelined behind the last one is held by the guard (see
                     // `guard::Body`), so it is served here in order, by whichever engine takes it.
-                    match wait_for_request(&mut g, self.wait_for(&conn)).await {
+                    let wait = self.wait_for(&conn);
+                    match wait_for_request(&mut g, &mut conn.timer, wait).await {
                         Idle::Ready => {}
                         Idle::Closed => return None,
                     }

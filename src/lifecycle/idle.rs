@@ -124,6 +124,22 @@ impl Shard {
         earliest
     }
 
+    /// Start a new wait on the taken slot `i` (a connection's timer kept from wait to wait).
+    /// The waker is cloned only if the slot's is another task's.
+    fn rearm(&mut self, i: u32, deadline: u32, waker: &Waker, state: u32) {
+        let s = self.slot(i);
+        let was_waiting = is_waiting(s.link);
+        s.link = state;
+        s.deadline = deadline;
+        match &mut s.waker {
+            Some(w) if w.will_wake(waker) => {}
+            w => *w = Some(waker.clone()),
+        }
+        if !was_waiting {
+            self.waiting += 1;
+        }
+    }
+
     fn give_back(&mut self, i: u32) -> Option<Waker> {
         let free = self.free.unwrap_or(END);
         let s = self.slot(i);
@@ -236,14 +252,24 @@ fn sweep() {
 /// coarse clock's step and a sweeper's pass late at most), and an idle one also when idle
 /// connections close ([`close_all`]). Registered only when first polled, so a request
 /// already there costs no registration and no clock reading.
+///
+/// A connection's successive waits (its keep-alive wait, then its backend's answer, and so
+/// on, one at a time) can share one timer ([`CoarseTimer::unarmed`], [`CoarseTimer::arm`]):
+/// its slot is then taken once per connection and given back when the connection ends,
+/// instead of once per wait. A wait that ended is not taken off the table (that would cost
+/// a lock per wait): if its deadline passes before the next wait re-arms the slot, the
+/// sweeper wakes the connection's task once for nothing.
 pub struct CoarseTimer {
-    /// The wait in ms until registered, then the deadline (ms on [`now_ms`]'s clock).
-    deadline: u64,
+    /// The wait in ms while `fresh`, then the deadline (ms on [`now_ms`]'s clock, truncated
+    /// to 32 bits as in the table).
+    deadline: u32,
     /// `(shard, slot)` once registered.
     shard: u16,
     slot: u32,
     /// A limit, not an idle wait.
     limit: bool,
+    /// Armed and not yet polled: the deadline is still to be set.
+    fresh: bool,
 }
 
 const UNREGISTERED: u32 = u32::MAX;
@@ -260,14 +286,30 @@ impl CoarseTimer {
         CoarseTimer::new(wait, true)
     }
 
-    fn new(wait: Duration, limit: bool) -> CoarseTimer {
-        let wait = (wait.as_millis() as u64).min(MAX_WAIT_MS);
+    /// A timer for a connection's waits, each started by [`Self::arm`]. Polled before any
+    /// arm, it is ready (a limit that never ends would be worse than one that ends at once).
+    pub fn unarmed() -> CoarseTimer {
         CoarseTimer {
-            deadline: wait,
+            deadline: 0,
             shard: 0,
             slot: UNREGISTERED,
-            limit,
+            limit: true,
+            fresh: false,
         }
+    }
+
+    fn new(wait: Duration, limit: bool) -> CoarseTimer {
+        let mut t = CoarseTimer::unarmed();
+        t.arm(wait, limit);
+        t
+    }
+
+    /// Start a new wait of `wait` (a limit, or an idle wait), counted from the next poll
+    /// that has to wait; the slot, if the timer has one, is kept.
+    pub fn arm(&mut self, wait: Duration, limit: bool) {
+        self.deadline = (wait.as_millis() as u64).min(MAX_WAIT_MS) as u32;
+        self.limit = limit;
+        self.fresh = true;
     }
 
     fn closing(&self, order: Ordering) -> bool {
@@ -279,39 +321,38 @@ impl CoarseTimer {
         if self.closing(Ordering::Relaxed) {
             return Poll::Ready(());
         }
-        if self.slot == UNREGISTERED {
+        if self.fresh {
             if self.deadline == 0 {
                 return Poll::Ready(());
             }
             // a step more: the coarse reading may lag, and a wait never ends early
-            self.deadline += now_ms() + crate::clock::coarse_step_ms();
-            SWEEPER.call_once(|| {
-                let spawned = std::thread::Builder::new()
-                    .name("idle-sweeper".into())
-                    .stack_size(64 * 1024)
-                    .spawn(sweep);
-                if let Err(e) = spawned {
-                    log::error!("cannot start the idle connection sweeper: {e}");
-                }
-            });
-            let shard = my_shard();
+            let deadline = self.deadline as u64 + now_ms() + crate::clock::coarse_step_ms();
+            self.deadline = deadline as u32;
+            self.fresh = false;
             let state = if self.limit { WAITING_LIMIT } else { WAITING };
-            self.slot = lock(shard).take(self.deadline as u32, cx.waker().clone(), state);
-            self.shard = shard as u16;
+            if self.slot == UNREGISTERED {
+                self.register(cx, state);
+            } else {
+                lock(self.shard as usize).rearm(self.slot, self.deadline, cx.waker(), state);
+            }
             // Most deadlines are later than the earliest the sweeper knows already: a read
             // settles those and leaves NEXT's cache line shared between the cores; only an
             // earlier deadline takes the line to write it (a `fetch_min` alone is a locked
             // write on every registration, from every thread).
-            if NEXT.load(Ordering::SeqCst) > self.deadline
-                && NEXT.fetch_min(self.deadline, Ordering::SeqCst) > self.deadline
+            if NEXT.load(Ordering::SeqCst) > deadline
+                && NEXT.fetch_min(deadline, Ordering::SeqCst) > deadline
             {
                 kick();
             }
-            // a closing pass may have gone over this shard before the slot was taken
+            // a closing pass may have gone over this shard before the slot was armed
             if self.closing(Ordering::SeqCst) {
                 return Poll::Ready(());
             }
             return Poll::Pending;
+        }
+        if self.slot == UNREGISTERED {
+            // never armed
+            return Poll::Ready(());
         }
         let mut shard = lock(self.shard as usize);
         let s = shard.slot(self.slot);
@@ -323,6 +364,22 @@ impl CoarseTimer {
             w => *w = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Take a slot on this thread's shard (and start the sweeper the first time).
+    fn register(&mut self, cx: &mut Context<'_>, state: u32) {
+        SWEEPER.call_once(|| {
+            let spawned = std::thread::Builder::new()
+                .name("idle-sweeper".into())
+                .stack_size(64 * 1024)
+                .spawn(sweep);
+            if let Err(e) = spawned {
+                log::error!("cannot start the idle connection sweeper: {e}");
+            }
+        });
+        let shard = my_shard();
+        self.slot = lock(shard).take(self.deadline, cx.waker().clone(), state);
+        self.shard = shard as u16;
     }
 }
 
@@ -390,10 +447,40 @@ mod tests {
         assert!(!expired(2, u32::MAX as u64));
     }
 
+    fn poll_once(t: &mut CoarseTimer) -> Poll<()> {
+        t.poll_expired(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_rearmed_timer_keeps_its_slot_and_times_each_wait() {
+        let mut t = CoarseTimer::unarmed();
+        assert!(poll_once(&mut t).is_ready(), "never armed: ready");
+        t.arm(Duration::from_secs(3600), true);
+        assert!(poll_once(&mut t).is_pending());
+        let slot = t.slot;
+        assert_ne!(slot, UNREGISTERED);
+        t.arm(Duration::from_millis(30), false);
+        let started = Instant::now();
+        std::future::poll_fn(|cx| t.poll_expired(cx)).await;
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert_eq!(t.slot, slot, "the same slot for the second wait");
+        // a wait abandoned once its I/O was ready, whose deadline then passes...
+        t.arm(Duration::from_millis(10), true);
+        assert!(poll_once(&mut t).is_pending());
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(lock(t.shard as usize).slot(slot).link, FIRED);
+        // ...does not end the next wait
+        t.arm(Duration::from_secs(3600), true);
+        assert!(poll_once(&mut t).is_pending());
+        assert!(poll_once(&mut t).is_pending());
+        assert_eq!(lock(t.shard as usize).slot(slot).link, WAITING_LIMIT);
+        assert_eq!(t.slot, slot);
+    }
+
     #[tokio::test]
     async fn fires_after_its_wait() {
         let t = CoarseTimer::idle(Duration::from_millis(30));
-        assert_eq!(std::mem::size_of_val(&t), 16);
+        assert_eq!(std::mem::size_of_val(&t), 12);
         t.await;
         let far = CoarseTimer::idle(Duration::from_secs(3600));
         let mut far = std::pin::pin!(far);

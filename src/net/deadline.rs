@@ -28,6 +28,27 @@ pub async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
     .await
 }
 
+/// [`within`] on `timer`, a connection's timer kept from wait to wait (see
+/// [`CoarseTimer::arm`]): armed for `d` only if `f` has to wait.
+pub async fn within_on<T>(
+    timer: &mut CoarseTimer,
+    d: Duration,
+    f: impl Future<Output = T>,
+) -> Option<T> {
+    let mut f = std::pin::pin!(f);
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = f.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if !std::mem::replace(&mut armed, true) {
+            timer.arm(d, true);
+        }
+        timer.poll_expired(cx).map(|()| None)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +63,29 @@ mod tests {
         assert_eq!(within(Duration::from_secs(5), later).await, Some(8));
         let never = std::future::pending::<u8>();
         assert_eq!(within(Duration::from_millis(5), never).await, None);
+    }
+
+    #[tokio::test]
+    async fn one_timer_for_successive_waits() {
+        let mut t = CoarseTimer::unarmed();
+        let d = Duration::from_secs(5);
+        assert_eq!(within_on(&mut t, d, async { 7 }).await, Some(7));
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            8
+        };
+        assert_eq!(within_on(&mut t, d, later).await, Some(8));
+        let never = std::future::pending::<u8>();
+        let short = Duration::from_millis(5);
+        assert_eq!(within_on(&mut t, short, never).await, None);
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            9
+        };
+        assert_eq!(
+            within_on(&mut t, d, later).await,
+            Some(9),
+            "the last limit is not left"
+        );
     }
 }

@@ -9,6 +9,7 @@
 
 use super::response::{parse_response, Parsed, RespHead};
 use super::{write_flush, Guarded, Listener, BODY_BUF, RESP_BUF};
+use crate::lifecycle::idle::CoarseTimer;
 use crate::net::connect;
 use crate::net::sys::recv_buf;
 use crate::observability::RequestObs;
@@ -63,11 +64,13 @@ pub enum Down {
     H2,
 }
 
+/// `f` within `d` on the request's timer (its connection's, see [`super::Conn::timer`]).
 async fn timed<T>(
+    timer: &mut CoarseTimer,
     d: Duration,
     f: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> Result<T, (bool, std::io::Error)> {
-    match crate::net::deadline::within(d, f).await {
+    match crate::net::deadline::within_on(timer, d, f).await {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err((false, e)),
         None => Err((true, std::io::ErrorKind::TimedOut.into())),
@@ -100,6 +103,8 @@ pub struct Exchange<'a> {
     pub tries_from: Option<Instant>,
     /// A chunked request body still arriving after what went with the head.
     pub chunked: Option<ChunkedBody>,
+    /// The limits on the request's waits, one at a time (see [`timed`]).
+    timer: &'a mut CoarseTimer,
 }
 
 /// A chunked request body on its way: decoded as it arrives
@@ -120,6 +125,7 @@ impl<'a> Exchange<'a> {
         pool_max: usize,
         obs: RequestObs,
         shutdown: Option<&'a ShutdownWatch>,
+        timer: &'a mut CoarseTimer,
     ) -> Exchange<'a> {
         Exchange {
             l,
@@ -137,6 +143,7 @@ impl<'a> Exchange<'a> {
             interim: None,
             tries_from: None,
             chunked: None,
+            timer,
         }
     }
 
@@ -326,11 +333,16 @@ impl<'a> Exchange<'a> {
                 (_, p) => p.as_deref().unwrap_or_default(),
             };
             let sent = if spliced {
-                timed(spec.write_timeout, write_head_more(&up, out)).await
+                timed(self.timer, spec.write_timeout, write_head_more(&up, out)).await
             } else if chunked_more {
                 Ok(()) // with the body's next piece, below
             } else {
-                timed(spec.write_timeout, write_both(&mut up, out, first)).await
+                timed(
+                    self.timer,
+                    spec.write_timeout,
+                    write_both(&mut up, out, first),
+                )
+                .await
             };
             if let Err((_, e)) = sent {
                 if reused {
@@ -410,37 +422,38 @@ impl<'a> Exchange<'a> {
                     }
                     rbuf.reserve(rbuf.capacity());
                 }
-                let (cause, why) = match timed(self.try_timeout, recv_buf(&up, &mut rbuf)).await {
-                    Ok(0) => {
-                        if !got_any && reused {
-                            let e = std::io::ErrorKind::UnexpectedEof.into();
-                            self.stale(method, uri, &e, retryable);
-                            if retryable {
-                                break Next::Stale;
+                let (cause, why) =
+                    match timed(self.timer, self.try_timeout, recv_buf(&up, &mut rbuf)).await {
+                        Ok(0) => {
+                            if !got_any && reused {
+                                let e = std::io::ErrorKind::UnexpectedEof.into();
+                                self.stale(method, uri, &e, retryable);
+                                if retryable {
+                                    break Next::Stale;
+                                }
                             }
+                            let e = "backend closed the connection before a complete response head";
+                            (Cause::Reset, Failure::Answer(Why::BadResponse, e.into()))
                         }
-                        let e = "backend closed the connection before a complete response head";
-                        (Cause::Reset, Failure::Answer(Why::BadResponse, e.into()))
-                    }
-                    Ok(_) => {
-                        got_any = true;
-                        continue;
-                    }
-                    Err((true, _)) => {
-                        let e = "response read timed out".into();
-                        (Cause::Timeout, Failure::Answer(Why::ResponseTimeout, e))
-                    }
-                    Err((false, e)) => {
-                        if !got_any && reused {
-                            self.stale(method, uri, &e, retryable);
-                            if retryable {
-                                break Next::Stale;
+                        Ok(_) => {
+                            got_any = true;
+                            continue;
+                        }
+                        Err((true, _)) => {
+                            let e = "response read timed out".into();
+                            (Cause::Timeout, Failure::Answer(Why::ResponseTimeout, e))
+                        }
+                        Err((false, e)) => {
+                            if !got_any && reused {
+                                self.stale(method, uri, &e, retryable);
+                                if retryable {
+                                    break Next::Stale;
+                                }
                             }
+                            let e = format!("reading the response: {e}");
+                            (Cause::Reset, Failure::Answer(Why::BadResponse, e))
                         }
-                        let e = format!("reading the response: {e}");
-                        (Cause::Reset, Failure::Answer(Why::BadResponse, e))
-                    }
-                };
+                    };
                 if !retry::retry(pool, failed(cause, attempts)) {
                     return Err(why);
                 }

@@ -72,8 +72,11 @@ fn engine() -> &'static FastPath {
 /// the process is `draining` or not.
 #[doc(hidden)]
 pub fn fuzz_request(bytes: &[u8], client: Option<IpAddr>, served: u32, draining: bool) -> FuzzPlan {
-    let mut conn = Conn { client, served };
-    match engine().plan(bytes, &mut conn, draining) {
+    let mut conn = Conn {
+        served,
+        ..Conn::default()
+    };
+    match engine().plan(bytes, &mut conn, client, draining) {
         Plan::Fallback => FuzzPlan::Fallback,
         Plan::Page(r, a, _, keep) => FuzzPlan::Answer {
             status: a.status,

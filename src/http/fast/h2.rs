@@ -13,6 +13,7 @@
 use super::exchange::{Down, Exchange, Failure};
 use super::response::{Framing, RespHead};
 use super::*;
+use crate::lifecycle::idle::CoarseTimer;
 use bytes::Bytes;
 use pingora_core::protocols::http::v2::server::HttpSession as H2Session;
 use pingora_http::ResponseHeader;
@@ -123,7 +124,9 @@ impl FastPath {
         let head_only = method == "HEAD";
         let mut obs = RequestObs::default();
         obs.trace = trace;
-        let mut ex = Exchange::new(l, route, self.pool_max, obs, None);
+        // the stream's own: its waits are one at a time
+        let mut timer = CoarseTimer::unarmed();
+        let mut ex = Exchange::new(l, route, self.pool_max, obs, None, &mut timer);
         ex.sticky = policy::sticky::affinity(&route.pool, req);
         // The request's fields are read from the session again after the exchange (no
         // copies): only the response side writes to it.

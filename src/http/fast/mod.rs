@@ -43,6 +43,7 @@ use super::guard::Guarded;
 use super::Listener;
 use crate::cache;
 use crate::http::{cache_hit, chunked};
+use crate::lifecycle::idle::CoarseTimer;
 use crate::observability::{self, ReqView, RequestObs};
 use crate::policy::answer::{connection_line, Answer};
 use crate::policy::engine::{self, Fallback, HeadTraits};
@@ -76,17 +77,22 @@ pub struct FastPath {
 }
 
 /// What a client connection keeps between requests.
+/// What the lean engine keeps of a connection from request to request (kept by every idle
+/// connection: the client's address is not, it is asked of the socket per request).
 pub struct Conn {
-    client: Option<IpAddr>,
     /// Requests served on this connection by either engine, for `keepalive_requests`.
     pub served: u32,
+    /// The connection's waits, one at a time: its keep-alive wait, then its backend's
+    /// answer and the other I/O limits of a request. One slot in the timer table for the
+    /// connection's life, not one per wait.
+    pub timer: CoarseTimer,
 }
 
-impl Conn {
-    pub fn new(g: &Guarded) -> Conn {
+impl Default for Conn {
+    fn default() -> Conn {
         Conn {
-            client: crate::net::listen::peer_ip(g.inner()),
             served: 0,
+            timer: CoarseTimer::unarmed(),
         }
     }
 }
@@ -118,7 +124,13 @@ impl FastPath {
 
     /// Everything about a request that needs its parsed header fields, decided without
     /// awaiting (so the parse's field array never lives in the connection's future).
-    fn plan<'a>(&'a self, buf: &'a [u8], conn: &mut Conn, draining: bool) -> Plan<'a> {
+    fn plan<'a>(
+        &'a self,
+        buf: &'a [u8],
+        conn: &mut Conn,
+        client: Option<IpAddr>,
+        draining: bool,
+    ) -> Plan<'a> {
         let l = &*self.listener;
         let mut hdrs = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
@@ -206,7 +218,7 @@ impl FastPath {
         let path = target.split_once('?').map_or(target, |(p, _)| p);
         let parsed_fields = crate::policy::route::ParsedFields(req.headers);
         let head = RequestHead {
-            client: conn.client,
+            client,
             method,
             host: host_text,
             path,
@@ -281,7 +293,7 @@ impl FastPath {
         };
         let r = Req {
             view: ReqView {
-                client: conn.client,
+                client,
                 method,
                 uri: target,
                 version: if t.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
@@ -395,7 +407,7 @@ impl FastPath {
             .filter(|(_, k)| *k == Field::XForwardedFor)
             .map(|(h, _)| h.value)
             .take(xff_fields);
-        forwarded::h1_lines(&mut out, xff, conn.client, l.tls, host);
+        forwarded::h1_lines(&mut out, xff, client, l.tls, host);
         if let Some(t) = &trace {
             policy::trace::h1_line(&mut out, t);
         }
@@ -409,7 +421,7 @@ impl FastPath {
         let hash = match route.pool.selection {
             crate::config::Selection::ConsistentHash => policy::hash::key(
                 &route.pool.hash_key,
-                conn.client,
+                client,
                 target,
                 |n| {
                     req.headers
@@ -438,10 +450,10 @@ impl FastPath {
 
     /// The rate limit by the fleet's count, asked of the store only once the request is
     /// known to stay on this engine (one that falls back is counted by the general engine).
-    async fn shared_rate_limit<'a>(&self, p: Plan<'a>, conn: &Conn) -> Plan<'a> {
+    async fn shared_rate_limit<'a>(&self, p: Plan<'a>, client: Option<IpAddr>) -> Plan<'a> {
         let l = &*self.listener;
-        let count = l.rate_count(conn.client).await;
-        let Some(a) = l.rate_limited(conn.client, count) else {
+        let count = l.rate_count(client).await;
+        let Some(a) = l.rate_limited(client, count) else {
             return p;
         };
         match p {
@@ -475,9 +487,10 @@ impl FastPath {
         }
         let buf = &buf[..];
         let mut obs = RequestObs::default();
-        let plan = match self.plan(buf, conn, draining) {
+        let client = crate::net::listen::peer_ip(g.inner());
+        let plan = match self.plan(buf, conn, client, draining) {
             Plan::Fallback => Plan::Fallback,
-            p if self.listener.rate_store.is_some() => self.shared_rate_limit(p, conn).await,
+            p if self.listener.rate_store.is_some() => self.shared_rate_limit(p, client).await,
             p => p,
         };
         obs.trace = match &plan {
@@ -517,7 +530,14 @@ impl FastPath {
             } => (req, route, out, hash, want_keep, upgrade, http10, sticky),
         };
         let l = &*self.listener;
-        let mut ex = Exchange::new(l, route, self.pool_max, obs, Some(shutdown));
+        let mut ex = Exchange::new(
+            l,
+            route,
+            self.pool_max,
+            obs,
+            Some(shutdown),
+            &mut conn.timer,
+        );
         ex.body_len = r.view.bytes_in as u64;
         ex.sticky = sticky;
         ex.chunked = r.chunks.take().map(|scan| exchange::ChunkedBody {

@@ -396,7 +396,9 @@ async fn proxy(
     }
     let hash = policy::hash::of_request(&route.pool, client, req);
 
-    let mut ex = Exchange::new(l, route, pool_max, obs, None);
+    // the stream's own: its waits are one at a time
+    let mut timer = crate::lifecycle::idle::CoarseTimer::unarmed();
+    let mut ex = Exchange::new(l, route, pool_max, obs, None, &mut timer);
     ex.sticky = policy::sticky::affinity(&route.pool, req);
     let (itx, mut heads) = tokio::sync::mpsc::unbounded_channel();
     ex.interim = Some(itx);

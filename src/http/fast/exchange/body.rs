@@ -14,14 +14,14 @@ impl Exchange<'_> {
     /// Read one piece of the request body from the client, at most `n` bytes appended to
     /// `b` (into its spare room: no buffer is zeroed first).
     pub(super) async fn read_client(
-        &self,
+        &mut self,
         g: &mut Guarded,
         b: &mut Vec<u8>,
         n: usize,
     ) -> Result<usize, Failure> {
         b.reserve(n);
         let mut limited = (&mut *g).take(n as u64);
-        match timed(self.l.client_timeout, limited.read_buf(b)).await {
+        match timed(self.timer, self.l.client_timeout, limited.read_buf(b)).await {
             Ok(n) if n > 0 => Ok(n),
             // nginx's client_body_timeout: 408, then close
             Err((true, _)) => Err(Failure::Answer(
@@ -37,7 +37,7 @@ impl Exchange<'_> {
 
     /// Read the rest of the request body (`left` bytes, within the replay bound) into `held`.
     pub(super) async fn hold_request_body(
-        &self,
+        &mut self,
         g: &mut Guarded,
         held: &mut Vec<u8>,
         left: u64,
@@ -108,6 +108,7 @@ impl Exchange<'_> {
             bufs.extend(ranges.iter().map(|r| IoSlice::new(&wire[r.clone()])));
             bufs.push(IoSlice::new(chunked::frame_tail(n, scan)));
             let sent = timed(
+                self.timer,
                 self.pool.spec.write_timeout,
                 crate::net::sys::send_all_vectored(up, &mut bufs),
             );
@@ -135,7 +136,7 @@ impl Exchange<'_> {
             let n = self.read_client(g, b, BODY_BUF.min(left as usize)).await?;
             left -= n as u64;
             let sent = crate::net::sys::send_all(up, b, 0);
-            if let Err((_, e)) = timed(self.pool.spec.write_timeout, sent).await {
+            if let Err((_, e)) = timed(self.timer, self.pool.spec.write_timeout, sent).await {
                 return Err(Failure::Answer(
                     Why::BadResponse,
                     format!("sending the request body: {e}"),

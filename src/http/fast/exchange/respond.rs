@@ -40,7 +40,7 @@ impl Exchange<'_> {
             if n as usize <= SMALL_BODY && rbuf.len() < want {
                 rbuf.reserve(want - rbuf.len());
                 while rbuf.len() < want {
-                    match timed(self.try_timeout, recv_buf(&up, &mut rbuf)).await {
+                    match timed(self.timer, self.try_timeout, recv_buf(&up, &mut rbuf)).await {
                         Ok(0) => {
                             return Err(Failure::Answer(
                                 Why::BadResponse,
@@ -222,7 +222,7 @@ impl Exchange<'_> {
         }
         // a closing connection's last bytes go with a TLS stream's close_notify (`end`)
         if keep
-            && timed(self.l.client_timeout, g.inner_mut().flush())
+            && timed(self.timer, self.l.client_timeout, g.inner_mut().flush())
                 .await
                 .is_err()
         {
@@ -235,11 +235,17 @@ impl Exchange<'_> {
     }
 
     /// Write one piece of the response to the client, flushed when `flush`.
-    async fn put(&self, g: &mut Guarded, data: &[u8], flush: bool) -> std::io::Result<()> {
+    async fn put(&mut self, g: &mut Guarded, data: &[u8], flush: bool) -> std::io::Result<()> {
         if flush {
             return write_flush(g, data, self.l.client_timeout).await;
         }
-        match timed(self.l.client_timeout, g.inner_mut().write_all(data)).await {
+        match timed(
+            self.timer,
+            self.l.client_timeout,
+            g.inner_mut().write_all(data),
+        )
+        .await
+        {
             Ok(()) => Ok(()),
             Err((_, e)) => Err(e),
         }
@@ -288,13 +294,13 @@ impl Exchange<'_> {
     /// closed the connection, which ends a close-delimited body; for any other framing that
     /// is a cut response, as is a read error or timeout.
     pub async fn read_body(
-        &self,
+        &mut self,
         up: &mut TcpStream,
         rbuf: &mut Vec<u8>,
         framing: Framing,
     ) -> Result<Option<usize>, Failure> {
         rbuf.clear();
-        match timed(self.try_timeout, recv_buf(up, rbuf)).await {
+        match timed(self.timer, self.try_timeout, recv_buf(up, rbuf)).await {
             Ok(0) if framing == Framing::Close => Ok(None),
             Ok(0) => {
                 warn!(
