@@ -392,3 +392,52 @@ pub fn fuzz_response(
         h2: fields,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h1_head(raw: &[u8]) -> Vec<u8> {
+        let down = Down::H1 {
+            want_keep: true,
+            upgrade: false,
+            http10: false,
+        };
+        match parse_response(raw, false, down) {
+            Ok(Parsed::Head(h)) => h.head,
+            _ => panic!("no head parsed from {:?}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    /// Each kept field is written `name: value`, CRLF, however the backend spaced it or
+    /// ended its line.
+    #[test]
+    fn fields_are_written_as_name_colon_space_value_whatever_the_spacing() {
+        let tail = |fields: &str| {
+            let mut v = b"HTTP/1.1 200 OK\r\n".to_vec();
+            v.extend_from_slice(fields.as_bytes());
+            v.extend_from_slice(b"content-length: 3\r\n");
+            v.extend_from_slice(connection_line(true));
+            v.extend_from_slice(b"\r\n");
+            v
+        };
+        let want = tail("Server: s\r\nX-A: a\r\nX-B: b\r\nX-C: c\r\nDate: d\r\nX-Empty: \r\n");
+        for raw in [
+            // every line as it is written
+            "HTTP/1.1 200 OK\r\nServer: s\r\nX-A: a\r\nX-B: b\r\nX-C: c\r\nDate: d\r\nX-Empty: \r\nContent-Length: 3\r\n\r\n",
+            // fields dropped among them
+            "HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive\r\nX-A: a\r\nKeep-Alive: timeout=5\r\nX-B: b\r\nContent-Length: 3\r\nX-C: c\r\nDate: d\r\nX-Empty: \r\n\r\n",
+            // other spacing
+            "HTTP/1.1 200 OK\r\nServer: s\r\nX-A:a\r\nX-B:   b  \r\nX-C:\tc\r\nDate: d\r\nX-Empty:\r\nContent-Length: 3\r\n\r\n",
+            // bare LF line ends
+            "HTTP/1.1 200 OK\nServer: s\nX-A: a\r\nX-B: b\nX-C: c\r\nDate: d\nX-Empty: \nContent-Length: 3\n\n",
+        ] {
+            let got = h1_head(raw.as_bytes());
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want),
+                "for {raw:?}"
+            );
+        }
+    }
+}
