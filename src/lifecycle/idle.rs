@@ -2,7 +2,7 @@
 //!
 //! A connection waiting for its next request used to hold a tokio `Sleep` (about 120 bytes
 //! of its future) and a wait on the process's "close idle connections" notice (about 100
-//! more), for as long as it stayed idle. Here it holds a [`CoarseTimer`] of 16 bytes and,
+//! more), for as long as it stayed idle. Here it holds a [`CoarseTimer`] of 12 bytes and,
 //! once it actually has to wait, a 24-byte slot in a shared table: its deadline and its
 //! waker. One thread ([`sweep`]) wakes the connections whose deadline passed, and all idle
 //! ones when the process closes its idle connections ([`close_all`], the end of the
