@@ -8,8 +8,9 @@ RESULTS_TSV:   round scenario target status rps p50_ms p99_ms detail cpu_us busy
                (status: ok|invalid|failed|na; cpu_us: the target's CPU time per request;
                busy: "b0/b1", percent busy of CPU 0 and CPU 1 over the run; origin_us: the
                origin's CPU time per request in the same run; user_pct: the share of the
-               target's CPU time spent in user space; syscalls: "all/waits", its system
-               calls per request and the epoll waits among them, "-" when perf could not
+               target's CPU time spent in user space; syscalls: "all/waits[/switches]", its
+               system calls per request, the epoll waits among them and its context
+               switches per request, "-" when perf could not
                count them)
 SCENARIOS_TSV: name label                                              (table order)
 MEMORY_TSV:    target idle_kb with_kb n alive after_kb status
@@ -187,7 +188,7 @@ def main():
         if status == "ok" and len(row) > 11 and row[11].isdigit():
             user.setdefault((sc, tg), []).append(int(row[11]))
         parts = row[12].split("/") if len(row) > 12 else []
-        if status == "ok" and len(parts) == 2:
+        if status == "ok" and len(parts) in (2, 3):
             sysc.setdefault((sc, tg), []).append(tuple(float(x) for x in parts))
 
     med = {}  # (scenario, target) -> median rps of valid runs
@@ -286,14 +287,17 @@ def main():
         per_target_table(
             out,
             "System calls per request of each target, all / the epoll waits among them "
-            "(perf, the raw_syscalls:sys_enter and epoll_wait tracepoints over its "
-            "processes during the measured run; median over rounds). The calls other "
-            "than waits are the kernel work a proxy's code decides. A wait that finds "
-            "events ready returns at once; one that finds none puts the process to "
-            "sleep, and waking it costs the waker's CPU too.",
+            "/ context switches (perf, the raw_syscalls:sys_enter and epoll_wait "
+            "tracepoints and the context-switches event over its processes during the "
+            "measured run; median over rounds). The calls other than waits are the "
+            "kernel work a proxy's code decides. A wait that finds events ready returns "
+            "at once; one that finds none puts the process to sleep (a context switch), "
+            "and waking it costs the waker's CPU too: a proxy whose core has idle time "
+            "sleeps more often per request than a saturated one.",
             scenarios, targets, sysc,
             lambda v: " / ".join(
-                f"{statistics.median(x[i] for x in v):.2f}" for i in (0, 1)))
+                f"{statistics.median(x[i] for x in v):.{2 if i < 2 else 3}f}"
+                for i in range(min(len(x) for x in v))))
 
     if busy:
         per_target_table(
