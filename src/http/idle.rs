@@ -20,8 +20,8 @@ pub(super) enum Idle {
 /// [`read_first`]).
 ///
 /// The wait is a few words of the connection's future: the socket's own readiness slot
-/// (no waiter of its own) and the connection's [`CoarseTimer`], armed for `wait` (the first request's
-/// `header_timeout`, later `keepalive_timeout`) and the process's closing of idle
+/// (no waiter of its own) and the connection's [`CoarseTimer`], armed for `wait` (the first
+/// request's `header_timeout`, later `keepalive_timeout`) and the process's closing of idle
 /// connections (not shutdown itself: a request may be on its way, see
 /// [`crate::lifecycle::Draining`]).
 pub(super) fn wait_for_request<'a>(

@@ -424,13 +424,26 @@ mod tests {
         let want = tail("Server: s\r\nX-A: a\r\nX-B: b\r\nX-C: c\r\nDate: d\r\nX-Empty: \r\n");
         for raw in [
             // every line as it is written
-            "HTTP/1.1 200 OK\r\nServer: s\r\nX-A: a\r\nX-B: b\r\nX-C: c\r\nDate: d\r\nX-Empty: \r\nContent-Length: 3\r\n\r\n",
+            concat!(
+                "HTTP/1.1 200 OK\r\nServer: s\r\nX-A: a\r\nX-B: b\r\nX-C: c\r\n",
+                "Date: d\r\nX-Empty: \r\nContent-Length: 3\r\n\r\n",
+            ),
             // fields dropped among them
-            "HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive\r\nX-A: a\r\nKeep-Alive: timeout=5\r\nX-B: b\r\nContent-Length: 3\r\nX-C: c\r\nDate: d\r\nX-Empty: \r\n\r\n",
+            concat!(
+                "HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive\r\nX-A: a\r\n",
+                "Keep-Alive: timeout=5\r\nX-B: b\r\nContent-Length: 3\r\nX-C: c\r\n",
+                "Date: d\r\nX-Empty: \r\n\r\n",
+            ),
             // other spacing
-            "HTTP/1.1 200 OK\r\nServer: s\r\nX-A:a\r\nX-B:   b  \r\nX-C:\tc\r\nDate: d\r\nX-Empty:\r\nContent-Length: 3\r\n\r\n",
+            concat!(
+                "HTTP/1.1 200 OK\r\nServer: s\r\nX-A:a\r\nX-B:   b  \r\nX-C:\tc\r\n",
+                "Date: d\r\nX-Empty:\r\nContent-Length: 3\r\n\r\n",
+            ),
             // bare LF line ends
-            "HTTP/1.1 200 OK\nServer: s\nX-A: a\r\nX-B: b\nX-C: c\r\nDate: d\nX-Empty: \nContent-Length: 3\n\n",
+            concat!(
+                "HTTP/1.1 200 OK\nServer: s\nX-A: a\r\nX-B: b\nX-C: c\r\nDate: d\n",
+                "X-Empty: \nContent-Length: 3\n\n",
+            ),
         ] {
             let got = h1_head(raw.as_bytes());
             assert_eq!(
