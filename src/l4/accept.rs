@@ -20,6 +20,7 @@
 use super::proxy_protocol::{read_header, Header};
 use crate::config::cidr::{any_contains, Cidr};
 use crate::config::{ListenerSpec, PROXY_HEADER_TIMEOUT};
+use crate::net::listen::peer_addr;
 use async_trait::async_trait;
 use log::warn;
 use pingora_core::apps::ServerApp;
@@ -45,12 +46,6 @@ pub struct Proxied {
     pub dst: SocketAddr,
 }
 
-/// The stream's peer address as Pingora reports it (after any PROXY override).
-pub fn peer_of(io: &dyn IO) -> Option<SocketAddr> {
-    io.get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
-}
-
 pub fn local_of(io: &dyn IO) -> Option<SocketAddr> {
     io.get_socket_digest()
         .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
@@ -67,7 +62,7 @@ impl ProxyAccept {
     /// Check the peer, read the header and make its source the stream's peer address.
     /// `Ok(None)` is a LOCAL/UNKNOWN header: the connection keeps its own address.
     pub async fn apply(&self, io: &mut L4Stream) -> Result<Option<Proxied>, String> {
-        let Some(peer) = peer_of(io) else {
+        let Some(peer) = peer_addr(io) else {
             return Err("connection without a peer address".into());
         };
         if !any_contains(&self.trusted, peer.ip()) {

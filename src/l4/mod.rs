@@ -25,10 +25,11 @@ pub mod sni;
 use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
 use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
 use crate::net::connect;
+use crate::net::listen::peer_addr;
 use crate::net::splice::{shutdown_of, splice, Client, Ends, Splice};
 use crate::tls::store::CertStore;
 use crate::upstream::{bit, Pick, Pool};
-use accept::{local_of, peer_of, ProxyAccept};
+use accept::{local_of, ProxyAccept};
 use async_trait::async_trait;
 use log::{debug, warn};
 use pingora_core::apps::ServerApp;
@@ -124,14 +125,14 @@ impl L4App {
     }
 
     async fn serve(&self, mut io: Stream, shutdown: &ShutdownWatch) -> Result<(), String> {
-        let real_peer = peer_of(io.as_ref());
+        let real_peer = peer_addr(io.as_ref());
         let mut proxied_dst = None;
         if let (Some(acc), false) = (&self.accept, self.tls_terminated) {
             let (s, p) = acc.apply_stream(io).await?;
             io = s;
             proxied_dst = p.map(|p| p.dst);
         }
-        let client = peer_of(io.as_ref())
+        let client = peer_addr(io.as_ref())
             .or(real_peer)
             .ok_or("connection without a peer address")?;
 
@@ -241,7 +242,7 @@ impl ServerApp for L4App {
                 "{}: max_connections ({}) reached; closing a new connection from {}",
                 self.name,
                 self.max_connections.unwrap_or(0),
-                peer_of(io.as_ref())
+                peer_addr(io.as_ref())
                     .map(|a| a.to_string())
                     .unwrap_or_else(|| "-".into())
             );

@@ -80,13 +80,19 @@ impl<A> PlainService<A> {
 
 /// The client address of a connection, without making a digest for a [`PlainTcp`].
 pub fn peer_ip(io: &pingora_core::protocols::Stream) -> Option<std::net::IpAddr> {
+    peer_addr(io.as_ref()).map(|a| a.ip())
+}
+
+/// The client's socket address, without making a digest for a [`PlainTcp`] (its first
+/// `get_socket_digest` builds one: an allocation and a system call per connection).
+pub fn peer_addr(io: &dyn pingora_core::protocols::IO) -> Option<SocketAddr> {
     if let Some(p) = io.as_any().downcast_ref::<PlainTcp>() {
         if !p.has_digest() {
-            return Some(p.peer().ip());
+            return Some(p.peer());
         }
     }
     io.get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
 }
 
 /// A connection's task: one boxed future for its whole life. Its output is dropped (a stream
