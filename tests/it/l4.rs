@@ -1088,3 +1088,61 @@ async fn a_reload_adds_and_removes_a_tcp_listener() {
     assert!(!closed_within(&mut held, Duration::from_millis(300)).await);
     assert_eq!(a.open(), 1, "the held connection is still relayed");
 }
+
+/// Once the process starts draining (SIGTERM), a tunnel that has gone quiet for a second is
+/// closed rather than waited for, one still moving bytes keeps going until it goes quiet
+/// too, and the process then exits without waiting out its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_quiet_tunnels_and_keeps_busy_ones_until_they_go_quiet() {
+    let a = TcpBackend::start("a", false).await;
+    let dir = crate::support::scratch_dir("l4-drain");
+    let grace = 30;
+    let (text, ports) = crate::support::proxy::render(
+        &format!(
+            "{}listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u, idle_timeout: 60s}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+            crate::ops::pingora_block(&dir, grace),
+            backends(&[(&a, 1)])
+        ),
+        &dir,
+    );
+    let mut p = Proxy::start_in(dir, &text, ports, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let mut quiet = TcpStream::connect(p.addr).await.expect("connect");
+    quiet.write_all(b"ECHO\n").await.expect("write");
+    assert!(echo_round(&mut quiet, b"q").await);
+    let mut busy = TcpStream::connect(p.addr).await.expect("connect");
+    busy.write_all(b"ECHO\n").await.expect("write");
+    assert!(echo_round(&mut busy, b"b").await);
+
+    let t0 = Instant::now();
+    p.signal(libc::SIGTERM);
+    // the busy tunnel carries bytes every 200 ms for 2.5 s: never quiet for a second
+    let mut rounds = 0;
+    while t0.elapsed() < Duration::from_millis(2500) {
+        assert!(
+            echo_round(&mut busy, b"x").await,
+            "a busy tunnel was cut {:?} into the drain",
+            t0.elapsed()
+        );
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(rounds >= 5, "only {rounds} echo rounds during the drain");
+    // the quiet one was closed meanwhile, long before the grace period
+    assert!(
+        closed_within(&mut quiet, Duration::from_secs(1)).await,
+        "a quiet tunnel still open {:?} into the drain",
+        t0.elapsed()
+    );
+    // and the busy one once it goes quiet
+    assert!(
+        closed_within(&mut busy, Duration::from_secs(5)).await,
+        "a tunnel quiet since the drain began still open"
+    );
+    let st = crate::ops::wait_exit(&mut p, Duration::from_secs(10)).await;
+    assert!(st.is_some_and(|s| s.success()), "exit: {st:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(grace / 2),
+        "waited {:?} for tunnels (grace {grace}s)",
+        t0.elapsed()
+    );
+}
