@@ -101,7 +101,6 @@ where
 
     async fn http_cleanup(&self) {
         DRAINING.store(true, Ordering::Relaxed);
-        SHUTDOWN.send_replace(true);
         if !self.linger.is_zero() {
             log::info!(
                 "draining: keep-alive connections get Connection: close for {:?}",
@@ -125,16 +124,6 @@ where
             .process_custom_session(stream, shutdown)
             .await
     }
-}
-
-/// Raised as soon as shutdown is broadcast, for tunnels that hold no shutdown watch.
-static SHUTDOWN: once_cell::sync::Lazy<tokio::sync::watch::Sender<bool>> =
-    once_cell::sync::Lazy::new(|| tokio::sync::watch::channel(false).0);
-
-/// Resolves once the process starts shutting down.
-pub async fn shutdown_started() {
-    let mut rx = SHUTDOWN.subscribe();
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// Sets [`draining`] as soon as shutdown is broadcast (before any linger), notes whether the
@@ -176,7 +165,8 @@ impl BackgroundService for DrainFlag {
             }
         }
         DRAINING.store(true, Ordering::Relaxed);
-        SHUTDOWN.send_replace(true);
+        // quiet tunnels close now rather than at their idle timeout (see `net::splice`)
+        idle::drain_tunnels();
         // Pingora sleeps out the whole grace period even when nothing is left; a stopped
         // container or unit would wait seconds for nothing. Accepting has stopped by now, so
         // once no client connection is open and no request in flight, nothing can be lost.

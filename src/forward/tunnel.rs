@@ -96,9 +96,8 @@ pub async fn relay(
         }
         first = e.len() as u64;
     }
-    let drain = crate::lifecycle::shutdown_started();
     let side = Client::over_socket(down.as_mut());
-    match crate::net::splice::splice(side, &mut up, idle, drain, Ends::HALF_CLOSE).await {
+    match crate::net::splice::splice(side, &mut up, idle, Ends::HALF_CLOSE).await {
         crate::net::splice::Splice::Done(sent, recv) => (first + sent, recv),
         _ => (first, 0),
     }
@@ -119,9 +118,8 @@ pub async fn relay_h2(
         rest: Bytes::new(),
         ended: false,
     };
-    let drain = crate::lifecycle::shutdown_started();
     let side = Client::Stream(&mut s, None);
-    match crate::net::splice::splice(side, &mut up, idle, drain, Ends::HALF_CLOSE).await {
+    match crate::net::splice::splice(side, &mut up, idle, Ends::HALF_CLOSE).await {
         crate::net::splice::Splice::Done(sent, recv) => ((sent, recv), true),
         _ => ((0, 0), false),
     }

@@ -26,7 +26,7 @@ use crate::config::file::{ListenerProtocol, ProxyProtocolFile};
 use crate::config::{HostMatch, ListenerSpec, CLIENT_HELLO_MAX, CLIENT_HELLO_TIMEOUT};
 use crate::net::connect;
 use crate::net::listen::peer_addr;
-use crate::net::splice::{shutdown_of, splice, Client, Ends, Splice};
+use crate::net::splice::{splice, Client, Ends, Splice};
 use crate::tls::store::CertStore;
 use crate::upstream::{bit, Pick, Pool};
 use accept::{local_of, ProxyAccept};
@@ -124,7 +124,7 @@ impl L4App {
         }
     }
 
-    async fn serve(&self, mut io: Stream, shutdown: &ShutdownWatch) -> Result<(), String> {
+    async fn serve(&self, mut io: Stream) -> Result<(), String> {
         let real_peer = peer_addr(io.as_ref());
         let mut proxied_dst = None;
         if let (Some(acc), false) = (&self.accept, self.tls_terminated) {
@@ -200,14 +200,7 @@ impl L4App {
             Some(socket) => Client::Socket(socket),
             None => Client::over_socket(io.as_mut()),
         };
-        let outcome = splice(
-            side,
-            &mut backend,
-            self.idle_timeout,
-            shutdown_of(shutdown),
-            ends,
-        )
-        .await;
+        let outcome = splice(side, &mut backend, self.idle_timeout, ends).await;
         let label = &pick.slot.label;
         match outcome {
             Splice::Done(up, down) => {
@@ -234,7 +227,7 @@ impl crate::net::listen::ConnApp for L4App {}
 
 #[async_trait]
 impl ServerApp for L4App {
-    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(self: &Arc<Self>, io: Stream, _: &ShutdownWatch) -> Option<Stream> {
         let _open = crate::lifecycle::open_connection();
         crate::net::serving_thread();
         let Some(_slot) = self.admit() else {
@@ -249,7 +242,7 @@ impl ServerApp for L4App {
             return None;
         };
         self.m.opened();
-        if let Err(e) = self.serve(io, shutdown).await {
+        if let Err(e) = self.serve(io).await {
             warn!("{}: {e}", self.name);
         }
         self.m.closed();

@@ -46,9 +46,11 @@ const WAITING: u32 = u32::MAX - 1;
 const FIRED: u32 = u32::MAX - 2;
 /// A waiting limit, which only its deadline fires.
 const WAITING_LIMIT: u32 = u32::MAX - 3;
+/// A tunnel's idle watchdog, which [`drain_tunnels`] fires too.
+const WAITING_TUNNEL: u32 = u32::MAX - 4;
 
 fn is_waiting(link: u32) -> bool {
-    link == WAITING || link == WAITING_LIMIT
+    link == WAITING || link == WAITING_LIMIT || link == WAITING_TUNNEL
 }
 
 struct Slot {
@@ -101,9 +103,10 @@ impl Shard {
         i
     }
 
-    /// Fire the timers whose deadline passed by `now`, and every idle one if `closing`,
-    /// their wakers into `woken`: the earliest deadline left (`u64::MAX` for none).
-    fn fire(&mut self, now: u64, closing: bool, woken: &mut Vec<Waker>) -> u64 {
+    /// Fire the timers whose deadline passed by `now`, every idle one if `closing` and
+    /// every tunnel's if `draining`, their wakers into `woken`: the earliest deadline left
+    /// (`u64::MAX` for none).
+    fn fire(&mut self, now: u64, closing: bool, draining: bool, woken: &mut Vec<Waker>) -> u64 {
         let mut earliest = u64::MAX;
         if self.waiting == 0 {
             return earliest;
@@ -112,7 +115,8 @@ impl Shard {
             if !is_waiting(s.link) {
                 continue;
             }
-            if (closing && s.link == WAITING) || expired(s.deadline, now) {
+            let early = (closing && s.link == WAITING) || (draining && s.link == WAITING_TUNNEL);
+            if early || expired(s.deadline, now) {
                 s.link = FIRED;
                 self.waiting -= 1;
                 woken.extend(s.waker.take());
@@ -164,6 +168,9 @@ static TABLE: [Mutex<Shard>; SHARDS] = [const {
 
 /// Set once idle connections must close (the process is going away).
 static CLOSING: AtomicBool = AtomicBool::new(false);
+/// Set once the process drains (shutdown began): tunnels look at how long they have been
+/// quiet again.
+static TUNNELS: AtomicBool = AtomicBool::new(false);
 /// The earliest deadline the sweeper will wake for (ms on [`now_ms`]'s clock); lowered by a
 /// registration with an earlier one, which then wakes the sweeper.
 static NEXT: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -208,6 +215,19 @@ pub fn close_all() {
     kick();
 }
 
+/// Wake every tunnel's idle watchdog now, and any that starts waiting later at once: the
+/// process started draining, and a quiet tunnel is closed sooner (see
+/// [`crate::net::splice`]).
+pub fn drain_tunnels() {
+    TUNNELS.store(true, Ordering::SeqCst);
+    kick();
+}
+
+/// Whether [`drain_tunnels`] was called.
+pub fn tunnels_draining() -> bool {
+    TUNNELS.load(Ordering::SeqCst)
+}
+
 /// The sweeper's loop: wake what expired, then sleep until the next deadline (or a kick).
 fn sweep() {
     let mut woken = Vec::new();
@@ -217,10 +237,11 @@ fn sweep() {
         NEXT.store(u64::MAX, Ordering::SeqCst);
         let now = now_ms();
         let closing = CLOSING.load(Ordering::SeqCst);
+        let draining = TUNNELS.load(Ordering::SeqCst);
         let mut earliest = u64::MAX;
         for i in 0..SHARDS {
             let mut shard = lock(i);
-            earliest = earliest.min(shard.fire(now, closing, &mut woken));
+            earliest = earliest.min(shard.fire(now, closing, draining, &mut woken));
             drop(shard);
             for w in woken.drain(..) {
                 w.wake();
@@ -231,7 +252,9 @@ fn sweep() {
         // either is seen here or wakes the wait below.
         let mut k = KICK.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if CLOSING.load(Ordering::SeqCst) && !closing {
+            if (CLOSING.load(Ordering::SeqCst) && !closing)
+                || (TUNNELS.load(Ordering::SeqCst) && !draining)
+            {
                 break;
             }
             let next = NEXT.load(Ordering::SeqCst);
@@ -266,13 +289,23 @@ pub struct CoarseTimer {
     /// `(shard, slot)` once registered.
     shard: u16,
     slot: u32,
-    /// A limit, not an idle wait.
-    limit: bool,
+    kind: Kind,
     /// Armed and not yet polled: the deadline is still to be set.
     fresh: bool,
 }
 
 const UNREGISTERED: u32 = u32::MAX;
+
+/// What ends a wait besides its time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A keep-alive wait: also [`close_all`].
+    Idle,
+    /// A limit on I/O: nothing else.
+    Limit,
+    /// A tunnel's idle watchdog: also [`drain_tunnels`].
+    Tunnel,
+}
 
 impl CoarseTimer {
     /// The keep-alive wait of an idle connection, which also ends when idle connections
@@ -286,6 +319,14 @@ impl CoarseTimer {
         CoarseTimer::new(wait, true)
     }
 
+    /// A tunnel's idle watchdog: ends when its time passes, or when the process starts
+    /// draining ([`drain_tunnels`]).
+    pub fn tunnel(wait: Duration) -> CoarseTimer {
+        let mut t = CoarseTimer::new(wait, true);
+        t.kind = Kind::Tunnel;
+        t
+    }
+
     /// A timer for a connection's waits, each started by [`Self::arm`]. Polled before any
     /// arm, it is ready (a limit that never ends would be worse than one that ends at once).
     pub fn unarmed() -> CoarseTimer {
@@ -293,7 +334,7 @@ impl CoarseTimer {
             deadline: 0,
             shard: 0,
             slot: UNREGISTERED,
-            limit: true,
+            kind: Kind::Limit,
             fresh: false,
         }
     }
@@ -308,12 +349,16 @@ impl CoarseTimer {
     /// that has to wait; the slot, if the timer has one, is kept.
     pub fn arm(&mut self, wait: Duration, limit: bool) {
         self.deadline = (wait.as_millis() as u64).min(MAX_WAIT_MS) as u32;
-        self.limit = limit;
+        self.kind = if limit { Kind::Limit } else { Kind::Idle };
         self.fresh = true;
     }
 
     fn closing(&self, order: Ordering) -> bool {
-        !self.limit && CLOSING.load(order)
+        match self.kind {
+            Kind::Idle => CLOSING.load(order),
+            Kind::Tunnel => TUNNELS.load(order),
+            Kind::Limit => false,
+        }
     }
 
     /// `Ready` once the wait is over (or, for an idle wait, idle connections are closing).
@@ -329,7 +374,11 @@ impl CoarseTimer {
             let deadline = self.deadline as u64 + now_ms() + crate::clock::coarse_step_ms();
             self.deadline = deadline as u32;
             self.fresh = false;
-            let state = if self.limit { WAITING_LIMIT } else { WAITING };
+            let state = match self.kind {
+                Kind::Idle => WAITING,
+                Kind::Limit => WAITING_LIMIT,
+                Kind::Tunnel => WAITING_TUNNEL,
+            };
             if self.slot == UNREGISTERED {
                 self.register(cx, state);
             } else {
@@ -428,15 +477,34 @@ mod tests {
         let idle = s.take(100, w.clone(), WAITING);
         let limit = s.take(200, w.clone(), WAITING_LIMIT);
         let mut woken = Vec::new();
-        assert_eq!(s.fire(50, false, &mut woken), 100);
+        assert_eq!(s.fire(50, false, false, &mut woken), 100);
         assert!(woken.is_empty());
-        assert_eq!(s.fire(60, true, &mut woken), 200, "the limit is left");
+        assert_eq!(
+            s.fire(60, true, false, &mut woken),
+            200,
+            "the limit is left"
+        );
         assert_eq!(woken.len(), 1);
         assert_eq!(s.slot(idle).link, FIRED);
         assert_eq!(s.slot(limit).link, WAITING_LIMIT);
-        assert_eq!(s.fire(200, true, &mut woken), u64::MAX);
+        assert_eq!(s.fire(200, true, false, &mut woken), u64::MAX);
         assert_eq!((woken.len(), s.waiting), (2, 0));
         assert_eq!(s.slot(limit).link, FIRED);
+    }
+
+    #[test]
+    fn draining_fires_tunnel_waits_only() {
+        let mut s = Shard::default();
+        let w = Waker::noop().clone();
+        let idle = s.take(100, w.clone(), WAITING);
+        let limit = s.take(100, w.clone(), WAITING_LIMIT);
+        let tunnel = s.take(100, w.clone(), WAITING_TUNNEL);
+        let mut woken = Vec::new();
+        assert_eq!(s.fire(50, false, true, &mut woken), 100);
+        assert_eq!((woken.len(), s.waiting), (1, 2));
+        assert_eq!(s.slot(tunnel).link, FIRED);
+        assert_eq!(s.slot(idle).link, WAITING);
+        assert_eq!(s.slot(limit).link, WAITING_LIMIT);
     }
 
     #[test]

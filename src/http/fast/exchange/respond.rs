@@ -268,16 +268,14 @@ impl Exchange<'_> {
         if write_flush(g, &out, self.l.client_timeout).await.is_err() {
             return Err(Failure::Cut);
         }
-        let Some(shutdown) = self.shutdown else {
+        if self.shutdown.is_none() {
             return Err(Failure::Cut);
-        };
+        }
         g.release();
-        let drain = crate::net::splice::shutdown_of(shutdown);
         if let crate::net::splice::Splice::Done(_, down) = crate::net::splice::splice(
             crate::net::splice::Client::over_socket(g),
             &mut up,
             self.pool.read_timeout,
-            drain,
             crate::net::splice::Ends {
                 half_close: crate::policy::UPGRADE_HALF_CLOSE,
                 client_closes: false,
