@@ -216,8 +216,8 @@ pub fn close_all() {
 }
 
 /// Wake every tunnel's idle watchdog now, and any that starts waiting later at once: the
-/// process started draining, and a quiet tunnel is closed sooner (see
-/// [`crate::net::splice`]).
+/// process started draining, and a tunnel quiet for a second is closed rather than waited
+/// for (its watchdog's [`CoarseTimer::tunnel`]).
 pub fn drain_tunnels() {
     TUNNELS.store(true, Ordering::SeqCst);
     kick();
