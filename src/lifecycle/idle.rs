@@ -135,10 +135,7 @@ impl Shard {
         let was_waiting = is_waiting(s.link);
         s.link = state;
         s.deadline = deadline;
-        match &mut s.waker {
-            Some(w) if w.will_wake(waker) => {}
-            w => *w = Some(waker.clone()),
-        }
+        keep_waker(&mut s.waker, waker);
         if !was_waiting {
             self.waiting += 1;
         }
@@ -197,6 +194,15 @@ fn my_shard() -> usize {
         static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
     }
     SHARD.with(|s| *s)
+}
+
+/// `waker` in `slot`, cloned only if the slot's is another task's (a connection's waits
+/// are polled by its one task).
+fn keep_waker(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(w) if w.will_wake(waker) => {}
+        w => *w = Some(waker.clone()),
+    }
 }
 
 fn expired(deadline: u32, now: u64) -> bool {
@@ -307,24 +313,33 @@ enum Kind {
     Tunnel,
 }
 
+impl Kind {
+    /// A slot's link while a wait of this kind waits in it.
+    fn waiting(self) -> u32 {
+        match self {
+            Kind::Idle => WAITING,
+            Kind::Limit => WAITING_LIMIT,
+            Kind::Tunnel => WAITING_TUNNEL,
+        }
+    }
+}
+
 impl CoarseTimer {
     /// The keep-alive wait of an idle connection, which also ends when idle connections
     /// close.
     pub fn idle(wait: Duration) -> CoarseTimer {
-        CoarseTimer::new(wait, false)
+        CoarseTimer::new(wait, Kind::Idle)
     }
 
     /// A limit on a wait for I/O, which only its time ends.
     pub fn limit(wait: Duration) -> CoarseTimer {
-        CoarseTimer::new(wait, true)
+        CoarseTimer::new(wait, Kind::Limit)
     }
 
     /// A tunnel's idle watchdog: ends when its time passes, or when the process starts
     /// draining ([`drain_tunnels`]).
     pub fn tunnel(wait: Duration) -> CoarseTimer {
-        let mut t = CoarseTimer::new(wait, true);
-        t.kind = Kind::Tunnel;
-        t
+        CoarseTimer::new(wait, Kind::Tunnel)
     }
 
     /// A timer for a connection's waits, each started by [`Self::arm`]. Polled before any
@@ -339,17 +354,21 @@ impl CoarseTimer {
         }
     }
 
-    fn new(wait: Duration, limit: bool) -> CoarseTimer {
+    fn new(wait: Duration, kind: Kind) -> CoarseTimer {
         let mut t = CoarseTimer::unarmed();
-        t.arm(wait, limit);
+        t.arm_as(wait, kind);
         t
     }
 
     /// Start a new wait of `wait` (a limit, or an idle wait), counted from the next poll
     /// that has to wait; the slot, if the timer has one, is kept.
     pub fn arm(&mut self, wait: Duration, limit: bool) {
+        self.arm_as(wait, if limit { Kind::Limit } else { Kind::Idle });
+    }
+
+    fn arm_as(&mut self, wait: Duration, kind: Kind) {
         self.deadline = (wait.as_millis() as u64).min(MAX_WAIT_MS) as u32;
-        self.kind = if limit { Kind::Limit } else { Kind::Idle };
+        self.kind = kind;
         self.fresh = true;
     }
 
@@ -374,11 +393,7 @@ impl CoarseTimer {
             let deadline = self.deadline as u64 + now_ms() + crate::clock::coarse_step_ms();
             self.deadline = deadline as u32;
             self.fresh = false;
-            let state = match self.kind {
-                Kind::Idle => WAITING,
-                Kind::Limit => WAITING_LIMIT,
-                Kind::Tunnel => WAITING_TUNNEL,
-            };
+            let state = self.kind.waiting();
             if self.slot == UNREGISTERED {
                 self.register(cx, state);
             } else {
@@ -408,10 +423,7 @@ impl CoarseTimer {
         if s.link == FIRED {
             return Poll::Ready(());
         }
-        match &mut s.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            w => *w = Some(cx.waker().clone()),
-        }
+        keep_waker(&mut s.waker, cx.waker());
         Poll::Pending
     }
 

@@ -14,18 +14,8 @@ use std::time::Duration;
 /// limit is a [`CoarseTimer`], not tokio's timer: a proxied request waits under one for its
 /// backend's answer every time.
 pub async fn within<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
-    let mut f = std::pin::pin!(f);
-    let mut limit: Option<CoarseTimer> = None;
-    std::future::poll_fn(|cx| {
-        // the timer is made and looked at only when `f` is not ready: the wake-up is
-        // usually `f`'s
-        if let Poll::Ready(v) = f.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        let limit = limit.get_or_insert_with(|| CoarseTimer::limit(d));
-        limit.poll_expired(cx).map(|()| None)
-    })
-    .await
+    // an unarmed timer takes no slot and reads no clock until `f` has to wait
+    within_on(&mut CoarseTimer::unarmed(), d, f).await
 }
 
 /// [`within`] on `timer`, a connection's timer kept from wait to wait (see
@@ -38,6 +28,8 @@ pub async fn within_on<T>(
     let mut f = std::pin::pin!(f);
     let mut armed = false;
     std::future::poll_fn(|cx| {
+        // the timer is armed and looked at only when `f` is not ready: the wake-up is
+        // usually `f`'s
         if let Poll::Ready(v) = f.as_mut().poll(cx) {
             return Poll::Ready(Some(v));
         }
