@@ -242,7 +242,7 @@ impl ProxyHttp for HttpProxy {
         let started = match ctx.started {
             Some(t) => t,
             None => {
-                policy::retry::begin(pool, ctx.obs.started());
+                policy::retry::begin(pool);
                 *ctx.started.insert(std::time::Instant::now())
             }
         };

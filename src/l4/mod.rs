@@ -300,7 +300,7 @@ async fn connect(
     let mut tried = 0u64;
     let mut attempts = 0u32;
     let started = std::time::Instant::now();
-    crate::policy::retry::begin(pool, started);
+    crate::policy::retry::begin(pool);
     loop {
         let pick = match pool.select_queued(hash, tried).await {
             Ok(p) => p,

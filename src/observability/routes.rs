@@ -146,8 +146,7 @@ struct Totals {
 }
 
 /// Indexed by the route's position in the config (`Route::id`); replaced by a reload.
-static ROUTES: Lazy<arc_swap::ArcSwap<Vec<&'static RouteMetrics>>> =
-    Lazy::new(|| arc_swap::ArcSwap::from_pointee(Vec::new()));
+static ROUTES: Lazy<RouteTable> = Lazy::new(|| arc_swap::ArcSwap::from_pointee(Vec::new()));
 /// Every (route, upstream) pair resolved so far: a reload that keeps a pair reuses its
 /// counters, so reloading back and forth allocates nothing new, and a pair a reload dropped
 /// keeps its series (counters never go back).
@@ -185,9 +184,26 @@ pub fn set_routes(cfg: &Config) {
     ROUTES.store(Arc::new(routes));
 }
 
+type RouteTable = arc_swap::ArcSwap<Vec<&'static RouteMetrics>>;
+
+thread_local! {
+    /// This thread's view of [`ROUTES`]: a load through it is one read of the shared
+    /// pointer while no reload replaced it, where `ArcSwap::load` registers and releases a
+    /// debt (about 50 instructions, on every request). A thread keeps the table it saw
+    /// last until its next request; the counters themselves are never freed.
+    static LOCAL_ROUTES: std::cell::RefCell<arc_swap::cache::Cache<&'static RouteTable, Arc<Vec<&'static RouteMetrics>>>> =
+        std::cell::RefCell::new(arc_swap::cache::Cache::new(&*ROUTES));
+}
+
 pub(super) fn route_metrics(id: Option<usize>) -> &'static RouteMetrics {
-    id.and_then(|i| ROUTES.load().get(i).copied())
-        .unwrap_or(&UNROUTED)
+    id.and_then(|i| {
+        LOCAL_ROUTES.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) => c.load().get(i).copied(),
+            // not reentrant; were it ever, the shared table answers
+            Err(_) => ROUTES.load().get(i).copied(),
+        })
+    })
+    .unwrap_or(&UNROUTED)
 }
 
 /// Register the collector (once, at start).

@@ -109,9 +109,9 @@ pub fn skip_fewer(tried: u64, refused: u64) -> Option<u64> {
     (tried != refused).then_some(refused)
 }
 
-/// A request to `pool` begins (`at`: the request's start): it pays into the retry budget.
-pub fn begin(pool: &Pool, at: std::time::Instant) {
-    pool.budget.deposit(crate::upstream::ms_at(at));
+/// A request to `pool` begins: it pays into the retry budget.
+pub fn begin(pool: &Pool) {
+    pool.budget.deposit();
 }
 
 /// Whether a request body can be sent again: its length, when known, is within

@@ -171,14 +171,9 @@ impl Slot {
 
 /// Milliseconds since the process's first look at the clock, never 0.
 pub fn now_ms() -> u64 {
-    ms_at(std::time::Instant::now())
-}
-
-/// [`now_ms`] of an earlier reading of the clock (a request's start), without a new one.
-pub fn ms_at(t: std::time::Instant) -> u64 {
     static EPOCH: once_cell::sync::Lazy<std::time::Instant> =
         once_cell::sync::Lazy::new(std::time::Instant::now);
-    t.saturating_duration_since(*EPOCH).as_millis() as u64 + 1
+    EPOCH.elapsed().as_millis() as u64 + 1
 }
 
 /// A selected backend. Holding it counts one request (or TCP connection) in flight; dropping

@@ -192,7 +192,7 @@ impl<'a> Exchange<'a> {
     ) -> Result<(TcpStream, Vec<u8>, RespHead), Failure> {
         let pool = self.pool;
         let spec = &pool.spec;
-        retry::begin(pool, self.obs.started());
+        retry::begin(pool);
         // A body that a retry may send again is read first and held with the head.
         let mut held = Vec::new();
         let (out, body_left) = match g.as_deref_mut() {

@@ -117,7 +117,7 @@ pub fn parse_response(rbuf: &[u8], head_only: bool, down: Down) -> Result<Parsed
     // each name classified once: the framing pass here, the copy passes below
     let mut kinds = [Field::Other; MAX_HEADERS];
     for (h, kind) in resp.headers.iter().zip(kinds.iter_mut()) {
-        *kind = fields::classify(h.name.as_bytes());
+        *kind = fields::classify_response(h.name.as_bytes());
         match *kind {
             Field::ContentLength => match fields::parse_len_list(h.value) {
                 Some(v) if length.is_none_or(|l| l == v) => length = Some(v),

@@ -115,9 +115,22 @@ const IF_UNMODIFIED_SINCE: Words = key(b"if-unmodified-since");
 
 /// Classify a field name, case-insensitively.
 pub fn classify(name: &[u8]) -> Field {
+    classify_as(name, true)
+}
+
+/// [`classify`] for a response's fields: a name with an underscore is [`Field::Other`], as
+/// [`super::drop_on_response`] treats it; only a request's such names are refused or
+/// dropped. The underscore scan was about a quarter of the classification of the usual
+/// response field, which is none of the known names.
+pub fn classify_response(name: &[u8]) -> Field {
+    classify_as(name, false)
+}
+
+#[inline(always)]
+fn classify_as(name: &[u8], underscores: bool) -> Field {
     let n = name.len();
     if n > MAX {
-        return if name.contains(&b'_') {
+        return if underscores && name.contains(&b'_') {
             Field::Underscored
         } else {
             Field::Other
@@ -154,7 +167,11 @@ pub fn classify(name: &[u8]) -> Field {
         19 if w == IF_UNMODIFIED_SINCE => Field::NotForHit,
         // the words cover every byte ('_' is not a letter, so lowering keeps it), and the
         // zero padding of a short name is not '_'
-        _ if [w.0, w.1, w.2].iter().any(|&x| byte_marks(x, b'_') != 0) => Field::Underscored,
+        _ if underscores
+            && (byte_marks(w.0, b'_') | byte_marks(w.1, b'_') | byte_marks(w.2, b'_')) != 0 =>
+        {
+            Field::Underscored
+        }
         _ => Field::Other,
     }
 }
@@ -318,5 +335,37 @@ mod tests {
         assert_eq!(classify(b""), Field::Other);
         assert_eq!(classify(b"X-Real_IP"), Field::Underscored);
         assert_eq!(classify(b"Last-Modified"), Field::Other);
+    }
+
+    #[test]
+    fn a_response_name_is_classified_as_a_request_name_but_an_underscore_is_other() {
+        let as_response = |v: &[u8]| match classify(v) {
+            Field::Underscored => Field::Other,
+            f => f,
+        };
+        let mut underscored = 0;
+        for k in KNOWN {
+            for i in 0..k.len() {
+                for b in 0..=255u8 {
+                    let mut v = k.as_bytes().to_vec();
+                    v[i] = b;
+                    underscored += usize::from(classify(&v) == Field::Underscored);
+                    assert_eq!(
+                        classify_response(&v),
+                        as_response(&v),
+                        "{}",
+                        String::from_utf8_lossy(&v)
+                    );
+                }
+                assert_eq!(classify_response(k.as_bytes()), classify(k.as_bytes()));
+            }
+        }
+        for n in 1..40 {
+            let mut v = vec![b'a'; n];
+            v[n / 2] = b'_';
+            underscored += 1;
+            assert_eq!(classify_response(&v), Field::Other, "{n}");
+        }
+        assert!(underscored > 300, "{underscored}");
     }
 }
