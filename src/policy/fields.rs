@@ -35,7 +35,7 @@ pub enum Field {
 }
 
 mod name;
-pub use name::{classify, classify_response};
+pub use name::{classify, classify_framing, classify_response};
 
 /// The comma-separated tokens of a field value, trimmed, empty ones skipped.
 pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {

@@ -100,18 +100,26 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().iter().enumerate() {
+            // on the stack first: one capacity check for the address, not one per byte
+            let mut b = [0u8; 15];
+            let mut n = 0;
+            for (i, &o) in v4.octets().iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    b[n] = b'.';
+                    n += 1;
                 }
-                if *o >= 100 {
-                    out.push(b'0' + o / 100);
+                if o >= 100 {
+                    b[n] = b'0' + o / 100;
+                    n += 1;
                 }
-                if *o >= 10 {
-                    out.push(b'0' + o / 10 % 10);
+                if o >= 10 {
+                    b[n] = b'0' + o / 10 % 10;
+                    n += 1;
                 }
-                out.push(b'0' + o % 10);
+                b[n] = b'0' + o % 10;
+                n += 1;
             }
+            out.extend_from_slice(&b[..n]);
         }
         IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
     }
@@ -128,6 +136,7 @@ mod tests {
             "10.20.255.1",
             "127.0.0.1",
             "199.9.100.99",
+            "255.255.255.255",
             "::1",
             "2001:db8::7",
         ] {

@@ -186,7 +186,7 @@ pub fn check_head(head: &[u8]) -> Result<Framing, Refusal> {
             _ => return refuse(name_refusal(line)),
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        match fields::classify(name) {
+        match fields::classify_framing(name) {
             Field::ContentLength => {
                 for v in value.split(|&b| b == b',') {
                     let v = v.trim_ascii();

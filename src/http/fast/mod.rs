@@ -206,7 +206,7 @@ impl FastPath {
         let body_len = length.unwrap_or(0);
         t.body = body_len > 0 || is_chunked;
         t.host = host.is_some();
-        let host_text = match host.map(std::str::from_utf8) {
+        let host_text = match host.map(parse::utf8) {
             Some(Ok(h)) => Some(h),
             Some(Err(_)) => {
                 t.parsed = false;

@@ -125,6 +125,18 @@ fn ascii(b: &[u8]) -> &str {
     unsafe { std::str::from_utf8_unchecked(b) }
 }
 
+/// `str::from_utf8`, with one pass over an ASCII value (a Host field's usual bytes) in place
+/// of the validator's (about 100 instructions for a 15-byte host, per request).
+#[inline]
+pub(super) fn utf8(v: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if v.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8 on their own.
+        Ok(unsafe { std::str::from_utf8_unchecked(v) })
+    } else {
+        std::str::from_utf8(v)
+    }
+}
+
 /// The fields from `i` to the empty line, into `hdrs`: their count and the head's end.
 #[inline(always)]
 fn fields<'b>(

@@ -150,3 +150,22 @@ fn the_word_at_a_time_value_scan_stops_where_the_byte_scan_does() {
         );
     }
 }
+
+#[test]
+fn the_ascii_shortcut_answers_as_from_utf8() {
+    let cases: [&[u8]; 6] = [
+        b"",
+        b"127.0.0.1:8080",
+        b"example.com",
+        "b\u{fc}cher.example".as_bytes(),
+        b"bad\xff.example",
+        b"\xc3",
+    ];
+    for v in cases {
+        assert_eq!(
+            utf8(v).map_err(|e| e.valid_up_to()),
+            std::str::from_utf8(v).map_err(|e| e.valid_up_to()),
+            "{v:?}"
+        );
+    }
+}
