@@ -17,6 +17,30 @@ use std::borrow::Cow;
 /// request has none, and then its path is matched as it came without a copy.
 #[inline]
 fn plain(path: &[u8]) -> bool {
+    // memchr's iterator costs about 150 instructions to set up: more than a byte loop over
+    // a path of up to [`SHORT_PATH`] bytes (about 4 per byte), and most paths are short.
+    if path.len() <= SHORT_PATH {
+        plain_bytewise(path)
+    } else {
+        plain_memchr(path)
+    }
+}
+
+const SHORT_PATH: usize = 32;
+
+#[inline(always)]
+fn plain_bytewise(path: &[u8]) -> bool {
+    let mut after_slash = false;
+    for &b in path {
+        if b == b'%' || (after_slash && (b == b'.' || b == b'/')) {
+            return false;
+        }
+        after_slash = b == b'/';
+    }
+    true
+}
+
+fn plain_memchr(path: &[u8]) -> bool {
     memchr::memchr2_iter(b'%', b'/', path)
         .all(|i| path[i] == b'/' && !matches!(path.get(i + 1), Some(b'.' | b'/')))
 }
@@ -171,6 +195,42 @@ mod tests {
 
     fn norm(p: &str) -> Result<String, &'static str> {
         route_path(p).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn the_byte_loop_and_memchr_agree_on_every_short_path() {
+        // every path of up to 6 bytes over the bytes that matter, and a filler
+        let alphabet = [b'/', b'.', b'%', b'a'];
+        let (mut checked, mut not_plain) = (0, 0);
+        for len in 0..=6u32 {
+            for n in 0..4usize.pow(len) {
+                let path: Vec<u8> = (0..len).map(|i| alphabet[n / 4usize.pow(i) % 4]).collect();
+                let p = plain_memchr(&path);
+                assert_eq!(
+                    plain_bytewise(&path),
+                    p,
+                    "{}",
+                    String::from_utf8_lossy(&path)
+                );
+                checked += 1;
+                not_plain += usize::from(!p);
+            }
+        }
+        assert_eq!(checked, (0..=6).map(|l| 4usize.pow(l)).sum::<usize>());
+        assert!(not_plain > 1000, "{not_plain}");
+        // at the length where `plain` changes method
+        for at in 0..=SHORT_PATH {
+            let mut path = [b'a'; SHORT_PATH + 1];
+            path[0] = b'/';
+            path[at] = b'%';
+            for len in [SHORT_PATH, SHORT_PATH + 1] {
+                assert_eq!(
+                    plain(&path[..len]),
+                    plain_memchr(&path[..len]),
+                    "{at} {len}"
+                );
+            }
+        }
     }
 
     #[test]
