@@ -164,6 +164,7 @@ pub(super) async fn bind(
     key: &str,
     fds: Option<&ListenFds>,
     reuseport: bool,
+    defer_accept: bool,
 ) -> std::io::Result<tokio::net::TcpListener> {
     if let Some(fd) = fds.and_then(|f| f.lock().get(key).copied()) {
         // SAFETY: the fd table holds listening sockets this process received from the old
@@ -184,7 +185,10 @@ pub(super) async fn bind(
             sock.set_reuseport(true)?;
         }
         match sock.bind(addr) {
-            Ok(()) => break sock.listen(BACKLOG)?,
+            Ok(()) => {
+                defer_before_listen(&sock, defer_accept);
+                break sock.listen(BACKLOG)?;
+            }
             // as Pingora does: the address may be released a moment later
             // (the first socket of a group; the others join it or fail at once)
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 5 && first => {
@@ -213,14 +217,15 @@ where
         _listeners_per_fd: usize,
     ) {
         let (name, addr) = (self.name.clone(), self.addr);
-        let mut socks = match super::shard::sockets(&name, addr, fds.as_ref()).await {
-            Ok(s) => s,
-            Err(e) => {
-                // Pingora's listeners panic here too: a server that cannot listen must not run.
-                log::error!("{name}: cannot listen on {addr}: {e}");
-                std::process::exit(1);
-            }
-        };
+        let mut socks =
+            match super::shard::sockets(&name, addr, fds.as_ref(), self.defer_accept).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Pingora's listeners panic here too: a server that cannot listen must not run.
+                    log::error!("{name}: cannot listen on {addr}: {e}");
+                    std::process::exit(1);
+                }
+            };
         let opts = Opts {
             lean: self.lean,
             through_drain: self.through_drain,
@@ -593,16 +598,29 @@ impl Start<'_> {
                         *slot = Some(Pending(Box::new(move |socks| spawn(loops, socks))));
                         Ok(())
                     }
-                    _ => spawn(loops, vec![bind_now(addr)?]),
+                    _ => {
+                        let defer = loops.opts.defer_accept;
+                        spawn(loops, vec![bind_now(addr, defer)?])
+                    }
                 }
             }
         }
     }
 }
 
+/// TCP_DEFER_ACCEPT on a socket about to listen. Set only after `listen`, a client that
+/// connected in between (one that came at once, as a readiness probe's follower does) was
+/// handed over without the hold. The accept loop sets it again either way (an inherited
+/// socket keeps the old process's setting) and warns if it cannot be set.
+fn defer_before_listen(sock: &tokio::net::TcpSocket, on: bool) {
+    if on {
+        super::sockopt::defer_accept(sock, true);
+    }
+}
+
 /// A new socket on `addr`, in the fd table under the address. Bound here, in the caller, so
 /// that an address in use fails the reload.
-fn bind_now(addr: SocketAddr) -> std::io::Result<Socket> {
+fn bind_now(addr: SocketAddr, defer_accept: bool) -> std::io::Result<Socket> {
     let Some((fds, rt)) = DYNAMIC.get() else {
         return Err(std::io::Error::other(
             "the runtime for new listeners is not up yet",
@@ -616,6 +634,7 @@ fn bind_now(addr: SocketAddr) -> std::io::Result<Socket> {
         };
         sock.set_reuseaddr(true)?;
         sock.bind(addr)?;
+        defer_before_listen(&sock, defer_accept);
         sock.listen(BACKLOG)?
     };
     let key = addr.to_string();
@@ -692,4 +711,37 @@ static SHUTDOWN_WATCH: once_cell::sync::OnceCell<ShutdownWatch> = once_cell::syn
 
 pub fn adopt_shutdown(w: &ShutdownWatch) {
     let _ = SHUTDOWN_WATCH.set(w.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A deferring listener's socket defers from its first connection: the option is set
+    /// before `listen`, so a silent client that connects before any accept loop ran (as a
+    /// test's client right after a readiness probe) is held as later ones are, and a
+    /// listener without it hands the same client over at once.
+    #[tokio::test]
+    async fn a_deferring_socket_holds_a_silent_client_before_its_accept_loop_runs() {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        for defer in [true, false] {
+            let l = bind(any, "defer-test", None, false, defer)
+                .await
+                .expect("bind 127.0.0.1:0");
+            let addr = l.local_addr().expect("listener address");
+            let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let early = tokio::time::timeout(Duration::from_millis(300), l.accept()).await;
+            assert_eq!(
+                early.is_err(),
+                defer,
+                "defer_accept {defer}: a silent client was {} within 300 ms",
+                if early.is_ok() {
+                    "accepted"
+                } else {
+                    "not accepted"
+                }
+            );
+        }
+    }
 }

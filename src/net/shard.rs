@@ -62,6 +62,7 @@ pub async fn sockets(
     name: &str,
     addr: SocketAddr,
     fds: Option<&ListenFds>,
+    defer_accept: bool,
 ) -> std::io::Result<Vec<(String, std::net::TcpListener)>> {
     let want = SOCKETS.load(Relaxed);
     let mut out = Vec::with_capacity(want);
@@ -72,7 +73,7 @@ pub async fn sockets(
         if !inherited && i >= want {
             break;
         }
-        match super::listen::bind(addr, &k, fds, want > 1).await {
+        match super::listen::bind(addr, &k, fds, want > 1, defer_accept).await {
             Ok(l) => out.push((k, l.into_std()?)),
             // a socket added to the group: serve with those there are
             Err(e) if i > 0 && !inherited => {
