@@ -719,7 +719,7 @@ where
                         super::fast::Outcome::Fallback => {}
                     }
                 } else {
-                    // a reload turned the fast path off between that read and now
+                    // the fast path is off: whatever the read at once took goes back to the guard
                     g.give_back(head);
                 }
                 // Boxed: Pingora's session (about a kilobyte) and its request future exist only

@@ -96,6 +96,14 @@ async fn echo_round(s: &mut TcpStream, msg: &[u8]) -> bool {
     ) && got == msg
 }
 
+/// A connection to `addr` in the backend's echo mode that has echoed `msg` once.
+async fn echoing(addr: SocketAddr, msg: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"ECHO\n").await.expect("write");
+    assert!(echo_round(&mut s, msg).await);
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_distributes_by_weight_and_ejects_unhealthy_backends() {
     let a = TcpBackend::start("a", false).await;
@@ -391,9 +399,7 @@ async fn half_close_and_idle(splice: bool) {
     assert_eq!(out, "hellobye\n");
 
     // Idle: an open, working connection that goes quiet is closed by the proxy.
-    let mut s = TcpStream::connect(p.addr).await.expect("connect");
-    s.write_all(b"ECHO\n").await.expect("write");
-    assert!(echo_round(&mut s, b"x").await);
+    let mut s = echoing(p.addr, b"x").await;
     assert!(
         closed_within(&mut s, WAIT).await,
         "idle connection not closed"
@@ -413,12 +419,8 @@ async fn tcp_max_connections_refuses_new_ones_and_keeps_existing() {
         backends(&[(&a, 1)])
     ));
     settle(&[&a]).await;
-    let mut one = TcpStream::connect(p.addr).await.expect("connect");
-    one.write_all(b"ECHO\n").await.expect("w");
-    assert!(echo_round(&mut one, b"1").await);
-    let mut two = TcpStream::connect(p.addr).await.expect("connect");
-    two.write_all(b"ECHO\n").await.expect("w");
-    assert!(echo_round(&mut two, b"2").await);
+    let mut one = echoing(p.addr, b"1").await;
+    let mut two = echoing(p.addr, b"2").await;
 
     let mut three = TcpStream::connect(p.addr).await.expect("connect");
     let _ = three.write_all(b"ECHO\n").await;
@@ -1106,12 +1108,8 @@ async fn draining_closes_quiet_tunnels_and_keeps_busy_ones_until_they_go_quiet()
         &dir,
     );
     let mut p = Proxy::start_in(dir, &text, ports, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let mut quiet = TcpStream::connect(p.addr).await.expect("connect");
-    quiet.write_all(b"ECHO\n").await.expect("write");
-    assert!(echo_round(&mut quiet, b"q").await);
-    let mut busy = TcpStream::connect(p.addr).await.expect("connect");
-    busy.write_all(b"ECHO\n").await.expect("write");
-    assert!(echo_round(&mut busy, b"b").await);
+    let mut quiet = echoing(p.addr, b"q").await;
+    let mut busy = echoing(p.addr, b"b").await;
 
     let t0 = Instant::now();
     p.signal(libc::SIGTERM);
