@@ -115,12 +115,24 @@ pub fn accept4(
 /// that it is readable is cleared with it (as `TcpStream::poll_read` does): the next read
 /// waits for readiness instead of making a `recv` that finds nothing.
 pub async fn recv_buf(s: &tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    recv_buf_room(s, buf, 64).await
+}
+
+/// [`recv_buf`], making `room` bytes when `buf` has none, and only once the socket is
+/// readable: a buffer that a read waiting for its backend's answer would take early
+/// (a response buffer, empty until then) is allocated after the wait, when the allocator
+/// hands back the block that the request finished last gave up, still in the cache.
+pub async fn recv_buf_room(
+    s: &tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    room: usize,
+) -> std::io::Result<usize> {
     let fd = s.as_raw_fd();
-    if buf.len() == buf.capacity() {
-        buf.reserve(64);
-    }
     loop {
         std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
+        if buf.len() == buf.capacity() {
+            buf.reserve(room.max(1));
+        }
         let spare = buf.spare_capacity_mut();
         let offered = spare.len();
         let mut short = None;

@@ -11,7 +11,7 @@ use super::response::{parse_response, Parsed, RespHead};
 use super::{write_flush, Guarded, Listener, BODY_BUF, RESP_BUF};
 use crate::lifecycle::idle::CoarseTimer;
 use crate::net::connect;
-use crate::net::sys::recv_buf;
+use crate::net::sys::recv_buf_room;
 use crate::observability::RequestObs;
 use crate::policy::answer::Failure as Why;
 use crate::policy::retry::{self, Cause};
@@ -380,10 +380,16 @@ impl<'a> Exchange<'a> {
                 let left = body_left - b.len() as u64;
                 self.stream_request_body(g, &mut up, b, left).await?;
             }
+            // A streamed body is never sent twice (`replayable` is false with one), so its
+            // buffer goes back now rather than through the wait for the answer: the next
+            // request's body is then read into the same block, still in the cache, where
+            // one held per request in flight made each copy in and out touch cold memory.
+            piece = None;
 
             // Read the response head. What is buffered is parsed before reading again: a
-            // 1xx and the final head often arrive in one segment.
-            let mut rbuf: Vec<u8> = Vec::with_capacity(RESP_BUF);
+            // 1xx and the final head often arrive in one segment. The buffer is made when
+            // the answer is there to read (`recv_buf_room`), not held through the wait.
+            let mut rbuf: Vec<u8> = Vec::new();
             let mut got_any = false;
             let next = 'head: loop {
                 while !rbuf.is_empty() {
@@ -422,38 +428,38 @@ impl<'a> Exchange<'a> {
                     }
                     rbuf.reserve(rbuf.capacity());
                 }
-                let (cause, why) =
-                    match timed(self.timer, self.try_timeout, recv_buf(&up, &mut rbuf)).await {
-                        Ok(0) => {
-                            if !got_any && reused {
-                                let e = std::io::ErrorKind::UnexpectedEof.into();
-                                self.stale(method, uri, &e, retryable);
-                                if retryable {
-                                    break Next::Stale;
-                                }
+                let read = recv_buf_room(&up, &mut rbuf, RESP_BUF);
+                let (cause, why) = match timed(self.timer, self.try_timeout, read).await {
+                    Ok(0) => {
+                        if !got_any && reused {
+                            let e = std::io::ErrorKind::UnexpectedEof.into();
+                            self.stale(method, uri, &e, retryable);
+                            if retryable {
+                                break Next::Stale;
                             }
-                            let e = "backend closed the connection before a complete response head";
-                            (Cause::Reset, Failure::Answer(Why::BadResponse, e.into()))
                         }
-                        Ok(_) => {
-                            got_any = true;
-                            continue;
-                        }
-                        Err((true, _)) => {
-                            let e = "response read timed out".into();
-                            (Cause::Timeout, Failure::Answer(Why::ResponseTimeout, e))
-                        }
-                        Err((false, e)) => {
-                            if !got_any && reused {
-                                self.stale(method, uri, &e, retryable);
-                                if retryable {
-                                    break Next::Stale;
-                                }
+                        let e = "backend closed the connection before a complete response head";
+                        (Cause::Reset, Failure::Answer(Why::BadResponse, e.into()))
+                    }
+                    Ok(_) => {
+                        got_any = true;
+                        continue;
+                    }
+                    Err((true, _)) => {
+                        let e = "response read timed out".into();
+                        (Cause::Timeout, Failure::Answer(Why::ResponseTimeout, e))
+                    }
+                    Err((false, e)) => {
+                        if !got_any && reused {
+                            self.stale(method, uri, &e, retryable);
+                            if retryable {
+                                break Next::Stale;
                             }
-                            let e = format!("reading the response: {e}");
-                            (Cause::Reset, Failure::Answer(Why::BadResponse, e))
                         }
-                    };
+                        let e = format!("reading the response: {e}");
+                        (Cause::Reset, Failure::Answer(Why::BadResponse, e))
+                    }
+                };
                 if !retry::retry(pool, failed(cause, attempts)) {
                     return Err(why);
                 }

@@ -6,8 +6,8 @@
 use super::body::push_chunk;
 use super::{timed, Exchange, Failure, SMALL_BODY};
 use crate::http::fast::response::{Framing, RespHead};
-use crate::http::fast::{write_flush, write_last, Guarded, BODY_BUF, RESP_BUF};
-use crate::net::sys::recv_buf;
+use crate::http::fast::{write_flush, write_last, Guarded, BODY_BUF};
+use crate::net::sys::{recv_buf, recv_buf_room};
 use crate::policy::answer::Failure as Why;
 use log::warn;
 use tokio::io::AsyncWriteExt;
@@ -148,13 +148,18 @@ impl Exchange<'_> {
             }
             return Ok(keep);
         }
-        if h.framing != Framing::Length(0) && left > RESP_BUF as u64 || h.framing == Framing::Close
-        {
-            rbuf = Vec::with_capacity(BODY_BUF);
-        }
         // an HTTP/1.0 client's decoded data, each read's
         let mut data = Vec::new();
+        // The rest of the body is read into a buffer that `read_body` makes when there is
+        // something to read, given back whenever a read found less than it had room for
+        // (the socket emptied, so the next read waits): a slow stream's answer (server-sent
+        // events, a long poll) keeps no buffer between its pieces. The head's buffer goes
+        // first.
+        let mut drained = true;
         loop {
+            if drained {
+                rbuf = Vec::new();
+            }
             let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
                 upstream_keep = false;
                 if h.rechunk && self.put(g, b"0\r\n\r\n", streamed).await.is_err() {
@@ -162,6 +167,7 @@ impl Exchange<'_> {
                 }
                 break;
             };
+            drained = n < rbuf.capacity();
             let chunk = &rbuf[..n];
             if h.rechunk {
                 let mut framed = Vec::with_capacity(n + 16);
@@ -298,7 +304,8 @@ impl Exchange<'_> {
         framing: Framing,
     ) -> Result<Option<usize>, Failure> {
         rbuf.clear();
-        match timed(self.timer, self.try_timeout, recv_buf(up, rbuf)).await {
+        let read = recv_buf_room(up, rbuf, BODY_BUF);
+        match timed(self.timer, self.try_timeout, read).await {
             Ok(0) if framing == Framing::Close => Ok(None),
             Ok(0) => {
                 warn!(
