@@ -275,7 +275,9 @@ impl tokio::io::AsyncRead for PlainTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
+            // No room: a wait until a read would find something, as tokio's streams do for
+            // an empty read (the relay idles so, holding no buffer).
+            return self.poll_readable(cx);
         }
         self.poll_recv(cx, buf).map_ok(|_| ())
     }

@@ -5,8 +5,11 @@
 //! then close) was a visible part of their cost. Here a direction allocates 16 KiB (nginx's
 //! `proxy_buffer_size`) when it first has something to read, uninitialised, and moves to
 //! 256 KiB once a read fills it, so bulk transfers move large blocks per system call (with
-//! 64 KiB, 1 MiB transfers ran at 0.85x nginx; with 256 KiB at 1.0x). The large buffer is
-//! freed when its direction ends; `max_connections` bounds the total.
+//! 64 KiB, 1 MiB transfers ran at 0.85x nginx; with 256 KiB at 1.0x). A direction whose
+//! reader has nothing more waits with no buffer where the reader can (our sockets: a read
+//! with no room waits for readiness), so an idle connection keeps none, whatever it moved
+//! before; the large buffer is also freed when its direction ends; `max_connections`
+//! bounds the total.
 //! Half-close is passed on: when one side's reads end, the other side's write half is shut.
 //! Except for the last direction to end when the caller closes that side right away
 //! ([`Ending::closing_b`]): the close sends the same FIN, and the `shutdown` call is saved.
@@ -52,6 +55,10 @@ struct Half {
     done: bool,
     need_flush: bool,
     grow: bool,
+    /// The last read found less than it had room for: the reader's socket was emptied, so
+    /// the next read likely waits. It waits first with no buffer (a read offered none),
+    /// and the buffer is given back if that wait does not end at once.
+    drained: bool,
     total: u64,
 }
 
@@ -70,6 +77,26 @@ impl Half {
         W: AsyncWrite + ?Sized,
     {
         loop {
+            if self.start == self.buf.len() && !self.read_done && self.drained {
+                // A read with no room is a wait for something to read on our sockets (and
+                // tokio's); a reader that cannot wait so answers at once, and the read
+                // below waits holding the buffer, as before.
+                match r.as_mut().poll_read(cx, &mut ReadBuf::new(&mut [])) {
+                    Poll::Ready(Ok(())) => self.drained = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // idle: an open connection keeps no buffer while nothing moves
+                        self.buf = Vec::new();
+                        self.start = 0;
+                        self.grow = false;
+                        if self.need_flush {
+                            ready!(w.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
             if self.start == self.buf.len() && !self.read_done {
                 if self.grow {
                     self.buf = Vec::with_capacity(MAX);
@@ -91,6 +118,7 @@ impl Half {
                             // spare capacity (ReadBuf tracks this).
                             unsafe { self.buf.set_len(n) };
                             self.grow = n == cap && cap < MAX;
+                            self.drained = n < cap;
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

@@ -87,10 +87,13 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
             let mut a = Tracked {
                 inner: client,
                 last: &last,
+                wait: None,
             };
+            // an empty read waits on tokio's readiness alone, without its recv(0)
             let mut b = Tracked {
                 inner: &mut *backend,
                 last: &last,
+                wait: Some(|s: &&mut TcpStream, cx| s.poll_read_ready(cx)),
             };
             let copy = relay::relay(&mut a, &mut b, ends.ending());
             (watch(copy, &last, idle_timeout).await, reset)
@@ -165,10 +168,15 @@ async fn watch(
     }
 }
 
-/// Records the time of the last byte read, for the idle watchdog.
+/// A wait for something to read, without reading.
+type WaitFn<S> = fn(&S, &mut Context<'_>) -> Poll<std::io::Result<()>>;
+
+/// Records the time of the last byte read, for the idle watchdog. `wait`: what a read with
+/// no room does instead of the stream's own read (the relay's idle wait).
 struct Tracked<'a, S> {
     inner: S,
     last: &'a LastRead,
+    wait: Option<WaitFn<S>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
@@ -177,6 +185,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let (0, Some(wait)) = (buf.remaining(), self.wait) {
+            return wait(&self.inner, cx);
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {

@@ -305,6 +305,42 @@ async fn idle_tcp_connections_hold_no_pipe() {
     }
 }
 
+/// The copying relay (the default) keeps no buffer while a connection idles: connections
+/// that have each moved 256 KiB both ways (each direction's buffer grown to its largest)
+/// and gone idle take little of the proxy's memory (500 KiB each when each kept its
+/// buffers; 14 KiB after a few bytes), and each still works when it is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_hold_no_relay_buffer() {
+    const N: usize = 100;
+    let a = TcpBackend::start("a", false).await;
+    let p = Proxy::start(&format!(
+        "listeners:\n  - {{name: t, address: 127.0.0.1:{{{{port}}}}, protocol: tcp, upstream: u}}\nupstreams:\n  - name: u\n    backends: [{}]\n",
+        backends(&[(&a, 1)])
+    ));
+    let pid = p.child.id();
+    let msg = pattern(256 << 10);
+    // warm: the first connection's one-time allocations come before the baseline
+    let mut warm = echoing(p.addr, &msg).await;
+    assert!(echo_round(&mut warm, b"warm").await, "{}", p.log());
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss0 = crate::support::proxy::rss_kib(pid);
+
+    let mut conns = Vec::with_capacity(N);
+    for _ in 0..N {
+        conns.push(echoing(p.addr, &msg).await);
+    }
+    crate::support::proxy::assert_rss_per_conn(pid, rss0, N, 12.0, "idle relayed connections")
+        .await;
+    for s in conns.iter_mut().step_by(N / 5) {
+        assert!(
+            echo_round(s, &msg).await,
+            "an idle connection used again\n{}",
+            p.log()
+        );
+    }
+}
+
 /// With `splice: true` and the open-file limit reached, a transfer that cannot make a pipe
 /// copies through a buffer and goes on (logged once), as HAProxy falls back, rather than
 /// closing the connection. The proxy runs with a limit of 128 descriptors, filled by idle

@@ -274,6 +274,8 @@ impl Exchange<'_> {
         if write_flush(g, &out, self.l.client_timeout).await.is_err() {
             return Err(Failure::Cut);
         }
+        // not held for the tunnel's life, which may be hours of idling
+        drop((out, rbuf));
         if self.shutdown.is_none() {
             return Err(Failure::Cut);
         }
