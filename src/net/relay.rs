@@ -8,8 +8,9 @@
 //! 64 KiB, 1 MiB transfers ran at 0.85x nginx; with 256 KiB at 1.0x). A direction whose
 //! reader has nothing more waits with no buffer where the reader can (our sockets: a read
 //! with no room waits for readiness), so an idle connection keeps none, whatever it moved
-//! before; the large buffer is also freed when its direction ends; `max_connections`
-//! bounds the total.
+//! before. A large buffer given back (at a pause, or when its direction ends) goes to a
+//! few spares per thread, which the next bulk read takes. `max_connections` bounds the
+//! total.
 //! Half-close is passed on: when one side's reads end, the other side's write half is shut.
 //! Except for the last direction to end when the caller closes that side right away
 //! ([`Ending::closing_b`]): the close sends the same FIN, and the `shutdown` call is saved.
@@ -46,6 +47,38 @@ impl LastRead {
 
 const FIRST: usize = 16 << 10;
 const MAX: usize = 256 << 10;
+/// Large buffers a thread keeps for its relays' next bulk reads: a direction that pauses
+/// gives its large buffer back and takes one again when bytes come, which through the
+/// allocator was a 256 KiB free and allocation (and its page faults) per pause.
+const SPARE: usize = 8;
+
+thread_local! {
+    static SPARES: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A large buffer: a spare of this thread's, else a new one.
+fn take_large() -> Vec<u8> {
+    SPARES
+        .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(MAX))
+}
+
+/// Give `buf` back: a large one is kept as a spare while the thread has room for it.
+fn give_back(mut buf: Vec<u8>) {
+    if buf.capacity() != MAX {
+        return;
+    }
+    buf.clear();
+    let _ = SPARES.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() < SPARE {
+                s.push(buf);
+            }
+        }
+    });
+}
 
 #[derive(Default)]
 struct Half {
@@ -85,10 +118,11 @@ impl Half {
                     Poll::Ready(Ok(())) => self.drained = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
-                        // idle: an open connection keeps no buffer while nothing moves
-                        self.buf = Vec::new();
+                        // idle: an open connection keeps no buffer while nothing moves; a
+                        // bulk transfer's pause gets its large buffer back at the next read
+                        self.grow = self.buf.capacity() >= MAX;
+                        give_back(std::mem::take(&mut self.buf));
                         self.start = 0;
-                        self.grow = false;
                         if self.need_flush {
                             ready!(w.as_mut().poll_flush(cx))?;
                             self.need_flush = false;
@@ -99,7 +133,7 @@ impl Half {
             }
             if self.start == self.buf.len() && !self.read_done {
                 if self.grow {
-                    self.buf = Vec::with_capacity(MAX);
+                    self.buf = take_large();
                     self.grow = false;
                 } else if self.buf.capacity() == 0 {
                     self.buf.reserve_exact(FIRST);
@@ -146,7 +180,7 @@ impl Half {
                     ready!(w.as_mut().poll_shutdown(cx))?;
                 }
                 self.done = true;
-                self.buf = Vec::new();
+                give_back(std::mem::take(&mut self.buf));
                 return Poll::Ready(Ok(()));
             }
         }
