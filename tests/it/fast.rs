@@ -1005,19 +1005,11 @@ async fn websocket_echoing(addr: SocketAddr, msg: &[u8]) -> TcpStream {
         assert!(fill(&mut s, &mut head).await, "closed before the 101");
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
-    assert!(websocket_round(&mut s, msg).await, "the first echo");
+    assert!(
+        crate::support::tcp::echo_round(&mut s, msg).await,
+        "the first echo"
+    );
     s
-}
-
-async fn websocket_round(s: &mut TcpStream, msg: &[u8]) -> bool {
-    if s.write_all(msg).await.is_err() {
-        return false;
-    }
-    let mut got = vec![0u8; msg.len()];
-    matches!(
-        tokio::time::timeout(WAIT, s.read_exact(&mut got)).await,
-        Ok(Ok(_))
-    ) && got == msg
 }
 
 /// An upgraded (WebSocket) connection keeps no relay buffer while it idles, nor the
@@ -1067,7 +1059,7 @@ async fn idle_websockets_hold_no_relay_buffer() {
     crate::support::proxy::assert_rss_per_conn(pid, rss0, N, 16.0, "idle WebSockets").await;
     for s in conns.iter_mut().step_by(N / 5) {
         assert!(
-            websocket_round(s, &msg).await,
+            crate::support::tcp::echo_round(s, &msg).await,
             "an idle WebSocket used again\n{}",
             p.log()
         );

@@ -33,6 +33,16 @@ pub struct TcpBackend {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Write `msg` and read the same bytes back within 10 s (an echoing peer behind `s`).
+pub async fn echo_round(s: &mut TcpStream, msg: &[u8]) -> bool {
+    if s.write_all(msg).await.is_err() {
+        return false;
+    }
+    let mut got = vec![0u8; msg.len()];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut got));
+    matches!(read.await, Ok(Ok(_))) && got == msg
+}
+
 /// Deterministic bytes, so both ends can hash the same stream.
 pub fn pattern(len: usize) -> Vec<u8> {
     let mut x: u32 = 0x1234_5678;
