@@ -35,6 +35,7 @@ mod h2cancel;
 mod h2conn;
 mod h2expect;
 mod hardening;
+mod held;
 mod http10;
 mod http3;
 mod http3_cache;
