@@ -376,13 +376,7 @@ impl Exchange<'_> {
                 }
             }
         }
-        // as on HTTP/1 (`respond`): a buffer made when the backend has sent more, given
-        // back whenever a read empties the socket
-        let mut drained = true;
         while !done {
-            if drained {
-                rbuf = Vec::new();
-            }
             let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
                 upstream_keep = false;
                 if s.finish().is_err() {
@@ -390,7 +384,6 @@ impl Exchange<'_> {
                 }
                 break;
             };
-            drained = n < rbuf.capacity();
             let chunk = match h.framing {
                 Framing::Length(_) => {
                     let t = (n as u64).min(left);

@@ -150,16 +150,7 @@ impl Exchange<'_> {
         }
         // an HTTP/1.0 client's decoded data, each read's
         let mut data = Vec::new();
-        // The rest of the body is read into a buffer that `read_body` makes when there is
-        // something to read, given back whenever a read found less than it had room for
-        // (the socket emptied, so the next read waits): a slow stream's answer (server-sent
-        // events, a long poll) keeps no buffer between its pieces. The head's buffer goes
-        // first.
-        let mut drained = true;
         loop {
-            if drained {
-                rbuf = Vec::new();
-            }
             let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
                 upstream_keep = false;
                 if h.rechunk && self.put(g, b"0\r\n\r\n", streamed).await.is_err() {
@@ -167,7 +158,6 @@ impl Exchange<'_> {
                 }
                 break;
             };
-            drained = n < rbuf.capacity();
             let chunk = &rbuf[..n];
             if h.rechunk {
                 let mut framed = Vec::with_capacity(n + 16);
@@ -299,13 +289,22 @@ impl Exchange<'_> {
     /// The next piece of a response body into `rbuf` (cleared first). `None`: the backend
     /// closed the connection, which ends a close-delimited body; for any other framing that
     /// is a cut response, as is a read error or timeout.
+    ///
+    /// A buffer its last read did not fill (the socket emptied, so this read likely waits;
+    /// or the head's buffer, at the first call) is given back first, and a new one made
+    /// when there is something to read: a slow stream's answer (server-sent events, a long
+    /// poll) keeps no buffer between its pieces.
     pub async fn read_body(
         &mut self,
         up: &mut TcpStream,
         rbuf: &mut Vec<u8>,
         framing: Framing,
     ) -> Result<Option<usize>, Failure> {
-        rbuf.clear();
+        if rbuf.len() < rbuf.capacity() {
+            *rbuf = Vec::new();
+        } else {
+            rbuf.clear();
+        }
         let read = recv_buf_room(up, rbuf, BODY_BUF);
         match timed(self.timer, self.try_timeout, read).await {
             Ok(0) if framing == Framing::Close => Ok(None),
