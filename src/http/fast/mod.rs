@@ -31,6 +31,7 @@ mod fuzz;
 mod h2;
 mod parse;
 mod read;
+mod req;
 pub(in crate::http) mod response;
 #[doc(hidden)]
 pub use fuzz::{fuzz_request, FuzzPlan};
@@ -53,6 +54,7 @@ use crate::policy::{self, forwarded, RateCount, RequestHead, Verdict};
 use answer::{finish_hit, finish_own};
 use exchange::{Down, Exchange, Failure};
 use pingora_core::server::ShutdownWatch;
+use req::{Kept, Req};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -124,13 +126,13 @@ impl FastPath {
 
     /// Everything about a request that needs its parsed header fields, decided without
     /// awaiting (so the parse's field array never lives in the connection's future).
-    fn plan<'a>(
-        &'a self,
+    fn plan<'s, 'a>(
+        &'s self,
         buf: &'a [u8],
         conn: &mut Conn,
         client: Option<IpAddr>,
         draining: bool,
-    ) -> Plan<'a> {
+    ) -> Plan<'s, 'a> {
         let l = &*self.listener;
         let mut hdrs = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
@@ -450,7 +452,11 @@ impl FastPath {
 
     /// The rate limit by the fleet's count, asked of the store only once the request is
     /// known to stay on this engine (one that falls back is counted by the general engine).
-    async fn shared_rate_limit<'a>(&self, p: Plan<'a>, client: Option<IpAddr>) -> Plan<'a> {
+    async fn shared_rate_limit<'s, 'a>(
+        &self,
+        p: Plan<'s, 'a>,
+        client: Option<IpAddr>,
+    ) -> Plan<'s, 'a> {
         let l = &*self.listener;
         let count = l.rate_count(client).await;
         let Some(a) = l.rate_limited(client, count) else {
@@ -468,7 +474,7 @@ impl FastPath {
         }
     }
 
-    /// Serve the request whose head [`read_head`] read into `buf`.
+    /// Serve the request whose head [`read_head`] read into `head`.
     ///
     /// One async fn, not a wrapper awaiting another: an awaited callee's future is made and
     /// then copied into its caller's state, here 3.4 KB per request.
@@ -477,15 +483,15 @@ impl FastPath {
         g: &mut Guarded,
         conn: &mut Conn,
         draining: bool,
-        buf: Vec<u8>,
+        head: Vec<u8>,
         shutdown: &ShutdownWatch,
     ) -> Outcome {
         if let Err(reason) = engine::listener(&self.listener) {
             fell_back(reason);
-            g.unread(&buf);
+            g.unread(&head);
             return Outcome::Fallback;
         }
-        let buf = &buf[..];
+        let buf = &head[..];
         let mut obs = RequestObs::default();
         let client = crate::net::listen::peer_ip(g.inner());
         let plan = match self.plan(buf, conn, client, draining) {
@@ -497,7 +503,7 @@ impl FastPath {
             Plan::Page(r, ..) | Plan::Hit { req: r, .. } | Plan::Proxy { req: r, .. } => r.trace,
             Plan::Fallback => None,
         };
-        let (mut r, route, out, hash, want_keep, upgrade, http10, sticky) = match plan {
+        let (r, route, out, hash, want_keep, upgrade, http10, sticky) = match plan {
             Plan::Fallback => {
                 g.unread(buf);
                 return Outcome::Fallback;
@@ -529,6 +535,10 @@ impl FastPath {
                 sticky,
             } => (req, route, out, hash, want_keep, upgrade, http10, sticky),
         };
+        // what is left of the head goes with it, not the head's buffer
+        let kept = Kept::of(&r);
+        let mut r = kept.req(r);
+        drop(head);
         let l = &*self.listener;
         let mut ex = Exchange::new(
             l,
@@ -673,7 +683,7 @@ async fn mirror(
     Ok(())
 }
 
-fn fallback<'a>(r: Result<(), Fallback>) -> Plan<'a> {
+fn fallback<'s, 'a>(r: Result<(), Fallback>) -> Plan<'s, 'a> {
     if let Err(reason) = r {
         fell_back(reason);
     } else {
@@ -682,29 +692,8 @@ fn fallback<'a>(r: Result<(), Fallback>) -> Plan<'a> {
     Plan::Fallback
 }
 
-/// A request the fast path took, as far as the rest of its handling needs it.
-struct Req<'a> {
-    view: ReqView<'a>,
-    head_only: bool,
-    /// Bytes after this request's body: the next pipelined request, for the guard.
-    pipelined: &'a [u8],
-    /// Body bytes still to read from the client (of a Content-Length body).
-    body_left: u64,
-    /// The scanner of a chunked body still arriving.
-    chunks: Option<crate::http::chunked::ChunkedScanner>,
-    /// The trace context, when tracing is on ([`policy::trace::begin`]).
-    trace: Option<crate::observability::tracing::TraceCtx>,
-}
-
-impl Req<'_> {
-    /// Whether the client has more of the body to send: a connection answered without
-    /// reading it cannot carry another request.
-    fn body_unread(&self) -> bool {
-        self.body_left > 0 || self.chunks.is_some()
-    }
-}
-
-enum Plan<'a> {
+/// `'s`: the engine's (routes); `'a`: the request head's buffer.
+enum Plan<'s, 'a> {
     Fallback,
     /// Answer with one of the policy's answers: route id, keep the connection.
     Page(Req<'a>, Answer, Option<usize>, bool),
@@ -719,7 +708,7 @@ enum Plan<'a> {
     },
     Proxy {
         req: Req<'a>,
-        route: &'a Route,
+        route: &'s Route,
         out: Vec<u8>,
         hash: u64,
         want_keep: bool,
