@@ -138,8 +138,10 @@ async fn requests_waiting_for_their_backend_hold_no_response_or_head_buffer() {
 }
 
 /// An upload's body, sent on to the backend, is not held while the answer is awaited: it is
-/// never sent twice (the fast path streams it; a body a retry may resend is held by the
-/// general engine), so its buffer is given back once sent.
+/// never sent twice (the fast path streams it; a body a retry may resend is read whole
+/// first), so its buffer is given back once sent, and so is the upstream request's head
+/// with the body bytes that came with it (81.7 KiB an upload here at first, then 14.2 with
+/// the head and those bytes, 11.1 with them alone, 7.0 now).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_waiting_for_their_backend_hold_no_body_buffer() {
     let mut post =
@@ -147,7 +149,7 @@ async fn uploads_waiting_for_their_backend_hold_no_body_buffer() {
             .to_vec();
     post.resize(post.len() + 65536, b'u');
     let answer = (&b""[..], HELD, "held");
-    held_requests_take_under(&post, answer, 200, 16.0, "64 KiB uploads in flight").await;
+    held_requests_take_under(&post, answer, 200, 9.0, "64 KiB uploads in flight").await;
 }
 
 /// A streamed answer waiting for its next piece holds no read buffer: the buffer is given

@@ -149,12 +149,13 @@ impl<'a> Exchange<'a> {
 
     /// Forward the request (`out`: head and the body bytes already read; `body_left`: body
     /// bytes still to read from the client) and stream the response back. `Ok(keep)`: the
-    /// response is complete and the client connection may be reused.
+    /// response is complete and the client connection may be reused. `out` is emptied once
+    /// no try can send it again ([`Self::exchange`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn run(
         &mut self,
         g: &mut Guarded,
-        out: &[u8],
+        out: &mut Vec<u8>,
         body_left: u64,
         hash: u64,
         method_uri: (&str, &str),
@@ -178,12 +179,14 @@ impl<'a> Exchange<'a> {
     /// Send the request to a backend (selection, retries as [`retry`] decides, one retry of
     /// a stale pooled connection) and read the response head; a retried answer's head is
     /// dropped here, before anything of it reaches the client. Returns the connection, the bytes read
-    /// (head and the start of the body) and the parsed head rendered for `down`.
+    /// (head and the start of the body) and the parsed head rendered for `down`. A body that
+    /// a retry may send again is read into `out` first; a streamed one is never sent twice,
+    /// so `out` is emptied once it is sent, not held through the wait for the answer.
     #[allow(clippy::too_many_arguments)]
     pub async fn exchange(
         &mut self,
         mut g: Option<&mut Guarded>,
-        out: &[u8],
+        out: &mut Vec<u8>,
         body_left: u64,
         hash: u64,
         (method, uri): (&str, &str),
@@ -194,16 +197,14 @@ impl<'a> Exchange<'a> {
         let spec = &pool.spec;
         retry::begin(pool);
         // A body that a retry may send again is read first and held with the head.
-        let mut held = Vec::new();
-        let (out, body_left) = match g.as_deref_mut() {
+        let body_left = match g.as_deref_mut() {
             Some(c) if body_left > 0 && retry::hold_body(pool, method, self.body_len) => {
-                held.reserve(out.len() + body_left as usize);
-                held.extend_from_slice(out);
-                self.hold_request_body(c, &mut held, body_left).await?;
+                out.reserve(body_left as usize);
+                self.hold_request_body(c, out, body_left).await?;
                 self.tries_from = Some(Instant::now());
-                (&held[..], 0)
+                0
             }
-            _ => (out, body_left),
+            _ => body_left,
         };
         // `read_timeout` is for the tries together, counted from the first (as the general
         // engine counts it): time spent reading the client's body first is not in it. With
@@ -384,7 +385,12 @@ impl<'a> Exchange<'a> {
             // buffer goes back now rather than through the wait for the answer: the next
             // request's body is then read into the same block, still in the cache, where
             // one held per request in flight made each copy in and out touch cold memory.
+            // Nor is the head sent with it: no try follows a sent request whose body is not
+            // replayable (`retry::retry`, `retry::after_stale_connection`).
             piece = None;
+            if !replayable {
+                *out = Vec::new();
+            }
 
             // Read the response head. What is buffered is parsed before reading again: a
             // 1xx and the final head often arrive in one segment. The buffer is made when

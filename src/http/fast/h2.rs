@@ -152,7 +152,7 @@ impl FastPath {
             Ok(()) => tokio::select! {
                 biased;
                 _ = s.idle() => None,
-                head = ex.exchange(None, &out, 0, hash, (&method, &target), head_only, Down::H2) => Some(head),
+                head = ex.exchange(None, &mut out, 0, hash, (&method, &target), head_only, Down::H2) => Some(head),
             },
         };
         let mut reset = head.is_none();

@@ -571,7 +571,7 @@ impl FastPath {
             Ok(()) => {
                 ex.run(
                     g,
-                    &out,
+                    &mut out,
                     body_left,
                     hash,
                     (r.view.method, r.view.uri),

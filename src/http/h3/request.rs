@@ -414,7 +414,7 @@ async fn proxy(
         let r = ex
             .exchange(
                 Some(&mut g),
-                &out,
+                &mut out,
                 streamed,
                 hash,
                 (method, target),
