@@ -356,11 +356,9 @@ mod buf_tests {
     fn only_a_filled_body_sized_buffer_is_read_into_again() {
         let mut full = vec![0u8; BODY_BUF];
         assert!(reuses_body_buf(&full));
-        let short = &mut full;
-        short.truncate(BODY_BUF - 1);
-        assert!(!reuses_body_buf(short), "a read left it short");
+        full.truncate(BODY_BUF - 1);
+        assert!(!reuses_body_buf(&full), "a read left it short");
         let head = vec![0u8; crate::http::fast::RESP_BUF];
-        assert!(head.capacity() < BODY_BUF);
         assert!(!reuses_body_buf(&head), "the head's buffer, though full");
         assert!(!reuses_body_buf(&Vec::new()), "no buffer yet");
     }
