@@ -8,7 +8,7 @@
 //!
 //! The last two tests hold the forward proxy to a reverse listener the same way (one request
 //! edit, one response edit); their first run found
-//! `forward::a_length_list_reaches_the_origin_as_one_length_and_nothing_is_smuggled`.
+//! `forward::requests::a_length_list_reaches_the_origin_as_one_length_and_nothing_is_smuggled`.
 
 use crate::differential::{case, responses, run, Case};
 use crate::support::scripted::{self, Origin};
