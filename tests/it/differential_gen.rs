@@ -2,8 +2,9 @@
 //! backend responses, made by small generators from fixed seeds, each sent through a
 //! listener on the lean engine and one with `fast_path: false`, must give the client and the
 //! origin the same. A difference names the case's number and its bytes, so a finding can be
-//! replayed and turned into a named test. Three were: `a_101_without_a_relayed_upgrade_is_refused`,
-//! `an_own_answer_keeps_the_connection_once_the_body_is_in` (both `differential`) and
+//! replayed and turned into a named test. Three were:
+//! `differential::backends::a_101_without_a_relayed_upgrade_is_refused`,
+//! `differential::connection::an_own_answer_keeps_the_connection_once_the_body_is_in` and
 //! `fast::responses::chunked_response_is_byte_exact_but_for_its_trailers_and_both_connections_are_reused`.
 //!
 //! The last two tests hold the forward proxy to a reverse listener the same way (one request
