@@ -1,7 +1,8 @@
 //! Hardening: the listener limits, request smuggling and malformed input sent as raw bytes,
-//! and broken backends. Smuggling cases run against a [`RawBackend`] that counts every
-//! request head it parses and keeps every byte it received, so each case can check that the
-//! backend saw exactly the requests the client sent and nothing it must not see.
+//! and broken backends. Smuggling cases run against a
+//! [`RawBackend`](crate::support::raw::RawBackend) that counts every request head it parses
+//! and keeps every byte it received, so each case can check that the backend saw exactly the
+//! requests the client sent and nothing it must not see.
 
 mod faults;
 mod limits;
