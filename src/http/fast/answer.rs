@@ -3,8 +3,9 @@
 
 use super::{end, write_last, Guarded, Outcome, Req, RESP_BUF};
 use crate::observability::{self, RequestObs};
+use std::io::IoSlice;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// The body bytes of an HTTP/1 answer written whole (what follows its head's empty line), as
 /// the access log and the body-byte counter take them on every engine.
@@ -38,7 +39,10 @@ pub(super) async fn finish_own(
 }
 
 /// Send a cache hit and count the request. A small body goes out in the head's buffer; a
-/// larger one is written from the store's buffer, never copied.
+/// larger one is written from the store's buffer, never copied, in the same `sendmsg` as the
+/// head on a plain socket: a head written on its own left in a segment of its own (341
+/// bytes before a 64 KiB body), one more system call here and one more segment for the
+/// client to take in.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn finish_hit(
     g: &mut Guarded,
@@ -55,8 +59,8 @@ pub(super) async fn finish_hit(
     let ok = match &body {
         Some(b) if b.len() > RESP_BUF => {
             let w = async {
-                g.inner_mut().write_all(&head).await?;
-                g.inner_mut().write_all(b).await?;
+                let mut bufs = [IoSlice::new(&head), IoSlice::new(b)];
+                write_all_vectored(g.inner_mut(), &mut bufs).await?;
                 match keep {
                     true => g.inner_mut().flush().await,
                     // left to `end`, with a TLS stream's close_notify
@@ -80,4 +84,20 @@ pub(super) async fn finish_hit(
     }
     end(g, timeout).await;
     Outcome::Close
+}
+
+/// Write all of `bufs` in order, in as few calls as the writer takes: a plain socket takes
+/// them together (one `sendmsg`), a TLS stream one buffer a call.
+async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    mut bufs: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => IoSlice::advance_slices(&mut bufs, n),
+        }
+    }
+    Ok(())
 }
