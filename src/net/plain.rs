@@ -231,6 +231,23 @@ impl PlainTcp {
         })
     }
 
+    /// Write some of `bufs` as the connection's last bytes, waiting for room in the send
+    /// buffer. Sent with `MSG_MORE`, the tail that does not fill a segment waits in the send
+    /// queue, and the [`Self::shutdown_write`] that must follow sends it with the FIN, in
+    /// one segment: the client takes one segment fewer and acknowledges the answer and the
+    /// FIN at once (as an answer written whole and then closed on its own does not).
+    pub fn poll_send_last(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let want = bufs.iter().map(|b| b.len()).sum();
+        self.poll_io(cx, true, want, |s| match bufs {
+            [one] => super::sys::send(s.as_raw_fd(), one, libc::MSG_MORE),
+            _ => super::sys::send_vectored(s.as_raw_fd(), bufs, libc::MSG_MORE),
+        })
+    }
+
     /// End the sending side (a FIN), as [`tokio::io::AsyncWriteExt::shutdown`] does.
     pub fn shutdown_write(&self) -> std::io::Result<()> {
         shutdown_write(socket2::SockRef::from(&self.sock))
@@ -304,7 +321,7 @@ impl tokio::io::AsyncWrite for PlainTcp {
     ) -> Poll<std::io::Result<usize>> {
         let want = bufs.iter().map(|b| b.len()).sum();
         self.poll_io(cx, true, want, |s| {
-            super::sys::send_vectored(s.as_raw_fd(), bufs)
+            super::sys::send_vectored(s.as_raw_fd(), bufs, 0)
         })
     }
     fn is_write_vectored(&self) -> bool {

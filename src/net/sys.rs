@@ -63,8 +63,12 @@ pub fn send(fd: RawFd, data: &[u8], flags: libc::c_int) -> std::io::Result<usize
     check(r)
 }
 
-/// `sendmsg` of `bufs` in order (a gathered write, as `writev`, with `MSG_NOSIGNAL`).
-pub fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+/// `sendmsg` of `bufs` in order (a gathered write, as `writev`), with `MSG_NOSIGNAL | flags`.
+pub fn send_vectored(
+    fd: RawFd,
+    bufs: &[IoSlice<'_>],
+    flags: libc::c_int,
+) -> std::io::Result<usize> {
     // IoSlice is ABI-compatible with iovec (std guarantees it on Unix); the kernel caps the
     // count at IOV_MAX, as writev does.
     let n = bufs.len().min(libc::UIO_MAXIOV as usize);
@@ -79,7 +83,7 @@ pub fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> 
             libc::SYS_sendmsg,
             libc::c_long::from(fd),
             &msg as *const libc::msghdr,
-            libc::c_long::from(libc::MSG_NOSIGNAL),
+            libc::c_long::from(flags | libc::MSG_NOSIGNAL),
         )
     };
     check(r)
@@ -185,7 +189,7 @@ pub async fn send_all_vectored(
     let fd = s.as_raw_fd();
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        match s.try_io(tokio::io::Interest::WRITABLE, || send_vectored(fd, bufs)) {
+        match s.try_io(tokio::io::Interest::WRITABLE, || send_vectored(fd, bufs, 0)) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut bufs, n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => s.writable().await?,
@@ -236,7 +240,7 @@ mod tests {
             IoSlice::new(b""),
             IoSlice::new(b"two"),
         ];
-        assert_eq!(send_vectored(b.as_raw_fd(), &parts).expect("sendmsg"), 7);
+        assert_eq!(send_vectored(b.as_raw_fd(), &parts, 0).expect("sendmsg"), 7);
         let mut back = [0u8; 11];
         a.read_exact(&mut back).expect("read");
         assert_eq!(&back, b"backone two");

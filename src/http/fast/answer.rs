@@ -1,11 +1,11 @@
 //! The lean engine's answers that need no backend: the policy's own pages and fresh cache
 //! hits, each counted as a request.
 
-use super::{end, write_last, Guarded, Outcome, Req, RESP_BUF};
+use super::write::{end, write_last, write_last_parts};
+use super::{Guarded, Outcome, Req, RESP_BUF};
 use crate::observability::{self, RequestObs};
 use std::io::IoSlice;
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// The body bytes of an HTTP/1 answer written whole (what follows its head's empty line), as
 /// the access log and the body-byte counter take them on every engine.
@@ -58,16 +58,8 @@ pub(super) async fn finish_hit(
     let body_len = body.as_ref().map_or(0, |b| b.len());
     let ok = match &body {
         Some(b) if b.len() > RESP_BUF => {
-            let w = async {
-                let mut bufs = [IoSlice::new(&head), IoSlice::new(b)];
-                write_all_vectored(g.inner_mut(), &mut bufs).await?;
-                match keep {
-                    true => g.inner_mut().flush().await,
-                    // left to `end`, with a TLS stream's close_notify
-                    false => Ok(()),
-                }
-            };
-            matches!(tokio::time::timeout(timeout, w).await, Ok(Ok(())))
+            let mut bufs = [IoSlice::new(&head), IoSlice::new(b)];
+            write_last_parts(g, &mut bufs, timeout, keep).await.is_ok()
         }
         _ => {
             if let Some(b) = &body {
@@ -84,20 +76,4 @@ pub(super) async fn finish_hit(
     }
     end(g, timeout).await;
     Outcome::Close
-}
-
-/// Write all of `bufs` in order, in as few calls as the writer takes: a plain socket takes
-/// them together (one `sendmsg`), a TLS stream one buffer a call.
-async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
-    w: &mut W,
-    mut bufs: &mut [IoSlice<'_>],
-) -> std::io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs).await? {
-            0 => return Err(std::io::ErrorKind::WriteZero.into()),
-            n => IoSlice::advance_slices(&mut bufs, n),
-        }
-    }
-    Ok(())
 }

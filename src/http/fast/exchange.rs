@@ -8,7 +8,8 @@
 //! response (head, body relay, upgrade tunnel), `spliced` bodies that bypass the process.
 
 use super::response::{parse_response, Parsed, RespHead};
-use super::{write_flush, Guarded, Listener, BODY_BUF, RESP_BUF};
+use super::write::write_flush;
+use super::{Guarded, Listener, BODY_BUF, RESP_BUF};
 use crate::lifecycle::idle::CoarseTimer;
 use crate::net::connect;
 use crate::net::sys::recv_buf_room;

@@ -33,6 +33,7 @@ mod parse;
 mod read;
 mod req;
 pub(in crate::http) mod response;
+mod write;
 #[doc(hidden)]
 pub use fuzz::{fuzz_request, FuzzPlan};
 pub use parse::{agree_request, agree_response};
@@ -59,7 +60,8 @@ use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
+use write::{end, write_last};
 
 /// Header fields parsed per message; a head with more goes to Pingora's path (requests) or
 /// is a 502 (responses). The guard's `max_header_count` (default 100) applies first.
@@ -728,45 +730,4 @@ pub(in crate::http) fn plain_target(t: &str) -> bool {
             crate::policy::target::unreserved_or_sub_delim(b)
                 || matches!(b, b':' | b'@' | b'/' | b'?' | b'%')
         })
-}
-
-/// End a connection after its last response. Closing a plaintext socket sends its FIN
-/// behind the response, so the `shutdown` syscall before it would add nothing. A TLS
-/// stream's shutdown writes its close_notify and sends it with what the last response left
-/// unflushed ([`write_last`]): one send, within `timeout` (the client's, as a flush of the
-/// response would have had).
-async fn end(g: &mut Guarded, timeout: Duration) {
-    if g.inner().as_any().is::<crate::net::listen::PlainTcp>() {
-        return;
-    }
-    let _ = tokio::time::timeout(timeout, g.shutdown()).await;
-}
-
-/// Write a response's last bytes: flushed when the connection stays open (`keep`); when it
-/// closes, left to [`end`], which sends them with the close_notify of a TLS stream (a plain
-/// socket sends at once, and its flush is nothing).
-async fn write_last(
-    g: &mut Guarded,
-    data: &[u8],
-    timeout: Duration,
-    keep: bool,
-) -> std::io::Result<()> {
-    if keep {
-        return write_flush(g, data, timeout).await;
-    }
-    match crate::net::deadline::within(timeout, g.inner_mut().write_all(data)).await {
-        Some(r) => r,
-        None => Err(std::io::ErrorKind::TimedOut.into()),
-    }
-}
-
-async fn write_flush(g: &mut Guarded, data: &[u8], timeout: Duration) -> std::io::Result<()> {
-    let w = async {
-        g.inner_mut().write_all(data).await?;
-        g.inner_mut().flush().await
-    };
-    match crate::net::deadline::within(timeout, w).await {
-        Some(r) => r,
-        None => Err(std::io::ErrorKind::TimedOut.into()),
-    }
 }

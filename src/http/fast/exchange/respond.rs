@@ -6,7 +6,8 @@
 use super::body::push_chunk;
 use super::{timed, Exchange, Failure, SMALL_BODY};
 use crate::http::fast::response::{Framing, RespHead};
-use crate::http::fast::{write_flush, write_last, Guarded, BODY_BUF};
+use crate::http::fast::write::{write_flush, write_last};
+use crate::http::fast::{Guarded, BODY_BUF};
 use crate::net::sys::{recv_buf, recv_buf_room};
 use crate::policy::answer::Failure as Why;
 use log::warn;
