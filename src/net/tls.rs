@@ -119,8 +119,7 @@ impl<A: ConnApp> TlsConn<A> {
         crate::tls::pace::handshake_turn().await;
         match handshake_with_callback(&self.tls.acceptor, io, self.tls.callbacks.as_ref()).await {
             Ok(mut s) => {
-                let tls13 = s.ssl().version2() == Some(pingora_core::tls::ssl::SslVersion::TLS1_3);
-                s.get_mut().handshake_done(!tls13);
+                s.get_mut().handshake_done();
                 Some(Box::new(s))
             }
             Err(e) => {

@@ -21,9 +21,10 @@
 //! read finds nothing to read (the peer may be waiting for it), at the next flush after the
 //! handshake, or at shutdown. Every flight a peer must see before it answers is followed by
 //! a read that waits, so nothing it needs is held. What a TLS 1.3 server writes last, its two
-//! session tickets (each flushed on its own), no client waits for: they leave with the first
-//! response instead of in two sends of their own. What is owed when the stream is dropped
-//! (an alert before a failed handshake closes the socket) is sent without waiting.
+//! session tickets (each flushed on its own), leave in one send: with the first response
+//! when the request is in by then, else before the read that waits for it (a client may be
+//! waiting for their ACK, see [`Gathered::handshake_done`]). What is owed when the stream is
+//! dropped (an alert before a failed handshake closes the socket) is sent without waiting.
 
 use async_trait::async_trait;
 use pingora_core::protocols::{Peek, Shutdown, Ssl, IO};
@@ -71,12 +72,15 @@ impl Gathered {
     }
 
     /// The handshake is done: flushes send again. What its last flushes left gathered goes
-    /// with the next flush (or at shutdown); `peer_waits`: the peer may be waiting for it
-    /// (TLS 1.2's last flight, its Finished), so it also goes before a read waits. A TLS 1.3
-    /// server's last writes are its session tickets, which no client waits for.
-    pub fn handshake_done(&mut self, peer_waits: bool) {
+    /// with the next flush, at shutdown, or before a read waits: the peer may be waiting for
+    /// it. A TLS 1.2 client waits for the server's Finished. A TLS 1.3 client waits for
+    /// nothing of the server's last writes (its session tickets) but may wait for their
+    /// ACK: the listener acknowledges late (delayed ACKs, [`crate::net::sockopt`]), and a
+    /// client with Nagle's algorithm on holds its request until its Finished is
+    /// acknowledged, 40 ms later without them. When the request is already in, they still go
+    /// with the response.
+    pub fn handshake_done(&mut self) {
         self.handshaking = false;
-        self.owed &= peer_waits;
     }
 
     /// Wait for the peer's first bytes and read them ahead (a ClientHello's first records):
@@ -285,7 +289,7 @@ mod tests {
     async fn writes_leave_together_at_the_flush_and_the_buffer_goes_with_them() {
         for plain in [false, true] {
             let (mut g, mut peer) = pair(plain).await;
-            g.handshake_done(true);
+            g.handshake_done();
             for record in [&b"hello"[..], b" tls", b" world"] {
                 g.write_all(record).await.unwrap();
             }
@@ -370,12 +374,14 @@ mod tests {
             g.read_exact(&mut b).await.unwrap();
             write_flushed(&mut g, b"ticket1").await;
             write_flushed(&mut g, b"ticket2").await;
-            g.handshake_done(false);
+            g.handshake_done();
             assert_eq!(arrives(&mut peer).await, None, "tickets left on their own");
-            // not even when a read waits: no client waits for them
-            let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;
-            assert!(read.is_err(), "the read did not wait: {read:?}");
-            assert_eq!(arrives(&mut peer).await, None, "tickets left for a read");
+            // when the request is in already, with the response (the pause lets the reactor
+            // see the socket readable, so that the read does not wait)
+            peer.write_all(b"req").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut r = [0u8; 3];
+            g.read_exact(&mut r).await.unwrap();
             write_flushed(&mut g, b"response").await;
             assert_eq!(
                 arrives(&mut peer).await.as_deref(),
@@ -394,7 +400,7 @@ mod tests {
         for plain in [false, true] {
             let (mut g, mut peer) = pair(plain).await;
             write_flushed(&mut g, b"finished").await;
-            g.handshake_done(true);
+            g.handshake_done();
             assert_eq!(arrives(&mut peer).await, None);
             let mut b = [0u8; 5];
             let read = tokio::time::timeout(Duration::from_millis(50), g.read(&mut b)).await;

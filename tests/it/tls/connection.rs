@@ -133,23 +133,25 @@ async fn handshake(
 }
 
 /// A TLS 1.3 server's session tickets are its last handshake writes, each flushed on its
-/// own, and no client waits for them: they travel with the first response (two sends and two
-/// packets fewer per new connection). The client still gets both, and one resumes a later
-/// connection. TLS 1.2, whose client waits for the server's last flight (its Finished) before
-/// it sends a request, gets that flight at once and is served.
+/// own. They leave in one send, before the read that waits for the first request: the
+/// listener acknowledges late, and a client with Nagle's algorithm on (as this one, a tokio
+/// socket's default) holds its request until its Finished is acknowledged, which the
+/// tickets do; held for the first response, they left such a client waiting for the
+/// delayed-ACK timer, 40 ms, on every new connection. The client gets both, and one resumes
+/// a later connection. TLS 1.2, whose client waits for the server's last flight (its
+/// Finished) before it sends a request, gets that flight at once and is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_tickets_travel_with_the_first_response_and_resume_a_connection() {
+async fn session_tickets_leave_before_the_first_request_and_resume_a_connection() {
     let (_origin, pki, proxy) = a_test_proxy("tls-tickets", 44, "").await;
     let (c, tickets) = ticket_keeping_client(&pki.ca_path, None);
     let mut s = handshake(&c, proxy.addr, None).await;
     assert_eq!(s.ssl().version_str(), "TLSv1.3");
     let mut b = [0u8; 1];
-    let early = tokio::time::timeout(Duration::from_millis(300), s.get_ref().peek(&mut b)).await;
+    let early = tokio::time::timeout(Duration::from_secs(5), s.get_ref().peek(&mut b)).await;
     assert!(
-        early.is_err(),
-        "bytes arrived before any request: {early:?}"
+        matches!(early, Ok(Ok(1))),
+        "nothing arrived before the request (tickets held for the response?): {early:?}"
     );
-    assert!(tickets.lock().expect("tickets").is_empty());
     let r = h1(&mut s, "a.test", "/").await.expect("request");
     assert_eq!(r.status, 200, "{}", r.head);
     let got: Vec<_> = tickets.lock().expect("tickets").clone();
