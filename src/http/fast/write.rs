@@ -70,14 +70,7 @@ pub(super) async fn write_flush(
     data: &[u8],
     timeout: Duration,
 ) -> std::io::Result<()> {
-    let w = async {
-        g.inner_mut().write_all(data).await?;
-        g.inner_mut().flush().await
-    };
-    match crate::net::deadline::within(timeout, w).await {
-        Some(r) => r,
-        None => Err(std::io::ErrorKind::TimedOut.into()),
-    }
+    write_last_parts(g, &mut [IoSlice::new(data)], timeout, true).await
 }
 
 /// All of `bufs`, then the FIN, which takes the tail that `MSG_MORE` held back.
