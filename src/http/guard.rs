@@ -571,6 +571,10 @@ impl Guarded {
         if !self.pending.is_empty() {
             self.pending.take_into(buf);
             Poll::Ready(Ok(()))
+        } else if matches!(self.body, Body::H2(_))
+            && crate::net::tls_io::read_would_wait(&self.inner, cx)
+        {
+            Poll::Pending
         } else {
             Pin::new(&mut self.inner).poll_read(cx, buf)
         }

@@ -143,6 +143,17 @@ impl PlainTcp {
         Poll::Ready(Ok(()))
     }
 
+    /// Whether a read now is bound to find nothing: the socket is registered and the
+    /// reactor has not said it is readable since a read last found it empty. Then the
+    /// task's waker is kept for its readiness, as that read would have. `false` where that
+    /// is not known (never registered: only a read finds out).
+    pub fn read_would_wait(&self, cx: &mut Context<'_>) -> bool {
+        match self.reg.get() {
+            Some(reg) => reg.poll_read_ready(cx).is_pending(),
+            None => false,
+        }
+    }
+
     /// `op` on the socket now; if it would block, again each time the reactor says the
     /// socket is ready for `write` (or reading). `want`: the bytes asked for. A stream
     /// socket that moves fewer (but some) has drained its receive queue or filled its send
