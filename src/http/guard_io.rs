@@ -59,7 +59,14 @@ impl AsyncWrite for Guarded {
         this.absorb_reset(r, buf.len())
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.poll_drain_then(cx, |s, cx| s.poll_flush(cx))
+        if self.wbuf.is_empty() && !self.unflushed {
+            return Poll::Ready(Ok(()));
+        }
+        let flushed = self.poll_drain_then(cx, |s, cx| s.poll_flush(cx));
+        if matches!(flushed, Poll::Ready(Ok(()))) {
+            self.unflushed = false;
+        }
+        flushed
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.poll_drain_then(cx, |s, cx| s.poll_shutdown(cx))
@@ -94,6 +101,7 @@ impl Guarded {
             }
         }
         if buf.len() >= WRITE_GATHER {
+            self.unflushed = true;
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         }
         if self.wbuf.capacity() == 0 {

@@ -186,6 +186,39 @@ async fn a_read_of_tiny_chunks_is_merged_and_its_spans_given_back() {
     }
 }
 
+/// A flush with nothing written, read or handed out since the last one stays in the guard
+/// (h2 flushes each time its connection is polled); bytes written straight to the stream
+/// below, as the fast path's writers do, still leave at the guard's flush.
+#[tokio::test]
+async fn a_flush_reaches_the_stream_below_only_when_it_may_hold_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, mut client) = crate::net::tls_io::fixture::tls_pair().await;
+    let limits = HeadLimits {
+        max_request_line: 8192,
+        max_header_size: 8192,
+        max_header_count: 100,
+        header_timeout: Duration::from_secs(10),
+    };
+    let mut g = Guarded::new(s, limits, None);
+    let mut got = [0u8; 3];
+    g.write_all(b"abc").await.unwrap();
+    g.flush().await.unwrap();
+    assert!(!g.unflushed, "a flush left the stream below marked");
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"abc");
+
+    g.inner_mut().write_all(b"def").await.unwrap();
+    assert!(g.unflushed, "bytes written below the guard were not marked");
+    g.flush().await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await;
+    assert!(
+        matches!(read, Ok(Ok(3))),
+        "what was written below did not leave: {read:?}"
+    );
+    assert_eq!(&got, b"def");
+    assert!(!g.unflushed);
+}
+
 /// Every idle HTTP/1 connection holds its guard in a box of its own: mimalloc serves it from
 /// the 192-byte size class, 64 bytes per connection less than the next one (issue 17).
 #[test]

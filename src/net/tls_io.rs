@@ -277,6 +277,75 @@ impl Peek for Gathered {}
 crate::passthrough_digests!(Gathered, inner);
 
 #[cfg(test)]
+pub(crate) mod fixture {
+    //! A real TLS connection on loopback for unit tests: the server's side as our TLS
+    //! listener makes it (OpenSSL over [`Gathered`] over our socket), the client's with
+    //! tokio-openssl.
+    use super::*;
+
+    /// A server's TLS stream over our socket, as the listener makes it, and its client.
+    pub(crate) async fn tls_pair() -> (
+        pingora_core::protocols::Stream,
+        tokio_openssl::SslStream<tokio::net::TcpStream>,
+    ) {
+        use openssl::ssl::{SslAcceptor, SslConnector, SslMethod, SslVerifyMode};
+        let (key, cert) = self_signed();
+        let mut a = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+        a.set_private_key(&key).unwrap();
+        a.set_certificate(&cert).unwrap();
+        let a = a.build();
+        let mut c = SslConnector::builder(SslMethod::tls()).unwrap();
+        c.set_verify(SslVerifyMode::NONE);
+        let c = c
+            .build()
+            .configure()
+            .unwrap()
+            .into_ssl("localhost")
+            .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, from) = l.accept().await.unwrap();
+        let plain = crate::net::listen::PlainTcp::new(server.into_std().unwrap(), from);
+        let g = Gathered::new(plain);
+        let ssl = openssl::ssl::Ssl::new(a.context()).unwrap();
+        let mut s = pingora_core::protocols::tls::SslStream::new(ssl, g).unwrap();
+        let mut client = tokio_openssl::SslStream::new(c, peer).unwrap();
+        let (accepted, connected) = tokio::join!(s.accept(), Pin::new(&mut client).connect());
+        accepted.unwrap();
+        connected.unwrap();
+        s.get_mut().handshake_done();
+        (Box::new(s), client)
+    }
+
+    fn self_signed() -> (
+        openssl::pkey::PKey<openssl::pkey::Private>,
+        openssl::x509::X509,
+    ) {
+        use openssl::{asn1::Asn1Time, bn::BigNum, ec, hash::MessageDigest, nid::Nid};
+        let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = openssl::pkey::PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "localhost").unwrap();
+        let name = name.build();
+        let mut b = openssl::x509::X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        let serial = BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap();
+        b.set_serial_number(&serial).unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        (key, b.build())
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -435,61 +504,6 @@ mod tests {
         }
     }
 
-    /// A server's TLS stream over our socket, as the listener makes it, and its client.
-    async fn tls_pair() -> (
-        pingora_core::protocols::Stream,
-        tokio_openssl::SslStream<tokio::net::TcpStream>,
-    ) {
-        use openssl::ssl::{SslAcceptor, SslConnector, SslMethod, SslVerifyMode};
-        let (key, cert) = self_signed();
-        let mut a = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        a.set_private_key(&key).unwrap();
-        a.set_certificate(&cert).unwrap();
-        let a = a.build();
-        let mut c = SslConnector::builder(SslMethod::tls()).unwrap();
-        c.set_verify(SslVerifyMode::NONE);
-        let c = c
-            .build()
-            .configure()
-            .unwrap()
-            .into_ssl("localhost")
-            .unwrap();
-        let (g, peer) = pair(true).await;
-        let ssl = openssl::ssl::Ssl::new(a.context()).unwrap();
-        let mut s = pingora_core::protocols::tls::SslStream::new(ssl, g).unwrap();
-        let mut client = tokio_openssl::SslStream::new(c, peer).unwrap();
-        let (accepted, connected) = tokio::join!(s.accept(), Pin::new(&mut client).connect());
-        accepted.unwrap();
-        connected.unwrap();
-        s.get_mut().handshake_done();
-        (Box::new(s), client)
-    }
-
-    fn self_signed() -> (
-        openssl::pkey::PKey<openssl::pkey::Private>,
-        openssl::x509::X509,
-    ) {
-        use openssl::{asn1::Asn1Time, bn::BigNum, ec, hash::MessageDigest, nid::Nid};
-        let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let key = openssl::pkey::PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
-        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "localhost").unwrap();
-        let name = name.build();
-        let mut b = openssl::x509::X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        let serial = BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap();
-        b.set_serial_number(&serial).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        (key, b.build())
-    }
-
     struct Woken(std::sync::atomic::AtomicBool);
     impl std::task::Wake for Woken {
         fn wake(self: std::sync::Arc<Self>) {
@@ -511,7 +525,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_tls_read_bound_to_find_nothing_is_not_made_and_the_socket_wakes_the_task() {
-        let (mut s, mut client) = tls_pair().await;
+        let (mut s, mut client) = super::fixture::tls_pair().await;
         let woken = std::sync::Arc::new(Woken(false.into()));
         let waker = std::task::Waker::from(woken.clone());
         let mut cx = Context::from_waker(&waker);
