@@ -581,17 +581,33 @@ impl Guarded {
         if !self.pending.is_empty() {
             self.pending.take_into(buf);
             Poll::Ready(Ok(()))
-        } else if matches!(self.body, Body::H2(_))
-            && crate::net::tls_io::read_would_wait(&self.inner, cx)
-        {
-            Poll::Pending
         } else {
             self.unflushed = true;
             Pin::new(&mut self.inner).poll_read(cx, buf)
         }
     }
 
-    /// An HTTP/2 read: the header deadline runs while the bytes stop inside a header block
+    /// An HTTP/2 read. One through OpenSSL that is bound to find nothing is not made
+    /// ([`crate::net::tls_io::read_would_wait`]): h2 reads until a read finds nothing each
+    /// time any stream wakes its connection. Kept out of line: the HTTP/1 read path, inlined
+    /// into the fast path's request future, does not carry it.
+    #[inline(never)]
+    fn h2_poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        before: usize,
+    ) -> Poll<std::io::Result<()>> {
+        let polled =
+            if self.pending.is_empty() && crate::net::tls_io::read_would_wait(&self.inner, cx) {
+                Poll::Pending
+            } else {
+                self.read_through(cx, buf)
+            };
+        self.h2_read(cx, buf, before, polled)
+    }
+
+    /// An HTTP/2 read's bookkeeping: the header deadline runs while the bytes stop inside a header block
     /// (see [`super::h2scan`]), from the read that left it open. Past it the read fails, and
     /// h2 drops the connection, as nginx closes one on `client_header_timeout`.
     fn h2_read(
@@ -665,10 +681,10 @@ impl AsyncRead for Guarded {
             }
         }
         let before = buf.filled().len();
-        let polled = this.read_through(cx, buf);
         if matches!(this.body, Body::H2(_)) {
-            return this.h2_read(cx, buf, before, polled);
+            return this.h2_poll_read(cx, buf, before);
         }
+        let polled = this.read_through(cx, buf);
         if this.phase == Phase::Body {
             match polled {
                 Poll::Ready(Ok(())) => {
