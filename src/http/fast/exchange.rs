@@ -105,7 +105,7 @@ pub struct Exchange<'a> {
     /// A chunked request body still arriving after what went with the head.
     pub chunked: Option<ChunkedBody>,
     /// The limits on the request's waits, one at a time (see [`timed`]).
-    timer: &'a mut CoarseTimer,
+    pub(super) timer: &'a mut CoarseTimer,
 }
 
 /// A chunked request body on its way: decoded as it arrives

@@ -72,7 +72,7 @@ impl FastPath {
             Verdict::Answer(a, route) => {
                 let head_only = method == "HEAD";
                 let status = a.status;
-                let sent = h2_page(s, &a, head_only).await.unwrap_or(0);
+                let sent = h2_page(s, l, &a, head_only).await.unwrap_or(0);
                 let mut obs = RequestObs::default();
                 obs.trace = trace;
                 let view = h2_view(s, client, &obs);
@@ -185,7 +185,7 @@ impl FastPath {
                 ex.bytes_out = 0;
                 if s.response_written().is_none() {
                     let a = why_status.answer().unwrap_or_else(|| Answer::new(code));
-                    ex.bytes_out = h2_page(s, &a, head_only).await.unwrap_or(0);
+                    ex.bytes_out = h2_page(s, l, &a, head_only).await.unwrap_or(0);
                 }
                 code
             }
@@ -259,8 +259,37 @@ fn h2_view<'a>(s: &'a H2Session, client: Option<IpAddr>, obs: &RequestObs) -> Re
     crate::http::req_view(s.req_header(), client, "HTTP/2.0", s.body_bytes_read(), obs)
 }
 
+/// A piece of the response body on the stream, ended as the session's own write timeout
+/// would end it: when the client gives the stream no flow-control window for `d` (the
+/// listener's `client_timeout`). The session's timeout is turned off for it: Pingora arms
+/// a timer of its own for it (two, nested) whenever h2 has no capacity for the stream at
+/// once, which is nearly every response, since h2 assigns capacity when it next polls the
+/// connection: about 600 instructions per request. The stream's coarse timer is armed only
+/// then too, and costs a few words.
+async fn write_h2(
+    s: &mut H2Session,
+    timer: &mut CoarseTimer,
+    d: Duration,
+    data: Bytes,
+    end: bool,
+) -> pingora_core::Result<()> {
+    s.set_write_timeout(None);
+    match crate::net::deadline::within_on(timer, d, s.write_body(data, end)).await {
+        Some(r) => r,
+        None => pingora_core::Error::e_explain(
+            pingora_core::ErrorType::WriteTimedout,
+            format!("writing an HTTP/2 response body, timeout: {d:?}"),
+        ),
+    }
+}
+
 /// One of the proxy's own pages on an HTTP/2 stream; the body bytes sent.
-async fn h2_page(s: &mut H2Session, a: &Answer, head_only: bool) -> pingora_core::Result<usize> {
+async fn h2_page(
+    s: &mut H2Session,
+    l: &Listener,
+    a: &Answer,
+    head_only: bool,
+) -> pingora_core::Result<usize> {
     let body = a.body();
     let fields = a.fields(body.len());
     let mut r = ResponseHeader::build_no_case(a.status, Some(fields.len()))?;
@@ -272,7 +301,8 @@ async fn h2_page(s: &mut H2Session, a: &Answer, head_only: bool) -> pingora_core
         return Ok(0);
     }
     let n = body.len();
-    s.write_body(body, true).await?;
+    let mut timer = CoarseTimer::unarmed();
+    write_h2(s, &mut timer, l.client_timeout, body, true).await?;
     Ok(n)
 }
 
@@ -287,7 +317,9 @@ async fn h2_hit(
     crate::cache::fast_hit_served(h);
     let resp = crate::http::cache_hit::head(h, c).map(|r| ResponseHeader::from(r.into_parts().0));
     let Some(mut resp) = resp else {
-        let sent = h2_page(s, &Answer::new(500), head_only).await.unwrap_or(0);
+        let sent = h2_page(s, l, &Answer::new(500), head_only)
+            .await
+            .unwrap_or(0);
         return (500, sent);
     };
     if let Some(v) = crate::policy::edit::alt_svc(l) {
@@ -299,7 +331,12 @@ async fn h2_hit(
     if s.write_response_header(Box::new(resp), n == 0).is_err() {
         return (status, 0);
     }
-    if n > 0 && s.write_body(body, true).await.is_err() {
+    let mut timer = CoarseTimer::unarmed();
+    if n > 0
+        && write_h2(s, &mut timer, l.client_timeout, body, true)
+            .await
+            .is_err()
+    {
         return (status, 0);
     }
     (status, n)
@@ -371,7 +408,8 @@ impl Exchange<'_> {
             self.bytes_out += data.len();
             if !data.is_empty() || done {
                 let chunk = Bytes::from(std::mem::take(&mut data));
-                if s.write_body(chunk, done).await.is_err() {
+                let d = self.listener().client_timeout;
+                if write_h2(s, self.timer, d, chunk, done).await.is_err() {
                     return Err(Failure::Cut);
                 }
             }
@@ -407,7 +445,9 @@ impl Exchange<'_> {
                 _ => Bytes::copy_from_slice(&rbuf[..n]),
             };
             self.bytes_out += chunk.len();
-            if (!chunk.is_empty() || done) && s.write_body(chunk, done).await.is_err() {
+            let d = self.listener().client_timeout;
+            if (!chunk.is_empty() || done) && write_h2(s, self.timer, d, chunk, done).await.is_err()
+            {
                 return Err(Failure::Cut);
             }
         }
