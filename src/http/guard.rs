@@ -607,9 +607,10 @@ impl Guarded {
         self.h2_read(cx, buf, before, polled)
     }
 
-    /// An HTTP/2 read's bookkeeping: the header deadline runs while the bytes stop inside a header block
-    /// (see [`super::h2scan`]), from the read that left it open. Past it the read fails, and
-    /// h2 drops the connection, as nginx closes one on `client_header_timeout`.
+    /// An HTTP/2 read's bookkeeping: the header deadline runs while the bytes stop inside a
+    /// header block (see [`super::h2scan`]), from the read that left it open. Past it the
+    /// read fails, and h2 drops the connection, as nginx closes one on
+    /// `client_header_timeout`.
     fn h2_read(
         &mut self,
         cx: &mut Context<'_>,

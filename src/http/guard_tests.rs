@@ -201,15 +201,18 @@ async fn a_flush_reaches_the_stream_below_only_when_it_may_hold_bytes() {
     };
     let mut g = Guarded::new(s, limits, None);
     let mut got = [0u8; 3];
-    g.write_all(b"abc").await.unwrap();
-    g.flush().await.unwrap();
+    g.write_all(b"abc").await.expect("write through the guard");
+    g.flush().await.expect("flush");
     assert!(!g.unflushed, "a flush left the stream below marked");
-    client.read_exact(&mut got).await.unwrap();
+    client.read_exact(&mut got).await.expect("client read");
     assert_eq!(&got, b"abc");
 
-    g.inner_mut().write_all(b"def").await.unwrap();
+    g.inner_mut()
+        .write_all(b"def")
+        .await
+        .expect("write below the guard");
     assert!(g.unflushed, "bytes written below the guard were not marked");
-    g.flush().await.unwrap();
+    g.flush().await.expect("flush");
     let read = tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await;
     assert!(
         matches!(read, Ok(Ok(3))),

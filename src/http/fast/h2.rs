@@ -264,8 +264,8 @@ fn h2_view<'a>(s: &'a H2Session, client: Option<IpAddr>, obs: &RequestObs) -> Re
 /// listener's `client_timeout`). The session's timeout is turned off for it: Pingora arms
 /// a timer of its own for it (two, nested) whenever h2 has no capacity for the stream at
 /// once, which is nearly every response, since h2 assigns capacity when it next polls the
-/// connection: about 600 instructions per request. The stream's coarse timer is armed only
-/// then too, and costs a few words.
+/// connection. The stream's coarse timer, armed only then too, cost about 310 instructions
+/// per request less (benches/instr, HTTP/2 GET).
 async fn write_h2(
     s: &mut H2Session,
     timer: &mut CoarseTimer,
