@@ -214,27 +214,41 @@ syscalls_stop() { # requests -> sets SYSC: "calls/waits/switches" per request (w
     END { if (!seen) printf "-"; else printf "%.2f/%.2f/%.3f", all, waits, switches }' "$SYSC_FILE" 2>/dev/null) || SYSC="-"
 }
 
+# The counters around one measured run of the target `pid`: its CPU (all and user), the
+# origin's, both cores' busy ticks and, with perf, its system calls. counters_end sets
+# COUNTERS to the runners' last five fields: "cpu_us_per_req busy origin_us_per_req user_pct
+# syscalls_per_req". Not in a command substitution, for syscalls_stop's sake.
+counters_begin() { # pid
+  CNT_PID=$1
+  syscalls_start "$CNT_PID"
+  CNT_C0=$(cpu_ticks "$CNT_PID")
+  CNT_U0=$(cpu_ticks "$CNT_PID" user)
+  CNT_O0=$(cpu_ticks "${PID_OF[origin]}")
+  CNT_K0=$(core_ticks)
+}
+
+counters_end() { # requests
+  local c1 u1 o1 k1
+  c1=$(cpu_ticks "$CNT_PID")
+  u1=$(cpu_ticks "$CNT_PID" user)
+  o1=$(cpu_ticks "${PID_OF[origin]}")
+  k1=$(core_ticks)
+  syscalls_stop "$1"
+  COUNTERS="$(cpu_us "$CNT_C0" "$c1" "$1") $(core_busy "$CNT_K0" "$k1") $(cpu_us "$CNT_O0" "$o1" "$1") $(user_pct "$CNT_C0" "$c1" "$CNT_U0" "$u1") $SYSC"
+}
+
 run_wrk() { # target port out_prefix -> prints "status rps p50 p99 detail cpu_us_per_req busy origin_us_per_req user_pct syscalls_per_req"
-  local url pid c0 c1 u0 u1 reqs k0 k1 o0 o1
+  local url reqs
   url="$(feature_scheme "$SC_FEATURE")://127.0.0.1:$2$SC_PATH"
   local -a args=(-t1 -c"$SC_CONNS" --latency --timeout 2s "${SC_ARGS[@]}")
   if ((WARMUP > 0)); then
     taskset -c "$LOAD_CPU" wrk "${args[@]}" -d"${WARMUP}s" "$url" >"$3.warmup" 2>&1 || true
   fi
-  pid=$(target_pid "$1" "$SC_FEATURE")
-  syscalls_start "$pid"
-  c0=$(cpu_ticks "$pid")
-  u0=$(cpu_ticks "$pid" user)
-  o0=$(cpu_ticks "${PID_OF[origin]}")
-  k0=$(core_ticks)
+  counters_begin "$(target_pid "$1" "$SC_FEATURE")"
   if taskset -c "$LOAD_CPU" wrk "${args[@]}" -d"${DURATION}s" "$url" >"$3.out" 2>&1; then
-    c1=$(cpu_ticks "$pid")
-    u1=$(cpu_ticks "$pid" user)
-    o1=$(cpu_ticks "${PID_OF[origin]}")
-    k1=$(core_ticks)
     reqs=$(awk '/ requests in / { print $1 }' "$3.out")
-    syscalls_stop "${reqs:-0}"
-    echo "$(parse_wrk "$3.out") $(cpu_us "$c0" "$c1" "${reqs:-0}") $(core_busy "$k0" "$k1") $(cpu_us "$o0" "$o1" "${reqs:-0}") $(user_pct "$c0" "$c1" "$u0" "$u1") $SYSC"
+    counters_end "${reqs:-0}"
+    echo "$(parse_wrk "$3.out") $COUNTERS"
   else
     echo "failed 0 0 0 wrk-exit-$? 0 - 0 - -"
     syscalls_stop 0
@@ -250,27 +264,18 @@ run_ab() { # target port out_prefix -> prints "status rps p50 p99 detail cpu_us_
   if ((WARMUP > 0)); then
     taskset -c "$LOAD_CPU" ab "${args[@]}" -t"$WARMUP" "$url" >"$3.warmup" 2>&1 || true
   fi
-  local pid c0 c1 u0 u1 reqs k0 k1 o0 o1
-  pid=$(target_pid "$1" "$SC_FEATURE")
-  syscalls_start "$pid"
-  c0=$(cpu_ticks "$pid")
-  u0=$(cpu_ticks "$pid" user)
-  o0=$(cpu_ticks "${PID_OF[origin]}")
-  k0=$(core_ticks)
+  local reqs
+  counters_begin "$(target_pid "$1" "$SC_FEATURE")"
   if ! taskset -c "$LOAD_CPU" ab "${args[@]}" -t"$DURATION" -e "$3.csv" "$url" >"$3.out" 2>&1; then
     echo "failed 0 0 0 ab-exit 0 - 0 - -"
     syscalls_stop 0
     return
   fi
-  c1=$(cpu_ticks "$pid")
-  u1=$(cpu_ticks "$pid" user)
-  o1=$(cpu_ticks "${PID_OF[origin]}")
-  k1=$(core_ticks)
   reqs=$(awk '/^Complete requests:/ { print $3 }' "$3.out")
-  syscalls_stop "${reqs:-0}"
+  counters_end "${reqs:-0}"
   local pct
   pct=$(awk -F, '$1 == 50 { p50 = $2 } $1 == 99 { p99 = $2 } END { printf "%.3f %.3f", p50, p99 }' "$3.csv")
-  awk -v pct="$pct" -v cpu="$(cpu_us "$c0" "$c1" "${reqs:-0}") $(core_busy "$k0" "$k1") $(cpu_us "$o0" "$o1" "${reqs:-0}") $(user_pct "$c0" "$c1" "$u0" "$u1") $SYSC" '
+  awk -v pct="$pct" -v cpu="$COUNTERS" '
     /^Requests per second:/ { rps = $4 }
     /^Complete requests:/ { done = $3 }
     /^Failed requests:/ { failed = $3 }
@@ -294,31 +299,22 @@ run_h2load() { # target port out_prefix -> prints "status rps p50 p99 detail cpu
   if ((WARMUP > 0)); then
     taskset -c "$LOAD_CPU" h2load "${args[@]}" -D"$WARMUP" "$url" >"$3.warmup" 2>&1 || true
   fi
-  local pid c0 c1 u0 u1 reqs k0 k1 o0 o1
-  pid=$(target_pid "$1" "$SC_FEATURE")
-  syscalls_start "$pid"
-  c0=$(cpu_ticks "$pid")
-  u0=$(cpu_ticks "$pid" user)
-  o0=$(cpu_ticks "${PID_OF[origin]}")
-  k0=$(core_ticks)
+  local reqs
+  counters_begin "$(target_pid "$1" "$SC_FEATURE")"
   if ! taskset -c "$LOAD_CPU" h2load "${args[@]}" -D"$DURATION" --log-file="$3.lat" "$url" >"$3.out" 2>&1; then
     echo "failed 0 0 0 h2load-exit 0 - 0 - -"
     syscalls_stop 0
     return
   fi
-  c1=$(cpu_ticks "$pid")
-  u1=$(cpu_ticks "$pid" user)
-  o1=$(cpu_ticks "${PID_OF[origin]}")
-  k1=$(core_ticks)
   reqs=$(awk '/^requests:/ { print $6 }' "$3.out")
+  counters_end "${reqs:-0}"
   local pct
-  syscalls_stop "${reqs:-0}"
   pct=$(cut -f3 "$3.lat" | sort -n | awk '{ v[NR] = $1 } END {
     if (NR == 0) { print "0 0"; exit }
     i50 = int(NR * 0.50); if (i50 < 1) i50 = 1
     i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
     printf "%.3f %.3f", v[i50] / 1000, v[i99] / 1000 }')
-  awk -v pct="$pct" -v cpu="$(cpu_us "$c0" "$c1" "${reqs:-0}") $(core_busy "$k0" "$k1") $(cpu_us "$o0" "$o1" "${reqs:-0}") $(user_pct "$c0" "$c1" "$u0" "$u1") $SYSC" '
+  awk -v pct="$pct" -v cpu="$COUNTERS" '
     /^finished in/ { for (i = 1; i <= NF; i++) if ($(i + 1) ~ /^req\/s/) rps = $i }
     /^requests:/ { done = $6; failed = $10; errored = $12; timeout = $14 }
     /^status codes:/ { s2 = $3 }
