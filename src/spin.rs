@@ -14,6 +14,15 @@
 //! a zero timeout) until no request has completed for one window. When requests are further
 //! apart than the window, the thread blocks as before, so a quiet proxy costs nothing: the
 //! spin starts only after a request that came less than a window after the previous pause.
+//!
+//! With a nap (`pingora.busy_poll_nap`), a poll that found nothing to do is followed by a
+//! timed sleep instead of the next poll. Spinning keeps the CPU from idling, but on a VM
+//! whose two vCPUs share a core it also slows the other one, where the origin and the load
+//! run (session 15). A timed sleep wakes only its own CPU when it ends, and what arrives
+//! meanwhile wakes nobody: the events wait in the epoll ready list for the next poll, which
+//! finds them together. On the 2-core bench host, GET /1k's sleeps fell from 0.19 to 0.04 per
+//! request (HAProxy's 0.04), the origin's CPU per request by 8% and the proxy's own by 7%
+//! (benches/RESULTS.md, 2026-12-07 14:50 UTC).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,13 +32,27 @@ use std::time::{Duration, Instant};
 /// The spin window in nanoseconds (`pingora.busy_poll`), set once at start; 0: off.
 static WINDOW_NS: AtomicU64 = AtomicU64::new(0);
 
-/// Set the spin window of every worker thread (before they serve anything).
-pub fn set_window(window: Duration) {
-    WINDOW_NS.store(window.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+/// The nap after a poll that found nothing, in nanoseconds (`pingora.busy_poll_nap`); 0: none.
+static NAP_NS: AtomicU64 = AtomicU64::new(0);
+
+/// A poll that found no I/O and ran no task takes a zero-timeout `epoll_wait` and a pass
+/// through the scheduler, about 1-2µs on the bench host; one that moved bytes takes longer
+/// (a read and a write on loopback are 5µs and more), and is followed by another poll at once.
+const IDLE_POLL: Duration = Duration::from_micros(5);
+
+/// Set the spin window and nap of every worker thread (before they serve anything).
+pub fn configure(window: Duration, nap: Duration) {
+    let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+    WINDOW_NS.store(ns(window), Relaxed);
+    NAP_NS.store(ns(nap), Relaxed);
 }
 
 fn window() -> Duration {
     Duration::from_nanos(WINDOW_NS.load(Relaxed))
+}
+
+fn nap() -> Duration {
+    Duration::from_nanos(NAP_NS.load(Relaxed))
 }
 
 thread_local! {
@@ -63,7 +86,14 @@ pub fn here() {
     }
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-            rt.spawn(spin(window, |_| {}));
+            rt.spawn(spin(window, nap(), |s| {
+                log::trace!(
+                    "busy poll of {:?}: {} polls, {} naps",
+                    s.length,
+                    s.polls,
+                    s.naps
+                )
+            }));
         }
     }
 }
@@ -83,8 +113,16 @@ async fn next_request() {
     .await
 }
 
-/// `spun`: told the length of each spin (for the tests).
-async fn spin(window: Duration, spun: impl Fn(Duration)) {
+/// What one spin did (for the tests and the trace log).
+#[derive(Debug, Clone, Copy)]
+struct Spun {
+    length: Duration,
+    polls: u32,
+    naps: u32,
+}
+
+/// `spun`: told what each spin did.
+async fn spin(window: Duration, nap: Duration, spun: impl Fn(Spun)) {
     let mut paused_at = Instant::now();
     loop {
         next_request().await;
@@ -96,15 +134,30 @@ async fn spin(window: Duration, spun: impl Fn(Duration)) {
         let began = Instant::now();
         let mut seen = DONE.with(Cell::get);
         let mut quiet_since: Option<Instant> = None;
+        let (mut polls, mut naps) = (0u32, 0u32);
+        let mut polled = began;
         loop {
             tokio::task::yield_now().await;
+            polls = polls.wrapping_add(1);
             let done = DONE.with(Cell::get);
             if done != seen {
                 seen = done;
                 quiet_since = None;
+                if !nap.is_zero() {
+                    polled = Instant::now();
+                }
                 continue;
             }
-            let now = Instant::now();
+            let mut now = Instant::now();
+            if !nap.is_zero() {
+                if now.duration_since(polled) < IDLE_POLL {
+                    // the kernel may lengthen it by the thread's timer slack (50µs by default)
+                    std::thread::sleep(nap);
+                    naps = naps.wrapping_add(1);
+                    now = Instant::now();
+                }
+                polled = now;
+            }
             match quiet_since {
                 None => quiet_since = Some(now),
                 Some(t) if now.duration_since(t) >= window => break,
@@ -112,7 +165,11 @@ async fn spin(window: Duration, spun: impl Fn(Duration)) {
             }
         }
         paused_at = Instant::now();
-        spun(paused_at - began);
+        spun(Spun {
+            length: paused_at - began,
+            polls,
+            naps,
+        });
     }
 }
 
@@ -134,9 +191,10 @@ mod tests {
             let window = Duration::from_millis(100);
             let spins: Rc<Cell<Vec<Duration>>> = Rc::default();
             let log = spins.clone();
-            tokio::task::spawn_local(spin(window, move |d| {
+            tokio::task::spawn_local(spin(window, Duration::ZERO, move |d| {
+                assert_eq!(d.naps, 0, "a spin without a nap napped");
                 let mut v = log.take();
-                v.push(d);
+                v.push(d.length);
                 log.set(v);
             }));
             // sparse: each request comes more than a window after the last pause
@@ -171,6 +229,47 @@ mod tests {
                 p.set(w);
                 parked
             }));
+        });
+    }
+
+    /// With a nap, a poll that finds nothing is followed by a sleep of the nap's length
+    /// rather than by the next poll at once; a poll that saw a request complete is not.
+    #[test]
+    fn a_poll_that_finds_nothing_is_followed_by_a_nap() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let window = Duration::from_millis(60);
+            let nap = Duration::from_millis(2);
+            let spins: Rc<Cell<Vec<Spun>>> = Rc::default();
+            let log = spins.clone();
+            tokio::task::spawn_local(spin(window, nap, move |d| {
+                let mut v = log.take();
+                v.push(d);
+                log.set(v);
+            }));
+            tokio::task::yield_now().await;
+            active();
+            tokio::task::yield_now().await;
+            active();
+            tokio::time::sleep(window * 3).await;
+            let v = spins.take();
+            assert_eq!(v.len(), 1, "one spin expected, got {v:?}");
+            let s = v[0];
+            // a window of quiet polls with a nap after each: about window / nap of them (a
+            // nap lasts at least its length), where a spin without naps polls thousands of
+            // times
+            assert!(s.naps >= 1, "no nap in {s:?}");
+            assert!(
+                s.polls <= 2 * (window.as_millis() / nap.as_millis()) as u32,
+                "polled {} times in {:?} with naps of {nap:?}: {s:?}",
+                s.polls,
+                s.length
+            );
+            assert!(s.length >= window, "spin of {:?} ended early", s.length);
         });
     }
 }

@@ -129,6 +129,13 @@ pub struct PingoraFile {
     /// turns it off. At most 10ms. Only with `work_stealing: false`. Default: 0 (off); 25us
     /// where waking a sleeping CPU is dear (VMs whose wake-ups exit to the hypervisor)
     pub busy_poll: Option<Dur>,
+    /// While a worker thread busy-polls (`busy_poll`), how long it sleeps after a poll that
+    /// found nothing to do, instead of polling again at once. What arrives during the nap
+    /// wakes no one and is found by the next poll, so neither this CPU spins nor the others
+    /// pay to wake it; each request that arrives during a nap waits for its end. The kernel
+    /// may lengthen a nap by the thread's timer slack (50us by default). At most 1ms; needs
+    /// `busy_poll`. Default: 0 (spin); 30us on the bench host (see `src/spin.rs`)
+    pub busy_poll_nap: Option<Dur>,
     /// The open-file limit the process raises itself to at start (`RLIMIT_NOFILE`; every
     /// client and backend connection takes one descriptor). Above the hard limit it raises
     /// that too where the process may (CAP_SYS_RESOURCE), else stops at the hard limit with

@@ -86,10 +86,13 @@ pub fn build(cfg: &Config, flags: RunFlags) -> Result<Server, String> {
         log::warn!("open-file limit left as it was: {e}");
     }
     crate::cache::apply_config(cfg);
-    crate::spin::set_window(
+    crate::spin::configure(
         cfg.pingora
             .busy_poll
             .map_or(crate::config::DEFAULT_BUSY_POLL, |d| d.0),
+        cfg.pingora
+            .busy_poll_nap
+            .map_or(crate::config::DEFAULT_BUSY_POLL_NAP, |d| d.0),
     );
     crate::observability::init(cfg)?;
     crate::observability::declare_fast_path_fallbacks(

@@ -93,6 +93,16 @@ fn bad_configs_name_file_key_path_and_value() {
             "a/b",
         ),
         (
+            "pingora: {busy_poll: 100us, busy_poll_nap: 5ms}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
+            "pingora.busy_poll_nap",
+            "5ms",
+        ),
+        (
+            "pingora: {busy_poll_nap: 30us}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
+            "pingora.busy_poll_nap",
+            "set pingora.busy_poll too",
+        ),
+        (
             "pingora: {max_open_files: 10}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
             "pingora.max_open_files",
             "10",

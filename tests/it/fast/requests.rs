@@ -178,3 +178,56 @@ async fn routing_uses_the_path_without_its_query_as_the_general_path_does() {
         "routed by path and query"
     );
 }
+
+/// A worker thread that busy-polls with naps (`busy_poll`, `busy_poll_nap`) still answers
+/// every request of connections that keep it busy, bodies whole: what arrives while it naps
+/// waits in the kernel for the next poll and is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_naps_between_polls_answers_every_request_whole() {
+    let b = Scripted::start(|g| {
+        let text = sha256_hex(&g.body);
+        let r = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        vec![Step::Write(r.into_bytes())]
+    })
+    .await;
+    let yaml = format!(
+        "pingora: {{threads: 1, work_stealing: false, busy_poll: 300us, busy_poll_nap: 100us}}\n{}",
+        config(b.addr)
+    );
+    let p = Proxy::start(&yaml);
+    let body = pattern(64 << 10);
+    let want = sha256_hex(&body);
+    let empty = sha256_hex(b"");
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (addr, body, want, empty) = (p.addr, body.clone(), want.clone(), empty.clone());
+            tokio::spawn(async move {
+                let mut conn = Conn::connect(addr).await.expect("connect");
+                for i in 0..50 {
+                    let post = i % 2 == 1;
+                    let (method, sent, expect) = if post {
+                        ("POST", &body[..], &want)
+                    } else {
+                        ("GET", &b""[..], &empty)
+                    };
+                    let r = tokio::time::timeout(
+                        WAIT,
+                        conn.request(method, &format!("/c{c}/{i}"), &[], sent),
+                    )
+                    .await
+                    .unwrap_or_else(|_| panic!("connection {c} request {i}: no answer in time"))
+                    .unwrap_or_else(|e| panic!("connection {c} request {i}: {e}"));
+                    assert_eq!(r.status, 200, "connection {c} request {i}");
+                    assert_eq!(&r.text(), expect, "connection {c} request {i}: body");
+                }
+            })
+        })
+        .collect();
+    for t in clients {
+        t.await.expect("client");
+    }
+    assert_eq!(b.requests().len(), 200, "the backend's count");
+}
