@@ -11,7 +11,8 @@
 //!
 //! So while requests complete less than a window apart, the thread keeps polling its event
 //! loop without blocking (a task that yields to the scheduler, which then checks for I/O with
-//! a zero timeout) until no request has completed for one window. When requests are further
+//! a zero timeout) until no request has completed for one window. A tunnel's relayed chunk
+//! (L4, WebSocket, CONNECT) counts as a completed request. When requests are further
 //! apart than the window, the thread blocks as before, so a quiet proxy costs nothing: the
 //! spin starts only after a request that came less than a window after the previous pause.
 //!
@@ -56,20 +57,27 @@ fn nap() -> Duration {
 }
 
 thread_local! {
-    /// Requests completed on this thread (wrapping).
+    /// Requests completed and tunnel chunks relayed on this thread (wrapping).
     static DONE: Cell<u64> = const { Cell::new(0) };
     /// The spinner's waker while it waits for the next request.
     static PARKED: Cell<Option<Waker>> = const { Cell::new(None) };
     static STARTED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A request completed on this thread. Called by every request's record.
+/// A request completed on this thread, or a tunnel relayed a chunk. Called by every
+/// request's record and by the relay.
 #[inline]
 pub fn active() {
     DONE.with(|d| d.set(d.get().wrapping_add(1)));
     if let Some(w) = PARKED.with(Cell::take) {
         w.wake();
     }
+}
+
+/// Progress seen on this thread so far (for the tests of the callers of [`active`]).
+#[cfg(test)]
+pub(crate) fn progress() -> u64 {
+    DONE.with(Cell::get)
 }
 
 /// Start the spinner of this worker thread's runtime, once per thread, unless the window is

@@ -174,6 +174,10 @@ impl Half {
                 self.total += n as u64;
                 self.need_flush = true;
             }
+            if !self.buf.is_empty() {
+                // a tunnel's progress keeps a busy-polling thread polling, as a request does
+                crate::spin::active();
+            }
             if self.read_done {
                 ready!(w.as_mut().poll_flush(cx))?;
                 if !closed_after {
@@ -342,6 +346,27 @@ mod tests {
                 "the backend sees the client's FIN"
             );
         }
+    }
+
+    /// Each chunk relayed counts as progress for a busy-polling thread ([`crate::spin`]),
+    /// as a completed request does: a thread that only relays tunnels keeps polling too.
+    #[tokio::test]
+    async fn a_relayed_chunk_is_progress_for_the_busy_poll() {
+        let (mut client, mut a) = loopback_pair(|_| true).await;
+        let (mut b, mut backend) = loopback_pair(|_| true).await;
+        assert!(backend.write_all(b"resp").await.is_ok());
+        assert!(backend.shutdown().await.is_ok());
+        let before = crate::spin::progress();
+        let r = relay(&mut a, &mut b, Ending::closing_b());
+        let client_side = async {
+            let mut got = Vec::new();
+            assert!(client.read_to_end(&mut got).await.is_ok());
+            assert!(client.shutdown().await.is_ok());
+            got
+        };
+        let (moved, got) = tokio::join!(r, client_side);
+        assert_eq!((moved.ok(), got.as_slice()), (Some((0, 4)), &b"resp"[..]));
+        assert_eq!(crate::spin::progress() - before, 1, "one chunk, one step");
     }
 
     /// Ending at the first close: the backend's FIN ends the relay while the client is still

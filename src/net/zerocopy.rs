@@ -308,6 +308,8 @@ impl Dir {
                 }
                 self.in_pipe -= n;
                 self.total += n as u64;
+                // progress for a busy-polling thread, as in the buffered relay
+                crate::spin::active();
                 if matches!(pipe, Carrier::Pipe(_)) {
                     crate::observability::SPLICED_BYTES.inc_by(n as u64);
                 }
