@@ -23,7 +23,7 @@
 //! meanwhile wakes nobody: the events wait in the epoll ready list for the next poll, which
 //! finds them together. On the 2-core bench host, GET /1k's sleeps fell from 0.19 to 0.04 per
 //! request (HAProxy's 0.04), the origin's CPU per request by 8% and the proxy's own by 7%
-//! (benches/RESULTS.md, 2026-12-07 14:50 UTC).
+//! (benches/RESULTS.md, 2026-12-07 13:52 UTC).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
