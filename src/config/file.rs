@@ -126,7 +126,7 @@ pub struct PingoraFile {
     pub listener_tasks_per_fd: Option<usize>,
     /// How long a worker thread keeps polling for I/O without blocking after a request
     /// completes, while requests come closer together than this (see `src/spin.rs`); `0`
-    /// turns it off. At most 10ms. Only with `work_stealing: false`. Default: 0 (off); 25us
+    /// turns it off. At most 10ms. Needs `work_stealing: false`. Default: 0 (off); 25us
     /// where waking a sleeping CPU is dear (VMs whose wake-ups exit to the hypervisor)
     pub busy_poll: Option<Dur>,
     /// While a worker thread busy-polls (`busy_poll`), how long it sleeps after a poll that

@@ -612,6 +612,17 @@ pub fn validate(file: &str, raw: FileConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
+    if let Some(d) = raw.pingora.busy_poll.filter(|d| !d.0.is_zero()) {
+        if raw.pingora.work_stealing != Some(false) {
+            // the spinner watches its own thread's requests; a work-stealing runtime moves
+            // tasks between threads (src/spin.rs), so it would never start
+            return Err(e.err(
+                "pingora.busy_poll",
+                format!("{:?}", d.0),
+                "polls only on a thread's own runtime: set pingora.work_stealing: false",
+            ));
+        }
+    }
     if let Some(n) = raw.pingora.max_open_files.filter(|n| *n < MIN_OPEN_FILES) {
         return Err(e.err(
             "pingora.max_open_files",

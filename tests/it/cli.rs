@@ -93,7 +93,7 @@ fn bad_configs_name_file_key_path_and_value() {
             "a/b",
         ),
         (
-            "pingora: {busy_poll: 100us, busy_poll_nap: 5ms}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
+            "pingora: {work_stealing: false, busy_poll: 100us, busy_poll_nap: 5ms}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
             "pingora.busy_poll_nap",
             "5ms",
         ),
@@ -101,6 +101,11 @@ fn bad_configs_name_file_key_path_and_value() {
             "pingora: {busy_poll_nap: 30us}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
             "pingora.busy_poll_nap",
             "set pingora.busy_poll too",
+        ),
+        (
+            "pingora: {busy_poll: 100us}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
+            "pingora.busy_poll",
+            "set pingora.work_stealing: false",
         ),
         (
             "pingora: {max_open_files: 10}\nupstreams: [{name: a, backends: [{address: 127.0.0.1:1}]}]\n",
