@@ -40,6 +40,11 @@ render() { # template out [port] [tls_port] [cache_port]
       -e "s|@NBPORT@|${NGINX_NB_PORT:-}|g" "$1" >"$2"
 }
 
+stepstone_render() { # as render, for a Stepstone config; STEPSTONE_BUSY_POLL=off drops its busy poll
+  render "$@"
+  if [ "${STEPSTONE_BUSY_POLL:-on}" = off ]; then sed -i '/busy_poll/d' "$2"; fi
+}
+
 # Debian packages for the commands a harness needs: need_tool adds a package when its command
 # is missing, install_needed installs them all at once (as root).
 need_pkgs=()

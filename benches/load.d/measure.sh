@@ -107,7 +107,7 @@ start_fresh() { # target -> sets FRESH_PID FRESH_PORT
       ROOT=$CS_ROOT render "$D/proxy-haproxy.cfg" "$CS_ROOT/haproxy.cfg" "$p1" "$p2"
       start_bg fresh "$PROXY_CPU" haproxy -db -f "$CS_ROOT/haproxy.cfg" ;;
     stepstone)
-      ROOT=$CS_ROOT render "$D/stepstone.yaml" "$CS_ROOT/stepstone.yaml" "$p1" "$p2" "$p3"
+      ROOT=$CS_ROOT stepstone_render "$D/stepstone.yaml" "$CS_ROOT/stepstone.yaml" "$p1" "$p2" "$p3"
       start_bg fresh "$PROXY_CPU" "$STEPSTONE_BIN" -c "$CS_ROOT/stepstone.yaml" ;;
   esac
   FRESH_PID=${PID_OF[fresh]}
