@@ -186,16 +186,20 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
-    /// Dense requests start a spin that lasts until a window passes without one; sparse
-    /// requests never start one; a spinning thread keeps running its other tasks and timers.
-    #[test]
-    fn spins_only_while_requests_are_dense() {
+    /// Run `f` on a runtime of one thread, as a worker without work stealing has.
+    fn on_worker_runtime<F: std::future::Future>(f: F) -> F::Output {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        tokio::task::LocalSet::new().block_on(&rt, f)
+    }
+
+    /// Dense requests start a spin that lasts until a window passes without one; sparse
+    /// requests never start one; a spinning thread keeps running its other tasks and timers.
+    #[test]
+    fn spins_only_while_requests_are_dense() {
+        on_worker_runtime(async {
             let window = Duration::from_millis(100);
             let spins: Rc<Cell<Vec<Duration>>> = Rc::default();
             let log = spins.clone();
@@ -244,12 +248,7 @@ mod tests {
     /// rather than by the next poll at once; a poll that saw a request complete is not.
     #[test]
     fn a_poll_that_finds_nothing_is_followed_by_a_nap() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        on_worker_runtime(async {
             let window = Duration::from_millis(60);
             let nap = Duration::from_millis(2);
             let spins: Rc<Cell<Vec<Spun>>> = Rc::default();

@@ -306,6 +306,15 @@ mod tests {
     use crate::net::sockopt::loopback_pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The client's side of a relay whose backend answers and closes: what it reads until
+    /// the FIN, then its own close.
+    async fn read_then_close<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) -> Vec<u8> {
+        let mut got = Vec::new();
+        assert!(client.read_to_end(&mut got).await.is_ok());
+        assert!(client.shutdown().await.is_ok());
+        got
+    }
+
     /// The backend answers and closes, then the client closes: with `closing_b` the
     /// client's FIN reaches the backend by the caller's close, not by a shutdown first;
     /// without it, by the shutdown.
@@ -322,13 +331,7 @@ mod tests {
                 Ending::default()
             };
             let r = relay(&mut a, &mut b, ending);
-            let client_side = async {
-                let mut got = Vec::new();
-                assert!(client.read_to_end(&mut got).await.is_ok());
-                assert!(client.shutdown().await.is_ok());
-                got
-            };
-            let (moved, got) = tokio::join!(r, client_side);
+            let (moved, got) = tokio::join!(r, read_then_close(&mut client));
             assert_eq!(got, b"resp");
             assert_eq!(moved.ok(), Some((0, 4)));
             let mut one = [0u8; 1];
@@ -358,13 +361,7 @@ mod tests {
         assert!(backend.shutdown().await.is_ok());
         let before = crate::spin::progress();
         let r = relay(&mut a, &mut b, Ending::closing_b());
-        let client_side = async {
-            let mut got = Vec::new();
-            assert!(client.read_to_end(&mut got).await.is_ok());
-            assert!(client.shutdown().await.is_ok());
-            got
-        };
-        let (moved, got) = tokio::join!(r, client_side);
+        let (moved, got) = tokio::join!(r, read_then_close(&mut client));
         assert_eq!((moved.ok(), got.as_slice()), (Some((0, 4)), &b"resp"[..]));
         assert_eq!(crate::spin::progress() - before, 1, "one chunk, one step");
     }
