@@ -143,28 +143,23 @@ async fn spin(window: Duration, nap: Duration, spun: impl Fn(Spun)) {
         let mut seen = DONE.with(Cell::get);
         let mut quiet_since: Option<Instant> = None;
         let (mut polls, mut naps) = (0u32, 0u32);
-        let mut polled = began;
         loop {
+            // with a nap, when this poll began: a short one found nothing to do
+            let poll_began = (!nap.is_zero()).then(Instant::now);
             tokio::task::yield_now().await;
             polls = polls.wrapping_add(1);
             let done = DONE.with(Cell::get);
             if done != seen {
                 seen = done;
                 quiet_since = None;
-                if !nap.is_zero() {
-                    polled = Instant::now();
-                }
                 continue;
             }
             let mut now = Instant::now();
-            if !nap.is_zero() {
-                if now.duration_since(polled) < IDLE_POLL {
-                    // the kernel may lengthen it by the thread's timer slack (50µs by default)
-                    std::thread::sleep(nap);
-                    naps = naps.wrapping_add(1);
-                    now = Instant::now();
-                }
-                polled = now;
+            if poll_began.is_some_and(|t| now.duration_since(t) < IDLE_POLL) {
+                // the kernel may lengthen it by the thread's timer slack (50µs by default)
+                std::thread::sleep(nap);
+                naps = naps.wrapping_add(1);
+                now = Instant::now();
             }
             match quiet_since {
                 None => quiet_since = Some(now),
