@@ -10,8 +10,9 @@
 //! HTTP/3 engine's rule). Everything else keeps Pingora's path, decided before anything is
 //! sent anywhere.
 
+use super::deframe::Deframe;
 use super::exchange::{Down, Exchange, Failure};
-use super::response::{Framing, RespHead};
+use super::response::RespHead;
 use super::*;
 use crate::lifecycle::idle::CoarseTimer;
 use bytes::Bytes;
@@ -365,41 +366,17 @@ impl Exchange<'_> {
         if let Some(v) = crate::policy::edit::alt_svc(self.listener()) {
             let _ = resp.insert_header(http::header::ALT_SVC, v.clone());
         }
-        let mut upstream_keep = h.upstream_keep;
-        let mut scanner = crate::http::chunked::ChunkedScanner::default();
-        let mut left = 0u64;
+        let mut body = Deframe::new(h.framing, h.upstream_keep);
         let mut data: Vec<u8> = Vec::new();
-        let first = &rbuf[h.head_len..];
-        let mut done = match h.framing {
-            Framing::None => {
-                upstream_keep &= first.is_empty();
-                true
-            }
-            Framing::Length(n) => {
-                let t = (first.len() as u64).min(n);
-                data.extend_from_slice(&first[..t as usize]);
-                left = n - t;
-                upstream_keep &= first.len() as u64 <= n;
-                left == 0
-            }
-            Framing::Chunked => match scanner.scan_into(first, Some(&mut data)) {
-                Ok(crate::http::chunked::Scan::Done(k)) => {
-                    upstream_keep &= k == first.len();
-                    true
-                }
-                Ok(crate::http::chunked::Scan::More) => false,
-                Err(e) => {
-                    return Err(Failure::Answer(
-                        crate::policy::answer::Failure::BadResponse,
-                        format!("bad chunked body: {}", e.0),
-                    ));
-                }
-            },
-            Framing::Close => {
-                data.extend_from_slice(first);
-                false
-            }
-        };
+        // the body bytes that came with the head: a bad chunk there is answered, no head
+        // having gone out yet
+        if let Err(e) = body.take(&rbuf[h.head_len..], &mut data) {
+            return Err(Failure::Answer(
+                crate::policy::answer::Failure::BadResponse,
+                format!("bad chunked body: {}", e.0),
+            ));
+        }
+        let done = body.done();
         let end_with_head = done && data.is_empty();
         if s.write_response_header(resp, end_with_head).is_err() {
             return Err(Failure::Cut);
@@ -414,36 +391,20 @@ impl Exchange<'_> {
                 }
             }
         }
-        while !done {
+        while !body.done() {
             let Some(n) = self.read_body(&mut up, &mut rbuf, h.framing).await? else {
-                upstream_keep = false;
+                body.closed();
                 if s.finish().is_err() {
                     return Err(Failure::Cut);
                 }
                 break;
             };
-            let chunk = match h.framing {
-                Framing::Length(_) => {
-                    let t = (n as u64).min(left);
-                    left -= t;
-                    upstream_keep &= n as u64 == t || left > 0;
-                    done = left == 0;
-                    Bytes::copy_from_slice(&rbuf[..t as usize])
-                }
-                Framing::Chunked => {
-                    let mut d = Vec::with_capacity(n);
-                    match scanner.scan_into(&rbuf[..n], Some(&mut d)) {
-                        Ok(crate::http::chunked::Scan::Done(k)) => {
-                            upstream_keep &= k == n;
-                            done = true;
-                        }
-                        Ok(crate::http::chunked::Scan::More) => {}
-                        Err(e) => return Err(self.bad_chunk(e)),
-                    }
-                    Bytes::from(d)
-                }
-                _ => Bytes::copy_from_slice(&rbuf[..n]),
-            };
+            let mut d = Vec::with_capacity(n);
+            if let Err(e) = body.take(&rbuf[..n], &mut d) {
+                return Err(self.bad_chunk(e));
+            }
+            let chunk = Bytes::from(d);
+            let done = body.done();
             self.bytes_out += chunk.len();
             let d = self.listener().client_timeout;
             if (!chunk.is_empty() || done) && write_h2(s, self.timer, d, chunk, done).await.is_err()
@@ -451,7 +412,7 @@ impl Exchange<'_> {
                 return Err(Failure::Cut);
             }
         }
-        if upstream_keep {
+        if body.keep() {
             self.give_back(up);
         }
         Ok(())

@@ -26,6 +26,7 @@
 //! origin sent none); the body is the store's buffer.
 
 mod answer;
+pub(in crate::http) mod deframe;
 pub(in crate::http) mod exchange;
 mod fuzz;
 mod h2;

@@ -9,6 +9,7 @@
 //! not asked to take chunked requests.
 
 use super::pipe::{BodyPipe, PIPE_BUF};
+use crate::http::fast::deframe::Deframe;
 use crate::http::fast::exchange::{Down, Exchange, Failure};
 use crate::http::fast::response::{Framing, RespHead};
 use crate::http::guard::{Guarded, HeadLimits};
@@ -573,55 +574,29 @@ async fn respond(
     if let Err(e) = send.send_response(r).await {
         return Err(cut(e));
     }
-    let mut keep = h.upstream_keep;
-    let mut scanner = crate::http::chunked::ChunkedScanner::default();
-    let mut left = match h.framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    let mut done = h.framing == Framing::None;
-    if done {
-        keep &= rbuf.len() == h.head_len;
-    }
+    let mut body = Deframe::new(h.framing, h.upstream_keep);
     // the body bytes that came with the head first, then reads; each piece copied once
     let head_buf = rbuf;
     let mut buf = Vec::with_capacity(BODY_BUF);
     let mut first = true;
-    while !done {
+    while !body.done() {
         let piece: &[u8] = if std::mem::take(&mut first) {
             &head_buf[h.head_len..]
         } else {
             match ex.read_body(&mut up, &mut buf, h.framing).await? {
                 Some(n) => &buf[..n],
                 None => {
-                    keep = false;
+                    body.closed();
                     break;
                 }
             }
         };
-        let n = piece.len();
-        let chunk = match h.framing {
-            Framing::Length(_) => {
-                let t = (n as u64).min(left);
-                left -= t;
-                keep &= n as u64 == t || left > 0;
-                done = left == 0;
-                Bytes::copy_from_slice(&piece[..t as usize])
-            }
-            Framing::Chunked => {
-                let mut d = Vec::with_capacity(n);
-                match scanner.scan_into(piece, Some(&mut d)) {
-                    Ok(crate::http::chunked::Scan::Done(k)) => {
-                        keep &= k == n;
-                        done = true;
-                    }
-                    Ok(crate::http::chunked::Scan::More) => {}
-                    Err(e) => return Err(ex.bad_chunk(e)),
-                }
-                Bytes::from(d)
-            }
-            _ => Bytes::copy_from_slice(piece),
-        };
+        let mut d = Vec::with_capacity(piece.len());
+        body.take(piece, &mut d).map_err(|e| ex.bad_chunk(e))?;
+        if d.is_empty() {
+            continue;
+        }
+        let chunk = Bytes::from(d);
         let chunk = match encoder.as_mut() {
             Some(e) => e.push(&chunk, false).map_err(|_| Failure::Cut)?,
             None => chunk,
@@ -639,7 +614,7 @@ async fn respond(
         }
     }
     send.finish().await.map_err(&mut cut)?;
-    if keep {
+    if body.keep() {
         ex.give_back(up);
     }
     Ok(())
