@@ -152,24 +152,88 @@ pub(crate) fn content_length(req: &RequestHeader) -> Option<u64> {
         .and_then(|v| crate::policy::fields::parse_len(v.as_bytes()))
 }
 
-/// The fields of an HTTP/2 or HTTP/3 request written as HTTP/1.1 header lines for the
-/// backend, except those `skip` names; the Cookie fields those protocols may split are
-/// joined into one line, as HTTP/1.1 wants (RFC 9113 §8.2.3, RFC 9114 §4.2.1).
-pub fn write_h1_fields(out: &mut Vec<u8>, req: &RequestHeader, skip: impl Fn(&str) -> bool) {
-    for (name, value) in req.headers.iter() {
-        if skip(name.as_str()) {
-            continue;
+/// What the backend is told of an HTTP/2 or HTTP/3 request body's length.
+#[derive(Clone, Copy)]
+pub enum BodyLength {
+    /// The request's own Content-Length field, if it has one.
+    AsSent,
+    /// Nothing: the request's field, if any, is dropped.
+    Dropped,
+    /// This length, in place of the request's field.
+    Is(u64),
+}
+
+/// The HTTP/1.1 head that an HTTP/2 or HTTP/3 request goes to its backend with, written by
+/// [`UpstreamHead::write`]: one rendering for both lean engines.
+pub struct UpstreamHead<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    /// From `:authority`.
+    pub host: Option<&'a str>,
+    pub length: BodyLength,
+    /// For the forwarding fields.
+    pub client: Option<IpAddr>,
+    pub tls: bool,
+    /// The policy's trace: its `traceparent` replaces the client's.
+    pub trace: Option<&'a crate::observability::tracing::TraceCtx>,
+}
+
+impl UpstreamHead<'_> {
+    /// The request line; `host`; the client's fields but those the policy drops on requests
+    /// (hop-by-hop ones), `host`, `transfer-encoding`, a `traceparent` the trace replaces and
+    /// a `content-length` that [`BodyLength`] does not keep; the Cookie fields those
+    /// protocols may split, joined into one line as HTTP/1.1 wants (RFC 9113 §8.2.3, RFC 9114
+    /// §4.2.1); the length; the forwarding fields; the trace's line; the blank line.
+    pub fn write(&self, req: &RequestHeader, out: &mut Vec<u8>) {
+        use crate::policy::{fields, forwarded};
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        if let Some(h) = self.host {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (i, c) in req.headers.get_all(http::header::COOKIE).iter().enumerate() {
-        out.extend_from_slice(if i == 0 { b"cookie: " } else { b"; " });
-        out.extend_from_slice(c.as_bytes());
-    }
-    if req.headers.contains_key(http::header::COOKIE) {
+        let own_length = matches!(self.length, BodyLength::AsSent);
+        for (name, value) in req.headers.iter() {
+            let name = name.as_str();
+            let skip = matches!(name, "host" | "cookie" | "transfer-encoding")
+                || (name == "content-length" && !own_length)
+                || (name == "traceparent" && self.trace.is_some())
+                || fields::drop_on_request(fields::classify(name.as_bytes()));
+            if skip {
+                continue;
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        for (i, c) in req.headers.get_all(http::header::COOKIE).iter().enumerate() {
+            out.extend_from_slice(if i == 0 { b"cookie: " } else { b"; " });
+            out.extend_from_slice(c.as_bytes());
+        }
+        if req.headers.contains_key(http::header::COOKIE) {
+            out.extend_from_slice(b"\r\n");
+        }
+        if let BodyLength::Is(n) = self.length {
+            out.extend_from_slice(b"content-length: ");
+            forwarded::push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        let xff = req.headers.get_all(&fields::X_FORWARDED_FOR);
+        let xff = xff.iter().map(|v| v.as_bytes());
+        forwarded::h1_lines(
+            out,
+            xff,
+            self.client,
+            self.tls,
+            self.host.map(str::as_bytes),
+        );
+        if let Some(t) = self.trace {
+            crate::policy::trace::h1_line(out, t);
+        }
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -244,4 +308,101 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observability::tracing::TraceCtx;
+
+    fn request() -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/up?x=1", None).expect("request");
+        // (HTTP/2 and HTTP/3 refuse connection-specific fields such as Connection before a
+        // request gets here; TE: trailers is the one hop-by-hop field they carry)
+        for (k, v) in [
+            ("te", "trailers"),
+            ("host", "ignored.test"),
+            ("cookie", "a=1"),
+            ("accept", "*/*"),
+            ("cookie", "b=2"),
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("x-forwarded-for", "192.0.2.1"),
+        ] {
+            r.append_header(k, v).expect("field");
+        }
+        r
+    }
+
+    fn head(length: BodyLength, trace: Option<&TraceCtx>) -> String {
+        let mut out = Vec::new();
+        let h = UpstreamHead {
+            method: "POST",
+            target: "/up?x=1",
+            host: Some("site.test"),
+            length,
+            client: Some("198.51.100.7".parse().expect("ip")),
+            tls: true,
+            trace,
+        };
+        h.write(&request(), &mut out);
+        String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn the_backend_head_keeps_end_to_end_fields_and_drops_hop_by_hop_ones() {
+        let h = head(BodyLength::AsSent, None);
+        assert!(
+            h.starts_with("POST /up?x=1 HTTP/1.1\r\nhost: site.test\r\n"),
+            "{h}"
+        );
+        assert!(h.ends_with("\r\n\r\n"), "{h}");
+        for kept in [
+            "accept: */*\r\n",
+            "content-length: 5\r\n",
+            "cookie: a=1; b=2\r\n",
+        ] {
+            assert!(h.contains(kept), "{kept:?} missing: {h}");
+        }
+        assert!(
+            h.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-"),
+            "{h}"
+        );
+        assert!(
+            h.contains("x-forwarded-for: 192.0.2.1, 198.51.100.7\r\n"),
+            "{h}"
+        );
+        for dropped in ["te:", "ignored.test", "transfer-encoding"] {
+            assert!(!h.contains(dropped), "{dropped:?} forwarded: {h}");
+        }
+    }
+
+    #[test]
+    fn the_length_is_the_request_s_own_or_replaced_or_dropped() {
+        let is = head(BodyLength::Is(7), None);
+        assert!(is.contains("content-length: 7\r\n"), "{is}");
+        assert!(!is.contains("content-length: 5"), "{is}");
+        let dropped = head(BodyLength::Dropped, None);
+        assert!(!dropped.contains("content-length"), "{dropped}");
+    }
+
+    #[test]
+    fn the_policy_s_trace_replaces_the_client_s_traceparent() {
+        let t = TraceCtx {
+            trace_id: [0x11; 16],
+            span_id: [0x22; 8],
+            parent: None,
+            sampled: true,
+        };
+        let h = head(BodyLength::AsSent, Some(&t));
+        assert_eq!(h.matches("traceparent").count(), 1, "{h}");
+        assert!(
+            h.contains("traceparent: 00-11111111111111111111111111111111-"),
+            "{h}"
+        );
+    }
 }

@@ -22,11 +22,6 @@ use tokio::net::TcpStream;
 
 /// Request fields not copied from an HTTP/2 request: `Host` and `Cookie` are written first
 /// (from `:authority`, and joined), the policy's request edits drop the rest.
-fn skipped(name: &str) -> bool {
-    matches!(name, "host" | "cookie" | "transfer-encoding")
-        || fields::drop_on_request(fields::classify(name.as_bytes()))
-}
-
 impl FastPath {
     /// Serve one HTTP/2 stream; `false` when it is for Pingora's path (nothing was done).
     pub async fn serve_h2(&self, s: &mut H2Session) -> bool {
@@ -101,25 +96,16 @@ impl FastPath {
         }
 
         let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        if let Some(h) = host {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(h.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        crate::http::write_h1_fields(&mut out, req, |name| {
-            skipped(name) || (trace.is_some() && name == "traceparent")
-        });
-        let xff = req.headers.get_all(&fields::X_FORWARDED_FOR);
-        let xff = xff.iter().map(|v| v.as_bytes());
-        forwarded::h1_lines(&mut out, xff, client, l.tls, host.map(str::as_bytes));
-        if let Some(t) = &trace {
-            policy::trace::h1_line(&mut out, t);
-        }
-        out.extend_from_slice(b"\r\n");
+        let head = crate::http::UpstreamHead {
+            method,
+            target,
+            host,
+            length: crate::http::BodyLength::AsSent,
+            client,
+            tls: l.tls,
+            trace: trace.as_ref(),
+        };
+        head.write(req, &mut out);
 
         let hash = policy::hash::of_request(&route.pool, client, req);
         let head_only = method == "HEAD";

@@ -16,7 +16,7 @@ use crate::http::guard::{Guarded, HeadLimits};
 use crate::http::Listener;
 use crate::observability::{self, ReqView, RequestObs};
 use crate::policy::answer::Answer;
-use crate::policy::{self, fields, forwarded, Verdict};
+use crate::policy::{self, fields, Verdict};
 use ::h3::server::RequestStream;
 use bytes::{Buf, Bytes};
 use pingora_http::RequestHeader;
@@ -46,13 +46,6 @@ const PASS: HeadLimits = HeadLimits {
 
 /// Request fields not copied: Host is written first from `:authority`, Cookie joined, and
 /// the policy's request edits drop the rest.
-fn skipped(name: &str) -> bool {
-    matches!(
-        name,
-        "host" | "cookie" | "transfer-encoding" | "content-length"
-    ) || fields::drop_on_request(fields::classify(name.as_bytes()))
-}
-
 /// What the access log needs once the stream is done.
 fn view<'a>(
     req: &'a RequestHeader,
@@ -367,31 +360,21 @@ async fn proxy(
     let body_len = declared.unwrap_or_else(|| whole.as_ref().map_or(0, |b| b.len() as u64));
 
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(h) = host {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
     let traced = obs.trace;
-    crate::http::write_h1_fields(&mut out, req, |name| {
-        skipped(name) || (traced.is_some() && name == "traceparent")
-    });
-    if body_len > 0 || declared.is_some() {
-        out.extend_from_slice(b"content-length: ");
-        forwarded::push_u64(&mut out, body_len);
-        out.extend_from_slice(b"\r\n");
-    }
-    let xff = req.headers.get_all(&fields::X_FORWARDED_FOR);
-    let xff = xff.iter().map(|v| v.as_bytes());
-    forwarded::h1_lines(&mut out, xff, client, true, host.map(str::as_bytes));
-    if let Some(t) = &traced {
-        policy::trace::h1_line(&mut out, t);
-    }
-    out.extend_from_slice(b"\r\n");
+    let head = crate::http::UpstreamHead {
+        method,
+        target,
+        host,
+        length: if body_len > 0 || declared.is_some() {
+            crate::http::BodyLength::Is(body_len)
+        } else {
+            crate::http::BodyLength::Dropped
+        },
+        client,
+        tls: true,
+        trace: traced.as_ref(),
+    };
+    head.write(req, &mut out);
     if let Some(b) = &whole {
         out.extend_from_slice(b);
     }
