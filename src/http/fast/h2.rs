@@ -20,8 +20,6 @@ use pingora_core::protocols::http::v2::server::HttpSession as H2Session;
 use pingora_http::ResponseHeader;
 use tokio::net::TcpStream;
 
-/// Request fields not copied from an HTTP/2 request: `Host` and `Cookie` are written first
-/// (from `:authority`, and joined), the policy's request edits drop the rest.
 impl FastPath {
     /// Serve one HTTP/2 stream; `false` when it is for Pingora's path (nothing was done).
     pub async fn serve_h2(&self, s: &mut H2Session) -> bool {

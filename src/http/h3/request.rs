@@ -44,8 +44,6 @@ const PASS: HeadLimits = HeadLimits {
     header_timeout: std::time::Duration::ZERO,
 };
 
-/// Request fields not copied: Host is written first from `:authority`, Cookie joined, and
-/// the policy's request edits drop the rest.
 /// What the access log needs once the stream is done.
 fn view<'a>(
     req: &'a RequestHeader,
@@ -360,7 +358,6 @@ async fn proxy(
     let body_len = declared.unwrap_or_else(|| whole.as_ref().map_or(0, |b| b.len() as u64));
 
     let mut out = Vec::with_capacity(512);
-    let traced = obs.trace;
     let head = crate::http::UpstreamHead {
         method,
         target,
@@ -372,7 +369,7 @@ async fn proxy(
         },
         client,
         tls: true,
-        trace: traced.as_ref(),
+        trace: obs.trace.as_ref(),
     };
     head.write(req, &mut out);
     if let Some(b) = &whole {
